@@ -1,0 +1,95 @@
+# td — build, run, test. See README.md.
+CC ?= cc
+SAN ?= 0
+ifeq ($(SAN),1)
+BUILD ?= build-asan
+OPT = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+else
+BUILD ?= build
+OPT = -O2 -g
+endif
+CFLAGS ?=
+CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Iinclude $(OPT)
+LDFLAGS += $(filter -fsanitize=%,$(OPT))
+LIBS = -luv -ljansson -lcrypto -lpthread -lm
+
+LIB_SRCS := $(filter-out src/main.c,$(wildcard src/*.c))
+LIB_OBJS := $(LIB_SRCS:src/%.c=$(BUILD)/obj/%.o)
+UNIT_SRCS := $(wildcard tests/unit/test_*.c)
+UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
+PYTEST ?= /usr/bin/python3 -m pytest
+FUZZ_SECONDS ?= 60
+
+.PHONY: all run deps test unit e2e test-asan fuzz bench clean format
+
+all: $(BUILD)/td $(BUILD)/tdctl
+
+deps:
+	@scripts/deps.sh build
+
+$(BUILD)/obj/%.o: src/%.c $(wildcard include/td/*.h) | $(BUILD)/obj
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/obj $(BUILD)/tests:
+	mkdir -p $@
+
+$(BUILD)/libtd.a: $(LIB_OBJS)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/td: $(BUILD)/obj/main.o $(BUILD)/libtd.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BUILD)/tdctl: tools/tdctl.c $(wildcard include/td/*.h) | $(BUILD)/obj
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ tools/tdctl.c -lcurl -ljansson
+
+$(BUILD)/tests/test_http1_oracle: tests/unit/test_http1_oracle.c tests/unit/t.h $(BUILD)/libtd.a | $(BUILD)/tests
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libtd.a -lhttp_parser $(LIBS)
+
+$(BUILD)/tests/%: tests/unit/%.c tests/unit/t.h $(BUILD)/libtd.a | $(BUILD)/tests
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libtd.a $(LIBS)
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	./$(BUILD)/td demo
+
+unit: $(UNIT_BINS)
+	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; ./$$t; done
+
+e2e: all
+	TD_BIN=$(CURDIR)/$(BUILD)/td TDCTL_BIN=$(CURDIR)/$(BUILD)/tdctl $(PYTEST) -q tests/e2e
+
+# The whole suite: unit + end-to-end, then both again under ASan + UBSan.
+test:
+	@scripts/deps.sh test
+	@$(MAKE) --no-print-directory all unit e2e
+	@$(MAKE) --no-print-directory test-asan
+
+test-asan:
+	@$(MAKE) --no-print-directory SAN=1 CC=clang all unit
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  TD_BIN=$(CURDIR)/build-asan/td TDCTL_BIN=$(CURDIR)/build-asan/tdctl TD_ASAN=1 \
+	  $(PYTEST) -q tests/e2e
+
+# libFuzzer targets (clang), each run for FUZZ_SECONDS.
+FUZZ_TARGETS := $(patsubst fuzz/%.c,build-fuzz/%,$(wildcard fuzz/fuzz_*.c))
+build-fuzz/%: fuzz/%.c $(LIB_SRCS) $(wildcard include/td/*.h)
+	@mkdir -p build-fuzz
+	clang -std=c11 -D_GNU_SOURCE -Iinclude -g -O1 -fsanitize=fuzzer,address,undefined -o $@ $< $(LIB_SRCS) $(LIBS)
+
+fuzz:
+	@scripts/deps.sh test
+	@$(MAKE) --no-print-directory $(FUZZ_TARGETS)
+	@set -e; for f in $(FUZZ_TARGETS); do n=$$(basename $$f); mkdir -p build-fuzz/corpus-$$n; \
+	  echo "== $$n for $(FUZZ_SECONDS) s"; \
+	  ./$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 build-fuzz/corpus-$$n fuzz/corpus/$$n 2>&1 | tail -n 3; done
+
+bench:
+	@scripts/deps.sh bench
+	@$(MAKE) --no-print-directory all
+	bench/run.sh
+
+format:
+	clang-format -i src/*.c include/td/*.h tools/*.c tests/unit/*.c fuzz/*.c
+
+clean:
+	rm -rf build build-asan build-fuzz

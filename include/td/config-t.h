@@ -1,0 +1,69 @@
+/* Types of the configuration (the JSON file of the contract in docs/ARCHITECTURE.md). */
+#ifndef TD_CONFIG_T_H
+#define TD_CONFIG_T_H
+
+#include <stddef.h>
+#include <sys/socket.h>
+
+#define TD_NAME_MAX 64
+
+typedef enum td_method_e {
+    TD_METHOD_ROUND_ROBIN = 0,
+    TD_METHOD_STICKY = 1,
+    TD_METHOD_FAILOVER = 2,
+} td_method_t;
+
+/* An "IP:port" (or "[IPv6]:port") address, parsed. */
+typedef struct td_addr_s {
+    char text[64];                 /* as written in the config, NUL-terminated */
+    struct sockaddr_storage sa;
+    socklen_t salen;
+} td_addr_t;
+
+typedef struct td_config_server_s {
+    td_addr_t address;
+    int weight; /* 0..100; default 1 */
+} td_config_server_t;
+
+typedef struct td_config_backend_s {
+    char name[TD_NAME_MAX]; /* [A-Za-z0-9_-]+, unique */
+    int weight;             /* 0..100 */
+    td_config_server_t *servers; /* owned */
+    size_t num_servers;     /* >= 1 */
+} td_config_backend_t;
+
+typedef struct td_config_health_s {
+    char type[16];          /* "tcp" | "http" */
+    char path[256];         /* http: request path, starts with '/' */
+    char expect_status[64]; /* "2xx,3xx" or "200,204" ... */
+    int interval_ms, timeout_ms, fall, rise, port; /* port 0 = the server's own */
+    int default_down;       /* bool */
+} td_config_health_t;
+
+typedef struct td_config_timeouts_s {
+    int connect_ms;           /* default 5000 */
+    int client_header_ms;     /* default 10000 */
+    int upstream_response_ms; /* default 60000 */
+    int keepalive_idle_ms;    /* default 75000 */
+    int drain_ms;             /* default 30000 */
+} td_config_timeouts_t;
+
+typedef struct td_config_s {
+    td_addr_t *listeners;   /* owned */
+    size_t num_listeners;   /* >= 1 */
+    int workers;            /* >= 1; "auto" resolved to the number of online CPUs */
+    int workers_auto;       /* 1 when written as "auto" (kept when the file is written back) */
+    td_addr_t admin_address;
+    int has_admin;          /* 0 when "admin" is absent */
+    char admin_token[256];  /* "" = no token required */
+    td_method_t method;
+    char cookie_name[TD_NAME_MAX]; /* default "TDSTICKY" */
+    int cookie_max_age_s;          /* default 3600 */
+    td_config_backend_t *backends; /* owned */
+    size_t num_backends;           /* >= 1 */
+    td_config_health_t health;
+    int has_health;                /* 0 when "health_check" is absent (no active checks) */
+    td_config_timeouts_t timeouts;
+} td_config_t;
+
+#endif

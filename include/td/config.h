@@ -1,0 +1,46 @@
+/* Loading, checking and writing the JSON configuration (jansson for JSON itself). */
+#ifndef TD_CONFIG_H
+#define TD_CONFIG_H
+
+#include <stdio.h>
+
+#include "td/config-t.h"
+
+/* Parses and validates a config document held in memory. `name` is the file name used in
+ * messages. On success returns a new config (owned by the caller; free with td_config_free) and
+ * writes nothing to `errs`. On failure returns NULL and writes every problem found to `errs`, one
+ * per line, as "NAME:LINE:COL: message" (LINE and COL 1-based, pointing at the offending key or
+ * value): JSON syntax errors, unknown keys, wrong types, out-of-range numbers, bad addresses,
+ * duplicate backend names, missing required keys. `errs` may be NULL. */
+td_config_t *td_config_parse(const char *text, size_t len, const char *name, FILE *errs);
+
+/* Reads the file at `path` and parses it as td_config_parse does. A file that cannot be read is
+ * reported as "PATH:0:0: cannot read: <reason>". */
+td_config_t *td_config_load(const char *path, FILE *errs);
+
+/* The embedded default used by `td demo`: blue 127.0.0.1:9001 and green 127.0.0.1:9002 at 50/50,
+ * round robin, listener 127.0.0.1:8080, admin 127.0.0.1:9090 without token. Owned by the caller. */
+td_config_t *td_config_demo(void);
+
+/* Returns a deep copy (owned by the caller), or NULL when out of memory. */
+td_config_t *td_config_dup(const td_config_t *c);
+
+void td_config_free(td_config_t *c);
+
+/* Serialises the config as a pretty-printed JSON document in the contract's shape (every key
+ * written, "workers" as "auto" when it was). Returns a malloc'd NUL-terminated string owned by the
+ * caller, or NULL. */
+char *td_config_to_json(const td_config_t *c);
+
+/* Writes the config to `path` atomically: a temporary file in the same directory, fsync, rename
+ * over `path`, fsync of the directory. Returns 0 or TD_EIO (errno set). */
+int td_config_write(const td_config_t *c, const char *path);
+
+/* Parses "IP:port" or "[IPv6]:port" into `out`. Returns 0 or TD_EINVAL. */
+int td_addr_parse(const char *text, td_addr_t *out);
+
+/* Method name <-> enum. td_method_parse returns 0 or TD_EINVAL. */
+const char *td_method_name(td_method_t m);
+int td_method_parse(const char *s, td_method_t *out);
+
+#endif

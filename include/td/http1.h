@@ -1,0 +1,54 @@
+/* HTTP/1.x message parsing (RFC 9112): strict, zero-copy, allocation-free.
+ *
+ * The head parsers are picohttpparser-style: the caller keeps the bytes in its own buffer and calls
+ * again with the whole (grown) buffer whenever more arrive; the result does not depend on how the
+ * bytes were split. Nothing is allocated; every string points into the caller's buffer. */
+#ifndef TD_HTTP1_H
+#define TD_HTTP1_H
+
+#include "td/http1-t.h"
+
+/* Default limits: request line 8192 bytes, head 16384 bytes, 100 headers. */
+td_http1_limits_t td_http1_default_limits(void);
+
+/* Parses a request head from buf[0..len).
+ * Returns the length of the head in bytes (request line through the empty line), TD_EAGAIN when
+ * the head is not complete yet, TD_EURITOOLONG (414), TD_EHDRTOOLARGE (431), TD_EVERSION (505) or
+ * TD_EBADMSG (400). Rejected (TD_EBADMSG), as RFC 9112 requires or permits for a safe proxy:
+ * Content-Length together with Transfer-Encoding (§6.1), differing or invalid Content-Length values
+ * (§6.3), a Transfer-Encoding whose final coding is not chunked (§6.3), obs-fold (§5.2), bare CR or
+ * bare LF line endings (§2.2), control characters (NUL, CR, LF, DEL, others but HTAB) in field
+ * values, whitespace between field name and colon (§5.1), invalid tokens in method or field names,
+ * a missing or repeated Host in HTTP/1.1 (§3.2), spaces or controls in the request-target.
+ * `headers` is an array of `max` entries; req->headers points to it on success. */
+int td_http1_parse_request(const char *buf, size_t len, const td_http1_limits_t *limits,
+                           td_http1_request_t *req, td_http1_header_t *headers, size_t max);
+
+/* Parses a response head from buf[0..len). `request_was_head` is non-zero when the request was
+ * HEAD (the response then has no body whatever its headers say). 1xx, 204 and 304 responses
+ * have no body (§6.3). A response with neither Content-Length nor chunked coding is
+ * TD_BODY_UNTIL_CLOSE and not keep-alive. Returns the head length, TD_EAGAIN, TD_EHDRTOOLARGE or
+ * TD_EBADMSG (same framing rules as requests; Host not required). */
+int td_http1_parse_response(const char *buf, size_t len, int request_was_head,
+                            const td_http1_limits_t *limits, td_http1_response_t *resp,
+                            td_http1_header_t *headers, size_t max);
+
+/* Feeds chunked-body bytes to the decoder. Consumes bytes from buf[0..len) up to and including
+ * the end of the chunked body (last-chunk, trailers, final CRLF) and no further.
+ * If `spans` is not NULL, the chunk-data pieces found in the consumed bytes are stored there
+ * (pointers into buf), at most `max_spans`; when the array is full the decoder stops early and
+ * returns what it consumed so far. *nspans receives the count (0 when spans is NULL).
+ * Returns the number of bytes consumed (>= 0) and sets *done to 1 once the body is complete, or
+ * TD_EBADMSG on an invalid chunk size (not hex, overflow beyond 2^62), missing CRLF after data,
+ * a chunk-size line or chunk extension longer than 4096 bytes, or trailers over 16384 bytes. */
+long td_http1_chunked_feed(td_http1_chunked_t *c, const char *buf, size_t len, int *done,
+                           td_str_t *spans, size_t max_spans, size_t *nspans);
+
+/* Case-insensitive comparison of a field name (or token) with a NUL-terminated lower-case literal. */
+int td_http1_name_is(td_str_t name, const char *lower);
+
+/* Returns 1 when the comma-separated token list `list` (e.g. a Connection value) contains `token`
+ * (lower-case literal), case-insensitively, ignoring whitespace around elements. */
+int td_http1_list_has(td_str_t list, const char *token);
+
+#endif
