@@ -30,6 +30,8 @@ deps:
 $(BUILD)/obj/%.o: src/%.c $(wildcard include/td/*.h) | $(BUILD)/obj
 	$(CC) $(CFLAGS) -c -o $@ $<
 
+$(BUILD)/obj/console.o: console/index.html
+
 $(BUILD)/obj $(BUILD)/tests:
 	mkdir -p $@
 

@@ -1,0 +1,69 @@
+/* Types of the router: live counters that outlive reloads, and immutable routing snapshots. */
+#ifndef TD_ROUTER_T_H
+#define TD_ROUTER_T_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "td/common-t.h"
+#include "td/config-t.h"
+
+/* Response classes counted per server and backend: 1xx..5xx. */
+#define TD_NCLASS 5
+
+/* Live counters and passive health of one server (identified by backend name + address). Created
+ * by the registry on first use and kept for the life of the process, so counters, health and the
+ * workers' keep-alive pools (keyed by this object) survive reloads. Written by any thread. */
+typedef struct td_server_stats_s {
+    char backend[TD_NAME_MAX];
+    char address[64];
+    _Atomic uint64_t requests;       /* requests sent to this server */
+    _Atomic uint64_t failures;       /* connect errors, resets, timeouts */
+    _Atomic uint64_t responses[TD_NCLASS];
+    _Atomic int64_t active_connections; /* open upstream connections (busy + idle) */
+    _Atomic int64_t in_flight;       /* requests waiting for or receiving a response */
+    _Atomic int64_t down_until_ms;   /* passive ejection: down while td_now_ms() < this */
+    _Atomic int consecutive_failures;
+    _Atomic int health_up;           /* active health check verdict: 1 up, 0 down */
+    struct td_server_stats_s *next;  /* registry list; owned by the registry */
+} td_server_stats_t;
+
+/* Live counters of one backend, by name; kept for the life of the process. */
+typedef struct td_backend_stats_s {
+    char name[TD_NAME_MAX];
+    _Atomic uint64_t requests;
+    _Atomic uint64_t responses[TD_NCLASS];
+    _Atomic int64_t in_flight;
+    _Atomic int64_t active_connections; /* client connections whose current request went here */
+    struct td_backend_stats_s *next;
+} td_backend_stats_t;
+
+typedef struct td_snap_server_s {
+    td_addr_t addr;
+    int weight;
+    td_server_stats_t *st; /* borrowed from the registry */
+} td_snap_server_t;
+
+typedef struct td_snap_backend_s {
+    char name[TD_NAME_MAX];
+    int weight;
+    td_snap_server_t *servers; /* owned by the snapshot */
+    size_t num_servers;
+    size_t first_server;       /* index of servers[0] in the snapshot's flat server numbering */
+    td_backend_stats_t *st;    /* borrowed from the registry */
+} td_snap_backend_t;
+
+/* An immutable routing snapshot: what workers read to route a request. Built by the admin thread,
+ * published by an atomic swap, freed when the last holder (the publisher or an in-flight request)
+ * lets go. */
+typedef struct td_snapshot_s {
+    _Atomic int refs;
+    uint64_t version;       /* config version; grows by one with every applied change */
+    td_config_t *config;    /* owned: the config this snapshot was built from */
+    td_method_t method;
+    td_snap_backend_t *backends; /* owned */
+    size_t num_backends;
+    size_t num_servers;     /* across all backends */
+} td_snapshot_t;
+
+#endif

@@ -1,0 +1,64 @@
+/* The router: publishes routing snapshots to workers and chooses a backend and a server for
+ * each request (round robin, sticky session, failover). */
+#ifndef TD_ROUTER_H
+#define TD_ROUTER_H
+
+#include <stddef.h>
+
+#include "td/router-t.h"
+
+/* Builds a snapshot from `cfg` (ownership of cfg passes to the snapshot) with the given version,
+ * taking counters from the process-wide registry (created on first use). Returns the snapshot
+ * with one reference held by the caller, or NULL when out of memory. Admin thread only. */
+td_snapshot_t *td_snapshot_build(td_config_t *cfg, uint64_t version);
+
+/* Takes and drops a reference. The last td_snapshot_release frees the snapshot. Any thread. */
+void td_snapshot_retain(td_snapshot_t *s);
+void td_snapshot_release(td_snapshot_t *s);
+
+/* Makes `s` the current snapshot (the router takes over the caller's reference) and drops the
+ * router's reference to the previous one. Workers see it on their next request. */
+void td_router_publish(td_snapshot_t *s);
+
+/* Version of the current snapshot: one atomic load, for the per-request "has it changed?" test. */
+uint64_t td_router_version(void);
+
+/* Returns the current snapshot with a reference for the caller, or NULL before the first publish. */
+td_snapshot_t *td_router_acquire(void);
+
+/* Iterates over every server / backend the registry has ever seen (for metrics and state). */
+td_server_stats_t *td_registry_servers(void);
+td_server_stats_t *td_registry_server(const char *backend, const char *address);
+td_backend_stats_t *td_registry_backend(const char *name);
+
+/* 1 when the server may receive requests now: its active check says up and it is not ejected. */
+int td_server_is_up(const td_server_stats_t *st, int64_t now_ms);
+
+/* 1 when any server of the backend is up. */
+int td_backend_is_up(const td_snap_backend_t *b, int64_t now_ms);
+
+/* Chooses the backend for a new request. `wrr` is the caller's running score array of
+ * num_backends entries (see td_balancer_pick). `pinned` is the backend a valid sticky cookie names
+ * (-1 when none): it is used while it is up, whatever its weight. `tried`, when not NULL, marks
+ * backends already tried for this request (num_backends entries, 1 = skip).
+ * round_robin / sticky: smooth weighted round robin over up backends with weight > 0.
+ * failover: the up backend with the highest weight > 0 (ties: first listed).
+ * Returns the backend index, or TD_EUNAVAIL when no backend with weight > 0 is up. */
+int td_router_pick_backend(const td_snapshot_t *s, int *wrr, int pinned, const uint8_t *tried,
+                           int64_t now_ms);
+
+/* Chooses a server of backend `b` by smooth weighted round robin over its up servers.
+ * `wrr` holds num_servers scores for this backend; `tried` (may be NULL) marks servers to skip.
+ * Returns the index within b->servers, or TD_EUNAVAIL. */
+int td_router_pick_server(const td_snap_backend_t *b, int *wrr, const uint8_t *tried,
+                          int64_t now_ms);
+
+/* Records a connect error / reset / timeout of a server: after 1 failure the server is ejected
+ * for `eject_ms` (passive detection). Records a success: resets the failure count. */
+void td_server_failed(td_server_stats_t *st, int64_t now_ms, int eject_ms);
+void td_server_succeeded(td_server_stats_t *st);
+
+/* Index of the backend named name[0..len) in s, or -1. */
+int td_snapshot_find_backend(const td_snapshot_t *s, const char *name, size_t len);
+
+#endif

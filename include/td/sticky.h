@@ -1,0 +1,26 @@
+/* Sticky-session cookies. The value names the backend (never a server address), carries its
+ * expiry, and is signed so that a tampered or forged value is ignored:
+ *     NAME "." EXPIRY_UNIX_S "." HEX(HMAC-SHA256(secret, NAME "." EXPIRY)[0..12])
+ * An unknown, expired or tampered cookie is ignored and the client is assigned anew by weight. */
+#ifndef TD_STICKY_H
+#define TD_STICKY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "td/common-t.h"
+
+/* Sets the signing key (copied). An empty key makes a random one, so cookies last as long as the
+ * process. Call before workers start, and again on reload if the configured secret changed. */
+void td_sticky_set_secret(const char *secret);
+
+/* Writes the cookie value for `backend` expiring at `expiry_s` (Unix seconds) into out[cap].
+ * Returns its length, or 0 when cap is too small (at least TD_NAME_MAX + 48 bytes is enough). */
+size_t td_sticky_make(char *out, size_t cap, const char *backend, int64_t expiry_s);
+
+/* Looks for the cookie `name` in a Cookie header value ("a=1; TDSTICKY=v; b=2"). When found,
+ * signed by the current key and not expired at `now_s`, sets *backend to the backend name inside
+ * `header` and returns 1; otherwise returns 0. */
+int td_sticky_parse(td_str_t header, const char *name, int64_t now_s, td_str_t *backend);
+
+#endif

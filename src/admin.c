@@ -1,0 +1,532 @@
+/* The admin API: a small HTTP/1.1 server (td's own parser) answering JSON. Every request is
+ * handled whole: head and body (Content-Length, at most 1 MiB) are read, then answered. */
+#include "td/admin.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "td/config.h"
+#include "td/control.h"
+#include "td/http1.h"
+#include "td/log.h"
+#include "td/proxy.h"
+#include "td/router.h"
+
+#define ADMIN_MAX_BODY (1024 * 1024)
+#define ADMIN_MAX_HDRS 64
+
+typedef struct admin_conn_s {
+    uv_tcp_t tcp;
+    uv_write_t wreq;
+    char *buf; /* owned */
+    size_t len, cap;
+    char *out; /* owned: the response being written */
+    int keep_alive;
+    int closing;
+    char ip[64];
+    struct admin_conn_s *next;
+} admin_conn_t;
+
+typedef struct reply_s {
+    int status;
+    const char *type;
+    char *body; /* owned */
+    size_t len;
+} reply_t;
+
+static uv_tcp_t server;
+static int server_open;
+static admin_conn_t *conns;
+
+extern const char td_console_html[];
+
+static void conn_free_cb(uv_handle_t *h) {
+    admin_conn_t *c = h->data;
+    for (admin_conn_t **pp = &conns; *pp; pp = &(*pp)->next)
+        if (*pp == c) {
+            *pp = c->next;
+            break;
+        }
+    free(c->buf);
+    free(c->out);
+    free(c);
+}
+
+static void conn_close(admin_conn_t *c) {
+    if (c->closing)
+        return;
+    c->closing = 1;
+    uv_close((uv_handle_t *)&c->tcp, conn_free_cb);
+}
+
+/* ---- replies */
+
+static reply_t json_reply(int status, json_t *j) {
+    reply_t r = {status, "application/json", json_dumps(j, JSON_INDENT(2)), 0};
+    json_decref(j);
+    if (!r.body) {
+        r.status = 500;
+        r.body = strdup("{\"error\": \"out of memory\"}");
+    }
+    r.len = strlen(r.body);
+    r.body = realloc(r.body, r.len + 2);
+    r.body[r.len++] = '\n';
+    return r;
+}
+
+static reply_t error_reply(int status, const char *msg) {
+    return json_reply(status, json_pack("{s:s}", "error", msg));
+}
+
+static json_t *class_counts(_Atomic uint64_t *c) {
+    return json_pack("{s:I,s:I,s:I,s:I,s:I}", "1xx", (json_int_t)atomic_load(&c[0]), "2xx",
+                     (json_int_t)atomic_load(&c[1]), "3xx", (json_int_t)atomic_load(&c[2]), "4xx",
+                     (json_int_t)atomic_load(&c[3]), "5xx", (json_int_t)atomic_load(&c[4]));
+}
+
+static json_t *state_json(void) {
+    td_snapshot_t *s = td_router_acquire();
+    int64_t now = td_now_ms();
+    json_t *backends = json_array();
+    for (size_t i = 0; i < s->num_backends; i++) {
+        td_snap_backend_t *b = &s->backends[i];
+        json_t *servers = json_array();
+        int64_t conns_open = 0;
+        for (size_t j = 0; j < b->num_servers; j++) {
+            td_server_stats_t *st = b->servers[j].st;
+            conns_open += atomic_load(&st->active_connections);
+            int up = td_server_is_up(st, now);
+            json_array_append_new(
+                servers,
+                json_pack("{s:s,s:i,s:b,s:s,s:I,s:I,s:I,s:I,s:o}", "address", st->address,
+                          "weight", b->servers[j].weight, "up", up, "health",
+                          !atomic_load(&st->health_up) ? "down"
+                          : up                         ? "up"
+                                                       : "ejected",
+                          "in_flight", (json_int_t)atomic_load(&st->in_flight),
+                          "active_connections", (json_int_t)atomic_load(&st->active_connections),
+                          "requests", (json_int_t)atomic_load(&st->requests), "failures",
+                          (json_int_t)atomic_load(&st->failures), "responses",
+                          class_counts(st->responses)));
+        }
+        json_array_append_new(
+            backends, json_pack("{s:s,s:i,s:b,s:I,s:I,s:I,s:o,s:o}", "name", b->name, "weight",
+                                b->weight, "up", td_backend_is_up(b, now), "in_flight",
+                                (json_int_t)atomic_load(&b->st->in_flight), "active_connections",
+                                (json_int_t)conns_open, "requests",
+                                (json_int_t)atomic_load(&b->st->requests), "responses",
+                                class_counts(b->st->responses), "servers", servers));
+    }
+    json_t *j = json_pack("{s:I,s:s,s:I,s:I,s:o}", "version", (json_int_t)s->version, "method",
+                          td_method_name(s->method), "uptime_s",
+                          (json_int_t)((td_wall_ms() - td_control_started_ms()) / 1000),
+                          "client_connections", (json_int_t)td_proxy_connections(), "backends",
+                          backends);
+    td_snapshot_release(s);
+    return j;
+}
+
+/* Applies `cfg` and answers with the new state, or the reason it was refused. */
+static reply_t apply(td_config_t *cfg, const char *what) {
+    char err[512];
+    if (td_control_apply(cfg, what, 1, err, sizeof(err)) < 0)
+        return error_reply(500, err);
+    return json_reply(200, state_json());
+}
+
+static json_t *parse_body(td_str_t body, reply_t *fail) {
+    json_error_t e;
+    json_t *j = json_loadb(body.p, body.len, 0, &e);
+    if (!j) {
+        char msg[300];
+        snprintf(msg, sizeof(msg), "request body:%d:%d: %s", e.line, e.column, e.text);
+        *fail = error_reply(400, msg);
+    } else if (!json_is_object(j)) {
+        json_decref(j);
+        j = NULL;
+        *fail = error_reply(400, "request body must be a JSON object");
+    }
+    return j;
+}
+
+/* PUT /api/v1/ratio {"blue": 0, "green": 100}: every key an existing backend, every value an
+ * integer 0..100; all checked before anything changes. */
+static reply_t put_ratio(td_str_t body) {
+    reply_t fail;
+    json_t *j = parse_body(body, &fail);
+    if (!j)
+        return fail;
+    if (json_object_size(j) == 0) {
+        json_decref(j);
+        return error_reply(400, "give at least one backend weight, e.g. {\"blue\": 0, \"green\": 100}");
+    }
+    td_config_t *cfg = td_config_dup(td_control_config());
+    const char *key;
+    json_t *v;
+    char msg[300] = "";
+    json_object_foreach(j, key, v) {
+        size_t i;
+        for (i = 0; i < cfg->num_backends; i++)
+            if (strcmp(cfg->backends[i].name, key) == 0)
+                break;
+        if (i == cfg->num_backends) {
+            snprintf(msg, sizeof(msg), "unknown backend \"%s\"", key);
+            break;
+        }
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 100) {
+            snprintf(msg, sizeof(msg), "weight of \"%s\" must be an integer from 0 to 100", key);
+            break;
+        }
+        cfg->backends[i].weight = (int)json_integer_value(v);
+    }
+    json_decref(j);
+    if (msg[0]) {
+        td_config_free(cfg);
+        return error_reply(400, msg);
+    }
+    char what[256] = "ratio";
+    size_t n = strlen(what);
+    for (size_t i = 0; i < cfg->num_backends && n < sizeof(what) - 1; i++)
+        n += (size_t)snprintf(what + n, sizeof(what) - n, " %s=%d", cfg->backends[i].name,
+                              cfg->backends[i].weight);
+    return apply(cfg, what);
+}
+
+static reply_t put_routing(td_str_t body) {
+    reply_t fail;
+    json_t *j = parse_body(body, &fail);
+    if (!j)
+        return fail;
+    const char *key;
+    json_t *v;
+    td_method_t m = 0;
+    int have = 0;
+    char msg[300] = "";
+    json_object_foreach(j, key, v) {
+        if (strcmp(key, "method") != 0) {
+            snprintf(msg, sizeof(msg), "unknown key \"%s\" (valid: method)", key);
+            break;
+        }
+        if (!json_is_string(v) || td_method_parse(json_string_value(v), &m) < 0) {
+            snprintf(msg, sizeof(msg), "method must be one of round_robin, sticky, failover");
+            break;
+        }
+        have = 1;
+    }
+    json_decref(j);
+    if (!msg[0] && !have)
+        snprintf(msg, sizeof(msg), "give the method, e.g. {\"method\": \"sticky\"}");
+    if (msg[0])
+        return error_reply(400, msg);
+    td_config_t *cfg = td_config_dup(td_control_config());
+    cfg->method = m;
+    char what[64];
+    snprintf(what, sizeof(what), "routing method %s", td_method_name(m));
+    return apply(cfg, what);
+}
+
+static reply_t put_config(td_str_t body) {
+    char *errs = NULL;
+    size_t elen = 0;
+    FILE *ef = open_memstream(&errs, &elen);
+    td_config_t *cfg = td_config_parse(body.p, body.len, "request", ef);
+    fclose(ef);
+    if (!cfg) {
+        while (elen && errs[elen - 1] == '\n')
+            errs[--elen] = 0;
+        reply_t r = error_reply(400, errs);
+        free(errs);
+        return r;
+    }
+    free(errs);
+    char err[512];
+    if (td_control_apply(cfg, "config replaced through the API", 1, err, sizeof(err)) < 0)
+        return error_reply(500, err);
+    return json_reply(200, json_pack("{s:I}", "version", (json_int_t)td_control_version()));
+}
+
+static reply_t get_config(void) {
+    char *text = td_config_to_json(td_control_config());
+    if (!text)
+        return error_reply(500, "out of memory");
+    reply_t r = {200, "application/json", text, strlen(text)};
+    return r;
+}
+
+static void metric(FILE *f, const char *name, const char *labels, long long v) {
+    fprintf(f, "%s{%s} %lld\n", name, labels, v);
+}
+
+static reply_t get_metrics(void) {
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    td_snapshot_t *s = td_router_acquire();
+    int64_t now = td_now_ms();
+    static const char *classes[] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
+    fprintf(f, "# HELP td_backend_weight Configured weight of the backend.\n"
+               "# TYPE td_backend_weight gauge\n");
+    char l[256];
+    for (size_t i = 0; i < s->num_backends; i++) {
+        snprintf(l, sizeof(l), "backend=\"%s\"", s->backends[i].name);
+        metric(f, "td_backend_weight", l, s->backends[i].weight);
+    }
+    fprintf(f, "# HELP td_backend_up 1 when any server of the backend is up.\n"
+               "# TYPE td_backend_up gauge\n");
+    for (size_t i = 0; i < s->num_backends; i++) {
+        snprintf(l, sizeof(l), "backend=\"%s\"", s->backends[i].name);
+        metric(f, "td_backend_up", l, td_backend_is_up(&s->backends[i], now));
+    }
+    fprintf(f, "# HELP td_backend_requests_total Requests routed to the backend.\n"
+               "# TYPE td_backend_requests_total counter\n");
+    for (size_t i = 0; i < s->num_backends; i++) {
+        snprintf(l, sizeof(l), "backend=\"%s\"", s->backends[i].name);
+        metric(f, "td_backend_requests_total", l,
+               (long long)atomic_load(&s->backends[i].st->requests));
+    }
+    fprintf(f, "# HELP td_backend_responses_total Responses by status class.\n"
+               "# TYPE td_backend_responses_total counter\n");
+    for (size_t i = 0; i < s->num_backends; i++)
+        for (int k = 0; k < TD_NCLASS; k++) {
+            snprintf(l, sizeof(l), "backend=\"%s\",class=\"%s\"", s->backends[i].name, classes[k]);
+            metric(f, "td_backend_responses_total", l,
+                   (long long)atomic_load(&s->backends[i].st->responses[k]));
+        }
+    fprintf(f, "# HELP td_backend_in_flight Requests in flight.\n"
+               "# TYPE td_backend_in_flight gauge\n");
+    for (size_t i = 0; i < s->num_backends; i++) {
+        snprintf(l, sizeof(l), "backend=\"%s\"", s->backends[i].name);
+        metric(f, "td_backend_in_flight", l, (long long)atomic_load(&s->backends[i].st->in_flight));
+    }
+    fprintf(f, "# HELP td_server_up 1 when the server may receive requests.\n"
+               "# TYPE td_server_up gauge\n");
+    for (size_t i = 0; i < s->num_backends; i++)
+        for (size_t j = 0; j < s->backends[i].num_servers; j++) {
+            td_server_stats_t *st = s->backends[i].servers[j].st;
+            snprintf(l, sizeof(l), "backend=\"%s\",server=\"%s\"", st->backend, st->address);
+            metric(f, "td_server_up", l, td_server_is_up(st, now));
+        }
+    fprintf(f, "# HELP td_client_connections Open client connections.\n"
+               "# TYPE td_client_connections gauge\ntd_client_connections %lld\n",
+            (long long)td_proxy_connections());
+    fprintf(f, "# HELP td_uptime_seconds Seconds since td started.\n"
+               "# TYPE td_uptime_seconds gauge\ntd_uptime_seconds %lld\n",
+            (long long)((td_wall_ms() - td_control_started_ms()) / 1000));
+    td_snapshot_release(s);
+    fclose(f);
+    reply_t r = {200, "text/plain; version=0.0.4", text, len};
+    return r;
+}
+
+static int path_is(td_str_t target, const char *path) {
+    size_t n = strlen(path);
+    size_t tl = target.len;
+    const char *q = memchr(target.p, '?', target.len);
+    if (q)
+        tl = (size_t)(q - target.p);
+    return tl == n && memcmp(target.p, path, n) == 0;
+}
+
+static int authorized(const td_http1_request_t *req) {
+    const td_config_t *cfg = td_control_config();
+    if (!cfg->admin_token[0])
+        return 1;
+    size_t tl = strlen(cfg->admin_token);
+    for (size_t i = 0; i < req->num_headers; i++) {
+        if (!td_http1_name_is(req->headers[i].name, "authorization"))
+            continue;
+        td_str_t v = req->headers[i].value;
+        if (v.len != 7 + tl || strncasecmp(v.p, "Bearer ", 7) != 0)
+            return 0;
+        unsigned diff = 0;
+        for (size_t k = 0; k < tl; k++)
+            diff |= (unsigned)(v.p[7 + k] ^ cfg->admin_token[k]);
+        return diff == 0;
+    }
+    return 0;
+}
+
+static int method_is(td_str_t m, const char *s) {
+    return m.len == strlen(s) && memcmp(m.p, s, m.len) == 0;
+}
+
+static reply_t route(const td_http1_request_t *req, td_str_t body) {
+    td_str_t t = req->target, m = req->method;
+    if (path_is(t, "/") || path_is(t, "/index.html")) {
+        if (!method_is(m, "GET") && !method_is(m, "HEAD"))
+            return error_reply(405, "use GET");
+        reply_t r = {200, "text/html; charset=utf-8", strdup(td_console_html), 0};
+        r.len = strlen(r.body);
+        return r;
+    }
+    if (!authorized(req))
+        return error_reply(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)");
+    int get = method_is(m, "GET") || method_is(m, "HEAD"), put = method_is(m, "PUT");
+    if (path_is(t, "/api/v1/state"))
+        return get ? json_reply(200, state_json()) : error_reply(405, "use GET");
+    if (path_is(t, "/api/v1/ratio"))
+        return put ? put_ratio(body) : error_reply(405, "use PUT");
+    if (path_is(t, "/api/v1/routing"))
+        return put ? put_routing(body) : error_reply(405, "use PUT");
+    if (path_is(t, "/api/v1/config"))
+        return get ? get_config() : put ? put_config(body) : error_reply(405, "use GET or PUT");
+    if (path_is(t, "/metrics"))
+        return get ? get_metrics() : error_reply(405, "use GET");
+    return error_reply(404, "no such endpoint");
+}
+
+/* ---- connections */
+
+static void resume(admin_conn_t *c);
+
+static void write_cb(uv_write_t *w, int status) {
+    admin_conn_t *c = w->data;
+    free(c->out);
+    c->out = NULL;
+    if (status < 0 || !c->keep_alive) {
+        conn_close(c);
+        return;
+    }
+    resume(c);
+}
+
+static void send_reply(admin_conn_t *c, reply_t r, int head_only) {
+    static const char *reasons[] = {[200] = "OK", [400] = "Bad Request", [401] = "Unauthorized",
+                                    [404] = "Not Found", [405] = "Method Not Allowed",
+                                    [411] = "Length Required", [413] = "Content Too Large",
+                                    [431] = "Request Header Fields Too Large",
+                                    [500] = "Internal Server Error"};
+    const char *reason = r.status < 501 && reasons[r.status] ? reasons[r.status] : "Error";
+    char head[512];
+    int hl = snprintf(head, sizeof(head),
+                      "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                      "Cache-Control: no-store\r\nConnection: %s\r\n%s\r\n",
+                      r.status, reason, r.type, r.len, c->keep_alive ? "keep-alive" : "close",
+                      r.status == 401 ? "WWW-Authenticate: Bearer\r\n" : "");
+    size_t blen = head_only ? 0 : r.len;
+    c->out = malloc((size_t)hl + blen);
+    memcpy(c->out, head, (size_t)hl);
+    if (blen)
+        memcpy(c->out + hl, r.body, blen);
+    free(r.body);
+    uv_buf_t buf = uv_buf_init(c->out, (unsigned)((size_t)hl + blen));
+    c->wreq.data = c;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &buf, 1, write_cb) < 0)
+        conn_close(c);
+}
+
+/* Handles every complete request in the buffer, one at a time. */
+static void process(admin_conn_t *c) {
+    td_http1_header_t hdrs[ADMIN_MAX_HDRS];
+    td_http1_request_t req;
+    td_http1_limits_t lim = td_http1_default_limits();
+    lim.max_headers = ADMIN_MAX_HDRS;
+    int r = td_http1_parse_request(c->buf, c->len, &lim, &req, hdrs, ADMIN_MAX_HDRS);
+    if (r == TD_EAGAIN)
+        return;
+    if (r < 0) {
+        c->keep_alive = 0;
+        send_reply(c, error_reply(r == TD_EHDRTOOLARGE ? 431 : 400, "malformed request"), 0);
+        return;
+    }
+    if (req.body == TD_BODY_CHUNKED) {
+        c->keep_alive = 0;
+        send_reply(c, error_reply(411, "send the body with Content-Length"), 0);
+        return;
+    }
+    size_t blen = req.body == TD_BODY_LENGTH ? req.content_length : 0;
+    if (blen > ADMIN_MAX_BODY) {
+        c->keep_alive = 0;
+        send_reply(c, error_reply(413, "request body over 1 MiB"), 0);
+        return;
+    }
+    if (c->len < (size_t)r + blen)
+        return; /* the body is still coming */
+    c->keep_alive = req.keep_alive;
+    reply_t rep = route(&req, (td_str_t){c->buf + r, blen});
+    if (rep.status >= 400)
+        td_info("admin: %s %.*s %.*s: %d", c->ip, (int)req.method.len, req.method.p,
+                (int)req.target.len, req.target.p, rep.status);
+    size_t used = (size_t)r + blen;
+    int head_only = req.head;
+    memmove(c->buf, c->buf + used, c->len - used);
+    c->len -= used;
+    send_reply(c, rep, head_only);
+}
+
+static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *out) {
+    (void)hint;
+    admin_conn_t *c = h->data;
+    if (c->cap - c->len < 4096) {
+        size_t cap = c->cap ? c->cap * 2 : 16384;
+        if (cap > ADMIN_MAX_BODY + 65536 || !(c->buf = realloc(c->buf, cap))) {
+            *out = uv_buf_init(NULL, 0);
+            return;
+        }
+        c->cap = cap;
+    }
+    *out = uv_buf_init(c->buf + c->len, (unsigned)(c->cap - c->len));
+}
+
+static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
+    (void)b;
+    admin_conn_t *c = s->data;
+    if (nread < 0) {
+        conn_close(c);
+        return;
+    }
+    c->len += (size_t)nread;
+    process(c);
+}
+
+static void resume(admin_conn_t *c) {
+    uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
+    if (c->len)
+        process(c);
+}
+
+static void on_conn(uv_stream_t *srv, int status) {
+    if (status < 0)
+        return;
+    admin_conn_t *c = calloc(1, sizeof(*c));
+    if (!c)
+        return;
+    uv_tcp_init(srv->loop, &c->tcp);
+    c->tcp.data = c;
+    c->next = conns;
+    conns = c;
+    if (uv_accept(srv, (uv_stream_t *)&c->tcp) < 0) {
+        conn_close(c);
+        return;
+    }
+    struct sockaddr_storage ss;
+    int sl = sizeof(ss);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0)
+        uv_ip4_name((struct sockaddr_in *)&ss, c->ip, sizeof(c->ip));
+    resume(c);
+}
+
+int td_admin_start(uv_loop_t *loop, const td_addr_t *address, char *err, size_t errlen) {
+    uv_tcp_init(loop, &server);
+    server_open = 1;
+    int r = uv_tcp_bind(&server, (const struct sockaddr *)&address->sa, 0);
+    if (r == 0)
+        r = uv_listen((uv_stream_t *)&server, 128, on_conn);
+    if (r < 0) {
+        snprintf(err, errlen, "cannot listen on %s (admin): %s", address->text, uv_strerror(r));
+        return TD_EIO;
+    }
+    return 0;
+}
+
+void td_admin_stop(void) {
+    if (server_open) {
+        uv_close((uv_handle_t *)&server, NULL);
+        server_open = 0;
+    }
+    for (admin_conn_t *c = conns; c; c = c->next)
+        conn_close(c);
+}

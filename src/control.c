@@ -1,0 +1,103 @@
+#include "td/control.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "td/config.h"
+#include "td/log.h"
+#include "td/router.h"
+#include "td/sticky.h"
+
+static td_config_t *running; /* owned by the current snapshot; borrowed here */
+static char config_path[4096];
+static uint64_t version;
+static int64_t started_ms;
+
+const td_config_t *td_control_config(void) {
+    return running;
+}
+
+uint64_t td_control_version(void) {
+    return version;
+}
+
+int64_t td_control_started_ms(void) {
+    return started_ms;
+}
+
+static int publish(td_config_t *cfg) {
+    td_snapshot_t *s = td_snapshot_build(cfg, version + 1);
+    if (!s)
+        return TD_ENOMEM;
+    version++;
+    running = cfg;
+    td_router_publish(s);
+    return 0;
+}
+
+int td_control_init(td_config_t *cfg, const char *path) {
+    snprintf(config_path, sizeof(config_path), "%s", path ? path : "");
+    started_ms = td_wall_ms();
+    td_sticky_set_secret(cfg->cookie_secret);
+    return publish(cfg);
+}
+
+/* Settings bound at start-up stay as they are; the rest of the new config applies. */
+static void keep_startup_settings(td_config_t *cfg) {
+    const td_config_t *old = running;
+    int changed = cfg->num_listeners != old->num_listeners;
+    for (size_t i = 0; !changed && i < cfg->num_listeners; i++)
+        changed = strcmp(cfg->listeners[i].text, old->listeners[i].text) != 0;
+    if (changed)
+        td_warn("config: listeners changed; they apply at the next restart");
+    if (cfg->workers != old->workers)
+        td_warn("config: workers changed; they apply at the next restart");
+    if (cfg->has_admin != old->has_admin ||
+        strcmp(cfg->admin_address.text, old->admin_address.text) != 0)
+        td_warn("config: admin address changed; it applies at the next restart");
+}
+
+int td_control_apply(td_config_t *cfg, const char *what, int persist, char *err, size_t errlen) {
+    keep_startup_settings(cfg);
+    if (strcmp(cfg->cookie_secret, running->cookie_secret) != 0)
+        td_sticky_set_secret(cfg->cookie_secret);
+    if (persist && config_path[0] && td_config_write(cfg, config_path) < 0) {
+        snprintf(err, errlen, "cannot write %s: %m", config_path);
+        td_config_free(cfg);
+        return TD_EIO;
+    }
+    int r = publish(cfg);
+    if (r < 0) {
+        snprintf(err, errlen, "out of memory");
+        return r;
+    }
+    td_info("config version %llu applied (%s)", (unsigned long long)version, what);
+    return 0;
+}
+
+int td_control_reload(void) {
+    if (!config_path[0]) {
+        td_warn("reload: no config file (running the embedded demo config)");
+        return TD_EINVAL;
+    }
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *errs = open_memstream(&buf, &len);
+    td_config_t *cfg = td_config_load(config_path, errs);
+    fclose(errs);
+    if (!cfg) {
+        for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n"))
+            td_error("reload rejected: %s", line);
+        td_error("reload rejected: keeping config version %llu", (unsigned long long)version);
+        free(buf);
+        return TD_EINVAL;
+    }
+    free(buf);
+    char err[256];
+    return td_control_apply(cfg, "reload of the config file", 0, err, sizeof(err));
+}
+
+void td_control_shutdown(void) {
+    running = NULL;
+}

@@ -1,0 +1,237 @@
+/* td — the traffic distributor's command line: run with a config file, check one, or run the
+ * embedded demo (two demo backends, td in front, the admin API and console). */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "td/admin.h"
+#include "td/config.h"
+#include "td/control.h"
+#include "td/demo.h"
+#include "td/log.h"
+#include "td/proxy.h"
+
+#define TD_VERSION "0.1.0"
+
+static const char usage[] =
+    "Usage:\n"
+    "  td -c FILE          run with the config file FILE (foreground, logs to stderr)\n"
+    "  td -t -c FILE       check FILE and exit: 0 and \"configuration OK\", or 1 and one\n"
+    "                      FILE:LINE:COL: message line per problem\n"
+    "  td demo             run the embedded default: demo backends blue (127.0.0.1:9001) and\n"
+    "                      green (127.0.0.1:9002), td on 127.0.0.1:8080, admin API and web\n"
+    "                      console on 127.0.0.1:9090\n"
+    "  td backend NAME=ADDRESS ...\n"
+    "                      run demo backends only, e.g. td backend blue=127.0.0.1:9001\n"
+    "  td --version | --help\n"
+    "\n"
+    "td splits HTTP traffic between backends (blue and green) by a ratio, with round robin,\n"
+    "sticky sessions or failover; every change applies live without failing a request.\n"
+    "\n"
+    "Options:\n"
+    "  -c, --config FILE   the JSON config file (see README.md for every key)\n"
+    "  -t, --test          check the config and exit\n"
+    "  -l, --log-level L   debug, info (default), warn or error\n"
+    "  -h, --help          this text\n"
+    "  -v, --version       print the version\n"
+    "\n"
+    "Signals:\n"
+    "  SIGHUP              re-read the config file; a bad file is rejected with the same\n"
+    "                      messages as -t and the running config stays\n"
+    "  SIGTERM, SIGINT     stop accepting, let in-flight requests finish (up to\n"
+    "                      timeouts.drain_ms), exit 0\n"
+    "\n"
+    "Admin API (on admin.address; Authorization: Bearer TOKEN when admin.token is set):\n"
+    "  GET /api/v1/state           routing method, weights, health, live counters, version\n"
+    "  PUT /api/v1/ratio           {\"blue\": 0, \"green\": 100}\n"
+    "  PUT /api/v1/routing         {\"method\": \"round_robin\" | \"sticky\" | \"failover\"}\n"
+    "  GET|PUT /api/v1/config      the whole config document\n"
+    "  GET /metrics                Prometheus text format\n"
+    "  GET /                       the web console\n"
+    "Changes made through the API are written back to the config file.\n"
+    "\n"
+    "Exit status: 0 on success or a clean stop, 1 on a bad config or start-up error,\n"
+    "2 on a usage error.\n";
+
+static td_proxy_t *proxy;
+static uv_signal_t sig_hup, sig_term, sig_int;
+static int drain_ms = 30000;
+
+static void on_stop(uv_signal_t *s, int signum) {
+    (void)s;
+    td_info("%s: stopping; letting in-flight requests finish (up to %d ms)",
+            signum == SIGINT ? "SIGINT" : "SIGTERM", drain_ms);
+    td_admin_stop();
+    td_proxy_stop(proxy, drain_ms);
+    proxy = NULL;
+    uv_close((uv_handle_t *)&sig_hup, NULL);
+    uv_close((uv_handle_t *)&sig_term, NULL);
+    uv_close((uv_handle_t *)&sig_int, NULL);
+    td_info("stopped");
+}
+
+static void on_hup(uv_signal_t *s, int signum) {
+    (void)s;
+    (void)signum;
+    td_info("SIGHUP: re-reading the config file");
+    td_control_reload();
+    drain_ms = td_control_config()->timeouts.drain_ms;
+}
+
+/* Serves demo backends on their own thread so `td demo` is one process. */
+static uv_loop_t demo_loop;
+static void demo_main(void *arg) {
+    (void)arg;
+    uv_run(&demo_loop, UV_RUN_DEFAULT);
+}
+
+static int start_demo_backends(int n, char **specs, int own_thread) {
+    uv_loop_t *loop = own_thread ? &demo_loop : uv_default_loop();
+    if (own_thread)
+        uv_loop_init(&demo_loop);
+    for (int i = 0; i < n; i++) {
+        char name[64], err[256];
+        const char *eq = strchr(specs[i], '=');
+        if (!eq || eq == specs[i] || (size_t)(eq - specs[i]) >= sizeof(name)) {
+            fprintf(stderr, "td: backend: expected NAME=ADDRESS, got \"%s\"\n", specs[i]);
+            return 2;
+        }
+        memcpy(name, specs[i], (size_t)(eq - specs[i]));
+        name[eq - specs[i]] = 0;
+        if (td_demo_listen(loop, name, eq + 1, err, sizeof(err)) < 0) {
+            fprintf(stderr, "td: %s\n", err);
+            return 1;
+        }
+        td_info("demo backend %s on http://%s/", name, eq + 1);
+    }
+    if (own_thread) {
+        static uv_thread_t t;
+        uv_thread_create(&t, demo_main, NULL);
+    }
+    return 0;
+}
+
+static int run(td_config_t *cfg, const char *path) {
+    char err[512];
+    drain_ms = cfg->timeouts.drain_ms;
+    td_addr_t admin = cfg->admin_address;
+    int has_admin = cfg->has_admin;
+    td_config_t *start_cfg = td_config_dup(cfg);
+    if (!start_cfg || td_control_init(cfg, path) < 0) {
+        fprintf(stderr, "td: out of memory\n");
+        return 1;
+    }
+    uv_loop_t *loop = uv_default_loop();
+    if (has_admin && td_admin_start(loop, &admin, err, sizeof(err)) < 0) {
+        fprintf(stderr, "td: %s\n", err);
+        td_config_free(start_cfg);
+        return 1;
+    }
+    proxy = td_proxy_start(start_cfg, err, sizeof(err));
+    if (!proxy) {
+        fprintf(stderr, "td: %s\n", err);
+        td_config_free(start_cfg);
+        return 1;
+    }
+    for (size_t i = 0; i < start_cfg->num_listeners; i++)
+        td_info("listening on http://%s/ with %d worker%s", start_cfg->listeners[i].text,
+                start_cfg->workers, start_cfg->workers == 1 ? "" : "s");
+    if (has_admin)
+        td_info("admin API and web console on http://%s/", admin.text);
+    td_config_free(start_cfg);
+    uv_signal_init(loop, &sig_hup);
+    uv_signal_init(loop, &sig_term);
+    uv_signal_init(loop, &sig_int);
+    uv_signal_start(&sig_hup, on_hup, SIGHUP);
+    uv_signal_start(&sig_term, on_stop, SIGTERM);
+    uv_signal_start(&sig_int, on_stop, SIGINT);
+    uv_run(loop, UV_RUN_DEFAULT);
+    uv_loop_close(loop);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    signal(SIGPIPE, SIG_IGN);
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    static const struct option opts[] = {{"config", required_argument, 0, 'c'},
+                                         {"test", no_argument, 0, 't'},
+                                         {"log-level", required_argument, 0, 'l'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {"version", no_argument, 0, 'v'},
+                                         {0, 0, 0, 0}};
+    const char *path = NULL;
+    int test = 0, c;
+    while ((c = getopt_long(argc, argv, "+c:tl:hv", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c': path = optarg; break;
+        case 't': test = 1; break;
+        case 'l':
+            if (strcmp(optarg, "debug") == 0)
+                td_log_set_level(TD_LOG_DEBUG);
+            else if (strcmp(optarg, "info") == 0)
+                td_log_set_level(TD_LOG_INFO);
+            else if (strcmp(optarg, "warn") == 0)
+                td_log_set_level(TD_LOG_WARN);
+            else if (strcmp(optarg, "error") == 0)
+                td_log_set_level(TD_LOG_ERROR);
+            else {
+                fprintf(stderr, "td: unknown log level \"%s\" (debug, info, warn, error)\n",
+                        optarg);
+                return 2;
+            }
+            break;
+        case 'h': fputs(usage, stdout); return 0;
+        case 'v': printf("td %s\n", TD_VERSION); return 0;
+        default: fprintf(stderr, "Try 'td --help'.\n"); return 2;
+        }
+    }
+    if (optind < argc && strcmp(argv[optind], "backend") == 0) {
+        if (optind + 1 >= argc) {
+            fprintf(stderr, "td backend: give at least one NAME=ADDRESS\n");
+            return 2;
+        }
+        int r = start_demo_backends(argc - optind - 1, argv + optind + 1, 0);
+        if (r)
+            return r;
+        uv_run(uv_default_loop(), UV_RUN_DEFAULT);
+        return 0;
+    }
+    if (optind < argc && strcmp(argv[optind], "demo") == 0) {
+        if (optind + 1 != argc || path || test) {
+            fprintf(stderr, "td demo takes no arguments. Try 'td --help'.\n");
+            return 2;
+        }
+        char *specs[] = {"blue=127.0.0.1:9001", "green=127.0.0.1:9002"};
+        int r = start_demo_backends(2, specs, 1);
+        if (r)
+            return r;
+        td_config_t *cfg = td_config_demo();
+        printf("td demo\n  traffic:  http://127.0.0.1:8080/  (blue and green, 50/50)\n"
+               "  console:  http://127.0.0.1:9090/\n  API:      curl "
+               "http://127.0.0.1:9090/api/v1/state\n"
+               "  change:   curl -X PUT -d '{\"blue\":0,\"green\":100}' "
+               "http://127.0.0.1:9090/api/v1/ratio\n"
+               "Stop with Ctrl-C.\n");
+        return run(cfg, "");
+    }
+    if (optind < argc) {
+        fprintf(stderr, "td: unexpected argument \"%s\". Try 'td --help'.\n", argv[optind]);
+        return 2;
+    }
+    if (!path) {
+        fprintf(stderr, "td: give a config file with -c FILE, or run 'td demo'. Try 'td --help'.\n");
+        return 2;
+    }
+    td_config_t *cfg = td_config_load(path, stderr);
+    if (!cfg)
+        return 1;
+    if (test) {
+        printf("configuration OK\n");
+        td_config_free(cfg);
+        return 0;
+    }
+    return run(cfg, path);
+}

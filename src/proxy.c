@@ -1,0 +1,1546 @@
+/* The proxy's workers and connections.
+ *
+ * Each worker thread runs its own libuv loop with its own SO_REUSEPORT listeners, its own
+ * keep-alive pools of upstream connections and its own balancer scores. A client connection goes
+ * through these states:
+ *
+ *   HEAD ──parsed──▶ EXCHANGE ──response done, keep-alive──▶ HEAD (next, possibly pipelined)
+ *                       │  └──101 Switching Protocols──▶ TUNNEL
+ *                       └──error──▶ error response, or close
+ *
+ * During an exchange the client is bound to one upstream connection. Bytes flow through one read
+ * buffer per side and at most one write per side is outstanding: while a write is pending, the
+ * side that produced the bytes is not read (backpressure), so a connection never holds more than
+ * its buffers however slow the peer. Writes are tried synchronously first (uv_try_write); only a
+ * partial write goes through uv_write, with the bytes left pinned in their read buffer.
+ *
+ * Objects are freed only in their close callbacks, never inside their own read/write callbacks. */
+#include "td/proxy.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "td/http1.h"
+#include "td/log.h"
+#include "td/router.h"
+#include "td/sticky.h"
+
+#define CBUF_SIZE (16 * 1024) /* client read buffer: the largest request head, then body pieces */
+#define UBUF_SIZE (64 * 1024) /* upstream read buffer: response head, then body pieces */
+#define MAX_HDRS 100
+#define MAX_TRIES 6           /* upstream attempts per request */
+#define EJECT_MS 5000         /* passive ejection after a connect error or reset */
+#define POOL_IDLE_MS 60000    /* idle pooled upstream connections are closed after this */
+#define MAX_SPANS 64
+
+typedef struct worker_s worker_t;
+typedef struct client_s client_t;
+typedef struct upstream_s upstream_t;
+
+/* Idle keep-alive connections to one server, in one worker. Keyed by the server's registry
+ * object, which outlives reloads, so pools survive them. */
+typedef struct pool_s {
+    td_server_stats_t *key; /* borrowed */
+    upstream_t *idle;       /* most recently used first */
+    struct pool_s *next;
+} pool_t;
+
+struct td_proxy_s {
+    worker_t *workers; /* owned */
+    size_t num_workers;
+};
+
+struct worker_s {
+    uv_loop_t loop;
+    uv_thread_t thread;
+    uv_async_t wake;  /* stop request from the main thread */
+    uv_timer_t drain; /* force-close deadline after a stop */
+    int drain_ms;
+    uv_tcp_t *listeners; /* owned */
+    int *listen_fds;     /* owned; -1 once handed to a uv_tcp_t */
+    size_t num_listeners;
+    int stopping;
+    td_snapshot_t *snap; /* one reference held by the worker */
+    int *wrr_b, *wrr_s;  /* owned: balancer scores per backend / per flat server index */
+    size_t wrr_nb, wrr_ns;
+    pool_t *pools;        /* owned */
+    client_t *clients;    /* every open client connection (for a stop) */
+    td_http1_header_t hdrs[MAX_HDRS];
+    char scratch[CBUF_SIZE + 2048]; /* response/request heads are built here */
+};
+
+enum { C_HEAD, C_EXCHANGE, C_TUNNEL, C_CLOSING };
+enum { U_CONNECTING, U_BUSY, U_IDLE, U_CLOSING };
+
+struct client_s {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    uv_write_t wreq; /* the one outstanding write to this client */
+    worker_t *w;
+    client_t *prev, *next;
+    upstream_t *up;     /* the upstream of the current exchange, or NULL */
+    char *buf;          /* owned: request bytes; NULL while idle */
+    uint32_t len;       /* bytes in buf */
+    uint32_t head_len;  /* length of the current request's head */
+    uint32_t req_end;   /* end in buf of the bytes known to belong to the current request */
+    uint32_t fwd;       /* bytes of buf already written to the upstream */
+    uint64_t body_left; /* Content-Length bytes not yet seen */
+    td_http1_chunked_t chunk;
+    char *hcopy;        /* owned: unwritten remainder of a head during a partial write */
+    td_snapshot_t *snap; /* a reference, held during an exchange */
+    int backend, server; /* indices in snap */
+    int pinned;          /* backend named by a valid sticky cookie, or -1 */
+    td_server_stats_t *st_inflight;  /* borrowed: server whose in_flight this request holds */
+    td_backend_stats_t *b_inflight;  /* borrowed: backend whose in_flight this request holds */
+    int tries;
+    int sticky_set;      /* backend index to pin with Set-Cookie in the response, or -1 */
+    uint64_t tried;      /* flat server indices tried (first 64) */
+    int64_t started_ms;
+    uint8_t state;
+    uint8_t writing;     /* a uv_write to this client is pending */
+    uint8_t reading;     /* uv_read_start is on */
+    uint8_t req_body;    /* td_http1_body_t of the request */
+    uint8_t req_done;    /* the whole request has been read */
+    uint8_t discarded;   /* request bytes were dropped from buf after sending: no replay */
+    uint8_t keep_alive, head_req, upgrade, minor, expect, idempotent;
+    uint8_t resp_started; /* a response byte came from the upstream */
+    uint8_t resp_sent;    /* a response head was written to the client */
+    uint8_t close_after;  /* close once the pending write completes */
+    uint8_t closes;       /* handles still to close */
+    char ip[INET6_ADDRSTRLEN];
+    char method[16];
+};
+
+struct upstream_s {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    uv_connect_t creq;
+    uv_write_t wreq; /* the one outstanding write to this upstream */
+    worker_t *w;
+    pool_t *pool;          /* borrowed */
+    td_server_stats_t *st; /* borrowed (registry) */
+    client_t *c;           /* the client of the current exchange, or NULL */
+    upstream_t *next;      /* pool list */
+    char *buf;             /* owned */
+    uint32_t len, off;     /* bytes in buf; bytes consumed */
+    uint32_t fwd;          /* bytes of buf pinned by the pending write to the client */
+    char *hcopy;           /* owned: unwritten remainder of a head during a partial write */
+    uint64_t body_left;
+    td_http1_chunked_t chunk;
+    int status;
+    uint8_t state, reused, writing, reading, closes;
+    uint8_t head_done, resp_body, resp_keep_alive, resp_done, dechunk, tunnel;
+};
+
+static _Atomic int64_t open_clients;
+
+int64_t td_proxy_connections(void) {
+    return atomic_load(&open_clients);
+}
+
+static td_http1_limits_t limits = {8192, CBUF_SIZE, MAX_HDRS};
+
+/* ---------------------------------------------------------------------------------------------
+ * Small helpers */
+
+static void client_close(client_t *c);
+static void upstream_close(upstream_t *u);
+static void client_next(client_t *c);
+static void start_request(client_t *c);
+static void response_pump(upstream_t *u);
+static void pick_and_connect(client_t *c);
+static void client_error(client_t *c, int status, const char *why);
+
+static const char *reason_of(int status) {
+    switch (status) {
+    case 400: return "Bad Request";
+    case 408: return "Request Timeout";
+    case 414: return "URI Too Long";
+    case 431: return "Request Header Fields Too Large";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Error";
+    }
+}
+
+static int class_of(int status) {
+    int k = status / 100 - 1;
+    return k < 0 ? 0 : k > 4 ? 4 : k;
+}
+
+static int timeout_ms(const client_t *c, int which) {
+    const td_snapshot_t *s = c->snap ? c->snap : c->w->snap;
+    const td_config_timeouts_t *t = &s->config->timeouts;
+    switch (which) {
+    case 0: return t->client_header_ms;
+    case 1: return t->keepalive_idle_ms;
+    case 2: return t->connect_ms;
+    default: return t->upstream_response_ms;
+    }
+}
+enum { T_HEADER, T_KEEPALIVE, T_CONNECT, T_RESPONSE };
+
+/* Takes the newest snapshot when the router has published one since the last request. */
+static void worker_refresh(worker_t *w) {
+    if (w->snap && w->snap->version == td_router_version())
+        return;
+    td_snapshot_t *s = td_router_acquire();
+    if (!s)
+        return;
+    td_snapshot_release(w->snap);
+    w->snap = s;
+    /* Balancer scores carry over when the shape is unchanged, so a weight change keeps the
+     * interleaving smooth; otherwise they start again from zero. */
+    if (w->wrr_nb != s->num_backends || w->wrr_ns != s->num_servers) {
+        free(w->wrr_b);
+        free(w->wrr_s);
+        w->wrr_b = calloc(s->num_backends ? s->num_backends : 1, sizeof(int));
+        w->wrr_s = calloc(s->num_servers ? s->num_servers : 1, sizeof(int));
+        if (!w->wrr_b || !w->wrr_s)
+            abort(); /* a few bytes; nothing sensible to do without them */
+        w->wrr_nb = s->num_backends;
+        w->wrr_ns = s->num_servers;
+    }
+}
+
+/* Writes iov[0..n) to `dst`: synchronously when the socket takes it all, else through uv_write.
+ * iov[0] may point into the worker's scratch area (`volatile_first`): its unwritten part is then
+ * copied to *hcopy; the other pieces stay pinned in their read buffers until `cb` runs.
+ * Returns 0 when everything was written now, 1 when `cb` will be called, or a negative uv error. */
+static int send_iov(uv_stream_t *dst, uv_write_t *req, uv_buf_t *iov, unsigned n,
+                    int volatile_first, char **hcopy, uv_write_cb cb) {
+    size_t total = 0;
+    for (unsigned i = 0; i < n; i++)
+        total += iov[i].len;
+    if (total == 0)
+        return 0;
+    int r = uv_try_write(dst, iov, n);
+    if (r == UV_EAGAIN || r == UV_ENOSYS)
+        r = 0;
+    if (r < 0)
+        return r;
+    if ((size_t)r == total)
+        return 0;
+    size_t skip = (size_t)r;
+    unsigned i = 0;
+    while (skip >= iov[i].len) {
+        skip -= iov[i].len;
+        i++;
+    }
+    iov[i].base += skip;
+    iov[i].len -= skip;
+    if (i == 0 && volatile_first) {
+        *hcopy = malloc(iov[0].len);
+        if (!*hcopy)
+            return UV_ENOMEM;
+        memcpy(*hcopy, iov[0].base, iov[0].len);
+        iov[0].base = *hcopy;
+    }
+    r = uv_write(req, dst, iov + i, n - i, cb);
+    return r < 0 ? r : 1;
+}
+
+static void add_str(char **p, const char *end, const char *s, size_t n) {
+    if (*p + n <= end) {
+        memcpy(*p, s, n);
+        *p += n;
+    } else {
+        *p = (char *)end + 1; /* marks overflow */
+    }
+}
+#define ADD_LIT(pp, e, lit) add_str(pp, e, lit, sizeof(lit) - 1)
+#define ADD_STR(pp, e, s) add_str(pp, e, (s).p, (s).len)
+
+/* Hop-by-hop fields (RFC 9110 §7.6.1) and the ones td rewrites itself. */
+static int hop_by_hop(td_str_t n) {
+    switch (n.len) {
+    case 2: return td_http1_name_is(n, "te");
+    case 7: return td_http1_name_is(n, "upgrade") || td_http1_name_is(n, "trailer");
+    case 10: return td_http1_name_is(n, "connection") || td_http1_name_is(n, "keep-alive");
+    case 16: return td_http1_name_is(n, "proxy-connection");
+    case 17: return td_http1_name_is(n, "transfer-encoding");
+    default: return 0;
+    }
+}
+
+static int connection_listed(td_str_t conn, td_str_t name) {
+    char lower[64];
+    if (!conn.len || name.len >= sizeof(lower))
+        return 0;
+    for (size_t i = 0; i < name.len; i++) {
+        char ch = name.p[i];
+        lower[i] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
+    }
+    lower[name.len] = 0;
+    return td_http1_list_has(conn, lower);
+}
+
+static td_str_t find_header(const td_http1_header_t *h, size_t n, const char *lower) {
+    for (size_t i = 0; i < n; i++)
+        if (td_http1_name_is(h[i].name, lower))
+            return h[i].value;
+    return (td_str_t){NULL, 0};
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Client connections */
+
+static void client_free_cb(uv_handle_t *h) {
+    client_t *c = h->data;
+    if (--c->closes)
+        return;
+    free(c->buf);
+    free(c->hcopy);
+    free(c);
+}
+
+/* Drops the in-flight counts of the current exchange (each taken once, released once). */
+static void release_server(client_t *c) {
+    if (c->st_inflight) {
+        atomic_fetch_sub_explicit(&c->st_inflight->in_flight, 1, memory_order_relaxed);
+        c->st_inflight = NULL;
+    }
+}
+
+static void end_exchange(client_t *c) {
+    release_server(c);
+    if (c->b_inflight) {
+        atomic_fetch_sub_explicit(&c->b_inflight->in_flight, 1, memory_order_relaxed);
+        c->b_inflight = NULL;
+    }
+    if (c->snap) {
+        td_snapshot_release(c->snap);
+        c->snap = NULL;
+    }
+}
+
+/* Detaches and closes the exchange's upstream connection (it cannot be reused). */
+static void drop_upstream(client_t *c) {
+    upstream_t *u = c->up;
+    if (!u)
+        return;
+    c->up = NULL;
+    u->c = NULL;
+    release_server(c);
+    upstream_close(u);
+}
+
+static void client_close(client_t *c) {
+    if (c->state == C_CLOSING)
+        return;
+    c->state = C_CLOSING;
+    drop_upstream(c);
+    end_exchange(c);
+    if (c->prev)
+        c->prev->next = c->next;
+    else if (c->w->clients == c)
+        c->w->clients = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    atomic_fetch_sub(&open_clients, 1);
+    c->closes = 2;
+    uv_close((uv_handle_t *)&c->timer, client_free_cb);
+    uv_close((uv_handle_t *)&c->tcp, client_free_cb);
+}
+
+static void client_timer_cb(uv_timer_t *t);
+
+static void client_timer(client_t *c, int which) {
+    uv_timer_start(&c->timer, client_timer_cb, (uint64_t)timeout_ms(c, which), 0);
+}
+
+static void client_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *out) {
+    (void)hint;
+    client_t *c = h->data;
+    if (!c->buf) {
+        c->buf = malloc(CBUF_SIZE);
+        if (!c->buf) {
+            *out = uv_buf_init(NULL, 0);
+            return;
+        }
+    }
+    *out = uv_buf_init(c->buf + c->len, CBUF_SIZE - c->len);
+}
+
+static void client_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b);
+
+static void client_read(client_t *c, int on) {
+    if (c->state == C_CLOSING || c->reading == on)
+        return;
+    c->reading = (uint8_t)on;
+    if (on)
+        uv_read_start((uv_stream_t *)&c->tcp, client_alloc_cb, client_read_cb);
+    else
+        uv_read_stop((uv_stream_t *)&c->tcp);
+}
+
+/* Counts the request-body bytes that have arrived in buf[req_end..len) and moves req_end past
+ * them. Returns 0, or TD_EBADMSG for invalid chunked framing. */
+static int account_body(client_t *c) {
+    if (c->req_done)
+        return 0;
+    uint32_t avail = c->len - c->req_end;
+    if (c->req_body == TD_BODY_LENGTH) {
+        uint64_t take = avail < c->body_left ? avail : c->body_left;
+        c->req_end += (uint32_t)take;
+        c->body_left -= take;
+        c->req_done = c->body_left == 0;
+    } else if (c->req_body == TD_BODY_CHUNKED) {
+        int done = 0;
+        long n = td_http1_chunked_feed(&c->chunk, c->buf + c->req_end, avail, &done, NULL, 0,
+                                       NULL);
+        if (n < 0)
+            return TD_EBADMSG;
+        c->req_end += (uint32_t)n;
+        c->req_done = (uint8_t)done;
+    } else {
+        c->req_done = 1;
+    }
+    return 0;
+}
+
+/* Writes a complete small response of td's own (an error) and ends the exchange. */
+static void client_write_done_cb(uv_write_t *req, int status);
+
+static void client_error(client_t *c, int status, const char *why) {
+    if (c->state == C_CLOSING)
+        return;
+    if (c->resp_sent || c->writing) {
+        client_close(c);
+        return;
+    }
+    td_warn("%d %s %s: %s", status, c->ip, c->method[0] ? c->method : "-", why);
+    if (c->snap && c->backend >= 0) {
+        td_snap_backend_t *b = &c->snap->backends[c->backend];
+        atomic_fetch_add_explicit(&b->st->responses[class_of(status)], 1, memory_order_relaxed);
+    }
+    drop_upstream(c);
+    /* Keep the connection for 502/503/504 when the whole request was read; close otherwise. */
+    int keep = status >= 500 && c->req_done && c->keep_alive && !c->w->stopping;
+    char body[160];
+    int blen = snprintf(body, sizeof(body), "%d %s\n", status, reason_of(status));
+    char *p = c->w->scratch;
+    int n = snprintf(p, 512,
+                     "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                     "Connection: %s\r\n\r\n%s",
+                     status, reason_of(status), blen, keep ? "keep-alive" : "close", body);
+    c->resp_sent = 1;
+    c->close_after = !keep;
+    uv_buf_t iov = uv_buf_init(p, (unsigned)n);
+    int r = send_iov((uv_stream_t *)&c->tcp, &c->wreq, &iov, 1, 1, &c->hcopy, client_write_done_cb);
+    if (r < 0) {
+        client_close(c);
+    } else if (r == 1) {
+        c->writing = 1;
+        client_read(c, 0);
+    } else if (c->close_after) {
+        client_close(c);
+    } else {
+        client_next(c);
+    }
+}
+
+static void client_timer_cb(uv_timer_t *t) {
+    client_t *c = t->data;
+    if (c->state == C_HEAD) {
+        if (c->len > 0) {
+            c->keep_alive = 0;
+            client_error(c, 408, "client too slow to send its request head");
+        } else {
+            client_close(c);
+        }
+    } else if (c->state == C_EXCHANGE && !c->req_done) {
+        c->keep_alive = 0;
+        if (c->resp_sent)
+            client_close(c);
+        else
+            client_error(c, 408, "client too slow to send its request body");
+    }
+}
+
+/* Ends the current exchange and starts on the next request (pipelined bytes first). */
+static void client_next(client_t *c) {
+    if (c->state == C_CLOSING)
+        return;
+    end_exchange(c);
+    if (c->w->stopping) {
+        client_close(c);
+        return;
+    }
+    uint32_t rest = c->len > c->req_end ? c->len - c->req_end : 0;
+    if (rest && c->req_end)
+        memmove(c->buf, c->buf + c->req_end, rest);
+    c->len = rest;
+    c->head_len = c->req_end = c->fwd = 0;
+    c->body_left = 0;
+    memset(&c->chunk, 0, sizeof(c->chunk));
+    c->req_done = c->discarded = c->resp_started = c->resp_sent = c->close_after = 0;
+    c->upgrade = c->expect = 0;
+    c->backend = c->server = c->sticky_set = c->pinned = -1;
+    c->tries = 0;
+    c->tried = 0;
+    c->method[0] = 0;
+    c->state = C_HEAD;
+    if (!rest) {
+        free(c->buf); /* idle keep-alive connections hold no buffer */
+        c->buf = NULL;
+        client_timer(c, T_KEEPALIVE);
+        client_read(c, 1);
+        return;
+    }
+    client_timer(c, T_HEADER);
+    client_read(c, 1);
+    start_request(c);
+}
+
+/* Parses the request head; on success routes the request and starts the exchange. */
+static void start_request(client_t *c) {
+    worker_t *w = c->w;
+    td_http1_request_t req;
+    int r = td_http1_parse_request(c->buf, c->len, &limits, &req, w->hdrs, MAX_HDRS);
+    if (r == TD_EAGAIN) {
+        if (c->len >= CBUF_SIZE)
+            client_error(c, 431, "request head too large");
+        return;
+    }
+    if (r < 0) {
+        c->keep_alive = 0;
+        c->req_done = 0;
+        switch (r) {
+        case TD_EURITOOLONG: client_error(c, 414, "request line too long"); break;
+        case TD_EHDRTOOLARGE: client_error(c, 431, "request head too large"); break;
+        case TD_EVERSION: client_error(c, 505, "unsupported HTTP version"); break;
+        default: client_error(c, 400, "malformed request"); break;
+        }
+        return;
+    }
+    uv_timer_stop(&c->timer);
+    client_read(c, 0); /* resumed once the request is on its way, if its body is still coming */
+    c->state = C_EXCHANGE;
+    c->head_len = c->req_end = (uint32_t)r;
+    c->req_body = (uint8_t)req.body;
+    c->body_left = req.body == TD_BODY_LENGTH ? req.content_length : 0;
+    c->keep_alive = req.keep_alive;
+    c->head_req = req.head;
+    c->upgrade = req.upgrade;
+    c->minor = (uint8_t)req.minor_version;
+    c->expect = req.expect_continue;
+    size_t ml = req.method.len < sizeof(c->method) - 1 ? req.method.len : sizeof(c->method) - 1;
+    memcpy(c->method, req.method.p, ml);
+    c->method[ml] = 0;
+    c->idempotent = strcmp(c->method, "GET") == 0 || strcmp(c->method, "HEAD") == 0 ||
+                    strcmp(c->method, "OPTIONS") == 0 || strcmp(c->method, "PUT") == 0 ||
+                    strcmp(c->method, "DELETE") == 0 || strcmp(c->method, "TRACE") == 0;
+    c->started_ms = td_now_ms();
+    if (account_body(c) < 0) {
+        c->keep_alive = 0;
+        client_error(c, 400, "invalid chunked body");
+        return;
+    }
+    worker_refresh(w);
+    if (!w->snap) {
+        client_error(c, 503, "no routing configuration");
+        return;
+    }
+    c->snap = w->snap;
+    td_snapshot_retain(c->snap);
+    c->backend = c->server = c->sticky_set = c->pinned = -1;
+    int pinned = -1;
+    if (c->snap->method == TD_METHOD_STICKY) {
+        const td_config_t *cfg = c->snap->config;
+        for (size_t i = 0; i < req.num_headers && pinned < 0; i++) {
+            td_str_t be;
+            if (td_http1_name_is(req.headers[i].name, "cookie") &&
+                td_sticky_parse(req.headers[i].value, cfg->cookie_name, td_wall_ms() / 1000, &be))
+                pinned = td_snapshot_find_backend(c->snap, be.p, be.len);
+        }
+    }
+    c->pinned = pinned;
+    pick_and_connect(c);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Request: client -> upstream */
+
+/* Builds the request head for the upstream into the worker's scratch area from the client's head
+ * bytes (re-parsed: the head is still at the start of c->buf). Returns its length, or -1. */
+static int build_request_head(client_t *c) {
+    worker_t *w = c->w;
+    td_http1_request_t req;
+    if (td_http1_parse_request(c->buf, c->head_len, &limits, &req, w->hdrs, MAX_HDRS) <= 0)
+        return -1;
+    char *p = w->scratch, *end = w->scratch + sizeof(w->scratch);
+    ADD_STR(&p, end, req.method);
+    ADD_LIT(&p, end, " ");
+    ADD_STR(&p, end, req.target);
+    ADD_LIT(&p, end, " HTTP/1.1\r\n");
+    td_str_t conn = find_header(req.headers, req.num_headers, "connection");
+    td_str_t xff = {NULL, 0};
+    for (size_t i = 0; i < req.num_headers; i++) {
+        td_str_t n = req.headers[i].name, v = req.headers[i].value;
+        if (hop_by_hop(n) || ((req.conn_flags & TD_CONN_OTHER) && connection_listed(conn, n)))
+            continue;
+        if (n.len == 15 && td_http1_name_is(n, "x-forwarded-for")) {
+            xff = v; /* appended to below */
+            continue;
+        }
+        if ((n.len == 17 && td_http1_name_is(n, "x-forwarded-proto")) ||
+            (n.len == 16 && td_http1_name_is(n, "x-forwarded-host")))
+            continue;
+        ADD_STR(&p, end, n);
+        ADD_LIT(&p, end, ": ");
+        ADD_STR(&p, end, v);
+        ADD_LIT(&p, end, "\r\n");
+    }
+    if (req.body == TD_BODY_CHUNKED)
+        ADD_LIT(&p, end, "Transfer-Encoding: chunked\r\n");
+    if (req.upgrade) {
+        td_str_t up = find_header(req.headers, req.num_headers, "upgrade");
+        ADD_LIT(&p, end, "Connection: upgrade\r\nUpgrade: ");
+        ADD_STR(&p, end, up);
+        ADD_LIT(&p, end, "\r\n");
+    }
+    ADD_LIT(&p, end, "X-Forwarded-For: ");
+    if (xff.len) {
+        ADD_STR(&p, end, xff);
+        ADD_LIT(&p, end, ", ");
+    }
+    add_str(&p, end, c->ip, strlen(c->ip));
+    ADD_LIT(&p, end, "\r\nX-Forwarded-Proto: http\r\n");
+    if (req.host.len) {
+        ADD_LIT(&p, end, "X-Forwarded-Host: ");
+        ADD_STR(&p, end, req.host);
+        ADD_LIT(&p, end, "\r\n");
+    }
+    ADD_LIT(&p, end, "\r\n");
+    if (p > end)
+        return -1;
+    return (int)(p - w->scratch);
+}
+
+static void upstream_timer_cb(uv_timer_t *t);
+
+static void upstream_timer(upstream_t *u, int ms) {
+    uv_timer_start(&u->timer, upstream_timer_cb, (uint64_t)ms, 0);
+}
+
+static void request_written(client_t *c);
+static void upstream_fail(upstream_t *u, const char *why, int kind);
+enum { F_CONNECT, F_IO, F_TIMEOUT, F_PROTOCOL };
+
+static void upstream_write_cb(uv_write_t *req, int status) {
+    upstream_t *u = req->data;
+    u->writing = 0;
+    free(u->hcopy);
+    u->hcopy = NULL;
+    if (u->state == U_CLOSING)
+        return;
+    if (status < 0) {
+        if (u->c)
+            upstream_fail(u, uv_strerror(status), F_IO);
+        else
+            upstream_close(u);
+        return;
+    }
+    if (u->c)
+        request_written(u->c);
+}
+
+/* Sends what the upstream has not had yet of the current request (head, body bytes read so far;
+ * in a tunnel, whatever the client sent). */
+static void request_send(client_t *c) {
+    upstream_t *u = c->up;
+    while (u && u->state == U_BUSY && !u->writing && c->state != C_CLOSING) {
+        uv_buf_t iov[2];
+        unsigned n = 0;
+        int volatile_first = 0;
+        if (c->state == C_TUNNEL) {
+            if (c->len == 0)
+                return;
+            iov[n++] = uv_buf_init(c->buf, c->len);
+        } else {
+            if (c->fwd == 0) {
+                int hl = build_request_head(c);
+                if (hl < 0) {
+                    c->keep_alive = 0;
+                    client_error(c, 400, "request head cannot be forwarded");
+                    return;
+                }
+                iov[n++] = uv_buf_init(c->w->scratch, (unsigned)hl);
+                volatile_first = 1;
+                c->fwd = c->head_len;
+            }
+            if (c->req_end > c->fwd)
+                iov[n++] = uv_buf_init(c->buf + c->fwd, c->req_end - c->fwd);
+            if (n == 0)
+                return;
+        }
+        int r = send_iov((uv_stream_t *)&u->tcp, &u->wreq, iov, n, volatile_first, &u->hcopy,
+                         upstream_write_cb);
+        if (r < 0) {
+            upstream_fail(u, uv_strerror(r), F_IO);
+            return;
+        }
+        if (r == 1) {
+            u->writing = 1;
+            client_read(c, 0);
+            return;
+        }
+        request_written(c);
+        u = c->up;
+        if (c->state != C_TUNNEL)
+            return; /* request_written decided what comes next */
+    }
+}
+
+/* All bytes handed to the upstream so far have been written. */
+static void request_written(client_t *c) {
+    if (c->state == C_TUNNEL) {
+        c->len = 0;
+        client_read(c, 1);
+        return;
+    }
+    c->fwd = c->req_end;
+    if (!c->req_done) {
+        /* Body still coming: make room, giving up replay only when the buffer runs short. */
+        if (CBUF_SIZE - c->len < 4096) {
+            c->len = c->req_end = c->fwd = c->head_len = 0;
+            c->discarded = 1;
+        }
+        client_timer(c, T_HEADER);
+        client_read(c, 1);
+        return;
+    }
+    /* The whole request is out; pipelined requests wait until this exchange ends. */
+    uv_timer_stop(&c->timer);
+    client_read(c, 0);
+}
+
+static void client_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
+    (void)b;
+    client_t *c = s->data;
+    if (nread < 0) {
+        if (c->state == C_HEAD && c->len > 0)
+            td_debug("client %s closed with an incomplete request head", c->ip);
+        client_close(c);
+        return;
+    }
+    if (nread == 0)
+        return;
+    c->len += (uint32_t)nread;
+    if (c->state == C_HEAD) {
+        if (c->len == (uint32_t)nread)
+            client_timer(c, T_HEADER); /* first byte of a request: the head timeout starts */
+        start_request(c);
+        return;
+    }
+    if (c->state == C_EXCHANGE) {
+        if (c->req_done) {
+            /* Pipelined bytes: keep them for later and stop reading. */
+            client_read(c, 0);
+            return;
+        }
+        if (account_body(c) < 0) {
+            c->keep_alive = 0;
+            client_error(c, 400, "invalid chunked body");
+            return;
+        }
+        if (!c->up || c->up->state != U_BUSY || c->up->writing)
+            client_read(c, 0);
+        request_send(c);
+        return;
+    }
+    if (c->state == C_TUNNEL) {
+        client_read(c, 0);
+        request_send(c);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Upstream connections and pools */
+
+static void upstream_free_cb(uv_handle_t *h) {
+    upstream_t *u = h->data;
+    if (--u->closes)
+        return;
+    free(u->buf);
+    free(u->hcopy);
+    free(u);
+}
+
+static void pool_remove(upstream_t *u) {
+    if (!u->pool)
+        return;
+    for (upstream_t **pp = &u->pool->idle; *pp; pp = &(*pp)->next)
+        if (*pp == u) {
+            *pp = u->next;
+            break;
+        }
+    u->next = NULL;
+}
+
+static void upstream_close(upstream_t *u) {
+    if (u->state == U_CLOSING)
+        return;
+    if (u->state == U_IDLE)
+        pool_remove(u);
+    u->state = U_CLOSING;
+    if (u->c) {
+        u->c->up = NULL;
+        u->c = NULL;
+    }
+    atomic_fetch_sub_explicit(&u->st->active_connections, 1, memory_order_relaxed);
+    u->closes = 2;
+    uv_close((uv_handle_t *)&u->timer, upstream_free_cb);
+    uv_close((uv_handle_t *)&u->tcp, upstream_free_cb);
+}
+
+static pool_t *pool_of(worker_t *w, td_server_stats_t *st) {
+    for (pool_t *p = w->pools; p; p = p->next)
+        if (p->key == st)
+            return p;
+    pool_t *p = calloc(1, sizeof(*p));
+    if (!p)
+        return NULL;
+    p->key = st;
+    p->next = w->pools;
+    w->pools = p;
+    return p;
+}
+
+static void upstream_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *out) {
+    (void)hint;
+    upstream_t *u = h->data;
+    if (!u->buf) {
+        u->buf = malloc(UBUF_SIZE);
+        if (!u->buf) {
+            *out = uv_buf_init(NULL, 0);
+            return;
+        }
+    }
+    *out = uv_buf_init(u->buf + u->len, UBUF_SIZE - u->len);
+}
+
+static void upstream_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b);
+
+static void upstream_read(upstream_t *u, int on) {
+    if (u->state == U_CLOSING || u->reading == on)
+        return;
+    u->reading = (uint8_t)on;
+    if (on)
+        uv_read_start((uv_stream_t *)&u->tcp, upstream_alloc_cb, upstream_read_cb);
+    else
+        uv_read_stop((uv_stream_t *)&u->tcp);
+}
+
+/* Parks an upstream connection whose exchange ended cleanly in its server's pool. */
+static void pool_put(upstream_t *u) {
+    u->state = U_IDLE;
+    u->c = NULL;
+    u->len = u->off = u->fwd = 0;
+    free(u->buf); /* idle connections hold no buffer */
+    u->buf = NULL;
+    u->next = u->pool->idle;
+    u->pool->idle = u;
+    upstream_timer(u, POOL_IDLE_MS);
+    upstream_read(u, 1); /* to notice the server closing it */
+}
+
+/* Binds the upstream to the client and starts the exchange on it. */
+static void upstream_attach(upstream_t *u, client_t *c) {
+    u->c = c;
+    c->up = u;
+    u->state = U_BUSY;
+    u->head_done = u->resp_done = u->tunnel = u->dechunk = 0;
+    u->body_left = 0;
+    u->status = 0;
+    memset(&u->chunk, 0, sizeof(u->chunk));
+    upstream_timer(u, timeout_ms(c, T_RESPONSE));
+    upstream_read(u, 1);
+    request_send(c);
+}
+
+static void upstream_connect_cb(uv_connect_t *req, int status) {
+    upstream_t *u = req->data;
+    if (u->state == U_CLOSING)
+        return;
+    if (status < 0) {
+        if (u->c)
+            upstream_fail(u, uv_strerror(status), F_CONNECT);
+        else
+            upstream_close(u);
+        return;
+    }
+    td_server_succeeded(u->st);
+    if (!u->c) {
+        upstream_close(u);
+        return;
+    }
+    uv_tcp_nodelay(&u->tcp, 1);
+    upstream_attach(u, u->c);
+}
+
+/* Gets a pooled connection to the chosen server, or starts a new one. */
+static void upstream_open(client_t *c, td_snap_server_t *srv) {
+    worker_t *w = c->w;
+    pool_t *pool = pool_of(w, srv->st);
+    if (!pool) {
+        client_error(c, 502, "out of memory");
+        return;
+    }
+    upstream_t *u = pool->idle;
+    if (u) {
+        pool->idle = u->next;
+        u->next = NULL;
+        u->reused = 1;
+        upstream_attach(u, c);
+        return;
+    }
+    u = calloc(1, sizeof(*u));
+    if (!u) {
+        client_error(c, 502, "out of memory");
+        return;
+    }
+    u->w = w;
+    u->pool = pool;
+    u->st = srv->st;
+    u->tcp.data = u->timer.data = u->creq.data = u->wreq.data = u;
+    uv_tcp_init(&w->loop, &u->tcp);
+    uv_timer_init(&w->loop, &u->timer);
+    atomic_fetch_add_explicit(&u->st->active_connections, 1, memory_order_relaxed);
+    u->state = U_CONNECTING;
+    u->c = c;
+    c->up = u;
+    int r = uv_tcp_connect(&u->creq, &u->tcp, (const struct sockaddr *)&srv->addr.sa,
+                           upstream_connect_cb);
+    if (r < 0) {
+        upstream_fail(u, uv_strerror(r), F_CONNECT);
+        return;
+    }
+    upstream_timer(u, timeout_ms(c, T_CONNECT));
+}
+
+static void upstream_timer_cb(uv_timer_t *t) {
+    upstream_t *u = t->data;
+    if (u->state == U_IDLE) {
+        upstream_close(u);
+    } else if (u->state == U_CONNECTING) {
+        upstream_fail(u, "connect timed out", F_TIMEOUT);
+    } else if (u->state == U_BUSY && u->c && !u->tunnel) {
+        upstream_fail(u, "no response in time", F_TIMEOUT);
+    }
+}
+
+/* The upstream connection failed during an exchange: retry on another server when that is
+ * safe (nothing of the response seen, the request still whole in the buffer, and the failure was
+ * a connect error, a reused keep-alive connection closing, or an idempotent request), else answer
+ * 502 (504 for a timeout), or just close when the response had already started. */
+static void upstream_fail(upstream_t *u, const char *why, int kind) {
+    client_t *c = u->c;
+    int fresh = !u->reused;
+    td_server_stats_t *st = u->st;
+    if (c)
+        drop_upstream(c);
+    else
+        upstream_close(u);
+    int64_t now = td_now_ms();
+    if (kind == F_CONNECT || (kind == F_IO && fresh && (!c || !c->resp_started))) {
+        td_server_failed(st, now, EJECT_MS);
+        td_warn("upstream %s (%s): %s; marked down for %d ms", st->address, st->backend, why,
+                EJECT_MS);
+    }
+    if (!c)
+        return;
+    int safe = !c->resp_started && !c->discarded &&
+               (kind == F_CONNECT || (kind == F_IO && (!fresh || c->idempotent)));
+    if (safe && c->tries < MAX_TRIES) {
+        c->fwd = 0;
+        pick_and_connect(c);
+        return;
+    }
+    char msg[200];
+    snprintf(msg, sizeof(msg), "upstream %s (%s): %s", st->address, st->backend, why);
+    if (c->resp_sent) {
+        td_warn("%s %s: %s; response cut short", c->ip, c->method, msg);
+        client_close(c);
+    } else {
+        c->keep_alive = c->keep_alive && c->req_done;
+        client_error(c, kind == F_TIMEOUT ? 504 : 502, msg);
+    }
+}
+
+/* Chooses a backend and a server for the request (or the next try) and connects. */
+static void pick_and_connect(client_t *c) {
+    worker_t *w = c->w;
+    td_snapshot_t *s = c->snap;
+    int64_t now = td_now_ms();
+    uint8_t exhausted[256] = {0};
+    for (;;) {
+        if (c->tries >= MAX_TRIES) {
+            client_error(c, 502, "no upstream server could be reached");
+            return;
+        }
+        int bi = c->backend;
+        if (bi >= 0 && exhausted[bi])
+            bi = -1;
+        if (bi < 0) {
+            int pinned = c->tries == 0 ? c->pinned : -1;
+            bi = td_router_pick_backend(s, w->wrr_b, pinned, exhausted, now);
+            if (bi < 0) {
+                if (c->tries == 0)
+                    client_error(c, 503, "no backend with weight above 0 is up");
+                else
+                    client_error(c, 502, "no upstream server could be reached");
+                return;
+            }
+        }
+        td_snap_backend_t *b = &s->backends[bi];
+        uint8_t tried[256] = {0};
+        for (size_t i = 0; i < b->num_servers && i < 256; i++) {
+            size_t flat = b->first_server + i;
+            tried[i] = flat < 64 && (c->tried >> flat & 1);
+        }
+        int si = td_router_pick_server(b, w->wrr_s + b->first_server, tried, now);
+        if (si < 0) {
+            if ((size_t)bi < sizeof(exhausted))
+                exhausted[bi] = 1;
+            c->backend = -1;
+            if (c->tries == 0 && c->pinned == bi)
+                c->pinned = -1;
+            /* Every server of every backend exhausted ends in the pick_backend branch above. */
+            continue;
+        }
+        size_t flat = b->first_server + (size_t)si;
+        if (flat < 64)
+            c->tried |= 1ull << flat;
+        c->tries++;
+        if (!c->b_inflight) {
+            c->b_inflight = b->st;
+            atomic_fetch_add_explicit(&b->st->in_flight, 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&b->st->requests, 1, memory_order_relaxed);
+        }
+        c->backend = bi;
+        c->server = si;
+        if (s->method == TD_METHOD_STICKY && bi != c->pinned)
+            c->sticky_set = bi;
+        td_snap_server_t *srv = &b->servers[si];
+        c->st_inflight = srv->st;
+        atomic_fetch_add_explicit(&srv->st->in_flight, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&srv->st->requests, 1, memory_order_relaxed);
+        upstream_open(c, srv);
+        return;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Response: upstream -> client */
+
+/* Builds the response head for the client into the scratch area. */
+static int build_response_head(upstream_t *u, client_t *c, const td_http1_response_t *resp) {
+    char *p = c->w->scratch, *end = c->w->scratch + sizeof(c->w->scratch);
+    char line[64];
+    int n = snprintf(line, sizeof(line), "HTTP/1.1 %d ", resp->status);
+    add_str(&p, end, line, (size_t)n);
+    ADD_STR(&p, end, resp->reason);
+    ADD_LIT(&p, end, "\r\n");
+    td_str_t conn = find_header(resp->headers, resp->num_headers, "connection");
+    int switching = resp->status == 101;
+    for (size_t i = 0; i < resp->num_headers; i++) {
+        td_str_t h = resp->headers[i].name;
+        if (switching && h.len == 7 && td_http1_name_is(h, "upgrade")) {
+            /* kept: it names the protocol switched to */
+        } else if (hop_by_hop(h) ||
+                   ((resp->conn_flags & TD_CONN_OTHER) && connection_listed(conn, h))) {
+            continue;
+        }
+        ADD_STR(&p, end, h);
+        ADD_LIT(&p, end, ": ");
+        ADD_STR(&p, end, resp->headers[i].value);
+        ADD_LIT(&p, end, "\r\n");
+    }
+    if (resp->status >= 200) {
+        if (resp->body == TD_BODY_CHUNKED && !u->dechunk)
+            ADD_LIT(&p, end, "Transfer-Encoding: chunked\r\n");
+        if (c->sticky_set >= 0 && c->snap) {
+            const td_config_t *cfg = c->snap->config;
+            char v[160];
+            int64_t expiry = td_wall_ms() / 1000 + cfg->cookie_max_age_s;
+            if (td_sticky_make(v, sizeof(v), c->snap->backends[c->sticky_set].name, expiry)) {
+                char cookie[320];
+                int cl = snprintf(cookie, sizeof(cookie),
+                                  "Set-Cookie: %s=%s; Max-Age=%d; Path=/; HttpOnly\r\n",
+                                  cfg->cookie_name, v, cfg->cookie_max_age_s);
+                add_str(&p, end, cookie, (size_t)cl);
+            }
+        }
+        if (!c->keep_alive)
+            ADD_LIT(&p, end, "Connection: close\r\n");
+        else if (c->minor == 0)
+            ADD_LIT(&p, end, "Connection: keep-alive\r\n");
+    } else if (switching) {
+        ADD_LIT(&p, end, "Connection: upgrade\r\n");
+    }
+    ADD_LIT(&p, end, "\r\n");
+    if (p > end)
+        return -1;
+    return (int)(p - c->w->scratch);
+}
+
+static int response_written(upstream_t *u);
+
+static void client_write_done_cb(uv_write_t *req, int status) {
+    client_t *c = req->data;
+    c->writing = 0;
+    free(c->hcopy);
+    c->hcopy = NULL;
+    if (c->state == C_CLOSING)
+        return;
+    if (status < 0) {
+        client_close(c);
+        return;
+    }
+    if (c->up) {
+        upstream_t *u = c->up;
+        if (response_written(u))
+            response_pump(u);
+        return;
+    }
+    /* An error response of td's own. */
+    if (c->close_after)
+        client_close(c);
+    else
+        client_next(c);
+}
+
+/* The exchange's response is complete and written: recycle both sides. */
+static void exchange_done(upstream_t *u) {
+    client_t *c = u->c;
+    worker_t *w = u->w;
+    int reusable = u->resp_keep_alive && c->req_done && c->fwd == c->req_end &&
+                   u->off == u->len && !u->tunnel && !w->stopping;
+    td_server_succeeded(u->st);
+    release_server(c);
+    c->up = NULL;
+    u->c = NULL;
+    if (reusable)
+        pool_put(u);
+    else
+        upstream_close(u);
+    if (c->keep_alive && c->req_done && !c->close_after)
+        client_next(c);
+    else
+        client_close(c);
+}
+
+/* Hands the response bytes in u->buf to the client, honouring its framing. */
+static void response_pump(upstream_t *u) {
+    client_t *c = u->c;
+    while (c && !u->writing && !c->writing && u->state == U_BUSY && c->state != C_CLOSING) {
+        uv_buf_t iov[MAX_SPANS + 1];
+        unsigned n = 0;
+        int volatile_first = 0;
+        if (u->tunnel) {
+            if (u->off == u->len) {
+                upstream_read(u, 1);
+                return;
+            }
+            iov[n++] = uv_buf_init(u->buf + u->off, u->len - u->off);
+            u->off = u->len;
+        } else {
+            if (!u->head_done) {
+                if (u->off == u->len) {
+                    upstream_read(u, 1);
+                    return;
+                }
+                td_http1_response_t resp;
+                int r = td_http1_parse_response(u->buf + u->off, u->len - u->off, c->head_req,
+                                                &limits, &resp, c->w->hdrs, MAX_HDRS);
+                if (r == TD_EAGAIN) {
+                    if (u->len - u->off >= UBUF_SIZE / 2) {
+                        upstream_fail(u, "response head too large", F_PROTOCOL);
+                        return;
+                    }
+                    if (u->off) {
+                        memmove(u->buf, u->buf + u->off, u->len - u->off);
+                        u->len -= u->off;
+                        u->off = 0;
+                    }
+                    upstream_read(u, 1);
+                    return;
+                }
+                if (r < 0) {
+                    upstream_fail(u, "malformed response", F_PROTOCOL);
+                    return;
+                }
+                if (resp.status == 101 && !c->upgrade) {
+                    upstream_fail(u, "101 without an upgrade request", F_PROTOCOL);
+                    return;
+                }
+                u->off += (uint32_t)r;
+                if (resp.status < 200 && resp.status != 101 && c->minor == 0)
+                    continue; /* HTTP/1.0 clients get no interim responses */
+                if (resp.status >= 200 || resp.status == 101) {
+                    u->head_done = 1;
+                    u->status = resp.status;
+                    u->resp_body = (uint8_t)resp.body;
+                    u->body_left = resp.content_length;
+                    u->resp_keep_alive = resp.keep_alive;
+                    u->dechunk = resp.body == TD_BODY_CHUNKED && c->minor == 0;
+                    if (resp.body == TD_BODY_UNTIL_CLOSE || u->dechunk || c->w->stopping)
+                        c->keep_alive = 0;
+                    if (!c->req_done)
+                        c->keep_alive = 0; /* the rest of the request body cannot be skipped */
+                    int k = class_of(resp.status);
+                    atomic_fetch_add_explicit(&u->st->responses[k], 1, memory_order_relaxed);
+                    if (c->b_inflight)
+                        atomic_fetch_add_explicit(&c->b_inflight->responses[k], 1,
+                                                  memory_order_relaxed);
+                    if (resp.status == 101)
+                        u->tunnel = 1;
+                }
+                int hl = build_response_head(u, c, &resp);
+                if (hl < 0) {
+                    upstream_fail(u, "response head too large", F_PROTOCOL);
+                    return;
+                }
+                c->resp_sent = 1;
+                iov[n++] = uv_buf_init(c->w->scratch, (unsigned)hl);
+                volatile_first = 1;
+            }
+            if (u->head_done && !u->tunnel) {
+                uint32_t avail = u->len - u->off;
+                if (u->resp_body == TD_BODY_NONE) {
+                    u->resp_done = 1;
+                } else if (u->resp_body == TD_BODY_LENGTH) {
+                    uint32_t take = avail < u->body_left ? avail : (uint32_t)u->body_left;
+                    if (take)
+                        iov[n++] = uv_buf_init(u->buf + u->off, take);
+                    u->off += take;
+                    u->body_left -= take;
+                    u->resp_done = u->body_left == 0;
+                } else if (u->resp_body == TD_BODY_CHUNKED) {
+                    int done = 0;
+                    td_str_t spans[MAX_SPANS];
+                    size_t ns = 0;
+                    long used = td_http1_chunked_feed(&u->chunk, u->buf + u->off, avail, &done,
+                                                      u->dechunk ? spans : NULL, MAX_SPANS, &ns);
+                    if (used < 0) {
+                        upstream_fail(u, "invalid chunked response body", F_PROTOCOL);
+                        return;
+                    }
+                    if (u->dechunk) {
+                        for (size_t i = 0; i < ns; i++)
+                            iov[n++] = uv_buf_init((char *)spans[i].p, (unsigned)spans[i].len);
+                    } else if (used) {
+                        iov[n++] = uv_buf_init(u->buf + u->off, (unsigned)used);
+                    }
+                    u->off += (uint32_t)used;
+                    u->resp_done = (uint8_t)done;
+                } else if (avail) { /* until close */
+                    iov[n++] = uv_buf_init(u->buf + u->off, avail);
+                    u->off += avail;
+                }
+            }
+        }
+        if (n == 0) {
+            if (!response_written(u))
+                return;
+            c = u->c;
+            continue;
+        }
+        int r = send_iov((uv_stream_t *)&c->tcp, &c->wreq, iov, n, volatile_first, &c->hcopy,
+                         client_write_done_cb);
+        if (r < 0) {
+            client_close(c);
+            return;
+        }
+        if (r == 1) {
+            c->writing = 1;
+            upstream_read(u, 0); /* backpressure: a slow client stops the upstream */
+            return;
+        }
+        if (!response_written(u))
+            return;
+        c = u->c;
+    }
+}
+
+/* The bytes handed to the client so far are written. Returns 1 when buffered response bytes
+ * are waiting for the pump, 0 when it has nothing to do now (reading resumed, or exchange over). */
+static int response_written(upstream_t *u) {
+    client_t *c = u->c;
+    if (u->off == u->len)
+        u->off = u->len = 0;
+    if (u->tunnel && c->state == C_EXCHANGE) {
+        /* 101 delivered: both directions become a raw byte tunnel. */
+        c->state = C_TUNNEL;
+        uv_timer_stop(&c->timer);
+        uv_timer_stop(&u->timer);
+        if (c->len > c->req_end) {
+            memmove(c->buf, c->buf + c->req_end, c->len - c->req_end);
+            c->len -= c->req_end;
+        } else {
+            c->len = 0;
+        }
+        c->req_end = c->fwd = c->head_len = 0;
+        if (c->len)
+            request_send(c);
+        else
+            client_read(c, 1);
+    }
+    if (u->resp_done) {
+        exchange_done(u);
+        return 0;
+    }
+    if (u->head_done && !u->tunnel)
+        upstream_timer(u, timeout_ms(c, T_RESPONSE));
+    upstream_read(u, 1);
+    return u->off < u->len && u->c && u->state == U_BUSY;
+}
+
+static void upstream_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
+    (void)b;
+    upstream_t *u = s->data;
+    if (u->state == U_IDLE) {
+        upstream_close(u); /* closed by the server, or bytes nobody asked for */
+        return;
+    }
+    if (u->state != U_BUSY)
+        return;
+    client_t *c = u->c;
+    if (nread < 0) {
+        if (!c) {
+            upstream_close(u);
+        } else if (u->tunnel) {
+            if (c->writing) {
+                c->close_after = 1;
+                drop_upstream(c);
+            } else {
+                client_close(c);
+            }
+        } else if (u->head_done && u->resp_body == TD_BODY_UNTIL_CLOSE) {
+            u->resp_done = 1;
+            u->resp_keep_alive = 0;
+            c->keep_alive = 0;
+            if (!c->writing && !u->writing)
+                exchange_done(u);
+        } else if (!c->resp_started) {
+            upstream_fail(u, nread == UV_EOF ? "connection closed before a response"
+                                             : uv_strerror((int)nread),
+                          F_IO);
+        } else {
+            upstream_fail(u, nread == UV_EOF ? "connection closed mid-response"
+                                             : uv_strerror((int)nread),
+                          F_IO);
+        }
+        return;
+    }
+    if (nread == 0 || !c)
+        return;
+    u->len += (uint32_t)nread;
+    c->resp_started = 1;
+    if (!u->tunnel)
+        upstream_timer(u, timeout_ms(c, T_RESPONSE));
+    if (c->writing) {
+        upstream_read(u, 0);
+        return;
+    }
+    response_pump(u);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Workers */
+
+static void on_accept(uv_stream_t *l, int status) {
+    worker_t *w = l->data;
+    if (status < 0) {
+        td_warn("accept: %s", uv_strerror(status));
+        return;
+    }
+    client_t *c = calloc(1, sizeof(*c));
+    if (!c)
+        return;
+    c->w = w;
+    c->tcp.data = c->timer.data = c->wreq.data = c;
+    c->backend = c->server = c->sticky_set = c->pinned = -1;
+    uv_tcp_init(&w->loop, &c->tcp);
+    uv_timer_init(&w->loop, &c->timer);
+    c->next = w->clients;
+    if (w->clients)
+        w->clients->prev = c;
+    w->clients = c;
+    atomic_fetch_add(&open_clients, 1);
+    if (uv_accept(l, (uv_stream_t *)&c->tcp) < 0) {
+        client_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    struct sockaddr_storage ss;
+    int sl = sizeof(ss);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
+        if (ss.ss_family == AF_INET6)
+            uv_ip6_name((struct sockaddr_in6 *)&ss, c->ip, sizeof(c->ip));
+        else
+            uv_ip4_name((struct sockaddr_in *)&ss, c->ip, sizeof(c->ip));
+    }
+    worker_refresh(w);
+    client_timer(c, T_HEADER);
+    client_read(c, 1);
+}
+
+static void noop_close_cb(uv_handle_t *h) {
+    (void)h;
+}
+
+/* Every 50 ms during a stop: done when no client is left; at the deadline, closes what is. */
+static void drain_cb(uv_timer_t *t) {
+    worker_t *w = t->data;
+    w->drain_ms -= 50;
+    if (w->drain_ms <= 0)
+        while (w->clients)
+            client_close(w->clients);
+    if (!w->clients) {
+        for (pool_t *p = w->pools; p; p = p->next)
+            while (p->idle)
+                upstream_close(p->idle);
+        uv_close((uv_handle_t *)t, noop_close_cb);
+    }
+}
+
+static void wake_cb(uv_async_t *a) {
+    worker_t *w = a->data;
+    w->stopping = 1;
+    for (size_t i = 0; i < w->num_listeners; i++)
+        uv_close((uv_handle_t *)&w->listeners[i], noop_close_cb);
+    uv_close((uv_handle_t *)a, noop_close_cb);
+    /* Idle keep-alive clients go now; busy ones close when their exchange ends. */
+    for (client_t *c = w->clients, *next; c; c = next) {
+        next = c->next;
+        if (c->state == C_HEAD && c->len == 0 && !c->writing)
+            client_close(c);
+    }
+    for (pool_t *p = w->pools; p; p = p->next)
+        while (p->idle)
+            upstream_close(p->idle);
+    uv_timer_init(&w->loop, &w->drain);
+    w->drain.data = w;
+    uv_timer_start(&w->drain, drain_cb, 0, 50);
+}
+
+static void worker_main(void *arg) {
+    worker_t *w = arg;
+    for (size_t i = 0; i < w->num_listeners; i++) {
+        uv_tcp_init(&w->loop, &w->listeners[i]);
+        w->listeners[i].data = w;
+        int r = uv_tcp_open(&w->listeners[i], w->listen_fds[i]);
+        if (r == 0) {
+            w->listen_fds[i] = -1;
+            r = uv_listen((uv_stream_t *)&w->listeners[i], 4096, on_accept);
+        }
+        if (r < 0)
+            td_error("worker: listen: %s", uv_strerror(r));
+    }
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    td_snapshot_release(w->snap);
+    w->snap = NULL;
+}
+
+/* Opens one listening socket with SO_REUSEPORT, bound but not yet listening. */
+static int listen_socket(const td_addr_t *a, char *err, size_t errlen) {
+    int fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
+        bind(fd, (const struct sockaddr *)&a->sa, a->salen) < 0) {
+        snprintf(err, errlen, "cannot listen on %s: %s", a->text, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+td_proxy_t *td_proxy_start(const td_config_t *cfg, char *err, size_t errlen) {
+    td_proxy_t *p = calloc(1, sizeof(*p));
+    if (!p)
+        goto nomem;
+    p->num_workers = (size_t)cfg->workers;
+    p->workers = calloc(p->num_workers, sizeof(worker_t));
+    if (!p->workers)
+        goto nomem;
+    for (size_t i = 0; i < p->num_workers; i++) {
+        worker_t *w = &p->workers[i];
+        w->num_listeners = cfg->num_listeners;
+        w->listeners = calloc(cfg->num_listeners, sizeof(uv_tcp_t));
+        w->listen_fds = calloc(cfg->num_listeners, sizeof(int));
+        if (!w->listeners || !w->listen_fds)
+            goto nomem;
+        for (size_t j = 0; j < cfg->num_listeners; j++)
+            w->listen_fds[j] = -1;
+        for (size_t j = 0; j < cfg->num_listeners; j++) {
+            w->listen_fds[j] = listen_socket(&cfg->listeners[j], err, errlen);
+            if (w->listen_fds[j] < 0)
+                goto fail;
+        }
+    }
+    /* All sockets are bound: only now can nothing fail half-way through starting threads. */
+    for (size_t i = 0; i < p->num_workers; i++) {
+        worker_t *w = &p->workers[i];
+        uv_loop_init(&w->loop);
+        uv_async_init(&w->loop, &w->wake, wake_cb);
+        w->wake.data = w;
+        uv_thread_create(&w->thread, worker_main, w);
+    }
+    return p;
+nomem:
+    snprintf(err, errlen, "out of memory");
+fail:
+    if (p && p->workers) {
+        for (size_t i = 0; i < p->num_workers; i++) {
+            worker_t *w = &p->workers[i];
+            for (size_t j = 0; w->listen_fds && j < w->num_listeners; j++)
+                if (w->listen_fds[j] >= 0)
+                    close(w->listen_fds[j]);
+            free(w->listeners);
+            free(w->listen_fds);
+        }
+        free(p->workers);
+    }
+    free(p);
+    return NULL;
+}
+
+void td_proxy_stop(td_proxy_t *p, int drain_ms) {
+    if (!p)
+        return;
+    for (size_t i = 0; i < p->num_workers; i++) {
+        p->workers[i].drain_ms = drain_ms;
+        uv_async_send(&p->workers[i].wake);
+    }
+    for (size_t i = 0; i < p->num_workers; i++) {
+        worker_t *w = &p->workers[i];
+        uv_thread_join(&w->thread);
+        uv_loop_close(&w->loop);
+        for (pool_t *pl = w->pools, *next; pl; pl = next) {
+            next = pl->next;
+            free(pl);
+        }
+        free(w->wrr_b);
+        free(w->wrr_s);
+        free(w->listeners);
+        free(w->listen_fds);
+    }
+    free(p->workers);
+    free(p);
+}

@@ -1,0 +1,216 @@
+#include "td/router.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "td/balancer.h"
+#include "td/config.h"
+
+/* The registry: counters by server and backend, created on first use, never freed while the
+ * process runs (a handful of objects per configured server). */
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static td_server_stats_t *servers;
+static td_backend_stats_t *backends;
+
+/* The current snapshot. Workers test `current_version` on every request (one atomic load) and
+ * take the lock only when it changed; the lock makes "load pointer + take reference" atomic with
+ * respect to the publisher dropping its reference. */
+static pthread_mutex_t current_lock = PTHREAD_MUTEX_INITIALIZER;
+static td_snapshot_t *current;
+static _Atomic uint64_t current_version;
+
+td_server_stats_t *td_registry_servers(void) {
+    pthread_mutex_lock(&registry_lock);
+    td_server_stats_t *s = servers;
+    pthread_mutex_unlock(&registry_lock);
+    return s;
+}
+
+td_server_stats_t *td_registry_server(const char *backend, const char *address) {
+    pthread_mutex_lock(&registry_lock);
+    td_server_stats_t *s;
+    for (s = servers; s; s = s->next)
+        if (strcmp(s->backend, backend) == 0 && strcmp(s->address, address) == 0)
+            goto out;
+    s = calloc(1, sizeof(*s));
+    if (!s)
+        goto out;
+    snprintf(s->backend, sizeof(s->backend), "%s", backend);
+    snprintf(s->address, sizeof(s->address), "%s", address);
+    atomic_store(&s->health_up, 1);
+    /* Appended, so listings keep configuration order. */
+    td_server_stats_t **tail = &servers;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = s;
+out:
+    pthread_mutex_unlock(&registry_lock);
+    return s;
+}
+
+td_backend_stats_t *td_registry_backend(const char *name) {
+    pthread_mutex_lock(&registry_lock);
+    td_backend_stats_t *b;
+    for (b = backends; b; b = b->next)
+        if (strcmp(b->name, name) == 0)
+            goto out;
+    b = calloc(1, sizeof(*b));
+    if (!b)
+        goto out;
+    snprintf(b->name, sizeof(b->name), "%s", name);
+    b->next = backends;
+    backends = b;
+out:
+    pthread_mutex_unlock(&registry_lock);
+    return b;
+}
+
+td_snapshot_t *td_snapshot_build(td_config_t *cfg, uint64_t version) {
+    td_snapshot_t *s = calloc(1, sizeof(*s));
+    if (!s)
+        goto err;
+    atomic_store(&s->refs, 1);
+    s->version = version;
+    s->config = cfg;
+    s->method = cfg->method;
+    s->num_backends = cfg->num_backends;
+    s->backends = calloc(cfg->num_backends, sizeof(*s->backends));
+    if (!s->backends)
+        goto err;
+    for (size_t i = 0; i < cfg->num_backends; i++) {
+        const td_config_backend_t *cb = &cfg->backends[i];
+        td_snap_backend_t *b = &s->backends[i];
+        snprintf(b->name, sizeof(b->name), "%s", cb->name);
+        b->weight = cb->weight;
+        b->first_server = s->num_servers;
+        b->num_servers = cb->num_servers;
+        b->servers = calloc(cb->num_servers, sizeof(*b->servers));
+        b->st = td_registry_backend(cb->name);
+        if (!b->servers || !b->st)
+            goto err;
+        for (size_t j = 0; j < cb->num_servers; j++) {
+            b->servers[j].addr = cb->servers[j].address;
+            b->servers[j].weight = cb->servers[j].weight;
+            b->servers[j].st = td_registry_server(cb->name, cb->servers[j].address.text);
+            if (!b->servers[j].st)
+                goto err;
+        }
+        s->num_servers += cb->num_servers;
+    }
+    return s;
+err:
+    if (s) {
+        atomic_store(&s->refs, 1);
+        td_snapshot_release(s);
+    } else {
+        td_config_free(cfg);
+    }
+    return NULL;
+}
+
+void td_snapshot_retain(td_snapshot_t *s) {
+    atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
+}
+
+void td_snapshot_release(td_snapshot_t *s) {
+    if (!s || atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    if (s->backends)
+        for (size_t i = 0; i < s->num_backends; i++)
+            free(s->backends[i].servers);
+    free(s->backends);
+    td_config_free(s->config);
+    free(s);
+}
+
+void td_router_publish(td_snapshot_t *s) {
+    pthread_mutex_lock(&current_lock);
+    td_snapshot_t *old = current;
+    current = s;
+    atomic_store_explicit(&current_version, s->version, memory_order_release);
+    pthread_mutex_unlock(&current_lock);
+    td_snapshot_release(old);
+}
+
+uint64_t td_router_version(void) {
+    return atomic_load_explicit(&current_version, memory_order_acquire);
+}
+
+td_snapshot_t *td_router_acquire(void) {
+    pthread_mutex_lock(&current_lock);
+    td_snapshot_t *s = current;
+    if (s)
+        td_snapshot_retain(s);
+    pthread_mutex_unlock(&current_lock);
+    return s;
+}
+
+int td_server_is_up(const td_server_stats_t *st, int64_t now_ms) {
+    return atomic_load_explicit(&st->health_up, memory_order_relaxed) &&
+           atomic_load_explicit(&st->down_until_ms, memory_order_relaxed) <= now_ms;
+}
+
+int td_backend_is_up(const td_snap_backend_t *b, int64_t now_ms) {
+    for (size_t i = 0; i < b->num_servers; i++)
+        if (b->servers[i].weight > 0 && td_server_is_up(b->servers[i].st, now_ms))
+            return 1;
+    return 0;
+}
+
+/* Eligibility masks are small: backends and servers per backend are bounded by the config. */
+#define MAX_CANDIDATES 256
+
+int td_router_pick_backend(const td_snapshot_t *s, int *wrr, int pinned, const uint8_t *tried,
+                           int64_t now_ms) {
+    size_t n = s->num_backends < MAX_CANDIDATES ? s->num_backends : MAX_CANDIDATES;
+    if (pinned >= 0 && (size_t)pinned < n && !(tried && tried[pinned]) &&
+        td_backend_is_up(&s->backends[pinned], now_ms))
+        return pinned;
+    uint8_t ok[MAX_CANDIDATES];
+    int weight[MAX_CANDIDATES];
+    int best = -1;
+    for (size_t i = 0; i < n; i++) {
+        const td_snap_backend_t *b = &s->backends[i];
+        weight[i] = b->weight;
+        ok[i] = b->weight > 0 && !(tried && tried[i]) && td_backend_is_up(b, now_ms);
+        if (ok[i] && (best < 0 || b->weight > s->backends[best].weight))
+            best = (int)i;
+    }
+    if (s->method == TD_METHOD_FAILOVER)
+        return best >= 0 ? best : TD_EUNAVAIL;
+    int i = td_balancer_pick(weight, wrr, ok, n);
+    return i >= 0 ? i : TD_EUNAVAIL;
+}
+
+int td_router_pick_server(const td_snap_backend_t *b, int *wrr, const uint8_t *tried,
+                          int64_t now_ms) {
+    size_t n = b->num_servers < MAX_CANDIDATES ? b->num_servers : MAX_CANDIDATES;
+    uint8_t ok[MAX_CANDIDATES];
+    int weight[MAX_CANDIDATES];
+    for (size_t i = 0; i < n; i++) {
+        weight[i] = b->servers[i].weight;
+        ok[i] = !(tried && tried[i]) && td_server_is_up(b->servers[i].st, now_ms);
+    }
+    int i = td_balancer_pick(weight, wrr, ok, n);
+    return i >= 0 ? i : TD_EUNAVAIL;
+}
+
+void td_server_failed(td_server_stats_t *st, int64_t now_ms, int eject_ms) {
+    atomic_fetch_add(&st->failures, 1);
+    atomic_fetch_add(&st->consecutive_failures, 1);
+    atomic_store(&st->down_until_ms, now_ms + eject_ms);
+}
+
+void td_server_succeeded(td_server_stats_t *st) {
+    if (atomic_load_explicit(&st->consecutive_failures, memory_order_relaxed))
+        atomic_store(&st->consecutive_failures, 0);
+}
+
+int td_snapshot_find_backend(const td_snapshot_t *s, const char *name, size_t len) {
+    for (size_t i = 0; i < s->num_backends; i++)
+        if (strlen(s->backends[i].name) == len && memcmp(s->backends[i].name, name, len) == 0)
+            return (int)i;
+    return -1;
+}
