@@ -695,6 +695,7 @@ static void request_send(client_t *c) {
         if (r == 1) {
             u->writing = 1;
             client_read(c, 0);
+            uv_timer_stop(&c->timer); /* waiting on the upstream is not the client's delay */
             return;
         }
         request_written(c);
@@ -712,6 +713,8 @@ static void request_written(client_t *c) {
         return;
     }
     c->fwd = c->req_end;
+    if (c->up)
+        upstream_timer(c->up, timeout_ms(c, T_RESPONSE)); /* the upstream is taking bytes */
     if (!c->req_done) {
         /* Body still coming: make room, giving up replay only when the buffer runs short. */
         if (CBUF_SIZE - c->len < 4096) {
