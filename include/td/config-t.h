@@ -7,6 +7,11 @@
 
 #define TD_NAME_MAX 64
 
+/* Upper bounds a config may not exceed (they keep checking and routing cheap). */
+#define TD_CONFIG_MAX_LISTENERS 64
+#define TD_CONFIG_MAX_BACKENDS 256
+#define TD_CONFIG_MAX_SERVERS 1024 /* per backend */
+
 typedef enum td_method_e {
     TD_METHOD_ROUND_ROBIN = 0,
     TD_METHOD_STICKY = 1,
@@ -15,7 +20,7 @@ typedef enum td_method_e {
 
 /* An "IP:port" (or "[IPv6]:port") address, parsed. */
 typedef struct td_addr_s {
-    char text[64];                 /* as written in the config, NUL-terminated */
+    char text[64]; /* as written in the config, NUL-terminated */
     struct sockaddr_storage sa;
     socklen_t salen;
 } td_addr_t;
@@ -26,20 +31,25 @@ typedef struct td_config_server_s {
 } td_config_server_t;
 
 typedef struct td_config_backend_s {
-    char name[TD_NAME_MAX]; /* [A-Za-z0-9_-]+, unique */
-    int weight;             /* 0..100 */
+    char name[TD_NAME_MAX];      /* [A-Za-z0-9_-]{1,63}, unique */
+    int weight;                  /* 0..100 */
     td_config_server_t *servers; /* owned */
-    size_t num_servers;     /* >= 1 */
+    size_t num_servers;          /* 1..TD_CONFIG_MAX_SERVERS */
 } td_config_backend_t;
 
 typedef struct td_config_health_s {
-    char type[16];          /* "tcp" | "http" */
-    char path[256];         /* http: request path, starts with '/' */
-    char expect_status[64]; /* "2xx,3xx" or "200,204" ... */
-    int interval_ms, timeout_ms, fall, rise, port; /* port 0 = the server's own */
-    int default_down;       /* bool */
+    char type[16];          /* "tcp" | "http"; default "http" */
+    char path[256];         /* http: request path, starts with '/', printable ASCII; default "/" */
+    char expect_status[64]; /* "2xx,3xx" or "200,204" ...; default "2xx,3xx" (see
+                               td_config_status_expected) */
+    int interval_ms;        /* 1..86400000; default 3000 */
+    int timeout_ms;         /* 1..86400000; default 1000 */
+    int fall, rise;         /* 1..100; default 3 and 3 */
+    int port;               /* 0..65535; 0 (default) = the server's own */
+    int default_down;       /* bool: servers start down until `rise` checks pass; default 0 */
 } td_config_health_t;
 
+/* All 1..86400000 ms, except drain_ms 0..86400000 (0 = stop without waiting). */
 typedef struct td_config_timeouts_s {
     int connect_ms;           /* default 5000 */
     int client_header_ms;     /* default 10000 */
@@ -49,20 +59,21 @@ typedef struct td_config_timeouts_s {
 } td_config_timeouts_t;
 
 typedef struct td_config_s {
-    td_addr_t *listeners;   /* owned */
-    size_t num_listeners;   /* >= 1 */
-    int workers;            /* >= 1; "auto" resolved to the number of online CPUs */
-    int workers_auto;       /* 1 when written as "auto" (kept when the file is written back) */
+    td_addr_t *listeners; /* owned */
+    size_t num_listeners; /* 1..TD_CONFIG_MAX_LISTENERS */
+    int workers;          /* 1..64; "auto" resolved to the number of online CPUs (capped) */
+    int workers_auto;     /* 1 when written as "auto" (kept when the file is written back) */
     td_addr_t admin_address;
-    int has_admin;          /* 0 when "admin" is absent */
-    char admin_token[256];  /* "" = no token required */
-    td_method_t method;
-    char cookie_name[TD_NAME_MAX]; /* default "TDSTICKY" */
-    int cookie_max_age_s;          /* default 3600 */
+    int has_admin;                 /* 0 when "admin" is absent */
+    char admin_token[256];         /* printable ASCII without spaces; "" = no token required */
+    td_method_t method;            /* default round robin when "routing" is absent */
+    char cookie_name[TD_NAME_MAX]; /* RFC 6265 token; default "TDSTICKY" */
+    int cookie_max_age_s;          /* 1..315360000 (10 years); default 3600 */
+    char cookie_secret[128];       /* key for signing the sticky cookie; "" = none (default) */
     td_config_backend_t *backends; /* owned */
-    size_t num_backends;           /* >= 1 */
+    size_t num_backends;           /* 1..TD_CONFIG_MAX_BACKENDS */
     td_config_health_t health;
-    int has_health;                /* 0 when "health_check" is absent (no active checks) */
+    int has_health; /* 0 when "health_check" is absent (no active checks) */
     td_config_timeouts_t timeouts;
 } td_config_t;
 

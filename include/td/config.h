@@ -4,6 +4,7 @@
 
 #include <stdio.h>
 
+#include "td/common-t.h"
 #include "td/config-t.h"
 
 /* Parses and validates a config document held in memory. `name` is the file name used in
@@ -11,7 +12,15 @@
  * writes nothing to `errs`. On failure returns NULL and writes every problem found to `errs`, one
  * per line, as "NAME:LINE:COL: message" (LINE and COL 1-based, pointing at the offending key or
  * value): JSON syntax errors, unknown keys, wrong types, out-of-range numbers, bad addresses,
- * duplicate backend names, missing required keys. `errs` may be NULL. */
+ * duplicate backend names, missing required keys. `errs` may be NULL.
+ *
+ * A message starts with the path of the thing it is about, then says what would be valid, e.g.
+ *   td.json:12:19: backends[1].weight: 150 is out of range (0..100)
+ *   td.json:3:5: routing.methd: unknown key, did you mean "method"?
+ * Lines come in document order. Positions: an unknown key at its opening quote; a bad value at its
+ * first character; a missing key or too-short array at the enclosing object or array; a JSON
+ * syntax error where jansson stopped (only the first syntax error can be found). Duplicate keys
+ * are syntax errors. At most 100 problems are listed, then a line saying more were left out. */
 td_config_t *td_config_parse(const char *text, size_t len, const char *name, FILE *errs);
 
 /* Reads the file at `path` and parses it as td_config_parse does. A file that cannot be read is
@@ -19,7 +28,9 @@ td_config_t *td_config_parse(const char *text, size_t len, const char *name, FIL
 td_config_t *td_config_load(const char *path, FILE *errs);
 
 /* The embedded default used by `td demo`: blue 127.0.0.1:9001 and green 127.0.0.1:9002 at 50/50,
- * round robin, listener 127.0.0.1:8080, admin 127.0.0.1:9090 without token. Owned by the caller. */
+ * round robin, listener 127.0.0.1:8080, admin 127.0.0.1:9090 without token, workers "auto", HTTP
+ * health checks with the defaults (GET / every 3000 ms, 2xx/3xx healthy), default timeouts.
+ * Owned by the caller; NULL when out of memory. */
 td_config_t *td_config_demo(void);
 
 /* Returns a deep copy (owned by the caller), or NULL when out of memory. */
@@ -33,14 +44,21 @@ void td_config_free(td_config_t *c);
 char *td_config_to_json(const td_config_t *c);
 
 /* Writes the config to `path` atomically: a temporary file in the same directory, fsync, rename
- * over `path`, fsync of the directory. Returns 0 or TD_EIO (errno set). */
+ * over `path`, fsync of the directory. An existing file's permission bits are kept; a new file is
+ * 0600 (it may hold the admin token). Returns 0, TD_ENOMEM, or TD_EIO (errno set). */
 int td_config_write(const td_config_t *c, const char *path);
 
-/* Parses "IP:port" or "[IPv6]:port" into `out`. Returns 0 or TD_EINVAL. */
+/* Parses "IP:port" or "[IPv6]:port" (numeric addresses only, port 1..65535, at most 63
+ * characters) into `out`. Returns 0, or TD_EINVAL with `out` untouched. */
 int td_addr_parse(const char *text, td_addr_t *out);
 
 /* Method name <-> enum. td_method_parse returns 0 or TD_EINVAL. */
 const char *td_method_name(td_method_t m);
 int td_method_parse(const char *s, td_method_t *out);
+
+/* Does HTTP status `status` match a health check's expect_status list ("2xx,3xx", "200,204",
+ * "2xx,404": comma-separated classes Nxx and codes 100..599)? Returns 1 or 0. The list is
+ * assumed valid (td_config_parse checks it). */
+int td_config_status_expected(const char *expect_status, int status);
 
 #endif
