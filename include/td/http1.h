@@ -20,7 +20,29 @@ td_http1_limits_t td_http1_default_limits(void);
  * bare LF line endings (§2.2), control characters (NUL, CR, LF, DEL, others but HTAB) in field
  * values, whitespace between field name and colon (§5.1), invalid tokens in method or field names,
  * a missing or repeated Host in HTTP/1.1 (§3.2), spaces or controls in the request-target.
- * `headers` is an array of `max` entries; req->headers points to it on success. */
+ * `headers` is an array of `max` entries; req->headers points to it on success.
+ *
+ * Details of the contract:
+ * - `limits` may be NULL for td_http1_default_limits(). The head is only scanned up to max_head
+ *   bytes, so a head that has not ended there gives TD_EHDRTOOLARGE without waiting for more;
+ *   likewise a request line that has not ended after max_request_line bytes gives TD_EURITOOLONG.
+ *   More than min(max, limits->max_headers) field lines give TD_EHDRTOOLARGE.
+ * - Empty lines (CRLF) before the request-line are skipped (§2.2) and counted in the head length.
+ * - The request-line is `method SP request-target SP HTTP/d.d CRLF` with single spaces. The target
+ *   holds visible ASCII only (0x21-0x7e) and must be origin-form ("/..."), absolute-form
+ *   ("scheme://..."), authority-form ("host:port", and only for CONNECT) or "*" (only for
+ *   OPTIONS). A well-formed version other than 1.0 / 1.1 gives TD_EVERSION; a malformed one
+ *   TD_EBADMSG.
+ * - Field values may hold VCHAR, obs-text (0x80-0xff), SP and HTAB. Host must consist of uri-host
+ *   and port characters (may be empty).
+ * - Content-Length may be a list of identical values ("5, 5") or repeated with identical values;
+ *   values above INT64_MAX are invalid. Transfer-Encoding in an HTTP/1.0 message is refused
+ *   (§6.1, faulty framing); chunked must be the final coding, appear once and have no parameters.
+ * - keep_alive: HTTP/1.1 unless "Connection: close"; HTTP/1.0 only with "Connection: keep-alive"
+ *   and without close. upgrade and expect_continue are only set for HTTP/1.1 (RFC 9110 §7.8,
+ *   §10.1.1). body is TD_BODY_CHUNKED, TD_BODY_LENGTH (also for "Content-Length: 0") or
+ *   TD_BODY_NONE.
+ * - On an error or TD_EAGAIN the contents of *req are unspecified. */
 int td_http1_parse_request(const char *buf, size_t len, const td_http1_limits_t *limits,
                            td_http1_request_t *req, td_http1_header_t *headers, size_t max);
 
@@ -28,7 +50,11 @@ int td_http1_parse_request(const char *buf, size_t len, const td_http1_limits_t 
  * HEAD (the response then has no body whatever its headers say). 1xx, 204 and 304 responses
  * have no body (§6.3). A response with neither Content-Length nor chunked coding is
  * TD_BODY_UNTIL_CLOSE and not keep-alive. Returns the head length, TD_EAGAIN, TD_EHDRTOOLARGE or
- * TD_EBADMSG (same framing rules as requests; Host not required). */
+ * TD_EBADMSG (same framing rules as requests; Host not required). A version other than HTTP/1.0 or
+ * HTTP/1.1 is TD_EBADMSG; so is a Transfer-Encoding whose final coding is not chunked (a safe
+ * proxy refuses it rather than reading until close). The reason phrase may be absent, with or
+ * without the SP before it. resp->content_length holds the Content-Length value whenever one is
+ * present, even when the body is TD_BODY_NONE (HEAD, 304). */
 int td_http1_parse_response(const char *buf, size_t len, int request_was_head,
                             const td_http1_limits_t *limits, td_http1_response_t *resp,
                             td_http1_header_t *headers, size_t max);
@@ -40,11 +66,17 @@ int td_http1_parse_response(const char *buf, size_t len, int request_was_head,
  * returns what it consumed so far. *nspans receives the count (0 when spans is NULL).
  * Returns the number of bytes consumed (>= 0) and sets *done to 1 once the body is complete, or
  * TD_EBADMSG on an invalid chunk size (not hex, overflow beyond 2^62), missing CRLF after data,
- * a chunk-size line or chunk extension longer than 4096 bytes, or trailers over 16384 bytes. */
+ * a chunk-size line or chunk extension longer than 4096 bytes, or trailers over 16384 bytes.
+ * The size line must match chunk-size *( BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ]
+ * ) CRLF exactly: whitespace after the size is accepted only before a ";", so "5 \r\n" and "5
+ * ;\r\n" are errors. Trailer field lines are checked like header field lines (no obs-fold, no
+ * controls). After an error the decoder keeps returning TD_EBADMSG; after the end it consumes
+ * nothing. `nspans` may be NULL. */
 long td_http1_chunked_feed(td_http1_chunked_t *c, const char *buf, size_t len, int *done,
                            td_str_t *spans, size_t max_spans, size_t *nspans);
 
-/* Case-insensitive comparison of a field name (or token) with a NUL-terminated lower-case literal. */
+/* Case-insensitive comparison of a field name (or token) with a NUL-terminated lower-case literal.
+ */
 int td_http1_name_is(td_str_t name, const char *lower);
 
 /* Returns 1 when the comma-separated token list `list` (e.g. a Connection value) contains `token`

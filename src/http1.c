@@ -1,0 +1,860 @@
+/* HTTP/1.x message parsing (RFC 9112): strict, zero-copy, allocation-free.
+ *
+ * The head parsers make one left-to-right pass over buf[0 .. min(len, max_head)). Every decision
+ * taken at a byte depends only on the bytes before it (and at most the next one, for CRLF), so
+ * parsing a prefix of a buffer gives either TD_EAGAIN or exactly the result of parsing the whole
+ * buffer. That is what lets a caller re-parse its growing read buffer picohttpparser-style with no
+ * state kept between calls, and get the same answer however the bytes were split by the network.
+ *
+ * Character classes come from one 256-entry table; the long runs (request-target, field values)
+ * are scanned 16 bytes at a time with SSE2 where the compiler targets it. */
+#include "td/http1.h"
+
+#include <limits.h>
+#include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+#define CHUNK_LINE_MAX 4096 /* bytes of a chunk-size line, extensions included, CRLF excluded */
+#define TRAILER_MAX 16384   /* bytes of the trailer section, final CRLF included */
+#define CHUNK_SIZE_MAX_SHIFT                                                                       \
+    58 /* a size that has bits at or above this cannot take another digit */
+
+enum {
+    C_TCHAR = 0x01,  /* tchar (RFC 9110 §5.6.2) */
+    C_VALUE = 0x02,  /* field-vchar, SP, HTAB: VCHAR and obs-text (RFC 9110 §5.5) */
+    C_TARGET = 0x04, /* visible ASCII 0x21-0x7e: the bytes a request-target may hold */
+    C_HOST = 0x08,   /* uri-host and port (RFC 3986 reg-name, IP-literal, IPv4, ":" port) */
+    C_DIGIT = 0x10,  /* DIGIT */
+    C_HEX = 0x20,    /* HEXDIG, either case */
+    C_SCHEME = 0x40, /* ALPHA / DIGIT / "+" / "-" / "." (RFC 3986 §3.1) */
+    C_QDTEXT = 0x80, /* qdtext of a quoted-string (RFC 9110 §5.6.4) */
+};
+
+static const unsigned char cls[256] = {
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x82, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x82, 0x8f, 0x06, 0x87, 0x8f, 0x8f, 0x8f, 0x8f, 0x8e, 0x8e, 0x8f, 0xcf, 0x8e, 0xcf, 0xcf, 0x86,
+    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x8e, 0x8e, 0x86, 0x8e, 0x86, 0x86,
+    0x86, 0xef, 0xef, 0xef, 0xef, 0xef, 0xef, 0xcf, 0xcf, 0xcf, 0xcf, 0xcf, 0xcf, 0xcf, 0xcf, 0xcf,
+    0xcf, 0xcf, 0xcf, 0xcf, 0xcf, 0xcf, 0xcf, 0xcf, 0xcf, 0xcf, 0xcf, 0x8e, 0x06, 0x8e, 0x87, 0x8f,
+    0x87, 0xef, 0xef, 0xef, 0xef, 0xef, 0xef, 0xcf, 0xcf, 0xcf, 0xcf, 0xcf, 0xcf, 0xcf, 0xcf, 0xcf,
+    0xcf, 0xcf, 0xcf, 0xcf, 0xcf, 0xcf, 0xcf, 0xcf, 0xcf, 0xcf, 0xcf, 0x86, 0x87, 0x86, 0x8f, 0x00,
+    0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82,
+    0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82,
+    0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82,
+    0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82,
+    0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82,
+    0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82,
+    0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82,
+    0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82,
+};
+
+#define IS(c, k) (cls[(unsigned char)(c)] & (k))
+#define IS_WS(c) ((c) == ' ' || (c) == '\t')
+
+static inline unsigned lower(unsigned char c) {
+    return (unsigned)(c - 'A') < 26u ? (unsigned)c | 0x20u : c;
+}
+
+/* Compares n bytes of s with the lower-case literal lit, ignoring the case of s. */
+static inline int ieq(const char *s, const char *lit, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (lower((unsigned char)s[i]) != (unsigned char)lit[i])
+            return 0;
+    return 1;
+}
+
+static inline unsigned hexval(unsigned char c) {
+    /* '0'-'9' are 0x30-0x39, 'A'-'F' 0x41-0x46, 'a'-'f' 0x61-0x66: the low nibble, plus 9 for
+     * letters (bit 6 set). Only called on bytes of class C_HEX. */
+    return (c & 0xfu) + (c >> 6) * 9u;
+}
+
+/* Returns the first byte in [p, end) that is not allowed in a field value (C_VALUE), or end. */
+static inline const char *scan_value(const char *p, const char *end) {
+#if defined(__SSE2__)
+    const __m128i x1f = _mm_set1_epi8(0x1f), del = _mm_set1_epi8(0x7f), tab = _mm_set1_epi8('\t');
+    while (end - p >= 16) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)p);
+        /* bytes <= 0x1f (unsigned) other than HTAB, and DEL, end the value */
+        __m128i ctl = _mm_cmpeq_epi8(_mm_min_epu8(x, x1f), x);
+        ctl = _mm_andnot_si128(_mm_cmpeq_epi8(x, tab), ctl);
+        ctl = _mm_or_si128(ctl, _mm_cmpeq_epi8(x, del));
+        unsigned m = (unsigned)_mm_movemask_epi8(ctl);
+        if (m)
+            return p + __builtin_ctz(m);
+        p += 16;
+    }
+#endif
+    while (p < end && IS(*p, C_VALUE))
+        p++;
+    return p;
+}
+
+/* Returns the first byte in [p, end) that is not allowed in a request-target (C_TARGET), or end. */
+static inline const char *scan_target(const char *p, const char *end) {
+#if defined(__SSE2__)
+    const __m128i x20 = _mm_set1_epi8(0x20), x7f = _mm_set1_epi8(0x7f);
+    while (end - p >= 16) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)p);
+        __m128i bad = _mm_or_si128(_mm_cmpeq_epi8(_mm_min_epu8(x, x20), x),
+                                   _mm_cmpeq_epi8(_mm_max_epu8(x, x7f), x));
+        unsigned m = (unsigned)_mm_movemask_epi8(bad);
+        if (m)
+            return p + __builtin_ctz(m);
+        p += 16;
+    }
+#endif
+    while (p < end && IS(*p, C_TARGET))
+        p++;
+    return p;
+}
+
+static inline const char *skip_ws(const char *p, const char *end) {
+    while (p < end && IS_WS(*p))
+        p++;
+    return p;
+}
+
+/* Skips a quoted-string starting at p (which holds the opening DQUOTE). Returns the byte after the
+ * closing DQUOTE, or NULL when it is not a valid quoted-string within [p, end). */
+static const char *skip_quoted(const char *p, const char *end) {
+    for (p++; p < end; p++) {
+        if (*p == '"')
+            return p + 1;
+        if (*p == '\\') {
+            if (++p == end || !IS(*p, C_VALUE))
+                return NULL;
+        } else if (!IS(*p, C_QDTEXT)) {
+            return NULL;
+        }
+    }
+    return NULL;
+}
+
+/* What the framing and connection headers said, gathered while the fields are parsed. */
+typedef struct facts_s {
+    uint64_t content_length;
+    td_str_t host;
+    unsigned conn_flags;
+    unsigned hosts;               /* Host field lines seen */
+    unsigned cl : 1;              /* Content-Length seen */
+    unsigned te : 1;              /* Transfer-Encoding seen */
+    unsigned chunked : 1;         /* chunked seen: it must stay the final coding */
+    unsigned upgrade : 1;         /* Upgrade seen */
+    unsigned expect_continue : 1; /* Expect: 100-continue seen */
+} facts_t;
+
+/* Content-Length = 1*DIGIT, also as a list of identical values ("5, 5", RFC 9110 §8.6). Every
+ * value, in this and earlier field lines, must be equal. Empty elements are not accepted: a
+ * Content-Length is not a place to be lenient. Values above INT64_MAX are invalid. */
+static int content_length(td_str_t v, facts_t *f) {
+    const char *p = v.p, *end = v.p + v.len;
+    for (;;) {
+        const char *s = p;
+        uint64_t n = 0;
+        while (p < end && IS(*p, C_DIGIT)) {
+            unsigned d = (unsigned)(*p - '0');
+            if (n > ((uint64_t)INT64_MAX - d) / 10)
+                return -1;
+            n = n * 10 + d;
+            p++;
+        }
+        if (p == s || (f->cl && n != f->content_length))
+            return -1;
+        f->cl = 1;
+        f->content_length = n;
+        p = skip_ws(p, end);
+        if (p == end)
+            return 0;
+        if (*p != ',')
+            return -1;
+        p = skip_ws(p + 1, end);
+    }
+}
+
+/* Transfer-Encoding = #transfer-coding; transfer-coding = token *( OWS ";" OWS token BWS "=" BWS
+ * ( token / quoted-string ) ) (RFC 9110 §10.1.4). chunked must be the final coding, appear once
+ * and carry no parameters (RFC 9112 §6.1, §7); codings are checked across all field lines. */
+static int transfer_encoding(td_str_t v, facts_t *f) {
+    const char *p = v.p, *end = v.p + v.len;
+    f->te = 1;
+    for (;;) {
+        const char *s = p;
+        while (p < end && IS(*p, C_TCHAR))
+            p++;
+        /* an empty element, or anything after chunked, is refused */
+        if (p == s || f->chunked)
+            return -1;
+        int chunked = p - s == 7 && ieq(s, "chunked", 7);
+        p = skip_ws(p, end);
+        while (p < end && *p == ';') {
+            if (chunked)
+                return -1;
+            p = skip_ws(p + 1, end);
+            s = p;
+            while (p < end && IS(*p, C_TCHAR))
+                p++;
+            if (p == s)
+                return -1;
+            p = skip_ws(p, end);
+            if (p == end || *p != '=')
+                return -1;
+            p = skip_ws(p + 1, end);
+            if (p < end && *p == '"') {
+                if (!(p = skip_quoted(p, end)))
+                    return -1;
+            } else {
+                s = p;
+                while (p < end && IS(*p, C_TCHAR))
+                    p++;
+                if (p == s)
+                    return -1;
+            }
+            p = skip_ws(p, end);
+        }
+        f->chunked = (unsigned)chunked;
+        if (p == end)
+            return 0;
+        if (*p != ',')
+            return -1;
+        p = skip_ws(p + 1, end);
+    }
+}
+
+/* Connection = #connection-option (RFC 9110 §7.6.1). Empty elements are ignored. */
+static unsigned connection(td_str_t v) {
+    const char *p = v.p, *end = v.p + v.len;
+    unsigned flags = 0;
+    while (p < end) {
+        const char *s = p;
+        while (p < end && *p != ',')
+            p++;
+        const char *e = p;
+        while (e > s && IS_WS(e[-1]))
+            e--;
+        size_t n = (size_t)(e - s);
+        if (n == 5 && ieq(s, "close", 5))
+            flags |= TD_CONN_CLOSE;
+        else if (n == 10 && ieq(s, "keep-alive", 10))
+            flags |= TD_CONN_KEEPALIVE;
+        else if (n == 7 && ieq(s, "upgrade", 7))
+            flags |= TD_CONN_UPGRADE;
+        else if (n)
+            flags |= TD_CONN_OTHER;
+        if (p < end)
+            p = skip_ws(p + 1, end);
+    }
+    return flags;
+}
+
+/* Host = uri-host [ ":" port ] (RFC 9110 §7.2): checked by character class only; may be empty. */
+static int valid_host(td_str_t v) {
+    for (size_t i = 0; i < v.len; i++)
+        if (!IS(v.p[i], C_HOST))
+            return 0;
+    return 1;
+}
+
+/* authority-form = uri-host ":" port (RFC 9112 §3.2.3), for CONNECT. */
+static int valid_authority(td_str_t t) {
+    size_t colon = t.len;
+    while (colon > 0 && t.p[colon - 1] != ':')
+        colon--;
+    if (colon < 2 || colon == t.len)
+        return 0;
+    for (size_t i = colon; i < t.len; i++)
+        if (!IS(t.p[i], C_DIGIT))
+            return 0;
+    return valid_host((td_str_t){t.p, colon - 1});
+}
+
+/* The request-target forms of RFC 9112 §3.2: origin-form, absolute-form (scheme "://" ...),
+ * authority-form only for CONNECT, asterisk-form only for OPTIONS. */
+static int valid_target(td_str_t m, td_str_t t) {
+    int connect = m.len == 7 && memcmp(m.p, "CONNECT", 7) == 0;
+    if (connect)
+        return valid_authority(t);
+    if (t.p[0] == '/')
+        return 1;
+    if (t.len == 1 && t.p[0] == '*')
+        return m.len == 7 && memcmp(m.p, "OPTIONS", 7) == 0;
+    if ((unsigned)(lower((unsigned char)t.p[0]) - 'a') >= 26u)
+        return 0;
+    size_t i = 1;
+    while (i < t.len && IS(t.p[i], C_SCHEME))
+        i++;
+    return t.len - i > 3 && memcmp(t.p + i, "://", 3) == 0;
+}
+
+/* Records what one field line says about framing and the connection. Returns -1 on a value that
+ * makes the message invalid. */
+static int field(const td_http1_header_t *h, int request, facts_t *f) {
+    const char *n = h->name.p;
+    td_str_t v = h->value;
+    switch (h->name.len) {
+    case 4:
+        if (request && ieq(n, "host", 4)) {
+            /* RFC 9112 §3.2: more than one Host, or an invalid one, is a 400 */
+            if (++f->hosts > 1 || !valid_host(v))
+                return -1;
+            f->host = v;
+        }
+        break;
+    case 6:
+        if (request && ieq(n, "expect", 6) && v.len == 12 && ieq(v.p, "100-continue", 12))
+            f->expect_continue = 1;
+        break;
+    case 7:
+        if (ieq(n, "upgrade", 7))
+            f->upgrade = 1;
+        break;
+    case 10:
+        if (ieq(n, "connection", 10))
+            f->conn_flags |= connection(v);
+        break;
+    case 14:
+        if (ieq(n, "content-length", 14))
+            return content_length(v, f);
+        break;
+    case 17:
+        if (ieq(n, "transfer-encoding", 17))
+            return transfer_encoding(v, f);
+        break;
+    }
+    return 0;
+}
+
+/* Parses field lines from p through the empty line that ends the head (RFC 9112 §5). Returns the
+ * byte after the empty line, or NULL with *err set (TD_EAGAIN when more bytes are needed). */
+static const char *parse_fields(const char *p, const char *end, int request,
+                                td_http1_header_t *hdrs, size_t maxh, size_t *nh, facts_t *f,
+                                int *err) {
+    size_t n = 0;
+    for (;;) {
+        if (p == end)
+            goto more;
+        if (*p == '\r') {
+            if (end - p < 2)
+                goto more;
+            if (p[1] != '\n')
+                goto bad;
+            *nh = n;
+            return p + 2;
+        }
+        /* Not a token byte: a bare LF, ':' (empty name), or SP / HTAB, which is obs-fold (§5.2) or
+         * whitespace between the start line and the first field line (§2.2). */
+        if (!IS(*p, C_TCHAR))
+            goto bad;
+        if (n == maxh) {
+            *err = TD_EHDRTOOLARGE;
+            return NULL;
+        }
+        const char *name = p;
+        do
+            p++;
+        while (p < end && IS(*p, C_TCHAR));
+        if (p == end)
+            goto more;
+        /* whitespace (or any non-token byte) between field name and colon: §5.1 */
+        if (*p != ':')
+            goto bad;
+        hdrs[n].name = (td_str_t){name, (size_t)(p - name)};
+        p = skip_ws(p + 1, end);
+        const char *v = p;
+        p = scan_value(p, end);
+        if (p == end)
+            goto more;
+        /* a control byte (NUL, DEL, bare LF, ...) inside the value, or a bare CR */
+        if (*p != '\r')
+            goto bad;
+        if (end - p < 2)
+            goto more;
+        if (p[1] != '\n')
+            goto bad;
+        const char *ve = p;
+        while (ve > v && IS_WS(ve[-1]))
+            ve--;
+        hdrs[n].value = (td_str_t){v, (size_t)(ve - v)};
+        p += 2;
+        if (field(&hdrs[n], request, f))
+            goto bad;
+        n++;
+    }
+more:
+    *err = TD_EAGAIN;
+    return NULL;
+bad:
+    *err = TD_EBADMSG;
+    return NULL;
+}
+
+/* Checks the first n (<= 8) bytes at p against HTTP-version = "HTTP/" DIGIT "." DIGIT, so that a
+ * wrong start line is refused as soon as it arrives rather than when its line ends. */
+static int version_ok(const char *p, size_t n) {
+    static const char lit[] = "HTTP/0.0";
+    for (size_t i = 0; i < n; i++) {
+        if (i == 5 || i == 7) {
+            if (!IS(p[i], C_DIGIT))
+                return 0;
+        } else if (p[i] != lit[i]) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* request-line = method SP request-target SP HTTP-version CRLF (RFC 9112 §3), single SPs.
+ * Bytes of the line must lie before p + max_line; only its CR may sit there. */
+static const char *parse_request_line(const char *p, const char *end, size_t max_line,
+                                      td_http1_request_t *req, int *err) {
+    const char *lim = (size_t)(end - p) > max_line ? p + max_line : end;
+    const char *s = p;
+    while (p < lim && IS(*p, C_TCHAR))
+        p++;
+    if (p == lim)
+        goto more;
+    if (*p != ' ' || p == s)
+        goto bad;
+    req->method = (td_str_t){s, (size_t)(p - s)};
+    s = ++p;
+    p = scan_target(p, lim);
+    if (p == lim)
+        goto more;
+    if (*p != ' ' || p == s)
+        goto bad;
+    req->target = (td_str_t){s, (size_t)(p - s)};
+    if (!valid_target(req->method, req->target))
+        goto bad;
+    p++;
+    size_t avail = (size_t)(lim - p);
+    if (!version_ok(p, avail < 8 ? avail : 8))
+        goto bad;
+    if (avail < 8)
+        goto more;
+    int major = p[5] - '0', minor = p[7] - '0';
+    p += 8;
+    if (p == end || (*p == '\r' && end - p < 2)) {
+        *err = TD_EAGAIN;
+        return NULL;
+    }
+    if (p[0] != '\r' || p[1] != '\n')
+        goto bad;
+    if (major != 1 || minor > 1) {
+        *err = TD_EVERSION;
+        return NULL;
+    }
+    req->minor_version = minor;
+    return p + 2;
+more:
+    /* Out of bytes: either the buffer ended, or the line has grown past its limit. */
+    *err = lim == end ? TD_EAGAIN : TD_EURITOOLONG;
+    return NULL;
+bad:
+    *err = TD_EBADMSG;
+    return NULL;
+}
+
+/* The framing checks shared by requests and responses (RFC 9112 §6.1, §6.3). */
+static int framing_ok(const facts_t *f, int minor) {
+    if (!f->te)
+        return 1;
+    /* §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing; with Content-Length, a request
+     * smuggling attempt; §6.3: a final coding other than chunked cannot be delimited. */
+    return minor == 1 && f->chunked && !f->cl;
+}
+
+static inline size_t head_limit(const td_http1_limits_t *limits) {
+    return limits->max_head < (size_t)INT_MAX ? limits->max_head : (size_t)INT_MAX;
+}
+
+td_http1_limits_t td_http1_default_limits(void) {
+    return (td_http1_limits_t){.max_request_line = 8192, .max_head = 16384, .max_headers = 100};
+}
+
+int td_http1_parse_request(const char *buf, size_t len, const td_http1_limits_t *limits,
+                           td_http1_request_t *req, td_http1_header_t *headers, size_t max) {
+    td_http1_limits_t defaults;
+    if (!limits) {
+        defaults = td_http1_default_limits();
+        limits = &defaults;
+    }
+    size_t max_head = head_limit(limits);
+    const char *p = buf, *end = buf + (len > max_head ? max_head : len);
+    size_t maxh = max < limits->max_headers ? max : limits->max_headers;
+    facts_t f = {0};
+    int err;
+
+    memset(req, 0, sizeof *req);
+    /* §2.2: a server SHOULD ignore empty lines received before the request-line */
+    while (p < end && *p == '\r') {
+        if (end - p < 2) {
+            err = TD_EAGAIN;
+            goto fail;
+        }
+        if (p[1] != '\n')
+            return TD_EBADMSG;
+        p += 2;
+    }
+    if (!(p = parse_request_line(p, end, limits->max_request_line, req, &err)))
+        goto fail;
+    if (!(p = parse_fields(p, end, 1, headers, maxh, &req->num_headers, &f, &err)))
+        goto fail;
+
+    if (!framing_ok(&f, req->minor_version))
+        return TD_EBADMSG;
+    if (req->minor_version == 1 && f.hosts == 0)
+        return TD_EBADMSG;
+    req->headers = headers;
+    req->host = f.host;
+    if (f.te) {
+        req->body = TD_BODY_CHUNKED;
+    } else if (f.cl) {
+        req->body = TD_BODY_LENGTH;
+        req->content_length = f.content_length;
+    }
+    req->conn_flags = f.conn_flags;
+    if (req->minor_version == 1) {
+        req->keep_alive = !(f.conn_flags & TD_CONN_CLOSE);
+        /* RFC 9110 §7.8 and §10.1.1: Upgrade and 100-continue are ignored in HTTP/1.0 */
+        req->upgrade = f.upgrade && (f.conn_flags & TD_CONN_UPGRADE);
+        req->expect_continue = f.expect_continue;
+    } else {
+        req->keep_alive = (f.conn_flags & (TD_CONN_KEEPALIVE | TD_CONN_CLOSE)) == TD_CONN_KEEPALIVE;
+    }
+    req->head = req->method.len == 4 && memcmp(req->method.p, "HEAD", 4) == 0;
+    return (int)(p - buf);
+
+fail:
+    if (err == TD_EAGAIN && len > max_head)
+        err = TD_EHDRTOOLARGE;
+    return err;
+}
+
+/* status-line = HTTP-version SP status-code SP [ reason-phrase ] CRLF (RFC 9112 §4). A status line
+ * without the second SP ("HTTP/1.1 200\r\n") is accepted: servers send it, and it is not
+ * ambiguous. */
+static const char *parse_status_line(const char *p, const char *end, td_http1_response_t *resp,
+                                     int *err) {
+    /* "HTTP/1.x ddd", checked on whatever part of it has arrived; only 1.0 and 1.1 are spoken */
+    size_t avail = (size_t)(end - p), n = avail < 12 ? avail : 12;
+    if (!version_ok(p, n < 8 ? n : 8) || (n > 5 && p[5] != '1') || (n > 7 && p[7] > '1') ||
+        (n > 8 && p[8] != ' ') || (n > 9 && (p[9] < '1' || p[9] > '9')) ||
+        (n > 10 && !IS(p[10], C_DIGIT)) || (n > 11 && !IS(p[11], C_DIGIT)))
+        goto bad;
+    if (n < 12)
+        goto more;
+    resp->minor_version = p[7] - '0';
+    resp->status = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
+    p += 12;
+    if (p == end)
+        goto more;
+    const char *s = p;
+    if (*p == ' ') {
+        s = ++p;
+        p = scan_value(p, end);
+        if (p == end)
+            goto more;
+    }
+    if (*p != '\r')
+        goto bad;
+    if (end - p < 2)
+        goto more;
+    if (p[1] != '\n')
+        goto bad;
+    resp->reason = (td_str_t){s, (size_t)(p - s)};
+    return p + 2;
+more:
+    *err = TD_EAGAIN;
+    return NULL;
+bad:
+    *err = TD_EBADMSG;
+    return NULL;
+}
+
+int td_http1_parse_response(const char *buf, size_t len, int request_was_head,
+                            const td_http1_limits_t *limits, td_http1_response_t *resp,
+                            td_http1_header_t *headers, size_t max) {
+    td_http1_limits_t defaults;
+    if (!limits) {
+        defaults = td_http1_default_limits();
+        limits = &defaults;
+    }
+    size_t max_head = head_limit(limits);
+    const char *p = buf, *end = buf + (len > max_head ? max_head : len);
+    size_t maxh = max < limits->max_headers ? max : limits->max_headers;
+    facts_t f = {0};
+    int err;
+
+    memset(resp, 0, sizeof *resp);
+    if (!(p = parse_status_line(p, end, resp, &err)))
+        goto fail;
+    if (!(p = parse_fields(p, end, 0, headers, maxh, &resp->num_headers, &f, &err)))
+        goto fail;
+
+    if (!framing_ok(&f, resp->minor_version))
+        return TD_EBADMSG;
+    resp->headers = headers;
+    resp->conn_flags = f.conn_flags;
+    resp->content_length = f.cl ? f.content_length : 0;
+    if (resp->minor_version == 1)
+        resp->keep_alive = !(f.conn_flags & TD_CONN_CLOSE);
+    else
+        resp->keep_alive =
+            (f.conn_flags & (TD_CONN_KEEPALIVE | TD_CONN_CLOSE)) == TD_CONN_KEEPALIVE;
+    int s = resp->status;
+    if (request_was_head || s < 200 || s == 204 || s == 304) {
+        resp->body = TD_BODY_NONE;
+    } else if (f.te) {
+        resp->body = TD_BODY_CHUNKED;
+    } else if (f.cl) {
+        resp->body = TD_BODY_LENGTH;
+    } else {
+        resp->body = TD_BODY_UNTIL_CLOSE;
+        resp->keep_alive = 0;
+    }
+    return (int)(p - buf);
+
+fail:
+    if (err == TD_EAGAIN && len > max_head)
+        err = TD_EHDRTOOLARGE;
+    return err;
+}
+
+/* Chunked decoder states (RFC 9112 §7.1). The chunk-size line, extensions included, is checked
+ * against the grammar
+ *   chunk = chunk-size *( BWS ";" BWS ext-name [ BWS "=" BWS ( token / quoted-string ) ] ) CRLF
+ * byte by byte, so whitespace after the size is accepted only when an extension follows. */
+enum {
+    CH_SIZE0 = 0,   /* first hex digit of a chunk-size */
+    CH_SIZE,        /* more hex digits, BWS, ';' or CR */
+    CH_SIZE_WS,     /* BWS after the size: BWS or ';' */
+    CH_EXT,         /* after ';': BWS or the first byte of an extension name */
+    CH_EXT_NAME,    /* in a name: tchar, BWS, '=', ';' or CR */
+    CH_EXT_NAME_WS, /* BWS after a name: BWS, '=' or ';' */
+    CH_EXT_EQ,      /* after '=': BWS, DQUOTE or the first byte of a token value */
+    CH_EXT_TOKEN,   /* in a token value: tchar, BWS, ';' or CR */
+    CH_EXT_QUOTED,  /* in a quoted-string value */
+    CH_EXT_QPAIR,   /* after a backslash in a quoted-string */
+    CH_EXT_VAL_END, /* right after a quoted-string: BWS, ';' or CR */
+    CH_EXT_VAL_WS,  /* BWS after a value: BWS or ';' */
+    CH_SIZE_LF,     /* after the CR of the size line */
+    CH_DATA,        /* chunk-data: `remaining` bytes */
+    CH_DATA_CR,     /* CRLF after the data */
+    CH_DATA_LF,
+    CH_TR_START, /* start of a trailer field line, or the CR of the final empty line */
+    CH_TR_NAME,  /* in a trailer field name */
+    CH_TR_VALUE, /* in a trailer field value, up to its CR */
+    CH_TR_LF,    /* after the CR of a trailer field line */
+    CH_END_LF,   /* after the CR of the final empty line */
+    CH_DONE,
+    CH_ERROR,
+};
+
+long td_http1_chunked_feed(td_http1_chunked_t *c, const char *buf, size_t len, int *done,
+                           td_str_t *spans, size_t max_spans, size_t *nspans) {
+    const char *p = buf, *end = buf + len;
+    size_t ns = 0;
+
+    *done = 0;
+    if (nspans)
+        *nspans = 0;
+    if (c->state == CH_ERROR)
+        return TD_EBADMSG;
+    while (p < end) {
+        int s = c->state;
+        if (s == CH_DATA) {
+            if (spans && ns == max_spans)
+                break;
+            size_t n = (size_t)(end - p);
+            if (n > c->remaining)
+                n = (size_t)c->remaining;
+            if (spans)
+                spans[ns++] = (td_str_t){p, n};
+            p += n;
+            c->remaining -= n;
+            if (c->remaining == 0)
+                c->state = CH_DATA_CR;
+            continue;
+        }
+        if (s == CH_DONE)
+            break;
+        unsigned char ch = (unsigned char)*p++;
+        if (s < CH_SIZE_LF) {
+            if (ch != '\r' && ++c->line_len > CHUNK_LINE_MAX)
+                goto bad;
+        } else if (s >= CH_TR_START) {
+            if (++c->trailer_bytes > TRAILER_MAX)
+                goto bad;
+        }
+        switch (s) {
+        case CH_SIZE0:
+            if (!IS(ch, C_HEX))
+                goto bad;
+            c->remaining = hexval(ch);
+            c->state = CH_SIZE;
+            break;
+        case CH_SIZE:
+            if (IS(ch, C_HEX)) {
+                if (c->remaining >> CHUNK_SIZE_MAX_SHIFT)
+                    goto bad;
+                c->remaining = c->remaining << 4 | hexval(ch);
+            } else if (ch == '\r') {
+                c->state = CH_SIZE_LF;
+            } else if (ch == ';') {
+                c->state = CH_EXT;
+            } else if (IS_WS(ch)) {
+                c->state = CH_SIZE_WS;
+            } else {
+                goto bad;
+            }
+            break;
+        case CH_SIZE_WS:
+        case CH_EXT_VAL_WS:
+            if (ch == ';')
+                c->state = CH_EXT;
+            else if (!IS_WS(ch))
+                goto bad;
+            break;
+        case CH_EXT:
+            if (IS(ch, C_TCHAR))
+                c->state = CH_EXT_NAME;
+            else if (!IS_WS(ch))
+                goto bad;
+            break;
+        case CH_EXT_NAME:
+        case CH_EXT_NAME_WS:
+            if (s == CH_EXT_NAME && IS(ch, C_TCHAR))
+                break;
+            if (ch == '=')
+                c->state = CH_EXT_EQ;
+            else if (ch == ';')
+                c->state = CH_EXT;
+            else if (ch == '\r' && s == CH_EXT_NAME)
+                c->state = CH_SIZE_LF;
+            else if (IS_WS(ch))
+                c->state = CH_EXT_NAME_WS;
+            else
+                goto bad;
+            break;
+        case CH_EXT_EQ:
+            if (ch == '"')
+                c->state = CH_EXT_QUOTED;
+            else if (IS(ch, C_TCHAR))
+                c->state = CH_EXT_TOKEN;
+            else if (!IS_WS(ch))
+                goto bad;
+            break;
+        case CH_EXT_TOKEN:
+        case CH_EXT_VAL_END:
+            if (s == CH_EXT_TOKEN && IS(ch, C_TCHAR))
+                break;
+            if (ch == ';')
+                c->state = CH_EXT;
+            else if (ch == '\r')
+                c->state = CH_SIZE_LF;
+            else if (IS_WS(ch))
+                c->state = CH_EXT_VAL_WS;
+            else
+                goto bad;
+            break;
+        case CH_EXT_QUOTED:
+            if (ch == '"')
+                c->state = CH_EXT_VAL_END;
+            else if (ch == '\\')
+                c->state = CH_EXT_QPAIR;
+            else if (!IS(ch, C_QDTEXT))
+                goto bad;
+            break;
+        case CH_EXT_QPAIR:
+            if (!IS(ch, C_VALUE))
+                goto bad;
+            c->state = CH_EXT_QUOTED;
+            break;
+        case CH_SIZE_LF:
+            if (ch != '\n')
+                goto bad;
+            c->state = c->remaining ? CH_DATA : CH_TR_START;
+            break;
+        case CH_DATA_CR:
+            if (ch != '\r')
+                goto bad;
+            c->state = CH_DATA_LF;
+            break;
+        case CH_DATA_LF:
+            if (ch != '\n')
+                goto bad;
+            c->state = CH_SIZE0;
+            c->line_len = 0;
+            break;
+        case CH_TR_START:
+            if (ch == '\r')
+                c->state = CH_END_LF;
+            else if (IS(ch, C_TCHAR))
+                c->state = CH_TR_NAME;
+            else
+                goto bad; /* obs-fold, bare LF, empty name */
+            break;
+        case CH_TR_NAME:
+            if (ch == ':')
+                c->state = CH_TR_VALUE;
+            else if (!IS(ch, C_TCHAR))
+                goto bad;
+            break;
+        case CH_TR_VALUE:
+            if (ch == '\r')
+                c->state = CH_TR_LF;
+            else if (!IS(ch, C_VALUE))
+                goto bad;
+            break;
+        case CH_TR_LF:
+            if (ch != '\n')
+                goto bad;
+            c->state = CH_TR_START;
+            break;
+        case CH_END_LF:
+            if (ch != '\n')
+                goto bad;
+            c->state = CH_DONE;
+            break;
+        default:
+            goto bad;
+        }
+    }
+    if (c->state == CH_DONE)
+        *done = 1;
+    if (nspans)
+        *nspans = ns;
+    return (long)(p - buf);
+bad:
+    c->state = CH_ERROR;
+    return TD_EBADMSG;
+}
+
+int td_http1_name_is(td_str_t name, const char *lit) {
+    size_t i = 0;
+    for (; i < name.len; i++)
+        if (!lit[i] || lower((unsigned char)name.p[i]) != (unsigned char)lit[i])
+            return 0;
+    return lit[i] == '\0';
+}
+
+int td_http1_list_has(td_str_t list, const char *token) {
+    const char *p = list.p, *end = list.p + list.len;
+    while (p < end) {
+        p = skip_ws(p, end);
+        const char *s = p;
+        while (p < end && *p != ',')
+            p++;
+        const char *e = p;
+        while (e > s && IS_WS(e[-1]))
+            e--;
+        if (e > s && td_http1_name_is((td_str_t){s, (size_t)(e - s)}, token))
+            return 1;
+        if (p < end)
+            p++;
+    }
+    return 0;
+}
