@@ -562,16 +562,18 @@ int td_config_status_expected(const char *expect_status, int status) {
 /* ---- the schema ---- */
 
 static const char *const root_keys[] = {"listeners", "workers",      "admin",    "routing",
-                                        "backends",  "health_check", "timeouts", NULL};
+                                        "backends",  "health_check", "timeouts", "passive",
+                                        NULL};
+static const char *const passive_keys[] = {"failures", "eject_ms", "max_eject_ms", NULL};
 static const char *const listener_keys[] = {"address", NULL};
 static const char *const admin_keys[] = {"address", "token", NULL};
 static const char *const routing_keys[] = {"method", "cookie", NULL};
 static const char *const cookie_keys[] = {"name", "max_age_s", "secret", NULL};
-static const char *const backend_keys[] = {"name", "weight", "servers", NULL};
+static const char *const backend_keys[] = {"name", "weight", "servers", "health_check", NULL};
 static const char *const server_keys[] = {"address", "weight", NULL};
 static const char *const health_keys[] = {"type",         "path", "expect_status", "interval_ms",
                                           "timeout_ms",   "fall", "rise",          "port",
-                                          "default_down", NULL};
+                                          "default_down", "expect_body", NULL};
 static const char *const timeout_keys[] = {
     "connect_ms",        "client_header_ms", "upstream_response_ms",
     "keepalive_idle_ms", "drain_ms",         NULL};
@@ -587,6 +589,14 @@ static const int_field_t health_ints[] = {
     {"port", HF(port), 0, 65535},
 };
 #undef HF
+
+#define PF(f) offsetof(td_config_passive_t, f)
+static const int_field_t passive_ints[] = {
+    {"failures", PF(failures), 1, 1000},
+    {"eject_ms", PF(eject_ms), 1, MAX_MS},
+    {"max_eject_ms", PF(max_eject_ms), 1, MAX_MS},
+};
+#undef PF
 
 #define TF(f) offsetof(td_config_timeouts_t, f)
 static const int_field_t timeout_ints[] = {
@@ -618,6 +628,7 @@ static void set_defaults(td_config_t *c) {
                                      .fall = 3,
                                      .rise = 3};
     c->timeouts = (td_config_timeouts_t){5000, 10000, 60000, 75000, 30000};
+    c->passive = (td_config_passive_t){3, 5000, 300000};
 }
 
 /* Reports, at the current path, an address already used by one of the first `n` of `others`
@@ -722,6 +733,21 @@ static void parse_routing(ctx_t *x, json_t *root, td_config_t *c) {
     pop(x);
 }
 
+/* Reads the keys of a health_check object at `h` (the current path) over the values in `hc`. */
+static void parse_health_fields(ctx_t *x, json_t *h, td_config_health_t *hc) {
+    int type;
+
+    check_keys(x, h, health_keys);
+    if (get_enum(x, h, "type", health_types, &type))
+        strcpy(hc->type, health_types[type]);
+    get_str(x, h, "path", 0, hc->path, sizeof hc->path, check_path, 0);
+    get_str(x, h, "expect_status", 0, hc->expect_status, sizeof hc->expect_status, check_status,
+            0);
+    get_str(x, h, "expect_body", 0, hc->expect_body, sizeof hc->expect_body, NULL, 0);
+    get_ints(x, h, hc, health_ints, COUNT(health_ints));
+    get_bool(x, h, "default_down", &hc->default_down);
+}
+
 static void parse_servers(ctx_t *x, json_t *b, td_config_backend_t *be) {
     json_t *arr = get_array(x, b, "servers", "server", TD_CONFIG_MAX_SERVERS);
     size_t n = arr ? json_array_size(arr) : 0;
@@ -787,6 +813,14 @@ static void parse_backends(ctx_t *x, json_t *root, td_config_t *c) {
             }
             get_int(x, b, "weight", 1, 0, 100, &be->weight);
             parse_servers(x, b, be);
+            be->health = c->health;
+            json_t *h = get_object(x, b, "health_check", 0);
+            if (h) {
+                be->health_override = 1;
+                push_key(x, "health_check");
+                parse_health_fields(x, h, &be->health);
+                pop(x);
+            }
         }
         pop(x);
     }
@@ -795,20 +829,23 @@ static void parse_backends(ctx_t *x, json_t *root, td_config_t *c) {
 
 static void parse_health(ctx_t *x, json_t *root, td_config_t *c) {
     json_t *h = get_object(x, root, "health_check", 0);
-    int type;
 
     if (!h)
         return;
     c->has_health = 1;
     push_key(x, "health_check");
-    check_keys(x, h, health_keys);
-    if (get_enum(x, h, "type", health_types, &type))
-        strcpy(c->health.type, health_types[type]);
-    get_str(x, h, "path", 0, c->health.path, sizeof c->health.path, check_path, 0);
-    get_str(x, h, "expect_status", 0, c->health.expect_status, sizeof c->health.expect_status,
-            check_status, 0);
-    get_ints(x, h, &c->health, health_ints, COUNT(health_ints));
-    get_bool(x, h, "default_down", &c->health.default_down);
+    parse_health_fields(x, h, &c->health);
+    pop(x);
+}
+
+static void parse_passive(ctx_t *x, json_t *root, td_config_t *c) {
+    json_t *p = get_object(x, root, "passive", 0);
+
+    if (!p)
+        return;
+    push_key(x, "passive");
+    check_keys(x, p, passive_keys);
+    get_ints(x, p, &c->passive, passive_ints, COUNT(passive_ints));
     pop(x);
 }
 
@@ -857,9 +894,10 @@ td_config_t *td_config_parse(const char *text, size_t len, const char *name, FIL
             parse_workers(&x, root, c);
             parse_admin(&x, root, c);
             parse_routing(&x, root, c);
+            parse_health(&x, root, c); /* before backends: their overrides start from it */
             parse_backends(&x, root, c);
-            parse_health(&x, root, c);
             parse_timeouts(&x, root, c);
+            parse_passive(&x, root, c);
         }
     }
     json_decref(root);

@@ -25,6 +25,8 @@ static json_t *address_object(const td_addr_t *a, int *ok) {
     return o;
 }
 
+static json_t *health_object(const td_config_health_t *h, int *ok);
+
 static json_t *backend_object(const td_config_backend_t *b, int *ok) {
     json_t *o = json_object(), *servers = json_array();
 
@@ -43,6 +45,8 @@ static json_t *backend_object(const td_config_backend_t *b, int *ok) {
         put(o, "servers", servers, ok);
     else
         json_decref(servers);
+    if (o && b->health_override)
+        put(o, "health_check", health_object(&b->health, ok), ok);
     return o;
 }
 
@@ -60,6 +64,8 @@ static json_t *health_object(const td_config_health_t *h, int *ok) {
     put(o, "rise", json_integer(h->rise), ok);
     put(o, "port", json_integer(h->port), ok);
     put(o, "default_down", json_boolean(h->default_down), ok);
+    if (h->expect_body[0])
+        put(o, "expect_body", json_string(h->expect_body), ok);
     return o;
 }
 
@@ -119,6 +125,13 @@ static json_t *config_object(const td_config_t *c, int *ok) {
     if (c->has_health)
         put(root, "health_check", health_object(&c->health, ok), ok);
     put(root, "timeouts", timeouts_object(&c->timeouts, ok), ok);
+    json_t *passive = json_object();
+    if (passive) {
+        put(passive, "failures", json_integer(c->passive.failures), ok);
+        put(passive, "eject_ms", json_integer(c->passive.eject_ms), ok);
+        put(passive, "max_eject_ms", json_integer(c->passive.max_eject_ms), ok);
+    }
+    put(root, "passive", passive, ok);
     return root;
 }
 

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "td/config.h"
+#include "td/health.h"
 #include "td/log.h"
 #include "td/router.h"
 #include "td/sticky.h"
@@ -32,6 +33,8 @@ static int publish(td_config_t *cfg) {
         return TD_ENOMEM;
     version++;
     running = cfg;
+    /* Checks first: a new default_down server must be down before any worker can see it. */
+    td_health_sync(uv_default_loop(), cfg);
     td_router_publish(s);
     return 0;
 }
@@ -99,5 +102,5 @@ int td_control_reload(void) {
 }
 
 void td_control_shutdown(void) {
-    running = NULL;
+    td_health_stop();
 }

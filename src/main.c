@@ -65,6 +65,7 @@ static void on_stop(uv_signal_t *s, int signum) {
     td_info("%s: stopping; letting in-flight requests finish (up to %d ms)",
             signum == SIGINT ? "SIGINT" : "SIGTERM", drain_ms);
     td_admin_stop();
+    td_control_shutdown();
     td_proxy_stop(proxy, drain_ms);
     proxy = NULL;
     uv_close((uv_handle_t *)&sig_hup, NULL);

@@ -30,13 +30,6 @@ typedef struct td_config_server_s {
     int weight; /* 0..100; default 1 */
 } td_config_server_t;
 
-typedef struct td_config_backend_s {
-    char name[TD_NAME_MAX];      /* [A-Za-z0-9_-]{1,63}, unique */
-    int weight;                  /* 0..100 */
-    td_config_server_t *servers; /* owned */
-    size_t num_servers;          /* 1..TD_CONFIG_MAX_SERVERS */
-} td_config_backend_t;
-
 typedef struct td_config_health_s {
     char type[16];          /* "tcp" | "http"; default "http" */
     char path[256];         /* http: request path, starts with '/', printable ASCII; default "/" */
@@ -47,7 +40,28 @@ typedef struct td_config_health_s {
     int fall, rise;         /* 1..100; default 3 and 3 */
     int port;               /* 0..65535; 0 (default) = the server's own */
     int default_down;       /* bool: servers start down until `rise` checks pass; default 0 */
+    char expect_body[128];  /* http: a substring the response body must contain; "" = any */
 } td_config_health_t;
+
+/* Passive detection (Envoy's outlier detection): `failures` consecutive connect errors, resets or
+ * 5xx eject a server for eject_ms, doubled on each repeat up to max_eject_ms; it comes back when
+ * the ejection ends (and, with active checks, only while they pass). */
+typedef struct td_config_passive_s {
+    int failures;     /* 1..1000; default 3 */
+    int eject_ms;     /* 1..86400000; default 5000 */
+    int max_eject_ms; /* 1..86400000; default 300000 */
+} td_config_passive_t;
+
+typedef struct td_config_backend_s {
+    char name[TD_NAME_MAX];      /* [A-Za-z0-9_-]{1,63}, unique */
+    int weight;                  /* 0..100 */
+    td_config_server_t *servers; /* owned */
+    size_t num_servers;          /* 1..TD_CONFIG_MAX_SERVERS */
+    td_config_health_t health;   /* the global health_check with this backend's overrides */
+    int health_override;         /* 1 when the backend has its own "health_check" object */
+} td_config_backend_t;
+
+
 
 /* All 1..86400000 ms, except drain_ms 0..86400000 (0 = stop without waiting). */
 typedef struct td_config_timeouts_s {
@@ -73,7 +87,8 @@ typedef struct td_config_s {
     td_config_backend_t *backends; /* owned */
     size_t num_backends;           /* 1..TD_CONFIG_MAX_BACKENDS */
     td_config_health_t health;
-    int has_health; /* 0 when "health_check" is absent (no active checks) */
+    int has_health; /* 0 when "health_check" is absent (no active checks but overrides) */
+    td_config_passive_t passive;
     td_config_timeouts_t timeouts;
 } td_config_t;
 

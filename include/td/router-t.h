@@ -25,6 +25,8 @@ typedef struct td_server_stats_s {
     _Atomic int64_t down_until_ms;   /* passive ejection: down while td_now_ms() < this */
     _Atomic int consecutive_failures;
     _Atomic int health_up;           /* active health check verdict: 1 up, 0 down */
+    int checked;                     /* main thread: an active check has been set up for it */
+    _Atomic int ejections;           /* passive ejections in a row (the next one lasts longer) */
     struct td_server_stats_s *next;  /* registry list; owned by the registry */
 } td_server_stats_t;
 

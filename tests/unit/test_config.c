@@ -280,7 +280,7 @@ static void test_key_errors(void) {
     /* A key with a control character is escaped in the message. */
     T_ERRORS("{" MIN_LISTENERS ", " MIN_BACKENDS ", \"a\\nb\": 1}",
              "t.json:1:131: a\\x0ab: unknown key (valid keys: listeners, workers, admin, routing, "
-             "backends, health_check, timeouts)\n");
+             "backends, health_check, timeouts, passive)\n");
 }
 
 static void test_value_errors(void) {
@@ -553,7 +553,44 @@ static void test_helpers(void) {
     T_EQ_INT(td_config_status_expected("2xx,404", 404), 1);
 }
 
+/* Per-backend health_check overrides start from the global one; passive detection settings. */
+static void test_health_overrides_and_passive(void) {
+    const char *doc = "{" MIN_LISTENERS ",\n"
+                      " \"health_check\": {\"type\": \"http\", \"path\": \"/hz\", \"fall\": 2},\n"
+                      " \"passive\": {\"failures\": 4, \"eject_ms\": 100},\n"
+                      " \"backends\": [{\"name\": \"a\", \"weight\": 1,\n"
+                      "   \"servers\": [{\"address\": \"127.0.0.1:1\"}],\n"
+                      "   \"health_check\": {\"type\": \"tcp\", \"port\": 81, \"expect_body\": \"ok\"}},\n"
+                      "  {\"name\": \"b\", \"weight\": 1, \"servers\": [{\"address\": \"127.0.0.1:2\"}]}]}";
+    td_config_t *c = td_config_parse(doc, strlen(doc), "t.json", stderr);
+    T_CHECK(c != NULL);
+    if (!c)
+        return;
+    T_EQ_INT(c->backends[0].health_override, 1);
+    T_EQ_STR(c->backends[0].health.type, "tcp");
+    T_EQ_STR(c->backends[0].health.path, "/hz"); /* inherited */
+    T_EQ_INT(c->backends[0].health.fall, 2);     /* inherited */
+    T_EQ_INT(c->backends[0].health.port, 81);
+    T_EQ_STR(c->backends[0].health.expect_body, "ok");
+    T_EQ_INT(c->backends[1].health_override, 0);
+    T_EQ_STR(c->backends[1].health.type, "http");
+    T_EQ_INT(c->passive.failures, 4);
+    T_EQ_INT(c->passive.eject_ms, 100);
+    T_EQ_INT(c->passive.max_eject_ms, 300000); /* default */
+    /* Round trip keeps the override on its backend only. */
+    char *text = td_config_to_json(c);
+    td_config_t *d = td_config_parse(text, strlen(text), "rt", stderr);
+    T_CHECK(d && d->backends[0].health_override && !d->backends[1].health_override);
+    T_CHECK(d && d->backends[0].health.port == 81 && d->passive.failures == 4);
+    free(text);
+    td_config_free(d);
+    td_config_free(c);
+    T_ERRORS("{" MIN_LISTENERS ", " MIN_BACKENDS ",\n \"passive\": {\"failures\": 0}}",
+             "t.json:2:26: passive.failures: 0 is out of range (1..1000)\n");
+}
+
 int main(void) {
+    test_health_overrides_and_passive();
     test_example();
     test_defaults_and_values();
     test_syntax_errors();

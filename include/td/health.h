@@ -1,0 +1,27 @@
+/* Active health checks: each server of the running config is probed every interval_ms (TCP
+ * connect, or an HTTP request whose status must match expect_status), and its verdict in the
+ * registry (td_server_stats_t.health_up) turns down after `fall` consecutive failures and up
+ * after `rise` consecutive successes (HAProxy's rise/fall). Runs on the main thread's loop. */
+#ifndef TD_HEALTH_H
+#define TD_HEALTH_H
+
+#include <uv.h>
+
+#include "td/config-t.h"
+#include "td/router-t.h"
+
+/* Makes the set of checks match `cfg`: servers still present keep their checker, counters and
+ * verdict (a reload never makes a dead server look healthy); new servers start up, or down when
+ * default_down is set, until their first rise/fall; removed servers stop being checked. Without a
+ * health_check section nothing is probed and every server counts as up (passive detection only).
+ * Returns 0 or TD_ENOMEM. */
+int td_health_sync(uv_loop_t *loop, const td_config_t *cfg);
+
+/* The last check's outcome for a server ("200 OK", "connect: connection refused", ...), or "" when
+ * it is not checked. Borrowed; main thread only. */
+const char *td_health_last(const td_server_stats_t *st);
+
+/* Stops every check (at shutdown). */
+void td_health_stop(void);
+
+#endif

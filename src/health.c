@@ -1,0 +1,320 @@
+#include "td/health.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "td/config.h"
+#include "td/http1.h"
+#include "td/log.h"
+#include "td/router.h"
+
+#define PROBE_BUF 65536
+
+typedef struct checker_s checker_t;
+
+/* One probe in progress: its socket lives until the close callback. */
+typedef struct probe_s {
+    uv_tcp_t tcp;
+    uv_connect_t creq;
+    uv_write_t wreq;
+    checker_t *k; /* NULL once the checker gave up on it */
+    char req[512];
+    char *buf; /* owned */
+    size_t len;
+    int done;
+} probe_t;
+
+struct checker_s {
+    td_server_stats_t *st; /* borrowed (registry) */
+    td_addr_t addr;        /* the server's address, port overridden by health_check.port */
+    td_config_health_t hc;
+    uv_timer_t timer;
+    probe_t *probe; /* in progress, or NULL */
+    int ok_run, fail_run;
+    int seen;      /* marked during a sync */
+    int removed;
+    char last[160];
+    checker_t *next;
+};
+
+static checker_t *checkers;
+static uv_loop_t *hloop;
+
+static void schedule(checker_t *k, int ms);
+
+static void probe_free_cb(uv_handle_t *h) {
+    probe_t *p = h->data;
+    free(p->buf);
+    free(p);
+}
+
+static void probe_end(probe_t *p) {
+    if (p->done)
+        return;
+    p->done = 1;
+    if (p->k)
+        p->k->probe = NULL;
+    p->k = NULL;
+    uv_close((uv_handle_t *)&p->tcp, probe_free_cb);
+}
+
+static void checker_free_cb(uv_handle_t *h) {
+    free(h->data);
+}
+
+static void verdict(checker_t *k, int ok, const char *why) {
+    snprintf(k->last, sizeof(k->last), "%s", why);
+    int up = atomic_load(&k->st->health_up);
+    if (ok) {
+        k->fail_run = 0;
+        k->ok_run++;
+        if (!up && k->ok_run >= k->hc.rise) {
+            atomic_store(&k->st->health_up, 1);
+            atomic_store(&k->st->down_until_ms, 0);
+            atomic_store(&k->st->consecutive_failures, 0);
+            td_info("health: server %s (%s) is up after %d successful checks (%s)",
+                    k->st->address, k->st->backend, k->ok_run, why);
+        }
+    } else {
+        k->ok_run = 0;
+        k->fail_run++;
+        if (up && k->fail_run >= k->hc.fall) {
+            atomic_store(&k->st->health_up, 0);
+            td_warn("health: server %s (%s) is down after %d failed checks (%s)", k->st->address,
+                    k->st->backend, k->fail_run, why);
+        }
+    }
+}
+
+static void finish(probe_t *p, int ok, const char *why) {
+    checker_t *k = p->k;
+    probe_end(p);
+    if (!k || k->removed)
+        return;
+    verdict(k, ok, why);
+    schedule(k, k->hc.interval_ms);
+}
+
+/* Judges an HTTP response from what was read (the server closes: Connection: close). */
+static void judge_http(probe_t *p, int eof) {
+    checker_t *k = p->k;
+    td_http1_header_t hdrs[64];
+    td_http1_response_t resp;
+    td_http1_limits_t lim = td_http1_default_limits();
+    int r = td_http1_parse_response(p->buf, p->len, 0, &lim, &resp, hdrs, 64);
+    if (r == TD_EAGAIN) {
+        if (eof)
+            finish(p, 0, "connection closed before a full response head");
+        return;
+    }
+    if (r < 0) {
+        finish(p, 0, "malformed response");
+        return;
+    }
+    char why[160];
+    if (!td_config_status_expected(k->hc.expect_status, resp.status)) {
+        snprintf(why, sizeof(why), "status %d, expected %s", resp.status, k->hc.expect_status);
+        finish(p, 0, why);
+        return;
+    }
+    if (!k->hc.expect_body[0]) {
+        snprintf(why, sizeof(why), "status %d", resp.status);
+        finish(p, 1, why);
+        return;
+    }
+    /* The body must contain expect_body: wait for all of it (or the buffer's worth). */
+    size_t body = p->len - (size_t)r;
+    int complete = eof || p->len >= PROBE_BUF ||
+                   (resp.body == TD_BODY_LENGTH && body >= resp.content_length) ||
+                   resp.body == TD_BODY_NONE;
+    if (!complete)
+        return;
+    if (memmem(p->buf + r, body, k->hc.expect_body, strlen(k->hc.expect_body))) {
+        snprintf(why, sizeof(why), "status %d, body has \"%s\"", resp.status, k->hc.expect_body);
+        finish(p, 1, why);
+    } else {
+        snprintf(why, sizeof(why), "status %d, body lacks \"%s\"", resp.status,
+                 k->hc.expect_body);
+        finish(p, 0, why);
+    }
+}
+
+static void probe_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *out) {
+    (void)hint;
+    probe_t *p = h->data;
+    if (!p->buf)
+        p->buf = malloc(PROBE_BUF);
+    *out = uv_buf_init(p->buf ? p->buf + p->len : NULL, p->buf ? (unsigned)(PROBE_BUF - p->len) : 0);
+}
+
+static void probe_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
+    (void)b;
+    probe_t *p = s->data;
+    if (p->done || !p->k)
+        return;
+    if (nread < 0) {
+        if (nread == UV_EOF) {
+            judge_http(p, 1);
+            if (!p->done)
+                finish(p, 0, "connection closed");
+        } else {
+            char why[128];
+            snprintf(why, sizeof(why), "read: %s", uv_strerror((int)nread));
+            finish(p, 0, why);
+        }
+        return;
+    }
+    p->len += (size_t)nread;
+    judge_http(p, p->len >= PROBE_BUF);
+}
+
+static void probe_write_cb(uv_write_t *w, int status) {
+    probe_t *p = w->data;
+    if (status < 0 && !p->done && p->k) {
+        char why[128];
+        snprintf(why, sizeof(why), "write: %s", uv_strerror(status));
+        finish(p, 0, why);
+    }
+}
+
+static void probe_connect_cb(uv_connect_t *c, int status) {
+    probe_t *p = c->data;
+    if (p->done || !p->k)
+        return;
+    checker_t *k = p->k;
+    if (status < 0) {
+        char why[128];
+        snprintf(why, sizeof(why), "connect: %s", uv_strerror(status));
+        finish(p, 0, why);
+        return;
+    }
+    if (strcmp(k->hc.type, "tcp") == 0) {
+        finish(p, 1, "connected");
+        return;
+    }
+    int n = snprintf(p->req, sizeof(p->req),
+                     "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: td-health-check\r\n"
+                     "Connection: close\r\n\r\n",
+                     k->hc.path, k->st->address);
+    uv_buf_t buf = uv_buf_init(p->req, (unsigned)n);
+    p->wreq.data = p;
+    uv_write(&p->wreq, (uv_stream_t *)&p->tcp, &buf, 1, probe_write_cb);
+    uv_read_start((uv_stream_t *)&p->tcp, probe_alloc_cb, probe_read_cb);
+}
+
+static void timer_cb(uv_timer_t *t) {
+    checker_t *k = t->data;
+    if (k->probe) { /* the probe in progress ran out of time */
+        char why[64];
+        snprintf(why, sizeof(why), "no answer within %d ms", k->hc.timeout_ms);
+        finish(k->probe, 0, why);
+        return;
+    }
+    probe_t *p = calloc(1, sizeof(*p));
+    if (!p) {
+        schedule(k, k->hc.interval_ms);
+        return;
+    }
+    p->k = k;
+    k->probe = p;
+    p->tcp.data = p->creq.data = p;
+    uv_tcp_init(hloop, &p->tcp);
+    int r = uv_tcp_connect(&p->creq, &p->tcp, (const struct sockaddr *)&k->addr.sa,
+                           probe_connect_cb);
+    if (r < 0) {
+        char why[128];
+        snprintf(why, sizeof(why), "connect: %s", uv_strerror(r));
+        finish(p, 0, why);
+        return;
+    }
+    uv_timer_start(&k->timer, timer_cb, (uint64_t)k->hc.timeout_ms, 0);
+}
+
+static void schedule(checker_t *k, int ms) {
+    uv_timer_start(&k->timer, timer_cb, (uint64_t)ms, 0);
+}
+
+static void checker_remove(checker_t *k) {
+    k->removed = 1;
+    if (k->probe)
+        probe_end(k->probe);
+    uv_close((uv_handle_t *)&k->timer, checker_free_cb);
+}
+
+static void set_params(checker_t *k, const td_config_health_t *hc, const td_addr_t *server) {
+    k->hc = *hc;
+    k->addr = *server;
+    if (hc->port > 0) {
+        if (k->addr.sa.ss_family == AF_INET6)
+            ((struct sockaddr_in6 *)&k->addr.sa)->sin6_port = htons((uint16_t)hc->port);
+        else
+            ((struct sockaddr_in *)&k->addr.sa)->sin_port = htons((uint16_t)hc->port);
+    }
+}
+
+int td_health_sync(uv_loop_t *loop, const td_config_t *cfg) {
+    hloop = loop;
+    for (checker_t *k = checkers; k; k = k->next)
+        k->seen = 0;
+    for (size_t i = 0; i < cfg->num_backends; i++) {
+        const td_config_backend_t *b = &cfg->backends[i];
+        for (size_t j = 0; j < b->num_servers; j++) {
+            td_server_stats_t *st = td_registry_server(b->name, b->servers[j].address.text);
+            if (!st)
+                return TD_ENOMEM;
+            if (!cfg->has_health && !b->health_override) {
+                atomic_store(&st->health_up, 1);
+                continue;
+            }
+            checker_t *k;
+            for (k = checkers; k && k->st != st; k = k->next)
+                ;
+            if (k) {
+                k->seen = 1;
+                set_params(k, &b->health, &b->servers[j].address);
+                continue;
+            }
+            k = calloc(1, sizeof(*k));
+            if (!k)
+                return TD_ENOMEM;
+            k->st = st;
+            k->seen = 1;
+            set_params(k, &b->health, &b->servers[j].address);
+            /* A server checked before keeps its verdict; a new one starts as default_down says. */
+            if (!st->checked)
+                atomic_store(&st->health_up, !b->health.default_down);
+            st->checked = 1;
+            uv_timer_init(loop, &k->timer);
+            k->timer.data = k;
+            k->next = checkers;
+            checkers = k;
+            schedule(k, 0);
+        }
+    }
+    for (checker_t **pp = &checkers; *pp;) {
+        checker_t *k = *pp;
+        if (!k->seen) {
+            *pp = k->next;
+            checker_remove(k);
+        } else {
+            pp = &k->next;
+        }
+    }
+    return 0;
+}
+
+const char *td_health_last(const td_server_stats_t *st) {
+    for (checker_t *k = checkers; k; k = k->next)
+        if (k->st == st)
+            return k->last;
+    return "";
+}
+
+void td_health_stop(void) {
+    while (checkers) {
+        checker_t *k = checkers;
+        checkers = k->next;
+        checker_remove(k);
+    }
+}
