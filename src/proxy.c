@@ -38,7 +38,6 @@
 #define UBUF_SIZE (64 * 1024) /* upstream read buffer: response head, then body pieces */
 #define MAX_HDRS 100
 #define MAX_TRIES 6           /* upstream attempts per request */
-#define EJECT_MS 5000         /* passive ejection after a connect error or reset */
 #define POOL_IDLE_MS 60000    /* idle pooled upstream connections are closed after this */
 #define MAX_SPANS 64
 
@@ -885,7 +884,6 @@ static void upstream_connect_cb(uv_connect_t *req, int status) {
             upstream_close(u);
         return;
     }
-    td_server_succeeded(u->st);
     if (!u->c) {
         upstream_close(u);
         return;
@@ -959,9 +957,10 @@ static void upstream_fail(upstream_t *u, const char *why, int kind) {
         upstream_close(u);
     int64_t now = td_now_ms();
     if (kind == F_CONNECT || (kind == F_IO && fresh && (!c || !c->resp_started))) {
-        td_server_failed(st, now, EJECT_MS);
-        td_warn("upstream %s (%s): %s; marked down for %d ms", st->address, st->backend, why,
-                EJECT_MS);
+        td_snapshot_t *s = c && c->snap ? c->snap : u->w->snap;
+        if (s)
+            td_passive_failure(s, st, now);
+        td_debug("upstream %s (%s): %s", st->address, st->backend, why);
     }
     if (!c)
         return;
@@ -1132,7 +1131,10 @@ static void exchange_done(upstream_t *u) {
     worker_t *w = u->w;
     int reusable = u->resp_keep_alive && c->req_done && c->fwd == c->req_end &&
                    u->off == u->len && !u->tunnel && !w->stopping;
-    td_server_succeeded(u->st);
+    if (u->status >= 500 && c->snap)
+        td_passive_failure(c->snap, u->st, td_now_ms());
+    else
+        td_passive_success(u->st);
     release_server(c);
     c->up = NULL;
     u->c = NULL;

@@ -7,6 +7,7 @@
 
 #include "td/balancer.h"
 #include "td/config.h"
+#include "td/log.h"
 
 /* The registry: counters by server and backend, created on first use, never freed while the
  * process runs (a handful of objects per configured server). */
@@ -197,15 +198,54 @@ int td_router_pick_server(const td_snap_backend_t *b, int *wrr, const uint8_t *t
     return i >= 0 ? i : TD_EUNAVAIL;
 }
 
-void td_server_failed(td_server_stats_t *st, int64_t now_ms, int eject_ms) {
-    atomic_fetch_add(&st->failures, 1);
-    atomic_fetch_add(&st->consecutive_failures, 1);
-    atomic_store(&st->down_until_ms, now_ms + eject_ms);
+/* 1 when some server other than `st` is up in a backend with weight above 0. */
+static int others_up(const td_snapshot_t *s, const td_server_stats_t *st, int64_t now_ms) {
+    for (size_t i = 0; i < s->num_backends; i++) {
+        const td_snap_backend_t *b = &s->backends[i];
+        if (b->weight <= 0)
+            continue;
+        for (size_t j = 0; j < b->num_servers; j++)
+            if (b->servers[j].st != st && b->servers[j].weight > 0 &&
+                td_server_is_up(b->servers[j].st, now_ms))
+                return 1;
+    }
+    return 0;
 }
 
-void td_server_succeeded(td_server_stats_t *st) {
+int td_passive_failure(const td_snapshot_t *s, td_server_stats_t *st, int64_t now_ms) {
+    const td_config_passive_t *p = &s->config->passive;
+    atomic_fetch_add(&st->failures, 1);
+    int run = atomic_fetch_add(&st->consecutive_failures, 1) + 1;
+    if (run < p->failures || atomic_load(&st->down_until_ms) > now_ms)
+        return 0;
+    if (!others_up(s, st, now_ms)) {
+        if (run == p->failures)
+            td_warn("passive: server %s (%s) failed %d times in a row but is the last one up; "
+                    "it keeps serving",
+                    st->address, st->backend, run);
+        return 0;
+    }
+    int n = atomic_fetch_add(&st->ejections, 1);
+    int64_t ms = p->eject_ms;
+    for (int i = 0; i < n && ms < p->max_eject_ms; i++)
+        ms *= 2;
+    if (ms > p->max_eject_ms)
+        ms = p->max_eject_ms;
+    atomic_store(&st->down_until_ms, now_ms + ms);
+    atomic_store(&st->consecutive_failures, 0);
+    if (st->checked)
+        atomic_store(&st->health_up, 0); /* back through the active check */
+    td_warn("passive: server %s (%s) ejected for %lld ms after %d failures in a row", st->address,
+            st->backend, (long long)ms, run);
+    return 1;
+}
+
+void td_passive_success(td_server_stats_t *st) {
     if (atomic_load_explicit(&st->consecutive_failures, memory_order_relaxed))
         atomic_store(&st->consecutive_failures, 0);
+    if (atomic_load_explicit(&st->ejections, memory_order_relaxed) &&
+        atomic_load_explicit(&st->down_until_ms, memory_order_relaxed) <= td_now_ms())
+        atomic_store(&st->ejections, 0);
 }
 
 int td_snapshot_find_backend(const td_snapshot_t *s, const char *name, size_t len) {

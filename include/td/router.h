@@ -53,10 +53,16 @@ int td_router_pick_backend(const td_snapshot_t *s, int *wrr, int pinned, const u
 int td_router_pick_server(const td_snap_backend_t *b, int *wrr, const uint8_t *tried,
                           int64_t now_ms);
 
-/* Records a connect error / reset / timeout of a server: after 1 failure the server is ejected
- * for `eject_ms` (passive detection). Records a success: resets the failure count. */
-void td_server_failed(td_server_stats_t *st, int64_t now_ms, int eject_ms);
-void td_server_succeeded(td_server_stats_t *st);
+/* Passive detection (Envoy's outlier detection) with the snapshot's "passive" settings: records
+ * a connect error, reset or 5xx of a server. After `failures` in a row the server is ejected for
+ * eject_ms, doubled for each ejection in a row up to max_eject_ms; a server with active checks
+ * then also needs them to pass again (`rise`). Never ejects the last server that is up among the
+ * backends with weight above 0: it keeps serving, and the log says so.
+ * Returns 1 when this failure ejected the server, 0 otherwise. Any thread. */
+int td_passive_failure(const td_snapshot_t *s, td_server_stats_t *st, int64_t now_ms);
+
+/* Records a good response: the failure run and the ejection count start again. */
+void td_passive_success(td_server_stats_t *st);
 
 /* Index of the backend named name[0..len) in s, or -1. */
 int td_snapshot_find_backend(const td_snapshot_t *s, const char *name, size_t len);

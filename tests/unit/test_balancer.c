@@ -85,13 +85,26 @@ static void test_router_methods(void) {
     T_EQ_INT(td_router_pick_backend(s, wrr, -1, tried, 0), 1);
     s->backends[1].weight = 100;
     T_EQ_INT(td_router_pick_backend(s, wrr, -1, NULL, 0), 0);
-    /* A server ejected by passive detection takes its backend out until the ejection ends. */
-    td_server_failed(s->backends[0].servers[0].st, 1000, 5000);
+    /* Passive detection: `failures` in a row eject the server, and its backend with it, until
+     * the ejection ends; the second ejection in a row lasts twice as long. */
+    s->config->passive.failures = 2;
+    s->config->passive.eject_ms = 5000;
+    td_server_stats_t *blue = s->backends[0].servers[0].st;
+    T_EQ_INT(td_passive_failure(s, blue, 1000), 0);
+    T_EQ_INT(td_passive_failure(s, blue, 1000), 1);
     T_EQ_INT(td_router_pick_backend(s, wrr, -1, NULL, 2000), 1);
     T_EQ_INT(td_router_pick_backend(s, wrr, -1, NULL, 6000), 0);
+    td_passive_failure(s, blue, 6000);
+    T_EQ_INT(td_passive_failure(s, blue, 6000), 1);
+    T_EQ_INT(atomic_load(&blue->down_until_ms), 16000);
+    /* The last server up is never ejected on passive signals alone. */
+    td_server_stats_t *green = s->backends[1].servers[0].st;
+    td_passive_failure(s, green, 7000);
+    T_EQ_INT(td_passive_failure(s, green, 7000), 0);
+    T_CHECK(td_server_is_up(green, 7000));
     /* No backend with weight above 0: unavailable. */
     s->backends[0].weight = s->backends[1].weight = 0;
-    T_EQ_INT(td_router_pick_backend(s, wrr, -1, NULL, 6000), TD_EUNAVAIL);
+    T_EQ_INT(td_router_pick_backend(s, wrr, -1, NULL, 20000), TD_EUNAVAIL);
     td_snapshot_release(s);
 }
 
