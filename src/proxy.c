@@ -110,6 +110,7 @@ struct client_s {
     uint8_t req_body;    /* td_http1_body_t of the request */
     uint8_t req_done;    /* the whole request has been read */
     uint8_t discarded;   /* request bytes were dropped from buf after sending: no replay */
+    uint8_t head_sent;   /* the rewritten head went to the current upstream */
     uint8_t keep_alive, head_req, upgrade, minor, expect, idempotent;
     uint8_t resp_started; /* a response byte came from the upstream */
     uint8_t resp_sent;    /* a response head was written to the client */
@@ -484,7 +485,8 @@ static void client_next(client_t *c) {
     c->head_len = c->req_end = c->fwd = 0;
     c->body_left = 0;
     memset(&c->chunk, 0, sizeof(c->chunk));
-    c->req_done = c->discarded = c->resp_started = c->resp_sent = c->close_after = 0;
+    c->req_done = c->discarded = c->head_sent = c->resp_started = c->resp_sent = 0;
+    c->close_after = 0;
     c->upgrade = c->expect = 0;
     c->backend = c->server = c->sticky_set = c->pinned = -1;
     c->tries = 0;
@@ -610,6 +612,13 @@ static int build_request_head(client_t *c) {
         ADD_STR(&p, end, up);
         ADD_LIT(&p, end, "\r\n");
     }
+    if (!req.host.len && c->snap && c->backend >= 0 && c->server >= 0) {
+        /* HTTP/1.0 without Host: an HTTP/1.1 request needs one (RFC 9112 §3.2). */
+        const char *a = c->snap->backends[c->backend].servers[c->server].addr.text;
+        ADD_LIT(&p, end, "Host: ");
+        add_str(&p, end, a, strlen(a));
+        ADD_LIT(&p, end, "\r\n");
+    }
     ADD_LIT(&p, end, "X-Forwarded-For: ");
     if (xff.len) {
         ADD_STR(&p, end, xff);
@@ -669,7 +678,7 @@ static void request_send(client_t *c) {
                 return;
             iov[n++] = uv_buf_init(c->buf, c->len);
         } else {
-            if (c->fwd == 0) {
+            if (!c->head_sent) {
                 int hl = build_request_head(c);
                 if (hl < 0) {
                     c->keep_alive = 0;
@@ -679,6 +688,7 @@ static void request_send(client_t *c) {
                 iov[n++] = uv_buf_init(c->w->scratch, (unsigned)hl);
                 volatile_first = 1;
                 c->fwd = c->head_len;
+                c->head_sent = 1;
             }
             if (c->req_end > c->fwd)
                 iov[n++] = uv_buf_init(c->buf + c->fwd, c->req_end - c->fwd);
@@ -968,6 +978,7 @@ static void upstream_fail(upstream_t *u, const char *why, int kind) {
                (kind == F_CONNECT || (kind == F_IO && (!fresh || c->idempotent)));
     if (safe && c->tries < MAX_TRIES) {
         c->fwd = 0;
+        c->head_sent = 0;
         pick_and_connect(c);
         return;
     }
