@@ -200,3 +200,175 @@ def td():
         # A clean stop exits 0; under ASan a memory error makes it fail here.
         assert rc == 0, f"td exited {rc}:\n{out[-4000:]}"
         assert "AddressSanitizer" not in out and "runtime error" not in out, out[-4000:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers for raw-socket HTTP tests (test_http.py, test_streaming.py).
+
+RSS_SCALE = 3 if ASAN else 1  # ASan's shadow memory and quarantine inflate RSS
+
+
+class RawConn:
+    """A client socket to 127.0.0.1:port that sends bytes as given and parses responses itself,
+    so framing mistakes of the proxy (a stray body, a missing byte) show up."""
+
+    def __init__(self, port, timeout=10.0, rcvbuf=None):
+        self.s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            self.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.s.settimeout(timeout)
+        self.s.connect(("127.0.0.1", port))
+        self.buf = b""
+        self.eof = False
+
+    def send(self, data):
+        self.s.sendall(data)
+
+    def _fill(self):
+        if self.eof:
+            raise EOFError("connection closed by peer")
+        data = self.s.recv(65536)
+        if not data:
+            self.eof = True
+            raise EOFError("connection closed by peer")
+        self.buf += data
+
+    def read_until(self, sep):
+        while sep not in self.buf:
+            self._fill()
+        i = self.buf.index(sep) + len(sep)
+        out, self.buf = self.buf[:i], self.buf[i:]
+        return out
+
+    def read_exact(self, n):
+        while len(self.buf) < n:
+            self._fill()
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def read_to_eof(self):
+        try:
+            while True:
+                self._fill()
+        except EOFError:
+            pass
+        out, self.buf = self.buf, b""
+        return out
+
+    def read_head(self):
+        """Returns (version, status, [(name, value)...])."""
+        head = self.read_until(b"\r\n\r\n").decode("latin-1")
+        lines = head.split("\r\n")[:-2]
+        version, status = lines[0].split(" ", 2)[:2]
+        headers = []
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers.append((name, value.strip()))
+        return version, int(status), headers
+
+    def read_response(self, head_request=False, skip_1xx=True):
+        """Returns (status, headers, body) with the body framed per RFC 9112 §6.3."""
+        while True:
+            version, status, headers = self.read_head()
+            if not (skip_1xx and 100 <= status < 200 and status != 101):
+                break
+        h = Headers(headers)
+        if head_request or 100 <= status < 200 or status in (204, 304):
+            return status, h, b""
+        te = h.get("Transfer-Encoding")
+        if te is not None:
+            assert te.lower() == "chunked", te
+            body = b""
+            while True:
+                line = self.read_until(b"\r\n")
+                size = int(line.split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self.read_until(b"\r\n") != b"\r\n":  # trailers
+                        pass
+                    return status, h, body
+                body += self.read_exact(size)
+                assert self.read_exact(2) == b"\r\n"
+        cl = h.get("Content-Length")
+        if cl is not None:
+            return status, h, self.read_exact(int(cl))
+        return status, h, self.read_to_eof()
+
+    def closed_by_peer(self, timeout=5.0):
+        """True when the peer closes (EOF or reset) with no further bytes within timeout."""
+        if self.buf:
+            return False
+        self.s.settimeout(timeout)
+        try:
+            return self.s.recv(1) == b""
+        except ConnectionResetError:
+            return True
+        except socket.timeout:
+            return False
+
+    def close(self):
+        self.s.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+
+class Headers:
+    """Response header list with case-insensitive lookup."""
+
+    def __init__(self, items):
+        self.items = items
+
+    def get(self, name, default=None):
+        vals = self.get_all(name)
+        return vals[0] if vals else default
+
+    def get_all(self, name):
+        return [v for n, v in self.items if n.lower() == name.lower()]
+
+    def __contains__(self, name):
+        return bool(self.get_all(name))
+
+
+class RssSampler:
+    """Samples a process's VmRSS every `interval` seconds in a thread; .max_kb, .start_kb."""
+
+    def __init__(self, pid, interval=0.01):
+        import threading
+        self.pid = pid
+        self.interval = interval
+        self.start_kb = rss_kb(pid)
+        self.max_kb = self.start_kb
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                self.max_kb = max(self.max_kb, rss_kb(self.pid))
+            except OSError:
+                return
+            self._stop.wait(self.interval)
+
+    def stop(self):
+        self._stop.set()
+        self._t.join()
+        self.max_kb = max(self.max_kb, rss_kb(self.pid))
+        return self.max_kb - self.start_kb
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.stop()
+
+
+def demo_body(n, offset=0):
+    """The demo backend's /bytes and /chunked body: the alphabet repeated, cut at n bytes."""
+    alpha = b"abcdefghijklmnopqrstuvwxyz"
+    start = offset % 26
+    reps = (start + n) // 26 + 1
+    return (alpha * reps)[start:start + n]
