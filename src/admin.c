@@ -9,6 +9,7 @@
 
 #include "td/config.h"
 #include "td/control.h"
+#include "td/health.h"
 #include "td/http1.h"
 #include "td/log.h"
 #include "td/proxy.h"
@@ -110,14 +111,20 @@ static json_t *state_json(void) {
                           "requests", (json_int_t)atomic_load(&st->requests), "failures",
                           (json_int_t)atomic_load(&st->failures), "responses",
                           class_counts(st->responses)));
+            const char *last = td_health_last(st);
+            if (last[0])
+                json_object_set_new(json_array_get(servers, j), "last_check", json_string(last));
         }
-        json_array_append_new(
-            backends, json_pack("{s:s,s:i,s:b,s:I,s:I,s:I,s:o,s:o}", "name", b->name, "weight",
-                                b->weight, "up", td_backend_is_up(b, now), "in_flight",
-                                (json_int_t)atomic_load(&b->st->in_flight), "active_connections",
-                                (json_int_t)conns_open, "requests",
-                                (json_int_t)atomic_load(&b->st->requests), "responses",
-                                class_counts(b->st->responses), "servers", servers));
+        int64_t in_flight = atomic_load(&b->st->in_flight), tunnels = atomic_load(&b->st->tunnels);
+        json_t *jb = json_pack(
+            "{s:s,s:i,s:b,s:I,s:I,s:I,s:I,s:o,s:I,s:b,s:b,s:o}", "name", b->name, "weight",
+            b->weight, "up", td_backend_is_up(b, now), "in_flight", (json_int_t)in_flight,
+            "tunnels", (json_int_t)tunnels, "active_connections", (json_int_t)conns_open,
+            "requests", (json_int_t)atomic_load(&b->st->requests), "responses",
+            class_counts(b->st->responses), "sticky_requests_10s",
+            (json_int_t)td_router_pins_recent(b->st, now), "draining", b->weight == 0,
+            "drained", b->weight == 0 && in_flight == 0 && tunnels == 0, "servers", servers);
+        json_array_append_new(backends, jb);
     }
     json_t *j = json_pack("{s:I,s:s,s:I,s:I,s:o}", "version", (json_int_t)s->version, "method",
                           td_method_name(s->method), "uptime_s",

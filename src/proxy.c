@@ -63,6 +63,7 @@ struct worker_s {
     uv_thread_t thread;
     uv_async_t wake;  /* stop request from the main thread */
     uv_timer_t drain; /* force-close deadline after a stop */
+    uv_timer_t tick;  /* once a second: tunnels of drained backends */
     int drain_ms;
     uv_tcp_t *listeners; /* owned */
     int *listen_fds;     /* owned; -1 once handed to a uv_tcp_t */
@@ -100,6 +101,7 @@ struct client_s {
     int pinned;          /* backend named by a valid sticky cookie, or -1 */
     td_server_stats_t *st_inflight;  /* borrowed: server whose in_flight this request holds */
     td_backend_stats_t *b_inflight;  /* borrowed: backend whose in_flight this request holds */
+    td_backend_stats_t *b_tunnel;    /* borrowed: backend whose tunnel count this one holds */
     int tries;
     int sticky_set;      /* backend index to pin with Set-Cookie in the response, or -1 */
     uint64_t tried;      /* flat server indices tried (first 64) */
@@ -211,6 +213,16 @@ static void worker_refresh(worker_t *w) {
             abort(); /* a few bytes; nothing sensible to do without them */
         w->wrr_nb = s->num_backends;
         w->wrr_ns = s->num_servers;
+    }
+    /* Drain: idle keep-alive connections to servers of a backend at weight 0 are closed. */
+    for (size_t i = 0; i < s->num_backends; i++) {
+        if (s->backends[i].weight > 0)
+            continue;
+        for (size_t j = 0; j < s->backends[i].num_servers; j++)
+            for (pool_t *p = w->pools; p; p = p->next)
+                if (p->key == s->backends[i].servers[j].st)
+                    while (p->idle)
+                        upstream_close(p->idle);
     }
 }
 
@@ -342,6 +354,8 @@ static void client_close(client_t *c) {
     c->state = C_CLOSING;
     drop_upstream(c);
     end_exchange(c);
+    if (c->b_tunnel)
+        atomic_fetch_sub_explicit(&c->b_tunnel->tunnels, 1, memory_order_relaxed);
     if (c->prev)
         c->prev->next = c->next;
     else if (c->w->clients == c)
@@ -566,6 +580,8 @@ static void start_request(client_t *c) {
                 td_sticky_parse(req.headers[i].value, cfg->cookie_name, td_wall_ms() / 1000, &be))
                 pinned = td_snapshot_find_backend(c->snap, be.p, be.len);
         }
+        if (pinned >= 0)
+            td_router_pin_seen(c->snap->backends[pinned].st, td_now_ms());
     }
     c->pinned = pinned;
     pick_and_connect(c);
@@ -1299,8 +1315,13 @@ static int response_written(upstream_t *u) {
     if (u->off == u->len)
         u->off = u->len = 0;
     if (u->tunnel && c->state == C_EXCHANGE) {
-        /* 101 delivered: both directions become a raw byte tunnel. */
+        /* 101 delivered: both directions become a raw byte tunnel. It counts as a tunnel of
+         * its backend from now on, no longer as a request in flight. */
         c->state = C_TUNNEL;
+        c->b_tunnel = c->b_inflight;
+        if (c->b_tunnel)
+            atomic_fetch_add_explicit(&c->b_tunnel->tunnels, 1, memory_order_relaxed);
+        end_exchange(c);
         uv_timer_stop(&c->timer);
         uv_timer_stop(&u->timer);
         if (c->len > c->req_end) {
@@ -1419,6 +1440,27 @@ static void noop_close_cb(uv_handle_t *h) {
     (void)h;
 }
 
+/* Once a second: take a new snapshot even without traffic (so idle pools of drained backends
+ * close), and close the tunnels of backends drained for longer than drain_ms. */
+static void tick_cb(uv_timer_t *t) {
+    worker_t *w = t->data;
+    worker_refresh(w);
+    if (!w->snap)
+        return;
+    int64_t now = td_now_ms(), drain_ms = w->snap->config->timeouts.drain_ms;
+    for (client_t *c = w->clients, *next; c; c = next) {
+        next = c->next;
+        if (c->state != C_TUNNEL || !c->b_tunnel)
+            continue;
+        int64_t since = atomic_load_explicit(&c->b_tunnel->drain_since_ms, memory_order_relaxed);
+        if (since && now - since >= drain_ms) {
+            td_info("drain: closing a tunnel of %s from %s after %lld ms at weight 0",
+                    c->b_tunnel->name, c->ip, (long long)drain_ms);
+            client_close(c);
+        }
+    }
+}
+
 /* Every 50 ms during a stop: done when no client is left; at the deadline, closes what is. */
 static void drain_cb(uv_timer_t *t) {
     worker_t *w = t->data;
@@ -1440,6 +1482,7 @@ static void wake_cb(uv_async_t *a) {
     for (size_t i = 0; i < w->num_listeners; i++)
         uv_close((uv_handle_t *)&w->listeners[i], noop_close_cb);
     uv_close((uv_handle_t *)a, noop_close_cb);
+    uv_close((uv_handle_t *)&w->tick, noop_close_cb);
     /* Idle keep-alive clients go now; busy ones close when their exchange ends. */
     for (client_t *c = w->clients, *next; c; c = next) {
         next = c->next;
@@ -1467,6 +1510,9 @@ static void worker_main(void *arg) {
         if (r < 0)
             td_error("worker: listen: %s", uv_strerror(r));
     }
+    uv_timer_init(&w->loop, &w->tick);
+    w->tick.data = w;
+    uv_timer_start(&w->tick, tick_cb, 1000, 1000);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     td_snapshot_release(w->snap);
     w->snap = NULL;

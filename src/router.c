@@ -91,6 +91,12 @@ td_snapshot_t *td_snapshot_build(td_config_t *cfg, uint64_t version) {
         b->st = td_registry_backend(cb->name);
         if (!b->servers || !b->st)
             goto err;
+        /* Drain bookkeeping: when did this backend's weight go to 0? */
+        if (cb->weight > 0)
+            atomic_store(&b->st->drain_since_ms, 0);
+        else if (b->st->last_weight > 0 || !atomic_load(&b->st->drain_since_ms))
+            atomic_store(&b->st->drain_since_ms, td_now_ms());
+        b->st->last_weight = cb->weight;
         for (size_t j = 0; j < cb->num_servers; j++) {
             b->servers[j].addr = cb->servers[j].address;
             b->servers[j].weight = cb->servers[j].weight;
@@ -167,7 +173,8 @@ int td_router_pick_backend(const td_snapshot_t *s, int *wrr, int pinned, const u
                            int64_t now_ms) {
     size_t n = s->num_backends < MAX_CANDIDATES ? s->num_backends : MAX_CANDIDATES;
     if (pinned >= 0 && (size_t)pinned < n && !(tried && tried[pinned]) &&
-        td_backend_is_up(&s->backends[pinned], now_ms))
+        td_backend_is_up(&s->backends[pinned], now_ms) &&
+        !td_backend_drained(s, &s->backends[pinned], now_ms))
         return pinned;
     uint8_t ok[MAX_CANDIDATES];
     int weight[MAX_CANDIDATES];
@@ -246,6 +253,31 @@ void td_passive_success(td_server_stats_t *st) {
     if (atomic_load_explicit(&st->ejections, memory_order_relaxed) &&
         atomic_load_explicit(&st->down_until_ms, memory_order_relaxed) <= td_now_ms())
         atomic_store(&st->ejections, 0);
+}
+
+int td_backend_drained(const td_snapshot_t *s, const td_snap_backend_t *b, int64_t now_ms) {
+    int64_t since = atomic_load_explicit(&b->st->drain_since_ms, memory_order_relaxed);
+    return b->weight == 0 && since && now_ms - since >= s->config->timeouts.drain_ms;
+}
+
+void td_router_pin_seen(td_backend_stats_t *b, int64_t now_ms) {
+    int64_t sec = now_ms / 1000;
+    size_t i = (size_t)(sec % TD_PIN_WINDOW);
+    if (atomic_load_explicit(&b->pin_second[i], memory_order_relaxed) != sec) {
+        /* A new second for this slot; a count lost in the race is only a statistic. */
+        atomic_store(&b->pin_second[i], sec);
+        atomic_store(&b->pin_count[i], 0);
+    }
+    atomic_fetch_add_explicit(&b->pin_count[i], 1, memory_order_relaxed);
+}
+
+uint64_t td_router_pins_recent(td_backend_stats_t *b, int64_t now_ms) {
+    int64_t sec = now_ms / 1000;
+    uint64_t n = 0;
+    for (size_t i = 0; i < TD_PIN_WINDOW; i++)
+        if (sec - atomic_load(&b->pin_second[i]) < TD_PIN_WINDOW)
+            n += atomic_load(&b->pin_count[i]);
+    return n;
 }
 
 int td_snapshot_find_backend(const td_snapshot_t *s, const char *name, size_t len) {

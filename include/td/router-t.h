@@ -8,6 +8,9 @@
 #include "td/common-t.h"
 #include "td/config-t.h"
 
+/* Seconds over which pinned sticky requests are counted per backend. */
+#define TD_PIN_WINDOW 10
+
 /* Response classes counted per server and backend: 1xx..5xx. */
 #define TD_NCLASS 5
 
@@ -36,7 +39,13 @@ typedef struct td_backend_stats_s {
     _Atomic uint64_t requests;
     _Atomic uint64_t responses[TD_NCLASS];
     _Atomic int64_t in_flight;
-    _Atomic int64_t active_connections; /* client connections whose current request went here */
+    _Atomic int64_t tunnels;         /* open WebSocket / Upgrade tunnels */
+    _Atomic int64_t drain_since_ms;  /* td_now_ms() when the weight went to 0; 0 while above 0 */
+    int last_weight;                 /* admin thread: weight in the last snapshot built */
+    /* Requests carrying a valid sticky cookie for this backend, per second, over the last
+     * TD_PIN_WINDOW seconds (a ring indexed by second). */
+    _Atomic uint32_t pin_count[10];
+    _Atomic int64_t pin_second[10];
     struct td_backend_stats_s *next;
 } td_backend_stats_t;
 

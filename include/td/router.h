@@ -64,6 +64,15 @@ int td_passive_failure(const td_snapshot_t *s, td_server_stats_t *st, int64_t no
 /* Records a good response: the failure run and the ejection count start again. */
 void td_passive_success(td_server_stats_t *st);
 
+/* Counts a request pinned to the backend by a valid sticky cookie, and returns how many came in
+ * the last TD_PIN_WINDOW seconds (td_router_pins_recent), for "is anyone still on blue?". */
+void td_router_pin_seen(td_backend_stats_t *b, int64_t now_ms);
+uint64_t td_router_pins_recent(td_backend_stats_t *b, int64_t now_ms);
+
+/* 1 when the backend is at weight 0 and has been for at least drain_ms: pinned sticky clients
+ * then move on, and its tunnels are closed. */
+int td_backend_drained(const td_snapshot_t *s, const td_snap_backend_t *b, int64_t now_ms);
+
 /* Index of the backend named name[0..len) in s, or -1. */
 int td_snapshot_find_backend(const td_snapshot_t *s, const char *name, size_t len);
 
