@@ -24,7 +24,7 @@ int main(void) {
     T_CHECK(memcmp(be.p, "blue", 4) == 0);
 
     /* Tampered: the backend name changed, the MAC kept. */
-    char forged[160];
+    char forged[200];
     snprintf(forged, sizeof(forged), "TDSTICKY=gree%s", v + 3);
     T_EQ_INT(td_sticky_parse(s(forged), "TDSTICKY", 1000, &be), 0);
     /* Tampered MAC. */
