@@ -563,11 +563,12 @@ int td_config_status_expected(const char *expect_status, int status) {
 
 static const char *const root_keys[] = {"listeners", "workers",      "admin",    "routing",
                                         "backends",  "health_check", "timeouts", "passive",
-                                        NULL};
+                                        "access_log", NULL};
 static const char *const passive_keys[] = {"failures", "eject_ms", "max_eject_ms", NULL};
 static const char *const listener_keys[] = {"address", NULL};
 static const char *const admin_keys[] = {"address", "token", NULL};
-static const char *const routing_keys[] = {"method", "cookie", NULL};
+static const char *const routing_keys[] = {"method", "cookie", "preview", NULL};
+static const char *const preview_keys[] = {"header", "token", NULL};
 static const char *const cookie_keys[] = {"name", "max_age_s", "secret", NULL};
 static const char *const backend_keys[] = {"name", "weight", "servers", "health_check", NULL};
 static const char *const server_keys[] = {"address", "weight", NULL};
@@ -619,6 +620,7 @@ static void set_defaults(td_config_t *c) {
     c->workers_auto = 1;
     c->method = TD_METHOD_ROUND_ROBIN;
     strcpy(c->cookie_name, "TDSTICKY");
+    strcpy(c->preview_header, "X-TD-Backend");
     c->cookie_max_age_s = 3600;
     c->health = (td_config_health_t){.type = "http",
                                      .path = "/",
@@ -728,6 +730,15 @@ static void parse_routing(ctx_t *x, json_t *root, td_config_t *c) {
         get_str(x, k, "name", 0, c->cookie_name, sizeof c->cookie_name, check_cookie_name, 0);
         get_int(x, k, "max_age_s", 0, 1, MAX_COOKIE_AGE, &c->cookie_max_age_s);
         get_str(x, k, "secret", 0, c->cookie_secret, sizeof c->cookie_secret, NULL, 1);
+        pop(x);
+    }
+    k = get_object(x, r, "preview", 0);
+    if (k) {
+        push_key(x, "preview");
+        check_keys(x, k, preview_keys);
+        get_str(x, k, "header", 0, c->preview_header, sizeof c->preview_header,
+                check_cookie_name, 0);
+        get_str(x, k, "token", 1, c->preview_token, sizeof c->preview_token, check_token, 1);
         pop(x);
     }
     pop(x);
@@ -898,6 +909,7 @@ td_config_t *td_config_parse(const char *text, size_t len, const char *name, FIL
             parse_backends(&x, root, c);
             parse_timeouts(&x, root, c);
             parse_passive(&x, root, c);
+            get_str(&x, root, "access_log", 0, c->access_log, sizeof c->access_log, NULL, 0);
         }
     }
     json_decref(root);

@@ -114,6 +114,14 @@ static json_t *config_object(const td_config_t *c, int *ok) {
             put(cookie, "secret", json_string(c->cookie_secret), ok);
         }
         put(routing, "cookie", cookie, ok);
+        if (c->preview_token[0]) {
+            json_t *pv = json_object();
+            if (pv) {
+                put(pv, "header", json_string(c->preview_header), ok);
+                put(pv, "token", json_string(c->preview_token), ok);
+            }
+            put(routing, "preview", pv, ok);
+        }
     } else {
         json_decref(cookie);
     }
@@ -132,6 +140,8 @@ static json_t *config_object(const td_config_t *c, int *ok) {
         put(passive, "max_eject_ms", json_integer(c->passive.max_eject_ms), ok);
     }
     put(root, "passive", passive, ok);
+    if (c->access_log[0])
+        put(root, "access_log", json_string(c->access_log), ok);
     return root;
 }
 

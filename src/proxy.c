@@ -19,6 +19,8 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <time.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdatomic.h>
@@ -69,6 +71,8 @@ struct worker_s {
     int *listen_fds;     /* owned; -1 once handed to a uv_tcp_t */
     size_t num_listeners;
     int stopping;
+    int alog_fd;          /* access log, or -1 */
+    char alog_path[256];  /* what alog_fd was opened from */
     td_snapshot_t *snap; /* one reference held by the worker */
     int *wrr_b, *wrr_s;  /* owned: balancer scores per backend / per flat server index */
     size_t wrr_nb, wrr_ns;
@@ -99,6 +103,10 @@ struct client_s {
     td_snapshot_t *snap; /* a reference, held during an exchange */
     int backend, server; /* indices in snap */
     int pinned;          /* backend named by a valid sticky cookie, or -1 */
+    int forced;          /* backend named by a valid preview header, or -1 */
+    int status;          /* status of the response sent, for the logs */
+    uint64_t bytes_out;  /* response bytes written to the client in this exchange */
+    char *path;          /* owned: request-target, kept only while the access log is on */
     td_server_stats_t *st_inflight;  /* borrowed: server whose in_flight this request holds */
     td_backend_stats_t *b_inflight;  /* borrowed: backend whose in_flight this request holds */
     td_backend_stats_t *b_tunnel;    /* borrowed: backend whose tunnel count this one holds */
@@ -194,6 +202,8 @@ static int timeout_ms(const client_t *c, int which) {
 enum { T_HEADER, T_KEEPALIVE, T_CONNECT, T_RESPONSE };
 
 /* Takes the newest snapshot when the router has published one since the last request. */
+static void access_log_refresh(worker_t *w);
+
 static void worker_refresh(worker_t *w) {
     if (w->snap && w->snap->version == td_router_version())
         return;
@@ -202,6 +212,7 @@ static void worker_refresh(worker_t *w) {
         return;
     td_snapshot_release(w->snap);
     w->snap = s;
+    access_log_refresh(w);
     /* Balancer scores carry over when the shape is unchanged, so a weight change keeps the
      * interleaving smooth; otherwise they start again from zero. */
     if (w->wrr_nb != s->num_backends || w->wrr_ns != s->num_servers) {
@@ -314,6 +325,7 @@ static void client_free_cb(uv_handle_t *h) {
         return;
     free(c->buf);
     free(c->hcopy);
+    free(c->path);
     free(c);
 }
 
@@ -325,7 +337,92 @@ static void release_server(client_t *c) {
     }
 }
 
+/* Opens (or re-opens, after a change) the access log named by the worker's snapshot. */
+static void access_log_refresh(worker_t *w) {
+    const char *path = w->snap ? w->snap->config->access_log : "";
+    if (strcmp(path, w->alog_path) == 0)
+        return;
+    if (w->alog_fd > 2)
+        close(w->alog_fd);
+    w->alog_fd = -1;
+    snprintf(w->alog_path, sizeof(w->alog_path), "%s", path);
+    if (!path[0])
+        return;
+    if (strcmp(path, "stderr") == 0) {
+        w->alog_fd = STDERR_FILENO;
+        return;
+    }
+    w->alog_fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (w->alog_fd < 0)
+        td_error("access log: cannot open %s: %s", path, strerror(errno));
+}
+
+/* Writes one JSON string value (quotes and escapes included) into p, at most `cap` bytes. */
+static size_t json_str(char *p, size_t cap, const char *s, size_t n) {
+    size_t o = 0;
+    if (cap < 8)
+        return 0;
+    p[o++] = '"';
+    for (size_t i = 0; i < n && o + 8 < cap; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == '"' || ch == '\\') {
+            p[o++] = '\\';
+            p[o++] = (char)ch;
+        } else if (ch < 0x20 || ch >= 0x7f) {
+            o += (size_t)snprintf(p + o, cap - o, "\\u%04x", ch);
+        } else {
+            p[o++] = (char)ch;
+        }
+    }
+    p[o++] = '"';
+    return o;
+}
+
+/* The exchange is over: its duration goes to the backend's histogram, and a line to the access
+ * log when there is one: {"time","client","method","path","status","bytes","duration_ms",
+ * "backend","server"}. */
+static void exchange_log(client_t *c) {
+    if (!c->started_ms || !c->status)
+        return;
+    int64_t ms = td_now_ms() - c->started_ms;
+    if (c->b_inflight)
+        td_router_observe(c->b_inflight, ms);
+    worker_t *w = c->w;
+    if (w->alog_fd < 0)
+        return;
+    char line[1024], tbuf[40];
+    int64_t wall = td_wall_ms();
+    time_t secs = (time_t)(wall / 1000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    strftime(tbuf, sizeof(tbuf), "%Y-%m-%dT%H:%M:%S", &tm);
+    const char *be = c->snap && c->backend >= 0 ? c->snap->backends[c->backend].name : "";
+    const char *sv = c->snap && c->backend >= 0 && c->server >= 0
+                         ? c->snap->backends[c->backend].servers[c->server].addr.text
+                         : "";
+    size_t n = (size_t)snprintf(line, sizeof(line), "{\"time\":\"%s.%03dZ\",\"client\":\"%s\",\"method\":",
+                                tbuf, (int)(wall % 1000), c->ip);
+    n += json_str(line + n, sizeof(line) - n - 200, c->method, strlen(c->method));
+    n += (size_t)snprintf(line + n, sizeof(line) - n, ",\"path\":");
+    n += json_str(line + n, sizeof(line) - n - 200, c->path ? c->path : "",
+                  c->path ? strlen(c->path) : 0);
+    n += (size_t)snprintf(line + n, sizeof(line) - n,
+                          ",\"status\":%d,\"bytes\":%llu,\"duration_ms\":%lld,\"backend\":\"%s\","
+                          "\"server\":\"%s\"}\n",
+                          c->status, (unsigned long long)c->bytes_out, (long long)ms, be, sv);
+    if (n >= sizeof(line))
+        n = sizeof(line) - 1;
+    ssize_t wr = write(w->alog_fd, line, n);
+    (void)wr;
+}
+
 static void end_exchange(client_t *c) {
+    exchange_log(c);
+    c->started_ms = 0;
+    c->status = 0;
+    c->bytes_out = 0;
+    free(c->path);
+    c->path = NULL;
     release_server(c);
     if (c->b_inflight) {
         atomic_fetch_sub_explicit(&c->b_inflight->in_flight, 1, memory_order_relaxed);
@@ -450,6 +547,9 @@ static void client_error(client_t *c, int status, const char *why) {
                      "Connection: %s\r\n\r\n%s",
                      status, reason_of(status), blen, keep ? "keep-alive" : "close", body);
     c->resp_sent = 1;
+    c->status = status;
+    if (!c->started_ms)
+        c->started_ms = td_now_ms();
     c->close_after = !keep;
     uv_buf_t iov = uv_buf_init(p, (unsigned)n);
     int r = send_iov((uv_stream_t *)&c->tcp, &c->wreq, &iov, 1, 1, &c->hcopy, client_write_done_cb);
@@ -519,6 +619,41 @@ static void client_next(client_t *c) {
     start_request(c);
 }
 
+/* Case-insensitive comparison of a field name with a configured (mixed-case) name. */
+static int name_eq(td_str_t n, const char *name, size_t len) {
+    return n.len == len && strncasecmp(n.p, name, len) == 0;
+}
+
+/* 1 when the field is the preview header or its token header ("<header>-Token"): both are
+ * stripped before forwarding, valid or not. */
+static int preview_field(const td_config_t *cfg, td_str_t n) {
+    size_t hl = strlen(cfg->preview_header);
+    return name_eq(n, cfg->preview_header, hl) ||
+           (n.len == hl + 6 && strncasecmp(n.p, cfg->preview_header, hl) == 0 &&
+            strncasecmp(n.p + hl, "-Token", 6) == 0);
+}
+
+/* The preview route: "<header>: blue" with "<header>-Token: TOKEN" reaches blue whatever its
+ * weight. Returns the backend index, or -1 when absent, unknown or the token is wrong. */
+static int preview_backend(const td_snapshot_t *s, const td_http1_request_t *req) {
+    const td_config_t *cfg = s->config;
+    size_t hl = strlen(cfg->preview_header), tl = strlen(cfg->preview_token);
+    td_str_t name = {NULL, 0}, token = {NULL, 0};
+    for (size_t i = 0; i < req->num_headers; i++) {
+        td_str_t n = req->headers[i].name;
+        if (name_eq(n, cfg->preview_header, hl))
+            name = req->headers[i].value;
+        else if (preview_field(cfg, n))
+            token = req->headers[i].value;
+    }
+    if (!name.len || token.len != tl)
+        return -1;
+    unsigned diff = 0;
+    for (size_t i = 0; i < tl; i++)
+        diff |= (unsigned)(token.p[i] ^ cfg->preview_token[i]);
+    return diff ? -1 : td_snapshot_find_backend(s, name.p, name.len);
+}
+
 /* Parses the request head; on success routes the request and starts the exchange. */
 static void start_request(client_t *c) {
     worker_t *w = c->w;
@@ -570,7 +705,12 @@ static void start_request(client_t *c) {
     }
     c->snap = w->snap;
     td_snapshot_retain(c->snap);
-    c->backend = c->server = c->sticky_set = c->pinned = -1;
+    c->backend = c->server = c->sticky_set = c->pinned = c->forced = -1;
+    if (w->alog_fd >= 0)
+        c->path = strndup(req.target.p, req.target.len < 512 ? req.target.len : 512);
+    const td_config_t *pcfg = c->snap->config;
+    if (pcfg->preview_token[0])
+        c->forced = preview_backend(c->snap, &req);
     int pinned = -1;
     if (c->snap->method == TD_METHOD_STICKY) {
         const td_config_t *cfg = c->snap->config;
@@ -607,6 +747,8 @@ static int build_request_head(client_t *c) {
     for (size_t i = 0; i < req.num_headers; i++) {
         td_str_t n = req.headers[i].name, v = req.headers[i].value;
         if (hop_by_hop(n) || ((req.conn_flags & TD_CONN_OTHER) && connection_listed(conn, n)))
+            continue;
+        if (c->snap && preview_field(c->snap->config, n))
             continue;
         if (n.len == 15 && td_http1_name_is(n, "x-forwarded-for")) {
             xff = v; /* appended to below */
@@ -1023,7 +1165,14 @@ static void pick_and_connect(client_t *c) {
         int bi = c->backend;
         if (bi >= 0 && exhausted[bi])
             bi = -1;
-        if (bi < 0) {
+        if (c->forced >= 0) {
+            /* Preview: this backend only, whatever its weight. */
+            if (exhausted[c->forced] || !td_backend_is_up(&s->backends[c->forced], now)) {
+                client_error(c, c->tries ? 502 : 503, "preview backend has no server up");
+                return;
+            }
+            bi = c->forced;
+        } else if (bi < 0) {
             int pinned = c->tries == 0 ? c->pinned : -1;
             bi = td_router_pick_backend(s, w->wrr_b, pinned, exhausted, now);
             if (bi < 0) {
@@ -1061,7 +1210,7 @@ static void pick_and_connect(client_t *c) {
         }
         c->backend = bi;
         c->server = si;
-        if (s->method == TD_METHOD_STICKY && bi != c->pinned)
+        if (s->method == TD_METHOD_STICKY && bi != c->pinned && c->forced < 0)
             c->sticky_set = bi;
         td_snap_server_t *srv = &b->servers[si];
         c->st_inflight = srv->st;
@@ -1247,6 +1396,8 @@ static void response_pump(upstream_t *u) {
                     return;
                 }
                 c->resp_sent = 1;
+                if (u->head_done)
+                    c->status = u->status;
                 iov[n++] = uv_buf_init(c->w->scratch, (unsigned)hl);
                 volatile_first = 1;
             }
@@ -1291,6 +1442,8 @@ static void response_pump(upstream_t *u) {
             c = u->c;
             continue;
         }
+        for (unsigned i = 0; i < n; i++)
+            c->bytes_out += iov[i].len;
         int r = send_iov((uv_stream_t *)&c->tcp, &c->wreq, iov, n, volatile_first, &c->hcopy,
                          client_write_done_cb);
         if (r < 0) {
@@ -1543,6 +1696,7 @@ td_proxy_t *td_proxy_start(const td_config_t *cfg, char *err, size_t errlen) {
         goto nomem;
     for (size_t i = 0; i < p->num_workers; i++) {
         worker_t *w = &p->workers[i];
+        w->alog_fd = -1;
         w->num_listeners = cfg->num_listeners;
         w->listeners = calloc(cfg->num_listeners, sizeof(uv_tcp_t));
         w->listen_fds = calloc(cfg->num_listeners, sizeof(int));

@@ -255,6 +255,18 @@ void td_passive_success(td_server_stats_t *st) {
         atomic_store(&st->ejections, 0);
 }
 
+const int td_lat_bounds_ms[TD_LAT_BUCKETS - 1] = {1,   2,    5,    10,   25,   50,   100,
+                                                  250, 500, 1000, 2500, 5000, 10000};
+
+void td_router_observe(td_backend_stats_t *b, int64_t ms) {
+    int i = 0;
+    while (i < TD_LAT_BUCKETS - 1 && ms > td_lat_bounds_ms[i])
+        i++;
+    atomic_fetch_add_explicit(&b->latency[i], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&b->latency_sum_ms, (uint64_t)(ms < 0 ? 0 : ms),
+                              memory_order_relaxed);
+}
+
 int td_backend_drained(const td_snapshot_t *s, const td_snap_backend_t *b, int64_t now_ms) {
     int64_t since = atomic_load_explicit(&b->st->drain_since_ms, memory_order_relaxed);
     return b->weight == 0 && since && now_ms - since >= s->config->timeouts.drain_ms;

@@ -84,6 +84,9 @@ typedef struct td_config_s {
     char cookie_name[TD_NAME_MAX]; /* RFC 6265 token; default "TDSTICKY" */
     int cookie_max_age_s;          /* 1..315360000 (10 years); default 3600 */
     char cookie_secret[128];       /* key for signing the sticky cookie; "" = none (default) */
+    char preview_header[TD_NAME_MAX]; /* routing.preview.header; default "X-TD-Backend" */
+    char preview_token[128];       /* routing.preview.token; "" = preview route off (default) */
+    char access_log[256];          /* "" = off (default), "stderr", or a file path (appended) */
     td_config_backend_t *backends; /* owned */
     size_t num_backends;           /* 1..TD_CONFIG_MAX_BACKENDS */
     td_config_health_t health;

@@ -11,6 +11,10 @@
 /* Seconds over which pinned sticky requests are counted per backend. */
 #define TD_PIN_WINDOW 10
 
+/* Request-duration histogram buckets (upper bounds in ms; the last one is +Inf). */
+#define TD_LAT_BUCKETS 14
+extern const int td_lat_bounds_ms[TD_LAT_BUCKETS - 1];
+
 /* Response classes counted per server and backend: 1xx..5xx. */
 #define TD_NCLASS 5
 
@@ -40,6 +44,8 @@ typedef struct td_backend_stats_s {
     _Atomic uint64_t responses[TD_NCLASS];
     _Atomic int64_t in_flight;
     _Atomic int64_t tunnels;         /* open WebSocket / Upgrade tunnels */
+    _Atomic uint64_t latency[TD_LAT_BUCKETS]; /* request durations (not cumulative) */
+    _Atomic uint64_t latency_sum_ms;
     _Atomic int64_t drain_since_ms;  /* td_now_ms() when the weight went to 0; 0 while above 0 */
     int last_weight;                 /* admin thread: weight in the last snapshot built */
     /* Requests carrying a valid sticky cookie for this backend, per second, over the last

@@ -64,6 +64,10 @@ int td_passive_failure(const td_snapshot_t *s, td_server_stats_t *st, int64_t no
 /* Records a good response: the failure run and the ejection count start again. */
 void td_passive_success(td_server_stats_t *st);
 
+/* Adds one request duration (ms, from the first byte of its head to the end of its response) to
+ * the backend's histogram. */
+void td_router_observe(td_backend_stats_t *b, int64_t ms);
+
 /* Counts a request pinned to the backend by a valid sticky cookie, and returns how many came in
  * the last TD_PIN_WINDOW seconds (td_router_pins_recent), for "is anyone still on blue?". */
 void td_router_pin_seen(td_backend_stats_t *b, int64_t now_ms);
