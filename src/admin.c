@@ -9,6 +9,7 @@
 
 #include "td/config.h"
 #include "td/control.h"
+#include "td/events.h"
 #include "td/health.h"
 #include "td/http1.h"
 #include "td/log.h"
@@ -136,9 +137,11 @@ static json_t *state_json(void) {
 }
 
 /* Applies `cfg` and answers with the new state, or the reason it was refused. */
+static const char *current_client = "";
+
 static reply_t apply(td_config_t *cfg, const char *what) {
     char err[512];
-    if (td_control_apply(cfg, what, 1, err, sizeof(err)) < 0)
+    if (td_control_apply(cfg, what, 1, current_client, err, sizeof(err)) < 0)
         return error_reply(500, err);
     return json_reply(200, state_json());
 }
@@ -249,7 +252,8 @@ static reply_t put_config(td_str_t body) {
     }
     free(errs);
     char err[512];
-    if (td_control_apply(cfg, "config replaced through the API", 1, err, sizeof(err)) < 0)
+    if (td_control_apply(cfg, "config replaced through the API", 1, current_client, err,
+                         sizeof(err)) < 0)
         return error_reply(500, err);
     return json_reply(200, json_pack("{s:I}", "version", (json_int_t)td_control_version()));
 }
@@ -379,6 +383,10 @@ static reply_t route(const td_http1_request_t *req, td_str_t body) {
         return put ? put_routing(body) : error_reply(405, "use PUT");
     if (path_is(t, "/api/v1/config"))
         return get ? get_config() : put ? put_config(body) : error_reply(405, "use GET or PUT");
+    if (path_is(t, "/api/v1/events"))
+        return get ? json_reply(200, td_events_json()) : error_reply(405, "use GET");
+    if (path_is(t, "/api/v1/history"))
+        return get ? json_reply(200, td_audit_json()) : error_reply(405, "use GET");
     if (path_is(t, "/metrics"))
         return get ? get_metrics() : error_reply(405, "use GET");
     return error_reply(404, "no such endpoint");
@@ -453,6 +461,7 @@ static void process(admin_conn_t *c) {
     if (c->len < (size_t)r + blen)
         return; /* the body is still coming */
     c->keep_alive = req.keep_alive;
+    current_client = c->ip;
     reply_t rep = route(&req, (td_str_t){c->buf + r, blen});
     if (rep.status >= 400)
         td_info("admin: %s %.*s %.*s: %d", c->ip, (int)req.method.len, req.method.p,

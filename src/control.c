@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "td/config.h"
+#include "td/events.h"
 #include "td/health.h"
 #include "td/log.h"
 #include "td/router.h"
@@ -42,6 +43,11 @@ static int publish(td_config_t *cfg) {
 int td_control_init(td_config_t *cfg, const char *path) {
     snprintf(config_path, sizeof(config_path), "%s", path ? path : "");
     started_ms = td_wall_ms();
+    char audit[sizeof(config_path) + 16] = "";
+    if (config_path[0])
+        snprintf(audit, sizeof(audit), "%s.audit.jsonl", config_path);
+    td_events_init(audit);
+    td_event("start", "td started with %s", config_path[0] ? config_path : "the demo config");
     td_sticky_set_secret(cfg->cookie_secret);
     return publish(cfg);
 }
@@ -61,21 +67,36 @@ static void keep_startup_settings(td_config_t *cfg) {
         td_warn("config: admin address changed; it applies at the next restart");
 }
 
-int td_control_apply(td_config_t *cfg, const char *what, int persist, char *err, size_t errlen) {
+/* What a change is judged by in the audit log: the method and every backend's weight. */
+static json_t *summary(const td_config_t *c) {
+    json_t *w = json_object();
+    for (size_t i = 0; i < c->num_backends; i++)
+        json_object_set_new(w, c->backends[i].name, json_integer(c->backends[i].weight));
+    return json_pack("{s:s,s:o}", "method", td_method_name(c->method), "weights", w);
+}
+
+int td_control_apply(td_config_t *cfg, const char *what, int persist, const char *client,
+                     char *err, size_t errlen) {
     keep_startup_settings(cfg);
+    json_t *before = summary(running), *after = summary(cfg);
     if (strcmp(cfg->cookie_secret, running->cookie_secret) != 0)
         td_sticky_set_secret(cfg->cookie_secret);
     if (persist && config_path[0] && td_config_write(cfg, config_path) < 0) {
         snprintf(err, errlen, "cannot write %s: %m", config_path);
         td_config_free(cfg);
+        json_decref(before);
+        json_decref(after);
         return TD_EIO;
     }
     int r = publish(cfg);
     if (r < 0) {
         snprintf(err, errlen, "out of memory");
+        json_decref(before);
+        json_decref(after);
         return r;
     }
     td_info("config version %llu applied (%s)", (unsigned long long)version, what);
+    td_audit(what, before, after, client);
     return 0;
 }
 
@@ -90,15 +111,17 @@ int td_control_reload(void) {
     td_config_t *cfg = td_config_load(config_path, errs);
     fclose(errs);
     if (!cfg) {
-        for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n"))
+        for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
             td_error("reload rejected: %s", line);
+            td_event("reload", "rejected: %s", line);
+        }
         td_error("reload rejected: keeping config version %llu", (unsigned long long)version);
         free(buf);
         return TD_EINVAL;
     }
     free(buf);
     char err[256];
-    return td_control_apply(cfg, "reload of the config file", 0, err, sizeof(err));
+    return td_control_apply(cfg, "reload of the config file", 0, "signal", err, sizeof(err));
 }
 
 void td_control_shutdown(void) {

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "td/config.h"
+#include "td/events.h"
 #include "td/http1.h"
 #include "td/log.h"
 #include "td/router.h"
@@ -75,6 +76,7 @@ static void verdict(checker_t *k, int ok, const char *why) {
             atomic_store(&k->st->consecutive_failures, 0);
             td_info("health: server %s (%s) is up after %d successful checks (%s)",
                     k->st->address, k->st->backend, k->ok_run, why);
+            td_event("health", "server %s (%s) is up (%s)", k->st->address, k->st->backend, why);
         }
     } else {
         k->ok_run = 0;
@@ -83,6 +85,8 @@ static void verdict(checker_t *k, int ok, const char *why) {
             atomic_store(&k->st->health_up, 0);
             td_warn("health: server %s (%s) is down after %d failed checks (%s)", k->st->address,
                     k->st->backend, k->fail_run, why);
+            td_event("health", "server %s (%s) is down (%s)", k->st->address, k->st->backend,
+                     why);
         }
     }
 }

@@ -7,6 +7,7 @@
 
 #include "td/balancer.h"
 #include "td/config.h"
+#include "td/events.h"
 #include "td/log.h"
 
 /* The registry: counters by server and backend, created on first use, never freed while the
@@ -244,6 +245,8 @@ int td_passive_failure(const td_snapshot_t *s, td_server_stats_t *st, int64_t no
         atomic_store(&st->health_up, 0); /* back through the active check */
     td_warn("passive: server %s (%s) ejected for %lld ms after %d failures in a row", st->address,
             st->backend, (long long)ms, run);
+    td_event("passive", "server %s (%s) ejected for %lld ms after %d failures in a row",
+             st->address, st->backend, (long long)ms, run);
     return 1;
 }
 
