@@ -88,6 +88,33 @@ static json_t *class_counts(_Atomic uint64_t *c) {
                      (json_int_t)atomic_load(&c[3]), "5xx", (json_int_t)atomic_load(&c[4]));
 }
 
+/* Quantile q (0..1) of a histogram, as the upper bound (ms) of the bucket it falls in; the last
+ * (+Inf) bucket reports the largest finite bound. 0 when empty. */
+static int quantile_ms(const uint64_t *counts, double q) {
+    uint64_t total = 0, seen = 0;
+    for (int i = 0; i < TD_LAT_BUCKETS; i++)
+        total += counts[i];
+    if (!total)
+        return 0;
+    for (int i = 0; i < TD_LAT_BUCKETS - 1; i++) {
+        seen += counts[i];
+        if ((double)seen >= q * (double)total)
+            return td_lat_bounds_ms[i];
+    }
+    return td_lat_bounds_ms[TD_LAT_BUCKETS - 2];
+}
+
+static json_t *latency_json(td_backend_stats_t *b) {
+    uint64_t counts[TD_LAT_BUCKETS];
+    json_t *buckets = json_array();
+    for (int i = 0; i < TD_LAT_BUCKETS; i++) {
+        counts[i] = atomic_load(&b->latency[i]);
+        json_array_append_new(buckets, json_integer((json_int_t)counts[i]));
+    }
+    return json_pack("{s:i,s:i,s:o}", "p50", quantile_ms(counts, 0.5), "p99",
+                     quantile_ms(counts, 0.99), "buckets", buckets);
+}
+
 static json_t *state_json(void) {
     td_snapshot_t *s = td_router_acquire();
     int64_t now = td_now_ms();
@@ -125,6 +152,7 @@ static json_t *state_json(void) {
             class_counts(b->st->responses), "sticky_requests_10s",
             (json_int_t)td_router_pins_recent(b->st, now), "draining", b->weight == 0,
             "drained", b->weight == 0 && in_flight == 0 && tunnels == 0, "servers", servers);
+        json_object_set_new(jb, "latency_ms", latency_json(b->st));
         json_array_append_new(backends, jb);
     }
     json_t *j = json_pack("{s:I,s:s,s:I,s:I,s:o}", "version", (json_int_t)s->version, "method",
@@ -132,6 +160,10 @@ static json_t *state_json(void) {
                           (json_int_t)((td_wall_ms() - td_control_started_ms()) / 1000),
                           "client_connections", (json_int_t)td_proxy_connections(), "backends",
                           backends);
+    json_t *bounds = json_array();
+    for (int i = 0; i < TD_LAT_BUCKETS - 1; i++)
+        json_array_append_new(bounds, json_integer(td_lat_bounds_ms[i]));
+    json_object_set_new(j, "latency_bounds_ms", bounds);
     td_snapshot_release(s);
     return j;
 }
@@ -266,8 +298,119 @@ static reply_t get_config(void) {
     return r;
 }
 
-static void metric(FILE *f, const char *name, const char *labels, long long v) {
-    fprintf(f, "%s{%s} %lld\n", name, labels, v);
+/* ---- /metrics (Prometheus text format 0.0.4) */
+
+typedef long long backend_value_fn(const td_snap_backend_t *b, int64_t now);
+typedef long long server_value_fn(const td_snap_server_t *sv, int64_t now);
+
+static long long b_weight(const td_snap_backend_t *b, int64_t now) {
+    (void)now;
+    return b->weight;
+}
+static long long b_up(const td_snap_backend_t *b, int64_t now) {
+    return td_backend_is_up(b, now);
+}
+static long long b_requests(const td_snap_backend_t *b, int64_t now) {
+    (void)now;
+    return (long long)atomic_load(&b->st->requests);
+}
+static long long b_in_flight(const td_snap_backend_t *b, int64_t now) {
+    (void)now;
+    return (long long)atomic_load(&b->st->in_flight);
+}
+static long long b_tunnels(const td_snap_backend_t *b, int64_t now) {
+    (void)now;
+    return (long long)atomic_load(&b->st->tunnels);
+}
+static long long s_weight(const td_snap_server_t *sv, int64_t now) {
+    (void)now;
+    return sv->weight;
+}
+static long long s_up(const td_snap_server_t *sv, int64_t now) {
+    return td_server_is_up(sv->st, now);
+}
+static long long s_requests(const td_snap_server_t *sv, int64_t now) {
+    (void)now;
+    return (long long)atomic_load(&sv->st->requests);
+}
+static long long s_failures(const td_snap_server_t *sv, int64_t now) {
+    (void)now;
+    return (long long)atomic_load(&sv->st->failures);
+}
+static long long s_connections(const td_snap_server_t *sv, int64_t now) {
+    (void)now;
+    return (long long)atomic_load(&sv->st->active_connections);
+}
+static long long s_in_flight(const td_snap_server_t *sv, int64_t now) {
+    (void)now;
+    return (long long)atomic_load(&sv->st->in_flight);
+}
+
+static void family(FILE *f, const char *name, const char *type, const char *help) {
+    fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void backend_family(FILE *f, const td_snapshot_t *s, int64_t now, const char *name,
+                           const char *type, const char *help, backend_value_fn *get) {
+    family(f, name, type, help);
+    for (size_t i = 0; i < s->num_backends; i++)
+        fprintf(f, "%s{backend=\"%s\"} %lld\n", name, s->backends[i].name,
+                get(&s->backends[i], now));
+}
+
+static void server_family(FILE *f, const td_snapshot_t *s, int64_t now, const char *name,
+                          const char *type, const char *help, server_value_fn *get) {
+    family(f, name, type, help);
+    for (size_t i = 0; i < s->num_backends; i++)
+        for (size_t j = 0; j < s->backends[i].num_servers; j++) {
+            const td_snap_server_t *sv = &s->backends[i].servers[j];
+            fprintf(f, "%s{backend=\"%s\",server=\"%s\"} %lld\n", name, sv->st->backend,
+                    sv->st->address, get(sv, now));
+        }
+}
+
+static const char *const classes[TD_NCLASS] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
+
+static void responses_family(FILE *f, const td_snapshot_t *s) {
+    family(f, "td_backend_responses_total", "counter", "Responses by status class.");
+    for (size_t i = 0; i < s->num_backends; i++)
+        for (int k = 0; k < TD_NCLASS; k++)
+            fprintf(f, "td_backend_responses_total{backend=\"%s\",class=\"%s\"} %llu\n",
+                    s->backends[i].name, classes[k],
+                    (unsigned long long)atomic_load(&s->backends[i].st->responses[k]));
+    family(f, "td_server_responses_total", "counter", "Responses from the server by status class.");
+    for (size_t i = 0; i < s->num_backends; i++)
+        for (size_t j = 0; j < s->backends[i].num_servers; j++) {
+            td_server_stats_t *st = s->backends[i].servers[j].st;
+            for (int k = 0; k < TD_NCLASS; k++)
+                fprintf(f,
+                        "td_server_responses_total{backend=\"%s\",server=\"%s\",class=\"%s\"} "
+                        "%llu\n",
+                        st->backend, st->address, classes[k],
+                        (unsigned long long)atomic_load(&st->responses[k]));
+        }
+}
+
+static void duration_family(FILE *f, const td_snapshot_t *s) {
+    family(f, "td_request_duration_seconds", "histogram",
+           "Time from the request head to the end of the response.");
+    for (size_t i = 0; i < s->num_backends; i++) {
+        td_backend_stats_t *b = s->backends[i].st;
+        unsigned long long cum = 0;
+        for (int k = 0; k < TD_LAT_BUCKETS; k++) {
+            char le[32];
+            cum += atomic_load(&b->latency[k]);
+            if (k < TD_LAT_BUCKETS - 1)
+                snprintf(le, sizeof(le), "%g", td_lat_bounds_ms[k] / 1000.0);
+            else
+                snprintf(le, sizeof(le), "+Inf");
+            fprintf(f, "td_request_duration_seconds_bucket{backend=\"%s\",le=\"%s\"} %llu\n",
+                    b->name, le, cum);
+        }
+        fprintf(f, "td_request_duration_seconds_sum{backend=\"%s\"} %g\n", b->name,
+                (double)atomic_load(&b->latency_sum_ms) / 1000.0);
+        fprintf(f, "td_request_duration_seconds_count{backend=\"%s\"} %llu\n", b->name, cum);
+    }
 }
 
 static reply_t get_metrics(void) {
@@ -276,54 +419,34 @@ static reply_t get_metrics(void) {
     FILE *f = open_memstream(&text, &len);
     td_snapshot_t *s = td_router_acquire();
     int64_t now = td_now_ms();
-    static const char *classes[] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
-    fprintf(f, "# HELP td_backend_weight Configured weight of the backend.\n"
-               "# TYPE td_backend_weight gauge\n");
-    char l[256];
-    for (size_t i = 0; i < s->num_backends; i++) {
-        snprintf(l, sizeof(l), "backend=\"%s\"", s->backends[i].name);
-        metric(f, "td_backend_weight", l, s->backends[i].weight);
-    }
-    fprintf(f, "# HELP td_backend_up 1 when any server of the backend is up.\n"
-               "# TYPE td_backend_up gauge\n");
-    for (size_t i = 0; i < s->num_backends; i++) {
-        snprintf(l, sizeof(l), "backend=\"%s\"", s->backends[i].name);
-        metric(f, "td_backend_up", l, td_backend_is_up(&s->backends[i], now));
-    }
-    fprintf(f, "# HELP td_backend_requests_total Requests routed to the backend.\n"
-               "# TYPE td_backend_requests_total counter\n");
-    for (size_t i = 0; i < s->num_backends; i++) {
-        snprintf(l, sizeof(l), "backend=\"%s\"", s->backends[i].name);
-        metric(f, "td_backend_requests_total", l,
-               (long long)atomic_load(&s->backends[i].st->requests));
-    }
-    fprintf(f, "# HELP td_backend_responses_total Responses by status class.\n"
-               "# TYPE td_backend_responses_total counter\n");
-    for (size_t i = 0; i < s->num_backends; i++)
-        for (int k = 0; k < TD_NCLASS; k++) {
-            snprintf(l, sizeof(l), "backend=\"%s\",class=\"%s\"", s->backends[i].name, classes[k]);
-            metric(f, "td_backend_responses_total", l,
-                   (long long)atomic_load(&s->backends[i].st->responses[k]));
-        }
-    fprintf(f, "# HELP td_backend_in_flight Requests in flight.\n"
-               "# TYPE td_backend_in_flight gauge\n");
-    for (size_t i = 0; i < s->num_backends; i++) {
-        snprintf(l, sizeof(l), "backend=\"%s\"", s->backends[i].name);
-        metric(f, "td_backend_in_flight", l, (long long)atomic_load(&s->backends[i].st->in_flight));
-    }
-    fprintf(f, "# HELP td_server_up 1 when the server may receive requests.\n"
-               "# TYPE td_server_up gauge\n");
-    for (size_t i = 0; i < s->num_backends; i++)
-        for (size_t j = 0; j < s->backends[i].num_servers; j++) {
-            td_server_stats_t *st = s->backends[i].servers[j].st;
-            snprintf(l, sizeof(l), "backend=\"%s\",server=\"%s\"", st->backend, st->address);
-            metric(f, "td_server_up", l, td_server_is_up(st, now));
-        }
-    fprintf(f, "# HELP td_client_connections Open client connections.\n"
-               "# TYPE td_client_connections gauge\ntd_client_connections %lld\n",
-            (long long)td_proxy_connections());
-    fprintf(f, "# HELP td_uptime_seconds Seconds since td started.\n"
-               "# TYPE td_uptime_seconds gauge\ntd_uptime_seconds %lld\n",
+    backend_family(f, s, now, "td_backend_weight", "gauge", "Configured weight of the backend.",
+                   b_weight);
+    backend_family(f, s, now, "td_backend_up", "gauge", "1 when any server of the backend is up.",
+                   b_up);
+    backend_family(f, s, now, "td_backend_requests_total", "counter",
+                   "Requests routed to the backend.", b_requests);
+    backend_family(f, s, now, "td_backend_in_flight", "gauge", "Requests in flight.",
+                   b_in_flight);
+    backend_family(f, s, now, "td_backend_tunnels", "gauge",
+                   "Open WebSocket and other upgraded tunnels.", b_tunnels);
+    responses_family(f, s);
+    duration_family(f, s);
+    server_family(f, s, now, "td_server_weight", "gauge", "Weight of the server in its backend.",
+                  s_weight);
+    server_family(f, s, now, "td_server_up", "gauge", "1 when the server may receive requests.",
+                  s_up);
+    server_family(f, s, now, "td_server_requests_total", "counter",
+                  "Requests sent to the server.", s_requests);
+    server_family(f, s, now, "td_server_failures_total", "counter",
+                  "Connect errors, resets and timeouts of the server.", s_failures);
+    server_family(f, s, now, "td_server_active_connections", "gauge",
+                  "Open upstream connections to the server.", s_connections);
+    server_family(f, s, now, "td_server_in_flight", "gauge", "Requests in flight to the server.",
+                  s_in_flight);
+    family(f, "td_client_connections", "gauge", "Open client connections.");
+    fprintf(f, "td_client_connections %lld\n", (long long)td_proxy_connections());
+    family(f, "td_uptime_seconds", "gauge", "Seconds since td started.");
+    fprintf(f, "td_uptime_seconds %lld\n",
             (long long)((td_wall_ms() - td_control_started_ms()) / 1000));
     td_snapshot_release(s);
     fclose(f);
