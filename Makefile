@@ -11,7 +11,7 @@ endif
 CFLAGS ?=
 CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Iinclude $(OPT)
 LDFLAGS += $(filter -fsanitize=%,$(OPT))
-LIBS = -luv -ljansson -lcrypto -lpthread -lm
+LIBS = -luv -ljansson -lssl -lcrypto -lpthread -lm
 
 LIB_SRCS := $(filter-out src/main.c,$(wildcard src/*.c))
 LIB_OBJS := $(LIB_SRCS:src/%.c=$(BUILD)/obj/%.o)

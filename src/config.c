@@ -7,6 +7,10 @@
  * document order once the walk is over. */
 #include "td/config.h"
 
+#include <openssl/ssl.h>
+
+#include "td/tls.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <jansson.h>
@@ -565,12 +569,18 @@ static const char *const root_keys[] = {"listeners", "workers",      "admin",   
                                         "backends",  "health_check", "timeouts", "passive",
                                         "access_log", NULL};
 static const char *const passive_keys[] = {"failures", "eject_ms", "max_eject_ms", NULL};
-static const char *const listener_keys[] = {"address", NULL};
+static const char *const listener_keys[] = {"address", "tls", "redirect_https", "https_port",
+                                            NULL};
+static const char *const listener_tls_keys[] = {"certificates", "min_version", NULL};
+static const char *const cert_keys[] = {"cert", "key", NULL};
+static const char *const tls_versions[] = {"1.2", "1.3", NULL};
+static const char *const backend_tls_keys[] = {"verify", "ca", "sni", NULL};
 static const char *const admin_keys[] = {"address", "token", NULL};
 static const char *const routing_keys[] = {"method", "cookie", "preview", NULL};
 static const char *const preview_keys[] = {"header", "token", NULL};
 static const char *const cookie_keys[] = {"name", "max_age_s", "secret", NULL};
-static const char *const backend_keys[] = {"name", "weight", "servers", "health_check", NULL};
+static const char *const backend_keys[] = {"name",         "weight", "servers",
+                                           "health_check", "tls",    NULL};
 static const char *const server_keys[] = {"address", "weight", NULL};
 static const char *const health_keys[] = {"type",         "path", "expect_status", "interval_ms",
                                           "timeout_ms",   "fall", "rise",          "port",
@@ -579,7 +589,7 @@ static const char *const timeout_keys[] = {
     "connect_ms",        "client_header_ms", "upstream_response_ms",
     "keepalive_idle_ms", "drain_ms",         NULL};
 static const char *const method_names[] = {"round_robin", "sticky", "failover", NULL};
-static const char *const health_types[] = {"tcp", "http", NULL};
+static const char *const health_types[] = {"tcp", "http", "ssl_hello", NULL};
 
 #define HF(f) offsetof(td_config_health_t, f)
 static const int_field_t health_ints[] = {
@@ -646,6 +656,74 @@ static void check_unique_addr(ctx_t *x, const td_addr_t *a, const td_addr_t *oth
     }
 }
 
+/* A certificate/key pair: both files must load, match and be in date; the message names the
+ * file and stands at the "cert" value. */
+static void parse_cert(ctx_t *x, json_t *o, td_config_cert_t *cert) {
+    if (!is_object(x, o))
+        return;
+    check_keys(x, o, cert_keys);
+    int ok = get_str(x, o, "cert", 1, cert->cert, sizeof cert->cert, NULL, 0);
+    ok &= get_str(x, o, "key", 1, cert->key, sizeof cert->key, NULL, 0);
+    char err[512];
+    if (ok && td_tls_check_pair(cert->cert, cert->key, err, sizeof err) < 0) {
+        push_key(x, strstr(err, cert->key) == err ? "key" : "cert");
+        report(x, AT_VALUE, "%s", err);
+        pop(x);
+    }
+}
+
+static void parse_listener_tls(ctx_t *x, json_t *l, td_config_listener_t *li) {
+    int v;
+    li->min_version = TLS1_2_VERSION;
+    get_bool(x, l, "redirect_https", &li->redirect_https);
+    get_int(x, l, "https_port", 0, 0, 65535, &li->https_port);
+    json_t *t = get_object(x, l, "tls", 0);
+    if (!t)
+        return;
+    li->tls = 1;
+    push_key(x, "tls");
+    check_keys(x, t, listener_tls_keys);
+    if (get_enum(x, t, "min_version", tls_versions, &v))
+        li->min_version = v == 0 ? TLS1_2_VERSION : TLS1_3_VERSION;
+    json_t *arr = get_array(x, t, "certificates", "certificate", TD_CONFIG_MAX_CERTS);
+    size_t n = arr ? json_array_size(arr) : 0;
+    push_key(x, "certificates");
+    for (size_t i = 0; i < n; i++) {
+        push_index(x, i);
+        parse_cert(x, json_array_get(arr, i), &li->certs[i]);
+        pop(x);
+    }
+    li->num_certs = n;
+    pop(x);
+    if (li->redirect_https) {
+        push_key(x, "redirect_https");
+        report(x, AT_KEY, "a TLS listener cannot redirect to https (it is https)");
+        pop(x);
+    }
+    pop(x);
+}
+
+static void parse_backend_tls(ctx_t *x, json_t *b, td_config_backend_t *be) {
+    json_t *t = get_object(x, b, "tls", 0);
+    if (!t)
+        return;
+    be->tls = 1;
+    be->tls_verify = 1;
+    push_key(x, "tls");
+    check_keys(x, t, backend_tls_keys);
+    get_bool(x, t, "verify", &be->tls_verify);
+    if (get_str(x, t, "ca", 0, be->tls_ca, sizeof be->tls_ca, NULL, 0)) {
+        char err[512];
+        if (td_tls_check_ca(be->tls_ca, err, sizeof err) < 0) {
+            push_key(x, "ca");
+            report(x, AT_VALUE, "%s", err);
+            pop(x);
+        }
+    }
+    get_str(x, t, "sni", 0, be->tls_sni, sizeof be->tls_sni, check_token, 0);
+    pop(x);
+}
+
 static void parse_listeners(ctx_t *x, json_t *root, td_config_t *c) {
     json_t *arr = get_array(x, root, "listeners", "listener", TD_CONFIG_MAX_LISTENERS);
     size_t n = arr ? json_array_size(arr) : 0;
@@ -664,12 +742,13 @@ static void parse_listeners(ctx_t *x, json_t *root, td_config_t *c) {
         push_index(x, i);
         if (is_object(x, l)) {
             check_keys(x, l, listener_keys);
-            if (get_addr(x, l, "address", &c->listeners[i])) {
+            if (get_addr(x, l, "address", &c->listeners[i].address)) {
                 push_key(x, "address");
-                check_unique_addr(x, &c->listeners[i], c->listeners, i, sizeof(td_addr_t),
-                                  "listeners");
+                check_unique_addr(x, &c->listeners[i].address, &c->listeners[0].address, i,
+                                  sizeof(td_config_listener_t), "listeners");
                 pop(x);
             }
+            parse_listener_tls(x, l, &c->listeners[i]);
         }
         pop(x);
     }
@@ -705,8 +784,8 @@ static void parse_admin(ctx_t *x, json_t *root, td_config_t *c) {
     check_keys(x, a, admin_keys);
     if (get_addr(x, a, "address", &c->admin_address)) {
         push_key(x, "address");
-        check_unique_addr(x, &c->admin_address, c->listeners, c->num_listeners, sizeof(td_addr_t),
-                          "listeners");
+        check_unique_addr(x, &c->admin_address, &c->listeners[0].address, c->num_listeners,
+                          sizeof(td_config_listener_t), "listeners");
         pop(x);
     }
     get_str(x, a, "token", 0, c->admin_token, sizeof c->admin_token, check_token, 1);
@@ -824,6 +903,7 @@ static void parse_backends(ctx_t *x, json_t *root, td_config_t *c) {
             }
             get_int(x, b, "weight", 1, 0, 100, &be->weight);
             parse_servers(x, b, be);
+            parse_backend_tls(x, b, be);
             be->health = c->health;
             json_t *h = get_object(x, b, "health_check", 0);
             if (h) {

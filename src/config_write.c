@@ -1,6 +1,8 @@
 /* Writing the configuration back: the contract's JSON shape, and an atomic file replace. */
 #include "td/config.h"
 
+#include <openssl/ssl.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -27,6 +29,33 @@ static json_t *address_object(const td_addr_t *a, int *ok) {
 
 static json_t *health_object(const td_config_health_t *h, int *ok);
 
+static json_t *listener_object(const td_config_listener_t *l, int *ok) {
+    json_t *o = address_object(&l->address, ok);
+
+    if (!o)
+        return NULL;
+    if (l->redirect_https)
+        put(o, "redirect_https", json_true(), ok);
+    if (l->https_port)
+        put(o, "https_port", json_integer(l->https_port), ok);
+    if (l->tls) {
+        json_t *t = json_object(), *certs = json_array();
+        for (size_t i = 0; certs && i < l->num_certs; i++)
+            if (json_array_append_new(certs, json_pack("{s:s,s:s}", "cert", l->certs[i].cert,
+                                                       "key", l->certs[i].key)) != 0)
+                *ok = 0;
+        if (t) {
+            put(t, "certificates", certs, ok);
+            put(t, "min_version", json_string(l->min_version == TLS1_3_VERSION ? "1.3" : "1.2"),
+                ok);
+        } else {
+            json_decref(certs);
+        }
+        put(o, "tls", t, ok);
+    }
+    return o;
+}
+
 static json_t *backend_object(const td_config_backend_t *b, int *ok) {
     json_t *o = json_object(), *servers = json_array();
 
@@ -45,6 +74,14 @@ static json_t *backend_object(const td_config_backend_t *b, int *ok) {
         put(o, "servers", servers, ok);
     else
         json_decref(servers);
+    if (o && b->tls) {
+        json_t *t = json_pack("{s:b}", "verify", b->tls_verify);
+        if (t && b->tls_ca[0])
+            put(t, "ca", json_string(b->tls_ca), ok);
+        if (t && b->tls_sni[0])
+            put(t, "sni", json_string(b->tls_sni), ok);
+        put(o, "tls", t, ok);
+    }
     if (o && b->health_override)
         put(o, "health_check", health_object(&b->health, ok), ok);
     return o;
@@ -96,7 +133,7 @@ static json_t *config_object(const td_config_t *c, int *ok) {
         return NULL;
     }
     for (size_t i = 0; listeners && i < c->num_listeners; i++)
-        if (json_array_append_new(listeners, address_object(&c->listeners[i], ok)) != 0)
+        if (json_array_append_new(listeners, listener_object(&c->listeners[i], ok)) != 0)
             *ok = 0;
     put(root, "listeners", listeners, ok);
     put(root, "workers", c->workers_auto ? json_string("auto") : json_integer(c->workers), ok);

@@ -57,7 +57,8 @@ static void keep_startup_settings(td_config_t *cfg) {
     const td_config_t *old = running;
     int changed = cfg->num_listeners != old->num_listeners;
     for (size_t i = 0; !changed && i < cfg->num_listeners; i++)
-        changed = strcmp(cfg->listeners[i].text, old->listeners[i].text) != 0;
+        changed = strcmp(cfg->listeners[i].address.text, old->listeners[i].address.text) != 0 ||
+                  cfg->listeners[i].tls != old->listeners[i].tls;
     if (changed)
         td_warn("config: listeners changed; they apply at the next restart");
     if (cfg->workers != old->workers)

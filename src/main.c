@@ -138,7 +138,8 @@ static int run(td_config_t *cfg, const char *path) {
         return 1;
     }
     for (size_t i = 0; i < start_cfg->num_listeners; i++)
-        td_info("listening on http://%s/ with %d worker%s", start_cfg->listeners[i].text,
+        td_info("listening on %s://%s/ with %d worker%s",
+                start_cfg->listeners[i].tls ? "https" : "http", start_cfg->listeners[i].address.text,
                 start_cfg->workers, start_cfg->workers == 1 ? "" : "s");
     if (has_admin)
         td_info("admin API and web console on http://%s/", admin.text);

@@ -1705,7 +1705,7 @@ td_proxy_t *td_proxy_start(const td_config_t *cfg, char *err, size_t errlen) {
         for (size_t j = 0; j < cfg->num_listeners; j++)
             w->listen_fds[j] = -1;
         for (size_t j = 0; j < cfg->num_listeners; j++) {
-            w->listen_fds[j] = listen_socket(&cfg->listeners[j], err, errlen);
+            w->listen_fds[j] = listen_socket(&cfg->listeners[j].address, err, errlen);
             if (w->listen_fds[j] < 0)
                 goto fail;
         }

@@ -25,13 +25,32 @@ typedef struct td_addr_s {
     socklen_t salen;
 } td_addr_t;
 
+#define TD_CONFIG_MAX_CERTS 16
+#define TD_PATH_MAX 256
+
+/* A certificate chain (leaf first) and its private key, PEM files. */
+typedef struct td_config_cert_s {
+    char cert[TD_PATH_MAX];
+    char key[TD_PATH_MAX];
+} td_config_cert_t;
+
+typedef struct td_config_listener_s {
+    td_addr_t address;
+    int tls;                   /* 1 when "tls" is present: HTTPS on this listener */
+    td_config_cert_t certs[TD_CONFIG_MAX_CERTS]; /* the first is the default (no SNI) */
+    size_t num_certs;          /* 1..TD_CONFIG_MAX_CERTS when tls */
+    int min_version;           /* TLS1_2_VERSION (default, "1.2") or TLS1_3_VERSION ("1.3") */
+    int redirect_https;        /* plain listener: answer every request with a redirect to https */
+    int https_port;            /* port written in that redirect; 0 = none (443) */
+} td_config_listener_t;
+
 typedef struct td_config_server_s {
     td_addr_t address;
     int weight; /* 0..100; default 1 */
 } td_config_server_t;
 
 typedef struct td_config_health_s {
-    char type[16];          /* "tcp" | "http"; default "http" */
+    char type[16];          /* "tcp" | "http" | "ssl_hello" (TLS handshake only); default "http" */
     char path[256];         /* http: request path, starts with '/', printable ASCII; default "/" */
     char expect_status[64]; /* "2xx,3xx" or "200,204" ...; default "2xx,3xx" (see
                                td_config_status_expected) */
@@ -57,6 +76,10 @@ typedef struct td_config_backend_s {
     int weight;                  /* 0..100 */
     td_config_server_t *servers; /* owned */
     size_t num_servers;          /* 1..TD_CONFIG_MAX_SERVERS */
+    int tls;                     /* 1 when "tls" is present: HTTPS to the servers */
+    int tls_verify;              /* verify the server's certificate (default 1) */
+    char tls_ca[TD_PATH_MAX];    /* CA bundle; "" = the system's */
+    char tls_sni[256];           /* server name sent and verified; "" = none */
     td_config_health_t health;   /* the global health_check with this backend's overrides */
     int health_override;         /* 1 when the backend has its own "health_check" object */
 } td_config_backend_t;
@@ -73,7 +96,7 @@ typedef struct td_config_timeouts_s {
 } td_config_timeouts_t;
 
 typedef struct td_config_s {
-    td_addr_t *listeners; /* owned */
+    td_config_listener_t *listeners; /* owned */
     size_t num_listeners; /* 1..TD_CONFIG_MAX_LISTENERS */
     int workers;          /* 1..64; "auto" resolved to the number of online CPUs (capped) */
     int workers_auto;     /* 1 when written as "auto" (kept when the file is written back) */

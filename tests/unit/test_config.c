@@ -124,8 +124,8 @@ static void test_example(void) {
     if (!c)
         return;
     T_EQ_INT(c->num_listeners, 1);
-    T_CHECK(addr_is(&c->listeners[0], AF_INET, "0.0.0.0", 8080));
-    T_EQ_STR(c->listeners[0].text, "0.0.0.0:8080");
+    T_CHECK(addr_is(&c->listeners[0].address, AF_INET, "0.0.0.0", 8080));
+    T_EQ_STR(c->listeners[0].address.text, "0.0.0.0:8080");
     T_EQ_INT(c->workers_auto, 1);
     T_CHECK(c->workers >= 1 && c->workers <= 64);
     T_EQ_INT(c->has_admin, 1);
@@ -202,7 +202,7 @@ static void test_defaults_and_values(void) {
     if (!c)
         return;
     T_EQ_INT(c->num_listeners, 2);
-    T_CHECK(addr_is(&c->listeners[0], AF_INET6, "::1", 8443));
+    T_CHECK(addr_is(&c->listeners[0].address, AF_INET6, "::1", 8443));
     T_EQ_INT(c->workers, 4);
     T_EQ_INT(c->workers_auto, 0);
     T_EQ_INT(c->method, TD_METHOD_STICKY);
@@ -373,7 +373,7 @@ static void test_error_cap(void) {
         lines += *p == '\n';
     T_EQ_INT(lines, 101);
     T_CHECK(strstr(out, "t.json:2:1: listeners[0]: missing required key \"address\"\n"
-                        "t.json:2:2: listeners[0].x: unknown key (valid keys: address)\n") == out);
+                        "t.json:2:2: listeners[0].x: unknown key (valid keys: address, tls, redirect_https, https_port)\n") == out);
     T_CHECK(strstr(out, "t.json:51:2: listeners[49].x: unknown key") != NULL);
     T_CHECK(strstr(out, "t.json:51:2: 20 more problems not shown\n") != NULL);
     free(out);
@@ -441,7 +441,7 @@ static void test_demo(void) {
     T_CHECK(c != NULL);
     if (!c)
         return;
-    T_CHECK(addr_is(&c->listeners[0], AF_INET, "127.0.0.1", 8080));
+    T_CHECK(addr_is(&c->listeners[0].address, AF_INET, "127.0.0.1", 8080));
     T_CHECK(c->has_admin && addr_is(&c->admin_address, AF_INET, "127.0.0.1", 9090));
     T_EQ_STR(c->admin_token, "");
     T_EQ_INT(c->method, TD_METHOD_ROUND_ROBIN);

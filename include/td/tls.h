@@ -1,0 +1,76 @@
+/* TLS with OpenSSL 3: server contexts for TLS listeners (several certificates chosen by SNI,
+ * ALPN http/1.1, session tickets with rotated keys), client contexts for TLS to backends, and a
+ * memory-BIO connection wrapper that lets libuv do the socket I/O. */
+#ifndef TD_TLS_H
+#define TD_TLS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "td/config-t.h"
+
+typedef struct ssl_st SSL;
+typedef struct ssl_ctx_st SSL_CTX;
+
+/* Checks a certificate chain file and its private key: both readable PEM, the key matches the
+ * leaf certificate, the leaf is not expired nor not yet valid. Returns 0, or TD_EINVAL with a
+ * message naming the file in err[errlen]. */
+int td_tls_check_pair(const char *cert, const char *key, char *err, size_t errlen);
+
+/* Checks that a CA bundle file is readable PEM with at least one certificate. */
+int td_tls_check_ca(const char *ca, char *err, size_t errlen);
+
+/* A TLS listener's certificates: SSL_CTX per certificate; SNI picks the one whose names (subject
+ * alternative names, else common name) match exactly, then by wildcard ("*.example.com" matches
+ * one label), else the first (the default for clients without SNI). Reference-counted. */
+typedef struct td_tls_server_s td_tls_server_t;
+
+/* Builds the server contexts of a listener. Returns NULL with a message in err. */
+td_tls_server_t *td_tls_server_new(const td_config_listener_t *l, char *err, size_t errlen);
+void td_tls_server_retain(td_tls_server_t *s);
+void td_tls_server_release(td_tls_server_t *s);
+
+/* A client context for TLS to a backend (verify with `ca` or the system store, SNI). */
+typedef struct td_tls_client_s td_tls_client_t;
+td_tls_client_t *td_tls_client_new(const td_config_backend_t *b, char *err, size_t errlen);
+void td_tls_client_retain(td_tls_client_t *c);
+void td_tls_client_release(td_tls_client_t *c);
+
+/* One TLS connection over memory BIOs. The caller moves bytes between the socket and the
+ * connection: received ciphertext goes in with td_tls_feed, plaintext comes out of td_tls_read,
+ * plaintext goes in with td_tls_write, and ciphertext to send comes out of td_tls_take. */
+typedef struct td_tls_conn_s {
+    SSL *ssl; /* owned */
+    int handshake_done;
+    int failed;
+    char error[160]; /* why the handshake or a record failed, for the log */
+} td_tls_conn_t;
+
+/* Starts a server-side connection (handshake on first read). Returns 0 or TD_ENOMEM. */
+int td_tls_accept(td_tls_conn_t *t, td_tls_server_t *s);
+/* Starts a client-side connection to a backend whose address text is `addr` (used for SNI when
+ * none is configured only if it is a name). Returns 0 or TD_ENOMEM. */
+int td_tls_connect(td_tls_conn_t *t, td_tls_client_t *c);
+void td_tls_free(td_tls_conn_t *t);
+
+/* Gives ciphertext read from the socket to the connection. Returns 0 or TD_ENOMEM. */
+int td_tls_feed(td_tls_conn_t *t, const char *buf, size_t len);
+
+/* Decrypts into out[cap], driving the handshake first. Returns the plaintext bytes (> 0),
+ * 0 when more ciphertext is needed (or only handshake progress was made), TD_EIO on a TLS error
+ * (t->error says why), or TD_EAGAIN... never: the peer's close_notify also returns TD_EIO with
+ * error "closed". Check td_tls_pending_out afterwards: the handshake may have output. */
+long td_tls_read(td_tls_conn_t *t, char *out, size_t cap);
+
+/* Encrypts all of buf[0..len). Returns 0 or TD_EIO. */
+int td_tls_write(td_tls_conn_t *t, const char *buf, size_t len);
+
+/* Ciphertext waiting to be sent, and taking it: copies up to cap bytes into out, returns the
+ * count. */
+size_t td_tls_pending_out(const td_tls_conn_t *t);
+size_t td_tls_take(td_tls_conn_t *t, char *out, size_t cap);
+
+/* 1 when the handshake is done (for ssl_hello health checks and for upstreams). */
+int td_tls_established(const td_tls_conn_t *t);
+
+#endif
