@@ -251,11 +251,14 @@ class _HopBackend(socketserver.BaseRequestHandler):
             return
 
 
+class _Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+
 @pytest.fixture
 def hop_backend():
-    socketserver.ThreadingTCPServer.allow_reuse_address = True
-    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _HopBackend)
-    srv.daemon_threads = True
+    srv = _Server(("127.0.0.1", 0), _HopBackend)
     th = threading.Thread(target=srv.serve_forever, daemon=True)
     th.start()
     yield srv.server_address[1]
