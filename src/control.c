@@ -28,16 +28,13 @@ int64_t td_control_started_ms(void) {
     return started_ms;
 }
 
-static int publish(td_config_t *cfg) {
-    td_snapshot_t *s = td_snapshot_build(cfg, version + 1);
-    if (!s)
-        return TD_ENOMEM;
+/* Makes the built snapshot `s` (of config `cfg`) the running one. */
+static void commit(td_snapshot_t *s, td_config_t *cfg) {
     version++;
     running = cfg;
     /* Checks first: a new default_down server must be down before any worker can see it. */
     td_health_sync(uv_default_loop(), cfg);
     td_router_publish(s);
-    return 0;
 }
 
 int td_control_init(td_config_t *cfg, const char *path) {
@@ -49,7 +46,14 @@ int td_control_init(td_config_t *cfg, const char *path) {
     td_events_init(audit);
     td_event("start", "td started with %s", config_path[0] ? config_path : "the demo config");
     td_sticky_set_secret(cfg->cookie_secret);
-    return publish(cfg);
+    char err[512];
+    td_snapshot_t *s = td_snapshot_build(cfg, version + 1, err, sizeof(err));
+    if (!s) {
+        fprintf(stderr, "td: %s\n", err);
+        return TD_EINVAL;
+    }
+    commit(s, cfg);
+    return 0;
 }
 
 /* Settings bound at start-up stay as they are; the rest of the new config applies. */
@@ -79,23 +83,19 @@ static json_t *summary(const td_config_t *c) {
 int td_control_apply(td_config_t *cfg, const char *what, int persist, const char *client,
                      char *err, size_t errlen) {
     keep_startup_settings(cfg);
+    /* Everything that can fail comes first, so a refused change changes nothing. */
+    td_snapshot_t *s = td_snapshot_build(cfg, version + 1, err, errlen);
+    if (!s)
+        return TD_EINVAL;
+    if (persist && config_path[0] && td_config_write(cfg, config_path) < 0) {
+        snprintf(err, errlen, "cannot write %s: %m", config_path);
+        td_snapshot_release(s);
+        return TD_EIO;
+    }
     json_t *before = summary(running), *after = summary(cfg);
     if (strcmp(cfg->cookie_secret, running->cookie_secret) != 0)
         td_sticky_set_secret(cfg->cookie_secret);
-    if (persist && config_path[0] && td_config_write(cfg, config_path) < 0) {
-        snprintf(err, errlen, "cannot write %s: %m", config_path);
-        td_config_free(cfg);
-        json_decref(before);
-        json_decref(after);
-        return TD_EIO;
-    }
-    int r = publish(cfg);
-    if (r < 0) {
-        snprintf(err, errlen, "out of memory");
-        json_decref(before);
-        json_decref(after);
-        return r;
-    }
+    commit(s, cfg);
     td_info("config version %llu applied (%s)", (unsigned long long)version, what);
     td_audit(what, before, after, client);
     return 0;

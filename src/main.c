@@ -121,8 +121,13 @@ static int run(td_config_t *cfg, const char *path) {
     td_addr_t admin = cfg->admin_address;
     int has_admin = cfg->has_admin;
     td_config_t *start_cfg = td_config_dup(cfg);
-    if (!start_cfg || td_control_init(cfg, path) < 0) {
+    if (!start_cfg) {
         fprintf(stderr, "td: out of memory\n");
+        td_config_free(cfg);
+        return 1;
+    }
+    if (td_control_init(cfg, path) < 0) { /* it said why */
+        td_config_free(start_cfg);
         return 1;
     }
     uv_loop_t *loop = uv_default_loop();

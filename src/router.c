@@ -9,6 +9,7 @@
 #include "td/config.h"
 #include "td/events.h"
 #include "td/log.h"
+#include "td/tls.h"
 
 /* The registry: counters by server and backend, created on first use, never freed while the
  * process runs (a handful of objects per configured server). */
@@ -69,7 +70,8 @@ out:
     return b;
 }
 
-td_snapshot_t *td_snapshot_build(td_config_t *cfg, uint64_t version) {
+td_snapshot_t *td_snapshot_build(td_config_t *cfg, uint64_t version, char *err, size_t errlen) {
+    snprintf(err, errlen, "out of memory");
     td_snapshot_t *s = calloc(1, sizeof(*s));
     if (!s)
         goto err;
@@ -79,8 +81,13 @@ td_snapshot_t *td_snapshot_build(td_config_t *cfg, uint64_t version) {
     s->method = cfg->method;
     s->num_backends = cfg->num_backends;
     s->backends = calloc(cfg->num_backends, sizeof(*s->backends));
-    if (!s->backends)
+    s->listener_tls = calloc(cfg->num_listeners ? cfg->num_listeners : 1, sizeof(void *));
+    if (!s->backends || !s->listener_tls)
         goto err;
+    for (size_t i = 0; i < cfg->num_listeners; i++)
+        if (cfg->listeners[i].tls &&
+            !(s->listener_tls[i] = td_tls_server_new(&cfg->listeners[i], err, errlen)))
+            goto err;
     for (size_t i = 0; i < cfg->num_backends; i++) {
         const td_config_backend_t *cb = &cfg->backends[i];
         td_snap_backend_t *b = &s->backends[i];
@@ -91,6 +98,8 @@ td_snapshot_t *td_snapshot_build(td_config_t *cfg, uint64_t version) {
         b->servers = calloc(cb->num_servers, sizeof(*b->servers));
         b->st = td_registry_backend(cb->name);
         if (!b->servers || !b->st)
+            goto err;
+        if (cb->tls && !(b->tls = td_tls_client_new(cb, err, errlen)))
             goto err;
         /* Drain bookkeeping: when did this backend's weight go to 0? */
         if (cb->weight > 0)
@@ -126,9 +135,15 @@ void td_snapshot_release(td_snapshot_t *s) {
     if (!s || atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)
         return;
     if (s->backends)
-        for (size_t i = 0; i < s->num_backends; i++)
+        for (size_t i = 0; i < s->num_backends; i++) {
             free(s->backends[i].servers);
+            td_tls_client_release(s->backends[i].tls);
+        }
     free(s->backends);
+    if (s->listener_tls)
+        for (size_t i = 0; i < s->config->num_listeners; i++)
+            td_tls_server_release(s->listener_tls[i]);
+    free(s->listener_tls);
     td_config_free(s->config);
     free(s);
 }

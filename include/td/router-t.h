@@ -61,8 +61,12 @@ typedef struct td_snap_server_s {
     td_server_stats_t *st; /* borrowed from the registry */
 } td_snap_server_t;
 
+struct td_tls_server_s;
+struct td_tls_client_s;
+
 typedef struct td_snap_backend_s {
     char name[TD_NAME_MAX];
+    struct td_tls_client_s *tls; /* owned reference; NULL for plain HTTP to the servers */
     int weight;
     td_snap_server_t *servers; /* owned by the snapshot */
     size_t num_servers;
@@ -80,6 +84,7 @@ typedef struct td_snapshot_s {
     td_method_t method;
     td_snap_backend_t *backends; /* owned */
     size_t num_backends;
+    struct td_tls_server_s **listener_tls; /* owned references, one per listener (NULL: plain) */
     size_t num_servers;     /* across all backends */
 } td_snapshot_t;
 

@@ -7,10 +7,12 @@
 
 #include "td/router-t.h"
 
-/* Builds a snapshot from `cfg` (ownership of cfg passes to the snapshot) with the given version,
- * taking counters from the process-wide registry (created on first use). Returns the snapshot
- * with one reference held by the caller, or NULL when out of memory. Admin thread only. */
-td_snapshot_t *td_snapshot_build(td_config_t *cfg, uint64_t version);
+/* Builds a snapshot from `cfg` (ownership of cfg passes to the snapshot, also on failure) with
+ * the given version, taking counters from the process-wide registry (created on first use) and
+ * building the TLS contexts (certificates are loaded now: connections made before keep theirs).
+ * Returns the snapshot with one reference held by the caller, or NULL with a message in
+ * err[errlen] (out of memory, a certificate that no longer loads). Admin thread only. */
+td_snapshot_t *td_snapshot_build(td_config_t *cfg, uint64_t version, char *err, size_t errlen);
 
 /* Takes and drops a reference. The last td_snapshot_release frees the snapshot. Any thread. */
 void td_snapshot_retain(td_snapshot_t *s);

@@ -62,7 +62,8 @@ static td_snapshot_t *snapshot(int wb, int wg, td_method_t m) {
     cfg->backends[0].weight = wb;
     cfg->backends[1].weight = wg;
     cfg->method = m;
-    return td_snapshot_build(cfg, 1);
+    char err[256];
+    return td_snapshot_build(cfg, 1, err, sizeof(err));
 }
 
 static void test_router_methods(void) {
