@@ -35,6 +35,7 @@
 #include "td/log.h"
 #include "td/router.h"
 #include "td/sticky.h"
+#include "td/tls.h"
 
 #define CBUF_SIZE (16 * 1024) /* client read buffer: the largest request head, then body pieces */
 #define UBUF_SIZE (64 * 1024) /* upstream read buffer: response head, then body pieces */
@@ -78,8 +79,12 @@ struct worker_s {
     size_t wrr_nb, wrr_ns;
     pool_t *pools;        /* owned */
     client_t *clients;    /* every open client connection (for a stop) */
+    uv_idle_t tls_idle;       /* runs tls_pump for connections whose TLS holds plaintext */
+    client_t *tls_clients;    /* clients waiting for that (tls_next list) */
+    upstream_t *tls_upstreams; /* upstreams waiting for that (tls_next list) */
     td_http1_header_t hdrs[MAX_HDRS];
     char scratch[CBUF_SIZE + 2048]; /* response/request heads are built here */
+    char cipher[UBUF_SIZE];         /* TLS records are read here, then decrypted */
 };
 
 enum { C_HEAD, C_EXCHANGE, C_TUNNEL, C_CLOSING };
@@ -128,6 +133,11 @@ struct client_s {
     uint8_t closes;       /* handles still to close */
     char ip[INET6_ADDRSTRLEN];
     char method[16];
+    td_tls_conn_t *tls;  /* owned; NULL on a plain listener */
+    char last_error[200]; /* why the last upstream try failed, for the 502 line */
+    client_t *tls_next;  /* in w->tls_clients */
+    uint8_t tls_queued;
+    uint8_t listener;    /* index of the listener it came in on */
 };
 
 struct upstream_s {
@@ -149,6 +159,9 @@ struct upstream_s {
     int status;
     uint8_t state, reused, writing, reading, closes;
     uint8_t head_done, resp_body, resp_keep_alive, resp_done, dechunk, tunnel;
+    td_tls_conn_t *tls;    /* owned; NULL for plain HTTP to the server */
+    upstream_t *tls_next;  /* in w->tls_upstreams */
+    uint8_t tls_queued;
 };
 
 static _Atomic int64_t open_clients;
@@ -241,8 +254,57 @@ static void worker_refresh(worker_t *w) {
  * iov[0] may point into the worker's scratch area (`volatile_first`): its unwritten part is then
  * copied to *hcopy; the other pieces stay pinned in their read buffers until `cb` runs.
  * Returns 0 when everything was written now, 1 when `cb` will be called, or a negative uv error. */
+/* Sends the ciphertext a TLS connection has ready: synchronously when the socket takes it all,
+ * else the rest is copied to *owned and goes through uv_write (then `cb` runs; with cb NULL the
+ * write is fire-and-forget and frees itself). Returns 0, 1 (cb will run) or a negative uv error. */
+typedef struct loose_write_s {
+    uv_write_t req;
+    char data[];
+} loose_write_t;
+
+static void loose_write_cb(uv_write_t *req, int status) {
+    (void)status;
+    free(req->data);
+}
+
+static int tls_send(uv_stream_t *dst, uv_write_t *req, td_tls_conn_t *t, char **owned,
+                    uv_write_cb cb) {
+    size_t n = td_tls_pending_out(t);
+    if (!n)
+        return 0;
+    loose_write_t *lw = malloc(sizeof(*lw) + n);
+    if (!lw)
+        return UV_ENOMEM;
+    n = td_tls_take(t, lw->data, n);
+    uv_buf_t b = uv_buf_init(lw->data, (unsigned)n);
+    int r = uv_try_write(dst, &b, 1);
+    if (r == UV_EAGAIN || r == UV_ENOSYS)
+        r = 0;
+    if (r < 0 || (size_t)r == n) {
+        free(lw);
+        return r < 0 ? r : 0;
+    }
+    b.base += r;
+    b.len -= (unsigned)r;
+    if (cb) {
+        *owned = (char *)lw; /* freed by the caller's callback, like a head copy */
+        r = uv_write(req, dst, &b, 1, cb);
+    } else {
+        lw->req.data = lw;
+        r = uv_write(&lw->req, dst, &b, 1, loose_write_cb);
+    }
+    return r < 0 ? r : cb ? 1 : 0;
+}
+
 static int send_iov(uv_stream_t *dst, uv_write_t *req, uv_buf_t *iov, unsigned n,
-                    int volatile_first, char **hcopy, uv_write_cb cb) {
+                    int volatile_first, char **hcopy, uv_write_cb cb, td_tls_conn_t *tls) {
+    if (tls) {
+        /* SSL_write takes the plaintext whole: nothing stays pinned, only ciphertext waits. */
+        for (unsigned i = 0; i < n; i++)
+            if (iov[i].len && td_tls_write(tls, iov[i].base, iov[i].len) < 0)
+                return UV_EPROTO;
+        return tls_send(dst, req, tls, hcopy, cb);
+    }
     size_t total = 0;
     for (unsigned i = 0; i < n; i++)
         total += iov[i].len;
@@ -326,6 +388,10 @@ static void client_free_cb(uv_handle_t *h) {
     free(c->buf);
     free(c->hcopy);
     free(c->path);
+    if (c->tls) {
+        td_tls_free(c->tls);
+        free(c->tls);
+    }
     free(c);
 }
 
@@ -449,6 +515,12 @@ static void client_close(client_t *c) {
     if (c->state == C_CLOSING)
         return;
     c->state = C_CLOSING;
+    if (c->tls_queued) /* freed after this loop iteration: not in the TLS pump's list then */
+        for (client_t **pp = &c->w->tls_clients; *pp; pp = &(*pp)->tls_next)
+            if (*pp == c) {
+                *pp = c->tls_next;
+                break;
+            }
     drop_upstream(c);
     end_exchange(c);
     if (c->b_tunnel)
@@ -474,6 +546,10 @@ static void client_timer(client_t *c, int which) {
 static void client_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *out) {
     (void)hint;
     client_t *c = h->data;
+    if (c->tls) { /* records land in the worker's cipher buffer and are decrypted at once */
+        *out = uv_buf_init(c->w->cipher, sizeof(c->w->cipher));
+        return;
+    }
     if (!c->buf) {
         c->buf = malloc(CBUF_SIZE);
         if (!c->buf) {
@@ -486,6 +562,8 @@ static void client_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *out) {
 
 static void client_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b);
 
+static void tls_wake(worker_t *w);
+
 static void client_read(client_t *c, int on) {
     if (c->state == C_CLOSING || c->reading == on)
         return;
@@ -494,6 +572,13 @@ static void client_read(client_t *c, int on) {
         uv_read_start((uv_stream_t *)&c->tcp, client_alloc_cb, client_read_cb);
     else
         uv_read_stop((uv_stream_t *)&c->tcp);
+    /* Bytes TLS already holds will not wake the socket: queue them for the TLS pump. */
+    if (on && c->tls && !c->tls_queued && td_tls_has_input(c->tls)) {
+        c->tls_queued = 1;
+        c->tls_next = c->w->tls_clients;
+        c->w->tls_clients = c;
+        tls_wake(c->w);
+    }
 }
 
 /* Counts the request-body bytes that have arrived in buf[req_end..len) and moves req_end past
@@ -524,6 +609,8 @@ static int account_body(client_t *c) {
 /* Writes a complete small response of td's own (an error) and ends the exchange. */
 static void client_write_done_cb(uv_write_t *req, int status);
 
+static void client_reply(client_t *c, int status, const char *reason, const char *headers);
+
 static void client_error(client_t *c, int status, const char *why) {
     if (c->state == C_CLOSING)
         return;
@@ -532,27 +619,40 @@ static void client_error(client_t *c, int status, const char *why) {
         return;
     }
     td_warn("%d %s %s: %s", status, c->ip, c->method[0] ? c->method : "-", why);
+    client_reply(c, status, reason_of(status), "");
+}
+
+/* Answers with a small response of td's own (an error, a redirect), then ends the exchange:
+ * the connection stays for 3xx and 5xx when the whole request was read, else it closes.
+ * `headers` are extra header lines, each ending in CRLF. */
+static void client_reply(client_t *c, int status, const char *reason, const char *headers) {
     if (c->snap && c->backend >= 0) {
         td_snap_backend_t *b = &c->snap->backends[c->backend];
         atomic_fetch_add_explicit(&b->st->responses[class_of(status)], 1, memory_order_relaxed);
     }
     drop_upstream(c);
     /* Keep the connection for 502/503/504 when the whole request was read; close otherwise. */
-    int keep = status >= 500 && c->req_done && c->keep_alive && !c->w->stopping;
+    int keep = (status >= 500 || (status >= 300 && status < 400)) && c->req_done &&
+               c->keep_alive && !c->w->stopping;
     char body[160];
-    int blen = snprintf(body, sizeof(body), "%d %s\n", status, reason_of(status));
+    int blen = snprintf(body, sizeof(body), "%d %s\n", status, reason);
     char *p = c->w->scratch;
-    int n = snprintf(p, 512,
-                     "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+    int n = snprintf(p, sizeof(c->w->scratch),
+                     "HTTP/1.1 %d %s\r\n%sContent-Type: text/plain\r\nContent-Length: %d\r\n"
                      "Connection: %s\r\n\r\n%s",
-                     status, reason_of(status), blen, keep ? "keep-alive" : "close", body);
+                     status, reason, headers, blen, keep ? "keep-alive" : "close", body);
+    if (n < 0 || (size_t)n >= sizeof(c->w->scratch)) {
+        client_close(c);
+        return;
+    }
     c->resp_sent = 1;
     c->status = status;
     if (!c->started_ms)
         c->started_ms = td_now_ms();
     c->close_after = !keep;
     uv_buf_t iov = uv_buf_init(p, (unsigned)n);
-    int r = send_iov((uv_stream_t *)&c->tcp, &c->wreq, &iov, 1, 1, &c->hcopy, client_write_done_cb);
+    int r = send_iov((uv_stream_t *)&c->tcp, &c->wreq, &iov, 1, 1, &c->hcopy, client_write_done_cb,
+                     c->tls);
     if (r < 0) {
         client_close(c);
     } else if (r == 1) {
@@ -605,6 +705,7 @@ static void client_next(client_t *c) {
     c->backend = c->server = c->sticky_set = c->pinned = -1;
     c->tries = 0;
     c->tried = 0;
+    c->last_error[0] = 0;
     c->method[0] = 0;
     c->state = C_HEAD;
     if (!rest) {
@@ -652,6 +753,36 @@ static int preview_backend(const td_snapshot_t *s, const td_http1_request_t *req
     for (size_t i = 0; i < tl; i++)
         diff |= (unsigned)(token.p[i] ^ cfg->preview_token[i]);
     return diff ? -1 : td_snapshot_find_backend(s, name.p, name.len);
+}
+
+/* A plain listener set to redirect: 301 (GET, HEAD) or 308 (others, which keeps the method and
+ * body) to the same host and path over https. */
+static void redirect_https(client_t *c, const td_http1_request_t *req,
+                           const td_config_listener_t *l) {
+    td_str_t host = req->host;
+    /* The host without its port ("[::1]:8080" keeps its brackets). */
+    size_t hl = host.len;
+    const char *close = host.len && host.p[0] == '[' ? memchr(host.p, ']', host.len) : NULL;
+    const char *colon = memrchr(host.p, ':', host.len);
+    if (colon && (!close || colon > close))
+        hl = (size_t)(colon - host.p);
+    if (!hl || req->target.len == 0 || req->target.p[0] != '/') {
+        c->keep_alive = 0;
+        client_error(c, 400, "redirect to https needs a Host and an origin-form target");
+        return;
+    }
+    char port[16] = "";
+    if (l->https_port && l->https_port != 443)
+        snprintf(port, sizeof(port), ":%d", l->https_port);
+    char headers[CBUF_SIZE];
+    int n = snprintf(headers, sizeof(headers), "Location: https://%.*s%s%.*s\r\n", (int)hl,
+                     host.p, port, (int)req->target.len, req->target.p);
+    if (n < 0 || (size_t)n >= sizeof(headers)) {
+        client_error(c, 414, "redirect location too long");
+        return;
+    }
+    int get = req->head || (req->method.len == 3 && memcmp(req->method.p, "GET", 3) == 0);
+    client_reply(c, get ? 301 : 308, get ? "Moved Permanently" : "Permanent Redirect", headers);
 }
 
 /* Parses the request head; on success routes the request and starts the exchange. */
@@ -709,6 +840,10 @@ static void start_request(client_t *c) {
     if (w->alog_fd >= 0)
         c->path = strndup(req.target.p, req.target.len < 512 ? req.target.len : 512);
     const td_config_t *pcfg = c->snap->config;
+    if (c->listener < pcfg->num_listeners && pcfg->listeners[c->listener].redirect_https) {
+        redirect_https(c, &req, &pcfg->listeners[c->listener]);
+        return;
+    }
     if (pcfg->preview_token[0])
         c->forced = preview_backend(c->snap, &req);
     int pinned = -1;
@@ -783,7 +918,10 @@ static int build_request_head(client_t *c) {
         ADD_LIT(&p, end, ", ");
     }
     add_str(&p, end, c->ip, strlen(c->ip));
-    ADD_LIT(&p, end, "\r\nX-Forwarded-Proto: http\r\n");
+    if (c->tls)
+        ADD_LIT(&p, end, "\r\nX-Forwarded-Proto: https\r\n");
+    else
+        ADD_LIT(&p, end, "\r\nX-Forwarded-Proto: http\r\n");
     if (req.host.len) {
         ADD_LIT(&p, end, "X-Forwarded-Host: ");
         ADD_STR(&p, end, req.host);
@@ -854,7 +992,7 @@ static void request_send(client_t *c) {
                 return;
         }
         int r = send_iov((uv_stream_t *)&u->tcp, &u->wreq, iov, n, volatile_first, &u->hcopy,
-                         upstream_write_cb);
+                         upstream_write_cb, u->tls);
         if (r < 0) {
             upstream_fail(u, uv_strerror(r), F_IO);
             return;
@@ -897,8 +1035,29 @@ static void request_written(client_t *c) {
     client_read(c, 0);
 }
 
+static void client_got(client_t *c, size_t nread);
+
+/* Decrypts what the client's TLS holds into c->buf, as long as the client is being read. */
+static void client_tls_pump(client_t *c) {
+    while (c->state != C_CLOSING && c->reading) {
+        if (!c->buf && !(c->buf = malloc(CBUF_SIZE))) {
+            client_close(c);
+            return;
+        }
+        long n = td_tls_read(c->tls, c->buf + c->len, CBUF_SIZE - c->len);
+        if (tls_send((uv_stream_t *)&c->tcp, NULL, c->tls, NULL, NULL) < 0 || n < 0) {
+            if (n < 0 && strcmp(c->tls->error, "closed") != 0)
+                td_info("TLS from %s: %s", c->ip, c->tls->error);
+            client_close(c);
+            return;
+        }
+        if (n == 0)
+            return;
+        client_got(c, (size_t)n);
+    }
+}
+
 static void client_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
-    (void)b;
     client_t *c = s->data;
     if (nread < 0) {
         if (c->state == C_HEAD && c->len > 0)
@@ -908,6 +1067,18 @@ static void client_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
     }
     if (nread == 0)
         return;
+    if (c->tls) {
+        if (td_tls_feed(c->tls, b->base, (size_t)nread) < 0)
+            client_close(c);
+        else
+            client_tls_pump(c);
+        return;
+    }
+    client_got(c, (size_t)nread);
+}
+
+/* nread new request bytes are at the end of c->buf. */
+static void client_got(client_t *c, size_t nread) {
     c->len += (uint32_t)nread;
     if (c->state == C_HEAD) {
         if (c->len == (uint32_t)nread)
@@ -946,6 +1117,10 @@ static void upstream_free_cb(uv_handle_t *h) {
         return;
     free(u->buf);
     free(u->hcopy);
+    if (u->tls) {
+        td_tls_free(u->tls);
+        free(u->tls);
+    }
     free(u);
 }
 
@@ -966,6 +1141,12 @@ static void upstream_close(upstream_t *u) {
     if (u->state == U_IDLE)
         pool_remove(u);
     u->state = U_CLOSING;
+    if (u->tls_queued)
+        for (upstream_t **pp = &u->w->tls_upstreams; *pp; pp = &(*pp)->tls_next)
+            if (*pp == u) {
+                *pp = u->tls_next;
+                break;
+            }
     if (u->c) {
         u->c->up = NULL;
         u->c = NULL;
@@ -992,6 +1173,10 @@ static pool_t *pool_of(worker_t *w, td_server_stats_t *st) {
 static void upstream_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *out) {
     (void)hint;
     upstream_t *u = h->data;
+    if (u->tls) {
+        *out = uv_buf_init(u->w->cipher, sizeof(u->w->cipher));
+        return;
+    }
     if (!u->buf) {
         u->buf = malloc(UBUF_SIZE);
         if (!u->buf) {
@@ -1012,6 +1197,12 @@ static void upstream_read(upstream_t *u, int on) {
         uv_read_start((uv_stream_t *)&u->tcp, upstream_alloc_cb, upstream_read_cb);
     else
         uv_read_stop((uv_stream_t *)&u->tcp);
+    if (on && u->tls && !u->tls_queued && td_tls_has_input(u->tls)) {
+        u->tls_queued = 1;
+        u->tls_next = u->w->tls_upstreams;
+        u->w->tls_upstreams = u;
+        tls_wake(u->w);
+    }
 }
 
 /* Parks an upstream connection whose exchange ended cleanly in its server's pool. */
@@ -1041,6 +1232,8 @@ static void upstream_attach(upstream_t *u, client_t *c) {
     request_send(c);
 }
 
+static void upstream_tls_pump(upstream_t *u);
+
 static void upstream_connect_cb(uv_connect_t *req, int status) {
     upstream_t *u = req->data;
     if (u->state == U_CLOSING)
@@ -1057,6 +1250,11 @@ static void upstream_connect_cb(uv_connect_t *req, int status) {
         return;
     }
     uv_tcp_nodelay(&u->tcp, 1);
+    if (u->tls) { /* the handshake first; upstream_tls_pump attaches when it is done */
+        upstream_read(u, 1);
+        upstream_tls_pump(u);
+        return;
+    }
     upstream_attach(u, u->c);
 }
 
@@ -1091,6 +1289,11 @@ static void upstream_open(client_t *c, td_snap_server_t *srv) {
     u->state = U_CONNECTING;
     u->c = c;
     c->up = u;
+    td_tls_client_t *tls = c->snap->backends[c->backend].tls;
+    if (tls && (!(u->tls = calloc(1, sizeof(*u->tls))) || td_tls_connect(u->tls, tls) < 0)) {
+        upstream_fail(u, "out of memory", F_CONNECT);
+        return;
+    }
     int r = uv_tcp_connect(&u->creq, &u->tcp, (const struct sockaddr *)&srv->addr.sa,
                            upstream_connect_cb);
     if (r < 0) {
@@ -1132,6 +1335,8 @@ static void upstream_fail(upstream_t *u, const char *why, int kind) {
     }
     if (!c)
         return;
+    snprintf(c->last_error, sizeof(c->last_error), "upstream %s (%s): %s", st->address,
+             st->backend, why);
     int safe = !c->resp_started && !c->discarded &&
                (kind == F_CONNECT || (kind == F_IO && (!fresh || c->idempotent)));
     if (safe && c->tries < MAX_TRIES) {
@@ -1159,7 +1364,7 @@ static void pick_and_connect(client_t *c) {
     uint8_t exhausted[256] = {0};
     for (;;) {
         if (c->tries >= MAX_TRIES) {
-            client_error(c, 502, "no upstream server could be reached");
+            client_error(c, 502, c->last_error[0] ? c->last_error : "no upstream server could be reached");
             return;
         }
         int bi = c->backend;
@@ -1179,7 +1384,7 @@ static void pick_and_connect(client_t *c) {
                 if (c->tries == 0)
                     client_error(c, 503, "no backend with weight above 0 is up");
                 else
-                    client_error(c, 502, "no upstream server could be reached");
+                    client_error(c, 502, c->last_error[0] ? c->last_error : "no upstream server could be reached");
                 return;
             }
         }
@@ -1445,7 +1650,7 @@ static void response_pump(upstream_t *u) {
         for (unsigned i = 0; i < n; i++)
             c->bytes_out += iov[i].len;
         int r = send_iov((uv_stream_t *)&c->tcp, &c->wreq, iov, n, volatile_first, &c->hcopy,
-                         client_write_done_cb);
+                         client_write_done_cb, c->tls);
         if (r < 0) {
             client_close(c);
             return;
@@ -1499,9 +1704,67 @@ static int response_written(upstream_t *u) {
     return u->off < u->len && u->c && u->state == U_BUSY;
 }
 
+static void upstream_got(upstream_t *u, ssize_t nread);
+
+/* Drives the TLS handshake to the server, then decrypts what it holds into u->buf. */
+static void upstream_tls_pump(upstream_t *u) {
+    while (u->state != U_CLOSING) {
+        long n;
+        if (u->state == U_CONNECTING) {
+            n = td_tls_read(u->tls, NULL, 0);
+            if (tls_send((uv_stream_t *)&u->tcp, NULL, u->tls, NULL, NULL) < 0 || n < 0) {
+                char why[200];
+                snprintf(why, sizeof(why), "TLS handshake: %s",
+                         n < 0 ? u->tls->error : "write failed");
+                upstream_fail(u, why, F_CONNECT);
+                return;
+            }
+            if (!td_tls_established(u->tls))
+                return;
+            if (!u->c) {
+                upstream_close(u);
+                return;
+            }
+            upstream_attach(u, u->c);
+            continue;
+        }
+        if (!u->reading)
+            return;
+        if (!u->buf && !(u->buf = malloc(UBUF_SIZE))) {
+            upstream_got(u, UV_ENOMEM);
+            return;
+        }
+        n = td_tls_read(u->tls, u->buf + u->len, UBUF_SIZE - u->len);
+        if (tls_send((uv_stream_t *)&u->tcp, NULL, u->tls, NULL, NULL) < 0 && n >= 0)
+            n = TD_EIO;
+        if (n < 0) {
+            upstream_got(u, strcmp(u->tls->error, "closed") == 0 ? UV_EOF : UV_EPROTO);
+            return;
+        }
+        if (n == 0)
+            return;
+        upstream_got(u, n);
+    }
+}
+
 static void upstream_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
-    (void)b;
     upstream_t *u = s->data;
+    if (u->tls && nread > 0) {
+        if (td_tls_feed(u->tls, b->base, (size_t)nread) < 0)
+            upstream_got(u, UV_ENOMEM);
+        else
+            upstream_tls_pump(u);
+        return;
+    }
+    if (u->tls && u->state == U_CONNECTING && nread < 0) {
+        upstream_fail(u, "TLS handshake: connection closed", F_CONNECT);
+        return;
+    }
+    upstream_got(u, nread);
+}
+
+/* nread new response bytes are at the end of u->buf (or nread is an error / UV_EOF). */
+static void upstream_got(upstream_t *u, ssize_t nread) {
     if (u->state == U_IDLE) {
         upstream_close(u); /* closed by the server, or bytes nobody asked for */
         return;
@@ -1550,6 +1813,38 @@ static void upstream_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * TLS pump: connections whose TLS object holds bytes that no socket event will announce */
+
+static void tls_idle_cb(uv_idle_t *h) {
+    worker_t *w = h->data;
+    client_t *cl = w->tls_clients;
+    upstream_t *ul = w->tls_upstreams;
+    w->tls_clients = NULL;
+    w->tls_upstreams = NULL;
+    while (cl) {
+        client_t *c = cl;
+        cl = c->tls_next;
+        c->tls_queued = 0;
+        c->tls_next = NULL;
+        client_tls_pump(c);
+    }
+    while (ul) {
+        upstream_t *u = ul;
+        ul = u->tls_next;
+        u->tls_queued = 0;
+        u->tls_next = NULL;
+        upstream_tls_pump(u);
+    }
+    if (!w->tls_clients && !w->tls_upstreams)
+        uv_idle_stop(h);
+}
+
+static void tls_wake(worker_t *w) {
+    if (!uv_is_closing((uv_handle_t *)&w->tls_idle))
+        uv_idle_start(&w->tls_idle, tls_idle_cb);
+}
+
+/* ---------------------------------------------------------------------------------------------
  * Workers */
 
 static void on_accept(uv_stream_t *l, int status) {
@@ -1576,6 +1871,13 @@ static void on_accept(uv_stream_t *l, int status) {
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
+    c->listener = (uint8_t)((uv_tcp_t *)l - w->listeners);
+    worker_refresh(w);
+    td_tls_server_t *tls = w->snap ? w->snap->listener_tls[c->listener] : NULL;
+    if (tls && (!(c->tls = calloc(1, sizeof(*c->tls))) || td_tls_accept(c->tls, tls) < 0)) {
+        client_close(c);
+        return;
+    }
     struct sockaddr_storage ss;
     int sl = sizeof(ss);
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
@@ -1626,6 +1928,7 @@ static void drain_cb(uv_timer_t *t) {
             while (p->idle)
                 upstream_close(p->idle);
         uv_close((uv_handle_t *)t, noop_close_cb);
+        uv_close((uv_handle_t *)&w->tls_idle, noop_close_cb);
     }
 }
 
@@ -1663,6 +1966,8 @@ static void worker_main(void *arg) {
         if (r < 0)
             td_error("worker: listen: %s", uv_strerror(r));
     }
+    uv_idle_init(&w->loop, &w->tls_idle);
+    w->tls_idle.data = w;
     uv_timer_init(&w->loop, &w->tick);
     w->tick.data = w;
     uv_timer_start(&w->tick, tick_cb, 1000, 1000);

@@ -476,6 +476,10 @@ size_t td_tls_take(td_tls_conn_t *t, char *out, size_t cap) {
     return n > 0 ? (size_t)n : 0;
 }
 
+int td_tls_has_input(const td_tls_conn_t *t) {
+    return SSL_pending(t->ssl) > 0 || BIO_ctrl_pending(SSL_get_rbio(t->ssl)) > 0;
+}
+
 int td_tls_established(const td_tls_conn_t *t) {
     return t->handshake_done;
 }

@@ -70,6 +70,10 @@ int td_tls_write(td_tls_conn_t *t, const char *buf, size_t len);
 size_t td_tls_pending_out(const td_tls_conn_t *t);
 size_t td_tls_take(td_tls_conn_t *t, char *out, size_t cap);
 
+/* 1 when the connection holds received bytes not read yet (ciphertext or decrypted records):
+ * after a pause, the caller must read them without waiting for the socket. */
+int td_tls_has_input(const td_tls_conn_t *t);
+
 /* 1 when the handshake is done (for ssl_hello health checks and for upstreams). */
 int td_tls_established(const td_tls_conn_t *t);
 
