@@ -9,6 +9,7 @@
 #include "td/http1.h"
 #include "td/log.h"
 #include "td/router.h"
+#include "td/tls.h"
 
 #define PROBE_BUF 65536
 
@@ -24,12 +25,14 @@ typedef struct probe_s {
     char *buf; /* owned */
     size_t len;
     int done;
+    td_tls_conn_t tls; /* used when the backend speaks TLS (tls.ssl != NULL) */
 } probe_t;
 
 struct checker_s {
     td_server_stats_t *st; /* borrowed (registry) */
     td_addr_t addr;        /* the server's address, port overridden by health_check.port */
     td_config_health_t hc;
+    td_tls_client_t *tls; /* owned reference; NULL for a plain backend */
     uv_timer_t timer;
     probe_t *probe; /* in progress, or NULL */
     int ok_run, fail_run;
@@ -47,6 +50,8 @@ static void schedule(checker_t *k, int ms);
 static void probe_free_cb(uv_handle_t *h) {
     probe_t *p = h->data;
     free(p->buf);
+    if (p->tls.ssl)
+        td_tls_free(&p->tls);
     free(p);
 }
 
@@ -61,7 +66,9 @@ static void probe_end(probe_t *p) {
 }
 
 static void checker_free_cb(uv_handle_t *h) {
-    free(h->data);
+    checker_t *k = h->data;
+    td_tls_client_release(k->tls);
+    free(k);
 }
 
 static void verdict(checker_t *k, int ok, const char *why) {
@@ -144,6 +151,54 @@ static void judge_http(probe_t *p, int eof) {
     }
 }
 
+static void loose_write_cb(uv_write_t *w, int status) {
+    (void)status;
+    free(w);
+}
+
+/* Sends what TLS has ready (handshake records, the encrypted request). */
+static void tls_flush(probe_t *p) {
+    size_t n = td_tls_pending_out(&p->tls);
+    if (!n)
+        return;
+    uv_write_t *w = malloc(sizeof(*w) + n);
+    if (!w)
+        return;
+    char *data = (char *)(w + 1);
+    n = td_tls_take(&p->tls, data, n);
+    uv_buf_t b = uv_buf_init(data, (unsigned)n);
+    if (uv_write(w, (uv_stream_t *)&p->tcp, &b, 1, loose_write_cb) < 0)
+        free(w);
+}
+
+static void send_request(probe_t *p);
+
+/* TLS: handshake, then plaintext into p->buf. Returns 1 when the probe is finished. */
+static int tls_pump(probe_t *p, int eof) {
+    checker_t *k = p->k;
+    int was_up = td_tls_established(&p->tls);
+    long n = td_tls_read(&p->tls, p->buf + p->len, PROBE_BUF - p->len);
+    tls_flush(p);
+    if (n < 0 && !(was_up && strcmp(p->tls.error, "closed") == 0)) {
+        char why[200];
+        snprintf(why, sizeof(why), "TLS: %s", p->tls.error);
+        finish(p, 0, why);
+        return 1;
+    }
+    if (!was_up && td_tls_established(&p->tls)) {
+        if (strcmp(k->hc.type, "ssl_hello") == 0) {
+            finish(p, 1, "TLS handshake completed");
+            return 1;
+        }
+        send_request(p);
+        return tls_pump(p, eof);
+    }
+    if (n > 0)
+        p->len += (size_t)n;
+    judge_http(p, eof || n < 0 || p->len >= PROBE_BUF);
+    return p->done;
+}
+
 static void probe_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *out) {
     (void)hint;
     probe_t *p = h->data;
@@ -167,6 +222,13 @@ static void probe_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
             snprintf(why, sizeof(why), "read: %s", uv_strerror((int)nread));
             finish(p, 0, why);
         }
+        return;
+    }
+    if (p->tls.ssl) {
+        if (td_tls_feed(&p->tls, p->buf + p->len, (size_t)nread) < 0)
+            finish(p, 0, "out of memory");
+        else
+            tls_pump(p, 0);
         return;
     }
     p->len += (size_t)nread;
@@ -197,14 +259,38 @@ static void probe_connect_cb(uv_connect_t *c, int status) {
         finish(p, 1, "connected");
         return;
     }
+    if (k->tls) {
+        if (td_tls_connect(&p->tls, k->tls) < 0) {
+            finish(p, 0, "out of memory");
+            return;
+        }
+        uv_read_start((uv_stream_t *)&p->tcp, probe_alloc_cb, probe_read_cb);
+        if (!p->buf && !(p->buf = malloc(PROBE_BUF))) {
+            finish(p, 0, "out of memory");
+            return;
+        }
+        tls_pump(p, 0);
+        return;
+    }
+    send_request(p);
+    uv_read_start((uv_stream_t *)&p->tcp, probe_alloc_cb, probe_read_cb);
+}
+
+/* The HTTP check's request, with a proper Host; over TLS when the backend speaks it. */
+static void send_request(probe_t *p) {
+    checker_t *k = p->k;
     int n = snprintf(p->req, sizeof(p->req),
                      "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: td-health-check\r\n"
                      "Connection: close\r\n\r\n",
                      k->hc.path, k->st->address);
+    if (p->tls.ssl) {
+        if (td_tls_write(&p->tls, p->req, (size_t)n) == 0)
+            tls_flush(p);
+        return;
+    }
     uv_buf_t buf = uv_buf_init(p->req, (unsigned)n);
     p->wreq.data = p;
     uv_write(&p->wreq, (uv_stream_t *)&p->tcp, &buf, 1, probe_write_cb);
-    uv_read_start((uv_stream_t *)&p->tcp, probe_alloc_cb, probe_read_cb);
 }
 
 static void timer_cb(uv_timer_t *t) {
@@ -246,7 +332,13 @@ static void checker_remove(checker_t *k) {
     uv_close((uv_handle_t *)&k->timer, checker_free_cb);
 }
 
-static void set_params(checker_t *k, const td_config_health_t *hc, const td_addr_t *server) {
+static void set_params(checker_t *k, const td_config_backend_t *b, const td_addr_t *server) {
+    const td_config_health_t *hc = &b->health;
+    char err[256];
+    td_tls_client_release(k->tls);
+    k->tls = b->tls ? td_tls_client_new(b, err, sizeof(err)) : NULL;
+    if (b->tls && !k->tls)
+        td_warn("health: %s (%s): %s", server->text, b->name, err);
     k->hc = *hc;
     k->addr = *server;
     if (hc->port > 0) {
@@ -276,7 +368,7 @@ int td_health_sync(uv_loop_t *loop, const td_config_t *cfg) {
                 ;
             if (k) {
                 k->seen = 1;
-                set_params(k, &b->health, &b->servers[j].address);
+                set_params(k, b, &b->servers[j].address);
                 continue;
             }
             k = calloc(1, sizeof(*k));
@@ -284,7 +376,7 @@ int td_health_sync(uv_loop_t *loop, const td_config_t *cfg) {
                 return TD_ENOMEM;
             k->st = st;
             k->seen = 1;
-            set_params(k, &b->health, &b->servers[j].address);
+            set_params(k, b, &b->servers[j].address);
             /* A server checked before keeps its verdict; a new one starts as default_down says. */
             if (!st->checked)
                 atomic_store(&st->health_up, !b->health.default_down);
