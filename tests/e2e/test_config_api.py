@@ -1,0 +1,504 @@
+"""End-to-end tests of td's configuration surface: the admin API (auth, ratio, routing, config),
+persistence into the config file, `td -t -c FILE`, and SIGHUP reloads.
+
+Every test starts its own demo backends and td on 127.0.0.1 (see conftest.py) and every socket
+and child process has a timeout."""
+import http.client
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from conftest import TD, Proc, backend_cfg, free_port, wait_port
+
+TIMEOUT = 10  # seconds, for every client socket
+
+
+def get_once(port, path="/", headers=None):
+    """One request on a fresh connection: (status, headers, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, r.headers, r.read()
+    finally:
+        conn.close()
+
+
+def colours(port, n):
+    """Backends that answered n sequential requests on one keep-alive connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+    seen = []
+    try:
+        for _ in range(n):
+            conn.request("GET", "/")
+            r = conn.getresponse()
+            r.read()
+            assert r.status == 200
+            seen.append(r.headers.get("X-TD-Demo-Backend"))
+    finally:
+        conn.close()
+    return seen
+
+
+def raw_api(t, method, path, headers=None, body=None):
+    """An admin request with exactly these headers: (status, parsed JSON or text)."""
+    conn = http.client.HTTPConnection("127.0.0.1", t.admin_port, timeout=TIMEOUT)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        text = r.read().decode()
+    finally:
+        conn.close()
+    try:
+        return r.status, json.loads(text)
+    except ValueError:
+        return r.status, text
+
+
+def weights(state):
+    return {b["name"]: b["weight"] for b in state["backends"]}
+
+
+def two_colours(backends, td, blue_w=50, green_w=50, method="round_robin", token=None):
+    b = backends(("blue", 1), ("green", 1))
+    cfg = backend_cfg({"blue": (blue_w, b.ports["blue"]), "green": (green_w, b.ports["green"])},
+                      method=method)
+    return td(cfg, token=token) if token else td(cfg)
+
+
+def read_file(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def pos(text, needle, start=0):
+    """1-based (line, column in characters) of the first `needle` in `text` at or after start."""
+    i = text.index(needle, start)
+    return text.count("\n", 0, i) + 1, i - (text.rfind("\n", 0, i) + 1) + 1
+
+
+def assert_error_json(status, body, code=400):
+    assert status == code, (status, body)
+    assert isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"], body
+
+
+# ---- authentication ----
+
+BAD_AUTH = [
+    {},
+    {"Authorization": "Bearer wrong"},
+    {"Authorization": "Bearer s3cre"},  # a prefix of the token
+    {"Authorization": "Bearer s3cretX"},  # the token plus more
+    {"Authorization": "Bearer S3CRET"},  # tokens are case sensitive
+    {"Authorization": "Basic s3cret"},
+    {"Authorization": "s3cret"},
+    {"Authorization": "Bearer "},
+]
+
+
+def test_api_requires_token(backends, td):
+    t = two_colours(backends, td, 50, 50, token="s3cret")
+    before = t.state()
+    file_before = read_file(t.config_path)
+    put_body = json.dumps({"blue": 0, "green": 100})
+    for hdrs in BAD_AUTH:
+        for method, path, body in (("GET", "/api/v1/state", None),
+                                   ("GET", "/api/v1/config", None),
+                                   ("PUT", "/api/v1/ratio", put_body),
+                                   ("PUT", "/api/v1/routing", json.dumps({"method": "sticky"})),
+                                   ("PUT", "/api/v1/config", json.dumps({"backends": []})),
+                                   ("GET", "/metrics", None)):
+            status, resp = raw_api(t, method, path, hdrs, body)
+            assert status == 401, (hdrs, method, path, status, resp)
+            if path.startswith("/api/"):
+                assert_error_json(status, resp, 401)
+    after = t.state()
+    assert after["version"] == before["version"]
+    assert weights(after) == {"blue": 50, "green": 50}
+    assert after["method"] == before["method"] == "round_robin"
+    assert read_file(t.config_path) == file_before
+    # The right token works.
+    status, resp = raw_api(t, "PUT", "/api/v1/ratio", {"Authorization": "Bearer s3cret"}, put_body)
+    assert status == 200, resp
+    assert weights(t.state()) == {"blue": 0, "green": 100}
+
+
+# ---- PUT /api/v1/ratio ----
+
+BAD_RATIOS = [
+    (b'{"purple": 10}', "unknown backend"),
+    (b'{"blue": 101}', "over 100"),
+    (b'{"blue": -1}', "negative"),
+    (b'{"blue": "x"}', "a string"),
+    (b'{"blue": "50"}', "a numeric string"),
+    (b'{"blue": 10.5}', "a fraction"),
+    (b'{"blue": null}', "null"),
+    (b'{"blue": true}', "a boolean"),
+    (b"not json", "not JSON"),
+    (b'{"blue": 0, ', "truncated JSON"),
+    (b"{}", "empty object"),
+    (b"[]", "an array"),
+    (b'[{"blue": 0}]', "an array of an object"),
+    (b"", "empty body"),
+    (b'{"blue": 0, "purple": 5}', "one good key and one unknown: nothing may change"),
+    (b'{"blue": 0, "green": 101}', "one good weight and one bad: nothing may change"),
+]
+
+
+def test_bad_ratio_bodies_are_rejected_and_change_nothing(backends, td):
+    t = two_colours(backends, td, 50, 50)
+    before = t.state()
+    file_before = read_file(t.config_path)
+    for raw, why in BAD_RATIOS:
+        status, resp = t.api("PUT", "/api/v1/ratio", raw=raw)
+        assert status == 400, (why, raw, status, resp)
+        assert_error_json(status, resp)
+        s = t.state()
+        assert s["version"] == before["version"], (why, raw, s["version"])
+        assert weights(s) == {"blue": 50, "green": 50}, (why, raw, weights(s))
+    assert read_file(t.config_path) == file_before
+    # Traffic still follows 50/50.
+    seen = colours(t.port, 20)
+    assert seen.count("blue") == 10 and seen.count("green") == 10, seen
+
+
+def test_good_ratio_applies_and_bumps_version(backends, td):
+    t = two_colours(backends, td, 50, 50)
+    v0 = t.state()["version"]
+    s = t.set_ratio(blue=0, green=100)
+    assert weights(s) == {"blue": 0, "green": 100}
+    assert s["version"] > v0
+    assert t.state()["version"] == s["version"]
+    # A partial body changes only the backends named.
+    s = t.set_ratio(blue=25)
+    assert weights(s) == {"blue": 25, "green": 100}
+
+
+# ---- PUT /api/v1/routing ----
+
+def test_put_routing(backends, td):
+    t = two_colours(backends, td, 50, 50)
+    s0 = t.state()
+    assert s0["method"] == "round_robin"
+    status, _, _ = get_once(t.port)
+    assert status == 200
+    status, resp = t.api("PUT", "/api/v1/routing", {"method": "sticky"})
+    assert status == 200, resp
+    s1 = t.state()
+    assert s1["method"] == "sticky" and s1["version"] > s0["version"]
+    status, h, _ = get_once(t.port)
+    assert status == 200 and any(v.startswith("TDSTICKY=") for v in h.get_all("Set-Cookie") or []), \
+        h.items()
+    for bad in (b'{"method": "random"}', b'{"method": 1}', b'{"mode": "sticky"}', b"{}",
+                b'{"method": "failover", "x": 1}', b"sticky", b""):
+        status, resp = t.api("PUT", "/api/v1/routing", raw=bad)
+        assert_error_json(status, resp)
+        s = t.state()
+        assert s["method"] == "sticky" and s["version"] == s1["version"], (bad, s)
+    status, resp = t.api("PUT", "/api/v1/routing", {"method": "failover"})
+    assert status == 200, resp
+    s2 = t.state()
+    assert s2["method"] == "failover" and s2["version"] > s1["version"]
+    # Failover at 50/50: ties go to the first listed backend.
+    assert colours(t.port, 10) == ["blue"] * 10
+
+
+# ---- GET/PUT /api/v1/config ----
+
+def test_get_and_put_config(backends, td):
+    t = two_colours(backends, td, 100, 0)
+    s0 = t.state()
+    status, cfg = t.api("GET", "/api/v1/config")
+    assert status == 200, cfg
+    assert isinstance(cfg, dict)
+    assert {b["name"]: b["weight"] for b in cfg["backends"]} == {"blue": 100, "green": 0}
+    assert cfg["routing"]["method"] == "round_robin"
+    file_before = read_file(t.config_path)
+
+    # A bad document: an unknown key and a wrong type, each reported at its line:col.
+    bad = json.loads(json.dumps(cfg))
+    bad["backends"][0]["colour"] = "blue"
+    bad["backends"][1]["weight"] = "lots"
+    text = json.dumps(bad, indent=2)
+    unk_line, unk_col = pos(text, '"colour"')
+    typ_line, typ_col = pos(text, '"lots"')
+    status, resp = t.api("PUT", "/api/v1/config", raw=text.encode())
+    assert_error_json(status, resp)
+    err = resp["error"]
+    assert f"request:{unk_line}:{unk_col}: " in err, err
+    assert f"request:{typ_line}:{typ_col}: " in err, err
+    assert err.index(f"request:{unk_line}:{unk_col}:") < err.index(f"request:{typ_line}:{typ_col}:")
+
+    # A syntax error.
+    good_text = json.dumps(cfg, indent=2)
+    i = good_text.index('"routing"')
+    syn = good_text[:i] + "," + good_text[i:]  # a second comma before "routing"
+    line, col = pos(syn, ',"routing"')
+    status, resp = t.api("PUT", "/api/v1/config", raw=syn.encode())
+    assert_error_json(status, resp)
+    assert f"request:{line}:{col}: " in resp["error"], (line, col, resp)
+
+    # Not an object, and nothing at all.
+    for raw in (b"[]", b"", b"42"):
+        status, resp = t.api("PUT", "/api/v1/config", raw=raw)
+        assert_error_json(status, resp)
+
+    # Nothing changed.
+    s = t.state()
+    assert s["version"] == s0["version"] and weights(s) == {"blue": 100, "green": 0}
+    status, cfg_again = t.api("GET", "/api/v1/config")
+    assert status == 200 and cfg_again == cfg
+    assert read_file(t.config_path) == file_before
+    assert colours(t.port, 10) == ["blue"] * 10
+
+    # A good document applies at once, bumps the version and is persisted.
+    new = json.loads(json.dumps(cfg))
+    for b in new["backends"]:
+        b["weight"] = {"blue": 0, "green": 100}[b["name"]]
+    new["routing"]["method"] = "sticky"
+    status, resp = t.api("PUT", "/api/v1/config", new)
+    assert status == 200, resp
+    s = t.state()
+    assert s["version"] > s0["version"]
+    if isinstance(resp, dict) and "version" in resp:
+        assert resp["version"] == s["version"]
+    assert weights(s) == {"blue": 0, "green": 100} and s["method"] == "sticky"
+    status, cfg_now = t.api("GET", "/api/v1/config")
+    assert status == 200
+    assert {b["name"]: b["weight"] for b in cfg_now["backends"]} == {"blue": 0, "green": 100}
+    assert colours(t.port, 10) == ["green"] * 10
+    with open(t.config_path) as f:
+        on_disk = json.load(f)
+    assert {b["name"]: b["weight"] for b in on_disk["backends"]} == {"blue": 0, "green": 100}
+    assert on_disk["routing"]["method"] == "sticky"
+
+
+# ---- persistence ----
+
+def test_api_changes_are_persisted_and_survive_restart(backends, td):
+    t = two_colours(backends, td, 50, 50)
+    t.set_ratio(blue=20, green=80)
+    with open(t.config_path) as f:
+        on_disk = json.load(f)
+    assert {b["name"]: b["weight"] for b in on_disk["backends"]} == {"blue": 20, "green": 80}
+    status, resp = t.api("PUT", "/api/v1/routing", {"method": "failover"})
+    assert status == 200, resp
+    with open(t.config_path) as f:
+        on_disk = json.load(f)
+    assert on_disk["routing"]["method"] == "failover"
+    assert {b["name"]: b["weight"] for b in on_disk["backends"]} == {"blue": 20, "green": 80}
+    # No temp file left next to it (written as a temp file, then renamed over it).
+    base = os.path.basename(t.config_path)
+    left = [n for n in os.listdir(os.path.dirname(t.config_path))
+            if n != base and "tmp" in n.lower()]
+    assert left == [], left
+    # The written file is a valid config...
+    p = subprocess.run([TD, "-t", "-c", t.config_path], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0 and "configuration OK" in p.stdout, (p.stdout, p.stderr)
+    # ...and a restart from it keeps the changes.
+    assert t.stop() == 0
+    p2 = Proc([TD, "-c", t.config_path], "td-restart")
+    try:
+        wait_port(t.port)
+        wait_port(t.admin_port)
+        s = t.state()
+        assert weights(s) == {"blue": 20, "green": 80} and s["method"] == "failover"
+        assert colours(t.port, 5) == ["green"] * 5  # failover: the highest weight wins
+    finally:
+        assert p2.stop() == 0, p2.output()[-4000:]
+
+
+# ---- td -t -c FILE ----
+
+def config_text(port_a=18080, port_b=19090, blue="blue", extra_blue="", green_weight="50",
+                extra_root=""):
+    """A config file's text, one item per line so positions are easy to compute."""
+    return (
+        "{\n"
+        f'  "listeners": [{{"address": "127.0.0.1:{port_a}"}}],\n'
+        f'  "admin": {{"address": "127.0.0.1:{port_b}"}},\n'
+        '  "routing": {"method": "round_robin"},\n'
+        "  \"backends\": [\n"
+        f'    {{"name": "{blue}", "weight": 50, {extra_blue}"servers": [{{"address": "127.0.0.1:19001"}}]}},\n'
+        f'    {{"name": "green", "weight": {green_weight}, "servers": [{{"address": "127.0.0.1:19002"}}]}}\n'
+        "  ]" + extra_root + "\n"
+        "}\n"
+    )
+
+
+def check(text):
+    d = tempfile.mkdtemp(prefix="td-e2e-check-")
+    path = os.path.join(d, "td.json")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    p = subprocess.run([TD, "-t", "-c", path], capture_output=True, text=True, timeout=30)
+    return path, p
+
+
+def error_lines(p):
+    return [line for line in (p.stdout + p.stderr).splitlines() if line.strip()]
+
+
+def test_check_ok_file():
+    path, p = check(config_text())
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert p.stdout.strip() == "configuration OK", p.stdout
+    assert p.stderr.strip() == "", p.stderr
+
+
+def test_check_unknown_key():
+    text = config_text(extra_blue='"colour": "blue", ')
+    path, p = check(text)
+    line, col = pos(text, '"colour"')
+    assert (line, col) == (6, 36)  # sanity of the helper
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    lines = error_lines(p)
+    assert len(lines) == 1 and lines[0].startswith(f"{path}:{line}:{col}: "), lines
+    assert "colour" in lines[0]
+
+
+def test_check_unknown_root_key():
+    text = config_text(extra_root=',\n  "timeout": {"connect_ms": 100}')
+    path, p = check(text)
+    line, col = pos(text, '"timeout"')
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    lines = error_lines(p)
+    assert len(lines) == 1 and lines[0].startswith(f"{path}:{line}:{col}: "), lines
+
+
+def test_check_wrong_type():
+    text = config_text(green_weight='"50"')
+    path, p = check(text)
+    line, col = pos(text, '"50"')
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    lines = error_lines(p)
+    assert len(lines) == 1 and lines[0].startswith(f"{path}:{line}:{col}: "), lines
+
+
+def test_check_columns_count_utf8_characters():
+    text = config_text(extra_blue='"färbe": "grün", "x": 1, ')
+    path, p = check(text)
+    l1, c1 = pos(text, '"färbe"')
+    l2, c2 = pos(text, '"x"')  # a character column: ä and ü count as one each
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    lines = error_lines(p)
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(f"{path}:{l1}:{c1}: "), lines
+    assert lines[1].startswith(f"{path}:{l2}:{c2}: "), lines
+
+
+def test_check_syntax_error():
+    text = config_text().replace('"weight": 50, "servers"', '"weight": 50,, "servers"', 1)
+    path, p = check(text)
+    line, col = pos(text, ",,")
+    col += 1  # the second comma is the unexpected token
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    lines = error_lines(p)
+    assert len(lines) == 1 and lines[0].startswith(f"{path}:{line}:{col}: "), lines
+
+
+def test_check_reports_every_problem_in_order():
+    text = config_text(extra_blue='"colour": "blue", ', green_weight="101")
+    path, p = check(text)
+    l1, c1 = pos(text, '"colour"')
+    l2, c2 = pos(text, "101")
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    lines = error_lines(p)
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(f"{path}:{l1}:{c1}: "), lines
+    assert lines[1].startswith(f"{path}:{l2}:{c2}: "), lines
+
+
+# ---- SIGHUP ----
+
+def wait_version(t, above, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        s = t.state()
+        if s["version"] > above:
+            return s
+        time.sleep(0.02)
+    return t.state()
+
+
+def wait_log(t, needle, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if needle in t.proc.output():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_sighup_applies_edited_file(backends, td):
+    t = two_colours(backends, td, 100, 0)
+    assert colours(t.port, 5) == ["blue"] * 5
+    v0 = t.state()["version"]
+    with open(t.config_path) as f:
+        cfg = json.load(f)
+    for b in cfg["backends"]:
+        b["weight"] = {"blue": 0, "green": 100}[b["name"]]
+    with open(t.config_path, "w") as f:
+        json.dump(cfg, f, indent=2)
+    t.proc.p.send_signal(signal.SIGHUP)
+    s = wait_version(t, v0)
+    assert s["version"] > v0, "SIGHUP did not apply the edited file"
+    assert weights(s) == {"blue": 0, "green": 100}
+    assert colours(t.port, 10) == ["green"] * 10
+
+
+def test_sighup_with_bad_file_keeps_running_config(backends, td):
+    t = two_colours(backends, td, 100, 0)
+    v0 = t.state()["version"]
+    with open(t.config_path) as f:
+        good = json.load(f)
+    bad = json.loads(json.dumps(good))
+    for b in bad["backends"]:
+        b["weight"] = {"blue": 0, "green": 100}[b["name"]]  # a ratio change that must not apply
+    bad["backends"][0]["colour"] = "blue"
+    bad["backends"][1]["weight"] = "lots"
+    text = json.dumps(bad, indent=2)
+    l1, c1 = pos(text, '"colour"')
+    l2, c2 = pos(text, '"lots"')
+    with open(t.config_path, "w") as f:
+        f.write(text)
+    t.proc.p.send_signal(signal.SIGHUP)
+    assert wait_log(t, f"{t.config_path}:{l2}:{c2}:"), t.proc.output()[-3000:]
+    log = t.proc.output()
+    assert f"{t.config_path}:{l1}:{c1}:" in log, log[-3000:]
+    s = t.state()
+    assert s["version"] == v0 and weights(s) == {"blue": 100, "green": 0}
+    assert colours(t.port, 10) == ["blue"] * 10
+
+    # A syntax error is rejected the same way.
+    syn = text.replace('"lots"', "50,", 1)  # "weight": 50,, -- a doubled comma
+    i = syn.index("50,,") + 3  # the second comma is the unexpected token
+    line, col = syn.count("\n", 0, i) + 1, i - syn.rfind("\n", 0, i)
+    with open(t.config_path, "w") as f:
+        f.write(syn)
+    mark = len(t.proc.output())
+    t.proc.p.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "reload rejected" not in t.proc.output()[mark:]:
+        time.sleep(0.02)
+    new_log = t.proc.output()[mark:]
+    assert f"{t.config_path}:{line}:{col}:" in new_log, new_log
+    s = t.state()
+    assert s["version"] == v0 and weights(s) == {"blue": 100, "green": 0}
+    assert colours(t.port, 10) == ["blue"] * 10
+
+    # Once the file is fixed, SIGHUP applies it.
+    fixed = json.loads(json.dumps(good))
+    for b in fixed["backends"]:
+        b["weight"] = {"blue": 0, "green": 100}[b["name"]]
+    with open(t.config_path, "w") as f:
+        json.dump(fixed, f, indent=2)
+    t.proc.p.send_signal(signal.SIGHUP)
+    s = wait_version(t, v0)
+    assert s["version"] > v0 and weights(s) == {"blue": 0, "green": 100}
+    assert colours(t.port, 10) == ["green"] * 10
