@@ -131,6 +131,13 @@ static int run(td_config_t *cfg, const char *path) {
         return 1;
     }
     uv_loop_t *loop = uv_default_loop();
+    /* Signals first: a SIGTERM that comes as soon as the ports are open must stop td cleanly. */
+    uv_signal_init(loop, &sig_hup);
+    uv_signal_init(loop, &sig_term);
+    uv_signal_init(loop, &sig_int);
+    uv_signal_start(&sig_hup, on_hup, SIGHUP);
+    uv_signal_start(&sig_term, on_stop, SIGTERM);
+    uv_signal_start(&sig_int, on_stop, SIGINT);
     if (has_admin && td_admin_start(loop, &admin, err, sizeof(err)) < 0) {
         fprintf(stderr, "td: %s\n", err);
         td_config_free(start_cfg);
@@ -149,12 +156,6 @@ static int run(td_config_t *cfg, const char *path) {
     if (has_admin)
         td_info("admin API and web console on http://%s/", admin.text);
     td_config_free(start_cfg);
-    uv_signal_init(loop, &sig_hup);
-    uv_signal_init(loop, &sig_term);
-    uv_signal_init(loop, &sig_int);
-    uv_signal_start(&sig_hup, on_hup, SIGHUP);
-    uv_signal_start(&sig_term, on_stop, SIGTERM);
-    uv_signal_start(&sig_int, on_stop, SIGINT);
     uv_run(loop, UV_RUN_DEFAULT);
     uv_loop_close(loop);
     return 0;
