@@ -42,6 +42,7 @@
 #define MAX_HDRS 100
 #define MAX_TRIES 6           /* upstream attempts per request */
 #define POOL_IDLE_MS 60000    /* idle pooled upstream connections are closed after this */
+#define POOL_MAX_IDLE 256     /* idle connections kept per server and worker */
 #define MAX_SPANS 64
 
 typedef struct worker_s worker_t;
@@ -53,6 +54,7 @@ typedef struct upstream_s upstream_t;
 typedef struct pool_s {
     td_server_stats_t *key; /* borrowed */
     upstream_t *idle;       /* most recently used first */
+    int num_idle;
     struct pool_s *next;
 } pool_t;
 
@@ -79,6 +81,8 @@ struct worker_s {
     size_t wrr_nb, wrr_ns;
     pool_t *pools;        /* owned */
     client_t *clients;    /* every open client connection (for a stop) */
+    char *buf_cache[64];      /* owned: free client buffers, reused instead of malloc/free */
+    int num_cached;
     uv_idle_t tls_idle;       /* runs tls_pump for connections whose TLS holds plaintext */
     client_t *tls_clients;    /* clients waiting for that (tls_next list) */
     upstream_t *tls_upstreams; /* upstreams waiting for that (tls_next list) */
@@ -213,6 +217,21 @@ static int timeout_ms(const client_t *c, int which) {
     }
 }
 enum { T_HEADER, T_KEEPALIVE, T_CONNECT, T_RESPONSE };
+
+/* Client buffers (CBUF_SIZE) come from a small per-worker cache: an idle keep-alive connection
+ * holds none, and a busy one does not cost a malloc/free pair per request. */
+static char *buf_get(worker_t *w) {
+    return w->num_cached ? w->buf_cache[--w->num_cached] : malloc(CBUF_SIZE);
+}
+
+static void buf_put(worker_t *w, char *buf) {
+    if (!buf)
+        return;
+    if (w->num_cached < (int)(sizeof(w->buf_cache) / sizeof(w->buf_cache[0])))
+        w->buf_cache[w->num_cached++] = buf;
+    else
+        free(buf);
+}
 
 /* Takes the newest snapshot when the router has published one since the last request. */
 static void access_log_refresh(worker_t *w);
@@ -385,7 +404,7 @@ static void client_free_cb(uv_handle_t *h) {
     client_t *c = h->data;
     if (--c->closes)
         return;
-    free(c->buf);
+    buf_put(c->w, c->buf);
     free(c->hcopy);
     free(c->path);
     if (c->tls) {
@@ -551,7 +570,7 @@ static void client_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *out) {
         return;
     }
     if (!c->buf) {
-        c->buf = malloc(CBUF_SIZE);
+        c->buf = buf_get(c->w);
         if (!c->buf) {
             *out = uv_buf_init(NULL, 0);
             return;
@@ -709,7 +728,7 @@ static void client_next(client_t *c) {
     c->method[0] = 0;
     c->state = C_HEAD;
     if (!rest) {
-        free(c->buf); /* idle keep-alive connections hold no buffer */
+        buf_put(c->w, c->buf); /* idle keep-alive connections hold no buffer */
         c->buf = NULL;
         client_timer(c, T_KEEPALIVE);
         client_read(c, 1);
@@ -807,7 +826,6 @@ static void start_request(client_t *c) {
         return;
     }
     uv_timer_stop(&c->timer);
-    client_read(c, 0); /* resumed once the request is on its way, if its body is still coming */
     c->state = C_EXCHANGE;
     c->head_len = c->req_end = (uint32_t)r;
     c->req_body = (uint8_t)req.body;
@@ -1030,9 +1048,9 @@ static void request_written(client_t *c) {
         client_read(c, 1);
         return;
     }
-    /* The whole request is out; pipelined requests wait until this exchange ends. */
+    /* The whole request is out. The client stays readable (no epoll change per request): a
+     * pipelined request that comes now stops reading until this exchange ends. */
     uv_timer_stop(&c->timer);
-    client_read(c, 0);
 }
 
 static void client_got(client_t *c, size_t nread);
@@ -1040,7 +1058,7 @@ static void client_got(client_t *c, size_t nread);
 /* Decrypts what the client's TLS holds into c->buf, as long as the client is being read. */
 static void client_tls_pump(client_t *c) {
     while (c->state != C_CLOSING && c->reading) {
-        if (!c->buf && !(c->buf = malloc(CBUF_SIZE))) {
+        if (!c->buf && !(c->buf = buf_get(c->w))) {
             client_close(c);
             return;
         }
@@ -1059,6 +1077,16 @@ static void client_tls_pump(client_t *c) {
 
 static void client_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
     client_t *c = s->data;
+    if (nread == UV_ENOBUFS) { /* buffer full: wait until the exchange makes room */
+        client_read(c, 0);
+        return;
+    }
+    if (nread == UV_EOF && c->state == C_EXCHANGE && c->req_done) {
+        /* Half-close after a whole request: answer it, then close. */
+        c->keep_alive = 0;
+        client_read(c, 0);
+        return;
+    }
     if (nread < 0) {
         if (c->state == C_HEAD && c->len > 0)
             td_debug("client %s closed with an incomplete request head", c->ip);
@@ -1130,6 +1158,7 @@ static void pool_remove(upstream_t *u) {
     for (upstream_t **pp = &u->pool->idle; *pp; pp = &(*pp)->next)
         if (*pp == u) {
             *pp = u->next;
+            u->pool->num_idle--;
             break;
         }
     u->next = NULL;
@@ -1207,13 +1236,16 @@ static void upstream_read(upstream_t *u, int on) {
 
 /* Parks an upstream connection whose exchange ended cleanly in its server's pool. */
 static void pool_put(upstream_t *u) {
+    if (u->pool->num_idle >= POOL_MAX_IDLE) {
+        upstream_close(u);
+        return;
+    }
     u->state = U_IDLE;
     u->c = NULL;
-    u->len = u->off = u->fwd = 0;
-    free(u->buf); /* idle connections hold no buffer */
-    u->buf = NULL;
+    u->len = u->off = u->fwd = 0; /* the buffer stays: the next exchange needs one at once */
     u->next = u->pool->idle;
     u->pool->idle = u;
+    u->pool->num_idle++;
     upstream_timer(u, POOL_IDLE_MS);
     upstream_read(u, 1); /* to notice the server closing it */
 }
@@ -1269,6 +1301,7 @@ static void upstream_open(client_t *c, td_snap_server_t *srv) {
     upstream_t *u = pool->idle;
     if (u) {
         pool->idle = u->next;
+        pool->num_idle--;
         u->next = NULL;
         u->reused = 1;
         upstream_attach(u, c);
@@ -2059,6 +2092,8 @@ void td_proxy_stop(td_proxy_t *p, int drain_ms) {
         }
         free(w->wrr_b);
         free(w->wrr_s);
+        while (w->num_cached)
+            free(w->buf_cache[--w->num_cached]);
         free(w->listeners);
         free(w->listen_fds);
     }
