@@ -130,6 +130,7 @@ struct client_s {
     uint8_t req_done;    /* the whole request has been read */
     uint8_t discarded;   /* request bytes were dropped from buf after sending: no replay */
     uint8_t head_sent;   /* the rewritten head went to the current upstream */
+    uint8_t body_sent;   /* request-body bytes went to the current upstream */
     uint8_t keep_alive, head_req, upgrade, minor, expect, idempotent;
     uint8_t resp_started; /* a response byte came from the upstream */
     uint8_t resp_sent;    /* a response head was written to the client */
@@ -718,7 +719,7 @@ static void client_next(client_t *c) {
     c->head_len = c->req_end = c->fwd = 0;
     c->body_left = 0;
     memset(&c->chunk, 0, sizeof(c->chunk));
-    c->req_done = c->discarded = c->head_sent = c->resp_started = c->resp_sent = 0;
+    c->req_done = c->discarded = c->head_sent = c->body_sent = c->resp_started = c->resp_sent = 0;
     c->close_after = 0;
     c->upgrade = c->expect = 0;
     c->backend = c->server = c->sticky_set = c->pinned = -1;
@@ -1004,8 +1005,10 @@ static void request_send(client_t *c) {
                 c->fwd = c->head_len;
                 c->head_sent = 1;
             }
-            if (c->req_end > c->fwd)
+            if (c->req_end > c->fwd) {
                 iov[n++] = uv_buf_init(c->buf + c->fwd, c->req_end - c->fwd);
+                c->body_sent = 1;
+            }
             if (n == 0)
                 return;
         }
@@ -1349,8 +1352,8 @@ static void upstream_timer_cb(uv_timer_t *t) {
 
 /* The upstream connection failed during an exchange: retry on another server when that is
  * safe (nothing of the response seen, the request still whole in the buffer, and the failure was
- * a connect error, a reused keep-alive connection closing, or an idempotent request), else answer
- * 502 (504 for a timeout), or just close when the response had already started. */
+ * a connect error, or a reset/close of an idempotent request or of one whose body never left),
+ * else answer 502 (504 for a timeout), or just close when the response had already started. */
 static void upstream_fail(upstream_t *u, const char *why, int kind) {
     client_t *c = u->c;
     int fresh = !u->reused;
@@ -1370,22 +1373,22 @@ static void upstream_fail(upstream_t *u, const char *why, int kind) {
         return;
     snprintf(c->last_error, sizeof(c->last_error), "upstream %s (%s): %s", st->address,
              st->backend, why);
+    /* RFC 9110 §9.2.2: an idempotent request may be sent again; another one only when its body
+     * never left (a POST whose body was partly or wholly sent is not sent twice). */
     int safe = !c->resp_started && !c->discarded &&
-               (kind == F_CONNECT || (kind == F_IO && (!fresh || c->idempotent)));
+               (kind == F_CONNECT || (kind == F_IO && (c->idempotent || !c->body_sent)));
     if (safe && c->tries < MAX_TRIES) {
         c->fwd = 0;
-        c->head_sent = 0;
+        c->head_sent = c->body_sent = 0;
         pick_and_connect(c);
         return;
     }
-    char msg[200];
-    snprintf(msg, sizeof(msg), "upstream %s (%s): %s", st->address, st->backend, why);
     if (c->resp_sent) {
-        td_warn("%s %s: %s; response cut short", c->ip, c->method, msg);
+        td_warn("%s %s: %s; response cut short", c->ip, c->method, c->last_error);
         client_close(c);
     } else {
         c->keep_alive = c->keep_alive && c->req_done;
-        client_error(c, kind == F_TIMEOUT ? 504 : 502, msg);
+        client_error(c, kind == F_TIMEOUT ? 504 : 502, c->last_error);
     }
 }
 
