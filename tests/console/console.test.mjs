@@ -1,0 +1,164 @@
+// Drives td's web console in Debian's headless Chromium (playwright-core, no browser download).
+// Run by tests/e2e/test_console.py, which starts td and the demo backends and checks the results
+// through the admin API and real requests.
+//
+//   node tests/console/console.test.mjs '{"scenario": "ratio", "url": "http://127.0.0.1:PORT/", ...}'
+//
+// Scenarios:
+//   ratio   — two backends: slider to 0 (blue 0 %, green 100 %), Apply, success shown; optional
+//             screenshot after `settle_ms`.
+//   swap    — two backends: Swap exchanges the weights and applies.
+//   token   — td with a token: the form asks for it; a wrong one shows the API's error text; the
+//             right one (`token`) shows the backends.
+//   weights — three backends: weight fields instead of the slider; `bad_weight` for `backend` is
+//             refused with the API's error text; then `good` weights are applied.
+// Prints one JSON line of observations on success; exits 1 with the reason otherwise.
+import assert from "node:assert/strict";
+import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { chromium } from "playwright-core";
+
+const opts = JSON.parse(process.argv[2] || "{}");
+const TIMEOUT = opts.timeout_ms || 20000;
+const CHROMIUM = process.env.TD_CHROMIUM || "/usr/bin/chromium";
+
+async function launch() {
+  const profile = mkdtempSync(join(tmpdir(), "td-console-chromium-"));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    viewport: { width: 1280, height: 900 },
+    deviceScaleFactor: 1,
+    timeout: 60000,
+  });
+  context.setDefaultTimeout(TIMEOUT);
+  return { context, profile };
+}
+
+/* Opens the console and records what would show a broken page: script errors, console errors,
+ * and any request that leaves td's admin address (the page must work with no internet). */
+async function open(context) {
+  const page = context.pages()[0] || (await context.newPage());
+  const problems = [];
+  const origin = new URL(opts.url).origin;
+  page.on("pageerror", (e) => problems.push("page error: " + e.message));
+  page.on("console", (m) => {
+    if (m.type() === "error" && !/responded with a status of 4\d\d/.test(m.text())) problems.push("console: " + m.text());
+  });
+  page.on("request", (r) => {
+    if (!r.url().startsWith(origin) && !r.url().startsWith("data:"))
+      problems.push("request outside td: " + r.url());
+  });
+  await page.goto(opts.url);
+  return { page, problems };
+}
+
+const text = (page, sel) => page.locator(sel).innerText();
+
+async function waitCards(page, names) {
+  for (const n of names) await page.locator(`.card[data-backend="${n}"]`).waitFor();
+}
+
+async function waitMessage(page, kind) {
+  await page.locator(`#message.${kind}`).waitFor();
+  return text(page, "#message");
+}
+
+/* The chart has points once two polls have passed; the legend then shows req/s. */
+async function waitChart(page) {
+  await page.waitForFunction(() => /req\/s/.test(document.getElementById("legend").textContent));
+}
+
+async function ratio(page) {
+  await waitCards(page, ["blue", "green"]);
+  assert.equal(await text(page, "#ratio-left .name"), "blue");
+  assert.equal(await text(page, "#ratio-right .name"), "green");
+  assert.equal(await page.locator("#weights").isVisible(), false);
+  await waitChart(page);
+  if (opts.before_ms) await page.waitForTimeout(opts.before_ms);
+  await page.locator("#ratio").focus();
+  await page.keyboard.press("Home");
+  assert.equal(await page.locator("#ratio").inputValue(), "0");
+  assert.equal(await text(page, "#ratio-left .pct"), "0 %");
+  assert.equal(await text(page, "#ratio-right .pct"), "100 %");
+  assert.equal(await page.locator("#pending").isVisible(), true);
+  await page.locator("#apply").click();
+  const message = await waitMessage(page, "ok");
+  assert.match(message, /^Applied: blue 0 % · green 100 %/);
+  assert.equal(await page.locator("#pending").isVisible(), false);
+  await page.locator('.card[data-backend="blue"] .weight', { hasText: "weight 0 " }).waitFor();
+  await page.locator("#events li[data-kind=change]", { hasText: "blue=0 green=100" }).first().waitFor();
+  const firstEvent = await text(page, "#events li:first-child");
+  if (opts.settle_ms) await page.waitForTimeout(opts.settle_ms);
+  return { message, firstEvent, blueCard: await text(page, '.card[data-backend="blue"]') };
+}
+
+async function swap(page) {
+  await waitCards(page, ["blue", "green"]);
+  const before = await page.locator("#ratio").inputValue();
+  await page.locator("#swap").click();
+  const message = await waitMessage(page, "ok");
+  assert.equal(await page.locator("#ratio").inputValue(), String(100 - Number(before)));
+  return { before: Number(before), message };
+}
+
+async function token(page) {
+  const form = page.locator("#auth");
+  await form.waitFor();
+  const asked = await text(page, "#auth-error");
+  await page.locator("#token").fill(opts.wrong_token);
+  await page.locator("#token-save").click();
+  await page.locator("#auth-error", { hasText: "refused" }).waitFor();
+  const refused = await text(page, "#auth-error");
+  await page.locator("#token").fill(opts.token);
+  await page.locator("#token-save").click();
+  await waitCards(page, ["blue", "green"]);
+  assert.equal(await form.isVisible(), false);
+  const stored = await page.evaluate(() => sessionStorage.getItem("td.token"));
+  assert.equal(stored, opts.token);
+  return { asked, refused };
+}
+
+async function weights(page) {
+  await waitCards(page, opts.backends);
+  assert.equal(await page.locator("#ratio-row").isVisible(), false);
+  assert.equal(await page.locator("#swap").isDisabled(), true);
+  for (const n of opts.backends) await page.locator(`#weights input[data-weight="${n}"]`).waitFor();
+  await page.locator(`#weights input[data-weight="${opts.backend}"]`).fill(String(opts.bad_weight));
+  await page.locator("#apply").click();
+  const error = await waitMessage(page, "err");
+  for (const [n, w] of Object.entries(opts.good))
+    await page.locator(`#weights input[data-weight="${n}"]`).fill(String(w));
+  await page.locator("#apply").click();
+  const message = await waitMessage(page, "ok");
+  return { error, message };
+}
+
+const SCENARIOS = { ratio, swap, token, weights };
+
+async function main() {
+  const run = SCENARIOS[opts.scenario];
+  if (!run) throw new Error("unknown scenario " + opts.scenario);
+  const { context, profile } = await launch();
+  try {
+    const { page, problems } = await open(context);
+    const result = await run(page);
+    if (opts.screenshot) {
+      mkdirSync(dirname(opts.screenshot), { recursive: true });
+      await page.screenshot({ path: opts.screenshot, fullPage: true });
+    }
+    assert.deepEqual(problems, [], "the page reported problems");
+    console.log(JSON.stringify(result));
+  } finally {
+    await context.close();
+    rmSync(profile, { recursive: true, force: true });
+  }
+}
+
+main().catch((e) => {
+  console.error("console test failed:", e && e.stack ? e.stack : e);
+  process.exit(1);
+});
