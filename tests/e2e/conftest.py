@@ -71,12 +71,14 @@ class Proc:
 class Backends:
     """Demo backends (td backend NAME=ADDR ...) in one process."""
 
-    def __init__(self, specs):
+    def __init__(self, specs, ports=None):
+        """specs: (name, count) pairs; ports (optional): {name: [port, ...]} to listen on given
+        ports (e.g. to bring a stopped backend back on its old port) instead of free ones."""
         self.ports = {}
         args = [TD, "backend"]
         for name, n in specs:
             for i in range(n):
-                port = free_port()
+                port = ports[name][i] if ports and name in ports else free_port()
                 self.ports.setdefault(name, []).append(port)
                 args.append(f"{name}=127.0.0.1:{port}")
         self.proc = Proc(args, "backends")
@@ -174,8 +176,8 @@ def which_backend(resp_headers):
 def backends():
     started = []
 
-    def start(*specs):
-        b = Backends(specs)
+    def start(*specs, ports=None):
+        b = Backends(specs, ports)
         started.append(b)
         return b
 
@@ -372,3 +374,170 @@ def demo_body(n, offset=0):
     start = offset % 26
     reps = (start + n) // 26 + 1
     return (alpha * reps)[start:start + n]
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers for tests under load and live changes (test_health.py, test_drain.py).
+
+class LoadGen:
+    """A small load generator: `threads` threads, each with one keep-alive http.client connection
+    to 127.0.0.1:port, sending `method path` (with `body`) until stop(), `count` requests in all,
+    or `duration` seconds, whichever comes first. Counts what came back: a non-2xx status is a
+    failure, an exception (reset, timeout, close) an error, after which the thread reconnects.
+    With record=True every answer is kept as (monotonic time, status, X-TD-Demo-Backend)."""
+
+    def __init__(self, port, threads=8, method="GET", path="/", body=None, count=None,
+                 duration=10.0, timeout=10.0, record=False, headers=None):
+        import threading
+        self.port, self.method, self.path, self.body = port, method, path, body
+        self.count, self.duration, self.timeout, self.record = count, duration, timeout, record
+        self.headers = dict(headers or {})
+        if body is not None:
+            self.headers.setdefault("Content-Type", "application/octet-stream")
+        self.nthreads = threads
+        self.lock = threading.Lock()
+        self.stop_ev = threading.Event()
+        self.sent = self.ok = self.failed = 0
+        self.errors = []        # repr of each exception
+        self.bad = []           # (status, backend, body[:200]) of each non-2xx answer
+        self.by_backend = {}    # X-TD-Demo-Backend -> answers
+        self.events = []        # (t, status, backend) with record=True
+        self.check = None       # optional fn(status, headers, body) -> problem string or None
+        self.problems = []
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        self.t0 = None
+
+    def _take(self):
+        with self.lock:
+            if self.stop_ev.is_set() or (self.count is not None and self.sent >= self.count):
+                return False
+            if time.monotonic() - self.t0 >= self.duration:
+                return False
+            self.sent += 1
+            return True
+
+    def _run(self):
+        import http.client
+        conn = None
+        while self._take():
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+                conn.request(self.method, self.path, body=self.body, headers=self.headers)
+                r = conn.getresponse()
+                data = r.read()
+                be = r.headers.get("X-TD-Demo-Backend")
+                t = time.monotonic()
+                problem = self.check(r.status, r.headers, data) if self.check else None
+                with self.lock:
+                    self.by_backend[be] = self.by_backend.get(be, 0) + 1
+                    if 200 <= r.status < 300:
+                        self.ok += 1
+                    else:
+                        self.failed += 1
+                        self.bad.append((r.status, be, data[:200]))
+                    if problem:
+                        self.problems.append(problem)
+                    if self.record:
+                        self.events.append((t, r.status, be))
+                if r.will_close:
+                    conn.close()
+                    conn = None
+            except Exception as e:
+                with self.lock:
+                    self.errors.append(repr(e))
+                    if self.record:
+                        self.events.append((time.monotonic(), None, None))
+                if conn is not None:
+                    conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+    def start(self):
+        self.t0 = time.monotonic()
+        for th in self.threads:
+            th.start()
+        return self
+
+    def join(self, timeout=None):
+        """Waits for the threads (count/duration reached); returns self."""
+        deadline = time.monotonic() + (timeout if timeout is not None
+                                       else self.duration + self.timeout + 10)
+        for th in self.threads:
+            th.join(timeout=max(0.0, deadline - time.monotonic()))
+        assert not any(th.is_alive() for th in self.threads), "load threads did not finish"
+        self.elapsed = time.monotonic() - self.t0
+        return self
+
+    def stop(self):
+        self.stop_ev.set()
+        return self.join()
+
+    def answered(self):
+        with self.lock:
+            return self.ok + self.failed
+
+    def summary(self):
+        return (f"{self.sent} requests sent, {self.ok} 2xx, {self.failed} failed (non-2xx), "
+                f"{len(self.errors)} errors, by backend {self.by_backend}"
+                + (f", first errors {self.errors[:3]}" if self.errors else "")
+                + (f", first failures {self.bad[:3]}" if self.bad else ""))
+
+
+def reload_config(t, edit, timeout=10.0):
+    """Rewrites td's config file with edit(cfg) (cfg is the parsed file; edit changes it in place),
+    atomically (temp file + rename), sends SIGHUP and waits until the new version shows in the
+    state. Returns the new state."""
+    with open(t.config_path) as f:
+        cfg = json.load(f)
+    edit(cfg)
+    old = t.state()["version"]
+    tmp = t.config_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(cfg, f, indent=2)
+    os.replace(tmp, t.config_path)
+    t.proc.p.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        s = t.state()
+        if s["version"] > old:
+            return s
+        time.sleep(0.01)
+    raise AssertionError(f"SIGHUP reload not applied within {timeout} s:\n"
+                         + t.proc.output()[-2000:])
+
+
+def set_weights(cfg, **weights):
+    """For reload_config: sets the named backends' weights in a config dict."""
+    for b in cfg["backends"]:
+        if b["name"] in weights:
+            b["weight"] = weights[b["name"]]
+
+
+def backend_state(state, name):
+    for b in state["backends"]:
+        if b["name"] == name:
+            return b
+    raise KeyError(name)
+
+
+def server_state(state, port):
+    """The state entry of the server 127.0.0.1:port."""
+    for b in state["backends"]:
+        for s in b["servers"]:
+            if s["address"] == f"127.0.0.1:{port}":
+                return s
+    raise KeyError(port)
+
+
+def wait_for(pred, timeout, interval=0.02, what="condition"):
+    """Polls pred() until it returns a true value (returned) or timeout seconds pass (fails)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        time.sleep(interval)
