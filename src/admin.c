@@ -153,6 +153,9 @@ static json_t *state_json(void) {
             (json_int_t)td_router_pins_recent(b->st, now), "draining", b->weight == 0,
             "drained", b->weight == 0 && in_flight == 0 && tunnels == 0, "servers", servers);
         json_object_set_new(jb, "latency_ms", latency_json(b->st));
+        int64_t since = atomic_load(&b->st->drain_since_ms);
+        json_object_set_new(jb, "drain_elapsed_ms",
+                            b->weight == 0 && since ? json_integer(now - since) : json_null());
         json_array_append_new(backends, jb);
     }
     json_t *j = json_pack("{s:I,s:s,s:I,s:I,s:o}", "version", (json_int_t)s->version, "method",
@@ -438,7 +441,7 @@ static reply_t get_metrics(void) {
     server_family(f, s, now, "td_server_requests_total", "counter",
                   "Requests sent to the server.", s_requests);
     server_family(f, s, now, "td_server_failures_total", "counter",
-                  "Connect errors, resets and timeouts of the server.", s_failures);
+                  "Connect errors, resets, timeouts and 5xx answers of the server.", s_failures);
     server_family(f, s, now, "td_server_active_connections", "gauge",
                   "Open upstream connections to the server.", s_connections);
     server_family(f, s, now, "td_server_in_flight", "gauge", "Requests in flight to the server.",

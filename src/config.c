@@ -695,12 +695,12 @@ static void parse_listener_tls(ctx_t *x, json_t *l, td_config_listener_t *li) {
     }
     li->num_certs = n;
     pop(x);
+    pop(x);
     if (li->redirect_https) {
         push_key(x, "redirect_https");
         report(x, AT_KEY, "a TLS listener cannot redirect to https (it is https)");
         pop(x);
     }
-    pop(x);
 }
 
 static void parse_backend_tls(ctx_t *x, json_t *b, td_config_backend_t *be) {

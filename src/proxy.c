@@ -783,7 +783,7 @@ static void redirect_https(client_t *c, const td_http1_request_t *req,
     /* The host without its port ("[::1]:8080" keeps its brackets). */
     size_t hl = host.len;
     const char *close = host.len && host.p[0] == '[' ? memchr(host.p, ']', host.len) : NULL;
-    const char *colon = memrchr(host.p, ':', host.len);
+    const char *colon = host.len ? memrchr(host.p, ':', host.len) : NULL;
     if (colon && (!close || colon > close))
         hl = (size_t)(colon - host.p);
     if (!hl || req->target.len == 0 || req->target.p[0] != '/') {
@@ -1373,6 +1373,16 @@ static void upstream_fail(upstream_t *u, const char *why, int kind) {
         return;
     snprintf(c->last_error, sizeof(c->last_error), "upstream %s (%s): %s", st->address,
              st->backend, why);
+    if (!fresh && kind == F_IO && !c->resp_started && c->snap && c->backend >= 0 &&
+        c->server >= 0) {
+        /* A pooled connection the server closed as the request crossed it says nothing about
+         * the server: the retry is free and may go to the same server (nginx does the same). */
+        size_t flat = c->snap->backends[c->backend].first_server + (size_t)c->server;
+        if (flat < 64)
+            c->tried &= ~(1ull << flat);
+        if (c->tries > 0)
+            c->tries--;
+    }
     /* RFC 9110 §9.2.2: an idempotent request may be sent again; another one only when its body
      * never left (a POST whose body was partly or wholly sent is not sent twice). */
     int safe = !c->resp_started && !c->discarded &&

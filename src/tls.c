@@ -396,6 +396,10 @@ static int conn_new(td_tls_conn_t *t, SSL_CTX *ctx) {
 int td_tls_accept(td_tls_conn_t *t, td_tls_server_t *s) {
     if (conn_new(t, s->certs[0].ctx) < 0)
         return TD_ENOMEM;
+    /* The SNI callback reads `s` during the handshake, which may outlive the snapshot that
+     * handed it out (a reload): the connection holds its own reference. */
+    td_tls_server_retain(s);
+    t->server = s;
     SSL_set_accept_state(t->ssl);
     return 0;
 }
@@ -415,6 +419,8 @@ int td_tls_connect(td_tls_conn_t *t, td_tls_client_t *c) {
 void td_tls_free(td_tls_conn_t *t) {
     SSL_free(t->ssl);
     t->ssl = NULL;
+    td_tls_server_release(t->server);
+    t->server = NULL;
 }
 
 int td_tls_feed(td_tls_conn_t *t, const char *buf, size_t len) {
