@@ -352,17 +352,24 @@ def test_killed_server_under_load_is_hidden_by_retries(backends, td):
     cfg = backend_cfg({"blue": (0, blue.ports["blue"]), "green": (100, [p1, p2])},
                       passive={"failures": 1, "eject_ms": 500, "max_eject_ms": 1000})
     t = td(cfg)
-    load = LoadGen(t.port, threads=8, duration=6.0).start()
-    time.sleep(2.0)
-    before = server_state(t.state(), p1)["requests"]
-    g1.proc.p.kill()  # SIGKILL: in-flight and pooled connections die, the port refuses
-    g1.proc.p.wait()
-    t_kill = time.monotonic()
-    load.join()
+    load = LoadGen(t.port, threads=8, duration=60.0, record=True).start()
+    try:
+        time.sleep(2.0)
+        q0 = time.monotonic()
+        before = server_state(t.state(), p1)["requests"]
+        state_s = time.monotonic() - q0
+        g1.proc.p.kill()  # SIGKILL: in-flight and pooled connections die, the port refuses
+        g1.proc.p.wait()
+        t_kill = time.monotonic()
+        time.sleep(4.0)
+    finally:
+        load.stop()
     s = t.state()
+    after_kill = sum(1 for ts, st, _ in load.events if ts > t_kill + 0.1 and st == 200)
     print(f"GET flood, one of two green servers SIGKILLed 2 s in: {load.summary()}; "
-          f"killed server: {before} requests before the kill, {server_state(s, p1)}; "
-          f"other: {server_state(s, p2)['requests']} requests")
+          f"{after_kill} answers after the kill; killed server: {before} requests before the "
+          f"kill, {server_state(s, p1)}; other: {server_state(s, p2)['requests']} requests; "
+          f"GET /api/v1/state under load took {state_s:.3f} s")
     assert load.errors == [], load.errors[:5]
     assert load.failed == 0, load.bad[:5]
     assert load.sent == load.ok and load.ok > 500
@@ -370,7 +377,7 @@ def test_killed_server_under_load_is_hidden_by_retries(backends, td):
     assert backend_state(s, "green")["responses"]["5xx"] == 0
     assert server_state(s, p1)["failures"] >= 1, "the killed server was never tried again"
     assert server_state(s, p2)["requests"] > 0
-    assert load.elapsed - (t_kill - load.t0) > 3.0  # the flood went on well after the kill
+    assert after_kill > 100, "the flood did not go on after the kill"
 
 
 def test_blue_down_by_check_gets_nothing_through_reloads(backends, td):
