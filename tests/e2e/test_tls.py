@@ -788,18 +788,30 @@ def test_pooled_tls_connection_closed_by_backend_is_not_an_error(pki, backends, 
     front_c = front_cfg(inner.port, {"verify": True, "ca": pki.ca, "sni": "a.test"})
     front_c["workers"] = 1
     front = td(front_c)
-    c = http.client.HTTPConnection("127.0.0.1", front.port, timeout=TIMEOUT)
-    try:
-        statuses = []
-        for pause in [0.0, 0.4] + [0.18 + 0.005 * (i % 9) for i in range(24)] + [0.4]:
-            time.sleep(pause)
-            c.request("GET", "/")
-            r = c.getresponse()
-            r.read()
-            statuses.append(r.status)
-        assert statuses == [200] * len(statuses), statuses
-    finally:
-        c.close()
+    statuses, errors = [], []
+
+    def run(k):
+        c = http.client.HTTPConnection("127.0.0.1", front.port, timeout=TIMEOUT)
+        try:
+            for i in range(24):  # pauses swept across the backend's idle timeout
+                time.sleep(0.185 + 0.0025 * ((i * 7 + k * 3) % 13))
+                c.request("GET", "/")
+                r = c.getresponse()
+                r.read()
+                statuses.append(r.status)
+        except Exception as e:  # reported below
+            errors.append(repr(e))
+        finally:
+            c.close()
+
+    ths = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(4)]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join(30 + 10 * SLACK)
+    assert not errors, errors[:3]
+    bad = [st for st in statuses if st != 200]
+    assert len(statuses) == 4 * 24 and not bad, f"{len(bad)} of {len(statuses)} not 200: {bad}"
     # The closed pooled connections are gone from the count.
     wait_for(lambda: server_state(front.state(), inner.port)["active_connections"] == 0,
              3 + SLACK, what="pooled TLS connections closed by the backend being dropped")
