@@ -44,6 +44,7 @@
 #define POOL_IDLE_MS 60000    /* idle pooled upstream connections are closed after this */
 #define POOL_MAX_IDLE 256     /* idle connections kept per server and worker */
 #define MAX_SPANS 64
+#define TICK_MS 100           /* granularity of client timeouts */
 
 typedef struct worker_s worker_t;
 typedef struct client_s client_t;
@@ -68,7 +69,8 @@ struct worker_s {
     uv_thread_t thread;
     uv_async_t wake;  /* stop request from the main thread */
     uv_timer_t drain; /* force-close deadline after a stop */
-    uv_timer_t tick;  /* once a second: tunnels of drained backends */
+    uv_timer_t tick;  /* every TICK_MS: client deadlines; each second: drained tunnels */
+    unsigned ticks;
     int drain_ms;
     uv_tcp_t *listeners; /* owned */
     int *listen_fds;     /* owned; -1 once handed to a uv_tcp_t */
@@ -96,8 +98,6 @@ enum { U_CONNECTING, U_BUSY, U_IDLE, U_CLOSING };
 
 struct client_s {
     uv_tcp_t tcp;
-    uv_timer_t timer;
-    uv_write_t wreq; /* the one outstanding write to this client */
     worker_t *w;
     client_t *prev, *next;
     upstream_t *up;     /* the upstream of the current exchange, or NULL */
@@ -108,7 +108,7 @@ struct client_s {
     uint32_t fwd;       /* bytes of buf already written to the upstream */
     uint64_t body_left; /* Content-Length bytes not yet seen */
     td_http1_chunked_t chunk;
-    char *hcopy;        /* owned: unwritten remainder of a head during a partial write */
+    int64_t deadline;   /* uv_now() ms when the head / keep-alive / body timeout fires; 0 none */
     td_snapshot_t *snap; /* a reference, held during an exchange */
     int backend, server; /* indices in snap */
     int pinned;          /* backend named by a valid sticky cookie, or -1 */
@@ -135,11 +135,10 @@ struct client_s {
     uint8_t resp_started; /* a response byte came from the upstream */
     uint8_t resp_sent;    /* a response head was written to the client */
     uint8_t close_after;  /* close once the pending write completes */
-    uint8_t closes;       /* handles still to close */
     char ip[INET6_ADDRSTRLEN];
     char method[16];
     td_tls_conn_t *tls;  /* owned; NULL on a plain listener */
-    char last_error[200]; /* why the last upstream try failed, for the 502 line */
+    char *last_error;    /* owned: why the last upstream try failed, for the 502 line */
     client_t *tls_next;  /* in w->tls_clients */
     uint8_t tls_queued;
     uint8_t listener;    /* index of the listener it came in on */
@@ -149,7 +148,6 @@ struct upstream_s {
     uv_tcp_t tcp;
     uv_timer_t timer;
     uv_connect_t creq;
-    uv_write_t wreq; /* the one outstanding write to this upstream */
     worker_t *w;
     pool_t *pool;          /* borrowed */
     td_server_stats_t *st; /* borrowed (registry) */
@@ -158,7 +156,6 @@ struct upstream_s {
     char *buf;             /* owned */
     uint32_t len, off;     /* bytes in buf; bytes consumed */
     uint32_t fwd;          /* bytes of buf pinned by the pending write to the client */
-    char *hcopy;           /* owned: unwritten remainder of a head during a partial write */
     uint64_t body_left;
     td_http1_chunked_t chunk;
     int status;
@@ -270,60 +267,62 @@ static void worker_refresh(worker_t *w) {
     }
 }
 
-/* Writes iov[0..n) to `dst`: synchronously when the socket takes it all, else through uv_write.
- * iov[0] may point into the worker's scratch area (`volatile_first`): its unwritten part is then
- * copied to *hcopy; the other pieces stay pinned in their read buffers until `cb` runs.
- * Returns 0 when everything was written now, 1 when `cb` will be called, or a negative uv error. */
-/* Sends the ciphertext a TLS connection has ready: synchronously when the socket takes it all,
- * else the rest is copied to *owned and goes through uv_write (then `cb` runs; with cb NULL the
- * write is fire-and-forget and frees itself). Returns 0, 1 (cb will run) or a negative uv error. */
-typedef struct loose_write_s {
-    uv_write_t req;
+/* A write that could not finish at once: its request and the bytes that had to be copied (the
+ * unwritten part of a rewritten head, or TLS ciphertext). Allocated only then: a connection holds
+ * no write request of its own. The callback gets req->data (the owner) and frees the request. */
+typedef struct pending_s {
+    uv_write_t req; /* first: free(req) frees it all */
     char data[];
-} loose_write_t;
+} pending_t;
 
 static void loose_write_cb(uv_write_t *req, int status) {
     (void)status;
-    free(req->data);
+    free(req);
 }
 
-static int tls_send(uv_stream_t *dst, uv_write_t *req, td_tls_conn_t *t, char **owned,
-                    uv_write_cb cb) {
+/* Sends the ciphertext a TLS connection has ready: synchronously when the socket takes it all,
+ * else through uv_write; with cb NULL the write is fire-and-forget (handshake records).
+ * Returns 0, 1 (cb will run with req->data = owner) or a negative uv error. */
+static int tls_send(uv_stream_t *dst, void *owner, td_tls_conn_t *t, uv_write_cb cb) {
     size_t n = td_tls_pending_out(t);
     if (!n)
         return 0;
-    loose_write_t *lw = malloc(sizeof(*lw) + n);
-    if (!lw)
+    pending_t *pw = malloc(sizeof(*pw) + n);
+    if (!pw)
         return UV_ENOMEM;
-    n = td_tls_take(t, lw->data, n);
-    uv_buf_t b = uv_buf_init(lw->data, (unsigned)n);
+    n = td_tls_take(t, pw->data, n);
+    uv_buf_t b = uv_buf_init(pw->data, (unsigned)n);
     int r = uv_try_write(dst, &b, 1);
     if (r == UV_EAGAIN || r == UV_ENOSYS)
         r = 0;
     if (r < 0 || (size_t)r == n) {
-        free(lw);
+        free(pw);
         return r < 0 ? r : 0;
     }
     b.base += r;
     b.len -= (unsigned)r;
-    if (cb) {
-        *owned = (char *)lw; /* freed by the caller's callback, like a head copy */
-        r = uv_write(req, dst, &b, 1, cb);
-    } else {
-        lw->req.data = lw;
-        r = uv_write(&lw->req, dst, &b, 1, loose_write_cb);
+    pw->req.data = owner;
+    r = uv_write(&pw->req, dst, &b, 1, cb ? cb : loose_write_cb);
+    if (r < 0) {
+        free(pw);
+        return r;
     }
-    return r < 0 ? r : cb ? 1 : 0;
+    return cb ? 1 : 0;
 }
 
-static int send_iov(uv_stream_t *dst, uv_write_t *req, uv_buf_t *iov, unsigned n,
-                    int volatile_first, char **hcopy, uv_write_cb cb, td_tls_conn_t *tls) {
+/* Writes iov[0..n) to `dst`: synchronously when the socket takes it all, else through uv_write.
+ * iov[0] may point into the worker's scratch area (`volatile_first`): its unwritten part is then
+ * copied; the other pieces stay pinned in their read buffers until `cb` runs. Over TLS the
+ * plaintext is encrypted at once and only ciphertext waits.
+ * Returns 0 when everything was written now, 1 when `cb` will be called (with req->data =
+ * owner; it frees req), or a negative uv error. */
+static int send_iov(uv_stream_t *dst, void *owner, uv_buf_t *iov, unsigned n, int volatile_first,
+                    uv_write_cb cb, td_tls_conn_t *tls) {
     if (tls) {
-        /* SSL_write takes the plaintext whole: nothing stays pinned, only ciphertext waits. */
         for (unsigned i = 0; i < n; i++)
             if (iov[i].len && td_tls_write(tls, iov[i].base, iov[i].len) < 0)
                 return UV_EPROTO;
-        return tls_send(dst, req, tls, hcopy, cb);
+        return tls_send(dst, owner, tls, cb);
     }
     size_t total = 0;
     for (unsigned i = 0; i < n; i++)
@@ -345,15 +344,21 @@ static int send_iov(uv_stream_t *dst, uv_write_t *req, uv_buf_t *iov, unsigned n
     }
     iov[i].base += skip;
     iov[i].len -= skip;
-    if (i == 0 && volatile_first) {
-        *hcopy = malloc(iov[0].len);
-        if (!*hcopy)
-            return UV_ENOMEM;
-        memcpy(*hcopy, iov[0].base, iov[0].len);
-        iov[0].base = *hcopy;
+    size_t copy = i == 0 && volatile_first ? iov[0].len : 0;
+    pending_t *pw = malloc(sizeof(*pw) + copy);
+    if (!pw)
+        return UV_ENOMEM;
+    if (copy) {
+        memcpy(pw->data, iov[0].base, copy);
+        iov[0].base = pw->data;
     }
-    r = uv_write(req, dst, iov + i, n - i, cb);
-    return r < 0 ? r : 1;
+    pw->req.data = owner;
+    r = uv_write(&pw->req, dst, iov + i, n - i, cb);
+    if (r < 0) {
+        free(pw);
+        return r;
+    }
+    return 1;
 }
 
 static void add_str(char **p, const char *end, const char *s, size_t n) {
@@ -403,10 +408,8 @@ static td_str_t find_header(const td_http1_header_t *h, size_t n, const char *lo
 
 static void client_free_cb(uv_handle_t *h) {
     client_t *c = h->data;
-    if (--c->closes)
-        return;
     buf_put(c->w, c->buf);
-    free(c->hcopy);
+    free(c->last_error);
     free(c->path);
     if (c->tls) {
         td_tls_free(c->tls);
@@ -552,15 +555,13 @@ static void client_close(client_t *c) {
     if (c->next)
         c->next->prev = c->prev;
     atomic_fetch_sub(&open_clients, 1);
-    c->closes = 2;
-    uv_close((uv_handle_t *)&c->timer, client_free_cb);
     uv_close((uv_handle_t *)&c->tcp, client_free_cb);
 }
 
-static void client_timer_cb(uv_timer_t *t);
-
+/* Client timeouts are deadlines checked by the worker's clock (every TICK_MS) rather than a
+ * timer handle per connection: an idle connection stays small. */
 static void client_timer(client_t *c, int which) {
-    uv_timer_start(&c->timer, client_timer_cb, (uint64_t)timeout_ms(c, which), 0);
+    c->deadline = (int64_t)uv_now(&c->w->loop) + timeout_ms(c, which);
 }
 
 static void client_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *out) {
@@ -671,8 +672,7 @@ static void client_reply(client_t *c, int status, const char *reason, const char
         c->started_ms = td_now_ms();
     c->close_after = !keep;
     uv_buf_t iov = uv_buf_init(p, (unsigned)n);
-    int r = send_iov((uv_stream_t *)&c->tcp, &c->wreq, &iov, 1, 1, &c->hcopy, client_write_done_cb,
-                     c->tls);
+    int r = send_iov((uv_stream_t *)&c->tcp, c, &iov, 1, 1, client_write_done_cb, c->tls);
     if (r < 0) {
         client_close(c);
     } else if (r == 1) {
@@ -685,8 +685,8 @@ static void client_reply(client_t *c, int status, const char *reason, const char
     }
 }
 
-static void client_timer_cb(uv_timer_t *t) {
-    client_t *c = t->data;
+/* A client's deadline passed. */
+static void client_timeout(client_t *c) {
     if (c->state == C_HEAD) {
         if (c->len > 0) {
             c->keep_alive = 0;
@@ -725,7 +725,8 @@ static void client_next(client_t *c) {
     c->backend = c->server = c->sticky_set = c->pinned = -1;
     c->tries = 0;
     c->tried = 0;
-    c->last_error[0] = 0;
+    free(c->last_error);
+    c->last_error = NULL;
     c->method[0] = 0;
     c->state = C_HEAD;
     if (!rest) {
@@ -826,7 +827,7 @@ static void start_request(client_t *c) {
         }
         return;
     }
-    uv_timer_stop(&c->timer);
+    c->deadline = 0;
     c->state = C_EXCHANGE;
     c->head_len = c->req_end = (uint32_t)r;
     c->req_body = (uint8_t)req.body;
@@ -965,8 +966,7 @@ enum { F_CONNECT, F_IO, F_TIMEOUT, F_PROTOCOL };
 static void upstream_write_cb(uv_write_t *req, int status) {
     upstream_t *u = req->data;
     u->writing = 0;
-    free(u->hcopy);
-    u->hcopy = NULL;
+    free(req);
     if (u->state == U_CLOSING)
         return;
     if (status < 0) {
@@ -1012,8 +1012,8 @@ static void request_send(client_t *c) {
             if (n == 0)
                 return;
         }
-        int r = send_iov((uv_stream_t *)&u->tcp, &u->wreq, iov, n, volatile_first, &u->hcopy,
-                         upstream_write_cb, u->tls);
+        int r = send_iov((uv_stream_t *)&u->tcp, u, iov, n, volatile_first, upstream_write_cb,
+                         u->tls);
         if (r < 0) {
             upstream_fail(u, uv_strerror(r), F_IO);
             return;
@@ -1021,7 +1021,7 @@ static void request_send(client_t *c) {
         if (r == 1) {
             u->writing = 1;
             client_read(c, 0);
-            uv_timer_stop(&c->timer); /* waiting on the upstream is not the client's delay */
+            c->deadline = 0; /* waiting on the upstream is not the client's delay */
             return;
         }
         request_written(c);
@@ -1053,7 +1053,7 @@ static void request_written(client_t *c) {
     }
     /* The whole request is out. The client stays readable (no epoll change per request): a
      * pipelined request that comes now stops reading until this exchange ends. */
-    uv_timer_stop(&c->timer);
+    c->deadline = 0;
 }
 
 static void client_got(client_t *c, size_t nread);
@@ -1066,7 +1066,7 @@ static void client_tls_pump(client_t *c) {
             return;
         }
         long n = td_tls_read(c->tls, c->buf + c->len, CBUF_SIZE - c->len);
-        if (tls_send((uv_stream_t *)&c->tcp, NULL, c->tls, NULL, NULL) < 0 || n < 0) {
+        if (tls_send((uv_stream_t *)&c->tcp, NULL, c->tls, NULL) < 0 || n < 0) {
             if (n < 0 && strcmp(c->tls->error, "closed") != 0)
                 td_info("TLS from %s: %s", c->ip, c->tls->error);
             client_close(c);
@@ -1147,7 +1147,6 @@ static void upstream_free_cb(uv_handle_t *h) {
     if (--u->closes)
         return;
     free(u->buf);
-    free(u->hcopy);
     if (u->tls) {
         td_tls_free(u->tls);
         free(u->tls);
@@ -1318,7 +1317,7 @@ static void upstream_open(client_t *c, td_snap_server_t *srv) {
     u->w = w;
     u->pool = pool;
     u->st = srv->st;
-    u->tcp.data = u->timer.data = u->creq.data = u->wreq.data = u;
+    u->tcp.data = u->timer.data = u->creq.data = u;
     uv_tcp_init(&w->loop, &u->tcp);
     uv_timer_init(&w->loop, &u->timer);
     atomic_fetch_add_explicit(&u->st->active_connections, 1, memory_order_relaxed);
@@ -1350,6 +1349,10 @@ static void upstream_timer_cb(uv_timer_t *t) {
     }
 }
 
+static const char *unreachable(const client_t *c) {
+    return c->last_error ? c->last_error : "no upstream server could be reached";
+}
+
 /* The upstream connection failed during an exchange: retry on another server when that is
  * safe (nothing of the response seen, the request still whole in the buffer, and the failure was
  * a connect error, or a reset/close of an idempotent request or of one whose body never left),
@@ -1371,8 +1374,9 @@ static void upstream_fail(upstream_t *u, const char *why, int kind) {
     }
     if (!c)
         return;
-    snprintf(c->last_error, sizeof(c->last_error), "upstream %s (%s): %s", st->address,
-             st->backend, why);
+    free(c->last_error);
+    if (asprintf(&c->last_error, "upstream %s (%s): %s", st->address, st->backend, why) < 0)
+        c->last_error = NULL;
     if (!fresh && kind == F_IO && !c->resp_started && c->snap && c->backend >= 0 &&
         c->server >= 0) {
         /* A pooled connection the server closed as the request crossed it says nothing about
@@ -1394,11 +1398,11 @@ static void upstream_fail(upstream_t *u, const char *why, int kind) {
         return;
     }
     if (c->resp_sent) {
-        td_warn("%s %s: %s; response cut short", c->ip, c->method, c->last_error);
+        td_warn("%s %s: %s; response cut short", c->ip, c->method, unreachable(c));
         client_close(c);
     } else {
         c->keep_alive = c->keep_alive && c->req_done;
-        client_error(c, kind == F_TIMEOUT ? 504 : 502, c->last_error);
+        client_error(c, kind == F_TIMEOUT ? 504 : 502, unreachable(c));
     }
 }
 
@@ -1410,7 +1414,7 @@ static void pick_and_connect(client_t *c) {
     uint8_t exhausted[256] = {0};
     for (;;) {
         if (c->tries >= MAX_TRIES) {
-            client_error(c, 502, c->last_error[0] ? c->last_error : "no upstream server could be reached");
+            client_error(c, 502, unreachable(c));
             return;
         }
         int bi = c->backend;
@@ -1430,7 +1434,7 @@ static void pick_and_connect(client_t *c) {
                 if (c->tries == 0)
                     client_error(c, 503, "no backend with weight above 0 is up");
                 else
-                    client_error(c, 502, c->last_error[0] ? c->last_error : "no upstream server could be reached");
+                    client_error(c, 502, unreachable(c));
                 return;
             }
         }
@@ -1531,8 +1535,7 @@ static int response_written(upstream_t *u);
 static void client_write_done_cb(uv_write_t *req, int status) {
     client_t *c = req->data;
     c->writing = 0;
-    free(c->hcopy);
-    c->hcopy = NULL;
+    free(req);
     if (c->state == C_CLOSING)
         return;
     if (status < 0) {
@@ -1695,8 +1698,8 @@ static void response_pump(upstream_t *u) {
         }
         for (unsigned i = 0; i < n; i++)
             c->bytes_out += iov[i].len;
-        int r = send_iov((uv_stream_t *)&c->tcp, &c->wreq, iov, n, volatile_first, &c->hcopy,
-                         client_write_done_cb, c->tls);
+        int r = send_iov((uv_stream_t *)&c->tcp, c, iov, n, volatile_first, client_write_done_cb,
+                         c->tls);
         if (r < 0) {
             client_close(c);
             return;
@@ -1726,7 +1729,7 @@ static int response_written(upstream_t *u) {
         if (c->b_tunnel)
             atomic_fetch_add_explicit(&c->b_tunnel->tunnels, 1, memory_order_relaxed);
         end_exchange(c);
-        uv_timer_stop(&c->timer);
+        c->deadline = 0;
         uv_timer_stop(&u->timer);
         if (c->len > c->req_end) {
             memmove(c->buf, c->buf + c->req_end, c->len - c->req_end);
@@ -1758,7 +1761,7 @@ static void upstream_tls_pump(upstream_t *u) {
         long n;
         if (u->state == U_CONNECTING) {
             n = td_tls_read(u->tls, NULL, 0);
-            if (tls_send((uv_stream_t *)&u->tcp, NULL, u->tls, NULL, NULL) < 0 || n < 0) {
+            if (tls_send((uv_stream_t *)&u->tcp, NULL, u->tls, NULL) < 0 || n < 0) {
                 char why[200];
                 snprintf(why, sizeof(why), "TLS handshake: %s",
                          n < 0 ? u->tls->error : "write failed");
@@ -1781,7 +1784,7 @@ static void upstream_tls_pump(upstream_t *u) {
             return;
         }
         n = td_tls_read(u->tls, u->buf + u->len, UBUF_SIZE - u->len);
-        if (tls_send((uv_stream_t *)&u->tcp, NULL, u->tls, NULL, NULL) < 0 && n >= 0)
+        if (tls_send((uv_stream_t *)&u->tcp, NULL, u->tls, NULL) < 0 && n >= 0)
             n = TD_EIO;
         if (n < 0) {
             upstream_got(u, strcmp(u->tls->error, "closed") == 0 ? UV_EOF : UV_EPROTO);
@@ -1903,10 +1906,9 @@ static void on_accept(uv_stream_t *l, int status) {
     if (!c)
         return;
     c->w = w;
-    c->tcp.data = c->timer.data = c->wreq.data = c;
+    c->tcp.data = c;
     c->backend = c->server = c->sticky_set = c->pinned = -1;
     uv_tcp_init(&w->loop, &c->tcp);
-    uv_timer_init(&w->loop, &c->timer);
     c->next = w->clients;
     if (w->clients)
         w->clients->prev = c;
@@ -1941,10 +1943,21 @@ static void noop_close_cb(uv_handle_t *h) {
     (void)h;
 }
 
-/* Once a second: take a new snapshot even without traffic (so idle pools of drained backends
- * close), and close the tunnels of backends drained for longer than drain_ms. */
+/* Every TICK_MS: client deadlines. Once a second also: take a new snapshot even without
+ * traffic (so idle pools of drained backends close), and close the tunnels of backends drained
+ * for longer than drain_ms. */
 static void tick_cb(uv_timer_t *t) {
     worker_t *w = t->data;
+    int64_t now_loop = (int64_t)uv_now(&w->loop);
+    for (client_t *c = w->clients, *next; c; c = next) {
+        next = c->next;
+        if (c->deadline && now_loop >= c->deadline) {
+            c->deadline = 0;
+            client_timeout(c);
+        }
+    }
+    if (++w->ticks % (1000 / TICK_MS))
+        return;
     worker_refresh(w);
     if (!w->snap)
         return;
@@ -2016,7 +2029,7 @@ static void worker_main(void *arg) {
     w->tls_idle.data = w;
     uv_timer_init(&w->loop, &w->tick);
     w->tick.data = w;
-    uv_timer_start(&w->tick, tick_cb, 1000, 1000);
+    uv_timer_start(&w->tick, tick_cb, TICK_MS, TICK_MS);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     td_snapshot_release(w->snap);
     w->snap = NULL;
