@@ -396,7 +396,7 @@ def test_sigterm_lets_in_flight_request_finish(backends, td):
     t.proc.p.send_signal(signal.SIGTERM)
     th.join(timeout=15)
     assert not th.is_alive(), "the in-flight request did not finish"
-    assert "error" not in result, result
+    assert "error" not in result, (result, t.proc.output()[-3000:])
     status, h, body = result["resp"]
     assert status == 200
     assert json.loads(body) == {"delay_ms": 1500}
