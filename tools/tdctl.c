@@ -1,35 +1,62 @@
 /* tdctl: the command-line client of td's admin API (the "Admin API" of docs/ARCHITECTURE.md).
  *
  * One run is one command: check every argument first (a usage error never reaches td), then make
- * one or two HTTP calls through call(), the only function that touches libcurl, and print the
- * reply as a table, a one-line summary, or (--json) td's JSON as it came.
+ * HTTP calls through call(), the only function that touches libcurl, and print the reply as a
+ * table, a one-line summary, or (--json) td's JSON as it came. The deploy commands (drain, switch)
+ * make a call, then watch td's state by polling it until the traffic has moved.
  *
- * Exit status: 0 done, 1 refused by td or td unreachable, 2 usage error. */
+ * Exit status: 0 done, 1 refused by td, rolled back or td unreachable, 2 usage error. */
 
 #include <curl/curl.h>
 #include <jansson.h>
 
 #include <errno.h>
 #include <getopt.h>
+#include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
-#define TDCTL_VERSION "0.1.0"
+#define TDCTL_VERSION "0.2.0"
 #define DEFAULT_ADMIN "http://127.0.0.1:9090"
 #define WEIGHT_MAX 100
 #define BODY_MAX (16u << 20)   /* bytes: a reply or a config file; real ones are a few KiB */
 #define CONNECT_TIMEOUT_S 5L   /* td's admin API is local or near: fail fast when it is not there */
 #define TRANSFER_TIMEOUT_S 30L /* a config PUT is validated and persisted before td answers */
 
+#define DRAIN_POLL_S 0.2         /* drain --wait: how often td's state is read */
+#define DRAIN_TIMEOUT_S 60.0     /* drain --wait: default --timeout */
+#define DRAIN_MS_DEFAULT 30000   /* td's timeouts.drain_ms when its config does not say */
+#define SWITCH_POLL_S 0.5        /* switch: how often td's state is read during a step */
+#define SWITCH_STEPS "10,50,100" /* switch: default --steps */
+#define SWITCH_INTERVAL_S 30.0   /* switch: default --interval */
+#define SWITCH_ERROR_RATE 0.01   /* switch: default --max-error-rate (1%) */
+#define MIN_ANSWERS 20           /* switch: answers needed in a step before judging it */
+#define DURATION_MAX_S 86400.0   /* --interval and --timeout: at most a day */
+#define P99_MAX_MS 3600000L      /* --max-p99-ms: at most an hour */
+#define MAX_BUCKETS 32           /* latency histogram buckets tdctl reads (td sends 14) */
+
 enum { RC_DONE = 0, RC_REFUSED = 1, RC_USAGE = 2 };
 
+/* The options of one command (the others are global); a bit each in ctl_t.given. */
+enum { O_WAIT, O_TIMEOUT, O_STEPS, O_INTERVAL, O_MAX_ERROR_RATE, O_MAX_P99_MS, NOPT };
+#define OPT(o) (1u << (o))
+
+static const char *const option_names[NOPT] = {"wait",     "timeout",        "steps",
+                                               "interval", "max-error-rate", "max-p99-ms"};
+
 typedef struct ctl_s {
-    const char *admin; /* borrowed (argv or environment): base URL of td's admin API */
-    const char *token; /* borrowed; NULL for no Authorization header */
-    bool json;         /* print td's replies as they came */
+    const char *admin;     /* borrowed (argv or environment): base URL of td's admin API */
+    const char *token;     /* borrowed; NULL for no Authorization header */
+    bool json;             /* print td's replies as they came */
+    bool help;             /* --help: the page of the command given, else the general one */
+    unsigned given;        /* OPT() bits of the command options on the line */
+    const char *opt[NOPT]; /* borrowed (argv): their values, checked by the command */
 } ctl_t;
 
 /* A growable byte buffer: an HTTP reply, or a file being read. */
@@ -46,16 +73,23 @@ typedef struct reply_s {
 
 static const char *const methods[] = {"round_robin", "sticky", "failover"};
 
+/* Set by SIGINT and SIGTERM while a switch runs: roll back and stop. */
+static volatile sig_atomic_t interrupted;
+
 /* ---------------------------------------------------------------------------------------------
- * Messages
+ * Manual pages: the general one (tdctl --help) and one per command (tdctl COMMAND --help)
  */
+
+#define SYNOPSIS_GLOBAL "tdctl [--admin URL] [--token TOKEN] [--json] "
+#define SYNOPSIS_TARGET "tdctl [--admin URL] [--token TOKEN] " /* for commands without --json */
 
 static const char help_text[] =
     "NAME\n"
     "    tdctl - show and steer a running td traffic distributor\n"
     "\n"
     "SYNOPSIS\n"
-    "    tdctl [--admin URL] [--token TOKEN] [--json] COMMAND [ARG...]\n"
+    "    " SYNOPSIS_GLOBAL "COMMAND [ARG...]\n"
+    "    tdctl COMMAND --help\n"
     "    tdctl --help | --version\n"
     "\n"
     "DESCRIPTION\n"
@@ -63,7 +97,10 @@ static const char help_text[] =
     "    backends and changes that split, or the routing method, while td runs. td\n"
     "    applies a change to the very next request, drops no connection, and writes\n"
     "    it back to its config file so that a restart keeps it. tdctl checks its\n"
-    "    arguments before it contacts td.\n"
+    "    arguments before it contacts td. Its deploy commands move traffic from one\n"
+    "    backend to another and watch it go: drain waits for a backend's requests to\n"
+    "    finish, switch moves the traffic in steps and rolls back by itself when the\n"
+    "    new side answers worse than the old one.\n"
     "\n"
     "OPTIONS\n"
     "    -a, --admin URL\n"
@@ -74,50 +111,36 @@ static const char help_text[] =
     "        config). Default: $TD_TOKEN. An empty token sends none.\n"
     "    -j, --json\n"
     "        Print td's JSON reply as it came instead of a table or a summary;\n"
-    "        for scripts.\n"
+    "        for scripts (status, ratio, method, config, rollback, history).\n"
     "    -h, --help\n"
-    "        Show this help and exit.\n"
+    "        Show this help, or with a COMMAND that command's page, and exit.\n"
     "    -V, --version\n"
     "        Print \"tdctl " TDCTL_VERSION "\" and exit.\n"
     "    Options may come before or after COMMAND; \"--\" ends them.\n"
     "\n"
     "COMMANDS\n"
+    "    Each command has its own page: tdctl COMMAND --help, or tdctl help COMMAND.\n"
+    "\n"
     "    status\n"
-    "        Show the routing method, the config version and td's uptime, then one\n"
-    "        row per backend: WEIGHT, RATIO (its weight over the sum of all\n"
-    "        weights), STATE (up or down, from health checks), IN-FLIGHT requests,\n"
-    "        REQUESTS served and 5XX responses. Each backend's servers follow,\n"
-    "        indented, with their own weight, state, counters and FAILURES. With\n"
-    "        method failover all traffic goes to the healthy backend with the\n"
-    "        highest weight, whatever RATIO says.\n"
-    "\n"
-    "    ratio NAME=WEIGHT...\n"
-    "    ratio A:B\n"
-    "        Set backend weights, integers 0 to 100. The first form names any\n"
-    "        subset of the backends (\"ratio blue=0 green=100\"); the others keep\n"
-    "        their weight. The second sets the first two backends in the order\n"
-    "        \"tdctl status\" lists them (\"ratio 30:70\"), and is refused unless td\n"
-    "        has exactly two. A backend of weight 0 gets no new requests while its\n"
-    "        in-flight requests finish. Prints the new state.\n"
-    "\n"
+    "        The routing method, the config version, and every backend's weight,\n"
+    "        share of traffic, health, requests in flight and counters.\n"
+    "    ratio NAME=WEIGHT... | ratio A:B\n"
+    "        Set backend weights (0 to 100).\n"
     "    method round_robin|sticky|failover\n"
-    "        Set the routing method. round_robin spreads requests by weight.\n"
-    "        sticky assigns a client's first request by weight, then keeps the\n"
-    "        client on that backend with a cookie. failover sends all traffic to\n"
-    "        the healthy backend with the highest weight (ties: first listed); the\n"
-    "        others are backups. Prints the new state.\n"
-    "\n"
-    "    config get\n"
-    "        Print td's running configuration: a JSON document that \"config put\"\n"
-    "        takes back.\n"
-    "\n"
-    "    config put FILE\n"
-    "        Replace td's whole configuration with FILE (\"-\" reads standard\n"
-    "        input). td checks all of it and applies it at once, or changes\n"
-    "        nothing and answers with every problem found, at its LINE:COL in\n"
-    "        FILE, which tdctl prints. A FILE that is not JSON at all is not sent:\n"
-    "        tdctl prints FILE:LINE:COL and the problem. Prints the new config\n"
-    "        version.\n"
+    "        Set the routing method.\n"
+    "    config get | config put FILE\n"
+    "        Print td's running configuration, or replace all of it.\n"
+    "    drain NAME [--wait] [--timeout DURATION]\n"
+    "        Set NAME's weight to 0; with --wait, wait until its requests in flight\n"
+    "        and its tunnels are gone.\n"
+    "    switch NAME [--steps LIST] [--interval DURATION] [--max-error-rate RATE]\n"
+    "           [--max-p99-ms MS]\n"
+    "        Move all traffic to NAME in steps while watching its 5xx rate and\n"
+    "        latency; roll back by itself if they get worse; drain the old side.\n"
+    "    rollback\n"
+    "        Undo the most recent change of weights.\n"
+    "    history\n"
+    "        The changes made to td: when, from which client, what.\n"
     "\n"
     "ENVIRONMENT\n"
     "    TD_ADMIN    Admin API URL when --admin is not given.\n"
@@ -128,26 +151,276 @@ static const char help_text[] =
     "EXIT STATUS\n"
     "    0   Done.\n"
     "    1   td refused the request (its message is printed), td could not be reached\n"
-    "        (\"cannot reach td at URL: reason\"), or the FILE of \"config put\" is not\n"
-    "        JSON.\n"
-    "    2   Usage error: an unknown option or command, or an invalid argument (a\n"
-    "        weight outside 0..100, an empty name, an unknown method, an unreadable\n"
-    "        FILE, \"ratio A:B\" with td not having exactly two backends). td is left\n"
-    "        unchanged.\n"
+    "        (\"cannot reach td at URL: reason\"), a switch was refused or rolled back,\n"
+    "        or a wait ended before the traffic was gone. See each command's page.\n"
+    "    2   Usage error: an unknown option or command, or an invalid argument. td is\n"
+    "        left unchanged.\n"
     "\n"
     "EXAMPLES\n"
     "    Blue-green deploy, blue first:\n"
-    "        tdctl ratio blue=0 green=100   # blue gets no new requests\n"
-    "        tdctl status                   # wait for blue's IN-FLIGHT to reach 0\n"
+    "        tdctl drain blue --wait    # no new requests to blue; wait for the rest\n"
     "        (deploy and test blue)\n"
-    "        tdctl ratio blue=100 green=0   # then deploy green the same way\n"
-    "        tdctl ratio 50:50\n"
+    "        tdctl switch blue          # 10%, 50%, 100% of the traffic to blue\n"
+    "        (deploy and test green)\n"
+    "        tdctl ratio 50:50          # both again\n"
     "    A/B test:\n"
     "        tdctl method sticky && tdctl ratio 50:50\n"
     "    Edit the running configuration:\n"
     "        tdctl config get > td.json && vi td.json && tdctl config put td.json\n"
     "    A remote td, for a script:\n"
     "        TD_TOKEN=secret tdctl --admin http://10.0.0.5:9090 --json status\n";
+
+static const char help_status[] =
+    "NAME\n"
+    "    tdctl status - show how td splits traffic, and its counters\n"
+    "\n"
+    "SYNOPSIS\n"
+    "    " SYNOPSIS_GLOBAL "status\n"
+    "\n"
+    "DESCRIPTION\n"
+    "    Shows the routing method, the config version and td's uptime, then one row\n"
+    "    per backend: WEIGHT, RATIO (its weight over the sum of all weights), STATE\n"
+    "    (up or down, from health checks), IN-FLIGHT requests, REQUESTS served and\n"
+    "    5XX responses. Each backend's servers follow, indented, with their own\n"
+    "    weight, state, counters and FAILURES. With method failover all traffic goes\n"
+    "    to the healthy backend with the highest weight, whatever RATIO says.\n"
+    "    Values td did not send show as \"-\". With --json, td's state as it came\n"
+    "    (GET /api/v1/state), with latency histograms, tunnels and sticky counts.\n"
+    "\n"
+    "EXIT STATUS\n"
+    "    0 shown; 1 td unreachable or refused; 2 usage error.\n"
+    "\n"
+    "EXAMPLES\n"
+    "    tdctl status\n"
+    "    tdctl --json status | jq '.backends[] | {name, in_flight}'\n";
+
+static const char help_ratio[] =
+    "NAME\n"
+    "    tdctl ratio - set backend weights\n"
+    "\n"
+    "SYNOPSIS\n"
+    "    " SYNOPSIS_GLOBAL "ratio NAME=WEIGHT...\n"
+    "    " SYNOPSIS_GLOBAL "ratio A:B\n"
+    "\n"
+    "DESCRIPTION\n"
+    "    Sets backend weights, integers 0 to 100; each backend gets its weight over\n"
+    "    the sum of all weights of the requests. The first form names any subset of\n"
+    "    the backends (\"ratio blue=0 green=100\"); the others keep their weight. The\n"
+    "    second sets the first two backends in the order \"tdctl status\" lists them\n"
+    "    (\"ratio 30:70\"), and is refused unless td has exactly two. A backend of\n"
+    "    weight 0 gets no new requests while its in-flight requests finish (sticky\n"
+    "    clients already pinned to it stay until td's timeouts.drain_ms). td applies\n"
+    "    the change to the very next request. Prints the new state (--json: as it\n"
+    "    came).\n"
+    "\n"
+    "EXIT STATUS\n"
+    "    0 applied; 1 td refused (an unknown backend name, say) or unreachable;\n"
+    "    2 usage error: a weight outside 0..100, an empty or invalid name, a name\n"
+    "    given twice, \"A:B\" with td not having exactly two backends.\n"
+    "\n"
+    "EXAMPLES\n"
+    "    tdctl ratio blue=0 green=100\n"
+    "    tdctl ratio 90:10\n";
+
+static const char help_method[] =
+    "NAME\n"
+    "    tdctl method - set the routing method\n"
+    "\n"
+    "SYNOPSIS\n"
+    "    " SYNOPSIS_GLOBAL "\n"
+    "          method round_robin|sticky|failover\n"
+    "\n"
+    "DESCRIPTION\n"
+    "    round_robin spreads requests by weight (smooth weighted round robin).\n"
+    "    sticky assigns a client's first request by weight, then keeps the client on\n"
+    "    that backend with a signed cookie. failover sends all traffic to the healthy\n"
+    "    backend with the highest weight (ties: first listed); the others are\n"
+    "    backups. Prints the new state (--json: as it came).\n"
+    "\n"
+    "EXIT STATUS\n"
+    "    0 applied; 1 td refused or unreachable; 2 an unknown method.\n"
+    "\n"
+    "EXAMPLES\n"
+    "    tdctl method sticky\n";
+
+static const char help_config[] =
+    "NAME\n"
+    "    tdctl config - print or replace td's whole configuration\n"
+    "\n"
+    "SYNOPSIS\n"
+    "    " SYNOPSIS_GLOBAL "config get\n"
+    "    " SYNOPSIS_GLOBAL "config put FILE\n"
+    "\n"
+    "DESCRIPTION\n"
+    "    config get prints td's running configuration: a JSON document that config\n"
+    "    put takes back.\n"
+    "\n"
+    "    config put replaces td's whole configuration with FILE (\"-\" reads standard\n"
+    "    input). td checks all of it and applies it at once, or changes nothing and\n"
+    "    answers with every problem found, at its LINE:COL in FILE, which tdctl\n"
+    "    prints. A FILE that is not JSON at all is not sent: tdctl prints\n"
+    "    FILE:LINE:COL and the problem. Prints the new config version.\n"
+    "\n"
+    "EXIT STATUS\n"
+    "    0 done; 1 td refused the config or is unreachable, or FILE is not JSON;\n"
+    "    2 usage error or an unreadable FILE.\n"
+    "\n"
+    "EXAMPLES\n"
+    "    tdctl config get > td.json && vi td.json && tdctl config put td.json\n";
+
+static const char help_drain[] =
+    "NAME\n"
+    "    tdctl drain - stop sending new requests to a backend, and wait for the rest\n"
+    "\n"
+    "SYNOPSIS\n"
+    "    " SYNOPSIS_TARGET "drain NAME [--wait] [--timeout DURATION]\n"
+    "\n"
+    "DESCRIPTION\n"
+    "    Sets backend NAME's weight to 0; every other backend keeps its weight. td\n"
+    "    sends NAME no new request from the very next one; requests already in\n"
+    "    flight there finish, WebSocket and other tunnels stay open, and sticky\n"
+    "    clients pinned to NAME stay with it, until td's timeouts.drain_ms has\n"
+    "    passed: then td closes NAME's tunnels and re-assigns its sticky clients.\n"
+    "    Refused when no other backend would be left with a weight above 0 (every\n"
+    "    request would get 503). Prints NAME's weight before and after, and what is\n"
+    "    still in flight. When NAME is already at weight 0, nothing is changed.\n"
+    "\n"
+    "OPTIONS\n"
+    "    --wait\n"
+    "        Then read td's state every 0.2 s, showing one line of progress\n"
+    "        (\"blue: 3 in flight, 1 tunnel, 12 sticky req/10s\": sticky requests\n"
+    "        served in the last 10 s), until NAME has no request in flight and no\n"
+    "        tunnel. If td's timeouts.drain_ms passes first, tdctl says so and what\n"
+    "        is left, and stops waiting: td has closed the tunnels by then, and\n"
+    "        requests still in flight run until they end or time out.\n"
+    "    --timeout DURATION\n"
+    "        With --wait, wait at most DURATION (default 60s), even if drain_ms is\n"
+    "        longer. DURATION is a number with a unit: 500ms, 30s, 2m, 1h (a bare\n"
+    "        number is seconds).\n"
+    "\n"
+    "EXIT STATUS\n"
+    "    0   NAME is at weight 0 and, with --wait, drained or past drain_ms.\n"
+    "    1   td refused or is unreachable, draining would leave no backend with a\n"
+    "        weight above 0, or --timeout passed with requests still in flight.\n"
+    "    2   Usage error: no NAME, an unknown NAME, a bad DURATION.\n"
+    "\n"
+    "EXAMPLES\n"
+    "    tdctl drain blue --wait && deploy-blue.sh\n"
+    "    tdctl drain green --wait --timeout 5m\n";
+
+static const char help_switch[] =
+    "NAME\n"
+    "    tdctl switch - move all traffic to a backend in steps; roll back on errors\n"
+    "\n"
+    "SYNOPSIS\n"
+    "    " SYNOPSIS_TARGET "switch NAME [--steps LIST]\n"
+    "          [--interval DURATION] [--max-error-rate RATE] [--max-p99-ms MS]\n"
+    "\n"
+    "DESCRIPTION\n"
+    "    For td with two backends: NAME is the new side, the other one the old side.\n"
+    "    The switch is refused, with nothing changed, when NAME has no server up.\n"
+    "    Otherwise, for each step S of LIST, tdctl sets NAME's weight to S and the\n"
+    "    old side's to 100-S, prints a progress bar, and watches for DURATION: every\n"
+    "    0.5 s it reads td's state and computes, from the counters' growth since the\n"
+    "    step began, NAME's 5xx rate (5xx answers over all answers) and its p99\n"
+    "    latency (from td's latency histogram: the upper bound of the bucket the 99th\n"
+    "    percentile falls in). It rolls back - sets both weights back to what they\n"
+    "    were before the switch, says why, and exits 1 - as soon as:\n"
+    "      - NAME has answered at least 20 requests in the step and its 5xx rate is\n"
+    "        above RATE;\n"
+    "      - NAME has answered at least 20 requests in the step and its p99 is above\n"
+    "        MS and above the old side's p99 (over the switch so far, else over its\n"
+    "        lifetime): a latency both sides share is not NAME's fault;\n"
+    "      - NAME has no server up any more;\n"
+    "      - tdctl is interrupted (SIGINT, SIGTERM) or loses td.\n"
+    "    If the weights are changed by someone else during the switch, tdctl stops\n"
+    "    and leaves them as they are (exit 1). Steps below NAME's share of the\n"
+    "    traffic when the switch starts are skipped. After the last step (100: the\n"
+    "    old side at weight 0), tdctl waits for the old side's requests in flight\n"
+    "    and tunnels to finish, as drain --wait does, and exits 0.\n"
+    "\n"
+    "OPTIONS\n"
+    "    --steps LIST\n"
+    "        NAME's weights, comma-separated integers from 1 to 100, strictly\n"
+    "        increasing, ending at 100. Default: " SWITCH_STEPS ".\n"
+    "    --interval DURATION\n"
+    "        How long each step is watched: a number above 0 with a unit, 500ms,\n"
+    "        30s, 2m (a bare number is seconds). Default: 30s.\n"
+    "    --max-error-rate RATE\n"
+    "        The highest tolerated 5xx rate: a percentage (1%, 0.5%) or a fraction\n"
+    "        from 0 to 1 (0.01). Default: 1%.\n"
+    "    --max-p99-ms MS\n"
+    "        The highest tolerated p99 latency in milliseconds (1 to 3600000).\n"
+    "        Default: latency is not judged.\n"
+    "\n"
+    "EXIT STATUS\n"
+    "    0   All traffic goes to NAME; the old side is drained (or past drain_ms).\n"
+    "    1   Refused (NAME has no server up; nothing changed), rolled back (the\n"
+    "        reason is printed), stopped (weights changed by someone else), or td\n"
+    "        refused or is unreachable.\n"
+    "    2   Usage error, nothing changed: no NAME or an unknown one, td not having\n"
+    "        exactly two backends, a bad LIST, DURATION, RATE or MS.\n"
+    "\n"
+    "EXAMPLES\n"
+    "    tdctl switch green\n"
+    "    tdctl switch green --steps 1,5,25,50,100 --interval 2m --max-p99-ms 250\n";
+
+static const char help_rollback[] =
+    "NAME\n"
+    "    tdctl rollback - undo the most recent change of weights\n"
+    "\n"
+    "SYNOPSIS\n"
+    "    " SYNOPSIS_GLOBAL "rollback\n"
+    "\n"
+    "DESCRIPTION\n"
+    "    Finds, in td's history of changes (see tdctl history), the most recent one\n"
+    "    that changed a backend's weight - a ratio, a drain or a switch step, a\n"
+    "    config put or a reload - and sets the weights back to what they were before\n"
+    "    it. Only weights are restored (not the routing method nor the rest of a\n"
+    "    config). The rollback is a change itself: a second rollback undoes the\n"
+    "    first. Prints the change undone and the new state (--json: the state as it\n"
+    "    came). When the weights already are those, nothing is changed.\n"
+    "\n"
+    "EXIT STATUS\n"
+    "    0 weights restored (or already so); 1 no change of weights in the history,\n"
+    "    td refused (a backend of then no longer exists) or is unreachable;\n"
+    "    2 usage error.\n"
+    "\n"
+    "EXAMPLES\n"
+    "    tdctl ratio blue=0 green=100 && tdctl rollback\n";
+
+static const char help_history[] =
+    "NAME\n"
+    "    tdctl history - list the changes made to td\n"
+    "\n"
+    "SYNOPSIS\n"
+    "    " SYNOPSIS_GLOBAL "history\n"
+    "\n"
+    "DESCRIPTION\n"
+    "    Prints td's audit log of changes, oldest first, one per line: TIME (UTC),\n"
+    "    CLIENT (the address the change came from, or \"signal\" for a SIGHUP\n"
+    "    reload) and WHAT changed. td keeps the last 256 changes, also across\n"
+    "    restarts. With --json, td's log as it came: each entry also has the routing\n"
+    "    method and every weight before and after the change.\n"
+    "\n"
+    "EXIT STATUS\n"
+    "    0 shown; 1 td unreachable or refused; 2 usage error.\n"
+    "\n"
+    "EXAMPLES\n"
+    "    tdctl history | tail -n 5\n";
+
+static const char help_help[] =
+    "NAME\n"
+    "    tdctl help - show the manual page of tdctl, or of one of its commands\n"
+    "\n"
+    "SYNOPSIS\n"
+    "    tdctl help [COMMAND]\n"
+    "\n"
+    "DESCRIPTION\n"
+    "    The same as tdctl --help, or tdctl COMMAND --help.\n"
+    "\n"
+    "EXIT STATUS\n"
+    "    0 shown; 2 an unknown COMMAND.\n";
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
@@ -741,28 +1014,1023 @@ static int cmd_config(const ctl_t *ctl, int argc, char **argv) {
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * Helpers of the deploy commands: td's documents, time, progress lines, option values
+ */
+
+/* GETs path and parses td's JSON reply. Returns the document (the caller owns it), or NULL after
+ * saying why not. */
+static json_t *get_json(const ctl_t *ctl, const char *path) {
+    json_t *doc = NULL;
+    reply_t r;
+
+    if (call(ctl, "GET", path, NULL, 0, &r) == RC_DONE)
+        doc = parse_reply(&r);
+    free(r.body.p);
+    return doc;
+}
+
+/* PUTs doc (consumed) and parses td's JSON reply (for the ratio: the new state). Returns it (the
+ * caller owns it), or NULL after saying why not. */
+static json_t *put_json(const ctl_t *ctl, const char *path, json_t *doc) {
+    char *body = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+    json_t *answer = NULL;
+    reply_t r = {0};
+
+    json_decref(doc);
+    if (!body) {
+        fprintf(stderr, "tdctl: out of memory\n");
+        return NULL;
+    }
+    if (call(ctl, "PUT", path, body, strlen(body), &r) == RC_DONE)
+        answer = parse_reply(&r);
+    free(body);
+    free(r.body.p);
+    return answer;
+}
+
+/* The integer member key of obj, or dflt when td did not send one. */
+static json_int_t int_of(const json_t *obj, const char *key, json_int_t dflt) {
+    const json_t *v = json_object_get(obj, key);
+
+    return json_is_integer(v) ? json_integer_value(v) : dflt;
+}
+
+/* Backend `name` of td's state (borrowed from it), or NULL. */
+static json_t *find_backend(const json_t *state, const char *name) {
+    json_t *b;
+    size_t i;
+
+    json_array_foreach(json_object_get(state, "backends"), i, b) {
+        if (strcmp(str(b, "name"), name) == 0)
+            return b;
+    }
+    return NULL;
+}
+
+/* Says that td has no backend `name`, listing those it has; returns the usage exit status. */
+static int unknown_backend(const json_t *state, const char *name) {
+    char names[512] = "";
+    size_t i, n = 0;
+    json_t *b;
+
+    json_array_foreach(json_object_get(state, "backends"), i, b) {
+        if (n < sizeof(names))
+            n += (size_t)snprintf(names + n, sizeof(names) - n, "%s%s", i ? ", " : "",
+                                  str(b, "name"));
+    }
+    return usage_error("td has no backend '%s' (it has: %s)", name, n ? names : "none");
+}
+
+/* true when a server of the backend is up (or, when td sends no server list, the backend is). */
+static bool has_server_up(const json_t *backend) {
+    const json_t *servers = json_object_get(backend, "servers"), *s;
+    size_t i;
+
+    if (!json_is_array(servers))
+        return json_is_true(json_object_get(backend, "up"));
+    json_array_foreach(servers, i, s) {
+        if (json_is_true(json_object_get(s, "up")))
+            return true;
+    }
+    return false;
+}
+
+/* The smaller of a and b (min_s() without libm, which tdctl does not link). */
+static double min_s(double a, double b) {
+    return a < b ? a : b;
+}
+
+static double now_s(void) {
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Sleeps s seconds, or less when a signal comes (the caller looks at `interrupted`). */
+static void pause_s(double s) {
+    struct timespec ts;
+
+    if (s <= 0)
+        return;
+    ts.tv_sec = (time_t)s;
+    ts.tv_nsec = (long)((s - (double)ts.tv_sec) * 1e9);
+    nanosleep(&ts, NULL);
+}
+
+static void on_signal(int sig) {
+    (void)sig;
+    interrupted = 1;
+}
+
+/* From now on SIGINT and SIGTERM set `interrupted` instead of ending tdctl. */
+static void catch_signals(void) {
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+/* One line of progress, rewritten in place on a terminal, else printed each time it changes. */
+typedef struct progress_s {
+    bool tty;       /* stdout is a terminal */
+    bool open;      /* a line is on the terminal without its newline yet */
+    char last[256]; /* the line shown last */
+} progress_t;
+
+static void progress_init(progress_t *p) {
+    memset(p, 0, sizeof(*p));
+    p->tty = isatty(STDOUT_FILENO);
+}
+
+static void progress_show(progress_t *p, const char *line) {
+    if (strcmp(line, p->last) == 0)
+        return;
+    snprintf(p->last, sizeof(p->last), "%s", line);
+    if (p->tty)
+        printf("\r\033[K%s", line);
+    else
+        printf("%s\n", line);
+    p->open = p->tty;
+    fflush(stdout);
+}
+
+/* Ends the progress: what follows starts on a line of its own. */
+static void progress_end(progress_t *p) {
+    if (p->open)
+        putchar('\n');
+    p->open = false;
+    p->last[0] = '\0';
+    fflush(stdout);
+}
+
+/* A decimal number: digits, optionally a point and more digits (no sign, exponent or blank).
+ * Advances *s past it. */
+static bool parse_decimal(const char **s, double *v) {
+    const char *p = *s;
+    double x = 0, scale = 1;
+
+    if (*p < '0' || *p > '9')
+        return false;
+    for (; *p >= '0' && *p <= '9'; p++)
+        x = x * 10 + (*p - '0');
+    if (*p == '.') {
+        if (*++p < '0' || *p > '9')
+            return false;
+        for (; *p >= '0' && *p <= '9'; p++)
+            x += (*p - '0') * (scale /= 10);
+    }
+    *s = p;
+    *v = x;
+    return true;
+}
+
+/* A DURATION: "500ms", "30s", "2m", "1h", or a bare number of seconds; at most a day. */
+static bool parse_duration(const char *s, double *seconds) {
+    static const struct {
+        const char *unit;
+        double scale;
+    } units[] = {{"", 1}, {"ms", 0.001}, {"s", 1}, {"m", 60}, {"h", 3600}};
+    double v;
+    size_t i;
+
+    if (!parse_decimal(&s, &v))
+        return false;
+    for (i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+        if (strcmp(s, units[i].unit) == 0) {
+            *seconds = v * units[i].scale;
+            return *seconds <= DURATION_MAX_S;
+        }
+    }
+    return false;
+}
+
+/* A RATE: "1%", "0.5%" (0 to 100%), or a fraction from 0 to 1 ("0.01"). */
+static bool parse_rate(const char *s, double *rate) {
+    double v;
+
+    if (!parse_decimal(&s, &v))
+        return false;
+    if (strcmp(s, "%") == 0) {
+        *rate = v / 100;
+        return v <= 100;
+    }
+    *rate = v;
+    return *s == '\0' && v <= 1;
+}
+
+/* --max-p99-ms: an integer from 1 to P99_MAX_MS. */
+static bool parse_p99(const char *s, long *ms) {
+    long v = 0;
+
+    if (!*s)
+        return false;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9' || (v = v * 10 + (*s - '0')) > P99_MAX_MS)
+            return false;
+    }
+    *ms = v;
+    return v >= 1;
+}
+
+/* --steps: integers 1..100, comma-separated, strictly increasing, ending at 100 (so at most 100
+ * of them). Returns NULL, or what is wrong. */
+static const char *parse_steps(const char *s, int steps[WEIGHT_MAX], int *n) {
+    int w;
+
+    for (*n = 0;; s += strcspn(s, ",") + 1) {
+        if (!parse_weight(s, strcspn(s, ","), &w) || w < 1)
+            return "each step is an integer from 1 to 100";
+        if (*n > 0 && w <= steps[*n - 1])
+            return "the steps must be strictly increasing";
+        steps[(*n)++] = w;
+        if (s[strcspn(s, ",")] == '\0')
+            break;
+    }
+    return steps[*n - 1] == WEIGHT_MAX ? NULL : "the last step must be 100 (all the traffic)";
+}
+
+/* The value of an option the command takes, parsed by parse(); false after saying it is bad. */
+#define CHECK_OPTION(ctl, o, parse, out, what)                                                     \
+    (!((ctl)->given & OPT(o)) || parse((ctl)->opt[o], out) ||                                      \
+     (usage_error("--%s '%s': %s", option_names[o], (ctl)->opt[o], what), false))
+
+/* ---------------------------------------------------------------------------------------------
+ * drain NAME [--wait] [--timeout DURATION]
+ */
+
+enum wait_end { W_GOING, W_DRAINED, W_DRAIN_MS, W_TIMEOUT, W_INTERRUPTED };
+
+/* "3 in flight, 1 tunnel, 12 sticky req/10s" */
+static void drain_counts(const json_t *backend, char *out, size_t n) {
+    json_int_t tunnels = int_of(backend, "tunnels", 0);
+
+    snprintf(out, n,
+             "%" JSON_INTEGER_FORMAT " in flight, %" JSON_INTEGER_FORMAT
+             " tunnel%s, %" JSON_INTEGER_FORMAT " sticky req/10s",
+             int_of(backend, "in_flight", 0), tunnels, tunnels == 1 ? "" : "s",
+             int_of(backend, "sticky_requests_10s", 0));
+}
+
+/* The clocks of a wait for a backend to drain, in seconds of now_s(). */
+typedef struct wait_s {
+    double zero_at;   /* when tdctl saw the weight go to 0: td's drain clock if td sends none */
+    double began;     /* when the wait began: the clock of timeout_s */
+    double drain_s;   /* td's timeouts.drain_ms */
+    double timeout_s; /* the longest wait */
+} wait_t;
+
+/* Seconds the backend has been at weight 0: td's own clock (drain_elapsed_ms) when it sends it,
+ * else since zero_at. */
+static double drained_for(const json_t *backend, const wait_t *w, double now) {
+    const json_t *v = json_object_get(backend, "drain_elapsed_ms");
+
+    return json_is_integer(v) ? (double)json_integer_value(v) / 1000.0 : now - w->zero_at;
+}
+
+static enum wait_end wait_verdict(const json_t *backend, const wait_t *w, double now) {
+    if (int_of(backend, "in_flight", 0) == 0 && int_of(backend, "tunnels", 0) == 0)
+        return W_DRAINED;
+    if (interrupted)
+        return W_INTERRUPTED;
+    if (drained_for(backend, w, now) >= w->drain_s)
+        return W_DRAIN_MS;
+    return now - w->began >= w->timeout_s ? W_TIMEOUT : W_GOING;
+}
+
+/* Says how the wait ended; returns the exit status. */
+static int wait_report(enum wait_end end, const char *name, const wait_t *w, double now) {
+    switch (end) {
+    case W_DRAINED:
+        printf("%s: drained after a wait of %.1fs: no request in flight, no tunnel\n", name,
+               now - w->began);
+        return RC_DONE;
+    case W_DRAIN_MS:
+        printf("%s: td's drain time (timeouts.drain_ms, %.1fs) has passed: td closes its "
+               "tunnels and re-assigns its sticky clients; requests in flight run until they "
+               "end\n",
+               name, w->drain_s);
+        return RC_DONE;
+    case W_TIMEOUT:
+        fprintf(stderr, "tdctl: %s: not drained after --timeout %.1fs\n", name, w->timeout_s);
+        return RC_REFUSED;
+    default:
+        fprintf(stderr, "tdctl: %s: interrupted before it was drained\n", name);
+        return RC_REFUSED;
+    }
+}
+
+/* td's timeouts.drain_ms in seconds; NAN after saying why td could not tell. */
+static double drain_seconds(const ctl_t *ctl) {
+    json_t *config = get_json(ctl, "/api/v1/config");
+    double s = NAN;
+
+    if (config)
+        s = (double)int_of(json_object_get(config, "timeouts"), "drain_ms", DRAIN_MS_DEFAULT) /
+            1000.0;
+    json_decref(config);
+    return s;
+}
+
+/* Reads td's state every DRAIN_POLL_S, showing backend `name`'s progress, until it has no request
+ * in flight and no tunnel, td's drain_ms has passed since its weight went to 0 (by td's clock, or
+ * since zero_at), or timeout_s since now. Returns the exit status after saying which. */
+static int wait_drained(const ctl_t *ctl, const char *name, double zero_at, double timeout_s) {
+    wait_t w = {zero_at, now_s(), drain_seconds(ctl), timeout_s};
+    enum wait_end end = W_GOING;
+    progress_t prog;
+    char line[256];
+    double now = w.began;
+
+    if (isnan(w.drain_s))
+        return RC_REFUSED;
+    progress_init(&prog);
+    while (end == W_GOING) {
+        json_t *state = get_json(ctl, "/api/v1/state");
+        const json_t *b = find_backend(state, name);
+
+        if (!b) {
+            if (state)
+                fprintf(stderr, "tdctl: td no longer has backend '%s'\n", name);
+            json_decref(state);
+            progress_end(&prog);
+            return RC_REFUSED;
+        }
+        now = now_s();
+        snprintf(line, sizeof(line), "%s: ", name);
+        drain_counts(b, line + strlen(line), sizeof(line) - strlen(line));
+        progress_show(&prog, line);
+        end = wait_verdict(b, &w, now);
+        json_decref(state);
+        if (end == W_GOING)
+            pause_s(DRAIN_POLL_S);
+    }
+    progress_end(&prog);
+    return wait_report(end, name, &w, now);
+}
+
+/* true when a backend other than `name` keeps a weight above 0. */
+static bool others_weighted(const json_t *state, const char *name) {
+    json_t *b;
+    size_t i;
+
+    json_array_foreach(json_object_get(state, "backends"), i, b) {
+        if (strcmp(str(b, "name"), name) != 0 && int_of(b, "weight", 0) > 0)
+            return true;
+    }
+    return false;
+}
+
+/* Sets backend `name` of td's `state` to weight 0 and says what is left there. */
+static int drain_start(const ctl_t *ctl, const json_t *state, const char *name) {
+    const json_t *b = find_backend(state, name);
+    json_int_t was = int_of(b, "weight", -1);
+    json_t *after;
+    char line[256];
+
+    if (!b)
+        return unknown_backend(state, name);
+    if (was == 0) {
+        drain_counts(b, line, sizeof(line));
+        printf("%s: already at weight 0; %s\n", name, line);
+        return RC_DONE;
+    }
+    if (!others_weighted(state, name)) {
+        fprintf(stderr,
+                "tdctl: refused: draining %s would leave no backend with a weight above 0 "
+                "(every request would get 503); give another backend a weight first\n",
+                name);
+        return RC_REFUSED;
+    }
+    if (!(after = put_json(ctl, "/api/v1/ratio", json_pack("{s:i}", name, 0))))
+        return RC_REFUSED;
+    drain_counts(find_backend(after, name), line, sizeof(line));
+    printf("%s: weight %" JSON_INTEGER_FORMAT " -> 0; %s\n", name, was, line);
+    json_decref(after);
+    return RC_DONE;
+}
+
+static int cmd_drain(const ctl_t *ctl, int argc, char **argv) {
+    double timeout_s = DRAIN_TIMEOUT_S, since;
+    json_t *state;
+    int rc;
+
+    if (argc != 1)
+        return usage_error("drain needs one backend NAME (e.g. drain blue)");
+    if (!valid_name(argv[0], strlen(argv[0])))
+        return usage_error("'%s': a backend name is one or more of A-Z a-z 0-9 _ -", argv[0]);
+    if (!CHECK_OPTION(ctl, O_TIMEOUT, parse_duration, &timeout_s,
+                      "a duration up to 24h such as 500ms, 30s, 2m"))
+        return RC_USAGE;
+    if (timeout_s <= 0)
+        return usage_error("--timeout must be above 0");
+    if ((ctl->given & OPT(O_TIMEOUT)) && !(ctl->given & OPT(O_WAIT)))
+        return usage_error("--timeout goes with --wait");
+    if (!(state = get_json(ctl, "/api/v1/state")))
+        return RC_REFUSED;
+    rc = drain_start(ctl, state, argv[0]);
+    json_decref(state);
+    since = now_s();
+    if (rc != RC_DONE || !(ctl->given & OPT(O_WAIT)))
+        return rc;
+    return wait_drained(ctl, argv[0], since, timeout_s);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * switch NAME [--steps LIST] [--interval DURATION] [--max-error-rate RATE] [--max-p99-ms MS]
+ */
+
+/* td's latency histogram bounds (latency_bounds_ms): bucket i counts requests that took at most
+ * ms[i] (and more than ms[i-1]); the bucket after the last bound is +Inf. */
+typedef struct bounds_s {
+    double ms[MAX_BUCKETS];
+    size_t n;
+} bounds_t;
+
+/* A backend's counters at one moment (or their growth between two). */
+typedef struct counters_s {
+    long long answered;             /* responses of every class */
+    long long errors;               /* 5xx responses */
+    long long buckets[MAX_BUCKETS]; /* latency histogram, not cumulative; the last is +Inf */
+    size_t nbuckets;
+} counters_t;
+
+typedef struct plan_s {
+    const char *green;             /* borrowed (argv): the new side */
+    char old[128];                 /* the old side: td's other backend */
+    int steps[WEIGHT_MAX];         /* green's weight at each step; the old side gets 100 - it */
+    int nsteps, first;             /* steps[first] is the first step taken */
+    double interval_s;             /* how long each step is watched */
+    double max_error_rate;         /* a fraction, 0..1 */
+    long max_p99_ms;               /* 0: latency is not judged */
+    json_int_t green_was, old_was; /* the weights before the switch: a rollback's target */
+    double share;                  /* green's share of the traffic before it, in % */
+    bounds_t bounds;
+    counters_t old_start; /* the old side when the switch began */
+    double last_put;      /* now_s() when the last step was set */
+} plan_t;
+
+/* What one reading of td's state says about the current step. */
+typedef struct reading_s {
+    counters_t green;          /* green's growth since the step began */
+    double green_p99, old_p99; /* ms; -1 without a sample, INFINITY above the last bound */
+} reading_t;
+
+enum step_end { STEP_OK, STEP_ROLL_BACK, STEP_STOP };
+
+static counters_t counters_of(const json_t *backend) {
+    static const char *const classes[] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
+    const json_t *resp = json_object_get(backend, "responses");
+    const json_t *buckets = json_object_get(json_object_get(backend, "latency_ms"), "buckets");
+    counters_t c;
+    size_t i;
+
+    memset(&c, 0, sizeof(c));
+    for (i = 0; i < sizeof(classes) / sizeof(classes[0]); i++)
+        c.answered += int_of(resp, classes[i], 0);
+    c.errors = int_of(resp, "5xx", 0);
+    c.nbuckets = json_array_size(buckets) < MAX_BUCKETS ? json_array_size(buckets) : MAX_BUCKETS;
+    for (i = 0; i < c.nbuckets; i++)
+        c.buckets[i] = json_integer_value(json_array_get(buckets, i));
+    return c;
+}
+
+/* What was counted from `from` to `to`. */
+static counters_t counters_since(const counters_t *to, const counters_t *from) {
+    counters_t d = *to;
+    size_t i;
+
+    d.answered -= from->answered;
+    d.errors -= from->errors;
+    for (i = 0; i < d.nbuckets && i < from->nbuckets; i++)
+        d.buckets[i] -= from->buckets[i];
+    return d;
+}
+
+static long long samples(const counters_t *c) {
+    long long n = 0;
+    size_t i;
+
+    for (i = 0; i < c->nbuckets; i++)
+        n += c->buckets[i];
+    return n;
+}
+
+/* p99 in ms as td computes it: the upper bound of the bucket where the 99th percentile falls;
+ * INFINITY in the +Inf bucket, -1 without a sample. */
+static double p99_ms(const counters_t *c, const bounds_t *b) {
+    long long total = samples(c), seen = 0;
+    size_t i;
+
+    if (total <= 0)
+        return -1;
+    for (i = 0; i < c->nbuckets && i < b->n; i++) {
+        seen += c->buckets[i];
+        if ((double)seen >= 0.99 * (double)total)
+            return b->ms[i];
+    }
+    return INFINITY;
+}
+
+/* "12 ms", "> 10000 ms" or "-". */
+static cell_t ms_cell(double ms, const bounds_t *b) {
+    cell_t c = {"-"};
+
+    if (isinf(ms))
+        snprintf(c.s, sizeof(c.s), "> %.0f ms", b->n ? b->ms[b->n - 1] : 0);
+    else if (ms >= 0)
+        snprintf(c.s, sizeof(c.s), "%.0f ms", ms);
+    return c;
+}
+
+/* Checks every argument of switch into p, before td is asked anything. */
+static int parse_plan(const ctl_t *ctl, int argc, char **argv, plan_t *p) {
+    const char *steps = ctl->given & OPT(O_STEPS) ? ctl->opt[O_STEPS] : SWITCH_STEPS;
+    const char *problem;
+
+    memset(p, 0, sizeof(*p));
+    p->interval_s = SWITCH_INTERVAL_S;
+    p->max_error_rate = SWITCH_ERROR_RATE;
+    if (argc != 1)
+        return usage_error("switch needs one backend NAME, the new side (e.g. switch green)");
+    if (!valid_name(argv[0], strlen(argv[0])))
+        return usage_error("'%s': a backend name is one or more of A-Z a-z 0-9 _ -", argv[0]);
+    p->green = argv[0];
+    if ((problem = parse_steps(steps, p->steps, &p->nsteps)))
+        return usage_error("--steps '%s': %s (e.g. 10,50,100)", steps, problem);
+    if (!CHECK_OPTION(ctl, O_INTERVAL, parse_duration, &p->interval_s,
+                      "a duration up to 24h such as 500ms, 30s, 2m") ||
+        !CHECK_OPTION(ctl, O_MAX_ERROR_RATE, parse_rate, &p->max_error_rate,
+                      "a percentage such as 1% or 0.5%, or a fraction from 0 to 1") ||
+        !CHECK_OPTION(ctl, O_MAX_P99_MS, parse_p99, &p->max_p99_ms,
+                      "milliseconds, an integer from 1 to 3600000"))
+        return RC_USAGE;
+    if (p->interval_s <= 0)
+        return usage_error("--interval must be above 0");
+    return RC_DONE;
+}
+
+/* Fills the plan from td's state: the old side, the weights to roll back to, where to start. */
+static int prepare_plan(plan_t *p, const json_t *state) {
+    const json_t *backends = json_object_get(state, "backends"), *green, *old, *v;
+    size_t i;
+
+    if (json_array_size(backends) != 2)
+        return usage_error("switch needs td to have exactly two backends; it has %zu",
+                           json_array_size(backends));
+    if (!(green = find_backend(state, p->green)))
+        return unknown_backend(state, p->green);
+    old = json_array_get(backends, json_array_get(backends, 0) == green ? 1 : 0);
+    if ((size_t)snprintf(p->old, sizeof(p->old), "%s", str(old, "name")) >= sizeof(p->old) ||
+        strcmp(p->old, p->green) == 0) {
+        fprintf(stderr, "tdctl: td's state names its backends oddly\n");
+        return RC_REFUSED;
+    }
+    if (!has_server_up(green)) {
+        fprintf(stderr, "tdctl: refused: %s has no server up; nothing changed\n", p->green);
+        return RC_REFUSED;
+    }
+    p->green_was = int_of(green, "weight", 0);
+    p->old_was = int_of(old, "weight", 0);
+    p->old_start = counters_of(old);
+    json_array_foreach(json_object_get(state, "latency_bounds_ms"), i, v) {
+        if (p->bounds.n < MAX_BUCKETS - 1 && json_is_number(v))
+            p->bounds.ms[p->bounds.n++] = json_number_value(v);
+    }
+    p->share = p->green_was + p->old_was > 0
+                   ? 100.0 * (double)p->green_was / (double)(p->green_was + p->old_was)
+                   : 0;
+    while (p->steps[p->first] < p->share)
+        p->first++; /* the last step is 100: never past it */
+    return RC_DONE;
+}
+
+/* The old side's p99 to compare green's with: over the switch so far when it served enough,
+ * else over its lifetime. */
+static double old_p99(const plan_t *p, const json_t *old) {
+    counters_t now = counters_of(old), during = counters_since(&now, &p->old_start);
+
+    return p99_ms(samples(&during) >= MIN_ANSWERS ? &during : &now, &p->bounds);
+}
+
+/* Reads green's growth since the step began (green0) and both p99s from one state. */
+static void take_reading(const plan_t *p, const json_t *green, const json_t *old,
+                         const counters_t *green0, reading_t *r) {
+    counters_t now = counters_of(green);
+
+    r->green = counters_since(&now, green0);
+    r->green_p99 = p99_ms(&r->green, &p->bounds);
+    r->old_p99 = old_p99(p, old);
+}
+
+/* Judges one reading of td's state during the step where green has weight `step`: STEP_OK to
+ * go on, else why not in why[n]. */
+static enum step_end judge(const plan_t *p, int step, const json_t *state, const reading_t *r,
+                           char *why, size_t n) {
+    const json_t *green = find_backend(state, p->green), *old = find_backend(state, p->old);
+    const counters_t *g = &r->green;
+
+    if (int_of(green, "weight", -1) != step || int_of(old, "weight", -1) != WEIGHT_MAX - step) {
+        snprintf(why, n,
+                 "someone else changed the weights during the switch (%s=%s %s=%s); tdctl "
+                 "stops here and leaves them as they are",
+                 p->green, num(green, "weight").s, p->old, num(old, "weight").s);
+        return STEP_STOP;
+    }
+    if (!has_server_up(green)) {
+        snprintf(why, n, "%s has no server up any more", p->green);
+        return STEP_ROLL_BACK;
+    }
+    if (g->answered >= MIN_ANSWERS && (double)g->errors > p->max_error_rate * (double)g->answered) {
+        snprintf(why, n,
+                 "%s: 5xx rate %.1f%% (%lld of %lld answers in this step) is above "
+                 "--max-error-rate %g%%",
+                 p->green, 100.0 * (double)g->errors / (double)g->answered, g->errors, g->answered,
+                 100.0 * p->max_error_rate);
+        return STEP_ROLL_BACK;
+    }
+    if (p->max_p99_ms && samples(g) >= MIN_ANSWERS && r->green_p99 > (double)p->max_p99_ms &&
+        r->green_p99 > r->old_p99) {
+        snprintf(why, n,
+                 "%s: p99 latency %s (%lld answers in this step) is above --max-p99-ms %ld "
+                 "and above %s's %s",
+                 p->green, ms_cell(r->green_p99, &p->bounds).s, samples(g), p->max_p99_ms, p->old,
+                 ms_cell(r->old_p99, &p->bounds).s);
+        return STEP_ROLL_BACK;
+    }
+    return STEP_OK;
+}
+
+/* "  1.5s of 30.0s: green 34 answers, 0 5xx (0.0%), p99 2 ms; blue p99 5 ms" */
+static void step_line(const plan_t *p, double elapsed, const reading_t *r, char *out, size_t n) {
+    const counters_t *g = &r->green;
+
+    snprintf(out, n, "  %.1fs of %.1fs: %s %lld answers, %lld 5xx (%.1f%%), p99 %s; %s p99 %s",
+             elapsed, p->interval_s, p->green, g->answered, g->errors,
+             g->answered > 0 ? 100.0 * (double)g->errors / (double)g->answered : 0.0,
+             ms_cell(r->green_p99, &p->bounds).s, p->old, ms_cell(r->old_p99, &p->bounds).s);
+}
+
+/* One reading during a step: takes it, shows it, judges it. */
+static enum step_end watch_once(const ctl_t *ctl, const plan_t *p, int step,
+                                const counters_t *green0, double elapsed, progress_t *prog,
+                                char *why, size_t n) {
+    json_t *state = get_json(ctl, "/api/v1/state");
+    const json_t *green = find_backend(state, p->green), *old = find_backend(state, p->old);
+    enum step_end end = STEP_ROLL_BACK;
+    reading_t r;
+    char line[256];
+
+    if (green && old) {
+        take_reading(p, green, old, green0, &r);
+        end = judge(p, step, state, &r, why, n);
+        step_line(p, elapsed, &r, line, sizeof(line));
+        /* Off a terminal, only how the step ended: not a line every SWITCH_POLL_S. */
+        if (prog->tty || elapsed >= p->interval_s || end != STEP_OK)
+            progress_show(prog, line);
+    } else {
+        snprintf(why, n, state ? "td no longer has backends %s and %s" : "lost td (%s, %s)",
+                 p->green, p->old);
+    }
+    json_decref(state);
+    return end;
+}
+
+/* Watches the step for the interval, reading td's state every SWITCH_POLL_S. */
+static enum step_end watch_step(const ctl_t *ctl, const plan_t *p, int step,
+                                const counters_t *green0, char *why, size_t n) {
+    double start = now_s(), elapsed = 0;
+    enum step_end end = STEP_OK;
+    progress_t prog;
+
+    progress_init(&prog);
+    while (end == STEP_OK && elapsed < p->interval_s) {
+        pause_s(min_s(SWITCH_POLL_S, p->interval_s - elapsed));
+        if (interrupted) {
+            snprintf(why, n, "interrupted");
+            end = STEP_ROLL_BACK;
+            break;
+        }
+        elapsed = min_s(now_s() - start, p->interval_s);
+        end = watch_once(ctl, p, step, green0, elapsed, &prog, why, n);
+    }
+    progress_end(&prog);
+    return end;
+}
+
+/* "[##########..........]  50%  green=50 blue=50  (step 2 of 3)" */
+static void print_bar(const plan_t *p, int i) {
+    int step = p->steps[i], filled = step / 5;
+    char bar[21];
+
+    memset(bar, '#', (size_t)filled);
+    memset(bar + filled, '.', (size_t)(20 - filled));
+    bar[20] = '\0';
+    printf("[%s] %3d%%  %s=%d %s=%d  (step %d of %d)\n", bar, step, p->green, step, p->old,
+           WEIGHT_MAX - step, i - p->first + 1, p->nsteps - p->first);
+    fflush(stdout);
+}
+
+/* Step i: green at steps[i], the old side at the rest, watched for the interval. */
+static enum step_end run_step(const ctl_t *ctl, plan_t *p, int i, char *why, size_t n) {
+    int step = p->steps[i];
+    json_t *state = put_json(ctl, "/api/v1/ratio",
+                             json_pack("{s:i,s:i}", p->green, step, p->old, WEIGHT_MAX - step));
+    const json_t *green = find_backend(state, p->green);
+    counters_t green0;
+
+    if (!green) {
+        snprintf(why, n, "td did not take the step to %s=%d", p->green, step);
+        json_decref(state);
+        return i == p->first ? STEP_STOP : STEP_ROLL_BACK;
+    }
+    p->last_put = now_s();
+    green0 = counters_of(green);
+    json_decref(state);
+    print_bar(p, i);
+    return watch_step(ctl, p, step, &green0, why, n);
+}
+
+/* Sets the weights back to those before the switch, after saying why; returns the exit status. */
+static int roll_back(const ctl_t *ctl, const plan_t *p, const char *why) {
+    json_t *state;
+
+    fprintf(stderr, "tdctl: %s\n", why);
+    state = put_json(ctl, "/api/v1/ratio",
+                     json_pack("{s:I,s:I}", p->green, p->green_was, p->old, p->old_was));
+    if (!state) {
+        fprintf(stderr,
+                "tdctl: THE ROLLBACK FAILED: set the weights back by hand: tdctl ratio "
+                "%s=%" JSON_INTEGER_FORMAT " %s=%" JSON_INTEGER_FORMAT "\n",
+                p->green, p->green_was, p->old, p->old_was);
+        return RC_REFUSED;
+    }
+    json_decref(state);
+    fprintf(stderr,
+            "tdctl: rolled back to %s=%" JSON_INTEGER_FORMAT " %s=%" JSON_INTEGER_FORMAT "\n",
+            p->green, p->green_was, p->old, p->old_was);
+    return RC_REFUSED;
+}
+
+static void print_plan(const plan_t *p) {
+    printf("switch to %s from %s (now %s=%" JSON_INTEGER_FORMAT " %s=%" JSON_INTEGER_FORMAT
+           "): %d step%s of %.1fs; rolls back if %s's 5xx rate is above %g%%",
+           p->green, p->old, p->green, p->green_was, p->old, p->old_was, p->nsteps - p->first,
+           p->nsteps - p->first == 1 ? "" : "s", p->interval_s, p->green,
+           100.0 * p->max_error_rate);
+    if (p->max_p99_ms)
+        printf(" or its p99 above %ld ms and %s's", p->max_p99_ms, p->old);
+    printf("\n");
+    if (p->first > 0)
+        printf("%s already has %.0f%% of the traffic: the %d step%s below it skipped\n", p->green,
+               p->share, p->first, p->first == 1 ? " is" : "s are");
+}
+
+static int run_switch(const ctl_t *ctl, plan_t *p) {
+    double start = now_s();
+    char why[512];
+    int i;
+
+    print_plan(p);
+    for (i = p->first; i < p->nsteps; i++) {
+        enum step_end end = run_step(ctl, p, i, why, sizeof(why));
+
+        if (end == STEP_ROLL_BACK)
+            return roll_back(ctl, p, why);
+        if (end == STEP_STOP) {
+            fprintf(stderr, "tdctl: %s\n", why);
+            return RC_REFUSED;
+        }
+    }
+    printf("all traffic goes to %s after %.1fs; waiting for %s's requests in flight\n", p->green,
+           now_s() - start, p->old);
+    wait_drained(ctl, p->old, p->last_put, DRAIN_TIMEOUT_S);
+    printf("switched to %s: %s=100 %s=0\n", p->green, p->green, p->old);
+    return RC_DONE;
+}
+
+static int cmd_switch(const ctl_t *ctl, int argc, char **argv) {
+    json_t *state;
+    plan_t p;
+    int rc = parse_plan(ctl, argc, argv, &p);
+
+    if (rc != RC_DONE)
+        return rc;
+    if (!(state = get_json(ctl, "/api/v1/state")))
+        return RC_REFUSED;
+    rc = prepare_plan(&p, state);
+    json_decref(state);
+    if (rc != RC_DONE)
+        return rc;
+    catch_signals();
+    return run_switch(ctl, &p);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * rollback, history
+ */
+
+/* The most recent entry of td's history that changed a weight (borrowed from it), or NULL. */
+static json_t *last_weight_change(const json_t *history) {
+    size_t i = json_array_size(history);
+
+    while (i-- > 0) {
+        json_t *e = json_array_get(history, i);
+        json_t *before = json_object_get(json_object_get(e, "before"), "weights");
+        json_t *after = json_object_get(json_object_get(e, "after"), "weights");
+
+        if (json_is_object(before) && json_is_object(after) && !json_equal(before, after))
+            return e;
+    }
+    return NULL;
+}
+
+/* true when every backend named in weights has that weight in td's state. */
+static bool weights_are(const json_t *state, const json_t *weights) {
+    const char *name;
+    json_t *w;
+
+    json_object_foreach((json_t *)weights, name, w) {
+        if (!json_is_integer(w) ||
+            int_of(find_backend(state, name), "weight", -1) != json_integer_value(w))
+            return false;
+    }
+    return true;
+}
+
+/* "blue=50 green=50" */
+static void weights_text(const json_t *weights, char *out, size_t n) {
+    const char *name;
+    json_t *w;
+    size_t len = 0;
+
+    out[0] = '\0';
+    json_object_foreach((json_t *)weights, name, w) {
+        if (len < n)
+            len += (size_t)snprintf(out + len, n - len, "%s%s=%" JSON_INTEGER_FORMAT,
+                                    len ? " " : "", name, json_integer_value(w));
+    }
+}
+
+/* Sets the weights back to the `before` of a history entry. */
+static int undo_change(const ctl_t *ctl, const json_t *change) {
+    const json_t *weights = json_object_get(json_object_get(change, "before"), "weights");
+    json_t *state = get_json(ctl, "/api/v1/state");
+    char text[512];
+    bool already;
+
+    if (!state)
+        return RC_REFUSED;
+    already = weights_are(state, weights);
+    json_decref(state);
+    weights_text(weights, text, sizeof(text));
+    if (already) {
+        printf("the weights already are those before \"%s\" (%s): nothing to do\n",
+               str(change, "what"), text);
+        return RC_DONE;
+    }
+    if (!ctl->json)
+        printf("undoing \"%s\" of %s from %s: %s\n\n", str(change, "what"), str(change, "time"),
+               str(change, "client"), text);
+    return put_for_state(ctl, "/api/v1/ratio", json_deep_copy(weights));
+}
+
+static int cmd_rollback(const ctl_t *ctl, int argc, char **argv) {
+    json_t *history, *change;
+    int rc = RC_REFUSED;
+
+    if (argc > 0)
+        return usage_error("rollback takes no argument, got '%s'", argv[0]);
+    if (!(history = get_json(ctl, "/api/v1/history")))
+        return RC_REFUSED;
+    if (!json_is_array(history))
+        fprintf(stderr, "tdctl: td's history is not a list\n");
+    else if (!(change = last_weight_change(history)))
+        fprintf(stderr, "tdctl: td's history has no change of weights to roll back\n");
+    else
+        rc = undo_change(ctl, change);
+    json_decref(history);
+    return rc;
+}
+
+static void print_history(const json_t *history) {
+    size_t i, width = strlen("CLIENT");
+    const json_t *e;
+
+    if (json_array_size(history) == 0) {
+        printf("no change recorded\n");
+        return;
+    }
+    json_array_foreach(history, i, e) {
+        size_t len = strlen(str(e, "client"));
+        if (len > width)
+            width = len > 64 ? 64 : len;
+    }
+    printf("%-24s  %-*s  %s\n", "TIME", (int)width, "CLIENT", "WHAT");
+    json_array_foreach(history, i, e) {
+        const char *client = str(e, "client");
+        printf("%-24s  %-*s  %s\n", str(e, "time"), (int)width, *client ? client : "-",
+               str(e, "what"));
+    }
+}
+
+static int cmd_history(const ctl_t *ctl, int argc, char **argv) {
+    json_t *history;
+    reply_t r;
+    int rc;
+
+    if (argc > 0)
+        return usage_error("history takes no argument, got '%s'", argv[0]);
+    rc = call(ctl, "GET", "/api/v1/history", NULL, 0, &r);
+    if (rc == RC_DONE && ctl->json) {
+        print_raw(&r.body);
+    } else if (rc == RC_DONE && (history = parse_reply(&r))) {
+        print_history(history);
+        json_decref(history);
+    } else if (rc == RC_DONE) {
+        rc = RC_REFUSED;
+    }
+    free(r.body.p);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------------------------
  * Options and dispatch
  */
+
+static int cmd_help(const ctl_t *ctl, int argc, char **argv);
 
 static const struct command {
     const char *name;
     int (*run)(const ctl_t *ctl, int argc, char **argv);
+    unsigned options; /* OPT() bits of the command options it takes */
+    const char *help; /* its manual page */
 } commands[] = {
-    {"status", cmd_status},
-    {"ratio", cmd_ratio},
-    {"method", cmd_method},
-    {"config", cmd_config},
+    {"status", cmd_status, 0, help_status},
+    {"ratio", cmd_ratio, 0, help_ratio},
+    {"method", cmd_method, 0, help_method},
+    {"config", cmd_config, 0, help_config},
+    {"drain", cmd_drain, OPT(O_WAIT) | OPT(O_TIMEOUT), help_drain},
+    {"switch", cmd_switch,
+     OPT(O_STEPS) | OPT(O_INTERVAL) | OPT(O_MAX_ERROR_RATE) | OPT(O_MAX_P99_MS), help_switch},
+    {"rollback", cmd_rollback, 0, help_rollback},
+    {"history", cmd_history, 0, help_history},
+    {"help", cmd_help, 0, help_help},
+};
+
+#define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
+#define COMMAND_LIST "status, ratio, method, config, drain, switch, rollback, history or help"
+
+static const struct command *find_command(const char *name) {
+    size_t i;
+
+    for (i = 0; name && i < NCOMMANDS; i++) {
+        if (strcmp(name, commands[i].name) == 0)
+            return &commands[i];
+    }
+    return NULL;
+}
+
+/* Prints the page of the command `name`, or the general one when name is NULL or unknown. */
+static int print_help(const char *name) {
+    const struct command *cmd = find_command(name);
+
+    fputs(cmd ? cmd->help : help_text, stdout);
+    return RC_DONE;
+}
+
+static int cmd_help(const ctl_t *ctl, int argc, char **argv) {
+    (void)ctl;
+    if (argc > 1)
+        return usage_error("help takes at most one COMMAND");
+    if (argc == 1 && !find_command(argv[0]))
+        return usage_error("no command '%s': use %s", argv[0], COMMAND_LIST);
+    return print_help(argc ? argv[0] : NULL);
+}
+
+enum { LONG_ONLY = 256 }; /* + O_*: the command options, which have no short form */
+
+static const struct option longopts[] = {
+    {"admin", required_argument, NULL, 'a'},
+    {"token", required_argument, NULL, 't'},
+    {"json", no_argument, NULL, 'j'},
+    {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, 'V'},
+    {"wait", no_argument, NULL, LONG_ONLY + O_WAIT},
+    {"timeout", required_argument, NULL, LONG_ONLY + O_TIMEOUT},
+    {"steps", required_argument, NULL, LONG_ONLY + O_STEPS},
+    {"interval", required_argument, NULL, LONG_ONLY + O_INTERVAL},
+    {"max-error-rate", required_argument, NULL, LONG_ONLY + O_MAX_ERROR_RATE},
+    {"max-p99-ms", required_argument, NULL, LONG_ONLY + O_MAX_P99_MS},
+    {NULL, 0, NULL, 0},
 };
 
 /* Parses the options (anywhere on the line: getopt_long moves the operands behind them). Returns
- * -1 to go on with the operands at argv[optind], or an exit status for --help, --version and
- * errors. */
+ * -1 to go on with the operands at argv[optind], or an exit status for --version and errors. */
 static int parse_options(ctl_t *ctl, int argc, char **argv) {
-    static const struct option longopts[] = {
-        {"admin", required_argument, NULL, 'a'}, {"token", required_argument, NULL, 't'},
-        {"json", no_argument, NULL, 'j'},        {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},     {NULL, 0, NULL, 0},
-    };
     int c;
 
     opterr = 0; /* our messages, not getopt's, so that every one ends with the hint */
@@ -778,14 +2046,19 @@ static int parse_options(ctl_t *ctl, int argc, char **argv) {
             ctl->json = true;
             break;
         case 'h':
-            fputs(help_text, stdout);
-            return RC_DONE;
+            ctl->help = true;
+            break;
         case 'V':
             puts("tdctl " TDCTL_VERSION);
             return RC_DONE;
         case ':':
             return usage_error("option '%s' needs a value", argv[optind - 1]);
         default:
+            if (c >= LONG_ONLY && c < LONG_ONLY + NOPT) {
+                ctl->given |= OPT(c - LONG_ONLY);
+                ctl->opt[c - LONG_ONLY] = optarg;
+                break;
+            }
             /* A bad long option is whole in argv[optind - 1]; a bad short one may sit inside a
              * cluster such as -jx, so name it by its letter. */
             if (optopt && strncmp(argv[optind - 1], "--", 2) != 0)
@@ -812,29 +2085,42 @@ static int check_target(ctl_t *ctl) {
     return -1;
 }
 
+/* A command option given to a command that does not take it is a usage error, not ignored. */
+static int check_command_options(const ctl_t *ctl, const struct command *cmd) {
+    int o;
+
+    for (o = 0; o < NOPT; o++) {
+        if ((ctl->given & OPT(o)) && !(cmd->options & OPT(o)))
+            return usage_error("--%s is not an option of %s (see tdctl %s --help)", option_names[o],
+                               cmd->name, cmd->name);
+    }
+    return -1;
+}
+
 int main(int argc, char **argv) {
     ctl_t ctl = {.admin = getenv("TD_ADMIN"), .token = getenv("TD_TOKEN")};
-    size_t i;
+    const struct command *cmd;
     int rc;
 
     if (!ctl.admin || !*ctl.admin)
         ctl.admin = DEFAULT_ADMIN;
-    if ((rc = parse_options(&ctl, argc, argv)) >= 0 || (rc = check_target(&ctl)) >= 0)
+    if ((rc = parse_options(&ctl, argc, argv)) >= 0)
+        return rc;
+    if (ctl.help)
+        return print_help(optind < argc ? argv[optind] : NULL);
+    if ((rc = check_target(&ctl)) >= 0)
         return rc;
     if (optind >= argc)
-        return usage_error("missing COMMAND: status, ratio, method or config");
-    for (i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
-        if (strcmp(argv[optind], commands[i].name) == 0)
-            break;
-    }
-    if (i == sizeof(commands) / sizeof(commands[0]))
-        return usage_error("unknown command '%s': use status, ratio, method or config",
-                           argv[optind]);
+        return usage_error("missing COMMAND: " COMMAND_LIST);
+    if (!(cmd = find_command(argv[optind])))
+        return usage_error("unknown command '%s': use " COMMAND_LIST, argv[optind]);
+    if ((rc = check_command_options(&ctl, cmd)) >= 0)
+        return rc;
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         fprintf(stderr, "tdctl: cannot start libcurl\n");
         return RC_REFUSED;
     }
-    rc = commands[i].run(&ctl, argc - optind - 1, argv + optind + 1);
+    rc = cmd->run(&ctl, argc - optind - 1, argv + optind + 1);
     curl_global_cleanup();
     return rc;
 }
