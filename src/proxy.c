@@ -89,6 +89,8 @@ struct worker_s {
     client_t *tls_clients;    /* clients waiting for that (tls_next list) */
     upstream_t *tls_upstreams; /* upstreams waiting for that (tls_next list) */
     td_http1_header_t hdrs[MAX_HDRS];
+    const td_http1_request_t *parsed; /* the request start_request parsed into hdrs ... */
+    const client_t *parsed_for;       /* ... for this client, while it routes it; else NULL */
     char scratch[CBUF_SIZE + 2048]; /* response/request heads are built here */
     char cipher[UBUF_SIZE];         /* TLS records are read here, then decrypted */
 };
@@ -159,7 +161,8 @@ struct upstream_s {
     uint64_t body_left;
     td_http1_chunked_t chunk;
     int status;
-    uint8_t state, reused, writing, reading, closes;
+    uint8_t state, reused, writing, reading;
+    int64_t deadline;      /* uv_now() ms of the connect / response / pool-idle timeout; 0 none */
     uint8_t head_done, resp_body, resp_keep_alive, resp_done, dechunk, tunnel;
     td_tls_conn_t *tls;    /* owned; NULL for plain HTTP to the server */
     upstream_t *tls_next;  /* in w->tls_upstreams */
@@ -397,8 +400,9 @@ static int connection_listed(td_str_t conn, td_str_t name) {
 }
 
 static td_str_t find_header(const td_http1_header_t *h, size_t n, const char *lower) {
+    size_t len = strlen(lower);
     for (size_t i = 0; i < n; i++)
-        if (td_http1_name_is(h[i].name, lower))
+        if (h[i].name.len == len && td_http1_name_is(h[i].name, lower))
             return h[i].value;
     return (td_str_t){NULL, 0};
 }
@@ -879,7 +883,11 @@ static void start_request(client_t *c) {
             td_router_pin_seen(c->snap->backends[pinned].st, td_now_ms());
     }
     c->pinned = pinned;
+    /* A pooled connection takes the head at once, as parsed: build_request_head may use it. */
+    w->parsed = &req;
+    w->parsed_for = c;
     pick_and_connect(c);
+    w->parsed_for = NULL;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -887,36 +895,57 @@ static void start_request(client_t *c) {
 
 /* Builds the request head for the upstream into the worker's scratch area from the client's head
  * bytes (re-parsed: the head is still at the start of c->buf). Returns its length, or -1. */
+/* Field lines that pass through unchanged are copied as they came, one copy per run of
+ * consecutive kept lines (lines are contiguous in the buffer): a kept line opens or extends the
+ * run; flush_fields copies it up to `stop` (the start of a line not kept, or the head's final
+ * CRLF). */
+static void keep_field(const char **run, td_str_t name) {
+    if (!*run)
+        *run = name.p;
+}
+
+static void flush_fields(const char **run, char **p, const char *end, const char *stop) {
+    if (*run) {
+        add_str(p, end, *run, (size_t)(stop - *run));
+        *run = NULL;
+    }
+}
+
 static int build_request_head(client_t *c) {
     worker_t *w = c->w;
     td_http1_request_t req;
-    if (td_http1_parse_request(c->buf, c->head_len, &limits, &req, w->hdrs, MAX_HDRS) <= 0)
+    if (w->parsed_for == c)
+        req = *w->parsed; /* still in w->hdrs: the head is being sent as it was parsed */
+    else if (td_http1_parse_request(c->buf, c->head_len, &limits, &req, w->hdrs, MAX_HDRS) <= 0)
         return -1;
     char *p = w->scratch, *end = w->scratch + sizeof(w->scratch);
     ADD_STR(&p, end, req.method);
     ADD_LIT(&p, end, " ");
     ADD_STR(&p, end, req.target);
     ADD_LIT(&p, end, " HTTP/1.1\r\n");
-    td_str_t conn = find_header(req.headers, req.num_headers, "connection");
+    td_str_t conn = {NULL, 0};
+    if (req.conn_flags & TD_CONN_OTHER)
+        conn = find_header(req.headers, req.num_headers, "connection");
+    const td_config_t *cfg = c->snap ? c->snap->config : NULL;
     td_str_t xff = {NULL, 0};
+    const char *run = NULL;
     for (size_t i = 0; i < req.num_headers; i++) {
-        td_str_t n = req.headers[i].name, v = req.headers[i].value;
-        if (hop_by_hop(n) || ((req.conn_flags & TD_CONN_OTHER) && connection_listed(conn, n)))
-            continue;
-        if (c->snap && preview_field(c->snap->config, n))
-            continue;
-        if (n.len == 15 && td_http1_name_is(n, "x-forwarded-for")) {
-            xff = v; /* appended to below */
-            continue;
+        td_str_t n = req.headers[i].name;
+        int drop = hop_by_hop(n) ||
+                   ((req.conn_flags & TD_CONN_OTHER) && connection_listed(conn, n)) ||
+                   (cfg && preview_field(cfg, n)) ||
+                   (n.len == 17 && td_http1_name_is(n, "x-forwarded-proto")) ||
+                   (n.len == 16 && td_http1_name_is(n, "x-forwarded-host"));
+        if (!drop && n.len == 15 && td_http1_name_is(n, "x-forwarded-for")) {
+            xff = req.headers[i].value; /* appended to below */
+            drop = 1;
         }
-        if ((n.len == 17 && td_http1_name_is(n, "x-forwarded-proto")) ||
-            (n.len == 16 && td_http1_name_is(n, "x-forwarded-host")))
-            continue;
-        ADD_STR(&p, end, n);
-        ADD_LIT(&p, end, ": ");
-        ADD_STR(&p, end, v);
-        ADD_LIT(&p, end, "\r\n");
+        if (drop)
+            flush_fields(&run, &p, end, n.p);
+        else
+            keep_field(&run, n);
     }
+    flush_fields(&run, &p, end, c->buf + c->head_len - 2);
     if (req.body == TD_BODY_CHUNKED)
         ADD_LIT(&p, end, "Transfer-Encoding: chunked\r\n");
     if (req.upgrade) {
@@ -953,10 +982,10 @@ static int build_request_head(client_t *c) {
     return (int)(p - w->scratch);
 }
 
-static void upstream_timer_cb(uv_timer_t *t);
-
+/* Upstream timeouts are deadlines on the worker's clock too: a timer per request costs more than
+ * the rest of the exchange's bookkeeping. */
 static void upstream_timer(upstream_t *u, int ms) {
-    uv_timer_start(&u->timer, upstream_timer_cb, (uint64_t)ms, 0);
+    u->deadline = (int64_t)uv_now(&u->w->loop) + ms;
 }
 
 static void request_written(client_t *c);
@@ -1144,8 +1173,6 @@ static void client_got(client_t *c, size_t nread) {
 
 static void upstream_free_cb(uv_handle_t *h) {
     upstream_t *u = h->data;
-    if (--u->closes)
-        return;
     free(u->buf);
     if (u->tls) {
         td_tls_free(u->tls);
@@ -1183,8 +1210,6 @@ static void upstream_close(upstream_t *u) {
         u->c = NULL;
     }
     atomic_fetch_sub_explicit(&u->st->active_connections, 1, memory_order_relaxed);
-    u->closes = 2;
-    uv_close((uv_handle_t *)&u->timer, upstream_free_cb);
     uv_close((uv_handle_t *)&u->tcp, upstream_free_cb);
 }
 
@@ -1317,9 +1342,8 @@ static void upstream_open(client_t *c, td_snap_server_t *srv) {
     u->w = w;
     u->pool = pool;
     u->st = srv->st;
-    u->tcp.data = u->timer.data = u->creq.data = u;
+    u->tcp.data = u->creq.data = u;
     uv_tcp_init(&w->loop, &u->tcp);
-    uv_timer_init(&w->loop, &u->timer);
     atomic_fetch_add_explicit(&u->st->active_connections, 1, memory_order_relaxed);
     u->state = U_CONNECTING;
     u->c = c;
@@ -1338,8 +1362,8 @@ static void upstream_open(client_t *c, td_snap_server_t *srv) {
     upstream_timer(u, timeout_ms(c, T_CONNECT));
 }
 
-static void upstream_timer_cb(uv_timer_t *t) {
-    upstream_t *u = t->data;
+/* An upstream's deadline passed. */
+static void upstream_timeout(upstream_t *u) {
     if (u->state == U_IDLE) {
         upstream_close(u);
     } else if (u->state == U_CONNECTING) {
@@ -1480,28 +1504,33 @@ static void pick_and_connect(client_t *c) {
  * Response: upstream -> client */
 
 /* Builds the response head for the client into the scratch area. */
-static int build_response_head(upstream_t *u, client_t *c, const td_http1_response_t *resp) {
+static int build_response_head(upstream_t *u, client_t *c, const td_http1_response_t *resp,
+                               const char *head_end) {
     char *p = c->w->scratch, *end = c->w->scratch + sizeof(c->w->scratch);
-    char line[64];
-    int n = snprintf(line, sizeof(line), "HTTP/1.1 %d ", resp->status);
-    add_str(&p, end, line, (size_t)n);
+    char line[13] = "HTTP/1.1 000 ";
+    line[9] = (char)('0' + resp->status / 100 % 10);
+    line[10] = (char)('0' + resp->status / 10 % 10);
+    line[11] = (char)('0' + resp->status % 10);
+    add_str(&p, end, line, sizeof(line));
     ADD_STR(&p, end, resp->reason);
     ADD_LIT(&p, end, "\r\n");
-    td_str_t conn = find_header(resp->headers, resp->num_headers, "connection");
+    td_str_t conn = {NULL, 0};
+    if (resp->conn_flags & TD_CONN_OTHER)
+        conn = find_header(resp->headers, resp->num_headers, "connection");
     int switching = resp->status == 101;
+    const char *run = NULL;
     for (size_t i = 0; i < resp->num_headers; i++) {
         td_str_t h = resp->headers[i].name;
-        if (switching && h.len == 7 && td_http1_name_is(h, "upgrade")) {
-            /* kept: it names the protocol switched to */
-        } else if (hop_by_hop(h) ||
-                   ((resp->conn_flags & TD_CONN_OTHER) && connection_listed(conn, h))) {
-            continue;
-        }
-        ADD_STR(&p, end, h);
-        ADD_LIT(&p, end, ": ");
-        ADD_STR(&p, end, resp->headers[i].value);
-        ADD_LIT(&p, end, "\r\n");
+        /* Upgrade stays on a 101: it names the protocol switched to. */
+        int drop = !(switching && h.len == 7 && td_http1_name_is(h, "upgrade")) &&
+                   (hop_by_hop(h) ||
+                    ((resp->conn_flags & TD_CONN_OTHER) && connection_listed(conn, h)));
+        if (drop)
+            flush_fields(&run, &p, end, h.p);
+        else
+            keep_field(&run, h);
     }
+    flush_fields(&run, &p, end, head_end - 2);
     if (resp->status >= 200) {
         if (resp->body == TD_BODY_CHUNKED && !u->dechunk)
             ADD_LIT(&p, end, "Transfer-Encoding: chunked\r\n");
@@ -1644,7 +1673,7 @@ static void response_pump(upstream_t *u) {
                     if (resp.status == 101)
                         u->tunnel = 1;
                 }
-                int hl = build_response_head(u, c, &resp);
+                int hl = build_response_head(u, c, &resp, u->buf + u->off);
                 if (hl < 0) {
                     upstream_fail(u, "response head too large", F_PROTOCOL);
                     return;
@@ -1730,7 +1759,7 @@ static int response_written(upstream_t *u) {
             atomic_fetch_add_explicit(&c->b_tunnel->tunnels, 1, memory_order_relaxed);
         end_exchange(c);
         c->deadline = 0;
-        uv_timer_stop(&u->timer);
+        u->deadline = 0;
         if (c->len > c->req_end) {
             memmove(c->buf, c->buf + c->req_end, c->len - c->req_end);
             c->len -= c->req_end;
@@ -1951,11 +1980,20 @@ static void tick_cb(uv_timer_t *t) {
     int64_t now_loop = (int64_t)uv_now(&w->loop);
     for (client_t *c = w->clients, *next; c; c = next) {
         next = c->next;
-        if (c->deadline && now_loop >= c->deadline) {
+        if (c->up && c->up->deadline && now_loop >= c->up->deadline) {
+            c->up->deadline = 0;
+            upstream_timeout(c->up); /* may close c */
+        } else if (c->deadline && now_loop >= c->deadline) {
             c->deadline = 0;
             client_timeout(c);
         }
     }
+    for (pool_t *p = w->pools; p; p = p->next)
+        for (upstream_t *u = p->idle, *unext; u; u = unext) {
+            unext = u->next;
+            if (u->deadline && now_loop >= u->deadline)
+                upstream_close(u);
+        }
     if (++w->ticks % (1000 / TICK_MS))
         return;
     worker_refresh(w);

@@ -75,8 +75,9 @@ int td_http1_parse_response(const char *buf, size_t len, int request_was_head,
 long td_http1_chunked_feed(td_http1_chunked_t *c, const char *buf, size_t len, int *done,
                            td_str_t *spans, size_t max_spans, size_t *nspans);
 
-/* Case-insensitive comparison of a field name (or token) with a NUL-terminated lower-case literal.
- */
+/* Case-insensitive comparison of a field name (or token) with a NUL-terminated literal made of
+ * lower-case letters, digits and '-' (e.g. "content-length"). `name` must hold no control bytes
+ * (the parser's field names and values never do). Returns 1 when equal, else 0. */
 int td_http1_name_is(td_str_t name, const char *lower);
 
 /* Returns 1 when the comma-separated token list `list` (e.g. a Connection value) contains `token`
