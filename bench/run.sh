@@ -1,0 +1,306 @@
+#!/bin/bash
+# td against nginx and HAProxy, all on 127.0.0.1, one worker each, same setup (two backends
+# 50/50, upstream keep-alive). Called by `make bench`; writes docs/BENCHMARKS.md and docs/bench.svg,
+# and the raw per-round numbers in bench/out/.
+#
+#   bench/run.sh                  full run, about 5 minutes (3 rounds)
+#   BENCH_QUICK=1 bench/run.sh    smoke run under a minute; writes only bench/out/quick/
+#
+# Settings (environment): TD_BIN (default build/td), BENCH_ROUNDS, BENCH_DURATION (seconds per
+# wrk run), BENCH_IDLE_CONNS, BENCH_FLIPS, BENCH_OUT, BENCH_NICE (e.g. -10: run everything at that
+# priority, as root, when other work shares the machine).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BENCH=$ROOT/bench
+PY=/usr/bin/python3
+TD_BIN=${TD_BIN:-$ROOT/build/td}
+QUICK=${BENCH_QUICK:-0}
+if [ "$QUICK" = 1 ]; then
+  ROUNDS=${BENCH_ROUNDS:-1} DURATION=${BENCH_DURATION:-2} IDLE_CONNS=${BENCH_IDLE_CONNS:-1000}
+  FLIPS=${BENCH_FLIPS:-10} OUT=${BENCH_OUT:-$BENCH/out/quick}
+  DOC=$OUT/BENCHMARKS.md SVG=$OUT/bench.svg
+else
+  ROUNDS=${BENCH_ROUNDS:-3} DURATION=${BENCH_DURATION:-5} IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}
+  FLIPS=${BENCH_FLIPS:-100} OUT=${BENCH_OUT:-$BENCH/out}
+  DOC=$ROOT/docs/BENCHMARKS.md SVG=$ROOT/docs/bench.svg
+fi
+PROXIES=(td nginx haproxy)
+declare -A PORT=([td]=8080 [nginx]=8081 [haproxy]=8082)
+CLK_TCK=$(getconf CLK_TCK)
+
+log() { printf '%s bench: %s\n' "$(date +%T)" "$*" >&2; }
+step() { printf '%s round %s %s: %s (load %s)\n' "$(date +%T.%3N)" "$ROUND" "$P" "$1" \
+  "$(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/logs/steps.log"; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------- processes and cleanup
+
+RUN=$(mktemp -d /tmp/td-bench.XXXXXX)
+chmod 755 "$RUN"      # nginx workers (user nobody) read the 1 MiB file from here
+TD_PID="" WRK_PID=""
+
+pidfile_pid() { [ -s "$1" ] && cat "$1" || true; }
+
+# Sends TERM to one process and waits (up to 5 s) until it is gone.
+stop_pid() {
+  local pid=$1 i
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.05; done
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  [ -n "$WRK_PID" ] && stop_pid "$WRK_PID"
+  [ -n "$TD_PID" ] && stop_pid "$TD_PID"
+  stop_pid "$(pidfile_pid "$RUN/nginxproxy.pid")"
+  stop_pid "$(pidfile_pid "$RUN/haproxy.pid")"
+  stop_pid "$(pidfile_pid "$RUN/backend.pid")"
+  mkdir -p "$OUT/logs"
+  cp "$RUN"/*.err "$RUN"/*.log "$OUT/logs/" 2>/dev/null || true
+  rm -rf "$RUN"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+  local i
+  for i in $(seq 200); do port_open "$1" && return 0; sleep 0.05; done
+  die "nothing listening on 127.0.0.1:$1"
+}
+
+# Fills the @...@ placeholders of a file of bench/conf/ into the run folder.
+render() {
+  sed -e "s#@RUNDIR@#$RUN#g" -e "s#@MAXCONN@#$MAXCONN#g" -e "s#@NOFILE@#$(ulimit -n)#g" \
+    "$BENCH/conf/$1" > "$RUN/$1"
+}
+
+# ---------------------------------------------------------------- the backend and the proxies
+
+start_backend() {
+  mkdir -p "$RUN/www"
+  head -c 1048576 /dev/urandom > "$RUN/www/1m"
+  chmod -R a+rX "$RUN/www"
+  render backend.conf
+  nginx -c "$RUN/backend.conf" -e "$RUN/backend.err"
+  wait_port 9001; wait_port 9002
+}
+
+start_td() {
+  render td.json
+  "$TD_BIN" -c "$RUN/td.json" 2>>"$RUN/td.log" &
+  TD_PID=$!
+  wait_port 8080; wait_port 9090
+}
+stop_td() { stop_pid "$TD_PID"; TD_PID=""; }
+
+start_nginx() {
+  render nginxproxy.conf
+  nginx -c "$RUN/nginxproxy.conf" -e "$RUN/nginxproxy.err"
+  wait_port 8081
+}
+stop_nginx() { stop_pid "$(pidfile_pid "$RUN/nginxproxy.pid")"; rm -f "$RUN/nginxproxy.pid"; }
+
+start_haproxy() {
+  render haproxy.cfg
+  haproxy -f "$RUN/haproxy.cfg" 2>>"$RUN/haproxy.err"
+  wait_port 8082
+}
+stop_haproxy() { stop_pid "$(pidfile_pid "$RUN/haproxy.pid")"; rm -f "$RUN/haproxy.pid"; }
+
+# The process that does the proxying: td's process, nginx's (newest) worker, HAProxy's process.
+proxy_pid() {
+  case $1 in
+    td) echo "$TD_PID" ;;
+    nginx) pgrep -n -P "$(cat "$RUN/nginxproxy.pid")" ;;
+    haproxy) cat "$RUN/haproxy.pid" ;;
+  esac
+}
+
+# utime + stime of a process (all its threads), in clock ticks.
+cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
+
+# ---------------------------------------------------------------- recording
+
+# record METRIC VALUE: one line of $OUT/raw.tsv for the current round and proxy.
+record() { printf '%s\t%s\t%s\t%s\n' "$ROUND" "$P" "$1" "$2" >> "$OUT/raw.tsv"; }
+
+# jget JSON KEY [KEY...]: the values, space-separated (sum with `+`).
+jget() { $PY -c 'import json,sys; d=json.loads(sys.argv[1]); print(*(d[k] for k in sys.argv[2:]))' "$@"; }
+
+calc() { awk "BEGIN { printf \"%.${2:-3}f\", $1 }"; }
+
+# wrk_json NAME WRK-ARGS...: runs wrk with bench/wrk_json.lua, keeps its report in
+# $OUT/logs/, prints its JSON summary line.
+wrk_json() {
+  local name=$1; shift
+  local log="$OUT/logs/r$ROUND-$P-$name.txt"
+  wrk -s "$BENCH/wrk_json.lua" "$@" > "$log" 2>&1
+  grep '^{' "$log" | tail -n 1
+}
+
+url() { echo "http://127.0.0.1:${PORT[$P]}$1"; }
+
+failed_of() { jget "$1" status connect read write timeout | awk '{ print $1+$2+$3+$4+$5 }'; }
+
+# ---------------------------------------------------------------- measurements (one each)
+
+warm_up() { wrk -t1 -c50 -d1s "$(url /)" > /dev/null; }
+
+# Control: wrk straight to the blue backend, to see how busy the machine is in each round.
+measure_direct() {
+  local j P=direct
+  j=$(wrk_json c50 -t1 -c50 -d"${DURATION}s" http://127.0.0.1:9001/)
+  record rps_c50 "$(calc "$(jget "$j" requests) / $(jget "$j" duration_us) * 1e6" 0)"
+}
+
+# Requests/s, latency and proxy CPU per 100,000 requests at 50 keep-alive connections.
+measure_load() {
+  local pid j c0 c1 n
+  pid=$(proxy_pid "$P")
+  c0=$(cpu_ticks "$pid")
+  j=$(wrk_json c50 -t1 -c50 -d"${DURATION}s" --latency "$(url /)")
+  c1=$(cpu_ticks "$pid")
+  n=$(jget "$j" requests)
+  record rps_c50 "$(calc "$n / $(jget "$j" duration_us) * 1e6" 0)"
+  record p50_c50_ms "$(calc "$(jget "$j" p50_us) / 1000")"
+  record p99_c50_ms "$(calc "$(jget "$j" p99_us) / 1000")"
+  record cpu_s_per_100k "$(calc "($c1 - $c0) / $CLK_TCK / $n * 100000")"
+  record failed_c50 "$(failed_of "$j")"
+}
+
+# Requests/s and latency over one keep-alive connection.
+measure_single() {
+  local j
+  j=$(wrk_json c1 -t1 -c1 -d"${DURATION}s" --latency "$(url /)")
+  record rps_c1 "$(calc "$(jget "$j" requests) / $(jget "$j" duration_us) * 1e6" 0)"
+  record p50_c1_ms "$(calc "$(jget "$j" p50_us) / 1000")"
+  record p99_c1_ms "$(calc "$(jget "$j" p99_us) / 1000")"
+  record failed_c1 "$(failed_of "$j")"
+}
+
+# Throughput on a 1 MiB response, 4 connections (MB/s, 10^6 bytes).
+measure_1m() {
+  local j
+  j=$(wrk_json 1m -t1 -c4 -d"${DURATION}s" "$(url /1m)")
+  record mbps_1m "$(calc "$(jget "$j" bytes) / $(jget "$j" duration_us)" 1)"
+  record failed_1m "$(failed_of "$j")"
+}
+
+# RSS added per idle keep-alive client connection ($IDLE_CONNS of them, one request each).
+measure_idle_mem() {
+  local j
+  j=$($PY "$BENCH/idle.py" --port "${PORT[$P]}" --pid "$(proxy_pid "$P")" --conns "$IDLE_CONNS") || true
+  echo "$j" > "$OUT/logs/r$ROUND-$P-idle.json"
+  [ -n "$j" ] || { log "$P: idle connection test failed"; return 0; }
+  record idle_bytes_per_conn "$(jget "$j" bytes_per_conn)"
+  record idle_failed "$(jget "$j" failed)"
+  sleep 1   # let the proxy close the connections before the next test
+}
+
+# $FLIPS ratio changes (100/0 <-> 0/100) under wrk load: time to effect, failed requests.
+measure_flips() {
+  local j w k
+  case $P in
+    td) set -- --admin 127.0.0.1:9090 ;;
+    nginx) set -- --conf "$RUN/nginxproxy.conf" --errlog "$RUN/nginxproxy.err" ;;
+    haproxy) set -- --socket "$RUN/haproxy.sock" ;;
+  esac
+  wrk -s "$BENCH/wrk_json.lua" -t1 -c50 -d600s "$(url /)" > "$OUT/logs/r$ROUND-$P-flips-wrk.txt" 2>&1 &
+  WRK_PID=$!
+  sleep 0.5
+  j=$($PY "$BENCH/flip.py" --kind "$P" --port "${PORT[$P]}" --flips "$FLIPS" "$@") || true
+  kill -INT "$WRK_PID"; wait "$WRK_PID" || true; WRK_PID=""
+  echo "$j" > "$OUT/logs/r$ROUND-$P-flips.json"
+  w=$(grep '^{' "$OUT/logs/r$ROUND-$P-flips-wrk.txt" | tail -n 1)
+  record flip_failed "$(failed_of "$w")"
+  for k in status connect read write timeout; do record "flip_err_$k" "$(jget "$w" "$k")"; done
+  record flip_requests "$(jget "$w" requests)"
+  case $j in *effect_ms_p50*) ;; *) log "$P: ratio changes failed: $j"; return 0 ;; esac
+  record flip_effect_ms_p50 "$(jget "$j" effect_ms_p50)"
+  record flip_effect_ms_max "$(jget "$j" effect_ms_max)"
+  record flip_timeouts "$(jget "$j" timeouts)"
+  record flip_stragglers "$(jget "$j" stragglers)"
+}
+
+# ---------------------------------------------------------------- the run
+
+preflight() {
+  local p
+  [ -x "$TD_BIN" ] || die "no td binary at $TD_BIN (make, or set TD_BIN)"
+  for p in nginx haproxy wrk gnuplot pgrep; do command -v "$p" > /dev/null || die "$p missing (scripts/deps.sh bench)"; done
+  for p in 9001 9002 8080 9090 8081 8082; do port_open "$p" && die "port $p is in use"; done
+  # 10,000 idle clients: one fd each in the client and in the proxy.
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((IDLE_CONNS + 1000)) ]; then
+    IDLE_CONNS=$(( $(ulimit -n) - 1000 ))
+    log "open-file limit $(ulimit -n): idle-connection test reduced to $IDLE_CONNS connections"
+  fi
+  MAXCONN=$((IDLE_CONNS + 500))
+}
+
+# The command that reproduces this run: `make bench` with the settings given to this one.
+command_line() {
+  local v cmd=""
+  for v in BENCH_QUICK BENCH_ROUNDS BENCH_DURATION BENCH_IDLE_CONNS BENCH_FLIPS BENCH_NICE; do
+    [ -n "${!v:-}" ] && cmd+="$v=${!v} "
+  done
+  echo "${cmd}make bench"
+}
+
+machine() {
+  {
+    echo "command=$(command_line)"
+    echo "cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+    echo "cores=$(nproc)"
+    echo "kernel=$(uname -sr)"
+    echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "td=$("$TD_BIN" --version 2>&1 | head -n 1) ($(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown))"
+    echo "nginx=$(nginx -v 2>&1 | sed 's/.*: //')"
+    echo "haproxy=$(haproxy -v | head -n 1 | awk '{ print $3 }')"
+    echo "wrk=$(wrk -v 2>&1 | head -n 1 | awk '{ print $2 }')"
+    echo "rounds=$ROUNDS"; echo "duration=$DURATION"; echo "idle_conns=$IDLE_CONNS"; echo "flips=$FLIPS"
+    echo "quick=$QUICK"
+    echo "nice=${BENCH_NICE:-0}"
+    echo "load_start=$(cut -d' ' -f1-3 /proc/loadavg)"
+  } > "$OUT/machine.txt"
+}
+
+main() {
+  if [ -n "${BENCH_NICE:-}" ]; then renice -n "$BENCH_NICE" -p $$ > /dev/null; fi
+  preflight
+  rm -rf "$OUT/logs" "$OUT/raw.tsv"
+  mkdir -p "$OUT/logs"
+  machine
+  printf 'round\tproxy\tmetric\tvalue\n' > "$OUT/raw.tsv"
+  start_backend
+  local r i
+  for r in $(seq "$ROUNDS"); do
+    ROUND=$r
+    measure_direct
+    for i in 0 1 2; do                  # each round starts with the next proxy
+      P=${PROXIES[$(( (i + r - 1) % 3 ))]}
+      log "round $r/$ROUNDS: $P"
+      "start_$P"
+      step warm_up; warm_up
+      step idle_mem; measure_idle_mem
+      step load; measure_load
+      step single; measure_single
+      step 1m; measure_1m
+      step flips; measure_flips
+      step stop; "stop_$P"
+    done
+  done
+  echo "load_end=$(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/machine.txt"
+  $PY "$BENCH/report.py" --raw "$OUT/raw.tsv" --machine "$OUT/machine.txt" \
+    --md "$DOC" --svg "$SVG" --work "$OUT"
+  log "wrote $DOC and $SVG (raw numbers: $OUT/raw.tsv)"
+}
+
+main "$@"
