@@ -52,7 +52,7 @@ $(BUILD)/tests/%: tests/unit/%.c tests/unit/t.h $(BUILD)/libtd.a | $(BUILD)/test
 
 run: deps
 	@$(MAKE) --no-print-directory all
-	./$(BUILD)/td demo
+	$(BUILD)/td demo
 
 unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; ./$$t; done

@@ -36,6 +36,7 @@ typedef struct reply_s {
     const char *type;
     char *body; /* owned */
     size_t len;
+    const char *allow; /* the Allow header of a 405 */
 } reply_t;
 
 static uv_tcp_t server;
@@ -66,7 +67,7 @@ static void conn_close(admin_conn_t *c) {
 /* ---- replies */
 
 static reply_t json_reply(int status, json_t *j) {
-    reply_t r = {status, "application/json", json_dumps(j, JSON_INDENT(2)), 0};
+    reply_t r = {status, "application/json", json_dumps(j, JSON_INDENT(2)), 0, NULL};
     json_decref(j);
     if (!r.body) {
         r.status = 500;
@@ -80,6 +81,15 @@ static reply_t json_reply(int status, json_t *j) {
 
 static reply_t error_reply(int status, const char *msg) {
     return json_reply(status, json_pack("{s:s}", "error", msg));
+}
+
+/* 405 with the methods the resource takes (RFC 9110 §15.5.6: Allow is required). */
+static reply_t not_allowed(const char *allow) {
+    char msg[64];
+    snprintf(msg, sizeof(msg), "use %s", allow);
+    reply_t r = error_reply(405, msg);
+    r.allow = allow;
+    return r;
 }
 
 static json_t *class_counts(_Atomic uint64_t *c) {
@@ -183,10 +193,11 @@ static reply_t apply(td_config_t *cfg, const char *what) {
 
 static json_t *parse_body(td_str_t body, reply_t *fail) {
     json_error_t e;
-    json_t *j = json_loadb(body.p, body.len, 0, &e);
+    json_t *j = json_loadb(body.p, body.len, JSON_REJECT_DUPLICATES, &e);
     if (!j) {
         char msg[300];
-        snprintf(msg, sizeof(msg), "request body:%d:%d: %s", e.line, e.column, e.text);
+        snprintf(msg, sizeof(msg), "request body:%d:%d: %s", e.line < 1 ? 1 : e.line,
+                 e.column < 1 ? 1 : e.column, e.text);
         *fail = error_reply(400, msg);
     } else if (!json_is_object(j)) {
         json_decref(j);
@@ -297,7 +308,7 @@ static reply_t get_config(void) {
     char *text = td_config_to_json(td_control_config());
     if (!text)
         return error_reply(500, "out of memory");
-    reply_t r = {200, "application/json", text, strlen(text)};
+    reply_t r = {200, "application/json", text, strlen(text), NULL};
     return r;
 }
 
@@ -427,7 +438,9 @@ static reply_t get_metrics(void) {
     backend_family(f, s, now, "td_backend_up", "gauge", "1 when any server of the backend is up.",
                    b_up);
     backend_family(f, s, now, "td_backend_requests_total", "counter",
-                   "Requests routed to the backend.", b_requests);
+                   "Requests the backend answered (or td answered for it), counted as the "
+                   "response starts.",
+                   b_requests);
     backend_family(f, s, now, "td_backend_in_flight", "gauge", "Requests in flight.",
                    b_in_flight);
     backend_family(f, s, now, "td_backend_tunnels", "gauge",
@@ -453,7 +466,7 @@ static reply_t get_metrics(void) {
             (long long)((td_wall_ms() - td_control_started_ms()) / 1000));
     td_snapshot_release(s);
     fclose(f);
-    reply_t r = {200, "text/plain; version=0.0.4", text, len};
+    reply_t r = {200, "text/plain; version=0.0.4", text, len, NULL};
     return r;
 }
 
@@ -493,8 +506,8 @@ static reply_t route(const td_http1_request_t *req, td_str_t body) {
     td_str_t t = req->target, m = req->method;
     if (path_is(t, "/") || path_is(t, "/index.html")) {
         if (!method_is(m, "GET") && !method_is(m, "HEAD"))
-            return error_reply(405, "use GET");
-        reply_t r = {200, "text/html; charset=utf-8", strdup(td_console_html), 0};
+            return not_allowed("GET, HEAD");
+        reply_t r = {200, "text/html; charset=utf-8", strdup(td_console_html), 0, NULL};
         r.len = strlen(r.body);
         return r;
     }
@@ -502,19 +515,19 @@ static reply_t route(const td_http1_request_t *req, td_str_t body) {
         return error_reply(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)");
     int get = method_is(m, "GET") || method_is(m, "HEAD"), put = method_is(m, "PUT");
     if (path_is(t, "/api/v1/state"))
-        return get ? json_reply(200, state_json()) : error_reply(405, "use GET");
+        return get ? json_reply(200, state_json()) : not_allowed("GET, HEAD");
     if (path_is(t, "/api/v1/ratio"))
-        return put ? put_ratio(body) : error_reply(405, "use PUT");
+        return put ? put_ratio(body) : not_allowed("PUT");
     if (path_is(t, "/api/v1/routing"))
-        return put ? put_routing(body) : error_reply(405, "use PUT");
+        return put ? put_routing(body) : not_allowed("PUT");
     if (path_is(t, "/api/v1/config"))
-        return get ? get_config() : put ? put_config(body) : error_reply(405, "use GET or PUT");
+        return get ? get_config() : put ? put_config(body) : not_allowed("GET, HEAD, PUT");
     if (path_is(t, "/api/v1/events"))
-        return get ? json_reply(200, td_events_json()) : error_reply(405, "use GET");
+        return get ? json_reply(200, td_events_json()) : not_allowed("GET, HEAD");
     if (path_is(t, "/api/v1/history"))
-        return get ? json_reply(200, td_audit_json()) : error_reply(405, "use GET");
+        return get ? json_reply(200, td_audit_json()) : not_allowed("GET, HEAD");
     if (path_is(t, "/metrics"))
-        return get ? get_metrics() : error_reply(405, "use GET");
+        return get ? get_metrics() : not_allowed("GET, HEAD");
     return error_reply(404, "no such endpoint");
 }
 
@@ -543,9 +556,10 @@ static void send_reply(admin_conn_t *c, reply_t r, int head_only) {
     char head[512];
     int hl = snprintf(head, sizeof(head),
                       "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                      "Cache-Control: no-store\r\nConnection: %s\r\n%s\r\n",
+                      "Cache-Control: no-store\r\nConnection: %s\r\n%s%s%s%s\r\n",
                       r.status, reason, r.type, r.len, c->keep_alive ? "keep-alive" : "close",
-                      r.status == 401 ? "WWW-Authenticate: Bearer\r\n" : "");
+                      r.status == 401 ? "WWW-Authenticate: Bearer\r\n" : "",
+                      r.allow ? "Allow: " : "", r.allow ? r.allow : "", r.allow ? "\r\n" : "");
     size_t blen = head_only ? 0 : r.len;
     c->out = malloc((size_t)hl + blen);
     memcpy(c->out, head, (size_t)hl);

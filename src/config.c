@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "td/common-t.h"
@@ -513,6 +514,38 @@ static const char *check_cookie_name(const char *s) {
     return *s && !*p ? NULL : "is not a valid cookie name (an RFC 6265 token, e.g. TDSTICKY)";
 }
 
+static const char *check_header_name(const char *s) {
+    const char *p = s;
+
+    while (is_alnum(*p) || (*p && strchr("!#$%&'*+-.^_`|~", *p)))
+        p++;
+    if (!*s || *p)
+        return "is not a valid header name (an RFC 9110 token, e.g. X-TD-Backend)";
+    if (strcasecmp(s, "host") == 0 || strcasecmp(s, "content-length") == 0 ||
+        strcasecmp(s, "transfer-encoding") == 0 || strcasecmp(s, "connection") == 0)
+        return "is a header td needs to forward or frame the request (choose e.g. X-TD-Backend)";
+    return NULL;
+}
+
+/* An access log must be "stderr" or a file td can append to (its folder exists and is
+ * writable), so a typo shows at check time rather than at the first request. */
+static const char *check_log_path(const char *s) {
+    if (strcmp(s, "stderr") == 0)
+        return NULL;
+    if (s[0] != '/')
+        return "must be \"stderr\" or an absolute file path";
+    char dir[TD_PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", s);
+    char *slash = strrchr(dir, '/');
+    if (slash == dir)
+        slash[1] = 0;
+    else
+        *slash = 0;
+    if (access(s, W_OK) == 0 || (errno == ENOENT && access(dir, W_OK | X_OK) == 0))
+        return NULL;
+    return "cannot be written (missing folder or no permission)";
+}
+
 static const char *check_token(const char *s) {
     return is_visible(s) ? NULL : "is not a valid token (printable ASCII without spaces)";
 }
@@ -816,7 +849,7 @@ static void parse_routing(ctx_t *x, json_t *root, td_config_t *c) {
         push_key(x, "preview");
         check_keys(x, k, preview_keys);
         get_str(x, k, "header", 0, c->preview_header, sizeof c->preview_header,
-                check_cookie_name, 0);
+                check_header_name, 0);
         get_str(x, k, "token", 1, c->preview_token, sizeof c->preview_token, check_token, 1);
         pop(x);
     }
@@ -989,7 +1022,8 @@ td_config_t *td_config_parse(const char *text, size_t len, const char *name, FIL
             parse_backends(&x, root, c);
             parse_timeouts(&x, root, c);
             parse_passive(&x, root, c);
-            get_str(&x, root, "access_log", 0, c->access_log, sizeof c->access_log, NULL, 0);
+            get_str(&x, root, "access_log", 0, c->access_log, sizeof c->access_log,
+                    check_log_path, 0);
         }
     }
     json_decref(root);

@@ -73,6 +73,8 @@ static void checker_free_cb(uv_handle_t *h) {
 
 static void verdict(checker_t *k, int ok, const char *why) {
     snprintf(k->last, sizeof(k->last), "%s", why);
+    if (atomic_exchange(&k->st->recheck, 0))
+        k->ok_run = 0; /* ejected by passive detection: `rise` passes from now on */
     int up = atomic_load(&k->st->health_up);
     if (ok) {
         k->fail_run = 0;

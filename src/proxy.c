@@ -234,6 +234,24 @@ static void buf_put(worker_t *w, char *buf) {
         free(buf);
 }
 
+static void pool_close_idle(worker_t *w, const td_snap_backend_t *b);
+
+/* 1 when a backend's TLS settings differ between two configs. */
+static int tls_changed(const td_config_backend_t *a, const td_config_backend_t *b) {
+    return a->tls != b->tls || a->tls_verify != b->tls_verify || strcmp(a->tls_ca, b->tls_ca) ||
+           strcmp(a->tls_sni, b->tls_sni);
+}
+
+/* Idle pooled connections made under TLS settings that have changed would let the old policy
+ * (CA, name, plain or TLS) serve the next request: they are closed. */
+static void close_stale_tls_pools(worker_t *w, const td_snapshot_t *old, const td_snapshot_t *s) {
+    for (size_t i = 0; i < s->num_backends; i++) {
+        int j = td_snapshot_find_backend(old, s->backends[i].name, strlen(s->backends[i].name));
+        if (j >= 0 && tls_changed(&old->config->backends[j], &s->config->backends[i]))
+            pool_close_idle(w, &s->backends[i]);
+    }
+}
+
 /* Takes the newest snapshot when the router has published one since the last request. */
 static void access_log_refresh(worker_t *w);
 
@@ -243,8 +261,11 @@ static void worker_refresh(worker_t *w) {
     td_snapshot_t *s = td_router_acquire();
     if (!s)
         return;
-    td_snapshot_release(w->snap);
+    td_snapshot_t *old = w->snap;
     w->snap = s;
+    if (old)
+        close_stale_tls_pools(w, old, s);
+    td_snapshot_release(old);
     access_log_refresh(w);
     /* Balancer scores carry over when the shape is unchanged, so a weight change keeps the
      * interleaving smooth; otherwise they start again from zero. */
@@ -259,15 +280,17 @@ static void worker_refresh(worker_t *w) {
         w->wrr_ns = s->num_servers;
     }
     /* Drain: idle keep-alive connections to servers of a backend at weight 0 are closed. */
-    for (size_t i = 0; i < s->num_backends; i++) {
-        if (s->backends[i].weight > 0)
-            continue;
-        for (size_t j = 0; j < s->backends[i].num_servers; j++)
-            for (pool_t *p = w->pools; p; p = p->next)
-                if (p->key == s->backends[i].servers[j].st)
-                    while (p->idle)
-                        upstream_close(p->idle);
-    }
+    for (size_t i = 0; i < s->num_backends; i++)
+        if (s->backends[i].weight == 0)
+            pool_close_idle(w, &s->backends[i]);
+}
+
+static void pool_close_idle(worker_t *w, const td_snap_backend_t *b) {
+    for (size_t j = 0; j < b->num_servers; j++)
+        for (pool_t *p = w->pools; p; p = p->next)
+            if (p->key == b->servers[j].st)
+                while (p->idle)
+                    upstream_close(p->idle);
 }
 
 /* A write that could not finish at once: its request and the bytes that had to be copied (the
@@ -653,6 +676,7 @@ static void client_error(client_t *c, int status, const char *why) {
 static void client_reply(client_t *c, int status, const char *reason, const char *headers) {
     if (c->snap && c->backend >= 0) {
         td_snap_backend_t *b = &c->snap->backends[c->backend];
+        atomic_fetch_add_explicit(&b->st->requests, 1, memory_order_relaxed);
         atomic_fetch_add_explicit(&b->st->responses[class_of(status)], 1, memory_order_relaxed);
     }
     drop_upstream(c);
@@ -1482,10 +1506,13 @@ static void pick_and_connect(client_t *c) {
         if (flat < 64)
             c->tried |= 1ull << flat;
         c->tries++;
-        if (!c->b_inflight) {
+        if (c->b_inflight != b->st) {
+            /* A retry on another backend moves the request there: counters follow the backend
+             * that answers, not the one first chosen. */
+            if (c->b_inflight)
+                atomic_fetch_sub_explicit(&c->b_inflight->in_flight, 1, memory_order_relaxed);
             c->b_inflight = b->st;
             atomic_fetch_add_explicit(&b->st->in_flight, 1, memory_order_relaxed);
-            atomic_fetch_add_explicit(&b->st->requests, 1, memory_order_relaxed);
         }
         c->backend = bi;
         c->server = si;
@@ -1667,9 +1694,12 @@ static void response_pump(upstream_t *u) {
                         c->keep_alive = 0; /* the rest of the request body cannot be skipped */
                     int k = class_of(resp.status);
                     atomic_fetch_add_explicit(&u->st->responses[k], 1, memory_order_relaxed);
-                    if (c->b_inflight)
+                    if (c->b_inflight) {
+                        atomic_fetch_add_explicit(&c->b_inflight->requests, 1,
+                                                  memory_order_relaxed);
                         atomic_fetch_add_explicit(&c->b_inflight->responses[k], 1,
                                                   memory_order_relaxed);
+                    }
                     if (resp.status == 101)
                         u->tunnel = 1;
                 }

@@ -185,8 +185,8 @@ int td_backend_is_up(const td_snap_backend_t *b, int64_t now_ms) {
 /* Eligibility masks are small: backends and servers per backend are bounded by the config. */
 #define MAX_CANDIDATES 256
 
-int td_router_pick_backend(const td_snapshot_t *s, int *wrr, int pinned, const uint8_t *tried,
-                           int64_t now_ms) {
+static int pick_backend(const td_snapshot_t *s, int *wrr, int pinned, const uint8_t *tried,
+                        int64_t now_ms) {
     size_t n = s->num_backends < MAX_CANDIDATES ? s->num_backends : MAX_CANDIDATES;
     if (pinned >= 0 && (size_t)pinned < n && !(tried && tried[pinned]) &&
         td_backend_is_up(&s->backends[pinned], now_ms) &&
@@ -208,8 +208,17 @@ int td_router_pick_backend(const td_snapshot_t *s, int *wrr, int pinned, const u
     return i >= 0 ? i : TD_EUNAVAIL;
 }
 
-int td_router_pick_server(const td_snap_backend_t *b, int *wrr, const uint8_t *tried,
-                          int64_t now_ms) {
+/* Passive ejections alone never leave a request with nowhere to go: when they took out every
+ * candidate, the pick is made again as if there were none (now = INT64_MAX makes every ejection
+ * look over); active health checks still count. */
+int td_router_pick_backend(const td_snapshot_t *s, int *wrr, int pinned, const uint8_t *tried,
+                           int64_t now_ms) {
+    int i = pick_backend(s, wrr, pinned, tried, now_ms);
+    return i >= 0 ? i : pick_backend(s, wrr, pinned, tried, INT64_MAX);
+}
+
+static int pick_server(const td_snap_backend_t *b, int *wrr, const uint8_t *tried,
+                       int64_t now_ms) {
     size_t n = b->num_servers < MAX_CANDIDATES ? b->num_servers : MAX_CANDIDATES;
     uint8_t ok[MAX_CANDIDATES];
     int weight[MAX_CANDIDATES];
@@ -219,6 +228,12 @@ int td_router_pick_server(const td_snap_backend_t *b, int *wrr, const uint8_t *t
     }
     int i = td_balancer_pick(weight, wrr, ok, n);
     return i >= 0 ? i : TD_EUNAVAIL;
+}
+
+int td_router_pick_server(const td_snap_backend_t *b, int *wrr, const uint8_t *tried,
+                          int64_t now_ms) {
+    int i = pick_server(b, wrr, tried, now_ms);
+    return i >= 0 ? i : pick_server(b, wrr, tried, INT64_MAX);
 }
 
 /* 1 when some server other than `st` is up in a backend with weight above 0. */
@@ -256,8 +271,10 @@ int td_passive_failure(const td_snapshot_t *s, td_server_stats_t *st, int64_t no
         ms = p->max_eject_ms;
     atomic_store(&st->down_until_ms, now_ms + ms);
     atomic_store(&st->consecutive_failures, 0);
-    if (st->checked)
-        atomic_store(&st->health_up, 0); /* back through the active check */
+    if (st->checked) {
+        atomic_store(&st->recheck, 1); /* back through the active check: `rise` fresh passes */
+        atomic_store(&st->health_up, 0);
+    }
     td_warn("passive: server %s (%s) ejected for %lld ms after %d failures in a row", st->address,
             st->backend, (long long)ms, run);
     td_event("passive", "server %s (%s) ejected for %lld ms after %d failures in a row",

@@ -34,13 +34,15 @@ typedef struct td_server_stats_s {
     _Atomic int health_up;           /* active health check verdict: 1 up, 0 down */
     int checked;                     /* main thread: an active check has been set up for it */
     _Atomic int ejections;           /* passive ejections in a row (the next one lasts longer) */
+    _Atomic int recheck;             /* set on a passive ejection: the checker counts rise anew */
     struct td_server_stats_s *next;  /* registry list; owned by the registry */
 } td_server_stats_t;
 
 /* Live counters of one backend, by name; kept for the life of the process. */
 typedef struct td_backend_stats_s {
     char name[TD_NAME_MAX];
-    _Atomic uint64_t requests;
+    _Atomic uint64_t requests;       /* requests answered, by it or by td for it (retries count
+                                        where they ended) */
     _Atomic uint64_t responses[TD_NCLASS];
     _Atomic int64_t in_flight;
     _Atomic int64_t tunnels;         /* open WebSocket / Upgrade tunnels */

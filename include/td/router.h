@@ -45,7 +45,9 @@ int td_backend_is_up(const td_snap_backend_t *b, int64_t now_ms);
  * backends already tried for this request (num_backends entries, 1 = skip).
  * round_robin / sticky: smooth weighted round robin over up backends with weight > 0.
  * failover: the up backend with the highest weight > 0 (ties: first listed).
- * Returns the backend index, or TD_EUNAVAIL when no backend with weight > 0 is up. */
+ * Passive ejections alone never make it give up: when they took out every candidate, the pick
+ * ignores them. Returns the backend index, or TD_EUNAVAIL when no backend with weight > 0 is up
+ * by its active checks. */
 int td_router_pick_backend(const td_snapshot_t *s, int *wrr, int pinned, const uint8_t *tried,
                            int64_t now_ms);
 

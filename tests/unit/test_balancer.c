@@ -98,6 +98,13 @@ static void test_router_methods(void) {
     td_passive_failure(s, blue, 6000);
     T_EQ_INT(td_passive_failure(s, blue, 6000), 1);
     T_EQ_INT(atomic_load(&blue->down_until_ms), 16000);
+    /* Passive ejection alone never leaves a request with nowhere to go: blue is ejected, then
+     * the ratio moves everything to blue; requests go to blue rather than failing (503). */
+    s->backends[0].weight = 100;
+    s->backends[1].weight = 0;
+    T_EQ_INT(td_router_pick_backend(s, wrr, -1, NULL, 7000), 0);
+    T_EQ_INT(td_router_pick_server(&s->backends[0], wrr, NULL, 7000), 0);
+    s->backends[1].weight = 100;
     /* The last server up is never ejected on passive signals alone. */
     td_server_stats_t *green = s->backends[1].servers[0].st;
     td_passive_failure(s, green, 7000);

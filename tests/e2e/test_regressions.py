@@ -1,0 +1,119 @@
+"""Regression tests for bugs found by trying td as a new user would: each holds the right
+behaviour so the bug cannot come back. Real td, real demo backends, 127.0.0.1 only."""
+import http.client
+import json
+import os
+import subprocess
+import tempfile
+
+from conftest import TD, backend_cfg, backend_state
+
+TIMEOUT = 10
+
+
+def get(port, path="/"):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        r.read()
+        return r.status, r.headers.get("X-TD-Demo-Backend")
+    finally:
+        conn.close()
+
+
+def raw(t, method, path, body=None):
+    conn = http.client.HTTPConnection("127.0.0.1", t.admin_port, timeout=TIMEOUT)
+    try:
+        conn.request(method, path, body=body)
+        r = conn.getresponse()
+        return r.status, r.headers, r.read().decode()
+    finally:
+        conn.close()
+
+
+def test_passive_ejection_alone_never_makes_503_after_a_ratio_change(backends, td):
+    """blue is ejected by passive detection (a 500) while green serves (green, the last server
+    up, is never ejected); then the ratio moves everything to blue: requests must reach blue,
+    not get 503."""
+    blue = backends(("blue", 1))
+    green = backends(("green", 1))
+    cfg = backend_cfg({"blue": (50, blue.ports["blue"]), "green": (50, green.ports["green"])},
+                      passive={"failures": 1, "eject_ms": 60000, "max_eject_ms": 60000})
+    t = td(cfg)
+    for _ in range(4):
+        get(t.port, "/status/500")
+    s = t.state()
+    assert backend_state(s, "blue")["servers"][0]["health"] == "ejected", s
+    assert backend_state(s, "green")["servers"][0]["health"] == "up", s
+    t.set_ratio(blue=100, green=0)
+    answers = [get(t.port) for _ in range(10)]
+    assert answers == [(200, "blue")] * 10, answers
+
+
+def test_backend_counters_follow_the_backend_that_answered(backends, td):
+    """green's server is dead: requests first routed to green are retried on blue, and count as
+    blue's, not green's."""
+    blue = backends(("blue", 1))
+    green = backends(("green", 1))
+    cfg = backend_cfg({"blue": (50, blue.ports["blue"]), "green": (50, green.ports["green"])})
+    t = td(cfg)
+    green.stop()
+    answers = [get(t.port) for _ in range(10)]
+    assert answers == [(200, "blue")] * 10, answers
+    s = t.state()
+    g, b = backend_state(s, "green"), backend_state(s, "blue")
+    assert g["requests"] == 0 and g["responses"]["2xx"] == 0, g
+    assert b["requests"] == 10 and b["responses"]["2xx"] == 10, b
+
+
+def test_ratio_with_a_duplicate_key_is_refused(backends, td):
+    b = backends(("blue", 1), ("green", 1))
+    t = td(backend_cfg({"blue": (50, b.ports["blue"]), "green": (50, b.ports["green"])}))
+    before = t.state()
+    status, _, text = raw(t, "PUT", "/api/v1/ratio", body='{"blue": 0, "blue": 10}')
+    assert status == 400 and "duplicate" in json.loads(text)["error"], text
+    after = t.state()
+    assert after["version"] == before["version"]
+    assert [x["weight"] for x in after["backends"]] == [50, 50]
+
+
+def test_405_names_the_allowed_methods(backends, td):
+    b = backends(("blue", 1))
+    t = td(backend_cfg({"blue": (100, b.ports["blue"])}))
+    status, headers, _ = raw(t, "POST", "/api/v1/ratio", body="{}")
+    assert status == 405 and headers.get("Allow") == "PUT"
+    status, headers, _ = raw(t, "DELETE", "/api/v1/state")
+    assert status == 405 and headers.get("Allow") == "GET, HEAD"
+
+
+def check(cfg):
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "td.json")
+        with open(path, "w") as f:
+            json.dump(cfg, f, indent=2)
+        p = subprocess.run([TD, "-t", "-c", path], capture_output=True, text=True, timeout=30)
+        return p.returncode, (p.stdout + p.stderr).replace(path, "FILE")
+
+
+def minimal(**extra):
+    cfg = {"listeners": [{"address": "127.0.0.1:18080"}],
+           "backends": [{"name": "blue", "weight": 1,
+                         "servers": [{"address": "127.0.0.1:19001"}]}]}
+    cfg.update(extra)
+    return cfg
+
+
+def test_check_refuses_an_access_log_that_cannot_be_written():
+    rc, out = check(minimal(access_log="/nonexistent/dir/access.log"))
+    assert rc == 1, out
+    assert "access_log" in out and "cannot be written" in out, out
+    rc, out = check(minimal(access_log="/tmp/td-access-check.log"))
+    assert rc == 0, out
+
+
+def test_check_refuses_a_preview_header_td_needs():
+    rc, out = check(minimal(routing={"preview": {"header": "Host", "token": "t"}}))
+    assert rc == 1 and "routing.preview.header" in out, out
+    rc, out = check(minimal(routing={"preview": {"header": "X TD", "token": "t"}}))
+    assert rc == 1 and "not a valid header name" in out, out
