@@ -45,6 +45,7 @@
 #define POOL_MAX_IDLE 256     /* idle connections kept per server and worker */
 #define MAX_SPANS 64
 #define TICK_MS 100           /* granularity of client timeouts */
+#define MAX_INTERIM 16        /* 1xx responses passed on before a final one; more is a 502 */
 
 typedef struct worker_s worker_t;
 typedef struct client_s client_t;
@@ -132,6 +133,7 @@ struct client_s {
     uint8_t req_done;    /* the whole request has been read */
     uint8_t discarded;   /* request bytes were dropped from buf after sending: no replay */
     uint8_t head_sent;   /* the rewritten head went to the current upstream */
+    uint8_t eof;         /* the client half-closed: answer what was read, then close */
     uint8_t body_sent;   /* request-body bytes went to the current upstream */
     uint8_t keep_alive, head_req, upgrade, minor, expect, idempotent;
     uint8_t resp_started; /* a response byte came from the upstream */
@@ -164,6 +166,7 @@ struct upstream_s {
     uint8_t state, reused, writing, reading;
     int64_t deadline;      /* uv_now() ms of the connect / response / pool-idle timeout; 0 none */
     uint8_t head_done, resp_body, resp_keep_alive, resp_done, dechunk, tunnel;
+    uint8_t interim;       /* 1xx responses seen in this exchange */
     td_tls_conn_t *tls;    /* owned; NULL for plain HTTP to the server */
     upstream_t *tls_next;  /* in w->tls_upstreams */
     uint8_t tls_queued;
@@ -410,9 +413,16 @@ static int hop_by_hop(td_str_t n) {
     }
 }
 
+/* 1 when `name` is listed in the Connection value `conn` and may be removed as hop-by-hop.
+ * Framing fields and Host are never removed that way: "Connection: Content-Length" would
+ * otherwise strip the length while the body is still forwarded, and the backend would read the
+ * body as a request of its own (request smuggling). */
 static int connection_listed(td_str_t conn, td_str_t name) {
     char lower[64];
     if (!conn.len || name.len >= sizeof(lower))
+        return 0;
+    if ((name.len == 14 && td_http1_name_is(name, "content-length")) ||
+        (name.len == 4 && td_http1_name_is(name, "host")))
         return 0;
     for (size_t i = 0; i < name.len; i++) {
         char ch = name.p[i];
@@ -674,7 +684,9 @@ static void client_error(client_t *c, int status, const char *why) {
  * the connection stays for 3xx and 5xx when the whole request was read, else it closes.
  * `headers` are extra header lines, each ending in CRLF. */
 static void client_reply(client_t *c, int status, const char *reason, const char *headers) {
-    if (c->snap && c->backend >= 0) {
+    /* td's own 5xx answer for a backend counts as that backend's; a 4xx (a client's fault,
+     * such as a body that stopped coming) does not. */
+    if (c->snap && c->backend >= 0 && status >= 500) {
         td_snap_backend_t *b = &c->snap->backends[c->backend];
         atomic_fetch_add_explicit(&b->st->requests, 1, memory_order_relaxed);
         atomic_fetch_add_explicit(&b->st->responses[class_of(status)], 1, memory_order_relaxed);
@@ -758,6 +770,10 @@ static void client_next(client_t *c) {
     c->method[0] = 0;
     c->state = C_HEAD;
     if (!rest) {
+        if (c->eof) { /* the client said all it had to say */
+            client_close(c);
+            return;
+        }
         buf_put(c->w, c->buf); /* idle keep-alive connections hold no buffer */
         c->buf = NULL;
         client_timer(c, T_KEEPALIVE);
@@ -765,7 +781,8 @@ static void client_next(client_t *c) {
         return;
     }
     client_timer(c, T_HEADER);
-    client_read(c, 1);
+    if (!c->eof)
+        client_read(c, 1);
     start_request(c);
 }
 
@@ -842,6 +859,8 @@ static void start_request(client_t *c) {
     if (r == TD_EAGAIN) {
         if (c->len >= CBUF_SIZE)
             client_error(c, 431, "request head too large");
+        else if (c->eof)
+            client_close(c); /* half a head and no more to come */
         return;
     }
     if (r < 0) {
@@ -868,6 +887,30 @@ static void start_request(client_t *c) {
     size_t ml = req.method.len < sizeof(c->method) - 1 ? req.method.len : sizeof(c->method) - 1;
     memcpy(c->method, req.method.p, ml);
     c->method[ml] = 0;
+    if (strcmp(c->method, "CONNECT") == 0) {
+        c->keep_alive = 0;
+        client_reply(c, 405, "Method Not Allowed", "Allow: GET, HEAD, POST, PUT, DELETE, "
+                                                    "PATCH, OPTIONS\r\n");
+        return;
+    }
+    if (req.body == TD_BODY_CHUNKED) {
+        /* Only plain chunked is forwarded (td re-frames it); other codings would be lost:
+         * RFC 9112 §6.1 asks for 501. */
+        td_str_t te = find_header(req.headers, req.num_headers, "transfer-encoding");
+        if (te.len != 7 || !td_http1_name_is(te, "chunked")) {
+            c->keep_alive = 0;
+            td_warn("501 %s %s: transfer coding \"%.*s\" not supported", c->ip, c->method,
+                    (int)(te.len > 64 ? 64 : te.len), te.p);
+            client_reply(c, 501, "Not Implemented", "");
+            return;
+        }
+    }
+    if (c->upgrade) {
+        /* h2c through a reverse proxy is a known smuggling vector: it is not passed on. */
+        td_str_t up = find_header(req.headers, req.num_headers, "upgrade");
+        if (td_http1_list_has(up, "h2c"))
+            c->upgrade = 0;
+    }
     c->idempotent = strcmp(c->method, "GET") == 0 || strcmp(c->method, "HEAD") == 0 ||
                     strcmp(c->method, "OPTIONS") == 0 || strcmp(c->method, "PUT") == 0 ||
                     strcmp(c->method, "DELETE") == 0 || strcmp(c->method, "TRACE") == 0;
@@ -972,7 +1015,7 @@ static int build_request_head(client_t *c) {
     flush_fields(&run, &p, end, c->buf + c->head_len - 2);
     if (req.body == TD_BODY_CHUNKED)
         ADD_LIT(&p, end, "Transfer-Encoding: chunked\r\n");
-    if (req.upgrade) {
+    if (c->upgrade) {
         td_str_t up = find_header(req.headers, req.num_headers, "upgrade");
         ADD_LIT(&p, end, "Connection: upgrade\r\nUpgrade: ");
         ADD_STR(&p, end, up);
@@ -1092,8 +1135,8 @@ static void request_written(client_t *c) {
         return;
     }
     c->fwd = c->req_end;
-    if (c->up)
-        upstream_timer(c->up, timeout_ms(c, T_RESPONSE)); /* the upstream is taking bytes */
+    if (c->up && c->req_done)
+        upstream_timer(c->up, timeout_ms(c, T_RESPONSE));
     if (!c->req_done) {
         /* Body still coming: make room, giving up replay only when the buffer runs short. */
         if (CBUF_SIZE - c->len < 4096) {
@@ -1138,8 +1181,9 @@ static void client_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
         return;
     }
     if (nread == UV_EOF && c->state == C_EXCHANGE && c->req_done) {
-        /* Half-close after a whole request: answer it, then close. */
-        c->keep_alive = 0;
+        /* Half-close after a whole request: answer it and any pipelined ones already read,
+         * then close. */
+        c->eof = 1;
         client_read(c, 0);
         return;
     }
@@ -1306,11 +1350,16 @@ static void upstream_attach(upstream_t *u, client_t *c) {
     u->c = c;
     c->up = u;
     u->state = U_BUSY;
-    u->head_done = u->resp_done = u->tunnel = u->dechunk = 0;
+    u->head_done = u->resp_done = u->tunnel = u->dechunk = u->interim = 0;
     u->body_left = 0;
     u->status = 0;
     memset(&u->chunk, 0, sizeof(u->chunk));
-    upstream_timer(u, timeout_ms(c, T_RESPONSE));
+    /* The response timeout runs once the whole request is sent; while the body comes, the
+     * client's body timeout applies (a stalled client gets 408, not the backend a 504). */
+    if (c->req_done)
+        upstream_timer(u, timeout_ms(c, T_RESPONSE));
+    else
+        u->deadline = 0;
     upstream_read(u, 1);
     request_send(c);
 }
@@ -1548,8 +1597,10 @@ static int build_response_head(upstream_t *u, client_t *c, const td_http1_respon
     const char *run = NULL;
     for (size_t i = 0; i < resp->num_headers; i++) {
         td_str_t h = resp->headers[i].name;
-        /* Upgrade stays on a 101: it names the protocol switched to. */
-        int drop = !(switching && h.len == 7 && td_http1_name_is(h, "upgrade")) &&
+        /* Upgrade stays on a 101: it names the protocol switched to. Transfer-Encoding passes
+         * as it came (with every coding it lists) when the chunked body is passed through. */
+        int keep_te = !u->dechunk && h.len == 17 && td_http1_name_is(h, "transfer-encoding");
+        int drop = !(switching && h.len == 7 && td_http1_name_is(h, "upgrade")) && !keep_te &&
                    (hop_by_hop(h) ||
                     ((resp->conn_flags & TD_CONN_OTHER) && connection_listed(conn, h)));
         if (drop)
@@ -1559,8 +1610,6 @@ static int build_response_head(upstream_t *u, client_t *c, const td_http1_respon
     }
     flush_fields(&run, &p, end, head_end - 2);
     if (resp->status >= 200) {
-        if (resp->body == TD_BODY_CHUNKED && !u->dechunk)
-            ADD_LIT(&p, end, "Transfer-Encoding: chunked\r\n");
         if (c->sticky_set >= 0 && c->snap) {
             const td_config_t *cfg = c->snap->config;
             char v[160];
@@ -1679,6 +1728,10 @@ static void response_pump(upstream_t *u) {
                     return;
                 }
                 u->off += (uint32_t)r;
+                if (resp.status < 200 && resp.status != 101 && ++u->interim > MAX_INTERIM) {
+                    upstream_fail(u, "too many interim (1xx) responses", F_PROTOCOL);
+                    return;
+                }
                 if (resp.status < 200 && resp.status != 101 && c->minor == 0)
                     continue; /* HTTP/1.0 clients get no interim responses */
                 if (resp.status >= 200 || resp.status == 101) {
@@ -1708,7 +1761,6 @@ static void response_pump(upstream_t *u) {
                     upstream_fail(u, "response head too large", F_PROTOCOL);
                     return;
                 }
-                c->resp_sent = 1;
                 if (u->head_done)
                     c->status = u->status;
                 iov[n++] = uv_buf_init(c->w->scratch, (unsigned)hl);
@@ -1755,6 +1807,8 @@ static void response_pump(upstream_t *u) {
             c = u->c;
             continue;
         }
+        if (volatile_first)
+            c->resp_sent = 1; /* a head goes out: td can no longer answer with its own status */
         for (unsigned i = 0; i < n; i++)
             c->bytes_out += iov[i].len;
         int r = send_iov((uv_stream_t *)&c->tcp, c, iov, n, volatile_first, client_write_done_cb,
