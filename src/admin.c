@@ -18,9 +18,13 @@
 
 #define ADMIN_MAX_BODY (1024 * 1024)
 #define ADMIN_MAX_HDRS 64
+#define ADMIN_TIMEOUT_MS 10000 /* idle or half-sent request: the connection is closed */
+#define ADMIN_MAX_CONNS 256
 
 typedef struct admin_conn_s {
     uv_tcp_t tcp;
+    uv_timer_t timer; /* a request must arrive whole within ADMIN_TIMEOUT_MS of its first byte */
+    int handles;      /* handles still to close */
     uv_write_t wreq;
     char *buf; /* owned */
     size_t len, cap;
@@ -45,8 +49,13 @@ static admin_conn_t *conns;
 
 extern const char td_console_html[];
 
+static int num_conns;
+
 static void conn_free_cb(uv_handle_t *h) {
     admin_conn_t *c = h->data;
+    if (--c->handles)
+        return;
+    num_conns--;
     for (admin_conn_t **pp = &conns; *pp; pp = &(*pp)->next)
         if (*pp == c) {
             *pp = c->next;
@@ -61,6 +70,7 @@ static void conn_close(admin_conn_t *c) {
     if (c->closing)
         return;
     c->closing = 1;
+    uv_close((uv_handle_t *)&c->timer, conn_free_cb);
     uv_close((uv_handle_t *)&c->tcp, conn_free_cb);
 }
 
@@ -186,8 +196,9 @@ static const char *current_client = "";
 
 static reply_t apply(td_config_t *cfg, const char *what) {
     char err[512];
-    if (td_control_apply(cfg, what, 1, current_client, err, sizeof(err)) < 0)
-        return error_reply(500, err);
+    int r = td_control_apply(cfg, what, 1, current_client, err, sizeof(err));
+    if (r < 0)
+        return error_reply(r == TD_ECONFLICT ? 409 : 500, err);
     return json_reply(200, state_json());
 }
 
@@ -298,9 +309,10 @@ static reply_t put_config(td_str_t body) {
     }
     free(errs);
     char err[512];
-    if (td_control_apply(cfg, "config replaced through the API", 1, current_client, err,
-                         sizeof(err)) < 0)
-        return error_reply(500, err);
+    int r = td_control_apply(cfg, "config replaced through the API", 1, current_client, err,
+                             sizeof(err));
+    if (r < 0)
+        return error_reply(r == TD_ECONFLICT ? 409 : 500, err);
     return json_reply(200, json_pack("{s:I}", "version", (json_int_t)td_control_version()));
 }
 
@@ -548,7 +560,7 @@ static void write_cb(uv_write_t *w, int status) {
 
 static void send_reply(admin_conn_t *c, reply_t r, int head_only) {
     static const char *reasons[] = {[200] = "OK", [400] = "Bad Request", [401] = "Unauthorized",
-                                    [404] = "Not Found", [405] = "Method Not Allowed",
+                                    [404] = "Not Found", [405] = "Method Not Allowed", [409] = "Conflict",
                                     [411] = "Length Required", [413] = "Content Too Large",
                                     [431] = "Request Header Fields Too Large",
                                     [500] = "Internal Server Error"};
@@ -638,7 +650,12 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
     process(c);
 }
 
+static void timeout_cb(uv_timer_t *t) {
+    conn_close(t->data);
+}
+
 static void resume(admin_conn_t *c) {
+    uv_timer_start(&c->timer, timeout_cb, ADMIN_TIMEOUT_MS, 0);
     uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
     if (c->len)
         process(c);
@@ -651,10 +668,13 @@ static void on_conn(uv_stream_t *srv, int status) {
     if (!c)
         return;
     uv_tcp_init(srv->loop, &c->tcp);
-    c->tcp.data = c;
+    uv_timer_init(srv->loop, &c->timer);
+    c->tcp.data = c->timer.data = c;
+    c->handles = 2;
+    num_conns++;
     c->next = conns;
     conns = c;
-    if (uv_accept(srv, (uv_stream_t *)&c->tcp) < 0) {
+    if (uv_accept(srv, (uv_stream_t *)&c->tcp) < 0 || num_conns > ADMIN_MAX_CONNS) {
         conn_close(c);
         return;
     }

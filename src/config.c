@@ -521,9 +521,14 @@ static const char *check_header_name(const char *s) {
         p++;
     if (!*s || *p)
         return "is not a valid header name (an RFC 9110 token, e.g. X-TD-Backend)";
-    if (strcasecmp(s, "host") == 0 || strcasecmp(s, "content-length") == 0 ||
-        strcasecmp(s, "transfer-encoding") == 0 || strcasecmp(s, "connection") == 0)
-        return "is a header td needs to forward or frame the request (choose e.g. X-TD-Backend)";
+    static const char *const reserved[] = {
+        "host",    "content-length", "transfer-encoding", "connection",        "upgrade",
+        "te",      "trailer",        "expect",            "cookie",            "authorization",
+        "keep-alive", "proxy-connection", "x-forwarded-for", "x-forwarded-proto",
+        "x-forwarded-host", NULL};
+    for (size_t i = 0; reserved[i]; i++)
+        if (strcasecmp(s, reserved[i]) == 0)
+            return "is a header td or the backend needs (choose e.g. X-TD-Backend)";
     return NULL;
 }
 

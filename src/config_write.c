@@ -234,7 +234,11 @@ static int sync_dir(const char *path) {
     return rc;
 }
 
-int td_config_write(const td_config_t *c, const char *path) {
+int td_config_write(const td_config_t *c, const char *link) {
+    /* Through a symlink (config management, mounted ConfigMaps) the target is rewritten, so
+     * the link and the operator's source of truth stay. */
+    char real[4096];
+    const char *path = realpath(link, real) ? real : link;
     char *json = td_config_to_json(c), *tmp = NULL;
     int fd = -1, rc = TD_EIO, saved, created = 0;
     struct stat st;

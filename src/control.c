@@ -1,6 +1,7 @@
 #include "td/control.h"
 
 #include <stdio.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,6 +14,7 @@
 
 static td_config_t *running; /* owned by the current snapshot; borrowed here */
 static char config_path[4096];
+static struct stat file_seen; /* the config file as td last read or wrote it */
 static uint64_t version;
 static int64_t started_ms;
 
@@ -26,6 +28,21 @@ uint64_t td_control_version(void) {
 
 int64_t td_control_started_ms(void) {
     return started_ms;
+}
+
+/* Remembers the config file as it is now; td_control_apply refuses to overwrite other edits. */
+static void note_file(void) {
+    if (!config_path[0] || stat(config_path, &file_seen) != 0)
+        memset(&file_seen, 0, sizeof(file_seen));
+}
+
+static int file_changed(void) {
+    struct stat now;
+    if (!config_path[0] || stat(config_path, &now) != 0)
+        return 0;
+    return now.st_mtim.tv_sec != file_seen.st_mtim.tv_sec ||
+           now.st_mtim.tv_nsec != file_seen.st_mtim.tv_nsec || now.st_size != file_seen.st_size ||
+           now.st_ino != file_seen.st_ino;
 }
 
 /* Makes the built snapshot `s` (of config `cfg`) the running one. */
@@ -46,6 +63,7 @@ int td_control_init(td_config_t *cfg, const char *path) {
     td_events_init(audit);
     td_event("start", "td started with %s", config_path[0] ? config_path : "the demo config");
     td_sticky_set_secret(cfg->cookie_secret);
+    note_file();
     char err[512];
     td_snapshot_t *s = td_snapshot_build(cfg, version + 1, err, sizeof(err));
     if (!s) {
@@ -87,11 +105,22 @@ int td_control_apply(td_config_t *cfg, const char *what, int persist, const char
     td_snapshot_t *s = td_snapshot_build(cfg, version + 1, err, errlen);
     if (!s)
         return TD_EINVAL;
+    if (persist && config_path[0] && file_changed()) {
+        /* Writing back would silently drop edits made to the file since td read it. */
+        snprintf(err, errlen,
+                 "%s was changed on disk since td read it: reload it first (SIGHUP or PUT "
+                 "/api/v1/config), then repeat the change",
+                 config_path);
+        td_snapshot_release(s);
+        return TD_ECONFLICT;
+    }
     if (persist && config_path[0] && td_config_write(cfg, config_path) < 0) {
         snprintf(err, errlen, "cannot write %s: %m", config_path);
         td_snapshot_release(s);
         return TD_EIO;
     }
+    if (persist)
+        note_file();
     json_t *before = summary(running), *after = summary(cfg);
     if (strcmp(cfg->cookie_secret, running->cookie_secret) != 0)
         td_sticky_set_secret(cfg->cookie_secret);
@@ -109,6 +138,8 @@ int td_control_reload(void) {
     char *buf = NULL;
     size_t len = 0;
     FILE *errs = open_memstream(&buf, &len);
+    struct stat before;
+    int have_before = stat(config_path, &before) == 0;
     td_config_t *cfg = td_config_load(config_path, errs);
     fclose(errs);
     if (!cfg) {
@@ -122,7 +153,10 @@ int td_control_reload(void) {
     }
     free(buf);
     char err[256];
-    return td_control_apply(cfg, "reload of the config file", 0, "signal", err, sizeof(err));
+    int r = td_control_apply(cfg, "reload of the config file", 0, "signal", err, sizeof(err));
+    if (r == 0 && have_before)
+        file_seen = before; /* what was read is now what runs */
+    return r;
 }
 
 void td_control_shutdown(void) {

@@ -14,7 +14,7 @@
 #include "td/log.h"
 #include "td/proxy.h"
 
-#define TD_VERSION "0.1.0"
+#define TD_VERSION "0.2.0"
 
 static const char usage[] =
     "Usage:\n"
@@ -25,7 +25,10 @@ static const char usage[] =
     "                      green (127.0.0.1:9002), td on 127.0.0.1:8080, admin API and web\n"
     "                      console on 127.0.0.1:9090\n"
     "  td backend NAME=ADDRESS ...\n"
-    "                      run demo backends only, e.g. td backend blue=127.0.0.1:9001\n"
+    "                      run demo backends only, e.g. td backend blue=127.0.0.1:9001;\n"
+    "                      they answer / (a page naming them), /status/N, /delay/MS,\n"
+    "                      /bytes/N, /chunked/N, /echo (counts the body), /headers, /close,\n"
+    "                      /reset and /ws (WebSocket echo)\n"
     "  td --version | --help\n"
     "\n"
     "td splits HTTP traffic between backends (blue and green) by a ratio, with round robin,\n"
@@ -49,6 +52,8 @@ static const char usage[] =
     "  PUT /api/v1/ratio           {\"blue\": 0, \"green\": 100}\n"
     "  PUT /api/v1/routing         {\"method\": \"round_robin\" | \"sticky\" | \"failover\"}\n"
     "  GET|PUT /api/v1/config      the whole config document\n"
+    "  GET /api/v1/events          recent changes, health transitions and reloads\n"
+    "  GET /api/v1/history         the audit log of changes\n"
     "  GET /metrics                Prometheus text format\n"
     "  GET /                       the web console\n"
     "Changes made through the API are written back to the config file.\n"
@@ -201,6 +206,7 @@ int main(int argc, char **argv) {
             fprintf(stderr, "td backend: give at least one NAME=ADDRESS\n");
             return 2;
         }
+        signal(SIGHUP, SIG_IGN); /* a reload meant for td -c must not stop the backends */
         int r = start_demo_backends(argc - optind - 1, argv + optind + 1, 0);
         if (r)
             return r;

@@ -2158,7 +2158,25 @@ static void worker_main(void *arg) {
 }
 
 /* Opens one listening socket with SO_REUSEPORT, bound but not yet listening. */
-static int listen_socket(const td_addr_t *a, char *err, size_t errlen) {
+/* 1 when some other socket already listens on the address. SO_REUSEPORT would let td share the
+ * port with it silently (another td, a forgotten test run), so td refuses instead: a probe
+ * bound without SO_REUSEPORT fails with EADDRINUSE then. */
+static int address_taken(const td_addr_t *a) {
+    int fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1, taken = 0;
+    if (fd < 0)
+        return 0;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, (const struct sockaddr *)&a->sa, a->salen) < 0 && errno == EADDRINUSE)
+        taken = 1;
+    close(fd);
+    return taken;
+}
+
+static int listen_socket(const td_addr_t *a, int first, char *err, size_t errlen) {
+    if (first && address_taken(a)) {
+        snprintf(err, errlen, "cannot listen on %s: address already in use", a->text);
+        return -1;
+    }
     int fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
@@ -2191,7 +2209,7 @@ td_proxy_t *td_proxy_start(const td_config_t *cfg, char *err, size_t errlen) {
         for (size_t j = 0; j < cfg->num_listeners; j++)
             w->listen_fds[j] = -1;
         for (size_t j = 0; j < cfg->num_listeners; j++) {
-            w->listen_fds[j] = listen_socket(&cfg->listeners[j].address, err, errlen);
+            w->listen_fds[j] = listen_socket(&cfg->listeners[j].address, i == 0, err, errlen);
             if (w->listen_fds[j] < 0)
                 goto fail;
         }

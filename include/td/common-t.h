@@ -27,6 +27,7 @@ enum {
     TD_EIO = -8,          /* system call failed; errno has the detail */
     TD_ENOTFOUND = -9,
     TD_EUNAVAIL = -10,    /* no backend available (503) */
+    TD_ECONFLICT = -11,   /* the state changed underneath (409): e.g. a config file edited on disk */
 };
 
 #endif

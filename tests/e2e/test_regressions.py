@@ -199,3 +199,42 @@ def test_a_client_stalling_its_body_gets_408_and_the_backend_no_5xx(backends, td
         status, _, _ = c.read_response()
         assert status == 408
     assert backend_state(t.state(), "blue")["responses"]["5xx"] == 0
+
+
+def test_a_second_td_cannot_take_a_listening_address(backends, td):
+    """SO_REUSEPORT would let another process share td's port silently: td refuses instead."""
+    from conftest import Proc
+    import time
+    t = one_backend(backends, td)
+    cfg = minimal()
+    cfg["listeners"] = [{"address": f"127.0.0.1:{t.port}"}]
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "td.json")
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        p = subprocess.run([TD, "-c", path], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "address already in use" in p.stderr, p.stderr
+    assert get(t.port)[0] == 200
+
+
+def test_an_api_change_does_not_overwrite_edits_made_on_disk(backends, td):
+    import time
+    t = one_backend(backends, td)
+    with open(t.config_path) as f:
+        cfg = json.load(f)
+    cfg["timeouts"]["drain_ms"] = 4321
+    time.sleep(0.01)
+    with open(t.config_path, "w") as f:
+        json.dump(cfg, f)
+    status, body = t.api("PUT", "/api/v1/ratio", {"blue": 40})
+    assert status == 409 and "changed on disk" in body["error"], body
+    with open(t.config_path) as f:
+        assert json.load(f)["timeouts"]["drain_ms"] == 4321  # the edit survives
+    t.proc.p.send_signal(__import__("signal").SIGHUP)
+    for _ in range(100):
+        if t.state()["version"] > 1:
+            break
+        time.sleep(0.05)
+    status, body = t.api("PUT", "/api/v1/ratio", {"blue": 40})
+    assert status == 200, body
