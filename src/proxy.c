@@ -575,6 +575,8 @@ static void client_close(client_t *c) {
     if (c->state == C_CLOSING)
         return;
     c->state = C_CLOSING;
+    if (c->started_ms && !c->status)
+        c->status = 499; /* the client went away before its answer: the access log says so */
     if (c->tls_queued) /* freed after this loop iteration: not in the TLS pump's list then */
         for (client_t **pp = &c->w->tls_clients; *pp; pp = &(*pp)->tls_next)
             if (*pp == c) {

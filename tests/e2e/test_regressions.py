@@ -238,3 +238,27 @@ def test_an_api_change_does_not_overwrite_edits_made_on_disk(backends, td):
         time.sleep(0.05)
     status, body = t.api("PUT", "/api/v1/ratio", {"blue": 40})
     assert status == 200, body
+
+
+def test_a_client_that_leaves_before_its_answer_is_logged_as_499(backends, td, tmp_path):
+    import socket
+    import time
+    log = tmp_path / "access.log"
+    b = backends(("blue", 1))
+    t = td(backend_cfg({"blue": (100, b.ports["blue"])}, access_log=str(log)))
+    s = socket.create_connection(("127.0.0.1", t.port), timeout=TIMEOUT)
+    s.sendall(b"GET /delay/800 HTTP/1.1\r\nHost: a\r\n\r\n")
+    time.sleep(0.2)
+    # An abort (RST), not a half-close: a half-closed client still gets its answer.
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    s.close()
+    assert get(t.port, "/status/204")[0] == 204
+    deadline = time.time() + 5
+    lines = []
+    while time.time() < deadline:
+        lines = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+        if len(lines) >= 2:
+            break
+        time.sleep(0.05)
+    statuses = sorted((x["path"], x["status"]) for x in lines)
+    assert statuses == [("/delay/800", 499), ("/status/204", 204)], lines
