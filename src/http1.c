@@ -866,3 +866,95 @@ int td_http1_list_has(td_str_t list, const char *token) {
     }
     return 0;
 }
+
+/* Says which rule a rejected request head broke, for the log line. Walks the head again line by
+ * line; runs only after td_http1_parse_request refused it, never on the hot path. */
+const char *td_http1_request_problem(const char *buf, size_t len) {
+    const char *p = buf, *end = buf + len;
+    int hosts = 0, ncl = 0, te = 0, te_chunked_last = 0, cl_bad = 0, cl_conflict = 0, minor = 1;
+    uint64_t cl_value = 0;
+    for (int line = 0; p < end; line++) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *e = nl ? nl : end;
+        const char *cr = memchr(p, '\r', (size_t)(e - p));
+        if (cr && cr + 1 != e)
+            return "bare CR in the head";
+        if (nl && (e == p || e[-1] != '\r'))
+            return "bare LF line ending (CRLF required)";
+        if (!nl)
+            break; /* an unfinished line: nothing more to say about it */
+        const char *le = e - 1; /* the CR */
+        if (line == 0) {
+            const char *sp1 = memchr(p, ' ', (size_t)(le - p));
+            const char *sp2 = sp1 ? memchr(sp1 + 1, ' ', (size_t)(le - sp1 - 1)) : NULL;
+            if (!sp1 || !sp2 || sp1 == p || sp2 == sp1 + 1)
+                return "malformed request line (METHOD SP TARGET SP HTTP/1.x)";
+            for (const char *q = p; q < sp1; q++)
+                if (!IS(*q, C_TCHAR))
+                    return "invalid character in the method";
+            if (memchr(sp2 + 1, ' ', (size_t)(le - sp2 - 1)))
+                return "space in the request-target";
+            if (le - sp2 - 1 == 8 && memcmp(sp2 + 1, "HTTP/1.0", 8) == 0)
+                minor = 0;
+            for (const char *q = sp1 + 1; q < sp2; q++)
+                if (!IS(*q, C_TARGET))
+                    return "invalid character in the request-target";
+        } else if (le == p) {
+            break; /* the empty line ending the head */
+        } else {
+            if (*p == ' ' || *p == '\t')
+                return "obs-fold (a header line continued on the next line)";
+            const char *colon = memchr(p, ':', (size_t)(le - p));
+            if (!colon)
+                return "header line without a colon";
+            if (colon == p)
+                return "empty header name";
+            for (const char *q = p; q < colon; q++)
+                if (!IS(*q, C_TCHAR))
+                    return IS_WS(*q) ? "whitespace between a header name and its colon"
+                                     : "invalid character in a header name";
+            td_str_t name = {p, (size_t)(colon - p)};
+            const char *v = skip_ws(colon + 1, le), *ve = le;
+            while (ve > v && IS_WS(ve[-1]))
+                ve--;
+            for (const char *q = v; q < ve; q++)
+                if ((unsigned char)*q < 0x20 ? *q != '\t' : *q == 0x7f)
+                    return "control character in a header value";
+            td_str_t val = {v, (size_t)(ve - v)};
+            if (td_http1_name_is(name, "host")) {
+                hosts++;
+                if (!valid_host(val))
+                    return "invalid Host";
+            } else if (td_http1_name_is(name, "content-length")) {
+                facts_t f;
+                memset(&f, 0, sizeof(f));
+                if (content_length(val, &f) < 0)
+                    cl_bad = 1;
+                else if (ncl++ && f.content_length != cl_value)
+                    cl_conflict = 1;
+                cl_value = f.content_length;
+            } else if (td_http1_name_is(name, "transfer-encoding")) {
+                te = 1;
+                facts_t f;
+                memset(&f, 0, sizeof(f));
+                te_chunked_last = transfer_encoding(val, &f) == 0 && f.chunked;
+            }
+        }
+        p = nl + 1;
+    }
+    if (ncl && te)
+        return "Content-Length together with Transfer-Encoding";
+    if (cl_bad)
+        return "invalid Content-Length";
+    if (cl_conflict)
+        return "conflicting Content-Length values";
+    if (te && minor == 0)
+        return "Transfer-Encoding in an HTTP/1.0 request";
+    if (te && !te_chunked_last)
+        return "Transfer-Encoding whose final coding is not chunked";
+    if (hosts > 1)
+        return "more than one Host";
+    if (hosts == 0 && minor == 1)
+        return "missing Host (required in HTTP/1.1)";
+    return "malformed request";
+}

@@ -872,7 +872,17 @@ static void start_request(client_t *c) {
         case TD_EURITOOLONG: client_error(c, 414, "request line too long"); break;
         case TD_EHDRTOOLARGE: client_error(c, 431, "request head too large"); break;
         case TD_EVERSION: client_error(c, 505, "unsupported HTTP version"); break;
-        default: client_error(c, 400, "malformed request"); break;
+        default: {
+            /* The log names the method (when the line has one) and the rule that was broken. */
+            size_t m = 0;
+            while (m < sizeof(c->method) - 1 && m < c->len && c->buf[m] > ' ' &&
+                   c->buf[m] < 0x7f)
+                m++;
+            memcpy(c->method, c->buf, m);
+            c->method[m] = 0;
+            client_error(c, 400, td_http1_request_problem(c->buf, c->len));
+            break;
+        }
         }
         return;
     }

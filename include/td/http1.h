@@ -75,6 +75,11 @@ int td_http1_parse_response(const char *buf, size_t len, int request_was_head,
 long td_http1_chunked_feed(td_http1_chunked_t *c, const char *buf, size_t len, int *done,
                            td_str_t *spans, size_t max_spans, size_t *nspans);
 
+/* For a head that td_http1_parse_request refused with TD_EBADMSG: a short phrase naming the rule
+ * it broke ("Content-Length together with Transfer-Encoding", "obs-fold ...", "missing Host
+ * ..."), for the log. Static string; "malformed request" when no single rule stands out. */
+const char *td_http1_request_problem(const char *buf, size_t len);
+
 /* Case-insensitive comparison of a field name (or token) with a NUL-terminated literal made of
  * lower-case letters, digits and '-' (e.g. "content-length"). `name` must hold no control bytes
  * (the parser's field names and values never do). Returns 1 when equal, else 0. */

@@ -262,3 +262,19 @@ def test_a_client_that_leaves_before_its_answer_is_logged_as_499(backends, td, t
         time.sleep(0.05)
     statuses = sorted((x["path"], x["status"]) for x in lines)
     assert statuses == [("/delay/800", 499), ("/status/204", 204)], lines
+
+
+def test_a_400_is_logged_with_the_rule_it_broke(backends, td):
+    from conftest import RawConn
+    import time
+    t = one_backend(backends, td)
+    with RawConn(t.port) as c:
+        c.send(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n")
+        assert c.read_response()[0] == 400
+    for _ in range(50):
+        if "Content-Length together with Transfer-Encoding" in t.proc.output():
+            break
+        time.sleep(0.05)
+    assert "400 127.0.0.1 POST: Content-Length together with Transfer-Encoding" \
+        in t.proc.output(), t.proc.output()[-2000:]

@@ -883,7 +883,40 @@ static void test_helpers(void) {
     T_CHECK(!td_http1_list_has(TD_STR(", ,"), ""));
 }
 
+/* The reason given for a refused head names the rule that was broken (for td's 400 log line). */
+static void test_request_problem(void) {
+    static const struct {
+        const char *req, *reason;
+    } cases[] = {
+        {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+         "Content-Length together with Transfer-Encoding"},
+        {"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", "obs-fold"},
+        {"GET / HTTP/1.1\r\n\r\n", "missing Host"},
+        {"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "more than one Host"},
+        {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+         "conflicting Content-Length"},
+        {"GET / HTTP/1.1\r\nHost : a\r\n\r\n", "whitespace between a header name"},
+        {"GET / HTTP/1.1\nHost: a\r\n\r\n", "bare LF"},
+        {"GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n", "bare CR"},
+        {"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n", "space in the request-target"},
+        {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+         "final coding is not chunked"},
+        {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", "invalid Content-Length"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        td_http1_header_t h[16];
+        td_http1_request_t req;
+        size_t n = strlen(cases[i].req);
+        T_EQ_INT(td_http1_parse_request(cases[i].req, n, NULL, &req, h, 16), TD_EBADMSG);
+        const char *why = td_http1_request_problem(cases[i].req, n);
+        if (!strstr(why, cases[i].reason))
+            fprintf(stderr, "case %zu: \"%s\" does not say \"%s\"\n", i, why, cases[i].reason);
+        T_CHECK(strstr(why, cases[i].reason) != NULL);
+    }
+}
+
 int main(void) {
+    test_request_problem();
     test_get();
     test_values_trimmed();
     test_post_length();
