@@ -95,6 +95,8 @@ static void fuzz_request(const char *buf, size_t len, size_t split, const td_htt
     CHECK(n >= 0 || known(n));
     if (n > 0)
         check_request(&full, n, buf, len, lim);
+    if (n == TD_EBADMSG) /* the explanation for the log must cope with anything refused */
+        CHECK(td_http1_request_problem(buf, len)[0] != 0);
 
     size_t cuts[3] = {split, len ? len - 1 : 0, n > 0 ? (size_t)n : 0};
     for (int i = 0; i < 3; i++) {
