@@ -22,13 +22,20 @@ METRICS = [
     ("cpu_s_per_100k", "Proxy CPU time per 100,000 requests (50 conns)", "s", "low", 2),
     ("idle_bytes_per_conn", "Memory per idle keep-alive client connection", "bytes", "low", 0),
     ("mbps_1m", "Throughput, 1 MiB responses, 4 connections", "MB/s", "high", 0),
+    ("tls_rps_c50", "HTTPS requests/s, 50 keep-alive connections", "req/s", "high", 0),
+    ("tls_p99_c50_ms", "HTTPS latency p99, 50 keep-alive connections", "ms", "low", 2),
+    ("tls_cpu_s_per_100k", "Proxy CPU time per 100,000 HTTPS requests (50 keep-alive conns)", "s",
+     "low", 2),
+    ("tls_hs_per_s", "HTTPS new handshakes/s (a new connection per request, 50 at a time)",
+     "handshakes/s", "high", 0),
+    ("tls_cpu_s_per_1k_conns", "Proxy CPU time per 1,000 new HTTPS connections", "s", "low", 3),
     ("flip_effect_ms_p50", "Ratio change to effect, median of the changes", "ms", "low", 2),
     ("flip_effect_ms_max", "Ratio change to effect, slowest change", "ms", "low", 2),
     ("flip_failed", "Failed requests during the ratio changes (wrk, 50 conns)", "requests", "low", 0),
 ]
 LABEL = {m[0]: m for m in METRICS}
-FAIL_KEYS = ["failed_c50", "failed_c1", "failed_1m", "idle_failed", "flip_timeouts",
-             "flip_stragglers"]
+FAIL_KEYS = ["failed_c50", "failed_c1", "failed_1m", "failed_tls_c50", "failed_tls_new",
+             "idle_failed", "flip_timeouts", "flip_stragglers"]
 
 
 def load(raw):
@@ -71,9 +78,11 @@ def machine_info(path):
 
 
 def chart(data, svg, work):
-    """Three bar panels (median, with the range over rounds): req/s at 50 connections, req/s at
-    1 connection, CPU seconds per 100,000 requests."""
-    metrics = ("rps_c50", "rps_c1", "cpu_s_per_100k")
+    """Six bar panels (median, with the range over rounds). HTTP: req/s at 50 connections, req/s
+    at 1 connection, CPU seconds per 100,000 requests; HTTPS: req/s at 50 keep-alive connections,
+    new handshakes/s, CPU seconds per 100,000 requests."""
+    metrics = ("rps_c50", "rps_c1", "cpu_s_per_100k",
+               "tls_rps_c50", "tls_hs_per_s", "tls_cpu_s_per_100k")
     dat = "bench.dat"  # relative: gnuplot runs in `work`, and file names end up in the SVG
     with open(os.path.join(work, dat), "w") as f:
         f.write("# proxy, then median min max of: " + " ".join(metrics) + "\n")
@@ -83,11 +92,14 @@ def chart(data, svg, work):
                 vals = list(data[key][m].values()) or [0]
                 cols += [statistics.median(vals), min(vals), max(vals)]
             f.write(name + " " + " ".join(f"{v:.3f}" for v in cols) + "\n")
-    panels = [(2, "Requests/s, 50 connections (↑)", "%.0f"),
-              (5, "Requests/s, 1 connection (↑)", "%.0f"),
-              (8, "CPU s per 100,000 requests (↓)", "%.2f")]
+    panels = [(2, "HTTP: requests/s, 50 connections (↑)", "%.0f"),
+              (5, "HTTP: requests/s, 1 connection (↑)", "%.0f"),
+              (8, "HTTP: CPU s per 100,000 requests (↓)", "%.2f"),
+              (11, "HTTPS: requests/s, 50 keep-alive conns (↑)", "%.0f"),
+              (14, "HTTPS: new handshakes/s (↑)", "%.0f"),
+              (17, "HTTPS: CPU s per 100,000 requests (↓)", "%.2f")]
     gp = [
-        f"set terminal svg size 1080,360 dynamic font 'sans,11' background '#ffffff'",
+        f"set terminal svg size 1080,680 dynamic font 'sans,11' background '#ffffff'",
         f"set output '{os.path.abspath(svg)}'",
         "set style fill solid 0.85 border -1",
         "set boxwidth 0.6",
@@ -95,7 +107,7 @@ def chart(data, svg, work):
         "unset key", "set grid ytics",
         "set linetype 1 lc rgb '#2f6fd6'", "set linetype 2 lc rgb '#2e9e44'",
         "set linetype 3 lc rgb '#c9552a'",
-        "set multiplot layout 1,3 title 'td, nginx, HAProxy: bars: median of the rounds; lines: their range' "
+        "set multiplot layout 2,3 title 'td, nginx, HAProxy: bars: median of the rounds; lines: their range' "
         "font 'sans,10'",
     ]
     for col, title, label_fmt in panels:
@@ -112,6 +124,52 @@ def chart(data, svg, work):
     subprocess.run(["gnuplot", "bench.gp"], check=True, cwd=work)
 
 
+def tls_notes(data, info):
+    """What wrk negotiated with each proxy in the new-handshake runs, and how many of those
+    handshakes resumed a session (counted by bench/tls_count.c inside wrk)."""
+    if info.get("tls_count") != "1":
+        return ["- HTTPS new handshakes: resumption not counted (bench/tls_count.c could not be "
+                "built); wrk offers the previous session on each new connection, so some or all "
+                "of them may be resumed handshakes."]
+    parts, shares, ticketless = [], {}, []
+    for key, name in PROXIES:
+        hs = sum(data[key]["tls_handshakes"].values())
+        rs = sum(data[key]["tls_resumed"].values())
+        if not hs:
+            parts.append(f"{name}: not counted")
+            continue
+        shares[name] = rs / hs
+        neg = info.get("tls_" + key, "?")
+        parts.append(f"{name} {rs:,.0f} of {hs:,.0f} ({100 * rs / hs:.1f} %, {neg})")
+        cl = sum(data[key]["tls_closed"].values())
+        ck = sum(data[key]["tls_closed_resumable"].values())
+        if cl and ck / cl < 0.9:
+            ticketless.append(f"{name} {cl - ck:,.0f} of {cl:,.0f} ({100 * (cl - ck) / cl:.1f} %)")
+    note = ("- HTTPS new handshakes: wrk offers the session of the connection it closed on the "
+            "next one; share of the handshakes it completed that resumed a session (session "
+            "ticket or cache), all rounds: " + "; ".join(parts) + ".")
+    vals = list(shares.values())
+    if vals and min(vals) > 0.9:
+        note += (" So the handshake rows measure resumed handshakes (no certificate, no "
+                 "signature; with TLS 1.3 still an ECDHE key exchange), the case of returning "
+                 "clients, not of first visits.")
+    elif vals and max(vals) < 0.1:
+        note += " So the handshake rows measure full handshakes (certificate and signature)."
+    elif vals:
+        low = [n for n, v in shares.items() if v <= 0.9]
+        note += (f" {' and '.join(low)} resumed fewer, so the handshake rows mix full and resumed "
+                 "handshakes in different shares: td/nginx and td/HAProxy there compare unlike "
+                 "work.")
+    notes = [note]
+    if ticketless:
+        notes.append("- HTTPS new handshakes: connections that wrk closed without a session it could "
+                     "resume next time (with TLS 1.3: no new session ticket on that connection, "
+                     "and OpenSSL clients such as wrk use a TLS 1.3 ticket only once): "
+                     + "; ".join(ticketless) + ". Each of them makes wrk's next handshake a full "
+                     "one.")
+    return notes
+
+
 def write_md(data, info, md, svg):
     rounds = sorted({r for p in data.values() for m in p.values() for r in m})
     flips = info.get("flips", "?")
@@ -123,12 +181,13 @@ def write_md(data, info, md, svg):
       f"start, {info.get('load_end', '?')} at the end"
       + (f"; run at nice {info['nice']}" if info.get("nice", "0") != "0" else "") + ".  ")
     w(f"Versions: {info.get('td', 'td ?')}; nginx {info.get('nginx', '?')}; "
-      f"HAProxy {info.get('haproxy', '?')}; wrk {info.get('wrk', '?')}.\n")
+      f"HAProxy {info.get('haproxy', '?')}; wrk {info.get('wrk', '?')}; "
+      f"OpenSSL {info.get('openssl', '?')}.\n")
     w("Reproduce (as root on Debian 12, from the repository; installs what it needs and builds "
       "`build/td` first):\n")
     w(f"```sh\n{info.get('command', 'make bench')}\n```\n")
     w(f"That runs `bench/run.sh` (defaults: 3 rounds, 5 s per wrk run, 10,000 idle connections, "
-      "100 ratio changes; about 5 minutes). This run: rounds "
+      "100 ratio changes; about 7 minutes). This run: rounds "
       f"{info.get('rounds')}, "
       f"{info.get('duration')} s per wrk run, {info.get('idle_conns')} idle connections, "
       f"{flips} ratio changes. `BENCH_QUICK=1 bench/run.sh` is a smoke run under a minute "
@@ -144,7 +203,7 @@ def write_md(data, info, md, svg):
         w(f"| {label} ({unit}) {arrow} | " + " | ".join(fmt(v, dec) for v in vals)
           + f" | {ratio(vals[0], vals[1])} | {ratio(vals[0], vals[2])} |")
     w("")
-    w("![requests/s and CPU per request](bench.svg)\n")
+    w("![requests/s and CPU per request, HTTP and HTTPS](bench.svg)\n")
 
     w("## Setup\n")
     w("Everything on 127.0.0.1 of the one machine, so load generator, backend and proxy share its "
@@ -166,6 +225,17 @@ def write_md(data, info, md, svg):
       "(after the warm-up), over their number.")
     w(f"- 1 MiB throughput: `wrk -t1 -c4 -d{d}s` on `/1m` (MB = 10^6 bytes). nginx has "
       "`proxy_max_temp_file_size 0`, so it streams like the others instead of spooling to disk.")
+    w("- HTTPS: each proxy also has a TLS listener (td :8443, nginx :8444, HAProxy :8445) with the "
+      "same certificate, made for the run with `openssl req -x509 -newkey ec -pkeyopt "
+      "ec_paramgen_curve:prime256v1` (ECDSA P-256, self-signed, for 127.0.0.1); TLS 1.2 and 1.3 "
+      "allowed, session tickets and session caches at each proxy's defaults, HTTP/1.1 inside, "
+      "plain HTTP to the backends. Keep-alive: `wrk -t1 -c50 "
+      f"-d{d}s --latency` on `https://…/`, CPU time as above. New handshakes: `wrk -t1 -c50 "
+      f"-d{d}s -H \"Connection: close\"`: every response closes its connection and wrk opens "
+      "a new one, so each request is one TLS handshake and its requests/s are handshakes/s; CPU "
+      "time over the connections wrk counted. wrk keeps the session of the connection it closes "
+      "and offers it on the next one (`SSL_clear`), so the handshakes resume where the proxy "
+      "allows it: `bench/tls_count.c`, preloaded into wrk, counts them (see the notes).")
     w(f"- Ratio changes: while `wrk -t1 -c50` runs, `bench/flip.py` makes {flips} changes between "
       "blue=100/green=0 and blue=0/green=100: td with `PUT /api/v1/ratio`, nginx by rewriting the "
       "`server` weights in its config (`down` for 0) and `nginx -s reload`, HAProxy with `set server "
@@ -185,6 +255,8 @@ def write_md(data, info, md, svg):
                         "failed_c50": "failed requests at 50 connections",
                         "failed_c1": "failed requests at 1 connection",
                         "failed_1m": "failed requests on the 1 MiB response",
+                        "failed_tls_c50": "failed HTTPS requests at 50 keep-alive connections",
+                        "failed_tls_new": "failed HTTPS requests with a new connection each",
                         "idle_failed": "idle connections that could not be opened",
                         "flip_timeouts": "ratio changes that took no effect within 5 s",
                         "flip_stragglers": "responses from the old backend after a change took effect",
@@ -202,10 +274,14 @@ def write_md(data, info, md, svg):
         if missing:
             notes.append(f"- {name}: no result for {', '.join(missing)} (see bench/out/logs/).")
     for key, name in PROXIES:
-        vals = list(data[key]["rps_c50"].values())
-        if len(vals) > 1 and min(vals) > 0 and max(vals) / min(vals) > 1.5:
-            notes.append(f"- {name}: requests/s at 50 connections varied from {min(vals):,.0f} to "
-                         f"{max(vals):,.0f} between rounds.")
+        for m, what in (("rps_c50", "requests/s at 50 connections"),
+                        ("tls_rps_c50", "HTTPS requests/s at 50 keep-alive connections"),
+                        ("tls_hs_per_s", "HTTPS new handshakes/s")):
+            vals = list(data[key][m].values())
+            if len(vals) > 1 and min(vals) > 0 and max(vals) / min(vals) > 1.5:
+                notes.append(f"- {name}: {what} varied from {min(vals):,.0f} to "
+                             f"{max(vals):,.0f} between rounds.")
+    notes.extend(tls_notes(data, info))
     direct = data["direct"]["rps_c50"]
     if direct:
         notes.append("- Control, wrk straight to the blue backend (no proxy), requests/s at 50 "

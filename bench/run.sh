@@ -1,9 +1,10 @@
 #!/bin/bash
 # td against nginx and HAProxy, all on 127.0.0.1, one worker each, same setup (two backends
-# 50/50, upstream keep-alive). Called by `make bench`; writes docs/BENCHMARKS.md and docs/bench.svg,
-# and the raw per-round numbers in bench/out/.
+# 50/50, upstream keep-alive), each with an HTTP and an HTTPS listener (one self-signed ECDSA
+# P-256 certificate made with openssl for the run, the same for all three). Called by `make bench`;
+# writes docs/BENCHMARKS.md and docs/bench.svg, and the raw per-round numbers in bench/out/.
 #
-#   bench/run.sh                  full run, about 5 minutes (3 rounds)
+#   bench/run.sh                  full run, about 7 minutes (3 rounds)
 #   BENCH_QUICK=1 bench/run.sh    smoke run under a minute; writes only bench/out/quick/
 #
 # Settings (environment): TD_BIN (default build/td), BENCH_ROUNDS, BENCH_DURATION (seconds per
@@ -27,6 +28,7 @@ else
 fi
 PROXIES=(td nginx haproxy)
 declare -A PORT=([td]=8080 [nginx]=8081 [haproxy]=8082)
+declare -A TLS_PORT=([td]=8443 [nginx]=8444 [haproxy]=8445)
 CLK_TCK=$(getconf CLK_TCK)
 
 log() { printf '%s bench: %s\n' "$(date +%T)" "$*" >&2; }
@@ -38,7 +40,7 @@ die() { log "error: $*"; exit 1; }
 
 RUN=$(mktemp -d /tmp/td-bench.XXXXXX)
 chmod 755 "$RUN"      # nginx workers (user nobody) read the 1 MiB file from here
-TD_PID="" WRK_PID=""
+TD_PID="" WRK_PID="" TLS_COUNT=""
 
 pidfile_pid() { [ -s "$1" ] && cat "$1" || true; }
 
@@ -83,6 +85,27 @@ render() {
 
 # ---------------------------------------------------------------- the backend and the proxies
 
+# The certificate of every proxy's HTTPS listener: ECDSA P-256, self-signed, for 127.0.0.1 and
+# localhost, valid two days. td and nginx read cert.pem and key.pem, HAProxy both in haproxy.pem.
+make_cert() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=127.0.0.1 -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+    -keyout "$RUN/key.pem" -out "$RUN/cert.pem" 2>>"$RUN/openssl.err" || die "openssl req failed"
+  cat "$RUN/cert.pem" "$RUN/key.pem" > "$RUN/haproxy.pem"
+  chmod 600 "$RUN/key.pem" "$RUN/haproxy.pem"
+  openssl x509 -in "$RUN/cert.pem" -noout -text > "$OUT/logs/cert.txt" 2>&1 || true
+}
+
+# bench/tls_count.c, preloaded into wrk's HTTPS runs: handshakes completed and resumed. Without a
+# C compiler the runs go without it (and the report says resumption was not counted).
+build_tls_count() {
+  if cc -shared -fPIC -O2 -o "$RUN/tls_count.so" "$BENCH/tls_count.c" -ldl 2>>"$RUN/cc.err"; then
+    TLS_COUNT=$RUN/tls_count.so
+  else
+    log "could not build bench/tls_count.c: TLS resumption not counted"
+  fi
+}
+
 start_backend() {
   mkdir -p "$RUN/www"
   head -c 1048576 /dev/urandom > "$RUN/www/1m"
@@ -96,21 +119,21 @@ start_td() {
   render td.json
   "$TD_BIN" -c "$RUN/td.json" 2>>"$RUN/td.log" &
   TD_PID=$!
-  wait_port 8080; wait_port 9090
+  wait_port 8080; wait_port 8443; wait_port 9090
 }
 stop_td() { stop_pid "$TD_PID"; TD_PID=""; }
 
 start_nginx() {
   render nginxproxy.conf
   nginx -c "$RUN/nginxproxy.conf" -e "$RUN/nginxproxy.err"
-  wait_port 8081
+  wait_port 8081; wait_port 8444
 }
 stop_nginx() { stop_pid "$(pidfile_pid "$RUN/nginxproxy.pid")"; rm -f "$RUN/nginxproxy.pid"; }
 
 start_haproxy() {
   render haproxy.cfg
   haproxy -f "$RUN/haproxy.cfg" 2>>"$RUN/haproxy.err"
-  wait_port 8082
+  wait_port 8082; wait_port 8445
 }
 stop_haproxy() { stop_pid "$(pidfile_pid "$RUN/haproxy.pid")"; rm -f "$RUN/haproxy.pid"; }
 
@@ -136,16 +159,18 @@ jget() { $PY -c 'import json,sys; d=json.loads(sys.argv[1]); print(*(d[k] for k 
 
 calc() { awk "BEGIN { printf \"%.${2:-3}f\", $1 }"; }
 
-# wrk_json NAME WRK-ARGS...: runs wrk with bench/wrk_json.lua, keeps its report in
-# $OUT/logs/, prints its JSON summary line.
+# wrk_json NAME WRK-ARGS...: runs wrk with bench/wrk_json.lua (and the environment settings in
+# the array WRK_ENV, if any), keeps its report in $OUT/logs/, prints its JSON summary line.
+WRK_ENV=()
 wrk_json() {
   local name=$1; shift
   local log="$OUT/logs/r$ROUND-$P-$name.txt"
-  wrk -s "$BENCH/wrk_json.lua" "$@" > "$log" 2>&1
+  env "${WRK_ENV[@]}" wrk -s "$BENCH/wrk_json.lua" "$@" > "$log" 2>&1
   grep '^{' "$log" | tail -n 1
 }
 
 url() { echo "http://127.0.0.1:${PORT[$P]}$1"; }
+tls_url() { echo "https://127.0.0.1:${TLS_PORT[$P]}$1"; }
 
 failed_of() { jget "$1" status connect read write timeout | awk '{ print $1+$2+$3+$4+$5 }'; }
 
@@ -173,6 +198,48 @@ measure_load() {
   record p99_c50_ms "$(calc "$(jget "$j" p99_us) / 1000")"
   record cpu_s_per_100k "$(calc "($c1 - $c0) / $CLK_TCK / $n * 100000")"
   record failed_c50 "$(failed_of "$j")"
+}
+
+# HTTPS, 50 keep-alive connections: requests/s, latency, proxy CPU per 100,000 requests.
+measure_tls_load() {
+  local pid j c0 c1 n
+  pid=$(proxy_pid "$P")
+  c0=$(cpu_ticks "$pid")
+  j=$(wrk_json tls-c50 -t1 -c50 -d"${DURATION}s" --latency "$(tls_url /)")
+  c1=$(cpu_ticks "$pid")
+  n=$(jget "$j" requests)
+  record tls_rps_c50 "$(calc "$n / $(jget "$j" duration_us) * 1e6" 0)"
+  record tls_p99_c50_ms "$(calc "$(jget "$j" p99_us) / 1000")"
+  record tls_cpu_s_per_100k "$(calc "($c1 - $c0) / $CLK_TCK / $n * 100000")"
+  record failed_tls_c50 "$(failed_of "$j")"
+}
+
+# HTTPS, a new connection for every request (`Connection: close`, 50 at a time): each request is
+# one TLS handshake, so requests/s is handshakes/s. Proxy CPU per 1,000 connections; with
+# tls_count.so preloaded into wrk, how many handshakes wrk completed and how many resumed, and
+# how many connections it closed holding a session it could resume next time.
+measure_tls_new() {
+  local pid j c0 c1 n cnt="$OUT/logs/r$ROUND-$P-tls-new-count.json"
+  pid=$(proxy_pid "$P")
+  rm -f "$cnt"
+  c0=$(cpu_ticks "$pid")
+  WRK_ENV=(LD_PRELOAD="$TLS_COUNT" TLS_COUNT_OUT="$cnt")
+  j=$(wrk_json tls-new -t1 -c50 -d"${DURATION}s" -H "Connection: close" "$(tls_url /)")
+  WRK_ENV=()
+  c1=$(cpu_ticks "$pid")
+  n=$(jget "$j" requests)
+  record tls_hs_per_s "$(calc "$n / $(jget "$j" duration_us) * 1e6" 0)"
+  record tls_cpu_s_per_1k_conns "$(calc "($c1 - $c0) / $CLK_TCK / $n * 1000" 3)"
+  record failed_tls_new "$(failed_of "$j")"
+  if [ -s "$cnt" ]; then
+    record tls_handshakes "$(jget "$(cat "$cnt")" handshakes)"
+    record tls_resumed "$(jget "$(cat "$cnt")" resumed)"
+    record tls_closed "$(jget "$(cat "$cnt")" closed)"
+    record tls_closed_resumable "$(jget "$(cat "$cnt")" closed_resumable)"
+    # Strings, in machine.txt form (the last round's): what wrk negotiated with this proxy.
+    echo "tls_$P=$(jget "$(cat "$cnt")" protocol) $(jget "$(cat "$cnt")" cipher)" >> "$OUT/tls.txt"
+  fi
+  sleep 1   # let the closed connections settle before the next test
 }
 
 # Requests/s and latency over one keep-alive connection.
@@ -234,8 +301,8 @@ measure_flips() {
 preflight() {
   local p
   [ -x "$TD_BIN" ] || die "no td binary at $TD_BIN (make, or set TD_BIN)"
-  for p in nginx haproxy wrk gnuplot pgrep; do command -v "$p" > /dev/null || die "$p missing (scripts/deps.sh bench)"; done
-  for p in 9001 9002 8080 9090 8081 8082; do port_open "$p" && die "port $p is in use"; done
+  for p in nginx haproxy wrk gnuplot pgrep openssl; do command -v "$p" > /dev/null || die "$p missing (scripts/deps.sh bench)"; done
+  for p in 9001 9002 8080 9090 8081 8082 8443 8444 8445; do port_open "$p" && die "port $p is in use"; done
   # 10,000 idle clients: one fd each in the client and in the proxy.
   ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((IDLE_CONNS + 1000)) ]; then
@@ -265,6 +332,7 @@ machine() {
     echo "nginx=$(nginx -v 2>&1 | sed 's/.*: //')"
     echo "haproxy=$(haproxy -v | head -n 1 | awk '{ print $3 }')"
     echo "wrk=$(wrk -v 2>&1 | head -n 1 | awk '{ print $2 }')"
+    echo "openssl=$(openssl version | awk '{ print $2 }')"
     echo "rounds=$ROUNDS"; echo "duration=$DURATION"; echo "idle_conns=$IDLE_CONNS"; echo "flips=$FLIPS"
     echo "quick=$QUICK"
     echo "nice=${BENCH_NICE:-0}"
@@ -275,10 +343,12 @@ machine() {
 main() {
   if [ -n "${BENCH_NICE:-}" ]; then renice -n "$BENCH_NICE" -p $$ > /dev/null; fi
   preflight
-  rm -rf "$OUT/logs" "$OUT/raw.tsv"
+  rm -rf "$OUT/logs" "$OUT/raw.tsv" "$OUT/tls.txt"
   mkdir -p "$OUT/logs"
   machine
   printf 'round\tproxy\tmetric\tvalue\n' > "$OUT/raw.tsv"
+  make_cert
+  build_tls_count
   start_backend
   local r i
   for r in $(seq "$ROUNDS"); do
@@ -293,11 +363,15 @@ main() {
       step load; measure_load
       step single; measure_single
       step 1m; measure_1m
+      step tls_load; measure_tls_load
+      step tls_new; measure_tls_new
       step flips; measure_flips
       step stop; "stop_$P"
     done
   done
   echo "load_end=$(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/machine.txt"
+  [ -f "$OUT/tls.txt" ] && sort -u "$OUT/tls.txt" >> "$OUT/machine.txt"
+  echo "tls_count=$([ -n "$TLS_COUNT" ] && echo 1 || echo 0)" >> "$OUT/machine.txt"
   $PY "$BENCH/report.py" --raw "$OUT/raw.tsv" --machine "$OUT/machine.txt" \
     --md "$DOC" --svg "$SVG" --work "$OUT"
   log "wrote $DOC and $SVG (raw numbers: $OUT/raw.tsv)"
