@@ -125,7 +125,6 @@ static void ticket_rotate_locked(void) {
 
 static int ticket_cb(SSL *s, unsigned char key_name[16], unsigned char *iv, EVP_CIPHER_CTX *ctx,
                      EVP_MAC_CTX *hctx, int enc) {
-    (void)s;
     pthread_mutex_lock(&ticket_lock);
     ticket_rotate_locked();
     ticket_key_t k;
@@ -137,6 +136,10 @@ static int ticket_cb(SSL *s, unsigned char key_name[16], unsigned char *iv, EVP_
             r = -1;
     } else if (memcmp(key_name, ticket_keys[0].name, 16) == 0) {
         k = ticket_keys[0];
+        /* TLS 1.3 clients use a ticket once (RFC 8446 §C.4): a resumed connection gets a fresh
+         * one, or the next connection would need a full handshake. */
+        if (SSL_version(s) == TLS1_3_VERSION)
+            r = 2;
     } else if (memcmp(key_name, ticket_keys[1].name, 16) == 0) {
         k = ticket_keys[1];
         r = 2; /* valid, but renew it under the current key */
