@@ -998,10 +998,27 @@ static int build_request_head(client_t *c) {
     else if (td_http1_parse_request(c->buf, c->head_len, &limits, &req, w->hdrs, MAX_HDRS) <= 0)
         return -1;
     char *p = w->scratch, *end = w->scratch + sizeof(w->scratch);
+    /* absolute-form ("GET http://example.com/x"): the target's authority is the host (RFC 9112
+     * §3.2.2) and the upstream gets origin-form, so Host and target can never disagree. */
+    td_str_t target = req.target, authority = {NULL, 0};
+    const char *scheme_end = target.len > 7 && target.p[0] != '/'
+                                 ? memmem(target.p, target.len, "://", 3)
+                                 : NULL;
+    if (scheme_end) {
+        const char *a = scheme_end + 3, *tend = target.p + target.len;
+        const char *slash = memchr(a, '/', (size_t)(tend - a));
+        const char *q = memchr(a, '?', (size_t)(tend - a));
+        const char *stop = slash && (!q || slash < q) ? slash : q ? q : tend;
+        authority = (td_str_t){a, (size_t)(stop - a)};
+        target = (td_str_t){stop, (size_t)(tend - stop)};
+    }
     ADD_STR(&p, end, req.method);
     ADD_LIT(&p, end, " ");
-    ADD_STR(&p, end, req.target);
+    if (scheme_end && (!target.len || target.p[0] != '/'))
+        ADD_LIT(&p, end, "/"); /* "http://a" or "http://a?q" */
+    ADD_STR(&p, end, target);
     ADD_LIT(&p, end, " HTTP/1.1\r\n");
+    td_str_t host = authority.len ? authority : req.host;
     td_str_t conn = {NULL, 0};
     if (req.conn_flags & TD_CONN_OTHER)
         conn = find_header(req.headers, req.num_headers, "connection");
@@ -1014,7 +1031,8 @@ static int build_request_head(client_t *c) {
                    ((req.conn_flags & TD_CONN_OTHER) && connection_listed(conn, n)) ||
                    (cfg && preview_field(cfg, n)) ||
                    (n.len == 17 && td_http1_name_is(n, "x-forwarded-proto")) ||
-                   (n.len == 16 && td_http1_name_is(n, "x-forwarded-host"));
+                   (n.len == 16 && td_http1_name_is(n, "x-forwarded-host")) ||
+                   (authority.len && n.len == 4 && td_http1_name_is(n, "host"));
         if (!drop && n.len == 15 && td_http1_name_is(n, "x-forwarded-for")) {
             xff = req.headers[i].value; /* appended to below */
             drop = 1;
@@ -1033,7 +1051,11 @@ static int build_request_head(client_t *c) {
         ADD_STR(&p, end, up);
         ADD_LIT(&p, end, "\r\n");
     }
-    if (!req.host.len && c->snap && c->backend >= 0 && c->server >= 0) {
+    if (authority.len) {
+        ADD_LIT(&p, end, "Host: ");
+        ADD_STR(&p, end, authority);
+        ADD_LIT(&p, end, "\r\n");
+    } else if (!req.host.len && c->snap && c->backend >= 0 && c->server >= 0) {
         /* HTTP/1.0 without Host: an HTTP/1.1 request needs one (RFC 9112 §3.2). */
         const char *a = c->snap->backends[c->backend].servers[c->server].addr.text;
         ADD_LIT(&p, end, "Host: ");
@@ -1050,9 +1072,9 @@ static int build_request_head(client_t *c) {
         ADD_LIT(&p, end, "\r\nX-Forwarded-Proto: https\r\n");
     else
         ADD_LIT(&p, end, "\r\nX-Forwarded-Proto: http\r\n");
-    if (req.host.len) {
+    if (host.len) {
         ADD_LIT(&p, end, "X-Forwarded-Host: ");
-        ADD_STR(&p, end, req.host);
+        ADD_STR(&p, end, host);
         ADD_LIT(&p, end, "\r\n");
     }
     ADD_LIT(&p, end, "\r\n");

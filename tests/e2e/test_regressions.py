@@ -278,3 +278,19 @@ def test_a_400_is_logged_with_the_rule_it_broke(backends, td):
         time.sleep(0.05)
     assert "400 127.0.0.1 POST: Content-Length together with Transfer-Encoding" \
         in t.proc.output(), t.proc.output()[-2000:]
+
+
+def test_absolute_form_target_sets_host_and_goes_upstream_in_origin_form(backends, td):
+    """RFC 9112 §3.2.2: the target's authority replaces a disagreeing Host, so the backend can
+    never see two different hosts for one request."""
+    from conftest import RawConn
+    t = one_backend(backends, td)
+    with RawConn(t.port) as c:
+        c.send(b"GET http://example.com/headers?x=1 HTTP/1.1\r\nHost: attacker.test\r\n\r\n")
+        status, _, body = c.read_response()
+    assert status == 200
+    seen = body.decode()
+    assert seen.startswith("GET /headers?x=1 HTTP/1.1\r\n"), seen
+    hosts = [line for line in seen.split("\r\n") if line.lower().startswith("host:")]
+    assert hosts == ["Host: example.com"], seen
+    assert "attacker.test" not in seen, seen
