@@ -24,13 +24,6 @@ static pthread_mutex_t current_lock = PTHREAD_MUTEX_INITIALIZER;
 static td_snapshot_t *current;
 static _Atomic uint64_t current_version;
 
-td_server_stats_t *td_registry_servers(void) {
-    pthread_mutex_lock(&registry_lock);
-    td_server_stats_t *s = servers;
-    pthread_mutex_unlock(&registry_lock);
-    return s;
-}
-
 td_server_stats_t *td_registry_server(const char *backend, const char *address) {
     pthread_mutex_lock(&registry_lock);
     td_server_stats_t *s;

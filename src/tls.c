@@ -366,10 +366,6 @@ td_tls_client_t *td_tls_client_new(const td_config_backend_t *b, char *err, size
     return c;
 }
 
-void td_tls_client_retain(td_tls_client_t *c) {
-    atomic_fetch_add(&c->refs, 1);
-}
-
 void td_tls_client_release(td_tls_client_t *c) {
     if (!c || atomic_fetch_sub(&c->refs, 1) != 1)
         return;

@@ -28,8 +28,7 @@ uint64_t td_router_version(void);
 /* Returns the current snapshot with a reference for the caller, or NULL before the first publish. */
 td_snapshot_t *td_router_acquire(void);
 
-/* Iterates over every server / backend the registry has ever seen (for metrics and state). */
-td_server_stats_t *td_registry_servers(void);
+/* The registry's object for a server / backend, created on first use (NULL when out of memory). */
 td_server_stats_t *td_registry_server(const char *backend, const char *address);
 td_backend_stats_t *td_registry_backend(const char *name);
 

@@ -33,7 +33,6 @@ void td_tls_server_release(td_tls_server_t *s);
 /* A client context for TLS to a backend (verify with `ca` or the system store, SNI). */
 typedef struct td_tls_client_s td_tls_client_t;
 td_tls_client_t *td_tls_client_new(const td_config_backend_t *b, char *err, size_t errlen);
-void td_tls_client_retain(td_tls_client_t *c);
 void td_tls_client_release(td_tls_client_t *c);
 
 /* One TLS connection over memory BIOs. The caller moves bytes between the socket and the
