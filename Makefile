@@ -10,6 +10,9 @@ OPT = -O2 -g
 endif
 CFLAGS ?=
 CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Iinclude $(OPT)
+# Each object also writes the headers it read (-MMD) to a .d file beside it, included below, so a
+# changed header rebuilds exactly what includes it.
+DEPFLAGS = -MMD -MP
 LDFLAGS += $(filter -fsanitize=%,$(OPT))
 LIBS = -luv -ljansson -lssl -lcrypto -lpthread -lm
 
@@ -20,6 +23,8 @@ UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 PYTEST ?= /usr/bin/python3 -m pytest
 FUZZ_SECONDS ?= 60
 
+-include $(wildcard $(BUILD)/obj/*.d)
+
 .PHONY: all run deps test unit e2e test-asan fuzz bench clean format
 
 all: $(BUILD)/td $(BUILD)/tdctl
@@ -27,8 +32,8 @@ all: $(BUILD)/td $(BUILD)/tdctl
 deps:
 	@scripts/deps.sh build
 
-$(BUILD)/obj/%.o: src/%.c $(wildcard include/td/*.h) | $(BUILD)/obj
-	$(CC) $(CFLAGS) -c -o $@ $<
+$(BUILD)/obj/%.o: src/%.c | $(BUILD)/obj
+	$(CC) $(CFLAGS) $(DEPFLAGS) -c -o $@ $<
 
 $(BUILD)/obj/console.o: console/index.html
 
@@ -41,8 +46,8 @@ $(BUILD)/libtd.a: $(LIB_OBJS)
 $(BUILD)/td: $(BUILD)/obj/main.o $(BUILD)/libtd.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
-$(BUILD)/tdctl: tools/tdctl.c $(wildcard include/td/*.h) | $(BUILD)/obj
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ tools/tdctl.c -lcurl -ljansson
+$(BUILD)/tdctl: tools/tdctl.c | $(BUILD)/obj
+	$(CC) $(CFLAGS) $(DEPFLAGS) -MF $(BUILD)/obj/tdctl.d $(LDFLAGS) -o $@ tools/tdctl.c -lcurl -ljansson
 
 $(BUILD)/tests/test_http1_oracle: tests/unit/test_http1_oracle.c tests/unit/t.h $(BUILD)/libtd.a | $(BUILD)/tests
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libtd.a -lhttp_parser $(LIBS)
