@@ -85,9 +85,13 @@ static void keep_startup_settings(td_config_t *cfg) {
         td_warn("config: listeners changed; they apply at the next restart");
     if (cfg->workers != old->workers)
         td_warn("config: workers changed; they apply at the next restart");
+    /* The admin API keeps the token it was started with (td_admin_start): removing admin or
+     * its token by a reload must never open the bound port to anyone. */
     if (cfg->has_admin != old->has_admin ||
-        strcmp(cfg->admin_address.text, old->admin_address.text) != 0)
-        td_warn("config: admin address changed; it applies at the next restart");
+        strcmp(cfg->admin_address.text, old->admin_address.text) != 0 ||
+        strcmp(cfg->admin_token, old->admin_token) != 0)
+        td_warn("config: admin (address or token) changed; it applies at the next restart: the "
+                "admin API keeps its address and token until then");
 }
 
 /* What a change is judged by in the audit log: the method and every backend's weight. */
