@@ -49,8 +49,8 @@ typedef struct reply_s {
 static uv_tcp_t server;
 static int server_open;
 static admin_conn_t *conns;
-/* Bound at start like the listener itself: a reload that removes or changes admin.token must not
- * leave the bound port open, so the token (and the address) stay until a restart. */
+/* The token in force: set at start, replaced by a reload that sets another one, but never
+ * cleared by one (td_admin_update_token): removing protection takes a restart. */
 static char bound_token[256];
 static char bound_host[64]; /* admin.address without its port, as written ("[::1]" for IPv6) */
 static int bound_port;
@@ -840,6 +840,13 @@ int td_admin_start(uv_loop_t *loop, const td_addr_t *address, const char *token,
         snprintf(err, errlen, "cannot listen on %s (admin): %s", address->text, uv_strerror(r));
         return TD_EIO;
     }
+    return 0;
+}
+
+int td_admin_update_token(const char *token) {
+    if (!token || !token[0])
+        return bound_token[0] != 0;
+    snprintf(bound_token, sizeof(bound_token), "%s", token);
     return 0;
 }
 
