@@ -3,6 +3,7 @@
 #include "td/admin.h"
 
 #include <jansson.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +33,7 @@ typedef struct admin_conn_s {
     int keep_alive;
     int closing;
     char ip[64];
+    char local_ip[64]; /* the address the client reached, as a Host names it ("[::1]" for IPv6) */
     struct admin_conn_s *next;
 } admin_conn_t;
 
@@ -41,11 +43,17 @@ typedef struct reply_s {
     char *body; /* owned */
     size_t len;
     const char *allow; /* the Allow header of a 405 */
+    int page;          /* the console page: sent with its CSP and framing headers */
 } reply_t;
 
 static uv_tcp_t server;
 static int server_open;
 static admin_conn_t *conns;
+/* The token in force: set at start, replaced by a reload that sets another one, but never
+ * cleared by one (td_admin_update_token): removing protection takes a restart. */
+static char bound_token[256];
+static char bound_host[64]; /* admin.address without its port, as written ("[::1]" for IPv6) */
+static int bound_port;
 
 extern const char td_console_html[];
 
@@ -77,7 +85,7 @@ static void conn_close(admin_conn_t *c) {
 /* ---- replies */
 
 static reply_t json_reply(int status, json_t *j) {
-    reply_t r = {status, "application/json", json_dumps(j, JSON_INDENT(2)), 0, NULL};
+    reply_t r = {status, "application/json", json_dumps(j, JSON_INDENT(2)), 0, NULL, 0};
     json_decref(j);
     if (!r.body) {
         r.status = 500;
@@ -320,7 +328,7 @@ static reply_t get_config(void) {
     char *text = td_config_to_json(td_control_config());
     if (!text)
         return error_reply(500, "out of memory");
-    reply_t r = {200, "application/json", text, strlen(text), NULL};
+    reply_t r = {200, "application/json", text, strlen(text), NULL, 0};
     return r;
 }
 
@@ -478,7 +486,7 @@ static reply_t get_metrics(void) {
             (long long)((td_wall_ms() - td_control_started_ms()) / 1000));
     td_snapshot_release(s);
     fclose(f);
-    reply_t r = {200, "text/plain; version=0.0.4", text, len, NULL};
+    reply_t r = {200, "text/plain; version=0.0.4", text, len, NULL, 0};
     return r;
 }
 
@@ -492,10 +500,9 @@ static int path_is(td_str_t target, const char *path) {
 }
 
 static int authorized(const td_http1_request_t *req) {
-    const td_config_t *cfg = td_control_config();
-    if (!cfg->admin_token[0])
+    if (!bound_token[0])
         return 1;
-    size_t tl = strlen(cfg->admin_token);
+    size_t tl = strlen(bound_token);
     for (size_t i = 0; i < req->num_headers; i++) {
         if (!td_http1_name_is(req->headers[i].name, "authorization"))
             continue;
@@ -504,23 +511,138 @@ static int authorized(const td_http1_request_t *req) {
             return 0;
         unsigned diff = 0;
         for (size_t k = 0; k < tl; k++)
-            diff |= (unsigned)(v.p[7 + k] ^ cfg->admin_token[k]);
+            diff |= (unsigned)(v.p[7 + k] ^ bound_token[k]);
         return diff == 0;
     }
     return 0;
+}
+
+/* Splits "host[:port]" (an IPv6 host keeps its brackets); a missing port is `default_port`.
+ * Returns 0, or -1 when the port is not a number 1..65535. */
+static int split_host(td_str_t v, td_str_t *host, int default_port, int *port) {
+    *host = v;
+    *port = default_port;
+    if (!v.len)
+        return 0;
+    const char *end = v.p + v.len, *close = v.p[0] == '[' ? memchr(v.p, ']', v.len) : NULL;
+    const char *colon = memrchr(close ? close : v.p, ':', (size_t)(end - (close ? close : v.p)));
+    *host = (td_str_t){v.p, colon ? (size_t)(colon - v.p) : v.len};
+    *port = default_port;
+    if (!colon)
+        return 0;
+    long n = 0;
+    for (const char *p = colon + 1; p < end; p++) {
+        if (*p < '0' || *p > '9' || (n = n * 10 + (*p - '0')) > 65535)
+            return -1;
+    }
+    if (colon + 1 == end || n == 0)
+        return -1;
+    *port = (int)n;
+    return 0;
+}
+
+static int host_is(td_str_t h, const char *name) {
+    return h.len == strlen(name) && strncasecmp(h.p, name, h.len) == 0;
+}
+
+/* Without a token, anyone who can make a browser send a request here controls td: a page on
+ * attacker.example whose name re-resolves to 127.0.0.1 (DNS rebinding) sends Host:
+ * attacker.example, and any page can send a cross-origin "simple" PUT (text/plain, no
+ * preflight). So the Host must name this admin address (as bound, the address the client
+ * reached, or a loopback name with the bound port) and an Origin, when sent, must be that same
+ * host and port. Browsers always send Host, so a request without one (HTTP/1.0) is not from a
+ * page. Returns NULL when the request may go on, else the refusal (status in *status). */
+static const char *foreign_request(const admin_conn_t *c, const td_http1_request_t *req,
+                                   int *status) {
+    td_str_t origin = {NULL, 0}, host_field = {NULL, 0};
+    for (size_t i = 0; i < req->num_headers; i++) {
+        if (td_http1_name_is(req->headers[i].name, "origin"))
+            origin = req->headers[i].value;
+        else if (td_http1_name_is(req->headers[i].name, "host"))
+            host_field = req->headers[i].value;
+    }
+    if (!host_field.p && !origin.p)
+        return NULL;
+    td_str_t host;
+    int port;
+    *status = 421;
+    if (split_host(host_field, &host, 80, &port) < 0 || port != bound_port ||
+        !(host_is(host, "localhost") || host_is(host, "127.0.0.1") || host_is(host, "[::1]") ||
+          host_is(host, bound_host) || host_is(host, c->local_ip)))
+        return "the Host header does not name this admin address (use 127.0.0.1 or localhost "
+               "with its port, or set admin.token to use other names)";
+    if (!origin.p)
+        return NULL;
+    *status = 403;
+    td_str_t ohost;
+    int oport, https = origin.len > 8 && strncasecmp(origin.p, "https://", 8) == 0;
+    int http = origin.len > 7 && strncasecmp(origin.p, "http://", 7) == 0;
+    if (!http && !https)
+        return "cross-origin request refused (Origin is not this admin address)";
+    td_str_t rest = {origin.p + (https ? 8 : 7), origin.len - (https ? 8u : 7u)};
+    if (split_host(rest, &ohost, https ? 443 : 80, &oport) < 0 || oport != port ||
+        ohost.len != host.len || strncasecmp(ohost.p, host.p, host.len) != 0)
+        return "cross-origin request refused (Origin is not this admin address)";
+    return NULL;
 }
 
 static int method_is(td_str_t m, const char *s) {
     return m.len == strlen(s) && memcmp(m.p, s, m.len) == 0;
 }
 
-static reply_t route(const td_http1_request_t *req, td_str_t body) {
+/* Adds the base64 SHA-256 of every element <tag>...</tag> in the page to the CSP source list. */
+static size_t add_hashes(char *out, size_t cap, size_t n, const char *tag) {
+    char open[16], close[16];
+    snprintf(open, sizeof(open), "<%s>", tag);
+    snprintf(close, sizeof(close), "</%s>", tag);
+    for (const char *p = td_console_html; (p = strstr(p, open)) != NULL;) {
+        p += strlen(open);
+        const char *e = strstr(p, close);
+        if (!e)
+            break;
+        unsigned char md[32];
+        unsigned char b64[48];
+        if (!EVP_Digest(p, (size_t)(e - p), md, NULL, EVP_sha256(), NULL))
+            break;
+        EVP_EncodeBlock(b64, md, sizeof(md));
+        if (n < cap)
+            n += (size_t)snprintf(out + n, cap - n, " 'sha256-%s'", b64);
+        p = e;
+    }
+    return n;
+}
+
+/* The console's Content-Security-Policy: only its own inline script and style (by their
+ * SHA-256, computed from the embedded page once, so an edited page needs no edited policy),
+ * fetches to this origin, no framing (clickjacking), no plugins, forms or base changes. */
+static const char *console_csp(void) {
+    static char csp[1024];
+    if (csp[0])
+        return csp;
+    size_t n = (size_t)snprintf(csp, sizeof(csp), "default-src 'none'; script-src");
+    n = add_hashes(csp, sizeof(csp), n, "script");
+    n += (size_t)snprintf(csp + n, sizeof(csp) - n, "; style-src");
+    n = add_hashes(csp, sizeof(csp), n, "style");
+    snprintf(csp + n, sizeof(csp) - n,
+             "; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+             "frame-ancestors 'none'");
+    return csp;
+}
+
+static reply_t route(const admin_conn_t *c, const td_http1_request_t *req, td_str_t body) {
     td_str_t t = req->target, m = req->method;
+    if (!bound_token[0]) {
+        int status;
+        const char *why = foreign_request(c, req, &status);
+        if (why)
+            return error_reply(status, why);
+    }
     if (path_is(t, "/") || path_is(t, "/index.html")) {
         if (!method_is(m, "GET") && !method_is(m, "HEAD"))
             return not_allowed("GET, HEAD");
-        reply_t r = {200, "text/html; charset=utf-8", strdup(td_console_html), 0, NULL};
+        reply_t r = {200, "text/html; charset=utf-8", strdup(td_console_html), 0, NULL, 0};
         r.len = strlen(r.body);
+        r.page = 1;
         return r;
     }
     if (!authorized(req))
@@ -560,18 +682,25 @@ static void write_cb(uv_write_t *w, int status) {
 
 static void send_reply(admin_conn_t *c, reply_t r, int head_only) {
     static const char *reasons[] = {[200] = "OK", [400] = "Bad Request", [401] = "Unauthorized",
+                                    [403] = "Forbidden",
                                     [404] = "Not Found", [405] = "Method Not Allowed", [409] = "Conflict",
                                     [411] = "Length Required", [413] = "Content Too Large",
+                                    [421] = "Misdirected Request",
                                     [431] = "Request Header Fields Too Large",
                                     [500] = "Internal Server Error"};
     const char *reason = r.status < 501 && reasons[r.status] ? reasons[r.status] : "Error";
-    char head[512];
+    char head[2048];
     int hl = snprintf(head, sizeof(head),
                       "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                      "Cache-Control: no-store\r\nConnection: %s\r\n%s%s%s%s\r\n",
+                      "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n"
+                      "Connection: %s\r\n%s%s%s%s%s%s%s\r\n",
                       r.status, reason, r.type, r.len, c->keep_alive ? "keep-alive" : "close",
                       r.status == 401 ? "WWW-Authenticate: Bearer\r\n" : "",
-                      r.allow ? "Allow: " : "", r.allow ? r.allow : "", r.allow ? "\r\n" : "");
+                      r.allow ? "Allow: " : "", r.allow ? r.allow : "", r.allow ? "\r\n" : "",
+                      r.page ? "X-Frame-Options: DENY\r\nReferrer-Policy: no-referrer\r\n"
+                               "Content-Security-Policy: "
+                             : "",
+                      r.page ? console_csp() : "", r.page ? "\r\n" : "");
     size_t blen = head_only ? 0 : r.len;
     c->out = malloc((size_t)hl + blen);
     memcpy(c->out, head, (size_t)hl);
@@ -614,7 +743,7 @@ static void process(admin_conn_t *c) {
         return; /* the body is still coming */
     c->keep_alive = req.keep_alive;
     current_client = c->ip;
-    reply_t rep = route(&req, (td_str_t){c->buf + r, blen});
+    reply_t rep = route(c, &req, (td_str_t){c->buf + r, blen});
     if (rep.status >= 400)
         td_info("admin: %s %.*s %.*s: %d", c->ip, (int)req.method.len, req.method.p,
                 (int)req.target.len, req.target.p, rep.status);
@@ -682,10 +811,26 @@ static void on_conn(uv_stream_t *srv, int status) {
     int sl = sizeof(ss);
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0)
         uv_ip4_name((struct sockaddr_in *)&ss, c->ip, sizeof(c->ip));
+    sl = sizeof(ss);
+    if (uv_tcp_getsockname(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
+        if (ss.ss_family == AF_INET6) {
+            char a[48] = "";
+            uv_ip6_name((struct sockaddr_in6 *)&ss, a, sizeof(a));
+            snprintf(c->local_ip, sizeof(c->local_ip), "[%s]", a);
+        } else {
+            uv_ip4_name((struct sockaddr_in *)&ss, c->local_ip, sizeof(c->local_ip));
+        }
+    }
     resume(c);
 }
 
-int td_admin_start(uv_loop_t *loop, const td_addr_t *address, char *err, size_t errlen) {
+int td_admin_start(uv_loop_t *loop, const td_addr_t *address, const char *token, char *err,
+                   size_t errlen) {
+    snprintf(bound_token, sizeof(bound_token), "%s", token ? token : "");
+    const char *colon = strrchr(address->text, ':');
+    size_t hl = colon ? (size_t)(colon - address->text) : strlen(address->text);
+    snprintf(bound_host, sizeof(bound_host), "%.*s", (int)hl, address->text);
+    bound_port = colon ? atoi(colon + 1) : 0;
     uv_tcp_init(loop, &server);
     server_open = 1;
     int r = uv_tcp_bind(&server, (const struct sockaddr *)&address->sa, 0);
@@ -695,6 +840,13 @@ int td_admin_start(uv_loop_t *loop, const td_addr_t *address, char *err, size_t 
         snprintf(err, errlen, "cannot listen on %s (admin): %s", address->text, uv_strerror(r));
         return TD_EIO;
     }
+    return 0;
+}
+
+int td_admin_update_token(const char *token) {
+    if (!token || !token[0])
+        return bound_token[0] != 0;
+    snprintf(bound_token, sizeof(bound_token), "%s", token);
     return 0;
 }
 

@@ -616,7 +616,9 @@ static const char *const backend_tls_keys[] = {"verify", "ca", "sni", NULL};
 static const char *const admin_keys[] = {"address", "token", NULL};
 static const char *const routing_keys[] = {"method", "cookie", "preview", NULL};
 static const char *const preview_keys[] = {"header", "token", NULL};
-static const char *const cookie_keys[] = {"name", "max_age_s", "secret", NULL};
+static const char *const cookie_keys[] = {"name",      "max_age_s", "secret", "http_only",
+                                          "same_site", "secure",    NULL};
+static const char *const same_site_names[] = {"Lax", "Strict", "None", NULL};
 static const char *const backend_keys[] = {"name",         "weight", "servers",
                                            "health_check", "tls",    NULL};
 static const char *const server_keys[] = {"address", "weight", NULL};
@@ -670,6 +672,7 @@ static void set_defaults(td_config_t *c) {
     strcpy(c->cookie_name, "TDSTICKY");
     strcpy(c->preview_header, "X-TD-Backend");
     c->cookie_max_age_s = 3600;
+    c->cookie_http_only = 1;
     c->health = (td_config_health_t){.type = "http",
                                      .path = "/",
                                      .expect_status = "2xx,3xx",
@@ -830,6 +833,48 @@ static void parse_admin(ctx_t *x, json_t *root, td_config_t *c) {
     pop(x);
 }
 
+/* routing.cookie's http_only, same_site and secure (at the current path, "routing.cookie").
+ * SameSite=None without Secure is refused by browsers, so a config that would send it is an
+ * error at same_site; listeners must have been parsed. */
+static void parse_cookie_attributes(ctx_t *x, json_t *k, td_config_t *c) {
+    char d[128];
+    int same_site;
+    get_bool(x, k, "http_only", &c->cookie_http_only);
+    int have_same_site = get_enum(x, k, "same_site", same_site_names, &same_site);
+    if (have_same_site)
+        c->cookie_same_site = (td_same_site_t)same_site;
+    json_t *v = member(x, k, "secure", 0);
+    if (v) {
+        push_key(x, "secure");
+        if (json_is_boolean(v))
+            c->cookie_secure = json_is_true(v) ? TD_COOKIE_SECURE_ALWAYS : TD_COOKIE_SECURE_NEVER;
+        else if (json_is_string(v) && strcmp(json_string_value(v), "auto") == 0)
+            c->cookie_secure = TD_COOKIE_SECURE_AUTO;
+        else
+            report(x, AT_VALUE, "expected \"auto\", true or false, got %s",
+                   describe(v, d, sizeof d));
+        pop(x);
+    }
+    if (!have_same_site || c->cookie_same_site != TD_SAME_SITE_NONE)
+        return;
+    push_key(x, "same_site");
+    if (c->cookie_secure == TD_COOKIE_SECURE_NEVER) {
+        report(x, AT_VALUE, "\"None\" needs the Secure attribute (browsers refuse SameSite=None "
+                            "without it), but secure is false");
+    } else if (c->cookie_secure == TD_COOKIE_SECURE_AUTO) {
+        for (size_t i = 0; i < c->num_listeners; i++)
+            if (!c->listeners[i].tls && !c->listeners[i].redirect_https) {
+                report(x, AT_VALUE,
+                       "\"None\" needs the Secure attribute, which secure \"auto\" sets only "
+                       "on TLS listeners, and listeners[%zu] is plain HTTP: set secure to true, "
+                       "or use \"Lax\"",
+                       i);
+                break;
+            }
+    }
+    pop(x);
+}
+
 static void parse_routing(ctx_t *x, json_t *root, td_config_t *c) {
     json_t *r = get_object(x, root, "routing", 0), *k;
     int method;
@@ -847,6 +892,7 @@ static void parse_routing(ctx_t *x, json_t *root, td_config_t *c) {
         get_str(x, k, "name", 0, c->cookie_name, sizeof c->cookie_name, check_cookie_name, 0);
         get_int(x, k, "max_age_s", 0, 1, MAX_COOKIE_AGE, &c->cookie_max_age_s);
         get_str(x, k, "secret", 0, c->cookie_secret, sizeof c->cookie_secret, NULL, 1);
+        parse_cookie_attributes(x, k, c);
         pop(x);
     }
     k = get_object(x, r, "preview", 0);

@@ -149,6 +149,16 @@ static json_t *config_object(const td_config_t *c, int *ok) {
             put(cookie, "name", json_string(c->cookie_name), ok);
             put(cookie, "max_age_s", json_integer(c->cookie_max_age_s), ok);
             put(cookie, "secret", json_string(c->cookie_secret), ok);
+            /* the attributes only when set otherwise than the defaults */
+            if (!c->cookie_http_only)
+                put(cookie, "http_only", json_false(), ok);
+            if (c->cookie_same_site != TD_SAME_SITE_LAX)
+                put(cookie, "same_site",
+                    json_string(c->cookie_same_site == TD_SAME_SITE_STRICT ? "Strict" : "None"),
+                    ok);
+            if (c->cookie_secure != TD_COOKIE_SECURE_AUTO)
+                put(cookie, "secure",
+                    json_boolean(c->cookie_secure == TD_COOKIE_SECURE_ALWAYS), ok);
         }
         put(routing, "cookie", cookie, ok);
         if (c->preview_token[0]) {

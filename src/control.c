@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "td/admin.h"
 #include "td/config.h"
 #include "td/events.h"
 #include "td/health.h"
@@ -90,6 +91,15 @@ static void keep_startup_settings(td_config_t *cfg) {
         td_warn("config: admin address changed; it applies at the next restart");
 }
 
+/* A new admin.token applies at once; a removed one only at the next restart: a reload must
+ * never open the bound admin port to anyone (td_admin_update_token). */
+static void update_admin_token(const td_config_t *cfg, const td_config_t *old) {
+    int removed = td_admin_update_token(cfg->has_admin ? cfg->admin_token : "");
+    if (removed && (cfg->has_admin != old->has_admin || strcmp(cfg->admin_token, old->admin_token)))
+        td_warn("config: admin.token removed; it applies at the next restart: the admin API keeps "
+                "requiring the current token until then");
+}
+
 /* What a change is judged by in the audit log: the method and every backend's weight. */
 static json_t *summary(const td_config_t *c) {
     json_t *w = json_object();
@@ -124,6 +134,7 @@ int td_control_apply(td_config_t *cfg, const char *what, int persist, const char
     json_t *before = summary(running), *after = summary(cfg);
     if (strcmp(cfg->cookie_secret, running->cookie_secret) != 0)
         td_sticky_set_secret(cfg->cookie_secret);
+    update_admin_token(cfg, running);
     commit(s, cfg);
     td_info("config version %llu applied (%s)", (unsigned long long)version, what);
     td_audit(what, before, after, client);

@@ -153,6 +153,7 @@ typedef struct facts_s {
     unsigned conn_flags;
     unsigned hosts;               /* Host field lines seen */
     unsigned cl : 1;              /* Content-Length seen */
+    unsigned cl_repeated : 1;     /* ... as more than one value (a list or several field lines) */
     unsigned te : 1;              /* Transfer-Encoding seen */
     unsigned chunked : 1;         /* chunked seen: it must stay the final coding */
     unsigned upgrade : 1;         /* Upgrade seen */
@@ -176,6 +177,7 @@ static int content_length(td_str_t v, facts_t *f) {
         }
         if (p == s || (f->cl && n != f->content_length))
             return -1;
+        f->cl_repeated |= f->cl;
         f->cl = 1;
         f->content_length = n;
         p = skip_ws(p, end);
@@ -262,12 +264,37 @@ static unsigned connection(td_str_t v) {
     return flags;
 }
 
-/* Host = uri-host [ ":" port ] (RFC 9110 §7.2): checked by character class only; may be empty. */
+/* Host = uri-host [ ":" port ] (RFC 9110 §7.2, RFC 3986 §3.2.2): an IP-literal ("[" ... "]") or
+ * a reg-name / IPv4 address (unreserved, pct-encoded and sub-delims bytes), then optionally ":"
+ * and digits. No userinfo ("@"), no path. May be empty. */
 static int valid_host(td_str_t v) {
-    for (size_t i = 0; i < v.len; i++)
-        if (!IS(v.p[i], C_HOST))
+    const char *p = v.p, *end = v.p + v.len;
+    if (p < end && *p == '[') {
+        const char *s = ++p;
+        while (p < end && *p != ']' && *p != '[' && IS(*p, C_HOST))
+            p++;
+        if (p == end || *p != ']' || p == s)
             return 0;
-    return 1;
+        p++;
+    } else {
+        while (p < end && *p != ':' && *p != '[' && *p != ']' && IS(*p, C_HOST))
+            p++;
+    }
+    if (p < end && *p == ':')
+        while (++p < end && IS(*p, C_DIGIT))
+            ;
+    return p == end;
+}
+
+/* The authority of an absolute-form target ("http://AUTHORITY/path?query"): what stands between
+ * "://" and the first "/" or "?" (td forwards it as the Host). RFC 9112 §3.2.2 makes it the Host
+ * of the request, so it gets a Host's validation, and it may not be empty (RFC 9110 §4.2.1). The
+ * target must hold "://". */
+static td_str_t target_authority(td_str_t t) {
+    const char *a = (const char *)memmem(t.p, t.len, "://", 3) + 3, *end = t.p + t.len, *e = a;
+    while (e < end && *e != '/' && *e != '?')
+        e++;
+    return (td_str_t){a, (size_t)(e - a)};
 }
 
 /* authority-form = uri-host ":" port (RFC 9112 §3.2.3), for CONNECT. */
@@ -298,7 +325,21 @@ static int valid_target(td_str_t m, td_str_t t) {
     size_t i = 1;
     while (i < t.len && IS(t.p[i], C_SCHEME))
         i++;
-    return t.len - i > 3 && memcmp(t.p + i, "://", 3) == 0;
+    if (t.len - i <= 3 || memcmp(t.p + i, "://", 3) != 0)
+        return 0;
+    td_str_t a = target_authority(t);
+    return a.len && valid_host(a);
+}
+
+/* A field name that is a framing field's name with "_" for "-" (Content_Length,
+ * transfer_Encoding, ...): a CGI-style backend maps both spellings to the same variable
+ * (CONTENT_LENGTH), so it would read a length td never used to frame the request. `lit` is the
+ * lower-case framing name, n its length. */
+static int framing_lookalike(const char *s, const char *lit, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (s[i] == '_' ? lit[i] != '-' : lower((unsigned char)s[i]) != (unsigned char)lit[i])
+            return 0;
+    return 1;
 }
 
 /* Records what one field line says about framing and the connection. Returns -1 on a value that
@@ -330,10 +371,14 @@ static int field(const td_http1_header_t *h, int request, facts_t *f) {
     case 14:
         if (ieq(n, "content-length", 14))
             return content_length(v, f);
+        if (request && framing_lookalike(n, "content-length", 14))
+            return -1;
         break;
     case 17:
         if (ieq(n, "transfer-encoding", 17))
             return transfer_encoding(v, f);
+        if (request && framing_lookalike(n, "transfer-encoding", 17))
+            return -1;
         break;
     }
     return 0;
@@ -526,6 +571,7 @@ int td_http1_parse_request(const char *buf, size_t len, const td_http1_limits_t 
     } else if (f.cl) {
         req->body = TD_BODY_LENGTH;
         req->content_length = f.content_length;
+        req->content_length_repeated = f.cl_repeated;
     }
     req->conn_flags = f.conn_flags;
     if (req->minor_version == 1) {
@@ -611,6 +657,7 @@ int td_http1_parse_response(const char *buf, size_t len, int request_was_head,
     resp->headers = headers;
     resp->conn_flags = f.conn_flags;
     resp->content_length = f.cl ? f.content_length : 0;
+    resp->content_length_repeated = f.cl_repeated;
     if (resp->minor_version == 1)
         resp->keep_alive = !(f.conn_flags & TD_CONN_CLOSE);
     else
@@ -899,6 +946,13 @@ const char *td_http1_request_problem(const char *buf, size_t len) {
             for (const char *q = sp1 + 1; q < sp2; q++)
                 if (!IS(*q, C_TARGET))
                     return "invalid character in the request-target";
+            td_str_t t = {sp1 + 1, (size_t)(sp2 - sp1 - 1)};
+            if (t.p[0] != '/' && memmem(t.p, t.len, "://", 3)) {
+                td_str_t a = target_authority(t);
+                if (!a.len || !valid_host(a))
+                    return "invalid authority in the absolute-form target (host[:port], no "
+                           "userinfo)";
+            }
         } else if (le == p) {
             break; /* the empty line ending the head */
         } else {
@@ -921,6 +975,12 @@ const char *td_http1_request_problem(const char *buf, size_t len) {
                 if ((unsigned char)*q < 0x20 ? *q != '\t' : *q == 0x7f)
                     return "control character in a header value";
             td_str_t val = {v, (size_t)(ve - v)};
+            if ((name.len == 14 && framing_lookalike(name.p, "content-length", 14) &&
+                 memchr(name.p, '_', name.len)) ||
+                (name.len == 17 && framing_lookalike(name.p, "transfer-encoding", 17) &&
+                 memchr(name.p, '_', name.len)))
+                return "header name that spells Content-Length or Transfer-Encoding with \"_\" "
+                       "(a CGI backend would read it as the framing field)";
             if (td_http1_name_is(name, "host")) {
                 hosts++;
                 if (!valid_host(val))

@@ -1,6 +1,7 @@
 /* td — the traffic distributor's command line: run with a config file, check one, or run the
  * embedded demo (two demo backends, td in front, the admin API and console). */
 #include <getopt.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,6 +61,29 @@ static const char usage[] =
     "\n"
     "Exit status: 0 on success or a clean stop, 1 on a bad config or start-up error,\n"
     "2 on a usage error.\n";
+
+/* 1 when the admin API is bound beyond loopback with no token: anyone who reaches the port
+ * controls td (ratios, the whole config). */
+static int admin_open_beyond_loopback(const td_config_t *cfg) {
+    if (!cfg->has_admin || cfg->admin_token[0])
+        return 0;
+    const struct sockaddr *sa = (const struct sockaddr *)&cfg->admin_address.sa;
+    if (sa->sa_family == AF_INET) {
+        const unsigned char *a =
+            (const unsigned char *)&((const struct sockaddr_in *)(const void *)sa)->sin_addr;
+        return a[0] != 127;
+    }
+    if (sa->sa_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr;
+        return !IN6_IS_ADDR_LOOPBACK(a) &&
+               !(IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+    }
+    return 0;
+}
+
+static const char open_admin_warning[] =
+    "admin.address %s is reachable beyond loopback and admin.token is not set: anyone who can "
+    "reach it can change the traffic and the config; set admin.token or bind it to 127.0.0.1";
 
 static td_proxy_t *proxy;
 static uv_signal_t sig_hup, sig_term, sig_int;
@@ -125,6 +149,8 @@ static int run(td_config_t *cfg, const char *path) {
     drain_ms = cfg->timeouts.drain_ms;
     td_addr_t admin = cfg->admin_address;
     int has_admin = cfg->has_admin;
+    char admin_token[sizeof(cfg->admin_token)];
+    memcpy(admin_token, cfg->admin_token, sizeof(admin_token));
     td_config_t *start_cfg = td_config_dup(cfg);
     if (!start_cfg) {
         fprintf(stderr, "td: out of memory\n");
@@ -143,7 +169,7 @@ static int run(td_config_t *cfg, const char *path) {
     uv_signal_start(&sig_hup, on_hup, SIGHUP);
     uv_signal_start(&sig_term, on_stop, SIGTERM);
     uv_signal_start(&sig_int, on_stop, SIGINT);
-    if (has_admin && td_admin_start(loop, &admin, err, sizeof(err)) < 0) {
+    if (has_admin && td_admin_start(loop, &admin, admin_token, err, sizeof(err)) < 0) {
         fprintf(stderr, "td: %s\n", err);
         td_config_free(start_cfg);
         return 1;
@@ -160,6 +186,8 @@ static int run(td_config_t *cfg, const char *path) {
                 start_cfg->workers, start_cfg->workers == 1 ? "" : "s");
     if (has_admin)
         td_info("admin API and web console on http://%s/", admin.text);
+    if (admin_open_beyond_loopback(start_cfg))
+        td_warn(open_admin_warning, admin.text);
     td_config_free(start_cfg);
     uv_run(loop, UV_RUN_DEFAULT);
     uv_loop_close(loop);
@@ -243,6 +271,11 @@ int main(int argc, char **argv) {
     if (!cfg)
         return 1;
     if (test) {
+        if (admin_open_beyond_loopback(cfg)) {
+            fprintf(stderr, "td: warning: ");
+            fprintf(stderr, open_admin_warning, cfg->admin_address.text);
+            fputc('\n', stderr);
+        }
         printf("configuration OK\n");
         td_config_free(cfg);
         return 0;

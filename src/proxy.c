@@ -905,6 +905,14 @@ static void start_request(client_t *c) {
                                                     "PATCH, OPTIONS\r\n");
         return;
     }
+    if (!req.host.len && (req.target.p[0] == '/' || req.target.p[0] == '*') &&
+        find_header(req.headers, req.num_headers, "host").p) {
+        /* "Host:" with an empty value and no authority in the target: there is no host to
+         * forward, and adding one would make two Host fields. nginx refuses it the same way. */
+        c->keep_alive = 0;
+        client_error(c, 400, "empty Host");
+        return;
+    }
     if (req.body == TD_BODY_CHUNKED) {
         /* Only plain chunked is forwarded (td re-frames it); other codings would be lost:
          * RFC 9112 §6.1 asks for 501. */
@@ -983,6 +991,14 @@ static void keep_field(const char **run, td_str_t name) {
         *run = name.p;
 }
 
+/* "Content-Length: N" as one field: identical values sent as a list or in several field lines
+ * are merged (RFC 9110 §8.6), so the next hop never has to choose between them. */
+static void add_content_length(char **p, const char *end, uint64_t n) {
+    char f[48];
+    int fl = snprintf(f, sizeof(f), "Content-Length: %llu\r\n", (unsigned long long)n);
+    add_str(p, end, f, (size_t)fl);
+}
+
 static void flush_fields(const char **run, char **p, const char *end, const char *stop) {
     if (*run) {
         add_str(p, end, *run, (size_t)(stop - *run));
@@ -1032,7 +1048,9 @@ static int build_request_head(client_t *c) {
                    (cfg && preview_field(cfg, n)) ||
                    (n.len == 17 && td_http1_name_is(n, "x-forwarded-proto")) ||
                    (n.len == 16 && td_http1_name_is(n, "x-forwarded-host")) ||
-                   (authority.len && n.len == 4 && td_http1_name_is(n, "host"));
+                   (authority.len && n.len == 4 && td_http1_name_is(n, "host")) ||
+                   (req.content_length_repeated && n.len == 14 &&
+                    td_http1_name_is(n, "content-length"));
         if (!drop && n.len == 15 && td_http1_name_is(n, "x-forwarded-for")) {
             xff = req.headers[i].value; /* appended to below */
             drop = 1;
@@ -1045,6 +1063,8 @@ static int build_request_head(client_t *c) {
     flush_fields(&run, &p, end, c->buf + c->head_len - 2);
     if (req.body == TD_BODY_CHUNKED)
         ADD_LIT(&p, end, "Transfer-Encoding: chunked\r\n");
+    if (req.content_length_repeated)
+        add_content_length(&p, end, req.content_length);
     if (c->upgrade) {
         td_str_t up = find_header(req.headers, req.num_headers, "upgrade");
         ADD_LIT(&p, end, "Connection: upgrade\r\nUpgrade: ");
@@ -1636,23 +1656,32 @@ static int build_response_head(upstream_t *u, client_t *c, const td_http1_respon
         int keep_te = !u->dechunk && h.len == 17 && td_http1_name_is(h, "transfer-encoding");
         int drop = !(switching && h.len == 7 && td_http1_name_is(h, "upgrade")) && !keep_te &&
                    (hop_by_hop(h) ||
-                    ((resp->conn_flags & TD_CONN_OTHER) && connection_listed(conn, h)));
+                    ((resp->conn_flags & TD_CONN_OTHER) && connection_listed(conn, h)) ||
+                    (resp->content_length_repeated && h.len == 14 &&
+                     td_http1_name_is(h, "content-length")));
         if (drop)
             flush_fields(&run, &p, end, h.p);
         else
             keep_field(&run, h);
     }
     flush_fields(&run, &p, end, head_end - 2);
+    if (resp->content_length_repeated)
+        add_content_length(&p, end, resp->content_length);
     if (resp->status >= 200) {
         if (c->sticky_set >= 0 && c->snap) {
             const td_config_t *cfg = c->snap->config;
             char v[160];
             int64_t expiry = td_wall_ms() / 1000 + cfg->cookie_max_age_s;
             if (td_sticky_make(v, sizeof(v), c->snap->backends[c->sticky_set].name, expiry)) {
-                char cookie[320];
+                static const char *const same_site[] = {"Lax", "Strict", "None"};
+                int secure = cfg->cookie_secure == TD_COOKIE_SECURE_ALWAYS ||
+                             (cfg->cookie_secure == TD_COOKIE_SECURE_AUTO && c->tls);
+                char cookie[360];
                 int cl = snprintf(cookie, sizeof(cookie),
-                                  "Set-Cookie: %s=%s; Max-Age=%d; Path=/; HttpOnly\r\n",
-                                  cfg->cookie_name, v, cfg->cookie_max_age_s);
+                                  "Set-Cookie: %s=%s; Max-Age=%d; Path=/%s%s; SameSite=%s\r\n",
+                                  cfg->cookie_name, v, cfg->cookie_max_age_s,
+                                  cfg->cookie_http_only ? "; HttpOnly" : "",
+                                  secure ? "; Secure" : "", same_site[cfg->cookie_same_site]);
                 add_str(&p, end, cookie, (size_t)cl);
             }
         }

@@ -12,6 +12,20 @@
 #define TD_CONFIG_MAX_BACKENDS 256
 #define TD_CONFIG_MAX_SERVERS 1024 /* per backend */
 
+/* The SameSite attribute of the sticky cookie (routing.cookie.same_site). */
+typedef enum td_same_site_e {
+    TD_SAME_SITE_LAX = 0, /* "Lax" (default) */
+    TD_SAME_SITE_STRICT = 1,
+    TD_SAME_SITE_NONE = 2, /* needs Secure */
+} td_same_site_t;
+
+/* When the sticky cookie carries Secure (routing.cookie.secure). */
+typedef enum td_cookie_secure_e {
+    TD_COOKIE_SECURE_AUTO = 0, /* "auto" (default): on responses sent over TLS listeners */
+    TD_COOKIE_SECURE_ALWAYS = 1, /* true */
+    TD_COOKIE_SECURE_NEVER = 2,  /* false */
+} td_cookie_secure_t;
+
 typedef enum td_method_e {
     TD_METHOD_ROUND_ROBIN = 0,
     TD_METHOD_STICKY = 1,
@@ -107,6 +121,9 @@ typedef struct td_config_s {
     char cookie_name[TD_NAME_MAX]; /* RFC 6265 token; default "TDSTICKY" */
     int cookie_max_age_s;          /* 1..315360000 (10 years); default 3600 */
     char cookie_secret[128];       /* key for signing the sticky cookie; "" = none (default) */
+    int cookie_http_only;          /* bool: HttpOnly on the sticky cookie; default 1 */
+    td_same_site_t cookie_same_site;   /* default TD_SAME_SITE_LAX */
+    td_cookie_secure_t cookie_secure;  /* default TD_COOKIE_SECURE_AUTO */
     char preview_header[TD_NAME_MAX]; /* routing.preview.header; default "X-TD-Backend" */
     char preview_token[128];       /* routing.preview.token; "" = preview route off (default) */
     char access_log[256];          /* "" = off (default), "stderr", or a file path (appended) */

@@ -18,7 +18,8 @@ uint64_t td_control_version(void);
 int64_t td_control_started_ms(void);
 
 /* Applies a new config (ownership passes to the control plane, also on failure): checks what
- * cannot change while running (listeners, workers, admin address: kept, with a warning logged),
+ * cannot change while running (listeners, workers, admin address:
+ * kept, with a warning logged; a removed admin.token stays in force until a restart),
  * publishes a new routing snapshot, writes the file back atomically when `persist` is set and
  * there is a file, logs "config version N applied (WHAT)" and records the change in the audit
  * log with `client` (the address it came from). Returns 0, or a negative TD_E*

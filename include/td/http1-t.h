@@ -45,6 +45,9 @@ typedef struct td_http1_request_s {
     td_http1_body_t body;         /* TD_BODY_NONE, TD_BODY_LENGTH or TD_BODY_CHUNKED */
     uint64_t content_length;      /* bytes, when body == TD_BODY_LENGTH */
     unsigned conn_flags;          /* TD_CONN_* */
+    /* Content-Length came as several (identical) values, in a list ("5, 5") or in several field
+     * lines: a proxy forwards one field instead (RFC 9110 §8.6). Only with TD_BODY_LENGTH. */
+    unsigned content_length_repeated : 1;
     unsigned keep_alive : 1;      /* the client wants the connection kept after this exchange */
     unsigned expect_continue : 1; /* "Expect: 100-continue" */
     unsigned upgrade : 1;         /* an Upgrade header and "Connection: upgrade" are both present */
@@ -61,6 +64,9 @@ typedef struct td_http1_response_s {
     td_http1_body_t body;    /* NONE, LENGTH, CHUNKED or UNTIL_CLOSE */
     uint64_t content_length; /* bytes: the Content-Length value when present (0 otherwise) */
     unsigned conn_flags;     /* TD_CONN_* */
+    /* Content-Length came as several identical values (a list or several field lines): a proxy
+     * forwards one field instead (RFC 9110 §8.6). Also set when the body is TD_BODY_NONE. */
+    unsigned content_length_repeated : 1;
     unsigned keep_alive : 1; /* the server allows reuse of the connection after this response */
 } td_http1_response_t;
 

@@ -19,7 +19,10 @@ td_http1_limits_t td_http1_default_limits(void);
  * (§6.3), a Transfer-Encoding whose final coding is not chunked (§6.3), obs-fold (§5.2), bare CR or
  * bare LF line endings (§2.2), control characters (NUL, CR, LF, DEL, others but HTAB) in field
  * values, whitespace between field name and colon (§5.1), invalid tokens in method or field names,
- * a missing or repeated Host in HTTP/1.1 (§3.2), spaces or controls in the request-target.
+ * a missing or repeated Host in HTTP/1.1 (§3.2), spaces or controls in the request-target, an
+ * absolute-form target whose authority is empty or not host[:port] (no userinfo: §3.2.2, RFC 3986
+ * §3.2), and request field names that spell Content-Length or Transfer-Encoding with "_" for "-"
+ * (Content_Length: CGI-style backends map both spellings to one variable).
  * `headers` is an array of `max` entries; req->headers points to it on success.
  *
  * Details of the contract:
@@ -33,8 +36,10 @@ td_http1_limits_t td_http1_default_limits(void);
  *   ("scheme://..."), authority-form ("host:port", and only for CONNECT) or "*" (only for
  *   OPTIONS). A well-formed version other than 1.0 / 1.1 gives TD_EVERSION; a malformed one
  *   TD_EBADMSG.
- * - Field values may hold VCHAR, obs-text (0x80-0xff), SP and HTAB. Host must consist of uri-host
- *   and port characters (may be empty).
+ * - Field values may hold VCHAR, obs-text (0x80-0xff), SP and HTAB. Host must be an IP-literal
+ *   or reg-name, optionally followed by ":" and digits (may be empty).
+ * - content_length_repeated is set when identical Content-Length values came as a list or in
+ *   several field lines (the caller forwards one field).
  * - Content-Length may be a list of identical values ("5, 5") or repeated with identical values;
  *   values above INT64_MAX are invalid. Transfer-Encoding in an HTTP/1.0 message is refused
  *   (§6.1, faulty framing); chunked must be the final coding, appear once and have no parameters.

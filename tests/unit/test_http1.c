@@ -915,6 +915,90 @@ static void test_request_problem(void) {
     }
 }
 
+/* A CGI-style backend maps Content_Length and Content-Length to the same CONTENT_LENGTH: a name
+ * that spells a framing field with "_" is refused (any case, any mix), other "_" names pass. */
+static void test_framing_lookalike_names_refused(void) {
+    static const char *const refused[] = {
+        "POST / HTTP/1.1\r\nHost: h\r\nContent_Length: 5\r\n\r\nhello",
+        "POST / HTTP/1.1\r\nHost: h\r\ncontent_length: 5\r\n\r\nhello",
+        "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nCONTENT_LENGTH: 10\r\n\r\nhello",
+        "POST / HTTP/1.1\r\nHost: h\r\nTransfer_Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: h\r\ntransfer_encoding: chunked\r\n\r\n",
+        "POST / HTTP/1.0\r\nTransfer-Encoding_: x\r\nTransfer_Encoding: chunked\r\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        T_EQ_INT(split_request(refused[i], strlen(refused[i]), NULL), TD_EBADMSG);
+        T_CHECK(strstr(td_http1_request_problem(refused[i], strlen(refused[i])),
+                       "with \"_\"") != NULL);
+    }
+    td_http1_request_t r;
+    T_CHECK(request("GET / HTTP/1.1\r\nHost: h\r\nX_Custom: 1\r\nContent_Type: a\r\n"
+                    "Content_Lengths: 3\r\n\r\n",
+                    &r) > 0);
+    T_EQ_INT(r.num_headers, 4);
+    /* a response may carry such a name: only requests reach CGI variables */
+    td_http1_response_t rs;
+    T_CHECK(response("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nContent_Length: 9\r\n\r\n", 0,
+                     &rs) > 0);
+}
+
+/* Identical Content-Length values, listed or repeated, are flagged so the proxy forwards one. */
+static void test_repeated_content_length_flagged(void) {
+    td_http1_request_t r;
+    T_CHECK(request("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n", &r) > 0);
+    T_EQ_INT(r.content_length_repeated, 0);
+    T_CHECK(request("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5, 5\r\n\r\n", &r) > 0);
+    T_EQ_INT(r.content_length_repeated, 1);
+    T_EQ_INT(r.content_length, 5);
+    T_CHECK(request("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\n",
+                    &r) > 0);
+    T_EQ_INT(r.content_length_repeated, 1);
+    td_http1_response_t rs;
+    T_CHECK(response("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", 0, &rs) > 0);
+    T_EQ_INT(rs.content_length_repeated, 0);
+    T_CHECK(response("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc", 0,
+                     &rs) > 0);
+    T_EQ_INT(rs.content_length_repeated, 1);
+    T_CHECK(response("HTTP/1.1 200 OK\r\nContent-Length: 3,3\r\n\r\n", 1, &rs) > 0);
+    T_EQ_INT(rs.content_length_repeated, 1);
+}
+
+/* The authority of an absolute-form target becomes the Host: it is checked like one (RFC 3986
+ * host and port, no userinfo, not empty). */
+static void test_absolute_form_authority_validated(void) {
+    static const char *const refused[] = {
+        "GET http://a\"b,c@evil/x HTTP/1.1\r\nHost: good\r\n\r\n",
+        "GET http://user@h/x HTTP/1.1\r\nHost: h\r\n\r\n",
+        "GET http:///x HTTP/1.1\r\nHost: h\r\n\r\n",
+        "GET http://h:8x/ HTTP/1.1\r\nHost: h\r\n\r\n",
+        "GET http://h:80:81/ HTTP/1.1\r\nHost: h\r\n\r\n",
+        "GET http://[::1/ HTTP/1.1\r\nHost: h\r\n\r\n",
+        "GET http://h{x}/ HTTP/1.1\r\nHost: h\r\n\r\n",
+        "GET http://h#frag HTTP/1.1\r\nHost: h\r\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        T_EQ_INT(split_request(refused[i], strlen(refused[i]), NULL), TD_EBADMSG);
+        const char *why = td_http1_request_problem(refused[i], strlen(refused[i]));
+        if (!strstr(why, "authority"))
+            fprintf(stderr, "refused[%zu]: \"%s\"\n", i, why);
+        T_CHECK(strstr(why, "authority") != NULL);
+    }
+    static const char *const accepted[] = {
+        "GET http://example.com HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET http://example.com:8080/p?q=@ HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET http://[::1]:8080/ HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET https://a-b.c_d.example%2e:443?x HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET http://127.0.0.1/ HTTP/1.0\r\n\r\n",
+    };
+    td_http1_request_t r;
+    for (size_t i = 0; i < sizeof(accepted) / sizeof(accepted[0]); i++)
+        T_CHECK(request(accepted[i], &r) > 0);
+    /* Host itself: host[:port] with digits only after the colon */
+    T_EQ_INT(request("GET / HTTP/1.1\r\nHost: h:x\r\n\r\n", &r), TD_EBADMSG);
+    T_EQ_INT(request("GET / HTTP/1.1\r\nHost: [::1]x\r\n\r\n", &r), TD_EBADMSG);
+    T_CHECK(request("GET / HTTP/1.1\r\nHost: [::1]:9090\r\n\r\n", &r) > 0);
+}
+
 int main(void) {
     test_request_problem();
     test_get();
@@ -933,5 +1017,8 @@ int main(void) {
     test_responses();
     test_response_split();
     test_helpers();
+    test_framing_lookalike_names_refused();
+    test_repeated_content_length_flagged();
+    test_absolute_form_authority_validated();
     return t_done("test_http1");
 }
