@@ -150,7 +150,6 @@ struct client_s {
 
 struct upstream_s {
     uv_tcp_t tcp;
-    uv_timer_t timer;
     uv_connect_t creq;
     worker_t *w;
     pool_t *pool;          /* borrowed */
@@ -2081,7 +2080,6 @@ static void on_accept(uv_stream_t *l, int status) {
         else
             uv_ip4_name((struct sockaddr_in *)&ss, c->ip, sizeof(c->ip));
     }
-    worker_refresh(w);
     client_timer(c, T_HEADER);
     client_read(c, 1);
 }
