@@ -10,7 +10,6 @@
 #include "td/health.h"
 #include "td/log.h"
 #include "td/router.h"
-#include "td/sticky.h"
 
 static td_config_t *running; /* owned by the current snapshot; borrowed here */
 static char config_path[4096];
@@ -62,7 +61,6 @@ int td_control_init(td_config_t *cfg, const char *path) {
         snprintf(audit, sizeof(audit), "%s.audit.jsonl", config_path);
     td_events_init(audit);
     td_event("start", "td started with %s", config_path[0] ? config_path : "the demo config");
-    td_sticky_set_secret(cfg->cookie_secret);
     note_file();
     char err[512];
     td_snapshot_t *s = td_snapshot_build(cfg, version + 1, err, sizeof(err));
@@ -122,8 +120,6 @@ int td_control_apply(td_config_t *cfg, const char *what, int persist, const char
     if (persist)
         note_file();
     json_t *before = summary(running), *after = summary(cfg);
-    if (strcmp(cfg->cookie_secret, running->cookie_secret) != 0)
-        td_sticky_set_secret(cfg->cookie_secret);
     commit(s, cfg);
     td_info("config version %llu applied (%s)", (unsigned long long)version, what);
     td_audit(what, before, after, client);

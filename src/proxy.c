@@ -954,7 +954,8 @@ static void start_request(client_t *c) {
         for (size_t i = 0; i < req.num_headers && pinned < 0; i++) {
             td_str_t be;
             if (td_http1_name_is(req.headers[i].name, "cookie") &&
-                td_sticky_parse(req.headers[i].value, cfg->cookie_name, td_wall_ms() / 1000, &be))
+                td_sticky_parse(&c->snap->sticky_key, req.headers[i].value, cfg->cookie_name,
+                                td_wall_ms() / 1000, &be))
                 pinned = td_snapshot_find_backend(c->snap, be.p, be.len);
         }
         if (pinned >= 0)
@@ -1647,7 +1648,8 @@ static int build_response_head(upstream_t *u, client_t *c, const td_http1_respon
             const td_config_t *cfg = c->snap->config;
             char v[160];
             int64_t expiry = td_wall_ms() / 1000 + cfg->cookie_max_age_s;
-            if (td_sticky_make(v, sizeof(v), c->snap->backends[c->sticky_set].name, expiry)) {
+            if (td_sticky_make(&c->snap->sticky_key, v, sizeof(v),
+                               c->snap->backends[c->sticky_set].name, expiry)) {
                 char cookie[320];
                 int cl = snprintf(cookie, sizeof(cookie),
                                   "Set-Cookie: %s=%s; Max-Age=%d; Path=/; HttpOnly\r\n",
