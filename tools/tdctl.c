@@ -1842,6 +1842,9 @@ static json_t *last_weight_change(const json_t *history) {
         json_t *before = json_object_get(json_object_get(e, "before"), "weights");
         json_t *after = json_object_get(json_object_get(e, "after"), "weights");
 
+        /* A change td audited but never ran (it stopped before writing it) undoes nothing. */
+        if (json_is_false(json_object_get(e, "applied")))
+            continue;
         if (json_is_object(before) && json_is_object(after) && !json_equal(before, after))
             return e;
     }

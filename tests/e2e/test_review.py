@@ -115,3 +115,142 @@ def test_sticky_random_key_comes_back_when_configured_secret_is_removed(backends
     reload_config(t, set_secret(None))
     assert with_cookie(t.port, cookie)[0] == "blue", \
         "the random key changed on reload: cookies issued before were dropped"
+
+
+# ---- API changes survive kill -9: config file and audit log stay a pair ----
+
+def read_audit(path):
+    out = []
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                out.append(json.loads(line))
+    return out
+
+
+def applied_changes(entries):
+    """Audit entries of changes that ran: not named by a later {"not_applied": ID} record (nor
+    such a record themselves)."""
+    dropped = {e["not_applied"] for e in entries if "not_applied" in e}
+    return [e for e in entries if "not_applied" not in e and
+            (e.get("id") is None or e["id"] not in dropped)]
+
+
+def temp_files(directory):
+    return sorted(n for n in os.listdir(directory) if ".tmp-" in n)
+
+
+def file_weights(path):
+    with open(path) as f:
+        return {b["name"]: b["weight"] for b in json.load(f)["backends"]}
+
+
+def start_td(config_path, port, admin_port):
+    p = Proc([TD, "-c", config_path], "td")
+    wait_port(port)
+    wait_port(admin_port)
+    return p
+
+
+def put_ratio(admin_port, weights):
+    """PUT /api/v1/ratio; the status, or None when td went away."""
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=TIMEOUT)
+        conn.request("PUT", "/api/v1/ratio", body=json.dumps(weights))
+        r = conn.getresponse()
+        r.read()
+        conn.close()
+        return r.status
+    except OSError:
+        return None
+    except http.client.HTTPException:
+        return None
+
+
+def test_api_changes_killed_at_any_moment_are_always_audited(backends, tmp_path):
+    """Rounds of API changes from 3 clients while td is killed with SIGKILL at a varied moment:
+    after each restart every change the config file holds has its audit entry (and every change
+    td acknowledged is there), and no temporary file of an interrupted write is left."""
+    b = backends(("blue", 1), ("green", 1))
+    port, admin_port = free_port(), free_port()
+    cfg = backend_cfg({"blue": (50, b.ports["blue"]), "green": (50, b.ports["green"])})
+    cfg.update(listeners=[{"address": f"127.0.0.1:{port}"}], workers=1,
+               admin={"address": f"127.0.0.1:{admin_port}"})
+    config_path = str(tmp_path / "td.json")
+    audit_path = config_path + ".audit.jsonl"
+    with open(config_path, "w") as f:
+        json.dump(cfg, f, indent=2)
+    rng = random.Random(20261201)
+    # Every change sets a weight pair used once, so the file's weights name the change.
+    pairs = [(x, y) for x in range(1, 101) for y in range(1, 101) if (x, y) != (50, 50)]
+    rng.shuffle(pairs)
+    pairs = iter(pairs[:200])
+    lock = threading.Lock()
+    acknowledged = []
+    rounds, per_round = 6, 30
+    p = start_td(config_path, port, admin_port)
+    try:
+        for rnd in range(rounds):
+            sent = [0]
+            stop = threading.Event()
+
+            def client():
+                while not stop.is_set():
+                    with lock:
+                        if sent[0] >= per_round:
+                            return
+                        pair = next(pairs, None)
+                        sent[0] += 1
+                    if pair is None:
+                        return
+                    w = {"blue": pair[0], "green": pair[1]}
+                    status = put_ratio(admin_port, w)
+                    if status is None:
+                        return
+                    assert status == 200, (status, w)
+                    with lock:
+                        acknowledged.append(w)
+
+            threads = [threading.Thread(target=client, daemon=True) for _ in range(3)]
+            for th in threads:
+                th.start()
+            # Kill after a varied number of acknowledged changes (a change takes a few fsyncs).
+            target = len(acknowledged) + rng.randint(1, per_round - 5)
+            deadline = time.monotonic() + 20
+            while len(acknowledged) < target and time.monotonic() < deadline \
+                    and any(th.is_alive() for th in threads):
+                time.sleep(0.001)
+            time.sleep(rng.random() * 0.01)
+            p.p.send_signal(signal.SIGKILL)
+            p.p.wait(timeout=10)
+            stop.set()
+            for th in threads:
+                th.join(timeout=TIMEOUT + 5)
+            assert not any(th.is_alive() for th in threads)
+
+            p = start_td(config_path, port, admin_port)
+            assert temp_files(str(tmp_path)) == [], f"round {rnd}: temporary files left"
+            entries = read_audit(audit_path)
+            changes = applied_changes(entries)
+            in_file = file_weights(config_path)
+            if changes:
+                last = changes[-1]["after"]["weights"]
+                assert last == in_file, (
+                    f"round {rnd}: the config file holds {in_file}, the last audited change "
+                    f"is {last}: a change was applied without its audit entry")
+            else:
+                assert in_file == {"blue": 50, "green": 50}, in_file
+            audited = [e["after"]["weights"] for e in changes]
+            missing = [w for w in acknowledged if w not in audited]
+            assert not missing, f"round {rnd}: acknowledged but not audited: {missing}"
+            # td itself agrees: it runs what the file holds, and its history ends with it.
+            conn = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=TIMEOUT)
+            conn.request("GET", "/api/v1/state")
+            state = json.loads(conn.getresponse().read())
+            conn.close()
+            assert {x["name"]: x["weight"] for x in state["backends"]} == in_file
+        assert len(acknowledged) >= rounds, "too few changes went through to test anything"
+    finally:
+        rc = p.stop()
+    assert rc == 0, p.output()[-3000:]
+    assert temp_files(str(tmp_path)) == []
