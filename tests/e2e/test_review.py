@@ -254,3 +254,76 @@ def test_api_changes_killed_at_any_moment_are_always_audited(backends, tmp_path)
         rc = p.stop()
     assert rc == 0, p.output()[-3000:]
     assert temp_files(str(tmp_path)) == []
+
+
+def sha256_of(path):
+    import hashlib
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def test_start_removes_only_tds_own_temporary_files_next_to_the_config(backends, tmp_path):
+    b = backends(("blue", 1), ("green", 1))
+    port, admin_port = free_port(), free_port()
+    cfg = backend_cfg({"blue": (50, b.ports["blue"]), "green": (50, b.ports["green"])})
+    cfg.update(listeners=[{"address": f"127.0.0.1:{port}"}], workers=1,
+               admin={"address": f"127.0.0.1:{admin_port}"})
+    config_path = tmp_path / "td.json"
+    config_path.write_text(json.dumps(cfg))
+    ours = ["td.json.tmp-a1B2c3", "td.json.tmp-ZZZZZZ"]
+    theirs = ["td.json.tmp-abc", "td.json.tmp-abcdefg", "other.json.tmp-a1B2c3", "td.json.tmp",
+              "td.json.tmp-ab.de"]
+    for n in ours + theirs:
+        (tmp_path / n).write_text("{}")
+    p = start_td(str(config_path), port, admin_port)
+    try:
+        left = sorted(n for n in os.listdir(tmp_path) if n not in ("td.json",))
+        assert left == sorted(theirs + ["td.json.audit.jsonl"]) or left == sorted(theirs), left
+        assert "removed 2 temporary files" in p.output()
+    finally:
+        assert p.stop() == 0
+
+
+def test_change_audited_but_not_in_the_config_file_is_recorded_as_not_applied(backends, td,
+                                                                             tmp_path):
+    """As a stop between the audit append and the file replace leaves it: the last entry names
+    a new file text, and the file is still the one from before. td says the change did not run,
+    its history shows it, and tdctl rollback does not undo it."""
+    b = backends(("blue", 1), ("green", 1))
+    cfg = backend_cfg({"blue": (50, b.ports["blue"]), "green": (50, b.ports["green"])})
+    t = td(cfg)
+    t.set_ratio(blue=30, green=70)  # a real change: rollback's target
+    assert t.stop() == 0
+    before_sha = sha256_of(t.config_path)
+    audit_path = t.config_path + ".audit.jsonl"
+    entries = read_audit(audit_path)
+    last_id = entries[-1]["id"]
+    pending = {"id": last_id + 1, "time": "2026-01-01T00:00:00.000Z", "what": "ratio blue=1 green=99",
+               "before": {"method": "round_robin", "weights": {"blue": 30, "green": 70}},
+               "after": {"method": "round_robin", "weights": {"blue": 1, "green": 99}},
+               "client": "127.0.0.1", "version": 3, "config_sha256": "0" * 64,
+               "before_sha256": before_sha}
+    with open(audit_path, "a") as f:
+        f.write(json.dumps(pending) + "\n")
+        f.write('{"id": 99, "time": "cut off by a cra')  # a partial last line
+    t.proc = Proc([TD, "-c", t.config_path], "td")
+    wait_port(t.port)
+    wait_port(t.admin_port)
+    status, hist = t.api("GET", "/api/v1/history")
+    assert status == 200
+    assert hist[-2]["id"] == last_id + 1 and hist[-2]["applied"] is False, hist[-2:]
+    assert hist[-1]["not_applied"] == last_id + 1
+    assert hist[-1]["what"].startswith("not applied: ratio blue=1 green=99"), hist[-1]
+    on_disk = read_audit(audit_path)  # every line whole again
+    assert on_disk[-1]["not_applied"] == last_id + 1
+    assert {x["name"]: x["weight"] for x in t.state()["backends"]} == {"blue": 30, "green": 70}
+    r = subprocess.run([TDCTL, "--admin", t.admin, "rollback"], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert {x["name"]: x["weight"] for x in t.state()["backends"]} == {"blue": 50, "green": 50}
+    # A second start finds the record and leaves the history as it is.
+    assert t.stop() == 0
+    n = len(read_audit(audit_path))
+    t.proc = Proc([TD, "-c", t.config_path], "td")
+    wait_port(t.admin_port)
+    assert len(read_audit(audit_path)) == n
