@@ -186,6 +186,8 @@ static json_t *config_object(const td_config_t *c, int *ok) {
     put(root, "passive", passive, ok);
     if (c->access_log[0])
         put(root, "access_log", json_string(c->access_log), ok);
+    if (c->pid_file[0])
+        put(root, "pid_file", json_string(c->pid_file), ok);
     return root;
 }
 

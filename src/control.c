@@ -98,6 +98,8 @@ static void keep_startup_settings(td_config_t *cfg) {
     if (cfg->has_admin != old->has_admin ||
         strcmp(cfg->admin_address.text, old->admin_address.text) != 0)
         td_warn("config: admin address changed; it applies at the next restart");
+    if (strcmp(cfg->pid_file, old->pid_file) != 0)
+        td_warn("config: pid_file changed; it applies at the next restart");
 }
 
 /* What a change is judged by in the audit log: the method and every backend's weight. */

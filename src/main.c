@@ -12,6 +12,7 @@
 #include "td/control.h"
 #include "td/demo.h"
 #include "td/log.h"
+#include "td/pidfile.h"
 #include "td/proxy.h"
 
 #define TD_VERSION "0.2.0"
@@ -38,6 +39,9 @@ static const char usage[] =
     "  -c, --config FILE   the JSON config file (see README.md for every key)\n"
     "  -t, --test          check the config and exit\n"
     "  -l, --log-level L   debug, info (default), warn or error\n"
+    "      --pid-file FILE write td's process id to FILE once it listens (instead of the\n"
+    "                      config's pid_file), removed at a clean stop; then signal it with\n"
+    "                      kill -HUP $(cat FILE)\n"
     "  -h, --help          this text\n"
     "  -v, --version       print the version\n"
     "\n"
@@ -120,8 +124,13 @@ static int start_demo_backends(int n, char **specs, int own_thread) {
     return 0;
 }
 
+/* --pid-file FILE, or "" for the config's pid_file. */
+static const char *pid_flag = "";
+
 static int run(td_config_t *cfg, const char *path) {
     char err[512];
+    char pid_file[TD_PATH_MAX + 1];
+    snprintf(pid_file, sizeof(pid_file), "%s", pid_flag[0] ? pid_flag : cfg->pid_file);
     drain_ms = cfg->timeouts.drain_ms;
     td_addr_t admin = cfg->admin_address;
     int has_admin = cfg->has_admin;
@@ -161,8 +170,15 @@ static int run(td_config_t *cfg, const char *path) {
     if (has_admin)
         td_info("admin API and web console on http://%s/", admin.text);
     td_config_free(start_cfg);
+    /* Written once the ports are bound: whoever reads it may signal td at once. */
+    if (pid_file[0] && td_pidfile_write(pid_file, err, sizeof(err)) < 0) {
+        fprintf(stderr, "td: pid file %s\n", err);
+        return 1;
+    }
     uv_run(loop, UV_RUN_DEFAULT);
     uv_loop_close(loop);
+    if (pid_file[0])
+        td_pidfile_remove(pid_file);
     return 0;
 }
 
@@ -174,6 +190,7 @@ int main(int argc, char **argv) {
                                          {"log-level", required_argument, 0, 'l'},
                                          {"help", no_argument, 0, 'h'},
                                          {"version", no_argument, 0, 'v'},
+                                         {"pid-file", required_argument, 0, 'P'},
                                          {0, 0, 0, 0}};
     const char *path = NULL;
     int test = 0, c;
@@ -195,6 +212,14 @@ int main(int argc, char **argv) {
                         optarg);
                 return 2;
             }
+            break;
+        case 'P':
+            if (optarg[0] != '/' || strlen(optarg) >= TD_PATH_MAX) {
+                fprintf(stderr, "td: --pid-file: give an absolute path (shorter than %d bytes), "
+                                "got \"%s\"\n", TD_PATH_MAX, optarg);
+                return 2;
+            }
+            pid_flag = optarg;
             break;
         case 'h': fputs(usage, stdout); return 0;
         case 'v': printf("td %s\n", TD_VERSION); return 0;

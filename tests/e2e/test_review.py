@@ -327,3 +327,92 @@ def test_change_audited_but_not_in_the_config_file_is_recorded_as_not_applied(ba
     t.proc = Proc([TD, "-c", t.config_path], "td")
     wait_port(t.admin_port)
     assert len(read_audit(audit_path)) == n
+
+
+# ---- pid file ----
+
+def plain_cfg(b, port, admin_port, **extra):
+    cfg = backend_cfg({"blue": (50, b.ports["blue"]), "green": (50, b.ports["green"])})
+    cfg.update(listeners=[{"address": f"127.0.0.1:{port}"}], workers=1,
+               admin={"address": f"127.0.0.1:{admin_port}"}, **extra)
+    return cfg
+
+
+def admin_get(admin_port, path):
+    conn = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=TIMEOUT)
+    try:
+        conn.request("GET", path)
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+
+
+def test_pid_file_is_written_once_listening_and_removed_at_a_clean_stop(backends, tmp_path):
+    b = backends(("blue", 1), ("green", 1))
+    port, admin_port = free_port(), free_port()
+    pid_path = tmp_path / "run" / "td.pid"
+    pid_path.parent.mkdir()
+    config_path = tmp_path / "td.json"
+    config_path.write_text(json.dumps(plain_cfg(b, port, admin_port, pid_file=str(pid_path))))
+    p = start_td(str(config_path), port, admin_port)
+    try:
+        wait_for(pid_path.exists, 10, what="pid file")
+        assert pid_path.read_text() == f"{p.pid}\n"
+        assert [n for n in os.listdir(pid_path.parent)] == ["td.pid"]  # no temporary file left
+        # The README's reload command works as written.
+        v = admin_get(admin_port, "/api/v1/state")["version"]
+        r = subprocess.run(f"kill -HUP $(cat {pid_path})", shell=True, timeout=10)
+        assert r.returncode == 0
+        wait_for(lambda: admin_get(admin_port, "/api/v1/state")["version"] > v, 10,
+                 what="reload by kill -HUP $(cat PIDFILE)")
+        # An API change writes the config back with its pid_file.
+        status = put_ratio(admin_port, {"blue": 10, "green": 90})
+        assert status == 200
+        assert json.loads(config_path.read_text())["pid_file"] == str(pid_path)
+        r = subprocess.run(f"kill -TERM $(cat {pid_path})", shell=True, timeout=10)
+        assert r.returncode == 0
+        assert p.p.wait(timeout=30) == 0
+        assert not pid_path.exists(), "pid file left after a clean stop"
+    finally:
+        p.stop()
+
+
+def test_pid_file_flag_overrides_the_config(backends, tmp_path):
+    b = backends(("blue", 1), ("green", 1))
+    port, admin_port = free_port(), free_port()
+    config_path = tmp_path / "td.json"
+    config_path.write_text(json.dumps(plain_cfg(b, port, admin_port,
+                                                pid_file=str(tmp_path / "cfg.pid"))))
+    flag = tmp_path / "flag.pid"
+    p = Proc([TD, "--pid-file", str(flag), "-c", str(config_path)], "td")
+    try:
+        wait_port(admin_port)
+        wait_for(flag.exists, 10, what="pid file from --pid-file")
+        assert flag.read_text().strip() == str(p.pid)
+        assert not (tmp_path / "cfg.pid").exists()
+    finally:
+        assert p.stop() == 0
+    assert not flag.exists()
+
+
+def test_pid_file_in_a_missing_folder_is_refused_at_check_and_at_start(backends, tmp_path):
+    b = backends(("blue", 1), ("green", 1))
+    port, admin_port = free_port(), free_port()
+    config_path = tmp_path / "td.json"
+    text = json.dumps(plain_cfg(b, port, admin_port, pid_file=str(tmp_path / "no" / "td.pid")),
+                      indent=2)
+    config_path.write_text(text)
+    r = subprocess.run([TD, "-t", "-c", str(config_path)], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 1
+    line = next(i for i, l in enumerate(text.splitlines(), 1) if '"pid_file"' in l)
+    assert f"{config_path}:{line}:" in r.stderr and "folder does not exist" in r.stderr, r.stderr
+    # The flag is checked when td starts: a clear error, exit 1, nothing left listening.
+    config_path.write_text(json.dumps(plain_cfg(b, port, admin_port)))
+    r = subprocess.run([TD, "--pid-file", str(tmp_path / "no" / "td.pid"), "-c",
+                        str(config_path)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert f"{tmp_path}/no/td.pid: cannot write: No such file or directory" in r.stderr, r.stderr
+    r = subprocess.run([TD, "--pid-file", "td.pid", "-c", str(config_path)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "absolute path" in r.stderr
