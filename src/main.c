@@ -65,6 +65,15 @@ static const char usage[] =
     "Exit status: 0 on success or a clean stop, 1 on a bad config or start-up error,\n"
     "2 on a usage error.\n";
 
+static const char backend_usage[] =
+    "Usage: td backend NAME=ADDRESS ...\n"
+    "\n"
+    "Runs demo backends in the foreground, one per NAME=ADDRESS (IP:port), e.g.\n"
+    "  td backend blue=127.0.0.1:9001 green=127.0.0.1:9002\n"
+    "Each answers / with a page naming it (header X-TD-Demo-Backend: NAME), and /status/N,\n"
+    "/delay/MS, /bytes/N, /chunked/N, /echo (counts the body), /headers, /close, /reset and\n"
+    "/ws (WebSocket echo). SIGHUP is ignored; SIGTERM or Ctrl-C stops them.\n";
+
 static td_proxy_t *proxy;
 static uv_signal_t sig_hup, sig_term, sig_int;
 static int drain_ms = 30000;
@@ -230,6 +239,10 @@ int main(int argc, char **argv) {
         if (optind + 1 >= argc) {
             fprintf(stderr, "td backend: give at least one NAME=ADDRESS\n");
             return 2;
+        }
+        if (strcmp(argv[optind + 1], "--help") == 0 || strcmp(argv[optind + 1], "-h") == 0) {
+            fputs(backend_usage, stdout);
+            return 0;
         }
         signal(SIGHUP, SIG_IGN); /* a reload meant for td -c must not stop the backends */
         int r = start_demo_backends(argc - optind - 1, argv + optind + 1, 0);

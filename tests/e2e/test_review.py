@@ -416,3 +416,51 @@ def test_pid_file_in_a_missing_folder_is_refused_at_check_and_at_start(backends,
     r = subprocess.run([TD, "--pid-file", "td.pid", "-c", str(config_path)],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "absolute path" in r.stderr
+
+
+# ---- the example config ----
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../examples")
+
+
+def example_files():
+    return sorted(os.path.join(EXAMPLES, n) for n in os.listdir(EXAMPLES) if n.endswith(".json"))
+
+
+def test_every_example_config_passes_the_check():
+    files = example_files()
+    assert any(f.endswith("/td.json") for f in files), files
+    for path in files:
+        r = subprocess.run([TD, "-t", "-c", path], capture_output=True, text=True, timeout=30)
+        assert (r.returncode, r.stdout.strip()) == (0, "configuration OK"), (path, r.stderr)
+
+
+def test_example_config_serves_the_demo_backends(tmp_path):
+    """examples/td.json as README runs it, on free ports instead of 8080/9090/9001/9002 (which
+    another td may hold): the backends from `td backend`, a 200 from each colour through td."""
+    with open(os.path.join(EXAMPLES, "td.json")) as f:
+        text = f.read()
+    ports = {old: free_port() for old in (8080, 9090, 9001, 9002)}
+    for old, new in ports.items():
+        text = text.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}")
+    text = text.replace('"/tmp/td.pid"', json.dumps(str(tmp_path / "td.pid")))
+    config_path = tmp_path / "td.json"
+    config_path.write_text(text)
+    be = Proc([TD, "backend", f"blue=127.0.0.1:{ports[9001]}", f"green=127.0.0.1:{ports[9002]}"],
+              "backends")
+    try:
+        wait_port(ports[9001])
+        wait_port(ports[9002])
+        p = start_td(str(config_path), ports[8080], ports[9090])
+        try:
+            seen = set()
+            for _ in range(20):
+                status, h, body = get_once(ports[8080])
+                assert status == 200, body
+                seen.add(h.get("X-TD-Demo-Backend"))
+            assert seen == {"blue", "green"}, seen
+            wait_for((tmp_path / "td.pid").exists, 10, what="pid file")
+        finally:
+            assert p.stop() == 0
+    finally:
+        be.stop()
