@@ -464,3 +464,32 @@ def test_example_config_serves_the_demo_backends(tmp_path):
             assert p.stop() == 0
     finally:
         be.stop()
+
+
+# ---- tdctl config put - ----
+
+def test_tdctl_config_put_dash_reads_the_config_from_stdin(backends, td):
+    b = backends(("blue", 1), ("green", 1))
+    t = td(backend_cfg({"blue": (50, b.ports["blue"]), "green": (50, b.ports["green"])}))
+    env = dict(os.environ, TD_ADMIN=t.admin)
+    r = subprocess.run([TDCTL, "config", "get"], capture_output=True, text=True, timeout=30,
+                       env=env)
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads(r.stdout)
+    set_weights(cfg, blue=20, green=80)
+    r = subprocess.run([TDCTL, "config", "put", "-"], input=json.dumps(cfg, indent=2),
+                       capture_output=True, text=True, timeout=30, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "configuration applied" in r.stdout
+    assert {x["name"]: x["weight"] for x in t.state()["backends"]} == {"blue": 20, "green": 80}
+    # Not JSON on stdin: named <stdin>:LINE:COL, nothing sent, nothing changed.
+    r = subprocess.run([TDCTL, "config", "put", "-"], input='{\n  "backends": [,\n',
+                       capture_output=True, text=True, timeout=30, env=env)
+    assert r.returncode == 1
+    assert r.stderr.startswith("<stdin>:2:"), r.stderr
+    # A config td refuses: td's own line:col, exit 1, nothing changed.
+    set_weights(cfg, blue=200)
+    r = subprocess.run([TDCTL, "config", "put", "-"], input=json.dumps(cfg, indent=2),
+                       capture_output=True, text=True, timeout=30, env=env)
+    assert r.returncode == 1 and "out of range" in r.stderr, r.stderr
+    assert {x["name"]: x["weight"] for x in t.state()["backends"]} == {"blue": 20, "green": 80}
