@@ -147,8 +147,9 @@ static int apply(td_config_t *cfg, const char *what, int persist, const char *cl
         snprintf(sha, sizeof(sha), "%s", read_sha);
     }
     json_t *entry;
+    /* Only a write-back names the file it started from: td_audit_recover looks at those. */
     int r = td_audit_begin(what, summary(running), summary(cfg), client, version + 1, sha,
-                           file_sha, &entry);
+                           to_file ? file_sha : NULL, &entry);
     if (r < 0 && to_file) {
         /* Applying it would be a change nobody can find in the audit log. */
         snprintf(err, errlen, "cannot append to the audit log %s.audit.jsonl: %s; nothing changed",

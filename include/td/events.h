@@ -27,7 +27,8 @@ void td_audit(const char *what, json_t *before, json_t *after, const char *clien
  * client, version, config_sha256, before_sha256} to the audit file and fsyncs it *before* the
  * caller replaces the config file. `version` is the config version the change will have,
  * `config_sha256` the SHA-256 of the file text about to be written (or just read, for a reload),
- * `before_sha256` that of the file as it is now; either may be NULL or "" (not recorded).
+ * `before_sha256` that of the file as it is now (only for a write-back); either may be NULL or
+ * "" (not recorded).
  * Ownership of `before` and `after` passes here. *entry receives the new entry (owned by the
  * caller until it is passed to td_audit_commit or td_audit_abandon; NULL when out of memory).
  * Returns 0, TD_ENOMEM, or TD_EIO (errno set: the entry is not durable, so the change must not

@@ -493,3 +493,31 @@ def test_tdctl_config_put_dash_reads_the_config_from_stdin(backends, td):
                        capture_output=True, text=True, timeout=30, env=env)
     assert r.returncode == 1 and "out of range" in r.stderr, r.stderr
     assert {x["name"]: x["weight"] for x in t.state()["backends"]} == {"blue": 20, "green": 80}
+
+
+def test_hand_edit_after_an_api_change_is_not_taken_for_a_lost_change(backends, td):
+    """The file edited by hand after the last API change (td stopped, or reloaded), even back to
+    exactly what it was before that change: the change did run, and the history keeps it so."""
+    b = backends(("blue", 1), ("green", 1))
+    t = td(backend_cfg({"blue": (50, b.ports["blue"]), "green": (50, b.ports["green"])}))
+    with open(t.config_path) as f:
+        original = f.read()
+    t.set_ratio(blue=30, green=70)
+    # Back to the exact text from before the change, then a reload.
+    with open(t.config_path, "w") as f:
+        f.write(original)
+    t.proc.p.send_signal(signal.SIGHUP)
+    wait_for(lambda: {x["name"]: x["weight"] for x in t.state()["backends"]} ==
+             {"blue": 50, "green": 50}, 10, what="reload")
+    assert t.stop() == 0
+    # And an edit td never saw.
+    cfg = json.loads(original)
+    set_weights(cfg, blue=10, green=90)
+    with open(t.config_path, "w") as f:
+        json.dump(cfg, f)
+    t.proc = Proc([TD, "-c", t.config_path], "td")
+    wait_port(t.admin_port)
+    entries = read_audit(t.config_path + ".audit.jsonl")
+    assert not [e for e in entries if "not_applied" in e], entries
+    status, hist = t.api("GET", "/api/v1/history")
+    assert status == 200 and all(e.get("applied", True) for e in hist), hist
