@@ -376,9 +376,10 @@ static const char help_rollback[] =
     "    Finds, in td's history of changes (see tdctl history), the most recent one\n"
     "    that changed a backend's weight - a ratio, a drain or a switch step, a\n"
     "    config put or a reload - and sets the weights back to what they were before\n"
-    "    it. Only weights are restored (not the routing method nor the rest of a\n"
-    "    config). The rollback is a change itself: a second rollback undoes the\n"
-    "    first. Prints the change undone and the new state (--json: the state as it\n"
+    "    it (a change marked [not applied] is passed over). Only weights are\n"
+    "    restored (not the routing method nor the rest of a config). The rollback\n"
+    "    is a change itself: a second rollback undoes the first. Prints the change\n"
+    "    undone and the new state (--json: the state as it\n"
     "    came). When the weights already are those, nothing is changed.\n"
     "\n"
     "EXIT STATUS\n"
@@ -400,8 +401,11 @@ static const char help_history[] =
     "    Prints td's audit log of changes, oldest first, one per line: TIME (UTC),\n"
     "    CLIENT (the address the change came from, or \"signal\" for a SIGHUP\n"
     "    reload) and WHAT changed. td keeps the last 256 changes, also across\n"
-    "    restarts. With --json, td's log as it came: each entry also has the routing\n"
-    "    method and every weight before and after the change.\n"
+    "    restarts. A change td recorded but never ran (it was stopped before writing\n"
+    "    the config file) ends in [not applied] and is followed by td's note saying so.\n"
+    "    With --json, td's log as it came: each entry also has the routing method and\n"
+    "    every weight before and after the change (\"applied\": false on one that never\n"
+    "    ran).\n"
     "\n"
     "EXIT STATUS\n"
     "    0 shown; 1 td unreachable or refused; 2 usage error.\n"
@@ -1935,8 +1939,9 @@ static void print_history(const json_t *history) {
     printf("%-24s  %-*s  %s\n", "TIME", (int)width, "CLIENT", "WHAT");
     json_array_foreach(history, i, e) {
         const char *client = str(e, "client");
-        printf("%-24s  %-*s  %s\n", str(e, "time"), (int)width, *client ? client : "-",
-               str(e, "what"));
+        printf("%-24s  %-*s  %s%s\n", str(e, "time"), (int)width, *client ? client : "-",
+               str(e, "what"),
+               json_is_false(json_object_get(e, "applied")) ? " [not applied]" : "");
     }
 }
 

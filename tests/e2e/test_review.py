@@ -317,6 +317,9 @@ def test_change_audited_but_not_in_the_config_file_is_recorded_as_not_applied(ba
     on_disk = read_audit(audit_path)  # every line whole again
     assert on_disk[-1]["not_applied"] == last_id + 1
     assert {x["name"]: x["weight"] for x in t.state()["backends"]} == {"blue": 30, "green": 70}
+    r = subprocess.run([TDCTL, "--admin", t.admin, "history"], capture_output=True, text=True,
+                       timeout=30)
+    assert "ratio blue=1 green=99 [not applied]" in r.stdout, r.stdout
     r = subprocess.run([TDCTL, "--admin", t.admin, "rollback"], capture_output=True, text=True,
                        timeout=30)
     assert r.returncode == 0, r.stderr
