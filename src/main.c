@@ -60,7 +60,8 @@ static const char usage[] =
     "  GET /api/v1/history         the audit log of changes\n"
     "  GET /metrics                Prometheus text format\n"
     "  GET /                       the web console\n"
-    "Changes made through the API are written back to the config file.\n"
+    "Changes made through the API are recorded in FILE.audit.jsonl, then written back to\n"
+    "the config file.\n"
     "\n"
     "Exit status: 0 on success or a clean stop, 1 on a bad config or start-up error,\n"
     "2 on a usage error.\n";
