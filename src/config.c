@@ -551,6 +551,26 @@ static const char *check_log_path(const char *s) {
     return "cannot be written (missing folder or no permission)";
 }
 
+/* A pid file is written at start (temp file + rename in its folder): the folder must exist and
+ * be writable, so `td -t` catches a path that start-up would refuse. */
+static const char *check_pid_path(const char *s) {
+    if (s[0] != '/')
+        return "must be an absolute file path, e.g. \"/run/td.pid\"";
+    char dir[TD_PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", s);
+    char *slash = strrchr(dir, '/');
+    if (!slash[1])
+        return "must name a file, not a folder";
+    if (slash == dir)
+        slash[1] = 0;
+    else
+        *slash = 0;
+    if (access(dir, W_OK | X_OK) == 0)
+        return NULL;
+    return errno == ENOENT ? "cannot be written: its folder does not exist"
+                           : "cannot be written: no permission in its folder";
+}
+
 static const char *check_token(const char *s) {
     return is_visible(s) ? NULL : "is not a valid token (printable ASCII without spaces)";
 }
@@ -605,7 +625,7 @@ int td_config_status_expected(const char *expect_status, int status) {
 
 static const char *const root_keys[] = {"listeners", "workers",      "admin",    "routing",
                                         "backends",  "health_check", "timeouts", "passive",
-                                        "access_log", NULL};
+                                        "access_log", "pid_file", NULL};
 static const char *const passive_keys[] = {"failures", "eject_ms", "max_eject_ms", NULL};
 static const char *const listener_keys[] = {"address", "tls", "redirect_https", "https_port",
                                             NULL};
@@ -1075,6 +1095,7 @@ td_config_t *td_config_parse(const char *text, size_t len, const char *name, FIL
             parse_passive(&x, root, c);
             get_str(&x, root, "access_log", 0, c->access_log, sizeof c->access_log,
                     check_log_path, 0);
+            get_str(&x, root, "pid_file", 0, c->pid_file, sizeof c->pid_file, check_pid_path, 0);
         }
     }
     json_decref(root);

@@ -1,17 +1,24 @@
 /* Writing the configuration back: the contract's JSON shape, and an atomic file replace. */
 #include "td/config.h"
 
+#include <openssl/evp.h>
 #include <openssl/ssl.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "td/common-t.h"
+
+/* What td_config_write_text appends to the file name for its temporary file (mkostemp fills in
+ * the X). td_config_remove_temps removes exactly these names. */
+#define TEMP_SUFFIX ".tmp-XXXXXX"
 
 /* Adds key: value to obj, taking the reference; a NULL value (out of memory) poisons *ok. */
 static void put(json_t *obj, const char *key, json_t *value, int *ok) {
@@ -189,6 +196,8 @@ static json_t *config_object(const td_config_t *c, int *ok) {
     put(root, "passive", passive, ok);
     if (c->access_log[0])
         put(root, "access_log", json_string(c->access_log), ok);
+    if (c->pid_file[0])
+        put(root, "pid_file", json_string(c->pid_file), ok);
     return root;
 }
 
@@ -245,25 +254,33 @@ static int sync_dir(const char *path) {
 }
 
 int td_config_write(const td_config_t *c, const char *link) {
-    /* Through a symlink (config management, mounted ConfigMaps) the target is rewritten, so
-     * the link and the operator's source of truth stay. */
-    char real[4096];
-    const char *path = realpath(link, real) ? real : link;
-    char *json = td_config_to_json(c), *tmp = NULL;
-    int fd = -1, rc = TD_EIO, saved, created = 0;
-    struct stat st;
+    char *json = td_config_to_json(c);
+    int rc;
 
     if (!json) {
         errno = ENOMEM;
         return TD_ENOMEM;
     }
-    tmp = malloc(strlen(path) + sizeof ".tmp-XXXXXX");
+    rc = td_config_write_text(json, link);
+    free(json);
+    return rc;
+}
+
+int td_config_write_text(const char *json, const char *link) {
+    /* Through a symlink (config management, mounted ConfigMaps) the target is rewritten, so
+     * the link and the operator's source of truth stay. */
+    char real[4096];
+    const char *path = realpath(link, real) ? real : link;
+    char *tmp = NULL;
+    int fd = -1, rc = TD_EIO, saved, created = 0;
+    struct stat st;
+
+    tmp = malloc(strlen(path) + sizeof TEMP_SUFFIX);
     if (!tmp) {
         errno = ENOMEM;
-        rc = TD_ENOMEM;
-        goto out;
+        return TD_ENOMEM;
     }
-    strcat(strcpy(tmp, path), ".tmp-XXXXXX");
+    strcat(strcpy(tmp, path), TEMP_SUFFIX);
     fd = mkostemp(tmp, O_CLOEXEC); /* created 0600 */
     if (fd < 0)
         goto out;
@@ -290,7 +307,97 @@ out:
     if (created)
         unlink(tmp);
     free(tmp);
-    free(json);
     errno = saved;
+    return rc;
+}
+
+/* A name td_config_write_text makes for `base`: base ".tmp-" and mkostemp's six characters. */
+static int is_temp_of(const char *name, const char *base) {
+    size_t n = strlen(base), k = sizeof TEMP_SUFFIX - 1;
+
+    if (strncmp(name, base, n) != 0 || strlen(name) != n + k ||
+        strncmp(name + n, TEMP_SUFFIX, k - 6) != 0)
+        return 0;
+    for (const char *p = name + n + k - 6; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9')))
+            return 0;
+    return 1;
+}
+
+int td_config_remove_temps(const char *link) {
+    char real[4096];
+    const char *path = realpath(link, real) ? real : link;
+    const char *slash = strrchr(path, '/');
+    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
+    const char *base = slash ? slash + 1 : path;
+    int removed = 0;
+    DIR *d;
+    struct dirent *e;
+
+    if (!dir)
+        return TD_ENOMEM;
+    d = opendir(dir);
+    if (!d) {
+        free(dir);
+        return TD_EIO;
+    }
+    while ((e = readdir(d))) {
+        if (!is_temp_of(e->d_name, base))
+            continue;
+        char *full = malloc(strlen(dir) + strlen(e->d_name) + 2);
+        if (!full)
+            break;
+        sprintf(full, "%s/%s", dir, e->d_name);
+        if (unlink(full) == 0)
+            removed++;
+        free(full);
+    }
+    closedir(d);
+    free(dir);
+    return removed;
+}
+
+void td_sha256_hex(const char *p, size_t len, char out[65]) {
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    static const char hex[] = "0123456789abcdef";
+
+    if (EVP_Digest(p, len, md, &n, EVP_sha256(), NULL) != 1)
+        n = 0;
+    for (unsigned int i = 0; i < n && i < 32; i++) {
+        out[2 * i] = hex[md[i] >> 4];
+        out[2 * i + 1] = hex[md[i] & 15];
+    }
+    out[n ? 64 : 0] = 0;
+}
+
+int td_config_file_sha256(const char *path, char out[65]) {
+    FILE *f = fopen(path, "rb");
+    char *text = NULL;
+    size_t len = 0, cap = 0, n;
+    int rc = 0;
+
+    out[0] = 0;
+    if (!f)
+        return TD_EIO;
+    do {
+        if (len == cap) {
+            char *bigger = realloc(text, cap ? cap * 2 : 16384);
+            if (!bigger) {
+                rc = TD_ENOMEM;
+                break;
+            }
+            text = bigger;
+            cap = cap ? cap * 2 : 16384;
+        }
+        n = fread(text + len, 1, cap - len, f);
+        len += n;
+    } while (n > 0);
+    if (rc == 0 && ferror(f))
+        rc = TD_EIO;
+    fclose(f);
+    if (rc == 0)
+        td_sha256_hex(text ? text : "", len, out);
+    free(text);
     return rc;
 }

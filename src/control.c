@@ -1,5 +1,6 @@
 #include "td/control.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <stdlib.h>
@@ -11,11 +12,11 @@
 #include "td/health.h"
 #include "td/log.h"
 #include "td/router.h"
-#include "td/sticky.h"
 
 static td_config_t *running; /* owned by the current snapshot; borrowed here */
 static char config_path[4096];
 static struct stat file_seen; /* the config file as td last read or wrote it */
+static char file_sha[65];     /* SHA-256 of its text then ("" when unknown) */
 static uint64_t version;
 static int64_t started_ms;
 
@@ -63,8 +64,17 @@ int td_control_init(td_config_t *cfg, const char *path) {
         snprintf(audit, sizeof(audit), "%s.audit.jsonl", config_path);
     td_events_init(audit);
     td_event("start", "td started with %s", config_path[0] ? config_path : "the demo config");
-    td_sticky_set_secret(cfg->cookie_secret);
     note_file();
+    if (config_path[0]) {
+        /* What a stop during a write-back left behind: its temporary file, and an audited
+         * change that never reached the file. */
+        int removed = td_config_remove_temps(config_path);
+        if (removed > 0)
+            td_warn("config: removed %d temporary file%s left next to %s by an interrupted write",
+                    removed, removed == 1 ? "" : "s", config_path);
+        td_config_file_sha256(config_path, file_sha);
+        td_audit_recover(file_sha, config_path);
+    }
     char err[512];
     td_snapshot_t *s = td_snapshot_build(cfg, version + 1, err, sizeof(err));
     if (!s) {
@@ -89,6 +99,8 @@ static void keep_startup_settings(td_config_t *cfg) {
     if (cfg->has_admin != old->has_admin ||
         strcmp(cfg->admin_address.text, old->admin_address.text) != 0)
         td_warn("config: admin address changed; it applies at the next restart");
+    if (strcmp(cfg->pid_file, old->pid_file) != 0)
+        td_warn("config: pid_file changed; it applies at the next restart");
 }
 
 /* A new admin.token applies at once; a removed one only at the next restart: a reload must
@@ -108,14 +120,23 @@ static json_t *summary(const td_config_t *c) {
     return json_pack("{s:s,s:o}", "method", td_method_name(c->method), "weights", w);
 }
 
-int td_control_apply(td_config_t *cfg, const char *what, int persist, const char *client,
-                     char *err, size_t errlen) {
+/* td_control_apply; `read_sha` is the SHA-256 of the config file text `cfg` was just read from
+ * (a reload), else NULL.
+ *
+ * A change written back to the file is audited first: the audit entry (with the SHA-256 of the
+ * new file text and of the current one) is appended and fsynced, then the file is replaced, then
+ * the snapshot is published. A crash in between leaves an entry whose change is not in the
+ * file, which td_audit_recover recognises at the next start; never a change in the file without
+ * its entry. */
+static int apply(td_config_t *cfg, const char *what, int persist, const char *client,
+                 const char *read_sha, char *err, size_t errlen) {
     keep_startup_settings(cfg);
     /* Everything that can fail comes first, so a refused change changes nothing. */
     td_snapshot_t *s = td_snapshot_build(cfg, version + 1, err, errlen);
     if (!s)
         return TD_EINVAL;
-    if (persist && config_path[0] && file_changed()) {
+    int to_file = persist && config_path[0];
+    if (to_file && file_changed()) {
         /* Writing back would silently drop edits made to the file since td read it. */
         snprintf(err, errlen,
                  "%s was changed on disk since td read it: reload it first (SIGHUP or PUT "
@@ -124,21 +145,54 @@ int td_control_apply(td_config_t *cfg, const char *what, int persist, const char
         td_snapshot_release(s);
         return TD_ECONFLICT;
     }
-    if (persist && config_path[0] && td_config_write(cfg, config_path) < 0) {
+    char *text = NULL, sha[65] = "";
+    if (to_file) {
+        if (!(text = td_config_to_json(cfg))) {
+            snprintf(err, errlen, "out of memory");
+            td_snapshot_release(s);
+            return TD_ENOMEM;
+        }
+        td_sha256_hex(text, strlen(text), sha);
+    } else if (read_sha) {
+        snprintf(sha, sizeof(sha), "%s", read_sha);
+    }
+    json_t *entry;
+    /* Only a write-back names the file it started from: td_audit_recover looks at those. */
+    int r = td_audit_begin(what, summary(running), summary(cfg), client, version + 1, sha,
+                           to_file ? file_sha : NULL, &entry);
+    if (r < 0 && to_file) {
+        /* Applying it would be a change nobody can find in the audit log. */
+        snprintf(err, errlen, "cannot append to the audit log %s.audit.jsonl: %s; nothing changed",
+                 config_path, r == TD_ENOMEM ? "out of memory" : strerror(errno));
+        td_audit_abandon(entry, "the audit log could not be written");
+        free(text);
+        td_snapshot_release(s);
+        return r;
+    }
+    if (to_file && td_config_write_text(text, config_path) < 0) {
         snprintf(err, errlen, "cannot write %s: %m", config_path);
+        td_audit_abandon(entry, err);
+        free(text);
         td_snapshot_release(s);
         return TD_EIO;
     }
-    if (persist)
+    free(text);
+    if (to_file) {
         note_file();
-    json_t *before = summary(running), *after = summary(cfg);
-    if (strcmp(cfg->cookie_secret, running->cookie_secret) != 0)
-        td_sticky_set_secret(cfg->cookie_secret);
+        snprintf(file_sha, sizeof(file_sha), "%s", sha);
+    } else if (read_sha) {
+        snprintf(file_sha, sizeof(file_sha), "%s", read_sha);
+    }
     update_admin_token(cfg, running);
     commit(s, cfg);
     td_info("config version %llu applied (%s)", (unsigned long long)version, what);
-    td_audit(what, before, after, client);
+    td_audit_commit(entry);
     return 0;
+}
+
+int td_control_apply(td_config_t *cfg, const char *what, int persist, const char *client,
+                     char *err, size_t errlen) {
+    return apply(cfg, what, persist, client, NULL, err, errlen);
 }
 
 int td_control_reload(void) {
@@ -151,6 +205,8 @@ int td_control_reload(void) {
     FILE *errs = open_memstream(&buf, &len);
     struct stat before;
     int have_before = stat(config_path, &before) == 0;
+    char read_sha[65];
+    td_config_file_sha256(config_path, read_sha);
     td_config_t *cfg = td_config_load(config_path, errs);
     fclose(errs);
     if (!cfg) {
@@ -164,7 +220,7 @@ int td_control_reload(void) {
     }
     free(buf);
     char err[256];
-    int r = td_control_apply(cfg, "reload of the config file", 0, "signal", err, sizeof(err));
+    int r = apply(cfg, "reload of the config file", 0, "signal", read_sha, err, sizeof(err));
     if (r == 0 && have_before)
         file_seen = before; /* what was read is now what runs */
     return r;

@@ -13,6 +13,7 @@
 #include "td/control.h"
 #include "td/demo.h"
 #include "td/log.h"
+#include "td/pidfile.h"
 #include "td/proxy.h"
 
 #define TD_VERSION "0.2.0"
@@ -39,6 +40,9 @@ static const char usage[] =
     "  -c, --config FILE   the JSON config file (see README.md for every key)\n"
     "  -t, --test          check the config and exit\n"
     "  -l, --log-level L   debug, info (default), warn or error\n"
+    "      --pid-file FILE write td's process id to FILE once it listens (instead of the\n"
+    "                      config's pid_file), removed at a clean stop; then signal it with\n"
+    "                      kill -HUP $(cat FILE)\n"
     "  -h, --help          this text\n"
     "  -v, --version       print the version\n"
     "\n"
@@ -57,7 +61,8 @@ static const char usage[] =
     "  GET /api/v1/history         the audit log of changes\n"
     "  GET /metrics                Prometheus text format\n"
     "  GET /                       the web console\n"
-    "Changes made through the API are written back to the config file.\n"
+    "Changes made through the API are recorded in FILE.audit.jsonl, then written back to\n"
+    "the config file.\n"
     "\n"
     "Exit status: 0 on success or a clean stop, 1 on a bad config or start-up error,\n"
     "2 on a usage error.\n";
@@ -84,6 +89,15 @@ static int admin_open_beyond_loopback(const td_config_t *cfg) {
 static const char open_admin_warning[] =
     "admin.address %s is reachable beyond loopback and admin.token is not set: anyone who can "
     "reach it can change the traffic and the config; set admin.token or bind it to 127.0.0.1";
+
+static const char backend_usage[] =
+    "Usage: td backend NAME=ADDRESS ...\n"
+    "\n"
+    "Runs demo backends in the foreground, one per NAME=ADDRESS (IP:port), e.g.\n"
+    "  td backend blue=127.0.0.1:9001 green=127.0.0.1:9002\n"
+    "Each answers / with a page naming it (header X-TD-Demo-Backend: NAME), and /status/N,\n"
+    "/delay/MS, /bytes/N, /chunked/N, /echo (counts the body), /headers, /close, /reset and\n"
+    "/ws (WebSocket echo). SIGHUP is ignored; SIGTERM or Ctrl-C stops them.\n";
 
 static td_proxy_t *proxy;
 static uv_signal_t sig_hup, sig_term, sig_int;
@@ -144,8 +158,13 @@ static int start_demo_backends(int n, char **specs, int own_thread) {
     return 0;
 }
 
+/* --pid-file FILE, or "" for the config's pid_file. */
+static const char *pid_flag = "";
+
 static int run(td_config_t *cfg, const char *path) {
     char err[512];
+    char pid_file[TD_PATH_MAX + 1];
+    snprintf(pid_file, sizeof(pid_file), "%s", pid_flag[0] ? pid_flag : cfg->pid_file);
     drain_ms = cfg->timeouts.drain_ms;
     td_addr_t admin = cfg->admin_address;
     int has_admin = cfg->has_admin;
@@ -189,8 +208,15 @@ static int run(td_config_t *cfg, const char *path) {
     if (admin_open_beyond_loopback(start_cfg))
         td_warn(open_admin_warning, admin.text);
     td_config_free(start_cfg);
+    /* Written once the ports are bound: whoever reads it may signal td at once. */
+    if (pid_file[0] && td_pidfile_write(pid_file, err, sizeof(err)) < 0) {
+        fprintf(stderr, "td: pid file %s\n", err);
+        return 1;
+    }
     uv_run(loop, UV_RUN_DEFAULT);
     uv_loop_close(loop);
+    if (pid_file[0])
+        td_pidfile_remove(pid_file);
     return 0;
 }
 
@@ -202,6 +228,7 @@ int main(int argc, char **argv) {
                                          {"log-level", required_argument, 0, 'l'},
                                          {"help", no_argument, 0, 'h'},
                                          {"version", no_argument, 0, 'v'},
+                                         {"pid-file", required_argument, 0, 'P'},
                                          {0, 0, 0, 0}};
     const char *path = NULL;
     int test = 0, c;
@@ -224,6 +251,14 @@ int main(int argc, char **argv) {
                 return 2;
             }
             break;
+        case 'P':
+            if (optarg[0] != '/' || strlen(optarg) >= TD_PATH_MAX) {
+                fprintf(stderr, "td: --pid-file: give an absolute path (shorter than %d bytes), "
+                                "got \"%s\"\n", TD_PATH_MAX, optarg);
+                return 2;
+            }
+            pid_flag = optarg;
+            break;
         case 'h': fputs(usage, stdout); return 0;
         case 'v': printf("td %s\n", TD_VERSION); return 0;
         default: fprintf(stderr, "Try 'td --help'.\n"); return 2;
@@ -233,6 +268,10 @@ int main(int argc, char **argv) {
         if (optind + 1 >= argc) {
             fprintf(stderr, "td backend: give at least one NAME=ADDRESS\n");
             return 2;
+        }
+        if (strcmp(argv[optind + 1], "--help") == 0 || strcmp(argv[optind + 1], "-h") == 0) {
+            fputs(backend_usage, stdout);
+            return 0;
         }
         signal(SIGHUP, SIG_IGN); /* a reload meant for td -c must not stop the backends */
         int r = start_demo_backends(argc - optind - 1, argv + optind + 1, 0);

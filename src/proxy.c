@@ -150,7 +150,6 @@ struct client_s {
 
 struct upstream_s {
     uv_tcp_t tcp;
-    uv_timer_t timer;
     uv_connect_t creq;
     worker_t *w;
     pool_t *pool;          /* borrowed */
@@ -963,7 +962,8 @@ static void start_request(client_t *c) {
         for (size_t i = 0; i < req.num_headers && pinned < 0; i++) {
             td_str_t be;
             if (td_http1_name_is(req.headers[i].name, "cookie") &&
-                td_sticky_parse(req.headers[i].value, cfg->cookie_name, td_wall_ms() / 1000, &be))
+                td_sticky_parse(&c->snap->sticky_key, req.headers[i].value, cfg->cookie_name,
+                                td_wall_ms() / 1000, &be))
                 pinned = td_snapshot_find_backend(c->snap, be.p, be.len);
         }
         if (pinned >= 0)
@@ -1672,7 +1672,8 @@ static int build_response_head(upstream_t *u, client_t *c, const td_http1_respon
             const td_config_t *cfg = c->snap->config;
             char v[160];
             int64_t expiry = td_wall_ms() / 1000 + cfg->cookie_max_age_s;
-            if (td_sticky_make(v, sizeof(v), c->snap->backends[c->sticky_set].name, expiry)) {
+            if (td_sticky_make(&c->snap->sticky_key, v, sizeof(v),
+                               c->snap->backends[c->sticky_set].name, expiry)) {
                 static const char *const same_site[] = {"Lax", "Strict", "None"};
                 int secure = cfg->cookie_secure == TD_COOKIE_SECURE_ALWAYS ||
                              (cfg->cookie_secure == TD_COOKIE_SECURE_AUTO && c->tls);
@@ -2110,7 +2111,6 @@ static void on_accept(uv_stream_t *l, int status) {
         else
             uv_ip4_name((struct sockaddr_in *)&ss, c->ip, sizeof(c->ip));
     }
-    worker_refresh(w);
     client_timer(c, T_HEADER);
     client_read(c, 1);
 }

@@ -9,6 +9,7 @@
 #include "td/config.h"
 #include "td/events.h"
 #include "td/log.h"
+#include "td/sticky.h"
 #include "td/tls.h"
 
 /* The registry: counters by server and backend, created on first use, never freed while the
@@ -72,6 +73,7 @@ td_snapshot_t *td_snapshot_build(td_config_t *cfg, uint64_t version, char *err, 
     s->version = version;
     s->config = cfg;
     s->method = cfg->method;
+    td_sticky_key_init(&s->sticky_key, cfg->cookie_secret);
     s->num_backends = cfg->num_backends;
     s->backends = calloc(cfg->num_backends, sizeof(*s->backends));
     s->listener_tls = calloc(cfg->num_listeners ? cfg->num_listeners : 1, sizeof(void *));

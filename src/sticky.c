@@ -2,30 +2,39 @@
 
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
 #define MAC_BYTES 12
 
-static unsigned char key[64];
-static size_t key_len;
+/* The key used when no secret is configured: made once, kept for the life of the process. */
+static td_sticky_key_t process_key;
+static pthread_once_t process_key_once = PTHREAD_ONCE_INIT;
 
-void td_sticky_set_secret(const char *secret) {
+static void make_process_key(void) {
+    process_key.len = 32;
+    if (RAND_bytes(process_key.bytes, (int)process_key.len) != 1)
+        for (size_t i = 0; i < process_key.len; i++)
+            process_key.bytes[i] = (unsigned char)(i * 131 + 7); /* never reached on a working system */
+}
+
+void td_sticky_key_init(td_sticky_key_t *key, const char *secret) {
     if (secret && *secret) {
-        key_len = strlen(secret) < sizeof(key) ? strlen(secret) : sizeof(key);
-        memcpy(key, secret, key_len);
+        size_t n = strlen(secret);
+        key->len = n < sizeof(key->bytes) ? n : sizeof(key->bytes);
+        memcpy(key->bytes, secret, key->len);
     } else {
-        key_len = 32;
-        if (RAND_bytes(key, (int)key_len) != 1)
-            for (size_t i = 0; i < key_len; i++)
-                key[i] = (unsigned char)(i * 131 + 7); /* never reached on a working system */
+        pthread_once(&process_key_once, make_process_key);
+        *key = process_key;
     }
 }
 
-static void mac_hex(const char *msg, size_t len, char out[2 * MAC_BYTES + 1]) {
+static void mac_hex(const td_sticky_key_t *key, const char *msg, size_t len,
+                    char out[2 * MAC_BYTES + 1]) {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int md_len = 0;
-    HMAC(EVP_sha256(), key, (int)key_len, (const unsigned char *)msg, len, md, &md_len);
+    HMAC(EVP_sha256(), key->bytes, (int)key->len, (const unsigned char *)msg, len, md, &md_len);
     static const char hex[] = "0123456789abcdef";
     for (int i = 0; i < MAC_BYTES; i++) {
         out[2 * i] = hex[md[i] >> 4];
@@ -34,23 +43,25 @@ static void mac_hex(const char *msg, size_t len, char out[2 * MAC_BYTES + 1]) {
     out[2 * MAC_BYTES] = 0;
 }
 
-size_t td_sticky_make(char *out, size_t cap, const char *backend, int64_t expiry_s) {
+size_t td_sticky_make(const td_sticky_key_t *key, char *out, size_t cap, const char *backend,
+                      int64_t expiry_s) {
     char msg[128];
     int n = snprintf(msg, sizeof(msg), "%s.%lld", backend, (long long)expiry_s);
     if (n <= 0 || (size_t)n >= sizeof(msg) || (size_t)n + 2 + 2 * MAC_BYTES > cap)
         return 0;
     char mac[2 * MAC_BYTES + 1];
-    mac_hex(msg, (size_t)n, mac);
+    mac_hex(key, msg, (size_t)n, mac);
     return (size_t)snprintf(out, cap, "%s.%s", msg, mac);
 }
 
 /* Checks one cookie value "NAME.EXPIRY.MAC". */
-static int verify(const char *v, size_t len, int64_t now_s, td_str_t *backend) {
+static int verify(const td_sticky_key_t *key, const char *v, size_t len, int64_t now_s,
+                  td_str_t *backend) {
     if (len <= 2 * MAC_BYTES + 3 || len > 120 || v[len - 2 * MAC_BYTES - 1] != '.')
         return 0;
     size_t msg_len = len - 2 * MAC_BYTES - 1;
     char mac[2 * MAC_BYTES + 1];
-    mac_hex(v, msg_len, mac);
+    mac_hex(key, v, msg_len, mac);
     /* Constant-time compare: a forger learns nothing from timing. */
     unsigned diff = 0;
     for (int i = 0; i < 2 * MAC_BYTES; i++)
@@ -73,7 +84,8 @@ static int verify(const char *v, size_t len, int64_t now_s, td_str_t *backend) {
     return 1;
 }
 
-int td_sticky_parse(td_str_t header, const char *name, int64_t now_s, td_str_t *backend) {
+int td_sticky_parse(const td_sticky_key_t *key, td_str_t header, const char *name, int64_t now_s,
+                    td_str_t *backend) {
     size_t nlen = strlen(name);
     const char *p = header.p, *end = header.p + header.len;
     while (p < end) {
@@ -92,7 +104,7 @@ int td_sticky_parse(td_str_t header, const char *name, int64_t now_s, td_str_t *
                 v++;
                 vlen -= 2;
             }
-            if (verify(v, vlen, now_s, backend))
+            if (verify(key, v, vlen, now_s, backend))
                 return 1;
         }
     }

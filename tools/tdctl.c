@@ -376,9 +376,10 @@ static const char help_rollback[] =
     "    Finds, in td's history of changes (see tdctl history), the most recent one\n"
     "    that changed a backend's weight - a ratio, a drain or a switch step, a\n"
     "    config put or a reload - and sets the weights back to what they were before\n"
-    "    it. Only weights are restored (not the routing method nor the rest of a\n"
-    "    config). The rollback is a change itself: a second rollback undoes the\n"
-    "    first. Prints the change undone and the new state (--json: the state as it\n"
+    "    it (a change marked [not applied] is passed over). Only weights are\n"
+    "    restored (not the routing method nor the rest of a config). The rollback\n"
+    "    is a change itself: a second rollback undoes the first. Prints the change\n"
+    "    undone and the new state (--json: the state as it\n"
     "    came). When the weights already are those, nothing is changed.\n"
     "\n"
     "EXIT STATUS\n"
@@ -400,8 +401,11 @@ static const char help_history[] =
     "    Prints td's audit log of changes, oldest first, one per line: TIME (UTC),\n"
     "    CLIENT (the address the change came from, or \"signal\" for a SIGHUP\n"
     "    reload) and WHAT changed. td keeps the last 256 changes, also across\n"
-    "    restarts. With --json, td's log as it came: each entry also has the routing\n"
-    "    method and every weight before and after the change.\n"
+    "    restarts. A change td recorded but never ran (it was stopped before it\n"
+    "    wrote the config file) ends in [not applied], and td's note follows it.\n"
+    "    With --json, td's log as it came: each entry also has the routing method\n"
+    "    and every weight before and after the change (\"applied\": false on one\n"
+    "    that never ran).\n"
     "\n"
     "EXIT STATUS\n"
     "    0 shown; 1 td unreachable or refused; 2 usage error.\n"
@@ -1842,6 +1846,9 @@ static json_t *last_weight_change(const json_t *history) {
         json_t *before = json_object_get(json_object_get(e, "before"), "weights");
         json_t *after = json_object_get(json_object_get(e, "after"), "weights");
 
+        /* A change td audited but never ran (it stopped before writing it) undoes nothing. */
+        if (json_is_false(json_object_get(e, "applied")))
+            continue;
         if (json_is_object(before) && json_is_object(after) && !json_equal(before, after))
             return e;
     }
@@ -1932,8 +1939,9 @@ static void print_history(const json_t *history) {
     printf("%-24s  %-*s  %s\n", "TIME", (int)width, "CLIENT", "WHAT");
     json_array_foreach(history, i, e) {
         const char *client = str(e, "client");
-        printf("%-24s  %-*s  %s\n", str(e, "time"), (int)width, *client ? client : "-",
-               str(e, "what"));
+        printf("%-24s  %-*s  %s%s\n", str(e, "time"), (int)width, *client ? client : "-",
+               str(e, "what"),
+               json_is_false(json_object_get(e, "applied")) ? " [not applied]" : "");
     }
 }
 

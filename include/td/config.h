@@ -48,6 +48,25 @@ char *td_config_to_json(const td_config_t *c);
  * 0600 (it may hold the admin token). Returns 0, TD_ENOMEM, or TD_EIO (errno set). */
 int td_config_write(const td_config_t *c, const char *path);
 
+/* Writes the document `json` (NUL-terminated, e.g. from td_config_to_json) to `path` the same way
+ * as td_config_write: the temporary file is PATH.tmp-XXXXXX next to the file (next to a symlink's
+ * target), renamed over it once written and synced. Returns 0, TD_ENOMEM, or TD_EIO (errno set);
+ * on failure the file is unchanged and the temporary file removed. */
+int td_config_write_text(const char *json, const char *path);
+
+/* Removes the temporary files td_config_write_text leaves when the process dies while writing
+ * (PATH.tmp- followed by exactly six letters or digits, in the directory of `path`'s target; no
+ * other file). Called at start, before anything writes. Returns how many were removed, or
+ * TD_ENOMEM / TD_EIO (the directory cannot be read). */
+int td_config_remove_temps(const char *path);
+
+/* SHA-256 of p[0..len) as 64 lowercase hex digits and a NUL in out[65]. */
+void td_sha256_hex(const char *p, size_t len, char out[65]);
+
+/* SHA-256 (hex, as td_sha256_hex) of the file at `path` as it is now: what the audit log compares
+ * to tell whether a change reached the file. Returns 0, or TD_EIO / TD_ENOMEM with out "". */
+int td_config_file_sha256(const char *path, char out[65]);
+
 /* Parses "IP:port" or "[IPv6]:port" (numeric addresses only, port 1..65535, at most 63
  * characters) into `out`. Returns 0, or TD_EINVAL with `out` untouched. */
 int td_addr_parse(const char *text, td_addr_t *out);

@@ -7,6 +7,7 @@
 
 #include "td/common-t.h"
 #include "td/config-t.h"
+#include "td/sticky-t.h"
 
 /* Seconds over which pinned sticky requests are counted per backend. */
 #define TD_PIN_WINDOW 10
@@ -88,6 +89,8 @@ typedef struct td_snapshot_s {
     size_t num_backends;
     struct td_tls_server_s **listener_tls; /* owned references, one per listener (NULL: plain) */
     size_t num_servers;     /* across all backends */
+    td_sticky_key_t sticky_key; /* signs and checks sticky cookies: routing.cookie.secret, or
+                                   the process's random key when none is set */
 } td_snapshot_t;
 
 #endif

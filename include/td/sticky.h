@@ -9,18 +9,24 @@
 #include <stdint.h>
 
 #include "td/common-t.h"
+#include "td/sticky-t.h"
 
-/* Sets the signing key (copied). An empty key makes a random one, so cookies last as long as the
- * process. Call before workers start, and again on reload if the configured secret changed. */
-void td_sticky_set_secret(const char *secret);
+/* Fills *key for the configured `secret` (a NUL-terminated string; its first TD_STICKY_KEY_MAX
+ * bytes are used). An empty or NULL secret gives the process key: random, made once on first use
+ * and the same for the life of the process, so cookies survive reloads (not restarts). Any
+ * thread; the result is a plain value that the caller owns (it goes into a routing snapshot). */
+void td_sticky_key_init(td_sticky_key_t *key, const char *secret);
 
-/* Writes the cookie value for `backend` expiring at `expiry_s` (Unix seconds) into out[cap].
- * Returns its length, or 0 when cap is too small (at least TD_NAME_MAX + 48 bytes is enough). */
-size_t td_sticky_make(char *out, size_t cap, const char *backend, int64_t expiry_s);
+/* Writes the cookie value for `backend` expiring at `expiry_s` (Unix seconds), signed with `key`,
+ * into out[cap]. Returns its length, or 0 when cap is too small (at least TD_NAME_MAX + 48 bytes
+ * is enough). */
+size_t td_sticky_make(const td_sticky_key_t *key, char *out, size_t cap, const char *backend,
+                      int64_t expiry_s);
 
 /* Looks for the cookie `name` in a Cookie header value ("a=1; TDSTICKY=v; b=2"). When found,
- * signed by the current key and not expired at `now_s`, sets *backend to the backend name inside
- * `header` and returns 1; otherwise returns 0. */
-int td_sticky_parse(td_str_t header, const char *name, int64_t now_s, td_str_t *backend);
+ * signed with `key` and not expired at `now_s`, sets *backend to the backend name inside `header`
+ * and returns 1; otherwise returns 0. */
+int td_sticky_parse(const td_sticky_key_t *key, td_str_t header, const char *name, int64_t now_s,
+                    td_str_t *backend);
 
 #endif

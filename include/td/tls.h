@@ -48,8 +48,10 @@ typedef struct td_tls_conn_s {
 
 /* Starts a server-side connection (handshake on first read). Returns 0 or TD_ENOMEM. */
 int td_tls_accept(td_tls_conn_t *t, td_tls_server_t *s);
-/* Starts a client-side connection to a backend whose address text is `addr` (used for SNI when
- * none is configured only if it is a name). Returns 0 or TD_ENOMEM. */
+/* Starts a client-side connection with the backend's client context `c` (borrowed; the
+ * connection takes its own reference to the SSL_CTX). When `c` has an `sni` name it is sent as
+ * SNI and, with `verify`, the server certificate must be valid for it; without one no SNI is sent
+ * and only the chain is checked. Returns 0 or TD_ENOMEM. */
 int td_tls_connect(td_tls_conn_t *t, td_tls_client_t *c);
 void td_tls_free(td_tls_conn_t *t);
 
