@@ -23,7 +23,8 @@ UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 PYTEST ?= /usr/bin/python3 -m pytest
 FUZZ_SECONDS ?= 60
 
--include $(wildcard $(BUILD)/obj/*.d)
+DEPS := $(LIB_OBJS:.o=.d) $(BUILD)/obj/main.d
+-include $(wildcard $(DEPS) $(BUILD)/obj/tdctl.d)
 
 .PHONY: all run deps test unit e2e test-asan fuzz bench clean format
 
@@ -32,8 +33,12 @@ all: $(BUILD)/td $(BUILD)/tdctl
 deps:
 	@scripts/deps.sh build
 
-$(BUILD)/obj/%.o: src/%.c | $(BUILD)/obj
+# An object without its .d file (built before -MMD, or the .d lost) is rebuilt: nothing else
+# would know which headers it depends on.
+$(BUILD)/obj/%.o: src/%.c $(BUILD)/obj/%.d | $(BUILD)/obj
 	$(CC) $(CFLAGS) $(DEPFLAGS) -c -o $@ $<
+
+$(DEPS):
 
 $(BUILD)/obj/console.o: console/index.html
 
