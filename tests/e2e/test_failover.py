@@ -327,3 +327,49 @@ def test_failback_ms_is_validated_with_position(tmp_path):
     p = subprocess.run([TD, "-t", "-c", str(path)], capture_output=True, text=True, timeout=30)
     assert p.returncode == 1
     assert "routing.failback_ms" in p.stderr and f"{path}:" in p.stderr, p.stderr
+
+
+# ---- the console and tdctl show failover as it is ----
+
+def test_console_shows_backup_serving_error_banner_and_one_req_rate(backends, td):
+    import pytest
+    import test_console
+    if test_console.missing:
+        pytest.skip("needs " + ", ".join(test_console.missing))
+    blue, green = backends(("blue", 1)), backends(("green", 1))
+    t = td(failover_cfg(blue, green, passive={"failures": 2, "eject_ms": 60000,
+                                              "max_eject_ms": 60000}))
+    blue.stop()
+    assert serve_n(t.port, 4) == {(200, "green"): 4}
+    for _ in range(3):
+        assert get(t.port, "/status/500") == (500, "green")
+    traffic = test_console.Traffic(t.port)
+    try:
+        seen = test_console.run_page(scenario="failover", url=t.admin + "/")
+    finally:
+        traffic.stop()
+    print(seen)
+    assert "serving: green (backup)" in seen["failover"], seen
+    assert "primary blue has no server up" in seen["failover"], seen
+    assert "answering errors" in seen["banner"], seen
+    assert seen["greenWeight"] == "weight 0 · 100 % of traffic", seen
+    assert seen["blueWeight"] == "weight 100 · 0 % of traffic", seen
+    assert seen["blueRole"] == "primary" and seen["greenRole"] == "backup · serving", seen
+    assert seen["greenLegend"] == "green " + seen["greenRps"] + " req/s", seen
+    assert seen["blueRps"] in ("0.0", "0"), seen
+
+
+def test_tdctl_status_names_the_serving_backup_and_why(backends, td):
+    blue, green = backends(("blue", 1)), backends(("green", 1))
+    t = td(failover_cfg(blue, green, wb=100, wg=50, health_check=hc()))
+    blue.stop()
+    wait_for(lambda: t.state()["serving"] == "green", 5 + SLACK, what="green serving")
+    env = dict(os.environ, no_proxy="127.0.0.1,localhost", NO_PROXY="127.0.0.1,localhost")
+    p = subprocess.run([TDCTL, "--admin", t.admin, "status"], capture_output=True, text=True,
+                       timeout=30, env=env)
+    print(p.stdout)
+    assert p.returncode == 0, p.stderr
+    assert "method   failover (primary blue; backup green)" in p.stdout
+    assert "serving  green (backup): primary blue has no server up" in p.stdout
+    rows = {line.split()[0]: line.split() for line in p.stdout.splitlines() if line.strip()}
+    assert rows["blue"][2] == "0%" and rows["green"][2] == "100%", p.stdout
