@@ -198,14 +198,14 @@ static json_t *state_json(void) {
         }
         int64_t in_flight = atomic_load(&b->st->in_flight), tunnels = atomic_load(&b->st->tunnels);
         int draining = td_backend_draining(s, b);
-        json_t *jb = json_pack(
-            "{s:s,s:i,s:b,s:I,s:I,s:I,s:I,s:o,s:I,s:b,s:b,s:o}", "name", b->name, "weight",
-            b->weight, "up", td_backend_is_up(b, now), "in_flight", (json_int_t)in_flight,
-            "tunnels", (json_int_t)tunnels, "active_connections", (json_int_t)conns_open,
-            "requests", (json_int_t)atomic_load(&b->st->requests), "responses",
-            class_counts(b->st->responses), "sticky_requests_10s",
-            (json_int_t)td_router_pins_recent(b->st, now), "draining", draining,
-            "drained", draining && in_flight == 0 && tunnels == 0, "servers", servers);
+        json_t *jb =
+            json_pack("{s:s,s:i,s:b,s:I,s:I,s:I,s:I,s:o,s:I,s:b,s:b,s:o}", "name", b->name,
+                      "weight", b->weight, "up", td_backend_is_up(b, now), "in_flight",
+                      (json_int_t)in_flight, "tunnels", (json_int_t)tunnels, "active_connections",
+                      (json_int_t)conns_open, "requests", (json_int_t)atomic_load(&b->st->requests),
+                      "responses", class_counts(b->st->responses), "sticky_requests_10s",
+                      (json_int_t)td_router_pins_recent(b->st, now), "draining", draining,
+                      "drained", draining && in_flight == 0 && tunnels == 0, "servers", servers);
         json_object_set_new(jb, "latency_ms", latency_json(b->st));
         int64_t since = atomic_load(&b->st->drain_since_ms);
         json_object_set_new(jb, "drain_elapsed_ms",
@@ -547,8 +547,7 @@ static reply_t get_metrics(void) {
            "Share of new requests the backend gets now (0..1): its weight among the backends "
            "up, or in failover 1 for the serving backend.");
     for (size_t i = 0; i < s->num_backends; i++)
-        fprintf(f, "td_backend_traffic_share{backend=\"%s\"} %g\n", s->backends[i].name,
-                share[i]);
+        fprintf(f, "td_backend_traffic_share{backend=\"%s\"} %g\n", s->backends[i].name, share[i]);
     duration_family(f, s);
     server_family(f, s, now, "td_server_weight", "gauge", "Weight of the server in its backend.",
                   s_weight);

@@ -125,7 +125,7 @@ struct client_s {
     int tries;
     int sticky_set;      /* backend index to pin with Set-Cookie in the response, or -1 */
     uint32_t tried[MAX_TRIES]; /* flat server indices tried for this request */
-    uint8_t ntried;      /* entries used in tried */
+    uint8_t ntried;            /* entries used in tried */
     int64_t started_ms;
     uint8_t state;
     uint8_t writing;     /* a uv_write to this client is pending */
@@ -715,7 +715,7 @@ static void client_reply(client_t *c, int status, const char *reason, const char
      * with no backend chosen counts under td itself. A 4xx (a client's fault, such as a body
      * that stopped coming) does not count. */
     if (c->snap && status >= 500) {
-        td_backend_stats_t *bst = c->backend >= 0 ? c->snap->backends[c->backend].st
+        td_backend_stats_t *bst = c->backend >= 0  ? c->snap->backends[c->backend].st
                                   : c->forced >= 0 ? c->snap->backends[c->forced].st
                                                    : c->b_inflight;
         if (bst) {
@@ -1602,8 +1602,7 @@ static void pick_and_connect(client_t *c) {
         }
         td_snap_backend_t *b = &s->backends[bi];
         uint8_t tried[TD_CONFIG_MAX_SERVERS];
-        size_t ns = b->num_servers < TD_CONFIG_MAX_SERVERS ? b->num_servers
-                                                           : TD_CONFIG_MAX_SERVERS;
+        size_t ns = b->num_servers < TD_CONFIG_MAX_SERVERS ? b->num_servers : TD_CONFIG_MAX_SERVERS;
         memset(tried, 0, ns);
         for (uint8_t i = 0; i < c->ntried; i++)
             if (c->tried[i] >= b->first_server && c->tried[i] - b->first_server < ns)

@@ -388,7 +388,8 @@ int td_passive_failure(const td_snapshot_t *s, td_server_stats_t *st, int64_t no
     atomic_store(&st->ejected, 1);
     td_warn("passive: server %s (%s) ejected for %lld ms after %d failures in a row", st->address,
             st->backend, (long long)ms, run);
-    td_event("health", "server %s (%s) is down (passive: ejected for %lld ms after %d failures in "
+    td_event("health",
+             "server %s (%s) is down (passive: ejected for %lld ms after %d failures in "
              "a row)",
              st->address, st->backend, (long long)ms, run);
     return 1;
@@ -402,8 +403,7 @@ void td_passive_sweep(const td_snapshot_t *s, int64_t now_ms) {
             if (st->checked || !atomic_load_explicit(&st->ejected, memory_order_relaxed) ||
                 !td_server_is_up(st, now_ms) || !atomic_exchange(&st->ejected, 0))
                 continue;
-            td_info("passive: server %s (%s) is back after its ejection", st->address,
-                    st->backend);
+            td_info("passive: server %s (%s) is back after its ejection", st->address, st->backend);
             td_event("health", "server %s (%s) is up (passive ejection over)", st->address,
                      st->backend);
         }

@@ -52,7 +52,7 @@ typedef struct td_backend_stats_s {
                                         where they ended) */
     _Atomic uint64_t responses[TD_NCLASS];
     _Atomic uint64_t local[TD_NLOCAL]; /* td's own 502/503/504 for it (also in responses) */
-    _Atomic int64_t last_5xx_ms;     /* td_now_ms() of the last 5xx answered for it; 0 none */
+    _Atomic int64_t last_5xx_ms;       /* td_now_ms() of the last 5xx answered for it; 0 none */
     _Atomic int64_t in_flight;
     _Atomic int64_t tunnels;         /* open WebSocket / Upgrade tunnels */
     _Atomic uint64_t latency[TD_LAT_BUCKETS]; /* request durations (not cumulative) */

@@ -25,13 +25,15 @@ static td_snapshot_t *snap_of(const char *json) {
 static td_snapshot_t *two(const char *prefix, const char *method, int wa, int wb,
                           const char *extra) {
     char json[1024];
-    snprintf(json, sizeof(json),
-             "{\"listeners\": [{\"address\": \"127.0.0.1:1\"}],"
-             " \"routing\": {\"method\": \"%s\"%s},"
-             " \"backends\": ["
-             "  {\"name\": \"%s-blue\", \"weight\": %d, \"servers\": [{\"address\": \"127.0.0.1:2\"}]},"
-             "  {\"name\": \"%s-green\", \"weight\": %d, \"servers\": [{\"address\": \"127.0.0.1:3\"}]}]}",
-             method, extra, prefix, wa, prefix, wb);
+    snprintf(
+        json, sizeof(json),
+        "{\"listeners\": [{\"address\": \"127.0.0.1:1\"}],"
+        " \"routing\": {\"method\": \"%s\"%s},"
+        " \"backends\": ["
+        "  {\"name\": \"%s-blue\", \"weight\": %d, \"servers\": [{\"address\": \"127.0.0.1:2\"}]},"
+        "  {\"name\": \"%s-green\", \"weight\": %d, \"servers\": [{\"address\": "
+        "\"127.0.0.1:3\"}]}]}",
+        method, extra, prefix, wa, prefix, wb);
     return snap_of(json);
 }
 
@@ -47,8 +49,8 @@ static void test_pick_server_beyond_256_servers(void) {
                           "{\"listeners\": [{\"address\": \"127.0.0.1:1\"}], \"backends\": ["
                           "{\"name\": \"many\", \"weight\": 100, \"servers\": [");
     for (int i = 0; i < 300; i++)
-        n += (size_t)snprintf(json + n, cap - n, "%s{\"address\": \"127.0.0.%d:%d\"}",
-                              i ? "," : "", 1 + i / 200, 1000 + i);
+        n += (size_t)snprintf(json + n, cap - n, "%s{\"address\": \"127.0.0.%d:%d\"}", i ? "," : "",
+                              1 + i / 200, 1000 + i);
     snprintf(json + n, cap - n, "]}]}");
     td_snapshot_t *s = snap_of(json);
     free(json);
@@ -117,14 +119,15 @@ static void test_failover_100_0_backup_takes_over_and_failback_waits(void) {
 
 static void test_failover_100_50_and_backup_order(void) {
     char json[1024];
-    snprintf(json, sizeof(json),
-             "{\"listeners\": [{\"address\": \"127.0.0.1:1\"}],"
-             " \"routing\": {\"method\": \"failover\", \"failback_ms\": 0},"
-             " \"backends\": ["
-             "  {\"name\": \"ord-a\", \"weight\": 0, \"servers\": [{\"address\": \"127.0.0.1:2\"}]},"
-             "  {\"name\": \"ord-b\", \"weight\": 50, \"servers\": [{\"address\": \"127.0.0.1:3\"}]},"
-             "  {\"name\": \"ord-c\", \"weight\": 100, \"servers\": [{\"address\": \"127.0.0.1:4\"}]},"
-             "  {\"name\": \"ord-d\", \"weight\": 0, \"servers\": [{\"address\": \"127.0.0.1:5\"}]}]}");
+    snprintf(
+        json, sizeof(json),
+        "{\"listeners\": [{\"address\": \"127.0.0.1:1\"}],"
+        " \"routing\": {\"method\": \"failover\", \"failback_ms\": 0},"
+        " \"backends\": ["
+        "  {\"name\": \"ord-a\", \"weight\": 0, \"servers\": [{\"address\": \"127.0.0.1:2\"}]},"
+        "  {\"name\": \"ord-b\", \"weight\": 50, \"servers\": [{\"address\": \"127.0.0.1:3\"}]},"
+        "  {\"name\": \"ord-c\", \"weight\": 100, \"servers\": [{\"address\": \"127.0.0.1:4\"}]},"
+        "  {\"name\": \"ord-d\", \"weight\": 0, \"servers\": [{\"address\": \"127.0.0.1:5\"}]}]}");
     td_snapshot_t *s = snap_of(json);
     if (!s)
         return;
@@ -180,8 +183,8 @@ static void test_failover_passive_ejects_primary_when_backup_is_up(void) {
 }
 
 static void test_failback_default_is_one_full_rise(void) {
-    td_snapshot_t *s = two("fd", "failover", 100, 0,
-                           "}, \"health_check\": {\"interval_ms\": 200, \"rise\": 4");
+    td_snapshot_t *s =
+        two("fd", "failover", 100, 0, "}, \"health_check\": {\"interval_ms\": 200, \"rise\": 4");
     if (!s)
         return;
     T_EQ_INT(s->backends[0].failback_ms, 800);
