@@ -143,9 +143,42 @@ static json_t *latency_json(td_backend_stats_t *b) {
                      quantile_ms(counts, 0.99), "buckets", buckets);
 }
 
+static json_t *local_counts(_Atomic uint64_t *c) {
+    return json_pack("{s:I,s:I,s:I}", "502", (json_int_t)atomic_load(&c[0]), "503",
+                     (json_int_t)atomic_load(&c[1]), "504", (json_int_t)atomic_load(&c[2]));
+}
+
+/* Milliseconds since `at` (a td_now_ms() time, 0 = never) as JSON: null when never. */
+static json_t *ago(int64_t at, int64_t now) {
+    return at ? json_integer(now - at) : json_null();
+}
+
+/* Failover: why the serving backend is the one serving, for people. */
+static void failover_reason(const td_snapshot_t *s, size_t primary, int serving, int64_t now,
+                            char *out, size_t n) {
+    const td_snap_backend_t *p = &s->backends[primary];
+    int64_t since = td_backend_up_since(p, now);
+    if (serving < 0)
+        snprintf(out, n, "no backend has a server up: every request gets 503");
+    else if (&s->backends[serving] == p)
+        snprintf(out, n, "primary %s is up", p->name);
+    else if (since < 0)
+        snprintf(out, n, "primary %s has no server up", p->name);
+    else
+        snprintf(out, n,
+                 "primary %s is up again since %.1f s; traffic goes back to it once it has been "
+                 "up for failback_ms (%lld ms)",
+                 p->name, (double)(now - since) / 1000.0, (long long)p->failback_ms);
+}
+
 static json_t *state_json(void) {
     td_snapshot_t *s = td_router_acquire();
     int64_t now = td_now_ms();
+    double share[TD_CONFIG_MAX_BACKENDS];
+    int serving = td_router_shares(s, now, share);
+    size_t order[TD_CONFIG_MAX_BACKENDS];
+    td_router_failover_order(s, order);
+    int64_t last_5xx = atomic_load(&td_registry_local()->last_5xx_ms);
     json_t *backends = json_array();
     for (size_t i = 0; i < s->num_backends; i++) {
         td_snap_backend_t *b = &s->backends[i];
@@ -172,18 +205,29 @@ static json_t *state_json(void) {
                 json_object_set_new(json_array_get(servers, j), "last_check", json_string(last));
         }
         int64_t in_flight = atomic_load(&b->st->in_flight), tunnels = atomic_load(&b->st->tunnels);
-        json_t *jb = json_pack(
-            "{s:s,s:i,s:b,s:I,s:I,s:I,s:I,s:o,s:I,s:b,s:b,s:o}", "name", b->name, "weight",
-            b->weight, "up", td_backend_is_up(b, now), "in_flight", (json_int_t)in_flight,
-            "tunnels", (json_int_t)tunnels, "active_connections", (json_int_t)conns_open,
-            "requests", (json_int_t)atomic_load(&b->st->requests), "responses",
-            class_counts(b->st->responses), "sticky_requests_10s",
-            (json_int_t)td_router_pins_recent(b->st, now), "draining", b->weight == 0,
-            "drained", b->weight == 0 && in_flight == 0 && tunnels == 0, "servers", servers);
+        int draining = td_backend_draining(s, b);
+        json_t *jb =
+            json_pack("{s:s,s:i,s:b,s:I,s:I,s:I,s:I,s:o,s:I,s:b,s:b,s:o}", "name", b->name,
+                      "weight", b->weight, "up", td_backend_is_up(b, now), "in_flight",
+                      (json_int_t)in_flight, "tunnels", (json_int_t)tunnels, "active_connections",
+                      (json_int_t)conns_open, "requests", (json_int_t)atomic_load(&b->st->requests),
+                      "responses", class_counts(b->st->responses), "sticky_requests_10s",
+                      (json_int_t)td_router_pins_recent(b->st, now), "draining", draining,
+                      "drained", draining && in_flight == 0 && tunnels == 0, "servers", servers);
         json_object_set_new(jb, "latency_ms", latency_json(b->st));
         int64_t since = atomic_load(&b->st->drain_since_ms);
         json_object_set_new(jb, "drain_elapsed_ms",
-                            b->weight == 0 && since ? json_integer(now - since) : json_null());
+                            draining && since ? json_integer(now - since) : json_null());
+        /* What it gets now (percent of new requests), computed once here for every client. */
+        json_object_set_new(jb, "share", json_real((double)(int)(share[i] * 1000 + 0.5) / 10));
+        json_object_set_new(jb, "serving", json_boolean(share[i] > 0));
+        if (s->method == TD_METHOD_FAILOVER)
+            json_object_set_new(jb, "role", json_string(i == order[0] ? "primary" : "backup"));
+        json_object_set_new(jb, "local_responses", local_counts(b->st->local));
+        int64_t b5 = atomic_load(&b->st->last_5xx_ms);
+        json_object_set_new(jb, "last_5xx_ago_ms", ago(b5, now));
+        if (b5 > last_5xx)
+            last_5xx = b5;
         json_array_append_new(backends, jb);
     }
     json_t *j = json_pack("{s:I,s:s,s:I,s:I,s:o}", "version", (json_int_t)s->version, "method",
@@ -195,6 +239,19 @@ static json_t *state_json(void) {
     for (int i = 0; i < TD_LAT_BUCKETS - 1; i++)
         json_array_append_new(bounds, json_integer(td_lat_bounds_ms[i]));
     json_object_set_new(j, "latency_bounds_ms", bounds);
+    if (s->method == TD_METHOD_FAILOVER) {
+        char why[300];
+        failover_reason(s, order[0], serving, now, why, sizeof(why));
+        json_object_set_new(j, "serving",
+                            serving >= 0 ? json_string(s->backends[serving].name) : json_null());
+        json_object_set_new(j, "serving_reason", json_string(why));
+        json_object_set_new(j, "primary", json_string(s->backends[order[0]].name));
+    }
+    td_local_stats_t *own = td_registry_local();
+    json_object_set_new(j, "td",
+                        json_pack("{s:o,s:o}", "local_responses", local_counts(own->local),
+                                  "last_5xx_ago_ms", ago(atomic_load(&own->last_5xx_ms), now)));
+    json_object_set_new(j, "last_5xx_ago_ms", ago(last_5xx, now));
     td_snapshot_release(s);
     return j;
 }
@@ -257,6 +314,14 @@ static reply_t put_ratio(td_str_t body) {
         cfg->backends[i].weight = (int)json_integer_value(v);
     }
     json_decref(j);
+    size_t weighted = 0;
+    for (size_t i = 0; i < cfg->num_backends; i++)
+        weighted += cfg->backends[i].weight > 0;
+    if (!msg[0] && !weighted)
+        snprintf(msg, sizeof(msg),
+                 "refused: every backend would have weight 0, so every request would get 503; "
+                 "keep at least one weight above 0 (failover takes 100/0: a primary and a "
+                 "backup)");
     if (msg[0]) {
         td_config_free(cfg);
         return error_reply(400, msg);
@@ -425,6 +490,23 @@ static void responses_family(FILE *f, const td_snapshot_t *s) {
         }
 }
 
+/* td's own 502/503/504, by the backend they were for ("" when none was chosen). */
+static void local_family(FILE *f, const td_snapshot_t *s) {
+    static const char *const codes[TD_NLOCAL] = {"502", "503", "504"};
+    family(f, "td_local_responses_total", "counter",
+           "Error responses td answered itself, by the backend the request was for (\"\" when "
+           "none was chosen) and status code.");
+    td_local_stats_t *own = td_registry_local();
+    for (int k = 0; k < TD_NLOCAL; k++)
+        fprintf(f, "td_local_responses_total{backend=\"\",code=\"%s\"} %llu\n", codes[k],
+                (unsigned long long)atomic_load(&own->local[k]));
+    for (size_t i = 0; i < s->num_backends; i++)
+        for (int k = 0; k < TD_NLOCAL; k++)
+            fprintf(f, "td_local_responses_total{backend=\"%s\",code=\"%s\"} %llu\n",
+                    s->backends[i].name, codes[k],
+                    (unsigned long long)atomic_load(&s->backends[i].st->local[k]));
+}
+
 static void duration_family(FILE *f, const td_snapshot_t *s) {
     family(f, "td_request_duration_seconds", "histogram",
            "Time from the request head to the end of the response.");
@@ -466,6 +548,14 @@ static reply_t get_metrics(void) {
     backend_family(f, s, now, "td_backend_tunnels", "gauge",
                    "Open WebSocket and other upgraded tunnels.", b_tunnels);
     responses_family(f, s);
+    local_family(f, s);
+    double share[TD_CONFIG_MAX_BACKENDS];
+    td_router_shares(s, now, share);
+    family(f, "td_backend_traffic_share", "gauge",
+           "Share of new requests the backend gets now (0..1): its weight among the backends "
+           "up, or in failover 1 for the serving backend.");
+    for (size_t i = 0; i < s->num_backends; i++)
+        fprintf(f, "td_backend_traffic_share{backend=\"%s\"} %g\n", s->backends[i].name, share[i]);
     duration_family(f, s);
     server_family(f, s, now, "td_server_weight", "gauge", "Weight of the server in its backend.",
                   s_weight);

@@ -634,7 +634,7 @@ static const char *const cert_keys[] = {"cert", "key", NULL};
 static const char *const tls_versions[] = {"1.2", "1.3", NULL};
 static const char *const backend_tls_keys[] = {"verify", "ca", "sni", NULL};
 static const char *const admin_keys[] = {"address", "token", NULL};
-static const char *const routing_keys[] = {"method", "cookie", "preview", NULL};
+static const char *const routing_keys[] = {"method", "cookie", "preview", "failback_ms", NULL};
 static const char *const preview_keys[] = {"header", "token", NULL};
 static const char *const cookie_keys[] = {"name",      "max_age_s", "secret", "http_only",
                                           "same_site", "secure",    NULL};
@@ -689,6 +689,7 @@ static int online_cpus(void) {
 static void set_defaults(td_config_t *c) {
     c->workers_auto = 1;
     c->method = TD_METHOD_ROUND_ROBIN;
+    c->failback_ms = -1;
     strcpy(c->cookie_name, "TDSTICKY");
     strcpy(c->preview_header, "X-TD-Backend");
     c->cookie_max_age_s = 3600;
@@ -905,6 +906,7 @@ static void parse_routing(ctx_t *x, json_t *root, td_config_t *c) {
     check_keys(x, r, routing_keys);
     if (get_enum(x, r, "method", method_names, &method))
         c->method = (td_method_t)method;
+    get_int(x, r, "failback_ms", 0, 0, 86400000, &c->failback_ms);
     k = get_object(x, r, "cookie", 0);
     if (k) {
         push_key(x, "cookie");
@@ -1019,6 +1021,16 @@ static void parse_backends(ctx_t *x, json_t *root, td_config_t *c) {
         }
         pop(x);
     }
+    /* Every weight at 0 would answer 503 to every request (in failover too: there would be no
+     * primary), so it is refused like the API's ratio; reported once the weights themselves are
+     * fine. */
+    size_t weighted = 0;
+    for (size_t i = 0; i < n; i++)
+        weighted += c->backends[i].weight > 0;
+    if (!weighted && !x->num_problems)
+        report(x, AT_KEY,
+               "every backend has weight 0, so every request would get 503; give at least one "
+               "backend a weight above 0");
     pop(x);
 }
 

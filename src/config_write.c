@@ -152,6 +152,8 @@ static json_t *config_object(const td_config_t *c, int *ok) {
     }
     if (routing) {
         put(routing, "method", json_string(td_method_name(c->method)), ok);
+        if (c->failback_ms >= 0)
+            put(routing, "failback_ms", json_integer(c->failback_ms), ok);
         if (cookie) {
             put(cookie, "name", json_string(c->cookie_name), ok);
             put(cookie, "max_age_s", json_integer(c->cookie_max_age_s), ok);

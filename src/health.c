@@ -44,6 +44,8 @@ struct checker_s {
 
 static checker_t *checkers;
 static uv_loop_t *hloop;
+static uv_timer_t sweep_timer; /* every second: passive ejections that ended (td_passive_sweep) */
+static int sweep_on;
 
 static void schedule(checker_t *k, int ms);
 
@@ -80,9 +82,11 @@ static void verdict(checker_t *k, int ok, const char *why) {
         k->fail_run = 0;
         k->ok_run++;
         if (!up && k->ok_run >= k->hc.rise) {
+            atomic_store(&k->st->up_since_ms, td_now_ms());
             atomic_store(&k->st->health_up, 1);
             atomic_store(&k->st->down_until_ms, 0);
             atomic_store(&k->st->consecutive_failures, 0);
+            atomic_store(&k->st->ejected, 0); /* this "up" answers a passive "down" too */
             td_info("health: server %s (%s) is up after %d successful checks (%s)",
                     k->st->address, k->st->backend, k->ok_run, why);
             td_event("health", "server %s (%s) is up (%s)", k->st->address, k->st->backend, why);
@@ -351,8 +355,22 @@ static void set_params(checker_t *k, const td_config_backend_t *b, const td_addr
     }
 }
 
+static void sweep_cb(uv_timer_t *t) {
+    (void)t;
+    td_snapshot_t *s = td_router_acquire();
+    if (s)
+        td_passive_sweep(s, td_now_ms());
+    td_snapshot_release(s);
+}
+
 int td_health_sync(uv_loop_t *loop, const td_config_t *cfg) {
     hloop = loop;
+    if (!sweep_on) {
+        uv_timer_init(loop, &sweep_timer);
+        uv_timer_start(&sweep_timer, sweep_cb, 1000, 1000);
+        uv_unref((uv_handle_t *)&sweep_timer); /* never what keeps the loop running */
+        sweep_on = 1;
+    }
     for (checker_t *k = checkers; k; k = k->next)
         k->seen = 0;
     for (size_t i = 0; i < cfg->num_backends; i++) {
@@ -362,7 +380,8 @@ int td_health_sync(uv_loop_t *loop, const td_config_t *cfg) {
             if (!st)
                 return TD_ENOMEM;
             if (!cfg->has_health && !b->health_override) {
-                atomic_store(&st->health_up, 1);
+                if (!atomic_exchange(&st->health_up, 1))
+                    atomic_store(&st->up_since_ms, td_now_ms());
                 continue;
             }
             checker_t *k;
@@ -410,6 +429,10 @@ const char *td_health_last(const td_server_stats_t *st) {
 }
 
 void td_health_stop(void) {
+    if (sweep_on) {
+        uv_close((uv_handle_t *)&sweep_timer, NULL);
+        sweep_on = 0;
+    }
     while (checkers) {
         checker_t *k = checkers;
         checkers = k->next;

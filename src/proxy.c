@@ -124,7 +124,8 @@ struct client_s {
     td_backend_stats_t *b_tunnel;    /* borrowed: backend whose tunnel count this one holds */
     int tries;
     int sticky_set;      /* backend index to pin with Set-Cookie in the response, or -1 */
-    uint64_t tried;      /* flat server indices tried (first 64) */
+    uint32_t tried[MAX_TRIES]; /* flat server indices tried for this request */
+    uint8_t ntried;            /* entries used in tried */
     int64_t started_ms;
     uint8_t state;
     uint8_t writing;     /* a uv_write to this client is pending */
@@ -189,6 +190,28 @@ static void start_request(client_t *c);
 static void response_pump(upstream_t *u);
 static void pick_and_connect(client_t *c);
 static void client_error(client_t *c, int status, const char *why);
+
+/* The servers a request has tried: few (at most MAX_TRIES), so a short list of flat indices
+ * covers every server of a snapshot of any size. */
+static int tried_has(const client_t *c, size_t flat) {
+    for (uint8_t i = 0; i < c->ntried; i++)
+        if (c->tried[i] == flat)
+            return 1;
+    return 0;
+}
+
+static void tried_add(client_t *c, size_t flat) {
+    if (c->ntried < MAX_TRIES && !tried_has(c, flat))
+        c->tried[c->ntried++] = (uint32_t)flat;
+}
+
+static void tried_del(client_t *c, size_t flat) {
+    for (uint8_t i = 0; i < c->ntried; i++)
+        if (c->tried[i] == flat) {
+            c->tried[i] = c->tried[--c->ntried];
+            return;
+        }
+}
 
 static const char *reason_of(int status) {
     switch (status) {
@@ -281,9 +304,10 @@ static void worker_refresh(worker_t *w) {
         w->wrr_nb = s->num_backends;
         w->wrr_ns = s->num_servers;
     }
-    /* Drain: idle keep-alive connections to servers of a backend at weight 0 are closed. */
+    /* Drain: idle keep-alive connections to servers of a draining backend (weight 0, and not
+     * a failover backup) are closed. */
     for (size_t i = 0; i < s->num_backends; i++)
-        if (s->backends[i].weight == 0)
+        if (td_backend_draining(s, &s->backends[i]))
             pool_close_idle(w, &s->backends[i]);
 }
 
@@ -685,12 +709,21 @@ static void client_error(client_t *c, int status, const char *why) {
  * the connection stays for 3xx and 5xx when the whole request was read, else it closes.
  * `headers` are extra header lines, each ending in CRLF. */
 static void client_reply(client_t *c, int status, const char *reason, const char *headers) {
-    /* td's own 5xx answer for a backend counts as that backend's; a 4xx (a client's fault,
-     * such as a body that stopped coming) does not. */
-    if (c->snap && c->backend >= 0 && status >= 500) {
-        td_snap_backend_t *b = &c->snap->backends[c->backend];
-        atomic_fetch_add_explicit(&b->st->requests, 1, memory_order_relaxed);
-        atomic_fetch_add_explicit(&b->st->responses[class_of(status)], 1, memory_order_relaxed);
+    /* td's own 5xx answer for a backend counts as that backend's: the one the request was
+     * routed to, or, once its retries ran out of servers, the last one it tried; a 502/503/504
+     * with no backend chosen counts under td itself. A 4xx (a client's fault, such as a body
+     * that stopped coming) does not count. */
+    if (c->snap && status >= 500) {
+        td_backend_stats_t *bst = c->backend >= 0  ? c->snap->backends[c->backend].st
+                                  : c->forced >= 0 ? c->snap->backends[c->forced].st
+                                                   : c->b_inflight;
+        if (bst) {
+            atomic_fetch_add_explicit(&bst->requests, 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&bst->responses[class_of(status)], 1, memory_order_relaxed);
+        }
+        td_router_count_local(bst, status, td_now_ms());
+    } else if (status >= 500) {
+        td_router_count_local(NULL, status, td_now_ms());
     }
     drop_upstream(c);
     /* Keep the connection for 502/503/504 when the whole request was read; close otherwise. */
@@ -765,7 +798,7 @@ static void client_next(client_t *c) {
     c->upgrade = c->expect = 0;
     c->backend = c->server = c->sticky_set = c->pinned = -1;
     c->tries = 0;
-    c->tried = 0;
+    c->ntried = 0;
     free(c->last_error);
     c->last_error = NULL;
     c->method[0] = 0;
@@ -1532,9 +1565,7 @@ static void upstream_fail(upstream_t *u, const char *why, int kind) {
         c->server >= 0) {
         /* A pooled connection the server closed as the request crossed it says nothing about
          * the server: the retry is free and may go to the same server (nginx does the same). */
-        size_t flat = c->snap->backends[c->backend].first_server + (size_t)c->server;
-        if (flat < 64)
-            c->tried &= ~(1ull << flat);
+        tried_del(c, c->snap->backends[c->backend].first_server + (size_t)c->server);
         if (c->tries > 0)
             c->tries--;
     }
@@ -1562,7 +1593,7 @@ static void pick_and_connect(client_t *c) {
     worker_t *w = c->w;
     td_snapshot_t *s = c->snap;
     int64_t now = td_now_ms();
-    uint8_t exhausted[256] = {0};
+    uint8_t exhausted[TD_CONFIG_MAX_BACKENDS] = {0};
     for (;;) {
         if (c->tries >= MAX_TRIES) {
             client_error(c, 502, unreachable(c));
@@ -1590,11 +1621,12 @@ static void pick_and_connect(client_t *c) {
             }
         }
         td_snap_backend_t *b = &s->backends[bi];
-        uint8_t tried[256] = {0};
-        for (size_t i = 0; i < b->num_servers && i < 256; i++) {
-            size_t flat = b->first_server + i;
-            tried[i] = flat < 64 && (c->tried >> flat & 1);
-        }
+        uint8_t tried[TD_CONFIG_MAX_SERVERS];
+        size_t ns = b->num_servers < TD_CONFIG_MAX_SERVERS ? b->num_servers : TD_CONFIG_MAX_SERVERS;
+        memset(tried, 0, ns);
+        for (uint8_t i = 0; i < c->ntried; i++)
+            if (c->tried[i] >= b->first_server && c->tried[i] - b->first_server < ns)
+                tried[c->tried[i] - b->first_server] = 1;
         int si = td_router_pick_server(b, w->wrr_s + b->first_server, tried, now);
         if (si < 0) {
             if ((size_t)bi < sizeof(exhausted))
@@ -1605,9 +1637,7 @@ static void pick_and_connect(client_t *c) {
             /* Every server of every backend exhausted ends in the pick_backend branch above. */
             continue;
         }
-        size_t flat = b->first_server + (size_t)si;
-        if (flat < 64)
-            c->tried |= 1ull << flat;
+        tried_add(c, b->first_server + (size_t)si);
         c->tries++;
         if (c->b_inflight != b->st) {
             /* A retry on another backend moves the request there: counters follow the backend
@@ -1815,6 +1845,9 @@ static void response_pump(upstream_t *u) {
                         atomic_fetch_add_explicit(&c->b_inflight->requests, 1,
                                                   memory_order_relaxed);
                         atomic_fetch_add_explicit(&c->b_inflight->responses[k], 1,
+                                                  memory_order_relaxed);
+                        if (k == TD_NCLASS - 1) /* for the console's "answering errors" */
+                            atomic_store_explicit(&c->b_inflight->last_5xx_ms, td_now_ms(),
                                                   memory_order_relaxed);
                     }
                     if (resp.status == 101)

@@ -64,6 +64,21 @@ out:
     return b;
 }
 
+static td_local_stats_t local_stats;
+
+td_local_stats_t *td_registry_local(void) {
+    return &local_stats;
+}
+
+void td_router_count_local(td_backend_stats_t *b, int status, int64_t now_ms) {
+    if (status < 502 || status > 504)
+        return;
+    _Atomic uint64_t *local = b ? b->local : local_stats.local;
+    atomic_fetch_add_explicit(&local[status - 502], 1, memory_order_relaxed);
+    atomic_store_explicit(b ? &b->last_5xx_ms : &local_stats.last_5xx_ms, now_ms ? now_ms : 1,
+                          memory_order_relaxed);
+}
+
 td_snapshot_t *td_snapshot_build(td_config_t *cfg, uint64_t version, char *err, size_t errlen) {
     snprintf(err, errlen, "out of memory");
     td_snapshot_t *s = calloc(1, sizeof(*s));
@@ -96,8 +111,15 @@ td_snapshot_t *td_snapshot_build(td_config_t *cfg, uint64_t version, char *err, 
             goto err;
         if (cb->tls && !(b->tls = td_tls_client_new(cb, err, errlen)))
             goto err;
-        /* Drain bookkeeping: when did this backend's weight go to 0? */
-        if (cb->weight > 0)
+        /* Failback: one full rise of its checks by default; without checks the passive
+         * ejection's own length already holds traffic off. */
+        if (cfg->failback_ms >= 0)
+            b->failback_ms = cfg->failback_ms;
+        else if (cfg->has_health || cb->health_override)
+            b->failback_ms = (int64_t)cb->health.rise * cb->health.interval_ms;
+        /* Drain bookkeeping: when did this backend's weight go to 0? A failover backup at
+         * weight 0 is not draining. */
+        if (cb->weight > 0 || cfg->method == TD_METHOD_FAILOVER)
             atomic_store(&b->st->drain_since_ms, 0);
         else if (b->st->last_weight > 0 || !atomic_load(&b->st->drain_since_ms))
             atomic_store(&b->st->drain_since_ms, td_now_ms());
@@ -170,6 +192,14 @@ int td_server_is_up(const td_server_stats_t *st, int64_t now_ms) {
            atomic_load_explicit(&st->down_until_ms, memory_order_relaxed) <= now_ms;
 }
 
+int64_t td_server_up_since(const td_server_stats_t *st, int64_t now_ms) {
+    if (!td_server_is_up(st, now_ms))
+        return -1;
+    int64_t checked = atomic_load_explicit(&st->up_since_ms, memory_order_relaxed);
+    int64_t ejection_end = atomic_load_explicit(&st->down_until_ms, memory_order_relaxed);
+    return checked > ejection_end ? checked : ejection_end;
+}
+
 int td_backend_is_up(const td_snap_backend_t *b, int64_t now_ms) {
     for (size_t i = 0; i < b->num_servers; i++)
         if (b->servers[i].weight > 0 && td_server_is_up(b->servers[i].st, now_ms))
@@ -177,28 +207,84 @@ int td_backend_is_up(const td_snap_backend_t *b, int64_t now_ms) {
     return 0;
 }
 
-/* Eligibility masks are small: backends and servers per backend are bounded by the config. */
-#define MAX_CANDIDATES 256
+int64_t td_backend_up_since(const td_snap_backend_t *b, int64_t now_ms) {
+    int64_t since = -1;
+    for (size_t i = 0; i < b->num_servers; i++) {
+        if (b->servers[i].weight <= 0)
+            continue;
+        int64_t t = td_server_up_since(b->servers[i].st, now_ms);
+        if (t >= 0 && (since < 0 || t < since))
+            since = t;
+    }
+    return since;
+}
+
+int td_backend_draining(const td_snapshot_t *s, const td_snap_backend_t *b) {
+    return b->weight == 0 && s->method != TD_METHOD_FAILOVER;
+}
+
+/* Eligibility masks are sized to what the config allows, so every backend and every server of
+ * a backend can be picked. */
+#define MAX_BACKENDS TD_CONFIG_MAX_BACKENDS
+#define MAX_SERVERS TD_CONFIG_MAX_SERVERS
+
+size_t td_router_failover_order(const td_snapshot_t *s, size_t *order) {
+    size_t n = s->num_backends < MAX_BACKENDS ? s->num_backends : MAX_BACKENDS;
+    /* A stable insertion sort: ties keep listed order, so weight-0 backups come last as
+     * listed. A handful of backends: cheaper than keeping a sorted copy in step with weights. */
+    for (size_t i = 0; i < n; i++) {
+        size_t k = i;
+        while (k > 0 && s->backends[order[k - 1]].weight < s->backends[i].weight) {
+            order[k] = order[k - 1];
+            k--;
+        }
+        order[k] = i;
+    }
+    return n;
+}
+
+/* Failover: the first candidate in failover order with a server up, unless it came back less
+ * than its failback_ms ago while a later candidate, up since before that, is serving. Without
+ * a backend of weight above 0 there is no primary, and nothing to fail over from. */
+static int pick_failover(const td_snapshot_t *s, const uint8_t *tried, int64_t now_ms) {
+    size_t order[MAX_BACKENDS];
+    int64_t since[MAX_BACKENDS];
+    size_t n = td_router_failover_order(s, order);
+    if (!n || s->backends[order[0]].weight <= 0)
+        return TD_EUNAVAIL;
+    for (size_t k = 0; k < n; k++) {
+        size_t i = order[k];
+        since[k] = tried && tried[i] ? -1 : td_backend_up_since(&s->backends[i], now_ms);
+    }
+    for (size_t k = 0; k < n; k++) {
+        if (since[k] < 0)
+            continue;
+        int held = 0;
+        if (now_ms - since[k] < s->backends[order[k]].failback_ms)
+            for (size_t j = k + 1; j < n && !held; j++)
+                held = since[j] >= 0 && since[j] < since[k];
+        if (!held)
+            return (int)order[k];
+    }
+    return TD_EUNAVAIL;
+}
 
 static int pick_backend(const td_snapshot_t *s, int *wrr, int pinned, const uint8_t *tried,
                         int64_t now_ms) {
-    size_t n = s->num_backends < MAX_CANDIDATES ? s->num_backends : MAX_CANDIDATES;
+    if (s->method == TD_METHOD_FAILOVER)
+        return pick_failover(s, tried, now_ms);
+    size_t n = s->num_backends < MAX_BACKENDS ? s->num_backends : MAX_BACKENDS;
     if (pinned >= 0 && (size_t)pinned < n && !(tried && tried[pinned]) &&
         td_backend_is_up(&s->backends[pinned], now_ms) &&
         !td_backend_drained(s, &s->backends[pinned], now_ms))
         return pinned;
-    uint8_t ok[MAX_CANDIDATES];
-    int weight[MAX_CANDIDATES];
-    int best = -1;
+    uint8_t ok[MAX_BACKENDS];
+    int weight[MAX_BACKENDS];
     for (size_t i = 0; i < n; i++) {
         const td_snap_backend_t *b = &s->backends[i];
         weight[i] = b->weight;
         ok[i] = b->weight > 0 && !(tried && tried[i]) && td_backend_is_up(b, now_ms);
-        if (ok[i] && (best < 0 || b->weight > s->backends[best].weight))
-            best = (int)i;
     }
-    if (s->method == TD_METHOD_FAILOVER)
-        return best >= 0 ? best : TD_EUNAVAIL;
     int i = td_balancer_pick(weight, wrr, ok, n);
     return i >= 0 ? i : TD_EUNAVAIL;
 }
@@ -214,9 +300,9 @@ int td_router_pick_backend(const td_snapshot_t *s, int *wrr, int pinned, const u
 
 static int pick_server(const td_snap_backend_t *b, int *wrr, const uint8_t *tried,
                        int64_t now_ms) {
-    size_t n = b->num_servers < MAX_CANDIDATES ? b->num_servers : MAX_CANDIDATES;
-    uint8_t ok[MAX_CANDIDATES];
-    int weight[MAX_CANDIDATES];
+    size_t n = b->num_servers < MAX_SERVERS ? b->num_servers : MAX_SERVERS;
+    uint8_t ok[MAX_SERVERS];
+    int weight[MAX_SERVERS];
     for (size_t i = 0; i < n; i++) {
         weight[i] = b->servers[i].weight;
         ok[i] = !(tried && tried[i]) && td_server_is_up(b->servers[i].st, now_ms);
@@ -231,11 +317,42 @@ int td_router_pick_server(const td_snap_backend_t *b, int *wrr, const uint8_t *t
     return i >= 0 ? i : pick_server(b, wrr, tried, INT64_MAX);
 }
 
-/* 1 when some server other than `st` is up in a backend with weight above 0. */
+int td_router_shares(const td_snapshot_t *s, int64_t now_ms, double *share) {
+    for (size_t i = 0; i < s->num_backends; i++)
+        share[i] = 0;
+    if (s->method == TD_METHOD_FAILOVER) {
+        int i = td_router_pick_backend(s, NULL, -1, NULL, now_ms);
+        if (i >= 0)
+            share[i] = 1;
+        return i;
+    }
+    /* As td_router_pick_backend: when passive ejections took out every backend, they are
+     * ignored. */
+    for (int pass = 0; pass < 2; pass++) {
+        int64_t now = pass ? INT64_MAX : now_ms;
+        double sum = 0;
+        for (size_t i = 0; i < s->num_backends; i++)
+            if (s->backends[i].weight > 0 && td_backend_is_up(&s->backends[i], now))
+                sum += s->backends[i].weight;
+        if (sum <= 0)
+            continue;
+        int count = 0;
+        for (size_t i = 0; i < s->num_backends; i++)
+            if (s->backends[i].weight > 0 && td_backend_is_up(&s->backends[i], now)) {
+                share[i] = s->backends[i].weight / sum;
+                count++;
+            }
+        return count;
+    }
+    return TD_EUNAVAIL;
+}
+
+/* 1 when some server other than `st` is up in a backend that could take its requests: one with
+ * weight above 0, or in failover any backend (weight-0 backends are the backups). */
 static int others_up(const td_snapshot_t *s, const td_server_stats_t *st, int64_t now_ms) {
     for (size_t i = 0; i < s->num_backends; i++) {
         const td_snap_backend_t *b = &s->backends[i];
-        if (b->weight <= 0)
+        if (b->weight <= 0 && s->method != TD_METHOD_FAILOVER)
             continue;
         for (size_t j = 0; j < b->num_servers; j++)
             if (b->servers[j].st != st && b->servers[j].weight > 0 &&
@@ -270,11 +387,28 @@ int td_passive_failure(const td_snapshot_t *s, td_server_stats_t *st, int64_t no
         atomic_store(&st->recheck, 1); /* back through the active check: `rise` fresh passes */
         atomic_store(&st->health_up, 0);
     }
+    atomic_store(&st->ejected, 1);
     td_warn("passive: server %s (%s) ejected for %lld ms after %d failures in a row", st->address,
             st->backend, (long long)ms, run);
-    td_event("passive", "server %s (%s) ejected for %lld ms after %d failures in a row",
+    td_event("health",
+             "server %s (%s) is down (passive: ejected for %lld ms after %d failures in "
+             "a row)",
              st->address, st->backend, (long long)ms, run);
     return 1;
+}
+
+void td_passive_sweep(const td_snapshot_t *s, int64_t now_ms) {
+    for (size_t i = 0; i < s->num_backends; i++)
+        for (size_t j = 0; j < s->backends[i].num_servers; j++) {
+            td_server_stats_t *st = s->backends[i].servers[j].st;
+            /* With an active check, its "up" after `rise` passes is the event. */
+            if (st->checked || !atomic_load_explicit(&st->ejected, memory_order_relaxed) ||
+                !td_server_is_up(st, now_ms) || !atomic_exchange(&st->ejected, 0))
+                continue;
+            td_info("passive: server %s (%s) is back after its ejection", st->address, st->backend);
+            td_event("health", "server %s (%s) is up (passive ejection over)", st->address,
+                     st->backend);
+        }
 }
 
 void td_passive_success(td_server_stats_t *st) {
@@ -299,7 +433,7 @@ void td_router_observe(td_backend_stats_t *b, int64_t ms) {
 
 int td_backend_drained(const td_snapshot_t *s, const td_snap_backend_t *b, int64_t now_ms) {
     int64_t since = atomic_load_explicit(&b->st->drain_since_ms, memory_order_relaxed);
-    return b->weight == 0 && since && now_ms - since >= s->config->timeouts.drain_ms;
+    return td_backend_draining(s, b) && since && now_ms - since >= s->config->timeouts.drain_ms;
 }
 
 void td_router_pin_seen(td_backend_stats_t *b, int64_t now_ms) {

@@ -179,11 +179,15 @@ static const char help_status[] =
     "\n"
     "DESCRIPTION\n"
     "    Shows the routing method, the config version and td's uptime, then one row\n"
-    "    per backend: WEIGHT, RATIO (its weight over the sum of all weights), STATE\n"
-    "    (up or down, from health checks), IN-FLIGHT requests, REQUESTS served and\n"
-    "    5XX responses. Each backend's servers follow, indented, with their own\n"
-    "    weight, state, counters and FAILURES. With method failover all traffic goes\n"
-    "    to the healthy backend with the highest weight, whatever RATIO says.\n"
+    "    per backend: WEIGHT, SHARE (the share of new requests it gets now, as td\n"
+    "    computes it: its weight among the backends that are up, 0% when it has no\n"
+    "    server up), STATE (up or down, from health checks), IN-FLIGHT requests,\n"
+    "    REQUESTS served and 5XX responses (td's own 502/503/504 included). Each\n"
+    "    backend's servers follow, indented, with their own weight, state, counters\n"
+    "    and FAILURES. With method failover the method line names the primary (the\n"
+    "    highest weight) and the backups, a \"serving\" line says which backend takes\n"
+    "    all new requests and why, and SHARE is 100% for it and 0% for the others.\n"
+    "    A \"td\" line counts td's own 503s for requests no backend could take.\n"
     "    Values td did not send show as \"-\". With --json, td's state as it came\n"
     "    (GET /api/v1/state), with latency histograms, tunnels and sticky counts.\n"
     "\n"
@@ -214,7 +218,8 @@ static const char help_ratio[] =
     "    came).\n"
     "\n"
     "EXIT STATUS\n"
-    "    0 applied; 1 td refused (an unknown backend name, say) or unreachable;\n"
+    "    0 applied; 1 td refused (an unknown backend name, or every weight at 0,\n"
+    "    which could only answer 503) or unreachable;\n"
     "    2 usage error: a weight outside 0..100, an empty or invalid name, a name\n"
     "    given twice, \"A:B\" with td not having exactly two backends.\n"
     "\n"
@@ -656,12 +661,22 @@ static const char *str(const json_t *obj, const char *key) {
     return s ? s : "-";
 }
 
-/* A backend's share of traffic: "50%", "33.3%", or "-" when all weights are 0 or unknown. */
+/* A backend's share of new requests: td's own figure ("share", percent) when it sends one,
+ * else its weight over the sum: "50%", "33.3%", or "-" when all weights are 0 or unknown. */
 static cell_t ratio_cell(const json_t *backend, json_int_t weight_sum) {
     const json_t *w = json_object_get(backend, "weight");
+    const json_t *share = json_object_get(backend, "share");
     json_int_t scaled;
     cell_t c = {"-"};
 
+    if (json_is_number(share)) {
+        double v = json_number_value(share);
+        if (v == (double)(long long)v)
+            snprintf(c.s, sizeof(c.s), "%lld%%", (long long)v);
+        else
+            snprintf(c.s, sizeof(c.s), "%.1f%%", v);
+        return c;
+    }
     if (!json_is_integer(w) || json_integer_value(w) < 0 || weight_sum <= 0)
         return c;
     scaled = 100 * json_integer_value(w);
@@ -746,10 +761,39 @@ static void print_state(const json_t *state) {
         const json_t *w = json_object_get(b, "weight");
         weight_sum += json_is_integer(w) && json_integer_value(w) > 0 ? json_integer_value(w) : 0;
     }
-    printf("method   %s\n", str(state, "method"));
+    printf("method   %s", str(state, "method"));
+    if (json_is_string(json_object_get(state, "primary"))) {
+        const char *sep = "; backup ";
+        printf(" (primary %s", str(state, "primary"));
+        json_array_foreach(backends, i, b) {
+            if (strcmp(str(b, "role"), "backup") == 0) {
+                printf("%s%s", sep, str(b, "name"));
+                sep = ", ";
+            }
+        }
+        printf(")");
+    }
+    printf("\n");
+    if (json_object_get(state, "serving_reason")) {
+        const json_t *sv = json_object_get(state, "serving");
+        const char *role = "";
+        json_array_foreach(backends, i, b) {
+            if (json_is_string(sv) && strcmp(str(b, "name"), json_string_value(sv)) == 0)
+                role = strcmp(str(b, "role"), "backup") == 0 ? " (backup)" : " (primary)";
+        }
+        printf("serving  %s%s: %s\n", json_is_string(sv) ? json_string_value(sv) : "none", role,
+               str(state, "serving_reason"));
+    }
     printf("version  %s\n", num(state, "version").s);
-    printf("uptime   %s\n\n", uptime_cell(state).s);
-    print_row(width, "BACKEND/SERVER", "WEIGHT", "RATIO", "STATE", "IN-FLIGHT", "REQUESTS", "5XX",
+    printf("uptime   %s\n", uptime_cell(state).s);
+    {
+        const json_t *own = json_object_get(json_object_get(state, "td"), "local_responses");
+        if (own)
+            printf("td       %s 503 answered by td itself (no backend could take the request)\n",
+                   num(own, "503").s);
+    }
+    printf("\n");
+    print_row(width, "BACKEND/SERVER", "WEIGHT", "SHARE", "STATE", "IN-FLIGHT", "REQUESTS", "5XX",
               "FAILURES");
     json_array_foreach(backends, i, b) {
         print_row(width, str(b, "name"), num(b, "weight").s, ratio_cell(b, weight_sum).s,

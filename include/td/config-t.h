@@ -118,6 +118,10 @@ typedef struct td_config_s {
     int has_admin;                 /* 0 when "admin" is absent */
     char admin_token[256];         /* printable ASCII without spaces; "" = no token required */
     td_method_t method;            /* default round robin when "routing" is absent */
+    int failback_ms;               /* routing.failback_ms, 0..86400000: how long a failover
+                                      primary must have been up again before traffic goes back
+                                      to it; -1 (default) = one full rise of its health check
+                                      (rise x interval_ms), 0 without active checks */
     char cookie_name[TD_NAME_MAX]; /* RFC 6265 token; default "TDSTICKY" */
     int cookie_max_age_s;          /* 1..315360000 (10 years); default 3600 */
     char cookie_secret[128];       /* key for signing the sticky cookie; "" = none (default) */

@@ -12,7 +12,8 @@
  * already in it, so `tdctl history` survives restarts. Main thread, once, before any event. */
 void td_events_init(const char *path);
 
-/* Records an event of `kind` ("change", "health", "passive", "reload", "start") with a message
+/* Records an event of `kind` ("change", "health" (checks and passive ejections), "reload",
+ * "start") with a message
  * for people. Thread-safe; keeps the last 256. */
 void td_event(const char *kind, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

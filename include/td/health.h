@@ -14,7 +14,8 @@
  * verdict (a reload never makes a dead server look healthy); new servers start up, or down when
  * default_down is set, until their first rise/fall; removed servers stop being checked. Without a
  * health_check section nothing is probed and every server counts as up (passive detection only).
- * Returns 0 or TD_ENOMEM. */
+ * The first call also starts a once-a-second sweep that reports passive ejections ending on
+ * servers without checks (td_passive_sweep). Returns 0 or TD_ENOMEM. */
 int td_health_sync(uv_loop_t *loop, const td_config_t *cfg);
 
 /* The last check's outcome for a server ("200 OK", "connect: connection refused", ...), or "" when

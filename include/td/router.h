@@ -32,21 +32,57 @@ td_snapshot_t *td_router_acquire(void);
 td_server_stats_t *td_registry_server(const char *backend, const char *address);
 td_backend_stats_t *td_registry_backend(const char *name);
 
+/* td's own counters for error answers no backend was chosen for (never NULL). */
+td_local_stats_t *td_registry_local(void);
+
+/* Counts td's own 502, 503 or 504 (other statuses are ignored) under backend `b`, the one the
+ * request was routed to, or under td itself when `b` is NULL; the caller counts the backend's
+ * response class as before. Any thread. */
+void td_router_count_local(td_backend_stats_t *b, int status, int64_t now_ms);
+
 /* 1 when the server may receive requests now: its active check says up and it is not ejected. */
 int td_server_is_up(const td_server_stats_t *st, int64_t now_ms);
 
+/* td_now_ms() since which the server has been up without a break (0: since td started; the
+ * later of its active check's last "up" and the end of its last passive ejection), or -1 when
+ * it is down now. */
+int64_t td_server_up_since(const td_server_stats_t *st, int64_t now_ms);
+
 /* 1 when any server of the backend is up. */
 int td_backend_is_up(const td_snap_backend_t *b, int64_t now_ms);
+
+/* td_now_ms() since which the backend has had a server up without a break (the earliest
+ * td_server_up_since of its up servers with weight above 0), or -1 when none is up. */
+int64_t td_backend_up_since(const td_snap_backend_t *b, int64_t now_ms);
+
+/* 1 when the backend is draining: weight 0 outside failover (in failover a weight-0 backend is
+ * a backup, not drained: its pool and tunnels stay). */
+int td_backend_draining(const td_snapshot_t *s, const td_snap_backend_t *b);
+
+/* Failover order: fills order[] (num_backends entries) with backend indices by weight, highest
+ * first, ties and weight-0 backups in listed order; order[0] is the primary. Returns the count. */
+size_t td_router_failover_order(const td_snapshot_t *s, size_t *order);
+
+/* What new requests get now, as td_router_pick_backend decides it: share[i] (0..1, summing to 1,
+ * or all 0 when every request would get 503) for each of the snapshot's num_backends backends.
+ * round_robin / sticky: weight over the sum of the weights of the backends that are up;
+ * failover: 1 for the serving backend. Returns the serving backend's index in failover, the
+ * number of backends with a share above 0 otherwise, or TD_EUNAVAIL when none has one. */
+int td_router_shares(const td_snapshot_t *s, int64_t now_ms, double *share);
 
 /* Chooses the backend for a new request. `wrr` is the caller's running score array of
  * num_backends entries (see td_balancer_pick). `pinned` is the backend a valid sticky cookie names
  * (-1 when none): it is used while it is up, whatever its weight. `tried`, when not NULL, marks
  * backends already tried for this request (num_backends entries, 1 = skip).
  * round_robin / sticky: smooth weighted round robin over up backends with weight > 0.
- * failover: the up backend with the highest weight > 0 (ties: first listed).
+ * failover: the first backend in failover order (td_router_failover_order) that has a server
+ * up; `wrr` is not used (may be NULL). With no weight above 0 there is no primary: TD_EUNAVAIL.
+ * A backend earlier in that order that came back less than its failback_ms ago is passed over
+ * while a later one that was up before it keeps serving, so a flapping primary does not bounce
+ * the traffic.
  * Passive ejections alone never make it give up: when they took out every candidate, the pick
- * ignores them. Returns the backend index, or TD_EUNAVAIL when no backend with weight > 0 is up
- * by its active checks. */
+ * ignores them. Returns the backend index, or TD_EUNAVAIL when no candidate is up by its active
+ * checks. */
 int td_router_pick_backend(const td_snapshot_t *s, int *wrr, int pinned, const uint8_t *tried,
                            int64_t now_ms);
 
@@ -60,9 +96,14 @@ int td_router_pick_server(const td_snap_backend_t *b, int *wrr, const uint8_t *t
  * a connect error, reset or 5xx of a server. After `failures` in a row the server is ejected for
  * eject_ms, doubled for each ejection in a row up to max_eject_ms; a server with active checks
  * then also needs them to pass again (`rise`). Never ejects the last server that is up among the
- * backends with weight above 0: it keeps serving, and the log says so.
+ * backends with weight above 0 (in failover: among all backends, the backups included): it keeps
+ * serving, and the log says so. An ejection is a "down" health event for the server.
  * Returns 1 when this failure ejected the server, 0 otherwise. Any thread. */
 int td_passive_failure(const td_snapshot_t *s, td_server_stats_t *st, int64_t now_ms);
+
+/* Main thread, about every second: a passive ejection that ended without an active check
+ * (which would say so itself) gets its "up" health event, so every "down" has its "up". */
+void td_passive_sweep(const td_snapshot_t *s, int64_t now_ms);
 
 /* Records a good response: the failure run and the ejection count start again. */
 void td_passive_success(td_server_stats_t *st);
@@ -76,8 +117,8 @@ void td_router_observe(td_backend_stats_t *b, int64_t ms);
 void td_router_pin_seen(td_backend_stats_t *b, int64_t now_ms);
 uint64_t td_router_pins_recent(td_backend_stats_t *b, int64_t now_ms);
 
-/* 1 when the backend is at weight 0 and has been for at least drain_ms: pinned sticky clients
- * then move on, and its tunnels are closed. */
+/* 1 when the backend has been draining (td_backend_draining) for at least drain_ms: pinned
+ * sticky clients then move on, and its tunnels are closed. */
 int td_backend_drained(const td_snapshot_t *s, const td_snap_backend_t *b, int64_t now_ms);
 
 /* Index of the backend named name[0..len) in s, or -1. */

@@ -12,6 +12,9 @@
 //             right one (`token`) shows the backends.
 //   weights — three backends: weight fields instead of the slider; `bad_weight` for `backend` is
 //             refused with the API's error text; then `good` weights are applied.
+//   failover — failover with the backup serving and 5xx answered: reads the "serving" line, the
+//             error banner, the cards' shares and role badges, and a card's req/s next to the
+//             chart legend's figure for the same backend (read in one go, after one poll).
 // Prints one JSON line of observations on success; exits 1 with the reason otherwise.
 import assert from "node:assert/strict";
 import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
@@ -137,7 +140,32 @@ async function weights(page) {
   return { error, message };
 }
 
-const SCENARIOS = { ratio, swap, token, weights };
+async function failover(page) {
+  await waitCards(page, ["blue", "green"]);
+  await page.locator("#failover", { hasText: "serving" }).waitFor();
+  await page.locator("#errors-banner").waitFor();
+  await waitChart(page);
+  /* A few polls so the window holds traffic, then read card and legend from the same poll. */
+  await page.waitForTimeout(opts.settle_ms || 3000);
+  const seen = await page.evaluate(() => {
+    const card = (n) => document.querySelector(`.card[data-backend="${n}"]`);
+    const legend = document.querySelector('#legend [data-backend="green"]').textContent;
+    return {
+      failover: document.getElementById("failover").textContent,
+      banner: document.getElementById("errors-banner").textContent,
+      blueWeight: card("blue").querySelector(".weight").textContent,
+      greenWeight: card("green").querySelector(".weight").textContent,
+      blueRole: card("blue").querySelector(".badge.role").textContent,
+      greenRole: card("green").querySelector(".badge.role").textContent,
+      greenRps: card("green").querySelector('[data-field="rps"]').textContent,
+      blueRps: card("blue").querySelector('[data-field="rps"]').textContent,
+      greenLegend: legend,
+    };
+  });
+  return seen;
+}
+
+const SCENARIOS = { ratio, swap, token, weights, failover };
 
 async function main() {
   const run = SCENARIOS[opts.scenario];

@@ -445,13 +445,18 @@ def test_504_when_backend_too_slow(backends, td):
     assert_serves(t)
 
 
-def test_503_when_all_weights_zero(backends, td):
+def test_503_when_no_backend_is_up(backends, td):
+    # Every weight at 0 is refused now, so "nowhere to go" is a backend its check keeps down.
     b = backends(("blue", 1), ("green", 1))
-    t = td(backend_cfg({"blue": (0, b.ports["blue"]), "green": (0, b.ports["green"])}))
+    t = td(backend_cfg({"blue": (100, b.ports["blue"]), "green": (0, b.ports["green"])},
+                       health_check={"expect_status": "599", "default_down": True}))
     with RawConn(t.port) as c:
         c.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
         status, _, _ = c.read_response()
         assert status == 503
-    # the same td serves again once a weight is back
-    t.set_ratio(blue=100, green=0)
+    # the same td serves again once a backend is up
+    status, cfg = t.api("GET", "/api/v1/config")
+    del cfg["health_check"]
+    status, r = t.api("PUT", "/api/v1/config", cfg)
+    assert status == 200, r
     assert_serves(t)

@@ -91,6 +91,7 @@ static void test_router_methods(void) {
     s->config->passive.failures = 2;
     s->config->passive.eject_ms = 5000;
     td_server_stats_t *blue = s->backends[0].servers[0].st;
+    s->backends[0].failback_ms = 0; /* back at once: failback is tested in test_router.c */
     T_EQ_INT(td_passive_failure(s, blue, 1000), 0);
     T_EQ_INT(td_passive_failure(s, blue, 1000), 1);
     T_EQ_INT(td_router_pick_backend(s, wrr, -1, NULL, 2000), 1);
@@ -99,7 +100,9 @@ static void test_router_methods(void) {
     T_EQ_INT(td_passive_failure(s, blue, 6000), 1);
     T_EQ_INT(atomic_load(&blue->down_until_ms), 16000);
     /* Passive ejection alone never leaves a request with nowhere to go: blue is ejected, then
-     * the ratio moves everything to blue; requests go to blue rather than failing (503). */
+     * the ratio moves everything to blue; requests go to blue rather than failing (503). (In
+     * round robin: in failover, green at weight 0 would be blue's backup.) */
+    s->method = TD_METHOD_ROUND_ROBIN;
     s->backends[0].weight = 100;
     s->backends[1].weight = 0;
     T_EQ_INT(td_router_pick_backend(s, wrr, -1, NULL, 7000), 0);

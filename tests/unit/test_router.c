@@ -1,0 +1,233 @@
+/* The router: failover order, backups, failback, effective shares, passive ejection with
+ * backups, and picks among more servers than a small mask would hold. */
+#include "td/router.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "t.h"
+#include "td/config.h"
+
+/* A snapshot of the config document `json` (NULL on a bad document, which fails the test). */
+static td_snapshot_t *snap_of(const char *json) {
+    td_config_t *cfg = td_config_parse(json, strlen(json), "t.json", stderr);
+    T_CHECK(cfg != NULL);
+    if (!cfg)
+        return NULL;
+    char err[256];
+    td_snapshot_t *s = td_snapshot_build(cfg, 1, err, sizeof(err));
+    T_CHECK(s != NULL);
+    return s;
+}
+
+/* Two backends of one server each, `method`, weights wa and wb; names prefixed so each test has
+ * its own registry objects. */
+static td_snapshot_t *two(const char *prefix, const char *method, int wa, int wb,
+                          const char *extra) {
+    char json[1024];
+    snprintf(
+        json, sizeof(json),
+        "{\"listeners\": [{\"address\": \"127.0.0.1:1\"}],"
+        " \"routing\": {\"method\": \"%s\"%s},"
+        " \"backends\": ["
+        "  {\"name\": \"%s-blue\", \"weight\": %d, \"servers\": [{\"address\": \"127.0.0.1:2\"}]},"
+        "  {\"name\": \"%s-green\", \"weight\": %d, \"servers\": [{\"address\": "
+        "\"127.0.0.1:3\"}]}]}",
+        method, extra, prefix, wa, prefix, wb);
+    return snap_of(json);
+}
+
+static td_server_stats_t *server0(td_snapshot_t *s, int b) {
+    return s->backends[b].servers[0].st;
+}
+
+static void test_pick_server_beyond_256_servers(void) {
+    /* 300 servers; only the last three are up: they still get every request. */
+    size_t cap = 64 * 1024, n = 0;
+    char *json = malloc(cap);
+    n += (size_t)snprintf(json + n, cap - n,
+                          "{\"listeners\": [{\"address\": \"127.0.0.1:1\"}], \"backends\": ["
+                          "{\"name\": \"many\", \"weight\": 100, \"servers\": [");
+    for (int i = 0; i < 300; i++)
+        n += (size_t)snprintf(json + n, cap - n, "%s{\"address\": \"127.0.0.%d:%d\"}", i ? "," : "",
+                              1 + i / 200, 1000 + i);
+    snprintf(json + n, cap - n, "]}]}");
+    td_snapshot_t *s = snap_of(json);
+    free(json);
+    if (!s)
+        return;
+    td_snap_backend_t *b = &s->backends[0];
+    T_EQ_INT(b->num_servers, 300);
+    for (size_t i = 0; i < 297; i++)
+        atomic_store(&b->servers[i].st->health_up, 0);
+    int *wrr = calloc(b->num_servers, sizeof(int));
+    int count[3] = {0};
+    for (int i = 0; i < 300; i++) {
+        int si = td_router_pick_server(b, wrr, NULL, 0);
+        T_CHECK(si >= 297);
+        if (si >= 297)
+            count[si - 297]++;
+    }
+    T_EQ_INT(count[0], 100);
+    T_EQ_INT(count[1], 100);
+    T_EQ_INT(count[2], 100);
+    /* A tried mask as large as the backend: the tried ones are skipped. */
+    uint8_t *tried = calloc(b->num_servers, 1);
+    tried[297] = tried[298] = 1;
+    T_EQ_INT(td_router_pick_server(b, wrr, tried, 0), 299);
+    free(tried);
+    free(wrr);
+    td_snapshot_release(s);
+}
+
+static void test_failover_100_0_backup_takes_over_and_failback_waits(void) {
+    td_snapshot_t *s = two("fo", "failover", 100, 0, ", \"failback_ms\": 3000");
+    if (!s)
+        return;
+    size_t order[2];
+    T_EQ_INT(td_router_failover_order(s, order), 2);
+    T_EQ_INT(order[0], 0);
+    T_EQ_INT(order[1], 1);
+    /* Primary up: it gets everything; the weight-0 backup is not draining. */
+    T_EQ_INT(td_router_pick_backend(s, NULL, -1, NULL, 1000), 0);
+    T_EQ_INT(td_backend_draining(s, &s->backends[1]), 0);
+    T_EQ_INT(td_backend_drained(s, &s->backends[1], 1000000), 0);
+    /* Primary down (its check says so): the weight-0 backup takes every request. */
+    atomic_store(&server0(s, 0)->health_up, 0);
+    T_EQ_INT(td_router_pick_backend(s, NULL, -1, NULL, 2000), 1);
+    double share[2];
+    T_EQ_INT(td_router_shares(s, 2000, share), 1);
+    T_CHECK(share[0] == 0 && share[1] == 1);
+    /* Primary up again at 5000: the backup keeps serving for failback_ms... */
+    atomic_store(&server0(s, 0)->up_since_ms, 5000);
+    atomic_store(&server0(s, 0)->health_up, 1);
+    T_EQ_INT(td_router_pick_backend(s, NULL, -1, NULL, 5000), 1);
+    T_EQ_INT(td_router_pick_backend(s, NULL, -1, NULL, 7999), 1);
+    /* ... then the primary has it back. */
+    T_EQ_INT(td_router_pick_backend(s, NULL, -1, NULL, 8000), 0);
+    T_EQ_INT(td_router_shares(s, 8000, share), 0);
+    T_CHECK(share[0] == 1 && share[1] == 0);
+    /* A retry after the primary failed goes to the backup. */
+    uint8_t tried[2] = {1, 0};
+    T_EQ_INT(td_router_pick_backend(s, NULL, -1, tried, 9000), 1);
+    /* A primary and a backup that come up together (start with default_down): no hold. */
+    atomic_store(&server0(s, 1)->up_since_ms, 20000);
+    atomic_store(&server0(s, 0)->up_since_ms, 20000);
+    T_EQ_INT(td_router_pick_backend(s, NULL, -1, NULL, 20000), 0);
+    td_snapshot_release(s);
+}
+
+static void test_failover_100_50_and_backup_order(void) {
+    char json[1024];
+    snprintf(
+        json, sizeof(json),
+        "{\"listeners\": [{\"address\": \"127.0.0.1:1\"}],"
+        " \"routing\": {\"method\": \"failover\", \"failback_ms\": 0},"
+        " \"backends\": ["
+        "  {\"name\": \"ord-a\", \"weight\": 0, \"servers\": [{\"address\": \"127.0.0.1:2\"}]},"
+        "  {\"name\": \"ord-b\", \"weight\": 50, \"servers\": [{\"address\": \"127.0.0.1:3\"}]},"
+        "  {\"name\": \"ord-c\", \"weight\": 100, \"servers\": [{\"address\": \"127.0.0.1:4\"}]},"
+        "  {\"name\": \"ord-d\", \"weight\": 0, \"servers\": [{\"address\": \"127.0.0.1:5\"}]}]}");
+    td_snapshot_t *s = snap_of(json);
+    if (!s)
+        return;
+    size_t order[4];
+    td_router_failover_order(s, order);
+    /* By weight, then the weight-0 backups in listed order. */
+    T_EQ_INT(order[0], 2);
+    T_EQ_INT(order[1], 1);
+    T_EQ_INT(order[2], 0);
+    T_EQ_INT(order[3], 3);
+    T_EQ_INT(td_router_pick_backend(s, NULL, -1, NULL, 0), 2);
+    atomic_store(&server0(s, 2)->health_up, 0);
+    T_EQ_INT(td_router_pick_backend(s, NULL, -1, NULL, 0), 1);
+    atomic_store(&server0(s, 1)->health_up, 0);
+    T_EQ_INT(td_router_pick_backend(s, NULL, -1, NULL, 0), 0);
+    atomic_store(&server0(s, 0)->health_up, 0);
+    T_EQ_INT(td_router_pick_backend(s, NULL, -1, NULL, 0), 3);
+    atomic_store(&server0(s, 3)->health_up, 0);
+    T_EQ_INT(td_router_pick_backend(s, NULL, -1, NULL, 0), TD_EUNAVAIL);
+    td_snapshot_release(s);
+}
+
+static void test_failover_passive_ejects_primary_when_backup_is_up(void) {
+    td_snapshot_t *s = two("pe", "failover", 100, 0, "");
+    if (!s)
+        return;
+    s->config->passive.failures = 2;
+    td_server_stats_t *blue = server0(s, 0);
+    T_EQ_INT(td_passive_failure(s, blue, 1000), 0);
+    /* The backup counts as somewhere else to go: blue's only server is ejected. */
+    T_EQ_INT(td_passive_failure(s, blue, 1000), 1);
+    T_EQ_INT(td_server_is_up(blue, 1001), 0);
+    T_EQ_INT(atomic_load(&blue->ejected), 1);
+    T_EQ_INT(td_router_pick_backend(s, NULL, -1, NULL, 1001), 1);
+    /* Without checks failback_ms defaults to 0: blue is back when its ejection ends. */
+    T_EQ_INT(s->backends[0].failback_ms, 0);
+    T_EQ_INT(td_router_pick_backend(s, NULL, -1, NULL, 6000), 0);
+    T_EQ_INT(td_server_up_since(blue, 6000), 6000);
+    /* The sweep says "up" once, then forgets the ejection. */
+    td_passive_sweep(s, 6000);
+    T_EQ_INT(atomic_load(&blue->ejected), 0);
+    td_snapshot_release(s);
+
+    /* In round robin a weight-0 backend is not somewhere to go: blue is the last one up. */
+    s = two("pr", "round_robin", 100, 0, "");
+    if (!s)
+        return;
+    s->config->passive.failures = 1;
+    T_EQ_INT(td_passive_failure(s, server0(s, 0), 1000), 0);
+    T_CHECK(td_server_is_up(server0(s, 0), 1000));
+    T_EQ_INT(td_backend_draining(s, &s->backends[1]), 1);
+    td_snapshot_release(s);
+}
+
+static void test_failback_default_is_one_full_rise(void) {
+    td_snapshot_t *s =
+        two("fd", "failover", 100, 0, "}, \"health_check\": {\"interval_ms\": 200, \"rise\": 4");
+    if (!s)
+        return;
+    T_EQ_INT(s->backends[0].failback_ms, 800);
+    td_snapshot_release(s);
+}
+
+static void test_shares_round_robin_count_only_backends_up(void) {
+    td_snapshot_t *s = two("sh", "round_robin", 50, 50, "");
+    if (!s)
+        return;
+    double share[2];
+    T_EQ_INT(td_router_shares(s, 0, share), 2);
+    T_CHECK(share[0] == 0.5 && share[1] == 0.5);
+    atomic_store(&server0(s, 0)->health_up, 0);
+    T_EQ_INT(td_router_shares(s, 0, share), 1);
+    T_CHECK(share[0] == 0 && share[1] == 1);
+    atomic_store(&server0(s, 1)->health_up, 0);
+    T_EQ_INT(td_router_shares(s, 0, share), TD_EUNAVAIL);
+    T_CHECK(share[0] == 0 && share[1] == 0);
+    td_snapshot_release(s);
+}
+
+static void test_local_responses_counted_under_backend_or_td(void) {
+    td_backend_stats_t *b = td_registry_backend("lr-blue");
+    td_router_count_local(b, 502, 10);
+    td_router_count_local(b, 504, 11);
+    td_router_count_local(NULL, 503, 12);
+    td_router_count_local(NULL, 501, 13); /* not a gateway error: not counted */
+    T_EQ_INT(atomic_load(&b->local[0]), 1);
+    T_EQ_INT(atomic_load(&b->local[1]), 0);
+    T_EQ_INT(atomic_load(&b->local[2]), 1);
+    T_EQ_INT(atomic_load(&b->last_5xx_ms), 11);
+    T_EQ_INT(atomic_load(&td_registry_local()->local[1]), 1);
+    T_EQ_INT(atomic_load(&td_registry_local()->last_5xx_ms), 12);
+}
+
+int main(void) {
+    test_pick_server_beyond_256_servers();
+    test_failover_100_0_backup_takes_over_and_failback_waits();
+    test_failover_100_50_and_backup_order();
+    test_failover_passive_ejects_primary_when_backup_is_up();
+    test_failback_default_is_one_full_rise();
+    test_shares_round_robin_count_only_backends_up();
+    test_local_responses_counted_under_backend_or_td();
+    return t_done("test_router");
+}
