@@ -43,7 +43,7 @@ fi
 # file is newer than node_modules. npm ci never downloads a browser: the test uses /usr/bin/chromium.
 if [ "$node" = 1 ]; then
   cd "$root"
-  if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
+  if [ ! -d node_modules/playwright-core ] || [ package-lock.json -nt node_modules ]; then
     echo "td: npm ci (node_modules for tests/console)" >&2
     npm ci --no-audit --no-fund --loglevel=error >/dev/null
     touch node_modules
