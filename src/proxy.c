@@ -1486,7 +1486,7 @@ static const char *unreachable(const client_t *c) {
 
 /* The upstream connection failed during an exchange: retry on another server when that is
  * safe (nothing of the response seen, the request still whole in the buffer, and the failure was
- * a connect error, or a reset/close of an idempotent request or of one whose body never left),
+ * a connect error, or a reset/close of an idempotent request or of one none of whose bytes left),
  * else answer 502 (504 for a timeout), or just close when the response had already started. */
 static void upstream_fail(upstream_t *u, const char *why, int kind) {
     client_t *c = u->c;
@@ -1518,10 +1518,12 @@ static void upstream_fail(upstream_t *u, const char *why, int kind) {
         if (c->tries > 0)
             c->tries--;
     }
-    /* RFC 9110 §9.2.2: an idempotent request may be sent again; another one only when its body
-     * never left (a POST whose body was partly or wholly sent is not sent twice). */
+    /* RFC 9110 §9.2.2: an idempotent request may be sent again; another one only when none of
+     * its bytes reached the upstream (a connect failure), body or not: the server may have acted
+     * on a POST whose head alone it read (nginx's proxy_next_upstream without non_idempotent).
+     * That holds for the free retry of a pooled connection too. */
     int safe = !c->resp_started && !c->discarded &&
-               (kind == F_CONNECT || (kind == F_IO && (c->idempotent || !c->body_sent)));
+               (kind == F_CONNECT || (kind == F_IO && (c->idempotent || !c->head_sent)));
     if (safe && c->tries < MAX_TRIES) {
         c->fwd = 0;
         c->head_sent = c->body_sent = 0;

