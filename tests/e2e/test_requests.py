@@ -175,3 +175,55 @@ def test_idempotent_request_is_still_retried(tiny, td):
             c.send(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
             status, _, _ = c.read_response()
             assert status == 200
+
+
+# ---------------------------------------------------------------------------------------------
+# Admin API: bodies at and over the 1 MiB limit
+
+ADMIN_MAX_BODY = 1024 * 1024
+
+
+def admin_put_raw(t, path, body, pieces=1):
+    """Sends the whole request (the body in `pieces` sends, a moment apart, as a client on a
+    real network would), then reads the answer: (status, parsed JSON)."""
+    with RawConn(t.admin_port, timeout=20) as c:
+        c.send(b"PUT %s HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n" % (path.encode(), len(body)))
+        step = -(-len(body) // pieces)
+        for i in range(0, len(body), step):
+            c.send(body[i:i + step])
+            if pieces > 1:
+                time.sleep(0.02)
+        status, _, resp = c.read_response()
+        return status, json.loads(resp)
+
+
+def test_admin_body_at_limit_is_answered(backends, td):
+    """A PUT /api/v1/config of exactly 1 MiB (a valid document padded with whitespace) gets its
+    normal answer, not a reset."""
+    b = backends(("blue", 1))
+    t = td(td_cfg({"blue": (100, b.ports["blue"])}))
+    status, cfg = t.api("GET", "/api/v1/config")
+    assert status == 200
+    doc = json.dumps(cfg).encode()
+    body = doc + b" " * (ADMIN_MAX_BODY - len(doc))
+    assert len(body) == ADMIN_MAX_BODY
+    status, resp = admin_put_raw(t, "/api/v1/config", body)
+    assert status == 200, resp
+
+
+def test_admin_body_over_limit_gets_413(backends, td):
+    """One byte over 1 MiB: the client, which sends its whole body before reading, reads a 413
+    JSON error (no reset), and nothing changed."""
+    b = backends(("blue", 1))
+    t = td(td_cfg({"blue": (100, b.ports["blue"])}))
+    version = t.state()["version"]
+    status, cfg = t.api("GET", "/api/v1/config")
+    doc = json.dumps(cfg).encode()
+    body = doc + b" " * (ADMIN_MAX_BODY + 1 - len(doc))
+    for _ in range(2):
+        status, resp = admin_put_raw(t, "/api/v1/config", body, pieces=16)
+        assert status == 413, resp
+        assert "error" in resp
+    assert t.state()["version"] == version
+    assert t.api("GET", "/api/v1/state")[0] == 200
