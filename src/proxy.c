@@ -339,6 +339,20 @@ static int tls_send(uv_stream_t *dst, void *owner, td_tls_conn_t *t, uv_write_cb
     return cb ? 1 : 0;
 }
 
+/* Before a TLS connection is closed: its close_notify goes out if the socket takes it at once.
+ * A close never waits for the peer, and with a write still queued (uv_try_write refuses then)
+ * the alert is left out rather than sent ahead of the data. */
+static void tls_close_notify(uv_stream_t *dst, td_tls_conn_t *t) {
+    char alert[256];
+    td_tls_shutdown(t);
+    size_t n = td_tls_pending_out(t);
+    if (!n || n > sizeof(alert))
+        return;
+    n = td_tls_take(t, alert, n);
+    uv_buf_t b = uv_buf_init(alert, (unsigned)n);
+    (void)uv_try_write(dst, &b, 1);
+}
+
 /* Writes iov[0..n) to `dst`: synchronously when the socket takes it all, else through uv_write.
  * iov[0] may point into the worker's scratch area (`volatile_first`): its unwritten part is then
  * copied; the other pieces stay pinned in their read buffers until `cb` runs. Over TLS the
@@ -594,6 +608,8 @@ static void client_close(client_t *c) {
     if (c->next)
         c->next->prev = c->prev;
     atomic_fetch_sub(&open_clients, 1);
+    if (c->tls)
+        tls_close_notify((uv_stream_t *)&c->tcp, c->tls);
     uv_close((uv_handle_t *)&c->tcp, client_free_cb);
 }
 
@@ -1312,6 +1328,8 @@ static void upstream_close(upstream_t *u) {
         u->c = NULL;
     }
     atomic_fetch_sub_explicit(&u->st->active_connections, 1, memory_order_relaxed);
+    if (u->tls)
+        tls_close_notify((uv_stream_t *)&u->tcp, u->tls);
     uv_close((uv_handle_t *)&u->tcp, upstream_free_cb);
 }
 

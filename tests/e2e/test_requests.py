@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import (ASAN, TD, Proc, RawConn, backend_cfg, demo_body, free_port, wait_port)
+from conftest import (ASAN, TD, Proc, RawConn, Td, backend_cfg, demo_body, free_port, wait_port)
 
 SLACK = 3.0 if ASAN else 1.0
 
@@ -227,3 +227,170 @@ def test_admin_body_over_limit_gets_413(backends, td):
         assert "error" in resp
     assert t.state()["version"] == version
     assert t.api("GET", "/api/v1/state")[0] == 200
+
+
+# ---------------------------------------------------------------------------------------------
+# TLS: td ends its connections with close_notify, on both sides
+
+
+@pytest.fixture(scope="module")
+def cert():
+    d = tempfile.mkdtemp(prefix="td-e2e-tls-")
+    c, k = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", k, "-out", c, "-days", "2",
+                    "-subj", "/CN=a.test", "-addext", "subjectAltName=DNS:a.test"],
+                   check=True, capture_output=True, timeout=30)
+    return c, k
+
+
+class ListenersTd(Td):
+    """A td whose config brings its own "listeners"; waits for the first one and the admin
+    port. Same interface as conftest.Td."""
+
+    def __init__(self, cfg):  # pylint: disable=super-init-not-called
+        cfg = json.loads(json.dumps(cfg))
+        self.port = int(cfg["listeners"][0]["address"].rsplit(":", 1)[1])
+        self.admin_port = free_port()
+        cfg["admin"] = {"address": f"127.0.0.1:{self.admin_port}"}
+        self.token = None
+        self.dir = tempfile.mkdtemp(prefix="td-e2e-")
+        self.config_path = os.path.join(self.dir, "td.json")
+        with open(self.config_path, "w") as f:
+            json.dump(cfg, f, indent=2)
+        self.proc = Proc([TD, "-c", self.config_path], "td")
+        try:
+            wait_port(self.port)
+            wait_port(self.admin_port)
+        except TimeoutError:
+            self.proc.stop()
+            raise
+
+
+@pytest.fixture
+def own_td():
+    started = []
+
+    def start(cfg):
+        t = ListenersTd(cfg)
+        started.append(t)
+        return t
+
+    yield start
+    for t in started:
+        rc = t.stop()
+        out = t.proc.output()
+        assert rc == 0, f"td exited {rc}:\n{out[-4000:]}"
+        assert "AddressSanitizer" not in out and "runtime error" not in out, out[-4000:]
+
+
+def test_tls_listener_sends_close_notify_before_closing(backends, own_td, cert):
+    """After a "Connection: close" request, td's close is a clean TLS close: the client reads
+    the close_notify (b"" from recv), not a bare TCP EOF (SSLEOFError)."""
+    b = backends(("blue", 1))
+    port = free_port()
+    cfg = td_cfg({"blue": (100, b.ports["blue"])})
+    cfg["listeners"] = [{"address": f"127.0.0.1:{port}",
+                         "tls": {"certificates": [{"cert": cert[0], "key": cert[1]}]}}]
+    t = own_td(cfg)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    # A bare TCP EOF must show as SSLEOFError (the default may have been relaxed in this process).
+    ctx.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        ctx.minimum_version = ctx.maximum_version = version
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        with ctx.wrap_socket(raw, server_hostname="a.test", suppress_ragged_eofs=False) as s:
+            s.sendall(b"GET /bytes/100 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+            data = b""
+            for _ in range(1000):
+                chunk = s.recv(65536)  # SSLEOFError here when td closed without close_notify
+                if not chunk:
+                    break
+                data += chunk
+            assert data.startswith(b"HTTP/1.1 200 ")
+            assert data.endswith(demo_body(100))
+    assert t.proc.p.poll() is None
+
+
+class TlsBackend:
+    """A TLS server on 127.0.0.1 answering every request with a small keep-alive 200, and
+    recording how each connection ended: "close_notify" or "eof" (no close_notify)."""
+
+    def __init__(self, cert):
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(cert[0], cert[1])
+        self.ctx.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.ends = []
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self):
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def _serve(self, conn):
+        conn.settimeout(30)
+        try:
+            s = self.ctx.wrap_socket(conn, server_side=True, suppress_ragged_eofs=False)
+        except (OSError, ssl.SSLError):
+            conn.close()
+            return
+        buf = b""
+        try:
+            while True:
+                data = s.recv(65536)
+                if not data:
+                    self.ends.append("close_notify")
+                    return
+                buf += data
+                while b"\r\n\r\n" in buf:
+                    _, buf = buf.split(b"\r\n\r\n", 1)
+                    s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        except ssl.SSLEOFError:
+            self.ends.append("eof")
+        except (OSError, ssl.SSLError) as e:
+            self.ends.append(f"error: {e}")
+        finally:
+            s.close()
+
+    def stop(self):
+        self.stopping.set()
+        self.sock.close()
+        for t in self.threads:
+            t.join(timeout=5)
+
+
+def test_tls_upstream_connection_closed_with_close_notify(backends, td, cert):
+    """A pooled TLS connection to a backend that td closes (here: the backend drained to weight
+    0) ends with td's close_notify."""
+    tb = TlsBackend(cert)
+    try:
+        g = backends(("green", 1))
+        cfg = td_cfg({"blue": (100, [tb.port]), "green": (0, g.ports["green"])})
+        cfg["backends"][0]["tls"] = {"verify": False}
+        t = td(cfg)
+        with RawConn(t.port) as c:
+            c.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            status, _, body = c.read_response()
+            assert (status, body) == (200, b"ok")
+        t.set_ratio(blue=0, green=100)  # idle pooled connections to blue are closed
+        assert wait_for(lambda: tb.ends, timeout=10), "td did not close the pooled connection"
+        assert tb.ends == ["close_notify"]
+    finally:
+        tb.stop()
