@@ -625,7 +625,7 @@ static const char *const health_keys[] = {"type",         "path", "expect_status
                                           "default_down", "expect_body", NULL};
 static const char *const timeout_keys[] = {
     "connect_ms",        "client_header_ms", "upstream_response_ms",
-    "keepalive_idle_ms", "drain_ms",         NULL};
+    "keepalive_idle_ms", "drain_ms",         "client_send_ms", NULL};
 static const char *const method_names[] = {"round_robin", "sticky", "failover", NULL};
 static const char *const health_types[] = {"tcp", "http", "ssl_hello", NULL};
 
@@ -654,6 +654,7 @@ static const int_field_t timeout_ints[] = {
     {"upstream_response_ms", TF(upstream_response_ms), 1, MAX_MS},
     {"keepalive_idle_ms", TF(keepalive_idle_ms), 1, MAX_MS},
     {"drain_ms", TF(drain_ms), 0, MAX_MS},
+    {"client_send_ms", TF(client_send_ms), 1, MAX_MS},
 };
 #undef TF
 
@@ -677,7 +678,7 @@ static void set_defaults(td_config_t *c) {
                                      .timeout_ms = 1000,
                                      .fall = 3,
                                      .rise = 3};
-    c->timeouts = (td_config_timeouts_t){5000, 10000, 60000, 75000, 30000};
+    c->timeouts = (td_config_timeouts_t){5000, 10000, 60000, 75000, 30000, 60000};
     c->passive = (td_config_passive_t){3, 5000, 300000};
 }
 

@@ -116,6 +116,7 @@ static json_t *timeouts_object(const td_config_timeouts_t *t, int *ok) {
     put(o, "upstream_response_ms", json_integer(t->upstream_response_ms), ok);
     put(o, "keepalive_idle_ms", json_integer(t->keepalive_idle_ms), ok);
     put(o, "drain_ms", json_integer(t->drain_ms), ok);
+    put(o, "client_send_ms", json_integer(t->client_send_ms), ok);
     return o;
 }
 

@@ -112,6 +112,8 @@ struct client_s {
     uint64_t body_left; /* Content-Length bytes not yet seen */
     td_http1_chunked_t chunk;
     int64_t deadline;   /* uv_now() ms when the head / keep-alive / body timeout fires; 0 none */
+    int64_t send_deadline; /* uv_now() ms when a pending write to the client times out; 0 none */
+    size_t send_left;      /* bytes of that write not taken by the client at the last look */
     td_snapshot_t *snap; /* a reference, held during an exchange */
     int backend, server; /* indices in snap */
     int pinned;          /* backend named by a valid sticky cookie, or -1 */
@@ -217,10 +219,11 @@ static int timeout_ms(const client_t *c, int which) {
     case 0: return t->client_header_ms;
     case 1: return t->keepalive_idle_ms;
     case 2: return t->connect_ms;
+    case 4: return t->client_send_ms;
     default: return t->upstream_response_ms;
     }
 }
-enum { T_HEADER, T_KEEPALIVE, T_CONNECT, T_RESPONSE };
+enum { T_HEADER, T_KEEPALIVE, T_CONNECT, T_RESPONSE, T_SEND };
 
 /* Client buffers (CBUF_SIZE) come from a small per-worker cache: an idle keep-alive connection
  * holds none, and a busy one does not cost a malloc/free pair per request. */
@@ -685,6 +688,31 @@ static int account_body(client_t *c) {
 /* Writes a complete small response of td's own (an error) and ends the exchange. */
 static void client_write_done_cb(uv_write_t *req, int status);
 
+/* A write to the client could not finish at once: the client send timeout starts. It measures
+ * the client, not the backend: the upstream's response timeout does not run meanwhile. */
+static void client_send_wait(client_t *c) {
+    c->writing = 1;
+    c->send_left = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+    c->send_deadline = (int64_t)uv_now(&c->w->loop) + timeout_ms(c, T_SEND);
+}
+
+/* The client send deadline passed. A client that took some of the pending bytes since the last
+ * look gets a new period (the timeout is between two writes that make progress, as nginx's
+ * send_timeout, not for the whole response); one that took nothing is closed, as its own fault:
+ * nothing is charged to the backend. */
+static void client_send_timeout(client_t *c, int64_t now) {
+    size_t left = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+    if (left < c->send_left) {
+        c->send_left = left;
+        c->send_deadline = now + timeout_ms(c, T_SEND);
+        return;
+    }
+    c->send_deadline = 0;
+    td_warn("%s %s: client took no response bytes for %d ms (timeouts.client_send_ms); "
+            "connection closed", c->ip, c->method[0] ? c->method : "-", timeout_ms(c, T_SEND));
+    client_close(c);
+}
+
 static void client_reply(client_t *c, int status, const char *reason, const char *headers);
 
 static void client_error(client_t *c, int status, const char *why) {
@@ -734,7 +762,7 @@ static void client_reply(client_t *c, int status, const char *reason, const char
     if (r < 0) {
         client_close(c);
     } else if (r == 1) {
-        c->writing = 1;
+        client_send_wait(c);
         client_read(c, 0);
     } else if (c->close_after) {
         client_close(c);
@@ -1694,6 +1722,7 @@ static int response_written(upstream_t *u);
 static void client_write_done_cb(uv_write_t *req, int status) {
     client_t *c = req->data;
     c->writing = 0;
+    c->send_deadline = 0;
     free(req);
     if (c->state == C_CLOSING)
         return;
@@ -1872,8 +1901,9 @@ static void response_pump(upstream_t *u) {
             return;
         }
         if (r == 1) {
-            c->writing = 1;
+            client_send_wait(c);
             upstream_read(u, 0); /* backpressure: a slow client stops the upstream */
+            u->deadline = 0;     /* and its response timeout, until the client takes the bytes */
             return;
         }
         if (!response_written(u))
@@ -1914,7 +1944,9 @@ static int response_written(upstream_t *u) {
         exchange_done(u);
         return 0;
     }
-    if (u->head_done && !u->tunnel)
+    /* The response timeout stopped while the client was taking the bytes: it starts again
+     * (after an interim response only once the whole request is sent). */
+    if (!u->tunnel && (u->head_done || c->req_done))
         upstream_timer(u, timeout_ms(c, T_RESPONSE));
     upstream_read(u, 1);
     return u->off < u->len && u->c && u->state == U_BUSY;
@@ -2023,6 +2055,7 @@ static void upstream_got(upstream_t *u, ssize_t nread) {
         upstream_timer(u, timeout_ms(c, T_RESPONSE));
     if (c->writing) {
         upstream_read(u, 0);
+        u->deadline = 0; /* the client send timeout runs: the response one restarts after it */
         return;
     }
     response_pump(u);
@@ -2121,6 +2154,8 @@ static void tick_cb(uv_timer_t *t) {
         if (c->up && c->up->deadline && now_loop >= c->up->deadline) {
             c->up->deadline = 0;
             upstream_timeout(c->up); /* may close c */
+        } else if (c->send_deadline && now_loop >= c->send_deadline) {
+            client_send_timeout(c, now_loop); /* may close c */
         } else if (c->deadline && now_loop >= c->deadline) {
             c->deadline = 0;
             client_timeout(c);

@@ -93,6 +93,8 @@ typedef struct td_config_timeouts_s {
     int upstream_response_ms; /* default 60000 */
     int keepalive_idle_ms;    /* default 75000 */
     int drain_ms;             /* default 30000 */
+    int client_send_ms;       /* default 60000: longest wait for a client to take response bytes
+                                 (nginx's send_timeout); then td closes, the client's fault */
 } td_config_timeouts_t;
 
 typedef struct td_config_s {

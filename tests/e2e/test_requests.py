@@ -394,3 +394,66 @@ def test_tls_upstream_connection_closed_with_close_notify(backends, td, cert):
         assert tb.ends == ["close_notify"]
     finally:
         tb.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# A slow client is the client's delay: the client send timeout, not the upstream's response one
+
+MB = 1024 * 1024
+
+
+def test_slow_reader_download_completes_past_upstream_response_timeout(backends, td):
+    """A client that stops reading a 32 MB download for longer than upstream_response_ms (1 s)
+    still gets all of it: waiting to write to the client is not the backend's delay."""
+    b = backends(("blue", 1))
+    cfg = td_cfg({"blue": (100, b.ports["blue"])})
+    cfg["timeouts"]["upstream_response_ms"] = 1000
+    t = td(cfg)
+    size = 32 * MB
+    with RawConn(t.port, timeout=30, rcvbuf=16 * 1024) as c:
+        c.send(b"GET /bytes/%d HTTP/1.1\r\nHost: h\r\n\r\n" % size)
+        _, status, headers = c.read_head()
+        assert status == 200
+        time.sleep(3.0)  # td's writes wait on the client for 3 upstream_response_ms
+        got = len(c.buf)
+        c.buf = b""
+        tail = b""
+        while got < size:
+            data = c.s.recv(1 << 20)
+            assert data, f"connection closed after {got} of {size} body bytes"
+            got += len(data)
+            tail = (tail + data)[-26:]
+        assert got == size
+        assert tail == demo_body(size)[-26:]
+    assert "cut short" not in t.proc.output()
+    assert server_of(t.state(), "blue")["failures"] == 0
+
+
+def test_client_send_timeout_closes_a_client_that_reads_nothing(backends, td):
+    """timeouts.client_send_ms: a client that takes no response bytes for that long is closed,
+    logged as its own fault, and nothing is charged to the backend."""
+    b = backends(("blue", 1))
+    cfg = td_cfg({"blue": (100, b.ports["blue"])})
+    cfg["timeouts"]["client_send_ms"] = 1000
+    t = td(cfg)
+    with RawConn(t.port, timeout=30, rcvbuf=16 * 1024) as c:
+        c.send(b"GET /bytes/%d HTTP/1.1\r\nHost: h\r\n\r\n" % (64 * MB))
+        assert wait_for(lambda: "client_send_ms" in t.proc.output(), timeout=20), \
+            t.proc.output()[-2000:]
+        got, closed = len(c.buf), False
+        for _ in range(10000):  # what td had written before it closed, then the end
+            try:
+                data = c.s.recv(1 << 20)
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                closed = True
+                break
+            got += len(data)
+        assert closed and got < 64 * MB
+    s = t.state()
+    assert server_of(s, "blue")["failures"] == 0
+    assert server_of(s, "blue")["health"] == "up"
+    with RawConn(t.port) as c:
+        c.send(b"GET /bytes/10 HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert c.read_response()[2] == demo_body(10)
