@@ -86,6 +86,8 @@ struct worker_s {
     client_t *clients;    /* every open client connection (for a stop) */
     char *buf_cache[64];      /* owned: free client buffers, reused instead of malloc/free */
     int num_cached;
+    int64_t local_err_ms;     /* when a local resource error was last logged ... */
+    unsigned local_err_quiet; /* ... and how many were not logged since */
     uv_idle_t tls_idle;       /* runs tls_pump for connections whose TLS holds plaintext */
     client_t *tls_clients;    /* clients waiting for that (tls_next list) */
     upstream_t *tls_upstreams; /* upstreams waiting for that (tls_next list) */
@@ -1135,7 +1137,30 @@ static void upstream_timer(upstream_t *u, int ms) {
 
 static void request_written(client_t *c);
 static void upstream_fail(upstream_t *u, const char *why, int kind);
-enum { F_CONNECT, F_IO, F_TIMEOUT, F_PROTOCOL };
+/* F_LOCAL: td itself lacked a resource (file descriptors, memory, local ports) to reach the
+ * upstream; it says nothing about the server. */
+enum { F_CONNECT, F_IO, F_TIMEOUT, F_PROTOCOL, F_LOCAL };
+
+/* 1 for the errors of td's own resources, not the upstream's: they are not passive failures
+ * and retrying them on another server would only repeat them. */
+static int local_error(int err) {
+    return err == UV_EMFILE || err == UV_ENFILE || err == UV_ENOMEM || err == UV_ENOBUFS ||
+           err == UV_EADDRNOTAVAIL;
+}
+
+/* Logs a local resource error at most once a second per worker (under fd exhaustion every
+ * request would log one), with the count of those not logged. */
+static void local_error_log(worker_t *w, const char *what) {
+    int64_t now = td_now_ms();
+    if (w->local_err_ms && now - w->local_err_ms < 1000) {
+        w->local_err_quiet++;
+        return;
+    }
+    td_error("%s: a limit of td's own (open files: see `ulimit -n`; memory; local ports), not "
+             "the backend's (%u more in the last second)", what, w->local_err_quiet);
+    w->local_err_ms = now;
+    w->local_err_quiet = 0;
+}
 
 static void upstream_write_cb(uv_write_t *req, int status) {
     upstream_t *u = req->data;
@@ -1452,7 +1477,7 @@ static void upstream_connect_cb(uv_connect_t *req, int status) {
         return;
     if (status < 0) {
         if (u->c)
-            upstream_fail(u, uv_strerror(status), F_CONNECT);
+            upstream_fail(u, uv_strerror(status), local_error(status) ? F_LOCAL : F_CONNECT);
         else
             upstream_close(u);
         return;
@@ -1503,13 +1528,13 @@ static void upstream_open(client_t *c, td_snap_server_t *srv) {
     c->up = u;
     td_tls_client_t *tls = c->snap->backends[c->backend].tls;
     if (tls && (!(u->tls = calloc(1, sizeof(*u->tls))) || td_tls_connect(u->tls, tls) < 0)) {
-        upstream_fail(u, "out of memory", F_CONNECT);
+        upstream_fail(u, "out of memory", F_LOCAL);
         return;
     }
     int r = uv_tcp_connect(&u->creq, &u->tcp, (const struct sockaddr *)&srv->addr.sa,
                            upstream_connect_cb);
     if (r < 0) {
-        upstream_fail(u, uv_strerror(r), F_CONNECT);
+        upstream_fail(u, uv_strerror(r), local_error(r) ? F_LOCAL : F_CONNECT);
         return;
     }
     upstream_timer(u, timeout_ms(c, T_CONNECT));
@@ -1542,6 +1567,23 @@ static void upstream_fail(upstream_t *u, const char *why, int kind) {
         drop_upstream(c);
     else
         upstream_close(u);
+    if (kind == F_LOCAL) {
+        /* No passive failure, no retry, not the backend's 5xx: the request gets a 503 from td. */
+        char what[300];
+        snprintf(what, sizeof(what),
+                 "cannot connect to upstream %s (%s): %s; answering 503, no passive failure",
+                 st->address, st->backend, why);
+        local_error_log(u->w, what);
+        if (!c)
+            return;
+        c->backend = c->server = -1;
+        c->keep_alive = c->keep_alive && c->req_done;
+        if (c->resp_sent || c->writing)
+            client_close(c);
+        else
+            client_reply(c, 503, reason_of(503), "Retry-After: 1\r\n");
+        return;
+    }
     int64_t now = td_now_ms();
     if (kind == F_CONNECT || (kind == F_IO && fresh && (!c || !c->resp_started))) {
         td_snapshot_t *s = c && c->snap ? c->snap : u->w->snap;
@@ -2099,7 +2141,13 @@ static void tls_wake(worker_t *w) {
 static void on_accept(uv_stream_t *l, int status) {
     worker_t *w = l->data;
     if (status < 0) {
-        td_warn("accept: %s", uv_strerror(status));
+        if (local_error(status)) {
+            char what[100];
+            snprintf(what, sizeof(what), "accept: %s", uv_strerror(status));
+            local_error_log(w, what);
+        } else {
+            td_warn("accept: %s", uv_strerror(status));
+        }
         return;
     }
     client_t *c = calloc(1, sizeof(*c));

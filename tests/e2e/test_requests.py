@@ -457,3 +457,80 @@ def test_client_send_timeout_closes_a_client_that_reads_nothing(backends, td):
     with RawConn(t.port) as c:
         c.send(b"GET /bytes/10 HTTP/1.1\r\nHost: h\r\n\r\n")
         assert c.read_response()[2] == demo_body(10)
+
+
+# ---------------------------------------------------------------------------------------------
+# td's own file descriptor exhaustion is not a backend failure
+
+
+def open_fds(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_fd_exhaustion_does_not_eject_healthy_backends(backends, td):
+    """With td's RLIMIT_NOFILE lowered so that its open client connections leave (about) one
+    descriptor free, concurrent requests on them run it out of descriptors for their upstream
+    connections: those get td's own 503, no server records a failure or is ejected, and once
+    the connections are gone every request succeeds again."""
+    b = backends(("blue", 1), ("green", 1))
+    t = td(td_cfg({"blue": (50, b.ports["blue"]), "green": (50, b.ports["green"])}))
+    limit = open_fds(t.proc.pid) + 12
+    subprocess.run(["prlimit", f"--pid={t.proc.pid}", f"--nofile={limit}:{limit}"], check=True,
+                   timeout=10)
+    # Keep-alive client connections, each holding one of td's descriptors (/close: the upstream
+    # connection is not pooled, so it holds none).
+    conns = []
+    try:
+        for _ in range(11):
+            c = RawConn(t.port, timeout=30)
+            conns.append(c)
+            try:
+                c.send(b"GET /close HTTP/1.1\r\nHost: h\r\n\r\n")
+                if c.read_response()[0] != 200:
+                    break
+            except (OSError, EOFError):
+                conns.pop().close()
+                break
+        assert len(conns) >= 4, "td ran out of descriptors before the test could start"
+        results = []
+        lock = threading.Lock()
+
+        def one(c):
+            try:
+                c.send(b"GET /delay/500 HTTP/1.1\r\nHost: h\r\n\r\n")
+                status = c.read_response()[0]
+            except (OSError, EOFError):
+                status = "closed"
+            with lock:
+                results.append(status)
+
+        threads = [threading.Thread(target=one, args=(c,)) for c in conns]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(timeout=60)
+    finally:
+        for c in conns:
+            c.close()
+    assert len(results) == len(conns)
+    assert set(results) <= {200, 503}, results
+    assert 503 in results, results  # the limit was reached
+    assert "not the backend's" in t.proc.output()
+    # Descriptors are free again: the admin API answers, nothing was charged to a server.
+    state = wait_for(lambda: _state_or_none(t), timeout=10)
+    for name in ("blue", "green"):
+        srv = server_of(state, name)
+        assert srv["failures"] == 0, srv
+        assert srv["health"] == "up", srv
+    for _ in range(10):
+        with RawConn(t.port) as c:
+            c.send(b"GET /bytes/3 HTTP/1.1\r\nHost: h\r\n\r\n")
+            status, _, body = c.read_response()
+            assert (status, body) == (200, b"abc")
+
+
+def _state_or_none(t):
+    try:
+        return t.state()
+    except OSError:
+        return None
