@@ -605,8 +605,9 @@ int td_config_status_expected(const char *expect_status, int status) {
 
 static const char *const root_keys[] = {"listeners", "workers",      "admin",    "routing",
                                         "backends",  "health_check", "timeouts", "passive",
-                                        "access_log", NULL};
+                                        "access_log", "request_buffering", NULL};
 static const char *const passive_keys[] = {"failures", "eject_ms", "max_eject_ms", NULL};
+static const char *const buffering_keys[] = {"max_bytes", NULL};
 static const char *const listener_keys[] = {"address", "tls", "redirect_https", "https_port",
                                             NULL};
 static const char *const listener_tls_keys[] = {"certificates", "min_version", NULL};
@@ -647,6 +648,12 @@ static const int_field_t passive_ints[] = {
 };
 #undef PF
 
+#define RBF(f) offsetof(td_config_buffering_t, f)
+static const int_field_t buffering_ints[] = {
+    {"max_bytes", RBF(max_bytes), 0, 1024 * 1024},
+};
+#undef RBF
+
 #define TF(f) offsetof(td_config_timeouts_t, f)
 static const int_field_t timeout_ints[] = {
     {"connect_ms", TF(connect_ms), 1, MAX_MS},
@@ -680,6 +687,7 @@ static void set_defaults(td_config_t *c) {
                                      .rise = 3};
     c->timeouts = (td_config_timeouts_t){5000, 10000, 60000, 75000, 30000, 60000};
     c->passive = (td_config_passive_t){3, 5000, 300000};
+    c->request_buffering.max_bytes = 65536;
 }
 
 /* Reports, at the current path, an address already used by one of the first `n` of `others`
@@ -979,6 +987,17 @@ static void parse_passive(ctx_t *x, json_t *root, td_config_t *c) {
     pop(x);
 }
 
+static void parse_request_buffering(ctx_t *x, json_t *root, td_config_t *c) {
+    json_t *b = get_object(x, root, "request_buffering", 0);
+
+    if (!b)
+        return;
+    push_key(x, "request_buffering");
+    check_keys(x, b, buffering_keys);
+    get_ints(x, b, &c->request_buffering, buffering_ints, COUNT(buffering_ints));
+    pop(x);
+}
+
 static void parse_timeouts(ctx_t *x, json_t *root, td_config_t *c) {
     json_t *t = get_object(x, root, "timeouts", 0);
 
@@ -1028,6 +1047,7 @@ td_config_t *td_config_parse(const char *text, size_t len, const char *name, FIL
             parse_backends(&x, root, c);
             parse_timeouts(&x, root, c);
             parse_passive(&x, root, c);
+            parse_request_buffering(&x, root, c);
             get_str(&x, root, "access_log", 0, c->access_log, sizeof c->access_log,
                     check_log_path, 0);
         }

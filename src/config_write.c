@@ -178,6 +178,10 @@ static json_t *config_object(const td_config_t *c, int *ok) {
         put(passive, "max_eject_ms", json_integer(c->passive.max_eject_ms), ok);
     }
     put(root, "passive", passive, ok);
+    json_t *buffering = json_object();
+    if (buffering)
+        put(buffering, "max_bytes", json_integer(c->request_buffering.max_bytes), ok);
+    put(root, "request_buffering", buffering, ok);
     if (c->access_log[0])
         put(root, "access_log", json_string(c->access_log), ok);
     return root;
