@@ -107,6 +107,7 @@ struct client_s {
     client_t *prev, *next;
     upstream_t *up;     /* the upstream of the current exchange, or NULL */
     char *buf;          /* owned: request bytes; NULL while idle */
+    uint32_t cap;       /* size of buf: CBUF_SIZE, or more while a request body is buffered */
     uint32_t len;       /* bytes in buf */
     uint32_t head_len;  /* length of the current request's head */
     uint32_t req_end;   /* end in buf of the bytes known to belong to the current request */
@@ -143,6 +144,9 @@ struct client_s {
     uint8_t resp_started; /* a response byte came from the upstream */
     uint8_t resp_sent;    /* a response head was written to the client */
     uint8_t close_after;  /* close once the pending write completes */
+    uint8_t buffering;    /* the body is read into buf before a backend is chosen */
+    uint8_t continued;    /* td answered Expect: 100-continue itself: Expect is not forwarded */
+    uint8_t continue_out; /* that 100 Continue is the pending write */
     char ip[INET6_ADDRSTRLEN];
     char method[16];
     td_tls_conn_t *tls;  /* owned; NULL on a plain listener */
@@ -240,6 +244,40 @@ static void buf_put(worker_t *w, char *buf) {
         w->buf_cache[w->num_cached++] = buf;
     else
         free(buf);
+}
+
+/* The client's buffer: taken from the cache when it has none; a larger one (a buffered body)
+ * is freed rather than cached. */
+static int client_buf_get(client_t *c) {
+    if (!c->buf) {
+        c->buf = buf_get(c->w);
+        c->cap = c->buf ? CBUF_SIZE : 0;
+    }
+    return c->buf ? 0 : TD_ENOMEM;
+}
+
+static void client_buf_put(client_t *c) {
+    if (c->cap == CBUF_SIZE)
+        buf_put(c->w, c->buf);
+    else
+        free(c->buf);
+    c->buf = NULL;
+    c->cap = 0;
+}
+
+/* Makes buf hold at least `cap` bytes, keeping its contents. Returns 0 or TD_ENOMEM (buf is
+ * unchanged then). Pointers into the old buffer (a parsed head) are invalid afterwards. */
+static int client_buf_grow(client_t *c, uint32_t cap) {
+    if (cap <= c->cap)
+        return 0;
+    char *nb = malloc(cap);
+    if (!nb)
+        return TD_ENOMEM;
+    memcpy(nb, c->buf, c->len);
+    client_buf_put(c);
+    c->buf = nb;
+    c->cap = cap;
+    return 0;
 }
 
 static void pool_close_idle(worker_t *w, const td_snap_backend_t *b);
@@ -464,7 +502,7 @@ static td_str_t find_header(const td_http1_header_t *h, size_t n, const char *lo
 
 static void client_free_cb(uv_handle_t *h) {
     client_t *c = h->data;
-    buf_put(c->w, c->buf);
+    client_buf_put(c);
     free(c->last_error);
     free(c->path);
     if (c->tls) {
@@ -631,14 +669,11 @@ static void client_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *out) {
         *out = uv_buf_init(c->w->cipher, sizeof(c->w->cipher));
         return;
     }
-    if (!c->buf) {
-        c->buf = buf_get(c->w);
-        if (!c->buf) {
-            *out = uv_buf_init(NULL, 0);
-            return;
-        }
+    if (client_buf_get(c) < 0) {
+        *out = uv_buf_init(NULL, 0);
+        return;
     }
-    *out = uv_buf_init(c->buf + c->len, CBUF_SIZE - c->len);
+    *out = uv_buf_init(c->buf + c->len, c->cap - c->len);
 }
 
 static void client_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b);
@@ -808,7 +843,7 @@ static void client_next(client_t *c) {
     c->body_left = 0;
     memset(&c->chunk, 0, sizeof(c->chunk));
     c->req_done = c->discarded = c->head_sent = c->body_sent = c->resp_started = c->resp_sent = 0;
-    c->close_after = 0;
+    c->close_after = c->buffering = c->continued = c->continue_out = 0;
     c->upgrade = c->expect = 0;
     c->backend = c->server = c->sticky_set = c->pinned = -1;
     c->tries = 0;
@@ -822,8 +857,7 @@ static void client_next(client_t *c) {
             client_close(c);
             return;
         }
-        buf_put(c->w, c->buf); /* idle keep-alive connections hold no buffer */
-        c->buf = NULL;
+        client_buf_put(c); /* idle keep-alive connections hold no buffer */
         client_timer(c, T_KEEPALIVE);
         client_read(c, 1);
         return;
@@ -897,6 +931,62 @@ static void redirect_https(client_t *c, const td_http1_request_t *req,
     }
     int get = req->head || (req->method.len == 3 && memcmp(req->method.p, "GET", 3) == 0);
     client_reply(c, get ? 301 : 308, get ? "Moved Permanently" : "Permanent Redirect", headers);
+}
+
+/* Request buffering (request_buffering.max_bytes): a body still coming is read into the
+ * client's buffer, up to the limit, before a backend is chosen, so a slow upload holds no
+ * backend connection (and no worker of an application server with a fixed pool) while it
+ * trickles in; the client's body timeout applies meanwhile (408). A body that fits is then sent
+ * whole; a larger one is streamed from there on, as without buffering. A client that waits
+ * for "100 Continue" gets it from td (RFC 9110 §10.1.1: a proxy may answer it), and the Expect
+ * field is not forwarded. Returns 1 when buffering started (routing waits for body_buffered),
+ * 0 to route now. */
+static int body_buffer_start(client_t *c) {
+    uint32_t max = (uint32_t)c->snap->config->request_buffering.max_bytes;
+    if (c->req_done || !max || c->upgrade)
+        return 0;
+    uint64_t want = max;
+    if (c->req_body == TD_BODY_LENGTH && c->body_left + (c->req_end - c->head_len) < want)
+        want = c->body_left + (c->req_end - c->head_len);
+    if (c->req_end - c->head_len >= want)
+        return 0;
+    /* Room for the head, the body up to the limit and what was already read past it. */
+    uint64_t cap = (uint64_t)c->head_len + want + (c->len - c->req_end);
+    if (cap > UINT32_MAX || client_buf_grow(c, (uint32_t)cap) < 0)
+        return 0; /* no memory for it: streamed as without buffering */
+    c->buffering = 1;
+    if (c->expect && c->minor >= 1) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        uv_buf_t iov = uv_buf_init((char *)cont, sizeof(cont) - 1);
+        int r = send_iov((uv_stream_t *)&c->tcp, c, &iov, 1, 0, client_write_done_cb, c->tls);
+        if (r < 0) {
+            client_close(c);
+            return 1;
+        }
+        c->continued = 1;
+        if (r == 1) {
+            c->continue_out = 1;
+            client_send_wait(c);
+        }
+    }
+    client_timer(c, T_HEADER);
+    client_read(c, 1);
+    return 1;
+}
+
+/* While buffering: new body bytes were accounted. Routes the request once the body is whole,
+ * or the limit (or the buffer) is reached. */
+static void body_buffered(client_t *c) {
+    uint32_t max = (uint32_t)c->snap->config->request_buffering.max_bytes;
+    if (!c->req_done && c->req_end - c->head_len < max && c->len < c->cap) {
+        client_timer(c, T_HEADER); /* the body timeout runs between two reads */
+        return;
+    }
+    c->buffering = 0;
+    c->deadline = 0; /* from here as without buffering: the upstream side sets the timeouts */
+    if (c->req_done)
+        client_read(c, 0); /* what comes now is a pipelined request: it waits */
+    pick_and_connect(c);
 }
 
 /* Parses the request head; on success routes the request and starts the exchange. */
@@ -1008,6 +1098,8 @@ static void start_request(client_t *c) {
             td_router_pin_seen(c->snap->backends[pinned].st, td_now_ms());
     }
     c->pinned = pinned;
+    if (body_buffer_start(c))
+        return;
     /* A pooled connection takes the head at once, as parsed: build_request_head may use it. */
     w->parsed = &req;
     w->parsed_for = c;
@@ -1078,7 +1170,8 @@ static int build_request_head(client_t *c) {
                    (cfg && preview_field(cfg, n)) ||
                    (n.len == 17 && td_http1_name_is(n, "x-forwarded-proto")) ||
                    (n.len == 16 && td_http1_name_is(n, "x-forwarded-host")) ||
-                   (authority.len && n.len == 4 && td_http1_name_is(n, "host"));
+                   (authority.len && n.len == 4 && td_http1_name_is(n, "host")) ||
+                   (c->continued && n.len == 6 && td_http1_name_is(n, "expect"));
         if (!drop && n.len == 15 && td_http1_name_is(n, "x-forwarded-for")) {
             xff = req.headers[i].value; /* appended to below */
             drop = 1;
@@ -1242,7 +1335,7 @@ static void request_written(client_t *c) {
         upstream_timer(c->up, timeout_ms(c, T_RESPONSE));
     if (!c->req_done) {
         /* Body still coming: make room, giving up replay only when the buffer runs short. */
-        if (CBUF_SIZE - c->len < 4096) {
+        if (c->cap - c->len < 4096) {
             c->len = c->req_end = c->fwd = c->head_len = 0;
             c->discarded = 1;
         }
@@ -1260,11 +1353,11 @@ static void client_got(client_t *c, size_t nread);
 /* Decrypts what the client's TLS holds into c->buf, as long as the client is being read. */
 static void client_tls_pump(client_t *c) {
     while (c->state != C_CLOSING && c->reading) {
-        if (!c->buf && !(c->buf = buf_get(c->w))) {
+        if (client_buf_get(c) < 0) {
             client_close(c);
             return;
         }
-        long n = td_tls_read(c->tls, c->buf + c->len, CBUF_SIZE - c->len);
+        long n = td_tls_read(c->tls, c->buf + c->len, c->cap - c->len);
         if (tls_send((uv_stream_t *)&c->tcp, NULL, c->tls, NULL) < 0 || n < 0) {
             if (n < 0 && strcmp(c->tls->error, "closed") != 0)
                 td_info("TLS from %s: %s", c->ip, c->tls->error);
@@ -1326,6 +1419,10 @@ static void client_got(client_t *c, size_t nread) {
         if (account_body(c) < 0) {
             c->keep_alive = 0;
             client_error(c, 400, "invalid chunked body");
+            return;
+        }
+        if (c->buffering) {
+            body_buffered(c);
             return;
         }
         if (!c->up || c->up->state != U_BUSY || c->up->writing)
@@ -1771,6 +1868,18 @@ static void client_write_done_cb(uv_write_t *req, int status) {
     if (status < 0) {
         client_close(c);
         return;
+    }
+    if (c->continue_out) { /* td's own 100 Continue is out: the body may come */
+        c->continue_out = 0;
+        if (!c->up) {
+            if (c->buffering)
+                client_timer(c, T_HEADER);
+            client_read(c, 1);
+            return;
+        }
+        if (c->up->state != U_BUSY)
+            return; /* the body is in and the upstream still connecting */
+        /* The body came and went on meanwhile: a response may be waiting for this write. */
     }
     if (c->up) {
         upstream_t *u = c->up;
