@@ -571,8 +571,8 @@ static void shutdown_cb(uv_shutdown_t *req, int status) {
     admin_conn_t *c = req->data;
     if (c->closing)
         return;
-    if (!c->buf || !c->cap || uv_read_start((uv_stream_t *)&c->tcp, linger_alloc_cb,
-                                            linger_read_cb) < 0)
+    if (!c->buf || !c->cap ||
+        uv_read_start((uv_stream_t *)&c->tcp, linger_alloc_cb, linger_read_cb) < 0)
         conn_close(c);
 }
 

@@ -746,7 +746,8 @@ static void client_send_timeout(client_t *c, int64_t now) {
     }
     c->send_deadline = 0;
     td_warn("%s %s: client took no response bytes for %d ms (timeouts.client_send_ms); "
-            "connection closed", c->ip, c->method[0] ? c->method : "-", timeout_ms(c, T_SEND));
+            "connection closed",
+            c->ip, c->method[0] ? c->method : "-", timeout_ms(c, T_SEND));
     client_close(c);
 }
 
@@ -1250,7 +1251,8 @@ static void local_error_log(worker_t *w, const char *what) {
         return;
     }
     td_error("%s: a limit of td's own (open files: see `ulimit -n`; memory; local ports), not "
-             "the backend's (%u more in the last second)", what, w->local_err_quiet);
+             "the backend's (%u more in the last second)",
+             what, w->local_err_quiet);
     w->local_err_ms = now;
     w->local_err_quiet = 0;
 }
