@@ -485,13 +485,14 @@ def open_fds(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def test_fd_exhaustion_does_not_eject_healthy_backends(backends, td):
+def exhaust_fds(backends, td, delay_ms, cfg_extra=None):
     """With td's RLIMIT_NOFILE lowered so that its open client connections leave (about) one
     descriptor free, concurrent requests on them run it out of descriptors for their upstream
     connections: those get td's own 503, no server records a failure or is ejected, and once
     the connections are gone every request succeeds again."""
     b = backends(("blue", 1), ("green", 1))
-    t = td(td_cfg({"blue": (50, b.ports["blue"]), "green": (50, b.ports["green"])}))
+    t = td(td_cfg({"blue": (50, b.ports["blue"]), "green": (50, b.ports["green"])},
+                  **(cfg_extra or {})))
     limit = open_fds(t.proc.pid) + 12
     subprocess.run(["prlimit", f"--pid={t.proc.pid}", f"--nofile={limit}:{limit}"], check=True,
                    timeout=10)
@@ -515,7 +516,7 @@ def test_fd_exhaustion_does_not_eject_healthy_backends(backends, td):
 
         def one(c):
             try:
-                c.send(b"GET /delay/500 HTTP/1.1\r\nHost: h\r\n\r\n")
+                c.send(b"GET /delay/%d HTTP/1.1\r\nHost: h\r\n\r\n" % delay_ms)
                 status = c.read_response()[0]
             except (OSError, EOFError):
                 status = "closed"
@@ -545,6 +546,23 @@ def test_fd_exhaustion_does_not_eject_healthy_backends(backends, td):
             c.send(b"GET /bytes/3 HTTP/1.1\r\nHost: h\r\n\r\n")
             status, _, body = c.read_response()
             assert (status, body) == (200, b"abc")
+    return t
+
+
+def test_fd_exhaustion_does_not_eject_healthy_backends(backends, td):
+    """Requests that td cannot connect for want of descriptors get its 503; no server is charged
+    or ejected (see exhaust_fds)."""
+    exhaust_fds(backends, td, 500)
+
+
+def test_fd_exhaustion_does_not_fail_health_checks(backends, td):
+    """Active health checks that cannot open a socket while td is out of descriptors give no
+    verdict: the servers stay up."""
+    hc = {"type": "http", "path": "/", "interval_ms": 100, "timeout_ms": 1000, "fall": 2,
+          "rise": 2}
+    t = exhaust_fds(backends, td, 1500, {"health_check": hc})
+    assert "health: cannot check server" in t.proc.output()
+    assert "is down" not in t.proc.output(), t.proc.output()[-3000:]
 
 
 def _state_or_none(t):
