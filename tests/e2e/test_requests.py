@@ -671,3 +671,49 @@ def test_bodies_around_the_buffering_limit_arrive_whole(backends, td, size):
             status, _, resp = c.read_response()
             assert status == 200
             assert json.loads(resp) == {"received": size, "sum": sum(body) % 2**32}
+
+
+def test_buffered_body_followed_by_a_pipelined_request(backends, td):
+    """The end of a buffered body and a pipelined request in one send: both are answered, in
+    order."""
+    b = backends(("blue", 1))
+    t = td(td_cfg({"blue": (100, b.ports["blue"])}))
+    with RawConn(t.port) as c:
+        c.send(b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\n\r\nabc")
+        time.sleep(0.2)
+        c.send(b"def" + b"GET /bytes/5 HTTP/1.1\r\nHost: h\r\n\r\n")
+        status, _, resp = c.read_response()
+        assert status == 200
+        assert json.loads(resp) == {"received": 6, "sum": sum(b"abcdef")}
+        status, _, resp = c.read_response()
+        assert (status, resp) == (200, b"abcde")
+
+
+def test_buffered_bodies_over_tls(backends, own_td, cert):
+    """On a TLS listener, bodies under and over the buffering limit, sent in pieces, arrive
+    whole."""
+    b = backends(("blue", 1))
+    port = free_port()
+    cfg = td_cfg({"blue": (100, b.ports["blue"])})
+    cfg["listeners"] = [{"address": f"127.0.0.1:{port}",
+                         "tls": {"certificates": [{"cert": cert[0], "key": cert[1]}]}}]
+    own_td(cfg)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    raw = socket.create_connection(("127.0.0.1", port), timeout=20)
+    with ctx.wrap_socket(raw, server_hostname="a.test") as s:
+        for size in (1000, 100000):
+            body = bytes((i * 7) & 0xFF for i in range(size))
+            s.sendall(b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % size)
+            s.sendall(body[:size // 2])
+            time.sleep(0.1)
+            s.sendall(body[size // 2:])
+            data = b""
+            while b"}" not in data:
+                chunk = s.recv(65536)
+                assert chunk
+                data += chunk
+            head, _, resp = data.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 ")
+            assert json.loads(resp) == {"received": size, "sum": sum(body) % 2**32}
