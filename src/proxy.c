@@ -387,7 +387,8 @@ static int tls_send(uv_stream_t *dst, void *owner, td_tls_conn_t *t, uv_write_cb
  * the alert is left out rather than sent ahead of the data. */
 static void tls_close_notify(uv_stream_t *dst, td_tls_conn_t *t) {
     char alert[256];
-    td_tls_shutdown(t);
+    if (!td_tls_shutdown(t))
+        return;
     size_t n = td_tls_pending_out(t);
     if (!n || n > sizeof(alert))
         return;
