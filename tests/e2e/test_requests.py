@@ -7,7 +7,6 @@ connections and requests, or to close without answering). Every socket has a tim
 is bounded, and every process and thread is stopped by the test."""
 import json
 import os
-import resource
 import socket
 import ssl
 import subprocess
@@ -430,7 +429,7 @@ def test_slow_reader_download_completes_past_upstream_response_timeout(backends,
     size = 32 * MB
     with RawConn(t.port, timeout=30, rcvbuf=16 * 1024) as c:
         c.send(b"GET /bytes/%d HTTP/1.1\r\nHost: h\r\n\r\n" % size)
-        _, status, headers = c.read_head()
+        _, status, _ = c.read_head()
         assert status == 200
         time.sleep(3.0)  # td's writes wait on the client for 3 upstream_response_ms
         got = len(c.buf)
