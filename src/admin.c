@@ -32,6 +32,8 @@ typedef struct admin_conn_s {
     char *out; /* owned: the response being written */
     int keep_alive;
     int closing;
+    int lingering; /* answered and shut down for writing: the rest of the input is discarded */
+    uv_shutdown_t sreq;
     char ip[64];
     char local_ip[64]; /* the address the client reached, as a Host names it ("[::1]" for IPv6) */
     struct admin_conn_s *next;
@@ -758,11 +760,53 @@ static reply_t route(const admin_conn_t *c, const td_http1_request_t *req, td_st
 /* ---- connections */
 
 static void resume(admin_conn_t *c);
+static void timeout_cb(uv_timer_t *t);
+
+/* Lingering close (nginx's lingering_close): after an answer that ends the connection while the
+ * client may still be sending (a 413 before its body), td shuts down its write side and reads and
+ * drops what comes until the client closes or ADMIN_TIMEOUT_MS pass. Closing at once with unread
+ * bytes would send a reset, and the client would lose the answer it had not read yet. */
+static void linger_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *out) {
+    (void)hint;
+    admin_conn_t *c = h->data;
+    *out = uv_buf_init(c->buf, (unsigned)c->cap);
+}
+
+static void linger_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
+    (void)b;
+    if (nread < 0)
+        conn_close(s->data);
+}
+
+static void shutdown_cb(uv_shutdown_t *req, int status) {
+    (void)status;
+    admin_conn_t *c = req->data;
+    if (c->closing)
+        return;
+    if (!c->buf || !c->cap ||
+        uv_read_start((uv_stream_t *)&c->tcp, linger_alloc_cb, linger_read_cb) < 0)
+        conn_close(c);
+}
+
+static void linger(admin_conn_t *c) {
+    c->lingering = 1;
+    c->len = 0;
+    uv_timer_start(&c->timer, timeout_cb, ADMIN_TIMEOUT_MS, 0);
+    c->sreq.data = c;
+    if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, shutdown_cb) < 0)
+        conn_close(c);
+}
 
 static void write_cb(uv_write_t *w, int status) {
     admin_conn_t *c = w->data;
     free(c->out);
     c->out = NULL;
+    if (c->closing)
+        return;
+    if (status >= 0 && c->lingering) {
+        linger(c);
+        return;
+    }
     if (status < 0 || !c->keep_alive) {
         conn_close(c);
         return;
@@ -826,6 +870,7 @@ static void process(admin_conn_t *c) {
     size_t blen = req.body == TD_BODY_LENGTH ? req.content_length : 0;
     if (blen > ADMIN_MAX_BODY) {
         c->keep_alive = 0;
+        c->lingering = 1; /* the body may be on its way: the answer must not be lost to a reset */
         send_reply(c, error_reply(413, "request body over 1 MiB"), 0);
         return;
     }
@@ -848,8 +893,11 @@ static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *out) {
     (void)hint;
     admin_conn_t *c = h->data;
     if (c->cap - c->len < 4096) {
+        /* Room for the largest head and a body of ADMIN_MAX_BODY bytes, no more. */
         size_t cap = c->cap ? c->cap * 2 : 16384;
-        if (cap > ADMIN_MAX_BODY + 65536 || !(c->buf = realloc(c->buf, cap))) {
+        if (cap > ADMIN_MAX_BODY + 65536)
+            cap = ADMIN_MAX_BODY + 65536;
+        if (cap <= c->cap || !(c->buf = realloc(c->buf, cap))) {
             *out = uv_buf_init(NULL, 0);
             return;
         }

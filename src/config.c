@@ -625,8 +625,10 @@ int td_config_status_expected(const char *expect_status, int status) {
 
 static const char *const root_keys[] = {"listeners", "workers",      "admin",    "routing",
                                         "backends",  "health_check", "timeouts", "passive",
-                                        "access_log", "pid_file", NULL};
+                                        "access_log", "pid_file",
+                                        "request_buffering", NULL};
 static const char *const passive_keys[] = {"failures", "eject_ms", "max_eject_ms", NULL};
+static const char *const buffering_keys[] = {"max_bytes", NULL};
 static const char *const listener_keys[] = {"address", "tls", "redirect_https", "https_port",
                                             NULL};
 static const char *const listener_tls_keys[] = {"certificates", "min_version", NULL};
@@ -647,7 +649,7 @@ static const char *const health_keys[] = {"type",         "path", "expect_status
                                           "default_down", "expect_body", NULL};
 static const char *const timeout_keys[] = {
     "connect_ms",        "client_header_ms", "upstream_response_ms",
-    "keepalive_idle_ms", "drain_ms",         NULL};
+    "keepalive_idle_ms", "drain_ms",         "client_send_ms", NULL};
 static const char *const method_names[] = {"round_robin", "sticky", "failover", NULL};
 static const char *const health_types[] = {"tcp", "http", "ssl_hello", NULL};
 
@@ -669,6 +671,12 @@ static const int_field_t passive_ints[] = {
 };
 #undef PF
 
+#define RBF(f) offsetof(td_config_buffering_t, f)
+static const int_field_t buffering_ints[] = {
+    {"max_bytes", RBF(max_bytes), 0, 1024 * 1024},
+};
+#undef RBF
+
 #define TF(f) offsetof(td_config_timeouts_t, f)
 static const int_field_t timeout_ints[] = {
     {"connect_ms", TF(connect_ms), 1, MAX_MS},
@@ -676,6 +684,7 @@ static const int_field_t timeout_ints[] = {
     {"upstream_response_ms", TF(upstream_response_ms), 1, MAX_MS},
     {"keepalive_idle_ms", TF(keepalive_idle_ms), 1, MAX_MS},
     {"drain_ms", TF(drain_ms), 0, MAX_MS},
+    {"client_send_ms", TF(client_send_ms), 1, MAX_MS},
 };
 #undef TF
 
@@ -701,8 +710,9 @@ static void set_defaults(td_config_t *c) {
                                      .timeout_ms = 1000,
                                      .fall = 3,
                                      .rise = 3};
-    c->timeouts = (td_config_timeouts_t){5000, 10000, 60000, 75000, 30000};
+    c->timeouts = (td_config_timeouts_t){5000, 10000, 60000, 75000, 30000, 60000};
     c->passive = (td_config_passive_t){3, 5000, 300000};
+    c->request_buffering.max_bytes = 65536;
 }
 
 /* Reports, at the current path, an address already used by one of the first `n` of `others`
@@ -1056,6 +1066,17 @@ static void parse_passive(ctx_t *x, json_t *root, td_config_t *c) {
     pop(x);
 }
 
+static void parse_request_buffering(ctx_t *x, json_t *root, td_config_t *c) {
+    json_t *b = get_object(x, root, "request_buffering", 0);
+
+    if (!b)
+        return;
+    push_key(x, "request_buffering");
+    check_keys(x, b, buffering_keys);
+    get_ints(x, b, &c->request_buffering, buffering_ints, COUNT(buffering_ints));
+    pop(x);
+}
+
 static void parse_timeouts(ctx_t *x, json_t *root, td_config_t *c) {
     json_t *t = get_object(x, root, "timeouts", 0);
 
@@ -1105,6 +1126,7 @@ td_config_t *td_config_parse(const char *text, size_t len, const char *name, FIL
             parse_backends(&x, root, c);
             parse_timeouts(&x, root, c);
             parse_passive(&x, root, c);
+            parse_request_buffering(&x, root, c);
             get_str(&x, root, "access_log", 0, c->access_log, sizeof c->access_log,
                     check_log_path, 0);
             get_str(&x, root, "pid_file", 0, c->pid_file, sizeof c->pid_file, check_pid_path, 0);

@@ -123,6 +123,7 @@ static json_t *timeouts_object(const td_config_timeouts_t *t, int *ok) {
     put(o, "upstream_response_ms", json_integer(t->upstream_response_ms), ok);
     put(o, "keepalive_idle_ms", json_integer(t->keepalive_idle_ms), ok);
     put(o, "drain_ms", json_integer(t->drain_ms), ok);
+    put(o, "client_send_ms", json_integer(t->client_send_ms), ok);
     return o;
 }
 
@@ -196,6 +197,10 @@ static json_t *config_object(const td_config_t *c, int *ok) {
         put(passive, "max_eject_ms", json_integer(c->passive.max_eject_ms), ok);
     }
     put(root, "passive", passive, ok);
+    json_t *buffering = json_object();
+    if (buffering)
+        put(buffering, "max_bytes", json_integer(c->request_buffering.max_bytes), ok);
+    put(root, "request_buffering", buffering, ok);
     if (c->access_log[0])
         put(root, "access_log", json_string(c->access_log), ok);
     if (c->pid_file[0])

@@ -113,6 +113,30 @@ static void finish(probe_t *p, int ok, const char *why) {
     schedule(k, k->hc.interval_ms);
 }
 
+/* A probe that could not start for want of td's own resources (file descriptors, memory, local
+ * ports: EMFILE, ENFILE, ENOMEM, ENOBUFS, EADDRNOTAVAIL) says nothing about the server: no
+ * verdict, the next check comes at the usual interval. Logged at most once a second. */
+static int local_error(int err) {
+    return err == UV_EMFILE || err == UV_ENFILE || err == UV_ENOMEM || err == UV_ENOBUFS ||
+           err == UV_EADDRNOTAVAIL;
+}
+
+static void skip(probe_t *p, int err) {
+    static int64_t logged_ms;
+    checker_t *k = p->k;
+    probe_end(p);
+    if (!k || k->removed)
+        return;
+    int64_t now = td_now_ms();
+    if (!logged_ms || now - logged_ms >= 1000) {
+        td_error("health: cannot check server %s (%s): connect: %s: a limit of td's own, not "
+                 "the server's; no verdict",
+                 k->st->address, k->st->backend, uv_strerror(err));
+        logged_ms = now;
+    }
+    schedule(k, k->hc.interval_ms);
+}
+
 /* Judges an HTTP response from what was read (the server closes: Connection: close). */
 static void judge_http(probe_t *p, int eof) {
     checker_t *k = p->k;
@@ -256,6 +280,10 @@ static void probe_connect_cb(uv_connect_t *c, int status) {
         return;
     checker_t *k = p->k;
     if (status < 0) {
+        if (local_error(status)) {
+            skip(p, status);
+            return;
+        }
         char why[128];
         snprintf(why, sizeof(why), "connect: %s", uv_strerror(status));
         finish(p, 0, why);
@@ -319,6 +347,10 @@ static void timer_cb(uv_timer_t *t) {
     int r = uv_tcp_connect(&p->creq, &p->tcp, (const struct sockaddr *)&k->addr.sa,
                            probe_connect_cb);
     if (r < 0) {
+        if (local_error(r)) {
+            skip(p, r);
+            return;
+        }
         char why[128];
         snprintf(why, sizeof(why), "connect: %s", uv_strerror(r));
         finish(p, 0, why);

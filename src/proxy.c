@@ -86,6 +86,8 @@ struct worker_s {
     client_t *clients;    /* every open client connection (for a stop) */
     char *buf_cache[64];      /* owned: free client buffers, reused instead of malloc/free */
     int num_cached;
+    int64_t local_err_ms;     /* when a local resource error was last logged ... */
+    unsigned local_err_quiet; /* ... and how many were not logged since */
     uv_idle_t tls_idle;       /* runs tls_pump for connections whose TLS holds plaintext */
     client_t *tls_clients;    /* clients waiting for that (tls_next list) */
     upstream_t *tls_upstreams; /* upstreams waiting for that (tls_next list) */
@@ -105,6 +107,7 @@ struct client_s {
     client_t *prev, *next;
     upstream_t *up;     /* the upstream of the current exchange, or NULL */
     char *buf;          /* owned: request bytes; NULL while idle */
+    uint32_t cap;       /* size of buf: CBUF_SIZE, or more while a request body is buffered */
     uint32_t len;       /* bytes in buf */
     uint32_t head_len;  /* length of the current request's head */
     uint32_t req_end;   /* end in buf of the bytes known to belong to the current request */
@@ -112,6 +115,8 @@ struct client_s {
     uint64_t body_left; /* Content-Length bytes not yet seen */
     td_http1_chunked_t chunk;
     int64_t deadline;   /* uv_now() ms when the head / keep-alive / body timeout fires; 0 none */
+    int64_t send_deadline; /* uv_now() ms when a pending write to the client times out; 0 none */
+    size_t send_left;      /* bytes of that write not taken by the client at the last look */
     td_snapshot_t *snap; /* a reference, held during an exchange */
     int backend, server; /* indices in snap */
     int pinned;          /* backend named by a valid sticky cookie, or -1 */
@@ -140,6 +145,9 @@ struct client_s {
     uint8_t resp_started; /* a response byte came from the upstream */
     uint8_t resp_sent;    /* a response head was written to the client */
     uint8_t close_after;  /* close once the pending write completes */
+    uint8_t buffering;    /* the body is read into buf before a backend is chosen */
+    uint8_t continued;    /* td answered Expect: 100-continue itself: Expect is not forwarded */
+    uint8_t continue_out; /* that 100 Continue is the pending write */
     char ip[INET6_ADDRSTRLEN];
     char method[16];
     td_tls_conn_t *tls;  /* owned; NULL on a plain listener */
@@ -239,10 +247,11 @@ static int timeout_ms(const client_t *c, int which) {
     case 0: return t->client_header_ms;
     case 1: return t->keepalive_idle_ms;
     case 2: return t->connect_ms;
+    case 4: return t->client_send_ms;
     default: return t->upstream_response_ms;
     }
 }
-enum { T_HEADER, T_KEEPALIVE, T_CONNECT, T_RESPONSE };
+enum { T_HEADER, T_KEEPALIVE, T_CONNECT, T_RESPONSE, T_SEND };
 
 /* Client buffers (CBUF_SIZE) come from a small per-worker cache: an idle keep-alive connection
  * holds none, and a busy one does not cost a malloc/free pair per request. */
@@ -257,6 +266,40 @@ static void buf_put(worker_t *w, char *buf) {
         w->buf_cache[w->num_cached++] = buf;
     else
         free(buf);
+}
+
+/* The client's buffer: taken from the cache when it has none; a larger one (a buffered body)
+ * is freed rather than cached. */
+static int client_buf_get(client_t *c) {
+    if (!c->buf) {
+        c->buf = buf_get(c->w);
+        c->cap = c->buf ? CBUF_SIZE : 0;
+    }
+    return c->buf ? 0 : TD_ENOMEM;
+}
+
+static void client_buf_put(client_t *c) {
+    if (c->cap == CBUF_SIZE)
+        buf_put(c->w, c->buf);
+    else
+        free(c->buf);
+    c->buf = NULL;
+    c->cap = 0;
+}
+
+/* Makes buf hold at least `cap` bytes, keeping its contents. Returns 0 or TD_ENOMEM (buf is
+ * unchanged then). Pointers into the old buffer (a parsed head) are invalid afterwards. */
+static int client_buf_grow(client_t *c, uint32_t cap) {
+    if (cap <= c->cap)
+        return 0;
+    char *nb = malloc(cap);
+    if (!nb)
+        return TD_ENOMEM;
+    memcpy(nb, c->buf, c->len);
+    client_buf_put(c);
+    c->buf = nb;
+    c->cap = cap;
+    return 0;
 }
 
 static void pool_close_idle(worker_t *w, const td_snap_backend_t *b);
@@ -360,6 +403,21 @@ static int tls_send(uv_stream_t *dst, void *owner, td_tls_conn_t *t, uv_write_cb
         return r;
     }
     return cb ? 1 : 0;
+}
+
+/* Before a TLS connection is closed: its close_notify goes out if the socket takes it at once.
+ * A close never waits for the peer, and with a write still queued (uv_try_write refuses then)
+ * the alert is left out rather than sent ahead of the data. */
+static void tls_close_notify(uv_stream_t *dst, td_tls_conn_t *t) {
+    char alert[256];
+    if (!td_tls_shutdown(t))
+        return;
+    size_t n = td_tls_pending_out(t);
+    if (!n || n > sizeof(alert))
+        return;
+    n = td_tls_take(t, alert, n);
+    uv_buf_t b = uv_buf_init(alert, (unsigned)n);
+    (void)uv_try_write(dst, &b, 1);
 }
 
 /* Writes iov[0..n) to `dst`: synchronously when the socket takes it all, else through uv_write.
@@ -468,7 +526,7 @@ static td_str_t find_header(const td_http1_header_t *h, size_t n, const char *lo
 
 static void client_free_cb(uv_handle_t *h) {
     client_t *c = h->data;
-    buf_put(c->w, c->buf);
+    client_buf_put(c);
     free(c->last_error);
     free(c->path);
     if (c->tls) {
@@ -617,6 +675,8 @@ static void client_close(client_t *c) {
     if (c->next)
         c->next->prev = c->prev;
     atomic_fetch_sub(&open_clients, 1);
+    if (c->tls)
+        tls_close_notify((uv_stream_t *)&c->tcp, c->tls);
     uv_close((uv_handle_t *)&c->tcp, client_free_cb);
 }
 
@@ -633,14 +693,11 @@ static void client_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *out) {
         *out = uv_buf_init(c->w->cipher, sizeof(c->w->cipher));
         return;
     }
-    if (!c->buf) {
-        c->buf = buf_get(c->w);
-        if (!c->buf) {
-            *out = uv_buf_init(NULL, 0);
-            return;
-        }
+    if (client_buf_get(c) < 0) {
+        *out = uv_buf_init(NULL, 0);
+        return;
     }
-    *out = uv_buf_init(c->buf + c->len, CBUF_SIZE - c->len);
+    *out = uv_buf_init(c->buf + c->len, c->cap - c->len);
 }
 
 static void client_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b);
@@ -691,6 +748,32 @@ static int account_body(client_t *c) {
 
 /* Writes a complete small response of td's own (an error) and ends the exchange. */
 static void client_write_done_cb(uv_write_t *req, int status);
+
+/* A write to the client could not finish at once: the client send timeout starts. It measures
+ * the client, not the backend: the upstream's response timeout does not run meanwhile. */
+static void client_send_wait(client_t *c) {
+    c->writing = 1;
+    c->send_left = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+    c->send_deadline = (int64_t)uv_now(&c->w->loop) + timeout_ms(c, T_SEND);
+}
+
+/* The client send deadline passed. A client that took some of the pending bytes since the last
+ * look gets a new period (the timeout is between two writes that make progress, as nginx's
+ * send_timeout, not for the whole response); one that took nothing is closed, as its own fault:
+ * nothing is charged to the backend. */
+static void client_send_timeout(client_t *c, int64_t now) {
+    size_t left = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+    if (left < c->send_left) {
+        c->send_left = left;
+        c->send_deadline = now + timeout_ms(c, T_SEND);
+        return;
+    }
+    c->send_deadline = 0;
+    td_warn("%s %s: client took no response bytes for %d ms (timeouts.client_send_ms); "
+            "connection closed",
+            c->ip, c->method[0] ? c->method : "-", timeout_ms(c, T_SEND));
+    client_close(c);
+}
 
 static void client_reply(client_t *c, int status, const char *reason, const char *headers);
 
@@ -750,7 +833,7 @@ static void client_reply(client_t *c, int status, const char *reason, const char
     if (r < 0) {
         client_close(c);
     } else if (r == 1) {
-        c->writing = 1;
+        client_send_wait(c);
         client_read(c, 0);
     } else if (c->close_after) {
         client_close(c);
@@ -794,7 +877,7 @@ static void client_next(client_t *c) {
     c->body_left = 0;
     memset(&c->chunk, 0, sizeof(c->chunk));
     c->req_done = c->discarded = c->head_sent = c->body_sent = c->resp_started = c->resp_sent = 0;
-    c->close_after = 0;
+    c->close_after = c->buffering = c->continued = c->continue_out = 0;
     c->upgrade = c->expect = 0;
     c->backend = c->server = c->sticky_set = c->pinned = -1;
     c->tries = 0;
@@ -808,8 +891,7 @@ static void client_next(client_t *c) {
             client_close(c);
             return;
         }
-        buf_put(c->w, c->buf); /* idle keep-alive connections hold no buffer */
-        c->buf = NULL;
+        client_buf_put(c); /* idle keep-alive connections hold no buffer */
         client_timer(c, T_KEEPALIVE);
         client_read(c, 1);
         return;
@@ -883,6 +965,62 @@ static void redirect_https(client_t *c, const td_http1_request_t *req,
     }
     int get = req->head || (req->method.len == 3 && memcmp(req->method.p, "GET", 3) == 0);
     client_reply(c, get ? 301 : 308, get ? "Moved Permanently" : "Permanent Redirect", headers);
+}
+
+/* Request buffering (request_buffering.max_bytes): a body still coming is read into the
+ * client's buffer, up to the limit, before a backend is chosen, so a slow upload holds no
+ * backend connection (and no worker of an application server with a fixed pool) while it
+ * trickles in; the client's body timeout applies meanwhile (408). A body that fits is then sent
+ * whole; a larger one is streamed from there on, as without buffering. A client that waits
+ * for "100 Continue" gets it from td (RFC 9110 §10.1.1: a proxy may answer it), and the Expect
+ * field is not forwarded. Returns 1 when buffering started (routing waits for body_buffered),
+ * 0 to route now. */
+static int body_buffer_start(client_t *c) {
+    uint32_t max = (uint32_t)c->snap->config->request_buffering.max_bytes;
+    if (c->req_done || !max || c->upgrade)
+        return 0;
+    uint64_t want = max;
+    if (c->req_body == TD_BODY_LENGTH && c->body_left + (c->req_end - c->head_len) < want)
+        want = c->body_left + (c->req_end - c->head_len);
+    if (c->req_end - c->head_len >= want)
+        return 0;
+    /* Room for the head, the body up to the limit and what was already read past it. */
+    uint64_t cap = (uint64_t)c->head_len + want + (c->len - c->req_end);
+    if (cap > UINT32_MAX || client_buf_grow(c, (uint32_t)cap) < 0)
+        return 0; /* no memory for it: streamed as without buffering */
+    c->buffering = 1;
+    if (c->expect && c->minor >= 1) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        uv_buf_t iov = uv_buf_init((char *)cont, sizeof(cont) - 1);
+        int r = send_iov((uv_stream_t *)&c->tcp, c, &iov, 1, 0, client_write_done_cb, c->tls);
+        if (r < 0) {
+            client_close(c);
+            return 1;
+        }
+        c->continued = 1;
+        if (r == 1) {
+            c->continue_out = 1;
+            client_send_wait(c);
+        }
+    }
+    client_timer(c, T_HEADER);
+    client_read(c, 1);
+    return 1;
+}
+
+/* While buffering: new body bytes were accounted. Routes the request once the body is whole,
+ * or the limit (or the buffer) is reached. */
+static void body_buffered(client_t *c) {
+    uint32_t max = (uint32_t)c->snap->config->request_buffering.max_bytes;
+    if (!c->req_done && c->req_end - c->head_len < max && c->len < c->cap) {
+        client_timer(c, T_HEADER); /* the body timeout runs between two reads */
+        return;
+    }
+    c->buffering = 0;
+    c->deadline = 0; /* from here as without buffering: the upstream side sets the timeouts */
+    if (c->req_done)
+        client_read(c, 0); /* what comes now is a pipelined request: it waits */
+    pick_and_connect(c);
 }
 
 /* Parses the request head; on success routes the request and starts the exchange. */
@@ -1003,6 +1141,8 @@ static void start_request(client_t *c) {
             td_router_pin_seen(c->snap->backends[pinned].st, td_now_ms());
     }
     c->pinned = pinned;
+    if (body_buffer_start(c))
+        return;
     /* A pooled connection takes the head at once, as parsed: build_request_head may use it. */
     w->parsed = &req;
     w->parsed_for = c;
@@ -1083,7 +1223,8 @@ static int build_request_head(client_t *c) {
                    (n.len == 16 && td_http1_name_is(n, "x-forwarded-host")) ||
                    (authority.len && n.len == 4 && td_http1_name_is(n, "host")) ||
                    (req.content_length_repeated && n.len == 14 &&
-                    td_http1_name_is(n, "content-length"));
+                    td_http1_name_is(n, "content-length")) ||
+                   (c->continued && n.len == 6 && td_http1_name_is(n, "expect"));
         if (!drop && n.len == 15 && td_http1_name_is(n, "x-forwarded-for")) {
             xff = req.headers[i].value; /* appended to below */
             drop = 1;
@@ -1144,7 +1285,31 @@ static void upstream_timer(upstream_t *u, int ms) {
 
 static void request_written(client_t *c);
 static void upstream_fail(upstream_t *u, const char *why, int kind);
-enum { F_CONNECT, F_IO, F_TIMEOUT, F_PROTOCOL };
+/* F_LOCAL: td itself lacked a resource (file descriptors, memory, local ports) to reach the
+ * upstream; it says nothing about the server. */
+enum { F_CONNECT, F_IO, F_TIMEOUT, F_PROTOCOL, F_LOCAL };
+
+/* 1 for the errors of td's own resources, not the upstream's: they are not passive failures
+ * and retrying them on another server would only repeat them. */
+static int local_error(int err) {
+    return err == UV_EMFILE || err == UV_ENFILE || err == UV_ENOMEM || err == UV_ENOBUFS ||
+           err == UV_EADDRNOTAVAIL;
+}
+
+/* Logs a local resource error at most once a second per worker (under fd exhaustion every
+ * request would log one), with the count of those not logged. */
+static void local_error_log(worker_t *w, const char *what) {
+    int64_t now = td_now_ms();
+    if (w->local_err_ms && now - w->local_err_ms < 1000) {
+        w->local_err_quiet++;
+        return;
+    }
+    td_error("%s: a limit of td's own (open files: see `ulimit -n`; memory; local ports), not "
+             "the backend's (%u more in the last second)",
+             what, w->local_err_quiet);
+    w->local_err_ms = now;
+    w->local_err_quiet = 0;
+}
 
 static void upstream_write_cb(uv_write_t *req, int status) {
     upstream_t *u = req->data;
@@ -1226,7 +1391,7 @@ static void request_written(client_t *c) {
         upstream_timer(c->up, timeout_ms(c, T_RESPONSE));
     if (!c->req_done) {
         /* Body still coming: make room, giving up replay only when the buffer runs short. */
-        if (CBUF_SIZE - c->len < 4096) {
+        if (c->cap - c->len < 4096) {
             c->len = c->req_end = c->fwd = c->head_len = 0;
             c->discarded = 1;
         }
@@ -1244,11 +1409,11 @@ static void client_got(client_t *c, size_t nread);
 /* Decrypts what the client's TLS holds into c->buf, as long as the client is being read. */
 static void client_tls_pump(client_t *c) {
     while (c->state != C_CLOSING && c->reading) {
-        if (!c->buf && !(c->buf = buf_get(c->w))) {
+        if (client_buf_get(c) < 0) {
             client_close(c);
             return;
         }
-        long n = td_tls_read(c->tls, c->buf + c->len, CBUF_SIZE - c->len);
+        long n = td_tls_read(c->tls, c->buf + c->len, c->cap - c->len);
         if (tls_send((uv_stream_t *)&c->tcp, NULL, c->tls, NULL) < 0 || n < 0) {
             if (n < 0 && strcmp(c->tls->error, "closed") != 0)
                 td_info("TLS from %s: %s", c->ip, c->tls->error);
@@ -1312,6 +1477,10 @@ static void client_got(client_t *c, size_t nread) {
             client_error(c, 400, "invalid chunked body");
             return;
         }
+        if (c->buffering) {
+            body_buffered(c);
+            return;
+        }
         if (!c->up || c->up->state != U_BUSY || c->up->writing)
             client_read(c, 0);
         request_send(c);
@@ -1365,6 +1534,8 @@ static void upstream_close(upstream_t *u) {
         u->c = NULL;
     }
     atomic_fetch_sub_explicit(&u->st->active_connections, 1, memory_order_relaxed);
+    if (u->tls)
+        tls_close_notify((uv_stream_t *)&u->tcp, u->tls);
     uv_close((uv_handle_t *)&u->tcp, upstream_free_cb);
 }
 
@@ -1459,7 +1630,7 @@ static void upstream_connect_cb(uv_connect_t *req, int status) {
         return;
     if (status < 0) {
         if (u->c)
-            upstream_fail(u, uv_strerror(status), F_CONNECT);
+            upstream_fail(u, uv_strerror(status), local_error(status) ? F_LOCAL : F_CONNECT);
         else
             upstream_close(u);
         return;
@@ -1510,13 +1681,13 @@ static void upstream_open(client_t *c, td_snap_server_t *srv) {
     c->up = u;
     td_tls_client_t *tls = c->snap->backends[c->backend].tls;
     if (tls && (!(u->tls = calloc(1, sizeof(*u->tls))) || td_tls_connect(u->tls, tls) < 0)) {
-        upstream_fail(u, "out of memory", F_CONNECT);
+        upstream_fail(u, "out of memory", F_LOCAL);
         return;
     }
     int r = uv_tcp_connect(&u->creq, &u->tcp, (const struct sockaddr *)&srv->addr.sa,
                            upstream_connect_cb);
     if (r < 0) {
-        upstream_fail(u, uv_strerror(r), F_CONNECT);
+        upstream_fail(u, uv_strerror(r), local_error(r) ? F_LOCAL : F_CONNECT);
         return;
     }
     upstream_timer(u, timeout_ms(c, T_CONNECT));
@@ -1539,7 +1710,7 @@ static const char *unreachable(const client_t *c) {
 
 /* The upstream connection failed during an exchange: retry on another server when that is
  * safe (nothing of the response seen, the request still whole in the buffer, and the failure was
- * a connect error, or a reset/close of an idempotent request or of one whose body never left),
+ * a connect error, or a reset/close of an idempotent request or of one none of whose bytes left),
  * else answer 502 (504 for a timeout), or just close when the response had already started. */
 static void upstream_fail(upstream_t *u, const char *why, int kind) {
     client_t *c = u->c;
@@ -1549,6 +1720,23 @@ static void upstream_fail(upstream_t *u, const char *why, int kind) {
         drop_upstream(c);
     else
         upstream_close(u);
+    if (kind == F_LOCAL) {
+        /* No passive failure, no retry, not the backend's 5xx: the request gets a 503 from td. */
+        char what[300];
+        snprintf(what, sizeof(what),
+                 "cannot connect to upstream %s (%s): %s; answering 503, no passive failure",
+                 st->address, st->backend, why);
+        local_error_log(u->w, what);
+        if (!c)
+            return;
+        c->backend = c->server = -1;
+        c->keep_alive = c->keep_alive && c->req_done;
+        if (c->resp_sent || c->writing)
+            client_close(c);
+        else
+            client_reply(c, 503, reason_of(503), "Retry-After: 1\r\n");
+        return;
+    }
     int64_t now = td_now_ms();
     if (kind == F_CONNECT || (kind == F_IO && fresh && (!c || !c->resp_started))) {
         td_snapshot_t *s = c && c->snap ? c->snap : u->w->snap;
@@ -1569,10 +1757,12 @@ static void upstream_fail(upstream_t *u, const char *why, int kind) {
         if (c->tries > 0)
             c->tries--;
     }
-    /* RFC 9110 §9.2.2: an idempotent request may be sent again; another one only when its body
-     * never left (a POST whose body was partly or wholly sent is not sent twice). */
+    /* RFC 9110 §9.2.2: an idempotent request may be sent again; another one only when none of
+     * its bytes reached the upstream (a connect failure), body or not: the server may have acted
+     * on a POST whose head alone it read (nginx's proxy_next_upstream without non_idempotent).
+     * That holds for the free retry of a pooled connection too. */
     int safe = !c->resp_started && !c->discarded &&
-               (kind == F_CONNECT || (kind == F_IO && (c->idempotent || !c->body_sent)));
+               (kind == F_CONNECT || (kind == F_IO && (c->idempotent || !c->head_sent)));
     if (safe && c->tries < MAX_TRIES) {
         c->fwd = 0;
         c->head_sent = c->body_sent = 0;
@@ -1734,12 +1924,25 @@ static int response_written(upstream_t *u);
 static void client_write_done_cb(uv_write_t *req, int status) {
     client_t *c = req->data;
     c->writing = 0;
+    c->send_deadline = 0;
     free(req);
     if (c->state == C_CLOSING)
         return;
     if (status < 0) {
         client_close(c);
         return;
+    }
+    if (c->continue_out) { /* td's own 100 Continue is out: the body may come */
+        c->continue_out = 0;
+        if (!c->up) {
+            if (c->buffering)
+                client_timer(c, T_HEADER);
+            client_read(c, 1);
+            return;
+        }
+        if (c->up->state != U_BUSY)
+            return; /* the body is in and the upstream still connecting */
+        /* The body came and went on meanwhile: a response may be waiting for this write. */
     }
     if (c->up) {
         upstream_t *u = c->up;
@@ -1915,8 +2118,9 @@ static void response_pump(upstream_t *u) {
             return;
         }
         if (r == 1) {
-            c->writing = 1;
+            client_send_wait(c);
             upstream_read(u, 0); /* backpressure: a slow client stops the upstream */
+            u->deadline = 0;     /* and its response timeout, until the client takes the bytes */
             return;
         }
         if (!response_written(u))
@@ -1957,7 +2161,9 @@ static int response_written(upstream_t *u) {
         exchange_done(u);
         return 0;
     }
-    if (u->head_done && !u->tunnel)
+    /* The response timeout stopped while the client was taking the bytes: it starts again
+     * (after an interim response only once the whole request is sent). */
+    if (!u->tunnel && (u->head_done || c->req_done))
         upstream_timer(u, timeout_ms(c, T_RESPONSE));
     upstream_read(u, 1);
     return u->off < u->len && u->c && u->state == U_BUSY;
@@ -2066,6 +2272,7 @@ static void upstream_got(upstream_t *u, ssize_t nread) {
         upstream_timer(u, timeout_ms(c, T_RESPONSE));
     if (c->writing) {
         upstream_read(u, 0);
+        u->deadline = 0; /* the client send timeout runs: the response one restarts after it */
         return;
     }
     response_pump(u);
@@ -2109,7 +2316,13 @@ static void tls_wake(worker_t *w) {
 static void on_accept(uv_stream_t *l, int status) {
     worker_t *w = l->data;
     if (status < 0) {
-        td_warn("accept: %s", uv_strerror(status));
+        if (local_error(status)) {
+            char what[100];
+            snprintf(what, sizeof(what), "accept: %s", uv_strerror(status));
+            local_error_log(w, what);
+        } else {
+            td_warn("accept: %s", uv_strerror(status));
+        }
         return;
     }
     client_t *c = calloc(1, sizeof(*c));
@@ -2163,6 +2376,8 @@ static void tick_cb(uv_timer_t *t) {
         if (c->up && c->up->deadline && now_loop >= c->up->deadline) {
             c->up->deadline = 0;
             upstream_timeout(c->up); /* may close c */
+        } else if (c->send_deadline && now_loop >= c->send_deadline) {
+            client_send_timeout(c, now_loop); /* may close c */
         } else if (c->deadline && now_loop >= c->deadline) {
             c->deadline = 0;
             client_timeout(c);

@@ -485,6 +485,14 @@ int td_tls_has_input(const td_tls_conn_t *t) {
     return SSL_pending(t->ssl) > 0 || BIO_ctrl_pending(SSL_get_rbio(t->ssl)) > 0;
 }
 
+int td_tls_shutdown(td_tls_conn_t *t) {
+    if (!t->ssl || !t->handshake_done || (t->failed && strcmp(t->error, "closed") != 0))
+        return 0;
+    int r = SSL_shutdown(t->ssl);
+    ERR_clear_error();
+    return r >= 0;
+}
+
 int td_tls_established(const td_tls_conn_t *t) {
     return t->handshake_done;
 }

@@ -107,7 +107,16 @@ typedef struct td_config_timeouts_s {
     int upstream_response_ms; /* default 60000 */
     int keepalive_idle_ms;    /* default 75000 */
     int drain_ms;             /* default 30000 */
+    int client_send_ms;       /* default 60000: longest wait for a client to take response bytes
+                                 (nginx's send_timeout); then td closes, the client's fault */
 } td_config_timeouts_t;
+
+/* Request bodies read into td before a backend is chosen (nginx's proxy_request_buffering,
+ * HAProxy's http-buffer-request): a slow upload holds no backend connection while it comes. */
+typedef struct td_config_buffering_s {
+    int max_bytes; /* 0..1048576 body bytes (chunked: with their framing); default 65536; 0 = off.
+                      A larger body is buffered up to this, then streamed. */
+} td_config_buffering_t;
 
 typedef struct td_config_s {
     td_config_listener_t *listeners; /* owned */
@@ -138,6 +147,7 @@ typedef struct td_config_s {
     int has_health; /* 0 when "health_check" is absent (no active checks but overrides) */
     td_config_passive_t passive;
     td_config_timeouts_t timeouts;
+    td_config_buffering_t request_buffering;
 } td_config_t;
 
 #endif

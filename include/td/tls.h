@@ -76,6 +76,13 @@ size_t td_tls_take(td_tls_conn_t *t, char *out, size_t cap);
  * after a pause, the caller must read them without waiting for the socket. */
 int td_tls_has_input(const td_tls_conn_t *t);
 
+/* Queues a close_notify alert (RFC 8446 §6.1, RFC 5246 §7.2.1) to be taken with td_tls_take:
+ * one SSL_shutdown, without waiting for the peer's own close_notify, so that a close never blocks
+ * on the peer. Does nothing before the handshake is done or after a fatal error (no alert may
+ * follow one); a connection the peer closed cleanly still gets its answer. Returns 1 when the
+ * alert was queued, else 0. */
+int td_tls_shutdown(td_tls_conn_t *t);
+
 /* 1 when the handshake is done (for ssl_hello health checks and for upstreams). */
 int td_tls_established(const td_tls_conn_t *t);
 

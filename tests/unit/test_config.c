@@ -264,7 +264,7 @@ static void test_key_errors(void) {
              "               \"grace\": 5}\n"
              "}\n",
              "t.json:5:16: timeouts.grace: unknown key (valid keys: connect_ms, client_header_ms, "
-             "upstream_response_ms, keepalive_idle_ms, drain_ms)\n");
+             "upstream_response_ms, keepalive_idle_ms, drain_ms, client_send_ms)\n");
     /* Case and transposition count as close. */
     T_ERRORS("{" MIN_LISTENERS ", " MIN_BACKENDS ", \"Timeouts\": {}}",
              "t.json:1:131: Timeouts: unknown key, did you mean \"timeouts\"?\n");
@@ -280,7 +280,8 @@ static void test_key_errors(void) {
     /* A key with a control character is escaped in the message. */
     T_ERRORS("{" MIN_LISTENERS ", " MIN_BACKENDS ", \"a\\nb\": 1}",
              "t.json:1:131: a\\x0ab: unknown key (valid keys: listeners, workers, admin, routing, "
-             "backends, health_check, timeouts, passive, access_log, pid_file)\n");
+             "backends, health_check, timeouts, passive, access_log, pid_file, "
+             "request_buffering)\n");
 }
 
 static void test_value_errors(void) {
@@ -589,7 +590,41 @@ static void test_health_overrides_and_passive(void) {
              "t.json:2:26: passive.failures: 0 is out of range (1..1000)\n");
 }
 
+/* request_buffering.max_bytes and timeouts.client_send_ms: defaults, values, round trip and
+ * errors at their place. */
+static void test_request_buffering_and_client_send(void) {
+    static const char plain[] = "{" MIN_LISTENERS ", " MIN_BACKENDS "}";
+    td_config_t *c = td_config_parse(plain, strlen(plain), "t.json", stderr);
+    T_CHECK(c != NULL);
+    if (c) {
+        T_EQ_INT(c->request_buffering.max_bytes, 65536);
+        T_EQ_INT(c->timeouts.client_send_ms, 60000);
+        td_config_free(c);
+    }
+    static const char set[] = "{" MIN_LISTENERS ", " MIN_BACKENDS ", \"request_buffering\": "
+                              "{\"max_bytes\": 0}, \"timeouts\": {\"client_send_ms\": 250}}";
+    c = td_config_parse(set, strlen(set), "t.json", stderr);
+    T_CHECK(c != NULL);
+    if (c) {
+        T_EQ_INT(c->request_buffering.max_bytes, 0);
+        T_EQ_INT(c->timeouts.client_send_ms, 250);
+        char *text = td_config_to_json(c);
+        td_config_t *d = text ? td_config_parse(text, strlen(text), "rt", stderr) : NULL;
+        T_CHECK(d && d->request_buffering.max_bytes == 0 && d->timeouts.client_send_ms == 250);
+        td_config_free(d);
+        free(text);
+        td_config_free(c);
+    }
+    T_ERRORS("{" MIN_LISTENERS ", " MIN_BACKENDS ",\n \"request_buffering\": {\"max_bytes\": 2000000}}",
+             "t.json:2:37: request_buffering.max_bytes: 2000000 is out of range (0..1048576)\n");
+    T_ERRORS("{" MIN_LISTENERS ", " MIN_BACKENDS ",\n \"request_buffering\": {\"max_byte\": 1}}",
+             "t.json:2:24: request_buffering.max_byte: unknown key, did you mean \"max_bytes\"?\n");
+    T_ERRORS("{" MIN_LISTENERS ", " MIN_BACKENDS ",\n \"timeouts\": {\"client_send_ms\": 0}}",
+             "t.json:2:33: timeouts.client_send_ms: 0 is out of range (1..86400000)\n");
+}
+
 int main(void) {
+    test_request_buffering_and_client_send();
     test_health_overrides_and_passive();
     test_example();
     test_defaults_and_values();
