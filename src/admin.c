@@ -13,6 +13,7 @@
 #include "td/events.h"
 #include "td/health.h"
 #include "td/http1.h"
+#include "td/rewrite.h"
 #include "td/log.h"
 #include "td/proxy.h"
 #include "td/router.h"
@@ -815,14 +816,7 @@ static void write_cb(uv_write_t *w, int status) {
 }
 
 static void send_reply(admin_conn_t *c, reply_t r, int head_only) {
-    static const char *reasons[] = {[200] = "OK", [400] = "Bad Request", [401] = "Unauthorized",
-                                    [403] = "Forbidden",
-                                    [404] = "Not Found", [405] = "Method Not Allowed", [409] = "Conflict",
-                                    [411] = "Length Required", [413] = "Content Too Large",
-                                    [421] = "Misdirected Request",
-                                    [431] = "Request Header Fields Too Large",
-                                    [500] = "Internal Server Error"};
-    const char *reason = r.status < 501 && reasons[r.status] ? reasons[r.status] : "Error";
+    const char *reason = td_http_reason(r.status);
     char head[2048];
     int hl = snprintf(head, sizeof(head),
                       "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"

@@ -10,6 +10,7 @@
 #include "td/demo.h"
 
 #include "td/http1.h"
+#include "td/rewrite.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -267,48 +268,6 @@ static int send_copy(conn_t *c, const void *p, size_t len) {
 
 /* ---- HTTP responses --------------------------------------------------------------------- */
 
-static const struct {
-    int status;
-    const char *reason;
-} reasons[] = {
-    {100, "Continue"},
-    {101, "Switching Protocols"},
-    {200, "OK"},
-    {201, "Created"},
-    {202, "Accepted"},
-    {204, "No Content"},
-    {206, "Partial Content"},
-    {301, "Moved Permanently"},
-    {302, "Found"},
-    {303, "See Other"},
-    {304, "Not Modified"},
-    {307, "Temporary Redirect"},
-    {308, "Permanent Redirect"},
-    {400, "Bad Request"},
-    {401, "Unauthorized"},
-    {403, "Forbidden"},
-    {404, "Not Found"},
-    {405, "Method Not Allowed"},
-    {408, "Request Timeout"},
-    {413, "Content Too Large"},
-    {414, "URI Too Long"},
-    {426, "Upgrade Required"},
-    {429, "Too Many Requests"},
-    {431, "Request Header Fields Too Large"},
-    {500, "Internal Server Error"},
-    {501, "Not Implemented"},
-    {502, "Bad Gateway"},
-    {503, "Service Unavailable"},
-    {504, "Gateway Timeout"},
-    {505, "HTTP Version Not Supported"},
-};
-
-static const char *reason_for(int status) {
-    for (size_t i = 0; i < sizeof(reasons) / sizeof(reasons[0]); i++)
-        if (reasons[i].status == status)
-            return reasons[i].reason;
-    return "Status";
-}
 
 enum framing {
     F_LENGTH,  /* Content-Length: length */
@@ -326,7 +285,7 @@ static size_t build_head(conn_t *c, char *out, size_t cap, int status, const cha
                      "Server: td-demo\r\n"
                      "X-TD-Demo-Backend: %s\r\n"
                      "X-TD-Demo-Server: %s\r\n",
-                     status, reason_for(status), c->srv->name, c->srv->address);
+                     status, td_http_reason(status), c->srv->name, c->srv->address);
     size_t len = (size_t)n;
     if (ctype != NULL)
         len += (size_t)snprintf(out + len, cap - len, "Content-Type: %s\r\n", ctype);
@@ -376,7 +335,7 @@ static void respond(conn_t *c, int status, const char *ctype, const char *body, 
 /* A request we cannot read: answer with status and close (the framing may be lost). */
 static void respond_error(conn_t *c, int status) {
     char body[64];
-    int n = snprintf(body, sizeof(body), "%d %s\n", status, reason_for(status));
+    int n = snprintf(body, sizeof(body), "%d %s\n", status, td_http_reason(status));
     c->keep_alive = 0;
     respond(c, status, "text/plain", body, (size_t)n, NULL, 0);
 }

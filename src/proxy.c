@@ -32,6 +32,7 @@
 #include <uv.h>
 
 #include "td/http1.h"
+#include "td/rewrite.h"
 #include "td/log.h"
 #include "td/router.h"
 #include "td/sticky.h"
@@ -221,19 +222,6 @@ static void tried_del(client_t *c, size_t flat) {
         }
 }
 
-static const char *reason_of(int status) {
-    switch (status) {
-    case 400: return "Bad Request";
-    case 408: return "Request Timeout";
-    case 414: return "URI Too Long";
-    case 431: return "Request Header Fields Too Large";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Error";
-    }
-}
 
 static int class_of(int status) {
     int k = status / 100 - 1;
@@ -785,7 +773,7 @@ static void client_error(client_t *c, int status, const char *why) {
         return;
     }
     td_warn("%d %s %s: %s", status, c->ip, c->method[0] ? c->method : "-", why);
-    client_reply(c, status, reason_of(status), "");
+    client_reply(c, status, td_http_reason(status), "");
 }
 
 /* Answers with a small response of td's own (an error, a redirect), then ends the exchange:
@@ -1734,7 +1722,7 @@ static void upstream_fail(upstream_t *u, const char *why, int kind) {
         if (c->resp_sent || c->writing)
             client_close(c);
         else
-            client_reply(c, 503, reason_of(503), "Retry-After: 1\r\n");
+            client_reply(c, 503, td_http_reason(503), "Retry-After: 1\r\n");
         return;
     }
     int64_t now = td_now_ms();
