@@ -204,8 +204,8 @@ def admin_put_raw(t, path, body, pieces=1):
     """Sends the whole request (the body in `pieces` sends, a moment apart, as a client on a
     real network would), then reads the answer: (status, parsed JSON)."""
     with RawConn(t.admin_port, timeout=20) as c:
-        c.send(b"PUT %s HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\n"
-               b"Content-Length: %d\r\n\r\n" % (path.encode(), len(body)))
+        c.send(b"PUT %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n" % (path.encode(), t.admin_port, len(body)))
         step = -(-len(body) // pieces)
         for i in range(0, len(body), step):
             c.send(body[i:i + step])
