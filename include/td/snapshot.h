@@ -29,7 +29,8 @@ void td_router_publish(td_snapshot_t *s);
  * (0 before the first publish). */
 uint64_t td_router_version(void);
 
-/* Returns the current snapshot with a reference for the caller, or NULL before the first publish. */
+/* Returns the current snapshot with a reference for the caller, or NULL before the first
+ * publish. */
 td_snapshot_t *td_router_acquire(void);
 
 #endif
