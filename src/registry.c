@@ -79,7 +79,7 @@ int64_t td_server_up_since(const td_server_stats_t *st, int64_t now_ms) {
     return checked > ejection_end ? checked : ejection_end;
 }
 
-const int td_lat_bounds_ms[TD_LAT_BUCKETS - 1] = {1,   2,    5,    10,   25,   50,   100,
+const int td_lat_bounds_ms[TD_LAT_BUCKETS - 1] = {1,   2,   5,    10,   25,   50,   100,
                                                   250, 500, 1000, 2500, 5000, 10000};
 
 void td_router_observe(td_backend_stats_t *b, int64_t ms) {

@@ -104,8 +104,7 @@ int td_router_pick_backend(const td_snapshot_t *s, int *wrr, int pinned, const u
     return i >= 0 ? i : pick_backend(s, wrr, pinned, tried, INT64_MAX);
 }
 
-static int pick_server(const td_snap_backend_t *b, int *wrr, const uint8_t *tried,
-                       int64_t now_ms) {
+static int pick_server(const td_snap_backend_t *b, int *wrr, const uint8_t *tried, int64_t now_ms) {
     size_t n = b->num_servers < MAX_SERVERS ? b->num_servers : MAX_SERVERS;
     uint8_t ok[MAX_SERVERS];
     int weight[MAX_SERVERS];

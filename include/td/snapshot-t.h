@@ -27,10 +27,10 @@ typedef struct td_snap_backend_s {
     int weight;
     td_snap_server_t *servers; /* owned by the snapshot */
     size_t num_servers;
-    size_t first_server;       /* index of servers[0] in the snapshot's flat server numbering */
-    int64_t failback_ms;       /* failover: how long it must be up again before it takes back
-                                  traffic from a backend after it (routing.failback_ms resolved) */
-    td_backend_stats_t *st;    /* borrowed from the registry */
+    size_t first_server;    /* index of servers[0] in the snapshot's flat server numbering */
+    int64_t failback_ms;    /* failover: how long it must be up again before it takes back
+                               traffic from a backend after it (routing.failback_ms resolved) */
+    td_backend_stats_t *st; /* borrowed from the registry */
 } td_snap_backend_t;
 
 /* An immutable routing snapshot: what workers read to route a request. Built by the admin thread,
@@ -38,13 +38,13 @@ typedef struct td_snap_backend_s {
  * lets go. */
 typedef struct td_snapshot_s {
     _Atomic int refs;
-    uint64_t version;       /* config version; grows by one with every applied change */
-    td_config_t *config;    /* owned: the config this snapshot was built from */
+    uint64_t version;    /* config version; grows by one with every applied change */
+    td_config_t *config; /* owned: the config this snapshot was built from */
     td_method_t method;
     td_snap_backend_t *backends; /* owned */
     size_t num_backends;
     struct td_tls_server_s **listener_tls; /* owned references, one per listener (NULL: plain) */
-    size_t num_servers;     /* across all backends */
+    size_t num_servers;                    /* across all backends */
     td_sticky_key_t sticky_key; /* signs and checks sticky cookies: routing.cookie.secret, or
                                    the process's random key when none is set */
 } td_snapshot_t;

@@ -49,7 +49,8 @@ static td_server_stats_t *server(td_snapshot_t *s, size_t b, size_t i) {
 static size_t events(char *last, size_t cap) {
     json_t *a = td_events_json();
     size_t n = json_array_size(a);
-    const char *m = n ? json_string_value(json_object_get(json_array_get(a, n - 1), "message")) : "";
+    const char *m =
+        n ? json_string_value(json_object_get(json_array_get(a, n - 1), "message")) : "";
     snprintf(last, cap, "%s", m ? m : "");
     json_decref(a);
     return n;

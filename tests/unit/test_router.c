@@ -268,11 +268,11 @@ static void test_passive_ejections_alone_never_give_up(void) {
 }
 
 static void test_servers_by_weight_and_backend_up_since(void) {
-    td_snapshot_t *s = snap_of(
-        "{\"listeners\": [{\"address\": \"127.0.0.1:1\"}],"
-        " \"backends\": [{\"name\": \"sw-blue\", \"weight\": 1, \"servers\": ["
-        "  {\"address\": \"127.0.0.1:2\", \"weight\": 3}, {\"address\": \"127.0.0.1:3\"},"
-        "  {\"address\": \"127.0.0.1:4\", \"weight\": 0}]}]}");
+    td_snapshot_t *s =
+        snap_of("{\"listeners\": [{\"address\": \"127.0.0.1:1\"}],"
+                " \"backends\": [{\"name\": \"sw-blue\", \"weight\": 1, \"servers\": ["
+                "  {\"address\": \"127.0.0.1:2\", \"weight\": 3}, {\"address\": \"127.0.0.1:3\"},"
+                "  {\"address\": \"127.0.0.1:4\", \"weight\": 0}]}]}");
     if (!s)
         return;
     td_snap_backend_t *b = &s->backends[0];
