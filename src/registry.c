@@ -66,11 +66,6 @@ void td_router_count_local(td_backend_stats_t *b, int status, int64_t now_ms) {
                           memory_order_relaxed);
 }
 
-int td_server_is_up(const td_server_stats_t *st, int64_t now_ms) {
-    return atomic_load_explicit(&st->health_up, memory_order_relaxed) &&
-           atomic_load_explicit(&st->down_until_ms, memory_order_relaxed) <= now_ms;
-}
-
 int64_t td_server_up_since(const td_server_stats_t *st, int64_t now_ms) {
     if (!td_server_is_up(st, now_ms))
         return -1;

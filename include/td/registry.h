@@ -27,8 +27,12 @@ td_local_stats_t *td_registry_local(void);
 void td_router_count_local(td_backend_stats_t *b, int status, int64_t now_ms);
 
 /* 1 when the server may receive requests now: its active check says up and it is not ejected
- * (now_ms, td_now_ms(), is at or past down_until_ms). */
-int td_server_is_up(const td_server_stats_t *st, int64_t now_ms);
+ * (now_ms, td_now_ms(), is at or past down_until_ms). Inline: every pick tests it for each
+ * candidate server. */
+static inline int td_server_is_up(const td_server_stats_t *st, int64_t now_ms) {
+    return atomic_load_explicit(&st->health_up, memory_order_relaxed) &&
+           atomic_load_explicit(&st->down_until_ms, memory_order_relaxed) <= now_ms;
+}
 
 /* td_now_ms() since which the server has been up without a break (0: since td started; the
  * later of its active check's last "up" and the end of its last passive ejection), or -1 when
