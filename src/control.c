@@ -1,6 +1,7 @@
 #include "td/control.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <stdlib.h>

@@ -3,10 +3,13 @@
 #ifndef TD_EVENTS_H
 #define TD_EVENTS_H
 
-#include <jansson.h>
 #include <stdint.h>
 
 #include "td/common-t.h"
+
+/* jansson's value type, declared as jansson.h does, so this header does not pull in jansson;
+ * the .c files that build or read the values include <jansson.h>. */
+typedef struct json_t json_t;
 
 /* Sets the audit file (`path` "" = keep the audit in memory only) and loads the last entries
  * already in it, so `tdctl history` survives restarts. Main thread, once, before any event. */

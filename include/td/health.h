@@ -8,7 +8,7 @@
 #include <uv.h>
 
 #include "td/config-t.h"
-#include "td/router-t.h"
+#include "td/registry-t.h"
 
 /* Makes the set of checks match `cfg`: servers still present keep their checker, counters and
  * verdict (a reload never makes a dead server look healthy); new servers start up, or down when

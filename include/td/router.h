@@ -1,52 +1,17 @@
-/* The router: publishes routing snapshots to workers and chooses a backend and a server for
- * each request (round robin, sticky session, failover). */
+/* The router: the per-request routing decisions on a snapshot: backend pick (round robin,
+ * sticky session, failover), server pick, failover order, shares, drain. It includes the layers
+ * it decides with (the registry, snapshots, passive detection), so its includers see the whole
+ * routing API; those lower headers never include this one. */
 #ifndef TD_ROUTER_H
 #define TD_ROUTER_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "td/router-t.h"
-
-/* Builds a snapshot from `cfg` (ownership of cfg passes to the snapshot, also on failure) with
- * the given version, taking counters from the process-wide registry (created on first use) and
- * building the TLS contexts (certificates are loaded now: connections made before keep theirs).
- * Returns the snapshot with one reference held by the caller, or NULL with a message in
- * err[errlen] (out of memory, a certificate that no longer loads). Admin thread only. */
-td_snapshot_t *td_snapshot_build(td_config_t *cfg, uint64_t version, char *err, size_t errlen);
-
-/* Takes and drops a reference. The last td_snapshot_release frees the snapshot. Any thread. */
-void td_snapshot_retain(td_snapshot_t *s);
-void td_snapshot_release(td_snapshot_t *s);
-
-/* Makes `s` the current snapshot (the router takes over the caller's reference) and drops the
- * router's reference to the previous one. Workers see it on their next request. */
-void td_router_publish(td_snapshot_t *s);
-
-/* Version of the current snapshot: one atomic load, for the per-request "has it changed?" test. */
-uint64_t td_router_version(void);
-
-/* Returns the current snapshot with a reference for the caller, or NULL before the first publish. */
-td_snapshot_t *td_router_acquire(void);
-
-/* The registry's object for a server / backend, created on first use (NULL when out of memory). */
-td_server_stats_t *td_registry_server(const char *backend, const char *address);
-td_backend_stats_t *td_registry_backend(const char *name);
-
-/* td's own counters for error answers no backend was chosen for (never NULL). */
-td_local_stats_t *td_registry_local(void);
-
-/* Counts td's own 502, 503 or 504 (other statuses are ignored) under backend `b`, the one the
- * request was routed to, or under td itself when `b` is NULL; the caller counts the backend's
- * response class as before. Any thread. */
-void td_router_count_local(td_backend_stats_t *b, int status, int64_t now_ms);
-
-/* 1 when the server may receive requests now: its active check says up and it is not ejected. */
-int td_server_is_up(const td_server_stats_t *st, int64_t now_ms);
-
-/* td_now_ms() since which the server has been up without a break (0: since td started; the
- * later of its active check's last "up" and the end of its last passive ejection), or -1 when
- * it is down now. */
-int64_t td_server_up_since(const td_server_stats_t *st, int64_t now_ms);
+#include "td/registry.h"
+#include "td/snapshot.h"
+#include "td/passive.h"
 
 /* 1 when any server of the backend is up. */
 int td_backend_is_up(const td_snap_backend_t *b, int64_t now_ms);
@@ -91,31 +56,6 @@ int td_router_pick_backend(const td_snapshot_t *s, int *wrr, int pinned, const u
  * Returns the index within b->servers, or TD_EUNAVAIL. */
 int td_router_pick_server(const td_snap_backend_t *b, int *wrr, const uint8_t *tried,
                           int64_t now_ms);
-
-/* Passive detection (Envoy's outlier detection) with the snapshot's "passive" settings: records
- * a connect error, reset or 5xx of a server. After `failures` in a row the server is ejected for
- * eject_ms, doubled for each ejection in a row up to max_eject_ms; a server with active checks
- * then also needs them to pass again (`rise`). Never ejects the last server that is up among the
- * backends with weight above 0 (in failover: among all backends, the backups included): it keeps
- * serving, and the log says so. An ejection is a "down" health event for the server.
- * Returns 1 when this failure ejected the server, 0 otherwise. Any thread. */
-int td_passive_failure(const td_snapshot_t *s, td_server_stats_t *st, int64_t now_ms);
-
-/* Main thread, about every second: a passive ejection that ended without an active check
- * (which would say so itself) gets its "up" health event, so every "down" has its "up". */
-void td_passive_sweep(const td_snapshot_t *s, int64_t now_ms);
-
-/* Records a good response: the failure run and the ejection count start again. */
-void td_passive_success(td_server_stats_t *st);
-
-/* Adds one request duration (ms, from the first byte of its head to the end of its response) to
- * the backend's histogram. */
-void td_router_observe(td_backend_stats_t *b, int64_t ms);
-
-/* Counts a request pinned to the backend by a valid sticky cookie, and returns how many came in
- * the last TD_PIN_WINDOW seconds (td_router_pins_recent), for "is anyone still on blue?". */
-void td_router_pin_seen(td_backend_stats_t *b, int64_t now_ms);
-uint64_t td_router_pins_recent(td_backend_stats_t *b, int64_t now_ms);
 
 /* 1 when the backend has been draining (td_backend_draining) for at least drain_ms: pinned
  * sticky clients then move on, and its tunnels are closed. */

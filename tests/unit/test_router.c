@@ -1,5 +1,7 @@
 /* The router: failover order, backups, failback, effective shares, passive ejection with
- * backups, and picks among more servers than a small mask would hold. */
+ * backups, sticky pins and drain, the fallback over passive ejections, server weights, and picks
+ * among more servers than a small mask would hold. (The registry's counters are tested in
+ * test_registry.c, passive detection in test_passive.c.) */
 #include "td/router.h"
 
 #include <stdio.h>
@@ -207,18 +209,107 @@ static void test_shares_round_robin_count_only_backends_up(void) {
     td_snapshot_release(s);
 }
 
-static void test_local_responses_counted_under_backend_or_td(void) {
-    td_backend_stats_t *b = td_registry_backend("lr-blue");
-    td_router_count_local(b, 502, 10);
-    td_router_count_local(b, 504, 11);
-    td_router_count_local(NULL, 503, 12);
-    td_router_count_local(NULL, 501, 13); /* not a gateway error: not counted */
-    T_EQ_INT(atomic_load(&b->local[0]), 1);
-    T_EQ_INT(atomic_load(&b->local[1]), 0);
-    T_EQ_INT(atomic_load(&b->local[2]), 1);
-    T_EQ_INT(atomic_load(&b->last_5xx_ms), 11);
-    T_EQ_INT(atomic_load(&td_registry_local()->local[1]), 1);
-    T_EQ_INT(atomic_load(&td_registry_local()->last_5xx_ms), 12);
+static void test_pinned_backend_while_up_and_not_drained(void) {
+    td_snapshot_t *s = two("pn", "sticky", 100, 100, "");
+    if (!s)
+        return;
+    int wrr[2] = {0};
+    /* A pin wins over the balance while its backend is up. */
+    for (int i = 0; i < 4; i++)
+        T_EQ_INT(td_router_pick_backend(s, wrr, 1, NULL, 1000), 1);
+    /* Tried already (a retry): the balance decides among the others. */
+    uint8_t tried[2] = {0, 1};
+    T_EQ_INT(td_router_pick_backend(s, wrr, 1, tried, 1000), 0);
+    /* Its server down: the pin is not honoured. */
+    atomic_store(&server0(s, 1)->health_up, 0);
+    T_EQ_INT(td_router_pick_backend(s, wrr, 1, NULL, 1000), 0);
+    atomic_store(&server0(s, 1)->health_up, 1);
+    /* A pin out of range is no pin. */
+    memset(wrr, 0, sizeof(wrr));
+    T_EQ_INT(td_router_pick_backend(s, wrr, 7, NULL, 1000), 0);
+    T_EQ_INT(td_router_pick_backend(s, wrr, 7, NULL, 1000), 1);
+    /* Weight 0 (draining): pinned clients stay until drain_ms has passed since it began. */
+    s->backends[1].weight = 0;
+    atomic_store(&s->backends[1].st->drain_since_ms, 10000);
+    s->config->timeouts.drain_ms = 3000;
+    T_EQ_INT(td_router_pick_backend(s, wrr, 1, NULL, 12999), 1);
+    T_EQ_INT(td_backend_drained(s, &s->backends[1], 12999), 0);
+    T_EQ_INT(td_backend_drained(s, &s->backends[1], 13000), 1);
+    T_EQ_INT(td_router_pick_backend(s, wrr, 1, NULL, 13000), 0);
+    td_snapshot_release(s);
+}
+
+static void test_passive_ejections_alone_never_give_up(void) {
+    td_snapshot_t *s = two("pj", "round_robin", 50, 50, "");
+    if (!s)
+        return;
+    int wrr[2] = {0};
+    double share[2];
+    /* Both ejected by passive detection: the pick goes on as if they were not. */
+    atomic_store(&server0(s, 0)->down_until_ms, 5000);
+    atomic_store(&server0(s, 1)->down_until_ms, 5000);
+    T_EQ_INT(td_router_pick_backend(s, wrr, -1, NULL, 1000), 0);
+    T_EQ_INT(td_router_pick_backend(s, wrr, -1, NULL, 1000), 1);
+    T_EQ_INT(td_router_pick_server(&s->backends[0], wrr, NULL, 1000), 0);
+    T_EQ_INT(td_router_shares(s, 1000, share), 2);
+    T_CHECK(share[0] == 0.5 && share[1] == 0.5);
+    /* One of them ejected: the other takes everything. */
+    atomic_store(&server0(s, 1)->down_until_ms, 0);
+    T_EQ_INT(td_router_pick_backend(s, wrr, -1, NULL, 1000), 1);
+    T_EQ_INT(td_router_pick_backend(s, wrr, -1, NULL, 1000), 1);
+    T_EQ_INT(td_router_shares(s, 1000, share), 1);
+    T_CHECK(share[0] == 0 && share[1] == 1);
+    /* Down by active checks is down: no fallback then. */
+    atomic_store(&server0(s, 1)->health_up, 0);
+    atomic_store(&server0(s, 0)->health_up, 0);
+    T_EQ_INT(td_router_pick_backend(s, wrr, -1, NULL, 1000), TD_EUNAVAIL);
+    T_EQ_INT(td_router_pick_server(&s->backends[0], wrr, NULL, 1000), TD_EUNAVAIL);
+    td_snapshot_release(s);
+}
+
+static void test_servers_by_weight_and_backend_up_since(void) {
+    td_snapshot_t *s =
+        snap_of("{\"listeners\": [{\"address\": \"127.0.0.1:1\"}],"
+                " \"backends\": [{\"name\": \"sw-blue\", \"weight\": 1, \"servers\": ["
+                "  {\"address\": \"127.0.0.1:2\", \"weight\": 3}, {\"address\": \"127.0.0.1:3\"},"
+                "  {\"address\": \"127.0.0.1:4\", \"weight\": 0}]}]}");
+    if (!s)
+        return;
+    td_snap_backend_t *b = &s->backends[0];
+    int wrr[3] = {0};
+    /* Smooth weighted round robin, 3:1: a a b a, again and again; weight 0 never. */
+    const int want[] = {0, 0, 1, 0, 0, 0, 1, 0};
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+        T_EQ_INT(td_router_pick_server(b, wrr, NULL, 0), want[i]);
+    /* Up since the earliest of its up servers with weight above 0. */
+    atomic_store(&b->servers[0].st->up_since_ms, 4000);
+    atomic_store(&b->servers[1].st->up_since_ms, 3000);
+    atomic_store(&b->servers[2].st->up_since_ms, 1000); /* weight 0: does not count */
+    T_EQ_INT(td_backend_up_since(b, 9000), 3000);
+    atomic_store(&b->servers[1].st->health_up, 0);
+    T_EQ_INT(td_backend_up_since(b, 9000), 4000);
+    T_EQ_INT(td_backend_is_up(b, 9000), 1);
+    /* Only the weight-0 server up: the backend is not. */
+    atomic_store(&b->servers[0].st->health_up, 0);
+    T_EQ_INT(td_backend_is_up(b, 9000), 0);
+    T_EQ_INT(td_backend_up_since(b, 9000), -1);
+    td_snapshot_release(s);
+}
+
+static void test_failover_without_a_primary(void) {
+    /* Every weight 0 (a config refuses that, a snapshot is told): no primary, nothing to fail
+     * over from. */
+    td_snapshot_t *s = two("fz", "failover", 100, 0, "");
+    if (!s)
+        return;
+    s->backends[0].weight = 0;
+    double share[2];
+    T_EQ_INT(td_router_pick_backend(s, NULL, -1, NULL, 0), TD_EUNAVAIL);
+    T_EQ_INT(td_router_shares(s, 0, share), TD_EUNAVAIL);
+    T_CHECK(share[0] == 0 && share[1] == 0);
+    /* Not draining either: in failover weight 0 means backup. */
+    T_EQ_INT(td_backend_draining(s, &s->backends[0]), 0);
+    td_snapshot_release(s);
 }
 
 int main(void) {
@@ -228,6 +319,9 @@ int main(void) {
     test_failover_passive_ejects_primary_when_backup_is_up();
     test_failback_default_is_one_full_rise();
     test_shares_round_robin_count_only_backends_up();
-    test_local_responses_counted_under_backend_or_td();
+    test_pinned_backend_while_up_and_not_drained();
+    test_passive_ejections_alone_never_give_up();
+    test_servers_by_weight_and_backend_up_since();
+    test_failover_without_a_primary();
     return t_done("test_router");
 }

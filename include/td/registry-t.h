@@ -1,0 +1,76 @@
+/* Types of the registry: the live counters, passive state and health verdict of each server and
+ * backend, which outlive routing snapshots (and so reloads). */
+#ifndef TD_REGISTRY_T_H
+#define TD_REGISTRY_T_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "td/config-t.h"
+
+/* Seconds over which pinned sticky requests are counted per backend. */
+#define TD_PIN_WINDOW 10
+
+/* Request-duration histogram buckets (upper bounds in ms; the last one is +Inf). */
+#define TD_LAT_BUCKETS 14
+extern const int td_lat_bounds_ms[TD_LAT_BUCKETS - 1];
+
+/* Response classes counted per server and backend: 1xx..5xx. */
+#define TD_NCLASS 5
+
+/* td's own gateway errors, counted by code: 502, 503, 504 (index code - 502). */
+#define TD_NLOCAL 3
+
+/* Live counters and passive health of one server (identified by backend name + address). Created
+ * by the registry on first use and kept for the life of the process, so counters, health and the
+ * workers' keep-alive pools (keyed by this object) survive reloads. Written by any thread. */
+typedef struct td_server_stats_s {
+    char backend[TD_NAME_MAX];
+    char address[64];
+    _Atomic uint64_t requests; /* requests sent to this server */
+    _Atomic uint64_t failures; /* connect errors, resets, timeouts */
+    _Atomic uint64_t responses[TD_NCLASS];
+    _Atomic int64_t active_connections; /* open upstream connections (busy + idle) */
+    _Atomic int64_t in_flight;          /* requests waiting for or receiving a response */
+    _Atomic int64_t down_until_ms;      /* passive ejection: down while td_now_ms() < this */
+    _Atomic int consecutive_failures;
+    _Atomic int health_up;          /* active health check verdict: 1 up, 0 down */
+    _Atomic int64_t up_since_ms;    /* td_now_ms() when health_up last went to 1 (0: up from
+                                       the start); with down_until_ms it tells how long the
+                                       server has been up (td_server_up_since) */
+    _Atomic int ejected;            /* a passive ejection's "down" event awaits its "up" */
+    int checked;                    /* main thread: an active check has been set up for it */
+    _Atomic int ejections;          /* passive ejections in a row (the next one lasts longer) */
+    _Atomic int recheck;            /* set on a passive ejection: the checker counts rise anew */
+    struct td_server_stats_s *next; /* registry list; owned by the registry */
+} td_server_stats_t;
+
+/* Live counters of one backend, by name; kept for the life of the process. */
+typedef struct td_backend_stats_s {
+    char name[TD_NAME_MAX];
+    _Atomic uint64_t requests; /* requests answered, by it or by td for it (retries count
+                                  where they ended) */
+    _Atomic uint64_t responses[TD_NCLASS];
+    _Atomic uint64_t local[TD_NLOCAL]; /* td's own 502/503/504 for it (also in responses) */
+    _Atomic int64_t last_5xx_ms;       /* td_now_ms() of the last 5xx answered for it; 0 none */
+    _Atomic int64_t in_flight;
+    _Atomic int64_t tunnels;                  /* open WebSocket / Upgrade tunnels */
+    _Atomic uint64_t latency[TD_LAT_BUCKETS]; /* request durations (not cumulative) */
+    _Atomic uint64_t latency_sum_ms;
+    _Atomic int64_t drain_since_ms; /* td_now_ms() when the weight went to 0; 0 while above 0 */
+    int last_weight;                /* admin thread: weight in the last snapshot built */
+    /* Requests carrying a valid sticky cookie for this backend, per second, over the last
+     * TD_PIN_WINDOW seconds (a ring indexed by second). */
+    _Atomic uint32_t pin_count[TD_PIN_WINDOW];
+    _Atomic int64_t pin_second[TD_PIN_WINDOW];
+    struct td_backend_stats_s *next; /* registry list; owned by the registry */
+} td_backend_stats_t;
+
+/* td's own gateway errors for requests no backend was chosen for (no backend up, no routing
+ * configuration); kept for the life of the process. */
+typedef struct td_local_stats_s {
+    _Atomic uint64_t local[TD_NLOCAL]; /* 502, 503, 504 */
+    _Atomic int64_t last_5xx_ms;       /* td_now_ms() of the last one; 0 none */
+} td_local_stats_t;
+
+#endif

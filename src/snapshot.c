@@ -1,0 +1,128 @@
+/* Routing snapshots: building one from a config, its references, and the handoff of the current
+ * one from the admin thread to the workers. */
+#include "td/snapshot.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "td/config.h"
+#include "td/log.h"
+#include "td/registry.h"
+#include "td/sticky.h"
+#include "td/tls.h"
+
+/* The current snapshot. Workers test `current_version` on every request (one atomic load) and
+ * take the lock only when it changed; the lock makes "load pointer + take reference" atomic with
+ * respect to the publisher dropping its reference. */
+static pthread_mutex_t current_lock = PTHREAD_MUTEX_INITIALIZER;
+static td_snapshot_t *current; /* one reference owned */
+static _Atomic uint64_t current_version;
+
+td_snapshot_t *td_snapshot_build(td_config_t *cfg, uint64_t version, char *err, size_t errlen) {
+    snprintf(err, errlen, "out of memory");
+    td_snapshot_t *s = calloc(1, sizeof(*s));
+    if (!s)
+        goto err;
+    atomic_store(&s->refs, 1);
+    s->version = version;
+    s->config = cfg;
+    s->method = cfg->method;
+    td_sticky_key_init(&s->sticky_key, cfg->cookie_secret);
+    s->num_backends = cfg->num_backends;
+    s->backends = calloc(cfg->num_backends, sizeof(*s->backends));
+    s->listener_tls = calloc(cfg->num_listeners ? cfg->num_listeners : 1, sizeof(void *));
+    if (!s->backends || !s->listener_tls)
+        goto err;
+    for (size_t i = 0; i < cfg->num_listeners; i++)
+        if (cfg->listeners[i].tls &&
+            !(s->listener_tls[i] = td_tls_server_new(&cfg->listeners[i], err, errlen)))
+            goto err;
+    for (size_t i = 0; i < cfg->num_backends; i++) {
+        const td_config_backend_t *cb = &cfg->backends[i];
+        td_snap_backend_t *b = &s->backends[i];
+        snprintf(b->name, sizeof(b->name), "%s", cb->name);
+        b->weight = cb->weight;
+        b->first_server = s->num_servers;
+        b->num_servers = cb->num_servers;
+        b->servers = calloc(cb->num_servers, sizeof(*b->servers));
+        b->st = td_registry_backend(cb->name);
+        if (!b->servers || !b->st)
+            goto err;
+        if (cb->tls && !(b->tls = td_tls_client_new(cb, err, errlen)))
+            goto err;
+        /* Failback: one full rise of its checks by default; without checks the passive
+         * ejection's own length already holds traffic off. */
+        if (cfg->failback_ms >= 0)
+            b->failback_ms = cfg->failback_ms;
+        else if (cfg->has_health || cb->health_override)
+            b->failback_ms = (int64_t)cb->health.rise * cb->health.interval_ms;
+        /* Drain bookkeeping: when did this backend's weight go to 0? A failover backup at
+         * weight 0 is not draining. */
+        if (cb->weight > 0 || cfg->method == TD_METHOD_FAILOVER)
+            atomic_store(&b->st->drain_since_ms, 0);
+        else if (b->st->last_weight > 0 || !atomic_load(&b->st->drain_since_ms))
+            atomic_store(&b->st->drain_since_ms, td_now_ms());
+        b->st->last_weight = cb->weight;
+        for (size_t j = 0; j < cb->num_servers; j++) {
+            b->servers[j].addr = cb->servers[j].address;
+            b->servers[j].weight = cb->servers[j].weight;
+            b->servers[j].st = td_registry_server(cb->name, cb->servers[j].address.text);
+            if (!b->servers[j].st)
+                goto err;
+        }
+        s->num_servers += cb->num_servers;
+    }
+    return s;
+err:
+    if (s) {
+        atomic_store(&s->refs, 1);
+        td_snapshot_release(s);
+    } else {
+        td_config_free(cfg);
+    }
+    return NULL;
+}
+
+void td_snapshot_retain(td_snapshot_t *s) {
+    atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
+}
+
+void td_snapshot_release(td_snapshot_t *s) {
+    if (!s || atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    if (s->backends)
+        for (size_t i = 0; i < s->num_backends; i++) {
+            free(s->backends[i].servers);
+            td_tls_client_release(s->backends[i].tls);
+        }
+    free(s->backends);
+    if (s->listener_tls)
+        for (size_t i = 0; i < s->config->num_listeners; i++)
+            td_tls_server_release(s->listener_tls[i]);
+    free(s->listener_tls);
+    td_config_free(s->config);
+    free(s);
+}
+
+void td_router_publish(td_snapshot_t *s) {
+    pthread_mutex_lock(&current_lock);
+    td_snapshot_t *old = current;
+    current = s;
+    atomic_store_explicit(&current_version, s->version, memory_order_release);
+    pthread_mutex_unlock(&current_lock);
+    td_snapshot_release(old);
+}
+
+uint64_t td_router_version(void) {
+    return atomic_load_explicit(&current_version, memory_order_acquire);
+}
+
+td_snapshot_t *td_router_acquire(void) {
+    pthread_mutex_lock(&current_lock);
+    td_snapshot_t *s = current;
+    if (s)
+        td_snapshot_retain(s);
+    pthread_mutex_unlock(&current_lock);
+    return s;
+}
