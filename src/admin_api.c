@@ -127,8 +127,8 @@ static json_t *state_json(void) {
             int up = td_server_is_up(st, now);
             json_array_append_new(
                 servers,
-                json_pack("{s:s,s:i,s:b,s:s,s:I,s:I,s:I,s:I,s:o}", "address", st->address,
-                          "weight", b->servers[j].weight, "up", up, "health",
+                json_pack("{s:s,s:i,s:b,s:s,s:I,s:I,s:I,s:I,s:o}", "address", st->address, "weight",
+                          b->servers[j].weight, "up", up, "health",
                           !atomic_load(&st->health_up) ? "down"
                           : up                         ? "up"
                                                        : "ejected",
@@ -167,11 +167,11 @@ static json_t *state_json(void) {
             last_5xx = b5;
         json_array_append_new(backends, jb);
     }
-    json_t *j = json_pack("{s:I,s:s,s:I,s:I,s:o}", "version", (json_int_t)s->version, "method",
-                          td_method_name(s->method), "uptime_s",
-                          (json_int_t)((td_wall_ms() - td_control_started_ms()) / 1000),
-                          "client_connections", (json_int_t)td_proxy_connections(), "backends",
-                          backends);
+    json_t *j =
+        json_pack("{s:I,s:s,s:I,s:I,s:o}", "version", (json_int_t)s->version, "method",
+                  td_method_name(s->method), "uptime_s",
+                  (json_int_t)((td_wall_ms() - td_control_started_ms()) / 1000),
+                  "client_connections", (json_int_t)td_proxy_connections(), "backends", backends);
     json_t *bounds = json_array();
     for (int i = 0; i < TD_LAT_BUCKETS - 1; i++)
         json_array_append_new(bounds, json_integer(td_lat_bounds_ms[i]));
@@ -228,7 +228,8 @@ static td_admin_reply_t put_ratio(td_str_t body, const char *client) {
         return fail;
     if (json_object_size(j) == 0) {
         json_decref(j);
-        return td_admin_http_error(400, "give at least one backend weight, e.g. {\"blue\": 0, \"green\": 100}");
+        return td_admin_http_error(
+            400, "give at least one backend weight, e.g. {\"blue\": 0, \"green\": 100}");
     }
     td_config_t *cfg = td_config_dup(td_control_config());
     const char *key;
@@ -318,8 +319,7 @@ static td_admin_reply_t put_config(td_str_t body, const char *client) {
     }
     free(errs);
     char err[512];
-    int r = td_control_apply(cfg, "config replaced through the API", 1, client, err,
-                             sizeof(err));
+    int r = td_control_apply(cfg, "config replaced through the API", 1, client, err, sizeof(err));
     if (r < 0)
         return td_admin_http_error(r == TD_ECONFLICT ? 409 : 500, err);
     return json_reply(200, json_pack("{s:I}", "version", (json_int_t)td_control_version()));
@@ -348,7 +348,6 @@ static int method_is(td_str_t m, const char *s) {
     return m.len == strlen(s) && memcmp(m.p, s, m.len) == 0;
 }
 
-
 static td_admin_reply_t get_metrics(void) {
     size_t len = 0;
     char *text = td_metrics_text(&len);
@@ -365,13 +364,14 @@ static td_admin_reply_t route(const td_admin_request_t *rq) {
     if (path_is(t, "/") || path_is(t, "/index.html")) {
         if (!method_is(m, "GET") && !method_is(m, "HEAD"))
             return not_allowed("GET, HEAD");
-        td_admin_reply_t r = {200, "text/html; charset=utf-8", strdup(td_console_html), 0, NULL,
-                              td_console_csp()};
+        td_admin_reply_t r = {
+            200, "text/html; charset=utf-8", strdup(td_console_html), 0, NULL, td_console_csp()};
         r.len = strlen(r.body);
         return r;
     }
     if (!rq->authorized)
-        return td_admin_http_error(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)");
+        return td_admin_http_error(401,
+                                   "missing or wrong bearer token (Authorization: Bearer TOKEN)");
     int get = method_is(m, "GET") || method_is(m, "HEAD"), put = method_is(m, "PUT");
     if (path_is(t, "/api/v1/state"))
         return get ? json_reply(200, state_json()) : not_allowed("GET, HEAD");
@@ -380,7 +380,9 @@ static td_admin_reply_t route(const td_admin_request_t *rq) {
     if (path_is(t, "/api/v1/routing"))
         return put ? put_routing(body, rq->client) : not_allowed("PUT");
     if (path_is(t, "/api/v1/config"))
-        return get ? get_config() : put ? put_config(body, rq->client) : not_allowed("GET, HEAD, PUT");
+        return get   ? get_config()
+               : put ? put_config(body, rq->client)
+                     : not_allowed("GET, HEAD, PUT");
     if (path_is(t, "/api/v1/events"))
         return get ? json_reply(200, td_events_json()) : not_allowed("GET, HEAD");
     if (path_is(t, "/api/v1/history"))

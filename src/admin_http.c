@@ -70,13 +70,12 @@ static void conn_close(admin_conn_t *c) {
     uv_close((uv_handle_t *)&c->tcp, conn_free_cb);
 }
 
-
 /* ---- replies */
 
 td_admin_reply_t td_admin_http_error(int status, const char *msg) {
     json_t *j = json_pack("{s:s}", "error", msg);
-    td_admin_reply_t r = {status, "application/json", j ? json_dumps(j, JSON_INDENT(2)) : NULL,
-                          0, NULL, NULL};
+    td_admin_reply_t r = {
+        status, "application/json", j ? json_dumps(j, JSON_INDENT(2)) : NULL, 0, NULL, NULL};
     json_decref(j);
     if (!r.body) {
         r.status = 500;
@@ -285,7 +284,8 @@ static void process(admin_conn_t *c) {
         return;
     if (r < 0) {
         c->keep_alive = 0;
-        send_reply(c, td_admin_http_error(r == TD_EHDRTOOLARGE ? 431 : 400, "malformed request"), 0);
+        send_reply(c, td_admin_http_error(r == TD_EHDRTOOLARGE ? 431 : 400, "malformed request"),
+                   0);
         return;
     }
     if (req.body == TD_BODY_CHUNKED) {

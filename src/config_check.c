@@ -1,6 +1,7 @@
 /* Config checks beyond one value's syntax: files td will need (certificates, a CA bundle, the
  * access log and pid file folders) and rules across fields. The schema (config_schema.c) says
- * where each runs; each reports at the report's path, so its message stands where the problem is. */
+ * where each runs; each reports at the report's path, so its message stands where the problem is.
+ */
 #include "td/config_check.h"
 
 #include <errno.h>
@@ -51,7 +52,6 @@ const char *td_config_check_pid_path(const char *s) {
     return errno == ENOENT ? "cannot be written: its folder does not exist"
                            : "cannot be written: no permission in its folder";
 }
-
 
 /* ---- unique addresses and names ---- */
 

@@ -77,7 +77,8 @@ static json_t *get_object(td_config_report_t *x, json_t *obj, const char *key, i
 }
 
 /* A required array of 1..max `what`s. */
-static json_t *get_array(td_config_report_t *x, json_t *obj, const char *key, const char *what, size_t max) {
+static json_t *get_array(td_config_report_t *x, json_t *obj, const char *key, const char *what,
+                         size_t max) {
     json_t *v = member(x, obj, key, 1);
     char d[128];
     int ok = 0;
@@ -86,11 +87,13 @@ static json_t *get_array(td_config_report_t *x, json_t *obj, const char *key, co
         return NULL;
     td_config_report_push_key(x, key);
     if (!json_is_array(v))
-        td_config_report(x, TD_CONFIG_AT_VALUE, "expected an array of %ss, got %s", what, describe(v, d, sizeof d));
+        td_config_report(x, TD_CONFIG_AT_VALUE, "expected an array of %ss, got %s", what,
+                         describe(v, d, sizeof d));
     else if (json_array_size(v) == 0)
         td_config_report(x, TD_CONFIG_AT_VALUE, "at least one %s is required", what);
     else if (json_array_size(v) > max)
-        td_config_report(x, TD_CONFIG_AT_VALUE, "%zu %ss, at most %zu are allowed", json_array_size(v), what, max);
+        td_config_report(x, TD_CONFIG_AT_VALUE, "%zu %ss, at most %zu are allowed",
+                         json_array_size(v), what, max);
     else
         ok = 1;
     td_config_report_pop(x);
@@ -103,19 +106,22 @@ static int int_value(td_config_report_t *x, json_t *v, int lo, int hi, int *out)
     json_int_t i;
 
     if (!json_is_integer(v)) {
-        td_config_report(x, TD_CONFIG_AT_VALUE, "expected an integer %d..%d, got %s", lo, hi, describe(v, d, sizeof d));
+        td_config_report(x, TD_CONFIG_AT_VALUE, "expected an integer %d..%d, got %s", lo, hi,
+                         describe(v, d, sizeof d));
         return 0;
     }
     i = json_integer_value(v);
     if (i < lo || i > hi) {
-        td_config_report(x, TD_CONFIG_AT_VALUE, "%" JSON_INTEGER_FORMAT " is out of range (%d..%d)", i, lo, hi);
+        td_config_report(x, TD_CONFIG_AT_VALUE, "%" JSON_INTEGER_FORMAT " is out of range (%d..%d)",
+                         i, lo, hi);
         return 0;
     }
     *out = (int)i;
     return 1;
 }
 
-static int get_int(td_config_report_t *x, json_t *obj, const char *key, int required, int lo, int hi, int *out) {
+static int get_int(td_config_report_t *x, json_t *obj, const char *key, int required, int lo,
+                   int hi, int *out) {
     json_t *v = member(x, obj, key, required);
     int ok;
 
@@ -139,7 +145,8 @@ static int get_bool(td_config_report_t *x, json_t *obj, const char *key, int *ou
         *out = json_is_true(v);
         ok = 1;
     } else {
-        td_config_report(x, TD_CONFIG_AT_VALUE, "expected true or false, got %s", describe(v, d, sizeof d));
+        td_config_report(x, TD_CONFIG_AT_VALUE, "expected true or false, got %s",
+                         describe(v, d, sizeof d));
     }
     td_config_report_pop(x);
     return ok;
@@ -147,8 +154,8 @@ static int get_bool(td_config_report_t *x, json_t *obj, const char *key, int *ou
 
 /* A string member that fits in out[cap] and passes `check` (may be NULL). With `hide` the value
  * is kept out of messages (a token). Returns 1 when stored. */
-static int get_str(td_config_report_t *x, json_t *obj, const char *key, int required, char *out, size_t cap,
-                   td_config_check_fn *check, int hide) {
+static int get_str(td_config_report_t *x, json_t *obj, const char *key, int required, char *out,
+                   size_t cap, td_config_check_fn *check, int hide) {
     json_t *v = member(x, obj, key, required);
     const char *s, *bad = NULL;
     char d[128], q[96];
@@ -157,17 +164,19 @@ static int get_str(td_config_report_t *x, json_t *obj, const char *key, int requ
         return 0;
     td_config_report_push_key(x, key);
     if (!json_is_string(v)) {
-        td_config_report(x, TD_CONFIG_AT_VALUE, "expected a string, got %s", describe(v, d, sizeof d));
+        td_config_report(x, TD_CONFIG_AT_VALUE, "expected a string, got %s",
+                         describe(v, d, sizeof d));
         goto fail;
     }
     s = json_string_value(v);
     if (json_string_length(v) >= cap) {
         td_config_report(x, TD_CONFIG_AT_VALUE, "%s is too long (at most %zu bytes)",
-               hide ? "the value" : td_config_show(q, sizeof q, s, 1), cap - 1);
+                         hide ? "the value" : td_config_show(q, sizeof q, s, 1), cap - 1);
         goto fail;
     }
     if (check && (bad = check(s)) != NULL) {
-        td_config_report(x, TD_CONFIG_AT_VALUE, "%s %s", hide ? "the value" : td_config_show(q, sizeof q, s, 1), bad);
+        td_config_report(x, TD_CONFIG_AT_VALUE, "%s %s",
+                         hide ? "the value" : td_config_show(q, sizeof q, s, 1), bad);
         goto fail;
     }
     memcpy(out, s, json_string_length(v) + 1);
@@ -179,7 +188,8 @@ fail:
 }
 
 /* A string member that must be one of `names` (NULL-terminated); stores its index. */
-static int get_enum(td_config_report_t *x, json_t *obj, const char *key, const char *const *names, int *out) {
+static int get_enum(td_config_report_t *x, json_t *obj, const char *key, const char *const *names,
+                    int *out) {
     json_t *v = member(x, obj, key, 0);
     const char *s, *hint;
     char d[128], q[96], list[128];
@@ -190,7 +200,8 @@ static int get_enum(td_config_report_t *x, json_t *obj, const char *key, const c
     td_config_report_push_key(x, key);
     td_config_join(list, sizeof list, names);
     if (!json_is_string(v)) {
-        td_config_report(x, TD_CONFIG_AT_VALUE, "expected one of %s, got %s", list, describe(v, d, sizeof d));
+        td_config_report(x, TD_CONFIG_AT_VALUE, "expected one of %s, got %s", list,
+                         describe(v, d, sizeof d));
         goto out;
     }
     s = json_string_value(v);
@@ -203,10 +214,11 @@ static int get_enum(td_config_report_t *x, json_t *obj, const char *key, const c
     }
     hint = td_config_suggest(s, names);
     if (hint)
-        td_config_report(x, TD_CONFIG_AT_VALUE, "%s is not one of %s; did you mean \"%s\"?", td_config_show(q, sizeof q, s, 1),
-               list, hint);
+        td_config_report(x, TD_CONFIG_AT_VALUE, "%s is not one of %s; did you mean \"%s\"?",
+                         td_config_show(q, sizeof q, s, 1), list, hint);
     else
-        td_config_report(x, TD_CONFIG_AT_VALUE, "%s is not one of %s", td_config_show(q, sizeof q, s, 1), list);
+        td_config_report(x, TD_CONFIG_AT_VALUE, "%s is not one of %s",
+                         td_config_show(q, sizeof q, s, 1), list);
 out:
     td_config_report_pop(x);
     return ok;
@@ -220,12 +232,12 @@ static int get_addr(td_config_report_t *x, json_t *obj, const char *key, td_addr
     if (td_addr_parse(s, out) == 0)
         return 1;
     td_config_report_push_key(x, key);
-    td_config_report(x, TD_CONFIG_AT_VALUE, "%s is not a valid address (IP:port or [IPv6]:port, port 1..65535)",
-           td_config_show(q, sizeof q, s, 1));
+    td_config_report(x, TD_CONFIG_AT_VALUE,
+                     "%s is not a valid address (IP:port or [IPv6]:port, port 1..65535)",
+                     td_config_show(q, sizeof q, s, 1));
     td_config_report_pop(x);
     return 0;
 }
-
 
 /* ---- walking the schema ---- */
 
@@ -352,8 +364,7 @@ static int read_field(td_config_report_t *x, td_config_t *c, json_t *obj,
         ok = get_bool(x, obj, f->key, (int *)at);
         break;
     case TD_CF_STR:
-        ok = get_str(x, obj, f->key, required, at, f->size, f->check,
-                     (f->flags & TD_CF_HIDE) != 0);
+        ok = get_str(x, obj, f->key, required, at, f->size, f->check, (f->flags & TD_CF_HIDE) != 0);
         break;
     case TD_CF_ENUM:
         if ((ok = get_enum(x, obj, f->key, f->names, &i)))
@@ -398,8 +409,7 @@ static int read_field(td_config_report_t *x, td_config_t *c, json_t *obj,
 /* The object `obj` (at the report's path) into the struct at `base`: its keys checked, its
  * fields read (TD_CF_EARLY ones first), then o->after. */
 static void read_object(td_config_report_t *x, td_config_t *c, json_t *obj,
-                        const td_config_object_t *o, void *base, const void *first,
-                        size_t index) {
+                        const td_config_object_t *o, void *base, const void *first, size_t index) {
     unsigned read = 0;
 
     check_keys(x, obj, o);
@@ -562,4 +572,3 @@ void td_config_free(td_config_t *c) {
     free(c->listeners);
     free(c);
 }
-

@@ -191,4 +191,3 @@ void td_config_join(char *out, size_t size, const char *const *names) {
     for (size_t i = 0; names[i] && n < size; i++)
         n += (size_t)snprintf(out + n, size - n, "%s%s", i ? ", " : "", names[i]);
 }
-

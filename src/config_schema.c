@@ -63,11 +63,22 @@ static const char *check_header_name(const char *s) {
         p++;
     if (!*s || *p)
         return "is not a valid header name (an RFC 9110 token, e.g. X-TD-Backend)";
-    static const char *const reserved[] = {
-        "host",    "content-length", "transfer-encoding", "connection",        "upgrade",
-        "te",      "trailer",        "expect",            "cookie",            "authorization",
-        "keep-alive", "proxy-connection", "x-forwarded-for", "x-forwarded-proto",
-        "x-forwarded-host", NULL};
+    static const char *const reserved[] = {"host",
+                                           "content-length",
+                                           "transfer-encoding",
+                                           "connection",
+                                           "upgrade",
+                                           "te",
+                                           "trailer",
+                                           "expect",
+                                           "cookie",
+                                           "authorization",
+                                           "keep-alive",
+                                           "proxy-connection",
+                                           "x-forwarded-for",
+                                           "x-forwarded-proto",
+                                           "x-forwarded-host",
+                                           NULL};
     for (size_t i = 0; reserved[i]; i++)
         if (strcasecmp(s, reserved[i]) == 0)
             return "is a header td or the backend needs (choose e.g. X-TD-Backend)";
@@ -124,7 +135,6 @@ int td_config_status_expected(const char *expect_status, int status) {
     return 0;
 }
 
-
 /* ---- the tables ---- */
 
 static const char *const method_names[] = {"round_robin", "sticky", "failover", NULL};
@@ -134,27 +144,38 @@ static const char *const tls_versions[] = {"1.2", "1.3", NULL};
 static const int tls_version_values[] = {TLS1_2_VERSION, TLS1_3_VERSION};
 
 /* One macro per kind: the key, the struct it lives in and the member, then what the kind needs. */
-#define INT(k, st, m, l, h, d, fl)                                                                \
-    {.key = k, .kind = TD_CF_INT, .flags = fl, .offset = offsetof(st, m), .lo = l, .hi = h,     \
-     .def = d}
-#define BOOL(k, st, m, d, fl)                                                                     \
-    {.key = k, .kind = TD_CF_BOOL, .flags = fl, .offset = offsetof(st, m), .def = d}
-#define STR(k, st, m, d, chk, fl)                                                                 \
-    {.key = k, .kind = TD_CF_STR, .flags = fl, .offset = offsetof(st, m),                        \
-     .size = sizeof(((st *)0)->m), .def_str = d, .check = chk}
-#define ENUM(k, st, m, nm, vals, d, fl)                                                           \
-    {.key = k, .kind = TD_CF_ENUM, .flags = fl, .offset = offsetof(st, m), .names = nm,          \
-     .values = vals, .def = d}
-#define ADDR(k, st, m, hook)                                                                      \
-    {.key = k, .kind = TD_CF_ADDR, .flags = TD_CF_REQUIRED, .offset = offsetof(st, m),           \
-     .after = hook}
+#define INT(k, st, m, l, h, d, fl)                                                                 \
+    {                                                                                              \
+        .key = k, .kind = TD_CF_INT, .flags = fl, .offset = offsetof(st, m), .lo = l, .hi = h,     \
+        .def = d                                                                                   \
+    }
+#define BOOL(k, st, m, d, fl)                                                                      \
+    { .key = k, .kind = TD_CF_BOOL, .flags = fl, .offset = offsetof(st, m), .def = d }
+#define STR(k, st, m, d, chk, fl)                                                                  \
+    {                                                                                              \
+        .key = k, .kind = TD_CF_STR, .flags = fl, .offset = offsetof(st, m),                       \
+        .size = sizeof(((st *)0)->m), .def_str = d, .check = chk                                   \
+    }
+#define ENUM(k, st, m, nm, vals, d, fl)                                                            \
+    {                                                                                              \
+        .key = k, .kind = TD_CF_ENUM, .flags = fl, .offset = offsetof(st, m), .names = nm,         \
+        .values = vals, .def = d                                                                   \
+    }
+#define ADDR(k, st, m, hook)                                                                       \
+    {                                                                                              \
+        .key = k, .kind = TD_CF_ADDR, .flags = TD_CF_REQUIRED, .offset = offsetof(st, m),          \
+        .after = hook                                                                              \
+    }
 /* A sub-object whose struct is member m of st (or, with offset 0 and st ignored, st itself). */
-#define OBJECT(k, off, sb, pres, fl)                                                              \
-    {.key = k, .kind = TD_CF_OBJECT, .flags = fl, .offset = off, .sub = &sb, .present = pres}
-#define ARRAY(k, st, m, cnt, elem, sb, max, wh, fl)                                               \
-    {.key = k, .kind = TD_CF_ARRAY, .flags = TD_CF_REQUIRED | (fl), .offset = offsetof(st, m),   \
-     .size = sizeof(elem), .hi = max, .sub = &sb, .count_offset = offsetof(st, cnt), .what = wh}
-#define OBJ(f, ...) {f, COUNT(f), __VA_ARGS__}
+#define OBJECT(k, off, sb, pres, fl)                                                               \
+    { .key = k, .kind = TD_CF_OBJECT, .flags = fl, .offset = off, .sub = &sb, .present = pres }
+#define ARRAY(k, st, m, cnt, elem, sb, max, wh, fl)                                                \
+    {                                                                                              \
+        .key = k, .kind = TD_CF_ARRAY, .flags = TD_CF_REQUIRED | (fl), .offset = offsetof(st, m),  \
+        .size = sizeof(elem), .hi = max, .sub = &sb, .count_offset = offsetof(st, cnt), .what = wh \
+    }
+#define OBJ(f, ...)                                                                                \
+    { f, COUNT(f), __VA_ARGS__ }
 
 static const td_config_field_t cert_fields[] = {
     STR("cert", td_config_cert_t, cert, NULL, NULL, TD_CF_REQUIRED),
@@ -194,8 +215,11 @@ static const td_config_field_t cookie_fields[] = {
     ENUM("same_site", td_config_t, cookie_same_site, same_site_names, NULL, TD_SAME_SITE_LAX,
          TD_CF_CHANGED),
     /* "auto", true or false */
-    {.key = "secure", .kind = TD_CF_CUSTOM, .flags = TD_CF_CHANGED,
-     .offset = offsetof(td_config_t, cookie_secure), .def = TD_COOKIE_SECURE_AUTO,
+    {.key = "secure",
+     .kind = TD_CF_CUSTOM,
+     .flags = TD_CF_CHANGED,
+     .offset = offsetof(td_config_t, cookie_secure),
+     .def = TD_COOKIE_SECURE_AUTO,
      .id = TD_CF_ID_COOKIE_SECURE},
 };
 static const td_config_object_t cookie_object =
@@ -218,8 +242,12 @@ static const unsigned char routing_order[] = {0, 3, 1, 2};
 static const td_config_object_t routing_object = OBJ(routing_fields, routing_order, NULL, NULL);
 
 static const td_config_field_t health_fields[] = {
-    {.key = "type", .kind = TD_CF_ENUM_STR, .offset = offsetof(td_config_health_t, type),
-     .size = sizeof(((td_config_health_t *)0)->type), .def_str = "http", .names = health_types},
+    {.key = "type",
+     .kind = TD_CF_ENUM_STR,
+     .offset = offsetof(td_config_health_t, type),
+     .size = sizeof(((td_config_health_t *)0)->type),
+     .def_str = "http",
+     .names = health_types},
     STR("path", td_config_health_t, path, "/", check_path, 0),
     STR("expect_status", td_config_health_t, expect_status, "2xx,3xx", check_status, 0),
     INT("interval_ms", td_config_health_t, interval_ms, 1, MAX_MS, 3000, 0),
@@ -240,8 +268,11 @@ static const td_config_object_t server_object = OBJ(server_fields, NULL, NULL, N
 
 static const td_config_field_t backend_tls_fields[] = {
     BOOL("verify", td_config_backend_t, tls_verify, 1, 0),
-    {.key = "ca", .kind = TD_CF_STR, .flags = TD_CF_CHANGED,
-     .offset = offsetof(td_config_backend_t, tls_ca), .size = sizeof(((td_config_backend_t *)0)->tls_ca),
+    {.key = "ca",
+     .kind = TD_CF_STR,
+     .flags = TD_CF_CHANGED,
+     .offset = offsetof(td_config_backend_t, tls_ca),
+     .size = sizeof(((td_config_backend_t *)0)->tls_ca),
      .after = td_config_check_ca},
     STR("sni", td_config_backend_t, tls_sni, NULL, check_token, TD_CF_CHANGED),
 };
@@ -255,8 +286,12 @@ static void inherit_health(td_config_report_t *r, td_config_t *c, void *obj, con
 }
 
 static const td_config_field_t backend_fields[] = {
-    {.key = "name", .kind = TD_CF_STR, .flags = TD_CF_REQUIRED,
-     .offset = offsetof(td_config_backend_t, name), .size = TD_NAME_MAX, .check = check_name,
+    {.key = "name",
+     .kind = TD_CF_STR,
+     .flags = TD_CF_REQUIRED,
+     .offset = offsetof(td_config_backend_t, name),
+     .size = TD_NAME_MAX,
+     .check = check_name,
      .after = td_config_check_backend_name},
     INT("weight", td_config_backend_t, weight, 0, 100, 0, TD_CF_REQUIRED),
     ARRAY("servers", td_config_backend_t, servers, num_servers, td_config_server_t, server_object,
@@ -292,17 +327,25 @@ static const td_config_field_t buffering_fields[] = {
 static const td_config_object_t buffering_object = OBJ(buffering_fields, NULL, NULL, NULL);
 
 static const td_config_field_t root_fields[] = {
-    ARRAY("listeners", td_config_t, listeners, num_listeners, td_config_listener_t,
-          listener_object, TD_CONFIG_MAX_LISTENERS, "listener", 0),
+    ARRAY("listeners", td_config_t, listeners, num_listeners, td_config_listener_t, listener_object,
+          TD_CONFIG_MAX_LISTENERS, "listener", 0),
     /* "auto" or 1..64 */
-    {.key = "workers", .kind = TD_CF_CUSTOM, .offset = offsetof(td_config_t, workers_auto),
-     .def = 1, .id = TD_CF_ID_WORKERS},
+    {.key = "workers",
+     .kind = TD_CF_CUSTOM,
+     .offset = offsetof(td_config_t, workers_auto),
+     .def = 1,
+     .id = TD_CF_ID_WORKERS},
     OBJECT("admin", 0, admin_object, offsetof(td_config_t, has_admin), 0),
     OBJECT("routing", 0, routing_object, -1, 0),
-    {.key = "backends", .kind = TD_CF_ARRAY, .flags = TD_CF_REQUIRED,
-     .offset = offsetof(td_config_t, backends), .size = sizeof(td_config_backend_t),
-     .hi = TD_CONFIG_MAX_BACKENDS, .sub = &backend_object,
-     .count_offset = offsetof(td_config_t, num_backends), .what = "backend",
+    {.key = "backends",
+     .kind = TD_CF_ARRAY,
+     .flags = TD_CF_REQUIRED,
+     .offset = offsetof(td_config_t, backends),
+     .size = sizeof(td_config_backend_t),
+     .hi = TD_CONFIG_MAX_BACKENDS,
+     .sub = &backend_object,
+     .count_offset = offsetof(td_config_t, num_backends),
+     .what = "backend",
      .after = td_config_check_backend_weights},
     OBJECT("health_check", offsetof(td_config_t, health), health_object,
            offsetof(td_config_t, has_health), TD_CF_EARLY),
@@ -310,8 +353,7 @@ static const td_config_field_t root_fields[] = {
     OBJECT("passive", offsetof(td_config_t, passive), passive_object, -1, 0),
     STR("access_log", td_config_t, access_log, NULL, td_config_check_log_path, TD_CF_CHANGED),
     STR("pid_file", td_config_t, pid_file, NULL, td_config_check_pid_path, TD_CF_CHANGED),
-    OBJECT("request_buffering", offsetof(td_config_t, request_buffering), buffering_object, -1,
-           0),
+    OBJECT("request_buffering", offsetof(td_config_t, request_buffering), buffering_object, -1, 0),
 };
 static const unsigned char root_order[] = {0, 1, 2, 3, 4, 5, 6, 7, 10, 8, 9};
 const td_config_object_t td_config_schema = OBJ(root_fields, root_order, NULL, NULL);

@@ -155,8 +155,7 @@ char *td_metrics_text(size_t *len) {
                    "Requests the backend answered (or td answered for it), counted as the "
                    "response starts.",
                    b_requests);
-    backend_family(f, s, now, "td_backend_in_flight", "gauge", "Requests in flight.",
-                   b_in_flight);
+    backend_family(f, s, now, "td_backend_in_flight", "gauge", "Requests in flight.", b_in_flight);
     backend_family(f, s, now, "td_backend_tunnels", "gauge",
                    "Open WebSocket and other upgraded tunnels.", b_tunnels);
     responses_family(f, s);
@@ -173,8 +172,8 @@ char *td_metrics_text(size_t *len) {
                   s_weight);
     server_family(f, s, now, "td_server_up", "gauge", "1 when the server may receive requests.",
                   s_up);
-    server_family(f, s, now, "td_server_requests_total", "counter",
-                  "Requests sent to the server.", s_requests);
+    server_family(f, s, now, "td_server_requests_total", "counter", "Requests sent to the server.",
+                  s_requests);
     server_family(f, s, now, "td_server_failures_total", "counter",
                   "Connect errors, resets, timeouts and 5xx answers of the server.", s_failures);
     server_family(f, s, now, "td_server_active_connections", "gauge",

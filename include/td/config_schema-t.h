@@ -25,7 +25,8 @@ typedef enum td_config_kind_e {
 /* Field flags. */
 #define TD_CF_REQUIRED 0x01 /* a missing key is a problem */
 #define TD_CF_HIDE 0x02     /* a secret: never shown in messages */
-#define TD_CF_CHANGED 0x04  /* written back only when not its default; an OBJECT so marked is
+#define TD_CF_CHANGED                                                                              \
+    0x04                    /* written back only when not its default; an OBJECT so marked is      \
                                written only when one of its TD_CF_CHANGED fields is */
 #define TD_CF_EARLY 0x08    /* read before the other keys of its object (others start from it) */
 #define TD_CF_EMBEDDED 0x10 /* TD_CF_ARRAY: a fixed array in the struct, not a pointer */
@@ -49,32 +50,32 @@ typedef struct td_config_object_s td_config_object_t;
 typedef struct td_config_field_s {
     const char *key; /* borrowed (static) */
     td_config_kind_t kind;
-    unsigned flags;               /* TD_CF_* */
-    size_t offset;                /* where the value is, in bytes from its object's struct */
-    size_t size;                  /* STR, ENUM_STR: capacity in bytes; ARRAY: element size */
-    long long lo, hi;             /* INT: range; ARRAY: hi = most elements */
-    long long def;                /* INT, BOOL, ENUM, CUSTOM: the default */
-    const char *def_str;          /* STR, ENUM_STR: the default (NULL = "") */
-    const char *const *names;     /* ENUM, ENUM_STR: the valid values, NULL-terminated */
-    const int *values;            /* ENUM: the stored value of each name; NULL = its index */
-    td_config_check_fn *check;    /* STR: syntax or file checker, or NULL */
+    unsigned flags;                /* TD_CF_* */
+    size_t offset;                 /* where the value is, in bytes from its object's struct */
+    size_t size;                   /* STR, ENUM_STR: capacity in bytes; ARRAY: element size */
+    long long lo, hi;              /* INT: range; ARRAY: hi = most elements */
+    long long def;                 /* INT, BOOL, ENUM, CUSTOM: the default */
+    const char *def_str;           /* STR, ENUM_STR: the default (NULL = "") */
+    const char *const *names;      /* ENUM, ENUM_STR: the valid values, NULL-terminated */
+    const int *values;             /* ENUM: the stored value of each name; NULL = its index */
+    td_config_check_fn *check;     /* STR: syntax or file checker, or NULL */
     const td_config_object_t *sub; /* OBJECT, ARRAY: the object's (element's) fields */
-    long present;                 /* OBJECT: offset of an int set to 1 when the object is given
-                                     (and written only then); -1 = none */
-    size_t count_offset;          /* ARRAY: offset of the size_t element count */
-    const char *what;             /* ARRAY: the element's name in messages ("listener") */
-    int id;                       /* CUSTOM: TD_CF_ID_* */
-    td_config_hook_fn *after;     /* run once the field was read and valid, or NULL */
+    long present;                  /* OBJECT: offset of an int set to 1 when the object is given
+                                      (and written only then); -1 = none */
+    size_t count_offset;           /* ARRAY: offset of the size_t element count */
+    const char *what;              /* ARRAY: the element's name in messages ("listener") */
+    int id;                        /* CUSTOM: TD_CF_ID_* */
+    td_config_hook_fn *after;      /* run once the field was read and valid, or NULL */
 } td_config_field_t;
 
 struct td_config_object_s {
-    const td_config_field_t *fields; /* borrowed (static); in the order messages list the keys */
-    size_t num_fields;               /* at most 16 */
+    const td_config_field_t *fields;  /* borrowed (static); in the order messages list the keys */
+    size_t num_fields;                /* at most 16 */
     const unsigned char *write_order; /* field indices in the order the writer puts the keys;
                                          NULL = the fields' order */
-    td_config_hook_fn *after;        /* run once every field of the object was read, or NULL */
-    td_config_hook_fn *init;         /* run on each new array element after its defaults, or
-                                        NULL (read is 0) */
+    td_config_hook_fn *after;         /* run once every field of the object was read, or NULL */
+    td_config_hook_fn *init;          /* run on each new array element after its defaults, or
+                                         NULL (read is 0) */
 };
 
 #endif

@@ -145,11 +145,10 @@ int td_demo_send_copy(conn_t *c, const void *p, size_t len) {
 
 /* ---- HTTP responses --------------------------------------------------------------------- */
 
-
 /* Writes a response head into out[0..cap) and returns its length (cap is always enough for the
  * heads built here: the variable parts are bounded). keep is whether the connection stays. */
 size_t td_demo_build_head(conn_t *c, char *out, size_t cap, int status, const char *ctype,
-                         enum framing fr, uint64_t length, const char *extra, int keep) {
+                          enum framing fr, uint64_t length, const char *extra, int keep) {
     int n = snprintf(out, cap,
                      "HTTP/1.1 %d %s\r\n"
                      "Server: td-demo\r\n"
@@ -185,7 +184,7 @@ static void end_exchange(conn_t *c, int keep) {
 
 /* Queues a complete response with a body held in memory (omitted for HEAD). */
 void td_demo_respond(conn_t *c, int status, const char *ctype, const char *body, size_t body_len,
-                    const char *extra, int keep) {
+                     const char *extra, int keep) {
     keep = keep && c->keep_alive;
     enum framing fr = (status == 204 || status == 304) ? F_NONE : F_LENGTH;
     /* HEAD: the same Content-Length as GET, no body (RFC 9110 §9.3.2) */
@@ -248,8 +247,8 @@ void td_demo_respond_stream(conn_t *c, uint64_t n, int chunked) {
         fr = c->http11 ? F_CHUNKED : F_CLOSE;
     if (fr == F_CLOSE)
         c->keep_alive = 0;
-    size_t len = td_demo_build_head(c, head, sizeof(head), 200, "application/octet-stream", fr, n, NULL,
-                            c->keep_alive);
+    size_t len = td_demo_build_head(c, head, sizeof(head), 200, "application/octet-stream", fr, n,
+                                    NULL, c->keep_alive);
     if (td_demo_send_copy(c, head, len) != 0)
         return;
     if (c->head_only) {

@@ -163,8 +163,8 @@ size_t td_demo_build_head(conn_t *c, char *out, size_t cap, int status, const ch
 
 /* Queues a complete response with a body held in memory (omitted for HEAD), then goes on to the
  * next request (keep, and the client's keep-alive) or closes after the writes drain. */
-void td_demo_respond(conn_t *c, int status, const char *ctype, const char *body,
-                     size_t body_len, const char *extra, int keep);
+void td_demo_respond(conn_t *c, int status, const char *ctype, const char *body, size_t body_len,
+                     const char *extra, int keep);
 
 /* Starts a /bytes/N (chunked == 0) or /chunked/N response, streamed with backpressure. */
 void td_demo_respond_stream(conn_t *c, uint64_t n, int chunked);

@@ -194,7 +194,7 @@ void td_demo_ws_respond(conn_t *c) {
     if (!c->ws_ok) {
         if (c->ws_bad_version)
             td_demo_respond(c, 426, "text/plain", "WebSocket version 13 required\n", 30,
-                    "Sec-WebSocket-Version: 13\r\n", 1);
+                            "Sec-WebSocket-Version: 13\r\n", 1);
         else
             td_demo_respond(c, 400, "text/plain", "WebSocket handshake expected\n", 29, NULL, 1);
         return;
@@ -211,4 +211,3 @@ void td_demo_ws_respond(conn_t *c) {
     c->ws_state = WS_HDR;
     c->ws_in_message = 0;
 }
-
