@@ -18,12 +18,15 @@ LIBS = -luv -ljansson -lssl -lcrypto -lpthread -lm
 
 LIB_SRCS := $(filter-out src/main.c,$(wildcard src/*.c))
 LIB_OBJS := $(LIB_SRCS:src/%.c=$(BUILD)/obj/%.o)
+# The demo backend (td demo, td backend) is linked into the td binary only, not into libtd.a.
+DEMO_SRCS := $(wildcard src/demo/*.c)
+DEMO_OBJS := $(DEMO_SRCS:src/%.c=$(BUILD)/obj/%.o)
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 PYTEST ?= /usr/bin/python3 -m pytest
 FUZZ_SECONDS ?= 60
 
-DEPS := $(LIB_OBJS:.o=.d) $(BUILD)/obj/main.d
+DEPS := $(LIB_OBJS:.o=.d) $(DEMO_OBJS:.o=.d) $(BUILD)/obj/main.d
 -include $(wildcard $(DEPS) $(BUILD)/obj/tdctl.d)
 
 .PHONY: all run deps test unit e2e test-asan fuzz bench clean format
@@ -38,17 +41,20 @@ deps:
 $(BUILD)/obj/%.o: src/%.c $(BUILD)/obj/%.d | $(BUILD)/obj
 	$(CC) $(CFLAGS) $(DEPFLAGS) -c -o $@ $<
 
+$(BUILD)/obj/demo/%.o: src/demo/%.c $(BUILD)/obj/demo/%.d | $(BUILD)/obj/demo
+	$(CC) $(CFLAGS) $(DEPFLAGS) -c -o $@ $<
+
 $(DEPS):
 
 $(BUILD)/obj/console.o: console/index.html
 
-$(BUILD)/obj $(BUILD)/tests:
+$(BUILD)/obj $(BUILD)/obj/demo $(BUILD)/tests:
 	mkdir -p $@
 
 $(BUILD)/libtd.a: $(LIB_OBJS)
 	rm -f $@ && ar rcs $@ $^
 
-$(BUILD)/td: $(BUILD)/obj/main.o $(BUILD)/libtd.a
+$(BUILD)/td: $(BUILD)/obj/main.o $(DEMO_OBJS) $(BUILD)/libtd.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
 $(BUILD)/tdctl: tools/tdctl.c | $(BUILD)/obj
@@ -101,7 +107,7 @@ bench:
 	bench/run.sh
 
 format:
-	clang-format -i src/*.c include/td/*.h tools/*.c tests/unit/*.c fuzz/*.c
+	clang-format -i src/*.c src/demo/*.c src/demo/*.h include/td/*.h tools/*.c tests/unit/*.c fuzz/*.c
 
 clean:
 	rm -rf build build-asan build-fuzz

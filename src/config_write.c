@@ -1,8 +1,8 @@
-/* Writing the configuration back: the contract's JSON shape, and an atomic file replace. */
+/* Writing the configuration back: the JSON document built from the schema (config_schema.c) the
+ * reader walks too, and an atomic file replace. */
 #include "td/config.h"
 
 #include <openssl/evp.h>
-#include <openssl/ssl.h>
 
 #include <dirent.h>
 #include <errno.h>
@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "td/common-t.h"
+#include "td/config_schema.h"
 
 /* What td_config_write_text appends to the file name for its temporary file (mkostemp fills in
  * the X). td_config_remove_temps removes exactly these names. */
@@ -26,191 +27,93 @@ static void put(json_t *obj, const char *key, json_t *value, int *ok) {
         *ok = 0;
 }
 
-static json_t *address_object(const td_addr_t *a, int *ok) {
-    json_t *o = json_object();
-
-    if (o)
-        put(o, "address", json_string(a->text), ok);
-    return o;
+/* Whether the value of f at `at` is its default (an OBJECT: whether every TD_CF_CHANGED field of
+ * it is), so a TD_CF_CHANGED key can be left out. */
+static int is_default(const td_config_field_t *f, const char *at) {
+    switch (f->kind) {
+    case TD_CF_INT:
+    case TD_CF_BOOL:
+    case TD_CF_ENUM:
+    case TD_CF_CUSTOM:
+        return *(const int *)at == f->def;
+    case TD_CF_STR:
+    case TD_CF_ENUM_STR:
+        return strcmp(at, f->def_str ? f->def_str : "") == 0;
+    case TD_CF_OBJECT:
+        for (size_t i = 0; i < f->sub->num_fields; i++) {
+            const td_config_field_t *g = &f->sub->fields[i];
+            if ((g->flags & TD_CF_CHANGED) && !is_default(g, at + g->offset))
+                return 0;
+        }
+        return 1;
+    default:
+        return 0;
+    }
 }
 
-static json_t *health_object(const td_config_health_t *h, int *ok);
+static json_t *write_object(const td_config_object_t *o, const char *base, int *ok);
 
-static json_t *listener_object(const td_config_listener_t *l, int *ok) {
-    json_t *o = address_object(&l->address, ok);
+/* The JSON value of field f of the struct at `base`, or NULL (out of memory). */
+static json_t *write_value(const td_config_field_t *f, const char *base, int *ok) {
+    const char *at = base + f->offset;
+    int v = *(const int *)at;
+    json_t *a;
 
-    if (!o)
+    switch (f->kind) {
+    case TD_CF_INT:
+        return json_integer(v);
+    case TD_CF_BOOL:
+        return json_boolean(v);
+    case TD_CF_STR:
+    case TD_CF_ENUM_STR:
+        return json_string(at);
+    case TD_CF_ENUM:
+        for (int i = 0; f->names[i]; i++)
+            if ((f->values ? f->values[i] : i) == v)
+                return json_string(f->names[i]);
         return NULL;
-    if (l->redirect_https)
-        put(o, "redirect_https", json_true(), ok);
-    if (l->https_port)
-        put(o, "https_port", json_integer(l->https_port), ok);
-    if (l->tls) {
-        json_t *t = json_object(), *certs = json_array();
-        for (size_t i = 0; certs && i < l->num_certs; i++)
-            if (json_array_append_new(certs, json_pack("{s:s,s:s}", "cert", l->certs[i].cert,
-                                                       "key", l->certs[i].key)) != 0)
+    case TD_CF_ADDR:
+        return json_string(((const td_addr_t *)at)->text);
+    case TD_CF_OBJECT:
+        return write_object(f->sub, at, ok);
+    case TD_CF_ARRAY: {
+        const char *elems = f->flags & TD_CF_EMBEDDED ? at : *(const char *const *)at;
+        size_t n = *(const size_t *)(base + f->count_offset);
+        a = json_array();
+        for (size_t i = 0; a && i < n; i++)
+            if (json_array_append_new(a, write_object(f->sub, elems + i * f->size, ok)) != 0)
                 *ok = 0;
-        if (t) {
-            put(t, "certificates", certs, ok);
-            put(t, "min_version", json_string(l->min_version == TLS1_3_VERSION ? "1.3" : "1.2"),
-                ok);
-        } else {
-            json_decref(certs);
-        }
-        put(o, "tls", t, ok);
+        return a;
     }
-    return o;
+    case TD_CF_CUSTOM:
+        if (f->id == TD_CF_ID_WORKERS)
+            return v ? json_string("auto") : json_integer(((const td_config_t *)base)->workers);
+        return json_boolean(v == TD_COOKIE_SECURE_ALWAYS); /* TD_CF_ID_COOKIE_SECURE */
+    }
+    return NULL;
 }
 
-static json_t *backend_object(const td_config_backend_t *b, int *ok) {
-    json_t *o = json_object(), *servers = json_array();
+/* The object of the struct at `base`, keys in o's write order (jansson keeps insertion order):
+ * every key but a sub-object that was not given and a TD_CF_CHANGED key at its default. */
+static json_t *write_object(const td_config_object_t *o, const char *base, int *ok) {
+    json_t *obj = json_object();
 
-    if (o) {
-        put(o, "name", json_string(b->name), ok);
-        put(o, "weight", json_integer(b->weight), ok);
-    }
-    for (size_t i = 0; servers && i < b->num_servers; i++) {
-        json_t *s = address_object(&b->servers[i].address, ok);
-        if (s)
-            put(s, "weight", json_integer(b->servers[i].weight), ok);
-        if (!s || json_array_append_new(servers, s) != 0)
-            *ok = 0;
-    }
-    if (o)
-        put(o, "servers", servers, ok);
-    else
-        json_decref(servers);
-    if (o && b->tls) {
-        json_t *t = json_pack("{s:b}", "verify", b->tls_verify);
-        if (t && b->tls_ca[0])
-            put(t, "ca", json_string(b->tls_ca), ok);
-        if (t && b->tls_sni[0])
-            put(t, "sni", json_string(b->tls_sni), ok);
-        put(o, "tls", t, ok);
-    }
-    if (o && b->health_override)
-        put(o, "health_check", health_object(&b->health, ok), ok);
-    return o;
-}
-
-static json_t *health_object(const td_config_health_t *h, int *ok) {
-    json_t *o = json_object();
-
-    if (!o)
+    if (!obj)
         return NULL;
-    put(o, "type", json_string(h->type), ok);
-    put(o, "path", json_string(h->path), ok);
-    put(o, "expect_status", json_string(h->expect_status), ok);
-    put(o, "interval_ms", json_integer(h->interval_ms), ok);
-    put(o, "timeout_ms", json_integer(h->timeout_ms), ok);
-    put(o, "fall", json_integer(h->fall), ok);
-    put(o, "rise", json_integer(h->rise), ok);
-    put(o, "port", json_integer(h->port), ok);
-    put(o, "default_down", json_boolean(h->default_down), ok);
-    if (h->expect_body[0])
-        put(o, "expect_body", json_string(h->expect_body), ok);
-    return o;
-}
-
-static json_t *timeouts_object(const td_config_timeouts_t *t, int *ok) {
-    json_t *o = json_object();
-
-    if (!o)
-        return NULL;
-    put(o, "connect_ms", json_integer(t->connect_ms), ok);
-    put(o, "client_header_ms", json_integer(t->client_header_ms), ok);
-    put(o, "upstream_response_ms", json_integer(t->upstream_response_ms), ok);
-    put(o, "keepalive_idle_ms", json_integer(t->keepalive_idle_ms), ok);
-    put(o, "drain_ms", json_integer(t->drain_ms), ok);
-    put(o, "client_send_ms", json_integer(t->client_send_ms), ok);
-    return o;
-}
-
-/* Builds the document in the contract's key order (jansson keeps insertion order). */
-static json_t *config_object(const td_config_t *c, int *ok) {
-    json_t *root = json_object(), *listeners = json_array(), *backends = json_array();
-    json_t *routing = json_object(), *cookie = json_object(), *admin;
-
-    if (!root) {
-        json_decref(listeners);
-        json_decref(backends);
-        json_decref(routing);
-        json_decref(cookie);
-        *ok = 0;
-        return NULL;
+    for (size_t k = 0; k < o->num_fields; k++) {
+        const td_config_field_t *f = &o->fields[o->write_order ? o->write_order[k] : k];
+        if (f->kind == TD_CF_OBJECT && f->present >= 0 && !*(const int *)(base + f->present))
+            continue;
+        if ((f->flags & TD_CF_CHANGED) && is_default(f, base + f->offset))
+            continue;
+        put(obj, f->key, write_value(f, base, ok), ok);
     }
-    for (size_t i = 0; listeners && i < c->num_listeners; i++)
-        if (json_array_append_new(listeners, listener_object(&c->listeners[i], ok)) != 0)
-            *ok = 0;
-    put(root, "listeners", listeners, ok);
-    put(root, "workers", c->workers_auto ? json_string("auto") : json_integer(c->workers), ok);
-    if (c->has_admin) {
-        admin = address_object(&c->admin_address, ok);
-        if (admin)
-            put(admin, "token", json_string(c->admin_token), ok);
-        put(root, "admin", admin, ok);
-    }
-    if (routing) {
-        put(routing, "method", json_string(td_method_name(c->method)), ok);
-        if (c->failback_ms >= 0)
-            put(routing, "failback_ms", json_integer(c->failback_ms), ok);
-        if (cookie) {
-            put(cookie, "name", json_string(c->cookie_name), ok);
-            put(cookie, "max_age_s", json_integer(c->cookie_max_age_s), ok);
-            put(cookie, "secret", json_string(c->cookie_secret), ok);
-            /* the attributes only when set otherwise than the defaults */
-            if (!c->cookie_http_only)
-                put(cookie, "http_only", json_false(), ok);
-            if (c->cookie_same_site != TD_SAME_SITE_LAX)
-                put(cookie, "same_site",
-                    json_string(c->cookie_same_site == TD_SAME_SITE_STRICT ? "Strict" : "None"),
-                    ok);
-            if (c->cookie_secure != TD_COOKIE_SECURE_AUTO)
-                put(cookie, "secure",
-                    json_boolean(c->cookie_secure == TD_COOKIE_SECURE_ALWAYS), ok);
-        }
-        put(routing, "cookie", cookie, ok);
-        if (c->preview_token[0]) {
-            json_t *pv = json_object();
-            if (pv) {
-                put(pv, "header", json_string(c->preview_header), ok);
-                put(pv, "token", json_string(c->preview_token), ok);
-            }
-            put(routing, "preview", pv, ok);
-        }
-    } else {
-        json_decref(cookie);
-    }
-    put(root, "routing", routing, ok);
-    for (size_t i = 0; backends && i < c->num_backends; i++)
-        if (json_array_append_new(backends, backend_object(&c->backends[i], ok)) != 0)
-            *ok = 0;
-    put(root, "backends", backends, ok);
-    if (c->has_health)
-        put(root, "health_check", health_object(&c->health, ok), ok);
-    put(root, "timeouts", timeouts_object(&c->timeouts, ok), ok);
-    json_t *passive = json_object();
-    if (passive) {
-        put(passive, "failures", json_integer(c->passive.failures), ok);
-        put(passive, "eject_ms", json_integer(c->passive.eject_ms), ok);
-        put(passive, "max_eject_ms", json_integer(c->passive.max_eject_ms), ok);
-    }
-    put(root, "passive", passive, ok);
-    json_t *buffering = json_object();
-    if (buffering)
-        put(buffering, "max_bytes", json_integer(c->request_buffering.max_bytes), ok);
-    put(root, "request_buffering", buffering, ok);
-    if (c->access_log[0])
-        put(root, "access_log", json_string(c->access_log), ok);
-    if (c->pid_file[0])
-        put(root, "pid_file", json_string(c->pid_file), ok);
-    return root;
+    return obj;
 }
 
 char *td_config_to_json(const td_config_t *c) {
     int ok = 1;
-    json_t *root = config_object(c, &ok);
+    json_t *root = write_object(&td_config_schema, (const char *)c, &ok);
     char *s = NULL, *out = NULL;
     size_t len;
 

@@ -1,8 +1,8 @@
-/* Positions in a JSON text, for config error messages. Internal to the config module (config.c
- * and config_pos.c); a single header because the one type and the one function belong together.
+/* Positions in a JSON text, for config error messages. Internal to the config module (used by
+ * config_report.c); a single header because the one type and the one function belong together.
  *
  * jansson gives line:col for syntax errors but not for the values of a document it parsed, so on
- * error paths config.c walks the raw text along the path of the offending key or value. */
+ * error paths config_report.c walks the raw text along the path of the offending key or value. */
 #ifndef TD_CONFIG_POS_H
 #define TD_CONFIG_POS_H
 

@@ -1,0 +1,37 @@
+/* The admin HTTP server: connections on admin.address, requests parsed with td's HTTP/1.x
+ * parser, the Host/Origin checks and the bearer token, the body limit with a lingering close, and
+ * the replies. What a request means is its handler's business (admin_api.c). */
+#ifndef TD_ADMIN_HTTP_H
+#define TD_ADMIN_HTTP_H
+
+#include <stddef.h>
+#include <uv.h>
+
+#include "td/admin_http-t.h"
+#include "td/config-t.h"
+
+/* Listens on `address` in `loop` and answers every whole request with `handler` (borrowed; a
+ * static function). `token` (copied; "" or NULL: none) is the bearer token: the handler learns
+ * from td_admin_request_t.authorized whether it was given. Without a token, a request whose Host
+ * is not this admin address (as bound, the address the client reached, or localhost / 127.0.0.1 /
+ * [::1] with the bound port) gets 421, and one with an Origin that is not http(s)://<that same
+ * host:port> gets 403, before the handler sees it. A request must arrive whole within 10 s; a
+ * body is read up to 1 MiB (Content-Length only: chunked gets 411), over that td answers 413,
+ * shuts down its write side and discards the rest (lingering close). At most 256 connections.
+ * Returns 0, or TD_EIO with "cannot listen on ADDRESS (admin): reason" in err[errlen]. */
+int td_admin_http_listen(uv_loop_t *loop, const td_addr_t *address, const char *token,
+                         td_admin_handler_fn *handler, char *err, size_t errlen);
+
+/* Sets the token in force from a newly applied config: a non-empty `token` (copied) replaces it
+ * at once; an empty one is ignored. Returns 1 when a token stays in force that the config no
+ * longer has, else 0. */
+int td_admin_http_set_token(const char *token);
+
+/* Stops listening and closes every connection. */
+void td_admin_http_stop(void);
+
+/* The reply {"error": MSG} (pretty-printed JSON and a newline) with `status`; a 500 "out of
+ * memory" when it cannot be built. */
+td_admin_reply_t td_admin_http_error(int status, const char *msg);
+
+#endif

@@ -1,0 +1,406 @@
+/* The admin API: the /api/v1 handlers (state, ratio, routing, config, events, history), /metrics
+ * and the console page, answering JSON. The HTTP server below it (admin_http.c) reads, checks and
+ * writes; every change goes through the control plane (td_control_apply). */
+#include "td/admin.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "td/admin_http.h"
+#include "td/config.h"
+#include "td/console.h"
+#include "td/control.h"
+#include "td/events.h"
+#include "td/health.h"
+#include "td/log.h"
+#include "td/metrics.h"
+#include "td/proxy.h"
+#include "td/router.h"
+
+/* ---- replies */
+
+/* ---- replies */
+
+static td_admin_reply_t json_reply(int status, json_t *j) {
+    td_admin_reply_t r = {status, "application/json", json_dumps(j, JSON_INDENT(2)), 0, NULL, NULL};
+    json_decref(j);
+    if (!r.body) {
+        r.status = 500;
+        r.body = strdup("{\"error\": \"out of memory\"}");
+    }
+    r.len = strlen(r.body);
+    r.body = realloc(r.body, r.len + 2);
+    r.body[r.len++] = '\n';
+    return r;
+}
+
+/* 405 with the methods the resource takes (RFC 9110 §15.5.6: Allow is required). */
+static td_admin_reply_t not_allowed(const char *allow) {
+    char msg[64];
+    snprintf(msg, sizeof(msg), "use %s", allow);
+    td_admin_reply_t r = td_admin_http_error(405, msg);
+    r.allow = allow;
+    return r;
+}
+
+/* ---- state and changes */
+
+static json_t *class_counts(_Atomic uint64_t *c) {
+    return json_pack("{s:I,s:I,s:I,s:I,s:I}", "1xx", (json_int_t)atomic_load(&c[0]), "2xx",
+                     (json_int_t)atomic_load(&c[1]), "3xx", (json_int_t)atomic_load(&c[2]), "4xx",
+                     (json_int_t)atomic_load(&c[3]), "5xx", (json_int_t)atomic_load(&c[4]));
+}
+
+/* Quantile q (0..1) of a histogram, as the upper bound (ms) of the bucket it falls in; the last
+ * (+Inf) bucket reports the largest finite bound. 0 when empty. */
+static int quantile_ms(const uint64_t *counts, double q) {
+    uint64_t total = 0, seen = 0;
+    for (int i = 0; i < TD_LAT_BUCKETS; i++)
+        total += counts[i];
+    if (!total)
+        return 0;
+    for (int i = 0; i < TD_LAT_BUCKETS - 1; i++) {
+        seen += counts[i];
+        if ((double)seen >= q * (double)total)
+            return td_lat_bounds_ms[i];
+    }
+    return td_lat_bounds_ms[TD_LAT_BUCKETS - 2];
+}
+
+static json_t *latency_json(td_backend_stats_t *b) {
+    uint64_t counts[TD_LAT_BUCKETS];
+    json_t *buckets = json_array();
+    for (int i = 0; i < TD_LAT_BUCKETS; i++) {
+        counts[i] = atomic_load(&b->latency[i]);
+        json_array_append_new(buckets, json_integer((json_int_t)counts[i]));
+    }
+    return json_pack("{s:i,s:i,s:o}", "p50", quantile_ms(counts, 0.5), "p99",
+                     quantile_ms(counts, 0.99), "buckets", buckets);
+}
+
+static json_t *local_counts(_Atomic uint64_t *c) {
+    return json_pack("{s:I,s:I,s:I}", "502", (json_int_t)atomic_load(&c[0]), "503",
+                     (json_int_t)atomic_load(&c[1]), "504", (json_int_t)atomic_load(&c[2]));
+}
+
+/* Milliseconds since `at` (a td_now_ms() time, 0 = never) as JSON: null when never. */
+static json_t *ago(int64_t at, int64_t now) {
+    return at ? json_integer(now - at) : json_null();
+}
+
+/* Failover: why the serving backend is the one serving, for people. */
+static void failover_reason(const td_snapshot_t *s, size_t primary, int serving, int64_t now,
+                            char *out, size_t n) {
+    const td_snap_backend_t *p = &s->backends[primary];
+    int64_t since = td_backend_up_since(p, now);
+    if (serving < 0)
+        snprintf(out, n, "no backend has a server up: every request gets 503");
+    else if (&s->backends[serving] == p)
+        snprintf(out, n, "primary %s is up", p->name);
+    else if (since < 0)
+        snprintf(out, n, "primary %s has no server up", p->name);
+    else
+        snprintf(out, n,
+                 "primary %s is up again since %.1f s; traffic goes back to it once it has been "
+                 "up for failback_ms (%lld ms)",
+                 p->name, (double)(now - since) / 1000.0, (long long)p->failback_ms);
+}
+
+static json_t *state_json(void) {
+    td_snapshot_t *s = td_router_acquire();
+    int64_t now = td_now_ms();
+    double share[TD_CONFIG_MAX_BACKENDS];
+    int serving = td_router_shares(s, now, share);
+    size_t order[TD_CONFIG_MAX_BACKENDS];
+    td_router_failover_order(s, order);
+    int64_t last_5xx = atomic_load(&td_registry_local()->last_5xx_ms);
+    json_t *backends = json_array();
+    for (size_t i = 0; i < s->num_backends; i++) {
+        td_snap_backend_t *b = &s->backends[i];
+        json_t *servers = json_array();
+        int64_t conns_open = 0;
+        for (size_t j = 0; j < b->num_servers; j++) {
+            td_server_stats_t *st = b->servers[j].st;
+            conns_open += atomic_load(&st->active_connections);
+            int up = td_server_is_up(st, now);
+            json_array_append_new(
+                servers,
+                json_pack("{s:s,s:i,s:b,s:s,s:I,s:I,s:I,s:I,s:o}", "address", st->address, "weight",
+                          b->servers[j].weight, "up", up, "health",
+                          !atomic_load(&st->health_up) ? "down"
+                          : up                         ? "up"
+                                                       : "ejected",
+                          "in_flight", (json_int_t)atomic_load(&st->in_flight),
+                          "active_connections", (json_int_t)atomic_load(&st->active_connections),
+                          "requests", (json_int_t)atomic_load(&st->requests), "failures",
+                          (json_int_t)atomic_load(&st->failures), "responses",
+                          class_counts(st->responses)));
+            const char *last = td_health_last(st);
+            if (last[0])
+                json_object_set_new(json_array_get(servers, j), "last_check", json_string(last));
+        }
+        int64_t in_flight = atomic_load(&b->st->in_flight), tunnels = atomic_load(&b->st->tunnels);
+        int draining = td_backend_draining(s, b);
+        json_t *jb =
+            json_pack("{s:s,s:i,s:b,s:I,s:I,s:I,s:I,s:o,s:I,s:b,s:b,s:o}", "name", b->name,
+                      "weight", b->weight, "up", td_backend_is_up(b, now), "in_flight",
+                      (json_int_t)in_flight, "tunnels", (json_int_t)tunnels, "active_connections",
+                      (json_int_t)conns_open, "requests", (json_int_t)atomic_load(&b->st->requests),
+                      "responses", class_counts(b->st->responses), "sticky_requests_10s",
+                      (json_int_t)td_router_pins_recent(b->st, now), "draining", draining,
+                      "drained", draining && in_flight == 0 && tunnels == 0, "servers", servers);
+        json_object_set_new(jb, "latency_ms", latency_json(b->st));
+        int64_t since = atomic_load(&b->st->drain_since_ms);
+        json_object_set_new(jb, "drain_elapsed_ms",
+                            draining && since ? json_integer(now - since) : json_null());
+        /* What it gets now (percent of new requests), computed once here for every client. */
+        json_object_set_new(jb, "share", json_real((double)(int)(share[i] * 1000 + 0.5) / 10));
+        json_object_set_new(jb, "serving", json_boolean(share[i] > 0));
+        if (s->method == TD_METHOD_FAILOVER)
+            json_object_set_new(jb, "role", json_string(i == order[0] ? "primary" : "backup"));
+        json_object_set_new(jb, "local_responses", local_counts(b->st->local));
+        int64_t b5 = atomic_load(&b->st->last_5xx_ms);
+        json_object_set_new(jb, "last_5xx_ago_ms", ago(b5, now));
+        if (b5 > last_5xx)
+            last_5xx = b5;
+        json_array_append_new(backends, jb);
+    }
+    json_t *j =
+        json_pack("{s:I,s:s,s:I,s:I,s:o}", "version", (json_int_t)s->version, "method",
+                  td_method_name(s->method), "uptime_s",
+                  (json_int_t)((td_wall_ms() - td_control_started_ms()) / 1000),
+                  "client_connections", (json_int_t)td_proxy_connections(), "backends", backends);
+    json_t *bounds = json_array();
+    for (int i = 0; i < TD_LAT_BUCKETS - 1; i++)
+        json_array_append_new(bounds, json_integer(td_lat_bounds_ms[i]));
+    json_object_set_new(j, "latency_bounds_ms", bounds);
+    if (s->method == TD_METHOD_FAILOVER) {
+        char why[300];
+        failover_reason(s, order[0], serving, now, why, sizeof(why));
+        json_object_set_new(j, "serving",
+                            serving >= 0 ? json_string(s->backends[serving].name) : json_null());
+        json_object_set_new(j, "serving_reason", json_string(why));
+        json_object_set_new(j, "primary", json_string(s->backends[order[0]].name));
+    }
+    td_local_stats_t *own = td_registry_local();
+    json_object_set_new(j, "td",
+                        json_pack("{s:o,s:o}", "local_responses", local_counts(own->local),
+                                  "last_5xx_ago_ms", ago(atomic_load(&own->last_5xx_ms), now)));
+    json_object_set_new(j, "last_5xx_ago_ms", ago(last_5xx, now));
+    td_snapshot_release(s);
+    return j;
+}
+
+/* Applies `cfg` (a change asked for by `client`) and answers with the new state, or the reason it
+ * was refused. */
+static td_admin_reply_t apply(td_config_t *cfg, const char *what, const char *client) {
+    char err[512];
+    int r = td_control_apply(cfg, what, 1, client, err, sizeof(err));
+    if (r < 0)
+        return td_admin_http_error(r == TD_ECONFLICT ? 409 : 500, err);
+    return json_reply(200, state_json());
+}
+
+static json_t *parse_body(td_str_t body, td_admin_reply_t *fail) {
+    json_error_t e;
+    json_t *j = json_loadb(body.p, body.len, JSON_REJECT_DUPLICATES, &e);
+    if (!j) {
+        char msg[300];
+        snprintf(msg, sizeof(msg), "request body:%d:%d: %s", e.line < 1 ? 1 : e.line,
+                 e.column < 1 ? 1 : e.column, e.text);
+        *fail = td_admin_http_error(400, msg);
+    } else if (!json_is_object(j)) {
+        json_decref(j);
+        j = NULL;
+        *fail = td_admin_http_error(400, "request body must be a JSON object");
+    }
+    return j;
+}
+
+/* PUT /api/v1/ratio {"blue": 0, "green": 100}: every key an existing backend, every value an
+ * integer 0..100; all checked before anything changes. */
+static td_admin_reply_t put_ratio(td_str_t body, const char *client) {
+    td_admin_reply_t fail;
+    json_t *j = parse_body(body, &fail);
+    if (!j)
+        return fail;
+    if (json_object_size(j) == 0) {
+        json_decref(j);
+        return td_admin_http_error(
+            400, "give at least one backend weight, e.g. {\"blue\": 0, \"green\": 100}");
+    }
+    td_config_t *cfg = td_config_dup(td_control_config());
+    const char *key;
+    json_t *v;
+    char msg[300] = "";
+    json_object_foreach(j, key, v) {
+        size_t i;
+        for (i = 0; i < cfg->num_backends; i++)
+            if (strcmp(cfg->backends[i].name, key) == 0)
+                break;
+        if (i == cfg->num_backends) {
+            snprintf(msg, sizeof(msg), "unknown backend \"%s\"", key);
+            break;
+        }
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 100) {
+            snprintf(msg, sizeof(msg), "weight of \"%s\" must be an integer from 0 to 100", key);
+            break;
+        }
+        cfg->backends[i].weight = (int)json_integer_value(v);
+    }
+    json_decref(j);
+    size_t weighted = 0;
+    for (size_t i = 0; i < cfg->num_backends; i++)
+        weighted += cfg->backends[i].weight > 0;
+    if (!msg[0] && !weighted)
+        snprintf(msg, sizeof(msg),
+                 "refused: every backend would have weight 0, so every request would get 503; "
+                 "keep at least one weight above 0 (failover takes 100/0: a primary and a "
+                 "backup)");
+    if (msg[0]) {
+        td_config_free(cfg);
+        return td_admin_http_error(400, msg);
+    }
+    char what[256] = "ratio";
+    size_t n = strlen(what);
+    for (size_t i = 0; i < cfg->num_backends && n < sizeof(what) - 1; i++)
+        n += (size_t)snprintf(what + n, sizeof(what) - n, " %s=%d", cfg->backends[i].name,
+                              cfg->backends[i].weight);
+    return apply(cfg, what, client);
+}
+
+static td_admin_reply_t put_routing(td_str_t body, const char *client) {
+    td_admin_reply_t fail;
+    json_t *j = parse_body(body, &fail);
+    if (!j)
+        return fail;
+    const char *key;
+    json_t *v;
+    td_method_t m = 0;
+    int have = 0;
+    char msg[300] = "";
+    json_object_foreach(j, key, v) {
+        if (strcmp(key, "method") != 0) {
+            snprintf(msg, sizeof(msg), "unknown key \"%s\" (valid: method)", key);
+            break;
+        }
+        if (!json_is_string(v) || td_method_parse(json_string_value(v), &m) < 0) {
+            snprintf(msg, sizeof(msg), "method must be one of round_robin, sticky, failover");
+            break;
+        }
+        have = 1;
+    }
+    json_decref(j);
+    if (!msg[0] && !have)
+        snprintf(msg, sizeof(msg), "give the method, e.g. {\"method\": \"sticky\"}");
+    if (msg[0])
+        return td_admin_http_error(400, msg);
+    td_config_t *cfg = td_config_dup(td_control_config());
+    cfg->method = m;
+    char what[64];
+    snprintf(what, sizeof(what), "routing method %s", td_method_name(m));
+    return apply(cfg, what, client);
+}
+
+static td_admin_reply_t put_config(td_str_t body, const char *client) {
+    char *errs = NULL;
+    size_t elen = 0;
+    FILE *ef = open_memstream(&errs, &elen);
+    td_config_t *cfg = td_config_parse(body.p, body.len, "request", ef);
+    fclose(ef);
+    if (!cfg) {
+        while (elen && errs[elen - 1] == '\n')
+            errs[--elen] = 0;
+        td_admin_reply_t r = td_admin_http_error(400, errs);
+        free(errs);
+        return r;
+    }
+    free(errs);
+    char err[512];
+    int r = td_control_apply(cfg, "config replaced through the API", 1, client, err, sizeof(err));
+    if (r < 0)
+        return td_admin_http_error(r == TD_ECONFLICT ? 409 : 500, err);
+    return json_reply(200, json_pack("{s:I}", "version", (json_int_t)td_control_version()));
+}
+
+static td_admin_reply_t get_config(void) {
+    char *text = td_config_to_json(td_control_config());
+    if (!text)
+        return td_admin_http_error(500, "out of memory");
+    td_admin_reply_t r = {200, "application/json", text, strlen(text), NULL, NULL};
+    return r;
+}
+
+/* ---- routes */
+
+static int path_is(td_str_t target, const char *path) {
+    size_t n = strlen(path);
+    size_t tl = target.len;
+    const char *q = memchr(target.p, '?', target.len);
+    if (q)
+        tl = (size_t)(q - target.p);
+    return tl == n && memcmp(target.p, path, n) == 0;
+}
+
+static int method_is(td_str_t m, const char *s) {
+    return m.len == strlen(s) && memcmp(m.p, s, m.len) == 0;
+}
+
+static td_admin_reply_t get_metrics(void) {
+    size_t len = 0;
+    char *text = td_metrics_text(&len);
+    if (!text)
+        return td_admin_http_error(500, "out of memory");
+    td_admin_reply_t r = {200, "text/plain; version=0.0.4", text, len, NULL, NULL};
+    return r;
+}
+
+/* The admin server's handler: the console page, then (with the token) the API. */
+static td_admin_reply_t route(const td_admin_request_t *rq) {
+    const td_http1_request_t *req = rq->head;
+    td_str_t t = req->target, m = req->method, body = rq->body;
+    if (path_is(t, "/") || path_is(t, "/index.html")) {
+        if (!method_is(m, "GET") && !method_is(m, "HEAD"))
+            return not_allowed("GET, HEAD");
+        td_admin_reply_t r = {
+            200, "text/html; charset=utf-8", strdup(td_console_html), 0, NULL, td_console_csp()};
+        r.len = strlen(r.body);
+        return r;
+    }
+    if (!rq->authorized)
+        return td_admin_http_error(401,
+                                   "missing or wrong bearer token (Authorization: Bearer TOKEN)");
+    int get = method_is(m, "GET") || method_is(m, "HEAD"), put = method_is(m, "PUT");
+    if (path_is(t, "/api/v1/state"))
+        return get ? json_reply(200, state_json()) : not_allowed("GET, HEAD");
+    if (path_is(t, "/api/v1/ratio"))
+        return put ? put_ratio(body, rq->client) : not_allowed("PUT");
+    if (path_is(t, "/api/v1/routing"))
+        return put ? put_routing(body, rq->client) : not_allowed("PUT");
+    if (path_is(t, "/api/v1/config"))
+        return get   ? get_config()
+               : put ? put_config(body, rq->client)
+                     : not_allowed("GET, HEAD, PUT");
+    if (path_is(t, "/api/v1/events"))
+        return get ? json_reply(200, td_events_json()) : not_allowed("GET, HEAD");
+    if (path_is(t, "/api/v1/history"))
+        return get ? json_reply(200, td_audit_json()) : not_allowed("GET, HEAD");
+    if (path_is(t, "/metrics"))
+        return get ? get_metrics() : not_allowed("GET, HEAD");
+    return td_admin_http_error(404, "no such endpoint");
+}
+
+int td_admin_start(uv_loop_t *loop, const td_addr_t *address, const char *token, char *err,
+                   size_t errlen) {
+    return td_admin_http_listen(loop, address, token, route, err, errlen);
+}
+
+int td_admin_update_token(const char *token) {
+    return td_admin_http_set_token(token);
+}
+
+void td_admin_stop(void) {
+    td_admin_http_stop();
+}

@@ -1,0 +1,424 @@
+/* The admin HTTP server: a small HTTP/1.1 server (td's own parser) on the main thread's loop.
+ * Every request is handled whole: head and body (Content-Length, at most 1 MiB) are read, checked
+ * (Host, Origin, token), handed to the handler, and its reply written; then the next one. */
+#include "td/admin_http.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "td/http1.h"
+#include "td/log.h"
+#include "td/rewrite.h"
+
+#define ADMIN_MAX_BODY (1024 * 1024)
+#define ADMIN_MAX_HDRS 64
+#define ADMIN_TIMEOUT_MS 10000 /* idle or half-sent request: the connection is closed */
+#define ADMIN_MAX_CONNS 256
+
+typedef struct admin_conn_s {
+    uv_tcp_t tcp;
+    uv_timer_t timer; /* a request must arrive whole within ADMIN_TIMEOUT_MS of its first byte */
+    int handles;      /* handles still to close */
+    uv_write_t wreq;
+    char *buf; /* owned */
+    size_t len, cap;
+    char *out; /* owned: the response being written */
+    int keep_alive;
+    int closing;
+    int lingering; /* answered and shut down for writing: the rest of the input is discarded */
+    uv_shutdown_t sreq;
+    char ip[64];
+    char local_ip[64]; /* the address the client reached, as a Host names it ("[::1]" for IPv6) */
+    struct admin_conn_s *next;
+} admin_conn_t;
+
+static uv_tcp_t server;
+static int server_open;
+static admin_conn_t *conns;
+/* The token in force: set at start, replaced by a reload that sets another one, but never
+ * cleared by one (td_admin_update_token): removing protection takes a restart. */
+static char bound_token[256];
+static char bound_host[64]; /* admin.address without its port, as written ("[::1]" for IPv6) */
+static int bound_port;
+static td_admin_handler_fn *handler; /* borrowed: answers every request */
+
+static int num_conns;
+
+static void conn_free_cb(uv_handle_t *h) {
+    admin_conn_t *c = h->data;
+    if (--c->handles)
+        return;
+    num_conns--;
+    for (admin_conn_t **pp = &conns; *pp; pp = &(*pp)->next)
+        if (*pp == c) {
+            *pp = c->next;
+            break;
+        }
+    free(c->buf);
+    free(c->out);
+    free(c);
+}
+
+static void conn_close(admin_conn_t *c) {
+    if (c->closing)
+        return;
+    c->closing = 1;
+    uv_close((uv_handle_t *)&c->timer, conn_free_cb);
+    uv_close((uv_handle_t *)&c->tcp, conn_free_cb);
+}
+
+/* ---- replies */
+
+td_admin_reply_t td_admin_http_error(int status, const char *msg) {
+    json_t *j = json_pack("{s:s}", "error", msg);
+    td_admin_reply_t r = {
+        status, "application/json", j ? json_dumps(j, JSON_INDENT(2)) : NULL, 0, NULL, NULL};
+    json_decref(j);
+    if (!r.body) {
+        r.status = 500;
+        r.body = strdup("{\"error\": \"out of memory\"}");
+    }
+    r.len = strlen(r.body);
+    r.body = realloc(r.body, r.len + 2);
+    r.body[r.len++] = '\n';
+    return r;
+}
+
+/* ---- checks */
+
+static int authorized(const td_http1_request_t *req) {
+    if (!bound_token[0])
+        return 1;
+    size_t tl = strlen(bound_token);
+    for (size_t i = 0; i < req->num_headers; i++) {
+        if (!td_http1_name_is(req->headers[i].name, "authorization"))
+            continue;
+        td_str_t v = req->headers[i].value;
+        if (v.len != 7 + tl || strncasecmp(v.p, "Bearer ", 7) != 0)
+            return 0;
+        unsigned diff = 0;
+        for (size_t k = 0; k < tl; k++)
+            diff |= (unsigned)(v.p[7 + k] ^ bound_token[k]);
+        return diff == 0;
+    }
+    return 0;
+}
+
+/* Splits "host[:port]" (an IPv6 host keeps its brackets); a missing port is `default_port`.
+ * Returns 0, or -1 when the port is not a number 1..65535. */
+static int split_host(td_str_t v, td_str_t *host, int default_port, int *port) {
+    *host = v;
+    *port = default_port;
+    if (!v.len)
+        return 0;
+    const char *end = v.p + v.len, *close = v.p[0] == '[' ? memchr(v.p, ']', v.len) : NULL;
+    const char *colon = memrchr(close ? close : v.p, ':', (size_t)(end - (close ? close : v.p)));
+    *host = (td_str_t){v.p, colon ? (size_t)(colon - v.p) : v.len};
+    *port = default_port;
+    if (!colon)
+        return 0;
+    long n = 0;
+    for (const char *p = colon + 1; p < end; p++) {
+        if (*p < '0' || *p > '9' || (n = n * 10 + (*p - '0')) > 65535)
+            return -1;
+    }
+    if (colon + 1 == end || n == 0)
+        return -1;
+    *port = (int)n;
+    return 0;
+}
+
+static int host_is(td_str_t h, const char *name) {
+    return h.len == strlen(name) && strncasecmp(h.p, name, h.len) == 0;
+}
+
+/* Without a token, anyone who can make a browser send a request here controls td: a page on
+ * attacker.example whose name re-resolves to 127.0.0.1 (DNS rebinding) sends Host:
+ * attacker.example, and any page can send a cross-origin "simple" PUT (text/plain, no
+ * preflight). So the Host must name this admin address (as bound, the address the client
+ * reached, or a loopback name with the bound port) and an Origin, when sent, must be that same
+ * host and port. Browsers always send Host, so a request without one (HTTP/1.0) is not from a
+ * page. Returns NULL when the request may go on, else the refusal (status in *status). */
+static const char *foreign_request(const admin_conn_t *c, const td_http1_request_t *req,
+                                   int *status) {
+    td_str_t origin = {NULL, 0}, host_field = {NULL, 0};
+    for (size_t i = 0; i < req->num_headers; i++) {
+        if (td_http1_name_is(req->headers[i].name, "origin"))
+            origin = req->headers[i].value;
+        else if (td_http1_name_is(req->headers[i].name, "host"))
+            host_field = req->headers[i].value;
+    }
+    if (!host_field.p && !origin.p)
+        return NULL;
+    td_str_t host;
+    int port;
+    *status = 421;
+    if (split_host(host_field, &host, 80, &port) < 0 || port != bound_port ||
+        !(host_is(host, "localhost") || host_is(host, "127.0.0.1") || host_is(host, "[::1]") ||
+          host_is(host, bound_host) || host_is(host, c->local_ip)))
+        return "the Host header does not name this admin address (use 127.0.0.1 or localhost "
+               "with its port, or set admin.token to use other names)";
+    if (!origin.p)
+        return NULL;
+    *status = 403;
+    td_str_t ohost;
+    int oport, https = origin.len > 8 && strncasecmp(origin.p, "https://", 8) == 0;
+    int http = origin.len > 7 && strncasecmp(origin.p, "http://", 7) == 0;
+    if (!http && !https)
+        return "cross-origin request refused (Origin is not this admin address)";
+    td_str_t rest = {origin.p + (https ? 8 : 7), origin.len - (https ? 8u : 7u)};
+    if (split_host(rest, &ohost, https ? 443 : 80, &oport) < 0 || oport != port ||
+        ohost.len != host.len || strncasecmp(ohost.p, host.p, host.len) != 0)
+        return "cross-origin request refused (Origin is not this admin address)";
+    return NULL;
+}
+
+/* The server's own refusals (foreign Host or Origin), else the handler's answer. */
+static td_admin_reply_t answer(const admin_conn_t *c, const td_http1_request_t *req,
+                               td_str_t body) {
+    if (!bound_token[0]) {
+        int status;
+        const char *why = foreign_request(c, req, &status);
+        if (why)
+            return td_admin_http_error(status, why);
+    }
+    td_admin_request_t r = {req, body, c->ip, authorized(req)};
+    return handler(&r);
+}
+
+/* ---- connections */
+
+static void resume(admin_conn_t *c);
+static void timeout_cb(uv_timer_t *t);
+
+/* Lingering close (nginx's lingering_close): after an answer that ends the connection while the
+ * client may still be sending (a 413 before its body), td shuts down its write side and reads and
+ * drops what comes until the client closes or ADMIN_TIMEOUT_MS pass. Closing at once with unread
+ * bytes would send a reset, and the client would lose the answer it had not read yet. */
+static void linger_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *out) {
+    (void)hint;
+    admin_conn_t *c = h->data;
+    *out = uv_buf_init(c->buf, (unsigned)c->cap);
+}
+
+static void linger_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
+    (void)b;
+    if (nread < 0)
+        conn_close(s->data);
+}
+
+static void shutdown_cb(uv_shutdown_t *req, int status) {
+    (void)status;
+    admin_conn_t *c = req->data;
+    if (c->closing)
+        return;
+    if (!c->buf || !c->cap ||
+        uv_read_start((uv_stream_t *)&c->tcp, linger_alloc_cb, linger_read_cb) < 0)
+        conn_close(c);
+}
+
+static void linger(admin_conn_t *c) {
+    c->lingering = 1;
+    c->len = 0;
+    uv_timer_start(&c->timer, timeout_cb, ADMIN_TIMEOUT_MS, 0);
+    c->sreq.data = c;
+    if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, shutdown_cb) < 0)
+        conn_close(c);
+}
+
+static void write_cb(uv_write_t *w, int status) {
+    admin_conn_t *c = w->data;
+    free(c->out);
+    c->out = NULL;
+    if (c->closing)
+        return;
+    if (status >= 0 && c->lingering) {
+        linger(c);
+        return;
+    }
+    if (status < 0 || !c->keep_alive) {
+        conn_close(c);
+        return;
+    }
+    resume(c);
+}
+
+static void send_reply(admin_conn_t *c, td_admin_reply_t r, int head_only) {
+    const char *reason = td_http_reason(r.status);
+    char head[2048];
+    int hl = snprintf(head, sizeof(head),
+                      "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                      "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n"
+                      "Connection: %s\r\n%s%s%s%s%s%s%s\r\n",
+                      r.status, reason, r.type, r.len, c->keep_alive ? "keep-alive" : "close",
+                      r.status == 401 ? "WWW-Authenticate: Bearer\r\n" : "",
+                      r.allow ? "Allow: " : "", r.allow ? r.allow : "", r.allow ? "\r\n" : "",
+                      r.csp ? "X-Frame-Options: DENY\r\nReferrer-Policy: no-referrer\r\n"
+                              "Content-Security-Policy: "
+                            : "",
+                      r.csp ? r.csp : "", r.csp ? "\r\n" : "");
+    size_t blen = head_only ? 0 : r.len;
+    c->out = malloc((size_t)hl + blen);
+    memcpy(c->out, head, (size_t)hl);
+    if (blen)
+        memcpy(c->out + hl, r.body, blen);
+    free(r.body);
+    uv_buf_t buf = uv_buf_init(c->out, (unsigned)((size_t)hl + blen));
+    c->wreq.data = c;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &buf, 1, write_cb) < 0)
+        conn_close(c);
+}
+
+/* Handles every complete request in the buffer, one at a time. */
+static void process(admin_conn_t *c) {
+    td_http1_header_t hdrs[ADMIN_MAX_HDRS];
+    td_http1_request_t req;
+    td_http1_limits_t lim = td_http1_default_limits();
+    lim.max_headers = ADMIN_MAX_HDRS;
+    int r = td_http1_parse_request(c->buf, c->len, &lim, &req, hdrs, ADMIN_MAX_HDRS);
+    if (r == TD_EAGAIN)
+        return;
+    if (r < 0) {
+        c->keep_alive = 0;
+        send_reply(c, td_admin_http_error(r == TD_EHDRTOOLARGE ? 431 : 400, "malformed request"),
+                   0);
+        return;
+    }
+    if (req.body == TD_BODY_CHUNKED) {
+        c->keep_alive = 0;
+        send_reply(c, td_admin_http_error(411, "send the body with Content-Length"), 0);
+        return;
+    }
+    size_t blen = req.body == TD_BODY_LENGTH ? req.content_length : 0;
+    if (blen > ADMIN_MAX_BODY) {
+        c->keep_alive = 0;
+        c->lingering = 1; /* the body may be on its way: the answer must not be lost to a reset */
+        send_reply(c, td_admin_http_error(413, "request body over 1 MiB"), 0);
+        return;
+    }
+    if (c->len < (size_t)r + blen)
+        return; /* the body is still coming */
+    c->keep_alive = req.keep_alive;
+    td_admin_reply_t rep = answer(c, &req, (td_str_t){c->buf + r, blen});
+    if (rep.status >= 400)
+        td_info("admin: %s %.*s %.*s: %d", c->ip, (int)req.method.len, req.method.p,
+                (int)req.target.len, req.target.p, rep.status);
+    size_t used = (size_t)r + blen;
+    int head_only = req.head;
+    memmove(c->buf, c->buf + used, c->len - used);
+    c->len -= used;
+    send_reply(c, rep, head_only);
+}
+
+static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *out) {
+    (void)hint;
+    admin_conn_t *c = h->data;
+    if (c->cap - c->len < 4096) {
+        /* Room for the largest head and a body of ADMIN_MAX_BODY bytes, no more. */
+        size_t cap = c->cap ? c->cap * 2 : 16384;
+        if (cap > ADMIN_MAX_BODY + 65536)
+            cap = ADMIN_MAX_BODY + 65536;
+        if (cap <= c->cap || !(c->buf = realloc(c->buf, cap))) {
+            *out = uv_buf_init(NULL, 0);
+            return;
+        }
+        c->cap = cap;
+    }
+    *out = uv_buf_init(c->buf + c->len, (unsigned)(c->cap - c->len));
+}
+
+static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
+    (void)b;
+    admin_conn_t *c = s->data;
+    if (nread < 0) {
+        conn_close(c);
+        return;
+    }
+    c->len += (size_t)nread;
+    process(c);
+}
+
+static void timeout_cb(uv_timer_t *t) {
+    conn_close(t->data);
+}
+
+static void resume(admin_conn_t *c) {
+    uv_timer_start(&c->timer, timeout_cb, ADMIN_TIMEOUT_MS, 0);
+    uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
+    if (c->len)
+        process(c);
+}
+
+static void on_conn(uv_stream_t *srv, int status) {
+    if (status < 0)
+        return;
+    admin_conn_t *c = calloc(1, sizeof(*c));
+    if (!c)
+        return;
+    uv_tcp_init(srv->loop, &c->tcp);
+    uv_timer_init(srv->loop, &c->timer);
+    c->tcp.data = c->timer.data = c;
+    c->handles = 2;
+    num_conns++;
+    c->next = conns;
+    conns = c;
+    if (uv_accept(srv, (uv_stream_t *)&c->tcp) < 0 || num_conns > ADMIN_MAX_CONNS) {
+        conn_close(c);
+        return;
+    }
+    struct sockaddr_storage ss;
+    int sl = sizeof(ss);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0)
+        uv_ip4_name((struct sockaddr_in *)&ss, c->ip, sizeof(c->ip));
+    sl = sizeof(ss);
+    if (uv_tcp_getsockname(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
+        if (ss.ss_family == AF_INET6) {
+            char a[48] = "";
+            uv_ip6_name((struct sockaddr_in6 *)&ss, a, sizeof(a));
+            snprintf(c->local_ip, sizeof(c->local_ip), "[%s]", a);
+        } else {
+            uv_ip4_name((struct sockaddr_in *)&ss, c->local_ip, sizeof(c->local_ip));
+        }
+    }
+    resume(c);
+}
+
+int td_admin_http_listen(uv_loop_t *loop, const td_addr_t *address, const char *token,
+                         td_admin_handler_fn *fn, char *err, size_t errlen) {
+    handler = fn;
+    snprintf(bound_token, sizeof(bound_token), "%s", token ? token : "");
+    const char *colon = strrchr(address->text, ':');
+    size_t hl = colon ? (size_t)(colon - address->text) : strlen(address->text);
+    snprintf(bound_host, sizeof(bound_host), "%.*s", (int)hl, address->text);
+    bound_port = colon ? atoi(colon + 1) : 0;
+    uv_tcp_init(loop, &server);
+    server_open = 1;
+    int r = uv_tcp_bind(&server, (const struct sockaddr *)&address->sa, 0);
+    if (r == 0)
+        r = uv_listen((uv_stream_t *)&server, 128, on_conn);
+    if (r < 0) {
+        snprintf(err, errlen, "cannot listen on %s (admin): %s", address->text, uv_strerror(r));
+        return TD_EIO;
+    }
+    return 0;
+}
+
+int td_admin_http_set_token(const char *token) {
+    if (!token || !token[0])
+        return bound_token[0] != 0;
+    snprintf(bound_token, sizeof(bound_token), "%s", token);
+    return 0;
+}
+
+void td_admin_http_stop(void) {
+    if (server_open) {
+        uv_close((uv_handle_t *)&server, NULL);
+        server_open = 0;
+    }
+    for (admin_conn_t *c = conns; c; c = c->next)
+        conn_close(c);
+}

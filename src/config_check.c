@@ -1,0 +1,189 @@
+/* Config checks beyond one value's syntax: files td will need (certificates, a CA bundle, the
+ * access log and pid file folders) and rules across fields. The schema (config_schema.c) says
+ * where each runs; each reports at the report's path, so its message stands where the problem is.
+ */
+#include "td/config_check.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "td/config_report.h"
+#include "td/tls.h"
+
+/* ---- files ---- */
+
+/* An access log must be "stderr" or a file td can append to (its folder exists and is
+ * writable), so a typo shows at check time rather than at the first request. */
+const char *td_config_check_log_path(const char *s) {
+    if (strcmp(s, "stderr") == 0)
+        return NULL;
+    if (s[0] != '/')
+        return "must be \"stderr\" or an absolute file path";
+    char dir[TD_PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", s);
+    char *slash = strrchr(dir, '/');
+    if (slash == dir)
+        slash[1] = 0;
+    else
+        *slash = 0;
+    if (access(s, W_OK) == 0 || (errno == ENOENT && access(dir, W_OK | X_OK) == 0))
+        return NULL;
+    return "cannot be written (missing folder or no permission)";
+}
+
+/* A pid file is written at start (temp file + rename in its folder): the folder must exist and
+ * be writable, so `td -t` catches a path that start-up would refuse. */
+const char *td_config_check_pid_path(const char *s) {
+    if (s[0] != '/')
+        return "must be an absolute file path, e.g. \"/run/td.pid\"";
+    char dir[TD_PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", s);
+    char *slash = strrchr(dir, '/');
+    if (!slash[1])
+        return "must name a file, not a folder";
+    if (slash == dir)
+        slash[1] = 0;
+    else
+        *slash = 0;
+    if (access(dir, W_OK | X_OK) == 0)
+        return NULL;
+    return errno == ENOENT ? "cannot be written: its folder does not exist"
+                           : "cannot be written: no permission in its folder";
+}
+
+/* ---- unique addresses and names ---- */
+
+static int addr_eq(const td_addr_t *a, const td_addr_t *b) {
+    return a->salen && a->salen == b->salen && memcmp(&a->sa, &b->sa, a->salen) == 0;
+}
+
+/* Reports, at the current path, an address already used by one of the first `n` of `others`
+ * (whose path is `what`). */
+static void unique_addr(td_config_report_t *r, const td_addr_t *a, const td_addr_t *others,
+                        size_t n, size_t stride, const char *what) {
+    for (size_t j = 0; j < n; j++) {
+        const td_addr_t *o = (const td_addr_t *)((const char *)others + j * stride);
+        if (addr_eq(a, o)) {
+            td_config_report(r, TD_CONFIG_AT_VALUE, "\"%s\" is already used by %s[%zu]", a->text,
+                             what, j);
+            return;
+        }
+    }
+}
+
+void td_config_check_listener_address(td_config_report_t *r, td_config_t *c, void *obj,
+                                      const void *first, size_t index, unsigned read) {
+    (void)c, (void)read;
+    const td_config_listener_t *l = obj, *ls = first;
+    unique_addr(r, &l->address, &ls->address, index, sizeof(td_config_listener_t), "listeners");
+}
+
+void td_config_check_server_address(td_config_report_t *r, td_config_t *c, void *obj,
+                                    const void *first, size_t index, unsigned read) {
+    (void)c, (void)read;
+    const td_config_server_t *s = obj, *ss = first;
+    unique_addr(r, &s->address, &ss->address, index, sizeof(td_config_server_t), "servers");
+}
+
+void td_config_check_admin_address(td_config_report_t *r, td_config_t *c, void *obj,
+                                   const void *first, size_t index, unsigned read) {
+    (void)obj, (void)first, (void)index, (void)read;
+    unique_addr(r, &c->admin_address, &c->listeners[0].address, c->num_listeners,
+                sizeof(td_config_listener_t), "listeners");
+}
+
+void td_config_check_backend_name(td_config_report_t *r, td_config_t *c, void *obj,
+                                  const void *first, size_t index, unsigned read) {
+    (void)c, (void)read;
+    const td_config_backend_t *b = obj, *bs = first;
+    for (size_t j = 0; j < index; j++) {
+        if (strcmp(bs[j].name, b->name) == 0) {
+            td_config_report(r, TD_CONFIG_AT_VALUE, "\"%s\" is already the name of backends[%zu]",
+                             b->name, j);
+            break;
+        }
+    }
+}
+
+/* Every weight at 0 would answer 503 to every request (in failover too: there would be no
+ * primary), so it is refused like the API's ratio; reported once the weights themselves are
+ * fine (and nothing else was found before). */
+void td_config_check_backend_weights(td_config_report_t *r, td_config_t *c, void *obj,
+                                     const void *first, size_t index, unsigned read) {
+    (void)obj, (void)first, (void)index, (void)read;
+    size_t weighted = 0;
+    for (size_t i = 0; i < c->num_backends; i++)
+        weighted += c->backends[i].weight > 0;
+    if (!weighted && !r->num_problems)
+        td_config_report(r, TD_CONFIG_AT_KEY,
+                         "every backend has weight 0, so every request would get 503; give at "
+                         "least one backend a weight above 0");
+}
+
+/* ---- TLS ---- */
+
+/* A certificate/key pair (fields 0 and 1 read): both files must load, match and be in date; the
+ * message stands at the file it names. */
+void td_config_check_cert(td_config_report_t *r, td_config_t *c, void *obj, const void *first,
+                          size_t index, unsigned read) {
+    (void)c, (void)first, (void)index;
+    td_config_cert_t *cert = obj;
+    char err[512];
+    if ((read & 3) == 3 && td_tls_check_pair(cert->cert, cert->key, err, sizeof err) < 0) {
+        td_config_report_push_key(r, strstr(err, cert->key) == err ? "key" : "cert");
+        td_config_report(r, TD_CONFIG_AT_VALUE, "%s", err);
+        td_config_report_pop(r);
+    }
+}
+
+void td_config_check_ca(td_config_report_t *r, td_config_t *c, void *obj, const void *first,
+                        size_t index, unsigned read) {
+    (void)c, (void)first, (void)index, (void)read;
+    const td_config_backend_t *b = obj;
+    char err[512];
+    if (td_tls_check_ca(b->tls_ca, err, sizeof err) < 0)
+        td_config_report(r, TD_CONFIG_AT_VALUE, "%s", err);
+}
+
+void td_config_check_listener_tls(td_config_report_t *r, td_config_t *c, void *obj,
+                                  const void *first, size_t index, unsigned read) {
+    (void)c, (void)first, (void)index, (void)read;
+    const td_config_listener_t *l = obj;
+    if (l->tls && l->redirect_https) {
+        td_config_report_push_key(r, "redirect_https");
+        td_config_report(r, TD_CONFIG_AT_KEY,
+                         "a TLS listener cannot redirect to https (it is https)");
+        td_config_report_pop(r);
+    }
+}
+
+/* ---- the sticky cookie ---- */
+
+/* SameSite=None without Secure is refused by browsers, so a config that would send it is an
+ * error at same_site (field 4 of routing.cookie, read); listeners come first in the document's
+ * schema, so they are read. */
+void td_config_check_cookie(td_config_report_t *r, td_config_t *c, void *obj, const void *first,
+                            size_t index, unsigned read) {
+    (void)obj, (void)first, (void)index;
+    if (!(read & (1u << 4)) || c->cookie_same_site != TD_SAME_SITE_NONE)
+        return;
+    td_config_report_push_key(r, "same_site");
+    if (c->cookie_secure == TD_COOKIE_SECURE_NEVER) {
+        td_config_report(r, TD_CONFIG_AT_VALUE,
+                         "\"None\" needs the Secure attribute (browsers refuse SameSite=None "
+                         "without it), but secure is false");
+    } else if (c->cookie_secure == TD_COOKIE_SECURE_AUTO) {
+        for (size_t i = 0; i < c->num_listeners; i++)
+            if (!c->listeners[i].tls && !c->listeners[i].redirect_https) {
+                td_config_report(r, TD_CONFIG_AT_VALUE,
+                                 "\"None\" needs the Secure attribute, which secure \"auto\" sets "
+                                 "only on TLS listeners, and listeners[%zu] is plain HTTP: set "
+                                 "secure to true, or use \"Lax\"",
+                                 i);
+                break;
+            }
+    }
+    td_config_report_pop(r);
+}
