@@ -20,13 +20,8 @@ import time
 
 import pytest
 
-from conftest import (TD, TDCTL, Headers, Proc, RawConn, Td, backend_cfg, free_port,
+from conftest import (TD, TDCTL, Headers, Proc, RawConn, Td, backend_cfg, free_port, one_backend,
                       reload_config, wait_port)
-
-
-def one_backend(backends, td, **extra):
-    b = backends(("blue", 1))
-    return td(backend_cfg({"blue": (100, b.ports["blue"])}, **extra))
 
 
 def request_fields(body):
