@@ -179,6 +179,26 @@ def one_backend(backends, td, **extra):
     return td(backend_cfg({"blue": (100, b.ports["blue"])}, **extra))
 
 
+def get_once(port, path="/", headers=None):
+    """One GET on a fresh connection: (status, headers, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, r.headers, r.read()
+    finally:
+        conn.close()
+
+
+def sticky_cookie(headers, name="TDSTICKY"):
+    """The value of the Set-Cookie for `name` in response headers, or None."""
+    for v in headers.get_all("Set-Cookie") or []:
+        k, _, rest = v.partition("=")
+        if k.strip() == name:
+            return rest.split(";", 1)[0].strip()
+    return None
+
+
 def get(port, path="/"):
     """One GET on a fresh connection: (status, X-TD-Demo-Backend)."""
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -542,6 +562,18 @@ def set_weights(cfg, **weights):
     for b in cfg["backends"]:
         if b["name"] in weights:
             b["weight"] = weights[b["name"]]
+
+
+def weights(t_or_state):
+    """{backend name: weight} of a Td (its state now) or of a state document."""
+    state = t_or_state.state() if isinstance(t_or_state, Td) else t_or_state
+    return {b["name"]: b["weight"] for b in state["backends"]}
+
+
+def pos(text, needle, start=0):
+    """1-based (line, column in characters) of the first `needle` in `text` at or after start."""
+    i = text.index(needle, start)
+    return text.count("\n", 0, i) + 1, i - (text.rfind("\n", 0, i) + 1) + 1
 
 
 def backend_state(state, name):

@@ -13,20 +13,10 @@ import time
 
 import pytest
 
-from conftest import TD, Proc, backend_cfg, free_port, get, one_backend, wait_port
+from conftest import (TD, Proc, backend_cfg, free_port, get, get_once, one_backend, pos, wait_port,
+                      weights)
 
 TIMEOUT = 10  # seconds, for every client socket
-
-
-def get_once(port, path="/", headers=None):
-    """One request on a fresh connection: (status, headers, body)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        r = conn.getresponse()
-        return r.status, r.headers, r.read()
-    finally:
-        conn.close()
 
 
 def colours(port, n):
@@ -60,10 +50,6 @@ def raw_api(t, method, path, headers=None, body=None):
         return r.status, text
 
 
-def weights(state):
-    return {b["name"]: b["weight"] for b in state["backends"]}
-
-
 def two_colours(backends, td, blue_w=50, green_w=50, method="round_robin", token=None):
     b = backends(("blue", 1), ("green", 1))
     cfg = backend_cfg({"blue": (blue_w, b.ports["blue"]), "green": (green_w, b.ports["green"])},
@@ -74,12 +60,6 @@ def two_colours(backends, td, blue_w=50, green_w=50, method="round_robin", token
 def read_file(path):
     with open(path, "rb") as f:
         return f.read()
-
-
-def pos(text, needle, start=0):
-    """1-based (line, column in characters) of the first `needle` in `text` at or after start."""
-    i = text.index(needle, start)
-    return text.count("\n", 0, i) + 1, i - (text.rfind("\n", 0, i) + 1) + 1
 
 
 def assert_error_json(status, body, code=400):

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import ASAN, backend_cfg, backend_state, free_port, get
+from conftest import ASAN, backend_cfg, backend_state, free_port, get, get_once, sticky_cookie
 
 TIMEOUT = 10  # seconds, for every client socket
 
@@ -36,26 +36,8 @@ class Client:
         self.conn.close()
 
 
-def get_once(port, path="/", headers=None):
-    """One request on a fresh connection."""
-    c = Client(port)
-    try:
-        return c.get(path, headers)
-    finally:
-        c.close()
-
-
 def backend_of(headers):
     return headers.get("X-TD-Demo-Backend")
-
-
-def sticky_cookie(headers, name="TDSTICKY"):
-    """The value of the Set-Cookie for `name`, or None."""
-    for v in headers.get_all("Set-Cookie") or []:
-        k, _, rest = v.partition("=")
-        if k.strip() == name:
-            return rest.split(";", 1)[0].strip()
-    return None
 
 
 def two_colours(backends, blue_w, green_w, method="round_robin", **extra):
@@ -63,10 +45,6 @@ def two_colours(backends, blue_w, green_w, method="round_robin", **extra):
     cfg = backend_cfg({"blue": (blue_w, b.ports["blue"]), "green": (green_w, b.ports["green"])},
                       method=method, **extra)
     return b, cfg
-
-
-def weights(state):
-    return {b["name"]: b["weight"] for b in state["backends"]}
 
 
 # ---- ratios ----

@@ -17,7 +17,8 @@ import time
 
 import pytest
 
-from conftest import TDCTL, LoadGen, Proc, backend_cfg, backend_state, free_port, wait_for, wait_port
+from conftest import (TDCTL, LoadGen, Proc, backend_cfg, backend_state, free_port, wait_for,
+                      wait_port, weights)
 
 TIMEOUT = 10  # seconds, for every client socket
 SWITCH_TIMEOUT = 90  # seconds a whole tdctl switch may take before the test gives up on it
@@ -34,10 +35,6 @@ def tdctl(t, *args, timeout=60):
                        timeout=timeout, env=env)
     print(f"$ tdctl {' '.join(args)}  -> {r.returncode}\n{r.stdout}{r.stderr}")
     return r
-
-
-def weights(t):
-    return {b["name"]: b["weight"] for b in t.state()["backends"]}
 
 
 def history(t):
