@@ -11,7 +11,7 @@
 #define P99_MAX_MS 3600000L    /* --max-p99-ms: at most an hour */
 
 const char *const option_names[NOPT] = {"wait",     "timeout",        "steps",
-                                               "interval", "max-error-rate", "max-p99-ms"};
+                                        "interval", "max-error-rate", "max-p99-ms"};
 
 /* Prints "tdctl: <message>" and the hint to --help; returns the usage exit status. */
 int usage_error(const char *fmt, ...) {
@@ -24,7 +24,6 @@ int usage_error(const char *fmt, ...) {
     fputs("\nTry 'tdctl --help' for more information.\n", stderr);
     return RC_USAGE;
 }
-
 
 /* A weight: decimal digits only (no sign, no blanks), 0..100. */
 bool parse_weight(const char *s, size_t len, int *weight) {

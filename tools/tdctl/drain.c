@@ -10,8 +10,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#define DRAIN_POLL_S 0.2         /* drain --wait: how often td's state is read */
-#define DRAIN_MS_DEFAULT 30000   /* td's timeouts.drain_ms when its config does not say */
+#define DRAIN_POLL_S 0.2       /* drain --wait: how often td's state is read */
+#define DRAIN_MS_DEFAULT 30000 /* td's timeouts.drain_ms when its config does not say */
 
 enum wait_end { W_GOING, W_DRAINED, W_DRAIN_MS, W_TIMEOUT, W_INTERRUPTED };
 

@@ -85,8 +85,8 @@ static char *auth_header(const char *token) {
 /* Makes one call to td's admin API: method "GET", or "PUT" with a JSON body of body_len bytes.
  * Returns RC_DONE with a 2xx reply in *r (the caller frees r->body.p), or prints why not (td
  * unreachable, or td's error message) and returns RC_REFUSED. */
-int call(const ctl_t *ctl, const char *method, const char *path, const char *body,
-                size_t body_len, reply_t *r) {
+int call(const ctl_t *ctl, const char *method, const char *path, const char *body, size_t body_len,
+         reply_t *r) {
     size_t base_len = strlen(ctl->admin);
     char *url = NULL, *auth = NULL;
     char err[CURL_ERROR_SIZE] = "";

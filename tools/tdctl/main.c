@@ -1,9 +1,9 @@
 /* tdctl: the command-line client of td's admin API (the "Admin API" of docs/ARCHITECTURE.md).
  *
  * One run is one command: check every argument first (a usage error never reaches td), then make
- * HTTP calls through call() (http.c), the only function that touches libcurl, and print the reply as a
- * table, a one-line summary, or (--json) td's JSON as it came. The deploy commands (drain, switch)
- * make a call, then watch td's state by polling it until the traffic has moved.
+ * HTTP calls through call() (http.c), the only function that touches libcurl, and print the reply
+ * as a table, a one-line summary, or (--json) td's JSON as it came. The deploy commands (drain,
+ * switch) make a call, then watch td's state by polling it until the traffic has moved.
  *
  * Exit status: 0 done, 1 refused by td, rolled back or td unreachable, 2 usage error.
  *

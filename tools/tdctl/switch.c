@@ -11,11 +11,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define SWITCH_POLL_S 0.5        /* switch: how often td's state is read during a step */
-#define SWITCH_INTERVAL_S 30.0   /* switch: default --interval */
-#define SWITCH_ERROR_RATE 0.01   /* switch: default --max-error-rate (1%) */
-#define MIN_ANSWERS 20           /* switch: answers needed in a step before judging it */
-#define MAX_BUCKETS 32           /* latency histogram buckets tdctl reads (td sends 14) */
+#define SWITCH_POLL_S 0.5      /* switch: how often td's state is read during a step */
+#define SWITCH_INTERVAL_S 30.0 /* switch: default --interval */
+#define SWITCH_ERROR_RATE 0.01 /* switch: default --max-error-rate (1%) */
+#define MIN_ANSWERS 20         /* switch: answers needed in a step before judging it */
+#define MAX_BUCKETS 32         /* latency histogram buckets tdctl reads (td sends 14) */
 
 /* td's latency histogram bounds (latency_bounds_ms): bucket i counts requests that took at most
  * ms[i] (and more than ms[i-1]); the bucket after the last bound is +Inf. */

@@ -25,8 +25,8 @@
 
 #define TDCTL_VERSION "0.2.0"
 #define WEIGHT_MAX 100
-#define BODY_MAX (16u << 20) /* bytes: a reply or a config file; real ones are a few KiB */
-#define DRAIN_TIMEOUT_S 60.0   /* drain --wait: default --timeout; switch: the wait at its end */
+#define BODY_MAX (16u << 20)     /* bytes: a reply or a config file; real ones are a few KiB */
+#define DRAIN_TIMEOUT_S 60.0     /* drain --wait: default --timeout; switch: the wait at its end */
 #define SWITCH_STEPS "10,50,100" /* switch: default --steps (its manual page says it too) */
 
 /* Exit status: 0 done, 1 refused by td, rolled back or td unreachable, 2 usage error. */
@@ -119,8 +119,8 @@ void print_raw(const buf_t *b);
  * as a bearer token: method "GET", or "PUT" with a JSON body of body_len bytes. Returns RC_DONE
  * with a 2xx reply in *r (the caller frees r->body.p), or prints why not (td unreachable, or td's
  * error message) and returns RC_REFUSED. */
-int call(const ctl_t *ctl, const char *method, const char *path, const char *body,
-         size_t body_len, reply_t *r);
+int call(const ctl_t *ctl, const char *method, const char *path, const char *body, size_t body_len,
+         reply_t *r);
 
 /* Parses a 2xx reply as JSON. Returns the document (the caller owns it), or NULL after saying
  * that td's answer made no sense. */
