@@ -26,8 +26,11 @@ UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 PYTEST ?= /usr/bin/python3 -m pytest
 FUZZ_SECONDS ?= 60
 
+TDCTL_SRCS := $(wildcard tools/tdctl/*.c)
+TDCTL_OBJS := $(TDCTL_SRCS:tools/tdctl/%.c=$(BUILD)/obj/tdctl/%.o)
+
 DEPS := $(LIB_OBJS:.o=.d) $(DEMO_OBJS:.o=.d) $(BUILD)/obj/main.d
--include $(wildcard $(DEPS) $(BUILD)/obj/tdctl.d)
+-include $(wildcard $(DEPS) $(TDCTL_OBJS:.o=.d))
 
 .PHONY: all run deps test unit e2e test-asan fuzz bench clean format
 
@@ -57,8 +60,17 @@ $(BUILD)/libtd.a: $(LIB_OBJS)
 $(BUILD)/td: $(BUILD)/obj/main.o $(DEMO_OBJS) $(BUILD)/libtd.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
-$(BUILD)/tdctl: tools/tdctl.c | $(BUILD)/obj
-	$(CC) $(CFLAGS) $(DEPFLAGS) -MF $(BUILD)/obj/tdctl.d $(LDFLAGS) -o $@ tools/tdctl.c -lcurl -ljansson
+# tdctl: one object per file of tools/tdctl/, with its .d like those of src/.
+$(BUILD)/obj/tdctl/%.o: tools/tdctl/%.c $(BUILD)/obj/tdctl/%.d | $(BUILD)/obj/tdctl
+	$(CC) $(CFLAGS) $(DEPFLAGS) -c -o $@ $<
+
+$(TDCTL_OBJS:.o=.d):
+
+$(BUILD)/obj/tdctl:
+	mkdir -p $@
+
+$(BUILD)/tdctl: $(TDCTL_OBJS)
+	$(CC) $(LDFLAGS) -o $@ $^ -lcurl -ljansson
 
 $(BUILD)/tests/test_http1_oracle: tests/unit/test_http1_oracle.c tests/unit/t.h $(BUILD)/libtd.a | $(BUILD)/tests
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libtd.a -lhttp_parser $(LIBS)
@@ -107,7 +119,7 @@ bench:
 	bench/run.sh
 
 format:
-	clang-format -i src/*.c src/demo/*.c src/demo/*.h include/td/*.h tools/*.c tests/unit/*.c fuzz/*.c
+	clang-format -i src/*.c src/demo/*.c src/demo/*.h include/td/*.h tools/tdctl/*.[ch] tests/unit/*.c fuzz/*.c
 
 clean:
 	rm -rf build build-asan build-fuzz

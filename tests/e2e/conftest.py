@@ -1,5 +1,6 @@
 """Shared fixtures for td's end-to-end tests: real td processes, real demo backends, real sockets
 on 127.0.0.1. Every process is started by a fixture and stopped when the test ends."""
+import http.client
 import json
 import os
 import signal
@@ -170,6 +171,44 @@ def backend_cfg(backends, method="round_robin", **extra):
 
 def which_backend(resp_headers):
     return resp_headers.get("X-TD-Demo-Backend")
+
+
+def one_backend(backends, td, **extra):
+    """td in front of one demo backend "blue" (weight 100); extra goes into backend_cfg()."""
+    b = backends(("blue", 1))
+    return td(backend_cfg({"blue": (100, b.ports["blue"])}, **extra))
+
+
+def get_once(port, path="/", headers=None):
+    """One GET on a fresh connection: (status, headers, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, r.headers, r.read()
+    finally:
+        conn.close()
+
+
+def sticky_cookie(headers, name="TDSTICKY"):
+    """The value of the Set-Cookie for `name` in response headers, or None."""
+    for v in headers.get_all("Set-Cookie") or []:
+        k, _, rest = v.partition("=")
+        if k.strip() == name:
+            return rest.split(";", 1)[0].strip()
+    return None
+
+
+def get(port, path="/"):
+    """One GET on a fresh connection: (status, X-TD-Demo-Backend)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        r.read()
+        return r.status, r.headers.get("X-TD-Demo-Backend")
+    finally:
+        c.close()
 
 
 @pytest.fixture
@@ -377,20 +416,22 @@ def demo_body(n, offset=0):
 
 
 # ---------------------------------------------------------------------------------------------
-# Helpers for tests under load and live changes (test_health.py, test_drain.py).
+# Helpers for tests under load and live changes (test_health.py, test_drain.py, test_failover.py,
+# test_tdctl.py).
 
 class LoadGen:
     """A small load generator: `threads` threads, each with one keep-alive http.client connection
     to 127.0.0.1:port, sending `method path` (with `body`) until stop(), `count` requests in all,
     or `duration` seconds, whichever comes first. Counts what came back: a non-2xx status is a
     failure, an exception (reset, timeout, close) an error, after which the thread reconnects.
-    With record=True every answer is kept as (monotonic time, status, X-TD-Demo-Backend)."""
+    With record=True every answer is kept as (monotonic time, status, X-TD-Demo-Backend).
+    count(status, backend) counts the answers of a status and/or backend so far."""
 
     def __init__(self, port, threads=8, method="GET", path="/", body=None, count=None,
                  duration=10.0, timeout=10.0, record=False, headers=None):
         import threading
         self.port, self.method, self.path, self.body = port, method, path, body
-        self.count, self.duration, self.timeout, self.record = count, duration, timeout, record
+        self.limit, self.duration, self.timeout, self.record = count, duration, timeout, record
         self.headers = dict(headers or {})
         if body is not None:
             self.headers.setdefault("Content-Type", "application/octet-stream")
@@ -401,6 +442,7 @@ class LoadGen:
         self.errors = []        # repr of each exception
         self.bad = []           # (status, backend, body[:200]) of each non-2xx answer
         self.by_backend = {}    # X-TD-Demo-Backend -> answers
+        self.answers = {}       # (status, X-TD-Demo-Backend) -> answers
         self.events = []        # (t, status, backend) with record=True
         self.check = None       # optional fn(status, headers, body) -> problem string or None
         self.problems = []
@@ -409,7 +451,7 @@ class LoadGen:
 
     def _take(self):
         with self.lock:
-            if self.stop_ev.is_set() or (self.count is not None and self.sent >= self.count):
+            if self.stop_ev.is_set() or (self.limit is not None and self.sent >= self.limit):
                 return False
             if time.monotonic() - self.t0 >= self.duration:
                 return False
@@ -431,6 +473,7 @@ class LoadGen:
                 problem = self.check(r.status, r.headers, data) if self.check else None
                 with self.lock:
                     self.by_backend[be] = self.by_backend.get(be, 0) + 1
+                    self.answers[(r.status, be)] = self.answers.get((r.status, be), 0) + 1
                     if 200 <= r.status < 300:
                         self.ok += 1
                     else:
@@ -478,6 +521,12 @@ class LoadGen:
         with self.lock:
             return self.ok + self.failed
 
+    def count(self, status=None, backend=None):
+        """Answers so far with that status (any when None) from that backend (any when None)."""
+        with self.lock:
+            return sum(n for (s, b), n in self.answers.items()
+                       if (status is None or s == status) and (backend is None or b == backend))
+
     def summary(self):
         return (f"{self.sent} requests sent, {self.ok} 2xx, {self.failed} failed (non-2xx), "
                 f"{len(self.errors)} errors, by backend {self.by_backend}"
@@ -513,6 +562,18 @@ def set_weights(cfg, **weights):
     for b in cfg["backends"]:
         if b["name"] in weights:
             b["weight"] = weights[b["name"]]
+
+
+def weights(t_or_state):
+    """{backend name: weight} of a Td (its state now) or of a state document."""
+    state = t_or_state.state() if isinstance(t_or_state, Td) else t_or_state
+    return {b["name"]: b["weight"] for b in state["backends"]}
+
+
+def pos(text, needle, start=0):
+    """1-based (line, column in characters) of the first `needle` in `text` at or after start."""
+    i = text.index(needle, start)
+    return text.count("\n", 0, i) + 1, i - (text.rfind("\n", 0, i) + 1) + 1
 
 
 def backend_state(state, name):

@@ -13,20 +13,10 @@ import time
 
 import pytest
 
-from conftest import TD, Proc, backend_cfg, free_port, wait_port
+from conftest import (TD, Proc, backend_cfg, free_port, get, get_once, one_backend, pos, wait_port,
+                      weights)
 
 TIMEOUT = 10  # seconds, for every client socket
-
-
-def get_once(port, path="/", headers=None):
-    """One request on a fresh connection: (status, headers, body)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        r = conn.getresponse()
-        return r.status, r.headers, r.read()
-    finally:
-        conn.close()
 
 
 def colours(port, n):
@@ -60,10 +50,6 @@ def raw_api(t, method, path, headers=None, body=None):
         return r.status, text
 
 
-def weights(state):
-    return {b["name"]: b["weight"] for b in state["backends"]}
-
-
 def two_colours(backends, td, blue_w=50, green_w=50, method="round_robin", token=None):
     b = backends(("blue", 1), ("green", 1))
     cfg = backend_cfg({"blue": (blue_w, b.ports["blue"]), "green": (green_w, b.ports["green"])},
@@ -74,12 +60,6 @@ def two_colours(backends, td, blue_w=50, green_w=50, method="round_robin", token
 def read_file(path):
     with open(path, "rb") as f:
         return f.read()
-
-
-def pos(text, needle, start=0):
-    """1-based (line, column in characters) of the first `needle` in `text` at or after start."""
-    i = text.index(needle, start)
-    return text.count("\n", 0, i) + 1, i - (text.rfind("\n", 0, i) + 1) + 1
 
 
 def assert_error_json(status, body, code=400):
@@ -502,3 +482,109 @@ def test_sighup_with_bad_file_keeps_running_config(backends, td):
     s = wait_version(t, v0)
     assert s["version"] > v0 and weights(s) == {"blue": 0, "green": 100}
     assert colours(t.port, 10) == ["green"] * 10
+
+
+# ---- admin API: duplicate keys, 405 ----
+
+def raw(t, method, path, body=None):
+    """An admin request: (status, response headers, body text)."""
+    conn = http.client.HTTPConnection("127.0.0.1", t.admin_port, timeout=TIMEOUT)
+    try:
+        conn.request(method, path, body=body)
+        r = conn.getresponse()
+        return r.status, r.headers, r.read().decode()
+    finally:
+        conn.close()
+
+
+def test_ratio_with_a_duplicate_key_is_refused(backends, td):
+    b = backends(("blue", 1), ("green", 1))
+    t = td(backend_cfg({"blue": (50, b.ports["blue"]), "green": (50, b.ports["green"])}))
+    before = t.state()
+    status, _, text = raw(t, "PUT", "/api/v1/ratio", body='{"blue": 0, "blue": 10}')
+    assert status == 400 and "duplicate" in json.loads(text)["error"], text
+    after = t.state()
+    assert after["version"] == before["version"]
+    assert [x["weight"] for x in after["backends"]] == [50, 50]
+
+
+def test_405_names_the_allowed_methods(backends, td):
+    b = backends(("blue", 1))
+    t = td(backend_cfg({"blue": (100, b.ports["blue"])}))
+    status, headers, _ = raw(t, "POST", "/api/v1/ratio", body="{}")
+    assert status == 405 and headers.get("Allow") == "PUT"
+    status, headers, _ = raw(t, "DELETE", "/api/v1/state")
+    assert status == 405 and headers.get("Allow") == "GET, HEAD"
+
+
+# ---- td -t -c FILE: the access log, the preview header ----
+
+def check_cfg(cfg):
+    """`td -t -c FILE` of the config dict cfg: (exit status, output with the path as FILE)."""
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "td.json")
+        with open(path, "w") as f:
+            json.dump(cfg, f, indent=2)
+        p = subprocess.run([TD, "-t", "-c", path], capture_output=True, text=True, timeout=30)
+        return p.returncode, (p.stdout + p.stderr).replace(path, "FILE")
+
+
+def minimal(**extra):
+    cfg = {"listeners": [{"address": "127.0.0.1:18080"}],
+           "backends": [{"name": "blue", "weight": 1,
+                         "servers": [{"address": "127.0.0.1:19001"}]}]}
+    cfg.update(extra)
+    return cfg
+
+
+def test_check_refuses_an_access_log_that_cannot_be_written():
+    rc, out = check_cfg(minimal(access_log="/nonexistent/dir/access.log"))
+    assert rc == 1, out
+    assert "access_log" in out and "cannot be written" in out, out
+    rc, out = check_cfg(minimal(access_log="/tmp/td-access-check.log"))
+    assert rc == 0, out
+
+
+def test_check_refuses_a_preview_header_td_needs():
+    rc, out = check_cfg(minimal(routing={"preview": {"header": "Host", "token": "t"}}))
+    assert rc == 1 and "routing.preview.header" in out, out
+    rc, out = check_cfg(minimal(routing={"preview": {"header": "X TD", "token": "t"}}))
+    assert rc == 1 and "not a valid header name" in out, out
+
+
+# ---- startup and persistence ----
+
+def test_a_second_td_cannot_take_a_listening_address(backends, td):
+    """SO_REUSEPORT would let another process share td's port silently: td refuses instead."""
+    t = one_backend(backends, td)
+    cfg = minimal()
+    cfg["listeners"] = [{"address": f"127.0.0.1:{t.port}"}]
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "td.json")
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        p = subprocess.run([TD, "-c", path], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "address already in use" in p.stderr, p.stderr
+    assert get(t.port)[0] == 200
+
+
+def test_an_api_change_does_not_overwrite_edits_made_on_disk(backends, td):
+    t = one_backend(backends, td)
+    with open(t.config_path) as f:
+        cfg = json.load(f)
+    cfg["timeouts"]["drain_ms"] = 4321
+    time.sleep(0.01)
+    with open(t.config_path, "w") as f:
+        json.dump(cfg, f)
+    status, body = t.api("PUT", "/api/v1/ratio", {"blue": 40})
+    assert status == 409 and "changed on disk" in body["error"], body
+    with open(t.config_path) as f:
+        assert json.load(f)["timeouts"]["drain_ms"] == 4321  # the edit survives
+    t.proc.p.send_signal(__import__("signal").SIGHUP)
+    for _ in range(100):
+        if t.state()["version"] > 1:
+            break
+        time.sleep(0.05)
+    status, body = t.api("PUT", "/api/v1/ratio", {"blue": 40})
+    assert status == 200, body

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import ASAN, backend_cfg
+from conftest import ASAN, backend_cfg, weights
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
 SCRIPT = os.path.join(ROOT, "tests/console/console.test.mjs")
@@ -87,10 +87,6 @@ def served_by(port, n):
     finally:
         conn.close()
     return seen
-
-
-def weights(t):
-    return {b["name"]: b["weight"] for b in t.state()["backends"]}
 
 
 def test_slider_apply_moves_all_traffic_to_green(backends, td):

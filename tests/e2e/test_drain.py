@@ -15,8 +15,8 @@ import time
 import pytest
 import websocket
 
-from conftest import (ASAN, LoadGen, backend_cfg, backend_state, reload_config, rss_kb,
-                      set_weights, wait_for)
+from conftest import (ASAN, LoadGen, backend_cfg, backend_state, reload_config, rss_kb, set_weights,
+                      sticky_cookie, wait_for)
 
 TIMEOUT = 10  # seconds, for every client socket
 SLACK = 2.0 if ASAN else 1.0
@@ -264,14 +264,6 @@ def test_rss_flat_over_20_reloads_with_tunnels_open(backends, td, monkeypatch):
 
 
 # ---- sticky sessions and drain ----
-
-def sticky_cookie(headers, name="TDSTICKY"):
-    for v in headers.get_all("Set-Cookie") or []:
-        k, _, rest = v.partition("=")
-        if k.strip() == name:
-            return rest.split(";", 1)[0].strip()
-    return None
-
 
 class Jar:
     """One sticky client: its cookie, sent over a shared keep-alive connection."""

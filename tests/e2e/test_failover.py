@@ -2,15 +2,14 @@
 weight-0 backup), failback, routing over many servers, and truthful counters and events: td's own
 502/503/504 counted, every passive "down" with its "up", effective shares in the state, and
 all-zero weights refused."""
-import http.client
 import json
 import os
 import subprocess
 import time
 import urllib.request
 
-from conftest import (ASAN, TDCTL, LoadGen, backend_cfg, backend_state, free_port, server_state,
-                      wait_for)
+from conftest import (ASAN, TDCTL, LoadGen, backend_cfg, backend_state, free_port, get,
+                      server_state, wait_for)
 
 SLACK = 2.0 if ASAN else 1.0
 TIMEOUT = 10
@@ -22,18 +21,6 @@ def hc(**kw):
          "timeout_ms": 1000, "fall": 2, "rise": 2}
     h.update(kw)
     return h
-
-
-def get(port, path="/"):
-    """One GET on a fresh connection: (status, X-TD-Demo-Backend)."""
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
-    try:
-        c.request("GET", path)
-        r = c.getresponse()
-        r.read()
-        return r.status, r.headers.get("X-TD-Demo-Backend")
-    finally:
-        c.close()
 
 
 def serve_n(port, n):

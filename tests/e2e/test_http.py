@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import Headers, RawConn, backend_cfg, demo_body
+from conftest import Headers, RawConn, backend_cfg, backend_state, demo_body, get, one_backend
 
 
 def start_td(backends, td, **timeouts):
@@ -460,3 +460,88 @@ def test_503_when_no_backend_is_up(backends, td):
     status, r = t.api("PUT", "/api/v1/config", cfg)
     assert status == 200, r
     assert_serves(t)
+
+
+# ---------------------------------------------------------------------------------------------
+# Framing and request smuggling: requests made by hand
+
+def test_connection_cannot_strip_content_length(backends, td):
+    """"Connection: Content-Length" must not remove the length while the body is forwarded: the
+    backend would read the body as a request of its own and answer another client with it."""
+    t = one_backend(backends, td)
+    smuggled = b"GET /status/418 HTTP/1.1\r\nHost: x\r\n\r\n"
+    with RawConn(t.port) as c:
+        c.send(b"POST /echo HTTP/1.1\r\nHost: a\r\nConnection: Content-Length\r\n"
+               b"Content-Length: %d\r\n\r\n" % len(smuggled) + smuggled)
+        status, _, body = c.read_response()
+        assert status == 200 and json.loads(body)["received"] == len(smuggled), body
+    # Victims on fresh connections get their own answers, never the smuggled 418.
+    for _ in range(10):
+        assert get(t.port, "/status/204")[0] == 204
+
+
+def test_transfer_codings_other_than_chunked_are_refused_with_501(backends, td):
+    t = one_backend(backends, td)
+    with RawConn(t.port) as c:
+        c.send(b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+               b"0\r\n\r\n")
+        status, _, _ = c.read_response()
+        assert status == 501
+    assert get(t.port)[0] == 200
+
+
+def test_connect_is_refused(backends, td):
+    t = one_backend(backends, td)
+    with RawConn(t.port) as c:
+        c.send(b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n")
+        status, h, _ = c.read_response()
+        assert status == 405 and "GET" in h.get("Allow"), (status, h)
+
+
+def test_h2c_upgrade_is_not_passed_on(backends, td):
+    t = one_backend(backends, td)
+    with RawConn(t.port) as c:
+        c.send(b"GET /headers HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+               b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")
+        status, _, body = c.read_response()
+        assert status == 200
+        seen = body.decode().lower()
+        assert "upgrade" not in seen and "http2-settings" not in seen, seen
+
+
+def test_pipelined_requests_before_a_half_close_are_all_answered(backends, td):
+    t = one_backend(backends, td)
+    with RawConn(t.port) as c:
+        c.send(b"".join(b"GET /status/%d HTTP/1.1\r\nHost: a\r\n\r\n" % s
+                        for s in (201, 202, 203)))
+        c.s.shutdown(socket.SHUT_WR)
+        statuses = [c.read_response()[0] for _ in range(3)]
+        assert statuses == [201, 202, 203]
+        assert c.closed_by_peer()
+
+
+def test_a_client_stalling_its_body_gets_408_and_the_backend_no_5xx(backends, td):
+    b = backends(("blue", 1))
+    cfg = backend_cfg({"blue": (100, b.ports["blue"])})
+    cfg["timeouts"].update({"client_header_ms": 800, "upstream_response_ms": 500})
+    t = td(cfg)
+    with RawConn(t.port) as c:
+        c.send(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc")
+        status, _, _ = c.read_response()
+        assert status == 408
+    assert backend_state(t.state(), "blue")["responses"]["5xx"] == 0
+
+
+def test_absolute_form_target_sets_host_and_goes_upstream_in_origin_form(backends, td):
+    """RFC 9112 §3.2.2: the target's authority replaces a disagreeing Host, so the backend can
+    never see two different hosts for one request."""
+    t = one_backend(backends, td)
+    with RawConn(t.port) as c:
+        c.send(b"GET http://example.com/headers?x=1 HTTP/1.1\r\nHost: attacker.test\r\n\r\n")
+        status, _, body = c.read_response()
+    assert status == 200
+    seen = body.decode()
+    assert seen.startswith("GET /headers?x=1 HTTP/1.1\r\n"), seen
+    hosts = [line for line in seen.split("\r\n") if line.lower().startswith("host:")]
+    assert hosts == ["Host: example.com"], seen
+    assert "attacker.test" not in seen, seen

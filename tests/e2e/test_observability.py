@@ -13,7 +13,7 @@ import re
 import time
 import urllib.request
 
-from conftest import backend_cfg
+from conftest import RawConn, backend_cfg, backend_state, get, one_backend, wait_for
 
 TIMEOUT = 10  # seconds, for every client socket
 # td's passive detection ejects a server after 3 answers 5xx in a row; the tests that send 5xx
@@ -26,17 +26,6 @@ def request(conn, method, path, headers=None, body=None):
     conn.request(method, path, body=body, headers=headers or {})
     r = conn.getresponse()
     return r.status, r.headers, r.read()
-
-
-def wait_until(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.02)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,7 +328,7 @@ def test_metrics_parse_strictly_and_count_the_requests_sent(backends, td):
                           backend=be) for be in total}
         return fams if counts == total else None
 
-    fams = wait_until(settled, 5, "histogram counts equal to the requests sent")
+    fams = wait_for(settled, 5, what="histogram counts equal to the requests sent")
     print({f: i["type"] for f, i in fams.items()})
     for be in ("blue", "green"):
         port = b.ports[be][0]
@@ -409,8 +398,8 @@ def test_access_log_has_a_json_line_per_request(backends, td, tmp_path):
                          "server": h.get("X-TD-Demo-Server"), "body": len(data)})
     finally:
         conn.close()
-    text = wait_until(lambda: (lambda s: s if s.count("\n") >= len(reqs) else None)(
-        read_log(log)), 5, f"{len(reqs)} access log lines")
+    text = wait_for(lambda: (lambda s: s if s.count("\n") >= len(reqs) else None)(
+        read_log(log)), 5, what=f"{len(reqs)} access log lines")
     ended = time.time()
     time.sleep(0.2)
     text = read_log(log)
@@ -437,3 +426,59 @@ def test_access_log_has_a_json_line_per_request(backends, td, tmp_path):
         assert s["body"] <= entry["bytes"] <= s["body"] + 2048, (entry, s)
     assert got[-1]["duration_ms"] >= 30 - 1  # /delay/30: at least its delay (ms, rounded)
     assert {e["backend"] for e in got} == {"blue", "green"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Counters of the backend that answered; access log of aborted and refused requests
+
+def test_backend_counters_follow_the_backend_that_answered(backends, td):
+    """green's server is dead: requests first routed to green are retried on blue, and count as
+    blue's, not green's."""
+    blue = backends(("blue", 1))
+    green = backends(("green", 1))
+    cfg = backend_cfg({"blue": (50, blue.ports["blue"]), "green": (50, green.ports["green"])})
+    t = td(cfg)
+    green.stop()
+    answers = [get(t.port) for _ in range(10)]
+    assert answers == [(200, "blue")] * 10, answers
+    s = t.state()
+    g, b = backend_state(s, "green"), backend_state(s, "blue")
+    assert g["requests"] == 0 and g["responses"]["2xx"] == 0, g
+    assert b["requests"] == 10 and b["responses"]["2xx"] == 10, b
+
+
+def test_a_client_that_leaves_before_its_answer_is_logged_as_499(backends, td, tmp_path):
+    import socket
+    log = tmp_path / "access.log"
+    b = backends(("blue", 1))
+    t = td(backend_cfg({"blue": (100, b.ports["blue"])}, access_log=str(log)))
+    s = socket.create_connection(("127.0.0.1", t.port), timeout=TIMEOUT)
+    s.sendall(b"GET /delay/800 HTTP/1.1\r\nHost: a\r\n\r\n")
+    time.sleep(0.2)
+    # An abort (RST), not a half-close: a half-closed client still gets its answer.
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    s.close()
+    assert get(t.port, "/status/204")[0] == 204
+    deadline = time.time() + 5
+    lines = []
+    while time.time() < deadline:
+        lines = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+        if len(lines) >= 2:
+            break
+        time.sleep(0.05)
+    statuses = sorted((x["path"], x["status"]) for x in lines)
+    assert statuses == [("/delay/800", 499), ("/status/204", 204)], lines
+
+
+def test_a_400_is_logged_with_the_rule_it_broke(backends, td):
+    t = one_backend(backends, td)
+    with RawConn(t.port) as c:
+        c.send(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n")
+        assert c.read_response()[0] == 400
+    for _ in range(50):
+        if "Content-Length together with Transfer-Encoding" in t.proc.output():
+            break
+        time.sleep(0.05)
+    assert "400 127.0.0.1 POST: Content-Length together with Transfer-Encoding" \
+        in t.proc.output(), t.proc.output()[-2000:]

@@ -14,29 +14,10 @@ import time
 
 import pytest
 
-from conftest import TD, TDCTL, Proc, backend_cfg, free_port, reload_config, set_weights, \
-    wait_for, wait_port
+from conftest import (TD, TDCTL, Proc, backend_cfg, free_port, get_once, reload_config, set_weights,
+                      sticky_cookie, wait_for, wait_port)
 
 TIMEOUT = 10  # seconds, for every client socket
-
-
-def get_once(port, path="/", headers=None):
-    """One GET on a fresh connection: (status, headers, body)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        r = conn.getresponse()
-        return r.status, r.headers, r.read()
-    finally:
-        conn.close()
-
-
-def sticky_cookie(headers, name="TDSTICKY"):
-    for v in headers.get_all("Set-Cookie") or []:
-        k, _, rest = v.partition("=")
-        if k.strip() == name:
-            return rest.split(";", 1)[0].strip()
-    return None
 
 
 def sticky_cfg(backends, secret=None):

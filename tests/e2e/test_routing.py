@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import ASAN, backend_cfg, free_port
+from conftest import ASAN, backend_cfg, backend_state, free_port, get, get_once, sticky_cookie
 
 TIMEOUT = 10  # seconds, for every client socket
 
@@ -36,26 +36,8 @@ class Client:
         self.conn.close()
 
 
-def get_once(port, path="/", headers=None):
-    """One request on a fresh connection."""
-    c = Client(port)
-    try:
-        return c.get(path, headers)
-    finally:
-        c.close()
-
-
 def backend_of(headers):
     return headers.get("X-TD-Demo-Backend")
-
-
-def sticky_cookie(headers, name="TDSTICKY"):
-    """The value of the Set-Cookie for `name`, or None."""
-    for v in headers.get_all("Set-Cookie") or []:
-        k, _, rest = v.partition("=")
-        if k.strip() == name:
-            return rest.split(";", 1)[0].strip()
-    return None
 
 
 def two_colours(backends, blue_w, green_w, method="round_robin", **extra):
@@ -63,10 +45,6 @@ def two_colours(backends, blue_w, green_w, method="round_robin", **extra):
     cfg = backend_cfg({"blue": (blue_w, b.ports["blue"]), "green": (green_w, b.ports["green"])},
                       method=method, **extra)
     return b, cfg
-
-
-def weights(state):
-    return {b["name"]: b["weight"] for b in state["backends"]}
 
 
 # ---- ratios ----
@@ -404,3 +382,24 @@ def test_sigterm_lets_in_flight_request_finish(backends, td):
     assert result["elapsed"] >= 1.4
     rc = t.proc.p.wait(timeout=15)
     assert rc == 0, t.proc.output()[-4000:]
+
+
+# ---- passive ejection and a ratio change ----
+
+def test_passive_ejection_alone_never_makes_503_after_a_ratio_change(backends, td):
+    """blue is ejected by passive detection (a 500) while green serves (green, the last server
+    up, is never ejected); then the ratio moves everything to blue: requests must reach blue,
+    not get 503."""
+    blue = backends(("blue", 1))
+    green = backends(("green", 1))
+    cfg = backend_cfg({"blue": (50, blue.ports["blue"]), "green": (50, green.ports["green"])},
+                      passive={"failures": 1, "eject_ms": 60000, "max_eject_ms": 60000})
+    t = td(cfg)
+    for _ in range(4):
+        get(t.port, "/status/500")
+    s = t.state()
+    assert backend_state(s, "blue")["servers"][0]["health"] == "ejected", s
+    assert backend_state(s, "green")["servers"][0]["health"] == "up", s
+    t.set_ratio(blue=100, green=0)
+    answers = [get(t.port) for _ in range(10)]
+    assert answers == [(200, "blue")] * 10, answers

@@ -20,13 +20,8 @@ import time
 
 import pytest
 
-from conftest import (TD, TDCTL, Headers, Proc, RawConn, Td, backend_cfg, free_port,
-                      reload_config, wait_port)
-
-
-def one_backend(backends, td, **extra):
-    b = backends(("blue", 1))
-    return td(backend_cfg({"blue": (100, b.ports["blue"])}, **extra))
+from conftest import (TD, TDCTL, Headers, Proc, RawConn, Td, backend_cfg, free_port, one_backend,
+                      reload_config, wait_port, weights)
 
 
 def request_fields(body):
@@ -55,10 +50,6 @@ def admin_raw(t, data):
         return status, h, json.loads(body)
     except ValueError:
         return status, h, body
-
-
-def weights(t):
-    return {b["name"]: b["weight"] for b in t.state()["backends"]}
 
 
 def two_colours(backends):

@@ -17,7 +17,8 @@ import time
 
 import pytest
 
-from conftest import TDCTL, Proc, backend_cfg, free_port, wait_port
+from conftest import (TDCTL, LoadGen, Proc, backend_cfg, backend_state, free_port, wait_for,
+                      wait_port, weights)
 
 TIMEOUT = 10  # seconds, for every client socket
 SWITCH_TIMEOUT = 90  # seconds a whole tdctl switch may take before the test gives up on it
@@ -36,14 +37,6 @@ def tdctl(t, *args, timeout=60):
     return r
 
 
-def weights(t):
-    return {b["name"]: b["weight"] for b in t.state()["backends"]}
-
-
-def backend(state, name):
-    return next(b for b in state["backends"] if b["name"] == name)
-
-
 def history(t):
     status, h = t.api("GET", "/api/v1/history")
     assert status == 200, h
@@ -53,75 +46,6 @@ def history(t):
 def green_weights_in_history(t):
     """The green weight after each change of td's history, oldest first."""
     return [e["after"]["weights"]["green"] for e in history(t)]
-
-
-def wait_until(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.02)
-
-
-class Load:
-    """`threads` threads, each with one keep-alive http.client connection to td, sending GET
-    `path` until stop() or `duration` seconds. Counts answers by (status, X-TD-Demo-Backend);
-    an exception (reset, timeout) is an error, after which the thread reconnects."""
-
-    def __init__(self, port, path="/", threads=4, duration=60.0):
-        self.port, self.path, self.duration = port, path, duration
-        self.lock = threading.Lock()
-        self.stop_ev = threading.Event()
-        self.answers = {}  # (status, backend) -> count
-        self.errors = []
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def _run(self):
-        conn = None
-        end = time.monotonic() + self.duration
-        while not self.stop_ev.is_set() and time.monotonic() < end:
-            try:
-                if conn is None:
-                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=TIMEOUT)
-                conn.request("GET", self.path)
-                r = conn.getresponse()
-                r.read()
-                key = (r.status, r.headers.get("X-TD-Demo-Backend"))
-                with self.lock:
-                    self.answers[key] = self.answers.get(key, 0) + 1
-                if r.will_close:
-                    conn.close()
-                    conn = None
-            except Exception as e:  # counted and reported by the test
-                with self.lock:
-                    self.errors.append(repr(e))
-                if conn is not None:
-                    conn.close()
-                conn = None
-        if conn is not None:
-            conn.close()
-
-    def start(self):
-        for th in self.threads:
-            th.start()
-        return self
-
-    def stop(self):
-        self.stop_ev.set()
-        for th in self.threads:
-            th.join(timeout=TIMEOUT + 5)
-        assert not any(th.is_alive() for th in self.threads), "load threads did not finish"
-        return self
-
-    def count(self, status=None, backend=None):
-        return sum(n for (s, b), n in self.answers.items()
-                   if (status is None or s == status) and (backend is None or b == backend))
-
-    def failed(self):
-        return sum(n for (s, _), n in self.answers.items() if not 200 <= s < 300)
-
-    def summary(self):
-        return f"answers {self.answers}, {len(self.errors)} errors {self.errors[:3]}"
 
 
 # A backend that answers badly, as its own process: "fail" answers 500 to everything, "slow"
@@ -203,7 +127,8 @@ class Delayed:
 def start_delayed_on_blue(t, ms):
     """Sends GET /delay/MS while blue has all the traffic, and waits until td has it in flight."""
     d = Delayed(t.port, ms)
-    wait_until(lambda: backend(t.state(), "blue")["in_flight"] == 1, 5, "blue: 1 in flight")
+    wait_for(lambda: backend_state(t.state(), "blue")["in_flight"] == 1, 5,
+             what="blue: 1 in flight")
     return d
 
 
@@ -212,7 +137,7 @@ def start_delayed_on_blue(t, ms):
 
 def test_switch_under_load_moves_all_traffic_without_a_failed_request(backends, td):
     t = blue_green(backends, td, blue_w=100, green_w=0)
-    load = Load(t.port, threads=4).start()
+    load = LoadGen(t.port, threads=4, duration=60.0).start()
     try:
         time.sleep(0.3)
         r = tdctl(t, "switch", "green", "--steps", "10,50,100", "--interval", "2s",
@@ -221,7 +146,7 @@ def test_switch_under_load_moves_all_traffic_without_a_failed_request(backends, 
         load.stop()
     print(load.summary())
     assert r.returncode == 0, r.stderr
-    assert load.errors == [] and load.failed() == 0, load.summary()
+    assert load.errors == [] and load.failed == 0, load.summary()
     assert weights(t) == {"blue": 0, "green": 100}
     assert green_weights_in_history(t) == [10, 50, 100]
     assert load.count(backend="blue") > 0 and load.count(backend="green") > 0, load.summary()
@@ -229,7 +154,7 @@ def test_switch_under_load_moves_all_traffic_without_a_failed_request(backends, 
     bars = [line for line in r.stdout.splitlines() if line.startswith("[")]
     assert len(bars) == 3 and "100%" in bars[-1], r.stdout
     assert "blue: drained" in r.stdout and "switched to green" in r.stdout, r.stdout
-    assert backend(t.state(), "blue")["in_flight"] == 0
+    assert backend_state(t.state(), "blue")["in_flight"] == 0
 
 
 # td's passive detection ejects a server after 3 answers 5xx in a row (passive.failures): then
@@ -242,7 +167,7 @@ def test_switch_to_a_green_answering_500_rolls_back_by_itself(backends, td, bad_
     green_port = bad_server("fail")
     t = blue_green(backends, td, blue_w=100, green_w=0, green_ports=[green_port],
                    passive=NO_PASSIVE_EJECTION)
-    load = Load(t.port, threads=4).start()
+    load = LoadGen(t.port, threads=4, duration=60.0).start()
     try:
         time.sleep(0.3)
         r = tdctl(t, "switch", "green", "--steps", "10,50,100", "--interval", "2s",
@@ -266,7 +191,7 @@ def test_switch_to_a_green_answering_500_rolls_back_by_itself(backends, td, bad_
 def test_switch_rolls_back_when_td_ejects_a_green_answering_500(backends, td, bad_server):
     green_port = bad_server("fail")
     t = blue_green(backends, td, blue_w=100, green_w=0, green_ports=[green_port])
-    load = Load(t.port, threads=4).start()
+    load = LoadGen(t.port, threads=4, duration=60.0).start()
     try:
         time.sleep(0.3)
         r = tdctl(t, "switch", "green", "--steps", "10,50,100", "--interval", "2s",
@@ -285,7 +210,7 @@ def test_switch_rolls_back_when_td_ejects_a_green_answering_500(backends, td, ba
 def test_switch_to_a_slow_green_rolls_back_on_p99(backends, td, bad_server):
     green_port = bad_server("slow", delay=0.3)
     t = blue_green(backends, td, blue_w=100, green_w=0, green_ports=[green_port])
-    load = Load(t.port, threads=16).start()
+    load = LoadGen(t.port, threads=16, duration=60.0).start()
     try:
         time.sleep(0.3)
         r = tdctl(t, "switch", "green", "--steps", "50,100", "--interval", "3s",
@@ -300,7 +225,7 @@ def test_switch_to_a_slow_green_rolls_back_on_p99(backends, td, bad_server):
     assert blue_p99 < 100, r.stderr
     assert weights(t) == {"blue": 100, "green": 0}
     assert green_weights_in_history(t) in ([50, 0], [50, 100, 0])
-    assert load.failed() == 0 and load.errors == [], load.summary()
+    assert load.failed == 0 and load.errors == [], load.summary()
 
 
 def test_switch_does_not_blame_green_for_a_latency_both_sides_have(backends, td):
@@ -308,7 +233,7 @@ def test_switch_does_not_blame_green_for_a_latency_both_sides_have(backends, td)
     # than blue's, so the switch goes through. (600 ms is in td's bucket of 500 to 1000 ms, far
     # from its edges: a request slowed by a busy machine stays in it.)
     t = blue_green(backends, td, blue_w=100, green_w=0)
-    load = Load(t.port, path="/delay/600", threads=24).start()
+    load = LoadGen(t.port, path="/delay/600", threads=24, duration=60.0).start()
     try:
         time.sleep(0.5)
         r = tdctl(t, "switch", "green", "--steps", "50,100", "--interval", "3s",
@@ -322,7 +247,7 @@ def test_switch_does_not_blame_green_for_a_latency_both_sides_have(backends, td)
     last = [line for line in r.stdout.splitlines() if line.startswith("  3.0s of 3.0s")][-1]
     answers = int(last.split("green ")[1].split(" answers")[0])
     assert answers >= 20 and "p99 1000 ms" in last, last
-    assert load.failed() == 0 and load.errors == [], load.summary()
+    assert load.failed == 0 and load.errors == [], load.summary()
 
 
 def start_switch(t, *args):
@@ -331,7 +256,7 @@ def start_switch(t, *args):
     p = subprocess.Popen([TDCTL, "--admin", t.admin, "switch", *args], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=env)
     try:
-        wait_until(lambda: weights(t)["green"] != 0, 10, "the first step")
+        wait_for(lambda: weights(t)["green"] != 0, 10, what="the first step")
     except AssertionError:
         p.kill()
         raise
@@ -367,7 +292,7 @@ def test_switch_to_a_green_without_a_healthy_server_is_refused(backends, td):
     hc = {"type": "http", "path": "/", "expect_status": "2xx", "interval_ms": 100,
           "timeout_ms": 500, "fall": 1, "rise": 1, "port": 0, "default_down": False}
     t = blue_green(backends, td, blue_w=70, green_w=30, green_ports=[dead], health_check=hc)
-    wait_until(lambda: not backend(t.state(), "green")["up"], 5, "green down")
+    wait_for(lambda: not backend_state(t.state(), "green")["up"], 5, what="green down")
     before = t.state()
     r = tdctl(t, "switch", "green", "--interval", "1s")
     assert r.returncode == 1
@@ -398,7 +323,7 @@ def test_drain_wait_returns_once_the_request_in_flight_is_done(backends, td):
     assert "blue: 1 in flight, 0 tunnels, 0 sticky req/10s" in r.stdout, r.stdout
     assert "blue: drained" in r.stdout, r.stdout
     assert weights(t) == {"blue": 0, "green": 100}
-    assert backend(t.state(), "blue")["in_flight"] == 0
+    assert backend_state(t.state(), "blue")["in_flight"] == 0
 
 
 def test_drain_wait_stops_at_drain_ms_and_says_so(backends, td):

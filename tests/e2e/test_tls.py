@@ -24,7 +24,7 @@ import time
 import pytest
 
 from conftest import (ASAN, RSS_SCALE, TD, Proc, RawConn, Td, backend_cfg, demo_body, free_port,
-                      reload_config, rss_kb, server_state, wait_for, wait_port)
+                      pos, reload_config, rss_kb, server_state, wait_for, wait_port)
 
 TIMEOUT = 10  # seconds, for every client socket and request
 SLACK = 3.0 if ASAN else 1.0  # extra seconds allowed for waits under ASan
@@ -314,12 +314,6 @@ def wait_log(t, needle, start=0, timeout=5.0):
         if needle in out or time.monotonic() >= deadline:
             return out
         time.sleep(0.02)
-
-
-def pos(text, needle, start=0):
-    """1-based (line, column) of the first `needle` in `text` at or after start."""
-    i = text.index(needle, start)
-    return text.count("\n", 0, i) + 1, i - (text.rfind("\n", 0, i) + 1) + 1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,138 @@
+/* tdctl rollback, tdctl history: td's audit history of changes listed, and its last change of
+ * weights undone. */
+
+#include "tdctl.h"
+
+#include <jansson.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The most recent entry of td's history that changed a weight (borrowed from it), or NULL. */
+static json_t *last_weight_change(const json_t *history) {
+    size_t i = json_array_size(history);
+
+    while (i-- > 0) {
+        json_t *e = json_array_get(history, i);
+        json_t *before = json_object_get(json_object_get(e, "before"), "weights");
+        json_t *after = json_object_get(json_object_get(e, "after"), "weights");
+
+        /* A change td audited but never ran (it stopped before writing it) undoes nothing. */
+        if (json_is_false(json_object_get(e, "applied")))
+            continue;
+        if (json_is_object(before) && json_is_object(after) && !json_equal(before, after))
+            return e;
+    }
+    return NULL;
+}
+
+/* true when every backend named in weights has that weight in td's state. */
+static bool weights_are(const json_t *state, const json_t *weights) {
+    const char *name;
+    json_t *w;
+
+    json_object_foreach((json_t *)weights, name, w) {
+        if (!json_is_integer(w) ||
+            int_of(find_backend(state, name), "weight", -1) != json_integer_value(w))
+            return false;
+    }
+    return true;
+}
+
+/* "blue=50 green=50" */
+static void weights_text(const json_t *weights, char *out, size_t n) {
+    const char *name;
+    json_t *w;
+    size_t len = 0;
+
+    out[0] = '\0';
+    json_object_foreach((json_t *)weights, name, w) {
+        if (len < n)
+            len += (size_t)snprintf(out + len, n - len, "%s%s=%" JSON_INTEGER_FORMAT,
+                                    len ? " " : "", name, json_integer_value(w));
+    }
+}
+
+/* Sets the weights back to the `before` of a history entry. */
+static int undo_change(const ctl_t *ctl, const json_t *change) {
+    const json_t *weights = json_object_get(json_object_get(change, "before"), "weights");
+    json_t *state = get_json(ctl, "/api/v1/state");
+    char text[512];
+    bool already;
+
+    if (!state)
+        return RC_REFUSED;
+    already = weights_are(state, weights);
+    json_decref(state);
+    weights_text(weights, text, sizeof(text));
+    if (already) {
+        printf("the weights already are those before \"%s\" (%s): nothing to do\n",
+               str(change, "what"), text);
+        return RC_DONE;
+    }
+    if (!ctl->json)
+        printf("undoing \"%s\" of %s from %s: %s\n\n", str(change, "what"), str(change, "time"),
+               str(change, "client"), text);
+    return put_for_state(ctl, "/api/v1/ratio", json_deep_copy(weights));
+}
+
+int cmd_rollback(const ctl_t *ctl, int argc, char **argv) {
+    json_t *history, *change;
+    int rc = RC_REFUSED;
+
+    if (argc > 0)
+        return usage_error("rollback takes no argument, got '%s'", argv[0]);
+    if (!(history = get_json(ctl, "/api/v1/history")))
+        return RC_REFUSED;
+    if (!json_is_array(history))
+        fprintf(stderr, "tdctl: td's history is not a list\n");
+    else if (!(change = last_weight_change(history)))
+        fprintf(stderr, "tdctl: td's history has no change of weights to roll back\n");
+    else
+        rc = undo_change(ctl, change);
+    json_decref(history);
+    return rc;
+}
+
+static void print_history(const json_t *history) {
+    size_t i, width = strlen("CLIENT");
+    const json_t *e;
+
+    if (json_array_size(history) == 0) {
+        printf("no change recorded\n");
+        return;
+    }
+    json_array_foreach(history, i, e) {
+        size_t len = strlen(str(e, "client"));
+        if (len > width)
+            width = len > 64 ? 64 : len;
+    }
+    printf("%-24s  %-*s  %s\n", "TIME", (int)width, "CLIENT", "WHAT");
+    json_array_foreach(history, i, e) {
+        const char *client = str(e, "client");
+        printf("%-24s  %-*s  %s%s\n", str(e, "time"), (int)width, *client ? client : "-",
+               str(e, "what"),
+               json_is_false(json_object_get(e, "applied")) ? " [not applied]" : "");
+    }
+}
+
+int cmd_history(const ctl_t *ctl, int argc, char **argv) {
+    json_t *history;
+    reply_t r;
+    int rc;
+
+    if (argc > 0)
+        return usage_error("history takes no argument, got '%s'", argv[0]);
+    rc = call(ctl, "GET", "/api/v1/history", NULL, 0, &r);
+    if (rc == RC_DONE && ctl->json) {
+        print_raw(&r.body);
+    } else if (rc == RC_DONE && (history = parse_reply(&r))) {
+        print_history(history);
+        json_decref(history);
+    } else if (rc == RC_DONE) {
+        rc = RC_REFUSED;
+    }
+    free(r.body.p);
+    return rc;
+}

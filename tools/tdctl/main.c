@@ -1,0 +1,545 @@
+/* tdctl: the command-line client of td's admin API (the "Admin API" of docs/ARCHITECTURE.md).
+ *
+ * One run is one command: check every argument first (a usage error never reaches td), then make
+ * HTTP calls through call() (http.c), the only function that touches libcurl, and print the reply
+ * as a table, a one-line summary, or (--json) td's JSON as it came. The deploy commands (drain,
+ * switch) make a call, then watch td's state by polling it until the traffic has moved.
+ *
+ * Exit status: 0 done, 1 refused by td, rolled back or td unreachable, 2 usage error.
+ *
+ * This file: the options, the dispatch to a command, --help and the manual pages; each command
+ * group has a file of its own (tdctl.h lists them). */
+
+#include "tdctl.h"
+
+#include <curl/curl.h>
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DEFAULT_ADMIN "http://127.0.0.1:9090"
+
+/* ---------------------------------------------------------------------------------------------
+ * Manual pages: the general one (tdctl --help) and one per command (tdctl COMMAND --help)
+ */
+
+#define SYNOPSIS_GLOBAL "tdctl [--admin URL] [--token TOKEN] [--json] "
+#define SYNOPSIS_TARGET "tdctl [--admin URL] [--token TOKEN] " /* for commands without --json */
+
+static const char help_text[] =
+    "NAME\n"
+    "    tdctl - show and steer a running td traffic distributor\n"
+    "\n"
+    "SYNOPSIS\n"
+    "    " SYNOPSIS_GLOBAL "COMMAND [ARG...]\n"
+    "    tdctl COMMAND --help\n"
+    "    tdctl --help | --version\n"
+    "\n"
+    "DESCRIPTION\n"
+    "    tdctl talks to td's admin API: it shows how td splits traffic between its\n"
+    "    backends and changes that split, or the routing method, while td runs. td\n"
+    "    applies a change to the very next request, drops no connection, and writes\n"
+    "    it back to its config file so that a restart keeps it. tdctl checks its\n"
+    "    arguments before it contacts td. Its deploy commands move traffic from one\n"
+    "    backend to another and watch it go: drain waits for a backend's requests to\n"
+    "    finish, switch moves the traffic in steps and rolls back by itself when the\n"
+    "    new side answers worse than the old one.\n"
+    "\n"
+    "OPTIONS\n"
+    "    -a, --admin URL\n"
+    "        td's admin API, as set by admin.address in td's config.\n"
+    "        Default: $TD_ADMIN, else " DEFAULT_ADMIN ".\n"
+    "    -t, --token TOKEN\n"
+    "        Send \"Authorization: Bearer TOKEN\" with every call (admin.token in td's\n"
+    "        config). Default: $TD_TOKEN. An empty token sends none.\n"
+    "    -j, --json\n"
+    "        Print td's JSON reply as it came instead of a table or a summary;\n"
+    "        for scripts (status, ratio, method, config, rollback, history).\n"
+    "    -h, --help\n"
+    "        Show this help, or with a COMMAND that command's page, and exit.\n"
+    "    -V, --version\n"
+    "        Print \"tdctl " TDCTL_VERSION "\" and exit.\n"
+    "    Options may come before or after COMMAND; \"--\" ends them.\n"
+    "\n"
+    "COMMANDS\n"
+    "    Each command has its own page: tdctl COMMAND --help, or tdctl help COMMAND.\n"
+    "\n"
+    "    status\n"
+    "        The routing method, the config version, and every backend's weight,\n"
+    "        share of traffic, health, requests in flight and counters.\n"
+    "    ratio NAME=WEIGHT... | ratio A:B\n"
+    "        Set backend weights (0 to 100).\n"
+    "    method round_robin|sticky|failover\n"
+    "        Set the routing method.\n"
+    "    config get | config put FILE\n"
+    "        Print td's running configuration, or replace all of it.\n"
+    "    drain NAME [--wait] [--timeout DURATION]\n"
+    "        Set NAME's weight to 0; with --wait, wait until its requests in flight\n"
+    "        and its tunnels are gone.\n"
+    "    switch NAME [--steps LIST] [--interval DURATION] [--max-error-rate RATE]\n"
+    "           [--max-p99-ms MS]\n"
+    "        Move all traffic to NAME in steps while watching its 5xx rate and\n"
+    "        latency; roll back by itself if they get worse; drain the old side.\n"
+    "    rollback\n"
+    "        Undo the most recent change of weights.\n"
+    "    history\n"
+    "        The changes made to td: when, from which client, what.\n"
+    "\n"
+    "ENVIRONMENT\n"
+    "    TD_ADMIN    Admin API URL when --admin is not given.\n"
+    "    TD_TOKEN    Token when --token is not given.\n"
+    "    http_proxy, no_proxy and the like are honoured as libcurl does; set\n"
+    "    no_proxy=127.0.0.1,localhost if a proxy is set and td is local.\n"
+    "\n"
+    "EXIT STATUS\n"
+    "    0   Done.\n"
+    "    1   td refused the request (its message is printed), td could not be reached\n"
+    "        (\"cannot reach td at URL: reason\"), a switch was refused or rolled back,\n"
+    "        or a wait ended before the traffic was gone. See each command's page.\n"
+    "    2   Usage error: an unknown option or command, or an invalid argument. td is\n"
+    "        left unchanged.\n"
+    "\n"
+    "EXAMPLES\n"
+    "    Blue-green deploy, blue first:\n"
+    "        tdctl drain blue --wait    # no new requests to blue; wait for the rest\n"
+    "        (deploy and test blue)\n"
+    "        tdctl switch blue          # 10%, 50%, 100% of the traffic to blue\n"
+    "        (deploy and test green)\n"
+    "        tdctl ratio 50:50          # both again\n"
+    "    A/B test:\n"
+    "        tdctl method sticky && tdctl ratio 50:50\n"
+    "    Edit the running configuration:\n"
+    "        tdctl config get > td.json && vi td.json && tdctl config put td.json\n"
+    "    A remote td, for a script:\n"
+    "        TD_TOKEN=secret tdctl --admin http://10.0.0.5:9090 --json status\n";
+
+static const char help_status[] =
+    "NAME\n"
+    "    tdctl status - show how td splits traffic, and its counters\n"
+    "\n"
+    "SYNOPSIS\n"
+    "    " SYNOPSIS_GLOBAL "status\n"
+    "\n"
+    "DESCRIPTION\n"
+    "    Shows the routing method, the config version and td's uptime, then one row\n"
+    "    per backend: WEIGHT, SHARE (the share of new requests it gets now, as td\n"
+    "    computes it: its weight among the backends that are up, 0% when it has no\n"
+    "    server up), STATE (up or down, from health checks), IN-FLIGHT requests,\n"
+    "    REQUESTS served and 5XX responses (td's own 502/503/504 included). Each\n"
+    "    backend's servers follow, indented, with their own weight, state, counters\n"
+    "    and FAILURES. With method failover the method line names the primary (the\n"
+    "    highest weight) and the backups, a \"serving\" line says which backend takes\n"
+    "    all new requests and why, and SHARE is 100% for it and 0% for the others.\n"
+    "    A \"td\" line counts td's own 503s for requests no backend could take.\n"
+    "    Values td did not send show as \"-\". With --json, td's state as it came\n"
+    "    (GET /api/v1/state), with latency histograms, tunnels and sticky counts.\n"
+    "\n"
+    "EXIT STATUS\n"
+    "    0 shown; 1 td unreachable or refused; 2 usage error.\n"
+    "\n"
+    "EXAMPLES\n"
+    "    tdctl status\n"
+    "    tdctl --json status | jq '.backends[] | {name, in_flight}'\n";
+
+static const char help_ratio[] =
+    "NAME\n"
+    "    tdctl ratio - set backend weights\n"
+    "\n"
+    "SYNOPSIS\n"
+    "    " SYNOPSIS_GLOBAL "ratio NAME=WEIGHT...\n"
+    "    " SYNOPSIS_GLOBAL "ratio A:B\n"
+    "\n"
+    "DESCRIPTION\n"
+    "    Sets backend weights, integers 0 to 100; each backend gets its weight over\n"
+    "    the sum of all weights of the requests. The first form names any subset of\n"
+    "    the backends (\"ratio blue=0 green=100\"); the others keep their weight. The\n"
+    "    second sets the first two backends in the order \"tdctl status\" lists them\n"
+    "    (\"ratio 30:70\"), and is refused unless td has exactly two. A backend of\n"
+    "    weight 0 gets no new requests while its in-flight requests finish (sticky\n"
+    "    clients already pinned to it stay until td's timeouts.drain_ms). td applies\n"
+    "    the change to the very next request. Prints the new state (--json: as it\n"
+    "    came).\n"
+    "\n"
+    "EXIT STATUS\n"
+    "    0 applied; 1 td refused (an unknown backend name, or every weight at 0,\n"
+    "    which could only answer 503) or unreachable;\n"
+    "    2 usage error: a weight outside 0..100, an empty or invalid name, a name\n"
+    "    given twice, \"A:B\" with td not having exactly two backends.\n"
+    "\n"
+    "EXAMPLES\n"
+    "    tdctl ratio blue=0 green=100\n"
+    "    tdctl ratio 90:10\n";
+
+static const char help_method[] =
+    "NAME\n"
+    "    tdctl method - set the routing method\n"
+    "\n"
+    "SYNOPSIS\n"
+    "    " SYNOPSIS_GLOBAL "\n"
+    "          method round_robin|sticky|failover\n"
+    "\n"
+    "DESCRIPTION\n"
+    "    round_robin spreads requests by weight (smooth weighted round robin).\n"
+    "    sticky assigns a client's first request by weight, then keeps the client on\n"
+    "    that backend with a signed cookie. failover sends all traffic to the healthy\n"
+    "    backend with the highest weight (ties: first listed); the others are\n"
+    "    backups. Prints the new state (--json: as it came).\n"
+    "\n"
+    "EXIT STATUS\n"
+    "    0 applied; 1 td refused or unreachable; 2 an unknown method.\n"
+    "\n"
+    "EXAMPLES\n"
+    "    tdctl method sticky\n";
+
+static const char help_config[] =
+    "NAME\n"
+    "    tdctl config - print or replace td's whole configuration\n"
+    "\n"
+    "SYNOPSIS\n"
+    "    " SYNOPSIS_GLOBAL "config get\n"
+    "    " SYNOPSIS_GLOBAL "config put FILE\n"
+    "\n"
+    "DESCRIPTION\n"
+    "    config get prints td's running configuration: a JSON document that config\n"
+    "    put takes back.\n"
+    "\n"
+    "    config put replaces td's whole configuration with FILE (\"-\" reads standard\n"
+    "    input). td checks all of it and applies it at once, or changes nothing and\n"
+    "    answers with every problem found, at its LINE:COL in FILE, which tdctl\n"
+    "    prints. A FILE that is not JSON at all is not sent: tdctl prints\n"
+    "    FILE:LINE:COL and the problem. Prints the new config version.\n"
+    "\n"
+    "EXIT STATUS\n"
+    "    0 done; 1 td refused the config or is unreachable, or FILE is not JSON;\n"
+    "    2 usage error or an unreadable FILE.\n"
+    "\n"
+    "EXAMPLES\n"
+    "    tdctl config get > td.json && vi td.json && tdctl config put td.json\n";
+
+static const char help_drain[] =
+    "NAME\n"
+    "    tdctl drain - stop sending new requests to a backend, and wait for the rest\n"
+    "\n"
+    "SYNOPSIS\n"
+    "    " SYNOPSIS_TARGET "drain NAME [--wait] [--timeout DURATION]\n"
+    "\n"
+    "DESCRIPTION\n"
+    "    Sets backend NAME's weight to 0; every other backend keeps its weight. td\n"
+    "    sends NAME no new request from the very next one; requests already in\n"
+    "    flight there finish, WebSocket and other tunnels stay open, and sticky\n"
+    "    clients pinned to NAME stay with it, until td's timeouts.drain_ms has\n"
+    "    passed: then td closes NAME's tunnels and re-assigns its sticky clients.\n"
+    "    Refused when no other backend would be left with a weight above 0 (every\n"
+    "    request would get 503). Prints NAME's weight before and after, and what is\n"
+    "    still in flight. When NAME is already at weight 0, nothing is changed.\n"
+    "\n"
+    "OPTIONS\n"
+    "    --wait\n"
+    "        Then read td's state every 0.2 s, showing one line of progress\n"
+    "        (\"blue: 3 in flight, 1 tunnel, 12 sticky req/10s\": sticky requests\n"
+    "        served in the last 10 s), until NAME has no request in flight and no\n"
+    "        tunnel. If td's timeouts.drain_ms passes first, tdctl says so and what\n"
+    "        is left, and stops waiting: td has closed the tunnels by then, and\n"
+    "        requests still in flight run until they end or time out.\n"
+    "    --timeout DURATION\n"
+    "        With --wait, wait at most DURATION (default 60s), even if drain_ms is\n"
+    "        longer. DURATION is a number with a unit: 500ms, 30s, 2m, 1h (a bare\n"
+    "        number is seconds).\n"
+    "\n"
+    "EXIT STATUS\n"
+    "    0   NAME is at weight 0 and, with --wait, drained or past drain_ms.\n"
+    "    1   td refused or is unreachable, draining would leave no backend with a\n"
+    "        weight above 0, or --timeout passed with requests still in flight.\n"
+    "    2   Usage error: no NAME, an unknown NAME, a bad DURATION.\n"
+    "\n"
+    "EXAMPLES\n"
+    "    tdctl drain blue --wait && deploy-blue.sh\n"
+    "    tdctl drain green --wait --timeout 5m\n";
+
+static const char help_switch[] =
+    "NAME\n"
+    "    tdctl switch - move all traffic to a backend in steps; roll back on errors\n"
+    "\n"
+    "SYNOPSIS\n"
+    "    " SYNOPSIS_TARGET "switch NAME [--steps LIST]\n"
+    "          [--interval DURATION] [--max-error-rate RATE] [--max-p99-ms MS]\n"
+    "\n"
+    "DESCRIPTION\n"
+    "    For td with two backends: NAME is the new side, the other one the old side.\n"
+    "    The switch is refused, with nothing changed, when NAME has no server up.\n"
+    "    Otherwise, for each step S of LIST, tdctl sets NAME's weight to S and the\n"
+    "    old side's to 100-S, prints a progress bar, and watches for DURATION: every\n"
+    "    0.5 s it reads td's state and computes, from the counters' growth since the\n"
+    "    step began, NAME's 5xx rate (5xx answers over all answers) and its p99\n"
+    "    latency (from td's latency histogram: the upper bound of the bucket the 99th\n"
+    "    percentile falls in). It rolls back - sets both weights back to what they\n"
+    "    were before the switch, says why, and exits 1 - as soon as:\n"
+    "      - NAME has answered at least 20 requests in the step and its 5xx rate is\n"
+    "        above RATE;\n"
+    "      - NAME has answered at least 20 requests in the step and its p99 is above\n"
+    "        MS and above the old side's p99 (over the switch so far, else over its\n"
+    "        lifetime): a latency both sides share is not NAME's fault;\n"
+    "      - NAME has no server up any more;\n"
+    "      - tdctl is interrupted (SIGINT, SIGTERM) or loses td.\n"
+    "    If the weights are changed by someone else during the switch, tdctl stops\n"
+    "    and leaves them as they are (exit 1). Steps below NAME's share of the\n"
+    "    traffic when the switch starts are skipped. After the last step (100: the\n"
+    "    old side at weight 0), tdctl waits for the old side's requests in flight\n"
+    "    and tunnels to finish, as drain --wait does, and exits 0.\n"
+    "\n"
+    "OPTIONS\n"
+    "    --steps LIST\n"
+    "        NAME's weights, comma-separated integers from 1 to 100, strictly\n"
+    "        increasing, ending at 100. Default: " SWITCH_STEPS ".\n"
+    "    --interval DURATION\n"
+    "        How long each step is watched: a number above 0 with a unit, 500ms,\n"
+    "        30s, 2m (a bare number is seconds). Default: 30s.\n"
+    "    --max-error-rate RATE\n"
+    "        The highest tolerated 5xx rate: a percentage (1%, 0.5%) or a fraction\n"
+    "        from 0 to 1 (0.01). Default: 1%.\n"
+    "    --max-p99-ms MS\n"
+    "        The highest tolerated p99 latency in milliseconds (1 to 3600000).\n"
+    "        Default: latency is not judged.\n"
+    "\n"
+    "EXIT STATUS\n"
+    "    0   All traffic goes to NAME; the old side is drained (or past drain_ms).\n"
+    "    1   Refused (NAME has no server up; nothing changed), rolled back (the\n"
+    "        reason is printed), stopped (weights changed by someone else), or td\n"
+    "        refused or is unreachable.\n"
+    "    2   Usage error, nothing changed: no NAME or an unknown one, td not having\n"
+    "        exactly two backends, a bad LIST, DURATION, RATE or MS.\n"
+    "\n"
+    "EXAMPLES\n"
+    "    tdctl switch green\n"
+    "    tdctl switch green --steps 1,5,25,50,100 --interval 2m --max-p99-ms 250\n";
+
+static const char help_rollback[] =
+    "NAME\n"
+    "    tdctl rollback - undo the most recent change of weights\n"
+    "\n"
+    "SYNOPSIS\n"
+    "    " SYNOPSIS_GLOBAL "rollback\n"
+    "\n"
+    "DESCRIPTION\n"
+    "    Finds, in td's history of changes (see tdctl history), the most recent one\n"
+    "    that changed a backend's weight - a ratio, a drain or a switch step, a\n"
+    "    config put or a reload - and sets the weights back to what they were before\n"
+    "    it (a change marked [not applied] is passed over). Only weights are\n"
+    "    restored (not the routing method nor the rest of a config). The rollback\n"
+    "    is a change itself: a second rollback undoes the first. Prints the change\n"
+    "    undone and the new state (--json: the state as it\n"
+    "    came). When the weights already are those, nothing is changed.\n"
+    "\n"
+    "EXIT STATUS\n"
+    "    0 weights restored (or already so); 1 no change of weights in the history,\n"
+    "    td refused (a backend of then no longer exists) or is unreachable;\n"
+    "    2 usage error.\n"
+    "\n"
+    "EXAMPLES\n"
+    "    tdctl ratio blue=0 green=100 && tdctl rollback\n";
+
+static const char help_history[] =
+    "NAME\n"
+    "    tdctl history - list the changes made to td\n"
+    "\n"
+    "SYNOPSIS\n"
+    "    " SYNOPSIS_GLOBAL "history\n"
+    "\n"
+    "DESCRIPTION\n"
+    "    Prints td's audit log of changes, oldest first, one per line: TIME (UTC),\n"
+    "    CLIENT (the address the change came from, or \"signal\" for a SIGHUP\n"
+    "    reload) and WHAT changed. td keeps the last 256 changes, also across\n"
+    "    restarts. A change td recorded but never ran (it was stopped before it\n"
+    "    wrote the config file) ends in [not applied], and td's note follows it.\n"
+    "    With --json, td's log as it came: each entry also has the routing method\n"
+    "    and every weight before and after the change (\"applied\": false on one\n"
+    "    that never ran).\n"
+    "\n"
+    "EXIT STATUS\n"
+    "    0 shown; 1 td unreachable or refused; 2 usage error.\n"
+    "\n"
+    "EXAMPLES\n"
+    "    tdctl history | tail -n 5\n";
+
+static const char help_help[] =
+    "NAME\n"
+    "    tdctl help - show the manual page of tdctl, or of one of its commands\n"
+    "\n"
+    "SYNOPSIS\n"
+    "    tdctl help [COMMAND]\n"
+    "\n"
+    "DESCRIPTION\n"
+    "    The same as tdctl --help, or tdctl COMMAND --help.\n"
+    "\n"
+    "EXIT STATUS\n"
+    "    0 shown; 2 an unknown COMMAND.\n";
+
+/* ---------------------------------------------------------------------------------------------
+ * Options and dispatch
+ */
+
+static int cmd_help(const ctl_t *ctl, int argc, char **argv);
+
+static const struct command {
+    const char *name;
+    int (*run)(const ctl_t *ctl, int argc, char **argv);
+    unsigned options; /* OPT() bits of the command options it takes */
+    const char *help; /* its manual page */
+} commands[] = {
+    {"status", cmd_status, 0, help_status},
+    {"ratio", cmd_ratio, 0, help_ratio},
+    {"method", cmd_method, 0, help_method},
+    {"config", cmd_config, 0, help_config},
+    {"drain", cmd_drain, OPT(O_WAIT) | OPT(O_TIMEOUT), help_drain},
+    {"switch", cmd_switch,
+     OPT(O_STEPS) | OPT(O_INTERVAL) | OPT(O_MAX_ERROR_RATE) | OPT(O_MAX_P99_MS), help_switch},
+    {"rollback", cmd_rollback, 0, help_rollback},
+    {"history", cmd_history, 0, help_history},
+    {"help", cmd_help, 0, help_help},
+};
+
+#define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
+#define COMMAND_LIST "status, ratio, method, config, drain, switch, rollback, history or help"
+
+static const struct command *find_command(const char *name) {
+    size_t i;
+
+    for (i = 0; name && i < NCOMMANDS; i++) {
+        if (strcmp(name, commands[i].name) == 0)
+            return &commands[i];
+    }
+    return NULL;
+}
+
+/* Prints the page of the command `name`, or the general one when name is NULL or unknown. */
+static int print_help(const char *name) {
+    const struct command *cmd = find_command(name);
+
+    fputs(cmd ? cmd->help : help_text, stdout);
+    return RC_DONE;
+}
+
+static int cmd_help(const ctl_t *ctl, int argc, char **argv) {
+    (void)ctl;
+    if (argc > 1)
+        return usage_error("help takes at most one COMMAND");
+    if (argc == 1 && !find_command(argv[0]))
+        return usage_error("no command '%s': use %s", argv[0], COMMAND_LIST);
+    return print_help(argc ? argv[0] : NULL);
+}
+
+enum { LONG_ONLY = 256 }; /* + O_*: the command options, which have no short form */
+
+static const struct option longopts[] = {
+    {"admin", required_argument, NULL, 'a'},
+    {"token", required_argument, NULL, 't'},
+    {"json", no_argument, NULL, 'j'},
+    {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, 'V'},
+    {"wait", no_argument, NULL, LONG_ONLY + O_WAIT},
+    {"timeout", required_argument, NULL, LONG_ONLY + O_TIMEOUT},
+    {"steps", required_argument, NULL, LONG_ONLY + O_STEPS},
+    {"interval", required_argument, NULL, LONG_ONLY + O_INTERVAL},
+    {"max-error-rate", required_argument, NULL, LONG_ONLY + O_MAX_ERROR_RATE},
+    {"max-p99-ms", required_argument, NULL, LONG_ONLY + O_MAX_P99_MS},
+    {NULL, 0, NULL, 0},
+};
+
+/* Parses the options (anywhere on the line: getopt_long moves the operands behind them). Returns
+ * -1 to go on with the operands at argv[optind], or an exit status for --version and errors. */
+static int parse_options(ctl_t *ctl, int argc, char **argv) {
+    int c;
+
+    opterr = 0; /* our messages, not getopt's, so that every one ends with the hint */
+    while ((c = getopt_long(argc, argv, ":a:t:jhV", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'a':
+            ctl->admin = optarg;
+            break;
+        case 't':
+            ctl->token = optarg;
+            break;
+        case 'j':
+            ctl->json = true;
+            break;
+        case 'h':
+            ctl->help = true;
+            break;
+        case 'V':
+            puts("tdctl " TDCTL_VERSION);
+            return RC_DONE;
+        case ':':
+            return usage_error("option '%s' needs a value", argv[optind - 1]);
+        default:
+            if (c >= LONG_ONLY && c < LONG_ONLY + NOPT) {
+                ctl->given |= OPT(c - LONG_ONLY);
+                ctl->opt[c - LONG_ONLY] = optarg;
+                break;
+            }
+            /* A bad long option is whole in argv[optind - 1]; a bad short one may sit inside a
+             * cluster such as -jx, so name it by its letter. */
+            if (optopt && strncmp(argv[optind - 1], "--", 2) != 0)
+                return usage_error("invalid option '-%c'", optopt);
+            return usage_error("invalid option '%s'", argv[optind - 1]);
+        }
+    }
+    return -1;
+}
+
+/* The admin URL and token come from the command line or the environment: check them once. */
+static int check_target(ctl_t *ctl) {
+    const char *p;
+
+    if (!ctl->admin || !*ctl->admin)
+        return usage_error("the admin URL is empty (--admin URL or TD_ADMIN)");
+    if (ctl->token && !*ctl->token)
+        ctl->token = NULL;
+    for (p = ctl->token; p && *p; p++) {
+        /* A control character would end the header line early and smuggle in another. */
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            return usage_error("the token holds a control character (--token or TD_TOKEN)");
+    }
+    return -1;
+}
+
+/* A command option given to a command that does not take it is a usage error, not ignored. */
+static int check_command_options(const ctl_t *ctl, const struct command *cmd) {
+    int o;
+
+    for (o = 0; o < NOPT; o++) {
+        if ((ctl->given & OPT(o)) && !(cmd->options & OPT(o)))
+            return usage_error("--%s is not an option of %s (see tdctl %s --help)", option_names[o],
+                               cmd->name, cmd->name);
+    }
+    return -1;
+}
+
+int main(int argc, char **argv) {
+    ctl_t ctl = {.admin = getenv("TD_ADMIN"), .token = getenv("TD_TOKEN")};
+    const struct command *cmd;
+    int rc;
+
+    if (!ctl.admin || !*ctl.admin)
+        ctl.admin = DEFAULT_ADMIN;
+    if ((rc = parse_options(&ctl, argc, argv)) >= 0)
+        return rc;
+    if (ctl.help)
+        return print_help(optind < argc ? argv[optind] : NULL);
+    if ((rc = check_target(&ctl)) >= 0)
+        return rc;
+    if (optind >= argc)
+        return usage_error("missing COMMAND: " COMMAND_LIST);
+    if (!(cmd = find_command(argv[optind])))
+        return usage_error("unknown command '%s': use " COMMAND_LIST, argv[optind]);
+    if ((rc = check_command_options(&ctl, cmd)) >= 0)
+        return rc;
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        fprintf(stderr, "tdctl: cannot start libcurl\n");
+        return RC_REFUSED;
+    }
+    rc = cmd->run(&ctl, argc - optind - 1, argv + optind + 1);
+    curl_global_cleanup();
+    return rc;
+}
