@@ -56,8 +56,8 @@ static enum wait_end wait_verdict(const json_t *backend, const wait_t *w, double
 static int wait_report(enum wait_end end, const char *name, const wait_t *w, double now) {
     switch (end) {
     case W_DRAINED:
-        printf("%s: drained after a wait of %.1fs: no request in flight, no tunnel\n", name,
-               now - w->began);
+        printf("%s: drained %.1fs after its weight went to 0: no request in flight, no tunnel\n",
+               name, now - w->zero_at);
         return RC_DONE;
     case W_DRAIN_MS:
         printf("%s: td's drain time (timeouts.drain_ms, %.1fs) has passed: td closes its "
@@ -182,9 +182,9 @@ int cmd_drain(const ctl_t *ctl, int argc, char **argv) {
         return usage_error("--timeout goes with --wait");
     if (!(state = get_json(ctl, "/api/v1/state")))
         return RC_REFUSED;
+    since = now_s(); /* the weight goes to 0 during drain_start: count the drain from here */
     rc = drain_start(ctl, state, argv[0]);
     json_decref(state);
-    since = now_s();
     if (rc != RC_DONE || !(ctl->given & OPT(O_WAIT)))
         return rc;
     return wait_drained(ctl, argv[0], since, timeout_s);
