@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <uv.h>
 
 #include "td/admin.h"
@@ -161,8 +162,23 @@ static int start_demo_backends(int n, char **specs, int own_thread) {
 /* --pid-file FILE, or "" for the config's pid_file. */
 static const char *pid_flag = "";
 
+/* Every client connection and every upstream connection is a file descriptor; the usual soft
+ * limit of 1024 would cap td at a few hundred proxied connections. The soft limit is raised to the
+ * hard one (as HAProxy does from its maxconn; systemd's LimitNOFILE sets the hard one). */
+static void raise_open_files_limit(void) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= rl.rlim_max)
+        return;
+    rlim_t was = rl.rlim_cur;
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
+        td_info("open files limit raised from %llu to %llu", (unsigned long long)was,
+                (unsigned long long)rl.rlim_max);
+}
+
 static int run(td_config_t *cfg, const char *path) {
     char err[512];
+    raise_open_files_limit();
     char pid_file[TD_PATH_MAX + 1];
     snprintf(pid_file, sizeof(pid_file), "%s", pid_flag[0] ? pid_flag : cfg->pid_file);
     drain_ms = cfg->timeouts.drain_ms;
