@@ -716,3 +716,23 @@ def test_buffered_bodies_over_tls(backends, own_td, cert):
             head, _, resp = data.partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 200 ")
             assert json.loads(resp) == {"received": size, "sum": sum(body) % 2**32}
+
+
+def test_open_files_soft_limit_is_raised_to_the_hard_limit_at_start(backends, td):
+    """Started with a soft limit of 256 open files (a hard limit above it), td raises the soft
+    limit to the hard one, so it is not capped at a few hundred connections."""
+    import resource
+    b = backends(("blue", 1))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip("the hard open-files limit here is too low to test")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        t = td(td_cfg({"blue": (100, b.ports["blue"])}))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    with open(f"/proc/{t.proc.pid}/limits") as f:
+        line = next(l for l in f if l.startswith("Max open files"))
+    want = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
+    assert line.split()[3] == want, line
+    assert "open files limit raised from 256" in t.proc.output()
