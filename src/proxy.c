@@ -11,16 +11,15 @@
  * During an exchange the client is bound to one upstream connection. Bytes flow through one read
  * buffer per side and at most one write per side is outstanding: while a write is pending, the
  * side that produced the bytes is not read (backpressure), so a connection never holds more than
- * its buffers however slow the peer. Writes are tried synchronously first (uv_try_write); only a
- * partial write goes through uv_write, with the bytes left pinned in their read buffer.
+ * its buffers however slow the peer. Writes go through the transport (td/stream.h), which tries
+ * them synchronously first; only a partial write waits, with the bytes left pinned in their read
+ * buffer.
  *
  * Objects are freed only in their close callbacks, never inside their own read/write callbacks. */
 #include "td/proxy.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <time.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdatomic.h>
@@ -31,11 +30,15 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "td/access_log.h"
 #include "td/http1.h"
 #include "td/rewrite.h"
+#include "td/listener.h"
 #include "td/log.h"
 #include "td/router.h"
 #include "td/sticky.h"
+#include "td/stream.h"
+#include "td/timeout.h"
 #include "td/tls.h"
 
 #define CBUF_SIZE (16 * 1024) /* client read buffer: the largest request head, then body pieces */
@@ -47,6 +50,10 @@
 #define MAX_SPANS 64
 #define TICK_MS 100           /* granularity of client timeouts */
 #define MAX_INTERIM 16        /* 1xx responses passed on before a final one; more is a 502 */
+
+/* Kinds of timeouts; each has a queue per worker (td/timeout.h). T_HEADER also times the
+ * request body (between two reads), T_POOL is POOL_IDLE_MS. */
+enum { T_HEADER, T_KEEPALIVE, T_CONNECT, T_RESPONSE, T_SEND, T_POOL, T_KINDS };
 
 typedef struct worker_s worker_t;
 typedef struct client_s client_t;
@@ -78,32 +85,30 @@ struct worker_s {
     int *listen_fds;     /* owned; -1 once handed to a uv_tcp_t */
     size_t num_listeners;
     int stopping;
-    int alog_fd;          /* access log, or -1 */
-    char alog_path[256];  /* what alog_fd was opened from */
+    td_access_log_t alog;
     td_snapshot_t *snap; /* one reference held by the worker */
     int *wrr_b, *wrr_s;  /* owned: balancer scores per backend / per flat server index */
     size_t wrr_nb, wrr_ns;
     pool_t *pools;        /* owned */
     client_t *clients;    /* every open client connection (for a stop) */
+    client_t *tunnels;    /* the clients in a tunnel counted for a backend (for its drain) */
     char *buf_cache[64];      /* owned: free client buffers, reused instead of malloc/free */
     int num_cached;
     int64_t local_err_ms;     /* when a local resource error was last logged ... */
     unsigned local_err_quiet; /* ... and how many were not logged since */
-    uv_idle_t tls_idle;       /* runs tls_pump for connections whose TLS holds plaintext */
-    client_t *tls_clients;    /* clients waiting for that (tls_next list) */
-    upstream_t *tls_upstreams; /* upstreams waiting for that (tls_next list) */
+    td_stream_loop_t sl;      /* the transport's per-loop state (TLS buffer and queue) */
+    td_timeout_queue_t tq[T_KINDS]; /* armed timeouts by kind */
     td_http1_header_t hdrs[MAX_HDRS];
     const td_http1_request_t *parsed; /* the request start_request parsed into hdrs ... */
     const client_t *parsed_for;       /* ... for this client, while it routes it; else NULL */
     char scratch[CBUF_SIZE + 2048]; /* response/request heads are built here */
-    char cipher[UBUF_SIZE];         /* TLS records are read here, then decrypted */
 };
 
 enum { C_HEAD, C_EXCHANGE, C_TUNNEL, C_CLOSING };
 enum { U_CONNECTING, U_BUSY, U_IDLE, U_CLOSING };
 
 struct client_s {
-    uv_tcp_t tcp;
+    td_stream_t io;     /* the connection to the client (plain or TLS) */
     worker_t *w;
     client_t *prev, *next;
     upstream_t *up;     /* the upstream of the current exchange, or NULL */
@@ -115,8 +120,8 @@ struct client_s {
     uint32_t fwd;       /* bytes of buf already written to the upstream */
     uint64_t body_left; /* Content-Length bytes not yet seen */
     td_http1_chunked_t chunk;
-    int64_t deadline;   /* uv_now() ms when the head / keep-alive / body timeout fires; 0 none */
-    int64_t send_deadline; /* uv_now() ms when a pending write to the client times out; 0 none */
+    td_timeout_t tmo;      /* the head / keep-alive / body timeout, when armed */
+    td_timeout_t send_tmo; /* the timeout of a pending write to the client, when armed */
     size_t send_left;      /* bytes of that write not taken by the client at the last look */
     td_snapshot_t *snap; /* a reference, held during an exchange */
     int backend, server; /* indices in snap */
@@ -128,14 +133,14 @@ struct client_s {
     td_server_stats_t *st_inflight;  /* borrowed: server whose in_flight this request holds */
     td_backend_stats_t *b_inflight;  /* borrowed: backend whose in_flight this request holds */
     td_backend_stats_t *b_tunnel;    /* borrowed: backend whose tunnel count this one holds */
+    client_t *tun_prev, *tun_next;   /* in w->tunnels while b_tunnel is set */
     int tries;
     int sticky_set;      /* backend index to pin with Set-Cookie in the response, or -1 */
     uint32_t tried[MAX_TRIES]; /* flat server indices tried for this request */
     uint8_t ntried;            /* entries used in tried */
     int64_t started_ms;
     uint8_t state;
-    uint8_t writing;     /* a uv_write to this client is pending */
-    uint8_t reading;     /* uv_read_start is on */
+    uint8_t writing;     /* a write to this client is pending */
     uint8_t req_body;    /* td_http1_body_t of the request */
     uint8_t req_done;    /* the whole request has been read */
     uint8_t discarded;   /* request bytes were dropped from buf after sending: no replay */
@@ -151,16 +156,14 @@ struct client_s {
     uint8_t continue_out; /* that 100 Continue is the pending write */
     char ip[INET6_ADDRSTRLEN];
     char method[16];
-    td_tls_conn_t *tls;  /* owned; NULL on a plain listener */
     char *last_error;    /* owned: why the last upstream try failed, for the 502 line */
-    client_t *tls_next;  /* in w->tls_clients */
-    uint8_t tls_queued;
     uint8_t listener;    /* index of the listener it came in on */
+    uint8_t processing;  /* client_process is running for it (further up the stack) */
+    uint8_t more;        /* an exchange ended meanwhile: client_process takes the next request */
 };
 
 struct upstream_s {
-    uv_tcp_t tcp;
-    uv_connect_t creq;
+    td_stream_t io;        /* the connection to the server (plain or TLS) */
     worker_t *w;
     pool_t *pool;          /* borrowed */
     td_server_stats_t *st; /* borrowed (registry) */
@@ -172,13 +175,10 @@ struct upstream_s {
     uint64_t body_left;
     td_http1_chunked_t chunk;
     int status;
-    uint8_t state, reused, writing, reading;
-    int64_t deadline;      /* uv_now() ms of the connect / response / pool-idle timeout; 0 none */
+    uint8_t state, reused, writing;
+    td_timeout_t tmo;      /* the connect / response / pool-idle timeout, when armed */
     uint8_t head_done, resp_body, resp_keep_alive, resp_done, dechunk, tunnel;
     uint8_t interim;       /* 1xx responses seen in this exchange */
-    td_tls_conn_t *tls;    /* owned; NULL for plain HTTP to the server */
-    upstream_t *tls_next;  /* in w->tls_upstreams */
-    uint8_t tls_queued;
 };
 
 static _Atomic int64_t open_clients;
@@ -195,6 +195,7 @@ static td_http1_limits_t limits = {8192, CBUF_SIZE, MAX_HDRS};
 static void client_close(client_t *c);
 static void upstream_close(upstream_t *u);
 static void client_next(client_t *c);
+static void client_process(client_t *c);
 static void start_request(client_t *c);
 static void response_pump(upstream_t *u);
 static void pick_and_connect(client_t *c);
@@ -239,7 +240,6 @@ static int timeout_ms(const client_t *c, int which) {
     default: return t->upstream_response_ms;
     }
 }
-enum { T_HEADER, T_KEEPALIVE, T_CONNECT, T_RESPONSE, T_SEND };
 
 /* Client buffers (CBUF_SIZE) come from a small per-worker cache: an idle keep-alive connection
  * holds none, and a busy one does not cost a malloc/free pair per request. */
@@ -309,7 +309,6 @@ static void close_stale_tls_pools(worker_t *w, const td_snapshot_t *old, const t
 }
 
 /* Takes the newest snapshot when the router has published one since the last request. */
-static void access_log_refresh(worker_t *w);
 
 static void worker_refresh(worker_t *w) {
     if (w->snap && w->snap->version == td_router_version())
@@ -322,7 +321,7 @@ static void worker_refresh(worker_t *w) {
     if (old)
         close_stale_tls_pools(w, old, s);
     td_snapshot_release(old);
-    access_log_refresh(w);
+    td_access_log_open(&w->alog, s->config->access_log);
     /* Balancer scores carry over when the shape is unchanged, so a weight change keeps the
      * interleaving smooth; otherwise they start again from zero. */
     if (w->wrr_nb != s->num_backends || w->wrr_ns != s->num_servers) {
@@ -350,157 +349,6 @@ static void pool_close_idle(worker_t *w, const td_snap_backend_t *b) {
                     upstream_close(p->idle);
 }
 
-/* A write that could not finish at once: its request and the bytes that had to be copied (the
- * unwritten part of a rewritten head, or TLS ciphertext). Allocated only then: a connection holds
- * no write request of its own. The callback gets req->data (the owner) and frees the request. */
-typedef struct pending_s {
-    uv_write_t req; /* first: free(req) frees it all */
-    char data[];
-} pending_t;
-
-static void loose_write_cb(uv_write_t *req, int status) {
-    (void)status;
-    free(req);
-}
-
-/* Sends the ciphertext a TLS connection has ready: synchronously when the socket takes it all,
- * else through uv_write; with cb NULL the write is fire-and-forget (handshake records).
- * Returns 0, 1 (cb will run with req->data = owner) or a negative uv error. */
-static int tls_send(uv_stream_t *dst, void *owner, td_tls_conn_t *t, uv_write_cb cb) {
-    size_t n = td_tls_pending_out(t);
-    if (!n)
-        return 0;
-    pending_t *pw = malloc(sizeof(*pw) + n);
-    if (!pw)
-        return UV_ENOMEM;
-    n = td_tls_take(t, pw->data, n);
-    uv_buf_t b = uv_buf_init(pw->data, (unsigned)n);
-    int r = uv_try_write(dst, &b, 1);
-    if (r == UV_EAGAIN || r == UV_ENOSYS)
-        r = 0;
-    if (r < 0 || (size_t)r == n) {
-        free(pw);
-        return r < 0 ? r : 0;
-    }
-    b.base += r;
-    b.len -= (unsigned)r;
-    pw->req.data = owner;
-    r = uv_write(&pw->req, dst, &b, 1, cb ? cb : loose_write_cb);
-    if (r < 0) {
-        free(pw);
-        return r;
-    }
-    return cb ? 1 : 0;
-}
-
-/* Before a TLS connection is closed: its close_notify goes out if the socket takes it at once.
- * A close never waits for the peer, and with a write still queued (uv_try_write refuses then)
- * the alert is left out rather than sent ahead of the data. */
-static void tls_close_notify(uv_stream_t *dst, td_tls_conn_t *t) {
-    char alert[256];
-    if (!td_tls_shutdown(t))
-        return;
-    size_t n = td_tls_pending_out(t);
-    if (!n || n > sizeof(alert))
-        return;
-    n = td_tls_take(t, alert, n);
-    uv_buf_t b = uv_buf_init(alert, (unsigned)n);
-    (void)uv_try_write(dst, &b, 1);
-}
-
-/* Writes iov[0..n) to `dst`: synchronously when the socket takes it all, else through uv_write.
- * iov[0] may point into the worker's scratch area (`volatile_first`): its unwritten part is then
- * copied; the other pieces stay pinned in their read buffers until `cb` runs. Over TLS the
- * plaintext is encrypted at once and only ciphertext waits.
- * Returns 0 when everything was written now, 1 when `cb` will be called (with req->data =
- * owner; it frees req), or a negative uv error. */
-static int send_iov(uv_stream_t *dst, void *owner, uv_buf_t *iov, unsigned n, int volatile_first,
-                    uv_write_cb cb, td_tls_conn_t *tls) {
-    if (tls) {
-        for (unsigned i = 0; i < n; i++)
-            if (iov[i].len && td_tls_write(tls, iov[i].base, iov[i].len) < 0)
-                return UV_EPROTO;
-        return tls_send(dst, owner, tls, cb);
-    }
-    size_t total = 0;
-    for (unsigned i = 0; i < n; i++)
-        total += iov[i].len;
-    if (total == 0)
-        return 0;
-    int r = uv_try_write(dst, iov, n);
-    if (r == UV_EAGAIN || r == UV_ENOSYS)
-        r = 0;
-    if (r < 0)
-        return r;
-    if ((size_t)r == total)
-        return 0;
-    size_t skip = (size_t)r;
-    unsigned i = 0;
-    while (skip >= iov[i].len) {
-        skip -= iov[i].len;
-        i++;
-    }
-    iov[i].base += skip;
-    iov[i].len -= skip;
-    size_t copy = i == 0 && volatile_first ? iov[0].len : 0;
-    pending_t *pw = malloc(sizeof(*pw) + copy);
-    if (!pw)
-        return UV_ENOMEM;
-    if (copy) {
-        memcpy(pw->data, iov[0].base, copy);
-        iov[0].base = pw->data;
-    }
-    pw->req.data = owner;
-    r = uv_write(&pw->req, dst, iov + i, n - i, cb);
-    if (r < 0) {
-        free(pw);
-        return r;
-    }
-    return 1;
-}
-
-static void add_str(char **p, const char *end, const char *s, size_t n) {
-    if (*p + n <= end) {
-        memcpy(*p, s, n);
-        *p += n;
-    } else {
-        *p = (char *)end + 1; /* marks overflow */
-    }
-}
-#define ADD_LIT(pp, e, lit) add_str(pp, e, lit, sizeof(lit) - 1)
-#define ADD_STR(pp, e, s) add_str(pp, e, (s).p, (s).len)
-
-/* Hop-by-hop fields (RFC 9110 §7.6.1) and the ones td rewrites itself. */
-static int hop_by_hop(td_str_t n) {
-    switch (n.len) {
-    case 2: return td_http1_name_is(n, "te");
-    case 7: return td_http1_name_is(n, "upgrade") || td_http1_name_is(n, "trailer");
-    case 10: return td_http1_name_is(n, "connection") || td_http1_name_is(n, "keep-alive");
-    case 16: return td_http1_name_is(n, "proxy-connection");
-    case 17: return td_http1_name_is(n, "transfer-encoding");
-    default: return 0;
-    }
-}
-
-/* 1 when `name` is listed in the Connection value `conn` and may be removed as hop-by-hop.
- * Framing fields and Host are never removed that way: "Connection: Content-Length" would
- * otherwise strip the length while the body is still forwarded, and the backend would read the
- * body as a request of its own (request smuggling). */
-static int connection_listed(td_str_t conn, td_str_t name) {
-    char lower[64];
-    if (!conn.len || name.len >= sizeof(lower))
-        return 0;
-    if ((name.len == 14 && td_http1_name_is(name, "content-length")) ||
-        (name.len == 4 && td_http1_name_is(name, "host")))
-        return 0;
-    for (size_t i = 0; i < name.len; i++) {
-        char ch = name.p[i];
-        lower[i] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
-    }
-    lower[name.len] = 0;
-    return td_http1_list_has(conn, lower);
-}
-
 static td_str_t find_header(const td_http1_header_t *h, size_t n, const char *lower) {
     size_t len = strlen(lower);
     for (size_t i = 0; i < n; i++)
@@ -512,15 +360,11 @@ static td_str_t find_header(const td_http1_header_t *h, size_t n, const char *lo
 /* ---------------------------------------------------------------------------------------------
  * Client connections */
 
-static void client_free_cb(uv_handle_t *h) {
-    client_t *c = h->data;
+static void client_free_cb(td_stream_t *s) {
+    client_t *c = td_stream_owner(s);
     client_buf_put(c);
     free(c->last_error);
     free(c->path);
-    if (c->tls) {
-        td_tls_free(c->tls);
-        free(c->tls);
-    }
     free(c);
 }
 
@@ -530,47 +374,6 @@ static void release_server(client_t *c) {
         atomic_fetch_sub_explicit(&c->st_inflight->in_flight, 1, memory_order_relaxed);
         c->st_inflight = NULL;
     }
-}
-
-/* Opens (or re-opens, after a change) the access log named by the worker's snapshot. */
-static void access_log_refresh(worker_t *w) {
-    const char *path = w->snap ? w->snap->config->access_log : "";
-    if (strcmp(path, w->alog_path) == 0)
-        return;
-    if (w->alog_fd > 2)
-        close(w->alog_fd);
-    w->alog_fd = -1;
-    snprintf(w->alog_path, sizeof(w->alog_path), "%s", path);
-    if (!path[0])
-        return;
-    if (strcmp(path, "stderr") == 0) {
-        w->alog_fd = STDERR_FILENO;
-        return;
-    }
-    w->alog_fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
-    if (w->alog_fd < 0)
-        td_error("access log: cannot open %s: %s", path, strerror(errno));
-}
-
-/* Writes one JSON string value (quotes and escapes included) into p, at most `cap` bytes. */
-static size_t json_str(char *p, size_t cap, const char *s, size_t n) {
-    size_t o = 0;
-    if (cap < 8)
-        return 0;
-    p[o++] = '"';
-    for (size_t i = 0; i < n && o + 8 < cap; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (ch == '"' || ch == '\\') {
-            p[o++] = '\\';
-            p[o++] = (char)ch;
-        } else if (ch < 0x20 || ch >= 0x7f) {
-            o += (size_t)snprintf(p + o, cap - o, "\\u%04x", ch);
-        } else {
-            p[o++] = (char)ch;
-        }
-    }
-    p[o++] = '"';
-    return o;
 }
 
 /* The exchange is over: its duration goes to the backend's histogram, and a line to the access
@@ -583,32 +386,21 @@ static void exchange_log(client_t *c) {
     if (c->b_inflight)
         td_router_observe(c->b_inflight, ms);
     worker_t *w = c->w;
-    if (w->alog_fd < 0)
+    if (!td_access_log_on(&w->alog))
         return;
-    char line[1024], tbuf[40];
-    int64_t wall = td_wall_ms();
-    time_t secs = (time_t)(wall / 1000);
-    struct tm tm;
-    gmtime_r(&secs, &tm);
-    strftime(tbuf, sizeof(tbuf), "%Y-%m-%dT%H:%M:%S", &tm);
-    const char *be = c->snap && c->backend >= 0 ? c->snap->backends[c->backend].name : "";
-    const char *sv = c->snap && c->backend >= 0 && c->server >= 0
-                         ? c->snap->backends[c->backend].servers[c->server].addr.text
-                         : "";
-    size_t n = (size_t)snprintf(line, sizeof(line), "{\"time\":\"%s.%03dZ\",\"client\":\"%s\",\"method\":",
-                                tbuf, (int)(wall % 1000), c->ip);
-    n += json_str(line + n, sizeof(line) - n - 200, c->method, strlen(c->method));
-    n += (size_t)snprintf(line + n, sizeof(line) - n, ",\"path\":");
-    n += json_str(line + n, sizeof(line) - n - 200, c->path ? c->path : "",
-                  c->path ? strlen(c->path) : 0);
-    n += (size_t)snprintf(line + n, sizeof(line) - n,
-                          ",\"status\":%d,\"bytes\":%llu,\"duration_ms\":%lld,\"backend\":\"%s\","
-                          "\"server\":\"%s\"}\n",
-                          c->status, (unsigned long long)c->bytes_out, (long long)ms, be, sv);
-    if (n >= sizeof(line))
-        n = sizeof(line) - 1;
-    ssize_t wr = write(w->alog_fd, line, n);
-    (void)wr;
+    td_access_entry_t e = {
+        .client = c->ip,
+        .method = c->method,
+        .path = c->path ? c->path : "",
+        .status = c->status,
+        .bytes = c->bytes_out,
+        .duration_ms = ms,
+        .backend = c->snap && c->backend >= 0 ? c->snap->backends[c->backend].name : "",
+        .server = c->snap && c->backend >= 0 && c->server >= 0
+                      ? c->snap->backends[c->backend].servers[c->server].addr.text
+                      : "",
+    };
+    td_access_log_write(&w->alog, &e);
 }
 
 static void end_exchange(client_t *c) {
@@ -646,16 +438,17 @@ static void client_close(client_t *c) {
     c->state = C_CLOSING;
     if (c->started_ms && !c->status)
         c->status = 499; /* the client went away before its answer: the access log says so */
-    if (c->tls_queued) /* freed after this loop iteration: not in the TLS pump's list then */
-        for (client_t **pp = &c->w->tls_clients; *pp; pp = &(*pp)->tls_next)
-            if (*pp == c) {
-                *pp = c->tls_next;
-                break;
-            }
     drop_upstream(c);
     end_exchange(c);
-    if (c->b_tunnel)
+    if (c->b_tunnel) {
         atomic_fetch_sub_explicit(&c->b_tunnel->tunnels, 1, memory_order_relaxed);
+        if (c->tun_prev)
+            c->tun_prev->tun_next = c->tun_next;
+        else
+            c->w->tunnels = c->tun_next;
+        if (c->tun_next)
+            c->tun_next->tun_prev = c->tun_prev;
+    }
     if (c->prev)
         c->prev->next = c->next;
     else if (c->w->clients == c)
@@ -663,50 +456,35 @@ static void client_close(client_t *c) {
     if (c->next)
         c->next->prev = c->prev;
     atomic_fetch_sub(&open_clients, 1);
-    if (c->tls)
-        tls_close_notify((uv_stream_t *)&c->tcp, c->tls);
-    uv_close((uv_handle_t *)&c->tcp, client_free_cb);
+    td_timeout_stop(&c->tmo);
+    td_timeout_stop(&c->send_tmo);
+    td_stream_close(&c->io, client_free_cb);
 }
 
-/* Client timeouts are deadlines checked by the worker's clock (every TICK_MS) rather than a
- * timer handle per connection: an idle connection stays small. */
+/* Client timeouts are deadlines in the worker's timeout queues, checked by its clock (every
+ * TICK_MS) rather than a timer handle per connection: an idle connection stays small, and the
+ * tick looks only at the expired ones. */
 static void client_timer(client_t *c, int which) {
-    c->deadline = (int64_t)uv_now(&c->w->loop) + timeout_ms(c, which);
+    td_timeout_arm(&c->w->tq[which], &c->tmo, (int64_t)uv_now(&c->w->loop), timeout_ms(c, which));
 }
 
-static void client_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *out) {
-    (void)hint;
-    client_t *c = h->data;
-    if (c->tls) { /* records land in the worker's cipher buffer and are decrypted at once */
-        *out = uv_buf_init(c->w->cipher, sizeof(c->w->cipher));
+static void client_alloc_cb(td_stream_t *s, char **buf, size_t *cap) {
+    client_t *c = td_stream_owner(s);
+    if (client_buf_get(c) < 0)
         return;
-    }
-    if (client_buf_get(c) < 0) {
-        *out = uv_buf_init(NULL, 0);
-        return;
-    }
-    *out = uv_buf_init(c->buf + c->len, c->cap - c->len);
+    *buf = c->buf + c->len;
+    *cap = c->cap - c->len;
 }
 
-static void client_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b);
-
-static void tls_wake(worker_t *w);
+static void client_read_cb(td_stream_t *s, long nread);
 
 static void client_read(client_t *c, int on) {
-    if (c->state == C_CLOSING || c->reading == on)
+    if (c->state == C_CLOSING)
         return;
-    c->reading = (uint8_t)on;
     if (on)
-        uv_read_start((uv_stream_t *)&c->tcp, client_alloc_cb, client_read_cb);
+        td_stream_read_start(&c->io, client_alloc_cb, client_read_cb);
     else
-        uv_read_stop((uv_stream_t *)&c->tcp);
-    /* Bytes TLS already holds will not wake the socket: queue them for the TLS pump. */
-    if (on && c->tls && !c->tls_queued && td_tls_has_input(c->tls)) {
-        c->tls_queued = 1;
-        c->tls_next = c->w->tls_clients;
-        c->w->tls_clients = c;
-        tls_wake(c->w);
-    }
+        td_stream_read_stop(&c->io);
 }
 
 /* Counts the request-body bytes that have arrived in buf[req_end..len) and moves req_end past
@@ -735,14 +513,15 @@ static int account_body(client_t *c) {
 }
 
 /* Writes a complete small response of td's own (an error) and ends the exchange. */
-static void client_write_done_cb(uv_write_t *req, int status);
+static void client_write_done_cb(td_stream_t *s, int status);
 
 /* A write to the client could not finish at once: the client send timeout starts. It measures
  * the client, not the backend: the upstream's response timeout does not run meanwhile. */
 static void client_send_wait(client_t *c) {
     c->writing = 1;
-    c->send_left = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
-    c->send_deadline = (int64_t)uv_now(&c->w->loop) + timeout_ms(c, T_SEND);
+    c->send_left = td_stream_write_queued(&c->io);
+    td_timeout_arm(&c->w->tq[T_SEND], &c->send_tmo, (int64_t)uv_now(&c->w->loop),
+                   timeout_ms(c, T_SEND));
 }
 
 /* The client send deadline passed. A client that took some of the pending bytes since the last
@@ -750,13 +529,12 @@ static void client_send_wait(client_t *c) {
  * send_timeout, not for the whole response); one that took nothing is closed, as its own fault:
  * nothing is charged to the backend. */
 static void client_send_timeout(client_t *c, int64_t now) {
-    size_t left = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+    size_t left = td_stream_write_queued(&c->io);
     if (left < c->send_left) {
         c->send_left = left;
-        c->send_deadline = now + timeout_ms(c, T_SEND);
+        td_timeout_arm(&c->w->tq[T_SEND], &c->send_tmo, now, timeout_ms(c, T_SEND));
         return;
     }
-    c->send_deadline = 0;
     td_warn("%s %s: client took no response bytes for %d ms (timeouts.client_send_ms); "
             "connection closed",
             c->ip, c->method[0] ? c->method : "-", timeout_ms(c, T_SEND));
@@ -816,8 +594,8 @@ static void client_reply(client_t *c, int status, const char *reason, const char
     if (!c->started_ms)
         c->started_ms = td_now_ms();
     c->close_after = !keep;
-    uv_buf_t iov = uv_buf_init(p, (unsigned)n);
-    int r = send_iov((uv_stream_t *)&c->tcp, c, &iov, 1, 1, client_write_done_cb, c->tls);
+    td_iov_t iov = td_iov(p, (unsigned)n);
+    int r = td_stream_write(&c->io, &iov, 1, 1, client_write_done_cb);
     if (r < 0) {
         client_close(c);
     } else if (r == 1) {
@@ -887,42 +665,7 @@ static void client_next(client_t *c) {
     client_timer(c, T_HEADER);
     if (!c->eof)
         client_read(c, 1);
-    start_request(c);
-}
-
-/* Case-insensitive comparison of a field name with a configured (mixed-case) name. */
-static int name_eq(td_str_t n, const char *name, size_t len) {
-    return n.len == len && strncasecmp(n.p, name, len) == 0;
-}
-
-/* 1 when the field is the preview header or its token header ("<header>-Token"): both are
- * stripped before forwarding, valid or not. */
-static int preview_field(const td_config_t *cfg, td_str_t n) {
-    size_t hl = strlen(cfg->preview_header);
-    return name_eq(n, cfg->preview_header, hl) ||
-           (n.len == hl + 6 && strncasecmp(n.p, cfg->preview_header, hl) == 0 &&
-            strncasecmp(n.p + hl, "-Token", 6) == 0);
-}
-
-/* The preview route: "<header>: blue" with "<header>-Token: TOKEN" reaches blue whatever its
- * weight. Returns the backend index, or -1 when absent, unknown or the token is wrong. */
-static int preview_backend(const td_snapshot_t *s, const td_http1_request_t *req) {
-    const td_config_t *cfg = s->config;
-    size_t hl = strlen(cfg->preview_header), tl = strlen(cfg->preview_token);
-    td_str_t name = {NULL, 0}, token = {NULL, 0};
-    for (size_t i = 0; i < req->num_headers; i++) {
-        td_str_t n = req->headers[i].name;
-        if (name_eq(n, cfg->preview_header, hl))
-            name = req->headers[i].value;
-        else if (preview_field(cfg, n))
-            token = req->headers[i].value;
-    }
-    if (!name.len || token.len != tl)
-        return -1;
-    unsigned diff = 0;
-    for (size_t i = 0; i < tl; i++)
-        diff |= (unsigned)(token.p[i] ^ cfg->preview_token[i]);
-    return diff ? -1 : td_snapshot_find_backend(s, name.p, name.len);
+    client_process(c);
 }
 
 /* A plain listener set to redirect: 301 (GET, HEAD) or 308 (others, which keeps the method and
@@ -979,8 +722,8 @@ static int body_buffer_start(client_t *c) {
     c->buffering = 1;
     if (c->expect && c->minor >= 1) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-        uv_buf_t iov = uv_buf_init((char *)cont, sizeof(cont) - 1);
-        int r = send_iov((uv_stream_t *)&c->tcp, c, &iov, 1, 0, client_write_done_cb, c->tls);
+        td_iov_t iov = td_iov((char *)cont, sizeof(cont) - 1);
+        int r = td_stream_write(&c->io, &iov, 1, 0, client_write_done_cb);
         if (r < 0) {
             client_close(c);
             return 1;
@@ -1005,10 +748,28 @@ static void body_buffered(client_t *c) {
         return;
     }
     c->buffering = 0;
-    c->deadline = 0; /* from here as without buffering: the upstream side sets the timeouts */
+    td_timeout_stop(&c->tmo); /* from here as without buffering: the upstream side sets the timeouts */
     if (c->req_done)
         client_read(c, 0); /* what comes now is a pipelined request: it waits */
     pick_and_connect(c);
+}
+
+/* Takes the requests buffered in c->buf one after another. An exchange that ends at once (an
+ * error or redirect of td's own, answered with one write) calls client_next, which lands here
+ * again further down the stack: that call only notes that there is more, and this loop takes
+ * the next pipelined request, so a run of bad requests costs no stack (redis'
+ * processInputBuffer). */
+static void client_process(client_t *c) {
+    if (c->processing) {
+        c->more = 1;
+        return;
+    }
+    c->processing = 1;
+    do {
+        c->more = 0;
+        start_request(c);
+    } while (c->more && c->state == C_HEAD);
+    c->processing = 0;
 }
 
 /* Parses the request head; on success routes the request and starts the exchange. */
@@ -1044,7 +805,7 @@ static void start_request(client_t *c) {
         }
         return;
     }
-    c->deadline = 0;
+    td_timeout_stop(&c->tmo);
     c->state = C_EXCHANGE;
     c->head_len = c->req_end = (uint32_t)r;
     c->req_body = (uint8_t)req.body;
@@ -1106,29 +867,15 @@ static void start_request(client_t *c) {
     c->snap = w->snap;
     td_snapshot_retain(c->snap);
     c->backend = c->server = c->sticky_set = c->pinned = c->forced = -1;
-    if (w->alog_fd >= 0)
+    if (td_access_log_on(&w->alog))
         c->path = strndup(req.target.p, req.target.len < 512 ? req.target.len : 512);
     const td_config_t *pcfg = c->snap->config;
     if (c->listener < pcfg->num_listeners && pcfg->listeners[c->listener].redirect_https) {
         redirect_https(c, &req, &pcfg->listeners[c->listener]);
         return;
     }
-    if (pcfg->preview_token[0])
-        c->forced = preview_backend(c->snap, &req);
-    int pinned = -1;
-    if (c->snap->method == TD_METHOD_STICKY) {
-        const td_config_t *cfg = c->snap->config;
-        for (size_t i = 0; i < req.num_headers && pinned < 0; i++) {
-            td_str_t be;
-            if (td_http1_name_is(req.headers[i].name, "cookie") &&
-                td_sticky_parse(&c->snap->sticky_key, req.headers[i].value, cfg->cookie_name,
-                                td_wall_ms() / 1000, &be))
-                pinned = td_snapshot_find_backend(c->snap, be.p, be.len);
-        }
-        if (pinned >= 0)
-            td_router_pin_seen(c->snap->backends[pinned].st, td_now_ms());
-    }
-    c->pinned = pinned;
+    c->forced = td_router_preview(c->snap, &req);
+    c->pinned = td_router_sticky_pin(c->snap, &req, td_wall_ms() / 1000, td_now_ms());
     if (body_buffer_start(c))
         return;
     /* A pooled connection takes the head at once, as parsed: build_request_head may use it. */
@@ -1142,31 +889,8 @@ static void start_request(client_t *c) {
  * Request: client -> upstream */
 
 /* Builds the request head for the upstream into the worker's scratch area from the client's head
- * bytes (re-parsed: the head is still at the start of c->buf). Returns its length, or -1. */
-/* Field lines that pass through unchanged are copied as they came, one copy per run of
- * consecutive kept lines (lines are contiguous in the buffer): a kept line opens or extends the
- * run; flush_fields copies it up to `stop` (the start of a line not kept, or the head's final
- * CRLF). */
-static void keep_field(const char **run, td_str_t name) {
-    if (!*run)
-        *run = name.p;
-}
-
-/* "Content-Length: N" as one field: identical values sent as a list or in several field lines
- * are merged (RFC 9110 §8.6), so the next hop never has to choose between them. */
-static void add_content_length(char **p, const char *end, uint64_t n) {
-    char f[48];
-    int fl = snprintf(f, sizeof(f), "Content-Length: %llu\r\n", (unsigned long long)n);
-    add_str(p, end, f, (size_t)fl);
-}
-
-static void flush_fields(const char **run, char **p, const char *end, const char *stop) {
-    if (*run) {
-        add_str(p, end, *run, (size_t)(stop - *run));
-        *run = NULL;
-    }
-}
-
+ * bytes (re-parsed unless the head is being sent as it was just parsed: it is still at the start
+ * of c->buf). Returns its length, or -1. */
 static int build_request_head(client_t *c) {
     worker_t *w = c->w;
     td_http1_request_t req;
@@ -1174,101 +898,25 @@ static int build_request_head(client_t *c) {
         req = *w->parsed; /* still in w->hdrs: the head is being sent as it was parsed */
     else if (td_http1_parse_request(c->buf, c->head_len, &limits, &req, w->hdrs, MAX_HDRS) <= 0)
         return -1;
-    char *p = w->scratch, *end = w->scratch + sizeof(w->scratch);
-    /* absolute-form ("GET http://example.com/x"): the target's authority is the host (RFC 9112
-     * §3.2.2) and the upstream gets origin-form, so Host and target can never disagree. */
-    td_str_t target = req.target, authority = {NULL, 0};
-    const char *scheme_end = target.len > 7 && target.p[0] != '/'
-                                 ? memmem(target.p, target.len, "://", 3)
-                                 : NULL;
-    if (scheme_end) {
-        const char *a = scheme_end + 3, *tend = target.p + target.len;
-        const char *slash = memchr(a, '/', (size_t)(tend - a));
-        const char *q = memchr(a, '?', (size_t)(tend - a));
-        const char *stop = slash && (!q || slash < q) ? slash : q ? q : tend;
-        authority = (td_str_t){a, (size_t)(stop - a)};
-        target = (td_str_t){stop, (size_t)(tend - stop)};
-    }
-    ADD_STR(&p, end, req.method);
-    ADD_LIT(&p, end, " ");
-    if (scheme_end && (!target.len || target.p[0] != '/'))
-        ADD_LIT(&p, end, "/"); /* "http://a" or "http://a?q" */
-    ADD_STR(&p, end, target);
-    ADD_LIT(&p, end, " HTTP/1.1\r\n");
-    td_str_t host = authority.len ? authority : req.host;
-    td_str_t conn = {NULL, 0};
-    if (req.conn_flags & TD_CONN_OTHER)
-        conn = find_header(req.headers, req.num_headers, "connection");
-    const td_config_t *cfg = c->snap ? c->snap->config : NULL;
-    td_str_t xff = {NULL, 0};
-    const char *run = NULL;
-    for (size_t i = 0; i < req.num_headers; i++) {
-        td_str_t n = req.headers[i].name;
-        int drop = hop_by_hop(n) ||
-                   ((req.conn_flags & TD_CONN_OTHER) && connection_listed(conn, n)) ||
-                   (cfg && preview_field(cfg, n)) ||
-                   (n.len == 17 && td_http1_name_is(n, "x-forwarded-proto")) ||
-                   (n.len == 16 && td_http1_name_is(n, "x-forwarded-host")) ||
-                   (authority.len && n.len == 4 && td_http1_name_is(n, "host")) ||
-                   (req.content_length_repeated && n.len == 14 &&
-                    td_http1_name_is(n, "content-length")) ||
-                   (c->continued && n.len == 6 && td_http1_name_is(n, "expect"));
-        if (!drop && n.len == 15 && td_http1_name_is(n, "x-forwarded-for")) {
-            xff = req.headers[i].value; /* appended to below */
-            drop = 1;
-        }
-        if (drop)
-            flush_fields(&run, &p, end, n.p);
-        else
-            keep_field(&run, n);
-    }
-    flush_fields(&run, &p, end, c->buf + c->head_len - 2);
-    if (req.body == TD_BODY_CHUNKED)
-        ADD_LIT(&p, end, "Transfer-Encoding: chunked\r\n");
-    if (req.content_length_repeated)
-        add_content_length(&p, end, req.content_length);
-    if (c->upgrade) {
-        td_str_t up = find_header(req.headers, req.num_headers, "upgrade");
-        ADD_LIT(&p, end, "Connection: upgrade\r\nUpgrade: ");
-        ADD_STR(&p, end, up);
-        ADD_LIT(&p, end, "\r\n");
-    }
-    if (authority.len) {
-        ADD_LIT(&p, end, "Host: ");
-        ADD_STR(&p, end, authority);
-        ADD_LIT(&p, end, "\r\n");
-    } else if (!req.host.len && c->snap && c->backend >= 0 && c->server >= 0) {
-        /* HTTP/1.0 without Host: an HTTP/1.1 request needs one (RFC 9112 §3.2). */
-        const char *a = c->snap->backends[c->backend].servers[c->server].addr.text;
-        ADD_LIT(&p, end, "Host: ");
-        add_str(&p, end, a, strlen(a));
-        ADD_LIT(&p, end, "\r\n");
-    }
-    ADD_LIT(&p, end, "X-Forwarded-For: ");
-    if (xff.len) {
-        ADD_STR(&p, end, xff);
-        ADD_LIT(&p, end, ", ");
-    }
-    add_str(&p, end, c->ip, strlen(c->ip));
-    if (c->tls)
-        ADD_LIT(&p, end, "\r\nX-Forwarded-Proto: https\r\n");
-    else
-        ADD_LIT(&p, end, "\r\nX-Forwarded-Proto: http\r\n");
-    if (host.len) {
-        ADD_LIT(&p, end, "X-Forwarded-Host: ");
-        ADD_STR(&p, end, host);
-        ADD_LIT(&p, end, "\r\n");
-    }
-    ADD_LIT(&p, end, "\r\n");
-    if (p > end)
-        return -1;
-    return (int)(p - w->scratch);
+    td_rewrite_request_t r = {
+        .req = &req,
+        .head_end = c->buf + c->head_len,
+        .preview_header = c->snap ? c->snap->config->preview_header : NULL,
+        .client_ip = c->ip,
+        .default_host = c->snap && c->backend >= 0 && c->server >= 0
+                            ? c->snap->backends[c->backend].servers[c->server].addr.text
+                            : NULL,
+        .https = td_stream_is_tls(&c->io),
+        .upgrade = c->upgrade,
+        .drop_expect = c->continued,
+    };
+    return td_rewrite_request(&r, w->scratch, sizeof(w->scratch));
 }
 
 /* Upstream timeouts are deadlines on the worker's clock too: a timer per request costs more than
  * the rest of the exchange's bookkeeping. */
-static void upstream_timer(upstream_t *u, int ms) {
-    u->deadline = (int64_t)uv_now(&u->w->loop) + ms;
+static void upstream_timer(upstream_t *u, int which, int ms) {
+    td_timeout_arm(&u->w->tq[which], &u->tmo, (int64_t)uv_now(&u->w->loop), ms);
 }
 
 static void request_written(client_t *c);
@@ -1280,8 +928,8 @@ enum { F_CONNECT, F_IO, F_TIMEOUT, F_PROTOCOL, F_LOCAL };
 /* 1 for the errors of td's own resources, not the upstream's: they are not passive failures
  * and retrying them on another server would only repeat them. */
 static int local_error(int err) {
-    return err == UV_EMFILE || err == UV_ENFILE || err == UV_ENOMEM || err == UV_ENOBUFS ||
-           err == UV_EADDRNOTAVAIL;
+    return err == -EMFILE || err == -ENFILE || err == -ENOMEM || err == -ENOBUFS ||
+           err == -EADDRNOTAVAIL;
 }
 
 /* Logs a local resource error at most once a second per worker (under fd exhaustion every
@@ -1299,15 +947,14 @@ static void local_error_log(worker_t *w, const char *what) {
     w->local_err_quiet = 0;
 }
 
-static void upstream_write_cb(uv_write_t *req, int status) {
-    upstream_t *u = req->data;
+static void upstream_write_cb(td_stream_t *s, int status) {
+    upstream_t *u = td_stream_owner(s);
     u->writing = 0;
-    free(req);
     if (u->state == U_CLOSING)
         return;
     if (status < 0) {
         if (u->c)
-            upstream_fail(u, uv_strerror(status), F_IO);
+            upstream_fail(u, td_stream_strerror(s, status), F_IO);
         else
             upstream_close(u);
         return;
@@ -1321,13 +968,13 @@ static void upstream_write_cb(uv_write_t *req, int status) {
 static void request_send(client_t *c) {
     upstream_t *u = c->up;
     while (u && u->state == U_BUSY && !u->writing && c->state != C_CLOSING) {
-        uv_buf_t iov[2];
+        td_iov_t iov[2];
         unsigned n = 0;
         int volatile_first = 0;
         if (c->state == C_TUNNEL) {
             if (c->len == 0)
                 return;
-            iov[n++] = uv_buf_init(c->buf, c->len);
+            iov[n++] = td_iov(c->buf, c->len);
         } else {
             if (!c->head_sent) {
                 int hl = build_request_head(c);
@@ -1336,28 +983,27 @@ static void request_send(client_t *c) {
                     client_error(c, 400, "request head cannot be forwarded");
                     return;
                 }
-                iov[n++] = uv_buf_init(c->w->scratch, (unsigned)hl);
+                iov[n++] = td_iov(c->w->scratch, (unsigned)hl);
                 volatile_first = 1;
                 c->fwd = c->head_len;
                 c->head_sent = 1;
             }
             if (c->req_end > c->fwd) {
-                iov[n++] = uv_buf_init(c->buf + c->fwd, c->req_end - c->fwd);
+                iov[n++] = td_iov(c->buf + c->fwd, c->req_end - c->fwd);
                 c->body_sent = 1;
             }
             if (n == 0)
                 return;
         }
-        int r = send_iov((uv_stream_t *)&u->tcp, u, iov, n, volatile_first, upstream_write_cb,
-                         u->tls);
+        int r = td_stream_write(&u->io, iov, n, volatile_first, upstream_write_cb);
         if (r < 0) {
-            upstream_fail(u, uv_strerror(r), F_IO);
+            upstream_fail(u, td_stream_strerror(&u->io, r), F_IO);
             return;
         }
         if (r == 1) {
             u->writing = 1;
             client_read(c, 0);
-            c->deadline = 0; /* waiting on the upstream is not the client's delay */
+            td_timeout_stop(&c->tmo); /* waiting on the upstream is not the client's delay */
             return;
         }
         request_written(c);
@@ -1376,7 +1022,7 @@ static void request_written(client_t *c) {
     }
     c->fwd = c->req_end;
     if (c->up && c->req_done)
-        upstream_timer(c->up, timeout_ms(c, T_RESPONSE));
+        upstream_timer(c->up, T_RESPONSE, timeout_ms(c, T_RESPONSE));
     if (!c->req_done) {
         /* Body still coming: make room, giving up replay only when the buffer runs short. */
         if (c->cap - c->len < 4096) {
@@ -1389,38 +1035,18 @@ static void request_written(client_t *c) {
     }
     /* The whole request is out. The client stays readable (no epoll change per request): a
      * pipelined request that comes now stops reading until this exchange ends. */
-    c->deadline = 0;
+    td_timeout_stop(&c->tmo);
 }
 
 static void client_got(client_t *c, size_t nread);
 
-/* Decrypts what the client's TLS holds into c->buf, as long as the client is being read. */
-static void client_tls_pump(client_t *c) {
-    while (c->state != C_CLOSING && c->reading) {
-        if (client_buf_get(c) < 0) {
-            client_close(c);
-            return;
-        }
-        long n = td_tls_read(c->tls, c->buf + c->len, c->cap - c->len);
-        if (tls_send((uv_stream_t *)&c->tcp, NULL, c->tls, NULL) < 0 || n < 0) {
-            if (n < 0 && strcmp(c->tls->error, "closed") != 0)
-                td_info("TLS from %s: %s", c->ip, c->tls->error);
-            client_close(c);
-            return;
-        }
-        if (n == 0)
-            return;
-        client_got(c, (size_t)n);
-    }
-}
-
-static void client_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
-    client_t *c = s->data;
-    if (nread == UV_ENOBUFS) { /* buffer full: wait until the exchange makes room */
+static void client_read_cb(td_stream_t *s, long nread) {
+    client_t *c = td_stream_owner(s);
+    if (nread == -ENOBUFS) { /* buffer full: wait until the exchange makes room */
         client_read(c, 0);
         return;
     }
-    if (nread == UV_EOF && c->state == C_EXCHANGE && c->req_done) {
+    if (nread == TD_STREAM_EOF && c->state == C_EXCHANGE && c->req_done) {
         /* Half-close after a whole request: answer it and any pipelined ones already read,
          * then close. */
         c->eof = 1;
@@ -1428,18 +1054,11 @@ static void client_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
         return;
     }
     if (nread < 0) {
-        if (c->state == C_HEAD && c->len > 0)
+        if (nread == TD_STREAM_ETLS)
+            td_info("TLS from %s: %s", c->ip, td_stream_tls_error(s));
+        else if (c->state == C_HEAD && c->len > 0 && nread != TD_STREAM_CLOSE_NOTIFY)
             td_debug("client %s closed with an incomplete request head", c->ip);
         client_close(c);
-        return;
-    }
-    if (nread == 0)
-        return;
-    if (c->tls) {
-        if (td_tls_feed(c->tls, b->base, (size_t)nread) < 0)
-            client_close(c);
-        else
-            client_tls_pump(c);
         return;
     }
     client_got(c, (size_t)nread);
@@ -1451,7 +1070,7 @@ static void client_got(client_t *c, size_t nread) {
     if (c->state == C_HEAD) {
         if (c->len == (uint32_t)nread)
             client_timer(c, T_HEADER); /* first byte of a request: the head timeout starts */
-        start_request(c);
+        client_process(c);
         return;
     }
     if (c->state == C_EXCHANGE) {
@@ -1483,13 +1102,9 @@ static void client_got(client_t *c, size_t nread) {
 /* ---------------------------------------------------------------------------------------------
  * Upstream connections and pools */
 
-static void upstream_free_cb(uv_handle_t *h) {
-    upstream_t *u = h->data;
+static void upstream_free_cb(td_stream_t *s) {
+    upstream_t *u = td_stream_owner(s);
     free(u->buf);
-    if (u->tls) {
-        td_tls_free(u->tls);
-        free(u->tls);
-    }
     free(u);
 }
 
@@ -1511,20 +1126,13 @@ static void upstream_close(upstream_t *u) {
     if (u->state == U_IDLE)
         pool_remove(u);
     u->state = U_CLOSING;
-    if (u->tls_queued)
-        for (upstream_t **pp = &u->w->tls_upstreams; *pp; pp = &(*pp)->tls_next)
-            if (*pp == u) {
-                *pp = u->tls_next;
-                break;
-            }
     if (u->c) {
         u->c->up = NULL;
         u->c = NULL;
     }
     atomic_fetch_sub_explicit(&u->st->active_connections, 1, memory_order_relaxed);
-    if (u->tls)
-        tls_close_notify((uv_stream_t *)&u->tcp, u->tls);
-    uv_close((uv_handle_t *)&u->tcp, upstream_free_cb);
+    td_timeout_stop(&u->tmo);
+    td_stream_close(&u->io, upstream_free_cb);
 }
 
 static pool_t *pool_of(worker_t *w, td_server_stats_t *st) {
@@ -1540,39 +1148,23 @@ static pool_t *pool_of(worker_t *w, td_server_stats_t *st) {
     return p;
 }
 
-static void upstream_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *out) {
-    (void)hint;
-    upstream_t *u = h->data;
-    if (u->tls) {
-        *out = uv_buf_init(u->w->cipher, sizeof(u->w->cipher));
+static void upstream_alloc_cb(td_stream_t *s, char **buf, size_t *cap) {
+    upstream_t *u = td_stream_owner(s);
+    if (!u->buf && !(u->buf = malloc(UBUF_SIZE)))
         return;
-    }
-    if (!u->buf) {
-        u->buf = malloc(UBUF_SIZE);
-        if (!u->buf) {
-            *out = uv_buf_init(NULL, 0);
-            return;
-        }
-    }
-    *out = uv_buf_init(u->buf + u->len, UBUF_SIZE - u->len);
+    *buf = u->buf + u->len;
+    *cap = UBUF_SIZE - u->len;
 }
 
-static void upstream_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b);
+static void upstream_read_cb(td_stream_t *s, long nread);
 
 static void upstream_read(upstream_t *u, int on) {
-    if (u->state == U_CLOSING || u->reading == on)
+    if (u->state == U_CLOSING)
         return;
-    u->reading = (uint8_t)on;
     if (on)
-        uv_read_start((uv_stream_t *)&u->tcp, upstream_alloc_cb, upstream_read_cb);
+        td_stream_read_start(&u->io, upstream_alloc_cb, upstream_read_cb);
     else
-        uv_read_stop((uv_stream_t *)&u->tcp);
-    if (on && u->tls && !u->tls_queued && td_tls_has_input(u->tls)) {
-        u->tls_queued = 1;
-        u->tls_next = u->w->tls_upstreams;
-        u->w->tls_upstreams = u;
-        tls_wake(u->w);
-    }
+        td_stream_read_stop(&u->io);
 }
 
 /* Parks an upstream connection whose exchange ended cleanly in its server's pool. */
@@ -1587,7 +1179,7 @@ static void pool_put(upstream_t *u) {
     u->next = u->pool->idle;
     u->pool->idle = u;
     u->pool->num_idle++;
-    upstream_timer(u, POOL_IDLE_MS);
+    upstream_timer(u, T_POOL, POOL_IDLE_MS);
     upstream_read(u, 1); /* to notice the server closing it */
 }
 
@@ -1603,34 +1195,34 @@ static void upstream_attach(upstream_t *u, client_t *c) {
     /* The response timeout runs once the whole request is sent; while the body comes, the
      * client's body timeout applies (a stalled client gets 408, not the backend a 504). */
     if (c->req_done)
-        upstream_timer(u, timeout_ms(c, T_RESPONSE));
+        upstream_timer(u, T_RESPONSE, timeout_ms(c, T_RESPONSE));
     else
-        u->deadline = 0;
+        td_timeout_stop(&u->tmo);
     upstream_read(u, 1);
     request_send(c);
 }
 
-static void upstream_tls_pump(upstream_t *u);
-
-static void upstream_connect_cb(uv_connect_t *req, int status) {
-    upstream_t *u = req->data;
+/* Connected (and, to a TLS backend, the handshake done): the exchange starts. The connect
+ * timeout covers the handshake too. */
+static void upstream_connect_cb(td_stream_t *s, int status) {
+    upstream_t *u = td_stream_owner(s);
     if (u->state == U_CLOSING)
         return;
     if (status < 0) {
-        if (u->c)
-            upstream_fail(u, uv_strerror(status), local_error(status) ? F_LOCAL : F_CONNECT);
-        else
+        if (!u->c) {
             upstream_close(u);
+        } else if (status == TD_STREAM_ETLS) {
+            char why[200];
+            snprintf(why, sizeof(why), "TLS handshake: %s", td_stream_tls_error(s));
+            upstream_fail(u, why, F_CONNECT);
+        } else {
+            upstream_fail(u, td_stream_strerror(s, status),
+                          local_error(status) ? F_LOCAL : F_CONNECT);
+        }
         return;
     }
     if (!u->c) {
         upstream_close(u);
-        return;
-    }
-    uv_tcp_nodelay(&u->tcp, 1);
-    if (u->tls) { /* the handshake first; upstream_tls_pump attaches when it is done */
-        upstream_read(u, 1);
-        upstream_tls_pump(u);
         return;
     }
     upstream_attach(u, u->c);
@@ -1661,24 +1253,19 @@ static void upstream_open(client_t *c, td_snap_server_t *srv) {
     u->w = w;
     u->pool = pool;
     u->st = srv->st;
-    u->tcp.data = u->creq.data = u;
-    uv_tcp_init(&w->loop, &u->tcp);
+    td_stream_init(&u->io, &w->sl, u);
     atomic_fetch_add_explicit(&u->st->active_connections, 1, memory_order_relaxed);
     u->state = U_CONNECTING;
     u->c = c;
     c->up = u;
-    td_tls_client_t *tls = c->snap->backends[c->backend].tls;
-    if (tls && (!(u->tls = calloc(1, sizeof(*u->tls))) || td_tls_connect(u->tls, tls) < 0)) {
-        upstream_fail(u, "out of memory", F_LOCAL);
-        return;
-    }
-    int r = uv_tcp_connect(&u->creq, &u->tcp, (const struct sockaddr *)&srv->addr.sa,
-                           upstream_connect_cb);
+    int r = td_stream_connect(&u->io, (const struct sockaddr *)&srv->addr.sa,
+                              c->snap->backends[c->backend].tls, upstream_connect_cb);
     if (r < 0) {
-        upstream_fail(u, uv_strerror(r), local_error(r) ? F_LOCAL : F_CONNECT);
+        upstream_fail(u, r == -ENOMEM ? "out of memory" : td_stream_strerror(NULL, r),
+                      local_error(r) ? F_LOCAL : F_CONNECT);
         return;
     }
-    upstream_timer(u, timeout_ms(c, T_CONNECT));
+    upstream_timer(u, T_CONNECT, timeout_ms(c, T_CONNECT));
 }
 
 /* An upstream's deadline passed. */
@@ -1827,8 +1414,9 @@ static void pick_and_connect(client_t *c) {
         }
         c->backend = bi;
         c->server = si;
-        if (s->method == TD_METHOD_STICKY && bi != c->pinned && c->forced < 0)
-            c->sticky_set = bi;
+        int pin = td_router_sticky_set(s, bi, c->pinned, c->forced);
+        if (pin >= 0)
+            c->sticky_set = pin;
         td_snap_server_t *srv = &b->servers[si];
         c->st_inflight = srv->st;
         atomic_fetch_add_explicit(&srv->st->in_flight, 1, memory_order_relaxed);
@@ -1841,79 +1429,32 @@ static void pick_and_connect(client_t *c) {
 /* ---------------------------------------------------------------------------------------------
  * Response: upstream -> client */
 
-/* Builds the response head for the client into the scratch area. */
+/* Builds the response head for the client into the scratch area, with the sticky cookie the
+ * router asks for. */
 static int build_response_head(upstream_t *u, client_t *c, const td_http1_response_t *resp,
                                const char *head_end) {
-    char *p = c->w->scratch, *end = c->w->scratch + sizeof(c->w->scratch);
-    char line[13] = "HTTP/1.1 000 ";
-    line[9] = (char)('0' + resp->status / 100 % 10);
-    line[10] = (char)('0' + resp->status / 10 % 10);
-    line[11] = (char)('0' + resp->status % 10);
-    add_str(&p, end, line, sizeof(line));
-    ADD_STR(&p, end, resp->reason);
-    ADD_LIT(&p, end, "\r\n");
-    td_str_t conn = {NULL, 0};
-    if (resp->conn_flags & TD_CONN_OTHER)
-        conn = find_header(resp->headers, resp->num_headers, "connection");
-    int switching = resp->status == 101;
-    const char *run = NULL;
-    for (size_t i = 0; i < resp->num_headers; i++) {
-        td_str_t h = resp->headers[i].name;
-        /* Upgrade stays on a 101: it names the protocol switched to. Transfer-Encoding passes
-         * as it came (with every coding it lists) when the chunked body is passed through. */
-        int keep_te = !u->dechunk && h.len == 17 && td_http1_name_is(h, "transfer-encoding");
-        int drop = !(switching && h.len == 7 && td_http1_name_is(h, "upgrade")) && !keep_te &&
-                   (hop_by_hop(h) ||
-                    ((resp->conn_flags & TD_CONN_OTHER) && connection_listed(conn, h)) ||
-                    (resp->content_length_repeated && h.len == 14 &&
-                     td_http1_name_is(h, "content-length")));
-        if (drop)
-            flush_fields(&run, &p, end, h.p);
-        else
-            keep_field(&run, h);
-    }
-    flush_fields(&run, &p, end, head_end - 2);
-    if (resp->content_length_repeated)
-        add_content_length(&p, end, resp->content_length);
-    if (resp->status >= 200) {
-        if (c->sticky_set >= 0 && c->snap) {
-            const td_config_t *cfg = c->snap->config;
-            char v[160];
-            int64_t expiry = td_wall_ms() / 1000 + cfg->cookie_max_age_s;
-            if (td_sticky_make(&c->snap->sticky_key, v, sizeof(v),
-                               c->snap->backends[c->sticky_set].name, expiry)) {
-                static const char *const same_site[] = {"Lax", "Strict", "None"};
-                int secure = cfg->cookie_secure == TD_COOKIE_SECURE_ALWAYS ||
-                             (cfg->cookie_secure == TD_COOKIE_SECURE_AUTO && c->tls);
-                char cookie[360];
-                int cl = snprintf(cookie, sizeof(cookie),
-                                  "Set-Cookie: %s=%s; Max-Age=%d; Path=/%s%s; SameSite=%s\r\n",
-                                  cfg->cookie_name, v, cfg->cookie_max_age_s,
-                                  cfg->cookie_http_only ? "; HttpOnly" : "",
-                                  secure ? "; Secure" : "", same_site[cfg->cookie_same_site]);
-                add_str(&p, end, cookie, (size_t)cl);
-            }
-        }
-        if (!c->keep_alive)
-            ADD_LIT(&p, end, "Connection: close\r\n");
-        else if (c->minor == 0)
-            ADD_LIT(&p, end, "Connection: keep-alive\r\n");
-    } else if (switching) {
-        ADD_LIT(&p, end, "Connection: upgrade\r\n");
-    }
-    ADD_LIT(&p, end, "\r\n");
-    if (p > end)
-        return -1;
-    return (int)(p - c->w->scratch);
+    char cookie[360];
+    size_t cl = 0;
+    if (resp->status >= 200 && c->sticky_set >= 0 && c->snap)
+        cl = td_router_sticky_cookie(c->snap, c->sticky_set, td_stream_is_tls(&c->io),
+                                     td_wall_ms() / 1000, cookie, sizeof(cookie));
+    td_rewrite_response_t r = {
+        .resp = resp,
+        .head_end = head_end,
+        .set_cookie = cl ? cookie : NULL,
+        .pass_te = !u->dechunk,
+        .keep_alive = c->keep_alive,
+        .minor = c->minor,
+    };
+    return td_rewrite_response(&r, c->w->scratch, sizeof(c->w->scratch));
 }
 
 static int response_written(upstream_t *u);
 
-static void client_write_done_cb(uv_write_t *req, int status) {
-    client_t *c = req->data;
+static void client_write_done_cb(td_stream_t *s, int status) {
+    client_t *c = td_stream_owner(s);
     c->writing = 0;
-    c->send_deadline = 0;
-    free(req);
+    td_timeout_stop(&c->send_tmo);
     if (c->state == C_CLOSING)
         return;
     if (status < 0) {
@@ -1972,7 +1513,7 @@ static void exchange_done(upstream_t *u) {
 static void response_pump(upstream_t *u) {
     client_t *c = u->c;
     while (c && !u->writing && !c->writing && u->state == U_BUSY && c->state != C_CLOSING) {
-        uv_buf_t iov[MAX_SPANS + 1];
+        td_iov_t iov[MAX_SPANS + 1];
         unsigned n = 0;
         int volatile_first = 0;
         if (u->tunnel) {
@@ -1980,7 +1521,7 @@ static void response_pump(upstream_t *u) {
                 upstream_read(u, 1);
                 return;
             }
-            iov[n++] = uv_buf_init(u->buf + u->off, u->len - u->off);
+            iov[n++] = td_iov(u->buf + u->off, u->len - u->off);
             u->off = u->len;
         } else {
             if (!u->head_done) {
@@ -2051,7 +1592,7 @@ static void response_pump(upstream_t *u) {
                 }
                 if (u->head_done)
                     c->status = u->status;
-                iov[n++] = uv_buf_init(c->w->scratch, (unsigned)hl);
+                iov[n++] = td_iov(c->w->scratch, (unsigned)hl);
                 volatile_first = 1;
             }
             if (u->head_done && !u->tunnel) {
@@ -2061,7 +1602,7 @@ static void response_pump(upstream_t *u) {
                 } else if (u->resp_body == TD_BODY_LENGTH) {
                     uint32_t take = avail < u->body_left ? avail : (uint32_t)u->body_left;
                     if (take)
-                        iov[n++] = uv_buf_init(u->buf + u->off, take);
+                        iov[n++] = td_iov(u->buf + u->off, take);
                     u->off += take;
                     u->body_left -= take;
                     u->resp_done = u->body_left == 0;
@@ -2077,14 +1618,14 @@ static void response_pump(upstream_t *u) {
                     }
                     if (u->dechunk) {
                         for (size_t i = 0; i < ns; i++)
-                            iov[n++] = uv_buf_init((char *)spans[i].p, (unsigned)spans[i].len);
+                            iov[n++] = td_iov((char *)spans[i].p, (unsigned)spans[i].len);
                     } else if (used) {
-                        iov[n++] = uv_buf_init(u->buf + u->off, (unsigned)used);
+                        iov[n++] = td_iov(u->buf + u->off, (unsigned)used);
                     }
                     u->off += (uint32_t)used;
                     u->resp_done = (uint8_t)done;
                 } else if (avail) { /* until close */
-                    iov[n++] = uv_buf_init(u->buf + u->off, avail);
+                    iov[n++] = td_iov(u->buf + u->off, avail);
                     u->off += avail;
                 }
             }
@@ -2099,8 +1640,7 @@ static void response_pump(upstream_t *u) {
             c->resp_sent = 1; /* a head goes out: td can no longer answer with its own status */
         for (unsigned i = 0; i < n; i++)
             c->bytes_out += iov[i].len;
-        int r = send_iov((uv_stream_t *)&c->tcp, c, iov, n, volatile_first, client_write_done_cb,
-                         c->tls);
+        int r = td_stream_write(&c->io, iov, n, volatile_first, client_write_done_cb);
         if (r < 0) {
             client_close(c);
             return;
@@ -2108,7 +1648,7 @@ static void response_pump(upstream_t *u) {
         if (r == 1) {
             client_send_wait(c);
             upstream_read(u, 0); /* backpressure: a slow client stops the upstream */
-            u->deadline = 0;     /* and its response timeout, until the client takes the bytes */
+            td_timeout_stop(&u->tmo);     /* and its response timeout, until the client takes the bytes */
             return;
         }
         if (!response_written(u))
@@ -2128,11 +1668,17 @@ static int response_written(upstream_t *u) {
          * its backend from now on, no longer as a request in flight. */
         c->state = C_TUNNEL;
         c->b_tunnel = c->b_inflight;
-        if (c->b_tunnel)
+        if (c->b_tunnel) {
             atomic_fetch_add_explicit(&c->b_tunnel->tunnels, 1, memory_order_relaxed);
+            c->tun_prev = NULL;
+            c->tun_next = c->w->tunnels;
+            if (c->tun_next)
+                c->tun_next->tun_prev = c;
+            c->w->tunnels = c;
+        }
         end_exchange(c);
-        c->deadline = 0;
-        u->deadline = 0;
+        td_timeout_stop(&c->tmo);
+        td_timeout_stop(&u->tmo);
         if (c->len > c->req_end) {
             memmove(c->buf, c->buf + c->req_end, c->len - c->req_end);
             c->len -= c->req_end;
@@ -2152,72 +1698,20 @@ static int response_written(upstream_t *u) {
     /* The response timeout stopped while the client was taking the bytes: it starts again
      * (after an interim response only once the whole request is sent). */
     if (!u->tunnel && (u->head_done || c->req_done))
-        upstream_timer(u, timeout_ms(c, T_RESPONSE));
+        upstream_timer(u, T_RESPONSE, timeout_ms(c, T_RESPONSE));
     upstream_read(u, 1);
     return u->off < u->len && u->c && u->state == U_BUSY;
 }
 
-static void upstream_got(upstream_t *u, ssize_t nread);
+static void upstream_got(upstream_t *u, long nread);
 
-/* Drives the TLS handshake to the server, then decrypts what it holds into u->buf. */
-static void upstream_tls_pump(upstream_t *u) {
-    while (u->state != U_CLOSING) {
-        long n;
-        if (u->state == U_CONNECTING) {
-            n = td_tls_read(u->tls, NULL, 0);
-            if (tls_send((uv_stream_t *)&u->tcp, NULL, u->tls, NULL) < 0 || n < 0) {
-                char why[200];
-                snprintf(why, sizeof(why), "TLS handshake: %s",
-                         n < 0 ? u->tls->error : "write failed");
-                upstream_fail(u, why, F_CONNECT);
-                return;
-            }
-            if (!td_tls_established(u->tls))
-                return;
-            if (!u->c) {
-                upstream_close(u);
-                return;
-            }
-            upstream_attach(u, u->c);
-            continue;
-        }
-        if (!u->reading)
-            return;
-        if (!u->buf && !(u->buf = malloc(UBUF_SIZE))) {
-            upstream_got(u, UV_ENOMEM);
-            return;
-        }
-        n = td_tls_read(u->tls, u->buf + u->len, UBUF_SIZE - u->len);
-        if (tls_send((uv_stream_t *)&u->tcp, NULL, u->tls, NULL) < 0 && n >= 0)
-            n = TD_EIO;
-        if (n < 0) {
-            upstream_got(u, strcmp(u->tls->error, "closed") == 0 ? UV_EOF : UV_EPROTO);
-            return;
-        }
-        if (n == 0)
-            return;
-        upstream_got(u, n);
-    }
+static void upstream_read_cb(td_stream_t *s, long nread) {
+    /* A TLS close_notify ends the response as a FIN does. */
+    upstream_got(td_stream_owner(s), nread == TD_STREAM_CLOSE_NOTIFY ? TD_STREAM_EOF : nread);
 }
 
-static void upstream_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
-    upstream_t *u = s->data;
-    if (u->tls && nread > 0) {
-        if (td_tls_feed(u->tls, b->base, (size_t)nread) < 0)
-            upstream_got(u, UV_ENOMEM);
-        else
-            upstream_tls_pump(u);
-        return;
-    }
-    if (u->tls && u->state == U_CONNECTING && nread < 0) {
-        upstream_fail(u, "TLS handshake: connection closed", F_CONNECT);
-        return;
-    }
-    upstream_got(u, nread);
-}
-
-/* nread new response bytes are at the end of u->buf (or nread is an error / UV_EOF). */
-static void upstream_got(upstream_t *u, ssize_t nread) {
+/* nread new response bytes are at the end of u->buf (or nread is an error / TD_STREAM_EOF). */
+static void upstream_got(upstream_t *u, long nread) {
     if (u->state == U_IDLE) {
         upstream_close(u); /* closed by the server, or bytes nobody asked for */
         return;
@@ -2242,12 +1736,12 @@ static void upstream_got(upstream_t *u, ssize_t nread) {
             if (!c->writing && !u->writing)
                 exchange_done(u);
         } else if (!c->resp_started) {
-            upstream_fail(u, nread == UV_EOF ? "connection closed before a response"
-                                             : uv_strerror((int)nread),
+            upstream_fail(u, nread == TD_STREAM_EOF ? "connection closed before a response"
+                                             : td_stream_strerror(&u->io, (int)nread),
                           F_IO);
         } else {
-            upstream_fail(u, nread == UV_EOF ? "connection closed mid-response"
-                                             : uv_strerror((int)nread),
+            upstream_fail(u, nread == TD_STREAM_EOF ? "connection closed mid-response"
+                                             : td_stream_strerror(&u->io, (int)nread),
                           F_IO);
         }
         return;
@@ -2257,45 +1751,13 @@ static void upstream_got(upstream_t *u, ssize_t nread) {
     u->len += (uint32_t)nread;
     c->resp_started = 1;
     if (!u->tunnel)
-        upstream_timer(u, timeout_ms(c, T_RESPONSE));
+        upstream_timer(u, T_RESPONSE, timeout_ms(c, T_RESPONSE));
     if (c->writing) {
         upstream_read(u, 0);
-        u->deadline = 0; /* the client send timeout runs: the response one restarts after it */
+        td_timeout_stop(&u->tmo); /* the client send timeout runs: the response one restarts after it */
         return;
     }
     response_pump(u);
-}
-
-/* ---------------------------------------------------------------------------------------------
- * TLS pump: connections whose TLS object holds bytes that no socket event will announce */
-
-static void tls_idle_cb(uv_idle_t *h) {
-    worker_t *w = h->data;
-    client_t *cl = w->tls_clients;
-    upstream_t *ul = w->tls_upstreams;
-    w->tls_clients = NULL;
-    w->tls_upstreams = NULL;
-    while (cl) {
-        client_t *c = cl;
-        cl = c->tls_next;
-        c->tls_queued = 0;
-        c->tls_next = NULL;
-        client_tls_pump(c);
-    }
-    while (ul) {
-        upstream_t *u = ul;
-        ul = u->tls_next;
-        u->tls_queued = 0;
-        u->tls_next = NULL;
-        upstream_tls_pump(u);
-    }
-    if (!w->tls_clients && !w->tls_upstreams)
-        uv_idle_stop(h);
-}
-
-static void tls_wake(worker_t *w) {
-    if (!uv_is_closing((uv_handle_t *)&w->tls_idle))
-        uv_idle_start(&w->tls_idle, tls_idle_cb);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -2317,34 +1779,25 @@ static void on_accept(uv_stream_t *l, int status) {
     if (!c)
         return;
     c->w = w;
-    c->tcp.data = c;
     c->backend = c->server = c->sticky_set = c->pinned = -1;
-    uv_tcp_init(&w->loop, &c->tcp);
+    td_stream_init(&c->io, &w->sl, c);
     c->next = w->clients;
     if (w->clients)
         w->clients->prev = c;
     w->clients = c;
     atomic_fetch_add(&open_clients, 1);
-    if (uv_accept(l, (uv_stream_t *)&c->tcp) < 0) {
+    if (td_stream_accept(&c->io, l) < 0) {
         client_close(c);
         return;
     }
-    uv_tcp_nodelay(&c->tcp, 1);
     c->listener = (uint8_t)((uv_tcp_t *)l - w->listeners);
     worker_refresh(w);
     td_tls_server_t *tls = w->snap ? w->snap->listener_tls[c->listener] : NULL;
-    if (tls && (!(c->tls = calloc(1, sizeof(*c->tls))) || td_tls_accept(c->tls, tls) < 0)) {
+    if (tls && td_stream_tls_accept(&c->io, tls) < 0) {
         client_close(c);
         return;
     }
-    struct sockaddr_storage ss;
-    int sl = sizeof(ss);
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
-        if (ss.ss_family == AF_INET6)
-            uv_ip6_name((struct sockaddr_in6 *)&ss, c->ip, sizeof(c->ip));
-        else
-            uv_ip4_name((struct sockaddr_in *)&ss, c->ip, sizeof(c->ip));
-    }
+    td_stream_peer_ip(&c->io, c->ip, sizeof(c->ip));
     client_timer(c, T_HEADER);
     client_read(c, 1);
 }
@@ -2356,37 +1809,30 @@ static void noop_close_cb(uv_handle_t *h) {
 /* Every TICK_MS: client deadlines. Once a second also: take a new snapshot even without
  * traffic (so idle pools of drained backends close), and close the tunnels of backends drained
  * for longer than drain_ms. */
-static void tick_cb(uv_timer_t *t) {
-    worker_t *w = t->data;
+static void tick_cb(uv_timer_t *timer) {
+    worker_t *w = timer->data;
     int64_t now_loop = (int64_t)uv_now(&w->loop);
-    for (client_t *c = w->clients, *next; c; c = next) {
-        next = c->next;
-        if (c->up && c->up->deadline && now_loop >= c->up->deadline) {
-            c->up->deadline = 0;
-            upstream_timeout(c->up); /* may close c */
-        } else if (c->send_deadline && now_loop >= c->send_deadline) {
-            client_send_timeout(c, now_loop); /* may close c */
-        } else if (c->deadline && now_loop >= c->deadline) {
-            c->deadline = 0;
-            client_timeout(c);
-        }
-    }
-    for (pool_t *p = w->pools; p; p = p->next)
-        for (upstream_t *u = p->idle, *unext; u; u = unext) {
-            unext = u->next;
-            if (u->deadline && now_loop >= u->deadline)
-                upstream_close(u);
-        }
+    td_timeout_t *t;
+    /* Upstream timeouts first: a response timeout that passed answers 504 before the client's
+     * own deadlines are looked at. */
+    static const uint8_t upstream_kinds[] = {T_CONNECT, T_RESPONSE, T_POOL};
+    for (size_t k = 0; k < sizeof(upstream_kinds); k++)
+        while ((t = td_timeout_expired(&w->tq[upstream_kinds[k]], now_loop)))
+            upstream_timeout(TD_CONTAINER_OF(t, upstream_t, tmo)); /* may close its client */
+    while ((t = td_timeout_expired(&w->tq[T_SEND], now_loop)))
+        client_send_timeout(TD_CONTAINER_OF(t, client_t, send_tmo), now_loop);
+    static const uint8_t client_kinds[] = {T_HEADER, T_KEEPALIVE};
+    for (size_t k = 0; k < sizeof(client_kinds); k++)
+        while ((t = td_timeout_expired(&w->tq[client_kinds[k]], now_loop)))
+            client_timeout(TD_CONTAINER_OF(t, client_t, tmo));
     if (++w->ticks % (1000 / TICK_MS))
         return;
     worker_refresh(w);
     if (!w->snap)
         return;
     int64_t now = td_now_ms(), drain_ms = w->snap->config->timeouts.drain_ms;
-    for (client_t *c = w->clients, *next; c; c = next) {
-        next = c->next;
-        if (c->state != C_TUNNEL || !c->b_tunnel)
-            continue;
+    for (client_t *c = w->tunnels, *next; c; c = next) {
+        next = c->tun_next;
         int64_t since = atomic_load_explicit(&c->b_tunnel->drain_since_ms, memory_order_relaxed);
         if (since && now - since >= drain_ms) {
             td_info("drain: closing a tunnel of %s from %s after %lld ms at weight 0",
@@ -2408,7 +1854,7 @@ static void drain_cb(uv_timer_t *t) {
             while (p->idle)
                 upstream_close(p->idle);
         uv_close((uv_handle_t *)t, noop_close_cb);
-        uv_close((uv_handle_t *)&w->tls_idle, noop_close_cb);
+        td_stream_loop_close(&w->sl);
     }
 }
 
@@ -2436,57 +1882,23 @@ static void wake_cb(uv_async_t *a) {
 static void worker_main(void *arg) {
     worker_t *w = arg;
     for (size_t i = 0; i < w->num_listeners; i++) {
-        uv_tcp_init(&w->loop, &w->listeners[i]);
-        w->listeners[i].data = w;
-        int r = uv_tcp_open(&w->listeners[i], w->listen_fds[i]);
-        if (r == 0) {
+        int taken;
+        int r = td_listener_start(&w->loop, &w->listeners[i], w->listen_fds[i], w, on_accept,
+                                  &taken);
+        if (taken)
             w->listen_fds[i] = -1;
-            r = uv_listen((uv_stream_t *)&w->listeners[i], 4096, on_accept);
-        }
         if (r < 0)
             td_error("worker: listen: %s", uv_strerror(r));
     }
-    uv_idle_init(&w->loop, &w->tls_idle);
-    w->tls_idle.data = w;
+    td_stream_loop_init(&w->sl, &w->loop);
+    for (int k = 0; k < T_KINDS; k++)
+        td_timeout_queue_init(&w->tq[k]);
     uv_timer_init(&w->loop, &w->tick);
     w->tick.data = w;
     uv_timer_start(&w->tick, tick_cb, TICK_MS, TICK_MS);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     td_snapshot_release(w->snap);
     w->snap = NULL;
-}
-
-/* Opens one listening socket with SO_REUSEPORT, bound but not yet listening. */
-/* 1 when some other socket already listens on the address. SO_REUSEPORT would let td share the
- * port with it silently (another td, a forgotten test run), so td refuses instead: a probe
- * bound without SO_REUSEPORT fails with EADDRINUSE then. */
-static int address_taken(const td_addr_t *a) {
-    int fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1, taken = 0;
-    if (fd < 0)
-        return 0;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(fd, (const struct sockaddr *)&a->sa, a->salen) < 0 && errno == EADDRINUSE)
-        taken = 1;
-    close(fd);
-    return taken;
-}
-
-static int listen_socket(const td_addr_t *a, int first, char *err, size_t errlen) {
-    if (first && address_taken(a)) {
-        snprintf(err, errlen, "cannot listen on %s: address already in use", a->text);
-        return -1;
-    }
-    int fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    int one = 1;
-    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
-        bind(fd, (const struct sockaddr *)&a->sa, a->salen) < 0) {
-        snprintf(err, errlen, "cannot listen on %s: %s", a->text, strerror(errno));
-        if (fd >= 0)
-            close(fd);
-        return -1;
-    }
-    return fd;
 }
 
 td_proxy_t *td_proxy_start(const td_config_t *cfg, char *err, size_t errlen) {
@@ -2499,7 +1911,7 @@ td_proxy_t *td_proxy_start(const td_config_t *cfg, char *err, size_t errlen) {
         goto nomem;
     for (size_t i = 0; i < p->num_workers; i++) {
         worker_t *w = &p->workers[i];
-        w->alog_fd = -1;
+        td_access_log_init(&w->alog);
         w->num_listeners = cfg->num_listeners;
         w->listeners = calloc(cfg->num_listeners, sizeof(uv_tcp_t));
         w->listen_fds = calloc(cfg->num_listeners, sizeof(int));
@@ -2508,7 +1920,7 @@ td_proxy_t *td_proxy_start(const td_config_t *cfg, char *err, size_t errlen) {
         for (size_t j = 0; j < cfg->num_listeners; j++)
             w->listen_fds[j] = -1;
         for (size_t j = 0; j < cfg->num_listeners; j++) {
-            w->listen_fds[j] = listen_socket(&cfg->listeners[j].address, i == 0, err, errlen);
+            w->listen_fds[j] = td_listener_bind(&cfg->listeners[j].address, i == 0, err, errlen);
             if (w->listen_fds[j] < 0)
                 goto fail;
         }
