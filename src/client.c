@@ -8,16 +8,28 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "td/access_log.h"
-#include "td/exchange.h"
 #include "td/http1.h"
 #include "td/log.h"
 #include "td/rewrite.h"
-#include "td/router.h"
 #include "td/stream.h"
 #include "td/timeout.h"
-#include "td/upstream.h"
-#include "td/worker.h"
+
+_Atomic int64_t td_client_open_count;
+
+/* Client buffers (CBUF_SIZE) come from a small per-worker cache: an idle keep-alive connection
+ * holds none, and a busy one does not cost a malloc/free pair per request. */
+static char *buf_get(worker_t *w) {
+    return w->num_cached ? w->buf_cache[--w->num_cached] : malloc(CBUF_SIZE);
+}
+
+static void buf_put(worker_t *w, char *buf) {
+    if (!buf)
+        return;
+    if (w->num_cached < (int)(sizeof(w->buf_cache) / sizeof(w->buf_cache[0])))
+        w->buf_cache[w->num_cached++] = buf;
+    else
+        free(buf);
+}
 
 static void client_process(client_t *c);
 
@@ -37,7 +49,7 @@ int td_client_timeout_ms(const client_t *c, int which) {
  * is freed rather than cached. */
 static int client_buf_get(client_t *c) {
     if (!c->buf) {
-        c->buf = td_worker_buf_get(c->w);
+        c->buf = buf_get(c->w);
         c->cap = c->buf ? CBUF_SIZE : 0;
     }
     return c->buf ? 0 : TD_ENOMEM;
@@ -45,7 +57,7 @@ static int client_buf_get(client_t *c) {
 
 static void client_buf_put(client_t *c) {
     if (c->cap == CBUF_SIZE)
-        td_worker_buf_put(c->w, c->buf);
+        buf_put(c->w, c->buf);
     else
         free(c->buf);
     c->buf = NULL;
@@ -81,8 +93,7 @@ void td_client_close(client_t *c) {
     c->state = C_CLOSING;
     if (c->started_ms && !c->status)
         c->status = 499; /* the client went away before its answer: the access log says so */
-    td_exchange_drop_upstream(c);
-    td_exchange_end(c);
+    c->cbs->on_close(c);
     if (c->b_tunnel) {
         atomic_fetch_sub_explicit(&c->b_tunnel->tunnels, 1, memory_order_relaxed);
         if (c->tun_prev)
@@ -98,7 +109,7 @@ void td_client_close(client_t *c) {
         c->w->clients = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    atomic_fetch_sub(&td_worker_open_clients, 1);
+    atomic_fetch_sub(&td_client_open_count, 1);
     td_timeout_stop(&c->tmo);
     td_timeout_stop(&c->send_tmo);
     td_stream_close(&c->io, client_free_cb);
@@ -108,7 +119,7 @@ void td_client_close(client_t *c) {
  * TICK_MS) rather than a timer handle per connection: an idle connection stays small, and the
  * tick looks only at the expired ones. */
 void td_client_timer(client_t *c, int which) {
-    td_timeout_arm(&c->w->tq[which], &c->tmo, (int64_t)uv_now(&c->w->loop), td_client_timeout_ms(c, which));
+    td_timeout_arm(&c->w->tq[which], &c->tmo, td_stream_now(&c->w->sl), td_client_timeout_ms(c, which));
 }
 
 static void client_alloc_cb(td_stream_t *s, char **buf, size_t *cap) {
@@ -160,7 +171,7 @@ int td_client_account_body(client_t *c) {
 void td_client_send_wait(client_t *c) {
     c->writing = 1;
     c->send_left = td_stream_write_queued(&c->io);
-    td_timeout_arm(&c->w->tq[T_SEND], &c->send_tmo, (int64_t)uv_now(&c->w->loop),
+    td_timeout_arm(&c->w->tq[T_SEND], &c->send_tmo, td_stream_now(&c->w->sl),
                    td_client_timeout_ms(c, T_SEND));
 }
 
@@ -196,23 +207,7 @@ void td_client_error(client_t *c, int status, const char *why) {
  * the connection stays for 3xx and 5xx when the whole request was read, else it closes.
  * `headers` are extra header lines, each ending in CRLF. */
 void td_client_reply(client_t *c, int status, const char *reason, const char *headers) {
-    /* td's own 5xx answer for a backend counts as that backend's: the one the request was
-     * routed to, or, once its retries ran out of servers, the last one it tried; a 502/503/504
-     * with no backend chosen counts under td itself. A 4xx (a client's fault, such as a body
-     * that stopped coming) does not count. */
-    if (c->snap && status >= 500) {
-        td_backend_stats_t *bst = c->backend >= 0  ? c->snap->backends[c->backend].st
-                                  : c->forced >= 0 ? c->snap->backends[c->forced].st
-                                                   : c->b_inflight;
-        if (bst) {
-            atomic_fetch_add_explicit(&bst->requests, 1, memory_order_relaxed);
-            atomic_fetch_add_explicit(&bst->responses[td_exchange_class_of(status)], 1, memory_order_relaxed);
-        }
-        td_router_count_local(bst, status, td_now_ms());
-    } else if (status >= 500) {
-        td_router_count_local(NULL, status, td_now_ms());
-    }
-    td_exchange_drop_upstream(c);
+    c->cbs->on_reply(c, status);
     /* Keep the connection for 502/503/504 when the whole request was read; close otherwise. */
     int keep = (status >= 500 || (status >= 300 && status < 400)) && c->req_done &&
                c->keep_alive && !c->w->stopping;
@@ -268,7 +263,7 @@ void td_client_timeout(client_t *c) {
 void td_client_next(client_t *c) {
     if (c->state == C_CLOSING)
         return;
-    td_exchange_end(c);
+    c->cbs->on_end(c);
     if (c->w->stopping) {
         td_client_close(c);
         return;
@@ -319,7 +314,7 @@ static void client_process(client_t *c) {
     c->processing = 1;
     do {
         c->more = 0;
-        td_exchange_start(c);
+        c->cbs->on_head(c);
     } while (c->more && c->state == C_HEAD);
     c->processing = 0;
 }
@@ -370,18 +365,12 @@ static void client_got(client_t *c, size_t nread) {
             td_client_error(c, 400, "invalid chunked body");
             return;
         }
-        if (c->buffering) {
-            td_exchange_body_buffered(c);
-            return;
-        }
-        if (!c->up || c->up->state != U_BUSY || c->up->writing)
-            td_client_read(c, 0);
-        td_exchange_request_send(c);
+        c->cbs->on_body(c);
         return;
     }
     if (c->state == C_TUNNEL) {
         td_client_read(c, 0);
-        td_exchange_request_send(c);
+        c->cbs->on_body(c);
     }
 }
 
@@ -395,24 +384,8 @@ void td_client_write_done_cb(td_stream_t *s, int status) {
         td_client_close(c);
         return;
     }
-    if (c->continue_out) { /* td's own 100 Continue is out: the body may come */
-        c->continue_out = 0;
-        if (!c->up) {
-            if (c->buffering)
-                td_client_timer(c, T_HEADER);
-            td_client_read(c, 1);
-            return;
-        }
-        if (c->up->state != U_BUSY)
-            return; /* the body is in and the upstream still connecting */
-        /* The body came and went on meanwhile: a response may be waiting for this write. */
-    }
-    if (c->up) {
-        upstream_t *u = c->up;
-        if (td_exchange_response_written(u))
-            td_exchange_response_pump(u);
+    if (c->cbs->on_written(c))
         return;
-    }
     /* An error response of td's own. */
     if (c->close_after)
         td_client_close(c);

@@ -117,7 +117,7 @@ void td_exchange_drop_upstream(client_t *c) {
     if (!u)
         return;
     c->up = NULL;
-    u->c = NULL;
+    u->owner = NULL;
     td_exchange_release_server(c);
     td_upstream_close(u);
 }
@@ -378,13 +378,12 @@ void td_exchange_request_send(client_t *c) {
             if (n == 0)
                 return;
         }
-        int r = td_stream_write(&u->io, iov, n, volatile_first, td_upstream_write_cb);
+        int r = td_upstream_write(u, iov, n, volatile_first);
         if (r < 0) {
-            td_exchange_upstream_fail(u, td_stream_strerror(&u->io, r), F_IO);
+            td_exchange_upstream_fail(u, td_upstream_strerror(u, r), F_IO);
             return;
         }
         if (r == 1) {
-            u->writing = 1;
             td_client_read(c, 0);
             td_timeout_stop(&c->tmo); /* waiting on the upstream is not the client's delay */
             return;
@@ -430,7 +429,7 @@ static const char *unreachable(const client_t *c) {
  * a connect error, or a reset/close of an idempotent request or of one none of whose bytes left),
  * else answer 502 (504 for a timeout), or just close when the response had already started. */
 void td_exchange_upstream_fail(upstream_t *u, const char *why, int kind) {
-    client_t *c = u->c;
+    client_t *c = u->owner;
     int fresh = !u->reused;
     td_server_stats_t *st = u->st;
     if (c)
@@ -494,6 +493,9 @@ void td_exchange_upstream_fail(upstream_t *u, const char *why, int kind) {
         td_client_error(c, kind == F_TIMEOUT ? 504 : 502, unreachable(c));
     }
 }
+
+static void upstream_ready(upstream_t *u);
+static const td_upstream_cbs_t upstream_cbs;
 
 /* Chooses a backend and a server for the request (or the next try) and connects. */
 static void pick_and_connect(client_t *c) {
@@ -563,7 +565,19 @@ static void pick_and_connect(client_t *c) {
         c->st_inflight = srv->st;
         atomic_fetch_add_explicit(&srv->st->in_flight, 1, memory_order_relaxed);
         atomic_fetch_add_explicit(&srv->st->requests, 1, memory_order_relaxed);
-        td_upstream_open(c, srv);
+        upstream_t *u;
+        int r = td_upstream_open(w, srv, b->tls, td_client_timeout_ms(c, T_CONNECT), c,
+                                 &upstream_cbs, &u);
+        if (!u) {
+            td_client_error(c, 502, "out of memory");
+            return;
+        }
+        c->up = u;
+        if (r == 1)
+            upstream_ready(u);
+        else if (r < 0)
+            td_exchange_upstream_fail(u, r == -ENOMEM ? "out of memory" : td_upstream_strerror(u, r),
+                                      td_upstream_local_error(r) ? F_LOCAL : F_CONNECT);
         return;
     }
 }
@@ -590,7 +604,7 @@ static int build_response_head(upstream_t *u, client_t *c, const td_http1_respon
 
 /* The exchange's response is complete and written: recycle both sides. */
 void td_exchange_done(upstream_t *u) {
-    client_t *c = u->c;
+    client_t *c = u->owner;
     worker_t *w = u->w;
     int reusable = u->resp_keep_alive && c->req_done && c->fwd == c->req_end &&
                    u->off == u->len && !u->tunnel && !w->stopping;
@@ -600,7 +614,7 @@ void td_exchange_done(upstream_t *u) {
         td_passive_success(u->st);
     td_exchange_release_server(c);
     c->up = NULL;
-    u->c = NULL;
+    u->owner = NULL;
     if (reusable)
         td_upstream_pool_put(u);
     else
@@ -613,7 +627,7 @@ void td_exchange_done(upstream_t *u) {
 
 /* Hands the response bytes in u->buf to the client, honouring its framing. */
 void td_exchange_response_pump(upstream_t *u) {
-    client_t *c = u->c;
+    client_t *c = u->owner;
     while (c && !u->writing && !c->writing && u->state == U_BUSY && c->state != C_CLOSING) {
         td_iov_t iov[MAX_SPANS + 1];
         unsigned n = 0;
@@ -735,7 +749,7 @@ void td_exchange_response_pump(upstream_t *u) {
         if (n == 0) {
             if (!td_exchange_response_written(u))
                 return;
-            c = u->c;
+            c = u->owner;
             continue;
         }
         if (volatile_first)
@@ -750,19 +764,19 @@ void td_exchange_response_pump(upstream_t *u) {
         if (r == 1) {
             td_client_send_wait(c);
             td_upstream_read(u, 0); /* backpressure: a slow client stops the upstream */
-            td_timeout_stop(&u->tmo);     /* and its response timeout, until the client takes the bytes */
+            td_upstream_timer_stop(u);     /* and its response timeout, until the client takes the bytes */
             return;
         }
         if (!td_exchange_response_written(u))
             return;
-        c = u->c;
+        c = u->owner;
     }
 }
 
 /* The bytes handed to the client so far are written. Returns 1 when buffered response bytes
  * are waiting for the pump, 0 when it has nothing to do now (reading resumed, or exchange over). */
 int td_exchange_response_written(upstream_t *u) {
-    client_t *c = u->c;
+    client_t *c = u->owner;
     if (u->off == u->len)
         u->off = u->len = 0;
     if (u->tunnel && c->state == C_EXCHANGE) {
@@ -780,7 +794,7 @@ int td_exchange_response_written(upstream_t *u) {
         }
         td_exchange_end(c);
         td_timeout_stop(&c->tmo);
-        td_timeout_stop(&u->tmo);
+        td_upstream_timer_stop(u);
         if (c->len > c->req_end) {
             memmove(c->buf, c->buf + c->req_end, c->len - c->req_end);
             c->len -= c->req_end;
@@ -802,5 +816,161 @@ int td_exchange_response_written(upstream_t *u) {
     if (!u->tunnel && (u->head_done || c->req_done))
         td_upstream_timer(u, T_RESPONSE, td_client_timeout_ms(c, T_RESPONSE));
     td_upstream_read(u, 1);
-    return u->off < u->len && u->c && u->state == U_BUSY;
+    return u->off < u->len && u->owner && u->state == U_BUSY;
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * What the upstream connection reports */
+
+/* The upstream is bound to the client (connected, or taken from the pool): the exchange starts
+ * on it. */
+static void upstream_ready(upstream_t *u) {
+    client_t *c = u->owner;
+    u->head_done = u->resp_done = u->tunnel = u->dechunk = u->interim = 0;
+    u->body_left = 0;
+    u->status = 0;
+    memset(&u->chunk, 0, sizeof(u->chunk));
+    /* The response timeout runs once the whole request is sent; while the body comes, the
+     * client's body timeout applies (a stalled client gets 408, not the backend a 504). */
+    if (c->req_done)
+        td_upstream_timer(u, T_RESPONSE, td_client_timeout_ms(c, T_RESPONSE));
+    else
+        td_upstream_timer_stop(u);
+    td_upstream_read(u, 1);
+    td_exchange_request_send(c);
+}
+
+/* Response bytes came (u->len counts them), or the connection ended. */
+static void upstream_data(upstream_t *u, long nread) {
+    client_t *c = u->owner;
+    if (nread < 0) {
+        if (u->tunnel) {
+            if (c->writing) {
+                c->close_after = 1;
+                td_exchange_drop_upstream(c);
+            } else {
+                td_client_close(c);
+            }
+        } else if (u->head_done && u->resp_body == TD_BODY_UNTIL_CLOSE) {
+            u->resp_done = 1;
+            u->resp_keep_alive = 0;
+            c->keep_alive = 0;
+            if (!c->writing && !u->writing)
+                td_exchange_done(u);
+        } else if (!c->resp_started) {
+            td_exchange_upstream_fail(u,
+                                      nread == TD_STREAM_EOF ? "connection closed before a response"
+                                                             : td_upstream_strerror(u, (int)nread),
+                                      F_IO);
+        } else {
+            td_exchange_upstream_fail(u,
+                                      nread == TD_STREAM_EOF ? "connection closed mid-response"
+                                                             : td_upstream_strerror(u, (int)nread),
+                                      F_IO);
+        }
+        return;
+    }
+    c->resp_started = 1;
+    if (!u->tunnel)
+        td_upstream_timer(u, T_RESPONSE, td_client_timeout_ms(c, T_RESPONSE));
+    if (c->writing) {
+        td_upstream_read(u, 0);
+        td_upstream_timer_stop(u); /* the client send timeout runs: the response one restarts after it */
+        return;
+    }
+    td_exchange_response_pump(u);
+}
+
+static void upstream_written(upstream_t *u) {
+    td_exchange_request_written(u->owner);
+}
+
+static void upstream_error(upstream_t *u, const char *why, int kind) {
+    if (kind == F_TIMEOUT && u->state == U_BUSY && u->tunnel)
+        return; /* a tunnel has no response timeout */
+    td_exchange_upstream_fail(u, why, kind);
+}
+
+static const td_upstream_cbs_t upstream_cbs = {
+    .on_ready = upstream_ready,
+    .on_data = upstream_data,
+    .on_written = upstream_written,
+    .on_error = upstream_error,
+};
+
+/* ---------------------------------------------------------------------------------------------
+ * What the client connection reports */
+
+static void client_head(client_t *c) {
+    td_exchange_start(c);
+}
+
+static void client_body(client_t *c) {
+    if (c->state == C_TUNNEL) {
+        td_exchange_request_send(c);
+        return;
+    }
+    if (c->buffering) {
+        td_exchange_body_buffered(c);
+        return;
+    }
+    if (!c->up || c->up->state != U_BUSY || c->up->writing)
+        td_client_read(c, 0);
+    td_exchange_request_send(c);
+}
+
+static int client_written(client_t *c) {
+    if (c->continue_out) { /* td's own 100 Continue is out: the body may come */
+        c->continue_out = 0;
+        if (!c->up) {
+            if (c->buffering)
+                td_client_timer(c, T_HEADER);
+            td_client_read(c, 1);
+            return 1;
+        }
+        if (c->up->state != U_BUSY)
+            return 1; /* the body is in and the upstream still connecting */
+        /* The body came and went on meanwhile: a response may be waiting for this write. */
+    }
+    if (!c->up)
+        return 0;
+    upstream_t *u = c->up;
+    if (td_exchange_response_written(u))
+        td_exchange_response_pump(u);
+    return 1;
+}
+
+static void client_reply(client_t *c, int status) {
+    /* td's own 5xx answer for a backend counts as that backend's: the one the request was
+     * routed to, or, once its retries ran out of servers, the last one it tried; a 502/503/504
+     * with no backend chosen counts under td itself. A 4xx (a client's fault, such as a body
+     * that stopped coming) does not count. */
+    if (c->snap && status >= 500) {
+        td_backend_stats_t *bst = c->backend >= 0  ? c->snap->backends[c->backend].st
+                                  : c->forced >= 0 ? c->snap->backends[c->forced].st
+                                                   : c->b_inflight;
+        if (bst) {
+            atomic_fetch_add_explicit(&bst->requests, 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&bst->responses[td_exchange_class_of(status)], 1, memory_order_relaxed);
+        }
+        td_router_count_local(bst, status, td_now_ms());
+    } else if (status >= 500) {
+        td_router_count_local(NULL, status, td_now_ms());
+    }
+    td_exchange_drop_upstream(c);
+    td_exchange_drop_upstream(c);
+}
+
+static void client_close(client_t *c) {
+    td_exchange_drop_upstream(c);
+    td_exchange_end(c);
+}
+
+const td_client_cbs_t td_exchange_client_cbs = {
+    .on_head = client_head,
+    .on_body = client_body,
+    .on_written = client_written,
+    .on_reply = client_reply,
+    .on_end = td_exchange_end,
+    .on_close = client_close,
+};

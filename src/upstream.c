@@ -8,21 +8,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "td/access_log.h"
-#include "td/client.h"
-#include "td/exchange.h"
-#include "td/http1.h"
 #include "td/log.h"
-#include "td/rewrite.h"
-#include "td/router.h"
 #include "td/stream.h"
 #include "td/timeout.h"
-#include "td/worker.h"
 
 /* Upstream timeouts are deadlines on the worker's clock too: a timer per request costs more than
  * the rest of the exchange's bookkeeping. */
 void td_upstream_timer(upstream_t *u, int which, int ms) {
-    td_timeout_arm(&u->w->tq[which], &u->tmo, (int64_t)uv_now(&u->w->loop), ms);
+    td_timeout_arm(&u->w->tq[which], &u->tmo, td_stream_now(&u->w->sl), ms);
+}
+
+void td_upstream_timer_stop(upstream_t *u) {
+    td_timeout_stop(&u->tmo);
 }
 
 /* 1 for the errors of td's own resources, not the upstream's: they are not passive failures
@@ -32,20 +29,31 @@ int td_upstream_local_error(int err) {
            err == -EADDRNOTAVAIL;
 }
 
-void td_upstream_write_cb(td_stream_t *s, int status) {
+const char *td_upstream_strerror(const upstream_t *u, int code) {
+    return td_stream_strerror(&u->io, code);
+}
+
+static void upstream_write_cb(td_stream_t *s, int status) {
     upstream_t *u = td_stream_owner(s);
     u->writing = 0;
     if (u->state == U_CLOSING)
         return;
-    if (status < 0) {
-        if (u->c)
-            td_exchange_upstream_fail(u, td_stream_strerror(s, status), F_IO);
-        else
+    if (!u->owner) {
+        if (status < 0)
             td_upstream_close(u);
         return;
     }
-    if (u->c)
-        td_exchange_request_written(u->c);
+    if (status < 0)
+        u->cbs->on_error(u, td_stream_strerror(s, status), F_IO);
+    else
+        u->cbs->on_written(u);
+}
+
+int td_upstream_write(upstream_t *u, td_iov_t *iov, unsigned n, int volatile_first) {
+    int r = td_stream_write(&u->io, iov, n, volatile_first, upstream_write_cb);
+    if (r == 1)
+        u->writing = 1;
+    return r;
 }
 
 static void upstream_free_cb(td_stream_t *s) {
@@ -72,10 +80,7 @@ void td_upstream_close(upstream_t *u) {
     if (u->state == U_IDLE)
         pool_remove(u);
     u->state = U_CLOSING;
-    if (u->c) {
-        u->c->up = NULL;
-        u->c = NULL;
-    }
+    u->owner = NULL;
     atomic_fetch_sub_explicit(&u->st->active_connections, 1, memory_order_relaxed);
     td_timeout_stop(&u->tmo);
     td_stream_close(&u->io, upstream_free_cb);
@@ -120,7 +125,7 @@ void td_upstream_pool_put(upstream_t *u) {
         return;
     }
     u->state = U_IDLE;
-    u->c = NULL;
+    u->owner = NULL;
     u->len = u->off = u->fwd = 0; /* the buffer stays: the next exchange needs one at once */
     u->next = u->pool->idle;
     u->pool->idle = u;
@@ -129,155 +134,93 @@ void td_upstream_pool_put(upstream_t *u) {
     td_upstream_read(u, 1); /* to notice the server closing it */
 }
 
-/* Binds the upstream to the client and starts the exchange on it. */
-static void upstream_attach(upstream_t *u, client_t *c) {
-    u->c = c;
-    c->up = u;
-    u->state = U_BUSY;
-    u->head_done = u->resp_done = u->tunnel = u->dechunk = u->interim = 0;
-    u->body_left = 0;
-    u->status = 0;
-    memset(&u->chunk, 0, sizeof(u->chunk));
-    /* The response timeout runs once the whole request is sent; while the body comes, the
-     * client's body timeout applies (a stalled client gets 408, not the backend a 504). */
-    if (c->req_done)
-        td_upstream_timer(u, T_RESPONSE, td_client_timeout_ms(c, T_RESPONSE));
-    else
-        td_timeout_stop(&u->tmo);
-    td_upstream_read(u, 1);
-    td_exchange_request_send(c);
-}
-
 /* Connected (and, to a TLS backend, the handshake done): the exchange starts. The connect
  * timeout covers the handshake too. */
 static void upstream_connect_cb(td_stream_t *s, int status) {
     upstream_t *u = td_stream_owner(s);
     if (u->state == U_CLOSING)
         return;
-    if (status < 0) {
-        if (!u->c) {
-            td_upstream_close(u);
-        } else if (status == TD_STREAM_ETLS) {
-            char why[200];
-            snprintf(why, sizeof(why), "TLS handshake: %s", td_stream_tls_error(s));
-            td_exchange_upstream_fail(u, why, F_CONNECT);
-        } else {
-            td_exchange_upstream_fail(u, td_stream_strerror(s, status),
-                          td_upstream_local_error(status) ? F_LOCAL : F_CONNECT);
-        }
-        return;
-    }
-    if (!u->c) {
+    if (!u->owner) {
         td_upstream_close(u);
         return;
     }
-    upstream_attach(u, u->c);
-}
-
-/* Gets a pooled connection to the chosen server, or starts a new one. */
-void td_upstream_open(client_t *c, td_snap_server_t *srv) {
-    worker_t *w = c->w;
-    pool_t *pool = pool_of(w, srv->st);
-    if (!pool) {
-        td_client_error(c, 502, "out of memory");
+    if (status < 0) {
+        if (status == TD_STREAM_ETLS) {
+            char why[200];
+            snprintf(why, sizeof(why), "TLS handshake: %s", td_stream_tls_error(s));
+            u->cbs->on_error(u, why, F_CONNECT);
+        } else {
+            u->cbs->on_error(u, td_stream_strerror(s, status),
+                             td_upstream_local_error(status) ? F_LOCAL : F_CONNECT);
+        }
         return;
     }
+    u->state = U_BUSY;
+    u->cbs->on_ready(u);
+}
+
+int td_upstream_open(worker_t *w, td_snap_server_t *srv, td_tls_client_t *tls, int connect_ms,
+                     void *owner, const td_upstream_cbs_t *cbs, upstream_t **out) {
+    *out = NULL;
+    pool_t *pool = pool_of(w, srv->st);
+    if (!pool)
+        return -ENOMEM;
     upstream_t *u = pool->idle;
     if (u) {
         pool->idle = u->next;
         pool->num_idle--;
         u->next = NULL;
         u->reused = 1;
-        upstream_attach(u, c);
-        return;
+        u->owner = owner;
+        u->cbs = cbs;
+        u->state = U_BUSY;
+        *out = u;
+        return 1;
     }
     u = calloc(1, sizeof(*u));
-    if (!u) {
-        td_client_error(c, 502, "out of memory");
-        return;
-    }
+    if (!u)
+        return -ENOMEM;
     u->w = w;
     u->pool = pool;
     u->st = srv->st;
     td_stream_init(&u->io, &w->sl, u);
     atomic_fetch_add_explicit(&u->st->active_connections, 1, memory_order_relaxed);
     u->state = U_CONNECTING;
-    u->c = c;
-    c->up = u;
-    int r = td_stream_connect(&u->io, (const struct sockaddr *)&srv->addr.sa,
-                              c->snap->backends[c->backend].tls, upstream_connect_cb);
-    if (r < 0) {
-        td_exchange_upstream_fail(u, r == -ENOMEM ? "out of memory" : td_stream_strerror(NULL, r),
-                      td_upstream_local_error(r) ? F_LOCAL : F_CONNECT);
-        return;
-    }
-    td_upstream_timer(u, T_CONNECT, td_client_timeout_ms(c, T_CONNECT));
+    u->owner = owner;
+    u->cbs = cbs;
+    *out = u;
+    int r = td_stream_connect(&u->io, (const struct sockaddr *)&srv->addr.sa, tls,
+                              upstream_connect_cb);
+    if (r < 0)
+        return r;
+    td_upstream_timer(u, T_CONNECT, connect_ms);
+    return 0;
 }
 
-/* An upstream's deadline passed. */
 void td_upstream_timeout(upstream_t *u) {
-    if (u->state == U_IDLE) {
+    if (u->state == U_IDLE)
         td_upstream_close(u);
-    } else if (u->state == U_CONNECTING) {
-        td_exchange_upstream_fail(u, "connect timed out", F_TIMEOUT);
-    } else if (u->state == U_BUSY && u->c && !u->tunnel) {
-        td_exchange_upstream_fail(u, "no response in time", F_TIMEOUT);
-    }
+    else if (u->state == U_CONNECTING)
+        u->cbs->on_error(u, "connect timed out", F_TIMEOUT);
+    else if (u->state == U_BUSY && u->owner)
+        u->cbs->on_error(u, "no response in time", F_TIMEOUT);
 }
-
-static void upstream_got(upstream_t *u, long nread);
 
 static void upstream_read_cb(td_stream_t *s, long nread) {
-    /* A TLS close_notify ends the response as a FIN does. */
-    upstream_got(td_stream_owner(s), nread == TD_STREAM_CLOSE_NOTIFY ? TD_STREAM_EOF : nread);
-}
-
-/* nread new response bytes are at the end of u->buf (or nread is an error / TD_STREAM_EOF). */
-static void upstream_got(upstream_t *u, long nread) {
+    upstream_t *u = td_stream_owner(s);
     if (u->state == U_IDLE) {
         td_upstream_close(u); /* closed by the server, or bytes nobody asked for */
         return;
     }
     if (u->state != U_BUSY)
         return;
-    client_t *c = u->c;
-    if (nread < 0) {
-        if (!c) {
+    if (!u->owner) {
+        if (nread < 0)
             td_upstream_close(u);
-        } else if (u->tunnel) {
-            if (c->writing) {
-                c->close_after = 1;
-                td_exchange_drop_upstream(c);
-            } else {
-                td_client_close(c);
-            }
-        } else if (u->head_done && u->resp_body == TD_BODY_UNTIL_CLOSE) {
-            u->resp_done = 1;
-            u->resp_keep_alive = 0;
-            c->keep_alive = 0;
-            if (!c->writing && !u->writing)
-                td_exchange_done(u);
-        } else if (!c->resp_started) {
-            td_exchange_upstream_fail(u, nread == TD_STREAM_EOF ? "connection closed before a response"
-                                             : td_stream_strerror(&u->io, (int)nread),
-                          F_IO);
-        } else {
-            td_exchange_upstream_fail(u, nread == TD_STREAM_EOF ? "connection closed mid-response"
-                                             : td_stream_strerror(&u->io, (int)nread),
-                          F_IO);
-        }
         return;
     }
-    if (nread == 0 || !c)
-        return;
-    u->len += (uint32_t)nread;
-    c->resp_started = 1;
-    if (!u->tunnel)
-        td_upstream_timer(u, T_RESPONSE, td_client_timeout_ms(c, T_RESPONSE));
-    if (c->writing) {
-        td_upstream_read(u, 0);
-        td_timeout_stop(&u->tmo); /* the client send timeout runs: the response one restarts after it */
-        return;
-    }
-    td_exchange_response_pump(u);
+    if (nread > 0)
+        u->len += (uint32_t)nread;
+    /* A TLS close_notify ends the response as a FIN does. */
+    u->cbs->on_data(u, nread == TD_STREAM_CLOSE_NOTIFY ? TD_STREAM_EOF : nread);
 }

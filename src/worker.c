@@ -23,26 +23,11 @@
 #include "td/upstream.h"
 #include "td/proxy.h"
 
-_Atomic int64_t td_worker_open_clients;
 
 int64_t td_proxy_connections(void) {
-    return atomic_load(&td_worker_open_clients);
+    return atomic_load(&td_client_open_count);
 }
 
-/* Client buffers (CBUF_SIZE) come from a small per-worker cache: an idle keep-alive connection
- * holds none, and a busy one does not cost a malloc/free pair per request. */
-char *td_worker_buf_get(worker_t *w) {
-    return w->num_cached ? w->buf_cache[--w->num_cached] : malloc(CBUF_SIZE);
-}
-
-void td_worker_buf_put(worker_t *w, char *buf) {
-    if (!buf)
-        return;
-    if (w->num_cached < (int)(sizeof(w->buf_cache) / sizeof(w->buf_cache[0])))
-        w->buf_cache[w->num_cached++] = buf;
-    else
-        free(buf);
-}
 
 static void pool_close_idle(worker_t *w, const td_snap_backend_t *b);
 
@@ -133,12 +118,13 @@ static void on_accept(uv_stream_t *l, int status) {
         return;
     c->w = w;
     c->backend = c->server = c->sticky_set = c->pinned = -1;
+    c->cbs = &td_exchange_client_cbs;
     td_stream_init(&c->io, &w->sl, c);
     c->next = w->clients;
     if (w->clients)
         w->clients->prev = c;
     w->clients = c;
-    atomic_fetch_add(&td_worker_open_clients, 1);
+    atomic_fetch_add(&td_client_open_count, 1);
     if (td_stream_accept(&c->io, l) < 0) {
         td_client_close(c);
         return;

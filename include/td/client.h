@@ -4,6 +4,9 @@
 
 #include "td/proxy-t.h"
 
+/* Client connections open now, across workers (td_proxy_connections). */
+extern _Atomic int64_t td_client_open_count;
+
 int td_client_timeout_ms(const client_t *c, int which);
 
 /* Makes buf hold at least `cap` bytes, keeping its contents. Returns 0 or TD_ENOMEM (buf is

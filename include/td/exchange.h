@@ -44,4 +44,7 @@ void td_exchange_response_pump(upstream_t *u);
  * are waiting for the pump, 0 when it has nothing to do now (reading resumed, or exchange over). */
 int td_exchange_response_written(upstream_t *u);
 
+/* The callbacks of the client connections (set at accept). */
+extern const td_client_cbs_t td_exchange_client_cbs;
+
 #endif

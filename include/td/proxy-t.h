@@ -53,6 +53,41 @@ typedef struct worker_s worker_t;
 typedef struct client_s client_t;
 typedef struct upstream_s upstream_t;
 
+/* What a client connection reports to the exchange over it, through a table set when it is
+ * accepted; each gets the connection. */
+typedef struct td_client_cbs_s {
+    /* Bytes of a new request head are buffered (state HEAD): parse it and start an exchange, or
+     * wait for more. */
+    void (*on_head)(client_t *c);
+    /* New request-body bytes were accounted (EXCHANGE), or tunnel bytes came (TUNNEL). */
+    void (*on_body)(client_t *c);
+    /* A pending write to the client is done. Returns 1 when it was the exchange's, 0 when it was
+     * an answer of td's own (the client then goes on to its next request or closes). */
+    int (*on_written)(client_t *c);
+    /* td answers the current request itself with `status`: the exchange counts it and lets go
+     * of its upstream. */
+    void (*on_reply)(client_t *c, int status);
+    /* The current exchange is over (the next request comes), or the connection closes. */
+    void (*on_end)(client_t *c);
+    void (*on_close)(client_t *c);
+} td_client_cbs_t;
+
+/* What an upstream connection reports to its owner (the exchange over it), through a table the
+ * owner gives to td_upstream_open; each gets the connection, whose `owner` says whose it is. */
+typedef struct td_upstream_cbs_s {
+    /* Connected (to a TLS backend: the handshake done), or taken from the pool: the request may
+     * be sent. */
+    void (*on_ready)(upstream_t *u);
+    /* nread > 0 response bytes were appended to u->buf (u->len counts them), or the connection
+     * ended: TD_STREAM_EOF (a FIN or a TLS close_notify) or another negative code
+     * (td_upstream_strerror). */
+    void (*on_data)(upstream_t *u, long nread);
+    /* The write that td_upstream_write left pending is done. */
+    void (*on_written)(upstream_t *u);
+    /* The connection failed: a connect error, a write error, a timeout (`kind`: F_*). */
+    void (*on_error)(upstream_t *u, const char *why, int kind);
+} td_upstream_cbs_t;
+
 /* Idle keep-alive connections to one server, in one worker. Keyed by the server's registry
  * object, which outlives reloads, so pools survive them. */
 typedef struct pool_s {
@@ -103,6 +138,7 @@ enum { U_CONNECTING, U_BUSY, U_IDLE, U_CLOSING };
 
 struct client_s {
     td_stream_t io;     /* the connection to the client (plain or TLS) */
+    const td_client_cbs_t *cbs; /* borrowed: the exchange's callbacks */
     worker_t *w;
     client_t *prev, *next;
     upstream_t *up;     /* the upstream of the current exchange, or NULL */
@@ -161,7 +197,8 @@ struct upstream_s {
     worker_t *w;
     pool_t *pool;          /* borrowed */
     td_server_stats_t *st; /* borrowed (registry) */
-    client_t *c;           /* the client of the current exchange, or NULL */
+    void *owner;           /* borrowed: the exchange's (its client), or NULL */
+    const td_upstream_cbs_t *cbs; /* borrowed: the owner's callbacks */
     upstream_t *next;      /* pool list */
     char *buf;             /* owned */
     uint32_t len, off;     /* bytes in buf; bytes consumed */

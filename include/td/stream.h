@@ -24,6 +24,12 @@ void td_stream_loop_init(td_stream_loop_t *sl, uv_loop_t *loop);
 /* Releases it: after the last stream of the loop was closed, before the loop runs out. */
 void td_stream_loop_close(td_stream_loop_t *sl);
 
+/* The loop's clock in ms (monotonic), read once per loop pass: the time deadlines are armed
+ * with. */
+static inline int64_t td_stream_now(const td_stream_loop_t *sl) {
+    return (int64_t)uv_now(sl->loop);
+}
+
 /* Makes `s` a new, unconnected stream of `sl` whose callbacks get `owner` back through
  * td_stream_owner. Once this returned, the stream must be ended with td_stream_close. */
 void td_stream_init(td_stream_t *s, td_stream_loop_t *sl, void *owner);
