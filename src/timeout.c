@@ -50,8 +50,14 @@ static td_timeout_list_t *list_for(td_timeout_queue_t *q, int ms) {
 }
 
 void td_timeout_arm(td_timeout_queue_t *q, td_timeout_t *t, int64_t now, int ms) {
+    /* Re-arming with the same value (a response timeout restarted on every read) keeps the
+     * list without looking for it. */
+    td_timeout_list_t *l = t->list;
+    if (!l || l < q->lists || l >= q->lists + TD_TIMEOUT_LISTS || l->ms != ms)
+        l = NULL;
     td_timeout_stop(t);
-    td_timeout_list_t *l = list_for(q, ms);
+    if (!l)
+        l = list_for(q, ms);
     t->at = now + ms;
     /* From the tail: one comparison when deadlines come in order, which they do in a list of
      * one value; a list shared by several values (after many reloads) stays sorted too. */
