@@ -37,11 +37,16 @@ int td_client_timeout_ms(const client_t *c, int which) {
     const td_snapshot_t *s = c->snap ? c->snap : c->w->snap;
     const td_config_timeouts_t *t = &s->config->timeouts;
     switch (which) {
-    case 0: return t->client_header_ms;
-    case 1: return t->keepalive_idle_ms;
-    case 2: return t->connect_ms;
-    case 4: return t->client_send_ms;
-    default: return t->upstream_response_ms;
+    case 0:
+        return t->client_header_ms;
+    case 1:
+        return t->keepalive_idle_ms;
+    case 2:
+        return t->connect_ms;
+    case 4:
+        return t->client_send_ms;
+    default:
+        return t->upstream_response_ms;
     }
 }
 
@@ -119,7 +124,8 @@ void td_client_close(client_t *c) {
  * TICK_MS) rather than a timer handle per connection: an idle connection stays small, and the
  * tick looks only at the expired ones. */
 void td_client_timer(client_t *c, int which) {
-    td_timeout_arm(&c->w->tq[which], &c->tmo, td_stream_now(&c->w->sl), td_client_timeout_ms(c, which));
+    td_timeout_arm(&c->w->tq[which], &c->tmo, td_stream_now(&c->w->sl),
+                   td_client_timeout_ms(c, which));
 }
 
 static void client_alloc_cb(td_stream_t *s, char **buf, size_t *cap) {
@@ -154,8 +160,7 @@ int td_client_account_body(client_t *c) {
         c->req_done = c->body_left == 0;
     } else if (c->req_body == TD_BODY_CHUNKED) {
         int done = 0;
-        long n = td_http1_chunked_feed(&c->chunk, c->buf + c->req_end, avail, &done, NULL, 0,
-                                       NULL);
+        long n = td_http1_chunked_feed(&c->chunk, c->buf + c->req_end, avail, &done, NULL, 0, NULL);
         if (n < 0)
             return TD_EBADMSG;
         c->req_end += (uint32_t)n;
@@ -209,8 +214,8 @@ void td_client_error(client_t *c, int status, const char *why) {
 void td_client_reply(client_t *c, int status, const char *reason, const char *headers) {
     c->cbs->on_reply(c, status);
     /* Keep the connection for 502/503/504 when the whole request was read; close otherwise. */
-    int keep = (status >= 500 || (status >= 300 && status < 400)) && c->req_done &&
-               c->keep_alive && !c->w->stopping;
+    int keep = (status >= 500 || (status >= 300 && status < 400)) && c->req_done && c->keep_alive &&
+               !c->w->stopping;
     char body[160];
     int blen = snprintf(body, sizeof(body), "%d %s\n", status, reason);
     char *p = c->w->scratch;

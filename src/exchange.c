@@ -142,8 +142,8 @@ static void redirect_https(client_t *c, const td_http1_request_t *req,
     if (l->https_port && l->https_port != 443)
         snprintf(port, sizeof(port), ":%d", l->https_port);
     char headers[CBUF_SIZE];
-    int n = snprintf(headers, sizeof(headers), "Location: https://%.*s%s%.*s\r\n", (int)hl,
-                     host.p, port, (int)req->target.len, req->target.p);
+    int n = snprintf(headers, sizeof(headers), "Location: https://%.*s%s%.*s\r\n", (int)hl, host.p,
+                     port, (int)req->target.len, req->target.p);
     if (n < 0 || (size_t)n >= sizeof(headers)) {
         td_client_error(c, 414, "redirect location too long");
         return;
@@ -158,8 +158,8 @@ static void redirect_https(client_t *c, const td_http1_request_t *req,
  * trickles in; the client's body timeout applies meanwhile (408). A body that fits is then sent
  * whole; a larger one is streamed from there on, as without buffering. A client that waits
  * for "100 Continue" gets it from td (RFC 9110 §10.1.1: a proxy may answer it), and the Expect
- * field is not forwarded. Returns 1 when buffering started (routing waits for td_exchange_body_buffered),
- * 0 to route now. */
+ * field is not forwarded. Returns 1 when buffering started (routing waits for
+ * td_exchange_body_buffered), 0 to route now. */
 static int body_buffer_start(client_t *c) {
     uint32_t max = (uint32_t)c->snap->config->request_buffering.max_bytes;
     if (c->req_done || !max || c->upgrade)
@@ -202,7 +202,8 @@ void td_exchange_body_buffered(client_t *c) {
         return;
     }
     c->buffering = 0;
-    td_timeout_stop(&c->tmo); /* from here as without buffering: the upstream side sets the timeouts */
+    td_timeout_stop(
+        &c->tmo); /* from here as without buffering: the upstream side sets the timeouts */
     if (c->req_done)
         td_client_read(c, 0); /* what comes now is a pipelined request: it waits */
     pick_and_connect(c);
@@ -224,14 +225,19 @@ void td_exchange_start(client_t *c) {
         c->keep_alive = 0;
         c->req_done = 0;
         switch (r) {
-        case TD_EURITOOLONG: td_client_error(c, 414, "request line too long"); break;
-        case TD_EHDRTOOLARGE: td_client_error(c, 431, "request head too large"); break;
-        case TD_EVERSION: td_client_error(c, 505, "unsupported HTTP version"); break;
+        case TD_EURITOOLONG:
+            td_client_error(c, 414, "request line too long");
+            break;
+        case TD_EHDRTOOLARGE:
+            td_client_error(c, 431, "request head too large");
+            break;
+        case TD_EVERSION:
+            td_client_error(c, 505, "unsupported HTTP version");
+            break;
         default: {
             /* The log names the method (when the line has one) and the rule that was broken. */
             size_t m = 0;
-            while (m < sizeof(c->method) - 1 && m < c->len && c->buf[m] > ' ' &&
-                   c->buf[m] < 0x7f)
+            while (m < sizeof(c->method) - 1 && m < c->len && c->buf[m] > ' ' && c->buf[m] < 0x7f)
                 m++;
             memcpy(c->method, c->buf, m);
             c->method[m] = 0;
@@ -256,8 +262,9 @@ void td_exchange_start(client_t *c) {
     c->method[ml] = 0;
     if (strcmp(c->method, "CONNECT") == 0) {
         c->keep_alive = 0;
-        td_client_reply(c, 405, "Method Not Allowed", "Allow: GET, HEAD, POST, PUT, DELETE, "
-                                                    "PATCH, OPTIONS\r\n");
+        td_client_reply(c, 405, "Method Not Allowed",
+                        "Allow: GET, HEAD, POST, PUT, DELETE, "
+                        "PATCH, OPTIONS\r\n");
         return;
     }
     if (!req.host.len && (req.target.p[0] == '/' || req.target.p[0] == '*') &&
@@ -576,7 +583,8 @@ static void pick_and_connect(client_t *c) {
         if (r == 1)
             upstream_ready(u);
         else if (r < 0)
-            td_exchange_upstream_fail(u, r == -ENOMEM ? "out of memory" : td_upstream_strerror(u, r),
+            td_exchange_upstream_fail(u,
+                                      r == -ENOMEM ? "out of memory" : td_upstream_strerror(u, r),
                                       td_upstream_local_error(r) ? F_LOCAL : F_CONNECT);
         return;
     }
@@ -606,8 +614,8 @@ static int build_response_head(upstream_t *u, client_t *c, const td_http1_respon
 void td_exchange_done(upstream_t *u) {
     client_t *c = u->owner;
     worker_t *w = u->w;
-    int reusable = u->resp_keep_alive && c->req_done && c->fwd == c->req_end &&
-                   u->off == u->len && !u->tunnel && !w->stopping;
+    int reusable = u->resp_keep_alive && c->req_done && c->fwd == c->req_end && u->off == u->len &&
+                   !u->tunnel && !w->stopping;
     if (u->status >= 500 && c->snap)
         td_passive_failure(c->snap, u->st, td_now_ms());
     else
@@ -764,7 +772,8 @@ void td_exchange_response_pump(upstream_t *u) {
         if (r == 1) {
             td_client_send_wait(c);
             td_upstream_read(u, 0); /* backpressure: a slow client stops the upstream */
-            td_upstream_timer_stop(u);     /* and its response timeout, until the client takes the bytes */
+            td_upstream_timer_stop(
+                u); /* and its response timeout, until the client takes the bytes */
             return;
         }
         if (!td_exchange_response_written(u))
@@ -875,7 +884,8 @@ static void upstream_data(upstream_t *u, long nread) {
         td_upstream_timer(u, T_RESPONSE, td_client_timeout_ms(c, T_RESPONSE));
     if (c->writing) {
         td_upstream_read(u, 0);
-        td_upstream_timer_stop(u); /* the client send timeout runs: the response one restarts after it */
+        td_upstream_timer_stop(
+            u); /* the client send timeout runs: the response one restarts after it */
         return;
     }
     td_exchange_response_pump(u);
@@ -951,7 +961,8 @@ static void client_reply(client_t *c, int status) {
                                                    : c->b_inflight;
         if (bst) {
             atomic_fetch_add_explicit(&bst->requests, 1, memory_order_relaxed);
-            atomic_fetch_add_explicit(&bst->responses[td_exchange_class_of(status)], 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&bst->responses[td_exchange_class_of(status)], 1,
+                                      memory_order_relaxed);
         }
         td_router_count_local(bst, status, td_now_ms());
     } else if (status >= 500) {

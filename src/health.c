@@ -35,7 +35,7 @@ struct checker_s {
     uv_timer_t timer;
     probe_t *probe; /* in progress, or NULL */
     int ok_run, fail_run;
-    int seen;      /* marked during a sync */
+    int seen; /* marked during a sync */
     int removed;
     char last[160];
     checker_t *next;
@@ -43,7 +43,7 @@ struct checker_s {
 
 static checker_t *checkers;
 static td_stream_loop_t hsl_state;
-static td_stream_loop_t *hsl; /* the transport's state for the main loop, once set up */
+static td_stream_loop_t *hsl;  /* the transport's state for the main loop, once set up */
 static uv_timer_t sweep_timer; /* every second: passive ejections that ended (td_passive_sweep) */
 static int sweep_on;
 
@@ -85,8 +85,8 @@ static void verdict(checker_t *k, int ok, const char *why) {
             atomic_store(&k->st->down_until_ms, 0);
             atomic_store(&k->st->consecutive_failures, 0);
             atomic_store(&k->st->ejected, 0); /* this "up" answers a passive "down" too */
-            td_info("health: server %s (%s) is up after %d successful checks (%s)",
-                    k->st->address, k->st->backend, k->ok_run, why);
+            td_info("health: server %s (%s) is up after %d successful checks (%s)", k->st->address,
+                    k->st->backend, k->ok_run, why);
             td_event("health", "server %s (%s) is up (%s)", k->st->address, k->st->backend, why);
         }
     } else {
@@ -96,8 +96,7 @@ static void verdict(checker_t *k, int ok, const char *why) {
             atomic_store(&k->st->health_up, 0);
             td_warn("health: server %s (%s) is down after %d failed checks (%s)", k->st->address,
                     k->st->backend, k->fail_run, why);
-            td_event("health", "server %s (%s) is down (%s)", k->st->address, k->st->backend,
-                     why);
+            td_event("health", "server %s (%s) is down (%s)", k->st->address, k->st->backend, why);
         }
     }
 }
@@ -173,8 +172,7 @@ static void judge_http(probe_t *p, int eof) {
         snprintf(why, sizeof(why), "status %d, body has \"%s\"", resp.status, k->hc.expect_body);
         finish(p, 1, why);
     } else {
-        snprintf(why, sizeof(why), "status %d, body lacks \"%s\"", resp.status,
-                 k->hc.expect_body);
+        snprintf(why, sizeof(why), "status %d, body lacks \"%s\"", resp.status, k->hc.expect_body);
         finish(p, 0, why);
     }
 }
@@ -287,8 +285,7 @@ static void timer_cb(uv_timer_t *t) {
     td_stream_init(&p->io, hsl, p);
     /* A "tcp" check only connects, TLS backend or not. */
     td_tls_client_t *tls = strcmp(k->hc.type, "tcp") == 0 ? NULL : k->tls;
-    int r = td_stream_connect(&p->io, (const struct sockaddr *)&k->addr.sa, tls,
-                              probe_connect_cb);
+    int r = td_stream_connect(&p->io, (const struct sockaddr *)&k->addr.sa, tls, probe_connect_cb);
     if (r < 0) {
         if (local_error(r)) {
             skip(p, r);

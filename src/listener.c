@@ -38,8 +38,8 @@ int td_listener_bind(const td_addr_t *a, int first, char *err, size_t errlen) {
     return fd;
 }
 
-int td_listener_start(uv_loop_t *loop, uv_tcp_t *h, int fd, void *owner,
-                      uv_connection_cb on_accept, int *fd_taken) {
+int td_listener_start(uv_loop_t *loop, uv_tcp_t *h, int fd, void *owner, uv_connection_cb on_accept,
+                      int *fd_taken) {
     uv_tcp_init(loop, h);
     h->data = owner;
     *fd_taken = 0;

@@ -70,12 +70,18 @@ static void add_str(char **p, const char *end, const char *s, size_t n) {
 
 int td_rewrite_hop_by_hop(td_str_t n) {
     switch (n.len) {
-    case 2: return td_http1_name_is(n, "te");
-    case 7: return td_http1_name_is(n, "upgrade") || td_http1_name_is(n, "trailer");
-    case 10: return td_http1_name_is(n, "connection") || td_http1_name_is(n, "keep-alive");
-    case 16: return td_http1_name_is(n, "proxy-connection");
-    case 17: return td_http1_name_is(n, "transfer-encoding");
-    default: return 0;
+    case 2:
+        return td_http1_name_is(n, "te");
+    case 7:
+        return td_http1_name_is(n, "upgrade") || td_http1_name_is(n, "trailer");
+    case 10:
+        return td_http1_name_is(n, "connection") || td_http1_name_is(n, "keep-alive");
+    case 16:
+        return td_http1_name_is(n, "proxy-connection");
+    case 17:
+        return td_http1_name_is(n, "transfer-encoding");
+    default:
+        return 0;
     }
 }
 

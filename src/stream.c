@@ -83,9 +83,12 @@ const char *td_stream_tls_error(const td_stream_t *s) {
 
 const char *td_stream_strerror(const td_stream_t *s, int code) {
     switch (code) {
-    case TD_STREAM_ETLS: return td_stream_tls_error(s);
-    case TD_STREAM_CLOSE_NOTIFY: return "TLS session closed";
-    default: return uv_strerror(code);
+    case TD_STREAM_ETLS:
+        return td_stream_tls_error(s);
+    case TD_STREAM_CLOSE_NOTIFY:
+        return "TLS session closed";
+    default:
+        return uv_strerror(code);
     }
 }
 

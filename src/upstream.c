@@ -189,8 +189,8 @@ int td_upstream_open(worker_t *w, td_snap_server_t *srv, td_tls_client_t *tls, i
     u->owner = owner;
     u->cbs = cbs;
     *out = u;
-    int r = td_stream_connect(&u->io, (const struct sockaddr *)&srv->addr.sa, tls,
-                              upstream_connect_cb);
+    int r =
+        td_stream_connect(&u->io, (const struct sockaddr *)&srv->addr.sa, tls, upstream_connect_cb);
     if (r < 0)
         return r;
     td_upstream_timer(u, T_CONNECT, connect_ms);

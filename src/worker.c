@@ -23,11 +23,9 @@
 #include "td/upstream.h"
 #include "td/proxy.h"
 
-
 int64_t td_proxy_connections(void) {
     return atomic_load(&td_client_open_count);
 }
-
 
 static void pool_close_idle(worker_t *w, const td_snap_backend_t *b);
 
@@ -222,8 +220,8 @@ static void worker_main(void *arg) {
     worker_t *w = arg;
     for (size_t i = 0; i < w->num_listeners; i++) {
         int taken;
-        int r = td_listener_start(&w->loop, &w->listeners[i], w->listen_fds[i], w, on_accept,
-                                  &taken);
+        int r =
+            td_listener_start(&w->loop, &w->listeners[i], w->listen_fds[i], w, on_accept, &taken);
         if (taken)
             w->listen_fds[i] = -1;
         if (r < 0)

@@ -19,7 +19,7 @@ int td_listener_bind(const td_addr_t *a, int first, char *err, size_t errlen);
  * initialised) listen on the handle `h` of `loop`, calling `on_accept` with h->data = `owner`
  * for each connection waiting (accept it with td_stream_accept). Returns 0 or a negative errno;
  * *fd_taken says whether fd now belongs to `h`. */
-int td_listener_start(uv_loop_t *loop, uv_tcp_t *h, int fd, void *owner,
-                      uv_connection_cb on_accept, int *fd_taken);
+int td_listener_start(uv_loop_t *loop, uv_tcp_t *h, int fd, void *owner, uv_connection_cb on_accept,
+                      int *fd_taken);
 
 #endif

@@ -34,19 +34,20 @@
 #define CBUF_SIZE (16 * 1024) /* client read buffer: the largest request head, then body pieces */
 #define UBUF_SIZE (64 * 1024) /* upstream read buffer: response head, then body pieces */
 #define MAX_HDRS 100
-#define MAX_TRIES 6           /* upstream attempts per request */
-#define POOL_IDLE_MS 60000    /* idle pooled upstream connections are closed after this */
-#define POOL_MAX_IDLE 256     /* idle connections kept per server and worker */
+#define MAX_TRIES 6        /* upstream attempts per request */
+#define POOL_IDLE_MS 60000 /* idle pooled upstream connections are closed after this */
+#define POOL_MAX_IDLE 256  /* idle connections kept per server and worker */
 #define MAX_SPANS 64
-#define TICK_MS 100           /* granularity of client timeouts */
-#define MAX_INTERIM 16        /* 1xx responses passed on before a final one; more is a 502 */
+#define TICK_MS 100    /* granularity of client timeouts */
+#define MAX_INTERIM 16 /* 1xx responses passed on before a final one; more is a 502 */
 
 /* Kinds of timeouts; each has a queue per worker (td/timeout.h). T_HEADER also times the
  * request body (between two reads), T_POOL is POOL_IDLE_MS. */
 enum { T_HEADER, T_KEEPALIVE, T_CONNECT, T_RESPONSE, T_SEND, T_POOL, T_KINDS };
 
-/* Why an upstream try failed (td_exchange_upstream_fail). F_LOCAL: td itself lacked a resource (file descriptors, memory, local ports) to reach the
- * upstream; it says nothing about the server. */
+/* Why an upstream try failed (td_exchange_upstream_fail). F_LOCAL: td itself lacked a resource
+ * (file descriptors, memory, local ports) to reach the upstream; it says nothing about the server.
+ */
 enum { F_CONNECT, F_IO, F_TIMEOUT, F_PROTOCOL, F_LOCAL };
 
 typedef struct worker_s worker_t;
@@ -118,26 +119,26 @@ struct worker_s {
     td_snapshot_t *snap; /* one reference held by the worker */
     int *wrr_b, *wrr_s;  /* owned: balancer scores per backend / per flat server index */
     size_t wrr_nb, wrr_ns;
-    pool_t *pools;        /* owned */
-    client_t *clients;    /* every open client connection (for a stop) */
-    client_t *tunnels;    /* the clients in a tunnel counted for a backend (for its drain) */
-    char *buf_cache[64];      /* owned: free client buffers, reused instead of malloc/free */
+    pool_t *pools;       /* owned */
+    client_t *clients;   /* every open client connection (for a stop) */
+    client_t *tunnels;   /* the clients in a tunnel counted for a backend (for its drain) */
+    char *buf_cache[64]; /* owned: free client buffers, reused instead of malloc/free */
     int num_cached;
-    int64_t local_err_ms;     /* when a local resource error was last logged ... */
-    unsigned local_err_quiet; /* ... and how many were not logged since */
-    td_stream_loop_t sl;      /* the transport's per-loop state (TLS buffer and queue) */
+    int64_t local_err_ms;           /* when a local resource error was last logged ... */
+    unsigned local_err_quiet;       /* ... and how many were not logged since */
+    td_stream_loop_t sl;            /* the transport's per-loop state (TLS buffer and queue) */
     td_timeout_queue_t tq[T_KINDS]; /* armed timeouts by kind */
     td_http1_header_t hdrs[MAX_HDRS];
     const td_http1_request_t *parsed; /* the request td_exchange_start parsed into hdrs ... */
     const client_t *parsed_for;       /* ... for this client, while it routes it; else NULL */
-    char scratch[CBUF_SIZE + 2048]; /* response/request heads are built here */
+    char scratch[CBUF_SIZE + 2048];   /* response/request heads are built here */
 };
 
 enum { C_HEAD, C_EXCHANGE, C_TUNNEL, C_CLOSING };
 enum { U_CONNECTING, U_BUSY, U_IDLE, U_CLOSING };
 
 struct client_s {
-    td_stream_t io;     /* the connection to the client (plain or TLS) */
+    td_stream_t io;             /* the connection to the client (plain or TLS) */
     const td_client_cbs_t *cbs; /* borrowed: the exchange's callbacks */
     worker_t *w;
     client_t *prev, *next;
@@ -153,30 +154,30 @@ struct client_s {
     td_timeout_t tmo;      /* the head / keep-alive / body timeout, when armed */
     td_timeout_t send_tmo; /* the timeout of a pending write to the client, when armed */
     size_t send_left;      /* bytes of that write not taken by the client at the last look */
-    td_snapshot_t *snap; /* a reference, held during an exchange */
-    int backend, server; /* indices in snap */
-    int pinned;          /* backend named by a valid sticky cookie, or -1 */
-    int forced;          /* backend named by a valid preview header, or -1 */
-    int status;          /* status of the response sent, for the logs */
-    uint64_t bytes_out;  /* response bytes written to the client in this exchange */
-    char *path;          /* owned: request-target, kept only while the access log is on */
-    td_server_stats_t *st_inflight;  /* borrowed: server whose in_flight this request holds */
-    td_backend_stats_t *b_inflight;  /* borrowed: backend whose in_flight this request holds */
-    td_backend_stats_t *b_tunnel;    /* borrowed: backend whose tunnel count this one holds */
-    client_t *tun_prev, *tun_next;   /* in w->tunnels while b_tunnel is set */
+    td_snapshot_t *snap;   /* a reference, held during an exchange */
+    int backend, server;   /* indices in snap */
+    int pinned;            /* backend named by a valid sticky cookie, or -1 */
+    int forced;            /* backend named by a valid preview header, or -1 */
+    int status;            /* status of the response sent, for the logs */
+    uint64_t bytes_out;    /* response bytes written to the client in this exchange */
+    char *path;            /* owned: request-target, kept only while the access log is on */
+    td_server_stats_t *st_inflight; /* borrowed: server whose in_flight this request holds */
+    td_backend_stats_t *b_inflight; /* borrowed: backend whose in_flight this request holds */
+    td_backend_stats_t *b_tunnel;   /* borrowed: backend whose tunnel count this one holds */
+    client_t *tun_prev, *tun_next;  /* in w->tunnels while b_tunnel is set */
     int tries;
-    int sticky_set;      /* backend index to pin with Set-Cookie in the response, or -1 */
+    int sticky_set;            /* backend index to pin with Set-Cookie in the response, or -1 */
     uint32_t tried[MAX_TRIES]; /* flat server indices tried for this request */
     uint8_t ntried;            /* entries used in tried */
     int64_t started_ms;
     uint8_t state;
-    uint8_t writing;     /* a write to this client is pending */
-    uint8_t req_body;    /* td_http1_body_t of the request */
-    uint8_t req_done;    /* the whole request has been read */
-    uint8_t discarded;   /* request bytes were dropped from buf after sending: no replay */
-    uint8_t head_sent;   /* the rewritten head went to the current upstream */
-    uint8_t eof;         /* the client half-closed: answer what was read, then close */
-    uint8_t body_sent;   /* request-body bytes went to the current upstream */
+    uint8_t writing;   /* a write to this client is pending */
+    uint8_t req_body;  /* td_http1_body_t of the request */
+    uint8_t req_done;  /* the whole request has been read */
+    uint8_t discarded; /* request bytes were dropped from buf after sending: no replay */
+    uint8_t head_sent; /* the rewritten head went to the current upstream */
+    uint8_t eof;       /* the client half-closed: answer what was read, then close */
+    uint8_t body_sent; /* request-body bytes went to the current upstream */
     uint8_t keep_alive, head_req, upgrade, minor, expect, idempotent;
     uint8_t resp_started; /* a response byte came from the upstream */
     uint8_t resp_sent;    /* a response head was written to the client */
@@ -186,30 +187,30 @@ struct client_s {
     uint8_t continue_out; /* that 100 Continue is the pending write */
     char ip[INET6_ADDRSTRLEN];
     char method[16];
-    char *last_error;    /* owned: why the last upstream try failed, for the 502 line */
-    uint8_t listener;    /* index of the listener it came in on */
-    uint8_t processing;  /* client_process is running for it (further up the stack) */
-    uint8_t more;        /* an exchange ended meanwhile: client_process takes the next request */
+    char *last_error;   /* owned: why the last upstream try failed, for the 502 line */
+    uint8_t listener;   /* index of the listener it came in on */
+    uint8_t processing; /* client_process is running for it (further up the stack) */
+    uint8_t more;       /* an exchange ended meanwhile: client_process takes the next request */
 };
 
 struct upstream_s {
-    td_stream_t io;        /* the connection to the server (plain or TLS) */
+    td_stream_t io; /* the connection to the server (plain or TLS) */
     worker_t *w;
-    pool_t *pool;          /* borrowed */
-    td_server_stats_t *st; /* borrowed (registry) */
-    void *owner;           /* borrowed: the exchange's (its client), or NULL */
+    pool_t *pool;                 /* borrowed */
+    td_server_stats_t *st;        /* borrowed (registry) */
+    void *owner;                  /* borrowed: the exchange's (its client), or NULL */
     const td_upstream_cbs_t *cbs; /* borrowed: the owner's callbacks */
-    upstream_t *next;      /* pool list */
-    char *buf;             /* owned */
-    uint32_t len, off;     /* bytes in buf; bytes consumed */
-    uint32_t fwd;          /* bytes of buf pinned by the pending write to the client */
+    upstream_t *next;             /* pool list */
+    char *buf;                    /* owned */
+    uint32_t len, off;            /* bytes in buf; bytes consumed */
+    uint32_t fwd;                 /* bytes of buf pinned by the pending write to the client */
     uint64_t body_left;
     td_http1_chunked_t chunk;
     int status;
     uint8_t state, reused, writing;
-    td_timeout_t tmo;      /* the connect / response / pool-idle timeout, when armed */
+    td_timeout_t tmo; /* the connect / response / pool-idle timeout, when armed */
     uint8_t head_done, resp_body, resp_keep_alive, resp_done, dechunk, tunnel;
-    uint8_t interim;       /* 1xx responses seen in this exchange */
+    uint8_t interim; /* 1xx responses seen in this exchange */
 };
 
 #endif

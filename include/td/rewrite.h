@@ -54,9 +54,9 @@ typedef struct td_rewrite_response_s {
     const td_http1_response_t *resp; /* borrowed: the parsed head; its strings point into ... */
     const char *head_end;            /* borrowed: ... the head bytes, which end here */
     const char *set_cookie;          /* borrowed: a whole "Set-Cookie: ...\r\n" line, or NULL */
-    int pass_te;     /* Transfer-Encoding passes as it came (the chunked body is passed through) */
-    int keep_alive;  /* the client connection stays open after this response */
-    int minor;       /* the client's HTTP/1.x minor version */
+    int pass_te;    /* Transfer-Encoding passes as it came (the chunked body is passed through) */
+    int keep_alive; /* the client connection stays open after this response */
+    int minor;      /* the client's HTTP/1.x minor version */
 } td_rewrite_response_t;
 
 /* Writes the response head for the client into out[cap]: HTTP/1.1, the status and reason, the

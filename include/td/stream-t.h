@@ -46,29 +46,29 @@ typedef void (*td_stream_close_cb)(td_stream_t *s);
 /* What all streams of one event loop share: the TLS ciphertext buffer and the queue of TLS
  * streams holding decrypted bytes that no socket event will announce. One per loop thread. */
 struct td_stream_loop_s {
-    uv_loop_t *loop;       /* borrowed */
-    uv_idle_t idle;        /* runs the queued streams' reads */
-    td_stream_t *queued;   /* borrowed: streams waiting for that (queue_next list) */
+    uv_loop_t *loop;     /* borrowed */
+    uv_idle_t idle;      /* runs the queued streams' reads */
+    td_stream_t *queued; /* borrowed: streams waiting for that (queue_next list) */
     char cipher[TD_STREAM_CIPHER_SIZE];
 };
 
 struct td_stream_s {
     uv_tcp_t tcp;
     uv_connect_t creq;
-    td_stream_loop_t *sl;         /* borrowed */
-    void *data;                   /* borrowed: the owner, for its callbacks */
-    td_tls_conn_t *tls;           /* owned; NULL for plain TCP */
-    td_stream_alloc_cb alloc_cb;  /* of the owner, while reading */
+    td_stream_loop_t *sl;        /* borrowed */
+    void *data;                  /* borrowed: the owner, for its callbacks */
+    td_tls_conn_t *tls;          /* owned; NULL for plain TCP */
+    td_stream_alloc_cb alloc_cb; /* of the owner, while reading */
     td_stream_read_cb read_cb;
-    td_stream_write_cb write_cb;  /* of the pending write */
+    td_stream_write_cb write_cb;     /* of the pending write */
     td_stream_connect_cb connect_cb; /* while connecting or in the client handshake */
     td_stream_close_cb close_cb;
-    td_stream_t *queue_next;      /* in sl->queued */
-    uint8_t reading;              /* the owner reads */
-    uint8_t polling;              /* uv_read_start is on */
+    td_stream_t *queue_next; /* in sl->queued */
+    uint8_t reading;         /* the owner reads */
+    uint8_t polling;         /* uv_read_start is on */
     uint8_t queued;
     uint8_t closing;
-    uint8_t handshaking;          /* client-side TLS handshake in progress */
+    uint8_t handshaking; /* client-side TLS handshake in progress */
 };
 
 #endif

@@ -8,7 +8,7 @@
 #include "td/timeout-t.h"
 
 /* The owner of an embedded entry: TD_CONTAINER_OF(t, client_t, head_timeout). */
-#define TD_CONTAINER_OF(ptr, type, field) ((type *)(void *)((char *)(ptr) - offsetof(type, field)))
+#define TD_CONTAINER_OF(ptr, type, field) ((type *)(void *)((char *)(ptr)-offsetof(type, field)))
 
 /* Empties a queue. */
 void td_timeout_queue_init(td_timeout_queue_t *q);

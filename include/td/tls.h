@@ -39,11 +39,11 @@ void td_tls_client_release(td_tls_client_t *c);
  * connection: received ciphertext goes in with td_tls_feed, plaintext comes out of td_tls_read,
  * plaintext goes in with td_tls_write, and ciphertext to send comes out of td_tls_take. */
 typedef struct td_tls_conn_s {
-    SSL *ssl; /* owned */
+    SSL *ssl;                       /* owned */
     struct td_tls_server_s *server; /* a reference, held while the SNI callback may need it */
     int handshake_done;
     int failed;
-    int closed; /* the peer sent its close_notify (failed is set too) */
+    int closed;      /* the peer sent its close_notify (failed is set too) */
     char error[160]; /* why the handshake or a record failed, for the log */
 } td_tls_conn_t;
 

@@ -77,8 +77,8 @@ static void test_request_absolute_form(void) {
 }
 
 static void test_request_http10_host_and_length(void) {
-    T_CHECK(rewrite_req("POST /u HTTP/1.0\r\nContent-Length: 3, 3\r\n\r\n", NULL, "127.0.0.1:9",
-                        0, 0, 0) > 0);
+    T_CHECK(rewrite_req("POST /u HTTP/1.0\r\nContent-Length: 3, 3\r\n\r\n", NULL, "127.0.0.1:9", 0,
+                        0, 0) > 0);
     T_EQ_STR(out, "POST /u HTTP/1.1\r\nContent-Length: 3\r\nHost: 127.0.0.1:9\r\n"
                   "X-Forwarded-For: 10.0.0.9\r\nX-Forwarded-Proto: http\r\n\r\n");
 }
@@ -130,11 +130,11 @@ static void test_response(void) {
                          "Set-Cookie: S=v\r\n", 1, 0, 1) > 0);
     T_EQ_STR(out, "HTTP/1.1 404 Gone Away\r\nContent-Length: 1\r\nSet-Cookie: S=v\r\n"
                   "Connection: close\r\n\r\n");
-    T_CHECK(rewrite_resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", NULL, 0, 1,
-                         0) > 0);
+    T_CHECK(rewrite_resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", NULL, 0, 1, 0) >
+            0);
     T_EQ_STR(out, "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\r\n");
-    T_CHECK(rewrite_resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", NULL, 1,
-                         1, 1) > 0);
+    T_CHECK(rewrite_resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", NULL, 1, 1,
+                         1) > 0);
     T_EQ_STR(out, "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
     T_CHECK(rewrite_resp("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                          "Connection: Upgrade\r\n\r\n",
