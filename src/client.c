@@ -99,15 +99,6 @@ void td_client_close(client_t *c) {
     if (c->started_ms && !c->status)
         c->status = 499; /* the client went away before its answer: the access log says so */
     c->cbs->on_close(c);
-    if (c->b_tunnel) {
-        atomic_fetch_sub_explicit(&c->b_tunnel->tunnels, 1, memory_order_relaxed);
-        if (c->tun_prev)
-            c->tun_prev->tun_next = c->tun_next;
-        else
-            c->w->tunnels = c->tun_next;
-        if (c->tun_next)
-            c->tun_next->tun_prev = c->tun_prev;
-    }
     if (c->prev)
         c->prev->next = c->next;
     else if (c->w->clients == c)

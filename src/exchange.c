@@ -58,14 +58,6 @@ static td_str_t find_header(const td_http1_header_t *h, size_t n, const char *lo
     return (td_str_t){NULL, 0};
 }
 
-/* Drops the in-flight counts of the current exchange (each taken once, released once). */
-void td_exchange_release_server(client_t *c) {
-    if (c->st_inflight) {
-        atomic_fetch_sub_explicit(&c->st_inflight->in_flight, 1, memory_order_relaxed);
-        c->st_inflight = NULL;
-    }
-}
-
 /* The exchange is over: its duration goes to the backend's histogram, and a line to the access
  * log when there is one: {"time","client","method","path","status","bytes","duration_ms",
  * "backend","server"}. */
@@ -101,10 +93,7 @@ void td_exchange_end(client_t *c) {
     free(c->path);
     c->path = NULL;
     td_exchange_release_server(c);
-    if (c->b_inflight) {
-        atomic_fetch_sub_explicit(&c->b_inflight->in_flight, 1, memory_order_relaxed);
-        c->b_inflight = NULL;
-    }
+    td_exchange_release_backend(c);
     if (c->snap) {
         td_snapshot_release(c->snap);
         c->snap = NULL;
@@ -555,23 +544,13 @@ static void pick_and_connect(client_t *c) {
         }
         tried_add(c, b->first_server + (size_t)si);
         c->tries++;
-        if (c->b_inflight != b->st) {
-            /* A retry on another backend moves the request there: counters follow the backend
-             * that answers, not the one first chosen. */
-            if (c->b_inflight)
-                atomic_fetch_sub_explicit(&c->b_inflight->in_flight, 1, memory_order_relaxed);
-            c->b_inflight = b->st;
-            atomic_fetch_add_explicit(&b->st->in_flight, 1, memory_order_relaxed);
-        }
         c->backend = bi;
         c->server = si;
         int pin = td_router_sticky_set(s, bi, c->pinned, c->forced);
         if (pin >= 0)
             c->sticky_set = pin;
         td_snap_server_t *srv = &b->servers[si];
-        c->st_inflight = srv->st;
-        atomic_fetch_add_explicit(&srv->st->in_flight, 1, memory_order_relaxed);
-        atomic_fetch_add_explicit(&srv->st->requests, 1, memory_order_relaxed);
+        td_exchange_count_try(c, b->st, srv->st);
         upstream_t *u;
         int r = td_upstream_open(w, srv, b->tls, td_client_timeout_ms(c, T_CONNECT), c,
                                  &upstream_cbs, &u);
@@ -695,17 +674,7 @@ void td_exchange_response_pump(upstream_t *u) {
                         c->keep_alive = 0;
                     if (!c->req_done)
                         c->keep_alive = 0; /* the rest of the request body cannot be skipped */
-                    int k = td_exchange_class_of(resp.status);
-                    atomic_fetch_add_explicit(&u->st->responses[k], 1, memory_order_relaxed);
-                    if (c->b_inflight) {
-                        atomic_fetch_add_explicit(&c->b_inflight->requests, 1,
-                                                  memory_order_relaxed);
-                        atomic_fetch_add_explicit(&c->b_inflight->responses[k], 1,
-                                                  memory_order_relaxed);
-                        if (k == TD_NCLASS - 1) /* for the console's "answering errors" */
-                            atomic_store_explicit(&c->b_inflight->last_5xx_ms, td_now_ms(),
-                                                  memory_order_relaxed);
-                    }
+                    td_exchange_count_response(c, u, resp.status);
                     if (resp.status == 101)
                         u->tunnel = 1;
                 }
@@ -792,15 +761,7 @@ int td_exchange_response_written(upstream_t *u) {
         /* 101 delivered: both directions become a raw byte tunnel. It counts as a tunnel of
          * its backend from now on, no longer as a request in flight. */
         c->state = C_TUNNEL;
-        c->b_tunnel = c->b_inflight;
-        if (c->b_tunnel) {
-            atomic_fetch_add_explicit(&c->b_tunnel->tunnels, 1, memory_order_relaxed);
-            c->tun_prev = NULL;
-            c->tun_next = c->w->tunnels;
-            if (c->tun_next)
-                c->tun_next->tun_prev = c;
-            c->w->tunnels = c;
-        }
+        td_exchange_count_tunnel_open(c);
         td_exchange_end(c);
         td_timeout_stop(&c->tmo);
         td_upstream_timer_stop(u);
@@ -951,30 +912,14 @@ static int client_written(client_t *c) {
 }
 
 static void client_reply(client_t *c, int status) {
-    /* td's own 5xx answer for a backend counts as that backend's: the one the request was
-     * routed to, or, once its retries ran out of servers, the last one it tried; a 502/503/504
-     * with no backend chosen counts under td itself. A 4xx (a client's fault, such as a body
-     * that stopped coming) does not count. */
-    if (c->snap && status >= 500) {
-        td_backend_stats_t *bst = c->backend >= 0  ? c->snap->backends[c->backend].st
-                                  : c->forced >= 0 ? c->snap->backends[c->forced].st
-                                                   : c->b_inflight;
-        if (bst) {
-            atomic_fetch_add_explicit(&bst->requests, 1, memory_order_relaxed);
-            atomic_fetch_add_explicit(&bst->responses[td_exchange_class_of(status)], 1,
-                                      memory_order_relaxed);
-        }
-        td_router_count_local(bst, status, td_now_ms());
-    } else if (status >= 500) {
-        td_router_count_local(NULL, status, td_now_ms());
-    }
-    td_exchange_drop_upstream(c);
+    td_exchange_count_reply(c, status);
     td_exchange_drop_upstream(c);
 }
 
 static void client_close(client_t *c) {
     td_exchange_drop_upstream(c);
     td_exchange_end(c);
+    td_exchange_count_tunnel_close(c);
 }
 
 const td_client_cbs_t td_exchange_client_cbs = {
