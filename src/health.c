@@ -9,23 +9,22 @@
 #include "td/http1.h"
 #include "td/log.h"
 #include "td/router.h"
+#include "td/stream.h"
 #include "td/tls.h"
 
 #define PROBE_BUF 65536
 
 typedef struct checker_s checker_t;
 
-/* One probe in progress: its socket lives until the close callback. */
+/* One probe in progress: its stream (plain, or TLS when the backend speaks it) lives until the
+ * close callback. */
 typedef struct probe_s {
-    uv_tcp_t tcp;
-    uv_connect_t creq;
-    uv_write_t wreq;
+    td_stream_t io;
     checker_t *k; /* NULL once the checker gave up on it */
     char req[512];
     char *buf; /* owned */
     size_t len;
     int done;
-    td_tls_conn_t tls; /* used when the backend speaks TLS (tls.ssl != NULL) */
 } probe_t;
 
 struct checker_s {
@@ -36,24 +35,23 @@ struct checker_s {
     uv_timer_t timer;
     probe_t *probe; /* in progress, or NULL */
     int ok_run, fail_run;
-    int seen;      /* marked during a sync */
+    int seen; /* marked during a sync */
     int removed;
     char last[160];
     checker_t *next;
 };
 
 static checker_t *checkers;
-static uv_loop_t *hloop;
+static td_stream_loop_t hsl_state;
+static td_stream_loop_t *hsl;  /* the transport's state for the main loop, once set up */
 static uv_timer_t sweep_timer; /* every second: passive ejections that ended (td_passive_sweep) */
 static int sweep_on;
 
 static void schedule(checker_t *k, int ms);
 
-static void probe_free_cb(uv_handle_t *h) {
-    probe_t *p = h->data;
+static void probe_free_cb(td_stream_t *s) {
+    probe_t *p = td_stream_owner(s);
     free(p->buf);
-    if (p->tls.ssl)
-        td_tls_free(&p->tls);
     free(p);
 }
 
@@ -64,7 +62,7 @@ static void probe_end(probe_t *p) {
     if (p->k)
         p->k->probe = NULL;
     p->k = NULL;
-    uv_close((uv_handle_t *)&p->tcp, probe_free_cb);
+    td_stream_close(&p->io, probe_free_cb);
 }
 
 static void checker_free_cb(uv_handle_t *h) {
@@ -87,8 +85,8 @@ static void verdict(checker_t *k, int ok, const char *why) {
             atomic_store(&k->st->down_until_ms, 0);
             atomic_store(&k->st->consecutive_failures, 0);
             atomic_store(&k->st->ejected, 0); /* this "up" answers a passive "down" too */
-            td_info("health: server %s (%s) is up after %d successful checks (%s)",
-                    k->st->address, k->st->backend, k->ok_run, why);
+            td_info("health: server %s (%s) is up after %d successful checks (%s)", k->st->address,
+                    k->st->backend, k->ok_run, why);
             td_event("health", "server %s (%s) is up (%s)", k->st->address, k->st->backend, why);
         }
     } else {
@@ -98,8 +96,7 @@ static void verdict(checker_t *k, int ok, const char *why) {
             atomic_store(&k->st->health_up, 0);
             td_warn("health: server %s (%s) is down after %d failed checks (%s)", k->st->address,
                     k->st->backend, k->fail_run, why);
-            td_event("health", "server %s (%s) is down (%s)", k->st->address, k->st->backend,
-                     why);
+            td_event("health", "server %s (%s) is down (%s)", k->st->address, k->st->backend, why);
         }
     }
 }
@@ -175,117 +172,69 @@ static void judge_http(probe_t *p, int eof) {
         snprintf(why, sizeof(why), "status %d, body has \"%s\"", resp.status, k->hc.expect_body);
         finish(p, 1, why);
     } else {
-        snprintf(why, sizeof(why), "status %d, body lacks \"%s\"", resp.status,
-                 k->hc.expect_body);
+        snprintf(why, sizeof(why), "status %d, body lacks \"%s\"", resp.status, k->hc.expect_body);
         finish(p, 0, why);
     }
 }
 
-static void loose_write_cb(uv_write_t *w, int status) {
-    (void)status;
-    free(w);
-}
-
-/* Sends what TLS has ready (handshake records, the encrypted request). */
-static void tls_flush(probe_t *p) {
-    size_t n = td_tls_pending_out(&p->tls);
-    if (!n)
+static void probe_alloc_cb(td_stream_t *s, char **buf, size_t *cap) {
+    probe_t *p = td_stream_owner(s);
+    if (!p->buf && !(p->buf = malloc(PROBE_BUF)))
         return;
-    uv_write_t *w = malloc(sizeof(*w) + n);
-    if (!w)
-        return;
-    char *data = (char *)(w + 1);
-    n = td_tls_take(&p->tls, data, n);
-    uv_buf_t b = uv_buf_init(data, (unsigned)n);
-    if (uv_write(w, (uv_stream_t *)&p->tcp, &b, 1, loose_write_cb) < 0)
-        free(w);
+    *buf = p->buf + p->len;
+    *cap = PROBE_BUF - p->len;
 }
 
-static void send_request(probe_t *p);
-
-/* TLS: handshake, then plaintext into p->buf. Returns 1 when the probe is finished. */
-static int tls_pump(probe_t *p, int eof) {
-    checker_t *k = p->k;
-    int was_up = td_tls_established(&p->tls);
-    long n = td_tls_read(&p->tls, p->buf + p->len, PROBE_BUF - p->len);
-    tls_flush(p);
-    if (n < 0 && !(was_up && strcmp(p->tls.error, "closed") == 0)) {
-        char why[200];
-        snprintf(why, sizeof(why), "TLS: %s", p->tls.error);
-        finish(p, 0, why);
-        return 1;
-    }
-    if (!was_up && td_tls_established(&p->tls)) {
-        if (strcmp(k->hc.type, "ssl_hello") == 0) {
-            finish(p, 1, "TLS handshake completed");
-            return 1;
-        }
-        send_request(p);
-        return tls_pump(p, eof);
-    }
-    if (n > 0)
-        p->len += (size_t)n;
-    judge_http(p, eof || n < 0 || p->len >= PROBE_BUF);
-    return p->done;
-}
-
-static void probe_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *out) {
-    (void)hint;
-    probe_t *p = h->data;
-    if (!p->buf)
-        p->buf = malloc(PROBE_BUF);
-    *out = uv_buf_init(p->buf ? p->buf + p->len : NULL, p->buf ? (unsigned)(PROBE_BUF - p->len) : 0);
-}
-
-static void probe_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
-    (void)b;
-    probe_t *p = s->data;
+static void probe_read_cb(td_stream_t *s, long nread) {
+    probe_t *p = td_stream_owner(s);
     if (p->done || !p->k)
         return;
-    if (nread < 0) {
-        if (nread == UV_EOF) {
-            judge_http(p, 1);
-            if (!p->done)
-                finish(p, 0, "connection closed");
-        } else {
-            char why[128];
-            snprintf(why, sizeof(why), "read: %s", uv_strerror((int)nread));
-            finish(p, 0, why);
-        }
+    if (nread == TD_STREAM_EOF || nread == TD_STREAM_CLOSE_NOTIFY) {
+        judge_http(p, 1);
+        if (!p->done)
+            finish(p, 0, "connection closed");
         return;
     }
-    if (p->tls.ssl) {
-        if (td_tls_feed(&p->tls, p->buf + p->len, (size_t)nread) < 0)
-            finish(p, 0, "out of memory");
+    if (nread < 0) {
+        char why[200];
+        if (nread == TD_STREAM_ETLS)
+            snprintf(why, sizeof(why), "TLS: %s", td_stream_tls_error(s));
         else
-            tls_pump(p, 0);
+            snprintf(why, sizeof(why), "read: %s", td_stream_strerror(s, (int)nread));
+        finish(p, 0, why);
         return;
     }
     p->len += (size_t)nread;
     judge_http(p, p->len >= PROBE_BUF);
 }
 
-static void probe_write_cb(uv_write_t *w, int status) {
-    probe_t *p = w->data;
+static void probe_write_cb(td_stream_t *s, int status) {
+    probe_t *p = td_stream_owner(s);
     if (status < 0 && !p->done && p->k) {
         char why[128];
-        snprintf(why, sizeof(why), "write: %s", uv_strerror(status));
+        snprintf(why, sizeof(why), "write: %s", td_stream_strerror(s, status));
         finish(p, 0, why);
     }
 }
 
-static void probe_connect_cb(uv_connect_t *c, int status) {
-    probe_t *p = c->data;
+static void send_request(probe_t *p);
+
+/* Connected (over TLS: the handshake done, which is all an ssl_hello check asks). */
+static void probe_connect_cb(td_stream_t *s, int status) {
+    probe_t *p = td_stream_owner(s);
     if (p->done || !p->k)
         return;
     checker_t *k = p->k;
     if (status < 0) {
-        if (local_error(status)) {
+        char why[200];
+        if (status == TD_STREAM_ETLS) {
+            snprintf(why, sizeof(why), "TLS: %s", td_stream_tls_error(s));
+        } else if (local_error(status)) {
             skip(p, status);
             return;
+        } else {
+            snprintf(why, sizeof(why), "connect: %s", td_stream_strerror(s, status));
         }
-        char why[128];
-        snprintf(why, sizeof(why), "connect: %s", uv_strerror(status));
         finish(p, 0, why);
         return;
     }
@@ -293,21 +242,13 @@ static void probe_connect_cb(uv_connect_t *c, int status) {
         finish(p, 1, "connected");
         return;
     }
-    if (k->tls) {
-        if (td_tls_connect(&p->tls, k->tls) < 0) {
-            finish(p, 0, "out of memory");
-            return;
-        }
-        uv_read_start((uv_stream_t *)&p->tcp, probe_alloc_cb, probe_read_cb);
-        if (!p->buf && !(p->buf = malloc(PROBE_BUF))) {
-            finish(p, 0, "out of memory");
-            return;
-        }
-        tls_pump(p, 0);
+    if (td_stream_is_tls(s) && strcmp(k->hc.type, "ssl_hello") == 0) {
+        finish(p, 1, "TLS handshake completed");
         return;
     }
     send_request(p);
-    uv_read_start((uv_stream_t *)&p->tcp, probe_alloc_cb, probe_read_cb);
+    if (!p->done)
+        td_stream_read_start(s, probe_alloc_cb, probe_read_cb);
 }
 
 /* The HTTP check's request, with a proper Host; over TLS when the backend speaks it. */
@@ -317,14 +258,13 @@ static void send_request(probe_t *p) {
                      "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: td-health-check\r\n"
                      "Connection: close\r\n\r\n",
                      k->hc.path, k->st->address);
-    if (p->tls.ssl) {
-        if (td_tls_write(&p->tls, p->req, (size_t)n) == 0)
-            tls_flush(p);
-        return;
+    td_iov_t iov = td_iov(p->req, (size_t)n);
+    int r = td_stream_write(&p->io, &iov, 1, 0, probe_write_cb);
+    if (r < 0) {
+        char why[128];
+        snprintf(why, sizeof(why), "write: %s", td_stream_strerror(&p->io, r));
+        finish(p, 0, why);
     }
-    uv_buf_t buf = uv_buf_init(p->req, (unsigned)n);
-    p->wreq.data = p;
-    uv_write(&p->wreq, (uv_stream_t *)&p->tcp, &buf, 1, probe_write_cb);
 }
 
 static void timer_cb(uv_timer_t *t) {
@@ -342,17 +282,17 @@ static void timer_cb(uv_timer_t *t) {
     }
     p->k = k;
     k->probe = p;
-    p->tcp.data = p->creq.data = p;
-    uv_tcp_init(hloop, &p->tcp);
-    int r = uv_tcp_connect(&p->creq, &p->tcp, (const struct sockaddr *)&k->addr.sa,
-                           probe_connect_cb);
+    td_stream_init(&p->io, hsl, p);
+    /* A "tcp" check only connects, TLS backend or not. */
+    td_tls_client_t *tls = strcmp(k->hc.type, "tcp") == 0 ? NULL : k->tls;
+    int r = td_stream_connect(&p->io, (const struct sockaddr *)&k->addr.sa, tls, probe_connect_cb);
     if (r < 0) {
         if (local_error(r)) {
             skip(p, r);
             return;
         }
         char why[128];
-        snprintf(why, sizeof(why), "connect: %s", uv_strerror(r));
+        snprintf(why, sizeof(why), "connect: %s", td_stream_strerror(NULL, r));
         finish(p, 0, why);
         return;
     }
@@ -396,7 +336,10 @@ static void sweep_cb(uv_timer_t *t) {
 }
 
 int td_health_sync(uv_loop_t *loop, const td_config_t *cfg) {
-    hloop = loop;
+    if (!hsl) {
+        hsl = &hsl_state;
+        td_stream_loop_init(hsl, loop);
+    }
     if (!sweep_on) {
         uv_timer_init(loop, &sweep_timer);
         uv_timer_start(&sweep_timer, sweep_cb, 1000, 1000);
@@ -469,5 +412,9 @@ void td_health_stop(void) {
         checker_t *k = checkers;
         checkers = k->next;
         checker_remove(k);
+    }
+    if (hsl) {
+        td_stream_loop_close(hsl);
+        hsl = NULL;
     }
 }

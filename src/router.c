@@ -163,3 +163,73 @@ int td_snapshot_find_backend(const td_snapshot_t *s, const char *name, size_t le
             return (int)i;
     return -1;
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * Per-request routing decisions */
+
+#include <strings.h>
+
+#include "td/http1.h"
+#include "td/rewrite.h"
+
+int td_router_preview(const td_snapshot_t *s, const struct td_http1_request_s *req) {
+    const td_config_t *cfg = s->config;
+    if (!cfg->preview_token[0])
+        return -1;
+    size_t hl = strlen(cfg->preview_header), tl = strlen(cfg->preview_token);
+    td_str_t name = {NULL, 0}, token = {NULL, 0};
+    for (size_t i = 0; i < req->num_headers; i++) {
+        td_str_t n = req->headers[i].name;
+        if (n.len == hl && strncasecmp(n.p, cfg->preview_header, hl) == 0)
+            name = req->headers[i].value;
+        else if (td_rewrite_preview_field(n, cfg->preview_header))
+            token = req->headers[i].value;
+    }
+    if (!name.len || token.len != tl)
+        return -1;
+    unsigned diff = 0;
+    for (size_t i = 0; i < tl; i++)
+        diff |= (unsigned)(token.p[i] ^ cfg->preview_token[i]);
+    return diff ? -1 : td_snapshot_find_backend(s, name.p, name.len);
+}
+
+int td_router_sticky_pin(const td_snapshot_t *s, const struct td_http1_request_s *req,
+                         int64_t now_s, int64_t now_ms) {
+    if (s->method != TD_METHOD_STICKY)
+        return -1;
+    int pinned = -1;
+    for (size_t i = 0; i < req->num_headers && pinned < 0; i++) {
+        td_str_t be;
+        if (td_http1_name_is(req->headers[i].name, "cookie") &&
+            td_sticky_parse(&s->sticky_key, req->headers[i].value, s->config->cookie_name, now_s,
+                            &be))
+            pinned = td_snapshot_find_backend(s, be.p, be.len);
+    }
+    if (pinned >= 0)
+        td_router_pin_seen(s->backends[pinned].st, now_ms);
+    return pinned;
+}
+
+int td_router_sticky_set(const td_snapshot_t *s, int backend, int pinned, int forced) {
+    return s->method == TD_METHOD_STICKY && backend != pinned && forced < 0 ? backend : -1;
+}
+
+size_t td_router_sticky_cookie(const td_snapshot_t *s, int backend, int https, int64_t now_s,
+                               char *line, size_t cap) {
+    const td_config_t *cfg = s->config;
+    char v[160];
+    if (!td_sticky_make(&s->sticky_key, v, sizeof(v), s->backends[backend].name,
+                        now_s + cfg->cookie_max_age_s))
+        return 0;
+    td_rewrite_cookie_t c = {
+        .name = cfg->cookie_name,
+        .value = v,
+        .max_age_s = cfg->cookie_max_age_s,
+        .http_only = cfg->cookie_http_only,
+        .secure = cfg->cookie_secure == TD_COOKIE_SECURE_ALWAYS ||
+                  (cfg->cookie_secure == TD_COOKIE_SECURE_AUTO && https),
+        .same_site = (int)cfg->cookie_same_site,
+    };
+    int n = td_rewrite_set_cookie(&c, line, cap);
+    return n < 0 ? 0 : (size_t)n;
+}

@@ -432,7 +432,10 @@ static long tls_fail(td_tls_conn_t *t, int r) {
         return 0;
     t->failed = 1;
     if (e == SSL_ERROR_ZERO_RETURN) {
+        t->closed = 1;
         snprintf(t->error, sizeof(t->error), "closed");
+        ERR_clear_error();
+        return TD_TLS_CLOSED;
     } else {
         unsigned long code = ERR_get_error();
         long vr = SSL_get_verify_result(t->ssl);
@@ -486,7 +489,7 @@ int td_tls_has_input(const td_tls_conn_t *t) {
 }
 
 int td_tls_shutdown(td_tls_conn_t *t) {
-    if (!t->ssl || !t->handshake_done || (t->failed && strcmp(t->error, "closed") != 0))
+    if (!t->ssl || !t->handshake_done || (t->failed && !t->closed))
         return 0;
     int r = SSL_shutdown(t->ssl);
     ERR_clear_error();

@@ -64,4 +64,35 @@ int td_backend_drained(const td_snapshot_t *s, const td_snap_backend_t *b, int64
 /* Index of the backend named name[0..len) in s, or -1. */
 int td_snapshot_find_backend(const td_snapshot_t *s, const char *name, size_t len);
 
+/* ---------------------------------------------------------------------------------------------
+ * Per-request routing decisions: what a request's head says about where it goes. Worker
+ * threads; `s` is the snapshot the request was routed with (borrowed). */
+
+struct td_http1_request_s;
+
+/* The preview route: "<preview_header>: blue" with "<preview_header>-Token: TOKEN" reaches blue
+ * whatever its weight (the token compared in constant time). Returns the backend index, or -1
+ * when the preview route is off (no token configured), the fields are absent, the backend is
+ * unknown or the token is wrong. */
+int td_router_preview(const td_snapshot_t *s, const struct td_http1_request_s *req);
+
+/* Sticky sessions: the backend named by the first valid sticky cookie of `req` (signature and
+ * expiry checked at wall-clock `now_s`), counted as a pinned request of that backend at
+ * `now_ms` (td_router_pin_seen). Returns the backend index, or -1 (no valid cookie, or the
+ * method is not sticky). */
+int td_router_sticky_pin(const td_snapshot_t *s, const struct td_http1_request_s *req,
+                         int64_t now_s, int64_t now_ms);
+
+/* The backend a response must pin with a Set-Cookie: the one that answered (`backend`) when the
+ * method is sticky and the request was neither pinned there already nor routed by preview
+ * (`forced` >= 0). Returns the backend index, or -1 for no cookie. */
+int td_router_sticky_set(const td_snapshot_t *s, int backend, int pinned, int forced);
+
+/* Writes the Set-Cookie line pinning `backend` into line[cap] (value signed with the snapshot's
+ * key, expiring cookie_max_age_s after wall-clock `now_s`; Secure when routing.cookie.secure is
+ * "always", or "auto" and the client came over TLS: `https`). Returns its length, or 0 when it
+ * does not fit. */
+size_t td_router_sticky_cookie(const td_snapshot_t *s, int backend, int https, int64_t now_s,
+                               char *line, size_t cap);
+
 #endif

@@ -39,10 +39,11 @@ void td_tls_client_release(td_tls_client_t *c);
  * connection: received ciphertext goes in with td_tls_feed, plaintext comes out of td_tls_read,
  * plaintext goes in with td_tls_write, and ciphertext to send comes out of td_tls_take. */
 typedef struct td_tls_conn_s {
-    SSL *ssl; /* owned */
+    SSL *ssl;                       /* owned */
     struct td_tls_server_s *server; /* a reference, held while the SNI callback may need it */
     int handshake_done;
     int failed;
+    int closed;      /* the peer sent its close_notify (failed is set too) */
     char error[160]; /* why the handshake or a record failed, for the log */
 } td_tls_conn_t;
 
@@ -58,10 +59,13 @@ void td_tls_free(td_tls_conn_t *t);
 /* Gives ciphertext read from the socket to the connection. Returns 0 or TD_ENOMEM. */
 int td_tls_feed(td_tls_conn_t *t, const char *buf, size_t len);
 
+/* td_tls_read's code for the peer's close_notify: a clean end of the session, not an error. */
+#define TD_TLS_CLOSED (-100)
+
 /* Decrypts into out[cap], driving the handshake first. Returns the plaintext bytes (> 0),
- * 0 when more ciphertext is needed (or only handshake progress was made), TD_EIO on a TLS error
- * (t->error says why), or TD_EAGAIN... never: the peer's close_notify also returns TD_EIO with
- * error "closed". Check td_tls_pending_out afterwards: the handshake may have output. */
+ * 0 when more ciphertext is needed (or only handshake progress was made), TD_TLS_CLOSED when the
+ * peer sent its close_notify, or TD_EIO on a TLS error (t->error says why). Check
+ * td_tls_pending_out afterwards: the handshake may have output. */
 long td_tls_read(td_tls_conn_t *t, char *out, size_t cap);
 
 /* Encrypts all of buf[0..len). Returns 0 or TD_EIO. */

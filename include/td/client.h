@@ -1,0 +1,54 @@
+/* Client connections (client.c). */
+#ifndef TD_CLIENT_H
+#define TD_CLIENT_H
+
+#include "td/proxy-t.h"
+
+/* Client connections open now, across workers (td_proxy_connections). */
+extern _Atomic int64_t td_client_open_count;
+
+int td_client_timeout_ms(const client_t *c, int which);
+
+/* Makes buf hold at least `cap` bytes, keeping its contents. Returns 0 or TD_ENOMEM (buf is
+ * unchanged then). Pointers into the old buffer (a parsed head) are invalid afterwards. */
+int td_client_buf_grow(client_t *c, uint32_t cap);
+
+void td_client_close(client_t *c);
+
+/* Client timeouts are deadlines in the worker's timeout queues, checked by its clock (every
+ * TICK_MS) rather than a timer handle per connection: an idle connection stays small, and the
+ * tick looks only at the expired ones. */
+void td_client_timer(client_t *c, int which);
+
+void td_client_read(client_t *c, int on);
+
+/* Counts the request-body bytes that have arrived in buf[req_end..len) and moves req_end past
+ * them. Returns 0, or TD_EBADMSG for invalid chunked framing. */
+int td_client_account_body(client_t *c);
+
+/* A write to the client could not finish at once: the client send timeout starts. It measures
+ * the client, not the backend: the upstream's response timeout does not run meanwhile. */
+void td_client_send_wait(client_t *c);
+
+/* The client send deadline passed. A client that took some of the pending bytes since the last
+ * look gets a new period (the timeout is between two writes that make progress, as nginx's
+ * send_timeout, not for the whole response); one that took nothing is closed, as its own fault:
+ * nothing is charged to the backend. */
+void td_client_send_timeout(client_t *c, int64_t now);
+
+void td_client_error(client_t *c, int status, const char *why);
+
+/* Answers with a small response of td's own (an error, a redirect), then ends the exchange:
+ * the connection stays for 3xx and 5xx when the whole request was read, else it closes.
+ * `headers` are extra header lines, each ending in CRLF. */
+void td_client_reply(client_t *c, int status, const char *reason, const char *headers);
+
+/* A client's deadline passed. */
+void td_client_timeout(client_t *c);
+
+/* Ends the current exchange and starts on the next request (pipelined bytes first). */
+void td_client_next(client_t *c);
+
+void td_client_write_done_cb(td_stream_t *s, int status);
+
+#endif

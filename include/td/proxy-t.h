@@ -1,0 +1,216 @@
+/* Types of the proxy's data plane: workers, client connections, upstream connections and their
+ * pools, shared by worker.c, client.c, upstream.c and exchange.c.
+ *
+ * Each worker thread runs its own libuv loop with its own SO_REUSEPORT listeners, its own
+ * keep-alive pools of upstream connections and its own balancer scores. A client connection goes
+ * through these states:
+ *
+ *   HEAD ──parsed──▶ EXCHANGE ──response done, keep-alive──▶ HEAD (next, possibly pipelined)
+ *                       │  └──101 Switching Protocols──▶ TUNNEL
+ *                       └──error──▶ error response, or close
+ *
+ * During an exchange the client is bound to one upstream connection. Bytes flow through one read
+ * buffer per side and at most one write per side is outstanding: while a write is pending, the
+ * side that produced the bytes is not read (backpressure), so a connection never holds more than
+ * its buffers however slow the peer. Writes go through the transport (td/stream.h), which tries
+ * them synchronously first; only a partial write waits, with the bytes left pinned in their read
+ * buffer.
+ *
+ * Objects are freed only in their close callbacks, never inside their own read/write callbacks. */
+#ifndef TD_PROXY_T_H
+#define TD_PROXY_T_H
+
+#include <netinet/in.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "td/access_log.h"
+#include "td/http1-t.h"
+#include "td/router-t.h"
+#include "td/stream-t.h"
+#include "td/timeout-t.h"
+
+#define CBUF_SIZE (16 * 1024) /* client read buffer: the largest request head, then body pieces */
+#define UBUF_SIZE (64 * 1024) /* upstream read buffer: response head, then body pieces */
+#define MAX_HDRS 100
+#define MAX_TRIES 6        /* upstream attempts per request */
+#define POOL_IDLE_MS 60000 /* idle pooled upstream connections are closed after this */
+#define POOL_MAX_IDLE 256  /* idle connections kept per server and worker */
+#define MAX_SPANS 64
+#define TICK_MS 100    /* granularity of client timeouts */
+#define MAX_INTERIM 16 /* 1xx responses passed on before a final one; more is a 502 */
+
+/* Kinds of timeouts; each has a queue per worker (td/timeout.h). T_HEADER also times the
+ * request body (between two reads), T_POOL is POOL_IDLE_MS. */
+enum { T_HEADER, T_KEEPALIVE, T_CONNECT, T_RESPONSE, T_SEND, T_POOL, T_KINDS };
+
+/* Why an upstream try failed (td_exchange_upstream_fail). F_LOCAL: td itself lacked a resource
+ * (file descriptors, memory, local ports) to reach the upstream; it says nothing about the server.
+ */
+enum { F_CONNECT, F_IO, F_TIMEOUT, F_PROTOCOL, F_LOCAL };
+
+typedef struct worker_s worker_t;
+typedef struct client_s client_t;
+typedef struct upstream_s upstream_t;
+
+/* What a client connection reports to the exchange over it, through a table set when it is
+ * accepted; each gets the connection. */
+typedef struct td_client_cbs_s {
+    /* Bytes of a new request head are buffered (state HEAD): parse it and start an exchange, or
+     * wait for more. */
+    void (*on_head)(client_t *c);
+    /* New request-body bytes were accounted (EXCHANGE), or tunnel bytes came (TUNNEL). */
+    void (*on_body)(client_t *c);
+    /* A pending write to the client is done. Returns 1 when it was the exchange's, 0 when it was
+     * an answer of td's own (the client then goes on to its next request or closes). */
+    int (*on_written)(client_t *c);
+    /* td answers the current request itself with `status`: the exchange counts it and lets go
+     * of its upstream. */
+    void (*on_reply)(client_t *c, int status);
+    /* The current exchange is over (the next request comes), or the connection closes. */
+    void (*on_end)(client_t *c);
+    void (*on_close)(client_t *c);
+} td_client_cbs_t;
+
+/* What an upstream connection reports to its owner (the exchange over it), through a table the
+ * owner gives to td_upstream_open; each gets the connection, whose `owner` says whose it is. */
+typedef struct td_upstream_cbs_s {
+    /* Connected (to a TLS backend: the handshake done), or taken from the pool: the request may
+     * be sent. */
+    void (*on_ready)(upstream_t *u);
+    /* nread > 0 response bytes were appended to u->buf (u->len counts them), or the connection
+     * ended: TD_STREAM_EOF (a FIN or a TLS close_notify) or another negative code
+     * (td_upstream_strerror). */
+    void (*on_data)(upstream_t *u, long nread);
+    /* The write that td_upstream_write left pending is done. */
+    void (*on_written)(upstream_t *u);
+    /* The connection failed: a connect error, a write error, a timeout (`kind`: F_*). */
+    void (*on_error)(upstream_t *u, const char *why, int kind);
+} td_upstream_cbs_t;
+
+/* Idle keep-alive connections to one server, in one worker. Keyed by the server's registry
+ * object, which outlives reloads, so pools survive them. */
+typedef struct pool_s {
+    td_server_stats_t *key; /* borrowed */
+    upstream_t *idle;       /* most recently used first */
+    int num_idle;
+    struct pool_s *next;
+} pool_t;
+
+struct td_proxy_s {
+    worker_t *workers; /* owned */
+    size_t num_workers;
+};
+
+struct worker_s {
+    uv_loop_t loop;
+    uv_thread_t thread;
+    uv_async_t wake;  /* stop request from the main thread */
+    uv_timer_t drain; /* force-close deadline after a stop */
+    uv_timer_t tick;  /* every TICK_MS: client deadlines; each second: drained tunnels */
+    unsigned ticks;
+    int drain_ms;
+    uv_tcp_t *listeners; /* owned */
+    int *listen_fds;     /* owned; -1 once handed to a uv_tcp_t */
+    size_t num_listeners;
+    int stopping;
+    td_access_log_t alog;
+    td_snapshot_t *snap; /* one reference held by the worker */
+    int *wrr_b, *wrr_s;  /* owned: balancer scores per backend / per flat server index */
+    size_t wrr_nb, wrr_ns;
+    pool_t *pools;       /* owned */
+    client_t *clients;   /* every open client connection (for a stop) */
+    client_t *tunnels;   /* the clients in a tunnel counted for a backend (for its drain) */
+    char *buf_cache[64]; /* owned: free client buffers, reused instead of malloc/free */
+    int num_cached;
+    int64_t local_err_ms;           /* when a local resource error was last logged ... */
+    unsigned local_err_quiet;       /* ... and how many were not logged since */
+    td_stream_loop_t sl;            /* the transport's per-loop state (TLS buffer and queue) */
+    td_timeout_queue_t tq[T_KINDS]; /* armed timeouts by kind */
+    td_http1_header_t hdrs[MAX_HDRS];
+    const td_http1_request_t *parsed; /* the request td_exchange_start parsed into hdrs ... */
+    const client_t *parsed_for;       /* ... for this client, while it routes it; else NULL */
+    char scratch[CBUF_SIZE + 2048];   /* response/request heads are built here */
+};
+
+enum { C_HEAD, C_EXCHANGE, C_TUNNEL, C_CLOSING };
+enum { U_CONNECTING, U_BUSY, U_IDLE, U_CLOSING };
+
+struct client_s {
+    td_stream_t io;             /* the connection to the client (plain or TLS) */
+    const td_client_cbs_t *cbs; /* borrowed: the exchange's callbacks */
+    worker_t *w;
+    client_t *prev, *next;
+    upstream_t *up;     /* the upstream of the current exchange, or NULL */
+    char *buf;          /* owned: request bytes; NULL while idle */
+    uint32_t cap;       /* size of buf: CBUF_SIZE, or more while a request body is buffered */
+    uint32_t len;       /* bytes in buf */
+    uint32_t head_len;  /* length of the current request's head */
+    uint32_t req_end;   /* end in buf of the bytes known to belong to the current request */
+    uint32_t fwd;       /* bytes of buf already written to the upstream */
+    uint64_t body_left; /* Content-Length bytes not yet seen */
+    td_http1_chunked_t chunk;
+    td_timeout_t tmo;      /* the head / keep-alive / body timeout, when armed */
+    td_timeout_t send_tmo; /* the timeout of a pending write to the client, when armed */
+    size_t send_left;      /* bytes of that write not taken by the client at the last look */
+    td_snapshot_t *snap;   /* a reference, held during an exchange */
+    int backend, server;   /* indices in snap */
+    int pinned;            /* backend named by a valid sticky cookie, or -1 */
+    int forced;            /* backend named by a valid preview header, or -1 */
+    int status;            /* status of the response sent, for the logs */
+    uint64_t bytes_out;    /* response bytes written to the client in this exchange */
+    char *path;            /* owned: request-target, kept only while the access log is on */
+    td_server_stats_t *st_inflight; /* borrowed: server whose in_flight this request holds */
+    td_backend_stats_t *b_inflight; /* borrowed: backend whose in_flight this request holds */
+    td_backend_stats_t *b_tunnel;   /* borrowed: backend whose tunnel count this one holds */
+    client_t *tun_prev, *tun_next;  /* in w->tunnels while b_tunnel is set */
+    int tries;
+    int sticky_set;            /* backend index to pin with Set-Cookie in the response, or -1 */
+    uint32_t tried[MAX_TRIES]; /* flat server indices tried for this request */
+    uint8_t ntried;            /* entries used in tried */
+    int64_t started_ms;
+    uint8_t state;
+    uint8_t writing;   /* a write to this client is pending */
+    uint8_t req_body;  /* td_http1_body_t of the request */
+    uint8_t req_done;  /* the whole request has been read */
+    uint8_t discarded; /* request bytes were dropped from buf after sending: no replay */
+    uint8_t head_sent; /* the rewritten head went to the current upstream */
+    uint8_t eof;       /* the client half-closed: answer what was read, then close */
+    uint8_t body_sent; /* request-body bytes went to the current upstream */
+    uint8_t keep_alive, head_req, upgrade, minor, expect, idempotent;
+    uint8_t resp_started; /* a response byte came from the upstream */
+    uint8_t resp_sent;    /* a response head was written to the client */
+    uint8_t close_after;  /* close once the pending write completes */
+    uint8_t buffering;    /* the body is read into buf before a backend is chosen */
+    uint8_t continued;    /* td answered Expect: 100-continue itself: Expect is not forwarded */
+    uint8_t continue_out; /* that 100 Continue is the pending write */
+    char ip[INET6_ADDRSTRLEN];
+    char method[16];
+    char *last_error;   /* owned: why the last upstream try failed, for the 502 line */
+    uint8_t listener;   /* index of the listener it came in on */
+    uint8_t processing; /* client_process is running for it (further up the stack) */
+    uint8_t more;       /* an exchange ended meanwhile: client_process takes the next request */
+};
+
+struct upstream_s {
+    td_stream_t io; /* the connection to the server (plain or TLS) */
+    worker_t *w;
+    pool_t *pool;                 /* borrowed */
+    td_server_stats_t *st;        /* borrowed (registry) */
+    void *owner;                  /* borrowed: the exchange's (its client), or NULL */
+    const td_upstream_cbs_t *cbs; /* borrowed: the owner's callbacks */
+    upstream_t *next;             /* pool list */
+    char *buf;                    /* owned */
+    uint32_t len, off;            /* bytes in buf; bytes consumed */
+    uint32_t fwd;                 /* bytes of buf pinned by the pending write to the client */
+    uint64_t body_left;
+    td_http1_chunked_t chunk;
+    int status;
+    uint8_t state, reused, writing;
+    td_timeout_t tmo; /* the connect / response / pool-idle timeout, when armed */
+    uint8_t head_done, resp_body, resp_keep_alive, resp_done, dechunk, tunnel;
+    uint8_t interim; /* 1xx responses seen in this exchange */
+};
+
+#endif

@@ -1,0 +1,80 @@
+#include "td/access_log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "td/log.h"
+
+void td_access_log_init(td_access_log_t *l) {
+    l->fd = -1;
+    l->path[0] = 0;
+}
+
+void td_access_log_open(td_access_log_t *l, const char *path) {
+    if (strcmp(path, l->path) == 0)
+        return;
+    if (l->fd > 2)
+        close(l->fd);
+    l->fd = -1;
+    snprintf(l->path, sizeof(l->path), "%s", path);
+    if (!path[0])
+        return;
+    if (strcmp(path, "stderr") == 0) {
+        l->fd = STDERR_FILENO;
+        return;
+    }
+    l->fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (l->fd < 0)
+        td_error("access log: cannot open %s: %s", path, strerror(errno));
+}
+
+/* Writes one JSON string value (quotes and escapes included) into p, at most `cap` bytes. */
+static size_t json_str(char *p, size_t cap, const char *s, size_t n) {
+    size_t o = 0;
+    if (cap < 8)
+        return 0;
+    p[o++] = '"';
+    for (size_t i = 0; i < n && o + 8 < cap; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == '"' || ch == '\\') {
+            p[o++] = '\\';
+            p[o++] = (char)ch;
+        } else if (ch < 0x20 || ch >= 0x7f) {
+            o += (size_t)snprintf(p + o, cap - o, "\\u%04x", ch);
+        } else {
+            p[o++] = (char)ch;
+        }
+    }
+    p[o++] = '"';
+    return o;
+}
+
+void td_access_log_write(td_access_log_t *l, const td_access_entry_t *e) {
+    if (l->fd < 0)
+        return;
+    char line[1024], tbuf[40];
+    int64_t wall = td_wall_ms();
+    time_t secs = (time_t)(wall / 1000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    strftime(tbuf, sizeof(tbuf), "%Y-%m-%dT%H:%M:%S", &tm);
+    size_t n = (size_t)snprintf(line, sizeof(line),
+                                "{\"time\":\"%s.%03dZ\",\"client\":\"%s\",\"method\":", tbuf,
+                                (int)(wall % 1000), e->client);
+    n += json_str(line + n, sizeof(line) - n - 200, e->method, strlen(e->method));
+    n += (size_t)snprintf(line + n, sizeof(line) - n, ",\"path\":");
+    n += json_str(line + n, sizeof(line) - n - 200, e->path, strlen(e->path));
+    n += (size_t)snprintf(line + n, sizeof(line) - n,
+                          ",\"status\":%d,\"bytes\":%llu,\"duration_ms\":%lld,\"backend\":\"%s\","
+                          "\"server\":\"%s\"}\n",
+                          e->status, (unsigned long long)e->bytes, (long long)e->duration_ms,
+                          e->backend, e->server);
+    if (n >= sizeof(line))
+        n = sizeof(line) - 1;
+    ssize_t wr = write(l->fd, line, n);
+    (void)wr;
+}

@@ -1,0 +1,390 @@
+/* Client connections: reading and accounting request bytes, td's own answers (errors,
+ * redirects), keep-alive and pipelining, and the client's timeouts. */
+#include "td/client.h"
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "td/http1.h"
+#include "td/log.h"
+#include "td/rewrite.h"
+#include "td/stream.h"
+#include "td/timeout.h"
+
+_Atomic int64_t td_client_open_count;
+
+/* Client buffers (CBUF_SIZE) come from a small per-worker cache: an idle keep-alive connection
+ * holds none, and a busy one does not cost a malloc/free pair per request. */
+static char *buf_get(worker_t *w) {
+    return w->num_cached ? w->buf_cache[--w->num_cached] : malloc(CBUF_SIZE);
+}
+
+static void buf_put(worker_t *w, char *buf) {
+    if (!buf)
+        return;
+    if (w->num_cached < (int)(sizeof(w->buf_cache) / sizeof(w->buf_cache[0])))
+        w->buf_cache[w->num_cached++] = buf;
+    else
+        free(buf);
+}
+
+static void client_process(client_t *c);
+
+int td_client_timeout_ms(const client_t *c, int which) {
+    const td_snapshot_t *s = c->snap ? c->snap : c->w->snap;
+    const td_config_timeouts_t *t = &s->config->timeouts;
+    switch (which) {
+    case 0:
+        return t->client_header_ms;
+    case 1:
+        return t->keepalive_idle_ms;
+    case 2:
+        return t->connect_ms;
+    case 4:
+        return t->client_send_ms;
+    default:
+        return t->upstream_response_ms;
+    }
+}
+
+/* The client's buffer: taken from the cache when it has none; a larger one (a buffered body)
+ * is freed rather than cached. */
+static int client_buf_get(client_t *c) {
+    if (!c->buf) {
+        c->buf = buf_get(c->w);
+        c->cap = c->buf ? CBUF_SIZE : 0;
+    }
+    return c->buf ? 0 : TD_ENOMEM;
+}
+
+static void client_buf_put(client_t *c) {
+    if (c->cap == CBUF_SIZE)
+        buf_put(c->w, c->buf);
+    else
+        free(c->buf);
+    c->buf = NULL;
+    c->cap = 0;
+}
+
+/* Makes buf hold at least `cap` bytes, keeping its contents. Returns 0 or TD_ENOMEM (buf is
+ * unchanged then). Pointers into the old buffer (a parsed head) are invalid afterwards. */
+int td_client_buf_grow(client_t *c, uint32_t cap) {
+    if (cap <= c->cap)
+        return 0;
+    char *nb = malloc(cap);
+    if (!nb)
+        return TD_ENOMEM;
+    memcpy(nb, c->buf, c->len);
+    client_buf_put(c);
+    c->buf = nb;
+    c->cap = cap;
+    return 0;
+}
+
+static void client_free_cb(td_stream_t *s) {
+    client_t *c = td_stream_owner(s);
+    client_buf_put(c);
+    free(c->last_error);
+    free(c->path);
+    free(c);
+}
+
+void td_client_close(client_t *c) {
+    if (c->state == C_CLOSING)
+        return;
+    c->state = C_CLOSING;
+    if (c->started_ms && !c->status)
+        c->status = 499; /* the client went away before its answer: the access log says so */
+    c->cbs->on_close(c);
+    if (c->prev)
+        c->prev->next = c->next;
+    else if (c->w->clients == c)
+        c->w->clients = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    atomic_fetch_sub(&td_client_open_count, 1);
+    td_timeout_stop(&c->tmo);
+    td_timeout_stop(&c->send_tmo);
+    td_stream_close(&c->io, client_free_cb);
+}
+
+/* Client timeouts are deadlines in the worker's timeout queues, checked by its clock (every
+ * TICK_MS) rather than a timer handle per connection: an idle connection stays small, and the
+ * tick looks only at the expired ones. */
+void td_client_timer(client_t *c, int which) {
+    td_timeout_arm(&c->w->tq[which], &c->tmo, td_stream_now(&c->w->sl),
+                   td_client_timeout_ms(c, which));
+}
+
+static void client_alloc_cb(td_stream_t *s, char **buf, size_t *cap) {
+    client_t *c = td_stream_owner(s);
+    if (client_buf_get(c) < 0)
+        return;
+    *buf = c->buf + c->len;
+    *cap = c->cap - c->len;
+}
+
+static void client_read_cb(td_stream_t *s, long nread);
+
+void td_client_read(client_t *c, int on) {
+    if (c->state == C_CLOSING)
+        return;
+    if (on)
+        td_stream_read_start(&c->io, client_alloc_cb, client_read_cb);
+    else
+        td_stream_read_stop(&c->io);
+}
+
+/* Counts the request-body bytes that have arrived in buf[req_end..len) and moves req_end past
+ * them. Returns 0, or TD_EBADMSG for invalid chunked framing. */
+int td_client_account_body(client_t *c) {
+    if (c->req_done)
+        return 0;
+    uint32_t avail = c->len - c->req_end;
+    if (c->req_body == TD_BODY_LENGTH) {
+        uint64_t take = avail < c->body_left ? avail : c->body_left;
+        c->req_end += (uint32_t)take;
+        c->body_left -= take;
+        c->req_done = c->body_left == 0;
+    } else if (c->req_body == TD_BODY_CHUNKED) {
+        int done = 0;
+        long n = td_http1_chunked_feed(&c->chunk, c->buf + c->req_end, avail, &done, NULL, 0, NULL);
+        if (n < 0)
+            return TD_EBADMSG;
+        c->req_end += (uint32_t)n;
+        c->req_done = (uint8_t)done;
+    } else {
+        c->req_done = 1;
+    }
+    return 0;
+}
+
+/* A write to the client could not finish at once: the client send timeout starts. It measures
+ * the client, not the backend: the upstream's response timeout does not run meanwhile. */
+void td_client_send_wait(client_t *c) {
+    c->writing = 1;
+    c->send_left = td_stream_write_queued(&c->io);
+    td_timeout_arm(&c->w->tq[T_SEND], &c->send_tmo, td_stream_now(&c->w->sl),
+                   td_client_timeout_ms(c, T_SEND));
+}
+
+/* The client send deadline passed. A client that took some of the pending bytes since the last
+ * look gets a new period (the timeout is between two writes that make progress, as nginx's
+ * send_timeout, not for the whole response); one that took nothing is closed, as its own fault:
+ * nothing is charged to the backend. */
+void td_client_send_timeout(client_t *c, int64_t now) {
+    size_t left = td_stream_write_queued(&c->io);
+    if (left < c->send_left) {
+        c->send_left = left;
+        td_timeout_arm(&c->w->tq[T_SEND], &c->send_tmo, now, td_client_timeout_ms(c, T_SEND));
+        return;
+    }
+    td_warn("%s %s: client took no response bytes for %d ms (timeouts.client_send_ms); "
+            "connection closed",
+            c->ip, c->method[0] ? c->method : "-", td_client_timeout_ms(c, T_SEND));
+    td_client_close(c);
+}
+
+void td_client_error(client_t *c, int status, const char *why) {
+    if (c->state == C_CLOSING)
+        return;
+    if (c->resp_sent || c->writing) {
+        td_client_close(c);
+        return;
+    }
+    td_warn("%d %s %s: %s", status, c->ip, c->method[0] ? c->method : "-", why);
+    td_client_reply(c, status, td_http_reason(status), "");
+}
+
+/* Answers with a small response of td's own (an error, a redirect), then ends the exchange:
+ * the connection stays for 3xx and 5xx when the whole request was read, else it closes.
+ * `headers` are extra header lines, each ending in CRLF. */
+void td_client_reply(client_t *c, int status, const char *reason, const char *headers) {
+    c->cbs->on_reply(c, status);
+    /* Keep the connection for 502/503/504 when the whole request was read; close otherwise. */
+    int keep = (status >= 500 || (status >= 300 && status < 400)) && c->req_done && c->keep_alive &&
+               !c->w->stopping;
+    char body[160];
+    int blen = snprintf(body, sizeof(body), "%d %s\n", status, reason);
+    char *p = c->w->scratch;
+    int n = snprintf(p, sizeof(c->w->scratch),
+                     "HTTP/1.1 %d %s\r\n%sContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                     "Connection: %s\r\n\r\n%s",
+                     status, reason, headers, blen, keep ? "keep-alive" : "close", body);
+    if (n < 0 || (size_t)n >= sizeof(c->w->scratch)) {
+        td_client_close(c);
+        return;
+    }
+    c->resp_sent = 1;
+    c->status = status;
+    if (!c->started_ms)
+        c->started_ms = td_now_ms();
+    c->close_after = !keep;
+    td_iov_t iov = td_iov(p, (unsigned)n);
+    int r = td_stream_write(&c->io, &iov, 1, 1, td_client_write_done_cb);
+    if (r < 0) {
+        td_client_close(c);
+    } else if (r == 1) {
+        td_client_send_wait(c);
+        td_client_read(c, 0);
+    } else if (c->close_after) {
+        td_client_close(c);
+    } else {
+        td_client_next(c);
+    }
+}
+
+/* A client's deadline passed. */
+void td_client_timeout(client_t *c) {
+    if (c->state == C_HEAD) {
+        if (c->len > 0) {
+            c->keep_alive = 0;
+            td_client_error(c, 408, "client too slow to send its request head");
+        } else {
+            td_client_close(c);
+        }
+    } else if (c->state == C_EXCHANGE && !c->req_done) {
+        c->keep_alive = 0;
+        if (c->resp_sent)
+            td_client_close(c);
+        else
+            td_client_error(c, 408, "client too slow to send its request body");
+    }
+}
+
+/* Ends the current exchange and starts on the next request (pipelined bytes first). */
+void td_client_next(client_t *c) {
+    if (c->state == C_CLOSING)
+        return;
+    c->cbs->on_end(c);
+    if (c->w->stopping) {
+        td_client_close(c);
+        return;
+    }
+    uint32_t rest = c->len > c->req_end ? c->len - c->req_end : 0;
+    if (rest && c->req_end)
+        memmove(c->buf, c->buf + c->req_end, rest);
+    c->len = rest;
+    c->head_len = c->req_end = c->fwd = 0;
+    c->body_left = 0;
+    memset(&c->chunk, 0, sizeof(c->chunk));
+    c->req_done = c->discarded = c->head_sent = c->body_sent = c->resp_started = c->resp_sent = 0;
+    c->close_after = c->buffering = c->continued = c->continue_out = 0;
+    c->upgrade = c->expect = 0;
+    c->backend = c->server = c->sticky_set = c->pinned = -1;
+    c->tries = 0;
+    c->ntried = 0;
+    free(c->last_error);
+    c->last_error = NULL;
+    c->method[0] = 0;
+    c->state = C_HEAD;
+    if (!rest) {
+        if (c->eof) { /* the client said all it had to say */
+            td_client_close(c);
+            return;
+        }
+        client_buf_put(c); /* idle keep-alive connections hold no buffer */
+        td_client_timer(c, T_KEEPALIVE);
+        td_client_read(c, 1);
+        return;
+    }
+    td_client_timer(c, T_HEADER);
+    if (!c->eof)
+        td_client_read(c, 1);
+    client_process(c);
+}
+
+/* Takes the requests buffered in c->buf one after another. An exchange that ends at once (an
+ * error or redirect of td's own, answered with one write) calls td_client_next, which lands here
+ * again further down the stack: that call only notes that there is more, and this loop takes
+ * the next pipelined request, so a run of bad requests costs no stack (redis'
+ * processInputBuffer). */
+static void client_process(client_t *c) {
+    if (c->processing) {
+        c->more = 1;
+        return;
+    }
+    c->processing = 1;
+    do {
+        c->more = 0;
+        c->cbs->on_head(c);
+    } while (c->more && c->state == C_HEAD);
+    c->processing = 0;
+}
+
+static void client_got(client_t *c, size_t nread);
+
+static void client_read_cb(td_stream_t *s, long nread) {
+    client_t *c = td_stream_owner(s);
+    if (nread == -ENOBUFS) { /* buffer full: wait until the exchange makes room */
+        td_client_read(c, 0);
+        return;
+    }
+    if (nread == TD_STREAM_EOF && c->state == C_EXCHANGE && c->req_done) {
+        /* Half-close after a whole request: answer it and any pipelined ones already read,
+         * then close. */
+        c->eof = 1;
+        td_client_read(c, 0);
+        return;
+    }
+    if (nread < 0) {
+        if (nread == TD_STREAM_ETLS)
+            td_info("TLS from %s: %s", c->ip, td_stream_tls_error(s));
+        else if (c->state == C_HEAD && c->len > 0 && nread != TD_STREAM_CLOSE_NOTIFY)
+            td_debug("client %s closed with an incomplete request head", c->ip);
+        td_client_close(c);
+        return;
+    }
+    client_got(c, (size_t)nread);
+}
+
+/* nread new request bytes are at the end of c->buf. */
+static void client_got(client_t *c, size_t nread) {
+    c->len += (uint32_t)nread;
+    if (c->state == C_HEAD) {
+        if (c->len == (uint32_t)nread)
+            td_client_timer(c, T_HEADER); /* first byte of a request: the head timeout starts */
+        client_process(c);
+        return;
+    }
+    if (c->state == C_EXCHANGE) {
+        if (c->req_done) {
+            /* Pipelined bytes: keep them for later and stop reading. */
+            td_client_read(c, 0);
+            return;
+        }
+        if (td_client_account_body(c) < 0) {
+            c->keep_alive = 0;
+            td_client_error(c, 400, "invalid chunked body");
+            return;
+        }
+        c->cbs->on_body(c);
+        return;
+    }
+    if (c->state == C_TUNNEL) {
+        td_client_read(c, 0);
+        c->cbs->on_body(c);
+    }
+}
+
+void td_client_write_done_cb(td_stream_t *s, int status) {
+    client_t *c = td_stream_owner(s);
+    c->writing = 0;
+    td_timeout_stop(&c->send_tmo);
+    if (c->state == C_CLOSING)
+        return;
+    if (status < 0) {
+        td_client_close(c);
+        return;
+    }
+    if (c->cbs->on_written(c))
+        return;
+    /* An error response of td's own. */
+    if (c->close_after)
+        td_client_close(c);
+    else
+        td_client_next(c);
+}

@@ -1,0 +1,932 @@
+/* Exchanges: one request and its response across a client and an upstream connection: routing
+ * and retries, request and response framing, counters, the access log line, the tunnel switch. */
+#include "td/exchange.h"
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "td/access_log.h"
+#include "td/client.h"
+#include "td/http1.h"
+#include "td/log.h"
+#include "td/rewrite.h"
+#include "td/router.h"
+#include "td/stream.h"
+#include "td/timeout.h"
+#include "td/upstream.h"
+#include "td/worker.h"
+
+static td_http1_limits_t limits = {8192, CBUF_SIZE, MAX_HDRS};
+
+static void pick_and_connect(client_t *c);
+
+/* The servers a request has tried: few (at most MAX_TRIES), so a short list of flat indices
+ * covers every server of a snapshot of any size. */
+static int tried_has(const client_t *c, size_t flat) {
+    for (uint8_t i = 0; i < c->ntried; i++)
+        if (c->tried[i] == flat)
+            return 1;
+    return 0;
+}
+
+static void tried_add(client_t *c, size_t flat) {
+    if (c->ntried < MAX_TRIES && !tried_has(c, flat))
+        c->tried[c->ntried++] = (uint32_t)flat;
+}
+
+static void tried_del(client_t *c, size_t flat) {
+    for (uint8_t i = 0; i < c->ntried; i++)
+        if (c->tried[i] == flat) {
+            c->tried[i] = c->tried[--c->ntried];
+            return;
+        }
+}
+
+int td_exchange_class_of(int status) {
+    int k = status / 100 - 1;
+    return k < 0 ? 0 : k > 4 ? 4 : k;
+}
+
+static td_str_t find_header(const td_http1_header_t *h, size_t n, const char *lower) {
+    size_t len = strlen(lower);
+    for (size_t i = 0; i < n; i++)
+        if (h[i].name.len == len && td_http1_name_is(h[i].name, lower))
+            return h[i].value;
+    return (td_str_t){NULL, 0};
+}
+
+/* The exchange is over: its duration goes to the backend's histogram, and a line to the access
+ * log when there is one: {"time","client","method","path","status","bytes","duration_ms",
+ * "backend","server"}. */
+static void exchange_log(client_t *c) {
+    if (!c->started_ms || !c->status)
+        return;
+    int64_t ms = td_now_ms() - c->started_ms;
+    if (c->b_inflight)
+        td_router_observe(c->b_inflight, ms);
+    worker_t *w = c->w;
+    if (!td_access_log_on(&w->alog))
+        return;
+    td_access_entry_t e = {
+        .client = c->ip,
+        .method = c->method,
+        .path = c->path ? c->path : "",
+        .status = c->status,
+        .bytes = c->bytes_out,
+        .duration_ms = ms,
+        .backend = c->snap && c->backend >= 0 ? c->snap->backends[c->backend].name : "",
+        .server = c->snap && c->backend >= 0 && c->server >= 0
+                      ? c->snap->backends[c->backend].servers[c->server].addr.text
+                      : "",
+    };
+    td_access_log_write(&w->alog, &e);
+}
+
+void td_exchange_end(client_t *c) {
+    exchange_log(c);
+    c->started_ms = 0;
+    c->status = 0;
+    c->bytes_out = 0;
+    free(c->path);
+    c->path = NULL;
+    td_exchange_release_server(c);
+    td_exchange_release_backend(c);
+    if (c->snap) {
+        td_snapshot_release(c->snap);
+        c->snap = NULL;
+    }
+}
+
+/* Detaches and closes the exchange's upstream connection (it cannot be reused). */
+void td_exchange_drop_upstream(client_t *c) {
+    upstream_t *u = c->up;
+    if (!u)
+        return;
+    c->up = NULL;
+    u->owner = NULL;
+    td_exchange_release_server(c);
+    td_upstream_close(u);
+}
+
+/* A plain listener set to redirect: 301 (GET, HEAD) or 308 (others, which keeps the method and
+ * body) to the same host and path over https. */
+static void redirect_https(client_t *c, const td_http1_request_t *req,
+                           const td_config_listener_t *l) {
+    td_str_t host = req->host;
+    /* The host without its port ("[::1]:8080" keeps its brackets). */
+    size_t hl = host.len;
+    const char *close = host.len && host.p[0] == '[' ? memchr(host.p, ']', host.len) : NULL;
+    const char *colon = host.len ? memrchr(host.p, ':', host.len) : NULL;
+    if (colon && (!close || colon > close))
+        hl = (size_t)(colon - host.p);
+    if (!hl || req->target.len == 0 || req->target.p[0] != '/') {
+        c->keep_alive = 0;
+        td_client_error(c, 400, "redirect to https needs a Host and an origin-form target");
+        return;
+    }
+    char port[16] = "";
+    if (l->https_port && l->https_port != 443)
+        snprintf(port, sizeof(port), ":%d", l->https_port);
+    char headers[CBUF_SIZE];
+    int n = snprintf(headers, sizeof(headers), "Location: https://%.*s%s%.*s\r\n", (int)hl, host.p,
+                     port, (int)req->target.len, req->target.p);
+    if (n < 0 || (size_t)n >= sizeof(headers)) {
+        td_client_error(c, 414, "redirect location too long");
+        return;
+    }
+    int get = req->head || (req->method.len == 3 && memcmp(req->method.p, "GET", 3) == 0);
+    td_client_reply(c, get ? 301 : 308, get ? "Moved Permanently" : "Permanent Redirect", headers);
+}
+
+/* Request buffering (request_buffering.max_bytes): a body still coming is read into the
+ * client's buffer, up to the limit, before a backend is chosen, so a slow upload holds no
+ * backend connection (and no worker of an application server with a fixed pool) while it
+ * trickles in; the client's body timeout applies meanwhile (408). A body that fits is then sent
+ * whole; a larger one is streamed from there on, as without buffering. A client that waits
+ * for "100 Continue" gets it from td (RFC 9110 §10.1.1: a proxy may answer it), and the Expect
+ * field is not forwarded. Returns 1 when buffering started (routing waits for
+ * td_exchange_body_buffered), 0 to route now. */
+static int body_buffer_start(client_t *c) {
+    uint32_t max = (uint32_t)c->snap->config->request_buffering.max_bytes;
+    if (c->req_done || !max || c->upgrade)
+        return 0;
+    uint64_t want = max;
+    if (c->req_body == TD_BODY_LENGTH && c->body_left + (c->req_end - c->head_len) < want)
+        want = c->body_left + (c->req_end - c->head_len);
+    if (c->req_end - c->head_len >= want)
+        return 0;
+    /* Room for the head, the body up to the limit and what was already read past it. */
+    uint64_t cap = (uint64_t)c->head_len + want + (c->len - c->req_end);
+    if (cap > UINT32_MAX || td_client_buf_grow(c, (uint32_t)cap) < 0)
+        return 0; /* no memory for it: streamed as without buffering */
+    c->buffering = 1;
+    if (c->expect && c->minor >= 1) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        td_iov_t iov = td_iov((char *)cont, sizeof(cont) - 1);
+        int r = td_stream_write(&c->io, &iov, 1, 0, td_client_write_done_cb);
+        if (r < 0) {
+            td_client_close(c);
+            return 1;
+        }
+        c->continued = 1;
+        if (r == 1) {
+            c->continue_out = 1;
+            td_client_send_wait(c);
+        }
+    }
+    td_client_timer(c, T_HEADER);
+    td_client_read(c, 1);
+    return 1;
+}
+
+/* While buffering: new body bytes were accounted. Routes the request once the body is whole,
+ * or the limit (or the buffer) is reached. */
+void td_exchange_body_buffered(client_t *c) {
+    uint32_t max = (uint32_t)c->snap->config->request_buffering.max_bytes;
+    if (!c->req_done && c->req_end - c->head_len < max && c->len < c->cap) {
+        td_client_timer(c, T_HEADER); /* the body timeout runs between two reads */
+        return;
+    }
+    c->buffering = 0;
+    td_timeout_stop(
+        &c->tmo); /* from here as without buffering: the upstream side sets the timeouts */
+    if (c->req_done)
+        td_client_read(c, 0); /* what comes now is a pipelined request: it waits */
+    pick_and_connect(c);
+}
+
+/* Parses the request head; on success routes the request and starts the exchange. */
+void td_exchange_start(client_t *c) {
+    worker_t *w = c->w;
+    td_http1_request_t req;
+    int r = td_http1_parse_request(c->buf, c->len, &limits, &req, w->hdrs, MAX_HDRS);
+    if (r == TD_EAGAIN) {
+        if (c->len >= CBUF_SIZE)
+            td_client_error(c, 431, "request head too large");
+        else if (c->eof)
+            td_client_close(c); /* half a head and no more to come */
+        return;
+    }
+    if (r < 0) {
+        c->keep_alive = 0;
+        c->req_done = 0;
+        switch (r) {
+        case TD_EURITOOLONG:
+            td_client_error(c, 414, "request line too long");
+            break;
+        case TD_EHDRTOOLARGE:
+            td_client_error(c, 431, "request head too large");
+            break;
+        case TD_EVERSION:
+            td_client_error(c, 505, "unsupported HTTP version");
+            break;
+        default: {
+            /* The log names the method (when the line has one) and the rule that was broken. */
+            size_t m = 0;
+            while (m < sizeof(c->method) - 1 && m < c->len && c->buf[m] > ' ' && c->buf[m] < 0x7f)
+                m++;
+            memcpy(c->method, c->buf, m);
+            c->method[m] = 0;
+            td_client_error(c, 400, td_http1_request_problem(c->buf, c->len));
+            break;
+        }
+        }
+        return;
+    }
+    td_timeout_stop(&c->tmo);
+    c->state = C_EXCHANGE;
+    c->head_len = c->req_end = (uint32_t)r;
+    c->req_body = (uint8_t)req.body;
+    c->body_left = req.body == TD_BODY_LENGTH ? req.content_length : 0;
+    c->keep_alive = req.keep_alive;
+    c->head_req = req.head;
+    c->upgrade = req.upgrade;
+    c->minor = (uint8_t)req.minor_version;
+    c->expect = req.expect_continue;
+    size_t ml = req.method.len < sizeof(c->method) - 1 ? req.method.len : sizeof(c->method) - 1;
+    memcpy(c->method, req.method.p, ml);
+    c->method[ml] = 0;
+    if (strcmp(c->method, "CONNECT") == 0) {
+        c->keep_alive = 0;
+        td_client_reply(c, 405, "Method Not Allowed",
+                        "Allow: GET, HEAD, POST, PUT, DELETE, "
+                        "PATCH, OPTIONS\r\n");
+        return;
+    }
+    if (!req.host.len && (req.target.p[0] == '/' || req.target.p[0] == '*') &&
+        find_header(req.headers, req.num_headers, "host").p) {
+        /* "Host:" with an empty value and no authority in the target: there is no host to
+         * forward, and adding one would make two Host fields. nginx refuses it the same way. */
+        c->keep_alive = 0;
+        td_client_error(c, 400, "empty Host");
+        return;
+    }
+    if (req.body == TD_BODY_CHUNKED) {
+        /* Only plain chunked is forwarded (td re-frames it); other codings would be lost:
+         * RFC 9112 §6.1 asks for 501. */
+        td_str_t te = find_header(req.headers, req.num_headers, "transfer-encoding");
+        if (te.len != 7 || !td_http1_name_is(te, "chunked")) {
+            c->keep_alive = 0;
+            td_warn("501 %s %s: transfer coding \"%.*s\" not supported", c->ip, c->method,
+                    (int)(te.len > 64 ? 64 : te.len), te.p);
+            td_client_reply(c, 501, "Not Implemented", "");
+            return;
+        }
+    }
+    if (c->upgrade) {
+        /* h2c through a reverse proxy is a known smuggling vector: it is not passed on. */
+        td_str_t up = find_header(req.headers, req.num_headers, "upgrade");
+        if (td_http1_list_has(up, "h2c"))
+            c->upgrade = 0;
+    }
+    c->idempotent = strcmp(c->method, "GET") == 0 || strcmp(c->method, "HEAD") == 0 ||
+                    strcmp(c->method, "OPTIONS") == 0 || strcmp(c->method, "PUT") == 0 ||
+                    strcmp(c->method, "DELETE") == 0 || strcmp(c->method, "TRACE") == 0;
+    c->started_ms = td_now_ms();
+    if (td_client_account_body(c) < 0) {
+        c->keep_alive = 0;
+        td_client_error(c, 400, "invalid chunked body");
+        return;
+    }
+    td_worker_refresh(w);
+    if (!w->snap) {
+        td_client_error(c, 503, "no routing configuration");
+        return;
+    }
+    c->snap = w->snap;
+    td_snapshot_retain(c->snap);
+    c->backend = c->server = c->sticky_set = c->pinned = c->forced = -1;
+    if (td_access_log_on(&w->alog))
+        c->path = strndup(req.target.p, req.target.len < 512 ? req.target.len : 512);
+    const td_config_t *pcfg = c->snap->config;
+    if (c->listener < pcfg->num_listeners && pcfg->listeners[c->listener].redirect_https) {
+        redirect_https(c, &req, &pcfg->listeners[c->listener]);
+        return;
+    }
+    c->forced = td_router_preview(c->snap, &req);
+    c->pinned = td_router_sticky_pin(c->snap, &req, td_wall_ms() / 1000, td_now_ms());
+    if (body_buffer_start(c))
+        return;
+    /* A pooled connection takes the head at once, as parsed: build_request_head may use it. */
+    w->parsed = &req;
+    w->parsed_for = c;
+    pick_and_connect(c);
+    w->parsed_for = NULL;
+}
+
+/* Builds the request head for the upstream into the worker's scratch area from the client's head
+ * bytes (re-parsed unless the head is being sent as it was just parsed: it is still at the start
+ * of c->buf). Returns its length, or -1. */
+static int build_request_head(client_t *c) {
+    worker_t *w = c->w;
+    td_http1_request_t req;
+    if (w->parsed_for == c)
+        req = *w->parsed; /* still in w->hdrs: the head is being sent as it was parsed */
+    else if (td_http1_parse_request(c->buf, c->head_len, &limits, &req, w->hdrs, MAX_HDRS) <= 0)
+        return -1;
+    td_rewrite_request_t r = {
+        .req = &req,
+        .head_end = c->buf + c->head_len,
+        .preview_header = c->snap ? c->snap->config->preview_header : NULL,
+        .client_ip = c->ip,
+        .default_host = c->snap && c->backend >= 0 && c->server >= 0
+                            ? c->snap->backends[c->backend].servers[c->server].addr.text
+                            : NULL,
+        .https = td_stream_is_tls(&c->io),
+        .upgrade = c->upgrade,
+        .drop_expect = c->continued,
+    };
+    return td_rewrite_request(&r, w->scratch, sizeof(w->scratch));
+}
+
+/* Sends what the upstream has not had yet of the current request (head, body bytes read so far;
+ * in a tunnel, whatever the client sent). */
+void td_exchange_request_send(client_t *c) {
+    upstream_t *u = c->up;
+    while (u && u->state == U_BUSY && !u->writing && c->state != C_CLOSING) {
+        td_iov_t iov[2];
+        unsigned n = 0;
+        int volatile_first = 0;
+        if (c->state == C_TUNNEL) {
+            if (c->len == 0)
+                return;
+            iov[n++] = td_iov(c->buf, c->len);
+        } else {
+            if (!c->head_sent) {
+                int hl = build_request_head(c);
+                if (hl < 0) {
+                    c->keep_alive = 0;
+                    td_client_error(c, 400, "request head cannot be forwarded");
+                    return;
+                }
+                iov[n++] = td_iov(c->w->scratch, (unsigned)hl);
+                volatile_first = 1;
+                c->fwd = c->head_len;
+                c->head_sent = 1;
+            }
+            if (c->req_end > c->fwd) {
+                iov[n++] = td_iov(c->buf + c->fwd, c->req_end - c->fwd);
+                c->body_sent = 1;
+            }
+            if (n == 0)
+                return;
+        }
+        int r = td_upstream_write(u, iov, n, volatile_first);
+        if (r < 0) {
+            td_exchange_upstream_fail(u, td_upstream_strerror(u, r), F_IO);
+            return;
+        }
+        if (r == 1) {
+            td_client_read(c, 0);
+            td_timeout_stop(&c->tmo); /* waiting on the upstream is not the client's delay */
+            return;
+        }
+        td_exchange_request_written(c);
+        u = c->up;
+        if (c->state != C_TUNNEL)
+            return; /* td_exchange_request_written decided what comes next */
+    }
+}
+
+/* All bytes handed to the upstream so far have been written. */
+void td_exchange_request_written(client_t *c) {
+    if (c->state == C_TUNNEL) {
+        c->len = 0;
+        td_client_read(c, 1);
+        return;
+    }
+    c->fwd = c->req_end;
+    if (c->up && c->req_done)
+        td_upstream_timer(c->up, T_RESPONSE, td_client_timeout_ms(c, T_RESPONSE));
+    if (!c->req_done) {
+        /* Body still coming: make room, giving up replay only when the buffer runs short. */
+        if (c->cap - c->len < 4096) {
+            c->len = c->req_end = c->fwd = c->head_len = 0;
+            c->discarded = 1;
+        }
+        td_client_timer(c, T_HEADER);
+        td_client_read(c, 1);
+        return;
+    }
+    /* The whole request is out. The client stays readable (no epoll change per request): a
+     * pipelined request that comes now stops reading until this exchange ends. */
+    td_timeout_stop(&c->tmo);
+}
+
+static const char *unreachable(const client_t *c) {
+    return c->last_error ? c->last_error : "no upstream server could be reached";
+}
+
+/* The upstream connection failed during an exchange: retry on another server when that is
+ * safe (nothing of the response seen, the request still whole in the buffer, and the failure was
+ * a connect error, or a reset/close of an idempotent request or of one none of whose bytes left),
+ * else answer 502 (504 for a timeout), or just close when the response had already started. */
+void td_exchange_upstream_fail(upstream_t *u, const char *why, int kind) {
+    client_t *c = u->owner;
+    int fresh = !u->reused;
+    td_server_stats_t *st = u->st;
+    if (c)
+        td_exchange_drop_upstream(c);
+    else
+        td_upstream_close(u);
+    if (kind == F_LOCAL) {
+        /* No passive failure, no retry, not the backend's 5xx: the request gets a 503 from td. */
+        char what[300];
+        snprintf(what, sizeof(what),
+                 "cannot connect to upstream %s (%s): %s; answering 503, no passive failure",
+                 st->address, st->backend, why);
+        td_worker_local_error_log(u->w, what);
+        if (!c)
+            return;
+        c->backend = c->server = -1;
+        c->keep_alive = c->keep_alive && c->req_done;
+        if (c->resp_sent || c->writing)
+            td_client_close(c);
+        else
+            td_client_reply(c, 503, td_http_reason(503), "Retry-After: 1\r\n");
+        return;
+    }
+    int64_t now = td_now_ms();
+    if (kind == F_CONNECT || (kind == F_IO && fresh && (!c || !c->resp_started))) {
+        td_snapshot_t *s = c && c->snap ? c->snap : u->w->snap;
+        if (s)
+            td_passive_failure(s, st, now);
+        td_debug("upstream %s (%s): %s", st->address, st->backend, why);
+    }
+    if (!c)
+        return;
+    free(c->last_error);
+    if (asprintf(&c->last_error, "upstream %s (%s): %s", st->address, st->backend, why) < 0)
+        c->last_error = NULL;
+    if (!fresh && kind == F_IO && !c->resp_started && c->snap && c->backend >= 0 &&
+        c->server >= 0) {
+        /* A pooled connection the server closed as the request crossed it says nothing about
+         * the server: the retry is free and may go to the same server (nginx does the same). */
+        tried_del(c, c->snap->backends[c->backend].first_server + (size_t)c->server);
+        if (c->tries > 0)
+            c->tries--;
+    }
+    /* RFC 9110 §9.2.2: an idempotent request may be sent again; another one only when none of
+     * its bytes reached the upstream (a connect failure), body or not: the server may have acted
+     * on a POST whose head alone it read (nginx's proxy_next_upstream without non_idempotent).
+     * That holds for the free retry of a pooled connection too. */
+    int safe = !c->resp_started && !c->discarded &&
+               (kind == F_CONNECT || (kind == F_IO && (c->idempotent || !c->head_sent)));
+    if (safe && c->tries < MAX_TRIES) {
+        c->fwd = 0;
+        c->head_sent = c->body_sent = 0;
+        pick_and_connect(c);
+        return;
+    }
+    if (c->resp_sent) {
+        td_warn("%s %s: %s; response cut short", c->ip, c->method, unreachable(c));
+        td_client_close(c);
+    } else {
+        c->keep_alive = c->keep_alive && c->req_done;
+        td_client_error(c, kind == F_TIMEOUT ? 504 : 502, unreachable(c));
+    }
+}
+
+static void upstream_ready(upstream_t *u);
+static const td_upstream_cbs_t upstream_cbs;
+
+/* Chooses a backend and a server for the request (or the next try) and connects. */
+static void pick_and_connect(client_t *c) {
+    worker_t *w = c->w;
+    td_snapshot_t *s = c->snap;
+    int64_t now = td_now_ms();
+    uint8_t exhausted[TD_CONFIG_MAX_BACKENDS] = {0};
+    for (;;) {
+        if (c->tries >= MAX_TRIES) {
+            td_client_error(c, 502, unreachable(c));
+            return;
+        }
+        int bi = c->backend;
+        if (bi >= 0 && exhausted[bi])
+            bi = -1;
+        if (c->forced >= 0) {
+            /* Preview: this backend only, whatever its weight. */
+            if (exhausted[c->forced] || !td_backend_is_up(&s->backends[c->forced], now)) {
+                td_client_error(c, c->tries ? 502 : 503, "preview backend has no server up");
+                return;
+            }
+            bi = c->forced;
+        } else if (bi < 0) {
+            int pinned = c->tries == 0 ? c->pinned : -1;
+            bi = td_router_pick_backend(s, w->wrr_b, pinned, exhausted, now);
+            if (bi < 0) {
+                if (c->tries == 0)
+                    td_client_error(c, 503, "no backend with weight above 0 is up");
+                else
+                    td_client_error(c, 502, unreachable(c));
+                return;
+            }
+        }
+        td_snap_backend_t *b = &s->backends[bi];
+        uint8_t tried[TD_CONFIG_MAX_SERVERS];
+        size_t ns = b->num_servers < TD_CONFIG_MAX_SERVERS ? b->num_servers : TD_CONFIG_MAX_SERVERS;
+        memset(tried, 0, ns);
+        for (uint8_t i = 0; i < c->ntried; i++)
+            if (c->tried[i] >= b->first_server && c->tried[i] - b->first_server < ns)
+                tried[c->tried[i] - b->first_server] = 1;
+        int si = td_router_pick_server(b, w->wrr_s + b->first_server, tried, now);
+        if (si < 0) {
+            if ((size_t)bi < sizeof(exhausted))
+                exhausted[bi] = 1;
+            c->backend = -1;
+            if (c->tries == 0 && c->pinned == bi)
+                c->pinned = -1;
+            /* Every server of every backend exhausted ends in the pick_backend branch above. */
+            continue;
+        }
+        tried_add(c, b->first_server + (size_t)si);
+        c->tries++;
+        c->backend = bi;
+        c->server = si;
+        int pin = td_router_sticky_set(s, bi, c->pinned, c->forced);
+        if (pin >= 0)
+            c->sticky_set = pin;
+        td_snap_server_t *srv = &b->servers[si];
+        td_exchange_count_try(c, b->st, srv->st);
+        upstream_t *u;
+        int r = td_upstream_open(w, srv, b->tls, td_client_timeout_ms(c, T_CONNECT), c,
+                                 &upstream_cbs, &u);
+        if (!u) {
+            td_client_error(c, 502, "out of memory");
+            return;
+        }
+        c->up = u;
+        if (r == 1)
+            upstream_ready(u);
+        else if (r < 0)
+            td_exchange_upstream_fail(u,
+                                      r == -ENOMEM ? "out of memory" : td_upstream_strerror(u, r),
+                                      td_upstream_local_error(r) ? F_LOCAL : F_CONNECT);
+        return;
+    }
+}
+
+/* Builds the response head for the client into the scratch area, with the sticky cookie the
+ * router asks for. */
+static int build_response_head(upstream_t *u, client_t *c, const td_http1_response_t *resp,
+                               const char *head_end) {
+    char cookie[360];
+    size_t cl = 0;
+    if (resp->status >= 200 && c->sticky_set >= 0 && c->snap)
+        cl = td_router_sticky_cookie(c->snap, c->sticky_set, td_stream_is_tls(&c->io),
+                                     td_wall_ms() / 1000, cookie, sizeof(cookie));
+    td_rewrite_response_t r = {
+        .resp = resp,
+        .head_end = head_end,
+        .set_cookie = cl ? cookie : NULL,
+        .pass_te = !u->dechunk,
+        .keep_alive = c->keep_alive,
+        .minor = c->minor,
+    };
+    return td_rewrite_response(&r, c->w->scratch, sizeof(c->w->scratch));
+}
+
+/* The exchange's response is complete and written: recycle both sides. */
+void td_exchange_done(upstream_t *u) {
+    client_t *c = u->owner;
+    worker_t *w = u->w;
+    int reusable = u->resp_keep_alive && c->req_done && c->fwd == c->req_end && u->off == u->len &&
+                   !u->tunnel && !w->stopping;
+    if (u->status >= 500 && c->snap)
+        td_passive_failure(c->snap, u->st, td_now_ms());
+    else
+        td_passive_success(u->st);
+    td_exchange_release_server(c);
+    c->up = NULL;
+    u->owner = NULL;
+    if (reusable)
+        td_upstream_pool_put(u);
+    else
+        td_upstream_close(u);
+    if (c->keep_alive && c->req_done && !c->close_after)
+        td_client_next(c);
+    else
+        td_client_close(c);
+}
+
+/* Hands the response bytes in u->buf to the client, honouring its framing. */
+void td_exchange_response_pump(upstream_t *u) {
+    client_t *c = u->owner;
+    while (c && !u->writing && !c->writing && u->state == U_BUSY && c->state != C_CLOSING) {
+        td_iov_t iov[MAX_SPANS + 1];
+        unsigned n = 0;
+        int volatile_first = 0;
+        if (u->tunnel) {
+            if (u->off == u->len) {
+                td_upstream_read(u, 1);
+                return;
+            }
+            iov[n++] = td_iov(u->buf + u->off, u->len - u->off);
+            u->off = u->len;
+        } else {
+            if (!u->head_done) {
+                if (u->off == u->len) {
+                    td_upstream_read(u, 1);
+                    return;
+                }
+                td_http1_response_t resp;
+                int r = td_http1_parse_response(u->buf + u->off, u->len - u->off, c->head_req,
+                                                &limits, &resp, c->w->hdrs, MAX_HDRS);
+                if (r == TD_EAGAIN) {
+                    if (u->len - u->off >= UBUF_SIZE / 2) {
+                        td_exchange_upstream_fail(u, "response head too large", F_PROTOCOL);
+                        return;
+                    }
+                    if (u->off) {
+                        memmove(u->buf, u->buf + u->off, u->len - u->off);
+                        u->len -= u->off;
+                        u->off = 0;
+                    }
+                    td_upstream_read(u, 1);
+                    return;
+                }
+                if (r < 0) {
+                    td_exchange_upstream_fail(u, "malformed response", F_PROTOCOL);
+                    return;
+                }
+                if (resp.status == 101 && !c->upgrade) {
+                    td_exchange_upstream_fail(u, "101 without an upgrade request", F_PROTOCOL);
+                    return;
+                }
+                u->off += (uint32_t)r;
+                if (resp.status < 200 && resp.status != 101 && ++u->interim > MAX_INTERIM) {
+                    td_exchange_upstream_fail(u, "too many interim (1xx) responses", F_PROTOCOL);
+                    return;
+                }
+                if (resp.status < 200 && resp.status != 101 && c->minor == 0)
+                    continue; /* HTTP/1.0 clients get no interim responses */
+                if (resp.status >= 200 || resp.status == 101) {
+                    u->head_done = 1;
+                    u->status = resp.status;
+                    u->resp_body = (uint8_t)resp.body;
+                    u->body_left = resp.content_length;
+                    u->resp_keep_alive = resp.keep_alive;
+                    u->dechunk = resp.body == TD_BODY_CHUNKED && c->minor == 0;
+                    if (resp.body == TD_BODY_UNTIL_CLOSE || u->dechunk || c->w->stopping)
+                        c->keep_alive = 0;
+                    if (!c->req_done)
+                        c->keep_alive = 0; /* the rest of the request body cannot be skipped */
+                    td_exchange_count_response(c, u, resp.status);
+                    if (resp.status == 101)
+                        u->tunnel = 1;
+                }
+                int hl = build_response_head(u, c, &resp, u->buf + u->off);
+                if (hl < 0) {
+                    td_exchange_upstream_fail(u, "response head too large", F_PROTOCOL);
+                    return;
+                }
+                if (u->head_done)
+                    c->status = u->status;
+                iov[n++] = td_iov(c->w->scratch, (unsigned)hl);
+                volatile_first = 1;
+            }
+            if (u->head_done && !u->tunnel) {
+                uint32_t avail = u->len - u->off;
+                if (u->resp_body == TD_BODY_NONE) {
+                    u->resp_done = 1;
+                } else if (u->resp_body == TD_BODY_LENGTH) {
+                    uint32_t take = avail < u->body_left ? avail : (uint32_t)u->body_left;
+                    if (take)
+                        iov[n++] = td_iov(u->buf + u->off, take);
+                    u->off += take;
+                    u->body_left -= take;
+                    u->resp_done = u->body_left == 0;
+                } else if (u->resp_body == TD_BODY_CHUNKED) {
+                    int done = 0;
+                    td_str_t spans[MAX_SPANS];
+                    size_t ns = 0;
+                    long used = td_http1_chunked_feed(&u->chunk, u->buf + u->off, avail, &done,
+                                                      u->dechunk ? spans : NULL, MAX_SPANS, &ns);
+                    if (used < 0) {
+                        td_exchange_upstream_fail(u, "invalid chunked response body", F_PROTOCOL);
+                        return;
+                    }
+                    if (u->dechunk) {
+                        for (size_t i = 0; i < ns; i++)
+                            iov[n++] = td_iov((char *)spans[i].p, (unsigned)spans[i].len);
+                    } else if (used) {
+                        iov[n++] = td_iov(u->buf + u->off, (unsigned)used);
+                    }
+                    u->off += (uint32_t)used;
+                    u->resp_done = (uint8_t)done;
+                } else if (avail) { /* until close */
+                    iov[n++] = td_iov(u->buf + u->off, avail);
+                    u->off += avail;
+                }
+            }
+        }
+        if (n == 0) {
+            if (!td_exchange_response_written(u))
+                return;
+            c = u->owner;
+            continue;
+        }
+        if (volatile_first)
+            c->resp_sent = 1; /* a head goes out: td can no longer answer with its own status */
+        for (unsigned i = 0; i < n; i++)
+            c->bytes_out += iov[i].len;
+        int r = td_stream_write(&c->io, iov, n, volatile_first, td_client_write_done_cb);
+        if (r < 0) {
+            td_client_close(c);
+            return;
+        }
+        if (r == 1) {
+            td_client_send_wait(c);
+            td_upstream_read(u, 0); /* backpressure: a slow client stops the upstream */
+            td_upstream_timer_stop(
+                u); /* and its response timeout, until the client takes the bytes */
+            return;
+        }
+        if (!td_exchange_response_written(u))
+            return;
+        c = u->owner;
+    }
+}
+
+/* The bytes handed to the client so far are written. Returns 1 when buffered response bytes
+ * are waiting for the pump, 0 when it has nothing to do now (reading resumed, or exchange over). */
+int td_exchange_response_written(upstream_t *u) {
+    client_t *c = u->owner;
+    if (u->off == u->len)
+        u->off = u->len = 0;
+    if (u->tunnel && c->state == C_EXCHANGE) {
+        /* 101 delivered: both directions become a raw byte tunnel. It counts as a tunnel of
+         * its backend from now on, no longer as a request in flight. */
+        c->state = C_TUNNEL;
+        td_exchange_count_tunnel_open(c);
+        td_exchange_end(c);
+        td_timeout_stop(&c->tmo);
+        td_upstream_timer_stop(u);
+        if (c->len > c->req_end) {
+            memmove(c->buf, c->buf + c->req_end, c->len - c->req_end);
+            c->len -= c->req_end;
+        } else {
+            c->len = 0;
+        }
+        c->req_end = c->fwd = c->head_len = 0;
+        if (c->len)
+            td_exchange_request_send(c);
+        else
+            td_client_read(c, 1);
+    }
+    if (u->resp_done) {
+        td_exchange_done(u);
+        return 0;
+    }
+    /* The response timeout stopped while the client was taking the bytes: it starts again
+     * (after an interim response only once the whole request is sent). */
+    if (!u->tunnel && (u->head_done || c->req_done))
+        td_upstream_timer(u, T_RESPONSE, td_client_timeout_ms(c, T_RESPONSE));
+    td_upstream_read(u, 1);
+    return u->off < u->len && u->owner && u->state == U_BUSY;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * What the upstream connection reports */
+
+/* The upstream is bound to the client (connected, or taken from the pool): the exchange starts
+ * on it. */
+static void upstream_ready(upstream_t *u) {
+    client_t *c = u->owner;
+    u->head_done = u->resp_done = u->tunnel = u->dechunk = u->interim = 0;
+    u->body_left = 0;
+    u->status = 0;
+    memset(&u->chunk, 0, sizeof(u->chunk));
+    /* The response timeout runs once the whole request is sent; while the body comes, the
+     * client's body timeout applies (a stalled client gets 408, not the backend a 504). */
+    if (c->req_done)
+        td_upstream_timer(u, T_RESPONSE, td_client_timeout_ms(c, T_RESPONSE));
+    else
+        td_upstream_timer_stop(u);
+    td_upstream_read(u, 1);
+    td_exchange_request_send(c);
+}
+
+/* Response bytes came (u->len counts them), or the connection ended. */
+static void upstream_data(upstream_t *u, long nread) {
+    client_t *c = u->owner;
+    if (nread < 0) {
+        if (u->tunnel) {
+            if (c->writing) {
+                c->close_after = 1;
+                td_exchange_drop_upstream(c);
+            } else {
+                td_client_close(c);
+            }
+        } else if (u->head_done && u->resp_body == TD_BODY_UNTIL_CLOSE) {
+            u->resp_done = 1;
+            u->resp_keep_alive = 0;
+            c->keep_alive = 0;
+            if (!c->writing && !u->writing)
+                td_exchange_done(u);
+        } else if (!c->resp_started) {
+            td_exchange_upstream_fail(u,
+                                      nread == TD_STREAM_EOF ? "connection closed before a response"
+                                                             : td_upstream_strerror(u, (int)nread),
+                                      F_IO);
+        } else {
+            td_exchange_upstream_fail(u,
+                                      nread == TD_STREAM_EOF ? "connection closed mid-response"
+                                                             : td_upstream_strerror(u, (int)nread),
+                                      F_IO);
+        }
+        return;
+    }
+    c->resp_started = 1;
+    if (!u->tunnel)
+        td_upstream_timer(u, T_RESPONSE, td_client_timeout_ms(c, T_RESPONSE));
+    if (c->writing) {
+        td_upstream_read(u, 0);
+        td_upstream_timer_stop(
+            u); /* the client send timeout runs: the response one restarts after it */
+        return;
+    }
+    td_exchange_response_pump(u);
+}
+
+static void upstream_written(upstream_t *u) {
+    td_exchange_request_written(u->owner);
+}
+
+static void upstream_error(upstream_t *u, const char *why, int kind) {
+    if (kind == F_TIMEOUT && u->state == U_BUSY && u->tunnel)
+        return; /* a tunnel has no response timeout */
+    td_exchange_upstream_fail(u, why, kind);
+}
+
+static const td_upstream_cbs_t upstream_cbs = {
+    .on_ready = upstream_ready,
+    .on_data = upstream_data,
+    .on_written = upstream_written,
+    .on_error = upstream_error,
+};
+
+/* ---------------------------------------------------------------------------------------------
+ * What the client connection reports */
+
+static void client_head(client_t *c) {
+    td_exchange_start(c);
+}
+
+static void client_body(client_t *c) {
+    if (c->state == C_TUNNEL) {
+        td_exchange_request_send(c);
+        return;
+    }
+    if (c->buffering) {
+        td_exchange_body_buffered(c);
+        return;
+    }
+    if (!c->up || c->up->state != U_BUSY || c->up->writing)
+        td_client_read(c, 0);
+    td_exchange_request_send(c);
+}
+
+static int client_written(client_t *c) {
+    if (c->continue_out) { /* td's own 100 Continue is out: the body may come */
+        c->continue_out = 0;
+        if (!c->up) {
+            if (c->buffering)
+                td_client_timer(c, T_HEADER);
+            td_client_read(c, 1);
+            return 1;
+        }
+        if (c->up->state != U_BUSY)
+            return 1; /* the body is in and the upstream still connecting */
+        /* The body came and went on meanwhile: a response may be waiting for this write. */
+    }
+    if (!c->up)
+        return 0;
+    upstream_t *u = c->up;
+    if (td_exchange_response_written(u))
+        td_exchange_response_pump(u);
+    return 1;
+}
+
+static void client_reply(client_t *c, int status) {
+    td_exchange_count_reply(c, status);
+    td_exchange_drop_upstream(c);
+}
+
+static void client_close(client_t *c) {
+    td_exchange_drop_upstream(c);
+    td_exchange_end(c);
+    td_exchange_count_tunnel_close(c);
+}
+
+const td_client_cbs_t td_exchange_client_cbs = {
+    .on_head = client_head,
+    .on_body = client_body,
+    .on_written = client_written,
+    .on_reply = client_reply,
+    .on_end = td_exchange_end,
+    .on_close = client_close,
+};

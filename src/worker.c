@@ -1,0 +1,316 @@
+/* The workers: one thread and libuv loop each, with its listeners, its timeout queues (popped by
+ * a 100 ms tick), its snapshot (adopted when the router publishes a new one), its client buffer
+ * cache, and the stop and drain of a shutdown. Implements td/proxy.h. */
+#include "td/worker.h"
+
+#include <errno.h>
+#include <unistd.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "td/access_log.h"
+#include "td/client.h"
+#include "td/exchange.h"
+#include "td/http1.h"
+#include "td/listener.h"
+#include "td/log.h"
+#include "td/rewrite.h"
+#include "td/router.h"
+#include "td/stream.h"
+#include "td/timeout.h"
+#include "td/upstream.h"
+#include "td/proxy.h"
+
+int64_t td_proxy_connections(void) {
+    return atomic_load(&td_client_open_count);
+}
+
+static void pool_close_idle(worker_t *w, const td_snap_backend_t *b);
+
+/* 1 when a backend's TLS settings differ between two configs. */
+static int tls_changed(const td_config_backend_t *a, const td_config_backend_t *b) {
+    return a->tls != b->tls || a->tls_verify != b->tls_verify || strcmp(a->tls_ca, b->tls_ca) ||
+           strcmp(a->tls_sni, b->tls_sni);
+}
+
+/* Idle pooled connections made under TLS settings that have changed would let the old policy
+ * (CA, name, plain or TLS) serve the next request: they are closed. */
+static void close_stale_tls_pools(worker_t *w, const td_snapshot_t *old, const td_snapshot_t *s) {
+    for (size_t i = 0; i < s->num_backends; i++) {
+        int j = td_snapshot_find_backend(old, s->backends[i].name, strlen(s->backends[i].name));
+        if (j >= 0 && tls_changed(&old->config->backends[j], &s->config->backends[i]))
+            pool_close_idle(w, &s->backends[i]);
+    }
+}
+
+void td_worker_refresh(worker_t *w) {
+    if (w->snap && w->snap->version == td_router_version())
+        return;
+    td_snapshot_t *s = td_router_acquire();
+    if (!s)
+        return;
+    td_snapshot_t *old = w->snap;
+    w->snap = s;
+    if (old)
+        close_stale_tls_pools(w, old, s);
+    td_snapshot_release(old);
+    td_access_log_open(&w->alog, s->config->access_log);
+    /* Balancer scores carry over when the shape is unchanged, so a weight change keeps the
+     * interleaving smooth; otherwise they start again from zero. */
+    if (w->wrr_nb != s->num_backends || w->wrr_ns != s->num_servers) {
+        free(w->wrr_b);
+        free(w->wrr_s);
+        w->wrr_b = calloc(s->num_backends ? s->num_backends : 1, sizeof(int));
+        w->wrr_s = calloc(s->num_servers ? s->num_servers : 1, sizeof(int));
+        if (!w->wrr_b || !w->wrr_s)
+            abort(); /* a few bytes; nothing sensible to do without them */
+        w->wrr_nb = s->num_backends;
+        w->wrr_ns = s->num_servers;
+    }
+    /* Drain: idle keep-alive connections to servers of a draining backend (weight 0, and not
+     * a failover backup) are closed. */
+    for (size_t i = 0; i < s->num_backends; i++)
+        if (td_backend_draining(s, &s->backends[i]))
+            pool_close_idle(w, &s->backends[i]);
+}
+
+static void pool_close_idle(worker_t *w, const td_snap_backend_t *b) {
+    for (size_t j = 0; j < b->num_servers; j++)
+        for (pool_t *p = w->pools; p; p = p->next)
+            if (p->key == b->servers[j].st)
+                while (p->idle)
+                    td_upstream_close(p->idle);
+}
+
+/* Logs a local resource error at most once a second per worker (under fd exhaustion every
+ * request would log one), with the count of those not logged. */
+void td_worker_local_error_log(worker_t *w, const char *what) {
+    int64_t now = td_now_ms();
+    if (w->local_err_ms && now - w->local_err_ms < 1000) {
+        w->local_err_quiet++;
+        return;
+    }
+    td_error("%s: a limit of td's own (open files: see `ulimit -n`; memory; local ports), not "
+             "the backend's (%u more in the last second)",
+             what, w->local_err_quiet);
+    w->local_err_ms = now;
+    w->local_err_quiet = 0;
+}
+
+static void on_accept(uv_stream_t *l, int status) {
+    worker_t *w = l->data;
+    if (status < 0) {
+        if (td_upstream_local_error(status)) {
+            char what[100];
+            snprintf(what, sizeof(what), "accept: %s", uv_strerror(status));
+            td_worker_local_error_log(w, what);
+        } else {
+            td_warn("accept: %s", uv_strerror(status));
+        }
+        return;
+    }
+    client_t *c = calloc(1, sizeof(*c));
+    if (!c)
+        return;
+    c->w = w;
+    c->backend = c->server = c->sticky_set = c->pinned = -1;
+    c->cbs = &td_exchange_client_cbs;
+    td_stream_init(&c->io, &w->sl, c);
+    c->next = w->clients;
+    if (w->clients)
+        w->clients->prev = c;
+    w->clients = c;
+    atomic_fetch_add(&td_client_open_count, 1);
+    if (td_stream_accept(&c->io, l) < 0) {
+        td_client_close(c);
+        return;
+    }
+    c->listener = (uint8_t)((uv_tcp_t *)l - w->listeners);
+    td_worker_refresh(w);
+    td_tls_server_t *tls = w->snap ? w->snap->listener_tls[c->listener] : NULL;
+    if (tls && td_stream_tls_accept(&c->io, tls) < 0) {
+        td_client_close(c);
+        return;
+    }
+    td_stream_peer_ip(&c->io, c->ip, sizeof(c->ip));
+    td_client_timer(c, T_HEADER);
+    td_client_read(c, 1);
+}
+
+static void noop_close_cb(uv_handle_t *h) {
+    (void)h;
+}
+
+/* Every TICK_MS: client deadlines. Once a second also: take a new snapshot even without
+ * traffic (so idle pools of drained backends close), and close the tunnels of backends drained
+ * for longer than drain_ms. */
+static void tick_cb(uv_timer_t *timer) {
+    worker_t *w = timer->data;
+    int64_t now_loop = (int64_t)uv_now(&w->loop);
+    td_timeout_t *t;
+    /* Upstream timeouts first: a response timeout that passed answers 504 before the client's
+     * own deadlines are looked at. */
+    static const uint8_t upstream_kinds[] = {T_CONNECT, T_RESPONSE, T_POOL};
+    for (size_t k = 0; k < sizeof(upstream_kinds); k++)
+        while ((t = td_timeout_expired(&w->tq[upstream_kinds[k]], now_loop)))
+            td_upstream_timeout(TD_CONTAINER_OF(t, upstream_t, tmo)); /* may close its client */
+    while ((t = td_timeout_expired(&w->tq[T_SEND], now_loop)))
+        td_client_send_timeout(TD_CONTAINER_OF(t, client_t, send_tmo), now_loop);
+    static const uint8_t client_kinds[] = {T_HEADER, T_KEEPALIVE};
+    for (size_t k = 0; k < sizeof(client_kinds); k++)
+        while ((t = td_timeout_expired(&w->tq[client_kinds[k]], now_loop)))
+            td_client_timeout(TD_CONTAINER_OF(t, client_t, tmo));
+    if (++w->ticks % (1000 / TICK_MS))
+        return;
+    td_worker_refresh(w);
+    if (!w->snap)
+        return;
+    int64_t now = td_now_ms(), drain_ms = w->snap->config->timeouts.drain_ms;
+    for (client_t *c = w->tunnels, *next; c; c = next) {
+        next = c->tun_next;
+        int64_t since = atomic_load_explicit(&c->b_tunnel->drain_since_ms, memory_order_relaxed);
+        if (since && now - since >= drain_ms) {
+            td_info("drain: closing a tunnel of %s from %s after %lld ms at weight 0",
+                    c->b_tunnel->name, c->ip, (long long)drain_ms);
+            td_client_close(c);
+        }
+    }
+}
+
+/* Every 50 ms during a stop: done when no client is left; at the deadline, closes what is. */
+static void drain_cb(uv_timer_t *t) {
+    worker_t *w = t->data;
+    w->drain_ms -= 50;
+    if (w->drain_ms <= 0)
+        while (w->clients)
+            td_client_close(w->clients);
+    if (!w->clients) {
+        for (pool_t *p = w->pools; p; p = p->next)
+            while (p->idle)
+                td_upstream_close(p->idle);
+        uv_close((uv_handle_t *)t, noop_close_cb);
+        td_stream_loop_close(&w->sl);
+    }
+}
+
+static void wake_cb(uv_async_t *a) {
+    worker_t *w = a->data;
+    w->stopping = 1;
+    for (size_t i = 0; i < w->num_listeners; i++)
+        uv_close((uv_handle_t *)&w->listeners[i], noop_close_cb);
+    uv_close((uv_handle_t *)a, noop_close_cb);
+    uv_close((uv_handle_t *)&w->tick, noop_close_cb);
+    /* Idle keep-alive clients go now; busy ones close when their exchange ends. */
+    for (client_t *c = w->clients, *next; c; c = next) {
+        next = c->next;
+        if (c->state == C_HEAD && c->len == 0 && !c->writing)
+            td_client_close(c);
+    }
+    for (pool_t *p = w->pools; p; p = p->next)
+        while (p->idle)
+            td_upstream_close(p->idle);
+    uv_timer_init(&w->loop, &w->drain);
+    w->drain.data = w;
+    uv_timer_start(&w->drain, drain_cb, 0, 50);
+}
+
+static void worker_main(void *arg) {
+    worker_t *w = arg;
+    for (size_t i = 0; i < w->num_listeners; i++) {
+        int taken;
+        int r =
+            td_listener_start(&w->loop, &w->listeners[i], w->listen_fds[i], w, on_accept, &taken);
+        if (taken)
+            w->listen_fds[i] = -1;
+        if (r < 0)
+            td_error("worker: listen: %s", uv_strerror(r));
+    }
+    td_stream_loop_init(&w->sl, &w->loop);
+    for (int k = 0; k < T_KINDS; k++)
+        td_timeout_queue_init(&w->tq[k]);
+    uv_timer_init(&w->loop, &w->tick);
+    w->tick.data = w;
+    uv_timer_start(&w->tick, tick_cb, TICK_MS, TICK_MS);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    td_snapshot_release(w->snap);
+    w->snap = NULL;
+}
+
+td_proxy_t *td_proxy_start(const td_config_t *cfg, char *err, size_t errlen) {
+    td_proxy_t *p = calloc(1, sizeof(*p));
+    if (!p)
+        goto nomem;
+    p->num_workers = (size_t)cfg->workers;
+    p->workers = calloc(p->num_workers, sizeof(worker_t));
+    if (!p->workers)
+        goto nomem;
+    for (size_t i = 0; i < p->num_workers; i++) {
+        worker_t *w = &p->workers[i];
+        td_access_log_init(&w->alog);
+        w->num_listeners = cfg->num_listeners;
+        w->listeners = calloc(cfg->num_listeners, sizeof(uv_tcp_t));
+        w->listen_fds = calloc(cfg->num_listeners, sizeof(int));
+        if (!w->listeners || !w->listen_fds)
+            goto nomem;
+        for (size_t j = 0; j < cfg->num_listeners; j++)
+            w->listen_fds[j] = -1;
+        for (size_t j = 0; j < cfg->num_listeners; j++) {
+            w->listen_fds[j] = td_listener_bind(&cfg->listeners[j].address, i == 0, err, errlen);
+            if (w->listen_fds[j] < 0)
+                goto fail;
+        }
+    }
+    /* All sockets are bound: only now can nothing fail half-way through starting threads. */
+    for (size_t i = 0; i < p->num_workers; i++) {
+        worker_t *w = &p->workers[i];
+        uv_loop_init(&w->loop);
+        uv_async_init(&w->loop, &w->wake, wake_cb);
+        w->wake.data = w;
+        uv_thread_create(&w->thread, worker_main, w);
+    }
+    return p;
+nomem:
+    snprintf(err, errlen, "out of memory");
+fail:
+    if (p && p->workers) {
+        for (size_t i = 0; i < p->num_workers; i++) {
+            worker_t *w = &p->workers[i];
+            for (size_t j = 0; w->listen_fds && j < w->num_listeners; j++)
+                if (w->listen_fds[j] >= 0)
+                    close(w->listen_fds[j]);
+            free(w->listeners);
+            free(w->listen_fds);
+        }
+        free(p->workers);
+    }
+    free(p);
+    return NULL;
+}
+
+void td_proxy_stop(td_proxy_t *p, int drain_ms) {
+    if (!p)
+        return;
+    for (size_t i = 0; i < p->num_workers; i++) {
+        p->workers[i].drain_ms = drain_ms;
+        uv_async_send(&p->workers[i].wake);
+    }
+    for (size_t i = 0; i < p->num_workers; i++) {
+        worker_t *w = &p->workers[i];
+        uv_thread_join(&w->thread);
+        uv_loop_close(&w->loop);
+        for (pool_t *pl = w->pools, *next; pl; pl = next) {
+            next = pl->next;
+            free(pl);
+        }
+        free(w->wrr_b);
+        free(w->wrr_s);
+        while (w->num_cached)
+            free(w->buf_cache[--w->num_cached]);
+        free(w->listeners);
+        free(w->listen_fds);
+    }
+    free(p->workers);
+    free(p);
+}
