@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "td/balancer.h"
+#include "td/sticky.h"
 
 int td_backend_is_up(const td_snap_backend_t *b, int64_t now_ms) {
     for (size_t i = 0; i < b->num_servers; i++)
