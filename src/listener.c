@@ -38,14 +38,81 @@ int td_listener_bind(const td_addr_t *a, int first, char *err, size_t errlen) {
     return fd;
 }
 
-int td_listener_start(uv_loop_t *loop, uv_tcp_t *h, int fd, void *owner, uv_connection_cb on_accept,
-                      int *fd_taken) {
-    uv_tcp_init(loop, h);
-    h->data = owner;
-    *fd_taken = 0;
-    int r = uv_tcp_open(h, fd);
+/* Connections accepted per readable event before the loop looks at its other handles: a flood
+ * of new connections must not starve the ones already open. */
+#define ACCEPT_BATCH 64
+
+static int own_limit(int err) {
+    return err == -EMFILE || err == -ENFILE || err == -ENOBUFS || err == -ENOMEM;
+}
+
+static void poll_cb(uv_poll_t *h, int status, int events) {
+    td_listener_t *l = h->data;
+    (void)events;
+    if (status < 0) {
+        l->on_error(l, status, 0);
+        return;
+    }
+    for (int i = 0; i < ACCEPT_BATCH && !l->paused && l->fd >= 0; i++) {
+        int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0) {
+            l->on_accept(l, fd);
+            continue;
+        }
+        int err = -errno;
+        if (err == -EAGAIN || err == -EWOULDBLOCK)
+            return;
+        if (err == -EINTR || err == -ECONNABORTED || err == -EPROTO)
+            continue; /* that connection is gone; the next may be there */
+        if (own_limit(err)) {
+            l->paused = 1;
+            uv_poll_stop(&l->poll);
+        }
+        l->on_error(l, err, l->paused);
+        return;
+    }
+}
+
+int td_listener_start(uv_loop_t *loop, td_listener_t *l, int fd, td_listener_accept_cb on_accept,
+                      td_listener_error_cb on_error) {
+    l->fd = fd;
+    l->paused = 0;
+    l->on_accept = on_accept;
+    l->on_error = on_error;
+    if (listen(fd, 4096) < 0)
+        return -errno;
+    int r = uv_poll_init_socket(loop, &l->poll, fd);
     if (r < 0)
         return r;
-    *fd_taken = 1;
-    return uv_listen((uv_stream_t *)h, 4096, on_accept);
+    l->poll.data = l;
+    l->polling = 1;
+    return uv_poll_start(&l->poll, UV_READABLE, poll_cb);
+}
+
+void td_listener_pause(td_listener_t *l) {
+    if (l->paused || l->fd < 0)
+        return;
+    l->paused = 1;
+    uv_poll_stop(&l->poll);
+}
+
+void td_listener_resume(td_listener_t *l) {
+    if (!l->paused || l->fd < 0)
+        return;
+    l->paused = 0;
+    if (uv_poll_start(&l->poll, UV_READABLE, poll_cb) == 0)
+        poll_cb(&l->poll, 0, UV_READABLE); /* what waited meanwhile, without waiting for epoll */
+}
+
+static void close_cb(uv_handle_t *h) {
+    (void)h;
+}
+
+void td_listener_close(td_listener_t *l) {
+    if (l->polling && !uv_is_closing((uv_handle_t *)&l->poll))
+        uv_close((uv_handle_t *)&l->poll, close_cb);
+    l->polling = 0;
+    if (l->fd >= 0)
+        close(l->fd);
+    l->fd = -1;
 }

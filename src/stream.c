@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* td_iov_t is passed to libuv as uv_buf_t: same layout on unix, no copy. */
 _Static_assert(sizeof(td_iov_t) == sizeof(uv_buf_t), "td_iov_t matches uv_buf_t");
@@ -50,9 +51,11 @@ void td_stream_init(td_stream_t *s, td_stream_loop_t *sl, void *owner) {
     s->creq.data = s;
 }
 
-int td_stream_accept(td_stream_t *s, void *server) {
-    int r = uv_accept((uv_stream_t *)server, (uv_stream_t *)&s->tcp);
-    if (r == 0)
+int td_stream_open(td_stream_t *s, int fd) {
+    int r = uv_tcp_open(&s->tcp, fd);
+    if (r < 0)
+        close(fd); /* not the stream's yet: nobody else would close it */
+    else
         uv_tcp_nodelay(&s->tcp, 1);
     return r;
 }

@@ -4,6 +4,7 @@
 #include "td/worker.h"
 
 #include <errno.h>
+#include <sys/resource.h>
 #include <unistd.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -99,21 +100,59 @@ void td_worker_local_error_log(worker_t *w, const char *what) {
     w->local_err_quiet = 0;
 }
 
-static void on_accept(uv_stream_t *l, int status) {
+/* accept failed. A limit of td's own (descriptors, memory) paused the listener: the connections
+ * wait in the kernel's backlog until the next tick resumes it. */
+static void on_accept_error(td_listener_t *l, int err, int paused) {
     worker_t *w = l->data;
-    if (status < 0) {
-        if (td_upstream_local_error(status)) {
-            char what[100];
-            snprintf(what, sizeof(what), "accept: %s", uv_strerror(status));
-            td_worker_local_error_log(w, what);
-        } else {
-            td_warn("accept: %s", uv_strerror(status));
-        }
+    if (paused) {
+        char what[100];
+        snprintf(what, sizeof(what), "accept: %s (accepting paused for %d ms)", uv_strerror(err),
+                 TICK_MS);
+        td_worker_local_error_log(w, what);
+    } else {
+        td_warn("accept: %s", uv_strerror(err));
+    }
+}
+
+/* The most client connections td keeps open at once, from its open-files limit: each may need
+ * an upstream connection too, and some descriptors are kept for the listeners, the admin API,
+ * health checks and logs (HAProxy derives its maxconn the same way). Beyond it the listeners
+ * pause: new connections wait in the kernel's backlog instead of being accepted only to get a
+ * 503 for want of a descriptor for their upstream connection. */
+static int64_t max_clients = INT64_MAX;
+
+static void set_max_clients(const td_config_t *cfg) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
         return;
+    size_t servers = 0;
+    for (size_t i = 0; i < cfg->num_backends; i++)
+        servers += cfg->backends[i].num_servers;
+    int64_t reserve = 64 + (int64_t)(cfg->workers * (cfg->num_listeners + 8) + servers);
+    int64_t n = ((int64_t)rl.rlim_cur - reserve) / 2;
+    max_clients = n > 16 ? n : 16;
+}
+
+static int at_client_limit(void) {
+    return atomic_load_explicit(&td_client_open_count, memory_order_relaxed) >= max_clients;
+}
+
+static void on_accept(td_listener_t *l, int fd) {
+    worker_t *w = l->data;
+    if (at_client_limit()) {
+        td_listener_pause(l);
+        if (!w->limit_logged_ms || td_now_ms() - w->limit_logged_ms >= 10000) {
+            td_warn("%lld client connections open, the most the open-files limit allows: new "
+                    "connections wait until some close (raise `ulimit -n` / LimitNOFILE)",
+                    (long long)max_clients);
+            w->limit_logged_ms = td_now_ms();
+        }
     }
     client_t *c = calloc(1, sizeof(*c));
-    if (!c)
+    if (!c) {
+        close(fd);
         return;
+    }
     c->w = w;
     c->backend = c->server = c->sticky_set = c->pinned = -1;
     c->cbs = &td_exchange_client_cbs;
@@ -123,11 +162,11 @@ static void on_accept(uv_stream_t *l, int status) {
         w->clients->prev = c;
     w->clients = c;
     atomic_fetch_add(&td_client_open_count, 1);
-    if (td_stream_accept(&c->io, l) < 0) {
+    if (td_stream_open(&c->io, fd) < 0) {
         td_client_close(c);
         return;
     }
-    c->listener = (uint8_t)((uv_tcp_t *)l - w->listeners);
+    c->listener = (uint8_t)(l - w->listeners);
     td_worker_refresh(w);
     td_tls_server_t *tls = w->snap ? w->snap->listener_tls[c->listener] : NULL;
     if (tls && td_stream_tls_accept(&c->io, tls) < 0) {
@@ -162,6 +201,9 @@ static void tick_cb(uv_timer_t *timer) {
     for (size_t k = 0; k < sizeof(client_kinds); k++)
         while ((t = td_timeout_expired(&w->tq[client_kinds[k]], now_loop)))
             td_client_timeout(TD_CONTAINER_OF(t, client_t, tmo));
+    if (!w->stopping && !at_client_limit())
+        for (size_t i = 0; i < w->num_listeners; i++)
+            td_listener_resume(&w->listeners[i]);
     if (++w->ticks % (1000 / TICK_MS))
         return;
     td_worker_refresh(w);
@@ -199,7 +241,7 @@ static void wake_cb(uv_async_t *a) {
     worker_t *w = a->data;
     w->stopping = 1;
     for (size_t i = 0; i < w->num_listeners; i++)
-        uv_close((uv_handle_t *)&w->listeners[i], noop_close_cb);
+        td_listener_close(&w->listeners[i]);
     uv_close((uv_handle_t *)a, noop_close_cb);
     uv_close((uv_handle_t *)&w->tick, noop_close_cb);
     /* Idle keep-alive clients go now; busy ones close when their exchange ends. */
@@ -219,11 +261,10 @@ static void wake_cb(uv_async_t *a) {
 static void worker_main(void *arg) {
     worker_t *w = arg;
     for (size_t i = 0; i < w->num_listeners; i++) {
-        int taken;
-        int r =
-            td_listener_start(&w->loop, &w->listeners[i], w->listen_fds[i], w, on_accept, &taken);
-        if (taken)
-            w->listen_fds[i] = -1;
+        w->listeners[i].data = w;
+        int r = td_listener_start(&w->loop, &w->listeners[i], w->listen_fds[i], on_accept,
+                                  on_accept_error);
+        w->listen_fds[i] = -1;
         if (r < 0)
             td_error("worker: listen: %s", uv_strerror(r));
     }
@@ -243,6 +284,7 @@ td_proxy_t *td_proxy_start(const td_config_t *cfg, char *err, size_t errlen) {
     if (!p)
         goto nomem;
     p->num_workers = (size_t)cfg->workers;
+    set_max_clients(cfg);
     p->workers = calloc(p->num_workers, sizeof(worker_t));
     if (!p->workers)
         goto nomem;
@@ -250,7 +292,7 @@ td_proxy_t *td_proxy_start(const td_config_t *cfg, char *err, size_t errlen) {
         worker_t *w = &p->workers[i];
         td_access_log_init(&w->alog);
         w->num_listeners = cfg->num_listeners;
-        w->listeners = calloc(cfg->num_listeners, sizeof(uv_tcp_t));
+        w->listeners = calloc(cfg->num_listeners, sizeof(td_listener_t));
         w->listen_fds = calloc(cfg->num_listeners, sizeof(int));
         if (!w->listeners || !w->listen_fds)
             goto nomem;

@@ -27,6 +27,7 @@
 
 #include "td/access_log.h"
 #include "td/http1-t.h"
+#include "td/listener.h"
 #include "td/router-t.h"
 #include "td/stream-t.h"
 #include "td/timeout-t.h"
@@ -111,8 +112,9 @@ struct worker_s {
     uv_timer_t tick;  /* every TICK_MS: client deadlines; each second: drained tunnels */
     unsigned ticks;
     int drain_ms;
-    uv_tcp_t *listeners; /* owned */
-    int *listen_fds;     /* owned; -1 once handed to a uv_tcp_t */
+    td_listener_t *listeners; /* owned */
+    int *listen_fds;          /* owned; -1 once handed to its listener */
+    int64_t limit_logged_ms;  /* when the client-connection limit was last logged */
     size_t num_listeners;
     int stopping;
     td_access_log_t alog;

@@ -38,9 +38,9 @@ static inline void *td_stream_owner(const td_stream_t *s) {
     return s->data;
 }
 
-/* Takes the next connection waiting on the listening socket `server` (a uv_stream_t of the
- * listener, borrowed). Returns 0 or a negative errno. */
-int td_stream_accept(td_stream_t *s, void *server);
+/* Makes the accepted connection `fd` (owned by the stream from then on, closed on failure too)
+ * the socket of `s`. Returns 0 or a negative errno. */
+int td_stream_open(td_stream_t *s, int fd);
 
 /* Speaks TLS as the server with the certificates of `tls` (borrowed; the connection holds its
  * own reference): the handshake runs within the first reads. Returns 0 or -ENOMEM. */

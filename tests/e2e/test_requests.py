@@ -5,6 +5,7 @@ request buffering before a backend is chosen, the client send timeout, td's own 
 Backends are td's demo backend or small Python servers started by the test on 127.0.0.1 (to count
 connections and requests, or to close without answering). Every socket has a timeout, every loop
 is bounded, and every process and thread is stopped by the test."""
+import http.client
 import json
 import os
 import socket
@@ -736,3 +737,106 @@ def test_open_files_soft_limit_is_raised_to_the_hard_limit_at_start(backends, td
     want = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
     assert line.split()[3] == want, line
     assert "open files limit raised from 256" in t.proc.output()
+
+
+def one_get(port, path, timeout):
+    """One GET on a fresh connection; its status."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        r.read()
+        return r.status
+    finally:
+        conn.close()
+
+
+def flood(port, n, path=b"/delay/300"):
+    """Opens n connections to td at once, each sending one request; returns the sockets (the
+    caller closes them)."""
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.settimeout(5)
+        try:
+            s.connect(("127.0.0.1", port))
+            s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: h\r\n\r\n")
+        except OSError:
+            s.close()
+            continue
+        socks.append(s)
+    return socks
+
+
+def test_full_descriptor_table_pauses_accepting_and_td_recovers(backends, td):
+    """td's descriptor table filled up by client connections: accept fails with EMFILE. The
+    listener pauses instead of retrying in a loop that would keep the worker from doing anything
+    else; once the clients are gone td serves again, its admin API answers, and SIGTERM stops
+    it cleanly (the fixture checks the exit status)."""
+    b = backends(("blue", 1))
+    # Two workers: they share the descriptor table, so one takes the descriptors the other frees.
+    cfg = td_cfg({"blue": (100, b.ports["blue"])})
+    cfg["workers"] = 2
+    t = td(cfg)
+    limit = open_fds(t.proc.pid) + 20
+    subprocess.run(["prlimit", f"--pid={t.proc.pid}", f"--nofile={limit}:{limit}"], check=True,
+                   timeout=10)
+    socks = []
+    try:
+        for _ in range(3):
+            socks += flood(t.port, 100)
+        assert wait_for(lambda: "too many open files" in t.proc.output(), 20), "no EMFILE on accept"
+    finally:
+        for s in socks:
+            s.close()
+
+    def serves():
+        try:
+            return one_get(t.port, "/", 3) == 200
+        except OSError:
+            return False
+
+    assert wait_for(serves, 20), "td does not serve again after the clients left"
+    assert t.state()["backends"][0]["name"] == "blue"
+    out = t.proc.output()
+    assert "accepting paused" in out, out[-2000:]
+
+
+def test_client_connections_beyond_the_open_files_limit_wait_instead_of_failing(backends,
+                                                                                 tmp_path):
+    """Started with an open-files limit of 256 that cannot be raised, td keeps as many client
+    connections as leave a descriptor for each one's upstream connection; more clients wait in
+    the backlog and are served as others close, instead of being accepted and answered 503."""
+    b = backends(("blue", 1))
+    port, admin_port = free_port(), free_port()
+    cfg = td_cfg({"blue": (100, b.ports["blue"])})
+    cfg.update(listeners=[{"address": f"127.0.0.1:{port}"}],
+               admin={"address": f"127.0.0.1:{admin_port}"})
+    path = tmp_path / "td.json"
+    path.write_text(json.dumps(cfg))
+    p = Proc(["prlimit", "--nofile=256:256", TD, "-c", str(path)], "td")
+    try:
+        wait_port(port)
+        wait_port(admin_port)
+        statuses = []
+        lock = threading.Lock()
+
+        def client():
+            # Each client: connect, one request, read the answer, close.
+            try:
+                st = one_get(port, "/delay/200", 60)
+            except OSError as e:
+                st = repr(e)
+            with lock:
+                statuses.append(st)
+
+        threads = [threading.Thread(target=client) for _ in range(300)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(timeout=120)
+        assert len(statuses) == 300
+        assert statuses.count(200) == 300, {s: statuses.count(s) for s in set(map(str, statuses))}
+        assert "the most the open-files limit allows" in p.output()
+    finally:
+        assert p.stop() == 0, p.output()[-2000:]
