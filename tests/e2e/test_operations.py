@@ -1,0 +1,62 @@
+"""End-to-end tests of td's operation outside the proxy data path, as a new user meets it: reloads
+that remove sections (health checks, the admin section), the admin API's Host checks, the wording
+of config errors, HTTP/1.x minor versions and the web console's figures."""
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+from conftest import (ASAN, TD, Backends, RawConn, backend_cfg, reload_config, server_state,
+                      wait_for)
+
+SLACK = 2.0 if ASAN else 1.0
+TIMEOUT = 10
+
+
+def get(port, path="/"):
+    """One GET on a fresh connection: (status, X-TD-Demo-Backend)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        r.read()
+        return r.status, r.headers.get("X-TD-Demo-Backend")
+    finally:
+        c.close()
+
+
+def hc(**kw):
+    h = {"type": "http", "path": "/", "expect_status": "2xx,3xx", "interval_ms": 100,
+         "timeout_ms": 1000, "fall": 2, "rise": 2}
+    h.update(kw)
+    return h
+
+
+# ---------------------------------------------------------------------------------------------
+# A passive ejection after a reload removed the health checks.
+
+def test_passive_ejection_ends_after_reload_removed_health_check(backends, td):
+    """With health_check removed by SIGHUP, nothing checks blue's server any more: a passive
+    ejection must end after eject_ms by itself, and blue serve again once it answers."""
+    blue, green = backends(("blue", 1)), backends(("green", 1))
+    bport = blue.ports["blue"][0]
+    t = td(backend_cfg({"blue": (50, blue.ports["blue"]), "green": (50, green.ports["green"])},
+                       health_check=hc(),
+                       passive={"failures": 1, "eject_ms": 1000, "max_eject_ms": 1000}))
+    wait_for(lambda: server_state(t.state(), bport)["health"] == "up", 10, what="blue up")
+    reload_config(t, lambda cfg: cfg.pop("health_check"))
+    assert "last_check" not in server_state(t.state(), bport)
+    blue.stop()
+    # Blue's failed connects are retried on green; one of them ejects blue.
+    wait_for(lambda: get(t.port)[0] == 200 and
+             server_state(t.state(), bport)["health"] != "up", 10, what="blue ejected")
+    assert "ejected for 1000 ms after 1 failure in a row" in t.proc.output()
+    backends(("blue", 1), ports={"blue": [bport]})
+    wait_for(lambda: server_state(t.state(), bport)["health"] == "up", 10 + SLACK,
+             interval=0.1, what="blue up again after its ejection")
+    wait_for(lambda: any(get(t.port)[1] == "blue" for _ in range(10)), 10, what="blue serves")
+    wait_for(lambda: "is back after its ejection" in t.proc.output(), 5 + SLACK, interval=0.1,
+             what="the ejection's end logged")
