@@ -60,3 +60,37 @@ def test_passive_ejection_ends_after_reload_removed_health_check(backends, td):
     wait_for(lambda: any(get(t.port)[1] == "blue" for _ in range(10)), 10, what="blue serves")
     wait_for(lambda: "is back after its ejection" in t.proc.output(), 5 + SLACK, interval=0.1,
              what="the ejection's end logged")
+
+
+# ---------------------------------------------------------------------------------------------
+# Removing "admin" by a reload: the admin API keeps its address and token until a restart.
+
+def two_colours(backends):
+    blue, green = backends(("blue", 1)), backends(("green", 1))
+    return backend_cfg({"blue": (50, blue.ports["blue"]), "green": (50, green.ports["green"])})
+
+
+def test_reload_removing_admin_keeps_showing_the_admin_in_force_without_address_warning(
+        backends, td):
+    t = td(two_colours(backends), token="s3cret")
+    address = f"127.0.0.1:{t.admin_port}"
+    reload_config(t, lambda cfg: cfg.pop("admin"))
+    out = t.proc.output()
+    assert "admin address changed" not in out, out
+    assert "admin.token removed; it applies at the next restart" in out, out
+    status, cfg = t.api("GET", "/api/v1/config")
+    assert status == 200, cfg
+    assert cfg["admin"] == {"address": address, "token": "s3cret"}, cfg
+    # The same address back, with an empty token: nothing that runs changes, nothing to warn of.
+    reload_config(t, lambda c: c.update(admin={"address": address, "token": ""}))
+    out = t.proc.output()
+    assert "admin address changed" not in out, out
+    assert out.count("admin.token removed") == 1, out
+    status, cfg = t.api("GET", "/api/v1/config")
+    assert cfg["admin"] == {"address": address, "token": "s3cret"}, cfg
+    assert t.api("GET", "/api/v1/state", token="")[0] == 401
+    # Another address is a change that waits for a restart.
+    other = f"127.0.0.1:{t.admin_port + 1 if t.admin_port < 65535 else t.admin_port - 1}"
+    reload_config(t, lambda c: c.update(admin={"address": other, "token": ""}))
+    assert "admin address changed; it applies at the next restart" in t.proc.output()
+    assert t.api("GET", "/api/v1/config")[1]["admin"]["address"] == address
