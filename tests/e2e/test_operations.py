@@ -94,3 +94,62 @@ def test_reload_removing_admin_keeps_showing_the_admin_in_force_without_address_
     reload_config(t, lambda c: c.update(admin={"address": other, "token": ""}))
     assert "admin address changed; it applies at the next restart" in t.proc.output()
     assert t.api("GET", "/api/v1/config")[1]["admin"]["address"] == address
+
+
+# ---------------------------------------------------------------------------------------------
+# The admin API's Host: exactly one, and an absolute-form target's authority counts as it.
+
+def admin_raw(t, head, token=None):
+    """Sends `head` (request line and fields, without the final CRLF) to the admin port:
+    (status, parsed JSON body or None)."""
+    if token:
+        head += f"Authorization: Bearer {token}\r\n"
+    with RawConn(t.admin_port) as c:
+        c.send((head + "Connection: close\r\n\r\n").encode())
+        status, _, body = c.read_response()
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, None
+
+
+def test_admin_api_answers_400_to_two_host_fields(backends, td):
+    t = td(two_colours(backends))
+    a = f"127.0.0.1:{t.admin_port}"
+    for second in ("evil.com", a):
+        status, _ = admin_raw(t, f"GET /api/v1/state HTTP/1.1\r\nHost: {a}\r\nHost: {second}\r\n")
+        assert status == 400, second
+    t2 = td(two_colours(backends), token="s3cret")
+    status, _ = admin_raw(t2, f"GET /api/v1/state HTTP/1.1\r\nHost: {a}\r\nHost: evil.com\r\n",
+                          token="s3cret")
+    assert status == 400
+
+
+def test_admin_api_takes_an_absolute_form_authority_as_the_host(backends, td):
+    t = td(two_colours(backends))
+    port = t.admin_port
+    # A foreign authority is refused like a foreign Host, whatever the Host field says.
+    status, body = admin_raw(
+        t, f"GET http://evil.com:{port}/api/v1/state HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n")
+    assert status == 421 and "Host" in body["error"], body
+    status, body = admin_raw(
+        t, f"GET http://127.0.0.1/api/v1/state HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n")
+    assert status == 421, body  # no port in the authority: 80, not this admin port
+    # This admin address in the authority: routed by the target's path.
+    status, body = admin_raw(
+        t, f"GET http://127.0.0.1:{port}/api/v1/state HTTP/1.1\r\nHost: evil.com\r\n")
+    assert status == 200 and "backends" in body, body
+    status, body = admin_raw(
+        t, f"GET http://localhost:{port}/api/v1/config?x=1 HTTP/1.1\r\nHost: localhost:{port}\r\n")
+    assert status == 200 and "backends" in body, body
+    assert t.state()["version"] == 1
+    # With a token any name may be used: the token decides, the path routes.
+    t2 = td(two_colours(backends), token="s3cret")
+    port2 = t2.admin_port
+    status, body = admin_raw(
+        t2, f"GET http://td.example:{port2}/api/v1/state HTTP/1.1\r\nHost: td.example\r\n",
+        token="s3cret")
+    assert status == 200 and "backends" in body, body
+    status, body = admin_raw(
+        t2, f"GET http://td.example:{port2}/api/v1/state HTTP/1.1\r\nHost: td.example\r\n")
+    assert status == 401, body
