@@ -213,7 +213,7 @@ static json_t *parse_body(td_str_t body, td_admin_reply_t *fail) {
     json_t *j = json_loadb(body.p, body.len, JSON_REJECT_DUPLICATES, &e);
     if (!j) {
         char msg[300];
-        snprintf(msg, sizeof(msg), "request body:%d:%d: %s", e.line < 1 ? 1 : e.line,
+        snprintf(msg, sizeof(msg), "request:%d:%d: %s", e.line < 1 ? 1 : e.line,
                  e.column < 1 ? 1 : e.column, e.text);
         *fail = td_admin_http_error(400, msg);
     } else if (!json_is_object(j)) {

@@ -214,3 +214,39 @@ def test_http_1_2_response_from_a_backend_is_taken_as_http_1_1(td):
         stop.set()
         th.join(timeout=10)
         srv.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Config errors in plain words, with one position prefix.
+
+def test_unreadable_config_file_is_reported_without_a_position(tmp_path):
+    missing = str(tmp_path / "nonexistent.json")
+    p = subprocess.run([TD, "-t", "-c", missing], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1
+    out = p.stdout + p.stderr
+    assert f"{missing}: cannot read: No such file or directory" in out, out
+    assert ":0:0:" not in out, out
+
+
+def test_config_syntax_errors_are_in_plain_words(tmp_path, backends, td):
+    path = tmp_path / "td.json"
+    path.write_bytes(b'{"workers": 1, "pid_file": "x\\u0000"}')
+    p = subprocess.run([TD, "-t", "-c", str(path)], capture_output=True, text=True, timeout=30)
+    out = p.stdout + p.stderr
+    assert p.returncode == 1
+    assert "a string may not contain \\u0000 (NUL)" in out, out
+    assert "JSON_ALLOW_NUL" not in out, out
+    t = td(two_colours(backends))
+    status, r = t.api("PUT", "/api/v1/config", raw=b'{"workers": tru}')
+    assert status == 400 and r["error"].startswith("request:1:"), r
+    assert "invalid value" in r["error"], r
+    assert t.state()["version"] == 1
+
+
+def test_api_body_errors_use_the_request_position_prefix(backends, td):
+    t = td(two_colours(backends))
+    for path in ("/api/v1/ratio", "/api/v1/routing", "/api/v1/config"):
+        status, r = t.api("PUT", path, raw=b'{"blue": 0,,}')
+        assert status == 400, (path, r)
+        assert r["error"].startswith("request:1:"), (path, r)
+    assert t.state()["version"] == 1
