@@ -191,8 +191,8 @@ static int absolute_form(td_str_t t, td_str_t *authority, td_str_t *path, int *d
     while (stop < end && *stop != '/' && *stop != '?')
         stop++;
     *authority = (td_str_t){a, (size_t)(stop - a)};
-    *path = stop < end && *stop == '/' ? (td_str_t){stop, (size_t)(end - stop)}
-                                       : (td_str_t){"/", 1};
+    *path =
+        stop < end && *stop == '/' ? (td_str_t){stop, (size_t)(end - stop)} : (td_str_t){"/", 1};
     return 0;
 }
 

@@ -601,9 +601,9 @@ static const char *parse_status_line(const char *p, const char *end, td_http1_re
     /* "HTTP/1.x ddd", checked on whatever part of it has arrived; a minor version above 1 is
      * taken as 1.1 (RFC 9110 §2.5) */
     size_t avail = (size_t)(end - p), n = avail < 12 ? avail : 12;
-    if (!version_ok(p, n < 8 ? n : 8) || (n > 5 && p[5] != '1') ||
-        (n > 8 && p[8] != ' ') || (n > 9 && (p[9] < '1' || p[9] > '9')) ||
-        (n > 10 && !IS(p[10], C_DIGIT)) || (n > 11 && !IS(p[11], C_DIGIT)))
+    if (!version_ok(p, n < 8 ? n : 8) || (n > 5 && p[5] != '1') || (n > 8 && p[8] != ' ') ||
+        (n > 9 && (p[9] < '1' || p[9] > '9')) || (n > 10 && !IS(p[10], C_DIGIT)) ||
+        (n > 11 && !IS(p[11], C_DIGIT)))
         goto bad;
     if (n < 12)
         goto more;

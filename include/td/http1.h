@@ -56,11 +56,12 @@ int td_http1_parse_request(const char *buf, size_t len, const td_http1_limits_t 
  * HEAD (the response then has no body whatever its headers say). 1xx, 204 and 304 responses
  * have no body (§6.3). A response with neither Content-Length nor chunked coding is
  * TD_BODY_UNTIL_CLOSE and not keep-alive. Returns the head length, TD_EAGAIN, TD_EHDRTOOLARGE or
- * TD_EBADMSG (same framing rules as requests; Host not required). HTTP/1.2 and higher minors are taken as
- * 1.1 (RFC 9110 §2.5); a version other than HTTP/1.x is TD_EBADMSG; so is a Transfer-Encoding whose final coding is not chunked (a safe
- * proxy refuses it rather than reading until close). The reason phrase may be absent, with or
- * without the SP before it. resp->content_length holds the Content-Length value whenever one is
- * present, even when the body is TD_BODY_NONE (HEAD, 304). */
+ * TD_EBADMSG (same framing rules as requests; Host not required). HTTP/1.2 and higher minors are
+ * taken as 1.1 (RFC 9110 §2.5); a version other than HTTP/1.x is TD_EBADMSG; so is a
+ * Transfer-Encoding whose final coding is not chunked (a safe proxy refuses it rather than reading
+ * until close). The reason phrase may be absent, with or without the SP before it.
+ * resp->content_length holds the Content-Length value whenever one is present, even when the body
+ * is TD_BODY_NONE (HEAD, 304). */
 int td_http1_parse_response(const char *buf, size_t len, int request_was_head,
                             const td_http1_limits_t *limits, td_http1_response_t *resp,
                             td_http1_header_t *headers, size_t max);

@@ -248,7 +248,7 @@ static void test_syntax_errors(void) {
     T_ERRORS("{\"a\": \"x\\u0000\"}",
              "t.json:1:15: a string may not contain \\u0000 (NUL) near '\"x\\u0000\"'\n");
     T_ERRORS("{\"a\": tru}", "t.json:1:9: invalid value (strings take double quotes; true, false, "
-                           "null are lower case) near 'tru'\n");
+                             "null are lower case) near 'tru'\n");
     T_ERRORS("{} x", "t.json:1:4: unexpected text after the end of the document near 'x'\n");
     T_ERRORS("{\"a\":", "t.json:1:5: the document ends too early\n");
 }
