@@ -23,6 +23,11 @@
 
 /* ---- replies */
 
+/* What the admin server runs with (td_admin_start, td_admin_update_token), for GET
+ * /api/v1/config: the config's "admin" may say otherwise until a restart. */
+static td_addr_t bound_address;
+static char token_in_force[sizeof(((td_config_t *)0)->admin_token)];
+
 static td_admin_reply_t json_reply(int status, json_t *j) {
     td_admin_reply_t r = {status, "application/json", json_dumps(j, JSON_INDENT(2)), 0, NULL, NULL};
     json_decref(j);
@@ -208,7 +213,7 @@ static json_t *parse_body(td_str_t body, td_admin_reply_t *fail) {
     json_t *j = json_loadb(body.p, body.len, JSON_REJECT_DUPLICATES, &e);
     if (!j) {
         char msg[300];
-        snprintf(msg, sizeof(msg), "request body:%d:%d: %s", e.line < 1 ? 1 : e.line,
+        snprintf(msg, sizeof(msg), "request:%d:%d: %s", e.line < 1 ? 1 : e.line,
                  e.column < 1 ? 1 : e.column, e.text);
         *fail = td_admin_http_error(400, msg);
     } else if (!json_is_object(j)) {
@@ -325,8 +330,18 @@ static td_admin_reply_t put_config(td_str_t body, const char *client) {
     return json_reply(200, json_pack("{s:I}", "version", (json_int_t)td_control_version()));
 }
 
+/* The running config with the admin section that runs: the address bound at start and the token
+ * in force, which a reload that removed "admin" or its token does not change until a restart. */
 static td_admin_reply_t get_config(void) {
-    char *text = td_config_to_json(td_control_config());
+    td_config_t *cfg = td_config_dup(td_control_config());
+    char *text = NULL;
+    if (cfg) {
+        cfg->has_admin = 1;
+        cfg->admin_address = bound_address;
+        snprintf(cfg->admin_token, sizeof(cfg->admin_token), "%s", token_in_force);
+        text = td_config_to_json(cfg);
+        td_config_free(cfg);
+    }
     if (!text)
         return td_admin_http_error(500, "out of memory");
     td_admin_reply_t r = {200, "application/json", text, strlen(text), NULL, NULL};
@@ -394,10 +409,14 @@ static td_admin_reply_t route(const td_admin_request_t *rq) {
 
 int td_admin_start(uv_loop_t *loop, const td_addr_t *address, const char *token, char *err,
                    size_t errlen) {
+    bound_address = *address;
+    snprintf(token_in_force, sizeof(token_in_force), "%s", token ? token : "");
     return td_admin_http_listen(loop, address, token, route, err, errlen);
 }
 
 int td_admin_update_token(const char *token) {
+    if (token && token[0])
+        snprintf(token_in_force, sizeof(token_in_force), "%s", token);
     return td_admin_http_set_token(token);
 }
 

@@ -143,7 +143,7 @@ static int host_is(td_str_t h, const char *name) {
  * host and port. Browsers always send Host, so a request without one (HTTP/1.0) is not from a
  * page. Returns NULL when the request may go on, else the refusal (status in *status). */
 static const char *foreign_request(const admin_conn_t *c, const td_http1_request_t *req,
-                                   int *status) {
+                                   td_str_t authority, int default_port, int *status) {
     td_str_t origin = {NULL, 0}, host_field = {NULL, 0};
     for (size_t i = 0; i < req->num_headers; i++) {
         if (td_http1_name_is(req->headers[i].name, "origin"))
@@ -151,12 +151,14 @@ static const char *foreign_request(const admin_conn_t *c, const td_http1_request
         else if (td_http1_name_is(req->headers[i].name, "host"))
             host_field = req->headers[i].value;
     }
+    if (authority.p)
+        host_field = authority; /* RFC 9112 §3.2.2: it replaces the Host field */
     if (!host_field.p && !origin.p)
         return NULL;
     td_str_t host;
     int port;
     *status = 421;
-    if (split_host(host_field, &host, 80, &port) < 0 || port != bound_port ||
+    if (split_host(host_field, &host, default_port, &port) < 0 || port != bound_port ||
         !(host_is(host, "localhost") || host_is(host, "127.0.0.1") || host_is(host, "[::1]") ||
           host_is(host, bound_host) || host_is(host, c->local_ip)))
         return "the Host header does not name this admin address (use 127.0.0.1 or localhost "
@@ -176,16 +178,41 @@ static const char *foreign_request(const admin_conn_t *c, const td_http1_request
     return NULL;
 }
 
-/* The server's own refusals (foreign Host or Origin), else the handler's answer. */
+/* An absolute-form target ("http://host:port/path?q", which the parser has checked): its
+ * authority (RFC 9112 §3.2.2: the Host of the request) and its path. The path is "/" when
+ * the target has none ("http://a", "http://a?q": no admin endpoint reads the query). Returns 0,
+ * or -1 for another form (origin-form "/...", "*", authority-form). */
+static int absolute_form(td_str_t t, td_str_t *authority, td_str_t *path, int *default_port) {
+    const char *sep = t.len > 3 && t.p[0] != '/' ? memmem(t.p, t.len, "://", 3) : NULL;
+    if (!sep)
+        return -1;
+    *default_port = sep - t.p == 5 && strncasecmp(t.p, "https", 5) == 0 ? 443 : 80;
+    const char *a = sep + 3, *end = t.p + t.len, *stop = a;
+    while (stop < end && *stop != '/' && *stop != '?')
+        stop++;
+    *authority = (td_str_t){a, (size_t)(stop - a)};
+    *path =
+        stop < end && *stop == '/' ? (td_str_t){stop, (size_t)(end - stop)} : (td_str_t){"/", 1};
+    return 0;
+}
+
+/* The server's own refusals (foreign Host or Origin), else the handler's answer. An
+ * absolute-form target is checked by its authority and handed on in origin-form, so the
+ * handler routes by its path. */
 static td_admin_reply_t answer(const admin_conn_t *c, const td_http1_request_t *req,
                                td_str_t body) {
+    td_http1_request_t origin_form = *req;
+    td_str_t authority = {NULL, 0};
+    int default_port = 80;
+    if (absolute_form(req->target, &authority, &origin_form.target, &default_port) < 0)
+        authority = (td_str_t){NULL, 0};
     if (!bound_token[0]) {
         int status;
-        const char *why = foreign_request(c, req, &status);
+        const char *why = foreign_request(c, req, authority, default_port, &status);
         if (why)
             return td_admin_http_error(status, why);
     }
-    td_admin_request_t r = {req, body, c->ip, authorized(req)};
+    td_admin_request_t r = {&origin_form, body, c->ip, authorized(req)};
     return handler(&r);
 }
 

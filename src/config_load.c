@@ -431,6 +431,37 @@ static void one_line(char *s) {
             *s = '?';
 }
 
+/* jansson's wording where it names its own flags or is terse, in plain words; what follows the
+ * matched start (" near 'TOKEN'", a byte's value) is kept. Other messages pass unchanged. */
+static void plain_words(char *s, size_t size) {
+    static const struct {
+        const char *jansson, *plain;
+    } words[] = {
+        {"\\u0000 is not allowed without JSON_ALLOW_NUL", "a string may not contain \\u0000 (NUL)"},
+        {"NUL byte in object key not supported", "a key may not contain \\u0000 (NUL)"},
+        {"'[' or '{' expected", "expected a JSON object ('{')"},
+        {"string or '}' expected", "expected a key in double quotes or '}'"},
+        {"end of file expected", "unexpected text after the end of the document"},
+        {"unexpected token near end of file", "the document ends too early"},
+        {"invalid token", "invalid value (strings take double quotes; true, false, null are lower "
+                          "case)"},
+        {"unable to decode byte", "invalid UTF-8: byte"},
+        {"too big negative integer", "number out of range"},
+        {"too big integer", "number out of range"},
+        {"real number overflow", "number out of range"},
+        {"maximum parsing depth reached", "nested too deeply"},
+    };
+    for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++) {
+        size_t n = strlen(words[i].jansson);
+        if (strncmp(s, words[i].jansson, n) != 0)
+            continue;
+        char rest[JSON_ERROR_TEXT_LENGTH];
+        snprintf(rest, sizeof(rest), "%s", s + n);
+        snprintf(s, size, "%s%s", words[i].plain, rest);
+        return;
+    }
+}
+
 td_config_t *td_config_parse(const char *text, size_t len, const char *name, FILE *errs) {
     td_config_report_t x = {.text = text, .len = len};
     json_error_t jerr;
@@ -441,10 +472,13 @@ td_config_t *td_config_parse(const char *text, size_t len, const char *name, FIL
         name = "config";
     root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
-        one_line(jerr.text);
+        char msg[2 * JSON_ERROR_TEXT_LENGTH];
+        snprintf(msg, sizeof(msg), "%s", jerr.text);
+        plain_words(msg, sizeof(msg));
+        one_line(msg);
         if (errs)
             fprintf(errs, "%s:%d:%d: %s\n", name, jerr.line < 1 ? 1 : jerr.line,
-                    jerr.column < 1 ? 1 : jerr.column, jerr.text);
+                    jerr.column < 1 ? 1 : jerr.column, msg);
         return NULL;
     }
     c = calloc(1, sizeof *c);
@@ -504,7 +538,7 @@ td_config_t *td_config_load(const char *path, FILE *errs) {
         c = td_config_parse(buf, len, path, errs);
 out:
     if (why && errs)
-        fprintf(errs, "%s:0:0: cannot read: %s\n", path, why);
+        fprintf(errs, "%s: cannot read: %s\n", path, why); /* no position: no text was read */
     if (f)
         fclose(f);
     free(buf);

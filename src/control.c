@@ -20,6 +20,10 @@ static struct stat file_seen; /* the config file as td last read or wrote it */
 static char file_sha[65];     /* SHA-256 of its text then ("" when unknown) */
 static uint64_t version;
 static int64_t started_ms;
+/* The admin address the first config bound (main.c starts the admin server with it): what a
+ * reload's admin.address is judged against, since it never changes until a restart. */
+static int admin_bound;
+static td_addr_t admin_bound_address;
 
 const td_config_t *td_control_config(void) {
     return running;
@@ -60,6 +64,8 @@ static void commit(td_snapshot_t *s, td_config_t *cfg) {
 int td_control_init(td_config_t *cfg, const char *path) {
     snprintf(config_path, sizeof(config_path), "%s", path ? path : "");
     started_ms = td_wall_ms();
+    admin_bound = cfg->has_admin;
+    admin_bound_address = cfg->admin_address;
     char audit[sizeof(config_path) + 16] = "";
     if (config_path[0])
         snprintf(audit, sizeof(audit), "%s.audit.jsonl", config_path);
@@ -97,9 +103,14 @@ static void keep_startup_settings(td_config_t *cfg) {
         td_warn("config: listeners changed; they apply at the next restart");
     if (cfg->workers != old->workers)
         td_warn("config: workers changed; they apply at the next restart");
-    if (cfg->has_admin != old->has_admin ||
-        strcmp(cfg->admin_address.text, old->admin_address.text) != 0)
+    /* Against what is bound, not the previous config: removing "admin" and putting the same
+     * address back changes nothing that runs. */
+    if (cfg->has_admin &&
+        (!admin_bound || strcmp(cfg->admin_address.text, admin_bound_address.text) != 0))
         td_warn("config: admin address changed; it applies at the next restart");
+    else if (!cfg->has_admin && admin_bound && old->has_admin)
+        td_info("config: admin removed; the admin API stays on %s until the next restart",
+                admin_bound_address.text);
     if (strcmp(cfg->pid_file, old->pid_file) != 0)
         td_warn("config: pid_file changed; it applies at the next restart");
 }
@@ -107,8 +118,10 @@ static void keep_startup_settings(td_config_t *cfg) {
 /* A new admin.token applies at once; a removed one only at the next restart: a reload must
  * never open the bound admin port to anyone (td_admin_update_token). */
 static void update_admin_token(const td_config_t *cfg, const td_config_t *old) {
-    int removed = td_admin_update_token(cfg->has_admin ? cfg->admin_token : "");
-    if (removed && (cfg->has_admin != old->has_admin || strcmp(cfg->admin_token, old->admin_token)))
+    const char *token = cfg->has_admin ? cfg->admin_token : "";
+    int removed = td_admin_update_token(token);
+    /* Once per removal: a config without "admin" and one with an empty token ask the same. */
+    if (removed && strcmp(token, old->has_admin ? old->admin_token : ""))
         td_warn("config: admin.token removed; it applies at the next restart: the admin API keeps "
                 "requiring the current token until then");
 }

@@ -357,6 +357,9 @@ int td_health_sync(uv_loop_t *loop, const td_config_t *cfg) {
             if (!cfg->has_health && !b->health_override) {
                 if (!atomic_exchange(&st->health_up, 1))
                     atomic_store(&st->up_since_ms, td_now_ms());
+                /* No checker brings it back any more: a passive ejection must end by itself. */
+                atomic_store(&st->checked, 0);
+                atomic_store(&st->recheck, 0);
                 continue;
             }
             checker_t *k;
@@ -374,9 +377,9 @@ int td_health_sync(uv_loop_t *loop, const td_config_t *cfg) {
             k->seen = 1;
             set_params(k, b, &b->servers[j].address);
             /* A server checked before keeps its verdict; a new one starts as default_down says. */
-            if (!st->checked)
+            if (!atomic_load(&st->checked))
                 atomic_store(&st->health_up, !b->health.default_down);
-            st->checked = 1;
+            atomic_store(&st->checked, 1);
             uv_timer_init(loop, &k->timer);
             k->timer.data = k;
             k->next = checkers;

@@ -499,11 +499,13 @@ static const char *parse_request_line(const char *p, const char *end, size_t max
     }
     if (p[0] != '\r' || p[1] != '\n')
         goto bad;
-    if (major != 1 || minor > 1) {
+    if (major != 1) {
         *err = TD_EVERSION;
         return NULL;
     }
-    req->minor_version = minor;
+    /* RFC 9110 §2.5, RFC 9112 §2.3: a higher minor version of HTTP/1 is processed as the
+     * highest one implemented, 1.1 */
+    req->minor_version = minor > 1 ? 1 : minor;
     return p + 2;
 more:
     /* Out of bytes: either the buffer ended, or the line has grown past its limit. */
@@ -596,15 +598,16 @@ fail:
  * ambiguous. */
 static const char *parse_status_line(const char *p, const char *end, td_http1_response_t *resp,
                                      int *err) {
-    /* "HTTP/1.x ddd", checked on whatever part of it has arrived; only 1.0 and 1.1 are spoken */
+    /* "HTTP/1.x ddd", checked on whatever part of it has arrived; a minor version above 1 is
+     * taken as 1.1 (RFC 9110 §2.5) */
     size_t avail = (size_t)(end - p), n = avail < 12 ? avail : 12;
-    if (!version_ok(p, n < 8 ? n : 8) || (n > 5 && p[5] != '1') || (n > 7 && p[7] > '1') ||
-        (n > 8 && p[8] != ' ') || (n > 9 && (p[9] < '1' || p[9] > '9')) ||
-        (n > 10 && !IS(p[10], C_DIGIT)) || (n > 11 && !IS(p[11], C_DIGIT)))
+    if (!version_ok(p, n < 8 ? n : 8) || (n > 5 && p[5] != '1') || (n > 8 && p[8] != ' ') ||
+        (n > 9 && (p[9] < '1' || p[9] > '9')) || (n > 10 && !IS(p[10], C_DIGIT)) ||
+        (n > 11 && !IS(p[11], C_DIGIT)))
         goto bad;
     if (n < 12)
         goto more;
-    resp->minor_version = p[7] - '0';
+    resp->minor_version = p[7] > '1' ? 1 : p[7] - '0';
     resp->status = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
     p += 12;
     if (p == end)

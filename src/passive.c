@@ -28,9 +28,9 @@ int td_passive_failure(const td_snapshot_t *s, td_server_stats_t *st, int64_t no
         return 0;
     if (!others_up(s, st, now_ms)) {
         if (run == p->failures)
-            td_warn("passive: server %s (%s) failed %d times in a row but is the last one up; "
+            td_warn("passive: server %s (%s) failed %d time%s in a row but is the last one up; "
                     "it keeps serving",
-                    st->address, st->backend, run);
+                    st->address, st->backend, run, run == 1 ? "" : "s");
         return 0;
     }
     int n = atomic_fetch_add(&st->ejections, 1);
@@ -41,17 +41,18 @@ int td_passive_failure(const td_snapshot_t *s, td_server_stats_t *st, int64_t no
         ms = p->max_eject_ms;
     atomic_store(&st->down_until_ms, now_ms + ms);
     atomic_store(&st->consecutive_failures, 0);
-    if (st->checked) {
+    if (atomic_load(&st->checked)) {
         atomic_store(&st->recheck, 1); /* back through the active check: `rise` fresh passes */
         atomic_store(&st->health_up, 0);
     }
     atomic_store(&st->ejected, 1);
-    td_warn("passive: server %s (%s) ejected for %lld ms after %d failures in a row", st->address,
-            st->backend, (long long)ms, run);
+    const char *plural = run == 1 ? "" : "s";
+    td_warn("passive: server %s (%s) ejected for %lld ms after %d failure%s in a row", st->address,
+            st->backend, (long long)ms, run, plural);
     td_event("health",
-             "server %s (%s) is down (passive: ejected for %lld ms after %d failures in "
+             "server %s (%s) is down (passive: ejected for %lld ms after %d failure%s in "
              "a row)",
-             st->address, st->backend, (long long)ms, run);
+             st->address, st->backend, (long long)ms, run, plural);
     return 1;
 }
 
@@ -60,7 +61,8 @@ void td_passive_sweep(const td_snapshot_t *s, int64_t now_ms) {
         for (size_t j = 0; j < s->backends[i].num_servers; j++) {
             td_server_stats_t *st = s->backends[i].servers[j].st;
             /* With an active check, its "up" after `rise` passes is the event. */
-            if (st->checked || !atomic_load_explicit(&st->ejected, memory_order_relaxed) ||
+            if (atomic_load_explicit(&st->checked, memory_order_relaxed) ||
+                !atomic_load_explicit(&st->ejected, memory_order_relaxed) ||
                 !td_server_is_up(st, now_ms) || !atomic_exchange(&st->ejected, 0))
                 continue;
             td_info("passive: server %s (%s) is back after its ejection", st->address, st->backend);

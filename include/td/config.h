@@ -24,7 +24,7 @@
 td_config_t *td_config_parse(const char *text, size_t len, const char *name, FILE *errs);
 
 /* Reads the file at `path` and parses it as td_config_parse does. A file that cannot be read is
- * reported as "PATH:0:0: cannot read: <reason>". */
+ * reported as "PATH: cannot read: <reason>" (no position: there is no text to point into). */
 td_config_t *td_config_load(const char *path, FILE *errs);
 
 /* The embedded default used by `td demo`: blue 127.0.0.1:9001 and green 127.0.0.1:9002 at 50/50,

@@ -34,8 +34,9 @@ td_http1_limits_t td_http1_default_limits(void);
  * - The request-line is `method SP request-target SP HTTP/d.d CRLF` with single spaces. The target
  *   holds visible ASCII only (0x21-0x7e) and must be origin-form ("/..."), absolute-form
  *   ("scheme://..."), authority-form ("host:port", and only for CONNECT) or "*" (only for
- *   OPTIONS). A well-formed version other than 1.0 / 1.1 gives TD_EVERSION; a malformed one
- *   TD_EBADMSG.
+ *   OPTIONS). HTTP/1.2 and higher minors are taken as 1.1 (RFC 9110 §2.5, RFC 9112 §2.3:
+ *   minor_version is 1); a well-formed version of another major gives TD_EVERSION; a malformed
+ *   one TD_EBADMSG.
  * - Field values may hold VCHAR, obs-text (0x80-0xff), SP and HTAB. Host must be an IP-literal
  *   or reg-name, optionally followed by ":" and digits (may be empty).
  * - content_length_repeated is set when identical Content-Length values came as a list or in
@@ -55,11 +56,12 @@ int td_http1_parse_request(const char *buf, size_t len, const td_http1_limits_t 
  * HEAD (the response then has no body whatever its headers say). 1xx, 204 and 304 responses
  * have no body (§6.3). A response with neither Content-Length nor chunked coding is
  * TD_BODY_UNTIL_CLOSE and not keep-alive. Returns the head length, TD_EAGAIN, TD_EHDRTOOLARGE or
- * TD_EBADMSG (same framing rules as requests; Host not required). A version other than HTTP/1.0 or
- * HTTP/1.1 is TD_EBADMSG; so is a Transfer-Encoding whose final coding is not chunked (a safe
- * proxy refuses it rather than reading until close). The reason phrase may be absent, with or
- * without the SP before it. resp->content_length holds the Content-Length value whenever one is
- * present, even when the body is TD_BODY_NONE (HEAD, 304). */
+ * TD_EBADMSG (same framing rules as requests; Host not required). HTTP/1.2 and higher minors are
+ * taken as 1.1 (RFC 9110 §2.5); a version other than HTTP/1.x is TD_EBADMSG; so is a
+ * Transfer-Encoding whose final coding is not chunked (a safe proxy refuses it rather than reading
+ * until close). The reason phrase may be absent, with or without the SP before it.
+ * resp->content_length holds the Content-Length value whenever one is present, even when the body
+ * is TD_BODY_NONE (HEAD, 304). */
 int td_http1_parse_response(const char *buf, size_t len, int request_was_head,
                             const td_http1_limits_t *limits, td_http1_response_t *resp,
                             td_http1_header_t *headers, size_t max);

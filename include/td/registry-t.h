@@ -39,7 +39,8 @@ typedef struct td_server_stats_s {
                                        the start); with down_until_ms it tells how long the
                                        server has been up (td_server_up_since) */
     _Atomic int ejected;            /* a passive ejection's "down" event awaits its "up" */
-    int checked;                    /* main thread: an active check has been set up for it */
+    _Atomic int checked;            /* an active check is set up for it: written by the main
+                                       thread (td_health_sync), read by workers */
     _Atomic int ejections;          /* passive ejections in a row (the next one lasts longer) */
     _Atomic int recheck;            /* set on a passive ejection: the checker counts rise anew */
     struct td_server_stats_s *next; /* registry list; owned by the registry */

@@ -15,6 +15,8 @@
 //   failover — failover with the backup serving and 5xx answered: reads the "serving" line, the
 //             error banner, the cards' shares and role badges, and a card's req/s next to the
 //             chart legend's figure for the same backend (read in one go, after one poll).
+//   drained — two backends under traffic: slider to 0, Apply; once blue's card says drained, and
+//             one more poll, reads its status badge and req/s together.
 // Prints one JSON line of observations on success; exits 1 with the reason otherwise.
 import assert from "node:assert/strict";
 import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
@@ -165,7 +167,26 @@ async function failover(page) {
   return seen;
 }
 
-const SCENARIOS = { ratio, swap, token, weights, failover };
+async function drained(page) {
+  await waitCards(page, ["blue", "green"]);
+  await waitChart(page);
+  if (opts.before_ms) await page.waitForTimeout(opts.before_ms);
+  await page.locator("#ratio").focus();
+  await page.keyboard.press("Home");
+  await page.locator("#apply").click();
+  await waitMessage(page, "ok");
+  await page.locator('.card[data-backend="blue"] .badge.status', { hasText: "drained" }).waitFor();
+  await page.waitForTimeout(opts.settle_ms || 1500);
+  return await page.evaluate(() => {
+    const card = document.querySelector('.card[data-backend="blue"]');
+    return {
+      status: card.querySelector(".badge.status").textContent,
+      rps: card.querySelector('[data-field="rps"]').textContent,
+    };
+  });
+}
+
+const SCENARIOS = { ratio, swap, token, weights, failover, drained };
 
 async function main() {
   const run = SCENARIOS[opts.scenario];

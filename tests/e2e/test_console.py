@@ -141,3 +141,18 @@ def test_weight_fields_for_three_backends_and_api_errors_shown(backends, td):
     assert s["version"] == before + 1  # the refused change changed nothing
     assert weights(t) == {"blue": 0, "green": 50, "canary": 50}
     assert set(served_by(t.port, 40)) <= {"green", "canary"}
+
+
+def test_drained_backend_card_shows_no_requests_per_second(backends, td):
+    """Right after Apply at 0 %, blue's card says drained: its req/s must not show the traffic it
+    had before (the 5 s window's average lags), but what came since the last poll: none."""
+    b = backends(("blue", 1), ("green", 1))
+    t = td(backend_cfg({"blue": (50, b.ports["blue"]), "green": (50, b.ports["green"])}))
+    traffic = Traffic(t.port, rate=50)
+    try:
+        seen = run_page(scenario="drained", url=t.admin + "/", before_ms=4000, settle_ms=1500)
+    finally:
+        traffic.stop()
+    assert seen["status"] == "drained", seen
+    assert seen["rps"] == "0.0", seen
+    assert weights(t) == {"blue": 0, "green": 100}

@@ -234,16 +234,23 @@ static void test_syntax_errors(void) {
     T_ERRORS("{\n"
              "  \"listeners\": [],\n"
              "}\n",
-             "t.json:3:1: string or '}' expected near '}'\n");
+             "t.json:3:1: expected a key in double quotes or '}' near '}'\n");
     T_ERRORS("{\n"
              "  \"workers\": 1,\n"
              "  \"workers\": 2\n"
              "}\n",
              "t.json:3:11: duplicate object key near '\"workers\"'\n");
-    T_ERRORS("", "t.json:1:1: '[' or '{' expected near end of file\n");
+    T_ERRORS("", "t.json:1:1: expected a JSON object ('{') near end of file\n");
     /* A raw newline inside a string: the message stays on one line. */
     T_ERRORS("{\"a\": \"x\ny\"}", "t.json:1:8: unexpected newline near '\"x'\n");
     T_ERRORS("[1, 2]", "t.json:1:1: expected an object, got an array\n");
+    /* jansson's own wording (its flags, its terse forms) is put in plain words. */
+    T_ERRORS("{\"a\": \"x\\u0000\"}",
+             "t.json:1:15: a string may not contain \\u0000 (NUL) near '\"x\\u0000\"'\n");
+    T_ERRORS("{\"a\": tru}", "t.json:1:9: invalid value (strings take double quotes; true, false, "
+                             "null are lower case) near 'tru'\n");
+    T_ERRORS("{} x", "t.json:1:4: unexpected text after the end of the document near 'x'\n");
+    T_ERRORS("{\"a\":", "t.json:1:5: the document ends too early\n");
 }
 
 static void test_key_errors(void) {
@@ -512,7 +519,7 @@ static void test_write_and_load(void) {
     fclose(f);
     {
         char want[256];
-        snprintf(want, sizeof want, "%s:0:0: cannot read: No such file or directory\n", path);
+        snprintf(want, sizeof want, "%s: cannot read: No such file or directory\n", path);
         T_EQ_STR(out, want);
     }
     free(out);

@@ -422,7 +422,6 @@ static const bad_t bad_requests[] = {
     B("garbage", "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", TD_EBADMSG),
     /* versions */
     B("HTTP/2.0", "GET / HTTP/2.0\r\nHost: h\r\n\r\n", TD_EVERSION),
-    B("HTTP/1.2", "GET / HTTP/1.2\r\nHost: h\r\n\r\n", TD_EVERSION),
     B("HTTP/0.9", "GET / HTTP/0.9\r\n\r\n", TD_EVERSION),
     B("HTTP/3.0", "GET / HTTP/3.0\r\n", TD_EVERSION),
 };
@@ -838,7 +837,6 @@ static const bad_t bad_responses[] = {
     B("status letters", "HTTP/1.1 2x0 X\r\n\r\n", TD_EBADMSG),
     B("four-digit status", "HTTP/1.1 2000 X\r\n\r\n", TD_EBADMSG),
     B("HTTP/2.0", "HTTP/2.0 200 OK\r\n\r\n", TD_EBADMSG),
-    B("HTTP/1.2", "HTTP/1.2 200 OK\r\n\r\n", TD_EBADMSG),
     B("lower-case", "http/1.1 200 OK\r\n\r\n", TD_EBADMSG),
     B("garbage", "garbage\r\n", TD_EBADMSG),
     B("short garbage", "HTTX", TD_EBADMSG),
@@ -999,6 +997,35 @@ static void test_absolute_form_authority_validated(void) {
     T_CHECK(request("GET / HTTP/1.1\r\nHost: [::1]:9090\r\n\r\n", &r) > 0);
 }
 
+/* RFC 9110 §2.5, RFC 9112 §2.3: a recipient of a higher minor version of a major version it
+ * implements processes it as the highest minor version it implements; another major is 505. */
+static void test_higher_minor_version_is_taken_as_http_1_1(void) {
+    td_http1_request_t r;
+    const char *m = "GET /x HTTP/1.2\r\nHost: h\r\n\r\n";
+    T_EQ_INT(request(m, &r), (int)strlen(m));
+    T_EQ_INT(r.minor_version, 1);
+    T_EQ_INT(r.keep_alive, 1);
+    T_EQ_INT(request("GET / HTTP/1.9\r\nHost: h\r\nConnection: close\r\n\r\n", &r) > 0, 1);
+    T_EQ_INT(r.minor_version, 1);
+    T_EQ_INT(r.keep_alive, 0);
+    /* a higher minor is still HTTP/1.1 in its rules: Host is required */
+    T_EQ_INT(request("GET / HTTP/1.2\r\n\r\n", &r), TD_EBADMSG);
+    T_EQ_INT(request("GET / HTTP/2.0\r\nHost: h\r\n\r\n", &r), TD_EVERSION);
+    T_EQ_INT(request("GET / HTTP/3.0\r\nHost: h\r\n\r\n", &r), TD_EVERSION);
+    T_EQ_INT(request("GET / HTTP/2.2\r\nHost: h\r\n\r\n", &r), TD_EVERSION);
+}
+
+static void test_higher_minor_version_response_is_taken_as_http_1_1(void) {
+    td_http1_response_t r;
+    const char *m = "HTTP/1.2 200 OK\r\nContent-Length: 5\r\n\r\n";
+    T_EQ_INT(response(m, 0, &r), (int)strlen(m));
+    T_EQ_INT(r.status, 200);
+    T_EQ_INT(r.minor_version, 1);
+    T_EQ_INT(r.keep_alive, 1);
+    T_EQ_INT(r.body, TD_BODY_LENGTH);
+    T_EQ_INT(response("HTTP/2.0 200 OK\r\nContent-Length: 5\r\n\r\n", 0, &r), TD_EBADMSG);
+}
+
 int main(void) {
     test_request_problem();
     test_get();
@@ -1020,5 +1047,7 @@ int main(void) {
     test_framing_lookalike_names_refused();
     test_repeated_content_length_flagged();
     test_absolute_form_authority_validated();
+    test_higher_minor_version_is_taken_as_http_1_1();
+    test_higher_minor_version_response_is_taken_as_http_1_1();
     return t_done("test_http1");
 }

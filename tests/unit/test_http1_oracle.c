@@ -169,7 +169,8 @@ static const msg_t td_stricter[] = {
     M("asterisk target with GET", "GET * HTTP/1.1\r\nHost: h\r\n\r\n"),
     M("CONNECT origin-form", "CONNECT / HTTP/1.1\r\nHost: h\r\n\r\n"),
     M("raw UTF-8 in target", "GET /caf\xc3\xa9 HTTP/1.1\r\nHost: h\r\n\r\n"),
-    M("HTTP/1.2", "GET / HTTP/1.2\r\nHost: h\r\n\r\n"),
+    /* "HTTP/1.2" is not compared: both accept it, but td takes it as 1.1 (RFC 9110 §2.5, RFC 9112
+     * §2.3) where http_parser reports minor version 2; tests/unit/test_http1.c holds it. */
     M("HTTP/2.0", "GET / HTTP/2.0\r\nHost: h\r\n\r\n"),
     M("space before colon", "GET / HTTP/1.1\r\nHost : h\r\n\r\n"),
     M("space in name", "GET / HTTP/1.1\r\nHost: h\r\nX Y: a\r\n\r\n"),
