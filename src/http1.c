@@ -16,23 +16,10 @@
 #include <emmintrin.h>
 #endif
 
-#define CHUNK_LINE_MAX 4096 /* bytes of a chunk-size line, extensions included, CRLF excluded */
-#define TRAILER_MAX 16384   /* bytes of the trailer section, final CRLF included */
-#define CHUNK_SIZE_MAX_SHIFT                                                                       \
-    58 /* a size that has bits at or above this cannot take another digit */
 
-enum {
-    C_TCHAR = 0x01,  /* tchar (RFC 9110 §5.6.2) */
-    C_VALUE = 0x02,  /* field-vchar, SP, HTAB: VCHAR and obs-text (RFC 9110 §5.5) */
-    C_TARGET = 0x04, /* visible ASCII 0x21-0x7e: the bytes a request-target may hold */
-    C_HOST = 0x08,   /* uri-host and port (RFC 3986 reg-name, IP-literal, IPv4, ":" port) */
-    C_DIGIT = 0x10,  /* DIGIT */
-    C_HEX = 0x20,    /* HEXDIG, either case */
-    C_SCHEME = 0x40, /* ALPHA / DIGIT / "+" / "-" / "." (RFC 3986 §3.1) */
-    C_QDTEXT = 0x80, /* qdtext of a quoted-string (RFC 9110 §5.6.4) */
-};
+#include "http1_chars.h"
 
-static const unsigned char cls[256] = {
+const unsigned char td_http1_cls[256] = {
     0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x82, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
     0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
     0x82, 0x8f, 0x06, 0x87, 0x8f, 0x8f, 0x8f, 0x8f, 0x8e, 0x8e, 0x8f, 0xcf, 0x8e, 0xcf, 0xcf, 0x86,
@@ -51,8 +38,6 @@ static const unsigned char cls[256] = {
     0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82,
 };
 
-#define IS(c, k) (cls[(unsigned char)(c)] & (k))
-#define IS_WS(c) ((c) == ' ' || (c) == '\t')
 
 static inline unsigned lower(unsigned char c) {
     return (unsigned)(c - 'A') < 26u ? (unsigned)c | 0x20u : c;
@@ -76,12 +61,6 @@ static inline int ieq(const char *s, const char *lit, size_t n) {
         if (((unsigned char)s[i] | 0x20u) != (unsigned char)lit[i])
             return 0;
     return 1;
-}
-
-static inline unsigned hexval(unsigned char c) {
-    /* '0'-'9' are 0x30-0x39, 'A'-'F' 0x41-0x46, 'a'-'f' 0x61-0x66: the low nibble, plus 9 for
-     * letters (bit 6 set). Only called on bytes of class C_HEX. */
-    return (c & 0xfu) + (c >> 6) * 9u;
 }
 
 /* Returns the first byte in [p, end) that is not allowed in a field value (C_VALUE), or end. */
@@ -683,216 +662,6 @@ fail:
     if (err == TD_EAGAIN && len > max_head)
         err = TD_EHDRTOOLARGE;
     return err;
-}
-
-/* Chunked decoder states (RFC 9112 §7.1). The chunk-size line, extensions included, is checked
- * against the grammar
- *   chunk = chunk-size *( BWS ";" BWS ext-name [ BWS "=" BWS ( token / quoted-string ) ] ) CRLF
- * byte by byte, so whitespace after the size is accepted only when an extension follows. */
-enum {
-    CH_SIZE0 = 0,   /* first hex digit of a chunk-size */
-    CH_SIZE,        /* more hex digits, BWS, ';' or CR */
-    CH_SIZE_WS,     /* BWS after the size: BWS or ';' */
-    CH_EXT,         /* after ';': BWS or the first byte of an extension name */
-    CH_EXT_NAME,    /* in a name: tchar, BWS, '=', ';' or CR */
-    CH_EXT_NAME_WS, /* BWS after a name: BWS, '=' or ';' */
-    CH_EXT_EQ,      /* after '=': BWS, DQUOTE or the first byte of a token value */
-    CH_EXT_TOKEN,   /* in a token value: tchar, BWS, ';' or CR */
-    CH_EXT_QUOTED,  /* in a quoted-string value */
-    CH_EXT_QPAIR,   /* after a backslash in a quoted-string */
-    CH_EXT_VAL_END, /* right after a quoted-string: BWS, ';' or CR */
-    CH_EXT_VAL_WS,  /* BWS after a value: BWS or ';' */
-    CH_SIZE_LF,     /* after the CR of the size line */
-    CH_DATA,        /* chunk-data: `remaining` bytes */
-    CH_DATA_CR,     /* CRLF after the data */
-    CH_DATA_LF,
-    CH_TR_START, /* start of a trailer field line, or the CR of the final empty line */
-    CH_TR_NAME,  /* in a trailer field name */
-    CH_TR_VALUE, /* in a trailer field value, up to its CR */
-    CH_TR_LF,    /* after the CR of a trailer field line */
-    CH_END_LF,   /* after the CR of the final empty line */
-    CH_DONE,
-    CH_ERROR,
-};
-
-long td_http1_chunked_feed(td_http1_chunked_t *c, const char *buf, size_t len, int *done,
-                           td_str_t *spans, size_t max_spans, size_t *nspans) {
-    const char *p = buf, *end = buf + len;
-    size_t ns = 0;
-
-    *done = 0;
-    if (nspans)
-        *nspans = 0;
-    if (c->state == CH_ERROR)
-        return TD_EBADMSG;
-    while (p < end) {
-        int s = c->state;
-        if (s == CH_DATA) {
-            if (spans && ns == max_spans)
-                break;
-            size_t n = (size_t)(end - p);
-            if (n > c->remaining)
-                n = (size_t)c->remaining;
-            if (spans)
-                spans[ns++] = (td_str_t){p, n};
-            p += n;
-            c->remaining -= n;
-            if (c->remaining == 0)
-                c->state = CH_DATA_CR;
-            continue;
-        }
-        if (s == CH_DONE)
-            break;
-        unsigned char ch = (unsigned char)*p++;
-        if (s < CH_SIZE_LF) {
-            if (ch != '\r' && ++c->line_len > CHUNK_LINE_MAX)
-                goto bad;
-        } else if (s >= CH_TR_START) {
-            if (++c->trailer_bytes > TRAILER_MAX)
-                goto bad;
-        }
-        switch (s) {
-        case CH_SIZE0:
-            if (!IS(ch, C_HEX))
-                goto bad;
-            c->remaining = hexval(ch);
-            c->state = CH_SIZE;
-            break;
-        case CH_SIZE:
-            if (IS(ch, C_HEX)) {
-                if (c->remaining >> CHUNK_SIZE_MAX_SHIFT)
-                    goto bad;
-                c->remaining = c->remaining << 4 | hexval(ch);
-            } else if (ch == '\r') {
-                c->state = CH_SIZE_LF;
-            } else if (ch == ';') {
-                c->state = CH_EXT;
-            } else if (IS_WS(ch)) {
-                c->state = CH_SIZE_WS;
-            } else {
-                goto bad;
-            }
-            break;
-        case CH_SIZE_WS:
-        case CH_EXT_VAL_WS:
-            if (ch == ';')
-                c->state = CH_EXT;
-            else if (!IS_WS(ch))
-                goto bad;
-            break;
-        case CH_EXT:
-            if (IS(ch, C_TCHAR))
-                c->state = CH_EXT_NAME;
-            else if (!IS_WS(ch))
-                goto bad;
-            break;
-        case CH_EXT_NAME:
-        case CH_EXT_NAME_WS:
-            if (s == CH_EXT_NAME && IS(ch, C_TCHAR))
-                break;
-            if (ch == '=')
-                c->state = CH_EXT_EQ;
-            else if (ch == ';')
-                c->state = CH_EXT;
-            else if (ch == '\r' && s == CH_EXT_NAME)
-                c->state = CH_SIZE_LF;
-            else if (IS_WS(ch))
-                c->state = CH_EXT_NAME_WS;
-            else
-                goto bad;
-            break;
-        case CH_EXT_EQ:
-            if (ch == '"')
-                c->state = CH_EXT_QUOTED;
-            else if (IS(ch, C_TCHAR))
-                c->state = CH_EXT_TOKEN;
-            else if (!IS_WS(ch))
-                goto bad;
-            break;
-        case CH_EXT_TOKEN:
-        case CH_EXT_VAL_END:
-            if (s == CH_EXT_TOKEN && IS(ch, C_TCHAR))
-                break;
-            if (ch == ';')
-                c->state = CH_EXT;
-            else if (ch == '\r')
-                c->state = CH_SIZE_LF;
-            else if (IS_WS(ch))
-                c->state = CH_EXT_VAL_WS;
-            else
-                goto bad;
-            break;
-        case CH_EXT_QUOTED:
-            if (ch == '"')
-                c->state = CH_EXT_VAL_END;
-            else if (ch == '\\')
-                c->state = CH_EXT_QPAIR;
-            else if (!IS(ch, C_QDTEXT))
-                goto bad;
-            break;
-        case CH_EXT_QPAIR:
-            if (!IS(ch, C_VALUE))
-                goto bad;
-            c->state = CH_EXT_QUOTED;
-            break;
-        case CH_SIZE_LF:
-            if (ch != '\n')
-                goto bad;
-            c->state = c->remaining ? CH_DATA : CH_TR_START;
-            break;
-        case CH_DATA_CR:
-            if (ch != '\r')
-                goto bad;
-            c->state = CH_DATA_LF;
-            break;
-        case CH_DATA_LF:
-            if (ch != '\n')
-                goto bad;
-            c->state = CH_SIZE0;
-            c->line_len = 0;
-            break;
-        case CH_TR_START:
-            if (ch == '\r')
-                c->state = CH_END_LF;
-            else if (IS(ch, C_TCHAR))
-                c->state = CH_TR_NAME;
-            else
-                goto bad; /* obs-fold, bare LF, empty name */
-            break;
-        case CH_TR_NAME:
-            if (ch == ':')
-                c->state = CH_TR_VALUE;
-            else if (!IS(ch, C_TCHAR))
-                goto bad;
-            break;
-        case CH_TR_VALUE:
-            if (ch == '\r')
-                c->state = CH_TR_LF;
-            else if (!IS(ch, C_VALUE))
-                goto bad;
-            break;
-        case CH_TR_LF:
-            if (ch != '\n')
-                goto bad;
-            c->state = CH_TR_START;
-            break;
-        case CH_END_LF:
-            if (ch != '\n')
-                goto bad;
-            c->state = CH_DONE;
-            break;
-        default:
-            goto bad;
-        }
-    }
-    if (c->state == CH_DONE)
-        *done = 1;
-    if (nspans)
-        *nspans = ns;
-    return (long)(p - buf);
-bad:
-    c->state = CH_ERROR;
-    return TD_EBADMSG;
 }
 
 int td_http1_name_is(td_str_t name, const char *lit) {
