@@ -32,7 +32,7 @@ TDCTL_OBJS := $(TDCTL_SRCS:tools/tdctl/%.c=$(BUILD)/obj/tdctl/%.o)
 DEPS := $(LIB_OBJS:.o=.d) $(DEMO_OBJS:.o=.d) $(BUILD)/obj/main.d
 -include $(wildcard $(DEPS) $(TDCTL_OBJS:.o=.d))
 
-.PHONY: all run deps test unit e2e test-asan fuzz bench clean format
+.PHONY: all run deps test unit e2e test-asan fuzz bench clean format format-check
 
 all: $(BUILD)/td $(BUILD)/tdctl
 
@@ -118,8 +118,16 @@ bench:
 	@$(MAKE) --no-print-directory all
 	bench/run.sh
 
+FORMAT_FILES = src/*.c src/*.h src/demo/*.c src/demo/*.h include/td/*.h tools/tdctl/*.[ch] \
+  tests/unit/*.c tests/unit/*.h fuzz/*.c
+
 format:
-	clang-format -i src/*.c src/demo/*.c src/demo/*.h include/td/*.h tools/tdctl/*.[ch] tests/unit/*.c fuzz/*.c
+	clang-format -i $(FORMAT_FILES)
+
+# Fails, listing each deviation, when a file is not as .clang-format lays it out (CI runs it).
+format-check:
+	@scripts/deps.sh test
+	clang-format --dry-run --Werror $(FORMAT_FILES)
 
 clean:
 	rm -rf build build-asan build-fuzz
