@@ -1,20 +1,24 @@
 """End-to-end tests of td's configuration surface: the admin API (auth, ratio, routing, config),
-persistence into the config file, `td -t -c FILE`, and SIGHUP reloads.
+persistence into the config file, `td -t -c FILE`, SIGHUP reloads, crash safety of API changes
+(config file and audit log, temporary files, changes not applied) and the wording of config
+errors.
 
 Every test starts its own demo backends and td on 127.0.0.1 (see conftest.py) and every socket
 and child process has a timeout."""
 import http.client
 import json
 import os
+import random
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 
 import pytest
 
-from conftest import (TD, Proc, backend_cfg, free_port, get, get_once, one_backend, pos, wait_port,
-                      weights)
+from conftest import (TD, TDCTL, Proc, backend_cfg, free_port, get, get_once, one_backend, pos,
+                      set_weights, wait_for, wait_port, weights)
 
 TIMEOUT = 10  # seconds, for every client socket
 
@@ -588,3 +592,289 @@ def test_an_api_change_does_not_overwrite_edits_made_on_disk(backends, td):
         time.sleep(0.05)
     status, body = t.api("PUT", "/api/v1/ratio", {"blue": 40})
     assert status == 200, body
+
+
+# ---- API changes survive kill -9: config file and audit log stay a pair ----
+
+def read_audit(path):
+    out = []
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                out.append(json.loads(line))
+    return out
+
+
+def applied_changes(entries):
+    """Audit entries of changes that ran: not named by a later {"not_applied": ID} record (nor
+    such a record themselves)."""
+    dropped = {e["not_applied"] for e in entries if "not_applied" in e}
+    return [e for e in entries if "not_applied" not in e and
+            (e.get("id") is None or e["id"] not in dropped)]
+
+
+def temp_files(directory):
+    return sorted(n for n in os.listdir(directory) if ".tmp-" in n)
+
+
+def file_weights(path):
+    with open(path) as f:
+        return {b["name"]: b["weight"] for b in json.load(f)["backends"]}
+
+
+def start_td(config_path, port, admin_port):
+    p = Proc([TD, "-c", config_path], "td")
+    wait_port(port)
+    wait_port(admin_port)
+    return p
+
+
+def put_ratio(admin_port, weights):
+    """PUT /api/v1/ratio; the status, or None when td went away."""
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=TIMEOUT)
+        conn.request("PUT", "/api/v1/ratio", body=json.dumps(weights))
+        r = conn.getresponse()
+        r.read()
+        conn.close()
+        return r.status
+    except OSError:
+        return None
+    except http.client.HTTPException:
+        return None
+
+
+def test_api_changes_killed_at_any_moment_are_always_audited(backends, tmp_path):
+    """Rounds of API changes from 3 clients while td is killed with SIGKILL at a varied moment:
+    after each restart every change the config file holds has its audit entry (and every change
+    td acknowledged is there), and no temporary file of an interrupted write is left."""
+    b = backends(("blue", 1), ("green", 1))
+    port, admin_port = free_port(), free_port()
+    cfg = backend_cfg({"blue": (50, b.ports["blue"]), "green": (50, b.ports["green"])})
+    cfg.update(listeners=[{"address": f"127.0.0.1:{port}"}], workers=1,
+               admin={"address": f"127.0.0.1:{admin_port}"})
+    config_path = str(tmp_path / "td.json")
+    audit_path = config_path + ".audit.jsonl"
+    with open(config_path, "w") as f:
+        json.dump(cfg, f, indent=2)
+    rng = random.Random(20261201)
+    # Every change sets a weight pair used once, so the file's weights name the change.
+    pairs = [(x, y) for x in range(1, 101) for y in range(1, 101) if (x, y) != (50, 50)]
+    rng.shuffle(pairs)
+    pairs = iter(pairs[:200])
+    lock = threading.Lock()
+    acknowledged, refused = [], []
+    rounds, per_round = 6, 30
+    p = start_td(config_path, port, admin_port)
+    try:
+        for rnd in range(rounds):
+            sent = [0]
+            stop = threading.Event()
+
+            def client():
+                while not stop.is_set():
+                    with lock:
+                        if sent[0] >= per_round:
+                            return
+                        pair = next(pairs, None)
+                        sent[0] += 1
+                    if pair is None:
+                        return
+                    w = {"blue": pair[0], "green": pair[1]}
+                    status = put_ratio(admin_port, w)
+                    if status is None:
+                        return
+                    with lock:
+                        if status == 200:
+                            acknowledged.append(w)
+                        else:
+                            refused.append((status, w))
+
+            threads = [threading.Thread(target=client, daemon=True) for _ in range(3)]
+            for th in threads:
+                th.start()
+            # Kill after a varied number of acknowledged changes (a change takes a few fsyncs).
+            target = len(acknowledged) + rng.randint(1, per_round - 5)
+            deadline = time.monotonic() + 20
+            while len(acknowledged) < target and time.monotonic() < deadline \
+                    and any(th.is_alive() for th in threads):
+                time.sleep(0.001)
+            time.sleep(rng.random() * 0.01)
+            p.p.send_signal(signal.SIGKILL)
+            p.p.wait(timeout=10)
+            stop.set()
+            for th in threads:
+                th.join(timeout=TIMEOUT + 5)
+            assert not any(th.is_alive() for th in threads)
+            assert not refused, f"round {rnd}: changes refused: {refused}"
+
+            p = start_td(config_path, port, admin_port)
+            assert temp_files(str(tmp_path)) == [], f"round {rnd}: temporary files left"
+            entries = read_audit(audit_path)
+            changes = applied_changes(entries)
+            in_file = file_weights(config_path)
+            if changes:
+                last = changes[-1]["after"]["weights"]
+                assert last == in_file, (
+                    f"round {rnd}: the config file holds {in_file}, the last audited change "
+                    f"is {last}: a change was applied without its audit entry")
+            else:
+                assert in_file == {"blue": 50, "green": 50}, in_file
+            audited = [e["after"]["weights"] for e in changes]
+            missing = [w for w in acknowledged if w not in audited]
+            assert not missing, f"round {rnd}: acknowledged but not audited: {missing}"
+            # td itself agrees: it runs what the file holds, and its history ends with it.
+            conn = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=TIMEOUT)
+            conn.request("GET", "/api/v1/state")
+            state = json.loads(conn.getresponse().read())
+            conn.close()
+            assert {x["name"]: x["weight"] for x in state["backends"]} == in_file
+        assert len(acknowledged) >= rounds, "too few changes went through to test anything"
+    finally:
+        rc = p.stop()
+    assert rc == 0, p.output()[-3000:]
+    assert temp_files(str(tmp_path)) == []
+
+
+def sha256_of(path):
+    import hashlib
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def test_start_removes_only_tds_own_temporary_files_next_to_the_config(backends, tmp_path):
+    b = backends(("blue", 1), ("green", 1))
+    port, admin_port = free_port(), free_port()
+    cfg = backend_cfg({"blue": (50, b.ports["blue"]), "green": (50, b.ports["green"])})
+    cfg.update(listeners=[{"address": f"127.0.0.1:{port}"}], workers=1,
+               admin={"address": f"127.0.0.1:{admin_port}"})
+    config_path = tmp_path / "td.json"
+    config_path.write_text(json.dumps(cfg))
+    ours = ["td.json.tmp-a1B2c3", "td.json.tmp-ZZZZZZ"]
+    theirs = ["td.json.tmp-abc", "td.json.tmp-abcdefg", "other.json.tmp-a1B2c3", "td.json.tmp",
+              "td.json.tmp-ab.de"]
+    for n in ours + theirs:
+        (tmp_path / n).write_text("{}")
+    p = start_td(str(config_path), port, admin_port)
+    try:
+        left = sorted(n for n in os.listdir(tmp_path) if n not in ("td.json",))
+        assert left == sorted(theirs + ["td.json.audit.jsonl"]) or left == sorted(theirs), left
+        assert "removed 2 temporary files" in p.output()
+    finally:
+        assert p.stop() == 0
+
+
+def test_change_audited_but_not_in_the_config_file_is_recorded_as_not_applied(backends, td,
+                                                                             tmp_path):
+    """As a stop between the audit append and the file replace leaves it: the last entry names
+    a new file text, and the file is still the one from before. td says the change did not run,
+    its history shows it, and tdctl rollback does not undo it."""
+    b = backends(("blue", 1), ("green", 1))
+    cfg = backend_cfg({"blue": (50, b.ports["blue"]), "green": (50, b.ports["green"])})
+    t = td(cfg)
+    t.set_ratio(blue=30, green=70)  # a real change: rollback's target
+    assert t.stop() == 0
+    before_sha = sha256_of(t.config_path)
+    audit_path = t.config_path + ".audit.jsonl"
+    entries = read_audit(audit_path)
+    last_id = entries[-1]["id"]
+    pending = {"id": last_id + 1, "time": "2026-01-01T00:00:00.000Z", "what": "ratio blue=1 green=99",
+               "before": {"method": "round_robin", "weights": {"blue": 30, "green": 70}},
+               "after": {"method": "round_robin", "weights": {"blue": 1, "green": 99}},
+               "client": "127.0.0.1", "version": 3, "config_sha256": "0" * 64,
+               "before_sha256": before_sha}
+    with open(audit_path, "a") as f:
+        f.write(json.dumps(pending) + "\n")
+        f.write('{"id": 99, "time": "cut off by a cra')  # a partial last line
+    t.proc = Proc([TD, "-c", t.config_path], "td")
+    wait_port(t.port)
+    wait_port(t.admin_port)
+    status, hist = t.api("GET", "/api/v1/history")
+    assert status == 200
+    assert hist[-2]["id"] == last_id + 1 and hist[-2]["applied"] is False, hist[-2:]
+    assert hist[-1]["not_applied"] == last_id + 1
+    assert hist[-1]["what"].startswith("not applied: ratio blue=1 green=99"), hist[-1]
+    on_disk = read_audit(audit_path)  # every line whole again
+    assert on_disk[-1]["not_applied"] == last_id + 1
+    assert {x["name"]: x["weight"] for x in t.state()["backends"]} == {"blue": 30, "green": 70}
+    r = subprocess.run([TDCTL, "--admin", t.admin, "history"], capture_output=True, text=True,
+                       timeout=30)
+    assert "ratio blue=1 green=99 [not applied]" in r.stdout, r.stdout
+    r = subprocess.run([TDCTL, "--admin", t.admin, "rollback"], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert {x["name"]: x["weight"] for x in t.state()["backends"]} == {"blue": 50, "green": 50}
+    # A second start finds the record and leaves the history as it is.
+    assert t.stop() == 0
+    n = len(read_audit(audit_path))
+    t.proc = Proc([TD, "-c", t.config_path], "td")
+    wait_port(t.admin_port)
+    assert len(read_audit(audit_path)) == n
+
+
+def test_hand_edit_after_an_api_change_is_not_taken_for_a_lost_change(backends, td):
+    """The file edited by hand after the last API change (td stopped, or reloaded), even back to
+    exactly what it was before that change: the change did run, and the history keeps it so."""
+    b = backends(("blue", 1), ("green", 1))
+    t = td(backend_cfg({"blue": (50, b.ports["blue"]), "green": (50, b.ports["green"])}))
+    with open(t.config_path) as f:
+        original = f.read()
+    t.set_ratio(blue=30, green=70)
+    # Back to the exact text from before the change, then a reload.
+    with open(t.config_path, "w") as f:
+        f.write(original)
+    t.proc.p.send_signal(signal.SIGHUP)
+    wait_for(lambda: {x["name"]: x["weight"] for x in t.state()["backends"]} ==
+             {"blue": 50, "green": 50}, 10, what="reload")
+    assert t.stop() == 0
+    # And an edit td never saw.
+    cfg = json.loads(original)
+    set_weights(cfg, blue=10, green=90)
+    with open(t.config_path, "w") as f:
+        json.dump(cfg, f)
+    t.proc = Proc([TD, "-c", t.config_path], "td")
+    wait_port(t.admin_port)
+    entries = read_audit(t.config_path + ".audit.jsonl")
+    assert not [e for e in entries if "not_applied" in e], entries
+    status, hist = t.api("GET", "/api/v1/history")
+    assert status == 200 and all(e.get("applied", True) for e in hist), hist
+
+
+# ---- config errors in plain words, with one position prefix ----
+
+def two_colours_cfg(backends):
+    blue, green = backends(("blue", 1)), backends(("green", 1))
+    return backend_cfg({"blue": (50, blue.ports["blue"]), "green": (50, green.ports["green"])})
+
+
+def test_unreadable_config_file_is_reported_without_a_position(tmp_path):
+    missing = str(tmp_path / "nonexistent.json")
+    p = subprocess.run([TD, "-t", "-c", missing], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1
+    out = p.stdout + p.stderr
+    assert f"{missing}: cannot read: No such file or directory" in out, out
+    assert ":0:0:" not in out, out
+
+
+def test_config_syntax_errors_are_in_plain_words(tmp_path, backends, td):
+    path = tmp_path / "td.json"
+    path.write_bytes(b'{"workers": 1, "pid_file": "x\\u0000"}')
+    p = subprocess.run([TD, "-t", "-c", str(path)], capture_output=True, text=True, timeout=30)
+    out = p.stdout + p.stderr
+    assert p.returncode == 1
+    assert "a string may not contain \\u0000 (NUL)" in out, out
+    assert "JSON_ALLOW_NUL" not in out, out
+    t = td(two_colours_cfg(backends))
+    status, r = t.api("PUT", "/api/v1/config", raw=b'{"workers": tru}')
+    assert status == 400 and r["error"].startswith("request:1:"), r
+    assert "invalid value" in r["error"], r
+    assert t.state()["version"] == 1
+
+
+def test_api_body_errors_use_the_request_position_prefix(backends, td):
+    t = td(two_colours_cfg(backends))
+    for path in ("/api/v1/ratio", "/api/v1/routing", "/api/v1/config"):
+        status, r = t.api("PUT", path, raw=b'{"blue": 0,,}')
+        assert status == 400, (path, r)
+        assert r["error"].startswith("request:1:"), (path, r)
+    assert t.state()["version"] == 1

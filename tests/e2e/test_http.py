@@ -1,6 +1,6 @@
 """HTTP/1.1 semantics through td: keep-alive, pipelining, bodiless responses, forwarding headers,
-hop-by-hop fields, Expect: 100-continue, HTTP/1.0 clients, and error statuses. Everything talks to
-real td and demo-backend processes on 127.0.0.1."""
+hop-by-hop fields, Expect: 100-continue, HTTP/1.0 clients, HTTP/1.2 and higher minor versions,
+and error statuses. Everything talks to real td and demo-backend processes on 127.0.0.1."""
 import http.client
 import json
 import socket
@@ -545,3 +545,68 @@ def test_absolute_form_target_sets_host_and_goes_upstream_in_origin_form(backend
     hosts = [line for line in seen.split("\r\n") if line.lower().startswith("host:")]
     assert hosts == ["Host: example.com"], seen
     assert "attacker.test" not in seen, seen
+
+
+# ---- HTTP/1.2 and higher minor versions, taken as HTTP/1.1 (RFC 9110 §2.5, RFC 9112 §2.3) ----
+
+def two_colours(backends):
+    blue, green = backends(("blue", 1)), backends(("green", 1))
+    return backend_cfg({"blue": (50, blue.ports["blue"]), "green": (50, green.ports["green"])})
+
+
+def test_http_1_2_request_is_answered_as_http_1_1(backends, td):
+    t = td(two_colours(backends))
+    with RawConn(t.port) as c:
+        c.send(b"GET / HTTP/1.2\r\nHost: 127.0.0.1\r\n\r\n")
+        version, status, _ = c.read_head()
+    assert (version, status) == ("HTTP/1.1", 200)
+    with RawConn(t.port) as c:
+        c.send(b"GET / HTTP/2.0\r\nHost: 127.0.0.1\r\n\r\n")
+        version, status, _ = c.read_head()
+    assert status == 505
+
+
+def test_http_1_2_response_from_a_backend_is_taken_as_http_1_1(td):
+    """A backend answering HTTP/1.2 is read as HTTP/1.1 (keep-alive, Content-Length)."""
+    import threading
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.settimeout(0.2)
+    port = srv.getsockname()[1]
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                buf = b""
+                try:
+                    while not stop.is_set():
+                        while b"\r\n\r\n" not in buf:
+                            d = conn.recv(65536)
+                            if not d:
+                                raise EOFError
+                            buf += d
+                        buf = buf[buf.index(b"\r\n\r\n") + 4:]
+                        conn.sendall(b"HTTP/1.2 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+                except (OSError, EOFError):
+                    pass
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    try:
+        t = td(backend_cfg({"blue": (100, [port])}))
+        with RawConn(t.port) as c:
+            for _ in range(2):
+                c.send(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                status, _, body = c.read_response()
+                assert (status, body) == (200, b"hello")
+    finally:
+        stop.set()
+        th.join(timeout=10)
+        srv.close()

@@ -1,16 +1,15 @@
 """End-to-end tests of td's operation outside the proxy data path, as a new user meets it: reloads
-that remove sections (health checks, the admin section), the admin API's Host checks, the wording
-of config errors, HTTP/1.x minor versions and the web console's figures."""
+that remove sections (health checks, the admin section), the admin API's Host checks, the pid
+file and the example configs."""
 import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 
-from conftest import (ASAN, TD, Backends, RawConn, backend_cfg, reload_config, server_state,
-                      wait_for)
+from conftest import (ASAN, TD, Backends, Proc, RawConn, backend_cfg, free_port, get_once,
+                      reload_config, server_state, wait_for, wait_port)
 
 SLACK = 2.0 if ASAN else 1.0
 TIMEOUT = 10
@@ -155,98 +154,160 @@ def test_admin_api_takes_an_absolute_form_authority_as_the_host(backends, td):
     assert status == 401, body
 
 
-# ---------------------------------------------------------------------------------------------
-# HTTP/1.2 and higher minor versions are taken as HTTP/1.1 (RFC 9110 §2.5, RFC 9112 §2.3).
+# ---- pid file ----
 
-def test_http_1_2_request_is_answered_as_http_1_1(backends, td):
-    t = td(two_colours(backends))
-    with RawConn(t.port) as c:
-        c.send(b"GET / HTTP/1.2\r\nHost: 127.0.0.1\r\n\r\n")
-        version, status, _ = c.read_head()
-    assert (version, status) == ("HTTP/1.1", 200)
-    with RawConn(t.port) as c:
-        c.send(b"GET / HTTP/2.0\r\nHost: 127.0.0.1\r\n\r\n")
-        version, status, _ = c.read_head()
-    assert status == 505
+def plain_cfg(b, port, admin_port, **extra):
+    cfg = backend_cfg({"blue": (50, b.ports["blue"]), "green": (50, b.ports["green"])})
+    cfg.update(listeners=[{"address": f"127.0.0.1:{port}"}], workers=1,
+               admin={"address": f"127.0.0.1:{admin_port}"}, **extra)
+    return cfg
 
 
-def test_http_1_2_response_from_a_backend_is_taken_as_http_1_1(td):
-    """A backend answering HTTP/1.2 is read as HTTP/1.1 (keep-alive, Content-Length)."""
-    import threading
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    srv.settimeout(0.2)
-    port = srv.getsockname()[1]
-    stop = threading.Event()
-
-    def serve():
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                continue
-            with conn:
-                conn.settimeout(5)
-                buf = b""
-                try:
-                    while not stop.is_set():
-                        while b"\r\n\r\n" not in buf:
-                            d = conn.recv(65536)
-                            if not d:
-                                raise EOFError
-                            buf += d
-                        buf = buf[buf.index(b"\r\n\r\n") + 4:]
-                        conn.sendall(b"HTTP/1.2 200 OK\r\nContent-Length: 5\r\n\r\nhello")
-                except (OSError, EOFError):
-                    pass
-
-    th = threading.Thread(target=serve, daemon=True)
-    th.start()
+def admin_get(admin_port, path):
+    conn = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=TIMEOUT)
     try:
-        t = td(backend_cfg({"blue": (100, [port])}))
-        with RawConn(t.port) as c:
-            for _ in range(2):
-                c.send(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-                status, _, body = c.read_response()
-                assert (status, body) == (200, b"hello")
+        conn.request("GET", path)
+        return json.loads(conn.getresponse().read())
     finally:
-        stop.set()
-        th.join(timeout=10)
-        srv.close()
+        conn.close()
 
 
-# ---------------------------------------------------------------------------------------------
-# Config errors in plain words, with one position prefix.
-
-def test_unreadable_config_file_is_reported_without_a_position(tmp_path):
-    missing = str(tmp_path / "nonexistent.json")
-    p = subprocess.run([TD, "-t", "-c", missing], capture_output=True, text=True, timeout=30)
-    assert p.returncode == 1
-    out = p.stdout + p.stderr
-    assert f"{missing}: cannot read: No such file or directory" in out, out
-    assert ":0:0:" not in out, out
+def start_td(config_path, port, admin_port):
+    p = Proc([TD, "-c", config_path], "td")
+    wait_port(port)
+    wait_port(admin_port)
+    return p
 
 
-def test_config_syntax_errors_are_in_plain_words(tmp_path, backends, td):
-    path = tmp_path / "td.json"
-    path.write_bytes(b'{"workers": 1, "pid_file": "x\\u0000"}')
-    p = subprocess.run([TD, "-t", "-c", str(path)], capture_output=True, text=True, timeout=30)
-    out = p.stdout + p.stderr
-    assert p.returncode == 1
-    assert "a string may not contain \\u0000 (NUL)" in out, out
-    assert "JSON_ALLOW_NUL" not in out, out
-    t = td(two_colours(backends))
-    status, r = t.api("PUT", "/api/v1/config", raw=b'{"workers": tru}')
-    assert status == 400 and r["error"].startswith("request:1:"), r
-    assert "invalid value" in r["error"], r
-    assert t.state()["version"] == 1
+def put_ratio(admin_port, weights):
+    """PUT /api/v1/ratio; the status, or None when td went away."""
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=TIMEOUT)
+        conn.request("PUT", "/api/v1/ratio", body=json.dumps(weights))
+        r = conn.getresponse()
+        r.read()
+        conn.close()
+        return r.status
+    except OSError:
+        return None
+    except http.client.HTTPException:
+        return None
 
 
-def test_api_body_errors_use_the_request_position_prefix(backends, td):
-    t = td(two_colours(backends))
-    for path in ("/api/v1/ratio", "/api/v1/routing", "/api/v1/config"):
-        status, r = t.api("PUT", path, raw=b'{"blue": 0,,}')
-        assert status == 400, (path, r)
-        assert r["error"].startswith("request:1:"), (path, r)
-    assert t.state()["version"] == 1
+def test_pid_file_is_written_once_listening_and_removed_at_a_clean_stop(backends, tmp_path):
+    b = backends(("blue", 1), ("green", 1))
+    port, admin_port = free_port(), free_port()
+    pid_path = tmp_path / "run" / "td.pid"
+    pid_path.parent.mkdir()
+    config_path = tmp_path / "td.json"
+    config_path.write_text(json.dumps(plain_cfg(b, port, admin_port, pid_file=str(pid_path))))
+    p = start_td(str(config_path), port, admin_port)
+    try:
+        wait_for(pid_path.exists, 10, what="pid file")
+        assert pid_path.read_text() == f"{p.pid}\n"
+        assert [n for n in os.listdir(pid_path.parent)] == ["td.pid"]  # no temporary file left
+        # The README's reload command works as written.
+        v = admin_get(admin_port, "/api/v1/state")["version"]
+        r = subprocess.run(f"kill -HUP $(cat {pid_path})", shell=True, timeout=10)
+        assert r.returncode == 0
+        wait_for(lambda: admin_get(admin_port, "/api/v1/state")["version"] > v, 10,
+                 what="reload by kill -HUP $(cat PIDFILE)")
+        # An API change writes the config back with its pid_file.
+        status = put_ratio(admin_port, {"blue": 10, "green": 90})
+        assert status == 200
+        assert json.loads(config_path.read_text())["pid_file"] == str(pid_path)
+        r = subprocess.run(f"kill -TERM $(cat {pid_path})", shell=True, timeout=10)
+        assert r.returncode == 0
+        assert p.p.wait(timeout=30) == 0
+        assert not pid_path.exists(), "pid file left after a clean stop"
+    finally:
+        p.stop()
+
+
+def test_pid_file_flag_overrides_the_config(backends, tmp_path):
+    b = backends(("blue", 1), ("green", 1))
+    port, admin_port = free_port(), free_port()
+    config_path = tmp_path / "td.json"
+    config_path.write_text(json.dumps(plain_cfg(b, port, admin_port,
+                                                pid_file=str(tmp_path / "cfg.pid"))))
+    flag = tmp_path / "flag.pid"
+    p = Proc([TD, "--pid-file", str(flag), "-c", str(config_path)], "td")
+    try:
+        wait_port(admin_port)
+        wait_for(flag.exists, 10, what="pid file from --pid-file")
+        assert flag.read_text().strip() == str(p.pid)
+        assert not (tmp_path / "cfg.pid").exists()
+    finally:
+        assert p.stop() == 0
+    assert not flag.exists()
+
+
+def test_pid_file_in_a_missing_folder_is_refused_at_check_and_at_start(backends, tmp_path):
+    b = backends(("blue", 1), ("green", 1))
+    port, admin_port = free_port(), free_port()
+    config_path = tmp_path / "td.json"
+    text = json.dumps(plain_cfg(b, port, admin_port, pid_file=str(tmp_path / "no" / "td.pid")),
+                      indent=2)
+    config_path.write_text(text)
+    r = subprocess.run([TD, "-t", "-c", str(config_path)], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 1
+    line = next(i for i, l in enumerate(text.splitlines(), 1) if '"pid_file"' in l)
+    assert f"{config_path}:{line}:" in r.stderr and "folder does not exist" in r.stderr, r.stderr
+    # The flag is checked when td starts: a clear error, exit 1, nothing left listening.
+    config_path.write_text(json.dumps(plain_cfg(b, port, admin_port)))
+    r = subprocess.run([TD, "--pid-file", str(tmp_path / "no" / "td.pid"), "-c",
+                        str(config_path)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert f"{tmp_path}/no/td.pid: cannot write: No such file or directory" in r.stderr, r.stderr
+    r = subprocess.run([TD, "--pid-file", "td.pid", "-c", str(config_path)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "absolute path" in r.stderr
+
+
+# ---- the example config ----
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../examples")
+
+
+def example_files():
+    return sorted(os.path.join(EXAMPLES, n) for n in os.listdir(EXAMPLES) if n.endswith(".json"))
+
+
+def test_every_example_config_passes_the_check():
+    files = example_files()
+    assert any(f.endswith("/td.json") for f in files), files
+    for path in files:
+        r = subprocess.run([TD, "-t", "-c", path], capture_output=True, text=True, timeout=30)
+        assert (r.returncode, r.stdout.strip()) == (0, "configuration OK"), (path, r.stderr)
+
+
+def test_example_config_serves_the_demo_backends(tmp_path):
+    """examples/td.json as README runs it, on free ports instead of 8080/9090/9001/9002 (which
+    another td may hold): the backends from `td backend`, a 200 from each colour through td."""
+    with open(os.path.join(EXAMPLES, "td.json")) as f:
+        text = f.read()
+    ports = {old: free_port() for old in (8080, 9090, 9001, 9002)}
+    for old, new in ports.items():
+        text = text.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}")
+    text = text.replace('"/tmp/td.pid"', json.dumps(str(tmp_path / "td.pid")))
+    config_path = tmp_path / "td.json"
+    config_path.write_text(text)
+    be = Proc([TD, "backend", f"blue=127.0.0.1:{ports[9001]}", f"green=127.0.0.1:{ports[9002]}"],
+              "backends")
+    try:
+        wait_port(ports[9001])
+        wait_port(ports[9002])
+        p = start_td(str(config_path), ports[8080], ports[9090])
+        try:
+            seen = set()
+            for _ in range(20):
+                status, h, body = get_once(ports[8080])
+                assert status == 200, body
+                seen.add(h.get("X-TD-Demo-Backend"))
+            assert seen == {"blue", "green"}, seen
+            wait_for((tmp_path / "td.pid").exists, 10, what="pid file")
+        finally:
+            assert p.stop() == 0
+    finally:
+        be.stop()

@@ -1,5 +1,6 @@
-"""End-to-end tests of tdctl's deploy commands (switch, drain, rollback, history), of its usage
-errors and of its manual pages, against a real td and real backends on 127.0.0.1.
+"""End-to-end tests of tdctl's deploy commands (switch, drain, rollback, history), of `tdctl
+config put -`, of its usage errors and of its manual pages, against a real td and real backends
+on 127.0.0.1.
 
 The load is a small load generator of this file: a few threads, each with one keep-alive
 http.client connection, bounded in time. Backends that answer badly (500 for everything, or
@@ -17,8 +18,8 @@ import time
 
 import pytest
 
-from conftest import (TDCTL, LoadGen, Proc, backend_cfg, backend_state, free_port, wait_for,
-                      wait_port, weights)
+from conftest import (TDCTL, LoadGen, Proc, backend_cfg, backend_state, free_port, set_weights,
+                      wait_for, wait_port, weights)
 
 TIMEOUT = 10  # seconds, for every client socket
 SWITCH_TIMEOUT = 90  # seconds a whole tdctl switch may take before the test gives up on it
@@ -517,3 +518,32 @@ def test_option_pages_name_every_option():
     r = subprocess.run([TDCTL, "drain", "--help"], capture_output=True, text=True, timeout=10)
     for opt in ("--wait", "--timeout DURATION"):
         assert opt in r.stdout
+
+
+# ---- tdctl config put - ----
+
+def test_tdctl_config_put_dash_reads_the_config_from_stdin(backends, td):
+    b = backends(("blue", 1), ("green", 1))
+    t = td(backend_cfg({"blue": (50, b.ports["blue"]), "green": (50, b.ports["green"])}))
+    env = dict(os.environ, TD_ADMIN=t.admin)
+    r = subprocess.run([TDCTL, "config", "get"], capture_output=True, text=True, timeout=30,
+                       env=env)
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads(r.stdout)
+    set_weights(cfg, blue=20, green=80)
+    r = subprocess.run([TDCTL, "config", "put", "-"], input=json.dumps(cfg, indent=2),
+                       capture_output=True, text=True, timeout=30, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "configuration applied" in r.stdout
+    assert {x["name"]: x["weight"] for x in t.state()["backends"]} == {"blue": 20, "green": 80}
+    # Not JSON on stdin: named <stdin>:LINE:COL, nothing sent, nothing changed.
+    r = subprocess.run([TDCTL, "config", "put", "-"], input='{\n  "backends": [,\n',
+                       capture_output=True, text=True, timeout=30, env=env)
+    assert r.returncode == 1
+    assert r.stderr.startswith("<stdin>:2:"), r.stderr
+    # A config td refuses: td's own line:col, exit 1, nothing changed.
+    set_weights(cfg, blue=200)
+    r = subprocess.run([TDCTL, "config", "put", "-"], input=json.dumps(cfg, indent=2),
+                       capture_output=True, text=True, timeout=30, env=env)
+    assert r.returncode == 1 and "out of range" in r.stderr, r.stderr
+    assert {x["name"]: x["weight"] for x in t.state()["backends"]} == {"blue": 20, "green": 80}
