@@ -602,3 +602,34 @@ def wait_for(pred, timeout, interval=0.02, what="condition"):
         if time.monotonic() >= deadline:
             raise AssertionError(f"{what} not reached within {timeout} s")
         time.sleep(interval)
+
+
+def start_td_file(config_path, port, admin_port):
+    """td started on the config file at config_path (which names these ports); a Proc once both
+    its listener and its admin port accept connections."""
+    p = Proc([TD, "-c", config_path], "td")
+    wait_port(port)
+    wait_port(admin_port)
+    return p
+
+
+def put_ratio_status(admin_port, weights):
+    """PUT /api/v1/ratio; the status, or None when td went away."""
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=10)
+        conn.request("PUT", "/api/v1/ratio", body=json.dumps(weights))
+        r = conn.getresponse()
+        r.read()
+        conn.close()
+        return r.status
+    except OSError:
+        return None
+    except http.client.HTTPException:
+        return None
+
+
+def two_colours_apart(backends):
+    """Config for blue and green at 50/50, each backend in its own demo process (one can be
+    stopped without the other)."""
+    blue, green = backends(("blue", 1)), backends(("green", 1))
+    return backend_cfg({"blue": (50, blue.ports["blue"]), "green": (50, green.ports["green"])})

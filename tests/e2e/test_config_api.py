@@ -17,8 +17,9 @@ import time
 
 import pytest
 
-from conftest import (TD, TDCTL, Proc, backend_cfg, free_port, get, get_once, one_backend, pos,
-                      set_weights, wait_for, wait_port, weights)
+from conftest import (Proc, TD, TDCTL, backend_cfg, free_port, get, get_once, one_backend, pos,
+                      put_ratio_status, set_weights, start_td_file, two_colours_apart, wait_for,
+                      wait_port, weights)
 
 TIMEOUT = 10  # seconds, for every client socket
 
@@ -622,28 +623,6 @@ def file_weights(path):
         return {b["name"]: b["weight"] for b in json.load(f)["backends"]}
 
 
-def start_td(config_path, port, admin_port):
-    p = Proc([TD, "-c", config_path], "td")
-    wait_port(port)
-    wait_port(admin_port)
-    return p
-
-
-def put_ratio(admin_port, weights):
-    """PUT /api/v1/ratio; the status, or None when td went away."""
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=TIMEOUT)
-        conn.request("PUT", "/api/v1/ratio", body=json.dumps(weights))
-        r = conn.getresponse()
-        r.read()
-        conn.close()
-        return r.status
-    except OSError:
-        return None
-    except http.client.HTTPException:
-        return None
-
-
 def test_api_changes_killed_at_any_moment_are_always_audited(backends, tmp_path):
     """Rounds of API changes from 3 clients while td is killed with SIGKILL at a varied moment:
     after each restart every change the config file holds has its audit entry (and every change
@@ -665,7 +644,7 @@ def test_api_changes_killed_at_any_moment_are_always_audited(backends, tmp_path)
     lock = threading.Lock()
     acknowledged, refused = [], []
     rounds, per_round = 6, 30
-    p = start_td(config_path, port, admin_port)
+    p = start_td_file(config_path, port, admin_port)
     try:
         for rnd in range(rounds):
             sent = [0]
@@ -681,7 +660,7 @@ def test_api_changes_killed_at_any_moment_are_always_audited(backends, tmp_path)
                     if pair is None:
                         return
                     w = {"blue": pair[0], "green": pair[1]}
-                    status = put_ratio(admin_port, w)
+                    status = put_ratio_status(admin_port, w)
                     if status is None:
                         return
                     with lock:
@@ -708,7 +687,7 @@ def test_api_changes_killed_at_any_moment_are_always_audited(backends, tmp_path)
             assert not any(th.is_alive() for th in threads)
             assert not refused, f"round {rnd}: changes refused: {refused}"
 
-            p = start_td(config_path, port, admin_port)
+            p = start_td_file(config_path, port, admin_port)
             assert temp_files(str(tmp_path)) == [], f"round {rnd}: temporary files left"
             entries = read_audit(audit_path)
             changes = applied_changes(entries)
@@ -755,7 +734,7 @@ def test_start_removes_only_tds_own_temporary_files_next_to_the_config(backends,
               "td.json.tmp-ab.de"]
     for n in ours + theirs:
         (tmp_path / n).write_text("{}")
-    p = start_td(str(config_path), port, admin_port)
+    p = start_td_file(str(config_path), port, admin_port)
     try:
         left = sorted(n for n in os.listdir(tmp_path) if n not in ("td.json",))
         assert left == sorted(theirs + ["td.json.audit.jsonl"]) or left == sorted(theirs), left
@@ -842,10 +821,6 @@ def test_hand_edit_after_an_api_change_is_not_taken_for_a_lost_change(backends, 
 
 # ---- config errors in plain words, with one position prefix ----
 
-def two_colours_cfg(backends):
-    blue, green = backends(("blue", 1)), backends(("green", 1))
-    return backend_cfg({"blue": (50, blue.ports["blue"]), "green": (50, green.ports["green"])})
-
 
 def test_unreadable_config_file_is_reported_without_a_position(tmp_path):
     missing = str(tmp_path / "nonexistent.json")
@@ -864,7 +839,7 @@ def test_config_syntax_errors_are_in_plain_words(tmp_path, backends, td):
     assert p.returncode == 1
     assert "a string may not contain \\u0000 (NUL)" in out, out
     assert "JSON_ALLOW_NUL" not in out, out
-    t = td(two_colours_cfg(backends))
+    t = td(two_colours_apart(backends))
     status, r = t.api("PUT", "/api/v1/config", raw=b'{"workers": tru}')
     assert status == 400 and r["error"].startswith("request:1:"), r
     assert "invalid value" in r["error"], r
@@ -872,7 +847,7 @@ def test_config_syntax_errors_are_in_plain_words(tmp_path, backends, td):
 
 
 def test_api_body_errors_use_the_request_position_prefix(backends, td):
-    t = td(two_colours_cfg(backends))
+    t = td(two_colours_apart(backends))
     for path in ("/api/v1/ratio", "/api/v1/routing", "/api/v1/config"):
         status, r = t.api("PUT", path, raw=b'{"blue": 0,,}')
         assert status == 400, (path, r)

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from conftest import Headers, RawConn, backend_cfg, backend_state, demo_body, get, one_backend
+from conftest import (Headers, RawConn, backend_cfg, backend_state, demo_body, get, one_backend,
+                      two_colours_apart)
 
 
 def start_td(backends, td, **timeouts):
@@ -549,13 +550,9 @@ def test_absolute_form_target_sets_host_and_goes_upstream_in_origin_form(backend
 
 # ---- HTTP/1.2 and higher minor versions, taken as HTTP/1.1 (RFC 9110 §2.5, RFC 9112 §2.3) ----
 
-def two_colours(backends):
-    blue, green = backends(("blue", 1)), backends(("green", 1))
-    return backend_cfg({"blue": (50, blue.ports["blue"]), "green": (50, green.ports["green"])})
-
 
 def test_http_1_2_request_is_answered_as_http_1_1(backends, td):
-    t = td(two_colours(backends))
+    t = td(two_colours_apart(backends))
     with RawConn(t.port) as c:
         c.send(b"GET / HTTP/1.2\r\nHost: 127.0.0.1\r\n\r\n")
         version, status, _ = c.read_head()

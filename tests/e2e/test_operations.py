@@ -8,8 +8,9 @@ import signal
 import subprocess
 import time
 
-from conftest import (ASAN, TD, Backends, Proc, RawConn, backend_cfg, free_port, get_once,
-                      reload_config, server_state, wait_for, wait_port)
+from conftest import (ASAN, Backends, Proc, RawConn, TD, backend_cfg, free_port, get_once,
+                      put_ratio_status, reload_config, server_state, start_td_file,
+                      two_colours_apart, wait_for, wait_port)
 
 SLACK = 2.0 if ASAN else 1.0
 TIMEOUT = 10
@@ -64,14 +65,10 @@ def test_passive_ejection_ends_after_reload_removed_health_check(backends, td):
 # ---------------------------------------------------------------------------------------------
 # Removing "admin" by a reload: the admin API keeps its address and token until a restart.
 
-def two_colours(backends):
-    blue, green = backends(("blue", 1)), backends(("green", 1))
-    return backend_cfg({"blue": (50, blue.ports["blue"]), "green": (50, green.ports["green"])})
-
 
 def test_reload_removing_admin_keeps_showing_the_admin_in_force_without_address_warning(
         backends, td):
-    t = td(two_colours(backends), token="s3cret")
+    t = td(two_colours_apart(backends), token="s3cret")
     address = f"127.0.0.1:{t.admin_port}"
     reload_config(t, lambda cfg: cfg.pop("admin"))
     out = t.proc.output()
@@ -113,19 +110,19 @@ def admin_raw(t, head, token=None):
 
 
 def test_admin_api_answers_400_to_two_host_fields(backends, td):
-    t = td(two_colours(backends))
+    t = td(two_colours_apart(backends))
     a = f"127.0.0.1:{t.admin_port}"
     for second in ("evil.com", a):
         status, _ = admin_raw(t, f"GET /api/v1/state HTTP/1.1\r\nHost: {a}\r\nHost: {second}\r\n")
         assert status == 400, second
-    t2 = td(two_colours(backends), token="s3cret")
+    t2 = td(two_colours_apart(backends), token="s3cret")
     status, _ = admin_raw(t2, f"GET /api/v1/state HTTP/1.1\r\nHost: {a}\r\nHost: evil.com\r\n",
                           token="s3cret")
     assert status == 400
 
 
 def test_admin_api_takes_an_absolute_form_authority_as_the_host(backends, td):
-    t = td(two_colours(backends))
+    t = td(two_colours_apart(backends))
     port = t.admin_port
     # A foreign authority is refused like a foreign Host, whatever the Host field says.
     status, body = admin_raw(
@@ -143,7 +140,7 @@ def test_admin_api_takes_an_absolute_form_authority_as_the_host(backends, td):
     assert status == 200 and "backends" in body, body
     assert t.state()["version"] == 1
     # With a token any name may be used: the token decides, the path routes.
-    t2 = td(two_colours(backends), token="s3cret")
+    t2 = td(two_colours_apart(backends), token="s3cret")
     port2 = t2.admin_port
     status, body = admin_raw(
         t2, f"GET http://td.example:{port2}/api/v1/state HTTP/1.1\r\nHost: td.example\r\n",
@@ -172,28 +169,6 @@ def admin_get(admin_port, path):
         conn.close()
 
 
-def start_td(config_path, port, admin_port):
-    p = Proc([TD, "-c", config_path], "td")
-    wait_port(port)
-    wait_port(admin_port)
-    return p
-
-
-def put_ratio(admin_port, weights):
-    """PUT /api/v1/ratio; the status, or None when td went away."""
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=TIMEOUT)
-        conn.request("PUT", "/api/v1/ratio", body=json.dumps(weights))
-        r = conn.getresponse()
-        r.read()
-        conn.close()
-        return r.status
-    except OSError:
-        return None
-    except http.client.HTTPException:
-        return None
-
-
 def test_pid_file_is_written_once_listening_and_removed_at_a_clean_stop(backends, tmp_path):
     b = backends(("blue", 1), ("green", 1))
     port, admin_port = free_port(), free_port()
@@ -201,7 +176,7 @@ def test_pid_file_is_written_once_listening_and_removed_at_a_clean_stop(backends
     pid_path.parent.mkdir()
     config_path = tmp_path / "td.json"
     config_path.write_text(json.dumps(plain_cfg(b, port, admin_port, pid_file=str(pid_path))))
-    p = start_td(str(config_path), port, admin_port)
+    p = start_td_file(str(config_path), port, admin_port)
     try:
         wait_for(pid_path.exists, 10, what="pid file")
         assert pid_path.read_text() == f"{p.pid}\n"
@@ -213,7 +188,7 @@ def test_pid_file_is_written_once_listening_and_removed_at_a_clean_stop(backends
         wait_for(lambda: admin_get(admin_port, "/api/v1/state")["version"] > v, 10,
                  what="reload by kill -HUP $(cat PIDFILE)")
         # An API change writes the config back with its pid_file.
-        status = put_ratio(admin_port, {"blue": 10, "green": 90})
+        status = put_ratio_status(admin_port, {"blue": 10, "green": 90})
         assert status == 200
         assert json.loads(config_path.read_text())["pid_file"] == str(pid_path)
         r = subprocess.run(f"kill -TERM $(cat {pid_path})", shell=True, timeout=10)
@@ -298,7 +273,7 @@ def test_example_config_serves_the_demo_backends(tmp_path):
     try:
         wait_port(ports[9001])
         wait_port(ports[9002])
-        p = start_td(str(config_path), ports[8080], ports[9090])
+        p = start_td_file(str(config_path), ports[8080], ports[9090])
         try:
             seen = set()
             for _ in range(20):
