@@ -45,11 +45,6 @@ static void tried_del(client_t *c, size_t flat) {
         }
 }
 
-int td_exchange_class_of(int status) {
-    int k = status / 100 - 1;
-    return k < 0 ? 0 : k > 4 ? 4 : k;
-}
-
 static td_str_t find_header(const td_http1_header_t *h, size_t n, const char *lower) {
     size_t len = strlen(lower);
     for (size_t i = 0; i < n; i++)
