@@ -188,6 +188,17 @@ void td_client_send_timeout(client_t *c, int64_t now) {
     td_client_close(c);
 }
 
+void td_client_log_flush(worker_t *w, int64_t now_ms) {
+    for (int i = 0; i < 100; i++) {
+        td_log_limit_t *l = &w->client_err_rl[i];
+        if (!l->start_ms)
+            continue;
+        uint32_t n = td_log_limit_flush(l, now_ms);
+        if (n)
+            td_warn("%u more %d in the last second", n, 400 + i);
+    }
+}
+
 void td_client_error(client_t *c, int status, const char *why) {
     if (c->state == C_CLOSING)
         return;
@@ -195,7 +206,15 @@ void td_client_error(client_t *c, int status, const char *why) {
         td_client_close(c);
         return;
     }
+    if (status >= 400 && status < 500) {
+        /* A client's fault: a flood of them (slowloris) must not flood the log. */
+        int64_t now = td_now_ms();
+        td_client_log_flush(c->w, now);
+        if (!td_log_limit_take(&c->w->client_err_rl[status - 400], CLIENT_ERR_BURST, now))
+            goto reply;
+    }
     td_warn("%d %s %s: %s", status, c->ip, c->method[0] ? c->method : "-", why);
+reply:
     td_client_reply(c, status, td_http_reason(status), "");
 }
 

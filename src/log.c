@@ -49,3 +49,27 @@ void td_log(td_log_level_t level, const char *fmt, ...) {
     ssize_t w = write(STDERR_FILENO, line, (size_t)n);
     (void)w;
 }
+
+int td_log_limit_take(td_log_limit_t *l, unsigned burst, int64_t now_ms) {
+    if (!l->start_ms || now_ms - l->start_ms >= TD_LOG_LIMIT_MS) {
+        l->start_ms = now_ms ? now_ms : 1; /* 0 means "no window" */
+        l->logged = 0;
+        l->dropped = 0;
+    }
+    if (l->logged < burst) {
+        l->logged++;
+        return 1;
+    }
+    l->dropped++;
+    return 0;
+}
+
+uint32_t td_log_limit_flush(td_log_limit_t *l, int64_t now_ms) {
+    if (!l->start_ms || now_ms - l->start_ms < TD_LOG_LIMIT_MS)
+        return 0;
+    uint32_t n = l->dropped;
+    l->start_ms = 0;
+    l->logged = 0;
+    l->dropped = 0;
+    return n;
+}

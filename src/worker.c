@@ -84,19 +84,22 @@ static void pool_close_idle(worker_t *w, const td_snap_backend_t *b) {
                     td_upstream_close(p->idle);
 }
 
-/* Logs a local resource error at most once a second per worker (under fd exhaustion every
- * request would log one), with the count of those not logged. */
+static void local_error_flush(worker_t *w, int64_t now) {
+    uint32_t n = td_log_limit_flush(&w->local_err_rl, now);
+    if (n)
+        td_error("%u more errors of td's own limits in the last second", n);
+}
+
+/* Logs a local resource error at most LOCAL_ERR_BURST times a second per worker (under fd
+ * exhaustion every request would log one); the tick writes the count of those not logged. */
 void td_worker_local_error_log(worker_t *w, const char *what) {
     int64_t now = td_now_ms();
-    if (w->local_err_ms && now - w->local_err_ms < 1000) {
-        w->local_err_quiet++;
+    local_error_flush(w, now);
+    if (!td_log_limit_take(&w->local_err_rl, LOCAL_ERR_BURST, now))
         return;
-    }
     td_error("%s: a limit of td's own (open files: see `ulimit -n`; memory; local ports), not "
-             "the backend's (%u more in the last second)",
-             what, w->local_err_quiet);
-    w->local_err_ms = now;
-    w->local_err_quiet = 0;
+             "the backend's",
+             what);
 }
 
 static void on_accept(uv_stream_t *l, int status) {
@@ -162,6 +165,9 @@ static void tick_cb(uv_timer_t *timer) {
     for (size_t k = 0; k < sizeof(client_kinds); k++)
         while ((t = td_timeout_expired(&w->tq[client_kinds[k]], now_loop)))
             td_client_timeout(TD_CONTAINER_OF(t, client_t, tmo));
+    int64_t now_ms = td_now_ms();
+    td_client_log_flush(w, now_ms);
+    local_error_flush(w, now_ms);
     if (++w->ticks % (1000 / TICK_MS))
         return;
     td_worker_refresh(w);

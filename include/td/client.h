@@ -36,7 +36,16 @@ void td_client_send_wait(client_t *c);
  * nothing is charged to the backend. */
 void td_client_send_timeout(client_t *c, int64_t now);
 
+/* Answers the current request with td's own `status` (td_client_reply, the standard reason) and
+ * logs "STATUS IP METHOD: why" at warn; when the response already started or a write is pending,
+ * closes instead. A 4xx (a client's fault) is logged at most CLIENT_ERR_BURST times a second per
+ * worker for each status; the rest are counted in the summary td_client_log_flush writes. */
 void td_client_error(client_t *c, int status, const char *why);
+
+/* Writes "N more STATUS in the last second" for each 4xx whose second of rate limiting is over
+ * at `now_ms` (td_now_ms()) and that had lines not logged (none when there were none). The
+ * worker calls it every tick; td_client_error calls it before logging. */
+void td_client_log_flush(worker_t *w, int64_t now_ms);
 
 /* Answers with a small response of td's own (an error, a redirect), then ends the exchange:
  * the connection stays for 3xx and 5xx when the whole request was read, else it closes.

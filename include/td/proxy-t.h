@@ -27,6 +27,7 @@
 
 #include "td/access_log.h"
 #include "td/http1-t.h"
+#include "td/log.h"
 #include "td/router-t.h"
 #include "td/stream-t.h"
 #include "td/timeout-t.h"
@@ -40,6 +41,8 @@
 #define MAX_SPANS 64
 #define TICK_MS 100    /* granularity of client timeouts */
 #define MAX_INTERIM 16 /* 1xx responses passed on before a final one; more is a 502 */
+#define CLIENT_ERR_BURST 10 /* lines a second per worker for each 4xx of td's own */
+#define LOCAL_ERR_BURST 1   /* lines a second per worker for td's own resource errors */
 
 /* Kinds of timeouts; each has a queue per worker (td/timeout.h). T_HEADER also times the
  * request body (between two reads), T_POOL is POOL_IDLE_MS. */
@@ -124,8 +127,8 @@ struct worker_s {
     client_t *tunnels;   /* the clients in a tunnel counted for a backend (for its drain) */
     char *buf_cache[64]; /* owned: free client buffers, reused instead of malloc/free */
     int num_cached;
-    int64_t local_err_ms;           /* when a local resource error was last logged ... */
-    unsigned local_err_quiet;       /* ... and how many were not logged since */
+    td_log_limit_t local_err_rl;       /* the log of td's own resource errors */
+    td_log_limit_t client_err_rl[100]; /* the logs of td's own 4xx, by status - 400 */
     td_stream_loop_t sl;            /* the transport's per-loop state (TLS buffer and queue) */
     td_timeout_queue_t tq[T_KINDS]; /* armed timeouts by kind */
     td_http1_header_t hdrs[MAX_HDRS];
