@@ -17,7 +17,6 @@
 #include "td/stream.h"
 #include "td/timeout.h"
 #include "td/upstream.h"
-#include "td/worker.h"
 
 static td_http1_limits_t limits = {8192, CBUF_SIZE, MAX_HDRS};
 
@@ -286,12 +285,12 @@ void td_exchange_start(client_t *c) {
         td_client_error(c, 400, "invalid chunked body");
         return;
     }
-    td_worker_refresh(w);
-    if (!w->snap) {
+    td_snapshot_t *snap = w->snapshot(w);
+    if (!snap) {
         td_client_error(c, 503, "no routing configuration");
         return;
     }
-    c->snap = w->snap;
+    c->snap = snap;
     td_snapshot_retain(c->snap);
     c->backend = c->server = c->sticky_set = c->pinned = c->forced = -1;
     if (td_access_log_on(&w->alog))
@@ -433,7 +432,7 @@ void td_exchange_upstream_fail(upstream_t *u, const char *why, int kind) {
         snprintf(what, sizeof(what),
                  "cannot connect to upstream %s (%s): %s; answering 503, no passive failure",
                  st->address, st->backend, why);
-        td_worker_local_error_log(u->w, what);
+        td_log_local_error(&u->w->local_err_rl, LOCAL_ERR_BURST, what);
         if (!c)
             return;
         c->backend = c->server = -1;

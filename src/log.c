@@ -73,3 +73,19 @@ uint32_t td_log_limit_flush(td_log_limit_t *l, int64_t now_ms) {
     l->dropped = 0;
     return n;
 }
+
+void td_log_local_error_flush(td_log_limit_t *l, int64_t now_ms) {
+    uint32_t n = td_log_limit_flush(l, now_ms);
+    if (n)
+        td_error("%u more errors of td's own limits in the last second", n);
+}
+
+void td_log_local_error(td_log_limit_t *l, unsigned burst, const char *what) {
+    int64_t now = td_now_ms();
+    td_log_local_error_flush(l, now);
+    if (!td_log_limit_take(l, burst, now))
+        return;
+    td_error("%s: a limit of td's own (open files: see `ulimit -n`; memory; local ports), not "
+             "the backend's",
+             what);
+}

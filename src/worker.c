@@ -45,7 +45,9 @@ static void close_stale_tls_pools(worker_t *w, const td_snapshot_t *old, const t
     }
 }
 
-void td_worker_refresh(worker_t *w) {
+/* Adopts the router's newest snapshot when it published one since the worker's (one atomic
+ * load when not). */
+static void worker_refresh(worker_t *w) {
     if (w->snap && w->snap->version == td_router_version())
         return;
     td_snapshot_t *s = td_router_acquire();
@@ -84,22 +86,10 @@ static void pool_close_idle(worker_t *w, const td_snap_backend_t *b) {
                     td_upstream_close(p->idle);
 }
 
-static void local_error_flush(worker_t *w, int64_t now) {
-    uint32_t n = td_log_limit_flush(&w->local_err_rl, now);
-    if (n)
-        td_error("%u more errors of td's own limits in the last second", n);
-}
-
 /* Logs a local resource error at most LOCAL_ERR_BURST times a second per worker (under fd
  * exhaustion every request would log one); the tick writes the count of those not logged. */
 void td_worker_local_error_log(worker_t *w, const char *what) {
-    int64_t now = td_now_ms();
-    local_error_flush(w, now);
-    if (!td_log_limit_take(&w->local_err_rl, LOCAL_ERR_BURST, now))
-        return;
-    td_error("%s: a limit of td's own (open files: see `ulimit -n`; memory; local ports), not "
-             "the backend's",
-             what);
+    td_log_local_error(&w->local_err_rl, LOCAL_ERR_BURST, what);
 }
 
 static void on_accept(uv_stream_t *l, int status) {
@@ -131,7 +121,7 @@ static void on_accept(uv_stream_t *l, int status) {
         return;
     }
     c->listener = (uint8_t)((uv_tcp_t *)l - w->listeners);
-    td_worker_refresh(w);
+    worker_refresh(w);
     td_tls_server_t *tls = w->snap ? w->snap->listener_tls[c->listener] : NULL;
     if (tls && td_stream_tls_accept(&c->io, tls) < 0) {
         td_client_close(c);
@@ -167,10 +157,10 @@ static void tick_cb(uv_timer_t *timer) {
             td_client_timeout(TD_CONTAINER_OF(t, client_t, tmo));
     int64_t now_ms = td_now_ms();
     td_client_log_flush(w, now_ms);
-    local_error_flush(w, now_ms);
+    td_log_local_error_flush(&w->local_err_rl, now_ms);
     if (++w->ticks % (1000 / TICK_MS))
         return;
-    td_worker_refresh(w);
+    worker_refresh(w);
     if (!w->snap)
         return;
     int64_t now = td_now_ms(), drain_ms = w->snap->config->timeouts.drain_ms;
@@ -244,6 +234,12 @@ static void worker_main(void *arg) {
     w->snap = NULL;
 }
 
+/* worker_t.snapshot: what an exchange calls before it routes a request. */
+static td_snapshot_t *worker_snapshot(worker_t *w) {
+    worker_refresh(w);
+    return w->snap;
+}
+
 td_proxy_t *td_proxy_start(const td_config_t *cfg, char *err, size_t errlen) {
     td_proxy_t *p = calloc(1, sizeof(*p));
     if (!p)
@@ -254,6 +250,7 @@ td_proxy_t *td_proxy_start(const td_config_t *cfg, char *err, size_t errlen) {
         goto nomem;
     for (size_t i = 0; i < p->num_workers; i++) {
         worker_t *w = &p->workers[i];
+        w->snapshot = worker_snapshot;
         td_access_log_init(&w->alog);
         w->num_listeners = cfg->num_listeners;
         w->listeners = calloc(cfg->num_listeners, sizeof(uv_tcp_t));

@@ -42,6 +42,13 @@ int td_log_limit_take(td_log_limit_t *l, unsigned burst, int64_t now_ms);
  * of the last burst comes even when no later event does. */
 uint32_t td_log_limit_flush(td_log_limit_t *l, int64_t now_ms);
 
+/* Logs at error level "<what>: a limit of td's own (open files, memory, local ports), not the
+ * backend's" for a resource td itself ran out of, at most `burst` times a second through `l`
+ * (one per worker); td_log_local_error_flush writes "N more errors of td's own limits in the last
+ * second" once that second is over (call it from a periodic timer). */
+void td_log_local_error(td_log_limit_t *l, unsigned burst, const char *what);
+void td_log_local_error_flush(td_log_limit_t *l, int64_t now_ms);
+
 /* Milliseconds of CLOCK_MONOTONIC (for deadlines), and of the wall clock (for cookies, logs). */
 int64_t td_now_ms(void);
 int64_t td_wall_ms(void);

@@ -120,6 +120,10 @@ struct worker_s {
     int stopping;
     td_access_log_t alog;
     td_snapshot_t *snap; /* one reference held by the worker */
+    /* Installed by worker.c at start: adopts the router's newest snapshot when one was published
+     * and returns it (borrowed: the worker's reference; NULL before the first). An exchange calls
+     * it before routing a request, so nothing below the worker calls up into it. */
+    td_snapshot_t *(*snapshot)(worker_t *w);
     int *wrr_b, *wrr_s;  /* owned: balancer scores per backend / per flat server index */
     size_t wrr_nb, wrr_ns;
     pool_t *pools;       /* owned */
