@@ -34,8 +34,7 @@ static void buf_put(worker_t *w, char *buf) {
 static void client_process(client_t *c);
 
 int td_client_timeout_ms(const client_t *c, int which) {
-    const td_snapshot_t *s = c->snap ? c->snap : c->w->snap;
-    const td_config_timeouts_t *t = &s->config->timeouts;
+    const td_config_timeouts_t *t = c->timeouts ? c->timeouts : &c->w->snap->config->timeouts;
     switch (which) {
     case 0:
         return t->client_header_ms;
@@ -87,8 +86,6 @@ int td_client_buf_grow(client_t *c, uint32_t cap) {
 static void client_free_cb(td_stream_t *s) {
     client_t *c = td_stream_owner(s);
     client_buf_put(c);
-    free(c->last_error);
-    free(c->path);
     free(c);
 }
 
@@ -96,8 +93,6 @@ void td_client_close(client_t *c) {
     if (c->state == C_CLOSING)
         return;
     c->state = C_CLOSING;
-    if (c->started_ms && !c->status)
-        c->status = 499; /* the client went away before its answer: the access log says so */
     c->cbs->on_close(c);
     if (c->prev)
         c->prev->next = c->next;
@@ -238,9 +233,6 @@ void td_client_reply(client_t *c, int status, const char *reason, const char *he
         return;
     }
     c->resp_sent = 1;
-    c->status = status;
-    if (!c->started_ms)
-        c->started_ms = td_now_ms();
     c->close_after = !keep;
     td_iov_t iov = td_iov(p, (unsigned)n);
     int r = td_stream_write(&c->io, &iov, 1, 1, td_client_write_done_cb);
@@ -254,6 +246,26 @@ void td_client_reply(client_t *c, int status, const char *reason, const char *he
     } else {
         td_client_next(c);
     }
+}
+
+int td_client_send(client_t *c, td_iov_t *iov, unsigned n, int volatile_first, int final_head) {
+    if (final_head)
+        c->resp_sent = 1; /* td can no longer answer with its own status */
+    int r = td_stream_write(&c->io, iov, n, volatile_first, td_client_write_done_cb);
+    if (r == 1)
+        td_client_send_wait(c);
+    return r;
+}
+
+void td_client_use_timeouts(client_t *c, const td_config_timeouts_t *t) {
+    c->timeouts = t;
+}
+
+void td_client_end(client_t *c) {
+    if (c->keep_alive && c->req_done && !c->close_after)
+        td_client_next(c);
+    else
+        td_client_close(c);
 }
 
 /* A client's deadline passed. */
@@ -287,17 +299,11 @@ void td_client_next(client_t *c) {
     if (rest && c->req_end)
         memmove(c->buf, c->buf + c->req_end, rest);
     c->len = rest;
-    c->head_len = c->req_end = c->fwd = 0;
+    c->head_len = c->req_end = 0;
     c->body_left = 0;
     memset(&c->chunk, 0, sizeof(c->chunk));
-    c->req_done = c->discarded = c->head_sent = c->body_sent = c->resp_started = c->resp_sent = 0;
-    c->close_after = c->buffering = c->continued = c->continue_out = 0;
+    c->req_done = c->resp_sent = c->close_after = 0;
     c->upgrade = c->expect = 0;
-    c->backend = c->server = c->sticky_set = c->pinned = -1;
-    c->tries = 0;
-    c->ntried = 0;
-    free(c->last_error);
-    c->last_error = NULL;
     c->method[0] = 0;
     c->state = C_HEAD;
     if (!rest) {

@@ -13,28 +13,28 @@
  * of either only once answered. A retry on another backend moves it there: counters follow the
  * backend that answers, not the one first chosen. */
 void td_exchange_count_try(client_t *c, td_backend_stats_t *b, td_server_stats_t *srv) {
-    if (c->b_inflight != b) {
-        if (c->b_inflight)
-            td_registry_backend_end(c->b_inflight);
-        c->b_inflight = b;
+    if (c->ex.b_inflight != b) {
+        if (c->ex.b_inflight)
+            td_registry_backend_end(c->ex.b_inflight);
+        c->ex.b_inflight = b;
         td_registry_backend_begin(b);
     }
-    c->st_inflight = srv;
+    c->ex.st_inflight = srv;
     td_registry_server_begin(srv);
 }
 
 /* Drops the in-flight counts of the current exchange (each taken once, released once). */
 void td_exchange_release_server(client_t *c) {
-    if (c->st_inflight) {
-        td_registry_server_end(c->st_inflight);
-        c->st_inflight = NULL;
+    if (c->ex.st_inflight) {
+        td_registry_server_end(c->ex.st_inflight);
+        c->ex.st_inflight = NULL;
     }
 }
 
 void td_exchange_release_backend(client_t *c) {
-    if (c->b_inflight) {
-        td_registry_backend_end(c->b_inflight);
-        c->b_inflight = NULL;
+    if (c->ex.b_inflight) {
+        td_registry_backend_end(c->ex.b_inflight);
+        c->ex.b_inflight = NULL;
     }
 }
 
@@ -43,10 +43,10 @@ void td_exchange_release_backend(client_t *c) {
  * console's "answering errors"). */
 void td_exchange_count_response(client_t *c, upstream_t *u, int status) {
     td_registry_server_response(u->st, status);
-    if (c->b_inflight) {
-        td_registry_backend_response(c->b_inflight, status);
+    if (c->ex.b_inflight) {
+        td_registry_backend_response(c->ex.b_inflight, status);
         if (td_registry_class(status) == TD_NCLASS - 1)
-            atomic_store_explicit(&c->b_inflight->last_5xx_ms, td_now_ms(), memory_order_relaxed);
+            atomic_store_explicit(&c->ex.b_inflight->last_5xx_ms, td_now_ms(), memory_order_relaxed);
     }
 }
 
@@ -55,10 +55,10 @@ void td_exchange_count_response(client_t *c, upstream_t *u, int status) {
  * with no backend chosen counts under td itself. A 4xx (a client's fault, such as a body that
  * stopped coming) does not count. */
 void td_exchange_count_reply(client_t *c, int status) {
-    if (c->snap && status >= 500) {
-        td_backend_stats_t *bst = c->backend >= 0  ? c->snap->backends[c->backend].st
-                                  : c->forced >= 0 ? c->snap->backends[c->forced].st
-                                                   : c->b_inflight;
+    if (c->ex.snap && status >= 500) {
+        td_backend_stats_t *bst = c->ex.backend >= 0  ? c->ex.snap->backends[c->ex.backend].st
+                                  : c->ex.forced >= 0 ? c->ex.snap->backends[c->ex.forced].st
+                                                   : c->ex.b_inflight;
         if (bst)
             td_registry_backend_response(bst, status);
         td_router_count_local(bst, status, td_now_ms());
@@ -70,25 +70,28 @@ void td_exchange_count_reply(client_t *c, int status) {
 /* 101 delivered: the connection counts as a tunnel of its backend from now on (and is in the
  * worker's list of tunnels, for the drain), no longer as a request in flight. */
 void td_exchange_count_tunnel_open(client_t *c) {
-    c->b_tunnel = c->b_inflight;
-    if (!c->b_tunnel)
+    td_exchange_t *x = &c->ex;
+    x->b_tunnel = x->b_inflight;
+    if (!x->b_tunnel)
         return;
-    td_registry_tunnel_open(c->b_tunnel);
-    c->tun_prev = NULL;
-    c->tun_next = c->w->tunnels;
-    if (c->tun_next)
-        c->tun_next->tun_prev = c;
-    c->w->tunnels = c;
+    td_registry_tunnel_open(x->b_tunnel);
+    x->down = c;
+    x->tun_prev = NULL;
+    x->tun_next = c->w->tunnels;
+    if (x->tun_next)
+        x->tun_next->tun_prev = x;
+    c->w->tunnels = x;
 }
 
 void td_exchange_count_tunnel_close(client_t *c) {
-    if (!c->b_tunnel)
+    td_exchange_t *x = &c->ex;
+    if (!x->b_tunnel)
         return;
-    td_registry_tunnel_close(c->b_tunnel);
-    if (c->tun_prev)
-        c->tun_prev->tun_next = c->tun_next;
+    td_registry_tunnel_close(x->b_tunnel);
+    if (x->tun_prev)
+        x->tun_prev->tun_next = x->tun_next;
     else
-        c->w->tunnels = c->tun_next;
-    if (c->tun_next)
-        c->tun_next->tun_prev = c->tun_prev;
+        c->w->tunnels = x->tun_next;
+    if (x->tun_next)
+        x->tun_next->tun_prev = x->tun_prev;
 }

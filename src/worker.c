@@ -108,7 +108,6 @@ static void on_accept(uv_stream_t *l, int status) {
     if (!c)
         return;
     c->w = w;
-    c->backend = c->server = c->sticky_set = c->pinned = -1;
     c->cbs = &td_exchange_client_cbs;
     td_stream_init(&c->io, &w->sl, c);
     c->next = w->clients;
@@ -164,13 +163,13 @@ static void tick_cb(uv_timer_t *timer) {
     if (!w->snap)
         return;
     int64_t now = td_now_ms(), drain_ms = w->snap->config->timeouts.drain_ms;
-    for (client_t *c = w->tunnels, *next; c; c = next) {
-        next = c->tun_next;
-        int64_t since = atomic_load_explicit(&c->b_tunnel->drain_since_ms, memory_order_relaxed);
+    for (td_exchange_t *x = w->tunnels, *next; x; x = next) {
+        next = x->tun_next;
+        int64_t since = atomic_load_explicit(&x->b_tunnel->drain_since_ms, memory_order_relaxed);
         if (since && now - since >= drain_ms) {
             td_info("drain: closing a tunnel of %s from %s after %lld ms at weight 0",
-                    c->b_tunnel->name, c->ip, (long long)drain_ms);
-            td_client_close(c);
+                    x->b_tunnel->name, x->down->ip, (long long)drain_ms);
+            td_client_close(x->down);
         }
     }
 }

@@ -3,6 +3,7 @@
 #define TD_CLIENT_H
 
 #include "td/proxy-t.h"
+#include "td/stream.h"
 
 /* Client connections open now, across workers (td_proxy_connections). */
 extern _Atomic int64_t td_client_open_count;
@@ -59,5 +60,26 @@ void td_client_timeout(client_t *c);
 void td_client_next(client_t *c);
 
 void td_client_write_done_cb(td_stream_t *s, int status);
+
+/* What an exchange uses of its downstream (the connection it answers on). */
+
+/* Writes iov[0..n) to the client (td_stream_write: iov[0] may be scratch when `volatile_first`);
+ * `final_head` says a final response head is among them (td can no longer answer with its own
+ * status then). Returns 0 when written now, 1 when pending (the client send timeout runs and
+ * on_written follows), or a negative code (the caller closes the connection). */
+int td_client_send(client_t *c, td_iov_t *iov, unsigned n, int volatile_first, int final_head);
+
+/* The timeouts the connection's deadlines use: `t` (borrowed: the exchange's snapshot's, held
+ * while it lasts), or NULL for the worker's newest snapshot's. */
+void td_client_use_timeouts(client_t *c, const td_config_timeouts_t *t);
+
+/* 1 when the connection is TLS (for X-Forwarded-Proto and the sticky cookie's Secure). */
+static inline int td_client_is_tls(const client_t *c) {
+    return td_stream_is_tls(&c->io);
+}
+
+/* The exchange's response is complete: the next request (td_client_next) when the connection
+ * is kept alive and the whole request was read, else close. */
+void td_client_end(client_t *c);
 
 #endif

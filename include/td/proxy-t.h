@@ -56,6 +56,43 @@ enum { F_CONNECT, F_IO, F_TIMEOUT, F_PROTOCOL, F_LOCAL };
 typedef struct worker_s worker_t;
 typedef struct client_s client_t;
 typedef struct upstream_s upstream_t;
+typedef struct td_exchange_s td_exchange_t;
+
+/* One exchange: a request and its response, from routing to the access log line, over its
+ * downstream (the client connection that carried the request; for HTTP/1 the exchange lives in
+ * it, one at a time) and one upstream connection at a time. Written only by exchange.c and
+ * exchange_stats.c; td_exchange_end releases what it holds. A second protocol on the client
+ * side (HTTP/2: many exchanges over one connection) gives each stream one of these. */
+struct td_exchange_s {
+    client_t *down;                 /* borrowed: the client connection it answers on */
+    upstream_t *up;                 /* borrowed: the upstream of the current try, or NULL */
+    td_snapshot_t *snap;            /* one reference, held from routing to the end, or NULL */
+    int backend, server;            /* indices in snap of the current try, or -1 */
+    int pinned;                     /* backend named by a valid sticky cookie, or -1 */
+    int forced;                     /* backend named by a valid preview header, or -1 */
+    int sticky_set;                 /* backend to pin with Set-Cookie in the response, or -1 */
+    int tries;                      /* upstream tries so far (at most MAX_TRIES) */
+    uint32_t tried[MAX_TRIES];      /* flat server indices tried for this request */
+    uint8_t ntried;                 /* entries used in tried */
+    int status;                     /* status of the response sent, for the logs; 0 none yet */
+    uint64_t bytes_out;             /* response bytes handed to the client (head included) */
+    int64_t started_ms;             /* td_now_ms() at the parsed head; 0: no exchange */
+    char *path;                     /* owned: request-target, kept only while the access log is on */
+    char *last_error;               /* owned: why the last upstream try failed, for the 502 line */
+    td_server_stats_t *st_inflight; /* borrowed: server whose in_flight this request holds */
+    td_backend_stats_t *b_inflight; /* borrowed: backend whose in_flight this request holds */
+    td_backend_stats_t *b_tunnel;   /* borrowed: backend whose tunnel count this one holds */
+    td_exchange_t *tun_prev, *tun_next; /* in the worker's tunnels while b_tunnel is set */
+    uint32_t fwd;          /* bytes of the client's buffer already written to the upstream */
+    uint8_t idempotent;    /* the method may be sent again (RFC 9110 §9.2.2) */
+    uint8_t head_sent;     /* the rewritten head went to the current upstream */
+    uint8_t body_sent;     /* request-body bytes went to the current upstream */
+    uint8_t discarded;     /* request bytes were dropped after sending: no replay */
+    uint8_t resp_started;  /* a response byte came from the upstream */
+    uint8_t buffering;     /* the body is read into the client's buffer before routing */
+    uint8_t continued;     /* td answered Expect: 100-continue itself: Expect is not forwarded */
+    uint8_t continue_out;  /* that 100 Continue is the client's pending write */
+};
 
 /* What a client connection reports to the exchange over it, through a table set when it is
  * accepted; each gets the connection. */
@@ -128,7 +165,7 @@ struct worker_s {
     size_t wrr_nb, wrr_ns;
     pool_t *pools;       /* owned */
     client_t *clients;   /* every open client connection (for a stop) */
-    client_t *tunnels;   /* the clients in a tunnel counted for a backend (for its drain) */
+    td_exchange_t *tunnels; /* the exchanges in a tunnel counted for a backend (for its drain) */
     char *buf_cache[64]; /* owned: free client buffers, reused instead of malloc/free */
     int num_cached;
     td_log_limit_t local_err_rl;       /* the log of td's own resource errors */
@@ -147,57 +184,37 @@ enum { U_CONNECTING, U_BUSY, U_IDLE, U_CLOSING };
 struct client_s {
     td_stream_t io;             /* the connection to the client (plain or TLS) */
     const td_client_cbs_t *cbs; /* borrowed: the exchange's callbacks */
+    /* borrowed: the timeouts of the current exchange's snapshot (td_client_use_timeouts), or
+     * NULL: the worker's newest */
+    const td_config_timeouts_t *timeouts;
     worker_t *w;
     client_t *prev, *next;
-    upstream_t *up;     /* the upstream of the current exchange, or NULL */
     char *buf;          /* owned: request bytes; NULL while idle */
     uint32_t cap;       /* size of buf: CBUF_SIZE, or more while a request body is buffered */
     uint32_t len;       /* bytes in buf */
     uint32_t head_len;  /* length of the current request's head */
     uint32_t req_end;   /* end in buf of the bytes known to belong to the current request */
-    uint32_t fwd;       /* bytes of buf already written to the upstream */
     uint64_t body_left; /* Content-Length bytes not yet seen */
     td_http1_chunked_t chunk;
     td_timeout_t tmo;      /* the head / keep-alive / body timeout, when armed */
     td_timeout_t send_tmo; /* the timeout of a pending write to the client, when armed */
     size_t send_left;      /* bytes of that write not taken by the client at the last look */
-    td_snapshot_t *snap;   /* a reference, held during an exchange */
-    int backend, server;   /* indices in snap */
-    int pinned;            /* backend named by a valid sticky cookie, or -1 */
-    int forced;            /* backend named by a valid preview header, or -1 */
-    int status;            /* status of the response sent, for the logs */
-    uint64_t bytes_out;    /* response bytes written to the client in this exchange */
-    char *path;            /* owned: request-target, kept only while the access log is on */
-    td_server_stats_t *st_inflight; /* borrowed: server whose in_flight this request holds */
-    td_backend_stats_t *b_inflight; /* borrowed: backend whose in_flight this request holds */
-    td_backend_stats_t *b_tunnel;   /* borrowed: backend whose tunnel count this one holds */
-    client_t *tun_prev, *tun_next;  /* in w->tunnels while b_tunnel is set */
-    int tries;
-    int sticky_set;            /* backend index to pin with Set-Cookie in the response, or -1 */
-    uint32_t tried[MAX_TRIES]; /* flat server indices tried for this request */
-    uint8_t ntried;            /* entries used in tried */
-    int64_t started_ms;
     uint8_t state;
     uint8_t writing;   /* a write to this client is pending */
     uint8_t req_body;  /* td_http1_body_t of the request */
     uint8_t req_done;  /* the whole request has been read */
-    uint8_t discarded; /* request bytes were dropped from buf after sending: no replay */
-    uint8_t head_sent; /* the rewritten head went to the current upstream */
     uint8_t eof;       /* the client half-closed: answer what was read, then close */
-    uint8_t body_sent; /* request-body bytes went to the current upstream */
-    uint8_t keep_alive, head_req, upgrade, minor, expect, idempotent;
-    uint8_t resp_started; /* a response byte came from the upstream */
-    uint8_t resp_sent;    /* a response head was written to the client */
+    uint8_t keep_alive, head_req, upgrade, minor, expect;
+    uint8_t resp_sent;    /* a final response head was written for the current request */
     uint8_t close_after;  /* close once the pending write completes */
-    uint8_t buffering;    /* the body is read into buf before a backend is chosen */
-    uint8_t continued;    /* td answered Expect: 100-continue itself: Expect is not forwarded */
-    uint8_t continue_out; /* that 100 Continue is the pending write */
     char ip[INET6_ADDRSTRLEN];
     char method[16];
-    char *last_error;   /* owned: why the last upstream try failed, for the 502 line */
     uint8_t listener;   /* index of the listener it came in on */
     uint8_t processing; /* client_process is running for it (further up the stack) */
     uint8_t more;       /* an exchange ended meanwhile: client_process takes the next request */
+    /* Storage of the connection's one exchange at a time (HTTP/1), so that none is allocated per
+     * request. Opaque to client.c: only exchange.c and exchange_stats.c touch it. */
+    td_exchange_t ex;
 };
 
 struct upstream_s {
