@@ -33,6 +33,8 @@ static void buf_put(worker_t *w, char *buf) {
 
 static void client_process(client_t *c);
 
+static td_http1_limits_t limits = {8192, CBUF_SIZE, MAX_HDRS};
+
 int td_client_timeout_ms(const client_t *c, int which) {
     const td_config_timeouts_t *t = c->timeouts ? c->timeouts : &c->w->snap->config->timeouts;
     switch (which) {
@@ -268,6 +270,43 @@ void td_client_end(client_t *c) {
         td_client_close(c);
 }
 
+void td_client_no_keep_alive(client_t *c) {
+    c->keep_alive = 0;
+}
+
+void td_client_no_upgrade(client_t *c) {
+    c->upgrade = 0;
+}
+
+void td_client_close_after_write(client_t *c) {
+    c->close_after = 1;
+}
+
+void td_client_timer_stop(client_t *c) {
+    td_timeout_stop(&c->tmo);
+}
+
+void td_client_drop_sent(client_t *c) {
+    c->len = c->req_end = c->head_len = 0;
+}
+
+void td_client_tunnel(client_t *c) {
+    c->state = C_TUNNEL;
+    td_timeout_stop(&c->tmo);
+    if (c->len > c->req_end) {
+        memmove(c->buf, c->buf + c->req_end, c->len - c->req_end);
+        c->len -= c->req_end;
+    } else {
+        c->len = 0;
+    }
+    c->req_end = c->head_len = 0;
+}
+
+void td_client_tunnel_sent(client_t *c) {
+    c->len = 0;
+    td_client_read(c, 1);
+}
+
 /* A client's deadline passed. */
 void td_client_timeout(client_t *c) {
     if (c->state == C_HEAD) {
@@ -322,6 +361,61 @@ void td_client_next(client_t *c) {
     client_process(c);
 }
 
+/* Parses the request head at the start of buf. Returns 1 with `req` and the connection's fields
+ * set (state EXCHANGE), or 0 when the head is incomplete (waits for more), or answered or closed
+ * here (a malformed or oversized head). */
+static int client_parse_head(client_t *c, td_http1_request_t *req) {
+    worker_t *w = c->w;
+    int r = td_http1_parse_request(c->buf, c->len, &limits, req, w->hdrs, MAX_HDRS);
+    if (r == TD_EAGAIN) {
+        if (c->len >= CBUF_SIZE)
+            td_client_error(c, 431, "request head too large");
+        else if (c->eof)
+            td_client_close(c); /* half a head and no more to come */
+        return 0;
+    }
+    if (r < 0) {
+        c->keep_alive = 0;
+        c->req_done = 0;
+        switch (r) {
+        case TD_EURITOOLONG:
+            td_client_error(c, 414, "request line too long");
+            break;
+        case TD_EHDRTOOLARGE:
+            td_client_error(c, 431, "request head too large");
+            break;
+        case TD_EVERSION:
+            td_client_error(c, 505, "unsupported HTTP version");
+            break;
+        default: {
+            /* The log names the method (when the line has one) and the rule that was broken. */
+            size_t m = 0;
+            while (m < sizeof(c->method) - 1 && m < c->len && c->buf[m] > ' ' && c->buf[m] < 0x7f)
+                m++;
+            memcpy(c->method, c->buf, m);
+            c->method[m] = 0;
+            td_client_error(c, 400, td_http1_request_problem(c->buf, c->len));
+            break;
+        }
+        }
+        return 0;
+    }
+    td_timeout_stop(&c->tmo);
+    c->state = C_EXCHANGE;
+    c->head_len = c->req_end = (uint32_t)r;
+    c->req_body = (uint8_t)req->body;
+    c->body_left = req->body == TD_BODY_LENGTH ? req->content_length : 0;
+    c->keep_alive = req->keep_alive;
+    c->head_req = req->head;
+    c->upgrade = req->upgrade;
+    c->minor = (uint8_t)req->minor_version;
+    c->expect = req->expect_continue;
+    size_t ml = req->method.len < sizeof(c->method) - 1 ? req->method.len : sizeof(c->method) - 1;
+    memcpy(c->method, req->method.p, ml);
+    c->method[ml] = 0;
+    return 1;
+}
+
 /* Takes the requests buffered in c->buf one after another. An exchange that ends at once (an
  * error or redirect of td's own, answered with one write) calls td_client_next, which lands here
  * again further down the stack: that call only notes that there is more, and this loop takes
@@ -335,7 +429,9 @@ static void client_process(client_t *c) {
     c->processing = 1;
     do {
         c->more = 0;
-        c->cbs->on_head(c);
+        td_http1_request_t req;
+        if (client_parse_head(c, &req))
+            c->cbs->on_head(c, &req);
     } while (c->more && c->state == C_HEAD);
     c->processing = 0;
 }

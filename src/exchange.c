@@ -132,7 +132,7 @@ static void redirect_https(client_t *c, const td_http1_request_t *req,
     if (colon && (!close || colon > close))
         hl = (size_t)(colon - host.p);
     if (!hl || req->target.len == 0 || req->target.p[0] != '/') {
-        c->keep_alive = 0;
+        td_client_no_keep_alive(c);
         td_client_error(c, 400, "redirect to https needs a Host and an origin-form target");
         return;
     }
@@ -198,66 +198,19 @@ void td_exchange_body_buffered(client_t *c) {
         return;
     }
     c->ex.buffering = 0;
-    td_timeout_stop(
-        &c->tmo); /* from here as without buffering: the upstream side sets the timeouts */
+    td_client_timer_stop(c); /* from here as without buffering: the upstream sets the timeouts */
     if (c->req_done)
         td_client_read(c, 0); /* what comes now is a pipelined request: it waits */
     pick_and_connect(c);
 }
 
-/* Parses the request head; on success routes the request and starts the exchange. */
-void td_exchange_start(client_t *c) {
+/* A request head was parsed (`req`, into the worker's header array; the client's fields are set
+ * from it): routes the request and starts the exchange, or answers it with td's own status. */
+void td_exchange_start(client_t *c, const td_http1_request_t *reqp) {
     worker_t *w = c->w;
-    td_http1_request_t req;
-    int r = td_http1_parse_request(c->buf, c->len, &limits, &req, w->hdrs, MAX_HDRS);
-    if (r == TD_EAGAIN) {
-        if (c->len >= CBUF_SIZE)
-            td_client_error(c, 431, "request head too large");
-        else if (c->eof)
-            td_client_close(c); /* half a head and no more to come */
-        return;
-    }
-    if (r < 0) {
-        c->keep_alive = 0;
-        c->req_done = 0;
-        switch (r) {
-        case TD_EURITOOLONG:
-            td_client_error(c, 414, "request line too long");
-            break;
-        case TD_EHDRTOOLARGE:
-            td_client_error(c, 431, "request head too large");
-            break;
-        case TD_EVERSION:
-            td_client_error(c, 505, "unsupported HTTP version");
-            break;
-        default: {
-            /* The log names the method (when the line has one) and the rule that was broken. */
-            size_t m = 0;
-            while (m < sizeof(c->method) - 1 && m < c->len && c->buf[m] > ' ' && c->buf[m] < 0x7f)
-                m++;
-            memcpy(c->method, c->buf, m);
-            c->method[m] = 0;
-            td_client_error(c, 400, td_http1_request_problem(c->buf, c->len));
-            break;
-        }
-        }
-        return;
-    }
-    td_timeout_stop(&c->tmo);
-    c->state = C_EXCHANGE;
-    c->head_len = c->req_end = (uint32_t)r;
-    c->req_body = (uint8_t)req.body;
-    c->body_left = req.body == TD_BODY_LENGTH ? req.content_length : 0;
-    c->keep_alive = req.keep_alive;
-    c->head_req = req.head;
-    c->upgrade = req.upgrade;
-    c->minor = (uint8_t)req.minor_version;
-    c->expect = req.expect_continue;
-    size_t ml = req.method.len < sizeof(c->method) - 1 ? req.method.len : sizeof(c->method) - 1;
-    memcpy(c->method, req.method.p, ml);
-    c->method[ml] = 0;
+    td_http1_request_t req = *reqp;
     if (strcmp(c->method, "CONNECT") == 0) {
-        c->keep_alive = 0;
+        td_client_no_keep_alive(c);
         td_client_reply(c, 405, "Method Not Allowed",
                         "Allow: GET, HEAD, POST, PUT, DELETE, "
                         "PATCH, OPTIONS\r\n");
@@ -267,7 +220,7 @@ void td_exchange_start(client_t *c) {
         find_header(req.headers, req.num_headers, "host").p) {
         /* "Host:" with an empty value and no authority in the target: there is no host to
          * forward, and adding one would make two Host fields. nginx refuses it the same way. */
-        c->keep_alive = 0;
+        td_client_no_keep_alive(c);
         td_client_error(c, 400, "empty Host");
         return;
     }
@@ -276,7 +229,7 @@ void td_exchange_start(client_t *c) {
          * RFC 9112 §6.1 asks for 501. */
         td_str_t te = find_header(req.headers, req.num_headers, "transfer-encoding");
         if (te.len != 7 || !td_http1_name_is(te, "chunked")) {
-            c->keep_alive = 0;
+            td_client_no_keep_alive(c);
             td_warn("501 %s %s: transfer coding \"%.*s\" not supported", c->ip, c->method,
                     (int)(te.len > 64 ? 64 : te.len), te.p);
             td_client_reply(c, 501, "Not Implemented", "");
@@ -287,14 +240,14 @@ void td_exchange_start(client_t *c) {
         /* h2c through a reverse proxy is a known smuggling vector: it is not passed on. */
         td_str_t up = find_header(req.headers, req.num_headers, "upgrade");
         if (td_http1_list_has(up, "h2c"))
-            c->upgrade = 0;
+            td_client_no_upgrade(c);
     }
     c->ex.idempotent = strcmp(c->method, "GET") == 0 || strcmp(c->method, "HEAD") == 0 ||
                     strcmp(c->method, "OPTIONS") == 0 || strcmp(c->method, "PUT") == 0 ||
                     strcmp(c->method, "DELETE") == 0 || strcmp(c->method, "TRACE") == 0;
     c->ex.started_ms = td_now_ms();
     if (td_client_account_body(c) < 0) {
-        c->keep_alive = 0;
+        td_client_no_keep_alive(c);
         td_client_error(c, 400, "invalid chunked body");
         return;
     }
@@ -366,7 +319,7 @@ void td_exchange_request_send(client_t *c) {
             if (!c->ex.head_sent) {
                 int hl = build_request_head(c);
                 if (hl < 0) {
-                    c->keep_alive = 0;
+                    td_client_no_keep_alive(c);
                     td_client_error(c, 400, "request head cannot be forwarded");
                     return;
                 }
@@ -389,7 +342,7 @@ void td_exchange_request_send(client_t *c) {
         }
         if (r == 1) {
             td_client_read(c, 0);
-            td_timeout_stop(&c->tmo); /* waiting on the upstream is not the client's delay */
+            td_client_timer_stop(c); /* waiting on the upstream is not the client's delay */
             return;
         }
         td_exchange_request_written(c);
@@ -402,8 +355,7 @@ void td_exchange_request_send(client_t *c) {
 /* All bytes handed to the upstream so far have been written. */
 void td_exchange_request_written(client_t *c) {
     if (c->state == C_TUNNEL) {
-        c->len = 0;
-        td_client_read(c, 1);
+        td_client_tunnel_sent(c);
         return;
     }
     c->ex.fwd = c->req_end;
@@ -412,7 +364,8 @@ void td_exchange_request_written(client_t *c) {
     if (!c->req_done) {
         /* Body still coming: make room, giving up replay only when the buffer runs short. */
         if (c->cap - c->len < 4096) {
-            c->len = c->req_end = c->ex.fwd = c->head_len = 0;
+            td_client_drop_sent(c);
+            c->ex.fwd = 0;
             c->ex.discarded = 1;
         }
         td_client_timer(c, T_HEADER);
@@ -421,7 +374,7 @@ void td_exchange_request_written(client_t *c) {
     }
     /* The whole request is out. The client stays readable (no epoll change per request): a
      * pipelined request that comes now stops reading until this exchange ends. */
-    td_timeout_stop(&c->tmo);
+    td_client_timer_stop(c);
 }
 
 static const char *unreachable(const client_t *c) {
@@ -450,7 +403,8 @@ void td_exchange_upstream_fail(upstream_t *u, const char *why, int kind) {
         if (!c)
             return;
         c->ex.backend = c->ex.server = -1;
-        c->keep_alive = c->keep_alive && c->req_done;
+        if (!c->req_done)
+            td_client_no_keep_alive(c);
         if (c->resp_sent || c->writing)
             td_client_close(c);
         else
@@ -493,7 +447,8 @@ void td_exchange_upstream_fail(upstream_t *u, const char *why, int kind) {
         td_warn("%s %s: %s; response cut short", c->ip, c->method, unreachable(c));
         td_client_close(c);
     } else {
-        c->keep_alive = c->keep_alive && c->req_done;
+        if (!c->req_done)
+            td_client_no_keep_alive(c);
         td_client_error(c, kind == F_TIMEOUT ? 504 : 502, unreachable(c));
     }
 }
@@ -676,9 +631,9 @@ void td_exchange_response_pump(upstream_t *u) {
                     u->resp_keep_alive = resp.keep_alive;
                     u->dechunk = resp.body == TD_BODY_CHUNKED && c->minor == 0;
                     if (resp.body == TD_BODY_UNTIL_CLOSE || u->dechunk || c->w->stopping)
-                        c->keep_alive = 0;
+                        td_client_no_keep_alive(c);
                     if (!c->req_done)
-                        c->keep_alive = 0; /* the rest of the request body cannot be skipped */
+                        td_client_no_keep_alive(c); /* the rest of the request body cannot be skipped */
                     td_exchange_count_response(c, u, resp.status);
                     if (resp.status == 101)
                         u->tunnel = 1;
@@ -764,18 +719,11 @@ int td_exchange_response_written(upstream_t *u) {
     if (u->tunnel && c->state == C_EXCHANGE) {
         /* 101 delivered: both directions become a raw byte tunnel. It counts as a tunnel of
          * its backend from now on, no longer as a request in flight. */
-        c->state = C_TUNNEL;
+        td_client_tunnel(c);
         td_exchange_count_tunnel_open(c);
         td_exchange_end(c);
-        td_timeout_stop(&c->tmo);
         td_upstream_timer_stop(u);
-        if (c->len > c->req_end) {
-            memmove(c->buf, c->buf + c->req_end, c->len - c->req_end);
-            c->len -= c->req_end;
-        } else {
-            c->len = 0;
-        }
-        c->req_end = c->ex.fwd = c->head_len = 0;
+        c->ex.fwd = 0;
         if (c->len)
             td_exchange_request_send(c);
         else
@@ -820,7 +768,7 @@ static void upstream_data(upstream_t *u, long nread) {
     if (nread < 0) {
         if (u->tunnel) {
             if (c->writing) {
-                c->close_after = 1;
+                td_client_close_after_write(c);
                 td_exchange_drop_upstream(c);
             } else {
                 td_client_close(c);
@@ -828,7 +776,7 @@ static void upstream_data(upstream_t *u, long nread) {
         } else if (u->head_done && u->resp_body == TD_BODY_UNTIL_CLOSE) {
             u->resp_done = 1;
             u->resp_keep_alive = 0;
-            c->keep_alive = 0;
+            td_client_no_keep_alive(c);
             if (!c->writing && !u->writing)
                 td_exchange_done(u);
         } else if (!c->ex.resp_started) {
@@ -876,8 +824,8 @@ static const td_upstream_cbs_t upstream_cbs = {
 /* ---------------------------------------------------------------------------------------------
  * What the client connection reports */
 
-static void client_head(client_t *c) {
-    td_exchange_start(c);
+static void client_head(client_t *c, const td_http1_request_t *req) {
+    td_exchange_start(c, req);
 }
 
 static void client_body(client_t *c) {

@@ -73,6 +73,29 @@ int td_client_send(client_t *c, td_iov_t *iov, unsigned n, int volatile_first, i
  * while it lasts), or NULL for the worker's newest snapshot's. */
 void td_client_use_timeouts(client_t *c, const td_config_timeouts_t *t);
 
+/* The connection closes after this request (its response says Connection: close). */
+void td_client_no_keep_alive(client_t *c);
+
+/* The request's Upgrade is not passed on (h2c): the request is forwarded as a plain one. */
+void td_client_no_upgrade(client_t *c);
+
+/* Close once the pending write completes (the other side of a tunnel ended). */
+void td_client_close_after_write(client_t *c);
+
+/* Stops the head / keep-alive / body timeout. */
+void td_client_timer_stop(client_t *c);
+
+/* The request bytes in buf were all forwarded and the body goes on: they are dropped to make room
+ * (the request can no longer be replayed). */
+void td_client_drop_sent(client_t *c);
+
+/* A 101 was delivered: the connection becomes a byte tunnel (state TUNNEL, no timeout); the bytes
+ * read past the request move to the front of buf, to be forwarded. */
+void td_client_tunnel(client_t *c);
+
+/* The tunnel bytes in buf were forwarded: buf is emptied and reading resumes. */
+void td_client_tunnel_sent(client_t *c);
+
 /* 1 when the connection is TLS (for X-Forwarded-Proto and the sticky cookie's Secure). */
 static inline int td_client_is_tls(const client_t *c) {
     return td_stream_is_tls(&c->io);

@@ -13,8 +13,9 @@ void td_exchange_drop_upstream(client_t *c);
  * or the limit (or the buffer) is reached. */
 void td_exchange_body_buffered(client_t *c);
 
-/* Parses the request head; on success routes the request and starts the exchange. */
-void td_exchange_start(client_t *c);
+/* A request head was parsed (`req`, into the worker's header array; the client's fields are set
+ * from it): routes the request and starts the exchange, or answers it with td's own status. */
+void td_exchange_start(client_t *c, const td_http1_request_t *req);
 
 /* Sends what the upstream has not had yet of the current request (head, body bytes read so far;
  * in a tunnel, whatever the client sent). */

@@ -97,9 +97,11 @@ struct td_exchange_s {
 /* What a client connection reports to the exchange over it, through a table set when it is
  * accepted; each gets the connection. */
 typedef struct td_client_cbs_s {
-    /* Bytes of a new request head are buffered (state HEAD): parse it and start an exchange, or
-     * wait for more. */
-    void (*on_head)(client_t *c);
+    /* A request head was parsed into `req` (borrowed: pointers into the client's buffer and the
+     * worker's header array, valid during the call); the client is in state EXCHANGE with the
+     * head's framing, keep-alive and method set: start an exchange. Malformed, oversized or
+     * truncated heads are answered (400, 414, 431, 505) or closed by the client itself. */
+    void (*on_head)(client_t *c, const td_http1_request_t *req);
     /* New request-body bytes were accounted (EXCHANGE), or tunnel bytes came (TUNNEL). */
     void (*on_body)(client_t *c);
     /* A pending write to the client is done. Returns 1 when it was the exchange's, 0 when it was
