@@ -243,8 +243,8 @@ void td_exchange_start(client_t *c, const td_http1_request_t *reqp) {
             td_client_no_upgrade(c);
     }
     c->ex.idempotent = strcmp(c->method, "GET") == 0 || strcmp(c->method, "HEAD") == 0 ||
-                    strcmp(c->method, "OPTIONS") == 0 || strcmp(c->method, "PUT") == 0 ||
-                    strcmp(c->method, "DELETE") == 0 || strcmp(c->method, "TRACE") == 0;
+                       strcmp(c->method, "OPTIONS") == 0 || strcmp(c->method, "PUT") == 0 ||
+                       strcmp(c->method, "DELETE") == 0 || strcmp(c->method, "TRACE") == 0;
     c->ex.started_ms = td_now_ms();
     if (td_client_account_body(c) < 0) {
         td_client_no_keep_alive(c);
@@ -556,8 +556,8 @@ static int build_response_head(upstream_t *u, client_t *c, const td_http1_respon
 void td_exchange_done(upstream_t *u) {
     client_t *c = u->owner;
     worker_t *w = u->w;
-    int reusable = u->resp_keep_alive && c->req_done && c->ex.fwd == c->req_end && u->off == u->len &&
-                   !u->tunnel && !w->stopping;
+    int reusable = u->resp_keep_alive && c->req_done && c->ex.fwd == c->req_end &&
+                   u->off == u->len && !u->tunnel && !w->stopping;
     if (u->status >= 500 && c->ex.snap)
         td_passive_failure(c->ex.snap, u->st, td_now_ms());
     else
@@ -633,7 +633,8 @@ void td_exchange_response_pump(upstream_t *u) {
                     if (resp.body == TD_BODY_UNTIL_CLOSE || u->dechunk || c->w->stopping)
                         td_client_no_keep_alive(c);
                     if (!c->req_done)
-                        td_client_no_keep_alive(c); /* the rest of the request body cannot be skipped */
+                        td_client_no_keep_alive(
+                            c); /* the rest of the request body cannot be skipped */
                     td_exchange_count_response(c, u, resp.status);
                     if (resp.status == 101)
                         u->tunnel = 1;

@@ -46,7 +46,8 @@ void td_exchange_count_response(client_t *c, upstream_t *u, int status) {
     if (c->ex.b_inflight) {
         td_registry_backend_response(c->ex.b_inflight, status);
         if (td_registry_class(status) == TD_NCLASS - 1)
-            atomic_store_explicit(&c->ex.b_inflight->last_5xx_ms, td_now_ms(), memory_order_relaxed);
+            atomic_store_explicit(&c->ex.b_inflight->last_5xx_ms, td_now_ms(),
+                                  memory_order_relaxed);
     }
 }
 
@@ -58,7 +59,7 @@ void td_exchange_count_reply(client_t *c, int status) {
     if (c->ex.snap && status >= 500) {
         td_backend_stats_t *bst = c->ex.backend >= 0  ? c->ex.snap->backends[c->ex.backend].st
                                   : c->ex.forced >= 0 ? c->ex.snap->backends[c->ex.forced].st
-                                                   : c->ex.b_inflight;
+                                                      : c->ex.b_inflight;
         if (bst)
             td_registry_backend_response(bst, status);
         td_router_count_local(bst, status, td_now_ms());

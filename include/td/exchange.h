@@ -54,8 +54,8 @@ void td_exchange_release_server(client_t *c);
 void td_exchange_release_backend(client_t *c);
 
 /* A final (or 101) response head from the server on `u`: a request answered, of its class, for
- * the server and for the backend the request is in flight on (and, for a 5xx, the time, for the console's
- * "answering errors"). */
+ * the server and for the backend the request is in flight on (and, for a 5xx, the time, for the
+ * console's "answering errors"). */
 void td_exchange_count_response(client_t *c, upstream_t *u, int status);
 
 /* td's own answer `status`. A 5xx for a backend counts as that backend's: the one the request

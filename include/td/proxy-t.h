@@ -39,8 +39,8 @@
 #define POOL_IDLE_MS 60000 /* idle pooled upstream connections are closed after this */
 #define POOL_MAX_IDLE 256  /* idle connections kept per server and worker */
 #define MAX_SPANS 64
-#define TICK_MS 100    /* granularity of client timeouts */
-#define MAX_INTERIM 16 /* 1xx responses passed on before a final one; more is a 502 */
+#define TICK_MS 100         /* granularity of client timeouts */
+#define MAX_INTERIM 16      /* 1xx responses passed on before a final one; more is a 502 */
 #define CLIENT_ERR_BURST 10 /* lines a second per worker for each 4xx of td's own */
 #define LOCAL_ERR_BURST 1   /* lines a second per worker for td's own resource errors */
 
@@ -64,34 +64,34 @@ typedef struct td_exchange_s td_exchange_t;
  * exchange_stats.c; td_exchange_end releases what it holds. A second protocol on the client
  * side (HTTP/2: many exchanges over one connection) gives each stream one of these. */
 struct td_exchange_s {
-    client_t *down;                 /* borrowed: the client connection it answers on */
-    upstream_t *up;                 /* borrowed: the upstream of the current try, or NULL */
-    td_snapshot_t *snap;            /* one reference, held from routing to the end, or NULL */
-    int backend, server;            /* indices in snap of the current try, or -1 */
-    int pinned;                     /* backend named by a valid sticky cookie, or -1 */
-    int forced;                     /* backend named by a valid preview header, or -1 */
-    int sticky_set;                 /* backend to pin with Set-Cookie in the response, or -1 */
-    int tries;                      /* upstream tries so far (at most MAX_TRIES) */
-    uint32_t tried[MAX_TRIES];      /* flat server indices tried for this request */
-    uint8_t ntried;                 /* entries used in tried */
-    int status;                     /* status of the response sent, for the logs; 0 none yet */
-    uint64_t bytes_out;             /* response bytes handed to the client (head included) */
-    int64_t started_ms;             /* td_now_ms() at the parsed head; 0: no exchange */
-    char *path;                     /* owned: request-target, kept only while the access log is on */
-    char *last_error;               /* owned: why the last upstream try failed, for the 502 line */
-    td_server_stats_t *st_inflight; /* borrowed: server whose in_flight this request holds */
-    td_backend_stats_t *b_inflight; /* borrowed: backend whose in_flight this request holds */
-    td_backend_stats_t *b_tunnel;   /* borrowed: backend whose tunnel count this one holds */
+    client_t *down;            /* borrowed: the client connection it answers on */
+    upstream_t *up;            /* borrowed: the upstream of the current try, or NULL */
+    td_snapshot_t *snap;       /* one reference, held from routing to the end, or NULL */
+    int backend, server;       /* indices in snap of the current try, or -1 */
+    int pinned;                /* backend named by a valid sticky cookie, or -1 */
+    int forced;                /* backend named by a valid preview header, or -1 */
+    int sticky_set;            /* backend to pin with Set-Cookie in the response, or -1 */
+    int tries;                 /* upstream tries so far (at most MAX_TRIES) */
+    uint32_t tried[MAX_TRIES]; /* flat server indices tried for this request */
+    uint8_t ntried;            /* entries used in tried */
+    int status;                /* status of the response sent, for the logs; 0 none yet */
+    uint64_t bytes_out;        /* response bytes handed to the client (head included) */
+    int64_t started_ms;        /* td_now_ms() at the parsed head; 0: no exchange */
+    char *path;                /* owned: request-target, kept only while the access log is on */
+    char *last_error;          /* owned: why the last upstream try failed, for the 502 line */
+    td_server_stats_t *st_inflight;     /* borrowed: server whose in_flight this request holds */
+    td_backend_stats_t *b_inflight;     /* borrowed: backend whose in_flight this request holds */
+    td_backend_stats_t *b_tunnel;       /* borrowed: backend whose tunnel count this one holds */
     td_exchange_t *tun_prev, *tun_next; /* in the worker's tunnels while b_tunnel is set */
-    uint32_t fwd;          /* bytes of the client's buffer already written to the upstream */
-    uint8_t idempotent;    /* the method may be sent again (RFC 9110 §9.2.2) */
-    uint8_t head_sent;     /* the rewritten head went to the current upstream */
-    uint8_t body_sent;     /* request-body bytes went to the current upstream */
-    uint8_t discarded;     /* request bytes were dropped after sending: no replay */
-    uint8_t resp_started;  /* a response byte came from the upstream */
-    uint8_t buffering;     /* the body is read into the client's buffer before routing */
-    uint8_t continued;     /* td answered Expect: 100-continue itself: Expect is not forwarded */
-    uint8_t continue_out;  /* that 100 Continue is the client's pending write */
+    uint32_t fwd;         /* bytes of the client's buffer already written to the upstream */
+    uint8_t idempotent;   /* the method may be sent again (RFC 9110 §9.2.2) */
+    uint8_t head_sent;    /* the rewritten head went to the current upstream */
+    uint8_t body_sent;    /* request-body bytes went to the current upstream */
+    uint8_t discarded;    /* request bytes were dropped after sending: no replay */
+    uint8_t resp_started; /* a response byte came from the upstream */
+    uint8_t buffering;    /* the body is read into the client's buffer before routing */
+    uint8_t continued;    /* td answered Expect: 100-continue itself: Expect is not forwarded */
+    uint8_t continue_out; /* that 100 Continue is the client's pending write */
 };
 
 /* What a client connection reports to the exchange over it, through a table set when it is
@@ -163,17 +163,17 @@ struct worker_s {
      * and returns it (borrowed: the worker's reference; NULL before the first). An exchange calls
      * it before routing a request, so nothing below the worker calls up into it. */
     td_snapshot_t *(*snapshot)(worker_t *w);
-    int *wrr_b, *wrr_s;  /* owned: balancer scores per backend / per flat server index */
+    int *wrr_b, *wrr_s; /* owned: balancer scores per backend / per flat server index */
     size_t wrr_nb, wrr_ns;
-    pool_t *pools;       /* owned */
-    client_t *clients;   /* every open client connection (for a stop) */
+    pool_t *pools;          /* owned */
+    client_t *clients;      /* every open client connection (for a stop) */
     td_exchange_t *tunnels; /* the exchanges in a tunnel counted for a backend (for its drain) */
-    char *buf_cache[64]; /* owned: free client buffers, reused instead of malloc/free */
+    char *buf_cache[64];    /* owned: free client buffers, reused instead of malloc/free */
     int num_cached;
     td_log_limit_t local_err_rl;       /* the log of td's own resource errors */
     td_log_limit_t client_err_rl[100]; /* the logs of td's own 4xx, by status - 400 */
-    td_stream_loop_t sl;            /* the transport's per-loop state (TLS buffer and queue) */
-    td_timeout_queue_t tq[T_KINDS]; /* armed timeouts by kind */
+    td_stream_loop_t sl;               /* the transport's per-loop state (TLS buffer and queue) */
+    td_timeout_queue_t tq[T_KINDS];    /* armed timeouts by kind */
     td_http1_header_t hdrs[MAX_HDRS];
     const td_http1_request_t *parsed; /* the request td_exchange_start parsed into hdrs ... */
     const client_t *parsed_for;       /* ... for this client, while it routes it; else NULL */
@@ -202,13 +202,13 @@ struct client_s {
     td_timeout_t send_tmo; /* the timeout of a pending write to the client, when armed */
     size_t send_left;      /* bytes of that write not taken by the client at the last look */
     uint8_t state;
-    uint8_t writing;   /* a write to this client is pending */
-    uint8_t req_body;  /* td_http1_body_t of the request */
-    uint8_t req_done;  /* the whole request has been read */
-    uint8_t eof;       /* the client half-closed: answer what was read, then close */
+    uint8_t writing;  /* a write to this client is pending */
+    uint8_t req_body; /* td_http1_body_t of the request */
+    uint8_t req_done; /* the whole request has been read */
+    uint8_t eof;      /* the client half-closed: answer what was read, then close */
     uint8_t keep_alive, head_req, upgrade, minor, expect;
-    uint8_t resp_sent;    /* a final response head was written for the current request */
-    uint8_t close_after;  /* close once the pending write completes */
+    uint8_t resp_sent;   /* a final response head was written for the current request */
+    uint8_t close_after; /* close once the pending write completes */
     char ip[INET6_ADDRSTRLEN];
     char method[16];
     uint8_t listener;   /* index of the listener it came in on */
