@@ -209,6 +209,7 @@ void td_exchange_body_buffered(client_t *c) {
 void td_exchange_start(client_t *c, const td_http1_request_t *reqp) {
     worker_t *w = c->w;
     td_http1_request_t req = *reqp;
+    c->ex.down = c;
     if (strcmp(c->method, "CONNECT") == 0) {
         td_client_no_keep_alive(c);
         td_client_reply(c, 405, "Method Not Allowed",

@@ -45,9 +45,7 @@ static void close_stale_tls_pools(worker_t *w, const td_snapshot_t *old, const t
     }
 }
 
-/* Adopts the router's newest snapshot when it published one since the worker's (one atomic
- * load when not). */
-static void worker_refresh(worker_t *w) {
+void td_worker_refresh(worker_t *w) {
     if (w->snap && w->snap->version == td_router_version())
         return;
     td_snapshot_t *s = td_router_acquire();
@@ -120,7 +118,7 @@ static void on_accept(uv_stream_t *l, int status) {
         return;
     }
     c->listener = (uint8_t)((uv_tcp_t *)l - w->listeners);
-    worker_refresh(w);
+    td_worker_refresh(w);
     td_tls_server_t *tls = w->snap ? w->snap->listener_tls[c->listener] : NULL;
     if (tls && td_stream_tls_accept(&c->io, tls) < 0) {
         td_client_close(c);
@@ -159,7 +157,7 @@ static void tick_cb(uv_timer_t *timer) {
     td_log_local_error_flush(&w->local_err_rl, now_ms);
     if (++w->ticks % (1000 / TICK_MS))
         return;
-    worker_refresh(w);
+    td_worker_refresh(w);
     if (!w->snap)
         return;
     int64_t now = td_now_ms(), drain_ms = w->snap->config->timeouts.drain_ms;
@@ -235,7 +233,7 @@ static void worker_main(void *arg) {
 
 /* worker_t.snapshot: what an exchange calls before it routes a request. */
 static td_snapshot_t *worker_snapshot(worker_t *w) {
-    worker_refresh(w);
+    td_worker_refresh(w);
     return w->snap;
 }
 
