@@ -33,9 +33,10 @@ static void buf_put(worker_t *w, char *buf) {
 
 static void client_process(client_t *c);
 
+static td_http1_limits_t limits = {8192, CBUF_SIZE, MAX_HDRS};
+
 int td_client_timeout_ms(const client_t *c, int which) {
-    const td_snapshot_t *s = c->snap ? c->snap : c->w->snap;
-    const td_config_timeouts_t *t = &s->config->timeouts;
+    const td_config_timeouts_t *t = c->timeouts ? c->timeouts : &c->w->snap->config->timeouts;
     switch (which) {
     case 0:
         return t->client_header_ms;
@@ -87,8 +88,6 @@ int td_client_buf_grow(client_t *c, uint32_t cap) {
 static void client_free_cb(td_stream_t *s) {
     client_t *c = td_stream_owner(s);
     client_buf_put(c);
-    free(c->last_error);
-    free(c->path);
     free(c);
 }
 
@@ -96,8 +95,6 @@ void td_client_close(client_t *c) {
     if (c->state == C_CLOSING)
         return;
     c->state = C_CLOSING;
-    if (c->started_ms && !c->status)
-        c->status = 499; /* the client went away before its answer: the access log says so */
     c->cbs->on_close(c);
     if (c->prev)
         c->prev->next = c->next;
@@ -188,6 +185,17 @@ void td_client_send_timeout(client_t *c, int64_t now) {
     td_client_close(c);
 }
 
+void td_client_log_flush(worker_t *w, int64_t now_ms) {
+    for (int i = 0; i < 100; i++) {
+        td_log_limit_t *l = &w->client_err_rl[i];
+        if (!l->start_ms)
+            continue;
+        uint32_t n = td_log_limit_flush(l, now_ms);
+        if (n)
+            td_warn("%u more %d in the last second", n, 400 + i);
+    }
+}
+
 void td_client_error(client_t *c, int status, const char *why) {
     if (c->state == C_CLOSING)
         return;
@@ -195,7 +203,15 @@ void td_client_error(client_t *c, int status, const char *why) {
         td_client_close(c);
         return;
     }
+    if (status >= 400 && status < 500) {
+        /* A client's fault: a flood of them (slowloris) must not flood the log. */
+        int64_t now = td_now_ms();
+        td_client_log_flush(c->w, now);
+        if (!td_log_limit_take(&c->w->client_err_rl[status - 400], CLIENT_ERR_BURST, now))
+            goto reply;
+    }
     td_warn("%d %s %s: %s", status, c->ip, c->method[0] ? c->method : "-", why);
+reply:
     td_client_reply(c, status, td_http_reason(status), "");
 }
 
@@ -219,9 +235,6 @@ void td_client_reply(client_t *c, int status, const char *reason, const char *he
         return;
     }
     c->resp_sent = 1;
-    c->status = status;
-    if (!c->started_ms)
-        c->started_ms = td_now_ms();
     c->close_after = !keep;
     td_iov_t iov = td_iov(p, (unsigned)n);
     int r = td_stream_write(&c->io, &iov, 1, 1, td_client_write_done_cb);
@@ -235,6 +248,63 @@ void td_client_reply(client_t *c, int status, const char *reason, const char *he
     } else {
         td_client_next(c);
     }
+}
+
+int td_client_send(client_t *c, td_iov_t *iov, unsigned n, int volatile_first, int final_head) {
+    if (final_head)
+        c->resp_sent = 1; /* td can no longer answer with its own status */
+    int r = td_stream_write(&c->io, iov, n, volatile_first, td_client_write_done_cb);
+    if (r == 1)
+        td_client_send_wait(c);
+    return r;
+}
+
+void td_client_use_timeouts(client_t *c, const td_config_timeouts_t *t) {
+    c->timeouts = t;
+}
+
+void td_client_end(client_t *c) {
+    if (c->keep_alive && c->req_done && !c->close_after)
+        td_client_next(c);
+    else
+        td_client_close(c);
+}
+
+void td_client_no_keep_alive(client_t *c) {
+    c->keep_alive = 0;
+}
+
+void td_client_no_upgrade(client_t *c) {
+    c->upgrade = 0;
+}
+
+void td_client_close_after_write(client_t *c) {
+    c->close_after = 1;
+}
+
+void td_client_timer_stop(client_t *c) {
+    td_timeout_stop(&c->tmo);
+}
+
+void td_client_drop_sent(client_t *c) {
+    c->len = c->req_end = c->head_len = 0;
+}
+
+void td_client_tunnel(client_t *c) {
+    c->state = C_TUNNEL;
+    td_timeout_stop(&c->tmo);
+    if (c->len > c->req_end) {
+        memmove(c->buf, c->buf + c->req_end, c->len - c->req_end);
+        c->len -= c->req_end;
+    } else {
+        c->len = 0;
+    }
+    c->req_end = c->head_len = 0;
+}
+
+void td_client_tunnel_sent(client_t *c) {
+    c->len = 0;
+    td_client_read(c, 1);
 }
 
 /* A client's deadline passed. */
@@ -268,17 +338,11 @@ void td_client_next(client_t *c) {
     if (rest && c->req_end)
         memmove(c->buf, c->buf + c->req_end, rest);
     c->len = rest;
-    c->head_len = c->req_end = c->fwd = 0;
+    c->head_len = c->req_end = 0;
     c->body_left = 0;
     memset(&c->chunk, 0, sizeof(c->chunk));
-    c->req_done = c->discarded = c->head_sent = c->body_sent = c->resp_started = c->resp_sent = 0;
-    c->close_after = c->buffering = c->continued = c->continue_out = 0;
+    c->req_done = c->resp_sent = c->close_after = 0;
     c->upgrade = c->expect = 0;
-    c->backend = c->server = c->sticky_set = c->pinned = -1;
-    c->tries = 0;
-    c->ntried = 0;
-    free(c->last_error);
-    c->last_error = NULL;
     c->method[0] = 0;
     c->state = C_HEAD;
     if (!rest) {
@@ -297,6 +361,61 @@ void td_client_next(client_t *c) {
     client_process(c);
 }
 
+/* Parses the request head at the start of buf. Returns 1 with `req` and the connection's fields
+ * set (state EXCHANGE), or 0 when the head is incomplete (waits for more), or answered or closed
+ * here (a malformed or oversized head). */
+static int client_parse_head(client_t *c, td_http1_request_t *req) {
+    worker_t *w = c->w;
+    int r = td_http1_parse_request(c->buf, c->len, &limits, req, w->hdrs, MAX_HDRS);
+    if (r == TD_EAGAIN) {
+        if (c->len >= CBUF_SIZE)
+            td_client_error(c, 431, "request head too large");
+        else if (c->eof)
+            td_client_close(c); /* half a head and no more to come */
+        return 0;
+    }
+    if (r < 0) {
+        c->keep_alive = 0;
+        c->req_done = 0;
+        switch (r) {
+        case TD_EURITOOLONG:
+            td_client_error(c, 414, "request line too long");
+            break;
+        case TD_EHDRTOOLARGE:
+            td_client_error(c, 431, "request head too large");
+            break;
+        case TD_EVERSION:
+            td_client_error(c, 505, "unsupported HTTP version");
+            break;
+        default: {
+            /* The log names the method (when the line has one) and the rule that was broken. */
+            size_t m = 0;
+            while (m < sizeof(c->method) - 1 && m < c->len && c->buf[m] > ' ' && c->buf[m] < 0x7f)
+                m++;
+            memcpy(c->method, c->buf, m);
+            c->method[m] = 0;
+            td_client_error(c, 400, td_http1_request_problem(c->buf, c->len));
+            break;
+        }
+        }
+        return 0;
+    }
+    td_timeout_stop(&c->tmo);
+    c->state = C_EXCHANGE;
+    c->head_len = c->req_end = (uint32_t)r;
+    c->req_body = (uint8_t)req->body;
+    c->body_left = req->body == TD_BODY_LENGTH ? req->content_length : 0;
+    c->keep_alive = req->keep_alive;
+    c->head_req = req->head;
+    c->upgrade = req->upgrade;
+    c->minor = (uint8_t)req->minor_version;
+    c->expect = req->expect_continue;
+    size_t ml = req->method.len < sizeof(c->method) - 1 ? req->method.len : sizeof(c->method) - 1;
+    memcpy(c->method, req->method.p, ml);
+    c->method[ml] = 0;
+    return 1;
+}
+
 /* Takes the requests buffered in c->buf one after another. An exchange that ends at once (an
  * error or redirect of td's own, answered with one write) calls td_client_next, which lands here
  * again further down the stack: that call only notes that there is more, and this loop takes
@@ -310,7 +429,9 @@ static void client_process(client_t *c) {
     c->processing = 1;
     do {
         c->more = 0;
-        c->cbs->on_head(c);
+        td_http1_request_t req;
+        if (client_parse_head(c, &req))
+            c->cbs->on_head(c, &req);
     } while (c->more && c->state == C_HEAD);
     c->processing = 0;
 }

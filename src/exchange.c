@@ -17,7 +17,6 @@
 #include "td/stream.h"
 #include "td/timeout.h"
 #include "td/upstream.h"
-#include "td/worker.h"
 
 static td_http1_limits_t limits = {8192, CBUF_SIZE, MAX_HDRS};
 
@@ -26,28 +25,23 @@ static void pick_and_connect(client_t *c);
 /* The servers a request has tried: few (at most MAX_TRIES), so a short list of flat indices
  * covers every server of a snapshot of any size. */
 static int tried_has(const client_t *c, size_t flat) {
-    for (uint8_t i = 0; i < c->ntried; i++)
-        if (c->tried[i] == flat)
+    for (uint8_t i = 0; i < c->ex.ntried; i++)
+        if (c->ex.tried[i] == flat)
             return 1;
     return 0;
 }
 
 static void tried_add(client_t *c, size_t flat) {
-    if (c->ntried < MAX_TRIES && !tried_has(c, flat))
-        c->tried[c->ntried++] = (uint32_t)flat;
+    if (c->ex.ntried < MAX_TRIES && !tried_has(c, flat))
+        c->ex.tried[c->ex.ntried++] = (uint32_t)flat;
 }
 
 static void tried_del(client_t *c, size_t flat) {
-    for (uint8_t i = 0; i < c->ntried; i++)
-        if (c->tried[i] == flat) {
-            c->tried[i] = c->tried[--c->ntried];
+    for (uint8_t i = 0; i < c->ex.ntried; i++)
+        if (c->ex.tried[i] == flat) {
+            c->ex.tried[i] = c->ex.tried[--c->ex.ntried];
             return;
         }
-}
-
-int td_exchange_class_of(int status) {
-    int k = status / 100 - 1;
-    return k < 0 ? 0 : k > 4 ? 4 : k;
 }
 
 static td_str_t find_header(const td_http1_header_t *h, size_t n, const char *lower) {
@@ -62,24 +56,24 @@ static td_str_t find_header(const td_http1_header_t *h, size_t n, const char *lo
  * log when there is one: {"time","client","method","path","status","bytes","duration_ms",
  * "backend","server"}. */
 static void exchange_log(client_t *c) {
-    if (!c->started_ms || !c->status)
+    if (!c->ex.started_ms || !c->ex.status)
         return;
-    int64_t ms = td_now_ms() - c->started_ms;
-    if (c->b_inflight)
-        td_router_observe(c->b_inflight, ms);
+    int64_t ms = td_now_ms() - c->ex.started_ms;
+    if (c->ex.b_inflight)
+        td_router_observe(c->ex.b_inflight, ms);
     worker_t *w = c->w;
     if (!td_access_log_on(&w->alog))
         return;
     td_access_entry_t e = {
         .client = c->ip,
         .method = c->method,
-        .path = c->path ? c->path : "",
-        .status = c->status,
-        .bytes = c->bytes_out,
+        .path = c->ex.path ? c->ex.path : "",
+        .status = c->ex.status,
+        .bytes = c->ex.bytes_out,
         .duration_ms = ms,
-        .backend = c->snap && c->backend >= 0 ? c->snap->backends[c->backend].name : "",
-        .server = c->snap && c->backend >= 0 && c->server >= 0
-                      ? c->snap->backends[c->backend].servers[c->server].addr.text
+        .backend = c->ex.snap && c->ex.backend >= 0 ? c->ex.snap->backends[c->ex.backend].name : "",
+        .server = c->ex.snap && c->ex.backend >= 0 && c->ex.server >= 0
+                      ? c->ex.snap->backends[c->ex.backend].servers[c->ex.server].addr.text
                       : "",
     };
     td_access_log_write(&w->alog, &e);
@@ -87,25 +81,40 @@ static void exchange_log(client_t *c) {
 
 void td_exchange_end(client_t *c) {
     exchange_log(c);
-    c->started_ms = 0;
-    c->status = 0;
-    c->bytes_out = 0;
-    free(c->path);
-    c->path = NULL;
+    c->ex.started_ms = 0;
+    c->ex.status = 0;
+    c->ex.bytes_out = 0;
+    free(c->ex.path);
+    c->ex.path = NULL;
     td_exchange_release_server(c);
     td_exchange_release_backend(c);
-    if (c->snap) {
-        td_snapshot_release(c->snap);
-        c->snap = NULL;
+    if (c->ex.snap) {
+        td_client_use_timeouts(c, NULL);
+        td_snapshot_release(c->ex.snap);
+        c->ex.snap = NULL;
     }
+}
+
+/* The client goes on to its next request: the exchange starts again from nothing. */
+static void exchange_next(client_t *c) {
+    td_exchange_t *x = &c->ex;
+    td_exchange_end(c);
+    x->fwd = 0;
+    x->discarded = x->head_sent = x->body_sent = x->resp_started = 0;
+    x->buffering = x->continued = x->continue_out = 0;
+    x->backend = x->server = x->sticky_set = x->pinned = -1;
+    x->tries = 0;
+    x->ntried = 0;
+    free(x->last_error);
+    x->last_error = NULL;
 }
 
 /* Detaches and closes the exchange's upstream connection (it cannot be reused). */
 void td_exchange_drop_upstream(client_t *c) {
-    upstream_t *u = c->up;
+    upstream_t *u = c->ex.up;
     if (!u)
         return;
-    c->up = NULL;
+    c->ex.up = NULL;
     u->owner = NULL;
     td_exchange_release_server(c);
     td_upstream_close(u);
@@ -123,7 +132,7 @@ static void redirect_https(client_t *c, const td_http1_request_t *req,
     if (colon && (!close || colon > close))
         hl = (size_t)(colon - host.p);
     if (!hl || req->target.len == 0 || req->target.p[0] != '/') {
-        c->keep_alive = 0;
+        td_client_no_keep_alive(c);
         td_client_error(c, 400, "redirect to https needs a Host and an origin-form target");
         return;
     }
@@ -150,7 +159,7 @@ static void redirect_https(client_t *c, const td_http1_request_t *req,
  * field is not forwarded. Returns 1 when buffering started (routing waits for
  * td_exchange_body_buffered), 0 to route now. */
 static int body_buffer_start(client_t *c) {
-    uint32_t max = (uint32_t)c->snap->config->request_buffering.max_bytes;
+    uint32_t max = (uint32_t)c->ex.snap->config->request_buffering.max_bytes;
     if (c->req_done || !max || c->upgrade)
         return 0;
     uint64_t want = max;
@@ -162,20 +171,18 @@ static int body_buffer_start(client_t *c) {
     uint64_t cap = (uint64_t)c->head_len + want + (c->len - c->req_end);
     if (cap > UINT32_MAX || td_client_buf_grow(c, (uint32_t)cap) < 0)
         return 0; /* no memory for it: streamed as without buffering */
-    c->buffering = 1;
+    c->ex.buffering = 1;
     if (c->expect && c->minor >= 1) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
         td_iov_t iov = td_iov((char *)cont, sizeof(cont) - 1);
-        int r = td_stream_write(&c->io, &iov, 1, 0, td_client_write_done_cb);
+        int r = td_client_send(c, &iov, 1, 0, 0);
         if (r < 0) {
             td_client_close(c);
             return 1;
         }
-        c->continued = 1;
-        if (r == 1) {
-            c->continue_out = 1;
-            td_client_send_wait(c);
-        }
+        c->ex.continued = 1;
+        if (r == 1)
+            c->ex.continue_out = 1;
     }
     td_client_timer(c, T_HEADER);
     td_client_read(c, 1);
@@ -185,72 +192,26 @@ static int body_buffer_start(client_t *c) {
 /* While buffering: new body bytes were accounted. Routes the request once the body is whole,
  * or the limit (or the buffer) is reached. */
 void td_exchange_body_buffered(client_t *c) {
-    uint32_t max = (uint32_t)c->snap->config->request_buffering.max_bytes;
+    uint32_t max = (uint32_t)c->ex.snap->config->request_buffering.max_bytes;
     if (!c->req_done && c->req_end - c->head_len < max && c->len < c->cap) {
         td_client_timer(c, T_HEADER); /* the body timeout runs between two reads */
         return;
     }
-    c->buffering = 0;
-    td_timeout_stop(
-        &c->tmo); /* from here as without buffering: the upstream side sets the timeouts */
+    c->ex.buffering = 0;
+    td_client_timer_stop(c); /* from here as without buffering: the upstream sets the timeouts */
     if (c->req_done)
         td_client_read(c, 0); /* what comes now is a pipelined request: it waits */
     pick_and_connect(c);
 }
 
-/* Parses the request head; on success routes the request and starts the exchange. */
-void td_exchange_start(client_t *c) {
+/* A request head was parsed (`req`, into the worker's header array; the client's fields are set
+ * from it): routes the request and starts the exchange, or answers it with td's own status. */
+void td_exchange_start(client_t *c, const td_http1_request_t *reqp) {
     worker_t *w = c->w;
-    td_http1_request_t req;
-    int r = td_http1_parse_request(c->buf, c->len, &limits, &req, w->hdrs, MAX_HDRS);
-    if (r == TD_EAGAIN) {
-        if (c->len >= CBUF_SIZE)
-            td_client_error(c, 431, "request head too large");
-        else if (c->eof)
-            td_client_close(c); /* half a head and no more to come */
-        return;
-    }
-    if (r < 0) {
-        c->keep_alive = 0;
-        c->req_done = 0;
-        switch (r) {
-        case TD_EURITOOLONG:
-            td_client_error(c, 414, "request line too long");
-            break;
-        case TD_EHDRTOOLARGE:
-            td_client_error(c, 431, "request head too large");
-            break;
-        case TD_EVERSION:
-            td_client_error(c, 505, "unsupported HTTP version");
-            break;
-        default: {
-            /* The log names the method (when the line has one) and the rule that was broken. */
-            size_t m = 0;
-            while (m < sizeof(c->method) - 1 && m < c->len && c->buf[m] > ' ' && c->buf[m] < 0x7f)
-                m++;
-            memcpy(c->method, c->buf, m);
-            c->method[m] = 0;
-            td_client_error(c, 400, td_http1_request_problem(c->buf, c->len));
-            break;
-        }
-        }
-        return;
-    }
-    td_timeout_stop(&c->tmo);
-    c->state = C_EXCHANGE;
-    c->head_len = c->req_end = (uint32_t)r;
-    c->req_body = (uint8_t)req.body;
-    c->body_left = req.body == TD_BODY_LENGTH ? req.content_length : 0;
-    c->keep_alive = req.keep_alive;
-    c->head_req = req.head;
-    c->upgrade = req.upgrade;
-    c->minor = (uint8_t)req.minor_version;
-    c->expect = req.expect_continue;
-    size_t ml = req.method.len < sizeof(c->method) - 1 ? req.method.len : sizeof(c->method) - 1;
-    memcpy(c->method, req.method.p, ml);
-    c->method[ml] = 0;
+    td_http1_request_t req = *reqp;
+    c->ex.down = c;
     if (strcmp(c->method, "CONNECT") == 0) {
-        c->keep_alive = 0;
+        td_client_no_keep_alive(c);
         td_client_reply(c, 405, "Method Not Allowed",
                         "Allow: GET, HEAD, POST, PUT, DELETE, "
                         "PATCH, OPTIONS\r\n");
@@ -260,7 +221,7 @@ void td_exchange_start(client_t *c) {
         find_header(req.headers, req.num_headers, "host").p) {
         /* "Host:" with an empty value and no authority in the target: there is no host to
          * forward, and adding one would make two Host fields. nginx refuses it the same way. */
-        c->keep_alive = 0;
+        td_client_no_keep_alive(c);
         td_client_error(c, 400, "empty Host");
         return;
     }
@@ -269,7 +230,7 @@ void td_exchange_start(client_t *c) {
          * RFC 9112 §6.1 asks for 501. */
         td_str_t te = find_header(req.headers, req.num_headers, "transfer-encoding");
         if (te.len != 7 || !td_http1_name_is(te, "chunked")) {
-            c->keep_alive = 0;
+            td_client_no_keep_alive(c);
             td_warn("501 %s %s: transfer coding \"%.*s\" not supported", c->ip, c->method,
                     (int)(te.len > 64 ? 64 : te.len), te.p);
             td_client_reply(c, 501, "Not Implemented", "");
@@ -280,34 +241,35 @@ void td_exchange_start(client_t *c) {
         /* h2c through a reverse proxy is a known smuggling vector: it is not passed on. */
         td_str_t up = find_header(req.headers, req.num_headers, "upgrade");
         if (td_http1_list_has(up, "h2c"))
-            c->upgrade = 0;
+            td_client_no_upgrade(c);
     }
-    c->idempotent = strcmp(c->method, "GET") == 0 || strcmp(c->method, "HEAD") == 0 ||
-                    strcmp(c->method, "OPTIONS") == 0 || strcmp(c->method, "PUT") == 0 ||
-                    strcmp(c->method, "DELETE") == 0 || strcmp(c->method, "TRACE") == 0;
-    c->started_ms = td_now_ms();
+    c->ex.idempotent = strcmp(c->method, "GET") == 0 || strcmp(c->method, "HEAD") == 0 ||
+                       strcmp(c->method, "OPTIONS") == 0 || strcmp(c->method, "PUT") == 0 ||
+                       strcmp(c->method, "DELETE") == 0 || strcmp(c->method, "TRACE") == 0;
+    c->ex.started_ms = td_now_ms();
     if (td_client_account_body(c) < 0) {
-        c->keep_alive = 0;
+        td_client_no_keep_alive(c);
         td_client_error(c, 400, "invalid chunked body");
         return;
     }
-    td_worker_refresh(w);
-    if (!w->snap) {
+    td_snapshot_t *snap = w->snapshot(w);
+    if (!snap) {
         td_client_error(c, 503, "no routing configuration");
         return;
     }
-    c->snap = w->snap;
-    td_snapshot_retain(c->snap);
-    c->backend = c->server = c->sticky_set = c->pinned = c->forced = -1;
+    c->ex.snap = snap;
+    td_snapshot_retain(c->ex.snap);
+    td_client_use_timeouts(c, &snap->config->timeouts);
+    c->ex.backend = c->ex.server = c->ex.sticky_set = c->ex.pinned = c->ex.forced = -1;
     if (td_access_log_on(&w->alog))
-        c->path = strndup(req.target.p, req.target.len < 512 ? req.target.len : 512);
-    const td_config_t *pcfg = c->snap->config;
+        c->ex.path = strndup(req.target.p, req.target.len < 512 ? req.target.len : 512);
+    const td_config_t *pcfg = c->ex.snap->config;
     if (c->listener < pcfg->num_listeners && pcfg->listeners[c->listener].redirect_https) {
         redirect_https(c, &req, &pcfg->listeners[c->listener]);
         return;
     }
-    c->forced = td_router_preview(c->snap, &req);
-    c->pinned = td_router_sticky_pin(c->snap, &req, td_wall_ms() / 1000, td_now_ms());
+    c->ex.forced = td_router_preview(c->ex.snap, &req);
+    c->ex.pinned = td_router_sticky_pin(c->ex.snap, &req, td_wall_ms() / 1000, td_now_ms());
     if (body_buffer_start(c))
         return;
     /* A pooled connection takes the head at once, as parsed: build_request_head may use it. */
@@ -330,14 +292,14 @@ static int build_request_head(client_t *c) {
     td_rewrite_request_t r = {
         .req = &req,
         .head_end = c->buf + c->head_len,
-        .preview_header = c->snap ? c->snap->config->preview_header : NULL,
+        .preview_header = c->ex.snap ? c->ex.snap->config->preview_header : NULL,
         .client_ip = c->ip,
-        .default_host = c->snap && c->backend >= 0 && c->server >= 0
-                            ? c->snap->backends[c->backend].servers[c->server].addr.text
+        .default_host = c->ex.snap && c->ex.backend >= 0 && c->ex.server >= 0
+                            ? c->ex.snap->backends[c->ex.backend].servers[c->ex.server].addr.text
                             : NULL,
-        .https = td_stream_is_tls(&c->io),
+        .https = td_client_is_tls(c),
         .upgrade = c->upgrade,
-        .drop_expect = c->continued,
+        .drop_expect = c->ex.continued,
     };
     return td_rewrite_request(&r, w->scratch, sizeof(w->scratch));
 }
@@ -345,7 +307,7 @@ static int build_request_head(client_t *c) {
 /* Sends what the upstream has not had yet of the current request (head, body bytes read so far;
  * in a tunnel, whatever the client sent). */
 void td_exchange_request_send(client_t *c) {
-    upstream_t *u = c->up;
+    upstream_t *u = c->ex.up;
     while (u && u->state == U_BUSY && !u->writing && c->state != C_CLOSING) {
         td_iov_t iov[2];
         unsigned n = 0;
@@ -355,21 +317,21 @@ void td_exchange_request_send(client_t *c) {
                 return;
             iov[n++] = td_iov(c->buf, c->len);
         } else {
-            if (!c->head_sent) {
+            if (!c->ex.head_sent) {
                 int hl = build_request_head(c);
                 if (hl < 0) {
-                    c->keep_alive = 0;
+                    td_client_no_keep_alive(c);
                     td_client_error(c, 400, "request head cannot be forwarded");
                     return;
                 }
                 iov[n++] = td_iov(c->w->scratch, (unsigned)hl);
                 volatile_first = 1;
-                c->fwd = c->head_len;
-                c->head_sent = 1;
+                c->ex.fwd = c->head_len;
+                c->ex.head_sent = 1;
             }
-            if (c->req_end > c->fwd) {
-                iov[n++] = td_iov(c->buf + c->fwd, c->req_end - c->fwd);
-                c->body_sent = 1;
+            if (c->req_end > c->ex.fwd) {
+                iov[n++] = td_iov(c->buf + c->ex.fwd, c->req_end - c->ex.fwd);
+                c->ex.body_sent = 1;
             }
             if (n == 0)
                 return;
@@ -381,11 +343,11 @@ void td_exchange_request_send(client_t *c) {
         }
         if (r == 1) {
             td_client_read(c, 0);
-            td_timeout_stop(&c->tmo); /* waiting on the upstream is not the client's delay */
+            td_client_timer_stop(c); /* waiting on the upstream is not the client's delay */
             return;
         }
         td_exchange_request_written(c);
-        u = c->up;
+        u = c->ex.up;
         if (c->state != C_TUNNEL)
             return; /* td_exchange_request_written decided what comes next */
     }
@@ -394,18 +356,18 @@ void td_exchange_request_send(client_t *c) {
 /* All bytes handed to the upstream so far have been written. */
 void td_exchange_request_written(client_t *c) {
     if (c->state == C_TUNNEL) {
-        c->len = 0;
-        td_client_read(c, 1);
+        td_client_tunnel_sent(c);
         return;
     }
-    c->fwd = c->req_end;
-    if (c->up && c->req_done)
-        td_upstream_timer(c->up, T_RESPONSE, td_client_timeout_ms(c, T_RESPONSE));
+    c->ex.fwd = c->req_end;
+    if (c->ex.up && c->req_done)
+        td_upstream_timer(c->ex.up, T_RESPONSE, td_client_timeout_ms(c, T_RESPONSE));
     if (!c->req_done) {
         /* Body still coming: make room, giving up replay only when the buffer runs short. */
         if (c->cap - c->len < 4096) {
-            c->len = c->req_end = c->fwd = c->head_len = 0;
-            c->discarded = 1;
+            td_client_drop_sent(c);
+            c->ex.fwd = 0;
+            c->ex.discarded = 1;
         }
         td_client_timer(c, T_HEADER);
         td_client_read(c, 1);
@@ -413,11 +375,11 @@ void td_exchange_request_written(client_t *c) {
     }
     /* The whole request is out. The client stays readable (no epoll change per request): a
      * pipelined request that comes now stops reading until this exchange ends. */
-    td_timeout_stop(&c->tmo);
+    td_client_timer_stop(c);
 }
 
 static const char *unreachable(const client_t *c) {
-    return c->last_error ? c->last_error : "no upstream server could be reached";
+    return c->ex.last_error ? c->ex.last_error : "no upstream server could be reached";
 }
 
 /* The upstream connection failed during an exchange: retry on another server when that is
@@ -438,11 +400,12 @@ void td_exchange_upstream_fail(upstream_t *u, const char *why, int kind) {
         snprintf(what, sizeof(what),
                  "cannot connect to upstream %s (%s): %s; answering 503, no passive failure",
                  st->address, st->backend, why);
-        td_worker_local_error_log(u->w, what);
+        td_log_local_error(&u->w->local_err_rl, LOCAL_ERR_BURST, what);
         if (!c)
             return;
-        c->backend = c->server = -1;
-        c->keep_alive = c->keep_alive && c->req_done;
+        c->ex.backend = c->ex.server = -1;
+        if (!c->req_done)
+            td_client_no_keep_alive(c);
         if (c->resp_sent || c->writing)
             td_client_close(c);
         else
@@ -450,34 +413,34 @@ void td_exchange_upstream_fail(upstream_t *u, const char *why, int kind) {
         return;
     }
     int64_t now = td_now_ms();
-    if (kind == F_CONNECT || (kind == F_IO && fresh && (!c || !c->resp_started))) {
-        td_snapshot_t *s = c && c->snap ? c->snap : u->w->snap;
+    if (kind == F_CONNECT || (kind == F_IO && fresh && (!c || !c->ex.resp_started))) {
+        td_snapshot_t *s = c && c->ex.snap ? c->ex.snap : u->w->snap;
         if (s)
             td_passive_failure(s, st, now);
         td_debug("upstream %s (%s): %s", st->address, st->backend, why);
     }
     if (!c)
         return;
-    free(c->last_error);
-    if (asprintf(&c->last_error, "upstream %s (%s): %s", st->address, st->backend, why) < 0)
-        c->last_error = NULL;
-    if (!fresh && kind == F_IO && !c->resp_started && c->snap && c->backend >= 0 &&
-        c->server >= 0) {
+    free(c->ex.last_error);
+    if (asprintf(&c->ex.last_error, "upstream %s (%s): %s", st->address, st->backend, why) < 0)
+        c->ex.last_error = NULL;
+    if (!fresh && kind == F_IO && !c->ex.resp_started && c->ex.snap && c->ex.backend >= 0 &&
+        c->ex.server >= 0) {
         /* A pooled connection the server closed as the request crossed it says nothing about
          * the server: the retry is free and may go to the same server (nginx does the same). */
-        tried_del(c, c->snap->backends[c->backend].first_server + (size_t)c->server);
-        if (c->tries > 0)
-            c->tries--;
+        tried_del(c, c->ex.snap->backends[c->ex.backend].first_server + (size_t)c->ex.server);
+        if (c->ex.tries > 0)
+            c->ex.tries--;
     }
     /* RFC 9110 §9.2.2: an idempotent request may be sent again; another one only when none of
      * its bytes reached the upstream (a connect failure), body or not: the server may have acted
      * on a POST whose head alone it read (nginx's proxy_next_upstream without non_idempotent).
      * That holds for the free retry of a pooled connection too. */
-    int safe = !c->resp_started && !c->discarded &&
-               (kind == F_CONNECT || (kind == F_IO && (c->idempotent || !c->head_sent)));
-    if (safe && c->tries < MAX_TRIES) {
-        c->fwd = 0;
-        c->head_sent = c->body_sent = 0;
+    int safe = !c->ex.resp_started && !c->ex.discarded &&
+               (kind == F_CONNECT || (kind == F_IO && (c->ex.idempotent || !c->ex.head_sent)));
+    if (safe && c->ex.tries < MAX_TRIES) {
+        c->ex.fwd = 0;
+        c->ex.head_sent = c->ex.body_sent = 0;
         pick_and_connect(c);
         return;
     }
@@ -485,7 +448,8 @@ void td_exchange_upstream_fail(upstream_t *u, const char *why, int kind) {
         td_warn("%s %s: %s; response cut short", c->ip, c->method, unreachable(c));
         td_client_close(c);
     } else {
-        c->keep_alive = c->keep_alive && c->req_done;
+        if (!c->req_done)
+            td_client_no_keep_alive(c);
         td_client_error(c, kind == F_TIMEOUT ? 504 : 502, unreachable(c));
     }
 }
@@ -496,29 +460,29 @@ static const td_upstream_cbs_t upstream_cbs;
 /* Chooses a backend and a server for the request (or the next try) and connects. */
 static void pick_and_connect(client_t *c) {
     worker_t *w = c->w;
-    td_snapshot_t *s = c->snap;
+    td_snapshot_t *s = c->ex.snap;
     int64_t now = td_now_ms();
     uint8_t exhausted[TD_CONFIG_MAX_BACKENDS] = {0};
     for (;;) {
-        if (c->tries >= MAX_TRIES) {
+        if (c->ex.tries >= MAX_TRIES) {
             td_client_error(c, 502, unreachable(c));
             return;
         }
-        int bi = c->backend;
+        int bi = c->ex.backend;
         if (bi >= 0 && exhausted[bi])
             bi = -1;
-        if (c->forced >= 0) {
+        if (c->ex.forced >= 0) {
             /* Preview: this backend only, whatever its weight. */
-            if (exhausted[c->forced] || !td_backend_is_up(&s->backends[c->forced], now)) {
-                td_client_error(c, c->tries ? 502 : 503, "preview backend has no server up");
+            if (exhausted[c->ex.forced] || !td_backend_is_up(&s->backends[c->ex.forced], now)) {
+                td_client_error(c, c->ex.tries ? 502 : 503, "preview backend has no server up");
                 return;
             }
-            bi = c->forced;
+            bi = c->ex.forced;
         } else if (bi < 0) {
-            int pinned = c->tries == 0 ? c->pinned : -1;
+            int pinned = c->ex.tries == 0 ? c->ex.pinned : -1;
             bi = td_router_pick_backend(s, w->wrr_b, pinned, exhausted, now);
             if (bi < 0) {
-                if (c->tries == 0)
+                if (c->ex.tries == 0)
                     td_client_error(c, 503, "no backend with weight above 0 is up");
                 else
                     td_client_error(c, 502, unreachable(c));
@@ -529,26 +493,26 @@ static void pick_and_connect(client_t *c) {
         uint8_t tried[TD_CONFIG_MAX_SERVERS];
         size_t ns = b->num_servers < TD_CONFIG_MAX_SERVERS ? b->num_servers : TD_CONFIG_MAX_SERVERS;
         memset(tried, 0, ns);
-        for (uint8_t i = 0; i < c->ntried; i++)
-            if (c->tried[i] >= b->first_server && c->tried[i] - b->first_server < ns)
-                tried[c->tried[i] - b->first_server] = 1;
+        for (uint8_t i = 0; i < c->ex.ntried; i++)
+            if (c->ex.tried[i] >= b->first_server && c->ex.tried[i] - b->first_server < ns)
+                tried[c->ex.tried[i] - b->first_server] = 1;
         int si = td_router_pick_server(b, w->wrr_s + b->first_server, tried, now);
         if (si < 0) {
             if ((size_t)bi < sizeof(exhausted))
                 exhausted[bi] = 1;
-            c->backend = -1;
-            if (c->tries == 0 && c->pinned == bi)
-                c->pinned = -1;
+            c->ex.backend = -1;
+            if (c->ex.tries == 0 && c->ex.pinned == bi)
+                c->ex.pinned = -1;
             /* Every server of every backend exhausted ends in the pick_backend branch above. */
             continue;
         }
         tried_add(c, b->first_server + (size_t)si);
-        c->tries++;
-        c->backend = bi;
-        c->server = si;
-        int pin = td_router_sticky_set(s, bi, c->pinned, c->forced);
+        c->ex.tries++;
+        c->ex.backend = bi;
+        c->ex.server = si;
+        int pin = td_router_sticky_set(s, bi, c->ex.pinned, c->ex.forced);
         if (pin >= 0)
-            c->sticky_set = pin;
+            c->ex.sticky_set = pin;
         td_snap_server_t *srv = &b->servers[si];
         td_exchange_count_try(c, b->st, srv->st);
         upstream_t *u;
@@ -558,7 +522,7 @@ static void pick_and_connect(client_t *c) {
             td_client_error(c, 502, "out of memory");
             return;
         }
-        c->up = u;
+        c->ex.up = u;
         if (r == 1)
             upstream_ready(u);
         else if (r < 0)
@@ -575,8 +539,8 @@ static int build_response_head(upstream_t *u, client_t *c, const td_http1_respon
                                const char *head_end) {
     char cookie[360];
     size_t cl = 0;
-    if (resp->status >= 200 && c->sticky_set >= 0 && c->snap)
-        cl = td_router_sticky_cookie(c->snap, c->sticky_set, td_stream_is_tls(&c->io),
+    if (resp->status >= 200 && c->ex.sticky_set >= 0 && c->ex.snap)
+        cl = td_router_sticky_cookie(c->ex.snap, c->ex.sticky_set, td_client_is_tls(c),
                                      td_wall_ms() / 1000, cookie, sizeof(cookie));
     td_rewrite_response_t r = {
         .resp = resp,
@@ -593,23 +557,20 @@ static int build_response_head(upstream_t *u, client_t *c, const td_http1_respon
 void td_exchange_done(upstream_t *u) {
     client_t *c = u->owner;
     worker_t *w = u->w;
-    int reusable = u->resp_keep_alive && c->req_done && c->fwd == c->req_end && u->off == u->len &&
-                   !u->tunnel && !w->stopping;
-    if (u->status >= 500 && c->snap)
-        td_passive_failure(c->snap, u->st, td_now_ms());
+    int reusable = u->resp_keep_alive && c->req_done && c->ex.fwd == c->req_end &&
+                   u->off == u->len && !u->tunnel && !w->stopping;
+    if (u->status >= 500 && c->ex.snap)
+        td_passive_failure(c->ex.snap, u->st, td_now_ms());
     else
         td_passive_success(u->st);
     td_exchange_release_server(c);
-    c->up = NULL;
+    c->ex.up = NULL;
     u->owner = NULL;
     if (reusable)
         td_upstream_pool_put(u);
     else
         td_upstream_close(u);
-    if (c->keep_alive && c->req_done && !c->close_after)
-        td_client_next(c);
-    else
-        td_client_close(c);
+    td_client_end(c);
 }
 
 /* Hands the response bytes in u->buf to the client, honouring its framing. */
@@ -671,9 +632,10 @@ void td_exchange_response_pump(upstream_t *u) {
                     u->resp_keep_alive = resp.keep_alive;
                     u->dechunk = resp.body == TD_BODY_CHUNKED && c->minor == 0;
                     if (resp.body == TD_BODY_UNTIL_CLOSE || u->dechunk || c->w->stopping)
-                        c->keep_alive = 0;
+                        td_client_no_keep_alive(c);
                     if (!c->req_done)
-                        c->keep_alive = 0; /* the rest of the request body cannot be skipped */
+                        td_client_no_keep_alive(
+                            c); /* the rest of the request body cannot be skipped */
                     td_exchange_count_response(c, u, resp.status);
                     if (resp.status == 101)
                         u->tunnel = 1;
@@ -684,7 +646,7 @@ void td_exchange_response_pump(upstream_t *u) {
                     return;
                 }
                 if (u->head_done)
-                    c->status = u->status;
+                    c->ex.status = u->status;
                 iov[n++] = td_iov(c->w->scratch, (unsigned)hl);
                 volatile_first = 1;
             }
@@ -729,17 +691,16 @@ void td_exchange_response_pump(upstream_t *u) {
             c = u->owner;
             continue;
         }
-        if (volatile_first)
-            c->resp_sent = 1; /* a head goes out: td can no longer answer with its own status */
         for (unsigned i = 0; i < n; i++)
-            c->bytes_out += iov[i].len;
-        int r = td_stream_write(&c->io, iov, n, volatile_first, td_client_write_done_cb);
+            c->ex.bytes_out += iov[i].len;
+        /* A head that goes out (final or interim) means td can no longer answer with its own
+         * status. */
+        int r = td_client_send(c, iov, n, volatile_first, volatile_first);
         if (r < 0) {
             td_client_close(c);
             return;
         }
         if (r == 1) {
-            td_client_send_wait(c);
             td_upstream_read(u, 0); /* backpressure: a slow client stops the upstream */
             td_upstream_timer_stop(
                 u); /* and its response timeout, until the client takes the bytes */
@@ -760,18 +721,11 @@ int td_exchange_response_written(upstream_t *u) {
     if (u->tunnel && c->state == C_EXCHANGE) {
         /* 101 delivered: both directions become a raw byte tunnel. It counts as a tunnel of
          * its backend from now on, no longer as a request in flight. */
-        c->state = C_TUNNEL;
+        td_client_tunnel(c);
         td_exchange_count_tunnel_open(c);
         td_exchange_end(c);
-        td_timeout_stop(&c->tmo);
         td_upstream_timer_stop(u);
-        if (c->len > c->req_end) {
-            memmove(c->buf, c->buf + c->req_end, c->len - c->req_end);
-            c->len -= c->req_end;
-        } else {
-            c->len = 0;
-        }
-        c->req_end = c->fwd = c->head_len = 0;
+        c->ex.fwd = 0;
         if (c->len)
             td_exchange_request_send(c);
         else
@@ -816,7 +770,7 @@ static void upstream_data(upstream_t *u, long nread) {
     if (nread < 0) {
         if (u->tunnel) {
             if (c->writing) {
-                c->close_after = 1;
+                td_client_close_after_write(c);
                 td_exchange_drop_upstream(c);
             } else {
                 td_client_close(c);
@@ -824,10 +778,10 @@ static void upstream_data(upstream_t *u, long nread) {
         } else if (u->head_done && u->resp_body == TD_BODY_UNTIL_CLOSE) {
             u->resp_done = 1;
             u->resp_keep_alive = 0;
-            c->keep_alive = 0;
+            td_client_no_keep_alive(c);
             if (!c->writing && !u->writing)
                 td_exchange_done(u);
-        } else if (!c->resp_started) {
+        } else if (!c->ex.resp_started) {
             td_exchange_upstream_fail(u,
                                       nread == TD_STREAM_EOF ? "connection closed before a response"
                                                              : td_upstream_strerror(u, (int)nread),
@@ -840,7 +794,7 @@ static void upstream_data(upstream_t *u, long nread) {
         }
         return;
     }
-    c->resp_started = 1;
+    c->ex.resp_started = 1;
     if (!u->tunnel)
         td_upstream_timer(u, T_RESPONSE, td_client_timeout_ms(c, T_RESPONSE));
     if (c->writing) {
@@ -872,8 +826,8 @@ static const td_upstream_cbs_t upstream_cbs = {
 /* ---------------------------------------------------------------------------------------------
  * What the client connection reports */
 
-static void client_head(client_t *c) {
-    td_exchange_start(c);
+static void client_head(client_t *c, const td_http1_request_t *req) {
+    td_exchange_start(c, req);
 }
 
 static void client_body(client_t *c) {
@@ -881,31 +835,31 @@ static void client_body(client_t *c) {
         td_exchange_request_send(c);
         return;
     }
-    if (c->buffering) {
+    if (c->ex.buffering) {
         td_exchange_body_buffered(c);
         return;
     }
-    if (!c->up || c->up->state != U_BUSY || c->up->writing)
+    if (!c->ex.up || c->ex.up->state != U_BUSY || c->ex.up->writing)
         td_client_read(c, 0);
     td_exchange_request_send(c);
 }
 
 static int client_written(client_t *c) {
-    if (c->continue_out) { /* td's own 100 Continue is out: the body may come */
-        c->continue_out = 0;
-        if (!c->up) {
-            if (c->buffering)
+    if (c->ex.continue_out) { /* td's own 100 Continue is out: the body may come */
+        c->ex.continue_out = 0;
+        if (!c->ex.up) {
+            if (c->ex.buffering)
                 td_client_timer(c, T_HEADER);
             td_client_read(c, 1);
             return 1;
         }
-        if (c->up->state != U_BUSY)
+        if (c->ex.up->state != U_BUSY)
             return 1; /* the body is in and the upstream still connecting */
         /* The body came and went on meanwhile: a response may be waiting for this write. */
     }
-    if (!c->up)
+    if (!c->ex.up)
         return 0;
-    upstream_t *u = c->up;
+    upstream_t *u = c->ex.up;
     if (td_exchange_response_written(u))
         td_exchange_response_pump(u);
     return 1;
@@ -914,12 +868,19 @@ static int client_written(client_t *c) {
 static void client_reply(client_t *c, int status) {
     td_exchange_count_reply(c, status);
     td_exchange_drop_upstream(c);
+    c->ex.status = status;
+    if (!c->ex.started_ms)
+        c->ex.started_ms = td_now_ms();
 }
 
 static void client_close(client_t *c) {
+    if (c->ex.started_ms && !c->ex.status)
+        c->ex.status = 499; /* the client went away before its answer: the access log says so */
     td_exchange_drop_upstream(c);
     td_exchange_end(c);
     td_exchange_count_tunnel_close(c);
+    free(c->ex.last_error);
+    c->ex.last_error = NULL;
 }
 
 const td_client_cbs_t td_exchange_client_cbs = {
@@ -927,6 +888,6 @@ const td_client_cbs_t td_exchange_client_cbs = {
     .on_body = client_body,
     .on_written = client_written,
     .on_reply = client_reply,
-    .on_end = td_exchange_end,
+    .on_end = exchange_next,
     .on_close = client_close,
 };

@@ -6,49 +6,48 @@
 #include <stdatomic.h>
 
 #include "td/log.h"
+#include "td/registry.h"
 #include "td/router.h"
 
-/* A try on server `srv` of backend `b`: the request is in flight on both and counts as a
- * request of the server. A retry on another backend moves it there: counters follow the backend
- * that answers, not the one first chosen. */
+/* A try on server `srv` of backend `b`: the request is in flight on both; it counts as a request
+ * of either only once answered. A retry on another backend moves it there: counters follow the
+ * backend that answers, not the one first chosen. */
 void td_exchange_count_try(client_t *c, td_backend_stats_t *b, td_server_stats_t *srv) {
-    if (c->b_inflight != b) {
-        if (c->b_inflight)
-            atomic_fetch_sub_explicit(&c->b_inflight->in_flight, 1, memory_order_relaxed);
-        c->b_inflight = b;
-        atomic_fetch_add_explicit(&b->in_flight, 1, memory_order_relaxed);
+    if (c->ex.b_inflight != b) {
+        if (c->ex.b_inflight)
+            td_registry_backend_end(c->ex.b_inflight);
+        c->ex.b_inflight = b;
+        td_registry_backend_begin(b);
     }
-    c->st_inflight = srv;
-    atomic_fetch_add_explicit(&srv->in_flight, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&srv->requests, 1, memory_order_relaxed);
+    c->ex.st_inflight = srv;
+    td_registry_server_begin(srv);
 }
 
 /* Drops the in-flight counts of the current exchange (each taken once, released once). */
 void td_exchange_release_server(client_t *c) {
-    if (c->st_inflight) {
-        atomic_fetch_sub_explicit(&c->st_inflight->in_flight, 1, memory_order_relaxed);
-        c->st_inflight = NULL;
+    if (c->ex.st_inflight) {
+        td_registry_server_end(c->ex.st_inflight);
+        c->ex.st_inflight = NULL;
     }
 }
 
 void td_exchange_release_backend(client_t *c) {
-    if (c->b_inflight) {
-        atomic_fetch_sub_explicit(&c->b_inflight->in_flight, 1, memory_order_relaxed);
-        c->b_inflight = NULL;
+    if (c->ex.b_inflight) {
+        td_registry_backend_end(c->ex.b_inflight);
+        c->ex.b_inflight = NULL;
     }
 }
 
-/* A final (or 101) response head from the server on `u`: a response of its class for the server
- * and for the backend the request is in flight on (and, for a 5xx, the time, for the console's
- * "answering errors"). */
+/* A final (or 101) response head from the server on `u`: a request answered, of its class, for
+ * the server and for the backend the request is in flight on (and, for a 5xx, the time, for the
+ * console's "answering errors"). */
 void td_exchange_count_response(client_t *c, upstream_t *u, int status) {
-    int k = td_exchange_class_of(status);
-    atomic_fetch_add_explicit(&u->st->responses[k], 1, memory_order_relaxed);
-    if (c->b_inflight) {
-        atomic_fetch_add_explicit(&c->b_inflight->requests, 1, memory_order_relaxed);
-        atomic_fetch_add_explicit(&c->b_inflight->responses[k], 1, memory_order_relaxed);
-        if (k == TD_NCLASS - 1)
-            atomic_store_explicit(&c->b_inflight->last_5xx_ms, td_now_ms(), memory_order_relaxed);
+    td_registry_server_response(u->st, status);
+    if (c->ex.b_inflight) {
+        td_registry_backend_response(c->ex.b_inflight, status);
+        if (td_registry_class(status) == TD_NCLASS - 1)
+            atomic_store_explicit(&c->ex.b_inflight->last_5xx_ms, td_now_ms(),
+                                  memory_order_relaxed);
     }
 }
 
@@ -57,15 +56,12 @@ void td_exchange_count_response(client_t *c, upstream_t *u, int status) {
  * with no backend chosen counts under td itself. A 4xx (a client's fault, such as a body that
  * stopped coming) does not count. */
 void td_exchange_count_reply(client_t *c, int status) {
-    if (c->snap && status >= 500) {
-        td_backend_stats_t *bst = c->backend >= 0  ? c->snap->backends[c->backend].st
-                                  : c->forced >= 0 ? c->snap->backends[c->forced].st
-                                                   : c->b_inflight;
-        if (bst) {
-            atomic_fetch_add_explicit(&bst->requests, 1, memory_order_relaxed);
-            atomic_fetch_add_explicit(&bst->responses[td_exchange_class_of(status)], 1,
-                                      memory_order_relaxed);
-        }
+    if (c->ex.snap && status >= 500) {
+        td_backend_stats_t *bst = c->ex.backend >= 0  ? c->ex.snap->backends[c->ex.backend].st
+                                  : c->ex.forced >= 0 ? c->ex.snap->backends[c->ex.forced].st
+                                                      : c->ex.b_inflight;
+        if (bst)
+            td_registry_backend_response(bst, status);
         td_router_count_local(bst, status, td_now_ms());
     } else if (status >= 500) {
         td_router_count_local(NULL, status, td_now_ms());
@@ -75,25 +71,28 @@ void td_exchange_count_reply(client_t *c, int status) {
 /* 101 delivered: the connection counts as a tunnel of its backend from now on (and is in the
  * worker's list of tunnels, for the drain), no longer as a request in flight. */
 void td_exchange_count_tunnel_open(client_t *c) {
-    c->b_tunnel = c->b_inflight;
-    if (!c->b_tunnel)
+    td_exchange_t *x = &c->ex;
+    x->b_tunnel = x->b_inflight;
+    if (!x->b_tunnel)
         return;
-    atomic_fetch_add_explicit(&c->b_tunnel->tunnels, 1, memory_order_relaxed);
-    c->tun_prev = NULL;
-    c->tun_next = c->w->tunnels;
-    if (c->tun_next)
-        c->tun_next->tun_prev = c;
-    c->w->tunnels = c;
+    td_registry_tunnel_open(x->b_tunnel);
+    x->down = c;
+    x->tun_prev = NULL;
+    x->tun_next = c->w->tunnels;
+    if (x->tun_next)
+        x->tun_next->tun_prev = x;
+    c->w->tunnels = x;
 }
 
 void td_exchange_count_tunnel_close(client_t *c) {
-    if (!c->b_tunnel)
+    td_exchange_t *x = &c->ex;
+    if (!x->b_tunnel)
         return;
-    atomic_fetch_sub_explicit(&c->b_tunnel->tunnels, 1, memory_order_relaxed);
-    if (c->tun_prev)
-        c->tun_prev->tun_next = c->tun_next;
+    td_registry_tunnel_close(x->b_tunnel);
+    if (x->tun_prev)
+        x->tun_prev->tun_next = x->tun_next;
     else
-        c->w->tunnels = c->tun_next;
-    if (c->tun_next)
-        c->tun_next->tun_prev = c->tun_prev;
+        c->w->tunnels = x->tun_next;
+    if (x->tun_next)
+        x->tun_next->tun_prev = x->tun_prev;
 }

@@ -49,3 +49,43 @@ void td_log(td_log_level_t level, const char *fmt, ...) {
     ssize_t w = write(STDERR_FILENO, line, (size_t)n);
     (void)w;
 }
+
+int td_log_limit_take(td_log_limit_t *l, unsigned burst, int64_t now_ms) {
+    if (!l->start_ms || now_ms - l->start_ms >= TD_LOG_LIMIT_MS) {
+        l->start_ms = now_ms ? now_ms : 1; /* 0 means "no window" */
+        l->logged = 0;
+        l->dropped = 0;
+    }
+    if (l->logged < burst) {
+        l->logged++;
+        return 1;
+    }
+    l->dropped++;
+    return 0;
+}
+
+uint32_t td_log_limit_flush(td_log_limit_t *l, int64_t now_ms) {
+    if (!l->start_ms || now_ms - l->start_ms < TD_LOG_LIMIT_MS)
+        return 0;
+    uint32_t n = l->dropped;
+    l->start_ms = 0;
+    l->logged = 0;
+    l->dropped = 0;
+    return n;
+}
+
+void td_log_local_error_flush(td_log_limit_t *l, int64_t now_ms) {
+    uint32_t n = td_log_limit_flush(l, now_ms);
+    if (n)
+        td_error("%u more errors of td's own limits in the last second", n);
+}
+
+void td_log_local_error(td_log_limit_t *l, unsigned burst, const char *what) {
+    int64_t now = td_now_ms();
+    td_log_local_error_flush(l, now);
+    if (!td_log_limit_take(l, burst, now))
+        return;
+    td_error("%s: a limit of td's own (open files: see `ulimit -n`; memory; local ports), not "
+             "the backend's",
+             what);
+}

@@ -3,12 +3,12 @@
 #include "td/upstream.h"
 
 #include <errno.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "td/log.h"
+#include "td/registry.h"
 #include "td/stream.h"
 #include "td/timeout.h"
 
@@ -81,7 +81,7 @@ void td_upstream_close(upstream_t *u) {
         pool_remove(u);
     u->state = U_CLOSING;
     u->owner = NULL;
-    atomic_fetch_sub_explicit(&u->st->active_connections, 1, memory_order_relaxed);
+    td_registry_connection_close(u->st);
     td_timeout_stop(&u->tmo);
     td_stream_close(&u->io, upstream_free_cb);
 }
@@ -184,7 +184,7 @@ int td_upstream_open(worker_t *w, td_snap_server_t *srv, td_tls_client_t *tls, i
     u->pool = pool;
     u->st = srv->st;
     td_stream_init(&u->io, &w->sl, u);
-    atomic_fetch_add_explicit(&u->st->active_connections, 1, memory_order_relaxed);
+    td_registry_connection_open(u->st);
     u->state = U_CONNECTING;
     u->owner = owner;
     u->cbs = cbs;

@@ -85,19 +85,10 @@ static void pool_close_idle(worker_t *w, const td_snap_backend_t *b) {
                     td_upstream_close(p->idle);
 }
 
-/* Logs a local resource error at most once a second per worker (under fd exhaustion every
- * request would log one), with the count of those not logged. */
+/* Logs a local resource error at most LOCAL_ERR_BURST times a second per worker (under fd
+ * exhaustion every request would log one); the tick writes the count of those not logged. */
 void td_worker_local_error_log(worker_t *w, const char *what) {
-    int64_t now = td_now_ms();
-    if (w->local_err_ms && now - w->local_err_ms < 1000) {
-        w->local_err_quiet++;
-        return;
-    }
-    td_error("%s: a limit of td's own (open files: see `ulimit -n`; memory; local ports), not "
-             "the backend's (%u more in the last second)",
-             what, w->local_err_quiet);
-    w->local_err_ms = now;
-    w->local_err_quiet = 0;
+    td_log_local_error(&w->local_err_rl, LOCAL_ERR_BURST, what);
 }
 
 /* accept failed. A limit of td's own (descriptors, memory) paused the listener: the connections
@@ -154,7 +145,6 @@ static void on_accept(td_listener_t *l, int fd) {
         return;
     }
     c->w = w;
-    c->backend = c->server = c->sticky_set = c->pinned = -1;
     c->cbs = &td_exchange_client_cbs;
     td_stream_init(&c->io, &w->sl, c);
     c->next = w->clients;
@@ -201,6 +191,9 @@ static void tick_cb(uv_timer_t *timer) {
     for (size_t k = 0; k < sizeof(client_kinds); k++)
         while ((t = td_timeout_expired(&w->tq[client_kinds[k]], now_loop)))
             td_client_timeout(TD_CONTAINER_OF(t, client_t, tmo));
+    int64_t now_ms = td_now_ms();
+    td_client_log_flush(w, now_ms);
+    td_log_local_error_flush(&w->local_err_rl, now_ms);
     if (!w->stopping && !at_client_limit())
         for (size_t i = 0; i < w->num_listeners; i++)
             td_listener_resume(&w->listeners[i]);
@@ -210,13 +203,13 @@ static void tick_cb(uv_timer_t *timer) {
     if (!w->snap)
         return;
     int64_t now = td_now_ms(), drain_ms = w->snap->config->timeouts.drain_ms;
-    for (client_t *c = w->tunnels, *next; c; c = next) {
-        next = c->tun_next;
-        int64_t since = atomic_load_explicit(&c->b_tunnel->drain_since_ms, memory_order_relaxed);
+    for (td_exchange_t *x = w->tunnels, *next; x; x = next) {
+        next = x->tun_next;
+        int64_t since = atomic_load_explicit(&x->b_tunnel->drain_since_ms, memory_order_relaxed);
         if (since && now - since >= drain_ms) {
             td_info("drain: closing a tunnel of %s from %s after %lld ms at weight 0",
-                    c->b_tunnel->name, c->ip, (long long)drain_ms);
-            td_client_close(c);
+                    x->b_tunnel->name, x->down->ip, (long long)drain_ms);
+            td_client_close(x->down);
         }
     }
 }
@@ -279,6 +272,12 @@ static void worker_main(void *arg) {
     w->snap = NULL;
 }
 
+/* worker_t.snapshot: what an exchange calls before it routes a request. */
+static td_snapshot_t *worker_snapshot(worker_t *w) {
+    td_worker_refresh(w);
+    return w->snap;
+}
+
 td_proxy_t *td_proxy_start(const td_config_t *cfg, char *err, size_t errlen) {
     td_proxy_t *p = calloc(1, sizeof(*p));
     if (!p)
@@ -290,6 +289,7 @@ td_proxy_t *td_proxy_start(const td_config_t *cfg, char *err, size_t errlen) {
         goto nomem;
     for (size_t i = 0; i < p->num_workers; i++) {
         worker_t *w = &p->workers[i];
+        w->snapshot = worker_snapshot;
         td_access_log_init(&w->alog);
         w->num_listeners = cfg->num_listeners;
         w->listeners = calloc(cfg->num_listeners, sizeof(td_listener_t));

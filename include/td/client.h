@@ -3,6 +3,7 @@
 #define TD_CLIENT_H
 
 #include "td/proxy-t.h"
+#include "td/stream.h"
 
 /* Client connections open now, across workers (td_proxy_connections). */
 extern _Atomic int64_t td_client_open_count;
@@ -36,7 +37,16 @@ void td_client_send_wait(client_t *c);
  * nothing is charged to the backend. */
 void td_client_send_timeout(client_t *c, int64_t now);
 
+/* Answers the current request with td's own `status` (td_client_reply, the standard reason) and
+ * logs "STATUS IP METHOD: why" at warn; when the response already started or a write is pending,
+ * closes instead. A 4xx (a client's fault) is logged at most CLIENT_ERR_BURST times a second per
+ * worker for each status; the rest are counted in the summary td_client_log_flush writes. */
 void td_client_error(client_t *c, int status, const char *why);
+
+/* Writes "N more STATUS in the last second" for each 4xx whose second of rate limiting is over
+ * at `now_ms` (td_now_ms()) and that had lines not logged (none when there were none). The
+ * worker calls it every tick; td_client_error calls it before logging. */
+void td_client_log_flush(worker_t *w, int64_t now_ms);
 
 /* Answers with a small response of td's own (an error, a redirect), then ends the exchange:
  * the connection stays for 3xx and 5xx when the whole request was read, else it closes.
@@ -50,5 +60,49 @@ void td_client_timeout(client_t *c);
 void td_client_next(client_t *c);
 
 void td_client_write_done_cb(td_stream_t *s, int status);
+
+/* What an exchange uses of its downstream (the connection it answers on). */
+
+/* Writes iov[0..n) to the client (td_stream_write: iov[0] may be scratch when `volatile_first`);
+ * `final_head` says a final response head is among them (td can no longer answer with its own
+ * status then). Returns 0 when written now, 1 when pending (the client send timeout runs and
+ * on_written follows), or a negative code (the caller closes the connection). */
+int td_client_send(client_t *c, td_iov_t *iov, unsigned n, int volatile_first, int final_head);
+
+/* The timeouts the connection's deadlines use: `t` (borrowed: the exchange's snapshot's, held
+ * while it lasts), or NULL for the worker's newest snapshot's. */
+void td_client_use_timeouts(client_t *c, const td_config_timeouts_t *t);
+
+/* The connection closes after this request (its response says Connection: close). */
+void td_client_no_keep_alive(client_t *c);
+
+/* The request's Upgrade is not passed on (h2c): the request is forwarded as a plain one. */
+void td_client_no_upgrade(client_t *c);
+
+/* Close once the pending write completes (the other side of a tunnel ended). */
+void td_client_close_after_write(client_t *c);
+
+/* Stops the head / keep-alive / body timeout. */
+void td_client_timer_stop(client_t *c);
+
+/* The request bytes in buf were all forwarded and the body goes on: they are dropped to make room
+ * (the request can no longer be replayed). */
+void td_client_drop_sent(client_t *c);
+
+/* A 101 was delivered: the connection becomes a byte tunnel (state TUNNEL, no timeout); the bytes
+ * read past the request move to the front of buf, to be forwarded. */
+void td_client_tunnel(client_t *c);
+
+/* The tunnel bytes in buf were forwarded: buf is emptied and reading resumes. */
+void td_client_tunnel_sent(client_t *c);
+
+/* 1 when the connection is TLS (for X-Forwarded-Proto and the sticky cookie's Secure). */
+static inline int td_client_is_tls(const client_t *c) {
+    return td_stream_is_tls(&c->io);
+}
+
+/* The exchange's response is complete: the next request (td_client_next) when the connection
+ * is kept alive and the whole request was read, else close. */
+void td_client_end(client_t *c);
 
 #endif

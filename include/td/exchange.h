@@ -4,8 +4,6 @@
 
 #include "td/proxy-t.h"
 
-int td_exchange_class_of(int status);
-
 void td_exchange_end(client_t *c);
 
 /* Detaches and closes the exchange's upstream connection (it cannot be reused). */
@@ -15,8 +13,9 @@ void td_exchange_drop_upstream(client_t *c);
  * or the limit (or the buffer) is reached. */
 void td_exchange_body_buffered(client_t *c);
 
-/* Parses the request head; on success routes the request and starts the exchange. */
-void td_exchange_start(client_t *c);
+/* A request head was parsed (`req`, into the worker's header array; the client's fields are set
+ * from it): routes the request and starts the exchange, or answers it with td's own status. */
+void td_exchange_start(client_t *c, const td_http1_request_t *req);
 
 /* Sends what the upstream has not had yet of the current request (head, body bytes read so far;
  * in a tunnel, whatever the client sent). */
@@ -43,9 +42,10 @@ int td_exchange_response_written(upstream_t *u);
 
 /* Counters (exchange_stats.c). */
 
-/* A try on server `srv` of backend `b`: the request is in flight on both and counts as a request
- * of the server. A retry on another backend moves it there: counters follow the backend that
- * answers, not the one first chosen. */
+/* A try on server `srv` of backend `b`: the request is in flight on both; it counts as a request
+ * of either only once answered (a failed try counts in the server's `failures`). A retry on
+ * another backend moves it there: counters follow the backend that answers, not the one first
+ * chosen. */
 void td_exchange_count_try(client_t *c, td_backend_stats_t *b, td_server_stats_t *srv);
 
 /* Drops the in-flight counts of the current exchange (each taken once, released once). */
@@ -53,9 +53,9 @@ void td_exchange_release_server(client_t *c);
 
 void td_exchange_release_backend(client_t *c);
 
-/* A final (or 101) response head from the server on `u`: a response of its class for the server
- * and for the backend the request is in flight on (and, for a 5xx, the time, for the console's
- * "answering errors"). */
+/* A final (or 101) response head from the server on `u`: a request answered, of its class, for
+ * the server and for the backend the request is in flight on (and, for a 5xx, the time, for the
+ * console's "answering errors"). */
 void td_exchange_count_response(client_t *c, upstream_t *u, int status);
 
 /* td's own answer `status`. A 5xx for a backend counts as that backend's: the one the request

@@ -17,6 +17,38 @@ void td_log(td_log_level_t level, const char *fmt, ...) __attribute__((format(pr
 #define td_warn(...) td_log(TD_LOG_WARN, __VA_ARGS__)
 #define td_error(...) td_log(TD_LOG_ERROR, __VA_ARGS__)
 
+/* A rate limit for one kind of log line (e.g. "408 from a client"), so that a flood of one
+ * event (a thousand slow clients, descriptors running out) writes a few lines and a count
+ * instead of a line each. Windows of TD_LOG_LIMIT_MS: in each, the first `burst` events are
+ * logged, the rest only counted; once the window is over, td_log_limit_flush hands back that
+ * count for one summary line ("N more 408 in the last second"), and never a summary of 0.
+ * Zero-initialised; one per thread (no locking: each worker keeps its own). */
+#define TD_LOG_LIMIT_MS 1000
+
+typedef struct td_log_limit_s {
+    int64_t start_ms; /* td_now_ms() at which the current window began; 0: none yet */
+    uint32_t logged;  /* events logged in the current window */
+    uint32_t dropped; /* events counted, not logged, in the current window */
+} td_log_limit_t;
+
+/* One event at `now_ms` (td_now_ms()). Returns 1 when its line is to be logged, 0 when it is
+ * only counted. A window that is over is flushed first: call td_log_limit_flush before this (its
+ * summary comes before the new line) or its count is lost. */
+int td_log_limit_take(td_log_limit_t *l, unsigned burst, int64_t now_ms);
+
+/* When the window of `l` is over at `now_ms`: returns how many events of it were not logged
+ * (0 when none were: no summary) and closes the window. Returns 0 while the window runs. Call it
+ * before each td_log_limit_take and from a periodic timer (a worker's tick), so that the summary
+ * of the last burst comes even when no later event does. */
+uint32_t td_log_limit_flush(td_log_limit_t *l, int64_t now_ms);
+
+/* Logs at error level "<what>: a limit of td's own (open files, memory, local ports), not the
+ * backend's" for a resource td itself ran out of, at most `burst` times a second through `l`
+ * (one per worker); td_log_local_error_flush writes "N more errors of td's own limits in the last
+ * second" once that second is over (call it from a periodic timer). */
+void td_log_local_error(td_log_limit_t *l, unsigned burst, const char *what);
+void td_log_local_error_flush(td_log_limit_t *l, int64_t now_ms);
+
 /* Milliseconds of CLOCK_MONOTONIC (for deadlines), and of the wall clock (for cookies, logs). */
 int64_t td_now_ms(void);
 int64_t td_wall_ms(void);

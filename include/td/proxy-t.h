@@ -28,6 +28,7 @@
 #include "td/access_log.h"
 #include "td/http1-t.h"
 #include "td/listener.h"
+#include "td/log.h"
 #include "td/router-t.h"
 #include "td/stream-t.h"
 #include "td/timeout-t.h"
@@ -39,8 +40,10 @@
 #define POOL_IDLE_MS 60000 /* idle pooled upstream connections are closed after this */
 #define POOL_MAX_IDLE 256  /* idle connections kept per server and worker */
 #define MAX_SPANS 64
-#define TICK_MS 100    /* granularity of client timeouts */
-#define MAX_INTERIM 16 /* 1xx responses passed on before a final one; more is a 502 */
+#define TICK_MS 100         /* granularity of client timeouts */
+#define MAX_INTERIM 16      /* 1xx responses passed on before a final one; more is a 502 */
+#define CLIENT_ERR_BURST 10 /* lines a second per worker for each 4xx of td's own */
+#define LOCAL_ERR_BURST 1   /* lines a second per worker for td's own resource errors */
 
 /* Kinds of timeouts; each has a queue per worker (td/timeout.h). T_HEADER also times the
  * request body (between two reads), T_POOL is POOL_IDLE_MS. */
@@ -54,13 +57,52 @@ enum { F_CONNECT, F_IO, F_TIMEOUT, F_PROTOCOL, F_LOCAL };
 typedef struct worker_s worker_t;
 typedef struct client_s client_t;
 typedef struct upstream_s upstream_t;
+typedef struct td_exchange_s td_exchange_t;
+
+/* One exchange: a request and its response, from routing to the access log line, over its
+ * downstream (the client connection that carried the request; for HTTP/1 the exchange lives in
+ * it, one at a time) and one upstream connection at a time. Written only by exchange.c and
+ * exchange_stats.c; td_exchange_end releases what it holds. A second protocol on the client
+ * side (HTTP/2: many exchanges over one connection) gives each stream one of these. */
+struct td_exchange_s {
+    client_t *down;            /* borrowed: the client connection it answers on */
+    upstream_t *up;            /* borrowed: the upstream of the current try, or NULL */
+    td_snapshot_t *snap;       /* one reference, held from routing to the end, or NULL */
+    int backend, server;       /* indices in snap of the current try, or -1 */
+    int pinned;                /* backend named by a valid sticky cookie, or -1 */
+    int forced;                /* backend named by a valid preview header, or -1 */
+    int sticky_set;            /* backend to pin with Set-Cookie in the response, or -1 */
+    int tries;                 /* upstream tries so far (at most MAX_TRIES) */
+    uint32_t tried[MAX_TRIES]; /* flat server indices tried for this request */
+    uint8_t ntried;            /* entries used in tried */
+    int status;                /* status of the response sent, for the logs; 0 none yet */
+    uint64_t bytes_out;        /* response bytes handed to the client (head included) */
+    int64_t started_ms;        /* td_now_ms() at the parsed head; 0: no exchange */
+    char *path;                /* owned: request-target, kept only while the access log is on */
+    char *last_error;          /* owned: why the last upstream try failed, for the 502 line */
+    td_server_stats_t *st_inflight;     /* borrowed: server whose in_flight this request holds */
+    td_backend_stats_t *b_inflight;     /* borrowed: backend whose in_flight this request holds */
+    td_backend_stats_t *b_tunnel;       /* borrowed: backend whose tunnel count this one holds */
+    td_exchange_t *tun_prev, *tun_next; /* in the worker's tunnels while b_tunnel is set */
+    uint32_t fwd;         /* bytes of the client's buffer already written to the upstream */
+    uint8_t idempotent;   /* the method may be sent again (RFC 9110 §9.2.2) */
+    uint8_t head_sent;    /* the rewritten head went to the current upstream */
+    uint8_t body_sent;    /* request-body bytes went to the current upstream */
+    uint8_t discarded;    /* request bytes were dropped after sending: no replay */
+    uint8_t resp_started; /* a response byte came from the upstream */
+    uint8_t buffering;    /* the body is read into the client's buffer before routing */
+    uint8_t continued;    /* td answered Expect: 100-continue itself: Expect is not forwarded */
+    uint8_t continue_out; /* that 100 Continue is the client's pending write */
+};
 
 /* What a client connection reports to the exchange over it, through a table set when it is
  * accepted; each gets the connection. */
 typedef struct td_client_cbs_s {
-    /* Bytes of a new request head are buffered (state HEAD): parse it and start an exchange, or
-     * wait for more. */
-    void (*on_head)(client_t *c);
+    /* A request head was parsed into `req` (borrowed: pointers into the client's buffer and the
+     * worker's header array, valid during the call); the client is in state EXCHANGE with the
+     * head's framing, keep-alive and method set: start an exchange. Malformed, oversized or
+     * truncated heads are answered (400, 414, 431, 505) or closed by the client itself. */
+    void (*on_head)(client_t *c, const td_http1_request_t *req);
     /* New request-body bytes were accounted (EXCHANGE), or tunnel bytes came (TUNNEL). */
     void (*on_body)(client_t *c);
     /* A pending write to the client is done. Returns 1 when it was the exchange's, 0 when it was
@@ -119,17 +161,21 @@ struct worker_s {
     int stopping;
     td_access_log_t alog;
     td_snapshot_t *snap; /* one reference held by the worker */
-    int *wrr_b, *wrr_s;  /* owned: balancer scores per backend / per flat server index */
+    /* Installed by worker.c at start: adopts the router's newest snapshot when one was published
+     * and returns it (borrowed: the worker's reference; NULL before the first). An exchange calls
+     * it before routing a request, so nothing below the worker calls up into it. */
+    td_snapshot_t *(*snapshot)(worker_t *w);
+    int *wrr_b, *wrr_s; /* owned: balancer scores per backend / per flat server index */
     size_t wrr_nb, wrr_ns;
-    pool_t *pools;       /* owned */
-    client_t *clients;   /* every open client connection (for a stop) */
-    client_t *tunnels;   /* the clients in a tunnel counted for a backend (for its drain) */
-    char *buf_cache[64]; /* owned: free client buffers, reused instead of malloc/free */
+    pool_t *pools;          /* owned */
+    client_t *clients;      /* every open client connection (for a stop) */
+    td_exchange_t *tunnels; /* the exchanges in a tunnel counted for a backend (for its drain) */
+    char *buf_cache[64];    /* owned: free client buffers, reused instead of malloc/free */
     int num_cached;
-    int64_t local_err_ms;           /* when a local resource error was last logged ... */
-    unsigned local_err_quiet;       /* ... and how many were not logged since */
-    td_stream_loop_t sl;            /* the transport's per-loop state (TLS buffer and queue) */
-    td_timeout_queue_t tq[T_KINDS]; /* armed timeouts by kind */
+    td_log_limit_t local_err_rl;       /* the log of td's own resource errors */
+    td_log_limit_t client_err_rl[100]; /* the logs of td's own 4xx, by status - 400 */
+    td_stream_loop_t sl;               /* the transport's per-loop state (TLS buffer and queue) */
+    td_timeout_queue_t tq[T_KINDS];    /* armed timeouts by kind */
     td_http1_header_t hdrs[MAX_HDRS];
     const td_http1_request_t *parsed; /* the request td_exchange_start parsed into hdrs ... */
     const client_t *parsed_for;       /* ... for this client, while it routes it; else NULL */
@@ -142,57 +188,37 @@ enum { U_CONNECTING, U_BUSY, U_IDLE, U_CLOSING };
 struct client_s {
     td_stream_t io;             /* the connection to the client (plain or TLS) */
     const td_client_cbs_t *cbs; /* borrowed: the exchange's callbacks */
+    /* borrowed: the timeouts of the current exchange's snapshot (td_client_use_timeouts), or
+     * NULL: the worker's newest */
+    const td_config_timeouts_t *timeouts;
     worker_t *w;
     client_t *prev, *next;
-    upstream_t *up;     /* the upstream of the current exchange, or NULL */
     char *buf;          /* owned: request bytes; NULL while idle */
     uint32_t cap;       /* size of buf: CBUF_SIZE, or more while a request body is buffered */
     uint32_t len;       /* bytes in buf */
     uint32_t head_len;  /* length of the current request's head */
     uint32_t req_end;   /* end in buf of the bytes known to belong to the current request */
-    uint32_t fwd;       /* bytes of buf already written to the upstream */
     uint64_t body_left; /* Content-Length bytes not yet seen */
     td_http1_chunked_t chunk;
     td_timeout_t tmo;      /* the head / keep-alive / body timeout, when armed */
     td_timeout_t send_tmo; /* the timeout of a pending write to the client, when armed */
     size_t send_left;      /* bytes of that write not taken by the client at the last look */
-    td_snapshot_t *snap;   /* a reference, held during an exchange */
-    int backend, server;   /* indices in snap */
-    int pinned;            /* backend named by a valid sticky cookie, or -1 */
-    int forced;            /* backend named by a valid preview header, or -1 */
-    int status;            /* status of the response sent, for the logs */
-    uint64_t bytes_out;    /* response bytes written to the client in this exchange */
-    char *path;            /* owned: request-target, kept only while the access log is on */
-    td_server_stats_t *st_inflight; /* borrowed: server whose in_flight this request holds */
-    td_backend_stats_t *b_inflight; /* borrowed: backend whose in_flight this request holds */
-    td_backend_stats_t *b_tunnel;   /* borrowed: backend whose tunnel count this one holds */
-    client_t *tun_prev, *tun_next;  /* in w->tunnels while b_tunnel is set */
-    int tries;
-    int sticky_set;            /* backend index to pin with Set-Cookie in the response, or -1 */
-    uint32_t tried[MAX_TRIES]; /* flat server indices tried for this request */
-    uint8_t ntried;            /* entries used in tried */
-    int64_t started_ms;
     uint8_t state;
-    uint8_t writing;   /* a write to this client is pending */
-    uint8_t req_body;  /* td_http1_body_t of the request */
-    uint8_t req_done;  /* the whole request has been read */
-    uint8_t discarded; /* request bytes were dropped from buf after sending: no replay */
-    uint8_t head_sent; /* the rewritten head went to the current upstream */
-    uint8_t eof;       /* the client half-closed: answer what was read, then close */
-    uint8_t body_sent; /* request-body bytes went to the current upstream */
-    uint8_t keep_alive, head_req, upgrade, minor, expect, idempotent;
-    uint8_t resp_started; /* a response byte came from the upstream */
-    uint8_t resp_sent;    /* a response head was written to the client */
-    uint8_t close_after;  /* close once the pending write completes */
-    uint8_t buffering;    /* the body is read into buf before a backend is chosen */
-    uint8_t continued;    /* td answered Expect: 100-continue itself: Expect is not forwarded */
-    uint8_t continue_out; /* that 100 Continue is the pending write */
+    uint8_t writing;  /* a write to this client is pending */
+    uint8_t req_body; /* td_http1_body_t of the request */
+    uint8_t req_done; /* the whole request has been read */
+    uint8_t eof;      /* the client half-closed: answer what was read, then close */
+    uint8_t keep_alive, head_req, upgrade, minor, expect;
+    uint8_t resp_sent;   /* a final response head was written for the current request */
+    uint8_t close_after; /* close once the pending write completes */
     char ip[INET6_ADDRSTRLEN];
     char method[16];
-    char *last_error;   /* owned: why the last upstream try failed, for the 502 line */
     uint8_t listener;   /* index of the listener it came in on */
     uint8_t processing; /* client_process is running for it (further up the stack) */
     uint8_t more;       /* an exchange ended meanwhile: client_process takes the next request */
+    /* Storage of the connection's one exchange at a time (HTTP/1), so that none is allocated per
+     * request. Opaque to client.c: only exchange.c and exchange_stats.c touch it. */
+    td_exchange_t ex;
 };
 
 struct upstream_s {

@@ -27,8 +27,8 @@ extern const int td_lat_bounds_ms[TD_LAT_BUCKETS - 1];
 typedef struct td_server_stats_s {
     char backend[TD_NAME_MAX];
     char address[64];
-    _Atomic uint64_t requests; /* requests sent to this server */
-    _Atomic uint64_t failures; /* connect errors, resets, timeouts */
+    _Atomic uint64_t requests; /* requests answered: the server sent a response head */
+    _Atomic uint64_t failures; /* failed tries: connect errors, resets, timeouts, 5xx */
     _Atomic uint64_t responses[TD_NCLASS];
     _Atomic int64_t active_connections; /* open upstream connections (busy + idle) */
     _Atomic int64_t in_flight;          /* requests waiting for or receiving a response */
@@ -49,8 +49,9 @@ typedef struct td_server_stats_s {
 /* Live counters of one backend, by name; kept for the life of the process. */
 typedef struct td_backend_stats_s {
     char name[TD_NAME_MAX];
-    _Atomic uint64_t requests; /* requests answered, by it or by td for it (retries count
-                                  where they ended) */
+    _Atomic uint64_t requests; /* requests answered, by one of its servers or by td for it
+                                  (502/503/504; retries count where they ended): the sum of
+                                  its servers' requests plus td's own answers for it */
     _Atomic uint64_t responses[TD_NCLASS];
     _Atomic uint64_t local[TD_NLOCAL]; /* td's own 502/503/504 for it (also in responses) */
     _Atomic int64_t last_5xx_ms;       /* td_now_ms() of the last 5xx answered for it; 0 none */

@@ -60,18 +60,21 @@ static inline int td_registry_class(int status) {
     return k < 0 ? 0 : k > TD_NCLASS - 1 ? TD_NCLASS - 1 : k;
 }
 
-/* A request was sent to the server: it counts, and is in flight until td_registry_server_end. */
+/* A try of a request goes to the server: it is in flight there until td_registry_server_end.
+ * It counts as a request of the server only once the server answers (td_registry_server_response);
+ * a try that fails counts in its `failures` (td_passive_failure). */
 static inline void td_registry_server_begin(td_server_stats_t *st) {
     atomic_fetch_add_explicit(&st->in_flight, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&st->requests, 1, memory_order_relaxed);
 }
 
 static inline void td_registry_server_end(td_server_stats_t *st) {
     atomic_fetch_sub_explicit(&st->in_flight, 1, memory_order_relaxed);
 }
 
-/* The server answered with `status` (its class is counted). */
+/* The server sent a response head with `status` (final, or 101): one request answered and its
+ * class are counted, as td_registry_backend_response does for its backend. */
 static inline void td_registry_server_response(td_server_stats_t *st, int status) {
+    atomic_fetch_add_explicit(&st->requests, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&st->responses[td_registry_class(status)], 1, memory_order_relaxed);
 }
 

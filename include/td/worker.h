@@ -1,10 +1,12 @@
-/* Worker threads (worker.c): what the layers below ask of their worker: the newest snapshot,
- * the rate-limited log of td's own resource errors. */
+/* Worker threads (worker.c). The layers below never call into it: the newest snapshot comes
+ * through worker_t.snapshot, which the worker installs. */
 #ifndef TD_WORKER_H
 #define TD_WORKER_H
 
 #include "td/proxy-t.h"
 
+/* Adopts the router's newest snapshot when it published one since the worker's (one atomic load
+ * when not). The worker's own: the layers below get the snapshot through worker_t.snapshot. */
 void td_worker_refresh(worker_t *w);
 
 /* Logs a local resource error at most once a second per worker (under fd exhaustion every

@@ -607,3 +607,37 @@ def test_http_1_2_response_from_a_backend_is_taken_as_http_1_1(td):
         stop.set()
         th.join(timeout=10)
         srv.close()
+
+
+def test_408_lines_of_many_slow_clients_are_rate_limited(backends, td):
+    """60 clients that stall in their request heads all get 408, but the log does not get a line
+    each: at most 10 a second for one status, then one summary line counting the rest."""
+    import re
+    b = backends(("blue", 1))
+    cfg = backend_cfg({"blue": (100, b.ports["blue"])}, workers=1)
+    cfg["timeouts"]["client_header_ms"] = 300
+    t = td(cfg)
+    n = 60
+    conns = [RawConn(t.port, timeout=10) for _ in range(n)]
+    try:
+        for c in conns:
+            c.send(b"GET / HTTP/1.1\r\nHost: h\r\nX-Half")
+        assert [c.read_response()[0] for c in conns] == [408] * n
+    finally:
+        for c in conns:
+            c.close()
+
+    def counted():
+        out = t.proc.output()
+        lines = len(re.findall(r"warn  408 127\.0\.0\.1 -: client too slow", out))
+        summarised = sum(int(x) for x in re.findall(r"(\d+) more 408 in the last second", out))
+        return lines, summarised, out
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and sum(counted()[:2]) < n:
+        time.sleep(0.05)
+    lines, summarised, out = counted()
+    assert lines + summarised == n, (lines, summarised, out[-3000:])
+    assert lines <= 20 and summarised > 0, (lines, summarised)
+    assert "(0 more" not in out and " 0 more" not in out, out[-3000:]
+    assert_serves(t)

@@ -482,3 +482,25 @@ def test_a_400_is_logged_with_the_rule_it_broke(backends, td):
         time.sleep(0.05)
     assert "400 127.0.0.1 POST: Content-Length together with Transfer-Encoding" \
         in t.proc.output(), t.proc.output()[-2000:]
+
+
+def test_a_backend_counts_the_requests_its_servers_answered(backends, td):
+    """A backend of two servers, the first refusing connections (a closed port): every request
+    tried there is retried on the second. `requests` counts requests answered, for a server and
+    for its backend alike: the backend's equals the sum of its servers', the refusing server
+    answered none and shows its failed tries as failures."""
+    from conftest import free_port, server_state
+    live = backends(("blue", 1))
+    closed = free_port()
+    cfg = backend_cfg({"blue": (100, [closed] + live.ports["blue"])},
+                      passive=NO_PASSIVE_EJECTION)
+    t = td(cfg)
+    n = 20
+    answers = [get(t.port) for _ in range(n)]
+    assert answers == [(200, "blue")] * n, answers
+    s = t.state()
+    b = backend_state(s, "blue")
+    dead, ok = server_state(s, closed), server_state(s, live.ports["blue"][0])
+    assert b["requests"] == dead["requests"] + ok["requests"] == n, (b, dead, ok)
+    assert dead["requests"] == 0 and dead["failures"] > 0, dead
+    assert ok["requests"] == n and ok["failures"] == 0, ok
