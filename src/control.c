@@ -204,8 +204,8 @@ static int apply(td_config_t *cfg, const char *what, int persist, const char *cl
     return 0;
 }
 
-int td_control_apply(td_config_t *cfg, const char *what, int persist, const char *client,
-                     char *err, size_t errlen) {
+int td_control_apply(td_config_t *cfg, const char *what, int persist, const char *client, char *err,
+                     size_t errlen) {
     return apply(cfg, what, persist, client, NULL, err, errlen);
 }
 

@@ -17,8 +17,8 @@
 #define RING 256
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static json_t *events[RING]; /* owned */
-static json_t *audit[RING];  /* owned */
+static json_t *events[RING];   /* owned */
+static json_t *audit[RING];    /* owned */
 static size_t nevents, naudit; /* total ever added */
 static char audit_path[4200];
 
@@ -82,7 +82,7 @@ void td_events_init(const char *path) {
         if (n == 0 || line[n - 1] != '\n') {
             if (feof(f))
                 break; /* cut short by a crash while it was appended */
-            int ch; /* longer than any entry td writes: skipped */
+            int ch;    /* longer than any entry td writes: skipped */
             while ((ch = fgetc(f)) != EOF && ch != '\n')
                 ;
             good = ftell(f);
@@ -149,10 +149,10 @@ int td_audit_begin(const char *what, json_t *before, json_t *after, const char *
                    json_t **entry) {
     char t[40];
     iso_now(t, sizeof(t));
-    json_t *a = json_pack("{s:I,s:s,s:s,s:o,s:o,s:s,s:I}", "id", (json_int_t)(naudit + 1),
-                          "time", t, "what", what, "before", before ? before : json_null(),
-                          "after", after ? after : json_null(), "client", client ? client : "",
-                          "version", (json_int_t)version);
+    json_t *a = json_pack("{s:I,s:s,s:s,s:o,s:o,s:s,s:I}", "id", (json_int_t)(naudit + 1), "time",
+                          t, "what", what, "before", before ? before : json_null(), "after",
+                          after ? after : json_null(), "client", client ? client : "", "version",
+                          (json_int_t)version);
     *entry = a;
     if (!a)
         return TD_ENOMEM;
@@ -183,9 +183,9 @@ void td_audit_abandon(json_t *entry, const char *why) {
     iso_now(t, sizeof(t));
     snprintf(what, sizeof(what), "not applied: %s (%s)",
              json_string_value(json_object_get(entry, "what")), why);
-    json_t *r = json_pack("{s:I,s:s,s:s,s:s,s:O}", "id", (json_int_t)(naudit + 2), "time", t,
-                          "what", what, "client", "td", "not_applied",
-                          json_object_get(entry, "id"));
+    json_t *r =
+        json_pack("{s:I,s:s,s:s,s:s,s:O}", "id", (json_int_t)(naudit + 2), "time", t, "what", what,
+                  "client", "td", "not_applied", json_object_get(entry, "id"));
     if (r)
         append_line(r);
     pthread_mutex_lock(&lock);

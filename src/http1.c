@@ -16,7 +16,6 @@
 #include <emmintrin.h>
 #endif
 
-
 #include "http1_chars.h"
 
 const unsigned char td_http1_cls[256] = {
@@ -37,7 +36,6 @@ const unsigned char td_http1_cls[256] = {
     0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82,
     0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82, 0x82,
 };
-
 
 static inline unsigned lower(unsigned char c) {
     return (unsigned)(c - 'A') < 26u ? (unsigned)c | 0x20u : c;
@@ -701,7 +699,7 @@ const char *td_http1_request_problem(const char *buf, size_t len) {
         if (nl && (e == p || e[-1] != '\r'))
             return "bare LF line ending (CRLF required)";
         if (!nl)
-            break; /* an unfinished line: nothing more to say about it */
+            break;              /* an unfinished line: nothing more to say about it */
         const char *le = e - 1; /* the CR */
         if (line == 0) {
             const char *sp1 = memchr(p, ' ', (size_t)(le - p));

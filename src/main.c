@@ -81,8 +81,7 @@ static int admin_open_beyond_loopback(const td_config_t *cfg) {
     }
     if (sa->sa_family == AF_INET6) {
         const struct in6_addr *a = &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr;
-        return !IN6_IS_ADDR_LOOPBACK(a) &&
-               !(IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+        return !IN6_IS_ADDR_LOOPBACK(a) && !(IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
     }
     return 0;
 }
@@ -217,8 +216,9 @@ static int run(td_config_t *cfg, const char *path) {
     }
     for (size_t i = 0; i < start_cfg->num_listeners; i++)
         td_info("listening on %s://%s/ with %d worker%s",
-                start_cfg->listeners[i].tls ? "https" : "http", start_cfg->listeners[i].address.text,
-                start_cfg->workers, start_cfg->workers == 1 ? "" : "s");
+                start_cfg->listeners[i].tls ? "https" : "http",
+                start_cfg->listeners[i].address.text, start_cfg->workers,
+                start_cfg->workers == 1 ? "" : "s");
     if (has_admin)
         td_info("admin API and web console on http://%s/", admin.text);
     if (admin_open_beyond_loopback(start_cfg))
@@ -250,8 +250,12 @@ int main(int argc, char **argv) {
     int test = 0, c;
     while ((c = getopt_long(argc, argv, "+c:tl:hv", opts, NULL)) != -1) {
         switch (c) {
-        case 'c': path = optarg; break;
-        case 't': test = 1; break;
+        case 'c':
+            path = optarg;
+            break;
+        case 't':
+            test = 1;
+            break;
         case 'l':
             if (strcmp(optarg, "debug") == 0)
                 td_log_set_level(TD_LOG_DEBUG);
@@ -269,15 +273,23 @@ int main(int argc, char **argv) {
             break;
         case 'P':
             if (optarg[0] != '/' || strlen(optarg) >= TD_PATH_MAX) {
-                fprintf(stderr, "td: --pid-file: give an absolute path (shorter than %d bytes), "
-                                "got \"%s\"\n", TD_PATH_MAX, optarg);
+                fprintf(stderr,
+                        "td: --pid-file: give an absolute path (shorter than %d bytes), "
+                        "got \"%s\"\n",
+                        TD_PATH_MAX, optarg);
                 return 2;
             }
             pid_flag = optarg;
             break;
-        case 'h': fputs(usage, stdout); return 0;
-        case 'v': printf("td %s\n", TD_VERSION); return 0;
-        default: fprintf(stderr, "Try 'td --help'.\n"); return 2;
+        case 'h':
+            fputs(usage, stdout);
+            return 0;
+        case 'v':
+            printf("td %s\n", TD_VERSION);
+            return 0;
+        default:
+            fprintf(stderr, "Try 'td --help'.\n");
+            return 2;
         }
     }
     if (optind < argc && strcmp(argv[optind], "backend") == 0) {
@@ -319,7 +331,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (!path) {
-        fprintf(stderr, "td: give a config file with -c FILE, or run 'td demo'. Try 'td --help'.\n");
+        fprintf(stderr,
+                "td: give a config file with -c FILE, or run 'td demo'. Try 'td --help'.\n");
         return 2;
     }
     td_config_t *cfg = td_config_load(path, stderr);

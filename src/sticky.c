@@ -16,7 +16,8 @@ static void make_process_key(void) {
     process_key.len = 32;
     if (RAND_bytes(process_key.bytes, (int)process_key.len) != 1)
         for (size_t i = 0; i < process_key.len; i++)
-            process_key.bytes[i] = (unsigned char)(i * 131 + 7); /* never reached on a working system */
+            process_key.bytes[i] =
+                (unsigned char)(i * 131 + 7); /* never reached on a working system */
 }
 
 void td_sticky_key_init(td_sticky_key_t *key, const char *secret) {

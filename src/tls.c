@@ -230,15 +230,13 @@ static void collect_names(cert_ctx_t *cc, X509 *x) {
     for (int i = 0; i < n; i++) {
         GENERAL_NAME *g = sk_GENERAL_NAME_value(sans, i);
         if (g->type == GEN_DNS)
-            cc->names[cc->num_names++] =
-                strndup((const char *)ASN1_STRING_get0_data(g->d.dNSName),
-                        (size_t)ASN1_STRING_length(g->d.dNSName));
+            cc->names[cc->num_names++] = strndup((const char *)ASN1_STRING_get0_data(g->d.dNSName),
+                                                 (size_t)ASN1_STRING_length(g->d.dNSName));
     }
     GENERAL_NAMES_free(sans);
     if (cc->num_names == 0) {
         char cn[256];
-        if (X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, cn,
-                                      sizeof(cn)) > 0)
+        if (X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, cn, sizeof(cn)) > 0)
             cc->names[cc->num_names++] = strdup(cn);
     }
 }
@@ -264,8 +262,7 @@ static SSL_CTX *server_ctx(const td_config_listener_t *l, const td_config_cert_t
     }
     if (SSL_CTX_check_private_key(ctx) != 1) {
         ERR_clear_error();
-        snprintf(err, errlen, "%s: private key does not match the certificate %s", c->key,
-                 c->cert);
+        snprintf(err, errlen, "%s: private key does not match the certificate %s", c->key, c->cert);
         goto fail;
     }
     SSL_CTX_set_alpn_select_cb(ctx, alpn_cb, NULL);

@@ -10,13 +10,13 @@
 
 /* Listens on `address` in `loop`, with `token` (copied; "" or NULL: no token) required as
  * "Authorization: Bearer TOKEN" on every call but the console page. The address is bound until
- * the process ends; the token changes only through td_admin_update_token. Without a token, a request whose Host is not this admin address (as bound, the address the
- * client reached, or localhost / 127.0.0.1 / [::1] with the bound port) gets 421, and one with an
- * Origin that is not http(s)://<that same host:port> gets 403: a browser page elsewhere (DNS
- * rebinding, a cross-origin form) cannot drive td. The console page is sent with a
- * Content-Security-Policy allowing only its own inline script and style (by SHA-256) and
- * same-origin fetches, and X-Frame-Options: DENY. Returns 0, or a negative TD_E* code with a
- * message in err[errlen]. */
+ * the process ends; the token changes only through td_admin_update_token. Without a token, a
+ * request whose Host is not this admin address (as bound, the address the client reached, or
+ * localhost / 127.0.0.1 / [::1] with the bound port) gets 421, and one with an Origin that is not
+ * http(s)://<that same host:port> gets 403: a browser page elsewhere (DNS rebinding, a cross-origin
+ * form) cannot drive td. The console page is sent with a Content-Security-Policy allowing only its
+ * own inline script and style (by SHA-256) and same-origin fetches, and X-Frame-Options: DENY.
+ * Returns 0, or a negative TD_E* code with a message in err[errlen]. */
 int td_admin_start(uv_loop_t *loop, const td_addr_t *address, const char *token, char *err,
                    size_t errlen);
 

@@ -23,11 +23,11 @@ enum {
     TD_EHDRTOOLARGE = -4, /* header block larger than the limit, or too many headers (431) */
     TD_EVERSION = -5,     /* HTTP version other than 1.0 or 1.1 (505) */
     TD_ENOMEM = -6,
-    TD_EINVAL = -7,       /* invalid argument or value */
-    TD_EIO = -8,          /* system call failed; errno has the detail */
+    TD_EINVAL = -7, /* invalid argument or value */
+    TD_EIO = -8,    /* system call failed; errno has the detail */
     TD_ENOTFOUND = -9,
-    TD_EUNAVAIL = -10,    /* no backend available (503) */
-    TD_ECONFLICT = -11,   /* the state changed underneath (409): e.g. a config file edited on disk */
+    TD_EUNAVAIL = -10,  /* no backend available (503) */
+    TD_ECONFLICT = -11, /* the state changed underneath (409): e.g. a config file edited on disk */
 };
 
 #endif

@@ -21,7 +21,7 @@ typedef enum td_same_site_e {
 
 /* When the sticky cookie carries Secure (routing.cookie.secure). */
 typedef enum td_cookie_secure_e {
-    TD_COOKIE_SECURE_AUTO = 0, /* "auto" (default): on responses sent over TLS listeners */
+    TD_COOKIE_SECURE_AUTO = 0,   /* "auto" (default): on responses sent over TLS listeners */
     TD_COOKIE_SECURE_ALWAYS = 1, /* true */
     TD_COOKIE_SECURE_NEVER = 2,  /* false */
 } td_cookie_secure_t;
@@ -50,12 +50,12 @@ typedef struct td_config_cert_s {
 
 typedef struct td_config_listener_s {
     td_addr_t address;
-    int tls;                   /* 1 when "tls" is present: HTTPS on this listener */
+    int tls; /* 1 when "tls" is present: HTTPS on this listener */
     td_config_cert_t certs[TD_CONFIG_MAX_CERTS]; /* the first is the default (no SNI) */
-    size_t num_certs;          /* 1..TD_CONFIG_MAX_CERTS when tls */
-    int min_version;           /* TLS1_2_VERSION (default, "1.2") or TLS1_3_VERSION ("1.3") */
-    int redirect_https;        /* plain listener: answer every request with a redirect to https */
-    int https_port;            /* port written in that redirect; 0 = none (443) */
+    size_t num_certs;                            /* 1..TD_CONFIG_MAX_CERTS when tls */
+    int min_version;    /* TLS1_2_VERSION (default, "1.2") or TLS1_3_VERSION ("1.3") */
+    int redirect_https; /* plain listener: answer every request with a redirect to https */
+    int https_port;     /* port written in that redirect; 0 = none (443) */
 } td_config_listener_t;
 
 typedef struct td_config_server_s {
@@ -98,8 +98,6 @@ typedef struct td_config_backend_s {
     int health_override;         /* 1 when the backend has its own "health_check" object */
 } td_config_backend_t;
 
-
-
 /* All 1..86400000 ms, except drain_ms 0..86400000 (0 = stop without waiting). */
 typedef struct td_config_timeouts_s {
     int connect_ms;           /* default 5000 */
@@ -120,26 +118,26 @@ typedef struct td_config_buffering_s {
 
 typedef struct td_config_s {
     td_config_listener_t *listeners; /* owned */
-    size_t num_listeners; /* 1..TD_CONFIG_MAX_LISTENERS */
-    int workers;          /* 1..64; "auto" resolved to the number of online CPUs (capped) */
-    int workers_auto;     /* 1 when written as "auto" (kept when the file is written back) */
+    size_t num_listeners;            /* 1..TD_CONFIG_MAX_LISTENERS */
+    int workers;      /* 1..64; "auto" resolved to the number of online CPUs (capped) */
+    int workers_auto; /* 1 when written as "auto" (kept when the file is written back) */
     td_addr_t admin_address;
-    int has_admin;                 /* 0 when "admin" is absent */
-    char admin_token[256];         /* printable ASCII without spaces; "" = no token required */
-    td_method_t method;            /* default round robin when "routing" is absent */
-    int failback_ms;               /* routing.failback_ms, 0..86400000: how long a failover
-                                      primary must have been up again before traffic goes back
-                                      to it; -1 (default) = one full rise of its health check
-                                      (rise x interval_ms), 0 without active checks */
-    char cookie_name[TD_NAME_MAX]; /* RFC 6265 token; default "TDSTICKY" */
-    int cookie_max_age_s;          /* 1..315360000 (10 years); default 3600 */
-    char cookie_secret[128];       /* key for signing the sticky cookie; "" = none (default) */
-    int cookie_http_only;          /* bool: HttpOnly on the sticky cookie; default 1 */
-    td_same_site_t cookie_same_site;   /* default TD_SAME_SITE_LAX */
-    td_cookie_secure_t cookie_secure;  /* default TD_COOKIE_SECURE_AUTO */
+    int has_admin;                    /* 0 when "admin" is absent */
+    char admin_token[256];            /* printable ASCII without spaces; "" = no token required */
+    td_method_t method;               /* default round robin when "routing" is absent */
+    int failback_ms;                  /* routing.failback_ms, 0..86400000: how long a failover
+                                         primary must have been up again before traffic goes back
+                                         to it; -1 (default) = one full rise of its health check
+                                         (rise x interval_ms), 0 without active checks */
+    char cookie_name[TD_NAME_MAX];    /* RFC 6265 token; default "TDSTICKY" */
+    int cookie_max_age_s;             /* 1..315360000 (10 years); default 3600 */
+    char cookie_secret[128];          /* key for signing the sticky cookie; "" = none (default) */
+    int cookie_http_only;             /* bool: HttpOnly on the sticky cookie; default 1 */
+    td_same_site_t cookie_same_site;  /* default TD_SAME_SITE_LAX */
+    td_cookie_secure_t cookie_secure; /* default TD_COOKIE_SECURE_AUTO */
     char preview_header[TD_NAME_MAX]; /* routing.preview.header; default "X-TD-Backend" */
-    char preview_token[128];       /* routing.preview.token; "" = preview route off (default) */
-    char access_log[256];          /* "" = off (default), "stderr", or a file path (appended) */
+    char preview_token[128];          /* routing.preview.token; "" = preview route off (default) */
+    char access_log[256];             /* "" = off (default), "stderr", or a file path (appended) */
     char pid_file[TD_PATH_MAX];    /* "" = none (default), or an absolute path written at start */
     td_config_backend_t *backends; /* owned */
     size_t num_backends;           /* 1..TD_CONFIG_MAX_BACKENDS */

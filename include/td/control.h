@@ -24,8 +24,8 @@ int64_t td_control_started_ms(void);
  * there is a file, logs "config version N applied (WHAT)" and records the change in the audit
  * log with `client` (the address it came from). Returns 0, or a negative TD_E*
  * code with a message in err[errlen] (nothing changed then). */
-int td_control_apply(td_config_t *cfg, const char *what, int persist, const char *client,
-                     char *err, size_t errlen);
+int td_control_apply(td_config_t *cfg, const char *what, int persist, const char *client, char *err,
+                     size_t errlen);
 
 /* Re-reads the config file (SIGHUP). A bad file is rejected: every problem is logged as
  * FILE:LINE:COL: message and the running config stays. Returns 0 or a negative TD_E* code. */

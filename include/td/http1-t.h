@@ -41,10 +41,10 @@ typedef struct td_http1_request_s {
     int minor_version; /* 0 or 1 */
     td_http1_header_t *headers; /* borrowed: the caller's array */
     size_t num_headers;
-    td_str_t host;                /* value of the single Host header (len 0 when absent) */
-    td_http1_body_t body;         /* TD_BODY_NONE, TD_BODY_LENGTH or TD_BODY_CHUNKED */
-    uint64_t content_length;      /* bytes, when body == TD_BODY_LENGTH */
-    unsigned conn_flags;          /* TD_CONN_* */
+    td_str_t host;           /* value of the single Host header (len 0 when absent) */
+    td_http1_body_t body;    /* TD_BODY_NONE, TD_BODY_LENGTH or TD_BODY_CHUNKED */
+    uint64_t content_length; /* bytes, when body == TD_BODY_LENGTH */
+    unsigned conn_flags;     /* TD_CONN_* */
     /* Content-Length came as several (identical) values, in a list ("5, 5") or in several field
      * lines: a proxy forwards one field instead (RFC 9110 §8.6). Only with TD_BODY_LENGTH. */
     unsigned content_length_repeated : 1;

@@ -381,7 +381,8 @@ static void test_error_cap(void) {
         lines += *p == '\n';
     T_EQ_INT(lines, 101);
     T_CHECK(strstr(out, "t.json:2:1: listeners[0]: missing required key \"address\"\n"
-                        "t.json:2:2: listeners[0].x: unknown key (valid keys: address, tls, redirect_https, https_port)\n") == out);
+                        "t.json:2:2: listeners[0].x: unknown key (valid keys: address, tls, "
+                        "redirect_https, https_port)\n") == out);
     T_CHECK(strstr(out, "t.json:51:2: listeners[49].x: unknown key") != NULL);
     T_CHECK(strstr(out, "t.json:51:2: 20 more problems not shown\n") != NULL);
     free(out);
@@ -563,13 +564,14 @@ static void test_helpers(void) {
 
 /* Per-backend health_check overrides start from the global one; passive detection settings. */
 static void test_health_overrides_and_passive(void) {
-    const char *doc = "{" MIN_LISTENERS ",\n"
-                      " \"health_check\": {\"type\": \"http\", \"path\": \"/hz\", \"fall\": 2},\n"
-                      " \"passive\": {\"failures\": 4, \"eject_ms\": 100},\n"
-                      " \"backends\": [{\"name\": \"a\", \"weight\": 1,\n"
-                      "   \"servers\": [{\"address\": \"127.0.0.1:1\"}],\n"
-                      "   \"health_check\": {\"type\": \"tcp\", \"port\": 81, \"expect_body\": \"ok\"}},\n"
-                      "  {\"name\": \"b\", \"weight\": 1, \"servers\": [{\"address\": \"127.0.0.1:2\"}]}]}";
+    const char *doc =
+        "{" MIN_LISTENERS ",\n"
+        " \"health_check\": {\"type\": \"http\", \"path\": \"/hz\", \"fall\": 2},\n"
+        " \"passive\": {\"failures\": 4, \"eject_ms\": 100},\n"
+        " \"backends\": [{\"name\": \"a\", \"weight\": 1,\n"
+        "   \"servers\": [{\"address\": \"127.0.0.1:1\"}],\n"
+        "   \"health_check\": {\"type\": \"tcp\", \"port\": 81, \"expect_body\": \"ok\"}},\n"
+        "  {\"name\": \"b\", \"weight\": 1, \"servers\": [{\"address\": \"127.0.0.1:2\"}]}]}";
     td_config_t *c = td_config_parse(doc, strlen(doc), "t.json", stderr);
     T_CHECK(c != NULL);
     if (!c)
@@ -622,7 +624,8 @@ static void test_request_buffering_and_client_send(void) {
         free(text);
         td_config_free(c);
     }
-    T_ERRORS("{" MIN_LISTENERS ", " MIN_BACKENDS ",\n \"request_buffering\": {\"max_bytes\": 2000000}}",
+    T_ERRORS("{" MIN_LISTENERS ", " MIN_BACKENDS
+             ",\n \"request_buffering\": {\"max_bytes\": 2000000}}",
              "t.json:2:37: request_buffering.max_bytes: 2000000 is out of range (0..1048576)\n");
     T_ERRORS("{" MIN_LISTENERS ", " MIN_BACKENDS ",\n \"request_buffering\": {\"max_byte\": 1}}",
              "t.json:2:24: request_buffering.max_byte: unknown key, did you mean \"max_bytes\"?\n");

@@ -926,8 +926,8 @@ static void test_framing_lookalike_names_refused(void) {
     };
     for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
         T_EQ_INT(split_request(refused[i], strlen(refused[i]), NULL), TD_EBADMSG);
-        T_CHECK(strstr(td_http1_request_problem(refused[i], strlen(refused[i])),
-                       "with \"_\"") != NULL);
+        T_CHECK(strstr(td_http1_request_problem(refused[i], strlen(refused[i])), "with \"_\"") !=
+                NULL);
     }
     td_http1_request_t r;
     T_CHECK(request("GET / HTTP/1.1\r\nHost: h\r\nX_Custom: 1\r\nContent_Type: a\r\n"
@@ -936,8 +936,8 @@ static void test_framing_lookalike_names_refused(void) {
     T_EQ_INT(r.num_headers, 4);
     /* a response may carry such a name: only requests reach CGI variables */
     td_http1_response_t rs;
-    T_CHECK(response("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nContent_Length: 9\r\n\r\n", 0,
-                     &rs) > 0);
+    T_CHECK(response("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nContent_Length: 9\r\n\r\n", 0, &rs) >
+            0);
 }
 
 /* Identical Content-Length values, listed or repeated, are flagged so the proxy forwards one. */
