@@ -48,7 +48,6 @@ void td_stream_init(td_stream_t *s, td_stream_loop_t *sl, void *owner) {
     s->data = owner;
     uv_tcp_init(sl->loop, &s->tcp);
     s->tcp.data = s;
-    s->creq.data = s;
 }
 
 int td_stream_open(td_stream_t *s, int fd) {
@@ -382,6 +381,7 @@ void td_stream_read_stop(td_stream_t *s) {
 
 static void connect_cb(uv_connect_t *req, int status) {
     td_stream_t *s = req->data;
+    free(req); /* libuv calls this before the handle's close callback, also when it is closed */
     if (s->closing)
         return;
     if (status < 0 || !s->tls) {
@@ -402,8 +402,17 @@ int td_stream_connect(td_stream_t *s, const struct sockaddr *sa, td_tls_client_t
                       td_stream_connect_cb cb) {
     if (tls && (!(s->tls = calloc(1, sizeof(*s->tls))) || td_tls_connect(s->tls, tls) < 0))
         return UV_ENOMEM;
+    /* The request is allocated per connect: a stream that never connects (every client
+     * connection) does not carry one. */
+    uv_connect_t *req = malloc(sizeof(*req));
+    if (!req)
+        return UV_ENOMEM;
+    req->data = s;
     s->connect_cb = cb;
-    return uv_tcp_connect(&s->creq, &s->tcp, sa, connect_cb);
+    int r = uv_tcp_connect(req, &s->tcp, sa, connect_cb);
+    if (r < 0)
+        free(req);
+    return r;
 }
 
 static void close_cb(uv_handle_t *h) {

@@ -54,7 +54,6 @@ struct td_stream_loop_s {
 
 struct td_stream_s {
     uv_tcp_t tcp;
-    uv_connect_t creq;
     td_stream_loop_t *sl;        /* borrowed */
     void *data;                  /* borrowed: the owner, for its callbacks */
     td_tls_conn_t *tls;          /* owned; NULL for plain TCP */
