@@ -29,16 +29,7 @@ static td_addr_t bound_address;
 static char token_in_force[sizeof(((td_config_t *)0)->admin_token)];
 
 static td_admin_reply_t json_reply(int status, json_t *j) {
-    td_admin_reply_t r = {status, "application/json", json_dumps(j, JSON_INDENT(2)), 0, NULL, NULL};
-    json_decref(j);
-    if (!r.body) {
-        r.status = 500;
-        r.body = strdup("{\"error\": \"out of memory\"}");
-    }
-    r.len = strlen(r.body);
-    r.body = realloc(r.body, r.len + 2);
-    r.body[r.len++] = '\n';
-    return r;
+    return td_admin_http_json(status, j);
 }
 
 /* 405 with the methods the resource takes (RFC 9110 §15.5.6: Allow is required). */

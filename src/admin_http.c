@@ -72,19 +72,26 @@ static void conn_close(admin_conn_t *c) {
 
 /* ---- replies */
 
-td_admin_reply_t td_admin_http_error(int status, const char *msg) {
-    json_t *j = json_pack("{s:s}", "error", msg);
-    td_admin_reply_t r = {
-        status, "application/json", j ? json_dumps(j, JSON_INDENT(2)) : NULL, 0, NULL, NULL};
+td_admin_reply_t td_admin_http_json(int status, json_t *j) {
+    static const char oom[] = "{\"error\": \"out of memory\"}\n";
+    char *text = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
     json_decref(j);
-    if (!r.body) {
-        r.status = 500;
-        r.body = strdup("{\"error\": \"out of memory\"}");
+    size_t len = text ? strlen(text) : 0;
+    char *body = text ? realloc(text, len + 2) : NULL;
+    if (!body) {
+        free(text);
+        status = 500;
+        len = sizeof(oom) - 2;
+        if (!(body = strdup(oom)))
+            return (td_admin_reply_t){500, "application/json", NULL, 0, NULL, NULL};
     }
-    r.len = strlen(r.body);
-    r.body = realloc(r.body, r.len + 2);
-    r.body[r.len++] = '\n';
-    return r;
+    body[len++] = '\n';
+    body[len] = 0;
+    return (td_admin_reply_t){status, "application/json", body, len, NULL, NULL};
+}
+
+td_admin_reply_t td_admin_http_error(int status, const char *msg) {
+    return td_admin_http_json(status, json_pack("{s:s}", "error", msg));
 }
 
 /* ---- checks */

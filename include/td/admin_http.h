@@ -34,4 +34,10 @@ void td_admin_http_stop(void);
  * memory" when it cannot be built. */
 td_admin_reply_t td_admin_http_error(int status, const char *msg);
 
+/* The reply with the JSON document `j` (a jansson json_t *, owned: released here; NULL when it
+ * could not be built), pretty-printed with a newline, and `status`; a 500 "out of memory" when
+ * the text cannot be made. */
+struct json_t;
+td_admin_reply_t td_admin_http_json(int status, struct json_t *j);
+
 #endif
