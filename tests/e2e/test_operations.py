@@ -8,24 +8,12 @@ import signal
 import subprocess
 import time
 
-from conftest import (ASAN, Backends, Proc, RawConn, TD, backend_cfg, free_port, get_once,
+from conftest import (ASAN, Backends, Proc, RawConn, TD, backend_cfg, free_port, get, get_once,
                       put_ratio_status, reload_config, server_state, start_td_file,
                       two_colours_apart, wait_for, wait_port)
 
 SLACK = 2.0 if ASAN else 1.0
 TIMEOUT = 10
-
-
-def get(port, path="/"):
-    """One GET on a fresh connection: (status, X-TD-Demo-Backend)."""
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
-    try:
-        c.request("GET", path)
-        r = c.getresponse()
-        r.read()
-        return r.status, r.headers.get("X-TD-Demo-Backend")
-    finally:
-        c.close()
 
 
 def hc(**kw):
