@@ -535,7 +535,12 @@ def exhaust_fds(backends, td, delay_ms, cfg_extra=None):
     assert set(results) <= {200, 503}, results
     assert 503 in results, results  # the limit was reached
     assert "not the backend's" in t.proc.output()
-    # Descriptors are free again: the admin API answers, nothing was charged to a server.
+    assert_recovered(t)
+
+
+def assert_recovered(t):
+    """Descriptors are free again: the admin API answers, nothing was charged to a server, every
+    request succeeds."""
     state = wait_for(lambda: _state_or_none(t), timeout=10)
     for name in ("blue", "green"):
         srv = server_of(state, name)
@@ -546,7 +551,6 @@ def exhaust_fds(backends, td, delay_ms, cfg_extra=None):
             c.send(b"GET /bytes/3 HTTP/1.1\r\nHost: h\r\n\r\n")
             status, _, body = c.read_response()
             assert (status, body) == (200, b"abc")
-    return t
 
 
 def test_fd_exhaustion_does_not_eject_healthy_backends(backends, td):
@@ -557,12 +561,29 @@ def test_fd_exhaustion_does_not_eject_healthy_backends(backends, td):
 
 def test_fd_exhaustion_does_not_fail_health_checks(backends, td):
     """Active health checks that cannot open a socket while td is out of descriptors give no
-    verdict: the servers stay up."""
+    verdict: the servers stay up. Idle client connections, opened until td has accepted enough of
+    them to hold every free descriptor, keep it out of descriptors between two probes."""
     hc = {"type": "http", "path": "/", "interval_ms": 100, "timeout_ms": 1000, "fall": 2,
           "rise": 2}
-    t = exhaust_fds(backends, td, 1500, {"health_check": hc})
-    assert "health: cannot check server" in t.proc.output()
+    b = backends(("blue", 1), ("green", 1))
+    t = td(td_cfg({"blue": (50, b.ports["blue"]), "green": (50, b.ports["green"])},
+                  health_check=hc))
+    limit = open_fds(t.proc.pid) + 6
+    subprocess.run(["prlimit", f"--pid={t.proc.pid}", f"--nofile={limit}:{limit}"], check=True,
+                   timeout=10)
+    conns = []
+    try:
+        deadline = time.monotonic() + 30
+        while "health: cannot check server" not in t.proc.output():
+            assert time.monotonic() < deadline, t.proc.output()[-3000:]
+            if len(conns) < 60:
+                conns.append(socket.create_connection(("127.0.0.1", t.port), timeout=10))
+            time.sleep(0.05)
+    finally:
+        for c in conns:
+            c.close()
     assert "is down" not in t.proc.output(), t.proc.output()[-3000:]
+    assert_recovered(t)
 
 
 def _state_or_none(t):
