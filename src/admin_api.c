@@ -133,6 +133,13 @@ static json_t *state_json(void) {
                           "requests", (json_int_t)atomic_load(&st->requests), "failures",
                           (json_int_t)atomic_load(&st->failures), "responses",
                           class_counts(st->responses)));
+            /* max_conns (0: no limit) and the slots held against it: requests in flight there
+             * and its tunnels. */
+            json_object_set_new(json_array_get(servers, j), "max_conns",
+                                json_integer(b->servers[j].max_conns));
+            if (b->servers[j].max_conns)
+                json_object_set_new(json_array_get(servers, j), "slots",
+                                    json_integer((json_int_t)atomic_load(&st->slots)));
             const char *last = td_health_last(st);
             if (last[0])
                 json_object_set_new(json_array_get(servers, j), "last_check", json_string(last));
@@ -157,6 +164,11 @@ static json_t *state_json(void) {
         if (s->method == TD_METHOD_FAILOVER)
             json_object_set_new(jb, "role", json_string(i == order[0] ? "primary" : "backup"));
         json_object_set_new(jb, "local_responses", local_counts(b->st->local));
+        /* Requests waiting for a max_conns slot now (all workers), and those that waited
+         * queue_ms and got td's 503. */
+        json_object_set_new(jb, "queued", json_integer((json_int_t)atomic_load(&b->st->queued)));
+        json_object_set_new(jb, "queue_timeouts",
+                            json_integer((json_int_t)atomic_load(&b->st->queue_timeouts)));
         int64_t b5 = atomic_load(&b->st->last_5xx_ms);
         json_object_set_new(jb, "last_5xx_ago_ms", ago(b5, now));
         if (b5 > last_5xx)

@@ -12,6 +12,7 @@
 #include "td/client.h"
 #include "td/http1.h"
 #include "td/log.h"
+#include "td/queue.h"
 #include "td/rewrite.h"
 #include "td/router.h"
 #include "td/stream.h"
@@ -80,6 +81,10 @@ static void exchange_log(client_t *c) {
 }
 
 void td_exchange_end(client_t *c) {
+    if (c->ex.qlink.list) { /* answered or gone while it waited for a slot (499) */
+        td_queue_remove(&c->w->queue, &c->ex.qlink);
+        td_client_timer_stop(c);
+    }
     exchange_log(c);
     c->ex.started_ms = 0;
     c->ex.status = 0;
@@ -457,12 +462,63 @@ void td_exchange_upstream_fail(upstream_t *u, const char *why, int kind) {
 static void upstream_ready(upstream_t *u);
 static const td_upstream_cbs_t upstream_cbs;
 
+/* max_conns: the request waits in the worker's queue of backend `bi` (already there: it stays at
+ * its place), with the queue deadline in the client's timeout slot. A queued request holds no
+ * slot and counts nowhere as in flight. */
+static void queue_wait(client_t *c, int bi) {
+    td_exchange_t *x = &c->ex;
+    td_backend_stats_t *b = x->snap->backends[bi].st;
+    x->backend = bi;
+    x->server = -1;
+    if (x->qlink.list && x->qlink.list->key == b)
+        return;
+    int armed = x->qlink.list != NULL; /* moved to another backend: its deadline stays */
+    td_queue_remove(&c->w->queue, &x->qlink);
+    if (td_queue_push(&c->w->queue, b, &x->qlink, td_now_ms()) < 0) {
+        td_client_error(c, 503, "out of memory for the queue");
+        return;
+    }
+    if (!armed)
+        td_client_timer(c, T_QUEUE);
+}
+
+void td_exchange_queue_run(worker_t *w) {
+    for (td_queue_list_t *l = w->queue.lists; l; l = l->next) {
+        td_queue_link_t *h;
+        /* Each pass takes the head out (dispatched, or answered) or stops: a head still there
+         * found every server full. Lists are never freed while the worker runs. */
+        while ((h = l->head)) {
+            client_t *c = TD_CONTAINER_OF(h, td_exchange_t, qlink)->down;
+            pick_and_connect(c);
+            if (l->head == h)
+                break;
+        }
+    }
+}
+
+void td_exchange_queue_timeout(client_t *c) {
+    td_exchange_t *x = &c->ex;
+    if (!x->qlink.list)
+        return;
+    td_backend_stats_t *b = x->qlink.list->key;
+    long long waited = (long long)(td_now_ms() - x->qlink.since_ms);
+    td_queue_remove(&c->w->queue, &x->qlink);
+    atomic_fetch_add_explicit(&b->queue_timeouts, 1, memory_order_relaxed);
+    char why[200];
+    snprintf(why, sizeof(why), "queue timeout after %lld ms: every server of %s at max_conns",
+             waited, b->name);
+    if (!c->req_done)
+        td_client_no_keep_alive(c);
+    td_client_error(c, 503, why);
+}
+
 /* Chooses a backend and a server for the request (or the next try) and connects. */
 static void pick_and_connect(client_t *c) {
     worker_t *w = c->w;
     td_snapshot_t *s = c->ex.snap;
     int64_t now = td_now_ms();
     uint8_t exhausted[TD_CONFIG_MAX_BACKENDS] = {0};
+    int races = 0;
     for (;;) {
         if (c->ex.tries >= MAX_TRIES) {
             td_client_error(c, 502, unreachable(c));
@@ -490,6 +546,14 @@ static void pick_and_connect(client_t *c) {
             }
         }
         td_snap_backend_t *b = &s->backends[bi];
+        /* A new request does not overtake those already waiting in this worker for the
+         * backend: a slot that just freed is theirs (the wake-up dispatches them). */
+        if (b->limited && c->ex.tries == 0 && !c->ex.qlink.list &&
+            atomic_load_explicit(&b->st->queued, memory_order_relaxed) > 0 &&
+            td_queue_waiting(&w->queue, b->st) > 0) {
+            queue_wait(c, bi);
+            return;
+        }
         uint8_t tried[TD_CONFIG_MAX_SERVERS];
         size_t ns = b->num_servers < TD_CONFIG_MAX_SERVERS ? b->num_servers : TD_CONFIG_MAX_SERVERS;
         memset(tried, 0, ns);
@@ -497,6 +561,10 @@ static void pick_and_connect(client_t *c) {
             if (c->ex.tried[i] >= b->first_server && c->ex.tried[i] - b->first_server < ns)
                 tried[c->ex.tried[i] - b->first_server] = 1;
         int si = td_router_pick_server(b, w->wrr_s + b->first_server, tried, now);
+        if (si == TD_EFULL) {
+            queue_wait(c, bi);
+            return;
+        }
         if (si < 0) {
             if ((size_t)bi < sizeof(exhausted))
                 exhausted[bi] = 1;
@@ -506,6 +574,24 @@ static void pick_and_connect(client_t *c) {
             /* Every server of every backend exhausted ends in the pick_backend branch above. */
             continue;
         }
+        td_snap_server_t *srv = &b->servers[si];
+        if (srv->max_conns) {
+            if (!td_registry_slot_take(srv->st, srv->max_conns)) {
+                /* Another worker took the last slot since the pick looked: pick again on the
+                 * same backend (the server now looks full). */
+                c->ex.backend = bi;
+                if (++races < MAX_TRIES)
+                    continue;
+                queue_wait(c, bi);
+                return;
+            }
+            c->ex.slot_st = srv->st;
+            c->ex.slot_b = b->st;
+        }
+        if (c->ex.qlink.list) { /* its turn came: out of the queue, the deadline off */
+            td_queue_remove(&w->queue, &c->ex.qlink);
+            td_client_timer_stop(c);
+        }
         tried_add(c, b->first_server + (size_t)si);
         c->ex.tries++;
         c->ex.backend = bi;
@@ -513,7 +599,6 @@ static void pick_and_connect(client_t *c) {
         int pin = td_router_sticky_set(s, bi, c->ex.pinned, c->ex.forced);
         if (pin >= 0)
             c->ex.sticky_set = pin;
-        td_snap_server_t *srv = &b->servers[si];
         td_exchange_count_try(c, b->st, srv->st);
         upstream_t *u;
         int r = td_upstream_open(w, srv, b->tls, td_client_timeout_ms(c, T_CONNECT), c,

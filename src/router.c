@@ -109,18 +109,25 @@ static int pick_server(const td_snap_backend_t *b, int *wrr, const uint8_t *trie
     size_t n = b->num_servers < MAX_SERVERS ? b->num_servers : MAX_SERVERS;
     uint8_t ok[MAX_SERVERS];
     int weight[MAX_SERVERS];
+    int full = 0;
     for (size_t i = 0; i < n; i++) {
         weight[i] = b->servers[i].weight;
         ok[i] = !(tried && tried[i]) && td_server_is_up(b->servers[i].st, now_ms);
+        /* max_conns: a server at its limit is passed over (one branch when it has none). */
+        if (ok[i] && b->servers[i].max_conns &&
+            td_registry_slot_full(b->servers[i].st, b->servers[i].max_conns)) {
+            ok[i] = 0;
+            full += weight[i] > 0;
+        }
     }
     int i = td_balancer_pick(weight, wrr, ok, n);
-    return i >= 0 ? i : TD_EUNAVAIL;
+    return i >= 0 ? i : full ? TD_EFULL : TD_EUNAVAIL;
 }
 
 int td_router_pick_server(const td_snap_backend_t *b, int *wrr, const uint8_t *tried,
                           int64_t now_ms) {
     int i = pick_server(b, wrr, tried, now_ms);
-    return i >= 0 ? i : pick_server(b, wrr, tried, INT64_MAX);
+    return i >= 0 || i == TD_EFULL ? i : pick_server(b, wrr, tried, INT64_MAX);
 }
 
 int td_router_shares(const td_snapshot_t *s, int64_t now_ms, double *share) {

@@ -67,6 +67,9 @@ td_snapshot_t *td_snapshot_build(td_config_t *cfg, uint64_t version, char *err, 
         for (size_t j = 0; j < cb->num_servers; j++) {
             b->servers[j].addr = cb->servers[j].address;
             b->servers[j].weight = cb->servers[j].weight;
+            b->servers[j].max_conns = cb->servers[j].max_conns;
+            if (cb->servers[j].max_conns)
+                b->limited = 1;
             b->servers[j].st = td_registry_server(cb->name, cb->servers[j].address.text);
             if (!b->servers[j].st)
                 goto err;

@@ -60,7 +60,9 @@ typedef struct td_config_listener_s {
 
 typedef struct td_config_server_s {
     td_addr_t address;
-    int weight; /* 0..100; default 1 */
+    int weight;    /* 0..100; default 1 */
+    int max_conns; /* 0..1000000 requests in flight (tunnels included) at once; 0 (default) = no
+                      limit. Beyond it requests wait in td's queue (timeouts.queue_ms) */
 } td_config_server_t;
 
 typedef struct td_config_health_s {
@@ -107,6 +109,9 @@ typedef struct td_config_timeouts_s {
     int drain_ms;             /* default 30000 */
     int client_send_ms;       /* default 60000: longest wait for a client to take response bytes
                                  (nginx's send_timeout); then td closes, the client's fault */
+    int queue_ms;             /* default 10000: longest wait of a request queued because every
+                                 server of its backend is at max_conns; then td answers 503
+                                 (HAProxy's timeout queue) */
 } td_config_timeouts_t;
 
 /* Request bodies read into td before a backend is chosen (nginx's proxy_request_buffering,

@@ -53,7 +53,10 @@ int td_router_pick_backend(const td_snapshot_t *s, int *wrr, int pinned, const u
 
 /* Chooses a server of backend `b` by smooth weighted round robin over its up servers.
  * `wrr` holds num_servers scores for this backend; `tried` (may be NULL) marks servers to skip.
- * Returns the index within b->servers, or TD_EUNAVAIL. */
+ * A server with a max_conns whose slots are all held (td_registry_slot_full) is skipped too; the
+ * caller still takes the slot (td_registry_slot_take), which another worker may have won
+ * meanwhile. Returns the index within b->servers, TD_EFULL when the only servers that could take
+ * the request are at their max_conns (it waits in the backend's queue), or TD_EUNAVAIL. */
 int td_router_pick_server(const td_snap_backend_t *b, int *wrr, const uint8_t *tried,
                           int64_t now_ms);
 

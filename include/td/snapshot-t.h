@@ -15,6 +15,7 @@
 typedef struct td_snap_server_s {
     td_addr_t addr;
     int weight;
+    int max_conns;         /* requests in flight (and tunnels) it takes at once; 0 = no limit */
     td_server_stats_t *st; /* borrowed from the registry */
 } td_snap_server_t;
 
@@ -31,6 +32,7 @@ typedef struct td_snap_backend_s {
     int64_t failback_ms;    /* failover: how long it must be up again before it takes back
                                traffic from a backend after it (routing.failback_ms resolved) */
     td_backend_stats_t *st; /* borrowed from the registry */
+    int limited;            /* 1 when a server of it has max_conns: requests may queue for it */
 } td_snap_backend_t;
 
 /* An immutable routing snapshot: what workers read to route a request. Built by the admin thread,
