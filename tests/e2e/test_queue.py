@@ -1,0 +1,264 @@
+"""max_conns per server and the queue: requests beyond a server's limit wait in td, in order, up
+to timeouts.queue_ms, then get td's 503. The servers here record their own peak of concurrent
+requests, so the limit is judged by what the server saw, not by td's counters."""
+import http.client
+import json
+import socket
+import struct
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from conftest import TD, RawConn, free_port
+
+
+class CountingServer:
+    """A threaded HTTP/1.1 server on 127.0.0.1: GET /slow/MS answers after MS ms; it counts
+    requests in progress and keeps their peak, and the order in which requests arrived."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.active = 0
+        self.peak = 0
+        self.arrivals = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                with outer.lock:
+                    outer.active += 1
+                    outer.peak = max(outer.peak, outer.active)
+                    outer.arrivals.append(self.headers.get("X-Seq"))
+                try:
+                    ms = 0
+                    if self.path.startswith("/slow/"):
+                        ms = int(self.path[len("/slow/"):])
+                    time.sleep(ms / 1000.0)
+                    body = b"ok\n"
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                finally:
+                    with outer.lock:
+                        outer.active -= 1
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def reset_peak(self):
+        with self.lock:
+            self.peak = self.active
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def counting_server():
+    started = []
+
+    def start():
+        s = CountingServer()
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+def queue_cfg(port, max_conns, queue_ms, workers=2):
+    return {
+        "workers": workers,
+        "backends": [{"name": "blue", "weight": 100,
+                      "servers": [{"address": f"127.0.0.1:{port}", "weight": 1,
+                                   "max_conns": max_conns}]}],
+        "timeouts": {"connect_ms": 2000, "upstream_response_ms": 30000, "queue_ms": queue_ms},
+    }
+
+
+def blue(t):
+    return next(b for b in t.state()["backends"] if b["name"] == "blue")
+
+
+def wait_state(t, pred, timeout=20.0):
+    """Polls the state of backend blue until pred(blue) holds; returns it."""
+    deadline = time.monotonic() + timeout
+    b = blue(t)
+    while time.monotonic() < deadline:
+        if pred(b):
+            return b
+        time.sleep(0.02)
+        b = blue(t)
+    raise AssertionError(f"state never reached: {b}")
+
+
+def concurrent_gets(port, n, path, timeout=60.0):
+    """n GETs at once, each on its own connection; returns (statuses, bodies, threads)."""
+    statuses = [None] * n
+    bodies = [None] * n
+
+    def one(i):
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+            c.request("GET", path)
+            r = c.getresponse()
+            bodies[i] = r.read()
+            statuses[i] = r.status
+            c.close()
+        except OSError as e:
+            statuses[i] = repr(e)
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n)]
+    for th in threads:
+        th.start()
+    return statuses, bodies, threads
+
+
+def join_all(threads, timeout=90.0):
+    deadline = time.monotonic() + timeout
+    for th in threads:
+        th.join(timeout=max(0.0, deadline - time.monotonic()))
+    assert not any(th.is_alive() for th in threads), "requests did not finish"
+
+
+def test_max_conns_2_holds_20_concurrent_requests_to_2_at_the_server_and_answers_all(
+        counting_server, td):
+    srv = counting_server()
+    t = td(queue_cfg(srv.port, 2, 30000, workers=2))
+    statuses, _, threads = concurrent_gets(t.port, 20, "/slow/300")
+    # While they wait, the state shows the queue (summed over both workers).
+    seen = wait_state(t, lambda b: b["queued"] > 0)
+    assert seen["queued"] <= 18
+    join_all(threads)
+    assert statuses == [200] * 20, statuses
+    assert srv.peak == 2, f"the server saw {srv.peak} requests at once"
+    b = wait_state(t, lambda b: b["queued"] == 0 and b["in_flight"] == 0)
+    s = b["servers"][0]
+    assert s["max_conns"] == 2 and s["slots"] == 0
+    assert s["requests"] == 20 and s["failures"] == 0 and s["health"] == "up"
+    assert b["queue_timeouts"] == 0
+
+
+def test_queued_requests_get_503_after_queue_ms_and_count_as_queue_timeouts(counting_server, td):
+    srv = counting_server()
+    t = td(queue_cfg(srv.port, 2, 300, workers=2))
+    statuses, bodies, threads = concurrent_gets(t.port, 20, "/slow/3000")
+    join_all(threads)
+    assert statuses.count(200) == 2 and statuses.count(503) == 18, statuses
+    assert srv.peak == 2
+    b = wait_state(t, lambda b: b["queued"] == 0 and b["in_flight"] == 0)
+    assert b["queue_timeouts"] == 18
+    assert b["local_responses"]["503"] == 18
+    s = b["servers"][0]
+    # Waiting in td is not the server's fault: no failure, no ejection, only 2 requests there.
+    assert s["failures"] == 0 and s["health"] == "up" and s["requests"] == 2
+    assert "queue timeout after" in t.proc.output() and "every server of blue at max_conns" \
+        in t.proc.output()
+    status, text = t.api("GET", "/metrics")
+    assert 'td_backend_queue_timeouts_total{backend="blue"} 18' in text
+    assert 'td_backend_queue_length{backend="blue"} 0' in text
+
+
+def test_queue_dispatches_in_arrival_order(counting_server, td):
+    srv = counting_server()
+    t = td(queue_cfg(srv.port, 1, 30000, workers=1))
+    conns = []
+    try:
+        first = RawConn(t.port)
+        first.send(b"GET /slow/1000 HTTP/1.1\r\nHost: x\r\nX-Seq: 0\r\n\r\n")
+        wait_state(t, lambda b: b["servers"][0]["slots"] == 1)
+        for i in range(1, 6):
+            c = RawConn(t.port)
+            c.send(f"GET /slow/10 HTTP/1.1\r\nHost: x\r\nX-Seq: {i}\r\n\r\n".encode())
+            conns.append(c)
+            wait_state(t, lambda b, i=i: b["queued"] == i)
+        for c in [first] + conns:
+            status, _, _ = c.read_response()
+            assert status == 200
+    finally:
+        first.close()
+        for c in conns:
+            c.close()
+    assert srv.arrivals == [str(i) for i in range(6)]
+    assert srv.peak == 1
+
+
+def reset_close(c):
+    """Closes a RawConn with a reset (SO_LINGER 0): td sees the client go away at once."""
+    c.s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.s.close()
+
+
+def test_client_closing_while_queued_leaves_the_queue_and_leaks_no_slot(counting_server, td):
+    srv = counting_server()
+    t = td(queue_cfg(srv.port, 2, 30000, workers=2))
+    statuses, _, threads = concurrent_gets(t.port, 2, "/slow/1500")
+    wait_state(t, lambda b: b["servers"][0]["slots"] == 2)
+    waiting = []
+    for i in range(3):
+        c = RawConn(t.port)
+        c.send(b"GET /slow/10 HTTP/1.1\r\nHost: x\r\n\r\n")
+        waiting.append(c)
+    wait_state(t, lambda b: b["queued"] == 3)
+    for c in waiting:
+        reset_close(c)
+    wait_state(t, lambda b: b["queued"] == 0)
+    join_all(threads)
+    assert statuses == [200, 200]
+    wait_state(t, lambda b: b["servers"][0]["slots"] == 0 and b["in_flight"] == 0)
+    # Both slots are free again: max_conns requests still run at once.
+    srv.reset_peak()
+    statuses, _, threads = concurrent_gets(t.port, 2, "/slow/500")
+    join_all(threads)
+    assert statuses == [200, 200]
+    assert srv.peak == 2
+    b = blue(t)
+    assert b["queue_timeouts"] == 0 and b["servers"][0]["requests"] == 4
+
+
+def test_websocket_tunnel_holds_a_max_conns_slot_until_it_closes(backends, td):
+    b = backends(("blue", 1))
+    cfg = queue_cfg(b.ports["blue"][0], 1, 30000, workers=1)
+    t = td(cfg)
+    ws = RawConn(t.port)
+    ws.send(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    status, _, _ = ws.read_response()
+    assert status == 101
+    wait_state(t, lambda s: s["tunnels"] == 1 and s["servers"][0]["slots"] == 1)
+    statuses, _, threads = concurrent_gets(t.port, 1, "/")
+    wait_state(t, lambda s: s["queued"] == 1)
+    ws.close()
+    join_all(threads)
+    assert statuses == [200]
+    s = wait_state(t, lambda s: s["tunnels"] == 0 and s["servers"][0]["slots"] == 0)
+    assert s["queued"] == 0 and s["queue_timeouts"] == 0
+
+
+def test_max_conns_and_queue_ms_out_of_range_are_config_errors_with_their_place(tmp_path):
+    port = free_port()
+    bad = {"listeners": [{"address": f"127.0.0.1:{port}"}],
+           "backends": [{"name": "blue", "weight": 100,
+                         "servers": [{"address": "127.0.0.1:1", "max_conns": -1}]}],
+           "timeouts": {"queue_ms": 0}}
+    p = tmp_path / "td.json"
+    p.write_text(json.dumps(bad, indent=2))
+    r = subprocess.run([TD, "-t", "-c", str(p)], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 1
+    assert "servers[0].max_conns: -1 is out of range (0..1000000)" in r.stderr + r.stdout
+    assert "timeouts.queue_ms: 0 is out of range (1..86400000)" in r.stderr + r.stdout
