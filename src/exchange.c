@@ -575,8 +575,9 @@ static void pick_and_connect(client_t *c) {
             continue;
         }
         td_snap_server_t *srv = &b->servers[si];
-        if (srv->max_conns) {
-            if (!td_registry_slot_take(srv->st, srv->max_conns)) {
+        int max = atomic_load_explicit(&srv->st->max_conns, memory_order_relaxed);
+        if (max) {
+            if (!td_registry_slot_take(srv->st, max)) {
                 /* Another worker took the last slot since the pick looked: pick again on the
                  * same backend (the server now looks full). */
                 c->ex.backend = bi;

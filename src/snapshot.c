@@ -109,6 +109,10 @@ void td_snapshot_release(td_snapshot_t *s) {
 }
 
 void td_router_publish(td_snapshot_t *s) {
+    for (size_t i = 0; i < s->num_backends; i++)
+        for (size_t j = 0; j < s->backends[i].num_servers; j++)
+            atomic_store_explicit(&s->backends[i].servers[j].st->max_conns,
+                                  s->backends[i].servers[j].max_conns, memory_order_relaxed);
     pthread_mutex_lock(&current_lock);
     td_snapshot_t *old = current;
     current = s;

@@ -34,6 +34,9 @@ typedef struct td_server_stats_s {
     _Atomic int64_t in_flight;          /* requests waiting for or receiving a response */
     _Atomic int64_t slots; /* max_conns slots held: requests in flight and tunnels, counted only
                               while the server has a max_conns (td_registry_slot_take) */
+    _Atomic int max_conns; /* the running config's max_conns (0: none), stored when a snapshot
+                              is published: picks judge by it whatever snapshot a request holds,
+                              so a queued request sees a raised limit at once */
     _Atomic int64_t down_until_ms;      /* passive ejection: down while td_now_ms() < this */
     _Atomic int consecutive_failures;
     _Atomic int health_up;          /* active health check verdict: 1 up, 0 down */

@@ -15,7 +15,8 @@
 typedef struct td_snap_server_s {
     td_addr_t addr;
     int weight;
-    int max_conns;         /* requests in flight (and tunnels) it takes at once; 0 = no limit */
+    int max_conns; /* requests in flight (and tunnels) it takes at once; 0 = no limit (picks read
+                      the running one, st->max_conns, which td_router_publish stores) */
     td_server_stats_t *st; /* borrowed from the registry */
 } td_snap_server_t;
 

@@ -3,6 +3,8 @@ to timeouts.queue_ms, then get td's 503. The servers here record their own peak 
 requests, so the limit is judged by what the server saw, not by td's counters."""
 import http.client
 import json
+import re
+import signal
 import socket
 import struct
 import subprocess
@@ -12,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import TD, RawConn, free_port
+from conftest import TD, RawConn, free_port, reload_config
 
 
 class CountingServer:
@@ -260,5 +262,40 @@ def test_max_conns_and_queue_ms_out_of_range_are_config_errors_with_their_place(
     p.write_text(json.dumps(bad, indent=2))
     r = subprocess.run([TD, "-t", "-c", str(p)], capture_output=True, text=True, timeout=10)
     assert r.returncode == 1
-    assert "servers[0].max_conns: -1 is out of range (0..1000000)" in r.stderr + r.stdout
-    assert "timeouts.queue_ms: 0 is out of range (1..86400000)" in r.stderr + r.stdout
+    out = r.stderr + r.stdout
+    assert re.search(r"td\.json:\d+:\d+: backends\[0\]\.servers\[0\]\.max_conns: -1 is out of "
+                     r"range \(0\.\.1000000\)", out), out
+    assert re.search(r"td\.json:\d+:\d+: timeouts\.queue_ms: 0 is out of range "
+                     r"\(1\.\.86400000\)", out), out
+
+
+def test_reload_raising_max_conns_dispatches_the_queued_requests_at_once(counting_server, td):
+    srv = counting_server()
+    t = td(queue_cfg(srv.port, 1, 30000, workers=1))
+    statuses, _, threads = concurrent_gets(t.port, 4, "/slow/3000")
+    wait_state(t, lambda b: b["queued"] == 3)
+
+    def raise_limit(cfg):
+        cfg["backends"][0]["servers"][0]["max_conns"] = 4
+    b = reload_config(t, raise_limit)
+    assert b["backends"][0]["servers"][0]["max_conns"] == 4
+    # The queued requests hold the old snapshot, but the running limit is the new one: all four
+    # are at the server together, long before the first one's 3 s are over.
+    wait_state(t, lambda b: b["queued"] == 0 and b["servers"][0]["slots"] == 4)
+    join_all(threads)
+    assert statuses == [200] * 4
+    assert srv.peak == 4
+
+
+def test_stop_answers_queued_requests_while_it_drains(counting_server, td):
+    srv = counting_server()
+    cfg = queue_cfg(srv.port, 1, 30000, workers=2)
+    cfg["timeouts"]["drain_ms"] = 20000
+    t = td(cfg)
+    statuses, _, threads = concurrent_gets(t.port, 3, "/slow/500")
+    wait_state(t, lambda b: b["queued"] == 2)
+    t.proc.p.send_signal(signal.SIGTERM)
+    join_all(threads)
+    assert statuses == [200] * 3
+    assert srv.peak == 1
+    assert t.proc.p.wait(timeout=30) == 0

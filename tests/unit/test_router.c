@@ -323,6 +323,9 @@ static void test_pick_server_skips_servers_at_max_conns_and_says_full(void) {
     td_snap_backend_t *b = &s->backends[0];
     T_EQ_INT(b->limited, 1);
     T_EQ_INT(b->servers[0].max_conns, 1);
+    /* The running limits, as td_router_publish stores them. */
+    atomic_store(&b->servers[0].st->max_conns, 1);
+    atomic_store(&b->servers[1].st->max_conns, 2);
     int wrr[2] = {0};
     /* Slots taken as the exchange does: 0 gets its one, then 1 its two; then all are full. */
     T_EQ_INT(td_router_pick_server(b, wrr, NULL, 0), 0);
@@ -343,8 +346,18 @@ static void test_pick_server_skips_servers_at_max_conns_and_says_full(void) {
     /* A slot given back is picked again. */
     td_registry_slot_give(b->servers[0].st);
     T_EQ_INT(td_router_pick_server(b, wrr, NULL, 0), 0);
-    td_registry_slot_give(b->servers[1].st);
-    td_registry_slot_give(b->servers[1].st);
+    /* A reload raises server 1's limit: the next pick sees it, whatever snapshot it holds. */
+    T_EQ_INT(td_registry_slot_take(b->servers[0].st, 1), 1);
+    T_EQ_INT(td_router_pick_server(b, wrr, NULL, 0), TD_EFULL);
+    atomic_store(&b->servers[1].st->max_conns, 3);
+    T_EQ_INT(td_router_pick_server(b, wrr, NULL, 0), 1);
+    /* No limit any more: slots are not looked at. */
+    atomic_store(&b->servers[1].st->max_conns, 0);
+    T_EQ_INT(td_registry_slot_take(b->servers[1].st, 3), 1);
+    T_EQ_INT(td_router_pick_server(b, wrr, NULL, 0), 1);
+    td_registry_slot_give(b->servers[0].st);
+    for (int k = 0; k < 3; k++)
+        td_registry_slot_give(b->servers[1].st);
     T_EQ_INT(atomic_load(&b->servers[1].st->slots), 0);
     td_snapshot_release(s);
 }
