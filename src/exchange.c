@@ -21,7 +21,7 @@
 
 static td_http1_limits_t limits = {8192, CBUF_SIZE, MAX_HDRS};
 
-static void pick_and_connect(client_t *c);
+static int pick_and_connect(client_t *c);
 
 /* The servers a request has tried: few (at most MAX_TRIES), so a short list of flat indices
  * covers every server of a snapshot of any size. */
@@ -484,14 +484,20 @@ static void queue_wait(client_t *c, int bi) {
 
 void td_exchange_queue_run(worker_t *w) {
     for (td_queue_list_t *l = w->queue.lists; l; l = l->next) {
-        td_queue_link_t *h;
-        /* Each pass takes the head out (dispatched, or answered) or stops: a head still there
-         * found every server full. Lists are never freed while the worker runs. */
-        while ((h = l->head)) {
-            client_t *c = TD_CONTAINER_OF(h, td_exchange_t, qlink)->down;
-            pick_and_connect(c);
-            if (l->head == h)
+        /* In order: a first try that still finds every server full ends the pass (nothing
+         * behind it could do better). A retry may wait for a server of its own (it skips those
+         * it tried): when it still waits, those behind it get their chance. Lists are never
+         * freed while the worker runs. */
+        td_queue_link_t *h = l->head;
+        while (h) {
+            td_queue_link_t *next = h->next;
+            td_exchange_t *x = TD_CONTAINER_OF(h, td_exchange_t, qlink);
+            int first = x->tries == 0;
+            if (pick_and_connect(x->down) && first)
                 break;
+            if (next && next->list != l)
+                next = l->head; /* taken out meanwhile: start again from the head */
+            h = next;
         }
     }
 }
@@ -512,8 +518,9 @@ void td_exchange_queue_timeout(client_t *c) {
     td_client_error(c, 503, why);
 }
 
-/* Chooses a backend and a server for the request (or the next try) and connects. */
-static void pick_and_connect(client_t *c) {
+/* Chooses a backend and a server for the request (or the next try) and connects. Returns 1 when
+ * the request waits in a queue for a max_conns slot (still, or from now on), else 0. */
+static int pick_and_connect(client_t *c) {
     worker_t *w = c->w;
     td_snapshot_t *s = c->ex.snap;
     int64_t now = td_now_ms();
@@ -522,7 +529,7 @@ static void pick_and_connect(client_t *c) {
     for (;;) {
         if (c->ex.tries >= MAX_TRIES) {
             td_client_error(c, 502, unreachable(c));
-            return;
+            return 0;
         }
         int bi = c->ex.backend;
         if (bi >= 0 && exhausted[bi])
@@ -531,7 +538,7 @@ static void pick_and_connect(client_t *c) {
             /* Preview: this backend only, whatever its weight. */
             if (exhausted[c->ex.forced] || !td_backend_is_up(&s->backends[c->ex.forced], now)) {
                 td_client_error(c, c->ex.tries ? 502 : 503, "preview backend has no server up");
-                return;
+                return 0;
             }
             bi = c->ex.forced;
         } else if (bi < 0) {
@@ -542,7 +549,7 @@ static void pick_and_connect(client_t *c) {
                     td_client_error(c, 503, "no backend with weight above 0 is up");
                 else
                     td_client_error(c, 502, unreachable(c));
-                return;
+                return 0;
             }
         }
         td_snap_backend_t *b = &s->backends[bi];
@@ -552,7 +559,7 @@ static void pick_and_connect(client_t *c) {
             atomic_load_explicit(&b->st->queued, memory_order_relaxed) > 0 &&
             td_queue_waiting(&w->queue, b->st) > 0) {
             queue_wait(c, bi);
-            return;
+            return c->ex.qlink.list != NULL;
         }
         uint8_t tried[TD_CONFIG_MAX_SERVERS];
         size_t ns = b->num_servers < TD_CONFIG_MAX_SERVERS ? b->num_servers : TD_CONFIG_MAX_SERVERS;
@@ -563,7 +570,7 @@ static void pick_and_connect(client_t *c) {
         int si = td_router_pick_server(b, w->wrr_s + b->first_server, tried, now);
         if (si == TD_EFULL) {
             queue_wait(c, bi);
-            return;
+            return c->ex.qlink.list != NULL;
         }
         if (si < 0) {
             if ((size_t)bi < sizeof(exhausted))
@@ -584,7 +591,7 @@ static void pick_and_connect(client_t *c) {
                 if (++races < MAX_TRIES)
                     continue;
                 queue_wait(c, bi);
-                return;
+                return c->ex.qlink.list != NULL;
             }
             c->ex.slot_st = srv->st;
             c->ex.slot_b = b->st;
@@ -606,7 +613,7 @@ static void pick_and_connect(client_t *c) {
                                  &upstream_cbs, &u);
         if (!u) {
             td_client_error(c, 502, "out of memory");
-            return;
+            return 0;
         }
         c->ex.up = u;
         if (r == 1)
@@ -615,7 +622,7 @@ static void pick_and_connect(client_t *c) {
             td_exchange_upstream_fail(u,
                                       r == -ENOMEM ? "out of memory" : td_upstream_strerror(u, r),
                                       td_upstream_local_error(r) ? F_LOCAL : F_CONNECT);
-        return;
+        return 0;
     }
 }
 

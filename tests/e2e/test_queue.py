@@ -3,7 +3,9 @@ to timeouts.queue_ms, then get td's 503. The servers here record their own peak 
 requests, so the limit is judged by what the server saw, not by td's counters."""
 import http.client
 import json
+import os
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -299,3 +301,36 @@ def test_stop_answers_queued_requests_while_it_drains(counting_server, td):
     assert statuses == [200] * 3
     assert srv.peak == 1
     assert t.proc.p.wait(timeout=30) == 0
+
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
+CHROMIUM = os.environ.get("TD_CHROMIUM", "/usr/bin/chromium")
+CONSOLE_MISSING = [what for what, ok in [
+    (CHROMIUM, os.access(CHROMIUM, os.X_OK)),
+    ("node", shutil.which("node") is not None),
+    ("node_modules/playwright-core (npm ci)",
+     os.path.isdir(os.path.join(ROOT, "node_modules/playwright-core"))),
+] if not ok]
+
+
+@pytest.mark.skipif(bool(CONSOLE_MISSING), reason="needs " + ", ".join(CONSOLE_MISSING))
+def test_console_card_shows_queued_requests_and_the_server_limit(counting_server, td):
+    srv = counting_server()
+    t = td(queue_cfg(srv.port, 2, 60000, workers=1))
+    conns = []
+    try:
+        for _ in range(5):
+            c = RawConn(t.port)
+            c.send(b"GET /slow/20000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            conns.append(c)
+        wait_state(t, lambda b: b["queued"] == 3 and b["servers"][0]["in_flight"] == 2)
+        p = subprocess.run(["node", os.path.join(ROOT, "tests/console/queue.test.mjs"),
+                            json.dumps({"url": t.admin + "/", "backend": "blue"})],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr + p.stdout
+        seen = json.loads(p.stdout.strip().splitlines()[-1])
+        assert seen == {"queued": "queued 3", "in_flight": "2 / 2"}, seen
+    finally:
+        for c in conns:
+            reset_close(c)
+    wait_state(t, lambda b: b["queued"] == 0 and b["servers"][0]["slots"] == 0)
