@@ -170,8 +170,7 @@ char *td_metrics_text(size_t *len) {
                    "Requests waiting in td for a server of the backend below its max_conns.",
                    b_queued);
     backend_family(f, s, now, "td_backend_queue_timeouts_total", "counter",
-                   "Queued requests answered 503 by td after timeouts.queue_ms.",
-                   b_queue_timeouts);
+                   "Queued requests answered 503 by td after timeouts.queue_ms.", b_queue_timeouts);
     responses_family(f, s);
     local_family(f, s);
     double share[TD_CONFIG_MAX_BACKENDS];

@@ -116,8 +116,8 @@ static int pick_server(const td_snap_backend_t *b, int *wrr, const uint8_t *trie
         /* max_conns: a server at its limit is passed over (one branch when it has none). The
          * running limit is the registry's: a request queued under an older snapshot sees a
          * reload's. */
-        int max = ok[i] ? atomic_load_explicit(&b->servers[i].st->max_conns, memory_order_relaxed)
-                        : 0;
+        int max =
+            ok[i] ? atomic_load_explicit(&b->servers[i].st->max_conns, memory_order_relaxed) : 0;
         if (max && td_registry_slot_full(b->servers[i].st, max)) {
             ok[i] = 0;
             full += weight[i] > 0;

@@ -90,7 +90,8 @@ struct td_exchange_s {
      * freed slot wakes), or NULL; a tunnel keeps its slot in tun_slot until it closes. */
     td_server_stats_t *slot_st, *tun_slot_st; /* borrowed */
     td_backend_stats_t *slot_b, *tun_slot_b;  /* borrowed */
-    td_queue_link_t qlink; /* in the worker's queue of `backend` while it waits for a slot */
+    /* In the worker's queue of `backend` while it waits for a max_conns slot. */
+    td_queue_link_t qlink;
     uint32_t fwd;         /* bytes of the client's buffer already written to the upstream */
     uint8_t idempotent;   /* the method may be sent again (RFC 9110 §9.2.2) */
     uint8_t head_sent;    /* the rewritten head went to the current upstream */
@@ -176,9 +177,9 @@ struct worker_s {
      * every worker (this one too) to dispatch the heads of its queues, outside the caller's
      * stack. */
     void (*queue_wake)(worker_t *w);
-    td_queue_t queue;   /* requests waiting for a max_conns slot, per backend */
-    uv_async_t qwake;   /* queue_wake's signal: run the queue heads */
-    worker_t *peers;    /* borrowed: every worker (the proxy's array), for queue_wake */
+    td_queue_t queue; /* requests waiting for a max_conns slot, per backend */
+    uv_async_t qwake; /* queue_wake's signal: run the queue heads */
+    worker_t *peers;  /* borrowed: every worker (the proxy's array), for queue_wake */
     size_t num_peers;
     int *wrr_b, *wrr_s; /* owned: balancer scores per backend / per flat server index */
     size_t wrr_nb, wrr_ns;

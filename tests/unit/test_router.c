@@ -313,11 +313,10 @@ static void test_failover_without_a_primary(void) {
 }
 
 static void test_pick_server_skips_servers_at_max_conns_and_says_full(void) {
-    td_snapshot_t *s = snap_of(
-        "{\"listeners\": [{\"address\": \"127.0.0.1:1\"}], \"backends\": ["
-        " {\"name\": \"mc\", \"weight\": 100, \"servers\": ["
-        "  {\"address\": \"127.0.0.1:2\", \"max_conns\": 1},"
-        "  {\"address\": \"127.0.0.1:3\", \"max_conns\": 2}]}]}");
+    td_snapshot_t *s = snap_of("{\"listeners\": [{\"address\": \"127.0.0.1:1\"}], \"backends\": ["
+                               " {\"name\": \"mc\", \"weight\": 100, \"servers\": ["
+                               "  {\"address\": \"127.0.0.1:2\", \"max_conns\": 1},"
+                               "  {\"address\": \"127.0.0.1:3\", \"max_conns\": 2}]}]}");
     if (!s)
         return;
     td_snap_backend_t *b = &s->backends[0];
