@@ -338,8 +338,10 @@ td_proxy_t *td_proxy_start(const td_config_t *cfg, char *err, size_t errlen) {
         w->wake.data = w;
         uv_async_init(&w->loop, &w->qwake, qwake_cb);
         w->qwake.data = w;
-        uv_thread_create(&w->thread, worker_main, w);
     }
+    /* Every queue_wake handle is ready before the first worker can signal one. */
+    for (size_t i = 0; i < p->num_workers; i++)
+        uv_thread_create(&p->workers[i].thread, worker_main, &p->workers[i]);
     return p;
 nomem:
     snprintf(err, errlen, "out of memory");
