@@ -41,6 +41,7 @@ class CountingServer:
                     outer.active += 1
                     outer.peak = max(outer.peak, outer.active)
                     outer.arrivals.append(self.headers.get("X-Seq"))
+                done = False
                 try:
                     ms = 0
                     if self.path.startswith("/slow/"):
@@ -50,10 +51,16 @@ class CountingServer:
                     self.send_response(200)
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
-                    self.wfile.write(body)
-                finally:
+                    # Over before the last byte goes: once td has it, td may send the next
+                    # request, which must not find this one still counted.
                     with outer.lock:
                         outer.active -= 1
+                    done = True
+                    self.wfile.write(body)
+                finally:
+                    if not done:
+                        with outer.lock:
+                            outer.active -= 1
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -334,3 +341,63 @@ def test_console_card_shows_queued_requests_and_the_server_limit(counting_server
         for c in conns:
             reset_close(c)
     wait_state(t, lambda b: b["queued"] == 0 and b["servers"][0]["slots"] == 0)
+
+
+def test_sticky_pinned_request_queues_on_its_backend_while_another_has_room(counting_server, td):
+    slow, other = counting_server(), counting_server()
+    cfg = {
+        "workers": 1,
+        "routing": {"method": "sticky", "cookie": {"name": "TDSTICKY", "max_age_s": 3600}},
+        "backends": [
+            {"name": "blue", "weight": 50,
+             "servers": [{"address": f"127.0.0.1:{slow.port}", "max_conns": 1}]},
+            {"name": "green", "weight": 50, "servers": [{"address": f"127.0.0.1:{other.port}"}]},
+        ],
+        "timeouts": {"upstream_response_ms": 30000, "queue_ms": 30000},
+    }
+    t = td(cfg)
+    cookie = None
+    for _ in range(10):
+        c = http.client.HTTPConnection("127.0.0.1", t.port, timeout=10)
+        c.request("GET", "/slow/0")
+        r = c.getresponse()
+        r.read()
+        c.close()
+        for v in r.headers.get_all("Set-Cookie") or []:
+            if v.startswith("TDSTICKY=blue."):
+                cookie = v.split(";", 1)[0]
+        if cookie:
+            break
+    assert cookie, "no sticky cookie for blue"
+    pinned = f"GET /slow/1500 HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n".encode()
+    first, second = RawConn(t.port), RawConn(t.port)
+    try:
+        first.send(pinned)
+        wait_state(t, lambda b: b["servers"][0]["slots"] == 1)
+        seen_green = len(other.arrivals)
+        second.send(pinned)
+        wait_state(t, lambda b: b["queued"] == 1)
+        for c in (first, second):
+            status, _, _ = c.read_response()
+            assert status == 200
+    finally:
+        first.close()
+        second.close()
+    # Both went to blue, one after the other; green, with room, got neither.
+    assert len(other.arrivals) == seen_green
+    assert slow.peak == 1
+
+
+def test_max_conns_and_queue_ms_are_written_back_only_when_set(counting_server, td):
+    srv = counting_server()
+    t = td(queue_cfg(srv.port, 0, 10000))
+    status, cfg = t.api("GET", "/api/v1/config")
+    assert status == 200
+    assert "max_conns" not in cfg["backends"][0]["servers"][0]
+    assert "queue_ms" not in cfg["timeouts"]
+    t2 = td(queue_cfg(srv.port, 3, 500))
+    status, cfg = t2.api("GET", "/api/v1/config")
+    assert status == 200
+    assert cfg["backends"][0]["servers"][0]["max_conns"] == 3
+    assert cfg["timeouts"]["queue_ms"] == 500
+    assert blue(t2)["servers"][0]["max_conns"] == 3 and blue(t)["servers"][0]["max_conns"] == 0
