@@ -25,21 +25,21 @@ static void pick_and_connect(client_t *c);
 /* The servers a request has tried: few (at most MAX_TRIES), so a short list of flat indices
  * covers every server of a snapshot of any size. */
 static int tried_has(const client_t *c, size_t flat) {
-    for (uint8_t i = 0; i < c->ex.ntried; i++)
-        if (c->ex.tried[i] == flat)
+    for (uint8_t i = 0; i < c->ex->ntried; i++)
+        if (c->ex->tried[i] == flat)
             return 1;
     return 0;
 }
 
 static void tried_add(client_t *c, size_t flat) {
-    if (c->ex.ntried < MAX_TRIES && !tried_has(c, flat))
-        c->ex.tried[c->ex.ntried++] = (uint32_t)flat;
+    if (c->ex->ntried < MAX_TRIES && !tried_has(c, flat))
+        c->ex->tried[c->ex->ntried++] = (uint32_t)flat;
 }
 
 static void tried_del(client_t *c, size_t flat) {
-    for (uint8_t i = 0; i < c->ex.ntried; i++)
-        if (c->ex.tried[i] == flat) {
-            c->ex.tried[i] = c->ex.tried[--c->ex.ntried];
+    for (uint8_t i = 0; i < c->ex->ntried; i++)
+        if (c->ex->tried[i] == flat) {
+            c->ex->tried[i] = c->ex->tried[--c->ex->ntried];
             return;
         }
 }
@@ -56,65 +56,89 @@ static td_str_t find_header(const td_http1_header_t *h, size_t n, const char *lo
  * log when there is one: {"time","client","method","path","status","bytes","duration_ms",
  * "backend","server"}. */
 static void exchange_log(client_t *c) {
-    if (!c->ex.started_ms || !c->ex.status)
+    if (!c->ex->started_ms || !c->ex->status)
         return;
-    int64_t ms = td_now_ms() - c->ex.started_ms;
-    if (c->ex.b_inflight)
-        td_router_observe(c->ex.b_inflight, ms);
+    int64_t ms = td_now_ms() - c->ex->started_ms;
+    if (c->ex->b_inflight)
+        td_router_observe(c->ex->b_inflight, ms);
     worker_t *w = c->w;
     if (!td_access_log_on(&w->alog))
         return;
     td_access_entry_t e = {
         .client = c->ip,
         .method = c->method,
-        .path = c->ex.path ? c->ex.path : "",
-        .status = c->ex.status,
-        .bytes = c->ex.bytes_out,
+        .path = c->ex->path ? c->ex->path : "",
+        .status = c->ex->status,
+        .bytes = c->ex->bytes_out,
         .duration_ms = ms,
-        .backend = c->ex.snap && c->ex.backend >= 0 ? c->ex.snap->backends[c->ex.backend].name : "",
-        .server = c->ex.snap && c->ex.backend >= 0 && c->ex.server >= 0
-                      ? c->ex.snap->backends[c->ex.backend].servers[c->ex.server].addr.text
+        .backend = c->ex->snap && c->ex->backend >= 0 ? c->ex->snap->backends[c->ex->backend].name : "",
+        .server = c->ex->snap && c->ex->backend >= 0 && c->ex->server >= 0
+                      ? c->ex->snap->backends[c->ex->backend].servers[c->ex->server].addr.text
                       : "",
     };
     td_access_log_write(&w->alog, &e);
 }
 
+/* The client's exchange, taken from the worker's cache (or allocated) when it has none: an idle
+ * keep-alive connection holds none, and a busy one costs no malloc/free pair per request. NULL
+ * when out of memory. */
+static td_exchange_t *exchange_take(client_t *c) {
+    if (c->ex)
+        return c->ex;
+    worker_t *w = c->w;
+    td_exchange_t *x = w->num_ex_cached ? w->ex_cache[--w->num_ex_cached] : malloc(sizeof(*x));
+    if (!x)
+        return NULL;
+    memset(x, 0, sizeof(*x));
+    x->down = c;
+    x->backend = x->server = x->sticky_set = x->pinned = x->forced = -1;
+    c->ex = x;
+    return x;
+}
+
+/* Gives the client's (ended) exchange back to the worker's cache. */
+static void exchange_put(client_t *c) {
+    td_exchange_t *x = c->ex;
+    worker_t *w = c->w;
+    c->ex = NULL;
+    free(x->last_error);
+    if (w->num_ex_cached < (int)(sizeof(w->ex_cache) / sizeof(w->ex_cache[0])))
+        w->ex_cache[w->num_ex_cached++] = x;
+    else
+        free(x);
+}
+
 void td_exchange_end(client_t *c) {
     exchange_log(c);
-    c->ex.started_ms = 0;
-    c->ex.status = 0;
-    c->ex.bytes_out = 0;
-    free(c->ex.path);
-    c->ex.path = NULL;
+    c->ex->started_ms = 0;
+    c->ex->status = 0;
+    c->ex->bytes_out = 0;
+    free(c->ex->path);
+    c->ex->path = NULL;
     td_exchange_release_server(c);
     td_exchange_release_backend(c);
-    if (c->ex.snap) {
+    if (c->ex->snap) {
         td_client_use_timeouts(c, NULL);
-        td_snapshot_release(c->ex.snap);
-        c->ex.snap = NULL;
+        td_snapshot_release(c->ex->snap);
+        c->ex->snap = NULL;
     }
 }
 
-/* The client goes on to its next request: the exchange starts again from nothing. */
+/* The client goes on to its next request: the exchange is over, its storage goes back to the
+ * worker's cache (the next request takes one afresh). */
 static void exchange_next(client_t *c) {
-    td_exchange_t *x = &c->ex;
+    if (!c->ex)
+        return;
     td_exchange_end(c);
-    x->fwd = 0;
-    x->discarded = x->head_sent = x->body_sent = x->resp_started = 0;
-    x->buffering = x->continued = x->continue_out = 0;
-    x->backend = x->server = x->sticky_set = x->pinned = -1;
-    x->tries = 0;
-    x->ntried = 0;
-    free(x->last_error);
-    x->last_error = NULL;
+    exchange_put(c);
 }
 
 /* Detaches and closes the exchange's upstream connection (it cannot be reused). */
 void td_exchange_drop_upstream(client_t *c) {
-    upstream_t *u = c->ex.up;
+    upstream_t *u = c->ex ? c->ex->up : NULL;
     if (!u)
         return;
-    c->ex.up = NULL;
+    c->ex->up = NULL;
     u->owner = NULL;
     td_exchange_release_server(c);
     td_upstream_close(u);
@@ -159,7 +183,7 @@ static void redirect_https(client_t *c, const td_http1_request_t *req,
  * field is not forwarded. Returns 1 when buffering started (routing waits for
  * td_exchange_body_buffered), 0 to route now. */
 static int body_buffer_start(client_t *c) {
-    uint32_t max = (uint32_t)c->ex.snap->config->request_buffering.max_bytes;
+    uint32_t max = (uint32_t)c->ex->snap->config->request_buffering.max_bytes;
     if (c->req_done || !max || c->upgrade)
         return 0;
     uint64_t want = max;
@@ -171,7 +195,7 @@ static int body_buffer_start(client_t *c) {
     uint64_t cap = (uint64_t)c->head_len + want + (c->len - c->req_end);
     if (cap > UINT32_MAX || td_client_buf_grow(c, (uint32_t)cap) < 0)
         return 0; /* no memory for it: streamed as without buffering */
-    c->ex.buffering = 1;
+    c->ex->buffering = 1;
     if (c->expect && c->minor >= 1) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
         td_iov_t iov = td_iov((char *)cont, sizeof(cont) - 1);
@@ -180,9 +204,9 @@ static int body_buffer_start(client_t *c) {
             td_client_close(c);
             return 1;
         }
-        c->ex.continued = 1;
+        c->ex->continued = 1;
         if (r == 1)
-            c->ex.continue_out = 1;
+            c->ex->continue_out = 1;
     }
     td_client_timer(c, T_HEADER);
     td_client_read(c, 1);
@@ -192,12 +216,12 @@ static int body_buffer_start(client_t *c) {
 /* While buffering: new body bytes were accounted. Routes the request once the body is whole,
  * or the limit (or the buffer) is reached. */
 void td_exchange_body_buffered(client_t *c) {
-    uint32_t max = (uint32_t)c->ex.snap->config->request_buffering.max_bytes;
+    uint32_t max = (uint32_t)c->ex->snap->config->request_buffering.max_bytes;
     if (!c->req_done && c->req_end - c->head_len < max && c->len < c->cap) {
         td_client_timer(c, T_HEADER); /* the body timeout runs between two reads */
         return;
     }
-    c->ex.buffering = 0;
+    c->ex->buffering = 0;
     td_client_timer_stop(c); /* from here as without buffering: the upstream sets the timeouts */
     if (c->req_done)
         td_client_read(c, 0); /* what comes now is a pipelined request: it waits */
@@ -209,7 +233,11 @@ void td_exchange_body_buffered(client_t *c) {
 void td_exchange_start(client_t *c, const td_http1_request_t *reqp) {
     worker_t *w = c->w;
     td_http1_request_t req = *reqp;
-    c->ex.down = c;
+    if (!exchange_take(c)) {
+        td_warn("%s %s: out of memory for the request: connection closed", c->ip, c->method);
+        td_client_close(c);
+        return;
+    }
     if (strcmp(c->method, "CONNECT") == 0) {
         td_client_no_keep_alive(c);
         td_client_reply(c, 405, "Method Not Allowed",
@@ -243,10 +271,10 @@ void td_exchange_start(client_t *c, const td_http1_request_t *reqp) {
         if (td_http1_list_has(up, "h2c"))
             td_client_no_upgrade(c);
     }
-    c->ex.idempotent = strcmp(c->method, "GET") == 0 || strcmp(c->method, "HEAD") == 0 ||
+    c->ex->idempotent = strcmp(c->method, "GET") == 0 || strcmp(c->method, "HEAD") == 0 ||
                        strcmp(c->method, "OPTIONS") == 0 || strcmp(c->method, "PUT") == 0 ||
                        strcmp(c->method, "DELETE") == 0 || strcmp(c->method, "TRACE") == 0;
-    c->ex.started_ms = td_now_ms();
+    c->ex->started_ms = td_now_ms();
     if (td_client_account_body(c) < 0) {
         td_client_no_keep_alive(c);
         td_client_error(c, 400, "invalid chunked body");
@@ -257,19 +285,18 @@ void td_exchange_start(client_t *c, const td_http1_request_t *reqp) {
         td_client_error(c, 503, "no routing configuration");
         return;
     }
-    c->ex.snap = snap;
-    td_snapshot_retain(c->ex.snap);
+    c->ex->snap = snap;
+    td_snapshot_retain(c->ex->snap);
     td_client_use_timeouts(c, &snap->config->timeouts);
-    c->ex.backend = c->ex.server = c->ex.sticky_set = c->ex.pinned = c->ex.forced = -1;
     if (td_access_log_on(&w->alog))
-        c->ex.path = strndup(req.target.p, req.target.len < 512 ? req.target.len : 512);
-    const td_config_t *pcfg = c->ex.snap->config;
+        c->ex->path = strndup(req.target.p, req.target.len < 512 ? req.target.len : 512);
+    const td_config_t *pcfg = c->ex->snap->config;
     if (c->listener < pcfg->num_listeners && pcfg->listeners[c->listener].redirect_https) {
         redirect_https(c, &req, &pcfg->listeners[c->listener]);
         return;
     }
-    c->ex.forced = td_router_preview(c->ex.snap, &req);
-    c->ex.pinned = td_router_sticky_pin(c->ex.snap, &req, td_wall_ms() / 1000, td_now_ms());
+    c->ex->forced = td_router_preview(c->ex->snap, &req);
+    c->ex->pinned = td_router_sticky_pin(c->ex->snap, &req, td_wall_ms() / 1000, td_now_ms());
     if (body_buffer_start(c))
         return;
     /* A pooled connection takes the head at once, as parsed: build_request_head may use it. */
@@ -292,14 +319,14 @@ static int build_request_head(client_t *c) {
     td_rewrite_request_t r = {
         .req = &req,
         .head_end = c->buf + c->head_len,
-        .preview_header = c->ex.snap ? c->ex.snap->config->preview_header : NULL,
+        .preview_header = c->ex->snap ? c->ex->snap->config->preview_header : NULL,
         .client_ip = c->ip,
-        .default_host = c->ex.snap && c->ex.backend >= 0 && c->ex.server >= 0
-                            ? c->ex.snap->backends[c->ex.backend].servers[c->ex.server].addr.text
+        .default_host = c->ex->snap && c->ex->backend >= 0 && c->ex->server >= 0
+                            ? c->ex->snap->backends[c->ex->backend].servers[c->ex->server].addr.text
                             : NULL,
         .https = td_client_is_tls(c),
         .upgrade = c->upgrade,
-        .drop_expect = c->ex.continued,
+        .drop_expect = c->ex->continued,
     };
     return td_rewrite_request(&r, w->scratch, sizeof(w->scratch));
 }
@@ -307,7 +334,7 @@ static int build_request_head(client_t *c) {
 /* Sends what the upstream has not had yet of the current request (head, body bytes read so far;
  * in a tunnel, whatever the client sent). */
 void td_exchange_request_send(client_t *c) {
-    upstream_t *u = c->ex.up;
+    upstream_t *u = c->ex->up;
     while (u && u->state == U_BUSY && !u->writing && c->state != C_CLOSING) {
         td_iov_t iov[2];
         unsigned n = 0;
@@ -317,7 +344,7 @@ void td_exchange_request_send(client_t *c) {
                 return;
             iov[n++] = td_iov(c->buf, c->len);
         } else {
-            if (!c->ex.head_sent) {
+            if (!c->ex->head_sent) {
                 int hl = build_request_head(c);
                 if (hl < 0) {
                     td_client_no_keep_alive(c);
@@ -326,12 +353,12 @@ void td_exchange_request_send(client_t *c) {
                 }
                 iov[n++] = td_iov(c->w->scratch, (unsigned)hl);
                 volatile_first = 1;
-                c->ex.fwd = c->head_len;
-                c->ex.head_sent = 1;
+                c->ex->fwd = c->head_len;
+                c->ex->head_sent = 1;
             }
-            if (c->req_end > c->ex.fwd) {
-                iov[n++] = td_iov(c->buf + c->ex.fwd, c->req_end - c->ex.fwd);
-                c->ex.body_sent = 1;
+            if (c->req_end > c->ex->fwd) {
+                iov[n++] = td_iov(c->buf + c->ex->fwd, c->req_end - c->ex->fwd);
+                c->ex->body_sent = 1;
             }
             if (n == 0)
                 return;
@@ -347,7 +374,7 @@ void td_exchange_request_send(client_t *c) {
             return;
         }
         td_exchange_request_written(c);
-        u = c->ex.up;
+        u = c->ex->up;
         if (c->state != C_TUNNEL)
             return; /* td_exchange_request_written decided what comes next */
     }
@@ -359,15 +386,15 @@ void td_exchange_request_written(client_t *c) {
         td_client_tunnel_sent(c);
         return;
     }
-    c->ex.fwd = c->req_end;
-    if (c->ex.up && c->req_done)
-        td_upstream_timer(c->ex.up, T_RESPONSE, td_client_timeout_ms(c, T_RESPONSE));
+    c->ex->fwd = c->req_end;
+    if (c->ex->up && c->req_done)
+        td_upstream_timer(c->ex->up, T_RESPONSE, td_client_timeout_ms(c, T_RESPONSE));
     if (!c->req_done) {
         /* Body still coming: make room, giving up replay only when the buffer runs short. */
         if (c->cap - c->len < 4096) {
             td_client_drop_sent(c);
-            c->ex.fwd = 0;
-            c->ex.discarded = 1;
+            c->ex->fwd = 0;
+            c->ex->discarded = 1;
         }
         td_client_timer(c, T_HEADER);
         td_client_read(c, 1);
@@ -379,7 +406,7 @@ void td_exchange_request_written(client_t *c) {
 }
 
 static const char *unreachable(const client_t *c) {
-    return c->ex.last_error ? c->ex.last_error : "no upstream server could be reached";
+    return c->ex->last_error ? c->ex->last_error : "no upstream server could be reached";
 }
 
 /* The upstream connection failed during an exchange: retry on another server when that is
@@ -403,7 +430,7 @@ void td_exchange_upstream_fail(upstream_t *u, const char *why, int kind) {
         td_log_local_error(&u->w->local_err_rl, LOCAL_ERR_BURST, what);
         if (!c)
             return;
-        c->ex.backend = c->ex.server = -1;
+        c->ex->backend = c->ex->server = -1;
         if (!c->req_done)
             td_client_no_keep_alive(c);
         if (c->resp_sent || c->writing)
@@ -413,34 +440,34 @@ void td_exchange_upstream_fail(upstream_t *u, const char *why, int kind) {
         return;
     }
     int64_t now = td_now_ms();
-    if (kind == F_CONNECT || (kind == F_IO && fresh && (!c || !c->ex.resp_started))) {
-        td_snapshot_t *s = c && c->ex.snap ? c->ex.snap : u->w->snap;
+    if (kind == F_CONNECT || (kind == F_IO && fresh && (!c || !c->ex->resp_started))) {
+        td_snapshot_t *s = c && c->ex->snap ? c->ex->snap : u->w->snap;
         if (s)
             td_passive_failure(s, st, now);
         td_debug("upstream %s (%s): %s", st->address, st->backend, why);
     }
     if (!c)
         return;
-    free(c->ex.last_error);
-    if (asprintf(&c->ex.last_error, "upstream %s (%s): %s", st->address, st->backend, why) < 0)
-        c->ex.last_error = NULL;
-    if (!fresh && kind == F_IO && !c->ex.resp_started && c->ex.snap && c->ex.backend >= 0 &&
-        c->ex.server >= 0) {
+    free(c->ex->last_error);
+    if (asprintf(&c->ex->last_error, "upstream %s (%s): %s", st->address, st->backend, why) < 0)
+        c->ex->last_error = NULL;
+    if (!fresh && kind == F_IO && !c->ex->resp_started && c->ex->snap && c->ex->backend >= 0 &&
+        c->ex->server >= 0) {
         /* A pooled connection the server closed as the request crossed it says nothing about
          * the server: the retry is free and may go to the same server (nginx does the same). */
-        tried_del(c, c->ex.snap->backends[c->ex.backend].first_server + (size_t)c->ex.server);
-        if (c->ex.tries > 0)
-            c->ex.tries--;
+        tried_del(c, c->ex->snap->backends[c->ex->backend].first_server + (size_t)c->ex->server);
+        if (c->ex->tries > 0)
+            c->ex->tries--;
     }
     /* RFC 9110 §9.2.2: an idempotent request may be sent again; another one only when none of
      * its bytes reached the upstream (a connect failure), body or not: the server may have acted
      * on a POST whose head alone it read (nginx's proxy_next_upstream without non_idempotent).
      * That holds for the free retry of a pooled connection too. */
-    int safe = !c->ex.resp_started && !c->ex.discarded &&
-               (kind == F_CONNECT || (kind == F_IO && (c->ex.idempotent || !c->ex.head_sent)));
-    if (safe && c->ex.tries < MAX_TRIES) {
-        c->ex.fwd = 0;
-        c->ex.head_sent = c->ex.body_sent = 0;
+    int safe = !c->ex->resp_started && !c->ex->discarded &&
+               (kind == F_CONNECT || (kind == F_IO && (c->ex->idempotent || !c->ex->head_sent)));
+    if (safe && c->ex->tries < MAX_TRIES) {
+        c->ex->fwd = 0;
+        c->ex->head_sent = c->ex->body_sent = 0;
         pick_and_connect(c);
         return;
     }
@@ -460,29 +487,29 @@ static const td_upstream_cbs_t upstream_cbs;
 /* Chooses a backend and a server for the request (or the next try) and connects. */
 static void pick_and_connect(client_t *c) {
     worker_t *w = c->w;
-    td_snapshot_t *s = c->ex.snap;
+    td_snapshot_t *s = c->ex->snap;
     int64_t now = td_now_ms();
     uint8_t exhausted[TD_CONFIG_MAX_BACKENDS] = {0};
     for (;;) {
-        if (c->ex.tries >= MAX_TRIES) {
+        if (c->ex->tries >= MAX_TRIES) {
             td_client_error(c, 502, unreachable(c));
             return;
         }
-        int bi = c->ex.backend;
+        int bi = c->ex->backend;
         if (bi >= 0 && exhausted[bi])
             bi = -1;
-        if (c->ex.forced >= 0) {
+        if (c->ex->forced >= 0) {
             /* Preview: this backend only, whatever its weight. */
-            if (exhausted[c->ex.forced] || !td_backend_is_up(&s->backends[c->ex.forced], now)) {
-                td_client_error(c, c->ex.tries ? 502 : 503, "preview backend has no server up");
+            if (exhausted[c->ex->forced] || !td_backend_is_up(&s->backends[c->ex->forced], now)) {
+                td_client_error(c, c->ex->tries ? 502 : 503, "preview backend has no server up");
                 return;
             }
-            bi = c->ex.forced;
+            bi = c->ex->forced;
         } else if (bi < 0) {
-            int pinned = c->ex.tries == 0 ? c->ex.pinned : -1;
+            int pinned = c->ex->tries == 0 ? c->ex->pinned : -1;
             bi = td_router_pick_backend(s, w->wrr_b, pinned, exhausted, now);
             if (bi < 0) {
-                if (c->ex.tries == 0)
+                if (c->ex->tries == 0)
                     td_client_error(c, 503, "no backend with weight above 0 is up");
                 else
                     td_client_error(c, 502, unreachable(c));
@@ -493,26 +520,26 @@ static void pick_and_connect(client_t *c) {
         uint8_t tried[TD_CONFIG_MAX_SERVERS];
         size_t ns = b->num_servers < TD_CONFIG_MAX_SERVERS ? b->num_servers : TD_CONFIG_MAX_SERVERS;
         memset(tried, 0, ns);
-        for (uint8_t i = 0; i < c->ex.ntried; i++)
-            if (c->ex.tried[i] >= b->first_server && c->ex.tried[i] - b->first_server < ns)
-                tried[c->ex.tried[i] - b->first_server] = 1;
+        for (uint8_t i = 0; i < c->ex->ntried; i++)
+            if (c->ex->tried[i] >= b->first_server && c->ex->tried[i] - b->first_server < ns)
+                tried[c->ex->tried[i] - b->first_server] = 1;
         int si = td_router_pick_server(b, w->wrr_s + b->first_server, tried, now);
         if (si < 0) {
             if ((size_t)bi < sizeof(exhausted))
                 exhausted[bi] = 1;
-            c->ex.backend = -1;
-            if (c->ex.tries == 0 && c->ex.pinned == bi)
-                c->ex.pinned = -1;
+            c->ex->backend = -1;
+            if (c->ex->tries == 0 && c->ex->pinned == bi)
+                c->ex->pinned = -1;
             /* Every server of every backend exhausted ends in the pick_backend branch above. */
             continue;
         }
         tried_add(c, b->first_server + (size_t)si);
-        c->ex.tries++;
-        c->ex.backend = bi;
-        c->ex.server = si;
-        int pin = td_router_sticky_set(s, bi, c->ex.pinned, c->ex.forced);
+        c->ex->tries++;
+        c->ex->backend = bi;
+        c->ex->server = si;
+        int pin = td_router_sticky_set(s, bi, c->ex->pinned, c->ex->forced);
         if (pin >= 0)
-            c->ex.sticky_set = pin;
+            c->ex->sticky_set = pin;
         td_snap_server_t *srv = &b->servers[si];
         td_exchange_count_try(c, b->st, srv->st);
         upstream_t *u;
@@ -522,7 +549,7 @@ static void pick_and_connect(client_t *c) {
             td_client_error(c, 502, "out of memory");
             return;
         }
-        c->ex.up = u;
+        c->ex->up = u;
         if (r == 1)
             upstream_ready(u);
         else if (r < 0)
@@ -539,8 +566,8 @@ static int build_response_head(upstream_t *u, client_t *c, const td_http1_respon
                                const char *head_end) {
     char cookie[360];
     size_t cl = 0;
-    if (resp->status >= 200 && c->ex.sticky_set >= 0 && c->ex.snap)
-        cl = td_router_sticky_cookie(c->ex.snap, c->ex.sticky_set, td_client_is_tls(c),
+    if (resp->status >= 200 && c->ex->sticky_set >= 0 && c->ex->snap)
+        cl = td_router_sticky_cookie(c->ex->snap, c->ex->sticky_set, td_client_is_tls(c),
                                      td_wall_ms() / 1000, cookie, sizeof(cookie));
     td_rewrite_response_t r = {
         .resp = resp,
@@ -557,14 +584,14 @@ static int build_response_head(upstream_t *u, client_t *c, const td_http1_respon
 void td_exchange_done(upstream_t *u) {
     client_t *c = u->owner;
     worker_t *w = u->w;
-    int reusable = u->resp_keep_alive && c->req_done && c->ex.fwd == c->req_end &&
+    int reusable = u->resp_keep_alive && c->req_done && c->ex->fwd == c->req_end &&
                    u->off == u->len && !u->tunnel && !w->stopping;
-    if (u->status >= 500 && c->ex.snap)
-        td_passive_failure(c->ex.snap, u->st, td_now_ms());
+    if (u->status >= 500 && c->ex->snap)
+        td_passive_failure(c->ex->snap, u->st, td_now_ms());
     else
         td_passive_success(u->st);
     td_exchange_release_server(c);
-    c->ex.up = NULL;
+    c->ex->up = NULL;
     u->owner = NULL;
     if (reusable)
         td_upstream_pool_put(u);
@@ -646,7 +673,7 @@ void td_exchange_response_pump(upstream_t *u) {
                     return;
                 }
                 if (u->head_done)
-                    c->ex.status = u->status;
+                    c->ex->status = u->status;
                 iov[n++] = td_iov(c->w->scratch, (unsigned)hl);
                 volatile_first = 1;
             }
@@ -692,7 +719,7 @@ void td_exchange_response_pump(upstream_t *u) {
             continue;
         }
         for (unsigned i = 0; i < n; i++)
-            c->ex.bytes_out += iov[i].len;
+            c->ex->bytes_out += iov[i].len;
         /* A head that goes out (final or interim) means td can no longer answer with its own
          * status. */
         int r = td_client_send(c, iov, n, volatile_first, volatile_first);
@@ -725,7 +752,7 @@ int td_exchange_response_written(upstream_t *u) {
         td_exchange_count_tunnel_open(c);
         td_exchange_end(c);
         td_upstream_timer_stop(u);
-        c->ex.fwd = 0;
+        c->ex->fwd = 0;
         if (c->len)
             td_exchange_request_send(c);
         else
@@ -781,7 +808,7 @@ static void upstream_data(upstream_t *u, long nread) {
             td_client_no_keep_alive(c);
             if (!c->writing && !u->writing)
                 td_exchange_done(u);
-        } else if (!c->ex.resp_started) {
+        } else if (!c->ex->resp_started) {
             td_exchange_upstream_fail(u,
                                       nread == TD_STREAM_EOF ? "connection closed before a response"
                                                              : td_upstream_strerror(u, (int)nread),
@@ -794,7 +821,7 @@ static void upstream_data(upstream_t *u, long nread) {
         }
         return;
     }
-    c->ex.resp_started = 1;
+    c->ex->resp_started = 1;
     if (!u->tunnel)
         td_upstream_timer(u, T_RESPONSE, td_client_timeout_ms(c, T_RESPONSE));
     if (c->writing) {
@@ -835,52 +862,61 @@ static void client_body(client_t *c) {
         td_exchange_request_send(c);
         return;
     }
-    if (c->ex.buffering) {
+    if (!c->ex) /* td's own answer without an exchange (out of memory): nothing to forward */
+        return;
+    if (c->ex->buffering) {
         td_exchange_body_buffered(c);
         return;
     }
-    if (!c->ex.up || c->ex.up->state != U_BUSY || c->ex.up->writing)
+    if (!c->ex->up || c->ex->up->state != U_BUSY || c->ex->up->writing)
         td_client_read(c, 0);
     td_exchange_request_send(c);
 }
 
 static int client_written(client_t *c) {
-    if (c->ex.continue_out) { /* td's own 100 Continue is out: the body may come */
-        c->ex.continue_out = 0;
-        if (!c->ex.up) {
-            if (c->ex.buffering)
+    if (!c->ex)
+        return 0;
+    if (c->ex->continue_out) { /* td's own 100 Continue is out: the body may come */
+        c->ex->continue_out = 0;
+        if (!c->ex->up) {
+            if (c->ex->buffering)
                 td_client_timer(c, T_HEADER);
             td_client_read(c, 1);
             return 1;
         }
-        if (c->ex.up->state != U_BUSY)
+        if (c->ex->up->state != U_BUSY)
             return 1; /* the body is in and the upstream still connecting */
         /* The body came and went on meanwhile: a response may be waiting for this write. */
     }
-    if (!c->ex.up)
+    if (!c->ex->up)
         return 0;
-    upstream_t *u = c->ex.up;
+    upstream_t *u = c->ex->up;
     if (td_exchange_response_written(u))
         td_exchange_response_pump(u);
     return 1;
 }
 
 static void client_reply(client_t *c, int status) {
+    if (!exchange_take(c)) {
+        td_exchange_count_reply(c, status); /* counted all the same; no access log line */
+        return;
+    }
     td_exchange_count_reply(c, status);
     td_exchange_drop_upstream(c);
-    c->ex.status = status;
-    if (!c->ex.started_ms)
-        c->ex.started_ms = td_now_ms();
+    c->ex->status = status;
+    if (!c->ex->started_ms)
+        c->ex->started_ms = td_now_ms();
 }
 
 static void client_close(client_t *c) {
-    if (c->ex.started_ms && !c->ex.status)
-        c->ex.status = 499; /* the client went away before its answer: the access log says so */
+    if (!c->ex)
+        return;
+    if (c->ex->started_ms && !c->ex->status)
+        c->ex->status = 499; /* the client went away before its answer: the access log says so */
     td_exchange_drop_upstream(c);
     td_exchange_end(c);
     td_exchange_count_tunnel_close(c);
-    free(c->ex.last_error);
-    c->ex.last_error = NULL;
+    exchange_put(c);
 }
 
 const td_client_cbs_t td_exchange_client_cbs = {

@@ -13,28 +13,28 @@
  * of either only once answered. A retry on another backend moves it there: counters follow the
  * backend that answers, not the one first chosen. */
 void td_exchange_count_try(client_t *c, td_backend_stats_t *b, td_server_stats_t *srv) {
-    if (c->ex.b_inflight != b) {
-        if (c->ex.b_inflight)
-            td_registry_backend_end(c->ex.b_inflight);
-        c->ex.b_inflight = b;
+    if (c->ex->b_inflight != b) {
+        if (c->ex->b_inflight)
+            td_registry_backend_end(c->ex->b_inflight);
+        c->ex->b_inflight = b;
         td_registry_backend_begin(b);
     }
-    c->ex.st_inflight = srv;
+    c->ex->st_inflight = srv;
     td_registry_server_begin(srv);
 }
 
 /* Drops the in-flight counts of the current exchange (each taken once, released once). */
 void td_exchange_release_server(client_t *c) {
-    if (c->ex.st_inflight) {
-        td_registry_server_end(c->ex.st_inflight);
-        c->ex.st_inflight = NULL;
+    if (c->ex->st_inflight) {
+        td_registry_server_end(c->ex->st_inflight);
+        c->ex->st_inflight = NULL;
     }
 }
 
 void td_exchange_release_backend(client_t *c) {
-    if (c->ex.b_inflight) {
-        td_registry_backend_end(c->ex.b_inflight);
-        c->ex.b_inflight = NULL;
+    if (c->ex->b_inflight) {
+        td_registry_backend_end(c->ex->b_inflight);
+        c->ex->b_inflight = NULL;
     }
 }
 
@@ -43,10 +43,10 @@ void td_exchange_release_backend(client_t *c) {
  * console's "answering errors"). */
 void td_exchange_count_response(client_t *c, upstream_t *u, int status) {
     td_registry_server_response(u->st, status);
-    if (c->ex.b_inflight) {
-        td_registry_backend_response(c->ex.b_inflight, status);
+    if (c->ex->b_inflight) {
+        td_registry_backend_response(c->ex->b_inflight, status);
         if (td_registry_class(status) == TD_NCLASS - 1)
-            atomic_store_explicit(&c->ex.b_inflight->last_5xx_ms, td_now_ms(),
+            atomic_store_explicit(&c->ex->b_inflight->last_5xx_ms, td_now_ms(),
                                   memory_order_relaxed);
     }
 }
@@ -56,10 +56,10 @@ void td_exchange_count_response(client_t *c, upstream_t *u, int status) {
  * with no backend chosen counts under td itself. A 4xx (a client's fault, such as a body that
  * stopped coming) does not count. */
 void td_exchange_count_reply(client_t *c, int status) {
-    if (c->ex.snap && status >= 500) {
-        td_backend_stats_t *bst = c->ex.backend >= 0  ? c->ex.snap->backends[c->ex.backend].st
-                                  : c->ex.forced >= 0 ? c->ex.snap->backends[c->ex.forced].st
-                                                      : c->ex.b_inflight;
+    if (c->ex && c->ex->snap && status >= 500) {
+        td_backend_stats_t *bst = c->ex->backend >= 0  ? c->ex->snap->backends[c->ex->backend].st
+                                  : c->ex->forced >= 0 ? c->ex->snap->backends[c->ex->forced].st
+                                                      : c->ex->b_inflight;
         if (bst)
             td_registry_backend_response(bst, status);
         td_router_count_local(bst, status, td_now_ms());
@@ -71,7 +71,7 @@ void td_exchange_count_reply(client_t *c, int status) {
 /* 101 delivered: the connection counts as a tunnel of its backend from now on (and is in the
  * worker's list of tunnels, for the drain), no longer as a request in flight. */
 void td_exchange_count_tunnel_open(client_t *c) {
-    td_exchange_t *x = &c->ex;
+    td_exchange_t *x = c->ex;
     x->b_tunnel = x->b_inflight;
     if (!x->b_tunnel)
         return;
@@ -85,7 +85,7 @@ void td_exchange_count_tunnel_open(client_t *c) {
 }
 
 void td_exchange_count_tunnel_close(client_t *c) {
-    td_exchange_t *x = &c->ex;
+    td_exchange_t *x = c->ex;
     if (!x->b_tunnel)
         return;
     td_registry_tunnel_close(x->b_tunnel);

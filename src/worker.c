@@ -350,6 +350,8 @@ void td_proxy_stop(td_proxy_t *p, int drain_ms) {
         free(w->wrr_s);
         while (w->num_cached)
             free(w->buf_cache[--w->num_cached]);
+        while (w->num_ex_cached)
+            free(w->ex_cache[--w->num_ex_cached]);
         free(w->listeners);
         free(w->listen_fds);
     }
