@@ -1,6 +1,6 @@
 /* The admin API: the /api/v1 handlers (state, ratio, routing, config, overrides, events,
- * history), /metrics and the console page, answering JSON. The HTTP server below it (admin_http.c) reads, checks and
- * writes; every change goes through the control plane (td_control_apply). */
+ * history), /metrics and the console page, answering JSON. The HTTP server below it (admin_http.c)
+ * reads, checks and writes; every change goes through the control plane (td_control_apply). */
 #include "td/admin.h"
 
 #include <jansson.h>

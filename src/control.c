@@ -17,12 +17,12 @@
 
 static td_config_t *running; /* owned by the current snapshot; borrowed here */
 static char config_path[4096];
-static char state_path[4096]; /* "" with the demo config: nothing is kept */
-static char state_sha[65];    /* SHA-256 of the state file's text as td last read or wrote it */
-static json_t *file_doc;      /* owned: the config file's canonical JSON as td last read it */
-static json_t *overrides;     /* owned: the state file's overrides (td_state_diff) */
-static json_t *bound;         /* owned: {"listeners", "workers"} as bound at start */
-static int persisted = 1;     /* the last change reached the state file */
+static char state_path[4096];  /* "" with the demo config: nothing is kept */
+static char state_sha[65];     /* SHA-256 of the state file's text as td last read or wrote it */
+static json_t *file_doc;       /* owned: the config file's canonical JSON as td last read it */
+static json_t *overrides;      /* owned: the state file's overrides (td_state_diff) */
+static json_t *bound;          /* owned: {"listeners", "workers"} as bound at start */
+static int persisted = 1;      /* the last change reached the state file */
 static char persist_why[8800]; /* why not, when !persisted */
 static uint64_t version;
 static int64_t started_ms;
@@ -74,13 +74,11 @@ json_t *td_control_overrides_json(void) {
     size_t i;
     json_t *o;
     json_array_foreach(overrides, i, o) {
-        json_array_append_new(list, json_pack("{s:O,s:O,s:O,s:O,s:O,s:O}", "path",
-                                              json_object_get(o, "path"), "keys",
-                                              json_object_get(o, "keys"), "value",
-                                              json_object_get(o, "value"), "file_value",
-                                              json_object_get(o, "file_value"), "since",
-                                              json_object_get(o, "since"), "by",
-                                              json_object_get(o, "by")));
+        json_array_append_new(
+            list, json_pack("{s:O,s:O,s:O,s:O,s:O,s:O}", "path", json_object_get(o, "path"), "keys",
+                            json_object_get(o, "keys"), "value", json_object_get(o, "value"),
+                            "file_value", json_object_get(o, "file_value"), "since",
+                            json_object_get(o, "since"), "by", json_object_get(o, "by")));
     }
     json_t *j = json_pack("{s:s,s:b,s:o}", "state_file", state_path, "persisted", persisted,
                           "overrides", list);
@@ -95,8 +93,8 @@ json_t *td_control_pending_restart(void) {
     for (size_t i = 0; doc && bound && i < sizeof(keys) / sizeof(keys[0]); i++) {
         json_t *asked = json_object_get(doc, keys[i]), *runs = json_object_get(bound, keys[i]);
         if (!json_equal(asked, runs))
-            json_array_append_new(pending, json_pack("{s:s,s:O,s:O}", "key", keys[i], "file",
-                                                     asked, "running", runs));
+            json_array_append_new(pending, json_pack("{s:s,s:O,s:O}", "key", keys[i], "file", asked,
+                                                     "running", runs));
     }
     json_decref(doc);
     if (running && running->has_admin &&
@@ -228,10 +226,10 @@ static td_config_t *with_overrides(td_config_t *cfg, const json_t *fdoc, const j
     free(text);
     if (!out) {
         for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
-            td_error("state: the overrides of %s do not fit the config file: %s", state_path,
-                     line);
-            td_event("reload", "the overrides of %s do not fit the config file (%s): running "
-                               "the config file alone",
+            td_error("state: the overrides of %s do not fit the config file: %s", state_path, line);
+            td_event("reload",
+                     "the overrides of %s do not fit the config file (%s): running "
+                     "the config file alone",
                      state_path, line);
         }
         td_error("state: running the config file %s alone, without the overrides of %s",
@@ -311,8 +309,7 @@ int td_control_init(td_config_t *cfg, const char *path) {
     if (json_array_size(kept) != json_array_size(ov)) {
         /* The file replaced some: the state file says so from now on. */
         json_t *entry;
-        save(kept, "overrides replaced by the config file at start", NULL, NULL, "td", 1,
-             &entry);
+        save(kept, "overrides replaced by the config file at start", NULL, NULL, "td", 1, &entry);
         td_audit_commit(entry);
     }
     json_decref(ov);
@@ -366,8 +363,8 @@ static json_t *summary(const td_config_t *c) {
  * that make `cfg` from the config file, `fdoc` (owned, or NULL: unchanged) the file's new
  * document (a reload). Everything that can refuse the change comes first, so a refused change
  * changes nothing; writing the state file cannot refuse it (see save). */
-static int apply(td_config_t *cfg, const char *what, const char *client, json_t *next,
-                 json_t *fdoc, char *err, size_t errlen) {
+static int apply(td_config_t *cfg, const char *what, const char *client, json_t *next, json_t *fdoc,
+                 char *err, size_t errlen) {
     keep_startup_settings(cfg);
     td_snapshot_t *s = td_snapshot_build(cfg, version + 1, err, errlen);
     if (!s) {

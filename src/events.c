@@ -202,8 +202,8 @@ void td_audit_recover(const char *state_sha256, const char *state_path) {
     json_t *last = audit[(naudit - 1) % RING];
     const char *after = json_string_value(json_object_get(last, "config_sha256"));
     const char *before = json_string_value(json_object_get(last, "before_sha256"));
-    if (!after || !before || json_object_get(last, "applied") ||
-        strcmp(after, state_sha256) == 0 || strcmp(before, state_sha256) != 0)
+    if (!after || !before || json_object_get(last, "applied") || strcmp(after, state_sha256) == 0 ||
+        strcmp(before, state_sha256) != 0)
         return;
     /* The state file is still as it was before the last change: td stopped after the change was
      * audited and before the state file was replaced, so the change never ran. */

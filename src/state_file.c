@@ -67,8 +67,8 @@ static json_t *unkeyed(json_t *v, int level) {
     const char *k;
     json_t *e;
     json_object_foreach(v, k, e) {
-        int as_array = (level == 0 && strcmp(k, "backends") == 0) ||
-                       (level == 1 && strcmp(k, "servers") == 0);
+        int as_array =
+            (level == 0 && strcmp(k, "backends") == 0) || (level == 1 && strcmp(k, "servers") == 0);
         if (as_array && json_is_object(e)) {
             json_t *arr = json_array();
             const char *k2;
@@ -113,8 +113,9 @@ static int flatten(const json_t *o, json_t *prefix, json_t *out, json_t *index) 
             r = flatten(e, keys, out, index);
         } else {
             char *id = json_dumps(keys, JSON_COMPACT);
-            r = id && json_object_set_new(index, id, json_integer((json_int_t)json_array_size(out))) ==
-                          0 &&
+            r = id &&
+                        json_object_set_new(index, id,
+                                            json_integer((json_int_t)json_array_size(out))) == 0 &&
                         json_array_append_new(out, json_pack("[O,O]", keys, e)) == 0
                     ? 0
                     : -1;
@@ -147,8 +148,8 @@ static json_t *flat_get(const json_t *f, const json_t *keys) {
     free(id);
     if (!at)
         return NULL;
-    return json_array_get(json_array_get(json_object_get(f, "list"), (size_t)json_integer_value(at)),
-                          1);
+    return json_array_get(
+        json_array_get(json_object_get(f, "list"), (size_t)json_integer_value(at)), 1);
 }
 
 /* Equal by content, null and NULL both meaning absent. */
@@ -186,8 +187,8 @@ static int tree_set(json_t *tree, const json_t *keys, json_t *value) {
         tree = next;
     }
     json_t *copy = json_deep_copy(value);
-    return copy && json_object_set_new(tree, json_string_value(json_array_get(keys, n - 1)), copy) ==
-                       0
+    return copy && json_object_set_new(tree, json_string_value(json_array_get(keys, n - 1)),
+                                       copy) == 0
                ? 0
                : -1;
 }
@@ -213,12 +214,13 @@ static void tree_remove(json_t *tree, const json_t *keys, size_t depth) {
 static json_t *find_override(const json_t *list, const json_t *keys) {
     size_t i;
     json_t *o;
-    json_array_foreach(list, i, o) if (json_equal(json_object_get(o, "keys"), (json_t *)keys)) return o;
+    json_array_foreach(list, i,
+                       o) if (json_equal(json_object_get(o, "keys"), (json_t *)keys)) return o;
     return NULL;
 }
 
-static int add(json_t *out, const json_t *old, const json_t *keys, json_t *value, json_t *file_value,
-               const char *since, const char *by) {
+static int add(json_t *out, const json_t *old, const json_t *keys, json_t *value,
+               json_t *file_value, const char *since, const char *by) {
     json_t *prev = old ? find_override(old, keys) : NULL;
     if (prev && same(json_object_get(prev, "value"), value))
         return json_array_append(out, prev);

@@ -102,7 +102,8 @@ static int config_diff(const ctl_t *ctl) {
         json_decref(ov);
         return RC_USAGE;
     }
-    json_t *list = json_object_get(ov, "overrides"), *pending = json_object_get(state, "pending_restart");
+    json_t *list = json_object_get(ov, "overrides"),
+           *pending = json_object_get(state, "pending_restart");
     size_t n = json_array_size(list) + json_array_size(pending), i;
     json_t *o;
     if (ctl->json) {
