@@ -375,11 +375,18 @@ static td_admin_reply_t get_config(int source_file) {
     json_t *doc = text ? json_loads(text, 0, NULL) : NULL, *bound = td_control_bound_json();
     free(text);
     text = NULL;
+    json_t *pending = td_control_pending_restart(), *p;
+    size_t i;
     if (doc && bound) {
-        json_object_set(doc, "listeners", json_object_get(bound, "listeners"));
-        json_object_set(doc, "workers", json_object_get(bound, "workers"));
+        /* Only what waits for a restart is shown as it runs: new certificates apply at once. */
+        json_array_foreach(pending, i, p) {
+            const char *key = json_string_value(json_object_get(p, "key"));
+            if (json_object_get(bound, key))
+                json_object_set(doc, key, json_object_get(bound, key));
+        }
         text = json_dumps(doc, JSON_INDENT(2));
     }
+    json_decref(pending);
     json_decref(doc);
     json_decref(bound);
     if (!text)

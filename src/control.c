@@ -87,12 +87,32 @@ json_t *td_control_overrides_json(void) {
     return j;
 }
 
+/* What binding a listener depends on: its address and whether it speaks TLS (certificates and
+ * the rest of a listener apply at once, with the next snapshot). */
+static json_t *bindings(const json_t *listeners) {
+    json_t *out = json_array(), *l;
+    size_t i;
+    json_array_foreach(listeners, i, l) {
+        json_array_append_new(out, json_pack("[O,b]", json_object_get(l, "address"),
+                                             json_object_get(l, "tls") != NULL));
+    }
+    return out;
+}
+
+static int same_bindings(const json_t *a, const json_t *b) {
+    json_t *x = bindings(a), *y = bindings(b);
+    int same = json_equal(x, y);
+    json_decref(x);
+    json_decref(y);
+    return same;
+}
+
 json_t *td_control_pending_restart(void) {
     json_t *pending = json_array(), *doc = doc_of(running);
     static const char *const keys[] = {"listeners", "workers"};
     for (size_t i = 0; doc && bound && i < sizeof(keys) / sizeof(keys[0]); i++) {
         json_t *asked = json_object_get(doc, keys[i]), *runs = json_object_get(bound, keys[i]);
-        if (!json_equal(asked, runs))
+        if (i == 0 ? !same_bindings(asked, runs) : !json_equal(asked, runs))
             json_array_append_new(pending, json_pack("{s:s,s:O,s:O}", "key", keys[i], "file", asked,
                                                      "running", runs));
     }

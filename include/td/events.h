@@ -16,7 +16,7 @@ typedef struct json_t json_t;
 void td_events_init(const char *path);
 
 /* Records an event of `kind` ("change", "health" (checks and passive ejections), "reload",
- * "start") with a message
+ * "start", "state" (the state file could not be written, or can be again)) with a message
  * for people. Thread-safe; keeps the last 256. */
 void td_event(const char *kind, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
