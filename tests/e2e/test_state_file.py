@@ -419,3 +419,51 @@ def test_console_shows_a_red_banner_while_changes_are_not_being_saved(backends, 
             banner
     finally:
         s.stop()
+
+
+def test_backend_added_through_put_config_survives_a_restart_after_the_files_backends(backends,
+                                                                                      tmp_path):
+    s = Setup(backends, tmp_path)
+    red = backends(("red", 1))
+    before = s.bytes()
+    s.start()
+    try:
+        cfg = api(s.admin_port, "GET", "/api/v1/config")[1]
+        cfg["backends"].insert(0, {"name": "red", "weight": 10, "servers": [
+            {"address": f"127.0.0.1:{red.ports['red'][0]}", "weight": 1}]})
+        status, body, _ = api(s.admin_port, "PUT", "/api/v1/config", cfg)
+        assert status == 200 and body["persisted"] is True, body
+    finally:
+        s.stop()
+    s.start()
+    try:
+        state = api(s.admin_port, "GET", "/api/v1/state")[1]
+        # The file's order, then the added backend.
+        assert [b["name"] for b in state["backends"]] == ["blue", "green", "red"], state
+        assert weights(s.admin_port) == {"blue": 50, "green": 50, "red": 10}
+    finally:
+        s.stop()
+    assert s.bytes() == before
+
+
+def test_overrides_that_no_longer_fit_the_file_give_way_to_the_file_alone(backends, tmp_path):
+    """green removed through the API, then the file changes green's weight: that one override
+    gives way, the rest would leave a green without servers, so the file alone runs, said in
+    the log at error level."""
+    s = Setup(backends, tmp_path)
+    s.start()
+    try:
+        cfg = api(s.admin_port, "GET", "/api/v1/config")[1]
+        cfg["backends"] = [b for b in cfg["backends"] if b["name"] == "blue"]
+        status, body, _ = api(s.admin_port, "PUT", "/api/v1/config", cfg)
+        assert status == 200, body
+        assert weights(s.admin_port) == {"blue": 50}
+        s.cfg["backends"][1]["weight"] = 70
+        s.write(s.cfg)
+        s.hup()
+        assert weights(s.admin_port) == {"blue": 50, "green": 70}
+        assert api(s.admin_port, "GET", "/api/v1/overrides")[1]["overrides"] == []
+        assert "do not fit the config file" in s.p.output()
+        assert any("do not fit the config file" in m for m in s.events()), s.events()
+    finally:
+        s.stop()
