@@ -1,6 +1,6 @@
-/* The admin API: the /api/v1 handlers (state, ratio, routing, config, events, history), /metrics
- * and the console page, answering JSON. The HTTP server below it (admin_http.c) reads, checks and
- * writes; every change goes through the control plane (td_control_apply). */
+/* The admin API: the /api/v1 handlers (state, ratio, routing, config, overrides, events,
+ * history), /metrics and the console page, answering JSON. The HTTP server below it (admin_http.c)
+ * reads, checks and writes; every change goes through the control plane (td_control_apply). */
 #include "td/admin.h"
 
 #include <jansson.h>
@@ -185,6 +185,13 @@ static json_t *state_json(void) {
                         json_pack("{s:o,s:o}", "local_responses", local_counts(own->local),
                                   "last_5xx_ago_ms", ago(atomic_load(&own->last_5xx_ms), now)));
     json_object_set_new(j, "last_5xx_ago_ms", ago(last_5xx, now));
+    const char *why;
+    int persisted = td_control_persisted(&why);
+    json_object_set_new(j, "persisted", json_boolean(persisted));
+    if (!persisted)
+        json_object_set_new(j, "persist_error", json_string(why));
+    json_object_set_new(j, "state_file", json_string(td_control_state_path()));
+    json_object_set_new(j, "pending_restart", td_control_pending_restart());
     td_snapshot_release(s);
     return j;
 }
@@ -196,7 +203,10 @@ static td_admin_reply_t apply(td_config_t *cfg, const char *what, const char *cl
     int r = td_control_apply(cfg, what, 1, client, err, sizeof(err));
     if (r < 0)
         return td_admin_http_error(r == TD_ECONFLICT ? 409 : 500, err);
-    return json_reply(200, state_json());
+    json_t *j = state_json();
+    /* Whether this change reached the state file (it applies either way). */
+    json_object_set_new(j, "persisted", json_boolean(td_control_persisted(NULL)));
+    return json_reply(200, j);
 }
 
 static json_t *parse_body(td_str_t body, td_admin_reply_t *fail) {
@@ -318,14 +328,43 @@ static td_admin_reply_t put_config(td_str_t body, const char *client) {
     int r = td_control_apply(cfg, "config replaced through the API", 1, client, err, sizeof(err));
     if (r < 0)
         return td_admin_http_error(r == TD_ECONFLICT ? 409 : 500, err);
-    return json_reply(200, json_pack("{s:I}", "version", (json_int_t)td_control_version()));
+    return json_reply(200, json_pack("{s:I,s:b}", "version", (json_int_t)td_control_version(),
+                                     "persisted", td_control_persisted(NULL)));
 }
 
-/* The running config with the admin section that runs: the address bound at start and the token
- * in force, which a reload that removed "admin" or its token does not change until a restart. */
-static td_admin_reply_t get_config(void) {
-    td_config_t *cfg = td_config_dup(td_control_config());
+/* The keys of td_control_pending_restart as a header line ("TD-Pending-Restart: listeners,
+ * workers"), or NULL when nothing waits for a restart. Static: valid until the next call. */
+static const char *pending_header(void) {
+    static char line[160];
+    json_t *pending = td_control_pending_restart(), *p;
+    size_t i, n = (size_t)snprintf(line, sizeof(line), "TD-Pending-Restart: ");
+    json_array_foreach(pending, i, p) {
+        n += (size_t)snprintf(line + n, sizeof(line) - n, "%s%s", i ? ", " : "",
+                              json_string_value(json_object_get(p, "key")));
+        if (n >= sizeof(line))
+            break;
+    }
+    size_t count = json_array_size(pending);
+    json_decref(pending);
+    return count ? line : NULL;
+}
+
+/* What runs: the running config with the listeners and workers bound at start and the admin
+ * section that runs (the address bound at start and the token in force), which a reload or a
+ * PUT does not change until a restart; the TD-Pending-Restart header names what is asked for
+ * and waits. With ?source=file: the config file as td last read it. */
+static td_admin_reply_t get_config(int source_file) {
     char *text = NULL;
+    if (source_file) {
+        json_t *doc = td_control_file_json();
+        text = doc ? json_dumps(doc, JSON_INDENT(2)) : NULL;
+        json_decref(doc);
+        if (!text)
+            return td_admin_http_error(500, "out of memory");
+        td_admin_reply_t r = {200, "application/json", text, strlen(text), NULL, NULL};
+        return r;
+    }
+    td_config_t *cfg = td_config_dup(td_control_config());
     if (cfg) {
         cfg->has_admin = 1;
         cfg->admin_address = bound_address;
@@ -333,10 +372,37 @@ static td_admin_reply_t get_config(void) {
         text = td_config_to_json(cfg);
         td_config_free(cfg);
     }
+    json_t *doc = text ? json_loads(text, 0, NULL) : NULL, *bound = td_control_bound_json();
+    free(text);
+    text = NULL;
+    json_t *pending = td_control_pending_restart(), *p;
+    size_t i;
+    if (doc && bound) {
+        /* Only what waits for a restart is shown as it runs: new certificates apply at once. */
+        json_array_foreach(pending, i, p) {
+            const char *key = json_string_value(json_object_get(p, "key"));
+            if (json_object_get(bound, key))
+                json_object_set(doc, key, json_object_get(bound, key));
+        }
+        text = json_dumps(doc, JSON_INDENT(2));
+    }
+    json_decref(pending);
+    json_decref(doc);
+    json_decref(bound);
     if (!text)
         return td_admin_http_error(500, "out of memory");
     td_admin_reply_t r = {200, "application/json", text, strlen(text), NULL, NULL};
+    td_admin_http_reply_header(pending_header());
     return r;
+}
+
+/* DELETE /api/v1/overrides: the config file alone runs again. */
+static td_admin_reply_t delete_overrides(const char *client) {
+    char err[512];
+    int r = td_control_reset(client, err, sizeof(err));
+    if (r < 0)
+        return td_admin_http_error(r == TD_EINVAL ? 409 : 500, err);
+    return json_reply(200, td_control_overrides_json());
 }
 
 /* ---- routes */
@@ -348,6 +414,13 @@ static int path_is(td_str_t target, const char *path) {
     if (q)
         tl = (size_t)(q - target.p);
     return tl == n && memcmp(target.p, path, n) == 0;
+}
+
+/* Whether the target's query is exactly `query` ("source=file"). */
+static int query_is(td_str_t target, const char *query) {
+    const char *q = memchr(target.p, '?', target.len);
+    size_t n = strlen(query);
+    return q && (size_t)(target.p + target.len - q - 1) == n && memcmp(q + 1, query, n) == 0;
 }
 
 static int method_is(td_str_t m, const char *s) {
@@ -379,6 +452,7 @@ static td_admin_reply_t route(const td_admin_request_t *rq) {
         return td_admin_http_error(401,
                                    "missing or wrong bearer token (Authorization: Bearer TOKEN)");
     int get = method_is(m, "GET") || method_is(m, "HEAD"), put = method_is(m, "PUT");
+    int del = method_is(m, "DELETE");
     if (path_is(t, "/api/v1/state"))
         return get ? json_reply(200, state_json()) : not_allowed("GET, HEAD");
     if (path_is(t, "/api/v1/ratio"))
@@ -386,9 +460,13 @@ static td_admin_reply_t route(const td_admin_request_t *rq) {
     if (path_is(t, "/api/v1/routing"))
         return put ? put_routing(body, rq->client) : not_allowed("PUT");
     if (path_is(t, "/api/v1/config"))
-        return get   ? get_config()
+        return get   ? get_config(query_is(t, "source=file"))
                : put ? put_config(body, rq->client)
                      : not_allowed("GET, HEAD, PUT");
+    if (path_is(t, "/api/v1/overrides"))
+        return get   ? json_reply(200, td_control_overrides_json())
+               : del ? delete_overrides(rq->client)
+                     : not_allowed("GET, HEAD, DELETE");
     if (path_is(t, "/api/v1/events"))
         return get ? json_reply(200, td_events_json()) : not_allowed("GET, HEAD");
     if (path_is(t, "/api/v1/history"))

@@ -354,8 +354,9 @@ static const td_config_field_t root_fields[] = {
     STR("access_log", td_config_t, access_log, NULL, td_config_check_log_path, TD_CF_CHANGED),
     STR("pid_file", td_config_t, pid_file, NULL, td_config_check_pid_path, TD_CF_CHANGED),
     OBJECT("request_buffering", offsetof(td_config_t, request_buffering), buffering_object, -1, 0),
+    STR("state_file", td_config_t, state_file, NULL, td_config_check_state_path, TD_CF_CHANGED),
 };
-static const unsigned char root_order[] = {0, 1, 2, 3, 4, 5, 6, 7, 10, 8, 9};
+static const unsigned char root_order[] = {0, 1, 2, 3, 4, 5, 6, 7, 10, 8, 9, 11};
 const td_config_object_t td_config_schema = OBJ(root_fields, root_order, NULL, NULL);
 
 void td_config_schema_defaults(const td_config_object_t *o, void *base) {

@@ -57,13 +57,17 @@ static const char usage[] =
     "  GET /api/v1/state           routing method, weights, health, live counters, version\n"
     "  PUT /api/v1/ratio           {\"blue\": 0, \"green\": 100}\n"
     "  PUT /api/v1/routing         {\"method\": \"round_robin\" | \"sticky\" | \"failover\"}\n"
-    "  GET|PUT /api/v1/config      the whole config document\n"
+    "  GET|PUT /api/v1/config      the whole config document (?source=file: the file's)\n"
+    "  GET|DELETE /api/v1/overrides  the changes kept in the state file; DELETE drops them\n"
     "  GET /api/v1/events          recent changes, health transitions and reloads\n"
     "  GET /api/v1/history         the audit log of changes\n"
     "  GET /metrics                Prometheus text format\n"
     "  GET /                       the web console\n"
-    "Changes made through the API are recorded in FILE.audit.jsonl, then written back to\n"
-    "the config file.\n"
+    "Changes made through the API never touch the config file: they are kept as overrides\n"
+    "in the state file (the config's state_file; default FILE.state.json), with an audit\n"
+    "log next to it (FILE.audit.jsonl), so a restart keeps them. At start and on SIGHUP\n"
+    "they apply on top of the file, key by key; where the file changed a key since, the\n"
+    "file wins for that key. tdctl config diff shows them, tdctl config reset drops them.\n"
     "\n"
     "Exit status: 0 on success or a clean stop, 1 on a bad config or start-up error,\n"
     "2 on a usage error.\n";
@@ -175,9 +179,13 @@ static void raise_open_files_limit(void) {
                 (unsigned long long)rl.rlim_max);
 }
 
-static int run(td_config_t *cfg, const char *path) {
+static int run(td_config_t *file_cfg, const char *path) {
     char err[512];
     raise_open_files_limit();
+    /* The config file with the state file's overrides on top is what starts. */
+    if (td_control_init(file_cfg, path) < 0) /* it said why */
+        return 1;
+    const td_config_t *cfg = td_control_config();
     char pid_file[TD_PATH_MAX + 1];
     snprintf(pid_file, sizeof(pid_file), "%s", pid_flag[0] ? pid_flag : cfg->pid_file);
     drain_ms = cfg->timeouts.drain_ms;
@@ -188,11 +196,6 @@ static int run(td_config_t *cfg, const char *path) {
     td_config_t *start_cfg = td_config_dup(cfg);
     if (!start_cfg) {
         fprintf(stderr, "td: out of memory\n");
-        td_config_free(cfg);
-        return 1;
-    }
-    if (td_control_init(cfg, path) < 0) { /* it said why */
-        td_config_free(start_cfg);
         return 1;
     }
     uv_loop_t *loop = uv_default_loop();

@@ -139,6 +139,8 @@ typedef struct td_config_s {
     char preview_token[128];          /* routing.preview.token; "" = preview route off (default) */
     char access_log[256];             /* "" = off (default), "stderr", or a file path (appended) */
     char pid_file[TD_PATH_MAX];    /* "" = none (default), or an absolute path written at start */
+    char state_file[TD_PATH_MAX];  /* where API changes are kept; "" = FILE.state.json next to
+                                      the config file (td_state_default_path) */
     td_config_backend_t *backends; /* owned */
     size_t num_backends;           /* 1..TD_CONFIG_MAX_BACKENDS */
     td_config_health_t health;
