@@ -304,8 +304,10 @@ def test_config_state_maint_loads_and_bogus_is_rejected_with_its_position(backen
 # ---- tdctl ----
 
 def tdctl(t, *args):
-    return subprocess.run([TDCTL, "--url", t.admin, *args], capture_output=True, text=True,
-                          timeout=60)
+    env = dict(os.environ, no_proxy="127.0.0.1,localhost", NO_PROXY="127.0.0.1,localhost")
+    env.pop("TD_TOKEN", None)
+    return subprocess.run([TDCTL, "--admin", t.admin, *args], capture_output=True, text=True,
+                          timeout=60, env=env)
 
 
 def test_tdctl_state_sets_and_shows_the_state(backends, td):
@@ -316,7 +318,7 @@ def test_tdctl_state_sets_and_shows_the_state(backends, td):
     assert "maint" in r.stdout
     assert backend_state(t.state(), "blue")["state"] == "maint"
     r = tdctl(t, "status")
-    assert r.returncode == 0 and "maint" in r.stdout and "STATE" in r.stdout, r.stdout
+    assert r.returncode == 0 and "blue (maint)" in r.stdout, r.stdout
     r = tdctl(t, "state", "blue", "bogus")
     assert r.returncode != 0 and "ready" in r.stderr, r.stdout + r.stderr
     r = tdctl(t, "state", "purple", "ready")
@@ -336,3 +338,22 @@ def test_tdctl_drain_in_failover_drains_the_primary(backends, td):
     assert b["state"] == "drain" and b["drained"] is True and b["weight"] == 100, b
     assert s["serving"] == "green"
     assert count(t.port, 5) == {(200, "green"): 5}
+
+
+def test_tdctl_state_has_a_manual_page():
+    r = subprocess.run([TDCTL, "state", "--help"], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 0 and "tdctl state" in r.stdout and "maint" in r.stdout, r.stdout
+
+
+def test_tdctl_switch_puts_a_drained_side_back_to_ready(backends, td):
+    """The deploy workflow: drain blue, deploy it, switch to blue: blue leaves drain first, or
+    it would take nothing at any step."""
+    blue, green, cfg = colours(backends, wb=50, wg=50)
+    t = td(cfg)
+    set_state(t, "blue", "drain")
+    r = tdctl(t, "switch", "blue", "--steps", "100", "--interval", "300ms")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "blue: state drain -> ready" in r.stdout, r.stdout
+    s = t.state()
+    assert backend_state(s, "blue")["state"] == "ready" and backend_state(s, "blue")["share"] == 100
+    assert count(t.port, 5) == {(200, "blue"): 5}
