@@ -123,9 +123,9 @@ static json_t *backend_json(td_snapshot_t *s, size_t i, int64_t now, const doubl
                       !atomic_load(&st->health_up) ? "down"
                       : up                         ? "up"
                                                    : "ejected",
-                      "in_flight", (json_int_t)atomic_load(&st->in_flight),
-                      "active_connections", (json_int_t)atomic_load(&st->active_connections),
-                      "requests", (json_int_t)atomic_load(&st->requests), "failures",
+                      "in_flight", (json_int_t)atomic_load(&st->in_flight), "active_connections",
+                      (json_int_t)atomic_load(&st->active_connections), "requests",
+                      (json_int_t)atomic_load(&st->requests), "failures",
                       (json_int_t)atomic_load(&st->failures), "responses",
                       class_counts(st->responses)));
         const char *last = td_health_last(st);
@@ -134,14 +134,13 @@ static json_t *backend_json(td_snapshot_t *s, size_t i, int64_t now, const doubl
     }
     int64_t in_flight = atomic_load(&b->st->in_flight), tunnels = atomic_load(&b->st->tunnels);
     int draining = td_backend_draining(s, b);
-    json_t *jb =
-        json_pack("{s:s,s:i,s:b,s:I,s:I,s:I,s:I,s:o,s:I,s:b,s:b,s:o}", "name", b->name,
-                  "weight", b->weight, "up", td_backend_is_up(b, now), "in_flight",
-                  (json_int_t)in_flight, "tunnels", (json_int_t)tunnels, "active_connections",
-                  (json_int_t)conns_open, "requests", (json_int_t)atomic_load(&b->st->requests),
-                  "responses", class_counts(b->st->responses), "sticky_requests_10s",
-                  (json_int_t)td_router_pins_recent(b->st, now), "draining", draining,
-                  "drained", draining && in_flight == 0 && tunnels == 0, "servers", servers);
+    json_t *jb = json_pack(
+        "{s:s,s:i,s:b,s:I,s:I,s:I,s:I,s:o,s:I,s:b,s:b,s:o}", "name", b->name, "weight", b->weight,
+        "up", td_backend_is_up(b, now), "in_flight", (json_int_t)in_flight, "tunnels",
+        (json_int_t)tunnels, "active_connections", (json_int_t)conns_open, "requests",
+        (json_int_t)atomic_load(&b->st->requests), "responses", class_counts(b->st->responses),
+        "sticky_requests_10s", (json_int_t)td_router_pins_recent(b->st, now), "draining", draining,
+        "drained", draining && in_flight == 0 && tunnels == 0, "servers", servers);
     json_object_set_new(jb, "state", json_string(td_backend_state_name(b->state)));
     json_object_set_new(jb, "latency_ms", latency_json(b->st));
     int64_t since = atomic_load(&b->st->drain_since_ms);
@@ -152,8 +151,8 @@ static json_t *backend_json(td_snapshot_t *s, size_t i, int64_t now, const doubl
     json_object_set_new(jb, "serving", json_boolean(share[i] > 0));
     /* In drain or maint it is no failover candidate: neither primary nor backup. */
     if (s->method == TD_METHOD_FAILOVER && b->state == TD_BACKEND_READY)
-        json_object_set_new(jb, "role", json_string(candidates && i == order[0] ? "primary"
-                                                                                : "backup"));
+        json_object_set_new(jb, "role",
+                            json_string(candidates && i == order[0] ? "primary" : "backup"));
     json_object_set_new(jb, "local_responses", local_counts(b->st->local));
     json_object_set_new(jb, "last_5xx_ago_ms", ago(atomic_load(&b->st->last_5xx_ms), now));
     return jb;

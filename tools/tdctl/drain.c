@@ -57,8 +57,8 @@ static enum wait_end wait_verdict(const json_t *backend, const wait_t *w, double
 static int wait_report(enum wait_end end, const char *name, const wait_t *w, double now) {
     switch (end) {
     case W_DRAINED:
-        printf("%s: drained %.1fs after its drain began: no request in flight, no tunnel\n",
-               name, now - w->zero_at);
+        printf("%s: drained %.1fs after its drain began: no request in flight, no tunnel\n", name,
+               now - w->zero_at);
         return RC_DONE;
     case W_DRAIN_MS:
         printf("%s: td's drain time (timeouts.drain_ms, %.1fs) has passed: td closes its "

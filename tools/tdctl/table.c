@@ -180,8 +180,8 @@ void print_state(const json_t *state) {
     json_array_foreach(backends, i, b) {
         char name[128];
         backend_name(b, name, sizeof(name));
-        print_row(width, name, num(b, "weight").s, ratio_cell(b, weight_sum).s,
-                  up_down(b), num(b, "in_flight").s, num(b, "requests").s,
+        print_row(width, name, num(b, "weight").s, ratio_cell(b, weight_sum).s, up_down(b),
+                  num(b, "in_flight").s, num(b, "requests").s,
                   num(json_object_get(b, "responses"), "5xx").s, "");
         print_servers(b, width);
     }
