@@ -172,9 +172,6 @@ static void noop_close_cb(uv_handle_t *h) {
     (void)h;
 }
 
-/* Every TICK_MS: client deadlines. Once a second also: take a new snapshot even without
- * traffic (so idle pools of drained backends close), and close the tunnels of backends drained
- * for longer than drain_ms. */
 /* 1 when the backend of these counters is in maint in `s`: it takes no traffic, so its tunnels
  * do not wait for drain_ms. */
 static int tunnel_in_maint(const td_snapshot_t *s, const td_backend_stats_t *st) {
@@ -184,6 +181,9 @@ static int tunnel_in_maint(const td_snapshot_t *s, const td_backend_stats_t *st)
     return 0;
 }
 
+/* Every TICK_MS: client deadlines. Once a second also: take a new snapshot even without
+ * traffic (so idle pools of drained backends close), and close the tunnels of backends drained
+ * for longer than drain_ms (in maint: at once). */
 static void tick_cb(uv_timer_t *timer) {
     worker_t *w = timer->data;
     int64_t now_loop = (int64_t)uv_now(&w->loop);

@@ -394,3 +394,32 @@ def test_console_state_menu_puts_a_backend_in_maint(backends, td):
     assert backend_state(s, "blue")["state"] == "maint"
     assert s["version"] == v + 1  # the dismissed confirmation sent nothing
     assert count(t.port, 6) == {(200, "green"): 6}
+
+
+def test_maint_closes_the_backends_websockets_without_waiting_for_drain_ms(backends, td):
+    websocket = pytest.importorskip("websocket")
+    blue, green, cfg = colours(backends, wb=100, wg=0)
+    cfg["timeouts"]["drain_ms"] = 600000
+    t = td(cfg)
+    wss = [websocket.create_connection(f"ws://127.0.0.1:{t.port}/ws", timeout=10)
+           for _ in range(3)]
+    try:
+        for i, ws in enumerate(wss):
+            ws.send(f"m{i}")
+            assert ws.recv() == f"m{i}"
+        assert backend_state(t.state(), "blue")["tunnels"] == 3
+        set_state(t, "green", "drain")
+        assert backend_state(t.state(), "blue")["tunnels"] == 3  # another backend's state
+        set_state(t, "green", "ready")
+        set_state(t, "blue", "maint")
+        # td looks once a second
+        wait_for(lambda: backend_state(t.state(), "blue")["tunnels"] == 0, 5 + SLACK,
+                 interval=0.1, what="blue's tunnels closed")
+        assert backend_state(t.state(), "blue")["drained"] is True
+        assert "drain: closing a tunnel of blue" in t.proc.output()
+    finally:
+        for ws in wss:
+            try:
+                ws.close(timeout=1)
+            except Exception:
+                pass
