@@ -1,6 +1,7 @@
-/* The admin API: the /api/v1 handlers (state, ratio, routing, config, overrides, events,
- * history), /metrics and the console page, answering JSON. The HTTP server below it (admin_http.c)
- * reads, checks and writes; every change goes through the control plane (td_control_apply). */
+/* The admin API: the /api/v1 handlers (state, ratio, backends, routing, config, overrides,
+ * events, history), /metrics and the console page, answering JSON. The HTTP server below it
+ * (admin_http.c) reads, checks and writes; every change goes through the control plane
+ * (td_control_apply). */
 #include "td/admin.h"
 
 #include <jansson.h>
@@ -104,64 +105,73 @@ static void failover_reason(const td_snapshot_t *s, size_t primary, int serving,
                  p->name, (double)(now - since) / 1000.0, (long long)p->failback_ms);
 }
 
+/* The state object of backend i of s (as in GET /api/v1/state's "backends"); `share` from
+ * td_router_shares, `order` and `candidates` from td_router_failover_order. */
+static json_t *backend_json(td_snapshot_t *s, size_t i, int64_t now, const double *share,
+                            const size_t *order, size_t candidates) {
+    td_snap_backend_t *b = &s->backends[i];
+    json_t *servers = json_array();
+    int64_t conns_open = 0;
+    for (size_t j = 0; j < b->num_servers; j++) {
+        td_server_stats_t *st = b->servers[j].st;
+        conns_open += atomic_load(&st->active_connections);
+        int up = td_server_is_up(st, now);
+        json_array_append_new(
+            servers,
+            json_pack("{s:s,s:i,s:b,s:s,s:I,s:I,s:I,s:I,s:o}", "address", st->address, "weight",
+                      b->servers[j].weight, "up", up, "health",
+                      !atomic_load(&st->health_up) ? "down"
+                      : up                         ? "up"
+                                                   : "ejected",
+                      "in_flight", (json_int_t)atomic_load(&st->in_flight), "active_connections",
+                      (json_int_t)atomic_load(&st->active_connections), "requests",
+                      (json_int_t)atomic_load(&st->requests), "failures",
+                      (json_int_t)atomic_load(&st->failures), "responses",
+                      class_counts(st->responses)));
+        const char *last = td_health_last(st);
+        if (last[0])
+            json_object_set_new(json_array_get(servers, j), "last_check", json_string(last));
+    }
+    int64_t in_flight = atomic_load(&b->st->in_flight), tunnels = atomic_load(&b->st->tunnels);
+    int draining = td_backend_draining(s, b);
+    json_t *jb = json_pack(
+        "{s:s,s:i,s:b,s:I,s:I,s:I,s:I,s:o,s:I,s:b,s:b,s:o}", "name", b->name, "weight", b->weight,
+        "up", td_backend_is_up(b, now), "in_flight", (json_int_t)in_flight, "tunnels",
+        (json_int_t)tunnels, "active_connections", (json_int_t)conns_open, "requests",
+        (json_int_t)atomic_load(&b->st->requests), "responses", class_counts(b->st->responses),
+        "sticky_requests_10s", (json_int_t)td_router_pins_recent(b->st, now), "draining", draining,
+        "drained", draining && in_flight == 0 && tunnels == 0, "servers", servers);
+    json_object_set_new(jb, "state", json_string(td_backend_state_name(b->state)));
+    json_object_set_new(jb, "latency_ms", latency_json(b->st));
+    int64_t since = atomic_load(&b->st->drain_since_ms);
+    json_object_set_new(jb, "drain_elapsed_ms",
+                        draining && since ? json_integer(now - since) : json_null());
+    /* What it gets now (percent of new requests), computed once here for every client. */
+    json_object_set_new(jb, "share", json_real((double)(int)(share[i] * 1000 + 0.5) / 10));
+    json_object_set_new(jb, "serving", json_boolean(share[i] > 0));
+    /* In drain or maint it is no failover candidate: neither primary nor backup. */
+    if (s->method == TD_METHOD_FAILOVER && b->state == TD_BACKEND_READY)
+        json_object_set_new(jb, "role",
+                            json_string(candidates && i == order[0] ? "primary" : "backup"));
+    json_object_set_new(jb, "local_responses", local_counts(b->st->local));
+    json_object_set_new(jb, "last_5xx_ago_ms", ago(atomic_load(&b->st->last_5xx_ms), now));
+    return jb;
+}
+
 static json_t *state_json(void) {
     td_snapshot_t *s = td_router_acquire();
     int64_t now = td_now_ms();
     double share[TD_CONFIG_MAX_BACKENDS];
     int serving = td_router_shares(s, now, share);
     size_t order[TD_CONFIG_MAX_BACKENDS];
-    td_router_failover_order(s, order);
+    size_t candidates = td_router_failover_order(s, order);
     int64_t last_5xx = atomic_load(&td_registry_local()->last_5xx_ms);
     json_t *backends = json_array();
     for (size_t i = 0; i < s->num_backends; i++) {
-        td_snap_backend_t *b = &s->backends[i];
-        json_t *servers = json_array();
-        int64_t conns_open = 0;
-        for (size_t j = 0; j < b->num_servers; j++) {
-            td_server_stats_t *st = b->servers[j].st;
-            conns_open += atomic_load(&st->active_connections);
-            int up = td_server_is_up(st, now);
-            json_array_append_new(
-                servers,
-                json_pack("{s:s,s:i,s:b,s:s,s:I,s:I,s:I,s:I,s:o}", "address", st->address, "weight",
-                          b->servers[j].weight, "up", up, "health",
-                          !atomic_load(&st->health_up) ? "down"
-                          : up                         ? "up"
-                                                       : "ejected",
-                          "in_flight", (json_int_t)atomic_load(&st->in_flight),
-                          "active_connections", (json_int_t)atomic_load(&st->active_connections),
-                          "requests", (json_int_t)atomic_load(&st->requests), "failures",
-                          (json_int_t)atomic_load(&st->failures), "responses",
-                          class_counts(st->responses)));
-            const char *last = td_health_last(st);
-            if (last[0])
-                json_object_set_new(json_array_get(servers, j), "last_check", json_string(last));
-        }
-        int64_t in_flight = atomic_load(&b->st->in_flight), tunnels = atomic_load(&b->st->tunnels);
-        int draining = td_backend_draining(s, b);
-        json_t *jb =
-            json_pack("{s:s,s:i,s:b,s:I,s:I,s:I,s:I,s:o,s:I,s:b,s:b,s:o}", "name", b->name,
-                      "weight", b->weight, "up", td_backend_is_up(b, now), "in_flight",
-                      (json_int_t)in_flight, "tunnels", (json_int_t)tunnels, "active_connections",
-                      (json_int_t)conns_open, "requests", (json_int_t)atomic_load(&b->st->requests),
-                      "responses", class_counts(b->st->responses), "sticky_requests_10s",
-                      (json_int_t)td_router_pins_recent(b->st, now), "draining", draining,
-                      "drained", draining && in_flight == 0 && tunnels == 0, "servers", servers);
-        json_object_set_new(jb, "latency_ms", latency_json(b->st));
-        int64_t since = atomic_load(&b->st->drain_since_ms);
-        json_object_set_new(jb, "drain_elapsed_ms",
-                            draining && since ? json_integer(now - since) : json_null());
-        /* What it gets now (percent of new requests), computed once here for every client. */
-        json_object_set_new(jb, "share", json_real((double)(int)(share[i] * 1000 + 0.5) / 10));
-        json_object_set_new(jb, "serving", json_boolean(share[i] > 0));
-        if (s->method == TD_METHOD_FAILOVER)
-            json_object_set_new(jb, "role", json_string(i == order[0] ? "primary" : "backup"));
-        json_object_set_new(jb, "local_responses", local_counts(b->st->local));
-        int64_t b5 = atomic_load(&b->st->last_5xx_ms);
-        json_object_set_new(jb, "last_5xx_ago_ms", ago(b5, now));
+        int64_t b5 = atomic_load(&s->backends[i].st->last_5xx_ms);
         if (b5 > last_5xx)
             last_5xx = b5;
-        json_array_append_new(backends, jb);
+        json_array_append_new(backends, backend_json(s, i, now, share, order, candidates));
     }
     json_t *j =
         json_pack("{s:I,s:s,s:I,s:I,s:o}", "version", (json_int_t)s->version, "method",
@@ -174,11 +184,16 @@ static json_t *state_json(void) {
     json_object_set_new(j, "latency_bounds_ms", bounds);
     if (s->method == TD_METHOD_FAILOVER) {
         char why[300];
-        failover_reason(s, order[0], serving, now, why, sizeof(why));
+        if (candidates)
+            failover_reason(s, order[0], serving, now, why, sizeof(why));
+        else
+            snprintf(why, sizeof(why),
+                     "no backend is ready (all in drain or maint): every request gets 503");
         json_object_set_new(j, "serving",
                             serving >= 0 ? json_string(s->backends[serving].name) : json_null());
         json_object_set_new(j, "serving_reason", json_string(why));
-        json_object_set_new(j, "primary", json_string(s->backends[order[0]].name));
+        json_object_set_new(j, "primary",
+                            candidates ? json_string(s->backends[order[0]].name) : json_null());
     }
     td_local_stats_t *own = td_registry_local();
     json_object_set_new(j, "td",
@@ -274,6 +289,77 @@ static td_admin_reply_t put_ratio(td_str_t body, const char *client) {
     for (size_t i = 0; i < cfg->num_backends && n < sizeof(what) - 1; i++)
         n += (size_t)snprintf(what + n, sizeof(what) - n, " %s=%d", cfg->backends[i].name,
                               cfg->backends[i].weight);
+    return apply(cfg, what, client);
+}
+
+/* GET /api/v1/backends/NAME: that backend's object of GET /api/v1/state. */
+static td_admin_reply_t get_backend(td_str_t name) {
+    td_snapshot_t *s = td_router_acquire();
+    int i = td_snapshot_find_backend(s, name.p, name.len);
+    if (i < 0) {
+        td_snapshot_release(s);
+        char msg[TD_NAME_MAX + 40];
+        snprintf(msg, sizeof(msg), "unknown backend \"%.*s\"",
+                 (int)(name.len < TD_NAME_MAX ? name.len : TD_NAME_MAX), name.p);
+        return td_admin_http_error(404, msg);
+    }
+    int64_t now = td_now_ms();
+    double share[TD_CONFIG_MAX_BACKENDS];
+    td_router_shares(s, now, share);
+    size_t order[TD_CONFIG_MAX_BACKENDS];
+    size_t candidates = td_router_failover_order(s, order);
+    json_t *j = backend_json(s, (size_t)i, now, share, order, candidates);
+    td_snapshot_release(s);
+    return json_reply(200, j);
+}
+
+/* PUT /api/v1/backends/NAME {"state": "maint"}: the backend's state (ready, drain, maint); the
+ * only key for now. Everything is checked before anything changes. */
+static td_admin_reply_t put_backend(td_str_t name, td_str_t body, const char *client) {
+    const td_config_t *cur = td_control_config();
+    size_t i;
+    for (i = 0; i < cur->num_backends; i++)
+        if (strlen(cur->backends[i].name) == name.len &&
+            memcmp(cur->backends[i].name, name.p, name.len) == 0)
+            break;
+    if (i == cur->num_backends) {
+        char msg[TD_NAME_MAX + 40];
+        snprintf(msg, sizeof(msg), "unknown backend \"%.*s\"",
+                 (int)(name.len < TD_NAME_MAX ? name.len : TD_NAME_MAX), name.p);
+        return td_admin_http_error(404, msg);
+    }
+    td_admin_reply_t fail;
+    json_t *j = parse_body(body, &fail);
+    if (!j)
+        return fail;
+    const char *key;
+    json_t *v;
+    td_backend_state_t st = TD_BACKEND_READY;
+    int have = 0;
+    char msg[300] = "";
+    json_object_foreach(j, key, v) {
+        if (strcmp(key, "state") != 0) {
+            snprintf(msg, sizeof(msg), "unknown key \"%.100s\" (valid: state)", key);
+            break;
+        }
+        if (!json_is_string(v) || td_backend_state_parse(json_string_value(v), &st) < 0) {
+            snprintf(msg, sizeof(msg), "state must be one of ready, drain, maint");
+            break;
+        }
+        have = 1;
+    }
+    json_decref(j);
+    if (!msg[0] && !have)
+        snprintf(msg, sizeof(msg), "give the state, e.g. {\"state\": \"maint\"}");
+    if (msg[0])
+        return td_admin_http_error(400, msg);
+    td_config_t *cfg = td_config_dup(cur);
+    if (!cfg)
+        return td_admin_http_error(500, "out of memory");
+    cfg->backends[i].state = st;
+    char what[TD_NAME_MAX + 32];
+    snprintf(what, sizeof(what), "backend %s state %s", cfg->backends[i].name,
+             td_backend_state_name(st));
     return apply(cfg, what, client);
 }
 
@@ -423,6 +509,20 @@ static int query_is(td_str_t target, const char *query) {
     return q && (size_t)(target.p + target.len - q - 1) == n && memcmp(q + 1, query, n) == 0;
 }
 
+/* When the target's path is `prefix` followed by a non-empty last segment, that segment in
+ * *rest (the query left out) and 1; else 0. */
+static int path_under(td_str_t target, const char *prefix, td_str_t *rest) {
+    size_t n = strlen(prefix), tl = target.len;
+    const char *q = memchr(target.p, '?', target.len);
+    if (q)
+        tl = (size_t)(q - target.p);
+    if (tl <= n || memcmp(target.p, prefix, n) != 0 || memchr(target.p + n, '/', tl - n))
+        return 0;
+    rest->p = target.p + n;
+    rest->len = tl - n;
+    return 1;
+}
+
 static int method_is(td_str_t m, const char *s) {
     return m.len == strlen(s) && memcmp(m.p, s, m.len) == 0;
 }
@@ -459,6 +559,11 @@ static td_admin_reply_t route(const td_admin_request_t *rq) {
         return put ? put_ratio(body, rq->client) : not_allowed("PUT");
     if (path_is(t, "/api/v1/routing"))
         return put ? put_routing(body, rq->client) : not_allowed("PUT");
+    td_str_t name;
+    if (path_under(t, "/api/v1/backends/", &name))
+        return get   ? get_backend(name)
+               : put ? put_backend(name, body, rq->client)
+                     : not_allowed("GET, HEAD, PUT");
     if (path_is(t, "/api/v1/config"))
         return get   ? get_config(query_is(t, "source=file"))
                : put ? put_config(body, rq->client)

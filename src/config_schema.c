@@ -138,6 +138,7 @@ int td_config_status_expected(const char *expect_status, int status) {
 /* ---- the tables ---- */
 
 static const char *const method_names[] = {"round_robin", "sticky", "failover", NULL};
+static const char *const backend_state_names[] = {"ready", "drain", "maint", NULL};
 static const char *const same_site_names[] = {"Lax", "Strict", "None", NULL};
 static const char *const health_types[] = {"tcp", "http", "ssl_hello", NULL};
 static const char *const tls_versions[] = {"1.2", "1.3", NULL};
@@ -299,8 +300,10 @@ static const td_config_field_t backend_fields[] = {
     OBJECT("health_check", offsetof(td_config_backend_t, health), health_object,
            offsetof(td_config_backend_t, health_override), 0),
     OBJECT("tls", 0, backend_tls_object, offsetof(td_config_backend_t, tls), 0),
+    ENUM("state", td_config_backend_t, state, backend_state_names, NULL, TD_BACKEND_READY,
+         TD_CF_CHANGED),
 };
-static const unsigned char backend_order[] = {0, 1, 2, 4, 3};
+static const unsigned char backend_order[] = {0, 1, 5, 2, 4, 3};
 static const td_config_object_t backend_object =
     OBJ(backend_fields, backend_order, NULL, inherit_health);
 
@@ -456,6 +459,20 @@ int td_method_parse(const char *s, td_method_t *out) {
     for (size_t i = 0; method_names[i]; i++) {
         if (strcmp(s, method_names[i]) == 0) {
             *out = (td_method_t)i;
+            return 0;
+        }
+    }
+    return TD_EINVAL;
+}
+
+const char *td_backend_state_name(td_backend_state_t st) {
+    return (unsigned)st < COUNT(backend_state_names) - 1 ? backend_state_names[st] : "unknown";
+}
+
+int td_backend_state_parse(const char *s, td_backend_state_t *out) {
+    for (size_t i = 0; backend_state_names[i]; i++) {
+        if (strcmp(s, backend_state_names[i]) == 0) {
+            *out = (td_backend_state_t)i;
             return 0;
         }
     }

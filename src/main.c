@@ -57,6 +57,8 @@ static const char usage[] =
     "  GET /api/v1/state           routing method, weights, health, live counters, version\n"
     "  PUT /api/v1/ratio           {\"blue\": 0, \"green\": 100}\n"
     "  PUT /api/v1/routing         {\"method\": \"round_robin\" | \"sticky\" | \"failover\"}\n"
+    "  GET|PUT /api/v1/backends/NAME  one backend's state; PUT {\"state\": \"ready\" |\n"
+    "                              \"drain\" | \"maint\"}\n"
     "  GET|PUT /api/v1/config      the whole config document (?source=file: the file's)\n"
     "  GET|DELETE /api/v1/overrides  the changes kept in the state file; DELETE drops them\n"
     "  GET /api/v1/events          recent changes, health transitions and reloads\n"

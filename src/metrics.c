@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "td/config.h"
 #include "td/control.h"
 #include "td/log.h"
 #include "td/proxy.h"
@@ -77,6 +78,19 @@ static void server_family(FILE *f, const td_snapshot_t *s, int64_t now, const ch
             fprintf(f, "%s{backend=\"%s\",server=\"%s\"} %lld\n", name, sv->st->backend,
                     sv->st->address, get(sv, now));
         }
+}
+
+/* One series per state, 1 for the backend's current one (Prometheus' enum-as-gauge habit). */
+static void state_family(FILE *f, const td_snapshot_t *s) {
+    static const td_backend_state_t states[] = {TD_BACKEND_READY, TD_BACKEND_DRAIN,
+                                                TD_BACKEND_MAINT};
+    family(f, "td_backend_state", "gauge",
+           "1 for the backend's state (ready: by its weight; drain: no new requests; maint: no "
+           "user traffic), 0 for the others.");
+    for (size_t i = 0; i < s->num_backends; i++)
+        for (size_t k = 0; k < sizeof(states) / sizeof(states[0]); k++)
+            fprintf(f, "td_backend_state{backend=\"%s\",state=\"%s\"} %d\n", s->backends[i].name,
+                    td_backend_state_name(states[k]), s->backends[i].state == states[k]);
 }
 
 static const char *const classes[TD_NCLASS] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
@@ -158,6 +172,7 @@ char *td_metrics_text(size_t *len) {
     backend_family(f, s, now, "td_backend_in_flight", "gauge", "Requests in flight.", b_in_flight);
     backend_family(f, s, now, "td_backend_tunnels", "gauge",
                    "Open WebSocket and other upgraded tunnels.", b_tunnels);
+    state_family(f, s);
     responses_family(f, s);
     local_family(f, s);
     double share[TD_CONFIG_MAX_BACKENDS];

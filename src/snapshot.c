@@ -9,6 +9,7 @@
 #include "td/config.h"
 #include "td/log.h"
 #include "td/registry.h"
+#include "td/router.h"
 #include "td/sticky.h"
 #include "td/tls.h"
 
@@ -57,12 +58,15 @@ td_snapshot_t *td_snapshot_build(td_config_t *cfg, uint64_t version, char *err, 
             b->failback_ms = cfg->failback_ms;
         else if (cfg->has_health || cb->health_override)
             b->failback_ms = (int64_t)cb->health.rise * cb->health.interval_ms;
-        /* Drain bookkeeping: when did this backend's weight go to 0? A failover backup at
-         * weight 0 is not draining. */
-        if (cb->weight > 0 || cfg->method == TD_METHOD_FAILOVER)
+        b->state = cb->state;
+        /* Drain bookkeeping: since when has this backend been draining (weight 0 outside
+         * failover, or a state other than ready)? A failover backup at weight 0 is not. */
+        int draining = td_backend_draining(s, b);
+        if (!draining)
             atomic_store(&b->st->drain_since_ms, 0);
-        else if (b->st->last_weight > 0 || !atomic_load(&b->st->drain_since_ms))
+        else if (!b->st->last_draining || !atomic_load(&b->st->drain_since_ms))
             atomic_store(&b->st->drain_since_ms, td_now_ms());
+        b->st->last_draining = draining;
         b->st->last_weight = cb->weight;
         for (size_t j = 0; j < cb->num_servers; j++) {
             b->servers[j].addr = cb->servers[j].address;

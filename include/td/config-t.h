@@ -26,6 +26,14 @@ typedef enum td_cookie_secure_e {
     TD_COOKIE_SECURE_NEVER = 2,  /* false */
 } td_cookie_secure_t;
 
+/* A backend's state (backend key "state", PUT /api/v1/backends/NAME). */
+typedef enum td_backend_state_e {
+    TD_BACKEND_READY = 0, /* "ready" (default): takes traffic by its weight */
+    TD_BACKEND_DRAIN = 1, /* "drain": no new requests; pinned sticky clients stay until drain_ms */
+    TD_BACKEND_MAINT = 2, /* "maint": no user traffic at all, only the preview route and health
+                             checks reach it */
+} td_backend_state_t;
+
 typedef enum td_method_e {
     TD_METHOD_ROUND_ROBIN = 0,
     TD_METHOD_STICKY = 1,
@@ -88,6 +96,7 @@ typedef struct td_config_passive_s {
 typedef struct td_config_backend_s {
     char name[TD_NAME_MAX];      /* [A-Za-z0-9_-]{1,63}, unique */
     int weight;                  /* 0..100 */
+    td_backend_state_t state;    /* default TD_BACKEND_READY */
     td_config_server_t *servers; /* owned */
     size_t num_servers;          /* 1..TD_CONFIG_MAX_SERVERS */
     int tls;                     /* 1 when "tls" is present: HTTPS to the servers */

@@ -59,8 +59,11 @@ typedef struct td_backend_stats_s {
     _Atomic int64_t tunnels;                  /* open WebSocket / Upgrade tunnels */
     _Atomic uint64_t latency[TD_LAT_BUCKETS]; /* request durations (not cumulative) */
     _Atomic uint64_t latency_sum_ms;
-    _Atomic int64_t drain_since_ms; /* td_now_ms() when the weight went to 0; 0 while above 0 */
+    _Atomic int64_t drain_since_ms; /* td_now_ms() when it started draining (td_backend_draining:
+                                       weight 0 outside failover, or state drain / maint); 0
+                                       while not draining */
     int last_weight;                /* admin thread: weight in the last snapshot built */
+    int last_draining;              /* admin thread: draining in the last snapshot built */
     /* Requests carrying a valid sticky cookie for this backend, per second, over the last
      * TD_PIN_WINDOW seconds (a ring indexed by second). */
     _Atomic uint32_t pin_count[TD_PIN_WINDOW];

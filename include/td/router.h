@@ -20,28 +20,35 @@ int td_backend_is_up(const td_snap_backend_t *b, int64_t now_ms);
  * td_server_up_since of its up servers with weight above 0), or -1 when none is up. */
 int64_t td_backend_up_since(const td_snap_backend_t *b, int64_t now_ms);
 
-/* 1 when the backend is draining: weight 0 outside failover (in failover a weight-0 backend is
- * a backup, not drained: its pool and tunnels stay). */
+/* 1 when the backend is draining: state drain or maint, or weight 0 outside failover (in
+ * failover a weight-0 backend is a backup, not drained: its pool and tunnels stay). */
 int td_backend_draining(const td_snapshot_t *s, const td_snap_backend_t *b);
 
-/* Failover order: fills order[] (num_backends entries) with backend indices by weight, highest
- * first, ties and weight-0 backups in listed order; order[0] is the primary. Returns the count. */
+/* Failover order: fills order[] (num_backends entries) with the indices of the ready backends by
+ * weight, highest first, ties and weight-0 backups in listed order, then the backends in drain or
+ * maint (no candidates) as listed. Returns the number of candidates (ready backends); when it is
+ * above 0, order[0] is the primary. */
 size_t td_router_failover_order(const td_snapshot_t *s, size_t *order);
 
 /* What new requests get now, as td_router_pick_backend decides it: share[i] (0..1, summing to 1,
  * or all 0 when every request would get 503) for each of the snapshot's num_backends backends.
- * round_robin / sticky: weight over the sum of the weights of the backends that are up;
+ * round_robin / sticky: weight over the sum of the weights of the ready backends that are up
+ * (drain and maint get 0);
  * failover: 1 for the serving backend. Returns the serving backend's index in failover, the
  * number of backends with a share above 0 otherwise, or TD_EUNAVAIL when none has one. */
 int td_router_shares(const td_snapshot_t *s, int64_t now_ms, double *share);
 
 /* Chooses the backend for a new request. `wrr` is the caller's running score array of
  * num_backends entries (see td_balancer_pick). `pinned` is the backend a valid sticky cookie names
- * (-1 when none): it is used while it is up, whatever its weight. `tried`, when not NULL, marks
- * backends already tried for this request (num_backends entries, 1 = skip).
- * round_robin / sticky: smooth weighted round robin over up backends with weight > 0.
- * failover: the first backend in failover order (td_router_failover_order) that has a server
- * up; `wrr` is not used (may be NULL). With no weight above 0 there is no primary: TD_EUNAVAIL.
+ * (-1 when none): it is used while it is up and not drained (td_backend_drained), whatever its
+ * weight. `tried`, when not NULL, marks backends already tried for this request (num_backends
+ * entries, 1 = skip).
+ * round_robin / sticky: smooth weighted round robin over up backends with weight > 0 in state
+ * ready.
+ * failover: the first backend in failover order (td_router_failover_order: ready backends only)
+ * that has a server up; `wrr` is not used (may be NULL). With no weight above 0 there is no
+ * primary: TD_EUNAVAIL (a primary in drain or maint passes its role on, even to a weight-0
+ * backup).
  * A backend earlier in that order that came back less than its failback_ms ago is passed over
  * while a later one that was up before it keeps serving, so a flapping primary does not bounce
  * the traffic.
@@ -57,8 +64,8 @@ int td_router_pick_backend(const td_snapshot_t *s, int *wrr, int pinned, const u
 int td_router_pick_server(const td_snap_backend_t *b, int *wrr, const uint8_t *tried,
                           int64_t now_ms);
 
-/* 1 when the backend has been draining (td_backend_draining) for at least drain_ms: pinned
- * sticky clients then move on, and its tunnels are closed. */
+/* 1 when the backend has been draining (td_backend_draining) for at least drain_ms, or at once
+ * in state maint: pinned sticky clients then move on, and its tunnels are closed. */
 int td_backend_drained(const td_snapshot_t *s, const td_snap_backend_t *b, int64_t now_ms);
 
 /* Index of the backend named name[0..len) in s, or -1. */
@@ -78,8 +85,8 @@ int td_router_preview(const td_snapshot_t *s, const struct td_http1_request_s *r
 
 /* Sticky sessions: the backend named by the first valid sticky cookie of `req` (signature and
  * expiry checked at wall-clock `now_s`), counted as a pinned request of that backend at
- * `now_ms` (td_router_pin_seen). Returns the backend index, or -1 (no valid cookie, or the
- * method is not sticky). */
+ * `now_ms` (td_router_pin_seen). Returns the backend index, or -1 (no valid cookie, the method
+ * is not sticky, or the backend named is in maint: the request is assigned anew and re-pinned). */
 int td_router_sticky_pin(const td_snapshot_t *s, const struct td_http1_request_s *req,
                          int64_t now_s, int64_t now_ms);
 

@@ -25,6 +25,7 @@ typedef struct td_snap_backend_s {
     char name[TD_NAME_MAX];
     struct td_tls_client_s *tls; /* owned reference; NULL for plain HTTP to the servers */
     int weight;
+    td_backend_state_t state;  /* ready / drain / maint (the backend's "state") */
     td_snap_server_t *servers; /* owned by the snapshot */
     size_t num_servers;
     size_t first_server;    /* index of servers[0] in the snapshot's flat server numbering */

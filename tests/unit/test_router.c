@@ -312,6 +312,110 @@ static void test_failover_without_a_primary(void) {
     td_snapshot_release(s);
 }
 
+static void test_maint_and_drain_never_picked_by_weight(void) {
+    td_snapshot_t *s = two("st", "round_robin", 50, 50, "");
+    if (!s)
+        return;
+    int wrr[2] = {0};
+    double share[2];
+    s->backends[0].state = TD_BACKEND_MAINT;
+    for (int i = 0; i < 4; i++)
+        T_EQ_INT(td_router_pick_backend(s, wrr, -1, NULL, 1000), 1);
+    T_EQ_INT(td_router_shares(s, 1000, share), 1);
+    T_CHECK(share[0] == 0 && share[1] == 1);
+    /* The other one down: nothing is left, maint is no fallback (passive or not). */
+    atomic_store(&server0(s, 1)->health_up, 0);
+    T_EQ_INT(td_router_pick_backend(s, wrr, -1, NULL, 1000), TD_EUNAVAIL);
+    T_EQ_INT(td_router_shares(s, 1000, share), TD_EUNAVAIL);
+    T_CHECK(share[0] == 0 && share[1] == 0);
+    atomic_store(&server0(s, 1)->health_up, 1);
+    /* Drain: no new requests either, and it counts as draining whatever its weight. */
+    s->backends[0].state = TD_BACKEND_DRAIN;
+    T_EQ_INT(td_backend_draining(s, &s->backends[0]), 1);
+    T_EQ_INT(td_router_pick_backend(s, wrr, -1, NULL, 1000), 1);
+    T_EQ_INT(td_router_shares(s, 1000, share), 1);
+    T_CHECK(share[0] == 0 && share[1] == 1);
+    /* Not a retry target: the other one tried, nothing is left. */
+    uint8_t tried[2] = {0, 1};
+    T_EQ_INT(td_router_pick_backend(s, wrr, -1, tried, 1000), TD_EUNAVAIL);
+    s->backends[0].state = TD_BACKEND_READY;
+    T_EQ_INT(td_backend_draining(s, &s->backends[0]), 0);
+    T_EQ_INT(td_router_shares(s, 1000, share), 2);
+    td_snapshot_release(s);
+}
+
+static void test_pins_on_drain_last_until_drain_ms_and_on_maint_not_at_all(void) {
+    td_snapshot_t *s = two("sp", "sticky", 100, 100, "");
+    if (!s)
+        return;
+    int wrr[2] = {0};
+    s->config->timeouts.drain_ms = 3000;
+    s->backends[1].state = TD_BACKEND_DRAIN;
+    atomic_store(&s->backends[1].st->drain_since_ms, 10000);
+    T_EQ_INT(td_router_pick_backend(s, wrr, 1, NULL, 12999), 1);
+    T_EQ_INT(td_backend_drained(s, &s->backends[1], 12999), 0);
+    T_EQ_INT(td_router_pick_backend(s, wrr, 1, NULL, 13000), 0);
+    /* Maint is drained at once: it takes nothing, not even its pinned clients. */
+    s->backends[1].state = TD_BACKEND_MAINT;
+    atomic_store(&s->backends[1].st->drain_since_ms, 12000);
+    T_EQ_INT(td_backend_drained(s, &s->backends[1], 12000), 1);
+    T_EQ_INT(td_router_pick_backend(s, wrr, 1, NULL, 12000), 0);
+    td_snapshot_release(s);
+}
+
+static void test_failover_order_leaves_out_maint_and_drain(void) {
+    char json[1024];
+    snprintf(
+        json, sizeof(json),
+        "{\"listeners\": [{\"address\": \"127.0.0.1:1\"}],"
+        " \"routing\": {\"method\": \"failover\", \"failback_ms\": 0},"
+        " \"backends\": ["
+        "  {\"name\": \"fs-a\", \"weight\": 100, \"state\": \"maint\","
+        "   \"servers\": [{\"address\": \"127.0.0.1:2\"}]},"
+        "  {\"name\": \"fs-b\", \"weight\": 0, \"servers\": [{\"address\": \"127.0.0.1:3\"}]},"
+        "  {\"name\": \"fs-c\", \"weight\": 50, \"state\": \"drain\","
+        "   \"servers\": [{\"address\": \"127.0.0.1:4\"}]},"
+        "  {\"name\": \"fs-d\", \"weight\": 0, \"servers\": [{\"address\": \"127.0.0.1:5\"}]}]}");
+    td_snapshot_t *s = snap_of(json);
+    if (!s)
+        return;
+    T_EQ_INT(s->backends[0].state, TD_BACKEND_MAINT);
+    T_EQ_INT(s->backends[2].state, TD_BACKEND_DRAIN);
+    size_t order[4];
+    /* The ready ones are the candidates (the weight-0 backups, as listed: the primary in maint
+     * passed its role on), then the others as listed. */
+    T_EQ_INT(td_router_failover_order(s, order), 2);
+    T_EQ_INT(order[0], 1);
+    T_EQ_INT(order[1], 3);
+    T_EQ_INT(order[2], 0);
+    T_EQ_INT(order[3], 2);
+    double share[4];
+    T_EQ_INT(td_router_pick_backend(s, NULL, -1, NULL, 0), 1);
+    T_EQ_INT(td_router_shares(s, 0, share), 1);
+    T_CHECK(share[0] == 0 && share[1] == 1 && share[2] == 0 && share[3] == 0);
+    atomic_store(&server0(s, 1)->health_up, 0);
+    T_EQ_INT(td_router_pick_backend(s, NULL, -1, NULL, 0), 3);
+    /* Every candidate down: maint and drain are never used, even with their servers up. */
+    atomic_store(&server0(s, 3)->health_up, 0);
+    T_EQ_INT(td_router_pick_backend(s, NULL, -1, NULL, 0), TD_EUNAVAIL);
+    T_EQ_INT(td_router_shares(s, 0, share), TD_EUNAVAIL);
+    /* A draining primary in failover is draining (its weight alone would make it a backup). */
+    T_EQ_INT(td_backend_draining(s, &s->backends[2]), 1);
+    T_EQ_INT(td_backend_draining(s, &s->backends[1]), 0);
+    td_snapshot_release(s);
+}
+
+static void test_passive_backup_in_maint_is_not_somewhere_else_to_go(void) {
+    td_snapshot_t *s = two("pm", "failover", 100, 0, "");
+    if (!s)
+        return;
+    s->config->passive.failures = 1;
+    s->backends[1].state = TD_BACKEND_MAINT;
+    T_EQ_INT(td_passive_failure(s, server0(s, 0), 1000), 0);
+    T_CHECK(td_server_is_up(server0(s, 0), 1000));
+    td_snapshot_release(s);
+}
+
 int main(void) {
     test_pick_server_beyond_256_servers();
     test_failover_100_0_backup_takes_over_and_failback_waits();
@@ -323,5 +427,9 @@ int main(void) {
     test_passive_ejections_alone_never_give_up();
     test_servers_by_weight_and_backend_up_since();
     test_failover_without_a_primary();
+    test_maint_and_drain_never_picked_by_weight();
+    test_pins_on_drain_last_until_drain_ms_and_on_maint_not_at_all();
+    test_failover_order_leaves_out_maint_and_drain();
+    test_passive_backup_in_maint_is_not_somewhere_else_to_go();
     return t_done("test_router");
 }

@@ -77,8 +77,11 @@ static const char help_text[] =
     "        Print td's running configuration, or replace all of it; show what runs\n"
     "        differently from td's config file, or drop those changes.\n"
     "    drain NAME [--wait] [--timeout DURATION]\n"
-    "        Set NAME's weight to 0; with --wait, wait until its requests in flight\n"
-    "        and its tunnels are gone.\n"
+    "        Put NAME in state drain (no new requests); with --wait, wait until its\n"
+    "        requests in flight and its tunnels are gone.\n"
+    "    state NAME ready|drain|maint\n"
+    "        Set NAME's state: ready (by its weight), drain (no new requests) or\n"
+    "        maint (no user traffic at all, for the colour being redeployed).\n"
     "    switch NAME [--steps LIST] [--interval DURATION] [--max-error-rate RATE]\n"
     "           [--max-p99-ms MS]\n"
     "        Move all traffic to NAME in steps while watching its 5xx rate and\n"
@@ -126,12 +129,14 @@ static const char help_status[] =
     "DESCRIPTION\n"
     "    Shows the routing method, the config version and td's uptime, then one row\n"
     "    per backend: WEIGHT, SHARE (the share of new requests it gets now, as td\n"
-    "    computes it: its weight among the backends that are up, 0% when it has no\n"
-    "    server up), STATE (up or down, from health checks), IN-FLIGHT requests,\n"
-    "    REQUESTS served and 5XX responses (td's own 502/503/504 included). Each\n"
-    "    backend's servers follow, indented, with their own weight, state, counters\n"
-    "    and FAILURES. With method failover the method line names the primary (the\n"
-    "    highest weight) and the backups, a \"serving\" line says which backend takes\n"
+    "    computes it: its weight among the ready backends that are up, 0% when it\n"
+    "    has no server up or is in drain or maint), STATE (up or down, from health\n"
+    "    checks), IN-FLIGHT requests, REQUESTS served and 5XX responses (td's own\n"
+    "    502/503/504 included). A backend in state drain or maint (tdctl state)\n"
+    "    shows it next to its name: \"blue (maint)\". Each backend's servers follow,\n"
+    "    indented, with their own weight, state, counters and FAILURES. With method\n"
+    "    failover the method line names the primary (the highest weight among the\n"
+    "    ready backends) and the backups, a \"serving\" line says which backend takes\n"
     "    all new requests and why, and SHARE is 100% for it and 0% for the others.\n"
     "    A \"td\" line counts td's own 503s for requests no backend could take.\n"
     "    Values td did not send show as \"-\". With --json, td's state as it came\n"
@@ -253,14 +258,17 @@ static const char help_drain[] =
     "    " SYNOPSIS_TARGET "drain NAME [--wait] [--timeout DURATION]\n"
     "\n"
     "DESCRIPTION\n"
-    "    Sets backend NAME's weight to 0; every other backend keeps its weight. td\n"
-    "    sends NAME no new request from the very next one; requests already in\n"
-    "    flight there finish, WebSocket and other tunnels stay open, and sticky\n"
-    "    clients pinned to NAME stay with it, until td's timeouts.drain_ms has\n"
-    "    passed: then td closes NAME's tunnels and re-assigns its sticky clients.\n"
-    "    Refused when no other backend would be left with a weight above 0 (every\n"
-    "    request would get 503). Prints NAME's weight before and after, and what is\n"
-    "    still in flight. When NAME is already at weight 0, nothing is changed.\n"
+    "    Puts backend NAME in state drain (as tdctl state NAME drain); every weight\n"
+    "    stays, so tdctl state NAME ready undoes it. td sends NAME no new request\n"
+    "    from the very next one - in failover too, where NAME is then neither\n"
+    "    primary nor backup; requests already in flight there finish, WebSocket and\n"
+    "    other tunnels stay open, and sticky clients pinned to NAME stay with it,\n"
+    "    until td's timeouts.drain_ms has passed: then td closes NAME's tunnels and\n"
+    "    re-assigns its sticky clients. Refused when no other ready backend could\n"
+    "    take the traffic (one with a weight above 0; in failover any): every\n"
+    "    request would get 503. Prints NAME's state before and after, and what is\n"
+    "    still in flight. When NAME is already draining (state drain, or weight 0\n"
+    "    outside failover) or in maint, nothing is changed.\n"
     "\n"
     "OPTIONS\n"
     "    --wait\n"
@@ -276,14 +284,39 @@ static const char help_drain[] =
     "        number is seconds).\n"
     "\n"
     "EXIT STATUS\n"
-    "    0   NAME is at weight 0 and, with --wait, drained or past drain_ms.\n"
-    "    1   td refused or is unreachable, draining would leave no backend with a\n"
-    "        weight above 0, or --timeout passed with requests still in flight.\n"
+    "    0   NAME is draining and, with --wait, drained or past drain_ms.\n"
+    "    1   td refused or is unreachable, draining would leave no other backend to\n"
+    "        take the traffic, or --timeout passed with requests still in flight.\n"
     "    2   Usage error: no NAME, an unknown NAME, a bad DURATION.\n"
     "\n"
     "EXAMPLES\n"
     "    tdctl drain blue --wait && deploy-blue.sh\n"
     "    tdctl drain green --wait --timeout 5m\n";
+
+static const char help_state[] =
+    "NAME\n"
+    "    tdctl state - set a backend's state: ready, drain or maint\n"
+    "\n"
+    "SYNOPSIS\n"
+    "    " SYNOPSIS_GLOBAL "state NAME ready|drain|maint\n"
+    "\n"
+    "DESCRIPTION\n"
+    "    Sets backend NAME's state (PUT /api/v1/backends/NAME); its weight stays.\n"
+    "    ready: NAME takes traffic by its weight (the default). drain: no new\n"
+    "    requests (in failover it is neither primary nor backup); requests in\n"
+    "    flight finish and sticky clients pinned to NAME stay until td's\n"
+    "    timeouts.drain_ms. maint: no user traffic of any kind - not by weight, not\n"
+    "    as a failover backup, not by a sticky pin (such clients are re-assigned at\n"
+    "    once) - even when every other backend is down; only the preview route and\n"
+    "    health checks reach it. That is the state of the colour being redeployed.\n"
+    "    Prints the state before and after (--json: td's new state as it came).\n"
+    "\n"
+    "EXIT STATUS\n"
+    "    0 applied; 1 td refused or is unreachable; 2 usage error: no NAME or an\n"
+    "    unknown one, an unknown state.\n"
+    "\n"
+    "EXAMPLES\n"
+    "    tdctl state blue maint && deploy-blue.sh && tdctl state blue ready\n";
 
 static const char help_switch[] =
     "NAME\n"
@@ -296,6 +329,8 @@ static const char help_switch[] =
     "DESCRIPTION\n"
     "    For td with two backends: NAME is the new side, the other one the old side.\n"
     "    The switch is refused, with nothing changed, when NAME has no server up.\n"
+    "    A NAME in state drain or maint (the side just redeployed) is first set back\n"
+    "    to ready, and a rollback returns it to that state.\n"
     "    Otherwise, for each step S of LIST, tdctl sets NAME's weight to S and the\n"
     "    old side's to 100-S, prints a progress bar, and watches for DURATION: every\n"
     "    0.5 s it reads td's state and computes, from the counters' growth since the\n"
@@ -351,7 +386,7 @@ static const char help_rollback[] =
     "\n"
     "DESCRIPTION\n"
     "    Finds, in td's history of changes (see tdctl history), the most recent one\n"
-    "    that changed a backend's weight - a ratio, a drain or a switch step, a\n"
+    "    that changed a backend's weight - a ratio or a switch step, a\n"
     "    config put or a reload - and sets the weights back to what they were before\n"
     "    it (a change marked [not applied] is passed over). Only weights are\n"
     "    restored (not the routing method nor the rest of a config). The rollback\n"
@@ -420,6 +455,7 @@ static const struct command {
     {"method", cmd_method, 0, help_method},
     {"config", cmd_config, 0, help_config},
     {"drain", cmd_drain, OPT(O_WAIT) | OPT(O_TIMEOUT), help_drain},
+    {"state", cmd_state, 0, help_state},
     {"switch", cmd_switch,
      OPT(O_STEPS) | OPT(O_INTERVAL) | OPT(O_MAX_ERROR_RATE) | OPT(O_MAX_P99_MS), help_switch},
     {"rollback", cmd_rollback, 0, help_rollback},
@@ -428,7 +464,8 @@ static const struct command {
 };
 
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
-#define COMMAND_LIST "status, ratio, method, config, drain, switch, rollback, history or help"
+#define COMMAND_LIST                                                                               \
+    "status, ratio, method, config, drain, state, switch, rollback, history or help"
 
 static const struct command *find_command(const char *name) {
     size_t i;
