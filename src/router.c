@@ -169,8 +169,8 @@ static int pick_server(const td_snap_backend_t *b, int *wrr, const uint8_t *trie
     uint8_t ok[MAX_SERVERS];
     int weight[MAX_SERVERS];
     for (size_t i = 0; i < n; i++) {
-        weight[i] = td_router_ramp_weight(b->servers[i].weight,
-                                          server_permille(&b->servers[i], now_ms));
+        weight[i] =
+            td_router_ramp_weight(b->servers[i].weight, server_permille(&b->servers[i], now_ms));
         ok[i] = !(tried && tried[i]) && td_server_is_up(b->servers[i].st, now_ms);
     }
     int i = td_balancer_pick(weight, wrr, ok, n);

@@ -60,7 +60,7 @@ typedef struct td_config_listener_s {
 
 typedef struct td_config_server_s {
     td_addr_t address;
-    int weight; /* 0..100; default 1 */
+    int weight;        /* 0..100; default 1 */
     int slow_start_ms; /* 0..86400000: after it comes up, its weight grows from 5 % to full over
                           this long (0 = off); -1 (default) = its backend's slow_start_ms */
 } td_config_server_t;
