@@ -70,12 +70,12 @@ td_snapshot_t *td_snapshot_build(td_config_t *cfg, uint64_t version, char *err, 
         b->st->built = 1;
         b->st->last_weight = cb->weight;
         for (size_t j = 0; j < cb->num_servers; j++) {
-            td_snap_server_t *sv = &b->servers[j];
-            sv->addr = cb->servers[j].address;
-            sv->weight = cb->servers[j].weight;
-            sv->st = td_registry_server(cb->name, cb->servers[j].address.text);
-            if (!sv->st)
+            b->servers[j].addr = cb->servers[j].address;
+            b->servers[j].weight = cb->servers[j].weight;
+            b->servers[j].st = td_registry_server(cb->name, cb->servers[j].address.text);
+            if (!b->servers[j].st)
                 goto err;
+            td_snap_server_t *sv = &b->servers[j];
             sv->slow_start_ms = cb->servers[j].slow_start_ms >= 0 ? cb->servers[j].slow_start_ms
                                                                   : cb->slow_start_ms;
             if (sv->slow_start_ms > b->slow_start_ms)
