@@ -18,6 +18,7 @@
 #include "td/log.h"
 #include "td/metrics.h"
 #include "td/proxy.h"
+#include "td/ready.h"
 #include "td/router.h"
 
 /* ---- replies */
@@ -128,6 +129,9 @@ static json_t *backend_json(td_snapshot_t *s, size_t i, int64_t now, const doubl
                       (json_int_t)atomic_load(&st->requests), "failures",
                       (json_int_t)atomic_load(&st->failures), "responses",
                       class_counts(st->responses)));
+        int64_t ramp = td_router_slow_start_remaining(&b->servers[j], now);
+        json_object_set_new(json_array_get(servers, j), "slow_start_remaining_ms",
+                            ramp >= 0 ? json_integer(ramp) : json_null());
         const char *last = td_health_last(st);
         if (last[0])
             json_object_set_new(json_array_get(servers, j), "last_check", json_string(last));
@@ -536,10 +540,22 @@ static td_admin_reply_t get_metrics(void) {
     return r;
 }
 
-/* The admin server's handler: the console page, then (with the token) the API. */
+/* GET /readyz: 200 {"ready": true} while td serves with a current state, else 503 with the
+ * reason (starting, stopping), for DNS, keepalived or a load balancer's health check. */
+static td_admin_reply_t get_readyz(void) {
+    char why[128];
+    if (td_ready_check(td_now_ms(), why, sizeof(why)))
+        return json_reply(200, json_pack("{s:b}", "ready", 1));
+    return json_reply(503, json_pack("{s:b,s:s}", "ready", 0, "reason", why));
+}
+
+/* The admin server's handler: the console page and /readyz, then (with the token) the API. */
 static td_admin_reply_t route(const td_admin_request_t *rq) {
     const td_http1_request_t *req = rq->head;
     td_str_t t = req->target, m = req->method, body = rq->body;
+    if (path_is(t, "/readyz")) /* no token: a load balancer's probe has none */
+        return method_is(m, "GET") || method_is(m, "HEAD") ? get_readyz()
+                                                           : not_allowed("GET, HEAD");
     if (path_is(t, "/") || path_is(t, "/index.html")) {
         if (!method_is(m, "GET") && !method_is(m, "HEAD"))
             return not_allowed("GET, HEAD");

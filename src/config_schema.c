@@ -264,6 +264,7 @@ static const td_config_object_t health_object = OBJ(health_fields, NULL, NULL, N
 static const td_config_field_t server_fields[] = {
     ADDR("address", td_config_server_t, address, td_config_check_server_address),
     INT("weight", td_config_server_t, weight, 0, 100, 1, 0),
+    INT("slow_start_ms", td_config_server_t, slow_start_ms, 0, MAX_MS, -1, TD_CF_CHANGED),
 };
 static const td_config_object_t server_object = OBJ(server_fields, NULL, NULL, NULL);
 
@@ -302,8 +303,9 @@ static const td_config_field_t backend_fields[] = {
     OBJECT("tls", 0, backend_tls_object, offsetof(td_config_backend_t, tls), 0),
     ENUM("state", td_config_backend_t, state, backend_state_names, NULL, TD_BACKEND_READY,
          TD_CF_CHANGED),
+    INT("slow_start_ms", td_config_backend_t, slow_start_ms, 0, MAX_MS, 0, TD_CF_CHANGED),
 };
-static const unsigned char backend_order[] = {0, 1, 5, 2, 4, 3};
+static const unsigned char backend_order[] = {0, 1, 5, 6, 2, 4, 3};
 static const td_config_object_t backend_object =
     OBJ(backend_fields, backend_order, NULL, inherit_health);
 
@@ -314,6 +316,7 @@ static const td_config_field_t timeout_fields[] = {
     INT("keepalive_idle_ms", td_config_timeouts_t, keepalive_idle_ms, 1, MAX_MS, 75000, 0),
     INT("drain_ms", td_config_timeouts_t, drain_ms, 0, MAX_MS, 30000, 0),
     INT("client_send_ms", td_config_timeouts_t, client_send_ms, 1, MAX_MS, 60000, 0),
+    INT("stop_grace_ms", td_config_timeouts_t, stop_grace_ms, 0, MAX_MS, 0, TD_CF_CHANGED),
 };
 static const td_config_object_t timeout_object = OBJ(timeout_fields, NULL, NULL, NULL);
 

@@ -71,7 +71,8 @@ static void exchange_log(client_t *c) {
         .status = c->ex->status,
         .bytes = c->ex->bytes_out,
         .duration_ms = ms,
-        .backend = c->ex->snap && c->ex->backend >= 0 ? c->ex->snap->backends[c->ex->backend].name : "",
+        .backend =
+            c->ex->snap && c->ex->backend >= 0 ? c->ex->snap->backends[c->ex->backend].name : "",
         .server = c->ex->snap && c->ex->backend >= 0 && c->ex->server >= 0
                       ? c->ex->snap->backends[c->ex->backend].servers[c->ex->server].addr.text
                       : "",
@@ -272,8 +273,8 @@ void td_exchange_start(client_t *c, const td_http1_request_t *reqp) {
             td_client_no_upgrade(c);
     }
     c->ex->idempotent = strcmp(c->method, "GET") == 0 || strcmp(c->method, "HEAD") == 0 ||
-                       strcmp(c->method, "OPTIONS") == 0 || strcmp(c->method, "PUT") == 0 ||
-                       strcmp(c->method, "DELETE") == 0 || strcmp(c->method, "TRACE") == 0;
+                        strcmp(c->method, "OPTIONS") == 0 || strcmp(c->method, "PUT") == 0 ||
+                        strcmp(c->method, "DELETE") == 0 || strcmp(c->method, "TRACE") == 0;
     c->ex->started_ms = td_now_ms();
     if (td_client_account_body(c) < 0) {
         td_client_no_keep_alive(c);

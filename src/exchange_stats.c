@@ -59,7 +59,7 @@ void td_exchange_count_reply(client_t *c, int status) {
     if (c->ex && c->ex->snap && status >= 500) {
         td_backend_stats_t *bst = c->ex->backend >= 0  ? c->ex->snap->backends[c->ex->backend].st
                                   : c->ex->forced >= 0 ? c->ex->snap->backends[c->ex->forced].st
-                                                      : c->ex->b_inflight;
+                                                       : c->ex->b_inflight;
         if (bst)
             td_registry_backend_response(bst, status);
         td_router_count_local(bst, status, td_now_ms());

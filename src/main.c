@@ -16,6 +16,7 @@
 #include "td/log.h"
 #include "td/pidfile.h"
 #include "td/proxy.h"
+#include "td/ready.h"
 
 #define TD_VERSION "0.2.0"
 
@@ -47,11 +48,21 @@ static const char usage[] =
     "  -h, --help          this text\n"
     "  -v, --version       print the version\n"
     "\n"
+    "Config keys for starts and stops (README.md has them all):\n"
+    "  slow_start_ms       on a backend or a server: a server that comes up (health check,\n"
+    "                      end of a passive ejection, weight from 0) starts at 5 % of its\n"
+    "                      weight and grows to all of it over this long; 0 (default) = off\n"
+    "  timeouts.stop_grace_ms\n"
+    "                      on SIGTERM/SIGINT, answer 503 on /readyz but keep serving this\n"
+    "                      long before draining; 0 (default) = drain at once\n"
+    "\n"
     "Signals:\n"
     "  SIGHUP              re-read the config file; a bad file is rejected with the same\n"
     "                      messages as -t and the running config stays\n"
     "  SIGTERM, SIGINT     stop accepting, let in-flight requests finish (up to\n"
-    "                      timeouts.drain_ms), exit 0\n"
+    "                      timeouts.drain_ms), exit 0; with timeouts.stop_grace_ms, first\n"
+    "                      answer 503 on /readyz while still serving for that long (a\n"
+    "                      second signal cuts it short)\n"
     "\n"
     "Admin API (on admin.address; Authorization: Bearer TOKEN when admin.token is set):\n"
     "  GET /api/v1/state           routing method, weights, health, live counters, version\n"
@@ -64,6 +75,8 @@ static const char usage[] =
     "  GET /api/v1/events          recent changes, health transitions and reloads\n"
     "  GET /api/v1/history         the audit log of changes\n"
     "  GET /metrics                Prometheus text format\n"
+    "  GET /readyz                 no token: 200 {\"ready\": true} while td serves, 503 while\n"
+    "                              it starts or stops (for DNS, keepalived, load balancers)\n"
     "  GET /                       the web console\n"
     "Changes made through the API never touch the config file: they are kept as overrides\n"
     "in the state file (the config's state_file; default FILE.state.json), with an audit\n"
@@ -108,11 +121,20 @@ static const char backend_usage[] =
 static td_proxy_t *proxy;
 static uv_signal_t sig_hup, sig_term, sig_int;
 static int drain_ms = 30000;
+static int stop_grace_ms;
+static uv_timer_t grace_timer; /* runs during the stop's grace period */
+static int grace_on;
 
-static void on_stop(uv_signal_t *s, int signum) {
-    (void)s;
-    td_info("%s: stopping; letting in-flight requests finish (up to %d ms)",
-            signum == SIGINT ? "SIGINT" : "SIGTERM", drain_ms);
+/* The stop itself: listeners closed, in-flight requests drained, then the loop ends. The signal
+ * handles close, so a further SIGTERM/SIGINT during the drain ends td at once, as the default
+ * action does. */
+static void stop_now(const char *why) {
+    td_ready_set(TD_READY_DRAINING, 0);
+    td_info("%s: stopping; letting in-flight requests finish (up to %d ms)", why, drain_ms);
+    if (grace_on) {
+        uv_close((uv_handle_t *)&grace_timer, NULL);
+        grace_on = 0;
+    }
     td_admin_stop();
     td_control_shutdown();
     td_proxy_stop(proxy, drain_ms);
@@ -123,12 +145,37 @@ static void on_stop(uv_signal_t *s, int signum) {
     td_info("stopped");
 }
 
+static void on_grace_end(uv_timer_t *t) {
+    (void)t;
+    stop_now("grace period over");
+}
+
+/* SIGTERM/SIGINT. With timeouts.stop_grace_ms, /readyz first answers 503 while td keeps
+ * accepting and serving for that long (HAProxy's grace), so whatever sends it traffic stops
+ * first; a second signal in that time cuts the grace short. */
+static void on_stop(uv_signal_t *s, int signum) {
+    (void)s;
+    const char *sig = signum == SIGINT ? "SIGINT" : "SIGTERM";
+    if (grace_on || stop_grace_ms <= 0) {
+        stop_now(sig);
+        return;
+    }
+    td_ready_set(TD_READY_GRACE, td_now_ms() + stop_grace_ms);
+    td_info("%s: stopping: /readyz answers 503; still serving for stop_grace_ms (%d ms), then "
+            "draining (send it again to drain now)",
+            sig, stop_grace_ms);
+    uv_timer_init(uv_default_loop(), &grace_timer);
+    uv_timer_start(&grace_timer, on_grace_end, (uint64_t)stop_grace_ms, 0);
+    grace_on = 1;
+}
+
 static void on_hup(uv_signal_t *s, int signum) {
     (void)s;
     (void)signum;
     td_info("SIGHUP: re-reading the config file");
     td_control_reload();
     drain_ms = td_control_config()->timeouts.drain_ms;
+    stop_grace_ms = td_control_config()->timeouts.stop_grace_ms;
 }
 
 /* Serves demo backends on their own thread so `td demo` is one process. */
@@ -191,6 +238,7 @@ static int run(td_config_t *file_cfg, const char *path) {
     char pid_file[TD_PATH_MAX + 1];
     snprintf(pid_file, sizeof(pid_file), "%s", pid_flag[0] ? pid_flag : cfg->pid_file);
     drain_ms = cfg->timeouts.drain_ms;
+    stop_grace_ms = cfg->timeouts.stop_grace_ms;
     td_addr_t admin = cfg->admin_address;
     int has_admin = cfg->has_admin;
     char admin_token[sizeof(cfg->admin_token)];
@@ -234,6 +282,9 @@ static int run(td_config_t *file_cfg, const char *path) {
         fprintf(stderr, "td: pid file %s\n", err);
         return 1;
     }
+    /* Listeners bound, snapshot published: ready. (Signals are handled only once the loop
+     * runs, so no stop can have begun yet.) */
+    td_ready_set(TD_READY_SERVING, 0);
     uv_run(loop, UV_RUN_DEFAULT);
     uv_loop_close(loop);
     if (pid_file[0])

@@ -9,6 +9,7 @@
 #include "td/control.h"
 #include "td/log.h"
 #include "td/proxy.h"
+#include "td/ready.h"
 #include "td/router.h"
 
 typedef long long backend_value_fn(const td_snap_backend_t *b, int64_t now);
@@ -197,6 +198,11 @@ char *td_metrics_text(size_t *len) {
                   s_in_flight);
     family(f, "td_client_connections", "gauge", "Open client connections.");
     fprintf(f, "td_client_connections %lld\n", (long long)td_proxy_connections());
+    family(f, "td_ready", "gauge",
+           "1 while td serves with a current state (GET /readyz answers 200), 0 while it starts "
+           "or stops.");
+    char why[128];
+    fprintf(f, "td_ready %d\n", td_ready_check(now, why, sizeof(why)));
     family(f, "td_uptime_seconds", "gauge", "Seconds since td started.");
     fprintf(f, "td_uptime_seconds %lld\n",
             (long long)((td_wall_ms() - td_control_started_ms()) / 1000));

@@ -66,6 +66,65 @@ static int any_weight(const td_snapshot_t *s) {
     return 0;
 }
 
+/* ---- slow start */
+
+int td_router_ramp_permille(int64_t elapsed_ms, int64_t slow_start_ms) {
+    if (slow_start_ms <= 0 || elapsed_ms >= slow_start_ms)
+        return TD_RAMP_FULL;
+    int64_t pm = elapsed_ms <= 0 ? 0 : elapsed_ms * TD_RAMP_FULL / slow_start_ms;
+    return pm < TD_RAMP_FLOOR ? TD_RAMP_FLOOR : (int)pm;
+}
+
+int td_router_ramp_weight(int weight, int permille) {
+    return weight * TD_RAMP_SCALE * permille / TD_RAMP_FULL;
+}
+
+/* When the server's ramp began: the latest of its active check's "up", the end of its last
+ * passive ejection and its weight going from 0 to above 0 (0: never, warm since td started). */
+static int64_t ramp_start(const td_server_stats_t *st) {
+    int64_t t = atomic_load_explicit(&st->up_since_ms, memory_order_relaxed);
+    int64_t e = atomic_load_explicit(&st->down_until_ms, memory_order_relaxed);
+    int64_t w = atomic_load_explicit(&st->weight_up_ms, memory_order_relaxed);
+    if (e > t)
+        t = e;
+    return w > t ? w : t;
+}
+
+static int server_permille(const td_snap_server_t *sv, int64_t now_ms) {
+    if (!sv->slow_start_ms)
+        return TD_RAMP_FULL;
+    int64_t start = ramp_start(sv->st);
+    return start ? td_router_ramp_permille(now_ms - start, sv->slow_start_ms) : TD_RAMP_FULL;
+}
+
+/* A backend's ramp: the largest of its up servers' (one warm server makes it warm; a backend
+ * that comes back from having none up ramps with them), capped by its own ramp since its
+ * weight went from 0 to above 0. */
+static int backend_permille(const td_snap_backend_t *b, int64_t now_ms) {
+    if (!b->slow_start_ms)
+        return TD_RAMP_FULL;
+    int best = 0;
+    for (size_t i = 0; i < b->num_servers && best < TD_RAMP_FULL; i++)
+        if (b->servers[i].weight > 0 && td_server_is_up(b->servers[i].st, now_ms)) {
+            int pm = server_permille(&b->servers[i], now_ms);
+            if (pm > best)
+                best = pm;
+        }
+    if (!best)
+        best = TD_RAMP_FULL; /* none up: it is not picked anyway */
+    int64_t up = atomic_load_explicit(&b->st->weight_up_ms, memory_order_relaxed);
+    int own = up ? td_router_ramp_permille(now_ms - up, b->slow_start_ms) : TD_RAMP_FULL;
+    return own < best ? own : best;
+}
+
+int64_t td_router_slow_start_remaining(const td_snap_server_t *sv, int64_t now_ms) {
+    if (!sv->slow_start_ms || !td_server_is_up(sv->st, now_ms))
+        return -1;
+    int64_t start = ramp_start(sv->st);
+    int64_t left = start ? start + sv->slow_start_ms - now_ms : 0;
+    return left > 0 ? left : -1;
+}
+
 /* Failover: the first candidate in failover order with a server up, unless it came back less
  * than its failback_ms ago while a later candidate, up since before that, is serving. Without
  * a backend of weight above 0 there is no primary, and nothing to fail over from. */
@@ -105,7 +164,7 @@ static int pick_backend(const td_snapshot_t *s, int *wrr, int pinned, const uint
     int weight[MAX_BACKENDS];
     for (size_t i = 0; i < n; i++) {
         const td_snap_backend_t *b = &s->backends[i];
-        weight[i] = b->weight;
+        weight[i] = td_router_ramp_weight(b->weight, backend_permille(b, now_ms));
         ok[i] = b->weight > 0 && b->state == TD_BACKEND_READY && !(tried && tried[i]) &&
                 td_backend_is_up(b, now_ms);
     }
@@ -127,7 +186,8 @@ static int pick_server(const td_snap_backend_t *b, int *wrr, const uint8_t *trie
     uint8_t ok[MAX_SERVERS];
     int weight[MAX_SERVERS];
     for (size_t i = 0; i < n; i++) {
-        weight[i] = b->servers[i].weight;
+        weight[i] =
+            td_router_ramp_weight(b->servers[i].weight, server_permille(&b->servers[i], now_ms));
         ok[i] = !(tried && tried[i]) && td_server_is_up(b->servers[i].st, now_ms);
     }
     int i = td_balancer_pick(weight, wrr, ok, n);
@@ -161,13 +221,14 @@ int td_router_shares(const td_snapshot_t *s, int64_t now_ms, double *share) {
         double sum = 0;
         for (size_t i = 0; i < s->num_backends; i++)
             if (takes_new(&s->backends[i], now))
-                sum += s->backends[i].weight;
+                sum += (share[i] = td_router_ramp_weight(s->backends[i].weight,
+                                                         backend_permille(&s->backends[i], now)));
         if (sum <= 0)
             continue;
         int count = 0;
         for (size_t i = 0; i < s->num_backends; i++)
-            if (takes_new(&s->backends[i], now)) {
-                share[i] = s->backends[i].weight / sum;
+            if (share[i] > 0) {
+                share[i] /= sum;
                 count++;
             }
         return count;

@@ -68,7 +68,9 @@ typedef struct td_config_listener_s {
 
 typedef struct td_config_server_s {
     td_addr_t address;
-    int weight; /* 0..100; default 1 */
+    int weight;        /* 0..100; default 1 */
+    int slow_start_ms; /* 0..86400000: after it comes up, its weight grows from 5 % to full over
+                          this long (0 = off); -1 (default) = its backend's slow_start_ms */
 } td_config_server_t;
 
 typedef struct td_config_health_s {
@@ -105,9 +107,12 @@ typedef struct td_config_backend_s {
     char tls_sni[256];           /* server name sent and verified; "" = none */
     td_config_health_t health;   /* the global health_check with this backend's overrides */
     int health_override;         /* 1 when the backend has its own "health_check" object */
+    int slow_start_ms;           /* 0..86400000; default 0 (off): the slow_start_ms of its
+                                    servers that do not set their own */
 } td_config_backend_t;
 
-/* All 1..86400000 ms, except drain_ms 0..86400000 (0 = stop without waiting). */
+/* All 1..86400000 ms, except drain_ms and stop_grace_ms 0..86400000 (drain_ms 0 = stop without
+ * waiting). */
 typedef struct td_config_timeouts_s {
     int connect_ms;           /* default 5000 */
     int client_header_ms;     /* default 10000 */
@@ -116,6 +121,9 @@ typedef struct td_config_timeouts_s {
     int drain_ms;             /* default 30000 */
     int client_send_ms;       /* default 60000: longest wait for a client to take response bytes
                                  (nginx's send_timeout); then td closes, the client's fault */
+    int stop_grace_ms;        /* default 0: on SIGTERM/SIGINT, how long /readyz answers 503 while
+                                 td still accepts and serves, before it drains (HAProxy's
+                                 grace) */
 } td_config_timeouts_t;
 
 /* Request bodies read into td before a backend is chosen (nginx's proxy_request_buffering,

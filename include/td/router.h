@@ -33,7 +33,7 @@ size_t td_router_failover_order(const td_snapshot_t *s, size_t *order);
 /* What new requests get now, as td_router_pick_backend decides it: share[i] (0..1, summing to 1,
  * or all 0 when every request would get 503) for each of the snapshot's num_backends backends.
  * round_robin / sticky: weight over the sum of the weights of the ready backends that are up
- * (drain and maint get 0);
+ * (drain and maint get 0), each at its slow start's ramp (td_router_ramp_weight);
  * failover: 1 for the serving backend. Returns the serving backend's index in failover, the
  * number of backends with a share above 0 otherwise, or TD_EUNAVAIL when none has one. */
 int td_router_shares(const td_snapshot_t *s, int64_t now_ms, double *share);
@@ -44,7 +44,7 @@ int td_router_shares(const td_snapshot_t *s, int64_t now_ms, double *share);
  * weight. `tried`, when not NULL, marks backends already tried for this request (num_backends
  * entries, 1 = skip).
  * round_robin / sticky: smooth weighted round robin over up backends with weight > 0 in state
- * ready.
+ * ready, each at its slow start's ramp (td_router_ramp_weight).
  * failover: the first backend in failover order (td_router_failover_order: ready backends only)
  * that has a server up; `wrr` is not used (may be NULL). With no weight above 0 there is no
  * primary: TD_EUNAVAIL (a primary in drain or maint passes its role on, even to a weight-0
@@ -58,8 +58,30 @@ int td_router_shares(const td_snapshot_t *s, int64_t now_ms, double *share);
 int td_router_pick_backend(const td_snapshot_t *s, int *wrr, int pinned, const uint8_t *tried,
                            int64_t now_ms);
 
-/* Chooses a server of backend `b` by smooth weighted round robin over its up servers.
- * `wrr` holds num_servers scores for this backend; `tried` (may be NULL) marks servers to skip.
+/* Slow start (HAProxy's slowstart, nginx Plus's slow_start): a server with slow_start_ms > 0
+ * that comes up (its active check says up, a passive ejection ends, or its weight goes from 0 to
+ * above 0 in a new snapshot) weighs max(5 %, t / slow_start_ms) of its weight t ms later, until
+ * it weighs its full weight at slow_start_ms. A server up since td started (or since the
+ * snapshot that added it) is warm. A backend is weighed in round_robin and sticky by the largest
+ * ramp among its up servers, and by its own ramp after its weight went from 0 to above 0 (over
+ * its largest slow_start_ms), whichever is smaller; failover's choice of backend does not ramp.
+ *
+ * The ramp after `elapsed_ms` of `slow_start_ms` (<= 0: off), in per mille:
+ * TD_RAMP_FLOOR..TD_RAMP_FULL (TD_RAMP_FULL once elapsed_ms >= slow_start_ms). */
+int td_router_ramp_permille(int64_t elapsed_ms, int64_t slow_start_ms);
+
+/* `weight` (0..100) at `permille` of its ramp, in the scaled unit picks balance with:
+ * weight * TD_RAMP_SCALE * permille / TD_RAMP_FULL (at most 100 * TD_RAMP_SCALE, so sums over
+ * TD_CONFIG_MAX_SERVERS servers stay far from INT_MAX). */
+int td_router_ramp_weight(int weight, int permille);
+
+/* Milliseconds left of the server's slow start at `now_ms`, or -1 when it is not ramping (off,
+ * warm, down, or done). */
+int64_t td_router_slow_start_remaining(const td_snap_server_t *sv, int64_t now_ms);
+
+/* Chooses a server of backend `b` by smooth weighted round robin over its up servers, each at
+ * its slow start's ramp (td_router_ramp_weight). `wrr` holds num_servers scores for this
+ * backend; `tried` (may be NULL) marks servers to skip.
  * Returns the index within b->servers, or TD_EUNAVAIL. */
 int td_router_pick_server(const td_snap_backend_t *b, int *wrr, const uint8_t *tried,
                           int64_t now_ms);
