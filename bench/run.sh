@@ -303,10 +303,12 @@ preflight() {
   [ -x "$TD_BIN" ] || die "no td binary at $TD_BIN (make, or set TD_BIN)"
   for p in nginx haproxy wrk gnuplot pgrep openssl; do command -v "$p" > /dev/null || die "$p missing (scripts/deps.sh bench)"; done
   for p in 9001 9002 8080 9090 8081 8082 8443 8444 8445; do port_open "$p" && die "port $p is in use"; done
-  # 10,000 idle clients: one fd each in the client and in the proxy.
+  # 10,000 idle clients: one fd each in the client and in the proxy, and td (like HAProxy's
+  # default maxconn) takes at most half of its open-file limit in client connections, so that
+  # each can have an upstream connection.
   ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-  if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((IDLE_CONNS + 1000)) ]; then
-    IDLE_CONNS=$(( $(ulimit -n) - 1000 ))
+  if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((2 * IDLE_CONNS + 1000)) ]; then
+    IDLE_CONNS=$(( ($(ulimit -n) - 1000) / 2 ))
     log "open-file limit $(ulimit -n): idle-connection test reduced to $IDLE_CONNS connections"
   fi
   MAXCONN=$((IDLE_CONNS + 500))

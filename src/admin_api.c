@@ -1,6 +1,7 @@
-/* The admin API: the /api/v1 handlers (state, ratio, routing, config, events, history), /metrics
- * and the console page, answering JSON. The HTTP server below it (admin_http.c) reads, checks and
- * writes; every change goes through the control plane (td_control_apply). */
+/* The admin API: the /api/v1 handlers (state, ratio, backends, routing, config, overrides,
+ * events, history), /metrics and the console page, answering JSON. The HTTP server below it
+ * (admin_http.c) reads, checks and writes; every change goes through the control plane
+ * (td_control_apply). */
 #include "td/admin.h"
 
 #include <jansson.h>
@@ -17,6 +18,7 @@
 #include "td/log.h"
 #include "td/metrics.h"
 #include "td/proxy.h"
+#include "td/ready.h"
 #include "td/router.h"
 
 /* ---- replies */
@@ -104,76 +106,88 @@ static void failover_reason(const td_snapshot_t *s, size_t primary, int serving,
                  p->name, (double)(now - since) / 1000.0, (long long)p->failback_ms);
 }
 
+/* The state object of backend i of s (as in GET /api/v1/state's "backends"); `share` from
+ * td_router_shares, `order` and `candidates` from td_router_failover_order. */
+static json_t *backend_json(td_snapshot_t *s, size_t i, int64_t now, const double *share,
+                            const size_t *order, size_t candidates) {
+    td_snap_backend_t *b = &s->backends[i];
+    json_t *servers = json_array();
+    int64_t conns_open = 0;
+    for (size_t j = 0; j < b->num_servers; j++) {
+        td_server_stats_t *st = b->servers[j].st;
+        conns_open += atomic_load(&st->active_connections);
+        int up = td_server_is_up(st, now);
+        json_array_append_new(
+            servers,
+            json_pack("{s:s,s:i,s:b,s:s,s:I,s:I,s:I,s:I,s:o}", "address", st->address, "weight",
+                      b->servers[j].weight, "up", up, "health",
+                      !atomic_load(&st->health_up) ? "down"
+                      : up                         ? "up"
+                                                   : "ejected",
+                      "in_flight", (json_int_t)atomic_load(&st->in_flight), "active_connections",
+                      (json_int_t)atomic_load(&st->active_connections), "requests",
+                      (json_int_t)atomic_load(&st->requests), "failures",
+                      (json_int_t)atomic_load(&st->failures), "responses",
+                      class_counts(st->responses)));
+        /* max_conns (0: no limit) and the slots held against it: requests in flight there and
+         * its tunnels. */
+        json_object_set_new(json_array_get(servers, j), "max_conns",
+                            json_integer(b->servers[j].max_conns));
+        if (b->servers[j].max_conns)
+            json_object_set_new(json_array_get(servers, j), "slots",
+                                json_integer((json_int_t)atomic_load(&st->slots)));
+        int64_t ramp = td_router_slow_start_remaining(&b->servers[j], now);
+        json_object_set_new(json_array_get(servers, j), "slow_start_remaining_ms",
+                            ramp >= 0 ? json_integer(ramp) : json_null());
+        const char *last = td_health_last(st);
+        if (last[0])
+            json_object_set_new(json_array_get(servers, j), "last_check", json_string(last));
+    }
+    int64_t in_flight = atomic_load(&b->st->in_flight), tunnels = atomic_load(&b->st->tunnels);
+    int draining = td_backend_draining(s, b);
+    json_t *jb = json_pack(
+        "{s:s,s:i,s:b,s:I,s:I,s:I,s:I,s:o,s:I,s:b,s:b,s:o}", "name", b->name, "weight", b->weight,
+        "up", td_backend_is_up(b, now), "in_flight", (json_int_t)in_flight, "tunnels",
+        (json_int_t)tunnels, "active_connections", (json_int_t)conns_open, "requests",
+        (json_int_t)atomic_load(&b->st->requests), "responses", class_counts(b->st->responses),
+        "sticky_requests_10s", (json_int_t)td_router_pins_recent(b->st, now), "draining", draining,
+        "drained", draining && in_flight == 0 && tunnels == 0, "servers", servers);
+    json_object_set_new(jb, "state", json_string(td_backend_state_name(b->state)));
+    json_object_set_new(jb, "latency_ms", latency_json(b->st));
+    int64_t since = atomic_load(&b->st->drain_since_ms);
+    json_object_set_new(jb, "drain_elapsed_ms",
+                        draining && since ? json_integer(now - since) : json_null());
+    /* What it gets now (percent of new requests), computed once here for every client. */
+    json_object_set_new(jb, "share", json_real((double)(int)(share[i] * 1000 + 0.5) / 10));
+    json_object_set_new(jb, "serving", json_boolean(share[i] > 0));
+    /* In drain or maint it is no failover candidate: neither primary nor backup. */
+    if (s->method == TD_METHOD_FAILOVER && b->state == TD_BACKEND_READY)
+        json_object_set_new(jb, "role",
+                            json_string(candidates && i == order[0] ? "primary" : "backup"));
+    json_object_set_new(jb, "local_responses", local_counts(b->st->local));
+    /* Requests waiting for a max_conns slot now (all workers), and those that waited queue_ms
+     * and got td's 503. */
+    json_object_set_new(jb, "queued", json_integer((json_int_t)atomic_load(&b->st->queued)));
+    json_object_set_new(jb, "queue_timeouts",
+                        json_integer((json_int_t)atomic_load(&b->st->queue_timeouts)));
+    json_object_set_new(jb, "last_5xx_ago_ms", ago(atomic_load(&b->st->last_5xx_ms), now));
+    return jb;
+}
+
 static json_t *state_json(void) {
     td_snapshot_t *s = td_router_acquire();
     int64_t now = td_now_ms();
     double share[TD_CONFIG_MAX_BACKENDS];
     int serving = td_router_shares(s, now, share);
     size_t order[TD_CONFIG_MAX_BACKENDS];
-    td_router_failover_order(s, order);
+    size_t candidates = td_router_failover_order(s, order);
     int64_t last_5xx = atomic_load(&td_registry_local()->last_5xx_ms);
     json_t *backends = json_array();
     for (size_t i = 0; i < s->num_backends; i++) {
-        td_snap_backend_t *b = &s->backends[i];
-        json_t *servers = json_array();
-        int64_t conns_open = 0;
-        for (size_t j = 0; j < b->num_servers; j++) {
-            td_server_stats_t *st = b->servers[j].st;
-            conns_open += atomic_load(&st->active_connections);
-            int up = td_server_is_up(st, now);
-            json_array_append_new(
-                servers,
-                json_pack("{s:s,s:i,s:b,s:s,s:I,s:I,s:I,s:I,s:o}", "address", st->address, "weight",
-                          b->servers[j].weight, "up", up, "health",
-                          !atomic_load(&st->health_up) ? "down"
-                          : up                         ? "up"
-                                                       : "ejected",
-                          "in_flight", (json_int_t)atomic_load(&st->in_flight),
-                          "active_connections", (json_int_t)atomic_load(&st->active_connections),
-                          "requests", (json_int_t)atomic_load(&st->requests), "failures",
-                          (json_int_t)atomic_load(&st->failures), "responses",
-                          class_counts(st->responses)));
-            /* max_conns (0: no limit) and the slots held against it: requests in flight there
-             * and its tunnels. */
-            json_object_set_new(json_array_get(servers, j), "max_conns",
-                                json_integer(b->servers[j].max_conns));
-            if (b->servers[j].max_conns)
-                json_object_set_new(json_array_get(servers, j), "slots",
-                                    json_integer((json_int_t)atomic_load(&st->slots)));
-            const char *last = td_health_last(st);
-            if (last[0])
-                json_object_set_new(json_array_get(servers, j), "last_check", json_string(last));
-        }
-        int64_t in_flight = atomic_load(&b->st->in_flight), tunnels = atomic_load(&b->st->tunnels);
-        int draining = td_backend_draining(s, b);
-        json_t *jb =
-            json_pack("{s:s,s:i,s:b,s:I,s:I,s:I,s:I,s:o,s:I,s:b,s:b,s:o}", "name", b->name,
-                      "weight", b->weight, "up", td_backend_is_up(b, now), "in_flight",
-                      (json_int_t)in_flight, "tunnels", (json_int_t)tunnels, "active_connections",
-                      (json_int_t)conns_open, "requests", (json_int_t)atomic_load(&b->st->requests),
-                      "responses", class_counts(b->st->responses), "sticky_requests_10s",
-                      (json_int_t)td_router_pins_recent(b->st, now), "draining", draining,
-                      "drained", draining && in_flight == 0 && tunnels == 0, "servers", servers);
-        json_object_set_new(jb, "latency_ms", latency_json(b->st));
-        int64_t since = atomic_load(&b->st->drain_since_ms);
-        json_object_set_new(jb, "drain_elapsed_ms",
-                            draining && since ? json_integer(now - since) : json_null());
-        /* What it gets now (percent of new requests), computed once here for every client. */
-        json_object_set_new(jb, "share", json_real((double)(int)(share[i] * 1000 + 0.5) / 10));
-        json_object_set_new(jb, "serving", json_boolean(share[i] > 0));
-        if (s->method == TD_METHOD_FAILOVER)
-            json_object_set_new(jb, "role", json_string(i == order[0] ? "primary" : "backup"));
-        json_object_set_new(jb, "local_responses", local_counts(b->st->local));
-        /* Requests waiting for a max_conns slot now (all workers), and those that waited
-         * queue_ms and got td's 503. */
-        json_object_set_new(jb, "queued", json_integer((json_int_t)atomic_load(&b->st->queued)));
-        json_object_set_new(jb, "queue_timeouts",
-                            json_integer((json_int_t)atomic_load(&b->st->queue_timeouts)));
-        int64_t b5 = atomic_load(&b->st->last_5xx_ms);
-        json_object_set_new(jb, "last_5xx_ago_ms", ago(b5, now));
+        int64_t b5 = atomic_load(&s->backends[i].st->last_5xx_ms);
         if (b5 > last_5xx)
             last_5xx = b5;
-        json_array_append_new(backends, jb);
+        json_array_append_new(backends, backend_json(s, i, now, share, order, candidates));
     }
     json_t *j =
         json_pack("{s:I,s:s,s:I,s:I,s:o}", "version", (json_int_t)s->version, "method",
@@ -186,17 +200,29 @@ static json_t *state_json(void) {
     json_object_set_new(j, "latency_bounds_ms", bounds);
     if (s->method == TD_METHOD_FAILOVER) {
         char why[300];
-        failover_reason(s, order[0], serving, now, why, sizeof(why));
+        if (candidates)
+            failover_reason(s, order[0], serving, now, why, sizeof(why));
+        else
+            snprintf(why, sizeof(why),
+                     "no backend is ready (all in drain or maint): every request gets 503");
         json_object_set_new(j, "serving",
                             serving >= 0 ? json_string(s->backends[serving].name) : json_null());
         json_object_set_new(j, "serving_reason", json_string(why));
-        json_object_set_new(j, "primary", json_string(s->backends[order[0]].name));
+        json_object_set_new(j, "primary",
+                            candidates ? json_string(s->backends[order[0]].name) : json_null());
     }
     td_local_stats_t *own = td_registry_local();
     json_object_set_new(j, "td",
                         json_pack("{s:o,s:o}", "local_responses", local_counts(own->local),
                                   "last_5xx_ago_ms", ago(atomic_load(&own->last_5xx_ms), now)));
     json_object_set_new(j, "last_5xx_ago_ms", ago(last_5xx, now));
+    const char *why;
+    int persisted = td_control_persisted(&why);
+    json_object_set_new(j, "persisted", json_boolean(persisted));
+    if (!persisted)
+        json_object_set_new(j, "persist_error", json_string(why));
+    json_object_set_new(j, "state_file", json_string(td_control_state_path()));
+    json_object_set_new(j, "pending_restart", td_control_pending_restart());
     td_snapshot_release(s);
     return j;
 }
@@ -208,7 +234,10 @@ static td_admin_reply_t apply(td_config_t *cfg, const char *what, const char *cl
     int r = td_control_apply(cfg, what, 1, client, err, sizeof(err));
     if (r < 0)
         return td_admin_http_error(r == TD_ECONFLICT ? 409 : 500, err);
-    return json_reply(200, state_json());
+    json_t *j = state_json();
+    /* Whether this change reached the state file (it applies either way). */
+    json_object_set_new(j, "persisted", json_boolean(td_control_persisted(NULL)));
+    return json_reply(200, j);
 }
 
 static json_t *parse_body(td_str_t body, td_admin_reply_t *fail) {
@@ -279,6 +308,77 @@ static td_admin_reply_t put_ratio(td_str_t body, const char *client) {
     return apply(cfg, what, client);
 }
 
+/* GET /api/v1/backends/NAME: that backend's object of GET /api/v1/state. */
+static td_admin_reply_t get_backend(td_str_t name) {
+    td_snapshot_t *s = td_router_acquire();
+    int i = td_snapshot_find_backend(s, name.p, name.len);
+    if (i < 0) {
+        td_snapshot_release(s);
+        char msg[TD_NAME_MAX + 40];
+        snprintf(msg, sizeof(msg), "unknown backend \"%.*s\"",
+                 (int)(name.len < TD_NAME_MAX ? name.len : TD_NAME_MAX), name.p);
+        return td_admin_http_error(404, msg);
+    }
+    int64_t now = td_now_ms();
+    double share[TD_CONFIG_MAX_BACKENDS];
+    td_router_shares(s, now, share);
+    size_t order[TD_CONFIG_MAX_BACKENDS];
+    size_t candidates = td_router_failover_order(s, order);
+    json_t *j = backend_json(s, (size_t)i, now, share, order, candidates);
+    td_snapshot_release(s);
+    return json_reply(200, j);
+}
+
+/* PUT /api/v1/backends/NAME {"state": "maint"}: the backend's state (ready, drain, maint); the
+ * only key for now. Everything is checked before anything changes. */
+static td_admin_reply_t put_backend(td_str_t name, td_str_t body, const char *client) {
+    const td_config_t *cur = td_control_config();
+    size_t i;
+    for (i = 0; i < cur->num_backends; i++)
+        if (strlen(cur->backends[i].name) == name.len &&
+            memcmp(cur->backends[i].name, name.p, name.len) == 0)
+            break;
+    if (i == cur->num_backends) {
+        char msg[TD_NAME_MAX + 40];
+        snprintf(msg, sizeof(msg), "unknown backend \"%.*s\"",
+                 (int)(name.len < TD_NAME_MAX ? name.len : TD_NAME_MAX), name.p);
+        return td_admin_http_error(404, msg);
+    }
+    td_admin_reply_t fail;
+    json_t *j = parse_body(body, &fail);
+    if (!j)
+        return fail;
+    const char *key;
+    json_t *v;
+    td_backend_state_t st = TD_BACKEND_READY;
+    int have = 0;
+    char msg[300] = "";
+    json_object_foreach(j, key, v) {
+        if (strcmp(key, "state") != 0) {
+            snprintf(msg, sizeof(msg), "unknown key \"%.100s\" (valid: state)", key);
+            break;
+        }
+        if (!json_is_string(v) || td_backend_state_parse(json_string_value(v), &st) < 0) {
+            snprintf(msg, sizeof(msg), "state must be one of ready, drain, maint");
+            break;
+        }
+        have = 1;
+    }
+    json_decref(j);
+    if (!msg[0] && !have)
+        snprintf(msg, sizeof(msg), "give the state, e.g. {\"state\": \"maint\"}");
+    if (msg[0])
+        return td_admin_http_error(400, msg);
+    td_config_t *cfg = td_config_dup(cur);
+    if (!cfg)
+        return td_admin_http_error(500, "out of memory");
+    cfg->backends[i].state = st;
+    char what[TD_NAME_MAX + 32];
+    snprintf(what, sizeof(what), "backend %s state %s", cfg->backends[i].name,
+             td_backend_state_name(st));
+    return apply(cfg, what, client);
+}
+
 static td_admin_reply_t put_routing(td_str_t body, const char *client) {
     td_admin_reply_t fail;
     json_t *j = parse_body(body, &fail);
@@ -330,14 +430,43 @@ static td_admin_reply_t put_config(td_str_t body, const char *client) {
     int r = td_control_apply(cfg, "config replaced through the API", 1, client, err, sizeof(err));
     if (r < 0)
         return td_admin_http_error(r == TD_ECONFLICT ? 409 : 500, err);
-    return json_reply(200, json_pack("{s:I}", "version", (json_int_t)td_control_version()));
+    return json_reply(200, json_pack("{s:I,s:b}", "version", (json_int_t)td_control_version(),
+                                     "persisted", td_control_persisted(NULL)));
 }
 
-/* The running config with the admin section that runs: the address bound at start and the token
- * in force, which a reload that removed "admin" or its token does not change until a restart. */
-static td_admin_reply_t get_config(void) {
-    td_config_t *cfg = td_config_dup(td_control_config());
+/* The keys of td_control_pending_restart as a header line ("TD-Pending-Restart: listeners,
+ * workers"), or NULL when nothing waits for a restart. Static: valid until the next call. */
+static const char *pending_header(void) {
+    static char line[160];
+    json_t *pending = td_control_pending_restart(), *p;
+    size_t i, n = (size_t)snprintf(line, sizeof(line), "TD-Pending-Restart: ");
+    json_array_foreach(pending, i, p) {
+        n += (size_t)snprintf(line + n, sizeof(line) - n, "%s%s", i ? ", " : "",
+                              json_string_value(json_object_get(p, "key")));
+        if (n >= sizeof(line))
+            break;
+    }
+    size_t count = json_array_size(pending);
+    json_decref(pending);
+    return count ? line : NULL;
+}
+
+/* What runs: the running config with the listeners and workers bound at start and the admin
+ * section that runs (the address bound at start and the token in force), which a reload or a
+ * PUT does not change until a restart; the TD-Pending-Restart header names what is asked for
+ * and waits. With ?source=file: the config file as td last read it. */
+static td_admin_reply_t get_config(int source_file) {
     char *text = NULL;
+    if (source_file) {
+        json_t *doc = td_control_file_json();
+        text = doc ? json_dumps(doc, JSON_INDENT(2)) : NULL;
+        json_decref(doc);
+        if (!text)
+            return td_admin_http_error(500, "out of memory");
+        td_admin_reply_t r = {200, "application/json", text, strlen(text), NULL, NULL};
+        return r;
+    }
+    td_config_t *cfg = td_config_dup(td_control_config());
     if (cfg) {
         cfg->has_admin = 1;
         cfg->admin_address = bound_address;
@@ -345,10 +474,37 @@ static td_admin_reply_t get_config(void) {
         text = td_config_to_json(cfg);
         td_config_free(cfg);
     }
+    json_t *doc = text ? json_loads(text, 0, NULL) : NULL, *bound = td_control_bound_json();
+    free(text);
+    text = NULL;
+    json_t *pending = td_control_pending_restart(), *p;
+    size_t i;
+    if (doc && bound) {
+        /* Only what waits for a restart is shown as it runs: new certificates apply at once. */
+        json_array_foreach(pending, i, p) {
+            const char *key = json_string_value(json_object_get(p, "key"));
+            if (json_object_get(bound, key))
+                json_object_set(doc, key, json_object_get(bound, key));
+        }
+        text = json_dumps(doc, JSON_INDENT(2));
+    }
+    json_decref(pending);
+    json_decref(doc);
+    json_decref(bound);
     if (!text)
         return td_admin_http_error(500, "out of memory");
     td_admin_reply_t r = {200, "application/json", text, strlen(text), NULL, NULL};
+    td_admin_http_reply_header(pending_header());
     return r;
+}
+
+/* DELETE /api/v1/overrides: the config file alone runs again. */
+static td_admin_reply_t delete_overrides(const char *client) {
+    char err[512];
+    int r = td_control_reset(client, err, sizeof(err));
+    if (r < 0)
+        return td_admin_http_error(r == TD_EINVAL ? 409 : 500, err);
+    return json_reply(200, td_control_overrides_json());
 }
 
 /* ---- routes */
@@ -360,6 +516,27 @@ static int path_is(td_str_t target, const char *path) {
     if (q)
         tl = (size_t)(q - target.p);
     return tl == n && memcmp(target.p, path, n) == 0;
+}
+
+/* Whether the target's query is exactly `query` ("source=file"). */
+static int query_is(td_str_t target, const char *query) {
+    const char *q = memchr(target.p, '?', target.len);
+    size_t n = strlen(query);
+    return q && (size_t)(target.p + target.len - q - 1) == n && memcmp(q + 1, query, n) == 0;
+}
+
+/* When the target's path is `prefix` followed by a non-empty last segment, that segment in
+ * *rest (the query left out) and 1; else 0. */
+static int path_under(td_str_t target, const char *prefix, td_str_t *rest) {
+    size_t n = strlen(prefix), tl = target.len;
+    const char *q = memchr(target.p, '?', target.len);
+    if (q)
+        tl = (size_t)(q - target.p);
+    if (tl <= n || memcmp(target.p, prefix, n) != 0 || memchr(target.p + n, '/', tl - n))
+        return 0;
+    rest->p = target.p + n;
+    rest->len = tl - n;
+    return 1;
 }
 
 static int method_is(td_str_t m, const char *s) {
@@ -375,10 +552,22 @@ static td_admin_reply_t get_metrics(void) {
     return r;
 }
 
-/* The admin server's handler: the console page, then (with the token) the API. */
+/* GET /readyz: 200 {"ready": true} while td serves with a current state, else 503 with the
+ * reason (starting, stopping), for DNS, keepalived or a load balancer's health check. */
+static td_admin_reply_t get_readyz(void) {
+    char why[128];
+    if (td_ready_check(td_now_ms(), why, sizeof(why)))
+        return json_reply(200, json_pack("{s:b}", "ready", 1));
+    return json_reply(503, json_pack("{s:b,s:s}", "ready", 0, "reason", why));
+}
+
+/* The admin server's handler: the console page and /readyz, then (with the token) the API. */
 static td_admin_reply_t route(const td_admin_request_t *rq) {
     const td_http1_request_t *req = rq->head;
     td_str_t t = req->target, m = req->method, body = rq->body;
+    if (path_is(t, "/readyz")) /* no token: a load balancer's probe has none */
+        return method_is(m, "GET") || method_is(m, "HEAD") ? get_readyz()
+                                                           : not_allowed("GET, HEAD");
     if (path_is(t, "/") || path_is(t, "/index.html")) {
         if (!method_is(m, "GET") && !method_is(m, "HEAD"))
             return not_allowed("GET, HEAD");
@@ -391,16 +580,26 @@ static td_admin_reply_t route(const td_admin_request_t *rq) {
         return td_admin_http_error(401,
                                    "missing or wrong bearer token (Authorization: Bearer TOKEN)");
     int get = method_is(m, "GET") || method_is(m, "HEAD"), put = method_is(m, "PUT");
+    int del = method_is(m, "DELETE");
     if (path_is(t, "/api/v1/state"))
         return get ? json_reply(200, state_json()) : not_allowed("GET, HEAD");
     if (path_is(t, "/api/v1/ratio"))
         return put ? put_ratio(body, rq->client) : not_allowed("PUT");
     if (path_is(t, "/api/v1/routing"))
         return put ? put_routing(body, rq->client) : not_allowed("PUT");
+    td_str_t name;
+    if (path_under(t, "/api/v1/backends/", &name))
+        return get   ? get_backend(name)
+               : put ? put_backend(name, body, rq->client)
+                     : not_allowed("GET, HEAD, PUT");
     if (path_is(t, "/api/v1/config"))
-        return get   ? get_config()
+        return get   ? get_config(query_is(t, "source=file"))
                : put ? put_config(body, rq->client)
                      : not_allowed("GET, HEAD, PUT");
+    if (path_is(t, "/api/v1/overrides"))
+        return get   ? json_reply(200, td_control_overrides_json())
+               : del ? delete_overrides(rq->client)
+                     : not_allowed("GET, HEAD, DELETE");
     if (path_is(t, "/api/v1/events"))
         return get ? json_reply(200, td_events_json()) : not_allowed("GET, HEAD");
     if (path_is(t, "/api/v1/history"))

@@ -280,20 +280,30 @@ static void write_cb(uv_write_t *w, int status) {
     resume(c);
 }
 
+/* td_admin_http_reply_header's line for the reply being answered, or NULL. */
+static const char *extra_header;
+
+void td_admin_http_reply_header(const char *line) {
+    extra_header = line;
+}
+
 static void send_reply(admin_conn_t *c, td_admin_reply_t r, int head_only) {
     const char *reason = td_http_reason(r.status);
+    const char *extra = extra_header;
+    extra_header = NULL; /* for this reply only */
     char head[2048];
-    int hl = snprintf(head, sizeof(head),
-                      "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                      "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n"
-                      "Connection: %s\r\n%s%s%s%s%s%s%s\r\n",
-                      r.status, reason, r.type, r.len, c->keep_alive ? "keep-alive" : "close",
-                      r.status == 401 ? "WWW-Authenticate: Bearer\r\n" : "",
-                      r.allow ? "Allow: " : "", r.allow ? r.allow : "", r.allow ? "\r\n" : "",
-                      r.csp ? "X-Frame-Options: DENY\r\nReferrer-Policy: no-referrer\r\n"
-                              "Content-Security-Policy: "
-                            : "",
-                      r.csp ? r.csp : "", r.csp ? "\r\n" : "");
+    int hl =
+        snprintf(head, sizeof(head),
+                 "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                 "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n"
+                 "Connection: %s\r\n%s%s%s%s%s%s%s%s%s\r\n",
+                 r.status, reason, r.type, r.len, c->keep_alive ? "keep-alive" : "close",
+                 r.status == 401 ? "WWW-Authenticate: Bearer\r\n" : "", r.allow ? "Allow: " : "",
+                 r.allow ? r.allow : "", r.allow ? "\r\n" : "",
+                 r.csp ? "X-Frame-Options: DENY\r\nReferrer-Policy: no-referrer\r\n"
+                         "Content-Security-Policy: "
+                       : "",
+                 r.csp ? r.csp : "", r.csp ? "\r\n" : "", extra ? extra : "", extra ? "\r\n" : "");
     size_t blen = head_only ? 0 : r.len;
     c->out = malloc((size_t)hl + blen);
     memcpy(c->out, head, (size_t)hl);

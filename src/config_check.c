@@ -53,6 +53,16 @@ const char *td_config_check_pid_path(const char *s) {
                            : "cannot be written: no permission in its folder";
 }
 
+/* The state file is written at every API change, but td starts (and changes still apply) when it
+ * cannot be: an incident must not wait for a writable disk. So only its shape is checked. */
+const char *td_config_check_state_path(const char *s) {
+    if (s[0] != '/')
+        return "must be an absolute file path, e.g. \"/var/lib/td/state.json\"";
+    if (s[strlen(s) - 1] == '/')
+        return "must name a file, not a folder";
+    return NULL;
+}
+
 /* ---- unique addresses and names ---- */
 
 static int addr_eq(const td_addr_t *a, const td_addr_t *b) {

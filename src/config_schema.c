@@ -138,6 +138,7 @@ int td_config_status_expected(const char *expect_status, int status) {
 /* ---- the tables ---- */
 
 static const char *const method_names[] = {"round_robin", "sticky", "failover", NULL};
+static const char *const backend_state_names[] = {"ready", "drain", "maint", NULL};
 static const char *const same_site_names[] = {"Lax", "Strict", "None", NULL};
 static const char *const health_types[] = {"tcp", "http", "ssl_hello", NULL};
 static const char *const tls_versions[] = {"1.2", "1.3", NULL};
@@ -264,6 +265,7 @@ static const td_config_field_t server_fields[] = {
     ADDR("address", td_config_server_t, address, td_config_check_server_address),
     INT("weight", td_config_server_t, weight, 0, 100, 1, 0),
     INT("max_conns", td_config_server_t, max_conns, 0, 1000000, 0, TD_CF_CHANGED),
+    INT("slow_start_ms", td_config_server_t, slow_start_ms, 0, MAX_MS, -1, TD_CF_CHANGED),
 };
 static const td_config_object_t server_object = OBJ(server_fields, NULL, NULL, NULL);
 
@@ -300,8 +302,11 @@ static const td_config_field_t backend_fields[] = {
     OBJECT("health_check", offsetof(td_config_backend_t, health), health_object,
            offsetof(td_config_backend_t, health_override), 0),
     OBJECT("tls", 0, backend_tls_object, offsetof(td_config_backend_t, tls), 0),
+    ENUM("state", td_config_backend_t, state, backend_state_names, NULL, TD_BACKEND_READY,
+         TD_CF_CHANGED),
+    INT("slow_start_ms", td_config_backend_t, slow_start_ms, 0, MAX_MS, 0, TD_CF_CHANGED),
 };
-static const unsigned char backend_order[] = {0, 1, 2, 4, 3};
+static const unsigned char backend_order[] = {0, 1, 5, 6, 2, 4, 3};
 static const td_config_object_t backend_object =
     OBJ(backend_fields, backend_order, NULL, inherit_health);
 
@@ -313,6 +318,7 @@ static const td_config_field_t timeout_fields[] = {
     INT("drain_ms", td_config_timeouts_t, drain_ms, 0, MAX_MS, 30000, 0),
     INT("client_send_ms", td_config_timeouts_t, client_send_ms, 1, MAX_MS, 60000, 0),
     INT("queue_ms", td_config_timeouts_t, queue_ms, 1, MAX_MS, 10000, TD_CF_CHANGED),
+    INT("stop_grace_ms", td_config_timeouts_t, stop_grace_ms, 0, MAX_MS, 0, TD_CF_CHANGED),
 };
 static const td_config_object_t timeout_object = OBJ(timeout_fields, NULL, NULL, NULL);
 
@@ -356,8 +362,9 @@ static const td_config_field_t root_fields[] = {
     STR("access_log", td_config_t, access_log, NULL, td_config_check_log_path, TD_CF_CHANGED),
     STR("pid_file", td_config_t, pid_file, NULL, td_config_check_pid_path, TD_CF_CHANGED),
     OBJECT("request_buffering", offsetof(td_config_t, request_buffering), buffering_object, -1, 0),
+    STR("state_file", td_config_t, state_file, NULL, td_config_check_state_path, TD_CF_CHANGED),
 };
-static const unsigned char root_order[] = {0, 1, 2, 3, 4, 5, 6, 7, 10, 8, 9};
+static const unsigned char root_order[] = {0, 1, 2, 3, 4, 5, 6, 7, 10, 8, 9, 11};
 const td_config_object_t td_config_schema = OBJ(root_fields, root_order, NULL, NULL);
 
 void td_config_schema_defaults(const td_config_object_t *o, void *base) {
@@ -457,6 +464,20 @@ int td_method_parse(const char *s, td_method_t *out) {
     for (size_t i = 0; method_names[i]; i++) {
         if (strcmp(s, method_names[i]) == 0) {
             *out = (td_method_t)i;
+            return 0;
+        }
+    }
+    return TD_EINVAL;
+}
+
+const char *td_backend_state_name(td_backend_state_t st) {
+    return (unsigned)st < COUNT(backend_state_names) - 1 ? backend_state_names[st] : "unknown";
+}
+
+int td_backend_state_parse(const char *s, td_backend_state_t *out) {
+    for (size_t i = 0; backend_state_names[i]; i++) {
+        if (strcmp(s, backend_state_names[i]) == 0) {
+            *out = (td_backend_state_t)i;
             return 0;
         }
     }

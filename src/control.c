@@ -3,9 +3,9 @@
 #include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
-#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "td/admin.h"
 #include "td/config.h"
@@ -13,11 +13,17 @@
 #include "td/health.h"
 #include "td/log.h"
 #include "td/router.h"
+#include "td/state_file.h"
 
 static td_config_t *running; /* owned by the current snapshot; borrowed here */
 static char config_path[4096];
-static struct stat file_seen; /* the config file as td last read or wrote it */
-static char file_sha[65];     /* SHA-256 of its text then ("" when unknown) */
+static char state_path[4096];  /* "" with the demo config: nothing is kept */
+static char state_sha[65];     /* SHA-256 of the state file's text as td last read or wrote it */
+static json_t *file_doc;       /* owned: the config file's canonical JSON as td last read it */
+static json_t *overrides;      /* owned: the state file's overrides (td_state_diff) */
+static json_t *bound;          /* owned: {"listeners", "workers"} as bound at start */
+static int persisted = 1;      /* the last change reached the state file */
+static char persist_why[8800]; /* why not, when !persisted */
 static uint64_t version;
 static int64_t started_ms;
 /* The admin address the first config bound (main.c starts the admin server with it): what a
@@ -37,19 +43,87 @@ int64_t td_control_started_ms(void) {
     return started_ms;
 }
 
-/* Remembers the config file as it is now; td_control_apply refuses to overwrite other edits. */
-static void note_file(void) {
-    if (!config_path[0] || stat(config_path, &file_seen) != 0)
-        memset(&file_seen, 0, sizeof(file_seen));
+int td_control_persisted(const char **why) {
+    if (why)
+        *why = persist_why;
+    return persisted;
 }
 
-static int file_changed(void) {
-    struct stat now;
-    if (!config_path[0] || stat(config_path, &now) != 0)
-        return 0;
-    return now.st_mtim.tv_sec != file_seen.st_mtim.tv_sec ||
-           now.st_mtim.tv_nsec != file_seen.st_mtim.tv_nsec || now.st_size != file_seen.st_size ||
-           now.st_ino != file_seen.st_ino;
+const char *td_control_state_path(void) {
+    return state_path;
+}
+
+/* The canonical JSON of a config (a new reference), or NULL when out of memory. */
+static json_t *doc_of(const td_config_t *c) {
+    char *text = td_config_to_json(c);
+    json_t *j = text ? json_loads(text, 0, NULL) : NULL;
+    free(text);
+    return j;
+}
+
+json_t *td_control_file_json(void) {
+    return file_doc ? json_incref(file_doc) : doc_of(running);
+}
+
+json_t *td_control_bound_json(void) {
+    return json_incref(bound);
+}
+
+json_t *td_control_overrides_json(void) {
+    json_t *list = json_array();
+    size_t i;
+    json_t *o;
+    json_array_foreach(overrides, i, o) {
+        json_array_append_new(
+            list, json_pack("{s:O,s:O,s:O,s:O,s:O,s:O}", "path", json_object_get(o, "path"), "keys",
+                            json_object_get(o, "keys"), "value", json_object_get(o, "value"),
+                            "file_value", json_object_get(o, "file_value"), "since",
+                            json_object_get(o, "since"), "by", json_object_get(o, "by")));
+    }
+    json_t *j = json_pack("{s:s,s:b,s:o}", "state_file", state_path, "persisted", persisted,
+                          "overrides", list);
+    if (j && !persisted)
+        json_object_set_new(j, "persist_error", json_string(persist_why));
+    return j;
+}
+
+/* What binding a listener depends on: its address and whether it speaks TLS (certificates and
+ * the rest of a listener apply at once, with the next snapshot). */
+static json_t *bindings(const json_t *listeners) {
+    json_t *out = json_array(), *l;
+    size_t i;
+    json_array_foreach(listeners, i, l) {
+        json_array_append_new(out, json_pack("[O,b]", json_object_get(l, "address"),
+                                             json_object_get(l, "tls") != NULL));
+    }
+    return out;
+}
+
+static int same_bindings(const json_t *a, const json_t *b) {
+    json_t *x = bindings(a), *y = bindings(b);
+    int same = json_equal(x, y);
+    json_decref(x);
+    json_decref(y);
+    return same;
+}
+
+json_t *td_control_pending_restart(void) {
+    json_t *pending = json_array(), *doc = doc_of(running);
+    static const char *const keys[] = {"listeners", "workers"};
+    for (size_t i = 0; doc && bound && i < sizeof(keys) / sizeof(keys[0]); i++) {
+        json_t *asked = json_object_get(doc, keys[i]), *runs = json_object_get(bound, keys[i]);
+        if (i == 0 ? !same_bindings(asked, runs) : !json_equal(asked, runs))
+            json_array_append_new(pending, json_pack("{s:s,s:O,s:O}", "key", keys[i], "file", asked,
+                                                     "running", runs));
+    }
+    json_decref(doc);
+    if (running && running->has_admin &&
+        (!admin_bound || strcmp(running->admin_address.text, admin_bound_address.text) != 0))
+        json_array_append_new(
+            pending, json_pack("{s:s,s:s,s:o}", "key", "admin.address", "file",
+                               running->admin_address.text, "running",
+                               admin_bound ? json_string(admin_bound_address.text) : json_null()));
+    return pending;
 }
 
 /* Makes the built snapshot `s` (of config `cfg`) the running one. */
@@ -61,33 +135,204 @@ static void commit(td_snapshot_t *s, td_config_t *cfg) {
     td_router_publish(s);
 }
 
+static void iso_now(char *out, size_t cap) {
+    int64_t ms = td_wall_ms();
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    size_t n = strftime(out, cap, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out + n, cap - n, ".%03dZ", (int)(ms % 1000));
+}
+
+/* The SHA-256 of the state file as it is now; that of "" when there is none, so that an audit
+ * entry written before the first state file can be told from one whose state landed. */
+static void state_sha_now(char out[65]) {
+    if (td_config_file_sha256(state_path, out) < 0)
+        td_sha256_hex("", 0, out);
+}
+
+/* Whether the last write of the state file succeeded; said loudly each time it did not, since
+ * every change then lasts only until td stops. */
+static void note_persisted(int ok, const char *why) {
+    if (!ok) {
+        snprintf(persist_why, sizeof(persist_why), "%s", why);
+        td_error("changes are not being saved: %s", why);
+        td_event("state", "changes are not being saved: %s", why);
+    } else if (!persisted) {
+        td_info("changes are saved again to %s", state_path);
+        td_event("state", "changes are saved again to %s", state_path);
+        persist_why[0] = 0;
+    }
+    persisted = ok;
+}
+
+/* Records the overrides `next` (borrowed) in the state file, audited: the audit entry (naming
+ * the SHA-256 of the new state text and of the current one) is appended and fsynced first, then
+ * the state file is replaced atomically. A crash in between leaves an entry whose state never
+ * landed, which td_audit_recover recognises at the next start; never a state without its entry.
+ * When either write fails the change still applies (controlling traffic comes first), unsaved:
+ * note_persisted says so. *entry receives the audit entry (for td_audit_commit). */
+static void save(const json_t *next, const char *what, json_t *before, json_t *after,
+                 const char *client, uint64_t at_version, json_t **entry) {
+    char *text = state_path[0] ? td_state_text(next, config_path) : NULL;
+    char sha[65] = "";
+    if (text)
+        td_sha256_hex(text, strlen(text), sha);
+    int changed = text && strcmp(sha, state_sha) != 0;
+    int r = td_audit_begin(what, before, after, client, at_version, changed ? sha : NULL,
+                           changed ? state_sha : NULL, entry);
+    char why[sizeof(persist_why)];
+    if (!state_path[0])
+        return;
+    if (!text) {
+        note_persisted(0, "out of memory");
+    } else if (changed && r < 0) {
+        char audit[sizeof(state_path) + 16];
+        td_state_audit_path(state_path, audit, sizeof(audit));
+        /* A state without its audit entry is what a crash must never leave: not written. */
+        snprintf(why, sizeof(why), "cannot append to the audit log %s: %s", audit,
+                 r == TD_ENOMEM ? "out of memory" : strerror(errno));
+        note_persisted(0, why);
+    } else if (changed && td_config_write_text(text, state_path) < 0) {
+        snprintf(why, sizeof(why), "cannot write the state file %s: %s", state_path,
+                 strerror(errno));
+        note_persisted(0, why);
+    } else {
+        if (changed)
+            snprintf(state_sha, sizeof(state_sha), "%s", sha);
+        note_persisted(1, "");
+    }
+    free(text);
+}
+
+/* Says, in the log and the events, which overrides the config file replaced. */
+static void report_replaced(const json_t *replaced) {
+    size_t i;
+    json_t *r;
+    json_array_foreach(replaced, i, r) {
+        char msg[512];
+        td_state_replaced_message(r, msg, sizeof(msg));
+        td_warn("%s", msg);
+        td_event("reload", "%s", msg);
+    }
+}
+
+/* The config file `cfg` (owned) with the overrides `ov` (borrowed) on top: the config that runs
+ * (owned by the caller; `cfg` itself when no override applies). *kept receives the overrides in
+ * force (a new array). When the merged document is not a valid config, the file alone runs and
+ * every problem is logged. NULL when out of memory (cfg freed). */
+static td_config_t *with_overrides(td_config_t *cfg, const json_t *fdoc, const json_t *ov,
+                                   json_t **kept) {
+    json_t *replaced = NULL;
+    json_t *merged = fdoc ? td_state_merge(fdoc, ov, kept, &replaced) : NULL;
+    if (!merged) {
+        td_error("state: out of memory merging the overrides of %s: running the config file alone",
+                 state_path);
+        *kept = json_array();
+        return cfg;
+    }
+    report_replaced(replaced);
+    json_decref(replaced);
+    if (json_array_size(*kept) == 0) {
+        json_decref(merged);
+        return cfg;
+    }
+    char *text = json_dumps(merged, JSON_INDENT(2)), *buf = NULL;
+    json_decref(merged);
+    size_t len = 0;
+    FILE *errs = open_memstream(&buf, &len);
+    td_config_t *out = text ? td_config_parse(text, strlen(text), state_path, errs) : NULL;
+    fclose(errs);
+    free(text);
+    if (!out) {
+        for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
+            td_error("state: the overrides of %s do not fit the config file: %s", state_path, line);
+            td_event("reload",
+                     "the overrides of %s do not fit the config file (%s): running "
+                     "the config file alone",
+                     state_path, line);
+        }
+        td_error("state: running the config file %s alone, without the overrides of %s",
+                 config_path, state_path);
+        json_decref(*kept);
+        *kept = json_array();
+        free(buf);
+        return cfg;
+    }
+    free(buf);
+    td_config_free(cfg);
+    return out;
+}
+
 int td_control_init(td_config_t *cfg, const char *path) {
     snprintf(config_path, sizeof(config_path), "%s", path ? path : "");
     started_ms = td_wall_ms();
-    admin_bound = cfg->has_admin;
-    admin_bound_address = cfg->admin_address;
-    char audit[sizeof(config_path) + 16] = "";
-    if (config_path[0])
-        snprintf(audit, sizeof(audit), "%s.audit.jsonl", config_path);
+    char audit[sizeof(state_path) + 16] = "";
+    if (config_path[0]) {
+        if (cfg->state_file[0])
+            snprintf(state_path, sizeof(state_path), "%s", cfg->state_file);
+        else
+            td_state_default_path(config_path, state_path, sizeof(state_path));
+        td_state_audit_path(state_path, audit, sizeof(audit));
+    } else {
+        snprintf(persist_why, sizeof(persist_why),
+                 "td runs the embedded demo config, which has no file: changes last until td "
+                 "stops");
+        persisted = 0;
+    }
     td_events_init(audit);
     td_event("start", "td started with %s", config_path[0] ? config_path : "the demo config");
-    note_file();
-    if (config_path[0]) {
-        /* What a stop during a write-back left behind: its temporary file, and an audited
-         * change that never reached the file. */
-        int removed = td_config_remove_temps(config_path);
+    json_t *ov = json_array();
+    if (state_path[0]) {
+        /* What a stop during a write left behind: its temporary file, and an audited change
+         * whose state never landed. */
+        int removed = td_config_remove_temps(state_path);
         if (removed > 0)
-            td_warn("config: removed %d temporary file%s left next to %s by an interrupted write",
-                    removed, removed == 1 ? "" : "s", config_path);
-        td_config_file_sha256(config_path, file_sha);
-        td_audit_recover(file_sha, config_path);
+            td_warn("state: removed %d temporary file%s left next to %s by an interrupted write",
+                    removed, removed == 1 ? "" : "s", state_path);
+        state_sha_now(state_sha);
+        td_audit_recover(state_sha, state_path);
+        file_doc = doc_of(cfg);
+        char err[600];
+        json_t *loaded = td_state_load(state_path, err, sizeof(err));
+        if (!loaded) {
+            td_error("state: %s: running the config file alone", err);
+            td_event("start", "state file not used (%s): running the config file alone", err);
+        } else {
+            json_decref(ov);
+            ov = loaded;
+        }
     }
+    json_t *kept = NULL;
+    if (json_array_size(ov)) {
+        cfg = with_overrides(cfg, file_doc, ov, &kept);
+        td_info("state: %zu override%s of %s from %s", json_array_size(kept),
+                json_array_size(kept) == 1 ? "" : "s", config_path, state_path);
+    } else {
+        kept = json_array();
+    }
+    admin_bound = cfg->has_admin;
+    admin_bound_address = cfg->admin_address;
+    json_t *doc = doc_of(cfg);
+    bound = json_pack("{s:O,s:O}", "listeners", json_object_get(doc, "listeners"), "workers",
+                      json_object_get(doc, "workers"));
+    json_decref(doc);
     char err[512];
     td_snapshot_t *s = td_snapshot_build(cfg, version + 1, err, sizeof(err));
     if (!s) {
         fprintf(stderr, "td: %s\n", err);
+        json_decref(ov);
+        json_decref(kept);
         return TD_EINVAL;
     }
+    overrides = kept;
+    if (json_array_size(kept) != json_array_size(ov)) {
+        /* The file replaced some: the state file says so from now on. */
+        json_t *entry;
+        save(kept, "overrides replaced by the config file at start", NULL, NULL, "td", 1, &entry);
+        td_audit_commit(entry);
+    }
+    json_decref(ov);
     commit(s, cfg);
     return 0;
 }
@@ -134,68 +379,41 @@ static json_t *summary(const td_config_t *c) {
     return json_pack("{s:s,s:o}", "method", td_method_name(c->method), "weights", w);
 }
 
-/* td_control_apply; `read_sha` is the SHA-256 of the config file text `cfg` was just read from
- * (a reload), else NULL.
- *
- * A change written back to the file is audited first: the audit entry (with the SHA-256 of the
- * new file text and of the current one) is appended and fsynced, then the file is replaced, then
- * the snapshot is published. A crash in between leaves an entry whose change is not in the
- * file, which td_audit_recover recognises at the next start; never a change in the file without
- * its entry. */
-static int apply(td_config_t *cfg, const char *what, int persist, const char *client,
-                 const char *read_sha, char *err, size_t errlen) {
+/* td_control_apply; `next` (owned, or NULL: computed from the file as last read) the overrides
+ * that make `cfg` from the config file, `fdoc` (owned, or NULL: unchanged) the file's new
+ * document (a reload). Everything that can refuse the change comes first, so a refused change
+ * changes nothing; writing the state file cannot refuse it (see save). */
+static int apply(td_config_t *cfg, const char *what, const char *client, json_t *next, json_t *fdoc,
+                 char *err, size_t errlen) {
     keep_startup_settings(cfg);
-    /* Everything that can fail comes first, so a refused change changes nothing. */
     td_snapshot_t *s = td_snapshot_build(cfg, version + 1, err, errlen);
-    if (!s)
+    if (!s) {
+        json_decref(next);
+        json_decref(fdoc);
         return TD_EINVAL;
-    int to_file = persist && config_path[0];
-    if (to_file && file_changed()) {
-        /* Writing back would silently drop edits made to the file since td read it. */
-        snprintf(err, errlen,
-                 "%s was changed on disk since td read it: reload it first (SIGHUP or PUT "
-                 "/api/v1/config), then repeat the change",
-                 config_path);
-        td_snapshot_release(s);
-        return TD_ECONFLICT;
     }
-    char *text = NULL, sha[65] = "";
-    if (to_file) {
-        if (!(text = td_config_to_json(cfg))) {
+    if (!next && state_path[0]) {
+        char since[40];
+        iso_now(since, sizeof(since));
+        json_t *doc = doc_of(cfg);
+        next = doc ? td_state_diff(fdoc ? fdoc : file_doc, doc, overrides, since, client) : NULL;
+        json_decref(doc);
+        if (!next) {
             snprintf(err, errlen, "out of memory");
+            json_decref(fdoc);
             td_snapshot_release(s);
             return TD_ENOMEM;
         }
-        td_sha256_hex(text, strlen(text), sha);
-    } else if (read_sha) {
-        snprintf(sha, sizeof(sha), "%s", read_sha);
     }
     json_t *entry;
-    /* Only a write-back names the file it started from: td_audit_recover looks at those. */
-    int r = td_audit_begin(what, summary(running), summary(cfg), client, version + 1, sha,
-                           to_file ? file_sha : NULL, &entry);
-    if (r < 0 && to_file) {
-        /* Applying it would be a change nobody can find in the audit log. */
-        snprintf(err, errlen, "cannot append to the audit log %s.audit.jsonl: %s; nothing changed",
-                 config_path, r == TD_ENOMEM ? "out of memory" : strerror(errno));
-        td_audit_abandon(entry, "the audit log could not be written");
-        free(text);
-        td_snapshot_release(s);
-        return r;
+    save(next, what, summary(running), summary(cfg), client, version + 1, &entry);
+    if (fdoc) {
+        json_decref(file_doc);
+        file_doc = fdoc;
     }
-    if (to_file && td_config_write_text(text, config_path) < 0) {
-        snprintf(err, errlen, "cannot write %s: %m", config_path);
-        td_audit_abandon(entry, err);
-        free(text);
-        td_snapshot_release(s);
-        return TD_EIO;
-    }
-    free(text);
-    if (to_file) {
-        note_file();
-        snprintf(file_sha, sizeof(file_sha), "%s", sha);
-    } else if (read_sha) {
-        snprintf(file_sha, sizeof(file_sha), "%s", read_sha);
+    if (next) {
+        json_decref(overrides);
+        overrides = next;
     }
     update_admin_token(cfg, running);
     commit(s, cfg);
@@ -206,7 +424,31 @@ static int apply(td_config_t *cfg, const char *what, int persist, const char *cl
 
 int td_control_apply(td_config_t *cfg, const char *what, int persist, const char *client, char *err,
                      size_t errlen) {
-    return apply(cfg, what, persist, client, NULL, err, errlen);
+    /* Not persisted: the overrides stay as they are (the state file is not written). */
+    json_t *next = persist ? NULL : json_incref(overrides);
+    return apply(cfg, what, client, next, NULL, err, errlen);
+}
+
+int td_control_reset(const char *client, char *err, size_t errlen) {
+    char *text = file_doc ? json_dumps(file_doc, JSON_INDENT(2)) : NULL;
+    if (!text) {
+        snprintf(err, errlen, state_path[0] ? "out of memory" : "the demo config has no file");
+        return state_path[0] ? TD_ENOMEM : TD_EINVAL;
+    }
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *errs = open_memstream(&buf, &len);
+    td_config_t *cfg = td_config_parse(text, strlen(text), config_path, errs);
+    fclose(errs);
+    free(text);
+    if (!cfg) {
+        snprintf(err, errlen, "the config file as last read no longer loads: %s", buf);
+        free(buf);
+        return TD_EINVAL;
+    }
+    free(buf);
+    return apply(cfg, "overrides dropped: the config file alone runs", client, json_array(), NULL,
+                 err, errlen);
 }
 
 int td_control_reload(void) {
@@ -217,10 +459,6 @@ int td_control_reload(void) {
     char *buf = NULL;
     size_t len = 0;
     FILE *errs = open_memstream(&buf, &len);
-    struct stat before;
-    int have_before = stat(config_path, &before) == 0;
-    char read_sha[65];
-    td_config_file_sha256(config_path, read_sha);
     td_config_t *cfg = td_config_load(config_path, errs);
     fclose(errs);
     if (!cfg) {
@@ -233,10 +471,19 @@ int td_control_reload(void) {
         return TD_EINVAL;
     }
     free(buf);
+    if (strcmp(cfg->state_file, running->state_file) != 0)
+        td_warn("config: state_file changed; it applies at the next restart");
+    json_t *fdoc = doc_of(cfg), *kept = NULL;
+    if (!fdoc) {
+        td_error("reload: out of memory");
+        td_config_free(cfg);
+        return TD_ENOMEM;
+    }
+    cfg = with_overrides(cfg, fdoc, overrides, &kept);
     char err[256];
-    int r = apply(cfg, "reload of the config file", 0, "signal", read_sha, err, sizeof(err));
-    if (r == 0 && have_before)
-        file_seen = before; /* what was read is now what runs */
+    int r = apply(cfg, "reload of the config file", "signal", kept, fdoc, err, sizeof(err));
+    if (r < 0)
+        td_error("reload rejected: %s", err);
     return r;
 }
 

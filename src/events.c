@@ -98,7 +98,7 @@ void td_events_init(const char *path) {
         }
     }
     /* A partial last line was never a whole, synced entry, so its change never reached the
-     * config file (see td_audit_begin): drop it, or the next entry would be glued to it. */
+     * state file (see td_audit_begin): drop it, or the next entry would be glued to it. */
     if (writable && fseek(f, 0, SEEK_END) == 0 && ftell(f) > good &&
         ftruncate(fileno(f), good) == 0)
         td_warn("audit: removed an incomplete last line from %s", audit_path);
@@ -196,26 +196,26 @@ void td_audit_abandon(json_t *entry, const char *why) {
     td_event("change", "%s", what);
 }
 
-void td_audit_recover(const char *config_sha256, const char *config_path) {
-    if (!config_sha256 || !config_sha256[0] || !naudit)
+void td_audit_recover(const char *state_sha256, const char *state_path) {
+    if (!state_sha256 || !state_sha256[0] || !naudit)
         return;
     json_t *last = audit[(naudit - 1) % RING];
     const char *after = json_string_value(json_object_get(last, "config_sha256"));
     const char *before = json_string_value(json_object_get(last, "before_sha256"));
-    if (!after || !before || json_object_get(last, "applied") ||
-        strcmp(after, config_sha256) == 0 || strcmp(before, config_sha256) != 0)
+    if (!after || !before || json_object_get(last, "applied") || strcmp(after, state_sha256) == 0 ||
+        strcmp(before, state_sha256) != 0)
         return;
-    /* The file is still as it was before the last change: td stopped after the change was
-     * audited and before the file was replaced, so the change never ran. */
+    /* The state file is still as it was before the last change: td stopped after the change was
+     * audited and before the state file was replaced, so the change never ran. */
     char why[4300];
-    snprintf(why, sizeof(why), "td stopped before writing it to %s", config_path);
+    snprintf(why, sizeof(why), "td stopped before writing it to %s", state_path);
     json_t *e = json_incref(last);
     pthread_mutex_lock(&lock);
     naudit--; /* td_audit_abandon puts it back in its place */
     audit[naudit % RING] = NULL;
     pthread_mutex_unlock(&lock);
     td_warn("audit: the last change (%s) is not in %s: recorded as not applied",
-            json_string_value(json_object_get(e, "what")), config_path);
+            json_string_value(json_object_get(e, "what")), state_path);
     td_audit_abandon(e, why);
     json_decref(e);
 }

@@ -72,12 +72,42 @@ static void exchange_log(client_t *c) {
         .status = c->ex->status,
         .bytes = c->ex->bytes_out,
         .duration_ms = ms,
-        .backend = c->ex->snap && c->ex->backend >= 0 ? c->ex->snap->backends[c->ex->backend].name : "",
+        .backend =
+            c->ex->snap && c->ex->backend >= 0 ? c->ex->snap->backends[c->ex->backend].name : "",
         .server = c->ex->snap && c->ex->backend >= 0 && c->ex->server >= 0
                       ? c->ex->snap->backends[c->ex->backend].servers[c->ex->server].addr.text
                       : "",
     };
     td_access_log_write(&w->alog, &e);
+}
+
+/* The client's exchange, taken from the worker's cache (or allocated) when it has none: an idle
+ * keep-alive connection holds none, and a busy one costs no malloc/free pair per request. NULL
+ * when out of memory. */
+static td_exchange_t *exchange_take(client_t *c) {
+    if (c->ex)
+        return c->ex;
+    worker_t *w = c->w;
+    td_exchange_t *x = w->num_ex_cached ? w->ex_cache[--w->num_ex_cached] : malloc(sizeof(*x));
+    if (!x)
+        return NULL;
+    memset(x, 0, sizeof(*x));
+    x->down = c;
+    x->backend = x->server = x->sticky_set = x->pinned = x->forced = -1;
+    c->ex = x;
+    return x;
+}
+
+/* Gives the client's (ended) exchange back to the worker's cache. */
+static void exchange_put(client_t *c) {
+    td_exchange_t *x = c->ex;
+    worker_t *w = c->w;
+    c->ex = NULL;
+    free(x->last_error);
+    if (w->num_ex_cached < (int)(sizeof(w->ex_cache) / sizeof(w->ex_cache[0])))
+        w->ex_cache[w->num_ex_cached++] = x;
+    else
+        free(x);
 }
 
 void td_exchange_end(client_t *c) {
@@ -100,23 +130,18 @@ void td_exchange_end(client_t *c) {
     }
 }
 
-/* The client goes on to its next request: the exchange starts again from nothing. */
+/* The client goes on to its next request: the exchange is over, its storage goes back to the
+ * worker's cache (the next request takes one afresh). */
 static void exchange_next(client_t *c) {
-    td_exchange_t *x = c->ex;
+    if (!c->ex)
+        return;
     td_exchange_end(c);
-    x->fwd = 0;
-    x->discarded = x->head_sent = x->body_sent = x->resp_started = 0;
-    x->buffering = x->continued = x->continue_out = 0;
-    x->backend = x->server = x->sticky_set = x->pinned = -1;
-    x->tries = 0;
-    x->ntried = 0;
-    free(x->last_error);
-    x->last_error = NULL;
+    exchange_put(c);
 }
 
 /* Detaches and closes the exchange's upstream connection (it cannot be reused). */
 void td_exchange_drop_upstream(client_t *c) {
-    upstream_t *u = c->ex->up;
+    upstream_t *u = c->ex ? c->ex->up : NULL;
     if (!u)
         return;
     c->ex->up = NULL;
@@ -214,7 +239,11 @@ void td_exchange_body_buffered(client_t *c) {
 void td_exchange_start(client_t *c, const td_http1_request_t *reqp) {
     worker_t *w = c->w;
     td_http1_request_t req = *reqp;
-    c->ex->down = c;
+    if (!exchange_take(c)) {
+        td_warn("%s %s: out of memory for the request: connection closed", c->ip, c->method);
+        td_client_close(c);
+        return;
+    }
     if (strcmp(c->method, "CONNECT") == 0) {
         td_client_no_keep_alive(c);
         td_client_reply(c, 405, "Method Not Allowed",
@@ -249,8 +278,8 @@ void td_exchange_start(client_t *c, const td_http1_request_t *reqp) {
             td_client_no_upgrade(c);
     }
     c->ex->idempotent = strcmp(c->method, "GET") == 0 || strcmp(c->method, "HEAD") == 0 ||
-                       strcmp(c->method, "OPTIONS") == 0 || strcmp(c->method, "PUT") == 0 ||
-                       strcmp(c->method, "DELETE") == 0 || strcmp(c->method, "TRACE") == 0;
+                        strcmp(c->method, "OPTIONS") == 0 || strcmp(c->method, "PUT") == 0 ||
+                        strcmp(c->method, "DELETE") == 0 || strcmp(c->method, "TRACE") == 0;
     c->ex->started_ms = td_now_ms();
     if (td_client_account_body(c) < 0) {
         td_client_no_keep_alive(c);
@@ -265,7 +294,6 @@ void td_exchange_start(client_t *c, const td_http1_request_t *reqp) {
     c->ex->snap = snap;
     td_snapshot_retain(c->ex->snap);
     td_client_use_timeouts(c, &snap->config->timeouts);
-    c->ex->backend = c->ex->server = c->ex->sticky_set = c->ex->pinned = c->ex->forced = -1;
     if (td_access_log_on(&w->alog))
         c->ex->path = strndup(req.target.p, req.target.len < 512 ? req.target.len : 512);
     const td_config_t *pcfg = c->ex->snap->config;
@@ -928,6 +956,8 @@ static void client_body(client_t *c) {
         td_exchange_request_send(c);
         return;
     }
+    if (!c->ex) /* td's own answer without an exchange (out of memory): nothing to forward */
+        return;
     if (c->ex->buffering) {
         td_exchange_body_buffered(c);
         return;
@@ -938,6 +968,8 @@ static void client_body(client_t *c) {
 }
 
 static int client_written(client_t *c) {
+    if (!c->ex)
+        return 0;
     if (c->ex->continue_out) { /* td's own 100 Continue is out: the body may come */
         c->ex->continue_out = 0;
         if (!c->ex->up) {
@@ -959,6 +991,10 @@ static int client_written(client_t *c) {
 }
 
 static void client_reply(client_t *c, int status) {
+    if (!exchange_take(c)) {
+        td_exchange_count_reply(c, status); /* counted all the same; no access log line */
+        return;
+    }
     td_exchange_count_reply(c, status);
     td_exchange_drop_upstream(c);
     c->ex->status = status;
@@ -967,13 +1003,14 @@ static void client_reply(client_t *c, int status) {
 }
 
 static void client_close(client_t *c) {
+    if (!c->ex)
+        return;
     if (c->ex->started_ms && !c->ex->status)
         c->ex->status = 499; /* the client went away before its answer: the access log says so */
     td_exchange_drop_upstream(c);
     td_exchange_end(c);
     td_exchange_count_tunnel_close(c);
-    free(c->ex->last_error);
-    c->ex->last_error = NULL;
+    exchange_put(c);
 }
 
 const td_client_cbs_t td_exchange_client_cbs = {

@@ -69,10 +69,10 @@ void td_exchange_count_response(client_t *c, upstream_t *u, int status) {
  * with no backend chosen counts under td itself. A 4xx (a client's fault, such as a body that
  * stopped coming) does not count. */
 void td_exchange_count_reply(client_t *c, int status) {
-    if (c->ex->snap && status >= 500) {
+    if (c->ex && c->ex->snap && status >= 500) {
         td_backend_stats_t *bst = c->ex->backend >= 0  ? c->ex->snap->backends[c->ex->backend].st
                                   : c->ex->forced >= 0 ? c->ex->snap->backends[c->ex->forced].st
-                                                      : c->ex->b_inflight;
+                                                       : c->ex->b_inflight;
         if (bst)
             td_registry_backend_response(bst, status);
         td_router_count_local(bst, status, td_now_ms());

@@ -16,6 +16,7 @@
 #include "td/log.h"
 #include "td/pidfile.h"
 #include "td/proxy.h"
+#include "td/ready.h"
 
 #define TD_VERSION "0.2.0"
 
@@ -47,11 +48,21 @@ static const char usage[] =
     "  -h, --help          this text\n"
     "  -v, --version       print the version\n"
     "\n"
+    "Config keys for starts and stops (README.md has them all):\n"
+    "  slow_start_ms       on a backend or a server: a server that comes up (health check,\n"
+    "                      end of a passive ejection, weight from 0) starts at 5 % of its\n"
+    "                      weight and grows to all of it over this long; 0 (default) = off\n"
+    "  timeouts.stop_grace_ms\n"
+    "                      on SIGTERM/SIGINT, answer 503 on /readyz but keep serving this\n"
+    "                      long before draining; 0 (default) = drain at once\n"
+    "\n"
     "Signals:\n"
     "  SIGHUP              re-read the config file; a bad file is rejected with the same\n"
     "                      messages as -t and the running config stays\n"
     "  SIGTERM, SIGINT     stop accepting, let in-flight requests finish (up to\n"
-    "                      timeouts.drain_ms), exit 0\n"
+    "                      timeouts.drain_ms), exit 0; with timeouts.stop_grace_ms, first\n"
+    "                      answer 503 on /readyz while still serving for that long (a\n"
+    "                      second signal cuts it short)\n"
     "\n"
     "Per-server limit: a server's \"max_conns\": N (0: none) caps its requests in flight and\n"
     "tunnels; further requests wait in td, in order, up to timeouts.queue_ms (default\n"
@@ -61,13 +72,21 @@ static const char usage[] =
     "  GET /api/v1/state           routing method, weights, health, live counters, version\n"
     "  PUT /api/v1/ratio           {\"blue\": 0, \"green\": 100}\n"
     "  PUT /api/v1/routing         {\"method\": \"round_robin\" | \"sticky\" | \"failover\"}\n"
-    "  GET|PUT /api/v1/config      the whole config document\n"
+    "  GET|PUT /api/v1/backends/NAME  one backend's state; PUT {\"state\": \"ready\" |\n"
+    "                              \"drain\" | \"maint\"}\n"
+    "  GET|PUT /api/v1/config      the whole config document (?source=file: the file's)\n"
+    "  GET|DELETE /api/v1/overrides  the changes kept in the state file; DELETE drops them\n"
     "  GET /api/v1/events          recent changes, health transitions and reloads\n"
     "  GET /api/v1/history         the audit log of changes\n"
     "  GET /metrics                Prometheus text format\n"
+    "  GET /readyz                 no token: 200 {\"ready\": true} while td serves, 503 while\n"
+    "                              it starts or stops (for DNS, keepalived, load balancers)\n"
     "  GET /                       the web console\n"
-    "Changes made through the API are recorded in FILE.audit.jsonl, then written back to\n"
-    "the config file.\n"
+    "Changes made through the API never touch the config file: they are kept as overrides\n"
+    "in the state file (the config's state_file; default FILE.state.json), with an audit\n"
+    "log next to it (FILE.audit.jsonl), so a restart keeps them. At start and on SIGHUP\n"
+    "they apply on top of the file, key by key; where the file changed a key since, the\n"
+    "file wins for that key. tdctl config diff shows them, tdctl config reset drops them.\n"
     "\n"
     "Exit status: 0 on success or a clean stop, 1 on a bad config or start-up error,\n"
     "2 on a usage error.\n";
@@ -106,11 +125,20 @@ static const char backend_usage[] =
 static td_proxy_t *proxy;
 static uv_signal_t sig_hup, sig_term, sig_int;
 static int drain_ms = 30000;
+static int stop_grace_ms;
+static uv_timer_t grace_timer; /* runs during the stop's grace period */
+static int grace_on;
 
-static void on_stop(uv_signal_t *s, int signum) {
-    (void)s;
-    td_info("%s: stopping; letting in-flight requests finish (up to %d ms)",
-            signum == SIGINT ? "SIGINT" : "SIGTERM", drain_ms);
+/* The stop itself: listeners closed, in-flight requests drained, then the loop ends. The signal
+ * handles close, so a further SIGTERM/SIGINT during the drain ends td at once, as the default
+ * action does. */
+static void stop_now(const char *why) {
+    td_ready_set(TD_READY_DRAINING, 0);
+    td_info("%s: stopping; letting in-flight requests finish (up to %d ms)", why, drain_ms);
+    if (grace_on) {
+        uv_close((uv_handle_t *)&grace_timer, NULL);
+        grace_on = 0;
+    }
     td_admin_stop();
     td_control_shutdown();
     td_proxy_stop(proxy, drain_ms);
@@ -121,12 +149,37 @@ static void on_stop(uv_signal_t *s, int signum) {
     td_info("stopped");
 }
 
+static void on_grace_end(uv_timer_t *t) {
+    (void)t;
+    stop_now("grace period over");
+}
+
+/* SIGTERM/SIGINT. With timeouts.stop_grace_ms, /readyz first answers 503 while td keeps
+ * accepting and serving for that long (HAProxy's grace), so whatever sends it traffic stops
+ * first; a second signal in that time cuts the grace short. */
+static void on_stop(uv_signal_t *s, int signum) {
+    (void)s;
+    const char *sig = signum == SIGINT ? "SIGINT" : "SIGTERM";
+    if (grace_on || stop_grace_ms <= 0) {
+        stop_now(sig);
+        return;
+    }
+    td_ready_set(TD_READY_GRACE, td_now_ms() + stop_grace_ms);
+    td_info("%s: stopping: /readyz answers 503; still serving for stop_grace_ms (%d ms), then "
+            "draining (send it again to drain now)",
+            sig, stop_grace_ms);
+    uv_timer_init(uv_default_loop(), &grace_timer);
+    uv_timer_start(&grace_timer, on_grace_end, (uint64_t)stop_grace_ms, 0);
+    grace_on = 1;
+}
+
 static void on_hup(uv_signal_t *s, int signum) {
     (void)s;
     (void)signum;
     td_info("SIGHUP: re-reading the config file");
     td_control_reload();
     drain_ms = td_control_config()->timeouts.drain_ms;
+    stop_grace_ms = td_control_config()->timeouts.stop_grace_ms;
 }
 
 /* Serves demo backends on their own thread so `td demo` is one process. */
@@ -179,12 +232,17 @@ static void raise_open_files_limit(void) {
                 (unsigned long long)rl.rlim_max);
 }
 
-static int run(td_config_t *cfg, const char *path) {
+static int run(td_config_t *file_cfg, const char *path) {
     char err[512];
     raise_open_files_limit();
+    /* The config file with the state file's overrides on top is what starts. */
+    if (td_control_init(file_cfg, path) < 0) /* it said why */
+        return 1;
+    const td_config_t *cfg = td_control_config();
     char pid_file[TD_PATH_MAX + 1];
     snprintf(pid_file, sizeof(pid_file), "%s", pid_flag[0] ? pid_flag : cfg->pid_file);
     drain_ms = cfg->timeouts.drain_ms;
+    stop_grace_ms = cfg->timeouts.stop_grace_ms;
     td_addr_t admin = cfg->admin_address;
     int has_admin = cfg->has_admin;
     char admin_token[sizeof(cfg->admin_token)];
@@ -192,11 +250,6 @@ static int run(td_config_t *cfg, const char *path) {
     td_config_t *start_cfg = td_config_dup(cfg);
     if (!start_cfg) {
         fprintf(stderr, "td: out of memory\n");
-        td_config_free(cfg);
-        return 1;
-    }
-    if (td_control_init(cfg, path) < 0) { /* it said why */
-        td_config_free(start_cfg);
         return 1;
     }
     uv_loop_t *loop = uv_default_loop();
@@ -233,6 +286,9 @@ static int run(td_config_t *cfg, const char *path) {
         fprintf(stderr, "td: pid file %s\n", err);
         return 1;
     }
+    /* Listeners bound, snapshot published: ready. (Signals are handled only once the loop
+     * runs, so no stop can have begun yet.) */
+    td_ready_set(TD_READY_SERVING, 0);
     uv_run(loop, UV_RUN_DEFAULT);
     uv_loop_close(loop);
     if (pid_file[0])

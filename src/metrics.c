@@ -5,9 +5,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "td/config.h"
 #include "td/control.h"
 #include "td/log.h"
 #include "td/proxy.h"
+#include "td/ready.h"
 #include "td/router.h"
 
 typedef long long backend_value_fn(const td_snap_backend_t *b, int64_t now);
@@ -85,6 +87,19 @@ static void server_family(FILE *f, const td_snapshot_t *s, int64_t now, const ch
             fprintf(f, "%s{backend=\"%s\",server=\"%s\"} %lld\n", name, sv->st->backend,
                     sv->st->address, get(sv, now));
         }
+}
+
+/* One series per state, 1 for the backend's current one (Prometheus' enum-as-gauge habit). */
+static void state_family(FILE *f, const td_snapshot_t *s) {
+    static const td_backend_state_t states[] = {TD_BACKEND_READY, TD_BACKEND_DRAIN,
+                                                TD_BACKEND_MAINT};
+    family(f, "td_backend_state", "gauge",
+           "1 for the backend's state (ready: by its weight; drain: no new requests; maint: no "
+           "user traffic), 0 for the others.");
+    for (size_t i = 0; i < s->num_backends; i++)
+        for (size_t k = 0; k < sizeof(states) / sizeof(states[0]); k++)
+            fprintf(f, "td_backend_state{backend=\"%s\",state=\"%s\"} %d\n", s->backends[i].name,
+                    td_backend_state_name(states[k]), s->backends[i].state == states[k]);
 }
 
 static const char *const classes[TD_NCLASS] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
@@ -171,6 +186,7 @@ char *td_metrics_text(size_t *len) {
                    b_queued);
     backend_family(f, s, now, "td_backend_queue_timeouts_total", "counter",
                    "Queued requests answered 503 by td after timeouts.queue_ms.", b_queue_timeouts);
+    state_family(f, s);
     responses_family(f, s);
     local_family(f, s);
     double share[TD_CONFIG_MAX_BACKENDS];
@@ -195,6 +211,11 @@ char *td_metrics_text(size_t *len) {
                   s_in_flight);
     family(f, "td_client_connections", "gauge", "Open client connections.");
     fprintf(f, "td_client_connections %lld\n", (long long)td_proxy_connections());
+    family(f, "td_ready", "gauge",
+           "1 while td serves with a current state (GET /readyz answers 200), 0 while it starts "
+           "or stops.");
+    char why[128];
+    fprintf(f, "td_ready %d\n", td_ready_check(now, why, sizeof(why)));
     family(f, "td_uptime_seconds", "gauge", "Seconds since td started.");
     fprintf(f, "td_uptime_seconds %lld\n",
             (long long)((td_wall_ms() - td_control_started_ms()) / 1000));

@@ -5,12 +5,13 @@
 #include "td/log.h"
 #include "td/registry.h"
 
-/* 1 when some server other than `st` is up in a backend that could take its requests: one with
- * weight above 0, or in failover any backend (weight-0 backends are the backups). */
+/* 1 when some server other than `st` is up in a backend that could take its requests: a ready
+ * one with weight above 0, or in failover any ready backend (weight-0 backends are the backups);
+ * drain and maint take no new requests. */
 static int others_up(const td_snapshot_t *s, const td_server_stats_t *st, int64_t now_ms) {
     for (size_t i = 0; i < s->num_backends; i++) {
         const td_snap_backend_t *b = &s->backends[i];
-        if (b->weight <= 0 && s->method != TD_METHOD_FAILOVER)
+        if ((b->weight <= 0 && s->method != TD_METHOD_FAILOVER) || b->state != TD_BACKEND_READY)
             continue;
         for (size_t j = 0; j < b->num_servers; j++)
             if (b->servers[j].st != st && b->servers[j].weight > 0 &&

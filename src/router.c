@@ -27,7 +27,7 @@ int64_t td_backend_up_since(const td_snap_backend_t *b, int64_t now_ms) {
 }
 
 int td_backend_draining(const td_snapshot_t *s, const td_snap_backend_t *b) {
-    return b->weight == 0 && s->method != TD_METHOD_FAILOVER;
+    return b->state != TD_BACKEND_READY || (b->weight == 0 && s->method != TD_METHOD_FAILOVER);
 }
 
 /* Eligibility masks are sized to what the config allows, so every backend and every server of
@@ -36,18 +36,93 @@ int td_backend_draining(const td_snapshot_t *s, const td_snap_backend_t *b) {
 #define MAX_SERVERS TD_CONFIG_MAX_SERVERS
 
 size_t td_router_failover_order(const td_snapshot_t *s, size_t *order) {
-    size_t n = s->num_backends < MAX_BACKENDS ? s->num_backends : MAX_BACKENDS;
-    /* A stable insertion sort: ties keep listed order, so weight-0 backups come last as
-     * listed. A handful of backends: cheaper than keeping a sorted copy in step with weights. */
+    size_t n = s->num_backends < MAX_BACKENDS ? s->num_backends : MAX_BACKENDS, c = 0;
+    /* A stable insertion sort of the ready backends: ties keep listed order, so weight-0 backups
+     * come last as listed. A handful of backends: cheaper than keeping a sorted copy in step with
+     * weights. The others (drain, maint) are no candidates: after them, as listed. */
     for (size_t i = 0; i < n; i++) {
-        size_t k = i;
+        if (s->backends[i].state != TD_BACKEND_READY)
+            continue;
+        size_t k = c++;
         while (k > 0 && s->backends[order[k - 1]].weight < s->backends[i].weight) {
             order[k] = order[k - 1];
             k--;
         }
         order[k] = i;
     }
-    return n;
+    for (size_t i = 0, k = c; i < n; i++)
+        if (s->backends[i].state != TD_BACKEND_READY)
+            order[k++] = i;
+    return c;
+}
+
+/* 1 when some backend has a weight above 0, whatever its state: without one there is no
+ * primary in failover. A primary in drain or maint hands its role to the next candidate, even a
+ * weight-0 backup: that is what the backup is for. */
+static int any_weight(const td_snapshot_t *s) {
+    for (size_t i = 0; i < s->num_backends; i++)
+        if (s->backends[i].weight > 0)
+            return 1;
+    return 0;
+}
+
+/* ---- slow start */
+
+int td_router_ramp_permille(int64_t elapsed_ms, int64_t slow_start_ms) {
+    if (slow_start_ms <= 0 || elapsed_ms >= slow_start_ms)
+        return TD_RAMP_FULL;
+    int64_t pm = elapsed_ms <= 0 ? 0 : elapsed_ms * TD_RAMP_FULL / slow_start_ms;
+    return pm < TD_RAMP_FLOOR ? TD_RAMP_FLOOR : (int)pm;
+}
+
+int td_router_ramp_weight(int weight, int permille) {
+    return weight * TD_RAMP_SCALE * permille / TD_RAMP_FULL;
+}
+
+/* When the server's ramp began: the latest of its active check's "up", the end of its last
+ * passive ejection and its weight going from 0 to above 0 (0: never, warm since td started). */
+static int64_t ramp_start(const td_server_stats_t *st) {
+    int64_t t = atomic_load_explicit(&st->up_since_ms, memory_order_relaxed);
+    int64_t e = atomic_load_explicit(&st->down_until_ms, memory_order_relaxed);
+    int64_t w = atomic_load_explicit(&st->weight_up_ms, memory_order_relaxed);
+    if (e > t)
+        t = e;
+    return w > t ? w : t;
+}
+
+static int server_permille(const td_snap_server_t *sv, int64_t now_ms) {
+    if (!sv->slow_start_ms)
+        return TD_RAMP_FULL;
+    int64_t start = ramp_start(sv->st);
+    return start ? td_router_ramp_permille(now_ms - start, sv->slow_start_ms) : TD_RAMP_FULL;
+}
+
+/* A backend's ramp: the largest of its up servers' (one warm server makes it warm; a backend
+ * that comes back from having none up ramps with them), capped by its own ramp since its
+ * weight went from 0 to above 0. */
+static int backend_permille(const td_snap_backend_t *b, int64_t now_ms) {
+    if (!b->slow_start_ms)
+        return TD_RAMP_FULL;
+    int best = 0;
+    for (size_t i = 0; i < b->num_servers && best < TD_RAMP_FULL; i++)
+        if (b->servers[i].weight > 0 && td_server_is_up(b->servers[i].st, now_ms)) {
+            int pm = server_permille(&b->servers[i], now_ms);
+            if (pm > best)
+                best = pm;
+        }
+    if (!best)
+        best = TD_RAMP_FULL; /* none up: it is not picked anyway */
+    int64_t up = atomic_load_explicit(&b->st->weight_up_ms, memory_order_relaxed);
+    int own = up ? td_router_ramp_permille(now_ms - up, b->slow_start_ms) : TD_RAMP_FULL;
+    return own < best ? own : best;
+}
+
+int64_t td_router_slow_start_remaining(const td_snap_server_t *sv, int64_t now_ms) {
+    if (!sv->slow_start_ms || !td_server_is_up(sv->st, now_ms))
+        return -1;
+    int64_t start = ramp_start(sv->st);
+    int64_t left = start ? start + sv->slow_start_ms - now_ms : 0;
+    return left > 0 ? left : -1;
 }
 
 /* Failover: the first candidate in failover order with a server up, unless it came back less
@@ -57,7 +132,7 @@ static int pick_failover(const td_snapshot_t *s, const uint8_t *tried, int64_t n
     size_t order[MAX_BACKENDS];
     int64_t since[MAX_BACKENDS];
     size_t n = td_router_failover_order(s, order);
-    if (!n || s->backends[order[0]].weight <= 0)
+    if (!n || !any_weight(s))
         return TD_EUNAVAIL;
     for (size_t k = 0; k < n; k++) {
         size_t i = order[k];
@@ -89,8 +164,9 @@ static int pick_backend(const td_snapshot_t *s, int *wrr, int pinned, const uint
     int weight[MAX_BACKENDS];
     for (size_t i = 0; i < n; i++) {
         const td_snap_backend_t *b = &s->backends[i];
-        weight[i] = b->weight;
-        ok[i] = b->weight > 0 && !(tried && tried[i]) && td_backend_is_up(b, now_ms);
+        weight[i] = td_router_ramp_weight(b->weight, backend_permille(b, now_ms));
+        ok[i] = b->weight > 0 && b->state == TD_BACKEND_READY && !(tried && tried[i]) &&
+                td_backend_is_up(b, now_ms);
     }
     int i = td_balancer_pick(weight, wrr, ok, n);
     return i >= 0 ? i : TD_EUNAVAIL;
@@ -111,7 +187,8 @@ static int pick_server(const td_snap_backend_t *b, int *wrr, const uint8_t *trie
     int weight[MAX_SERVERS];
     int full = 0;
     for (size_t i = 0; i < n; i++) {
-        weight[i] = b->servers[i].weight;
+        weight[i] =
+            td_router_ramp_weight(b->servers[i].weight, server_permille(&b->servers[i], now_ms));
         ok[i] = !(tried && tried[i]) && td_server_is_up(b->servers[i].st, now_ms);
         /* max_conns: a server at its limit is passed over (one branch when it has none). The
          * running limit is the registry's: a request queued under an older snapshot sees a
@@ -133,6 +210,11 @@ int td_router_pick_server(const td_snap_backend_t *b, int *wrr, const uint8_t *t
     return i >= 0 || i == TD_EFULL ? i : pick_server(b, wrr, tried, INT64_MAX);
 }
 
+/* round_robin / sticky: does the backend take new requests by its weight? */
+static int takes_new(const td_snap_backend_t *b, int64_t now_ms) {
+    return b->weight > 0 && b->state == TD_BACKEND_READY && td_backend_is_up(b, now_ms);
+}
+
 int td_router_shares(const td_snapshot_t *s, int64_t now_ms, double *share) {
     for (size_t i = 0; i < s->num_backends; i++)
         share[i] = 0;
@@ -148,14 +230,15 @@ int td_router_shares(const td_snapshot_t *s, int64_t now_ms, double *share) {
         int64_t now = pass ? INT64_MAX : now_ms;
         double sum = 0;
         for (size_t i = 0; i < s->num_backends; i++)
-            if (s->backends[i].weight > 0 && td_backend_is_up(&s->backends[i], now))
-                sum += s->backends[i].weight;
+            if (takes_new(&s->backends[i], now))
+                sum += (share[i] = td_router_ramp_weight(s->backends[i].weight,
+                                                         backend_permille(&s->backends[i], now)));
         if (sum <= 0)
             continue;
         int count = 0;
         for (size_t i = 0; i < s->num_backends; i++)
-            if (s->backends[i].weight > 0 && td_backend_is_up(&s->backends[i], now)) {
-                share[i] = s->backends[i].weight / sum;
+            if (share[i] > 0) {
+                share[i] /= sum;
                 count++;
             }
         return count;
@@ -164,6 +247,8 @@ int td_router_shares(const td_snapshot_t *s, int64_t now_ms, double *share) {
 }
 
 int td_backend_drained(const td_snapshot_t *s, const td_snap_backend_t *b, int64_t now_ms) {
+    if (b->state == TD_BACKEND_MAINT)
+        return 1; /* it takes nothing: no pin, no tunnel waits for drain_ms */
     int64_t since = atomic_load_explicit(&b->st->drain_since_ms, memory_order_relaxed);
     return td_backend_draining(s, b) && since && now_ms - since >= s->config->timeouts.drain_ms;
 }
@@ -216,6 +301,8 @@ int td_router_sticky_pin(const td_snapshot_t *s, const struct td_http1_request_s
                             &be))
             pinned = td_snapshot_find_backend(s, be.p, be.len);
     }
+    if (pinned >= 0 && s->backends[pinned].state == TD_BACKEND_MAINT)
+        return -1;
     if (pinned >= 0)
         td_router_pin_seen(s->backends[pinned].st, now_ms);
     return pinned;

@@ -9,6 +9,7 @@
 #include "td/config.h"
 #include "td/log.h"
 #include "td/registry.h"
+#include "td/router.h"
 #include "td/sticky.h"
 #include "td/tls.h"
 
@@ -57,12 +58,20 @@ td_snapshot_t *td_snapshot_build(td_config_t *cfg, uint64_t version, char *err, 
             b->failback_ms = cfg->failback_ms;
         else if (cfg->has_health || cb->health_override)
             b->failback_ms = (int64_t)cb->health.rise * cb->health.interval_ms;
-        /* Drain bookkeeping: when did this backend's weight go to 0? A failover backup at
-         * weight 0 is not draining. */
-        if (cb->weight > 0 || cfg->method == TD_METHOD_FAILOVER)
+        b->state = cb->state;
+        /* Drain bookkeeping: since when has this backend been draining (weight 0 outside
+         * failover, or a state other than ready)? A failover backup at weight 0 is not. */
+        int draining = td_backend_draining(s, b);
+        if (!draining)
             atomic_store(&b->st->drain_since_ms, 0);
-        else if (b->st->last_weight > 0 || !atomic_load(&b->st->drain_since_ms))
+        else if (!b->st->last_draining || !atomic_load(&b->st->drain_since_ms))
             atomic_store(&b->st->drain_since_ms, td_now_ms());
+        b->st->last_draining = draining;
+        /* Slow start: a weight going from 0 to above 0 starts a ramp. What the first snapshot
+         * holding it (td's start, or a reload that adds it) finds is taken as warm. */
+        if (cb->weight > 0 && b->st->built && b->st->last_weight <= 0)
+            atomic_store(&b->st->weight_up_ms, td_now_ms());
+        b->st->built = 1;
         b->st->last_weight = cb->weight;
         for (size_t j = 0; j < cb->num_servers; j++) {
             b->servers[j].addr = cb->servers[j].address;
@@ -73,6 +82,15 @@ td_snapshot_t *td_snapshot_build(td_config_t *cfg, uint64_t version, char *err, 
             b->servers[j].st = td_registry_server(cb->name, cb->servers[j].address.text);
             if (!b->servers[j].st)
                 goto err;
+            td_snap_server_t *sv = &b->servers[j];
+            sv->slow_start_ms = cb->servers[j].slow_start_ms >= 0 ? cb->servers[j].slow_start_ms
+                                                                  : cb->slow_start_ms;
+            if (sv->slow_start_ms > b->slow_start_ms)
+                b->slow_start_ms = sv->slow_start_ms;
+            if (sv->weight > 0 && sv->st->built && sv->st->last_weight <= 0)
+                atomic_store(&sv->st->weight_up_ms, td_now_ms());
+            sv->st->built = 1;
+            sv->st->last_weight = sv->weight;
         }
         s->num_servers += cb->num_servers;
     }

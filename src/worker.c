@@ -173,9 +173,18 @@ static void noop_close_cb(uv_handle_t *h) {
     (void)h;
 }
 
+/* 1 when the backend of these counters is in maint in `s`: it takes no traffic, so its tunnels
+ * do not wait for drain_ms. */
+static int tunnel_in_maint(const td_snapshot_t *s, const td_backend_stats_t *st) {
+    for (size_t i = 0; i < s->num_backends; i++)
+        if (s->backends[i].st == st)
+            return s->backends[i].state == TD_BACKEND_MAINT;
+    return 0;
+}
+
 /* Every TICK_MS: client deadlines. Once a second also: take a new snapshot even without
  * traffic (so idle pools of drained backends close), and close the tunnels of backends drained
- * for longer than drain_ms. */
+ * for longer than drain_ms (in maint: at once). */
 static void tick_cb(uv_timer_t *timer) {
     worker_t *w = timer->data;
     int64_t now_loop = (int64_t)uv_now(&w->loop);
@@ -212,9 +221,10 @@ static void tick_cb(uv_timer_t *timer) {
     for (td_exchange_t *x = w->tunnels, *next; x; x = next) {
         next = x->tun_next;
         int64_t since = atomic_load_explicit(&x->b_tunnel->drain_since_ms, memory_order_relaxed);
-        if (since && now - since >= drain_ms) {
-            td_info("drain: closing a tunnel of %s from %s after %lld ms at weight 0",
-                    x->b_tunnel->name, x->down->ip, (long long)drain_ms);
+        int maint = tunnel_in_maint(w->snap, x->b_tunnel);
+        if (maint || (since && now - since >= drain_ms)) {
+            td_info("drain: closing a tunnel of %s from %s %s", x->b_tunnel->name, x->down->ip,
+                    maint ? "(state maint)" : "after drain_ms");
             td_client_close(x->down);
         }
     }
@@ -384,6 +394,8 @@ void td_proxy_stop(td_proxy_t *p, int drain_ms) {
         free(w->wrr_s);
         while (w->num_cached)
             free(w->buf_cache[--w->num_cached]);
+        while (w->num_ex_cached)
+            free(w->ex_cache[--w->num_ex_cached]);
         free(w->listeners);
         free(w->listen_fds);
     }

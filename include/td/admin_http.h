@@ -27,6 +27,11 @@ int td_admin_http_listen(uv_loop_t *loop, const td_addr_t *address, const char *
  * longer has, else 0. */
 int td_admin_http_set_token(const char *token);
 
+/* Adds the header `line` ("Name: value", no CRLF; borrowed, static storage) to the reply of the
+ * request being handled: called by the handler before it returns; the next reply sent carries
+ * it, then it is forgotten. NULL adds none. Admin loop. */
+void td_admin_http_reply_header(const char *line);
+
 /* Stops listening and closes every connection. */
 void td_admin_http_stop(void);
 

@@ -26,6 +26,14 @@ typedef enum td_cookie_secure_e {
     TD_COOKIE_SECURE_NEVER = 2,  /* false */
 } td_cookie_secure_t;
 
+/* A backend's state (backend key "state", PUT /api/v1/backends/NAME). */
+typedef enum td_backend_state_e {
+    TD_BACKEND_READY = 0, /* "ready" (default): takes traffic by its weight */
+    TD_BACKEND_DRAIN = 1, /* "drain": no new requests; pinned sticky clients stay until drain_ms */
+    TD_BACKEND_MAINT = 2, /* "maint": no user traffic at all, only the preview route and health
+                             checks reach it */
+} td_backend_state_t;
+
 typedef enum td_method_e {
     TD_METHOD_ROUND_ROBIN = 0,
     TD_METHOD_STICKY = 1,
@@ -60,9 +68,11 @@ typedef struct td_config_listener_s {
 
 typedef struct td_config_server_s {
     td_addr_t address;
-    int weight;    /* 0..100; default 1 */
-    int max_conns; /* 0..1000000 requests in flight (tunnels included) at once; 0 (default) = no
-                      limit. Beyond it requests wait in td's queue (timeouts.queue_ms) */
+    int weight;        /* 0..100; default 1 */
+    int max_conns;     /* 0..1000000 requests in flight (tunnels included) at once; 0 (default) = no
+                          limit. Beyond it requests wait in td's queue (timeouts.queue_ms) */
+    int slow_start_ms; /* 0..86400000: after it comes up, its weight grows from 5 % to full over
+                          this long (0 = off); -1 (default) = its backend's slow_start_ms */
 } td_config_server_t;
 
 typedef struct td_config_health_s {
@@ -90,6 +100,7 @@ typedef struct td_config_passive_s {
 typedef struct td_config_backend_s {
     char name[TD_NAME_MAX];      /* [A-Za-z0-9_-]{1,63}, unique */
     int weight;                  /* 0..100 */
+    td_backend_state_t state;    /* default TD_BACKEND_READY */
     td_config_server_t *servers; /* owned */
     size_t num_servers;          /* 1..TD_CONFIG_MAX_SERVERS */
     int tls;                     /* 1 when "tls" is present: HTTPS to the servers */
@@ -98,9 +109,12 @@ typedef struct td_config_backend_s {
     char tls_sni[256];           /* server name sent and verified; "" = none */
     td_config_health_t health;   /* the global health_check with this backend's overrides */
     int health_override;         /* 1 when the backend has its own "health_check" object */
+    int slow_start_ms;           /* 0..86400000; default 0 (off): the slow_start_ms of its
+                                    servers that do not set their own */
 } td_config_backend_t;
 
-/* All 1..86400000 ms, except drain_ms 0..86400000 (0 = stop without waiting). */
+/* All 1..86400000 ms, except drain_ms and stop_grace_ms 0..86400000 (drain_ms 0 = stop without
+ * waiting). */
 typedef struct td_config_timeouts_s {
     int connect_ms;           /* default 5000 */
     int client_header_ms;     /* default 10000 */
@@ -112,6 +126,9 @@ typedef struct td_config_timeouts_s {
     int queue_ms;             /* default 10000: longest wait of a request queued because every
                                  server of its backend is at max_conns; then td answers 503
                                  (HAProxy's timeout queue) */
+    int stop_grace_ms;        /* default 0: on SIGTERM/SIGINT, how long /readyz answers 503 while
+                                 td still accepts and serves, before it drains (HAProxy's
+                                 grace) */
 } td_config_timeouts_t;
 
 /* Request bodies read into td before a backend is chosen (nginx's proxy_request_buffering,
@@ -144,6 +161,8 @@ typedef struct td_config_s {
     char preview_token[128];          /* routing.preview.token; "" = preview route off (default) */
     char access_log[256];             /* "" = off (default), "stderr", or a file path (appended) */
     char pid_file[TD_PATH_MAX];    /* "" = none (default), or an absolute path written at start */
+    char state_file[TD_PATH_MAX];  /* where API changes are kept; "" = FILE.state.json next to
+                                      the config file (td_state_default_path) */
     td_config_backend_t *backends; /* owned */
     size_t num_backends;           /* 1..TD_CONFIG_MAX_BACKENDS */
     td_config_health_t health;

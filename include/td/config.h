@@ -75,6 +75,11 @@ int td_addr_parse(const char *text, td_addr_t *out);
 const char *td_method_name(td_method_t m);
 int td_method_parse(const char *s, td_method_t *out);
 
+/* Backend state name ("ready", "drain", "maint") <-> enum. td_backend_state_parse returns 0 or
+ * TD_EINVAL. */
+const char *td_backend_state_name(td_backend_state_t st);
+int td_backend_state_parse(const char *s, td_backend_state_t *out);
+
 /* Does HTTP status `status` match a health check's expect_status list ("2xx,3xx", "200,204",
  * "2xx,404": comma-separated classes Nxx and codes 100..599)? Returns 1 or 0. The list is
  * assumed valid (td_config_parse checks it). */

@@ -11,6 +11,8 @@
  * to) and pid_file (an absolute file path in a writable folder). */
 const char *td_config_check_log_path(const char *s);
 const char *td_config_check_pid_path(const char *s);
+/* state_file: an absolute file path (not checked for writing: td runs, unsaved, without it). */
+const char *td_config_check_state_path(const char *s);
 
 /* Field hooks (td_config_hook_fn), run at the field once it was read and valid. */
 td_config_hook_fn td_config_check_listener_address; /* not already used by an earlier listener */

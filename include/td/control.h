@@ -7,9 +7,15 @@
 #include <stdint.h>
 
 #include "td/config-t.h"
+#include "td/events.h" /* json_t */
 
-/* Takes ownership of `cfg` (the running config) and publishes it as version 1. `path` is the file
- * it came from ("" for the embedded demo config: changes are then not persisted). */
+/* Takes ownership of `cfg` (the config file's config) and publishes it as version 1, with the
+ * overrides of the state file on top (td_state_merge: those the file has since replaced are
+ * dropped, with an event; when the merge is not a valid config the file alone runs, logged at
+ * error level). Before that it removes the state file's temporary files and marks an audited
+ * change whose state never landed (td_audit_recover). `path` is the file it came from ("" for
+ * the embedded demo config: changes are then not persisted). What starts (listeners, workers,
+ * admin) is td_control_config() afterwards: `cfg` may have been freed. */
 int td_control_init(td_config_t *cfg, const char *path);
 
 /* The running config (borrowed; valid until the next change) and its version. */
@@ -20,12 +26,40 @@ int64_t td_control_started_ms(void);
 /* Applies a new config (ownership passes to the control plane, also on failure): checks what
  * cannot change while running (listeners, workers, admin address:
  * kept, with a warning logged; a removed admin.token stays in force until a restart),
- * publishes a new routing snapshot, writes the file back atomically when `persist` is set and
- * there is a file, logs "config version N applied (WHAT)" and records the change in the audit
- * log with `client` (the address it came from). Returns 0, or a negative TD_E*
- * code with a message in err[errlen] (nothing changed then). */
+ * publishes a new routing snapshot, logs "config version N applied (WHAT)" and records the
+ * change in the audit log with `client` (the address it came from). With `persist` set and a
+ * config file, the overrides become the difference between the config file (as last read) and
+ * `cfg`, written to the state file (audit entry first, then an atomic replace); the config file
+ * itself is never written. A state file that cannot be written does not refuse the change:
+ * td_control_persisted then says why. Returns 0, or a negative TD_E* code with a message in
+ * err[errlen] (nothing changed then). */
 int td_control_apply(td_config_t *cfg, const char *what, int persist, const char *client, char *err,
                      size_t errlen);
+
+/* Drops every override: the config file as last read runs again, audited as a change from
+ * `client`. Returns 0 or a negative TD_E* code with a message in err[errlen]. */
+int td_control_reset(const char *client, char *err, size_t errlen);
+
+/* 1 when the last change reached the state file, else 0 with *why (borrowed, may be NULL) saying
+ * why ("cannot write the state file PATH: Permission denied"; the demo config has none). */
+int td_control_persisted(const char **why);
+
+/* The state file's path ("" with the demo config). Borrowed. */
+const char *td_control_state_path(void);
+
+/* New JSON values (owned by the caller; jansson's json_t, see td/events.h):
+ * td_control_file_json: the config file's canonical config as td last read it (the running
+ *   config with the demo config);
+ * td_control_bound_json: {"listeners": [...], "workers": N | "auto"} as bound at start;
+ * td_control_overrides_json: {"state_file", "persisted", "persist_error" (when not persisted),
+ *   "overrides": [{"path", "keys", "value", "file_value", "since", "by"}]} (see td/state_file.h);
+ * td_control_pending_restart: [{"key": "listeners" | "workers" | "admin.address", "file": asked,
+ *   "running": bound}] for every setting the running config asks for that applies only at the
+ *   next restart (empty when none). */
+json_t *td_control_file_json(void);
+json_t *td_control_bound_json(void);
+json_t *td_control_overrides_json(void);
+json_t *td_control_pending_restart(void);
 
 /* Re-reads the config file (SIGHUP). A bad file is rejected: every problem is logged as
  * FILE:LINE:COL: message and the running config stays. Returns 0 or a negative TD_E* code. */

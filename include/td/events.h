@@ -16,23 +16,22 @@ typedef struct json_t json_t;
 void td_events_init(const char *path);
 
 /* Records an event of `kind` ("change", "health" (checks and passive ejections), "reload",
- * "start") with a message
+ * "start", "state" (the state file could not be written, or can be again)) with a message
  * for people. Thread-safe; keeps the last 256. */
 void td_event(const char *kind, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Records a change in the audit log: `what` for people, `before` and `after` (ownership of both
  * passes here), `client` the address it came from ("signal" for SIGHUP). Appended to the audit
  * file when there is one (fsynced), and recorded as a "change" event. For changes that are not
- * written to the config file; those use td_audit_begin. */
+ * written to the state file; those use td_audit_begin. */
 void td_audit(const char *what, json_t *before, json_t *after, const char *client);
 
-/* The write-ahead half of a change to the config file, which makes the pair crash-safe (see
+/* The write-ahead half of a change to the state file, which makes the pair crash-safe (see
  * docs/ARCHITECTURE.md, "Events and audit"): appends the entry {id, time, what, before, after,
  * client, version, config_sha256, before_sha256} to the audit file and fsyncs it *before* the
- * caller replaces the config file. `version` is the config version the change will have,
- * `config_sha256` the SHA-256 of the file text about to be written (or just read, for a reload),
- * `before_sha256` that of the file as it is now (only for a write-back); either may be NULL or
- * "" (not recorded).
+ * caller replaces the state file. `version` is the config version the change will have,
+ * `config_sha256` the SHA-256 of the state text about to be written, `before_sha256` that of the
+ * state file as it is now; either may be NULL or "" (not recorded: the state does not change).
  * Ownership of `before` and `after` passes here. *entry receives the new entry (owned by the
  * caller until it is passed to td_audit_commit or td_audit_abandon; NULL when out of memory).
  * Returns 0, TD_ENOMEM, or TD_EIO (errno set: the entry is not durable, so the change must not
@@ -50,10 +49,10 @@ void td_audit_commit(json_t *entry);
  * is appended, so the history says so after a restart too. Takes ownership of entry. */
 void td_audit_abandon(json_t *entry, const char *why);
 
-/* At start, after td_events_init: when the last entry's config_sha256 differs from the config
- * file's (`config_sha256`, hex) while its before_sha256 matches, td stopped between the audit
- * append and the file replace: the change never ran, and it is recorded as not applied. */
-void td_audit_recover(const char *config_sha256, const char *config_path);
+/* At start, after td_events_init: when the last entry's config_sha256 differs from the state
+ * file's (`state_sha256`, hex) while its before_sha256 matches, td stopped between the audit
+ * append and the state file replace: the change never ran, and it is recorded as not applied. */
+void td_audit_recover(const char *state_sha256, const char *state_path);
 
 /* New JSON arrays (owned by the caller), oldest first: events [{time, kind, message}], audit
  * [{id, time, what, before, after, client, version, config_sha256, before_sha256}, with

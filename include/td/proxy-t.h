@@ -188,6 +188,8 @@ struct worker_s {
     td_exchange_t *tunnels; /* the exchanges in a tunnel counted for a backend (for its drain) */
     char *buf_cache[64];    /* owned: free client buffers, reused instead of malloc/free */
     int num_cached;
+    td_exchange_t *ex_cache[64]; /* owned: free exchanges, reused the same way */
+    int num_ex_cached;
     td_log_limit_t local_err_rl;       /* the log of td's own resource errors */
     td_log_limit_t client_err_rl[100]; /* the logs of td's own 4xx, by status - 400 */
     td_stream_loop_t sl;               /* the transport's per-loop state (TLS buffer and queue) */
@@ -232,9 +234,10 @@ struct client_s {
     uint8_t listener;   /* index of the listener it came in on */
     uint8_t processing; /* client_process is running for it (further up the stack) */
     uint8_t more;       /* an exchange ended meanwhile: client_process takes the next request */
-    /* Storage of the connection's one exchange at a time (HTTP/1), so that none is allocated per
-     * request. Opaque to client.c: only exchange.c and exchange_stats.c touch it. */
-    td_exchange_t ex;
+    /* owned: the connection's one exchange at a time (HTTP/1), from the worker's cache when a
+     * request starts (or td answers one itself), back to it when the exchange ends; NULL while
+     * idle. Opaque to client.c: only exchange.c and exchange_stats.c touch it. */
+    td_exchange_t *ex;
 };
 
 struct upstream_s {

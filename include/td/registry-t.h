@@ -49,6 +49,11 @@ typedef struct td_server_stats_s {
                                        thread (td_health_sync), read by workers */
     _Atomic int ejections;          /* passive ejections in a row (the next one lasts longer) */
     _Atomic int recheck;            /* set on a passive ejection: the checker counts rise anew */
+    _Atomic int64_t weight_up_ms;   /* td_now_ms() when its weight last went from 0 to above 0
+                                       in a new snapshot (0: never); a slow start begins there */
+    int last_weight;                /* admin thread: weight in the last snapshot built */
+    int built;                      /* admin thread: 1 once a snapshot held it (the first one
+                                       takes it as it is: warm) */
     struct td_server_stats_s *next; /* registry list; owned by the registry */
 } td_server_stats_t;
 
@@ -69,8 +74,14 @@ typedef struct td_backend_stats_s {
     _Atomic int64_t tunnels;                  /* open WebSocket / Upgrade tunnels */
     _Atomic uint64_t latency[TD_LAT_BUCKETS]; /* request durations (not cumulative) */
     _Atomic uint64_t latency_sum_ms;
-    _Atomic int64_t drain_since_ms; /* td_now_ms() when the weight went to 0; 0 while above 0 */
+    _Atomic int64_t drain_since_ms; /* td_now_ms() when it started draining (td_backend_draining:
+                                       weight 0 outside failover, or state drain / maint); 0
+                                       while not draining */
     int last_weight;                /* admin thread: weight in the last snapshot built */
+    int last_draining;              /* admin thread: draining in the last snapshot built */
+    _Atomic int64_t weight_up_ms;   /* td_now_ms() when the weight last went from 0 to above 0
+                                       in a new snapshot (0: never); a slow start begins there */
+    int built;                      /* admin thread: 1 once a snapshot held it */
     /* Requests carrying a valid sticky cookie for this backend, per second, over the last
      * TD_PIN_WINDOW seconds (a ring indexed by second). */
     _Atomic uint32_t pin_count[TD_PIN_WINDOW];

@@ -20,28 +20,35 @@ int td_backend_is_up(const td_snap_backend_t *b, int64_t now_ms);
  * td_server_up_since of its up servers with weight above 0), or -1 when none is up. */
 int64_t td_backend_up_since(const td_snap_backend_t *b, int64_t now_ms);
 
-/* 1 when the backend is draining: weight 0 outside failover (in failover a weight-0 backend is
- * a backup, not drained: its pool and tunnels stay). */
+/* 1 when the backend is draining: state drain or maint, or weight 0 outside failover (in
+ * failover a weight-0 backend is a backup, not drained: its pool and tunnels stay). */
 int td_backend_draining(const td_snapshot_t *s, const td_snap_backend_t *b);
 
-/* Failover order: fills order[] (num_backends entries) with backend indices by weight, highest
- * first, ties and weight-0 backups in listed order; order[0] is the primary. Returns the count. */
+/* Failover order: fills order[] (num_backends entries) with the indices of the ready backends by
+ * weight, highest first, ties and weight-0 backups in listed order, then the backends in drain or
+ * maint (no candidates) as listed. Returns the number of candidates (ready backends); when it is
+ * above 0, order[0] is the primary. */
 size_t td_router_failover_order(const td_snapshot_t *s, size_t *order);
 
 /* What new requests get now, as td_router_pick_backend decides it: share[i] (0..1, summing to 1,
  * or all 0 when every request would get 503) for each of the snapshot's num_backends backends.
- * round_robin / sticky: weight over the sum of the weights of the backends that are up;
+ * round_robin / sticky: weight over the sum of the weights of the ready backends that are up
+ * (drain and maint get 0), each at its slow start's ramp (td_router_ramp_weight);
  * failover: 1 for the serving backend. Returns the serving backend's index in failover, the
  * number of backends with a share above 0 otherwise, or TD_EUNAVAIL when none has one. */
 int td_router_shares(const td_snapshot_t *s, int64_t now_ms, double *share);
 
 /* Chooses the backend for a new request. `wrr` is the caller's running score array of
  * num_backends entries (see td_balancer_pick). `pinned` is the backend a valid sticky cookie names
- * (-1 when none): it is used while it is up, whatever its weight. `tried`, when not NULL, marks
- * backends already tried for this request (num_backends entries, 1 = skip).
- * round_robin / sticky: smooth weighted round robin over up backends with weight > 0.
- * failover: the first backend in failover order (td_router_failover_order) that has a server
- * up; `wrr` is not used (may be NULL). With no weight above 0 there is no primary: TD_EUNAVAIL.
+ * (-1 when none): it is used while it is up and not drained (td_backend_drained), whatever its
+ * weight. `tried`, when not NULL, marks backends already tried for this request (num_backends
+ * entries, 1 = skip).
+ * round_robin / sticky: smooth weighted round robin over up backends with weight > 0 in state
+ * ready, each at its slow start's ramp (td_router_ramp_weight).
+ * failover: the first backend in failover order (td_router_failover_order: ready backends only)
+ * that has a server up; `wrr` is not used (may be NULL). With no weight above 0 there is no
+ * primary: TD_EUNAVAIL (a primary in drain or maint passes its role on, even to a weight-0
+ * backup).
  * A backend earlier in that order that came back less than its failback_ms ago is passed over
  * while a later one that was up before it keeps serving, so a flapping primary does not bounce
  * the traffic.
@@ -51,8 +58,30 @@ int td_router_shares(const td_snapshot_t *s, int64_t now_ms, double *share);
 int td_router_pick_backend(const td_snapshot_t *s, int *wrr, int pinned, const uint8_t *tried,
                            int64_t now_ms);
 
-/* Chooses a server of backend `b` by smooth weighted round robin over its up servers.
- * `wrr` holds num_servers scores for this backend; `tried` (may be NULL) marks servers to skip.
+/* Slow start (HAProxy's slowstart, nginx Plus's slow_start): a server with slow_start_ms > 0
+ * that comes up (its active check says up, a passive ejection ends, or its weight goes from 0 to
+ * above 0 in a new snapshot) weighs max(5 %, t / slow_start_ms) of its weight t ms later, until
+ * it weighs its full weight at slow_start_ms. A server up since td started (or since the
+ * snapshot that added it) is warm. A backend is weighed in round_robin and sticky by the largest
+ * ramp among its up servers, and by its own ramp after its weight went from 0 to above 0 (over
+ * its largest slow_start_ms), whichever is smaller; failover's choice of backend does not ramp.
+ *
+ * The ramp after `elapsed_ms` of `slow_start_ms` (<= 0: off), in per mille:
+ * TD_RAMP_FLOOR..TD_RAMP_FULL (TD_RAMP_FULL once elapsed_ms >= slow_start_ms). */
+int td_router_ramp_permille(int64_t elapsed_ms, int64_t slow_start_ms);
+
+/* `weight` (0..100) at `permille` of its ramp, in the scaled unit picks balance with:
+ * weight * TD_RAMP_SCALE * permille / TD_RAMP_FULL (at most 100 * TD_RAMP_SCALE, so sums over
+ * TD_CONFIG_MAX_SERVERS servers stay far from INT_MAX). */
+int td_router_ramp_weight(int weight, int permille);
+
+/* Milliseconds left of the server's slow start at `now_ms`, or -1 when it is not ramping (off,
+ * warm, down, or done). */
+int64_t td_router_slow_start_remaining(const td_snap_server_t *sv, int64_t now_ms);
+
+/* Chooses a server of backend `b` by smooth weighted round robin over its up servers, each at
+ * its slow start's ramp (td_router_ramp_weight). `wrr` holds num_servers scores for this
+ * backend; `tried` (may be NULL) marks servers to skip.
  * A server with a max_conns whose slots are all held (td_registry_slot_full) is skipped too; the
  * caller still takes the slot (td_registry_slot_take), which another worker may have won
  * meanwhile. Returns the index within b->servers, TD_EFULL when the only servers that could take
@@ -60,8 +89,8 @@ int td_router_pick_backend(const td_snapshot_t *s, int *wrr, int pinned, const u
 int td_router_pick_server(const td_snap_backend_t *b, int *wrr, const uint8_t *tried,
                           int64_t now_ms);
 
-/* 1 when the backend has been draining (td_backend_draining) for at least drain_ms: pinned
- * sticky clients then move on, and its tunnels are closed. */
+/* 1 when the backend has been draining (td_backend_draining) for at least drain_ms, or at once
+ * in state maint: pinned sticky clients then move on, and its tunnels are closed. */
 int td_backend_drained(const td_snapshot_t *s, const td_snap_backend_t *b, int64_t now_ms);
 
 /* Index of the backend named name[0..len) in s, or -1. */
@@ -81,8 +110,8 @@ int td_router_preview(const td_snapshot_t *s, const struct td_http1_request_s *r
 
 /* Sticky sessions: the backend named by the first valid sticky cookie of `req` (signature and
  * expiry checked at wall-clock `now_s`), counted as a pinned request of that backend at
- * `now_ms` (td_router_pin_seen). Returns the backend index, or -1 (no valid cookie, or the
- * method is not sticky). */
+ * `now_ms` (td_router_pin_seen). Returns the backend index, or -1 (no valid cookie, the method
+ * is not sticky, or the backend named is in maint: the request is assigned anew and re-pinned). */
 int td_router_sticky_pin(const td_snapshot_t *s, const struct td_http1_request_s *req,
                          int64_t now_s, int64_t now_ms);
 

@@ -17,6 +17,7 @@ typedef struct td_snap_server_s {
     int weight;
     int max_conns; /* requests in flight (and tunnels) it takes at once; 0 = no limit (picks read
                       the running one, st->max_conns, which td_router_publish stores) */
+    int slow_start_ms;     /* resolved: its own, else its backend's; 0 = off */
     td_server_stats_t *st; /* borrowed from the registry */
 } td_snap_server_t;
 
@@ -27,6 +28,7 @@ typedef struct td_snap_backend_s {
     char name[TD_NAME_MAX];
     struct td_tls_client_s *tls; /* owned reference; NULL for plain HTTP to the servers */
     int weight;
+    td_backend_state_t state;  /* ready / drain / maint (the backend's "state") */
     td_snap_server_t *servers; /* owned by the snapshot */
     size_t num_servers;
     size_t first_server;    /* index of servers[0] in the snapshot's flat server numbering */
@@ -34,6 +36,8 @@ typedef struct td_snap_backend_s {
                                traffic from a backend after it (routing.failback_ms resolved) */
     td_backend_stats_t *st; /* borrowed from the registry */
     int limited;            /* 1 when a server of it has max_conns: requests may queue for it */
+    int slow_start_ms;      /* the largest slow_start_ms of its servers (0: none ramps): the
+                               length of the backend's own ramp, and the router's one check */
 } td_snap_backend_t;
 
 /* An immutable routing snapshot: what workers read to route a request. Built by the admin thread,

@@ -11,9 +11,10 @@
 /* Builds a snapshot from `cfg` (ownership of cfg passes to the snapshot, also on failure) with
  * the given version, taking counters from the process-wide registry (created on first use) and
  * building the TLS contexts (certificates are loaded now: connections made before keep theirs).
- * Also keeps each backend's drain bookkeeping in the registry (drain_since_ms: when its weight
- * went to 0). Returns the snapshot with one reference held by the caller, or NULL with a message
- * in err[errlen] (out of memory, a certificate that no longer loads). Admin thread only. */
+ * Also keeps each backend's drain bookkeeping in the registry (drain_since_ms: when it started
+ * draining, td_backend_draining: its weight went to 0 outside failover or its state left ready).
+ * Returns the snapshot with one reference held by the caller, or NULL with a message in err[errlen]
+ * (out of memory, a certificate that no longer loads). Admin thread only. */
 td_snapshot_t *td_snapshot_build(td_config_t *cfg, uint64_t version, char *err, size_t errlen);
 
 /* Takes and drops a reference. The last td_snapshot_release frees the snapshot (NULL is

@@ -1,6 +1,6 @@
 """End-to-end tests of td's configuration surface: the admin API (auth, ratio, routing, config),
-persistence into the config file, `td -t -c FILE`, SIGHUP reloads, crash safety of API changes
-(config file and audit log, temporary files, changes not applied) and the wording of config
+persistence into the state file, `td -t -c FILE`, SIGHUP reloads, crash safety of API changes
+(state file and audit log, temporary files, changes not applied) and the wording of config
 errors.
 
 Every test starts its own demo backends and td on 127.0.0.1 (see conftest.py) and every socket
@@ -257,35 +257,32 @@ def test_get_and_put_config(backends, td):
     assert status == 200
     assert {b["name"]: b["weight"] for b in cfg_now["backends"]} == {"blue": 0, "green": 100}
     assert colours(t.port, 10) == ["green"] * 10
-    with open(t.config_path) as f:
-        on_disk = json.load(f)
-    assert {b["name"]: b["weight"] for b in on_disk["backends"]} == {"blue": 0, "green": 100}
-    assert on_disk["routing"]["method"] == "sticky"
+    # Kept in the state file; the operator's config file is never written.
+    assert read_file(t.config_path) == file_before
+    with open(t.config_path + ".state.json") as f:
+        kept = {o["path"]: o["value"] for o in json.load(f)["overrides"]}
+    assert kept["backends.blue.weight"] == 0 and kept["backends.green.weight"] == 100, kept
+    assert kept["routing.method"] == "sticky", kept
 
 
 # ---- persistence ----
 
 def test_api_changes_are_persisted_and_survive_restart(backends, td):
     t = two_colours(backends, td, 50, 50)
+    file_before = read_file(t.config_path)
     t.set_ratio(blue=20, green=80)
-    with open(t.config_path) as f:
-        on_disk = json.load(f)
-    assert {b["name"]: b["weight"] for b in on_disk["backends"]} == {"blue": 20, "green": 80}
     status, resp = t.api("PUT", "/api/v1/routing", {"method": "failover"})
     assert status == 200, resp
-    with open(t.config_path) as f:
-        on_disk = json.load(f)
-    assert on_disk["routing"]["method"] == "failover"
-    assert {b["name"]: b["weight"] for b in on_disk["backends"]} == {"blue": 20, "green": 80}
+    # The changes are in the state file; the config file is not written.
+    assert read_file(t.config_path) == file_before
+    with open(t.config_path + ".state.json") as f:
+        kept = {o["path"]: o["value"] for o in json.load(f)["overrides"]}
+    assert kept == {"backends.blue.weight": 20, "backends.green.weight": 80,
+                    "routing.method": "failover"}, kept
     # No temp file left next to it (written as a temp file, then renamed over it).
-    base = os.path.basename(t.config_path)
-    left = [n for n in os.listdir(os.path.dirname(t.config_path))
-            if n != base and "tmp" in n.lower()]
+    left = [n for n in os.listdir(os.path.dirname(t.config_path)) if "tmp" in n.lower()]
     assert left == [], left
-    # The written file is a valid config...
-    p = subprocess.run([TD, "-t", "-c", t.config_path], capture_output=True, text=True, timeout=30)
-    assert p.returncode == 0 and "configuration OK" in p.stdout, (p.stdout, p.stderr)
-    # ...and a restart from it keeps the changes.
+    # A restart keeps the changes.
     assert t.stop() == 0
     p2 = Proc([TD, "-c", t.config_path], "td-restart")
     try:
@@ -582,20 +579,24 @@ def test_an_api_change_does_not_overwrite_edits_made_on_disk(backends, td):
     time.sleep(0.01)
     with open(t.config_path, "w") as f:
         json.dump(cfg, f)
-    status, body = t.api("PUT", "/api/v1/ratio", {"blue": 40})
-    assert status == 409 and "changed on disk" in body["error"], body
-    with open(t.config_path) as f:
-        assert json.load(f)["timeouts"]["drain_ms"] == 4321  # the edit survives
-    t.proc.p.send_signal(__import__("signal").SIGHUP)
-    for _ in range(100):
-        if t.state()["version"] > 1:
-            break
-        time.sleep(0.05)
+    edited = read_file(t.config_path)
+    # td never writes the config file, so a change cannot conflict with an edit on disk.
     status, body = t.api("PUT", "/api/v1/ratio", {"blue": 40})
     assert status == 200, body
+    assert read_file(t.config_path) == edited  # the edit survives, byte for byte
+    v = t.state()["version"]
+    t.proc.p.send_signal(__import__("signal").SIGHUP)
+    for _ in range(100):
+        if t.state()["version"] > v:
+            break
+        time.sleep(0.05)
+    # Both run: the edit from the file, the weight from the state file.
+    status, cfg_now = t.api("GET", "/api/v1/config")
+    assert cfg_now["timeouts"]["drain_ms"] == 4321
+    assert [b["weight"] for b in cfg_now["backends"]] == [40]
 
 
-# ---- API changes survive kill -9: config file and audit log stay a pair ----
+# ---- API changes survive kill -9: state file and audit log stay a pair ----
 
 def read_audit(path):
     out = []
@@ -619,13 +620,21 @@ def temp_files(directory):
 
 
 def file_weights(path):
+    """The weights the config file at path and its state file (PATH.state.json) hold together."""
     with open(path) as f:
-        return {b["name"]: b["weight"] for b in json.load(f)["backends"]}
+        w = {b["name"]: b["weight"] for b in json.load(f)["backends"]}
+    if os.path.exists(path + ".state.json"):
+        with open(path + ".state.json") as f:
+            for o in json.load(f)["overrides"]:
+                keys = o["keys"]
+                if len(keys) == 3 and keys[0] == "backends" and keys[2] == "weight":
+                    w[keys[1]] = o["value"]
+    return w
 
 
 def test_api_changes_killed_at_any_moment_are_always_audited(backends, tmp_path):
     """Rounds of API changes from 3 clients while td is killed with SIGKILL at a varied moment:
-    after each restart every change the config file holds has its audit entry (and every change
+    after each restart every change the state file holds has its audit entry (and every change
     td acknowledged is there), and no temporary file of an interrupted write is left."""
     b = backends(("blue", 1), ("green", 1))
     port, admin_port = free_port(), free_port()
@@ -729,9 +738,11 @@ def test_start_removes_only_tds_own_temporary_files_next_to_the_config(backends,
                admin={"address": f"127.0.0.1:{admin_port}"})
     config_path = tmp_path / "td.json"
     config_path.write_text(json.dumps(cfg))
-    ours = ["td.json.tmp-a1B2c3", "td.json.tmp-ZZZZZZ"]
-    theirs = ["td.json.tmp-abc", "td.json.tmp-abcdefg", "other.json.tmp-a1B2c3", "td.json.tmp",
-              "td.json.tmp-ab.de"]
+    # td writes only its state file (td.json.state.json), so only its temporary files are td's.
+    ours = ["td.json.state.json.tmp-a1B2c3", "td.json.state.json.tmp-ZZZZZZ"]
+    theirs = ["td.json.state.json.tmp-abc", "td.json.state.json.tmp-abcdefg",
+              "other.json.tmp-a1B2c3", "td.json.state.json.tmp", "td.json.state.json.tmp-ab.de",
+              "td.json.tmp-a1B2c3"]
     for n in ours + theirs:
         (tmp_path / n).write_text("{}")
     p = start_td_file(str(config_path), port, admin_port)
@@ -743,17 +754,17 @@ def test_start_removes_only_tds_own_temporary_files_next_to_the_config(backends,
         assert p.stop() == 0
 
 
-def test_change_audited_but_not_in_the_config_file_is_recorded_as_not_applied(backends, td,
-                                                                             tmp_path):
-    """As a stop between the audit append and the file replace leaves it: the last entry names
-    a new file text, and the file is still the one from before. td says the change did not run,
+def test_change_audited_but_not_in_the_state_file_is_recorded_as_not_applied(backends, td,
+                                                                            tmp_path):
+    """As a stop between the audit append and the state file replace leaves it: the last entry
+    names a new state text, and the state file is still the one from before. td says the change did not run,
     its history shows it, and tdctl rollback does not undo it."""
     b = backends(("blue", 1), ("green", 1))
     cfg = backend_cfg({"blue": (50, b.ports["blue"]), "green": (50, b.ports["green"])})
     t = td(cfg)
     t.set_ratio(blue=30, green=70)  # a real change: rollback's target
     assert t.stop() == 0
-    before_sha = sha256_of(t.config_path)
+    before_sha = sha256_of(t.config_path + ".state.json")
     audit_path = t.config_path + ".audit.jsonl"
     entries = read_audit(audit_path)
     last_id = entries[-1]["id"]
@@ -793,7 +804,9 @@ def test_change_audited_but_not_in_the_config_file_is_recorded_as_not_applied(ba
 
 def test_hand_edit_after_an_api_change_is_not_taken_for_a_lost_change(backends, td):
     """The file edited by hand after the last API change (td stopped, or reloaded), even back to
-    exactly what it was before that change: the change did run, and the history keeps it so."""
+    exactly what it was before that change: the change did run, and the history keeps it so.
+    The file rewritten with the text td read is no edit: the override stays; an edit of the
+    overridden weights wins at the next start."""
     b = backends(("blue", 1), ("green", 1))
     t = td(backend_cfg({"blue": (50, b.ports["blue"]), "green": (50, b.ports["green"])}))
     with open(t.config_path) as f:
@@ -802,9 +815,10 @@ def test_hand_edit_after_an_api_change_is_not_taken_for_a_lost_change(backends, 
     # Back to the exact text from before the change, then a reload.
     with open(t.config_path, "w") as f:
         f.write(original)
+    v = t.state()["version"]
     t.proc.p.send_signal(signal.SIGHUP)
-    wait_for(lambda: {x["name"]: x["weight"] for x in t.state()["backends"]} ==
-             {"blue": 50, "green": 50}, 10, what="reload")
+    wait_for(lambda: t.state()["version"] > v, 10, what="reload")
+    assert {x["name"]: x["weight"] for x in t.state()["backends"]} == {"blue": 30, "green": 70}
     assert t.stop() == 0
     # And an edit td never saw.
     cfg = json.loads(original)
@@ -813,6 +827,7 @@ def test_hand_edit_after_an_api_change_is_not_taken_for_a_lost_change(backends, 
         json.dump(cfg, f)
     t.proc = Proc([TD, "-c", t.config_path], "td")
     wait_port(t.admin_port)
+    assert {x["name"]: x["weight"] for x in t.state()["backends"]} == {"blue": 10, "green": 90}
     entries = read_audit(t.config_path + ".audit.jsonl")
     assert not [e for e in entries if "not_applied" in e], entries
     status, hist = t.api("GET", "/api/v1/history")

@@ -320,10 +320,12 @@ def test_drain_wait_returns_once_the_request_in_flight_is_done(backends, td):
     assert r.returncode == 0, r.stderr
     assert d.status == 200 and d.backend == "blue"
     assert ended >= d.done_at, "tdctl drain --wait returned before the request in flight ended"
-    assert "blue: weight 100 -> 0; 1 in flight, 0 tunnels" in r.stdout, r.stdout
+    assert "blue: state ready -> drain (weight 100 kept); 1 in flight, 0 tunnels" in r.stdout, \
+        r.stdout
     assert "blue: 1 in flight, 0 tunnels, 0 sticky req/10s" in r.stdout, r.stdout
     assert "blue: drained" in r.stdout, r.stdout
-    assert weights(t) == {"blue": 0, "green": 100}
+    assert weights(t) == {"blue": 100, "green": 100}
+    assert backend_state(t.state(), "blue")["state"] == "drain"
     assert backend_state(t.state(), "blue")["in_flight"] == 0
 
 
@@ -373,23 +375,25 @@ def test_drain_wait_timeout_ends_the_wait_with_status_1(backends, td):
     assert r.returncode == 1
     assert "not drained after --timeout 0.5s" in r.stderr, r.stderr
     assert ended < d.done_at
-    assert weights(t) == {"blue": 0, "green": 100}
+    assert weights(t) == {"blue": 100, "green": 100}
+    assert backend_state(t.state(), "blue")["state"] == "drain"
 
 
 def test_drain_keeps_the_other_weights_and_refuses_to_leave_none(backends, td):
     t = blue_green(backends, td, blue_w=50, green_w=30)
     r = tdctl(t, "drain", "blue")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("blue: weight 50 -> 0;"), r.stdout
-    assert weights(t) == {"blue": 0, "green": 30}
+    assert r.stdout.startswith("blue: state ready -> drain (weight 50 kept);"), r.stdout
+    assert weights(t) == {"blue": 50, "green": 30}
     # Again: nothing to do.
     r = tdctl(t, "drain", "blue")
-    assert r.returncode == 0 and "already at weight 0" in r.stdout
-    # Green is the only one left with a weight: draining it would leave every request a 503.
+    assert r.returncode == 0 and "already in state drain" in r.stdout
+    # Green is the only one left taking traffic: draining it would leave every request a 503.
     version = t.state()["version"]
     r = tdctl(t, "drain", "green", "--wait")
     assert r.returncode == 1 and "would leave no backend with a weight above 0" in r.stderr
-    assert weights(t) == {"blue": 0, "green": 30} and t.state()["version"] == version
+    assert weights(t) == {"blue": 50, "green": 30} and t.state()["version"] == version
+    assert backend_state(t.state(), "green")["state"] == "ready"
 
 
 # ---------------------------------------------------------------------------------------------

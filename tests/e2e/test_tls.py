@@ -1018,10 +1018,15 @@ def test_put_config_loads_new_certificates(pki, backends, tls_td):
         assert status == 200 and serial == pki.a3.serial, hex(serial)
     assert old.get("/")[0] == 200 and old.serial() == pki.a1.serial
     old.close()
-    # The new file names are what td wrote back to its config file.
+    # The new file names run and are kept in the state file; the config file is not written.
+    status, now = t.api("GET", "/api/v1/config")
+    assert now["listeners"][0]["tls"]["certificates"] == [pki.a3.pair()]
     with open(t.config_path) as f:
         on_disk = json.load(f)
-    assert on_disk["listeners"][0]["tls"]["certificates"] == [pki.a3.pair()]
+    assert on_disk["listeners"][0]["tls"]["certificates"] == [pki.a1.pair()]
+    with open(t.config_path + ".state.json") as f:
+        kept = {o["path"]: o["value"] for o in json.load(f)["overrides"]}
+    assert kept["listeners"][0]["tls"]["certificates"] == [pki.a3.pair()], kept
 
 
 # ---------------------------------------------------------------------------------------------

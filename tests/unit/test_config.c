@@ -271,7 +271,8 @@ static void test_key_errors(void) {
              "               \"grace\": 5}\n"
              "}\n",
              "t.json:5:16: timeouts.grace: unknown key (valid keys: connect_ms, client_header_ms, "
-             "upstream_response_ms, keepalive_idle_ms, drain_ms, client_send_ms, queue_ms)\n");
+             "upstream_response_ms, keepalive_idle_ms, drain_ms, client_send_ms, queue_ms, "
+             "stop_grace_ms)\n");
     /* Case and transposition count as close. */
     T_ERRORS("{" MIN_LISTENERS ", " MIN_BACKENDS ", \"Timeouts\": {}}",
              "t.json:1:131: Timeouts: unknown key, did you mean \"timeouts\"?\n");
@@ -288,7 +289,7 @@ static void test_key_errors(void) {
     T_ERRORS("{" MIN_LISTENERS ", " MIN_BACKENDS ", \"a\\nb\": 1}",
              "t.json:1:131: a\\x0ab: unknown key (valid keys: listeners, workers, admin, routing, "
              "backends, health_check, timeouts, passive, access_log, pid_file, "
-             "request_buffering)\n");
+             "request_buffering, state_file)\n");
 }
 
 static void test_value_errors(void) {
@@ -633,8 +634,57 @@ static void test_request_buffering_and_client_send(void) {
              "t.json:2:33: timeouts.client_send_ms: 0 is out of range (1..86400000)\n");
 }
 
+/* slow_start_ms (backend and server) and timeouts.stop_grace_ms: defaults, values, left out
+ * when writing at their defaults, round trip and errors at their place. */
+static void test_slow_start_and_stop_grace(void) {
+    static const char plain[] = "{" MIN_LISTENERS ", " MIN_BACKENDS "}";
+    td_config_t *c = td_config_parse(plain, strlen(plain), "t.json", stderr);
+    T_CHECK(c != NULL);
+    if (c) {
+        T_EQ_INT(c->backends[0].slow_start_ms, 0);
+        T_EQ_INT(c->backends[0].servers[0].slow_start_ms, -1); /* the backend's */
+        T_EQ_INT(c->timeouts.stop_grace_ms, 0);
+        char *text = td_config_to_json(c);
+        T_CHECK(text && !strstr(text, "slow_start_ms") && !strstr(text, "stop_grace_ms"));
+        free(text);
+        td_config_free(c);
+    }
+    static const char set[] =
+        "{" MIN_LISTENERS ", \"timeouts\": {\"stop_grace_ms\": 3000}, \"backends\": [{\"name\": "
+        "\"a\", \"weight\": 1, \"slow_start_ms\": 5000, \"servers\": [{\"address\": "
+        "\"127.0.0.1:1\", \"slow_start_ms\": 0}, {\"address\": \"127.0.0.1:2\"}]}]}";
+    c = td_config_parse(set, strlen(set), "t.json", stderr);
+    T_CHECK(c != NULL);
+    if (c) {
+        T_EQ_INT(c->backends[0].slow_start_ms, 5000);
+        T_EQ_INT(c->backends[0].servers[0].slow_start_ms, 0);
+        T_EQ_INT(c->backends[0].servers[1].slow_start_ms, -1);
+        T_EQ_INT(c->timeouts.stop_grace_ms, 3000);
+        char *text = td_config_to_json(c);
+        td_config_t *d = text ? td_config_parse(text, strlen(text), "rt", stderr) : NULL;
+        T_CHECK(d && d->backends[0].slow_start_ms == 5000 &&
+                d->backends[0].servers[0].slow_start_ms == 0 &&
+                d->backends[0].servers[1].slow_start_ms == -1 && d->timeouts.stop_grace_ms == 3000);
+        td_config_free(d);
+        free(text);
+        td_config_free(c);
+    }
+    T_ERRORS("{" MIN_LISTENERS ", " MIN_BACKENDS ",\n \"timeouts\": {\"stop_grace_ms\": -1}}",
+             "t.json:2:32: timeouts.stop_grace_ms: -1 is out of range (0..86400000)\n");
+    T_ERRORS("{" MIN_LISTENERS ",\n \"backends\": [{\"name\": \"a\", \"weight\": 1, "
+             "\"servers\": [{\"address\": \"127.0.0.1:1\", \"slow_start_ms\": -5}]}]}",
+             "t.json:2:98: backends[0].servers[0].slow_start_ms: -5 is out of range "
+             "(0..86400000)\n");
+    T_ERRORS(
+        "{" MIN_LISTENERS ",\n \"backends\": [{\"name\": \"a\", \"weight\": 1, "
+        "\"slow_start_ms\": \"5s\", \"servers\": [{\"address\": \"127.0.0.1:1\"}]}]}",
+        "t.json:2:59: backends[0].slow_start_ms: expected an integer 0..86400000, got a string "
+        "\"5s\"\n");
+}
+
 int main(void) {
     test_request_buffering_and_client_send();
+    test_slow_start_and_stop_grace();
     test_health_overrides_and_passive();
     test_example();
     test_defaults_and_values();

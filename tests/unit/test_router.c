@@ -1,7 +1,7 @@
 /* The router: failover order, backups, failback, effective shares, passive ejection with
- * backups, sticky pins and drain, the fallback over passive ejections, server weights, and picks
- * among more servers than a small mask would hold. (The registry's counters are tested in
- * test_registry.c, passive detection in test_passive.c.) */
+ * backups, sticky pins and drain, the fallback over passive ejections, server weights, slow
+ * start, and picks among more servers than a small mask would hold. (The registry's counters are
+ * tested in test_registry.c, passive detection in test_passive.c.) */
 #include "td/router.h"
 
 #include <stdio.h>
@@ -9,6 +9,7 @@
 
 #include "t.h"
 #include "td/config.h"
+#include "td/log.h"
 
 /* A snapshot of the config document `json` (NULL on a bad document, which fails the test). */
 static td_snapshot_t *snap_of(const char *json) {
@@ -361,6 +362,269 @@ static void test_pick_server_skips_servers_at_max_conns_and_says_full(void) {
     td_snapshot_release(s);
 }
 
+static void test_maint_and_drain_never_picked_by_weight(void) {
+    td_snapshot_t *s = two("st", "round_robin", 50, 50, "");
+    if (!s)
+        return;
+    int wrr[2] = {0};
+    double share[2];
+    s->backends[0].state = TD_BACKEND_MAINT;
+    for (int i = 0; i < 4; i++)
+        T_EQ_INT(td_router_pick_backend(s, wrr, -1, NULL, 1000), 1);
+    T_EQ_INT(td_router_shares(s, 1000, share), 1);
+    T_CHECK(share[0] == 0 && share[1] == 1);
+    /* The other one down: nothing is left, maint is no fallback (passive or not). */
+    atomic_store(&server0(s, 1)->health_up, 0);
+    T_EQ_INT(td_router_pick_backend(s, wrr, -1, NULL, 1000), TD_EUNAVAIL);
+    T_EQ_INT(td_router_shares(s, 1000, share), TD_EUNAVAIL);
+    T_CHECK(share[0] == 0 && share[1] == 0);
+    atomic_store(&server0(s, 1)->health_up, 1);
+    /* Drain: no new requests either, and it counts as draining whatever its weight. */
+    s->backends[0].state = TD_BACKEND_DRAIN;
+    T_EQ_INT(td_backend_draining(s, &s->backends[0]), 1);
+    T_EQ_INT(td_router_pick_backend(s, wrr, -1, NULL, 1000), 1);
+    T_EQ_INT(td_router_shares(s, 1000, share), 1);
+    T_CHECK(share[0] == 0 && share[1] == 1);
+    /* Not a retry target: the other one tried, nothing is left. */
+    uint8_t tried[2] = {0, 1};
+    T_EQ_INT(td_router_pick_backend(s, wrr, -1, tried, 1000), TD_EUNAVAIL);
+    s->backends[0].state = TD_BACKEND_READY;
+    T_EQ_INT(td_backend_draining(s, &s->backends[0]), 0);
+    T_EQ_INT(td_router_shares(s, 1000, share), 2);
+    td_snapshot_release(s);
+}
+
+static void test_pins_on_drain_last_until_drain_ms_and_on_maint_not_at_all(void) {
+    td_snapshot_t *s = two("sp", "sticky", 100, 100, "");
+    if (!s)
+        return;
+    int wrr[2] = {0};
+    s->config->timeouts.drain_ms = 3000;
+    s->backends[1].state = TD_BACKEND_DRAIN;
+    atomic_store(&s->backends[1].st->drain_since_ms, 10000);
+    T_EQ_INT(td_router_pick_backend(s, wrr, 1, NULL, 12999), 1);
+    T_EQ_INT(td_backend_drained(s, &s->backends[1], 12999), 0);
+    T_EQ_INT(td_router_pick_backend(s, wrr, 1, NULL, 13000), 0);
+    /* Maint is drained at once: it takes nothing, not even its pinned clients. */
+    s->backends[1].state = TD_BACKEND_MAINT;
+    atomic_store(&s->backends[1].st->drain_since_ms, 12000);
+    T_EQ_INT(td_backend_drained(s, &s->backends[1], 12000), 1);
+    T_EQ_INT(td_router_pick_backend(s, wrr, 1, NULL, 12000), 0);
+    td_snapshot_release(s);
+}
+
+static void test_failover_order_leaves_out_maint_and_drain(void) {
+    char json[1024];
+    snprintf(
+        json, sizeof(json),
+        "{\"listeners\": [{\"address\": \"127.0.0.1:1\"}],"
+        " \"routing\": {\"method\": \"failover\", \"failback_ms\": 0},"
+        " \"backends\": ["
+        "  {\"name\": \"fs-a\", \"weight\": 100, \"state\": \"maint\","
+        "   \"servers\": [{\"address\": \"127.0.0.1:2\"}]},"
+        "  {\"name\": \"fs-b\", \"weight\": 0, \"servers\": [{\"address\": \"127.0.0.1:3\"}]},"
+        "  {\"name\": \"fs-c\", \"weight\": 50, \"state\": \"drain\","
+        "   \"servers\": [{\"address\": \"127.0.0.1:4\"}]},"
+        "  {\"name\": \"fs-d\", \"weight\": 0, \"servers\": [{\"address\": \"127.0.0.1:5\"}]}]}");
+    td_snapshot_t *s = snap_of(json);
+    if (!s)
+        return;
+    T_EQ_INT(s->backends[0].state, TD_BACKEND_MAINT);
+    T_EQ_INT(s->backends[2].state, TD_BACKEND_DRAIN);
+    size_t order[4];
+    /* The ready ones are the candidates (the weight-0 backups, as listed: the primary in maint
+     * passed its role on), then the others as listed. */
+    T_EQ_INT(td_router_failover_order(s, order), 2);
+    T_EQ_INT(order[0], 1);
+    T_EQ_INT(order[1], 3);
+    T_EQ_INT(order[2], 0);
+    T_EQ_INT(order[3], 2);
+    double share[4];
+    T_EQ_INT(td_router_pick_backend(s, NULL, -1, NULL, 0), 1);
+    T_EQ_INT(td_router_shares(s, 0, share), 1);
+    T_CHECK(share[0] == 0 && share[1] == 1 && share[2] == 0 && share[3] == 0);
+    atomic_store(&server0(s, 1)->health_up, 0);
+    T_EQ_INT(td_router_pick_backend(s, NULL, -1, NULL, 0), 3);
+    /* Every candidate down: maint and drain are never used, even with their servers up. */
+    atomic_store(&server0(s, 3)->health_up, 0);
+    T_EQ_INT(td_router_pick_backend(s, NULL, -1, NULL, 0), TD_EUNAVAIL);
+    T_EQ_INT(td_router_shares(s, 0, share), TD_EUNAVAIL);
+    /* A draining primary in failover is draining (its weight alone would make it a backup). */
+    T_EQ_INT(td_backend_draining(s, &s->backends[2]), 1);
+    T_EQ_INT(td_backend_draining(s, &s->backends[1]), 0);
+    td_snapshot_release(s);
+}
+
+static void test_passive_backup_in_maint_is_not_somewhere_else_to_go(void) {
+    td_snapshot_t *s = two("pm", "failover", 100, 0, "");
+    if (!s)
+        return;
+    s->config->passive.failures = 1;
+    s->backends[1].state = TD_BACKEND_MAINT;
+    T_EQ_INT(td_passive_failure(s, server0(s, 0), 1000), 0);
+    T_CHECK(td_server_is_up(server0(s, 0), 1000));
+    td_snapshot_release(s);
+}
+
+static void test_slow_start_ramp_arithmetic(void) {
+    /* Off, or over: the full weight. */
+    T_EQ_INT(td_router_ramp_permille(0, 0), TD_RAMP_FULL);
+    T_EQ_INT(td_router_ramp_permille(1000, 1000), TD_RAMP_FULL);
+    T_EQ_INT(td_router_ramp_permille(INT64_MAX - 1, 86400000), TD_RAMP_FULL);
+    /* The first 5 % of the time at the floor, then linear. */
+    T_EQ_INT(td_router_ramp_permille(-5, 1000), TD_RAMP_FLOOR);
+    T_EQ_INT(td_router_ramp_permille(0, 1000), TD_RAMP_FLOOR);
+    T_EQ_INT(td_router_ramp_permille(49, 1000), TD_RAMP_FLOOR);
+    T_EQ_INT(td_router_ramp_permille(100, 1000), 100);
+    T_EQ_INT(td_router_ramp_permille(500, 1000), 500);
+    T_EQ_INT(td_router_ramp_permille(999, 1000), 999);
+    T_EQ_INT(td_router_ramp_permille(43200000, 86400000), 500);
+    /* Scaled weights: a weight-1 server at its floor is 5 units of 100. */
+    T_EQ_INT(td_router_ramp_weight(1, TD_RAMP_FLOOR), 5);
+    T_EQ_INT(td_router_ramp_weight(1, TD_RAMP_FULL), TD_RAMP_SCALE);
+    T_EQ_INT(td_router_ramp_weight(100, TD_RAMP_FULL), 100 * TD_RAMP_SCALE);
+    T_EQ_INT(td_router_ramp_weight(3, 500), 150);
+    T_EQ_INT(td_router_ramp_weight(0, 500), 0);
+}
+
+/* Picks of server `want` in `n` picks of backend b at now_ms, from fresh scores. */
+static int picks_of(const td_snap_backend_t *b, int want, int n, int64_t now_ms) {
+    int wrr[4] = {0}, count = 0;
+    for (int i = 0; i < n; i++)
+        count += td_router_pick_server(b, wrr, NULL, now_ms) == want;
+    return count;
+}
+
+static void test_slow_start_server_ramps_after_it_comes_up(void) {
+    td_snapshot_t *s =
+        snap_of("{\"listeners\": [{\"address\": \"127.0.0.1:1\"}],"
+                " \"backends\": [{\"name\": \"ss-blue\", \"weight\": 1, \"slow_start_ms\": 10000,"
+                "  \"servers\": [{\"address\": \"127.0.0.1:2\"}, {\"address\": \"127.0.0.1:3\"},"
+                "   {\"address\": \"127.0.0.1:4\", \"slow_start_ms\": 0},"
+                "   {\"address\": \"127.0.0.1:5\", \"slow_start_ms\": 2000, \"weight\": 0}]}]}");
+    if (!s)
+        return;
+    td_snap_backend_t *b = &s->backends[0];
+    /* A server's own value wins over its backend's; the backend ramps over the largest. */
+    T_EQ_INT(b->servers[0].slow_start_ms, 10000);
+    T_EQ_INT(b->servers[2].slow_start_ms, 0);
+    T_EQ_INT(b->servers[3].slow_start_ms, 2000);
+    T_EQ_INT(b->slow_start_ms, 10000);
+    atomic_store(&b->servers[2].st->health_up, 0); /* two servers in play: 0 (warm) and 1 */
+    /* Up since td started: warm, nothing ramps. */
+    T_EQ_INT(picks_of(b, 1, 200, 100000), 100);
+    T_EQ_INT(td_router_slow_start_remaining(&b->servers[1], 100000), -1);
+    /* Server 1's check says up at 100000: 5 % of its weight, then linear to all of it. */
+    atomic_store(&b->servers[1].st->up_since_ms, 100000);
+    T_EQ_INT(picks_of(b, 1, 105, 100000), 5);
+    T_EQ_INT(td_router_slow_start_remaining(&b->servers[1], 100000), 10000);
+    T_EQ_INT(picks_of(b, 1, 125, 102500), 25);
+    T_EQ_INT(picks_of(b, 1, 150, 105000), 50);
+    T_EQ_INT(td_router_slow_start_remaining(&b->servers[1], 105000), 5000);
+    T_EQ_INT(picks_of(b, 1, 200, 110000), 100);
+    T_EQ_INT(td_router_slow_start_remaining(&b->servers[1], 110000), -1);
+    T_EQ_INT(td_router_slow_start_remaining(&b->servers[0], 105000), -1);
+    /* A passive ejection until 200000: none while it lasts, then a ramp from its end. */
+    atomic_store(&b->servers[1].st->down_until_ms, 200000);
+    T_EQ_INT(picks_of(b, 1, 100, 199999), 0);
+    T_EQ_INT(td_router_slow_start_remaining(&b->servers[1], 199999), -1);
+    T_EQ_INT(picks_of(b, 1, 105, 200000), 5);
+    T_EQ_INT(picks_of(b, 1, 200, 210000), 100);
+    /* Every candidate ejected: the fallback pick ignores ejections, and their ramps. */
+    atomic_store(&b->servers[0].st->down_until_ms, 300000);
+    atomic_store(&b->servers[1].st->down_until_ms, 300000);
+    T_EQ_INT(picks_of(b, 1, 200, 250000), 100);
+    /* Without slow start a server takes its full share at once (the old behaviour). */
+    b->servers[1].slow_start_ms = 0;
+    atomic_store(&b->servers[0].st->down_until_ms, 0);
+    atomic_store(&b->servers[1].st->down_until_ms, 0);
+    atomic_store(&b->servers[1].st->up_since_ms, 400000);
+    T_EQ_INT(picks_of(b, 1, 200, 400000), 100);
+    T_EQ_INT(td_router_slow_start_remaining(&b->servers[1], 400000), -1);
+    td_snapshot_release(s);
+}
+
+/* A config of backends sw0-blue and sw0-green (one server each, slow_start_ms 10000), with
+ * weights wb, wg and the green server's weight ws. */
+static td_snapshot_t *ramp_pair(int wb, int wg, int ws) {
+    char json[1024];
+    snprintf(json, sizeof(json),
+             "{\"listeners\": [{\"address\": \"127.0.0.1:1\"}],"
+             " \"backends\": ["
+             "  {\"name\": \"sw0-blue\", \"weight\": %d, \"slow_start_ms\": 10000,"
+             "   \"servers\": [{\"address\": \"127.0.0.1:2\"}]},"
+             "  {\"name\": \"sw0-green\", \"weight\": %d, \"slow_start_ms\": 10000,"
+             "   \"servers\": [{\"address\": \"127.0.0.1:3\", \"weight\": %d},"
+             "    {\"address\": \"127.0.0.1:4\"}]}]}",
+             wb, wg, ws);
+    return snap_of(json);
+}
+
+static void test_slow_start_weight_from_0_in_a_new_snapshot(void) {
+    /* The first snapshot is taken as it is: warm, whatever the weights. */
+    td_snapshot_t *s = ramp_pair(50, 0, 0);
+    if (!s)
+        return;
+    td_server_stats_t *sv0 = s->backends[1].servers[0].st;
+    T_EQ_INT(atomic_load(&s->backends[1].st->weight_up_ms), 0);
+    T_EQ_INT(atomic_load(&sv0->weight_up_ms), 0);
+    td_snapshot_release(s);
+    /* Green's weight 0 -> 50, its first server's 0 -> 1: both ramps start now. */
+    int64_t before = td_now_ms();
+    s = ramp_pair(50, 50, 1);
+    if (!s)
+        return;
+    int64_t up = atomic_load(&s->backends[1].st->weight_up_ms);
+    T_CHECK(up >= before && up <= td_now_ms());
+    T_CHECK(atomic_load(&sv0->weight_up_ms) >= before);
+    T_EQ_INT(atomic_load(&s->backends[0].st->weight_up_ms), 0); /* blue stayed at 50 */
+    int64_t t = atomic_load(&sv0->weight_up_ms);
+    T_EQ_INT(td_router_slow_start_remaining(&s->backends[1].servers[0], t), 10000);
+    /* Green as a whole starts at 5 % of its share, though its other server is warm: its own
+     * ramp caps it. */
+    double share[2];
+    T_EQ_INT(td_router_shares(s, up, share), 2);
+    T_CHECK(share[1] > 0.045 && share[1] < 0.05); /* 250 / (5000 + 250) */
+    T_EQ_INT(td_router_shares(s, up + 5000, share), 2);
+    T_CHECK(share[1] > 0.33 && share[1] < 0.34); /* 2500 / 7500 */
+    T_EQ_INT(td_router_shares(s, up + 10000, share), 2);
+    T_CHECK(share[1] == 0.5);
+    int wrr[2] = {0}, green = 0;
+    for (int i = 0; i < 5250; i++)
+        green += td_router_pick_backend(s, wrr, -1, NULL, up) == 1;
+    T_EQ_INT(green, 250);
+    td_snapshot_release(s);
+    /* A rebuild at the same weights starts nothing again. */
+    s = ramp_pair(50, 50, 1);
+    if (!s)
+        return;
+    T_EQ_INT(atomic_load(&s->backends[1].st->weight_up_ms), up);
+    td_snapshot_release(s);
+}
+
+static void test_slow_start_backend_back_from_no_server_up(void) {
+    td_snapshot_t *s = two("sbk", "round_robin", 50, 50, "");
+    if (!s)
+        return;
+    s->backends[1].slow_start_ms = s->backends[1].servers[0].slow_start_ms = 8000;
+    double share[2];
+    /* Green's only server came back at 50000: green ramps with it. */
+    atomic_store(&server0(s, 1)->up_since_ms, 50000);
+    T_EQ_INT(td_router_shares(s, 50000, share), 2);
+    T_CHECK(share[1] > 0.045 && share[1] < 0.05);
+    T_EQ_INT(td_router_shares(s, 54000, share), 2);
+    T_CHECK(share[1] > 0.33 && share[1] < 0.34);
+    T_EQ_INT(td_router_shares(s, 58000, share), 2);
+    T_CHECK(share[1] == 0.5);
+    /* Failover does not ramp the choice of backend: the primary takes all once it serves. */
+    s->method = TD_METHOD_FAILOVER;
+    s->backends[0].weight = 0;
+    T_EQ_INT(td_router_pick_backend(s, NULL, -1, NULL, 50000), 1);
+    T_EQ_INT(td_router_shares(s, 50000, share), 1);
+    T_CHECK(share[1] == 1);
+    td_snapshot_release(s);
+}
+
 int main(void) {
     test_pick_server_beyond_256_servers();
     test_pick_server_skips_servers_at_max_conns_and_says_full();
@@ -373,5 +637,13 @@ int main(void) {
     test_passive_ejections_alone_never_give_up();
     test_servers_by_weight_and_backend_up_since();
     test_failover_without_a_primary();
+    test_maint_and_drain_never_picked_by_weight();
+    test_pins_on_drain_last_until_drain_ms_and_on_maint_not_at_all();
+    test_failover_order_leaves_out_maint_and_drain();
+    test_passive_backup_in_maint_is_not_somewhere_else_to_go();
+    test_slow_start_ramp_arithmetic();
+    test_slow_start_server_ramps_after_it_comes_up();
+    test_slow_start_weight_from_0_in_a_new_snapshot();
+    test_slow_start_backend_back_from_no_server_up();
     return t_done("test_router");
 }

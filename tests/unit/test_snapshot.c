@@ -4,6 +4,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "t.h"
 #include "td/config.h"
@@ -157,6 +158,68 @@ static void test_drain_since_follows_the_weight(void) {
     td_snapshot_release(s);
 }
 
+/* A snapshot like snap()'s (round robin, 100/100) with green in state `st`. */
+static td_snapshot_t *snap_state(td_backend_state_t st, uint64_t version) {
+    const char *json = "{\"listeners\": [{\"address\": \"127.0.0.1:1\"}],"
+                       " \"timeouts\": {\"drain_ms\": 500},"
+                       " \"backends\": ["
+                       "  {\"name\": \"ss-blue\", \"weight\": 100, \"servers\": ["
+                       "    {\"address\": \"127.0.0.1:2\"}]},"
+                       "  {\"name\": \"ss-green\", \"weight\": 100, \"servers\": ["
+                       "    {\"address\": \"127.0.0.1:4\"}]}]}";
+    td_config_t *cfg = td_config_parse(json, strlen(json), "t.json", stderr);
+    T_CHECK(cfg != NULL);
+    if (!cfg)
+        return NULL;
+    cfg->backends[1].state = st;
+    char err[256] = "";
+    td_snapshot_t *s = td_snapshot_build(cfg, version, err, sizeof(err));
+    T_CHECK(s != NULL);
+    return s;
+}
+
+static void test_drain_since_follows_the_state(void) {
+    td_snapshot_t *s = snap_state(TD_BACKEND_READY, 1);
+    if (!s)
+        return;
+    td_backend_stats_t *green = s->backends[1].st;
+    T_EQ_INT(atomic_load(&green->drain_since_ms), 0);
+    td_snapshot_release(s);
+
+    /* State drain at weight 100: draining since this build, and still from then in the next. */
+    int64_t before = td_now_ms();
+    s = snap_state(TD_BACKEND_DRAIN, 2);
+    int64_t after = td_now_ms();
+    if (!s)
+        return;
+    int64_t since = atomic_load(&green->drain_since_ms);
+    T_CHECK(since >= before && since <= after);
+    T_EQ_INT(s->backends[1].state, TD_BACKEND_DRAIN);
+    T_EQ_INT(td_backend_draining(s, &s->backends[1]), 1);
+    T_EQ_INT(td_backend_drained(s, &s->backends[1], since + 499), 0);
+    T_EQ_INT(td_backend_drained(s, &s->backends[1], since + 500), 1);
+    td_snapshot_release(s);
+    usleep(3000); /* a later build must not restart the drain's clock */
+    s = snap_state(TD_BACKEND_DRAIN, 3);
+    if (!s)
+        return;
+    T_EQ_INT(atomic_load(&green->drain_since_ms), since);
+    td_snapshot_release(s);
+
+    /* Maint: drained at once; ready again: not draining. */
+    s = snap_state(TD_BACKEND_MAINT, 4);
+    if (!s)
+        return;
+    T_EQ_INT(td_backend_drained(s, &s->backends[1], since), 1);
+    td_snapshot_release(s);
+    s = snap_state(TD_BACKEND_READY, 5);
+    if (!s)
+        return;
+    T_EQ_INT(atomic_load(&green->drain_since_ms), 0);
+    T_EQ_INT(td_backend_draining(s, &s->backends[1]), 0);
+    td_snapshot_release(s);
+}
+
 static void test_references(void) {
     td_snapshot_t *s = snap("sx", "round_robin", 1, 1, "127.0.0.1:4", "", 1);
     if (!s)
@@ -219,6 +282,7 @@ int main(void) {
     test_build_takes_config_and_registry_objects();
     test_rebuild_keeps_registry_objects();
     test_drain_since_follows_the_weight();
+    test_drain_since_follows_the_state();
     test_references();
     test_publish_and_acquire();
     test_find_backend_by_name();

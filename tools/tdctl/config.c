@@ -1,4 +1,5 @@
-/* tdctl config get, tdctl config put FILE: td's configuration read and replaced as a whole. */
+/* tdctl config get, tdctl config put FILE: td's configuration read and replaced as a whole;
+ * tdctl config diff and reset: the changes td keeps on top of its config file (its state file). */
 
 #include "tdctl.h"
 
@@ -85,14 +86,87 @@ static int config_put(const ctl_t *ctl, const char *path) {
     return rc;
 }
 
+/* A value of a diff line: compact JSON, or what its absence means. */
+static void print_value(const json_t *v, const char *absent) {
+    char *s = v && !json_is_null(v) ? json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+    fputs(s ? s : absent, stdout);
+    free(s);
+}
+
+/* One line per path where what runs differs from td's config file, then one per setting that
+ * waits for a restart. Exits like diff(1): 0 no difference, 1 differences, 2 trouble. */
+static int config_diff(const ctl_t *ctl) {
+    json_t *ov = get_json(ctl, "/api/v1/overrides");
+    json_t *state = ov ? get_json(ctl, "/api/v1/state") : NULL;
+    if (!ov || !state) {
+        json_decref(ov);
+        return RC_USAGE;
+    }
+    json_t *list = json_object_get(ov, "overrides"),
+           *pending = json_object_get(state, "pending_restart");
+    size_t n = json_array_size(list) + json_array_size(pending), i;
+    json_t *o;
+    if (ctl->json) {
+        json_t *j = json_pack("{s:O,s:O}", "overrides", list ? list : json_null(),
+                              "pending_restart", pending ? pending : json_array());
+        json_dumpf(j, stdout, JSON_INDENT(2));
+        putchar('\n');
+        json_decref(j);
+    } else {
+        json_array_foreach(list, i, o) {
+            printf("%s: file ", str(o, "path"));
+            print_value(json_object_get(o, "file_value"), "(absent)");
+            fputs(", running ", stdout);
+            print_value(json_object_get(o, "value"), "(removed)");
+            printf(" (override since %s by %s)\n", str(o, "since"), str(o, "by"));
+        }
+        json_array_foreach(pending, i, o) {
+            printf("%s: file ", str(o, "key"));
+            print_value(json_object_get(o, "file"), "(absent)");
+            fputs(", running ", stdout);
+            print_value(json_object_get(o, "running"), "(none)");
+            fputs(" (applies at the next restart)\n", stdout);
+        }
+    }
+    if (!json_is_true(json_object_get(ov, "persisted")))
+        fprintf(stderr, "tdctl: warning: changes are not being saved: %s\n",
+                str(ov, "persist_error"));
+    json_decref(ov);
+    json_decref(state);
+    return n ? RC_REFUSED : RC_DONE;
+}
+
+/* Drops every override: td runs its config file alone again. */
+static int config_reset(const ctl_t *ctl) {
+    reply_t r;
+    json_t *doc;
+    int rc = call(ctl, "DELETE", "/api/v1/overrides", NULL, 0, &r);
+    if (rc == RC_DONE && ctl->json) {
+        print_raw(&r.body);
+    } else if (rc == RC_DONE && (doc = parse_reply(&r))) {
+        printf("overrides dropped: td runs its config file as it read it\n");
+        json_decref(doc);
+    } else if (rc == RC_DONE) {
+        rc = RC_REFUSED;
+    }
+    free(r.body.p);
+    return rc;
+}
+
 int cmd_config(const ctl_t *ctl, int argc, char **argv) {
     if (argc == 1 && strcmp(argv[0], "get") == 0)
         return config_get(ctl);
     if (argc == 2 && strcmp(argv[0], "put") == 0)
         return config_put(ctl, argv[1]);
+    if (argc == 1 && strcmp(argv[0], "diff") == 0)
+        return config_diff(ctl);
+    if (argc == 1 && strcmp(argv[0], "reset") == 0)
+        return config_reset(ctl);
+    if (argc >= 1 && (strcmp(argv[0], "diff") == 0 || strcmp(argv[0], "reset") == 0))
+        return usage_error("config %s takes no argument", argv[0]);
     if (argc >= 1 && strcmp(argv[0], "get") == 0)
         return usage_error("config get takes no argument");
     if (argc >= 1 && strcmp(argv[0], "put") == 0)
         return usage_error("config put takes one FILE (or - for standard input)");
-    return usage_error("config needs 'get' or 'put FILE'");
+    return usage_error("config needs 'get', 'put FILE', 'diff' or 'reset'");
 }

@@ -1,5 +1,6 @@
-/* tdctl drain NAME [--wait] [--timeout DURATION]: a backend's weight set to 0, then (--wait) its
- * requests in flight and tunnels watched until they are gone or td's drain time has passed. */
+/* tdctl drain NAME [--wait] [--timeout DURATION]: a backend put in state drain (its weight
+ * kept: in failover a weight-0 backend is a backup, never drained), then (--wait) its requests in
+ * flight and tunnels watched until they are gone or td's drain time has passed. */
 
 #include "tdctl.h"
 
@@ -28,13 +29,13 @@ static void drain_counts(const json_t *backend, char *out, size_t n) {
 
 /* The clocks of a wait for a backend to drain, in seconds of now_s(). */
 typedef struct wait_s {
-    double zero_at;   /* when tdctl saw the weight go to 0: td's drain clock if td sends none */
+    double zero_at;   /* when tdctl saw the drain begin: td's drain clock if td sends none */
     double began;     /* when the wait began: the clock of timeout_s */
     double drain_s;   /* td's timeouts.drain_ms */
     double timeout_s; /* the longest wait */
 } wait_t;
 
-/* Seconds the backend has been at weight 0: td's own clock (drain_elapsed_ms) when it sends it,
+/* Seconds the backend has been draining: td's own clock (drain_elapsed_ms) when it sends it,
  * else since zero_at. */
 static double drained_for(const json_t *backend, const wait_t *w, double now) {
     const json_t *v = json_object_get(backend, "drain_elapsed_ms");
@@ -56,8 +57,8 @@ static enum wait_end wait_verdict(const json_t *backend, const wait_t *w, double
 static int wait_report(enum wait_end end, const char *name, const wait_t *w, double now) {
     switch (end) {
     case W_DRAINED:
-        printf("%s: drained %.1fs after its weight went to 0: no request in flight, no tunnel\n",
-               name, now - w->zero_at);
+        printf("%s: drained %.1fs after its drain began: no request in flight, no tunnel\n", name,
+               now - w->zero_at);
         return RC_DONE;
     case W_DRAIN_MS:
         printf("%s: td's drain time (timeouts.drain_ms, %.1fs) has passed: td closes its "
@@ -123,43 +124,53 @@ int wait_drained(const ctl_t *ctl, const char *name, double zero_at, double time
     return wait_report(end, name, &w, now);
 }
 
-/* true when a backend other than `name` keeps a weight above 0. */
-static bool others_weighted(const json_t *state, const char *name) {
+/* true when a ready backend other than `name` could take the traffic: one with a weight above 0,
+ * or in failover any (a weight-0 backend is a backup there). */
+static bool others_ready(const json_t *state, const char *name) {
+    bool failover = strcmp(str(state, "method"), "failover") == 0;
     json_t *b;
     size_t i;
 
     json_array_foreach(json_object_get(state, "backends"), i, b) {
-        if (strcmp(str(b, "name"), name) != 0 && int_of(b, "weight", 0) > 0)
+        const char *st = json_string_value(json_object_get(b, "state"));
+        if (strcmp(str(b, "name"), name) != 0 && (!st || strcmp(st, "ready") == 0) &&
+            (failover || int_of(b, "weight", 0) > 0))
             return true;
     }
     return false;
 }
 
-/* Sets backend `name` of td's `state` to weight 0 and says what is left there. */
+/* Puts backend `name` of td's `state` in state drain and says what is left there. */
 static int drain_start(const ctl_t *ctl, const json_t *state, const char *name) {
     const json_t *b = find_backend(state, name);
-    json_int_t was = int_of(b, "weight", -1);
+    const char *was = str(b, "state");
     json_t *after;
-    char line[256];
+    char line[256], path[128];
 
     if (!b)
         return unknown_backend(state, name);
-    if (was == 0) {
+    if (strcmp(was, "drain") == 0 || strcmp(was, "maint") == 0 ||
+        (strcmp(was, "ready") == 0 && json_is_true(json_object_get(b, "draining")))) {
         drain_counts(b, line, sizeof(line));
-        printf("%s: already at weight 0; %s\n", name, line);
+        if (strcmp(was, "ready") == 0)
+            printf("%s: already at weight 0; %s\n", name, line);
+        else
+            printf("%s: already in state %s; %s\n", name, was, line);
         return RC_DONE;
     }
-    if (!others_weighted(state, name)) {
+    if (!others_ready(state, name)) {
         fprintf(stderr,
-                "tdctl: refused: draining %s would leave no backend with a weight above 0 "
-                "(every request would get 503); give another backend a weight first\n",
+                "tdctl: refused: draining %s would leave no backend with a weight above 0 in "
+                "state ready (every request would get 503); give another backend a weight "
+                "first\n",
                 name);
         return RC_REFUSED;
     }
-    if (!(after = put_json(ctl, "/api/v1/ratio", json_pack("{s:i}", name, 0))))
+    snprintf(path, sizeof(path), "/api/v1/backends/%s", name);
+    if (!(after = put_json(ctl, path, json_pack("{s:s}", "state", "drain"))))
         return RC_REFUSED;
     drain_counts(find_backend(after, name), line, sizeof(line));
-    printf("%s: weight %" JSON_INTEGER_FORMAT " -> 0; %s\n", name, was, line);
+    printf("%s: state %s -> drain (weight %s kept); %s\n", name, was, num(b, "weight").s, line);
     json_decref(after);
     return RC_DONE;
 }
@@ -182,7 +193,7 @@ int cmd_drain(const ctl_t *ctl, int argc, char **argv) {
         return usage_error("--timeout goes with --wait");
     if (!(state = get_json(ctl, "/api/v1/state")))
         return RC_REFUSED;
-    since = now_s(); /* the weight goes to 0 during drain_start: count the drain from here */
+    since = now_s(); /* the drain begins during drain_start: count it from here */
     rc = drain_start(ctl, state, argv[0]);
     json_decref(state);
     if (rc != RC_DONE || !(ctl->given & OPT(O_WAIT)))

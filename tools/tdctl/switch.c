@@ -41,6 +41,7 @@ typedef struct plan_s {
     double max_error_rate;         /* a fraction, 0..1 */
     long max_p99_ms;               /* 0: latency is not judged */
     json_int_t green_was, old_was; /* the weights before the switch: a rollback's target */
+    char green_state[16];          /* green's state before the switch ("ready", "drain", ...) */
     double share;                  /* green's share of the traffic before it, in % */
     bounds_t bounds;
     counters_t old_start; /* the old side when the switch began */
@@ -167,6 +168,8 @@ static int prepare_plan(plan_t *p, const json_t *state) {
         fprintf(stderr, "tdctl: refused: %s has no server up; nothing changed\n", p->green);
         return RC_REFUSED;
     }
+    snprintf(p->green_state, sizeof(p->green_state), "%s",
+             json_is_string(json_object_get(green, "state")) ? str(green, "state") : "ready");
     p->green_was = int_of(green, "weight", 0);
     p->old_was = int_of(old, "weight", 0);
     p->old_start = counters_of(old);
@@ -328,11 +331,27 @@ static enum step_end run_step(const ctl_t *ctl, plan_t *p, int i, char *why, siz
     return watch_step(ctl, p, step, &green0, why, n);
 }
 
+/* Sets green's state (PUT /api/v1/backends/NAME); false after saying why not. */
+static bool set_green_state(const ctl_t *ctl, const plan_t *p, const char *state) {
+    char path[160];
+    json_t *reply;
+
+    snprintf(path, sizeof(path), "/api/v1/backends/%s", p->green);
+    if (!(reply = put_json(ctl, path, json_pack("{s:s}", "state", state))))
+        return false;
+    json_decref(reply);
+    return true;
+}
+
 /* Sets the weights back to those before the switch, after saying why; returns the exit status. */
 static int roll_back(const ctl_t *ctl, const plan_t *p, const char *why) {
     json_t *state;
 
     fprintf(stderr, "tdctl: %s\n", why);
+    /* Green left drain or maint for the switch: back to it, so it takes nothing again. */
+    if (strcmp(p->green_state, "ready") != 0 && !set_green_state(ctl, p, p->green_state))
+        fprintf(stderr, "tdctl: THE ROLLBACK FAILED: put %s back by hand: tdctl state %s %s\n",
+                p->green, p->green, p->green_state);
     state = put_json(ctl, "/api/v1/ratio",
                      json_pack("{s:I,s:I}", p->green, p->green_was, p->old, p->old_was));
     if (!state) {
@@ -369,6 +388,12 @@ static int run_switch(const ctl_t *ctl, plan_t *p) {
     int i;
 
     print_plan(p);
+    /* A new side in drain or maint (the colour just redeployed) would take nothing. */
+    if (strcmp(p->green_state, "ready") != 0) {
+        if (!set_green_state(ctl, p, "ready"))
+            return RC_REFUSED;
+        printf("%s: state %s -> ready\n", p->green, p->green_state);
+    }
     for (i = p->first; i < p->nsteps; i++) {
         enum step_end end = run_step(ctl, p, i, why, sizeof(why));
 

@@ -90,14 +90,27 @@ static void print_row(int width, const char *name, const char *weight, const cha
     printf("%.*s\n", n, line);
 }
 
-/* Width of the name column: the longest backend name or indented server address. */
+/* A backend's name for the table, with its state when not ready: "blue (maint)". */
+static void backend_name(const json_t *b, char *out, size_t n) {
+    const char *state = json_string_value(json_object_get(b, "state"));
+
+    if (state && strcmp(state, "ready") != 0)
+        snprintf(out, n, "%s (%s)", str(b, "name"), state);
+    else
+        snprintf(out, n, "%s", str(b, "name"));
+}
+
+/* Width of the name column: the longest backend name (with its state) or indented server
+ * address. */
 static int name_width(const json_t *backends) {
     size_t width = strlen("BACKEND/SERVER"), i, j;
     const json_t *b, *s;
+    char name[128];
 
     json_array_foreach(backends, i, b) {
-        if (strlen(str(b, "name")) > width)
-            width = strlen(str(b, "name"));
+        backend_name(b, name, sizeof(name));
+        if (strlen(name) > width)
+            width = strlen(name);
         json_array_foreach(json_object_get(b, "servers"), j, s) {
             if (2 + strlen(str(s, "address")) > width)
                 width = 2 + strlen(str(s, "address"));
@@ -165,8 +178,10 @@ void print_state(const json_t *state) {
     print_row(width, "BACKEND/SERVER", "WEIGHT", "SHARE", "STATE", "IN-FLIGHT", "REQUESTS", "5XX",
               "FAILURES");
     json_array_foreach(backends, i, b) {
-        print_row(width, str(b, "name"), num(b, "weight").s, ratio_cell(b, weight_sum).s,
-                  up_down(b), num(b, "in_flight").s, num(b, "requests").s,
+        char name[128];
+        backend_name(b, name, sizeof(name));
+        print_row(width, name, num(b, "weight").s, ratio_cell(b, weight_sum).s, up_down(b),
+                  num(b, "in_flight").s, num(b, "requests").s,
                   num(json_object_get(b, "responses"), "5xx").s, "");
         print_servers(b, width);
     }

@@ -5,6 +5,7 @@
  *   status.c   status; replies that carry td's state        ratio.c    ratio, method
  *   config.c   config get, config put                        drain.c    drain [--wait]
  *   switch.c   switch (step by step, with rollback)          history.c  rollback, history
+ *   state.c    state NAME ready|drain|maint
  *   http.c     the only libcurl caller: one admin API call, td's refusals, JSON replies
  *   table.c    td's state document: member lookups, table cells, the status table
  *   args.c     usage errors and the checks of operand and option values
@@ -81,6 +82,7 @@ int cmd_ratio(const ctl_t *ctl, int argc, char **argv);    /* ratio.c */
 int cmd_method(const ctl_t *ctl, int argc, char **argv);   /* ratio.c */
 int cmd_config(const ctl_t *ctl, int argc, char **argv);   /* config.c */
 int cmd_drain(const ctl_t *ctl, int argc, char **argv);    /* drain.c */
+int cmd_state(const ctl_t *ctl, int argc, char **argv);    /* state.c */
 int cmd_switch(const ctl_t *ctl, int argc, char **argv);   /* switch.c */
 int cmd_rollback(const ctl_t *ctl, int argc, char **argv); /* history.c */
 int cmd_history(const ctl_t *ctl, int argc, char **argv);  /* history.c */

@@ -1,0 +1,43 @@
+/* td's own readiness: the phase of the process (starting, serving, stopping) behind GET /readyz
+ * and the td_ready gauge. */
+#include "td/ready.h"
+
+#include <stdatomic.h>
+#include <stdio.h>
+
+static _Atomic int phase = TD_READY_STARTING;
+static _Atomic int64_t grace_until_ms;
+
+void td_ready_set(td_ready_phase_t p, int64_t until_ms) {
+    if (p == TD_READY_GRACE)
+        atomic_store(&grace_until_ms, until_ms);
+    atomic_store(&phase, (int)p);
+}
+
+td_ready_phase_t td_ready_phase(void) {
+    return (td_ready_phase_t)atomic_load(&phase);
+}
+
+int td_ready_check(int64_t now_ms, char *reason, size_t n) {
+    int64_t left;
+    switch (td_ready_phase()) {
+    case TD_READY_SERVING:
+        /* Further reasons to be out of service while serving (e.g. cut off from a cluster)
+         * belong here, each with its own reason. */
+        if (n)
+            reason[0] = 0;
+        return 1;
+    case TD_READY_STARTING:
+        snprintf(reason, n, "starting");
+        return 0;
+    case TD_READY_GRACE:
+        left = atomic_load(&grace_until_ms) - now_ms;
+        snprintf(reason, n, "stopping: grace period, %lld ms left",
+                 (long long)(left > 0 ? left : 0));
+        return 0;
+    case TD_READY_DRAINING:
+        break;
+    }
+    snprintf(reason, n, "stopping: draining");
+    return 0;
+}
