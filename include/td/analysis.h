@@ -33,14 +33,14 @@ typedef struct td_analysis_side_s {
 } td_analysis_side_t;
 
 typedef struct td_analysis_config_s {
-    double max_error_rate;  /* 0..1: absolute limit on the target's error rate */
-    int max_p99_ms;         /* 0: no absolute p99 limit */
-    uint64_t min_requests;  /* target answers needed before any fail verdict */
-    int compare_baseline;   /* 1: check (2) against the baseline side */
-    double max_ratio;       /* r >= 1: how much worse than the baseline is tolerated */
-    double significance;    /* overall level per step, e.g. 0.01 */
-    int looks;              /* looks planned in the step (>= 1): the per-look level is
-                               significance / looks */
+    double max_error_rate; /* 0..1: absolute limit on the target's error rate */
+    int max_p99_ms;        /* 0: no absolute p99 limit */
+    uint64_t min_requests; /* target answers needed before any fail verdict */
+    int compare_baseline;  /* 1: check (2) against the baseline side */
+    double max_ratio;      /* r >= 1: how much worse than the baseline is tolerated */
+    double significance;   /* overall level per step, e.g. 0.01 */
+    int looks;             /* looks planned in the step (>= 1): the per-look level is
+                              significance / looks */
 } td_analysis_config_t;
 
 typedef enum {
