@@ -74,6 +74,7 @@ static void test_one_error_in_50_against_0_in_450_does_not_fail(void) {
     td_analysis_side_t t = side(50, 1), b = side(450, 0);
     td_analysis_result_t r;
     T_CHECK(td_analysis_look(&c, &t, &b, &r) != TD_ANALYSIS_FAIL);
+    T_NEAR(r.p_value, 1.0 / 7.0, 1e-12); /* the one error falls on the target with p0 = 1/7 */
     /* 5 of 50 against none is a real difference: all 5 errors on a side that takes
      * 1.5 x 50 / (1.5 x 50 + 450) = 1/7 of them under H0 has p = (1/7)^5 = 6e-5 < 0.01. */
     t = side(50, 5);
@@ -204,8 +205,9 @@ static uint64_t binomial(uint64_t n, double p) {
 /* `steps` steps of 30 looks; each look adds `per_look` requests, a tenth to the target. Returns
  * the share of steps that failed at any look. */
 static double simulate(int steps, uint64_t per_look, double rate_t, double rate_b,
-                       double max_error_rate) {
+                       double max_error_rate, double max_ratio) {
     td_analysis_config_t c = config(max_error_rate, 1, 30);
+    c.max_ratio = max_ratio;
     int failed = 0;
     for (int s = 0; s < steps; s++) {
         td_analysis_side_t t = side(0, 0), b = side(0, 0);
@@ -225,12 +227,19 @@ static double simulate(int steps, uint64_t per_look, double rate_t, double rate_
 
 static void test_good_steps_rarely_roll_back_over_30_looks(void) {
     /* Both sides the same rate, max_error_rate 0.01 / 0.05 above it: a fail is a false one. */
-    double half = simulate(2000, 1000, 0.005, 0.005, 0.01);
-    double two = simulate(2000, 1000, 0.02, 0.02, 0.05);
-    double small = simulate(2000, 200, 0.02, 0.02, 0.05); /* fewer answers, fewer errors */
-    printf("  false rollbacks over 30 looks: %.2f %% at 0.5 %%, %.2f %% at 2 %%, %.2f %% at 2 %% "
-           "on 200 a look (significance 1 %%)\n",
-           100 * half, 100 * two, 100 * small);
+    double half = simulate(2000, 1000, 0.005, 0.005, 0.01, 1.5);
+    double two = simulate(2000, 1000, 0.02, 0.02, 0.05, 1.5);
+    double small = simulate(2000, 200, 0.02, 0.02, 0.05, 1.5); /* fewer answers, fewer errors */
+    /* max_ratio 1: H0 is exactly the truth, the test at its edge, where an unsplit level would
+     * add up over the looks. */
+    double strict = simulate(2000, 1000, 0.005, 0.005, 0.01, 1.0);
+    double strict2 = simulate(2000, 1000, 0.02, 0.02, 0.05, 1.0);
+    printf(
+        "  false rollbacks over 30 looks (significance 1 %%): %.2f %% at 0.5 %%, %.2f %% at 2 %%, "
+        "%.2f %% at 2 %% on 200 a look; with max_ratio 1: %.2f %% at 0.5 %%, %.2f %% at 2 %%\n",
+        100 * half, 100 * two, 100 * small, 100 * strict, 100 * strict2);
+    T_CHECK(strict < 0.01);
+    T_CHECK(strict2 < 0.01);
     T_CHECK(half < 0.01);
     T_CHECK(two < 0.01);
     T_CHECK(small < 0.01);
@@ -239,17 +248,17 @@ static void test_good_steps_rarely_roll_back_over_30_looks(void) {
 static void test_a_target_at_exactly_max_error_rate_rarely_fails(void) {
     /* Target and baseline at the 1 % limit: the observed rate is above it at about half the
      * looks, but not significantly. */
-    double at_limit = simulate(2000, 1000, 0.01, 0.01, 0.01);
+    double at_limit = simulate(2000, 1000, 0.01, 0.01, 0.01, 1.5);
     printf("  steps at exactly max_error_rate failed: %.2f %%\n", 100 * at_limit);
     T_CHECK(at_limit < 0.01);
 }
 
 static void test_bad_steps_with_3x_the_errors_mostly_fail(void) {
     /* 3 x the baseline's errors, within max_error_rate: only the baseline test can see it. */
-    double caught = simulate(1000, 3000, 0.015, 0.005, 0.05);
-    double caught2 = simulate(1000, 1000, 0.06, 0.02, 0.10);
+    double caught = simulate(1000, 3000, 0.015, 0.005, 0.05, 1.5);
+    double caught2 = simulate(1000, 1000, 0.06, 0.02, 0.10, 1.5);
     /* Above max_error_rate with no baseline comparison needed: 3 % against 1 %. */
-    double caught_abs = simulate(1000, 1000, 0.03, 0.01, 0.01);
+    double caught_abs = simulate(1000, 1000, 0.03, 0.01, 0.01, 1.5);
     printf("  bad steps caught: %.1f %% at 1.5 %% vs 0.5 %%, %.1f %% at 6 %% vs 2 %%, %.1f %% at "
            "3 %% vs a 1 %% limit\n",
            100 * caught, 100 * caught2, 100 * caught_abs);
