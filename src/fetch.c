@@ -120,6 +120,8 @@ static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *
             free(s);
             return -1;
         }
+        /* A request in flight never holds td's stop: shutdown cancels it. */
+        uv_unref((uv_handle_t *)&s->poll);
         s->fd = fd;
         s->poll.data = s;
         curl_multi_assign(multi, fd, s);
@@ -148,6 +150,7 @@ int td_fetch_init(uv_loop_t *l) {
         return TD_ENOMEM;
     loop = l;
     uv_timer_init(loop, &timer);
+    uv_unref((uv_handle_t *)&timer);
     curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, on_socket);
     curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, on_timeout);
     ready = 1;
