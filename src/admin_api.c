@@ -662,9 +662,9 @@ static td_admin_reply_t route(const td_admin_request_t *rq) {
     if (path_is(t, "/api/v1/history"))
         return get ? json_reply(200, td_audit_json()) : not_allowed("GET, HEAD");
     if (path_is(t, "/api/v1/rollout"))
-        return get                       ? rollout_get()
-               : method_is(m, "POST")    ? rollout_post(NULL, body, rq->client)
-                                         : not_allowed("GET, HEAD, POST");
+        return get                    ? rollout_get()
+               : method_is(m, "POST") ? rollout_post(NULL, body, rq->client)
+                                      : not_allowed("GET, HEAD, POST");
     td_str_t action;
     if (path_under(t, "/api/v1/rollout/", &action)) {
         char a[16];

@@ -68,9 +68,10 @@ static void check_done(void) {
         if (rc == CURLE_OK)
             curl_easy_getinfo(j->easy, CURLINFO_RESPONSE_CODE, &status);
         char error[CURL_ERROR_SIZE + 64];
-        snprintf(error, sizeof(error), "%s", rc == CURLE_OK ? ""
-                                             : j->error[0] ? j->error
-                                                           : curl_easy_strerror(rc));
+        snprintf(error, sizeof(error), "%s",
+                 rc == CURLE_OK ? ""
+                 : j->error[0]  ? j->error
+                                : curl_easy_strerror(rc));
         td_fetch_cb *cb = j->cb;
         void *arg = j->arg;
         job_free(j);

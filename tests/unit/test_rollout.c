@@ -45,8 +45,7 @@ static void defaults_fill_every_key(void) {
     T_EQ_INT(s.warmup_s, 5);
     T_EQ_INT(s.on_failure_pause, 0);
     T_EQ_INT(s.drain, 0);
-    T_EQ_INT(parse("{\"to\": \"green\", \"pre_check\": {\"path\": \"/healthz\"}}", &e, &s, err),
-             0);
+    T_EQ_INT(parse("{\"to\": \"green\", \"pre_check\": {\"path\": \"/healthz\"}}", &e, &s, err), 0);
     T_EQ_STR(s.pc_expect, "2xx");
     T_EQ_INT(s.pc_requests, 10);
     T_EQ_INT(s.pc_webhook_timeout_s, 30);
@@ -69,7 +68,8 @@ static void bad_input_names_the_field(void) {
          "analysis.interval_s: "},
         {"{\"to\": \"green\", \"step_s\": 5, \"analysis\": {\"warmup_s\": 6}}",
          "analysis.warmup_s: "},
-        {"{\"to\": \"green\", \"analysis\": {\"max_error_rate\": -0.1}}", "analysis.max_error_rate: "},
+        {"{\"to\": \"green\", \"analysis\": {\"max_error_rate\": -0.1}}",
+         "analysis.max_error_rate: "},
         {"{\"to\": \"green\", \"analysis\": {\"max_ratio\": 0.9}}", "analysis.max_ratio: "},
         {"{\"to\": \"green\", \"analysis\": {\"significance\": 0.51}}", "analysis.significance: "},
         {"{\"to\": \"green\", \"analysis\": {\"webhook\": \"ftp://x\"}}", "analysis.webhook: "},
