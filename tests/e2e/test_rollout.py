@@ -430,3 +430,44 @@ def test_drain_waits_for_the_old_side_then_succeeds(backends, td):
     assert r["state"] == "succeeded", r
     assert "draining" in [x["state"] for x in r["transitions"]], r["transitions"]
     assert r["reason"] == "every step passed; the old side is drained", r["reason"]
+
+
+def test_promote_full_goes_straight_to_100_skipping_the_steps_between(backends, td):
+    t = blue_green(backends, td)
+    status, r = t.api("POST", "/api/v1/rollout",
+                      {"to": "green", "steps": [10, 50, 100], "step_s": 600, "analysis": FAST})
+    assert status == 201, r
+    status, r = t.api("POST", "/api/v1/rollout/promote", {"full": True})
+    assert status == 200 and r["step"] == 2 and r["state"] == "running", r
+    assert [d["state"] for d in r["steps_detail"]] == ["skipped", "skipped", "running"]
+    assert weights(t) == {"blue": 0, "green": 100}
+    assert t.api("POST", "/api/v1/rollout/promote")[1]["state"] == "succeeded"
+
+
+def test_sticky_clients_make_the_actual_share_lag_the_configured_one(backends, td):
+    b = backends(("blue", 1), ("green", 1))
+    t = td(backend_cfg({"blue": (100, b.ports["blue"]), "green": (0, b.ports["green"])},
+                       method="sticky"))
+    from conftest import get_once, sticky_cookie
+    _, h, _ = get_once(t.port)
+    cookie = sticky_cookie(h)
+    assert cookie, dict(h)
+    load = LoadGen(t.port, threads=2, duration=60, headers={"Cookie": f"TDSTICKY={cookie}"})
+    load.start()
+    try:
+        status, r = t.api("POST", "/api/v1/rollout",
+                          {"to": "green", "steps": [50, 100], "step_s": 600, "analysis": FAST})
+        assert status == 201, r
+        time.sleep(2.0)
+        s = t.state()
+        status, r = t.api("GET", "/api/v1/rollout")
+    finally:
+        load.stop()
+    green = [x for x in s["backends"] if x["name"] == "green"][0]
+    blue = [x for x in s["backends"] if x["name"] == "blue"][0]
+    assert green["share"] == 50.0 and green["share_actual_10s"] == 0.0, green
+    assert blue["share_actual_10s"] == 100.0, blue
+    step = r["steps_detail"][0]
+    assert step["share_configured"] == 50.0 and step["share_actual"] == 0.0, step
+    assert load.by_backend == {"blue": load.ok}, load.by_backend
+    assert t.api("POST", "/api/v1/rollout/abort")[0] == 200
