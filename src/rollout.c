@@ -697,8 +697,7 @@ json_t *td_rollout_act(td_rollout_action_t a, const json_t *body, const char *cl
         enter(TD_RO_RUNNING, client, why);
         /* The step starts over: its analysis window opens afresh; a ramp paused half-way
          * goes on from where it stopped. */
-        start_step(R.step, client,
-                   !(R.spec.ramp_s > 0 && R.weight_now < R.spec.steps[R.step]));
+        start_step(R.step, client, !(R.spec.ramp_s > 0 && R.weight_now < R.spec.steps[R.step]));
     } else if (a == TD_RO_PROMOTE) {
         int full = json_is_true(json_object_get(body, "full"));
         size_t to = full ? R.spec.num_steps - 1 : R.step + 1;
