@@ -471,7 +471,39 @@ static void pc_next(void) {
 /* ---- the tick */
 
 /* One look at the step's analysis window. */
+/* What the counters cannot show: a target taken out of the traffic by td itself answers (almost)
+ * nothing, so its error rate looks clean while users were sent elsewhere. A server of the target
+ * ejected by passive detection (failures or 5xx in a row), or a target with no server up by its
+ * health checks, fails the step. Writes the reason and returns 1 then, else 0. */
+static int target_taken_out(char *why, size_t n) {
+    td_snapshot_t *s = td_router_acquire();
+    int bi = td_snapshot_find_backend(s, R.spec.to, strlen(R.spec.to)), out = 0;
+    int64_t now = td_now_ms();
+    if (bi >= 0) {
+        const td_snap_backend_t *b = &s->backends[bi];
+        for (size_t j = 0; j < b->num_servers && !out; j++)
+            if (atomic_load(&b->servers[j].st->ejected)) {
+                snprintf(why, n,
+                         "%s: server %s was ejected by passive detection (failures or 5xx in a "
+                         "row)",
+                         R.spec.to, b->servers[j].addr.text);
+                out = 1;
+            }
+        if (!out && !td_backend_is_up(b, now)) {
+            snprintf(why, n, "%s: no server up by its health checks", R.spec.to);
+            out = 1;
+        }
+    }
+    td_snapshot_release(s);
+    return out;
+}
+
 static void look(void) {
+    char taken[300];
+    if (target_taken_out(taken, sizeof(taken))) {
+        fail_step(taken);
+        return;
+    }
     td_analysis_side_t t, b;
     sides_now(&t, &b);
     side_delta(&t, &R.t0);

@@ -167,6 +167,27 @@ def test_failing_target_is_rolled_back_within_one_analysis_period(backends, td, 
     assert len(looks) <= 3, looks
 
 
+def test_target_ejected_by_passive_detection_fails_the_step(backends, td, servers):
+    """A target answering every request with 500 is ejected by passive detection after a few of
+    them, so its counters alone would look clean (almost no answers): the ejection itself fails
+    the step and the rollout is rolled back long before min_requests could be reached."""
+    b = backends(("blue", 1))
+    green = servers(500)
+    t = td(backend_cfg({"blue": (100, b.ports["blue"]), "green": (0, [green.port])}))
+    load = LoadGen(t.port, threads=4, duration=60).start()
+    try:
+        status, r = t.api("POST", "/api/v1/rollout",
+                          {"to": "green", "steps": [20, 100], "step_s": 20,
+                           "analysis": dict(FAST, min_requests=100000)})
+        assert status == 201, r
+        r = wait_rollout(t, {"rolled_back", "succeeded", "paused", "aborted"}, timeout=15)
+    finally:
+        load.stop()
+    assert r["state"] == "rolled_back", r
+    assert "ejected by passive detection" in r["reason"], r["reason"]
+    assert weights(t) == {"blue": 100, "green": 0}
+
+
 def test_on_failure_pause_holds_the_weights_until_aborted(backends, td, servers):
     t = failing_green(backends, td, servers)
     load = LoadGen(t.port, threads=4, duration=60).start()
