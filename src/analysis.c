@@ -160,8 +160,11 @@ td_analysis_verdict_t td_analysis_look(const td_analysis_config_t *cfg,
                  (unsigned long long)hist_total(target->latency), cfg->max_p99_ms);
         return out->verdict;
     }
-    /* Both p99s are bucket bounds: equal buckets are no evidence of a difference. */
-    if (tb >= 0 && bb >= 0 && tb > bb && out->target_p99_ms > r * out->baseline_p99_ms) {
+    /* Both p99s are bucket bounds: equal or neighbouring buckets are no evidence of a difference
+     * (a p99 near a bucket's edge moves between the two), nor is a difference of a few ms (a
+     * target's colder connection pool). */
+    if (tb >= 0 && bb >= 0 && tb >= bb + 2 && out->target_p99_ms > r * out->baseline_p99_ms &&
+        out->target_p99_ms - out->baseline_p99_ms >= TD_ANALYSIS_P99_MIN_DIFF_MS) {
         snprintf(out->reason, sizeof(out->reason),
                  "p99 %d ms (of %llu answers) above %g x the baseline's %d ms (of %llu answers)",
                  out->target_p99_ms, (unsigned long long)hist_total(target->latency), r,

@@ -21,9 +21,10 @@
  * 30 looks, equal rates, even at r = 1) fail in about 0.1 % of steps at significance 0.01.
  * p99 is judged only on >= TD_ANALYSIS_MIN_P99_REQUESTS target answers (counted in the latency
  * histogram): against `max_p99_ms` (when > 0) and, with a baseline of as many answers, against
- * max_ratio times its p99 — failing only when the target's p99 bucket is above the baseline's,
- * since both are bucket bounds. The checks are tried in that order; the first that fails gives
- * the reason. */
+ * max_ratio times its p99 — failing only when the target's p99 bucket is at least two above the
+ * baseline's (both are bucket bounds; a p99 near an edge moves between neighbours) and at least
+ * TD_ANALYSIS_P99_MIN_DIFF_MS slower. The checks are tried in that order; the first that fails
+ * gives the reason. */
 #ifndef TD_ANALYSIS_H
 #define TD_ANALYSIS_H
 
@@ -34,6 +35,7 @@
 
 #define TD_ANALYSIS_MIN_ERRORS 5
 #define TD_ANALYSIS_MIN_P99_REQUESTS 1000
+#define TD_ANALYSIS_P99_MIN_DIFF_MS 25 /* a p99 this much slower than the baseline's, at least */
 
 /* What one side (target or baseline) answered during the step's analysis window so far: deltas
  * of the backend's counters since the window opened. errors = its 5xx, td's own 502/503/504 for
