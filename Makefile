@@ -14,7 +14,7 @@ CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Iinclude $(OPT)
 # changed header rebuilds exactly what includes it.
 DEPFLAGS = -MMD -MP
 LDFLAGS += $(filter -fsanitize=%,$(OPT))
-LIBS = -luv -ljansson -lssl -lcrypto -lpthread -lm
+LIBS = -luv -ljansson -lcurl -lssl -lcrypto -lpthread -lm
 
 LIB_SRCS := $(filter-out src/main.c,$(wildcard src/*.c))
 LIB_OBJS := $(LIB_SRCS:src/%.c=$(BUILD)/obj/%.o)

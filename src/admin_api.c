@@ -19,6 +19,8 @@
 #include "td/metrics.h"
 #include "td/proxy.h"
 #include "td/ready.h"
+#include "td/registry.h"
+#include "td/rollout.h"
 #include "td/router.h"
 
 /* ---- replies */
@@ -153,6 +155,13 @@ static json_t *backend_json(td_snapshot_t *s, size_t i, int64_t now, const doubl
     /* What it gets now (percent of new requests), computed once here for every client. */
     json_object_set_new(jb, "share", json_real((double)(int)(share[i] * 1000 + 0.5) / 10));
     json_object_set_new(jb, "serving", json_boolean(share[i] > 0));
+    /* What it actually answered over the last 10 s: lags `share` while sticky clients stay. */
+    uint64_t all = 0, mine = td_registry_answered_recent(b->st, now);
+    for (size_t k = 0; k < s->num_backends; k++)
+        all += td_registry_answered_recent(s->backends[k].st, now);
+    json_object_set_new(jb, "share_actual_10s",
+                        all ? json_real((double)(int)((double)mine * 1000 / (double)all + 0.5) / 10)
+                            : json_null());
     /* In drain or maint it is no failover candidate: neither primary nor backup. */
     if (s->method == TD_METHOD_FAILOVER && b->state == TD_BACKEND_READY)
         json_object_set_new(jb, "role",
@@ -211,6 +220,7 @@ static json_t *state_json(void) {
         json_object_set_new(j, "persist_error", json_string(why));
     json_object_set_new(j, "state_file", json_string(td_control_state_path()));
     json_object_set_new(j, "pending_restart", td_control_pending_restart());
+    json_object_set_new(j, "rollout", td_rollout_summary_json());
     td_snapshot_release(s);
     return j;
 }
@@ -246,8 +256,20 @@ static json_t *parse_body(td_str_t body, td_admin_reply_t *fail) {
 
 /* PUT /api/v1/ratio {"blue": 0, "green": 100}: every key an existing backend, every value an
  * integer 0..100; all checked before anything changes. */
+/* 409 while a rollout is active: it owns the weights and the method. */
+static int rollout_blocks(td_admin_reply_t *fail) {
+    char msg[300], e[400];
+    if (!td_rollout_active(msg, sizeof(msg)))
+        return 0;
+    snprintf(e, sizeof(e), "%s: pause, promote or abort it first", msg);
+    *fail = td_admin_http_error(409, e);
+    return 1;
+}
+
 static td_admin_reply_t put_ratio(td_str_t body, const char *client) {
     td_admin_reply_t fail;
+    if (rollout_blocks(&fail))
+        return fail;
     json_t *j = parse_body(body, &fail);
     if (!j)
         return fail;
@@ -369,6 +391,8 @@ static td_admin_reply_t put_backend(td_str_t name, td_str_t body, const char *cl
 
 static td_admin_reply_t put_routing(td_str_t body, const char *client) {
     td_admin_reply_t fail;
+    if (rollout_blocks(&fail))
+        return fail;
     json_t *j = parse_body(body, &fail);
     if (!j)
         return fail;
@@ -549,6 +573,39 @@ static td_admin_reply_t get_readyz(void) {
     return json_reply(503, json_pack("{s:b,s:s}", "ready", 0, "reason", why));
 }
 
+/* POST /api/v1/rollout (`action` NULL) or /api/v1/rollout/ACTION; GET /api/v1/rollout. */
+static td_admin_reply_t rollout_post(const char *action, td_str_t body, const char *client) {
+    static const char *const names[] = {"pause", "resume", "promote", "abort"};
+    json_t *j = NULL;
+    td_admin_reply_t fail;
+    if (body.len || !action) {
+        j = parse_body(body, &fail);
+        if (!j)
+            return fail;
+    }
+    int status = 500;
+    json_t *out = NULL;
+    if (!action) {
+        out = td_rollout_start(j, client, &status);
+    } else {
+        size_t a = 0;
+        while (a < 4 && strcmp(names[a], action) != 0)
+            a++;
+        if (a == 4) {
+            json_decref(j);
+            return td_admin_http_error(404, "no such endpoint");
+        }
+        out = td_rollout_act((td_rollout_action_t)a, j, client, &status);
+    }
+    json_decref(j);
+    return json_reply(status, out);
+}
+
+static td_admin_reply_t rollout_get(void) {
+    json_t *j = td_rollout_json();
+    return j ? json_reply(200, j) : td_admin_http_error(404, "no rollout yet");
+}
+
 /* The admin server's handler: the console page and /readyz, then (with the token) the API. */
 static td_admin_reply_t route(const td_admin_request_t *rq) {
     const td_http1_request_t *req = rq->head;
@@ -592,6 +649,16 @@ static td_admin_reply_t route(const td_admin_request_t *rq) {
         return get ? json_reply(200, td_events_json()) : not_allowed("GET, HEAD");
     if (path_is(t, "/api/v1/history"))
         return get ? json_reply(200, td_audit_json()) : not_allowed("GET, HEAD");
+    if (path_is(t, "/api/v1/rollout"))
+        return get                       ? rollout_get()
+               : method_is(m, "POST")    ? rollout_post(NULL, body, rq->client)
+                                         : not_allowed("GET, HEAD, POST");
+    td_str_t action;
+    if (path_under(t, "/api/v1/rollout/", &action)) {
+        char a[16];
+        snprintf(a, sizeof(a), "%.*s", action.len < 15 ? (int)action.len : 15, action.p);
+        return method_is(m, "POST") ? rollout_post(a, body, rq->client) : not_allowed("POST");
+    }
     if (path_is(t, "/metrics"))
         return get ? get_metrics() : not_allowed("GET, HEAD");
     return td_admin_http_error(404, "no such endpoint");

@@ -12,6 +12,7 @@
 #include "td/events.h"
 #include "td/health.h"
 #include "td/log.h"
+#include "td/rollout.h"
 #include "td/router.h"
 #include "td/state_file.h"
 
@@ -174,7 +175,9 @@ static void note_persisted(int ok, const char *why) {
  * note_persisted says so. *entry receives the audit entry (for td_audit_commit). */
 static void save(const json_t *next, const char *what, json_t *before, json_t *after,
                  const char *client, uint64_t at_version, json_t **entry) {
-    char *text = state_path[0] ? td_state_text(next, config_path) : NULL;
+    json_t *ro = state_path[0] ? td_rollout_persist_json() : NULL;
+    char *text = state_path[0] ? td_state_text_rollout(next, config_path, ro) : NULL;
+    json_decref(ro);
     char sha[65] = "";
     if (text)
         td_sha256_hex(text, strlen(text), sha);
@@ -379,6 +382,29 @@ static json_t *summary(const td_config_t *c) {
     return json_pack("{s:s,s:o}", "method", td_method_name(c->method), "weights", w);
 }
 
+/* While a rollout runs it owns the weights: a change to them from elsewhere (the config file, PUT
+ * /api/v1/config, DELETE /api/v1/overrides) is reported and the running weights stay. Returns 1
+ * when `cfg` asked for other weights. */
+static int keep_rollout_weights(td_config_t *cfg, const char *what) {
+    int kept = 0;
+    for (size_t i = 0; i < cfg->num_backends; i++)
+        for (size_t j = 0; j < running->num_backends; j++)
+            if (strcmp(cfg->backends[i].name, running->backends[j].name) == 0 &&
+                cfg->backends[i].weight != running->backends[j].weight) {
+                char active[128];
+                td_rollout_active(active, sizeof(active));
+                td_warn("%s: weight of %s stays %d (not %d): %s and owns the weights", what,
+                        cfg->backends[i].name, running->backends[j].weight,
+                        cfg->backends[i].weight, active);
+                td_event("rollout", "%s: weight of %s stays %d (not %d): %s and owns the weights",
+                         what, cfg->backends[i].name, running->backends[j].weight,
+                         cfg->backends[i].weight, active);
+                cfg->backends[i].weight = running->backends[j].weight;
+                kept = 1;
+            }
+    return kept;
+}
+
 /* td_control_apply; `next` (owned, or NULL: computed from the file as last read) the overrides
  * that make `cfg` from the config file, `fdoc` (owned, or NULL: unchanged) the file's new
  * document (a reload). Everything that can refuse the change comes first, so a refused change
@@ -386,6 +412,11 @@ static json_t *summary(const td_config_t *c) {
 static int apply(td_config_t *cfg, const char *what, const char *client, json_t *next, json_t *fdoc,
                  char *err, size_t errlen) {
     keep_startup_settings(cfg);
+    if (td_rollout_owns_weights() && keep_rollout_weights(cfg, what)) {
+        /* The overrides are computed again: they must keep the rollout's weights. */
+        json_decref(next);
+        next = NULL;
+    }
     td_snapshot_t *s = td_snapshot_build(cfg, version + 1, err, errlen);
     if (!s) {
         json_decref(next);
@@ -427,6 +458,13 @@ int td_control_apply(td_config_t *cfg, const char *what, int persist, const char
     /* Not persisted: the overrides stay as they are (the state file is not written). */
     json_t *next = persist ? NULL : json_incref(overrides);
     return apply(cfg, what, client, next, NULL, err, errlen);
+}
+
+int td_control_save(const char *what, const char *client) {
+    json_t *entry = NULL;
+    save(overrides, what, NULL, NULL, client, version, &entry);
+    td_audit_commit(entry);
+    return 0;
 }
 
 int td_control_reset(const char *client, char *err, size_t errlen) {

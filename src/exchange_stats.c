@@ -45,6 +45,7 @@ void td_exchange_count_response(client_t *c, upstream_t *u, int status) {
     td_registry_server_response(u->st, status);
     if (c->ex->b_inflight) {
         td_registry_backend_response(c->ex->b_inflight, status);
+        td_registry_answered(c->ex->b_inflight, td_now_ms());
         if (td_registry_class(status) == TD_NCLASS - 1)
             atomic_store_explicit(&c->ex->b_inflight->last_5xx_ms, td_now_ms(),
                                   memory_order_relaxed);
@@ -60,8 +61,10 @@ void td_exchange_count_reply(client_t *c, int status) {
         td_backend_stats_t *bst = c->ex->backend >= 0  ? c->ex->snap->backends[c->ex->backend].st
                                   : c->ex->forced >= 0 ? c->ex->snap->backends[c->ex->forced].st
                                                        : c->ex->b_inflight;
-        if (bst)
+        if (bst) {
             td_registry_backend_response(bst, status);
+            td_registry_answered(bst, td_now_ms());
+        }
         td_router_count_local(bst, status, td_now_ms());
     } else if (status >= 500) {
         td_router_count_local(NULL, status, td_now_ms());

@@ -17,6 +17,7 @@
 #include "td/pidfile.h"
 #include "td/proxy.h"
 #include "td/ready.h"
+#include "td/rollout.h"
 
 #define TD_VERSION "0.2.0"
 
@@ -74,6 +75,9 @@ static const char usage[] =
     "  GET|DELETE /api/v1/overrides  the changes kept in the state file; DELETE drops them\n"
     "  GET /api/v1/events          recent changes, health transitions and reloads\n"
     "  GET /api/v1/history         the audit log of changes\n"
+    "  POST|GET /api/v1/rollout    start a rollout (409 while one is active) / the current or\n"
+    "                              last one: state, step, weights, each step's analysis\n"
+    "  POST /api/v1/rollout/pause|resume|promote|abort  drive the active rollout\n"
     "  GET /metrics                Prometheus text format\n"
     "  GET /readyz                 no token: 200 {\"ready\": true} while td serves, 503 while\n"
     "                              it starts or stops (for DNS, keepalived, load balancers)\n"
@@ -136,6 +140,7 @@ static void stop_now(const char *why) {
         grace_on = 0;
     }
     td_admin_stop();
+    td_rollout_shutdown();
     td_control_shutdown();
     td_proxy_stop(proxy, drain_ms);
     proxy = NULL;
@@ -256,6 +261,11 @@ static int run(td_config_t *file_cfg, const char *path) {
     uv_signal_start(&sig_hup, on_hup, SIGHUP);
     uv_signal_start(&sig_term, on_stop, SIGTERM);
     uv_signal_start(&sig_int, on_stop, SIGINT);
+    if (td_rollout_init(loop) < 0) {
+        fprintf(stderr, "td: cannot set up the rollout engine (libcurl)\n");
+        td_config_free(start_cfg);
+        return 1;
+    }
     if (has_admin && td_admin_start(loop, &admin, admin_token, err, sizeof(err)) < 0) {
         fprintf(stderr, "td: %s\n", err);
         td_config_free(start_cfg);

@@ -105,3 +105,23 @@ uint64_t td_router_pins_recent(td_backend_stats_t *b, int64_t now_ms) {
             n += atomic_load(&b->pin_count[i]);
     return n;
 }
+
+void td_registry_answered(td_backend_stats_t *b, int64_t now_ms) {
+    int64_t sec = now_ms / 1000;
+    size_t i = (size_t)(sec % TD_PIN_WINDOW);
+    if (atomic_load_explicit(&b->answered_second[i], memory_order_relaxed) != sec) {
+        /* A new second for this slot; a count lost in the race is only a statistic. */
+        atomic_store(&b->answered_second[i], sec);
+        atomic_store(&b->answered_count[i], 0);
+    }
+    atomic_fetch_add_explicit(&b->answered_count[i], 1, memory_order_relaxed);
+}
+
+uint64_t td_registry_answered_recent(td_backend_stats_t *b, int64_t now_ms) {
+    int64_t sec = now_ms / 1000;
+    uint64_t n = 0;
+    for (size_t i = 0; i < TD_PIN_WINDOW; i++)
+        if (sec - atomic_load(&b->answered_second[i]) < TD_PIN_WINDOW)
+            n += atomic_load(&b->answered_count[i]);
+    return n;
+}

@@ -331,10 +331,17 @@ void td_state_replaced_message(const json_t *r, char *out, size_t n) {
 }
 
 char *td_state_text(const json_t *overrides, const char *config_path) {
+    return td_state_text_rollout(overrides, config_path, NULL);
+}
+
+char *td_state_text_rollout(const json_t *overrides, const char *config_path,
+                            const json_t *rollout) {
     json_t *doc = json_pack("{s:s,s:s,s:O}", "about",
                             "changes made through td's admin API, on top of the config file; "
                             "written by td (see tdctl config diff)",
                             "config_file", config_path ? config_path : "", "overrides", overrides);
+    if (doc && rollout)
+        json_object_set(doc, "rollout", (json_t *)rollout);
     char *s = doc ? json_dumps(doc, JSON_INDENT(2)) : NULL;
     json_decref(doc);
     if (!s)
@@ -405,4 +412,12 @@ void td_state_audit_path(const char *state_path, char *out, size_t n) {
     else if (ends_with(state_path, ".json"))
         len -= strlen(".json");
     snprintf(out, n, "%.*s.audit.jsonl", (int)len, state_path);
+}
+
+json_t *td_state_load_rollout(const char *path) {
+    json_t *doc = path && path[0] ? json_load_file(path, 0, NULL) : NULL;
+    json_t *r = json_object_get(doc, "rollout");
+    r = json_is_object(r) ? json_incref(r) : NULL;
+    json_decref(doc);
+    return r;
 }

@@ -36,6 +36,11 @@ int64_t td_control_started_ms(void);
 int td_control_apply(td_config_t *cfg, const char *what, int persist, const char *client, char *err,
                      size_t errlen);
 
+/* Writes the state file again with the overrides as they are (and the rollout object of
+ * td_rollout_persist_json), audited as `what` from `client`: for a change that moves no weight
+ * (a rollout paused, finished). Returns 0; a failed write is said by td_control_persisted. */
+int td_control_save(const char *what, const char *client);
+
 /* Drops every override: the config file as last read runs again, audited as a change from
  * `client`. Returns 0 or a negative TD_E* code with a message in err[errlen]. */
 int td_control_reset(const char *client, char *err, size_t errlen);

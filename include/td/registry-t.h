@@ -76,6 +76,10 @@ typedef struct td_backend_stats_s {
      * TD_PIN_WINDOW seconds (a ring indexed by second). */
     _Atomic uint32_t pin_count[TD_PIN_WINDOW];
     _Atomic int64_t pin_second[TD_PIN_WINDOW];
+    /* Requests answered for this backend (as `requests` counts them), per second, over the last
+     * TD_PIN_WINDOW seconds: its actual share of the traffic (td_registry_answered_recent). */
+    _Atomic uint32_t answered_count[TD_PIN_WINDOW];
+    _Atomic int64_t answered_second[TD_PIN_WINDOW];
     struct td_backend_stats_s *next; /* registry list; owned by the registry */
 } td_backend_stats_t;
 

@@ -49,6 +49,13 @@ void td_router_observe(td_backend_stats_t *b, int64_t ms);
 void td_router_pin_seen(td_backend_stats_t *b, int64_t now_ms);
 uint64_t td_router_pins_recent(td_backend_stats_t *b, int64_t now_ms);
 
+/* Counts a request answered for the backend at `now_ms` (td_now_ms()), where `requests` is
+ * counted (exchange_stats.c), and returns how many were answered in the last TD_PIN_WINDOW
+ * seconds (td_registry_answered_recent): the backend's actual share of the traffic, which lags
+ * the configured one while sticky clients stay pinned. */
+void td_registry_answered(td_backend_stats_t *b, int64_t now_ms);
+uint64_t td_registry_answered_recent(td_backend_stats_t *b, int64_t now_ms);
+
 /* Counter updates of one exchange, in one place. Each is a relaxed atomic add (the counters are
  * statistics read by the admin thread; nothing is ordered by them), inline: no call on the hot
  * path. */

@@ -50,6 +50,15 @@ void td_state_replaced_message(const json_t *replaced, char *out, size_t n);
  * "overrides": [...]}. Returns a malloc'd string owned by the caller, or NULL (out of memory). */
 char *td_state_text(const json_t *overrides, const char *config_path);
 
+/* td_state_text with the rollout object `rollout` (borrowed, NULL: none) as its "rollout" key:
+ * the active (or last) rollout is written in the same replace as the weights it set. */
+char *td_state_text_rollout(const json_t *overrides, const char *config_path,
+                            const json_t *rollout);
+
+/* The "rollout" object of the state file at `path` (a new reference), or NULL when the file,
+ * or the key, is not there. */
+json_t *td_state_load_rollout(const char *path);
+
 /* Reads the overrides of the state file at `path`: a new array (owned by the caller); empty when
  * the file does not exist. NULL when it cannot be read or is not a state file, with the reason in
  * err[errlen] ("PATH:LINE:COL: ..." for bad JSON). Entries that are not overrides are skipped. */

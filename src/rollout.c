@@ -1,0 +1,807 @@
+/* The rollout engine: one rollout at a time, driven by a 1 s timer on the main loop. Its object
+ * (GET /api/v1/rollout) is kept as JSON, the same document the state file holds; the engine's
+ * clocks and counter marks live beside it and start afresh after a restart. Weights change only
+ * through td_control_apply, whose state file write carries the rollout object with them. */
+#include "td/rollout.h"
+
+#include <jansson.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "td/analysis.h"
+#include "td/config.h"
+#include "td/control.h"
+#include "td/events.h"
+#include "td/fetch.h"
+#include "td/log.h"
+#include "td/registry.h"
+#include "td/router.h"
+#include "td/state_file.h"
+
+static struct {
+    uv_loop_t *loop;
+    uv_timer_t timer;
+    int ready;
+    json_t *doc; /* owned: the current or last rollout object; NULL before the first */
+    td_rollout_spec_t spec;
+    td_rollout_state_t state;
+    size_t step;
+    int64_t step_start_ms; /* td_now_ms() when the step (or its restart) began */
+    int64_t window_ms;     /* td_now_ms() when its analysis window opened; 0: not yet */
+    int looks_done, looks_planned;
+    int last_verdict;
+    char last_reason[256];
+    td_analysis_side_t t0, b0; /* counters when the window opened */
+    int ramp_from;             /* `to`'s weight when the step began */
+    int weight_now;            /* `to`'s weight last applied */
+    unsigned gen;              /* bumped on every transition: late answers of fetches are dropped */
+    int pending;               /* fetches in flight for the current gen */
+    int pc_sent, pc_ok, pc_failed;
+    int64_t drain_start_ms;
+    int applying; /* a change of the rollout's own is being applied */
+    int seq;
+} R;
+
+static void iso_now(char *out, size_t cap) {
+    int64_t ms = td_wall_ms();
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(out, cap, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+static json_t *now_json(void) {
+    char at[40];
+    iso_now(at, sizeof(at));
+    return json_string(at);
+}
+
+static const char *id(void) {
+    const char *s = json_string_value(json_object_get(R.doc, "id"));
+    return s ? s : "r-?";
+}
+
+static json_t *step_detail(size_t k) {
+    return json_array_get(json_object_get(R.doc, "steps_detail"), k);
+}
+
+int td_rollout_active(char *msg, size_t n) {
+    if (!R.doc || !td_rollout_state_active(R.state))
+        return 0;
+    if (msg)
+        snprintf(msg, n, "rollout %s is active (%s)", id(), td_rollout_state_name(R.state));
+    return 1;
+}
+
+int td_rollout_owns_weights(void) {
+    return td_rollout_active(NULL, 0) && !R.applying;
+}
+
+/* ---- weights */
+
+/* The weight before the rollout of backend `name` (0 when it was not there). */
+static int before_of(const char *name) {
+    json_t *v = json_object_get(json_object_get(R.doc, "weights_before"), name);
+    return json_is_integer(v) ? (int)json_integer_value(v) : 0;
+}
+
+/* Applies the weights of `to` at w (the others scaled, td_rollout_weights), or the weights from
+ * before the rollout when w < 0, through the control plane, audited as `what` from `by`. The
+ * rollout object (already updated by the caller) is written with them. */
+static int apply_weights(int w, const char *what, const char *by) {
+    const td_config_t *run = td_control_config();
+    td_config_t *cfg = td_config_dup(run);
+    if (!cfg)
+        return TD_ENOMEM;
+    int before[TD_CONFIG_MAX_BACKENDS], out[TD_CONFIG_MAX_BACKENDS];
+    size_t to = cfg->num_backends;
+    for (size_t i = 0; i < cfg->num_backends; i++) {
+        before[i] = before_of(cfg->backends[i].name);
+        if (strcmp(cfg->backends[i].name, R.spec.to) == 0)
+            to = i;
+    }
+    if (w < 0 || to == cfg->num_backends)
+        memcpy(out, before, sizeof(int) * cfg->num_backends);
+    else
+        td_rollout_weights(before, cfg->num_backends, to, w, out);
+    json_t *weights = json_object();
+    for (size_t i = 0; i < cfg->num_backends; i++) {
+        cfg->backends[i].weight = out[i];
+        json_object_set_new(weights, cfg->backends[i].name, json_integer(out[i]));
+    }
+    json_object_set_new(R.doc, "weights", weights);
+    json_object_set_new(R.doc, "updated_at", now_json());
+    R.weight_now = to < cfg->num_backends ? out[to] : 0;
+    char err[512];
+    R.applying = 1;
+    int r = td_control_apply(cfg, what, 1, by, err, sizeof(err));
+    R.applying = 0;
+    if (r < 0) {
+        td_error("rollout %s: %s not applied: %s", id(), what, err);
+        td_event("rollout", "rollout %s: %s not applied: %s", id(), what, err);
+    }
+    return r;
+}
+
+/* ---- counters */
+
+static void side_add(td_analysis_side_t *s, td_backend_stats_t *b) {
+    s->requests += atomic_load(&b->requests);
+    s->errors += atomic_load(&b->responses[TD_NCLASS - 1]);
+    for (int i = 0; i < TD_LAT_BUCKETS; i++)
+        s->latency[i] += atomic_load(&b->latency[i]);
+}
+
+/* The counters now of the target (`to`) and the baseline (the backends that had weight before). */
+static void sides_now(td_analysis_side_t *t, td_analysis_side_t *b) {
+    memset(t, 0, sizeof(*t));
+    memset(b, 0, sizeof(*b));
+    const td_config_t *c = td_control_config();
+    for (size_t i = 0; i < c->num_backends; i++) {
+        td_backend_stats_t *st = td_registry_backend(c->backends[i].name);
+        if (!st)
+            continue;
+        if (strcmp(c->backends[i].name, R.spec.to) == 0)
+            side_add(t, st);
+        else if (before_of(c->backends[i].name) > 0)
+            side_add(b, st);
+    }
+}
+
+static void side_delta(td_analysis_side_t *now, const td_analysis_side_t *then) {
+    now->requests -= then->requests;
+    now->errors -= then->errors;
+    for (int i = 0; i < TD_LAT_BUCKETS; i++)
+        now->latency[i] -= then->latency[i];
+}
+
+static json_t *side_json(const td_analysis_side_t *s) {
+    int p99 = td_analysis_p99_ms(s->latency);
+    return json_pack("{s:I,s:I,s:f,s:o}", "requests", (json_int_t)s->requests, "errors",
+                     (json_int_t)s->errors,
+                     "error_rate", s->requests ? (double)s->errors / (double)s->requests : 0.0,
+                     "p99_ms", p99 >= 0 ? json_integer(p99) : json_null());
+}
+
+/* `to`'s share of new requests as configured now and as answered over the last 10 s (percent;
+ * -1 when nothing was answered). */
+static void shares(double *configured, double *actual) {
+    td_snapshot_t *s = td_router_acquire();
+    int64_t now = td_now_ms();
+    double share[TD_CONFIG_MAX_BACKENDS];
+    td_router_shares(s, now, share);
+    uint64_t all = 0, mine = 0;
+    *configured = 0;
+    for (size_t i = 0; i < s->num_backends; i++) {
+        uint64_t n = td_registry_answered_recent(s->backends[i].st, now);
+        all += n;
+        if (strcmp(s->backends[i].name, R.spec.to) == 0) {
+            mine = n;
+            *configured = (double)(int)(share[i] * 1000 + 0.5) / 10;
+        }
+    }
+    *actual = all ? (double)(int)((double)mine * 1000 / (double)all + 0.5) / 10 : -1;
+    td_snapshot_release(s);
+}
+
+static void record_shares(json_t *d) {
+    double conf, act;
+    shares(&conf, &act);
+    json_object_set_new(d, "share_configured", json_real(conf));
+    json_object_set_new(d, "share_actual", act >= 0 ? json_real(act) : json_null());
+}
+
+/* ---- transitions */
+
+static void timer_tick(uv_timer_t *t);
+
+/* Moves to state `st` (by `by`, because `why`): the object, an event and a log line. The caller
+ * then persists it: with the weights it applies (apply_weights), or with persist(). */
+static void enter(td_rollout_state_t st, const char *by, const char *why) {
+    R.state = st;
+    R.gen++;
+    R.pending = 0;
+    json_object_set_new(R.doc, "state", json_string(td_rollout_state_name(st)));
+    json_object_set_new(R.doc, "updated_at", now_json());
+    json_array_append_new(json_object_get(R.doc, "transitions"),
+                          json_pack("{s:o,s:s,s:s,s:s}", "at", now_json(), "state",
+                                    td_rollout_state_name(st), "by", by, "why", why));
+    if (!td_rollout_state_active(st)) {
+        json_object_set_new(R.doc, "finished_at", now_json());
+        json_object_set_new(R.doc, "step_remaining_s", json_null());
+    }
+    if (st == TD_RO_PAUSED || !td_rollout_state_active(st))
+        json_object_set_new(R.doc, "reason", json_string(why));
+    else
+        json_object_set_new(R.doc, "reason", json_null());
+    td_info("rollout %s: %s (%s; by %s)", id(), td_rollout_state_name(st), why, by);
+    td_event("rollout", "rollout %s: %s (%s)", id(), td_rollout_state_name(st), why);
+}
+
+/* Writes the rollout object to the state file with an audit entry of its own (a transition that
+ * moves no weight). */
+static void persist(const char *by) {
+    char what[512];
+    snprintf(what, sizeof(what), "rollout %s: %s", id(), td_rollout_state_name(R.state));
+    td_control_save(what, by);
+}
+
+/* Starts step k: its weight at once, or (ramp_s) from the current one over ramp_s. */
+static void start_step(size_t k, const char *by, int restarted) {
+    R.step = k;
+    R.step_start_ms = td_now_ms();
+    R.window_ms = 0;
+    R.looks_done = 0;
+    R.last_verdict = TD_ANALYSIS_WAIT;
+    R.last_reason[0] = 0;
+    int span = R.spec.step_s - R.spec.warmup_s;
+    R.looks_planned = span / R.spec.interval_s > 0 ? span / R.spec.interval_s : 1;
+    json_object_set_new(R.doc, "step", json_integer((json_int_t)k));
+    json_object_set_new(R.doc, "step_started_at", now_json());
+    json_t *d = step_detail(k);
+    json_object_set_new(d, "state", json_string("running"));
+    if (!restarted || json_is_null(json_object_get(d, "started_at")))
+        json_object_set_new(d, "started_at", now_json());
+    int w = R.spec.steps[k];
+    R.ramp_from = restarted ? w : R.weight_now;
+    char what[300];
+    snprintf(what, sizeof(what), "rollout %s: step %zu of %zu, %s %d %%%s", id(), k + 1,
+             R.spec.num_steps, R.spec.to, w,
+             R.spec.ramp_s > 0 && !restarted ? " (ramp starts)" : "");
+    if (R.spec.ramp_s == 0 || restarted || R.ramp_from >= w)
+        apply_weights(w, what, by);
+    else
+        persist(by);
+}
+
+/* The end of a rollout that moved no weight (succeeded, paused) or restores them (rolled back,
+ * aborted: the weights from before, at once). */
+static void finish(td_rollout_state_t st, const char *by, const char *why) {
+    enter(st, by, why);
+    if (st == TD_RO_ROLLED_BACK || st == TD_RO_ABORTED) {
+        char what[600];
+        snprintf(what, sizeof(what), "rollout %s: %s, weights from before the rollout", id(),
+                 td_rollout_state_name(st));
+        json_t *d = step_detail(R.step);
+        if (d && strcmp(json_string_value(json_object_get(d, "state")), "running") == 0) {
+            json_object_set_new(d, "state", json_string(st == TD_RO_ABORTED ? "aborted" : "failed"));
+            json_object_set_new(d, "ended_at", now_json());
+            record_shares(d);
+        }
+        /* A rollout aborted in its pre-check has moved nothing. */
+        if (json_object_get(R.doc, "weights") && R.weight_now != before_of(R.spec.to))
+            apply_weights(-1, what, by);
+        else
+            persist(by);
+    } else {
+        persist(by);
+    }
+}
+
+/* The current step failed (`why`): rollback, or pause (on_failure). */
+static void fail_step(const char *why) {
+    char msg[700];
+    snprintf(msg, sizeof(msg), "step %zu (%d %%): %s", R.step + 1, R.spec.steps[R.step], why);
+    json_object_set_new(step_detail(R.step), "detail", json_string(why));
+    if (R.spec.on_failure_pause) {
+        json_object_set_new(step_detail(R.step), "state", json_string("failed"));
+        enter(TD_RO_PAUSED, "td", msg);
+        persist("td");
+    } else {
+        finish(TD_RO_ROLLED_BACK, "td", msg);
+    }
+}
+
+/* The current step is over and passed: the next one, the drain, or success. */
+static void step_passed(const char *by, const char *note) {
+    json_t *d = step_detail(R.step);
+    json_object_set_new(d, "state", json_string("passed"));
+    json_object_set_new(d, "ended_at", now_json());
+    if (note && note[0])
+        json_object_set_new(d, "detail", json_string(note));
+    record_shares(d);
+    if (R.step + 1 < R.spec.num_steps) {
+        start_step(R.step + 1, by, 0);
+    } else if (R.spec.drain) {
+        enter(TD_RO_DRAINING, by, "last step passed: waiting for the old side to drain");
+        R.drain_start_ms = td_now_ms();
+        persist(by);
+    } else {
+        finish(TD_RO_SUCCEEDED, by, "every step passed");
+    }
+}
+
+/* ---- webhooks and the pre-check */
+
+static void *gen_arg(void) {
+    return (void *)(uintptr_t)R.gen;
+}
+
+static int stale(void *arg) {
+    return (unsigned)(uintptr_t)arg != R.gen;
+}
+
+static char *doc_text(void) {
+    return json_dumps(R.doc, JSON_COMPACT);
+}
+
+static void on_look_webhook(void *arg, int status, const char *error) {
+    if (stale(arg) || R.state != TD_RO_RUNNING)
+        return;
+    R.pending--;
+    if (status >= 200 && status < 300)
+        return;
+    char why[400];
+    if (status)
+        snprintf(why, sizeof(why), "analysis webhook %.200s answered %d", R.spec.an_webhook, status);
+    else
+        snprintf(why, sizeof(why), "analysis webhook %.200s: %.150s", R.spec.an_webhook, error);
+    fail_step(why);
+}
+
+static void start_running(const char *by, const char *why) {
+    enter(TD_RO_RUNNING, by, why);
+    start_step(0, by, 0);
+}
+
+static void on_pc_webhook(void *arg, int status, const char *error) {
+    if (stale(arg) || R.state != TD_RO_CHECKING)
+        return;
+    json_t *result = json_object_get(json_object_get(R.doc, "pre_check"), "result");
+    json_object_set_new(result, "webhook", status ? json_integer(status) : json_string(error));
+    char why[600];
+    if (status >= 200 && status < 300) {
+        snprintf(why, sizeof(why), "pre-check passed: %d of %d answers %s, webhook answered %d",
+                 R.pc_ok, R.spec.pc_requests, R.spec.pc_expect, status);
+        start_running("td", why);
+    } else {
+        if (status)
+            snprintf(why, sizeof(why), "pre-check: webhook %.200s answered %d", R.spec.pc_webhook,
+                     status);
+        else
+            snprintf(why, sizeof(why), "pre-check: webhook %.200s: %.150s", R.spec.pc_webhook, error);
+        finish(TD_RO_ABORTED, "td", why);
+    }
+}
+
+static void pc_next(void);
+
+/* All pre-check requests answered: judged, then the webhook (when set). */
+static void pc_judge(void) {
+    json_t *result = json_object_get(json_object_get(R.doc, "pre_check"), "result");
+    json_object_set_new(result, "ok", json_integer(R.pc_ok));
+    json_object_set_new(result, "failed", json_integer(R.pc_failed));
+    char why[700];
+    if (R.pc_failed) {
+        char list[400] = "";
+        size_t n = 0;
+        const char *key;
+        json_t *v;
+        json_object_foreach(json_object_get(result, "statuses"), key, v) {
+            if (strncmp(key, "failed", 6) != 0 && td_config_status_expected(R.spec.pc_expect, atoi(key)))
+                continue;
+            n += (size_t)snprintf(list + n, n < sizeof(list) ? sizeof(list) - n : 0, "%s%s ×%lld",
+                                  n ? ", " : "", key, (long long)json_integer_value(v));
+            if (n >= sizeof(list))
+                break;
+        }
+        snprintf(why, sizeof(why), "pre-check: %d of %d answers outside %s: %s", R.pc_failed,
+                 R.spec.pc_requests, R.spec.pc_expect, list);
+        finish(TD_RO_ABORTED, "td", why);
+        return;
+    }
+    if (R.spec.pc_webhook[0]) {
+        char *body = doc_text();
+        td_fetch_req_t rq = {.method = "POST", .url = R.spec.pc_webhook, .body = body,
+                             .verify = 1, .timeout_ms = R.spec.pc_webhook_timeout_s * 1000L};
+        int r = td_fetch(&rq, on_pc_webhook, gen_arg());
+        free(body);
+        if (r < 0)
+            finish(TD_RO_ABORTED, "td", "pre-check: the webhook could not be sent");
+        return;
+    }
+    snprintf(why, sizeof(why), "pre-check passed: %d of %d answers %s", R.pc_ok,
+             R.spec.pc_requests, R.spec.pc_expect);
+    start_running("td", why);
+}
+
+static void on_pc_answer(void *arg, int status, const char *error) {
+    if (stale(arg) || R.state != TD_RO_CHECKING)
+        return;
+    json_t *result = json_object_get(json_object_get(R.doc, "pre_check"), "result");
+    json_t *statuses = json_object_get(result, "statuses");
+    char key[32];
+    if (status)
+        snprintf(key, sizeof(key), "%d", status);
+    else
+        snprintf(key, sizeof(key), "failed");
+    json_t *v = json_object_get(statuses, key);
+    json_object_set_new(statuses, key, json_integer(v ? json_integer_value(v) + 1 : 1));
+    if (status && td_config_status_expected(R.spec.pc_expect, status))
+        R.pc_ok++;
+    else
+        R.pc_failed++;
+    if (!status)
+        td_warn("rollout %s: pre-check request failed: %s", id(), error);
+    json_object_set_new(result, "requests", json_integer(R.pc_sent));
+    if (R.pc_sent < R.spec.pc_requests)
+        pc_next();
+    else
+        pc_judge();
+}
+
+/* The next pre-check request: to the next server of `to` in turn, straight to it (as the
+ * preview route reaches it), over TLS with the backend's CA and verify settings. */
+static void pc_next(void) {
+    const td_config_t *c = td_control_config();
+    const td_config_backend_t *b = NULL;
+    for (size_t i = 0; i < c->num_backends; i++)
+        if (strcmp(c->backends[i].name, R.spec.to) == 0)
+            b = &c->backends[i];
+    if (!b) {
+        finish(TD_RO_ABORTED, "td", "pre-check: the backend is no longer configured");
+        return;
+    }
+    const td_config_server_t *srv = &b->servers[(size_t)R.pc_sent % b->num_servers];
+    R.pc_sent++;
+    char url[1200];
+    snprintf(url, sizeof(url), "%s://%s%s", b->tls ? "https" : "http",
+             b->tls && b->tls_sni[0] ? b->tls_sni : srv->address.text, R.spec.pc_path);
+    long timeout = (long)c->timeouts.connect_ms + c->timeouts.upstream_response_ms;
+    td_fetch_req_t rq = {.method = "GET", .url = url, .connect_to = srv->address.text,
+                         .ca_file = b->tls_ca, .verify = b->tls_verify,
+                         .timeout_ms = timeout > 10000 ? 10000 : timeout};
+    if (td_fetch(&rq, on_pc_answer, gen_arg()) < 0)
+        on_pc_answer(gen_arg(), 0, "could not start the request");
+}
+
+/* ---- the tick */
+
+/* One look at the step's analysis window. */
+static void look(void) {
+    td_analysis_side_t t, b;
+    sides_now(&t, &b);
+    side_delta(&t, &R.t0);
+    side_delta(&b, &R.b0);
+    int last_step = R.spec.steps[R.step] == 100;
+    td_analysis_config_t cfg = {
+        .max_error_rate = R.spec.max_error_rate, .max_p99_ms = R.spec.max_p99_ms,
+        .min_requests = (uint64_t)R.spec.min_requests, .compare_baseline = R.spec.compare_baseline,
+        .max_ratio = R.spec.max_ratio, .significance = R.spec.significance,
+        .looks = R.looks_planned};
+    td_analysis_result_t res;
+    td_analysis_verdict_t v = td_analysis_look(&cfg, &t, last_step ? NULL : &b, &res);
+    R.looks_done++;
+    R.last_verdict = v;
+    snprintf(R.last_reason, sizeof(R.last_reason), "%s", res.reason);
+    static const char *const names[] = {"wait", "pass", "fail"};
+    json_t *d = step_detail(R.step);
+    json_array_append_new(
+        json_object_get(d, "looks"),
+        json_pack("{s:o,s:I,s:I,s:I,s:I,s:f,s:f,s:s,s:s}", "at", now_json(), "target_requests",
+                  (json_int_t)t.requests, "target_errors", (json_int_t)t.errors,
+                  "baseline_requests", (json_int_t)b.requests, "baseline_errors",
+                  (json_int_t)b.errors, "p_value", res.p_value, "threshold", res.threshold,
+                  "verdict", names[v], "reason", res.reason));
+    json_object_set_new(d, "target", side_json(&t));
+    json_object_set_new(d, "baseline", last_step ? json_null() : side_json(&b));
+    record_shares(d);
+    if (v == TD_ANALYSIS_FAIL) {
+        char why[400];
+        snprintf(why, sizeof(why), "%s: %s", R.spec.to, res.reason);
+        fail_step(why);
+        return;
+    }
+    if (R.spec.an_webhook[0]) {
+        char *body = doc_text();
+        td_fetch_req_t rq = {.method = "POST", .url = R.spec.an_webhook, .body = body,
+                             .verify = 1, .timeout_ms = 10000};
+        if (td_fetch(&rq, on_look_webhook, gen_arg()) == 0)
+            R.pending++;
+        free(body);
+    }
+}
+
+static void tick_running(int64_t now) {
+    int64_t el = now - R.step_start_ms, ramp = R.spec.ramp_s * 1000L;
+    int w = R.spec.steps[R.step];
+    if (R.weight_now != w && ramp > 0) {
+        int next = el >= ramp ? w : R.ramp_from + (int)((w - R.ramp_from) * el / ramp);
+        if (next != R.weight_now) {
+            char what[300];
+            snprintf(what, sizeof(what), "rollout %s: step %zu of %zu, %s %d %% (ramp to %d %%)",
+                     id(), R.step + 1, R.spec.num_steps, R.spec.to, next, w);
+            apply_weights(next, what, "td");
+        }
+        if (R.weight_now != w)
+            return;
+    }
+    if (!R.window_ms && el >= ramp + R.spec.warmup_s * 1000L) {
+        R.window_ms = now;
+        sides_now(&R.t0, &R.b0);
+    }
+    int64_t end = ramp + R.spec.step_s * 1000L;
+    if (R.window_ms && R.looks_done < R.looks_planned &&
+        now - R.window_ms >= (int64_t)(R.looks_done + 1) * R.spec.interval_s * 1000L - 200) {
+        look();
+        if (R.state != TD_RO_RUNNING)
+            return;
+    }
+    if (el < end || R.pending > 0)
+        return;
+    if (!R.window_ms) {
+        R.window_ms = now;
+        sides_now(&R.t0, &R.b0);
+    }
+    if (R.looks_done == 0) {
+        look();
+        if (R.state != TD_RO_RUNNING)
+            return;
+    }
+    step_passed("td", R.last_verdict == TD_ANALYSIS_WAIT ? R.last_reason : "");
+}
+
+static void tick_draining(int64_t now) {
+    const td_config_t *c = td_control_config();
+    int busy = 0;
+    for (size_t i = 0; i < c->num_backends; i++) {
+        if (strcmp(c->backends[i].name, R.spec.to) == 0)
+            continue;
+        td_backend_stats_t *st = td_registry_backend(c->backends[i].name);
+        if (st && (atomic_load(&st->in_flight) > 0 || atomic_load(&st->tunnels) > 0))
+            busy = 1;
+    }
+    if (!busy)
+        finish(TD_RO_SUCCEEDED, "td", "every step passed; the old side is drained");
+    else if (now - R.drain_start_ms >= c->timeouts.drain_ms)
+        finish(TD_RO_SUCCEEDED, "td",
+               "every step passed; drain_ms passed with requests still on the old side");
+}
+
+static void timer_tick(uv_timer_t *t) {
+    (void)t;
+    if (!R.doc)
+        return;
+    int64_t now = td_now_ms();
+    if (R.state == TD_RO_RUNNING)
+        tick_running(now);
+    else if (R.state == TD_RO_DRAINING)
+        tick_draining(now);
+}
+
+/* ---- start, actions, restart */
+
+static void begin_checking(void) {
+    R.pc_sent = R.pc_ok = R.pc_failed = 0;
+    json_object_set_new(json_object_get(R.doc, "pre_check"), "result",
+                        json_pack("{s:i,s:i,s:i,s:{},s:n}", "requests", 0, "ok", 0, "failed", 0,
+                                  "statuses", "webhook"));
+    pc_next();
+}
+
+static void fill_env(td_rollout_env_t *env) {
+    td_snapshot_t *s = td_router_acquire();
+    int64_t now = td_now_ms();
+    env->num_backends = s->num_backends;
+    for (size_t i = 0; i < s->num_backends; i++) {
+        snprintf(env->names[i], sizeof(env->names[i]), "%s", s->backends[i].name);
+        env->weights[i] = s->backends[i].weight;
+        env->up[i] = td_backend_is_up(&s->backends[i], now);
+    }
+    td_snapshot_release(s);
+}
+
+static json_t *error_json(const char *msg) {
+    return json_pack("{s:s}", "error", msg);
+}
+
+json_t *td_rollout_start(const json_t *body, const char *client, int *status) {
+    char msg[600];
+    if (td_rollout_active(msg, sizeof(msg))) {
+        *status = 409;
+        return error_json(msg);
+    }
+    static td_rollout_env_t env; /* large: not on the stack */
+    fill_env(&env);
+    td_rollout_spec_t spec;
+    if (td_rollout_parse(body, &env, &spec, msg, sizeof(msg)) < 0) {
+        *status = 400;
+        return error_json(msg);
+    }
+    json_t *doc = td_rollout_spec_json(&spec);
+    if (!doc) {
+        *status = 500;
+        return error_json("out of memory");
+    }
+    char rid[64], stamp[32];
+    time_t tt = (time_t)(td_wall_ms() / 1000);
+    struct tm tm;
+    gmtime_r(&tt, &tm);
+    strftime(stamp, sizeof(stamp), "%Y%m%d-%H%M%S", &tm);
+    snprintf(rid, sizeof(rid), "r-%s-%d", stamp, ++R.seq);
+    json_t *before = json_object();
+    const char *from = "";
+    int best = 0;
+    for (size_t i = 0; i < env.num_backends; i++) {
+        json_object_set_new(before, env.names[i], json_integer(env.weights[i]));
+        if (strcmp(env.names[i], spec.to) != 0 && env.weights[i] > best) {
+            best = env.weights[i];
+            from = env.names[i];
+        }
+    }
+    json_object_set_new(doc, "id", json_string(rid));
+    json_object_set_new(doc, "from", json_string(from));
+    json_object_set_new(doc, "weights_before", before);
+    json_object_set_new(doc, "weights", json_deep_copy(before));
+    json_object_set_new(doc, "created_at", now_json());
+    json_object_set_new(doc, "updated_at", now_json());
+    json_object_set_new(doc, "finished_at", json_null());
+    json_object_set_new(doc, "by", json_string(client));
+    json_object_set_new(doc, "reason", json_null());
+    json_object_set_new(doc, "step_started_at", json_null());
+    json_object_set_new(doc, "step_remaining_s", json_null());
+    json_decref(R.doc);
+    R.doc = doc;
+    R.spec = spec;
+    for (size_t i = 0; i < env.num_backends; i++)
+        if (strcmp(env.names[i], spec.to) == 0)
+            R.weight_now = env.weights[i];
+    enter(TD_RO_CHECKING, client, "started");
+    if (spec.has_pre_check) {
+        persist(client);
+        begin_checking();
+    } else {
+        start_running("td", "no pre-check");
+    }
+    *status = 201;
+    return td_rollout_json();
+}
+
+json_t *td_rollout_act(td_rollout_action_t a, const json_t *body, const char *client,
+                       int *status) {
+    char msg[300];
+    if (!td_rollout_active(msg, sizeof(msg))) {
+        *status = 409;
+        return error_json(R.doc ? "no rollout is active" : "no rollout yet");
+    }
+    int next = td_rollout_next_state(R.state, a);
+    if (next < 0) {
+        char e[400];
+        snprintf(e, sizeof(e), "%s does not apply: %s", td_rollout_action_name(a), msg);
+        *status = 409;
+        return error_json(e);
+    }
+    char why[200];
+    snprintf(why, sizeof(why), "%s by %s", td_rollout_action_name(a), client);
+    if (a == TD_RO_PAUSE) {
+        enter(TD_RO_PAUSED, client, why);
+        persist(client);
+    } else if (a == TD_RO_RESUME) {
+        enter(TD_RO_RUNNING, client, why);
+        /* The step starts over: its analysis window opens afresh. */
+        start_step(R.step, client, 1);
+    } else if (a == TD_RO_PROMOTE) {
+        int full = json_is_true(json_object_get(body, "full"));
+        size_t to = full ? R.spec.num_steps - 1 : R.step + 1;
+        if (full)
+            snprintf(why, sizeof(why), "promote to 100 %% by %s", client);
+        enter(TD_RO_RUNNING, client, why);
+        json_t *d = step_detail(R.step);
+        json_object_set_new(d, "state", json_string("skipped"));
+        json_object_set_new(d, "ended_at", now_json());
+        record_shares(d);
+        for (size_t k = R.step + 1; k < to; k++)
+            json_object_set_new(step_detail(k), "state", json_string("skipped"));
+        if (to < R.spec.num_steps) {
+            start_step(to, client, 0);
+        } else {
+            R.step = R.spec.num_steps - 1;
+            step_passed(client, "promoted");
+        }
+    } else {
+        finish(TD_RO_ABORTED, client, why);
+    }
+    *status = 200;
+    return td_rollout_json();
+}
+
+json_t *td_rollout_json(void) {
+    if (!R.doc)
+        return NULL;
+    json_t *j = json_deep_copy(R.doc);
+    if (R.state == TD_RO_RUNNING) {
+        int64_t end = R.step_start_ms + (R.spec.ramp_s + R.spec.step_s) * 1000L;
+        double left = (double)(end - td_now_ms()) / 1000.0;
+        json_object_set_new(j, "step_remaining_s", json_real(left > 0 ? left : 0));
+        json_t *d = json_array_get(json_object_get(j, "steps_detail"), R.step);
+        double conf, act;
+        shares(&conf, &act);
+        json_object_set_new(d, "share_configured", json_real(conf));
+        json_object_set_new(d, "share_actual", act >= 0 ? json_real(act) : json_null());
+    } else {
+        json_object_set_new(j, "step_remaining_s", json_null());
+    }
+    return j;
+}
+
+json_t *td_rollout_summary_json(void) {
+    if (!R.doc)
+        return json_null();
+    return json_pack("{s:O,s:O,s:O,s:O,s:O}", "id", json_object_get(R.doc, "id"), "state",
+                     json_object_get(R.doc, "state"), "to", json_object_get(R.doc, "to"), "step",
+                     json_object_get(R.doc, "step"), "steps", json_object_get(R.doc, "steps"));
+}
+
+json_t *td_rollout_persist_json(void) {
+    return R.doc ? json_incref(R.doc) : NULL;
+}
+
+/* An active rollout of the state file continues: at its step, the window afresh. */
+static void restore(json_t *doc) {
+    int st = td_rollout_state_parse(json_string_value(json_object_get(doc, "state")));
+    char err[300];
+    if (st < 0 || td_rollout_parse(doc, NULL, &R.spec, err, sizeof(err)) < 0) {
+        td_error("rollout in the state file not used: %s", st < 0 ? "unknown state" : err);
+        json_decref(doc);
+        return;
+    }
+    R.doc = doc;
+    R.state = (td_rollout_state_t)st;
+    json_t *stepv = json_object_get(doc, "step");
+    R.step = json_is_integer(stepv) && json_integer_value(stepv) >= 0 &&
+                     (size_t)json_integer_value(stepv) < R.spec.num_steps
+                 ? (size_t)json_integer_value(stepv)
+                 : 0;
+    json_t *w = json_object_get(json_object_get(doc, "weights"), R.spec.to);
+    R.weight_now = json_is_integer(w) ? (int)json_integer_value(w) : 0;
+    if (!td_rollout_state_active(R.state))
+        return;
+    char why[300];
+    if (R.state == TD_RO_CHECKING) {
+        snprintf(why, sizeof(why), "rollout %s starts its pre-check again after a restart", id());
+    } else if (R.state == TD_RO_DRAINING) {
+        snprintf(why, sizeof(why), "rollout %s continues draining after a restart", id());
+    } else {
+        snprintf(why, sizeof(why),
+                 "rollout %s continues at step %zu (%d %%) after a restart; its analysis window "
+                 "starts afresh",
+                 id(), R.step + 1, R.spec.steps[R.step]);
+    }
+    td_info("%s", why);
+    td_event("rollout", "%s", why);
+    if (R.state == TD_RO_CHECKING)
+        begin_checking();
+    else if (R.state == TD_RO_DRAINING)
+        R.drain_start_ms = td_now_ms();
+    else if (R.state == TD_RO_RUNNING)
+        start_step(R.step, "td", 1);
+}
+
+int td_rollout_init(uv_loop_t *loop) {
+    R.loop = loop;
+    int r = td_fetch_init(loop);
+    if (r < 0)
+        return r;
+    uv_timer_init(loop, &R.timer);
+    uv_timer_start(&R.timer, timer_tick, 1000, 1000);
+    uv_unref((uv_handle_t *)&R.timer);
+    R.ready = 1;
+    const char *path = td_control_state_path();
+    json_t *doc = path[0] ? td_state_load_rollout(path) : NULL;
+    if (doc)
+        restore(doc);
+    return 0;
+}
+
+void td_rollout_shutdown(void) {
+    if (!R.ready)
+        return;
+    R.gen++;
+    uv_timer_stop(&R.timer);
+    uv_close((uv_handle_t *)&R.timer, NULL);
+    td_fetch_shutdown();
+    R.ready = 0;
+}
