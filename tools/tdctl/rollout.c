@@ -15,6 +15,7 @@
 #define LOST_TD_S 10.0      /* switch: td unanswered this long and tdctl stops following */
 #define MIN_REQUESTS_MAX 100000000L
 #define BAR_WIDTH 20
+#define ANALYSIS_LOOK_S 5.0 /* td's default analysis interval_s and warmup_s */
 
 /* What switch posts: the rollout's body, built from the options. */
 typedef struct plan_s {
@@ -277,9 +278,13 @@ static int follow(const ctl_t *ctl, const char *id) {
 /* ---------------------------------------------------------------------------------------------
  * tdctl switch */
 
-/* A whole seconds value as an integer, else as a real (td's API takes both as numbers). */
+/* A duration of td's rollout API: whole seconds. */
 static json_t *seconds(double s) {
-    return s == (double)(json_int_t)s ? json_integer((json_int_t)s) : json_real(s);
+    return json_integer((json_int_t)s);
+}
+
+static bool whole(double s) {
+    return s == (double)(json_int_t)s;
 }
 
 static bool parse_count(const char *s, long *n) {
@@ -327,9 +332,11 @@ static int parse_plan(const ctl_t *ctl, int argc, char **argv, plan_t *p) {
         !CHECK_OPTION(ctl, O_MIN_REQUESTS, parse_count, &min_requests,
                       "an integer from 0 to 100000000"))
         return RC_USAGE;
-    if (step_s < 1)
-        return usage_error("--%s must be at least 1s",
-                           ctl->given & OPT(O_INTERVAL) ? "interval" : "step-time");
+    if (step_s < 1 || !whole(step_s) || !whole(ramp_s))
+        return usage_error("--%s: td takes whole seconds, a step at least 1s",
+                           !whole(ramp_s)                 ? "ramp"
+                           : ctl->given & OPT(O_INTERVAL) ? "interval"
+                                                          : "step-time");
     if (ramp_s > step_s)
         return usage_error("--ramp %s is longer than a step (%gs)", ctl->opt[O_RAMP], step_s);
     if (failure && strcmp(failure, "rollback") != 0 && strcmp(failure, "pause") != 0)
@@ -343,8 +350,15 @@ static int parse_plan(const ctl_t *ctl, int argc, char **argv, plan_t *p) {
         json_array_append_new(arr, json_integer(steps[i]));
     p->body = json_pack("{s:s,s:o}", "to", p->to, "steps", arr);
     analysis = json_object();
-    if (ctl->given & (OPT(O_STEP_TIME) | OPT(O_INTERVAL)))
+    if (ctl->given & (OPT(O_STEP_TIME) | OPT(O_INTERVAL))) {
         json_object_set_new(p->body, "step_s", seconds(step_s));
+        /* td looks at a step every interval_s after warmup_s (5 s each by default), both within
+         * the step: a shorter step is looked at every second, its first fifth not judged. */
+        if (step_s < ANALYSIS_LOOK_S) {
+            json_object_set_new(analysis, "interval_s", json_integer(1));
+            json_object_set_new(analysis, "warmup_s", seconds(step_s / 5));
+        }
+    }
     if (ctl->given & OPT(O_RAMP))
         json_object_set_new(p->body, "ramp_s", seconds(ramp_s));
     if (failure)
