@@ -131,6 +131,13 @@ static json_t *backend_json(td_snapshot_t *s, size_t i, int64_t now, const doubl
                       (json_int_t)atomic_load(&st->requests), "failures",
                       (json_int_t)atomic_load(&st->failures), "responses",
                       class_counts(st->responses)));
+        /* max_conns (0: no limit) and the slots held against it: requests in flight there and
+         * its tunnels. */
+        json_object_set_new(json_array_get(servers, j), "max_conns",
+                            json_integer(b->servers[j].max_conns));
+        if (b->servers[j].max_conns)
+            json_object_set_new(json_array_get(servers, j), "slots",
+                                json_integer((json_int_t)atomic_load(&st->slots)));
         int64_t ramp = td_router_slow_start_remaining(&b->servers[j], now);
         json_object_set_new(json_array_get(servers, j), "slow_start_remaining_ms",
                             ramp >= 0 ? json_integer(ramp) : json_null());
@@ -167,6 +174,11 @@ static json_t *backend_json(td_snapshot_t *s, size_t i, int64_t now, const doubl
         json_object_set_new(jb, "role",
                             json_string(candidates && i == order[0] ? "primary" : "backup"));
     json_object_set_new(jb, "local_responses", local_counts(b->st->local));
+    /* Requests waiting for a max_conns slot now (all workers), and those that waited queue_ms
+     * and got td's 503. */
+    json_object_set_new(jb, "queued", json_integer((json_int_t)atomic_load(&b->st->queued)));
+    json_object_set_new(jb, "queue_timeouts",
+                        json_integer((json_int_t)atomic_load(&b->st->queue_timeouts)));
     json_object_set_new(jb, "last_5xx_ago_ms", ago(atomic_load(&b->st->last_5xx_ms), now));
     return jb;
 }
@@ -650,9 +662,9 @@ static td_admin_reply_t route(const td_admin_request_t *rq) {
     if (path_is(t, "/api/v1/history"))
         return get ? json_reply(200, td_audit_json()) : not_allowed("GET, HEAD");
     if (path_is(t, "/api/v1/rollout"))
-        return get                       ? rollout_get()
-               : method_is(m, "POST")    ? rollout_post(NULL, body, rq->client)
-                                         : not_allowed("GET, HEAD, POST");
+        return get                    ? rollout_get()
+               : method_is(m, "POST") ? rollout_post(NULL, body, rq->client)
+                                      : not_allowed("GET, HEAD, POST");
     td_str_t action;
     if (path_under(t, "/api/v1/rollout/", &action)) {
         char a[16];

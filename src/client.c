@@ -46,6 +46,8 @@ int td_client_timeout_ms(const client_t *c, int which) {
         return t->connect_ms;
     case 4:
         return t->client_send_ms;
+    case T_QUEUE:
+        return t->queue_ms;
     default:
         return t->upstream_response_ms;
     }

@@ -264,6 +264,7 @@ static const td_config_object_t health_object = OBJ(health_fields, NULL, NULL, N
 static const td_config_field_t server_fields[] = {
     ADDR("address", td_config_server_t, address, td_config_check_server_address),
     INT("weight", td_config_server_t, weight, 0, 100, 1, 0),
+    INT("max_conns", td_config_server_t, max_conns, 0, 1000000, 0, TD_CF_CHANGED),
     INT("slow_start_ms", td_config_server_t, slow_start_ms, 0, MAX_MS, -1, TD_CF_CHANGED),
 };
 static const td_config_object_t server_object = OBJ(server_fields, NULL, NULL, NULL);
@@ -316,6 +317,7 @@ static const td_config_field_t timeout_fields[] = {
     INT("keepalive_idle_ms", td_config_timeouts_t, keepalive_idle_ms, 1, MAX_MS, 75000, 0),
     INT("drain_ms", td_config_timeouts_t, drain_ms, 0, MAX_MS, 30000, 0),
     INT("client_send_ms", td_config_timeouts_t, client_send_ms, 1, MAX_MS, 60000, 0),
+    INT("queue_ms", td_config_timeouts_t, queue_ms, 1, MAX_MS, 10000, TD_CF_CHANGED),
     INT("stop_grace_ms", td_config_timeouts_t, stop_grace_ms, 0, MAX_MS, 0, TD_CF_CHANGED),
 };
 static const td_config_object_t timeout_object = OBJ(timeout_fields, NULL, NULL, NULL);

@@ -394,8 +394,8 @@ static int keep_rollout_weights(td_config_t *cfg, const char *what) {
                 char active[128];
                 td_rollout_active(active, sizeof(active));
                 td_warn("%s: weight of %s stays %d (not %d): %s and owns the weights", what,
-                        cfg->backends[i].name, running->backends[j].weight,
-                        cfg->backends[i].weight, active);
+                        cfg->backends[i].name, running->backends[j].weight, cfg->backends[i].weight,
+                        active);
                 td_event("rollout", "%s: weight of %s stays %d (not %d): %s and owns the weights",
                          what, cfg->backends[i].name, running->backends[j].weight,
                          cfg->backends[i].weight, active);

@@ -12,6 +12,7 @@
 #include "td/client.h"
 #include "td/http1.h"
 #include "td/log.h"
+#include "td/queue.h"
 #include "td/rewrite.h"
 #include "td/router.h"
 #include "td/stream.h"
@@ -20,7 +21,7 @@
 
 static td_http1_limits_t limits = {8192, CBUF_SIZE, MAX_HDRS};
 
-static void pick_and_connect(client_t *c);
+static int pick_and_connect(client_t *c);
 
 /* The servers a request has tried: few (at most MAX_TRIES), so a short list of flat indices
  * covers every server of a snapshot of any size. */
@@ -110,6 +111,10 @@ static void exchange_put(client_t *c) {
 }
 
 void td_exchange_end(client_t *c) {
+    if (c->ex->qlink.list) { /* answered or gone while it waited for a slot (499) */
+        td_queue_remove(&c->w->queue, &c->ex->qlink);
+        td_client_timer_stop(c);
+    }
     exchange_log(c);
     c->ex->started_ms = 0;
     c->ex->status = 0;
@@ -485,16 +490,74 @@ void td_exchange_upstream_fail(upstream_t *u, const char *why, int kind) {
 static void upstream_ready(upstream_t *u);
 static const td_upstream_cbs_t upstream_cbs;
 
-/* Chooses a backend and a server for the request (or the next try) and connects. */
-static void pick_and_connect(client_t *c) {
+/* max_conns: the request waits in the worker's queue of backend `bi` (already there: it stays at
+ * its place), with the queue deadline in the client's timeout slot. A queued request holds no
+ * slot and counts nowhere as in flight. */
+static void queue_wait(client_t *c, int bi) {
+    td_exchange_t *x = c->ex;
+    td_backend_stats_t *b = x->snap->backends[bi].st;
+    x->backend = bi;
+    x->server = -1;
+    if (x->qlink.list && x->qlink.list->key == b)
+        return;
+    int armed = x->qlink.list != NULL; /* moved to another backend: its deadline stays */
+    td_queue_remove(&c->w->queue, &x->qlink);
+    if (td_queue_push(&c->w->queue, b, &x->qlink, td_now_ms()) < 0) {
+        td_client_error(c, 503, "out of memory for the queue");
+        return;
+    }
+    if (!armed)
+        td_client_timer(c, T_QUEUE);
+}
+
+void td_exchange_queue_run(worker_t *w) {
+    for (td_queue_list_t *l = w->queue.lists; l; l = l->next) {
+        /* In order: a first try that still finds every server full ends the pass (nothing
+         * behind it could do better). A retry may wait for a server of its own (it skips those
+         * it tried): when it still waits, those behind it get their chance. Lists are never
+         * freed while the worker runs. */
+        td_queue_link_t *h = l->head;
+        while (h) {
+            td_queue_link_t *next = h->next;
+            td_exchange_t *x = TD_CONTAINER_OF(h, td_exchange_t, qlink);
+            int first = x->tries == 0;
+            if (pick_and_connect(x->down) && first)
+                break;
+            if (next && next->list != l)
+                next = l->head; /* taken out meanwhile: start again from the head */
+            h = next;
+        }
+    }
+}
+
+void td_exchange_queue_timeout(client_t *c) {
+    td_exchange_t *x = c->ex;
+    if (!x->qlink.list)
+        return;
+    td_backend_stats_t *b = x->qlink.list->key;
+    long long waited = (long long)(td_now_ms() - x->qlink.since_ms);
+    td_queue_remove(&c->w->queue, &x->qlink);
+    atomic_fetch_add_explicit(&b->queue_timeouts, 1, memory_order_relaxed);
+    char why[200];
+    snprintf(why, sizeof(why), "queue timeout after %lld ms: every server of %s at max_conns",
+             waited, b->name);
+    if (!c->req_done)
+        td_client_no_keep_alive(c);
+    td_client_error(c, 503, why);
+}
+
+/* Chooses a backend and a server for the request (or the next try) and connects. Returns 1 when
+ * the request waits in a queue for a max_conns slot (still, or from now on), else 0. */
+static int pick_and_connect(client_t *c) {
     worker_t *w = c->w;
     td_snapshot_t *s = c->ex->snap;
     int64_t now = td_now_ms();
     uint8_t exhausted[TD_CONFIG_MAX_BACKENDS] = {0};
+    int races = 0;
     for (;;) {
         if (c->ex->tries >= MAX_TRIES) {
             td_client_error(c, 502, unreachable(c));
-            return;
+            return 0;
         }
         int bi = c->ex->backend;
         if (bi >= 0 && exhausted[bi])
@@ -503,7 +566,7 @@ static void pick_and_connect(client_t *c) {
             /* Preview: this backend only, whatever its weight. */
             if (exhausted[c->ex->forced] || !td_backend_is_up(&s->backends[c->ex->forced], now)) {
                 td_client_error(c, c->ex->tries ? 502 : 503, "preview backend has no server up");
-                return;
+                return 0;
             }
             bi = c->ex->forced;
         } else if (bi < 0) {
@@ -514,10 +577,18 @@ static void pick_and_connect(client_t *c) {
                     td_client_error(c, 503, "no backend with weight above 0 is up");
                 else
                     td_client_error(c, 502, unreachable(c));
-                return;
+                return 0;
             }
         }
         td_snap_backend_t *b = &s->backends[bi];
+        /* A new request does not overtake those already waiting in this worker for the
+         * backend: a slot that just freed is theirs (the wake-up dispatches them). */
+        if (b->limited && c->ex->tries == 0 && !c->ex->qlink.list &&
+            atomic_load_explicit(&b->st->queued, memory_order_relaxed) > 0 &&
+            td_queue_waiting(&w->queue, b->st) > 0) {
+            queue_wait(c, bi);
+            return c->ex->qlink.list != NULL;
+        }
         uint8_t tried[TD_CONFIG_MAX_SERVERS];
         size_t ns = b->num_servers < TD_CONFIG_MAX_SERVERS ? b->num_servers : TD_CONFIG_MAX_SERVERS;
         memset(tried, 0, ns);
@@ -525,6 +596,10 @@ static void pick_and_connect(client_t *c) {
             if (c->ex->tried[i] >= b->first_server && c->ex->tried[i] - b->first_server < ns)
                 tried[c->ex->tried[i] - b->first_server] = 1;
         int si = td_router_pick_server(b, w->wrr_s + b->first_server, tried, now);
+        if (si == TD_EFULL) {
+            queue_wait(c, bi);
+            return c->ex->qlink.list != NULL;
+        }
         if (si < 0) {
             if ((size_t)bi < sizeof(exhausted))
                 exhausted[bi] = 1;
@@ -534,6 +609,25 @@ static void pick_and_connect(client_t *c) {
             /* Every server of every backend exhausted ends in the pick_backend branch above. */
             continue;
         }
+        td_snap_server_t *srv = &b->servers[si];
+        int max = atomic_load_explicit(&srv->st->max_conns, memory_order_relaxed);
+        if (max) {
+            if (!td_registry_slot_take(srv->st, max)) {
+                /* Another worker took the last slot since the pick looked: pick again on the
+                 * same backend (the server now looks full). */
+                c->ex->backend = bi;
+                if (++races < MAX_TRIES)
+                    continue;
+                queue_wait(c, bi);
+                return c->ex->qlink.list != NULL;
+            }
+            c->ex->slot_st = srv->st;
+            c->ex->slot_b = b->st;
+        }
+        if (c->ex->qlink.list) { /* its turn came: out of the queue, the deadline off */
+            td_queue_remove(&w->queue, &c->ex->qlink);
+            td_client_timer_stop(c);
+        }
         tried_add(c, b->first_server + (size_t)si);
         c->ex->tries++;
         c->ex->backend = bi;
@@ -541,14 +635,13 @@ static void pick_and_connect(client_t *c) {
         int pin = td_router_sticky_set(s, bi, c->ex->pinned, c->ex->forced);
         if (pin >= 0)
             c->ex->sticky_set = pin;
-        td_snap_server_t *srv = &b->servers[si];
         td_exchange_count_try(c, b->st, srv->st);
         upstream_t *u;
         int r = td_upstream_open(w, srv, b->tls, td_client_timeout_ms(c, T_CONNECT), c,
                                  &upstream_cbs, &u);
         if (!u) {
             td_client_error(c, 502, "out of memory");
-            return;
+            return 0;
         }
         c->ex->up = u;
         if (r == 1)
@@ -557,7 +650,7 @@ static void pick_and_connect(client_t *c) {
             td_exchange_upstream_fail(u,
                                       r == -ENOMEM ? "out of memory" : td_upstream_strerror(u, r),
                                       td_upstream_local_error(r) ? F_LOCAL : F_CONNECT);
-        return;
+        return 0;
     }
 }
 

@@ -23,11 +23,24 @@ void td_exchange_count_try(client_t *c, td_backend_stats_t *b, td_server_stats_t
     td_registry_server_begin(srv);
 }
 
+/* A max_conns slot goes back; when requests wait for its backend (in any worker), the workers
+ * are woken to dispatch them, later on their loops rather than on this stack. */
+static void slot_give(client_t *c, td_server_stats_t *st, td_backend_stats_t *b) {
+    td_registry_slot_give(st);
+    if (atomic_load_explicit(&b->queued, memory_order_relaxed) > 0)
+        c->w->queue_wake(c->w);
+}
+
 /* Drops the in-flight counts of the current exchange (each taken once, released once). */
 void td_exchange_release_server(client_t *c) {
     if (c->ex->st_inflight) {
         td_registry_server_end(c->ex->st_inflight);
         c->ex->st_inflight = NULL;
+    }
+    if (c->ex->slot_st) {
+        td_server_stats_t *st = c->ex->slot_st;
+        c->ex->slot_st = NULL;
+        slot_give(c, st, c->ex->slot_b);
     }
 }
 
@@ -75,6 +88,9 @@ void td_exchange_count_reply(client_t *c, int status) {
  * worker's list of tunnels, for the drain), no longer as a request in flight. */
 void td_exchange_count_tunnel_open(client_t *c) {
     td_exchange_t *x = c->ex;
+    x->tun_slot_st = x->slot_st;
+    x->tun_slot_b = x->slot_b;
+    x->slot_st = NULL;
     x->b_tunnel = x->b_inflight;
     if (!x->b_tunnel)
         return;
@@ -89,6 +105,11 @@ void td_exchange_count_tunnel_open(client_t *c) {
 
 void td_exchange_count_tunnel_close(client_t *c) {
     td_exchange_t *x = c->ex;
+    if (x->tun_slot_st) {
+        td_server_stats_t *st = x->tun_slot_st;
+        x->tun_slot_st = NULL;
+        slot_give(c, st, x->tun_slot_b);
+    }
     if (!x->b_tunnel)
         return;
     td_registry_tunnel_close(x->b_tunnel);

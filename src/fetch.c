@@ -68,9 +68,10 @@ static void check_done(void) {
         if (rc == CURLE_OK)
             curl_easy_getinfo(j->easy, CURLINFO_RESPONSE_CODE, &status);
         char error[CURL_ERROR_SIZE + 64];
-        snprintf(error, sizeof(error), "%s", rc == CURLE_OK ? ""
-                                             : j->error[0] ? j->error
-                                                           : curl_easy_strerror(rc));
+        snprintf(error, sizeof(error), "%s",
+                 rc == CURLE_OK ? ""
+                 : j->error[0]  ? j->error
+                                : curl_easy_strerror(rc));
         td_fetch_cb *cb = j->cb;
         void *arg = j->arg;
         job_free(j);
@@ -120,6 +121,8 @@ static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *
             free(s);
             return -1;
         }
+        /* A request in flight never holds td's stop: shutdown cancels it. */
+        uv_unref((uv_handle_t *)&s->poll);
         s->fd = fd;
         s->poll.data = s;
         curl_multi_assign(multi, fd, s);
@@ -148,6 +151,7 @@ int td_fetch_init(uv_loop_t *l) {
         return TD_ENOMEM;
     loop = l;
     uv_timer_init(loop, &timer);
+    uv_unref((uv_handle_t *)&timer);
     curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, on_socket);
     curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, on_timeout);
     ready = 1;

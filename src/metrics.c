@@ -34,6 +34,14 @@ static long long b_tunnels(const td_snap_backend_t *b, int64_t now) {
     (void)now;
     return (long long)atomic_load(&b->st->tunnels);
 }
+static long long b_queued(const td_snap_backend_t *b, int64_t now) {
+    (void)now;
+    return (long long)atomic_load(&b->st->queued);
+}
+static long long b_queue_timeouts(const td_snap_backend_t *b, int64_t now) {
+    (void)now;
+    return (long long)atomic_load(&b->st->queue_timeouts);
+}
 static long long s_weight(const td_snap_server_t *sv, int64_t now) {
     (void)now;
     return sv->weight;
@@ -173,6 +181,11 @@ char *td_metrics_text(size_t *len) {
     backend_family(f, s, now, "td_backend_in_flight", "gauge", "Requests in flight.", b_in_flight);
     backend_family(f, s, now, "td_backend_tunnels", "gauge",
                    "Open WebSocket and other upgraded tunnels.", b_tunnels);
+    backend_family(f, s, now, "td_backend_queue_length", "gauge",
+                   "Requests waiting in td for a server of the backend below its max_conns.",
+                   b_queued);
+    backend_family(f, s, now, "td_backend_queue_timeouts_total", "counter",
+                   "Queued requests answered 503 by td after timeouts.queue_ms.", b_queue_timeouts);
     state_family(f, s);
     responses_family(f, s);
     local_family(f, s);

@@ -161,9 +161,9 @@ static void side_delta(td_analysis_side_t *now, const td_analysis_side_t *then) 
 static json_t *side_json(const td_analysis_side_t *s) {
     int p99 = td_analysis_p99_ms(s->latency);
     return json_pack("{s:I,s:I,s:f,s:o}", "requests", (json_int_t)s->requests, "errors",
-                     (json_int_t)s->errors,
-                     "error_rate", s->requests ? (double)s->errors / (double)s->requests : 0.0,
-                     "p99_ms", p99 >= 0 ? json_integer(p99) : json_null());
+                     (json_int_t)s->errors, "error_rate",
+                     s->requests ? (double)s->errors / (double)s->requests : 0.0, "p99_ms",
+                     p99 >= 0 ? json_integer(p99) : json_null());
 }
 
 /* `to`'s share of new requests as configured now and as answered over the last 10 s (percent;
@@ -267,7 +267,8 @@ static void finish(td_rollout_state_t st, const char *by, const char *why) {
                  td_rollout_state_name(st));
         json_t *d = step_detail(R.step);
         if (d && strcmp(json_string_value(json_object_get(d, "state")), "running") == 0) {
-            json_object_set_new(d, "state", json_string(st == TD_RO_ABORTED ? "aborted" : "failed"));
+            json_object_set_new(d, "state",
+                                json_string(st == TD_RO_ABORTED ? "aborted" : "failed"));
             json_object_set_new(d, "ended_at", now_json());
             record_shares(d);
         }
@@ -336,7 +337,8 @@ static void on_look_webhook(void *arg, int status, const char *error) {
         return;
     char why[400];
     if (status)
-        snprintf(why, sizeof(why), "analysis webhook %.200s answered %d", R.spec.an_webhook, status);
+        snprintf(why, sizeof(why), "analysis webhook %.200s answered %d", R.spec.an_webhook,
+                 status);
     else
         snprintf(why, sizeof(why), "analysis webhook %.200s: %.150s", R.spec.an_webhook, error);
     fail_step(why);
@@ -362,7 +364,8 @@ static void on_pc_webhook(void *arg, int status, const char *error) {
             snprintf(why, sizeof(why), "pre-check: webhook %.200s answered %d", R.spec.pc_webhook,
                      status);
         else
-            snprintf(why, sizeof(why), "pre-check: webhook %.200s: %.150s", R.spec.pc_webhook, error);
+            snprintf(why, sizeof(why), "pre-check: webhook %.200s: %.150s", R.spec.pc_webhook,
+                     error);
         finish(TD_RO_ABORTED, "td", why);
     }
 }
@@ -381,7 +384,8 @@ static void pc_judge(void) {
         const char *key;
         json_t *v;
         json_object_foreach(json_object_get(result, "statuses"), key, v) {
-            if (strncmp(key, "failed", 6) != 0 && td_config_status_expected(R.spec.pc_expect, atoi(key)))
+            if (strncmp(key, "failed", 6) != 0 &&
+                td_config_status_expected(R.spec.pc_expect, atoi(key)))
                 continue;
             n += (size_t)snprintf(list + n, n < sizeof(list) ? sizeof(list) - n : 0, "%s%s ×%lld",
                                   n ? ", " : "", key, (long long)json_integer_value(v));
@@ -395,16 +399,19 @@ static void pc_judge(void) {
     }
     if (R.spec.pc_webhook[0]) {
         char *body = doc_text();
-        td_fetch_req_t rq = {.method = "POST", .url = R.spec.pc_webhook, .body = body,
-                             .verify = 1, .timeout_ms = R.spec.pc_webhook_timeout_s * 1000L};
+        td_fetch_req_t rq = {.method = "POST",
+                             .url = R.spec.pc_webhook,
+                             .body = body,
+                             .verify = 1,
+                             .timeout_ms = R.spec.pc_webhook_timeout_s * 1000L};
         int r = td_fetch(&rq, on_pc_webhook, gen_arg());
         free(body);
         if (r < 0)
             finish(TD_RO_ABORTED, "td", "pre-check: the webhook could not be sent");
         return;
     }
-    snprintf(why, sizeof(why), "pre-check passed: %d of %d answers %s", R.pc_ok,
-             R.spec.pc_requests, R.spec.pc_expect);
+    snprintf(why, sizeof(why), "pre-check passed: %d of %d answers %s", R.pc_ok, R.spec.pc_requests,
+             R.spec.pc_expect);
     start_running("td", why);
 }
 
@@ -451,8 +458,11 @@ static void pc_next(void) {
     snprintf(url, sizeof(url), "%s://%s%s", b->tls ? "https" : "http",
              b->tls && b->tls_sni[0] ? b->tls_sni : srv->address.text, R.spec.pc_path);
     long timeout = (long)c->timeouts.connect_ms + c->timeouts.upstream_response_ms;
-    td_fetch_req_t rq = {.method = "GET", .url = url, .connect_to = srv->address.text,
-                         .ca_file = b->tls_ca, .verify = b->tls_verify,
+    td_fetch_req_t rq = {.method = "GET",
+                         .url = url,
+                         .connect_to = srv->address.text,
+                         .ca_file = b->tls_ca,
+                         .verify = b->tls_verify,
                          .timeout_ms = timeout > 10000 ? 10000 : timeout};
     if (td_fetch(&rq, on_pc_answer, gen_arg()) < 0)
         on_pc_answer(gen_arg(), 0, "could not start the request");
@@ -467,11 +477,13 @@ static void look(void) {
     side_delta(&t, &R.t0);
     side_delta(&b, &R.b0);
     int last_step = R.spec.steps[R.step] == 100;
-    td_analysis_config_t cfg = {
-        .max_error_rate = R.spec.max_error_rate, .max_p99_ms = R.spec.max_p99_ms,
-        .min_requests = (uint64_t)R.spec.min_requests, .compare_baseline = R.spec.compare_baseline,
-        .max_ratio = R.spec.max_ratio, .significance = R.spec.significance,
-        .looks = R.looks_planned};
+    td_analysis_config_t cfg = {.max_error_rate = R.spec.max_error_rate,
+                                .max_p99_ms = R.spec.max_p99_ms,
+                                .min_requests = (uint64_t)R.spec.min_requests,
+                                .compare_baseline = R.spec.compare_baseline,
+                                .max_ratio = R.spec.max_ratio,
+                                .significance = R.spec.significance,
+                                .looks = R.looks_planned};
     td_analysis_result_t res;
     td_analysis_verdict_t v = td_analysis_look(&cfg, &t, last_step ? NULL : &b, &res);
     R.looks_done++;
@@ -479,13 +491,13 @@ static void look(void) {
     snprintf(R.last_reason, sizeof(R.last_reason), "%s", res.reason);
     static const char *const names[] = {"wait", "pass", "fail"};
     json_t *d = step_detail(R.step);
-    json_array_append_new(
-        json_object_get(d, "looks"),
-        json_pack("{s:o,s:I,s:I,s:I,s:I,s:f,s:f,s:s,s:s}", "at", now_json(), "target_requests",
-                  (json_int_t)t.requests, "target_errors", (json_int_t)t.errors,
-                  "baseline_requests", (json_int_t)b.requests, "baseline_errors",
-                  (json_int_t)b.errors, "p_value", res.p_value, "threshold", res.threshold,
-                  "verdict", names[v], "reason", res.reason));
+    json_array_append_new(json_object_get(d, "looks"),
+                          json_pack("{s:o,s:I,s:I,s:I,s:I,s:f,s:f,s:s,s:s}", "at", now_json(),
+                                    "target_requests", (json_int_t)t.requests, "target_errors",
+                                    (json_int_t)t.errors, "baseline_requests",
+                                    (json_int_t)b.requests, "baseline_errors", (json_int_t)b.errors,
+                                    "p_value", res.p_value, "threshold", res.threshold, "verdict",
+                                    names[v], "reason", res.reason));
     json_object_set_new(d, "target", side_json(&t));
     json_object_set_new(d, "baseline", last_step ? json_null() : side_json(&b));
     record_shares(d);
@@ -497,8 +509,11 @@ static void look(void) {
     }
     if (R.spec.an_webhook[0]) {
         char *body = doc_text();
-        td_fetch_req_t rq = {.method = "POST", .url = R.spec.an_webhook, .body = body,
-                             .verify = 1, .timeout_ms = 10000};
+        td_fetch_req_t rq = {.method = "POST",
+                             .url = R.spec.an_webhook,
+                             .body = body,
+                             .verify = 1,
+                             .timeout_ms = 10000};
         if (td_fetch(&rq, on_look_webhook, gen_arg()) == 0)
             R.pending++;
         free(body);
@@ -660,8 +675,7 @@ json_t *td_rollout_start(const json_t *body, const char *client, int *status) {
     return td_rollout_json();
 }
 
-json_t *td_rollout_act(td_rollout_action_t a, const json_t *body, const char *client,
-                       int *status) {
+json_t *td_rollout_act(td_rollout_action_t a, const json_t *body, const char *client, int *status) {
     char msg[300];
     if (!td_rollout_active(msg, sizeof(msg))) {
         *status = 409;
@@ -681,8 +695,9 @@ json_t *td_rollout_act(td_rollout_action_t a, const json_t *body, const char *cl
         persist(client);
     } else if (a == TD_RO_RESUME) {
         enter(TD_RO_RUNNING, client, why);
-        /* The step starts over: its analysis window opens afresh. */
-        start_step(R.step, client, 1);
+        /* The step starts over: its analysis window opens afresh; a ramp paused half-way
+         * goes on from where it stopped. */
+        start_step(R.step, client, !(R.spec.ramp_s > 0 && R.weight_now < R.spec.steps[R.step]));
     } else if (a == TD_RO_PROMOTE) {
         int full = json_is_true(json_object_get(body, "full"));
         size_t to = full ? R.spec.num_steps - 1 : R.step + 1;

@@ -183,8 +183,8 @@ static int url_ok(const char *u) {
 
 static int parse_pre_check(const json_t *pc, td_rollout_spec_t *s, int restoring, char *err,
                            size_t n) {
-    static const char *const known[] = {"path",    "expect_status",     "requests",
-                                        "webhook", "webhook_timeout_s", "result", NULL};
+    static const char *const known[] = {
+        "path", "expect_status", "requests", "webhook", "webhook_timeout_s", "result", NULL};
     if (!json_is_object(pc))
         return bad(err, n, "pre_check", "must be an object");
     /* "result" is the engine's: only a rollout read back from the state file has it. */
@@ -220,10 +220,9 @@ static int parse_pre_check(const json_t *pc, td_rollout_spec_t *s, int restoring
 }
 
 static int parse_analysis(const json_t *a, td_rollout_spec_t *s, char *err, size_t n) {
-    static const char *const known[] = {"max_error_rate", "max_p99_ms", "min_requests",
-                                        "compare",        "max_ratio",  "webhook",
-                                        "significance",   "interval_s", "warmup_s",
-                                        NULL};
+    static const char *const known[] = {
+        "max_error_rate", "max_p99_ms",   "min_requests", "compare",  "max_ratio",
+        "webhook",        "significance", "interval_s",   "warmup_s", NULL};
     if (!json_is_object(a))
         return bad(err, n, "analysis", "must be an object");
     if (only_keys(a, known, "analysis.", err, n) < 0)
@@ -260,9 +259,8 @@ static int parse_analysis(const json_t *a, td_rollout_spec_t *s, char *err, size
 
 int td_rollout_parse(const json_t *body, const td_rollout_env_t *env, td_rollout_spec_t *s,
                      char *err, size_t n) {
-    static const char *const known[] = {"to",        "steps",    "step_s",     "ramp_s",
-                                        "pre_check", "analysis", "on_failure", "drain",
-                                        NULL};
+    static const char *const known[] = {"to",       "steps",      "step_s", "ramp_s", "pre_check",
+                                        "analysis", "on_failure", "drain",  NULL};
     memset(s, 0, sizeof(*s));
     static const int default_steps[] = {10, 50, 100};
     memcpy(s->steps, default_steps, sizeof(default_steps));
@@ -365,10 +363,10 @@ json_t *td_rollout_spec_json(const td_rollout_spec_t *s) {
     json_t *steps = json_array(), *detail = json_array();
     for (size_t i = 0; i < s->num_steps; i++) {
         json_array_append_new(steps, json_integer(s->steps[i]));
-        json_array_append_new(
-            detail, json_pack("{s:i,s:s,s:n,s:n,s:n,s:n,s:n,s:n,s:[]}", "weight", s->steps[i],
-                              "state", "pending", "started_at", "ended_at", "share_configured",
-                              "share_actual", "target", "baseline", "looks"));
+        json_array_append_new(detail, json_pack("{s:i,s:s,s:n,s:n,s:n,s:n,s:n,s:n,s:[]}", "weight",
+                                                s->steps[i], "state", "pending", "started_at",
+                                                "ended_at", "share_configured", "share_actual",
+                                                "target", "baseline", "looks"));
     }
     json_t *pc = json_null();
     if (s->has_pre_check)

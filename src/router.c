@@ -185,19 +185,29 @@ static int pick_server(const td_snap_backend_t *b, int *wrr, const uint8_t *trie
     size_t n = b->num_servers < MAX_SERVERS ? b->num_servers : MAX_SERVERS;
     uint8_t ok[MAX_SERVERS];
     int weight[MAX_SERVERS];
+    int full = 0;
     for (size_t i = 0; i < n; i++) {
         weight[i] =
             td_router_ramp_weight(b->servers[i].weight, server_permille(&b->servers[i], now_ms));
         ok[i] = !(tried && tried[i]) && td_server_is_up(b->servers[i].st, now_ms);
+        /* max_conns: a server at its limit is passed over (one branch when it has none). The
+         * running limit is the registry's: a request queued under an older snapshot sees a
+         * reload's. */
+        int max =
+            ok[i] ? atomic_load_explicit(&b->servers[i].st->max_conns, memory_order_relaxed) : 0;
+        if (max && td_registry_slot_full(b->servers[i].st, max)) {
+            ok[i] = 0;
+            full += weight[i] > 0;
+        }
     }
     int i = td_balancer_pick(weight, wrr, ok, n);
-    return i >= 0 ? i : TD_EUNAVAIL;
+    return i >= 0 ? i : full ? TD_EFULL : TD_EUNAVAIL;
 }
 
 int td_router_pick_server(const td_snap_backend_t *b, int *wrr, const uint8_t *tried,
                           int64_t now_ms) {
     int i = pick_server(b, wrr, tried, now_ms);
-    return i >= 0 ? i : pick_server(b, wrr, tried, INT64_MAX);
+    return i >= 0 || i == TD_EFULL ? i : pick_server(b, wrr, tried, INT64_MAX);
 }
 
 /* round_robin / sticky: does the backend take new requests by its weight? */

@@ -76,6 +76,9 @@ td_snapshot_t *td_snapshot_build(td_config_t *cfg, uint64_t version, char *err, 
         for (size_t j = 0; j < cb->num_servers; j++) {
             b->servers[j].addr = cb->servers[j].address;
             b->servers[j].weight = cb->servers[j].weight;
+            b->servers[j].max_conns = cb->servers[j].max_conns;
+            if (cb->servers[j].max_conns)
+                b->limited = 1;
             b->servers[j].st = td_registry_server(cb->name, cb->servers[j].address.text);
             if (!b->servers[j].st)
                 goto err;
@@ -124,6 +127,10 @@ void td_snapshot_release(td_snapshot_t *s) {
 }
 
 void td_router_publish(td_snapshot_t *s) {
+    for (size_t i = 0; i < s->num_backends; i++)
+        for (size_t j = 0; j < s->backends[i].num_servers; j++)
+            atomic_store_explicit(&s->backends[i].servers[j].st->max_conns,
+                                  s->backends[i].servers[j].max_conns, memory_order_relaxed);
     pthread_mutex_lock(&current_lock);
     td_snapshot_t *old = current;
     current = s;

@@ -17,6 +17,7 @@
 #include "td/http1.h"
 #include "td/listener.h"
 #include "td/log.h"
+#include "td/queue.h"
 #include "td/rewrite.h"
 #include "td/router.h"
 #include "td/stream.h"
@@ -196,6 +197,11 @@ static void tick_cb(uv_timer_t *timer) {
             td_upstream_timeout(TD_CONTAINER_OF(t, upstream_t, tmo)); /* may close its client */
     while ((t = td_timeout_expired(&w->tq[T_SEND], now_loop)))
         td_client_send_timeout(TD_CONTAINER_OF(t, client_t, send_tmo), now_loop);
+    while ((t = td_timeout_expired(&w->tq[T_QUEUE], now_loop)))
+        td_exchange_queue_timeout(TD_CONTAINER_OF(t, client_t, tmo));
+    /* A wake-up lost in a race with a queueing worker costs one tick, no more. */
+    if (w->queue.count)
+        td_exchange_queue_run(w);
     static const uint8_t client_kinds[] = {T_HEADER, T_KEEPALIVE};
     for (size_t k = 0; k < sizeof(client_kinds); k++)
         while ((t = td_timeout_expired(&w->tq[client_kinds[k]], now_loop)))
@@ -228,6 +234,8 @@ static void tick_cb(uv_timer_t *timer) {
 static void drain_cb(uv_timer_t *t) {
     worker_t *w = t->data;
     w->drain_ms -= 50;
+    if (w->queue.count) /* the tick is gone: queued requests still get their turn */
+        td_exchange_queue_run(w);
     if (w->drain_ms <= 0)
         while (w->clients)
             td_client_close(w->clients);
@@ -236,6 +244,7 @@ static void drain_cb(uv_timer_t *t) {
             while (p->idle)
                 td_upstream_close(p->idle);
         uv_close((uv_handle_t *)t, noop_close_cb);
+        uv_close((uv_handle_t *)&w->qwake, noop_close_cb);
         td_stream_loop_close(&w->sl);
     }
 }
@@ -282,6 +291,20 @@ static void worker_main(void *arg) {
     w->snap = NULL;
 }
 
+/* worker_t.queue_wake: a max_conns slot freed while requests wait for its backend, maybe in
+ * another worker: each worker runs its queue heads on its own loop. A worker that has stopped
+ * gets a harmless signal (its handle and loop stay until every worker has joined). */
+static void queue_wake(worker_t *w) {
+    for (size_t i = 0; i < w->num_peers; i++)
+        uv_async_send(&w->peers[i].qwake);
+}
+
+static void qwake_cb(uv_async_t *a) {
+    worker_t *w = a->data;
+    if (w->queue.count)
+        td_exchange_queue_run(w);
+}
+
 /* worker_t.snapshot: what an exchange calls before it routes a request. */
 static td_snapshot_t *worker_snapshot(worker_t *w) {
     td_worker_refresh(w);
@@ -300,6 +323,9 @@ td_proxy_t *td_proxy_start(const td_config_t *cfg, char *err, size_t errlen) {
     for (size_t i = 0; i < p->num_workers; i++) {
         worker_t *w = &p->workers[i];
         w->snapshot = worker_snapshot;
+        w->queue_wake = queue_wake;
+        w->peers = p->workers;
+        w->num_peers = p->num_workers;
         td_access_log_init(&w->alog);
         w->num_listeners = cfg->num_listeners;
         w->listeners = calloc(cfg->num_listeners, sizeof(td_listener_t));
@@ -320,8 +346,12 @@ td_proxy_t *td_proxy_start(const td_config_t *cfg, char *err, size_t errlen) {
         uv_loop_init(&w->loop);
         uv_async_init(&w->loop, &w->wake, wake_cb);
         w->wake.data = w;
-        uv_thread_create(&w->thread, worker_main, w);
+        uv_async_init(&w->loop, &w->qwake, qwake_cb);
+        w->qwake.data = w;
     }
+    /* Every queue_wake handle is ready before the first worker can signal one. */
+    for (size_t i = 0; i < p->num_workers; i++)
+        uv_thread_create(&p->workers[i].thread, worker_main, &p->workers[i]);
     return p;
 nomem:
     snprintf(err, errlen, "out of memory");
@@ -348,10 +378,14 @@ void td_proxy_stop(td_proxy_t *p, int drain_ms) {
         p->workers[i].drain_ms = drain_ms;
         uv_async_send(&p->workers[i].wake);
     }
+    /* Every thread joins before any loop closes: a worker still draining may signal another's
+     * queue (queue_wake) until it is done. */
+    for (size_t i = 0; i < p->num_workers; i++)
+        uv_thread_join(&p->workers[i].thread);
     for (size_t i = 0; i < p->num_workers; i++) {
         worker_t *w = &p->workers[i];
-        uv_thread_join(&w->thread);
         uv_loop_close(&w->loop);
+        td_queue_free(&w->queue);
         for (pool_t *pl = w->pools, *next; pl; pl = next) {
             next = pl->next;
             free(pl);

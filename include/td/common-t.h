@@ -28,6 +28,7 @@ enum {
     TD_ENOTFOUND = -9,
     TD_EUNAVAIL = -10,  /* no backend available (503) */
     TD_ECONFLICT = -11, /* the state changed underneath (409): e.g. a config file edited on disk */
+    TD_EFULL = -12,     /* every server up that could take it is at its max_conns: wait (queue) */
 };
 
 #endif

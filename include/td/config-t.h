@@ -69,6 +69,8 @@ typedef struct td_config_listener_s {
 typedef struct td_config_server_s {
     td_addr_t address;
     int weight;        /* 0..100; default 1 */
+    int max_conns;     /* 0..1000000 requests in flight (tunnels included) at once; 0 (default) = no
+                          limit. Beyond it requests wait in td's queue (timeouts.queue_ms) */
     int slow_start_ms; /* 0..86400000: after it comes up, its weight grows from 5 % to full over
                           this long (0 = off); -1 (default) = its backend's slow_start_ms */
 } td_config_server_t;
@@ -121,6 +123,9 @@ typedef struct td_config_timeouts_s {
     int drain_ms;             /* default 30000 */
     int client_send_ms;       /* default 60000: longest wait for a client to take response bytes
                                  (nginx's send_timeout); then td closes, the client's fault */
+    int queue_ms;             /* default 10000: longest wait of a request queued because every
+                                 server of its backend is at max_conns; then td answers 503
+                                 (HAProxy's timeout queue) */
     int stop_grace_ms;        /* default 0: on SIGTERM/SIGINT, how long /readyz answers 503 while
                                  td still accepts and serves, before it drains (HAProxy's
                                  grace) */

@@ -40,6 +40,15 @@ void td_exchange_response_pump(upstream_t *u);
  * are waiting for the pump, 0 when it has nothing to do now (reading resumed, or exchange over). */
 int td_exchange_response_written(upstream_t *u);
 
+/* max_conns queue: dispatches the heads of the worker's queues in order, each while a server of
+ * its backend has a free slot (called by the worker when a slot freed, and every tick so that a
+ * missed wake-up delays a request by one tick at most). */
+void td_exchange_queue_run(worker_t *w);
+
+/* The queue deadline (timeouts.queue_ms) of the request on `c` passed: td answers 503, counted
+ * in its backend's queue_timeouts and local 503s. Nothing when it is no longer queued. */
+void td_exchange_queue_timeout(client_t *c);
+
 /* Counters (exchange_stats.c). */
 
 /* A try on server `srv` of backend `b`: the request is in flight on both; it counts as a request
@@ -48,7 +57,9 @@ int td_exchange_response_written(upstream_t *u);
  * chosen. */
 void td_exchange_count_try(client_t *c, td_backend_stats_t *b, td_server_stats_t *srv);
 
-/* Drops the in-flight counts of the current exchange (each taken once, released once). */
+/* Drops the in-flight counts of the current exchange (each taken once, released once), and the
+ * server's max_conns slot the try holds: when someone waits for that backend, the workers are
+ * woken to dispatch their queues (worker_t.queue_wake). */
 void td_exchange_release_server(client_t *c);
 
 void td_exchange_release_backend(client_t *c);
@@ -65,7 +76,8 @@ void td_exchange_count_response(client_t *c, upstream_t *u, int status);
 void td_exchange_count_reply(client_t *c, int status);
 
 /* 101 delivered: the connection counts as a tunnel of its backend from now on (and is in the
- * worker's list of tunnels, for the drain), no longer as a request in flight. */
+ * worker's list of tunnels, for the drain), no longer as a request in flight. It keeps its
+ * server's max_conns slot until it closes (a WebSocket holds a server connection). */
 void td_exchange_count_tunnel_open(client_t *c);
 
 void td_exchange_count_tunnel_close(client_t *c);

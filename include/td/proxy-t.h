@@ -29,6 +29,7 @@
 #include "td/http1-t.h"
 #include "td/listener.h"
 #include "td/log.h"
+#include "td/queue-t.h"
 #include "td/router-t.h"
 #include "td/stream-t.h"
 #include "td/timeout-t.h"
@@ -46,8 +47,9 @@
 #define LOCAL_ERR_BURST 1   /* lines a second per worker for td's own resource errors */
 
 /* Kinds of timeouts; each has a queue per worker (td/timeout.h). T_HEADER also times the
- * request body (between two reads), T_POOL is POOL_IDLE_MS. */
-enum { T_HEADER, T_KEEPALIVE, T_CONNECT, T_RESPONSE, T_SEND, T_POOL, T_KINDS };
+ * request body (between two reads), T_POOL is POOL_IDLE_MS, T_QUEUE a request's wait for a
+ * max_conns slot (timeouts.queue_ms, in the client's timeout slot). */
+enum { T_HEADER, T_KEEPALIVE, T_CONNECT, T_RESPONSE, T_SEND, T_POOL, T_QUEUE, T_KINDS };
 
 /* Why an upstream try failed (td_exchange_upstream_fail). F_LOCAL: td itself lacked a resource
  * (file descriptors, memory, local ports) to reach the upstream; it says nothing about the server.
@@ -84,6 +86,12 @@ struct td_exchange_s {
     td_backend_stats_t *b_inflight;     /* borrowed: backend whose in_flight this request holds */
     td_backend_stats_t *b_tunnel;       /* borrowed: backend whose tunnel count this one holds */
     td_exchange_t *tun_prev, *tun_next; /* in the worker's tunnels while b_tunnel is set */
+    /* max_conns: the server whose slot the current try holds (and its backend, whose queue a
+     * freed slot wakes), or NULL; a tunnel keeps its slot in tun_slot until it closes. */
+    td_server_stats_t *slot_st, *tun_slot_st; /* borrowed */
+    td_backend_stats_t *slot_b, *tun_slot_b;  /* borrowed */
+    /* In the worker's queue of `backend` while it waits for a max_conns slot. */
+    td_queue_link_t qlink;
     uint32_t fwd;         /* bytes of the client's buffer already written to the upstream */
     uint8_t idempotent;   /* the method may be sent again (RFC 9110 §9.2.2) */
     uint8_t head_sent;    /* the rewritten head went to the current upstream */
@@ -165,6 +173,14 @@ struct worker_s {
      * and returns it (borrowed: the worker's reference; NULL before the first). An exchange calls
      * it before routing a request, so nothing below the worker calls up into it. */
     td_snapshot_t *(*snapshot)(worker_t *w);
+    /* Installed by worker.c: a max_conns slot of a backend someone waits for was freed; wakes
+     * every worker (this one too) to dispatch the heads of its queues, outside the caller's
+     * stack. */
+    void (*queue_wake)(worker_t *w);
+    td_queue_t queue; /* requests waiting for a max_conns slot, per backend */
+    uv_async_t qwake; /* queue_wake's signal: run the queue heads */
+    worker_t *peers;  /* borrowed: every worker (the proxy's array), for queue_wake */
+    size_t num_peers;
     int *wrr_b, *wrr_s; /* owned: balancer scores per backend / per flat server index */
     size_t wrr_nb, wrr_ns;
     pool_t *pools;          /* owned */

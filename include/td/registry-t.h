@@ -34,6 +34,12 @@ typedef struct td_server_stats_s {
     _Atomic int64_t in_flight;          /* requests waiting for or receiving a response */
     _Atomic int64_t down_until_ms;      /* passive ejection: down while td_now_ms() < this */
     _Atomic int consecutive_failures;
+    /* max_conns slots held: requests in flight and tunnels, counted only while the server has a
+     * max_conns (td_registry_slot_take). */
+    _Atomic int64_t slots;
+    /* The running config's max_conns (0: none), stored when a snapshot is published: picks judge
+     * by it whatever snapshot a request holds, so a queued request sees a raised limit at once. */
+    _Atomic int max_conns;
     _Atomic int health_up;          /* active health check verdict: 1 up, 0 down */
     _Atomic int64_t up_since_ms;    /* td_now_ms() when health_up last went to 1 (0: up from
                                        the start); with down_until_ms it tells how long the
@@ -61,6 +67,10 @@ typedef struct td_backend_stats_s {
     _Atomic uint64_t local[TD_NLOCAL]; /* td's own 502/503/504 for it (also in responses) */
     _Atomic int64_t last_5xx_ms;       /* td_now_ms() of the last 5xx answered for it; 0 none */
     _Atomic int64_t in_flight;
+    /* Requests waiting in the workers' queues (every server at max_conns), summed over workers
+     * (td/queue.h), and those of them answered 503 after queue_ms. */
+    _Atomic int64_t queued;
+    _Atomic uint64_t queue_timeouts;
     _Atomic int64_t tunnels;                  /* open WebSocket / Upgrade tunnels */
     _Atomic uint64_t latency[TD_LAT_BUCKETS]; /* request durations (not cumulative) */
     _Atomic uint64_t latency_sum_ms;

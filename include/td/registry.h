@@ -102,6 +102,28 @@ static inline void td_registry_backend_response(td_backend_stats_t *b, int statu
     atomic_fetch_add_explicit(&b->responses[td_registry_class(status)], 1, memory_order_relaxed);
 }
 
+/* max_conns: takes one of the server's `max` slots (max > 0) when one is free. A compare-and-swap
+ * on the shared counter, so the limit holds across workers. Returns 1 when taken (give it back
+ * with td_registry_slot_give), 0 when the server is at its limit. Called only for servers with a
+ * limit: a server without one costs nothing. */
+static inline int td_registry_slot_take(td_server_stats_t *st, int max) {
+    int64_t n = atomic_load_explicit(&st->slots, memory_order_relaxed);
+    while (n < max)
+        if (atomic_compare_exchange_weak_explicit(&st->slots, &n, n + 1, memory_order_acq_rel,
+                                                  memory_order_relaxed))
+            return 1;
+    return 0;
+}
+
+static inline void td_registry_slot_give(td_server_stats_t *st) {
+    atomic_fetch_sub_explicit(&st->slots, 1, memory_order_acq_rel);
+}
+
+/* 1 when the server (with a limit `max` > 0) has no slot free now. */
+static inline int td_registry_slot_full(const td_server_stats_t *st, int max) {
+    return atomic_load_explicit(&st->slots, memory_order_relaxed) >= max;
+}
+
 /* An upstream connection to the server opened / closed (busy or idle in a pool). */
 static inline void td_registry_connection_open(td_server_stats_t *st) {
     atomic_fetch_add_explicit(&st->active_connections, 1, memory_order_relaxed);

@@ -35,25 +35,25 @@ typedef struct td_rollout_spec_s {
     char to[TD_NAME_MAX];
     int steps[TD_ROLLOUT_MAX_STEPS]; /* strictly increasing 1..100, the last 100 */
     size_t num_steps;
-    int step_s;      /* 1..86400; default 60 */
-    int ramp_s;      /* 0..step_s; default 0 */
+    int step_s;           /* 1..86400; default 60 */
+    int ramp_s;           /* 0..step_s; default 0 */
     int on_failure_pause; /* 0: "rollback" (default), 1: "pause" */
-    int drain;       /* default 0 */
+    int drain;            /* default 0 */
     int has_pre_check;
-    char pc_path[512];          /* required with pre_check; starts with '/' */
-    char pc_expect[64];         /* default "2xx" */
-    int pc_requests;            /* 1..1000; default 10 */
+    char pc_path[512];                   /* required with pre_check; starts with '/' */
+    char pc_expect[64];                  /* default "2xx" */
+    int pc_requests;                     /* 1..1000; default 10 */
     char pc_webhook[TD_ROLLOUT_URL_MAX]; /* "" none */
-    int pc_webhook_timeout_s;   /* 1..3600; default 30 */
-    double max_error_rate;      /* 0..1; default 0.01 */
-    int max_p99_ms;             /* >= 0; default 0 (none) */
-    int min_requests;           /* >= 1; default 200 */
-    int compare_baseline;       /* "baseline" (default) 1, "none" 0 */
-    double max_ratio;           /* >= 1; default 1.5 */
+    int pc_webhook_timeout_s;            /* 1..3600; default 30 */
+    double max_error_rate;               /* 0..1; default 0.01 */
+    int max_p99_ms;                      /* >= 0; default 0 (none) */
+    int min_requests;                    /* >= 1; default 200 */
+    int compare_baseline;                /* "baseline" (default) 1, "none" 0 */
+    double max_ratio;                    /* >= 1; default 1.5 */
     char an_webhook[TD_ROLLOUT_URL_MAX]; /* "" none */
-    double significance;        /* (0, 0.5]; default 0.01 */
-    int interval_s;             /* 1..step_s; default 5 */
-    int warmup_s;               /* 0..step_s; default 5 */
+    double significance;                 /* (0, 0.5]; default 0.01 */
+    int interval_s;                      /* 1..step_s; default 5 */
+    int warmup_s;                        /* 0..step_s; default 5 */
 } td_rollout_spec_t;
 
 /* The backends as a rollout is judged against at its start: from the running config. */

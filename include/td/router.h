@@ -82,7 +82,10 @@ int64_t td_router_slow_start_remaining(const td_snap_server_t *sv, int64_t now_m
 /* Chooses a server of backend `b` by smooth weighted round robin over its up servers, each at
  * its slow start's ramp (td_router_ramp_weight). `wrr` holds num_servers scores for this
  * backend; `tried` (may be NULL) marks servers to skip.
- * Returns the index within b->servers, or TD_EUNAVAIL. */
+ * A server with a max_conns whose slots are all held (td_registry_slot_full) is skipped too; the
+ * caller still takes the slot (td_registry_slot_take), which another worker may have won
+ * meanwhile. Returns the index within b->servers, TD_EFULL when the only servers that could take
+ * the request are at their max_conns (it waits in the backend's queue), or TD_EUNAVAIL. */
 int td_router_pick_server(const td_snap_backend_t *b, int *wrr, const uint8_t *tried,
                           int64_t now_ms);
 

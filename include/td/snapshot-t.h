@@ -15,6 +15,8 @@
 typedef struct td_snap_server_s {
     td_addr_t addr;
     int weight;
+    int max_conns; /* requests in flight (and tunnels) it takes at once; 0 = no limit (picks read
+                      the running one, st->max_conns, which td_router_publish stores) */
     int slow_start_ms;     /* resolved: its own, else its backend's; 0 = off */
     td_server_stats_t *st; /* borrowed from the registry */
 } td_snap_server_t;
@@ -33,6 +35,7 @@ typedef struct td_snap_backend_s {
     int64_t failback_ms;    /* failover: how long it must be up again before it takes back
                                traffic from a backend after it (routing.failback_ms resolved) */
     td_backend_stats_t *st; /* borrowed from the registry */
+    int limited;            /* 1 when a server of it has max_conns: requests may queue for it */
     int slow_start_ms;      /* the largest slow_start_ms of its servers (0: none ramps): the
                                length of the backend's own ramp, and the router's one check */
 } td_snap_backend_t;

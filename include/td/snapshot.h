@@ -23,7 +23,8 @@ void td_snapshot_retain(td_snapshot_t *s);
 void td_snapshot_release(td_snapshot_t *s);
 
 /* Makes `s` the current snapshot (the router takes over the caller's reference) and drops the
- * router's reference to the previous one. Workers see it on their next request. */
+ * router's reference to the previous one. Workers see it on their next request. Its servers'
+ * max_conns become the running limits in their registry objects first. */
 void td_router_publish(td_snapshot_t *s);
 
 /* Version of the current snapshot: one atomic load, for the per-request "has it changed?" test

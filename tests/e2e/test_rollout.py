@@ -375,3 +375,99 @@ def test_bad_rollout_input_is_400_naming_the_field_with_nothing_changed(backends
     s = t.state()
     assert s["version"] == version and s["rollout"] is None
     assert weights(t) == {"blue": 100, "green": 0, "grey": 0}
+
+
+def test_ramp_moves_the_weights_gradually_to_the_step(backends, td):
+    t = blue_green(backends, td)
+    status, r = t.api("POST", "/api/v1/rollout",
+                      {"to": "green", "steps": [60, 100], "step_s": 600, "ramp_s": 4,
+                       "analysis": FAST})
+    assert status == 201, r
+    seen = []
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        g = weights(t)["green"]
+        if not seen or seen[-1] != g:
+            seen.append(g)
+        if g == 60:
+            break
+        time.sleep(0.1)
+    assert seen[-1] == 60, seen
+    between = [g for g in seen if 0 < g < 60]
+    assert len(between) >= 2, f"the weight jumped: {seen}"
+    assert seen == sorted(seen), seen
+    assert t.api("POST", "/api/v1/rollout/abort")[1]["state"] == "aborted"
+    assert weights(t) == {"blue": 100, "green": 0}
+
+
+def test_config_change_during_a_rollout_keeps_the_rollout_weights(backends, td):
+    t = blue_green(backends, td)
+    status, r = t.api("POST", "/api/v1/rollout",
+                      {"to": "green", "steps": [30, 100], "step_s": 600, "analysis": FAST})
+    assert status == 201, r
+    assert weights(t) == {"blue": 70, "green": 30}
+    status, cfg = t.api("GET", "/api/v1/config")
+    assert status == 200, cfg
+    for b in cfg["backends"]:
+        b["weight"] = 50
+    status, s = t.api("PUT", "/api/v1/config", cfg)
+    assert status == 200, s
+    assert weights(t) == {"blue": 70, "green": 30}
+    _, events = t.api("GET", "/api/v1/events")
+    assert any(e["kind"] == "rollout" and "weight of blue stays 70 (not 50)" in e["message"]
+               for e in events), [e["message"] for e in events]
+    assert t.api("POST", "/api/v1/rollout/abort")[1]["state"] == "aborted"
+    assert weights(t) == {"blue": 100, "green": 0}
+
+
+def test_drain_waits_for_the_old_side_then_succeeds(backends, td):
+    t = blue_green(backends, td)
+    status, r = t.api("POST", "/api/v1/rollout",
+                      {"to": "green", "steps": [100], "step_s": 1, "drain": True,
+                       "analysis": FAST})
+    assert status == 201, r
+    r = wait_rollout(t, {"succeeded", "rolled_back", "aborted"}, timeout=15)
+    assert r["state"] == "succeeded", r
+    assert "draining" in [x["state"] for x in r["transitions"]], r["transitions"]
+    assert r["reason"] == "every step passed; the old side is drained", r["reason"]
+
+
+def test_promote_full_goes_straight_to_100_skipping_the_steps_between(backends, td):
+    t = blue_green(backends, td)
+    status, r = t.api("POST", "/api/v1/rollout",
+                      {"to": "green", "steps": [10, 50, 100], "step_s": 600, "analysis": FAST})
+    assert status == 201, r
+    status, r = t.api("POST", "/api/v1/rollout/promote", {"full": True})
+    assert status == 200 and r["step"] == 2 and r["state"] == "running", r
+    assert [d["state"] for d in r["steps_detail"]] == ["skipped", "skipped", "running"]
+    assert weights(t) == {"blue": 0, "green": 100}
+    assert t.api("POST", "/api/v1/rollout/promote")[1]["state"] == "succeeded"
+
+
+def test_sticky_clients_make_the_actual_share_lag_the_configured_one(backends, td):
+    b = backends(("blue", 1), ("green", 1))
+    t = td(backend_cfg({"blue": (100, b.ports["blue"]), "green": (0, b.ports["green"])},
+                       method="sticky"))
+    from conftest import get_once, sticky_cookie
+    _, h, _ = get_once(t.port)
+    cookie = sticky_cookie(h)
+    assert cookie, dict(h)
+    load = LoadGen(t.port, threads=2, duration=60, headers={"Cookie": f"TDSTICKY={cookie}"})
+    load.start()
+    try:
+        status, r = t.api("POST", "/api/v1/rollout",
+                          {"to": "green", "steps": [50, 100], "step_s": 600, "analysis": FAST})
+        assert status == 201, r
+        time.sleep(2.0)
+        s = t.state()
+        status, r = t.api("GET", "/api/v1/rollout")
+    finally:
+        load.stop()
+    green = [x for x in s["backends"] if x["name"] == "green"][0]
+    blue = [x for x in s["backends"] if x["name"] == "blue"][0]
+    assert green["share"] == 50.0 and green["share_actual_10s"] == 0.0, green
+    assert blue["share_actual_10s"] == 100.0, blue
+    step = r["steps_detail"][0]
+    assert step["share_configured"] == 50.0 and step["share_actual"] == 0.0, step
+    assert load.by_backend == {"blue": load.ok}, load.by_backend
+    assert t.api("POST", "/api/v1/rollout/abort")[0] == 200

@@ -271,7 +271,8 @@ static void test_key_errors(void) {
              "               \"grace\": 5}\n"
              "}\n",
              "t.json:5:16: timeouts.grace: unknown key (valid keys: connect_ms, client_header_ms, "
-             "upstream_response_ms, keepalive_idle_ms, drain_ms, client_send_ms, stop_grace_ms)\n");
+             "upstream_response_ms, keepalive_idle_ms, drain_ms, client_send_ms, queue_ms, "
+             "stop_grace_ms)\n");
     /* Case and transposition count as close. */
     T_ERRORS("{" MIN_LISTENERS ", " MIN_BACKENDS ", \"Timeouts\": {}}",
              "t.json:1:131: Timeouts: unknown key, did you mean \"timeouts\"?\n");

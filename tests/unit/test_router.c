@@ -313,6 +313,55 @@ static void test_failover_without_a_primary(void) {
     td_snapshot_release(s);
 }
 
+static void test_pick_server_skips_servers_at_max_conns_and_says_full(void) {
+    td_snapshot_t *s = snap_of("{\"listeners\": [{\"address\": \"127.0.0.1:1\"}], \"backends\": ["
+                               " {\"name\": \"mc\", \"weight\": 100, \"servers\": ["
+                               "  {\"address\": \"127.0.0.1:2\", \"max_conns\": 1},"
+                               "  {\"address\": \"127.0.0.1:3\", \"max_conns\": 2}]}]}");
+    if (!s)
+        return;
+    td_snap_backend_t *b = &s->backends[0];
+    T_EQ_INT(b->limited, 1);
+    T_EQ_INT(b->servers[0].max_conns, 1);
+    /* The running limits, as td_router_publish stores them. */
+    atomic_store(&b->servers[0].st->max_conns, 1);
+    atomic_store(&b->servers[1].st->max_conns, 2);
+    int wrr[2] = {0};
+    /* Slots taken as the exchange does: 0 gets its one, then 1 its two; then all are full. */
+    T_EQ_INT(td_router_pick_server(b, wrr, NULL, 0), 0);
+    T_EQ_INT(td_registry_slot_take(b->servers[0].st, 1), 1);
+    T_EQ_INT(td_registry_slot_take(b->servers[0].st, 1), 0);
+    T_EQ_INT(td_router_pick_server(b, wrr, NULL, 0), 1);
+    T_EQ_INT(td_registry_slot_take(b->servers[1].st, 2), 1);
+    T_EQ_INT(td_router_pick_server(b, wrr, NULL, 0), 1);
+    T_EQ_INT(td_registry_slot_take(b->servers[1].st, 2), 1);
+    T_EQ_INT(td_router_pick_server(b, wrr, NULL, 0), TD_EFULL);
+    /* A full server that was tried, or is down, is not a reason to wait: nowhere to go. */
+    uint8_t tried[2] = {1, 1};
+    T_EQ_INT(td_router_pick_server(b, wrr, tried, 0), TD_EUNAVAIL);
+    /* Passive ejection of a full server: still full (the fallback over ejections waits too). */
+    atomic_store(&b->servers[0].st->down_until_ms, 5000);
+    T_EQ_INT(td_router_pick_server(b, wrr, NULL, 1000), TD_EFULL);
+    atomic_store(&b->servers[0].st->down_until_ms, 0);
+    /* A slot given back is picked again. */
+    td_registry_slot_give(b->servers[0].st);
+    T_EQ_INT(td_router_pick_server(b, wrr, NULL, 0), 0);
+    /* A reload raises server 1's limit: the next pick sees it, whatever snapshot it holds. */
+    T_EQ_INT(td_registry_slot_take(b->servers[0].st, 1), 1);
+    T_EQ_INT(td_router_pick_server(b, wrr, NULL, 0), TD_EFULL);
+    atomic_store(&b->servers[1].st->max_conns, 3);
+    T_EQ_INT(td_router_pick_server(b, wrr, NULL, 0), 1);
+    /* No limit any more: slots are not looked at. */
+    atomic_store(&b->servers[1].st->max_conns, 0);
+    T_EQ_INT(td_registry_slot_take(b->servers[1].st, 3), 1);
+    T_EQ_INT(td_router_pick_server(b, wrr, NULL, 0), 1);
+    td_registry_slot_give(b->servers[0].st);
+    for (int k = 0; k < 3; k++)
+        td_registry_slot_give(b->servers[1].st);
+    T_EQ_INT(atomic_load(&b->servers[1].st->slots), 0);
+    td_snapshot_release(s);
+}
+
 static void test_maint_and_drain_never_picked_by_weight(void) {
     td_snapshot_t *s = two("st", "round_robin", 50, 50, "");
     if (!s)
@@ -578,6 +627,7 @@ static void test_slow_start_backend_back_from_no_server_up(void) {
 
 int main(void) {
     test_pick_server_beyond_256_servers();
+    test_pick_server_skips_servers_at_max_conns_and_says_full();
     test_failover_100_0_backup_takes_over_and_failback_waits();
     test_failover_100_50_and_backup_order();
     test_failover_passive_ejects_primary_when_backup_is_up();
