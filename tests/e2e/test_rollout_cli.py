@@ -352,6 +352,18 @@ def test_rollout_status_pause_resume_promote_abort(backends, td):
     assert r.returncode == 0 and ": aborted, blue -> green" in r.stdout, r.stdout
 
 
+def test_status_names_the_rollout(backends, td):
+    t = blue_green(backends, td)
+    assert "rollout " not in tdctl(t, "status").stdout
+    assert tdctl(t, "switch", "green", "--step-time", "120s", "--detach").returncode == 0
+    ro = rollout(t)
+    r = tdctl(t, "status")
+    assert r.returncode == 0
+    assert f"rollout  {ro['id']} running: to green, step 1 of 3 (10%); see tdctl rollout" in \
+        r.stdout, r.stdout
+    assert tdctl(t, "rollout", "abort").returncode == 0
+
+
 def test_rollout_promote_full_moves_all_traffic_at_once(backends, td):
     t = blue_green(backends, td)
     assert tdctl(t, "switch", "green", "--step-time", "120s", "--detach").returncode == 0

@@ -11,18 +11,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define FOLLOW_POLL_S 0.5   /* switch: how often the rollout is read */
-#define LOST_TD_S 10.0      /* switch: td unanswered this long and tdctl stops following */
+#define FOLLOW_POLL_S 0.5 /* switch: how often the rollout is read */
+#define LOST_TD_S 10.0    /* switch: td unanswered this long and tdctl stops following */
 #define MIN_REQUESTS_MAX 100000000L
 #define BAR_WIDTH 20
 #define ANALYSIS_LOOK_S 5.0 /* td's default analysis interval_s and warmup_s */
 
 /* What switch posts: the rollout's body, built from the options. */
 typedef struct plan_s {
-    const char *to;     /* borrowed (argv): the new side */
-    json_t *body;       /* owned: POST /api/v1/rollout's body */
-    bool detach;        /* --detach: post and return */
-    char to_state[16];  /* the new side's state before the switch ("ready", "drain", "maint") */
+    const char *to;    /* borrowed (argv): the new side */
+    json_t *body;      /* owned: POST /api/v1/rollout's body */
+    bool detach;       /* --detach: post and return */
+    char to_state[16]; /* the new side's state before the switch ("ready", "drain", "maint") */
 } plan_t;
 
 /* What the follower last printed, to print only what changed. */
@@ -169,8 +169,9 @@ static void print_step_end(const json_t *ro, json_int_t i) {
            nsteps(ro), str(ro, "to"), int_of(d, "weight", 0), str(d, "state"), figures);
 }
 
-/* Shows what changed since the last look: a line per state change and per step on a terminal
- * the step's bar, rewritten in place. */
+/* Shows what changed since the last look: a line per change of state (with td's why, or the
+ * reason of a pause); per step, on a terminal its bar rewritten in place, otherwise a line when
+ * it starts and one with its final figures. */
 static void show(follow_t *f, const json_t *ro) {
     json_int_t step = int_of(ro, "step", 0);
     char line[256];
@@ -181,13 +182,11 @@ static void show(follow_t *f, const json_t *ro) {
             print_step_end(ro, f->step);
     }
     if (strcmp(f->state, rstate(ro)) != 0) {
-        const json_t *reason = json_object_get(ro, "reason");
+        const char *reason = json_string_value(json_object_get(ro, "reason"));
+        const char *why = reason && strcmp(rstate(ro), "paused") == 0 ? reason : last_why(ro);
 
         progress_end(&f->progress);
-        printf("rollout %s: %s%s%s\n", str(ro, "id"), rstate(ro), *last_why(ro) ? ": " : "",
-               json_is_string(reason) && strcmp(rstate(ro), "paused") == 0
-                   ? json_string_value(reason)
-                   : last_why(ro));
+        printf("rollout %s: %s%s%s\n", str(ro, "id"), rstate(ro), *why ? ": " : "", why);
         fflush(stdout);
         snprintf(f->state, sizeof(f->state), "%s", rstate(ro));
     }
