@@ -146,6 +146,8 @@ static const char help_status[] =
     "    ready backends) and the backups, a \"serving\" line says which backend takes\n"
     "    all new requests and why, and SHARE is 100% for it and 0% for the others.\n"
     "    A \"td\" line counts td's own 503s for requests no backend could take.\n"
+    "    A \"rollout\" line names td's current or last rollout, its state and step\n"
+    "    (tdctl rollout shows all of it).\n"
     "    Values td did not send show as \"-\". With --json, td's state as it came\n"
     "    (GET /api/v1/state), with latency histograms, tunnels and sticky counts.\n"
     "\n"
