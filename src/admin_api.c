@@ -351,6 +351,38 @@ static td_admin_reply_t get_backend(td_str_t name) {
     return json_reply(200, j);
 }
 
+/* A body that must be {"KEY": "a string"} (`example` shows one): copies the string into
+ * value[cap] and returns 0, or returns -1 with the 400 in *fail (not JSON, another key, no key,
+ * not a string, or one too long to be any valid value). */
+static int single_string(td_str_t body, const char *key, const char *example, char *value,
+                         size_t cap, td_admin_reply_t *fail) {
+    json_t *j = parse_body(body, fail);
+    if (!j)
+        return -1;
+    const char *k;
+    json_t *v;
+    char msg[300] = "";
+    json_object_foreach(j, k, v) {
+        if (strcmp(k, key) != 0) {
+            snprintf(msg, sizeof(msg), "unknown key \"%.100s\" (valid: %s)", k, key);
+            break;
+        }
+    }
+    v = json_object_get(j, key);
+    if (!msg[0] && !v)
+        snprintf(msg, sizeof(msg), "give the %s, e.g. %s", key, example);
+    else if (!msg[0] && (!json_is_string(v) || json_string_length(v) >= cap))
+        snprintf(msg, sizeof(msg), "%s must be a string, e.g. %s", key, example);
+    else if (!msg[0])
+        snprintf(value, cap, "%s", json_string_value(v));
+    json_decref(j);
+    if (msg[0]) {
+        *fail = td_admin_http_error(400, msg);
+        return -1;
+    }
+    return 0;
+}
+
 /* PUT /api/v1/backends/NAME {"state": "maint"}: the backend's state (ready, drain, maint); the
  * only key for now. Everything is checked before anything changes. */
 static td_admin_reply_t put_backend(td_str_t name, td_str_t body, const char *client) {
@@ -367,30 +399,12 @@ static td_admin_reply_t put_backend(td_str_t name, td_str_t body, const char *cl
         return td_admin_http_error(404, msg);
     }
     td_admin_reply_t fail;
-    json_t *j = parse_body(body, &fail);
-    if (!j)
+    char value[16];
+    if (single_string(body, "state", "{\"state\": \"maint\"}", value, sizeof(value), &fail) < 0)
         return fail;
-    const char *key;
-    json_t *v;
-    td_backend_state_t st = TD_BACKEND_READY;
-    int have = 0;
-    char msg[300] = "";
-    json_object_foreach(j, key, v) {
-        if (strcmp(key, "state") != 0) {
-            snprintf(msg, sizeof(msg), "unknown key \"%.100s\" (valid: state)", key);
-            break;
-        }
-        if (!json_is_string(v) || td_backend_state_parse(json_string_value(v), &st) < 0) {
-            snprintf(msg, sizeof(msg), "state must be one of ready, drain, maint");
-            break;
-        }
-        have = 1;
-    }
-    json_decref(j);
-    if (!msg[0] && !have)
-        snprintf(msg, sizeof(msg), "give the state, e.g. {\"state\": \"maint\"}");
-    if (msg[0])
-        return td_admin_http_error(400, msg);
+    td_backend_state_t st;
+    if (td_backend_state_parse(value, &st) < 0)
+        return td_admin_http_error(400, "state must be one of ready, drain, maint");
     td_config_t *cfg = td_config_dup(cur);
     if (!cfg)
         return td_admin_http_error(500, "out of memory");
@@ -405,30 +419,12 @@ static td_admin_reply_t put_routing(td_str_t body, const char *client) {
     td_admin_reply_t fail;
     if (rollout_blocks(&fail))
         return fail;
-    json_t *j = parse_body(body, &fail);
-    if (!j)
+    char value[16];
+    if (single_string(body, "method", "{\"method\": \"sticky\"}", value, sizeof(value), &fail) < 0)
         return fail;
-    const char *key;
-    json_t *v;
-    td_method_t m = 0;
-    int have = 0;
-    char msg[300] = "";
-    json_object_foreach(j, key, v) {
-        if (strcmp(key, "method") != 0) {
-            snprintf(msg, sizeof(msg), "unknown key \"%s\" (valid: method)", key);
-            break;
-        }
-        if (!json_is_string(v) || td_method_parse(json_string_value(v), &m) < 0) {
-            snprintf(msg, sizeof(msg), "method must be one of round_robin, sticky, failover");
-            break;
-        }
-        have = 1;
-    }
-    json_decref(j);
-    if (!msg[0] && !have)
-        snprintf(msg, sizeof(msg), "give the method, e.g. {\"method\": \"sticky\"}");
-    if (msg[0])
-        return td_admin_http_error(400, msg);
+    td_method_t m;
+    if (td_method_parse(value, &m) < 0)
+        return td_admin_http_error(400, "method must be one of round_robin, sticky, failover");
     td_config_t *cfg = td_config_dup(td_control_config());
     cfg->method = m;
     char what[64];

@@ -19,47 +19,8 @@
 //             one more poll, reads its status badge and req/s together.
 // Prints one JSON line of observations on success; exits 1 with the reason otherwise.
 import assert from "node:assert/strict";
-import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
-import { chromium } from "playwright-core";
 
-const opts = JSON.parse(process.argv[2] || "{}");
-const TIMEOUT = opts.timeout_ms || 20000;
-const CHROMIUM = process.env.TD_CHROMIUM || "/usr/bin/chromium";
-
-async function launch() {
-  const profile = mkdtempSync(join(tmpdir(), "td-console-chromium-"));
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-    viewport: { width: 1280, height: 900 },
-    deviceScaleFactor: 1,
-    timeout: 60000,
-  });
-  context.setDefaultTimeout(TIMEOUT);
-  return { context, profile };
-}
-
-/* Opens the console and records what would show a broken page: script errors, console errors,
- * and any request that leaves td's admin address (the page must work with no internet). */
-async function open(context) {
-  const page = context.pages()[0] || (await context.newPage());
-  const problems = [];
-  const origin = new URL(opts.url).origin;
-  page.on("pageerror", (e) => problems.push("page error: " + e.message));
-  page.on("console", (m) => {
-    if (m.type() === "error" && !/responded with a status of 4\d\d/.test(m.text())) problems.push("console: " + m.text());
-  });
-  page.on("request", (r) => {
-    if (!r.url().startsWith(origin) && !r.url().startsWith("data:"))
-      problems.push("request outside td: " + r.url());
-  });
-  await page.goto(opts.url);
-  return { page, problems };
-}
+import { opts, runConsole } from "./browser.mjs";
 
 const text = (page, sel) => page.locator(sel).innerText();
 
@@ -188,26 +149,8 @@ async function drained(page) {
 
 const SCENARIOS = { ratio, swap, token, weights, failover, drained };
 
-async function main() {
+runConsole((page) => {
   const run = SCENARIOS[opts.scenario];
   if (!run) throw new Error("unknown scenario " + opts.scenario);
-  const { context, profile } = await launch();
-  try {
-    const { page, problems } = await open(context);
-    const result = await run(page);
-    if (opts.screenshot) {
-      mkdirSync(dirname(opts.screenshot), { recursive: true });
-      await page.screenshot({ path: opts.screenshot, fullPage: true });
-    }
-    assert.deepEqual(problems, [], "the page reported problems");
-    console.log(JSON.stringify(result));
-  } finally {
-    await context.close();
-    rmSync(profile, { recursive: true, force: true });
-  }
-}
-
-main().catch((e) => {
-  console.error("console test failed:", e && e.stack ? e.stack : e);
-  process.exit(1);
+  return run(page);
 });

@@ -8,73 +8,39 @@
 // change), then accepting it; waits for the card's maint badge and reads the card and the slider.
 // Prints one JSON line of observations on success; exits 1 with the reason otherwise.
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { chromium } from "playwright-core";
 
-const opts = JSON.parse(process.argv[2] || "{}");
-const TIMEOUT = opts.timeout_ms || 20000;
-const CHROMIUM = process.env.TD_CHROMIUM || "/usr/bin/chromium";
+import { opts, runConsole } from "./browser.mjs";
 
-async function main() {
-  const profile = mkdtempSync(join(tmpdir(), "td-console-chromium-"));
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-    viewport: { width: 1280, height: 900 },
-    timeout: 60000,
-  });
-  context.setDefaultTimeout(TIMEOUT);
-  try {
-    const page = context.pages()[0] || (await context.newPage());
-    const problems = [];
-    page.on("pageerror", (e) => problems.push("page error: " + e.message));
-    page.on("console", (m) => {
-      if (m.type() === "error" && !/responded with a status of 4\d\d/.test(m.text())) problems.push("console: " + m.text());
-    });
-    await page.goto(opts.url);
-    const card = page.locator(`.card[data-backend="${opts.backend}"]`);
-    await card.waitFor();
-    const menu = card.locator(".state-menu");
-    assert.equal(await menu.inputValue(), "ready");
-    assert.equal(await card.locator(".badge.state").isVisible(), false);
+runConsole(async (page) => {
+  const card = page.locator(`.card[data-backend="${opts.backend}"]`);
+  await card.waitFor();
+  const menu = card.locator(".state-menu");
+  assert.equal(await menu.inputValue(), "ready");
+  assert.equal(await card.locator(".badge.state").isVisible(), false);
 
-    // Dismissed: the menu goes back, nothing is sent.
-    const dialogs = [];
-    page.once("dialog", (d) => { dialogs.push(d.message()); d.dismiss(); });
-    await menu.selectOption("maint");
-    await page.waitForFunction((sel) => document.querySelector(sel).value === "ready",
-      `.card[data-backend="${opts.backend}"] .state-menu`);
+  // Dismissed: the menu goes back, nothing is sent.
+  const dialogs = [];
+  page.once("dialog", (d) => { dialogs.push(d.message()); d.dismiss(); });
+  await menu.selectOption("maint");
+  await page.waitForFunction((sel) => document.querySelector(sel).value === "ready",
+    `.card[data-backend="${opts.backend}"] .state-menu`);
 
-    // Accepted: td is told, the card shows the badge.
-    page.once("dialog", (d) => { dialogs.push(d.message()); d.accept(); });
-    await menu.selectOption("maint");
-    await page.locator("#message.ok").waitFor();
-    await card.locator(".badge.state", { hasText: "maint" }).waitFor();
-    await card.locator(".weight", { hasText: " 0 % of traffic" }).waitFor();
-    const seen = await page.evaluate((name) => {
-      const c = document.querySelector(`.card[data-backend="${name}"]`);
-      return {
-        message: document.getElementById("message").textContent,
-        badge: c.querySelector(".badge.state").textContent,
-        weight: c.querySelector(".weight").textContent,
-        menu: c.querySelector(".state-menu").value,
-        slider: document.getElementById("ratio-left").textContent,
-      };
-    }, opts.backend);
-    seen.dialogs = dialogs;
-    assert.deepEqual(problems, [], "the page reported problems");
-    console.log(JSON.stringify(seen));
-  } finally {
-    await context.close();
-    rmSync(profile, { recursive: true, force: true });
-  }
-}
-
-main().catch((e) => {
-  console.error("console test failed:", e && e.stack ? e.stack : e);
-  process.exit(1);
+  // Accepted: td is told, the card shows the badge.
+  page.once("dialog", (d) => { dialogs.push(d.message()); d.accept(); });
+  await menu.selectOption("maint");
+  await page.locator("#message.ok").waitFor();
+  await card.locator(".badge.state", { hasText: "maint" }).waitFor();
+  await card.locator(".weight", { hasText: " 0 % of traffic" }).waitFor();
+  const seen = await page.evaluate((name) => {
+    const c = document.querySelector(`.card[data-backend="${name}"]`);
+    return {
+      message: document.getElementById("message").textContent,
+      badge: c.querySelector(".badge.state").textContent,
+      weight: c.querySelector(".weight").textContent,
+      menu: c.querySelector(".state-menu").value,
+      slider: document.getElementById("ratio-left").textContent,
+    };
+  }, opts.backend);
+  seen.dialogs = dialogs;
+  return seen;
 });

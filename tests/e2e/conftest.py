@@ -3,6 +3,7 @@ on 127.0.0.1. Every process is started by a fixture and stopped when the test en
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -633,3 +634,29 @@ def two_colours_apart(backends):
     stopped without the other)."""
     blue, green = backends(("blue", 1)), backends(("green", 1))
     return backend_cfg({"blue": (50, blue.ports["blue"]), "green": (50, green.ports["green"])})
+
+
+# ---------------------------------------------------------------------------------------------
+# The web console in headless Chromium: the scripts in tests/console/ (playwright-core)
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
+CHROMIUM = os.environ.get("TD_CHROMIUM", "/usr/bin/chromium")
+CONSOLE_MISSING = [what for what, ok in [
+    (CHROMIUM, os.access(CHROMIUM, os.X_OK)),
+    ("node", shutil.which("node") is not None),
+    ("node_modules/playwright-core (npm ci)",
+     os.path.isdir(os.path.join(ROOT, "node_modules/playwright-core"))),
+] if not ok]
+# Marks a test that drives the console: skipped (saying why) where the browser is missing.
+needs_console = pytest.mark.skipif(bool(CONSOLE_MISSING), reason="needs " + ", ".join(
+    CONSOLE_MISSING) + " (run scripts/deps.sh test)")
+
+
+def run_console(script, **opts):
+    """Runs tests/console/SCRIPT with `opts` as its JSON argument (timeout_ms scaled under ASan);
+    returns what it observed (its last line, JSON), failing the test with its output otherwise."""
+    opts.setdefault("timeout_ms", 20000 * (3 if ASAN else 1))
+    p = subprocess.run(["node", os.path.join(ROOT, "tests/console", script), json.dumps(opts)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, f"console script {script} {opts} failed:\n{p.stderr}{p.stdout}"
+    return json.loads(p.stdout.strip().splitlines()[-1])

@@ -5,15 +5,14 @@ health checks still reach it; a draining one takes no new requests and keeps its
 clients until drain_ms."""
 import json
 import os
-import shutil
 import subprocess
 import tempfile
 import urllib.request
 
 import pytest
 
-from conftest import (ASAN, TD, TDCTL, backend_cfg, backend_state, get, get_once, server_state,
-                      sticky_cookie, wait_for)
+from conftest import (ASAN, TD, TDCTL, backend_cfg, backend_state, get_once, needs_console,
+                      run_console, server_state, sticky_cookie, wait_for)
 
 SLACK = 2.0 if ASAN else 1.0
 PREVIEW_TOKEN = "preview-secret"
@@ -363,28 +362,12 @@ def test_tdctl_switch_puts_a_drained_side_back_to_ready(backends, td):
 
 # ---- console ----
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
-CONSOLE_SCRIPT = os.path.join(ROOT, "tests/console/states.test.mjs")
-CHROMIUM = os.environ.get("TD_CHROMIUM", "/usr/bin/chromium")
-CONSOLE_MISSING = [what for what, ok in [
-    (CHROMIUM, os.access(CHROMIUM, os.X_OK)),
-    ("node", shutil.which("node") is not None),
-    ("node_modules/playwright-core (npm ci)",
-     os.path.isdir(os.path.join(ROOT, "node_modules/playwright-core"))),
-] if not ok]
-
-
-@pytest.mark.skipif(bool(CONSOLE_MISSING), reason="needs " + ", ".join(CONSOLE_MISSING)
-                    + " (run scripts/deps.sh test)")
+@needs_console
 def test_console_state_menu_puts_a_backend_in_maint(backends, td):
     blue, green, cfg = colours(backends)
     t = td(cfg)
     v = t.state()["version"]
-    p = subprocess.run(["node", CONSOLE_SCRIPT, json.dumps({
-        "url": t.admin + "/", "backend": "blue", "timeout_ms": 20000 * (3 if ASAN else 1)})],
-        cwd=ROOT, capture_output=True, text=True, timeout=180)
-    assert p.returncode == 0, p.stderr + p.stdout
-    seen = json.loads(p.stdout.strip().splitlines()[-1])
+    seen = run_console("states.test.mjs", url=t.admin + "/", backend="blue")
     print(seen)
     assert len(seen["dialogs"]) == 2 and "maint" in seen["dialogs"][0], seen
     assert seen["badge"] == "maint" and seen["menu"] == "maint", seen

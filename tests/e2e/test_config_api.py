@@ -15,8 +15,6 @@ import tempfile
 import threading
 import time
 
-import pytest
-
 from conftest import (Proc, TD, TDCTL, backend_cfg, free_port, get, get_once, one_backend, pos,
                       put_ratio_status, set_weights, start_td_file, two_colours_apart, wait_for,
                       wait_port, weights)

@@ -5,41 +5,25 @@ the page did through the admin API and real requests through td.
 
 Needs /usr/bin/chromium, node and `npm ci` at the repo root (scripts/deps.sh test does all three)."""
 import http.client
-import json
 import os
 import shutil
-import subprocess
 import threading
-import time
 
-import pytest
-
-from conftest import ASAN, backend_cfg, weights
+from conftest import ASAN, CONSOLE_MISSING, backend_cfg, needs_console, run_console, weights
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
-SCRIPT = os.path.join(ROOT, "tests/console/console.test.mjs")
-CHROMIUM = os.environ.get("TD_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOT = os.path.join(ROOT, "build/artifacts/console.png")
 DOCS_SCREENSHOT = os.path.join(ROOT, "docs/console.png")
 SLOW = 3 if ASAN else 1
 
-missing = [what for what, ok in [
-    (CHROMIUM, os.access(CHROMIUM, os.X_OK)),
-    ("node", shutil.which("node") is not None),
-    ("node_modules/playwright-core (npm ci)",
-     os.path.isdir(os.path.join(ROOT, "node_modules/playwright-core"))),
-] if not ok]
-pytestmark = pytest.mark.skipif(bool(missing), reason="needs " + ", ".join(missing)
-                                + " (run scripts/deps.sh test)")
+missing = CONSOLE_MISSING
+pytestmark = needs_console
 
 
 def run_page(**opts):
     """Runs one scenario of the Node script; returns what it observed (its JSON line)."""
     opts.setdefault("timeout_ms", 20000 * SLOW)
-    p = subprocess.run(["node", SCRIPT, json.dumps(opts)], cwd=ROOT, capture_output=True,
-                       text=True, timeout=180)
-    assert p.returncode == 0, f"console scenario {opts['scenario']} failed:\n{p.stderr}{p.stdout}"
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return run_console("console.test.mjs", **opts)
 
 
 class Traffic:

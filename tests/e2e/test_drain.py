@@ -9,10 +9,8 @@ import http.client
 import json
 import os
 import socket
-import threading
 import time
 
-import pytest
 import websocket
 
 from conftest import (ASAN, LoadGen, backend_cfg, backend_state, reload_config, rss_kb, set_weights,

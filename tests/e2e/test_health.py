@@ -7,13 +7,12 @@ a timeout, and every wait is bounded, so a misbehaving td fails a test instead o
 Figures (requests sent, failed, times) are printed: run pytest with -s to see them."""
 import http.client
 import re
-import signal
 import threading
 import time
 
 import pytest
 
-from conftest import (ASAN, LoadGen, backend_cfg, backend_state, free_port, reload_config,
+from conftest import (ASAN, LoadGen, backend_cfg, backend_state, reload_config,
                       server_state, set_weights, wait_for)
 
 TIMEOUT = 10  # seconds, for every client socket

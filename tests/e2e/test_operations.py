@@ -4,11 +4,9 @@ file and the example configs."""
 import http.client
 import json
 import os
-import signal
 import subprocess
-import time
 
-from conftest import (ASAN, Backends, Proc, RawConn, TD, backend_cfg, free_port, get, get_once,
+from conftest import (ASAN, Proc, RawConn, TD, backend_cfg, free_port, get, get_once,
                       put_ratio_status, reload_config, server_state, start_td_file,
                       two_colours_apart, wait_for, wait_port)
 

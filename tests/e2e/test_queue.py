@@ -3,9 +3,7 @@ to timeouts.queue_ms, then get td's 503. The servers here record their own peak 
 requests, so the limit is judged by what the server saw, not by td's counters."""
 import http.client
 import json
-import os
 import re
-import shutil
 import signal
 import socket
 import struct
@@ -16,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import TD, RawConn, free_port, reload_config
+from conftest import TD, RawConn, free_port, needs_console, reload_config, run_console
 
 
 class CountingServer:
@@ -310,17 +308,7 @@ def test_stop_answers_queued_requests_while_it_drains(counting_server, td):
     assert t.proc.p.wait(timeout=30) == 0
 
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
-CHROMIUM = os.environ.get("TD_CHROMIUM", "/usr/bin/chromium")
-CONSOLE_MISSING = [what for what, ok in [
-    (CHROMIUM, os.access(CHROMIUM, os.X_OK)),
-    ("node", shutil.which("node") is not None),
-    ("node_modules/playwright-core (npm ci)",
-     os.path.isdir(os.path.join(ROOT, "node_modules/playwright-core"))),
-] if not ok]
-
-
-@pytest.mark.skipif(bool(CONSOLE_MISSING), reason="needs " + ", ".join(CONSOLE_MISSING))
+@needs_console
 def test_console_card_shows_queued_requests_and_the_server_limit(counting_server, td):
     srv = counting_server()
     t = td(queue_cfg(srv.port, 2, 60000, workers=1))
@@ -331,11 +319,7 @@ def test_console_card_shows_queued_requests_and_the_server_limit(counting_server
             c.send(b"GET /slow/20000 HTTP/1.1\r\nHost: x\r\n\r\n")
             conns.append(c)
         wait_state(t, lambda b: b["queued"] == 3 and b["servers"][0]["in_flight"] == 2)
-        p = subprocess.run(["node", os.path.join(ROOT, "tests/console/queue.test.mjs"),
-                            json.dumps({"url": t.admin + "/", "backend": "blue"})],
-                           cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert p.returncode == 0, p.stderr + p.stdout
-        seen = json.loads(p.stdout.strip().splitlines()[-1])
+        seen = run_console("queue.test.mjs", url=t.admin + "/", backend="blue")
         assert seen == {"queued": "queued 3", "in_flight": "2 / 2"}, seen
     finally:
         for c in conns:

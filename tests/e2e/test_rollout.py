@@ -10,7 +10,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import LoadGen, backend_cfg, free_port, start_td_file
+from conftest import (LoadGen, Td, backend_cfg, free_port, get_once, start_td_file,
+                      sticky_cookie)
 
 FAST = {"interval_s": 1, "warmup_s": 0, "min_requests": 20}
 
@@ -257,7 +258,6 @@ def test_restart_mid_rollout_continues_at_its_step_and_abort_restores_the_weight
             self.token = None
             self.admin = f"http://127.0.0.1:{admin_port}"
 
-    from conftest import Td
     T.api, T.state = Td.api, Td.state
     t = T()
     try:
@@ -448,7 +448,6 @@ def test_sticky_clients_make_the_actual_share_lag_the_configured_one(backends, t
     b = backends(("blue", 1), ("green", 1))
     t = td(backend_cfg({"blue": (100, b.ports["blue"]), "green": (0, b.ports["green"])},
                        method="sticky"))
-    from conftest import get_once, sticky_cookie
     _, h, _ = get_once(t.port)
     cookie = sticky_cookie(h)
     assert cookie, dict(h)

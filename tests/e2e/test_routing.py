@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import (ASAN, backend_cfg, backend_state, free_port, get, get_once, reload_config,
+from conftest import (backend_cfg, backend_state, free_port, get, get_once, reload_config,
                       set_weights, sticky_cookie)
 
 TIMEOUT = 10  # seconds, for every client socket

@@ -4,14 +4,13 @@ import http.client
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import threading
 import time
 
-import pytest
-from conftest import (TDCTL, backend_cfg, free_port, put_ratio_status, start_td_file)
+from conftest import (TDCTL, backend_cfg, free_port, needs_console, put_ratio_status, run_console,
+                      start_td_file)
 
 TIMEOUT = 10
 
@@ -392,16 +391,7 @@ def test_get_config_reports_a_listener_changed_in_the_file_as_pending_a_restart(
         s.stop()
 
 
-CONSOLE_SCRIPT = os.path.join(os.path.dirname(__file__), "../console/state_file.test.mjs")
-CONSOLE_MISSING = [what for what, ok in [
-    ("/usr/bin/chromium", os.access(os.environ.get("TD_CHROMIUM", "/usr/bin/chromium"), os.X_OK)),
-    ("node", shutil.which("node") is not None),
-    ("node_modules/playwright-core (npm ci)", os.path.isdir(
-        os.path.join(os.path.dirname(__file__), "../../node_modules/playwright-core"))),
-] if not ok]
-
-
-@pytest.mark.skipif(bool(CONSOLE_MISSING), reason="needs " + ", ".join(CONSOLE_MISSING))
+@needs_console
 def test_console_shows_a_red_banner_while_changes_are_not_being_saved(backends, tmp_path):
     (tmp_path / "not-a-folder").write_text("")
     s = Setup(backends, tmp_path, state_file=str(tmp_path / "not-a-folder" / "state.json"))
@@ -409,12 +399,7 @@ def test_console_shows_a_red_banner_while_changes_are_not_being_saved(backends, 
     try:
         status, body, _ = api(s.admin_port, "PUT", "/api/v1/ratio", {"blue": 10, "green": 90})
         assert status == 200 and body["persisted"] is False, body
-        root = os.path.join(os.path.dirname(__file__), "../..")
-        p = subprocess.run(["node", CONSOLE_SCRIPT,
-                            json.dumps({"url": f"http://127.0.0.1:{s.admin_port}/"})],
-                           cwd=root, capture_output=True, text=True, timeout=180)
-        assert p.returncode == 0, p.stderr + p.stdout
-        banner = json.loads(p.stdout.strip().splitlines()[-1])["banner"]
+        banner = run_console("state_file.test.mjs", url=f"http://127.0.0.1:{s.admin_port}/")["banner"]
         assert banner.startswith("changes are not being saved: ") and "not-a-folder" in banner, \
             banner
     finally:
