@@ -8,17 +8,11 @@
 // Starts "Switch to <to>" with the steps and step time given, waits for the rollout panel and
 // for the first step's progress bar to move, checks that Apply is disabled with its note, then
 // Pause, a page reload (the panel must come back from td's state), Resume, Promote (the first
-// step is done, skipped, and the second runs) and Abort. Prints one JSON line of observations on success;
-// exits 1 with the reason otherwise.
+// step is done, skipped, and the second runs) and Abort. Prints one JSON line of observations on
+// success; exits 1 with the reason otherwise.
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { chromium } from "playwright-core";
 
-const opts = JSON.parse(process.argv[2] || "{}");
-const TIMEOUT = opts.timeout_ms || 20000;
-const CHROMIUM = process.env.TD_CHROMIUM || "/usr/bin/chromium";
+import { opts, runConsole } from "./browser.mjs";
 
 /* What the panel shows: its state, id, title, reason, per step row its state and progress, the
  * buttons that are enabled, and whether Apply is. */
@@ -55,97 +49,66 @@ async function waitState(page, state) {
   }, state);
 }
 
-async function main() {
-  const profile = mkdtempSync(join(tmpdir(), "td-console-chromium-"));
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-    viewport: { width: 1280, height: 900 },
-    timeout: 60000,
-  });
-  context.setDefaultTimeout(TIMEOUT);
+runConsole(async (page) => {
   const seen = {};
-  try {
-    const page = context.pages()[0] || (await context.newPage());
-    const problems = [];
-    page.on("pageerror", (e) => problems.push("page error: " + e.message));
-    page.on("console", (m) => {
-      if (m.type() === "error" && !/responded with a status of 4\d\d/.test(m.text())) problems.push("console: " + m.text());
-    });
-    await page.goto(opts.url);
-    const button = page.locator("#switch", { hasText: "Switch to " + opts.to });
-    await button.waitFor();
-    seen.before = await panel(page);
-    assert.equal(seen.before.hidden, true, "no rollout yet: no panel");
-    assert.equal(seen.before.apply, true);
+  const button = page.locator("#switch", { hasText: "Switch to " + opts.to });
+  await button.waitFor();
+  seen.before = await panel(page);
+  assert.equal(seen.before.hidden, true, "no rollout yet: no panel");
+  assert.equal(seen.before.apply, true);
 
-    // Start: the panel shows the rollout running at its first step.
-    await page.fill("#switch-steps", opts.steps);
-    await page.fill("#switch-step-time", String(opts.step_s));
-    await button.click();
-    await waitState(page, "running");
-    await page.locator("#message.ok", { hasText: "started" }).waitFor();
-    // The first step's bar moves as its time passes.
-    await page.waitForFunction(() => {
-      const bar = document.querySelector('#rollout .rstep[data-step="0"] .bar');
-      return bar && Number(bar.getAttribute("aria-valuenow")) > 0;
-    });
-    seen.running = await panel(page);
-    assert.equal(seen.running.steps.length, opts.steps.split(",").length);
-    assert.equal(seen.running.steps[0].current, true);
-    assert.deepEqual(seen.running.buttons, ["pause", "promote", "abort"]);
-    assert.equal(seen.running.apply, false, "a rollout owns the weights: Apply disabled");
-    assert.equal(seen.running.note, true);
-    assert.equal(seen.running.switchEnabled, false);
+  // Start: the panel shows the rollout running at its first step.
+  await page.fill("#switch-steps", opts.steps);
+  await page.fill("#switch-step-time", String(opts.step_s));
+  await button.click();
+  await waitState(page, "running");
+  await page.locator("#message.ok", { hasText: "started" }).waitFor();
+  // The first step's bar moves as its time passes.
+  await page.waitForFunction(() => {
+    const bar = document.querySelector('#rollout .rstep[data-step="0"] .bar');
+    return bar && Number(bar.getAttribute("aria-valuenow")) > 0;
+  });
+  seen.running = await panel(page);
+  assert.equal(seen.running.steps.length, opts.steps.split(",").length);
+  assert.equal(seen.running.steps[0].current, true);
+  assert.deepEqual(seen.running.buttons, ["pause", "promote", "abort"]);
+  assert.equal(seen.running.apply, false, "a rollout owns the weights: Apply disabled");
+  assert.equal(seen.running.note, true);
+  assert.equal(seen.running.switchEnabled, false);
 
-    // Pause.
-    await page.click("#rollout-pause");
-    await waitState(page, "paused");
-    seen.paused = await panel(page);
-    assert.deepEqual(seen.paused.buttons, ["resume", "promote", "abort"]);
+  // Pause.
+  await page.click("#rollout-pause");
+  await waitState(page, "paused");
+  seen.paused = await panel(page);
+  assert.deepEqual(seen.paused.buttons, ["resume", "promote", "abort"]);
 
-    // A reload: the panel comes back from td's state, still paused.
-    await page.reload();
-    await waitState(page, "paused");
-    seen.reloaded = await panel(page);
-    assert.equal(seen.reloaded.id, seen.running.id);
-    assert.equal(seen.reloaded.apply, false);
+  // A reload: the panel comes back from td's state, still paused.
+  await page.reload();
+  await waitState(page, "paused");
+  seen.reloaded = await panel(page);
+  assert.equal(seen.reloaded.id, seen.running.id);
+  assert.equal(seen.reloaded.apply, false);
 
-    // Resume, then Promote: the first step passes, the second runs.
-    await page.click("#rollout-resume");
-    await waitState(page, "running");
-    seen.resumed = await panel(page);
-    await page.click("#rollout-promote");
-    await page.waitForFunction(() => {
-      const row = document.querySelector('#rollout .rstep[data-step="1"]');
-      return row && row.dataset.current === "true";
-    });
-    seen.promoted = await panel(page);
-    assert.equal(seen.promoted.steps[0].progress, 100);
-    assert.ok(["passed", "skipped"].includes(seen.promoted.steps[0].state));
+  // Resume, then Promote: the first step is done, the second runs.
+  await page.click("#rollout-resume");
+  await waitState(page, "running");
+  seen.resumed = await panel(page);
+  await page.click("#rollout-promote");
+  await page.waitForFunction(() => {
+    const row = document.querySelector('#rollout .rstep[data-step="1"]');
+    return row && row.dataset.current === "true";
+  });
+  seen.promoted = await panel(page);
+  assert.equal(seen.promoted.steps[0].progress, 100);
+  assert.ok(["passed", "skipped"].includes(seen.promoted.steps[0].state));
 
-    // Abort: the weights go back, the buttons go off, Apply comes back.
-    await page.click("#rollout-abort");
-    await waitState(page, "aborted");
-    await page.waitForFunction(() => !document.getElementById("apply").disabled);
-    seen.aborted = await panel(page);
-    assert.deepEqual(seen.aborted.buttons, []);
-    assert.equal(seen.aborted.note, false);
-    assert.equal(seen.aborted.switchEnabled, true);
-    assert.deepEqual(problems, [], "the page reported problems");
-    console.log(JSON.stringify(seen));
-  } catch (e) {
-    console.log(JSON.stringify(seen));
-    throw e;
-  } finally {
-    await context.close();
-    rmSync(profile, { recursive: true, force: true });
-  }
-}
-
-main().catch((e) => {
-  console.error("console test failed:", e && e.stack ? e.stack : e);
-  process.exit(1);
+  // Abort: the weights go back, the buttons go off, Apply comes back.
+  await page.click("#rollout-abort");
+  await waitState(page, "aborted");
+  await page.waitForFunction(() => !document.getElementById("apply").disabled);
+  seen.aborted = await panel(page);
+  assert.deepEqual(seen.aborted.buttons, []);
+  assert.equal(seen.aborted.note, false);
+  assert.equal(seen.aborted.switchEnabled, true);
+  return seen;
 });

@@ -6,44 +6,17 @@ each of them.
 
 Needs /usr/bin/chromium, node and `npm ci` at the repo root (scripts/deps.sh test does all three)."""
 import json
-import os
-import shutil
-import subprocess
 
-import pytest
-
-from conftest import ASAN, backend_cfg, weights
-
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
-SCRIPT = os.path.join(ROOT, "tests/console/rollout.test.mjs")
-CHROMIUM = os.environ.get("TD_CHROMIUM", "/usr/bin/chromium")
-SLOW = 3 if ASAN else 1
-
-missing = [what for what, ok in [
-    (CHROMIUM, os.access(CHROMIUM, os.X_OK)),
-    ("node", shutil.which("node") is not None),
-    ("node_modules/playwright-core (npm ci)",
-     os.path.isdir(os.path.join(ROOT, "node_modules/playwright-core"))),
-] if not ok]
-pytestmark = pytest.mark.skipif(bool(missing), reason="needs " + ", ".join(missing)
-                                + " (run scripts/deps.sh test)")
+from conftest import backend_cfg, needs_console, run_console, weights
 
 
-def run_page(**opts):
-    """Runs the Node script; returns what it observed (its JSON line)."""
-    opts.setdefault("timeout_ms", 20000 * SLOW)
-    p = subprocess.run(["node", SCRIPT, json.dumps(opts)], cwd=ROOT, capture_output=True,
-                       text=True, timeout=240)
-    assert p.returncode == 0, f"console rollout scenario failed:\n{p.stderr}{p.stdout}"
-    return json.loads(p.stdout.strip().splitlines()[-1])
-
-
+@needs_console
 def test_console_drives_a_whole_rollout_and_its_panel_survives_a_reload(backends, td):
     b = backends(("blue", 1), ("green", 1))
     t = td(backend_cfg({"blue": (100, b.ports["blue"]), "green": (0, b.ports["green"])}))
     # Long steps: the rollout moves on only when the page promotes it.
-    seen = run_page(url=f"http://127.0.0.1:{t.admin_port}/", to="green", steps="10,50,100",
-                    step_s=120)
+    seen = run_console("rollout.test.mjs", url=t.admin + "/", to="green", steps="10,50,100",
+                       step_s=120)
     print(json.dumps(seen, indent=1))
     status, ro = t.api("GET", "/api/v1/rollout")
     assert status == 200, ro
