@@ -352,7 +352,7 @@ def test_tdctl_switch_puts_a_drained_side_back_to_ready(backends, td):
     blue, green, cfg = colours(backends, wb=50, wg=50)
     t = td(cfg)
     set_state(t, "blue", "drain")
-    r = tdctl(t, "switch", "blue", "--steps", "100", "--interval", "300ms")
+    r = tdctl(t, "switch", "blue", "--steps", "100", "--interval", "1s")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "blue: state drain -> ready" in r.stdout, r.stdout
     s = t.state()

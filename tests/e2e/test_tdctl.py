@@ -1,28 +1,19 @@
-"""End-to-end tests of tdctl's deploy commands (switch, drain, rollback, history), of `tdctl
-config put -`, of its usage errors and of its manual pages, against a real td and real backends
-on 127.0.0.1.
-
-The load is a small load generator of this file: a few threads, each with one keep-alive
-http.client connection, bounded in time. Backends that answer badly (500 for everything, or
-slowly) are tiny Python HTTP servers started as separate processes. Figures (requests sent,
-failed, times) are printed: run pytest with -s to see them."""
+"""End-to-end tests of tdctl's deploy commands (drain, rollback, history; switch and rollout are
+in test_rollout_cli.py), of `tdctl config put -`, of its usage errors and of its manual pages,
+against a real td and real backends on 127.0.0.1. Figures are printed: run pytest with -s to see
+them."""
 import http.client
 import json
 import os
-import re
-import signal
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
-from conftest import (TDCTL, LoadGen, Proc, backend_cfg, backend_state, free_port, set_weights,
-                      wait_for, wait_port, weights)
+from conftest import (TDCTL, backend_cfg, backend_state, set_weights, wait_for, weights)
 
 TIMEOUT = 10  # seconds, for every client socket
-SWITCH_TIMEOUT = 90  # seconds a whole tdctl switch may take before the test gives up on it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -42,56 +33,6 @@ def history(t):
     status, h = t.api("GET", "/api/v1/history")
     assert status == 200, h
     return h
-
-
-def green_weights_in_history(t):
-    """The green weight after each change of td's history, oldest first."""
-    return [e["after"]["weights"]["green"] for e in history(t)]
-
-
-# A backend that answers badly, as its own process: "fail" answers 500 to everything, "slow"
-# answers 200 after DELAY seconds. Keep-alive HTTP/1.1 with Content-Length, like a real app.
-BAD_SERVER = r"""
-import sys, time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-mode, port, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-class H(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def answer(self, body):
-        if mode == "slow":
-            time.sleep(float(sys.argv[4]))
-        self.send_response(500 if mode == "fail" else 200)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("X-TD-Demo-Backend", name)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-    def do_GET(self):
-        self.answer(b"%s %s\n" % (mode.encode(), name.encode()))
-    do_HEAD = do_GET
-    def log_message(self, *a):
-        pass
-ThreadingHTTPServer.daemon_threads = True
-ThreadingHTTPServer.request_queue_size = 128  # the default 5 drops SYNs under load: 1 s stalls
-ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
-"""
-
-
-@pytest.fixture
-def bad_server():
-    started = []
-
-    def start(mode, name="green", delay=0.0):
-        port = free_port()
-        p = Proc([sys.executable, "-c", BAD_SERVER, mode, str(port), name, str(delay)],
-                 f"bad-{mode}")
-        started.append(p)
-        wait_port(port)
-        return port
-
-    yield start
-    for p in started:
-        p.stop()
 
 
 def blue_green(backends, td, blue_w=100, green_w=0, green_ports=None, **extra):
@@ -134,175 +75,7 @@ def start_delayed_on_blue(t, ms):
 
 
 # ---------------------------------------------------------------------------------------------
-# switch
-
-def test_switch_under_load_moves_all_traffic_without_a_failed_request(backends, td):
-    t = blue_green(backends, td, blue_w=100, green_w=0)
-    load = LoadGen(t.port, threads=4, duration=60.0).start()
-    try:
-        time.sleep(0.3)
-        r = tdctl(t, "switch", "green", "--steps", "10,50,100", "--interval", "2s",
-                  timeout=SWITCH_TIMEOUT)
-    finally:
-        load.stop()
-    print(load.summary())
-    assert r.returncode == 0, r.stderr
-    assert load.errors == [] and load.failed == 0, load.summary()
-    assert weights(t) == {"blue": 0, "green": 100}
-    assert green_weights_in_history(t) == [10, 50, 100]
-    assert load.count(backend="blue") > 0 and load.count(backend="green") > 0, load.summary()
-    # One progress bar line per step, then the old side drained.
-    bars = [line for line in r.stdout.splitlines() if line.startswith("[")]
-    assert len(bars) == 3 and "100%" in bars[-1], r.stdout
-    assert "blue: drained" in r.stdout and "switched to green" in r.stdout, r.stdout
-    assert backend_state(t.state(), "blue")["in_flight"] == 0
-
-
-# td's passive detection ejects a server after 3 answers 5xx in a row (passive.failures): then
-# green is down and a switch rolls back for that. To see tdctl judge the 5xx rate itself, the
-# first test lets green's server answer 500 as long as it likes.
-NO_PASSIVE_EJECTION = {"failures": 1000, "eject_ms": 5000, "max_eject_ms": 300000}
-
-
-def test_switch_to_a_green_answering_500_rolls_back_by_itself(backends, td, bad_server):
-    green_port = bad_server("fail")
-    t = blue_green(backends, td, blue_w=100, green_w=0, green_ports=[green_port],
-                   passive=NO_PASSIVE_EJECTION)
-    load = LoadGen(t.port, threads=4, duration=60.0).start()
-    try:
-        time.sleep(0.3)
-        r = tdctl(t, "switch", "green", "--steps", "10,50,100", "--interval", "2s",
-                  timeout=SWITCH_TIMEOUT)
-    finally:
-        load.stop()
-    print(load.summary())
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert "5xx rate" in r.stderr and "rolled back to green=0 blue=100" in r.stderr, r.stderr
-    assert weights(t) == {"blue": 100, "green": 0}
-    # Green really answered 500 (and blue 2xx to the same path), and it was caught before it had
-    # all the traffic (in the first step, unless that step saw fewer than 20 of its answers).
-    assert load.count(status=500, backend="green") > 0, load.summary()
-    assert load.count(backend="blue") == load.count(status=200, backend="blue") > 0
-    steps = green_weights_in_history(t)
-    assert steps in ([10, 0], [10, 50, 0]), steps
-    assert "100%" not in r.stdout
-    assert load.errors == [], load.summary()
-
-
-def test_switch_rolls_back_when_td_ejects_a_green_answering_500(backends, td, bad_server):
-    green_port = bad_server("fail")
-    t = blue_green(backends, td, blue_w=100, green_w=0, green_ports=[green_port])
-    load = LoadGen(t.port, threads=4, duration=60.0).start()
-    try:
-        time.sleep(0.3)
-        r = tdctl(t, "switch", "green", "--steps", "10,50,100", "--interval", "2s",
-                  timeout=SWITCH_TIMEOUT)
-    finally:
-        load.stop()
-    print(load.summary())
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert "green has no server up any more" in r.stderr, r.stderr
-    assert "rolled back to green=0 blue=100" in r.stderr, r.stderr
-    assert weights(t) == {"blue": 100, "green": 0}
-    assert green_weights_in_history(t) in ([10, 0], [10, 50, 0])
-    assert load.count(status=500, backend="green") > 0, load.summary()
-
-
-def test_switch_to_a_slow_green_rolls_back_on_p99(backends, td, bad_server):
-    green_port = bad_server("slow", delay=0.3)
-    t = blue_green(backends, td, blue_w=100, green_w=0, green_ports=[green_port])
-    load = LoadGen(t.port, threads=16, duration=60.0).start()
-    try:
-        time.sleep(0.3)
-        r = tdctl(t, "switch", "green", "--steps", "50,100", "--interval", "3s",
-                  "--max-p99-ms", "100", timeout=SWITCH_TIMEOUT)
-    finally:
-        load.stop()
-    print(load.summary())
-    assert r.returncode == 1, r.stdout + r.stderr
-    # 300 ms falls in td's bucket of at most 500 ms.
-    assert "p99 latency 500 ms" in r.stderr and "above --max-p99-ms 100" in r.stderr, r.stderr
-    blue_p99 = int(re.search(r"above blue's (\d+) ms", r.stderr).group(1))
-    assert blue_p99 < 100, r.stderr
-    assert weights(t) == {"blue": 100, "green": 0}
-    assert green_weights_in_history(t) in ([50, 0], [50, 100, 0])
-    assert load.failed == 0 and load.errors == [], load.summary()
-
-
-def test_switch_does_not_blame_green_for_a_latency_both_sides_have(backends, td):
-    # Every request takes 600 ms on both sides: green's p99 is above --max-p99-ms but no worse
-    # than blue's, so the switch goes through. (600 ms is in td's bucket of 500 to 1000 ms, far
-    # from its edges: a request slowed by a busy machine stays in it.)
-    t = blue_green(backends, td, blue_w=100, green_w=0)
-    load = LoadGen(t.port, path="/delay/600", threads=24, duration=60.0).start()
-    try:
-        time.sleep(0.5)
-        r = tdctl(t, "switch", "green", "--steps", "50,100", "--interval", "3s",
-                  "--max-p99-ms", "100", timeout=SWITCH_TIMEOUT)
-    finally:
-        load.stop()
-    print(load.summary())
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert weights(t) == {"blue": 0, "green": 100}
-    # Green was judged: enough answers in the last step, with its p99 above the limit.
-    last = [line for line in r.stdout.splitlines() if line.startswith("  3.0s of 3.0s")][-1]
-    answers = int(last.split("green ")[1].split(" answers")[0])
-    assert answers >= 20 and "p99 1000 ms" in last, last
-    assert load.failed == 0 and load.errors == [], load.summary()
-
-
-def start_switch(t, *args):
-    """Starts tdctl switch in the background; returns the Popen once the first step is set."""
-    env = dict(os.environ, no_proxy="127.0.0.1,localhost", NO_PROXY="127.0.0.1,localhost")
-    p = subprocess.Popen([TDCTL, "--admin", t.admin, "switch", *args], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        wait_for(lambda: weights(t)["green"] != 0, 10, what="the first step")
-    except AssertionError:
-        p.kill()
-        raise
-    return p
-
-
-def test_switch_interrupted_rolls_back(backends, td):
-    t = blue_green(backends, td, blue_w=100, green_w=0)
-    p = start_switch(t, "green", "--interval", "30s")
-    assert weights(t) == {"blue": 90, "green": 10}
-    p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=15)
-    print(out, err)
-    assert p.returncode == 1
-    assert "interrupted" in err and "rolled back to green=0 blue=100" in err, err
-    assert weights(t) == {"blue": 100, "green": 0}
-
-
-def test_switch_stops_when_someone_else_changes_the_weights(backends, td):
-    t = blue_green(backends, td, blue_w=100, green_w=0)
-    p = start_switch(t, "green", "--interval", "30s")
-    t.set_ratio(blue=30, green=70)
-    out, err = p.communicate(timeout=15)
-    print(out, err)
-    assert p.returncode == 1
-    assert "someone else changed the weights during the switch (green=70 blue=30)" in err, err
-    assert "rolled back" not in err
-    assert weights(t) == {"blue": 30, "green": 70}
-
-
-def test_switch_to_a_green_without_a_healthy_server_is_refused(backends, td):
-    dead = free_port()  # nothing listens there
-    hc = {"type": "http", "path": "/", "expect_status": "2xx", "interval_ms": 100,
-          "timeout_ms": 500, "fall": 1, "rise": 1, "port": 0, "default_down": False}
-    t = blue_green(backends, td, blue_w=70, green_w=30, green_ports=[dead], health_check=hc)
-    wait_for(lambda: not backend_state(t.state(), "green")["up"], 5, what="green down")
-    before = t.state()
-    r = tdctl(t, "switch", "green", "--interval", "1s")
-    assert r.returncode == 1
-    assert "green has no server up" in r.stderr and "nothing changed" in r.stderr, r.stderr
-    after = t.state()
-    assert weights(t) == {"blue": 70, "green": 30}
-    assert after["version"] == before["version"]
-    assert history(t) == []
-
+# switch: a rollout run by td itself, tested in test_rollout_cli.py
 
 # ---------------------------------------------------------------------------------------------
 # drain
@@ -486,14 +259,6 @@ def test_usage_errors_exit_2_and_change_nothing(backends, td):
         assert r.stdout == "", (args, r.stdout)
     assert t.state()["version"] == before and history(t) == []
     assert weights(t) == {"blue": 100, "green": 0}
-
-
-def test_switch_needs_exactly_two_backends(backends, td):
-    b = backends(("blue", 1), ("green", 1), ("grey", 1))
-    t = td(backend_cfg({n: (50, b.ports[n]) for n in ("blue", "green", "grey")}))
-    r = tdctl(t, "switch", "green", "--interval", "1s")
-    assert r.returncode == 2 and "exactly two backends; it has 3" in r.stderr, r.stderr
-    assert history(t) == []
 
 
 COMMANDS = ["status", "ratio", "method", "config", "drain", "switch", "rollback", "history"]

@@ -7,11 +7,12 @@
 #include <stdio.h>
 #include <string.h>
 
-#define DURATION_MAX_S 86400.0 /* --interval and --timeout: at most a day */
+#define DURATION_MAX_S 86400.0 /* --step-time, --ramp and --timeout: at most a day */
 #define P99_MAX_MS 3600000L    /* --max-p99-ms: at most an hour */
 
-const char *const option_names[NOPT] = {"wait",     "timeout",        "steps",
-                                        "interval", "max-error-rate", "max-p99-ms"};
+const char *const option_names[NOPT] = {
+    "wait", "timeout",      "steps",      "interval",  "max-error-rate", "max-p99-ms", "step-time",
+    "ramp", "min-requests", "on-failure", "pre-check", "drain",          "detach",     "full"};
 
 /* Prints "tdctl: <message>" and the hint to --help; returns the usage exit status. */
 int usage_error(const char *fmt, ...) {

@@ -1,5 +1,5 @@
 /* tdctl rollback, tdctl history: td's audit history of changes listed, and its last change of
- * weights undone. */
+ * weights undone (right after a rollout: the whole rollout). */
 
 #include "tdctl.h"
 
@@ -77,21 +77,78 @@ static int undo_change(const ctl_t *ctl, const json_t *change) {
     return put_for_state(ctl, "/api/v1/ratio", json_deep_copy(weights));
 }
 
+/* true when the change was made after `iso` (both UTC timestamps of td; to the second, so a
+ * change of the rollout's own last second is not counted as after it). */
+static bool changed_after(const json_t *change, const char *iso) {
+    return change && strncmp(str(change, "time"), iso, 19) > 0;
+}
+
+/* The rollout's undo: the weights from before it, when it has ended and left the weights as they
+ * are (no change of weights since). Returns -1 when rollback should undo the history's last
+ * change instead, else the exit status. */
+static int undo_rollout(const ctl_t *ctl, const json_t *ro, const json_t *change) {
+    const json_t *left = json_object_get(ro, "weights");
+    const json_t *before = json_object_get(ro, "weights_before");
+    json_t *state;
+    char text[512];
+    bool as_left, already;
+
+    if (!rollout_ended(ro)) {
+        fprintf(stderr,
+                "tdctl: rollout %s is active (%s): tdctl rollout abort puts the weights back to "
+                "those before it\n",
+                str(ro, "id"), str(ro, "state"));
+        return RC_REFUSED;
+    }
+    if (!json_is_object(before) || !json_is_object(left) ||
+        changed_after(change, str(ro, "finished_at")))
+        return -1;
+    if (!(state = get_json(ctl, "/api/v1/state")))
+        return RC_REFUSED;
+    as_left = weights_are(state, left);
+    already = weights_are(state, before);
+    json_decref(state);
+    if (!as_left && !already)
+        return -1;
+    weights_text(before, text, sizeof(text));
+    if (already) {
+        printf("the weights already are those before rollout %s (%s): nothing to do\n",
+               str(ro, "id"), text);
+        return RC_DONE;
+    }
+    if (!ctl->json)
+        printf("undoing rollout %s (%s to %s, %s at %s): %s\n\n", str(ro, "id"), str(ro, "from"),
+               str(ro, "to"), str(ro, "state"), str(ro, "finished_at"), text);
+    return put_for_state(ctl, "/api/v1/ratio", json_deep_copy(before));
+}
+
 int cmd_rollback(const ctl_t *ctl, int argc, char **argv) {
-    json_t *history, *change;
-    int rc = RC_REFUSED;
+    json_t *history, *change = NULL, *ro = NULL;
+    int rc = -1;
 
     if (argc > 0)
         return usage_error("rollback takes no argument, got '%s'", argv[0]);
-    if (!(history = get_json(ctl, "/api/v1/history")))
+    if (get_rollout(ctl, &ro) != RC_DONE)
         return RC_REFUSED;
-    if (!json_is_array(history))
-        fprintf(stderr, "tdctl: td's history is not a list\n");
-    else if (!(change = last_weight_change(history)))
-        fprintf(stderr, "tdctl: td's history has no change of weights to roll back\n");
-    else
-        rc = undo_change(ctl, change);
+    if (!(history = get_json(ctl, "/api/v1/history"))) {
+        json_decref(ro);
+        return RC_REFUSED;
+    }
+    if (json_is_array(history))
+        change = last_weight_change(history);
+    if (ro)
+        rc = undo_rollout(ctl, ro, change);
+    if (rc < 0) {
+        rc = RC_REFUSED;
+        if (!json_is_array(history))
+            fprintf(stderr, "tdctl: td's history is not a list\n");
+        else if (!change)
+            fprintf(stderr, "tdctl: td's history has no change of weights to roll back\n");
+        else
+            rc = undo_change(ctl, change);
+    }
     json_decref(history);
+    json_decref(ro);
     return rc;
 }
 

@@ -82,11 +82,10 @@ static char *auth_header(const char *token) {
     return asprintf(&h, "Authorization: Bearer %s", token) < 0 ? NULL : h;
 }
 
-/* Makes one call to td's admin API: method "GET", or "PUT" with a JSON body of body_len bytes.
- * Returns RC_DONE with a 2xx reply in *r (the caller frees r->body.p), or prints why not (td
- * unreachable, or td's error message) and returns RC_REFUSED. */
-int call(const ctl_t *ctl, const char *method, const char *path, const char *body, size_t body_len,
-         reply_t *r) {
+/* One call, as call() below; a refusal (a non-2xx reply) is printed unless `quiet`, and then kept
+ * in *r (status and body) for the caller. */
+static int perform(const ctl_t *ctl, const char *method, const char *path, const char *body,
+                   size_t body_len, reply_t *r, bool quiet) {
     size_t base_len = strlen(ctl->admin);
     char *url = NULL, *auth = NULL;
     char err[CURL_ERROR_SIZE] = "";
@@ -94,6 +93,7 @@ int call(const ctl_t *ctl, const char *method, const char *path, const char *bod
     CURL *h = curl_easy_init();
     CURLcode cc;
     int rc = RC_REFUSED;
+    bool kept = false; /* a refusal kept in *r for the caller */
 
     *r = (reply_t){0};
     while (base_len > 0 && ctl->admin[base_len - 1] == '/')
@@ -142,12 +142,15 @@ int call(const ctl_t *ctl, const char *method, const char *path, const char *bod
     }
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r->status);
     if (r->status < 200 || r->status > 299) {
-        print_refusal(r);
+        if (!quiet)
+            print_refusal(r);
+        else
+            kept = true;
         goto out;
     }
     rc = RC_DONE;
 out:
-    if (rc != RC_DONE) {
+    if (rc != RC_DONE && !kept) {
         free(r->body.p);
         r->body = (buf_t){0};
     }
@@ -156,6 +159,21 @@ out:
     free(auth);
     free(url);
     return rc;
+}
+
+/* Makes one call to td's admin API: method "GET", or "PUT"/"POST" with a JSON body of body_len
+ * bytes. Returns RC_DONE with a 2xx reply in *r (the caller frees r->body.p), or prints why not
+ * (td unreachable, or td's error message) and returns RC_REFUSED. */
+int call(const ctl_t *ctl, const char *method, const char *path, const char *body, size_t body_len,
+         reply_t *r) {
+    return perform(ctl, method, path, body, body_len, r, false);
+}
+
+/* As call(), but a refusal is not printed: it returns RC_REFUSED with td's status and body in *r
+ * (the caller frees r->body.p); r->status is 0 when td was not reached (that is printed). */
+int call_quiet(const ctl_t *ctl, const char *method, const char *path, const char *body,
+               size_t body_len, reply_t *r) {
+    return perform(ctl, method, path, body, body_len, r, true);
 }
 
 /* Parses a 2xx reply as JSON. Returns the document (the caller owns it), or NULL after saying

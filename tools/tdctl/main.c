@@ -3,9 +3,11 @@
  * One run is one command: check every argument first (a usage error never reaches td), then make
  * HTTP calls through call() (http.c), the only function that touches libcurl, and print the reply
  * as a table, a one-line summary, or (--json) td's JSON as it came. The deploy commands (drain,
- * switch) make a call, then watch td's state by polling it until the traffic has moved.
+ * switch) make a call, then watch td by polling it until the traffic has moved (switch: until
+ * td's rollout has ended).
  *
- * Exit status: 0 done, 1 refused by td, rolled back or td unreachable, 2 usage error.
+ * Exit status: 0 done, 1 refused by td, rolled back or td unreachable, 2 usage error, 130 a
+ * switch detached from its rollout.
  *
  * This file: the options, the dispatch to a command, --help and the manual pages; each command
  * group has a file of its own (tdctl.h lists them). */
@@ -44,8 +46,9 @@ static const char help_text[] =
     "    it in its state file (never in its config file) so that a restart keeps it.\n"
     "    tdctl checks its arguments before it contacts td. Its deploy commands move\n"
     "    traffic from one backend to another and watch it go: drain waits for a\n"
-    "    backend's requests to finish, switch moves the traffic in steps and rolls\n"
-    "    back by itself when the new side answers worse than the old one.\n"
+    "    backend's requests to finish, switch starts a rollout that td runs: the\n"
+    "    traffic moves in steps and goes back by itself when the new side answers\n"
+    "    worse than the old one.\n"
     "\n"
     "OPTIONS\n"
     "    -a, --admin URL\n"
@@ -56,7 +59,7 @@ static const char help_text[] =
     "        config). Default: $TD_TOKEN. An empty token sends none.\n"
     "    -j, --json\n"
     "        Print td's JSON reply as it came instead of a table or a summary;\n"
-    "        for scripts (status, ratio, method, config, rollback, history).\n"
+    "        for scripts (status, ratio, method, config, rollout, rollback, history).\n"
     "    -h, --help\n"
     "        Show this help, or with a COMMAND that command's page, and exit.\n"
     "    -V, --version\n"
@@ -82,10 +85,13 @@ static const char help_text[] =
     "    state NAME ready|drain|maint\n"
     "        Set NAME's state: ready (by its weight), drain (no new requests) or\n"
     "        maint (no user traffic at all, for the colour being redeployed).\n"
-    "    switch NAME [--steps LIST] [--interval DURATION] [--max-error-rate RATE]\n"
-    "           [--max-p99-ms MS]\n"
-    "        Move all traffic to NAME in steps while watching its 5xx rate and\n"
-    "        latency; roll back by itself if they get worse; drain the old side.\n"
+    "    switch NAME [--steps LIST] [--step-time DURATION] [--max-error-rate RATE]\n"
+    "           [--on-failure rollback|pause] [--detach] ...\n"
+    "        Start a rollout to NAME in td, which moves the traffic in steps, judges\n"
+    "        each by NAME's 5xx rate and latency against the old side's, and rolls\n"
+    "        back by itself; follow it with a progress bar (Ctrl-C detaches).\n"
+    "    rollout [status] | pause | resume | promote [--full] | abort\n"
+    "        Show td's current or last rollout, or drive it.\n"
     "    rollback\n"
     "        Undo the most recent change of weights.\n"
     "    history\n"
@@ -100,10 +106,11 @@ static const char help_text[] =
     "EXIT STATUS\n"
     "    0   Done.\n"
     "    1   td refused the request (its message is printed), td could not be reached\n"
-    "        (\"cannot reach td at URL: reason\"), a switch was refused or rolled back,\n"
-    "        or a wait ended before the traffic was gone. See each command's page.\n"
+    "        (\"cannot reach td at URL: reason\"), a switch was refused, rolled back or\n"
+    "        aborted, or a wait ended before the traffic was gone. See each page.\n"
     "    2   Usage error: an unknown option or command, or an invalid argument. td is\n"
     "        left unchanged.\n"
+    "    130 switch was interrupted: it detached, the rollout keeps running in td.\n"
     "\n"
     "EXAMPLES\n"
     "    Blue-green deploy, blue first:\n"
@@ -139,6 +146,8 @@ static const char help_status[] =
     "    ready backends) and the backups, a \"serving\" line says which backend takes\n"
     "    all new requests and why, and SHARE is 100% for it and 0% for the others.\n"
     "    A \"td\" line counts td's own 503s for requests no backend could take.\n"
+    "    A \"rollout\" line names td's current or last rollout, its state and step\n"
+    "    (tdctl rollout shows all of it).\n"
     "    Values td did not send show as \"-\". With --json, td's state as it came\n"
     "    (GET /api/v1/state), with latency histograms, tunnels and sticky counts.\n"
     "\n"
@@ -320,62 +329,126 @@ static const char help_state[] =
 
 static const char help_switch[] =
     "NAME\n"
-    "    tdctl switch - move all traffic to a backend in steps; roll back on errors\n"
+    "    tdctl switch - start a rollout of a backend in td and follow it\n"
     "\n"
     "SYNOPSIS\n"
     "    " SYNOPSIS_TARGET "switch NAME [--steps LIST]\n"
-    "          [--interval DURATION] [--max-error-rate RATE] [--max-p99-ms MS]\n"
+    "          [--step-time DURATION] [--ramp DURATION] [--max-error-rate RATE]\n"
+    "          [--max-p99-ms MS] [--min-requests N] [--on-failure rollback|pause]\n"
+    "          [--pre-check PATH] [--drain] [--detach]\n"
     "\n"
     "DESCRIPTION\n"
-    "    For td with two backends: NAME is the new side, the other one the old side.\n"
-    "    The switch is refused, with nothing changed, when NAME has no server up.\n"
-    "    A NAME in state drain or maint (the side just redeployed) is first set back\n"
-    "    to ready, and a rollback returns it to that state.\n"
-    "    Otherwise, for each step S of LIST, tdctl sets NAME's weight to S and the\n"
-    "    old side's to 100-S, prints a progress bar, and watches for DURATION: every\n"
-    "    0.5 s it reads td's state and computes, from the counters' growth since the\n"
-    "    step began, NAME's 5xx rate (5xx answers over all answers) and its p99\n"
-    "    latency (from td's latency histogram: the upper bound of the bucket the 99th\n"
-    "    percentile falls in). It rolls back - sets both weights back to what they\n"
-    "    were before the switch, says why, and exits 1 - as soon as:\n"
-    "      - NAME has answered at least 20 requests in the step and its 5xx rate is\n"
-    "        above RATE;\n"
-    "      - NAME has answered at least 20 requests in the step and its p99 is above\n"
-    "        MS and above the old side's p99 (over the switch so far, else over its\n"
-    "        lifetime): a latency both sides share is not NAME's fault;\n"
-    "      - NAME has no server up any more;\n"
-    "      - tdctl is interrupted (SIGINT, SIGTERM) or loses td.\n"
-    "    If the weights are changed by someone else during the switch, tdctl stops\n"
-    "    and leaves them as they are (exit 1). Steps below NAME's share of the\n"
-    "    traffic when the switch starts are skipped. After the last step (100: the\n"
-    "    old side at weight 0), tdctl waits for the old side's requests in flight\n"
-    "    and tunnels to finish, as drain --wait does, and exits 0.\n"
+    "    Asks td to run a rollout to NAME (POST /api/v1/rollout): td moves the\n"
+    "    traffic to NAME step by step, judges every step by NAME's answers against\n"
+    "    those of the side it replaces (the baseline), and rolls back or pauses by\n"
+    "    itself when a step fails. The rollout runs in td, not in tdctl: it goes on\n"
+    "    when tdctl ends, and tdctl rollout pause|resume|promote|abort drive it.\n"
+    "    A NAME in state drain or maint (the side just redeployed) is first set to\n"
+    "    ready, and back when td refuses the rollout. td refuses it, with nothing\n"
+    "    changed, when another rollout is active, NAME has all the traffic already,\n"
+    "    has no server up, or an option is out of its range.\n"
+    "\n"
+    "    Then tdctl follows the rollout, reading it every 0.5 s. On a terminal it\n"
+    "    shows a progress bar per step, rewritten in place:\n"
+    "        [##########----------] step 2/3 green 50% 15s left  green 512 req\n"
+    "        0.20% p99 25ms vs blue 4601 req 0.19% p99 24ms\n"
+    "    (the step's time gone, NAME's weight, the time left in the step, and the\n"
+    "    answers counted in the step, 5xx rate and p99 latency of NAME, the target,\n"
+    "    and of the baseline). Otherwise it prints a line when a step starts, one\n"
+    "    with each step's final figures, and one per change of the rollout's state\n"
+    "    (checking, running, paused, draining, ...) with td's reason.\n"
+    "\n"
+    "    Ctrl-C (SIGINT, or SIGTERM) does not stop the rollout: tdctl stops\n"
+    "    following it, prints \"detached: rollout ID keeps running in td; tdctl\n"
+    "    rollout pause|abort to stop it\" and exits 130.\n"
     "\n"
     "OPTIONS\n"
+    "    Options not given take td's defaults (shown by tdctl rollout status).\n"
     "    --steps LIST\n"
     "        NAME's weights, comma-separated integers from 1 to 100, strictly\n"
     "        increasing, ending at 100. Default: " SWITCH_STEPS ".\n"
-    "    --interval DURATION\n"
-    "        How long each step is watched: a number above 0 with a unit, 500ms,\n"
-    "        30s, 2m (a bare number is seconds). Default: 30s.\n"
+    "    --step-time DURATION, --interval DURATION\n"
+    "        How long each step lasts and is judged: whole seconds from 1s to 24h,\n"
+    "        as 30s, 2m (a bare number is seconds); a step shorter than 5s is\n"
+    "        judged every second after its first fifth. Default: td's, 60s.\n"
+    "    --ramp DURATION\n"
+    "        Move the weight of a step gradually over DURATION (at most the step\n"
+    "        time). Default: 0s, at once.\n"
     "    --max-error-rate RATE\n"
-    "        The highest tolerated 5xx rate: a percentage (1%, 0.5%) or a fraction\n"
-    "        from 0 to 1 (0.01). Default: 1%.\n"
+    "        The highest tolerated 5xx rate of NAME: a percentage (1%, 0.5%) or a\n"
+    "        fraction from 0 to 1 (0.01). Default: 1%.\n"
     "    --max-p99-ms MS\n"
-    "        The highest tolerated p99 latency in milliseconds (1 to 3600000).\n"
-    "        Default: latency is not judged.\n"
+    "        The highest tolerated p99 latency of NAME in milliseconds (1 to\n"
+    "        3600000). Default: latency is judged against the baseline only.\n"
+    "    --min-requests N\n"
+    "        Answers of NAME a step needs before td may fail it. Default: 200.\n"
+    "    --on-failure rollback|pause\n"
+    "        When a step fails: put the weights back to those before the rollout\n"
+    "        (rollback, the default), or hold them and wait for a person (pause).\n"
+    "    --pre-check PATH\n"
+    "        Before the first step, send requests for PATH to NAME through td's\n"
+    "        preview route; the rollout starts only if they answer 2xx.\n"
+    "    --drain\n"
+    "        After the last step, wait until the old side has drained.\n"
+    "    --detach\n"
+    "        Start the rollout and exit 0 at once, without following it.\n"
     "\n"
     "EXIT STATUS\n"
-    "    0   All traffic goes to NAME; the old side is drained (or past drain_ms).\n"
-    "    1   Refused (NAME has no server up; nothing changed), rolled back (the\n"
-    "        reason is printed), stopped (weights changed by someone else), or td\n"
-    "        refused or is unreachable.\n"
-    "    2   Usage error, nothing changed: no NAME or an unknown one, td not having\n"
-    "        exactly two backends, a bad LIST, DURATION, RATE or MS.\n"
+    "    0   The rollout succeeded: all traffic goes to NAME (or, with --detach, it\n"
+    "        was started).\n"
+    "    1   It was rolled back or aborted (td's reason is printed), td refused it\n"
+    "        (nothing changed), or td could not be reached for 10 s while tdctl\n"
+    "        followed it (the rollout may still run there).\n"
+    "    2   Usage error, nothing changed: no NAME or an unknown one, a bad LIST,\n"
+    "        DURATION, RATE, MS or N.\n"
+    "    130 Interrupted: tdctl detached, the rollout keeps running in td.\n"
     "\n"
     "EXAMPLES\n"
     "    tdctl switch green\n"
-    "    tdctl switch green --steps 1,5,25,50,100 --interval 2m --max-p99-ms 250\n";
+    "    tdctl switch green --steps 1,5,25,50,100 --step-time 2m --max-p99-ms 250\n"
+    "    tdctl switch blue --pre-check /healthz --on-failure pause --drain\n";
+
+static const char help_rollout[] =
+    "NAME\n"
+    "    tdctl rollout - show td's rollout, pause, resume, promote or abort it\n"
+    "\n"
+    "SYNOPSIS\n"
+    "    " SYNOPSIS_GLOBAL "rollout [status]\n"
+    "    " SYNOPSIS_GLOBAL "rollout pause | resume | abort\n"
+    "    " SYNOPSIS_GLOBAL "rollout promote [--full]\n"
+    "\n"
+    "DESCRIPTION\n"
+    "    A rollout (started by tdctl switch, the web console or the API) runs in\n"
+    "    td. status (the default) prints the current or last one: its id, state\n"
+    "    (checking, running, paused, draining; then succeeded, rolled_back or\n"
+    "    aborted), the two sides, the step it is at and the time left in it, the\n"
+    "    weights now and before the rollout, and one row per step: its weight,\n"
+    "    its state (pending, running, passed, failed, ...) and the figures td\n"
+    "    judged it by, for the target (the new side) and the baseline (the old\n"
+    "    side): answers counted, 5xx rate, p99 latency; then the reason it ended\n"
+    "    or paused. With --json, td's rollout object as it came.\n"
+    "\n"
+    "    pause holds the current weights: no further step, no failure judged.\n"
+    "    resume goes on from the step paused. promote moves to the next step now,\n"
+    "    skipping the rest of this step's time and judgement; with --full, straight\n"
+    "    to 100%. abort puts the weights back to those before the rollout, at once.\n"
+    "    Each prints the rollout as td answers (--json: as it came).\n"
+    "\n"
+    "OPTIONS\n"
+    "    --full\n"
+    "        promote: all traffic to the new side now, the last step.\n"
+    "\n"
+    "EXIT STATUS\n"
+    "    0 shown or done (status: also when td has had no rollout, \"no rollout\n"
+    "    yet\"); 1 td refused (no active rollout, or the action does not apply in\n"
+    "    its state, such as resume when not paused) or is unreachable; 2 usage\n"
+    "    error.\n"
+    "\n"
+    "EXAMPLES\n"
+    "    tdctl rollout\n"
+    "    tdctl rollout pause && tdctl rollout resume\n"
+    "    tdctl rollout promote --full\n"
+    "    tdctl --json rollout | jq .steps_detail\n";
 
 static const char help_rollback[] =
     "NAME\n"
@@ -385,8 +458,12 @@ static const char help_rollback[] =
     "    " SYNOPSIS_GLOBAL "rollback\n"
     "\n"
     "DESCRIPTION\n"
-    "    Finds, in td's history of changes (see tdctl history), the most recent one\n"
-    "    that changed a backend's weight - a ratio or a switch step, a\n"
+    "    Right after a rollout (tdctl switch), one that has ended with no change\n"
+    "    of weights since, rollback restores the weights from before the whole\n"
+    "    rollout (its weights_before), not those before its last step. While a\n"
+    "    rollout is active it is refused: tdctl rollout abort does that.\n"
+    "    Otherwise it finds, in td's history of changes (see tdctl history), the\n"
+    "    most recent one that changed a backend's weight - a ratio, a\n"
     "    config put or a reload - and sets the weights back to what they were before\n"
     "    it (a change marked [not applied] is passed over). Only weights are\n"
     "    restored (not the routing method nor the rest of a config). The rollback\n"
@@ -396,7 +473,8 @@ static const char help_rollback[] =
     "\n"
     "EXIT STATUS\n"
     "    0 weights restored (or already so); 1 no change of weights in the history,\n"
-    "    td refused (a backend of then no longer exists) or is unreachable;\n"
+    "    a rollout is active, td refused (a backend of then no longer exists) or is\n"
+    "    unreachable;\n"
     "    2 usage error.\n"
     "\n"
     "EXAMPLES\n"
@@ -457,7 +535,11 @@ static const struct command {
     {"drain", cmd_drain, OPT(O_WAIT) | OPT(O_TIMEOUT), help_drain},
     {"state", cmd_state, 0, help_state},
     {"switch", cmd_switch,
-     OPT(O_STEPS) | OPT(O_INTERVAL) | OPT(O_MAX_ERROR_RATE) | OPT(O_MAX_P99_MS), help_switch},
+     OPT(O_STEPS) | OPT(O_INTERVAL) | OPT(O_STEP_TIME) | OPT(O_RAMP) | OPT(O_MAX_ERROR_RATE) |
+         OPT(O_MAX_P99_MS) | OPT(O_MIN_REQUESTS) | OPT(O_ON_FAILURE) | OPT(O_PRE_CHECK) |
+         OPT(O_DRAIN) | OPT(O_DETACH),
+     help_switch},
+    {"rollout", cmd_rollout, OPT(O_FULL), help_rollout},
     {"rollback", cmd_rollback, 0, help_rollback},
     {"history", cmd_history, 0, help_history},
     {"help", cmd_help, 0, help_help},
@@ -465,7 +547,7 @@ static const struct command {
 
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 #define COMMAND_LIST                                                                               \
-    "status, ratio, method, config, drain, state, switch, rollback, history or help"
+    "status, ratio, method, config, drain, state, switch, rollout, rollback, history or help"
 
 static const struct command *find_command(const char *name) {
     size_t i;
@@ -508,6 +590,14 @@ static const struct option longopts[] = {
     {"interval", required_argument, NULL, LONG_ONLY + O_INTERVAL},
     {"max-error-rate", required_argument, NULL, LONG_ONLY + O_MAX_ERROR_RATE},
     {"max-p99-ms", required_argument, NULL, LONG_ONLY + O_MAX_P99_MS},
+    {"step-time", required_argument, NULL, LONG_ONLY + O_STEP_TIME},
+    {"ramp", required_argument, NULL, LONG_ONLY + O_RAMP},
+    {"min-requests", required_argument, NULL, LONG_ONLY + O_MIN_REQUESTS},
+    {"on-failure", required_argument, NULL, LONG_ONLY + O_ON_FAILURE},
+    {"pre-check", required_argument, NULL, LONG_ONLY + O_PRE_CHECK},
+    {"drain", no_argument, NULL, LONG_ONLY + O_DRAIN},
+    {"detach", no_argument, NULL, LONG_ONLY + O_DETACH},
+    {"full", no_argument, NULL, LONG_ONLY + O_FULL},
     {NULL, 0, NULL, 0},
 };
 

@@ -168,6 +168,17 @@ void print_state(const json_t *state) {
     }
     printf("version  %s\n", num(state, "version").s);
     printf("uptime   %s\n", uptime_cell(state).s);
+    if (json_is_object(json_object_get(state, "rollout"))) {
+        /* td's summary of its current or last rollout; tdctl rollout shows the whole of it. */
+        const json_t *ro = json_object_get(state, "rollout");
+        const json_t *steps = json_object_get(ro, "steps");
+        json_int_t step = int_of(ro, "step", 0);
+
+        printf("rollout  %s %s: to %s, step %" JSON_INTEGER_FORMAT " of %zu (%" JSON_INTEGER_FORMAT
+               "%%); see tdctl rollout\n",
+               str(ro, "id"), str(ro, "state"), str(ro, "to"), step + 1, json_array_size(steps),
+               json_integer_value(json_array_get(steps, (size_t)step)));
+    }
     {
         const json_t *own = json_object_get(json_object_get(state, "td"), "local_responses");
         if (own)

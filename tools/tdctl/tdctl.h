@@ -4,8 +4,8 @@
  *   main.c     options, dispatch to a command, --help and the manual pages
  *   status.c   status; replies that carry td's state        ratio.c    ratio, method
  *   config.c   config get, config put                        drain.c    drain [--wait]
- *   switch.c   switch (step by step, with rollback)          history.c  rollback, history
- *   state.c    state NAME ready|drain|maint
+ *   rollout.c  switch, rollout: td's rollouts started,       history.c  rollback, history
+ *              followed and driven                           state.c    state NAME ready|...
  *   http.c     the only libcurl caller: one admin API call, td's refusals, JSON replies
  *   table.c    td's state document: member lookups, table cells, the status table
  *   args.c     usage errors and the checks of operand and option values
@@ -13,7 +13,7 @@
  *
  * A command file calls down into http.c, table.c, args.c and watch.c; those four call none of
  * the command files. Between commands: ratio.c, history.c and the others reply with status.c's
- * put_for_state(), and switch.c ends with drain.c's wait_drained(). */
+ * put_for_state(), and history.c's rollback asks rollout.c for the last rollout. */
 
 #ifndef TDCTL_H
 #define TDCTL_H
@@ -27,14 +27,32 @@
 #define TDCTL_VERSION "0.2.0"
 #define WEIGHT_MAX 100
 #define BODY_MAX (16u << 20)     /* bytes: a reply or a config file; real ones are a few KiB */
-#define DRAIN_TIMEOUT_S 60.0     /* drain --wait: default --timeout; switch: the wait at its end */
+#define DRAIN_TIMEOUT_S 60.0     /* drain --wait: default --timeout */
 #define SWITCH_STEPS "10,50,100" /* switch: default --steps (its manual page says it too) */
+#define SWITCH_STEP_S 60.0       /* td's default step_s: a --ramp is checked against it */
 
-/* Exit status: 0 done, 1 refused by td, rolled back or td unreachable, 2 usage error. */
-enum { RC_DONE = 0, RC_REFUSED = 1, RC_USAGE = 2 };
+/* Exit status: 0 done, 1 refused by td, rolled back or td unreachable, 2 usage error; 130 (as a
+ * shell reports SIGINT) when switch was interrupted and left the rollout running in td. */
+enum { RC_DONE = 0, RC_REFUSED = 1, RC_USAGE = 2, RC_DETACHED = 130 };
 
 /* The options of one command (the others are global); a bit each in ctl_t.given. */
-enum { O_WAIT, O_TIMEOUT, O_STEPS, O_INTERVAL, O_MAX_ERROR_RATE, O_MAX_P99_MS, NOPT };
+enum {
+    O_WAIT,
+    O_TIMEOUT,
+    O_STEPS,
+    O_INTERVAL,
+    O_MAX_ERROR_RATE,
+    O_MAX_P99_MS,
+    O_STEP_TIME,
+    O_RAMP,
+    O_MIN_REQUESTS,
+    O_ON_FAILURE,
+    O_PRE_CHECK,
+    O_DRAIN,
+    O_DETACH,
+    O_FULL,
+    NOPT
+};
 #define OPT(o) (1u << (o))
 
 /* Their names without the leading "--", indexed by O_* (args.c). */
@@ -83,12 +101,24 @@ int cmd_method(const ctl_t *ctl, int argc, char **argv);   /* ratio.c */
 int cmd_config(const ctl_t *ctl, int argc, char **argv);   /* config.c */
 int cmd_drain(const ctl_t *ctl, int argc, char **argv);    /* drain.c */
 int cmd_state(const ctl_t *ctl, int argc, char **argv);    /* state.c */
-int cmd_switch(const ctl_t *ctl, int argc, char **argv);   /* switch.c */
+int cmd_switch(const ctl_t *ctl, int argc, char **argv);   /* rollout.c */
+int cmd_rollout(const ctl_t *ctl, int argc, char **argv);  /* rollout.c */
 int cmd_rollback(const ctl_t *ctl, int argc, char **argv); /* history.c */
 int cmd_history(const ctl_t *ctl, int argc, char **argv);  /* history.c */
 
 /* ---------------------------------------------------------------------------------------------
- * drain.c: the wait of drain --wait, which switch ends with */
+ * rollout.c: what rollback needs of td's rollouts */
+
+/* GETs td's current or last rollout (GET /api/v1/rollout). Returns RC_DONE with the rollout
+ * object in *rollout (the caller owns it), or with *rollout NULL when td has had none (404);
+ * RC_REFUSED after saying why not. */
+int get_rollout(const ctl_t *ctl, json_t **rollout);
+
+/* true when the rollout's state is one it ends in: succeeded, rolled_back, aborted. */
+bool rollout_ended(const json_t *rollout);
+
+/* ---------------------------------------------------------------------------------------------
+ * drain.c: the wait of drain --wait */
 
 /* Reads td's state every DRAIN_POLL_S, showing backend `name`'s progress, until it has no request
  * in flight and no tunnel, td's drain_ms has passed since its weight went to 0 (by td's clock, or
@@ -123,6 +153,12 @@ void print_raw(const buf_t *b);
  * error message) and returns RC_REFUSED. */
 int call(const ctl_t *ctl, const char *method, const char *path, const char *body, size_t body_len,
          reply_t *r);
+
+/* As call(), but a refusal (non-2xx) is not printed: it returns RC_REFUSED with td's status and
+ * body in *r for the caller to judge (the caller frees r->body.p); r->status is 0 when td could
+ * not be reached, which is printed. */
+int call_quiet(const ctl_t *ctl, const char *method, const char *path, const char *body,
+               size_t body_len, reply_t *r);
 
 /* Parses a 2xx reply as JSON. Returns the document (the caller owns it), or NULL after saying
  * that td's answer made no sense. */
@@ -193,7 +229,7 @@ const char *parse_steps(const char *s, int steps[WEIGHT_MAX], int *n);
 /* ---------------------------------------------------------------------------------------------
  * watch.c: clock, pauses, signals, progress */
 
-/* Set by SIGINT and SIGTERM once catch_signals() ran: roll back and stop. */
+/* Set by SIGINT and SIGTERM once catch_signals() ran: stop watching (switch: and detach). */
 extern volatile sig_atomic_t interrupted;
 
 /* The smaller of a and b (without libm, which tdctl does not link). */

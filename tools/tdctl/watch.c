@@ -9,7 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Set by SIGINT and SIGTERM while a switch runs: roll back and stop. */
+/* Set by SIGINT and SIGTERM while a command watches td: stop watching. */
 volatile sig_atomic_t interrupted;
 
 /* The smaller of a and b (min_s() without libm, which tdctl does not link). */
