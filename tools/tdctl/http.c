@@ -82,6 +82,54 @@ static char *auth_header(const char *token) {
     return asprintf(&h, "Authorization: Bearer %s", token) < 0 ? NULL : h;
 }
 
+/* Why td could not save its changes: the "persist_error" of doc, else of its state (GET
+ * /api/v1/state, asked quietly), else "reason unknown". Returns a malloc'd string, or NULL when out
+ * of memory. */
+static int perform(const ctl_t *ctl, const char *method, const char *path, const char *body,
+                   size_t body_len, reply_t *r, bool quiet);
+
+static char *persist_reason(const ctl_t *ctl, const json_t *doc) {
+    const char *why = json_string_value(json_object_get(doc, "persist_error"));
+    json_t *state = NULL;
+    char *out;
+    reply_t r = {0};
+
+    if (!why && perform(ctl, "GET", "/api/v1/state", NULL, 0, &r, true) == RC_DONE) {
+        state = r.body.len ? json_loadb(r.body.p, r.body.len, 0, NULL) : NULL;
+        why = json_string_value(json_object_get(state, "persist_error"));
+    }
+    free(r.body.p);
+    out = strdup(why && *why ? why : "reason unknown");
+    json_decref(state);
+    return out;
+}
+
+/* After a change td accepted (a 2xx to a method other than GET): warns on stderr when its reply
+ * says "persisted": false, since the change then lives only until td's next restart. A reply
+ * without "persisted" (a rollout's object) is judged by td's state, which tells whether the last
+ * change reached the state file. */
+static void warn_unsaved(const ctl_t *ctl, const reply_t *r) {
+    json_t *doc = r->body.len ? json_loadb(r->body.p, r->body.len, 0, NULL) : NULL;
+    char *why;
+    reply_t s = {0};
+
+    if (json_is_object(doc) && !json_object_get(doc, "persisted") &&
+        perform(ctl, "GET", "/api/v1/state", NULL, 0, &s, true) == RC_DONE) {
+        json_decref(doc);
+        doc = s.body.len ? json_loadb(s.body.p, s.body.len, 0, NULL) : NULL;
+    }
+    free(s.body.p);
+    if (json_is_false(json_object_get(doc, "persisted"))) {
+        why = persist_reason(ctl, doc);
+        fprintf(stderr,
+                "tdctl: warning: td applied the change but could not save it (%s): it is lost "
+                "at td's next restart\n",
+                why ? why : "out of memory");
+        free(why);
+    }
+    json_decref(doc);
+}
+
 /* One call, as call() below; a refusal (a non-2xx reply) is printed unless `quiet`, and then kept
  * in *r (status and body) for the caller. */
 static int perform(const ctl_t *ctl, const char *method, const char *path, const char *body,
@@ -149,6 +197,8 @@ static int perform(const ctl_t *ctl, const char *method, const char *path, const
         goto out;
     }
     rc = RC_DONE;
+    if (strcmp(method, "GET") != 0)
+        warn_unsaved(ctl, r);
 out:
     if (rc != RC_DONE && !kept) {
         free(r->body.p);

@@ -43,6 +43,20 @@ int put_for_state(const ctl_t *ctl, const char *path, json_t *doc) {
     return rc;
 }
 
+/* A state saying "persisted": false: td's last change did not reach its state file. Says so on
+ * stderr (stdout keeps the table or the JSON as they were). */
+static void warn_not_saved(const reply_t *r) {
+    json_t *state = json_loadb(r->body.p ? r->body.p : "", r->body.len, 0, NULL);
+    const char *why = json_string_value(json_object_get(state, "persist_error"));
+
+    if (json_is_false(json_object_get(state, "persisted")))
+        fprintf(stderr,
+                "tdctl: warning: td could not save its last change (%s): changes not saved are "
+                "lost at td's next restart\n",
+                why && *why ? why : "reason unknown");
+    json_decref(state);
+}
+
 int cmd_status(const ctl_t *ctl, int argc, char **argv) {
     reply_t r;
     int rc;
@@ -52,6 +66,8 @@ int cmd_status(const ctl_t *ctl, int argc, char **argv) {
     rc = call(ctl, "GET", "/api/v1/state", NULL, 0, &r);
     if (rc == RC_DONE)
         rc = show_state(ctl, &r);
+    if (rc == RC_DONE)
+        warn_not_saved(&r);
     free(r.body.p);
     return rc;
 }
