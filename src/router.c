@@ -125,6 +125,26 @@ int64_t td_router_slow_start_remaining(const td_snap_server_t *sv, int64_t now_m
     return left > 0 ? left : -1;
 }
 
+int64_t td_router_backend_slow_start_remaining(const td_snap_backend_t *b, int64_t now_ms) {
+    if (!b->slow_start_ms)
+        return -1;
+    /* As backend_permille: the warmest up server's ramp, capped by the backend's own. */
+    int64_t best = -1;
+    for (size_t i = 0; i < b->num_servers && best != 0; i++)
+        if (b->servers[i].weight > 0 && td_server_is_up(b->servers[i].st, now_ms)) {
+            int64_t left = td_router_slow_start_remaining(&b->servers[i], now_ms);
+            if (left < 0)
+                left = 0;
+            if (best < 0 || left < best)
+                best = left;
+        }
+    int64_t up = atomic_load_explicit(&b->st->weight_up_ms, memory_order_relaxed);
+    int64_t own = up ? up + b->slow_start_ms - now_ms : 0;
+    if (own > best)
+        best = own;
+    return best > 0 ? best : -1;
+}
+
 /* Failover: the first candidate in failover order with a server up, unless it came back less
  * than its failback_ms ago while a later candidate, up since before that, is serving. Without
  * a backend of weight above 0 there is no primary, and nothing to fail over from. */

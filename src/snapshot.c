@@ -67,12 +67,16 @@ td_snapshot_t *td_snapshot_build(td_config_t *cfg, uint64_t version, char *err, 
         else if (!b->st->last_draining || !atomic_load(&b->st->drain_since_ms))
             atomic_store(&b->st->drain_since_ms, td_now_ms());
         b->st->last_draining = draining;
-        /* Slow start: a weight going from 0 to above 0 starts a ramp. What the first snapshot
-         * holding it (td's start, or a reload that adds it) finds is taken as warm. */
-        if (cb->weight > 0 && b->st->built && b->st->last_weight <= 0)
+        /* Slow start: a backend starting to take new requests (weight from 0 to above 0, or
+         * its state from drain or maint back to ready) starts a ramp: it took none, so it is
+         * cold. What the first snapshot holding it (td's start, or a reload that adds it) finds
+         * is taken as warm. */
+        int takes = cb->weight > 0 && cb->state == TD_BACKEND_READY;
+        if (takes && b->st->built && !b->st->last_takes)
             atomic_store(&b->st->weight_up_ms, td_now_ms());
         b->st->built = 1;
         b->st->last_weight = cb->weight;
+        b->st->last_takes = takes;
         for (size_t j = 0; j < cb->num_servers; j++) {
             b->servers[j].addr = cb->servers[j].address;
             b->servers[j].weight = cb->servers[j].weight;

@@ -79,8 +79,11 @@ typedef struct td_backend_stats_s {
                                        while not draining */
     int last_weight;                /* admin thread: weight in the last snapshot built */
     int last_draining;              /* admin thread: draining in the last snapshot built */
-    _Atomic int64_t weight_up_ms;   /* td_now_ms() when the weight last went from 0 to above 0
-                                       in a new snapshot (0: never); a slow start begins there */
+    int last_takes;                 /* admin thread: took new requests in the last snapshot
+                                       built (weight above 0 and state ready) */
+    _Atomic int64_t weight_up_ms;   /* td_now_ms() when it last started taking new requests in
+                                       a new snapshot (weight from 0 to above 0, or state back to
+                                       ready; 0: never); a slow start begins there */
     int built;                      /* admin thread: 1 once a snapshot held it */
     /* Requests carrying a valid sticky cookie for this backend, per second, over the last
      * TD_PIN_WINDOW seconds (a ring indexed by second). */

@@ -79,6 +79,10 @@ int td_router_ramp_weight(int weight, int permille);
  * warm, down, or done). */
 int64_t td_router_slow_start_remaining(const td_snap_server_t *sv, int64_t now_ms);
 
+/* Milliseconds left of backend b's slow start at `now_ms` (its own ramp since it started taking
+ * new requests, or its warmest up server's), or -1 when it is not ramping (off, warm, or done). */
+int64_t td_router_backend_slow_start_remaining(const td_snap_backend_t *b, int64_t now_ms);
+
 /* Chooses a server of backend `b` by smooth weighted round robin over its up servers, each at
  * its slow start's ramp (td_router_ramp_weight). `wrr` holds num_servers scores for this
  * backend; `tried` (may be NULL) marks servers to skip.

@@ -8,6 +8,8 @@ import threading
 import time
 import http.server
 
+import pytest
+
 from conftest import (ASAN, TDCTL, backend_cfg, backend_state, free_port, get, wait_for,
                       wait_port)
 
@@ -70,3 +72,61 @@ def test_tdctl_says_nothing_of_saving_when_td_saved_the_change(backends, td, tmp
     assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
     r = tdctl(t, "status")
     assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# A colour coming out of maint or drain is cold: its slow start ramps.
+
+SLOW_START_MS = 6000
+WINDOW = 40
+
+
+def window_share(port, name, n=WINDOW):
+    hits = 0
+    for _ in range(n):
+        status, who = get(port)
+        assert status == 200, status
+        hits += who == name
+    return hits / n
+
+
+@pytest.mark.parametrize("out_state", ["maint", "drain"])
+def test_slow_start_backend_back_to_ready_from_maint_or_drain_takes_its_share_gradually(
+        backends, td, out_state):
+    be = backends(("blue", 1), ("green", 1))
+    cfg = {"backends": [
+        {"name": n, "weight": 50, "slow_start_ms": SLOW_START_MS,
+         "servers": [{"address": f"127.0.0.1:{be.ports[n][0]}"}]} for n in ("blue", "green")],
+        "timeouts": {"connect_ms": 1000, "drain_ms": 2000}}
+    t = td(cfg)
+    status, s = t.api("PUT", "/api/v1/backends/green", {"state": out_state})
+    assert status == 200, s
+    assert backend_state(s, "green")["share"] == 0
+    assert window_share(t.port, "green") == 0
+    status, s = t.api("PUT", "/api/v1/backends/green", {"state": "ready"})
+    assert status == 200, s
+    first = backend_state(s, "green")
+    # Just after it is ready again green gets a small share, not its half, and says it ramps.
+    assert 0 < first["share"] < 25, first
+    assert first["slow_start_remaining_ms"] is not None, first
+    assert 0 < first["slow_start_remaining_ms"] <= SLOW_START_MS, first
+    assert backend_state(s, "blue")["slow_start_remaining_ms"] is None
+    windows, end = [], time.monotonic() + 40
+    while time.monotonic() < end:
+        s0 = backend_state(t.state(), "green")
+        share = window_share(t.port, "green")
+        s1 = backend_state(t.state(), "green")
+        windows.append((s0["share"], s1["share"], share, s0["slow_start_remaining_ms"]))
+        if len([w for w in windows if w[0] == 50]) >= 3:
+            break
+    summary = [(s0, s1, round(s, 2), r) for s0, s1, s, r in windows]
+    reported = [s for s0, s1, _, _ in windows for s in (s0, s1)]
+    assert reported == sorted(reported), summary
+    early = [s for s0, s1, s, _ in windows if s1 <= 25]
+    assert early, f"no window early in the ramp: {summary}"
+    assert max(early) < 0.4, summary
+    assert min(early) < 0.2, summary
+    late = [w for w in windows if w[0] == 50]
+    assert len(late) >= 3, summary
+    assert min(w[2] for w in late) >= 0.35, summary
+    assert late[-1][3] is None, summary  # the ramp is over
