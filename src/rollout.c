@@ -637,6 +637,7 @@ static void fill_env(td_rollout_env_t *env) {
         snprintf(env->names[i], sizeof(env->names[i]), "%s", s->backends[i].name);
         env->weights[i] = s->backends[i].weight;
         env->up[i] = td_backend_is_up(&s->backends[i], now);
+        env->ready[i] = s->backends[i].state == TD_BACKEND_READY;
     }
     td_snapshot_release(s);
 }
@@ -693,9 +694,11 @@ json_t *td_rollout_start(const json_t *body, const char *client, int *status) {
     json_decref(R.doc);
     R.doc = doc;
     R.spec = spec;
+    /* A target not ready took no new requests whatever its weight: it starts from 0 (a ramp
+     * to the first step starts there). */
     for (size_t i = 0; i < env.num_backends; i++)
         if (strcmp(env.names[i], spec.to) == 0)
-            R.weight_now = env.weights[i];
+            R.weight_now = env.ready[i] ? env.weights[i] : 0;
     enter(TD_RO_CHECKING, client, "started");
     if (spec.has_pre_check) {
         persist(client);

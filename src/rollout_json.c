@@ -348,7 +348,7 @@ int td_rollout_parse(const json_t *body, const td_rollout_env_t *env, td_rollout
         snprintf(msg, sizeof(msg), "unknown backend \"%.64s\"", s->to);
         return bad(err, n, "to", msg);
     }
-    if (env->num_backends < 2 || (size_t)env->weights[i] == total) {
+    if (env->num_backends < 2 || (env->ready[i] && (size_t)env->weights[i] == total)) {
         snprintf(msg, sizeof(msg), "\"%.64s\" already has 100 %% (all the weight)", s->to);
         return bad(err, n, "to", msg);
     }

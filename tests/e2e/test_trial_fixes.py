@@ -130,3 +130,69 @@ def test_slow_start_backend_back_to_ready_from_maint_or_drain_takes_its_share_gr
     assert len(late) >= 3, summary
     assert min(w[2] for w in late) >= 0.35, summary
     assert late[-1][3] is None, summary  # the ramp is over
+
+
+# ---------------------------------------------------------------------------------------------
+# A rollout to a colour in maint or drain starts from 0: every step runs, 10 % first.
+
+def colours(backends, td, **extra):
+    b = backends(("blue", 1), ("green", 1))
+    return td(backend_cfg({"blue": (50, b.ports["blue"]), "green": (50, b.ports["green"])},
+                          **extra))
+
+
+def rollout_of(t):
+    status, ro = t.api("GET", "/api/v1/rollout")
+    assert status == 200, ro
+    return ro
+
+
+@pytest.mark.parametrize("out_state", ["maint", "drain"])
+def test_switch_at_50_50_to_a_colour_in_maint_or_drain_starts_from_0_and_runs_every_step(
+        backends, td, out_state):
+    t = colours(backends, td)
+    assert t.api("PUT", "/api/v1/backends/blue", {"state": out_state})[0] == 200
+    assert backend_state(t.state(), "blue")["share"] == 0
+    r = tdctl(t, "switch", "blue", "--step-time", "120s", "--detach")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "already has" not in r.stdout + r.stderr, r.stdout
+    assert f"blue: state {out_state} -> ready" in r.stdout, r.stdout
+    ro = rollout_of(t)
+    # blue took nothing: the rollout starts from 0, its first step (10 %) runs first.
+    assert ro["weights_before"] == {"blue": 0, "green": 50}, ro
+    assert ro["step"] == 0 and ro["steps"] == [10, 50, 100], ro
+    assert ro["steps_detail"][0]["state"] == "running", ro["steps_detail"]
+    assert ro["weights"]["blue"] == 10, ro
+    state = t.state()
+    assert backend_state(state, "blue")["state"] == "ready"
+    assert backend_state(state, "blue")["share"] == 10, state
+    assert tdctl(t, "rollout", "abort").returncode == 0
+    # Aborted: back to what blue took before, nothing.
+    wait_for(lambda: backend_state(t.state(), "blue")["share"] == 0, 10, what="blue at 0")
+
+
+def test_rollout_api_to_a_colour_in_maint_is_not_refused_as_having_all_the_traffic(
+        backends, td):
+    b = backends(("blue", 1), ("green", 1))
+    t = td(backend_cfg({"blue": (100, b.ports["blue"]), "green": (0, b.ports["green"])}))
+    assert t.api("PUT", "/api/v1/backends/blue", {"state": "maint"})[0] == 200
+    status, body = t.api("POST", "/api/v1/rollout", {"to": "blue", "step_s": 120})
+    assert status == 201, body
+    assert t.api("POST", "/api/v1/rollout/abort", {})[0] == 200
+
+
+def test_switch_refused_leaves_the_colour_in_its_state_and_weight(backends, td):
+    b = backends(("blue", 1), ("green", 1), ("red", 1))
+    t = td(backend_cfg({"blue": (50, b.ports["blue"]), "green": (30, b.ports["green"]),
+                        "red": (20, b.ports["red"])}))
+    assert t.api("PUT", "/api/v1/backends/red", {"state": "maint"})[0] == 200
+    status, body = t.api("POST", "/api/v1/rollout", {"to": "green", "step_s": 120})
+    assert status == 201, body
+    before = backend_state(t.state(), "red")["weight"]
+    r = tdctl(t, "switch", "red", "--step-time", "120s", "--detach")  # one is active
+    assert r.returncode == 1, r.stdout + r.stderr
+    red = backend_state(t.state(), "red")
+    assert red["state"] == "maint" and red["weight"] == before, (red, r.stdout)
+    assert "-> maint" not in r.stdout, r.stdout  # nothing was changed, nothing to put back
+    assert rollout_of(t)["to"] == "green"
+    assert t.api("POST", "/api/v1/rollout/abort", {})[0] == 200

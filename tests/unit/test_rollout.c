@@ -17,6 +17,7 @@ static td_rollout_env_t env2(int blue, int green, int green_up) {
     e.weights[1] = green;
     e.up[0] = 1;
     e.up[1] = green_up;
+    e.ready[0] = e.ready[1] = 1;
     return e;
 }
 
@@ -99,6 +100,16 @@ static void bad_input_names_the_field(void) {
     T_EQ_INT(parse("{\"to\": \"green\", \"state\": \"running\"}", NULL, &s, err), 0);
 }
 
+/* A target in drain or maint has a share of 0 whatever its weight: a rollout to it runs. */
+static void a_target_not_ready_does_not_have_the_traffic_already(void) {
+    td_rollout_spec_t s;
+    char err[300] = "";
+    td_rollout_env_t maint = env2(0, 100, 1);
+    maint.ready[1] = 0;
+    T_EQ_INT(parse("{\"to\": \"green\"}", &maint, &s, err), 0);
+    T_EQ_STR(err, "");
+}
+
 static void weights_keep_the_others_proportions(void) {
     int out[3];
     int two[2] = {100, 0};
@@ -150,6 +161,7 @@ int main(void) {
     defaults_fill_every_key();
     bad_input_names_the_field();
     weights_keep_the_others_proportions();
+    a_target_not_ready_does_not_have_the_traffic_already();
     transitions_apply_only_where_they_make_sense();
     return t_done("test_rollout");
 }

@@ -23,6 +23,8 @@ typedef struct plan_s {
     json_t *body;      /* owned: POST /api/v1/rollout's body */
     bool detach;       /* --detach: post and return */
     char to_state[16]; /* the new side's state before the switch ("ready", "drain", "maint") */
+    json_int_t to_weight; /* the new side's weight before the switch; -1 when left as it was */
+    bool made_ready;      /* tdctl set the new side ready (from to_state) */
 } plan_t;
 
 /* What the follower last printed, to print only what changed. */
@@ -396,12 +398,47 @@ static bool set_state(const ctl_t *ctl, const char *name, const char *state) {
     return true;
 }
 
+/* Sets the new side's weight, the others' as they are in `state` (PUT /api/v1/ratio); false after
+ * saying why not. */
+static bool set_weight(const ctl_t *ctl, const json_t *state, const char *name, json_int_t w) {
+    json_t *weights = json_object(), *b, *reply;
+    size_t i;
+
+    json_array_foreach(json_object_get(state, "backends"), i, b) {
+        json_object_set_new(weights, str(b, "name"),
+                            json_integer(strcmp(str(b, "name"), name) == 0 ? w
+                                                                           : int_of(b, "weight", 0)));
+    }
+    if (!(reply = put_json(ctl, "/api/v1/ratio", weights)))
+        return false;
+    json_decref(reply);
+    return true;
+}
+
+/* The weights of the backends other than `name` in `state`, summed. */
+static json_int_t others_weight(const json_t *state, const char *name) {
+    json_int_t sum = 0;
+    const json_t *b;
+    size_t i;
+
+    json_array_foreach(json_object_get(state, "backends"), i, b) {
+        if (strcmp(str(b, "name"), name) != 0)
+            sum += int_of(b, "weight", 0);
+    }
+    return sum;
+}
+
 /* A new side in drain or maint (the colour just redeployed) would take nothing of its steps:
- * tdctl sets it ready first, and back when td refuses the rollout. Knows td's backends. */
+ * tdctl sets it ready first, and back when td refuses the rollout. It took no new requests, so
+ * its weight is set to 0 before (while the others have weight to carry the traffic): ready at
+ * its old weight it would take that share at once, and the rollout starts from 0 instead, its
+ * first step first. Knows td's backends. */
 static int prepare(const ctl_t *ctl, plan_t *p) {
     json_t *state = get_json(ctl, "/api/v1/state"), *to;
     int rc = RC_DONE;
 
+    p->to_weight = -1;
+    p->made_ready = false;
     if (!state)
         return RC_REFUSED;
     if (!(to = find_backend(state, p->to))) {
@@ -410,14 +447,40 @@ static int prepare(const ctl_t *ctl, plan_t *p) {
         snprintf(p->to_state, sizeof(p->to_state), "%s",
                  json_is_string(json_object_get(to, "state")) ? str(to, "state") : "ready");
         if (strcmp(p->to_state, "ready") != 0 && has_server_up(to)) {
-            if (!set_state(ctl, p->to, "ready"))
+            json_int_t w = int_of(to, "weight", 0);
+
+            if (w > 0 && others_weight(state, p->to) > 0) {
+                if (!set_weight(ctl, state, p->to, 0)) {
+                    json_decref(state);
+                    return RC_REFUSED;
+                }
+                p->to_weight = w;
+                printf("%s: weight %" JSON_INTEGER_FORMAT " -> 0 (in %s it took no traffic)\n",
+                       p->to, w, p->to_state);
+            }
+            if (!set_state(ctl, p->to, "ready")) {
                 rc = RC_REFUSED;
-            else
+            } else {
+                p->made_ready = true;
                 printf("%s: state %s -> ready\n", p->to, p->to_state);
+            }
         }
     }
     json_decref(state);
     return rc;
+}
+
+/* Refused: nothing of the rollout happened; the new side goes back to its state and weight. */
+static void unprepare(const ctl_t *ctl, const plan_t *p) {
+    json_t *state;
+
+    if (p->made_ready && set_state(ctl, p->to, p->to_state))
+        printf("%s: state ready -> %s\n", p->to, p->to_state);
+    if (p->to_weight >= 0 && (state = get_json(ctl, "/api/v1/state"))) {
+        if (set_weight(ctl, state, p->to, p->to_weight))
+            printf("%s: weight 0 -> %" JSON_INTEGER_FORMAT "\n", p->to, p->to_weight);
+        json_decref(state);
+    }
 }
 
 int cmd_switch(const ctl_t *ctl, int argc, char **argv) {
@@ -429,15 +492,15 @@ int cmd_switch(const ctl_t *ctl, int argc, char **argv) {
 
     if (rc != RC_DONE)
         return rc;
-    if ((rc = prepare(ctl, &p)) != RC_DONE)
+    if ((rc = prepare(ctl, &p)) != RC_DONE) {
+        unprepare(ctl, &p);
         goto out;
+    }
     body = json_dumps(p.body, JSON_COMPACT);
     rc = body ? call(ctl, "POST", "/api/v1/rollout", body, strlen(body), &r) : RC_REFUSED;
     free(body);
     if (rc != RC_DONE) {
-        /* Refused: nothing of the rollout happened; the new side goes back to its state. */
-        if (strcmp(p.to_state, "ready") != 0 && *p.to_state && set_state(ctl, p.to, p.to_state))
-            printf("%s: state ready -> %s\n", p.to, p.to_state);
+        unprepare(ctl, &p);
         goto out;
     }
     if (!(ro = parse_reply(&r))) {
