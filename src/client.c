@@ -446,6 +446,14 @@ static void client_read_cb(td_stream_t *s, long nread) {
         td_client_read(c, 0);
         return;
     }
+    if (nread == TD_STREAM_EOF && c->state == C_EXCHANGE && c->req_done && c->ex &&
+        c->ex->qlink.list) {
+        /* Closed while its request waits in the max_conns queue: the client gave up (a
+         * timeout of its own, most often). The request leaves the queue unsent (499) rather
+         * than take a backend's slot for no one (HAProxy's abortonclose). */
+        td_client_close(c);
+        return;
+    }
     if (nread == TD_STREAM_EOF && c->state == C_EXCHANGE && c->req_done) {
         /* Half-close after a whole request: answer it and any pipelined ones already read,
          * then close. */

@@ -523,8 +523,12 @@ void td_exchange_queue_run(worker_t *w) {
             td_queue_link_t *next = h->next;
             td_exchange_t *x = TD_CONTAINER_OF(h, td_exchange_t, qlink);
             int first = x->tries == 0;
-            if (pick_and_connect(x->down) && first)
+            if (x->down->eof) {
+                /* Its client has closed: never sent (499), it takes no slot. */
+                td_client_close(x->down);
+            } else if (pick_and_connect(x->down) && first) {
                 break;
+            }
             if (next && next->list != l)
                 next = l->head; /* taken out meanwhile: start again from the head */
             h = next;
@@ -536,6 +540,10 @@ void td_exchange_queue_timeout(client_t *c) {
     td_exchange_t *x = c->ex;
     if (!x->qlink.list)
         return;
+    if (c->eof) { /* its client has closed: it gave up, no queue timeout (499) */
+        td_client_close(c);
+        return;
+    }
     td_backend_stats_t *b = x->qlink.list->key;
     long long waited = (long long)(td_now_ms() - x->qlink.since_ms);
     td_queue_remove(&c->w->queue, &x->qlink);

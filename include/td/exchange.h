@@ -42,11 +42,13 @@ int td_exchange_response_written(upstream_t *u);
 
 /* max_conns queue: dispatches the heads of the worker's queues in order, each while a server of
  * its backend has a free slot (called by the worker when a slot freed, and every tick so that a
- * missed wake-up delays a request by one tick at most). */
+ * missed wake-up delays a request by one tick at most). A request whose client has closed is
+ * dropped unsent (499) instead. */
 void td_exchange_queue_run(worker_t *w);
 
 /* The queue deadline (timeouts.queue_ms) of the request on `c` passed: td answers 503, counted
- * in its backend's queue_timeouts and local 503s. Nothing when it is no longer queued. */
+ * in its backend's queue_timeouts and local 503s; a client that has closed is just closed (499,
+ * no queue timeout). Nothing when it is no longer queued. */
 void td_exchange_queue_timeout(client_t *c);
 
 /* Counters (exchange_stats.c). */

@@ -1,6 +1,7 @@
 """What a first trial of td found: a colour coming out of maint/drain is cold (a rollout to it
 starts from 0 and its slow start ramps), queued requests whose clients gave up are never sent,
 and tdctl says when td applied a change it could not save."""
+import json
 import os
 import socket
 import subprocess
@@ -196,3 +197,103 @@ def test_switch_refused_leaves_the_colour_in_its_state_and_weight(backends, td):
     assert "-> maint" not in r.stdout, r.stdout  # nothing was changed, nothing to put back
     assert rollout_of(t)["to"] == "green"
     assert t.api("POST", "/api/v1/rollout/abort", {})[0] == 200
+
+
+# ---------------------------------------------------------------------------------------------
+# max_conns queue: a request whose client closed while it waited is never sent to the backend.
+
+class SlowServer:
+    """A threaded HTTP/1.1 server on 127.0.0.1: GET /slow/MS answers after MS ms; it counts the
+    requests it received."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.received = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                with outer.lock:
+                    outer.received += 1
+                if self.path.startswith("/slow/"):
+                    time.sleep(int(self.path[len("/slow/"):]) / 1000.0)
+                body = b"ok\n"
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def slow_server():
+    s = SlowServer()
+    yield s
+    s.stop()
+
+
+def blue_of(t):
+    return backend_state(t.state(), "blue")
+
+
+def send_get(port, path):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    return s
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_max_conns_queued_requests_whose_clients_gave_up_are_never_sent_to_the_backend(
+        slow_server, td, workers, tmp_path):
+    log = tmp_path / "access.log"
+    t = td({"workers": workers,
+            "backends": [{"name": "blue", "weight": 100,
+                          "servers": [{"address": f"127.0.0.1:{slow_server.port}",
+                                       "max_conns": 3}]}],
+            "access_log": str(log),
+            "timeouts": {"connect_ms": 2000, "upstream_response_ms": 30000,
+                         "queue_ms": 30000}})
+    busy = [send_get(t.port, "/slow/3000") for _ in range(3)]
+    wait_for(lambda: blue_of(t)["servers"][0]["slots"] == 3, 10, what="3 slots taken")
+    # 12 clients that give up after a while (curl -m 1): a plain close, FIN.
+    quitters = [send_get(t.port, "/slow/10") for _ in range(12)]
+    wait_for(lambda: blue_of(t)["queued"] == 12, 10, what="12 queued")
+    for s in quitters:
+        s.close()
+    wait_for(lambda: blue_of(t)["queued"] == 0, 10, what="the queue empty")
+    for s in busy:
+        s.settimeout(20)
+        assert s.recv(4096).startswith(b"HTTP/1.1 200"), "a request in flight is answered"
+        s.close()
+    wait_for(lambda: blue_of(t)["in_flight"] == 0 and
+             blue_of(t)["servers"][0]["slots"] == 0, 20, what="nothing in flight")
+    # Sent on to the backend: the three in flight only, none of those that gave up.
+    with slow_server.lock:
+        assert slow_server.received == 3, slow_server.received
+    b = blue_of(t)
+    assert b["queue_timeouts"] == 0, b
+    wait_for(lambda: statuses(log).count(499) == 12, 10, what="12 lines of 499 in the access log")
+
+
+def statuses(log):
+    if not log.exists():
+        return []
+    return [json.loads(line)["status"] for line in log.read_text().splitlines() if line.strip()]
