@@ -157,7 +157,8 @@ static json_t *backend_json(td_snapshot_t *s, size_t i, int64_t now, const doubl
     json_object_set_new(jb, "state", json_string(td_backend_state_name(b->state)));
     json_object_set_new(jb, "latency_ms", latency_json(b->st));
     int64_t ramp = td_router_backend_slow_start_remaining(b, now);
-    json_object_set_new(jb, "slow_start_remaining_ms", ramp >= 0 ? json_integer(ramp) : json_null());
+    json_object_set_new(jb, "slow_start_remaining_ms",
+                        ramp >= 0 ? json_integer(ramp) : json_null());
     int64_t since = atomic_load(&b->st->drain_since_ms);
     json_object_set_new(jb, "drain_elapsed_ms",
                         draining && since ? json_integer(now - since) : json_null());

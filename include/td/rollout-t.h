@@ -62,8 +62,9 @@ typedef struct td_rollout_env_s {
     char names[TD_CONFIG_MAX_BACKENDS][TD_NAME_MAX];
     int weights[TD_CONFIG_MAX_BACKENDS];
     int up[TD_CONFIG_MAX_BACKENDS]; /* 1 when at least one of its servers is up */
-    int ready[TD_CONFIG_MAX_BACKENDS]; /* 1 in state ready: takes new requests by its weight
-                                          (drain, maint: a share of 0 whatever its weight) */
+    /* 1 in state ready: takes new requests by its weight (drain, maint: a share of 0 whatever
+     * its weight) */
+    int ready[TD_CONFIG_MAX_BACKENDS];
 } td_rollout_env_t;
 
 #endif

@@ -82,12 +82,12 @@ static char *auth_header(const char *token) {
     return asprintf(&h, "Authorization: Bearer %s", token) < 0 ? NULL : h;
 }
 
-/* Why td could not save its changes: the "persist_error" of doc, else of its state (GET
- * /api/v1/state, asked quietly), else "reason unknown". Returns a malloc'd string, or NULL when out
- * of memory. */
 static int perform(const ctl_t *ctl, const char *method, const char *path, const char *body,
                    size_t body_len, reply_t *r, bool quiet);
 
+/* Why td could not save its changes: the "persist_error" of doc, else of its state (GET
+ * /api/v1/state, asked quietly), else "reason unknown". Returns a malloc'd string, or NULL when out
+ * of memory. */
 static char *persist_reason(const ctl_t *ctl, const json_t *doc) {
     const char *why = json_string_value(json_object_get(doc, "persist_error"));
     json_t *state = NULL;

@@ -23,8 +23,10 @@ typedef struct plan_s {
     json_t *body;      /* owned: POST /api/v1/rollout's body */
     bool detach;       /* --detach: post and return */
     char to_state[16]; /* the new side's state before the switch ("ready", "drain", "maint") */
-    json_int_t to_weight; /* the new side's weight before the switch; -1 when left as it was */
-    bool made_ready;      /* tdctl set the new side ready (from to_state) */
+    /* The new side's weight before the switch (-1: left as it was), and whether tdctl set it
+     * ready (from to_state): what is put back when td refuses the rollout. */
+    json_int_t to_weight;
+    bool made_ready;
 } plan_t;
 
 /* What the follower last printed, to print only what changed. */
@@ -405,9 +407,10 @@ static bool set_weight(const ctl_t *ctl, const json_t *state, const char *name, 
     size_t i;
 
     json_array_foreach(json_object_get(state, "backends"), i, b) {
-        json_object_set_new(weights, str(b, "name"),
-                            json_integer(strcmp(str(b, "name"), name) == 0 ? w
-                                                                           : int_of(b, "weight", 0)));
+        const char *n = str(b, "name");
+
+        json_object_set_new(weights, n,
+                            json_integer(strcmp(n, name) == 0 ? w : int_of(b, "weight", 0)));
     }
     if (!(reply = put_json(ctl, "/api/v1/ratio", weights)))
         return false;
