@@ -1,18 +1,17 @@
-"""What a first trial of td found: a colour coming out of maint/drain is cold (a rollout to it
-starts from 0 and its slow start ramps), queued requests whose clients gave up are never sent,
-and tdctl says when td applied a change it could not save."""
+"""A colour coming out of maint or drain is cold (a rollout to it starts from 0, its slow start
+ramps), queued requests whose clients gave up are never sent to the backend, and tdctl says when
+td applied a change it could not save."""
+import http.server
 import json
 import os
 import socket
 import subprocess
 import threading
 import time
-import http.server
 
 import pytest
 
-from conftest import (ASAN, TDCTL, backend_cfg, backend_state, free_port, get, wait_for,
-                      wait_port)
+from conftest import ASAN, TDCTL, backend_cfg, backend_state, get, wait_for
 
 SLOW = 3 if ASAN else 1
 ENV = dict(os.environ, no_proxy="127.0.0.1,localhost", NO_PROXY="127.0.0.1,localhost")
