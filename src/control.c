@@ -114,14 +114,14 @@ json_t *td_control_pending_restart(void) {
     for (size_t i = 0; doc && bound && i < sizeof(keys) / sizeof(keys[0]); i++) {
         json_t *asked = json_object_get(doc, keys[i]), *runs = json_object_get(bound, keys[i]);
         if (i == 0 ? !same_bindings(asked, runs) : !json_equal(asked, runs))
-            json_array_append_new(pending, json_pack("{s:s,s:O,s:O}", "key", keys[i], "file", asked,
-                                                     "running", runs));
+            json_array_append_new(pending, json_pack("{s:s,s:O,s:O}", "key", keys[i], "asked",
+                                                     asked, "running", runs));
     }
     json_decref(doc);
     if (running && running->has_admin &&
         (!admin_bound || strcmp(running->admin_address.text, admin_bound_address.text) != 0))
         json_array_append_new(
-            pending, json_pack("{s:s,s:s,s:o}", "key", "admin.address", "file",
+            pending, json_pack("{s:s,s:s,s:o}", "key", "admin.address", "asked",
                                running->admin_address.text, "running",
                                admin_bound ? json_string(admin_bound_address.text) : json_null()));
     return pending;

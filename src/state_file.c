@@ -234,18 +234,8 @@ static int add(json_t *out, const json_t *old, const json_t *keys, json_t *value
     return o ? json_array_append_new(out, o) : -1;
 }
 
-/* Keys that are never overrides: where overrides live, and what td binds or sets up once at
- * start (listeners, workers, the admin address, the pid file) — a change of those through the
- * API would otherwise come back at the next start against the file; they apply only from the
- * config file, at a restart (the API reports them as pending a restart). */
 static int skipped(const json_t *keys) {
-    const char *k0 = json_string_value(json_array_get(keys, 0));
-    const char *k1 = json_string_value(json_array_get(keys, 1));
-    if (!k0)
-        return 0;
-    return strcmp(k0, "state_file") == 0 || strcmp(k0, "listeners") == 0 ||
-           strcmp(k0, "workers") == 0 || strcmp(k0, "pid_file") == 0 ||
-           (strcmp(k0, "admin") == 0 && k1 && strcmp(k1, "address") == 0);
+    return strcmp(json_string_value(json_array_get(keys, 0)), "state_file") == 0;
 }
 
 json_t *td_state_diff(const json_t *file, const json_t *running, const json_t *old,

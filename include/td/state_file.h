@@ -25,9 +25,7 @@
 
 /* The overrides that turn document `file` into document `running` (both canonical config JSON,
  * borrowed): one per path whose value differs, in running's order then file-only paths. The
- * top-level "state_file" key is never an override (it says where overrides live), nor are the
- * settings bound at start ("listeners", "workers", "pid_file", "admin"."address"): they apply
- * only from the config file, at a restart. An override of
+ * top-level "state_file" key is never an override (it says where overrides live). An override of
  * `old` (an array of overrides, borrowed, may be NULL) with the same keys and the same value is
  * kept as it was (its file_value, since and by); a new one gets `since` (ISO 8601 UTC) and `by`
  * (the client). Returns a new array (owned by the caller), or NULL when out of memory. */
