@@ -96,7 +96,7 @@ static void failover_reason(const td_snapshot_t *s, size_t primary, int serving,
     const td_snap_backend_t *p = &s->backends[primary];
     int64_t since = td_backend_up_since(p, now);
     if (serving < 0)
-        snprintf(out, n, "no backend has a server up: every request gets 503");
+        snprintf(out, n, "no backend in state ready has a server up: every request gets 503");
     else if (&s->backends[serving] == p)
         snprintf(out, n, "primary %s is up", p->name);
     else if (since < 0)
@@ -269,6 +269,35 @@ static json_t *parse_body(td_str_t body, td_admin_reply_t *fail) {
     return j;
 }
 
+/* Whether `cfg` leaves no backend to take new requests, so that every request would get 503:
+ * every weight 0, or (round robin, sticky) no backend with a weight above 0 in state ready, or
+ * (failover) no backend in state ready at all. Writes the refusal to msg[n] then. A change
+ * through the API that does this is refused: one command must not take the whole site down
+ * (a config file may still say so; td then answers 503 and says why). */
+static int nobody_serves(const td_config_t *cfg, char *msg, size_t n) {
+    size_t weighted = 0, ready = 0, ready_weighted = 0;
+    for (size_t i = 0; i < cfg->num_backends; i++) {
+        int r = cfg->backends[i].state == TD_BACKEND_READY, w = cfg->backends[i].weight > 0;
+        weighted += w;
+        ready += r;
+        ready_weighted += r && w;
+    }
+    if (!weighted)
+        snprintf(msg, n,
+                 "refused: every backend would have weight 0, so every request would get 503; "
+                 "keep at least one weight above 0 (failover takes 100/0: a primary and a "
+                 "backup)");
+    else if (cfg->method == TD_METHOD_FAILOVER ? !ready : !ready_weighted)
+        snprintf(msg, n,
+                 "refused: no backend in state ready would %s, so every request would get 503 "
+                 "(drain and maint take no new requests); put one back to ready first (tdctl "
+                 "state NAME ready)",
+                 cfg->method == TD_METHOD_FAILOVER ? "be left" : "have a weight above 0");
+    else
+        return 0;
+    return 1;
+}
+
 /* PUT /api/v1/ratio {"blue": 0, "green": 100}: every key an existing backend, every value an
  * integer 0..100; all checked before anything changes. */
 /* 409 while a rollout is active: it owns the weights and the method. */
@@ -313,14 +342,8 @@ static td_admin_reply_t put_ratio(td_str_t body, const char *client) {
         cfg->backends[i].weight = (int)json_integer_value(v);
     }
     json_decref(j);
-    size_t weighted = 0;
-    for (size_t i = 0; i < cfg->num_backends; i++)
-        weighted += cfg->backends[i].weight > 0;
-    if (!msg[0] && !weighted)
-        snprintf(msg, sizeof(msg),
-                 "refused: every backend would have weight 0, so every request would get 503; "
-                 "keep at least one weight above 0 (failover takes 100/0: a primary and a "
-                 "backup)");
+    if (!msg[0])
+        nobody_serves(cfg, msg, sizeof(msg));
     if (msg[0]) {
         td_config_free(cfg);
         return td_admin_http_error(400, msg);
@@ -412,6 +435,11 @@ static td_admin_reply_t put_backend(td_str_t name, td_str_t body, const char *cl
     if (!cfg)
         return td_admin_http_error(500, "out of memory");
     cfg->backends[i].state = st;
+    char refused[300];
+    if (nobody_serves(cfg, refused, sizeof(refused))) {
+        td_config_free(cfg);
+        return td_admin_http_error(409, refused);
+    }
     char what[TD_NAME_MAX + 32];
     snprintf(what, sizeof(what), "backend %s state %s", cfg->backends[i].name,
              td_backend_state_name(st));
@@ -429,7 +457,14 @@ static td_admin_reply_t put_routing(td_str_t body, const char *client) {
     if (td_method_parse(value, &m) < 0)
         return td_admin_http_error(400, "method must be one of round_robin, sticky, failover");
     td_config_t *cfg = td_config_dup(td_control_config());
+    if (!cfg)
+        return td_admin_http_error(500, "out of memory");
     cfg->method = m;
+    char refused[300];
+    if (nobody_serves(cfg, refused, sizeof(refused))) {
+        td_config_free(cfg);
+        return td_admin_http_error(409, refused);
+    }
     char what[64];
     snprintf(what, sizeof(what), "routing method %s", td_method_name(m));
     return apply(cfg, what, client);
@@ -679,6 +714,7 @@ int td_admin_start(uv_loop_t *loop, const td_addr_t *address, const char *token,
                    size_t errlen) {
     bound_address = *address;
     snprintf(token_in_force, sizeof(token_in_force), "%s", token ? token : "");
+    td_admin_http_open_path("/readyz"); /* probes send their own Host: it tells nothing */
     return td_admin_http_listen(loop, address, token, route, err, errlen);
 }
 

@@ -42,6 +42,7 @@ static admin_conn_t *conns;
  * cleared by one (td_admin_update_token): removing protection takes a restart. */
 static char bound_token[256];
 static char bound_host[64]; /* admin.address without its port, as written ("[::1]" for IPv6) */
+static char open_path[64];  /* td_admin_http_open_path */
 static int bound_port;
 static td_admin_handler_fn *handler; /* borrowed: answers every request */
 
@@ -206,6 +207,20 @@ static int absolute_form(td_str_t t, td_str_t *authority, td_str_t *path, int *d
 /* The server's own refusals (foreign Host or Origin), else the handler's answer. An
  * absolute-form target is checked by its authority and handed on in origin-form, so the
  * handler routes by its path. */
+void td_admin_http_open_path(const char *path) {
+    snprintf(open_path, sizeof(open_path), "%s", path ? path : "");
+}
+
+/* A GET or HEAD of the open path (its query left out). */
+static int is_open(const td_http1_request_t *req, td_str_t target) {
+    size_t n = strlen(open_path), tl = target.len;
+    const char *q = memchr(target.p, '?', target.len);
+    if (q)
+        tl = (size_t)(q - target.p);
+    int get = (req->method.len == 3 && memcmp(req->method.p, "GET", 3) == 0) || req->head;
+    return n && get && tl == n && memcmp(target.p, open_path, n) == 0;
+}
+
 static td_admin_reply_t answer(const admin_conn_t *c, const td_http1_request_t *req,
                                td_str_t body) {
     td_http1_request_t origin_form = *req;
@@ -213,7 +228,7 @@ static td_admin_reply_t answer(const admin_conn_t *c, const td_http1_request_t *
     int default_port = 80;
     if (absolute_form(req->target, &authority, &origin_form.target, &default_port) < 0)
         authority = (td_str_t){NULL, 0};
-    if (!bound_token[0]) {
+    if (!bound_token[0] && !is_open(req, origin_form.target)) {
         int status;
         const char *why = foreign_request(c, req, authority, default_port, &status);
         if (why)
@@ -348,7 +363,10 @@ static void process(admin_conn_t *c) {
         return; /* the body is still coming */
     c->keep_alive = req.keep_alive;
     td_admin_reply_t rep = answer(c, &req, (td_str_t){c->buf + r, blen});
-    if (rep.status >= 400)
+    if (rep.status >= 400 && is_open(&req, req.target))
+        td_debug("admin: %s %.*s %.*s: %d", c->ip, (int)req.method.len, req.method.p,
+                 (int)req.target.len, req.target.p, rep.status);
+    else if (rep.status >= 400)
         td_info("admin: %s %.*s %.*s: %d", c->ip, (int)req.method.len, req.method.p,
                 (int)req.target.len, req.target.p, rep.status);
     size_t used = (size_t)r + blen;

@@ -188,7 +188,7 @@ void td_client_send_timeout(client_t *c, int64_t now) {
 }
 
 void td_client_log_flush(worker_t *w, int64_t now_ms) {
-    for (int i = 0; i < 100; i++) {
+    for (int i = 0; i < 200; i++) {
         td_log_limit_t *l = &w->client_err_rl[i];
         if (!l->start_ms)
             continue;
@@ -205,8 +205,10 @@ void td_client_error(client_t *c, int status, const char *why) {
         td_client_close(c);
         return;
     }
-    if (status >= 400 && status < 500) {
-        /* A client's fault: a flood of them (slowloris) must not flood the log. */
+    if (status >= 400 && status < 600) {
+        /* A flood of them (slowloris; every request of a site with no backend left to serve)
+         * must not flood the log: CLIENT_ERR_BURST lines a second per status and worker, then
+         * "N more" from the worker's tick. */
         int64_t now = td_now_ms();
         td_client_log_flush(c->w, now);
         if (!td_log_limit_take(&c->w->client_err_rl[status - 400], CLIENT_ERR_BURST, now))

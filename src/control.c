@@ -114,14 +114,14 @@ json_t *td_control_pending_restart(void) {
     for (size_t i = 0; doc && bound && i < sizeof(keys) / sizeof(keys[0]); i++) {
         json_t *asked = json_object_get(doc, keys[i]), *runs = json_object_get(bound, keys[i]);
         if (i == 0 ? !same_bindings(asked, runs) : !json_equal(asked, runs))
-            json_array_append_new(pending, json_pack("{s:s,s:O,s:O}", "key", keys[i], "file", asked,
-                                                     "running", runs));
+            json_array_append_new(pending, json_pack("{s:s,s:O,s:O}", "key", keys[i], "asked",
+                                                     asked, "running", runs));
     }
     json_decref(doc);
     if (running && running->has_admin &&
         (!admin_bound || strcmp(running->admin_address.text, admin_bound_address.text) != 0))
         json_array_append_new(
-            pending, json_pack("{s:s,s:s,s:o}", "key", "admin.address", "file",
+            pending, json_pack("{s:s,s:s,s:o}", "key", "admin.address", "asked",
                                running->admin_address.text, "running",
                                admin_bound ? json_string(admin_bound_address.text) : json_null()));
     return pending;
@@ -220,57 +220,127 @@ static void report_replaced(const json_t *replaced) {
     }
 }
 
-/* The config file `cfg` (owned) with the overrides `ov` (borrowed) on top: the config that runs
- * (owned by the caller; `cfg` itself when no override applies). *kept receives the overrides in
- * force (a new array). When the merged document is not a valid config, the file alone runs and
- * every problem is logged. NULL when out of memory (cfg freed). */
-static td_config_t *with_overrides(td_config_t *cfg, const json_t *fdoc, const json_t *ov,
-                                   json_t **kept) {
-    json_t *replaced = NULL;
-    json_t *merged = fdoc ? td_state_merge(fdoc, ov, kept, &replaced) : NULL;
-    if (!merged) {
-        td_error("state: out of memory merging the overrides of %s: running the config file alone",
-                 state_path);
-        *kept = json_array();
-        return cfg;
-    }
-    report_replaced(replaced);
-    json_decref(replaced);
-    if (json_array_size(*kept) == 0) {
-        json_decref(merged);
-        return cfg;
-    }
-    char *text = json_dumps(merged, JSON_INDENT(2)), *buf = NULL;
+/* The config of document `fdoc` (borrowed) with the overrides `ov` (borrowed) merged on top, or
+ * NULL when the merge is not a valid config (its first problem in err[n]) or out of memory.
+ * *kept (may be NULL) receives the overrides that applied, *replaced those the file replaced
+ * (new arrays, owned by the caller, when not NULL). */
+static td_config_t *parse_merged(const json_t *fdoc, const json_t *ov, json_t **kept,
+                                 json_t **replaced, char *err, size_t n) {
+    json_t *k = NULL, *r = NULL;
+    json_t *merged = td_state_merge(fdoc, ov, &k, &r);
+    snprintf(err, n, "out of memory");
+    char *text = merged ? json_dumps(merged, JSON_INDENT(2)) : NULL, *buf = NULL;
     json_decref(merged);
     size_t len = 0;
     FILE *errs = open_memstream(&buf, &len);
     td_config_t *out = text ? td_config_parse(text, strlen(text), state_path, errs) : NULL;
     fclose(errs);
     free(text);
-    if (!out) {
-        for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
-            td_error("state: the overrides of %s do not fit the config file: %s", state_path, line);
-            td_event("reload",
-                     "the overrides of %s do not fit the config file (%s): running "
-                     "the config file alone",
-                     state_path, line);
-        }
-        td_error("state: running the config file %s alone, without the overrides of %s",
-                 config_path, state_path);
-        json_decref(*kept);
-        *kept = json_array();
-        free(buf);
-        return cfg;
+    if (!out && buf && buf[0]) {
+        char *nl = strchr(buf, '\n');
+        if (nl)
+            *nl = 0;
+        snprintf(err, n, "%s", buf);
     }
     free(buf);
+    if (kept)
+        *kept = k;
+    else
+        json_decref(k);
+    if (replaced)
+        *replaced = r;
+    else
+        json_decref(r);
+    return out;
+}
+
+/* The config file `cfg` (owned) with the overrides `ov` (borrowed) on top: the config that runs
+ * (owned by the caller; `cfg` itself when no override applies). *kept receives the overrides in
+ * force (a new array). When the merged document is not a valid config (the file's edit and an
+ * override no longer fit together: say every weight would be 0), the overrides are taken one by
+ * one, in order, and each that makes the config invalid gives way to the file's value, with an
+ * error and an event naming it; the others stay (a `maint` that protects a colour being redeployed
+ * is never dropped for an unrelated key's sake). NULL only when out of memory (cfg freed). */
+static td_config_t *with_overrides(td_config_t *cfg, const json_t *fdoc, const json_t *ov,
+                                   json_t **kept) {
+    json_t *replaced = NULL;
+    char err[600];
+    td_config_t *out = fdoc ? parse_merged(fdoc, ov, kept, &replaced, err, sizeof(err)) : NULL;
+    if (!fdoc || !*kept) {
+        td_error("state: out of memory merging the overrides of %s: running the config file alone",
+                 state_path);
+        json_decref(replaced);
+        if (*kept)
+            json_decref(*kept);
+        *kept = json_array();
+        return cfg;
+    }
+    report_replaced(replaced);
+    json_decref(replaced);
+    if (json_array_size(*kept) == 0) {
+        td_config_free(out);
+        return cfg;
+    }
+    if (!out) {
+        json_t *fits = json_array(), *o;
+        size_t i;
+        json_array_foreach(*kept, i, o) {
+            json_array_append(fits, o);
+            td_config_t *c = parse_merged(fdoc, fits, NULL, NULL, err, sizeof(err));
+            if (c) {
+                td_config_free(c);
+                continue;
+            }
+            json_array_remove(fits, json_array_size(fits) - 1);
+            const char *path = json_string_value(json_object_get(o, "path"));
+            char *value = json_dumps(json_object_get(o, "value"), JSON_ENCODE_ANY);
+            td_error("state: the override %s = %s of %s no longer fits the config file (%s): the "
+                     "file's value is used",
+                     path ? path : "?", value ? value : "?", state_path, err);
+            td_event("reload",
+                     "the override %s = %s no longer fits the config file (%s): the "
+                     "file's value is used",
+                     path ? path : "?", value ? value : "?", err);
+            free(value);
+        }
+        json_decref(*kept);
+        *kept = fits;
+        out = json_array_size(fits) ? parse_merged(fdoc, fits, NULL, NULL, err, sizeof(err)) : NULL;
+        if (!out)
+            return cfg;
+    }
     td_config_free(cfg);
     return out;
+}
+
+int td_control_state_path_check(const td_config_t *cfg, const char *config_file, char *err,
+                                size_t n) {
+    char state[4096], a[4096], b[4096];
+    if (!config_file || !config_file[0])
+        return 0;
+    if (cfg->state_file[0])
+        snprintf(state, sizeof(state), "%s", cfg->state_file);
+    else
+        td_state_default_path(config_file, state, sizeof(state));
+    if (!realpath(config_file, a) || !realpath(state, b) || strcmp(a, b) != 0)
+        return 0;
+    snprintf(err, n,
+             "%s: state_file \"%s\" is the config file itself: td keeps its changes apart from the "
+             "config file and never writes that; give the state file a path of its own",
+             config_file, cfg->state_file);
+    return TD_EINVAL;
 }
 
 int td_control_init(td_config_t *cfg, const char *path) {
     snprintf(config_path, sizeof(config_path), "%s", path ? path : "");
     started_ms = td_wall_ms();
     char audit[sizeof(state_path) + 16] = "";
+    char why[4400];
+    if (td_control_state_path_check(cfg, config_path, why, sizeof(why)) < 0) {
+        fprintf(stderr, "td: %s\n", why);
+        td_config_free(cfg);
+        return TD_EINVAL;
+    }
     if (config_path[0]) {
         if (cfg->state_file[0])
             snprintf(state_path, sizeof(state_path), "%s", cfg->state_file);

@@ -584,7 +584,7 @@ static int pick_and_connect(client_t *c) {
             bi = td_router_pick_backend(s, w->wrr_b, pinned, exhausted, now);
             if (bi < 0) {
                 if (c->ex->tries == 0)
-                    td_client_error(c, 503, "no backend with weight above 0 is up");
+                    td_client_error(c, 503, "no backend in state ready with weight above 0 is up");
                 else
                     td_client_error(c, 502, unreachable(c));
                 return 0;

@@ -410,6 +410,12 @@ int main(int argc, char **argv) {
     if (!cfg)
         return 1;
     if (test) {
+        char why[4400];
+        if (td_control_state_path_check(cfg, path, why, sizeof(why)) < 0) {
+            fprintf(stderr, "%s\n", why);
+            td_config_free(cfg);
+            return 1;
+        }
         if (admin_open_beyond_loopback(cfg)) {
             fprintf(stderr, "td: warning: ");
             fprintf(stderr, open_admin_warning, cfg->admin_address.text);

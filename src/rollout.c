@@ -473,13 +473,17 @@ static void pc_next(void) {
 /* One look at the step's analysis window. */
 /* What the counters cannot show: a target taken out of the traffic by td itself answers (almost)
  * nothing, so its error rate looks clean while users were sent elsewhere. A server of the target
- * ejected by passive detection (failures or 5xx in a row), or a target with no server up by its
- * health checks, fails the step. Writes the reason and returns 1 then, else 0. */
+ * ejected by passive detection (failures or 5xx in a row), a target with no server up by its
+ * health checks, or a target put in drain or maint, fails the step. Writes the reason and returns
+ * 1 then; returns -1 (reason written) when the target is no longer in the config at all; else 0. */
 static int target_taken_out(char *why, size_t n) {
     td_snapshot_t *s = td_router_acquire();
     int bi = td_snapshot_find_backend(s, R.spec.to, strlen(R.spec.to)), out = 0;
     int64_t now = td_now_ms();
-    if (bi >= 0) {
+    if (bi < 0) {
+        snprintf(why, n, "%s is no longer in the config", R.spec.to);
+        out = -1;
+    } else {
         const td_snap_backend_t *b = &s->backends[bi];
         for (size_t j = 0; j < b->num_servers && !out; j++)
             if (atomic_load(&b->servers[j].st->ejected)) {
@@ -489,7 +493,11 @@ static int target_taken_out(char *why, size_t n) {
                          R.spec.to, b->servers[j].addr.text);
                 out = 1;
             }
-        if (!out && !td_backend_is_up(b, now)) {
+        if (!out && b->state != TD_BACKEND_READY) {
+            snprintf(why, n, "%s was put in state %s: it takes no new requests", R.spec.to,
+                     td_backend_state_name(b->state));
+            out = 1;
+        } else if (!out && !td_backend_is_up(b, now)) {
             snprintf(why, n, "%s: no server up by its health checks", R.spec.to);
             out = 1;
         }
@@ -499,11 +507,6 @@ static int target_taken_out(char *why, size_t n) {
 }
 
 static void look(void) {
-    char taken[300];
-    if (target_taken_out(taken, sizeof(taken))) {
-        fail_step(taken);
-        return;
-    }
     td_analysis_side_t t, b;
     sides_now(&t, &b);
     side_delta(&t, &R.t0);
@@ -553,6 +556,16 @@ static void look(void) {
 }
 
 static void tick_running(int64_t now) {
+    char taken[300];
+    int out = target_taken_out(taken, sizeof(taken));
+    if (out < 0) {
+        finish(TD_RO_ABORTED, "td", taken);
+        return;
+    }
+    if (out > 0) {
+        fail_step(taken);
+        return;
+    }
     int64_t el = now - R.step_start_ms, ramp = R.spec.ramp_s * 1000L;
     int w = R.spec.steps[R.step];
     if (R.weight_now != w && ramp > 0) {
@@ -588,7 +601,10 @@ static void tick_running(int64_t now) {
         if (R.state != TD_RO_RUNNING)
             return;
     }
-    step_passed("td", R.last_verdict == TD_ANALYSIS_WAIT ? R.last_reason : "");
+    char note[300] = "";
+    if (R.last_verdict == TD_ANALYSIS_WAIT)
+        snprintf(note, sizeof(note), "not enough answers to judge (%s)", R.last_reason);
+    step_passed("td", note);
 }
 
 static void tick_draining(int64_t now) {
@@ -638,6 +654,7 @@ static void fill_env(td_rollout_env_t *env) {
         env->weights[i] = s->backends[i].weight;
         env->up[i] = td_backend_is_up(&s->backends[i], now);
         env->ready[i] = s->backends[i].state == TD_BACKEND_READY;
+        env->state[i] = s->backends[i].state;
     }
     td_snapshot_release(s);
 }
@@ -712,6 +729,21 @@ json_t *td_rollout_start(const json_t *body, const char *client, int *status) {
 
 json_t *td_rollout_act(td_rollout_action_t a, const json_t *body, const char *client, int *status) {
     char msg[300];
+    /* Only promote takes a body, {"full": true|false}; nothing is changed by a bad one. */
+    const char *key;
+    json_t *v;
+    json_object_foreach((json_t *)body, key, v) {
+        if (a != TD_RO_PROMOTE || strcmp(key, "full") != 0) {
+            snprintf(msg, sizeof(msg), "unknown key \"%.64s\"%s", key,
+                     a == TD_RO_PROMOTE ? " (valid: full)" : ": this action takes no body");
+            *status = 400;
+            return error_json(msg);
+        }
+        if (!json_is_boolean(v)) {
+            *status = 400;
+            return error_json("full: must be true or false");
+        }
+    }
     if (!td_rollout_active(msg, sizeof(msg))) {
         *status = 409;
         return error_json(R.doc ? "no rollout is active" : "no rollout yet");
@@ -724,7 +756,7 @@ json_t *td_rollout_act(td_rollout_action_t a, const json_t *body, const char *cl
         return error_json(e);
     }
     char why[200];
-    snprintf(why, sizeof(why), "%s by %s", td_rollout_action_name(a), client);
+    snprintf(why, sizeof(why), "%s", td_rollout_action_name(a));
     if (a == TD_RO_PAUSE) {
         enter(TD_RO_PAUSED, client, why);
         persist(client);
@@ -737,7 +769,7 @@ json_t *td_rollout_act(td_rollout_action_t a, const json_t *body, const char *cl
         int full = json_is_true(json_object_get(body, "full"));
         size_t to = full ? R.spec.num_steps - 1 : R.step + 1;
         if (full)
-            snprintf(why, sizeof(why), "promote to 100 %% by %s", client);
+            snprintf(why, sizeof(why), "promote to 100 %%");
         enter(TD_RO_RUNNING, client, why);
         json_t *d = step_detail(R.step);
         json_object_set_new(d, "state", json_string("skipped"));

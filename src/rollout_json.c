@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "td/common-t.h"
+#include "td/config.h"
 #include "td/rollout.h"
 
 static const char *const state_names[TD_RO_NSTATES] = {
@@ -274,8 +275,8 @@ int td_rollout_parse(const json_t *body, const td_rollout_env_t *env, td_rollout
     s->compare_baseline = 1;
     s->max_ratio = 1.5;
     s->significance = 0.01;
-    s->interval_s = 5;
-    s->warmup_s = 5;
+    s->interval_s = -1; /* defaults from step_s, below */
+    s->warmup_s = -1;
     if (!json_is_object(body))
         return bad(err, n, "request", "body must be a JSON object");
     if (!env) {
@@ -327,13 +328,21 @@ int td_rollout_parse(const json_t *body, const td_rollout_env_t *env, td_rollout
     json_t *an = json_object_get(body, "analysis");
     if (an && parse_analysis(an, s, err, n) < 0)
         return TD_EINVAL;
-    char msg[160];
+    /* A step of 25 s or more: a look every 5 s after a 5 s warm-up; a shorter one: both a fifth
+     * of it (at least a 1 s interval), so that every step is judged. */
+    if (s->interval_s < 0)
+        s->interval_s = s->step_s >= 25 ? 5 : (s->step_s / 5 > 1 ? s->step_s / 5 : 1);
+    if (s->warmup_s < 0)
+        s->warmup_s = s->step_s >= 25 ? 5 : s->step_s / 5;
+    char msg[300];
     if (s->interval_s > s->step_s) {
         snprintf(msg, sizeof(msg), "must be from 1 to step_s (%d)", s->step_s);
         return bad(err, n, "analysis.interval_s", msg);
     }
-    if (s->warmup_s > s->step_s) {
-        snprintf(msg, sizeof(msg), "must be from 0 to step_s (%d)", s->step_s);
+    if (s->warmup_s >= s->step_s) {
+        snprintf(msg, sizeof(msg),
+                 "must be from 0 to below step_s (%d): a step that is all warm-up judges nothing",
+                 s->step_s);
         return bad(err, n, "analysis.warmup_s", msg);
     }
     if (!env)
@@ -350,6 +359,13 @@ int td_rollout_parse(const json_t *body, const td_rollout_env_t *env, td_rollout
     }
     if (env->num_backends < 2 || (env->ready[i] && (size_t)env->weights[i] == total)) {
         snprintf(msg, sizeof(msg), "\"%.64s\" already has 100 %% (all the weight)", s->to);
+        return bad(err, n, "to", msg);
+    }
+    if (env->state[i] != TD_BACKEND_READY) {
+        snprintf(msg, sizeof(msg),
+                 "\"%.64s\" is in state %s (no user traffic): put it back to ready first "
+                 "(PUT /api/v1/backends/%.64s {\"state\": \"ready\"})",
+                 s->to, td_backend_state_name(env->state[i]), s->to);
         return bad(err, n, "to", msg);
     }
     if (!env->up[i]) {

@@ -27,6 +27,13 @@ int td_admin_http_listen(uv_loop_t *loop, const td_addr_t *address, const char *
  * longer has, else 0. */
 int td_admin_http_set_token(const char *token);
 
+/* A path (NUL-terminated, copied; at most 63 bytes) whose GET and HEAD requests skip the Host and
+ * Origin checks of a server without a token: an answer that changes nothing and tells nothing
+ * secret (td's readiness), for probes that send their own host name (a load balancer's health
+ * check). Its non-2xx answers are logged at debug level only, so a probe does not flood the
+ * log. One path; "" for none (the default). */
+void td_admin_http_open_path(const char *path);
+
 /* Adds the header `line` ("Name: value", no CRLF; borrowed, static storage) to the reply of the
  * request being handled: called by the handler before it returns; the next reply sent carries
  * it, then it is forgotten. NULL adds none. Admin loop. */

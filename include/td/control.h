@@ -18,6 +18,12 @@
  * admin) is td_control_config() afterwards: `cfg` may have been freed. */
 int td_control_init(td_config_t *cfg, const char *path);
 
+/* Refuses a state file that is the config file `config_file` itself (its state_file, or the
+ * default next to it, resolving links): td would overwrite the operator's config with its state.
+ * Returns 0, or TD_EINVAL with the message in err[n]. Used by td_control_init and `td -t`. */
+int td_control_state_path_check(const td_config_t *cfg, const char *config_file, char *err,
+                                size_t n);
+
 /* The running config (borrowed; valid until the next change) and its version. */
 const td_config_t *td_control_config(void);
 uint64_t td_control_version(void);

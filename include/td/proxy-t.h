@@ -191,7 +191,7 @@ struct worker_s {
     td_exchange_t *ex_cache[64]; /* owned: free exchanges, reused the same way */
     int num_ex_cached;
     td_log_limit_t local_err_rl;       /* the log of td's own resource errors */
-    td_log_limit_t client_err_rl[100]; /* the logs of td's own 4xx, by status - 400 */
+    td_log_limit_t client_err_rl[200]; /* the logs of td's own 4xx and 5xx, by status - 400 */
     td_stream_loop_t sl;               /* the transport's per-loop state (TLS buffer and queue) */
     td_timeout_queue_t tq[T_KINDS];    /* armed timeouts by kind */
     td_http1_header_t hdrs[MAX_HDRS];

@@ -52,8 +52,8 @@ typedef struct td_rollout_spec_s {
     double max_ratio;                    /* >= 1; default 1.5 */
     char an_webhook[TD_ROLLOUT_URL_MAX]; /* "" none */
     double significance;                 /* (0, 0.5]; default 0.01 */
-    int interval_s;                      /* 1..step_s; default 5 */
-    int warmup_s;                        /* 0..step_s; default 5 */
+    int interval_s; /* 1..step_s; default 5, a fifth of a step under 25 s (at least 1) */
+    int warmup_s;   /* 0..step_s - 1; default 5, a fifth of a step under 25 s */
 } td_rollout_spec_t;
 
 /* The backends as a rollout is judged against at its start: from the running config. */
@@ -65,6 +65,7 @@ typedef struct td_rollout_env_s {
     /* 1 in state ready: takes new requests by its weight (drain, maint: a share of 0 whatever
      * its weight) */
     int ready[TD_CONFIG_MAX_BACKENDS];
+    td_backend_state_t state[TD_CONFIG_MAX_BACKENDS]; /* ready / drain / maint */
 } td_rollout_env_t;
 
 #endif

@@ -153,15 +153,33 @@ def test_sticky_cookie_pinning_a_maint_backend_is_reassigned(backends, td):
     assert count(t.port, 5, headers={"Cookie": f"TDSTICKY={new}"}) == {(200, "green"): 5}
 
 
-def test_maint_ratio_leaving_only_maint_backends_weighted_is_allowed(backends, td):
-    """The state is the operator's explicit choice: a ratio whose only weighted backend is in
-    maint is accepted, and every request gets 503 rather than reach it."""
+def test_api_change_leaving_no_ready_backend_to_serve_is_refused_and_changes_nothing(backends,
+                                                                                      td):
+    """One command must not take the whole site down: a ratio whose only weighted backend is in
+    maint, a state that leaves no ready backend with weight, or a method under which none is
+    left, is refused (400 for the ratio like the all-0 ratio, 409 for a state or a method), with
+    nothing changed."""
     blue, green, cfg = colours(backends)
     t = td(cfg)
     set_state(t, "blue", "maint")
-    s = t.set_ratio(blue=100, green=0)
-    assert backend_state(s, "blue")["share"] == 0
-    assert count(t.port, 5) == {(503, None): 5}
+    version = t.state()["version"]
+    status, body = t.api("PUT", "/api/v1/ratio", {"blue": 100, "green": 0})
+    assert status == 400 and "no backend in state ready" in body["error"], body
+    status, body = t.api("PUT", "/api/v1/backends/green", {"state": "drain"})
+    assert status == 409 and "no backend in state ready" in body["error"], body
+    s = t.state()
+    assert s["version"] == version
+    assert backend_state(s, "green")["state"] == "ready" and backend_state(s, "green")["weight"] == 50
+    assert count(t.port, 5) == {(200, "green"): 5}
+    # Failover 100/0 with the primary in maint: the backup serves; round robin would leave none.
+    set_state(t, "blue", "ready")
+    t.set_ratio(blue=100, green=0)
+    assert t.api("PUT", "/api/v1/routing", {"method": "failover"})[0] == 200
+    set_state(t, "blue", "maint")
+    assert count(t.port, 5) == {(200, "green"): 5}
+    status, body = t.api("PUT", "/api/v1/routing", {"method": "round_robin"})
+    assert status == 409 and "no backend in state ready" in body["error"], body
+    assert t.state()["method"] == "failover"
 
 
 # ---- drain ----
@@ -394,6 +412,10 @@ def test_maint_closes_the_backends_websockets_without_waiting_for_drain_ms(backe
         set_state(t, "green", "drain")
         assert backend_state(t.state(), "blue")["tunnels"] == 3  # another backend's state
         set_state(t, "green", "ready")
+        # Weight 0 drains: its tunnels stay until drain_ms (10 min here) ...
+        t.set_ratio(blue=0, green=100)
+        assert backend_state(t.state(), "blue")["tunnels"] == 3
+        # ... maint closes them at once (green takes the traffic: maint may not leave nobody).
         set_state(t, "blue", "maint")
         # td looks once a second
         wait_for(lambda: backend_state(t.state(), "blue")["tunnels"] == 0, 5 + SLACK,

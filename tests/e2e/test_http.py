@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from conftest import (Headers, RawConn, backend_cfg, backend_state, demo_body, get, one_backend,
-                      two_colours_apart)
+from conftest import (Headers, RawConn, backend_cfg, backend_state, demo_body, free_port, get,
+                      one_backend, two_colours_apart)
 
 
 def start_td(backends, td, **timeouts):
@@ -641,3 +641,29 @@ def test_408_lines_of_many_slow_clients_are_rate_limited(backends, td):
     assert lines <= 20 and summarised > 0, (lines, summarised)
     assert "(0 more" not in out and " 0 more" not in out, out[-3000:]
     assert_serves(t)
+
+
+def test_502_lines_of_a_site_with_no_server_left_are_rate_limited(backends, td):
+    """Every request of a site whose only server is gone gets td's 502: the log does not get a
+    line each (a busy site would write tens of thousands a second), but at most 10 a second for
+    one status, then one summary line counting the rest."""
+    import re
+    t = td(backend_cfg({"blue": (100, [free_port()])}, workers=1))
+    n = 200
+    with RawConn(t.port, timeout=10) as c:
+        for _ in range(n):
+            c.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            assert c.read_response()[0] in (502, 503)
+
+    def counted():
+        out = t.proc.output()
+        lines = len(re.findall(r"warn  50[23] 127\.0\.0\.1 GET: ", out))
+        summarised = sum(int(x) for x in re.findall(r"(\d+) more 50[23] in the last second", out))
+        return lines, summarised, out
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and sum(counted()[:2]) < n:
+        time.sleep(0.05)
+    lines, summarised, out = counted()
+    assert lines + summarised == n, (lines, summarised, out[-3000:])
+    assert lines <= 40, (lines, out[-3000:])

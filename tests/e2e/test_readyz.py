@@ -95,3 +95,17 @@ def test_sigterm_without_stop_grace_stops_as_before(backends, td):
     out = t.proc.output()
     assert "SIGTERM: stopping; letting in-flight requests finish" in out
     assert "stop_grace_ms" not in out
+
+
+def test_readyz_answers_a_probe_that_sends_its_own_host_name(backends, td):
+    """Without a token the admin API refuses a foreign Host (DNS rebinding); /readyz tells
+    nothing and changes nothing, so a load balancer's probe with its own Host gets its answer,
+    and its 503s are not logged at info once per probe."""
+    t = td(one_colour(backends))
+    for host in ("node1.internal:9090", "127.0.0.1", "td.example.com"):
+        assert readyz(t.admin_port, headers={"Host": host}) == (200, {"ready": True}), host
+    # The rest of the API still refuses it.
+    c = http.client.HTTPConnection("127.0.0.1", t.admin_port, timeout=5)
+    c.request("GET", "/api/v1/state", headers={"Host": "node1.internal:9090"})
+    assert c.getresponse().status == 421
+    c.close()

@@ -10,8 +10,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import (LoadGen, Td, backend_cfg, free_port, get_once, start_td_file,
-                      sticky_cookie)
+from conftest import (LoadGen, Td, backend_cfg, free_port, get_once, reload_config,
+                      start_td_file, sticky_cookie)
 
 FAST = {"interval_s": 1, "warmup_s": 0, "min_requests": 20}
 
@@ -140,9 +140,11 @@ def test_rollout_good_release_under_load_ends_at_0_100_with_no_failed_request(ba
 
 def failing_green(backends, td, servers):
     b = backends(("blue", 1))
-    # One answer in 3 a 500: never enough in a row for passive ejection to take green out.
+    # One answer in 3 a 500, and passive detection that needs 1000 in a row: the rollout is
+    # judged on green's error rate alone (concurrent answers can come three 500s in a row).
     green = servers(500, every=3)
-    return td(backend_cfg({"blue": (100, b.ports["blue"]), "green": (0, [green.port])}))
+    return td(backend_cfg({"blue": (100, b.ports["blue"]), "green": (0, [green.port])},
+                          passive={"failures": 1000}))
 
 
 def test_failing_target_is_rolled_back_within_one_analysis_period(backends, td, servers):
@@ -490,4 +492,83 @@ def test_sticky_clients_make_the_actual_share_lag_the_configured_one(backends, t
     step = r["steps_detail"][0]
     assert step["share_configured"] == 50.0 and step["share_actual"] == 0.0, step
     assert load.by_backend == {"blue": load.ok}, load.by_backend
+    assert t.api("POST", "/api/v1/rollout/abort")[0] == 200
+
+
+def test_rollout_to_a_backend_in_maint_is_refused_with_nothing_changed(backends, td):
+    t = blue_green(backends, td)
+    assert t.api("PUT", "/api/v1/ratio", {"blue": 50, "green": 50})[0] == 200
+    assert t.api("PUT", "/api/v1/backends/green", {"state": "maint"})[0] == 200
+    version = t.state()["version"]
+    status, e = t.api("POST", "/api/v1/rollout", {"to": "green"})
+    assert status == 400 and e["error"].startswith('to: "green" is in state maint'), e
+    assert t.state()["version"] == version and t.state()["rollout"] is None
+
+
+def test_target_put_in_maint_during_a_rollout_fails_the_step(backends, td):
+    """A target that takes no traffic answers nothing: its clean counters must not pass the
+    step (the rollout would "succeed" with every request at 100 % answered 503)."""
+    t = blue_green(backends, td)
+    status, r = t.api("POST", "/api/v1/rollout",
+                      {"to": "green", "steps": [50, 100], "step_s": 20, "analysis": FAST})
+    assert status == 201, r
+    wait_rollout(t, {"running"})
+    assert t.api("PUT", "/api/v1/backends/green", {"state": "maint"})[0] == 200
+    r = wait_rollout(t, {"rolled_back", "succeeded", "paused", "aborted"}, timeout=10)
+    assert r["state"] == "rolled_back" and "green was put in state maint" in r["reason"], r
+    assert weights(t) == {"blue": 100, "green": 0}
+
+
+def test_short_steps_are_judged_with_the_default_analysis(backends, td, servers):
+    """step_s 5 with no analysis keys: the warm-up and the interval default to a fifth of the
+    step, so a failing release is rolled back instead of reaching 100 % unjudged; a warm-up as
+    long as the step is refused."""
+    t = failing_green(backends, td, servers)
+    status, e = t.api("POST", "/api/v1/rollout",
+                      {"to": "green", "step_s": 5, "analysis": {"warmup_s": 5}})
+    assert status == 400 and e["error"].startswith("analysis.warmup_s: "), e
+    load = LoadGen(t.port, threads=4, duration=60).start()
+    try:
+        status, r = t.api("POST", "/api/v1/rollout",
+                          {"to": "green", "steps": [20, 100], "step_s": 5,
+                           "analysis": {"min_requests": 20}})
+        assert status == 201, r
+        assert r["analysis"]["warmup_s"] == 1 and r["analysis"]["interval_s"] == 1, r["analysis"]
+        r = wait_rollout(t, {"rolled_back", "succeeded", "paused", "aborted"}, timeout=20)
+    finally:
+        load.stop()
+    assert r["state"] == "rolled_back", r
+
+
+def test_rollout_aborts_when_its_target_leaves_the_config(backends, td):
+    t = blue_green(backends, td)
+    status, r = t.api("POST", "/api/v1/rollout",
+                      {"to": "green", "steps": [50, 100], "step_s": 30, "analysis": FAST})
+    assert status == 201, r
+    wait_rollout(t, {"running"})
+
+    def drop_green(cfg):
+        cfg["backends"] = [b for b in cfg["backends"] if b["name"] != "green"]
+        cfg["backends"][0]["weight"] = 100
+
+    reload_config(t, drop_green)
+    r = wait_rollout(t, {"aborted", "rolled_back", "succeeded"}, timeout=10)
+    assert r["state"] == "aborted" and "green is no longer in the config" in r["reason"], r
+    assert weights(t) == {"blue": 100}
+
+
+def test_promote_body_is_validated_with_nothing_changed(backends, td):
+    t = blue_green(backends, td)
+    status, r = t.api("POST", "/api/v1/rollout",
+                      {"to": "green", "steps": [10, 50, 100], "step_s": 30, "analysis": FAST})
+    assert status == 201, r
+    wait_rollout(t, {"running"})
+    for body, want in (({"full": "yes"}, "full: must be true or false"),
+                       ({"full": True, "x": 1}, 'unknown key "x"')):
+        status, e = t.api("POST", "/api/v1/rollout/promote", body)
+        assert status == 400 and e["error"].startswith(want), e
+    status, e = t.api("POST", "/api/v1/rollout/pause", {"x": 1})
+    assert status == 400, e
+    r = t.api("GET", "/api/v1/rollout")[1]
+    assert r["state"] == "running" and r["step"] == 0, r
     assert t.api("POST", "/api/v1/rollout/abort")[0] == 200

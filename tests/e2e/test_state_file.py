@@ -9,8 +9,8 @@ import subprocess
 import threading
 import time
 
-from conftest import (TDCTL, backend_cfg, free_port, needs_console, put_ratio_status, run_console,
-                      start_td_file)
+from conftest import (TD, TDCTL, backend_cfg, free_port, get_once, needs_console, put_ratio_status,
+                      run_console, start_td_file)
 
 TIMEOUT = 10
 
@@ -383,7 +383,7 @@ def test_get_config_reports_a_listener_changed_in_the_file_as_pending_a_restart(
         assert headers.get("TD-Pending-Restart") == "listeners, workers", dict(headers)
         pending = api(s.admin_port, "GET", "/api/v1/state")[1]["pending_restart"]
         assert [p["key"] for p in pending] == ["listeners", "workers"], pending
-        assert pending[0]["file"] == [{"address": f"127.0.0.1:{other}"}]
+        assert pending[0]["asked"] == [{"address": f"127.0.0.1:{other}"}]
         assert pending[0]["running"] == [{"address": f"127.0.0.1:{s.port}"}]
         r = s.tdctl("config", "diff")
         assert r.returncode == 1 and "listeners" in r.stdout and "restart" in r.stdout, r.stdout
@@ -431,10 +431,10 @@ def test_backend_added_through_put_config_survives_a_restart_after_the_files_bac
     assert s.bytes() == before
 
 
-def test_overrides_that_no_longer_fit_the_file_give_way_to_the_file_alone(backends, tmp_path):
+def test_overrides_that_no_longer_fit_the_file_give_way_to_the_file(backends, tmp_path):
     """green removed through the API, then the file changes green's weight: that one override
-    gives way, the rest would leave a green without servers, so the file alone runs, said in
-    the log at error level."""
+    gives way, and each of the rest that would leave an invalid config (a green without
+    servers) gives way too, said in the log at error level and in the events."""
     s = Setup(backends, tmp_path)
     s.start()
     try:
@@ -447,8 +447,59 @@ def test_overrides_that_no_longer_fit_the_file_give_way_to_the_file_alone(backen
         s.write(s.cfg)
         s.hup()
         assert weights(s.admin_port) == {"blue": 50, "green": 70}
-        assert api(s.admin_port, "GET", "/api/v1/overrides")[1]["overrides"] == []
-        assert "do not fit the config file" in s.p.output()
-        assert any("do not fit the config file" in m for m in s.events()), s.events()
+        left = api(s.admin_port, "GET", "/api/v1/overrides")[1]["overrides"]
+        assert not [o for o in left if o["path"] in ("backends.green", "backends.green.weight")
+                    or o["path"].startswith("backends.green.servers.127.0.0.1:")
+                    and o["path"].endswith(".address")], left
+        assert "no longer fits the config file" in s.p.output()
+        assert any("no longer fits the config file" in m for m in s.events()), s.events()
     finally:
         s.stop()
+
+
+def test_file_edit_that_no_longer_fits_an_override_drops_only_that_override_and_keeps_maint(
+        backends, tmp_path):
+    """blue at 0 and in maint through the API, green 100; the file then sets green's weight to 0
+    (blue's stays 50 in the file): with blue's weight-0 override every weight would be 0. Only
+    that override gives way (an error and an event name it); blue stays in maint, so the colour
+    being redeployed never goes live, and the state file keeps the maint override."""
+    s = Setup(backends, tmp_path)
+    s.start()
+    try:
+        assert api(s.admin_port, "PUT", "/api/v1/ratio", {"blue": 0, "green": 100})[0] == 200
+        assert api(s.admin_port, "PUT", "/api/v1/backends/blue", {"state": "maint"})[0] == 200
+        cfg = json.loads(s.bytes())
+        cfg["backends"][1]["weight"] = 0
+        s.write(cfg)
+        state = s.hup()
+        blue = next(b for b in state["backends"] if b["name"] == "blue")
+        assert blue["state"] == "maint" and blue["share"] == 0, blue
+        assert any("backends.blue.weight" in e and "no longer fits" in e for e in s.events()), \
+            s.events()
+        status, ov, _ = api(s.admin_port, "GET", "/api/v1/overrides")
+        assert [o["path"] for o in ov["overrides"]] == ["backends.blue.state"], ov
+        for _ in range(5):
+            assert get_once(s.port)[0] == 503  # nothing may reach blue while it is in maint
+    finally:
+        s.stop()
+    # And a restart keeps it so.
+    s.start()
+    try:
+        status, st, _ = api(s.admin_port, "GET", "/api/v1/state")
+        assert next(b for b in st["backends"] if b["name"] == "blue")["state"] == "maint"
+    finally:
+        s.stop()
+
+
+def test_state_file_that_is_the_config_file_itself_is_refused_by_td_t_and_at_start(backends,
+                                                                                   tmp_path):
+    s = Setup(backends, tmp_path)
+    s.cfg["state_file"] = s.config_path
+    s.write(s.cfg)
+    before = s.bytes()
+    r = subprocess.run([TD, "-t", "-c", s.config_path], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 1 and "is the config file itself" in r.stderr, (r.stdout, r.stderr)
+    r = subprocess.run([TD, "-c", s.config_path], capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and "is the config file itself" in r.stderr, r.stderr
+    assert s.bytes() == before

@@ -171,14 +171,17 @@ def test_switch_at_50_50_to_a_colour_in_maint_or_drain_starts_from_0_and_runs_ev
     wait_for(lambda: backend_state(t.state(), "blue")["share"] == 0, 10, what="blue at 0")
 
 
-def test_rollout_api_to_a_colour_in_maint_is_not_refused_as_having_all_the_traffic(
+def test_rollout_api_to_a_colour_in_maint_is_refused_for_its_state_not_as_having_all_traffic(
         backends, td):
+    """blue holds all the weight but is in maint (its share is 0): the refusal names its state
+    (put it back to ready first), not "already has 100 %"."""
     b = backends(("blue", 1), ("green", 1))
-    t = td(backend_cfg({"blue": (100, b.ports["blue"]), "green": (0, b.ports["green"])}))
+    t = td(backend_cfg({"blue": (100, b.ports["blue"]), "green": (10, b.ports["green"])}))
+    assert t.api("PUT", "/api/v1/ratio", {"blue": 100, "green": 10})[0] == 200
     assert t.api("PUT", "/api/v1/backends/blue", {"state": "maint"})[0] == 200
     status, body = t.api("POST", "/api/v1/rollout", {"to": "blue", "step_s": 120})
-    assert status == 201, body
-    assert t.api("POST", "/api/v1/rollout/abort", {})[0] == 200
+    assert status == 400 and "is in state maint" in body["error"], body
+    assert "already has" not in body["error"], body
 
 
 def test_switch_refused_leaves_the_colour_in_its_state_and_weight(backends, td):

@@ -121,8 +121,8 @@ static int config_diff(const ctl_t *ctl) {
             printf(" (override since %s by %s)\n", str(o, "since"), str(o, "by"));
         }
         json_array_foreach(pending, i, o) {
-            printf("%s: file ", str(o, "key"));
-            print_value(json_object_get(o, "file"), "(absent)");
+            printf("%s: asked ", str(o, "key"));
+            print_value(json_object_get(o, "asked"), "(absent)");
             fputs(", running ", stdout);
             print_value(json_object_get(o, "running"), "(none)");
             fputs(" (applies at the next restart)\n", stdout);
