@@ -4,6 +4,7 @@ weight-0 backup), failback, routing over many servers, and truthful counters and
 all-zero weights refused."""
 import json
 import os
+import socket
 import subprocess
 import time
 import urllib.request
@@ -32,12 +33,25 @@ def serve_n(port, n):
 
 
 def dead_ports(n, taken=()):
-    """n distinct ports nothing listens on (not among `taken`)."""
-    ports = set()
-    while len(ports) < n:
-        p = free_port()
+    """n distinct ports nothing listens on (not among `taken`), below the kernel's ephemeral
+    range: the ports td and the test's servers are given later (free_port) come from that range,
+    so none of them can turn out to be one of these (td's own listener as a "dead" server)."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low = int(f.read().split()[0])
+    ports = []
+    p = low - 1
+    while len(ports) < n and p > 1024:
         if p not in taken:
-            ports.add(p)
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", p))
+                ports.append(p)
+            except OSError:
+                pass
+            finally:
+                s.close()
+        p -= 1
+    assert len(ports) == n, "not enough free ports below the ephemeral range"
     return sorted(ports)
 
 
