@@ -40,20 +40,6 @@ static bool weights_are(const json_t *state, const json_t *weights) {
     return true;
 }
 
-/* "blue=50 green=50" */
-static void weights_text(const json_t *weights, char *out, size_t n) {
-    const char *name;
-    json_t *w;
-    size_t len = 0;
-
-    out[0] = '\0';
-    json_object_foreach((json_t *)weights, name, w) {
-        if (len < n)
-            len += (size_t)snprintf(out + len, n - len, "%s%s=%" JSON_INTEGER_FORMAT,
-                                    len ? " " : "", name, json_integer_value(w));
-    }
-}
-
 /* Sets the weights back to the `before` of a history entry. */
 static int undo_change(const ctl_t *ctl, const json_t *change) {
     const json_t *weights = json_object_get(json_object_get(change, "before"), "weights");

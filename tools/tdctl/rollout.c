@@ -81,22 +81,6 @@ static double real_of(const json_t *obj, const char *key, double dflt) {
     return json_is_number(v) ? json_number_value(v) : dflt;
 }
 
-/* "blue=50 green=50" from a {name: weight} object. */
-static void weights_line(const json_t *weights, char *out, size_t n) {
-    const char *name;
-    json_t *w;
-    size_t len = 0;
-
-    out[0] = '\0';
-    json_object_foreach((json_t *)weights, name, w) {
-        if (len < n)
-            len += (size_t)snprintf(out + len, n - len, "%s%s=%" JSON_INTEGER_FORMAT,
-                                    len ? " " : "", name, json_integer_value(w));
-    }
-    if (!len)
-        snprintf(out, n, "-");
-}
-
 /* One side's figures of a step: "512 req 0.20% p99 25ms", "-" parts where td sent none. */
 static void side_figures(const json_t *side, char *out, size_t n) {
     const json_t *rate = json_object_get(side, "error_rate");
@@ -216,7 +200,7 @@ static int report_end(follow_t *f, const json_t *ro) {
     progress_end(&f->progress);
     if (!f->progress.tty)
         print_step_end(ro, int_of(ro, "step", 0));
-    weights_line(json_object_get(ro, "weights"), w, sizeof(w));
+    weights_text(json_object_get(ro, "weights"), w, sizeof(w));
     if (strcmp(rstate(ro), "succeeded") == 0) {
         printf("switched to %s: %s (rollout %s succeeded)\n", str(ro, "to"), w, str(ro, "id"));
         return RC_DONE;
@@ -509,7 +493,7 @@ int cmd_switch(const ctl_t *ctl, int argc, char **argv) {
     if (!(ro = parse_reply(&r))) {
         rc = RC_REFUSED;
     } else {
-        weights_line(json_object_get(ro, "weights_before"), w, sizeof(w));
+        weights_text(json_object_get(ro, "weights_before"), w, sizeof(w));
         printf("rollout %s: %s to %s in %zu step%s of %gs (from %s)\n", str(ro, "id"),
                str(ro, "from"), str(ro, "to"), nsteps(ro), nsteps(ro) == 1 ? "" : "s",
                real_of(ro, "step_s", 0), w);
@@ -538,8 +522,8 @@ static void print_rollout(const json_t *ro) {
     char now[256], before[256], t[64], b[64];
     size_t i;
 
-    weights_line(json_object_get(ro, "weights"), now, sizeof(now));
-    weights_line(json_object_get(ro, "weights_before"), before, sizeof(before));
+    weights_text(json_object_get(ro, "weights"), now, sizeof(now));
+    weights_text(json_object_get(ro, "weights_before"), before, sizeof(before));
     printf("rollout %s: %s, %s -> %s, step %" JSON_INTEGER_FORMAT " of %zu", str(ro, "id"),
            rstate(ro), str(ro, "from"), str(ro, "to"), step + 1, nsteps(ro));
     if (!rollout_ended(ro) && left >= 0)

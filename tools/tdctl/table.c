@@ -244,3 +244,18 @@ bool has_server_up(const json_t *backend) {
     }
     return false;
 }
+
+void weights_text(const json_t *weights, char *out, size_t n) {
+    const char *name;
+    json_t *w;
+    size_t len = 0;
+
+    out[0] = '\0';
+    json_object_foreach((json_t *)weights, name, w) {
+        if (len < n)
+            len += (size_t)snprintf(out + len, n - len, "%s%s=%" JSON_INTEGER_FORMAT,
+                                    len ? " " : "", name, json_integer_value(w));
+    }
+    if (!len)
+        snprintf(out, n, "-");
+}

@@ -184,6 +184,9 @@ const char *str(const json_t *obj, const char *key);
 /* The integer member key of obj, or dflt when td did not send one. */
 json_int_t int_of(const json_t *obj, const char *key, json_int_t dflt);
 
+/* "blue=50 green=50" from a {name: weight} object (borrowed) into out[n]; "-" when empty. */
+void weights_text(const json_t *weights, char *out, size_t n);
+
 /* Backend `name` of td's state (borrowed from it), or NULL. */
 json_t *find_backend(const json_t *state, const char *name);
 
