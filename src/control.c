@@ -136,15 +136,6 @@ static void commit(td_snapshot_t *s, td_config_t *cfg) {
     td_router_publish(s);
 }
 
-static void iso_now(char *out, size_t cap) {
-    int64_t ms = td_wall_ms();
-    time_t t = (time_t)(ms / 1000);
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    size_t n = strftime(out, cap, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(out + n, cap - n, ".%03dZ", (int)(ms % 1000));
-}
-
 /* The SHA-256 of the state file as it is now; that of "" when there is none, so that an audit
  * entry written before the first state file can be told from one whose state landed. */
 static void state_sha_now(char out[65]) {
@@ -495,7 +486,7 @@ static int apply(td_config_t *cfg, const char *what, const char *client, json_t 
     }
     if (!next && state_path[0]) {
         char since[40];
-        iso_now(since, sizeof(since));
+        td_wall_iso(since, sizeof(since));
         json_t *doc = doc_of(cfg);
         next = doc ? td_state_diff(fdoc ? fdoc : file_doc, doc, overrides, since, client) : NULL;
         json_decref(doc);

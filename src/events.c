@@ -34,15 +34,6 @@ static void sync_parent(const char *path) {
     free(dir);
 }
 
-static void iso_now(char *out, size_t cap) {
-    int64_t ms = td_wall_ms();
-    time_t s = (time_t)(ms / 1000);
-    struct tm tm;
-    gmtime_r(&s, &tm);
-    size_t n = strftime(out, cap, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(out + n, cap - n, ".%03dZ", (int)(ms % 1000));
-}
-
 static void push(json_t **ring, size_t *count, json_t *item) {
     json_decref(ring[*count % RING]);
     ring[*count % RING] = item;
@@ -111,7 +102,7 @@ void td_event(const char *kind, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    iso_now(t, sizeof(t));
+    td_wall_iso(t, sizeof(t));
     json_t *e = json_pack("{s:s,s:s,s:s}", "time", t, "kind", kind, "message", msg);
     pthread_mutex_lock(&lock);
     push(events, &nevents, e);
@@ -148,7 +139,7 @@ int td_audit_begin(const char *what, json_t *before, json_t *after, const char *
                    uint64_t version, const char *config_sha256, const char *before_sha256,
                    json_t **entry) {
     char t[40];
-    iso_now(t, sizeof(t));
+    td_wall_iso(t, sizeof(t));
     json_t *a = json_pack("{s:I,s:s,s:s,s:o,s:o,s:s,s:I}", "id", (json_int_t)(naudit + 1), "time",
                           t, "what", what, "before", before ? before : json_null(), "after",
                           after ? after : json_null(), "client", client ? client : "", "version",
@@ -180,7 +171,7 @@ void td_audit_abandon(json_t *entry, const char *why) {
         return;
     json_object_set_new(entry, "applied", json_false());
     char t[40], what[600];
-    iso_now(t, sizeof(t));
+    td_wall_iso(t, sizeof(t));
     snprintf(what, sizeof(what), "not applied: %s (%s)",
              json_string_value(json_object_get(entry, "what")), why);
     json_t *r =

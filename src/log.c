@@ -23,18 +23,23 @@ int64_t td_wall_ms(void) {
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int td_wall_iso(char *out, size_t cap) {
+    int64_t ms = td_wall_ms();
+    time_t s = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&s, &tm);
+    size_t n = strftime(out, cap, "%Y-%m-%dT%H:%M:%S", &tm);
+    int m = n ? snprintf(out + n, cap - n, ".%03dZ", (int)(ms % 1000)) : 0;
+    return (int)n + (m > 0 ? m : 0);
+}
+
 void td_log(td_log_level_t level, const char *fmt, ...) {
     static const char *names[] = {"debug", "info ", "warn ", "error"};
     if (level < min_level)
         return;
     char line[2048];
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    struct tm tm;
-    gmtime_r(&ts.tv_sec, &tm);
-    int n = (int)strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
-    n += snprintf(line + n, sizeof(line) - (size_t)n, ".%03ldZ %s ", ts.tv_nsec / 1000000,
-                  names[level]);
+    int n = td_wall_iso(line, sizeof(line));
+    n += snprintf(line + n, sizeof(line) - (size_t)n, " %s ", names[level]);
     va_list ap;
     va_start(ap, fmt);
     int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);

@@ -2,6 +2,7 @@
 #ifndef TD_LOG_H
 #define TD_LOG_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef enum td_log_level_e { TD_LOG_DEBUG, TD_LOG_INFO, TD_LOG_WARN, TD_LOG_ERROR } td_log_level_t;
@@ -52,5 +53,9 @@ void td_log_local_error_flush(td_log_limit_t *l, int64_t now_ms);
 /* Milliseconds of CLOCK_MONOTONIC (for deadlines), and of the wall clock (for cookies, logs). */
 int64_t td_now_ms(void);
 int64_t td_wall_ms(void);
+
+/* The wall clock now as ISO 8601 UTC with milliseconds ("2026-12-01T12:00:00.000Z", 24 bytes and
+ * its NUL) into out[cap], as log lines, events and the audit log write it. Returns its length. */
+int td_wall_iso(char *out, size_t cap);
 
 #endif
