@@ -3,6 +3,7 @@ hop-by-hop fields, Expect: 100-continue, HTTP/1.0 clients, HTTP/1.2 and higher m
 and error statuses. Everything talks to real td and demo-backend processes on 127.0.0.1."""
 import http.client
 import json
+import re
 import socket
 import socketserver
 import threading
@@ -609,10 +610,24 @@ def test_http_1_2_response_from_a_backend_is_taken_as_http_1_1(td):
         srv.close()
 
 
+def logged_and_summarised(t, n, line, status):
+    """Polls td's log (up to 10 s) until `n` answers are accounted for: (lines matching `line`,
+    the sum of the "N more STATUS in the last second" summaries, the log). `status` is a regex."""
+    def counted():
+        out = t.proc.output()
+        summarised = sum(int(x) for x in re.findall(
+            r"(\d+) more %s in the last second" % status, out))
+        return len(re.findall(line, out)), summarised, out
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and sum(counted()[:2]) < n:
+        time.sleep(0.05)
+    return counted()
+
+
 def test_408_lines_of_many_slow_clients_are_rate_limited(backends, td):
     """60 clients that stall in their request heads all get 408, but the log does not get a line
     each: at most 10 a second for one status, then one summary line counting the rest."""
-    import re
     b = backends(("blue", 1))
     cfg = backend_cfg({"blue": (100, b.ports["blue"])}, workers=1)
     cfg["timeouts"]["client_header_ms"] = 300
@@ -627,16 +642,8 @@ def test_408_lines_of_many_slow_clients_are_rate_limited(backends, td):
         for c in conns:
             c.close()
 
-    def counted():
-        out = t.proc.output()
-        lines = len(re.findall(r"warn  408 127\.0\.0\.1 -: client too slow", out))
-        summarised = sum(int(x) for x in re.findall(r"(\d+) more 408 in the last second", out))
-        return lines, summarised, out
-
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and sum(counted()[:2]) < n:
-        time.sleep(0.05)
-    lines, summarised, out = counted()
+    lines, summarised, out = logged_and_summarised(
+        t, n, r"warn  408 127\.0\.0\.1 -: client too slow", "408")
     assert lines + summarised == n, (lines, summarised, out[-3000:])
     assert lines <= 20 and summarised > 0, (lines, summarised)
     assert "(0 more" not in out and " 0 more" not in out, out[-3000:]
@@ -647,7 +654,6 @@ def test_502_lines_of_a_site_with_no_server_left_are_rate_limited(backends, td):
     """Every request of a site whose only server is gone gets td's 502: the log does not get a
     line each (a busy site would write tens of thousands a second), but at most 10 a second for
     one status, then one summary line counting the rest."""
-    import re
     t = td(backend_cfg({"blue": (100, [free_port()])}, workers=1))
     n = 200
     with RawConn(t.port, timeout=10) as c:
@@ -655,15 +661,6 @@ def test_502_lines_of_a_site_with_no_server_left_are_rate_limited(backends, td):
             c.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
             assert c.read_response()[0] in (502, 503)
 
-    def counted():
-        out = t.proc.output()
-        lines = len(re.findall(r"warn  50[23] 127\.0\.0\.1 GET: ", out))
-        summarised = sum(int(x) for x in re.findall(r"(\d+) more 50[23] in the last second", out))
-        return lines, summarised, out
-
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and sum(counted()[:2]) < n:
-        time.sleep(0.05)
-    lines, summarised, out = counted()
+    lines, summarised, out = logged_and_summarised(t, n, r"warn  50[23] 127\.0\.0\.1 GET: ", "50[23]")
     assert lines + summarised == n, (lines, summarised, out[-3000:])
     assert lines <= 40, (lines, out[-3000:])
