@@ -661,6 +661,7 @@ def test_502_lines_of_a_site_with_no_server_left_are_rate_limited(backends, td):
             c.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
             assert c.read_response()[0] in (502, 503)
 
-    lines, summarised, out = logged_and_summarised(t, n, r"warn  50[23] 127\.0\.0\.1 GET: ", "50[23]")
+    lines, summarised, out = logged_and_summarised(
+        t, n, r"warn  50[23] 127\.0\.0\.1 GET: ", "50[23]")
     assert lines + summarised == n, (lines, summarised, out[-3000:])
     assert lines <= 40, (lines, out[-3000:])
