@@ -180,6 +180,22 @@ def one_backend(backends, td, **extra):
     return td(backend_cfg({"blue": (100, b.ports["blue"])}, **extra))
 
 
+# tdctl's environment in the tests: no proxy for 127.0.0.1, and no TD_TOKEN / TD_ADMIN of the
+# shell running them (each call names its td with --admin).
+TDCTL_ENV = dict(os.environ, no_proxy="127.0.0.1,localhost", NO_PROXY="127.0.0.1,localhost")
+TDCTL_ENV.pop("TD_TOKEN", None)
+TDCTL_ENV.pop("TD_ADMIN", None)
+
+
+def tdctl(t, *args, timeout=60):
+    """Runs tdctl against td `t` (its admin URL); returns the CompletedProcess (returncode,
+    stdout, stderr), printed for the test's output. `timeout` (s) is tripled under ASan."""
+    r = subprocess.run([TDCTL, "--admin", t.admin, *args], capture_output=True, text=True,
+                       timeout=timeout * (3 if ASAN else 1), env=TDCTL_ENV)
+    print(f"$ tdctl {' '.join(args)}  -> {r.returncode}\n{r.stdout}{r.stderr}")
+    return r
+
+
 def get_once(port, path="/", headers=None):
     """One GET on a fresh connection: (status, headers, body)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)

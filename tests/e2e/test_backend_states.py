@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from conftest import (ASAN, TD, TDCTL, backend_cfg, backend_state, get_once, needs_console,
-                      run_console, server_state, sticky_cookie, wait_for)
+                      run_console, server_state, sticky_cookie, tdctl, wait_for)
 
 SLACK = 2.0 if ASAN else 1.0
 PREVIEW_TOKEN = "preview-secret"
@@ -322,11 +322,6 @@ def test_config_state_maint_loads_and_bogus_is_rejected_with_its_position(backen
 
 # ---- tdctl ----
 
-def tdctl(t, *args):
-    env = dict(os.environ, no_proxy="127.0.0.1,localhost", NO_PROXY="127.0.0.1,localhost")
-    env.pop("TD_TOKEN", None)
-    return subprocess.run([TDCTL, "--admin", t.admin, *args], capture_output=True, text=True,
-                          timeout=60, env=env)
 
 
 def test_tdctl_state_sets_and_shows_the_state(backends, td):

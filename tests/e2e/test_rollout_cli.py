@@ -6,7 +6,6 @@ The rollout runs in td; these tests check what tdctl printed and its exit status
 through GET /api/v1/rollout and the weights. Backends that answer 500 are tiny Python HTTP servers
 started as separate processes."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,23 +13,14 @@ import time
 
 import pytest
 
-from conftest import (ASAN, TDCTL, LoadGen, Proc, backend_cfg, free_port, wait_for, wait_port,
-                      weights)
+from conftest import (ASAN, TDCTL, TDCTL_ENV, LoadGen, Proc, backend_cfg, free_port, tdctl,
+                      wait_for, wait_port, weights)
 
 SLOW = 3 if ASAN else 1
 FOLLOW_TIMEOUT = 120 * SLOW  # seconds a followed rollout may take before the test gives up
-ENV = dict(os.environ, no_proxy="127.0.0.1,localhost", NO_PROXY="127.0.0.1,localhost")
-ENV.pop("TD_TOKEN", None)
-ENV.pop("TD_ADMIN", None)
 ACTIVE = ("checking", "running", "paused", "draining")
 
 
-def tdctl(t, *args, timeout=60):
-    """Runs tdctl against td `t`; returns the CompletedProcess (returncode, stdout, stderr)."""
-    r = subprocess.run([TDCTL, "--admin", t.admin, *args], capture_output=True, text=True,
-                       timeout=timeout * SLOW, env=ENV)
-    print(f"$ tdctl {' '.join(args)}  -> {r.returncode}\n{r.stdout}{r.stderr}")
-    return r
 
 
 def rollout(t):
@@ -54,7 +44,7 @@ def blue_green(backends, td, blue_w=100, green_w=0, green_ports=None, **extra):
 def start_switch(t, *args):
     """Starts tdctl switch in the background; returns the Popen once td's rollout runs."""
     p = subprocess.Popen([TDCTL, "--admin", t.admin, "switch", *args], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=ENV)
+                         stderr=subprocess.PIPE, text=True, env=TDCTL_ENV)
     try:
         wait_for(lambda: t.api("GET", "/api/v1/rollout")[0] == 200 and
                  rollout(t)["state"] == "running", 20 * SLOW, interval=0.1,
@@ -149,7 +139,7 @@ def test_switch_shows_a_progress_bar_per_step_on_a_terminal(backends, td):
     cmd = f"{TDCTL} --admin {t.admin} switch green --steps 50,100 --step-time 2s"
     # Bytes: text mode would turn the bar's lone \r into a newline.
     p = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True,
-                       timeout=FOLLOW_TIMEOUT, env=ENV)
+                       timeout=FOLLOW_TIMEOUT, env=TDCTL_ENV)
     out = p.stdout.decode()
     print(repr(out), p.stderr)
     assert p.returncode == 0, out

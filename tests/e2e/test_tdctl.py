@@ -11,23 +11,13 @@ import time
 
 import pytest
 
-from conftest import (TDCTL, backend_cfg, backend_state, set_weights, wait_for, weights)
+from conftest import (TDCTL, backend_cfg, backend_state, set_weights, tdctl, wait_for, weights)
 
 TIMEOUT = 10  # seconds, for every client socket
 
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
-
-def tdctl(t, *args, timeout=60):
-    """Runs tdctl against td `t`; returns the CompletedProcess (returncode, stdout, stderr)."""
-    env = dict(os.environ, no_proxy="127.0.0.1,localhost", NO_PROXY="127.0.0.1,localhost")
-    env.pop("TD_TOKEN", None)
-    r = subprocess.run([TDCTL, "--admin", t.admin, *args], capture_output=True, text=True,
-                       timeout=timeout, env=env)
-    print(f"$ tdctl {' '.join(args)}  -> {r.returncode}\n{r.stdout}{r.stderr}")
-    return r
-
 
 def history(t):
     status, h = t.api("GET", "/api/v1/history")

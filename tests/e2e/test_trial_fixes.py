@@ -3,28 +3,17 @@ ramps), queued requests whose clients gave up are never sent to the backend, and
 td applied a change it could not save."""
 import http.server
 import json
-import os
 import socket
-import subprocess
 import threading
 import time
 
 import pytest
 
-from conftest import ASAN, TDCTL, backend_cfg, backend_state, get, wait_for
+from conftest import backend_cfg, backend_state, get, tdctl, wait_for
 
-SLOW = 3 if ASAN else 1
-ENV = dict(os.environ, no_proxy="127.0.0.1,localhost", NO_PROXY="127.0.0.1,localhost")
-ENV.pop("TD_TOKEN", None)
-ENV.pop("TD_ADMIN", None)
 WARNING = "tdctl: warning: td applied the change but could not save it ("
 
 
-def tdctl(t, *args, timeout=60):
-    r = subprocess.run([TDCTL, "--admin", t.admin, *args], capture_output=True, text=True,
-                       timeout=timeout * SLOW, env=ENV)
-    print(f"$ tdctl {' '.join(args)}  -> {r.returncode}\n{r.stdout}{r.stderr}")
-    return r
 
 
 def unsaved_td(backends, td, tmp_path):
