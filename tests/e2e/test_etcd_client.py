@@ -3,7 +3,7 @@ call and prints "ok NAME" or "FAIL NAME: why"; these tests start etcd and read t
 import os
 import subprocess
 
-from conftest import ASAN, TD, free_port
+from conftest import ASAN, TD, TcpRelay, free_port
 
 CLIENT_TEST = os.path.join(os.path.dirname(os.path.abspath(TD)), "tests", "etcd_client_test")
 
@@ -48,6 +48,7 @@ def test_etcd_client_fails_over_to_the_next_endpoint_when_the_first_is_dead(etcd
 def test_etcd_client_fails_over_between_members_of_a_cluster(etcd_cluster):
     c = etcd_cluster(3)
     c.kill(0)
+    c.wait_healthy(1)  # a leader again, if m0 was it
     r = run_client(c.endpoints[0], c.endpoints[1])
     assert r.returncode == 0, r.stdout + r.stderr
     assert "fail-over: the first endpoint dead, calls succeed on the next" in passed(r)
@@ -73,3 +74,25 @@ def test_etcd_client_authenticates_and_renews_an_expired_token(etcd_cluster):
     bad = run_client("--auth-only", "--user", "root", "--password", "wrong", c.endpoints[0])
     assert bad.returncode == 1
     assert "authentication failed" in bad.stdout, bad.stdout
+
+
+def test_etcd_client_watch_ends_with_an_error_when_its_stream_is_cut(etcd_cluster):
+    c = etcd_cluster(1)
+    relay = TcpRelay("127.0.0.1", c.client_ports[0])
+    endpoint = f"http://127.0.0.1:{relay.port}"
+    p = subprocess.Popen([CLIENT_TEST, "--watch-until-end", endpoint], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        first = p.stdout.readline()  # the program bounds its own waits
+        assert first.strip() == "ok watch live", first
+        relay.cut()
+        out, err = p.communicate(timeout=120 * (3 if ASAN else 1))
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        relay.stop()
+    print(first, out, err)
+    assert p.returncode == 0, first + out + err
+    assert "ok a broken watch stream ends the watch with an error" in out
+    assert "AddressSanitizer" not in err
