@@ -333,6 +333,18 @@ static void end_not_expected(void *arg, int64_t compact, const char *error) {
     cancelled_calls++;
 }
 
+/* The client shut down from inside a watch's callback while a call is in flight. */
+static int shutdown_seen, late_results;
+static void shutdown_in_events(void *arg, int64_t revision, const td_etcd_event_t *ev, size_t n) {
+    (void)arg, (void)revision, (void)ev;
+    if (n > 0 && !shutdown_seen++)
+        td_etcd_shutdown();
+}
+static void late_result(void *arg, const td_etcd_result_t *r) {
+    (void)arg, (void)r;
+    late_results++;
+}
+
 static void cancel_checks(void) {
     int seen = 0;
     self_cancel = td_etcd_watch(k("c/"), 0, cancel_in_events, end_not_expected, &seen);
@@ -342,6 +354,25 @@ static void cancel_checks(void) {
     check(self_cancel && seen == 1 && cancelled_calls == 0 && r.ok,
           "a watch cancelled in its callback calls nothing after", "seen %d ends %d", seen,
           cancelled_calls);
+
+    td_etcd_watch_t *w = td_etcd_watch(k("s/"), 0, shutdown_in_events, end_not_expected, NULL);
+    td_etcd_op_t op = {.key = k("s/1"), .value = "1", .value_len = 1};
+    res_t p = {0};
+    if (td_etcd_txn(NULL, 0, &op, 1, NULL, on_result, &p) == 0)
+        run_until(&p.done);
+    /* Another call in flight when the event comes. */
+    td_etcd_range(k("s/"), 1, 0, 0, late_result, NULL);
+    td_etcd_range(k("s/"), 1, 0, 0, late_result, NULL);
+    uint64_t end = uv_now(loop) + 20000;
+    while (!shutdown_seen && uv_now(loop) < end)
+        uv_run(loop, UV_RUN_ONCE);
+    end = uv_now(loop) + 300;
+    while (uv_now(loop) < end) /* what might still come: nothing */
+        uv_run(loop, UV_RUN_ONCE);
+    check(w && p.ok && shutdown_seen == 1 && cancelled_calls == 0 && late_results <= 2 &&
+              td_etcd_endpoint()[0] == 0,
+          "the client shut down from inside a watch callback calls nothing after",
+          "seen %d ends %d late %d", shutdown_seen, cancelled_calls, late_results);
 }
 
 static void failover_check(const char *live) {
