@@ -54,6 +54,13 @@ def test_etcd_client_fails_over_between_members_of_a_cluster(etcd_cluster):
     r = run_client(c.endpoints[0], c.endpoints[1])
     assert r.returncode == 0, r.stdout + r.stderr
     assert "fail-over: the first endpoint dead, calls succeed on the next" in passed(r)
+    # m0 back with its data dir, m1 gone: the calls go to m0.
+    c.start(0)
+    c.kill(1)
+    c.wait_healthy(0)
+    r = run_client(c.endpoints[1], c.endpoints[0])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "fail-over: the first endpoint dead, calls succeed on the next" in passed(r)
 
 
 def test_etcd_client_names_every_endpoint_when_none_answers():
