@@ -140,3 +140,13 @@ def test_etcd_client_speaks_https_with_a_client_certificate(etcd_cluster):
     # Without the client certificate etcd refuses the handshake: no endpoint answers.
     bad = run_client("--tls", tls["ca"], "", "", c.endpoints[0])
     assert bad.returncode == 1 and "FAIL over TLS: put and range" in bad.stdout, bad.stdout
+
+
+def test_fetch_sends_headers_bounds_bodies_streams_and_cancels(backends):
+    b = backends(("blue", 1))
+    r = run_client("--fetch", f"http://127.0.0.1:{b.ports['blue'][0]}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert passed(r) == ["fetch: extra headers sent, body captured",
+                         "fetch: a body over max_body is an error",
+                         "fetch: a streamed body comes whole through the data callback",
+                         "fetch: a cancelled request calls nothing"]

@@ -1,8 +1,8 @@
 /* td's etcd client against a real etcd: etcd_client_test [--user U --password P] [--auth-only]
- * [--ttl-wait-ms N] [--all-dead] [--watch-until-end] ENDPOINT...
- * Prints "ok NAME" per check passed and "FAIL NAME: why" per check failed; exits 1 when one
- * failed. tests/e2e/test_etcd_client.py starts etcd and runs it. Each step runs td's loop until
- * its callback came (bounded: 20 s a step). */
+ * [--tls CA CERT KEY] [--ttl-wait-ms N] [--all-dead] [--watch-until-end] ENDPOINT...; and with
+ * --fetch URL, fetch.c beneath it against a demo backend. Prints "ok NAME" per check passed and
+ * "FAIL NAME: why" per check failed; exits 1 when one failed. tests/e2e/test_etcd_client.py starts
+ * etcd and runs it. Each step runs td's loop until its callback came (bounded: 20 s a step). */
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -409,6 +409,58 @@ static void watch_until_end(const char *endpoint) {
         td_etcd_watch_cancel(h);
 }
 
+/* fetch.c's abilities on their own, against a demo backend at `base` ("http://127.0.0.1:P"):
+ * extra headers, a captured body and its bound, a streamed body, a cancelled request. */
+static size_t streamed;
+static int stream_status;
+static void on_chunk(void *arg, int status, const char *data, size_t len) {
+    (void)arg, (void)data;
+    stream_status = status;
+    streamed += len;
+}
+
+static void fetch_checks(const char *base) {
+    char url[600];
+    const char *hdrs[] = {"X-Td-Check: 42", "Authorization: Bearer abc"};
+    snprintf(url, sizeof(url), "%s/headers", base);
+    fetched_t f = {0};
+    td_fetch_req_t rq = {.url = url, .timeout_ms = 5000, .headers = hdrs, .num_headers = 2};
+    if (td_fetch_start(&rq, on_fetched, NULL, &f, NULL) == 0)
+        run_until(&f.done);
+    check(f.status == 200 && strstr(f.body, "X-Td-Check: 42") &&
+              strstr(f.body, "Authorization: Bearer abc"),
+          "fetch: extra headers sent, body captured", "%d %s", f.status, f.body);
+
+    snprintf(url, sizeof(url), "%s/bytes/5000", base);
+    fetched_t big = {0};
+    td_fetch_req_t rb = {.url = url, .timeout_ms = 5000, .max_body = 1000};
+    if (td_fetch_start(&rb, on_fetched, NULL, &big, NULL) == 0)
+        run_until(&big.done);
+    check(big.done && big.status == 0 && strstr(big.body, "response body larger than 1000 bytes"),
+          "fetch: a body over max_body is an error", "%d %s", big.status, big.body);
+
+    snprintf(url, sizeof(url), "%s/chunked/300000", base);
+    fetched_t st = {0};
+    td_fetch_req_t rs = {.url = url, .timeout_ms = 5000};
+    if (td_fetch_start(&rs, on_fetched, on_chunk, &st, NULL) == 0)
+        run_until(&st.done);
+    check(st.status == 200 && streamed == 300000 && stream_status == 200 && st.body[0] == 0,
+          "fetch: a streamed body comes whole through the data callback", "%d %zu", st.status,
+          streamed);
+
+    snprintf(url, sizeof(url), "%s/delay/1000", base);
+    fetched_t cancelled = {0}, after = {0};
+    td_fetch_t *h = NULL;
+    td_fetch_req_t rc = {.url = url, .timeout_ms = 5000};
+    int r = td_fetch_start(&rc, on_fetched, NULL, &cancelled, &h);
+    td_fetch_cancel(h);
+    snprintf(url, sizeof(url), "%s/delay/1500", base);
+    if (td_fetch_start(&rc, on_fetched, NULL, &after, NULL) == 0)
+        run_until(&after.done);
+    check(r == 0 && h && !cancelled.done && after.status == 200,
+          "fetch: a cancelled request calls nothing", "%d %d", cancelled.done, after.status);
+}
+
 static void all_dead_check(void) {
     res_t r = range("x", 0, 0, 0);
     check(r.done && !r.ok && strstr(r.error, "http://") && strchr(r.error, ';'),
@@ -419,7 +471,7 @@ int main(int argc, char **argv) {
     const char *user = NULL, *pass = NULL, *eps[16], *ca = NULL, *cert = NULL, *key = NULL;
     const char *label = "with auth";
     size_t n = 0;
-    int auth_only = 0, all_dead = 0, until_end = 0;
+    int auth_only = 0, all_dead = 0, until_end = 0, fetch_only = 0;
     long ttl_wait_ms = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--user") == 0 && i + 1 < argc)
@@ -439,6 +491,8 @@ int main(int argc, char **argv) {
             all_dead = 1;
         else if (strcmp(argv[i], "--watch-until-end") == 0)
             until_end = 1;
+        else if (strcmp(argv[i], "--fetch") == 0)
+            fetch_only = 1;
         else if (strcmp(argv[i], "--ttl-wait-ms") == 0 && i + 1 < argc)
             ttl_wait_ms = atol(argv[++i]);
         else if (n < 16)
@@ -447,7 +501,7 @@ int main(int argc, char **argv) {
     if (n == 0) {
         fprintf(stderr,
                 "usage: %s [--user U --password P] [--auth-only] [--all-dead] "
-                "[--watch-until-end] [--ttl-wait-ms N] ENDPOINT...\n",
+                "[--watch-until-end] [--fetch] [--ttl-wait-ms N] ENDPOINT...\n",
                 argv[0]);
         return 2;
     }
@@ -467,7 +521,9 @@ int main(int argc, char **argv) {
         printf("FAIL init\n");
         return 1;
     }
-    if (all_dead) {
+    if (fetch_only) {
+        fetch_checks(eps[0]);
+    } else if (all_dead) {
         all_dead_check();
     } else if (until_end) {
         watch_until_end(eps[0]);
