@@ -44,6 +44,7 @@ typedef struct op_s {
     json_t *shared;   /* owned: the shared document written */
     json_t *ring;     /* owned: the sticky ring written, or NULL */
     int init;         /* td_cluster_init_prefix */
+    int64_t base;     /* the revision compared against (what this node had applied) */
     char what[256], client[64];
     td_cluster_done_fn *cb;
     void *arg;
@@ -836,12 +837,12 @@ static void on_txn(void *arg, const td_etcd_result_t *r) {
             snprintf(err, sizeof(err),
                      "the sticky key ring changed meanwhile (revision %lld, this node had "
                      "applied %lld): try again",
-                     (long long)cl.revision, (long long)cl.sticky_rev);
+                     (long long)now_rev, (long long)op->base);
         else
             snprintf(err, sizeof(err),
                      "the cluster's config changed meanwhile (revision %lld, this node had "
                      "applied %lld): read it again and retry",
-                     (long long)now_rev, (long long)cl.applied);
+                     (long long)now_rev, (long long)op->base);
         result = TD_ECONFLICT;
         if (r->num_kvs && op->cfg)
             apply_config(&r->kvs[0]); /* catch up */
@@ -947,6 +948,7 @@ int td_cluster_propose(td_config_t *cfg, const char *what, const char *client,
         op_free(op);
         return TD_ENOMEM;
     }
+    op->base = cl.applied;
     td_etcd_cmp_t cmp = {cl.config_key, TD_ETCD_MOD, cl.applied};
     return start_txn(op, &cmp, cl.config_key);
 }
@@ -1006,6 +1008,7 @@ int td_cluster_rotate_sticky_key(const char *client, td_cluster_done_fn *cb, voi
         op_free(op);
         return TD_ENOMEM;
     }
+    op->base = cl.sticky_rev;
     td_etcd_cmp_t cmp = {cl.sticky_key, TD_ETCD_MOD, cl.sticky_rev};
     return start_txn(op, &cmp, cl.sticky_key);
 }
