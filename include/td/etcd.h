@@ -108,8 +108,8 @@ td_etcd_watch_t *td_etcd_watch(const char *prefix, int64_t start_revision,
                                td_etcd_watch_fn *on_events, td_etcd_watch_end_fn *on_end,
                                void *arg);
 
-/* Stops the watch `w` and frees it; its callbacks are not called after. Not from inside its own
- * on_end (it is freed after on_end returns). */
+/* Stops the watch `w` and frees it; its callbacks are not called after. Only while it runs: a
+ * watch that ended by itself (on_end called) is already freed, and must not be cancelled. */
 void td_etcd_watch_cancel(td_etcd_watch_t *w);
 
 #endif
