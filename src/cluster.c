@@ -25,9 +25,6 @@
 #include "td/registry.h"
 #include "td/snapshot.h"
 
-/* From the sticky key ring's module (snapshot.c), while it is not in td/snapshot.h. */
-void td_snapshot_set_sticky_secrets(const char *const *secrets, size_t n) __attribute__((weak));
-
 #ifndef TD_VERSION
 #define TD_VERSION "0.2.0"
 #endif
@@ -204,8 +201,6 @@ static int use_ring(const json_t *ring) {
             secrets[n++] = s;
     }
     if (!n)
-        return TD_EINVAL;
-    if (!td_snapshot_set_sticky_secrets)
         return TD_EINVAL;
     td_snapshot_set_sticky_secrets(secrets, n);
     return 0;

@@ -357,3 +357,50 @@ def test_cluster_uninitialised_prefix_serves_the_file_and_takes_an_init_from_ano
     assert status == 409 and "no overrides in cluster mode" in e["error"], e
     status, e = a.api("POST", "/api/v1/rollout", {"target": "blue"})
     assert status == 409 and "rollouts are run by a single td node" in e["error"], e
+
+
+def pinned(port, cookie, n=10):
+    """The colours of n requests carrying the sticky cookie, and whether td replaced it."""
+    seen, replaced = set(), False
+    for _ in range(n):
+        status, headers, _ = get_once(port, headers={"Cookie": f"TDSTICKY={cookie}"})
+        assert status == 200
+        seen.add(headers.get("X-TD-Demo-Backend"))
+        replaced |= sticky_cookie(headers) not in (None, cookie)
+    return seen, replaced
+
+
+def cookie_for(port, colour, tries=200):
+    """A sticky cookie issued by the td on `port` that pins `colour`."""
+    for _ in range(tries):
+        status, headers, _ = get_once(port)
+        if headers.get("X-TD-Demo-Backend") == colour and sticky_cookie(headers):
+            return sticky_cookie(headers)
+    raise AssertionError(f"no cookie for {colour} from :{port}")
+
+
+def test_cluster_sticky_cookie_from_one_node_pins_on_every_node_across_a_rotation(three):
+    etcd, (a, b, c), _ = three
+    status, r = a.api("PUT", "/api/v1/routing?wait=all", {"method": "sticky"})
+    assert status == 200, r
+    old = {colour: cookie_for(a.port, colour) for colour in ("blue", "green")}
+    for n in (a, b, c):
+        for colour, cookie in old.items():
+            assert pinned(n.port, cookie) == ({colour}, False), (n.name, colour)
+    status, r = c.api("POST", "/api/v1/cluster/sticky-key?wait=all")
+    assert status == 200, r
+    assert r["rotated"] is True
+    # A cookie signed with the previous key still pins everywhere; new ones are signed with the
+    # new key, and also pin everywhere.
+    new = cookie_for(b.port, "green")
+    assert new.split(".")[-1] != old["green"].split(".")[-1]
+    for n in (a, b, c):
+        for colour, cookie in old.items():
+            assert pinned(n.port, cookie) == ({colour}, False), (n.name, colour, "old key")
+        assert pinned(n.port, new) == ({"green"}, False), (n.name, "new key")
+    # After a second rotation the first key is gone: its cookies are replaced.
+    status, r = a.api("POST", "/api/v1/cluster/sticky-key?wait=all")
+    assert status == 200, r
+    for n in (a, b, c):
+        assert pinned(n.port, new) == ({"green"}, False), (n.name, "previous key")
+        assert pinned(n.port, old["blue"], 20)[1] is True, (n.name, "key rotated out")
