@@ -404,3 +404,35 @@ def test_cluster_sticky_cookie_from_one_node_pins_on_every_node_across_a_rotatio
     for n in (a, b, c):
         assert pinned(n.port, new) == ({"green"}, False), (n.name, "previous key")
         assert pinned(n.port, old["blue"], 20)[1] is True, (n.name, "key rotated out")
+
+
+def test_cluster_node_cut_off_by_a_relay_serves_its_state_and_catches_up_when_restored(
+        backends, etcd_cluster, nodes):
+    bk = backends(("blue", 1), ("green", 1))
+    etcd = etcd_cluster(1)
+    blue, green = bk.ports["blue"][0], bk.ports["green"][0]
+    relay = TcpRelay("127.0.0.1", etcd.client_ports[0])
+    try:
+        a = nodes("td-a", etcd.endpoints, blue, green)
+        c = nodes("td-c", [f"http://127.0.0.1:{relay.port}"], blue, green)
+        init(a, {"blue": 100, "green": 0})
+        wait_for(lambda: c.weights() == {"blue": 100, "green": 0} and reachable(c), 20 * SLOW)
+        relay.cut()
+        wait_for(lambda: c.readyz()[0] == 503, 15 * SLOW, what="c cut off")
+        assert c.state()["cluster"]["reachable"] is False
+        status, e = c.api("PUT", "/api/v1/ratio", {"blue": 0, "green": 100})
+        assert status == 503 and e["error"].startswith("cluster store unreachable: "), e
+        # a goes on; c serves what it had.
+        status, r = a.api("PUT", "/api/v1/ratio", {"blue": 0, "green": 100})
+        assert status == 200, r
+        assert colours(c.port, 10) == {"blue"}
+        relay.restore()
+        wait_for(lambda: reachable(c) and c.readyz()[0] == 200, 30 * SLOW, what="c back")
+        # Caught up before it was reachable again.
+        assert c.weights() == {"blue": 0, "green": 100}
+        assert c.state()["cluster"]["applied_revision"] >= r["revision"]
+        assert colours(c.port, 10) == {"green"}
+        status, r = c.api("PUT", "/api/v1/ratio?wait=all", {"blue": 50, "green": 50})
+        assert status == 200, r
+    finally:
+        relay.stop()
