@@ -1021,12 +1021,19 @@ int td_cluster_writable(char *why, size_t n) {
         snprintf(why, n, "cluster not initialised: run tdctl cluster init FILE");
         return TD_ECONFLICT;
     }
+    if (cl.applied < cl.config_rev && cl.refused_rev == cl.config_rev) {
+        snprintf(why, n,
+                 "the cluster's config at revision %lld does not load on this node (see GET "
+                 "/api/v1/events), which runs revision %lld: put a valid document at %s",
+                 (long long)cl.config_rev, (long long)cl.applied, cl.config_key);
+        return TD_ECONFLICT;
+    }
     if (cl.applied < cl.config_rev) {
         snprintf(why, n,
                  "this node is catching up with the cluster store (revision %lld, applied "
                  "%lld)",
                  (long long)cl.config_rev, (long long)cl.applied);
-        return cl.refused_rev == cl.config_rev ? TD_ECONFLICT : TD_EUNAVAIL;
+        return TD_EUNAVAIL;
     }
     if (n)
         why[0] = 0;

@@ -292,7 +292,7 @@ def test_cluster_document_that_does_not_load_is_refused_and_the_running_config_s
         assert colours(n.port, 10) <= {"blue", "green"}
     # A change through the API is refused too until the document is fixed: nothing to build on.
     status, e = b.api("PUT", "/api/v1/ratio", {"blue": 50, "green": 50})
-    assert status == 409, e
+    assert status == 409 and "does not load on this node" in e["error"], e
 
 
 def test_cluster_etcd_down_nodes_serve_refuse_changes_restart_from_cache_then_converge(three):
