@@ -45,6 +45,7 @@ typedef struct op_s {
     char what[256], client[64];
     td_cluster_done_fn *cb;
     void *arg;
+    int dead; /* answered at td_cluster_stop: etcd's late answer is ignored, freed at the end */
     struct op_s *next;
 } op_t;
 
@@ -61,6 +62,7 @@ typedef struct wait_s {
 typedef struct history_s {
     td_cluster_history_fn *cb;
     void *arg;
+    int dead; /* as op_t's */
     struct history_s *next;
 } history_t;
 
@@ -406,11 +408,14 @@ static char *node_text(void) {
     return text;
 }
 
-/* The sync a put of node_key belongs to: one of an older sync is forgotten. */
+/* The sync a put of node_key belongs to (one of an older sync is forgotten), and the text on its
+ * way (owned by the put's callback; freed at the stop when no answer came). */
 static unsigned put_gen;
+static char *put_text;
 
 static void on_node_put(void *arg, const td_etcd_result_t *r) {
     char *text = arg;
+    put_text = NULL;
     cl.putting = 0;
     if (cl.stopping || put_gen != cl.gen) {
         free(text);
@@ -445,6 +450,7 @@ static void node_put(void) {
         return;
     }
     put_gen = cl.gen;
+    put_text = text;
     cl.putting = 1;
 }
 
@@ -499,6 +505,7 @@ static void on_keepalive(void *arg, const td_etcd_result_t *r) {
 
 static void on_sync_node_put(void *arg, const td_etcd_result_t *r) {
     char *text = arg;
+    put_text = NULL;
     cl.putting = 0;
     if (cl.stopping || put_gen != cl.gen) {
         free(text);
@@ -530,6 +537,7 @@ static void sync_node(void) {
         return;
     }
     put_gen = cl.gen;
+    put_text = text;
     cl.putting = 1;
 }
 
@@ -813,6 +821,8 @@ static int audit_entry(const char *what, const char *client, const json_t *befor
 
 static void on_txn(void *arg, const td_etcd_result_t *r) {
     op_t *op = arg;
+    if (op->dead)
+        return;
     op_unlink(op);
     char err[800] = "";
     int result = 0;
@@ -1117,6 +1127,8 @@ int td_cluster_wait_all(uint64_t revision, int64_t timeout_ms, td_cluster_wait_f
 
 static void on_history(void *arg, const td_etcd_result_t *r) {
     history_t *h = arg;
+    if (h->dead)
+        return;
     for (history_t **pp = &cl.histories; *pp; pp = &(*pp)->next)
         if (*pp == h) {
             *pp = h->next;
@@ -1230,6 +1242,18 @@ static void stop_done(void) {
         return;
     cl.timers_open = 0;
     td_etcd_shutdown();
+    while (cl.ops) {
+        op_t *op = cl.ops;
+        cl.ops = op->next;
+        op_free(op);
+    }
+    while (cl.histories) {
+        history_t *h = cl.histories;
+        cl.histories = h->next;
+        free(h);
+    }
+    free(put_text); /* a put whose answer never came */
+    put_text = NULL;
     uv_close((uv_handle_t *)&cl.retry_timer, NULL);
     uv_close((uv_handle_t *)&cl.keepalive_timer, NULL);
     uv_close((uv_handle_t *)&cl.health_timer, NULL);
@@ -1275,18 +1299,15 @@ void td_cluster_stop(void) {
     uv_timer_stop(&cl.retry_timer);
     uv_timer_stop(&cl.keepalive_timer);
     uv_timer_stop(&cl.health_timer);
-    /* What waits for etcd is answered now: nothing will come. */
-    while (cl.ops) {
-        op_t *op = cl.ops;
-        cl.ops = op->next;
+    /* What waits for etcd is answered now (nothing more will come); freed once the client is
+     * shut down, since an answer may still be on its way until then. */
+    for (op_t *op = cl.ops; op; op = op->next) {
+        op->dead = 1;
         op->cb(op->arg, TD_EUNAVAIL, 0, "td is stopping");
-        op_free(op);
     }
-    while (cl.histories) {
-        history_t *h = cl.histories;
-        cl.histories = h->next;
+    for (history_t *h = cl.histories; h; h = h->next) {
+        h->dead = 1;
         h->cb(h->arg, NULL, "td is stopping");
-        free(h);
     }
     while (cl.waits) {
         json_t *all = laggards(UINT64_MAX);
