@@ -436,3 +436,22 @@ def test_cluster_node_cut_off_by_a_relay_serves_its_state_and_catches_up_when_re
         assert status == 200, r
     finally:
         relay.stop()
+
+
+def test_cluster_node_whose_lease_expired_takes_a_new_one_and_rejoins(three):
+    etcd, (a, b, c), _ = three
+
+    def listed(name):
+        return name in {n["node"] for n in a.cluster()["nodes"]}
+
+    wait_for(lambda: listed("td-c"), 10 * SLOW)
+    os.kill(c.proc.pid, signal.SIGSTOP)
+    try:
+        # lease_s is 3: etcd drops c's key once it has not been renewed for that long.
+        wait_for(lambda: not listed("td-c"), 20 * SLOW, interval=0.2, what="c's key expiring")
+    finally:
+        os.kill(c.proc.pid, signal.SIGCONT)
+    wait_for(lambda: listed("td-c") and reachable(c), 20 * SLOW, what="c back in the list")
+    status, r = a.api("PUT", "/api/v1/ratio?wait=all", {"blue": 20, "green": 80})
+    assert status == 200, r
+    assert c.weights() == {"blue": 20, "green": 80}
