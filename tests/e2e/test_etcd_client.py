@@ -2,8 +2,9 @@
 call and prints "ok NAME" or "FAIL NAME: why"; these tests start etcd and read that."""
 import os
 import subprocess
+import tempfile
 
-from conftest import ASAN, TD, free_port
+from conftest import ASAN, TD, TcpRelay, free_port
 
 CLIENT_TEST = os.path.join(os.path.dirname(os.path.abspath(TD)), "tests", "etcd_client_test")
 
@@ -48,6 +49,7 @@ def test_etcd_client_fails_over_to_the_next_endpoint_when_the_first_is_dead(etcd
 def test_etcd_client_fails_over_between_members_of_a_cluster(etcd_cluster):
     c = etcd_cluster(3)
     c.kill(0)
+    c.wait_healthy(1)  # a leader again, if m0 was it
     r = run_client(c.endpoints[0], c.endpoints[1])
     assert r.returncode == 0, r.stdout + r.stderr
     assert "fail-over: the first endpoint dead, calls succeed on the next" in passed(r)
@@ -73,3 +75,60 @@ def test_etcd_client_authenticates_and_renews_an_expired_token(etcd_cluster):
     bad = run_client("--auth-only", "--user", "root", "--password", "wrong", c.endpoints[0])
     assert bad.returncode == 1
     assert "authentication failed" in bad.stdout, bad.stdout
+
+
+def test_etcd_client_watch_ends_with_an_error_when_its_stream_is_cut(etcd_cluster):
+    c = etcd_cluster(1)
+    relay = TcpRelay("127.0.0.1", c.client_ports[0])
+    endpoint = f"http://127.0.0.1:{relay.port}"
+    p = subprocess.Popen([CLIENT_TEST, "--watch-until-end", endpoint], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        first = p.stdout.readline()  # the program bounds its own waits
+        assert first.strip() == "ok watch live", first
+        relay.cut()
+        out, err = p.communicate(timeout=120 * (3 if ASAN else 1))
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        relay.stop()
+    print(first, out, err)
+    assert p.returncode == 0, first + out + err
+    assert "ok a broken watch stream ends the watch with an error" in out
+    assert "AddressSanitizer" not in err
+
+
+def make_pki(d):
+    """A CA, a certificate for 127.0.0.1 (etcd's) and a client certificate, all signed by it."""
+    def openssl(*args):
+        p = subprocess.run(["openssl", *args], cwd=d, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=td etcd test CA")
+    # etcd's JSON gateway dials etcd itself with the server's certificate: it must be a client
+    # certificate too.
+    server = "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth"
+    for name, ext in (("server", server), ("client", "extendedKeyUsage=clientAuth")):
+        with open(os.path.join(d, f"{name}.ext"), "w") as f:
+            f.write(ext + "\n")
+        openssl("req", "-new", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN={name}")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
+    return {"ca": os.path.join(d, "ca.pem"), "cert": os.path.join(d, "server.pem"),
+            "key": os.path.join(d, "server.key"), "client_cert": os.path.join(d, "client.pem"),
+            "client_key": os.path.join(d, "client.key")}
+
+
+def test_etcd_client_speaks_https_with_a_client_certificate(etcd_cluster):
+    tls = make_pki(tempfile.mkdtemp(prefix="td-e2e-etcd-pki-"))
+    c = etcd_cluster(1, tls=tls)
+    r = run_client("--tls", tls["ca"], tls["client_cert"], tls["client_key"], c.endpoints[0])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert passed(r) == ["over TLS: put and range", "over TLS: watch"]
+    # Without the client certificate etcd refuses the handshake: no endpoint answers.
+    bad = run_client("--tls", tls["ca"], "", "", c.endpoints[0])
+    assert bad.returncode == 1 and "FAIL over TLS: put and range" in bad.stdout, bad.stdout

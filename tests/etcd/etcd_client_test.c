@@ -1,5 +1,5 @@
 /* td's etcd client against a real etcd: etcd_client_test [--user U --password P] [--auth-only]
- * [--ttl-wait-ms N] ENDPOINT...
+ * [--ttl-wait-ms N] [--all-dead] [--watch-until-end] ENDPOINT...
  * Prints "ok NAME" per check passed and "FAIL NAME: why" per check failed; exits 1 when one
  * failed. tests/e2e/test_etcd_client.py starts etcd and runs it. Each step runs td's loop until
  * its callback came (bounded: 20 s a step). */
@@ -345,15 +345,32 @@ static void cancel_checks(void) {
 }
 
 static void failover_check(const char *live) {
-    put(k("a"), "1", 0);
+    res_t p = put(k("a"), "1", 0);
     res_t r = range(k("a"), 0, 0, 0);
-    check(r.ok && r.n == 1 && strcmp(td_etcd_endpoint(), live) == 0,
-          "fail-over: the first endpoint dead, calls succeed on the next", "ok %d %s in use %s",
-          r.ok, r.error, td_etcd_endpoint());
+    check(p.ok && r.ok && r.n == 1 && strcmp(td_etcd_endpoint(), live) == 0,
+          "fail-over: the first endpoint dead, calls succeed on the next",
+          "put %d %s range %d %s in use %s", p.ok, p.error, r.ok, r.error, td_etcd_endpoint());
     watch_log_t w = {0};
     td_etcd_watch_t *h = td_etcd_watch(k("a"), r.revision, on_events, on_end, &w);
     watch_wait(&w, 1);
     check(h && w.nev == 1, "fail-over of a watch", "%d %s", w.nev, w.error);
+    if (!w.ended)
+        td_etcd_watch_cancel(h);
+}
+
+/* A watch whose stream breaks (tests/e2e cuts the connection when it reads "ok watch live")
+ * ends with an error naming the endpoint. */
+static void watch_until_end(const char *endpoint) {
+    watch_log_t w = {0};
+    td_etcd_watch_t *h = td_etcd_watch(k("b/"), 0, on_events, on_end, &w);
+    put(k("b/1"), "1", 0);
+    watch_wait(&w, 1);
+    check(h && w.nev == 1 && !w.ended, "watch live", "%d %s", w.nev, w.error);
+    uint64_t end = uv_now(loop) + 60000;
+    while (h && !w.ended && uv_now(loop) < end)
+        uv_run(loop, UV_RUN_ONCE);
+    check(w.ended && w.compact == 0 && strstr(w.error, endpoint),
+          "a broken watch stream ends the watch with an error", "ended %d: %s", w.ended, w.error);
     if (!w.ended)
         td_etcd_watch_cancel(h);
 }
@@ -365,9 +382,10 @@ static void all_dead_check(void) {
 }
 
 int main(int argc, char **argv) {
-    const char *user = NULL, *pass = NULL, *eps[16];
+    const char *user = NULL, *pass = NULL, *eps[16], *ca = NULL, *cert = NULL, *key = NULL;
+    const char *label = "with auth";
     size_t n = 0;
-    int auth_only = 0, all_dead = 0;
+    int auth_only = 0, all_dead = 0, until_end = 0;
     long ttl_wait_ms = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--user") == 0 && i + 1 < argc)
@@ -376,8 +394,17 @@ int main(int argc, char **argv) {
             pass = argv[++i];
         else if (strcmp(argv[i], "--auth-only") == 0)
             auth_only = 1;
-        else if (strcmp(argv[i], "--all-dead") == 0)
+        else if (strcmp(argv[i], "--tls") == 0 && i + 3 < argc) {
+            /* CA, client certificate, its key: the short run "over TLS" */
+            ca = argv[++i];
+            cert = argv[++i];
+            key = argv[++i];
+            auth_only = 1;
+            label = "over TLS";
+        } else if (strcmp(argv[i], "--all-dead") == 0)
             all_dead = 1;
+        else if (strcmp(argv[i], "--watch-until-end") == 0)
+            until_end = 1;
         else if (strcmp(argv[i], "--ttl-wait-ms") == 0 && i + 1 < argc)
             ttl_wait_ms = atol(argv[++i]);
         else if (n < 16)
@@ -386,7 +413,7 @@ int main(int argc, char **argv) {
     if (n == 0) {
         fprintf(stderr,
                 "usage: %s [--user U --password P] [--auth-only] [--all-dead] "
-                "[--ttl-wait-ms N] ENDPOINT...\n",
+                "[--watch-until-end] [--ttl-wait-ms N] ENDPOINT...\n",
                 argv[0]);
         return 2;
     }
@@ -396,6 +423,9 @@ int main(int argc, char **argv) {
     snprintf(prefix, sizeof(prefix), "/t%ld-%d/", (long)time(NULL), (int)getpid());
     td_etcd_opts_t o = {.endpoints = eps,
                         .num_endpoints = n,
+                        .ca = ca,
+                        .cert = cert,
+                        .key = key,
                         .username = user,
                         .password = pass,
                         .timeout_ms = 2000};
@@ -405,14 +435,19 @@ int main(int argc, char **argv) {
     }
     if (all_dead) {
         all_dead_check();
+    } else if (until_end) {
+        watch_until_end(eps[0]);
     } else if (auth_only) {
+        char name1[64], name2[64];
+        snprintf(name1, sizeof(name1), "%s: put and range", label);
+        snprintf(name2, sizeof(name2), "%s: watch", label);
         res_t p = put(k("a"), "1", 0);
         res_t r = range(k("a"), 0, 0, 0);
-        check(p.ok && r.ok && r.n == 1, "with auth: put and range", "%s %s", p.error, r.error);
+        check(p.ok && r.ok && r.n == 1, name1, "%s %s", p.error, r.error);
         watch_log_t w = {0};
         td_etcd_watch_t *h = td_etcd_watch(k("a"), p.revision, on_events, on_end, &w);
         watch_wait(&w, 1);
-        check(h && w.nev == 1, "with auth: watch", "%d %s", w.nev, w.error);
+        check(h && w.nev == 1, name2, "%d %s", w.nev, w.error);
         if (!w.ended)
             td_etcd_watch_cancel(h);
         if (ttl_wait_ms > 0) {
