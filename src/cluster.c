@@ -107,6 +107,8 @@ static void sync_start(void);
 static void node_put(void);
 static void check_waits(void);
 static void on_retry(uv_timer_t *t);
+static void on_grant_again(void *arg, const td_etcd_result_t *r);
+static void sync_grant(void);
 static void on_keepalive_tick(uv_timer_t *t);
 
 int td_cluster_enabled(void) {
@@ -172,6 +174,22 @@ static void now_reachable(void) {
 static void seen(int64_t revision) {
     if (revision > cl.revision)
         cl.revision = revision;
+}
+
+/* A member answered but refused the call (a 4xx: "EP: 400 etcdserver: ..."): the store is
+ * there, the call was wrong for it. */
+static int refused(const td_etcd_result_t *r) {
+    if (r->ok)
+        return 0;
+    for (const char *p = strstr(r->error, ": 4"); p; p = strstr(p + 1, ": 4"))
+        if (p[3] >= '0' && p[3] <= '9' && p[4] >= '0' && p[4] <= '9' && p[5] == ' ')
+            return 1;
+    return 0;
+}
+
+/* The lease is gone in etcd (it expired while the node was away). */
+static int lease_gone(const td_etcd_result_t *r) {
+    return refused(r) && strstr(r->error, "lease not found") != NULL;
 }
 
 /* ---- the cache file: the last document and ring applied, for a start without etcd ---- */
@@ -422,6 +440,14 @@ static void on_node_put(void *arg, const td_etcd_result_t *r) {
         return;
     }
     seen(r->revision);
+    if (lease_gone(r)) {
+        free(text);
+        td_warn("cluster: the lease of %s expired: granting a new one", cl.node_key);
+        cl.lease_id = 0;
+        if (td_etcd_lease_grant(cl.lease_s, on_grant_again, (void *)(uintptr_t)cl.gen) < 0)
+            fail("cannot grant a lease: out of memory");
+        return;
+    }
     if (!r->ok) {
         free(text);
         fail(r->error);
@@ -485,14 +511,14 @@ static void on_grant_again(void *arg, const td_etcd_result_t *r) {
 static void on_keepalive(void *arg, const td_etcd_result_t *r) {
     if ((uintptr_t)arg != cl.gen || cl.stopping)
         return;
-    if (!r->ok) {
+    if (!r->ok && !lease_gone(r)) {
         char why[700];
         snprintf(why, sizeof(why), "lease keepalive failed: %s", r->error);
         fail(why);
         return;
     }
     seen(r->revision);
-    if (r->ttl <= 0) {
+    if (!r->ok || r->ttl <= 0) {
         /* Expired in etcd (we were away longer than lease_s): a new one, and the key again. */
         td_warn("cluster: the lease of %s expired: granting a new one", cl.node_key);
         cl.lease_id = 0;
@@ -509,6 +535,12 @@ static void on_sync_node_put(void *arg, const td_etcd_result_t *r) {
     cl.putting = 0;
     if (cl.stopping || put_gen != cl.gen) {
         free(text);
+        return;
+    }
+    if (lease_gone(r)) {
+        free(text);
+        cl.lease_id = 0;
+        sync_grant();
         return;
     }
     if (!r->ok) {
@@ -561,12 +593,12 @@ static void sync_grant(void) {
 static void on_sync_keepalive(void *arg, const td_etcd_result_t *r) {
     if ((uintptr_t)arg != cl.gen || cl.stopping)
         return;
-    if (!r->ok) {
+    if (!r->ok && !lease_gone(r)) {
         fail(r->error);
         return;
     }
     seen(r->revision);
-    if (r->ttl > 0) {
+    if (r->ok && r->ttl > 0) {
         sync_node();
         return;
     }
@@ -826,7 +858,10 @@ static void on_txn(void *arg, const td_etcd_result_t *r) {
     op_unlink(op);
     char err[800] = "";
     int result = 0;
-    if (!r->ok) {
+    if (refused(r)) {
+        snprintf(err, sizeof(err), "the cluster store refused the change: %s", r->error);
+        result = TD_EINVAL;
+    } else if (!r->ok) {
         snprintf(err, sizeof(err), "cluster store unreachable: %s", r->error);
         result = TD_EUNAVAIL;
         fail(r->error);
