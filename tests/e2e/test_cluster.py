@@ -455,3 +455,29 @@ def test_cluster_node_whose_lease_expired_takes_a_new_one_and_rejoins(three):
     status, r = a.api("PUT", "/api/v1/ratio?wait=all", {"blue": 20, "green": 80})
     assert status == 200, r
     assert c.weights() == {"blue": 20, "green": 80}
+
+
+def test_cluster_wait_all_is_504_naming_a_node_that_did_not_apply_in_time(three):
+    import socket
+    etcd, (a, b, c), _ = three
+    os.kill(c.proc.pid, signal.SIGSTOP)
+    try:
+        # A client that gives up while its answer waits: the reply is dropped, td goes on.
+        s = socket.create_connection(("127.0.0.1", a.admin_port))
+        body = json.dumps({"blue": 40, "green": 60}).encode()
+        s.sendall(b"PUT /api/v1/ratio?wait=all&timeout_ms=800 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  b"Authorization: Bearer " + TOKEN.encode() + b"\r\nContent-Length: "
+                  + str(len(body)).encode() + b"\r\n\r\n" + body)
+        s.close()
+        wait_for(lambda: a.weights() == {"blue": 40, "green": 60}, 10 * SLOW)
+        status, r = a.api("PUT", "/api/v1/ratio?wait=all&timeout_ms=1000",
+                          {"blue": 10, "green": 90})
+        assert status == 504, r
+        assert r["laggards"] == ["td-c"], r
+        assert r["error"].startswith("not applied on td-c within 1000 ms"), r
+        # The change itself is made.
+        assert a.weights() == {"blue": 10, "green": 90}
+        wait_for(lambda: b.weights() == {"blue": 10, "green": 90}, 10 * SLOW)
+    finally:
+        os.kill(c.proc.pid, signal.SIGCONT)
+    wait_for(lambda: c.weights() == {"blue": 10, "green": 90}, 20 * SLOW, what="c catching up")
