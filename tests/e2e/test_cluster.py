@@ -481,3 +481,28 @@ def test_cluster_wait_all_is_504_naming_a_node_that_did_not_apply_in_time(three)
     finally:
         os.kill(c.proc.pid, signal.SIGCONT)
     wait_for(lambda: c.weights() == {"blue": 10, "green": 90}, 20 * SLOW, what="c catching up")
+
+
+def test_cluster_config_is_checked_by_td_t_without_etcd():
+    import subprocess
+    from conftest import TD
+    d = tempfile.mkdtemp(prefix="td-cluster-t-")
+    path = os.path.join(d, "td.json")
+    cfg = {"listeners": [{"address": "127.0.0.1:18080"}],
+           "admin": {"address": "127.0.0.1:19090", "token": TOKEN},
+           "backends": [{"name": "blue", "weight": 1,
+                         "servers": [{"address": "127.0.0.1:9001"}]}],
+           # Nothing listens there: td -t does not ask.
+           "cluster": {"etcd": ["http://127.0.0.1:1"], "prefix": "/td/x/", "node": "td-a"}}
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+    p = subprocess.run([TD, "-t", "-c", path], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0 and "configuration OK" in p.stdout, p.stderr
+    cfg["cluster"]["prefix"] = "td/x"
+    del cfg["admin"]
+    with open(path, "w") as f:
+        json.dump(cfg, f, indent=2)
+    p = subprocess.run([TD, "-t", "-c", path], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1
+    assert f"{path}:22:15: cluster.prefix: \"td/x\" is not a valid prefix" in p.stderr, p.stderr
+    assert f"{path}:18:3: cluster: cluster mode needs \"admin\"" in p.stderr, p.stderr
