@@ -659,6 +659,15 @@ static void on_sync_config(void *arg, const td_etcd_result_t *r) {
     }
     seen(r->revision);
     cl.watch_from = r->revision + 1;
+    if (r->num_kvs && r->kvs[0].mod_revision < cl.applied) {
+        /* Revisions only grow in one store: this is another one (restored from a backup, or
+         * created anew). What it holds is the cluster's state now. */
+        td_warn("cluster: %s is at revision %lld, older than the %lld this node applied (etcd "
+                "restored or created anew?): applying the store's",
+                cl.config_key, (long long)r->kvs[0].mod_revision, (long long)cl.applied);
+        cl.applied = cl.config_rev = cl.refused_rev = 0;
+        cl.sticky_rev = 0;
+    }
     if (r->num_kvs) {
         apply_config(&r->kvs[0]);
     } else {

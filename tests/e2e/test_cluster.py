@@ -506,3 +506,28 @@ def test_cluster_config_is_checked_by_td_t_without_etcd():
     assert p.returncode == 1
     assert f"{path}:22:15: cluster.prefix: \"td/x\" is not a valid prefix" in p.stderr, p.stderr
     assert f"{path}:18:3: cluster: cluster mode needs \"admin\"" in p.stderr, p.stderr
+
+
+def test_cluster_node_whose_cache_is_newer_than_a_recreated_store_takes_the_stores_state(
+        three, etcd_cluster, nodes):
+    etcd, (a, b, c), (blue, green) = three
+    for w in (10, 20, 30, 40):
+        assert a.api("PUT", "/api/v1/ratio", {"blue": w, "green": 100 - w})[0] == 200
+    wait_for(lambda: c.weights() == {"blue": 40, "green": 60}, 10 * SLOW)
+    old_rev = c.state()["cluster"]["applied_revision"]
+    rc, out = c.stop()
+    assert rc == 0, out[-3000:]
+    # A new, empty store (etcd restored from an old backup, or created anew) with few revisions.
+    fresh = etcd_cluster(1)
+    d = nodes("td-d", fresh.endpoints, blue, green, weights=(100, 0))
+    rev = init(d)
+    assert rev < old_rev
+    c.cfg["cluster"]["etcd"] = fresh.endpoints
+    c.write()
+    c.start()
+    wait_for(lambda: c.weights() == {"blue": 100, "green": 0} and reachable(c), 20 * SLOW,
+             what="c taking the new store's config")
+    assert c.state()["cluster"]["from_cache"] is False
+    status, r = c.api("PUT", "/api/v1/ratio?wait=all", {"blue": 70, "green": 30})
+    assert status == 200, r
+    assert d.weights() == {"blue": 70, "green": 30}
