@@ -121,15 +121,15 @@ static void fail(const char *error) {
     if (cl.stopping)
         return;
     cl.gen++; /* whatever the sync was doing is forgotten */
-    if (cl.reachable || !cl.error[0] || strcmp(cl.error, error) != 0) {
-        if (cl.reachable || !cl.ever_reachable || !cl.error[0]) {
-            td_error("cluster store unreachable: %s (serving what was applied: revision %lld)",
-                     error, (long long)cl.applied);
-            td_event("cluster", "cluster store unreachable: %s", error);
-        }
-        if (cl.reachable || !cl.since[0])
-            td_wall_iso(cl.since, sizeof(cl.since));
+    /* Said once when the store goes away (and, before it was ever reached, once per reason), not
+     * at every retry. */
+    if (cl.reachable || (!cl.ever_reachable && strcmp(cl.error, error) != 0)) {
+        td_error("cluster store unreachable: %s (serving what was applied: revision %lld)", error,
+                 (long long)cl.applied);
+        td_event("cluster", "cluster store unreachable: %s", error);
     }
+    if (cl.reachable)
+        td_wall_iso(cl.since, sizeof(cl.since));
     cl.reachable = 0;
     snprintf(cl.error, sizeof(cl.error), "%s", error);
     char why[700];
