@@ -25,6 +25,7 @@
 #include "td/registry.h"
 #include "td/snapshot.h"
 
+/* td's version as main.c says it (td --version), for PREFIX nodes/NODE: keep the two equal. */
 #ifndef TD_VERSION
 #define TD_VERSION "0.2.0"
 #endif
