@@ -1,0 +1,84 @@
+/* Cluster mode (config key "cluster"): several td nodes share one desired state kept in etcd.
+ *
+ * Keys under the configured PREFIX (see DESIGN.md "Cluster"):
+ *   PREFIX config          the shared document: the canonical config (as GET /api/v1/config
+ *                          writes it) without listeners, workers, admin, cluster, state_file, plus
+ *                          "schema": 1;
+ *   PREFIX sticky          {"keys": [{"id", "secret" (hex of 32 bytes), "created"}]}, newest first,
+ *                          at most 2: the sticky-cookie key ring;
+ *   PREFIX nodes/NODE      under the node's lease: {"node", "admin_url", "applied_revision",
+ *                          "health", "version", "started"}, rewritten only when it changes;
+ *   PREFIX audit/TIME-NODE one entry per change: {"time", "node", "client", "what", "before",
+ *                          "after", "revision"}.
+ * Every change is a compare-and-swap on PREFIX config's mod_revision; every node applies the
+ * document from its watch with the same snapshot swap as a local change (td_control_apply).
+ * Main thread only. */
+#ifndef TD_CLUSTER_H
+#define TD_CLUSTER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "td/config-t.h"
+#include "td/events.h" /* json_t */
+
+/* 1 when the running config has "cluster", else 0. */
+int td_cluster_enabled(void);
+
+/* Called by main after the admin API and the workers started (the node's own config already
+ * runs: from the cache when there is one, else the file). Starts the etcd client, reads the
+ * prefix, applies the shared document, watches, keeps PREFIX nodes/NODE under a lease. Returns
+ * 0 (also when etcd is unreachable: it retries with backoff) or TD_E* for a setup failure. */
+int td_cluster_start(uv_loop_t *loop);
+
+/* Revokes the lease (best effort), stops the watch and the client. No callback after. */
+void td_cluster_stop(void);
+
+/* result: 0 applied (on this node, at etcd revision `revision`); TD_ECONFLICT (409: lost a
+ * compare-and-swap race, prefix not initialised, or already initialised); TD_EUNAVAIL (503: the
+ * store is unreachable, or this node is still catching up); TD_EINVAL (400). `error` says it for
+ * people ("" on success). Both borrowed for the call. */
+typedef void td_cluster_done_fn(void *arg, int result, uint64_t revision, const char *error);
+
+/* A change from the admin API: `cfg` (owned) is the whole running config with the change made.
+ * Its shared part becomes PREFIX config by compare-and-swap on the revision this node applied
+ * (with an audit entry in PREFIX audit/ in the same transaction); then applied here at once.
+ * `what` says the change for people, `client` where it came from (both copied).
+ * Returns 0 (cb later) or TD_E* (cb not called; cfg freed). */
+int td_cluster_propose(td_config_t *cfg, const char *what, const char *client,
+                       td_cluster_done_fn *cb, void *arg);
+
+/* `tdctl cluster init FILE`: seeds an empty prefix with the shared part of `cfg` (owned) and a
+ * new sticky key ring, create-if-absent. TD_ECONFLICT when already initialised. Returns 0 (cb
+ * later) or TD_E* (cb not called; cfg freed). */
+int td_cluster_init_prefix(td_config_t *cfg, const char *client, td_cluster_done_fn *cb, void *arg);
+
+/* A new sticky key: it signs from now on, the previous one is still accepted (ring of 2).
+ * Returns 0 (cb later) or TD_E* (cb not called). */
+int td_cluster_rotate_sticky_key(const char *client, td_cluster_done_fn *cb, void *arg);
+
+/* ?wait=all: cb once every live node (a key under PREFIX nodes/) has applied `revision`
+ * (laggards NULL), or after timeout_ms with laggards = ["td-b", ...] (borrowed). Returns 0 (cb
+ * later, never from inside the call) or TD_E*. */
+typedef void td_cluster_wait_fn(void *arg, const json_t *laggards);
+int td_cluster_wait_all(uint64_t revision, int64_t timeout_ms, td_cluster_wait_fn *cb, void *arg);
+
+/* The audit log from PREFIX audit/ (newest first, at most `limit`): entries owned by cb (NULL
+ * with error when the store cannot be read). Returns 0 (cb later) or TD_E*. */
+typedef void td_cluster_history_fn(void *arg, json_t *entries, const char *error);
+int td_cluster_history(long limit, td_cluster_history_fn *cb, void *arg);
+
+/* 0 when a change can be proposed now, else TD_EUNAVAIL / TD_ECONFLICT with why in why[n]. */
+int td_cluster_writable(char *why, size_t n);
+
+/* This node's view (new object, caller owns): {"node", "prefix", "initialised": bool,
+ * "store": {"reachable": bool, "endpoint", "error" (when not reachable), "since"},
+ * "revision" (latest store revision seen), "applied_revision", "schema", "ignored": [paths of a
+ * newer schema this td does not know], "from_cache": bool,
+ * "nodes": [{"node", "admin_url", "applied_revision", "lag", "health":
+ *            {"BACKEND": {"SERVER_ADDRESS": "up" | "down"}}, "version", "started"}],
+ * "disagreements": ["green 127.0.0.1:8102 down on td-b only", ...], "leader": null} */
+json_t *td_cluster_json(void);
+
+#endif
