@@ -8,7 +8,7 @@
 set -e
 root=$(cd "$(dirname "$0")/.." && pwd)
 build="build-essential pkg-config libuv1-dev libjansson-dev libssl-dev libcurl4-openssl-dev"
-testing="$build clang clang-format libclang-rt-14-dev libhttp-parser-dev python3 python3-pytest python3-websocket curl openssl nginx-light wrk"
+testing="$build clang clang-format libclang-rt-14-dev libhttp-parser-dev python3 python3-pytest python3-websocket curl openssl nginx-light wrk etcd-server etcd-client"
 browser="chromium fonts-dejavu-core"
 case "${1:-build}" in
   build) want="$build"; node=0 ;;

@@ -676,3 +676,199 @@ def run_console(script, **opts):
                        cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert p.returncode == 0, f"console script {script} {opts} failed:\n{p.stderr}{p.stdout}"
     return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# etcd members (cluster mode) and a TCP relay that can cut a node off from them.
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
+
+
+class EtcdCluster:
+    """n etcd members on 127.0.0.1 (free ports, a temporary data dir each, logs to a file per
+    member), started together as one cluster. `.endpoints` are their client URLs."""
+
+    def __init__(self, n=1):
+        self.n = n
+        self.dir = tempfile.mkdtemp(prefix="td-etcd-")
+        self.client_ports = [free_port() for _ in range(n)]
+        self.peer_ports = [free_port() for _ in range(n)]
+        self.endpoints = [f"http://127.0.0.1:{p}" for p in self.client_ports]
+        self.initial = ",".join(f"m{i}=http://127.0.0.1:{p}" for i, p in enumerate(self.peer_ports))
+        self.procs = [None] * n
+        for i in range(n):
+            self._spawn(i)
+        for i in range(n):
+            self.wait_healthy(i)
+
+    def _spawn(self, i):
+        log = open(os.path.join(self.dir, f"m{i}.log"), "ab")
+        args = [ETCD, "--name", f"m{i}", "--data-dir", os.path.join(self.dir, f"m{i}.etcd"),
+                "--listen-client-urls", self.endpoints[i],
+                "--advertise-client-urls", self.endpoints[i],
+                "--listen-peer-urls", f"http://127.0.0.1:{self.peer_ports[i]}",
+                "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_ports[i]}",
+                "--initial-cluster", self.initial, "--initial-cluster-state", "new",
+                "--initial-cluster-token", os.path.basename(self.dir),
+                "--log-level", "error", "--logger", "zap"]
+        self.procs[i] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+    def wait_healthy(self, i, timeout=30.0):
+        """Waits until member i answers a range (it has a leader and serves reads)."""
+        deadline = time.monotonic() + timeout * (3 if ASAN else 1)
+        last = None
+        while time.monotonic() < deadline:
+            if self.procs[i].poll() is not None:
+                raise AssertionError(f"etcd m{i} exited {self.procs[i].returncode}:\n{self.log(i)}")
+            try:
+                req = urllib.request.Request(self.endpoints[i] + "/v3/kv/range",
+                                             data=b'{"key": "AA=="}', method="POST")
+                with urllib.request.urlopen(req, timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (OSError, http.client.HTTPException) as e:
+                last = e
+            time.sleep(0.05)
+        raise AssertionError(f"etcd m{i} not healthy: {last}\n{self.log(i)}")
+
+    def log(self, i):
+        with open(os.path.join(self.dir, f"m{i}.log"), errors="replace") as f:
+            return f.read()[-4000:]
+
+    def kill(self, i):
+        """SIGKILLs member i (its data dir stays, for start(i))."""
+        p = self.procs[i]
+        if p and p.poll() is None:
+            p.kill()
+            p.wait()
+
+    def start(self, i):
+        """Starts member i again on its ports and data dir; returns once it serves reads."""
+        self.kill(i)
+        self._spawn(i)
+        self.wait_healthy(i)
+
+    def etcdctl(self, *args, env=None):
+        """Runs etcdctl (API v3) against every member; returns the CompletedProcess."""
+        e = dict(TDCTL_ENV, ETCDCTL_API="3")
+        e.update(env or {})
+        return subprocess.run([ETCDCTL, "--endpoints", ",".join(self.endpoints), *args],
+                              capture_output=True, text=True, timeout=30, env=e)
+
+    def stop(self):
+        for p in self.procs:
+            if p and p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def etcd_cluster():
+    """A factory start(n=1) -> EtcdCluster; every member it started is stopped at teardown."""
+    started = []
+
+    def start(n=1):
+        c = EtcdCluster(n)
+        started.append(c)
+        return c
+
+    yield start
+    for c in started:
+        c.stop()
+
+
+class TcpRelay:
+    """Relays connections from 127.0.0.1:.port to target_host:target_port, one thread per
+    direction. cut() closes every relayed connection and drops new ones (accepted, then closed at
+    once) until restore(); stop() ends it all."""
+
+    def __init__(self, target_host, target_port):
+        import threading
+        self.target = (target_host, target_port)
+        self.lock = threading.Lock()
+        self.conns = []
+        self.cut_off = False
+        self.stopping = False
+        self.ls = socket.socket()
+        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(64)
+        self.ls.settimeout(0.2)
+        self.port = self.ls.getsockname()[1]
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self):
+        import threading
+        while not self.stopping:
+            try:
+                c, _ = self.ls.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self.lock:
+                if self.cut_off or self.stopping:
+                    c.close()
+                    continue
+            try:
+                u = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                c.close()
+                continue
+            u.settimeout(None)
+            c.settimeout(None)
+            with self.lock:
+                self.conns += [c, u]
+            for a, b in ((c, u), (u, c)):
+                t = threading.Thread(target=self._pump, args=(a, b), daemon=True)
+                t.start()
+                self.threads.append(t)
+
+    def _pump(self, src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _close_all(self):
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def cut(self):
+        with self.lock:
+            self.cut_off = True
+        self._close_all()
+
+    def restore(self):
+        with self.lock:
+            self.cut_off = False
+
+    def stop(self):
+        self.stopping = True
+        self._close_all()
+        self.ls.close()
+        for t in self.threads:
+            t.join(timeout=5)
