@@ -197,3 +197,13 @@ void td_config_check_cookie(td_config_report_t *r, td_config_t *c, void *obj, co
     }
     td_config_report_pop(r);
 }
+
+/* The other nodes read this node's figures from its admin API, and changes come through it. */
+void td_config_check_cluster(td_config_report_t *r, td_config_t *c, void *obj, const void *first,
+                             size_t index, unsigned read) {
+    (void)obj, (void)first, (void)index, (void)read;
+    if (!c->has_admin)
+        td_config_report(r, TD_CONFIG_AT_KEY,
+                         "cluster mode needs \"admin\" (changes and the other nodes' views go "
+                         "through the admin API)");
+}

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "td/common-t.h"
+#include "td/config_check.h"
 #include "td/config_report.h"
 #include "td/config_schema.h"
 
@@ -312,6 +313,40 @@ static int read_secure(td_config_report_t *x, json_t *obj, td_cookie_secure_t *o
     return ok;
 }
 
+/* cluster.etcd: an array of 1..16 endpoint URLs (td_config_check_etcd_url). */
+static int read_endpoints(td_config_report_t *x, json_t *obj, td_config_cluster_t *cl) {
+    json_t *arr = get_array(x, obj, "etcd", "endpoint URL", TD_CLUSTER_MAX_ENDPOINTS), *v;
+    size_t i;
+    char d[128], q[96];
+    int ok = arr != NULL;
+
+    if (!arr)
+        return 0;
+    td_config_report_push_key(x, "etcd");
+    json_array_foreach(arr, i, v) {
+        const char *bad = NULL;
+        td_config_report_push_index(x, i);
+        if (!json_is_string(v))
+            ok = 0, td_config_report(x, TD_CONFIG_AT_VALUE,
+                                     "expected a string (a URL like \"http://127.0.0.1:2379\"), "
+                                     "got %s",
+                                     describe(v, d, sizeof d));
+        else if (json_string_length(v) >= sizeof cl->etcd[0])
+            ok = 0, td_config_report(x, TD_CONFIG_AT_VALUE, "too long (at most %zu bytes)",
+                                     sizeof cl->etcd[0] - 1);
+        else if ((bad = td_config_check_etcd_url(json_string_value(v))) != NULL)
+            ok = 0, td_config_report(x, TD_CONFIG_AT_VALUE, "%s %s",
+                                     td_config_show(q, sizeof q, json_string_value(v), 1), bad);
+        else
+            snprintf(cl->etcd[i], sizeof cl->etcd[i], "%s", json_string_value(v));
+        td_config_report_pop(x);
+    }
+    td_config_report_pop(x);
+    if (ok)
+        cl->num_etcd = (int)json_array_size(arr);
+    return ok;
+}
+
 /* An array of objects of f->sub, each starting from its defaults. */
 static int read_array(td_config_report_t *x, td_config_t *c, json_t *obj,
                       const td_config_field_t *f, char *base) {
@@ -396,6 +431,8 @@ static int read_field(td_config_report_t *x, td_config_t *c, json_t *obj,
             read_workers(x, c, obj);
         else if (f->id == TD_CF_ID_COOKIE_SECURE)
             ok = read_secure(x, obj, (td_cookie_secure_t *)at);
+        else if (f->id == TD_CF_ID_ENDPOINTS)
+            ok = read_endpoints(x, obj, (td_config_cluster_t *)base);
         break;
     }
     if (ok && f->after) {

@@ -135,6 +135,48 @@ int td_config_status_expected(const char *expect_status, int status) {
     return 0;
 }
 
+/* An etcd endpoint: "http://HOST:PORT" or "https://HOST:PORT" (a name or an address, no path). */
+const char *td_config_check_etcd_url(const char *s) {
+    static const char *const bad = "is not a valid etcd endpoint (http://HOST:PORT or "
+                                   "https://HOST:PORT, e.g. \"http://127.0.0.1:2379\")";
+    const char *p = strncmp(s, "http://", 7) == 0    ? s + 7
+                    : strncmp(s, "https://", 8) == 0 ? s + 8
+                                                     : NULL;
+    if (!p || !*p || *p == ':' || *p == '/' || !is_visible(p))
+        return bad;
+    const char *colon = p[0] == '[' ? strstr(p, "]:") : strrchr(p, ':');
+    if (colon && p[0] == '[')
+        colon++;
+    if (!colon || !colon[1] || strlen(colon + 1) > 5)
+        return bad;
+    long port = 0;
+    for (const char *q = colon + 1; *q; q++) {
+        if (!is_digit(*q))
+            return bad;
+        port = port * 10 + (*q - '0');
+    }
+    return port >= 1 && port <= 65535 ? NULL : bad;
+}
+
+/* cluster.prefix: an etcd key prefix, "/" ... "/". */
+static const char *check_prefix(const char *s) {
+    size_t n = strlen(s);
+    return n >= 1 && s[0] == '/' && s[n - 1] == '/' && is_visible(s)
+               ? NULL
+               : "is not a valid prefix (starts and ends with \"/\", printable ASCII without "
+                 "spaces, e.g. \"/td/shop/\")";
+}
+
+/* cluster.advertise: the URL of this node's admin API for the other nodes. */
+static const char *check_admin_url(const char *s) {
+    const char *p = strncmp(s, "http://", 7) == 0    ? s + 7
+                    : strncmp(s, "https://", 8) == 0 ? s + 8
+                                                     : NULL;
+    return p && *p && *p != '/' && is_visible(p)
+               ? NULL
+               : "is not a valid admin URL (http://HOST:PORT, e.g. \"http://10.0.0.1:9090\")";
+}
+
 /* ---- the tables ---- */
 
 static const char *const method_names[] = {"round_robin", "sticky", "failover", NULL};
@@ -334,6 +376,33 @@ static const td_config_field_t buffering_fields[] = {
 };
 static const td_config_object_t buffering_object = OBJ(buffering_fields, NULL, NULL, NULL);
 
+static const td_config_field_t cluster_tls_fields[] = {
+    STR("ca", td_config_cluster_t, tls_ca, NULL, td_config_check_state_path, TD_CF_CHANGED),
+    STR("cert", td_config_cluster_t, tls_cert, NULL, td_config_check_state_path, TD_CF_CHANGED),
+    STR("key", td_config_cluster_t, tls_key, NULL, td_config_check_state_path, TD_CF_CHANGED),
+};
+static const td_config_object_t cluster_tls_object = OBJ(cluster_tls_fields, NULL, NULL, NULL);
+
+static const td_config_field_t cluster_fields[] = {
+    /* ["http://HOST:PORT", ...] */
+    {.key = "etcd",
+     .kind = TD_CF_CUSTOM,
+     .flags = TD_CF_REQUIRED,
+     .offset = offsetof(td_config_cluster_t, num_etcd),
+     .id = TD_CF_ID_ENDPOINTS},
+    STR("prefix", td_config_cluster_t, prefix, NULL, check_prefix, TD_CF_REQUIRED),
+    STR("node", td_config_cluster_t, node, NULL, check_name, TD_CF_CHANGED),
+    INT("lease_s", td_config_cluster_t, lease_s, 2, 60, 5, 0),
+    OBJECT("tls", 0, cluster_tls_object, offsetof(td_config_cluster_t, has_tls), 0),
+    STR("username", td_config_cluster_t, username, NULL, check_token, TD_CF_CHANGED),
+    STR("password", td_config_cluster_t, password, NULL, NULL, TD_CF_HIDE | TD_CF_CHANGED),
+    STR("cache_file", td_config_cluster_t, cache_file, NULL, td_config_check_state_path,
+        TD_CF_CHANGED),
+    STR("advertise", td_config_cluster_t, advertise, NULL, check_admin_url, TD_CF_CHANGED),
+};
+static const td_config_object_t cluster_object =
+    OBJ(cluster_fields, NULL, td_config_check_cluster, NULL);
+
 static const td_config_field_t root_fields[] = {
     ARRAY("listeners", td_config_t, listeners, num_listeners, td_config_listener_t, listener_object,
           TD_CONFIG_MAX_LISTENERS, "listener", 0),
@@ -363,8 +432,10 @@ static const td_config_field_t root_fields[] = {
     STR("pid_file", td_config_t, pid_file, NULL, td_config_check_pid_path, TD_CF_CHANGED),
     OBJECT("request_buffering", offsetof(td_config_t, request_buffering), buffering_object, -1, 0),
     STR("state_file", td_config_t, state_file, NULL, td_config_check_state_path, TD_CF_CHANGED),
+    OBJECT("cluster", offsetof(td_config_t, cluster), cluster_object,
+           offsetof(td_config_t, has_cluster), 0),
 };
-static const unsigned char root_order[] = {0, 1, 2, 3, 4, 5, 6, 7, 10, 8, 9, 11};
+static const unsigned char root_order[] = {0, 1, 2, 3, 4, 5, 6, 7, 10, 8, 9, 11, 12};
 const td_config_object_t td_config_schema = OBJ(root_fields, root_order, NULL, NULL);
 
 void td_config_schema_defaults(const td_config_object_t *o, void *base) {

@@ -88,6 +88,14 @@ static json_t *write_value(const td_config_field_t *f, const char *base, int *ok
     case TD_CF_CUSTOM:
         if (f->id == TD_CF_ID_WORKERS)
             return v ? json_string("auto") : json_integer(((const td_config_t *)base)->workers);
+        if (f->id == TD_CF_ID_ENDPOINTS) {
+            const td_config_cluster_t *cl = (const td_config_cluster_t *)base;
+            a = json_array();
+            for (int i = 0; a && i < cl->num_etcd; i++)
+                if (json_array_append_new(a, json_string(cl->etcd[i])) != 0)
+                    *ok = 0;
+            return a;
+        }
         return json_boolean(v == TD_COOKIE_SECURE_ALWAYS); /* TD_CF_ID_COOKIE_SECURE */
     }
     return NULL;

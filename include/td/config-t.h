@@ -138,6 +138,25 @@ typedef struct td_config_buffering_s {
                       A larger body is buffered up to this, then streamed. */
 } td_config_buffering_t;
 
+/* Cluster mode (key "cluster", DESIGN.md "Cluster"): the shared state lives in etcd under
+ * `prefix`; see td/cluster.h. */
+#define TD_CLUSTER_MAX_ENDPOINTS 16
+typedef struct td_config_cluster_s {
+    char etcd[TD_CLUSTER_MAX_ENDPOINTS][256]; /* "http://HOST:PORT" or "https://HOST:PORT" */
+    int num_etcd;                             /* 1..TD_CLUSTER_MAX_ENDPOINTS */
+    char prefix[256];                         /* starts and ends with "/", e.g. "/td/shop/" */
+    char node[TD_NAME_MAX];                   /* this node's name; "" (default) = the host name */
+    int lease_s;                /* 2..60; default 5: PREFIX nodes/NODE lives this long unrenewed */
+    int has_tls;                /* 1 when "tls" is present */
+    char tls_ca[TD_PATH_MAX];   /* CA bundle for https endpoints; "" = the system's */
+    char tls_cert[TD_PATH_MAX]; /* client certificate (PEM); "" = none */
+    char tls_key[TD_PATH_MAX];  /* its key; "" = none */
+    char username[128];         /* etcd user; "" = no authentication */
+    char password[128];
+    char cache_file[TD_PATH_MAX]; /* "" = FILE.cluster-cache.json next to the config file */
+    char advertise[256];          /* the admin URL other nodes use; "" = http://ADMIN_ADDRESS */
+} td_config_cluster_t;
+
 typedef struct td_config_s {
     td_config_listener_t *listeners; /* owned */
     size_t num_listeners;            /* 1..TD_CONFIG_MAX_LISTENERS */
@@ -170,6 +189,8 @@ typedef struct td_config_s {
     td_config_passive_t passive;
     td_config_timeouts_t timeouts;
     td_config_buffering_t request_buffering;
+    td_config_cluster_t cluster;
+    int has_cluster; /* 0 when "cluster" is absent (single-node mode) */
 } td_config_t;
 
 #endif

@@ -13,6 +13,8 @@ const char *td_config_check_log_path(const char *s);
 const char *td_config_check_pid_path(const char *s);
 /* state_file: an absolute file path (not checked for writing: td runs, unsaved, without it). */
 const char *td_config_check_state_path(const char *s);
+/* An etcd endpoint of cluster.etcd: "http://HOST:PORT" or "https://HOST:PORT". */
+const char *td_config_check_etcd_url(const char *s);
 
 /* Field hooks (td_config_hook_fn), run at the field once it was read and valid. */
 td_config_hook_fn td_config_check_listener_address; /* not already used by an earlier listener */
@@ -26,5 +28,6 @@ td_config_hook_fn td_config_check_ca;               /* backends[i].tls.ca loads 
 td_config_hook_fn td_config_check_cert;         /* the pair loads, matches and is in date */
 td_config_hook_fn td_config_check_listener_tls; /* a TLS listener does not redirect to https */
 td_config_hook_fn td_config_check_cookie;       /* SameSite=None only with Secure */
+td_config_hook_fn td_config_check_cluster;      /* cluster mode needs "admin" */
 
 #endif

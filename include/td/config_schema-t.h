@@ -32,7 +32,7 @@ typedef enum td_config_kind_e {
 #define TD_CF_EMBEDDED 0x10 /* TD_CF_ARRAY: a fixed array in the struct, not a pointer */
 
 /* TD_CF_CUSTOM shapes. */
-enum { TD_CF_ID_WORKERS = 1, TD_CF_ID_COOKIE_SECURE = 2 };
+enum { TD_CF_ID_WORKERS = 1, TD_CF_ID_COOKIE_SECURE = 2, TD_CF_ID_ENDPOINTS = 3 };
 
 /* A string checker returns NULL when `s` is valid, else the rest of the sentence
  * "VALUE <is not a valid ... (what would be)>". */
