@@ -23,6 +23,7 @@ typedef struct ask_s {
     view_t *v;   /* borrowed: the view it is part of */
     json_t *node; /* borrowed from v->doc: the node's member of "nodes" */
     int readyz;  /* 1: GET /readyz; 0: GET /api/v1/state */
+    td_fetch_t *f; /* borrowed: the request while in flight, else NULL */
 } ask_t;
 
 /* One GET /api/v1/cluster being answered. */
@@ -39,8 +40,12 @@ struct view_s {
 };
 
 static view_t *views;
+static int fetch_on; /* td_fetch_init done (once, at the first view) */
 
 static void view_release(view_t *v) {
+    for (size_t i = 0; v->asks && i < 2 * json_array_size(json_object_get(v->doc, "nodes")); i++)
+        if (v->asks[i].f)
+            td_fetch_cancel(v->asks[i].f);
     json_decref(v->doc);
     free(v->asks);
     free(v);
@@ -119,6 +124,7 @@ static void take_state(json_t *node, const json_t *state) {
 static void on_answer(void *arg, int status, const char *error, const char *body, size_t len) {
     ask_t *a = arg;
     json_t *node = a->node;
+    a->f = NULL;
     json_t *doc = status > 0 ? json_loadb(body ? body : "", len, 0, NULL) : NULL;
     char why[512] = "";
     if (a->readyz) {
@@ -160,13 +166,22 @@ static int ask(ask_t *a, const char *admin_url, const char *path) {
     snprintf(url, sizeof(url), "%.*s%s", (int)n, admin_url, path);
     if (!a->readyz && cfg && cfg->admin_token[0])
         snprintf(auth, sizeof(auth), "Authorization: Bearer %s", cfg->admin_token);
-    const char *headers[] = {auth, NULL};
-    td_fetch_req_t rq = {.method = "GET", .url = url, .timeout_ms = ASK_TIMEOUT_MS,
-                         .headers = auth[0] ? headers : NULL};
-    return td_fetch_body(&rq, on_answer, a);
+    const char *headers[] = {auth};
+    td_fetch_req_t rq = {.method = "GET",
+                         .url = url,
+                         .timeout_ms = ASK_TIMEOUT_MS,
+                         .headers = headers,
+                         .num_headers = auth[0] ? 1 : 0,
+                         .max_body = 1 << 20};
+    return td_fetch_start(&rq, on_answer, NULL, a, &a->f);
 }
 
 int td_cluster_view(td_cluster_view_fn *cb, void *arg) {
+    if (!fetch_on) {
+        if (td_fetch_init(uv_default_loop()) < 0)
+            return TD_ENOMEM;
+        fetch_on = 1;
+    }
     view_t *v = calloc(1, sizeof(*v));
     if (!v)
         return TD_ENOMEM;
@@ -227,4 +242,7 @@ int td_cluster_view(td_cluster_view_fn *cb, void *arg) {
 void td_cluster_view_shutdown(void) {
     while (views)
         view_free(views);
+    if (fetch_on)
+        td_fetch_shutdown();
+    fetch_on = 0;
 }
