@@ -613,7 +613,7 @@ static td_admin_reply_t get_metrics(void) {
 /* GET /readyz: 200 {"ready": true} while td serves with a current state, else 503 with the
  * reason (starting, stopping), for DNS, keepalived or a load balancer's health check. */
 static td_admin_reply_t get_readyz(void) {
-    char why[128];
+    char why[600];
     if (td_ready_check(td_now_ms(), why, sizeof(why)))
         return json_reply(200, json_pack("{s:b}", "ready", 1));
     return json_reply(503, json_pack("{s:b,s:s}", "ready", 0, "reason", why));

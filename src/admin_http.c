@@ -18,7 +18,19 @@
 #define ADMIN_TIMEOUT_MS 10000 /* idle or half-sent request: the connection is closed */
 #define ADMIN_MAX_CONNS 256
 
-typedef struct admin_conn_s {
+typedef struct admin_conn_s admin_conn_t;
+
+/* A reply that comes later (td_admin_http_defer). */
+struct td_admin_deferred_s {
+    admin_conn_t *conn; /* borrowed; NULL once the connection is gone (the reply is dropped) */
+    int head_only;      /* the request was a HEAD */
+    int done;           /* finished while its handler still ran: `reply` waits to be sent */
+    td_admin_reply_t reply;
+    char *header; /* owned: the extra header line of the reply, or NULL */
+    char what[160]; /* "METHOD TARGET", for the log line of an error reply */
+};
+
+struct admin_conn_s {
     uv_tcp_t tcp;
     uv_timer_t timer; /* a request must arrive whole within ADMIN_TIMEOUT_MS of its first byte */
     int handles;      /* handles still to close */
@@ -32,8 +44,9 @@ typedef struct admin_conn_s {
     uv_shutdown_t sreq;
     char ip[64];
     char local_ip[64]; /* the address the client reached, as a Host names it ("[::1]" for IPv6) */
+    td_admin_deferred_t *deferred; /* owned by whoever finishes it: the reply being waited for */
     struct admin_conn_s *next;
-} admin_conn_t;
+};
 
 static uv_tcp_t server;
 static int server_open;
@@ -53,6 +66,8 @@ static void conn_free_cb(uv_handle_t *h) {
     if (--c->handles)
         return;
     num_conns--;
+    if (c->deferred)
+        c->deferred->conn = NULL; /* its reply, when it comes, is dropped */
     for (admin_conn_t **pp = &conns; *pp; pp = &(*pp)->next)
         if (*pp == c) {
             *pp = c->next;
@@ -221,6 +236,9 @@ static int is_open(const td_http1_request_t *req, td_str_t target) {
     return n && get && tl == n && memcmp(target.p, open_path, n) == 0;
 }
 
+/* The connection whose request the handler is answering (td_admin_http_defer), else NULL. */
+static admin_conn_t *current;
+
 static td_admin_reply_t answer(const admin_conn_t *c, const td_http1_request_t *req,
                                td_str_t body) {
     td_http1_request_t origin_form = *req;
@@ -235,7 +253,10 @@ static td_admin_reply_t answer(const admin_conn_t *c, const td_http1_request_t *
             return td_admin_http_error(status, why);
     }
     td_admin_request_t r = {&origin_form, body, c->ip, authorized(req)};
-    return handler(&r);
+    current = (admin_conn_t *)c;
+    td_admin_reply_t rep = handler(&r);
+    current = NULL;
+    return rep;
 }
 
 /* ---- connections */
@@ -332,12 +353,52 @@ static void send_reply(admin_conn_t *c, td_admin_reply_t r, int head_only) {
         conn_close(c);
 }
 
+td_admin_deferred_t *td_admin_http_defer(void) {
+    if (!current || current->deferred)
+        return NULL;
+    td_admin_deferred_t *d = calloc(1, sizeof(*d));
+    if (!d)
+        return NULL;
+    d->conn = current;
+    current->deferred = d;
+    return d;
+}
+
+void td_admin_http_finish(td_admin_deferred_t *d, td_admin_reply_t rep, const char *header) {
+    if (header) {
+        free(d->header);
+        d->header = strdup(header);
+    }
+    admin_conn_t *c = d->conn;
+    if (c && c == current) {
+        /* Still inside the handler: process() sends it once the handler returned. */
+        d->reply = rep;
+        d->done = 1;
+        return;
+    }
+    if (!c || c->closing) {
+        free(rep.body);
+    } else {
+        c->deferred = NULL;
+        if (rep.status >= 400)
+            td_info("admin: %s %s: %d", c->ip, d->what, rep.status);
+        extra_header = d->header;
+        send_reply(c, rep, d->head_only);
+    }
+    if (c)
+        c->deferred = NULL;
+    free(d->header);
+    free(d);
+}
+
 /* Handles every complete request in the buffer, one at a time. */
 static void process(admin_conn_t *c) {
     td_http1_header_t hdrs[ADMIN_MAX_HDRS];
     td_http1_request_t req;
     td_http1_limits_t lim = td_http1_default_limits();
     lim.max_headers = ADMIN_MAX_HDRS;
+    if (c->deferred)
+        return; /* one request at a time: the next waits for this one's reply */
     int r = td_http1_parse_request(c->buf, c->len, &lim, &req, hdrs, ADMIN_MAX_HDRS);
     if (r == TD_EAGAIN)
         return;
@@ -363,6 +424,19 @@ static void process(admin_conn_t *c) {
         return; /* the body is still coming */
     c->keep_alive = req.keep_alive;
     td_admin_reply_t rep = answer(c, &req, (td_str_t){c->buf + r, blen});
+    td_admin_deferred_t *d = c->deferred;
+    if (d) {
+        d->head_only = req.head;
+        snprintf(d->what, sizeof(d->what), "%.*s %.*s", (int)req.method.len, req.method.p,
+                 (int)(req.target.len < 120 ? req.target.len : 120), req.target.p);
+        size_t used = (size_t)r + blen;
+        memmove(c->buf, c->buf + used, c->len - used);
+        c->len -= used;
+        uv_timer_stop(&c->timer); /* waiting for td, not for the client */
+        if (d->done)              /* finished inside the handler */
+            td_admin_http_finish(d, d->reply, NULL);
+        return;
+    }
     if (rep.status >= 400 && is_open(&req, req.target))
         td_debug("admin: %s %.*s %.*s: %d", c->ip, (int)req.method.len, req.method.p,
                  (int)req.target.len, req.target.p, rep.status);

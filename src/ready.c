@@ -2,8 +2,14 @@
  * and the td_ready gauge. */
 #include "td/ready.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
+
+/* Why td is out of service while it serves (cut off from the cluster store), "" when it is not:
+ * set by the main thread, read by any. */
+static pthread_mutex_t cut_lock = PTHREAD_MUTEX_INITIALIZER;
+static char cut_reason[512];
 
 static _Atomic int phase = TD_READY_STARTING;
 static _Atomic int64_t grace_until_ms;
@@ -22,11 +28,12 @@ int td_ready_check(int64_t now_ms, char *reason, size_t n) {
     int64_t left;
     switch (td_ready_phase()) {
     case TD_READY_SERVING:
-        /* Further reasons to be out of service while serving (e.g. cut off from a cluster)
-         * belong here, each with its own reason. */
+        pthread_mutex_lock(&cut_lock);
+        int cut = cut_reason[0] != 0;
         if (n)
-            reason[0] = 0;
-        return 1;
+            snprintf(reason, n, "%s", cut_reason);
+        pthread_mutex_unlock(&cut_lock);
+        return !cut;
     case TD_READY_STARTING:
         snprintf(reason, n, "starting");
         return 0;
@@ -40,4 +47,10 @@ int td_ready_check(int64_t now_ms, char *reason, size_t n) {
     }
     snprintf(reason, n, "stopping: draining");
     return 0;
+}
+
+void td_ready_cut_off(const char *reason) {
+    pthread_mutex_lock(&cut_lock);
+    snprintf(cut_reason, sizeof(cut_reason), "%s", reason ? reason : "");
+    pthread_mutex_unlock(&cut_lock);
 }

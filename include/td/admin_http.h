@@ -39,6 +39,24 @@ void td_admin_http_open_path(const char *path);
  * it, then it is forgotten. NULL adds none. Admin loop. */
 void td_admin_http_reply_header(const char *line);
 
+/* A reply that comes later: called by a handler whose answer waits for something asynchronous
+ * (etcd). Returns the handle for td_admin_http_finish (NULL when out of memory or called outside
+ * a handler); the handler then returns td_admin_http_later(), whatever it is. Until the reply is
+ * finished the connection reads no further request (the client may still close it). */
+typedef struct td_admin_deferred_s td_admin_deferred_t;
+td_admin_deferred_t *td_admin_http_defer(void);
+
+/* What a deferring handler returns (status 0: the reply comes through td_admin_http_finish). */
+static inline td_admin_reply_t td_admin_http_later(void) {
+    return (td_admin_reply_t){0, NULL, NULL, 0, NULL, NULL};
+}
+
+/* Sends `reply` (its body owned: freed here) for the deferred request `d`, with `header`
+ * ("Name: value", copied; NULL: none) added; frees `d`. Exactly once per handle; also from
+ * inside the handler that deferred. When the connection was closed meanwhile the reply is
+ * dropped. Admin loop. */
+void td_admin_http_finish(td_admin_deferred_t *d, td_admin_reply_t reply, const char *header);
+
 /* Stops listening and closes every connection. */
 void td_admin_http_stop(void);
 
