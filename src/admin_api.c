@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "td/admin_http.h"
+#include "td/cluster_view.h"
 #include "td/config.h"
 #include "td/console.h"
 #include "td/control.h"
@@ -693,6 +694,8 @@ static td_admin_reply_t route(const td_admin_request_t *rq) {
                      : not_allowed("GET, HEAD, DELETE");
     if (path_is(t, "/api/v1/events"))
         return get ? json_reply(200, td_events_json()) : not_allowed("GET, HEAD");
+    if (path_is(t, "/api/v1/cluster"))
+        return get ? td_cluster_view_reply() : not_allowed("GET, HEAD");
     if (path_is(t, "/api/v1/history"))
         return get ? json_reply(200, td_audit_json()) : not_allowed("GET, HEAD");
     if (path_is(t, "/api/v1/rollout"))

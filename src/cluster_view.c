@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "td/admin_http.h"
 #include "td/cluster.h"
 #include "td/common-t.h"
 #include "td/config-t.h"
@@ -20,9 +21,9 @@ typedef struct view_s view_t;
 
 /* One request to one node: its state or its readiness. */
 typedef struct ask_s {
-    view_t *v;   /* borrowed: the view it is part of */
-    json_t *node; /* borrowed from v->doc: the node's member of "nodes" */
-    int readyz;  /* 1: GET /readyz; 0: GET /api/v1/state */
+    view_t *v;     /* borrowed: the view it is part of */
+    json_t *node;  /* borrowed from v->doc: the node's member of "nodes" */
+    int readyz;    /* 1: GET /readyz; 0: GET /api/v1/state */
     td_fetch_t *f; /* borrowed: the request while in flight, else NULL */
 } ask_t;
 
@@ -33,9 +34,9 @@ struct view_s {
     size_t pending;
     td_cluster_view_fn *cb;
     void *arg;
-    uv_timer_t soon; /* the answer when no node could be asked: later, never inside the call */
-    int soon_on;     /* soon is initialised: the view is freed in its close callback */
-    int cancelled;   /* at shutdown: free, do not call cb */
+    uv_timer_t soon;     /* the answer when no node could be asked: later, never inside the call */
+    int soon_on;         /* soon is initialised: the view is freed in its close callback */
+    int cancelled;       /* at shutdown: free, do not call cb */
     view_t *prev, *next; /* the views in progress */
 };
 
@@ -111,10 +112,10 @@ static void take_state(json_t *node, const json_t *state) {
         json_int_t n = json_integer_value(json_object_get(b, "requests"));
         total += n;
         if (name)
-            json_object_set_new(backends, name,
-                                json_pack("{s:I,s:O}", "requests", n, "share",
-                                          json_object_get(b, "share") ? json_object_get(b, "share")
-                                                                      : json_null()));
+            json_object_set_new(
+                backends, name,
+                json_pack("{s:I,s:O}", "requests", n, "share",
+                          json_object_get(b, "share") ? json_object_get(b, "share") : json_null()));
     }
     json_object_set_new(node, "requests", json_integer(total));
     json_object_set_new(node, "backends", backends);
@@ -131,12 +132,11 @@ static void on_answer(void *arg, int status, const char *error, const char *body
         /* 503 is an answer too: the node says why it is not ready. */
         json_object_set_new(node, "ready", json_boolean(status == 200));
         if (status != 200)
-            json_object_set_new(
-                node, "ready_reason",
-                json_string(json_is_string(json_object_get(doc, "reason"))
-                                ? json_string_value(json_object_get(doc, "reason"))
-                            : status ? "its /readyz answered without a reason"
-                                     : error));
+            json_object_set_new(node, "ready_reason",
+                                json_string(json_is_string(json_object_get(doc, "reason"))
+                                                ? json_string_value(json_object_get(doc, "reason"))
+                                            : status ? "its /readyz answered without a reason"
+                                                     : error));
     } else if (status == 200 && json_is_object(doc)) {
         json_object_set_new(node, "reachable", json_true());
         take_state(node, doc);
@@ -213,7 +213,7 @@ int td_cluster_view(td_cluster_view_fn *cb, void *arg) {
         json_object_set_new(node, "self", json_boolean(self && name && strcmp(self, name) == 0));
         for (int r = 0; r < 2; r++) {
             ask_t *a = &v->asks[2 * i + (size_t)r];
-            *a = (ask_t){v, node, r};
+            *a = (ask_t){v, node, r, NULL};
             if (url && ask(a, url, r ? "/readyz" : "/api/v1/state") == 0) {
                 v->pending++;
                 continue;
@@ -237,6 +237,24 @@ int td_cluster_view(td_cluster_view_fn *cb, void *arg) {
         uv_timer_start(&v->soon, on_soon, 0, 0);
     }
     return 0;
+}
+
+static void on_view_for_reply(void *arg, json_t *view) {
+    td_admin_deferred_t *d = arg;
+    td_admin_http_finish(
+        d, view ? td_admin_http_json(200, view) : td_admin_http_error(500, "out of memory"), NULL);
+}
+
+td_admin_reply_t td_cluster_view_reply(void) {
+    if (!td_cluster_enabled())
+        return td_admin_http_error(
+            404, "not in cluster mode: this td runs alone (its config has no \"cluster\")");
+    td_admin_deferred_t *d = td_admin_http_defer();
+    if (!d)
+        return td_admin_http_error(500, "out of memory");
+    if (td_cluster_view(on_view_for_reply, d) < 0)
+        td_admin_http_finish(d, td_admin_http_error(500, "out of memory"), NULL);
+    return td_admin_http_later();
 }
 
 void td_cluster_view_shutdown(void) {

@@ -10,6 +10,7 @@
 #include <uv.h>
 
 #include "td/admin.h"
+#include "td/cluster_view.h"
 #include "td/config.h"
 #include "td/control.h"
 #include "td/demo.h"
@@ -144,6 +145,7 @@ static void stop_now(const char *why) {
         uv_close((uv_handle_t *)&grace_timer, NULL);
         grace_on = 0;
     }
+    td_cluster_view_shutdown();
     td_admin_stop();
     td_rollout_shutdown();
     td_control_shutdown();

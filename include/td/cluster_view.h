@@ -5,6 +5,7 @@
 #ifndef TD_CLUSTER_VIEW_H
 #define TD_CLUSTER_VIEW_H
 
+#include "td/admin_http-t.h"
 #include "td/events.h" /* json_t */
 
 /* Called once with the view (owned by the callee; NULL when out of memory): td_cluster_json()'s
@@ -23,6 +24,10 @@ typedef void td_cluster_view_fn(void *arg, json_t *view);
 /* Starts reading the nodes; cb(arg, view) is called later, never from inside this call. Returns
  * 0, or TD_ENOMEM (cb not called). */
 int td_cluster_view(td_cluster_view_fn *cb, void *arg);
+
+/* GET /api/v1/cluster as the admin API's handler: defers the reply (td_admin_http_defer) and
+ * finishes it with the view, 200; 404 when td is not in cluster mode; 500 when out of memory. */
+td_admin_reply_t td_cluster_view_reply(void);
 
 /* Cancels the views in progress (their callbacks are not called): at shutdown, before
  * td_fetch_shutdown. */
