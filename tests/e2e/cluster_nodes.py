@@ -19,12 +19,12 @@ def node_cfg(b, etcd, node, blue=100, green=0, lease_s=2):
     return cfg
 
 
-def start_nodes(td, b, endpoints_per_node):
+def start_nodes(td, b, endpoints_per_node, lease_s=2):
     """One td per entry of endpoints_per_node (each a list of etcd URLs), named td-a, td-b, ...;
     returns them once each answers its admin API."""
     nodes = []
     for i, eps in enumerate(endpoints_per_node):
-        nodes.append(td(node_cfg(b, eps, "td-" + "abcdefghij"[i]), token=TOKEN))
+        nodes.append(td(node_cfg(b, eps, "td-" + "abcdefghij"[i], lease_s=lease_s), token=TOKEN))
     return nodes
 
 
