@@ -81,4 +81,16 @@ int td_cluster_writable(char *why, size_t n);
  * "disagreements": ["green 127.0.0.1:8102 down on td-b only", ...], "leader": null} */
 json_t *td_cluster_json(void);
 
+/* ---- for the control plane and the admin API ---- */
+
+/* Called by td_control_init with the config file's config `cfg` (owned) before anything runs:
+ * in cluster mode, notes the node's own keys and returns the config of the cache file's shared
+ * document with them (cfg freed; "from_cache") when the cache file holds one that loads, else
+ * `cfg`; its sticky ring is in force too. Without "cluster", returns cfg untouched. */
+td_config_t *td_cluster_boot(td_config_t *cfg, const char *config_path);
+
+/* {"node", "initialised", "reachable", "revision", "applied_revision", "from_cache"}: the
+ * "cluster" object of GET /api/v1/state (new object, caller owns). */
+json_t *td_cluster_state_json(void);
+
 #endif
