@@ -32,7 +32,7 @@ TDCTL_OBJS := $(TDCTL_SRCS:tools/tdctl/%.c=$(BUILD)/obj/tdctl/%.o)
 DEPS := $(LIB_OBJS:.o=.d) $(DEMO_OBJS:.o=.d) $(BUILD)/obj/main.d
 -include $(wildcard $(DEPS) $(TDCTL_OBJS:.o=.d))
 
-.PHONY: all run deps test unit e2e test-asan fuzz bench clean format format-check
+.PHONY: all run deps test unit e2e etcd-test test-asan fuzz bench clean format format-check
 
 all: $(BUILD)/td $(BUILD)/tdctl
 
@@ -78,6 +78,14 @@ $(BUILD)/tests/test_http1_oracle: tests/unit/test_http1_oracle.c tests/unit/t.h 
 $(BUILD)/tests/%: tests/unit/%.c tests/unit/t.h $(BUILD)/libtd.a | $(BUILD)/tests
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libtd.a $(LIBS)
 
+# The etcd client's test program: run by tests/e2e/test_etcd_client.py against a real etcd, so
+# not part of `make unit`.
+ETCD_TEST := $(BUILD)/tests/etcd_client_test
+$(ETCD_TEST): tests/etcd/etcd_client_test.c $(BUILD)/libtd.a | $(BUILD)/tests
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libtd.a $(LIBS)
+
+etcd-test: $(ETCD_TEST)
+
 run: deps
 	@$(MAKE) --no-print-directory all
 	$(BUILD)/td demo
@@ -85,7 +93,7 @@ run: deps
 unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; ./$$t; done
 
-e2e: all
+e2e: all $(ETCD_TEST)
 	TD_BIN=$(CURDIR)/$(BUILD)/td TDCTL_BIN=$(CURDIR)/$(BUILD)/tdctl $(PYTEST) -q tests/e2e
 
 # The whole suite: unit + end-to-end, then both again under ASan + UBSan.
@@ -95,7 +103,7 @@ test:
 	@$(MAKE) --no-print-directory test-asan
 
 test-asan:
-	@$(MAKE) --no-print-directory SAN=1 CC=clang all unit
+	@$(MAKE) --no-print-directory SAN=1 CC=clang all unit etcd-test
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  TD_BIN=$(CURDIR)/build-asan/td TDCTL_BIN=$(CURDIR)/build-asan/tdctl TD_ASAN=1 \
 	  $(PYTEST) -q tests/e2e
@@ -119,7 +127,7 @@ bench:
 	bench/run.sh
 
 FORMAT_FILES = src/*.c src/*.h src/demo/*.c src/demo/*.h include/td/*.h tools/tdctl/*.[ch] \
-  tests/unit/*.c tests/unit/*.h fuzz/*.c
+  tests/unit/*.c tests/unit/*.h tests/etcd/*.c fuzz/*.c
 
 format:
 	clang-format -i $(FORMAT_FILES)

@@ -3,6 +3,8 @@
 #include "td/fetch.h"
 
 #include <curl/curl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -283,6 +285,16 @@ static job_t *job_new(const td_fetch_req_t *rq) {
     return j;
 }
 
+/* A streamed request's socket gives up after 3 unanswered keep-alive probes (Linux's default is
+ * 9: over a minute to notice a peer that vanished); libcurl has no option for it before 8.9. */
+static int few_probes(void *userp, curl_socket_t fd, curlsocktype purpose) {
+    (void)userp;
+    int probes = 3;
+    if (purpose == CURLSOCKTYPE_IPCXN)
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof(probes));
+    return CURL_SOCKOPT_OK;
+}
+
 static int job_add(job_t *j) {
     if (curl_multi_add_handle(multi, j->easy) != CURLM_OK) {
         curl_easy_cleanup(j->easy);
@@ -330,6 +342,7 @@ int td_fetch_start(const td_fetch_req_t *rq, td_fetch_done_fn *done, td_fetch_da
         curl_easy_setopt(j->easy, CURLOPT_TCP_KEEPALIVE, 1L);
         curl_easy_setopt(j->easy, CURLOPT_TCP_KEEPIDLE, 10L);
         curl_easy_setopt(j->easy, CURLOPT_TCP_KEEPINTVL, 5L);
+        curl_easy_setopt(j->easy, CURLOPT_SOCKOPTFUNCTION, few_probes);
     }
     int r = job_add(j);
     if (r == 0 && out)

@@ -314,11 +314,12 @@ int td_router_sticky_pin(const td_snapshot_t *s, const struct td_http1_request_s
     if (s->method != TD_METHOD_STICKY)
         return -1;
     int pinned = -1;
+    const td_sticky_key_t *keys[TD_STICKY_RING] = {&s->sticky_key, &s->sticky_prev};
     for (size_t i = 0; i < req->num_headers && pinned < 0; i++) {
         td_str_t be;
         if (td_http1_name_is(req->headers[i].name, "cookie") &&
-            td_sticky_parse(&s->sticky_key, req->headers[i].value, s->config->cookie_name, now_s,
-                            &be))
+            td_sticky_parse_ring(keys, TD_STICKY_RING, req->headers[i].value,
+                                 s->config->cookie_name, now_s, &be))
             pinned = td_snapshot_find_backend(s, be.p, be.len);
     }
     if (pinned >= 0 && s->backends[pinned].state == TD_BACKEND_MAINT)

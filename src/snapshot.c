@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "td/config.h"
 #include "td/log.h"
@@ -20,6 +21,23 @@ static pthread_mutex_t current_lock = PTHREAD_MUTEX_INITIALIZER;
 static td_snapshot_t *current; /* one reference owned */
 static _Atomic uint64_t current_version;
 
+/* The sticky key ring set from outside the config (td_snapshot_set_sticky_secrets). */
+static pthread_mutex_t ring_lock = PTHREAD_MUTEX_INITIALIZER;
+static td_sticky_key_t ring[TD_STICKY_RING];
+static size_t ring_n;
+
+void td_snapshot_set_sticky_secrets(const char *const *secrets, size_t n) {
+    td_sticky_key_t keys[TD_STICKY_RING];
+    size_t k = 0;
+    for (size_t i = 0; i < n && k < TD_STICKY_RING; i++)
+        if (secrets[i] && secrets[i][0])
+            td_sticky_key_init(&keys[k++], secrets[i]);
+    pthread_mutex_lock(&ring_lock);
+    memcpy(ring, keys, k * sizeof(keys[0]));
+    ring_n = k;
+    pthread_mutex_unlock(&ring_lock);
+}
+
 td_snapshot_t *td_snapshot_build(td_config_t *cfg, uint64_t version, char *err, size_t errlen) {
     snprintf(err, errlen, "out of memory");
     td_snapshot_t *s = calloc(1, sizeof(*s));
@@ -29,7 +47,15 @@ td_snapshot_t *td_snapshot_build(td_config_t *cfg, uint64_t version, char *err, 
     s->version = version;
     s->config = cfg;
     s->method = cfg->method;
-    td_sticky_key_init(&s->sticky_key, cfg->cookie_secret);
+    pthread_mutex_lock(&ring_lock);
+    if (ring_n) {
+        s->sticky_key = ring[0];
+        if (ring_n > 1)
+            s->sticky_prev = ring[1];
+    } else {
+        td_sticky_key_init(&s->sticky_key, cfg->cookie_secret);
+    }
+    pthread_mutex_unlock(&ring_lock);
     s->num_backends = cfg->num_backends;
     s->backends = calloc(cfg->num_backends, sizeof(*s->backends));
     s->listener_tls = calloc(cfg->num_listeners ? cfg->num_listeners : 1, sizeof(void *));

@@ -87,6 +87,11 @@ static int verify(const td_sticky_key_t *key, const char *v, size_t len, int64_t
 
 int td_sticky_parse(const td_sticky_key_t *key, td_str_t header, const char *name, int64_t now_s,
                     td_str_t *backend) {
+    return td_sticky_parse_ring(&key, 1, header, name, now_s, backend);
+}
+
+int td_sticky_parse_ring(const td_sticky_key_t *const *keys, size_t n, td_str_t header,
+                         const char *name, int64_t now_s, td_str_t *backend) {
     size_t nlen = strlen(name);
     const char *p = header.p, *end = header.p + header.len;
     while (p < end) {
@@ -105,8 +110,9 @@ int td_sticky_parse(const td_sticky_key_t *key, td_str_t header, const char *nam
                 v++;
                 vlen -= 2;
             }
-            if (verify(key, v, vlen, now_s, backend))
-                return 1;
+            for (size_t k = 0; k < n; k++)
+                if (keys[k]->len && verify(keys[k], v, vlen, now_s, backend))
+                    return 1;
         }
     }
     return 0;

@@ -37,7 +37,9 @@ typedef struct td_etcd_kv_s {
 
 /* The outcome of one call, borrowed for the callback. */
 typedef struct td_etcd_result_s {
-    int ok;            /* 1: an etcd member answered; 0: none did (error says why) */
+    int ok;            /* 1: an etcd member answered; 0: none did (error says why), or one
+                          refused the call (4xx: error is "EP: 404 etcdserver: requested lease
+                          not found", no other endpoint tried) */
     const char *error; /* "" when ok; else "http://127.0.0.1:2379: Connection refused; ..." */
     int64_t revision;  /* header.revision: the store's revision when it answered */
     int succeeded;     /* txn: 1 when every compare held */
@@ -94,9 +96,14 @@ int td_etcd_lease_keepalive(int64_t id, td_etcd_cb *cb, void *arg);
 int td_etcd_lease_revoke(int64_t id, td_etcd_cb *cb, void *arg);
 
 /* A watch on every key under `prefix` from `start_revision` (0: from now). on_events gets each
- * response's events in order; on_end is called once when the watch ends by itself (stream
- * closed or broken: error; compacted: compact_revision > 0, the caller reads again and watches
- * from there); not after td_etcd_watch_cancel. Returns NULL when it cannot start (ENOMEM). */
+ * response's events in order, with `revision` the store's revision when etcd sent it (header
+ * revision; an event's own is ev->kv.mod_revision); its first call, when etcd created the
+ * watch, has n = 0: from then on no change is missed. on_end is called once when the watch ends
+ * by itself (stream closed or broken: error; compacted: compact_revision > 0, the caller reads
+ * again and watches from there); not after td_etcd_watch_cancel. Until created, a watch that gets
+ * no answer tries the other endpoints like a call; once streaming, a broken stream ends it (the
+ * caller watches again from the revision it has). A stream that went silent is found by TCP
+ * keep-alive (about 25 s). Returns NULL when it cannot start (ENOMEM). */
 typedef struct td_etcd_event_s {
     int deleted;
     td_etcd_kv_t kv;
@@ -108,8 +115,8 @@ td_etcd_watch_t *td_etcd_watch(const char *prefix, int64_t start_revision,
                                td_etcd_watch_fn *on_events, td_etcd_watch_end_fn *on_end,
                                void *arg);
 
-/* Stops the watch `w` and frees it; its callbacks are not called after. Not from inside its own
- * on_end (it is freed after on_end returns). */
+/* Stops the watch `w` and frees it; its callbacks are not called after. Only while it runs: a
+ * watch that ended by itself (on_end called) is already freed, and must not be cancelled. */
 void td_etcd_watch_cancel(td_etcd_watch_t *w);
 
 #endif

@@ -52,8 +52,11 @@ typedef struct td_snapshot_s {
     size_t num_backends;
     struct td_tls_server_s **listener_tls; /* owned references, one per listener (NULL: plain) */
     size_t num_servers;                    /* across all backends */
-    td_sticky_key_t sticky_key; /* signs and checks sticky cookies: routing.cookie.secret, or
-                                   the process's random key when none is set */
+    td_sticky_key_t sticky_key;            /* signs and checks sticky cookies: the first key set by
+                                              td_snapshot_set_sticky_secrets, else routing.cookie.secret,
+                                              or the process's random key when none is set */
+    td_sticky_key_t sticky_prev; /* also accepted when checking: the ring's second key (len 0:
+                                    none) */
 } td_snapshot_t;
 
 #endif

@@ -17,6 +17,13 @@
  * (out of memory, a certificate that no longer loads). Admin thread only. */
 td_snapshot_t *td_snapshot_build(td_config_t *cfg, uint64_t version, char *err, size_t errlen);
 
+/* The sticky key ring every later td_snapshot_build uses (cluster mode: PREFIX sticky's keys,
+ * newest first): secrets[0] signs new cookies, secrets[1] (if any) is still accepted; at most
+ * TD_STICKY_RING are used, empty ones are skipped, each is copied (its first TD_STICKY_KEY_MAX
+ * bytes). n = 0: back to the config's routing.cookie.secret, or the process key. Main thread;
+ * publish a new snapshot for it to take effect. */
+void td_snapshot_set_sticky_secrets(const char *const *secrets, size_t n);
+
 /* Takes and drops a reference. The last td_snapshot_release frees the snapshot (NULL is
  * ignored). Any thread. */
 void td_snapshot_retain(td_snapshot_t *s);

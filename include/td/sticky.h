@@ -29,4 +29,9 @@ size_t td_sticky_make(const td_sticky_key_t *key, char *out, size_t cap, const c
 int td_sticky_parse(const td_sticky_key_t *key, td_str_t header, const char *name, int64_t now_s,
                     td_str_t *backend);
 
+/* td_sticky_parse with each of keys[0..n-1] accepted (a key ring: keys[0] signs new cookies,
+ * the older ones still check); a key of len 0 is skipped. Returns 1 (and *backend) or 0. */
+int td_sticky_parse_ring(const td_sticky_key_t *const *keys, size_t n, td_str_t header,
+                         const char *name, int64_t now_s, td_str_t *backend);
+
 #endif

@@ -687,10 +687,12 @@ ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
 
 class EtcdCluster:
     """n etcd members on 127.0.0.1 (free ports, a temporary data dir each, logs to a file per
-    member), started together as one cluster. `.endpoints` are their client URLs."""
+    member), started together as one cluster. `.endpoints` are their client URLs; `args` more
+    flags for every member (e.g. "--auth-token-ttl", "1")."""
 
-    def __init__(self, n=1):
+    def __init__(self, n=1, args=()):
         self.n = n
+        self.args = list(args)
         self.dir = tempfile.mkdtemp(prefix="td-etcd-")
         self.client_ports = [free_port() for _ in range(n)]
         self.peer_ports = [free_port() for _ in range(n)]
@@ -711,7 +713,7 @@ class EtcdCluster:
                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_ports[i]}",
                 "--initial-cluster", self.initial, "--initial-cluster-state", "new",
                 "--initial-cluster-token", os.path.basename(self.dir),
-                "--log-level", "error", "--logger", "zap"]
+                "--log-level", "error", "--logger", "zap", *self.args]
         self.procs[i] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         log.close()
 
@@ -771,11 +773,12 @@ class EtcdCluster:
 
 @pytest.fixture
 def etcd_cluster():
-    """A factory start(n=1) -> EtcdCluster; every member it started is stopped at teardown."""
+    """A factory start(n=1, args=()) -> EtcdCluster; every member it started is stopped at
+    teardown."""
     started = []
 
-    def start(n=1):
-        c = EtcdCluster(n)
+    def start(n=1, args=()):
+        c = EtcdCluster(n, args)
         started.append(c)
         return c
 

@@ -1,0 +1,98 @@
+"""td's etcd client (src/etcd.c) against a real etcd: tests/etcd/etcd_client_test.c runs each
+call and prints "ok NAME" or "FAIL NAME: why"; these tests start etcd and read that."""
+import os
+import subprocess
+
+from conftest import ASAN, TD, TcpRelay, free_port
+
+CLIENT_TEST = os.path.join(os.path.dirname(os.path.abspath(TD)), "tests", "etcd_client_test")
+
+
+def run_client(*args):
+    assert os.access(CLIENT_TEST, os.X_OK), f"{CLIENT_TEST} missing: make etcd-test"
+    r = subprocess.run([CLIENT_TEST, *args], capture_output=True, text=True,
+                       timeout=120 * (3 if ASAN else 1))
+    print(r.stdout, r.stderr)
+    assert "AddressSanitizer" not in r.stderr and "runtime error" not in r.stderr, r.stderr
+    return r
+
+
+def passed(r):
+    return [line[3:] for line in r.stdout.splitlines() if line.startswith("ok ")]
+
+
+def test_etcd_client_kv_leases_and_watches_against_etcd(etcd_cluster):
+    c = etcd_cluster(1)
+    r = run_client(c.endpoints[0])
+    assert r.returncode == 0 and "FAIL" not in r.stdout, r.stdout + r.stderr
+    for name in ["put via txn", "range single key", "range prefix", "range limit",
+                 "range descending", "cas that holds", "cas that fails returns the fail range",
+                 "create if absent", "lease grant", "lease keepalive",
+                 "a key under a revoked lease is gone",
+                 "keepalive of a revoked lease says it is gone",
+                 "watch sees PUT and DELETE in order", "watch from a past revision",
+                 "watch from a compacted revision reports compact_revision",
+                 "a watch cancelled in its callback calls nothing after"]:
+        assert name in passed(r), name
+
+
+def test_etcd_client_fails_over_to_the_next_endpoint_when_the_first_is_dead(etcd_cluster):
+    c = etcd_cluster(1)
+    dead = f"http://127.0.0.1:{free_port()}"
+    r = run_client(dead, c.endpoints[0])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "fail-over: the first endpoint dead, calls succeed on the next" in passed(r)
+    assert "fail-over of a watch" in passed(r)
+
+
+def test_etcd_client_fails_over_between_members_of_a_cluster(etcd_cluster):
+    c = etcd_cluster(3)
+    c.kill(0)
+    c.wait_healthy(1)  # a leader again, if m0 was it
+    r = run_client(c.endpoints[0], c.endpoints[1])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "fail-over: the first endpoint dead, calls succeed on the next" in passed(r)
+
+
+def test_etcd_client_names_every_endpoint_when_none_answers():
+    r = run_client("--all-dead", f"http://127.0.0.1:{free_port()}",
+                   f"http://127.0.0.1:{free_port()}")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_etcd_client_authenticates_and_renews_an_expired_token(etcd_cluster):
+    c = etcd_cluster(1, args=("--auth-token-ttl", "1"))
+    for cmd in (["user", "add", "root:s3cret"], ["user", "grant-role", "root", "root"],
+                ["auth", "enable"]):
+        p = c.etcdctl(*cmd)
+        assert p.returncode == 0, p.stderr
+    r = run_client("--auth-only", "--ttl-wait-ms", "2500", "--user", "root", "--password",
+                   "s3cret", c.endpoints[0])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert passed(r) == ["with auth: put and range", "with auth: watch",
+                         "with auth: an expired token is renewed"]
+    bad = run_client("--auth-only", "--user", "root", "--password", "wrong", c.endpoints[0])
+    assert bad.returncode == 1
+    assert "authentication failed" in bad.stdout, bad.stdout
+
+
+def test_etcd_client_watch_ends_with_an_error_when_its_stream_is_cut(etcd_cluster):
+    c = etcd_cluster(1)
+    relay = TcpRelay("127.0.0.1", c.client_ports[0])
+    endpoint = f"http://127.0.0.1:{relay.port}"
+    p = subprocess.Popen([CLIENT_TEST, "--watch-until-end", endpoint], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        first = p.stdout.readline()  # the program bounds its own waits
+        assert first.strip() == "ok watch live", first
+        relay.cut()
+        out, err = p.communicate(timeout=120 * (3 if ASAN else 1))
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        relay.stop()
+    print(first, out, err)
+    assert p.returncode == 0, first + out + err
+    assert "ok a broken watch stream ends the watch with an error" in out
+    assert "AddressSanitizer" not in err
