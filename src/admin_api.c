@@ -9,7 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "td/admin_cluster.h"
 #include "td/admin_http.h"
+#include "td/cluster.h"
 #include "td/cluster_view.h"
 #include "td/config.h"
 #include "td/console.h"
@@ -237,13 +239,24 @@ static json_t *state_json(void) {
     json_object_set_new(j, "state_file", json_string(td_control_state_path()));
     json_object_set_new(j, "pending_restart", td_control_pending_restart());
     json_object_set_new(j, "rollout", td_rollout_summary_json());
+    if (td_cluster_enabled())
+        json_object_set_new(j, "cluster", td_cluster_state_json());
     td_snapshot_release(s);
     return j;
 }
 
+json_t *td_admin_state_json(void) {
+    return state_json();
+}
+
+/* The target of the request being handled (its query says ?wait=all in cluster mode). */
+static td_str_t cur_target;
+
 /* Applies `cfg` (a change asked for by `client`) and answers with the new state, or the reason it
  * was refused. */
 static td_admin_reply_t apply(td_config_t *cfg, const char *what, const char *client) {
+    if (td_cluster_enabled())
+        return td_admin_cluster_change(cfg, what, client, cur_target, 0);
     char err[512];
     int r = td_control_apply(cfg, what, 1, client, err, sizeof(err));
     if (r < 0)
@@ -485,6 +498,9 @@ static td_admin_reply_t put_config(td_str_t body, const char *client) {
         return r;
     }
     free(errs);
+    if (td_cluster_enabled())
+        return td_admin_cluster_change(cfg, "config replaced through the API", client, cur_target,
+                                       1);
     char err[512];
     int r = td_control_apply(cfg, "config replaced through the API", 1, client, err, sizeof(err));
     if (r < 0)
@@ -559,6 +575,9 @@ static td_admin_reply_t get_config(int source_file) {
 
 /* DELETE /api/v1/overrides: the config file alone runs again. */
 static td_admin_reply_t delete_overrides(const char *client) {
+    if (td_cluster_enabled())
+        return td_admin_http_error(409,
+                                   "no overrides in cluster mode: the shared state is in etcd");
     char err[512];
     int r = td_control_reset(client, err, sizeof(err));
     if (r < 0)
@@ -632,6 +651,11 @@ static td_admin_reply_t rollout_post(const char *action, td_str_t body, const ch
     }
     int status = 500;
     json_t *out = NULL;
+    if (td_cluster_enabled()) {
+        json_decref(j);
+        return td_admin_http_error(409, "rollouts are run by a single td node for now: in cluster "
+                                        "mode move the ratio with PUT /api/v1/ratio");
+    }
     if (!action) {
         out = td_rollout_start(j, client, &status);
     } else {
@@ -673,6 +697,20 @@ static td_admin_reply_t route(const td_admin_request_t *rq) {
                                    "missing or wrong bearer token (Authorization: Bearer TOKEN)");
     int get = method_is(m, "GET") || method_is(m, "HEAD"), put = method_is(m, "PUT");
     int del = method_is(m, "DELETE");
+    cur_target = t;
+    if (path_is(t, "/api/v1/cluster"))
+        return !get                   ? not_allowed("GET, HEAD")
+               : td_cluster_enabled() ? td_cluster_view_reply()
+                                      : td_admin_http_error(404, "not in cluster mode: the config "
+                                                                 "has no \"cluster\"");
+    if (path_is(t, "/api/v1/cluster/init") || path_is(t, "/api/v1/cluster/sticky-key")) {
+        if (!method_is(m, "POST"))
+            return not_allowed("POST");
+        if (!td_cluster_enabled())
+            return td_admin_http_error(404, "not in cluster mode: the config has no \"cluster\"");
+        return path_is(t, "/api/v1/cluster/init") ? td_admin_cluster_init(body, rq->client)
+                                                  : td_admin_cluster_sticky_key(rq->client, t);
+    }
     if (path_is(t, "/api/v1/state"))
         return get ? json_reply(200, state_json()) : not_allowed("GET, HEAD");
     if (path_is(t, "/api/v1/ratio"))
@@ -694,10 +732,10 @@ static td_admin_reply_t route(const td_admin_request_t *rq) {
                      : not_allowed("GET, HEAD, DELETE");
     if (path_is(t, "/api/v1/events"))
         return get ? json_reply(200, td_events_json()) : not_allowed("GET, HEAD");
-    if (path_is(t, "/api/v1/cluster"))
-        return get ? td_cluster_view_reply() : not_allowed("GET, HEAD");
     if (path_is(t, "/api/v1/history"))
-        return get ? json_reply(200, td_audit_json()) : not_allowed("GET, HEAD");
+        return !get                   ? not_allowed("GET, HEAD")
+               : td_cluster_enabled() ? td_admin_cluster_history()
+                                      : json_reply(200, td_audit_json());
     if (path_is(t, "/api/v1/rollout"))
         return get                    ? rollout_get()
                : method_is(m, "POST") ? rollout_post(NULL, body, rq->client)

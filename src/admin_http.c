@@ -26,7 +26,7 @@ struct td_admin_deferred_s {
     int head_only;      /* the request was a HEAD */
     int done;           /* finished while its handler still ran: `reply` waits to be sent */
     td_admin_reply_t reply;
-    char *header; /* owned: the extra header line of the reply, or NULL */
+    char *header;   /* owned: the extra header line of the reply, or NULL */
     char what[160]; /* "METHOD TARGET", for the log line of an error reply */
 };
 

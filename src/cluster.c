@@ -41,6 +41,7 @@ typedef struct op_s {
     json_t *shared;   /* owned: the shared document written */
     json_t *ring;     /* owned: the sticky ring written, or NULL */
     int init;         /* td_cluster_init_prefix */
+    int64_t base;     /* the revision compared against (what this node had applied) */
     char what[256], client[64];
     td_cluster_done_fn *cb;
     void *arg;
@@ -76,16 +77,16 @@ static struct {
     json_t *ignored;
     json_t *nodes; /* owned: NODE -> the value of PREFIX nodes/NODE, as the watch sees them */
     int schema, from_cache, initialised, said_uninitialised;
-    int64_t revision;     /* latest store revision seen */
-    int64_t applied;      /* mod_revision of PREFIX config applied (0: none) */
-    int64_t config_rev;   /* mod_revision of PREFIX config as last seen in the store */
-    int64_t refused_rev;  /* a document refused: not tried again */
-    int64_t sticky_rev;   /* mod_revision of PREFIX sticky applied */
-    int reachable;        /* the last sync completed and nothing failed since */
+    int64_t revision;    /* latest store revision seen */
+    int64_t applied;     /* mod_revision of PREFIX config applied (0: none) */
+    int64_t config_rev;  /* mod_revision of PREFIX config as last seen in the store */
+    int64_t refused_rev; /* a document refused: not tried again */
+    int64_t sticky_rev;  /* mod_revision of PREFIX sticky applied */
+    int reachable;       /* the last sync completed and nothing failed since */
     int ever_reachable;
-    char error[600];      /* why not reachable */
-    char since[40];       /* when reachability last changed (ISO 8601) */
-    unsigned gen;         /* the sync in progress; older callbacks are ignored */
+    char error[600]; /* why not reachable */
+    char since[40];  /* when reachability last changed (ISO 8601) */
+    unsigned gen;    /* the sync in progress; older callbacks are ignored */
     int64_t watch_from;
     td_etcd_watch_t *watch;
     int64_t lease_id;
@@ -176,9 +177,9 @@ static void seen(int64_t revision) {
 static void cache_write(void) {
     if (!cl.cache_path[0] || !cl.shared)
         return;
-    json_t *c = json_pack("{s:I,s:O,s:I,s:O?}", "revision", (json_int_t)cl.applied, "config",
-                          cl.shared, "sticky_revision", (json_int_t)cl.sticky_rev, "sticky",
-                          cl.ring);
+    json_t *c =
+        json_pack("{s:I,s:O,s:I,s:O?}", "revision", (json_int_t)cl.applied, "config", cl.shared,
+                  "sticky_revision", (json_int_t)cl.sticky_rev, "sticky", cl.ring);
     char *text = c ? json_dumps(c, JSON_INDENT(2)) : NULL;
     json_decref(c);
     if (!text || td_config_write_text(text, cl.cache_path) < 0)
@@ -384,8 +385,8 @@ static json_t *health_json(void) {
         for (size_t k = 0; k < c->backends[i].num_servers; k++) {
             const char *addr = c->backends[i].servers[k].address.text;
             td_server_stats_t *st = td_registry_server(c->backends[i].name, addr);
-            json_object_set_new(b, addr, json_string(st && !td_server_is_up(st, now) ? "down"
-                                                                                    : "up"));
+            json_object_set_new(b, addr,
+                                json_string(st && !td_server_is_up(st, now) ? "down" : "up"));
         }
         json_object_set_new(h, c->backends[i].name, b);
     }
@@ -567,8 +568,7 @@ static void on_sync_keepalive(void *arg, const td_etcd_result_t *r) {
 
 static void sync_lease(void) {
     if (cl.lease_id) {
-        if (td_etcd_lease_keepalive(cl.lease_id, on_sync_keepalive, (void *)(uintptr_t)cl.gen) <
-            0)
+        if (td_etcd_lease_keepalive(cl.lease_id, on_sync_keepalive, (void *)(uintptr_t)cl.gen) < 0)
             fail("cannot renew the lease: out of memory");
         return;
     }
@@ -671,8 +671,7 @@ td_config_t *td_cluster_boot(td_config_t *cfg, const char *config_path) {
     if (c->cache_file[0])
         snprintf(cl.cache_path, sizeof(cl.cache_path), "%s", c->cache_file);
     else if (config_path && config_path[0])
-        snprintf(cl.cache_path, sizeof(cl.cache_path), "%.4000s.cluster-cache.json",
-                 config_path);
+        snprintf(cl.cache_path, sizeof(cl.cache_path), "%.4000s.cluster-cache.json", config_path);
     snprintf(cl.config_key, sizeof(cl.config_key), "%sconfig", cl.prefix);
     snprintf(cl.sticky_key, sizeof(cl.sticky_key), "%ssticky", cl.prefix);
     snprintf(cl.nodes_prefix, sizeof(cl.nodes_prefix), "%snodes/", cl.prefix);
@@ -691,15 +690,15 @@ td_config_t *td_cluster_boot(td_config_t *cfg, const char *config_path) {
     json_t *cache = cl.cache_path[0] ? json_load_file(cl.cache_path, 0, &e) : NULL;
     if (!cache) {
         if (cl.cache_path[0] && access(cl.cache_path, F_OK) == 0)
-            td_warn("cluster: cache file %s not used (%d:%d: %s): starting from %s",
-                    cl.cache_path, e.line, e.column, e.text, config_path);
+            td_warn("cluster: cache file %s not used (%d:%d: %s): starting from %s", cl.cache_path,
+                    e.line, e.column, e.text, config_path);
         return cfg;
     }
     json_t *doc = json_object_get(cache, "config"), *ring = json_object_get(cache, "sticky");
     json_t *ignored = NULL;
     char err[700];
-    td_config_t *from = td_cluster_doc_config(doc, cl.local, cl.cache_path, &ignored, err,
-                                              sizeof(err));
+    td_config_t *from =
+        td_cluster_doc_config(doc, cl.local, cl.cache_path, &ignored, err, sizeof(err));
     if (!from) {
         td_warn("cluster: cache file %s not used (%s): starting from %s", cl.cache_path, err,
                 config_path);
@@ -732,8 +731,8 @@ int td_cluster_start(uv_loop_t *loop) {
     const char *eps[TD_CLUSTER_MAX_ENDPOINTS];
     for (int i = 0; i < c->num_etcd; i++)
         eps[i] = c->etcd[i];
-    td_etcd_opts_t o = {eps,         (size_t)c->num_etcd, c->tls_ca,   c->tls_cert,
-                        c->tls_key,  c->username,         c->password, CALL_TIMEOUT_MS};
+    td_etcd_opts_t o = {eps,        (size_t)c->num_etcd, c->tls_ca,   c->tls_cert,
+                        c->tls_key, c->username,         c->password, CALL_TIMEOUT_MS};
     int r = td_etcd_init(loop, &o);
     if (r < 0)
         return r;
@@ -800,10 +799,9 @@ static int audit_entry(const char *what, const char *client, const json_t *befor
     if (asprintf(key, "%s%s-%s-%02x%02x%02x", cl.audit_prefix, now, cl.node, rnd[0], rnd[1],
                  rnd[2]) < 0)
         return TD_ENOMEM;
-    json_t *e = json_pack("{s:s,s:s,s:s,s:s,s:o,s:o,s:I}", "time", now, "node", cl.node, "client",
-                          client ? client : "", "what", what ? what : "", "before",
-                          summary(before), "after", summary(after), "revision",
-                          (json_int_t)(cl.revision + 1));
+    json_t *e = json_pack("{s:s,s:s,s:s,s:s,s:o,s:o}", "time", now, "node", cl.node, "client",
+                          client ? client : "", "what", what ? what : "", "before", summary(before),
+                          "after", summary(after));
     *value = e ? json_dumps(e, JSON_COMPACT) : NULL;
     json_decref(e);
     if (!*value) {
@@ -834,12 +832,12 @@ static void on_txn(void *arg, const td_etcd_result_t *r) {
             snprintf(err, sizeof(err),
                      "the sticky key ring changed meanwhile (revision %lld, this node had "
                      "applied %lld): try again",
-                     (long long)cl.revision, (long long)cl.sticky_rev);
+                     (long long)now_rev, (long long)op->base);
         else
             snprintf(err, sizeof(err),
                      "the cluster's config changed meanwhile (revision %lld, this node had "
                      "applied %lld): read it again and retry",
-                     (long long)now_rev, (long long)cl.applied);
+                     (long long)now_rev, (long long)op->base);
         result = TD_ECONFLICT;
         if (r->num_kvs && op->cfg)
             apply_config(&r->kvs[0]); /* catch up */
@@ -856,16 +854,15 @@ static void on_txn(void *arg, const td_etcd_result_t *r) {
             char e2[700];
             json_t *shared = op->shared;
             op->shared = NULL;
-            if (op->init) {
-                /* The init body's own node keys are not this node's: rebuilt from ours. */
-                td_config_free(op->cfg);
-                op->cfg = NULL;
-                json_t *ignored = NULL;
-                op->cfg = td_cluster_doc_config(shared, cl.local, cl.config_key, &ignored, e2,
-                                                sizeof(e2));
-                json_decref(ignored);
-            }
-            if (op->cfg && td_control_apply(op->cfg, op->what, 0, op->client, e2, sizeof(e2)) == 0) {
+            /* What runs here is the document written with this node's own keys (those of a
+             * PUT /api/v1/config or init body are not this node's). */
+            td_config_free(op->cfg);
+            json_t *ignored = NULL;
+            op->cfg =
+                td_cluster_doc_config(shared, cl.local, cl.config_key, &ignored, e2, sizeof(e2));
+            json_decref(ignored);
+            if (op->cfg &&
+                td_control_apply(op->cfg, op->what, 0, op->client, e2, sizeof(e2)) == 0) {
                 op->cfg = NULL;
                 json_decref(cl.shared);
                 cl.shared = shared;
@@ -946,6 +943,7 @@ int td_cluster_propose(td_config_t *cfg, const char *what, const char *client,
         op_free(op);
         return TD_ENOMEM;
     }
+    op->base = cl.applied;
     td_etcd_cmp_t cmp = {cl.config_key, TD_ETCD_MOD, cl.applied};
     return start_txn(op, &cmp, cl.config_key);
 }
@@ -1005,6 +1003,7 @@ int td_cluster_rotate_sticky_key(const char *client, td_cluster_done_fn *cb, voi
         op_free(op);
         return TD_ENOMEM;
     }
+    op->base = cl.sticky_rev;
     td_etcd_cmp_t cmp = {cl.sticky_key, TD_ETCD_MOD, cl.sticky_rev};
     return start_txn(op, &cmp, cl.sticky_key);
 }
@@ -1124,7 +1123,9 @@ static void on_history(void *arg, const td_etcd_result_t *r) {
         json_t *entries = json_array();
         for (size_t i = 0; i < r->num_kvs; i++) {
             json_t *e = json_loadb(r->kvs[i].value, r->kvs[i].value_len, 0, NULL);
-            if (json_is_object(e))
+            /* The entry was written in its change's transaction: its revision is the entry's. */
+            if (json_is_object(e) &&
+                json_object_set_new(e, "revision", json_integer(r->kvs[i].mod_revision)) == 0)
                 json_array_append_new(entries, e);
             else
                 json_decref(e);
@@ -1166,8 +1167,8 @@ static json_t *disagreements(void) {
             const char *name;
             json_t *v;
             json_object_foreach(cl.nodes, name, v) {
-                const char *h =
-                    json_string_value(json_object_get(json_object_get(json_object_get(v, "health"), b), addr));
+                const char *h = json_string_value(
+                    json_object_get(json_object_get(json_object_get(v, "health"), b), addr));
                 if (!h)
                     continue;
                 int isdown = strcmp(h, "down") == 0;
@@ -1202,12 +1203,11 @@ json_t *td_cluster_json(void) {
                               cl.started ? td_etcd_endpoint() : "", "since", cl.since);
     if (!cl.reachable)
         json_object_set_new(store, "error", json_string(cl.error));
-    return json_pack("{s:s,s:s,s:b,s:o,s:I,s:I,s:i,s:O,s:b,s:o,s:o,s:n}", "node", cl.node,
-                     "prefix", cl.prefix, "initialised", cl.initialised, "store", store,
-                     "revision", (json_int_t)cl.revision, "applied_revision",
-                     (json_int_t)own_applied(), "schema", cl.schema, "ignored", cl.ignored,
-                     "from_cache", cl.from_cache, "nodes", nodes, "disagreements",
-                     disagreements(), "leader");
+    return json_pack("{s:s,s:s,s:b,s:o,s:I,s:I,s:i,s:O,s:b,s:o,s:o,s:n}", "node", cl.node, "prefix",
+                     cl.prefix, "initialised", cl.initialised, "store", store, "revision",
+                     (json_int_t)cl.revision, "applied_revision", (json_int_t)own_applied(),
+                     "schema", cl.schema, "ignored", cl.ignored, "from_cache", cl.from_cache,
+                     "nodes", nodes, "disagreements", disagreements(), "leader");
 }
 
 json_t *td_cluster_state_json(void) {
@@ -1287,8 +1287,7 @@ void td_cluster_stop(void) {
         json_decref(all);
     }
     /* The node leaves the list at once rather than when its lease runs out. */
-    if (cl.lease_id && cl.reachable &&
-        td_etcd_lease_revoke(cl.lease_id, on_revoked, NULL) == 0) {
+    if (cl.lease_id && cl.reachable && td_etcd_lease_revoke(cl.lease_id, on_revoked, NULL) == 0) {
         uv_timer_start(&cl.stop_timer, on_stop_timer, STOP_WAIT_MS, 0);
         return;
     }

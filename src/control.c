@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "td/admin.h"
+#include "td/cluster.h"
 #include "td/config.h"
 #include "td/events.h"
 #include "td/health.h"
@@ -332,7 +333,12 @@ int td_control_init(td_config_t *cfg, const char *path) {
         td_config_free(cfg);
         return TD_EINVAL;
     }
-    if (config_path[0]) {
+    if (cfg->has_cluster) {
+        /* The shared state is in etcd: no state file, no overrides, no local audit log. What
+         * starts is the cache file's document when there is one (etcd may be down). */
+        file_doc = doc_of(cfg);
+        cfg = td_cluster_boot(cfg, config_path);
+    } else if (config_path[0]) {
         if (cfg->state_file[0])
             snprintf(state_path, sizeof(state_path), "%s", cfg->state_file);
         else
@@ -521,6 +527,19 @@ int td_control_apply(td_config_t *cfg, const char *what, int persist, const char
     return apply(cfg, what, client, next, NULL, err, errlen);
 }
 
+int td_control_refresh(const char *what) {
+    char err[512];
+    td_config_t *cfg = td_config_dup(running);
+    td_snapshot_t *s = cfg ? td_snapshot_build(cfg, version + 1, err, sizeof(err)) : NULL;
+    if (!s) {
+        td_error("%s: cannot publish a new snapshot: %s", what, cfg ? err : "out of memory");
+        return cfg ? TD_EINVAL : TD_ENOMEM;
+    }
+    commit(s, cfg);
+    td_info("config version %llu applied (%s)", (unsigned long long)version, what);
+    return 0;
+}
+
 int td_control_save(const char *what, const char *client) {
     json_t *entry = NULL;
     save(overrides, what, NULL, NULL, client, version, &entry);
@@ -551,6 +570,12 @@ int td_control_reset(const char *client, char *err, size_t errlen) {
 }
 
 int td_control_reload(void) {
+    if (td_cluster_enabled()) {
+        td_warn("reload: in cluster mode the shared state comes from etcd; a change to this "
+                "node's own keys in %s applies at the next restart",
+                config_path);
+        return TD_EINVAL;
+    }
     if (!config_path[0]) {
         td_warn("reload: no config file (running the embedded demo config)");
         return TD_EINVAL;

@@ -10,6 +10,7 @@
 #include <uv.h>
 
 #include "td/admin.h"
+#include "td/cluster.h"
 #include "td/cluster_view.h"
 #include "td/config.h"
 #include "td/control.h"
@@ -147,6 +148,7 @@ static void stop_now(const char *why) {
     }
     td_cluster_view_shutdown();
     td_admin_stop();
+    td_cluster_stop();
     td_rollout_shutdown();
     td_control_shutdown();
     td_proxy_stop(proxy, drain_ms);
@@ -302,6 +304,11 @@ static int run(td_config_t *file_cfg, const char *path) {
     /* Listeners bound, snapshot published: ready. (Signals are handled only once the loop
      * runs, so no stop can have begun yet.) */
     td_ready_set(TD_READY_SERVING, 0);
+    /* Cluster mode: what runs now is the cache's or the file's; etcd's comes when it answers. */
+    if (td_cluster_start(loop) < 0) {
+        fprintf(stderr, "td: cannot set up the etcd client\n");
+        return 1;
+    }
     uv_run(loop, UV_RUN_DEFAULT);
     uv_loop_close(loop);
     if (pid_file[0])

@@ -15,7 +15,9 @@
  * error level). Before that it removes the state file's temporary files and marks an audited
  * change whose state never landed (td_audit_recover). `path` is the file it came from ("" for
  * the embedded demo config: changes are then not persisted). What starts (listeners, workers,
- * admin) is td_control_config() afterwards: `cfg` may have been freed. */
+ * admin) is td_control_config() afterwards: `cfg` may have been freed. In cluster mode
+ * ("cluster") there is no state file: what starts is td_cluster_boot's config (the cache file's
+ * shared document with the file's own keys, or the file). */
 int td_control_init(td_config_t *cfg, const char *path);
 
 /* Refuses a state file that is the config file `config_file` itself (its state_file, or the
@@ -46,6 +48,11 @@ int td_control_apply(td_config_t *cfg, const char *what, int persist, const char
  * td_rollout_persist_json), audited as `what` from `client`: for a change that moves no weight
  * (a rollout paused, finished). Returns 0; a failed write is said by td_control_persisted. */
 int td_control_save(const char *what, const char *client);
+
+/* Publishes a new routing snapshot of the running config, as version + 1, logged with `what`:
+ * for a change made outside the config (the cluster's sticky key ring,
+ * td_snapshot_set_sticky_secrets). Returns 0 or TD_E* (logged; the old snapshot stays). */
+int td_control_refresh(const char *what);
 
 /* Drops every override: the config file as last read runs again, audited as a change from
  * `client`. Returns 0 or a negative TD_E* code with a message in err[errlen]. */
