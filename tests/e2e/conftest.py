@@ -688,15 +688,22 @@ ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
 class EtcdCluster:
     """n etcd members on 127.0.0.1 (free ports, a temporary data dir each, logs to a file per
     member), started together as one cluster. `.endpoints` are their client URLs; `args` more
-    flags for every member (e.g. "--auth-token-ttl", "1")."""
+    flags for every member (e.g. "--auth-token-ttl", "1"); `tls` a dict of PEM files ("ca",
+    "cert", "key": the members' certificate; "client_cert", "client_key": one they accept)
+    serves the clients over https with client certificates required."""
 
-    def __init__(self, n=1, args=()):
+    def __init__(self, n=1, args=(), tls=None):
         self.n = n
         self.args = list(args)
+        self.tls = tls
+        if tls:
+            self.args += ["--cert-file", tls["cert"], "--key-file", tls["key"],
+                          "--trusted-ca-file", tls["ca"], "--client-cert-auth"]
         self.dir = tempfile.mkdtemp(prefix="td-etcd-")
         self.client_ports = [free_port() for _ in range(n)]
         self.peer_ports = [free_port() for _ in range(n)]
-        self.endpoints = [f"http://127.0.0.1:{p}" for p in self.client_ports]
+        scheme = "https" if tls else "http"
+        self.endpoints = [f"{scheme}://127.0.0.1:{p}" for p in self.client_ports]
         self.initial = ",".join(f"m{i}=http://127.0.0.1:{p}" for i, p in enumerate(self.peer_ports))
         self.procs = [None] * n
         for i in range(n):
@@ -721,13 +728,18 @@ class EtcdCluster:
         """Waits until member i answers a range (it has a leader and serves reads)."""
         deadline = time.monotonic() + timeout * (3 if ASAN else 1)
         last = None
+        ctx = None
+        if self.tls:
+            import ssl
+            ctx = ssl.create_default_context(cafile=self.tls["ca"])
+            ctx.load_cert_chain(self.tls["client_cert"], self.tls["client_key"])
         while time.monotonic() < deadline:
             if self.procs[i].poll() is not None:
                 raise AssertionError(f"etcd m{i} exited {self.procs[i].returncode}:\n{self.log(i)}")
             try:
                 req = urllib.request.Request(self.endpoints[i] + "/v3/kv/range",
                                              data=b'{"key": "AA=="}', method="POST")
-                with urllib.request.urlopen(req, timeout=2) as r:
+                with urllib.request.urlopen(req, timeout=2, context=ctx) as r:
                     if r.status == 200:
                         return
             except (OSError, http.client.HTTPException) as e:
@@ -755,6 +767,9 @@ class EtcdCluster:
     def etcdctl(self, *args, env=None):
         """Runs etcdctl (API v3) against every member; returns the CompletedProcess."""
         e = dict(TDCTL_ENV, ETCDCTL_API="3")
+        if self.tls:
+            e.update(ETCDCTL_CACERT=self.tls["ca"], ETCDCTL_CERT=self.tls["client_cert"],
+                     ETCDCTL_KEY=self.tls["client_key"])
         e.update(env or {})
         return subprocess.run([ETCDCTL, "--endpoints", ",".join(self.endpoints), *args],
                               capture_output=True, text=True, timeout=30, env=e)
@@ -773,12 +788,12 @@ class EtcdCluster:
 
 @pytest.fixture
 def etcd_cluster():
-    """A factory start(n=1, args=()) -> EtcdCluster; every member it started is stopped at
-    teardown."""
+    """A factory start(n=1, args=(), tls=None) -> EtcdCluster; every member it started is
+    stopped at teardown."""
     started = []
 
-    def start(n=1, args=()):
-        c = EtcdCluster(n, args)
+    def start(n=1, args=(), tls=None):
+        c = EtcdCluster(n, args, tls)
         started.append(c)
         return c
 

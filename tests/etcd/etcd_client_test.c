@@ -382,7 +382,8 @@ static void all_dead_check(void) {
 }
 
 int main(int argc, char **argv) {
-    const char *user = NULL, *pass = NULL, *eps[16];
+    const char *user = NULL, *pass = NULL, *eps[16], *ca = NULL, *cert = NULL, *key = NULL;
+    const char *label = "with auth";
     size_t n = 0;
     int auth_only = 0, all_dead = 0, until_end = 0;
     long ttl_wait_ms = 0;
@@ -393,7 +394,14 @@ int main(int argc, char **argv) {
             pass = argv[++i];
         else if (strcmp(argv[i], "--auth-only") == 0)
             auth_only = 1;
-        else if (strcmp(argv[i], "--all-dead") == 0)
+        else if (strcmp(argv[i], "--tls") == 0 && i + 3 < argc) {
+            /* CA, client certificate, its key: the short run "over TLS" */
+            ca = argv[++i];
+            cert = argv[++i];
+            key = argv[++i];
+            auth_only = 1;
+            label = "over TLS";
+        } else if (strcmp(argv[i], "--all-dead") == 0)
             all_dead = 1;
         else if (strcmp(argv[i], "--watch-until-end") == 0)
             until_end = 1;
@@ -415,6 +423,9 @@ int main(int argc, char **argv) {
     snprintf(prefix, sizeof(prefix), "/t%ld-%d/", (long)time(NULL), (int)getpid());
     td_etcd_opts_t o = {.endpoints = eps,
                         .num_endpoints = n,
+                        .ca = ca,
+                        .cert = cert,
+                        .key = key,
                         .username = user,
                         .password = pass,
                         .timeout_ms = 2000};
@@ -427,13 +438,16 @@ int main(int argc, char **argv) {
     } else if (until_end) {
         watch_until_end(eps[0]);
     } else if (auth_only) {
+        char name1[64], name2[64];
+        snprintf(name1, sizeof(name1), "%s: put and range", label);
+        snprintf(name2, sizeof(name2), "%s: watch", label);
         res_t p = put(k("a"), "1", 0);
         res_t r = range(k("a"), 0, 0, 0);
-        check(p.ok && r.ok && r.n == 1, "with auth: put and range", "%s %s", p.error, r.error);
+        check(p.ok && r.ok && r.n == 1, name1, "%s %s", p.error, r.error);
         watch_log_t w = {0};
         td_etcd_watch_t *h = td_etcd_watch(k("a"), p.revision, on_events, on_end, &w);
         watch_wait(&w, 1);
-        check(h && w.nev == 1, "with auth: watch", "%d %s", w.nev, w.error);
+        check(h && w.nev == 1, name2, "%d %s", w.nev, w.error);
         if (!w.ended)
             td_etcd_watch_cancel(h);
         if (ttl_wait_ms > 0) {
