@@ -33,6 +33,8 @@ def init_cluster(t):
     blue=100 green=0. Returns the revision."""
     with open(t.config_path) as f:
         doc = json.load(f)
+    # a node just started may still be connecting to etcd
+    wait_for(lambda: cluster_of(t).get("reachable"), 15 * SLOW, what=f"etcd reached by {t.admin}")
     status, r = t.api("POST", "/api/v1/cluster/init", doc)
     assert status == 200, r
     return r["revision"]
