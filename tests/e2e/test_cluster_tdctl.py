@@ -100,3 +100,18 @@ def test_cluster_view_lists_a_node_whose_admin_api_does_not_answer_as_unreachabl
         assert r.returncode == 0 and "unreachable: td-b at " + nodes[1].admin in r.stdout
     finally:
         nodes[1].proc.p.send_signal(signal.SIGCONT)
+
+
+def test_cluster_view_of_a_node_that_never_reached_etcd_lists_no_node_and_the_store_error(
+        backends, td):
+    b = backends(("blue", 1), ("green", 1))
+    # port 9 (discard): nothing listens there on 127.0.0.1
+    t = start_nodes(td, b, [["http://127.0.0.1:9"]])[0]
+    status, view = t.api("GET", "/api/v1/cluster")
+    assert status == 200, view
+    assert view["nodes"] == [] and view["store"]["reachable"] is False, view
+    r = tdctl(t, "--token", TOKEN, "cluster")
+    assert r.returncode == 0 and "store: UNREACHABLE since " in r.stdout, r.stdout
+    r = tdctl(t, "--token", TOKEN, "status")
+    assert r.returncode == 0 and "cluster: td-a, revision " in r.stdout
+    assert "store UNREACHABLE" in r.stdout and "cannot reach the cluster store" in r.stderr

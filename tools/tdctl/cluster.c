@@ -207,9 +207,10 @@ void print_cluster_line(const ctl_t *ctl, const json_t *state) {
 
     if (!json_is_object(c))
         return;
-    /* How many nodes: the state does not say, the cluster view does (best effort). */
+    /* How many nodes: the state does not say, the cluster view does (best effort; none listed
+     * while the store is out of reach). */
     view = quiet_json(ctl, "/api/v1/cluster");
-    if (json_is_array(json_object_get(view, "nodes")))
+    if (json_array_size(json_object_get(view, "nodes")) > 0)
         snprintf(nodes, sizeof(nodes), " of %zu node%s",
                  json_array_size(json_object_get(view, "nodes")),
                  json_array_size(json_object_get(view, "nodes")) == 1 ? "" : "s");
