@@ -318,11 +318,12 @@ static void watch_checks(const char *endpoint) {
 
 /* A watch cancelled from inside its own callback, and the client shut down from inside a call's
  * callback, call nothing after. */
-static int cancelled_calls;
+static int cancelled_calls, self_cancel_created;
 static td_etcd_watch_t *self_cancel;
 static void cancel_in_events(void *arg, int64_t revision, const td_etcd_event_t *ev, size_t n) {
     int *seen = arg;
     (void)revision, (void)ev;
+    self_cancel_created = 1;
     if (n > 0) {
         (*seen)++;
         td_etcd_watch_cancel(self_cancel);
@@ -333,15 +334,47 @@ static void end_not_expected(void *arg, int64_t compact, const char *error) {
     cancelled_calls++;
 }
 
+/* The client shut down from inside a watch's callback while a call is in flight. */
+static int shutdown_seen, late_results, shutdown_watch_created;
+static void shutdown_in_events(void *arg, int64_t revision, const td_etcd_event_t *ev, size_t n) {
+    (void)arg, (void)revision, (void)ev;
+    shutdown_watch_created = 1;
+    if (n > 0 && !shutdown_seen++)
+        td_etcd_shutdown();
+}
+static void late_result(void *arg, const td_etcd_result_t *r) {
+    (void)arg, (void)r;
+    late_results++;
+}
+
 static void cancel_checks(void) {
     int seen = 0;
     self_cancel = td_etcd_watch(k("c/"), 0, cancel_in_events, end_not_expected, &seen);
+    run_until(&self_cancel_created);
     put(k("c/1"), "1", 0);
     put(k("c/2"), "2", 0);
     res_t r = range(k("c/1"), 0, 0, 0); /* one more round trip for any late event */
     check(self_cancel && seen == 1 && cancelled_calls == 0 && r.ok,
           "a watch cancelled in its callback calls nothing after", "seen %d ends %d", seen,
           cancelled_calls);
+
+    td_etcd_watch_t *w = td_etcd_watch(k("s/"), 0, shutdown_in_events, end_not_expected, NULL);
+    run_until(&shutdown_watch_created);
+    td_etcd_op_t op = {.key = k("s/1"), .value = "1", .value_len = 1};
+    /* The put's own answer may come before or after its event (then never: shut down). */
+    td_etcd_txn(NULL, 0, &op, 1, NULL, late_result, NULL);
+    td_etcd_range(k("s/"), 1, 0, 0, late_result, NULL);
+    td_etcd_range(k("s/"), 1, 0, 0, late_result, NULL);
+    uint64_t end = uv_now(loop) + 20000;
+    while (!shutdown_seen && uv_now(loop) < end)
+        uv_run(loop, UV_RUN_ONCE);
+    end = uv_now(loop) + 300;
+    while (uv_now(loop) < end) /* what might still come: nothing */
+        uv_run(loop, UV_RUN_ONCE);
+    check(w && shutdown_seen == 1 && cancelled_calls == 0 && late_results <= 3 &&
+              td_etcd_endpoint()[0] == 0,
+          "the client shut down from inside a watch callback calls nothing after",
+          "seen %d ends %d late %d", shutdown_seen, cancelled_calls, late_results);
 }
 
 static void failover_check(const char *live) {
@@ -363,6 +396,7 @@ static void failover_check(const char *live) {
 static void watch_until_end(const char *endpoint) {
     watch_log_t w = {0};
     td_etcd_watch_t *h = td_etcd_watch(k("b/"), 0, on_events, on_end, &w);
+    run_until(&w.created);
     put(k("b/1"), "1", 0);
     watch_wait(&w, 1);
     check(h && w.nev == 1 && !w.ended, "watch live", "%d %s", w.nev, w.error);
