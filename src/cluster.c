@@ -45,6 +45,7 @@ typedef struct op_s {
     char what[256], client[64];
     td_cluster_done_fn *cb;
     void *arg;
+    int dead; /* answered at td_cluster_stop: etcd's late answer is ignored, freed at the end */
     struct op_s *next;
 } op_t;
 
@@ -61,6 +62,7 @@ typedef struct wait_s {
 typedef struct history_s {
     td_cluster_history_fn *cb;
     void *arg;
+    int dead; /* as op_t's */
     struct history_s *next;
 } history_t;
 
@@ -106,6 +108,8 @@ static void sync_start(void);
 static void node_put(void);
 static void check_waits(void);
 static void on_retry(uv_timer_t *t);
+static void on_grant_again(void *arg, const td_etcd_result_t *r);
+static void sync_grant(void);
 static void on_keepalive_tick(uv_timer_t *t);
 
 int td_cluster_enabled(void) {
@@ -118,15 +122,15 @@ static void fail(const char *error) {
     if (cl.stopping)
         return;
     cl.gen++; /* whatever the sync was doing is forgotten */
-    if (cl.reachable || !cl.error[0] || strcmp(cl.error, error) != 0) {
-        if (cl.reachable || !cl.ever_reachable || !cl.error[0]) {
-            td_error("cluster store unreachable: %s (serving what was applied: revision %lld)",
-                     error, (long long)cl.applied);
-            td_event("cluster", "cluster store unreachable: %s", error);
-        }
-        if (cl.reachable || !cl.since[0])
-            td_wall_iso(cl.since, sizeof(cl.since));
+    /* Said once when the store goes away (and, before it was ever reached, once per reason), not
+     * at every retry. */
+    if (cl.reachable || (!cl.ever_reachable && strcmp(cl.error, error) != 0)) {
+        td_error("cluster store unreachable: %s (serving what was applied: revision %lld)", error,
+                 (long long)cl.applied);
+        td_event("cluster", "cluster store unreachable: %s", error);
     }
+    if (cl.reachable)
+        td_wall_iso(cl.since, sizeof(cl.since));
     cl.reachable = 0;
     snprintf(cl.error, sizeof(cl.error), "%s", error);
     char why[700];
@@ -171,6 +175,22 @@ static void now_reachable(void) {
 static void seen(int64_t revision) {
     if (revision > cl.revision)
         cl.revision = revision;
+}
+
+/* A member answered but refused the call (a 4xx: "EP: 400 etcdserver: ..."): the store is
+ * there, the call was wrong for it. */
+static int refused(const td_etcd_result_t *r) {
+    if (r->ok)
+        return 0;
+    for (const char *p = strstr(r->error, ": 4"); p; p = strstr(p + 1, ": 4"))
+        if (p[3] >= '0' && p[3] <= '9' && p[4] >= '0' && p[4] <= '9' && p[5] == ' ')
+            return 1;
+    return 0;
+}
+
+/* The lease is gone in etcd (it expired while the node was away). */
+static int lease_gone(const td_etcd_result_t *r) {
+    return refused(r) && strstr(r->error, "lease not found") != NULL;
 }
 
 /* ---- the cache file: the last document and ring applied, for a start without etcd ---- */
@@ -418,17 +438,28 @@ static char *node_text(void) {
     return text;
 }
 
-/* The sync a put of node_key belongs to: one of an older sync is forgotten. */
+/* The sync a put of node_key belongs to (one of an older sync is forgotten), and the text on its
+ * way (owned by the put's callback; freed at the stop when no answer came). */
 static unsigned put_gen;
+static char *put_text;
 
 static void on_node_put(void *arg, const td_etcd_result_t *r) {
     char *text = arg;
+    put_text = NULL;
     cl.putting = 0;
     if (cl.stopping || put_gen != cl.gen) {
         free(text);
         return;
     }
     seen(r->revision);
+    if (lease_gone(r)) {
+        free(text);
+        td_warn("cluster: the lease of %s expired: granting a new one", cl.node_key);
+        cl.lease_id = 0;
+        if (td_etcd_lease_grant(cl.lease_s, on_grant_again, (void *)(uintptr_t)cl.gen) < 0)
+            fail("cannot grant a lease: out of memory");
+        return;
+    }
     if (!r->ok) {
         free(text);
         fail(r->error);
@@ -457,6 +488,7 @@ static void node_put(void) {
         return;
     }
     put_gen = cl.gen;
+    put_text = text;
     cl.putting = 1;
 }
 
@@ -491,14 +523,14 @@ static void on_grant_again(void *arg, const td_etcd_result_t *r) {
 static void on_keepalive(void *arg, const td_etcd_result_t *r) {
     if ((uintptr_t)arg != cl.gen || cl.stopping)
         return;
-    if (!r->ok) {
+    if (!r->ok && !lease_gone(r)) {
         char why[700];
         snprintf(why, sizeof(why), "lease keepalive failed: %s", r->error);
         fail(why);
         return;
     }
     seen(r->revision);
-    if (r->ttl <= 0) {
+    if (!r->ok || r->ttl <= 0) {
         /* Expired in etcd (we were away longer than lease_s): a new one, and the key again. */
         td_warn("cluster: the lease of %s expired: granting a new one", cl.node_key);
         cl.lease_id = 0;
@@ -511,9 +543,16 @@ static void on_keepalive(void *arg, const td_etcd_result_t *r) {
 
 static void on_sync_node_put(void *arg, const td_etcd_result_t *r) {
     char *text = arg;
+    put_text = NULL;
     cl.putting = 0;
     if (cl.stopping || put_gen != cl.gen) {
         free(text);
+        return;
+    }
+    if (lease_gone(r)) {
+        free(text);
+        cl.lease_id = 0;
+        sync_grant();
         return;
     }
     if (!r->ok) {
@@ -542,6 +581,7 @@ static void sync_node(void) {
         return;
     }
     put_gen = cl.gen;
+    put_text = text;
     cl.putting = 1;
 }
 
@@ -565,12 +605,12 @@ static void sync_grant(void) {
 static void on_sync_keepalive(void *arg, const td_etcd_result_t *r) {
     if ((uintptr_t)arg != cl.gen || cl.stopping)
         return;
-    if (!r->ok) {
+    if (!r->ok && !lease_gone(r)) {
         fail(r->error);
         return;
     }
     seen(r->revision);
-    if (r->ttl > 0) {
+    if (r->ok && r->ttl > 0) {
         sync_node();
         return;
     }
@@ -631,6 +671,15 @@ static void on_sync_config(void *arg, const td_etcd_result_t *r) {
     }
     seen(r->revision);
     cl.watch_from = r->revision + 1;
+    if (r->num_kvs && r->kvs[0].mod_revision < cl.applied) {
+        /* Revisions only grow in one store: this is another one (restored from a backup, or
+         * created anew). What it holds is the cluster's state now. */
+        td_warn("cluster: %s is at revision %lld, older than the %lld this node applied (etcd "
+                "restored or created anew?): applying the store's",
+                cl.config_key, (long long)r->kvs[0].mod_revision, (long long)cl.applied);
+        cl.applied = cl.config_rev = cl.refused_rev = 0;
+        cl.sticky_rev = 0;
+    }
     if (r->num_kvs) {
         apply_config(&r->kvs[0]);
     } else {
@@ -825,10 +874,15 @@ static int audit_entry(const char *what, const char *client, const json_t *befor
 
 static void on_txn(void *arg, const td_etcd_result_t *r) {
     op_t *op = arg;
+    if (op->dead)
+        return;
     op_unlink(op);
     char err[800] = "";
     int result = 0;
-    if (!r->ok) {
+    if (refused(r)) {
+        snprintf(err, sizeof(err), "the cluster store refused the change: %s", r->error);
+        result = TD_EINVAL;
+    } else if (!r->ok) {
         snprintf(err, sizeof(err), "cluster store unreachable: %s", r->error);
         result = TD_EUNAVAIL;
         fail(r->error);
@@ -1033,12 +1087,19 @@ int td_cluster_writable(char *why, size_t n) {
         snprintf(why, n, "cluster not initialised: run tdctl cluster init FILE");
         return TD_ECONFLICT;
     }
+    if (cl.applied < cl.config_rev && cl.refused_rev == cl.config_rev) {
+        snprintf(why, n,
+                 "the cluster's config at revision %lld does not load on this node (see GET "
+                 "/api/v1/events), which runs revision %lld: put a valid document at %s",
+                 (long long)cl.config_rev, (long long)cl.applied, cl.config_key);
+        return TD_ECONFLICT;
+    }
     if (cl.applied < cl.config_rev) {
         snprintf(why, n,
                  "this node is catching up with the cluster store (revision %lld, applied "
                  "%lld)",
                  (long long)cl.config_rev, (long long)cl.applied);
-        return cl.refused_rev == cl.config_rev ? TD_ECONFLICT : TD_EUNAVAIL;
+        return TD_EUNAVAIL;
     }
     if (n)
         why[0] = 0;
@@ -1122,6 +1183,8 @@ int td_cluster_wait_all(uint64_t revision, int64_t timeout_ms, td_cluster_wait_f
 
 static void on_history(void *arg, const td_etcd_result_t *r) {
     history_t *h = arg;
+    if (h->dead)
+        return;
     for (history_t **pp = &cl.histories; *pp; pp = &(*pp)->next)
         if (*pp == h) {
             *pp = h->next;
@@ -1235,6 +1298,18 @@ static void stop_done(void) {
         return;
     cl.timers_open = 0;
     td_etcd_shutdown();
+    while (cl.ops) {
+        op_t *op = cl.ops;
+        cl.ops = op->next;
+        op_free(op);
+    }
+    while (cl.histories) {
+        history_t *h = cl.histories;
+        cl.histories = h->next;
+        free(h);
+    }
+    free(put_text); /* a put whose answer never came */
+    put_text = NULL;
     uv_close((uv_handle_t *)&cl.retry_timer, NULL);
     uv_close((uv_handle_t *)&cl.keepalive_timer, NULL);
     uv_close((uv_handle_t *)&cl.health_timer, NULL);
@@ -1280,18 +1355,15 @@ void td_cluster_stop(void) {
     uv_timer_stop(&cl.retry_timer);
     uv_timer_stop(&cl.keepalive_timer);
     uv_timer_stop(&cl.health_timer);
-    /* What waits for etcd is answered now: nothing will come. */
-    while (cl.ops) {
-        op_t *op = cl.ops;
-        cl.ops = op->next;
+    /* What waits for etcd is answered now (nothing more will come); freed once the client is
+     * shut down, since an answer may still be on its way until then. */
+    for (op_t *op = cl.ops; op; op = op->next) {
+        op->dead = 1;
         op->cb(op->arg, TD_EUNAVAIL, 0, "td is stopping");
-        op_free(op);
     }
-    while (cl.histories) {
-        history_t *h = cl.histories;
-        cl.histories = h->next;
+    for (history_t *h = cl.histories; h; h = h->next) {
+        h->dead = 1;
         h->cb(h->arg, NULL, "td is stopping");
-        free(h);
     }
     while (cl.waits) {
         json_t *all = laggards(UINT64_MAX);

@@ -428,6 +428,14 @@ static void keep_startup_settings(td_config_t *cfg) {
                 admin_bound_address.text);
     if (strcmp(cfg->pid_file, old->pid_file) != 0)
         td_warn("config: pid_file changed; it applies at the next restart");
+    int cluster_changed = cfg->has_cluster != old->has_cluster ||
+                          strcmp(cfg->cluster.prefix, old->cluster.prefix) != 0 ||
+                          strcmp(cfg->cluster.node, old->cluster.node) != 0 ||
+                          cfg->cluster.num_etcd != old->cluster.num_etcd;
+    for (int i = 0; !cluster_changed && i < cfg->cluster.num_etcd; i++)
+        cluster_changed = strcmp(cfg->cluster.etcd[i], old->cluster.etcd[i]) != 0;
+    if (cluster_changed)
+        td_warn("config: cluster changed; it applies at the next restart");
 }
 
 /* A new admin.token applies at once; a removed one only at the next restart: a reload must

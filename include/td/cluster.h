@@ -8,8 +8,9 @@
  *                          at most 2: the sticky-cookie key ring;
  *   PREFIX nodes/NODE      under the node's lease: {"node", "admin_url", "applied_revision",
  *                          "health", "version", "started"}, rewritten only when it changes;
- *   PREFIX audit/TIME-NODE one entry per change: {"time", "node", "client", "what", "before",
- *                          "after", "revision"}.
+ *   PREFIX audit/TIME-NODE-RND one entry per change: {"time", "node", "client", "what",
+ *                          "before", "after"} ("revision", the key's mod_revision, is added
+ *                          when read: the entry is written in its change's transaction).
  * Every change is a compare-and-swap on PREFIX config's mod_revision; every node applies the
  * document from its watch with the same snapshot swap as a local change (td_control_apply).
  * Main thread only. */

@@ -292,7 +292,7 @@ def test_cluster_document_that_does_not_load_is_refused_and_the_running_config_s
         assert colours(n.port, 10) <= {"blue", "green"}
     # A change through the API is refused too until the document is fixed: nothing to build on.
     status, e = b.api("PUT", "/api/v1/ratio", {"blue": 50, "green": 50})
-    assert status == 409, e
+    assert status == 409 and "does not load on this node" in e["error"], e
 
 
 def test_cluster_etcd_down_nodes_serve_refuse_changes_restart_from_cache_then_converge(three):
@@ -436,3 +436,98 @@ def test_cluster_node_cut_off_by_a_relay_serves_its_state_and_catches_up_when_re
         assert status == 200, r
     finally:
         relay.stop()
+
+
+def test_cluster_node_whose_lease_expired_takes_a_new_one_and_rejoins(three):
+    etcd, (a, b, c), _ = three
+
+    def listed(name):
+        return name in {n["node"] for n in a.cluster()["nodes"]}
+
+    wait_for(lambda: listed("td-c"), 10 * SLOW)
+    os.kill(c.proc.pid, signal.SIGSTOP)
+    try:
+        # lease_s is 3: etcd drops c's key once it has not been renewed for that long.
+        wait_for(lambda: not listed("td-c"), 20 * SLOW, interval=0.2, what="c's key expiring")
+    finally:
+        os.kill(c.proc.pid, signal.SIGCONT)
+    wait_for(lambda: listed("td-c") and reachable(c), 20 * SLOW, what="c back in the list")
+    status, r = a.api("PUT", "/api/v1/ratio?wait=all", {"blue": 20, "green": 80})
+    assert status == 200, r
+    assert c.weights() == {"blue": 20, "green": 80}
+
+
+def test_cluster_wait_all_is_504_naming_a_node_that_did_not_apply_in_time(three):
+    import socket
+    etcd, (a, b, c), _ = three
+    os.kill(c.proc.pid, signal.SIGSTOP)
+    try:
+        # A client that gives up while its answer waits: the reply is dropped, td goes on.
+        s = socket.create_connection(("127.0.0.1", a.admin_port))
+        body = json.dumps({"blue": 40, "green": 60}).encode()
+        s.sendall(b"PUT /api/v1/ratio?wait=all&timeout_ms=800 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  b"Authorization: Bearer " + TOKEN.encode() + b"\r\nContent-Length: "
+                  + str(len(body)).encode() + b"\r\n\r\n" + body)
+        s.close()
+        wait_for(lambda: a.weights() == {"blue": 40, "green": 60}, 10 * SLOW)
+        status, r = a.api("PUT", "/api/v1/ratio?wait=all&timeout_ms=1000",
+                          {"blue": 10, "green": 90})
+        assert status == 504, r
+        assert r["laggards"] == ["td-c"], r
+        assert r["error"].startswith("not applied on td-c within 1000 ms"), r
+        # The change itself is made.
+        assert a.weights() == {"blue": 10, "green": 90}
+        wait_for(lambda: b.weights() == {"blue": 10, "green": 90}, 10 * SLOW)
+    finally:
+        os.kill(c.proc.pid, signal.SIGCONT)
+    wait_for(lambda: c.weights() == {"blue": 10, "green": 90}, 20 * SLOW, what="c catching up")
+
+
+def test_cluster_config_is_checked_by_td_t_without_etcd():
+    import subprocess
+    from conftest import TD
+    d = tempfile.mkdtemp(prefix="td-cluster-t-")
+    path = os.path.join(d, "td.json")
+    cfg = {"listeners": [{"address": "127.0.0.1:18080"}],
+           "admin": {"address": "127.0.0.1:19090", "token": TOKEN},
+           "backends": [{"name": "blue", "weight": 1,
+                         "servers": [{"address": "127.0.0.1:9001"}]}],
+           # Nothing listens there: td -t does not ask.
+           "cluster": {"etcd": ["http://127.0.0.1:1"], "prefix": "/td/x/", "node": "td-a"}}
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+    p = subprocess.run([TD, "-t", "-c", path], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0 and "configuration OK" in p.stdout, p.stderr
+    cfg["cluster"]["prefix"] = "td/x"
+    del cfg["admin"]
+    with open(path, "w") as f:
+        json.dump(cfg, f, indent=2)
+    p = subprocess.run([TD, "-t", "-c", path], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1
+    assert f"{path}:22:15: cluster.prefix: \"td/x\" is not a valid prefix" in p.stderr, p.stderr
+    assert f"{path}:18:3: cluster: cluster mode needs \"admin\"" in p.stderr, p.stderr
+
+
+def test_cluster_node_whose_cache_is_newer_than_a_recreated_store_takes_the_stores_state(
+        three, etcd_cluster, nodes):
+    etcd, (a, b, c), (blue, green) = three
+    for w in (10, 20, 30, 40):
+        assert a.api("PUT", "/api/v1/ratio", {"blue": w, "green": 100 - w})[0] == 200
+    wait_for(lambda: c.weights() == {"blue": 40, "green": 60}, 10 * SLOW)
+    old_rev = c.state()["cluster"]["applied_revision"]
+    rc, out = c.stop()
+    assert rc == 0, out[-3000:]
+    # A new, empty store (etcd restored from an old backup, or created anew) with few revisions.
+    fresh = etcd_cluster(1)
+    d = nodes("td-d", fresh.endpoints, blue, green, weights=(100, 0))
+    rev = init(d)
+    assert rev < old_rev
+    c.cfg["cluster"]["etcd"] = fresh.endpoints
+    c.write()
+    c.start()
+    wait_for(lambda: c.weights() == {"blue": 100, "green": 0} and reachable(c), 20 * SLOW,
+             what="c taking the new store's config")
+    assert c.state()["cluster"]["from_cache"] is False
+    status, r = c.api("PUT", "/api/v1/ratio?wait=all", {"blue": 70, "green": 30})
+    assert status == 200, r
+    assert d.weights() == {"blue": 70, "green": 30}
