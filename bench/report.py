@@ -32,10 +32,19 @@ METRICS = [
     ("flip_effect_ms_p50", "Ratio change to effect, median of the changes", "ms", "low", 2),
     ("flip_effect_ms_max", "Ratio change to effect, slowest change", "ms", "low", 2),
     ("flip_failed", "Failed requests during the ratio changes (wrk, 50 conns)", "requests", "low", 0),
+    ("cluster3_effect_ms_p50", "Cluster of 3 nodes: change on one node to effect on all, median",
+     "ms", "low", 2),
+    ("cluster3_effect_ms_max", "Cluster of 3 nodes: change on one node to effect on all, slowest",
+     "ms", "low", 2),
+    ("cluster10_effect_ms_p50", "Cluster of 10 nodes: change on one node to effect on all, median",
+     "ms", "low", 2),
+    ("cluster10_effect_ms_max",
+     "Cluster of 10 nodes: change on one node to effect on all, slowest", "ms", "low", 2),
 ]
 LABEL = {m[0]: m for m in METRICS}
 FAIL_KEYS = ["failed_c50", "failed_c1", "failed_1m", "failed_tls_c50", "failed_tls_new",
-             "idle_failed", "flip_timeouts", "flip_stragglers"]
+             "idle_failed", "flip_timeouts", "flip_stragglers", "cluster3_timeouts",
+             "cluster10_timeouts"]
 
 
 def load(raw):
@@ -242,7 +251,14 @@ def write_md(data, info, md, svg):
       "be/NAME weight N` on its runtime API. Time to effect: from just before the change until a "
       "probe connection (requests back to back) first gets the newly weighted backend. Failed "
       "requests: wrk's non-2xx responses plus its socket errors (connect, read, write, timeout) "
-      "over the whole series.\n")
+      "over the whole series.")
+    w(f"- Cluster (td only; nginx and HAProxy have no shared state to compare with): "
+      "`bench/cluster.py` starts one etcd member and 3, then 10, td nodes in cluster mode "
+      f"(`\"workers\": 1` each) on it, and makes {flips} changes with `PUT /api/v1/ratio` on "
+      "the first node, flipping between blue=100/green=0 and blue=0/green=100, while a probe per "
+      "other node sends requests back to back through its listener. Time to effect: from just "
+      "before the change until the slowest node's probe first got the newly weighted backend. "
+      "Targets: median under 50 ms, slowest under 1 s.\n")
 
     w("## Notes from this run\n")
     notes = []
@@ -260,6 +276,8 @@ def write_md(data, info, md, svg):
                         "idle_failed": "idle connections that could not be opened",
                         "flip_timeouts": "ratio changes that took no effect within 5 s",
                         "flip_stragglers": "responses from the old backend after a change took effect",
+                        "cluster3_timeouts": "cluster changes not seen on all 3 nodes within 5 s",
+                        "cluster10_timeouts": "cluster changes not seen on all 10 nodes within 5 s",
                         }[fk]
                 per = ", ".join(f"{int(vals[r])}" for r in sorted(vals))
                 kinds = ""
@@ -270,7 +288,8 @@ def write_md(data, info, md, svg):
                         f"{v} {'HTTP >= 400' if kind == 'status' else kind + ' errors'}"
                         for kind, v in k.items() if v)
                 notes.append(f"- {name}: {what}: {int(total)} in all rounds ({per}{kinds}).")
-        missing = [m for m, *_ in METRICS if median(data, key, m) is None]
+        missing = [m for m, *_ in METRICS if median(data, key, m) is None
+                   and (key == "td" or not m.startswith("cluster"))]  # cluster rows: td only
         if missing:
             notes.append(f"- {name}: no result for {', '.join(missing)} (see bench/out/logs/).")
     for key, name in PROXIES:

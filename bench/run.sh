@@ -296,12 +296,26 @@ measure_flips() {
   record flip_stragglers "$(jget "$j" stragglers)"
 }
 
+# Cluster mode (td only): from a change on one node to its effect on every other node, for 3 and
+# 10 nodes on one etcd; bench/cluster.py starts them all on free ports and stops them.
+measure_cluster() {
+  local j n
+  for n in 3 10; do
+    j=$(TD_BIN="$TD_BIN" $PY "$BENCH/cluster.py" --nodes "$n" --changes "$FLIPS" 2> "$OUT/logs/r$ROUND-cluster$n.err") || true
+    echo "$j" > "$OUT/logs/r$ROUND-cluster$n.json"
+    case $j in *effect_ms_p50*) ;; *) log "cluster of $n nodes failed: $(tail -n 3 "$OUT/logs/r$ROUND-cluster$n.err")"; continue ;; esac
+    record "cluster${n}_effect_ms_p50" "$(jget "$j" effect_ms_p50)"
+    record "cluster${n}_effect_ms_max" "$(jget "$j" effect_ms_max)"
+    record "cluster${n}_timeouts" "$(jget "$j" timeouts)"
+  done
+}
+
 # ---------------------------------------------------------------- the run
 
 preflight() {
   local p
   [ -x "$TD_BIN" ] || die "no td binary at $TD_BIN (make, or set TD_BIN)"
-  for p in nginx haproxy wrk gnuplot pgrep openssl; do command -v "$p" > /dev/null || die "$p missing (scripts/deps.sh bench)"; done
+  for p in nginx haproxy wrk gnuplot pgrep openssl etcd; do command -v "$p" > /dev/null || die "$p missing (scripts/deps.sh bench)"; done
   for p in 9001 9002 8080 9090 8081 8082 8443 8444 8445; do port_open "$p" && die "port $p is in use"; done
   # 10,000 idle clients: one fd each in the client and in the proxy, and td (like HAProxy's
   # default maxconn) takes at most half of its open-file limit in client connections, so that
@@ -370,6 +384,7 @@ main() {
       step flips; measure_flips
       step stop; "stop_$P"
     done
+    P=td; step cluster; measure_cluster
   done
   echo "load_end=$(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/machine.txt"
   [ -f "$OUT/tls.txt" ] && sort -u "$OUT/tls.txt" >> "$OUT/machine.txt"

@@ -12,6 +12,7 @@
 #include "td/admin_cluster.h"
 #include "td/admin_http.h"
 #include "td/cluster.h"
+#include "td/cluster_view.h"
 #include "td/config.h"
 #include "td/console.h"
 #include "td/control.h"
@@ -699,7 +700,7 @@ static td_admin_reply_t route(const td_admin_request_t *rq) {
     cur_target = t;
     if (path_is(t, "/api/v1/cluster"))
         return !get                   ? not_allowed("GET, HEAD")
-               : td_cluster_enabled() ? json_reply(200, td_cluster_json())
+               : td_cluster_enabled() ? td_cluster_view_reply()
                                       : td_admin_http_error(404, "not in cluster mode: the config "
                                                                  "has no \"cluster\"");
     if (path_is(t, "/api/v1/cluster/init") || path_is(t, "/api/v1/cluster/sticky-key")) {

@@ -96,6 +96,7 @@ static struct {
     char *node_value; /* owned: the value last put at node_key */
     int putting;      /* a put of node_key is in flight */
     int backoff_ms;
+    int64_t rewatch_ms; /* td_now_ms() of the last re-read after a broken watch */
     uv_timer_t retry_timer, keepalive_timer, health_timer, stop_timer;
     int timers_open;
     char started_iso[40];
@@ -392,6 +393,17 @@ static void on_watch_end(void *arg, int64_t compact_revision, const char *error)
     }
     char why[700];
     snprintf(why, sizeof(why), "watch ended: %s", error && error[0] ? error : "stream closed");
+    /* A stream broken by one etcd member going away is no cut-off while another member answers:
+     * read again and watch anew at once (the client moves on to the next endpoint), and only if
+     * that fails is the node cut off. At most once a second, so that a member closing every new
+     * stream does not spin the loop. */
+    int64_t now = td_now_ms();
+    if (cl.reachable && now - cl.rewatch_ms >= 1000) {
+        cl.rewatch_ms = now;
+        td_info("cluster: %s; reading the prefix again", why);
+        sync_start();
+        return;
+    }
     fail(why);
 }
 

@@ -11,6 +11,7 @@
 
 #include "td/admin.h"
 #include "td/cluster.h"
+#include "td/cluster_view.h"
 #include "td/config.h"
 #include "td/control.h"
 #include "td/demo.h"
@@ -145,6 +146,7 @@ static void stop_now(const char *why) {
         uv_close((uv_handle_t *)&grace_timer, NULL);
         grace_on = 0;
     }
+    td_cluster_view_shutdown();
     td_admin_stop();
     td_cluster_stop();
     td_rollout_shutdown();

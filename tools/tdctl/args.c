@@ -10,9 +10,10 @@
 #define DURATION_MAX_S 86400.0 /* --step-time, --ramp and --timeout: at most a day */
 #define P99_MAX_MS 3600000L    /* --max-p99-ms: at most an hour */
 
-const char *const option_names[NOPT] = {
-    "wait", "timeout",      "steps",      "interval",  "max-error-rate", "max-p99-ms", "step-time",
-    "ramp", "min-requests", "on-failure", "pre-check", "drain",          "detach",     "full"};
+const char *const option_names[NOPT] = {"wait",           "timeout",    "steps",     "interval",
+                                        "max-error-rate", "max-p99-ms", "step-time", "ramp",
+                                        "min-requests",   "on-failure", "pre-check", "drain",
+                                        "detach",         "full",       "wait-all"};
 
 /* Prints "tdctl: <message>" and the hint to --help; returns the usage exit status. */
 int usage_error(const char *fmt, ...) {

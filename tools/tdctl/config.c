@@ -12,7 +12,7 @@
 
 /* Reads a whole file, or standard input for "-". Returns false with errno set (EFBIG when larger
  * than BODY_MAX). */
-static bool read_file(const char *path, buf_t *b) {
+bool read_file(const char *path, buf_t *b) {
     bool is_stdin = strcmp(path, "-") == 0;
     FILE *f = is_stdin ? stdin : fopen(path, "rb");
     char chunk[8192];

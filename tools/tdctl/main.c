@@ -96,6 +96,9 @@ static const char help_text[] =
     "        Undo the most recent change of weights.\n"
     "    history\n"
     "        The changes made to td: when, from which client, what.\n"
+    "    cluster | cluster init FILE | cluster rotate-key\n"
+    "        The nodes of a td cluster (cluster mode: the shared state in etcd),\n"
+    "        seed an empty cluster with FILE, or rotate the sticky-cookie key.\n"
     "\n"
     "ENVIRONMENT\n"
     "    TD_ADMIN    Admin API URL when --admin is not given.\n"
@@ -164,7 +167,8 @@ static const char help_ratio[] =
     "\n"
     "SYNOPSIS\n"
     "    " SYNOPSIS_GLOBAL "ratio NAME=WEIGHT...\n"
-    "    " SYNOPSIS_GLOBAL "ratio A:B\n"
+    "          [--wait-all]\n"
+    "    " SYNOPSIS_GLOBAL "ratio A:B [--wait-all]\n"
     "\n"
     "DESCRIPTION\n"
     "    Sets backend weights, integers 0 to 100; each backend gets its weight over\n"
@@ -176,6 +180,9 @@ static const char help_ratio[] =
     "    clients already pinned to it stay until td's timeouts.drain_ms). td applies\n"
     "    the change to the very next request. Prints the new state (--json: as it\n"
     "    came).\n"
+    "    In cluster mode the change is made for every node; --wait-all answers\n"
+    "    only once every live node has applied it (td waits up to 5 s, then names\n"
+    "    the nodes that have not: exit status 1, the change itself is made).\n"
     "\n"
     "EXIT STATUS\n"
     "    0 applied; 1 td refused (an unknown backend name, or every weight at 0,\n"
@@ -506,6 +513,39 @@ static const char help_history[] =
     "EXAMPLES\n"
     "    tdctl history | tail -n 5\n";
 
+static const char help_cluster[] =
+    "NAME\n"
+    "    tdctl cluster - the nodes of a td cluster, its seeding and its sticky key\n"
+    "\n"
+    "SYNOPSIS\n"
+    "    " SYNOPSIS_GLOBAL "cluster\n"
+    "    " SYNOPSIS_GLOBAL "cluster init FILE\n"
+    "    " SYNOPSIS_GLOBAL "cluster rotate-key\n"
+    "\n"
+    "DESCRIPTION\n"
+    "    In cluster mode (the \"cluster\" key of td's config) several td nodes share\n"
+    "    one desired state in etcd. \"tdctl cluster\" lists the nodes as the node\n"
+    "    asked sees them (GET /api/v1/cluster), one row each: NODE (the one asked\n"
+    "    marked \"*\"), ADMIN (its admin URL), APPLIED (the etcd revision it runs),\n"
+    "    LAG (revisions behind the store), READY (its /readyz) and REQUESTS (its\n"
+    "    total, read from its admin API). Below the table: the nodes that did not\n"
+    "    answer, the disagreements between nodes (\"green 127.0.0.1:8102 down on\n"
+    "    td-b only\"), and whether the node asked reaches the store.\n"
+    "    \"cluster init FILE\" seeds an empty cluster with the config FILE (or - for\n"
+    "    standard input): its shared part (all but listeners, workers, admin,\n"
+    "    cluster and state_file) becomes the state of every node. Refused when the\n"
+    "    cluster is already initialised. Prints the etcd revision.\n"
+    "    \"cluster rotate-key\" makes a new sticky-cookie key: it signs from now on,\n"
+    "    and cookies signed with the previous key are still honoured.\n"
+    "\n"
+    "EXIT STATUS\n"
+    "    0 shown or done; 1 td unreachable or refused (not in cluster mode, already\n"
+    "    initialised, the store unreachable); 2 usage error.\n"
+    "\n"
+    "EXAMPLES\n"
+    "    tdctl --admin http://10.0.0.5:9090 cluster\n"
+    "    tdctl cluster init td.json\n";
+
 static const char help_help[] =
     "NAME\n"
     "    tdctl help - show the manual page of tdctl, or of one of its commands\n"
@@ -532,7 +572,7 @@ static const struct command {
     const char *help; /* its manual page */
 } commands[] = {
     {"status", cmd_status, 0, help_status},
-    {"ratio", cmd_ratio, 0, help_ratio},
+    {"ratio", cmd_ratio, OPT(O_WAIT_ALL), help_ratio},
     {"method", cmd_method, 0, help_method},
     {"config", cmd_config, 0, help_config},
     {"drain", cmd_drain, OPT(O_WAIT) | OPT(O_TIMEOUT), help_drain},
@@ -545,12 +585,14 @@ static const struct command {
     {"rollout", cmd_rollout, OPT(O_FULL), help_rollout},
     {"rollback", cmd_rollback, 0, help_rollback},
     {"history", cmd_history, 0, help_history},
+    {"cluster", cmd_cluster, 0, help_cluster},
     {"help", cmd_help, 0, help_help},
 };
 
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 #define COMMAND_LIST                                                                               \
-    "status, ratio, method, config, drain, state, switch, rollout, rollback, history or help"
+    "status, ratio, method, config, drain, state, switch, rollout, rollback, history, cluster or " \
+    "help"
 
 static const struct command *find_command(const char *name) {
     size_t i;
@@ -601,6 +643,7 @@ static const struct option longopts[] = {
     {"drain", no_argument, NULL, LONG_ONLY + O_DRAIN},
     {"detach", no_argument, NULL, LONG_ONLY + O_DETACH},
     {"full", no_argument, NULL, LONG_ONLY + O_FULL},
+    {"wait-all", no_argument, NULL, LONG_ONLY + O_WAIT_ALL},
     {NULL, 0, NULL, 0},
 };
 

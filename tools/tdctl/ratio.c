@@ -11,6 +11,11 @@
 
 static const char *const methods[] = {"round_robin", "sticky", "failover"};
 
+/* --wait-all: td answers once every live node of its cluster has applied the change. */
+static const char *ratio_path(const ctl_t *ctl) {
+    return ctl->given & OPT(O_WAIT_ALL) ? "/api/v1/ratio?wait=all" : "/api/v1/ratio";
+}
+
 /* "A:B" into two weights; false when it is not that shape. */
 static bool parse_pair(const char *arg, int *a, int *b) {
     const char *colon = strchr(arg, ':');
@@ -72,7 +77,7 @@ static int ratio_pair(const ctl_t *ctl, const char *arg) {
         fprintf(stderr, "tdctl: td's state lacks the names of its two backends\n");
         return RC_REFUSED;
     }
-    return put_for_state(ctl, "/api/v1/ratio", doc);
+    return put_for_state(ctl, ratio_path(ctl), doc);
 }
 
 /* Adds one "NAME=WEIGHT" to doc; returns RC_DONE, or RC_USAGE after saying what is wrong. */
@@ -111,7 +116,7 @@ int cmd_ratio(const ctl_t *ctl, int argc, char **argv) {
         json_decref(doc);
         return rc;
     }
-    return put_for_state(ctl, "/api/v1/ratio", doc);
+    return put_for_state(ctl, ratio_path(ctl), doc);
 }
 
 int cmd_method(const ctl_t *ctl, int argc, char **argv) {

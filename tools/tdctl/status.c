@@ -68,6 +68,11 @@ int cmd_status(const ctl_t *ctl, int argc, char **argv) {
         rc = show_state(ctl, &r);
     if (rc == RC_DONE)
         warn_not_saved(&r);
+    if (rc == RC_DONE && !ctl->json) {
+        json_t *state = json_loadb(r.body.p ? r.body.p : "", r.body.len, 0, NULL);
+        print_cluster_line(ctl, state);
+        json_decref(state);
+    }
     free(r.body.p);
     return rc;
 }

@@ -6,6 +6,7 @@
  *   config.c   config get, config put                        drain.c    drain [--wait]
  *   rollout.c  switch, rollout: td's rollouts started,       history.c  rollback, history
  *              followed and driven                           state.c    state NAME ready|...
+ *   cluster.c  cluster, cluster init FILE, cluster rotate-key; status's cluster line
  *   http.c     the only libcurl caller: one admin API call, td's refusals, JSON replies
  *   table.c    td's state document: member lookups, table cells, the status table
  *   args.c     usage errors and the checks of operand and option values
@@ -51,6 +52,7 @@ enum {
     O_DRAIN,
     O_DETACH,
     O_FULL,
+    O_WAIT_ALL,
     NOPT
 };
 #define OPT(o) (1u << (o))
@@ -105,6 +107,22 @@ int cmd_switch(const ctl_t *ctl, int argc, char **argv);   /* rollout.c */
 int cmd_rollout(const ctl_t *ctl, int argc, char **argv);  /* rollout.c */
 int cmd_rollback(const ctl_t *ctl, int argc, char **argv); /* history.c */
 int cmd_history(const ctl_t *ctl, int argc, char **argv);  /* history.c */
+int cmd_cluster(const ctl_t *ctl, int argc, char **argv);  /* cluster.c */
+
+/* ---------------------------------------------------------------------------------------------
+ * cluster.c: what status shows of a cluster */
+
+/* Prints "cluster: td-a of 3 nodes, revision N, store reachable" when td's state (borrowed)
+ * carries "cluster" (cluster mode), with a warning on stderr when the store is unreachable or the
+ * cluster not initialised; nothing otherwise. Asks td for the cluster view to count the nodes. */
+void print_cluster_line(const ctl_t *ctl, const json_t *state);
+
+/* ---------------------------------------------------------------------------------------------
+ * config.c: files given on the command line */
+
+/* Reads a whole file into b, or standard input for "-". Returns false with errno set (EFBIG when
+ * larger than BODY_MAX); the caller frees b->p either way. */
+bool read_file(const char *path, buf_t *b);
 
 /* ---------------------------------------------------------------------------------------------
  * rollout.c: what rollback needs of td's rollouts */
