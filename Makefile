@@ -9,12 +9,19 @@ BUILD ?= build
 OPT = -O2 -g
 endif
 CFLAGS ?=
-CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Iinclude $(OPT)
+# Libraries found through pkg-config (their Debian -dev packages are in scripts/deps.sh), asked
+# once per make run.
+PKGS = libsystemd
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS))
+PKG_LIBS := $(shell pkg-config --libs $(PKGS))
+# Debian's package build passes _FORTIFY_SOURCE through CPPFLAGS (dpkg-buildflags).
+CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Iinclude $(OPT) $(PKG_CFLAGS) \
+  $(CPPFLAGS)
 # Each object also writes the headers it read (-MMD) to a .d file beside it, included below, so a
 # changed header rebuilds exactly what includes it.
 DEPFLAGS = -MMD -MP
 LDFLAGS += $(filter -fsanitize=%,$(OPT))
-LIBS = -luv -ljansson -lcurl -lssl -lcrypto -lpthread -lm
+LIBS = -luv -ljansson -lcurl -lssl -lcrypto -lpthread -lm $(PKG_LIBS)
 
 LIB_SRCS := $(filter-out src/main.c,$(wildcard src/*.c))
 LIB_OBJS := $(LIB_SRCS:src/%.c=$(BUILD)/obj/%.o)
