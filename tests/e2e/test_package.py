@@ -25,11 +25,17 @@ from conftest import ASAN, TD, Proc, get_once, wait_for, wait_port
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 PORTS = {"td": 8080, "admin": 9090, "blue": 9001, "green": 9002}
 
-pytestmark = [
+needs_debian_tools = [
     pytest.mark.skipif(os.geteuid() != 0, reason="installs a Debian package: needs root"),
     pytest.mark.skipif(shutil.which("dpkg-buildpackage") is None,
                        reason="dpkg-buildpackage missing (scripts/deps.sh deb installs it)"),
 ]
+
+
+def debian_tools(f):
+    for mark in needs_debian_tools:
+        f = mark(f)
+    return f
 
 INSTALLED = ["/usr/sbin/td", "/usr/bin/tdctl", "/etc/td/td.json", "/etc/logrotate.d/td",
              "/lib/systemd/system/td.service", "/usr/share/bash-completion/completions/tdctl",
@@ -99,6 +105,43 @@ def version_of(binary):
     return r.stdout.split()[-1]
 
 
+def test_make_install_puts_everything_under_prefix_in_destdir_and_uninstall_removes_it(tmp_path):
+    dest = str(tmp_path)
+    r = run("make", "--no-print-directory", "install", f"DESTDIR={dest}", "PREFIX=/opt/td",
+            cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    files = sorted(os.path.relpath(os.path.join(d, f), dest)
+                   for d, _, fs in os.walk(dest) for f in fs)
+    assert files == sorted([
+        "opt/td/sbin/td", "opt/td/bin/tdctl", "opt/td/etc/td/td.json",
+        "opt/td/etc/logrotate.d/td", "opt/td/lib/systemd/system/td.service",
+        "opt/td/share/bash-completion/completions/tdctl", "opt/td/share/man/man1/tdctl.1",
+        "opt/td/share/man/man5/td.json.5", "opt/td/share/man/man8/td.8",
+        "opt/td/share/doc/td/README.md", "opt/td/share/doc/td/ARCHITECTURE.md",
+        "opt/td/share/doc/td/examples/README.md", "opt/td/share/doc/td/examples/td.json"]), files
+    with open(os.path.join(dest, "opt/td/lib/systemd/system/td.service")) as f:
+        unit = f.read()
+    assert "ExecStart=/opt/td/sbin/td -c /opt/td/etc/td/td.json\n" in unit, unit
+    assert version_of(os.path.join(dest, "opt/td/sbin/td")) == version_of(TD)
+    assert version_of(os.path.join(dest, "opt/td/bin/tdctl")) == version_of(TD)
+
+    # A config already there is never replaced.
+    with open(os.path.join(dest, "opt/td/etc/td/td.json"), "w") as f:
+        f.write("{}\n")
+    r = run("make", "--no-print-directory", "install", f"DESTDIR={dest}", "PREFIX=/opt/td",
+            cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stderr
+    with open(os.path.join(dest, "opt/td/etc/td/td.json")) as f:
+        assert f.read() == "{}\n"
+
+    r = run("make", "--no-print-directory", "uninstall", f"DESTDIR={dest}", "PREFIX=/opt/td",
+            cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    left = [os.path.relpath(os.path.join(d, f), dest) for d, _, fs in os.walk(dest) for f in fs]
+    assert left == ["opt/td/etc/td/td.json"], left
+
+
+@debian_tools
 def test_make_deb_builds_with_debian_tools_lintian_without_errors(deb):
     r = run("lintian", "--fail-on", "error", deb, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -136,6 +179,7 @@ def api(method, path, token, body=None):
         return json.loads(r.read().decode())
 
 
+@debian_tools
 def test_deb_installs_runs_as_user_td_reloads_stops_and_purges_cleanly(deb, machine):
     r = run("dpkg", "-i", deb, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
