@@ -55,8 +55,8 @@ SYSCONFDIR ?= $(if $(filter /usr,$(PREFIX)),/etc,$(PREFIX)/etc)
 UNITDIR ?= $(if $(filter /usr,$(PREFIX)),/lib/systemd/system,$(PREFIX)/lib/systemd/system)
 TD_VERSION := $(shell sed -n 's/^\#define TD_VERSION "\(.*\)"/\1/p' src/main.c)
 
-.PHONY: all run deps test unit e2e test-asan fuzz bench clean format format-check install \
-  uninstall deb man
+.PHONY: all run deps test unit e2e test-asan fuzz bench clean format format-check
+.PHONY: install uninstall deb man
 
 all: $(BUILD)/td $(BUILD)/tdctl $(MAN_PAGES)
 

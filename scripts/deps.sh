@@ -8,11 +8,14 @@
 #   bench: + haproxy and gnuplot (no browser).
 set -e
 root=$(cd "$(dirname "$0")/.." && pwd)
-build="build-essential pkg-config libuv1-dev libjansson-dev libssl-dev libcurl4-openssl-dev libsystemd-dev scdoc"
-# The package test installs the .deb (adduser, procps for its unit's /bin/kill and ps) and checks
-# its unit with systemd-analyze (systemd).
+build="build-essential pkg-config libuv1-dev libjansson-dev libssl-dev libcurl4-openssl-dev"
+# libsystemd for sd_notify, scdoc for the man pages.
+build="$build libsystemd-dev scdoc"
 deb="$build debhelper fakeroot lintian"
-testing="$deb adduser procps systemd clang clang-format libclang-rt-14-dev libhttp-parser-dev python3 python3-pytest python3-websocket curl openssl nginx-light wrk"
+testing="$build clang clang-format libclang-rt-14-dev libhttp-parser-dev python3 python3-pytest python3-websocket curl openssl nginx-light wrk"
+# The package test builds the .deb (make deb), installs it (adduser; procps for its unit's
+# /bin/kill, and ps) and checks its unit with systemd-analyze (systemd).
+testing="$testing debhelper fakeroot lintian adduser procps systemd"
 browser="chromium fonts-dejavu-core"
 case "${1:-build}" in
   build) want="$build"; node=0 ;;

@@ -217,6 +217,13 @@ def test_deb_installs_runs_as_user_td_reloads_stops_and_purges_cleanly(deb, mach
         cfg = json.load(f)
     timeout_stop_s = int(unit.split("TimeoutStopSec=")[1].split()[0])
     assert timeout_stop_s * 1000 > cfg["timeouts"]["drain_ms"]
+    # logrotate (not installed here: it brings a cron daemon) rotates what td writes, then asks
+    # td to reopen it.
+    with open("/etc/logrotate.d/td") as f:
+        rotate = f.read()
+    assert "/var/log/td/*.log {" in rotate and "--signal=USR1 td.service" in rotate, rotate
+    assert cfg["access_log"].startswith("/var/log/td/") and cfg["access_log"].endswith(".log")
+    assert cfg["state_file"].startswith("/var/lib/td/")
 
     # td as user td from the installed files, in front of the example's backends.
     machine.append(Proc([TD, "backend", f"blue=127.0.0.1:{PORTS['blue']}",
