@@ -80,8 +80,12 @@ def machine():
         pytest.skip("a td package is installed on this machine: the test would replace it")
     for name, port in PORTS.items():
         with socket.socket() as s:
+            # SO_REUSEADDR, as td binds: connections of an earlier run in TIME_WAIT on the port
+            # are no clash, a listener is.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
+                s.listen()
             except OSError:
                 pytest.fail(f"port {port} ({name} in the shipped config) is in use")
     user_before = has_user("td")
