@@ -11,6 +11,7 @@
 #include "td/config.h"
 #include "td/control.h"
 #include "td/log.h"
+#include "td/ready.h"
 
 void td_notify_describe(const td_config_t *cfg, uint64_t version, char *out, size_t n) {
     size_t at = 0;
@@ -76,5 +77,7 @@ int td_notify_stopping(const char *status) {
 }
 
 int td_notify_status(void) {
+    if (td_ready_phase() != TD_READY_SERVING)
+        return 0; /* "serving" would be untrue: a stop's STOPPING line stays */
     return send_status("");
 }

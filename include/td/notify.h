@@ -32,7 +32,9 @@ int td_notify_reloading(void);
 int td_notify_stopping(const char *status);
 
 /* STATUS= alone, the running config's line: after a change that did not go through a reload (the
- * admin API, a rollout step). Returns as td_notify_ready. */
+ * admin API, a rollout step). Sends nothing unless td is serving (td_ready_phase): not before
+ * READY, and not over a stop's STOPPING line (the API still answers in the grace period).
+ * Returns as td_notify_ready. */
 int td_notify_status(void);
 
 #endif

@@ -118,3 +118,22 @@ def test_sd_notify_status_follows_a_ratio_changed_through_the_api(
     version = t.set_ratio(blue=0, green=100)["version"]
     want = f"STATUS=serving; config version {version}; blue 0 / green 100"
     assert status_of(messages_until(s, want)) == want[len("STATUS="):]
+
+
+def test_sd_notify_stopping_first_for_the_grace_period_then_for_the_drain(
+        backends, td, monkeypatch, notify_socket):
+    s, path = notify_socket
+    b = backends(("blue", 1))
+    cfg = backend_cfg({"blue": (100, b.ports["blue"])})
+    cfg["timeouts"]["stop_grace_ms"] = 300
+    t = start_with_notify(td, monkeypatch, path, cfg)
+    messages_until(s, "READY=1")
+    t.proc.p.send_signal(signal.SIGTERM)
+    grace = messages_until(s, "STOPPING=1")
+    assert status_of(grace).startswith("stopping: /readyz answers 503"), grace
+    # A change through the API in the grace period says nothing over the stop's line.
+    t.set_ratio(blue=50)
+    drain = messages_until(s, "STOPPING=1")
+    assert [status_of([m]) for m in drain] == [
+        "stopping: draining in-flight requests (up to 5000 ms)"], drain
+    assert t.stop() == 0
