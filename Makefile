@@ -9,12 +9,19 @@ BUILD ?= build
 OPT = -O2 -g
 endif
 CFLAGS ?=
-CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Iinclude $(OPT)
+# Libraries found through pkg-config (their Debian -dev packages are in scripts/deps.sh), asked
+# once per make run.
+PKGS = libsystemd
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS))
+PKG_LIBS := $(shell pkg-config --libs $(PKGS))
+# Debian's package build passes _FORTIFY_SOURCE through CPPFLAGS (dpkg-buildflags).
+CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Iinclude $(OPT) $(PKG_CFLAGS) \
+  $(CPPFLAGS)
 # Each object also writes the headers it read (-MMD) to a .d file beside it, included below, so a
 # changed header rebuilds exactly what includes it.
 DEPFLAGS = -MMD -MP
 LDFLAGS += $(filter -fsanitize=%,$(OPT))
-LIBS = -luv -ljansson -lcurl -lssl -lcrypto -lpthread -lm
+LIBS = -luv -ljansson -lcurl -lssl -lcrypto -lpthread -lm $(PKG_LIBS)
 
 LIB_SRCS := $(filter-out src/main.c,$(wildcard src/*.c))
 LIB_OBJS := $(LIB_SRCS:src/%.c=$(BUILD)/obj/%.o)
@@ -32,9 +39,34 @@ TDCTL_OBJS := $(TDCTL_SRCS:tools/tdctl/%.c=$(BUILD)/obj/tdctl/%.o)
 DEPS := $(LIB_OBJS:.o=.d) $(DEMO_OBJS:.o=.d) $(BUILD)/obj/main.d
 -include $(wildcard $(DEPS) $(TDCTL_OBJS:.o=.d))
 
-.PHONY: all run deps test unit e2e etcd-test test-asan fuzz bench clean format format-check
+# Man pages: one scdoc source each in man/ (td.8.scd -> td.8).
+MAN_PAGES := $(patsubst man/%.scd,$(BUILD)/man/%,$(wildcard man/*.scd))
 
-all: $(BUILD)/td $(BUILD)/tdctl
+# make install: PREFIX (default /usr/local) and DESTDIR (a staging root, as packagers use).
+# With PREFIX=/usr the config goes to /etc and the unit to /lib/systemd/system, as Debian has them.
+PREFIX ?= /usr/local
+DESTDIR ?=
+SBINDIR ?= $(PREFIX)/sbin
+BINDIR ?= $(PREFIX)/bin
+MANDIR ?= $(PREFIX)/share/man
+DOCDIR ?= $(PREFIX)/share/doc/td
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+SYSCONFDIR ?= $(if $(filter /usr,$(PREFIX)),/etc,$(PREFIX)/etc)
+UNITDIR ?= $(if $(filter /usr,$(PREFIX)),/lib/systemd/system,$(PREFIX)/lib/systemd/system)
+TD_VERSION := $(shell sed -n 's/^\#define TD_VERSION "\(.*\)"/\1/p' src/main.c)
+
+.PHONY: all run deps test unit e2e etcd-test test-asan fuzz bench clean format format-check
+.PHONY: install uninstall deb man
+
+all: $(BUILD)/td $(BUILD)/tdctl $(MAN_PAGES)
+
+man: $(MAN_PAGES)
+
+$(BUILD)/man/%: man/%.scd | $(BUILD)/man
+	scdoc < $< > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/man:
+	mkdir -p $@
 
 deps:
 	@scripts/deps.sh build
@@ -136,6 +168,53 @@ format:
 format-check:
 	@scripts/deps.sh test
 	clang-format --dry-run --Werror $(FORMAT_FILES)
+
+# td, tdctl, the man pages, the systemd unit (its paths from SBINDIR and SYSCONFDIR), an example
+# config (never over one that is there), logrotate's entry, bash completion and the docs.
+install: all
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 \
+	  $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(UNITDIR) \
+	  $(DESTDIR)$(SYSCONFDIR)/td $(DESTDIR)$(SYSCONFDIR)/logrotate.d $(DESTDIR)$(BASHCOMPDIR) \
+	  $(DESTDIR)$(DOCDIR)/examples
+	install -m 755 $(BUILD)/td $(DESTDIR)$(SBINDIR)/td
+	install -m 755 $(BUILD)/tdctl $(DESTDIR)$(BINDIR)/tdctl
+	install -m 644 $(BUILD)/man/tdctl.1 $(DESTDIR)$(MANDIR)/man1/tdctl.1
+	install -m 644 $(BUILD)/man/td.json.5 $(DESTDIR)$(MANDIR)/man5/td.json.5
+	install -m 644 $(BUILD)/man/td.8 $(DESTDIR)$(MANDIR)/man8/td.8
+	sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' dist/systemd/td.service.in \
+	  > $(DESTDIR)$(UNITDIR)/td.service && chmod 644 $(DESTDIR)$(UNITDIR)/td.service
+	[ -e $(DESTDIR)$(SYSCONFDIR)/td/td.json ] || \
+	  install -m 644 dist/td.json $(DESTDIR)$(SYSCONFDIR)/td/td.json
+	install -m 644 dist/logrotate/td $(DESTDIR)$(SYSCONFDIR)/logrotate.d/td
+	install -m 644 dist/bash-completion/tdctl $(DESTDIR)$(BASHCOMPDIR)/tdctl
+	install -m 644 README.md docs/ARCHITECTURE.md $(DESTDIR)$(DOCDIR)/
+	install -m 644 examples/README.md examples/td.json $(DESTDIR)$(DOCDIR)/examples/
+
+# Everything install put there but the config file (yours now), as dpkg -r keeps conffiles.
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/td $(DESTDIR)$(BINDIR)/tdctl $(DESTDIR)$(MANDIR)/man1/tdctl.1 \
+	  $(DESTDIR)$(MANDIR)/man5/td.json.5 $(DESTDIR)$(MANDIR)/man8/td.8 \
+	  $(DESTDIR)$(UNITDIR)/td.service $(DESTDIR)$(SYSCONFDIR)/logrotate.d/td \
+	  $(DESTDIR)$(BASHCOMPDIR)/tdctl
+	rm -rf $(DESTDIR)$(DOCDIR)
+	@echo "kept $(DESTDIR)$(SYSCONFDIR)/td/td.json (remove it by hand if you want it gone)"
+
+# The Debian package, built by Debian's tools (dpkg-buildpackage, debhelper) from debian/ in a
+# copy of this tree under build/deb/src (dpkg-buildpackage writes its results next to the tree,
+# and its clean step runs make clean: neither may touch this tree). The .deb files land in
+# build/deb/. debian/changelog's version must be the one td reports.
+deb:
+	@scripts/deps.sh deb
+	@v=$$(dpkg-parsechangelog -S Version); [ "$$v" = "$(TD_VERSION)" ] || \
+	  { echo "debian/changelog says $$v, td says $(TD_VERSION): add a changelog entry" >&2; exit 1; }
+	rm -rf build/deb && mkdir -p build/deb/src/td-$(TD_VERSION)
+	tar -c --exclude=./build --exclude=./build-asan --exclude=./build-fuzz --exclude=./node_modules \
+	  --exclude=./.git --exclude=__pycache__ --exclude=.pytest_cache . | \
+	  tar -x -C build/deb/src/td-$(TD_VERSION)
+	cd build/deb/src/td-$(TD_VERSION) && dpkg-buildpackage -us -uc -b -j2
+	mv build/deb/src/*.deb build/deb/src/*.buildinfo build/deb/src/*.changes build/deb/
+	rm -rf build/deb/src
+	@ls build/deb/*.deb
 
 clean:
 	rm -rf build build-asan build-fuzz

@@ -1,20 +1,29 @@
 #!/bin/sh
 # Installs what td builds and tests with. Idempotent and quiet: does nothing when all is present.
-# Usage: scripts/deps.sh [build|test|bench]   (default: build)
-#   build: Debian packages to build td and tdctl.
+# Usage: scripts/deps.sh [build|deb|test|bench]   (default: build)
+#   build: Debian packages to build td, tdctl and their man pages.
+#   deb:   + Debian's packaging tools, for `make deb` (debhelper, fakeroot, lintian).
 #   test:  + the test tools, Debian's chromium and node/npm, and the repo's node_modules
 #          (playwright-core for the console test, installed by `npm ci` from package-lock.json).
 #   bench: + haproxy and gnuplot (no browser).
 set -e
 root=$(cd "$(dirname "$0")/.." && pwd)
 build="build-essential pkg-config libuv1-dev libjansson-dev libssl-dev libcurl4-openssl-dev"
-testing="$build clang clang-format libclang-rt-14-dev libhttp-parser-dev python3 python3-pytest python3-websocket curl openssl nginx-light wrk etcd-server etcd-client"
+# libsystemd for sd_notify, scdoc for the man pages.
+build="$build libsystemd-dev scdoc"
+deb="$build debhelper fakeroot lintian"
+testing="$build clang clang-format libclang-rt-14-dev libhttp-parser-dev python3 python3-pytest python3-websocket curl openssl nginx-light wrk"
+testing="$testing etcd-server etcd-client"
+# The package test builds the .deb (make deb), installs it (adduser; procps for its unit's
+# /bin/kill, and ps) and checks its unit with systemd-analyze (systemd).
+testing="$testing debhelper fakeroot lintian adduser procps systemd"
 browser="chromium fonts-dejavu-core"
 case "${1:-build}" in
   build) want="$build"; node=0 ;;
+  deb) want="$deb"; node=0 ;;
   test) want="$testing $browser"; node=1 ;;
   bench) want="$testing haproxy gnuplot-nox"; node=0 ;;
-  *) echo "usage: $0 [build|test|bench]" >&2; exit 2 ;;
+  *) echo "usage: $0 [build|deb|test|bench]" >&2; exit 2 ;;
 esac
 
 missing=""

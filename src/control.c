@@ -13,6 +13,7 @@
 #include "td/events.h"
 #include "td/health.h"
 #include "td/log.h"
+#include "td/notify.h"
 #include "td/rollout.h"
 #include "td/router.h"
 #include "td/state_file.h"
@@ -525,6 +526,7 @@ static int apply(td_config_t *cfg, const char *what, const char *client, json_t 
     commit(s, cfg);
     td_info("config version %llu applied (%s)", (unsigned long long)version, what);
     td_audit_commit(entry);
+    td_notify_status(); /* systemctl status shows the weights that run */
     return 0;
 }
 

@@ -16,6 +16,7 @@
 #include "td/control.h"
 #include "td/demo.h"
 #include "td/log.h"
+#include "td/notify.h"
 #include "td/pidfile.h"
 #include "td/proxy.h"
 #include "td/ready.h"
@@ -140,8 +141,12 @@ static int grace_on;
  * handles close, so a further SIGTERM/SIGINT during the drain ends td at once, as the default
  * action does. */
 static void stop_now(const char *why) {
+    char status[96];
     td_ready_set(TD_READY_DRAINING, 0);
     td_info("%s: stopping; letting in-flight requests finish (up to %d ms)", why, drain_ms);
+    snprintf(status, sizeof(status), "stopping: draining in-flight requests (up to %d ms)",
+             drain_ms);
+    td_notify_stopping(status);
     if (grace_on) {
         uv_close((uv_handle_t *)&grace_timer, NULL);
         grace_on = 0;
@@ -175,6 +180,7 @@ static void on_stop(uv_signal_t *s, int signum) {
         return;
     }
     td_ready_set(TD_READY_GRACE, td_now_ms() + stop_grace_ms);
+    td_notify_stopping("stopping: /readyz answers 503, still serving for stop_grace_ms");
     td_info("%s: stopping: /readyz answers 503; still serving for stop_grace_ms (%d ms), then "
             "draining (send it again to drain now)",
             sig, stop_grace_ms);
@@ -187,7 +193,9 @@ static void on_hup(uv_signal_t *s, int signum) {
     (void)s;
     (void)signum;
     td_info("SIGHUP: re-reading the config file");
+    td_notify_reloading();
     td_control_reload();
+    td_notify_ready(); /* a rejected file leaves the running config serving */
     drain_ms = td_control_config()->timeouts.drain_ms;
     stop_grace_ms = td_control_config()->timeouts.stop_grace_ms;
 }
@@ -309,6 +317,7 @@ static int run(td_config_t *file_cfg, const char *path) {
         fprintf(stderr, "td: cannot set up the etcd client\n");
         return 1;
     }
+    td_notify_ready();
     uv_run(loop, UV_RUN_DEFAULT);
     uv_loop_close(loop);
     if (pid_file[0])
