@@ -164,7 +164,9 @@ static void on_accept(td_listener_t *l, int fd) {
         td_client_close(c);
         return;
     }
-    td_stream_peer_ip(&c->io, c->ip, sizeof(c->ip));
+    int port;
+    td_stream_peer_addr(&c->io, c->ip, sizeof(c->ip), &port);
+    c->port = (uint16_t)port;
     td_client_timer(c, T_HEADER);
     td_client_read(c, 1);
 }
