@@ -31,6 +31,7 @@
  * /api/v1/config: the config's "admin" may say otherwise until a restart. */
 static td_addr_t bound_address;
 static char token_in_force[sizeof(((td_config_t *)0)->admin_token)];
+static char read_token_in_force[sizeof(((td_config_t *)0)->admin_read_token)];
 
 static td_admin_reply_t json_reply(int status, json_t *j) {
     return td_admin_http_json(status, j);
@@ -509,14 +510,28 @@ static const char *pending_header(void) {
     return count ? line : NULL;
 }
 
+/* A caller with the read-only token sees neither token (the full one would give it every
+ * right; the read one it has). */
+static void hide_tokens(json_t *doc) {
+    json_t *admin = json_object_get(doc, "admin");
+    json_object_del(admin, "token");
+    json_object_del(admin, "read_token");
+}
+
 /* What runs: the running config with the listeners and workers bound at start and the admin
  * section that runs (the address bound at start and the token in force), which a reload or a
  * PUT does not change until a restart; the TD-Pending-Restart header names what is asked for
  * and waits. With ?source=file: the config file as td last read it. */
-static td_admin_reply_t get_config(int source_file) {
+static td_admin_reply_t get_config(int source_file, int read_only) {
     char *text = NULL;
     if (source_file) {
         json_t *doc = td_control_file_json();
+        if (doc && read_only) {
+            json_t *copy = json_deep_copy(doc);
+            json_decref(doc);
+            doc = copy;
+            hide_tokens(doc);
+        }
         text = doc ? json_dumps(doc, JSON_INDENT(2)) : NULL;
         json_decref(doc);
         if (!text)
@@ -529,6 +544,7 @@ static td_admin_reply_t get_config(int source_file) {
         cfg->has_admin = 1;
         cfg->admin_address = bound_address;
         snprintf(cfg->admin_token, sizeof(cfg->admin_token), "%s", token_in_force);
+        snprintf(cfg->admin_read_token, sizeof(cfg->admin_read_token), "%s", read_token_in_force);
         text = td_config_to_json(cfg);
         td_config_free(cfg);
     }
@@ -544,6 +560,8 @@ static td_admin_reply_t get_config(int source_file) {
             if (json_object_get(bound, key))
                 json_object_set(doc, key, json_object_get(bound, key));
         }
+        if (read_only)
+            hide_tokens(doc);
         text = json_dumps(doc, JSON_INDENT(2));
     }
     json_decref(pending);
@@ -671,6 +689,9 @@ static td_admin_reply_t route(const td_admin_request_t *rq) {
         return td_admin_http_error(401,
                                    "missing or wrong bearer token (Authorization: Bearer TOKEN)");
     int get = method_is(m, "GET") || method_is(m, "HEAD"), put = method_is(m, "PUT");
+    if (rq->read_only && !get)
+        return td_admin_http_error(403,
+                                   "the read-only token cannot change anything (admin.read_token)");
     int del = method_is(m, "DELETE");
     if (path_is(t, "/api/v1/state"))
         return get ? json_reply(200, state_json()) : not_allowed("GET, HEAD");
@@ -684,7 +705,7 @@ static td_admin_reply_t route(const td_admin_request_t *rq) {
                : put ? put_backend(name, body, rq->client)
                      : not_allowed("GET, HEAD, PUT");
     if (path_is(t, "/api/v1/config"))
-        return get   ? get_config(query_is(t, "source=file"))
+        return get   ? get_config(query_is(t, "source=file"), rq->read_only)
                : put ? put_config(body, rq->client)
                      : not_allowed("GET, HEAD, PUT");
     if (path_is(t, "/api/v1/overrides"))
@@ -714,6 +735,8 @@ int td_admin_start(uv_loop_t *loop, const td_addr_t *address, const char *token,
                    size_t errlen) {
     bound_address = *address;
     snprintf(token_in_force, sizeof(token_in_force), "%s", token ? token : "");
+    const td_config_t *cfg = td_control_config();
+    td_admin_update_read_token(cfg && cfg->has_admin ? cfg->admin_read_token : "");
     td_admin_http_open_path("/readyz"); /* probes send their own Host: it tells nothing */
     return td_admin_http_listen(loop, address, token, route, err, errlen);
 }
@@ -722,6 +745,12 @@ int td_admin_update_token(const char *token) {
     if (token && token[0])
         snprintf(token_in_force, sizeof(token_in_force), "%s", token);
     return td_admin_http_set_token(token);
+}
+
+int td_admin_update_read_token(const char *token) {
+    if (token && token[0])
+        snprintf(read_token_in_force, sizeof(read_token_in_force), "%s", token);
+    return td_admin_http_set_read_token(token);
 }
 
 void td_admin_stop(void) {

@@ -41,6 +41,7 @@ static admin_conn_t *conns;
 /* The token in force: set at start, replaced by a reload that sets another one, but never
  * cleared by one (td_admin_update_token): removing protection takes a restart. */
 static char bound_token[256];
+static char bound_read_token[256]; /* admin.read_token, under the same rule */
 static char bound_host[64]; /* admin.address without its port, as written ("[::1]" for IPv6) */
 static char open_path[64];  /* td_admin_http_open_path */
 static int bound_port;
@@ -97,20 +98,26 @@ td_admin_reply_t td_admin_http_error(int status, const char *msg) {
 
 /* ---- checks */
 
+/* An Authorization value "Bearer TOKEN" for `token` (compared in constant time). */
+static int bearer_is(td_str_t v, const char *token) {
+    size_t tl = strlen(token);
+    if (!tl || v.len != 7 + tl || strncasecmp(v.p, "Bearer ", 7) != 0)
+        return 0;
+    unsigned diff = 0;
+    for (size_t k = 0; k < tl; k++)
+        diff |= (unsigned)(v.p[7 + k] ^ token[k]);
+    return diff == 0;
+}
+
+/* 1: no token configured or the token; 2: the read-only token; 0: neither. */
 static int authorized(const td_http1_request_t *req) {
     if (!bound_token[0])
         return 1;
-    size_t tl = strlen(bound_token);
     for (size_t i = 0; i < req->num_headers; i++) {
         if (!td_http1_name_is(req->headers[i].name, "authorization"))
             continue;
         td_str_t v = req->headers[i].value;
-        if (v.len != 7 + tl || strncasecmp(v.p, "Bearer ", 7) != 0)
-            return 0;
-        unsigned diff = 0;
-        for (size_t k = 0; k < tl; k++)
-            diff |= (unsigned)(v.p[7 + k] ^ bound_token[k]);
-        return diff == 0;
+        return bearer_is(v, bound_token) ? 1 : bearer_is(v, bound_read_token) ? 2 : 0;
     }
     return 0;
 }
@@ -234,7 +241,8 @@ static td_admin_reply_t answer(const admin_conn_t *c, const td_http1_request_t *
         if (why)
             return td_admin_http_error(status, why);
     }
-    td_admin_request_t r = {&origin_form, body, c->ip, authorized(req)};
+    int auth = authorized(req);
+    td_admin_request_t r = {&origin_form, body, c->ip, auth != 0, auth == 2};
     return handler(&r);
 }
 
@@ -473,6 +481,13 @@ int td_admin_http_set_token(const char *token) {
     if (!token || !token[0])
         return bound_token[0] != 0;
     snprintf(bound_token, sizeof(bound_token), "%s", token);
+    return 0;
+}
+
+int td_admin_http_set_read_token(const char *token) {
+    if (!token || !token[0])
+        return bound_read_token[0] != 0;
+    snprintf(bound_read_token, sizeof(bound_read_token), "%s", token);
     return 0;
 }
 

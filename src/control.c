@@ -433,6 +433,11 @@ static void update_admin_token(const td_config_t *cfg, const td_config_t *old) {
     if (removed && strcmp(token, old->has_admin ? old->admin_token : ""))
         td_warn("config: admin.token removed; it applies at the next restart: the admin API keeps "
                 "requiring the current token until then");
+    const char *read = cfg->has_admin ? cfg->admin_read_token : "";
+    if (td_admin_update_read_token(read) &&
+        strcmp(read, old->has_admin ? old->admin_read_token : ""))
+        td_warn("config: admin.read_token removed; it applies at the next restart: the admin API "
+                "keeps taking it for reading until then");
 }
 
 /* What a change is judged by in the audit log: the method and every backend's weight. */

@@ -27,6 +27,11 @@ int td_admin_start(uv_loop_t *loop, const td_addr_t *address, const char *token,
  * has (the caller logs it), else 0. */
 int td_admin_update_token(const char *token);
 
+/* The same for admin.read_token, the token of GET and HEAD only (dashboards, monitoring): with
+ * it every change (PUT, POST, DELETE) gets 403 and changes nothing. td_admin_start takes the
+ * first one from the running config (td_control_config()). */
+int td_admin_update_read_token(const char *token);
+
 /* Stops listening and closes every admin connection. */
 void td_admin_stop(void);
 

@@ -26,6 +26,8 @@ int td_admin_http_listen(uv_loop_t *loop, const td_addr_t *address, const char *
  * at once; an empty one is ignored. Returns 1 when a token stays in force that the config no
  * longer has, else 0. */
 int td_admin_http_set_token(const char *token);
+/* The same for admin.read_token (td_admin_request_t.read_only tells a request made with it). */
+int td_admin_http_set_read_token(const char *token);
 
 /* A path (NUL-terminated, copied; at most 63 bytes) whose GET and HEAD requests skip the Host and
  * Origin checks of a server without a token: an answer that changes nothing and tells nothing

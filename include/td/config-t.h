@@ -146,6 +146,7 @@ typedef struct td_config_s {
     td_addr_t admin_address;
     int has_admin;                    /* 0 when "admin" is absent */
     char admin_token[256];            /* printable ASCII without spaces; "" = no token required */
+    char admin_read_token[256];       /* the same for GET/HEAD only (dashboards); "" = none */
     td_method_t method;               /* default round robin when "routing" is absent */
     int failback_ms;                  /* routing.failback_ms, 0..86400000: how long a failover
                                          primary must have been up again before traffic goes back
