@@ -21,6 +21,7 @@
 #include "td/ready.h"
 #include "td/registry.h"
 #include "td/rollout.h"
+#include "td/tls.h"
 #include "td/router.h"
 
 /* ---- replies */
@@ -32,6 +33,7 @@
 static td_addr_t bound_address;
 static char token_in_force[sizeof(((td_config_t *)0)->admin_token)];
 static char read_token_in_force[sizeof(((td_config_t *)0)->admin_read_token)];
+static int tls_in_force; /* the admin server was started with admin.tls */
 
 static td_admin_reply_t json_reply(int status, json_t *j) {
     return td_admin_http_json(status, j);
@@ -737,6 +739,17 @@ int td_admin_start(uv_loop_t *loop, const td_addr_t *address, const char *token,
     snprintf(token_in_force, sizeof(token_in_force), "%s", token ? token : "");
     const td_config_t *cfg = td_control_config();
     td_admin_update_read_token(cfg && cfg->has_admin ? cfg->admin_read_token : "");
+    if (cfg && cfg->has_admin && cfg->admin_tls.tls) {
+        char why[400];
+        td_tls_server_t *tls = td_tls_server_new(&cfg->admin_tls, why, sizeof(why));
+        if (!tls) {
+            snprintf(err, errlen, "admin.tls: %s", why);
+            return TD_EINVAL;
+        }
+        td_admin_http_set_tls(tls);
+        td_tls_server_release(tls);
+        tls_in_force = 1;
+    }
     td_admin_http_open_path("/readyz"); /* probes send their own Host: it tells nothing */
     return td_admin_http_listen(loop, address, token, route, err, errlen);
 }
@@ -745,6 +758,20 @@ int td_admin_update_token(const char *token) {
     if (token && token[0])
         snprintf(token_in_force, sizeof(token_in_force), "%s", token);
     return td_admin_http_set_token(token);
+}
+
+int td_admin_update_tls(const td_config_t *cfg, char *err, size_t errlen) {
+    int want = cfg->has_admin && cfg->admin_tls.tls;
+    if (want != tls_in_force)
+        return 1;
+    if (!want)
+        return 0;
+    td_tls_server_t *tls = td_tls_server_new(&cfg->admin_tls, err, errlen);
+    if (!tls)
+        return TD_EINVAL;
+    td_admin_http_set_tls(tls);
+    td_tls_server_release(tls);
+    return 0;
 }
 
 int td_admin_update_read_token(const char *token) {

@@ -303,7 +303,8 @@ static int run(td_config_t *file_cfg, const char *path) {
                 start_cfg->listeners[i].address.text, start_cfg->workers,
                 start_cfg->workers == 1 ? "" : "s");
     if (has_admin)
-        td_info("admin API and web console on http://%s/", admin.text);
+        td_info("admin API and web console on %s://%s/",
+                start_cfg->admin_tls.tls ? "https" : "http", admin.text);
     if (admin_open_beyond_loopback(start_cfg))
         td_warn(open_admin_warning, admin.text);
     td_config_free(start_cfg);

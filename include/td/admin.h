@@ -32,6 +32,13 @@ int td_admin_update_token(const char *token);
  * first one from the running config (td_control_config()). */
 int td_admin_update_read_token(const char *token);
 
+/* Takes the admin.tls of a newly applied config: new certificates apply to the connections that
+ * come next (as a listener's do). Returns 0; 1 when TLS was turned on or off, which applies at the
+ * next restart (the caller logs it); or TD_EINVAL with why in err[errlen] when the certificates
+ * cannot be loaded (the ones in force stay). td_admin_start takes the first admin.tls from the
+ * running config (td_control_config()) and fails with "admin.tls: ..." when it cannot load it. */
+int td_admin_update_tls(const td_config_t *cfg, char *err, size_t errlen);
+
 /* Stops listening and closes every admin connection. */
 void td_admin_stop(void);
 

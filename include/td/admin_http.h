@@ -26,6 +26,12 @@ int td_admin_http_listen(uv_loop_t *loop, const td_addr_t *address, const char *
  * at once; an empty one is ignored. Returns 1 when a token stays in force that the config no
  * longer has, else 0. */
 int td_admin_http_set_token(const char *token);
+
+/* Makes new connections speak TLS with `tls`'s certificates (the server takes its own reference;
+ * NULL: plain HTTP). Set before td_admin_http_listen; a later call (new certificates on a reload)
+ * applies to the connections that come next. Returns 0. */
+struct td_tls_server_s;
+int td_admin_http_set_tls(struct td_tls_server_s *tls);
 /* The same for admin.read_token (td_admin_request_t.read_only tells a request made with it). */
 int td_admin_http_set_read_token(const char *token);
 

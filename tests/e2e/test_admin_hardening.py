@@ -132,3 +132,182 @@ def test_a_read_token_without_a_token_is_a_config_error():
     rc, out, path = check(minimal({"address": "127.0.0.1:19090", "token": TOKEN,
                                    "read_token": READ}))
     assert rc == 0, out
+
+
+# ---------------------------------------------------------------------------------------------
+# admin.tls: the admin API and console over https.
+
+import http.client  # noqa: E402
+import socket  # noqa: E402
+import ssl  # noqa: E402
+
+import pytest  # noqa: E402
+
+from conftest import Proc, free_port, wait_port  # noqa: E402
+
+
+def self_signed(d):
+    """A self-signed certificate for 127.0.0.1 and localhost, made with the openssl command:
+    (cert, key) paths in directory d."""
+    cert, key = os.path.join(d, "admin.pem"), os.path.join(d, "admin.key")
+    p = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
+                        "-days", "30", "-subj", "/CN=127.0.0.1",
+                        "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return cert, key
+
+
+class TlsAdminTd:
+    def __init__(self, backends, token=None):
+        b = backends(("blue", 1), ("green", 1))
+        self.dir = tempfile.mkdtemp(prefix="td-e2e-")
+        self.cert, self.key = self_signed(self.dir)
+        self.port, self.admin_port = free_port(), free_port()
+        cfg = backend_cfg({"blue": (100, b.ports["blue"]), "green": (0, b.ports["green"])},
+                          listeners=[{"address": f"127.0.0.1:{self.port}"}], workers=1)
+        cfg["admin"] = {"address": f"127.0.0.1:{self.admin_port}",
+                        "tls": {"certificates": [{"cert": self.cert, "key": self.key}]}}
+        if token:
+            cfg["admin"]["token"] = token
+        self.token = token
+        self.config_path = os.path.join(self.dir, "td.json")
+        with open(self.config_path, "w") as f:
+            json.dump(cfg, f, indent=2)
+        self.proc = Proc([TD, "-c", self.config_path], "td")
+        wait_port(self.port)
+        wait_port(self.admin_port)
+        self.admin = f"https://127.0.0.1:{self.admin_port}"
+
+    def request(self, method, path, body=None, headers=None, cafile=None):
+        ctx = ssl.create_default_context(cafile=cafile or self.cert)
+        c = http.client.HTTPSConnection("127.0.0.1", self.admin_port, timeout=10, context=ctx)
+        h = dict(headers or {})
+        if self.token:
+            h.setdefault("Authorization", f"Bearer {self.token}")
+        try:
+            c.request(method, path, body=json.dumps(body) if body is not None else None,
+                      headers=h)
+            r = c.getresponse()
+            return r.status, r.read().decode()
+        finally:
+            c.close()
+
+
+@pytest.fixture
+def tls_admin(backends):
+    started = []
+
+    def start(token=None):
+        t = TlsAdminTd(backends, token)
+        started.append(t)
+        return t
+
+    yield start
+    for t in started:
+        rc = t.proc.stop()
+        out = t.proc.output()
+        assert rc == 0, f"td exited {rc}:\n{out[-4000:]}"
+        assert "AddressSanitizer" not in out and "runtime error" not in out, out[-4000:]
+
+
+def test_the_admin_api_and_console_over_https(tls_admin):
+    t = tls_admin(token=TOKEN)
+    status, body = t.request("GET", "/api/v1/state")
+    assert status == 200 and json.loads(body)["backends"][0]["name"] == "blue", body
+    status, page = t.request("GET", "/")
+    assert status == 200 and "<html" in page.lower()
+    status, body = t.request("PUT", "/api/v1/ratio", {"blue": 20, "green": 80})
+    assert status == 200, body
+    status, body = t.request("GET", "/metrics")
+    assert status == 200 and "td_" in body
+    # A keep-alive connection carries several requests, and a large body arrives whole.
+    ctx = ssl.create_default_context(cafile=t.cert)
+    c = http.client.HTTPSConnection("127.0.0.1", t.admin_port, timeout=10, context=ctx)
+    with open(t.config_path) as f:
+        doc = json.load(f)
+    doc["backends"][0]["servers"][0]["weight"] = 1
+    pad = json.dumps(doc)
+    for _ in range(3):
+        c.request("GET", "/api/v1/config", headers={"Authorization": f"Bearer {TOKEN}"})
+        r = c.getresponse()
+        assert r.status == 200 and len(r.read()) > 100
+    c.request("PUT", "/api/v1/config", body=pad + " " * 200000,
+              headers={"Authorization": f"Bearer {TOKEN}"})
+    r = c.getresponse()
+    assert r.status == 200, r.read()
+    r.read()
+    c.close()
+
+
+def test_plain_http_to_the_tls_admin_port_fails_cleanly(tls_admin):
+    t = tls_admin(token=TOKEN)
+    with socket.create_connection(("127.0.0.1", t.admin_port), timeout=10) as s:
+        s.sendall(b"GET /api/v1/state HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    assert b"HTTP/1.1" not in data and b"backends" not in data
+    # td goes on serving over https.
+    assert t.request("GET", "/api/v1/state")[0] == 200
+    # A client that does not trust the certificate is refused by its own check, td is fine.
+    ctx = ssl.create_default_context()  # the system's CAs: the self-signed one is not among them
+    c = http.client.HTTPSConnection("127.0.0.1", t.admin_port, timeout=10, context=ctx)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        c.request("GET", "/api/v1/state")
+    c.close()
+    assert t.request("GET", "/api/v1/state")[0] == 200
+    assert "admin: TLS from 127.0.0.1: " in t.proc.output()
+
+
+def test_over_tls_the_origin_must_be_https_of_this_address(tls_admin):
+    """Without a token the Origin check guards the admin API: over TLS the console's own page is
+    https://127.0.0.1:PORT, which is taken; http:// of the same address is not."""
+    t = tls_admin()
+    ok = t.request("PUT", "/api/v1/ratio", {"blue": 30, "green": 70},
+                   headers={"Origin": f"https://127.0.0.1:{t.admin_port}"})
+    assert ok[0] == 200, ok
+    bad = t.request("PUT", "/api/v1/ratio", {"blue": 0, "green": 100},
+                    headers={"Origin": f"http://127.0.0.1:{t.admin_port}"})
+    assert bad[0] == 403 and "cross-origin" in bad[1], bad
+    state = json.loads(t.request("GET", "/api/v1/state")[1])
+    assert {b["name"]: b["weight"] for b in state["backends"]} == {"blue": 30, "green": 70}
+
+
+def run_tdctl(*args, env=None):
+    return subprocess.run([TDCTL, *args], capture_output=True, text=True,
+                          timeout=60 * (3 if ASAN else 1), env=env or TDCTL_ENV)
+
+
+def test_tdctl_over_https_verifies_the_admin_certificate(tls_admin):
+    t = tls_admin(token=TOKEN)
+    r = run_tdctl("--admin", t.admin, "--token", TOKEN, "--cacert", t.cert, "status")
+    assert r.returncode == 0, r.stderr
+    assert "blue" in r.stdout and "green" in r.stdout
+    r = run_tdctl("--admin", t.admin, "--token", TOKEN, "status")
+    assert r.returncode != 0
+    assert f"cannot reach td at {t.admin}" in r.stderr and "certificate" in r.stderr, r.stderr
+    r = run_tdctl("--admin", t.admin, "--token", TOKEN, "status",
+                  env=dict(TDCTL_ENV, TD_CACERT=t.cert))
+    assert r.returncode == 0, r.stderr
+    r = run_tdctl("--admin", t.admin, "--token", TOKEN, "--insecure", "ratio", "blue=10",
+                  "green=90")
+    assert r.returncode == 0, r.stderr
+    state = json.loads(t.request("GET", "/api/v1/state")[1])
+    assert {b["name"]: b["weight"] for b in state["backends"]} == {"blue": 10, "green": 90}
+
+
+def test_td_t_reports_a_bad_admin_certificate_path_at_its_place():
+    missing = "/nonexistent/admin.pem"
+    rc, out, path = check(minimal({"address": "127.0.0.1:19090", "token": TOKEN,
+                                   "tls": {"certificates": [{"cert": missing,
+                                                             "key": "/nonexistent/admin.key"}]}}))
+    assert rc == 1, out
+    at = position(path, chr(34) + missing)
+    assert f"{path}:{at}: admin.tls.certificates[0].cert: {missing}: cannot read" in out, out
+    rc, out, path = check(minimal({"address": "127.0.0.1:19090", "tls": {"bogus": 1}}))
+    assert rc == 1 and f"{path}:{position(path, chr(34) + 'bogus')}:" in out, out
