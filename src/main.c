@@ -91,6 +91,8 @@ static const char usage[] =
     "  GET /readyz                 no token: 200 {\"ready\": true} while td serves, 503 while\n"
     "                              it starts or stops (for DNS, keepalived, load balancers)\n"
     "  GET /                       the web console\n"
+    "admin.read_token: a second token, for GET and HEAD only (a change gets 403).\n"
+    "admin.tls: the admin API over HTTPS, with the keys of a listener's tls.\n"
     "Changes made through the API never touch the config file: they are kept as overrides\n"
     "in the state file (the config's state_file; default FILE.state.json), with an audit\n"
     "log next to it (FILE.audit.jsonl), so a restart keeps them. At start and on SIGHUP\n"
