@@ -1,10 +1,16 @@
 """The admin API's read-only token (admin.read_token) and the admin API over TLS (admin.tls)."""
+import http.client
 import json
 import os
+import socket
+import ssl
 import subprocess
 import tempfile
 
-from conftest import TD, backend_cfg, reload_config, tdctl, TDCTL_ENV, TDCTL, ASAN
+import pytest
+
+from conftest import (ASAN, TD, TDCTL, TDCTL_ENV, Proc, backend_cfg, free_port, needs_console,
+                      reload_config, run_console, wait_port)
 
 TOKEN = "full-s3cret"
 READ = "dashboard-r3ad"
@@ -136,14 +142,6 @@ def test_a_read_token_without_a_token_is_a_config_error():
 
 # ---------------------------------------------------------------------------------------------
 # admin.tls: the admin API and console over https.
-
-import http.client  # noqa: E402
-import socket  # noqa: E402
-import ssl  # noqa: E402
-
-import pytest  # noqa: E402
-
-from conftest import Proc, free_port, wait_port  # noqa: E402
 
 
 def self_signed(d):
@@ -311,3 +309,15 @@ def test_td_t_reports_a_bad_admin_certificate_path_at_its_place():
     assert f"{path}:{at}: admin.tls.certificates[0].cert: {missing}: cannot read" in out, out
     rc, out, path = check(minimal({"address": "127.0.0.1:19090", "tls": {"bogus": 1}}))
     assert rc == 1 and f"{path}:{position(path, chr(34) + 'bogus')}:" in out, out
+
+
+@needs_console
+def test_the_console_works_over_https(tls_admin):
+    """The same page over admin.tls: it loads, reads the state and applies a change (its own
+    origin is https://, which the Origin check takes)."""
+    t = tls_admin()
+    seen = run_console("console.test.mjs", scenario="swap", url=t.admin + "/",
+                       ignore_https_errors=True)
+    assert seen["before"] == 100 and seen["message"].startswith("Applied: blue 0 % · green 100 %")
+    state = json.loads(t.request("GET", "/api/v1/state")[1])
+    assert {b["name"]: b["weight"] for b in state["backends"]} == {"blue": 0, "green": 100}
