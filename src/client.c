@@ -503,9 +503,15 @@ static void client_read_cb(td_stream_t *s, long nread) {
         return;
     }
     if (nread < 0) {
-        if (nread == TD_STREAM_ETLS)
-            td_info("TLS from %s: %s", c->ip, td_stream_tls_error(s));
-        else if (c->state == C_HEAD && c->len > 0 && nread != TD_STREAM_CLOSE_NOTIFY)
+        if (nread == TD_STREAM_ETLS) {
+            /* A scanner or a misconfigured client fails every handshake the same way: one line
+             * a second per error, then a count, as for the request errors. */
+            char reason[TD_LOG_REASON_LEN];
+            snprintf(reason, sizeof(reason), "TLS handshake from a client: %s",
+                     td_stream_tls_error(s));
+            if (td_log_reasons_take(&c->w->req_err_rl, reason, td_now_ms()))
+                td_info("TLS from %s:%d: %s", c->ip, c->port, td_stream_tls_error(s));
+        } else if (c->state == C_HEAD && c->len > 0 && nread != TD_STREAM_CLOSE_NOTIFY)
             td_debug("client %s closed with an incomplete request head", c->ip);
         td_client_close(c);
         return;

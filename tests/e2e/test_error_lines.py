@@ -1,9 +1,10 @@
 """td's error lines about a request name it (method, path, client address and port), escape what
 the client sent, and come at most once a second per reason with a count of the rest."""
+import json
 import re
 import time
 
-from conftest import RawConn, backend_cfg
+from conftest import TD, Proc, RawConn, backend_cfg, free_port, wait_port
 from test_failover import dead_ports
 
 SLACK = 10
@@ -94,3 +95,40 @@ def test_200_failing_requests_give_one_line_per_reason_and_a_count_of_the_rest(t
     assert any(f"502 backend blue server 127.0.0.1:{dead}: connection refused" == r
                for r in reasons) or any(r.startswith("503 ") for r in reasons), reasons
     assert " 0 more" not in out
+
+
+def test_failed_tls_handshakes_are_rate_limited_by_error(tmp_path):
+    """30 clients speaking plain HTTP to a TLS listener each fail the handshake the same way: one
+    line for the first, then a count of the others."""
+    from test_admin_hardening import self_signed
+    cert, key = self_signed(str(tmp_path))
+    port = free_port()
+    cfg = backend_cfg({"blue": (100, dead_ports(1))}, workers=1)
+    cfg["listeners"] = [{"address": f"127.0.0.1:{port}",
+                         "tls": {"certificates": [{"cert": cert, "key": key}]}}]
+    path = tmp_path / "td.json"
+    path.write_text(json.dumps(cfg))
+    proc = Proc([TD, "-c", str(path)], "td")
+    try:
+        wait_port(port)
+        n = 30
+        for _ in range(n):
+            with RawConn(port) as c:
+                c.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+                c.read_to_eof()
+        deadline = time.monotonic() + SLACK
+        while True:
+            out = proc.output()
+            lines = re.findall(r"info  TLS from 127\.0\.0\.1:\d+: ", out)
+            more = [int(k) for k in re.findall(
+                r"warn  (\d+) more like this in the last second: TLS handshake from a client: ",
+                out)]
+            if len(lines) + sum(more) >= n or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+        assert len(lines) + sum(more) == n, out[-3000:]
+        assert len(lines) <= 5 and more, out[-3000:]
+    finally:
+        assert proc.stop() == 0, proc.output()[-3000:]
+    out = proc.output()
+    assert "AddressSanitizer" not in out and "runtime error" not in out, out[-4000:]
