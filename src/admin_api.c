@@ -33,7 +33,8 @@
 static td_addr_t bound_address;
 static char token_in_force[sizeof(((td_config_t *)0)->admin_token)];
 static char read_token_in_force[sizeof(((td_config_t *)0)->admin_read_token)];
-static int tls_in_force; /* the admin server was started with admin.tls */
+static int tls_in_force;               /* the admin server was started with admin.tls */
+static td_config_listener_t tls_bound; /* that admin.tls, as it was (or last reloaded) */
 
 static td_admin_reply_t json_reply(int status, json_t *j) {
     return td_admin_http_json(status, j);
@@ -547,6 +548,7 @@ static td_admin_reply_t get_config(int source_file, int read_only) {
         cfg->admin_address = bound_address;
         snprintf(cfg->admin_token, sizeof(cfg->admin_token), "%s", token_in_force);
         snprintf(cfg->admin_read_token, sizeof(cfg->admin_read_token), "%s", read_token_in_force);
+        cfg->admin_tls = tls_bound; /* TLS on or off waits for a restart */
         text = td_config_to_json(cfg);
         td_config_free(cfg);
     }
@@ -749,6 +751,7 @@ int td_admin_start(uv_loop_t *loop, const td_addr_t *address, const char *token,
         td_admin_http_set_tls(tls);
         td_tls_server_release(tls);
         tls_in_force = 1;
+        tls_bound = cfg->admin_tls;
     }
     td_admin_http_open_path("/readyz"); /* probes send their own Host: it tells nothing */
     return td_admin_http_listen(loop, address, token, route, err, errlen);
@@ -771,6 +774,7 @@ int td_admin_update_tls(const td_config_t *cfg, char *err, size_t errlen) {
         return TD_EINVAL;
     td_admin_http_set_tls(tls);
     td_tls_server_release(tls);
+    tls_bound = cfg->admin_tls;
     return 0;
 }
 

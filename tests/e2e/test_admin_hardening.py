@@ -2,10 +2,12 @@
 import http.client
 import json
 import os
+import signal
 import socket
 import ssl
 import subprocess
 import tempfile
+import time
 
 import pytest
 
@@ -321,3 +323,37 @@ def test_the_console_works_over_https(tls_admin):
     assert seen["before"] == 100 and seen["message"].startswith("Applied: blue 0 % · green 100 %")
     state = json.loads(t.request("GET", "/api/v1/state")[1])
     assert {b["name"]: b["weight"] for b in state["backends"]} == {"blue": 0, "green": 100}
+
+
+def tls_reload(t, edit):
+    """Rewrites t's config with edit(cfg), sends SIGHUP, waits until td logs the new version (the
+    admin API itself may have a new certificate by then)."""
+    old = t.proc.output().count(" applied (reload of the config file)")
+    with open(t.config_path) as f:
+        cfg = json.load(f)
+    edit(cfg)
+    tmp = t.config_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(cfg, f, indent=2)
+    os.replace(tmp, t.config_path)
+    t.proc.p.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while t.proc.output().count(" applied (reload of the config file)") == old:
+        assert time.monotonic() < deadline, t.proc.output()[-2000:]
+        time.sleep(0.02)
+
+
+def test_admin_certificates_apply_on_reload_and_tls_off_waits_for_restart(tls_admin):
+    t = tls_admin(token=TOKEN)
+    new_dir = tempfile.mkdtemp(prefix="td-e2e-")
+    cert2, key2 = self_signed(new_dir)
+    tls_reload(t, lambda c: c["admin"]["tls"]["certificates"][0].update(cert=cert2, key=key2))
+    # New connections get the new certificate: the old one no longer verifies it.
+    assert t.request("GET", "/api/v1/state", cafile=cert2)[0] == 200
+    with pytest.raises(ssl.SSLCertVerificationError):
+        t.request("GET", "/api/v1/state", cafile=t.cert)
+    t.cert = cert2
+    tls_reload(t, lambda c: c["admin"].pop("tls"))
+    assert "config: admin.tls turned off; it applies at the next restart" in t.proc.output()
+    status, body = t.request("GET", "/api/v1/config")
+    assert status == 200 and json.loads(body)["admin"]["tls"]["certificates"][0]["cert"] == cert2
