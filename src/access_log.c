@@ -2,16 +2,72 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "td/common-t.h"
 #include "td/log.h"
+
+/* The file of the latest reopen: written by the main thread, read (dup'ed) by each worker once
+ * per reopen, under reopen_mu. reopen_gen counts reopens; a worker compares it with its own
+ * before each line (one atomic load on the hot path), so only a reopen takes the lock. */
+static pthread_mutex_t reopen_mu = PTHREAD_MUTEX_INITIALIZER;
+static int reopen_fd = -1;    /* owned; guarded by reopen_mu */
+static char reopen_path[256]; /* guarded by reopen_mu: the path reopen_fd was opened from */
+static atomic_uint reopen_gen;
 
 void td_access_log_init(td_access_log_t *l) {
     l->fd = -1;
     l->path[0] = 0;
+    l->gen = atomic_load(&reopen_gen);
+}
+
+int td_access_log_reopen(const char *path) {
+    if (!path[0] || strcmp(path, "stderr") == 0) {
+        td_info("SIGUSR1: no access log file to reopen (access_log is %s)",
+                path[0] ? "stderr" : "off");
+        return 0;
+    }
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (fd < 0) {
+        td_error("access log: cannot reopen %s: %s; still writing to the old file", path,
+                 strerror(errno));
+        return TD_EIO;
+    }
+    pthread_mutex_lock(&reopen_mu);
+    int old = reopen_fd;
+    reopen_fd = fd;
+    snprintf(reopen_path, sizeof(reopen_path), "%s", path);
+    atomic_fetch_add_explicit(&reopen_gen, 1, memory_order_release);
+    pthread_mutex_unlock(&reopen_mu);
+    if (old >= 0)
+        close(old); /* every worker holds its own duplicate: this one is no longer needed */
+    td_info("access log reopened: %s", path);
+    return 0;
+}
+
+void td_access_log_adopt(td_access_log_t *l) {
+    unsigned gen = atomic_load_explicit(&reopen_gen, memory_order_acquire);
+    if (gen == l->gen)
+        return;
+    pthread_mutex_lock(&reopen_mu);
+    l->gen = atomic_load_explicit(&reopen_gen, memory_order_relaxed);
+    /* A worker whose config names another file (a reload is on its way to it) keeps its own. */
+    if (l->fd > 2 && reopen_fd >= 0 && strcmp(reopen_path, l->path) == 0) {
+        int fd = fcntl(reopen_fd, F_DUPFD_CLOEXEC, 3);
+        if (fd >= 0) {
+            close(l->fd);
+            l->fd = fd;
+        } else {
+            td_error("access log: cannot take the reopened %s: %s; still writing to the old file",
+                     l->path, strerror(errno));
+        }
+    }
+    pthread_mutex_unlock(&reopen_mu);
 }
 
 void td_access_log_open(td_access_log_t *l, const char *path) {
@@ -56,6 +112,7 @@ static size_t json_str(char *p, size_t cap, const char *s, size_t n) {
 void td_access_log_write(td_access_log_t *l, const td_access_entry_t *e) {
     if (l->fd < 0)
         return;
+    td_access_log_adopt(l);
     char line[1024], tbuf[40];
     int64_t wall = td_wall_ms();
     time_t secs = (time_t)(wall / 1000);

@@ -24,6 +24,7 @@
 #include "td/ready.h"
 #include "td/registry.h"
 #include "td/rollout.h"
+#include "td/tls.h"
 #include "td/router.h"
 
 /* ---- replies */
@@ -34,6 +35,9 @@
  * /api/v1/config: the config's "admin" may say otherwise until a restart. */
 static td_addr_t bound_address;
 static char token_in_force[sizeof(((td_config_t *)0)->admin_token)];
+static char read_token_in_force[sizeof(((td_config_t *)0)->admin_read_token)];
+static int tls_in_force;               /* the admin server was started with admin.tls */
+static td_config_listener_t tls_bound; /* that admin.tls, as it was (or last reloaded) */
 
 static td_admin_reply_t json_reply(int status, json_t *j) {
     return td_admin_http_json(status, j);
@@ -526,14 +530,28 @@ static const char *pending_header(void) {
     return count ? line : NULL;
 }
 
+/* A caller with the read-only token sees neither token (the full one would give it every
+ * right; the read one it has). */
+static void hide_tokens(json_t *doc) {
+    json_t *admin = json_object_get(doc, "admin");
+    json_object_del(admin, "token");
+    json_object_del(admin, "read_token");
+}
+
 /* What runs: the running config with the listeners and workers bound at start and the admin
  * section that runs (the address bound at start and the token in force), which a reload or a
  * PUT does not change until a restart; the TD-Pending-Restart header names what is asked for
  * and waits. With ?source=file: the config file as td last read it. */
-static td_admin_reply_t get_config(int source_file) {
+static td_admin_reply_t get_config(int source_file, int read_only) {
     char *text = NULL;
     if (source_file) {
         json_t *doc = td_control_file_json();
+        if (doc && read_only) {
+            json_t *copy = json_deep_copy(doc);
+            json_decref(doc);
+            doc = copy;
+            hide_tokens(doc);
+        }
         text = doc ? json_dumps(doc, JSON_INDENT(2)) : NULL;
         json_decref(doc);
         if (!text)
@@ -546,6 +564,8 @@ static td_admin_reply_t get_config(int source_file) {
         cfg->has_admin = 1;
         cfg->admin_address = bound_address;
         snprintf(cfg->admin_token, sizeof(cfg->admin_token), "%s", token_in_force);
+        snprintf(cfg->admin_read_token, sizeof(cfg->admin_read_token), "%s", read_token_in_force);
+        cfg->admin_tls = tls_bound; /* TLS on or off waits for a restart */
         text = td_config_to_json(cfg);
         td_config_free(cfg);
     }
@@ -561,6 +581,8 @@ static td_admin_reply_t get_config(int source_file) {
             if (json_object_get(bound, key))
                 json_object_set(doc, key, json_object_get(bound, key));
         }
+        if (read_only)
+            hide_tokens(doc);
         text = json_dumps(doc, JSON_INDENT(2));
     }
     json_decref(pending);
@@ -696,6 +718,9 @@ static td_admin_reply_t route(const td_admin_request_t *rq) {
         return td_admin_http_error(401,
                                    "missing or wrong bearer token (Authorization: Bearer TOKEN)");
     int get = method_is(m, "GET") || method_is(m, "HEAD"), put = method_is(m, "PUT");
+    if (rq->read_only && !get)
+        return td_admin_http_error(403,
+                                   "the read-only token cannot change anything (admin.read_token)");
     int del = method_is(m, "DELETE");
     cur_target = t;
     if (path_is(t, "/api/v1/cluster"))
@@ -723,7 +748,7 @@ static td_admin_reply_t route(const td_admin_request_t *rq) {
                : put ? put_backend(name, body, rq->client)
                      : not_allowed("GET, HEAD, PUT");
     if (path_is(t, "/api/v1/config"))
-        return get   ? get_config(query_is(t, "source=file"))
+        return get   ? get_config(query_is(t, "source=file"), rq->read_only)
                : put ? put_config(body, rq->client)
                      : not_allowed("GET, HEAD, PUT");
     if (path_is(t, "/api/v1/overrides"))
@@ -755,6 +780,20 @@ int td_admin_start(uv_loop_t *loop, const td_addr_t *address, const char *token,
                    size_t errlen) {
     bound_address = *address;
     snprintf(token_in_force, sizeof(token_in_force), "%s", token ? token : "");
+    const td_config_t *cfg = td_control_config();
+    td_admin_update_read_token(cfg && cfg->has_admin ? cfg->admin_read_token : "");
+    if (cfg && cfg->has_admin && cfg->admin_tls.tls) {
+        char why[400];
+        td_tls_server_t *tls = td_tls_server_new(&cfg->admin_tls, why, sizeof(why));
+        if (!tls) {
+            snprintf(err, errlen, "admin.tls: %s", why);
+            return TD_EINVAL;
+        }
+        td_admin_http_set_tls(tls);
+        td_tls_server_release(tls);
+        tls_in_force = 1;
+        tls_bound = cfg->admin_tls;
+    }
     td_admin_http_open_path("/readyz"); /* probes send their own Host: it tells nothing */
     return td_admin_http_listen(loop, address, token, route, err, errlen);
 }
@@ -763,6 +802,27 @@ int td_admin_update_token(const char *token) {
     if (token && token[0])
         snprintf(token_in_force, sizeof(token_in_force), "%s", token);
     return td_admin_http_set_token(token);
+}
+
+int td_admin_update_tls(const td_config_t *cfg, char *err, size_t errlen) {
+    int want = cfg->has_admin && cfg->admin_tls.tls;
+    if (want != tls_in_force)
+        return 1;
+    if (!want)
+        return 0;
+    td_tls_server_t *tls = td_tls_server_new(&cfg->admin_tls, err, errlen);
+    if (!tls)
+        return TD_EINVAL;
+    td_admin_http_set_tls(tls);
+    td_tls_server_release(tls);
+    tls_bound = cfg->admin_tls;
+    return 0;
+}
+
+int td_admin_update_read_token(const char *token) {
+    if (token && token[0])
+        snprintf(read_token_in_force, sizeof(read_token_in_force), "%s", token);
+    return td_admin_http_set_read_token(token);
 }
 
 void td_admin_stop(void) {

@@ -1,6 +1,9 @@
 /* The admin HTTP server: a small HTTP/1.1 server (td's own parser) on the main thread's loop.
  * Every request is handled whole: head and body (Content-Length, at most 1 MiB) are read, checked
- * (Host, Origin, token), handed to the handler, and its reply written; then the next one. */
+ * (Host, Origin, token), handed to the handler, and its reply written; then the next one. With
+ * admin.tls every connection speaks TLS through td/tls.h's memory BIOs: ciphertext read from the
+ * socket is fed in and the plaintext lands in the connection's buffer as plain reads do, and a
+ * reply is encrypted whole before it is written. */
 #include "td/admin_http.h"
 
 #include <jansson.h>
@@ -12,6 +15,7 @@
 #include "td/http1.h"
 #include "td/log.h"
 #include "td/rewrite.h"
+#include "td/tls.h"
 
 #define ADMIN_MAX_BODY (1024 * 1024)
 #define ADMIN_MAX_HDRS 64
@@ -45,6 +49,7 @@ struct admin_conn_s {
     char ip[64];
     char local_ip[64]; /* the address the client reached, as a Host names it ("[::1]" for IPv6) */
     td_admin_deferred_t *deferred; /* owned by whoever finishes it: the reply being waited for */
+    td_tls_conn_t *tls;            /* owned; NULL for plain HTTP */
     struct admin_conn_s *next;
 };
 
@@ -54,10 +59,15 @@ static admin_conn_t *conns;
 /* The token in force: set at start, replaced by a reload that sets another one, but never
  * cleared by one (td_admin_update_token): removing protection takes a restart. */
 static char bound_token[256];
+static char bound_read_token[256]; /* admin.read_token, under the same rule */
 static char bound_host[64]; /* admin.address without its port, as written ("[::1]" for IPv6) */
 static char open_path[64];  /* td_admin_http_open_path */
 static int bound_port;
 static td_admin_handler_fn *handler; /* borrowed: answers every request */
+static td_tls_server_t *server_tls;  /* a reference: admin.tls's certificates, or NULL */
+/* TLS records are read here before they are decrypted into a connection's buffer (the main
+ * thread's loop only; each read is handled whole before the next). */
+static char cipher[16384 + 512];
 
 static int num_conns;
 
@@ -73,6 +83,10 @@ static void conn_free_cb(uv_handle_t *h) {
             *pp = c->next;
             break;
         }
+    if (c->tls) {
+        td_tls_free(c->tls);
+        free(c->tls);
+    }
     free(c->buf);
     free(c->out);
     free(c);
@@ -112,20 +126,26 @@ td_admin_reply_t td_admin_http_error(int status, const char *msg) {
 
 /* ---- checks */
 
+/* An Authorization value "Bearer TOKEN" for `token` (compared in constant time). */
+static int bearer_is(td_str_t v, const char *token) {
+    size_t tl = strlen(token);
+    if (!tl || v.len != 7 + tl || strncasecmp(v.p, "Bearer ", 7) != 0)
+        return 0;
+    unsigned diff = 0;
+    for (size_t k = 0; k < tl; k++)
+        diff |= (unsigned)(v.p[7 + k] ^ token[k]);
+    return diff == 0;
+}
+
+/* 1: no token configured or the token; 2: the read-only token; 0: neither. */
 static int authorized(const td_http1_request_t *req) {
     if (!bound_token[0])
         return 1;
-    size_t tl = strlen(bound_token);
     for (size_t i = 0; i < req->num_headers; i++) {
         if (!td_http1_name_is(req->headers[i].name, "authorization"))
             continue;
         td_str_t v = req->headers[i].value;
-        if (v.len != 7 + tl || strncasecmp(v.p, "Bearer ", 7) != 0)
-            return 0;
-        unsigned diff = 0;
-        for (size_t k = 0; k < tl; k++)
-            diff |= (unsigned)(v.p[7 + k] ^ bound_token[k]);
-        return diff == 0;
+        return bearer_is(v, bound_token) ? 1 : bearer_is(v, bound_read_token) ? 2 : 0;
     }
     return 0;
 }
@@ -192,7 +212,7 @@ static const char *foreign_request(const admin_conn_t *c, const td_http1_request
     td_str_t ohost;
     int oport, https = origin.len > 8 && strncasecmp(origin.p, "https://", 8) == 0;
     int http = origin.len > 7 && strncasecmp(origin.p, "http://", 7) == 0;
-    if (!http && !https)
+    if (server_tls ? !https : !http && !https) /* over TLS a page of this address is https */
         return "cross-origin request refused (Origin is not this admin address)";
     td_str_t rest = {origin.p + (https ? 8 : 7), origin.len - (https ? 8u : 7u)};
     if (split_host(rest, &ohost, https ? 443 : 80, &oport) < 0 || oport != port ||
@@ -252,7 +272,8 @@ static td_admin_reply_t answer(const admin_conn_t *c, const td_http1_request_t *
         if (why)
             return td_admin_http_error(status, why);
     }
-    td_admin_request_t r = {&origin_form, body, c->ip, authorized(req)};
+    int auth = authorized(req);
+    td_admin_request_t r = {&origin_form, body, c->ip, auth != 0, auth == 2};
     current = (admin_conn_t *)c;
     td_admin_reply_t rep = handler(&r);
     current = NULL;
@@ -323,6 +344,49 @@ void td_admin_http_reply_header(const char *line) {
     extra_header = line;
 }
 
+/* Replaces the plaintext c->out[0..*len) by its TLS records. Returns 0 or TD_EIO/TD_ENOMEM. */
+static int tls_seal(admin_conn_t *c, size_t *len) {
+    if (td_tls_write(c->tls, c->out, *len) < 0)
+        return TD_EIO;
+    size_t n = td_tls_pending_out(c->tls);
+    char *sealed = malloc(n ? n : 1);
+    if (!sealed)
+        return TD_ENOMEM;
+    *len = td_tls_take(c->tls, sealed, n);
+    free(c->out);
+    c->out = sealed;
+    return 0;
+}
+
+/* A write of TLS handshake records (outside any reply): freed when done. */
+typedef struct tls_write_s {
+    uv_write_t req;
+    char data[];
+} tls_write_t;
+
+static void tls_write_cb(uv_write_t *w, int status) {
+    (void)status;
+    free(w->data);
+}
+
+/* Sends what the handshake produced (or an alert). Returns 0, or -1 when the connection is to be
+ * closed. */
+static int tls_flush(admin_conn_t *c) {
+    size_t n = td_tls_pending_out(c->tls);
+    if (!n)
+        return 0;
+    tls_write_t *w = malloc(sizeof(*w) + n);
+    if (!w)
+        return -1;
+    w->req.data = w;
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)td_tls_take(c->tls, w->data, n));
+    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, tls_write_cb) < 0) {
+        free(w);
+        return -1;
+    }
+    return 0;
+}
+
 static void send_reply(admin_conn_t *c, td_admin_reply_t r, int head_only) {
     const char *reason = td_http_reason(r.status);
     const char *extra = extra_header;
@@ -342,11 +406,21 @@ static void send_reply(admin_conn_t *c, td_admin_reply_t r, int head_only) {
                  r.csp ? r.csp : "", r.csp ? "\r\n" : "", extra ? extra : "", extra ? "\r\n" : "");
     size_t blen = head_only ? 0 : r.len;
     c->out = malloc((size_t)hl + blen);
+    if (!c->out) {
+        free(r.body);
+        conn_close(c);
+        return;
+    }
     memcpy(c->out, head, (size_t)hl);
     if (blen)
         memcpy(c->out + hl, r.body, blen);
     free(r.body);
-    uv_buf_t buf = uv_buf_init(c->out, (unsigned)((size_t)hl + blen));
+    size_t olen = (size_t)hl + blen;
+    if (c->tls && tls_seal(c, &olen) < 0) {
+        conn_close(c);
+        return;
+    }
+    uv_buf_t buf = uv_buf_init(c->out, (unsigned)olen);
     c->wreq.data = c;
     uv_read_stop((uv_stream_t *)&c->tcp);
     if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &buf, 1, write_cb) < 0)
@@ -450,9 +524,49 @@ static void process(admin_conn_t *c) {
     send_reply(c, rep, head_only);
 }
 
+/* Room for at least 4 KiB more at the end of c->buf, growing it up to the largest head and a body
+ * of ADMIN_MAX_BODY bytes. Returns 0, or -1 when there is none. */
+static int buf_room(admin_conn_t *c) {
+    if (c->cap - c->len < 4096) {
+        size_t cap = c->cap ? c->cap * 2 : 16384;
+        if (cap > ADMIN_MAX_BODY + 65536)
+            cap = ADMIN_MAX_BODY + 65536;
+        char *p = cap > c->cap ? realloc(c->buf, cap) : NULL;
+        if (!p)
+            return c->cap > c->len ? 0 : -1;
+        c->buf = p;
+        c->cap = cap;
+    }
+    return 0;
+}
+
+/* Decrypts what the TLS session holds into c->buf (as far as it has room) and sends what the
+ * handshake answers. Returns 0, or -1 when the connection is to be closed (a TLS error: a
+ * plain-HTTP request, an unknown CA on the client's side; or the client's close_notify). */
+static int tls_drain(admin_conn_t *c) {
+    for (;;) {
+        if (buf_room(c) < 0)
+            return 0; /* full: the rest stays in the session until the buffer is processed */
+        long n = td_tls_read(c->tls, c->buf + c->len, c->cap - c->len);
+        if (tls_flush(c) < 0)
+            return -1;
+        if (n > 0) {
+            c->len += (size_t)n;
+            continue;
+        }
+        if (n < 0 && n != TD_TLS_CLOSED)
+            td_info("admin: TLS from %s: %s", c->ip, c->tls->error);
+        return n == 0 ? 0 : -1;
+    }
+}
+
 static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *out) {
     (void)hint;
     admin_conn_t *c = h->data;
+    if (c->tls) {
+        *out = uv_buf_init(cipher, sizeof(cipher));
+        return;
+    }
     if (c->cap - c->len < 4096) {
         /* Room for the largest head and a body of ADMIN_MAX_BODY bytes, no more. */
         size_t cap = c->cap ? c->cap * 2 : 16384;
@@ -474,7 +588,14 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
         conn_close(c);
         return;
     }
-    c->len += (size_t)nread;
+    if (c->tls) {
+        if (td_tls_feed(c->tls, cipher, (size_t)nread) < 0 || tls_drain(c) < 0) {
+            conn_close(c);
+            return;
+        }
+    } else {
+        c->len += (size_t)nread;
+    }
     process(c);
 }
 
@@ -485,6 +606,11 @@ static void timeout_cb(uv_timer_t *t) {
 static void resume(admin_conn_t *c) {
     uv_timer_start(&c->timer, timeout_cb, ADMIN_TIMEOUT_MS, 0);
     uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
+    /* Records decrypted while the buffer was full wait in the session, not on the socket. */
+    if (c->tls && td_tls_has_input(c->tls) && tls_drain(c) < 0) {
+        conn_close(c);
+        return;
+    }
     if (c->len)
         process(c);
 }
@@ -520,6 +646,15 @@ static void on_conn(uv_stream_t *srv, int status) {
             uv_ip4_name((struct sockaddr_in *)&ss, c->local_ip, sizeof(c->local_ip));
         }
     }
+    if (server_tls) {
+        c->tls = calloc(1, sizeof(*c->tls));
+        if (!c->tls || td_tls_accept(c->tls, server_tls) < 0) {
+            free(c->tls);
+            c->tls = NULL;
+            conn_close(c);
+            return;
+        }
+    }
     resume(c);
 }
 
@@ -543,10 +678,26 @@ int td_admin_http_listen(uv_loop_t *loop, const td_addr_t *address, const char *
     return 0;
 }
 
+int td_admin_http_set_tls(td_tls_server_t *tls) {
+    if (tls)
+        td_tls_server_retain(tls);
+    if (server_tls)
+        td_tls_server_release(server_tls);
+    server_tls = tls;
+    return 0;
+}
+
 int td_admin_http_set_token(const char *token) {
     if (!token || !token[0])
         return bound_token[0] != 0;
     snprintf(bound_token, sizeof(bound_token), "%s", token);
+    return 0;
+}
+
+int td_admin_http_set_read_token(const char *token) {
+    if (!token || !token[0])
+        return bound_read_token[0] != 0;
+    snprintf(bound_read_token, sizeof(bound_read_token), "%s", token);
     return 0;
 }
 
@@ -557,4 +708,5 @@ void td_admin_http_stop(void) {
     }
     for (admin_conn_t *c = conns; c; c = c->next)
         conn_close(c);
+    td_admin_http_set_tls(NULL);
 }

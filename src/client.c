@@ -181,21 +181,69 @@ void td_client_send_timeout(client_t *c, int64_t now) {
         td_timeout_arm(&c->w->tq[T_SEND], &c->send_tmo, now, td_client_timeout_ms(c, T_SEND));
         return;
     }
-    td_warn("%s %s: client took no response bytes for %d ms (timeouts.client_send_ms); "
-            "connection closed",
-            c->ip, c->method[0] ? c->method : "-", td_client_timeout_ms(c, T_SEND));
+    char why[120];
+    snprintf(why, sizeof(why),
+             "client took no response bytes for %d ms (timeouts.client_send_ms); connection "
+             "closed",
+             td_client_timeout_ms(c, T_SEND));
+    td_client_log(c, 0, why);
     td_client_close(c);
 }
 
 void td_client_log_flush(worker_t *w, int64_t now_ms) {
-    for (int i = 0; i < 200; i++) {
-        td_log_limit_t *l = &w->client_err_rl[i];
-        if (!l->start_ms)
-            continue;
-        uint32_t n = td_log_limit_flush(l, now_ms);
-        if (n)
-            td_warn("%u more %d in the last second", n, 400 + i);
+    td_log_reasons_flush(&w->req_err_rl, now_ms);
+}
+
+/* The request-target of the current request: as the exchange kept it, else from the request
+ * line at the start of the buffer (a head td refuses before any exchange starts), up to its
+ * next space or line end; "" when there is none. */
+static td_str_t request_target(const client_t *c) {
+    const char *kept = c->cbs && c->cbs->target ? c->cbs->target(c) : NULL;
+    if (kept)
+        return (td_str_t){kept, strlen(kept)};
+    if (!c->buf || c->state == C_TUNNEL)
+        return (td_str_t){"", 0};
+    const char *sp = memchr(c->buf, ' ', c->len), *end = c->buf + c->len;
+    if (!sp)
+        return (td_str_t){"", 0};
+    const char *p = sp + 1, *q = p;
+    while (q < end && *q != ' ' && *q != '\r' && *q != '\n')
+        q++;
+    return (td_str_t){p, (size_t)(q - p)};
+}
+
+void td_client_log(client_t *c, int status, const char *why) {
+    char reason[TD_LOG_REASON_LEN];
+    if (status)
+        snprintf(reason, sizeof(reason), "%d %s", status, why);
+    else
+        snprintf(reason, sizeof(reason), "%s", why);
+    /* A flood (slowloris; every request of a site with no server left) must not flood the log:
+     * one line a second per reason and worker, then "N more like this" from the worker's tick. */
+    if (!td_log_reasons_take(&c->w->req_err_rl, reason, td_now_ms()))
+        return;
+    char method[sizeof(c->method)];
+    size_t m = 0;
+    if (c->method[0]) {
+        snprintf(method, sizeof(method), "%s", c->method);
+    } else if (c->buf && c->state != C_TUNNEL) {
+        /* Not parsed (a refused head): the token before the first space, if it is one. */
+        while (m < sizeof(method) - 1 && m < c->len && c->buf[m] > ' ' && c->buf[m] < 0x7f)
+            m++;
+        memcpy(method, c->buf, m);
+        method[m] = 0;
+    } else {
+        method[0] = 0;
     }
+    td_str_t t = request_target(c);
+    char target[TD_LOG_TARGET_MAX * 4 + 8];
+    td_log_escape(target, sizeof(target), t.p, t.len, TD_LOG_TARGET_MAX);
+    char st[8] = "";
+    if (status)
+        snprintf(st, sizeof(st), "%d ", status);
+    int v6 = strchr(c->ip, ':') != NULL;
+    td_warn("%s%s %s from %s%s%s:%d: %s", st, method[0] ? method : "-", target[0] ? target : "-",
+            v6 ? "[" : "", c->ip, v6 ? "]" : "", c->port, why);
 }
 
 void td_client_error(client_t *c, int status, const char *why) {
@@ -205,17 +253,8 @@ void td_client_error(client_t *c, int status, const char *why) {
         td_client_close(c);
         return;
     }
-    if (status >= 400 && status < 600) {
-        /* A flood of them (slowloris; every request of a site with no backend left to serve)
-         * must not flood the log: CLIENT_ERR_BURST lines a second per status and worker, then
-         * "N more" from the worker's tick. */
-        int64_t now = td_now_ms();
-        td_client_log_flush(c->w, now);
-        if (!td_log_limit_take(&c->w->client_err_rl[status - 400], CLIENT_ERR_BURST, now))
-            goto reply;
-    }
-    td_warn("%d %s %s: %s", status, c->ip, c->method[0] ? c->method : "-", why);
-reply:
+    if (status >= 400 && status < 600)
+        td_client_log(c, status, why);
     td_client_reply(c, status, td_http_reason(status), "");
 }
 
@@ -464,9 +503,15 @@ static void client_read_cb(td_stream_t *s, long nread) {
         return;
     }
     if (nread < 0) {
-        if (nread == TD_STREAM_ETLS)
-            td_info("TLS from %s: %s", c->ip, td_stream_tls_error(s));
-        else if (c->state == C_HEAD && c->len > 0 && nread != TD_STREAM_CLOSE_NOTIFY)
+        if (nread == TD_STREAM_ETLS) {
+            /* A scanner or a misconfigured client fails every handshake the same way: one line
+             * a second per error, then a count, as for the request errors. */
+            char reason[TD_LOG_REASON_LEN];
+            snprintf(reason, sizeof(reason), "TLS handshake from a client: %s",
+                     td_stream_tls_error(s));
+            if (td_log_reasons_take(&c->w->req_err_rl, reason, td_now_ms()))
+                td_info("TLS from %s:%d: %s", c->ip, c->port, td_stream_tls_error(s));
+        } else if (c->state == C_HEAD && c->len > 0 && nread != TD_STREAM_CLOSE_NOTIFY)
             td_debug("client %s closed with an incomplete request head", c->ip);
         td_client_close(c);
         return;

@@ -169,6 +169,27 @@ void td_config_check_listener_tls(td_config_report_t *r, td_config_t *c, void *o
     }
 }
 
+/* ---- the admin tokens ---- */
+
+/* admin.read_token (field 2 of admin, read) only means something next to admin.token: without
+ * one every caller may change everything anyway. The same value for both would make the full
+ * token read-only or the read token full: refused too. */
+void td_config_check_admin_tokens(td_config_report_t *r, td_config_t *c, void *obj,
+                                  const void *first, size_t index, unsigned read) {
+    (void)obj, (void)first, (void)index;
+    if (!(read & (1u << 2)) || !c->admin_read_token[0])
+        return;
+    td_config_report_push_key(r, "read_token");
+    if (!c->admin_token[0])
+        td_config_report(r, TD_CONFIG_AT_KEY,
+                         "admin.read_token without admin.token means nothing (without a token "
+                         "every caller may change everything): set admin.token too");
+    else if (strcmp(c->admin_read_token, c->admin_token) == 0)
+        td_config_report(r, TD_CONFIG_AT_KEY,
+                         "admin.read_token is the same as admin.token: give it a value of its own");
+    td_config_report_pop(r);
+}
+
 /* ---- the sticky cookie ---- */
 
 /* SameSite=None without Secure is refused by browsers, so a config that would send it is an

@@ -247,8 +247,12 @@ static const td_config_object_t listener_object =
 static const td_config_field_t admin_fields[] = {
     ADDR("address", td_config_t, admin_address, td_config_check_admin_address),
     STR("token", td_config_t, admin_token, NULL, check_token, TD_CF_HIDE),
+    STR("read_token", td_config_t, admin_read_token, NULL, check_token, TD_CF_HIDE | TD_CF_CHANGED),
+    OBJECT("tls", offsetof(td_config_t, admin_tls), listener_tls_object,
+           offsetof(td_config_t, admin_tls.tls), 0),
 };
-static const td_config_object_t admin_object = OBJ(admin_fields, NULL, NULL, NULL);
+static const td_config_object_t admin_object =
+    OBJ(admin_fields, NULL, td_config_check_admin_tokens, NULL);
 
 static const td_config_field_t cookie_fields[] = {
     STR("name", td_config_t, cookie_name, "TDSTICKY", check_cookie_name, 0),

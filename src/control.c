@@ -448,6 +448,20 @@ static void update_admin_token(const td_config_t *cfg, const td_config_t *old) {
     if (removed && strcmp(token, old->has_admin ? old->admin_token : ""))
         td_warn("config: admin.token removed; it applies at the next restart: the admin API keeps "
                 "requiring the current token until then");
+    const char *read = cfg->has_admin ? cfg->admin_read_token : "";
+    if (td_admin_update_read_token(read) &&
+        strcmp(read, old->has_admin ? old->admin_read_token : ""))
+        td_warn("config: admin.read_token removed; it applies at the next restart: the admin API "
+                "keeps taking it for reading until then");
+    if (!admin_bound)
+        return;
+    char err[400];
+    int r = td_admin_update_tls(cfg, err, sizeof(err));
+    if (r == 1)
+        td_warn("config: admin.tls turned %s; it applies at the next restart",
+                cfg->has_admin && cfg->admin_tls.tls ? "on" : "off");
+    else if (r < 0)
+        td_error("config: admin.tls: %s; the certificates in force stay", err);
 }
 
 /* What a change is judged by in the audit log: the method and every backend's weight. */

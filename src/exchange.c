@@ -242,10 +242,13 @@ void td_exchange_start(client_t *c, const td_http1_request_t *reqp) {
     worker_t *w = c->w;
     td_http1_request_t req = *reqp;
     if (!exchange_take(c)) {
-        td_warn("%s %s: out of memory for the request: connection closed", c->ip, c->method);
+        td_client_log(c, 0, "out of memory for the request: connection closed");
         td_client_close(c);
         return;
     }
+    /* Kept for the access log and for the error lines about this request. */
+    free(c->ex->path);
+    c->ex->path = strndup(req.target.p, req.target.len < 512 ? req.target.len : 512);
     if (strcmp(c->method, "CONNECT") == 0) {
         td_client_no_keep_alive(c);
         td_client_reply(c, 405, "Method Not Allowed",
@@ -267,8 +270,10 @@ void td_exchange_start(client_t *c, const td_http1_request_t *reqp) {
         td_str_t te = find_header(req.headers, req.num_headers, "transfer-encoding");
         if (te.len != 7 || !td_http1_name_is(te, "chunked")) {
             td_client_no_keep_alive(c);
-            td_warn("501 %s %s: transfer coding \"%.*s\" not supported", c->ip, c->method,
-                    (int)(te.len > 64 ? 64 : te.len), te.p);
+            char coding[64 * 4 + 8], why[sizeof(coding) + 40];
+            td_log_escape(coding, sizeof(coding), te.p, te.len, 64);
+            snprintf(why, sizeof(why), "transfer coding \"%s\" not supported", coding);
+            td_client_log(c, 501, why);
             td_client_reply(c, 501, "Not Implemented", "");
             return;
         }
@@ -296,8 +301,6 @@ void td_exchange_start(client_t *c, const td_http1_request_t *reqp) {
     c->ex->snap = snap;
     td_snapshot_retain(c->ex->snap);
     td_client_use_timeouts(c, &snap->config->timeouts);
-    if (td_access_log_on(&w->alog))
-        c->ex->path = strndup(req.target.p, req.target.len < 512 ? req.target.len : 512);
     const td_config_t *pcfg = c->ex->snap->config;
     if (c->listener < pcfg->num_listeners && pcfg->listeners[c->listener].redirect_https) {
         redirect_https(c, &req, &pcfg->listeners[c->listener]);
@@ -457,7 +460,7 @@ void td_exchange_upstream_fail(upstream_t *u, const char *why, int kind) {
     if (!c)
         return;
     free(c->ex->last_error);
-    if (asprintf(&c->ex->last_error, "upstream %s (%s): %s", st->address, st->backend, why) < 0)
+    if (asprintf(&c->ex->last_error, "backend %s server %s: %s", st->backend, st->address, why) < 0)
         c->ex->last_error = NULL;
     if (!fresh && kind == F_IO && !c->ex->resp_started && c->ex->snap && c->ex->backend >= 0 &&
         c->ex->server >= 0) {
@@ -480,7 +483,9 @@ void td_exchange_upstream_fail(upstream_t *u, const char *why, int kind) {
         return;
     }
     if (c->resp_sent) {
-        td_warn("%s %s: %s; response cut short", c->ip, c->method, unreachable(c));
+        char what[400];
+        snprintf(what, sizeof(what), "%s; response cut short", unreachable(c));
+        td_client_log(c, 0, what);
         td_client_close(c);
     } else {
         if (!c->req_done)
@@ -545,12 +550,13 @@ void td_exchange_queue_timeout(client_t *c) {
         return;
     }
     td_backend_stats_t *b = x->qlink.list->key;
-    long long waited = (long long)(td_now_ms() - x->qlink.since_ms);
     td_queue_remove(&c->w->queue, &x->qlink);
     atomic_fetch_add_explicit(&b->queue_timeouts, 1, memory_order_relaxed);
     char why[200];
-    snprintf(why, sizeof(why), "queue timeout after %lld ms: every server of %s at max_conns",
-             waited, b->name);
+    /* The configured wait, not the measured one: it is part of the reason lines are counted by. */
+    snprintf(why, sizeof(why),
+             "queue timeout after %d ms (timeouts.queue_ms): every server of %s at max_conns",
+             td_client_timeout_ms(c, T_QUEUE), b->name);
     if (!c->req_done)
         td_client_no_keep_alive(c);
     td_client_error(c, 503, why);
@@ -813,6 +819,10 @@ static void client_close(client_t *c) {
     exchange_put(c);
 }
 
+static const char *client_target(const client_t *c) {
+    return c->ex ? c->ex->path : NULL;
+}
+
 const td_client_cbs_t td_exchange_client_cbs = {
     .on_head = client_head,
     .on_body = client_body,
@@ -820,4 +830,5 @@ const td_client_cbs_t td_exchange_client_cbs = {
     .on_reply = client_reply,
     .on_end = exchange_next,
     .on_close = client_close,
+    .target = client_target,
 };

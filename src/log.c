@@ -2,6 +2,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -93,4 +94,85 @@ void td_log_local_error(td_log_limit_t *l, unsigned burst, const char *what) {
     td_error("%s: a limit of td's own (open files: see `ulimit -n`; memory; local ports), not "
              "the backend's",
              what);
+}
+
+/* FNV-1a; never 0 (0 marks a free entry). */
+static uint64_t reason_key(const char *s, size_t n) {
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
+    return h ? h : 1;
+}
+
+static void reason_summary(td_log_reason_t *r, uint32_t n) {
+    if (n)
+        td_warn("%u more like this in the last second: %s", n, r->text);
+}
+
+int td_log_reasons_take(td_log_reasons_t *t, const char *reason, int64_t now_ms) {
+    size_t n = strnlen(reason, TD_LOG_REASON_LEN - 1);
+    uint64_t key = reason_key(reason, n);
+    td_log_reason_t *e = NULL, *spare = NULL;
+    for (size_t i = 0; i < TD_LOG_REASONS; i++) {
+        td_log_reason_t *r = &t->r[i];
+        if (r->key == key && strncmp(r->text, reason, n) == 0 && !r->text[n]) {
+            e = r;
+            break;
+        }
+        /* The best entry to take for a new reason: a free one, else one whose second is over,
+         * else the oldest. */
+        if (!spare || (spare->key && (!r->key || r->limit.start_ms < spare->limit.start_ms)))
+            spare = r;
+    }
+    if (e) {
+        reason_summary(e, td_log_limit_flush(&e->limit, now_ms));
+    } else {
+        e = spare;
+        if (e->key)
+            reason_summary(e, e->limit.dropped); /* its count now rather than never */
+        memset(&e->limit, 0, sizeof(e->limit));
+        e->key = key;
+        memcpy(e->text, reason, n);
+        e->text[n] = 0;
+    }
+    return td_log_limit_take(&e->limit, 1, now_ms);
+}
+
+void td_log_reasons_flush(td_log_reasons_t *t, int64_t now_ms) {
+    for (size_t i = 0; i < TD_LOG_REASONS; i++) {
+        td_log_reason_t *r = &t->r[i];
+        if (!r->key || now_ms - r->limit.start_ms < TD_LOG_LIMIT_MS)
+            continue;
+        reason_summary(r, td_log_limit_flush(&r->limit, now_ms));
+        r->key = 0;
+    }
+}
+
+size_t td_log_escape(char *out, size_t cap, const char *s, size_t n, size_t max) {
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0, i = 0;
+    if (!cap)
+        return 0;
+    for (; i < n && i < max; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        size_t need = ch < 0x20 || ch >= 0x7f ? 4 : ch == '\\' ? 2 : 1;
+        if (o + need + 4 > cap) /* room for "..." and the NUL */
+            break;
+        if (need == 4) {
+            out[o++] = '\\';
+            out[o++] = 'x';
+            out[o++] = hex[ch >> 4];
+            out[o++] = hex[ch & 15];
+        } else {
+            if (need == 2)
+                out[o++] = '\\';
+            out[o++] = (char)ch;
+        }
+    }
+    if (i < n && o + 4 <= cap) {
+        memcpy(out + o, "...", 3);
+        o += 3;
+    }
+    out[o] = 0;
+    return o;
 }

@@ -9,6 +9,7 @@
 #include <sys/resource.h>
 #include <uv.h>
 
+#include "td/access_log.h"
 #include "td/admin.h"
 #include "td/cluster.h"
 #include "td/cluster_view.h"
@@ -67,6 +68,9 @@ static const char usage[] =
     "                      timeouts.drain_ms), exit 0; with timeouts.stop_grace_ms, first\n"
     "                      answer 503 on /readyz while still serving for that long (a\n"
     "                      second signal cuts it short)\n"
+    "  SIGUSR1             reopen the access log file (after logrotate renamed it): new\n"
+    "                      lines go to a new file of the same name; td's own log goes to\n"
+    "                      stderr and has nothing to reopen\n"
     "\n"
     "Per-server limit: a server's \"max_conns\": N (0: none) caps its requests in flight and\n"
     "tunnels; further requests wait in td (in arrival order within each worker; across\n"
@@ -90,6 +94,8 @@ static const char usage[] =
     "  GET /readyz                 no token: 200 {\"ready\": true} while td serves, 503 while\n"
     "                              it starts or stops (for DNS, keepalived, load balancers)\n"
     "  GET /                       the web console\n"
+    "admin.read_token: a second token, for GET and HEAD only (a change gets 403).\n"
+    "admin.tls: the admin API over HTTPS, with the keys of a listener's tls.\n"
     "Changes made through the API never touch the config file: they are kept as overrides\n"
     "in the state file (the config's state_file; default FILE.state.json), with an audit\n"
     "log next to it (FILE.audit.jsonl), so a restart keeps them. At start and on SIGHUP\n"
@@ -131,7 +137,7 @@ static const char backend_usage[] =
     "/ws (WebSocket echo). SIGHUP is ignored; SIGTERM or Ctrl-C stops them.\n";
 
 static td_proxy_t *proxy;
-static uv_signal_t sig_hup, sig_term, sig_int;
+static uv_signal_t sig_hup, sig_term, sig_int, sig_usr1;
 static int drain_ms = 30000;
 static int stop_grace_ms;
 static uv_timer_t grace_timer; /* runs during the stop's grace period */
@@ -161,6 +167,7 @@ static void stop_now(const char *why) {
     uv_close((uv_handle_t *)&sig_hup, NULL);
     uv_close((uv_handle_t *)&sig_term, NULL);
     uv_close((uv_handle_t *)&sig_int, NULL);
+    uv_close((uv_handle_t *)&sig_usr1, NULL);
     td_info("stopped");
 }
 
@@ -198,6 +205,14 @@ static void on_hup(uv_signal_t *s, int signum) {
     td_notify_ready(); /* a rejected file leaves the running config serving */
     drain_ms = td_control_config()->timeouts.drain_ms;
     stop_grace_ms = td_control_config()->timeouts.stop_grace_ms;
+}
+
+/* SIGUSR1 (nginx's convention, for logrotate): the access log file is opened anew under its
+ * name; the old one is closed once every worker has moved to the new one. */
+static void on_usr1(uv_signal_t *s, int signum) {
+    (void)s;
+    (void)signum;
+    td_access_log_reopen(td_control_config()->access_log);
 }
 
 /* Serves demo backends on their own thread so `td demo` is one process. */
@@ -278,6 +293,8 @@ static int run(td_config_t *file_cfg, const char *path) {
     uv_signal_start(&sig_hup, on_hup, SIGHUP);
     uv_signal_start(&sig_term, on_stop, SIGTERM);
     uv_signal_start(&sig_int, on_stop, SIGINT);
+    uv_signal_init(loop, &sig_usr1);
+    uv_signal_start(&sig_usr1, on_usr1, SIGUSR1);
     if (td_rollout_init(loop) < 0) {
         fprintf(stderr, "td: cannot set up the rollout engine (libcurl)\n");
         td_config_free(start_cfg);
@@ -300,7 +317,8 @@ static int run(td_config_t *file_cfg, const char *path) {
                 start_cfg->listeners[i].address.text, start_cfg->workers,
                 start_cfg->workers == 1 ? "" : "s");
     if (has_admin)
-        td_info("admin API and web console on http://%s/", admin.text);
+        td_info("admin API and web console on %s://%s/",
+                start_cfg->admin_tls.tls ? "https" : "http", admin.text);
     if (admin_open_beyond_loopback(start_cfg))
         td_warn(open_admin_warning, admin.text);
     td_config_free(start_cfg);

@@ -67,16 +67,25 @@ int td_stream_tls_accept(td_stream_t *s, td_tls_server_t *tls) {
     return 0;
 }
 
-void td_stream_peer_ip(td_stream_t *s, char *ip, size_t len) {
+void td_stream_peer_addr(td_stream_t *s, char *ip, size_t len, int *port) {
     struct sockaddr_storage ss;
     int sl = sizeof(ss);
     ip[0] = 0;
+    *port = 0;
     if (uv_tcp_getpeername(&s->tcp, (struct sockaddr *)&ss, &sl) == 0) {
-        if (ss.ss_family == AF_INET6)
+        if (ss.ss_family == AF_INET6) {
             uv_ip6_name((struct sockaddr_in6 *)&ss, ip, len);
-        else
+            *port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+        } else {
             uv_ip4_name((struct sockaddr_in *)&ss, ip, len);
+            *port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+        }
     }
+}
+
+void td_stream_peer_ip(td_stream_t *s, char *ip, size_t len) {
+    int port;
+    td_stream_peer_addr(s, ip, len, &port);
 }
 
 const char *td_stream_tls_error(const td_stream_t *s) {

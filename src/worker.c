@@ -164,7 +164,9 @@ static void on_accept(td_listener_t *l, int fd) {
         td_client_close(c);
         return;
     }
-    td_stream_peer_ip(&c->io, c->ip, sizeof(c->ip));
+    int port;
+    td_stream_peer_addr(&c->io, c->ip, sizeof(c->ip), &port);
+    c->port = (uint16_t)port;
     td_client_timer(c, T_HEADER);
     td_client_read(c, 1);
 }
@@ -208,6 +210,7 @@ static void tick_cb(uv_timer_t *timer) {
             td_client_timeout(TD_CONTAINER_OF(t, client_t, tmo));
     int64_t now_ms = td_now_ms();
     td_client_log_flush(w, now_ms);
+    td_access_log_adopt(&w->alog); /* an idle worker lets go of a rotated file too */
     td_log_local_error_flush(&w->local_err_rl, now_ms);
     if (!w->stopping && !at_client_limit())
         for (size_t i = 0; i < w->num_listeners; i++)
@@ -272,6 +275,9 @@ static void wake_cb(uv_async_t *a) {
 
 static void worker_main(void *arg) {
     worker_t *w = arg;
+    /* The access log is open before the first connection: a file renamed or removed early on
+     * (logrotate) must not leave a worker that has not served yet without a log. */
+    td_worker_refresh(w);
     for (size_t i = 0; i < w->num_listeners; i++) {
         w->listeners[i].data = w;
         int r = td_listener_start(&w->loop, &w->listeners[i], w->listen_fds[i], on_accept,

@@ -1,5 +1,7 @@
 /* The access log: one JSON line per exchange, written by the worker that served it with one
- * write(2) in O_APPEND mode, so lines of several workers never interleave. */
+ * write(2) in O_APPEND mode, so lines of several workers never interleave. SIGUSR1 reopens it
+ * (td_access_log_reopen), for logrotate: the main thread opens the file anew and publishes it,
+ * each worker moves to it before its next line (or at its next tick) and closes its old one. */
 #ifndef TD_ACCESS_LOG_H
 #define TD_ACCESS_LOG_H
 
@@ -9,6 +11,7 @@
 typedef struct td_access_log_s {
     int fd;         /* owned (unless it is stderr), or -1 when off */
     char path[256]; /* what fd was opened from ("" off, "stderr") */
+    unsigned gen;   /* the reopen (td_access_log_reopen) this worker last adopted */
 } td_access_log_t;
 
 /* What one line says. Strings borrowed, NUL-terminated. */
@@ -35,6 +38,20 @@ void td_access_log_open(td_access_log_t *l, const char *path);
 static inline int td_access_log_on(const td_access_log_t *l) {
     return l->fd >= 0;
 }
+
+/* Opens `path` (the running config's access_log) anew, as after logrotate renamed the file, and
+ * publishes it: every worker's log writing to `path` moves to it before its next line (lines
+ * written before that stay whole in the old file, none is lost) and closes its old descriptor.
+ * Main thread only. Logs "access log reopened" at info level and returns 0 (also when there is
+ * nothing to reopen: the log off or on stderr); a file that cannot be opened (its directory
+ * gone, no permission) is logged as an error, every worker goes on writing to the old file, and
+ * TD_EIO is returned. */
+int td_access_log_reopen(const char *path);
+
+/* Moves `l` to the file of the latest td_access_log_reopen if it has not yet (a worker calls it
+ * at its tick, so that an idle worker lets go of the renamed file too; td_access_log_write calls
+ * it itself). */
+void td_access_log_adopt(td_access_log_t *l);
 
 /* Writes {"time","client","method","path","status","bytes","duration_ms","backend","server"}
  * (time: UTC with milliseconds; method and path JSON-escaped, cut to fit 1 KB). */

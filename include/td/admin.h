@@ -27,6 +27,18 @@ int td_admin_start(uv_loop_t *loop, const td_addr_t *address, const char *token,
  * has (the caller logs it), else 0. */
 int td_admin_update_token(const char *token);
 
+/* The same for admin.read_token, the token of GET and HEAD only (dashboards, monitoring): with
+ * it every change (PUT, POST, DELETE) gets 403 and changes nothing. td_admin_start takes the
+ * first one from the running config (td_control_config()). */
+int td_admin_update_read_token(const char *token);
+
+/* Takes the admin.tls of a newly applied config: new certificates apply to the connections that
+ * come next (as a listener's do). Returns 0; 1 when TLS was turned on or off, which applies at the
+ * next restart (the caller logs it); or TD_EINVAL with why in err[errlen] when the certificates
+ * cannot be loaded (the ones in force stay). td_admin_start takes the first admin.tls from the
+ * running config (td_control_config()) and fails with "admin.tls: ..." when it cannot load it. */
+int td_admin_update_tls(const td_config_t *cfg, char *err, size_t errlen);
+
 /* Stops listening and closes every admin connection. */
 void td_admin_stop(void);
 

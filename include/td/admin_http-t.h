@@ -14,6 +14,7 @@ typedef struct td_admin_request_s {
     td_str_t body;                  /* borrowed: Content-Length bytes (0..1 MiB), in that buffer */
     const char *client;             /* borrowed: the peer's IP address, for the audit log */
     int authorized;                 /* the bearer token matched, or no token is configured */
+    int read_only; /* it was admin.read_token: GET and HEAD only (authorized is set too) */
 } td_admin_request_t;
 
 /* An answer; the server adds Content-Length, Connection, Cache-Control: no-store and

@@ -27,6 +27,14 @@ int td_admin_http_listen(uv_loop_t *loop, const td_addr_t *address, const char *
  * longer has, else 0. */
 int td_admin_http_set_token(const char *token);
 
+/* Makes new connections speak TLS with `tls`'s certificates (the server takes its own reference;
+ * NULL: plain HTTP). Set before td_admin_http_listen; a later call (new certificates on a reload)
+ * applies to the connections that come next. Returns 0. */
+struct td_tls_server_s;
+int td_admin_http_set_tls(struct td_tls_server_s *tls);
+/* The same for admin.read_token (td_admin_request_t.read_only tells a request made with it). */
+int td_admin_http_set_read_token(const char *token);
+
 /* A path (NUL-terminated, copied; at most 63 bytes) whose GET and HEAD requests skip the Host and
  * Origin checks of a server without a token: an answer that changes nothing and tells nothing
  * secret (td's readiness), for probes that send their own host name (a load balancer's health

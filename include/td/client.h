@@ -38,14 +38,21 @@ void td_client_send_wait(client_t *c);
 void td_client_send_timeout(client_t *c, int64_t now);
 
 /* Answers the current request with td's own `status` (td_client_reply, the standard reason) and
- * logs "STATUS IP METHOD: why" at warn; when the response already started or a write is pending,
- * closes instead. A 4xx (a client's fault) is logged at most CLIENT_ERR_BURST times a second per
- * worker for each status; the rest are counted in the summary td_client_log_flush writes. */
+ * logs it with td_client_log; when the response already started or a write is pending, closes
+ * instead. */
 void td_client_error(client_t *c, int status, const char *why);
 
-/* Writes "N more STATUS in the last second" for each 4xx whose second of rate limiting is over
- * at `now_ms` (td_now_ms()) and that had lines not logged (none when there were none). The
- * worker calls it every tick; td_client_error calls it before logging. */
+/* Logs a warning about the current request of `c`: "STATUS METHOD TARGET from IP:PORT: why"
+ * ("502 GET /api/cart from 127.0.0.1:5312: backend green server 127.0.0.1:8102: connection
+ * refused"; no STATUS when `status` is 0; "-" for a method or target not known). The target is
+ * cut at TD_LOG_TARGET_MAX bytes and escaped (td_log_escape): a client cannot put a line break
+ * or a terminal escape into td's log. At most one line a second per worker for each reason
+ * (status and why); the rest are counted in the summary td_client_log_flush writes. */
+void td_client_log(client_t *c, int status, const char *why);
+
+/* Writes "N more like this in the last second: REASON" for each reason whose second of rate
+ * limiting is over at `now_ms` (td_now_ms()) and that had lines not logged (none when there were
+ * none). The worker calls it every tick. */
 void td_client_log_flush(worker_t *w, int64_t now_ms);
 
 /* Answers with a small response of td's own (an error, a redirect), then ends the exchange:

@@ -163,8 +163,13 @@ typedef struct td_config_s {
     int workers;      /* 1..64; "auto" resolved to the number of online CPUs (capped) */
     int workers_auto; /* 1 when written as "auto" (kept when the file is written back) */
     td_addr_t admin_address;
-    int has_admin;                    /* 0 when "admin" is absent */
-    char admin_token[256];            /* printable ASCII without spaces; "" = no token required */
+    int has_admin;              /* 0 when "admin" is absent */
+    char admin_token[256];      /* printable ASCII without spaces; "" = no token required */
+    char admin_read_token[256]; /* the same for GET/HEAD only (dashboards); "" = none */
+    /* admin.tls: the admin API over HTTPS, with the keys of a listener's "tls" (certificates,
+     * min_version) in the same fields; admin_tls.tls is 1 when it is present. Its address and
+     * redirect fields are unused. */
+    td_config_listener_t admin_tls;
     td_method_t method;               /* default round robin when "routing" is absent */
     int failback_ms;                  /* routing.failback_ms, 0..86400000: how long a failover
                                          primary must have been up again before traffic goes back

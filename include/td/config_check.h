@@ -19,6 +19,7 @@ const char *td_config_check_etcd_url(const char *s);
 /* Field hooks (td_config_hook_fn), run at the field once it was read and valid. */
 td_config_hook_fn td_config_check_listener_address; /* not already used by an earlier listener */
 td_config_hook_fn td_config_check_server_address;   /* nor by an earlier server of the backend */
+td_config_hook_fn td_config_check_admin_tokens;     /* read_token needs token, and differs */
 td_config_hook_fn td_config_check_admin_address;    /* nor by a listener */
 td_config_hook_fn td_config_check_backend_name;     /* not the name of an earlier backend */
 td_config_hook_fn td_config_check_backend_weights;  /* backends: not every weight 0 */

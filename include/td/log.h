@@ -50,6 +50,42 @@ uint32_t td_log_limit_flush(td_log_limit_t *l, int64_t now_ms);
 void td_log_local_error(td_log_limit_t *l, unsigned burst, const char *what);
 void td_log_local_error_flush(td_log_limit_t *l, int64_t now_ms);
 
+/* A rate limit by reason, for the per-request error lines (td's own 4xx and 5xx, upstream
+ * failures): one line a second for each reason (a status and what happened, with the backend and
+ * server: "502 backend green server 127.0.0.1:8102: connection refused"), then one summary
+ * "N more like this in the last second: REASON". A bounded table: a reason never seen before
+ * takes a free entry, or one whose second is over, or else the oldest (whose count is written
+ * at once), so the first line of a new reason is never lost and no count is. Zero-initialised;
+ * one per worker (no locking). */
+#define TD_LOG_REASONS 32
+#define TD_LOG_REASON_LEN 200
+
+typedef struct td_log_reason_s {
+    uint64_t key; /* hash of text; 0: a free entry */
+    td_log_limit_t limit;
+    char text[TD_LOG_REASON_LEN]; /* the reason (cut to fit), as the summary names it */
+} td_log_reason_t;
+
+typedef struct td_log_reasons_s {
+    td_log_reason_t r[TD_LOG_REASONS];
+} td_log_reasons_t;
+
+/* One event of `reason` (NUL-terminated, cut at TD_LOG_REASON_LEN - 1 bytes) at `now_ms`
+ * (td_now_ms()): returns 1 when its line is to be logged, 0 when it is only counted. The summary
+ * of this reason's previous second, when it dropped some, is logged (warn) first. */
+int td_log_reasons_take(td_log_reasons_t *t, const char *reason, int64_t now_ms);
+
+/* Logs the summary of every reason whose second is over at `now_ms` and that dropped lines, and
+ * frees those entries. Call it from a periodic timer (a worker's tick), so that the count of the
+ * last burst comes even when no later event does. */
+void td_log_reasons_flush(td_log_reasons_t *t, int64_t now_ms);
+
+/* Copies s[0..n) into out[cap] for a log line, so that nobody can start a new line or send a
+ * terminal escape through it: control characters (CR, LF, ESC, ... DEL) and bytes from 0x80 on
+ * become \xHH, a backslash becomes \\. At most `max` bytes of s are taken; a cut is marked
+ * "...". out is always NUL-terminated (cap > 0). Returns the length written. */
+size_t td_log_escape(char *out, size_t cap, const char *s, size_t n, size_t max);
+
 /* Milliseconds of CLOCK_MONOTONIC (for deadlines), and of the wall clock (for cookies, logs). */
 int64_t td_now_ms(void);
 int64_t td_wall_ms(void);

@@ -41,10 +41,10 @@
 #define POOL_IDLE_MS 60000 /* idle pooled upstream connections are closed after this */
 #define POOL_MAX_IDLE 256  /* idle connections kept per server and worker */
 #define MAX_SPANS 64
-#define TICK_MS 100         /* granularity of client timeouts */
-#define MAX_INTERIM 16      /* 1xx responses passed on before a final one; more is a 502 */
-#define CLIENT_ERR_BURST 10 /* lines a second per worker for each 4xx of td's own */
-#define LOCAL_ERR_BURST 1   /* lines a second per worker for td's own resource errors */
+#define TICK_MS 100           /* granularity of client timeouts */
+#define MAX_INTERIM 16        /* 1xx responses passed on before a final one; more is a 502 */
+#define TD_LOG_TARGET_MAX 200 /* bytes of a request-target an error line shows */
+#define LOCAL_ERR_BURST 1     /* lines a second per worker for td's own resource errors */
 
 /* Kinds of timeouts; each has a queue per worker (td/timeout.h). T_HEADER also times the
  * request body (between two reads), T_POOL is POOL_IDLE_MS, T_QUEUE a request's wait for a
@@ -67,24 +67,24 @@ typedef struct td_exchange_s td_exchange_t;
  * exchange_stats.c; td_exchange_end releases what it holds. A second protocol on the client
  * side (HTTP/2: many exchanges over one connection) gives each stream one of these. */
 struct td_exchange_s {
-    client_t *down;            /* borrowed: the client connection it answers on */
-    upstream_t *up;            /* borrowed: the upstream of the current try, or NULL */
-    td_snapshot_t *snap;       /* one reference, held from routing to the end, or NULL */
-    int backend, server;       /* indices in snap of the current try, or -1 */
-    int pinned;                /* backend named by a valid sticky cookie, or -1 */
-    int forced;                /* backend named by a valid preview header, or -1 */
-    int sticky_set;            /* backend to pin with Set-Cookie in the response, or -1 */
-    int tries;                 /* upstream tries so far (at most MAX_TRIES) */
-    uint32_t tried[MAX_TRIES]; /* flat server indices tried for this request */
-    uint8_t ntried;            /* entries used in tried */
-    int status;                /* status of the response sent, for the logs; 0 none yet */
-    uint64_t bytes_out;        /* response bytes handed to the client (head included) */
-    int64_t started_ms;        /* td_now_ms() at the parsed head; 0: no exchange */
-    char *path;                /* owned: request-target, kept only while the access log is on */
-    char *last_error;          /* owned: why the last upstream try failed, for the 502 line */
-    td_server_stats_t *st_inflight;     /* borrowed: server whose in_flight this request holds */
-    td_backend_stats_t *b_inflight;     /* borrowed: backend whose in_flight this request holds */
-    td_backend_stats_t *b_tunnel;       /* borrowed: backend whose tunnel count this one holds */
+    client_t *down;                 /* borrowed: the client connection it answers on */
+    upstream_t *up;                 /* borrowed: the upstream of the current try, or NULL */
+    td_snapshot_t *snap;            /* one reference, held from routing to the end, or NULL */
+    int backend, server;            /* indices in snap of the current try, or -1 */
+    int pinned;                     /* backend named by a valid sticky cookie, or -1 */
+    int forced;                     /* backend named by a valid preview header, or -1 */
+    int sticky_set;                 /* backend to pin with Set-Cookie in the response, or -1 */
+    int tries;                      /* upstream tries so far (at most MAX_TRIES) */
+    uint32_t tried[MAX_TRIES];      /* flat server indices tried for this request */
+    uint8_t ntried;                 /* entries used in tried */
+    int status;                     /* status of the response sent, for the logs; 0 none yet */
+    uint64_t bytes_out;             /* response bytes handed to the client (head included) */
+    int64_t started_ms;             /* td_now_ms() at the parsed head; 0: no exchange */
+    char *path;                     /* owned: request-target (512 bytes at most), for the logs */
+    char *last_error;               /* owned: why the last upstream try failed, for the 502 line */
+    td_server_stats_t *st_inflight; /* borrowed: server whose in_flight this request holds */
+    td_backend_stats_t *b_inflight; /* borrowed: backend whose in_flight this request holds */
+    td_backend_stats_t *b_tunnel;   /* borrowed: backend whose tunnel count this one holds */
     td_exchange_t *tun_prev, *tun_next; /* in the worker's tunnels while b_tunnel is set */
     /* max_conns: the server whose slot the current try holds (and its backend, whose queue a
      * freed slot wakes), or NULL; a tunnel keeps its slot in tun_slot until it closes. */
@@ -122,6 +122,9 @@ typedef struct td_client_cbs_s {
     /* The current exchange is over (the next request comes), or the connection closes. */
     void (*on_end)(client_t *c);
     void (*on_close)(client_t *c);
+    /* The current request's target as the exchange kept it (NUL-terminated, borrowed until the
+     * exchange ends), or NULL: for the log lines about it. */
+    const char *(*target)(const client_t *c);
 } td_client_cbs_t;
 
 /* What an upstream connection reports to its owner (the exchange over it), through a table the
@@ -190,10 +193,10 @@ struct worker_s {
     int num_cached;
     td_exchange_t *ex_cache[64]; /* owned: free exchanges, reused the same way */
     int num_ex_cached;
-    td_log_limit_t local_err_rl;       /* the log of td's own resource errors */
-    td_log_limit_t client_err_rl[200]; /* the logs of td's own 4xx and 5xx, by status - 400 */
-    td_stream_loop_t sl;               /* the transport's per-loop state (TLS buffer and queue) */
-    td_timeout_queue_t tq[T_KINDS];    /* armed timeouts by kind */
+    td_log_limit_t local_err_rl;    /* the log of td's own resource errors */
+    td_log_reasons_t req_err_rl;    /* the per-request error lines, by reason */
+    td_stream_loop_t sl;            /* the transport's per-loop state (TLS buffer and queue) */
+    td_timeout_queue_t tq[T_KINDS]; /* armed timeouts by kind */
     td_http1_header_t hdrs[MAX_HDRS];
     const td_http1_request_t *parsed; /* the request td_exchange_start parsed into hdrs ... */
     const client_t *parsed_for;       /* ... for this client, while it routes it; else NULL */
@@ -230,6 +233,7 @@ struct client_s {
     uint8_t resp_sent;   /* a final response head was written for the current request */
     uint8_t close_after; /* close once the pending write completes */
     char ip[INET6_ADDRSTRLEN];
+    uint16_t port; /* the client's port, for the log */
     char method[16];
     uint8_t listener;   /* index of the listener it came in on */
     uint8_t processing; /* client_process is running for it (further up the stack) */

@@ -74,6 +74,8 @@ size_t td_stream_write_queued(const td_stream_t *s);
 
 /* The peer's address as text ("127.0.0.1", "::1") into ip[len]; "" when unknown. */
 void td_stream_peer_ip(td_stream_t *s, char *ip, size_t len);
+/* The same and the peer's port into *port (0 when unknown), from one getpeername(2). */
+void td_stream_peer_addr(td_stream_t *s, char *ip, size_t len, int *port);
 
 /* 1 when the stream speaks TLS. */
 static inline int td_stream_is_tls(const td_stream_t *s) {

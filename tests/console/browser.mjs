@@ -45,6 +45,8 @@ export function runConsole(scenario) {
         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
       viewport: { width: 1280, height: 900 },
       deviceScaleFactor: 1,
+      // An admin API over TLS (admin.tls) with a certificate the test made itself.
+      ignoreHTTPSErrors: !!opts.ignore_https_errors,
       timeout: 60000,
     });
     context.setDefaultTimeout(TIMEOUT);

@@ -761,8 +761,8 @@ def test_tls_backend_failing_verification_is_502(pki, backends, tls_td, td, case
         assert p.stdout == "502", (p.stdout, p.stderr)
     addr = f"127.0.0.1:{inner.port}"
     log = wait_log(front, "certificate verify failed")
-    assert re.search(rf"upstream {re.escape(addr)} \(blue\): TLS handshake: "
-                     rf"certificate verify failed: \S", log), log[-3000:]
+    assert re.search(rf"502 GET / from 127\.0\.0\.1:\d+: backend blue server {re.escape(addr)}: "
+                     rf"TLS handshake: certificate verify failed: \S", log), log[-3000:]
     # Without verification the same backend answers.
     tls["verify"] = False
     front2 = td(front_cfg(inner.port, tls))

@@ -179,6 +179,13 @@ static int perform(const ctl_t *ctl, const char *method, const char *path, const
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, err);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &r->body);
+    /* An https admin URL (admin.tls): verified against --cacert, else the system's store. */
+    if (ctl->cacert)
+        curl_easy_setopt(h, CURLOPT_CAINFO, ctl->cacert);
+    if (ctl->insecure) {
+        curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 0L);
+        curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
 
     cc = curl_easy_perform(h);
     if (cc != CURLE_OK) {

@@ -57,6 +57,12 @@ static const char help_text[] =
     "    -t, --token TOKEN\n"
     "        Send \"Authorization: Bearer TOKEN\" with every call (admin.token in td's\n"
     "        config). Default: $TD_TOKEN. An empty token sends none.\n"
+    "    --cacert FILE\n"
+    "        With an https:// admin URL (admin.tls in td's config): verify td's\n"
+    "        certificate with the CA certificates in FILE (PEM) instead of the\n"
+    "        system's. Default: $TD_CACERT.\n"
+    "    --insecure\n"
+    "        With an https:// admin URL: do not verify td's certificate (tests only).\n"
     "    -j, --json\n"
     "        Print td's JSON reply as it came instead of a table or a summary;\n"
     "        for scripts (status, ratio, method, config, rollout, rollback, history).\n"
@@ -103,6 +109,7 @@ static const char help_text[] =
     "ENVIRONMENT\n"
     "    TD_ADMIN    Admin API URL when --admin is not given.\n"
     "    TD_TOKEN    Token when --token is not given.\n"
+    "    TD_CACERT   CA file when --cacert is not given.\n"
     "    http_proxy, no_proxy and the like are honoured as libcurl does; set\n"
     "    no_proxy=127.0.0.1,localhost if a proxy is set and td is local.\n"
     "\n"
@@ -626,6 +633,8 @@ enum { LONG_ONLY = 256 }; /* + O_*: the command options, which have no short for
 static const struct option longopts[] = {
     {"admin", required_argument, NULL, 'a'},
     {"token", required_argument, NULL, 't'},
+    {"cacert", required_argument, NULL, 'C'},
+    {"insecure", no_argument, NULL, 'k'},
     {"json", no_argument, NULL, 'j'},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
@@ -660,6 +669,12 @@ static int parse_options(ctl_t *ctl, int argc, char **argv) {
             break;
         case 't':
             ctl->token = optarg;
+            break;
+        case 'C':
+            ctl->cacert = optarg;
+            break;
+        case 'k':
+            ctl->insecure = true;
             break;
         case 'j':
             ctl->json = true;
@@ -696,6 +711,8 @@ static int check_target(ctl_t *ctl) {
         return usage_error("the admin URL is empty (--admin URL or TD_ADMIN)");
     if (ctl->token && !*ctl->token)
         ctl->token = NULL;
+    if (ctl->cacert && !*ctl->cacert)
+        ctl->cacert = NULL;
     for (p = ctl->token; p && *p; p++) {
         /* A control character would end the header line early and smuggle in another. */
         if ((unsigned char)*p < 0x20 || *p == 0x7f)
@@ -717,7 +734,8 @@ static int check_command_options(const ctl_t *ctl, const struct command *cmd) {
 }
 
 int main(int argc, char **argv) {
-    ctl_t ctl = {.admin = getenv("TD_ADMIN"), .token = getenv("TD_TOKEN")};
+    ctl_t ctl = {
+        .admin = getenv("TD_ADMIN"), .token = getenv("TD_TOKEN"), .cacert = getenv("TD_CACERT")};
     const struct command *cmd;
     int rc;
 

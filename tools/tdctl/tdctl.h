@@ -63,6 +63,8 @@ extern const char *const option_names[NOPT];
 typedef struct ctl_s {
     const char *admin;     /* borrowed (argv or environment): base URL of td's admin API */
     const char *token;     /* borrowed; NULL for no Authorization header */
+    const char *cacert;    /* borrowed: CA file to verify an https admin URL with; NULL: system */
+    bool insecure;         /* --insecure: do not verify the admin API's certificate */
     bool json;             /* print td's replies as they came */
     bool help;             /* --help: the page of the command given, else the general one */
     unsigned given;        /* OPT() bits of the command options on the line */
