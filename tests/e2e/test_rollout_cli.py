@@ -394,6 +394,21 @@ def test_rollback_right_after_a_rollout_restores_the_weights_from_before_the_who
     assert weights(t) == {"blue": 70, "green": 30}
 
 
+def test_a_second_rollback_in_a_later_second_than_the_rollout_has_nothing_to_do(backends, td):
+    # The first rollback lands in a later second than the rollout's end: the second one must
+    # see that change as the rollout's undo, not as a change of its own to undo.
+    t = blue_green(backends, td, blue_w=70, green_w=30)
+    r = tdctl(t, "switch", "green", "--steps", "100", "--step-time", "1s",
+              timeout=FOLLOW_TIMEOUT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    time.sleep(1.1)  # the rollback below comes in a later second than the rollout's end
+    assert tdctl(t, "rollback").returncode == 0
+    assert weights(t) == {"blue": 70, "green": 30}
+    r = tdctl(t, "rollback")
+    assert r.returncode == 0 and "nothing to do" in r.stdout, r.stdout
+    assert weights(t) == {"blue": 70, "green": 30}
+
+
 def test_rollback_after_a_later_change_of_weights_undoes_that_change(backends, td):
     t = blue_green(backends, td, blue_w=70, green_w=30)
     r = tdctl(t, "switch", "green", "--steps", "100", "--step-time", "1s",

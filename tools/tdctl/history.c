@@ -69,6 +69,13 @@ static bool changed_after(const json_t *change, const char *iso) {
     return change && strncmp(str(change, "time"), iso, 19) > 0;
 }
 
+/* true when `change` took the weights from those the rollout left to those from before it: the
+ * rollout's undo itself (a first tdctl rollback), not a later change to be undone. */
+static bool undid_rollout(const json_t *change, const json_t *left, const json_t *before) {
+    return json_equal(json_object_get(json_object_get(change, "before"), "weights"), left) &&
+           json_equal(json_object_get(json_object_get(change, "after"), "weights"), before);
+}
+
 /* The rollout's undo: the weights from before it, when it has ended and left the weights as they
  * are (no change of weights since). Returns -1 when rollback should undo the history's last
  * change instead, else the exit status. */
@@ -87,7 +94,7 @@ static int undo_rollout(const ctl_t *ctl, const json_t *ro, const json_t *change
         return RC_REFUSED;
     }
     if (!json_is_object(before) || !json_is_object(left) ||
-        changed_after(change, str(ro, "finished_at")))
+        (changed_after(change, str(ro, "finished_at")) && !undid_rollout(change, left, before)))
         return -1;
     if (!(state = get_json(ctl, "/api/v1/state")))
         return RC_REFUSED;
