@@ -29,6 +29,8 @@ needs_debian_tools = [
     pytest.mark.skipif(os.geteuid() != 0, reason="installs a Debian package: needs root"),
     pytest.mark.skipif(shutil.which("dpkg-buildpackage") is None,
                        reason="dpkg-buildpackage missing (scripts/deps.sh deb installs it)"),
+    # The package is built from source without sanitizers: the ASan pass would test it again.
+    pytest.mark.skipif(ASAN, reason="the package is built without sanitizers (tested once)"),
 ]
 
 
