@@ -93,8 +93,10 @@ static void on_waited(void *arg, const json_t *laggards) {
                                   json_string_value(l));
     }
     char msg[600];
-    snprintf(msg, sizeof(msg), "not applied on %s within %lld ms (revision %llu is made)",
-             n ? names : "every node", (long long)p->timeout_ms, (unsigned long long)p->revision);
+    snprintf(msg, sizeof(msg), "the change is made (revision %llu) but %s %s not applied it within "
+             "%lld ms",
+             (unsigned long long)p->revision, n ? names : "the nodes",
+             json_array_size(laggards) == 1 ? "has" : "have", (long long)p->timeout_ms);
     json_t *j = json_pack("{s:s,s:O,s:I}", "error", msg, "laggards", laggards, "revision",
                           (json_int_t)p->revision);
     td_admin_http_finish(p->d, td_admin_http_json(504, j), NULL);

@@ -251,15 +251,18 @@ static void apply_sticky(const td_etcd_kv_t *kv) {
     node_put();
 }
 
-/* Runs the shared document `doc` (owned) of revision `rev` here. Returns 0, or TD_EINVAL after
- * saying why (the running config stays). */
-static int apply_doc(json_t *doc, int64_t rev, const char *client) {
+/* Runs the shared document `doc` (owned) of revision `rev` here; `said` (may be NULL) says what
+ * the change was. Returns 0, or TD_EINVAL after saying why (the running config stays). */
+static int apply_doc(json_t *doc, int64_t rev, const char *client, const char *said) {
     char name[300], err[700];
     snprintf(name, sizeof(name), "%sconfig@%lld", cl.prefix, (long long)rev);
     json_t *ignored = NULL;
     td_config_t *cfg = td_cluster_doc_config(doc, cl.local, name, &ignored, err, sizeof(err));
-    char what[160];
-    snprintf(what, sizeof(what), "cluster config at revision %lld", (long long)rev);
+    char what[400];
+    if (said && said[0])
+        snprintf(what, sizeof(what), "%s", said);
+    else
+        snprintf(what, sizeof(what), "cluster config at revision %lld", (long long)rev);
     if (cfg && td_control_apply(cfg, what, 0, client, err, sizeof(err)) < 0)
         cfg = NULL;
     if (!cfg) {
@@ -296,7 +299,8 @@ static int apply_doc(json_t *doc, int64_t rev, const char *client) {
     return 0;
 }
 
-static void apply_config(const td_etcd_kv_t *kv) {
+/* apply_config, with what the change was (`said`, may be NULL). */
+static void apply_config_said(const td_etcd_kv_t *kv, const char *said) {
     if (kv->mod_revision > cl.config_rev)
         cl.config_rev = kv->mod_revision;
     cl.initialised = 1;
@@ -313,7 +317,32 @@ static void apply_config(const td_etcd_kv_t *kv) {
                  (long long)kv->mod_revision);
         return;
     }
-    apply_doc(doc, kv->mod_revision, "cluster");
+    apply_doc(doc, kv->mod_revision, "cluster", said);
+}
+
+static void apply_config(const td_etcd_kv_t *kv) {
+    apply_config_said(kv, NULL);
+}
+
+/* What the change of revision `rev` was, from its audit entry among the watch's events `ev`
+ * (written in the change's transaction, so it comes in the same response): "cluster revision 53
+ * from td-a: ratio blue=60 green=40"; "" when there is none. */
+static void change_said(const td_etcd_event_t *ev, size_t n, int64_t rev, char *out, size_t size) {
+    size_t pl = strlen(cl.audit_prefix);
+    out[0] = 0;
+    for (size_t i = 0; i < n; i++) {
+        const td_etcd_kv_t *kv = &ev[i].kv;
+        if (ev[i].deleted || kv->mod_revision != rev || kv->key_len <= pl ||
+            memcmp(kv->key, cl.audit_prefix, pl) != 0)
+            continue;
+        json_t *e = json_loadb(kv->value, kv->value_len, 0, NULL);
+        const char *node = json_string_value(json_object_get(e, "node"));
+        const char *what = json_string_value(json_object_get(e, "what"));
+        if (node && what && what[0])
+            snprintf(out, size, "cluster revision %lld from %s: %s", (long long)rev, node, what);
+        json_decref(e);
+        return;
+    }
 }
 
 /* The node name of a key under PREFIX nodes/, or NULL. */
@@ -367,7 +396,9 @@ static void on_watch(void *arg, int64_t revision, const td_etcd_event_t *ev, siz
                         cl.config_key);
                 td_event("cluster", "%s deleted: cluster not initialised", cl.config_key);
             } else {
-                apply_config(kv);
+                char said[400];
+                change_said(ev, n, kv->mod_revision, said, sizeof(said));
+                apply_config_said(kv, said);
             }
         } else if (key_is(kv, cl.sticky_key)) {
             if (!ev[i].deleted)
@@ -892,7 +923,7 @@ static void on_txn(void *arg, const td_etcd_result_t *r) {
         int64_t now_rev = r->num_kvs ? r->kvs[0].mod_revision : 0;
         if (op->init)
             snprintf(err, sizeof(err),
-                     "the cluster is already initialised (%s at revision %lld): change it "
+                     "the cluster is already initialised (%s is at revision %lld): change it "
                      "through the API instead",
                      cl.config_key, (long long)now_rev);
         else if (!op->cfg)

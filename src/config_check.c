@@ -219,12 +219,54 @@ void td_config_check_cookie(td_config_report_t *r, td_config_t *c, void *obj, co
     td_config_report_pop(r);
 }
 
-/* The other nodes read this node's figures from its admin API, and changes come through it. */
+/* The other nodes read this node's figures from its admin API, and changes come through it.
+ * etcd authenticates a user with a password: one without the other (fields 5 and 6 of cluster)
+ * would fail at the first call, so `td -t` says so. */
 void td_config_check_cluster(td_config_report_t *r, td_config_t *c, void *obj, const void *first,
                              size_t index, unsigned read) {
-    (void)obj, (void)first, (void)index, (void)read;
+    (void)first, (void)index;
+    const td_config_cluster_t *cl = obj;
     if (!c->has_admin)
         td_config_report(r, TD_CONFIG_AT_KEY,
                          "cluster mode needs \"admin\" (changes and the other nodes' views go "
                          "through the admin API)");
+    if ((read & (1u << 6)) && cl->password[0] && !cl->username[0]) {
+        td_config_report_push_key(r, "password");
+        td_config_report(r, TD_CONFIG_AT_KEY,
+                         "cluster.password without cluster.username: etcd authenticates a user; "
+                         "set username too, or remove password");
+        td_config_report_pop(r);
+    } else if ((read & (1u << 5)) && cl->username[0] && !cl->password[0]) {
+        td_config_report_push_key(r, "username");
+        td_config_report(r, TD_CONFIG_AT_KEY,
+                         "cluster.username without cluster.password: etcd authenticates a user "
+                         "with a password; set password too");
+        td_config_report_pop(r);
+    }
+}
+
+/* cluster.tls (fields ca, cert, key): the files the etcd client loads at start, checked as a
+ * listener's are, so a typo shows at `td -t` rather than as an unreachable store. */
+void td_config_check_cluster_tls(td_config_report_t *r, td_config_t *c, void *obj,
+                                 const void *first, size_t index, unsigned read) {
+    (void)c, (void)first, (void)index;
+    const td_config_cluster_t *cl = obj;
+    char err[512];
+    if ((read & 1) && cl->tls_ca[0] && td_tls_check_ca(cl->tls_ca, err, sizeof err) < 0) {
+        td_config_report_push_key(r, "ca");
+        td_config_report(r, TD_CONFIG_AT_VALUE, "%s", err);
+        td_config_report_pop(r);
+    }
+    int has_cert = (read & 2) && cl->tls_cert[0], has_key = (read & 4) && cl->tls_key[0];
+    if (has_cert != has_key) {
+        td_config_report_push_key(r, has_cert ? "cert" : "key");
+        td_config_report(r, TD_CONFIG_AT_KEY,
+                         "a client certificate needs both cert and key: set %s too",
+                         has_cert ? "key" : "cert");
+        td_config_report_pop(r);
+    } else if (has_cert && td_tls_check_pair(cl->tls_cert, cl->tls_key, err, sizeof err) < 0) {
+        td_config_report_push_key(r, strstr(err, cl->tls_key) == err ? "key" : "cert");
+        td_config_report(r, TD_CONFIG_AT_VALUE, "%s", err);
+        td_config_report_pop(r);
+    }
 }

@@ -158,9 +158,13 @@ const char *td_config_check_etcd_url(const char *s) {
     return port >= 1 && port <= 65535 ? NULL : bad;
 }
 
-/* cluster.prefix: an etcd key prefix, "/" ... "/". */
+/* cluster.prefix: an etcd key prefix, "/" ... "/", but not "/" alone: td reads, watches and
+ * writes everything under it. */
 static const char *check_prefix(const char *s) {
     size_t n = strlen(s);
+    if (strcmp(s, "/") == 0)
+        return "would be the whole etcd keyspace: give td a prefix of its own, e.g. "
+               "\"/td/shop/\"";
     return n >= 1 && s[0] == '/' && s[n - 1] == '/' && is_visible(s)
                ? NULL
                : "is not a valid prefix (starts and ends with \"/\", printable ASCII without "
@@ -385,7 +389,8 @@ static const td_config_field_t cluster_tls_fields[] = {
     STR("cert", td_config_cluster_t, tls_cert, NULL, td_config_check_state_path, TD_CF_CHANGED),
     STR("key", td_config_cluster_t, tls_key, NULL, td_config_check_state_path, TD_CF_CHANGED),
 };
-static const td_config_object_t cluster_tls_object = OBJ(cluster_tls_fields, NULL, NULL, NULL);
+static const td_config_object_t cluster_tls_object =
+    OBJ(cluster_tls_fields, NULL, td_config_check_cluster_tls, NULL);
 
 static const td_config_field_t cluster_fields[] = {
     /* ["http://HOST:PORT", ...] */

@@ -2,7 +2,8 @@
  *
  * Keys under the configured PREFIX (see DESIGN.md "Cluster"):
  *   PREFIX config          the shared document: the canonical config (as GET /api/v1/config
- *                          writes it) without listeners, workers, admin, cluster, state_file, plus
+ *                          writes it) without listeners, workers, admin, cluster, state_file,
+ *                          pid_file, access_log, plus
  *                          "schema": 1;
  *   PREFIX sticky          {"keys": [{"id", "secret" (hex of 32 bytes), "created"}]}, newest first,
  *                          at most 2: the sticky-cookie key ring;

@@ -13,7 +13,7 @@
 #define TD_CLUSTER_SCHEMA 1
 
 /* The shared document of `c`: its canonical JSON (td_config_to_json) without the node's own keys
- * (listeners, workers, admin, cluster, state_file), plus "schema": TD_CLUSTER_SCHEMA. A new
+ * (listeners, workers, admin, cluster, state_file, pid_file, access_log), plus "schema": TD_CLUSTER_SCHEMA. A new
  * object owned by the caller, or NULL when out of memory. */
 json_t *td_cluster_doc_shared(const td_config_t *c);
 

@@ -142,10 +142,11 @@ static int cluster_init(const ctl_t *ctl, const char *path) {
     } else if (rc == RC_DONE) {
         printf("cluster initialised: revision %s\n", num(doc, "revision").s);
     } else if (r.status == 409) {
-        fprintf(stderr,
-                "tdctl: the cluster is already initialised (%s): change it with tdctl config put "
-                "or tdctl ratio instead\n",
-                error_of(doc));
+        /* td's sentence, with tdctl's commands for its advice ("...: change it through the API
+         * instead"). */
+        const char *why = error_of(doc), *advice = strstr(why, "): ");
+        fprintf(stderr, "tdctl: %.*s: change it with tdctl config put or tdctl ratio instead\n",
+                advice ? (int)(advice + 1 - why) : (int)strlen(why), why);
     } else if (r.status) {
         fprintf(stderr, "tdctl: td refused (HTTP %ld): %s\n", r.status,
                 doc ? error_of(doc) : "without saying why");
