@@ -93,7 +93,8 @@ static void on_waited(void *arg, const json_t *laggards) {
                                   json_string_value(l));
     }
     char msg[600];
-    snprintf(msg, sizeof(msg), "the change is made (revision %llu) but %s %s not applied it within "
+    snprintf(msg, sizeof(msg),
+             "the change is made (revision %llu) but %s %s not applied it within "
              "%lld ms",
              (unsigned long long)p->revision, n ? names : "the nodes",
              json_array_size(laggards) == 1 ? "has" : "have", (long long)p->timeout_ms);

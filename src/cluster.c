@@ -74,9 +74,10 @@ static struct {
     char node[TD_NAME_MAX], prefix[256], advertise[320], cache_path[4096];
     char config_key[272], sticky_key[272], nodes_prefix[272], node_key[352], audit_prefix[272];
     int lease_s;
-    json_t *local;  /* owned: the node's own keys of its config file */
-    json_t *shared; /* owned: the shared document applied, or NULL */
-    json_t *ring;   /* owned: the sticky ring applied ({"keys": [...]}), or NULL */
+    json_t *local;     /* owned: the node's own keys of its config file */
+    td_config_t *file; /* owned: the config file's config until the cluster's first runs here */
+    json_t *shared;    /* owned: the shared document applied, or NULL */
+    json_t *ring;      /* owned: the sticky ring applied ({"keys": [...]}), or NULL */
     json_t *ignored;
     json_t *nodes; /* owned: NODE -> the value of PREFIX nodes/NODE, as the watch sees them */
     int schema, from_cache, initialised, said_uninitialised;
@@ -95,6 +96,9 @@ static struct {
     int64_t lease_id;
     char *node_value; /* owned: the value last put at node_key */
     int putting;      /* a put of node_key is in flight */
+    int member;       /* node_key is known to be this node's, under lease_id (see name_held) */
+    char taken[600];  /* why this node is not a member: another live node has its name, or "" */
+    int64_t taken_ms; /* td_now_ms() of the last try to take the name */
     int backoff_ms;
     int64_t rewatch_ms; /* td_now_ms() of the last re-read after a broken watch */
     uv_timer_t retry_timer, keepalive_timer, health_timer, stop_timer;
@@ -111,6 +115,7 @@ static void check_waits(void);
 static void on_retry(uv_timer_t *t);
 static void on_grant_again(void *arg, const td_etcd_result_t *r);
 static void sync_grant(void);
+static void sync_node(void);
 static void on_keepalive_tick(uv_timer_t *t);
 
 int td_cluster_enabled(void) {
@@ -212,6 +217,22 @@ static void cache_write(void) {
 
 /* ---- applying what the store holds ---- */
 
+/* Once after start, when the cluster's config (`running`, borrowed) first runs here: a config
+ * file whose shared part differs is said, since in cluster mode it does not run. */
+static void compare_file(const td_config_t *running) {
+    if (!cl.file || !running)
+        return;
+    char msg[800];
+    if (td_cluster_doc_differs(cl.file, running, msg, sizeof(msg)) > 0) {
+        td_warn("cluster: %s: the cluster's run; the file's shared settings are not used in "
+                "cluster mode",
+                msg);
+        td_event("cluster", "%s: the cluster's run", msg);
+    }
+    td_config_free(cl.file);
+    cl.file = NULL;
+}
+
 /* The sticky ring `ring` ({"keys": [{"secret"}, ...]}, borrowed) in force from now on. */
 static int use_ring(const json_t *ring) {
     const char *secrets[2];
@@ -293,6 +314,7 @@ static int apply_doc(json_t *doc, int64_t rev, const char *client, const char *s
         cl.config_rev = rev;
     cl.from_cache = 0;
     cl.initialised = 1;
+    compare_file(td_control_config());
     cache_write();
     node_put();
     check_waits();
@@ -361,10 +383,13 @@ static void node_seen(const td_etcd_kv_t *kv, int deleted) {
         return;
     if (deleted) {
         json_object_del(cl.nodes, name);
-        if (strcmp(name, cl.node) == 0 && cl.node_value) {
-            /* Our key went (the lease expired while we were away): written again. */
+        if (strcmp(name, cl.node) == 0 && (cl.node_value || cl.taken[0])) {
+            /* Our key went (the lease expired while we were away), or the node that held our
+             * name went: written again, if it is still free. */
             free(cl.node_value);
             cl.node_value = NULL;
+            cl.member = 0;
+            cl.taken_ms = 0;
             node_put();
         }
         return;
@@ -475,6 +500,58 @@ static char *node_text(void) {
 static unsigned put_gen;
 static char *put_text;
 
+/* ---- the node's name: one live node per name ---- */
+
+/* The write of node_key: a plain put once the key is this node's (cl.member); before that a
+ * create-if-absent (create_revision 0) that reads the key when it exists, so that a second node
+ * with the same name never overwrites the first one's key (see name_held). */
+static int node_write(char *text, td_etcd_cb *cb) {
+    td_etcd_op_t op = {0, cl.node_key, text, strlen(text), cl.lease_id};
+    td_etcd_cmp_t absent = {cl.node_key, TD_ETCD_CREATE, 0};
+    cl.taken_ms = td_now_ms();
+    return cl.member ? td_etcd_txn(NULL, 0, &op, 1, NULL, cb, text)
+                     : td_etcd_txn(&absent, 1, &op, 1, cl.node_key, cb, text);
+}
+
+/* What a successful answer `r` to node_write says: 1 written (the name is this node's), 0 the key
+ * is already under this node's lease (written by it before a re-sync: write again, as a member),
+ * -1 another live node holds the name (said once; this node is not ready, and tries again each
+ * lease period, or at once when that node's key goes). */
+static int name_held(const td_etcd_result_t *r) {
+    if (r->succeeded || !r->num_kvs) {
+        if (cl.taken[0]) {
+            td_info("cluster: node name %s is free again: this node joins the cluster", cl.node);
+            td_event("cluster", "node name %s free again: joined", cl.node);
+            cl.taken[0] = 0;
+            if (cl.reachable)
+                td_ready_cut_off(NULL);
+        }
+        cl.member = 1;
+        return 1;
+    }
+    const td_etcd_kv_t *kv = &r->kvs[0];
+    if (kv->lease == cl.lease_id) {
+        cl.member = 1;
+        return 0;
+    }
+    json_t *v = json_loadb(kv->value, kv->value_len, 0, NULL);
+    const char *url = json_string_value(json_object_get(v, "admin_url"));
+    char msg[sizeof(cl.taken)];
+    snprintf(msg, sizeof(msg),
+             "node name %s is taken by %s: give this node a name of its own (cluster.node)",
+             cl.node, url && url[0] ? url : "another node");
+    json_decref(v);
+    if (strcmp(msg, cl.taken) != 0) {
+        td_error("cluster: %s; this node serves the cluster's state but is not a member", msg);
+        td_event("cluster", "%s", msg);
+    }
+    snprintf(cl.taken, sizeof(cl.taken), "%s", msg);
+    char why[sizeof(msg) + 40];
+    snprintf(why, sizeof(why), "not a member of the cluster: %s", msg);
+    td_ready_cut_off(why);
+    return -1;
+}
+
 static void on_node_put(void *arg, const td_etcd_result_t *r) {
     char *text = arg;
     put_text = NULL;
@@ -497,6 +574,15 @@ static void on_node_put(void *arg, const td_etcd_result_t *r) {
         fail(r->error);
         return;
     }
+    int held = name_held(r);
+    if (held <= 0) {
+        free(text);
+        free(cl.node_value);
+        cl.node_value = NULL;
+        if (held == 0)
+            node_put();
+        return;
+    }
     free(cl.node_value);
     cl.node_value = text;
     /* Something changed while this put was on its way: put again. */
@@ -510,12 +596,12 @@ static void node_put(void) {
     char *text = node_text();
     if (!text)
         return;
-    if (cl.node_value && strcmp(text, cl.node_value) == 0) {
+    if ((cl.node_value && strcmp(text, cl.node_value) == 0) ||
+        (cl.taken[0] && td_now_ms() - cl.taken_ms < (int64_t)cl.lease_s * 1000)) {
         free(text);
         return;
     }
-    td_etcd_op_t op = {0, cl.node_key, text, strlen(text), cl.lease_id};
-    if (td_etcd_txn(NULL, 0, &op, 1, NULL, on_node_put, text) < 0) {
+    if (node_write(text, on_node_put) < 0) {
         free(text);
         return;
     }
@@ -547,6 +633,7 @@ static void on_grant_again(void *arg, const td_etcd_result_t *r) {
         return;
     }
     cl.lease_id = r->lease_id;
+    cl.member = 0; /* the key, if there is one, is under the old lease: claimed again */
     free(cl.node_value);
     cl.node_value = NULL;
     node_put();
@@ -593,6 +680,24 @@ static void on_sync_node_put(void *arg, const td_etcd_result_t *r) {
         return;
     }
     seen(r->revision);
+    int held = name_held(r);
+    if (held == 0) {
+        free(text);
+        sync_node(); /* the key is this node's: written again as a member */
+        return;
+    }
+    if (held < 0) {
+        /* Not a member, but the store is there: the node follows the cluster's state. */
+        free(text);
+        free(cl.node_value);
+        cl.node_value = NULL;
+        char why[sizeof(cl.taken) + 40];
+        snprintf(why, sizeof(why), "not a member of the cluster: %s", cl.taken);
+        now_reachable();
+        td_ready_cut_off(why);
+        check_waits();
+        return;
+    }
     free(cl.node_value);
     cl.node_value = text;
     now_reachable();
@@ -606,8 +711,7 @@ static void sync_node(void) {
         fail("out of memory");
         return;
     }
-    td_etcd_op_t op = {0, cl.node_key, text, strlen(text), cl.lease_id};
-    if (td_etcd_txn(NULL, 0, &op, 1, NULL, on_sync_node_put, text) < 0) {
+    if (node_write(text, on_sync_node_put) < 0) {
         free(text);
         fail("cannot write the node's key: out of memory");
         return;
@@ -626,6 +730,7 @@ static void on_sync_grant(void *arg, const td_etcd_result_t *r) {
     }
     seen(r->revision);
     cl.lease_id = r->lease_id;
+    cl.member = 0;
     sync_node();
 }
 
@@ -771,6 +876,7 @@ td_config_t *td_cluster_boot(td_config_t *cfg, const char *config_path) {
     snprintf(cl.node_key, sizeof(cl.node_key), "%s%s", cl.nodes_prefix, cl.node);
     snprintf(cl.audit_prefix, sizeof(cl.audit_prefix), "%saudit/", cl.prefix);
     cl.local = td_cluster_doc_local(cfg);
+    cl.file = td_config_dup(cfg);
     cl.nodes = json_object();
     cl.ignored = json_array();
     cl.schema = TD_CLUSTER_SCHEMA;
@@ -837,6 +943,8 @@ int td_cluster_start(uv_loop_t *loop) {
     cl.timers_open = 1;
     uv_timer_start(&cl.health_timer, on_health_tick, HEALTH_POLL_MS, HEALTH_POLL_MS);
     cl.started = 1;
+    if (cl.from_cache)
+        compare_file(td_control_config()); /* the cache's document runs: the cluster's */
     cl.backoff_ms = BACKOFF_MIN_MS;
     td_wall_iso(cl.since, sizeof(cl.since));
     snprintf(cl.error, sizeof(cl.error), "connecting to %s", c->etcd[0]);
@@ -967,6 +1075,7 @@ static void on_txn(void *arg, const td_etcd_result_t *r) {
                 cl.applied = cl.config_rev = r->revision;
                 cl.initialised = 1;
                 cl.from_cache = 0;
+                compare_file(td_control_config());
                 json_array_clear(cl.ignored);
                 cl.schema = TD_CLUSTER_SCHEMA;
             } else {
@@ -1115,6 +1224,10 @@ int td_cluster_writable(char *why, size_t n) {
         snprintf(why, n, "cluster store unreachable: %s", cl.error);
         return TD_EUNAVAIL;
     }
+    if (cl.taken[0]) {
+        snprintf(why, n, "this node is not a member of the cluster: %s", cl.taken);
+        return TD_ECONFLICT;
+    }
     if (!cl.initialised) {
         snprintf(why, n, "cluster not initialised: run tdctl cluster init FILE");
         return TD_ECONFLICT;
@@ -1145,7 +1258,7 @@ static json_t *laggards(uint64_t revision) {
     json_t *out = json_array(), *v;
     const char *name;
     json_object_foreach(cl.nodes, name, v) {
-        json_int_t at = strcmp(name, cl.node) == 0
+        json_int_t at = strcmp(name, cl.node) == 0 && !cl.taken[0]
                             ? own_applied()
                             : json_integer_value(json_object_get(v, "applied_revision"));
         if (at < (json_int_t)revision)
@@ -1295,6 +1408,13 @@ static json_t *disagreements(void) {
     return out;
 }
 
+/* `j` (owned, may be NULL) with "error" when this node is not a member. */
+static json_t *with_error(json_t *j) {
+    if (j && cl.taken[0])
+        json_object_set_new(j, "error", json_string(cl.taken));
+    return j;
+}
+
 json_t *td_cluster_json(void) {
     json_t *nodes = json_array(), *v;
     const char *name;
@@ -1310,17 +1430,19 @@ json_t *td_cluster_json(void) {
                               cl.started ? td_etcd_endpoint() : "", "since", cl.since);
     if (!cl.reachable)
         json_object_set_new(store, "error", json_string(cl.error));
-    return json_pack("{s:s,s:s,s:b,s:o,s:I,s:I,s:i,s:O,s:b,s:o,s:o,s:n}", "node", cl.node, "prefix",
-                     cl.prefix, "initialised", cl.initialised, "store", store, "revision",
-                     (json_int_t)cl.revision, "applied_revision", (json_int_t)own_applied(),
-                     "schema", cl.schema, "ignored", cl.ignored, "from_cache", cl.from_cache,
-                     "nodes", nodes, "disagreements", disagreements(), "leader");
+    json_t *j = json_pack(
+        "{s:s,s:s,s:b,s:o,s:I,s:I,s:i,s:O,s:b,s:o,s:o,s:n}", "node", cl.node, "prefix", cl.prefix,
+        "initialised", cl.initialised, "store", store, "revision", (json_int_t)cl.revision,
+        "applied_revision", (json_int_t)own_applied(), "schema", cl.schema, "ignored", cl.ignored,
+        "from_cache", cl.from_cache, "nodes", nodes, "disagreements", disagreements(), "leader");
+    return with_error(j);
 }
 
 json_t *td_cluster_state_json(void) {
-    return json_pack("{s:s,s:b,s:b,s:I,s:I,s:b}", "node", cl.node, "initialised", cl.initialised,
-                     "reachable", cl.reachable, "revision", (json_int_t)cl.revision,
-                     "applied_revision", (json_int_t)own_applied(), "from_cache", cl.from_cache);
+    return with_error(json_pack("{s:s,s:b,s:b,s:I,s:I,s:b}", "node", cl.node, "initialised",
+                                cl.initialised, "reachable", cl.reachable, "revision",
+                                (json_int_t)cl.revision, "applied_revision",
+                                (json_int_t)own_applied(), "from_cache", cl.from_cache));
 }
 
 /* ---- stop ---- */
@@ -1346,6 +1468,8 @@ static void stop_done(void) {
     uv_close((uv_handle_t *)&cl.keepalive_timer, NULL);
     uv_close((uv_handle_t *)&cl.health_timer, NULL);
     uv_close((uv_handle_t *)&cl.stop_timer, NULL);
+    td_config_free(cl.file);
+    cl.file = NULL;
     json_decref(cl.local);
     json_decref(cl.shared);
     json_decref(cl.ring);
@@ -1372,6 +1496,8 @@ void td_cluster_stop(void) {
         return;
     cl.stopping = 1;
     if (!cl.started) {
+        td_config_free(cl.file);
+        cl.file = NULL;
         json_decref(cl.local);
         json_decref(cl.shared);
         json_decref(cl.ring);

@@ -8,12 +8,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "td/common-t.h"
 #include "td/config.h"
 #include "td/config_schema.h"
 
 /* What each node keeps of its own config file (DESIGN.md "Cluster"): what binds it to its
  * machine (addresses, processes, files on its disk), never another node's. */
-static const char *const local_keys[] = {"listeners", "workers",  "admin",     "cluster",
+static const char *const local_keys[] = {"listeners",  "workers",  "admin",     "cluster",
                                          "state_file", "pid_file", "access_log"};
 #define NUM_LOCAL (sizeof(local_keys) / sizeof(local_keys[0]))
 
@@ -143,4 +144,105 @@ td_config_t *td_cluster_doc_config(const json_t *shared, const json_t *local, co
     err[0] = 0;
     *ignored = dropped;
     return cfg;
+}
+
+/* The shared document of `c` as compared: without "schema" and what moves at run time. */
+static json_t *comparable(const td_config_t *c) {
+    json_t *doc = td_cluster_doc_shared(c), *b;
+    size_t i;
+    json_object_del(doc, "schema");
+    json_array_foreach(json_object_get(doc, "backends"), i, b) {
+        json_object_del(b, "weight");
+        json_object_del(b, "state");
+    }
+    return doc;
+}
+
+/* The names of the backends of `doc`, "a, b", into out[n]. */
+static void backend_names(const json_t *doc, char *out, size_t n) {
+    size_t i, len = 0;
+    json_t *b;
+    out[0] = 0;
+    json_array_foreach(json_object_get(doc, "backends"), i, b) {
+        if (len < n)
+            len += (size_t)snprintf(out + len, n - len, "%s%s", i ? ", " : "",
+                                    json_string_value(json_object_get(b, "name")));
+    }
+}
+
+static json_t *backend_named(const json_t *doc, const char *name) {
+    size_t i;
+    json_t *b;
+    json_array_foreach(json_object_get(doc, "backends"), i, b) {
+        if (strcmp(json_string_value(json_object_get(b, "name")), name) == 0)
+            return b;
+    }
+    return NULL;
+}
+
+/* Appends `s` to the list of n items in out[size] ("a", "a and b", "a, b and c" as it grows:
+ * the last " and " becomes ", " when another comes). */
+static void add_item(char *out, size_t size, int *n, const char *s) {
+    size_t len = strlen(out);
+    char *last = *n >= 2 ? strstr(out, " and ") : NULL;
+    if (last) {
+        /* only the last " and " is the list's: later items have no " and " of their own */
+        for (char *p = last; (p = strstr(p + 1, " and ")) != NULL;)
+            last = p;
+        memmove(last + 2, last + 5, strlen(last + 5) + 1);
+        memcpy(last, ", ", 2);
+        len = strlen(out);
+    }
+    snprintf(out + len, size - len, "%s%s", *n ? " and " : "", s);
+    (*n)++;
+}
+
+int td_cluster_doc_differs(const td_config_t *file, const td_config_t *cluster, char *msg,
+                           size_t n) {
+    json_t *a = comparable(file), *b = comparable(cluster);
+    int r = TD_ENOMEM, items = 0;
+    msg[0] = 0;
+    if (!a || !b)
+        goto out;
+    char list[600] = "", names_a[300], names_b[300], theirs[320] = "";
+    backend_names(a, names_a, sizeof(names_a));
+    backend_names(b, names_b, sizeof(names_b));
+    if (strcmp(names_a, names_b) != 0) {
+        char item[320];
+        snprintf(item, sizeof(item), "backends (%s)", names_a);
+        add_item(list, sizeof(list), &items, item);
+        snprintf(theirs, sizeof(theirs), " (%s)", names_b);
+    } else if (!json_equal(json_object_get(a, "backends"), json_object_get(b, "backends"))) {
+        char which[300] = "", item[320];
+        size_t i, len = 0;
+        json_t *e;
+        json_array_foreach(json_object_get(a, "backends"), i, e) {
+            const char *name = json_string_value(json_object_get(e, "name"));
+            if (!json_equal(e, backend_named(b, name)) && len < sizeof(which))
+                len += (size_t)snprintf(which + len, sizeof(which) - len, "%s%s", len ? ", " : "",
+                                        name);
+        }
+        snprintf(item, sizeof(item), "backends (%s)", which);
+        add_item(list, sizeof(list), &items, item);
+    }
+    /* The other top-level keys, those of the file first, then those only the cluster has. */
+    json_t *docs[2] = {a, b};
+    for (int d = 0; d < 2; d++) {
+        const char *key;
+        json_t *v;
+        json_object_foreach(docs[d], key, v) {
+            if (strcmp(key, "backends") == 0 || (d == 1 && json_object_get(a, key)))
+                continue;
+            if (!json_equal(v, json_object_get(docs[1 - d], key)))
+                add_item(list, sizeof(list), &items, key);
+        }
+    }
+    if (items)
+        snprintf(msg, n, "the config file's %s differ%s from the cluster's%s", list,
+                 items == 1 && strncmp(list, "backends", 8) != 0 ? "s" : "", theirs);
+    r = items > 0;
+out:
+    json_decref(a);
+    json_decref(b);
+    return r;
 }

@@ -13,8 +13,8 @@
 #define TD_CLUSTER_SCHEMA 1
 
 /* The shared document of `c`: its canonical JSON (td_config_to_json) without the node's own keys
- * (listeners, workers, admin, cluster, state_file, pid_file, access_log), plus "schema": TD_CLUSTER_SCHEMA. A new
- * object owned by the caller, or NULL when out of memory. */
+ * (listeners, workers, admin, cluster, state_file, pid_file, access_log), plus "schema":
+ * TD_CLUSTER_SCHEMA. A new object owned by the caller, or NULL when out of memory. */
 json_t *td_cluster_doc_shared(const td_config_t *c);
 
 /* The node's own keys of `c` (those td_cluster_doc_shared leaves out), as a new object. */
@@ -29,5 +29,14 @@ json_t *td_cluster_doc_local(const td_config_t *c);
  * *ignored is NULL). */
 td_config_t *td_cluster_doc_config(const json_t *shared, const json_t *local, const char *name,
                                    json_t **ignored, char *err, size_t n);
+
+/* Whether the shared parts of `file` (the node's config file) and `cluster` (the cluster's config
+ * as it runs here) differ, both borrowed, leaving out what moves at run time through the API
+ * (backends' weights and states). 1 with a phrase for people in msg[n] naming the top-level keys
+ * that differ and, when the backends are not the same ones, both lists of names ("the config
+ * file's backends (api-v1, api-v2) differ from the cluster's (blue, green)"); 0 when they agree
+ * (msg ""); TD_ENOMEM. */
+int td_cluster_doc_differs(const td_config_t *file, const td_config_t *cluster, char *msg,
+                           size_t n);
 
 #endif

@@ -130,10 +130,52 @@ static void test_newer_schema_drops_unknown_keys_and_names_them(void) {
     td_config_free(c);
 }
 
+/* A node's file against the cluster's config: what moves at run time (weights) is no difference,
+ * other backends are named on both sides, other top-level keys by name. */
+static void test_file_that_differs_from_the_clusters_config_is_named(void) {
+    char errs[2048] = "", msg[800];
+    td_config_t *file = parse(node_json, errs, sizeof(errs));
+    T_CHECK(file != NULL);
+    if (!file)
+        return;
+    /* The same backends at another ratio, and another pid_file and access log (node-local). */
+    static const char same[] =
+        "{\"listeners\": [{\"address\": \"127.0.0.1:18081\"}], \"pid_file\": \"/tmp/b.pid\",\n"
+        " \"access_log\": \"stderr\", \"admin\": {\"address\": \"127.0.0.1:19091\"},\n"
+        " \"backends\": [{\"name\": \"blue\", \"weight\": 90, \"servers\": [{\"address\": "
+        "\"127.0.0.1:9001\"}]},\n"
+        "              {\"name\": \"green\", \"weight\": 10, \"servers\": [{\"address\": "
+        "\"127.0.0.1:9002\"}]}]}\n";
+    td_config_t *c = parse(same, errs, sizeof(errs));
+    T_CHECK(c != NULL);
+    if (c) {
+        T_EQ_INT(td_cluster_doc_differs(file, c, msg, sizeof(msg)), 0);
+        T_EQ_STR(msg, "");
+    }
+    td_config_free(c);
+    static const char other[] =
+        "{\"listeners\": [{\"address\": \"127.0.0.1:18081\"}],\n"
+        " \"routing\": {\"method\": \"sticky\"}, \"timeouts\": {\"connect_ms\": 100},\n"
+        " \"backends\": [{\"name\": \"api-v1\", \"weight\": 90, \"servers\": [{\"address\": "
+        "\"127.0.0.1:9001\"}]},\n"
+        "              {\"name\": \"api-v2\", \"weight\": 10, \"servers\": [{\"address\": "
+        "\"127.0.0.1:9002\"}]}]}\n";
+    c = parse(other, errs, sizeof(errs));
+    T_CHECK(c != NULL);
+    if (c) {
+        T_EQ_INT(td_cluster_doc_differs(file, c, msg, sizeof(msg)), 1);
+        T_EQ_STR(msg, "the config file's backends (blue, green), routing and timeouts differ from "
+                      "the cluster's (api-v1, api-v2)");
+    }
+    td_config_free(c);
+    td_config_free(file);
+}
+
 int main(void) {
     test_cluster_key_is_read_and_written_back();
     test_cluster_key_problems_are_reported_with_their_place();
     test_shared_document_leaves_the_nodes_own_keys_out();
     test_newer_schema_drops_unknown_keys_and_names_them();
+    test_file_that_differs_from_the_clusters_config_is_named();
     return t_done("test_cluster_doc");
 }
