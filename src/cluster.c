@@ -74,10 +74,11 @@ static struct {
     char node[TD_NAME_MAX], prefix[256], advertise[320], cache_path[4096];
     char config_key[272], sticky_key[272], nodes_prefix[272], node_key[352], audit_prefix[272];
     int lease_s;
-    json_t *local;     /* owned: the node's own keys of its config file */
-    td_config_t *file; /* owned: the config file's config until the cluster's first runs here */
-    json_t *shared;    /* owned: the shared document applied, or NULL */
-    json_t *ring;      /* owned: the sticky ring applied ({"keys": [...]}), or NULL */
+    /* owned: the config file's config, until the cluster's first runs here */
+    td_config_t *file;
+    json_t *local;  /* owned: the node's own keys of its config file */
+    json_t *shared; /* owned: the shared document applied, or NULL */
+    json_t *ring;   /* owned: the sticky ring applied ({"keys": [...]}), or NULL */
     json_t *ignored;
     json_t *nodes; /* owned: NODE -> the value of PREFIX nodes/NODE, as the watch sees them */
     int schema, from_cache, initialised, said_uninitialised;

@@ -78,6 +78,8 @@ def test_cluster_node_whose_name_is_taken_is_not_a_member_until_the_other_goes(
     wait_weights([twin], blue=30, green=70)  # the twin serves the cluster's state
     status, r = twin.api("PUT", "/api/v1/ratio", {"blue": 40, "green": 60})
     assert status == 409 and said in r["error"], r
+    p = tdctl(twin, "--token", TOKEN, "cluster")
+    assert p.returncode == 0 and f"NOT A MEMBER: {said}\n" in p.stdout, p.stdout
     # Said once, though it tries again each lease period.
     wait_for(lambda: len(lines_with(twin, "cluster: node name td-a is taken")) == 1
              and "cluster.node" in twin.proc.output(), 5 * SLOW)

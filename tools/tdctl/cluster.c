@@ -86,6 +86,8 @@ static void print_cluster(const json_t *c) {
         printf("store: UNREACHABLE since %s: %s; this node serves its last state and refuses "
                "changes\n",
                str(store, "since"), str(store, "error"));
+    if (json_is_string(json_object_get(c, "error")))
+        printf("NOT A MEMBER: %s\n", str(c, "error"));
     printf("leader: %s\n", json_is_string(json_object_get(c, "leader"))
                                ? json_string_value(json_object_get(c, "leader"))
                                : "none (rollouts run on a single node for now)");
@@ -223,6 +225,9 @@ void print_cluster_line(const ctl_t *ctl, const json_t *state) {
     if (!json_is_true(json_object_get(c, "reachable")))
         fprintf(stderr, "tdctl: warning: this node cannot reach the cluster store: it serves its "
                         "last state and refuses changes\n");
+    else if (json_is_string(json_object_get(c, "error")))
+        fprintf(stderr, "tdctl: warning: this node is not a member of the cluster: %s\n",
+                str(c, "error"));
     else if (json_is_false(json_object_get(c, "initialised")))
         fprintf(stderr, "tdctl: warning: the cluster is not initialised: this node serves its own "
                         "config file (tdctl cluster init FILE)\n");
