@@ -24,6 +24,7 @@
 #include "td/ready.h"
 #include "td/registry.h"
 #include "td/rollout.h"
+#include "td/rollout_cluster.h"
 #include "td/tls.h"
 #include "td/router.h"
 
@@ -773,6 +774,8 @@ static td_admin_reply_t route(const td_admin_request_t *rq) {
     }
     if (path_is(t, "/metrics"))
         return get ? get_metrics() : not_allowed("GET, HEAD");
+    if (path_is(t, "/api/v1/counters")) /* a rollout leader sums these across the nodes */
+        return get ? json_reply(200, td_rollout_cluster_counters_json()) : not_allowed("GET, HEAD");
     return td_admin_http_error(404, "no such endpoint");
 }
 

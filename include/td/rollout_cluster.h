@@ -54,10 +54,10 @@ void td_rollout_cluster_close(void);
 
 /* ---- the pure part, for the above and for tests ---- */
 
-/* One node's reading: its "started" (copied, at most 39 chars) and the two sides' cumulative
+/* One node's reading: its "started" (copied, at most 63 chars) and the two sides' cumulative
  * counters. */
 typedef struct td_rollout_reading_s {
-    char started[40];
+    char started[64];
     td_analysis_side_t target, baseline;
 } td_rollout_reading_t;
 
