@@ -19,6 +19,7 @@
 #include <jansson.h>
 
 #include "td/analysis.h" /* td_analysis_side_t */
+#include "td/common-t.h" /* TD_E* */
 
 #define TD_ROLLOUT_CLUSTER_TIMEOUT_MS 1000 /* each node's GET /api/v1/counters */
 
