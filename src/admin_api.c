@@ -244,8 +244,10 @@ static json_t *state_json(void) {
     json_object_set_new(j, "state_file", json_string(td_control_state_path()));
     json_object_set_new(j, "pending_restart", td_control_pending_restart());
     json_object_set_new(j, "rollout", td_rollout_summary_json());
-    if (td_cluster_enabled())
+    if (td_cluster_enabled()) {
         json_object_set_new(j, "cluster", td_cluster_state_json());
+        td_rollout_cluster_state(json_object_get(j, "cluster"));
+    }
     td_snapshot_release(s);
     return j;
 }

@@ -14,10 +14,13 @@
 #include "td/cluster.h"
 #include "td/common-t.h"
 #include "td/config-t.h"
+#include "td/config.h"
 #include "td/control.h"
+#include "td/events.h"
 #include "td/fetch.h"
 #include "td/log.h"
 #include "td/registry.h"
+#include "td/rollout.h"
 
 /* ---- the pure part */
 
@@ -375,4 +378,55 @@ void td_rollout_cluster_close(void) {
     if (W.fetch_on)
         td_fetch_shutdown();
     W.fetch_on = 0;
+}
+
+/* ---- the fall-back of a node cut off during an active rollout */
+
+static char fallback[160]; /* "weights from before rollout R" while in force, else "" */
+
+int td_rollout_cluster_fall_back(const char *why) {
+    const json_t *doc = td_cluster_rollout_doc();
+    const char *rid = json_string_value(json_object_get(doc, "id"));
+    int st = td_rollout_state_parse(json_string_value(json_object_get(doc, "state")));
+    json_t *before = json_object_get(doc, "weights_before");
+    if (fallback[0] || !rid || st < 0 || !td_rollout_state_active((td_rollout_state_t)st) ||
+        !json_is_object(before))
+        return 0;
+    td_config_t *cfg = td_config_dup(td_control_config());
+    if (!cfg)
+        return 0;
+    for (size_t i = 0; i < cfg->num_backends; i++) {
+        json_t *w = json_object_get(before, cfg->backends[i].name);
+        cfg->backends[i].weight = json_is_integer(w) ? (int)json_integer_value(w) : 0;
+    }
+    char what[200], err[512];
+    snprintf(what, sizeof(what), "weights from before rollout %s (cut off from the cluster store)",
+             rid);
+    if (td_control_apply(cfg, what, 0, "cluster", err, sizeof(err)) < 0) {
+        td_error("cluster: cut off during rollout %s, the weights from before it are not applied: "
+                 "%s",
+                 rid, err);
+        td_event("cluster", "cut off during rollout %s: weights from before it not applied: %s",
+                 rid, err);
+        return 0;
+    }
+    snprintf(fallback, sizeof(fallback), "weights from before rollout %s", rid);
+    td_warn("cluster: cut off from the store during rollout %s (%s): serving the weights from "
+            "before it until the store can be read again",
+            rid, why ? why : "");
+    td_event("cluster", "cut off during rollout %s: serving the weights from before it", rid);
+    return 1;
+}
+
+void td_rollout_cluster_caught_up(long long rev) {
+    if (!fallback[0])
+        return;
+    td_info("cluster: caught up at revision %lld: no longer serving the %s", rev, fallback);
+    td_event("cluster", "caught up at revision %lld: no longer serving the %s", rev, fallback);
+    fallback[0] = 0;
+}
+
+void td_rollout_cluster_state(json_t *cluster) {
+    if (fallback[0] && json_is_object(cluster))
+        json_object_set_new(cluster, "fallback", json_string(fallback));
 }
