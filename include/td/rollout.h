@@ -81,6 +81,14 @@ int td_rollout_active(char *msg, size_t n);
  * the weights then (a config file or API change to them is reported and does not apply). */
 int td_rollout_owns_weights(void);
 
+/* Cluster mode, on the leader: cb(arg, 0, "") once what the engine changed so far (a start, an
+ * action) is written to etcd; cb(arg, TD_ECONFLICT, "not the leader") when the write was fenced
+ * out (this node no longer drives the rollout); cb(arg, TD_EUNAVAIL, why) when it could not be
+ * made (the engine keeps trying). Called at once (from inside the call) when nothing waits to
+ * be written. `error` borrowed for the call. Returns 0 or TD_ENOMEM (cb not called). */
+typedef void td_rollout_written_fn(void *arg, int result, const char *error);
+int td_rollout_when_written(td_rollout_written_fn *cb, void *arg);
+
 /* Stops the timer and any request in flight (the rollout stays in the state file). */
 void td_rollout_shutdown(void);
 

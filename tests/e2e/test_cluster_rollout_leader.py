@@ -3,14 +3,16 @@ drives it (its POST /api/v1/rollout* are forwarded to the leader) and shows it; 
 leader makes is fenced in etcd by the leader key's create_revision; a step's clock starts only
 once every live node applied its weights; the leader's death hands the rollout over. Three td
 nodes on one etcd member (Debian's etcd), demo backends, all on 127.0.0.1."""
+import base64
 import json
 import os
 import signal
+import socket
 import time
 
 import pytest
 
-from cluster_nodes import (SLOW, cluster_of, init_cluster, start_nodes, wait_initialised,
+from cluster_nodes import (SLOW, TOKEN, init_cluster, node_cfg, start_nodes, wait_initialised,
                            wait_weights, weights_of)
 from conftest import ETCD, Td, TcpRelay, wait_for
 
@@ -106,7 +108,6 @@ def audit(c):
     """PREFIX audit/ entries in etcd (each with its mod_revision), oldest first."""
     out = c.etcdctl("get", "--prefix", "/td/e2e/audit/", "-w", "json")
     assert out.returncode == 0, out.stderr
-    import base64
     kvs = json.loads(out.stdout).get("kvs") or []
     return [dict(json.loads(base64.b64decode(kv["value"])), revision=int(kv["mod_revision"]))
             for kv in kvs]
@@ -205,3 +206,169 @@ def test_leader_killed_mid_rollout_another_node_takes_over_and_finishes(
     wait_weights(rest, blue=0, green=100)
     events = [e for e in audit(c) if r["id"] in e["what"]]
     assert view(new)["node"] in {e["node"] for e in events}, events
+
+
+class WatchHoldRelay(TcpRelay):
+    """A TcpRelay that can hold a node's etcd watch: hold() stops forwarding what etcd sends on
+    the relayed connections that carry a watch (POST /v3/watch) without closing them, so the node
+    keeps its lease and stays a live member while it applies nothing new; release() forwards
+    again what was held."""
+
+    def __init__(self, *a):
+        import threading
+        self.watch_socks = set()
+        self.holding = False
+        self.released = threading.Event()
+        super().__init__(*a)
+
+    def _pump(self, src, dst):
+        node_side = src.getsockname()[1] == self.port
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if node_side and b"/v3/watch" in data[:128]:
+                    self.watch_socks.add(dst)
+                while not node_side and self.holding and src in self.watch_socks \
+                        and not self.stopping:
+                    self.released.wait(0.1)
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def hold(self):
+        self.released.clear()
+        self.holding = True
+
+    def release(self):
+        self.holding = False
+        self.released.set()
+
+
+def test_step_waits_while_one_live_node_has_not_applied_it(etcd_cluster, backends, td):
+    c = etcd_cluster(1)
+    relay = WatchHoldRelay("127.0.0.1", int(c.endpoints[0].rsplit(":", 1)[1]))
+    try:
+        b = backends(("blue", 1), ("green", 1))
+        first = start_nodes(td, b, [c.endpoints] * 2)
+        lead = leader_of(first)
+        # the third node, on the relay, comes after the election: a follower
+        late = td(node_cfg(b, [f"http://127.0.0.1:{relay.port}"], "td-c"), token=TOKEN)
+        nodes = first + [late]
+        wait_initialised(nodes, init_cluster(first[0]))
+        assert leader_of(nodes) is lead
+        relay.hold()
+        status, r = first[1].api("POST", "/api/v1/rollout",
+                                 {"to": "green", "steps": [50, 100], "step_s": 1,
+                                  "analysis": FAST})
+        assert status == 201, r
+        wait_weights(first, blue=50, green=50)
+        # td-c is live (its lease is kept) but has not applied step 1: the step does not begin
+        wait_for(lambda: "td-c" in (rollout(lead)["steps_detail"][0].get("waiting_for") or []),
+                 15 * SLOW, what="step 1 waiting for td-c")
+        assert weights_of(late) == {"blue": 100, "green": 0}
+        assert "td-c" in {n["node"] for n in view(lead)["nodes"]}
+        r = rollout(lead)
+        assert r["state"] == "running" and r["step"] == 0, r
+        assert not r["steps_detail"][0].get("applied_at"), r["steps_detail"][0]
+        # far longer than step_s: still step 1, nothing judged
+        time.sleep(3 * SLOW)
+        r = rollout(lead)
+        assert r["state"] == "running" and r["step"] == 0, r
+        assert not r["steps_detail"][0]["looks"], r["steps_detail"][0]
+        relay.release()
+        done = wait_state(lead, TERMINAL)
+        assert done["state"] == "succeeded", done
+        wait_weights(nodes, blue=0, green=100)
+        assert done["steps_detail"][0]["applied_at"] >= done["steps_detail"][0]["started_at"]
+    finally:
+        relay.release()
+        relay.stop()
+
+
+def test_stale_leader_stopped_past_its_lease_cannot_move_the_weights_and_steps_down(
+        etcd_cluster, backends, td):
+    c, nodes = three(etcd_cluster, backends, td)
+    lead = leader_of(nodes)
+    old = view(lead)["node"]
+    rest = [t for t in nodes if t is not lead]
+    status, r = rest[0].api("POST", "/api/v1/rollout",
+                            {"to": "green", "steps": [10, 50, 100], "step_s": 2,
+                             "analysis": FAST})
+    assert status == 201, r
+    wait_weights(nodes, blue=90, green=10)
+    os.kill(lead.proc.pid, signal.SIGSTOP)
+    try:
+        new = leader_of(rest, timeout=30, not_=old)
+        # the new leader's key: its create_revision is the fencing token now
+        got = c.etcdctl("get", "/td/e2e/leader", "-w", "json")
+        token = int(json.loads(got.stdout)["kvs"][0]["create_revision"])
+        status, p = rest[1].api("POST", "/api/v1/rollout/pause")
+        assert status == 200 and p["state"] == "paused", p
+        held = weights_of(rest[0])
+    finally:
+        os.kill(lead.proc.pid, signal.SIGCONT)
+    # the stale leader's timers fire at once: whatever it tries to write is refused by etcd
+    wait_for(lambda: view(lead).get("leader") == view(new)["node"], 20 * SLOW,
+             what="the stale leader names the new one")
+    wait_for(lambda: "no longer the rollout leader" in lead.proc.output(), 10 * SLOW,
+             what="the stale leader says it stepped down")
+    late = [e for e in audit(c) if e["node"] == old and e["revision"] > token]
+    assert not late, late
+    # the weights are the paused rollout's, on every node, the stale one included
+    wait_weights(nodes, **held)
+    time.sleep(2 * SLOW)
+    for t in nodes:
+        assert weights_of(t) == held
+        assert rollout(t)["state"] == "paused"
+    assert rest[0].api("POST", "/api/v1/rollout/abort")[0] == 200
+    wait_weights(nodes, blue=100, green=0)
+
+
+def test_deposed_leader_that_has_not_heard_of_it_has_its_writes_refused_by_etcd(
+        etcd_cluster, backends, td):
+    c = etcd_cluster(1)
+    relay = WatchHoldRelay("127.0.0.1", int(c.endpoints[0].rsplit(":", 1)[1]))
+    try:
+        b = backends(("blue", 1), ("green", 1))
+        a = td(node_cfg(b, [f"http://127.0.0.1:{relay.port}"], "td-a"), token=TOKEN)
+        wait_for(lambda: view(a).get("leader") == "td-a", 15 * SLOW, what="td-a leads")
+        others = [td(node_cfg(b, c.endpoints, n), token=TOKEN) for n in ("td-b", "td-c")]
+        nodes = [a] + others
+        wait_initialised(nodes, init_cluster(a))
+        status, r = others[0].api("POST", "/api/v1/rollout",
+                                  {"to": "green", "steps": [10, 50, 100], "step_s": 4 * SLOW,
+                                   "analysis": FAST})
+        assert status == 201, r
+        wait_weights(nodes, blue=90, green=10)
+        # td-a hears nothing more from etcd (its lease is kept), and loses the leader key
+        relay.hold()
+        assert c.etcdctl("del", "/td/e2e/leader").returncode == 0
+        new = leader_of(others, not_="td-a")
+        got = c.etcdctl("get", "/td/e2e/leader", "-w", "json")
+        token = int(json.loads(got.stdout)["kvs"][0]["create_revision"])
+        assert view(a)["leader"] == "td-a", "td-a still takes itself for the leader"
+        # a pause asked of td-a: it runs it, and its write fails its leader compare in etcd
+        status, e = a.api("POST", "/api/v1/rollout/pause")
+        assert status == 409 and e["error"] == "not the leader", e
+        wait_for(lambda: "no longer the rollout leader (a write failed its leader compare"
+                 in a.proc.output(), 10 * SLOW, what="td-a steps down")
+        assert rollout(others[0])["state"] == "running"
+        late = [e for e in audit(c) if e["node"] == "td-a" and e["revision"] > token]
+        assert not late, late
+        for t in others:
+            assert weights_of(t) == {"blue": 90, "green": 10}
+        relay.release()
+        # the new leader, which took the rollout over, finishes it on every node
+        done = wait_state(others[1], TERMINAL, timeout=90)
+        assert done["state"] == "succeeded" and done["leader"] == view(new)["node"], done
+        wait_weights(nodes, blue=0, green=100)
+    finally:
+        relay.release()
+        relay.stop()
