@@ -24,6 +24,7 @@
 #include "td/log.h"
 #include "td/ready.h"
 #include "td/registry.h"
+#include "td/rollout_cluster.h"
 #include "td/snapshot.h"
 
 /* td's version as main.c says it (td --version), for PREFIX nodes/NODE: keep the two equal. */
@@ -144,6 +145,8 @@ static void fail(const char *error) {
     char why[700];
     snprintf(why, sizeof(why), "cut off from the cluster store: %s", error);
     td_ready_cut_off(why);
+    if (td_rollout_cluster_fall_back(error))
+        cl.applied = 0; /* the weights changed underneath: the catch-up applies the store's */
     td_cluster_leader_cut();
     if (cl.watch) {
         td_etcd_watch_cancel(cl.watch);
@@ -298,6 +301,7 @@ static int apply_doc(json_t *doc, int64_t rev, const char *client) {
         cl.config_rev = rev;
     cl.from_cache = 0;
     cl.initialised = 1;
+    td_rollout_cluster_caught_up((long long)rev);
     cache_write();
     node_put();
     check_waits();
