@@ -445,6 +445,8 @@ static void on_fenced(void *arg, const json_t *laggards);
 #define FENCE_POLL_MS 2000
 static void fence_wait(void) {
     R.fence_seq++;
+    if (!R.ready)
+        return;
     R.fence_retry = td_cluster_wait_all(R.fence_rev, FENCE_POLL_MS, on_fenced,
                                         (void *)(uintptr_t)R.fence_seq) < 0;
 }
@@ -1255,6 +1257,9 @@ void td_rollout_shutdown(void) {
         return;
     written(TD_EUNAVAIL, "td is stopping");
     R.gen++;
+    R.lead_gen++;
+    R.fence_seq++;
+    R.fence_rev = 0;
     uv_timer_stop(&R.timer);
     uv_close((uv_handle_t *)&R.timer, NULL);
     td_rollout_cluster_close();
