@@ -2,7 +2,10 @@
  * target side judged on td's own counters (td/analysis.h), rolled back or paused when a step
  * fails. Runs on the main thread's loop (a 1 s timer); it changes weights only through the
  * control plane (td_control_apply), so the snapshot swap, events, audit and state file work as
- * for any change; the active rollout is kept in the state file with the weights it set.
+ * for any change; the active rollout is kept in the state file with the weights it set. In
+ * cluster mode only the rollout leader runs it (td/cluster.h): its writes are fenced etcd
+ * transactions of the weights and the rollout object together, a step's clock starts once
+ * every live node applied it, and a node that becomes leader continues an active rollout.
  * API shape: README, "Rollouts". */
 #ifndef TD_ROLLOUT_H
 #define TD_ROLLOUT_H
