@@ -23,6 +23,13 @@
 #include "td/router.h"
 #include "td/state_file.h"
 
+/* A caller waiting for the engine's writes to be in etcd (td_rollout_when_written). */
+typedef struct waiter_s {
+    td_rollout_written_fn *cb;
+    void *arg;
+    struct waiter_s *next;
+} waiter_t;
+
 static struct {
     uv_loop_t *loop;
     uv_timer_t timer;
@@ -58,6 +65,7 @@ static struct {
     unsigned fence_seq; /* the wait in flight for fence_rev; older answers are dropped */
     int step_fenced;    /* the step's own weights were applied on every live node */
     int fence_retry;    /* the wait could not be asked for: again at the next tick */
+    waiter_t *waiters;  /* owned: answered when the writes are made, or cannot be */
     /* Cluster mode: the analysis window's counters are every live node's, summed
      * (rollout_cluster.h); a look is in flight until its sums come back. */
     unsigned window_seq; /* bumped when a window opens: sums of an older one are dropped */
@@ -382,6 +390,34 @@ static td_config_t *weights_cfg(void) {
 
 static void flush(void);
 
+/* Answers every waiter with `result` (0: written). */
+static void written(int result, const char *error) {
+    waiter_t *w = R.waiters;
+    R.waiters = NULL;
+    while (w) {
+        waiter_t *next = w->next;
+        w->cb(w->arg, result, error);
+        free(w);
+        w = next;
+    }
+}
+
+int td_rollout_when_written(td_rollout_written_fn *cb, void *arg) {
+    if (!R.writing && !R.want_write) {
+        int ok = R.leading || !td_cluster_enabled();
+        cb(arg, ok ? 0 : TD_ECONFLICT, ok ? "" : "not the leader");
+        return 0;
+    }
+    waiter_t *w = calloc(1, sizeof(*w));
+    if (!w)
+        return TD_ENOMEM;
+    w->cb = cb;
+    w->arg = arg;
+    w->next = R.waiters;
+    R.waiters = w;
+    return 0;
+}
+
 /* This node stops driving the rollout (`why`): it neither aborts nor rolls back anything, the
  * leader that fenced it out owns the rollout now. */
 static void step_down(const char *why) {
@@ -399,6 +435,7 @@ static void step_down(const char *why) {
     R.fence_rev = 0;
     json_decref(R.doc);
     R.doc = NULL;
+    written(TD_ECONFLICT, "not the leader");
 }
 
 static void on_fenced(void *arg, const json_t *laggards);
@@ -408,6 +445,8 @@ static void on_fenced(void *arg, const json_t *laggards);
 #define FENCE_POLL_MS 2000
 static void fence_wait(void) {
     R.fence_seq++;
+    if (!R.ready)
+        return;
     R.fence_retry = td_cluster_wait_all(R.fence_rev, FENCE_POLL_MS, on_fenced,
                                         (void *)(uintptr_t)R.fence_seq) < 0;
 }
@@ -448,6 +487,8 @@ static void on_written(void *arg, int result, uint64_t revision, const char *err
             fence_wait();
         }
         flush();
+        if (!R.writing && !R.want_write)
+            written(0, "");
         return;
     }
     if (result == TD_ECONFLICT && strcmp(error, "not the leader") == 0) {
@@ -459,6 +500,9 @@ static void on_written(void *arg, int result, uint64_t revision, const char *err
     td_warn("rollout %s: write not made (%s): trying again", id(), error);
     R.want_write = 1;
     R.want_weights |= R.sent_weights;
+    char why[600];
+    snprintf(why, sizeof(why), "not written to etcd yet (td keeps trying): %s", error);
+    written(TD_EUNAVAIL, why);
 }
 
 /* Sends the waiting write, unless one is in flight. */
@@ -1211,7 +1255,11 @@ int td_rollout_init(uv_loop_t *loop) {
 void td_rollout_shutdown(void) {
     if (!R.ready)
         return;
+    written(TD_EUNAVAIL, "td is stopping");
     R.gen++;
+    R.lead_gen++;
+    R.fence_seq++;
+    R.fence_rev = 0;
     uv_timer_stop(&R.timer);
     uv_close((uv_handle_t *)&R.timer, NULL);
     td_rollout_cluster_close();
