@@ -24,6 +24,7 @@
 #include "td/ready.h"
 #include "td/registry.h"
 #include "td/rollout.h"
+#include "td/rollout_cluster.h"
 #include "td/tls.h"
 #include "td/router.h"
 
@@ -243,8 +244,10 @@ static json_t *state_json(void) {
     json_object_set_new(j, "state_file", json_string(td_control_state_path()));
     json_object_set_new(j, "pending_restart", td_control_pending_restart());
     json_object_set_new(j, "rollout", td_rollout_summary_json());
-    if (td_cluster_enabled())
+    if (td_cluster_enabled()) {
         json_object_set_new(j, "cluster", td_cluster_state_json());
+        td_rollout_cluster_state(json_object_get(j, "cluster"));
+    }
     td_snapshot_release(s);
     return j;
 }
@@ -661,6 +664,43 @@ static td_admin_reply_t get_readyz(void) {
     return json_reply(503, json_pack("{s:b,s:s}", "ready", 0, "reason", why));
 }
 
+/* A rollout answer of the leader, sent once the engine's writes are in etcd. */
+typedef struct ro_reply_s {
+    td_admin_deferred_t *d;
+    int status;
+    json_t *out; /* owned */
+} ro_reply_t;
+
+static void on_ro_written(void *arg, int result, const char *error) {
+    ro_reply_t *p = arg;
+    td_admin_reply_t r;
+    if (result == 0) {
+        r = json_reply(p->status, p->out);
+    } else {
+        json_decref(p->out);
+        r = td_admin_http_error(result == TD_ECONFLICT ? 409 : 503, error);
+    }
+    td_admin_http_finish(p->d, r, NULL);
+    free(p);
+}
+
+static td_admin_reply_t rollout_answer_written(int status, json_t *out) {
+    ro_reply_t *p = calloc(1, sizeof(*p));
+    td_admin_deferred_t *d = p ? td_admin_http_defer() : NULL;
+    if (!d) {
+        free(p);
+        json_decref(out);
+        return td_admin_http_error(500, "out of memory");
+    }
+    *p = (ro_reply_t){d, status, out};
+    if (td_rollout_when_written(on_ro_written, p) < 0) {
+        json_decref(out);
+        free(p);
+        td_admin_http_finish(d, td_admin_http_error(500, "out of memory"), NULL);
+    }
+    return td_admin_http_later();
+}
+
 /* POST /api/v1/rollout (`action` NULL) or /api/v1/rollout/ACTION; GET /api/v1/rollout. */
 static td_admin_reply_t rollout_post(const char *action, td_str_t body, const char *client) {
     static const char *const names[] = {"pause", "resume", "promote", "abort"};
@@ -673,10 +713,13 @@ static td_admin_reply_t rollout_post(const char *action, td_str_t body, const ch
     }
     int status = 500;
     json_t *out = NULL;
-    if (td_cluster_enabled()) {
+    if (td_cluster_enabled() && !td_cluster_is_leader()) {
+        /* The leader runs the rollout; any node drives it. */
         json_decref(j);
-        return td_admin_http_error(409, "rollouts are run by a single td node for now: in cluster "
-                                        "mode move the ratio with PUT /api/v1/ratio");
+        char path[64];
+        snprintf(path, sizeof(path), "/api/v1/rollout%s%s", action ? "/" : "",
+                 action ? action : "");
+        return td_admin_cluster_forward(path, body);
     }
     if (!action) {
         out = td_rollout_start(j, client, &status);
@@ -691,6 +734,8 @@ static td_admin_reply_t rollout_post(const char *action, td_str_t body, const ch
         out = td_rollout_act((td_rollout_action_t)a, j, client, &status);
     }
     json_decref(j);
+    if (td_cluster_enabled() && status >= 200 && status < 300)
+        return rollout_answer_written(status, out);
     return json_reply(status, out);
 }
 
@@ -773,6 +818,8 @@ static td_admin_reply_t route(const td_admin_request_t *rq) {
     }
     if (path_is(t, "/metrics"))
         return get ? get_metrics() : not_allowed("GET, HEAD");
+    if (path_is(t, "/api/v1/counters")) /* a rollout leader sums these across the nodes */
+        return get ? json_reply(200, td_rollout_cluster_counters_json()) : not_allowed("GET, HEAD");
     return td_admin_http_error(404, "no such endpoint");
 }
 

@@ -8,7 +8,9 @@
  *   PREFIX sticky          {"keys": [{"id", "secret" (hex of 32 bytes), "created"}]}, newest first,
  *                          at most 2: the sticky-cookie key ring;
  *   PREFIX nodes/NODE      under the node's lease: {"node", "admin_url", "applied_revision",
- *                          "health", "version", "started"}, rewritten only when it changes;
+ *                          "health", "version", "started", "rollout_step": {"id", "step"}
+ *                          (the step of PREFIX rollout it applied)}, rewritten only when it
+ *                          changes;
  *   PREFIX audit/TIME-NODE-RND one entry per change: {"time", "node", "client", "what",
  *                          "before", "after"} ("revision", the key's mod_revision, is added
  *                          when read: the entry is written in its change's transaction).
@@ -94,5 +96,41 @@ td_config_t *td_cluster_boot(td_config_t *cfg, const char *config_path);
 /* {"node", "initialised", "reachable", "revision", "applied_revision", "from_cache"}: the
  * "cluster" object of GET /api/v1/state (new object, caller owns). */
 json_t *td_cluster_state_json(void);
+
+/* ---- the rollout leader (src/cluster_leader.c) ----
+ *
+ * Keys: PREFIX leader   {"node", "admin_url", "since"} under the holder's membership lease,
+ *                       created by a txn create_revision(PREFIX leader) == 0; the holder's fencing
+ *                       token is that key's create_revision;
+ *       PREFIX rollout  the rollout object (td_rollout_persist_json's document).
+ * Every node of an initialised cluster campaigns whenever PREFIX leader is absent (learned from
+ * the watch: a delete, the lease expired or revoked at stop, makes every node campaign again). A
+ * node cut off from etcd takes itself for a follower at once (a courtesy: the guarantee is that
+ * every leader write compares the fencing token in etcd). */
+
+/* A rollout write by the leader: one txn comparing create_revision(PREFIX leader) with this
+ * node's fencing token (and mod_revision(PREFIX config) with the revision this node applied, when
+ * `cfg` is given), putting PREFIX config (the shared part of `cfg`, owned; NULL: weights
+ * unchanged), PREFIX rollout (`rollout`, borrowed, copied) and an audit entry (`what`, `client`,
+ * copied) together. cb's result: 0 (written at `revision`; `cfg` applied here at once);
+ * TD_ECONFLICT with error "not the leader" (fenced out: this node logs it and becomes a follower)
+ * or with a lost config race ("the shared config changed ..."); TD_EUNAVAIL; TD_EINVAL.
+ * Returns 0 (cb later) or TD_E* (cb not called; cfg freed): TD_ECONFLICT when this node does
+ * not hold the leader key. */
+int td_cluster_propose_fenced(td_config_t *cfg, const json_t *rollout, const char *what,
+                              const char *client, td_cluster_done_fn *cb, void *arg);
+
+/* 1 when this node holds PREFIX leader (as last seen from etcd, and etcd is reachable), else 0. */
+int td_cluster_is_leader(void);
+
+/* The leader's node name (borrowed, until the next loop turn), or NULL when none is known. */
+const char *td_cluster_leader(void);
+
+/* The leader's admin URL ("http://127.0.0.1:9091", borrowed like td_cluster_leader), or NULL. */
+const char *td_cluster_leader_url(void);
+
+/* The PREFIX rollout document as last seen from etcd (borrowed, until the next loop turn), or
+ * NULL when there is none. */
+const json_t *td_cluster_rollout_doc(void);
 
 #endif
