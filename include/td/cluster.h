@@ -94,4 +94,49 @@ td_config_t *td_cluster_boot(td_config_t *cfg, const char *config_path);
  * "cluster" object of GET /api/v1/state (new object, caller owns). */
 json_t *td_cluster_state_json(void);
 
+/* ---- the rollout leader (src/cluster_leader.c) ----
+ *
+ * Keys: PREFIX leader   {"node", "admin_url", "since"} under the holder's membership lease,
+ *                       created by a txn create_revision(PREFIX leader) == 0; the holder's fencing
+ *                       token is that key's create_revision;
+ *       PREFIX rollout  the rollout object (td_rollout_persist_json's document).
+ * Every node of an initialised cluster campaigns whenever PREFIX leader is absent (learned from
+ * the watch: a delete, the lease expired or revoked at stop, makes every node campaign again). A
+ * node cut off from etcd takes itself for a follower at once (a courtesy: the guarantee is that
+ * every leader write compares the fencing token in etcd). */
+
+/* A rollout write by the leader: one txn comparing create_revision(PREFIX leader) with this
+ * node's fencing token (and mod_revision(PREFIX config) with the revision this node applied, when
+ * `cfg` is given), putting PREFIX config (the shared part of `cfg`, owned; NULL: weights
+ * unchanged), PREFIX rollout (`rollout`, borrowed, copied) and an audit entry (`what`, `client`,
+ * copied) together. cb's result: 0 (written at `revision`; `cfg` applied here at once);
+ * TD_ECONFLICT with error "not the leader" (fenced out: this node logs it and becomes a follower)
+ * or with a lost config race ("the shared config changed ..."); TD_EUNAVAIL; TD_EINVAL.
+ * Returns 0 (cb later) or TD_E* (cb not called; cfg freed): TD_ECONFLICT when this node does
+ * not hold the leader key. */
+int td_cluster_propose_fenced(td_config_t *cfg, const json_t *rollout, const char *what,
+                              const char *client, td_cluster_done_fn *cb, void *arg);
+
+/* 1 when this node holds PREFIX leader (as last seen from etcd, and etcd is reachable), else 0. */
+int td_cluster_is_leader(void);
+
+/* The leader's node name (borrowed, until the next loop turn), or NULL when none is known. */
+const char *td_cluster_leader(void);
+
+/* The leader's admin URL ("http://127.0.0.1:9091", borrowed like td_cluster_leader), or NULL. */
+const char *td_cluster_leader_url(void);
+
+/* The PREFIX rollout document as last seen from etcd (borrowed, until the next loop turn), or
+ * NULL when there is none. */
+const json_t *td_cluster_rollout_doc(void);
+
+/* This node's leadership changed (td_cluster_is_leader() tells which way): set by the rollout
+ * engine, called on the main thread outside any cluster callback's critical part. */
+typedef void td_cluster_leader_fn(void);
+void td_cluster_on_leader(td_cluster_leader_fn *fn);
+
+/* This node now reports `"rollout_step": {"id", "step"}` in its membership key (the step of the
+ * rollout object it applied; id NULL: none). `id` copied. */
+void td_cluster_set_rollout_step(const char *id, int step);
+
 #endif
