@@ -72,21 +72,30 @@ def etcd_history(c, prefix=PREFIX):
                                          "count_only": True})
     now = int(head["header"]["revision"])
     conn = http.client.HTTPConnection("127.0.0.1", int(c.endpoints[0].rsplit(":", 1)[1]),
-                                      timeout=10)
+                                      timeout=3)
     out = []
     try:
         conn.request("POST", "/v3/watch", body=json.dumps({"create_request": {
             "key": b64(prefix), "range_end": b64(prefix_end(prefix)), "start_revision": 1}}))
         r = conn.getresponse()
-        last = 0
-        for _ in range(100000):
+        last, buf, dec = 0, "", json.JSONDecoder()
+        for _ in range(100000):  # the gateway streams JSON messages back to back
             if last >= now:
                 break
-            line = r.readline()
-            if not line:
-                break
-            msg = json.loads(line).get("result") or {}
-            for ev in msg.get("events") or []:
+            buf = buf.lstrip()
+            try:
+                msg, end = dec.raw_decode(buf)
+            except ValueError:
+                try:
+                    data = r.read1(65536)
+                except TimeoutError:  # the store's revision was not under the prefix
+                    break
+                if not data:
+                    break
+                buf += data.decode()
+                continue
+            buf = buf[end:]
+            for ev in (msg.get("result") or {}).get("events") or []:
                 kv = ev["kv"]
                 text = unb64(kv.get("value"))
                 try:
