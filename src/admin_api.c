@@ -24,6 +24,7 @@
 #include "td/ready.h"
 #include "td/registry.h"
 #include "td/rollout.h"
+#include "td/rollout_cluster.h"
 #include "td/tls.h"
 #include "td/router.h"
 
@@ -243,8 +244,10 @@ static json_t *state_json(void) {
     json_object_set_new(j, "state_file", json_string(td_control_state_path()));
     json_object_set_new(j, "pending_restart", td_control_pending_restart());
     json_object_set_new(j, "rollout", td_rollout_summary_json());
-    if (td_cluster_enabled())
+    if (td_cluster_enabled()) {
         json_object_set_new(j, "cluster", td_cluster_state_json());
+        td_rollout_cluster_state(json_object_get(j, "cluster"));
+    }
     td_snapshot_release(s);
     return j;
 }
@@ -773,6 +776,8 @@ static td_admin_reply_t route(const td_admin_request_t *rq) {
     }
     if (path_is(t, "/metrics"))
         return get ? get_metrics() : not_allowed("GET, HEAD");
+    if (path_is(t, "/api/v1/counters")) /* a rollout leader sums these across the nodes */
+        return get ? json_reply(200, td_rollout_cluster_counters_json()) : not_allowed("GET, HEAD");
     return td_admin_http_error(404, "no such endpoint");
 }
 

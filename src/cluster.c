@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "td/cluster_doc.h"
+#include "td/cluster_leader.h"
 #include "td/common-t.h"
 #include "td/config.h"
 #include "td/control.h"
@@ -23,6 +24,7 @@
 #include "td/log.h"
 #include "td/ready.h"
 #include "td/registry.h"
+#include "td/rollout_cluster.h"
 #include "td/snapshot.h"
 
 /* td's version as main.c says it (td --version), for PREFIX nodes/NODE: keep the two equal. */
@@ -42,7 +44,10 @@ typedef struct op_s {
     json_t *shared;   /* owned: the shared document written */
     json_t *ring;     /* owned: the sticky ring written, or NULL */
     int init;         /* td_cluster_init_prefix */
-    int64_t base;     /* the revision compared against (what this node had applied) */
+    json_t
+        *rollout;  /* owned: PREFIX rollout written with it (td_cluster_propose_fenced), or NULL */
+    int64_t token; /* the fencing token compared (td_cluster_propose_fenced), else 0 */
+    int64_t base;  /* the revision compared against (what this node had applied) */
     char what[256], client[64];
     td_cluster_done_fn *cb;
     void *arg;
@@ -72,7 +77,8 @@ static struct {
     int started, stopping;
     uv_loop_t *loop;
     char node[TD_NAME_MAX], prefix[256], advertise[320], cache_path[4096];
-    char config_key[272], sticky_key[272], nodes_prefix[272], node_key[352], audit_prefix[272];
+    char config_key[272], sticky_key[272], rollout_key[272], nodes_prefix[272], node_key[352],
+        audit_prefix[272];
     int lease_s;
     json_t *local;  /* owned: the node's own keys of its config file */
     json_t *shared; /* owned: the shared document applied, or NULL */
@@ -93,8 +99,10 @@ static struct {
     int64_t watch_from;
     td_etcd_watch_t *watch;
     int64_t lease_id;
-    char *node_value; /* owned: the value last put at node_key */
-    int putting;      /* a put of node_key is in flight */
+    char *node_value;  /* owned: the value last put at node_key */
+    char rstep_id[64]; /* the rollout whose step this node applied ("" none), and that step */
+    int rstep;
+    int putting; /* a put of node_key is in flight */
     int backoff_ms;
     int64_t rewatch_ms; /* td_now_ms() of the last re-read after a broken watch */
     uv_timer_t retry_timer, keepalive_timer, health_timer, stop_timer;
@@ -137,6 +145,9 @@ static void fail(const char *error) {
     char why[700];
     snprintf(why, sizeof(why), "cut off from the cluster store: %s", error);
     td_ready_cut_off(why);
+    if (td_rollout_cluster_fall_back(error))
+        cl.applied = 0; /* the weights changed underneath: the catch-up applies the store's */
+    td_cluster_leader_cut();
     if (cl.watch) {
         td_etcd_watch_cancel(cl.watch);
         cl.watch = NULL;
@@ -290,6 +301,7 @@ static int apply_doc(json_t *doc, int64_t rev, const char *client) {
         cl.config_rev = rev;
     cl.from_cache = 0;
     cl.initialised = 1;
+    td_rollout_cluster_caught_up((long long)rev);
     cache_write();
     node_put();
     check_waits();
@@ -351,6 +363,21 @@ static int key_is(const td_etcd_kv_t *kv, const char *key) {
     return kv->key_len == strlen(key) && memcmp(kv->key, key, kv->key_len) == 0;
 }
 
+/* The step of PREFIX rollout this node runs, for its membership key: the document's, once the
+ * config written with it (the same transaction, earlier in the same watch answer) is applied. */
+static void rollout_step_update(void) {
+    const json_t *doc = td_cluster_rollout_doc();
+    const char *rid = json_string_value(json_object_get(doc, "id"));
+    if (!rid || cl.applied < cl.config_rev)
+        return;
+    int step = (int)json_integer_value(json_object_get(doc, "step"));
+    if (strcmp(rid, cl.rstep_id) == 0 && step == cl.rstep)
+        return;
+    snprintf(cl.rstep_id, sizeof(cl.rstep_id), "%s", rid);
+    cl.rstep = step;
+    node_put();
+}
+
 /* ---- the watch ---- */
 
 static void on_watch(void *arg, int64_t revision, const td_etcd_event_t *ev, size_t n) {
@@ -372,10 +399,11 @@ static void on_watch(void *arg, int64_t revision, const td_etcd_event_t *ev, siz
         } else if (key_is(kv, cl.sticky_key)) {
             if (!ev[i].deleted)
                 apply_sticky(kv);
-        } else {
+        } else if (!td_cluster_leader_event(kv, ev[i].deleted)) {
             node_seen(kv, ev[i].deleted);
         }
     }
+    rollout_step_update();
     check_waits();
 }
 
@@ -434,6 +462,9 @@ static char *node_text(void) {
     json_t *v = json_pack("{s:s,s:s,s:I,s:o,s:s,s:s}", "node", cl.node, "admin_url", cl.advertise,
                           "applied_revision", (json_int_t)own_applied(), "health", health_json(),
                           "version", TD_VERSION, "started", cl.started_iso);
+    if (v && cl.rstep_id[0])
+        json_object_set_new(v, "rollout_step",
+                            json_pack("{s:s,s:i}", "id", cl.rstep_id, "step", cl.rstep));
     char *text = v ? json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     json_decref(v);
     return text;
@@ -519,6 +550,7 @@ static void on_grant_again(void *arg, const td_etcd_result_t *r) {
     free(cl.node_value);
     cl.node_value = NULL;
     node_put();
+    td_cluster_leader_lease(cl.lease_id);
 }
 
 static void on_keepalive(void *arg, const td_etcd_result_t *r) {
@@ -565,6 +597,7 @@ static void on_sync_node_put(void *arg, const td_etcd_result_t *r) {
     free(cl.node_value);
     cl.node_value = text;
     now_reachable();
+    td_cluster_leader_reachable(cl.lease_id);
     check_waits();
     node_put(); /* what changed meanwhile */
 }
@@ -736,9 +769,11 @@ td_config_t *td_cluster_boot(td_config_t *cfg, const char *config_path) {
         snprintf(cl.cache_path, sizeof(cl.cache_path), "%.4000s.cluster-cache.json", config_path);
     snprintf(cl.config_key, sizeof(cl.config_key), "%sconfig", cl.prefix);
     snprintf(cl.sticky_key, sizeof(cl.sticky_key), "%ssticky", cl.prefix);
+    snprintf(cl.rollout_key, sizeof(cl.rollout_key), "%srollout", cl.prefix);
     snprintf(cl.nodes_prefix, sizeof(cl.nodes_prefix), "%snodes/", cl.prefix);
     snprintf(cl.node_key, sizeof(cl.node_key), "%s%s", cl.nodes_prefix, cl.node);
     snprintf(cl.audit_prefix, sizeof(cl.audit_prefix), "%saudit/", cl.prefix);
+    td_cluster_leader_boot(cl.prefix, cl.node, cl.advertise);
     cl.local = td_cluster_doc_local(cfg);
     cl.nodes = json_object();
     cl.ignored = json_array();
@@ -830,6 +865,7 @@ static void op_free(op_t *op) {
     td_config_free(op->cfg);
     json_decref(op->shared);
     json_decref(op->ring);
+    json_decref(op->rollout);
     free(op);
 }
 
@@ -887,6 +923,23 @@ static void on_txn(void *arg, const td_etcd_result_t *r) {
         snprintf(err, sizeof(err), "cluster store unreachable: %s", r->error);
         result = TD_EUNAVAIL;
         fail(r->error);
+    } else if (!r->succeeded && op->token &&
+               (!r->num_kvs || r->kvs[0].create_revision != op->token)) {
+        /* The leader key is not the one this node created: another node leads (or none). */
+        seen(r->revision);
+        snprintf(err, sizeof(err), "not the leader");
+        result = TD_ECONFLICT;
+        char why[200];
+        snprintf(why, sizeof(why), "a write failed its leader compare in etcd at revision %lld",
+                 (long long)r->revision);
+        td_cluster_leader_deposed(why);
+    } else if (!r->succeeded && op->token) {
+        seen(r->revision);
+        snprintf(err, sizeof(err),
+                 "the cluster's config changed meanwhile (this node had applied revision %lld): "
+                 "read it again and retry",
+                 (long long)op->base);
+        result = TD_ECONFLICT;
     } else if (!r->succeeded) {
         seen(r->revision);
         int64_t now_rev = r->num_kvs ? r->kvs[0].mod_revision : 0;
@@ -945,6 +998,9 @@ static void on_txn(void *arg, const td_etcd_result_t *r) {
                          (long long)r->revision, e2);
             }
         }
+        if (op->rollout)
+            td_cluster_leader_rollout_written(op->rollout, r->revision);
+        rollout_step_update();
         cache_write();
         node_put();
         check_waits();
@@ -954,23 +1010,26 @@ static void on_txn(void *arg, const td_etcd_result_t *r) {
 }
 
 /* Fills op's audit entry and starts the txn. Returns 0 or TD_E* (op freed, cb not called). */
-static int start_txn(op_t *op, const td_etcd_cmp_t *cmp, const char *fail_range) {
+static int start_txn(op_t *op, const td_etcd_cmp_t *cmp, size_t ncmp, const char *fail_range) {
     char *akey = NULL, *aval = NULL;
     char *doc = op->shared ? json_dumps(op->shared, JSON_INDENT(2)) : NULL;
     char *ring = op->ring ? json_dumps(op->ring, JSON_INDENT(2)) : NULL;
+    char *ro = op->rollout ? json_dumps(op->rollout, JSON_COMPACT) : NULL;
     int r = TD_ENOMEM;
-    if ((op->shared && !doc) || (op->ring && !ring) ||
+    if ((op->shared && !doc) || (op->ring && !ring) || (op->rollout && !ro) ||
         audit_entry(op->what, op->client, cl.shared, op->shared ? op->shared : cl.shared, &akey,
                     &aval) < 0)
         goto out;
-    td_etcd_op_t ops[3];
+    td_etcd_op_t ops[4];
     size_t n = 0;
     if (doc)
         ops[n++] = (td_etcd_op_t){0, cl.config_key, doc, strlen(doc), 0};
     if (ring)
         ops[n++] = (td_etcd_op_t){0, cl.sticky_key, ring, strlen(ring), 0};
+    if (ro)
+        ops[n++] = (td_etcd_op_t){0, cl.rollout_key, ro, strlen(ro), 0};
     ops[n++] = (td_etcd_op_t){0, akey, aval, strlen(aval), 0};
-    r = td_etcd_txn(cmp, 1, ops, n, fail_range, on_txn, op);
+    r = td_etcd_txn(cmp, ncmp, ops, n, fail_range, on_txn, op);
     if (r == 0) {
         op->next = cl.ops;
         cl.ops = op;
@@ -978,6 +1037,7 @@ static int start_txn(op_t *op, const td_etcd_cmp_t *cmp, const char *fail_range)
 out:
     free(doc);
     free(ring);
+    free(ro);
     free(akey);
     free(aval);
     if (r < 0)
@@ -1012,7 +1072,36 @@ int td_cluster_propose(td_config_t *cfg, const char *what, const char *client,
     }
     op->base = cl.applied;
     td_etcd_cmp_t cmp = {cl.config_key, TD_ETCD_MOD, cl.applied};
-    return start_txn(op, &cmp, cl.config_key);
+    return start_txn(op, &cmp, 1, cl.config_key);
+}
+
+int td_cluster_propose_fenced(td_config_t *cfg, const json_t *rollout, const char *what,
+                              const char *client, td_cluster_done_fn *cb, void *arg) {
+    char why[700];
+    op_t *op = NULL;
+    int64_t token = td_cluster_leader_token();
+    if (!token) {
+        td_config_free(cfg);
+        return TD_ECONFLICT;
+    }
+    if (td_cluster_writable(why, sizeof(why)) < 0 || !(op = op_new(what, client, cb, arg))) {
+        td_config_free(cfg);
+        return op ? TD_EUNAVAIL : TD_ENOMEM;
+    }
+    op->token = token;
+    op->rollout = rollout ? json_deep_copy(rollout) : NULL;
+    if (cfg) {
+        op->cfg = cfg;
+        op->shared = td_cluster_doc_shared(cfg);
+        if (!op->shared) {
+            op_free(op);
+            return TD_ENOMEM;
+        }
+    }
+    op->base = cl.applied;
+    td_etcd_cmp_t cmp[2] = {{td_cluster_leader_keyname(), TD_ETCD_CREATE, token},
+                            {cl.config_key, TD_ETCD_MOD, cl.applied}};
+    return start_txn(op, cmp, cfg ? 2 : 1, td_cluster_leader_keyname());
 }
 
 /* A new ring: a fresh key first, then the newest of `old` (borrowed, may be NULL). `seed` (may
@@ -1055,7 +1144,7 @@ int td_cluster_init_prefix(td_config_t *cfg, const char *client, td_cluster_done
         return TD_ENOMEM;
     }
     td_etcd_cmp_t cmp = {cl.config_key, TD_ETCD_CREATE, 0};
-    return start_txn(op, &cmp, cl.config_key);
+    return start_txn(op, &cmp, 1, cl.config_key);
 }
 
 int td_cluster_rotate_sticky_key(const char *client, td_cluster_done_fn *cb, void *arg) {
@@ -1072,7 +1161,7 @@ int td_cluster_rotate_sticky_key(const char *client, td_cluster_done_fn *cb, voi
     }
     op->base = cl.sticky_rev;
     td_etcd_cmp_t cmp = {cl.sticky_key, TD_ETCD_MOD, cl.sticky_rev};
-    return start_txn(op, &cmp, cl.sticky_key);
+    return start_txn(op, &cmp, 1, cl.sticky_key);
 }
 
 int td_cluster_writable(char *why, size_t n) {
@@ -1279,11 +1368,14 @@ json_t *td_cluster_json(void) {
                               cl.started ? td_etcd_endpoint() : "", "since", cl.since);
     if (!cl.reachable)
         json_object_set_new(store, "error", json_string(cl.error));
-    return json_pack("{s:s,s:s,s:b,s:o,s:I,s:I,s:i,s:O,s:b,s:o,s:o,s:n}", "node", cl.node, "prefix",
-                     cl.prefix, "initialised", cl.initialised, "store", store, "revision",
-                     (json_int_t)cl.revision, "applied_revision", (json_int_t)own_applied(),
-                     "schema", cl.schema, "ignored", cl.ignored, "from_cache", cl.from_cache,
-                     "nodes", nodes, "disagreements", disagreements(), "leader");
+    json_t *j = json_pack(
+        "{s:s,s:s,s:b,s:o,s:I,s:I,s:i,s:O,s:b,s:o,s:o,s:n}", "node", cl.node, "prefix", cl.prefix,
+        "initialised", cl.initialised, "store", store, "revision", (json_int_t)cl.revision,
+        "applied_revision", (json_int_t)own_applied(), "schema", cl.schema, "ignored", cl.ignored,
+        "from_cache", cl.from_cache, "nodes", nodes, "disagreements", disagreements(), "leader");
+    json_object_set_new(j, "leader",
+                        td_cluster_leader() ? json_string(td_cluster_leader()) : json_null());
+    return j;
 }
 
 json_t *td_cluster_state_json(void) {
@@ -1321,6 +1413,7 @@ static void stop_done(void) {
     json_decref(cl.ignored);
     json_decref(cl.nodes);
     cl.local = cl.shared = cl.ring = cl.ignored = cl.nodes = NULL;
+    td_cluster_leader_stop();
     free(cl.node_value);
     cl.node_value = NULL;
 }

@@ -130,13 +130,4 @@ const char *td_cluster_leader_url(void);
  * NULL when there is none. */
 const json_t *td_cluster_rollout_doc(void);
 
-/* This node's leadership changed (td_cluster_is_leader() tells which way): set by the rollout
- * engine, called on the main thread outside any cluster callback's critical part. */
-typedef void td_cluster_leader_fn(void);
-void td_cluster_on_leader(td_cluster_leader_fn *fn);
-
-/* This node now reports `"rollout_step": {"id", "step"}` in its membership key (the step of the
- * rollout object it applied; id NULL: none). `id` copied. */
-void td_cluster_set_rollout_step(const char *id, int step);
-
 #endif

@@ -19,6 +19,7 @@
 #include <jansson.h>
 
 #include "td/analysis.h" /* td_analysis_side_t */
+#include "td/common-t.h" /* TD_E* */
 
 #define TD_ROLLOUT_CLUSTER_TIMEOUT_MS 1000 /* each node's GET /api/v1/counters */
 
@@ -52,12 +53,30 @@ int td_rollout_cluster_look(td_rollout_sum_fn *cb, void *arg);
 /* Closes the window: requests in flight are cancelled, no callback after, baselines forgotten. */
 void td_rollout_cluster_close(void);
 
+/* ---- a node cut off from the store during an active rollout ---- */
+
+/* Called by cluster.c each time the store is found unreachable, with why (borrowed). When
+ * td_cluster_rollout_doc() is an active rollout (checking, running, paused, draining) and this
+ * node has not fallen back yet in this cut, it applies the rollout's "weights_before" here only
+ * (td_control_apply, not persisted, not written to the store: the known-good weights), logs it and
+ * returns 1: the caller must then apply the store's document at the catch-up even when its
+ * revision is the one applied before (the weights changed underneath). Else returns 0. */
+int td_rollout_cluster_fall_back(const char *why);
+
+/* Called by cluster.c once it applied a document of the store (revision `rev`): a fall-back in
+ * force is over (logged). */
+void td_rollout_cluster_caught_up(long long rev);
+
+/* Adds "fallback": "weights from before rollout R" to `cluster` (GET /api/v1/state's "cluster",
+ * borrowed) while this node serves them. */
+void td_rollout_cluster_state(json_t *cluster);
+
 /* ---- the pure part, for the above and for tests ---- */
 
-/* One node's reading: its "started" (copied, at most 39 chars) and the two sides' cumulative
+/* One node's reading: its "started" (copied, at most 63 chars) and the two sides' cumulative
  * counters. */
 typedef struct td_rollout_reading_s {
-    char started[40];
+    char started[64];
     td_analysis_side_t target, baseline;
 } td_rollout_reading_t;
 
