@@ -676,10 +676,13 @@ static td_admin_reply_t rollout_post(const char *action, td_str_t body, const ch
     }
     int status = 500;
     json_t *out = NULL;
-    if (td_cluster_enabled()) {
+    if (td_cluster_enabled() && !td_cluster_is_leader()) {
+        /* The leader runs the rollout; any node drives it. */
         json_decref(j);
-        return td_admin_http_error(409, "rollouts are run by a single td node for now: in cluster "
-                                        "mode move the ratio with PUT /api/v1/ratio");
+        char path[64];
+        snprintf(path, sizeof(path), "/api/v1/rollout%s%s", action ? "/" : "",
+                 action ? action : "");
+        return td_admin_cluster_forward(path, body);
     }
     if (!action) {
         out = td_rollout_start(j, client, &status);

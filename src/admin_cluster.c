@@ -12,6 +12,7 @@
 #include "td/cluster.h"
 #include "td/config.h"
 #include "td/control.h"
+#include "td/fetch.h"
 
 #define HISTORY_LIMIT 1000
 #define WAIT_DEFAULT_MS 5000
@@ -231,4 +232,79 @@ td_admin_reply_t td_admin_cluster_history(void) {
         return fail;
     int r = td_cluster_history(HISTORY_LIMIT, on_history, p);
     return r < 0 ? start_failed(p, r, "cluster store unreachable") : td_admin_http_later();
+}
+
+/* ---- the rollout, driven from a node that does not lead it ---- */
+
+#define FORWARD_TIMEOUT_MS 10000
+
+static void on_forwarded(void *arg, int status, const char *error, const char *body, size_t len) {
+    td_admin_deferred_t *d = arg;
+    if (!status) {
+        char msg[700];
+        snprintf(msg, sizeof(msg), "the rollout leader %s did not answer: %s",
+                 td_cluster_leader() ? td_cluster_leader() : "?", error);
+        td_admin_http_finish(d, td_admin_http_error(502, msg), NULL);
+        return;
+    }
+    char *copy = malloc(len + 1);
+    if (!copy) {
+        td_admin_http_finish(d, td_admin_http_error(500, "out of memory"), NULL);
+        return;
+    }
+    memcpy(copy, body, len);
+    copy[len] = 0;
+    td_admin_reply_t r = {status, "application/json", copy, len, NULL, NULL};
+    td_admin_http_finish(d, r, NULL);
+}
+
+td_admin_reply_t td_admin_cluster_forward(const char *path, td_str_t body) {
+    const char *leader = td_cluster_leader(), *url = td_cluster_leader_url();
+    const td_config_t *cfg = td_control_config();
+    char msg[700];
+    if (!leader) {
+        char why[600];
+        if (td_cluster_writable(why, sizeof(why)) == 0)
+            snprintf(why, sizeof(why), "no node holds %sleader yet (an election is under way)",
+                     cfg->cluster.prefix);
+        snprintf(msg, sizeof(msg), "no rollout leader: %s", why);
+        return td_admin_http_error(503, msg);
+    }
+    if (!url) {
+        snprintf(msg, sizeof(msg),
+                 "no rollout leader: %sleader names %s, held by a previous run of this node (or "
+                 "without an admin URL) until its lease expires",
+                 cfg->cluster.prefix, leader);
+        return td_admin_http_error(503, msg);
+    }
+    char target[700], auth[300] = "";
+    size_t n = strlen(url);
+    while (n > 0 && url[n - 1] == '/')
+        n--;
+    snprintf(target, sizeof(target), "%.*s%s", (int)n, url, path);
+    if (cfg->admin_token[0])
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", cfg->admin_token);
+    char *text = malloc(body.len + 1);
+    if (!text)
+        return td_admin_http_error(500, "out of memory");
+    memcpy(text, body.p, body.len);
+    text[body.len] = 0;
+    td_admin_deferred_t *d = td_admin_http_defer();
+    if (!d) {
+        free(text);
+        return td_admin_http_error(500, "out of memory");
+    }
+    const char *headers[] = {auth};
+    td_fetch_req_t rq = {.method = "POST",
+                         .url = target,
+                         .body = text,
+                         .timeout_ms = FORWARD_TIMEOUT_MS,
+                         .headers = headers,
+                         .num_headers = auth[0] ? 1 : 0,
+                         .max_body = 4 << 20};
+    int r = td_fetch_start(&rq, on_forwarded, NULL, d, NULL);
+    free(text);
+    if (r < 0)
+        td_admin_http_finish(d, td_admin_http_error(500, "cannot reach the rollout leader"), NULL);
+    return td_admin_http_later();
 }

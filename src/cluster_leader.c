@@ -107,7 +107,12 @@ static void leader_seen(const td_etcd_kv_t *kv, int64_t rev) {
         /* Ours only under this very lease: a key of this node's previous run is left to expire. */
         int mine = ld.lease_id && kv->lease == ld.lease_id;
         snprintf(ld.leader, sizeof(ld.leader), "%s", mine ? ld.node : node ? node : "?");
-        snprintf(ld.leader_url, sizeof(ld.leader_url), "%s", mine ? ld.admin_url : url ? url : "");
+        /* A key naming this node under another lease is its previous run's: nobody to ask. */
+        int former = !mine && node && strcmp(node, ld.node) == 0;
+        snprintf(ld.leader_url, sizeof(ld.leader_url), "%s",
+                 mine             ? ld.admin_url
+                 : url && !former ? url
+                                  : "");
         ld.token = mine ? kv->create_revision : 0;
         json_decref(v);
     }

@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "td/analysis.h"
+#include "td/cluster.h"
 #include "td/config.h"
 #include "td/control.h"
 #include "td/events.h"
@@ -43,7 +44,22 @@ static struct {
     int64_t drain_start_ms;
     int applying; /* a change of the rollout's own is being applied */
     int seq;
+    /* Cluster mode: the rollout leader runs R.doc; its writes are fenced etcd transactions
+     * (td_cluster_propose_fenced), one at a time: a write asked for while one is in flight is
+     * sent after it, with the object as it is then. */
+    int leading;       /* this node drives R.doc as the rollout leader */
+    unsigned lead_gen; /* bumped when it stops: late answers of its writes are dropped */
+    int writing;       /* a write is in flight */
+    int want_write;    /* a write waits (want_weights: with the weights of R.doc) */
+    int want_weights, sent_weights;
+    char w_what[300], w_by[64];
+    uint64_t fence_rev; /* weights written at this revision, not yet applied by every node */
+    unsigned fence_seq; /* the wait in flight for fence_rev; older answers are dropped */
+    int step_fenced;    /* the step's own weights were applied on every live node */
+    int fence_retry;    /* the wait could not be asked for: again at the next tick */
 } R;
+
+static void cluster_write(int weights, const char *what, const char *by);
 
 static void iso_now(char *out, size_t cap) {
     int64_t ms = td_wall_ms();
@@ -68,16 +84,33 @@ static json_t *step_detail(size_t k) {
     return json_array_get(json_object_get(R.doc, "steps_detail"), k);
 }
 
+/* The rollout object this node shows: its own, or in cluster mode on a node that does not drive
+ * it, PREFIX rollout as last seen from etcd (borrowed; NULL: none). */
+static const json_t *shown(void) {
+    if (td_cluster_enabled() && !(R.leading && R.doc))
+        return td_cluster_rollout_doc();
+    return R.doc;
+}
+
 int td_rollout_active(char *msg, size_t n) {
-    if (!R.doc || !td_rollout_state_active(R.state))
+    const json_t *doc = shown();
+    if (!doc)
         return 0;
+    const char *state = json_string_value(json_object_get(doc, "state"));
+    int st = doc == R.doc ? (int)R.state : td_rollout_state_parse(state ? state : "");
+    if (st < 0 || !td_rollout_state_active((td_rollout_state_t)st))
+        return 0;
+    const char *rid = json_string_value(json_object_get(doc, "id"));
     if (msg)
-        snprintf(msg, n, "rollout %s is active (%s)", id(), td_rollout_state_name(R.state));
+        snprintf(msg, n, "rollout %s is active (%s)", rid ? rid : "r-?",
+                 td_rollout_state_name((td_rollout_state_t)st));
     return 1;
 }
 
 int td_rollout_owns_weights(void) {
-    return td_rollout_active(NULL, 0) && !R.applying;
+    /* In cluster mode the weights a node runs are the cluster's document, which only the
+     * rollout leader's fenced writes change while a rollout is active. */
+    return !td_cluster_enabled() && td_rollout_active(NULL, 0) && !R.applying;
 }
 
 /* ---- weights */
@@ -115,6 +148,11 @@ static int apply_weights(int w, const char *what, const char *by) {
     json_object_set_new(R.doc, "weights", weights);
     json_object_set_new(R.doc, "updated_at", now_json());
     R.weight_now = to < cfg->num_backends ? out[to] : 0;
+    if (td_cluster_enabled()) {
+        td_config_free(cfg);
+        cluster_write(1, what, by);
+        return 0;
+    }
     char err[512];
     R.applying = 1;
     int r = td_control_apply(cfg, what, 1, by, err, sizeof(err));
@@ -226,7 +264,10 @@ static void enter(td_rollout_state_t st, const char *by, const char *why) {
 static void persist(const char *by) {
     char what[512];
     snprintf(what, sizeof(what), "rollout %s: %s", id(), td_rollout_state_name(R.state));
-    td_control_save(what, by);
+    if (td_cluster_enabled())
+        cluster_write(0, what, by);
+    else
+        td_control_save(what, by);
 }
 
 /* Starts step k: its weight at once, or (ramp_s) from the current one over ramp_s. */
@@ -251,10 +292,14 @@ static void start_step(size_t k, const char *by, int restarted) {
     snprintf(what, sizeof(what), "rollout %s: step %zu of %zu, %s %d %%%s", id(), k + 1,
              R.spec.num_steps, R.spec.to, w,
              R.spec.ramp_s > 0 && !restarted ? " (ramp starts)" : "");
-    if (R.spec.ramp_s == 0 || restarted || R.ramp_from >= w)
+    /* In cluster mode the step's clock starts once every live node applied its weights. */
+    R.step_fenced = !td_cluster_enabled();
+    if (R.spec.ramp_s == 0 || restarted || R.ramp_from >= w) {
         apply_weights(w, what, by);
-    else
+    } else {
+        R.step_fenced = 1; /* a ramp starts from the weights every node already runs */
         persist(by);
+    }
 }
 
 /* The end of a rollout that moved no weight (succeeded, paused) or restores them (rolled back,
@@ -313,6 +358,155 @@ static void step_passed(const char *by, const char *note) {
     } else {
         finish(TD_RO_SUCCEEDED, by, "every step passed");
     }
+}
+
+/* ---- cluster mode: the leader's fenced writes, the fenced steps, takeover */
+
+/* The running config with R.doc's weights (new, owned by the caller), or NULL. */
+static td_config_t *weights_cfg(void) {
+    td_config_t *cfg = td_config_dup(td_control_config());
+    json_t *w = json_object_get(R.doc, "weights");
+    for (size_t i = 0; cfg && i < cfg->num_backends; i++) {
+        json_t *v = json_object_get(w, cfg->backends[i].name);
+        if (json_is_integer(v))
+            cfg->backends[i].weight = (int)json_integer_value(v);
+    }
+    return cfg;
+}
+
+static void flush(void);
+
+/* This node stops driving the rollout (`why`): it neither aborts nor rolls back anything, the
+ * leader that fenced it out owns the rollout now. */
+static void step_down(const char *why) {
+    if (!R.leading)
+        return;
+    if (R.doc)
+        td_warn("rollout %s: this node stops driving it: no longer the rollout leader (%s)", id(),
+                why);
+    R.leading = 0;
+    R.lead_gen++;
+    R.fence_seq++;
+    R.gen++; /* pre-check and webhook answers on their way are dropped */
+    R.pending = 0;
+    R.writing = R.want_write = R.want_weights = 0;
+    R.fence_rev = 0;
+    json_decref(R.doc);
+    R.doc = NULL;
+}
+
+static void on_fenced(void *arg, const json_t *laggards);
+
+/* Waits until every live node applied R.fence_rev; td_cluster_wait_all answers at once when they
+ * have, else after FENCE_POLL_MS with those that have not (then it asks again). */
+#define FENCE_POLL_MS 2000
+static void fence_wait(void) {
+    R.fence_seq++;
+    R.fence_retry = td_cluster_wait_all(R.fence_rev, FENCE_POLL_MS, on_fenced,
+                                        (void *)(uintptr_t)R.fence_seq) < 0;
+}
+
+static void on_fenced(void *arg, const json_t *laggards) {
+    if ((unsigned)(uintptr_t)arg != R.fence_seq || !R.leading || !R.fence_rev || !R.doc)
+        return;
+    json_t *d = step_detail(R.step);
+    if (laggards) {
+        /* Shown on GET /api/v1/rollout: who the step waits for. */
+        if (d)
+            json_object_set(d, "waiting_for", (json_t *)laggards);
+        fence_wait();
+        return;
+    }
+    R.fence_rev = 0;
+    if (d)
+        json_object_del(d, "waiting_for");
+    if (!R.step_fenced && R.state == TD_RO_RUNNING && d) {
+        /* The step's ramp, warm-up and analysis window begin now: no node runs another step. */
+        R.step_fenced = 1;
+        R.step_start_ms = td_now_ms();
+        json_object_set_new(d, "applied_at", now_json());
+        char what[300];
+        snprintf(what, sizeof(what), "rollout %s: step %zu of %zu applied on every node", id(),
+                 R.step + 1, R.spec.num_steps);
+        cluster_write(0, what, "td");
+    }
+}
+
+static void on_written(void *arg, int result, uint64_t revision, const char *error) {
+    if ((unsigned)(uintptr_t)arg != R.lead_gen || !R.leading)
+        return;
+    R.writing = 0;
+    if (result == 0) {
+        if (R.sent_weights) {
+            R.fence_rev = revision;
+            fence_wait();
+        }
+        flush();
+        return;
+    }
+    if (result == TD_ECONFLICT && strcmp(error, "not the leader") == 0) {
+        step_down(error);
+        return;
+    }
+    /* Another change came in between (or the store is away): the same write again, with the
+     * object as it is then, once this node caught up (at the next tick). */
+    td_warn("rollout %s: write not made (%s): trying again", id(), error);
+    R.want_write = 1;
+    R.want_weights |= R.sent_weights;
+}
+
+/* Sends the waiting write, unless one is in flight. */
+static void flush(void) {
+    if (!R.want_write || R.writing || !R.leading || !R.doc)
+        return;
+    td_config_t *cfg = R.want_weights ? weights_cfg() : NULL;
+    if (R.want_weights && !cfg)
+        return;
+    int weights = R.want_weights;
+    int r = td_cluster_propose_fenced(cfg, R.doc, R.w_what, R.w_by, on_written,
+                                      (void *)(uintptr_t)R.lead_gen);
+    if (r == TD_ECONFLICT) {
+        step_down("the leader key is not this node's");
+        return;
+    }
+    if (r < 0)
+        return; /* unreachable or catching up: again at the next tick */
+    R.writing = 1;
+    R.sent_weights = weights;
+    R.want_write = R.want_weights = 0;
+}
+
+/* Writes R.doc (with its weights when `weights`) to etcd as the leader, audited as `what`. */
+static void cluster_write(int weights, const char *what, const char *by) {
+    R.want_write = 1;
+    R.want_weights |= weights;
+    snprintf(R.w_what, sizeof(R.w_what), "%s", what);
+    snprintf(R.w_by, sizeof(R.w_by), "%s", by && by[0] ? by : "td");
+    flush();
+}
+
+static void restore(json_t *doc, const char *after);
+
+/* Follows the election: a node that became leader takes the rollout of PREFIX rollout over (an
+ * active one continues at its step, its weights applied on every node first, its analysis window
+ * afresh); one that is no longer leader stops. Returns 1 while this node leads. */
+static int cluster_role(void) {
+    if (!td_cluster_is_leader()) {
+        step_down("another node holds the leader key, or none is known");
+        return 0;
+    }
+    if (R.leading)
+        return 1;
+    R.leading = 1;
+    R.lead_gen++;
+    const json_t *doc = td_cluster_rollout_doc();
+    if (doc) {
+        char after[200];
+        snprintf(after, sizeof(after), "on %s, the new rollout leader",
+                 td_cluster_leader() ? td_cluster_leader() : "this node");
+        restore(json_deep_copy(doc), after);
+    }
+    return 1;
 }
 
 /* ---- webhooks and the pre-check */
@@ -626,6 +820,18 @@ static void tick_draining(int64_t now) {
 
 static void timer_tick(uv_timer_t *t) {
     (void)t;
+    if (td_cluster_enabled()) {
+        if (!cluster_role())
+            return;
+        flush();
+        /* The engine waits while its write is in flight and while a step's weights are not
+         * applied on every live node. */
+        if (R.writing || R.want_write || R.fence_rev) {
+            if (R.fence_rev && R.fence_retry)
+                fence_wait();
+            return;
+        }
+    }
     if (!R.doc)
         return;
     int64_t now = td_now_ms();
@@ -663,8 +869,26 @@ static json_t *error_json(const char *msg) {
     return json_pack("{s:s}", "error", msg);
 }
 
+/* Cluster mode: 0 when this node leads and can write to etcd now, else *status and the error. */
+static json_t *cluster_refuses(int *status) {
+    char why[700], msg[800];
+    if (!cluster_role()) {
+        *status = 503;
+        return error_json("no rollout leader: this node is not the leader and knows none");
+    }
+    int r = td_cluster_writable(why, sizeof(why));
+    if (r == 0)
+        return NULL;
+    snprintf(msg, sizeof(msg), "%s", why);
+    *status = r == TD_ECONFLICT ? 409 : 503;
+    return error_json(msg);
+}
+
 json_t *td_rollout_start(const json_t *body, const char *client, int *status) {
     char msg[600];
+    json_t *refused = td_cluster_enabled() ? cluster_refuses(status) : NULL;
+    if (refused)
+        return refused;
     if (td_rollout_active(msg, sizeof(msg))) {
         *status = 409;
         return error_json(msg);
@@ -744,9 +968,12 @@ json_t *td_rollout_act(td_rollout_action_t a, const json_t *body, const char *cl
             return error_json("full: must be true or false");
         }
     }
+    json_t *refused = td_cluster_enabled() ? cluster_refuses(status) : NULL;
+    if (refused)
+        return refused;
     if (!td_rollout_active(msg, sizeof(msg))) {
         *status = 409;
-        return error_json(R.doc ? "no rollout is active" : "no rollout yet");
+        return error_json(shown() ? "no rollout is active" : "no rollout yet");
     }
     int next = td_rollout_next_state(R.state, a);
     if (next < 0) {
@@ -790,10 +1017,42 @@ json_t *td_rollout_act(td_rollout_action_t a, const json_t *body, const char *cl
     return td_rollout_json();
 }
 
+/* Cluster mode: `j` gets "leader" and "nodes": [{"node", "applied_step", "applied_revision"}],
+ * each live node's step of this rollout (null: another rollout's, or none) from its membership
+ * key. */
+static void add_cluster(json_t *j) {
+    const char *leader = td_cluster_leader();
+    json_object_set_new(j, "leader", leader ? json_string(leader) : json_null());
+    json_t *view = td_cluster_json(), *n;
+    json_t *nodes = json_array();
+    const char *rid = json_string_value(json_object_get(j, "id"));
+    size_t i;
+    json_array_foreach(json_object_get(view, "nodes"), i, n) {
+        json_t *rs = json_object_get(n, "rollout_step");
+        const char *sid = json_string_value(json_object_get(rs, "id"));
+        json_t *step = rid && sid && strcmp(rid, sid) == 0 ? json_object_get(rs, "step") : NULL;
+        json_array_append_new(nodes, json_pack("{s:O,s:O,s:O}", "node", json_object_get(n, "node"),
+                                               "applied_step", step ? step : json_null(),
+                                               "applied_revision",
+                                               json_object_get(n, "applied_revision")));
+    }
+    json_decref(view);
+    json_object_set_new(j, "nodes", nodes);
+}
+
 json_t *td_rollout_json(void) {
+    if (td_cluster_enabled() && !(R.leading && R.doc)) {
+        const json_t *doc = td_cluster_rollout_doc();
+        json_t *j = doc ? json_deep_copy(doc) : NULL;
+        if (j)
+            add_cluster(j);
+        return j;
+    }
     if (!R.doc)
         return NULL;
     json_t *j = json_deep_copy(R.doc);
+    if (td_cluster_enabled())
+        add_cluster(j);
     if (R.state == TD_RO_RUNNING) {
         int64_t end = R.step_start_ms + (R.spec.ramp_s + R.spec.step_s) * 1000L;
         double left = (double)(end - td_now_ms()) / 1000.0;
@@ -810,11 +1069,12 @@ json_t *td_rollout_json(void) {
 }
 
 json_t *td_rollout_summary_json(void) {
-    if (!R.doc)
+    const json_t *doc = shown();
+    if (!doc)
         return json_null();
-    return json_pack("{s:O,s:O,s:O,s:O,s:O}", "id", json_object_get(R.doc, "id"), "state",
-                     json_object_get(R.doc, "state"), "to", json_object_get(R.doc, "to"), "step",
-                     json_object_get(R.doc, "step"), "steps", json_object_get(R.doc, "steps"));
+    return json_pack("{s:O?,s:O?,s:O?,s:O?,s:O?}", "id", json_object_get(doc, "id"), "state",
+                     json_object_get(doc, "state"), "to", json_object_get(doc, "to"), "step",
+                     json_object_get(doc, "step"), "steps", json_object_get(doc, "steps"));
 }
 
 json_t *td_rollout_persist_json(void) {
@@ -822,14 +1082,16 @@ json_t *td_rollout_persist_json(void) {
 }
 
 /* An active rollout of the state file continues: at its step, the window afresh. */
-static void restore(json_t *doc) {
+static void restore(json_t *doc, const char *after) {
     int st = td_rollout_state_parse(json_string_value(json_object_get(doc, "state")));
     char err[300];
     if (st < 0 || td_rollout_parse(doc, NULL, &R.spec, err, sizeof(err)) < 0) {
-        td_error("rollout in the state file not used: %s", st < 0 ? "unknown state" : err);
+        td_error("rollout %s not used: %s", td_cluster_enabled() ? "in etcd" : "in the state file",
+                 st < 0 ? "unknown state" : err);
         json_decref(doc);
         return;
     }
+    json_decref(R.doc);
     R.doc = doc;
     R.state = (td_rollout_state_t)st;
     json_t *stepv = json_object_get(doc, "step");
@@ -843,14 +1105,13 @@ static void restore(json_t *doc) {
         return;
     char why[300];
     if (R.state == TD_RO_CHECKING) {
-        snprintf(why, sizeof(why), "rollout %s starts its pre-check again after a restart", id());
+        snprintf(why, sizeof(why), "rollout %s starts its pre-check again %s", id(), after);
     } else if (R.state == TD_RO_DRAINING) {
-        snprintf(why, sizeof(why), "rollout %s continues draining after a restart", id());
+        snprintf(why, sizeof(why), "rollout %s continues draining %s", id(), after);
     } else {
         snprintf(why, sizeof(why),
-                 "rollout %s continues at step %zu (%d %%) after a restart; its analysis window "
-                 "starts afresh",
-                 id(), R.step + 1, R.spec.steps[R.step]);
+                 "rollout %s continues at step %zu (%d %%) %s; its analysis window starts afresh",
+                 id(), R.step + 1, R.spec.steps[R.step], after);
     }
     td_info("%s", why);
     td_event("rollout", "%s", why);
@@ -874,7 +1135,7 @@ int td_rollout_init(uv_loop_t *loop) {
     const char *path = td_control_state_path();
     json_t *doc = path[0] ? td_state_load_rollout(path) : NULL;
     if (doc)
-        restore(doc);
+        restore(doc, "after a restart");
     return 0;
 }
 

@@ -32,6 +32,14 @@ td_admin_reply_t td_admin_cluster_sticky_key(const char *client, td_str_t target
  * "after", "revision", "version" (= revision)}; 503 when the store cannot be read. */
 td_admin_reply_t td_admin_cluster_history(void);
 
+/* POST /api/v1/rollout or /api/v1/rollout/ACTION (`path`, copied) with `body` on a node that
+ * is not the rollout leader: sent on to the leader's admin API (the admin_url of PREFIX leader,
+ * with this node's token: the nodes of a cluster share it) and the leader's answer returned as
+ * is, status and body. 503 {"error": "no rollout leader: ..."} when no leader is known (or the
+ * leader key is this node's previous run's, until its lease expires); 502 when the leader does
+ * not answer within 10 s. */
+td_admin_reply_t td_admin_cluster_forward(const char *path, td_str_t body);
+
 /* GET /api/v1/state's object (admin_api.c): a new object, caller owns. */
 json_t *td_admin_state_json(void);
 
