@@ -530,7 +530,8 @@ def test_target_failing_on_one_node_only_rolls_back_on_every_node(etcd_cluster, 
             r = wait_rollout(by["td-a"], DONE, timeout=60)
         finally:
             stop_loads(ls)
-        assert r["state"] == "rolled_back" and r["id"] == rid, r
+        assert r["state"] == "rolled_back" and r["id"] == rid, (
+            json.dumps(r, indent=1)[-3000:], ls["td-c"].summary())
         assert "error rate" in (r.get("reason") or ""), r
         for t in ts:
             wait_for(lambda t=t: weights_of(t) == {"blue": 100, "green": 0}, 20 * SLOW,
