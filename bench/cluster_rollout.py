@@ -12,12 +12,14 @@ cluster each time:
   connection) across the three nodes.
 - takeover (lease_s 5, then 2): the same rollout; once step 1's window opened, the leader is
   SIGKILLed. A watch on the prefix (started before the kill) times the events as etcd sends them:
-  from the kill to the new leader's PREFIX leader key, to the new leader's first write of
-  PREFIX rollout, and to the next step's weights (PREFIX config) it writes. Requests through the
-  killed node are not counted; failed requests are the survivors'.
-- cut-off: a rollout held at its first step (step_s 600); the relay cuts the third node off
-  from etcd (every connection closed, new ones refused); from the cut to that node's state
-  showing the weights from before the rollout (its fall-back), polled every 5 ms.
+  from the kill to the new leader's PREFIX leader key, to its first write (the persisted step's
+  weights applied again, PREFIX config and PREFIX rollout in one txn) and to the next step's
+  weights, written after that step's fresh window (step_s 5). Requests through the killed node
+  are not counted; failed requests are the survivors'.
+- cut-off (lease_s 2): a rollout held at its first step (step_s 600); the relay cuts the third
+  node off from etcd, either closing every connection and refusing new ones, or silently (every
+  byte held back, nothing closed: a dead network); from the cut to that node's state showing the
+  weights from before the rollout (its fall-back), polled every 5 ms.
 
 Prints a table (one row per figure, the median and the range over --rounds) and one JSON line
 with every measurement. Stdlib only.
@@ -97,11 +99,12 @@ class Watch(threading.Thread):
     def __init__(self, etcd_port):
         super().__init__(daemon=True)
         self.events, self.lock, self.stop = [], threading.Lock(), False
-        self.conn = http.client.HTTPConnection("127.0.0.1", etcd_port, timeout=0.5)
+        self.conn = http.client.HTTPConnection("127.0.0.1", etcd_port, timeout=10)
         end = PREFIX[:-1] + chr(ord(PREFIX[-1]) + 1)
         self.conn.request("POST", "/v3/watch", body=json.dumps(
             {"create_request": {"key": b64(PREFIX), "range_end": b64(end)}}))
         self.r = self.conn.getresponse()
+        self.conn.sock.settimeout(None)  # blocking reads; close() shuts the socket down
         self.start()
 
     def run(self):
@@ -113,9 +116,7 @@ class Watch(threading.Thread):
             except ValueError:
                 try:
                     data = self.r.read1(65536)
-                except (TimeoutError, socket.timeout):
-                    continue
-                except (OSError, http.client.HTTPException):
+                except (OSError, http.client.HTTPException, ValueError):
                     return
                 if not data:
                     return
@@ -143,7 +144,11 @@ class Watch(threading.Thread):
 
     def close(self):
         self.stop = True
-        self.join(2)
+        try:
+            self.conn.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.join(5)
         self.conn.close()
 
 
@@ -154,6 +159,8 @@ class Relay(threading.Thread):
     def __init__(self, target):
         super().__init__(daemon=True)
         self.target, self.cut_off, self.conns, self.lock = target, False, [], threading.Lock()
+        self.flowing = threading.Event()  # cleared by hold(): bytes kept back, nothing closed
+        self.flowing.set()
         self.ls = socket.socket()
         self.ls.bind(("127.0.0.1", 0))
         self.ls.listen(64)
@@ -184,13 +191,15 @@ class Relay(threading.Thread):
             for a, b in ((c, u), (u, c)):
                 threading.Thread(target=self.pump, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def pump(src, dst):
+    def pump(self, src, dst):
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
+                while not self.flowing.wait(0.2):
+                    if self.stopping:
+                        return
                 dst.sendall(data)
         except OSError:
             pass
@@ -210,6 +219,9 @@ class Relay(threading.Thread):
             except OSError:
                 pass
             s.close()
+
+    def hold(self):
+        self.flowing.clear()
 
     def close(self):
         self.stopping = True
@@ -352,6 +364,14 @@ class Cluster:
         shutil.rmtree(self.run, ignore_errors=True)
 
 
+def doc_green(doc):
+    """green's weight in a PREFIX config document."""
+    for b in (doc or {}).get("backends", []):
+        if b.get("name") == "green":
+            return b.get("weight")
+    return None
+
+
 def step_applied(c, on, k):
     r = c.rollout_state(on)
     d = (r.get("steps_detail") or [{}] * (k + 1))[k] or {}
@@ -393,7 +413,8 @@ def measure_takeover(a, lease_s):
         new = key[3]["node"]
         doc = wait(lambda: w.first(lambda e: e[2] == "rollout" and e[1] == "PUT", key[0]), 60,
                    "the new leader's first write of the rollout", 0.01)
-        step = wait(lambda: w.first(lambda e: e[2] == "config" and e[1] == "PUT", key[0]), 60,
+        step = wait(lambda: w.first(lambda e: e[2] == "config" and e[1] == "PUT"
+                                    and doc_green(e[3]) not in (None, 10), key[0]), 60,
                     "the next step written by the new leader", 0.01)
         r = wait(lambda: (lambda r: r if r.get("state") in
                           ("succeeded", "rolled_back", "aborted", "paused") else None)(
@@ -411,14 +432,14 @@ def measure_takeover(a, lease_s):
         c.close()
 
 
-def measure_cutoff(a):
+def measure_cutoff(a, silent):
     c = Cluster(a.td, a.etcd, 2)
     try:
         cut = c.node("n2")
         c.rollout(c.node(c.leader), step_s=600)
         wait(lambda: c.weights(cut) == {"blue": 90, "green": 10}, 30, "step 1 on the cut node")
         t0 = time.monotonic()
-        c.relay.cut()
+        c.relay.hold() if silent else c.relay.cut()
         wait(lambda: c.weights(cut) == {"blue": 100, "green": 0}, 60, "the fall-back", 0.005)
         return {"fallback_ms": round((time.monotonic() - t0) * 1000, 1)}
     finally:
@@ -438,12 +459,13 @@ def main():
     ap.add_argument("--td", default=os.environ.get("TD_BIN", os.path.join(ROOT, "build/td")))
     ap.add_argument("--etcd", default=shutil.which("etcd") or "/usr/bin/etcd")
     a = ap.parse_args()
-    out = {"rollout": [], "takeover": [], "cutoff": []}
+    out = {"rollout": [], "takeover": [], "cutoff": [], "silent": []}
     for _ in range(a.rounds):
         out["rollout"].append(measure_rollout(a))
         for lease_s in (5, 2):
             out["takeover"].append(measure_takeover(a, lease_s))
-        out["cutoff"].append(measure_cutoff(a))
+        out["cutoff"].append(measure_cutoff(a, False))
+        out["silent"].append(measure_cutoff(a, True))
     ro, tk = out["rollout"], out["takeover"]
     print(f"| {a.rounds} rounds, 3 nodes | median | range |")
     print("|---|---:|---:|")
@@ -454,14 +476,16 @@ def main():
         t = [x for x in tk if x["lease_s"] == lease_s]
         print(row(f"Leader SIGKILLed, lease_s {lease_s}: to the new leader's key",
                   [x["key_ms"] for x in t], "ms"))
-        print(row(f"Leader SIGKILLed, lease_s {lease_s}: to its first write of the rollout",
+        print(row(f"Leader SIGKILLed, lease_s {lease_s}: to its first write (the step re-applied)",
                   [x["first_write_ms"] for x in t], "ms"))
-        print(row(f"Leader SIGKILLed, lease_s {lease_s}: to the next step's weights",
+        print(row(f"Leader SIGKILLed, lease_s {lease_s}: to the next step's weights (step_s 5)",
                   [x["next_step_ms"] for x in t], "ms"))
         print(row(f"Failed requests on the survivors, lease_s {lease_s}",
                   [x["failed"] for x in t], "requests"))
-    print(row("Cut off from etcd mid-rollout to the node's fall-back (lease_s 2)",
+    print(row("Cut off from etcd mid-rollout (connections closed) to the node's fall-back",
               [x["fallback_ms"] for x in out["cutoff"]], "ms"))
+    print(row("Cut off from etcd mid-rollout (silent: bytes held) to the node's fall-back",
+              [x["fallback_ms"] for x in out["silent"]], "ms"))
     print(json.dumps(out))
     return 0
 
