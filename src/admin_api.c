@@ -664,6 +664,43 @@ static td_admin_reply_t get_readyz(void) {
     return json_reply(503, json_pack("{s:b,s:s}", "ready", 0, "reason", why));
 }
 
+/* A rollout answer of the leader, sent once the engine's writes are in etcd. */
+typedef struct ro_reply_s {
+    td_admin_deferred_t *d;
+    int status;
+    json_t *out; /* owned */
+} ro_reply_t;
+
+static void on_ro_written(void *arg, int result, const char *error) {
+    ro_reply_t *p = arg;
+    td_admin_reply_t r;
+    if (result == 0) {
+        r = json_reply(p->status, p->out);
+    } else {
+        json_decref(p->out);
+        r = td_admin_http_error(result == TD_ECONFLICT ? 409 : 503, error);
+    }
+    td_admin_http_finish(p->d, r, NULL);
+    free(p);
+}
+
+static td_admin_reply_t rollout_answer_written(int status, json_t *out) {
+    ro_reply_t *p = calloc(1, sizeof(*p));
+    td_admin_deferred_t *d = p ? td_admin_http_defer() : NULL;
+    if (!d) {
+        free(p);
+        json_decref(out);
+        return td_admin_http_error(500, "out of memory");
+    }
+    *p = (ro_reply_t){d, status, out};
+    if (td_rollout_when_written(on_ro_written, p) < 0) {
+        json_decref(out);
+        free(p);
+        td_admin_http_finish(d, td_admin_http_error(500, "out of memory"), NULL);
+    }
+    return td_admin_http_later();
+}
+
 /* POST /api/v1/rollout (`action` NULL) or /api/v1/rollout/ACTION; GET /api/v1/rollout. */
 static td_admin_reply_t rollout_post(const char *action, td_str_t body, const char *client) {
     static const char *const names[] = {"pause", "resume", "promote", "abort"};
@@ -697,6 +734,8 @@ static td_admin_reply_t rollout_post(const char *action, td_str_t body, const ch
         out = td_rollout_act((td_rollout_action_t)a, j, client, &status);
     }
     json_decref(j);
+    if (td_cluster_enabled() && status >= 200 && status < 300)
+        return rollout_answer_written(status, out);
     return json_reply(status, out);
 }
 

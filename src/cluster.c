@@ -1252,7 +1252,7 @@ static void check_waits(void) {
 }
 
 int td_cluster_wait_all(uint64_t revision, int64_t timeout_ms, td_cluster_wait_fn *cb, void *arg) {
-    if (!cl.started)
+    if (!cl.started || cl.stopping) /* a wait asked from a callback of the stop would stay */
         return TD_EUNAVAIL;
     wait_t *w = calloc(1, sizeof(*w));
     if (!w)

@@ -19,8 +19,16 @@
 #include "td/fetch.h"
 #include "td/log.h"
 #include "td/registry.h"
+#include "td/rollout_cluster.h"
 #include "td/router.h"
 #include "td/state_file.h"
+
+/* A caller waiting for the engine's writes to be in etcd (td_rollout_when_written). */
+typedef struct waiter_s {
+    td_rollout_written_fn *cb;
+    void *arg;
+    struct waiter_s *next;
+} waiter_t;
 
 static struct {
     uv_loop_t *loop;
@@ -57,6 +65,12 @@ static struct {
     unsigned fence_seq; /* the wait in flight for fence_rev; older answers are dropped */
     int step_fenced;    /* the step's own weights were applied on every live node */
     int fence_retry;    /* the wait could not be asked for: again at the next tick */
+    waiter_t *waiters;  /* owned: answered when the writes are made, or cannot be */
+    /* Cluster mode: the analysis window's counters are every live node's, summed
+     * (rollout_cluster.h); a look is in flight until its sums come back. */
+    unsigned window_seq; /* bumped when a window opens: sums of an older one are dropped */
+    int cluster_looking;
+    unsigned look_gen; /* R.gen when the look was asked: it counts in R.pending while equal */
 } R;
 
 static void cluster_write(int weights, const char *what, const char *by);
@@ -376,6 +390,34 @@ static td_config_t *weights_cfg(void) {
 
 static void flush(void);
 
+/* Answers every waiter with `result` (0: written). */
+static void written(int result, const char *error) {
+    waiter_t *w = R.waiters;
+    R.waiters = NULL;
+    while (w) {
+        waiter_t *next = w->next;
+        w->cb(w->arg, result, error);
+        free(w);
+        w = next;
+    }
+}
+
+int td_rollout_when_written(td_rollout_written_fn *cb, void *arg) {
+    if (!R.writing && !R.want_write) {
+        int ok = R.leading || !td_cluster_enabled();
+        cb(arg, ok ? 0 : TD_ECONFLICT, ok ? "" : "not the leader");
+        return 0;
+    }
+    waiter_t *w = calloc(1, sizeof(*w));
+    if (!w)
+        return TD_ENOMEM;
+    w->cb = cb;
+    w->arg = arg;
+    w->next = R.waiters;
+    R.waiters = w;
+    return 0;
+}
+
 /* This node stops driving the rollout (`why`): it neither aborts nor rolls back anything, the
  * leader that fenced it out owns the rollout now. */
 static void step_down(const char *why) {
@@ -393,6 +435,7 @@ static void step_down(const char *why) {
     R.fence_rev = 0;
     json_decref(R.doc);
     R.doc = NULL;
+    written(TD_ECONFLICT, "not the leader");
 }
 
 static void on_fenced(void *arg, const json_t *laggards);
@@ -402,6 +445,8 @@ static void on_fenced(void *arg, const json_t *laggards);
 #define FENCE_POLL_MS 2000
 static void fence_wait(void) {
     R.fence_seq++;
+    if (!R.ready)
+        return;
     R.fence_retry = td_cluster_wait_all(R.fence_rev, FENCE_POLL_MS, on_fenced,
                                         (void *)(uintptr_t)R.fence_seq) < 0;
 }
@@ -442,6 +487,8 @@ static void on_written(void *arg, int result, uint64_t revision, const char *err
             fence_wait();
         }
         flush();
+        if (!R.writing && !R.want_write)
+            written(0, "");
         return;
     }
     if (result == TD_ECONFLICT && strcmp(error, "not the leader") == 0) {
@@ -453,6 +500,9 @@ static void on_written(void *arg, int result, uint64_t revision, const char *err
     td_warn("rollout %s: write not made (%s): trying again", id(), error);
     R.want_write = 1;
     R.want_weights |= R.sent_weights;
+    char why[600];
+    snprintf(why, sizeof(why), "not written to etcd yet (td keeps trying): %s", error);
+    written(TD_EUNAVAIL, why);
 }
 
 /* Sends the waiting write, unless one is in flight. */
@@ -700,11 +750,12 @@ static int target_taken_out(char *why, size_t n) {
     return out;
 }
 
-static void look(void) {
-    td_analysis_side_t t, b;
-    sides_now(&t, &b);
-    side_delta(&t, &R.t0);
-    side_delta(&b, &R.b0);
+/* Judges one look at sides t and b (the deltas of the window), `missing` (borrowed, or NULL)
+ * the nodes left out of it: the look is judged on the rest, which is a WAIT while they do not
+ * meet min_requests (td_analysis_look's rule). */
+static void judge(const td_analysis_side_t *tp, const td_analysis_side_t *bp,
+                  const json_t *missing) {
+    td_analysis_side_t t = *tp, b = *bp;
     int last_step = R.spec.steps[R.step] == 100;
     td_analysis_config_t cfg = {.max_error_rate = R.spec.max_error_rate,
                                 .max_p99_ms = R.spec.max_p99_ms,
@@ -727,6 +778,10 @@ static void look(void) {
                                     (json_int_t)b.requests, "baseline_errors", (json_int_t)b.errors,
                                     "p_value", res.p_value, "threshold", res.threshold, "verdict",
                                     names[v], "reason", res.reason));
+    if (missing)
+        json_object_set_new(json_array_get(json_object_get(d, "looks"),
+                                           json_array_size(json_object_get(d, "looks")) - 1),
+                            "missing", json_deep_copy(missing));
     json_object_set_new(d, "target", side_json(&t));
     json_object_set_new(d, "baseline", last_step ? json_null() : side_json(&b));
     record_shares(d);
@@ -747,6 +802,64 @@ static void look(void) {
             R.pending++;
         free(body);
     }
+}
+
+static void on_cluster_open(void *arg, const td_rollout_sum_t *sum) {
+    (void)arg, (void)sum; /* the baselines are kept by rollout_cluster */
+}
+
+/* A look in flight is forgotten; R.pending counts it only within the transition it began in. */
+static void drop_cluster_look(void) {
+    if (R.cluster_looking && R.look_gen == R.gen)
+        R.pending--;
+    R.cluster_looking = 0;
+}
+
+static void on_cluster_look(void *arg, const td_rollout_sum_t *sum) {
+    if ((unsigned)(uintptr_t)arg != R.window_seq || !R.cluster_looking)
+        return;
+    int current = R.look_gen == R.gen;
+    drop_cluster_look();
+    if (!current || R.state != TD_RO_RUNNING || !R.leading)
+        return;
+    judge(&sum->target, &sum->baseline, json_array_size(sum->missing) ? sum->missing : NULL);
+}
+
+/* The analysis window opens: this node's counters now, or in cluster mode every live node's. */
+static void open_window(void) {
+    if (!td_cluster_enabled()) {
+        sides_now(&R.t0, &R.b0);
+        return;
+    }
+    R.window_seq++;
+    drop_cluster_look();
+    if (td_rollout_cluster_open(R.spec.to, json_object_get(R.doc, "weights_before"),
+                                on_cluster_open, NULL) < 0)
+        td_warn("rollout %s: the analysis window could not ask the nodes (out of memory)", id());
+}
+
+static void look(void) {
+    if (td_cluster_enabled()) {
+        if (R.cluster_looking)
+            return;
+        if (td_rollout_cluster_look(on_cluster_look, (void *)(uintptr_t)R.window_seq) == 0) {
+            R.cluster_looking = 1;
+            R.look_gen = R.gen;
+            R.pending++;
+            return;
+        }
+        td_analysis_side_t none;
+        memset(&none, 0, sizeof(none));
+        json_t *why = json_pack("[s]", "the nodes could not be asked (out of memory)");
+        judge(&none, &none, why);
+        json_decref(why);
+        return;
+    }
+    td_analysis_side_t t, b;
+    sides_now(&t, &b);
+    side_delta(&t, &R.t0);
+    side_delta(&b, &R.b0);
+    judge(&t, &b, NULL);
 }
 
 static void tick_running(int64_t now) {
@@ -775,10 +888,10 @@ static void tick_running(int64_t now) {
     }
     if (!R.window_ms && el >= ramp + R.spec.warmup_s * 1000L) {
         R.window_ms = now;
-        sides_now(&R.t0, &R.b0);
+        open_window();
     }
     int64_t end = ramp + R.spec.step_s * 1000L;
-    if (R.window_ms && R.looks_done < R.looks_planned &&
+    if (R.window_ms && !R.cluster_looking && R.looks_done < R.looks_planned &&
         now - R.window_ms >= (int64_t)(R.looks_done + 1) * R.spec.interval_s * 1000L - 200) {
         look();
         if (R.state != TD_RO_RUNNING)
@@ -788,12 +901,12 @@ static void tick_running(int64_t now) {
         return;
     if (!R.window_ms) {
         R.window_ms = now;
-        sides_now(&R.t0, &R.b0);
+        open_window();
     }
     if (R.looks_done == 0) {
         look();
-        if (R.state != TD_RO_RUNNING)
-            return;
+        if (R.state != TD_RO_RUNNING || R.cluster_looking)
+            return; /* in cluster mode the step passes at a tick after the sums came */
     }
     char note[300] = "";
     if (R.last_verdict == TD_ANALYSIS_WAIT)
@@ -1142,9 +1255,14 @@ int td_rollout_init(uv_loop_t *loop) {
 void td_rollout_shutdown(void) {
     if (!R.ready)
         return;
+    written(TD_EUNAVAIL, "td is stopping");
     R.gen++;
+    R.lead_gen++;
+    R.fence_seq++;
+    R.fence_rev = 0;
     uv_timer_stop(&R.timer);
     uv_close((uv_handle_t *)&R.timer, NULL);
+    td_rollout_cluster_close();
     td_fetch_shutdown();
     R.ready = 0;
 }

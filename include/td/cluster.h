@@ -7,7 +7,9 @@
  *   PREFIX sticky          {"keys": [{"id", "secret" (hex of 32 bytes), "created"}]}, newest first,
  *                          at most 2: the sticky-cookie key ring;
  *   PREFIX nodes/NODE      under the node's lease: {"node", "admin_url", "applied_revision",
- *                          "health", "version", "started"}, rewritten only when it changes;
+ *                          "health", "version", "started", "rollout_step": {"id", "step"}
+ *                          (the step of PREFIX rollout it applied)}, rewritten only when it
+ *                          changes;
  *   PREFIX audit/TIME-NODE-RND one entry per change: {"time", "node", "client", "what",
  *                          "before", "after"} ("revision", the key's mod_revision, is added
  *                          when read: the entry is written in its change's transaction).

@@ -2,7 +2,10 @@
  * target side judged on td's own counters (td/analysis.h), rolled back or paused when a step
  * fails. Runs on the main thread's loop (a 1 s timer); it changes weights only through the
  * control plane (td_control_apply), so the snapshot swap, events, audit and state file work as
- * for any change; the active rollout is kept in the state file with the weights it set.
+ * for any change; the active rollout is kept in the state file with the weights it set. In
+ * cluster mode only the rollout leader runs it (td/cluster.h): its writes are fenced etcd
+ * transactions of the weights and the rollout object together, a step's clock starts once
+ * every live node applied it, and a node that becomes leader continues an active rollout.
  * API shape: README, "Rollouts". */
 #ifndef TD_ROLLOUT_H
 #define TD_ROLLOUT_H
@@ -80,6 +83,14 @@ int td_rollout_active(char *msg, size_t n);
 /* 1 while a rollout is active and the change being applied is not its own: the rollout owns
  * the weights then (a config file or API change to them is reported and does not apply). */
 int td_rollout_owns_weights(void);
+
+/* Cluster mode, on the leader: cb(arg, 0, "") once what the engine changed so far (a start, an
+ * action) is written to etcd; cb(arg, TD_ECONFLICT, "not the leader") when the write was fenced
+ * out (this node no longer drives the rollout); cb(arg, TD_EUNAVAIL, why) when it could not be
+ * made (the engine keeps trying). Called at once (from inside the call) when nothing waits to
+ * be written. `error` borrowed for the call. Returns 0 or TD_ENOMEM (cb not called). */
+typedef void td_rollout_written_fn(void *arg, int result, const char *error);
+int td_rollout_when_written(td_rollout_written_fn *cb, void *arg);
 
 /* Stops the timer and any request in flight (the rollout stays in the state file). */
 void td_rollout_shutdown(void);
