@@ -158,17 +158,19 @@ int td_cluster_leader_event(const td_etcd_kv_t *kv, int deleted) {
     return 0;
 }
 
+/* The rollout document first, then the leader key: a node that finds itself leader knows the
+ * rollout it is to continue. */
+static void on_read_leader(void *arg, const td_etcd_result_t *r) {
+    if ((uintptr_t)arg != ld.gen || ld.stopped || !r->ok)
+        return;
+    leader_seen(r->num_kvs ? &r->kvs[0] : NULL, r->revision);
+}
+
 static void on_read_rollout(void *arg, const td_etcd_result_t *r) {
     if ((uintptr_t)arg != ld.gen || ld.stopped || !r->ok)
         return;
     rollout_seen(r->num_kvs ? &r->kvs[0] : NULL, r->revision);
-}
-
-static void on_read_leader(void *arg, const td_etcd_result_t *r) {
-    if ((uintptr_t)arg != ld.gen || ld.stopped || !r->ok)
-        return;
-    td_etcd_range(ld.rollout_key, 0, 0, 0, on_read_rollout, arg);
-    leader_seen(r->num_kvs ? &r->kvs[0] : NULL, r->revision);
+    td_etcd_range(ld.key, 0, 0, 0, on_read_leader, arg);
 }
 
 void td_cluster_leader_reachable(int64_t lease_id) {
@@ -178,7 +180,7 @@ void td_cluster_leader_reachable(int64_t lease_id) {
     ld.lease_id = lease_id;
     ld.gen++;
     ld.campaigning = 0;
-    td_etcd_range(ld.key, 0, 0, 0, on_read_leader, (void *)(uintptr_t)ld.gen);
+    td_etcd_range(ld.rollout_key, 0, 0, 0, on_read_rollout, (void *)(uintptr_t)ld.gen);
 }
 
 void td_cluster_leader_lease(int64_t lease_id) {

@@ -545,11 +545,17 @@ static int cluster_role(void) {
         step_down("another node holds the leader key, or none is known");
         return 0;
     }
-    if (R.leading)
-        return 1;
+    const json_t *doc = td_cluster_rollout_doc();
+    if (R.leading) {
+        /* A leader that had no rollout when it took over, and finds an active one in etcd
+         * that is not its own (learned later): it continues that one. */
+        const char *st = json_string_value(json_object_get(doc, "state"));
+        int s = st ? td_rollout_state_parse(st) : -1;
+        if (R.doc || !doc || s < 0 || !td_rollout_state_active((td_rollout_state_t)s))
+            return 1;
+    }
     R.leading = 1;
     R.lead_gen++;
-    const json_t *doc = td_cluster_rollout_doc();
     if (doc) {
         char after[200];
         snprintf(after, sizeof(after), "on %s, the new rollout leader",

@@ -30,7 +30,7 @@ def test_console_lists_the_nodes_and_shows_the_banner_when_the_store_is_unreacha
     assert rows["td-a"]["self"] and not rows["td-b"]["self"]
     assert rows["td-a"]["cells"][1] == nodes[0].admin
     assert rows["td-b"]["cells"][4] == "ready"
-    assert "none" in seen["leader"]
+    assert seen["leader"] in ("Leader: td-a", "Leader: td-b"), seen["leader"]
     assert seen["banner"].startswith("cluster store unreachable since ")
     assert "this node serves its last state; changes are refused" in seen["banner"]
 

@@ -21,7 +21,8 @@ import pytest
 
 from cluster_nodes import (SLOW, TOKEN, cluster_of, init_cluster, node_cfg, readyz,
                            wait_weights, weights_of)
-from conftest import ETCD, TcpRelay, backend_cfg, reload_config, wait_for
+from conftest import (CONSOLE_MISSING, ETCD, TcpRelay, backend_cfg, reload_config, run_console,
+                      tdctl, wait_for)
 
 pytestmark = pytest.mark.skipif(not os.access(ETCD, os.X_OK),
                                 reason="needs etcd (scripts/deps.sh test)")
@@ -240,8 +241,31 @@ def test_node_not_answering_a_look_is_named_missing_and_the_look_goes_on_without
                         what="a look passed without td-c, naming it missing")
         assert look["target_requests"] >= 20, look
         assert "timed out" in " ".join(look["missing"]), look
+        # what a person sees: the leader, and td-c not at the step once the leader moved on
+        r = tdctl(bnode, "--token", TOKEN, "rollout", "status")
+        assert "leader: td-a; every node at the current step" in r.stdout, r.stdout
+        status, r = bnode.api("POST", "/api/v1/rollout/promote")  # forwarded to td-a
+        assert status == 200, r
+        wait_for(lambda: rollout(a)["step"] == 1, 20 * SLOW, what="step 2 written")
+        # td-a and td-b apply step 2 at once; td-c, stopped, cannot
+        wait_for(lambda: "leader: td-a; not at the current step yet: td-c (step 1)\n" in
+                 tdctl(bnode, "--token", TOKEN, "rollout", "status").stdout, 20 * SLOW,
+                 interval=0.2, what="tdctl rollout status naming td-c as not at step 2")
+        r = tdctl(a, "--token", TOKEN, "cluster")
+        rows = {line.split()[0]: line for line in r.stdout.splitlines() if line.startswith("td-")}
+        assert "td-a * (leader)" in rows["td-a"] and "(leader)" not in rows["td-b"], r.stdout
+        assert "leader: td-a" in r.stdout
+        if not CONSOLE_MISSING:  # the console shows the same (Chromium, tests/console)
+            seen = run_console("cluster_rollout.mjs", url=bnode.admin + "/", token=TOKEN,
+                               leader="td-a", behind="td-c")
+            assert "Led by td-a" in seen["rollout"], seen
+            at = {n["node"]: n["at_step"] for n in seen["nodes"]}
+            assert at == {"td-a": True, "td-b": True, "td-c": False}, seen
+            assert seen["leader_rows"] == ["td-a"] and "td-a" in seen["leader"], seen
     finally:
         os.kill(cnode.proc.p.pid, 18)  # SIGCONT
+    wait_for(lambda: not any(n["applied_step"] != 1 for n in rollout(a)["nodes"]), 20 * SLOW,
+             what="td-c at step 2")
     status, r = a.api("POST", "/api/v1/rollout/abort")
     assert status == 200, r
 

@@ -27,10 +27,12 @@ static void print_node_row(int width, const char *node, const char *admin, const
     printf("%.*s\n", n, line);
 }
 
-/* A node's name for the table: "td-a *" for the node tdctl asked. */
-static void node_name(const json_t *node, char *out, size_t n) {
-    snprintf(out, n, "%s%s", str(node, "node"),
-             json_is_true(json_object_get(node, "self")) ? " *" : "");
+/* A node's name for the table: "td-a *" for the node tdctl asked, "(leader)" after the rollout
+ * leader's (`leader` the view's "leader", or NULL). */
+static void node_name(const json_t *node, const char *leader, char *out, size_t n) {
+    snprintf(out, n, "%s%s%s", str(node, "node"),
+             json_is_true(json_object_get(node, "self")) ? " *" : "",
+             leader && strcmp(leader, str(node, "node")) == 0 ? " (leader)" : "");
 }
 
 /* "yes", "no", or "-" when the node did not answer. */
@@ -48,9 +50,10 @@ static void print_cluster(const json_t *c) {
     const json_t *store = json_object_get(c, "store");
     size_t width = strlen("NODE"), i;
     char name[128];
+    const char *leader = json_string_value(json_object_get(c, "leader"));
 
     json_array_foreach(nodes, i, node) {
-        node_name(node, name, sizeof(name));
+        node_name(node, leader, name, sizeof(name));
         if (strlen(name) > width)
             width = strlen(name);
     }
@@ -64,7 +67,7 @@ static void print_cluster(const json_t *c) {
     printf("\n");
     print_node_row((int)width, "NODE", "ADMIN", "APPLIED", "LAG", "READY", "REQUESTS");
     json_array_foreach(nodes, i, node) {
-        node_name(node, name, sizeof(name));
+        node_name(node, leader, name, sizeof(name));
         print_node_row((int)width, name, str(node, "admin_url"), num(node, "applied_revision").s,
                        num(node, "lag").s, ready_cell(node), num(node, "requests").s);
     }
@@ -86,9 +89,8 @@ static void print_cluster(const json_t *c) {
         printf("store: UNREACHABLE since %s: %s; this node serves its last state and refuses "
                "changes\n",
                str(store, "since"), str(store, "error"));
-    printf("leader: %s\n", json_is_string(json_object_get(c, "leader"))
-                               ? json_string_value(json_object_get(c, "leader"))
-                               : "none (rollouts run on a single node for now)");
+    printf("leader: %s\n",
+           leader ? leader : "none (no node holds the leader key: every node campaigns)");
 }
 
 static int cluster_show(const ctl_t *ctl) {

@@ -35,6 +35,8 @@ typedef struct follow_s {
     char state[16];
     json_int_t step; /* -1 before the first */
     progress_t progress;
+    char leader[64];   /* cluster mode: the leader last printed */
+    char waiting[256]; /* cluster mode: the nodes last printed as not at the step */
 } follow_t;
 
 /* ---------------------------------------------------------------------------------------------
@@ -111,6 +113,32 @@ static size_t nsteps(const json_t *ro) {
     return json_array_size(json_object_get(ro, "steps"));
 }
 
+/* Cluster mode: the nodes that have not applied the rollout's current step, "td-c (step 1), td-b
+ * (none)" ("" when every node has, or outside cluster mode). */
+static void waiting_text(const json_t *ro, char *out, size_t n) {
+    const json_t *node;
+    json_int_t step = int_of(ro, "step", 0);
+    size_t i, len = 0;
+
+    out[0] = '\0';
+    json_array_foreach(json_object_get(ro, "nodes"), i, node) {
+        const json_t *at = json_object_get(node, "applied_step");
+        char was[32];
+        int w;
+
+        if (json_is_integer(at) && json_integer_value(at) == step)
+            continue;
+        if (json_is_integer(at))
+            snprintf(was, sizeof(was), "step %" JSON_INTEGER_FORMAT, json_integer_value(at) + 1);
+        else
+            snprintf(was, sizeof(was), "none");
+        w = snprintf(out + len, n - len, "%s%s (%s)", len ? ", " : "", str(node, "node"), was);
+        if (w < 0 || (size_t)w >= n - len)
+            break;
+        len += (size_t)w;
+    }
+}
+
 /* The progress line of the current step: "[#####---] step 2/3 green 50% 12s left  figures". */
 static void bar_line(const json_t *ro, char *out, size_t n) {
     json_int_t step = int_of(ro, "step", 0);
@@ -127,10 +155,13 @@ static void bar_line(const json_t *ro, char *out, size_t n) {
     else
         snprintf(when, sizeof(when), "%s", rstate(ro));
     step_figures(ro, d, figures, sizeof(figures));
-    snprintf(out, n, "[%s] step %" JSON_INTEGER_FORMAT "/%zu %s %" JSON_INTEGER_FORMAT "%% %s  %s",
-             bar, step + 1, nsteps(ro), str(ro, "to"),
+    char waiting[200];
+    waiting_text(ro, waiting, sizeof(waiting));
+    snprintf(out, n,
+             "[%s] step %" JSON_INTEGER_FORMAT "/%zu %s %" JSON_INTEGER_FORMAT "%% %s  %s%s%s", bar,
+             step + 1, nsteps(ro), str(ro, "to"),
              int_of(json_object_get(ro, "weights"), str(ro, "to"), int_of(d, "weight", 0)), when,
-             figures);
+             figures, waiting[0] ? "  waiting for " : "", waiting);
 }
 
 /* The why of the last transition, or "". */
@@ -162,7 +193,22 @@ static void print_step_end(const json_t *ro, json_int_t i) {
  * it starts and one with its final figures. */
 static void show(follow_t *f, const json_t *ro) {
     json_int_t step = int_of(ro, "step", 0);
-    char line[256];
+    char line[512], waiting[256];
+    const char *leader = json_string_value(json_object_get(ro, "leader"));
+
+    if (leader && strcmp(leader, f->leader) != 0) {
+        progress_end(&f->progress);
+        printf("%s %s\n", f->leader[0] ? "leader now:" : "leader:", leader);
+        fflush(stdout);
+        snprintf(f->leader, sizeof(f->leader), "%s", leader);
+    }
+    waiting_text(ro, waiting, sizeof(waiting));
+    if (!f->progress.tty && !rollout_ended(ro) && strcmp(waiting, f->waiting) != 0 && waiting[0]) {
+        printf("step %" JSON_INTEGER_FORMAT "/%zu: waiting for %s to apply it\n", step + 1,
+               nsteps(ro), waiting);
+        fflush(stdout);
+    }
+    snprintf(f->waiting, sizeof(f->waiting), "%s", waiting);
 
     if (f->step >= 0 && step != f->step) {
         progress_end(&f->progress);
@@ -532,6 +578,19 @@ static void print_rollout(const json_t *ro) {
     printf("started %s by %s", str(ro, "created_at"), str(ro, "by"));
     if (json_is_string(json_object_get(ro, "finished_at")))
         printf(", ended %s", str(ro, "finished_at"));
+    if (json_object_get(ro, "leader")) {
+        char waiting[256];
+        const json_t *l = json_object_get(ro, "leader");
+
+        waiting_text(ro, waiting, sizeof(waiting));
+        printf("\nleader: %s", json_is_string(l) ? json_string_value(l) : "none");
+        if (!rollout_ended(ro))
+            printf("; %s%s",
+                   waiting[0] ? "not at the current step yet: "
+                              : "every node at the "
+                                "current step",
+                   waiting);
+    }
     printf("\n\n%-5s %-7s %-8s %-32s %s\n", "STEP", "WEIGHT", "STATE", "TARGET", "BASELINE");
     json_array_foreach(json_object_get(ro, "steps_detail"), i, d) {
         side_figures(json_object_get(d, "target"), t, sizeof(t));
