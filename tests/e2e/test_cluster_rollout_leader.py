@@ -372,3 +372,15 @@ def test_deposed_leader_that_has_not_heard_of_it_has_its_writes_refused_by_etcd(
     finally:
         relay.release()
         relay.stop()
+
+
+def test_rollout_asked_of_a_node_that_knows_no_leader_is_503_naming_why(backends, td):
+    from conftest import free_port
+    b = backends(("blue", 1), ("green", 1))
+    t = td(node_cfg(b, [f"http://127.0.0.1:{free_port()}"], "td-a"), token=TOKEN)
+    for path, body in (("/api/v1/rollout", {"to": "green"}), ("/api/v1/rollout/abort", None)):
+        status, e = t.api("POST", path, body)
+        assert status == 503, e
+        assert e["error"].startswith("no rollout leader: cluster store unreachable"), e
+    assert t.api("GET", "/api/v1/rollout")[0] == 404
+    assert weights_of(t) == {"blue": 100, "green": 0}
