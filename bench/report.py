@@ -179,6 +179,24 @@ def tls_notes(data, info):
     return notes
 
 
+KEPT = "## Cluster rollouts"  # measured by bench/cluster_rollout.py alone, not by this run
+
+
+def kept_section(md):
+    """The page's KEPT section as it stands (up to the next "## " heading), or "": a run of
+    make bench rewrites the page but does not measure it."""
+    try:
+        with open(md) as f:
+            text = f.read()
+    except OSError:
+        return ""
+    start = text.find(KEPT + "\n")
+    if start < 0:
+        return ""
+    end = text.find("\n## ", start + len(KEPT))
+    return text[start:end if end >= 0 else len(text)].rstrip("\n") + "\n"
+
+
 def write_md(data, info, md, svg):
     rounds = sorted({r for p in data.values() for m in p.values() for r in m})
     flips = info.get("flips", "?")
@@ -319,6 +337,9 @@ def write_md(data, info, md, svg):
             vals = data[p][key]
             w(f"| {key} | {name} | " + " | ".join(fmt(vals.get(r), dec) for r in rounds) + " |")
     w("")
+    kept = kept_section(md)
+    if kept:
+        w(kept)
     os.makedirs(os.path.dirname(md), exist_ok=True)
     with open(md, "w") as f:
         f.write("\n".join(out))
