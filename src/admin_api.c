@@ -505,9 +505,13 @@ static td_admin_reply_t put_config(td_str_t body, const char *client) {
         return r;
     }
     free(errs);
-    if (td_cluster_enabled())
+    if (td_cluster_enabled()) {
+        /* The rollout leader's fenced writes own the weights while a rollout runs. */
+        if (td_rollout_active(NULL, 0))
+            td_control_keep_rollout_weights(cfg, "config replaced through the API");
         return td_admin_cluster_change(cfg, "config replaced through the API", client, cur_target,
                                        1);
+    }
     char err[512];
     int r = td_control_apply(cfg, "config replaced through the API", 1, client, err, sizeof(err));
     if (r < 0)

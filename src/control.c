@@ -472,10 +472,9 @@ static json_t *summary(const td_config_t *c) {
     return json_pack("{s:s,s:o}", "method", td_method_name(c->method), "weights", w);
 }
 
-/* While a rollout runs it owns the weights: a change to them from elsewhere (the config file, PUT
- * /api/v1/config, DELETE /api/v1/overrides) is reported and the running weights stay. Returns 1
- * when `cfg` asked for other weights. */
-static int keep_rollout_weights(td_config_t *cfg, const char *what) {
+/* A change to the weights from elsewhere (the config file, PUT /api/v1/config, DELETE
+ * /api/v1/overrides) while a rollout runs is reported and the running weights stay. */
+int td_control_keep_rollout_weights(td_config_t *cfg, const char *what) {
     int kept = 0;
     for (size_t i = 0; i < cfg->num_backends; i++)
         for (size_t j = 0; j < running->num_backends; j++)
@@ -502,7 +501,7 @@ static int keep_rollout_weights(td_config_t *cfg, const char *what) {
 static int apply(td_config_t *cfg, const char *what, const char *client, json_t *next, json_t *fdoc,
                  char *err, size_t errlen) {
     keep_startup_settings(cfg);
-    if (td_rollout_owns_weights() && keep_rollout_weights(cfg, what)) {
+    if (td_rollout_owns_weights() && td_control_keep_rollout_weights(cfg, what)) {
         /* The overrides are computed again: they must keep the rollout's weights. */
         json_decref(next);
         next = NULL;

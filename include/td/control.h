@@ -54,6 +54,12 @@ int td_control_save(const char *what, const char *client);
  * td_snapshot_set_sticky_secrets). Returns 0 or TD_E* (logged; the old snapshot stays). */
 int td_control_refresh(const char *what);
 
+/* While a rollout is active it owns the weights: every backend weight of `cfg` that differs from
+ * the running config's is set back to the running one, with a warning and an event naming the
+ * rollout (`what` names the change). Returns 1 when one was kept, else 0. Used by the control
+ * plane itself and, in cluster mode, by the admin API before it proposes a whole config. */
+int td_control_keep_rollout_weights(td_config_t *cfg, const char *what);
+
 /* Drops every override: the config file as last read runs again, audited as a change from
  * `client`. Returns 0 or a negative TD_E* code with a message in err[errlen]. */
 int td_control_reset(const char *client, char *err, size_t errlen);

@@ -384,3 +384,29 @@ def test_rollout_asked_of_a_node_that_knows_no_leader_is_503_naming_why(backends
         assert e["error"].startswith("no rollout leader: cluster store unreachable"), e
     assert t.api("GET", "/api/v1/rollout")[0] == 404
     assert weights_of(t) == {"blue": 100, "green": 0}
+
+
+def test_config_put_during_a_cluster_rollout_keeps_the_rollouts_weights(
+        etcd_cluster, backends, td):
+    # A whole config PUT on a follower while the rollout runs: its other changes apply on every
+    # node, its weights give way to the rollout's (as on a single node).
+    c, nodes = three(etcd_cluster, backends, td)
+    lead = leader_of(nodes)
+    a = [t for t in nodes if t is not lead][0]
+    status, r = a.api("POST", "/api/v1/rollout",
+                      {"to": "green", "steps": [10, 50, 100], "step_s": 600, "analysis": FAST})
+    assert status == 201, r
+    wait_weights(nodes, blue=90, green=10)
+    status, doc = a.api("GET", "/api/v1/config")
+    assert status == 200, doc
+    for b in doc["backends"]:
+        b["weight"] = {"blue": 0, "green": 100}[b["name"]]
+    doc.setdefault("timeouts", {})["connect_ms"] = 1234
+    status, e = a.api("PUT", "/api/v1/config", doc)
+    assert status == 200, e
+    for t in nodes:
+        wait_for(lambda t=t: t.api("GET", "/api/v1/config")[1]["timeouts"]["connect_ms"] == 1234,
+                 10 * SLOW, what=f"the new timeout on {t.admin}")
+        assert weights_of(t) == {"blue": 90, "green": 10}, t.admin
+    assert rollout(a)["state"] == "running"
+    assert a.api("POST", "/api/v1/rollout/abort")[0] == 200
