@@ -20,7 +20,13 @@
 #define ADMIN_MAX_BODY (1024 * 1024)
 #define ADMIN_MAX_HDRS 64
 #define ADMIN_TIMEOUT_MS 10000 /* idle or half-sent request: the connection is closed */
+/* A new connection that has sent nothing by then is closed: an idle socket held open costs a
+ * slot of ADMIN_MAX_CONNS, and probes and tdctl send their request at once. */
+#define ADMIN_FIRST_BYTE_MS 5000
 #define ADMIN_MAX_CONNS 256
+/* Log lines (errors of requests, TLS handshakes, evicted connections): one a second per reason,
+ * then a count (td_log_reasons_t), as the listeners' error lines. */
+#define ADMIN_TARGET_MAX 200 /* bytes of a request-target a log line shows */
 
 typedef struct admin_conn_s admin_conn_t;
 
@@ -30,8 +36,11 @@ struct td_admin_deferred_s {
     int head_only;      /* the request was a HEAD */
     int done;           /* finished while its handler still ran: `reply` waits to be sent */
     td_admin_reply_t reply;
-    char *header;   /* owned: the extra header line of the reply, or NULL */
-    char what[160]; /* "METHOD TARGET", for the log line of an error reply */
+    char *header; /* owned: the extra header line of the reply, or NULL */
+    /* The request's method and target (cut), for the log line of an error reply. */
+    char method[24];
+    char target[ADMIN_TARGET_MAX];
+    size_t method_len, target_len;
 };
 
 struct admin_conn_s {
@@ -45,8 +54,10 @@ struct admin_conn_s {
     int keep_alive;
     int closing;
     int lingering; /* answered and shut down for writing: the rest of the input is discarded */
+    int fresh;     /* accepted and nothing read yet: ADMIN_FIRST_BYTE_MS to send something */
     uv_shutdown_t sreq;
-    char ip[64];
+    char ip[64];       /* the peer's IP address, without brackets (IPv6) */
+    int port;          /* the peer's port */
     char local_ip[64]; /* the address the client reached, as a Host names it ("[::1]" for IPv6) */
     td_admin_deferred_t *deferred; /* owned by whoever finishes it: the reply being waited for */
     td_tls_conn_t *tls;            /* owned; NULL for plain HTTP */
@@ -70,6 +81,39 @@ static td_tls_server_t *server_tls;  /* a reference: admin.tls's certificates, o
 static char cipher[16384 + 512];
 
 static int num_conns;
+
+/* The admin server's own per-reason limiter (main loop only), flushed by rl_timer. */
+static td_log_reasons_t admin_rl;
+static uv_timer_t rl_timer;
+static int rl_timer_open;
+
+static void rl_flush_cb(uv_timer_t *t) {
+    (void)t;
+    td_log_reasons_flush(&admin_rl, td_now_ms());
+}
+
+/* "IP:PORT" ("[IP]:PORT" for IPv6) of c's peer into out[cap]. */
+static const char *peer(const admin_conn_t *c, char *out, size_t cap) {
+    int v6 = strchr(c->ip, ':') != NULL;
+    snprintf(out, cap, "%s%s%s:%d", v6 ? "[" : "", c->ip, v6 ? "]" : "", c->port);
+    return out;
+}
+
+/* Logs "admin: IP:PORT METHOD TARGET: STATUS" (the target escaped, td_log_escape) for a refused
+ * request at most once a second per status, then "N more like this"; at debug level only (and
+ * not limited) when `quiet` (the open path's probes). */
+static void log_refusal(const admin_conn_t *c, td_str_t method, td_str_t target, int status,
+                        int quiet) {
+    char reason[TD_LOG_REASON_LEN];
+    snprintf(reason, sizeof(reason), "admin: %d %s", status, td_http_reason(status));
+    if (quiet ? 0 : !td_log_reasons_take(&admin_rl, reason, td_now_ms()))
+        return;
+    char m[64], t[ADMIN_TARGET_MAX * 4 + 8], p[80];
+    td_log_escape(m, sizeof(m), method.p, method.len, 16);
+    td_log_escape(t, sizeof(t), target.p, target.len, ADMIN_TARGET_MAX);
+    td_log(quiet ? TD_LOG_DEBUG : TD_LOG_INFO, "admin: %s %s %s: %d", peer(c, p, sizeof(p)),
+           m[0] ? m : "-", t[0] ? t : "-", status);
+}
 
 static void conn_free_cb(uv_handle_t *h) {
     admin_conn_t *c = h->data;
@@ -455,7 +499,8 @@ void td_admin_http_finish(td_admin_deferred_t *d, td_admin_reply_t rep, const ch
     } else {
         c->deferred = NULL;
         if (rep.status >= 400)
-            td_info("admin: %s %s: %d", c->ip, d->what, rep.status);
+            log_refusal(c, (td_str_t){d->method, d->method_len},
+                        (td_str_t){d->target, d->target_len}, rep.status, 0);
         extra_header = d->header;
         send_reply(c, rep, d->head_only);
     }
@@ -463,6 +508,26 @@ void td_admin_http_finish(td_admin_deferred_t *d, td_admin_reply_t rep, const ch
         c->deferred = NULL;
     free(d->header);
     free(d);
+}
+
+/* The method and request-target of a head td's parser refused, from the raw request line at the
+ * start of c->buf: the token before the first space, and what follows up to the next space or
+ * line end (empty when there is none). */
+static td_str_t raw_method(const admin_conn_t *c) {
+    size_t m = 0;
+    while (m < c->len && m < 16 && c->buf[m] > ' ' && c->buf[m] < 0x7f)
+        m++;
+    return (td_str_t){c->buf, m};
+}
+
+static td_str_t raw_target(const admin_conn_t *c) {
+    const char *sp = c->len ? memchr(c->buf, ' ', c->len) : NULL, *end = c->buf + c->len;
+    if (!sp)
+        return (td_str_t){"", 0};
+    const char *p = sp + 1, *q = p;
+    while (q < end && *q != ' ' && *q != '\r' && *q != '\n')
+        q++;
+    return (td_str_t){p, (size_t)(q - p)};
 }
 
 /* Handles every complete request in the buffer, one at a time. */
@@ -478,6 +543,7 @@ static void process(admin_conn_t *c) {
         return;
     if (r < 0) {
         c->keep_alive = 0;
+        log_refusal(c, raw_method(c), raw_target(c), r == TD_EHDRTOOLARGE ? 431 : 400, 0);
         send_reply(c, td_admin_http_error(r == TD_EHDRTOOLARGE ? 431 : 400, "malformed request"),
                    0);
         return;
@@ -501,8 +567,10 @@ static void process(admin_conn_t *c) {
     td_admin_deferred_t *d = c->deferred;
     if (d) {
         d->head_only = req.head;
-        snprintf(d->what, sizeof(d->what), "%.*s %.*s", (int)req.method.len, req.method.p,
-                 (int)(req.target.len < 120 ? req.target.len : 120), req.target.p);
+        d->method_len = req.method.len < sizeof(d->method) ? req.method.len : sizeof(d->method);
+        memcpy(d->method, req.method.p, d->method_len);
+        d->target_len = req.target.len < sizeof(d->target) ? req.target.len : sizeof(d->target);
+        memcpy(d->target, req.target.p, d->target_len);
         size_t used = (size_t)r + blen;
         memmove(c->buf, c->buf + used, c->len - used);
         c->len -= used;
@@ -511,12 +579,8 @@ static void process(admin_conn_t *c) {
             td_admin_http_finish(d, d->reply, NULL);
         return;
     }
-    if (rep.status >= 400 && is_open(&req, req.target))
-        td_debug("admin: %s %.*s %.*s: %d", c->ip, (int)req.method.len, req.method.p,
-                 (int)req.target.len, req.target.p, rep.status);
-    else if (rep.status >= 400)
-        td_info("admin: %s %.*s %.*s: %d", c->ip, (int)req.method.len, req.method.p,
-                (int)req.target.len, req.target.p, rep.status);
+    if (rep.status >= 400)
+        log_refusal(c, req.method, req.target, rep.status, is_open(&req, req.target));
     size_t used = (size_t)r + blen;
     int head_only = req.head;
     memmove(c->buf, c->buf + used, c->len - used);
@@ -554,8 +618,15 @@ static int tls_drain(admin_conn_t *c) {
             c->len += (size_t)n;
             continue;
         }
-        if (n < 0 && n != TD_TLS_CLOSED)
-            td_info("admin: TLS from %s: %s", c->ip, c->tls->error);
+        if (n < 0 && n != TD_TLS_CLOSED) {
+            /* A scanner or a plain-HTTP client fails every handshake alike: one line a second
+             * per error, then a count. */
+            char reason[TD_LOG_REASON_LEN], p[80];
+            snprintf(reason, sizeof(reason), "admin: TLS handshake from a client: %s",
+                     c->tls->error);
+            if (td_log_reasons_take(&admin_rl, reason, td_now_ms()))
+                td_info("admin: TLS from %s: %s", peer(c, p, sizeof(p)), c->tls->error);
+        }
         return n == 0 ? 0 : -1;
     }
 }
@@ -596,6 +667,10 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
     } else {
         c->len += (size_t)nread;
     }
+    if (c->fresh && nread > 0) {
+        c->fresh = 0; /* it speaks: the request's own deadline from now */
+        uv_timer_start(&c->timer, timeout_cb, ADMIN_TIMEOUT_MS, 0);
+    }
     process(c);
 }
 
@@ -604,7 +679,7 @@ static void timeout_cb(uv_timer_t *t) {
 }
 
 static void resume(admin_conn_t *c) {
-    uv_timer_start(&c->timer, timeout_cb, ADMIN_TIMEOUT_MS, 0);
+    uv_timer_start(&c->timer, timeout_cb, c->fresh ? ADMIN_FIRST_BYTE_MS : ADMIN_TIMEOUT_MS, 0);
     uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
     /* Records decrypted while the buffer was full wait in the session, not on the socket. */
     if (c->tls && td_tls_has_input(c->tls) && tls_drain(c) < 0) {
@@ -613,6 +688,41 @@ static void resume(admin_conn_t *c) {
     }
     if (c->len)
         process(c);
+}
+
+/* At ADMIN_MAX_CONNS, a new connection takes the place of the oldest one that has no request
+ * being handled (idle, or still sending its head or body, or lingering), as nginx and HAProxy
+ * reuse idle keep-alive connections: idle sockets held open then cannot lock out /readyz and
+ * the API. Returns 0 when one was closed, -1 when every connection has a request being handled
+ * (the new one is refused). */
+static int evict_oldest_idle(const admin_conn_t *newest) {
+    admin_conn_t *oldest = NULL;
+    for (admin_conn_t *o = conns; o; o = o->next) /* newest first: the last match is the oldest */
+        if (o != newest && !o->closing && !o->deferred && !o->out && o != current)
+            oldest = o;
+    if (!oldest)
+        return -1;
+    char reason[TD_LOG_REASON_LEN], p[80];
+    snprintf(reason, sizeof(reason), "admin: %d connections: closed the oldest idle one",
+             ADMIN_MAX_CONNS);
+    if (td_log_reasons_take(&admin_rl, reason, td_now_ms()))
+        td_warn("admin: %d connections: closed the oldest idle one from %s", ADMIN_MAX_CONNS,
+                peer(oldest, p, sizeof(p)));
+    conn_close(oldest);
+    return 0;
+}
+
+/* The address of `sa` (IPv4 or IPv6, without brackets) into ip[cap] and its port. */
+static void addr_name(const struct sockaddr_storage *sa, char *ip, size_t cap, int *port) {
+    if (sa->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
+        uv_ip6_name(a, ip, cap);
+        *port = ntohs(a->sin6_port);
+    } else {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
+        uv_ip4_name(a, ip, cap);
+        *port = ntohs(a->sin_port);
+    }
 }
 
 static void on_conn(uv_stream_t *srv, int status) {
@@ -628,14 +738,24 @@ static void on_conn(uv_stream_t *srv, int status) {
     num_conns++;
     c->next = conns;
     conns = c;
-    if (uv_accept(srv, (uv_stream_t *)&c->tcp) < 0 || num_conns > ADMIN_MAX_CONNS) {
+    c->fresh = 1;
+    if (uv_accept(srv, (uv_stream_t *)&c->tcp) < 0) {
         conn_close(c);
         return;
     }
     struct sockaddr_storage ss;
     int sl = sizeof(ss);
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0)
-        uv_ip4_name((struct sockaddr_in *)&ss, c->ip, sizeof(c->ip));
+        addr_name(&ss, c->ip, sizeof(c->ip), &c->port);
+    /* Connections being closed still count until their close callback: the limit counts open
+     * ones. */
+    int open = 0;
+    for (admin_conn_t *o = conns; o; o = o->next)
+        open += !o->closing;
+    if (open > ADMIN_MAX_CONNS && evict_oldest_idle(c) < 0) {
+        conn_close(c);
+        return;
+    }
     sl = sizeof(ss);
     if (uv_tcp_getsockname(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
         if (ss.ss_family == AF_INET6) {
@@ -668,6 +788,12 @@ int td_admin_http_listen(uv_loop_t *loop, const td_addr_t *address, const char *
     bound_port = colon ? atoi(colon + 1) : 0;
     uv_tcp_init(loop, &server);
     server_open = 1;
+    if (!rl_timer_open) {
+        uv_timer_init(loop, &rl_timer);
+        uv_timer_start(&rl_timer, rl_flush_cb, TD_LOG_LIMIT_MS, TD_LOG_LIMIT_MS);
+        uv_unref((uv_handle_t *)&rl_timer); /* it never keeps the loop alive by itself */
+        rl_timer_open = 1;
+    }
     int r = uv_tcp_bind(&server, (const struct sockaddr *)&address->sa, 0);
     if (r == 0)
         r = uv_listen((uv_stream_t *)&server, 128, on_conn);
@@ -705,6 +831,11 @@ void td_admin_http_stop(void) {
     if (server_open) {
         uv_close((uv_handle_t *)&server, NULL);
         server_open = 0;
+    }
+    if (rl_timer_open) {
+        td_log_reasons_flush(&admin_rl, td_now_ms() + TD_LOG_LIMIT_MS); /* the last counts */
+        uv_close((uv_handle_t *)&rl_timer, NULL);
+        rl_timer_open = 0;
     }
     for (admin_conn_t *c = conns; c; c = c->next)
         conn_close(c);

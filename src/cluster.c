@@ -899,7 +899,8 @@ td_config_t *td_cluster_boot(td_config_t *cfg, const char *config_path) {
     if (c->advertise[0])
         snprintf(cl.advertise, sizeof(cl.advertise), "%s", c->advertise);
     else
-        snprintf(cl.advertise, sizeof(cl.advertise), "http://%s", cfg->admin_address.text);
+        snprintf(cl.advertise, sizeof(cl.advertise), "%s://%s",
+                 cfg->admin_tls.tls ? "https" : "http", cfg->admin_address.text);
     if (c->cache_file[0])
         snprintf(cl.cache_path, sizeof(cl.cache_path), "%s", c->cache_file);
     else if (config_path && config_path[0])

@@ -141,7 +141,11 @@ static void on_answer(void *arg, int status, const char *error, const char *body
         json_object_set_new(node, "reachable", json_true());
         take_state(node, doc);
     } else {
-        if (status > 0)
+        if (status == 401)
+            snprintf(why, sizeof(why),
+                     "its admin token differs from this node's (HTTP 401; every node of a "
+                     "cluster needs the same admin.token)");
+        else if (status > 0)
             snprintf(why, sizeof(why), "HTTP %d from its admin API: %s", status,
                      json_is_string(json_object_get(doc, "error"))
                          ? json_string_value(json_object_get(doc, "error"))
@@ -156,7 +160,9 @@ static void on_answer(void *arg, int status, const char *error, const char *body
         view_done(a->v);
 }
 
-/* GET admin_url + path; the token is this node's (the nodes of a cluster share it). */
+/* GET admin_url + path; the token is this node's (the nodes of a cluster share it). Over https
+ * the peer is verified (certificate and name) before the token is sent: against cluster.tls.ca
+ * when set, else the system's CAs. */
 static int ask(ask_t *a, const char *admin_url, const char *path) {
     const td_config_t *cfg = td_control_config();
     char url[600], auth[300] = "";
@@ -170,6 +176,8 @@ static int ask(ask_t *a, const char *admin_url, const char *path) {
     td_fetch_req_t rq = {.method = "GET",
                          .url = url,
                          .timeout_ms = ASK_TIMEOUT_MS,
+                         .verify = 1,
+                         .ca_file = cfg && cfg->cluster.tls_ca[0] ? cfg->cluster.tls_ca : "",
                          .headers = headers,
                          .num_headers = auth[0] ? 1 : 0,
                          .max_body = 1 << 20};

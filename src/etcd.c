@@ -133,6 +133,17 @@ static int token_refused(int status, const char *msg) {
            strstr(msg, "revision of auth store is old");
 }
 
+/* Whether an answer is no answer from etcd, to be tried on the next endpoint rather than taken
+ * as etcd's refusal: none at all (status 0), a 5xx, and what a member answers while it shuts
+ * down or has lost its leader, which another member answers as usual: 408 and "the client
+ * connection is closing" (its gateway's connection to the member going away), 429 (too many
+ * requests), "etcdserver: leader changed", "etcdserver: no leader". */
+static int no_answer(int status, const char *msg) {
+    return status == 0 || status >= 500 || status == 408 || status == 429 ||
+           strstr(msg, "connection is closing") || strstr(msg, "etcdserver: leader changed") ||
+           strstr(msg, "etcdserver: no leader");
+}
+
 /* ---- decoded key-values: one allocation per result, freed after the callback */
 
 typedef struct decoded_s {
@@ -369,7 +380,7 @@ static void on_done(void *arg, int status, const char *error, const char *body, 
             if (send_attempt(c) == 0)
                 return;
         }
-        if (!c->created && (status == 0 || status >= 500)) {
+        if (!c->created && status != 200 && no_answer(status, msg)) {
             fail_over(c);
             return;
         }
@@ -388,7 +399,7 @@ static void on_done(void *arg, int status, const char *error, const char *body, 
     if (status != 200) {
         error_text(body, msg, sizeof(msg));
         add_error(c, "%s: %d %s", ep, status, msg);
-        if (status >= 500) {
+        if (no_answer(status, msg)) {
             fail_over(c);
             return;
         }
@@ -414,6 +425,10 @@ static void on_done(void *arg, int status, const char *error, const char *body, 
             error_text(body, msg, sizeof(msg));
             add_error(c, "%s: %s", ep, msg);
             json_decref(doc);
+            if (no_answer(200, msg)) {
+                fail_over(c);
+                return;
+            }
             E.cur = c->ep;
             finish(c, NULL);
             return;

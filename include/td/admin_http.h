@@ -17,7 +17,12 @@
  * [::1] with the bound port) gets 421, and one with an Origin that is not http(s)://<that same
  * host:port> gets 403, before the handler sees it. A request must arrive whole within 10 s; a
  * body is read up to 1 MiB (Content-Length only: chunked gets 411), over that td answers 413,
- * shuts down its write side and discards the rest (lingering close). At most 256 connections.
+ * shuts down its write side and discards the rest (lingering close). At most 256 connections:
+ * a new one beyond that closes the oldest that has no request being handled (idle, or still
+ * sending), or is refused when every one has; a new connection that sends nothing for 5 s is
+ * closed. Refused requests (4xx/5xx), failed TLS handshakes and those evictions are logged with
+ * the client's IP:PORT and the target escaped, one line a second per reason, then
+ * "N more like this in the last second: REASON" (from a 1 s timer of `loop`).
  * Returns 0, or TD_EIO with "cannot listen on ADDRESS (admin): reason" in err[errlen]. */
 int td_admin_http_listen(uv_loop_t *loop, const td_addr_t *address, const char *token,
                          td_admin_handler_fn *handler, char *err, size_t errlen);

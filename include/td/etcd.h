@@ -5,7 +5,9 @@
  *
  * Every call returns 0 (cb called later, never from inside the call) or a negative TD_E* code
  * (cb not called). A call that gets no answer from the endpoint in use (connect error, timeout,
- * 5xx, a broken body) tries the next endpoints once each in order, and the first that answers
+ * 5xx, a broken body, or what a member says while it shuts down or has no leader: 408, 429,
+ * "the client connection is closing", "etcdserver: leader changed", "etcdserver: no leader")
+ * tries the next endpoints once each in order, and the first that answers
  * becomes the one in use. With a username, the client authenticates first and again when etcd
  * says the token is invalid or expired; the token goes in the `Authorization` header. Source:
  * etcd's API reference (etcd.io/docs/v3.4/dev-guide/api_grpc_gateway/, rpc.proto). */

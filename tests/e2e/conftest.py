@@ -1,5 +1,6 @@
 """Shared fixtures for td's end-to-end tests: real td processes, real demo backends, real sockets
 on 127.0.0.1. Every process is started by a fixture and stopped when the test ends."""
+import collections
 import http.client
 import json
 import os
@@ -18,10 +19,20 @@ TDCTL = os.environ.get("TDCTL_BIN", os.path.join(os.path.dirname(__file__), "../
 ASAN = os.environ.get("TD_ASAN") == "1"
 
 
+_recent_ports = collections.deque(maxlen=256)
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now, and not one this process handed out lately: the kernel may give the same
+    ephemeral port to two binds in a row, and a td whose listener and admin address came out equal
+    would refuse to start."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _recent_ports:
+            _recent_ports.append(port)
+            return port
 
 
 def wait_port(port, timeout=10.0):

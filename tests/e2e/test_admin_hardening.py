@@ -261,7 +261,7 @@ def test_plain_http_to_the_tls_admin_port_fails_cleanly(tls_admin):
         c.request("GET", "/api/v1/state")
     c.close()
     assert t.request("GET", "/api/v1/state")[0] == 200
-    assert "admin: TLS from 127.0.0.1: " in t.proc.output()
+    assert "admin: TLS from 127.0.0.1:" in t.proc.output()
 
 
 def test_over_tls_the_origin_must_be_https_of_this_address(tls_admin):

@@ -150,3 +150,26 @@ def test_fetch_sends_headers_bounds_bodies_streams_and_cancels(backends):
                          "fetch: a body over max_body is an error",
                          "fetch: a streamed body comes whole through the data callback",
                          "fetch: a cancelled request calls nothing"]
+
+
+def test_etcd_client_calls_in_flight_succeed_on_another_member_when_theirs_stops(etcd_cluster):
+    """A member stopped (SIGTERM, as systemd stops it) while calls are in flight answers what it
+    still holds with "the client connection is closing" (408) and the like: no answer from etcd,
+    so the calls go on to the next member instead of failing."""
+    c = etcd_cluster(3)
+    p = subprocess.Popen([CLIENT_TEST, "--calls-while-killed", *c.endpoints],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = p.stdout.readline()  # the program bounds its own waits
+        assert first.strip() == "ok calls started", first
+        c.procs[0].terminate()
+        c.procs[0].wait(timeout=60)
+        out, err = p.communicate(timeout=120 * (3 if ASAN else 1))
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    print(first, out, err)
+    assert "AddressSanitizer" not in err and "runtime error" not in err, err
+    assert "ok calls in flight when their member stops succeed on another" in out, out
+    assert p.returncode == 0, first + out + err

@@ -461,6 +461,60 @@ static void fetch_checks(const char *base) {
           "fetch: a cancelled request calls nothing", "%d %d", cancelled.done, after.status);
 }
 
+/* Calls kept in flight while tests/e2e stops the member in use (it reads "ok calls started" and
+ * sends SIGTERM): a member shutting down answers what it still holds with errors of its own
+ * ("the client connection is closing"); every call must still succeed, on another member. */
+#define IN_FLIGHT 8
+static int flight_done, flight_ok, flight_failed, flight_after, in_flight;
+static char flight_error[1300];
+static const char *flight_first;
+
+static void flight_start(int i);
+
+static void flight_result(void *arg, const td_etcd_result_t *r) {
+    int i = (int)(intptr_t)arg;
+    flight_done++;
+    in_flight--;
+    if (r->ok)
+        flight_ok++;
+    else if (!flight_failed++)
+        snprintf(flight_error, sizeof(flight_error), "%s", r->error);
+    if (strcmp(td_etcd_endpoint(), flight_first) != 0)
+        flight_after++;
+    if (flight_after < 200)
+        flight_start(i);
+}
+
+static void flight_start(int i) {
+    char value[32];
+    snprintf(value, sizeof(value), "%d", flight_done);
+    td_etcd_op_t op = {.key = k("f"), .value = value, .value_len = strlen(value)};
+    int r = i % 2 ? td_etcd_range(k("f"), 0, 0, 0, flight_result, (void *)(intptr_t)i)
+                  : td_etcd_txn(NULL, 0, &op, 1, NULL, flight_result, (void *)(intptr_t)i);
+    if (r == 0)
+        in_flight++;
+    else if (!flight_failed++)
+        snprintf(flight_error, sizeof(flight_error), "a call could not start");
+}
+
+static void calls_while_killed(const char *first) {
+    res_t p = put(k("f"), "0", 0);
+    flight_first = first;
+    check(p.ok && strcmp(td_etcd_endpoint(), first) == 0, "calls started", "%s in use %s", p.error,
+          td_etcd_endpoint());
+    for (int i = 0; i < IN_FLIGHT; i++)
+        flight_start(i);
+    uint64_t end = uv_now(loop) + 60000;
+    while (flight_after < 200 && uv_now(loop) < end)
+        uv_run(loop, UV_RUN_ONCE);
+    while (in_flight > 0 && uv_now(loop) < end)
+        uv_run(loop, UV_RUN_ONCE);
+    check(flight_after >= 200 && !flight_failed,
+          "calls in flight when their member stops succeed on another",
+          "%d calls, %d failed (%s), %d after the switch", flight_done, flight_failed, flight_error,
+          flight_after);
+}
+
 static void all_dead_check(void) {
     res_t r = range("x", 0, 0, 0);
     check(r.done && !r.ok && strstr(r.error, "http://") && strchr(r.error, ';'),
@@ -471,7 +525,7 @@ int main(int argc, char **argv) {
     const char *user = NULL, *pass = NULL, *eps[16], *ca = NULL, *cert = NULL, *key = NULL;
     const char *label = "with auth";
     size_t n = 0;
-    int auth_only = 0, all_dead = 0, until_end = 0, fetch_only = 0;
+    int auth_only = 0, all_dead = 0, until_end = 0, fetch_only = 0, while_killed = 0;
     long ttl_wait_ms = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--user") == 0 && i + 1 < argc)
@@ -493,6 +547,8 @@ int main(int argc, char **argv) {
             until_end = 1;
         else if (strcmp(argv[i], "--fetch") == 0)
             fetch_only = 1;
+        else if (strcmp(argv[i], "--calls-while-killed") == 0)
+            while_killed = 1;
         else if (strcmp(argv[i], "--ttl-wait-ms") == 0 && i + 1 < argc)
             ttl_wait_ms = atol(argv[++i]);
         else if (n < 16)
@@ -501,7 +557,8 @@ int main(int argc, char **argv) {
     if (n == 0) {
         fprintf(stderr,
                 "usage: %s [--user U --password P] [--auth-only] [--all-dead] "
-                "[--watch-until-end] [--fetch] [--ttl-wait-ms N] ENDPOINT...\n",
+                "[--watch-until-end] [--fetch] [--calls-while-killed] [--ttl-wait-ms N] "
+                "ENDPOINT...\n",
                 argv[0]);
         return 2;
     }
@@ -527,6 +584,8 @@ int main(int argc, char **argv) {
         all_dead_check();
     } else if (until_end) {
         watch_until_end(eps[0]);
+    } else if (while_killed) {
+        calls_while_killed(eps[0]);
     } else if (auth_only) {
         char name1[64], name2[64];
         snprintf(name1, sizeof(name1), "%s: put and range", label);

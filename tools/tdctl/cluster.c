@@ -63,7 +63,15 @@ static void print_cluster(const json_t *c) {
            json_is_false(json_object_get(c, "initialised"))
                ? " (not initialised: every node serves its own file; see tdctl cluster init)"
                : "");
-    printf("revision %s (applied here: %s)\n", num(c, "revision").s, num(c, "applied_revision").s);
+    /* Two figures that differ as a rule: etcd's revision counts every write under the prefix
+     * (node records, audit entries), LAG only changes of the shared state. */
+    if (json_integer_value(json_object_get(c, "revision")) ==
+        json_integer_value(json_object_get(c, "applied_revision")))
+        printf("revision %s applied here (etcd's latest)\n", num(c, "applied_revision").s);
+    else
+        printf("revision %s applied here; etcd is at %s (its node records and audit entries "
+               "count as revisions too, LAG only the shared state's changes)\n",
+               num(c, "applied_revision").s, num(c, "revision").s);
     printf("\n");
     print_node_row((int)width, "NODE", "ADMIN", "APPLIED", "LAG", "READY", "REQUESTS");
     json_array_foreach(nodes, i, node) {
@@ -146,11 +154,16 @@ static int cluster_init(const ctl_t *ctl, const char *path) {
     } else if (rc == RC_DONE) {
         printf("cluster initialised: revision %s\n", num(doc, "revision").s);
     } else if (r.status == 409) {
-        /* td's sentence, with tdctl's commands for its advice ("...: change it through the API
-         * instead"). */
-        const char *why = error_of(doc), *advice = strstr(why, "): ");
-        fprintf(stderr, "tdctl: %.*s: change it with tdctl config put or tdctl ratio instead\n",
-                advice ? (int)(advice + 1 - why) : (int)strlen(why), why);
+        /* td's own words ("the cluster is already initialised (KEY at revision N): change it
+         * through the API instead"), with tdctl's commands for "the API". */
+        const char *why = error_of(doc), *advice = strstr(why, ": change it");
+        int n = advice ? (int)(advice - why) : (int)strlen(why);
+        if (!n || strncmp(why, "the cluster is already initialised", 34) != 0)
+            fprintf(stderr, "tdctl: the cluster is already initialised%s%.*s%s", n ? " (" : "", n,
+                    why, n ? ")" : "");
+        else
+            fprintf(stderr, "tdctl: %.*s", n, why);
+        fprintf(stderr, ": change it with tdctl config put or tdctl ratio instead\n");
     } else if (r.status) {
         fprintf(stderr, "tdctl: td refused (HTTP %ld): %s\n", r.status,
                 doc ? error_of(doc) : "without saying why");

@@ -145,8 +145,10 @@ int cmd_rollback(const ctl_t *ctl, int argc, char **argv) {
     return rc;
 }
 
+/* The history as a table; in cluster mode (entries that carry "node") with a NODE column: the
+ * node whose API took the change. */
 static void print_history(const json_t *history) {
-    size_t i, width = strlen("CLIENT");
+    size_t i, width = strlen("CLIENT"), nwidth = 0;
     const json_t *e;
 
     if (json_array_size(history) == 0) {
@@ -157,12 +159,25 @@ static void print_history(const json_t *history) {
         size_t len = strlen(str(e, "client"));
         if (len > width)
             width = len > 64 ? 64 : len;
+        if (json_is_string(json_object_get(e, "node"))) {
+            len = strlen(str(e, "node"));
+            if (len < strlen("NODE"))
+                len = strlen("NODE");
+            if (len > nwidth)
+                nwidth = len > 64 ? 64 : len;
+        }
     }
-    printf("%-24s  %-*s  %s\n", "TIME", (int)width, "CLIENT", "WHAT");
+    if (nwidth)
+        printf("%-24s  %-*s  %-*s  %s\n", "TIME", (int)nwidth, "NODE", (int)width, "CLIENT",
+               "WHAT");
+    else
+        printf("%-24s  %-*s  %s\n", "TIME", (int)width, "CLIENT", "WHAT");
     json_array_foreach(history, i, e) {
-        const char *client = str(e, "client");
-        printf("%-24s  %-*s  %s%s\n", str(e, "time"), (int)width, *client ? client : "-",
-               str(e, "what"),
+        const char *client = str(e, "client"), *node = str(e, "node");
+        printf("%-24s  ", str(e, "time"));
+        if (nwidth)
+            printf("%-*s  ", (int)nwidth, *node ? node : "-");
+        printf("%-*s  %s%s\n", (int)width, *client ? client : "-", str(e, "what"),
                json_is_false(json_object_get(e, "applied")) ? " [not applied]" : "");
     }
 }
