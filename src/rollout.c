@@ -726,6 +726,49 @@ static void pc_next(void) {
  * ejected by passive detection (failures or 5xx in a row), a target with no server up by its
  * health checks, or a target put in drain or maint, fails the step. Writes the reason and returns
  * 1 then; returns -1 (reason written) when the target is no longer in the config at all; else 0. */
+/* In cluster mode, whether another live node sees a server of `to` down that is up here (its
+ * passive detection ejected it, or its health checks failed there: a release failing behind that
+ * node only), or every server of `to` down: 1 with why[n] naming the node, else 0. The nodes'
+ * views come from their membership keys (td_cluster_json), rewritten when they change. */
+static int target_down_elsewhere(const td_snap_backend_t *b, int64_t now, char *why, size_t n) {
+    json_t *view = td_cluster_json();
+    const char *self = json_string_value(json_object_get(view, "node"));
+    json_t *node;
+    size_t i;
+    int out = 0;
+    json_array_foreach(json_object_get(view, "nodes"), i, node) {
+        const char *name = json_string_value(json_object_get(node, "node"));
+        json_t *servers = json_object_get(json_object_get(node, "health"), R.spec.to);
+        if (!name || (self && strcmp(name, self) == 0) || !json_is_object(servers))
+            continue;
+        size_t down = 0, total = 0;
+        for (size_t j = 0; j < b->num_servers && !out; j++) {
+            const char *v = json_string_value(json_object_get(servers, b->servers[j].addr.text));
+            if (!v)
+                continue;
+            total++;
+            if (strcmp(v, "down") != 0)
+                continue;
+            down++;
+            if (td_server_is_up(b->servers[j].st, now)) {
+                snprintf(why, n,
+                         "%s: server %s is down on node %s only (its passive detection or health "
+                         "checks there)",
+                         R.spec.to, b->servers[j].addr.text, name);
+                out = 1;
+            }
+        }
+        if (!out && total && down == total) {
+            snprintf(why, n, "%s: no server up on node %s", R.spec.to, name);
+            out = 1;
+        }
+        if (out)
+            break;
+    }
+    json_decref(view);
+    return out;
+}
+
 static int target_taken_out(char *why, size_t n) {
     td_snapshot_t *s = td_router_acquire();
     int bi = td_snapshot_find_backend(s, R.spec.to, strlen(R.spec.to)), out = 0;
@@ -750,6 +793,8 @@ static int target_taken_out(char *why, size_t n) {
         } else if (!out && !td_backend_is_up(b, now)) {
             snprintf(why, n, "%s: no server up by its health checks", R.spec.to);
             out = 1;
+        } else if (!out && td_cluster_enabled()) {
+            out = target_down_elsewhere(b, now, why, n);
         }
     }
     td_snapshot_release(s);

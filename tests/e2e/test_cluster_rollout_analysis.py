@@ -206,6 +206,34 @@ def test_failing_target_on_one_node_only_is_rolled_back_on_every_node_by_the_sum
         green.stop()
 
 
+def test_target_ejected_on_one_node_only_fails_the_step_on_the_leader(etcd_cluster, backends, td):
+    # green fails only behind td-c, whose passive detection ejects it after 3 failures; far too
+    # few requests for the error rate to judge (min_requests 1000): the leader must see the
+    # ejection in td-c's membership key and fail the step, as it would for its own.
+    c = etcd_cluster(1)
+    b = backends(("blue", 1))
+    green = FailingFor()
+    try:
+        nodes = start_three(
+            td, lambda name: backend_cfg({"blue": (100, b.ports["blue"]), "green": (0, [green.port])},
+                                         passive={"failures": 3, "eject_ms": 60000}),
+            lambda name: c.endpoints)
+        a, _, cnode = nodes
+        status, r = a.api("POST", "/api/v1/rollout",
+                          {"to": "green", "steps": [50, 100], "step_s": 600,
+                           "analysis": {"interval_s": 1, "warmup_s": 0, "min_requests": 1000}})
+        assert status == 201, r
+        wait_step_applied(a, 0)
+        for _ in range(20):
+            request(cnode, FAILING_HOST)
+        r = wait_state(a, {"rolled_back", "paused", "succeeded", "aborted"})
+        assert r["state"] == "rolled_back", r
+        assert "down on node td-c" in r["reason"], r["reason"]
+        wait_weights(nodes, blue=100, green=0)
+    finally:
+        green.stop()
+
+
 def test_node_not_answering_a_look_is_named_missing_and_the_look_goes_on_without_it(
         etcd_cluster, backends, td):
     c = etcd_cluster(1)
