@@ -492,19 +492,10 @@ static td_admin_reply_t put_routing(td_str_t body, const char *client) {
 }
 
 static td_admin_reply_t put_config(td_str_t body, const char *client) {
-    char *errs = NULL;
-    size_t elen = 0;
-    FILE *ef = open_memstream(&errs, &elen);
-    td_config_t *cfg = td_config_parse(body.p, body.len, "request", ef);
-    fclose(ef);
-    if (!cfg) {
-        while (elen && errs[elen - 1] == '\n')
-            errs[--elen] = 0;
-        td_admin_reply_t r = td_admin_http_error(400, errs);
-        free(errs);
-        return r;
-    }
-    free(errs);
+    td_admin_reply_t bad;
+    td_config_t *cfg = td_admin_config_body(body, &bad);
+    if (!cfg)
+        return bad;
     if (td_cluster_enabled()) {
         /* The rollout leader's fenced writes own the weights while a rollout runs. */
         if (td_rollout_active(NULL, 0))

@@ -167,7 +167,7 @@ td_admin_reply_t td_admin_cluster_change(td_config_t *cfg, const char *what, con
     return td_admin_http_later();
 }
 
-td_admin_reply_t td_admin_cluster_init(td_str_t body, const char *client) {
+td_config_t *td_admin_config_body(td_str_t body, td_admin_reply_t *fail) {
     char *errs = NULL;
     size_t elen = 0;
     FILE *ef = open_memstream(&errs, &elen);
@@ -176,11 +176,17 @@ td_admin_reply_t td_admin_cluster_init(td_str_t body, const char *client) {
     if (!cfg) {
         while (elen && errs[elen - 1] == '\n')
             errs[--elen] = 0;
-        td_admin_reply_t r = td_admin_http_error(400, errs);
-        free(errs);
-        return r;
+        *fail = td_admin_http_error(400, errs ? errs : "out of memory");
     }
     free(errs);
+    return cfg;
+}
+
+td_admin_reply_t td_admin_cluster_init(td_str_t body, const char *client) {
+    td_admin_reply_t bad;
+    td_config_t *cfg = td_admin_config_body(body, &bad);
+    if (!cfg)
+        return bad;
     td_admin_reply_t fail;
     pending_t *p = pending_new((td_str_t){"", 0}, KIND_INIT, &fail);
     if (!p) {

@@ -23,6 +23,11 @@ td_admin_reply_t td_admin_cluster_change(td_config_t *cfg, const char *what, con
  * already initialised. */
 td_admin_reply_t td_admin_cluster_init(td_str_t body, const char *client);
 
+/* A whole config document from a request body (PUT /api/v1/config, POST /api/v1/cluster/init),
+ * parsed and checked as a file is ("request:LINE:COL: ..."): the config (owned by the caller),
+ * or NULL with *fail set to the 400 naming every problem. */
+td_config_t *td_admin_config_body(td_str_t body, td_admin_reply_t *fail);
+
 /* POST /api/v1/cluster/sticky-key: a new sticky key signs from now on, the previous one is still
  * accepted: 200 {"rotated": true, "revision"}. */
 td_admin_reply_t td_admin_cluster_sticky_key(const char *client, td_str_t target);
