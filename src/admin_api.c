@@ -324,6 +324,12 @@ static int nobody_serves(const td_config_t *cfg, char *msg, size_t n) {
 /* 409 while a rollout is active: it owns the weights and the method. */
 static int rollout_blocks(td_admin_reply_t *fail) {
     char msg[300], e[400];
+    /* Cut off from the cluster store, what this node knows of a rollout may be stale: the store
+     * is the reason a change cannot be made (503), as for any change. */
+    if (td_cluster_enabled() && td_cluster_writable(e, sizeof(e)) == TD_EUNAVAIL) {
+        *fail = td_admin_http_error(503, e);
+        return 1;
+    }
     if (!td_rollout_active(msg, sizeof(msg)))
         return 0;
     snprintf(e, sizeof(e), "%s: pause, promote or abort it first", msg);

@@ -410,3 +410,20 @@ def test_config_put_during_a_cluster_rollout_keeps_the_rollouts_weights(
         assert weights_of(t) == {"blue": 90, "green": 10}, t.admin
     assert rollout(a)["state"] == "running"
     assert a.api("POST", "/api/v1/rollout/abort")[0] == 200
+
+
+def test_ratio_change_during_a_rollout_with_etcd_down_is_503_store_unreachable(
+        etcd_cluster, backends, td):
+    # Cut off from etcd, a node answers a change with the store's 503, rollout or not.
+    c, nodes = three(etcd_cluster, backends, td)
+    a = nodes[0]
+    status, r = a.api("POST", "/api/v1/rollout",
+                      {"to": "green", "steps": [10, 50, 100], "step_s": 600, "analysis": FAST})
+    assert status == 201, r
+    wait_weights(nodes, blue=90, green=10)
+    c.kill(0)
+    for t in nodes:
+        wait_for(lambda t=t: t.api("PUT", "/api/v1/ratio", {"blue": 50, "green": 50})[0] == 503,
+                 20 * SLOW, what=f"503 on {t.admin}")
+        status, e = t.api("PUT", "/api/v1/ratio", {"blue": 50, "green": 50})
+        assert "cluster store unreachable" in e["error"], e
