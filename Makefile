@@ -53,7 +53,7 @@ DOCDIR ?= $(PREFIX)/share/doc/td
 BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 SYSCONFDIR ?= $(if $(filter /usr,$(PREFIX)),/etc,$(PREFIX)/etc)
 UNITDIR ?= $(if $(filter /usr,$(PREFIX)),/lib/systemd/system,$(PREFIX)/lib/systemd/system)
-TD_VERSION := $(shell sed -n 's/^\#define TD_VERSION "\(.*\)"/\1/p' src/main.c)
+TD_VERSION := $(shell sed -n 's/^\#define TD_VERSION "\(.*\)"/\1/p' include/td/version.h)
 
 .PHONY: all run deps test unit e2e etcd-test test-asan fuzz bench clean format format-check
 .PHONY: install uninstall deb man

@@ -26,11 +26,7 @@
 #include "td/registry.h"
 #include "td/rollout_cluster.h"
 #include "td/snapshot.h"
-
-/* td's version as main.c says it (td --version), for PREFIX nodes/NODE: keep the two equal. */
-#ifndef TD_VERSION
-#define TD_VERSION "0.2.0"
-#endif
+#include "td/version.h"
 
 #define BACKOFF_MIN_MS 200
 #define BACKOFF_MAX_MS 5000

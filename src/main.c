@@ -22,8 +22,7 @@
 #include "td/proxy.h"
 #include "td/ready.h"
 #include "td/rollout.h"
-
-#define TD_VERSION "0.2.0"
+#include "td/version.h"
 
 static const char usage[] =
     "Usage:\n"

@@ -25,7 +25,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#define TDCTL_VERSION "0.2.0"
+#include "td/version.h"
+
+#define TDCTL_VERSION TD_VERSION /* tdctl ships with td: one version */
 #define WEIGHT_MAX 100
 #define BODY_MAX (16u << 20)     /* bytes: a reply or a config file; real ones are a few KiB */
 #define DRAIN_TIMEOUT_S 60.0     /* drain --wait: default --timeout */
