@@ -751,6 +751,20 @@ static void sync_node(void) {
     cl.putting = 1;
 }
 
+/* The start of a sync step's callback: 0 when the answer is of an earlier sync (`arg` its
+ * generation) or td is stopping, or when no member answered (the node is cut off: fail); else 1,
+ * with the store's revision noted. */
+static int answered(void *arg, const td_etcd_result_t *r) {
+    if ((uintptr_t)arg != cl.gen || cl.stopping)
+        return 0;
+    if (!r->ok) {
+        fail(r->error);
+        return 0;
+    }
+    seen(r->revision);
+    return 1;
+}
+
 static void on_sync_grant(void *arg, const td_etcd_result_t *r) {
     if ((uintptr_t)arg != cl.gen || cl.stopping)
         return;
@@ -795,13 +809,8 @@ static void sync_lease(void) {
 }
 
 static void on_sync_nodes(void *arg, const td_etcd_result_t *r) {
-    if ((uintptr_t)arg != cl.gen || cl.stopping)
+    if (!answered(arg, r))
         return;
-    if (!r->ok) {
-        fail(r->error);
-        return;
-    }
-    seen(r->revision);
     json_object_clear(cl.nodes);
     for (size_t i = 0; i < r->num_kvs; i++)
         node_seen(&r->kvs[i], 0);
@@ -816,13 +825,8 @@ static void on_sync_nodes(void *arg, const td_etcd_result_t *r) {
 }
 
 static void on_sync_sticky(void *arg, const td_etcd_result_t *r) {
-    if ((uintptr_t)arg != cl.gen || cl.stopping)
+    if (!answered(arg, r))
         return;
-    if (!r->ok) {
-        fail(r->error);
-        return;
-    }
-    seen(r->revision);
     if (r->num_kvs)
         apply_sticky(&r->kvs[0]);
     if (td_etcd_range(cl.nodes_prefix, 1, 0, 0, on_sync_nodes, arg) < 0)
@@ -830,13 +834,8 @@ static void on_sync_sticky(void *arg, const td_etcd_result_t *r) {
 }
 
 static void on_sync_config(void *arg, const td_etcd_result_t *r) {
-    if ((uintptr_t)arg != cl.gen || cl.stopping)
+    if (!answered(arg, r))
         return;
-    if (!r->ok) {
-        fail(r->error);
-        return;
-    }
-    seen(r->revision);
     cl.watch_from = r->revision + 1;
     if (r->num_kvs && r->kvs[0].mod_revision < cl.applied) {
         /* Revisions only grow in one store: this is another one (restored from a backup, or

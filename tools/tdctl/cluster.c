@@ -130,22 +130,12 @@ static const char *error_of(const json_t *doc) {
 /* Sends FILE as it is (td reports its problems with the file's LINE:COL), as cluster init. */
 static int cluster_init(const ctl_t *ctl, const char *path) {
     buf_t file = {0};
-    json_error_t e;
     json_t *doc;
     reply_t r;
     int rc;
 
-    if (!read_file(path, &file)) {
-        free(file.p);
-        return usage_error("cannot read %s: %s", path, strerror(errno));
-    }
-    if (!(doc = json_loadb(file.p ? file.p : "", file.len, 0, &e))) {
-        fprintf(stderr, "%s:%d:%d: %s (not sent to td)\n", strcmp(path, "-") ? path : "<stdin>",
-                e.line, e.column, e.text);
-        free(file.p);
-        return RC_REFUSED;
-    }
-    json_decref(doc);
+    if ((rc = read_json_file(path, &file)) != RC_DONE)
+        return rc;
     rc = call_quiet(ctl, "POST", "/api/v1/cluster/init", file.p, file.len, &r);
     free(file.p);
     doc = r.body.len ? json_loadb(r.body.p, r.body.len, 0, NULL) : NULL;

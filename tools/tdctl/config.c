@@ -52,26 +52,36 @@ static int config_get(const ctl_t *ctl) {
     return rc;
 }
 
+int read_json_file(const char *path, buf_t *file) {
+    json_error_t e;
+    json_t *doc;
+
+    if (!read_file(path, file)) {
+        free(file->p);
+        file->p = NULL;
+        return usage_error("cannot read %s: %s", path, strerror(errno));
+    }
+    if (!(doc = json_loadb(file->p ? file->p : "", file->len, 0, &e))) {
+        fprintf(stderr, "%s:%d:%d: %s (not sent to td)\n", strcmp(path, "-") ? path : "<stdin>",
+                e.line, e.column, e.text);
+        free(file->p);
+        file->p = NULL;
+        return RC_REFUSED;
+    }
+    json_decref(doc);
+    return RC_DONE;
+}
+
 /* Sends FILE as it is, so that the LINE:COL of td's problems are those of the user's file; it is
  * parsed here only to catch a file that is not JSON at all. */
 static int config_put(const ctl_t *ctl, const char *path) {
     buf_t file = {0};
-    json_error_t e;
     json_t *doc;
     reply_t r;
     int rc;
 
-    if (!read_file(path, &file)) {
-        free(file.p);
-        return usage_error("cannot read %s: %s", path, strerror(errno));
-    }
-    if (!(doc = json_loadb(file.p ? file.p : "", file.len, 0, &e))) {
-        fprintf(stderr, "%s:%d:%d: %s (not sent to td)\n", strcmp(path, "-") ? path : "<stdin>",
-                e.line, e.column, e.text);
-        free(file.p);
-        return RC_REFUSED;
-    }
-    json_decref(doc);
+    if ((rc = read_json_file(path, &file)) != RC_DONE)
+        return rc;
     rc = call(ctl, "PUT", "/api/v1/config", file.p, file.len, &r);
     free(file.p);
     if (rc == RC_DONE && ctl->json) {

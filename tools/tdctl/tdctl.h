@@ -128,6 +128,12 @@ void print_cluster_line(const ctl_t *ctl, const json_t *state);
  * larger than BODY_MAX); the caller frees b->p either way. */
 bool read_file(const char *path, buf_t *b);
 
+/* Reads FILE (or standard input for "-") into *file and checks that it is JSON, to be sent to td
+ * as it is (td reports its problems with the file's LINE:COL). Returns RC_DONE (the caller frees
+ * file->p), or the exit status after saying why: a usage error when it cannot be read, RC_REFUSED
+ * with FILE:LINE:COL when it is not JSON (nothing to free then). */
+int read_json_file(const char *path, buf_t *file);
+
 /* ---------------------------------------------------------------------------------------------
  * rollout.c: what rollback needs of td's rollouts */
 
