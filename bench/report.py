@@ -29,6 +29,9 @@ METRICS = [
     ("tls_hs_per_s", "HTTPS new handshakes/s (a new connection per request, 50 at a time)",
      "handshakes/s", "high", 0),
     ("tls_cpu_s_per_1k_conns", "Proxy CPU time per 1,000 new HTTPS connections", "s", "low", 3),
+    ("h2_rps", "HTTP/2 over TLS requests/s (h2load, 10 connections x 10 streams)", "req/s",
+     "high", 0),
+    ("h2_cpu_s_per_100k", "Proxy CPU time per 100,000 HTTP/2 requests", "s", "low", 2),
     ("flip_effect_ms_p50", "Ratio change to effect, median of the changes", "ms", "low", 2),
     ("flip_effect_ms_max", "Ratio change to effect, slowest change", "ms", "low", 2),
     ("flip_failed", "Failed requests during the ratio changes (wrk, 50 conns)", "requests", "low", 0),
@@ -43,7 +46,7 @@ METRICS = [
 ]
 LABEL = {m[0]: m for m in METRICS}
 FAIL_KEYS = ["failed_c50", "failed_c1", "failed_1m", "failed_tls_c50", "failed_tls_new",
-             "idle_failed", "flip_timeouts", "flip_stragglers", "cluster3_timeouts",
+             "failed_h2", "idle_failed", "flip_timeouts", "flip_stragglers", "cluster3_timeouts",
              "cluster10_timeouts"]
 
 
@@ -291,6 +294,7 @@ def write_md(data, info, md, svg):
                         "failed_1m": "failed requests on the 1 MiB response",
                         "failed_tls_c50": "failed HTTPS requests at 50 keep-alive connections",
                         "failed_tls_new": "failed HTTPS requests with a new connection each",
+                        "failed_h2": "failed HTTP/2 requests (h2load)",
                         "idle_failed": "idle connections that could not be opened",
                         "flip_timeouts": "ratio changes that took no effect within 5 s",
                         "flip_stragglers": "responses from the old backend after a change took effect",

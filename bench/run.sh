@@ -242,6 +242,27 @@ measure_tls_new() {
   sleep 1   # let the closed connections settle before the next test
 }
 
+# HTTP/2 over TLS (ALPN h2): h2load with 10 connections x 10 concurrent streams. Requests/s,
+# proxy CPU per 100,000 requests, failed requests (h2load's failed + errored + timeout).
+measure_h2() {
+  local pid log="$OUT/logs/r$ROUND-$P-h2.txt" c0 c1 n rps failed
+  pid=$(proxy_pid "$P")
+  c0=$(cpu_ticks "$pid")
+  h2load -c10 -m10 -D"$DURATION" "$(tls_url /)" > "$log" 2>&1 || true
+  c1=$(cpu_ticks "$pid")
+  # "finished in 5.00s, 41234.20 req/s, ..." and "requests: T total, S started, D done,
+  # OK succeeded, F failed, E errored, X timeout"
+  rps=$(awk '/^finished in/ { sub(",", "", $4); print $4 }' "$log")
+  n=$(awk '/^requests:/ { print $8 }' "$log")
+  failed=$(awk '/^requests:/ { print $10 + $12 + $14 }' "$log")
+  if [ -z "$rps" ] || [ -z "$n" ] || [ "$n" = 0 ] || ! grep -q 'h2' "$log"; then
+    log "$P: h2load failed: $(tail -n 2 "$log")"; return 0
+  fi
+  record h2_rps "$rps"
+  record h2_cpu_s_per_100k "$(calc "($c1 - $c0) / $CLK_TCK / $n * 100000")"
+  record failed_h2 "$failed"
+}
+
 # Requests/s and latency over one keep-alive connection.
 measure_single() {
   local j
@@ -315,7 +336,7 @@ measure_cluster() {
 preflight() {
   local p
   [ -x "$TD_BIN" ] || die "no td binary at $TD_BIN (make, or set TD_BIN)"
-  for p in nginx haproxy wrk gnuplot pgrep openssl etcd; do command -v "$p" > /dev/null || die "$p missing (scripts/deps.sh bench)"; done
+  for p in nginx haproxy wrk h2load gnuplot pgrep openssl etcd; do command -v "$p" > /dev/null || die "$p missing (scripts/deps.sh bench)"; done
   for p in 9001 9002 8080 9090 8081 8082 8443 8444 8445; do port_open "$p" && die "port $p is in use"; done
   # 10,000 idle clients: one fd each in the client and in the proxy, and td (like HAProxy's
   # default maxconn) takes at most half of its open-file limit in client connections, so that
@@ -381,6 +402,7 @@ main() {
       step 1m; measure_1m
       step tls_load; measure_tls_load
       step tls_new; measure_tls_new
+      step h2; measure_h2
       step flips; measure_flips
       step stop; "stop_$P"
     done
