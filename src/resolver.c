@@ -280,7 +280,7 @@ static void answer_cb(void *arg, int status, int timeouts, struct ares_addrinfo 
         char why[160];
         snprintf(why, sizeof(why), "%s",
                  status == ARES_SUCCESS ? "no address in the answer" : ares_strerror(status));
-        if (strcmp(why, e->error) != 0) {
+        if (strcmp(why, e->error) != 0 && r == &running) {
             if (e->n)
                 td_warn("resolver: %s: %s; keeping its last %zu address%s", e->name, why, e->n,
                         e->n == 1 ? "" : "es");
@@ -291,7 +291,7 @@ static void answer_cb(void *arg, int status, int timeouts, struct ares_addrinfo 
         if (again > MIN_AGAIN_MS)
             again = MIN_AGAIN_MS;
     } else {
-        if (e->error[0])
+        if (e->error[0] && r == &running)
             td_info("resolver: %s resolves again (%zu address%s)", e->name, n, n == 1 ? "" : "es");
         e->error[0] = '\0';
         e->resolved_at_ms = e->checked_at_ms;
@@ -304,7 +304,8 @@ static void answer_cb(void *arg, int status, int timeouts, struct ares_addrinfo 
             for (size_t i = 0; i < n && len < sizeof(list) - 1; i++)
                 len += (size_t)snprintf(list + len, sizeof(list) - len, "%s%s", i ? " " : "",
                                         got[i].text);
-            td_info("resolver: %s is %s", e->name, list);
+            if (r == &running)
+                td_info("resolver: %s is %s", e->name, list);
             memcpy(e->addrs, got, n * sizeof(got[0]));
             e->n = n;
             r->changed = 1;
