@@ -387,3 +387,17 @@ def urllib_ok(url):
         return True
     except OSError:
         return False
+
+
+def test_tdctl_status_shows_the_name_next_to_its_addresses(dns, demo, td):
+    from conftest import tdctl
+    port = free_port()
+    d = dns({"app.td.test": ["127.0.0.2", "127.0.0.3"]}, ttl=600)
+    demo(f"a2=127.0.0.2:{port}", f"a3=127.0.0.3:{port}")
+    t = td(dns_cfg(d, [("blue", 100, [{"address": f"app.td.test:{port}"},
+                                      {"address": f"nowhere.td.test:{port}"}])]))
+    r = tdctl(t, "status")
+    assert r.returncode == 0, r.stderr
+    assert f"127.0.0.2:{port} (app.td.test:{port})" in r.stdout
+    assert f"127.0.0.3:{port} (app.td.test:{port})" in r.stdout
+    assert f"nowhere.td.test:{port} (no address)" in r.stdout
