@@ -401,3 +401,37 @@ def test_tdctl_status_shows_the_name_next_to_its_addresses(dns, demo, td):
     assert f"127.0.0.2:{port} (app.td.test:{port})" in r.stdout
     assert f"127.0.0.3:{port} (app.td.test:{port})" in r.stdout
     assert f"nowhere.td.test:{port} (no address)" in r.stdout
+
+
+def test_cluster_shares_the_name_and_each_node_resolves_it_with_its_own_resolvers(
+        etcd_cluster, dns, demo, td):
+    from cluster_nodes import PREFIX, SLOW, TOKEN, init_cluster, wait_initialised
+    from conftest import ETCD
+    if not os.access(ETCD, os.X_OK):
+        pytest.skip("needs etcd (scripts/deps.sh test)")
+    etcd = etcd_cluster(1)
+    port = free_port()
+    # The same name, another answer on each node's DNS server.
+    dns_a = dns({"app.td.test": ["127.0.0.2"]}, ttl=600)
+    dns_b = dns({"app.td.test": ["127.0.0.3"]}, ttl=600)
+    demo(f"a2=127.0.0.2:{port}", f"a3=127.0.0.3:{port}")
+    nodes = []
+    for name, d in (("td-a", dns_a), ("td-b", dns_b)):
+        cfg = dns_cfg(d, [("blue", 100, [{"address": f"app.td.test:{port}"}])])
+        cfg["cluster"] = {"etcd": list(etcd.endpoints), "prefix": PREFIX, "node": name,
+                          "lease_s": 2}
+        nodes.append(td(cfg, token=TOKEN))
+    a, b = nodes
+    wait_initialised(nodes, init_cluster(a))
+    assert set(served_by(a.port, 10)) == {"a2"}
+    assert set(served_by(b.port, 10)) == {"a3"}
+    status, shared = a.api("GET", "/api/v1/config")
+    assert status == 200
+    assert shared["backends"][0]["servers"][0]["address"] == f"app.td.test:{port}"
+    # Each node's membership health view lists the addresses it resolved.
+    def views():
+        st, c = a.api("GET", "/api/v1/cluster")
+        health = {n["node"]: n.get("health", {}).get("blue", {}) for n in c.get("nodes", [])}
+        return (health.get("td-a") == {f"127.0.0.2:{port}": "up"}
+                and health.get("td-b") == {f"127.0.0.3:{port}": "up"})
+    wait_for(views, 15 * SLOW, what="each node's own addresses in its health view")
