@@ -87,6 +87,7 @@ def demo():
         started.append(p)
         for spec in specs:
             host, port = spec.split("=", 1)[1].rsplit(":", 1)
+            host = host.strip("[]")
 
             def up(h=host, pt=int(port)):
                 try:
@@ -435,3 +436,13 @@ def test_cluster_shares_the_name_and_each_node_resolves_it_with_its_own_resolver
         return (health.get("td-a") == {f"127.0.0.2:{port}": "up"}
                 and health.get("td-b") == {f"127.0.0.3:{port}": "up"})
     wait_for(views, 15 * SLOW, what="each node's own addresses in its health view")
+
+
+def test_a_and_aaaa_records_give_a_server_each_ipv4_first(dns, demo, td):
+    port = free_port()
+    d = dns({"app.td.test": ["127.0.0.2", "::1"]})
+    demo(f"a2=127.0.0.2:{port}", f"v6=[::1]:{port}")
+    t = td(dns_cfg(d, [("blue", 100, [{"address": f"app.td.test:{port}"}])]))
+    servers = servers_of(t.state(), "blue")
+    assert [s["address"] for s in servers] == [f"127.0.0.2:{port}", f"[::1]:{port}"]
+    assert set(served_by(t.port, 20)) == {"a2", "v6"}
