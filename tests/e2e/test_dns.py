@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from conftest import (TD, LoadGen, Proc, backend_state, free_port, get, get_once, reload_config,
-                      sticky_cookie, wait_for)
+from conftest import (TD, LoadGen, Proc, backend_state, free_port, get, get_once, needs_console,
+                      reload_config, run_console, sticky_cookie, wait_for)
 
 DNSMASQ = "/usr/sbin/dnsmasq"
 
@@ -446,3 +446,18 @@ def test_a_and_aaaa_records_give_a_server_each_ipv4_first(dns, demo, td):
     servers = servers_of(t.state(), "blue")
     assert [s["address"] for s in servers] == [f"127.0.0.2:{port}", f"[::1]:{port}"]
     assert set(served_by(t.port, 20)) == {"a2", "v6"}
+
+
+@needs_console
+def test_console_lists_the_name_with_its_addresses_and_a_name_without_one(dns, demo, td):
+    port = free_port()
+    d = dns({"app.td.test": ["127.0.0.2", "127.0.0.3"]}, ttl=600)
+    demo(f"a2=127.0.0.2:{port}", f"a3=127.0.0.3:{port}")
+    t = td(dns_cfg(d, [("blue", 100, [{"address": f"app.td.test:{port}"},
+                                      {"address": f"nowhere.td.test:{port}"}])]))
+    seen = run_console("dns.test.mjs", url=t.admin + "/", backend="blue", rows=3)
+    texts = [r["text"] for r in seen]
+    assert texts == [f"127.0.0.2:{port} (app.td.test:{port})",
+                     f"127.0.0.3:{port} (app.td.test:{port})",
+                     f"nowhere.td.test:{port} (no address)"], seen
+    assert seen[2]["title"].startswith("DNS: ") and seen[2]["health"] == "down", seen
