@@ -1,7 +1,8 @@
-/* Active health checks: each server of the running config is probed every interval_ms (TCP
- * connect, or an HTTP request whose status must match expect_status), and its verdict in the
- * registry (td_server_stats_t.health_up) turns down after `fall` consecutive failures and up
- * after `rise` consecutive successes (HAProxy's rise/fall). Runs on the main thread's loop. */
+/* Active health checks: each server of the running snapshot (each address of a host name) is probed
+ * every interval_ms (TCP connect, or an HTTP request whose status must match expect_status), and
+ * its verdict in the registry (td_server_stats_t.health_up) turns down after `fall` consecutive
+ * failures and up after `rise` consecutive successes (HAProxy's rise/fall). Runs on the main
+ * thread's loop. */
 #ifndef TD_HEALTH_H
 #define TD_HEALTH_H
 

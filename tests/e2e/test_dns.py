@@ -461,3 +461,21 @@ def test_console_lists_the_name_with_its_addresses_and_a_name_without_one(dns, d
                      f"127.0.0.3:{port} (app.td.test:{port})",
                      f"nowhere.td.test:{port} (no address)"], seen
     assert seen[2]["title"].startswith("DNS: ") and seen[2]["health"] == "down", seen
+
+
+def test_new_nameservers_in_a_config_change_answer_at_once(dns, demo, td):
+    port = free_port()
+    old = dns({"app.td.test": ["127.0.0.2"]}, ttl=600)
+    new = dns({"app.td.test": ["127.0.0.3"]}, ttl=600)
+    demo(f"a2=127.0.0.2:{port}", f"a3=127.0.0.3:{port}")
+    t = td(dns_cfg(old, [("blue", 100, [{"address": f"app.td.test:{port}",
+                                         "resolve_ms": 600000}])]))
+    assert set(served_by(t.port, 5)) == {"a2"}
+    status, body = t.api("GET", "/api/v1/config")
+    body["resolvers"]["nameservers"] = [new.nameserver]
+    status, res = t.api("PUT", "/api/v1/config", body)
+    assert status == 200, res
+    wait_for(lambda: set(served_by(t.port, 5)) == {"a3"}, 15, what="the new name servers' answer")
+    status, res = t.api("PUT", "/api/v1/config", dict(body, resolvers={"nameservers": ["x:53"]}))
+    assert status == 400 and "nameservers[0]" in res["error"], res
+    assert set(served_by(t.port, 5)) == {"a3"}
