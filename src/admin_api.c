@@ -23,6 +23,7 @@
 #include "td/proxy.h"
 #include "td/ready.h"
 #include "td/registry.h"
+#include "td/resolver.h"
 #include "td/rollout.h"
 #include "td/rollout_cluster.h"
 #include "td/tls.h"
@@ -116,6 +117,22 @@ static void failover_reason(const td_snapshot_t *s, size_t primary, int serving,
                  p->name, (double)(now - since) / 1000.0, (long long)p->failback_ms);
 }
 
+/* A server from a host name: the name as configured, how long ago it last resolved (null: never)
+ * and the last attempt's error (null: it succeeded). */
+static void name_json(json_t *srv, const char *name) {
+    td_resolver_info_t ri;
+    json_object_set_new(srv, "name", json_string(name));
+    if (td_resolver_info(name, &ri) < 0) {
+        json_object_set_new(srv, "resolved_ago_ms", json_null());
+        json_object_set_new(srv, "dns_error", json_null());
+        return;
+    }
+    json_object_set_new(srv, "resolved_ago_ms",
+                        ri.resolved_at_ms ? json_integer(td_wall_ms() - ri.resolved_at_ms)
+                                          : json_null());
+    json_object_set_new(srv, "dns_error", ri.error[0] ? json_string(ri.error) : json_null());
+}
+
 /* The state object of backend i of s (as in GET /api/v1/state's "backends"); `share` from
  * td_router_shares, `order` and `candidates` from td_router_failover_order. */
 static json_t *backend_json(td_snapshot_t *s, size_t i, int64_t now, const double *share,
@@ -152,6 +169,22 @@ static json_t *backend_json(td_snapshot_t *s, size_t i, int64_t now, const doubl
         const char *last = td_health_last(st);
         if (last[0])
             json_object_set_new(json_array_get(servers, j), "last_check", json_string(last));
+        if (b->servers[j].name)
+            name_json(json_array_get(servers, j), b->servers[j].name);
+    }
+    /* A host name without any address (never resolved) is listed too, down, with its error. */
+    const td_config_backend_t *cb = &s->config->backends[i];
+    for (size_t j = 0; j < cb->num_servers; j++) {
+        const char *name = cb->servers[j].address.text;
+        int has = !td_addr_is_name(&cb->servers[j].address);
+        for (size_t k = 0; k < b->num_servers && !has; k++)
+            has = b->servers[k].name && strcmp(b->servers[k].name, name) == 0;
+        if (has)
+            continue;
+        json_t *srv = json_pack("{s:n,s:i,s:b,s:s}", "address", "weight", cb->servers[j].weight,
+                                "up", 0, "health", "down");
+        name_json(srv, name);
+        json_array_append_new(servers, srv);
     }
     int64_t in_flight = atomic_load(&b->st->in_flight), tunnels = atomic_load(&b->st->tunnels);
     int draining = td_backend_draining(s, b);

@@ -490,20 +490,22 @@ static void on_watch_end(void *arg, int64_t compact_revision, const char *error)
 
 /* ---- membership: PREFIX nodes/NODE under the lease ---- */
 
+/* The servers of the running snapshot: a host name's are the addresses this node resolved it to
+ * (each node resolves by itself). */
 static json_t *health_json(void) {
-    const td_config_t *c = td_control_config();
+    td_snapshot_t *s = td_router_acquire();
     json_t *h = json_object();
     int64_t now = td_now_ms();
-    for (size_t i = 0; c && i < c->num_backends; i++) {
+    for (size_t i = 0; s && i < s->num_backends; i++) {
         json_t *b = json_object();
-        for (size_t k = 0; k < c->backends[i].num_servers; k++) {
-            const char *addr = c->backends[i].servers[k].address.text;
-            td_server_stats_t *st = td_registry_server(c->backends[i].name, addr);
-            json_object_set_new(b, addr,
-                                json_string(st && !td_server_is_up(st, now) ? "down" : "up"));
+        for (size_t k = 0; k < s->backends[i].num_servers; k++) {
+            const td_snap_server_t *sv = &s->backends[i].servers[k];
+            json_object_set_new(b, sv->addr.text,
+                                json_string(!td_server_is_up(sv->st, now) ? "down" : "up"));
         }
-        json_object_set_new(h, c->backends[i].name, b);
+        json_object_set_new(h, s->backends[i].name, b);
     }
+    td_snapshot_release(s);
     return h;
 }
 

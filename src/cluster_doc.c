@@ -13,9 +13,10 @@
 #include "td/config_schema.h"
 
 /* What each node keeps of its own config file (DESIGN.md "Cluster"): what binds it to its
- * machine (addresses, processes, files on its disk), never another node's. */
-static const char *const local_keys[] = {"listeners",  "workers",  "admin",     "cluster",
-                                         "state_file", "pid_file", "access_log"};
+ * machine (addresses, processes, files on its disk, the DNS servers of its network), never
+ * another node's. */
+static const char *const local_keys[] = {"listeners",  "workers",  "admin",      "cluster",
+                                         "state_file", "pid_file", "access_log", "resolvers"};
 #define NUM_LOCAL (sizeof(local_keys) / sizeof(local_keys[0]))
 
 static int is_local(const char *key) {

@@ -7,8 +7,10 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
+#include "td/config.h"
 #include "td/config_report.h"
 #include "td/tls.h"
 
@@ -66,6 +68,8 @@ const char *td_config_check_state_path(const char *s) {
 /* ---- unique addresses and names ---- */
 
 static int addr_eq(const td_addr_t *a, const td_addr_t *b) {
+    if (td_addr_is_name(a) || td_addr_is_name(b)) /* DNS names are case-insensitive */
+        return td_addr_is_name(a) && td_addr_is_name(b) && strcasecmp(a->text, b->text) == 0;
     return a->salen && a->salen == b->salen && memcmp(&a->sa, &b->sa, a->salen) == 0;
 }
 

@@ -225,17 +225,24 @@ out:
     return ok;
 }
 
-static int get_addr(td_config_report_t *x, json_t *obj, const char *key, td_addr_t *out) {
+static int get_addr(td_config_report_t *x, json_t *obj, const char *key, td_addr_t *out,
+                    int name_ok) {
     char s[256], q[96];
 
     if (!get_str(x, obj, key, 1, s, sizeof s, NULL, 0))
         return 0;
-    if (td_addr_parse(s, out) == 0)
+    if (td_addr_parse(s, out) == 0 || (name_ok && td_addr_parse_name(s, out) == 0))
         return 1;
     td_config_report_push_key(x, key);
-    td_config_report(x, TD_CONFIG_AT_VALUE,
-                     "%s is not a valid address (IP:port or [IPv6]:port, port 1..65535)",
-                     td_config_show(q, sizeof q, s, 1));
+    if (name_ok)
+        td_config_report(x, TD_CONFIG_AT_VALUE,
+                         "%s is not a valid address (IP:port, [IPv6]:port or HOST:port with a "
+                         "host name, port 1..65535, at most 63 characters)",
+                         td_config_show(q, sizeof q, s, 1));
+    else
+        td_config_report(x, TD_CONFIG_AT_VALUE,
+                         "%s is not a valid address (IP:port or [IPv6]:port, port 1..65535)",
+                         td_config_show(q, sizeof q, s, 1));
     td_config_report_pop(x);
     return 0;
 }
@@ -347,6 +354,40 @@ static int read_endpoints(td_config_report_t *x, json_t *obj, td_config_cluster_
     return ok;
 }
 
+/* resolvers.nameservers: ["IP:PORT", ...], numeric addresses only (td asks them for names, so
+ * they cannot be names themselves). */
+static int read_nameservers(td_config_report_t *x, json_t *obj, td_config_resolvers_t *rs) {
+    json_t *arr = json_object_get(obj, "nameservers"), *v;
+    size_t i;
+    char d[128], q[96];
+    int ok;
+
+    if (!arr)
+        return 1;
+    arr = get_array(x, obj, "nameservers", "name server", TD_CONFIG_MAX_NAMESERVERS);
+    if (!arr)
+        return 0;
+    ok = 1;
+    td_config_report_push_key(x, "nameservers");
+    json_array_foreach(arr, i, v) {
+        td_config_report_push_index(x, i);
+        if (!json_is_string(v))
+            ok = 0, td_config_report(x, TD_CONFIG_AT_VALUE,
+                                     "expected a string (an address like \"127.0.0.1:53\"), got %s",
+                                     describe(v, d, sizeof d));
+        else if (td_addr_parse(json_string_value(v), &rs->nameservers[i]) < 0)
+            ok = 0, td_config_report(x, TD_CONFIG_AT_VALUE,
+                                     "%s is not a valid name server address (IP:port or "
+                                     "[IPv6]:port, port 1..65535)",
+                                     td_config_show(q, sizeof q, json_string_value(v), 1));
+        td_config_report_pop(x);
+    }
+    td_config_report_pop(x);
+    if (ok)
+        rs->num_nameservers = (int)json_array_size(arr);
+    return ok;
+}
+
 /* An array of objects of f->sub, each starting from its defaults. */
 static int read_array(td_config_report_t *x, td_config_t *c, json_t *obj,
                       const td_config_field_t *f, char *base) {
@@ -410,7 +451,7 @@ static int read_field(td_config_report_t *x, td_config_t *c, json_t *obj,
             snprintf(at, f->size, "%s", f->names[i]);
         break;
     case TD_CF_ADDR:
-        ok = get_addr(x, obj, f->key, (td_addr_t *)at);
+        ok = get_addr(x, obj, f->key, (td_addr_t *)at, (f->flags & TD_CF_NAME_OK) != 0);
         break;
     case TD_CF_OBJECT:
         v = get_object(x, obj, f->key, required);
@@ -433,6 +474,8 @@ static int read_field(td_config_report_t *x, td_config_t *c, json_t *obj,
             ok = read_secure(x, obj, (td_cookie_secure_t *)at);
         else if (f->id == TD_CF_ID_ENDPOINTS)
             ok = read_endpoints(x, obj, (td_config_cluster_t *)base);
+        else if (f->id == TD_CF_ID_NAMESERVERS)
+            ok = read_nameservers(x, obj, (td_config_resolvers_t *)base);
         break;
     }
     if (ok && f->after) {

@@ -312,10 +312,15 @@ static const td_config_field_t health_fields[] = {
 static const td_config_object_t health_object = OBJ(health_fields, NULL, NULL, NULL);
 
 static const td_config_field_t server_fields[] = {
-    ADDR("address", td_config_server_t, address, td_config_check_server_address),
+    {.key = "address",
+     .kind = TD_CF_ADDR,
+     .flags = TD_CF_REQUIRED | TD_CF_NAME_OK,
+     .offset = offsetof(td_config_server_t, address),
+     .after = td_config_check_server_address},
     INT("weight", td_config_server_t, weight, 0, 100, 1, 0),
     INT("max_conns", td_config_server_t, max_conns, 0, 1000000, 0, TD_CF_CHANGED),
     INT("slow_start_ms", td_config_server_t, slow_start_ms, 0, MAX_MS, -1, TD_CF_CHANGED),
+    INT("resolve_ms", td_config_server_t, resolve_ms, 100, MAX_MS, 10000, TD_CF_CHANGED),
 };
 static const td_config_object_t server_object = OBJ(server_fields, NULL, NULL, NULL);
 
@@ -412,6 +417,17 @@ static const td_config_field_t cluster_fields[] = {
 static const td_config_object_t cluster_object =
     OBJ(cluster_fields, NULL, td_config_check_cluster, NULL);
 
+static const td_config_field_t resolvers_fields[] = {
+    /* ["IP:PORT", ...] */
+    {.key = "nameservers",
+     .kind = TD_CF_CUSTOM,
+     .offset = offsetof(td_config_resolvers_t, num_nameservers),
+     .id = TD_CF_ID_NAMESERVERS},
+    INT("timeout_ms", td_config_resolvers_t, timeout_ms, 1, 60000, 2000, 0),
+    INT("attempts", td_config_resolvers_t, attempts, 1, 10, 2, 0),
+};
+static const td_config_object_t resolvers_object = OBJ(resolvers_fields, NULL, NULL, NULL);
+
 static const td_config_field_t root_fields[] = {
     ARRAY("listeners", td_config_t, listeners, num_listeners, td_config_listener_t, listener_object,
           TD_CONFIG_MAX_LISTENERS, "listener", 0),
@@ -443,8 +459,10 @@ static const td_config_field_t root_fields[] = {
     STR("state_file", td_config_t, state_file, NULL, td_config_check_state_path, TD_CF_CHANGED),
     OBJECT("cluster", offsetof(td_config_t, cluster), cluster_object,
            offsetof(td_config_t, has_cluster), 0),
+    OBJECT("resolvers", offsetof(td_config_t, resolvers), resolvers_object,
+           offsetof(td_config_t, has_resolvers), 0),
 };
-static const unsigned char root_order[] = {0, 1, 2, 3, 4, 5, 6, 7, 10, 8, 9, 11, 12};
+static const unsigned char root_order[] = {0, 1, 2, 3, 4, 5, 6, 7, 10, 8, 9, 11, 12, 13};
 const td_config_object_t td_config_schema = OBJ(root_fields, root_order, NULL, NULL);
 
 void td_config_schema_defaults(const td_config_object_t *o, void *base) {
@@ -533,6 +551,46 @@ int td_addr_parse(const char *text, td_addr_t *out) {
     }
     memcpy(a.text, text, len + 1);
     *out = a;
+    return 0;
+}
+
+int td_addr_parse_name(const char *text, td_addr_t *out) {
+    const char *colon = strrchr(text, ':');
+    size_t len = strlen(text);
+    int label = 0, alpha = 0;
+    long p = 0;
+
+    if (!colon || colon == text || len >= sizeof out->text || !colon[1] || strlen(colon) > 6)
+        return TD_EINVAL;
+    for (const char *q = colon + 1; *q; q++) {
+        if (!is_digit(*q))
+            return TD_EINVAL;
+        p = p * 10 + (*q - '0');
+    }
+    if (p < 1 || p > 65535)
+        return TD_EINVAL;
+    /* Labels of 1..63 characters, no '-' at either end; a name of digits and dots only would be
+     * an IPv4 address td_addr_parse refused. */
+    for (const char *q = text; q <= colon; q++) {
+        if (q == colon || *q == '.') {
+            if (label == 0 || q[-1] == '-')
+                return TD_EINVAL;
+            label = 0;
+            continue;
+        }
+        if (!is_alnum(*q) && *q != '-' && *q != '_')
+            return TD_EINVAL;
+        if (label == 0 && *q == '-')
+            return TD_EINVAL;
+        if (!is_digit(*q))
+            alpha = 1;
+        if (++label > 63)
+            return TD_EINVAL;
+    }
+    if (!alpha)
+        return TD_EINVAL;
+    memset(out, 0, sizeof *out);
+    memcpy(out->text, text, len + 1);
     return 0;
 }
 

@@ -96,6 +96,14 @@ static json_t *write_value(const td_config_field_t *f, const char *base, int *ok
                     *ok = 0;
             return a;
         }
+        if (f->id == TD_CF_ID_NAMESERVERS) {
+            const td_config_resolvers_t *rs = (const td_config_resolvers_t *)base;
+            a = json_array();
+            for (int i = 0; a && i < rs->num_nameservers; i++)
+                if (json_array_append_new(a, json_string(rs->nameservers[i].text)) != 0)
+                    *ok = 0;
+            return a;
+        }
         return json_boolean(v == TD_COOKIE_SECURE_ALWAYS); /* TD_CF_ID_COOKIE_SECURE */
     }
     return NULL;

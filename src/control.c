@@ -14,6 +14,7 @@
 #include "td/health.h"
 #include "td/log.h"
 #include "td/notify.h"
+#include "td/resolver.h"
 #include "td/rollout.h"
 #include "td/router.h"
 #include "td/state_file.h"
@@ -129,12 +130,19 @@ json_t *td_control_pending_restart(void) {
     return pending;
 }
 
+/* A host name's answer changed: its addresses are the servers of a new snapshot. */
+static void resolved(void) {
+    td_control_refresh("a host name's addresses changed");
+}
+
 /* Makes the built snapshot `s` (of config `cfg`) the running one. */
 static void commit(td_snapshot_t *s, td_config_t *cfg) {
     version++;
     running = cfg;
+    /* New host names are asked now; their servers join with the snapshot their answer brings. */
+    td_resolver_sync(uv_default_loop(), cfg, resolved);
     /* Checks first: a new default_down server must be down before any worker can see it. */
-    td_health_sync(uv_default_loop(), cfg);
+    td_health_sync(uv_default_loop(), s);
     td_router_publish(s);
 }
 
@@ -324,6 +332,16 @@ int td_control_state_path_check(const td_config_t *cfg, const char *config_file,
     return TD_EINVAL;
 }
 
+static void start_unresolved(void *arg, int b, int sv, const char *error) {
+    const td_config_t *cfg = arg;
+    if (b < 0)
+        td_warn("resolver: %s", error);
+    else
+        td_warn("resolver: backend %s: server %s does not resolve (%s); it has no address until "
+                "it does",
+                cfg->backends[b].name, cfg->backends[b].servers[sv].address.text, error);
+}
+
 int td_control_init(td_config_t *cfg, const char *path) {
     snprintf(config_path, sizeof(config_path), "%s", path ? path : "");
     started_ms = td_wall_ms();
@@ -388,6 +406,9 @@ int td_control_init(td_config_t *cfg, const char *path) {
     bound = json_pack("{s:O,s:O}", "listeners", json_object_get(doc, "listeners"), "workers",
                       json_object_get(doc, "workers"));
     json_decref(doc);
+    /* The first snapshot already has the host names' addresses: td waits for them at start (at
+     * most the resolvers' timeouts), not on the running loop. */
+    td_resolver_resolve_all(cfg, 1, start_unresolved, (void *)cfg);
     char err[512];
     td_snapshot_t *s = td_snapshot_build(cfg, version + 1, err, sizeof(err));
     if (!s) {
@@ -636,4 +657,5 @@ int td_control_reload(void) {
 
 void td_control_shutdown(void) {
     td_health_stop();
+    td_resolver_stop();
 }

@@ -335,7 +335,8 @@ static void sweep_cb(uv_timer_t *t) {
     td_snapshot_release(s);
 }
 
-int td_health_sync(uv_loop_t *loop, const td_config_t *cfg) {
+int td_health_sync(uv_loop_t *loop, const td_snapshot_t *s) {
+    const td_config_t *cfg = s->config;
     if (!hsl) {
         hsl = &hsl_state;
         td_stream_loop_init(hsl, loop);
@@ -350,10 +351,9 @@ int td_health_sync(uv_loop_t *loop, const td_config_t *cfg) {
         k->seen = 0;
     for (size_t i = 0; i < cfg->num_backends; i++) {
         const td_config_backend_t *b = &cfg->backends[i];
-        for (size_t j = 0; j < b->num_servers; j++) {
-            td_server_stats_t *st = td_registry_server(b->name, b->servers[j].address.text);
-            if (!st)
-                return TD_ENOMEM;
+        const td_snap_backend_t *sb = &s->backends[i];
+        for (size_t j = 0; j < sb->num_servers; j++) {
+            td_server_stats_t *st = sb->servers[j].st;
             if (!cfg->has_health && !b->health_override) {
                 if (!atomic_exchange(&st->health_up, 1))
                     atomic_store(&st->up_since_ms, td_now_ms());
@@ -367,7 +367,7 @@ int td_health_sync(uv_loop_t *loop, const td_config_t *cfg) {
                 ;
             if (k) {
                 k->seen = 1;
-                set_params(k, b, &b->servers[j].address);
+                set_params(k, b, &sb->servers[j].addr);
                 continue;
             }
             k = calloc(1, sizeof(*k));
@@ -375,7 +375,7 @@ int td_health_sync(uv_loop_t *loop, const td_config_t *cfg) {
                 return TD_ENOMEM;
             k->st = st;
             k->seen = 1;
-            set_params(k, b, &b->servers[j].address);
+            set_params(k, b, &sb->servers[j].addr);
             /* A server checked before keeps its verdict; a new one starts as default_down says. */
             if (!atomic_load(&st->checked))
                 atomic_store(&st->health_up, !b->health.default_down);

@@ -14,6 +14,7 @@
 #include "td/cluster.h"
 #include "td/cluster_view.h"
 #include "td/config.h"
+#include "td/config_pos.h"
 #include "td/control.h"
 #include "td/demo.h"
 #include "td/log.h"
@@ -21,6 +22,7 @@
 #include "td/pidfile.h"
 #include "td/proxy.h"
 #include "td/ready.h"
+#include "td/resolver.h"
 #include "td/rollout.h"
 #include "td/version.h"
 
@@ -112,6 +114,50 @@ static const char usage[] =
 
 /* 1 when the admin API is bound beyond loopback with no token: anyone who reaches the port
  * controls td (ratios, the whole config). */
+/* td -t: a server's host name that does not resolve now is a warning at its place in the file
+ * (it may resolve once td runs: DNS changes), not an error. */
+typedef struct unresolved_s {
+    const td_config_t *cfg;
+    const char *path;
+    char *text; /* owned: the file, for positions; NULL when it cannot be read again */
+    size_t len;
+} unresolved_t;
+
+static void warn_unresolved(void *arg, int b, int sv, const char *error) {
+    unresolved_t *u = arg;
+    if (b < 0) {
+        fprintf(stderr, "%s: warning: host names not checked: %s\n", u->path, error);
+        return;
+    }
+    int line = 1, col = 1;
+    td_config_seg_t at[5] = {
+        {"backends", 0}, {NULL, (size_t)b}, {"servers", 0}, {NULL, (size_t)sv}, {"address", 0}};
+    if (u->text)
+        td_config_locate(u->text, u->len, at, 5, 0, &line, &col);
+    fprintf(stderr,
+            "%s:%d:%d: warning: backend %s: server %s does not resolve now (%s); it counts as down "
+            "until it does\n",
+            u->path, line, col, u->cfg->backends[b].name,
+            u->cfg->backends[b].servers[sv].address.text, error);
+}
+
+static void check_names(const td_config_t *cfg, const char *path) {
+    unresolved_t u = {cfg, path, NULL, 0};
+    FILE *f = fopen(path, "rb");
+    if (f) {
+        FILE *m = open_memstream(&u.text, &u.len);
+        char buf[8192];
+        size_t n;
+        while (m && (n = fread(buf, 1, sizeof(buf), f)) > 0)
+            fwrite(buf, 1, n, m);
+        if (m)
+            fclose(m);
+        fclose(f);
+    }
+    td_resolver_resolve_all(cfg, 0, warn_unresolved, &u);
+    free(u.text);
+}
+
 static int admin_open_beyond_loopback(const td_config_t *cfg) {
     if (!cfg->has_admin || cfg->admin_token[0])
         return 0;
@@ -462,6 +508,7 @@ int main(int argc, char **argv) {
             fprintf(stderr, open_admin_warning, cfg->admin_address.text);
             fputc('\n', stderr);
         }
+        check_names(cfg, path);
         printf("configuration OK\n");
         td_config_free(cfg);
         return 0;

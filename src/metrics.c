@@ -78,14 +78,19 @@ static void backend_family(FILE *f, const td_snapshot_t *s, int64_t now, const c
                 get(&s->backends[i], now));
 }
 
+/* The name="HOST:port" label of a server resolved from a host name, after its server label (the
+ * three strings of "%s%s%s"); nothing for a server configured by its address. */
+#define NAME_LABEL(sv)                                                                             \
+    (sv)->name ? ",name=\"" : "", (sv)->name ? (sv)->name : "", (sv)->name ? "\"" : ""
+
 static void server_family(FILE *f, const td_snapshot_t *s, int64_t now, const char *name,
                           const char *type, const char *help, server_value_fn *get) {
     family(f, name, type, help);
     for (size_t i = 0; i < s->num_backends; i++)
         for (size_t j = 0; j < s->backends[i].num_servers; j++) {
             const td_snap_server_t *sv = &s->backends[i].servers[j];
-            fprintf(f, "%s{backend=\"%s\",server=\"%s\"} %lld\n", name, sv->st->backend,
-                    sv->st->address, get(sv, now));
+            fprintf(f, "%s{backend=\"%s\",server=\"%s\"%s%s%s} %lld\n", name, sv->st->backend,
+                    sv->st->address, NAME_LABEL(sv), get(sv, now));
         }
 }
 
@@ -117,10 +122,10 @@ static void responses_family(FILE *f, const td_snapshot_t *s) {
             td_server_stats_t *st = s->backends[i].servers[j].st;
             for (int k = 0; k < TD_NCLASS; k++)
                 fprintf(f,
-                        "td_server_responses_total{backend=\"%s\",server=\"%s\",class=\"%s\"} "
-                        "%llu\n",
-                        st->backend, st->address, classes[k],
-                        (unsigned long long)atomic_load(&st->responses[k]));
+                        "td_server_responses_total{backend=\"%s\",server=\"%s\"%s%s%s,class="
+                        "\"%s\"} %llu\n",
+                        st->backend, st->address, NAME_LABEL(&s->backends[i].servers[j]),
+                        classes[k], (unsigned long long)atomic_load(&st->responses[k]));
         }
 }
 

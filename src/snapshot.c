@@ -10,6 +10,7 @@
 #include "td/config.h"
 #include "td/log.h"
 #include "td/registry.h"
+#include "td/resolver.h"
 #include "td/router.h"
 #include "td/sticky.h"
 #include "td/tls.h"
@@ -37,6 +38,9 @@ void td_snapshot_set_sticky_secrets(const char *const *secrets, size_t n) {
     ring_n = k;
     pthread_mutex_unlock(&ring_lock);
 }
+
+static int server_build(td_snap_backend_t *b, td_snap_server_t *sv, const td_config_backend_t *cb,
+                        const td_config_server_t *cs);
 
 td_snapshot_t *td_snapshot_build(td_config_t *cfg, uint64_t version, char *err, size_t errlen) {
     snprintf(err, errlen, "out of memory");
@@ -71,8 +75,13 @@ td_snapshot_t *td_snapshot_build(td_config_t *cfg, uint64_t version, char *err, 
         snprintf(b->name, sizeof(b->name), "%s", cb->name);
         b->weight = cb->weight;
         b->first_server = s->num_servers;
-        b->num_servers = cb->num_servers;
-        b->servers = calloc(cb->num_servers, sizeof(*b->servers));
+        /* A server named by a host name is one server per address of its last answer (none
+         * before its first); an address given twice (by two names, or a name and the address
+         * itself) is one server: one registry object, one set of counters. */
+        size_t cap = 0;
+        for (size_t j = 0; j < cb->num_servers; j++)
+            cap += td_addr_is_name(&cb->servers[j].address) ? TD_RESOLVER_MAX_ADDRS : 1;
+        b->servers = calloc(cap ? cap : 1, sizeof(*b->servers));
         b->st = td_registry_backend(cb->name);
         if (!b->servers || !b->st)
             goto err;
@@ -103,26 +112,30 @@ td_snapshot_t *td_snapshot_build(td_config_t *cfg, uint64_t version, char *err, 
         b->st->built = 1;
         b->st->last_weight = cb->weight;
         b->st->last_takes = takes;
+        b->num_servers = 0;
         for (size_t j = 0; j < cb->num_servers; j++) {
-            b->servers[j].addr = cb->servers[j].address;
-            b->servers[j].weight = cb->servers[j].weight;
-            b->servers[j].max_conns = cb->servers[j].max_conns;
-            if (cb->servers[j].max_conns)
-                b->limited = 1;
-            b->servers[j].st = td_registry_server(cb->name, cb->servers[j].address.text);
-            if (!b->servers[j].st)
-                goto err;
-            td_snap_server_t *sv = &b->servers[j];
-            sv->slow_start_ms = cb->servers[j].slow_start_ms >= 0 ? cb->servers[j].slow_start_ms
-                                                                  : cb->slow_start_ms;
-            if (sv->slow_start_ms > b->slow_start_ms)
-                b->slow_start_ms = sv->slow_start_ms;
-            if (sv->weight > 0 && sv->st->built && sv->st->last_weight <= 0)
-                atomic_store(&sv->st->weight_up_ms, td_now_ms());
-            sv->st->built = 1;
-            sv->st->last_weight = sv->weight;
+            const td_config_server_t *cs = &cb->servers[j];
+            td_addr_t got[TD_RESOLVER_MAX_ADDRS];
+            size_t n = 1;
+            if (td_addr_is_name(&cs->address))
+                n = td_resolver_addrs(cs->address.text, got, TD_RESOLVER_MAX_ADDRS);
+            else
+                got[0] = cs->address;
+            for (size_t k = 0; k < n; k++) {
+                int dup = b->num_servers >= TD_CONFIG_MAX_SERVERS;
+                for (size_t m = 0; m < b->num_servers && !dup; m++)
+                    dup = strcmp(b->servers[m].addr.text, got[k].text) == 0;
+                if (dup)
+                    continue;
+                td_snap_server_t *sv = &b->servers[b->num_servers];
+                sv->addr = got[k];
+                sv->name = td_addr_is_name(&cs->address) ? cs->address.text : NULL;
+                if (!server_build(b, sv, cb, cs))
+                    goto err;
+                b->num_servers++;
+            }
         }
-        s->num_servers += cb->num_servers;
+        s->num_servers += b->num_servers;
     }
     return s;
 err:
@@ -133,6 +146,27 @@ err:
         td_config_free(cfg);
     }
     return NULL;
+}
+
+/* Fills the snap server `sv` (its addr set) of backend `b` from its config server `cs`; returns 0
+ * when the registry is out of memory. */
+static int server_build(td_snap_backend_t *b, td_snap_server_t *sv, const td_config_backend_t *cb,
+                        const td_config_server_t *cs) {
+    sv->weight = cs->weight;
+    sv->max_conns = cs->max_conns;
+    if (cs->max_conns)
+        b->limited = 1;
+    sv->st = td_registry_server(cb->name, sv->addr.text);
+    if (!sv->st)
+        return 0;
+    sv->slow_start_ms = cs->slow_start_ms >= 0 ? cs->slow_start_ms : cb->slow_start_ms;
+    if (sv->slow_start_ms > b->slow_start_ms)
+        b->slow_start_ms = sv->slow_start_ms;
+    if (sv->weight > 0 && sv->st->built && sv->st->last_weight <= 0)
+        atomic_store(&sv->st->weight_up_ms, td_now_ms());
+    sv->st->built = 1;
+    sv->st->last_weight = sv->weight;
+    return 1;
 }
 
 void td_snapshot_retain(td_snapshot_t *s) {

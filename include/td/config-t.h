@@ -40,11 +40,13 @@ typedef enum td_method_e {
     TD_METHOD_FAILOVER = 2,
 } td_method_t;
 
-/* An "IP:port" (or "[IPv6]:port") address, parsed. */
+/* An "IP:port" (or "[IPv6]:port") address, parsed. A server's address may also be "HOST:port"
+ * with a host name (td_addr_parse_name): then salen is 0 and sa unset until the resolver
+ * (td/resolver.h) gives it addresses. */
 typedef struct td_addr_s {
     char text[64]; /* as written in the config, NUL-terminated */
     struct sockaddr_storage sa;
-    socklen_t salen;
+    socklen_t salen; /* 0: text is HOST:port with a name, not an address */
 } td_addr_t;
 
 #define TD_CONFIG_MAX_CERTS 16
@@ -73,7 +75,19 @@ typedef struct td_config_server_s {
                           limit. Beyond it requests wait in td's queue (timeouts.queue_ms) */
     int slow_start_ms; /* 0..86400000: after it comes up, its weight grows from 5 % to full over
                           this long (0 = off); -1 (default) = its backend's slow_start_ms */
+    int resolve_ms;    /* 100..86400000; default 10000: with a host name in `address`, how often
+                          it is resolved again (a record's shorter TTL wins) */
 } td_config_server_t;
+
+/* Top-level "resolvers": the DNS servers td asks for servers' host names (HAProxy's
+ * `resolvers` section). Absent: /etc/resolv.conf (c-ares' defaults). */
+#define TD_CONFIG_MAX_NAMESERVERS 8
+typedef struct td_config_resolvers_s {
+    td_addr_t nameservers[TD_CONFIG_MAX_NAMESERVERS]; /* "IP:port" each */
+    int num_nameservers; /* 0..TD_CONFIG_MAX_NAMESERVERS; 0 = those of /etc/resolv.conf */
+    int timeout_ms;      /* 1..60000; default 2000: one query's wait for an answer */
+    int attempts;        /* 1..10; default 2: tries per name server */
+} td_config_resolvers_t;
 
 typedef struct td_config_health_s {
     char type[16];          /* "tcp" | "http" | "ssl_hello" (TLS handshake only); default "http" */
@@ -196,6 +210,8 @@ typedef struct td_config_s {
     td_config_buffering_t request_buffering;
     td_config_cluster_t cluster;
     int has_cluster; /* 0 when "cluster" is absent (single-node mode) */
+    td_config_resolvers_t resolvers;
+    int has_resolvers; /* 0 when "resolvers" is absent */
 } td_config_t;
 
 #endif

@@ -71,6 +71,17 @@ int td_config_file_sha256(const char *path, char out[65]);
  * characters) into `out`. Returns 0, or TD_EINVAL with `out` untouched. */
 int td_addr_parse(const char *text, td_addr_t *out);
 
+/* Parses "HOST:port" with a DNS host name (RFC 1123 labels of letters, digits, '-' and '_',
+ * dot-separated, not all digits; port 1..65535; at most 63 characters) into `out`: its text, with
+ * salen 0 (no address yet). Returns 0, or TD_EINVAL with `out` untouched (an IP literal is not a
+ * name: use td_addr_parse first). */
+int td_addr_parse_name(const char *text, td_addr_t *out);
+
+/* 1 when `a` holds a host name (td_addr_parse_name) rather than an address. */
+static inline int td_addr_is_name(const td_addr_t *a) {
+    return a->salen == 0 && a->text[0] != '\0';
+}
+
 /* Method name <-> enum. td_method_parse returns 0 or TD_EINVAL. */
 const char *td_method_name(td_method_t m);
 int td_method_parse(const char *s, td_method_t *out);

@@ -30,9 +30,15 @@ typedef enum td_config_kind_e {
                                written only when one of its TD_CF_CHANGED fields is */
 #define TD_CF_EARLY 0x08    /* read before the other keys of its object (others start from it) */
 #define TD_CF_EMBEDDED 0x10 /* TD_CF_ARRAY: a fixed array in the struct, not a pointer */
+#define TD_CF_NAME_OK 0x20  /* TD_CF_ADDR: "HOST:port" with a host name is valid too */
 
 /* TD_CF_CUSTOM shapes. */
-enum { TD_CF_ID_WORKERS = 1, TD_CF_ID_COOKIE_SECURE = 2, TD_CF_ID_ENDPOINTS = 3 };
+enum {
+    TD_CF_ID_WORKERS = 1,
+    TD_CF_ID_COOKIE_SECURE = 2,
+    TD_CF_ID_ENDPOINTS = 3,
+    TD_CF_ID_NAMESERVERS = 4,
+};
 
 /* A string checker returns NULL when `s` is valid, else the rest of the sentence
  * "VALUE <is not a valid ... (what would be)>". */

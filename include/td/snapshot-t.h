@@ -13,7 +13,10 @@
 #include "td/sticky-t.h"
 
 typedef struct td_snap_server_s {
-    td_addr_t addr;
+    td_addr_t addr;   /* an address, never a name (a name's servers carry its answer's) */
+    const char *name; /* borrowed from the snapshot's config: the configured "HOST:port" this
+                         address was resolved from (td/resolver.h); NULL for a server configured
+                         by its address */
     int weight;
     int max_conns; /* requests in flight (and tunnels) it takes at once; 0 = no limit (picks read
                       the running one, st->max_conns, which td_router_publish stores) */

@@ -289,7 +289,7 @@ static void test_key_errors(void) {
     T_ERRORS("{" MIN_LISTENERS ", " MIN_BACKENDS ", \"a\\nb\": 1}",
              "t.json:1:131: a\\x0ab: unknown key (valid keys: listeners, workers, admin, routing, "
              "backends, health_check, timeouts, passive, access_log, pid_file, "
-             "request_buffering, state_file, cluster)\n");
+             "request_buffering, state_file, cluster, resolvers)\n");
 }
 
 static void test_value_errors(void) {

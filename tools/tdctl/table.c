@@ -100,6 +100,18 @@ static void backend_name(const json_t *b, char *out, size_t n) {
         snprintf(out, n, "%s", str(b, "name"));
 }
 
+/* A server's cell: its address, with the host name it was resolved from after it; a name
+ * without an address yet as "NAME (no address)". */
+static void server_label(const json_t *s, char *out, size_t n) {
+    const char *name = json_string_value(json_object_get(s, "name"));
+    if (!name)
+        snprintf(out, n, "  %s", str(s, "address"));
+    else if (json_is_string(json_object_get(s, "address")))
+        snprintf(out, n, "  %s (%s)", str(s, "address"), name);
+    else
+        snprintf(out, n, "  %s (no address)", name);
+}
+
 /* Width of the name column: the longest backend name (with its state) or indented server
  * address. */
 static int name_width(const json_t *backends) {
@@ -112,8 +124,9 @@ static int name_width(const json_t *backends) {
         if (strlen(name) > width)
             width = strlen(name);
         json_array_foreach(json_object_get(b, "servers"), j, s) {
-            if (2 + strlen(str(s, "address")) > width)
-                width = 2 + strlen(str(s, "address"));
+            server_label(s, name, sizeof(name));
+            if (strlen(name) > width)
+                width = strlen(name);
         }
     }
     return width > 100 ? 100 : (int)width;
@@ -125,7 +138,7 @@ static void print_servers(const json_t *backend, int width) {
     size_t i;
 
     json_array_foreach(json_object_get(backend, "servers"), i, s) {
-        snprintf(name, sizeof(name), "  %s", str(s, "address"));
+        server_label(s, name, sizeof(name));
         print_row(width, name, num(s, "weight").s, "", up_down(s), num(s, "in_flight").s,
                   num(s, "requests").s, "", num(s, "failures").s);
     }
