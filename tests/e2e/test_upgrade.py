@@ -200,12 +200,15 @@ def test_td_upgrade_ten_times_under_load_fails_no_request_and_carries_the_runtim
     tls_port = free_port()
     cert, key = self_signed(pid_dir)
     pid_file = os.path.join(pid_dir, "td.pid")
-    cfg = backend_cfg({"blue": (100, b.ports["blue"]), "green": (0, b.ports["green"] + [dead])},
+    cfg = backend_cfg({"blue": (100, b.ports["blue"]), "green": (0, b.ports["green"])},
                       method="sticky", pid_file=pid_file,
                       health_check={"type": "http", "path": "/", "interval_ms": 1000,
-                                    "timeout_ms": 500, "fall": 1, "rise": 3})
+                                    "timeout_ms": 500, "fall": 2, "rise": 3})
+    # red takes no traffic (weight 0, then maint): its dead server is down by health checks
+    # alone, never by passive detection.
     cfg["backends"].append({"name": "red", "weight": 0,
-                            "servers": [{"address": f"127.0.0.1:{b.ports['blue'][0]}"}]})
+                            "servers": [{"address": f"127.0.0.1:{b.ports['blue'][0]}"},
+                                        {"address": f"127.0.0.1:{dead}"}]})
     cfg["timeouts"]["drain_ms"] = 6000 * SLOW
     port = free_port()
     cfg["listeners"] = [{"address": f"127.0.0.1:{port}"},
