@@ -272,6 +272,10 @@ static void on_usr2(uv_signal_t *s, int signum) {
         td_warn("SIGUSR2: td is stopping: no upgrade");
         return;
     }
+    if (td_upgrade_in_progress()) { /* its outcome is the one `td upgrade` waits for */
+        td_warn("SIGUSR2: an upgrade is already under way");
+        return;
+    }
     td_info("SIGUSR2: upgrading to %s", td_upgrade_exe());
     if (td_upgrade_begin(uv_default_loop(), saved_argv, proxy, on_upgrade_done, err, sizeof(err)) <
         0)
