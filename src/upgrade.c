@@ -31,6 +31,7 @@ extern char **environ;
 #define FDS_PER_MSG 200
 /* Bytes of state per 'S' message: well within a socket's send buffer. */
 #define STATE_PIECE 32768
+/* The longest message (a type byte and a piece); a reader's buffer has one byte more for a NUL. */
 #define MSG_MAX (STATE_PIECE + 1)
 
 static char exe_path[4096];
@@ -121,13 +122,21 @@ static ssize_t recv_msg(int sock, char *buf, size_t cap, int *fds, size_t *nfds,
     *nfds = 0;
     if (r < 0)
         return -errno;
-    buf[r] = 0;
+    if (m.msg_flags & MSG_TRUNC)
+        r = -EMSGSIZE; /* never sent by td: its descriptors are closed below */
+    else
+        buf[r] = 0;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c))
         if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
             size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
             memcpy(fds + *nfds, CMSG_DATA(c), n * sizeof(int));
             *nfds += n;
         }
+    if (r < 0) {
+        for (size_t i = 0; i < *nfds; i++)
+            close(fds[i]);
+        *nfds = 0;
+    }
     return r;
 }
 
@@ -322,7 +331,7 @@ static int hand_over(upgrade_t *u) {
 static void on_message(uv_poll_t *p, int status, int events) {
     upgrade_t *u = p->data;
     (void)events;
-    char buf[MSG_MAX];
+    char buf[MSG_MAX + 1];
     int fds[FDS_PER_MSG];
     size_t nfds;
     if (status < 0) {
@@ -622,7 +631,7 @@ static int add_listener(const char *body, const int *fds, size_t nfds) {
 }
 
 int td_upgrade_receive(char *err, size_t n) {
-    char buf[MSG_MAX];
+    char buf[MSG_MAX + 1];
     int fds[FDS_PER_MSG];
     size_t nfds;
     char *text = NULL;
@@ -767,7 +776,7 @@ static void child_close(void) {
 }
 
 int td_upgrade_ready(void) {
-    char buf[MSG_MAX];
+    char buf[MSG_MAX + 1];
     int fds[FDS_PER_MSG];
     size_t nfds;
     json_t *m = json_pack("{s:I}", "pid", (json_int_t)getpid());
