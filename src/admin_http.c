@@ -67,8 +67,8 @@ struct admin_conn_s {
 
 static uv_tcp_t server;
 static int server_open;
-static int adopt_fd =
-    -1; /* a listening socket handed over by the td before (td_admin_http_adopt) */
+/* A listening socket handed over by the td process before (td_admin_http_adopt), or -1. */
+static int adopt_fd = -1;
 static admin_conn_t *conns;
 /* The token in force: set at start, replaced by a reload that sets another one, but never
  * cleared by one (td_admin_update_token): removing protection takes a restart. */

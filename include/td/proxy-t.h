@@ -235,14 +235,15 @@ struct client_s {
     char ip[INET6_ADDRSTRLEN];
     uint16_t port; /* the client's port, for the log */
     char method[16];
-    uint8_t listener;     /* index of the listener it came in on */
-    uint8_t processing;   /* client_process is running for it (further up the stack) */
-    uint8_t more;         /* an exchange ended meanwhile: client_process takes the next request */
-    int64_t idle_seen_ms; /* during a stop: td_now_ms() since which it has been idle; 0: not */
+    uint8_t listener;   /* index of the listener it came in on */
+    uint8_t processing; /* client_process is running for it (further up the stack) */
+    uint8_t more;       /* an exchange ended meanwhile: client_process takes the next request */
     /* owned: the connection's one exchange at a time (HTTP/1), from the worker's cache when a
      * request starts (or td answers one itself), back to it when the exchange ends; NULL while
      * idle. Opaque to client.c: only exchange.c and exchange_stats.c touch it. */
     td_exchange_t *ex;
+    /* During a stop's drain: td_now_ms() since which it has been idle (worker.c); 0 while not. */
+    int64_t idle_seen_ms;
 };
 
 struct upstream_s {
