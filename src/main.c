@@ -346,9 +346,14 @@ static int run(td_config_t *file_cfg, const char *path) {
     int upgrading = td_upgrade_child();
     /* An upgrade's new process: the old one's sockets and runtime state, before the first
      * snapshot (health verdicts, ejections and the sticky key apply to it). */
-    if (upgrading && (td_upgrade_receive(err, sizeof(err)) < 0 || td_upgrade_apply_state() < 0)) {
-        td_config_free(file_cfg);
-        return start_failed(err);
+    if (upgrading) {
+        int r = td_upgrade_receive(err, sizeof(err));
+        if (r == 0 && (r = td_upgrade_apply_state()) < 0)
+            snprintf(err, sizeof(err), "upgrade: cannot apply the state of the td before");
+        if (r < 0) {
+            td_config_free(file_cfg);
+            return start_failed(err);
+        }
     }
     /* The config file with the state file's overrides on top is what starts. */
     if (td_control_init(file_cfg, path) < 0) { /* it said why */
