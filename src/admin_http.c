@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "td/http1.h"
 #include "td/log.h"
@@ -66,6 +67,8 @@ struct admin_conn_s {
 
 static uv_tcp_t server;
 static int server_open;
+/* A listening socket handed over by the td process before (td_admin_http_adopt), or -1. */
+static int adopt_fd = -1;
 static admin_conn_t *conns;
 /* The token in force: set at start, replaced by a reload that sets another one, but never
  * cleared by one (td_admin_update_token): removing protection takes a restart. */
@@ -794,7 +797,16 @@ int td_admin_http_listen(uv_loop_t *loop, const td_addr_t *address, const char *
         uv_unref((uv_handle_t *)&rl_timer); /* it never keeps the loop alive by itself */
         rl_timer_open = 1;
     }
-    int r = uv_tcp_bind(&server, (const struct sockaddr *)&address->sa, 0);
+    int r;
+    if (adopt_fd >= 0) {
+        /* Already bound and listening in the process before: its queued connections are ours. */
+        r = uv_tcp_open(&server, adopt_fd);
+        if (r < 0)
+            close(adopt_fd);
+        adopt_fd = -1;
+    } else {
+        r = uv_tcp_bind(&server, (const struct sockaddr *)&address->sa, 0);
+    }
     if (r == 0)
         r = uv_listen((uv_stream_t *)&server, 128, on_conn);
     if (r < 0) {
@@ -825,6 +837,17 @@ int td_admin_http_set_read_token(const char *token) {
         return bound_read_token[0] != 0;
     snprintf(bound_read_token, sizeof(bound_read_token), "%s", token);
     return 0;
+}
+
+void td_admin_http_adopt(int fd) {
+    adopt_fd = fd;
+}
+
+int td_admin_http_fd(void) {
+    uv_os_fd_t fd;
+    if (!server_open || uv_fileno((const uv_handle_t *)&server, &fd) < 0)
+        return -1;
+    return fd;
 }
 
 void td_admin_http_stop(void) {

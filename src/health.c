@@ -406,6 +406,26 @@ const char *td_health_last(const td_server_stats_t *st) {
     return "";
 }
 
+int td_health_runs(const td_server_stats_t *st, int *ok_run, int *fail_run) {
+    for (checker_t *k = checkers; k; k = k->next)
+        if (k->st == st) {
+            *ok_run = k->ok_run;
+            *fail_run = k->fail_run;
+            return 1;
+        }
+    return 0;
+}
+
+int td_health_set_runs(const td_server_stats_t *st, int ok_run, int fail_run) {
+    for (checker_t *k = checkers; k; k = k->next)
+        if (k->st == st) {
+            k->ok_run = ok_run > 0 ? ok_run : 0;
+            k->fail_run = fail_run > 0 ? fail_run : 0;
+            return 1;
+        }
+    return 0;
+}
+
 void td_health_stop(void) {
     if (sweep_on) {
         uv_close((uv_handle_t *)&sweep_timer, NULL);

@@ -1,5 +1,6 @@
 /* td — the traffic distributor's command line: run with a config file, check one, or run the
  * embedded demo (two demo backends, td in front, the admin API and console). */
+#include <errno.h>
 #include <getopt.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -7,10 +8,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "td/access_log.h"
 #include "td/admin.h"
+#include "td/admin_http.h"
 #include "td/cluster.h"
 #include "td/cluster_view.h"
 #include "td/config.h"
@@ -24,6 +27,7 @@
 #include "td/ready.h"
 #include "td/resolver.h"
 #include "td/rollout.h"
+#include "td/upgrade.h"
 #include "td/version.h"
 
 static const char usage[] =
@@ -39,6 +43,12 @@ static const char usage[] =
     "                      they answer / (a page naming them), /status/N, /delay/MS,\n"
     "                      /bytes/N, /chunked/N, /echo (counts the body), /headers, /close,\n"
     "                      /reset and /ws (WebSocket echo)\n"
+    "  td upgrade [-c FILE] [--pid-file FILE | --pid PID]\n"
+    "                      upgrade the running td (found by the config's pid_file, the given\n"
+    "                      pid file or pid) to the binary now at its path, without dropping\n"
+    "                      a request: it sends SIGUSR2 and waits for the outcome; exit 0\n"
+    "                      when the new td took over, 1 (and why) when the old one keeps\n"
+    "                      serving\n"
     "  td --version | --help\n"
     "\n"
     "td splits HTTP traffic between backends (blue and green) by a ratio, with round robin,\n"
@@ -69,6 +79,13 @@ static const char usage[] =
     "                      timeouts.drain_ms), exit 0; with timeouts.stop_grace_ms, first\n"
     "                      answer 503 on /readyz while still serving for that long (a\n"
     "                      second signal cuts it short)\n"
+    "  SIGUSR2             upgrade (nginx's convention): start the binary at the path td\n"
+    "                      was started as, with the same arguments; it loads the config,\n"
+    "                      takes over the listening sockets (their queued connections\n"
+    "                      too), health verdicts, passive ejections and the sticky key,\n"
+    "                      and once it accepts, this one stops accepting, drains (up to\n"
+    "                      timeouts.drain_ms) and exits 0; a new binary or config that\n"
+    "                      fails leaves this one serving, with why in its log\n"
     "  SIGUSR1             reopen the access log file (after logrotate renamed it): new\n"
     "                      lines go to a new file of the same name; td's own log goes to\n"
     "                      stderr and has nothing to reopen\n"
@@ -188,7 +205,10 @@ static const char backend_usage[] =
     "/ws (WebSocket echo). SIGHUP is ignored; SIGTERM or Ctrl-C stops them.\n";
 
 static td_proxy_t *proxy;
-static uv_signal_t sig_hup, sig_term, sig_int, sig_usr1;
+static uv_signal_t sig_hup, sig_term, sig_int, sig_usr1, sig_usr2;
+static char **saved_argv; /* main's argv: what an upgrade starts the new binary with */
+static int handed_over;   /* an upgrade's new process took over: it is systemd's main pid */
+static char pid_file[TD_PATH_MAX + 1]; /* "" when td writes none */
 static int drain_ms = 30000;
 static int stop_grace_ms;
 static uv_timer_t grace_timer; /* runs during the stop's grace period */
@@ -203,7 +223,9 @@ static void stop_now(const char *why) {
     td_info("%s: stopping; letting in-flight requests finish (up to %d ms)", why, drain_ms);
     snprintf(status, sizeof(status), "stopping: draining in-flight requests (up to %d ms)",
              drain_ms);
-    td_notify_stopping(status);
+    if (!handed_over) /* systemd watches the new process now: it is not stopping */
+        td_notify_stopping(status);
+    td_upgrade_cancel("td is stopping");
     if (grace_on) {
         uv_close((uv_handle_t *)&grace_timer, NULL);
         grace_on = 0;
@@ -219,6 +241,7 @@ static void stop_now(const char *why) {
     uv_close((uv_handle_t *)&sig_term, NULL);
     uv_close((uv_handle_t *)&sig_int, NULL);
     uv_close((uv_handle_t *)&sig_usr1, NULL);
+    uv_close((uv_handle_t *)&sig_usr2, NULL);
     td_info("stopped");
 }
 
@@ -264,6 +287,53 @@ static void on_usr1(uv_signal_t *s, int signum) {
     (void)s;
     (void)signum;
     td_access_log_reopen(td_control_config()->access_log);
+}
+
+/* The end of an upgrade (td/upgrade.h). Taken over: this process stops accepting (the new one
+ * drains the shared accept queues), answers 503 on /readyz, closes its keep-alive connections
+ * after their exchange and exits once in-flight requests, WebSockets and tunnels are done (up to
+ * drain_ms). Failed: nothing changed; the reason is logged and written for `td upgrade`. */
+static void on_upgrade_done(long new_pid, const char *why) {
+    char outcome[TD_PATH_MAX + 16];
+    td_upgrade_outcome_path(pid_file, outcome, sizeof(outcome));
+    if (new_pid <= 0) {
+        td_error("upgrade failed: %s; this process keeps serving", why);
+        if (pid_file[0])
+            td_upgrade_outcome_write(outcome, (long)getpid(), 0, why);
+        return;
+    }
+    handed_over = 1;
+    td_info("upgrade: the new td (pid %ld) accepts on the listening sockets", new_pid);
+    if (pid_file[0])
+        td_upgrade_outcome_write(outcome, (long)getpid(), new_pid, NULL);
+    stop_now("upgrade");
+}
+
+/* SIGUSR2 (nginx's convention): an upgrade to the binary at the path td was started as. */
+static void on_usr2(uv_signal_t *s, int signum) {
+    (void)s;
+    (void)signum;
+    char err[300];
+    if (grace_on || !proxy) {
+        td_warn("SIGUSR2: td is stopping: no upgrade");
+        return;
+    }
+    if (td_upgrade_in_progress()) { /* its outcome is the one `td upgrade` waits for */
+        td_warn("SIGUSR2: an upgrade is already under way");
+        return;
+    }
+    td_info("SIGUSR2: upgrading to %s", td_upgrade_exe());
+    if (td_upgrade_begin(uv_default_loop(), saved_argv, proxy, on_upgrade_done, err, sizeof(err)) <
+        0)
+        on_upgrade_done(0, err);
+}
+
+/* A start-up error: said on stderr, and to the td before when this is an upgrade's new process
+ * (it keeps serving then). */
+static int start_failed(const char *msg) {
+    fprintf(stderr, "td: %s\n", msg);
+    td_upgrade_fail(msg);
+    return 1;
 }
 
 /* Serves demo backends on their own thread so `td demo` is one process. */
@@ -319,11 +389,26 @@ static void raise_open_files_limit(void) {
 static int run(td_config_t *file_cfg, const char *path) {
     char err[512];
     raise_open_files_limit();
+    int upgrading = td_upgrade_child();
+    /* An upgrade's new process: the old one's sockets and runtime state, before the first
+     * snapshot (health verdicts, ejections and the sticky key apply to it). */
+    if (upgrading) {
+        int r = td_upgrade_receive(err, sizeof(err));
+        if (r == 0 && (r = td_upgrade_apply_state()) < 0)
+            snprintf(err, sizeof(err), "upgrade: cannot apply the state of the td before");
+        if (r < 0) {
+            td_config_free(file_cfg);
+            return start_failed(err);
+        }
+    }
     /* The config file with the state file's overrides on top is what starts. */
-    if (td_control_init(file_cfg, path) < 0) /* it said why */
+    if (td_control_init(file_cfg, path) < 0) { /* it said why */
+        td_upgrade_fail("the new td cannot set up its config and state file (its log says why)");
         return 1;
+    }
+    if (upgrading)
+        td_upgrade_apply_health();
     const td_config_t *cfg = td_control_config();
-    char pid_file[TD_PATH_MAX + 1];
     snprintf(pid_file, sizeof(pid_file), "%s", pid_flag[0] ? pid_flag : cfg->pid_file);
     drain_ms = cfg->timeouts.drain_ms;
     stop_grace_ms = cfg->timeouts.stop_grace_ms;
@@ -346,21 +431,39 @@ static int run(td_config_t *file_cfg, const char *path) {
     uv_signal_start(&sig_int, on_stop, SIGINT);
     uv_signal_init(loop, &sig_usr1);
     uv_signal_start(&sig_usr1, on_usr1, SIGUSR1);
+    uv_signal_init(loop, &sig_usr2);
+    uv_signal_start(&sig_usr2, on_usr2, SIGUSR2);
     if (td_rollout_init(loop) < 0) {
-        fprintf(stderr, "td: cannot set up the rollout engine (libcurl)\n");
         td_config_free(start_cfg);
-        return 1;
+        return start_failed("cannot set up the rollout engine (libcurl)");
+    }
+    if (upgrading && has_admin) {
+        int fd = td_upgrade_take_admin(&admin);
+        if (fd >= 0)
+            td_admin_http_adopt(fd);
     }
     if (has_admin && td_admin_start(loop, &admin, admin_token, err, sizeof(err)) < 0) {
-        fprintf(stderr, "td: %s\n", err);
         td_config_free(start_cfg);
-        return 1;
+        return start_failed(err);
     }
-    proxy = td_proxy_start(start_cfg, err, sizeof(err));
+    if (upgrading) {
+        /* Every socket handed over gets a worker: closing one would reset its queue. */
+        size_t need = td_upgrade_workers_needed(start_cfg);
+        if (need > (size_t)start_cfg->workers) {
+            td_warn("upgrade: %zu sockets per listener were handed over, more than workers %d: "
+                    "running %zu workers until the next restart",
+                    need, start_cfg->workers, need);
+            start_cfg->workers = (int)need;
+        }
+        proxy =
+            td_proxy_start_adopt(start_cfg, td_upgrade_adopt_listener, start_cfg, err, sizeof(err));
+        td_upgrade_close_rest();
+    } else {
+        proxy = td_proxy_start(start_cfg, err, sizeof(err));
+    }
     if (!proxy) {
-        fprintf(stderr, "td: %s\n", err);
         td_config_free(start_cfg);
-        return 1;
+        return start_failed(err);
     }
     for (size_t i = 0; i < start_cfg->num_listeners; i++)
         td_info("listening on %s://%s/ with %d worker%s",
@@ -373,8 +476,18 @@ static int run(td_config_t *file_cfg, const char *path) {
     if (admin_open_beyond_loopback(start_cfg))
         td_warn(open_admin_warning, admin.text);
     td_config_free(start_cfg);
-    /* Written once the ports are bound: whoever reads it may signal td at once. */
-    if (pid_file[0] && td_pidfile_write(pid_file, err, sizeof(err)) < 0) {
+    if (upgrading) {
+        /* Accepting (the workers drain the shared accept queues as they start): the old one
+         * names this process to systemd, then stops accepting. */
+        long old_pid = (long)getppid();
+        if (td_upgrade_ready() < 0)
+            td_warn("upgrade: the td before (pid %ld) did not confirm the takeover", old_pid);
+        else
+            td_info("upgrade: took over from the td before (pid %ld)", old_pid);
+        if (pid_file[0] && td_pidfile_write(pid_file, err, sizeof(err)) < 0)
+            td_error("pid file %s", err); /* serving already: the sockets are this one's */
+    } else if (pid_file[0] && td_pidfile_write(pid_file, err, sizeof(err)) < 0) {
+        /* Written once the ports are bound: whoever reads it may signal td at once. */
         fprintf(stderr, "td: pid file %s\n", err);
         return 1;
     }
@@ -386,16 +499,98 @@ static int run(td_config_t *file_cfg, const char *path) {
         fprintf(stderr, "td: cannot set up the etcd client\n");
         return 1;
     }
+    if (upgrading)
+        td_notify_mainpid((long)getpid());
     td_notify_ready();
     uv_run(loop, UV_RUN_DEFAULT);
     uv_loop_close(loop);
-    if (pid_file[0])
+    if (pid_file[0] && !handed_over) /* the new process's now */
         td_pidfile_remove(pid_file);
     return 0;
 }
 
+/* td upgrade [-c FILE] [--pid-file FILE | --pid PID]: `path` and the pid file from options
+ * given before the word. */
+static int upgrade_main(int argc, char **argv, const char *path) {
+    static const struct option opts[] = {{"config", required_argument, 0, 'c'},
+                                         {"pid-file", required_argument, 0, 'P'},
+                                         {"pid", required_argument, 0, 'p'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    char file[TD_PATH_MAX + 1];
+    long pid = 0;
+    int c;
+    snprintf(file, sizeof(file), "%s", pid_flag);
+    optind = 0;
+    while ((c = getopt_long(argc, argv, "+c:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c':
+            path = optarg;
+            break;
+        case 'P':
+            snprintf(file, sizeof(file), "%s", optarg);
+            break;
+        case 'p': {
+            char *end;
+            pid = strtol(optarg, &end, 10);
+            if (*end || pid <= 1) {
+                fprintf(stderr, "td upgrade: --pid: give a process id, got \"%s\"\n", optarg);
+                return 2;
+            }
+            break;
+        }
+        case 'h':
+            printf("Usage: td upgrade [-c FILE] [--pid-file FILE | --pid PID]\n");
+            return 0;
+        default:
+            fprintf(stderr, "Try 'td --help'.\n");
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "td upgrade: unexpected argument \"%s\". Try 'td --help'.\n", argv[optind]);
+        return 2;
+    }
+    if (!file[0] && path) {
+        td_config_t *cfg = td_config_load(path, stderr);
+        if (!cfg) {
+            fprintf(stderr,
+                    "td upgrade: %s has errors: nothing done (the running td would "
+                    "refuse it too)\n",
+                    path);
+            return 1;
+        }
+        snprintf(file, sizeof(file), "%s", cfg->pid_file);
+        td_config_free(cfg);
+    }
+    if (!pid && file[0]) {
+        FILE *f = fopen(file, "r");
+        char text[32] = "";
+        if (!f || !fgets(text, sizeof(text), f) || (pid = strtol(text, NULL, 10)) <= 1) {
+            fprintf(stderr, "td upgrade: cannot read a process id from the pid file %s: %s\n", file,
+                    f ? "no number in it" : strerror(errno));
+            if (f)
+                fclose(f);
+            return 1;
+        }
+        fclose(f);
+    }
+    if (!pid) {
+        fprintf(stderr, "td upgrade: which td? Give -c FILE (with a pid_file), --pid-file FILE "
+                        "or --pid PID\n");
+        return 2;
+    }
+    char outcome[TD_PATH_MAX + 16] = "";
+    if (file[0])
+        td_upgrade_outcome_path(file, outcome, sizeof(outcome));
+    return td_upgrade_command(pid, outcome, TD_UPGRADE_TIMEOUT_MS + 10000);
+}
+
 int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
+    saved_argv = argv;
+    td_upgrade_set_exe(argv[0]);
+    td_upgrade_child_init();
     setvbuf(stdout, NULL, _IOLBF, 0);
     static const struct option opts[] = {{"config", required_argument, 0, 'c'},
                                          {"test", no_argument, 0, 't'},
@@ -450,6 +645,8 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
+    if (optind < argc && strcmp(argv[optind], "upgrade") == 0)
+        return upgrade_main(argc - optind, argv + optind, path);
     if (optind < argc && strcmp(argv[optind], "backend") == 0) {
         if (optind + 1 >= argc) {
             fprintf(stderr, "td backend: give at least one NAME=ADDRESS\n");
@@ -493,7 +690,25 @@ int main(int argc, char **argv) {
                 "td: give a config file with -c FILE, or run 'td demo'. Try 'td --help'.\n");
         return 2;
     }
-    td_config_t *cfg = td_config_load(path, stderr);
+    td_config_t *cfg;
+    if (td_upgrade_child()) {
+        /* The old process says why the new one did not start: the config's messages too. */
+        char *msgs = NULL;
+        size_t len = 0;
+        FILE *errs = open_memstream(&msgs, &len);
+        cfg = td_config_load(path, errs ? errs : stderr);
+        if (errs)
+            fclose(errs);
+        if (msgs && len) {
+            fputs(msgs, stderr);
+            msgs[strcspn(msgs, "\n")] = 0;
+        }
+        if (!cfg)
+            td_upgrade_fail(msgs && msgs[0] ? msgs : "the config cannot be loaded");
+        free(msgs);
+    } else {
+        cfg = td_config_load(path, stderr);
+    }
     if (!cfg)
         return 1;
     if (test) {

@@ -70,6 +70,12 @@ int td_notify_reloading(void) {
     return notify(msg);
 }
 
+int td_notify_mainpid(long pid) {
+    char msg[64];
+    snprintf(msg, sizeof(msg), "MAINPID=%ld", pid);
+    return notify(msg);
+}
+
 int td_notify_stopping(const char *status) {
     char msg[512];
     snprintf(msg, sizeof(msg), "STOPPING=1\nSTATUS=%s", status);

@@ -12,7 +12,15 @@
 static td_sticky_key_t process_key;
 static pthread_once_t process_key_once = PTHREAD_ONCE_INIT;
 
+static td_sticky_key_t adopted_key; /* handed over by the td before (td_sticky_adopt_process_key) */
+static int process_key_made;
+
 static void make_process_key(void) {
+    process_key_made = 1;
+    if (adopted_key.len) {
+        process_key = adopted_key;
+        return;
+    }
     process_key.len = 32;
     if (RAND_bytes(process_key.bytes, (int)process_key.len) != 1)
         for (size_t i = 0; i < process_key.len; i++)
@@ -29,6 +37,18 @@ void td_sticky_key_init(td_sticky_key_t *key, const char *secret) {
         pthread_once(&process_key_once, make_process_key);
         *key = process_key;
     }
+}
+
+void td_sticky_process_key(td_sticky_key_t *key) {
+    pthread_once(&process_key_once, make_process_key);
+    *key = process_key;
+}
+
+int td_sticky_adopt_process_key(const td_sticky_key_t *key) {
+    if (process_key_made || !key->len || key->len > sizeof(key->bytes))
+        return TD_EINVAL;
+    adopted_key = *key;
+    return 0;
 }
 
 static void mac_hex(const td_sticky_key_t *key, const char *msg, size_t len,

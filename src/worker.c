@@ -4,6 +4,7 @@
 #include "td/worker.h"
 
 #include <errno.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 #include <stdatomic.h>
@@ -233,10 +234,41 @@ static void tick_cb(uv_timer_t *timer) {
     }
 }
 
+/* During a stop, a client connection with no request under way and nothing unread (not in the
+ * kernel, not decrypted) closes once it has stayed so for DRAIN_IDLE_MS. Closing it the moment it
+ * is seen idle would race with a request the client is sending right then on its keep-alive
+ * connection (or the first one, on a connection just accepted): that request would fail. One that
+ * comes meanwhile is answered, with Connection: close. */
+#define DRAIN_IDLE_MS 1000
+
+static int client_idle(client_t *c) {
+    if (c->state != C_HEAD || c->len != 0 || c->writing || c->io.queued)
+        return 0;
+    uv_os_fd_t fd;
+    int unread = 0;
+    if (uv_fileno((const uv_handle_t *)&c->io.tcp, &fd) == 0 && ioctl(fd, FIONREAD, &unread) == 0 &&
+        unread > 0)
+        return 0;
+    return 1;
+}
+
+static void close_idle_clients(worker_t *w, int64_t now) {
+    for (client_t *c = w->clients, *next; c; c = next) {
+        next = c->next;
+        if (!client_idle(c))
+            c->idle_seen_ms = 0;
+        else if (!c->idle_seen_ms)
+            c->idle_seen_ms = now;
+        else if (now - c->idle_seen_ms >= DRAIN_IDLE_MS)
+            td_client_close(c);
+    }
+}
+
 /* Every 50 ms during a stop: done when no client is left; at the deadline, closes what is. */
 static void drain_cb(uv_timer_t *t) {
     worker_t *w = t->data;
     w->drain_ms -= 50;
+    close_idle_clients(w, td_now_ms());
     if (w->queue.count) /* the tick is gone: queued requests still get their turn */
         td_exchange_queue_run(w);
     if (w->drain_ms <= 0)
@@ -259,12 +291,9 @@ static void wake_cb(uv_async_t *a) {
         td_listener_close(&w->listeners[i]);
     uv_close((uv_handle_t *)a, noop_close_cb);
     uv_close((uv_handle_t *)&w->tick, noop_close_cb);
-    /* Idle keep-alive clients go now; busy ones close when their exchange ends. */
-    for (client_t *c = w->clients, *next; c; c = next) {
-        next = c->next;
-        if (c->state == C_HEAD && c->len == 0 && !c->writing)
-            td_client_close(c);
-    }
+    /* Idle keep-alive clients go once they have stayed idle a while; busy ones close when
+     * their exchange ends. */
+    close_idle_clients(w, td_now_ms());
     for (pool_t *p = w->pools; p; p = p->next)
         while (p->idle)
             td_upstream_close(p->idle);
@@ -318,6 +347,11 @@ static td_snapshot_t *worker_snapshot(worker_t *w) {
 }
 
 td_proxy_t *td_proxy_start(const td_config_t *cfg, char *err, size_t errlen) {
+    return td_proxy_start_adopt(cfg, NULL, NULL, err, errlen);
+}
+
+td_proxy_t *td_proxy_start_adopt(const td_config_t *cfg, td_proxy_adopt_fn *adopt, void *arg,
+                                 char *err, size_t errlen) {
     td_proxy_t *p = calloc(1, sizeof(*p));
     if (!p)
         goto nomem;
@@ -341,7 +375,14 @@ td_proxy_t *td_proxy_start(const td_config_t *cfg, char *err, size_t errlen) {
         for (size_t j = 0; j < cfg->num_listeners; j++)
             w->listen_fds[j] = -1;
         for (size_t j = 0; j < cfg->num_listeners; j++) {
-            w->listen_fds[j] = td_listener_bind(&cfg->listeners[j].address, i == 0, err, errlen);
+            int fd = adopt ? adopt(j, i, arg) : -1;
+            if (fd >= 0) {
+                w->listen_fds[j] = fd;
+                continue;
+            }
+            /* A socket added to a group handed over joins it: the address is ours already. */
+            int first = i == 0 && !(adopt && adopt(j, SIZE_MAX, arg) >= 0);
+            w->listen_fds[j] = td_listener_bind(&cfg->listeners[j].address, first, err, errlen);
             if (w->listen_fds[j] < 0)
                 goto fail;
         }
@@ -375,6 +416,16 @@ fail:
     }
     free(p);
     return NULL;
+}
+
+size_t td_proxy_listen_fds(const td_proxy_t *p, size_t listener, int *fds, size_t cap) {
+    size_t n = 0;
+    for (size_t i = 0; i < p->num_workers && n < cap; i++) {
+        const worker_t *w = &p->workers[i];
+        if (listener < w->num_listeners && w->listeners[listener].fd >= 0)
+            fds[n++] = w->listeners[listener].fd;
+    }
+    return n;
 }
 
 void td_proxy_stop(td_proxy_t *p, int drain_ms) {

@@ -73,6 +73,14 @@ void td_admin_http_finish(td_admin_deferred_t *d, td_admin_reply_t reply, const 
 /* Stops listening and closes every connection. */
 void td_admin_http_stop(void);
 
+/* Makes the next td_admin_http_listen take `fd` (owned from then on: a socket already bound and
+ * listening, handed over by the td process before on an upgrade) instead of binding the address.
+ */
+void td_admin_http_adopt(int fd);
+
+/* The listening socket's descriptor (borrowed), or -1 when not listening. */
+int td_admin_http_fd(void);
+
 /* The reply {"error": MSG} (pretty-printed JSON and a newline) with `status`; a 500 "out of
  * memory" when it cannot be built. */
 td_admin_reply_t td_admin_http_error(int status, const char *msg);

@@ -26,6 +26,14 @@ int td_health_sync(uv_loop_t *loop, const td_snapshot_t *s);
  * it is not checked. Borrowed; main thread only. */
 const char *td_health_last(const td_server_stats_t *st);
 
+/* The checks in a row of server `st`'s checker: passes (counting toward rise) in *ok_run and
+ * failures (toward fall) in *fail_run. Returns 1, or 0 when the server is not checked. */
+int td_health_runs(const td_server_stats_t *st, int *ok_run, int *fail_run);
+
+/* Sets them (the counts an upgrade hands over, after td_health_sync). Returns 1, or 0 when the
+ * server is not checked. Main thread. */
+int td_health_set_runs(const td_server_stats_t *st, int ok_run, int fail_run);
+
 /* Stops every check (at shutdown). */
 void td_health_stop(void);
 

@@ -26,6 +26,12 @@ int td_notify_ready(void);
  * Returns as td_notify_ready. */
 int td_notify_reloading(void);
 
+/* MAINPID=`pid`: the process systemd watches as the service's main one from now on. On an
+ * upgrade the old td names the new one (with NotifyAccess=main only the main process is heard,
+ * so this is what lets the new one's READY=1 count), and the new one names itself before its
+ * READY=1. Returns as td_notify_ready. */
+int td_notify_mainpid(long pid);
+
 /* STOPPING=1 with "STATUS=`status`" (e.g. "stopping: draining in-flight requests (up to 30000
  * ms)"; borrowed): when a stop begins, and again when its phase changes. Returns as
  * td_notify_ready. */

@@ -242,6 +242,8 @@ struct client_s {
      * request starts (or td answers one itself), back to it when the exchange ends; NULL while
      * idle. Opaque to client.c: only exchange.c and exchange_stats.c touch it. */
     td_exchange_t *ex;
+    /* During a stop's drain: td_now_ms() since which it has been idle (worker.c); 0 while not. */
+    int64_t idle_seen_ms;
 };
 
 struct upstream_s {

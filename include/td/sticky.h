@@ -17,6 +17,15 @@
  * thread; the result is a plain value that the caller owns (it goes into a routing snapshot). */
 void td_sticky_key_init(td_sticky_key_t *key, const char *secret);
 
+/* The process key (the one an empty secret gives; made now when not yet) into *key: what an
+ * upgrade hands to the next td process, so that the cookies it issued still pin. Any thread. */
+void td_sticky_process_key(td_sticky_key_t *key);
+
+/* Makes `key` (copied) the process key, before its first use (an upgrade's new process, before
+ * the first routing snapshot). Returns 0, or TD_EINVAL when the process key was made already or
+ * `key` is empty. Main thread, before the workers start. */
+int td_sticky_adopt_process_key(const td_sticky_key_t *key);
+
 /* Writes the cookie value for `backend` expiring at `expiry_s` (Unix seconds), signed with `key`,
  * into out[cap]. Returns its length, or 0 when cap is too small (at least TD_NAME_MAX + 48 bytes
  * is enough). */

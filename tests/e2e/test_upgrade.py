@@ -1,0 +1,419 @@
+"""td upgrade and SIGUSR2: a new td binary takes over the listening sockets of the running one,
+with its runtime state, under load, without a failed request; a new binary or config that cannot
+start leaves the running td serving and says why."""
+import http.client
+import os
+import shutil
+import signal
+import socket
+import ssl
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+
+import conftest
+from conftest import ASAN, TD, LoadGen, backend_cfg, free_port, sticky_cookie, wait_for
+
+SLOW = 3 if ASAN else 1
+TIMEOUT = 10 * SLOW
+
+
+def alive(pid):
+    """1 while `pid` runs (a zombie, exited but not yet reaped by its parent, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def read_pid(path):
+    try:
+        with open(path) as f:
+            return int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+@pytest.fixture
+def pid_dir():
+    """A folder for the pid file; every td still running from it is stopped at the end (the
+    processes an upgrade started are not the test's children)."""
+    d = tempfile.mkdtemp(prefix="td-upgrade-")
+    yield d
+    pid = read_pid(os.path.join(d, "td.pid"))
+    if pid and alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not alive(pid), 20 * SLOW, what=f"td {pid} to stop")
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def upgrade(args, timeout=60):
+    return subprocess.run([TD, "upgrade", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def ready(admin_port):
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=TIMEOUT)
+        c.request("GET", "/readyz")
+        return c.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        c.close()
+
+
+def self_signed(d):
+    cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", cert, "-days",
+                    "1", "-subj", "/CN=localhost"], check=True, capture_output=True)
+    return cert, key
+
+
+class Clients:
+    """Load beside LoadGen's keep-alive HTTP threads: one keep-alive HTTPS thread and one thread
+    opening a new connection for every request; each counts answers and failures."""
+
+    def __init__(self, port, tls_port):
+        self.ok = 0
+        self.failures = []
+        self.stop_ev = threading.Event()
+        self.lock = threading.Lock()
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        self.threads = [
+            threading.Thread(target=self._run, args=(lambda: http.client.HTTPSConnection(
+                "127.0.0.1", tls_port, timeout=TIMEOUT, context=ctx), True), daemon=True),
+            threading.Thread(target=self._run, args=(lambda: http.client.HTTPConnection(
+                "127.0.0.1", port, timeout=TIMEOUT), False), daemon=True)]
+        for th in self.threads:
+            th.start()
+
+    def _run(self, connect, keep):
+        conn = None
+        while not self.stop_ev.is_set():
+            try:
+                conn = conn or connect()
+                conn.request("GET", "/")
+                r = conn.getresponse()
+                r.read()
+                with self.lock:
+                    if r.status == 200:
+                        self.ok += 1
+                    else:
+                        self.failures.append(r.status)
+                if r.will_close or not keep:
+                    conn.close()
+                    conn = None
+            except Exception as e:
+                with self.lock:
+                    self.failures.append(repr(e))
+                if conn:
+                    conn.close()
+                conn = None
+        if conn:
+            conn.close()
+
+    def stop(self):
+        self.stop_ev.set()
+        for th in self.threads:
+            th.join(timeout=30)
+
+
+class WebSockets:
+    """`n` WebSockets through td, each echoing a message every 50 ms on its own thread until
+    stop(); counts echoes and failures."""
+
+    def __init__(self, port, n=3):
+        websocket = pytest.importorskip("websocket")
+        self.echoes, self.failures = 0, []
+        self.stop_ev = threading.Event()
+        self.lock = threading.Lock()
+        self.wss = [websocket.create_connection(f"ws://127.0.0.1:{port}/ws", timeout=TIMEOUT)
+                    for _ in range(n)]
+        self.threads = [threading.Thread(target=self._run, args=(ws, i), daemon=True)
+                        for i, ws in enumerate(self.wss)]
+        for th in self.threads:
+            th.start()
+
+    def _run(self, ws, i):
+        k = 0
+        while not self.stop_ev.wait(0.05):
+            msg = f"ws{i}-{k}"
+            k += 1
+            try:
+                ws.send(msg)
+                got = ws.recv()
+                with self.lock:
+                    if got == msg:
+                        self.echoes += 1
+                    else:
+                        self.failures.append(f"{msg} came back as {got!r}")
+            except Exception as e:
+                with self.lock:
+                    self.failures.append(repr(e))
+                return
+
+    def stop(self):
+        self.stop_ev.set()
+        for th in self.threads:
+            th.join(timeout=30)
+        for ws in self.wss:
+            ws.close()
+
+
+def state_of(t):
+    status, s = t.api("GET", "/api/v1/state")
+    assert status == 200, s
+    return s
+
+
+def weights_of(s):
+    return {b["name"]: b["weight"] for b in s["backends"]}
+
+
+def server_health(s, port):
+    for b in s["backends"]:
+        for srv in b["servers"]:
+            if srv["address"] == f"127.0.0.1:{port}":
+                return srv
+    raise AssertionError(f"no server on port {port} in {s}")
+
+
+def wait_takeover(pid_file, old, admin_port):
+    """The new pid in the pid file, once it is not `old` and the admin API says ready."""
+    wait_for(lambda: read_pid(pid_file) not in (0, old) and ready(admin_port), 30 * SLOW,
+             what="the new td to take over")
+    return read_pid(pid_file)
+
+
+def test_td_upgrade_ten_times_under_load_fails_no_request_and_carries_the_runtime_state(
+        backends, td, pid_dir):
+    b = backends(("blue", 1), ("green", 1))
+    dead = free_port()  # nothing listens there: its health checks fail
+    tls_port = free_port()
+    cert, key = self_signed(pid_dir)
+    pid_file = os.path.join(pid_dir, "td.pid")
+    cfg = backend_cfg({"blue": (100, b.ports["blue"]), "green": (0, b.ports["green"])},
+                      method="sticky", pid_file=pid_file,
+                      health_check={"type": "http", "path": "/", "interval_ms": 1000,
+                                    "timeout_ms": 500, "fall": 2, "rise": 3})
+    # red takes no traffic (weight 0, then maint): its dead server is down by health checks
+    # alone, never by passive detection.
+    cfg["backends"].append({"name": "red", "weight": 0,
+                            "servers": [{"address": f"127.0.0.1:{b.ports['blue'][0]}"},
+                                        {"address": f"127.0.0.1:{dead}"}]})
+    cfg["timeouts"]["drain_ms"] = 6000 * SLOW
+    port = free_port()
+    cfg["listeners"] = [{"address": f"127.0.0.1:{port}"},
+                        {"address": f"127.0.0.1:{tls_port}",
+                         "tls": {"certificates": [{"cert": cert, "key": key}]}}]
+    # td's fixture picks its listener's and admin's ports: these, with the TLS listener beside.
+    chosen = iter([port, free_port()])
+    real_free_port = conftest.free_port
+    conftest.free_port = lambda: next(chosen)
+    try:
+        t = td(cfg)
+    finally:
+        conftest.free_port = real_free_port
+    first = t.proc.pid
+    wait_for(lambda: server_health(state_of(t), dead)["health"] == "down", 10 * SLOW,
+             what="the dead server to be down by its health check")
+
+    # Runtime state set through the API: weights, a backend state, an active rollout.
+    t.set_ratio(blue=80, green=20)
+    assert t.api("PUT", "/api/v1/backends/red", {"state": "maint"})[0] == 200
+    status, r = t.api("POST", "/api/v1/rollout",
+                      {"to": "green", "steps": [50, 100], "step_s": 600,
+                       "analysis": {"interval_s": 1, "warmup_s": 0, "min_requests": 20}})
+    assert status == 201, r
+    rollout_id = r["id"]
+    wait_for(lambda: t.api("GET", "/api/v1/rollout")[1]["state"] == "running", 10 * SLOW,
+             what="the rollout to run")
+    before = state_of(t)
+    assert weights_of(before) == {"blue": 50, "green": 50, "red": 0}
+
+    # A sticky cookie issued before the upgrades (for green, the side the key must keep).
+    cookie = None
+    for _ in range(200):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+        c.request("GET", "/")
+        resp = c.getresponse()
+        resp.read()
+        c.close()
+        if resp.headers.get("X-TD-Demo-Backend") == "green":
+            cookie = sticky_cookie(resp.headers)
+            break
+    assert cookie, "no sticky cookie for green"
+
+    load = LoadGen(port, threads=2, duration=120).start()
+    clients = Clients(port, tls_port)
+    wss = WebSockets(port)
+    pids = [first]
+    try:
+        for i in range(10):
+            p = upgrade(["-c", t.config_path])
+            assert p.returncode == 0, p.stdout + p.stderr + t.proc.output()[-3000:]
+            assert "handed over" in p.stdout, p.stdout
+            new = wait_takeover(pid_file, pids[-1], t.admin_port)
+            pids.append(new)
+            if i == 0:
+                # Right after the first upgrade: the verdict came with it, no rise/fall wait.
+                s = state_of(t)
+                assert server_health(s, dead)["health"] == "down", server_health(s, dead)
+            if i == 2:
+                wss.stop()  # they echoed through three upgrades, within the first td's drain_ms
+            time.sleep(1.0)
+    finally:
+        load.stop()
+        clients.stop()
+        wss.stop()
+    assert load.failed == 0 and not load.errors, load.summary()
+    assert load.ok > 0, load.summary()
+    assert not clients.failures and clients.ok > 0, (clients.ok, clients.failures[:5])
+    assert not wss.failures and wss.echoes > 0, (wss.echoes, wss.failures[:5])
+
+    # One td at the end: every old one has drained and exited (the first with status 0).
+    final = pids[-1]
+    assert t.proc.p.wait(timeout=30 * SLOW) == 0
+    wait_for(lambda: not any(alive(p) for p in pids[:-1]), 30 * SLOW,
+             what="the old td processes to exit")
+    assert alive(final)
+
+    s = state_of(t)
+    assert weights_of(s) == {"blue": 50, "green": 50, "red": 0}, s["backends"]
+    assert {b["name"]: b["state"] for b in s["backends"]}["red"] == "maint"
+    assert server_health(s, dead)["health"] == "down"
+    status, r = t.api("GET", "/api/v1/rollout")
+    assert r["id"] == rollout_id and r["state"] == "running" and r["step"] == before["rollout"][
+        "step"], r
+
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+    c.request("GET", "/", headers={"Cookie": f"TDSTICKY={cookie}"})
+    resp = c.getresponse()
+    resp.read()
+    c.close()
+    assert resp.headers.get("X-TD-Demo-Backend") == "green"
+    assert resp.headers.get("Set-Cookie") is None, "the cookie was not honoured: a new one came"
+    out = t.proc.output()
+    assert "AddressSanitizer" not in out and "runtime error" not in out, out[-4000:]
+
+
+def test_sigusr2_upgrades_as_td_upgrade_does(backends, td, pid_dir):
+    b = backends(("blue", 1))
+    pid_file = os.path.join(pid_dir, "td.pid")
+    t = td(backend_cfg({"blue": (100, b.ports["blue"])}, pid_file=pid_file))
+    wait_for(lambda: read_pid(pid_file) == t.proc.pid, 10 * SLOW, what="the pid file")
+    t.set_ratio(blue=100)
+    os.kill(t.proc.pid, signal.SIGUSR2)
+    new = wait_takeover(pid_file, t.proc.pid, t.admin_port)
+    assert t.proc.p.wait(timeout=30 * SLOW) == 0
+    assert alive(new)
+    status, body = conftest.get_once(t.port)[:2]
+    assert status == 200
+    assert "upgrade: the new td (pid %d) accepts on the listening sockets" % new in t.proc.output()
+
+
+def test_a_new_binary_that_exits_at_once_leaves_the_old_td_serving_and_td_upgrade_says_why(
+        backends, td, pid_dir, monkeypatch):
+    b = backends(("blue", 1))
+    binary = os.path.join(pid_dir, "td")
+    shutil.copy(TD, binary)
+    monkeypatch.setattr(conftest, "TD", binary)
+    pid_file = os.path.join(pid_dir, "td.pid")
+    t = td(backend_cfg({"blue": (100, b.ports["blue"])}, pid_file=pid_file))
+    monkeypatch.setattr(conftest, "TD", TD)
+    wait_for(lambda: read_pid(pid_file) == t.proc.pid, 10 * SLOW, what="the pid file")
+    broken = binary + ".new"
+    with open(broken, "w") as f:
+        f.write("#!/bin/sh\nexit 3\n")
+    os.chmod(broken, stat.S_IRWXU)
+    os.replace(broken, binary)  # as a package does: a new file at the same path
+
+    p = upgrade(["--pid-file", pid_file])
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "exited with status 3 before it was ready" in p.stderr, p.stderr
+    assert "keeps serving" in p.stderr, p.stderr
+    assert read_pid(pid_file) == t.proc.pid and t.proc.p.poll() is None
+    assert conftest.get_once(t.port)[0] == 200
+    assert "upgrade failed: the new td (%s" % binary in t.proc.output()
+
+    # The right binary back at the path: the same td upgrades.
+    shutil.copy(TD, broken)
+    os.replace(broken, binary)
+    p = upgrade(["--pid-file", pid_file])
+    assert p.returncode == 0, p.stdout + p.stderr + t.proc.output()[-3000:]
+    wait_takeover(pid_file, t.proc.pid, t.admin_port)
+    assert t.proc.p.wait(timeout=30 * SLOW) == 0
+
+
+def test_a_bad_config_at_upgrade_leaves_the_old_td_serving_and_says_why(backends, td, pid_dir):
+    b = backends(("blue", 1))
+    pid_file = os.path.join(pid_dir, "td.pid")
+    t = td(backend_cfg({"blue": (100, b.ports["blue"])}, pid_file=pid_file))
+    wait_for(lambda: read_pid(pid_file) == t.proc.pid, 10 * SLOW, what="the pid file")
+    with open(t.config_path) as f:
+        good = f.read()
+    with open(t.config_path, "w") as f:
+        f.write(good.replace('"weight": 100', '"weight": "lots"', 1))
+
+    # td upgrade -c reads the file itself first: nothing is done.
+    p = upgrade(["-c", t.config_path])
+    assert p.returncode == 1 and "has errors: nothing done" in p.stderr, p.stderr
+    assert f"{t.config_path}:" in p.stderr, p.stderr
+
+    # Asked by pid file, the running td tries, and the new process's message comes back.
+    p = upgrade(["--pid-file", pid_file])
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "exited with status 1 before it was ready" in p.stderr, p.stderr
+    assert f"{t.config_path}:" in p.stderr and "weight" in p.stderr, p.stderr
+    assert read_pid(pid_file) == t.proc.pid and t.proc.p.poll() is None
+    assert conftest.get_once(t.port)[0] == 200
+    out = t.proc.output()
+    assert "upgrade failed:" in out and f"{t.config_path}:" in out, out[-3000:]
+
+
+def test_sd_notify_hears_the_new_process_mainpid_then_ready(backends, td, pid_dir, monkeypatch):
+    d = tempfile.mkdtemp(prefix="td-notify-")
+    path = os.path.join(d, "notify")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(path)
+    try:
+        b = backends(("blue", 1))
+        pid_file = os.path.join(pid_dir, "td.pid")
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        t = td(backend_cfg({"blue": (100, b.ports["blue"])}, pid_file=pid_file))
+        monkeypatch.delenv("NOTIFY_SOCKET")
+        wait_for(lambda: read_pid(pid_file) == t.proc.pid, 10 * SLOW, what="the pid file")
+        msgs = []
+        s.settimeout(TIMEOUT)
+        while not any("READY=1" in m for m in msgs):
+            msgs.append(s.recv(4096).decode().split("\n"))
+        p = upgrade(["--pid-file", pid_file])
+        assert p.returncode == 0, p.stdout + p.stderr
+        new = read_pid(pid_file)
+        after = []
+        deadline = time.monotonic() + TIMEOUT
+        while not any("READY=1" in m for m in after) and time.monotonic() < deadline:
+            after.append(s.recv(4096).decode().split("\n"))
+        mainpid = [i for i, m in enumerate(after) if f"MAINPID={new}" in m]
+        ready_at = [i for i, m in enumerate(after) if "READY=1" in m]
+        assert mainpid and ready_at and mainpid[0] < ready_at[0], after
+        assert not any("STOPPING=1" in m for m in after), after
+        assert t.proc.p.wait(timeout=30 * SLOW) == 0
+        # Nothing from the old process after the takeover says the service stops.
+        s.settimeout(0.2)
+        try:
+            while True:
+                assert "STOPPING=1" not in s.recv(4096).decode().split("\n")
+        except socket.timeout:
+            pass
+    finally:
+        s.close()
+        shutil.rmtree(d, ignore_errors=True)
