@@ -23,6 +23,7 @@
 #include "td/log.h"
 #include "td/notify.h"
 #include "td/registry.h"
+#include "td/snapshot.h"
 #include "td/sticky.h"
 
 extern char **environ;
@@ -151,7 +152,7 @@ static void hex(const unsigned char *b, size_t n, char *out) {
     out[2 * n] = 0;
 }
 
-json_t *td_upgrade_state_json(const td_config_t *cfg) {
+json_t *td_upgrade_state_json(const td_snapshot_t *snap) {
     json_t *o = json_object(), *servers = json_array();
     if (!o || !servers) {
         json_decref(o);
@@ -163,10 +164,10 @@ json_t *td_upgrade_state_json(const td_config_t *cfg) {
     td_sticky_process_key(&key);
     hex(key.bytes, key.len, keyhex);
     json_object_set_new(o, "sticky_key", json_string(keyhex));
-    for (size_t i = 0; i < cfg->num_backends; i++) {
-        const td_config_backend_t *b = &cfg->backends[i];
+    for (size_t i = 0; snap && i < snap->num_backends; i++) {
+        const td_snap_backend_t *b = &snap->backends[i];
         for (size_t j = 0; j < b->num_servers; j++) {
-            td_server_stats_t *st = td_registry_server(b->name, b->servers[j].address.text);
+            td_server_stats_t *st = b->servers[j].st;
             if (!st)
                 continue;
             int ok_run = 0, fail_run = 0, checked = td_health_runs(st, &ok_run, &fail_run);
@@ -314,7 +315,9 @@ static int hand_over(upgrade_t *u) {
         if (!m || send_json(u->sock, 'A', m, &afd, 1) < 0)
             return TD_EIO;
     }
-    json_t *state = td_upgrade_state_json(cfg);
+    td_snapshot_t *snap = td_router_acquire();
+    json_t *state = td_upgrade_state_json(snap);
+    td_snapshot_release(snap);
     char *text = state ? json_dumps(state, JSON_COMPACT) : NULL;
     json_decref(state);
     if (!text)

@@ -27,6 +27,7 @@
 #include "td/config-t.h"
 #include "td/events.h" /* json_t */
 #include "td/proxy.h"
+#include "td/snapshot-t.h"
 
 /* The environment variable naming the new process's end of the socket pair. */
 #define TD_UPGRADE_ENV "TD_UPGRADE_FD"
@@ -127,11 +128,12 @@ void td_upgrade_fail(const char *why);
  *  "servers": [{"backend", "address", "checked", "health_up", "ok_run", "fail_run",
  *               "up_since_ms", "down_until_ms", "ejected", "ejections",
  *               "consecutive_failures", "recheck"}]}
- * for every server of `cfg` (borrowed), keyed by backend name and address text; the *_ms are
+ * for every server of the snapshot `snap` (borrowed; a host name's servers are its resolved
+ * addresses; NULL: no servers), keyed by backend name and address text; the *_ms are
  * td_now_ms() values (CLOCK_MONOTONIC: the same clock in both processes). Weights, backend states
  * and an active rollout are in the state file, which the new process reads as any start does.
  * Returns a new object (owned by the caller), or NULL when out of memory. */
-json_t *td_upgrade_state_json(const td_config_t *cfg);
+json_t *td_upgrade_state_json(const td_snapshot_t *snap);
 
 /* Applies such an object (borrowed) to the registry and the process sticky key. Returns 0, or
  * TD_EINVAL when it is not one (nothing applied then). */

@@ -417,3 +417,48 @@ def test_sd_notify_hears_the_new_process_mainpid_then_ready(backends, td, pid_di
     finally:
         s.close()
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_upgrade_carries_the_health_verdict_of_a_host_names_address(td, pid_dir):
+    """A server given by host name is its resolved addresses: each address's verdict goes to the
+    new process as a configured address's does."""
+    from test_dns import DNSMASQ, Dns
+    if not os.path.exists(DNSMASQ):
+        pytest.skip("dnsmasq-base not installed")
+    port = free_port()
+    d = Dns({"app.td.test": ["127.0.0.2", "127.0.0.3"]})
+    demo = conftest.Proc([TD, "backend", f"a2=127.0.0.2:{port}"], "backends")
+    try:
+
+        def listening():
+            try:
+                socket.create_connection(("127.0.0.2", port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+        wait_for(listening, 10, what="the demo backend")
+        pid_file = os.path.join(pid_dir, "td.pid")
+        # One check every 5 s and 2 failures to fall: a verdict that did not come with the
+        # upgrade would read "up" (not checked yet) for seconds in the new process.
+        t = td({"resolvers": {"nameservers": [d.nameserver], "timeout_ms": 500},
+                "pid_file": pid_file,
+                "health_check": {"type": "http", "path": "/", "interval_ms": 5000,
+                                 "timeout_ms": 500, "fall": 2, "rise": 3},
+                "backends": [{"name": "blue", "weight": 100,
+                              "servers": [{"address": f"app.td.test:{port}"}]}]})
+        dead = f"127.0.0.3:{port}"  # nothing listens there
+
+        def health_of(s):
+            return {srv["address"]: srv["health"] for b in s["backends"] for srv in b["servers"]}
+
+        wait_for(lambda: health_of(state_of(t)).get(dead) == "down", 20 * SLOW,
+                 what="the name's second address to be down by its health check")
+        wait_for(lambda: read_pid(pid_file) == t.proc.pid, 10 * SLOW, what="the pid file")
+        r = upgrade(["-c", t.config_path])
+        assert r.returncode == 0, r.stderr
+        new = wait_takeover(pid_file, t.proc.pid, t.admin_port)
+        assert alive(new)
+        assert health_of(state_of(t)) == {f"127.0.0.2:{port}": "up", dead: "down"}
+    finally:
+        demo.stop()
+        d.stop()

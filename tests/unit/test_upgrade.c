@@ -11,6 +11,7 @@
 #include "td/config.h"
 #include "td/health.h"
 #include "td/registry.h"
+#include "td/snapshot.h"
 #include "td/sticky.h"
 
 /* An absolute argv[0] is kept as it is (not resolved through links: a package replaces the file
@@ -45,9 +46,12 @@ static const json_t *server_of(const json_t *state, const char *address) {
 static void the_state_goes_out_and_comes_back(void) {
     td_config_t *cfg = td_config_demo();
     T_CHECK(cfg != NULL);
+    char err[256];
+    td_snapshot_t *snap = td_snapshot_build(cfg, 1, err, sizeof(err)); /* owns cfg */
+    T_CHECK(snap != NULL);
     uv_loop_t loop;
     uv_loop_init(&loop);
-    T_EQ_INT(td_health_sync(&loop, cfg), 0);
+    T_EQ_INT(td_health_sync(&loop, snap), 0);
     td_server_stats_t *blue = td_registry_server("blue", "127.0.0.1:9001");
     td_server_stats_t *green = td_registry_server("green", "127.0.0.1:9002");
     int checked = td_health_set_runs(blue, 0, 3);
@@ -56,7 +60,7 @@ static void the_state_goes_out_and_comes_back(void) {
     atomic_store(&green->ejections, 2);
     atomic_store(&green->ejected, 1);
 
-    json_t *state = td_upgrade_state_json(cfg);
+    json_t *state = td_upgrade_state_json(snap);
     T_CHECK(state != NULL);
     td_sticky_key_t key;
     td_sticky_process_key(&key);
@@ -93,7 +97,7 @@ static void the_state_goes_out_and_comes_back(void) {
     td_health_stop();
     uv_run(&loop, UV_RUN_NOWAIT);
     uv_loop_close(&loop);
-    td_config_free(cfg);
+    td_snapshot_release(snap);
 }
 
 int main(void) {
