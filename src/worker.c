@@ -15,6 +15,7 @@
 #include "td/client.h"
 #include "td/exchange.h"
 #include "td/http1.h"
+#include "td/h2_server.h"
 #include "td/listener.h"
 #include "td/log.h"
 #include "td/queue.h"
@@ -264,6 +265,8 @@ static void wake_cb(uv_async_t *a) {
         next = c->next;
         if (c->state == C_HEAD && c->len == 0 && !c->writing)
             td_client_close(c);
+        else if (c->state == C_H2)
+            td_h2_shutdown(c); /* GOAWAY: its streams in flight finish */
     }
     for (pool_t *p = w->pools; p; p = p->next)
         while (p->idle)

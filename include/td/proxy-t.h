@@ -203,7 +203,9 @@ struct worker_s {
     char scratch[CBUF_SIZE + 2048];   /* response/request heads are built here */
 };
 
-enum { C_HEAD, C_EXCHANGE, C_TUNNEL, C_CLOSING };
+/* C_H2: the connection speaks HTTP/2 (td/h2_server.h); each of its streams is a client of its
+ * own, carried by it (td_stream_init_virt). */
+enum { C_HEAD, C_EXCHANGE, C_TUNNEL, C_CLOSING, C_H2 };
 enum { U_CONNECTING, U_BUSY, U_IDLE, U_CLOSING };
 
 struct client_s {
@@ -242,6 +244,9 @@ struct client_s {
      * request starts (or td answers one itself), back to it when the exchange ends; NULL while
      * idle. Opaque to client.c: only exchange.c and exchange_stats.c touch it. */
     td_exchange_t *ex;
+    /* owned: the HTTP/2 session of a C_H2 connection (h2_server.c), else NULL */
+    struct td_h2_conn_s *h2;
+    uint8_t served; /* a request head was taken: no HTTP/2 preface is looked for any more */
 };
 
 struct upstream_s {
