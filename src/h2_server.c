@@ -728,8 +728,10 @@ static void conn_flush(td_h2_conn_t *h) {
         }
         if (!h->out_len)
             break;
+        /* h->out stays as it is until the write completes (send_cb takes nothing meanwhile):
+         * the transport borrows it rather than copying what the socket did not take. */
         td_iov_t iov = td_iov(h->out, h->out_len);
-        int r = td_stream_write(&c->io, &iov, 1, 1, conn_write_cb);
+        int r = td_stream_write(&c->io, &iov, 1, 0, conn_write_cb);
         if (r < 0) {
             td_client_close(c);
             return;
