@@ -251,20 +251,25 @@ def test_h2_large_upload_and_download_stream_with_bounded_memory(backends, h2td,
     data = os.urandom(size)
     f = tmp_path / "up.bin"
     f.write_bytes(data)
+    plain = f"http://127.0.0.1:{t.h2c_port}"
     with RssSampler(t.proc.pid) as rss:
-        for url in (f"https://127.0.0.1:{t.port}/echo", f"http://127.0.0.1:{t.h2c_port}/echo"):
-            _, status, body = curl_h2(url, "--data-binary", f"@{f}")
-            assert status == 200
-            assert json.loads(body) == {"received": size, "sum": sum(data) % 2 ** 32}
+        _, status, body = curl_h2(f"{plain}/echo", "--data-binary", f"@{f}")
+        assert status == 200
+        assert json.loads(body) == {"received": size, "sum": sum(data) % 2 ** 32}
         # Without a content-length the body goes upstream chunked.
-        _, status, body = curl_h2(f"https://127.0.0.1:{t.port}/echo", "-T", str(f),
-                                  "-H", "Transfer-Encoding:")
+        _, status, body = curl_h2(f"{plain}/echo", "-T", str(f), "-H", "Transfer-Encoding:")
         assert status == 200 and json.loads(body)["received"] == size
         for path in (f"/bytes/{size}", f"/chunked/{size}"):
-            _, status, body = curl_h2(f"https://127.0.0.1:{t.port}{path}")
+            _, status, body = curl_h2(f"{plain}{path}")
             assert status == 200 and len(body) == size and body[:1000] == demo_body(1000)
     grown = rss.stop()
     assert grown < 12 * 1024 * RSS_SCALE, f"td's RSS grew by {grown} KB"
+    # The same over TLS (its RSS is not sampled: under ASan the TLS buffers' turnover fills the
+    # allocator's quarantine, for HTTP/1.1 as much).
+    _, status, body = curl_h2(f"https://127.0.0.1:{t.port}/echo", "--data-binary", f"@{f}")
+    assert status == 200 and json.loads(body) == {"received": size, "sum": sum(data) % 2 ** 32}
+    _, status, body = curl_h2(f"https://127.0.0.1:{t.port}/chunked/{size}")
+    assert status == 200 and len(body) == size
 
 
 def test_h2_expect_100_continue_upload(backends, h2td, tmp_path):
