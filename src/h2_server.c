@@ -383,6 +383,7 @@ static int stream_request(td_h2_stream_t *st, int end_stream) {
         return TD_EBADMSG;
     st->req_end = (uint8_t)end_stream;
     st->chunked = !end_stream && !st->has_length;
+    st->head_req = strcmp(st->method, "HEAD") == 0; /* its response has no body */
     char line[HEAD_MAX];
     int n =
         snprintf(line, sizeof(line), "%s %s HTTP/1.1\r\nHost: %s\r\n", st->method, st->path, host);

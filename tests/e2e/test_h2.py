@@ -468,3 +468,60 @@ def test_h2_max_concurrent_streams_is_advertised(backends, h2td):
     assert "SETTINGS_MAX_CONCURRENT_STREAMS(0x03):7]" in out, out
     rc, out, err = nghttp("-v", f"https://127.0.0.1:{t.port}/")
     assert "SETTINGS_MAX_CONCURRENT_STREAMS(0x03):100]" in out.split("recv SETTINGS", 1)[1], out
+
+
+def test_h2_head_request_ends_its_stream_without_a_body(backends, h2td):
+    b = backends(("blue", 1))
+    t = h2td(backend_cfg({"blue": (100, b.ports["blue"])}))
+    out = curl("--http2-prior-knowledge", "-I", "-o", "-", "-w", "%{http_code}",
+               f"http://127.0.0.1:{t.h2c_port}/bytes/5000")
+    assert out.endswith(b"200") and b"content-length: 5000" in out, out
+
+
+def hpack_len(n):
+    """An HPACK string length, 7-bit prefix, no Huffman (RFC 7541 §5.1)."""
+    if n < 127:
+        return bytes([n])
+    out, n = [127], n - 127
+    while n >= 128:
+        out.append(n % 128 + 128)
+        n //= 128
+    return bytes(out + [n])
+
+
+def test_h2_header_list_too_large_gets_431_and_the_connection_goes_on(backends, h2td):
+    b = backends(("blue", 1))
+    t = h2td(backend_cfg({"blue": (100, b.ports["blue"])}))
+    big = b"\x00\x05x-big" + hpack_len(20000) + b"a" * 20000
+    block = request_block("/", big)
+    with socket.create_connection(("127.0.0.1", t.h2c_port), timeout=TIMEOUT) as s:
+        s.sendall(PREFACE + frame(4, 0, 0))
+        # The block in a HEADERS and a CONTINUATION frame (16384 bytes is the frame size limit).
+        s.sendall(frame(1, 1, 1, block[:16000]) + frame(9, 4, 1, block[16000:]))
+        f = read_frames(s, 1)
+        assert f and f[2] == 1 and f[3][:1] != b"\x88", f  # not a 200: td's own 431
+        s.sendall(frame(1, 5, 3, request_block("/bytes/3")))
+        f = read_frames(s, 1)
+        assert f and f[2] == 3 and f[3][:1] == b"\x88", f  # :status 200 (static index 8)
+    assert requests_of(t)["blue"] == 1
+    rc, out, err = nghttp("-v", "-H", "x-big: " + "a" * 20000, f"http://127.0.0.1:{t.h2c_port}/")
+    assert "recv (stream_id=1) :status: 431" in out, out[-3000:]
+
+
+def test_h2_backend_down_gets_502_over_h2(backends, h2td):
+    port = free_port()  # nothing listens there
+    t = h2td(backend_cfg({"blue": (100, [port])}))
+    version, status, _ = curl_h2(f"http://127.0.0.1:{t.h2c_port}/")
+    assert (version, status) == ("2", 502)
+
+
+def test_h2_idle_connection_gets_goaway_after_the_keepalive_timeout(backends, h2td):
+    b = backends(("blue", 1))
+    cfg = backend_cfg({"blue": (100, b.ports["blue"])})
+    cfg["timeouts"]["keepalive_idle_ms"] = 300
+    t = h2td(cfg)
+    with socket.create_connection(("127.0.0.1", t.h2c_port), timeout=TIMEOUT) as s:
+        s.sendall(PREFACE + frame(4, 0, 0))
+        f = read_frames(s, 7)
+        assert f is not None and int.from_bytes(f[3][4:8], "big") == 0, f  # NO_ERROR
+        assert s.recv(100) == b""  # then closed
