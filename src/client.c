@@ -105,7 +105,8 @@ void td_client_close(client_t *c) {
         c->w->clients = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    atomic_fetch_sub(&td_client_open_count, 1);
+    if (!td_stream_is_virt(&c->io)) /* an HTTP/2 stream's client holds no file descriptor */
+        atomic_fetch_sub(&td_client_open_count, 1);
     td_timeout_stop(&c->tmo);
     td_timeout_stop(&c->send_tmo);
     if (c->h2)

@@ -8,7 +8,6 @@
 
 #include <errno.h>
 #include <nghttp2/nghttp2.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -426,8 +425,7 @@ static int stream_request(td_h2_stream_t *st, int end_stream) {
     vc->next = w->clients;
     if (w->clients)
         w->clients->prev = vc;
-    w->clients = vc;
-    atomic_fetch_add(&td_client_open_count, 1);
+    w->clients = vc; /* not in td_client_open_count: it holds no file descriptor */
     vc->listener = c->listener;
     memcpy(vc->ip, c->ip, sizeof(vc->ip));
     vc->port = c->port;

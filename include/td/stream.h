@@ -40,6 +40,11 @@ void td_stream_init(td_stream_t *s, td_stream_loop_t *sl, void *owner);
 void td_stream_init_virt(td_stream_t *s, td_stream_loop_t *sl, void *owner,
                          const td_stream_virt_t *virt, void *data, int tls);
 
+/* 1 for a stream carried by another connection (td_stream_init_virt): it holds no socket. */
+static inline int td_stream_is_virt(const td_stream_t *s) {
+    return s->virt != NULL;
+}
+
 /* 1 when TLS ALPN chose "h2" on this accepted stream. */
 int td_stream_alpn_h2(const td_stream_t *s);
 

@@ -525,3 +525,20 @@ def test_h2_idle_connection_gets_goaway_after_the_keepalive_timeout(backends, h2
         f = read_frames(s, 7)
         assert f is not None and int.from_bytes(f[3][4:8], "big") == 0, f  # NO_ERROR
         assert s.recv(100) == b""  # then closed
+
+
+def test_h2_streams_in_flight_count_as_one_client_connection(backends, h2td):
+    b = backends(("blue", 1))
+    t = h2td(backend_cfg({"blue": (100, b.ports["blue"])}))
+    p = subprocess.Popen(["nghttp", "-n", "-m", "20", f"http://127.0.0.1:{t.h2c_port}/delay/1500"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: sum(x["in_flight"] for x in t.state()["backends"]) == 20, 10,
+                 what="20 streams in flight")
+        assert t.state()["client_connections"] == 1
+        assert p.wait(timeout=TIMEOUT) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    wait_for(lambda: t.state()["client_connections"] == 0, 10, what="no client connection left")
