@@ -414,13 +414,17 @@ def test_h2_connection_specific_request_field_resets_the_stream(backends, h2td):
     t = h2td(backend_cfg({"blue": (100, b.ports["blue"])}))
     with socket.create_connection(("127.0.0.1", t.h2c_port), timeout=TIMEOUT) as s:
         s.sendall(PREFACE + frame(4, 0, 0))
-        s.sendall(frame(1, 5, 1, request_block("/", literal(b"connection", b"keep-alive"))))
-        f = read_frames(s, 3)  # RST_STREAM
-        assert f and f[2] == 1 and int.from_bytes(f[3], "big") == 1, f  # PROTOCOL_ERROR
-        # The connection goes on: the next stream is answered.
-        s.sendall(frame(1, 5, 3, request_block("/bytes/3")))
+        refused = [(b"connection", b"keep-alive"), (b"transfer-encoding", b"chunked"),
+                   (b"upgrade", b"websocket"), (b"te", b"gzip")]
+        for i, (name, value) in enumerate(refused):
+            sid = 1 + 2 * i
+            s.sendall(frame(1, 5, sid, request_block("/", literal(name, value))))
+            f = read_frames(s, 3)  # RST_STREAM
+            assert f and f[2] == sid and int.from_bytes(f[3], "big") == 1, (name, f)  # PROTOCOL_ERROR
+        # The connection goes on: the next stream is answered ("te: trailers" is allowed).
+        s.sendall(frame(1, 5, 101, request_block("/bytes/3", literal(b"te", b"trailers"))))
         f = read_frames(s, 1)
-        assert f and f[2] == 3
+        assert f and f[2] == 101
     assert requests_of(t)["blue"] == 1
 
 
