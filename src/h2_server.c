@@ -84,6 +84,8 @@ int td_h2_preface_check(const char *buf, size_t len) {
 }
 
 static int bytes_add(bytes_t *b, const void *p, size_t n) {
+    if (!n)
+        return 0; /* an empty value (p may be NULL) */
     if (b->off && b->off == b->len)
         b->off = b->len = 0;
     if (b->len + n > b->cap) {

@@ -546,3 +546,16 @@ def test_h2_streams_in_flight_count_as_one_client_connection(backends, h2td):
             p.kill()
             p.wait()
     wait_for(lambda: t.state()["client_connections"] == 0, 10, what="no client connection left")
+
+
+def test_h2_empty_field_values_are_forwarded(backends, h2td):
+    b = backends(("blue", 1))
+    t = h2td(backend_cfg({"blue": (100, b.ports["blue"])}))
+    with socket.create_connection(("127.0.0.1", t.h2c_port), timeout=TIMEOUT) as s:
+        s.sendall(PREFACE + frame(4, 0, 0))
+        s.sendall(frame(1, 5, 1, request_block("/headers", literal(b"cookie", b"") +
+                                               literal(b"x-empty", b""))))
+        f = read_frames(s, 1)
+        assert f and f[2] == 1 and f[3][:1] == b"\x88", f  # :status 200
+        f = read_frames(s, 0)
+        assert f and f[2] == 1 and b"x-empty: \r\n" in f[3], f
