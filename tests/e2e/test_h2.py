@@ -384,10 +384,14 @@ def request_block(path, extra=b""):
     return b"\x82\x86" + literal(b":path", path.encode()) + literal(b":authority", b"a") + extra
 
 
+_unread = {}
+
+
 def read_frames(s, want, limit=10 ** 6):
     """Reads frames until one of type `want` comes (returns it as (type, flags, stream,
-    payload)) or the connection ends (returns None)."""
-    buf = b""
+    payload)) or the connection ends (returns None). Bytes read past that frame are kept for the
+    next call on the same socket."""
+    buf = _unread.pop(s, b"")
     while True:
         while len(buf) >= 9:
             n = int.from_bytes(buf[:3], "big")
@@ -396,6 +400,7 @@ def read_frames(s, want, limit=10 ** 6):
             f = (buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7fffffff, buf[9:9 + n])
             buf = buf[9 + n:]
             if f[0] == want:
+                _unread[s] = buf
                 return f
             limit -= 1
             if limit <= 0:
