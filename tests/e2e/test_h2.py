@@ -564,3 +564,12 @@ def test_h2_empty_field_values_are_forwarded(backends, h2td):
         assert f and f[2] == 1 and f[3][:1] == b"\x88", f  # :status 200
         f = read_frames(s, 0)
         assert f and f[2] == 1 and b"x-empty: \r\n" in f[3], f
+
+
+def test_h2_streams_are_retried_on_another_server_when_one_refuses(backends, h2td):
+    b = backends(("blue", 1))
+    dead = free_port()  # nothing listens there: each connect to it is refused
+    t = h2td(backend_cfg({"blue": (100, [dead, b.ports["blue"][0]])}))
+    rc, out, err = nghttp("-n", "-s", "-m", "10", f"http://127.0.0.1:{t.h2c_port}/")
+    assert rc == 0, err
+    assert out.count(" 200 ") == 10, out
