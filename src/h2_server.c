@@ -34,7 +34,7 @@ typedef struct td_h2_stream_s td_h2_stream_t;
 
 /* A growable byte buffer: bytes [off, len) are waiting. */
 typedef struct bytes_s {
-    char *p;
+    char *p; /* owned; NULL while empty */
     size_t len, off, cap;
 } bytes_t;
 
@@ -54,19 +54,19 @@ struct td_h2_stream_s {
     td_http1_chunked_t chunk;
     uint64_t left; /* content-length bytes still to come */
     uint8_t framing, head_done, resp_done, deferred, head_req;
-    uint8_t want_read;   /* the client reads */
-    uint8_t ng_closed;   /* nghttp2 closed the stream (or the session is gone) */
-    uint8_t close_due;   /* the client's stream was closed: its close callback is due */
-    uint8_t write_ended; /* the pending write's callback is due (done or cancelled) */
-    td_stream_write_cb pending_cb;
+    uint8_t want_read;             /* the client reads */
+    uint8_t ng_closed;             /* nghttp2 closed the stream (or the session is gone) */
+    uint8_t close_due;             /* the client's stream was closed: its close callback is due */
+    uint8_t write_ended;           /* the pending write's callback is due (done or cancelled) */
+    td_stream_write_cb pending_cb; /* the client's write reported pending (1), or NULL */
 };
 
 struct td_h2_conn_s {
-    client_t *c; /* borrowed: the connection; NULL once it closed */
-    worker_t *w; /* borrowed; NULL for the fuzz target */
-    nghttp2_session *ng;
-    uv_idle_t idle;
-    td_h2_stream_t *streams;
+    client_t *c;             /* borrowed: the connection; NULL once it closed */
+    worker_t *w;             /* borrowed; NULL for the fuzz target */
+    nghttp2_session *ng;     /* owned; NULL once the connection closed */
+    uv_idle_t idle;          /* runs the deferred work; the struct is freed in its close callback */
+    td_h2_stream_t *streams; /* owned: the streams not freed yet */
     int nstreams;
     uint8_t idle_on, writing, goaway, fuzz, freeing;
     char *rbuf; /* owned: the socket's bytes are read into it */
