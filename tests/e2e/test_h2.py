@@ -573,3 +573,18 @@ def test_h2_streams_are_retried_on_another_server_when_one_refuses(backends, h2t
     rc, out, err = nghttp("-n", "-s", "-m", "10", f"http://127.0.0.1:{t.h2c_port}/")
     assert rc == 0, err
     assert out.count(" 200 ") == 10, out
+
+
+def test_h2_keys_on_the_wrong_kind_of_listener_are_config_errors(cert, tmp_path):
+    cfg = {"listeners": [{"address": "127.0.0.1:1", "h2c": True,
+                          "tls": {"certificates": [{"cert": cert[0], "key": cert[1]}]}},
+                         {"address": "127.0.0.1:2", "http2": False}],
+           "backends": [{"name": "blue", "weight": 100,
+                         "servers": [{"address": "127.0.0.1:3"}]}]}
+    path = tmp_path / "td.json"
+    path.write_text(json.dumps(cfg, indent=2))
+    r = subprocess.run([TD, "-t", "-c", str(path)], capture_output=True, text=True, timeout=30)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    assert re.search(r"td\.json:\d+:\d+: listeners\[0\]\.h2c: h2c is for plain listeners", out), out
+    assert re.search(r"td\.json:\d+:\d+: listeners\[1\]\.http2: http2 is for TLS listeners", out), out
