@@ -11,7 +11,7 @@ endif
 CFLAGS ?=
 # Libraries found through pkg-config (their Debian -dev packages are in scripts/deps.sh), asked
 # once per make run.
-PKGS = libsystemd libcares
+PKGS = libsystemd libcares libnghttp2
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS))
 PKG_LIBS := $(shell pkg-config --libs $(PKGS))
 # Debian's package build passes _FORTIFY_SOURCE through CPPFLAGS (dpkg-buildflags).

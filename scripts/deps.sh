@@ -9,13 +9,15 @@
 set -e
 root=$(cd "$(dirname "$0")/.." && pwd)
 build="build-essential pkg-config libuv1-dev libjansson-dev libssl-dev libcurl4-openssl-dev"
-# libsystemd for sd_notify, scdoc for the man pages, c-ares for servers named by host name.
-build="$build libsystemd-dev scdoc libc-ares-dev"
+# libsystemd for sd_notify, scdoc for the man pages, c-ares for servers named by host name,
+# libnghttp2 for HTTP/2 from clients.
+build="$build libsystemd-dev scdoc libc-ares-dev libnghttp2-dev"
 deb="$build debhelper fakeroot lintian"
 testing="$build clang clang-format libclang-rt-14-dev libhttp-parser-dev python3 python3-pytest python3-websocket curl openssl nginx-light wrk"
 testing="$testing etcd-server etcd-client"
-# dnsmasq: the DNS server of the host-name tests (tests/e2e/test_dns.py).
-testing="$testing dnsmasq-base"
+# dnsmasq: the DNS server of the host-name tests (tests/e2e/test_dns.py); curl --http2 and
+# nghttp (nghttp2-client) for the HTTP/2 tests.
+testing="$testing dnsmasq-base nghttp2-client"
 # The package test builds the .deb (make deb), installs it (adduser; procps for its unit's
 # /bin/kill, and ps) and checks its unit with systemd-analyze (systemd).
 testing="$testing debhelper fakeroot lintian adduser procps systemd"

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "td/h2_server.h"
 #include "td/http1.h"
 #include "td/log.h"
 #include "td/rewrite.h"
@@ -104,9 +105,12 @@ void td_client_close(client_t *c) {
         c->w->clients = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    atomic_fetch_sub(&td_client_open_count, 1);
+    if (!td_stream_is_virt(&c->io)) /* an HTTP/2 stream's client holds no file descriptor */
+        atomic_fetch_sub(&td_client_open_count, 1);
     td_timeout_stop(&c->tmo);
     td_timeout_stop(&c->send_tmo);
+    if (c->h2)
+        td_h2_closed(c);
     td_stream_close(&c->io, client_free_cb);
 }
 
@@ -352,7 +356,9 @@ void td_client_tunnel_sent(client_t *c) {
 
 /* A client's deadline passed. */
 void td_client_timeout(client_t *c) {
-    if (c->state == C_HEAD) {
+    if (c->state == C_H2) {
+        td_h2_timeout(c);
+    } else if (c->state == C_HEAD) {
         if (c->len > 0) {
             c->keep_alive = 0;
             td_client_error(c, 408, "client too slow to send its request head");
@@ -445,6 +451,7 @@ static int client_parse_head(client_t *c, td_http1_request_t *req) {
     }
     td_timeout_stop(&c->tmo);
     c->state = C_EXCHANGE;
+    c->served = 1;
     c->head_len = c->req_end = (uint32_t)r;
     c->req_body = (uint8_t)req->body;
     c->body_left = req->body == TD_BODY_LENGTH ? req->content_length : 0;
@@ -519,12 +526,31 @@ static void client_read_cb(td_stream_t *s, long nread) {
     client_got(c, (size_t)nread);
 }
 
+/* HTTP/2 on a connection that has not served a request yet: ALPN chose h2, or the listener
+ * takes h2c and the bytes begin with the client preface. Returns 1 when the connection became
+ * HTTP/2 (or was closed), 0 for HTTP/1.1, -1 while the bytes may still be a preface. */
+static int client_h2(client_t *c) {
+    const td_config_t *cfg = c->w->snap ? c->w->snap->config : NULL;
+    const td_config_listener_t *l =
+        cfg && c->listener < cfg->num_listeners ? &cfg->listeners[c->listener] : NULL;
+    int h2 = td_stream_alpn_h2(&c->io);
+    if (!h2 && l && l->h2c && !td_client_is_tls(c))
+        h2 = td_h2_preface_check(c->buf, c->len);
+    if (h2 <= 0)
+        return h2;
+    if (td_h2_start(c, l) < 0)
+        td_client_close(c);
+    return 1;
+}
+
 /* nread new request bytes are at the end of c->buf. */
 static void client_got(client_t *c, size_t nread) {
     c->len += (uint32_t)nread;
     if (c->state == C_HEAD) {
         if (c->len == (uint32_t)nread)
             td_client_timer(c, T_HEADER); /* first byte of a request: the head timeout starts */
+        if (!c->served && client_h2(c) != 0)
+            return;
         client_process(c);
         return;
     }

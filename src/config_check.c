@@ -163,12 +163,28 @@ void td_config_check_ca(td_config_report_t *r, td_config_t *c, void *obj, const 
 
 void td_config_check_listener_tls(td_config_report_t *r, td_config_t *c, void *obj,
                                   const void *first, size_t index, unsigned read) {
-    (void)c, (void)first, (void)index, (void)read;
+    (void)c, (void)first, (void)index;
     const td_config_listener_t *l = obj;
     if (l->tls && l->redirect_https) {
         td_config_report_push_key(r, "redirect_https");
         td_config_report(r, TD_CONFIG_AT_KEY,
                          "a TLS listener cannot redirect to https (it is https)");
+        td_config_report_pop(r);
+    }
+    /* HTTP/2 is chosen by ALPN on TLS ("http2"), by prior knowledge on plain listeners ("h2c"):
+     * each key means nothing on the other kind. Fields 4 and 5 of a listener. */
+    if (l->tls && l->h2c) {
+        td_config_report_push_key(r, "h2c");
+        td_config_report(r, TD_CONFIG_AT_KEY,
+                         "h2c is for plain listeners: a TLS listener offers HTTP/2 by ALPN "
+                         "(\"http2\", on by default)");
+        td_config_report_pop(r);
+    }
+    if (!l->tls && (read & (1u << 4))) {
+        td_config_report_push_key(r, "http2");
+        td_config_report(r, TD_CONFIG_AT_KEY,
+                         "http2 is for TLS listeners (ALPN h2): a plain listener takes HTTP/2 "
+                         "with \"h2c\": true");
         td_config_report_pop(r);
     }
 }

@@ -243,8 +243,12 @@ static const td_config_field_t listener_fields[] = {
     OBJECT("tls", 0, listener_tls_object, offsetof(td_config_listener_t, tls), 0),
     BOOL("redirect_https", td_config_listener_t, redirect_https, 0, TD_CF_CHANGED),
     INT("https_port", td_config_listener_t, https_port, 0, 65535, 0, TD_CF_CHANGED),
+    BOOL("http2", td_config_listener_t, http2, 1, TD_CF_CHANGED),
+    BOOL("h2c", td_config_listener_t, h2c, 0, TD_CF_CHANGED),
+    INT("h2_max_concurrent_streams", td_config_listener_t, h2_max_concurrent_streams, 1, 1000, 100,
+        TD_CF_CHANGED),
 };
-static const unsigned char listener_order[] = {0, 2, 3, 1};
+static const unsigned char listener_order[] = {0, 2, 3, 4, 5, 6, 1};
 static const td_config_object_t listener_object =
     OBJ(listener_fields, listener_order, td_config_check_listener_tls, NULL);
 

@@ -425,7 +425,7 @@ static const char *unreachable(const client_t *c) {
  * a connect error, or a reset/close of an idempotent request or of one none of whose bytes left),
  * else answer 502 (504 for a timeout), or just close when the response had already started. */
 void td_exchange_upstream_fail(upstream_t *u, const char *why, int kind) {
-    client_t *c = u->owner;
+    client_t *c = td_exchange_client_of(u);
     int fresh = !u->reused;
     td_server_stats_t *st = u->st;
     if (c)
@@ -653,7 +653,7 @@ static int pick_and_connect(client_t *c) {
             c->ex->sticky_set = pin;
         td_exchange_count_try(c, b->st, srv->st);
         upstream_t *u;
-        int r = td_upstream_open(w, srv, b->tls, td_client_timeout_ms(c, T_CONNECT), c,
+        int r = td_upstream_open(w, srv, b->tls, td_client_timeout_ms(c, T_CONNECT), c->ex,
                                  &upstream_cbs, &u);
         if (!u) {
             td_client_error(c, 502, "out of memory");
@@ -676,11 +676,8 @@ static int pick_and_connect(client_t *c) {
 /* The upstream is bound to the client (connected, or taken from the pool): the exchange starts
  * on it. */
 static void upstream_ready(upstream_t *u) {
-    client_t *c = u->owner;
-    u->head_done = u->resp_done = u->tunnel = u->dechunk = u->interim = 0;
-    u->body_left = 0;
-    u->status = 0;
-    memset(&u->chunk, 0, sizeof(u->chunk));
+    client_t *c = td_exchange_client_of(u);
+    memset(&c->ex->resp, 0, sizeof(c->ex->resp)); /* a new try: no response yet */
     /* The response timeout runs once the whole request is sent; while the body comes, the
      * client's body timeout applies (a stalled client gets 408, not the backend a 504). */
     if (c->req_done)
@@ -693,18 +690,18 @@ static void upstream_ready(upstream_t *u) {
 
 /* Response bytes came (u->len counts them), or the connection ended. */
 static void upstream_data(upstream_t *u, long nread) {
-    client_t *c = u->owner;
+    client_t *c = td_exchange_client_of(u);
     if (nread < 0) {
-        if (u->tunnel) {
+        if (c->ex->resp.tunnel) {
             if (c->writing) {
                 td_client_close_after_write(c);
                 td_exchange_drop_upstream(c);
             } else {
                 td_client_close(c);
             }
-        } else if (u->head_done && u->resp_body == TD_BODY_UNTIL_CLOSE) {
-            u->resp_done = 1;
-            u->resp_keep_alive = 0;
+        } else if (c->ex->resp.head_done && c->ex->resp.resp_body == TD_BODY_UNTIL_CLOSE) {
+            c->ex->resp.resp_done = 1;
+            c->ex->resp.resp_keep_alive = 0;
             td_client_no_keep_alive(c);
             if (!c->writing && !u->writing)
                 td_exchange_done(u);
@@ -722,7 +719,7 @@ static void upstream_data(upstream_t *u, long nread) {
         return;
     }
     c->ex->resp_started = 1;
-    if (!u->tunnel)
+    if (!c->ex->resp.tunnel)
         td_upstream_timer(u, T_RESPONSE, td_client_timeout_ms(c, T_RESPONSE));
     if (c->writing) {
         td_upstream_read(u, 0);
@@ -734,11 +731,11 @@ static void upstream_data(upstream_t *u, long nread) {
 }
 
 static void upstream_written(upstream_t *u) {
-    td_exchange_request_written(u->owner);
+    td_exchange_request_written(td_exchange_client_of(u));
 }
 
 static void upstream_error(upstream_t *u, const char *why, int kind) {
-    if (kind == F_TIMEOUT && u->state == U_BUSY && u->tunnel)
+    if (kind == F_TIMEOUT && u->state == U_BUSY && u->owner && u->owner->resp.tunnel)
         return; /* a tunnel has no response timeout */
     td_exchange_upstream_fail(u, why, kind);
 }

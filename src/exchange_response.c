@@ -16,8 +16,7 @@ static td_http1_limits_t limits = {8192, CBUF_SIZE, MAX_HDRS};
 
 /* Builds the response head for the client into the scratch area, with the sticky cookie the
  * router asks for. */
-static int build_response_head(upstream_t *u, client_t *c, const td_http1_response_t *resp,
-                               const char *head_end) {
+static int build_response_head(client_t *c, const td_http1_response_t *resp, const char *head_end) {
     char cookie[360];
     size_t cl = 0;
     if (resp->status >= 200 && c->ex->sticky_set >= 0 && c->ex->snap)
@@ -27,7 +26,7 @@ static int build_response_head(upstream_t *u, client_t *c, const td_http1_respon
         .resp = resp,
         .head_end = head_end,
         .set_cookie = cl ? cookie : NULL,
-        .pass_te = !u->dechunk,
+        .pass_te = !c->ex->resp.dechunk,
         .keep_alive = c->keep_alive,
         .minor = c->minor,
     };
@@ -36,11 +35,11 @@ static int build_response_head(upstream_t *u, client_t *c, const td_http1_respon
 
 /* The exchange's response is complete and written: recycle both sides. */
 void td_exchange_done(upstream_t *u) {
-    client_t *c = u->owner;
+    client_t *c = td_exchange_client_of(u);
     worker_t *w = u->w;
-    int reusable = u->resp_keep_alive && c->req_done && c->ex->fwd == c->req_end &&
-                   u->off == u->len && !u->tunnel && !w->stopping;
-    if (u->status >= 500 && c->ex->snap)
+    int reusable = c->ex->resp.resp_keep_alive && c->req_done && c->ex->fwd == c->req_end &&
+                   u->off == u->len && !c->ex->resp.tunnel && !w->stopping;
+    if (c->ex->resp.status >= 500 && c->ex->snap)
         td_passive_failure(c->ex->snap, u->st, td_now_ms());
     else
         td_passive_success(u->st);
@@ -56,12 +55,12 @@ void td_exchange_done(upstream_t *u) {
 
 /* Hands the response bytes in u->buf to the client, honouring its framing. */
 void td_exchange_response_pump(upstream_t *u) {
-    client_t *c = u->owner;
+    client_t *c = td_exchange_client_of(u);
     while (c && !u->writing && !c->writing && u->state == U_BUSY && c->state != C_CLOSING) {
         td_iov_t iov[MAX_SPANS + 1];
         unsigned n = 0;
         int volatile_first = 0;
-        if (u->tunnel) {
+        if (c->ex->resp.tunnel) {
             if (u->off == u->len) {
                 td_upstream_read(u, 1);
                 return;
@@ -69,7 +68,7 @@ void td_exchange_response_pump(upstream_t *u) {
             iov[n++] = td_iov(u->buf + u->off, u->len - u->off);
             u->off = u->len;
         } else {
-            if (!u->head_done) {
+            if (!c->ex->resp.head_done) {
                 if (u->off == u->len) {
                     td_upstream_read(u, 1);
                     return;
@@ -99,67 +98,70 @@ void td_exchange_response_pump(upstream_t *u) {
                     return;
                 }
                 u->off += (uint32_t)r;
-                if (resp.status < 200 && resp.status != 101 && ++u->interim > MAX_INTERIM) {
+                if (resp.status < 200 && resp.status != 101 &&
+                    ++c->ex->resp.interim > MAX_INTERIM) {
                     td_exchange_upstream_fail(u, "too many interim (1xx) responses", F_PROTOCOL);
                     return;
                 }
                 if (resp.status < 200 && resp.status != 101 && c->minor == 0)
                     continue; /* HTTP/1.0 clients get no interim responses */
                 if (resp.status >= 200 || resp.status == 101) {
-                    u->head_done = 1;
-                    u->status = resp.status;
-                    u->resp_body = (uint8_t)resp.body;
-                    u->body_left = resp.content_length;
-                    u->resp_keep_alive = resp.keep_alive;
-                    u->dechunk = resp.body == TD_BODY_CHUNKED && c->minor == 0;
-                    if (resp.body == TD_BODY_UNTIL_CLOSE || u->dechunk || c->w->stopping)
+                    c->ex->resp.head_done = 1;
+                    c->ex->resp.status = resp.status;
+                    c->ex->resp.resp_body = (uint8_t)resp.body;
+                    c->ex->resp.body_left = resp.content_length;
+                    c->ex->resp.resp_keep_alive = resp.keep_alive;
+                    c->ex->resp.dechunk = resp.body == TD_BODY_CHUNKED && c->minor == 0;
+                    if (resp.body == TD_BODY_UNTIL_CLOSE || c->ex->resp.dechunk || c->w->stopping)
                         td_client_no_keep_alive(c);
                     if (!c->req_done)
                         td_client_no_keep_alive(
                             c); /* the rest of the request body cannot be skipped */
                     td_exchange_count_response(c, u, resp.status);
                     if (resp.status == 101)
-                        u->tunnel = 1;
+                        c->ex->resp.tunnel = 1;
                 }
-                int hl = build_response_head(u, c, &resp, u->buf + u->off);
+                int hl = build_response_head(c, &resp, u->buf + u->off);
                 if (hl < 0) {
                     td_exchange_upstream_fail(u, "response head too large", F_PROTOCOL);
                     return;
                 }
-                if (u->head_done)
-                    c->ex->status = u->status;
+                if (c->ex->resp.head_done)
+                    c->ex->status = c->ex->resp.status;
                 iov[n++] = td_iov(c->w->scratch, (unsigned)hl);
                 volatile_first = 1;
             }
-            if (u->head_done && !u->tunnel) {
+            if (c->ex->resp.head_done && !c->ex->resp.tunnel) {
                 uint32_t avail = u->len - u->off;
-                if (u->resp_body == TD_BODY_NONE) {
-                    u->resp_done = 1;
-                } else if (u->resp_body == TD_BODY_LENGTH) {
-                    uint32_t take = avail < u->body_left ? avail : (uint32_t)u->body_left;
+                if (c->ex->resp.resp_body == TD_BODY_NONE) {
+                    c->ex->resp.resp_done = 1;
+                } else if (c->ex->resp.resp_body == TD_BODY_LENGTH) {
+                    uint32_t take =
+                        avail < c->ex->resp.body_left ? avail : (uint32_t)c->ex->resp.body_left;
                     if (take)
                         iov[n++] = td_iov(u->buf + u->off, take);
                     u->off += take;
-                    u->body_left -= take;
-                    u->resp_done = u->body_left == 0;
-                } else if (u->resp_body == TD_BODY_CHUNKED) {
+                    c->ex->resp.body_left -= take;
+                    c->ex->resp.resp_done = c->ex->resp.body_left == 0;
+                } else if (c->ex->resp.resp_body == TD_BODY_CHUNKED) {
                     int done = 0;
                     td_str_t spans[MAX_SPANS];
                     size_t ns = 0;
-                    long used = td_http1_chunked_feed(&u->chunk, u->buf + u->off, avail, &done,
-                                                      u->dechunk ? spans : NULL, MAX_SPANS, &ns);
+                    long used =
+                        td_http1_chunked_feed(&c->ex->resp.chunk, u->buf + u->off, avail, &done,
+                                              c->ex->resp.dechunk ? spans : NULL, MAX_SPANS, &ns);
                     if (used < 0) {
                         td_exchange_upstream_fail(u, "invalid chunked response body", F_PROTOCOL);
                         return;
                     }
-                    if (u->dechunk) {
+                    if (c->ex->resp.dechunk) {
                         for (size_t i = 0; i < ns; i++)
                             iov[n++] = td_iov((char *)spans[i].p, (unsigned)spans[i].len);
                     } else if (used) {
                         iov[n++] = td_iov(u->buf + u->off, (unsigned)used);
                     }
                     u->off += (uint32_t)used;
-                    u->resp_done = (uint8_t)done;
+                    c->ex->resp.resp_done = (uint8_t)done;
                 } else if (avail) { /* until close */
                     iov[n++] = td_iov(u->buf + u->off, avail);
                     u->off += avail;
@@ -169,7 +171,7 @@ void td_exchange_response_pump(upstream_t *u) {
         if (n == 0) {
             if (!td_exchange_response_written(u))
                 return;
-            c = u->owner;
+            c = td_exchange_client_of(u);
             continue;
         }
         for (unsigned i = 0; i < n; i++)
@@ -189,17 +191,17 @@ void td_exchange_response_pump(upstream_t *u) {
         }
         if (!td_exchange_response_written(u))
             return;
-        c = u->owner;
+        c = td_exchange_client_of(u);
     }
 }
 
 /* The bytes handed to the client so far are written. Returns 1 when buffered response bytes
  * are waiting for the pump, 0 when it has nothing to do now (reading resumed, or exchange over). */
 int td_exchange_response_written(upstream_t *u) {
-    client_t *c = u->owner;
+    client_t *c = td_exchange_client_of(u);
     if (u->off == u->len)
         u->off = u->len = 0;
-    if (u->tunnel && c->state == C_EXCHANGE) {
+    if (c->ex->resp.tunnel && c->state == C_EXCHANGE) {
         /* 101 delivered: both directions become a raw byte tunnel. It counts as a tunnel of
          * its backend from now on, no longer as a request in flight. */
         td_client_tunnel(c);
@@ -212,13 +214,13 @@ int td_exchange_response_written(upstream_t *u) {
         else
             td_client_read(c, 1);
     }
-    if (u->resp_done) {
+    if (c->ex->resp.resp_done) {
         td_exchange_done(u);
         return 0;
     }
     /* The response timeout stopped while the client was taking the bytes: it starts again
      * (after an interim response only once the whole request is sent). */
-    if (!u->tunnel && (u->head_done || c->req_done))
+    if (!c->ex->resp.tunnel && (c->ex->resp.head_done || c->req_done))
         td_upstream_timer(u, T_RESPONSE, td_client_timeout_ms(c, T_RESPONSE));
     td_upstream_read(u, 1);
     return u->off < u->len && u->owner && u->state == U_BUSY;

@@ -50,6 +50,20 @@ void td_stream_init(td_stream_t *s, td_stream_loop_t *sl, void *owner) {
     s->tcp.data = s;
 }
 
+void td_stream_init_virt(td_stream_t *s, td_stream_loop_t *sl, void *owner,
+                         const td_stream_virt_t *virt, void *data, int tls) {
+    memset(s, 0, sizeof(*s));
+    s->sl = sl;
+    s->data = owner;
+    s->virt = virt;
+    s->virt_data = data;
+    s->virt_tls = (uint8_t)(tls != 0);
+}
+
+int td_stream_alpn_h2(const td_stream_t *s) {
+    return s->tls && td_tls_alpn_is_h2(s->tls);
+}
+
 int td_stream_open(td_stream_t *s, int fd) {
     int r = uv_tcp_open(&s->tcp, fd);
     if (r < 0)
@@ -149,6 +163,8 @@ static int tls_send(td_stream_t *s, td_stream_write_cb cb) {
 int td_stream_write(td_stream_t *s, td_iov_t *tiov, unsigned n, int volatile_first,
                     td_stream_write_cb cb) {
     uv_buf_t *iov = (uv_buf_t *)tiov;
+    if (s->virt)
+        return s->virt->write(s, tiov, n, cb);
     if (s->tls) {
         for (unsigned i = 0; i < n; i++)
             if (iov[i].len && td_tls_write(s->tls, iov[i].base, iov[i].len) < 0)
@@ -194,6 +210,8 @@ int td_stream_write(td_stream_t *s, td_iov_t *tiov, unsigned n, int volatile_fir
 }
 
 size_t td_stream_write_queued(const td_stream_t *s) {
+    if (s->virt)
+        return s->virt->write_queued(s);
     return uv_stream_get_write_queue_size((const uv_stream_t *)&s->tcp);
 }
 
@@ -373,6 +391,10 @@ void td_stream_read_start(td_stream_t *s, td_stream_alloc_cb alloc, td_stream_re
     if (s->closing || s->reading)
         return;
     s->reading = 1;
+    if (s->virt) {
+        s->virt->read_start(s);
+        return;
+    }
     poll_start(s);
     queue_if_input(s);
 }
@@ -381,6 +403,10 @@ void td_stream_read_stop(td_stream_t *s) {
     if (s->closing || !s->reading)
         return;
     s->reading = 0;
+    if (s->virt) {
+        s->virt->read_stop(s);
+        return;
+    }
     if (!s->handshaking)
         poll_stop(s);
 }
@@ -454,8 +480,12 @@ void td_stream_close(td_stream_t *s, td_stream_close_cb cb) {
         return;
     s->closing = 1;
     s->reading = s->polling = s->handshaking = 0;
-    unqueue(s);
     s->close_cb = cb;
+    if (s->virt) {
+        s->virt->close(s);
+        return;
+    }
+    unqueue(s);
     if (s->tls && s->tls->ssl)
         close_notify(s);
     uv_close((uv_handle_t *)&s->tcp, close_cb);

@@ -175,15 +175,28 @@ struct td_tls_server_s {
     size_t num_certs;
 };
 
+/* ALPN (RFC 7301): "h2" when the listener offers HTTP/2 (`arg` non-NULL) and the client lists
+ * it, else "http/1.1"; a client that offers neither is refused. */
 static int alpn_cb(SSL *s, const unsigned char **out, unsigned char *outlen,
                    const unsigned char *in, unsigned int inlen, void *arg) {
     (void)s;
-    (void)arg;
     static const unsigned char h11[] = "\x08http/1.1";
-    if (SSL_select_next_proto((unsigned char **)out, outlen, h11, sizeof(h11) - 1, in, inlen) !=
+    static const unsigned char both[] = "\x02h2\x08http/1.1";
+    const unsigned char *ours = arg ? both : h11;
+    unsigned ourlen = arg ? sizeof(both) - 1 : sizeof(h11) - 1;
+    if (SSL_select_next_proto((unsigned char **)out, outlen, ours, ourlen, in, inlen) !=
         OPENSSL_NPN_NEGOTIATED)
-        return SSL_TLSEXT_ERR_ALERT_FATAL; /* a client that offers only h2 cannot be served */
+        return SSL_TLSEXT_ERR_ALERT_FATAL; /* a client that offers only protocols we lack */
     return SSL_TLSEXT_ERR_OK;
+}
+
+int td_tls_alpn_is_h2(const td_tls_conn_t *t) {
+    const unsigned char *p = NULL;
+    unsigned len = 0;
+    if (!t->ssl)
+        return 0;
+    SSL_get0_alpn_selected(t->ssl, &p, &len);
+    return len == 2 && p[0] == 'h' && p[1] == '2';
 }
 
 static int name_matches(const char *pattern, const char *host) {
@@ -265,7 +278,7 @@ static SSL_CTX *server_ctx(const td_config_listener_t *l, const td_config_cert_t
         snprintf(err, errlen, "%s: private key does not match the certificate %s", c->key, c->cert);
         goto fail;
     }
-    SSL_CTX_set_alpn_select_cb(ctx, alpn_cb, NULL);
+    SSL_CTX_set_alpn_select_cb(ctx, alpn_cb, l->http2 ? (void *)ctx : NULL);
     SSL_CTX_set_tlsext_servername_callback(ctx, sni_cb);
     SSL_CTX_set_tlsext_servername_arg(ctx, srv);
     SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_cb);

@@ -160,7 +160,7 @@ static void upstream_connect_cb(td_stream_t *s, int status) {
 }
 
 int td_upstream_open(worker_t *w, td_snap_server_t *srv, td_tls_client_t *tls, int connect_ms,
-                     void *owner, const td_upstream_cbs_t *cbs, upstream_t **out) {
+                     td_exchange_t *owner, const td_upstream_cbs_t *cbs, upstream_t **out) {
     *out = NULL;
     pool_t *pool = pool_of(w, srv->st);
     if (!pool)

@@ -16,6 +16,7 @@
 #include "td/client.h"
 #include "td/exchange.h"
 #include "td/http1.h"
+#include "td/h2_server.h"
 #include "td/listener.h"
 #include "td/log.h"
 #include "td/queue.h"
@@ -242,7 +243,8 @@ static void tick_cb(uv_timer_t *timer) {
 #define DRAIN_IDLE_MS 1000
 
 static int client_idle(client_t *c) {
-    if (c->state != C_HEAD || c->len != 0 || c->writing || c->io.queued)
+    /* An HTTP/2 stream's client is its connection's to end (GOAWAY lets it finish). */
+    if (c->state != C_HEAD || c->len != 0 || c->writing || c->io.queued || c->io.virt)
         return 0;
     uv_os_fd_t fd;
     int unread = 0;
@@ -292,8 +294,11 @@ static void wake_cb(uv_async_t *a) {
     uv_close((uv_handle_t *)a, noop_close_cb);
     uv_close((uv_handle_t *)&w->tick, noop_close_cb);
     /* Idle keep-alive clients go once they have stayed idle a while; busy ones close when
-     * their exchange ends. */
+     * their exchange ends; an HTTP/2 connection gets GOAWAY, and its streams in flight finish. */
     close_idle_clients(w, td_now_ms());
+    for (client_t *c = w->clients; c; c = c->next)
+        if (c->state == C_H2)
+            td_h2_shutdown(c);
     for (pool_t *p = w->pools; p; p = p->next)
         while (p->idle)
             td_upstream_close(p->idle);

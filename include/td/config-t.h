@@ -66,6 +66,9 @@ typedef struct td_config_listener_s {
     int min_version;    /* TLS1_2_VERSION (default, "1.2") or TLS1_3_VERSION ("1.3") */
     int redirect_https; /* plain listener: answer every request with a redirect to https */
     int https_port;     /* port written in that redirect; 0 = none (443) */
+    int http2;          /* TLS listener: ALPN offers h2 besides http/1.1 (default 1) */
+    int h2c;            /* plain listener: HTTP/2 with prior knowledge too (default 0) */
+    int h2_max_concurrent_streams; /* SETTINGS_MAX_CONCURRENT_STREAMS, 1..1000; default 100 */
 } td_config_listener_t;
 
 typedef struct td_config_server_s {

@@ -4,6 +4,11 @@
 
 #include "td/proxy-t.h"
 
+/* The client connection the exchange over `u` answers on, or NULL when `u` has no owner. */
+static inline client_t *td_exchange_client_of(const upstream_t *u) {
+    return u->owner ? u->owner->down : NULL;
+}
+
 void td_exchange_end(client_t *c);
 
 /* Detaches and closes the exchange's upstream connection (it cannot be reused). */

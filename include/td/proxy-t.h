@@ -64,8 +64,9 @@ typedef struct td_exchange_s td_exchange_t;
 /* One exchange: a request and its response, from routing to the access log line, over its
  * downstream (the client connection that carried the request; for HTTP/1 the exchange lives in
  * it, one at a time) and one upstream connection at a time. Written only by exchange.c and
- * exchange_stats.c; td_exchange_end releases what it holds. A second protocol on the client
- * side (HTTP/2: many exchanges over one connection) gives each stream one of these. */
+ * exchange_stats.c; td_exchange_end releases what it holds. It owns its upstream connection
+ * (upstream_t.owner) and the response's framing state. HTTP/2 streams (h2_server.c) are clients
+ * of their own, each with one of these. */
 struct td_exchange_s {
     client_t *down;                 /* borrowed: the client connection it answers on */
     upstream_t *up;                 /* borrowed: the upstream of the current try, or NULL */
@@ -101,6 +102,20 @@ struct td_exchange_s {
     uint8_t buffering;    /* the body is read into the client's buffer before routing */
     uint8_t continued;    /* td answered Expect: 100-continue itself: Expect is not forwarded */
     uint8_t continue_out; /* that 100 Continue is the client's pending write */
+    /* The response of the current try as its bytes are framed (exchange_response.c); zeroed
+     * when a try starts on an upstream. */
+    struct {
+        uint64_t body_left;       /* Content-Length bytes still to forward */
+        td_http1_chunked_t chunk; /* the chunked decoder's state */
+        int status;               /* the final (or 101) status; 0 before it */
+        uint8_t head_done;        /* the final (or 101) head went to the client */
+        uint8_t resp_body;        /* its framing: TD_BODY_* */
+        uint8_t resp_keep_alive;  /* the server allows reuse after it */
+        uint8_t resp_done;        /* the whole response was handed to the client */
+        uint8_t dechunk;          /* chunked, de-chunked for an HTTP/1.0 client */
+        uint8_t tunnel;           /* a 101: bytes flow both ways from now on */
+        uint8_t interim;          /* 1xx responses seen in this exchange */
+    } resp;
 };
 
 /* What a client connection reports to the exchange over it, through a table set when it is
@@ -203,7 +218,9 @@ struct worker_s {
     char scratch[CBUF_SIZE + 2048];   /* response/request heads are built here */
 };
 
-enum { C_HEAD, C_EXCHANGE, C_TUNNEL, C_CLOSING };
+/* C_H2: the connection speaks HTTP/2 (td/h2_server.h); each of its streams is a client of its
+ * own, carried by it (td_stream_init_virt). */
+enum { C_HEAD, C_EXCHANGE, C_TUNNEL, C_CLOSING, C_H2 };
 enum { U_CONNECTING, U_BUSY, U_IDLE, U_CLOSING };
 
 struct client_s {
@@ -244,6 +261,9 @@ struct client_s {
     td_exchange_t *ex;
     /* During a stop's drain: td_now_ms() since which it has been idle (worker.c); 0 while not. */
     int64_t idle_seen_ms;
+    /* owned: the HTTP/2 session of a C_H2 connection (h2_server.c), else NULL */
+    struct td_h2_conn_s *h2;
+    uint8_t served; /* a request head was taken: no HTTP/2 preface is looked for any more */
 };
 
 struct upstream_s {
@@ -251,19 +271,14 @@ struct upstream_s {
     worker_t *w;
     pool_t *pool;                 /* borrowed */
     td_server_stats_t *st;        /* borrowed (registry) */
-    void *owner;                  /* borrowed: the exchange's (its client), or NULL */
+    td_exchange_t *owner;         /* borrowed: the exchange over it, or NULL (idle) */
     const td_upstream_cbs_t *cbs; /* borrowed: the owner's callbacks */
     upstream_t *next;             /* pool list */
     char *buf;                    /* owned */
     uint32_t len, off;            /* bytes in buf; bytes consumed */
     uint32_t fwd;                 /* bytes of buf pinned by the pending write to the client */
-    uint64_t body_left;
-    td_http1_chunked_t chunk;
-    int status;
     uint8_t state, reused, writing;
     td_timeout_t tmo; /* the connect / response / pool-idle timeout, when armed */
-    uint8_t head_done, resp_body, resp_keep_alive, resp_done, dechunk, tunnel;
-    uint8_t interim; /* 1xx responses seen in this exchange */
 };
 
 #endif

@@ -52,12 +52,26 @@ struct td_stream_loop_s {
     char cipher[TD_STREAM_CIPHER_SIZE];
 };
 
+/* A stream carried inside another connection (an HTTP/2 stream: td/h2_server.h) instead of a
+ * socket: td_stream_read_start/_stop, _write, _write_queued and _close go to these functions of
+ * the carrier, with the same contracts. `close` must call s->close_cb later, from the loop, not
+ * from within the call. */
+typedef struct td_stream_virt_s {
+    void (*read_start)(td_stream_t *s); /* the owner wants bytes: alloc_cb/read_cb may follow */
+    void (*read_stop)(td_stream_t *s);
+    int (*write)(td_stream_t *s, td_iov_t *iov, unsigned n, td_stream_write_cb cb);
+    size_t (*write_queued)(const td_stream_t *s);
+    void (*close)(td_stream_t *s);
+} td_stream_virt_t;
+
 struct td_stream_s {
-    uv_tcp_t tcp;
-    td_stream_loop_t *sl;        /* borrowed */
-    void *data;                  /* borrowed: the owner, for its callbacks */
-    td_tls_conn_t *tls;          /* owned; NULL for plain TCP */
-    td_stream_alloc_cb alloc_cb; /* of the owner, while reading */
+    uv_tcp_t tcp;                 /* unused by a carried stream */
+    const td_stream_virt_t *virt; /* borrowed (static): the carrier's functions, or NULL */
+    void *virt_data;              /* borrowed: the carrier's state for this stream */
+    td_stream_loop_t *sl;         /* borrowed */
+    void *data;                   /* borrowed: the owner, for its callbacks */
+    td_tls_conn_t *tls;           /* owned; NULL for plain TCP */
+    td_stream_alloc_cb alloc_cb;  /* of the owner, while reading */
     td_stream_read_cb read_cb;
     td_stream_write_cb write_cb;     /* of the pending write */
     td_stream_connect_cb connect_cb; /* while connecting or in the client handshake */
@@ -68,6 +82,7 @@ struct td_stream_s {
     uint8_t queued;
     uint8_t closing;
     uint8_t handshaking; /* client-side TLS handshake in progress */
+    uint8_t virt_tls;    /* a carried stream whose carrier speaks TLS */
 };
 
 #endif

@@ -34,6 +34,20 @@ static inline int64_t td_stream_now(const td_stream_loop_t *sl) {
  * td_stream_owner. Once this returned, the stream must be ended with td_stream_close. */
 void td_stream_init(td_stream_t *s, td_stream_loop_t *sl, void *owner);
 
+/* Makes `s` a stream carried by another connection (td_stream_virt_t): its reads, writes and
+ * close are `virt`'s (borrowed, static), with `data` (borrowed) for it; `tls` says whether the
+ * carrier speaks TLS (td_stream_is_tls). Ended with td_stream_close like any stream. */
+void td_stream_init_virt(td_stream_t *s, td_stream_loop_t *sl, void *owner,
+                         const td_stream_virt_t *virt, void *data, int tls);
+
+/* 1 for a stream carried by another connection (td_stream_init_virt): it holds no socket. */
+static inline int td_stream_is_virt(const td_stream_t *s) {
+    return s->virt != NULL;
+}
+
+/* 1 when TLS ALPN chose "h2" on this accepted stream. */
+int td_stream_alpn_h2(const td_stream_t *s);
+
 static inline void *td_stream_owner(const td_stream_t *s) {
     return s->data;
 }
@@ -79,7 +93,7 @@ void td_stream_peer_addr(td_stream_t *s, char *ip, size_t len, int *port);
 
 /* 1 when the stream speaks TLS. */
 static inline int td_stream_is_tls(const td_stream_t *s) {
-    return s->tls != NULL;
+    return s->tls != NULL || s->virt_tls;
 }
 
 /* Why TLS failed (after TD_STREAM_ETLS), or "". Borrowed from the stream. */

@@ -1,6 +1,6 @@
 /* TLS with OpenSSL 3: server contexts for TLS listeners (several certificates chosen by SNI,
- * ALPN http/1.1, session tickets with rotated keys), client contexts for TLS to backends, and a
- * memory-BIO connection wrapper that lets libuv do the socket I/O. */
+ * ALPN h2 and http/1.1, session tickets with rotated keys), client contexts for TLS to backends,
+ * and a memory-BIO connection wrapper that lets libuv do the socket I/O. */
 #ifndef TD_TLS_H
 #define TD_TLS_H
 
@@ -86,6 +86,10 @@ int td_tls_has_input(const td_tls_conn_t *t);
  * follow one); a connection the peer closed cleanly still gets its answer. Returns 1 when the
  * alert was queued, else 0. */
 int td_tls_shutdown(td_tls_conn_t *t);
+
+/* 1 when ALPN chose "h2" for this (server-side) connection: the listener has "http2" on and the
+ * client offered it. */
+int td_tls_alpn_is_h2(const td_tls_conn_t *t);
 
 /* 1 when the handshake is done (for ssl_hello health checks and for upstreams). */
 int td_tls_established(const td_tls_conn_t *t);

@@ -43,7 +43,7 @@ void td_upstream_pool_put(upstream_t *u);
  * NULL when none could be made, or another negative code when the connect could not start: *out
  * is then a connection the owner must fail (on its own error path) or close. */
 int td_upstream_open(worker_t *w, td_snap_server_t *srv, td_tls_client_t *tls, int connect_ms,
-                     void *owner, const td_upstream_cbs_t *cbs, upstream_t **out);
+                     td_exchange_t *owner, const td_upstream_cbs_t *cbs, upstream_t **out);
 
 /* An upstream's deadline passed (the worker's tick): an idle pooled connection is closed, a
  * connecting one fails with "connect timed out", a busy one with "no response in time" (F_TIMEOUT,

@@ -341,12 +341,13 @@ def test_sni_picks_the_certificate_and_alpn_is_http11(pki, backends, tls_td):
         assert "ALPN protocol: http/1.1" in out, (name, out[-2000:])
         assert "Verify return code: 0 (ok)" in out, (name, out[-2000:])
 
-    # A client offering h2 first still gets http/1.1; one that offers only h2 is refused
-    # (no_application_protocol), and td goes on serving.
+    # A client offering h2 first gets h2 (the listener's "http2" is on by default); one that
+    # offers only protocols td lacks is refused (no_application_protocol), and td goes on
+    # serving.
     rc, out = s_client(pki, t.port, "a.test", ["-alpn", "h2,http/1.1"])
-    assert "ALPN protocol: http/1.1" in out, out[-2000:]
-    rc, out = s_client(pki, t.port, "a.test", ["-alpn", "h2"])
-    assert protocol_of(out) is None and "ALPN protocol: h2" not in out, out[-2000:]
+    assert "ALPN protocol: h2" in out, out[-2000:]
+    rc, out = s_client(pki, t.port, "a.test", ["-alpn", "spdy/3.1"])
+    assert protocol_of(out) is None, out[-2000:]
     assert re.search(r"no application protocol|alert number 120", out), out[-2000:]
 
     # End to end with curl (which checks the name against the certificate): each name reaches

@@ -1,0 +1,934 @@
+/* HTTP/2 from clients: the glue between a libnghttp2 server session and td's client connections
+ * (see td/h2_server.h). One td_h2_conn_t per connection, one td_h2_stream_t per stream, each
+ * with a client_t carried by the connection (a virtual stream: td_stream_init_virt) that
+ * exchange.c serves as it serves an HTTP/1.1 connection. Work that must not run inside the
+ * caller's stack (handing request bytes to a stream's client, completing its pending write,
+ * its close callback, sending the session's frames) runs from the connection's idle handle. */
+#include "td/h2_server.h"
+
+#include <errno.h>
+#include <nghttp2/nghttp2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "td/client.h"
+#include "td/exchange.h"
+#include "td/http1.h"
+#include "td/log.h"
+#include "td/rewrite.h"
+#include "td/stream.h"
+#include "td/timeout.h"
+
+/* A stream's response bytes (DATA payload) held for the client: above HIGH its client's write
+ * stays pending (the exchange stops reading its upstream) until the client's window took them
+ * down to LOW. */
+#define RESP_HIGH (64 * 1024)
+#define RESP_LOW (16 * 1024)
+/* The request head a stream's client parses must fit its buffer, with room for the request
+ * line and what td adds. */
+#define HEAD_MAX (CBUF_SIZE - 512)
+#define OUT_CAP (64 * 1024) /* frames gathered into one write to the socket */
+
+typedef struct td_h2_stream_s td_h2_stream_t;
+
+/* A growable byte buffer: bytes [off, len) are waiting. */
+typedef struct bytes_s {
+    char *p; /* owned; NULL while empty */
+    size_t len, off, cap;
+} bytes_t;
+
+struct td_h2_stream_s {
+    td_h2_conn_t *h; /* borrowed */
+    int32_t id;
+    td_h2_stream_t *prev, *next; /* in h->streams */
+    client_t *vc; /* owned: the stream's client, NULL before it is made / once freed */
+    /* The request, as HTTP/1.1 bytes for the client: the head, then the body. */
+    bytes_t in;
+    bytes_t cookie;                         /* the cookie fields, joined with "; " */
+    char *method, *path, *authority, *host; /* owned: the pseudo-header fields, and host */
+    size_t unconsumed;                      /* DATA bytes in `in` not given back to the window */
+    uint8_t has_length, chunked, req_end, too_large;
+    /* The response: HTTP/1.1 bytes from the client not framed yet, and the DATA payload. */
+    bytes_t raw, body;
+    td_http1_chunked_t chunk;
+    uint64_t left; /* content-length bytes still to come */
+    uint8_t framing, head_done, resp_done, deferred, head_req;
+    uint8_t want_read;             /* the client reads */
+    uint8_t ng_closed;             /* nghttp2 closed the stream (or the session is gone) */
+    uint8_t close_due;             /* the client's stream was closed: its close callback is due */
+    uint8_t write_ended;           /* the pending write's callback is due (done or cancelled) */
+    td_stream_write_cb pending_cb; /* the client's write reported pending (1), or NULL */
+};
+
+struct td_h2_conn_s {
+    client_t *c;             /* borrowed: the connection; NULL once it closed */
+    worker_t *w;             /* borrowed; NULL for the fuzz target */
+    nghttp2_session *ng;     /* owned; NULL once the connection closed */
+    uv_idle_t idle;          /* runs the deferred work; the struct is freed in its close callback */
+    td_h2_stream_t *streams; /* owned: the streams not freed yet */
+    int nstreams;
+    uint8_t idle_on, writing, goaway, fuzz, freeing;
+    char *rbuf; /* owned: the socket's bytes are read into it */
+    char *out;  /* owned: frames gathered for one write */
+    size_t out_len;
+};
+
+static const td_http1_limits_t limits = {8192, CBUF_SIZE, MAX_HDRS};
+
+int td_h2_preface_check(const char *buf, size_t len) {
+    size_t n = len < TD_H2_PREFACE_LEN ? len : TD_H2_PREFACE_LEN;
+    if (memcmp(buf, TD_H2_PREFACE, n) != 0)
+        return 0;
+    return n == TD_H2_PREFACE_LEN ? 1 : -1;
+}
+
+static int bytes_add(bytes_t *b, const void *p, size_t n) {
+    if (!n)
+        return 0; /* an empty value (p may be NULL) */
+    if (b->off && b->off == b->len)
+        b->off = b->len = 0;
+    if (b->len + n > b->cap) {
+        if (b->off) {
+            memmove(b->p, b->p + b->off, b->len - b->off);
+            b->len -= b->off;
+            b->off = 0;
+        }
+        if (b->len + n > b->cap) {
+            size_t cap = b->cap ? b->cap : 1024;
+            while (cap < b->len + n)
+                cap *= 2;
+            char *np = realloc(b->p, cap);
+            if (!np)
+                return TD_ENOMEM;
+            b->p = np;
+            b->cap = cap;
+        }
+    }
+    memcpy(b->p + b->len, p, n);
+    b->len += n;
+    return 0;
+}
+
+static size_t bytes_left(const bytes_t *b) {
+    return b->len - b->off;
+}
+
+static void bytes_free(bytes_t *b) {
+    free(b->p);
+    memset(b, 0, sizeof(*b));
+}
+
+static void conn_kick(td_h2_conn_t *h);
+static void conn_flush(td_h2_conn_t *h);
+
+/* ---------------------------------------------------------------------------------------------
+ * Streams */
+
+static void stream_free(td_h2_stream_t *st) {
+    td_h2_conn_t *h = st->h;
+    if (st->prev)
+        st->prev->next = st->next;
+    else
+        h->streams = st->next;
+    if (st->next)
+        st->next->prev = st->prev;
+    h->nstreams--;
+    bytes_free(&st->in);
+    bytes_free(&st->cookie);
+    bytes_free(&st->raw);
+    bytes_free(&st->body);
+    free(st->method);
+    free(st->path);
+    free(st->authority);
+    free(st->host);
+    free(st);
+    /* A connection with no stream left waits for the next one for the keep-alive timeout. */
+    if (!h->nstreams && h->c && !h->fuzz)
+        td_client_timer(h->c, T_KEEPALIVE);
+}
+
+/* Gives DATA bytes back to the client's window (the stream's and the connection's). */
+static void stream_consume(td_h2_stream_t *st, size_t n) {
+    if (!n || !st->h->ng)
+        return;
+    nghttp2_session_consume_connection(st->h->ng, n);
+    if (!st->ng_closed)
+        nghttp2_session_consume_stream(st->h->ng, st->id, n);
+}
+
+static void stream_reset(td_h2_stream_t *st, uint32_t code) {
+    if (!st->ng_closed && st->h->ng)
+        nghttp2_submit_rst_stream(st->h->ng, NGHTTP2_FLAG_NONE, st->id, code);
+    conn_kick(st->h);
+}
+
+static ssize_t data_read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t length,
+                            uint32_t *flags, nghttp2_data_source *src, void *ud) {
+    (void)ng;
+    (void)id;
+    (void)ud;
+    td_h2_stream_t *st = src->ptr;
+    size_t avail = bytes_left(&st->body);
+    if (!avail && !st->resp_done) {
+        st->deferred = 1;
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    size_t n = avail < length ? avail : length;
+    memcpy(buf, st->body.p + st->body.off, n);
+    st->body.off += n;
+    if (st->body.off == st->body.len)
+        st->body.off = st->body.len = 0;
+    if (st->resp_done && !bytes_left(&st->body))
+        *flags |= NGHTTP2_DATA_FLAG_EOF;
+    if (st->pending_cb && bytes_left(&st->body) < RESP_LOW) {
+        st->write_ended = 1; /* the client may write again: from the loop, not from here */
+        conn_kick(st->h);
+    }
+    return (ssize_t)n;
+}
+
+/* The data source is waiting for bytes that came (or for the end): it reads again. */
+static void stream_resume(td_h2_stream_t *st) {
+    if (st->deferred && !st->ng_closed && st->h->ng) {
+        st->deferred = 0;
+        nghttp2_session_resume_data(st->h->ng, st->id);
+    }
+    conn_kick(st->h);
+}
+
+/* Fields of an HTTP/1.1 response that HTTP/2 has no place for (RFC 9113 §8.2.2). */
+static int connection_specific(const td_str_t n) {
+    return td_http1_name_is(n, "connection") || td_http1_name_is(n, "keep-alive") ||
+           td_http1_name_is(n, "proxy-connection") || td_http1_name_is(n, "transfer-encoding") ||
+           td_http1_name_is(n, "upgrade") || td_http1_name_is(n, "te");
+}
+
+/* Parses the response head at the start of st->raw and submits it as HEADERS. Returns 1 when
+ * a head was taken (interim or final), 0 when more bytes are needed, or a negative code for a
+ * response td cannot frame. */
+static int response_head(td_h2_stream_t *st) {
+    td_http1_header_t hdrs[MAX_HDRS];
+    td_http1_response_t resp;
+    const char *p = st->raw.p + st->raw.off;
+    size_t len = bytes_left(&st->raw);
+    int r = td_http1_parse_response(p, len, st->head_req, &limits, &resp, hdrs, MAX_HDRS);
+    if (r == TD_EAGAIN)
+        return 0;
+    if (r < 0 || resp.status == 101)
+        return TD_EBADMSG;
+    nghttp2_nv nv[MAX_HDRS + 1];
+    char status[4] = {(char)('0' + resp.status / 100 % 10), (char)('0' + resp.status / 10 % 10),
+                      (char)('0' + resp.status % 10), 0};
+    nv[0] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)status, 7, 3, NGHTTP2_NV_FLAG_NONE};
+    size_t n = 1;
+    /* The names lower-cased into one area (HTTP/2 requires it); nghttp2 copies them. */
+    char names[CBUF_SIZE];
+    size_t used = 0;
+    for (size_t i = 0; i < resp.num_headers; i++) {
+        td_str_t name = resp.headers[i].name;
+        if (connection_specific(name) || used + name.len > sizeof(names))
+            continue;
+        for (size_t k = 0; k < name.len; k++) {
+            char ch = name.p[k];
+            names[used + k] = ch >= 'A' && ch <= 'Z' ? (char)(ch + 32) : ch;
+        }
+        nv[n++] = (nghttp2_nv){(uint8_t *)names + used, (uint8_t *)resp.headers[i].value.p,
+                               name.len, resp.headers[i].value.len, NGHTTP2_NV_FLAG_NONE};
+        used += name.len;
+    }
+    st->raw.off += (size_t)r;
+    nghttp2_session *ng = st->h->ng;
+    if (resp.status < 200) { /* interim (100 Continue, 103): a HEADERS of its own */
+        if (ng && !st->ng_closed)
+            nghttp2_submit_headers(ng, NGHTTP2_FLAG_NONE, st->id, NULL, nv, n, NULL);
+        return 1;
+    }
+    st->head_done = 1;
+    st->framing = (uint8_t)resp.body;
+    st->left = resp.content_length;
+    if (resp.body == TD_BODY_NONE || (resp.body == TD_BODY_LENGTH && resp.content_length == 0))
+        st->resp_done = 1;
+    if (!ng || st->ng_closed)
+        return 1;
+    nghttp2_data_provider dp = {.source.ptr = st, .read_callback = data_read_cb};
+    int rv = nghttp2_submit_response(ng, st->id, nv, n, st->resp_done ? NULL : &dp);
+    return rv < 0 ? TD_EBADMSG : 1;
+}
+
+/* Frames what the stream's client wrote: the head(s), then the body into st->body. Returns 0
+ * or a negative code (the stream is reset). */
+static int response_feed(td_h2_stream_t *st) {
+    while (!st->head_done && bytes_left(&st->raw)) {
+        int r = response_head(st);
+        if (r < 0)
+            return r;
+        if (r == 0)
+            return bytes_left(&st->raw) > CBUF_SIZE ? TD_EBADMSG : 0;
+    }
+    if (!st->head_done)
+        return 0;
+    size_t avail = bytes_left(&st->raw);
+    const char *p = st->raw.p + st->raw.off;
+    if (st->resp_done) {
+        st->raw.off = st->raw.len = 0; /* nothing may follow (a HEAD's body is not sent) */
+        return 0;
+    }
+    if (st->framing == TD_BODY_LENGTH) {
+        size_t take = avail < st->left ? avail : (size_t)st->left;
+        if (take && bytes_add(&st->body, p, take) < 0)
+            return TD_ENOMEM;
+        st->left -= take;
+        st->resp_done = st->left == 0;
+        st->raw.off = st->raw.len = 0;
+    } else if (st->framing == TD_BODY_CHUNKED) {
+        while (avail && !st->resp_done) {
+            int done = 0;
+            td_str_t spans[MAX_SPANS];
+            size_t ns = 0;
+            long used = td_http1_chunked_feed(&st->chunk, p, avail, &done, spans, MAX_SPANS, &ns);
+            if (used < 0)
+                return TD_EBADMSG;
+            for (size_t i = 0; i < ns; i++)
+                if (bytes_add(&st->body, spans[i].p, spans[i].len) < 0)
+                    return TD_ENOMEM;
+            st->raw.off += (size_t)used;
+            p += used;
+            avail -= (size_t)used;
+            st->resp_done = (uint8_t)done;
+            if (!used && !ns)
+                break;
+        }
+        if (st->resp_done)
+            st->raw.off = st->raw.len = 0;
+    } else if (avail) { /* until close: ends when the stream's client closes */
+        if (bytes_add(&st->body, p, avail) < 0)
+            return TD_ENOMEM;
+        st->raw.off = st->raw.len = 0;
+    }
+    return 0;
+}
+
+/* The stream's client (its virtual stream) */
+
+static void virt_read_start(td_stream_t *s) {
+    td_h2_stream_t *st = s->virt_data;
+    st->want_read = 1;
+    if (bytes_left(&st->in))
+        conn_kick(st->h);
+}
+
+static void virt_read_stop(td_stream_t *s) {
+    td_h2_stream_t *st = s->virt_data;
+    st->want_read = 0;
+}
+
+static int virt_write(td_stream_t *s, td_iov_t *iov, unsigned n, td_stream_write_cb cb) {
+    td_h2_stream_t *st = s->virt_data;
+    if (st->ng_closed || !st->h->ng)
+        return -EPIPE; /* the client reset the stream, or the connection is gone */
+    for (unsigned i = 0; i < n; i++)
+        if (iov[i].len && bytes_add(&st->raw, iov[i].base, iov[i].len) < 0)
+            return -ENOMEM;
+    if (response_feed(st) < 0) {
+        stream_reset(st, NGHTTP2_INTERNAL_ERROR);
+        return -EPROTO;
+    }
+    stream_resume(st);
+    if (bytes_left(&st->body) > RESP_HIGH && cb) {
+        st->pending_cb = cb; /* backpressure: the exchange stops reading its upstream */
+        return 1;
+    }
+    return 0;
+}
+
+static size_t virt_write_queued(const td_stream_t *s) {
+    const td_h2_stream_t *st = s->virt_data;
+    return bytes_left(&st->body) + bytes_left(&st->raw);
+}
+
+static void virt_close(td_stream_t *s) {
+    td_h2_stream_t *st = s->virt_data;
+    st->want_read = 0;
+    if (st->pending_cb)
+        st->write_ended = 1;
+    /* DATA the client will no longer read goes back to the window all the same. */
+    stream_consume(st, st->unconsumed);
+    st->unconsumed = 0;
+    if (!st->ng_closed && st->h->ng) {
+        if (st->head_done && !st->resp_done && st->framing == TD_BODY_UNTIL_CLOSE) {
+            st->resp_done = 1; /* the body that lasted until close is whole */
+            stream_resume(st);
+        } else if (!st->head_done || !st->resp_done) {
+            stream_reset(st, NGHTTP2_INTERNAL_ERROR); /* the response broke off */
+        }
+    }
+    st->close_due = 1;
+    conn_kick(st->h);
+}
+
+static const td_stream_virt_t virt_ops = {
+    .read_start = virt_read_start,
+    .read_stop = virt_read_stop,
+    .write = virt_write,
+    .write_queued = virt_write_queued,
+    .close = virt_close,
+};
+
+/* The request head is whole: it becomes HTTP/1.1 bytes in st->in and the stream's client is
+ * made to read them. Returns 0 or a negative code (the stream is reset). */
+static int stream_request(td_h2_stream_t *st, int end_stream) {
+    td_h2_conn_t *h = st->h;
+    const char *host = st->authority ? st->authority : st->host;
+    if (!st->method || !st->path || !host)
+        return TD_EBADMSG;
+    st->req_end = (uint8_t)end_stream;
+    st->chunked = !end_stream && !st->has_length;
+    st->head_req = strcmp(st->method, "HEAD") == 0; /* its response has no body */
+    char line[HEAD_MAX];
+    int n =
+        snprintf(line, sizeof(line), "%s %s HTTP/1.1\r\nHost: %s\r\n", st->method, st->path, host);
+    if (n < 0 || (size_t)n >= sizeof(line) || st->too_large)
+        return TD_EHDRTOOLARGE;
+    bytes_t head = st->in; /* the regular fields, gathered by on_header */
+    memset(&st->in, 0, sizeof(st->in));
+    int bad = bytes_add(&st->in, line, (size_t)n) < 0 ||
+              (head.len && bytes_add(&st->in, head.p, head.len) < 0);
+    bytes_free(&head);
+    if (!bad && st->cookie.len)
+        bad = bytes_add(&st->in, "Cookie: ", 8) < 0 ||
+              bytes_add(&st->in, st->cookie.p, st->cookie.len) < 0 ||
+              bytes_add(&st->in, "\r\n", 2) < 0;
+    if (!bad && st->chunked)
+        bad = bytes_add(&st->in, "Transfer-Encoding: chunked\r\n", 28) < 0;
+    /* One request per stream: the client closes once it is answered. */
+    if (!bad)
+        bad = bytes_add(&st->in, "Connection: close\r\n\r\n", 21) < 0;
+    if (bad)
+        return TD_ENOMEM;
+    if (st->in.len > HEAD_MAX)
+        return TD_EHDRTOOLARGE;
+    if (h->fuzz) {
+        /* No exchange behind it: a canned response exercises the response framing. */
+        static const char canned[] = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                                     "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                                     "2\r\nok\r\n0\r\n\r\n";
+        if (bytes_add(&st->raw, canned, sizeof(canned) - 1) < 0 || response_feed(st) < 0)
+            return TD_ENOMEM;
+        return 0;
+    }
+    worker_t *w = h->w;
+    client_t *c = h->c, *vc = calloc(1, sizeof(*vc));
+    if (!vc)
+        return TD_ENOMEM;
+    vc->w = w;
+    vc->cbs = &td_exchange_client_cbs;
+    td_stream_init_virt(&vc->io, &w->sl, vc, &virt_ops, st, td_client_is_tls(c));
+    vc->next = w->clients;
+    if (w->clients)
+        w->clients->prev = vc;
+    w->clients = vc; /* not in td_client_open_count: it holds no file descriptor */
+    vc->listener = c->listener;
+    memcpy(vc->ip, c->ip, sizeof(vc->ip));
+    vc->port = c->port;
+    vc->served = 1;
+    st->vc = vc;
+    td_client_timer(vc, T_HEADER);
+    td_client_read(vc, 1);
+    return 0;
+}
+
+/* Answers a stream td refuses before it has a client (a head too large for one): a small
+ * response of td's own. */
+static void stream_refuse(td_h2_stream_t *st, int status) {
+    char body[64];
+    int bl = snprintf(body, sizeof(body), "%d %s\n", status, td_http_reason(status));
+    char resp[256];
+    int n = snprintf(resp, sizeof(resp),
+                     "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s",
+                     status, td_http_reason(status), bl, body);
+    if (bytes_add(&st->raw, resp, (size_t)n) < 0 || response_feed(st) < 0)
+        stream_reset(st, NGHTTP2_INTERNAL_ERROR);
+    st->req_end = 1;
+    stream_resume(st);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Session callbacks */
+
+static ssize_t send_cb(nghttp2_session *ng, const uint8_t *data, size_t length, int flags,
+                       void *ud) {
+    (void)ng;
+    (void)flags;
+    td_h2_conn_t *h = ud;
+    if (h->fuzz)
+        return (ssize_t)length;
+    if (h->writing || h->out_len + length > OUT_CAP)
+        return NGHTTP2_ERR_WOULDBLOCK;
+    memcpy(h->out + h->out_len, data, length);
+    h->out_len += length;
+    return (ssize_t)length;
+}
+
+static int begin_headers_cb(nghttp2_session *ng, const nghttp2_frame *f, void *ud) {
+    td_h2_conn_t *h = ud;
+    if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0;
+    td_h2_stream_t *st = calloc(1, sizeof(*st));
+    if (!st)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    st->h = h;
+    st->id = f->hd.stream_id;
+    st->next = h->streams;
+    if (h->streams)
+        h->streams->prev = st;
+    h->streams = st;
+    if (!h->nstreams++ && h->c)
+        td_client_timer_stop(h->c); /* busy: no idle timeout */
+    nghttp2_session_set_stream_user_data(ng, st->id, st);
+    return 0;
+}
+
+static char *dup_value(const uint8_t *v, size_t len) {
+    char *p = malloc(len + 1);
+    if (p) {
+        memcpy(p, v, len);
+        p[len] = 0;
+    }
+    return p;
+}
+
+static int header_cb(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t *name,
+                     size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
+                     void *ud) {
+    (void)flags;
+    (void)ud;
+    if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0; /* trailers are not passed on to an HTTP/1.1 request */
+    td_h2_stream_t *st = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
+    if (!st)
+        return 0;
+    /* The head the client will parse must fit its buffer: a larger one is answered 431. */
+    if (st->in.len + st->cookie.len + namelen + valuelen + 4 > HEAD_MAX) {
+        st->too_large = 1;
+        return 0;
+    }
+    char **pseudo = NULL;
+    if (namelen && name[0] == ':') {
+        if (namelen == 7 && memcmp(name, ":method", 7) == 0)
+            pseudo = &st->method;
+        else if (namelen == 5 && memcmp(name, ":path", 5) == 0)
+            pseudo = &st->path;
+        else if (namelen == 10 && memcmp(name, ":authority", 10) == 0)
+            pseudo = &st->authority;
+        else
+            return 0; /* :scheme: the listener says it */
+    } else if (namelen == 4 && memcmp(name, "host", 4) == 0) {
+        pseudo = &st->host;
+    }
+    if (pseudo) {
+        free(*pseudo);
+        return (*pseudo = dup_value(value, valuelen)) ? 0 : NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    int bad = 0;
+    if (namelen == 6 && memcmp(name, "cookie", 6) == 0) {
+        /* Cookie crumbs (RFC 9113 §8.2.3) become one field, as HTTP/1.1 has it. */
+        if (st->cookie.len)
+            bad = bytes_add(&st->cookie, "; ", 2) < 0;
+        bad = bad || bytes_add(&st->cookie, value, valuelen) < 0;
+    } else {
+        if (namelen == 14 && memcmp(name, "content-length", 14) == 0)
+            st->has_length = 1;
+        bad = bytes_add(&st->in, name, namelen) < 0 || bytes_add(&st->in, ": ", 2) < 0 ||
+              bytes_add(&st->in, value, valuelen) < 0 || bytes_add(&st->in, "\r\n", 2) < 0;
+    }
+    return bad ? NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE : 0;
+}
+
+static void request_end(td_h2_stream_t *st) {
+    if (st->req_end)
+        return;
+    st->req_end = 1;
+    if (st->chunked && bytes_add(&st->in, "0\r\n\r\n", 5) < 0) {
+        stream_reset(st, NGHTTP2_INTERNAL_ERROR);
+        return;
+    }
+    if (st->want_read)
+        conn_kick(st->h);
+}
+
+static int frame_recv_cb(nghttp2_session *ng, const nghttp2_frame *f, void *ud) {
+    (void)ud;
+    td_h2_stream_t *st =
+        f->hd.stream_id ? nghttp2_session_get_stream_user_data(ng, f->hd.stream_id) : NULL;
+    if (!st)
+        return 0;
+    int end = (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+    if (f->hd.type == NGHTTP2_HEADERS && f->headers.cat == NGHTTP2_HCAT_REQUEST) {
+        int r = stream_request(st, end);
+        if (r == TD_EHDRTOOLARGE)
+            stream_refuse(st, 431);
+        else if (r < 0)
+            stream_reset(st, r == TD_EBADMSG ? NGHTTP2_PROTOCOL_ERROR : NGHTTP2_INTERNAL_ERROR);
+        return 0;
+    }
+    if ((f->hd.type == NGHTTP2_DATA || f->hd.type == NGHTTP2_HEADERS) && end)
+        request_end(st);
+    return 0;
+}
+
+static int data_chunk_cb(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t *data,
+                         size_t len, void *ud) {
+    (void)flags;
+    (void)ud;
+    td_h2_stream_t *st = nghttp2_session_get_stream_user_data(ng, id);
+    if (!st || !st->vc || st->close_due || st->req_end) {
+        /* No one reads it: straight back to the window. */
+        nghttp2_session_consume(ng, id, len);
+        return 0;
+    }
+    int bad = 0;
+    if (st->chunked) {
+        char size[24];
+        int n = snprintf(size, sizeof(size), "%zx\r\n", len);
+        bad = bytes_add(&st->in, size, (size_t)n) < 0 || bytes_add(&st->in, data, len) < 0 ||
+              bytes_add(&st->in, "\r\n", 2) < 0;
+    } else {
+        bad = bytes_add(&st->in, data, len) < 0;
+    }
+    if (bad) {
+        nghttp2_session_consume(ng, id, len);
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    st->unconsumed += len;
+    if (st->want_read)
+        conn_kick(st->h);
+    return 0;
+}
+
+static int stream_close_cb(nghttp2_session *ng, int32_t id, uint32_t code, void *ud) {
+    (void)ud;
+    td_h2_stream_t *st = nghttp2_session_get_stream_user_data(ng, id);
+    if (!st)
+        return 0;
+    nghttp2_session_set_stream_user_data(ng, id, NULL);
+    st->ng_closed = 1;
+    if (st->vc) {
+        /* Reset by the client (or the session failed): its exchange is over (499). A response
+         * sent whole leaves the client to end its exchange itself (its last write completes). */
+        if (!st->close_due && !(st->resp_done && code == NGHTTP2_NO_ERROR))
+            td_client_close(st->vc);
+        return 0; /* freed with its client, from the loop */
+    }
+    stream_free(st);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The connection */
+
+static void conn_free_cb(uv_handle_t *hd) {
+    td_h2_conn_t *h = hd->data;
+    free(h->rbuf);
+    free(h->out);
+    free(h);
+}
+
+/* Runs what waits for the loop: completed writes and close callbacks of the streams' clients,
+ * request bytes they read; then the frames go out. */
+static void idle_cb(uv_idle_t *hd) {
+    td_h2_conn_t *h = hd->data;
+    uv_idle_stop(&h->idle);
+    h->idle_on = 0;
+    for (td_h2_stream_t *st = h->streams, *next; st; st = next) {
+        next = st->next;
+        client_t *vc = st->vc;
+        if (vc && st->write_ended && st->pending_cb) {
+            td_stream_write_cb cb = st->pending_cb;
+            st->pending_cb = NULL;
+            st->write_ended = 0;
+            cb(&vc->io, st->close_due ? -ECANCELED : 0);
+        }
+        /* Request bytes to the client, as much as its buffer takes. */
+        for (int rounds = 0;
+             vc && !st->close_due && st->want_read && bytes_left(&st->in) && rounds < 8; rounds++) {
+            char *buf = NULL;
+            size_t cap = 0;
+            vc->io.alloc_cb(&vc->io, &buf, &cap);
+            if (!cap) {
+                vc->io.read_cb(&vc->io, -ENOBUFS);
+                break;
+            }
+            size_t n = bytes_left(&st->in) < cap ? bytes_left(&st->in) : cap;
+            memcpy(buf, st->in.p + st->in.off, n);
+            st->in.off += n;
+            size_t give = n < st->unconsumed ? n : st->unconsumed;
+            st->unconsumed -= give;
+            stream_consume(st, give);
+            vc->io.read_cb(&vc->io, (long)n);
+        }
+        if (vc && st->close_due) {
+            if (st->pending_cb) {
+                td_stream_write_cb cb = st->pending_cb;
+                st->pending_cb = NULL;
+                cb(&vc->io, -ECANCELED);
+            }
+            st->vc = NULL;
+            vc->io.close_cb(&vc->io); /* frees the client */
+            if (st->ng_closed)
+                stream_free(st);
+        }
+    }
+    if (h->c)
+        conn_flush(h);
+    else if (!h->nstreams && !h->freeing) {
+        h->freeing = 1;
+        uv_close((uv_handle_t *)&h->idle, conn_free_cb);
+    }
+}
+
+static void conn_kick(td_h2_conn_t *h) {
+    if (h->idle_on || h->fuzz || h->freeing)
+        return;
+    h->idle_on = 1;
+    uv_idle_start(&h->idle, idle_cb);
+}
+
+static void conn_read_cb(td_stream_t *s, long nread);
+
+static void conn_write_cb(td_stream_t *s, int status) {
+    client_t *c = td_stream_owner(s);
+    c->writing = 0;
+    td_timeout_stop(&c->send_tmo);
+    td_h2_conn_t *h = c->h2;
+    if (!h || c->state == C_CLOSING)
+        return;
+    h->writing = 0;
+    if (status < 0) {
+        td_client_close(c);
+        return;
+    }
+    conn_flush(h);
+}
+
+static void conn_alloc_cb(td_stream_t *s, char **buf, size_t *cap) {
+    client_t *c = td_stream_owner(s);
+    *buf = c->h2->rbuf;
+    *cap = CBUF_SIZE;
+}
+
+/* The session's frames to the socket, one write at a time; then whether the connection is
+ * done (both sides said GOAWAY or the session failed, or td stops and no stream is left). */
+static void conn_flush(td_h2_conn_t *h) {
+    client_t *c = h->c;
+    while (c && !h->writing) {
+        h->out_len = 0;
+        if (nghttp2_session_send(h->ng) < 0) {
+            td_client_close(c);
+            return;
+        }
+        if (!h->out_len)
+            break;
+        /* h->out stays as it is until the write completes (send_cb takes nothing meanwhile):
+         * the transport borrows it rather than copying what the socket did not take. */
+        td_iov_t iov = td_iov(h->out, h->out_len);
+        int r = td_stream_write(&c->io, &iov, 1, 0, conn_write_cb);
+        if (r < 0) {
+            td_client_close(c);
+            return;
+        }
+        if (r == 1) {
+            /* The client does not take its bytes: no more of its frames are read meanwhile, and
+             * the send timeout measures it. */
+            h->writing = 1;
+            td_client_send_wait(c);
+            td_stream_read_stop(&c->io);
+            return;
+        }
+    }
+    if (!c)
+        return;
+    if ((!nghttp2_session_want_read(h->ng) && !nghttp2_session_want_write(h->ng)) ||
+        (h->goaway && !h->nstreams)) {
+        td_client_close(c);
+        return;
+    }
+    td_stream_read_start(&c->io, conn_alloc_cb, conn_read_cb);
+}
+
+static int conn_feed(td_h2_conn_t *h, const char *buf, size_t len) {
+    ssize_t r = nghttp2_session_mem_recv(h->ng, (const uint8_t *)buf, len);
+    return r < 0 ? (int)r : 0;
+}
+
+static void conn_read_cb(td_stream_t *s, long nread) {
+    client_t *c = td_stream_owner(s);
+    td_h2_conn_t *h = c->h2;
+    if (nread < 0) {
+        td_client_close(c);
+        return;
+    }
+    if (conn_feed(h, h->rbuf, (size_t)nread) < 0) {
+        conn_flush(h); /* a GOAWAY the session queued (a flood, a protocol error) goes first */
+        if (h->c)
+            td_client_close(c);
+        return;
+    }
+    conn_flush(h);
+}
+
+/* The callbacks are the same for every session: made once, shared by the workers. */
+static nghttp2_session_callbacks *session_cbs;
+static uv_once_t cbs_once = UV_ONCE_INIT;
+
+static void cbs_make(void) {
+    nghttp2_session_callbacks *cbs;
+    if (nghttp2_session_callbacks_new(&cbs) != 0)
+        return;
+    nghttp2_session_callbacks_set_send_callback(cbs, send_cb);
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, begin_headers_cb);
+    nghttp2_session_callbacks_set_on_header_callback(cbs, header_cb);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, frame_recv_cb);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, data_chunk_cb);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cbs, stream_close_cb);
+    session_cbs = cbs;
+}
+
+static nghttp2_session_callbacks *callbacks(void) {
+    uv_once(&cbs_once, cbs_make);
+    return session_cbs;
+}
+
+/* A server session with td's limits: `streams` concurrent streams at most, the head limit of
+ * HTTP/1.1 as the header list limit, the library's guards against floods, and the request
+ * bodies' window given back by td (nghttp2_session_consume). */
+static int session_new(td_h2_conn_t *h, int streams) {
+    nghttp2_session_callbacks *cbs = callbacks();
+    nghttp2_option *opt;
+    if (!cbs || nghttp2_option_new(&opt) != 0)
+        return TD_ENOMEM;
+    nghttp2_option_set_no_auto_window_update(opt, 1);
+    nghttp2_option_set_max_settings(opt, 32);
+    nghttp2_option_set_max_outbound_ack(opt, 1000);
+    /* Rapid reset (CVE-2023-44487): more than 1000 streams reset by the client in a burst,
+     * refilled at 33 a second, is answered with GOAWAY. */
+    nghttp2_option_set_stream_reset_rate_limit(opt, 1000, 33);
+    nghttp2_option_set_max_continuations(opt, 8);
+    int r = nghttp2_session_server_new2(&h->ng, cbs, h, opt);
+    nghttp2_option_del(opt);
+    if (r != 0)
+        return TD_ENOMEM;
+    nghttp2_settings_entry iv[] = {
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, (uint32_t)streams},
+        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, HEAD_MAX},
+    };
+    if (nghttp2_submit_settings(h->ng, NGHTTP2_FLAG_NONE, iv, sizeof(iv) / sizeof(iv[0])) != 0)
+        return TD_ENOMEM;
+    return 0;
+}
+
+int td_h2_start(client_t *c, const td_config_listener_t *l) {
+    td_h2_conn_t *h = calloc(1, sizeof(*h));
+    if (!h)
+        return TD_ENOMEM;
+    h->rbuf = malloc(CBUF_SIZE);
+    h->out = malloc(OUT_CAP);
+    int streams = l && l->h2_max_concurrent_streams ? l->h2_max_concurrent_streams : 100;
+    if (!h->rbuf || !h->out || session_new(h, streams) < 0) {
+        if (h->ng)
+            nghttp2_session_del(h->ng);
+        free(h->rbuf);
+        free(h->out);
+        free(h);
+        return TD_ENOMEM;
+    }
+    h->c = c;
+    h->w = c->w;
+    uv_idle_init(&c->w->loop, &h->idle);
+    h->idle.data = h;
+    c->h2 = h;
+    c->state = C_H2;
+    c->served = 1;
+    td_client_timer(c, T_KEEPALIVE);
+    /* What the client sent so far (the preface, maybe frames) was read into c->buf. */
+    int r = c->len ? conn_feed(h, c->buf, c->len) : 0;
+    c->len = 0;
+    if (r < 0) {
+        td_client_close(c);
+        return 0;
+    }
+    conn_flush(h);
+    return 0;
+}
+
+void td_h2_closed(client_t *c) {
+    td_h2_conn_t *h = c->h2;
+    if (!h)
+        return;
+    c->h2 = NULL;
+    h->c = NULL;
+    for (td_h2_stream_t *st = h->streams; st; st = st->next) {
+        st->ng_closed = 1; /* the session goes now: nothing may reach it */
+        if (st->vc && !st->close_due)
+            td_client_close(st->vc);
+    }
+    nghttp2_session_del(h->ng);
+    h->ng = NULL;
+    for (td_h2_stream_t *st = h->streams, *next; st; st = next) {
+        next = st->next;
+        if (!st->vc)
+            stream_free(st);
+    }
+    if (!h->nstreams) {
+        h->freeing = 1;
+        uv_close((uv_handle_t *)&h->idle, conn_free_cb);
+    } else {
+        conn_kick(h);
+    }
+}
+
+void td_h2_shutdown(client_t *c) {
+    td_h2_conn_t *h = c->h2;
+    if (!h || h->goaway)
+        return;
+    h->goaway = 1;
+    nghttp2_submit_goaway(h->ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h->ng),
+                          NGHTTP2_NO_ERROR, NULL, 0);
+    conn_kick(h);
+}
+
+void td_h2_timeout(client_t *c) {
+    td_h2_conn_t *h = c->h2;
+    if (!h)
+        return;
+    if (h->nstreams) /* busy after all */
+        return;
+    td_h2_shutdown(c);
+}
+
+td_h2_conn_t *td_h2_fuzz_new(void) {
+    td_h2_conn_t *h = calloc(1, sizeof(*h));
+    if (!h)
+        return NULL;
+    h->fuzz = 1;
+    if (session_new(h, 100) < 0) {
+        free(h);
+        return NULL;
+    }
+    return h;
+}
+
+int td_h2_fuzz_feed(td_h2_conn_t *h, const uint8_t *buf, size_t len) {
+    ssize_t r = nghttp2_session_mem_recv(h->ng, buf, len);
+    if (r < 0)
+        return (int)r;
+    return nghttp2_session_send(h->ng);
+}
+
+void td_h2_fuzz_free(td_h2_conn_t *h) {
+    nghttp2_session_del(h->ng);
+    h->ng = NULL;
+    while (h->streams)
+        stream_free(h->streams);
+    free(h);
+}
