@@ -35,6 +35,12 @@ METRICS = [
     ("flip_effect_ms_p50", "Ratio change to effect, median of the changes", "ms", "low", 2),
     ("flip_effect_ms_max", "Ratio change to effect, slowest change", "ms", "low", 2),
     ("flip_failed", "Failed requests during the ratio changes (wrk, 50 conns)", "requests", "low", 0),
+    ("upgrade_takeover_ms_p50", "td upgrade under load: to the new process accepting, median of 10",
+     "ms", "low", 1),
+    ("upgrade_takeover_ms_max", "td upgrade under load: to the new process accepting, slowest", "ms",
+     "low", 1),
+    ("upgrade_failed", "Failed requests during 10 upgrades (keep-alive and new connections)",
+     "requests", "low", 0),
     ("cluster3_effect_ms_p50", "Cluster of 3 nodes: change on one node to effect on all, median",
      "ms", "low", 2),
     ("cluster3_effect_ms_max", "Cluster of 3 nodes: change on one node to effect on all, slowest",
@@ -46,7 +52,7 @@ METRICS = [
 ]
 LABEL = {m[0]: m for m in METRICS}
 FAIL_KEYS = ["failed_c50", "failed_c1", "failed_1m", "failed_tls_c50", "failed_tls_new",
-             "failed_h2", "idle_failed", "flip_timeouts", "flip_stragglers", "cluster3_timeouts",
+             "failed_h2", "upgrade_failed", "idle_failed", "flip_timeouts", "flip_stragglers", "cluster3_timeouts",
              "cluster10_timeouts"]
 
 
@@ -279,7 +285,13 @@ def write_md(data, info, md, svg):
       "the first node, flipping between blue=100/green=0 and blue=0/green=100, while a probe per "
       "other node sends requests back to back through its listener. Time to effect: from just "
       "before the change until the slowest node's probe first got the newly weighted backend. "
-      "Targets: median under 50 ms, slowest under 1 s.\n")
+      "Targets: median under 50 ms, slowest under 1 s.")
+    w("- Upgrade (td only; nginx's SIGUSR2 and HAProxy's `-x` need a master process to compare "
+      "under the same load): `bench/upgrade.py` starts its own demo backends and td on free ports "
+      "and runs `td upgrade` 10 times, 2 s apart, while one wrk holds 50 keep-alive connections "
+      "and another sends `Connection: close` on 10 (a new connection per request). Takeover: "
+      "from `td upgrade` until it exits with the new process accepting. Failed requests: both "
+      "wrk runs' non-2xx responses and socket errors.\n")
 
     w("## Notes from this run\n")
     notes = []
@@ -300,6 +312,7 @@ def write_md(data, info, md, svg):
                         "flip_stragglers": "responses from the old backend after a change took effect",
                         "cluster3_timeouts": "cluster changes not seen on all 3 nodes within 5 s",
                         "cluster10_timeouts": "cluster changes not seen on all 10 nodes within 5 s",
+                        "upgrade_failed": "failed requests during the 10 upgrades",
                         }[fk]
                 per = ", ".join(f"{int(vals[r])}" for r in sorted(vals))
                 kinds = ""
@@ -311,7 +324,7 @@ def write_md(data, info, md, svg):
                         for kind, v in k.items() if v)
                 notes.append(f"- {name}: {what}: {int(total)} in all rounds ({per}{kinds}).")
         missing = [m for m, *_ in METRICS if median(data, key, m) is None
-                   and (key == "td" or not m.startswith("cluster"))]  # cluster rows: td only
+                   and (key == "td" or not m.startswith(("cluster", "upgrade")))]  # td only
         if missing:
             notes.append(f"- {name}: no result for {', '.join(missing)} (see bench/out/logs/).")
     for key, name in PROXIES:

@@ -331,6 +331,19 @@ measure_cluster() {
   done
 }
 
+# td only: `td upgrade` 10 times under keep-alive and new-connection load (bench/upgrade.py starts
+# its own backends and td on free ports): failed requests, time to take over.
+measure_upgrade() {
+  local j
+  j=$($PY "$BENCH/upgrade.py" --td "$TD_BIN" --upgrades 10 2> "$OUT/logs/r$ROUND-upgrade.err") || true
+  echo "$j" > "$OUT/logs/r$ROUND-upgrade.json"
+  case $j in *takeover_ms_p50*) ;; *) log "upgrade run failed: $(tail -n 3 "$OUT/logs/r$ROUND-upgrade.err")"; return 0 ;; esac
+  record upgrade_failed "$(jget "$j" failed)"
+  record upgrade_requests "$(jget "$j" requests)"
+  record upgrade_takeover_ms_p50 "$(jget "$j" takeover_ms_p50)"
+  record upgrade_takeover_ms_max "$(jget "$j" takeover_ms_max)"
+}
+
 # ---------------------------------------------------------------- the run
 
 preflight() {
@@ -407,6 +420,7 @@ main() {
       step stop; "stop_$P"
     done
     P=td; step cluster; measure_cluster
+    step upgrade; measure_upgrade
   done
   echo "load_end=$(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/machine.txt"
   [ -f "$OUT/tls.txt" ] && sort -u "$OUT/tls.txt" >> "$OUT/machine.txt"

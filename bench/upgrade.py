@@ -60,6 +60,16 @@ def alive(pid):
         return False
 
 
+def runs_config(pid, cfg_path):
+    """1 when process `pid` is a td running on the config file cfg_path."""
+    try:
+        with open(f"/proc/{pid}/cmdline") as f:
+            argv = f.read().split("\0")
+    except OSError:
+        return False
+    return "-c" in argv and cfg_path in argv and "upgrade" not in argv
+
+
 def wrk_summary(out):
     for line in reversed(out.splitlines()):
         if line.startswith("{"):
@@ -138,8 +148,7 @@ def main():
                                                       "timeout"))
         last = read_pid(pid_file)
         at_end = sum(1 for p in os.listdir("/proc") if p.isdigit() and alive(int(p))
-                     and os.path.realpath(f"/proc/{p}/exe").startswith(td_bin)
-                     and "-c" in open(f"/proc/{p}/cmdline").read().split("\0"))
+                     and runs_config(int(p), cfg_path))
         print(json.dumps({"upgrades": args.upgrades, "requests": requests, "failed": failed,
                           "takeover_ms_p50": round(statistics.median(takeover), 1),
                           "takeover_ms_max": round(max(takeover), 1),
