@@ -59,7 +59,9 @@ struct resolver_s {
     td_config_resolvers_t conf; /* as the channel was made */
     int has_conf;
     td_resolver_change_fn *on_change;
-    int changed; /* an answer changed during this turn */
+    td_resolver_change_fn *on_first; /* td_resolver_on_first_answer */
+    int changed;                     /* an answer changed during this turn */
+    int first;                       /* a name had its first answer (or failure) this turn */
 };
 
 static resolver_t running;
@@ -246,10 +248,14 @@ static size_t answer_addrs(const struct ares_addrinfo *ai, unsigned short port, 
 
 static void notify_cb(uv_timer_t *t) {
     resolver_t *r = t->data;
-    if (!r->changed || !r->on_change)
-        return;
-    r->changed = 0;
-    r->on_change();
+    int changed = r->changed, first = r->first;
+    r->changed = r->first = 0;
+    /* The change first: the snapshot it publishes may already be the one a config change waits
+     * for. */
+    if (changed && r->on_change)
+        r->on_change();
+    if (first && r->on_first)
+        r->on_first();
 }
 
 static void answer_cb(void *arg, int status, int timeouts, struct ares_addrinfo *ai) {
@@ -269,6 +275,8 @@ static void answer_cb(void *arg, int status, int timeouts, struct ares_addrinfo 
         return;
     }
     int64_t now = td_now_ms();
+    if (!e->checked_at_ms)
+        r->first = 1;
     e->checked_at_ms = td_wall_ms();
     td_addr_t got[TD_RESOLVER_MAX_ADDRS];
     int ttl = -1;
@@ -315,7 +323,7 @@ static void answer_cb(void *arg, int status, int timeouts, struct ares_addrinfo 
             again = ttl * 1000 < MIN_AGAIN_MS ? MIN_AGAIN_MS : ttl * 1000;
     }
     e->due_ms = now + again;
-    if (r->changed && r->on_change && r == &running)
+    if (((r->changed && r->on_change) || (r->first && r->on_first)) && r == &running)
         uv_timer_start(&r->notify, notify_cb, 0, 0);
 }
 
@@ -475,6 +483,30 @@ int td_resolver_sync(uv_loop_t *loop, const td_config_t *cfg, td_resolver_change
     return 0;
 }
 
+uint64_t td_resolver_bound_ms(const td_config_t *cfg) {
+    const td_config_resolvers_t *rs = cfg->has_resolvers ? &cfg->resolvers : NULL;
+    return (uint64_t)(rs ? rs->timeout_ms : 2000) * (uint64_t)(rs ? rs->attempts : 2) *
+               (uint64_t)(rs && rs->num_nameservers ? rs->num_nameservers : 3) +
+           1000;
+}
+
+void td_resolver_on_first_answer(td_resolver_change_fn *fn) {
+    running.on_first = fn;
+}
+
+size_t td_resolver_unanswered(const td_config_t *cfg) {
+    size_t n = 0;
+    if (!running_on)
+        return 0;
+    for (size_t i = 0; i < cfg->num_backends; i++)
+        for (size_t j = 0; j < cfg->backends[i].num_servers; j++) {
+            const td_addr_t *a = &cfg->backends[i].servers[j].address;
+            entry_t *e = td_addr_is_name(a) ? find(&running, a->text) : NULL;
+            n += e && !e->checked_at_ms;
+        }
+    return n;
+}
+
 static void stop_cb(uv_timer_t *t) {
     uv_stop(t->loop);
 }
@@ -509,11 +541,7 @@ int td_resolver_resolve_all(const td_config_t *cfg, int keep,
         for (entry_t *e = tmp.entries; e; e = e->next)
             ask(&tmp, e);
         /* c-ares ends every query within its timeouts; the limit is a guard over them. */
-        const td_config_resolvers_t *rs = cfg->has_resolvers ? &cfg->resolvers : NULL;
-        uint64_t bound = (uint64_t)(rs ? rs->timeout_ms : 2000) *
-                             (uint64_t)(rs ? rs->attempts : 2) *
-                             (uint64_t)(rs && rs->num_nameservers ? rs->num_nameservers : 3) +
-                         1000;
+        uint64_t bound = td_resolver_bound_ms(cfg);
         uv_timer_init(&loop, &limit);
         uv_timer_start(&limit, stop_cb, bound, 0);
         for (;;) {

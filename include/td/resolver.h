@@ -63,6 +63,19 @@ size_t td_resolver_addrs(const char *name, td_addr_t *out, size_t max);
  */
 int td_resolver_info(const char *name, td_resolver_info_t *out);
 
+/* Sets the function called (on the loop's turn after the answer) when a name followed by the
+ * running resolver has its first answer or first failure: what a config change waiting for its
+ * new names (td_resolver_unanswered) listens to. NULL: none. */
+void td_resolver_on_first_answer(td_resolver_change_fn *fn);
+
+/* How many servers of `cfg` name a host that the running resolver follows and has neither had
+ * an answer for nor a failure of yet (0 when the resolver is not running). */
+size_t td_resolver_unanswered(const td_config_t *cfg);
+
+/* The longest a lookup with cfg's resolvers can take (ms): timeout x attempts x name servers
+ * (3 for /etc/resolv.conf's), plus a second. */
+uint64_t td_resolver_bound_ms(const td_config_t *cfg);
+
 /* Stops the resolver (its handles close on the loop's next turn) and forgets every name. */
 void td_resolver_stop(void);
 

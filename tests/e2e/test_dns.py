@@ -479,3 +479,32 @@ def test_new_nameservers_in_a_config_change_answer_at_once(dns, demo, td):
     status, res = t.api("PUT", "/api/v1/config", dict(body, resolvers={"nameservers": ["x:53"]}))
     assert status == 400 and "nameservers[0]" in res["error"], res
     assert set(served_by(t.port, 5)) == {"a3"}
+
+
+def test_reload_to_a_new_host_name_serves_without_a_failed_request(dns, demo, td):
+    port = free_port()
+    d = dns({"multi.td.test": ["127.0.0.2", "127.0.0.3"], "hc.td.test": ["127.0.0.4"]})
+    demo(f"a2=127.0.0.2:{port}", f"a3=127.0.0.3:{port}", f"a4=127.0.0.4:{port}")
+    t = td(dns_cfg(d, [("blue", 100, [{"address": f"multi.td.test:{port}"}])]))
+    assert set(served_by(t.port, 10)) == {"a2", "a3"}
+    load = LoadGen(t.port, threads=4, duration=60)
+    load.start()
+    try:
+        # Name -> other name -> IP -> name, by SIGHUP and by PUT /api/v1/config.
+        for address in [f"hc.td.test:{port}", f"multi.td.test:{port}", f"127.0.0.4:{port}",
+                        f"hc.td.test:{port}", f"multi.td.test:{port}"]:
+            def edit(cfg, a=address):
+                cfg["backends"][0]["servers"] = [{"address": a}]
+            reload_config(t, edit)
+            status, body = t.api("GET", "/api/v1/config")
+            body["backends"][0]["servers"] = [{"address": address, "weight": 2}]
+            old = t.state()["version"]
+            status, res = t.api("PUT", "/api/v1/config", body)
+            assert status == 200, res
+            wait_for(lambda: t.state()["version"] > old, 10, what="the PUT's snapshot")
+            served = {s["address"] for s in servers_of(t.state(), "blue")}
+            assert served, address
+        wait_for(lambda: load.answered() > 200, 30, what="requests after the changes")
+    finally:
+        load.stop()
+    assert load.failed == 0 and not load.errors, load.summary()
