@@ -470,7 +470,7 @@ int td_control_init(td_config_t *cfg, const char *path) {
     json_decref(doc);
     /* The first snapshot already has the host names' addresses: td waits for them at start (at
      * most the resolvers' timeouts), not on the running loop. */
-    td_resolver_resolve_all(cfg, 1, start_unresolved, (void *)cfg);
+    td_resolver_resolve_all(cfg, 1, start_unresolved, NULL, (void *)cfg);
     char err[512];
     td_snapshot_t *s = td_snapshot_build(cfg, version + 1, err, sizeof(err));
     if (!s) {

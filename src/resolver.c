@@ -11,6 +11,7 @@
 
 #include "td/common-t.h"
 #include "td/config.h"
+#include "td/control.h"
 #include "td/log.h"
 #include "td/router.h"
 
@@ -69,6 +70,12 @@ static int running_on;
 static int lib_on;
 
 static void arm_ares_timer(resolver_t *r);
+static struct entry_s *find(resolver_t *r, const char *name);
+/* Calls fn for each address of a name of cfg (only `only`, when not NULL) that another server of
+ * its backend has (td_resolver_overlap_fn), with the answers r has. */
+static void overlaps(resolver_t *r, const td_config_t *cfg, const char *only,
+                     td_resolver_overlap_fn *fn, void *arg);
+static td_resolver_overlap_fn overlap_log;
 
 static void watch_close_cb(uv_handle_t *h) {
     free(h->data);
@@ -317,6 +324,9 @@ static void answer_cb(void *arg, int status, int timeouts, struct ares_addrinfo 
             memcpy(e->addrs, got, n * sizeof(got[0]));
             e->n = n;
             r->changed = 1;
+            const td_config_t *cfg = r == &running ? td_control_config() : NULL;
+            if (cfg)
+                overlaps(r, cfg, e->name, overlap_log, (void *)cfg);
         }
         /* A record's TTL shorter than resolve_ms wins, but no more often than once a second. */
         if (ttl >= 0 && (int64_t)ttl * 1000 < again)
@@ -325,6 +335,56 @@ static void answer_cb(void *arg, int status, int timeouts, struct ares_addrinfo 
     e->due_ms = now + again;
     if (((r->changed && r->on_change) || (r->first && r->on_first)) && r == &running)
         uv_timer_start(&r->notify, notify_cb, 0, 0);
+}
+
+/* The address text of server j of backend b as it expands (an IP's own, or the name's answer in
+ * r) into out[]; returns how many. */
+static size_t expand(resolver_t *r, const td_config_server_t *cs, td_addr_t *out) {
+    if (!td_addr_is_name(&cs->address)) {
+        out[0] = cs->address;
+        return 1;
+    }
+    entry_t *e = find(r, cs->address.text);
+    if (!e)
+        return 0;
+    memcpy(out, e->addrs, e->n * sizeof(out[0]));
+    return e->n;
+}
+
+static void overlaps(resolver_t *r, const td_config_t *cfg, const char *only,
+                     td_resolver_overlap_fn *fn, void *arg) {
+    static td_addr_t mine[TD_RESOLVER_MAX_ADDRS], theirs[TD_RESOLVER_MAX_ADDRS];
+    for (size_t i = 0; i < cfg->num_backends; i++) {
+        const td_config_backend_t *cb = &cfg->backends[i];
+        for (size_t j = 0; j < cb->num_servers; j++) {
+            const td_config_server_t *cs = &cb->servers[j];
+            if (!td_addr_is_name(&cs->address) || (only && strcasecmp(only, cs->address.text) != 0))
+                continue;
+            size_t n = expand(r, cs, mine);
+            for (size_t k = 0; k < n; k++) {
+                /* Who has it: a server by that address anywhere, else a name before this one. */
+                size_t who = cb->num_servers;
+                for (size_t m = 0; m < cb->num_servers && who == cb->num_servers; m++) {
+                    const td_config_server_t *o = &cb->servers[m];
+                    if (m == j || (td_addr_is_name(&o->address) && m > j))
+                        continue;
+                    size_t on = expand(r, o, theirs);
+                    for (size_t q = 0; q < on && who == cb->num_servers; q++)
+                        if (strcmp(theirs[q].text, mine[k].text) == 0)
+                            who = m;
+                }
+                if (who < cb->num_servers)
+                    fn(arg, (int)i, (int)j, mine[k].text, cb->servers[who].address.text);
+            }
+        }
+    }
+}
+
+static void overlap_log(void *arg, int b, int s, const char *address, const char *other) {
+    const td_config_t *cfg = arg;
+    td_warn("resolver: backend %s: %s answers %s, which is already the server %s: that one is "
+            "kept, with its own weight",
+            cfg->backends[b].name, cfg->backends[b].servers[s].address.text, address, other);
 }
 
 static void ask(resolver_t *r, entry_t *e) {
@@ -512,7 +572,8 @@ static void stop_cb(uv_timer_t *t) {
 }
 
 int td_resolver_resolve_all(const td_config_t *cfg, int keep,
-                            void (*report)(void *arg, int b, int s, const char *error), void *arg) {
+                            void (*report)(void *arg, int b, int s, const char *error),
+                            td_resolver_overlap_fn *overlap, void *arg) {
     resolver_t tmp;
     uv_loop_t loop;
     uv_timer_t limit;
@@ -573,6 +634,10 @@ int td_resolver_resolve_all(const td_config_t *cfg, int keep,
                     report(arg, (int)i, (int)j,
                            e->error[0] ? e->error : "no answer within the resolvers' timeout");
             }
+        if (overlap)
+            overlaps(&tmp, cfg, NULL, overlap, arg);
+        else if (keep)
+            overlaps(&tmp, cfg, NULL, overlap_log, (void *)cfg);
         if (keep && !running_on) {
             /* The running resolver starts from these answers. */
             running.entries = tmp.entries;

@@ -45,14 +45,24 @@ typedef void td_resolver_change_fn(void);
  * have no addresses. */
 int td_resolver_sync(uv_loop_t *loop, const td_config_t *cfg, td_resolver_change_fn *on_change);
 
+/* Called for an address of server `s` (a host name) of backend `b` that is already another
+ * server of that backend: `other` is the kept one's configured address (a server configured by
+ * that address always wins; among names, the first in the list). Registry identity is (backend,
+ * address): the address is one server only. */
+typedef void td_resolver_overlap_fn(void *arg, int b, int s, const char *address,
+                                    const char *other);
+
 /* Resolves every host name of `cfg` once, blocking, on a loop of its own, bounded by the
  * resolvers' timeout and attempts (td -t, and td's start so that the first snapshot has the
  * addresses; never the running loop's resolver). With `keep` set, the answers become the running
  * resolver's (call before its first td_resolver_sync). For each name that does not resolve,
- * `report(arg, backend_index, server_index, error)` is called, once per server naming it.
+ * `report(arg, backend_index, server_index, error)` is called, once per server naming it; for
+ * each answer's address that another server of its backend already has, `overlap` (NULL: with
+ * `keep`, logged as a warning).
  * Returns 0, TD_ENOMEM or TD_EIO (c-ares cannot start: the message in report with indexes -1). */
 int td_resolver_resolve_all(const td_config_t *cfg, int keep,
-                            void (*report)(void *arg, int b, int s, const char *error), void *arg);
+                            void (*report)(void *arg, int b, int s, const char *error),
+                            td_resolver_overlap_fn *overlap, void *arg);
 
 /* Copies the addresses of `name` (a server's HOST:port text) from its last good answer into
  * out[0..max), each with its text "IP:port" ("[IPv6]:port") and sockaddr. Returns how many (0:

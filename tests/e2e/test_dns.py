@@ -508,3 +508,22 @@ def test_reload_to_a_new_host_name_serves_without_a_failed_request(dns, demo, td
     finally:
         load.stop()
     assert load.failed == 0 and not load.errors, load.summary()
+
+
+def test_static_server_sharing_an_address_with_a_name_keeps_its_own_weight(dns, demo, td):
+    port = free_port()
+    d = dns({"multi.td.test": ["127.0.0.2", "127.0.0.3"]}, ttl=600)
+    demo(f"a2=127.0.0.2:{port}", f"a3=127.0.0.3:{port}")
+    cfg = dns_cfg(d, [("blue", 100, [{"address": f"multi.td.test:{port}", "weight": 5},
+                                     {"address": f"127.0.0.2:{port}", "weight": 1}])])
+    path = write_cfg(json.dumps(dict(cfg, listeners=[{"address": "127.0.0.1:18999"}]), indent=2))
+    r = subprocess.run([TD, "-t", "-c", path], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert (f"warning: backend blue: server multi.td.test:{port} resolves now to "
+            f"127.0.0.2:{port}, which is already the server 127.0.0.2:{port}") in r.stderr, r.stderr
+    t = td(cfg)
+    servers = {s["address"]: s for s in servers_of(t.state(), "blue")}
+    assert set(servers) == {f"127.0.0.2:{port}", f"127.0.0.3:{port}"}
+    assert servers[f"127.0.0.2:{port}"]["weight"] == 1 and "name" not in servers[f"127.0.0.2:{port}"]
+    assert servers[f"127.0.0.3:{port}"]["weight"] == 5
+    assert "which is already the server" in t.proc.output()
