@@ -527,3 +527,16 @@ def test_static_server_sharing_an_address_with_a_name_keeps_its_own_weight(dns, 
     assert servers[f"127.0.0.2:{port}"]["weight"] == 1 and "name" not in servers[f"127.0.0.2:{port}"]
     assert servers[f"127.0.0.3:{port}"]["weight"] == 5
     assert "which is already the server" in t.proc.output()
+
+
+def test_name_without_an_address_is_a_server_up_0_in_the_metrics(dns, demo, td):
+    port = free_port()
+    d = dns({"app.td.test": ["127.0.0.2"]})
+    demo(f"a2=127.0.0.2:{port}")
+    t = td(dns_cfg(d, [("blue", 100, [{"address": f"app.td.test:{port}"},
+                                      {"address": f"nowhere.td.test:{port}"}])]))
+    metrics = urllib_get(t.admin + "/metrics")
+    assert (f'td_server_up{{backend="blue",server="",name="nowhere.td.test:{port}"}} 0'
+            in metrics), metrics
+    assert (f'td_server_up{{backend="blue",server="127.0.0.2:{port}",'
+            f'name="app.td.test:{port}"}} 1') in metrics
