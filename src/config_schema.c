@@ -429,6 +429,7 @@ static const td_config_field_t resolvers_fields[] = {
      .id = TD_CF_ID_NAMESERVERS},
     INT("timeout_ms", td_config_resolvers_t, timeout_ms, 1, 60000, 2000, 0),
     INT("attempts", td_config_resolvers_t, attempts, 1, 10, 2, 0),
+    INT("hold_nx_ms", td_config_resolvers_t, hold_nx_ms, 0, 86400000, TD_RESOLVER_HOLD_NX_MS, 0),
 };
 static const td_config_object_t resolvers_object = OBJ(resolvers_fields, NULL, NULL, NULL);
 

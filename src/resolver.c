@@ -34,6 +34,7 @@ typedef struct entry_s {
     int64_t checked_at_ms;  /* wall */
     int64_t due_ms;         /* td_now_ms() of the next attempt */
     int64_t asked_ms;       /* td_now_ms() of the last attempt's start */
+    int64_t nx_since_ms;    /* td_now_ms() of the first NXDOMAIN/NODATA since the last answer */
     char error[160];
     int asking, dead, seen, done;
     struct entry_s *next;
@@ -59,6 +60,7 @@ struct resolver_s {
     entry_t *entries;
     td_config_resolvers_t conf; /* as the channel was made */
     int has_conf;
+    int hold_nx_ms; /* resolvers.hold_nx_ms of the config followed */
     td_resolver_change_fn *on_change;
     td_resolver_change_fn *on_first; /* td_resolver_on_first_answer */
     int changed;                     /* an answer changed during this turn */
@@ -157,7 +159,10 @@ static int conf_same(const td_config_resolvers_t *a, int has_a, const td_config_
 static int channel_open(resolver_t *r, const td_config_resolvers_t *rs, char *err, size_t errlen) {
     struct ares_options o;
     memset(&o, 0, sizeof(o));
-    int mask = ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES;
+    int mask = ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES | ARES_OPT_LOOKUPS;
+    /* With name servers configured only they are asked; without, the system's way: /etc/hosts
+     * first, then DNS. */
+    o.lookups = rs && rs->num_nameservers ? "b" : "fb";
     o.sock_state_cb = sock_state_cb;
     o.sock_state_cb_data = r;
     o.timeout = rs ? rs->timeout_ms : 2000;
@@ -253,6 +258,30 @@ static size_t answer_addrs(const struct ares_addrinfo *ai, unsigned short port, 
     return n;
 }
 
+/* Clear words for c-ares' status codes (its own strings say "Misformatted domain name" for a
+ * REFUSED answer, among others). */
+static const char *status_words(int status) {
+    switch (status) {
+    case ARES_ENOTFOUND:
+        return "no such name (NXDOMAIN)";
+    case ARES_ENODATA:
+        return "no address for the name (NODATA)";
+    case ARES_EREFUSED:
+        return "refused by the name server";
+    case ARES_ESERVFAIL:
+        return "name server failure (SERVFAIL)";
+    case ARES_ETIMEOUT:
+        return "timeout: no name server answered";
+    case ARES_ECONNREFUSED:
+        return "connection refused by the name server";
+    case ARES_EFORMERR:
+    case ARES_EBADRESP:
+        return "malformed answer from the name server";
+    default:
+        return ares_strerror(status);
+    }
+}
+
 static void notify_cb(uv_timer_t *t) {
     resolver_t *r = t->data;
     int changed = r->changed, first = r->first;
@@ -291,12 +320,36 @@ static void answer_cb(void *arg, int status, int timeouts, struct ares_addrinfo 
     if (ai)
         ares_freeaddrinfo(ai);
     int again = e->resolve_ms;
+    /* An authoritative "no" (NXDOMAIN, or NODATA: no address) drops the last addresses after
+     * hold_nx_ms; any other failure (timeout, refused, unreachable) keeps them. */
+    int nx =
+        status == ARES_ENOTFOUND || status == ARES_ENODATA || (status == ARES_SUCCESS && n == 0);
+    if (n == 0 && nx && e->n) {
+        if (!e->nx_since_ms)
+            e->nx_since_ms = now;
+        int64_t left = e->nx_since_ms + r->hold_nx_ms - now;
+        if (left <= 0) {
+            if (r == &running)
+                td_warn("resolver: %s: %s for %d ms (resolvers.hold_nx_ms): its %zu address%s "
+                        "dropped",
+                        e->name, status_words(status == ARES_SUCCESS ? ARES_ENODATA : status),
+                        r->hold_nx_ms, e->n, e->n == 1 ? " is" : "es are");
+            e->n = 0;
+            r->changed = 1;
+        } else if (left < again) {
+            again = (int)left;
+        }
+    }
     if (n == 0) {
         char why[160];
         snprintf(why, sizeof(why), "%s",
-                 status == ARES_SUCCESS ? "no address in the answer" : ares_strerror(status));
+                 status_words(status == ARES_SUCCESS ? ARES_ENODATA : status));
         if (strcmp(why, e->error) != 0 && r == &running) {
-            if (e->n)
+            if (e->n && nx)
+                td_warn("resolver: %s: %s; keeping its last %zu address%s for %d ms "
+                        "(resolvers.hold_nx_ms)",
+                        e->name, why, e->n, e->n == 1 ? "" : "es", r->hold_nx_ms);
+            else if (e->n)
                 td_warn("resolver: %s: %s; keeping its last %zu address%s", e->name, why, e->n,
                         e->n == 1 ? "" : "es");
             else
@@ -309,6 +362,7 @@ static void answer_cb(void *arg, int status, int timeouts, struct ares_addrinfo 
         if (e->error[0] && r == &running)
             td_info("resolver: %s resolves again (%zu address%s)", e->name, n, n == 1 ? "" : "es");
         e->error[0] = '\0';
+        e->nx_since_ms = 0;
         e->resolved_at_ms = e->checked_at_ms;
         int same = n == e->n;
         for (size_t i = 0; same && i < n; i++)
@@ -515,6 +569,7 @@ int td_resolver_sync(uv_loop_t *loop, const td_config_t *cfg, td_resolver_change
         running_on = 1;
     }
     r->on_change = on_change;
+    r->hold_nx_ms = cfg->has_resolvers ? cfg->resolvers.hold_nx_ms : TD_RESOLVER_HOLD_NX_MS;
     int rc = follow(r, cfg);
     if (rc < 0)
         return rc;
@@ -580,6 +635,7 @@ int td_resolver_resolve_all(const td_config_t *cfg, int keep,
     char err[256];
     int rc;
     memset(&tmp, 0, sizeof(tmp));
+    tmp.hold_nx_ms = cfg->has_resolvers ? cfg->resolvers.hold_nx_ms : TD_RESOLVER_HOLD_NX_MS;
     if ((rc = follow(&tmp, cfg)) < 0)
         goto out_entries;
     if (!tmp.entries)

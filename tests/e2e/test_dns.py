@@ -540,3 +540,34 @@ def test_name_without_an_address_is_a_server_up_0_in_the_metrics(dns, demo, td):
             in metrics), metrics
     assert (f'td_server_up{{backend="blue",server="127.0.0.2:{port}",'
             f'name="app.td.test:{port}"}} 1') in metrics
+
+
+def test_nxdomain_drops_the_last_addresses_after_hold_nx_ms(dns, demo, td):
+    port = free_port()
+    d = dns({"app.td.test": ["127.0.0.2"], "other.td.test": ["127.0.0.3"]})
+    demo(f"a2=127.0.0.2:{port}", f"a3=127.0.0.3:{port}")
+    cfg = dns_cfg(d, [("blue", 100, [{"address": f"app.td.test:{port}", "resolve_ms": 200},
+                                     {"address": f"other.td.test:{port}"}])])
+    cfg["resolvers"]["hold_nx_ms"] = 300
+    t = td(cfg)
+    assert set(served_by(t.port, 10)) == {"a2", "a3"}
+    d.change({"other.td.test": ["127.0.0.3"]})  # app.td.test: NXDOMAIN from now on
+    wait_for(lambda: [s["address"] for s in servers_of(t.state(), "blue")
+                      if s.get("name") == f"app.td.test:{port}"] == [None], 15,
+             what="the NXDOMAIN name without addresses")
+    assert set(served_by(t.port, 10)) == {"a3"}
+    assert "NXDOMAIN" in t.proc.output()
+    status, body = t.api("GET", "/api/v1/config")
+    assert body["resolvers"]["hold_nx_ms"] == 300
+
+
+def test_configured_nameservers_are_the_only_source_not_etc_hosts(dns, demo, td):
+    port = free_port()
+    d = dns({"app.td.test": ["127.0.0.2"]})
+    demo(f"a2=127.0.0.2:{port}")
+    # localhost is in /etc/hosts; dnsmasq (no upstream, no hosts file of the system's) refuses it.
+    t = td(dns_cfg(d, [("blue", 100, [{"address": f"app.td.test:{port}"},
+                                      {"address": f"localhost:{port}"}])]))
+    local = [s for s in servers_of(t.state(), "blue") if s.get("name") == f"localhost:{port}"]
+    assert [s["address"] for s in local] == [None], local
+    assert "refused" in (local[0]["dns_error"] or ""), local
