@@ -15,7 +15,7 @@
 #include "td/log.h"
 #include "td/router.h"
 
-#define TICK_MS 200       /* how often entries are looked at (due, all down) */
+#define TICK_MS 200       /* how often names whose addresses are all down are looked for */
 #define MIN_AGAIN_MS 1000 /* the shortest TTL-driven, failure or all-down repeat */
 
 typedef struct resolver_s resolver_t;
@@ -53,7 +53,8 @@ struct resolver_s {
     ares_channel ch;
     int have_ch;
     uv_timer_t ares_timer; /* c-ares' own timeouts */
-    uv_timer_t tick;       /* TICK_MS: entries due */
+    uv_timer_t tick;       /* TICK_MS: names all down */
+    uv_timer_t due;        /* at the earliest due_ms of the names not being asked */
     uv_timer_t notify;     /* on_change on the loop's next turn, never inside a caller's call */
     int timers_on;
     watch_t *watches;
@@ -72,6 +73,7 @@ static int running_on;
 static int lib_on;
 
 static void arm_ares_timer(resolver_t *r);
+static void arm_due(resolver_t *r);
 static struct entry_s *find(resolver_t *r, const char *name);
 /* Calls fn for each address of a name of cfg (only `only`, when not NULL) that another server of
  * its backend has (td_resolver_overlap_fn), with the answers r has. */
@@ -387,6 +389,8 @@ static void answer_cb(void *arg, int status, int timeouts, struct ares_addrinfo 
             again = ttl * 1000 < MIN_AGAIN_MS ? MIN_AGAIN_MS : ttl * 1000;
     }
     e->due_ms = now + again;
+    if (r == &running)
+        arm_due(r);
     if (((r->changed && r->on_change) || (r->first && r->on_first)) && r == &running)
         uv_timer_start(&r->notify, notify_cb, 0, 0);
 }
@@ -478,9 +482,35 @@ static void tick_cb(uv_timer_t *t) {
     for (entry_t *e = r->entries; e; e = e->next) {
         if (e->asking || e->dead)
             continue;
-        if (now >= e->due_ms || (e->n && now - e->asked_ms >= MIN_AGAIN_MS && all_down(e->name)))
+        if (e->n && now - e->asked_ms >= MIN_AGAIN_MS && all_down(e->name))
             ask(r, e);
     }
+}
+
+static void due_cb(uv_timer_t *t) {
+    resolver_t *r = t->data;
+    int64_t now = td_now_ms();
+    for (entry_t *e = r->entries; e; e = e->next)
+        if (!e->asking && !e->dead && now >= e->due_ms)
+            ask(r, e);
+    arm_due(r);
+}
+
+/* Arms the running resolver's due timer at the earliest next attempt of a name not being asked
+ * (an answer re-arms it), so that resolve_ms and TTLs are kept to the ms. */
+static void arm_due(resolver_t *r) {
+    int64_t first = -1;
+    if (r != &running || !running_on)
+        return;
+    for (entry_t *e = r->entries; e; e = e->next)
+        if (!e->asking && !e->dead && (first < 0 || e->due_ms < first))
+            first = e->due_ms;
+    if (first < 0) {
+        uv_timer_stop(&r->due);
+        return;
+    }
+    int64_t wait = first - td_now_ms();
+    uv_timer_start(&r->due, due_cb, wait > 0 ? (uint64_t)wait : 0, 0);
 }
 
 static entry_t *find(resolver_t *r, const char *name) {
@@ -562,8 +592,10 @@ int td_resolver_sync(uv_loop_t *loop, const td_config_t *cfg, td_resolver_change
         uv_timer_init(loop, &r->ares_timer);
         uv_timer_init(loop, &r->tick);
         uv_timer_init(loop, &r->notify);
-        r->ares_timer.data = r->tick.data = r->notify.data = r;
+        uv_timer_init(loop, &r->due);
+        r->ares_timer.data = r->tick.data = r->notify.data = r->due.data = r;
         uv_unref((uv_handle_t *)&r->tick); /* never what keeps the loop running */
+        uv_unref((uv_handle_t *)&r->due);
         uv_timer_start(&r->tick, tick_cb, TICK_MS, TICK_MS);
         r->timers_on = 1;
         running_on = 1;
@@ -595,6 +627,7 @@ int td_resolver_sync(uv_loop_t *loop, const td_config_t *cfg, td_resolver_change
     for (entry_t *e = r->entries; e; e = e->next)
         if (!e->dead && !e->asking && e->due_ms == 0)
             ask(r, e);
+    arm_due(r);
     return 0;
 }
 
@@ -748,6 +781,7 @@ void td_resolver_stop(void) {
     uv_close((uv_handle_t *)&r->ares_timer, timer_close_cb);
     uv_close((uv_handle_t *)&r->tick, timer_close_cb);
     uv_close((uv_handle_t *)&r->notify, timer_close_cb);
+    uv_close((uv_handle_t *)&r->due, timer_close_cb);
     while (r->entries)
         entry_free(r, r->entries);
     running_on = 0;

@@ -23,12 +23,14 @@ pytestmark = pytest.mark.skipif(not os.path.exists(DNSMASQ), reason="dnsmasq-bas
 class Dns:
     """dnsmasq answering for *.td.test from a hosts file (NXDOMAIN for other td.test names)."""
 
-    def __init__(self, records, ttl=1):
+    def __init__(self, records, ttl=1, log_queries=False):
         self.dir = tempfile.mkdtemp(prefix="td-dns-")
         self.hosts = os.path.join(self.dir, "hosts")
+        self.log = os.path.join(self.dir, "queries.log")
         self.port = free_port()
         self.write(records)
-        self.proc = Proc([DNSMASQ, "--no-daemon", "--keep-in-foreground", "--no-resolv",
+        logging = ["--log-queries", f"--log-facility={self.log}"] if log_queries else []
+        self.proc = Proc([DNSMASQ, *logging, "--no-daemon", "--keep-in-foreground", "--no-resolv",
                           "--no-hosts", "--conf-file=/dev/null", f"--port={self.port}",
                           "--listen-address=127.0.0.1", "--bind-interfaces",
                           f"--addn-hosts={self.hosts}", f"--local-ttl={ttl}", "--local=/td.test/",
@@ -66,8 +68,8 @@ class Dns:
 def dns():
     started = []
 
-    def start(records, ttl=1):
-        d = Dns(records, ttl)
+    def start(records, ttl=1, log_queries=False):
+        d = Dns(records, ttl, log_queries)
         started.append(d)
         return d
 
@@ -571,3 +573,24 @@ def test_configured_nameservers_are_the_only_source_not_etc_hosts(dns, demo, td)
     local = [s for s in servers_of(t.state(), "blue") if s.get("name") == f"localhost:{port}"]
     assert [s["address"] for s in local] == [None], local
     assert "refused" in (local[0]["dns_error"] or ""), local
+
+
+def test_resolve_ms_100_asks_the_name_every_100_ms(dns, demo, td):
+    port = free_port()
+    d = dns({"app.td.test": ["127.0.0.2"]}, ttl=600, log_queries=True)
+    demo(f"a2=127.0.0.2:{port}")
+    t = td(dns_cfg(d, [("blue", 100, [{"address": f"app.td.test:{port}", "resolve_ms": 100}])]))
+    assert set(served_by(t.port, 2)) == {"a2"}
+
+    def queries():
+        try:
+            with open(d.log) as f:
+                return sum(1 for line in f if "query[A] app.td.test" in line)
+        except FileNotFoundError:
+            return 0
+    start, t0 = queries(), time.monotonic()
+    wait_for(lambda: time.monotonic() - t0 >= 3, 10, interval=0.2, what="3 s of queries")
+    asked = queries() - start
+    elapsed = time.monotonic() - t0
+    # Every 100 ms (plus the answer's round trip) is ~10 a second; a 200 ms poll made it 5.
+    assert asked / elapsed > 7, (asked, elapsed)
