@@ -12,6 +12,7 @@
 #include "td/common-t.h"
 #include "td/config.h"
 #include "td/control.h"
+#include "td/events.h"
 #include "td/log.h"
 #include "td/router.h"
 
@@ -260,6 +261,32 @@ static size_t answer_addrs(const struct ares_addrinfo *ai, unsigned short port, 
     return n;
 }
 
+/* addrs[0..n) as "A, B, C", cut after 8 with "and N more"; "none" for n = 0. */
+static void addr_list(const td_addr_t *addrs, size_t n, char *out, size_t len) {
+    size_t at = 0;
+    out[0] = '\0';
+    if (!n)
+        snprintf(out, len, "none");
+    for (size_t i = 0; i < n && i < 8 && at < len; i++)
+        at += (size_t)snprintf(out + at, len - at, "%s%s", i ? ", " : "", addrs[i].text);
+    if (n > 8 && at < len)
+        snprintf(out + at, len - at, " and %zu more", n - 8);
+}
+
+/* The backends of the running config that have a server named `name`, "a, b" (for the events). */
+static void backends_of(const char *name, char *out, size_t len) {
+    const td_config_t *cfg = td_control_config();
+    size_t at = 0;
+    out[0] = '\0';
+    for (size_t i = 0; cfg && i < cfg->num_backends && at < len; i++)
+        for (size_t j = 0; j < cfg->backends[i].num_servers; j++)
+            if (strcasecmp(cfg->backends[i].servers[j].address.text, name) == 0) {
+                at += (size_t)snprintf(out + at, len - at, "%s%s", at ? ", " : "",
+                                       cfg->backends[i].name);
+                break;
+            }
+}
+
 /* Clear words for c-ares' status codes (its own strings say "Misformatted domain name" for a
  * REFUSED answer, among others). */
 static const char *status_words(int status) {
@@ -336,6 +363,12 @@ static void answer_cb(void *arg, int status, int timeouts, struct ares_addrinfo 
                         "dropped",
                         e->name, status_words(status == ARES_SUCCESS ? ARES_ENODATA : status),
                         r->hold_nx_ms, e->n, e->n == 1 ? " is" : "es are");
+            if (r == &running) {
+                char was[512], where[256];
+                addr_list(e->addrs, e->n, was, sizeof(was));
+                backends_of(e->name, where, sizeof(where));
+                td_event("dns", "%s: %s now none (was %s)", where[0] ? where : "?", e->name, was);
+            }
             e->n = 0;
             r->changed = 1;
         } else if (left < again) {
@@ -370,13 +403,15 @@ static void answer_cb(void *arg, int status, int timeouts, struct ares_addrinfo 
         for (size_t i = 0; same && i < n; i++)
             same = strcmp(got[i].text, e->addrs[i].text) == 0;
         if (!same) {
-            char list[256] = "";
-            size_t len = 0;
-            for (size_t i = 0; i < n && len < sizeof(list) - 1; i++)
-                len += (size_t)snprintf(list + len, sizeof(list) - len, "%s%s", i ? " " : "",
-                                        got[i].text);
-            if (r == &running)
-                td_info("resolver: %s is %s", e->name, list);
+            char list[512], was[512], where[256];
+            addr_list(got, n, list, sizeof(list));
+            addr_list(e->addrs, e->n, was, sizeof(was));
+            if (r == &running) {
+                td_info("resolver: %s is %s (was %s)", e->name, list, was);
+                backends_of(e->name, where, sizeof(where));
+                td_event("dns", "%s: %s now %s (was %s)", where[0] ? where : "?", e->name, list,
+                         was);
+            }
             memcpy(e->addrs, got, n * sizeof(got[0]));
             e->n = n;
             r->changed = 1;
@@ -722,6 +757,12 @@ int td_resolver_resolve_all(const td_config_t *cfg, int keep,
                 if (e && !e->n && report)
                     report(arg, (int)i, (int)j,
                            e->error[0] ? e->error : "no answer within the resolvers' timeout");
+            }
+        for (entry_t *e = keep ? tmp.entries : NULL; e; e = e->next)
+            if (e->n) {
+                char list[512];
+                addr_list(e->addrs, e->n, list, sizeof(list));
+                td_info("resolver: %s is %s", e->name, list);
             }
         if (overlap)
             overlaps(&tmp, cfg, NULL, overlap, arg);

@@ -594,3 +594,24 @@ def test_resolve_ms_100_asks_the_name_every_100_ms(dns, demo, td):
     elapsed = time.monotonic() - t0
     # Every 100 ms (plus the answer's round trip) is ~10 a second; a 200 ms poll made it 5.
     assert asked / elapsed > 7, (asked, elapsed)
+
+
+def test_address_change_is_an_event_and_tdctl_status_marks_a_failed_lookup(dns, demo, td):
+    from conftest import tdctl
+    port = free_port()
+    d = dns({"app.td.test": ["127.0.0.2"]})
+    demo(f"a2=127.0.0.2:{port}", f"a3=127.0.0.3:{port}")
+    t = td(dns_cfg(d, [("blue", 100, [{"address": f"app.td.test:{port}", "resolve_ms": 200}])]))
+    assert f"resolver: app.td.test:{port} is 127.0.0.2:{port}" in t.proc.output()
+    d.change({"app.td.test": ["127.0.0.3"]})
+    want = f"blue: app.td.test:{port} now 127.0.0.3:{port} (was 127.0.0.2:{port})"
+
+    def event():
+        status, ev = t.api("GET", "/api/v1/events")
+        return any(want in json.dumps(e) for e in ev)
+    wait_for(event, 15, what="the address change in the events")
+    d.stop()
+    wait_for(lambda: "last answer kept" in tdctl(t, "status").stdout, 15,
+             what="tdctl status marking the failed lookup")
+    out = tdctl(t, "status").stdout
+    assert f"127.0.0.3:{port} (app.td.test:{port}) (dns: " in out, out
