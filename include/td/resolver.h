@@ -6,13 +6,17 @@
  * "IP:port" with the configured port), when it came, and the error of the last attempt. A name
  * is resolved again every resolve_ms (the smallest of the servers naming it), sooner when a
  * record's TTL is shorter (at least every second, though), and at once (at most once a second)
- * when every address of it is down in the current routing snapshot. A failed attempt keeps the
- * last good answer (HAProxy's `hold valid`); the warning is logged once per change of condition.
+ * when every address of it is down in the current routing snapshot; one timer is armed at the
+ * earliest name due. A failed attempt (timeout, refused, unreachable) keeps the last good answer
+ * (HAProxy's `hold valid`); an NXDOMAIN or NODATA answer keeps it for resolvers.hold_nx_ms, then
+ * the name has none. The warning is logged once per change of condition; an address change is an
+ * event (td_event "dns").
  * When an answer differs from the last one the on_change callback runs; the control plane then
  * publishes a new routing snapshot, which td_snapshot_build fills from td_resolver_addrs.
  *
- * Without "resolvers" in the config the name servers are /etc/resolv.conf's (c-ares' default
- * init; /etc/hosts is read too). Main thread only, all of it. */
+ * Without "resolvers.nameservers" the name servers are /etc/resolv.conf's and /etc/hosts is read
+ * first (c-ares lookups "fb"); with them only they are asked ("b"). Main thread only, all of it.
+ */
 #ifndef TD_RESOLVER_H
 #define TD_RESOLVER_H
 
