@@ -201,6 +201,9 @@ static void commit(td_snapshot_t *s, td_config_t *cfg, int may_wait) {
             waiting_timer_on = 1;
         }
         uv_timer_start(&waiting_timer, waiting_timeout, td_resolver_bound_ms(cfg), 0);
+        td_info("config version %llu waits for the first answer of its new host names (at most "
+                "%llu ms); the running snapshot serves meanwhile",
+                (unsigned long long)version, (unsigned long long)td_resolver_bound_ms(cfg));
         return;
     }
     if (waiting_timer_on)
