@@ -577,6 +577,8 @@ int td_addr_parse_name(const char *text, td_addr_t *out) {
     /* Labels of 1..63 characters, no '-' at either end; a name of digits and dots only would be
      * an IPv4 address td_addr_parse refused. */
     for (const char *q = text; q <= colon; q++) {
+        if (q == colon && label == 0 && q - text > 1 && q[-1] == '.')
+            break; /* a trailing dot: the fully qualified "green.internal.:80" */
         if (q == colon || *q == '.') {
             if (label == 0 || q[-1] == '-')
                 return TD_EINVAL;

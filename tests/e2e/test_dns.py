@@ -615,3 +615,14 @@ def test_address_change_is_an_event_and_tdctl_status_marks_a_failed_lookup(dns, 
              what="tdctl status marking the failed lookup")
     out = tdctl(t, "status").stdout
     assert f"127.0.0.3:{port} (app.td.test:{port}) (dns: " in out, out
+
+
+def test_fully_qualified_name_with_a_trailing_dot_is_accepted_and_resolves(dns, demo, td):
+    port = free_port()
+    d = dns({"app.td.test": ["127.0.0.2"]})
+    demo(f"a2=127.0.0.2:{port}")
+    t = td(dns_cfg(d, [("blue", 100, [{"address": f"app.td.test.:{port}"}])]))
+    assert set(served_by(t.port, 5)) == {"a2"}
+    servers = servers_of(t.state(), "blue")
+    assert [(s["address"], s["name"]) for s in servers] == [(f"127.0.0.2:{port}",
+                                                             f"app.td.test.:{port}")]
