@@ -429,6 +429,7 @@ static const td_config_field_t resolvers_fields[] = {
      .id = TD_CF_ID_NAMESERVERS},
     INT("timeout_ms", td_config_resolvers_t, timeout_ms, 1, 60000, 2000, 0),
     INT("attempts", td_config_resolvers_t, attempts, 1, 10, 2, 0),
+    INT("hold_nx_ms", td_config_resolvers_t, hold_nx_ms, 0, 86400000, TD_RESOLVER_HOLD_NX_MS, 0),
 };
 static const td_config_object_t resolvers_object = OBJ(resolvers_fields, NULL, NULL, NULL);
 
@@ -576,6 +577,8 @@ int td_addr_parse_name(const char *text, td_addr_t *out) {
     /* Labels of 1..63 characters, no '-' at either end; a name of digits and dots only would be
      * an IPv4 address td_addr_parse refused. */
     for (const char *q = text; q <= colon; q++) {
+        if (q == colon && label == 0 && q - text > 1 && q[-1] == '.')
+            break; /* a trailing dot: the fully qualified "green.internal.:80" */
         if (q == colon || *q == '.') {
             if (label == 0 || q[-1] == '-')
                 return TD_EINVAL;

@@ -135,15 +135,80 @@ static void resolved(void) {
     td_control_refresh("a host name's addresses changed");
 }
 
-/* Makes the built snapshot `s` (of config `cfg`) the running one. */
-static void commit(td_snapshot_t *s, td_config_t *cfg) {
-    version++;
-    running = cfg;
-    /* New host names are asked now; their servers join with the snapshot their answer brings. */
-    td_resolver_sync(uv_default_loop(), cfg, resolved);
+/* A config change whose host names have not answered yet: its snapshot (owning `running`),
+ * published when they have (or failed, or the resolvers' bound passed); the previous snapshot
+ * serves meanwhile, so that a new name never means a moment without servers. */
+static td_snapshot_t *waiting;
+static uv_timer_t waiting_timer;
+static int waiting_timer_on;
+
+static void publish(td_snapshot_t *s) {
     /* Checks first: a new default_down server must be down before any worker can see it. */
     td_health_sync(uv_default_loop(), s);
     td_router_publish(s);
+}
+
+/* Publishes the waiting snapshot, built again from its config so that it has the answers that
+ * came meanwhile (the one built before them when that fails). */
+static void publish_waiting(void) {
+    td_snapshot_t *s = waiting;
+    waiting = NULL;
+    if (waiting_timer_on)
+        uv_timer_stop(&waiting_timer);
+    char err[512];
+    td_config_t *cfg = td_config_dup(running);
+    td_snapshot_t *fresh = cfg ? td_snapshot_build(cfg, s->version, err, sizeof(err)) : NULL;
+    if (fresh) {
+        running = cfg;
+        td_snapshot_release(s);
+        s = fresh;
+    }
+    publish(s);
+}
+
+static void first_answer(void) {
+    if (waiting && td_resolver_unanswered(running) == 0)
+        publish_waiting();
+}
+
+static void waiting_timeout(uv_timer_t *t) {
+    (void)t;
+    if (!waiting)
+        return;
+    td_warn("resolver: the new host names of config version %llu did not answer within %llu ms; "
+            "it applies without their addresses",
+            (unsigned long long)waiting->version,
+            (unsigned long long)td_resolver_bound_ms(running));
+    publish_waiting();
+}
+
+/* Makes the built snapshot `s` (of config `cfg`) the running one. With `may_wait`, when cfg has
+ * host names never resolved yet, they are asked first and `s` is published when they have all
+ * answered (first_answer), never blocking the loop; a later change replaces a waiting one. */
+static void commit(td_snapshot_t *s, td_config_t *cfg, int may_wait) {
+    version++;
+    running = cfg;
+    if (waiting) {
+        td_snapshot_release(waiting);
+        waiting = NULL;
+    }
+    td_resolver_on_first_answer(first_answer);
+    td_resolver_sync(uv_default_loop(), cfg, resolved);
+    if (may_wait && td_resolver_unanswered(cfg)) {
+        waiting = s;
+        if (!waiting_timer_on) {
+            uv_timer_init(uv_default_loop(), &waiting_timer);
+            waiting_timer_on = 1;
+        }
+        uv_timer_start(&waiting_timer, waiting_timeout, td_resolver_bound_ms(cfg), 0);
+        td_info("config version %llu waits for the first answer of its new host names (at most "
+                "%llu ms); the running snapshot serves meanwhile",
+                (unsigned long long)version, (unsigned long long)td_resolver_bound_ms(cfg));
+        return;
+    }
+    if (waiting_timer_on)
+        uv_timer_stop(&waiting_timer);
+    publish(s);
 }
 
 /* The SHA-256 of the state file as it is now; that of "" when there is none, so that an audit
@@ -408,7 +473,7 @@ int td_control_init(td_config_t *cfg, const char *path) {
     json_decref(doc);
     /* The first snapshot already has the host names' addresses: td waits for them at start (at
      * most the resolvers' timeouts), not on the running loop. */
-    td_resolver_resolve_all(cfg, 1, start_unresolved, (void *)cfg);
+    td_resolver_resolve_all(cfg, 1, start_unresolved, NULL, (void *)cfg);
     char err[512];
     td_snapshot_t *s = td_snapshot_build(cfg, version + 1, err, sizeof(err));
     if (!s) {
@@ -425,7 +490,7 @@ int td_control_init(td_config_t *cfg, const char *path) {
         td_audit_commit(entry);
     }
     json_decref(ov);
-    commit(s, cfg);
+    commit(s, cfg, 0);
     return 0;
 }
 
@@ -557,7 +622,7 @@ static int apply(td_config_t *cfg, const char *what, const char *client, json_t 
         overrides = next;
     }
     update_admin_token(cfg, running);
-    commit(s, cfg);
+    commit(s, cfg, 1);
     td_info("config version %llu applied (%s)", (unsigned long long)version, what);
     td_audit_commit(entry);
     td_notify_status(); /* systemctl status shows the weights that run */
@@ -579,7 +644,7 @@ int td_control_refresh(const char *what) {
         td_error("%s: cannot publish a new snapshot: %s", what, cfg ? err : "out of memory");
         return cfg ? TD_EINVAL : TD_ENOMEM;
     }
-    commit(s, cfg);
+    commit(s, cfg, 1);
     td_info("config version %llu applied (%s)", (unsigned long long)version, what);
     return 0;
 }
@@ -656,6 +721,14 @@ int td_control_reload(void) {
 }
 
 void td_control_shutdown(void) {
+    if (waiting) { /* the router lets go of it with the rest */
+        td_router_publish(waiting);
+        waiting = NULL;
+    }
+    if (waiting_timer_on) {
+        uv_close((uv_handle_t *)&waiting_timer, NULL);
+        waiting_timer_on = 0;
+    }
     td_health_stop();
     td_resolver_stop();
 }

@@ -158,6 +158,20 @@ static void warn_unresolved(void *arg, int b, int sv, const char *error) {
             u->cfg->backends[b].servers[sv].address.text, error);
 }
 
+static void warn_overlap(void *arg, int b, int sv, const char *address, const char *other) {
+    unresolved_t *u = arg;
+    int line = 1, col = 1;
+    td_config_seg_t at[5] = {
+        {"backends", 0}, {NULL, (size_t)b}, {"servers", 0}, {NULL, (size_t)sv}, {"address", 0}};
+    if (u->text)
+        td_config_locate(u->text, u->len, at, 5, 0, &line, &col);
+    fprintf(stderr,
+            "%s:%d:%d: warning: backend %s: server %s resolves now to %s, which is already the "
+            "server %s: that one is kept, with its own weight\n",
+            u->path, line, col, u->cfg->backends[b].name,
+            u->cfg->backends[b].servers[sv].address.text, address, other);
+}
+
 static void check_names(const td_config_t *cfg, const char *path) {
     unresolved_t u = {cfg, path, NULL, 0};
     FILE *f = fopen(path, "rb");
@@ -171,7 +185,7 @@ static void check_names(const td_config_t *cfg, const char *path) {
             fclose(m);
         fclose(f);
     }
-    td_resolver_resolve_all(cfg, 0, warn_unresolved, &u);
+    td_resolver_resolve_all(cfg, 0, warn_unresolved, warn_overlap, &u);
     free(u.text);
 }
 

@@ -4,6 +4,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <strings.h>
 
 #include "td/config.h"
 #include "td/control.h"
@@ -92,6 +93,28 @@ static void server_family(FILE *f, const td_snapshot_t *s, int64_t now, const ch
             fprintf(f, "%s{backend=\"%s\",server=\"%s\"%s%s%s} %lld\n", name, sv->st->backend,
                     sv->st->address, NAME_LABEL(sv), get(sv, now));
         }
+}
+
+/* td_server_up 0 for each host name of the config with no address in the snapshot (never
+ * resolved, or none now), server="" and its name label, so an alert on td_server_up == 0 sees it
+ * as it sees a server that is down. */
+static void unresolved_up(FILE *f, const td_snapshot_t *s) {
+    const td_config_t *cfg = s->config;
+    for (size_t i = 0; cfg && i < s->num_backends && i < cfg->num_backends; i++) {
+        const td_config_backend_t *cb = &cfg->backends[i];
+        for (size_t j = 0; j < cb->num_servers; j++) {
+            const char *name = cb->servers[j].address.text;
+            int seen = !td_addr_is_name(&cb->servers[j].address);
+            for (size_t k = 0; k < j && !seen; k++) /* one series per name */
+                seen = strcasecmp(cb->servers[k].address.text, name) == 0;
+            for (size_t k = 0; k < s->backends[i].num_servers && !seen; k++)
+                seen = s->backends[i].servers[k].name &&
+                       strcasecmp(s->backends[i].servers[k].name, name) == 0;
+            if (!seen)
+                fprintf(f, "td_server_up{backend=\"%s\",server=\"\",name=\"%s\"} 0\n", cb->name,
+                        name);
+        }
+    }
 }
 
 /* One series per state, 1 for the backend's current one (Prometheus' enum-as-gauge habit). */
@@ -206,6 +229,7 @@ char *td_metrics_text(size_t *len) {
                   s_weight);
     server_family(f, s, now, "td_server_up", "gauge", "1 when the server may receive requests.",
                   s_up);
+    unresolved_up(f, s);
     server_family(f, s, now, "td_server_requests_total", "counter", "Requests sent to the server.",
                   s_requests);
     server_family(f, s, now, "td_server_failures_total", "counter",

@@ -11,10 +11,12 @@
 
 #include "td/common-t.h"
 #include "td/config.h"
+#include "td/control.h"
+#include "td/events.h"
 #include "td/log.h"
 #include "td/router.h"
 
-#define TICK_MS 200       /* how often entries are looked at (due, all down) */
+#define TICK_MS 200       /* how often names whose addresses are all down are looked for */
 #define MIN_AGAIN_MS 1000 /* the shortest TTL-driven, failure or all-down repeat */
 
 typedef struct resolver_s resolver_t;
@@ -33,6 +35,7 @@ typedef struct entry_s {
     int64_t checked_at_ms;  /* wall */
     int64_t due_ms;         /* td_now_ms() of the next attempt */
     int64_t asked_ms;       /* td_now_ms() of the last attempt's start */
+    int64_t nx_since_ms;    /* td_now_ms() of the first NXDOMAIN/NODATA since the last answer */
     char error[160];
     int asking, dead, seen, done;
     struct entry_s *next;
@@ -51,15 +54,19 @@ struct resolver_s {
     ares_channel ch;
     int have_ch;
     uv_timer_t ares_timer; /* c-ares' own timeouts */
-    uv_timer_t tick;       /* TICK_MS: entries due */
+    uv_timer_t tick;       /* TICK_MS: names all down */
+    uv_timer_t due;        /* at the earliest due_ms of the names not being asked */
     uv_timer_t notify;     /* on_change on the loop's next turn, never inside a caller's call */
     int timers_on;
     watch_t *watches;
     entry_t *entries;
     td_config_resolvers_t conf; /* as the channel was made */
     int has_conf;
+    int hold_nx_ms; /* resolvers.hold_nx_ms of the config followed */
     td_resolver_change_fn *on_change;
-    int changed; /* an answer changed during this turn */
+    td_resolver_change_fn *on_first; /* td_resolver_on_first_answer */
+    int changed;                     /* an answer changed during this turn */
+    int first;                       /* a name had its first answer (or failure) this turn */
 };
 
 static resolver_t running;
@@ -67,6 +74,13 @@ static int running_on;
 static int lib_on;
 
 static void arm_ares_timer(resolver_t *r);
+static void arm_due(resolver_t *r);
+static struct entry_s *find(resolver_t *r, const char *name);
+/* Calls fn for each address of a name of cfg (only `only`, when not NULL) that another server of
+ * its backend has (td_resolver_overlap_fn), with the answers r has. */
+static void overlaps(resolver_t *r, const td_config_t *cfg, const char *only,
+                     td_resolver_overlap_fn *fn, void *arg);
+static td_resolver_overlap_fn overlap_log;
 
 static void watch_close_cb(uv_handle_t *h) {
     free(h->data);
@@ -148,7 +162,10 @@ static int conf_same(const td_config_resolvers_t *a, int has_a, const td_config_
 static int channel_open(resolver_t *r, const td_config_resolvers_t *rs, char *err, size_t errlen) {
     struct ares_options o;
     memset(&o, 0, sizeof(o));
-    int mask = ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES;
+    int mask = ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES | ARES_OPT_LOOKUPS;
+    /* With name servers configured only they are asked; without, the system's way: /etc/hosts
+     * first, then DNS. */
+    o.lookups = rs && rs->num_nameservers ? "b" : "fb";
     o.sock_state_cb = sock_state_cb;
     o.sock_state_cb_data = r;
     o.timeout = rs ? rs->timeout_ms : 2000;
@@ -244,12 +261,66 @@ static size_t answer_addrs(const struct ares_addrinfo *ai, unsigned short port, 
     return n;
 }
 
+/* addrs[0..n) as "A, B, C", cut after 8 with "and N more"; "none" for n = 0. */
+static void addr_list(const td_addr_t *addrs, size_t n, char *out, size_t len) {
+    size_t at = 0;
+    out[0] = '\0';
+    if (!n)
+        snprintf(out, len, "none");
+    for (size_t i = 0; i < n && i < 8 && at < len; i++)
+        at += (size_t)snprintf(out + at, len - at, "%s%s", i ? ", " : "", addrs[i].text);
+    if (n > 8 && at < len)
+        snprintf(out + at, len - at, " and %zu more", n - 8);
+}
+
+/* The backends of the running config that have a server named `name`, "a, b" (for the events). */
+static void backends_of(const char *name, char *out, size_t len) {
+    const td_config_t *cfg = td_control_config();
+    size_t at = 0;
+    out[0] = '\0';
+    for (size_t i = 0; cfg && i < cfg->num_backends && at < len; i++)
+        for (size_t j = 0; j < cfg->backends[i].num_servers; j++)
+            if (strcasecmp(cfg->backends[i].servers[j].address.text, name) == 0) {
+                at += (size_t)snprintf(out + at, len - at, "%s%s", at ? ", " : "",
+                                       cfg->backends[i].name);
+                break;
+            }
+}
+
+/* Clear words for c-ares' status codes (its own strings say "Misformatted domain name" for a
+ * REFUSED answer, among others). */
+static const char *status_words(int status) {
+    switch (status) {
+    case ARES_ENOTFOUND:
+        return "no such name (NXDOMAIN)";
+    case ARES_ENODATA:
+        return "no address for the name (NODATA)";
+    case ARES_EREFUSED:
+        return "refused by the name server";
+    case ARES_ESERVFAIL:
+        return "name server failure (SERVFAIL)";
+    case ARES_ETIMEOUT:
+        return "timeout: no name server answered";
+    case ARES_ECONNREFUSED:
+        return "connection refused by the name server";
+    case ARES_EFORMERR:
+    case ARES_EBADRESP:
+        return "malformed answer from the name server";
+    default:
+        return ares_strerror(status);
+    }
+}
+
 static void notify_cb(uv_timer_t *t) {
     resolver_t *r = t->data;
-    if (!r->changed || !r->on_change)
-        return;
-    r->changed = 0;
-    r->on_change();
+    int changed = r->changed, first = r->first;
+    r->changed = r->first = 0;
+    /* The change first: the snapshot it publishes may already be the one a config change waits
+     * for. */
+    if (changed && r->on_change)
+        r->on_change();
+    if (first && r->on_first)
+        r->on_first();
 }
 
 static void answer_cb(void *arg, int status, int timeouts, struct ares_addrinfo *ai) {
@@ -269,6 +340,8 @@ static void answer_cb(void *arg, int status, int timeouts, struct ares_addrinfo 
         return;
     }
     int64_t now = td_now_ms();
+    if (!e->checked_at_ms)
+        r->first = 1;
     e->checked_at_ms = td_wall_ms();
     td_addr_t got[TD_RESOLVER_MAX_ADDRS];
     int ttl = -1;
@@ -276,12 +349,42 @@ static void answer_cb(void *arg, int status, int timeouts, struct ares_addrinfo 
     if (ai)
         ares_freeaddrinfo(ai);
     int again = e->resolve_ms;
+    /* An authoritative "no" (NXDOMAIN, or NODATA: no address) drops the last addresses after
+     * hold_nx_ms; any other failure (timeout, refused, unreachable) keeps them. */
+    int nx =
+        status == ARES_ENOTFOUND || status == ARES_ENODATA || (status == ARES_SUCCESS && n == 0);
+    if (n == 0 && nx && e->n) {
+        if (!e->nx_since_ms)
+            e->nx_since_ms = now;
+        int64_t left = e->nx_since_ms + r->hold_nx_ms - now;
+        if (left <= 0) {
+            if (r == &running)
+                td_warn("resolver: %s: %s for %d ms (resolvers.hold_nx_ms): its %zu address%s "
+                        "dropped",
+                        e->name, status_words(status == ARES_SUCCESS ? ARES_ENODATA : status),
+                        r->hold_nx_ms, e->n, e->n == 1 ? " is" : "es are");
+            if (r == &running) {
+                char was[512], where[256];
+                addr_list(e->addrs, e->n, was, sizeof(was));
+                backends_of(e->name, where, sizeof(where));
+                td_event("dns", "%s: %s now none (was %s)", where[0] ? where : "?", e->name, was);
+            }
+            e->n = 0;
+            r->changed = 1;
+        } else if (left < again) {
+            again = (int)left;
+        }
+    }
     if (n == 0) {
         char why[160];
         snprintf(why, sizeof(why), "%s",
-                 status == ARES_SUCCESS ? "no address in the answer" : ares_strerror(status));
+                 status_words(status == ARES_SUCCESS ? ARES_ENODATA : status));
         if (strcmp(why, e->error) != 0 && r == &running) {
-            if (e->n)
+            if (e->n && nx)
+                td_warn("resolver: %s: %s; keeping its last %zu address%s for %d ms "
+                        "(resolvers.hold_nx_ms)",
+                        e->name, why, e->n, e->n == 1 ? "" : "es", r->hold_nx_ms);
+            else if (e->n)
                 td_warn("resolver: %s: %s; keeping its last %zu address%s", e->name, why, e->n,
                         e->n == 1 ? "" : "es");
             else
@@ -294,29 +397,87 @@ static void answer_cb(void *arg, int status, int timeouts, struct ares_addrinfo 
         if (e->error[0] && r == &running)
             td_info("resolver: %s resolves again (%zu address%s)", e->name, n, n == 1 ? "" : "es");
         e->error[0] = '\0';
+        e->nx_since_ms = 0;
         e->resolved_at_ms = e->checked_at_ms;
         int same = n == e->n;
         for (size_t i = 0; same && i < n; i++)
             same = strcmp(got[i].text, e->addrs[i].text) == 0;
         if (!same) {
-            char list[256] = "";
-            size_t len = 0;
-            for (size_t i = 0; i < n && len < sizeof(list) - 1; i++)
-                len += (size_t)snprintf(list + len, sizeof(list) - len, "%s%s", i ? " " : "",
-                                        got[i].text);
-            if (r == &running)
-                td_info("resolver: %s is %s", e->name, list);
+            char list[512], was[512], where[256];
+            addr_list(got, n, list, sizeof(list));
+            addr_list(e->addrs, e->n, was, sizeof(was));
+            if (r == &running) {
+                td_info("resolver: %s is %s (was %s)", e->name, list, was);
+                backends_of(e->name, where, sizeof(where));
+                td_event("dns", "%s: %s now %s (was %s)", where[0] ? where : "?", e->name, list,
+                         was);
+            }
             memcpy(e->addrs, got, n * sizeof(got[0]));
             e->n = n;
             r->changed = 1;
+            const td_config_t *cfg = r == &running ? td_control_config() : NULL;
+            if (cfg)
+                overlaps(r, cfg, e->name, overlap_log, (void *)cfg);
         }
         /* A record's TTL shorter than resolve_ms wins, but no more often than once a second. */
         if (ttl >= 0 && (int64_t)ttl * 1000 < again)
             again = ttl * 1000 < MIN_AGAIN_MS ? MIN_AGAIN_MS : ttl * 1000;
     }
     e->due_ms = now + again;
-    if (r->changed && r->on_change && r == &running)
+    if (r == &running)
+        arm_due(r);
+    if (((r->changed && r->on_change) || (r->first && r->on_first)) && r == &running)
         uv_timer_start(&r->notify, notify_cb, 0, 0);
+}
+
+/* The address text of server j of backend b as it expands (an IP's own, or the name's answer in
+ * r) into out[]; returns how many. */
+static size_t expand(resolver_t *r, const td_config_server_t *cs, td_addr_t *out) {
+    if (!td_addr_is_name(&cs->address)) {
+        out[0] = cs->address;
+        return 1;
+    }
+    entry_t *e = find(r, cs->address.text);
+    if (!e)
+        return 0;
+    memcpy(out, e->addrs, e->n * sizeof(out[0]));
+    return e->n;
+}
+
+static void overlaps(resolver_t *r, const td_config_t *cfg, const char *only,
+                     td_resolver_overlap_fn *fn, void *arg) {
+    static td_addr_t mine[TD_RESOLVER_MAX_ADDRS], theirs[TD_RESOLVER_MAX_ADDRS];
+    for (size_t i = 0; i < cfg->num_backends; i++) {
+        const td_config_backend_t *cb = &cfg->backends[i];
+        for (size_t j = 0; j < cb->num_servers; j++) {
+            const td_config_server_t *cs = &cb->servers[j];
+            if (!td_addr_is_name(&cs->address) || (only && strcasecmp(only, cs->address.text) != 0))
+                continue;
+            size_t n = expand(r, cs, mine);
+            for (size_t k = 0; k < n; k++) {
+                /* Who has it: a server by that address anywhere, else a name before this one. */
+                size_t who = cb->num_servers;
+                for (size_t m = 0; m < cb->num_servers && who == cb->num_servers; m++) {
+                    const td_config_server_t *o = &cb->servers[m];
+                    if (m == j || (td_addr_is_name(&o->address) && m > j))
+                        continue;
+                    size_t on = expand(r, o, theirs);
+                    for (size_t q = 0; q < on && who == cb->num_servers; q++)
+                        if (strcmp(theirs[q].text, mine[k].text) == 0)
+                            who = m;
+                }
+                if (who < cb->num_servers)
+                    fn(arg, (int)i, (int)j, mine[k].text, cb->servers[who].address.text);
+            }
+        }
+    }
+}
+
+static void overlap_log(void *arg, int b, int s, const char *address, const char *other) {
+    const td_config_t *cfg = arg;
+    td_warn("resolver: backend %s: %s answers %s, which is already the server %s: that one is "
+            "kept, with its own weight",
+            cfg->backends[b].name, cfg->backends[b].servers[s].address.text, address, other);
 }
 
 static void ask(resolver_t *r, entry_t *e) {
@@ -356,9 +517,35 @@ static void tick_cb(uv_timer_t *t) {
     for (entry_t *e = r->entries; e; e = e->next) {
         if (e->asking || e->dead)
             continue;
-        if (now >= e->due_ms || (e->n && now - e->asked_ms >= MIN_AGAIN_MS && all_down(e->name)))
+        if (e->n && now - e->asked_ms >= MIN_AGAIN_MS && all_down(e->name))
             ask(r, e);
     }
+}
+
+static void due_cb(uv_timer_t *t) {
+    resolver_t *r = t->data;
+    int64_t now = td_now_ms();
+    for (entry_t *e = r->entries; e; e = e->next)
+        if (!e->asking && !e->dead && now >= e->due_ms)
+            ask(r, e);
+    arm_due(r);
+}
+
+/* Arms the running resolver's due timer at the earliest next attempt of a name not being asked
+ * (an answer re-arms it), so that resolve_ms and TTLs are kept to the ms. */
+static void arm_due(resolver_t *r) {
+    int64_t first = -1;
+    if (r != &running || !running_on)
+        return;
+    for (entry_t *e = r->entries; e; e = e->next)
+        if (!e->asking && !e->dead && (first < 0 || e->due_ms < first))
+            first = e->due_ms;
+    if (first < 0) {
+        uv_timer_stop(&r->due);
+        return;
+    }
+    int64_t wait = first - td_now_ms();
+    uv_timer_start(&r->due, due_cb, wait > 0 ? (uint64_t)wait : 0, 0);
 }
 
 static entry_t *find(resolver_t *r, const char *name) {
@@ -440,13 +627,16 @@ int td_resolver_sync(uv_loop_t *loop, const td_config_t *cfg, td_resolver_change
         uv_timer_init(loop, &r->ares_timer);
         uv_timer_init(loop, &r->tick);
         uv_timer_init(loop, &r->notify);
-        r->ares_timer.data = r->tick.data = r->notify.data = r;
+        uv_timer_init(loop, &r->due);
+        r->ares_timer.data = r->tick.data = r->notify.data = r->due.data = r;
         uv_unref((uv_handle_t *)&r->tick); /* never what keeps the loop running */
+        uv_unref((uv_handle_t *)&r->due);
         uv_timer_start(&r->tick, tick_cb, TICK_MS, TICK_MS);
         r->timers_on = 1;
         running_on = 1;
     }
     r->on_change = on_change;
+    r->hold_nx_ms = cfg->has_resolvers ? cfg->resolvers.hold_nx_ms : TD_RESOLVER_HOLD_NX_MS;
     int rc = follow(r, cfg);
     if (rc < 0)
         return rc;
@@ -472,7 +662,32 @@ int td_resolver_sync(uv_loop_t *loop, const td_config_t *cfg, td_resolver_change
     for (entry_t *e = r->entries; e; e = e->next)
         if (!e->dead && !e->asking && e->due_ms == 0)
             ask(r, e);
+    arm_due(r);
     return 0;
+}
+
+uint64_t td_resolver_bound_ms(const td_config_t *cfg) {
+    const td_config_resolvers_t *rs = cfg->has_resolvers ? &cfg->resolvers : NULL;
+    return (uint64_t)(rs ? rs->timeout_ms : 2000) * (uint64_t)(rs ? rs->attempts : 2) *
+               (uint64_t)(rs && rs->num_nameservers ? rs->num_nameservers : 3) +
+           1000;
+}
+
+void td_resolver_on_first_answer(td_resolver_change_fn *fn) {
+    running.on_first = fn;
+}
+
+size_t td_resolver_unanswered(const td_config_t *cfg) {
+    size_t n = 0;
+    if (!running_on)
+        return 0;
+    for (size_t i = 0; i < cfg->num_backends; i++)
+        for (size_t j = 0; j < cfg->backends[i].num_servers; j++) {
+            const td_addr_t *a = &cfg->backends[i].servers[j].address;
+            entry_t *e = td_addr_is_name(a) ? find(&running, a->text) : NULL;
+            n += e && !e->checked_at_ms;
+        }
+    return n;
 }
 
 static void stop_cb(uv_timer_t *t) {
@@ -480,13 +695,15 @@ static void stop_cb(uv_timer_t *t) {
 }
 
 int td_resolver_resolve_all(const td_config_t *cfg, int keep,
-                            void (*report)(void *arg, int b, int s, const char *error), void *arg) {
+                            void (*report)(void *arg, int b, int s, const char *error),
+                            td_resolver_overlap_fn *overlap, void *arg) {
     resolver_t tmp;
     uv_loop_t loop;
     uv_timer_t limit;
     char err[256];
     int rc;
     memset(&tmp, 0, sizeof(tmp));
+    tmp.hold_nx_ms = cfg->has_resolvers ? cfg->resolvers.hold_nx_ms : TD_RESOLVER_HOLD_NX_MS;
     if ((rc = follow(&tmp, cfg)) < 0)
         goto out_entries;
     if (!tmp.entries)
@@ -509,11 +726,7 @@ int td_resolver_resolve_all(const td_config_t *cfg, int keep,
         for (entry_t *e = tmp.entries; e; e = e->next)
             ask(&tmp, e);
         /* c-ares ends every query within its timeouts; the limit is a guard over them. */
-        const td_config_resolvers_t *rs = cfg->has_resolvers ? &cfg->resolvers : NULL;
-        uint64_t bound = (uint64_t)(rs ? rs->timeout_ms : 2000) *
-                             (uint64_t)(rs ? rs->attempts : 2) *
-                             (uint64_t)(rs && rs->num_nameservers ? rs->num_nameservers : 3) +
-                         1000;
+        uint64_t bound = td_resolver_bound_ms(cfg);
         uv_timer_init(&loop, &limit);
         uv_timer_start(&limit, stop_cb, bound, 0);
         for (;;) {
@@ -545,6 +758,16 @@ int td_resolver_resolve_all(const td_config_t *cfg, int keep,
                     report(arg, (int)i, (int)j,
                            e->error[0] ? e->error : "no answer within the resolvers' timeout");
             }
+        for (entry_t *e = keep ? tmp.entries : NULL; e; e = e->next)
+            if (e->n) {
+                char list[512];
+                addr_list(e->addrs, e->n, list, sizeof(list));
+                td_info("resolver: %s is %s", e->name, list);
+            }
+        if (overlap)
+            overlaps(&tmp, cfg, NULL, overlap, arg);
+        else if (keep)
+            overlaps(&tmp, cfg, NULL, overlap_log, (void *)cfg);
         if (keep && !running_on) {
             /* The running resolver starts from these answers. */
             running.entries = tmp.entries;
@@ -599,6 +822,7 @@ void td_resolver_stop(void) {
     uv_close((uv_handle_t *)&r->ares_timer, timer_close_cb);
     uv_close((uv_handle_t *)&r->tick, timer_close_cb);
     uv_close((uv_handle_t *)&r->notify, timer_close_cb);
+    uv_close((uv_handle_t *)&r->due, timer_close_cb);
     while (r->entries)
         entry_free(r, r->entries);
     running_on = 0;

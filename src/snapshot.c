@@ -125,6 +125,13 @@ td_snapshot_t *td_snapshot_build(td_config_t *cfg, uint64_t version, char *err, 
                 int dup = b->num_servers >= TD_CONFIG_MAX_SERVERS;
                 for (size_t m = 0; m < b->num_servers && !dup; m++)
                     dup = strcmp(b->servers[m].addr.text, got[k].text) == 0;
+                /* One server per (backend, address): a server configured by that address wins
+                 * over a name's answer wherever it stands in the list; among names the first
+                 * (td_resolver_overlaps says so). */
+                for (size_t m = 0; m < cb->num_servers && !dup && td_addr_is_name(&cs->address);
+                     m++)
+                    dup = !td_addr_is_name(&cb->servers[m].address) &&
+                          strcmp(cb->servers[m].address.text, got[k].text) == 0;
                 if (dup)
                     continue;
                 td_snap_server_t *sv = &b->servers[b->num_servers];

@@ -90,7 +90,12 @@ typedef struct td_config_resolvers_s {
     int num_nameservers; /* 0..TD_CONFIG_MAX_NAMESERVERS; 0 = those of /etc/resolv.conf */
     int timeout_ms;      /* 1..60000; default 2000: one query's wait for an answer */
     int attempts;        /* 1..10; default 2: tries per name server */
+    int hold_nx_ms;      /* 0..86400000; default TD_RESOLVER_HOLD_NX_MS: how long a name answered
+                          * NXDOMAIN or NODATA keeps its last addresses */
 } td_config_resolvers_t;
+
+/* resolvers.hold_nx_ms's default (HAProxy's `hold nx`), also without "resolvers". */
+#define TD_RESOLVER_HOLD_NX_MS 30000
 
 typedef struct td_config_health_s {
     char type[16];          /* "tcp" | "http" | "ssl_hello" (TLS handshake only); default "http" */

@@ -72,7 +72,8 @@ int td_config_file_sha256(const char *path, char out[65]);
 int td_addr_parse(const char *text, td_addr_t *out);
 
 /* Parses "HOST:port" with a DNS host name (RFC 1123 labels of letters, digits, '-' and '_',
- * dot-separated, not all digits; port 1..65535; at most 63 characters) into `out`: its text, with
+ * dot-separated, a trailing dot allowed, not all digits; port 1..65535; at most 63 characters)
+ * into `out`: its text, with
  * salen 0 (no address yet). Returns 0, or TD_EINVAL with `out` untouched (an IP literal is not a
  * name: use td_addr_parse first). */
 int td_addr_parse_name(const char *text, td_addr_t *out);

@@ -6,13 +6,17 @@
  * "IP:port" with the configured port), when it came, and the error of the last attempt. A name
  * is resolved again every resolve_ms (the smallest of the servers naming it), sooner when a
  * record's TTL is shorter (at least every second, though), and at once (at most once a second)
- * when every address of it is down in the current routing snapshot. A failed attempt keeps the
- * last good answer (HAProxy's `hold valid`); the warning is logged once per change of condition.
+ * when every address of it is down in the current routing snapshot; one timer is armed at the
+ * earliest name due. A failed attempt (timeout, refused, unreachable) keeps the last good answer
+ * (HAProxy's `hold valid`); an NXDOMAIN or NODATA answer keeps it for resolvers.hold_nx_ms, then
+ * the name has none. The warning is logged once per change of condition; an address change is an
+ * event (td_event "dns").
  * When an answer differs from the last one the on_change callback runs; the control plane then
  * publishes a new routing snapshot, which td_snapshot_build fills from td_resolver_addrs.
  *
- * Without "resolvers" in the config the name servers are /etc/resolv.conf's (c-ares' default
- * init; /etc/hosts is read too). Main thread only, all of it. */
+ * Without "resolvers.nameservers" the name servers are /etc/resolv.conf's and /etc/hosts is read
+ * first (c-ares lookups "fb"); with them only they are asked ("b"). Main thread only, all of it.
+ */
 #ifndef TD_RESOLVER_H
 #define TD_RESOLVER_H
 
@@ -45,14 +49,24 @@ typedef void td_resolver_change_fn(void);
  * have no addresses. */
 int td_resolver_sync(uv_loop_t *loop, const td_config_t *cfg, td_resolver_change_fn *on_change);
 
+/* Called for an address of server `s` (a host name) of backend `b` that is already another
+ * server of that backend: `other` is the kept one's configured address (a server configured by
+ * that address always wins; among names, the first in the list). Registry identity is (backend,
+ * address): the address is one server only. */
+typedef void td_resolver_overlap_fn(void *arg, int b, int s, const char *address,
+                                    const char *other);
+
 /* Resolves every host name of `cfg` once, blocking, on a loop of its own, bounded by the
  * resolvers' timeout and attempts (td -t, and td's start so that the first snapshot has the
  * addresses; never the running loop's resolver). With `keep` set, the answers become the running
  * resolver's (call before its first td_resolver_sync). For each name that does not resolve,
- * `report(arg, backend_index, server_index, error)` is called, once per server naming it.
+ * `report(arg, backend_index, server_index, error)` is called, once per server naming it; for
+ * each answer's address that another server of its backend already has, `overlap` (NULL: with
+ * `keep`, logged as a warning).
  * Returns 0, TD_ENOMEM or TD_EIO (c-ares cannot start: the message in report with indexes -1). */
 int td_resolver_resolve_all(const td_config_t *cfg, int keep,
-                            void (*report)(void *arg, int b, int s, const char *error), void *arg);
+                            void (*report)(void *arg, int b, int s, const char *error),
+                            td_resolver_overlap_fn *overlap, void *arg);
 
 /* Copies the addresses of `name` (a server's HOST:port text) from its last good answer into
  * out[0..max), each with its text "IP:port" ("[IPv6]:port") and sockaddr. Returns how many (0:
@@ -62,6 +76,19 @@ size_t td_resolver_addrs(const char *name, td_addr_t *out, size_t max);
 /* Fills `out` for `name`. Returns 0, or TD_ENOTFOUND when the resolver does not follow that name.
  */
 int td_resolver_info(const char *name, td_resolver_info_t *out);
+
+/* Sets the function called (on the loop's turn after the answer) when a name followed by the
+ * running resolver has its first answer or first failure: what a config change waiting for its
+ * new names (td_resolver_unanswered) listens to. NULL: none. */
+void td_resolver_on_first_answer(td_resolver_change_fn *fn);
+
+/* How many servers of `cfg` name a host that the running resolver follows and has neither had
+ * an answer for nor a failure of yet (0 when the resolver is not running). */
+size_t td_resolver_unanswered(const td_config_t *cfg);
+
+/* The longest a lookup with cfg's resolvers can take (ms): timeout x attempts x name servers
+ * (3 for /etc/resolv.conf's), plus a second. */
+uint64_t td_resolver_bound_ms(const td_config_t *cfg);
 
 /* Stops the resolver (its handles close on the loop's next turn) and forgets every name. */
 void td_resolver_stop(void);

@@ -23,12 +23,14 @@ pytestmark = pytest.mark.skipif(not os.path.exists(DNSMASQ), reason="dnsmasq-bas
 class Dns:
     """dnsmasq answering for *.td.test from a hosts file (NXDOMAIN for other td.test names)."""
 
-    def __init__(self, records, ttl=1):
+    def __init__(self, records, ttl=1, log_queries=False):
         self.dir = tempfile.mkdtemp(prefix="td-dns-")
         self.hosts = os.path.join(self.dir, "hosts")
+        self.log = os.path.join(self.dir, "queries.log")
         self.port = free_port()
         self.write(records)
-        self.proc = Proc([DNSMASQ, "--no-daemon", "--keep-in-foreground", "--no-resolv",
+        logging = ["--log-queries", f"--log-facility={self.log}"] if log_queries else []
+        self.proc = Proc([DNSMASQ, *logging, "--no-daemon", "--keep-in-foreground", "--no-resolv",
                           "--no-hosts", "--conf-file=/dev/null", f"--port={self.port}",
                           "--listen-address=127.0.0.1", "--bind-interfaces",
                           f"--addn-hosts={self.hosts}", f"--local-ttl={ttl}", "--local=/td.test/",
@@ -66,8 +68,8 @@ class Dns:
 def dns():
     started = []
 
-    def start(records, ttl=1):
-        d = Dns(records, ttl)
+    def start(records, ttl=1, log_queries=False):
+        d = Dns(records, ttl, log_queries)
         started.append(d)
         return d
 
@@ -479,3 +481,148 @@ def test_new_nameservers_in_a_config_change_answer_at_once(dns, demo, td):
     status, res = t.api("PUT", "/api/v1/config", dict(body, resolvers={"nameservers": ["x:53"]}))
     assert status == 400 and "nameservers[0]" in res["error"], res
     assert set(served_by(t.port, 5)) == {"a3"}
+
+
+def test_reload_to_a_new_host_name_serves_without_a_failed_request(dns, demo, td):
+    port = free_port()
+    d = dns({"multi.td.test": ["127.0.0.2", "127.0.0.3"], "hc.td.test": ["127.0.0.4"]})
+    demo(f"a2=127.0.0.2:{port}", f"a3=127.0.0.3:{port}", f"a4=127.0.0.4:{port}")
+    t = td(dns_cfg(d, [("blue", 100, [{"address": f"multi.td.test:{port}"}])]))
+    assert set(served_by(t.port, 10)) == {"a2", "a3"}
+    load = LoadGen(t.port, threads=4, duration=60)
+    load.start()
+    try:
+        # Name -> other name -> IP -> name, by SIGHUP and by PUT /api/v1/config.
+        for address in [f"hc.td.test:{port}", f"multi.td.test:{port}", f"127.0.0.4:{port}",
+                        f"hc.td.test:{port}", f"multi.td.test:{port}"]:
+            def edit(cfg, a=address):
+                cfg["backends"][0]["servers"] = [{"address": a}]
+            reload_config(t, edit)
+            status, body = t.api("GET", "/api/v1/config")
+            body["backends"][0]["servers"] = [{"address": address, "weight": 2}]
+            old = t.state()["version"]
+            status, res = t.api("PUT", "/api/v1/config", body)
+            assert status == 200, res
+            wait_for(lambda: t.state()["version"] > old, 10, what="the PUT's snapshot")
+            served = {s["address"] for s in servers_of(t.state(), "blue")}
+            assert served, address
+        wait_for(lambda: load.answered() > 200, 30, what="requests after the changes")
+    finally:
+        load.stop()
+    assert load.failed == 0 and not load.errors, load.summary()
+
+
+def test_static_server_sharing_an_address_with_a_name_keeps_its_own_weight(dns, demo, td):
+    port = free_port()
+    d = dns({"multi.td.test": ["127.0.0.2", "127.0.0.3"]}, ttl=600)
+    demo(f"a2=127.0.0.2:{port}", f"a3=127.0.0.3:{port}")
+    cfg = dns_cfg(d, [("blue", 100, [{"address": f"multi.td.test:{port}", "weight": 5},
+                                     {"address": f"127.0.0.2:{port}", "weight": 1}])])
+    path = write_cfg(json.dumps(dict(cfg, listeners=[{"address": "127.0.0.1:18999"}]), indent=2))
+    r = subprocess.run([TD, "-t", "-c", path], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert (f"warning: backend blue: server multi.td.test:{port} resolves now to "
+            f"127.0.0.2:{port}, which is already the server 127.0.0.2:{port}") in r.stderr, r.stderr
+    t = td(cfg)
+    servers = {s["address"]: s for s in servers_of(t.state(), "blue")}
+    assert set(servers) == {f"127.0.0.2:{port}", f"127.0.0.3:{port}"}
+    assert servers[f"127.0.0.2:{port}"]["weight"] == 1 and "name" not in servers[f"127.0.0.2:{port}"]
+    assert servers[f"127.0.0.3:{port}"]["weight"] == 5
+    assert "which is already the server" in t.proc.output()
+
+
+def test_name_without_an_address_is_a_server_up_0_in_the_metrics(dns, demo, td):
+    port = free_port()
+    d = dns({"app.td.test": ["127.0.0.2"]})
+    demo(f"a2=127.0.0.2:{port}")
+    t = td(dns_cfg(d, [("blue", 100, [{"address": f"app.td.test:{port}"},
+                                      {"address": f"nowhere.td.test:{port}"}])]))
+    metrics = urllib_get(t.admin + "/metrics")
+    assert (f'td_server_up{{backend="blue",server="",name="nowhere.td.test:{port}"}} 0'
+            in metrics), metrics
+    assert (f'td_server_up{{backend="blue",server="127.0.0.2:{port}",'
+            f'name="app.td.test:{port}"}} 1') in metrics
+
+
+def test_nxdomain_drops_the_last_addresses_after_hold_nx_ms(dns, demo, td):
+    port = free_port()
+    d = dns({"app.td.test": ["127.0.0.2"], "other.td.test": ["127.0.0.3"]})
+    demo(f"a2=127.0.0.2:{port}", f"a3=127.0.0.3:{port}")
+    cfg = dns_cfg(d, [("blue", 100, [{"address": f"app.td.test:{port}", "resolve_ms": 200},
+                                     {"address": f"other.td.test:{port}"}])])
+    cfg["resolvers"]["hold_nx_ms"] = 300
+    t = td(cfg)
+    assert set(served_by(t.port, 10)) == {"a2", "a3"}
+    d.change({"other.td.test": ["127.0.0.3"]})  # app.td.test: NXDOMAIN from now on
+    wait_for(lambda: [s["address"] for s in servers_of(t.state(), "blue")
+                      if s.get("name") == f"app.td.test:{port}"] == [None], 15,
+             what="the NXDOMAIN name without addresses")
+    assert set(served_by(t.port, 10)) == {"a3"}
+    assert "NXDOMAIN" in t.proc.output()
+    status, body = t.api("GET", "/api/v1/config")
+    assert body["resolvers"]["hold_nx_ms"] == 300
+
+
+def test_configured_nameservers_are_the_only_source_not_etc_hosts(dns, demo, td):
+    port = free_port()
+    d = dns({"app.td.test": ["127.0.0.2"]})
+    demo(f"a2=127.0.0.2:{port}")
+    # localhost is in /etc/hosts; dnsmasq (no upstream, no hosts file of the system's) refuses it.
+    t = td(dns_cfg(d, [("blue", 100, [{"address": f"app.td.test:{port}"},
+                                      {"address": f"localhost:{port}"}])]))
+    local = [s for s in servers_of(t.state(), "blue") if s.get("name") == f"localhost:{port}"]
+    assert [s["address"] for s in local] == [None], local
+    assert "refused" in (local[0]["dns_error"] or ""), local
+
+
+def test_resolve_ms_100_asks_the_name_every_100_ms(dns, demo, td):
+    port = free_port()
+    d = dns({"app.td.test": ["127.0.0.2"]}, ttl=600, log_queries=True)
+    demo(f"a2=127.0.0.2:{port}")
+    t = td(dns_cfg(d, [("blue", 100, [{"address": f"app.td.test:{port}", "resolve_ms": 100}])]))
+    assert set(served_by(t.port, 2)) == {"a2"}
+
+    def queries():
+        try:
+            with open(d.log) as f:
+                return sum(1 for line in f if "query[A] app.td.test" in line)
+        except FileNotFoundError:
+            return 0
+    start, t0 = queries(), time.monotonic()
+    wait_for(lambda: time.monotonic() - t0 >= 3, 10, interval=0.2, what="3 s of queries")
+    asked = queries() - start
+    elapsed = time.monotonic() - t0
+    # Every 100 ms (plus the answer's round trip) is ~10 a second; a 200 ms poll made it 5.
+    assert asked / elapsed > 7, (asked, elapsed)
+
+
+def test_address_change_is_an_event_and_tdctl_status_marks_a_failed_lookup(dns, demo, td):
+    from conftest import tdctl
+    port = free_port()
+    d = dns({"app.td.test": ["127.0.0.2"]})
+    demo(f"a2=127.0.0.2:{port}", f"a3=127.0.0.3:{port}")
+    t = td(dns_cfg(d, [("blue", 100, [{"address": f"app.td.test:{port}", "resolve_ms": 200}])]))
+    assert f"resolver: app.td.test:{port} is 127.0.0.2:{port}" in t.proc.output()
+    d.change({"app.td.test": ["127.0.0.3"]})
+    want = f"blue: app.td.test:{port} now 127.0.0.3:{port} (was 127.0.0.2:{port})"
+
+    def event():
+        status, ev = t.api("GET", "/api/v1/events")
+        return any(want in json.dumps(e) for e in ev)
+    wait_for(event, 15, what="the address change in the events")
+    d.stop()
+    wait_for(lambda: "last answer kept" in tdctl(t, "status").stdout, 15,
+             what="tdctl status marking the failed lookup")
+    out = tdctl(t, "status").stdout
+    assert f"127.0.0.3:{port} (app.td.test:{port}) (dns: " in out, out
+
+
+def test_fully_qualified_name_with_a_trailing_dot_is_accepted_and_resolves(dns, demo, td):
+    port = free_port()
+    d = dns({"app.td.test": ["127.0.0.2"]})
+    demo(f"a2=127.0.0.2:{port}")
+    t = td(dns_cfg(d, [("blue", 100, [{"address": f"app.td.test.:{port}"}])]))
+    assert set(served_by(t.port, 5)) == {"a2"}
+    servers = servers_of(t.state(), "blue")
+    assert [(s["address"], s["name"]) for s in servers] == [(f"127.0.0.2:{port}",
+                                                             f"app.td.test.:{port}")]

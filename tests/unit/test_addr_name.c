@@ -40,6 +40,17 @@ static void what_is_not_a_host_name_is_refused(void) {
     T_EQ_INT((int)a.salen, 0x5a5a5a5a); /* untouched */
 }
 
+static void a_trailing_dot_is_a_fully_qualified_name(void) {
+    td_addr_t a;
+    T_EQ_INT(td_addr_parse_name("green.internal.:80", &a), 0);
+    T_EQ_STR(a.text, "green.internal.:80");
+    T_EQ_INT(td_addr_parse_name("localhost.:80", &a), 0);
+    T_EQ_INT(td_addr_parse_name(".:80", &a), TD_EINVAL);
+    T_EQ_INT(td_addr_parse_name("green..:80", &a), TD_EINVAL);
+    T_EQ_INT(td_addr_parse_name("green-.:80", &a), TD_EINVAL);
+    T_EQ_INT(td_addr_parse_name("10.0.0.1.:80", &a), TD_EINVAL); /* digits only: no name */
+}
+
 static void an_ip_address_is_not_a_name(void) {
     td_addr_t a;
     T_EQ_INT(td_addr_parse("127.0.0.2:8080", &a), 0);
@@ -49,6 +60,7 @@ static void an_ip_address_is_not_a_name(void) {
 int main(void) {
     host_names_with_a_port_are_names();
     what_is_not_a_host_name_is_refused();
+    a_trailing_dot_is_a_fully_qualified_name();
     an_ip_address_is_not_a_name();
     return t_done("addr_name");
 }

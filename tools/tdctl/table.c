@@ -104,10 +104,16 @@ static void backend_name(const json_t *b, char *out, size_t n) {
  * without an address yet as "NAME (no address)". */
 static void server_label(const json_t *s, char *out, size_t n) {
     const char *name = json_string_value(json_object_get(s, "name"));
+    /* A name whose last lookup failed says so: "(dns: timeout..., last answer kept)". */
+    const char *dns = json_string_value(json_object_get(s, "dns_error"));
     if (!name)
         snprintf(out, n, "  %s", str(s, "address"));
+    else if (json_is_string(json_object_get(s, "address")) && dns)
+        snprintf(out, n, "  %s (%s) (dns: %s, last answer kept)", str(s, "address"), name, dns);
     else if (json_is_string(json_object_get(s, "address")))
         snprintf(out, n, "  %s (%s)", str(s, "address"), name);
+    else if (dns)
+        snprintf(out, n, "  %s (no address) (dns: %s)", name, dns);
     else
         snprintf(out, n, "  %s (no address)", name);
 }
