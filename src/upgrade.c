@@ -3,6 +3,7 @@
  * `td upgrade` command. Implements td/upgrade.h. */
 #include "td/upgrade.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -410,6 +411,26 @@ static char **child_env(char *var) {
     return env;
 }
 
+/* Every descriptor of this process above stderr close-on-exec: the new process inherits only
+ * the pair's end it is given as TD_UPGRADE_ENV. Libraries open some without the flag (libcurl's
+ * wake-up socket pair): each upgrade would pass them on, and the new td keep them for good. */
+static void cloexec_all(void) {
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        char *end;
+        long fd = strtol(e->d_name, &end, 10);
+        if (*end || end == e->d_name || fd <= 2 || fd == dirfd(d))
+            continue;
+        int flags = fcntl((int)fd, F_GETFD);
+        if (flags >= 0 && !(flags & FD_CLOEXEC))
+            fcntl((int)fd, F_SETFD, flags | FD_CLOEXEC);
+    }
+    closedir(d);
+}
+
 int td_upgrade_begin(uv_loop_t *loop, char *const *argv, const td_proxy_t *proxy,
                      td_upgrade_done_fn *done, char *err, size_t n) {
     if (current) {
@@ -449,6 +470,7 @@ int td_upgrade_begin(uv_loop_t *loop, char *const *argv, const td_proxy_t *proxy
                                 .stdio_count = 4,
                                 .stdio = stdio};
     u->proc.data = u;
+    cloexec_all();
     int r = uv_spawn(loop, &u->proc, &opt);
     free(env);
     close(sv[1]);

@@ -462,3 +462,24 @@ def test_upgrade_carries_the_health_verdict_of_a_host_names_address(td, pid_dir)
     finally:
         demo.stop()
         d.stop()
+
+
+def fd_count(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_five_upgrades_leave_the_new_td_with_as_many_descriptors_as_the_first(
+        backends, td, pid_dir):
+    b = backends(("blue", 1))
+    pid_file = os.path.join(pid_dir, "td.pid")
+    t = td(backend_cfg({"blue": (100, b.ports["blue"])}, pid_file=pid_file))
+    wait_for(lambda: read_pid(pid_file) == t.proc.pid, 10 * SLOW, what="the pid file")
+    pids = [t.proc.pid]
+    counts = []
+    for _ in range(5):
+        p = upgrade(["--pid-file", pid_file])
+        assert p.returncode == 0, p.stdout + p.stderr + t.proc.output()[-3000:]
+        pids.append(wait_takeover(pid_file, pids[-1], t.admin_port))
+        wait_for(lambda: not alive(pids[-2]), 30 * SLOW, what="the old td to exit")
+        counts.append(fd_count(pids[-1]))
+    assert max(counts) - counts[0] <= 1, counts
