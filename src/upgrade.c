@@ -529,6 +529,92 @@ int td_upgrade_outcome_write(const char *path, long old_pid, long new_pid, const
     return 0;
 }
 
+/* The last part of `path` with " (deleted)" stripped, into out[n]. */
+static void base_name(const char *path, char *out, size_t n) {
+    const char *slash = strrchr(path, '/');
+    snprintf(out, n, "%s", slash ? slash + 1 : path);
+    static const char deleted[] = " (deleted)";
+    size_t len = strlen(out), d = sizeof(deleted) - 1;
+    if (len > d && strcmp(out + len - d, deleted) == 0)
+        out[len - d] = 0;
+}
+
+/* `arg` made absolute against /proc/PID/cwd, into out[n]. */
+static void proc_path(long pid, const char *arg, char *out, size_t n) {
+    if (arg[0] == '/') {
+        snprintf(out, n, "%s", arg);
+        return;
+    }
+    char link[64], cwd[TD_PATH_MAX + 1];
+    snprintf(link, sizeof(link), "/proc/%ld/cwd", pid);
+    ssize_t len = readlink(link, cwd, sizeof(cwd) - 1);
+    cwd[len > 0 ? len : 0] = 0;
+    if (snprintf(out, n, "%s/%s", cwd, arg) >= (int)n)
+        out[0] = 0; /* too long to be a config path td accepts */
+}
+
+int td_upgrade_target(long pid, td_upgrade_target_t *t, char *err, size_t n) {
+    memset(t, 0, sizeof(*t));
+    if (pid == 1) {
+        snprintf(err, n, "pid 1 is init, not td");
+        return TD_EINVAL;
+    }
+    char path[64], buf[8192], mine[256], name[256];
+    base_name(exe_path[0] ? exe_path : "td", mine, sizeof(mine));
+    snprintf(path, sizeof(path), "/proc/%ld/cmdline", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(err, n, "no process %ld: %s", pid, strerror(errno));
+        return TD_EINVAL;
+    }
+    size_t len = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[len] = 0;
+    int is_td = 0;
+    base_name(buf, name, sizeof(name));
+    if (len && (strcmp(name, mine) == 0 || strcmp(name, "td") == 0))
+        is_td = 1;
+    snprintf(path, sizeof(path), "/proc/%ld/exe", pid);
+    char exe[TD_PATH_MAX + 1];
+    ssize_t el = readlink(path, exe, sizeof(exe) - 1);
+    if (el > 0) {
+        exe[el] = 0;
+        base_name(exe, name, sizeof(name));
+        if (strcmp(name, mine) == 0 || strcmp(name, "td") == 0)
+            is_td = 1;
+    }
+    snprintf(path, sizeof(path), "/proc/%ld/comm", pid);
+    char comm[64] = "";
+    if ((f = fopen(path, "r"))) {
+        if (!fgets(comm, sizeof(comm), f))
+            comm[0] = 0;
+        fclose(f);
+        comm[strcspn(comm, "\n")] = 0;
+        if (strcmp(comm, "td") == 0)
+            is_td = 1;
+    }
+    if (!is_td) {
+        snprintf(err, n, "process %ld is not td (it runs %s): nothing signalled", pid,
+                 comm[0] ? comm : "something else");
+        return TD_EINVAL;
+    }
+    /* Its options (argv[1] on): the config and pid file its outcome is found by. */
+    for (size_t at = strlen(buf) + 1; at < len; at += strlen(buf + at) + 1) {
+        const char *a = buf + at, *next = at + strlen(a) + 1 < len ? buf + at + strlen(a) + 1 : "";
+        if (strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0)
+            proc_path(pid, next, t->config, sizeof(t->config));
+        else if (strncmp(a, "--config=", 9) == 0)
+            proc_path(pid, a + 9, t->config, sizeof(t->config));
+        else if (strcmp(a, "--pid-file") == 0)
+            snprintf(t->pid_file, sizeof(t->pid_file), "%s", next);
+        else if (strncmp(a, "--pid-file=", 11) == 0)
+            snprintf(t->pid_file, sizeof(t->pid_file), "%s", a + 11);
+        else if (strcmp(a, "demo") == 0)
+            t->demo = 1;
+    }
+    return 0;
+}
+
 static void sleep_ms(int ms) {
     struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
@@ -545,7 +631,7 @@ int td_upgrade_command(long pid, const char *outcome, int timeout_ms) {
         printf("td upgrade: sent SIGUSR2 to td (pid %ld); without a pid file its outcome is in "
                "td's log only\n",
                pid);
-        return 0;
+        return 3;
     }
     for (int waited = 0; waited < timeout_ms; waited += 50) {
         char line[800] = "";

@@ -483,3 +483,81 @@ def test_five_upgrades_leave_the_new_td_with_as_many_descriptors_as_the_first(
         wait_for(lambda: not alive(pids[-2]), 30 * SLOW, what="the old td to exit")
         counts.append(fd_count(pids[-1]))
     assert max(counts) - counts[0] <= 1, counts
+
+
+def test_td_upgrade_refuses_a_pid_that_is_not_td_and_leaves_it_running():
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        p = upgrade(["--pid", str(sleeper.pid)])
+        assert p.returncode == 2, p.stdout + p.stderr
+        assert f"process {sleeper.pid} is not td" in p.stderr, p.stderr
+        time.sleep(0.2)  # a SIGUSR2 sent would have ended it by now
+        assert sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_td_upgrade_refuses_td_demo_whose_backends_run_in_its_process():
+    # A process named as `td demo` is (argv[0] td, argument demo), without its fixed ports.
+    fake = subprocess.Popen(["/usr/bin/python3", "-c", "import os; os.execv('/usr/bin/python3', "
+                             "['td', '-c', 'import time; time.sleep(60)', 'demo'])"])
+    try:
+        wait_for(lambda: open(f"/proc/{fake.pid}/cmdline").read().startswith("td\0"), 10,
+                 what="the exec")
+        p = upgrade(["--pid", str(fake.pid)])
+        assert p.returncode == 2, p.stdout + p.stderr
+        assert "td demo cannot be upgraded: its demo backends run in this process" in p.stderr
+        assert fake.poll() is None
+    finally:
+        fake.kill()
+        fake.wait()
+
+
+def test_td_upgrade_says_why_for_pid_1_both_pid_options_and_an_unreadable_config(pid_dir):
+    p = upgrade(["--pid", "1"])
+    assert p.returncode == 2 and "pid 1 is init, not td" in p.stderr, p.stderr
+    p = upgrade(["--pid", "1234", "--pid-file", os.path.join(pid_dir, "x.pid")])
+    assert p.returncode == 2 and "give one of --pid and --pid-file" in p.stderr, p.stderr
+    p = upgrade(["-c", "/nonexistent.json"])
+    assert p.returncode == 2, p.stderr
+    assert "cannot read /nonexistent.json: No such file or directory" in p.stderr, p.stderr
+
+
+def test_td_upgrade_pid_waits_for_the_outcome_and_a_clean_stop_removes_the_outcome_file(
+        backends, td, pid_dir):
+    b = backends(("blue", 1))
+    pid_file = os.path.join(pid_dir, "td.pid")
+    t = td(backend_cfg({"blue": (100, b.ports["blue"])}, pid_file=pid_file))
+    wait_for(lambda: read_pid(pid_file) == t.proc.pid, 10 * SLOW, what="the pid file")
+    p = upgrade(["--pid", str(t.proc.pid)])
+    assert p.returncode == 0, p.stdout + p.stderr + t.proc.output()[-3000:]
+    assert "handed over to the new td" in p.stdout, p.stdout
+    new = wait_takeover(pid_file, t.proc.pid, t.admin_port)
+    assert t.proc.p.wait(timeout=30 * SLOW) == 0
+    assert os.path.exists(pid_file + ".upgrade")
+    os.kill(new, signal.SIGTERM)
+    wait_for(lambda: not alive(new), 20 * SLOW, what="the new td to stop")
+    assert not os.path.exists(pid_file + ".upgrade") and not os.path.exists(pid_file)
+
+
+def test_sigusr2_to_an_old_td_draining_after_an_upgrade_is_ignored_and_its_lines_name_it(
+        backends, td, pid_dir):
+    b = backends(("blue", 1))
+    pid_file = os.path.join(pid_dir, "td.pid")
+    t = td(backend_cfg({"blue": (100, b.ports["blue"])}, pid_file=pid_file))
+    wait_for(lambda: read_pid(pid_file) == t.proc.pid, 10 * SLOW, what="the pid file")
+    old = t.proc.pid
+    # An exchange in flight keeps the old td draining.
+    slow = http.client.HTTPConnection("127.0.0.1", t.port, timeout=30 * SLOW)
+    slow.request("GET", "/delay/4000")
+    p = upgrade(["--pid-file", pid_file])
+    assert p.returncode == 0, p.stdout + p.stderr
+    new = wait_takeover(pid_file, old, t.admin_port)
+    os.kill(old, signal.SIGUSR2)
+    line = f"(old td, pid {old}) SIGUSR2 ignored: this td handed over to pid {new} and is draining"
+    wait_for(lambda: line in t.proc.output(), 10 * SLOW,
+             what="the ignored SIGUSR2's line in " + t.proc.output()[-2000:])
+    assert slow.getresponse().status == 200
+    slow.close()
+    assert t.proc.p.wait(timeout=30 * SLOW) == 0
