@@ -278,11 +278,15 @@ static void finish(upgrade_t *u, long new_pid, const char *why) {
         u->sock = -1;
     }
     uv_close((uv_handle_t *)&u->timer, handle_closed);
-    if (!new_pid && !u->exited)
-        uv_process_kill(&u->proc, SIGKILL); /* it is not taking over: it must not run on */
-    /* Closed at once, exited or not: a new td that took over must not keep this process's
-     * loop (and so this process) alive. */
-    uv_close((uv_handle_t *)&u->proc, handle_closed);
+    if (!new_pid && !u->exited) {
+        /* It is not taking over: it must not run on. The handle closes in on_exit_cb, once
+         * libuv has reaped it (a handle closed before leaves a zombie). */
+        uv_process_kill(&u->proc, SIGKILL);
+    } else {
+        /* Closed at once, exited or not: a new td that took over must not keep this process's
+         * loop (and so this process) alive. */
+        uv_close((uv_handle_t *)&u->proc, handle_closed);
+    }
     u->done(new_pid, why);
 }
 
@@ -378,14 +382,18 @@ void td_upgrade_cancel(const char *why) {
 static void on_exit_cb(uv_process_t *proc, int64_t exit_status, int term_signal) {
     upgrade_t *u = proc->data;
     u->exited = 1;
-    if (u->reported)
+    if (u->reported) { /* killed by finish: reaped now */
+        uv_close((uv_handle_t *)proc, handle_closed);
         return;
+    }
     if (term_signal)
         fail(u, "the new td (%s, pid %ld) was killed by signal %d before it was ready%s%s",
              exe_path, u->pid, term_signal, u->why[0] ? ": " : "", u->why);
     else
         fail(u, "the new td (%s, pid %ld) exited with status %lld before it was ready%s%s",
-             exe_path, u->pid, (long long)exit_status, u->why[0] ? ": " : "", u->why);
+             exe_path, u->pid, (long long)exit_status, u->why[0] ? ": " : "",
+             /* its stderr is this process's: what it said before exiting is in the log */
+             u->why[0] ? u->why : " (see the lines above for its own error)");
 }
 
 static void on_timeout(uv_timer_t *t) {

@@ -561,3 +561,38 @@ def test_sigusr2_to_an_old_td_draining_after_an_upgrade_is_ignored_and_its_lines
     assert slow.getresponse().status == 200
     slow.close()
     assert t.proc.p.wait(timeout=30 * SLOW) == 0
+
+
+def zombie_children(ppid):
+    found = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] == "Z" and int(fields[1]) == ppid:
+                found.append(int(d))
+    return found
+
+
+def test_a_new_binary_that_hangs_is_killed_after_the_timeout_and_reaped(
+        backends, td, pid_dir, monkeypatch):
+    b = backends(("blue", 1))
+    binary = os.path.join(pid_dir, "td")
+    shutil.copy(TD, binary)
+    monkeypatch.setattr(conftest, "TD", binary)
+    pid_file = os.path.join(pid_dir, "td.pid")
+    t = td(backend_cfg({"blue": (100, b.ports["blue"])}, pid_file=pid_file))
+    monkeypatch.setattr(conftest, "TD", TD)
+    wait_for(lambda: read_pid(pid_file) == t.proc.pid, 10 * SLOW, what="the pid file")
+    hung = binary + ".new"
+    with open(hung, "w") as f:
+        f.write("#!/bin/sh\nexec sleep 300\n")
+    os.chmod(hung, stat.S_IRWXU)
+    os.replace(hung, binary)
+    p = upgrade(["--pid-file", pid_file], timeout=120)
+    assert p.returncode == 1 and "did not report ready" in p.stderr, p.stdout + p.stderr
+    wait_for(lambda: not zombie_children(t.proc.pid), 10 * SLOW, what="no zombie child of td")
+    assert t.proc.p.poll() is None and conftest.get_once(t.port)[0] == 200
