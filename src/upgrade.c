@@ -24,6 +24,7 @@
 #include "td/log.h"
 #include "td/notify.h"
 #include "td/registry.h"
+#include "td/rollout.h"
 #include "td/snapshot.h"
 #include "td/sticky.h"
 
@@ -185,6 +186,14 @@ json_t *td_upgrade_state_json(const td_snapshot_t *snap) {
         }
     }
     json_object_set_new(o, "servers", servers);
+    json_object_set_new(o, "config_version", json_integer((json_int_t)td_control_version()));
+    const char *rid;
+    size_t step;
+    int64_t start_ms;
+    if (td_rollout_step_clock(&rid, &step, &start_ms))
+        json_object_set_new(o, "rollout_step",
+                            json_pack("{s:s, s:I, s:I}", "id", rid, "step", (json_int_t)step,
+                                      "start_ms", (json_int_t)start_ms));
     return o;
 }
 
@@ -210,6 +219,14 @@ int td_upgrade_state_apply(const json_t *state) {
     td_sticky_key_t key;
     if (keyhex && unhex(keyhex, &key) == 0)
         td_sticky_adopt_process_key(&key);
+    const json_t *v = json_object_get(state, "config_version");
+    if (json_is_integer(v) && json_integer_value(v) > 0)
+        td_control_set_version((uint64_t)json_integer_value(v));
+    const json_t *ro = json_object_get(state, "rollout_step");
+    const char *rid = json_string_value(json_object_get(ro, "id"));
+    if (rid)
+        td_rollout_resume_step(rid, (size_t)json_integer_value(json_object_get(ro, "step")),
+                               (int64_t)json_integer_value(json_object_get(ro, "start_ms")));
     size_t i;
     const json_t *s;
     json_array_foreach(servers, i, s) {

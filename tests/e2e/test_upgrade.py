@@ -596,3 +596,31 @@ def test_a_new_binary_that_hangs_is_killed_after_the_timeout_and_reaped(
     assert p.returncode == 1 and "did not report ready" in p.stderr, p.stdout + p.stderr
     wait_for(lambda: not zombie_children(t.proc.pid), 10 * SLOW, what="no zombie child of td")
     assert t.proc.p.poll() is None and conftest.get_once(t.port)[0] == 200
+
+
+def test_upgrade_continues_the_config_version_and_the_rollout_steps_clock(backends, td, pid_dir):
+    b = backends(("blue", 1), ("green", 1))
+    pid_file = os.path.join(pid_dir, "td.pid")
+    t = td(backend_cfg({"blue": (100, b.ports["blue"]), "green": (0, b.ports["green"])},
+                       pid_file=pid_file))
+    wait_for(lambda: read_pid(pid_file) == t.proc.pid, 10 * SLOW, what="the pid file")
+    for w in (90, 80, 70):
+        t.set_ratio(blue=w, green=100 - w)
+    status, r = t.api("POST", "/api/v1/rollout",
+                      {"to": "green", "steps": [50, 100], "step_s": 600,
+                       "analysis": {"interval_s": 1, "warmup_s": 0, "min_requests": 1000000}})
+    assert status == 201, r
+    wait_for(lambda: t.api("GET", "/api/v1/rollout")[1]["state"] == "running", 10 * SLOW,
+             what="the rollout to run")
+    started = t.api("GET", "/api/v1/rollout")[1]["step_started_at"]
+    time.sleep(3)  # the step has run at least this long before the upgrade
+    version = state_of(t)["version"]
+    p = upgrade(["--pid-file", pid_file])
+    assert p.returncode == 0, p.stdout + p.stderr + t.proc.output()[-3000:]
+    wait_takeover(pid_file, t.proc.pid, t.admin_port)
+    after = state_of(t)["version"]
+    assert after > version, (version, after)
+    r = t.api("GET", "/api/v1/rollout")[1]
+    assert r["state"] == "running" and r["step"] == 0, r
+    assert r["step_started_at"] == started, r
+    assert r["step_remaining_s"] <= 600 - 3 + 0.5, r
