@@ -251,7 +251,10 @@ static void stop_now(const char *why) {
         grace_on = 0;
     }
     td_cluster_view_shutdown();
-    td_admin_stop();
+    if (handed_over) /* its open connections get their answers; the new one accepts */
+        td_admin_hand_off();
+    else
+        td_admin_stop();
     td_cluster_stop();
     td_rollout_shutdown();
     td_control_shutdown();
@@ -542,6 +545,7 @@ static int run(td_config_t *file_cfg, const char *path) {
     td_notify_ready();
     uv_run(loop, UV_RUN_DEFAULT);
     uv_close((uv_handle_t *)&sig_usr2, NULL);
+    td_admin_stop(); /* after a handover: what is left of its connections */
     uv_run(loop, UV_RUN_DEFAULT);
     uv_loop_close(loop);
     if (pid_file[0] && !handed_over) { /* the new process's now */

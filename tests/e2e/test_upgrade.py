@@ -624,3 +624,129 @@ def test_upgrade_continues_the_config_version_and_the_rollout_steps_clock(backen
     assert r["state"] == "running" and r["step"] == 0, r
     assert r["step_started_at"] == started, r
     assert r["step_remaining_s"] <= 600 - 3 + 0.5, r
+
+
+def read_reply(sock):
+    """One HTTP/1.1 reply from `sock`: (status, headers dict in lower case, body)."""
+    f = sock.makefile("rb")
+    status = int(f.readline().split()[1])
+    headers = {}
+    while True:
+        line = f.readline().decode().strip()
+        if not line:
+            break
+        k, v = line.split(":", 1)
+        headers[k.strip().lower()] = v.strip()
+    body = f.read(int(headers.get("content-length", 0)))
+    return status, headers, body
+
+
+def closed_by_server(sock):
+    """1 once the server closed `sock` (readable, nothing to read): a client then reconnects
+    before sending, as browsers do."""
+    import select
+    if not select.select([sock], [], [], 0)[0]:
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
+class AdminClients:
+    """Keep-alive admin clients, each sending a GET or a PUT every `interval` s; a request is
+    sent on a connection the server is not seen to have closed, and every one sent must get an
+    answer: 200, or 503 with Retry-After for a change during a handover."""
+
+    def __init__(self, admin_port, intervals):
+        self.port = admin_port
+        self.answers = 0
+        self.failures = []
+        self.stop_ev = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(iv, i), daemon=True)
+                        for i, iv in enumerate(intervals)]
+        for th in self.threads:
+            th.start()
+
+    def _run(self, interval, k):
+        sock = None
+        n = 0
+        while not self.stop_ev.is_set():
+            if sock is None or closed_by_server(sock):
+                if sock:
+                    sock.close()
+                sock = socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT)
+            n += 1
+            if (n + k) % 2:
+                req = b"GET /api/v1/state HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % self.port
+            else:
+                body = b'{"blue": 100, "green": 0}'
+                req = (b"PUT /api/v1/ratio HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: "
+                       b"application/json\r\nContent-Length: %d\r\n\r\n" % (self.port, len(body))
+                       + body)
+            try:
+                sock.sendall(req)
+                status, headers, _ = read_reply(sock)
+                if status == 200 or (status == 503 and headers.get("retry-after") == "1"):
+                    self.answers += 1
+                else:
+                    self.failures.append((status, headers))
+                if headers.get("connection") == "close":
+                    sock.close()
+                    sock = None
+            except Exception as e:
+                self.failures.append(repr(e))
+                sock.close()
+                sock = None
+            self.stop_ev.wait(interval)
+        if sock:
+            sock.close()
+
+    def stop(self):
+        self.stop_ev.set()
+        for th in self.threads:
+            th.join(timeout=30)
+
+
+def test_admin_keep_alive_connections_get_every_answer_across_upgrades(backends, td, pid_dir):
+    b = backends(("blue", 1), ("green", 1))
+    pid_file = os.path.join(pid_dir, "td.pid")
+    t = td(backend_cfg({"blue": (100, b.ports["blue"]), "green": (0, b.ports["green"])},
+                       pid_file=pid_file))
+    wait_for(lambda: read_pid(pid_file) == t.proc.pid, 10 * SLOW, what="the pid file")
+    # An exchange under way at the handover: a PUT and a GET whose bodies or heads are half sent.
+    put = socket.create_connection(("127.0.0.1", t.admin_port), timeout=TIMEOUT)
+    get = socket.create_connection(("127.0.0.1", t.admin_port), timeout=TIMEOUT)
+    idle = socket.create_connection(("127.0.0.1", t.admin_port), timeout=TIMEOUT)
+    idle.sendall(b"GET /api/v1/state HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % t.admin_port)
+    assert read_reply(idle)[0] == 200
+    body = b'{"blue": 50, "green": 50}'
+    put.sendall(b"PUT /api/v1/ratio HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: "
+                b"application/json\r\nContent-Length: %d\r\n\r\n" % (t.admin_port, len(body)))
+    get.sendall(b"GET /api/v1/state HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % t.admin_port)
+    clients = AdminClients(t.admin_port, [0.05, 0.4, 1.6])
+    pids = [t.proc.pid]
+    try:
+        for i in range(3):
+            p = upgrade(["--pid-file", pid_file])
+            assert p.returncode == 0, p.stdout + p.stderr + t.proc.output()[-3000:]
+            pids.append(wait_takeover(pid_file, pids[-1], t.admin_port))
+            if i == 0:
+                put.sendall(body)
+                status, headers, text = read_reply(put)
+                assert status == 503 and headers.get("retry-after") == "1", (status, text)
+                assert b"handing over to a new process" in text and headers["connection"] == \
+                    "close"
+                get.sendall(b"\r\n")
+                status, headers, _ = read_reply(get)
+                assert status == 200 and headers["connection"] == "close"
+                wait_for(lambda: closed_by_server(idle), 10 * SLOW,
+                         what="the idle admin connection to be closed")
+            time.sleep(2)
+    finally:
+        clients.stop()
+        for s in (put, get, idle):
+            s.close()
+    assert not clients.failures, clients.failures[:5]
+    assert clients.answers > 0
+    assert weights_of(state_of(t)) == {"blue": 100, "green": 0}
