@@ -221,6 +221,7 @@ static int grace_on;
 static uv_thread_t drain_thread;
 static uv_async_t drain_done;
 static int drain_threaded; /* 0: the drain ran on the main thread (no thread could start) */
+static int stopping;       /* stop_now ran: the drain is under way or done */
 
 static void drain_main(void *arg) {
     td_proxy_stop(arg, drain_ms);
@@ -234,11 +235,12 @@ static void on_drain_done(uv_async_t *a) {
     td_info("stopped");
 }
 
-/* The stop itself: listeners closed, in-flight requests drained, then the loop ends. The signal
- * handles close, so a further SIGTERM/SIGINT during the drain ends td at once, as the default
- * action does. */
+/* The stop itself: listeners closed, in-flight requests drained (on their own thread, the loop
+ * running beside), then the loop ends. A further SIGTERM/SIGINT/SIGUSR2 during the drain is
+ * logged and changes nothing: the drain is bounded by drain_ms. */
 static void stop_now(const char *why) {
     char status[96];
+    stopping = 1;
     td_ready_set(TD_READY_DRAINING, 0);
     td_info("%s: stopping; letting in-flight requests finish (up to %d ms)", why, drain_ms);
     snprintf(status, sizeof(status), "stopping: draining in-flight requests (up to %d ms)",
@@ -265,11 +267,11 @@ static void stop_now(const char *why) {
     if (!drain_threaded)
         drain_main(draining);
     uv_close((uv_handle_t *)&sig_hup, NULL);
-    uv_close((uv_handle_t *)&sig_term, NULL);
-    uv_close((uv_handle_t *)&sig_int, NULL);
     uv_close((uv_handle_t *)&sig_usr1, NULL);
-    /* SIGUSR2 stays handled during the drain (its default action would end td), without
-     * keeping the loop alive; on_usr2 says why no upgrade comes. */
+    /* SIGTERM, SIGINT and SIGUSR2 stay handled during the drain (it runs beside the loop now),
+     * without keeping the loop alive: their handlers see the stop under way. */
+    uv_unref((uv_handle_t *)&sig_term);
+    uv_unref((uv_handle_t *)&sig_int);
     uv_unref((uv_handle_t *)&sig_usr2);
 }
 
@@ -284,6 +286,10 @@ static void on_grace_end(uv_timer_t *t) {
 static void on_stop(uv_signal_t *s, int signum) {
     (void)s;
     const char *sig = signum == SIGINT ? "SIGINT" : "SIGTERM";
+    if (stopping) {
+        td_info("%s: td is already stopping", sig);
+        return;
+    }
     if (grace_on || stop_grace_ms <= 0) {
         stop_now(sig);
         return;
@@ -544,6 +550,8 @@ static int run(td_config_t *file_cfg, const char *path) {
         td_notify_mainpid((long)getpid());
     td_notify_ready();
     uv_run(loop, UV_RUN_DEFAULT);
+    uv_close((uv_handle_t *)&sig_term, NULL);
+    uv_close((uv_handle_t *)&sig_int, NULL);
     uv_close((uv_handle_t *)&sig_usr2, NULL);
     td_admin_stop(); /* after a handover: what is left of its connections */
     uv_run(loop, UV_RUN_DEFAULT);
