@@ -909,3 +909,7 @@ int td_admin_update_read_token(const char *token) {
 void td_admin_stop(void) {
     td_admin_http_stop();
 }
+
+void td_admin_hand_off(void) {
+    td_admin_http_hand_off();
+}

@@ -70,6 +70,10 @@ static int server_open;
 /* A listening socket handed over by the td process before (td_admin_http_adopt), or -1. */
 static int adopt_fd = -1;
 static admin_conn_t *conns;
+/* After an upgrade's handover (td_admin_http_hand_off): the new process accepts; this one
+ * answers what its open connections send next and closes each after that. */
+static int handing_off;
+#define HAND_OFF_IDLE_MS 1000 /* an idle connection's last wait, as the data plane's drain */
 /* The token in force: set at start, replaced by a reload that sets another one, but never
  * cleared by one (td_admin_update_token): removing protection takes a restart. */
 static char bound_token[256];
@@ -565,8 +569,16 @@ static void process(admin_conn_t *c) {
     }
     if (c->len < (size_t)r + blen)
         return; /* the body is still coming */
-    c->keep_alive = req.keep_alive;
-    td_admin_reply_t rep = answer(c, &req, (td_str_t){c->buf + r, blen});
+    c->keep_alive = req.keep_alive && !handing_off;
+    td_admin_reply_t rep;
+    if (handing_off &&
+        !(req.head || (req.method.len == 3 && memcmp(req.method.p, "GET", 3) == 0))) {
+        /* A change here would be lost: the new process took the state over already. */
+        rep = td_admin_http_error(503, "td is handing over to a new process: retry");
+        extra_header = "Retry-After: 1";
+    } else {
+        rep = answer(c, &req, (td_str_t){c->buf + r, blen});
+    }
     td_admin_deferred_t *d = c->deferred;
     if (d) {
         d->head_only = req.head;
@@ -682,7 +694,11 @@ static void timeout_cb(uv_timer_t *t) {
 }
 
 static void resume(admin_conn_t *c) {
-    uv_timer_start(&c->timer, timeout_cb, c->fresh ? ADMIN_FIRST_BYTE_MS : ADMIN_TIMEOUT_MS, 0);
+    uv_timer_start(&c->timer, timeout_cb,
+                   handing_off ? HAND_OFF_IDLE_MS
+                   : c->fresh  ? ADMIN_FIRST_BYTE_MS
+                               : ADMIN_TIMEOUT_MS,
+                   0);
     uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
     /* Records decrypted while the buffer was full wait in the session, not on the socket. */
     if (c->tls && td_tls_has_input(c->tls) && tls_drain(c) < 0) {
@@ -848,6 +864,17 @@ int td_admin_http_fd(void) {
     if (!server_open || uv_fileno((const uv_handle_t *)&server, &fd) < 0)
         return -1;
     return fd;
+}
+
+void td_admin_http_hand_off(void) {
+    if (server_open) {
+        uv_close((uv_handle_t *)&server, NULL); /* the new process has the socket */
+        server_open = 0;
+    }
+    handing_off = 1;
+    for (admin_conn_t *c = conns; c; c = c->next)
+        if (!c->closing && !c->deferred && !c->out && !c->len && !c->lingering)
+            uv_timer_start(&c->timer, timeout_cb, HAND_OFF_IDLE_MS, 0);
 }
 
 void td_admin_http_stop(void) {

@@ -43,6 +43,10 @@ uint64_t td_control_version(void) {
     return version;
 }
 
+void td_control_set_version(uint64_t v) {
+    version = v;
+}
+
 int64_t td_control_started_ms(void) {
     return started_ms;
 }

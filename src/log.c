@@ -1,12 +1,20 @@
 #include "td/log.h"
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
 static td_log_level_t min_level = TD_LOG_INFO;
+static char prefix[64];
+static _Atomic int has_prefix; /* set once prefix is written: other threads log meanwhile */
+
+void td_log_set_prefix(const char *text) {
+    snprintf(prefix, sizeof(prefix), "%s", text);
+    atomic_store(&has_prefix, 1);
+}
 
 void td_log_set_level(td_log_level_t level) {
     min_level = level;
@@ -40,7 +48,8 @@ void td_log(td_log_level_t level, const char *fmt, ...) {
         return;
     char line[2048];
     int n = td_wall_iso(line, sizeof(line));
-    n += snprintf(line + n, sizeof(line) - (size_t)n, " %s ", names[level]);
+    n += snprintf(line + n, sizeof(line) - (size_t)n, " %s %s", names[level],
+                  atomic_load(&has_prefix) ? prefix : "");
     va_list ap;
     va_start(ap, fmt);
     int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);

@@ -48,7 +48,8 @@ static const char usage[] =
     "                      pid file or pid) to the binary now at its path, without dropping\n"
     "                      a request: it sends SIGUSR2 and waits for the outcome; exit 0\n"
     "                      when the new td took over, 1 (and why) when the old one keeps\n"
-    "                      serving\n"
+    "                      serving, 2 when PID is not a td's (or is td demo), 3 when there is\n"
+    "                      no pid file to wait on (it only signalled)\n"
     "  td --version | --help\n"
     "\n"
     "td splits HTTP traffic between backends (blue and green) by a ratio, with round robin,\n"
@@ -222,17 +223,39 @@ static td_proxy_t *proxy;
 static uv_signal_t sig_hup, sig_term, sig_int, sig_usr1, sig_usr2;
 static char **saved_argv; /* main's argv: what an upgrade starts the new binary with */
 static int handed_over;   /* an upgrade's new process took over: it is systemd's main pid */
+static long handed_to;    /* that process's pid */
+static int demo_mode;     /* td demo: its demo backends hold their ports in this process */
 static char pid_file[TD_PATH_MAX + 1]; /* "" when td writes none */
 static int drain_ms = 30000;
 static int stop_grace_ms;
 static uv_timer_t grace_timer; /* runs during the stop's grace period */
 static int grace_on;
 
-/* The stop itself: listeners closed, in-flight requests drained, then the loop ends. The signal
- * handles close, so a further SIGTERM/SIGINT during the drain ends td at once, as the default
- * action does. */
+/* The data plane's drain runs on a thread of its own (td_proxy_stop joins the workers) so that
+ * the main loop keeps handling signals meanwhile; it ends the loop's last handle when done. */
+static uv_thread_t drain_thread;
+static uv_async_t drain_done;
+static int drain_threaded; /* 0: the drain ran on the main thread (no thread could start) */
+static int stopping;       /* stop_now ran: the drain is under way or done */
+
+static void drain_main(void *arg) {
+    td_proxy_stop(arg, drain_ms);
+    uv_async_send(&drain_done);
+}
+
+static void on_drain_done(uv_async_t *a) {
+    if (drain_threaded)
+        uv_thread_join(&drain_thread);
+    uv_close((uv_handle_t *)a, NULL);
+    td_info("stopped");
+}
+
+/* The stop itself: listeners closed, in-flight requests drained (on their own thread, the loop
+ * running beside), then the loop ends. A further SIGTERM/SIGINT/SIGUSR2 during the drain is
+ * logged and changes nothing: the drain is bounded by drain_ms. */
 static void stop_now(const char *why) {
     char status[96];
+    stopping = 1;
     td_ready_set(TD_READY_DRAINING, 0);
     td_info("%s: stopping; letting in-flight requests finish (up to %d ms)", why, drain_ms);
     snprintf(status, sizeof(status), "stopping: draining in-flight requests (up to %d ms)",
@@ -245,18 +268,26 @@ static void stop_now(const char *why) {
         grace_on = 0;
     }
     td_cluster_view_shutdown();
-    td_admin_stop();
+    if (handed_over) /* its open connections get their answers; the new one accepts */
+        td_admin_hand_off();
+    else
+        td_admin_stop();
     td_cluster_stop();
     td_rollout_shutdown();
     td_control_shutdown();
-    td_proxy_stop(proxy, drain_ms);
+    td_proxy_t *draining = proxy;
     proxy = NULL;
+    uv_async_init(uv_default_loop(), &drain_done, on_drain_done);
+    drain_threaded = uv_thread_create(&drain_thread, drain_main, draining) == 0;
+    if (!drain_threaded)
+        drain_main(draining);
     uv_close((uv_handle_t *)&sig_hup, NULL);
-    uv_close((uv_handle_t *)&sig_term, NULL);
-    uv_close((uv_handle_t *)&sig_int, NULL);
     uv_close((uv_handle_t *)&sig_usr1, NULL);
-    uv_close((uv_handle_t *)&sig_usr2, NULL);
-    td_info("stopped");
+    /* SIGTERM, SIGINT and SIGUSR2 stay handled during the drain (it runs beside the loop now),
+     * without keeping the loop alive: their handlers see the stop under way. */
+    uv_unref((uv_handle_t *)&sig_term);
+    uv_unref((uv_handle_t *)&sig_int);
+    uv_unref((uv_handle_t *)&sig_usr2);
 }
 
 static void on_grace_end(uv_timer_t *t) {
@@ -270,6 +301,10 @@ static void on_grace_end(uv_timer_t *t) {
 static void on_stop(uv_signal_t *s, int signum) {
     (void)s;
     const char *sig = signum == SIGINT ? "SIGINT" : "SIGTERM";
+    if (stopping) {
+        td_info("%s: td is already stopping", sig);
+        return;
+    }
     if (grace_on || stop_grace_ms <= 0) {
         stop_now(sig);
         return;
@@ -317,7 +352,11 @@ static void on_upgrade_done(long new_pid, const char *why) {
         return;
     }
     handed_over = 1;
+    handed_to = new_pid;
     td_info("upgrade: the new td (pid %ld) accepts on the listening sockets", new_pid);
+    char prefix[64];
+    snprintf(prefix, sizeof(prefix), "(old td, pid %ld) ", (long)getpid());
+    td_log_set_prefix(prefix);
     if (pid_file[0])
         td_upgrade_outcome_write(outcome, (long)getpid(), new_pid, NULL);
     stop_now("upgrade");
@@ -328,6 +367,15 @@ static void on_usr2(uv_signal_t *s, int signum) {
     (void)s;
     (void)signum;
     char err[300];
+    if (handed_over) {
+        td_warn("SIGUSR2 ignored: this td handed over to pid %ld and is draining", handed_to);
+        return;
+    }
+    if (demo_mode) {
+        td_warn("SIGUSR2 ignored: td demo cannot be upgraded: its demo backends run in this "
+                "process");
+        return;
+    }
     if (grace_on || !proxy) {
         td_warn("SIGUSR2: td is stopping: no upgrade");
         return;
@@ -517,9 +565,18 @@ static int run(td_config_t *file_cfg, const char *path) {
         td_notify_mainpid((long)getpid());
     td_notify_ready();
     uv_run(loop, UV_RUN_DEFAULT);
+    uv_close((uv_handle_t *)&sig_term, NULL);
+    uv_close((uv_handle_t *)&sig_int, NULL);
+    uv_close((uv_handle_t *)&sig_usr2, NULL);
+    td_admin_stop(); /* after a handover: what is left of its connections */
+    uv_run(loop, UV_RUN_DEFAULT);
     uv_loop_close(loop);
-    if (pid_file[0] && !handed_over) /* the new process's now */
+    if (pid_file[0] && !handed_over) { /* the new process's now */
+        char outcome[TD_PATH_MAX + 16];
+        td_upgrade_outcome_path(pid_file, outcome, sizeof(outcome));
         td_pidfile_remove(pid_file);
+        unlink(outcome);
+    }
     return 0;
 }
 
@@ -547,7 +604,7 @@ static int upgrade_main(int argc, char **argv, const char *path) {
         case 'p': {
             char *end;
             pid = strtol(optarg, &end, 10);
-            if (*end || pid <= 1) {
+            if (*end || pid <= 0) {
                 fprintf(stderr, "td upgrade: --pid: give a process id, got \"%s\"\n", optarg);
                 return 2;
             }
@@ -565,7 +622,15 @@ static int upgrade_main(int argc, char **argv, const char *path) {
         fprintf(stderr, "td upgrade: unexpected argument \"%s\". Try 'td --help'.\n", argv[optind]);
         return 2;
     }
-    if (!file[0] && path) {
+    if (pid && file[0]) {
+        fprintf(stderr, "td upgrade: give one of --pid and --pid-file\n");
+        return 2;
+    }
+    if (!file[0] && path && access(path, R_OK) < 0) {
+        fprintf(stderr, "td upgrade: cannot read %s: %s\n", path, strerror(errno));
+        return 2;
+    }
+    if (!file[0] && path && !pid) {
         td_config_t *cfg = td_config_load(path, stderr);
         if (!cfg) {
             fprintf(stderr,
@@ -593,6 +658,31 @@ static int upgrade_main(int argc, char **argv, const char *path) {
         fprintf(stderr, "td upgrade: which td? Give -c FILE (with a pid_file), --pid-file FILE "
                         "or --pid PID\n");
         return 2;
+    }
+    /* Only a td gets the signal: SIGUSR2's default action ends any other process. */
+    td_upgrade_target_t target;
+    char err[300];
+    if (td_upgrade_target(pid, &target, err, sizeof(err)) < 0) {
+        fprintf(stderr, "td upgrade: %s\n", err);
+        return 2;
+    }
+    if (target.demo) {
+        fprintf(stderr, "td upgrade: td demo cannot be upgraded: its demo backends run in this "
+                        "process\n");
+        return 2;
+    }
+    /* --pid: the outcome file is the one of the pid file the target writes (its --pid-file, or
+     * its config's pid_file; -c FILE given here names the config). */
+    if (!file[0] && target.pid_file[0])
+        snprintf(file, sizeof(file), "%s", target.pid_file);
+    if (!file[0] && (path || target.config[0])) {
+        FILE *quiet = fopen("/dev/null", "w");
+        td_config_t *cfg = td_config_load(path ? path : target.config, quiet ? quiet : stderr);
+        if (quiet)
+            fclose(quiet);
+        if (cfg)
+            snprintf(file, sizeof(file), "%s", cfg->pid_file);
+        td_config_free(cfg);
     }
     char outcome[TD_PATH_MAX + 16] = "";
     if (file[0])
@@ -683,6 +773,7 @@ int main(int argc, char **argv) {
             return 2;
         }
         char *specs[] = {"blue=127.0.0.1:9001", "green=127.0.0.1:9002"};
+        demo_mode = 1;
         int r = start_demo_backends(2, specs, 1);
         if (r)
             return r;

@@ -1245,6 +1245,13 @@ json_t *td_rollout_persist_json(void) {
     return R.doc ? json_incref(R.doc) : NULL;
 }
 
+/* An upgrade's handed-over step clock (td_rollout_resume_step), used once by restore. */
+static struct {
+    char id[64];
+    size_t step;
+    int64_t start_ms;
+} resume;
+
 /* An active rollout of the state file continues: at its step, the window afresh. */
 static void restore(json_t *doc, const char *after) {
     int st = td_rollout_state_parse(json_string_value(json_object_get(doc, "state")));
@@ -1283,8 +1290,34 @@ static void restore(json_t *doc, const char *after) {
         begin_checking();
     else if (R.state == TD_RO_DRAINING)
         R.drain_start_ms = td_now_ms();
-    else if (R.state == TD_RO_RUNNING)
+    else if (R.state == TD_RO_RUNNING) {
+        json_t *was = json_incref(json_object_get(doc, "step_started_at"));
         start_step(R.step, "td", 1);
+        if (resume.id[0] && strcmp(resume.id, id()) == 0 && resume.step == R.step &&
+            resume.start_ms > 0 && resume.start_ms <= td_now_ms()) {
+            /* An upgrade: the step goes on from its real start. */
+            R.step_start_ms = resume.start_ms;
+            if (was)
+                json_object_set(R.doc, "step_started_at", was);
+        }
+        json_decref(was);
+        resume.id[0] = 0;
+    }
+}
+
+void td_rollout_resume_step(const char *rollout_id, size_t step, int64_t start_ms) {
+    snprintf(resume.id, sizeof(resume.id), "%s", rollout_id);
+    resume.step = step;
+    resume.start_ms = start_ms;
+}
+
+int td_rollout_step_clock(const char **rid, size_t *step, int64_t *start_ms) {
+    if (!R.doc || R.state != TD_RO_RUNNING)
+        return 0;
+    *rid = id();
+    *step = R.step;
+    *start_ms = R.step_start_ms;
+    return 1;
 }
 
 int td_rollout_init(uv_loop_t *loop) {

@@ -3,6 +3,7 @@
  * `td upgrade` command. Implements td/upgrade.h. */
 #include "td/upgrade.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -23,6 +24,7 @@
 #include "td/log.h"
 #include "td/notify.h"
 #include "td/registry.h"
+#include "td/rollout.h"
 #include "td/snapshot.h"
 #include "td/sticky.h"
 
@@ -184,6 +186,14 @@ json_t *td_upgrade_state_json(const td_snapshot_t *snap) {
         }
     }
     json_object_set_new(o, "servers", servers);
+    json_object_set_new(o, "config_version", json_integer((json_int_t)td_control_version()));
+    const char *rid;
+    size_t step;
+    int64_t start_ms;
+    if (td_rollout_step_clock(&rid, &step, &start_ms))
+        json_object_set_new(o, "rollout_step",
+                            json_pack("{s:s, s:I, s:I}", "id", rid, "step", (json_int_t)step,
+                                      "start_ms", (json_int_t)start_ms));
     return o;
 }
 
@@ -209,6 +219,14 @@ int td_upgrade_state_apply(const json_t *state) {
     td_sticky_key_t key;
     if (keyhex && unhex(keyhex, &key) == 0)
         td_sticky_adopt_process_key(&key);
+    const json_t *v = json_object_get(state, "config_version");
+    if (json_is_integer(v) && json_integer_value(v) > 0)
+        td_control_set_version((uint64_t)json_integer_value(v));
+    const json_t *ro = json_object_get(state, "rollout_step");
+    const char *rid = json_string_value(json_object_get(ro, "id"));
+    if (rid)
+        td_rollout_resume_step(rid, (size_t)json_integer_value(json_object_get(ro, "step")),
+                               (int64_t)json_integer_value(json_object_get(ro, "start_ms")));
     size_t i;
     const json_t *s;
     json_array_foreach(servers, i, s) {
@@ -277,11 +295,15 @@ static void finish(upgrade_t *u, long new_pid, const char *why) {
         u->sock = -1;
     }
     uv_close((uv_handle_t *)&u->timer, handle_closed);
-    if (!new_pid && !u->exited)
-        uv_process_kill(&u->proc, SIGKILL); /* it is not taking over: it must not run on */
-    /* Closed at once, exited or not: a new td that took over must not keep this process's
-     * loop (and so this process) alive. */
-    uv_close((uv_handle_t *)&u->proc, handle_closed);
+    if (!new_pid && !u->exited) {
+        /* It is not taking over: it must not run on. The handle closes in on_exit_cb, once
+         * libuv has reaped it (a handle closed before leaves a zombie). */
+        uv_process_kill(&u->proc, SIGKILL);
+    } else {
+        /* Closed at once, exited or not: a new td that took over must not keep this process's
+         * loop (and so this process) alive. */
+        uv_close((uv_handle_t *)&u->proc, handle_closed);
+    }
     u->done(new_pid, why);
 }
 
@@ -377,14 +399,18 @@ void td_upgrade_cancel(const char *why) {
 static void on_exit_cb(uv_process_t *proc, int64_t exit_status, int term_signal) {
     upgrade_t *u = proc->data;
     u->exited = 1;
-    if (u->reported)
+    if (u->reported) { /* killed by finish: reaped now */
+        uv_close((uv_handle_t *)proc, handle_closed);
         return;
+    }
     if (term_signal)
         fail(u, "the new td (%s, pid %ld) was killed by signal %d before it was ready%s%s",
              exe_path, u->pid, term_signal, u->why[0] ? ": " : "", u->why);
     else
         fail(u, "the new td (%s, pid %ld) exited with status %lld before it was ready%s%s",
-             exe_path, u->pid, (long long)exit_status, u->why[0] ? ": " : "", u->why);
+             exe_path, u->pid, (long long)exit_status, u->why[0] ? ": " : "",
+             /* its stderr is this process's: what it said before exiting is in the log */
+             u->why[0] ? u->why : " (see the lines above for its own error)");
 }
 
 static void on_timeout(uv_timer_t *t) {
@@ -408,6 +434,26 @@ static char **child_env(char *var) {
             env[k++] = environ[i];
     env[k++] = var;
     return env;
+}
+
+/* Every descriptor of this process above stderr close-on-exec: the new process inherits only
+ * the pair's end it is given as TD_UPGRADE_ENV. Libraries open some without the flag (libcurl's
+ * wake-up socket pair): each upgrade would pass them on, and the new td keep them for good. */
+static void cloexec_all(void) {
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        char *end;
+        long fd = strtol(e->d_name, &end, 10);
+        if (*end || end == e->d_name || fd <= 2 || fd == dirfd(d))
+            continue;
+        int flags = fcntl((int)fd, F_GETFD);
+        if (flags >= 0 && !(flags & FD_CLOEXEC))
+            fcntl((int)fd, F_SETFD, flags | FD_CLOEXEC);
+    }
+    closedir(d);
 }
 
 int td_upgrade_begin(uv_loop_t *loop, char *const *argv, const td_proxy_t *proxy,
@@ -449,6 +495,7 @@ int td_upgrade_begin(uv_loop_t *loop, char *const *argv, const td_proxy_t *proxy
                                 .stdio_count = 4,
                                 .stdio = stdio};
     u->proc.data = u;
+    cloexec_all();
     int r = uv_spawn(loop, &u->proc, &opt);
     free(env);
     close(sv[1]);
@@ -507,6 +554,92 @@ int td_upgrade_outcome_write(const char *path, long old_pid, long new_pid, const
     return 0;
 }
 
+/* The last part of `path` with " (deleted)" stripped, into out[n]. */
+static void base_name(const char *path, char *out, size_t n) {
+    const char *slash = strrchr(path, '/');
+    snprintf(out, n, "%s", slash ? slash + 1 : path);
+    static const char deleted[] = " (deleted)";
+    size_t len = strlen(out), d = sizeof(deleted) - 1;
+    if (len > d && strcmp(out + len - d, deleted) == 0)
+        out[len - d] = 0;
+}
+
+/* `arg` made absolute against /proc/PID/cwd, into out[n]. */
+static void proc_path(long pid, const char *arg, char *out, size_t n) {
+    if (arg[0] == '/') {
+        snprintf(out, n, "%s", arg);
+        return;
+    }
+    char link[64], cwd[TD_PATH_MAX + 1];
+    snprintf(link, sizeof(link), "/proc/%ld/cwd", pid);
+    ssize_t len = readlink(link, cwd, sizeof(cwd) - 1);
+    cwd[len > 0 ? len : 0] = 0;
+    if (snprintf(out, n, "%s/%s", cwd, arg) >= (int)n)
+        out[0] = 0; /* too long to be a config path td accepts */
+}
+
+int td_upgrade_target(long pid, td_upgrade_target_t *t, char *err, size_t n) {
+    memset(t, 0, sizeof(*t));
+    if (pid == 1) {
+        snprintf(err, n, "pid 1 is init, not td");
+        return TD_EINVAL;
+    }
+    char path[64], buf[8192], mine[256], name[256];
+    base_name(exe_path[0] ? exe_path : "td", mine, sizeof(mine));
+    snprintf(path, sizeof(path), "/proc/%ld/cmdline", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(err, n, "no process %ld: %s", pid, strerror(errno));
+        return TD_EINVAL;
+    }
+    size_t len = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[len] = 0;
+    int is_td = 0;
+    base_name(buf, name, sizeof(name));
+    if (len && (strcmp(name, mine) == 0 || strcmp(name, "td") == 0))
+        is_td = 1;
+    snprintf(path, sizeof(path), "/proc/%ld/exe", pid);
+    char exe[TD_PATH_MAX + 1];
+    ssize_t el = readlink(path, exe, sizeof(exe) - 1);
+    if (el > 0) {
+        exe[el] = 0;
+        base_name(exe, name, sizeof(name));
+        if (strcmp(name, mine) == 0 || strcmp(name, "td") == 0)
+            is_td = 1;
+    }
+    snprintf(path, sizeof(path), "/proc/%ld/comm", pid);
+    char comm[64] = "";
+    if ((f = fopen(path, "r"))) {
+        if (!fgets(comm, sizeof(comm), f))
+            comm[0] = 0;
+        fclose(f);
+        comm[strcspn(comm, "\n")] = 0;
+        if (strcmp(comm, "td") == 0)
+            is_td = 1;
+    }
+    if (!is_td) {
+        snprintf(err, n, "process %ld is not td (it runs %s): nothing signalled", pid,
+                 comm[0] ? comm : "something else");
+        return TD_EINVAL;
+    }
+    /* Its options (argv[1] on): the config and pid file its outcome is found by. */
+    for (size_t at = strlen(buf) + 1; at < len; at += strlen(buf + at) + 1) {
+        const char *a = buf + at, *next = at + strlen(a) + 1 < len ? buf + at + strlen(a) + 1 : "";
+        if (strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0)
+            proc_path(pid, next, t->config, sizeof(t->config));
+        else if (strncmp(a, "--config=", 9) == 0)
+            proc_path(pid, a + 9, t->config, sizeof(t->config));
+        else if (strcmp(a, "--pid-file") == 0)
+            snprintf(t->pid_file, sizeof(t->pid_file), "%s", next);
+        else if (strncmp(a, "--pid-file=", 11) == 0)
+            snprintf(t->pid_file, sizeof(t->pid_file), "%s", a + 11);
+        else if (strcmp(a, "demo") == 0)
+            t->demo = 1;
+    }
+    return 0;
+}
+
 static void sleep_ms(int ms) {
     struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
@@ -523,7 +656,7 @@ int td_upgrade_command(long pid, const char *outcome, int timeout_ms) {
         printf("td upgrade: sent SIGUSR2 to td (pid %ld); without a pid file its outcome is in "
                "td's log only\n",
                pid);
-        return 0;
+        return 3;
     }
     for (int waited = 0; waited < timeout_ms; waited += 50) {
         char line[800] = "";

@@ -42,4 +42,7 @@ int td_admin_update_tls(const td_config_t *cfg, char *err, size_t errlen);
 /* Stops listening and closes every admin connection. */
 void td_admin_stop(void);
 
+/* After an upgrade's handover: td_admin_http_hand_off. */
+void td_admin_hand_off(void);
+
 #endif

@@ -73,6 +73,13 @@ void td_admin_http_finish(td_admin_deferred_t *d, td_admin_reply_t reply, const 
 /* Stops listening and closes every connection. */
 void td_admin_http_stop(void);
 
+/* After an upgrade handed the listening socket over: stops listening; each open connection gets
+ * its exchange under way finished and its next request answered (a GET or HEAD as always, any
+ * other method 503 {"error": ...} with Retry-After: 1: the new process has the state), with
+ * Connection: close; a connection idle for a second is closed. td_admin_http_stop still ends
+ * it all. */
+void td_admin_http_hand_off(void);
+
 /* Makes the next td_admin_http_listen take `fd` (owned from then on: a socket already bound and
  * listening, handed over by the td process before on an upgrade) instead of binding the address.
  */

@@ -29,6 +29,10 @@ int td_control_state_path_check(const td_config_t *cfg, const char *config_file,
 /* The running config (borrowed; valid until the next change) and its version. */
 const td_config_t *td_control_config(void);
 uint64_t td_control_version(void);
+
+/* Before td_control_init, in an upgrade's new process: the version the td before reached; the
+ * first snapshot is v + 1, so versions never go backwards across an upgrade. */
+void td_control_set_version(uint64_t v);
 int64_t td_control_started_ms(void);
 
 /* Applies a new config (ownership passes to the control plane, also on failure): checks what

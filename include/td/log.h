@@ -9,6 +9,9 @@ typedef enum td_log_level_e { TD_LOG_DEBUG, TD_LOG_INFO, TD_LOG_WARN, TD_LOG_ERR
 
 /* Messages below this level are dropped (default TD_LOG_INFO). */
 void td_log_set_level(td_log_level_t level);
+/* Text (copied, up to 63 bytes) put before every later line's message, after its level: an old
+ * td draining after an upgrade names itself so, beside the new one on the same stderr. */
+void td_log_set_prefix(const char *text);
 
 /* Writes "2026-11-29T23:50:01.123Z warn  <message>\n" to stderr in one write. */
 void td_log(td_log_level_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -59,6 +59,17 @@ json_t *td_rollout_spec_json(const td_rollout_spec_t *spec);
  * finished one is kept for GET /api/v1/rollout. Returns 0 or a negative TD_E* code. */
 int td_rollout_init(uv_loop_t *loop);
 
+/* In an upgrade's new process, before td_rollout_init: rollout `rollout_id` (copied) ran step
+ * `step` since `start_ms` (td_now_ms(), CLOCK_MONOTONIC: the same clock in both processes).
+ * When the state file's rollout is that one at that step, the step keeps that start (it ends
+ * when it would have); its analysis window still starts afresh. */
+void td_rollout_resume_step(const char *rollout_id, size_t step, int64_t start_ms);
+
+/* The running rollout's id, step and the step's start (td_now_ms()) for an upgrade; returns 0
+ * when no rollout step is running. `id` points into the engine's object (valid until it
+ * changes). */
+int td_rollout_step_clock(const char **id, size_t *step, int64_t *start_ms);
+
 /* POST /api/v1/rollout with body `body` (borrowed) from `client`: *status gets 201 (the rollout
  * object returned), 400 (bad input; nothing changed), 409 (one is active) or 500, and the reply
  * is the object or {"error": ...} (owned by the caller). */

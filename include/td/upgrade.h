@@ -73,10 +73,23 @@ void td_upgrade_outcome_path(const char *pid_file, char *out, size_t n);
  * (a temporary file in the same folder, renamed). Returns 0 or TD_EIO. */
 int td_upgrade_outcome_write(const char *path, long old_pid, long new_pid, const char *why);
 
+/* What `td upgrade` learns of the process it is to signal, from /proc/PID. */
+typedef struct td_upgrade_target_s {
+    int demo;                       /* 1: `td demo` (it cannot be upgraded) */
+    char config[TD_PATH_MAX + 1];   /* its -c FILE, absolute ("" when none) */
+    char pid_file[TD_PATH_MAX + 1]; /* its --pid-file FILE ("" when none) */
+} td_upgrade_target_t;
+
+/* Checks that `pid` is a td before `td upgrade` signals it: the basename of its /proc/PID/exe
+ * (" (deleted)" stripped), of its argv[0], or its comm is this binary's or "td". Fills `t` from
+ * its command line. Returns 0, or TD_EINVAL with the reason in err[n] (pid 1, no such process,
+ * not td). */
+int td_upgrade_target(long pid, td_upgrade_target_t *t, char *err, size_t n);
+
 /* `td upgrade`: sends SIGUSR2 to `pid` and, with `outcome` (a path from td_upgrade_outcome_path;
  * "" when there is no pid file), waits up to `timeout_ms` for the outcome it writes. Prints one
  * line (stdout on success, stderr otherwise) and returns the exit status: 0 taken over, 1
- * failed or no outcome. */
+ * failed or no outcome, 3 signalled without an outcome file to wait for. */
 int td_upgrade_command(long pid, const char *outcome, int timeout_ms);
 
 /* ---- the new process */

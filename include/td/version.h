@@ -3,6 +3,6 @@
 #ifndef TD_VERSION_H
 #define TD_VERSION_H
 
-#define TD_VERSION "0.3.0"
+#define TD_VERSION "0.4.0"
 
 #endif

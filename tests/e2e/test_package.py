@@ -289,3 +289,56 @@ def test_deb_installs_runs_as_user_td_reloads_stops_and_purges_cleanly(deb, mach
     assert not installed()
     assert "/etc/td/td.json" not in run("dpkg-statoverride", "--list").stdout
     assert has_user("td")
+
+
+def run_postinst(tmp_path, *args, upgrade_status=0):
+    """debian/td.postinst run with fakes on PATH for systemctl, deb-systemd-invoke, runuser, the
+    account and file tools, and td (at its /usr/sbin path, rewritten); each records its
+    arguments. The running td's MainPID is 4242. Returns the recorded calls."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    calls = tmp_path / "calls"
+    (tmp_path / "systemd").mkdir()
+    record = f'echo "$(basename "$0") $*" >> {calls}\n'
+    scripts = {
+        "systemctl": record + 'case "$*" in *MainPID*) echo 4242;; esac\nexit 0\n',
+        "deb-systemd-invoke": record + "exit 0\n",
+        "runuser": record + 'shift 3\nexec "$@"\n',
+        "td": record + f'case "$1" in upgrade) exit {upgrade_status};; esac\nexit 0\n',
+    }
+    for name in ("getent", "adduser", "install", "dpkg-statoverride"):
+        scripts[name] = "exit 0\n"
+    for name, body in scripts.items():
+        (fake / name).write_text("#!/bin/sh\n" + body)
+        (fake / name).chmod(0o755)
+    with open(os.path.join(REPO, "debian", "td.postinst")) as f:
+        text = f.read()
+    text = text.replace("/usr/sbin/td ", f"{fake}/td ").replace(
+        "/run/systemd/system", str(tmp_path / "systemd")).replace(
+        "/usr/sbin/policy-rc.d", str(tmp_path / "no-policy-rc.d"))
+    (tmp_path / "postinst").write_text(text)
+    env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}")
+    env.pop("DPKG_ROOT", None)
+    subprocess.run(["sh", str(tmp_path / "postinst"), *args], env=env, check=True,
+                   capture_output=True, timeout=60)
+    return calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_postinst_restarts_a_td_before_0_4_0_instead_of_sending_it_sigusr2(tmp_path):
+    calls = run_postinst(tmp_path, "configure", "0.3.0")
+    assert "deb-systemd-invoke restart td.service" in calls, calls
+    assert not any(c.startswith("td upgrade") or "kill" in c for c in calls), calls
+
+
+def test_postinst_upgrades_a_td_from_0_4_0_on_by_td_upgrade_and_waits_for_its_outcome(tmp_path):
+    calls = run_postinst(tmp_path, "configure", "0.4.0")
+    assert "td upgrade --pid 4242" in calls, calls
+    assert not any(c.startswith("deb-systemd-invoke") or "kill" in c for c in calls), calls
+
+
+def test_postinst_restarts_after_a_failed_upgrade_only_with_a_config_td_accepts_as_its_user(
+        tmp_path):
+    calls = run_postinst(tmp_path, "configure", "0.4.0", upgrade_status=1)
+    assert "td upgrade --pid 4242" in calls, calls
+    assert "runuser -u td -- " + str(tmp_path / "bin" / "td") + " -t -c /etc/td/td.json" in calls
+    assert "deb-systemd-invoke restart td.service" in calls, calls

@@ -462,3 +462,291 @@ def test_upgrade_carries_the_health_verdict_of_a_host_names_address(td, pid_dir)
     finally:
         demo.stop()
         d.stop()
+
+
+def fd_count(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_five_upgrades_leave_the_new_td_with_as_many_descriptors_as_the_first(
+        backends, td, pid_dir):
+    b = backends(("blue", 1))
+    pid_file = os.path.join(pid_dir, "td.pid")
+    t = td(backend_cfg({"blue": (100, b.ports["blue"])}, pid_file=pid_file))
+    wait_for(lambda: read_pid(pid_file) == t.proc.pid, 10 * SLOW, what="the pid file")
+    pids = [t.proc.pid]
+    counts = []
+    for _ in range(5):
+        p = upgrade(["--pid-file", pid_file])
+        assert p.returncode == 0, p.stdout + p.stderr + t.proc.output()[-3000:]
+        pids.append(wait_takeover(pid_file, pids[-1], t.admin_port))
+        wait_for(lambda: not alive(pids[-2]), 30 * SLOW, what="the old td to exit")
+        counts.append(fd_count(pids[-1]))
+    assert max(counts) - counts[0] <= 1, counts
+
+
+def test_td_upgrade_refuses_a_pid_that_is_not_td_and_leaves_it_running():
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        p = upgrade(["--pid", str(sleeper.pid)])
+        assert p.returncode == 2, p.stdout + p.stderr
+        assert f"process {sleeper.pid} is not td" in p.stderr, p.stderr
+        time.sleep(0.2)  # a SIGUSR2 sent would have ended it by now
+        assert sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_td_upgrade_refuses_td_demo_whose_backends_run_in_its_process():
+    # A process named as `td demo` is (argv[0] td, argument demo), without its fixed ports.
+    fake = subprocess.Popen(["/usr/bin/python3", "-c", "import os; os.execv('/usr/bin/python3', "
+                             "['td', '-c', 'import time; time.sleep(60)', 'demo'])"])
+    try:
+        wait_for(lambda: open(f"/proc/{fake.pid}/cmdline").read().startswith("td\0"), 10,
+                 what="the exec")
+        p = upgrade(["--pid", str(fake.pid)])
+        assert p.returncode == 2, p.stdout + p.stderr
+        assert "td demo cannot be upgraded: its demo backends run in this process" in p.stderr
+        assert fake.poll() is None
+    finally:
+        fake.kill()
+        fake.wait()
+
+
+def test_td_upgrade_says_why_for_pid_1_both_pid_options_and_an_unreadable_config(pid_dir):
+    p = upgrade(["--pid", "1"])
+    assert p.returncode == 2 and "pid 1 is init, not td" in p.stderr, p.stderr
+    p = upgrade(["--pid", "1234", "--pid-file", os.path.join(pid_dir, "x.pid")])
+    assert p.returncode == 2 and "give one of --pid and --pid-file" in p.stderr, p.stderr
+    p = upgrade(["-c", "/nonexistent.json"])
+    assert p.returncode == 2, p.stderr
+    assert "cannot read /nonexistent.json: No such file or directory" in p.stderr, p.stderr
+
+
+def test_td_upgrade_pid_waits_for_the_outcome_and_a_clean_stop_removes_the_outcome_file(
+        backends, td, pid_dir):
+    b = backends(("blue", 1))
+    pid_file = os.path.join(pid_dir, "td.pid")
+    t = td(backend_cfg({"blue": (100, b.ports["blue"])}, pid_file=pid_file))
+    wait_for(lambda: read_pid(pid_file) == t.proc.pid, 10 * SLOW, what="the pid file")
+    p = upgrade(["--pid", str(t.proc.pid)])
+    assert p.returncode == 0, p.stdout + p.stderr + t.proc.output()[-3000:]
+    assert "handed over to the new td" in p.stdout, p.stdout
+    new = wait_takeover(pid_file, t.proc.pid, t.admin_port)
+    assert t.proc.p.wait(timeout=30 * SLOW) == 0
+    assert os.path.exists(pid_file + ".upgrade")
+    os.kill(new, signal.SIGTERM)
+    wait_for(lambda: not alive(new), 20 * SLOW, what="the new td to stop")
+    assert not os.path.exists(pid_file + ".upgrade") and not os.path.exists(pid_file)
+
+
+def test_sigusr2_to_an_old_td_draining_after_an_upgrade_is_ignored_and_its_lines_name_it(
+        backends, td, pid_dir):
+    b = backends(("blue", 1))
+    pid_file = os.path.join(pid_dir, "td.pid")
+    t = td(backend_cfg({"blue": (100, b.ports["blue"])}, pid_file=pid_file))
+    wait_for(lambda: read_pid(pid_file) == t.proc.pid, 10 * SLOW, what="the pid file")
+    old = t.proc.pid
+    # An exchange in flight keeps the old td draining.
+    slow = http.client.HTTPConnection("127.0.0.1", t.port, timeout=30 * SLOW)
+    slow.request("GET", "/delay/4000")
+    p = upgrade(["--pid-file", pid_file])
+    assert p.returncode == 0, p.stdout + p.stderr
+    new = wait_takeover(pid_file, old, t.admin_port)
+    os.kill(old, signal.SIGUSR2)
+    line = f"(old td, pid {old}) SIGUSR2 ignored: this td handed over to pid {new} and is draining"
+    wait_for(lambda: line in t.proc.output(), 10 * SLOW,
+             what="the ignored SIGUSR2's line in " + t.proc.output()[-2000:])
+    assert slow.getresponse().status == 200
+    slow.close()
+    assert t.proc.p.wait(timeout=30 * SLOW) == 0
+
+
+def zombie_children(ppid):
+    found = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] == "Z" and int(fields[1]) == ppid:
+                found.append(int(d))
+    return found
+
+
+def test_a_new_binary_that_hangs_is_killed_after_the_timeout_and_reaped(
+        backends, td, pid_dir, monkeypatch):
+    b = backends(("blue", 1))
+    binary = os.path.join(pid_dir, "td")
+    shutil.copy(TD, binary)
+    monkeypatch.setattr(conftest, "TD", binary)
+    pid_file = os.path.join(pid_dir, "td.pid")
+    t = td(backend_cfg({"blue": (100, b.ports["blue"])}, pid_file=pid_file))
+    monkeypatch.setattr(conftest, "TD", TD)
+    wait_for(lambda: read_pid(pid_file) == t.proc.pid, 10 * SLOW, what="the pid file")
+    hung = binary + ".new"
+    with open(hung, "w") as f:
+        f.write("#!/bin/sh\nexec sleep 300\n")
+    os.chmod(hung, stat.S_IRWXU)
+    os.replace(hung, binary)
+    p = upgrade(["--pid-file", pid_file], timeout=120)
+    assert p.returncode == 1 and "did not report ready" in p.stderr, p.stdout + p.stderr
+    wait_for(lambda: not zombie_children(t.proc.pid), 10 * SLOW, what="no zombie child of td")
+    assert t.proc.p.poll() is None and conftest.get_once(t.port)[0] == 200
+
+
+def test_upgrade_continues_the_config_version_and_the_rollout_steps_clock(backends, td, pid_dir):
+    b = backends(("blue", 1), ("green", 1))
+    pid_file = os.path.join(pid_dir, "td.pid")
+    t = td(backend_cfg({"blue": (100, b.ports["blue"]), "green": (0, b.ports["green"])},
+                       pid_file=pid_file))
+    wait_for(lambda: read_pid(pid_file) == t.proc.pid, 10 * SLOW, what="the pid file")
+    for w in (90, 80, 70):
+        t.set_ratio(blue=w, green=100 - w)
+    status, r = t.api("POST", "/api/v1/rollout",
+                      {"to": "green", "steps": [50, 100], "step_s": 600,
+                       "analysis": {"interval_s": 1, "warmup_s": 0, "min_requests": 1000000}})
+    assert status == 201, r
+    wait_for(lambda: t.api("GET", "/api/v1/rollout")[1]["state"] == "running", 10 * SLOW,
+             what="the rollout to run")
+    started = t.api("GET", "/api/v1/rollout")[1]["step_started_at"]
+    time.sleep(3)  # the step has run at least this long before the upgrade
+    version = state_of(t)["version"]
+    p = upgrade(["--pid-file", pid_file])
+    assert p.returncode == 0, p.stdout + p.stderr + t.proc.output()[-3000:]
+    wait_takeover(pid_file, t.proc.pid, t.admin_port)
+    after = state_of(t)["version"]
+    assert after > version, (version, after)
+    r = t.api("GET", "/api/v1/rollout")[1]
+    assert r["state"] == "running" and r["step"] == 0, r
+    assert r["step_started_at"] == started, r
+    assert r["step_remaining_s"] <= 600 - 3 + 0.5, r
+
+
+def read_reply(sock):
+    """One HTTP/1.1 reply from `sock`: (status, headers dict in lower case, body)."""
+    f = sock.makefile("rb")
+    status = int(f.readline().split()[1])
+    headers = {}
+    while True:
+        line = f.readline().decode().strip()
+        if not line:
+            break
+        k, v = line.split(":", 1)
+        headers[k.strip().lower()] = v.strip()
+    body = f.read(int(headers.get("content-length", 0)))
+    return status, headers, body
+
+
+def closed_by_server(sock):
+    """1 once the server closed `sock` (readable, nothing to read): a client then reconnects
+    before sending, as browsers do."""
+    import select
+    if not select.select([sock], [], [], 0)[0]:
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
+class AdminClients:
+    """Keep-alive admin clients, each sending a GET or a PUT every `interval` s; a request is
+    sent on a connection the server is not seen to have closed, and every one sent must get an
+    answer: 200, or 503 with Retry-After for a change during a handover."""
+
+    def __init__(self, admin_port, intervals):
+        self.port = admin_port
+        self.answers = 0
+        self.failures = []
+        self.stop_ev = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(iv, i), daemon=True)
+                        for i, iv in enumerate(intervals)]
+        for th in self.threads:
+            th.start()
+
+    def _run(self, interval, k):
+        sock = None
+        n = 0
+        while not self.stop_ev.is_set():
+            if sock is None or closed_by_server(sock):
+                if sock:
+                    sock.close()
+                sock = socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT)
+            n += 1
+            if (n + k) % 2:
+                req = b"GET /api/v1/state HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % self.port
+            else:
+                body = b'{"blue": 100, "green": 0}'
+                req = (b"PUT /api/v1/ratio HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: "
+                       b"application/json\r\nContent-Length: %d\r\n\r\n" % (self.port, len(body))
+                       + body)
+            try:
+                sock.sendall(req)
+                status, headers, _ = read_reply(sock)
+                if status == 200 or (status == 503 and headers.get("retry-after") == "1"):
+                    self.answers += 1
+                else:
+                    self.failures.append((status, headers))
+                if headers.get("connection") == "close":
+                    sock.close()
+                    sock = None
+            except Exception as e:
+                self.failures.append(repr(e))
+                sock.close()
+                sock = None
+            self.stop_ev.wait(interval)
+        if sock:
+            sock.close()
+
+    def stop(self):
+        self.stop_ev.set()
+        for th in self.threads:
+            th.join(timeout=30)
+
+
+def test_admin_keep_alive_connections_get_every_answer_across_upgrades(backends, td, pid_dir):
+    b = backends(("blue", 1), ("green", 1))
+    pid_file = os.path.join(pid_dir, "td.pid")
+    t = td(backend_cfg({"blue": (100, b.ports["blue"]), "green": (0, b.ports["green"])},
+                       pid_file=pid_file))
+    wait_for(lambda: read_pid(pid_file) == t.proc.pid, 10 * SLOW, what="the pid file")
+    # An exchange under way at the handover: a PUT and a GET whose bodies or heads are half sent.
+    put = socket.create_connection(("127.0.0.1", t.admin_port), timeout=TIMEOUT)
+    get = socket.create_connection(("127.0.0.1", t.admin_port), timeout=TIMEOUT)
+    idle = socket.create_connection(("127.0.0.1", t.admin_port), timeout=TIMEOUT)
+    idle.sendall(b"GET /api/v1/state HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % t.admin_port)
+    assert read_reply(idle)[0] == 200
+    body = b'{"blue": 50, "green": 50}'
+    put.sendall(b"PUT /api/v1/ratio HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: "
+                b"application/json\r\nContent-Length: %d\r\n\r\n" % (t.admin_port, len(body)))
+    get.sendall(b"GET /api/v1/state HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % t.admin_port)
+    clients = AdminClients(t.admin_port, [0.05, 0.4, 1.6])
+    pids = [t.proc.pid]
+    try:
+        for i in range(3):
+            p = upgrade(["--pid-file", pid_file])
+            assert p.returncode == 0, p.stdout + p.stderr + t.proc.output()[-3000:]
+            pids.append(wait_takeover(pid_file, pids[-1], t.admin_port))
+            if i == 0:
+                put.sendall(body)
+                status, headers, text = read_reply(put)
+                assert status == 503 and headers.get("retry-after") == "1", (status, text)
+                assert b"handing over to a new process" in text and headers["connection"] == \
+                    "close"
+                get.sendall(b"\r\n")
+                status, headers, _ = read_reply(get)
+                assert status == 200 and headers["connection"] == "close"
+                wait_for(lambda: closed_by_server(idle), 10 * SLOW,
+                         what="the idle admin connection to be closed")
+            time.sleep(2)
+    finally:
+        clients.stop()
+        for s in (put, get, idle):
+            s.close()
+    assert not clients.failures, clients.failures[:5]
+    assert clients.answers > 0
+    assert weights_of(state_of(t)) == {"blue": 100, "green": 0}
