@@ -588,3 +588,41 @@ def test_h2_keys_on_the_wrong_kind_of_listener_are_config_errors(cert, tmp_path)
     assert r.returncode == 1, out
     assert re.search(r"td\.json:\d+:\d+: listeners\[0\]\.h2c: h2c is for plain listeners", out), out
     assert re.search(r"td\.json:\d+:\d+: listeners\[1\]\.http2: http2 is for TLS listeners", out), out
+
+
+# ---- timeouts and stream ends ---------------------------------------------------------------------
+
+def test_h2_unfinished_header_block_gets_goaway_after_client_header_ms(backends, h2td):
+    b = backends(("blue", 1))
+    cfg = backend_cfg({"blue": (100, b.ports["blue"])})
+    cfg["timeouts"]["client_header_ms"] = 300
+    cfg["timeouts"]["keepalive_idle_ms"] = 120000
+    t = h2td(cfg)
+    with socket.create_connection(("127.0.0.1", t.h2c_port), timeout=TIMEOUT) as s:
+        # HEADERS without END_HEADERS, and no CONTINUATION after it.
+        s.sendall(PREFACE + frame(4, 0, 0) + frame(1, 0, 1, request_block("/")[:4]))
+        f = read_frames(s, 7)
+        assert f is not None, "no GOAWAY: the connection was held"
+        s.settimeout(TIMEOUT)
+        while s.recv(65536):  # then closed
+            pass
+
+
+def test_h2_stream_answered_408_ends_and_the_idle_connection_gets_goaway(backends, h2td):
+    b = backends(("blue", 1))
+    cfg = backend_cfg({"blue": (100, b.ports["blue"])})
+    cfg["timeouts"]["client_header_ms"] = 300
+    cfg["timeouts"]["keepalive_idle_ms"] = 300
+    t = h2td(cfg)
+    with socket.create_connection(("127.0.0.1", t.h2c_port), timeout=TIMEOUT) as s:
+        # POST with a body announced and never sent.
+        block = b"\x83\x86" + literal(b":path", b"/echo") + literal(b":authority", b"a") + \
+            literal(b"content-length", b"10")
+        s.sendall(PREFACE + frame(4, 0, 0) + frame(1, 4, 1, block))
+        h = read_frames(s, 1)
+        assert h is not None and h[2] == 1, h
+        r = read_frames(s, 3)  # RST_STREAM: the client's half is closed for it
+        assert r is not None and r[2] == 1 and int.from_bytes(r[3], "big") == 0, r
+        g = read_frames(s, 7)
+        assert g is not None, "no GOAWAY: the answered stream pinned the connection"
+        assert int.from_bytes(g[3][4:8], "big") == 0, g
