@@ -626,3 +626,51 @@ def test_h2_stream_answered_408_ends_and_the_idle_connection_gets_goaway(backend
         g = read_frames(s, 7)
         assert g is not None, "no GOAWAY: the answered stream pinned the connection"
         assert int.from_bytes(g[3][4:8], "big") == 0, g
+
+
+def _pid_of(path):
+    try:
+        with open(path) as f:
+            return int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not shutil.which("h2load"), reason="needs h2load (nghttp2-client)")
+def test_h2_td_upgrade_under_h2load_fails_no_stream(backends, h2td, tmp_path):
+    b = backends(("blue", 1))
+    pid_file = str(tmp_path / "td.pid")
+    t = h2td(backend_cfg({"blue": (100, b.ports["blue"])}, pid_file=pid_file))
+    wait_for(lambda: _pid_of(pid_file) == t.proc.pid, TIMEOUT, what="the pid file")
+    load = subprocess.Popen(["h2load", "-c10", "-m10", "-D6", f"http://127.0.0.1:{t.h2c_port}/"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    pid = t.proc.pid
+    try:
+        for _ in range(3):
+            time.sleep(1)  # the load runs a while on this process
+            r = subprocess.run([TD, "upgrade", "-c", t.config_path], capture_output=True,
+                               text=True, timeout=60)
+            assert r.returncode == 0, r.stdout + r.stderr
+            old = pid
+            wait_for(lambda: _pid_of(pid_file) not in (0, old), TIMEOUT, what="the takeover")
+            pid = _pid_of(pid_file)
+        out = load.communicate(timeout=60)[0].decode(errors="replace")
+    finally:
+        if load.poll() is None:
+            load.kill()
+            load.wait()
+        if pid != t.proc.pid and _alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            wait_for(lambda: not _alive(pid), TIMEOUT, what="the last td to stop")
+    m = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, "
+                  r"(\d+) failed, (\d+) errored", out)
+    assert m, out
+    assert int(m.group(3)) > 0 and (m.group(4), m.group(5)) == ("0", "0"), out
