@@ -73,6 +73,7 @@ struct td_h2_conn_s {
     /* goaway: 1 once the shutdown notice (GOAWAY with the last stream id 2^31-1, then a PING)
      * went out, 2 once the final GOAWAY with the last stream td took was submitted. */
     uint8_t idle_on, writing, goaway, fuzz, freeing, got_req;
+    uint8_t linger;  /* the session failed: its GOAWAY went out, the client's bytes are drained */
     int8_t tmo_kind; /* the connection's timeout armed (T_HEADER, T_KEEPALIVE) or -1 for none */
     char *rbuf;      /* owned: the socket's bytes are read into it */
     char *out;       /* owned: frames gathered for one write */
@@ -138,7 +139,7 @@ static void conn_timer(td_h2_conn_t *h) {
     if (!h->c || h->fuzz)
         return;
     int kind = -1;
-    if (h->head_open || h->goaway == 1)
+    if (h->head_open || h->goaway == 1 || h->linger)
         kind = T_HEADER;
     else if (!h->got_req && !h->nstreams)
         kind = td_client_timeout_ms(h->c, T_HEADER) < td_client_timeout_ms(h->c, T_KEEPALIVE)
@@ -774,6 +775,32 @@ static void conn_kick(td_h2_conn_t *h) {
 }
 
 static void conn_read_cb(td_stream_t *s, long nread);
+static void conn_alloc_cb(td_stream_t *s, char **buf, size_t *cap);
+
+static void shutdown_cb(uv_shutdown_t *req, int status) {
+    (void)status;
+    free(req);
+}
+
+/* The session ended (with an error, or after the final GOAWAY once no stream is left) and its
+ * GOAWAY is written: the connection is closed only once
+ * the client closed its side (or client_header_ms passed), its bytes read and dropped meanwhile.
+ * Closing with unread bytes would reset the connection and could take the GOAWAY (or the last
+ * response) with it before the client read it. On plain TCP the write side is shut down, so that
+ * the client sees the end at once. */
+static void conn_linger(td_h2_conn_t *h) {
+    client_t *c = h->c;
+    if (h->linger == 2)
+        return;
+    h->linger = 2;
+    conn_timer(h);
+    if (!td_stream_is_tls(&c->io)) {
+        uv_shutdown_t *req = malloc(sizeof(*req));
+        if (req && uv_shutdown(req, (uv_stream_t *)&c->io.tcp, shutdown_cb) < 0)
+            free(req);
+    }
+    td_stream_read_start(&c->io, conn_alloc_cb, conn_read_cb);
+}
 
 static void conn_write_cb(td_stream_t *s, int status) {
     client_t *c = td_stream_owner(s);
@@ -829,6 +856,10 @@ static void conn_flush(td_h2_conn_t *h) {
         return;
     if ((!nghttp2_session_want_read(h->ng) && !nghttp2_session_want_write(h->ng)) ||
         (h->goaway == 2 && !h->nstreams)) {
+        if (h->linger || h->goaway == 2) {
+            conn_linger(h);
+            return;
+        }
         td_client_close(c);
         return;
     }
@@ -847,10 +878,15 @@ static void conn_read_cb(td_stream_t *s, long nread) {
         td_client_close(c);
         return;
     }
+    if (h->linger == 2)
+        return; /* dropped: the session is over */
     if (conn_feed(h, h->rbuf, (size_t)nread) < 0) {
-        conn_flush(h); /* a GOAWAY the session queued (a flood, a protocol error) goes first */
-        if (h->c)
-            td_client_close(c);
+        /* A GOAWAY the session queued (a flood, a protocol error) goes first, then the
+         * lingering close. */
+        if (!nghttp2_session_want_write(h->ng))
+            nghttp2_session_terminate_session(h->ng, NGHTTP2_PROTOCOL_ERROR);
+        h->linger = 1;
+        conn_flush(h);
         return;
     }
     conn_flush(h);
@@ -991,7 +1027,9 @@ void td_h2_timeout(client_t *c) {
         return;
     int kind = h->tmo_kind;
     h->tmo_kind = -1; /* the deadline passed: nothing is armed */
-    if (h->head_open) {
+    if (h->linger) {
+        td_client_close(c);
+    } else if (h->head_open) {
         /* A header block that does not end in time holds the connection for nothing: it ends
          * (a 408 needs a whole request head). */
         nghttp2_session_terminate_session(h->ng, NGHTTP2_NO_ERROR);
