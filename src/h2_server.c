@@ -880,7 +880,13 @@ static void conn_read_cb(td_stream_t *s, long nread) {
     }
     if (h->linger == 2)
         return; /* dropped: the session is over */
-    if (conn_feed(h, h->rbuf, (size_t)nread) < 0) {
+    int r = conn_feed(h, h->rbuf, (size_t)nread);
+    if (r < 0) {
+        /* One line per connection so ended, rate-limited per reason with the other client
+         * errors. */
+        char why[128];
+        snprintf(why, sizeof(why), "h2: GOAWAY after %s", nghttp2_strerror(r));
+        td_client_log(c, 0, why);
         /* A GOAWAY the session queued (a flood, a protocol error) goes first, then the
          * lingering close. */
         if (!nghttp2_session_want_write(h->ng))
@@ -1032,6 +1038,7 @@ void td_h2_timeout(client_t *c) {
     } else if (h->head_open) {
         /* A header block that does not end in time holds the connection for nothing: it ends
          * (a 408 needs a whole request head). */
+        td_client_log(c, 0, "h2: GOAWAY: header block not whole within client_header_ms");
         nghttp2_session_terminate_session(h->ng, NGHTTP2_NO_ERROR);
         h->goaway = 2;
         conn_kick(h);

@@ -771,7 +771,7 @@ def _send_quietly(s, data):
         pass
 
 
-def test_h2_continuation_flood_gets_goaway_before_the_close(backends, h2td):
+def test_h2_continuation_flood_gets_goaway_before_the_close_and_a_log_line(backends, h2td):
     b = backends(("blue", 1))
     t = h2td(backend_cfg({"blue": (100, b.ports["blue"])}))
     with socket.create_connection(("127.0.0.1", t.h2c_port), timeout=TIMEOUT) as s:
@@ -781,6 +781,7 @@ def test_h2_continuation_flood_gets_goaway_before_the_close(backends, h2td):
         f = read_frames(s, 7)
         assert f is not None, "no GOAWAY (the connection was reset)"
         assert int.from_bytes(f[3][4:8], "big") != 0, f
+    wait_for(lambda: "h2: GOAWAY after" in t.proc.output(), TIMEOUT, what="the log line")
 
 
 def test_h2_one_megabyte_header_list_gets_goaway_or_431_before_the_close(backends, h2td):
@@ -810,3 +811,13 @@ def test_h2_one_megabyte_header_list_gets_goaway_or_431_before_the_close(backend
             if 7 in got:
                 break
         assert 7 in got or 1 in got, f"neither GOAWAY nor a response, frames {got}"
+
+
+def test_h2c_bad_preface_is_logged_as_not_an_http2_preface(backends, h2td):
+    b = backends(("blue", 1))
+    t = h2td(backend_cfg({"blue": (100, b.ports["blue"])}))
+    with socket.create_connection(("127.0.0.1", t.h2c_port), timeout=TIMEOUT) as s:
+        s.sendall(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n" + frame(4, 0, 0))
+        assert s.recv(100).startswith(b"HTTP/1.1 400"), "no 400"
+    wait_for(lambda: "not an HTTP/2 preface" in t.proc.output(), TIMEOUT, what="the log line")
+    assert "missing Host" not in t.proc.output()
