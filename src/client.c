@@ -534,8 +534,16 @@ static int client_h2(client_t *c) {
     const td_config_listener_t *l =
         cfg && c->listener < cfg->num_listeners ? &cfg->listeners[c->listener] : NULL;
     int h2 = td_stream_alpn_h2(&c->io);
-    if (!h2 && l && l->h2c && !td_client_is_tls(c))
+    if (!h2 && l && l->h2c && !td_client_is_tls(c)) {
         h2 = td_h2_preface_check(c->buf, c->len);
+        /* "PRI * HTTP/2.0" that goes on otherwise than the preface: an HTTP/2 client that got
+         * it wrong, said so rather than as an HTTP/1.1 request without Host. */
+        if (!h2 && c->len >= 16 && memcmp(c->buf, "PRI * HTTP/2.0\r\n", 16) == 0) {
+            c->keep_alive = 0;
+            td_client_error(c, 400, "not an HTTP/2 preface");
+            return 1;
+        }
+    }
     if (h2 <= 0)
         return h2;
     if (td_h2_start(c, l) < 0)

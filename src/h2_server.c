@@ -55,6 +55,7 @@ struct td_h2_stream_s {
     uint64_t left; /* content-length bytes still to come */
     uint8_t framing, head_done, resp_done, deferred, head_req;
     uint8_t want_read;             /* the client reads */
+    uint8_t head_open;             /* its header block began and is not whole yet */
     uint8_t ng_closed;             /* nghttp2 closed the stream (or the session is gone) */
     uint8_t close_due;             /* the client's stream was closed: its close callback is due */
     uint8_t write_ended;           /* the pending write's callback is due (done or cancelled) */
@@ -68,9 +69,14 @@ struct td_h2_conn_s {
     uv_idle_t idle;          /* runs the deferred work; the struct is freed in its close callback */
     td_h2_stream_t *streams; /* owned: the streams not freed yet */
     int nstreams;
-    uint8_t idle_on, writing, goaway, fuzz, freeing;
-    char *rbuf; /* owned: the socket's bytes are read into it */
-    char *out;  /* owned: frames gathered for one write */
+    int head_open; /* streams whose header block is not whole yet */
+    /* goaway: 1 once the shutdown notice (GOAWAY with the last stream id 2^31-1, then a PING)
+     * went out, 2 once the final GOAWAY with the last stream td took was submitted. */
+    uint8_t idle_on, writing, goaway, fuzz, freeing, got_req;
+    uint8_t linger;  /* the session failed: its GOAWAY went out, the client's bytes are drained */
+    int8_t tmo_kind; /* the connection's timeout armed (T_HEADER, T_KEEPALIVE) or -1 for none */
+    char *rbuf;      /* owned: the socket's bytes are read into it */
+    char *out;       /* owned: frames gathered for one write */
     size_t out_len;
 };
 
@@ -122,6 +128,34 @@ static void bytes_free(bytes_t *b) {
 static void conn_kick(td_h2_conn_t *h);
 static void conn_flush(td_h2_conn_t *h);
 
+/* Arms the connection's one timeout for what it waits for, counted from the moment it began to
+ * wait for it (frames such as PING or SETTINGS do not extend it):
+ *  - a header block begun and not whole, or the shutdown notice's PING not answered yet:
+ *    client_header_ms;
+ *  - no request yet since the preface: the shorter of client_header_ms and keepalive_idle_ms;
+ *  - no stream open: keepalive_idle_ms, from the end of the last stream;
+ *  - otherwise (streams in flight) none: each stream's client times its own exchange. */
+static void conn_timer(td_h2_conn_t *h) {
+    if (!h->c || h->fuzz)
+        return;
+    int kind = -1;
+    if (h->head_open || h->goaway == 1 || h->linger)
+        kind = T_HEADER;
+    else if (!h->got_req && !h->nstreams)
+        kind = td_client_timeout_ms(h->c, T_HEADER) < td_client_timeout_ms(h->c, T_KEEPALIVE)
+                   ? T_HEADER
+                   : T_KEEPALIVE;
+    else if (!h->nstreams)
+        kind = T_KEEPALIVE;
+    if (kind == h->tmo_kind)
+        return;
+    h->tmo_kind = (int8_t)kind;
+    if (kind < 0)
+        td_client_timer_stop(h->c);
+    else
+        td_client_timer(h->c, kind);
+}
+
 /* ---------------------------------------------------------------------------------------------
  * Streams */
 
@@ -144,8 +178,7 @@ static void stream_free(td_h2_stream_t *st) {
     free(st->host);
     free(st);
     /* A connection with no stream left waits for the next one for the keep-alive timeout. */
-    if (!h->nstreams && h->c && !h->fuzz)
-        td_client_timer(h->c, T_KEEPALIVE);
+    conn_timer(h);
 }
 
 /* Gives DATA bytes back to the client's window (the stream's and the connection's). */
@@ -483,8 +516,10 @@ static int begin_headers_cb(nghttp2_session *ng, const nghttp2_frame *f, void *u
     if (h->streams)
         h->streams->prev = st;
     h->streams = st;
-    if (!h->nstreams++ && h->c)
-        td_client_timer_stop(h->c); /* busy: no idle timeout */
+    h->nstreams++;
+    st->head_open = 1;
+    h->head_open++;
+    conn_timer(h); /* the header block must be whole within client_header_ms */
     nghttp2_session_set_stream_user_data(ng, st->id, st);
     return 0;
 }
@@ -557,14 +592,44 @@ static void request_end(td_h2_stream_t *st) {
         conn_kick(st->h);
 }
 
+/* The final GOAWAY names the last stream td took (RFC 9113 §6.8): the streams the client opened
+ * until then are served, those above it it may retry elsewhere. */
+static void conn_goaway_final(td_h2_conn_t *h) {
+    if (h->goaway == 2 || !h->ng)
+        return;
+    h->goaway = 2;
+    nghttp2_submit_goaway(h->ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h->ng),
+                          NGHTTP2_NO_ERROR, NULL, 0);
+    conn_timer(h);
+    conn_kick(h);
+}
+
+/* A stream's header block is whole (or the stream ended before): the connection's header
+ * timeout no longer waits for it. */
+static void stream_head_whole(td_h2_stream_t *st) {
+    if (!st->head_open)
+        return;
+    st->head_open = 0;
+    st->h->head_open--;
+    conn_timer(st->h);
+}
+
 static int frame_recv_cb(nghttp2_session *ng, const nghttp2_frame *f, void *ud) {
-    (void)ud;
+    td_h2_conn_t *h = ud;
+    /* The PING sent after the shutdown notice came back: the client has seen the notice, so
+     * the streams it opens from now on may be refused. */
+    if (f->hd.type == NGHTTP2_PING && (f->hd.flags & NGHTTP2_FLAG_ACK) && h->goaway == 1) {
+        conn_goaway_final(h);
+        return 0;
+    }
     td_h2_stream_t *st =
         f->hd.stream_id ? nghttp2_session_get_stream_user_data(ng, f->hd.stream_id) : NULL;
     if (!st)
         return 0;
     int end = (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
     if (f->hd.type == NGHTTP2_HEADERS && f->headers.cat == NGHTTP2_HCAT_REQUEST) {
+        h->got_req = 1;
+        stream_head_whole(st);
         int r = stream_request(st, end);
         if (r == TD_EHDRTOOLARGE)
             stream_refuse(st, 431);
@@ -606,6 +671,20 @@ static int data_chunk_cb(nghttp2_session *ng, uint8_t flags, int32_t id, const u
     return 0;
 }
 
+/* A response went out whole while the client's half of the stream is still open (td answered
+ * before the request ended: a 408, a 431, an early answer from the backend): RST_STREAM
+ * NO_ERROR ends the stream (RFC 9113 §8.1), so that it no longer holds the connection. */
+static int frame_send_cb(nghttp2_session *ng, const nghttp2_frame *f, void *ud) {
+    (void)ud;
+    if ((f->hd.type != NGHTTP2_DATA && f->hd.type != NGHTTP2_HEADERS) ||
+        !(f->hd.flags & NGHTTP2_FLAG_END_STREAM))
+        return 0;
+    td_h2_stream_t *st = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
+    if (st && !st->req_end && !st->ng_closed)
+        nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_NO_ERROR);
+    return 0;
+}
+
 static int stream_close_cb(nghttp2_session *ng, int32_t id, uint32_t code, void *ud) {
     (void)ud;
     td_h2_stream_t *st = nghttp2_session_get_stream_user_data(ng, id);
@@ -613,6 +692,7 @@ static int stream_close_cb(nghttp2_session *ng, int32_t id, uint32_t code, void 
         return 0;
     nghttp2_session_set_stream_user_data(ng, id, NULL);
     st->ng_closed = 1;
+    stream_head_whole(st);
     if (st->vc) {
         /* Reset by the client (or the session failed): its exchange is over (499). A response
          * sent whole leaves the client to end its exchange itself (its last write completes). */
@@ -695,6 +775,32 @@ static void conn_kick(td_h2_conn_t *h) {
 }
 
 static void conn_read_cb(td_stream_t *s, long nread);
+static void conn_alloc_cb(td_stream_t *s, char **buf, size_t *cap);
+
+static void shutdown_cb(uv_shutdown_t *req, int status) {
+    (void)status;
+    free(req);
+}
+
+/* The session ended (with an error, or after the final GOAWAY once no stream is left) and its
+ * GOAWAY is written: the connection is closed only once
+ * the client closed its side (or client_header_ms passed), its bytes read and dropped meanwhile.
+ * Closing with unread bytes would reset the connection and could take the GOAWAY (or the last
+ * response) with it before the client read it. On plain TCP the write side is shut down, so that
+ * the client sees the end at once. */
+static void conn_linger(td_h2_conn_t *h) {
+    client_t *c = h->c;
+    if (h->linger == 2)
+        return;
+    h->linger = 2;
+    conn_timer(h);
+    if (!td_stream_is_tls(&c->io)) {
+        uv_shutdown_t *req = malloc(sizeof(*req));
+        if (req && uv_shutdown(req, (uv_stream_t *)&c->io.tcp, shutdown_cb) < 0)
+            free(req);
+    }
+    td_stream_read_start(&c->io, conn_alloc_cb, conn_read_cb);
+}
 
 static void conn_write_cb(td_stream_t *s, int status) {
     client_t *c = td_stream_owner(s);
@@ -749,7 +855,11 @@ static void conn_flush(td_h2_conn_t *h) {
     if (!c)
         return;
     if ((!nghttp2_session_want_read(h->ng) && !nghttp2_session_want_write(h->ng)) ||
-        (h->goaway && !h->nstreams)) {
+        (h->goaway == 2 && !h->nstreams)) {
+        if (h->linger || h->goaway == 2) {
+            conn_linger(h);
+            return;
+        }
         td_client_close(c);
         return;
     }
@@ -768,10 +878,21 @@ static void conn_read_cb(td_stream_t *s, long nread) {
         td_client_close(c);
         return;
     }
-    if (conn_feed(h, h->rbuf, (size_t)nread) < 0) {
-        conn_flush(h); /* a GOAWAY the session queued (a flood, a protocol error) goes first */
-        if (h->c)
-            td_client_close(c);
+    if (h->linger == 2)
+        return; /* dropped: the session is over */
+    int r = conn_feed(h, h->rbuf, (size_t)nread);
+    if (r < 0) {
+        /* One line per connection so ended, rate-limited per reason with the other client
+         * errors. */
+        char why[128];
+        snprintf(why, sizeof(why), "h2: GOAWAY after %s", nghttp2_strerror(r));
+        td_client_log(c, 0, why);
+        /* A GOAWAY the session queued (a flood, a protocol error) goes first, then the
+         * lingering close. */
+        if (!nghttp2_session_want_write(h->ng))
+            nghttp2_session_terminate_session(h->ng, NGHTTP2_PROTOCOL_ERROR);
+        h->linger = 1;
+        conn_flush(h);
         return;
     }
     conn_flush(h);
@@ -791,6 +912,7 @@ static void cbs_make(void) {
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, frame_recv_cb);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, data_chunk_cb);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, stream_close_cb);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cbs, frame_send_cb);
     session_cbs = cbs;
 }
 
@@ -849,7 +971,8 @@ int td_h2_start(client_t *c, const td_config_listener_t *l) {
     c->h2 = h;
     c->state = C_H2;
     c->served = 1;
-    td_client_timer(c, T_KEEPALIVE);
+    h->tmo_kind = -1;
+    conn_timer(h);
     /* What the client sent so far (the preface, maybe frames) was read into c->buf. */
     int r = c->len ? conn_feed(h, c->buf, c->len) : 0;
     c->len = 0;
@@ -891,9 +1014,16 @@ void td_h2_shutdown(client_t *c) {
     td_h2_conn_t *h = c->h2;
     if (!h || h->goaway)
         return;
+    /* Two steps (RFC 9113 §6.8): the notice first, so that streams the client opens while it
+     * is on its way are still served; the final GOAWAY once the PING's ACK shows the client
+     * has seen it (or at the header timeout if no ACK comes). */
+    if (nghttp2_submit_shutdown_notice(h->ng) != 0 ||
+        nghttp2_submit_ping(h->ng, NGHTTP2_FLAG_NONE, NULL) != 0) {
+        conn_goaway_final(h);
+        return;
+    }
     h->goaway = 1;
-    nghttp2_submit_goaway(h->ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h->ng),
-                          NGHTTP2_NO_ERROR, NULL, 0);
+    conn_timer(h);
     conn_kick(h);
 }
 
@@ -901,9 +1031,26 @@ void td_h2_timeout(client_t *c) {
     td_h2_conn_t *h = c->h2;
     if (!h)
         return;
-    if (h->nstreams) /* busy after all */
-        return;
-    td_h2_shutdown(c);
+    int kind = h->tmo_kind;
+    h->tmo_kind = -1; /* the deadline passed: nothing is armed */
+    if (h->linger) {
+        td_client_close(c);
+    } else if (h->head_open) {
+        /* A header block that does not end in time holds the connection for nothing: it ends
+         * (a 408 needs a whole request head). */
+        td_client_log(c, 0, "h2: GOAWAY: header block not whole within client_header_ms");
+        nghttp2_session_terminate_session(h->ng, NGHTTP2_NO_ERROR);
+        h->goaway = 2;
+        conn_kick(h);
+    } else if (h->goaway == 1) {
+        conn_goaway_final(h); /* no ACK to the notice's PING */
+    } else if (!h->nstreams && kind >= 0) {
+        /* Idle: one GOAWAY and the connection closes, as other servers do; a stream the client
+         * opens meanwhile is above its last stream id, so the client knows to retry it. */
+        conn_goaway_final(h);
+    } else {
+        conn_timer(h);
+    }
 }
 
 td_h2_conn_t *td_h2_fuzz_new(void) {

@@ -14,6 +14,7 @@ import ssl
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 
 import pytest
@@ -588,3 +589,235 @@ def test_h2_keys_on_the_wrong_kind_of_listener_are_config_errors(cert, tmp_path)
     assert r.returncode == 1, out
     assert re.search(r"td\.json:\d+:\d+: listeners\[0\]\.h2c: h2c is for plain listeners", out), out
     assert re.search(r"td\.json:\d+:\d+: listeners\[1\]\.http2: http2 is for TLS listeners", out), out
+
+
+# ---- timeouts and stream ends ---------------------------------------------------------------------
+
+def test_h2_unfinished_header_block_gets_goaway_after_client_header_ms(backends, h2td):
+    b = backends(("blue", 1))
+    cfg = backend_cfg({"blue": (100, b.ports["blue"])})
+    cfg["timeouts"]["client_header_ms"] = 300
+    cfg["timeouts"]["keepalive_idle_ms"] = 120000
+    t = h2td(cfg)
+    with socket.create_connection(("127.0.0.1", t.h2c_port), timeout=TIMEOUT) as s:
+        # HEADERS without END_HEADERS, and no CONTINUATION after it.
+        s.sendall(PREFACE + frame(4, 0, 0) + frame(1, 0, 1, request_block("/")[:4]))
+        f = read_frames(s, 7)
+        assert f is not None, "no GOAWAY: the connection was held"
+        s.settimeout(TIMEOUT)
+        while s.recv(65536):  # then closed
+            pass
+
+
+def test_h2_stream_answered_408_ends_and_the_idle_connection_gets_goaway(backends, h2td):
+    b = backends(("blue", 1))
+    cfg = backend_cfg({"blue": (100, b.ports["blue"])})
+    cfg["timeouts"]["client_header_ms"] = 300
+    cfg["timeouts"]["keepalive_idle_ms"] = 300
+    t = h2td(cfg)
+    with socket.create_connection(("127.0.0.1", t.h2c_port), timeout=TIMEOUT) as s:
+        # POST with a body announced and never sent.
+        block = b"\x83\x86" + literal(b":path", b"/echo") + literal(b":authority", b"a") + \
+            literal(b"content-length", b"10")
+        s.sendall(PREFACE + frame(4, 0, 0) + frame(1, 4, 1, block))
+        h = read_frames(s, 1)
+        assert h is not None and h[2] == 1, h
+        r = read_frames(s, 3)  # RST_STREAM: the client's half is closed for it
+        assert r is not None and r[2] == 1 and int.from_bytes(r[3], "big") == 0, r
+        g = read_frames(s, 7)
+        assert g is not None, "no GOAWAY: the answered stream pinned the connection"
+        assert int.from_bytes(g[3][4:8], "big") == 0, g
+
+
+def _pid_of(path):
+    try:
+        with open(path) as f:
+            return int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class H2Load:
+    """Keeps `streams` GET / in flight over h2c, on one connection at a time, until stop();
+    answers PING and gives the connection window back. Counts answers (200), streams above a
+    GOAWAY's last stream id or refused (REFUSED_STREAM): retried on a new connection, as RFC 9113
+    §6.8 lets a client, and failures: a stream that got no answer while td had not told the
+    client that it was not taken, or an answer other than 200."""
+
+    def __init__(self, port, streams=10):
+        self.port, self.streams = port, streams
+        self.ok, self.retried, self.failed = 0, 0, []
+        self.stop_ev = threading.Event()
+        self.th = threading.Thread(target=self._run, daemon=True)
+        self.th.start()
+
+    def _conn(self):
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT)
+        s.sendall(PREFACE + frame(4, 0, 0))
+        sid, open_, last, buf = 1, {}, None, b""
+        while True:
+            while (last is None or last == 2 ** 31 - 1) and not self.stop_ev.is_set() and \
+                    len(open_) < self.streams:
+                try:
+                    s.sendall(frame(1, 5, sid, request_block("/")))
+                except (BrokenPipeError, ConnectionResetError):
+                    break  # closed: judged with the next read
+                open_[sid] = None
+                sid += 2
+            if not open_:
+                break
+            try:
+                chunk = s.recv(65536)
+            except (ConnectionResetError, socket.timeout):
+                chunk = b""
+            if not chunk:
+                break
+            buf += chunk
+            try:
+                buf = self._frames(s, buf, open_)
+            except (BrokenPipeError, ConnectionResetError):
+                break  # td closed: the streams still open are judged below
+            last = open_.pop("last", last)
+        s.close()
+        for k in open_:
+            if last is None or k <= last:
+                self.failed.append(f"stream {k} not answered (last stream id {last})")
+            else:
+                self.retried += 1
+
+    def _frames(self, s, buf, open_):
+        """Handles the whole frames at the start of buf; returns the rest."""
+        while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+            n = int.from_bytes(buf[:3], "big")
+            ft, fl, st, pl = buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7fffffff, \
+                buf[9:9 + n]
+            buf = buf[9 + n:]
+            if ft == 6 and not fl & 1:
+                s.sendall(frame(6, 1, 0, pl))
+            elif ft == 0 and n:
+                s.sendall(frame(8, 0, 0, struct.pack(">I", n)))
+            elif ft == 7:
+                last = open_["last"] = int.from_bytes(pl[:4], "big") & 0x7fffffff
+                for k in [k for k in open_ if k != "last" and k > last]:
+                    del open_[k]
+                    self.retried += 1
+            elif ft == 3 and st in open_:
+                del open_[st]
+                if int.from_bytes(pl, "big") == 7:  # REFUSED_STREAM
+                    self.retried += 1
+                else:
+                    self.failed.append(f"stream {st} reset {pl.hex()}")
+            if ft == 1 and st in open_:
+                open_[st] = pl[:1]
+            if ft in (0, 1) and fl & 1 and st in open_:
+                status = open_.pop(st)
+                if status == b"\x88":  # :status 200 (HPACK static index 8)
+                    self.ok += 1
+                else:
+                    self.failed.append(f"stream {st} status {status}")
+        return buf
+
+    def _run(self):
+        while not self.stop_ev.is_set():
+            try:
+                self._conn()
+            except OSError as e:
+                if not self.stop_ev.is_set():
+                    self.failed.append(repr(e))
+
+    def stop(self):
+        self.stop_ev.set()
+        self.th.join(timeout=60)
+
+
+def test_h2_td_upgrade_under_continuous_streams_fails_no_stream(backends, h2td, tmp_path):
+    b = backends(("blue", 1))
+    pid_file = str(tmp_path / "td.pid")
+    t = h2td(backend_cfg({"blue": (100, b.ports["blue"])}, pid_file=pid_file))
+    wait_for(lambda: _pid_of(pid_file) == t.proc.pid, TIMEOUT, what="the pid file")
+    load = H2Load(t.h2c_port)
+    pid = t.proc.pid
+    try:
+        for _ in range(3):
+            seen = load.ok
+            wait_for(lambda: load.ok >= seen + 200, TIMEOUT, what="answers on this process")
+            r = subprocess.run([TD, "upgrade", "-c", t.config_path], capture_output=True,
+                               text=True, timeout=60)
+            assert r.returncode == 0, r.stdout + r.stderr
+            old = pid
+            wait_for(lambda: _pid_of(pid_file) not in (0, old), TIMEOUT, what="the takeover")
+            pid = _pid_of(pid_file)
+        seen = load.ok
+        wait_for(lambda: load.ok >= seen + 200, TIMEOUT, what="answers on the last process")
+    finally:
+        load.stop()
+        if pid != t.proc.pid and _alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            wait_for(lambda: not _alive(pid), TIMEOUT, what="the last td to stop")
+    assert load.ok > 0 and not load.failed, (load.ok, load.retried, load.failed[:10])
+
+def _send_quietly(s, data):
+    try:
+        s.sendall(data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
+def test_h2_continuation_flood_gets_goaway_before_the_close_and_a_log_line(backends, h2td):
+    b = backends(("blue", 1))
+    t = h2td(backend_cfg({"blue": (100, b.ports["blue"])}))
+    with socket.create_connection(("127.0.0.1", t.h2c_port), timeout=TIMEOUT) as s:
+        s.sendall(PREFACE + frame(4, 0, 0) + frame(1, 0, 1, request_block("/")))
+        _send_quietly(s, b"".join(frame(9, 0, 1, literal(b"x-a", b"b" * 10))
+                                  for _ in range(10000)))
+        f = read_frames(s, 7)
+        assert f is not None, "no GOAWAY (the connection was reset)"
+        assert int.from_bytes(f[3][4:8], "big") != 0, f
+    wait_for(lambda: "h2: GOAWAY after" in t.proc.output(), TIMEOUT, what="the log line")
+
+
+def test_h2_one_megabyte_header_list_gets_goaway_or_431_before_the_close(backends, h2td):
+    b = backends(("blue", 1))
+    t = h2td(backend_cfg({"blue": (100, b.ports["blue"])}))
+    block = request_block("/") + b"".join(literal(b"x-big%d" % i, b"v" * 100)
+                                          for i in range(10000))
+    chunks = [block[i:i + 16384] for i in range(0, len(block), 16384)]
+    data = frame(1, 1, 1, chunks[0]) + b"".join(
+        frame(9, 4 if i == len(chunks) - 1 else 0, 1, c) for i, c in enumerate(chunks[1:], 1))
+    with socket.create_connection(("127.0.0.1", t.h2c_port), timeout=TIMEOUT) as s:
+        s.sendall(PREFACE + frame(4, 0, 0))
+        _send_quietly(s, data)
+        got = set()
+        buf = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except (ConnectionResetError, socket.timeout):
+                chunk = None
+            if not chunk:
+                break
+            buf += chunk
+            while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+                got.add(buf[3])
+                buf = buf[9 + int.from_bytes(buf[:3], "big"):]
+            if 7 in got:
+                break
+        assert 7 in got or 1 in got, f"neither GOAWAY nor a response, frames {got}"
+
+
+def test_h2c_bad_preface_is_logged_as_not_an_http2_preface(backends, h2td):
+    b = backends(("blue", 1))
+    t = h2td(backend_cfg({"blue": (100, b.ports["blue"])}))
+    with socket.create_connection(("127.0.0.1", t.h2c_port), timeout=TIMEOUT) as s:
+        s.sendall(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n" + frame(4, 0, 0))
+        assert s.recv(100).startswith(b"HTTP/1.1 400"), "no 400"
+    wait_for(lambda: "not an HTTP/2 preface" in t.proc.output(), TIMEOUT, what="the log line")
+    assert "missing Host" not in t.proc.output()
