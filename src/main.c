@@ -141,17 +141,23 @@ typedef struct unresolved_s {
     size_t len;
 } unresolved_t;
 
+/* Where backends[b].servers[sv].address stands in the file (1:1 when it cannot be read again). */
+static void server_address_at(const unresolved_t *u, int b, int sv, int *line, int *col) {
+    td_config_seg_t at[5] = {
+        {"backends", 0}, {NULL, (size_t)b}, {"servers", 0}, {NULL, (size_t)sv}, {"address", 0}};
+    *line = *col = 1;
+    if (u->text)
+        td_config_locate(u->text, u->len, at, 5, 0, line, col);
+}
+
 static void warn_unresolved(void *arg, int b, int sv, const char *error) {
     unresolved_t *u = arg;
     if (b < 0) {
         fprintf(stderr, "%s: warning: host names not checked: %s\n", u->path, error);
         return;
     }
-    int line = 1, col = 1;
-    td_config_seg_t at[5] = {
-        {"backends", 0}, {NULL, (size_t)b}, {"servers", 0}, {NULL, (size_t)sv}, {"address", 0}};
-    if (u->text)
-        td_config_locate(u->text, u->len, at, 5, 0, &line, &col);
+    int line, col;
+    server_address_at(u, b, sv, &line, &col);
     fprintf(stderr,
             "%s:%d:%d: warning: backend %s: server %s does not resolve now (%s); it counts as down "
             "until it does\n",
@@ -161,11 +167,8 @@ static void warn_unresolved(void *arg, int b, int sv, const char *error) {
 
 static void warn_overlap(void *arg, int b, int sv, const char *address, const char *other) {
     unresolved_t *u = arg;
-    int line = 1, col = 1;
-    td_config_seg_t at[5] = {
-        {"backends", 0}, {NULL, (size_t)b}, {"servers", 0}, {NULL, (size_t)sv}, {"address", 0}};
-    if (u->text)
-        td_config_locate(u->text, u->len, at, 5, 0, &line, &col);
+    int line, col;
+    server_address_at(u, b, sv, &line, &col);
     fprintf(stderr,
             "%s:%d:%d: warning: backend %s: server %s resolves now to %s, which is already the "
             "server %s: that one is kept, with its own weight\n",

@@ -264,11 +264,15 @@ def td():
 
     yield start
     for t in started:
-        rc = t.stop()
-        out = t.proc.output()
-        # A clean stop exits 0; under ASan a memory error makes it fail here.
-        assert rc == 0, f"td exited {rc}:\n{out[-4000:]}"
-        assert "AddressSanitizer" not in out and "runtime error" not in out, out[-4000:]
+        stop_checked(t)
+
+
+def stop_checked(t):
+    """Stops td `t`: a clean stop exits 0; under ASan a memory error makes it fail here."""
+    rc = t.stop()
+    out = t.proc.output()
+    assert rc == 0, f"td exited {rc}:\n{out[-4000:]}"
+    assert "AddressSanitizer" not in out and "runtime error" not in out, out[-4000:]
 
 
 # ---------------------------------------------------------------------------------------------

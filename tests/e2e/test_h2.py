@@ -15,12 +15,12 @@ import struct
 import subprocess
 import tempfile
 import threading
-import time
 
 import pytest
 
 from conftest import (ASAN, RSS_SCALE, TD, Proc, RssSampler, Td, backend_cfg, demo_body,
-                      free_port, wait_for, wait_port)
+                      free_port, stop_checked, wait_for, wait_port)
+from test_upgrade import alive, read_pid
 
 TIMEOUT = 60 if ASAN else 20
 
@@ -76,10 +76,7 @@ def h2td(cert):
 
     yield start
     for t in started:
-        rc = t.stop()
-        out = t.proc.output()
-        assert rc == 0, f"td exited {rc}:\n{out[-4000:]}"
-        assert "AddressSanitizer" not in out and "runtime error" not in out, out[-4000:]
+        stop_checked(t)
 
 
 def curl(*args, timeout=TIMEOUT):
@@ -629,22 +626,6 @@ def test_h2_stream_answered_408_ends_and_the_idle_connection_gets_goaway(backend
         assert int.from_bytes(g[3][4:8], "big") == 0, g
 
 
-def _pid_of(path):
-    try:
-        with open(path) as f:
-            return int(f.read().strip() or 0)
-    except (OSError, ValueError):
-        return 0
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 class H2Load:
     """Keeps `streams` GET / in flight over h2c, on one connection at a time, until stop();
     answers PING and gives the connection window back. Counts answers (200), streams above a
@@ -742,7 +723,7 @@ def test_h2_td_upgrade_under_continuous_streams_fails_no_stream(backends, h2td, 
     b = backends(("blue", 1))
     pid_file = str(tmp_path / "td.pid")
     t = h2td(backend_cfg({"blue": (100, b.ports["blue"])}, pid_file=pid_file))
-    wait_for(lambda: _pid_of(pid_file) == t.proc.pid, TIMEOUT, what="the pid file")
+    wait_for(lambda: read_pid(pid_file) == t.proc.pid, TIMEOUT, what="the pid file")
     load = H2Load(t.h2c_port)
     pid = t.proc.pid
     try:
@@ -753,15 +734,15 @@ def test_h2_td_upgrade_under_continuous_streams_fails_no_stream(backends, h2td, 
                                text=True, timeout=60)
             assert r.returncode == 0, r.stdout + r.stderr
             old = pid
-            wait_for(lambda: _pid_of(pid_file) not in (0, old), TIMEOUT, what="the takeover")
-            pid = _pid_of(pid_file)
+            wait_for(lambda: read_pid(pid_file) not in (0, old), TIMEOUT, what="the takeover")
+            pid = read_pid(pid_file)
         seen = load.ok
         wait_for(lambda: load.ok >= seen + 200, TIMEOUT, what="answers on the last process")
     finally:
         load.stop()
-        if pid != t.proc.pid and _alive(pid):
+        if pid != t.proc.pid and alive(pid):
             os.kill(pid, signal.SIGTERM)
-            wait_for(lambda: not _alive(pid), TIMEOUT, what="the last td to stop")
+            wait_for(lambda: not alive(pid), TIMEOUT, what="the last td to stop")
     assert load.ok > 0 and not load.failed, (load.ok, load.retried, load.failed[:10])
 
 def _send_quietly(s, data):

@@ -320,8 +320,9 @@ def test_sigusr2_upgrades_as_td_upgrade_does(backends, td, pid_dir):
     assert "upgrade: the new td (pid %d) accepts on the listening sockets" % new in t.proc.output()
 
 
-def test_a_new_binary_that_exits_at_once_leaves_the_old_td_serving_and_td_upgrade_says_why(
-        backends, td, pid_dir, monkeypatch):
+def td_to_be_replaced_by(backends, td, pid_dir, monkeypatch, script):
+    """td started from a copy of the binary in pid_dir, whose file is then replaced by `script`,
+    as a package does (a new file at the same path): (the Td, its pid file)."""
     b = backends(("blue", 1))
     binary = os.path.join(pid_dir, "td")
     shutil.copy(TD, binary)
@@ -330,11 +331,18 @@ def test_a_new_binary_that_exits_at_once_leaves_the_old_td_serving_and_td_upgrad
     t = td(backend_cfg({"blue": (100, b.ports["blue"])}, pid_file=pid_file))
     monkeypatch.setattr(conftest, "TD", TD)
     wait_for(lambda: read_pid(pid_file) == t.proc.pid, 10 * SLOW, what="the pid file")
-    broken = binary + ".new"
-    with open(broken, "w") as f:
-        f.write("#!/bin/sh\nexit 3\n")
-    os.chmod(broken, stat.S_IRWXU)
-    os.replace(broken, binary)  # as a package does: a new file at the same path
+    new = binary + ".new"
+    with open(new, "w") as f:
+        f.write(script)
+    os.chmod(new, stat.S_IRWXU)
+    os.replace(new, binary)
+    return t, pid_file
+
+
+def test_a_new_binary_that_exits_at_once_leaves_the_old_td_serving_and_td_upgrade_says_why(
+        backends, td, pid_dir, monkeypatch):
+    t, pid_file = td_to_be_replaced_by(backends, td, pid_dir, monkeypatch, "#!/bin/sh\nexit 3\n")
+    binary = os.path.join(pid_dir, "td")
 
     p = upgrade(["--pid-file", pid_file])
     assert p.returncode == 1, p.stdout + p.stderr
@@ -345,8 +353,8 @@ def test_a_new_binary_that_exits_at_once_leaves_the_old_td_serving_and_td_upgrad
     assert "upgrade failed: the new td (%s" % binary in t.proc.output()
 
     # The right binary back at the path: the same td upgrades.
-    shutil.copy(TD, broken)
-    os.replace(broken, binary)
+    shutil.copy(TD, binary + ".new")
+    os.replace(binary + ".new", binary)
     p = upgrade(["--pid-file", pid_file])
     assert p.returncode == 0, p.stdout + p.stderr + t.proc.output()[-3000:]
     wait_takeover(pid_file, t.proc.pid, t.admin_port)
@@ -579,19 +587,8 @@ def zombie_children(ppid):
 
 def test_a_new_binary_that_hangs_is_killed_after_the_timeout_and_reaped(
         backends, td, pid_dir, monkeypatch):
-    b = backends(("blue", 1))
-    binary = os.path.join(pid_dir, "td")
-    shutil.copy(TD, binary)
-    monkeypatch.setattr(conftest, "TD", binary)
-    pid_file = os.path.join(pid_dir, "td.pid")
-    t = td(backend_cfg({"blue": (100, b.ports["blue"])}, pid_file=pid_file))
-    monkeypatch.setattr(conftest, "TD", TD)
-    wait_for(lambda: read_pid(pid_file) == t.proc.pid, 10 * SLOW, what="the pid file")
-    hung = binary + ".new"
-    with open(hung, "w") as f:
-        f.write("#!/bin/sh\nexec sleep 300\n")
-    os.chmod(hung, stat.S_IRWXU)
-    os.replace(hung, binary)
+    t, pid_file = td_to_be_replaced_by(backends, td, pid_dir, monkeypatch,
+                                       "#!/bin/sh\nexec sleep 300\n")
     p = upgrade(["--pid-file", pid_file], timeout=120)
     assert p.returncode == 1 and "did not report ready" in p.stderr, p.stdout + p.stderr
     wait_for(lambda: not zombie_children(t.proc.pid), 10 * SLOW, what="no zombie child of td")
