@@ -18,6 +18,8 @@ testing="$testing etcd-server etcd-client"
 # dnsmasq: the DNS server of the host-name tests (tests/e2e/test_dns.py); curl --http2 and
 # nghttp (nghttp2-client) for the HTTP/2 tests.
 testing="$testing dnsmasq-base nghttp2-client"
+# python3-grpcio: the gRPC backends and clients of the gRPC tests (tests/e2e/grpc_backend.py).
+testing="$testing python3-grpcio"
 # The package test builds the .deb (make deb), installs it (adduser; procps for its unit's
 # /bin/kill, and ps) and checks its unit with systemd-analyze (systemd).
 testing="$testing debhelper fakeroot lintian adduser procps systemd"

@@ -1,0 +1,145 @@
+"""A gRPC test backend (Debian's python3-grpcio) for td's end-to-end tests, and the fixture class
+that starts it. No generated code: the methods take and return raw bytes.
+
+Run as a program:
+  grpc_backend.py --name blue --port 50051 [--tls CERT KEY] [--max-concurrent-streams N]
+                  [--health-file PATH]
+It prints "ready" on stdout once it serves, and runs until SIGTERM.
+
+Methods (every response carries the trailing metadata x-env: NAME):
+  /td.test.Echo/Unary   request bytes -> b"NAME:" + request
+  /td.test.Echo/Stream  request b"N"  -> N messages b"NAME:0" ... b"NAME:N-1"
+  /td.test.Echo/Fail    -> status NOT_FOUND, details "no such thing"
+  /td.test.Echo/Slow    request b"MS" -> after MS milliseconds, b"NAME:slow"
+  /grpc.health.v1.Health/Check -> HealthCheckResponse; the health file's first word, when the
+      file exists, picks the answer: SERVING (status 1), NOT_SERVING (status 2), UNKNOWN
+      (status 0), UNIMPLEMENTED (the call fails with that status); no file: SERVING.
+"""
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent import futures
+
+import grpc
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+HEALTH_STATUS = {"UNKNOWN": b"", "SERVING": b"\x08\x01", "NOT_SERVING": b"\x08\x02"}
+
+
+def serve(args):
+    name = args.name.encode()
+    trailer = (("x-env", args.name),)
+
+    def unary(req, ctx):
+        ctx.set_trailing_metadata(trailer)
+        return name + b":" + req
+
+    def stream(req, ctx):
+        ctx.set_trailing_metadata(trailer)
+        for i in range(int(req or b"1")):
+            yield name + b":" + str(i).encode()
+
+    def fail(req, ctx):
+        ctx.set_trailing_metadata(trailer)
+        ctx.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
+
+    def slow(req, ctx):
+        time.sleep(int(req or b"0") / 1000.0)
+        ctx.set_trailing_metadata(trailer)
+        return name + b":slow"
+
+    def check(req, ctx):
+        word = "SERVING"
+        if args.health_file and os.path.exists(args.health_file):
+            with open(args.health_file) as f:
+                word = (f.read().split() or ["SERVING"])[0]
+        if word == "UNIMPLEMENTED":
+            ctx.abort(grpc.StatusCode.UNIMPLEMENTED, "health checks are off")
+        return HEALTH_STATUS.get(word, b"")
+
+    echo = grpc.method_handlers_generic_handler("td.test.Echo", {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "Stream": grpc.unary_stream_rpc_method_handler(stream),
+        "Fail": grpc.unary_unary_rpc_method_handler(fail),
+        "Slow": grpc.unary_unary_rpc_method_handler(slow),
+    })
+    health = grpc.method_handlers_generic_handler("grpc.health.v1.Health", {
+        "Check": grpc.unary_unary_rpc_method_handler(check),
+    })
+    options = [("grpc.so_reuseport", 0)]
+    if args.max_concurrent_streams:
+        options.append(("grpc.max_concurrent_streams", args.max_concurrent_streams))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), options=options,
+                         handlers=(echo, health))
+    addr = f"127.0.0.1:{args.port}"
+    if args.tls:
+        with open(args.tls[0], "rb") as f:
+            cert = f.read()
+        with open(args.tls[1], "rb") as f:
+            key = f.read()
+        server.add_secure_port(addr, grpc.ssl_server_credentials(((key, cert),)))
+    else:
+        server.add_insecure_port(addr)
+    server.start()
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: done.set())
+    print("ready", flush=True)
+    done.wait()
+    server.stop(grace=1).wait()
+
+
+class GrpcBackend:
+    """One grpc_backend.py process on 127.0.0.1:port, started at construction (it waits for the
+    "ready" line, at most 20 s) and stopped by its pid with stop()."""
+
+    def __init__(self, name, port, tls=None, max_concurrent_streams=0, health_file=None):
+        self.name, self.port = name, port
+        cmd = [sys.executable, os.path.join(HERE, "grpc_backend.py"), "--name", name,
+               "--port", str(port)]
+        if tls:
+            cmd += ["--tls", tls[0], tls[1]]
+        if max_concurrent_streams:
+            cmd += ["--max-concurrent-streams", str(max_concurrent_streams)]
+        if health_file:
+            cmd += ["--health-file", health_file]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        line = [b""]
+        reader = threading.Thread(target=lambda: line.__setitem__(0, self.proc.stdout.readline()),
+                                  daemon=True)
+        reader.start()
+        reader.join(20)
+        if line[0].strip() != b"ready":
+            self.stop()
+            raise RuntimeError(f"gRPC backend {name} on port {port} did not start")
+
+    @property
+    def address(self):
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self):
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self.proc.stdout.close()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--name", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
+    p.add_argument("--max-concurrent-streams", type=int, default=0)
+    p.add_argument("--health-file")
+    serve(p.parse_args())
+
+
+if __name__ == "__main__":
+    main()
