@@ -189,6 +189,25 @@ void td_config_check_listener_tls(td_config_report_t *r, td_config_t *c, void *o
     }
 }
 
+/* ---- health checks ---- */
+
+/* grpc_service (field 10 of health_check, read in this object) names what a "grpc" check asks
+ * about; on another type it would do nothing, so it is refused. The type is the one in force
+ * here: a backend's own, or the global one it inherits. */
+void td_config_check_health(td_config_report_t *r, td_config_t *c, void *obj, const void *first,
+                            size_t index, unsigned read) {
+    (void)c, (void)first, (void)index;
+    const td_config_health_t *h = obj;
+    if (!(read & (1u << 10)) || strcmp(h->type, "grpc") == 0)
+        return;
+    td_config_report_push_key(r, "grpc_service");
+    td_config_report(r, TD_CONFIG_AT_KEY,
+                     "grpc_service is for \"type\": \"grpc\" checks, and this check's type is "
+                     "\"%s\"",
+                     h->type);
+    td_config_report_pop(r);
+}
+
 /* ---- the admin tokens ---- */
 
 /* admin.read_token (field 2 of admin, read) only means something next to admin.token: without

@@ -135,6 +135,14 @@ int td_config_status_expected(const char *expect_status, int status) {
     return 0;
 }
 
+/* A gRPC service name as the health protocol takes it ("grpc.health.v1.Health", "shop.Cart"),
+ * or "" for the server as a whole. */
+static const char *check_grpc_service(const char *s) {
+    return is_visible(s) ? NULL
+                         : "is not a valid gRPC service name (printable ASCII without spaces, "
+                           "e.g. \"shop.Cart\", or \"\" for the server as a whole)";
+}
+
 /* An etcd endpoint: "http://HOST:PORT" or "https://HOST:PORT" (a name or an address, no path). */
 const char *td_config_check_etcd_url(const char *s) {
     static const char *const bad = "is not a valid etcd endpoint (http://HOST:PORT or "
@@ -186,7 +194,7 @@ static const char *check_admin_url(const char *s) {
 static const char *const method_names[] = {"round_robin", "sticky", "failover", NULL};
 static const char *const backend_state_names[] = {"ready", "drain", "maint", NULL};
 static const char *const same_site_names[] = {"Lax", "Strict", "None", NULL};
-static const char *const health_types[] = {"tcp", "http", "ssl_hello", NULL};
+static const char *const health_types[] = {"tcp", "http", "ssl_hello", "grpc", NULL};
 static const char *const tls_versions[] = {"1.2", "1.3", NULL};
 static const int tls_version_values[] = {TLS1_2_VERSION, TLS1_3_VERSION};
 
@@ -312,8 +320,10 @@ static const td_config_field_t health_fields[] = {
     INT("port", td_config_health_t, port, 0, 65535, 0, 0),
     BOOL("default_down", td_config_health_t, default_down, 0, 0),
     STR("expect_body", td_config_health_t, expect_body, NULL, NULL, TD_CF_CHANGED),
+    STR("grpc_service", td_config_health_t, grpc_service, NULL, check_grpc_service, TD_CF_CHANGED),
 };
-static const td_config_object_t health_object = OBJ(health_fields, NULL, NULL, NULL);
+static const td_config_object_t health_object =
+    OBJ(health_fields, NULL, td_config_check_health, NULL);
 
 static const td_config_field_t server_fields[] = {
     {.key = "address",

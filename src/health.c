@@ -6,6 +6,7 @@
 
 #include "td/config.h"
 #include "td/events.h"
+#include "td/health_grpc.h"
 #include "td/http1.h"
 #include "td/log.h"
 #include "td/router.h"
@@ -24,6 +25,8 @@ typedef struct probe_s {
     char req[512];
     char *buf; /* owned */
     size_t len;
+    td_health_grpc_t *grpc; /* owned: the Check call of a "grpc" check, once connected */
+    int writing;            /* a write of the grpc call is waiting for its callback */
     int done;
 } probe_t;
 
@@ -51,6 +54,7 @@ static void schedule(checker_t *k, int ms);
 
 static void probe_free_cb(td_stream_t *s) {
     probe_t *p = td_stream_owner(s);
+    td_health_grpc_free(p->grpc);
     free(p->buf);
     free(p);
 }
@@ -185,12 +189,18 @@ static void probe_alloc_cb(td_stream_t *s, char **buf, size_t *cap) {
     *cap = PROBE_BUF - p->len;
 }
 
+static void grpc_judge(probe_t *p, int eof);
+static void grpc_read(probe_t *p, size_t n);
+
 static void probe_read_cb(td_stream_t *s, long nread) {
     probe_t *p = td_stream_owner(s);
     if (p->done || !p->k)
         return;
     if (nread == TD_STREAM_EOF || nread == TD_STREAM_CLOSE_NOTIFY) {
-        judge_http(p, 1);
+        if (p->grpc)
+            grpc_judge(p, 1);
+        else
+            judge_http(p, 1);
         if (!p->done)
             finish(p, 0, "connection closed");
         return;
@@ -202,6 +212,10 @@ static void probe_read_cb(td_stream_t *s, long nread) {
         else
             snprintf(why, sizeof(why), "read: %s", td_stream_strerror(s, (int)nread));
         finish(p, 0, why);
+        return;
+    }
+    if (p->grpc) {
+        grpc_read(p, (size_t)nread);
         return;
     }
     p->len += (size_t)nread;
@@ -218,6 +232,7 @@ static void probe_write_cb(td_stream_t *s, int status) {
 }
 
 static void send_request(probe_t *p);
+static void grpc_start(probe_t *p);
 
 /* Connected (over TLS: the handshake done, which is all an ssl_hello check asks). */
 static void probe_connect_cb(td_stream_t *s, int status) {
@@ -246,6 +261,10 @@ static void probe_connect_cb(td_stream_t *s, int status) {
         finish(p, 1, "TLS handshake completed");
         return;
     }
+    if (strcmp(k->hc.type, "grpc") == 0) {
+        grpc_start(p);
+        return;
+    }
     send_request(p);
     if (!p->done)
         td_stream_read_start(s, probe_alloc_cb, probe_read_cb);
@@ -265,6 +284,84 @@ static void send_request(probe_t *p) {
         snprintf(why, sizeof(why), "write: %s", td_stream_strerror(&p->io, r));
         finish(p, 0, why);
     }
+}
+
+/* ---- "grpc": one grpc.health.v1.Health/Check call over HTTP/2 (td/health_grpc.h) ---- */
+
+static void grpc_flush(probe_t *p);
+
+static void grpc_write_cb(td_stream_t *s, int status) {
+    probe_t *p = td_stream_owner(s);
+    p->writing = 0;
+    if (p->done || !p->k)
+        return;
+    if (status < 0) {
+        char why[128];
+        snprintf(why, sizeof(why), "write: %s", td_stream_strerror(s, status));
+        finish(p, 0, why);
+        return;
+    }
+    grpc_flush(p);
+}
+
+/* Sends what the session has to send. The stream takes one write with a callback at a time, and
+ * nghttp2's bytes last only until the next call into the session: the write copies whatever the
+ * socket did not take at once (volatile_first), and the rest waits for its callback. */
+static void grpc_flush(probe_t *p) {
+    while (!p->writing && !p->done) {
+        const char *out;
+        long n = td_health_grpc_send(p->grpc, &out);
+        if (n == 0)
+            return;
+        if (n < 0) {
+            skip(p, UV_ENOMEM);
+            return;
+        }
+        td_iov_t iov = td_iov((char *)out, (size_t)n);
+        int r = td_stream_write(&p->io, &iov, 1, 1, grpc_write_cb);
+        if (r < 0) {
+            char why[128];
+            snprintf(why, sizeof(why), "write: %s", td_stream_strerror(&p->io, r));
+            finish(p, 0, why);
+            return;
+        }
+        p->writing = r == 1;
+    }
+}
+
+static void grpc_judge(probe_t *p, int eof) {
+    char why[160];
+    int v = td_health_grpc_verdict(p->grpc, eof, why, sizeof(why));
+    if (v != TD_EAGAIN)
+        finish(p, v == 1, why);
+}
+
+/* Connected: over TLS only when ALPN chose h2 (gRPC is HTTP/2 only); in plain TCP h2c with prior
+ * knowledge (RFC 9113 §3.3). The Check's bytes go out at once. */
+static void grpc_start(probe_t *p) {
+    checker_t *k = p->k;
+    int tls = td_stream_is_tls(&p->io);
+    if (tls && !td_stream_alpn_h2(&p->io)) {
+        finish(p, 0, "no HTTP/2 (ALPN): the server did not choose h2");
+        return;
+    }
+    p->grpc = td_health_grpc_new(tls ? "https" : "http", k->st->address, k->hc.grpc_service,
+                                 k->hc.timeout_ms);
+    if (!p->grpc) {
+        skip(p, UV_ENOMEM);
+        return;
+    }
+    grpc_flush(p);
+    if (!p->done)
+        td_stream_read_start(&p->io, probe_alloc_cb, probe_read_cb);
+}
+
+/* n bytes landed at p->buf (p->len stays 0: the session keeps what it needs). */
+static void grpc_read(probe_t *p, size_t n) {
+    td_health_grpc_recv(p->grpc, p->buf, n);
+    grpc_flush(p); /* SETTINGS ACK, WINDOW_UPDATE, and the GOAWAY once the answer is in */
+    if (!p->done)
+        grpc_judge(p, 0);
 }
 
 static void timer_cb(uv_timer_t *t) {
@@ -317,6 +414,10 @@ static void set_params(checker_t *k, const td_config_backend_t *b, const td_addr
     k->tls = b->tls ? td_tls_client_new(b, err, sizeof(err)) : NULL;
     if (b->tls && !k->tls)
         td_warn("health: %s (%s): %s", server->text, b->name, err);
+    /* A gRPC check needs HTTP/2: its connections offer h2 (and http/1.1, so that a server without
+     * HTTP/2 says so rather than failing the handshake). */
+    if (k->tls && strcmp(hc->type, "grpc") == 0 && td_tls_client_offer_h2(k->tls) < 0)
+        td_warn("health: %s (%s): cannot offer ALPN h2", server->text, b->name);
     k->hc = *hc;
     k->addr = *server;
     if (hc->port > 0) {

@@ -98,7 +98,8 @@ typedef struct td_config_resolvers_s {
 #define TD_RESOLVER_HOLD_NX_MS 30000
 
 typedef struct td_config_health_s {
-    char type[16];          /* "tcp" | "http" | "ssl_hello" (TLS handshake only); default "http" */
+    char type[16];          /* "tcp" | "http" | "ssl_hello" (TLS handshake only) | "grpc"
+                               (grpc.health.v1.Health/Check over HTTP/2); default "http" */
     char path[256];         /* http: request path, starts with '/', printable ASCII; default "/" */
     char expect_status[64]; /* "2xx,3xx" or "200,204" ...; default "2xx,3xx" (see
                                td_config_status_expected) */
@@ -108,6 +109,8 @@ typedef struct td_config_health_s {
     int port;               /* 0..65535; 0 (default) = the server's own */
     int default_down;       /* bool: servers start down until `rise` checks pass; default 0 */
     char expect_body[128];  /* http: a substring the response body must contain; "" = any */
+    char grpc_service[256]; /* grpc: the service asked about, printable ASCII; "" (default) = the
+                               server as a whole */
 } td_config_health_t;
 
 /* Passive detection (Envoy's outlier detection): `failures` consecutive connect errors, resets or

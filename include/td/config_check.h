@@ -30,6 +30,7 @@ td_config_hook_fn td_config_check_cert;         /* the pair loads, matches and i
 td_config_hook_fn td_config_check_listener_tls; /* a TLS listener does not redirect to https; h2c /
                                                    http2 on the right kind */
 td_config_hook_fn td_config_check_cookie;       /* SameSite=None only with Secure */
+td_config_hook_fn td_config_check_health;       /* grpc_service only on a "grpc" check */
 td_config_hook_fn td_config_check_cluster;      /* cluster mode needs "admin"; user and password */
 td_config_hook_fn td_config_check_cluster_tls;  /* cluster.tls: ca loads, cert and key pair */
 

@@ -34,6 +34,9 @@ void td_tls_server_release(td_tls_server_t *s);
 typedef struct td_tls_client_s td_tls_client_t;
 td_tls_client_t *td_tls_client_new(const td_config_backend_t *b, char *err, size_t errlen);
 void td_tls_client_release(td_tls_client_t *c);
+/* Makes the connections `c` starts from now on offer ALPN "h2" ahead of "http/1.1" (RFC 7301;
+ * td_stream_alpn_h2 tells what the server chose). Returns 0 or TD_ENOMEM. */
+int td_tls_client_offer_h2(td_tls_client_t *c);
 
 /* One TLS connection over memory BIOs. The caller moves bytes between the socket and the
  * connection: received ciphertext goes in with td_tls_feed, plaintext comes out of td_tls_read,
@@ -87,8 +90,9 @@ int td_tls_has_input(const td_tls_conn_t *t);
  * alert was queued, else 0. */
 int td_tls_shutdown(td_tls_conn_t *t);
 
-/* 1 when ALPN chose "h2" for this (server-side) connection: the listener has "http2" on and the
- * client offered it. */
+/* 1 when ALPN chose "h2" for this connection: server-side, the listener has "http2" on and the
+ * client offered it; client-side, td offered it (td_tls_client_offer_h2) and the server chose
+ * it. */
 int td_tls_alpn_is_h2(const td_tls_conn_t *t);
 
 /* 1 when the handshake is done (for ssl_hello health checks and for upstreams). */
