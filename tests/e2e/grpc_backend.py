@@ -14,6 +14,10 @@ Methods (every response carries the trailing metadata x-env: NAME):
   /grpc.health.v1.Health/Check -> HealthCheckResponse; the health file's first word, when the
       file exists, picks the answer: SERVING (status 1), NOT_SERVING (status 2), UNKNOWN
       (status 0), UNIMPLEMENTED (the call fails with that status); no file: SERVING.
+      Lines "SERVICE WORD" after the first answer for a request naming SERVICE
+      (HealthCheckRequest.service), with the same words and NOT_FOUND (the call fails with that
+      status, as grpc's own health servicer answers an unknown service); a service without a
+      line gets the first word's answer.
 """
 import argparse
 import os
@@ -28,6 +32,38 @@ import grpc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HEALTH_STATUS = {"UNKNOWN": b"", "SERVING": b"\x08\x01", "NOT_SERVING": b"\x08\x02"}
+
+
+def request_service(req):
+    """HealthCheckRequest.service (field 1, length-delimited) of the raw request bytes, or ""."""
+    i, service = 0, ""
+    while i < len(req):
+        key, i = varint(req, i)
+        if key & 7 == 0:
+            _, i = varint(req, i)
+        elif key & 7 == 2:
+            n, i = varint(req, i)
+            if key >> 3 == 1:
+                service = req[i:i + n].decode(errors="replace")
+            i += n
+        elif key & 7 == 1:
+            i += 8
+        elif key & 7 == 5:
+            i += 4
+        else:
+            break
+    return service
+
+
+def varint(b, i):
+    v, shift = 0, 0
+    while i < len(b):
+        v |= (b[i] & 0x7F) << shift
+        i += 1
+        if not b[i - 1] & 0x80:
+            break
+        shift += 7
+    return v, i
 
 
 def serve(args):
@@ -54,11 +90,19 @@ def serve(args):
 
     def check(req, ctx):
         word = "SERVING"
+        service = request_service(req)
         if args.health_file and os.path.exists(args.health_file):
             with open(args.health_file) as f:
-                word = (f.read().split() or ["SERVING"])[0]
+                text = f.read()
+            word = (text.split() or ["SERVING"])[0]
+            for line in text.splitlines()[1:]:
+                parts = line.split()
+                if len(parts) == 2 and parts[0] == service:
+                    word = parts[1]
         if word == "UNIMPLEMENTED":
             ctx.abort(grpc.StatusCode.UNIMPLEMENTED, "health checks are off")
+        if word == "NOT_FOUND":
+            ctx.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {service}")
         return HEALTH_STATUS.get(word, b"")
 
     echo = grpc.method_handlers_generic_handler("td.test.Echo", {
