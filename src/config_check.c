@@ -193,13 +193,19 @@ void td_config_check_listener_tls(td_config_report_t *r, td_config_t *c, void *o
 
 /* grpc_service (field 10 of health_check, read in this object) names what a "grpc" check asks
  * about; on another type it would do nothing, so it is refused. The type is the one in force
- * here: a backend's own, or the global one it inherits. */
+ * here: a backend's own, or the global one it inherits. A backend that changes the type drops an
+ * inherited grpc_service, so that the config written back (GET /api/v1/config, the state file)
+ * reads again. */
 void td_config_check_health(td_config_report_t *r, td_config_t *c, void *obj, const void *first,
                             size_t index, unsigned read) {
     (void)c, (void)first, (void)index;
-    const td_config_health_t *h = obj;
-    if (!(read & (1u << 10)) || strcmp(h->type, "grpc") == 0)
+    td_config_health_t *h = obj;
+    if (strcmp(h->type, "grpc") == 0)
         return;
+    if (!(read & (1u << 10))) {
+        h->grpc_service[0] = '\0';
+        return;
+    }
     td_config_report_push_key(r, "grpc_service");
     td_config_report(r, TD_CONFIG_AT_KEY,
                      "grpc_service is for \"type\": \"grpc\" checks, and this check's type is "

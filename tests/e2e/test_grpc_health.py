@@ -322,3 +322,17 @@ def test_a_misspelt_health_type_lists_grpc_among_the_valid_ones():
     assert rc == 1, out
     line, col = pos(text, '"grcp"')
     assert f"{path}:{line}:{col}: " in out and '"grpc"' in out, out
+
+
+def test_a_backend_that_changes_the_check_type_drops_the_inherited_grpc_service(td):
+    # The global check asks about shop.Orders; blue's own check is tcp. The config td writes back
+    # (GET /api/v1/config, the state file) must read again: no grpc_service on blue's tcp check.
+    cfg = one(free_port(), grpc_service="shop.Orders")
+    cfg["backends"][0]["health_check"] = {"type": "tcp"}
+    t = td(cfg)
+    status, doc = t.api("GET", "/api/v1/config")
+    assert status == 200, doc
+    assert doc["health_check"]["grpc_service"] == "shop.Orders", doc
+    assert "grpc_service" not in doc["backends"][0]["health_check"], doc
+    status, resp = t.api("PUT", "/api/v1/config", doc)
+    assert status == 200, resp

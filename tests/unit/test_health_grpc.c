@@ -76,13 +76,13 @@ static void partial_input_asks_for_more(void) {
 
 static void malformed_input_is_refused(void) {
     int st = -1;
-    T_EQ_INT(decode("\x01\0\0\0\x02\x08\x01", 7, &st), TD_EINVAL);     /* compressed */
-    T_EQ_INT(decode("\0\0\0\0\x02\x08\x01\x00", 8, &st), TD_EINVAL);  /* bytes after it */
-    T_EQ_INT(decode("\0\0\0\0\x01\x08", 6, &st), TD_EINVAL);          /* varint cut short */
-    T_EQ_INT(decode("\0\0\0\0\x03\x1a\x05x", 8, &st), TD_EINVAL);     /* bytes past the end */
-    T_EQ_INT(decode("\0\0\0\0\x02\x0b\x00", 7, &st), TD_EINVAL);      /* a group */
-    T_EQ_INT(decode("\0\0\0\0\x02\x0a\x00", 7, &st), TD_EINVAL);      /* status as bytes */
-    T_EQ_INT(decode("\0\0\0\0\x02\x00\x01", 7, &st), TD_EINVAL);      /* field number 0 */
+    T_EQ_INT(decode("\x01\0\0\0\x02\x08\x01", 7, &st), TD_EINVAL);   /* compressed */
+    T_EQ_INT(decode("\0\0\0\0\x02\x08\x01\x00", 8, &st), TD_EINVAL); /* bytes after it */
+    T_EQ_INT(decode("\0\0\0\0\x01\x08", 6, &st), TD_EINVAL);         /* varint cut short */
+    T_EQ_INT(decode("\0\0\0\0\x03\x1a\x05x", 8, &st), TD_EINVAL);    /* bytes past the end */
+    T_EQ_INT(decode("\0\0\0\0\x02\x0b\x00", 7, &st), TD_EINVAL);     /* a group */
+    T_EQ_INT(decode("\0\0\0\0\x02\x0a\x00", 7, &st), TD_EINVAL);     /* status as bytes */
+    T_EQ_INT(decode("\0\0\0\0\x02\x00\x01", 7, &st), TD_EINVAL);     /* field number 0 */
     static const char eleven[] = "\0\0\0\0\x0c\x08"
                                  "\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01"; /* 11 bytes */
     T_EQ_INT(decode(eleven, sizeof(eleven) - 1, &st), TD_EINVAL);
