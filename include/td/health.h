@@ -1,5 +1,6 @@
 /* Active health checks: each server of the running snapshot (each address of a host name) is probed
- * every interval_ms (TCP connect, or an HTTP request whose status must match expect_status), and
+ * every interval_ms (TCP connect, a TLS handshake, an HTTP request whose status must match
+ * expect_status, or a gRPC Health/Check call over HTTP/2 that must answer SERVING), and
  * its verdict in the registry (td_server_stats_t.health_up) turns down after `fall` consecutive
  * failures and up after `rise` consecutive successes (HAProxy's rise/fall). Runs on the main
  * thread's loop. */
