@@ -162,6 +162,15 @@ def test_grpc_check_that_gets_no_answer_fails_by_timeout(td):
         assert st["last_check"] == "no answer within 300 ms", st
 
 
+def test_grpc_check_goes_to_the_health_check_port(grpc_backends, td):
+    # The server's own port has nothing behind it; the check's port has the gRPC server.
+    b = grpc_backends("blue")
+    dead = free_port()
+    t = td(one(dead, port=b.port, default_down=True))
+    s = wait_health(t, dead, "up", "the server up by a grpc check on health_check.port")
+    assert s["last_check"] == "grpc status SERVING", s
+
+
 # ---- the service asked about ----
 
 def test_grpc_check_sends_grpc_service(grpc_backends, td, health_file):
