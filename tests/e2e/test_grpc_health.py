@@ -60,9 +60,10 @@ def health_file():
     return write
 
 
-def one(port, **health):
-    """Config: backend blue with the one server 127.0.0.1:port, checked with hc(**health)."""
-    return backend_cfg({"blue": (100, [port])}, health_check=hc(**health))
+def one(server_port, **health):
+    """Config: backend blue with the one server 127.0.0.1:server_port, checked with
+    hc(**health)."""
+    return backend_cfg({"blue": (100, [server_port])}, health_check=hc(**health))
 
 
 def wait_health(t, port, health, what):
