@@ -886,6 +886,11 @@ static void conn_alloc_cb(td_stream_t *s, char **buf, size_t *cap) {
  * done (both sides said GOAWAY or the session failed, or td stops and no stream is left). */
 static void conn_flush(td_h2_conn_t *h) {
     client_t *c = h->c;
+    /* Past its listener's max_connection_age_ms: the graceful two-step GOAWAY of a stop, looked
+     * at whenever the connection reads or writes (a connection with no traffic meets the
+     * keep-alive timeout instead). */
+    if (c && c->old_at_ms && !h->goaway && !h->linger && td_now_ms() >= c->old_at_ms)
+        td_h2_shutdown(c);
     while (c && !h->writing) {
         h->out_len = 0;
         if (nghttp2_session_send(h->ng) < 0) {

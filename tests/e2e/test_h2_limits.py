@@ -5,6 +5,7 @@ let go when the backend their streams went to is drained, memory that stays boun
 h2 load, and the protocol in the access log. Raw frames from Python sockets, curl, h2load."""
 import http.client
 import json
+import re
 import shutil
 import socket
 import struct
@@ -13,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import ASAN, RSS_SCALE, backend_cfg, rss_kb, wait_for
+from conftest import ASAN, RSS_SCALE, TD, backend_cfg, rss_kb, wait_for
 from test_h2 import (PREFACE, TIMEOUT, H2Load, cert, curl, curl_h2, frame, h2td,  # noqa: F401
                      literal, read_frames, request_block, requests_of)
 
@@ -158,3 +159,122 @@ def test_access_log_names_the_protocol_of_each_request(backends, h2td, tmp_path)
     # The field sits after the path, as in nginx's "$request" line.
     text = log.read_text()
     assert '"path":"/bytes/1?p11","protocol":"HTTP/1.1","status":200' in text, text
+
+
+# ---- max_connection_age_ms ------------------------------------------------------------------------
+
+def sequential_h2(port, deadline_s):
+    """One h2 connection kept busy with one GET / after another (PINGs answered, the window given
+    back) until td ends it or deadline_s passes. Returns (answers: {stream: status byte},
+    goaways: [(last stream id, code)], the streams sent, closed: td closed the connection)."""
+    s = h2_conn(port)
+    sid, sent, answers, goaways, buf, closed = 1, [], {}, [], b"", False
+    end = time.time() + deadline_s
+    waiting = None
+    try:
+        while time.time() < end:
+            final = goaways and goaways[-1][0] != 2 ** 31 - 1
+            if waiting is None and not final:
+                s.sendall(frame(1, 5, sid, request_block("/")))
+                sent.append(sid)
+                waiting, sid = sid, sid + 2
+            try:
+                chunk = s.recv(65536)
+            except (ConnectionResetError, socket.timeout):
+                chunk = b""
+            if not chunk:
+                closed = True
+                break
+            buf += chunk
+            while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+                n = int.from_bytes(buf[:3], "big")
+                ft, fl, st, pl = buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7fffffff, \
+                    buf[9:9 + n]
+                buf = buf[9 + n:]
+                if ft == 6 and not fl & 1:
+                    s.sendall(frame(6, 1, 0, pl))
+                elif ft == 0 and n:
+                    s.sendall(frame(8, 0, 0, struct.pack(">I", n)))
+                elif ft == GOAWAY:
+                    goaways.append((int.from_bytes(pl[:4], "big") & 0x7fffffff,
+                                    int.from_bytes(pl[4:8], "big")))
+                if ft == 1 and st not in answers:
+                    answers[st] = pl[:1]
+                if ft in (0, 1) and fl & 1 and st == waiting:
+                    waiting = None
+    finally:
+        s.close()
+    return answers, goaways, sent, closed
+
+
+def test_h2_connection_past_max_connection_age_gets_goaway_and_no_request_fails(backends, h2td):
+    _, t = one(backends, h2td, extra={"max_connection_age_ms": 500})
+    answers, goaways, sent, closed = sequential_h2(t.h2c_port, TIMEOUT)
+    assert goaways, f"no GOAWAY after {len(sent)} requests"
+    # The two steps of a stop: the notice (last stream id 2^31-1), then the last stream taken.
+    assert goaways[0] == (2 ** 31 - 1, 0), goaways
+    last, code = goaways[-1]
+    assert code == 0 and last != 2 ** 31 - 1, goaways
+    assert closed, "the connection did not close after the final GOAWAY"
+    # Every request td took was answered 200 (HPACK static index 8); none was sent above it.
+    assert [k for k in sent if k > last] == [], (sent, last)
+    assert all(answers.get(k) == b"\x88" for k in sent), (sent, answers)
+    assert len(sent) > 1
+
+
+def test_http11_keepalive_connection_past_max_connection_age_gets_connection_close(backends,
+                                                                                   h2td):
+    # HTTP/1.1 on the plain listener (which also takes h2c).
+    _, t = one(backends, h2td, extra={"max_connection_age_ms": 500})
+    port = t.h2c_port
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+    statuses, closes = [], []
+    try:
+        end = time.time() + TIMEOUT
+        while time.time() < end:
+            conn.request("GET", "/")
+            r = conn.getresponse()
+            r.read()
+            statuses.append(r.status)
+            closes.append((r.headers.get("Connection") or "").lower())
+            if closes[-1] == "close":
+                break
+            time.sleep(0.05)
+    finally:
+        conn.close()
+    assert closes and closes[-1] == "close", f"no Connection: close in {len(closes)} responses"
+    assert len(closes) > 1 and "close" not in closes[:-1], closes
+    assert set(statuses) == {200}, statuses
+
+
+def test_max_connection_age_ms_out_of_range_is_a_config_error_with_its_place(tmp_path):
+    cfg = {"listeners": [{"address": "127.0.0.1:1", "max_connection_age_ms": -5}],
+           "backends": [{"name": "blue", "weight": 100,
+                         "servers": [{"address": "127.0.0.1:3"}]}]}
+    path = tmp_path / "td.json"
+    path.write_text(json.dumps(cfg, indent=2))
+    r = subprocess.run([TD, "-t", "-c", str(path)], capture_output=True, text=True, timeout=30)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    assert re.search(r"td\.json:5:\d+: listeners\[0\]\.max_connection_age_ms: -5 is out of range "
+                     r"\(0\.\.604800000\)", out), out
+
+
+# ---- drain -------------------------------------------------------------------------------------
+
+def test_h2_connection_kept_open_does_not_hold_a_drained_backend(backends, h2td):
+    b = backends(("blue", 1), ("green", 1))
+    t = h2td(backend_cfg({"blue": (100, b.ports["blue"]), "green": (0, b.ports["green"])}))
+    with h2_conn(t.h2c_port) as s:
+        for sid in (1, 3, 5):
+            assert answered(s, sid) is not None
+        assert requests_of(t)["blue"] == 3
+        # blue drains (green takes the traffic) while the connection stays open and idle.
+        t.set_ratio(blue=0, green=100)
+        blue = wait_for(lambda: (lambda x: x if x["drained"] else None)(
+            [x for x in t.state()["backends"] if x["name"] == "blue"][0]), TIMEOUT,
+            interval=0.1, what="blue drained with an h2 connection open")
+        assert blue["draining"] is True, blue
+        # The connection goes on: its next stream goes to green.
+        assert answered(s, 7) is not None
+    assert requests_of(t) == {"blue": 3, "green": 1}
