@@ -81,7 +81,8 @@ int td_client_buf_grow(client_t *c, uint32_t cap) {
     char *nb = malloc(cap);
     if (!nb)
         return TD_ENOMEM;
-    memcpy(nb, c->buf, c->len);
+    if (c->len)
+        memcpy(nb, c->buf, c->len);
     client_buf_put(c);
     c->buf = nb;
     c->cap = cap;

@@ -480,6 +480,11 @@ static int stream_request(td_h2_stream_t *st, int end_stream) {
     vc->port = c->port;
     vc->served = 1;
     st->vc = vc;
+    /* A request without a body needs no more client buffer than its head: not the 16 KB one an
+     * HTTP/1.1 connection reads into, which thousands of streams in flight would each hold
+     * while they wait for their backends (out of memory, it takes one of those as usual). */
+    if (st->req_end)
+        (void)td_client_buf_grow(vc, (uint32_t)(st->in.len + 1024) & ~1023u);
     td_client_timer(vc, T_HEADER);
     td_client_read(vc, 1);
     return 0;
@@ -806,6 +811,9 @@ static void idle_cb(uv_idle_t *hd) {
             stream_consume(st, give);
             vc->io.read_cb(&vc->io, (long)n);
         }
+        /* The whole request was read: its bytes are not needed while the response comes. */
+        if (st->req_end && st->in.p && !bytes_left(&st->in))
+            bytes_free(&st->in);
         if (vc && st->close_due) {
             if (st->pending_cb) {
                 td_stream_write_cb cb = st->pending_cb;
