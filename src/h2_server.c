@@ -947,8 +947,6 @@ static int conn_feed(td_h2_conn_t *h, const char *buf, size_t len) {
  * rate-limited per reason with the other client errors, then its GOAWAY and the lingering close. */
 static void conn_failed(td_h2_conn_t *h, int r) {
     client_t *c = h->c;
-    /* One line per connection so ended, rate-limited per reason with the other client
-     * errors. */
     char why[128];
     snprintf(why, sizeof(why), "h2: GOAWAY after %s", nghttp2_strerror(r));
     td_client_log(c, 0, why);
