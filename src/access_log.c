@@ -125,6 +125,7 @@ void td_access_log_write(td_access_log_t *l, const td_access_entry_t *e) {
     n += json_str(line + n, sizeof(line) - n - 200, e->method, strlen(e->method));
     n += (size_t)snprintf(line + n, sizeof(line) - n, ",\"path\":");
     n += json_str(line + n, sizeof(line) - n - 200, e->path, strlen(e->path));
+    n += (size_t)snprintf(line + n, sizeof(line) - n, ",\"protocol\":\"%s\"", e->protocol);
     n += (size_t)snprintf(line + n, sizeof(line) - n,
                           ",\"status\":%d,\"bytes\":%llu,\"duration_ms\":%lld,\"backend\":\"%s\","
                           "\"server\":\"%s\"}\n",

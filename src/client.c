@@ -81,7 +81,8 @@ int td_client_buf_grow(client_t *c, uint32_t cap) {
     char *nb = malloc(cap);
     if (!nb)
         return TD_ENOMEM;
-    memcpy(nb, c->buf, c->len);
+    if (c->len)
+        memcpy(nb, c->buf, c->len);
     client_buf_put(c);
     c->buf = nb;
     c->cap = cap;
@@ -456,6 +457,9 @@ static int client_parse_head(client_t *c, td_http1_request_t *req) {
     c->req_body = (uint8_t)req->body;
     c->body_left = req->body == TD_BODY_LENGTH ? req->content_length : 0;
     c->keep_alive = req->keep_alive;
+    /* Past its listener's max_connection_age_ms: this response says Connection: close. */
+    if (c->old_at_ms && td_now_ms() >= c->old_at_ms)
+        c->keep_alive = 0;
     c->head_req = req->head;
     c->upgrade = req->upgrade;
     c->minor = (uint8_t)req->minor_version;

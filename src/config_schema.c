@@ -255,8 +255,10 @@ static const td_config_field_t listener_fields[] = {
     BOOL("h2c", td_config_listener_t, h2c, 0, TD_CF_CHANGED),
     INT("h2_max_concurrent_streams", td_config_listener_t, h2_max_concurrent_streams, 1, 1000, 100,
         TD_CF_CHANGED),
+    INT("max_connection_age_ms", td_config_listener_t, max_connection_age_ms, 0, 604800000, 0,
+        TD_CF_CHANGED),
 };
-static const unsigned char listener_order[] = {0, 2, 3, 4, 5, 6, 1};
+static const unsigned char listener_order[] = {0, 2, 3, 4, 5, 6, 7, 1};
 static const td_config_object_t listener_object =
     OBJ(listener_fields, listener_order, td_config_check_listener_tls, NULL);
 

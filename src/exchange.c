@@ -56,8 +56,8 @@ static td_str_t find_header(const td_http1_header_t *h, size_t n, const char *lo
 }
 
 /* The exchange is over: its duration goes to the backend's histogram, and a line to the access
- * log when there is one: {"time","client","method","path","status","bytes","duration_ms",
- * "backend","server"}. */
+ * log when there is one: {"time","client","method","path","protocol","status","bytes",
+ * "duration_ms","backend","server"}. */
 static void exchange_log(client_t *c) {
     if (!c->ex->started_ms || !c->ex->status)
         return;
@@ -71,6 +71,11 @@ static void exchange_log(client_t *c) {
         .client = c->ip,
         .method = c->method,
         .path = c->ex->path ? c->ex->path : "",
+        /* An HTTP/2 stream's client reads its request as HTTP/1.1 bytes: its carrier says. */
+        .protocol = td_stream_is_virt(&c->io) ? "HTTP/2"
+                    : !c->method[0]           ? ""
+                    : c->minor                ? "HTTP/1.1"
+                                              : "HTTP/1.0",
         .status = c->ex->status,
         .bytes = c->ex->bytes_out,
         .duration_ms = ms,

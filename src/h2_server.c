@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "td/client.h"
 #include "td/exchange.h"
@@ -29,6 +30,11 @@
  * line and what td adds. */
 #define HEAD_MAX (CBUF_SIZE - 512)
 #define OUT_CAP (64 * 1024) /* frames gathered into one write to the socket */
+/* Rapid reset (CVE-2023-44487): a connection may reset RST_BURST streams at once, and RST_RATE
+ * more each second; one that resets more is told ENHANCE_YOUR_CALM (RFC 9113 §7) and ended.
+ * nghttp2's own guard (which would say INTERNAL_ERROR) is set above it as a backstop. */
+#define RST_BURST 1000
+#define RST_RATE 33
 
 typedef struct td_h2_stream_s td_h2_stream_t;
 
@@ -49,6 +55,7 @@ struct td_h2_stream_s {
     char *method, *path, *authority, *host; /* owned: the pseudo-header fields, and host */
     size_t unconsumed;                      /* DATA bytes in `in` not given back to the window */
     uint8_t has_length, chunked, req_end, too_large;
+    uint8_t bad_scheme; /* :scheme was neither "http" nor "https" */
     /* The response: HTTP/1.1 bytes from the client not framed yet, and the DATA payload. */
     bytes_t raw, body;
     td_http1_chunked_t chunk;
@@ -75,8 +82,10 @@ struct td_h2_conn_s {
     uint8_t idle_on, writing, goaway, fuzz, freeing, got_req;
     uint8_t linger;  /* the session failed: its GOAWAY went out, the client's bytes are drained */
     int8_t tmo_kind; /* the connection's timeout armed (T_HEADER, T_KEEPALIVE) or -1 for none */
-    char *rbuf;      /* owned: the socket's bytes are read into it */
-    char *out;       /* owned: frames gathered for one write */
+    uint32_t rst_tokens; /* streams the client may still reset (RST_BURST at most) */
+    int64_t rst_ms;      /* when rst_tokens was last refilled (td_now_ms) */
+    char *rbuf;          /* owned: the socket's bytes are read into it */
+    char *out;           /* owned: frames gathered for one write */
     size_t out_len;
 };
 
@@ -413,7 +422,12 @@ static const td_stream_virt_t virt_ops = {
 static int stream_request(td_h2_stream_t *st, int end_stream) {
     td_h2_conn_t *h = st->h;
     const char *host = st->authority ? st->authority : st->host;
-    if (!st->method || !st->path || !host)
+    if (!st->method || !st->path || !host || st->bad_scheme)
+        return TD_EBADMSG;
+    /* :authority and a host field that say different things make the request malformed (RFC
+     * 9113 §8.3.1): which one the backend should see is not td's to guess (nginx and h2o refuse
+     * it too). Host names compare without regard to case. */
+    if (st->authority && st->host && strcasecmp(st->authority, st->host) != 0)
         return TD_EBADMSG;
     st->req_end = (uint8_t)end_stream;
     st->chunked = !end_stream && !st->has_length;
@@ -466,6 +480,11 @@ static int stream_request(td_h2_stream_t *st, int end_stream) {
     vc->port = c->port;
     vc->served = 1;
     st->vc = vc;
+    /* A request without a body needs no more client buffer than its head: not the 16 KB one an
+     * HTTP/1.1 connection reads into, which thousands of streams in flight would each hold
+     * while they wait for their backends (out of memory, it takes one of those as usual). */
+    if (st->req_end)
+        (void)td_client_buf_grow(vc, (uint32_t)(st->in.len + 1024) & ~1023u);
     td_client_timer(vc, T_HEADER);
     td_client_read(vc, 1);
     return 0;
@@ -556,8 +575,15 @@ static int header_cb(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
             pseudo = &st->path;
         else if (namelen == 10 && memcmp(name, ":authority", 10) == 0)
             pseudo = &st->authority;
-        else
-            return 0; /* :scheme: the listener says it */
+        else if (namelen == 7 && memcmp(name, ":scheme", 7) == 0) {
+            /* The listener says which scheme td serves; a request for another one (ftp, a
+             * made-up one) is not an HTTP request td can forward, so the stream is refused. */
+            td_str_t v = {(const char *)value, valuelen};
+            if (!td_http1_name_is(v, "http") && !td_http1_name_is(v, "https"))
+                st->bad_scheme = 1;
+            return 0;
+        } else
+            return 0;
     } else if (namelen == 4 && memcmp(name, "host", 4) == 0) {
         pseudo = &st->host;
     }
@@ -614,6 +640,42 @@ static void stream_head_whole(td_h2_stream_t *st) {
     conn_timer(st->h);
 }
 
+/* Ends the session with GOAWAY ENHANCE_YOUR_CALM (RFC 9113 §5.4.1, the code for a peer that
+ * floods), logged once as "h2: GOAWAY after WHAT"; its GOAWAY is written before the close. */
+static void conn_calm(td_h2_conn_t *h, const char *what) {
+    if (h->c) {
+        char why[128];
+        snprintf(why, sizeof(why), "h2: GOAWAY after %s", what);
+        td_client_log(h->c, 0, why);
+    }
+    nghttp2_session_terminate_session(h->ng, NGHTTP2_ENHANCE_YOUR_CALM);
+    h->linger = 1;
+    conn_timer(h);
+}
+
+/* One more stream reset by the client: 1 when that is a flood (the session is ended). A token
+ * bucket as nghttp2's: RST_BURST tokens, RST_RATE a second added back. */
+static int rst_flood(td_h2_conn_t *h) {
+    int64_t now = td_now_ms();
+    if (!h->rst_ms) {
+        h->rst_ms = now;
+        h->rst_tokens = RST_BURST;
+    }
+    int64_t add = (now - h->rst_ms) * RST_RATE / 1000;
+    if (add > 0) {
+        h->rst_tokens =
+            add >= RST_BURST - h->rst_tokens ? RST_BURST : h->rst_tokens + (uint32_t)add;
+        h->rst_ms = now;
+    }
+    if (h->rst_tokens) {
+        h->rst_tokens--;
+        return 0;
+    }
+    if (!h->linger)
+        conn_calm(h, "a rapid reset flood");
+    return 1;
+}
+
 static int frame_recv_cb(nghttp2_session *ng, const nghttp2_frame *f, void *ud) {
     td_h2_conn_t *h = ud;
     /* The PING sent after the shutdown notice came back: the client has seen the notice, so
@@ -622,6 +684,8 @@ static int frame_recv_cb(nghttp2_session *ng, const nghttp2_frame *f, void *ud) 
         conn_goaway_final(h);
         return 0;
     }
+    if (f->hd.type == NGHTTP2_RST_STREAM && rst_flood(h))
+        return 0;
     td_h2_stream_t *st =
         f->hd.stream_id ? nghttp2_session_get_stream_user_data(ng, f->hd.stream_id) : NULL;
     if (!st)
@@ -747,6 +811,9 @@ static void idle_cb(uv_idle_t *hd) {
             stream_consume(st, give);
             vc->io.read_cb(&vc->io, (long)n);
         }
+        /* The whole request was read: its bytes are not needed while the response comes. */
+        if (st->req_end && st->in.p && !bytes_left(&st->in))
+            bytes_free(&st->in);
         if (vc && st->close_due) {
             if (st->pending_cb) {
                 td_stream_write_cb cb = st->pending_cb;
@@ -827,6 +894,11 @@ static void conn_alloc_cb(td_stream_t *s, char **buf, size_t *cap) {
  * done (both sides said GOAWAY or the session failed, or td stops and no stream is left). */
 static void conn_flush(td_h2_conn_t *h) {
     client_t *c = h->c;
+    /* Past its listener's max_connection_age_ms: the graceful two-step GOAWAY of a stop, looked
+     * at whenever the connection reads or writes (a connection with no traffic meets the
+     * keep-alive timeout instead). */
+    if (c && c->old_at_ms && !h->goaway && !h->linger && td_now_ms() >= c->old_at_ms)
+        td_h2_shutdown(c);
     while (c && !h->writing) {
         h->out_len = 0;
         if (nghttp2_session_send(h->ng) < 0) {
@@ -871,6 +943,26 @@ static int conn_feed(td_h2_conn_t *h, const char *buf, size_t len) {
     return r < 0 ? (int)r : 0;
 }
 
+/* The session failed on the client's bytes (nghttp2 error r): one line per connection so ended,
+ * rate-limited per reason with the other client errors, then its GOAWAY and the lingering close. */
+static void conn_failed(td_h2_conn_t *h, int r) {
+    client_t *c = h->c;
+    char why[128];
+    snprintf(why, sizeof(why), "h2: GOAWAY after %s", nghttp2_strerror(r));
+    td_client_log(c, 0, why);
+    /* A GOAWAY the session queued (a flood, a protocol error) goes first, then the
+     * lingering close. The floods the library stops without a GOAWAY of its own (PING or
+     * SETTINGS frames whose ACKs pile up, CONTINUATION frames without end) are told
+     * ENHANCE_YOUR_CALM, as RFC 9113 §5.4.1 has it for a peer that floods. */
+    if (r == NGHTTP2_ERR_FLOODED || r == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS ||
+        r == NGHTTP2_ERR_TOO_MANY_SETTINGS)
+        nghttp2_session_terminate_session(h->ng, NGHTTP2_ENHANCE_YOUR_CALM);
+    else if (!nghttp2_session_want_write(h->ng))
+        nghttp2_session_terminate_session(h->ng, NGHTTP2_PROTOCOL_ERROR);
+    h->linger = 1;
+    conn_flush(h);
+}
+
 static void conn_read_cb(td_stream_t *s, long nread) {
     client_t *c = td_stream_owner(s);
     td_h2_conn_t *h = c->h2;
@@ -882,17 +974,7 @@ static void conn_read_cb(td_stream_t *s, long nread) {
         return; /* dropped: the session is over */
     int r = conn_feed(h, h->rbuf, (size_t)nread);
     if (r < 0) {
-        /* One line per connection so ended, rate-limited per reason with the other client
-         * errors. */
-        char why[128];
-        snprintf(why, sizeof(why), "h2: GOAWAY after %s", nghttp2_strerror(r));
-        td_client_log(c, 0, why);
-        /* A GOAWAY the session queued (a flood, a protocol error) goes first, then the
-         * lingering close. */
-        if (!nghttp2_session_want_write(h->ng))
-            nghttp2_session_terminate_session(h->ng, NGHTTP2_PROTOCOL_ERROR);
-        h->linger = 1;
-        conn_flush(h);
+        conn_failed(h, r);
         return;
     }
     conn_flush(h);
@@ -932,9 +1014,9 @@ static int session_new(td_h2_conn_t *h, int streams) {
     nghttp2_option_set_no_auto_window_update(opt, 1);
     nghttp2_option_set_max_settings(opt, 32);
     nghttp2_option_set_max_outbound_ack(opt, 1000);
-    /* Rapid reset (CVE-2023-44487): more than 1000 streams reset by the client in a burst,
-     * refilled at 33 a second, is answered with GOAWAY. */
-    nghttp2_option_set_stream_reset_rate_limit(opt, 1000, 33);
+    /* Rapid reset (CVE-2023-44487): td's own guard (rst_flood) answers ENHANCE_YOUR_CALM first;
+     * the library's is the backstop. */
+    nghttp2_option_set_stream_reset_rate_limit(opt, 2 * RST_BURST, 2 * RST_RATE);
     nghttp2_option_set_max_continuations(opt, 8);
     int r = nghttp2_session_server_new2(&h->ng, cbs, h, opt);
     nghttp2_option_del(opt);
@@ -977,7 +1059,7 @@ int td_h2_start(client_t *c, const td_config_listener_t *l) {
     int r = c->len ? conn_feed(h, c->buf, c->len) : 0;
     c->len = 0;
     if (r < 0) {
-        td_client_close(c);
+        conn_failed(h, r); /* a flood or an error in the first bytes gets its GOAWAY too */
         return 0;
     }
     conn_flush(h);

@@ -161,6 +161,14 @@ static void on_accept(td_listener_t *l, int fd) {
     }
     c->listener = (uint8_t)(l - w->listeners);
     td_worker_refresh(w);
+    const td_config_t *cfg = w->snap ? w->snap->config : NULL;
+    int age = cfg && c->listener < cfg->num_listeners
+                  ? cfg->listeners[c->listener].max_connection_age_ms
+                  : 0;
+    /* Up to 10 % more, at random: connections opened together (a fleet of clients started at
+     * once, or reconnecting after a restart) do not all end together again. */
+    if (age > 0)
+        c->old_at_ms = td_now_ms() + age + (int64_t)(random() % (age / 10 + 1));
     td_tls_server_t *tls = w->snap ? w->snap->listener_tls[c->listener] : NULL;
     if (tls && td_stream_tls_accept(&c->io, tls) < 0) {
         td_client_close(c);

@@ -16,14 +16,16 @@ typedef struct td_access_log_s {
 
 /* What one line says. Strings borrowed, NUL-terminated. */
 typedef struct td_access_entry_s {
-    const char *client;  /* the client's address */
-    const char *method;  /* the request method, "" when unknown */
-    const char *path;    /* the request-target (at most 512 bytes were kept), "" when unknown */
-    int status;          /* the status sent (499 when the client went away first) */
-    uint64_t bytes;      /* response bytes written to the client */
-    int64_t duration_ms; /* from the request head to the end of the exchange */
-    const char *backend; /* "" when none was chosen */
-    const char *server;  /* "" when none was chosen */
+    const char *client;   /* the client's address */
+    const char *method;   /* the request method, "" when unknown */
+    const char *path;     /* the request-target (at most 512 bytes were kept), "" when unknown */
+    const char *protocol; /* "HTTP/1.1", "HTTP/1.0", "HTTP/2" (nginx's $server_protocol), ""
+                           * when no request head was read */
+    int status;           /* the status sent (499 when the client went away first) */
+    uint64_t bytes;       /* response bytes written to the client */
+    int64_t duration_ms;  /* from the request head to the end of the exchange */
+    const char *backend;  /* "" when none was chosen */
+    const char *server;   /* "" when none was chosen */
 } td_access_entry_t;
 
 /* Starts with the log off. */
@@ -53,7 +55,8 @@ int td_access_log_reopen(const char *path);
  * it itself). */
 void td_access_log_adopt(td_access_log_t *l);
 
-/* Writes {"time","client","method","path","status","bytes","duration_ms","backend","server"}
+/* Writes {"time","client","method","path","protocol","status","bytes","duration_ms","backend",
+ * "server"}
  * (time: UTC with milliseconds; method and path JSON-escaped, cut to fit 1 KB). */
 void td_access_log_write(td_access_log_t *l, const td_access_entry_t *e);
 

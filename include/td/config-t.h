@@ -69,6 +69,10 @@ typedef struct td_config_listener_s {
     int http2;          /* TLS listener: ALPN offers h2 besides http/1.1 (default 1) */
     int h2c;            /* plain listener: HTTP/2 with prior knowledge too (default 0) */
     int h2_max_concurrent_streams; /* SETTINGS_MAX_CONCURRENT_STREAMS, 1..1000; default 100 */
+    /* 0..604800000 ms; 0 (default) = no limit: a connection older than this (plus up to 10 %)
+     * is ended gracefully: HTTP/2 by the two-step GOAWAY, HTTP/1.1 by Connection: close on its
+     * next response (nginx's keepalive_time, gRPC's MAX_CONNECTION_AGE) */
+    int max_connection_age_ms;
 } td_config_listener_t;
 
 typedef struct td_config_server_s {

@@ -1,8 +1,10 @@
 /* HTTP/2 from clients (h2_server.c): a libnghttp2 server session on a client connection that
  * negotiated "h2" by TLS ALPN, or that began with the HTTP/2 client preface on a listener with
  * "h2c" (prior knowledge, RFC 9113 §3.3). The framing, HPACK, flow control and the floods the
- * library guards against (rapid reset, SETTINGS, PING and CONTINUATION floods) are nghttp2's; the
- * proxying is td's.
+ * library guards against (SETTINGS, PING and CONTINUATION floods) are nghttp2's, rapid reset
+ * (CVE-2023-44487) is counted by td; every flood ends the connection with GOAWAY
+ * ENHANCE_YOUR_CALM. A request whose :authority and host differ, or whose :scheme is not http or
+ * https, is reset with PROTOCOL_ERROR (RFC 9113 §8.3.1). The proxying is td's.
  *
  * Each stream is a client of its own: a client_t carried by the connection
  * (td_stream_init_virt) that reads its request as an HTTP/1.1 request (the request line from

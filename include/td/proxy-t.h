@@ -264,6 +264,10 @@ struct client_s {
     /* owned: the HTTP/2 session of a C_H2 connection (h2_server.c), else NULL */
     struct td_h2_conn_s *h2;
     uint8_t served; /* a request head was taken: no HTTP/2 preface is looked for any more */
+    /* td_now_ms() from which the connection is too old (its listener's max_connection_age_ms
+     * and a jitter, from its accept): HTTP/1.1 answers with Connection: close, HTTP/2 sends
+     * GOAWAY. 0 = no limit (also for an HTTP/2 stream's client). */
+    int64_t old_at_ms;
 };
 
 struct upstream_s {

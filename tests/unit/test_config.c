@@ -381,10 +381,10 @@ static void test_error_cap(void) {
     for (char *p = out; *p; p++)
         lines += *p == '\n';
     T_EQ_INT(lines, 101);
-    T_CHECK(strstr(out,
-                   "t.json:2:1: listeners[0]: missing required key \"address\"\n"
-                   "t.json:2:2: listeners[0].x: unknown key (valid keys: address, tls, "
-                   "redirect_https, https_port, http2, h2c, h2_max_concurrent_streams)\n") == out);
+    T_CHECK(strstr(out, "t.json:2:1: listeners[0]: missing required key \"address\"\n"
+                        "t.json:2:2: listeners[0].x: unknown key (valid keys: address, tls, "
+                        "redirect_https, https_port, http2, h2c, h2_max_concurrent_streams, "
+                        "max_connection_age_ms)\n") == out);
     T_CHECK(strstr(out, "t.json:51:2: listeners[49].x: unknown key") != NULL);
     T_CHECK(strstr(out, "t.json:51:2: 20 more problems not shown\n") != NULL);
     free(out);
