@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <sys/ioctl.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <unistd.h>
 #include <stdatomic.h>
@@ -131,6 +132,21 @@ static int at_client_limit(void) {
     return atomic_load_explicit(&td_client_open_count, memory_order_relaxed) >= max_clients;
 }
 
+/* A random number for max_connection_age's jitter: a per-thread xorshift64* seeded from the
+ * kernel (or the clock and the thread's address), so td processes started together, or a new
+ * one after an upgrade, draw different sequences. */
+static uint64_t age_jitter(void) {
+    static _Thread_local uint64_t x;
+    if (!x && getrandom(&x, sizeof(x), GRND_NONBLOCK) != (ssize_t)sizeof(x))
+        x = (uint64_t)td_now_ms() ^ (uint64_t)(uintptr_t)&x;
+    if (!x)
+        x = 0x9E3779B97F4A7C15ULL;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
 static void on_accept(td_listener_t *l, int fd) {
     worker_t *w = l->data;
     if (at_client_limit()) {
@@ -168,7 +184,7 @@ static void on_accept(td_listener_t *l, int fd) {
     /* Up to 10 % more, at random: connections opened together (a fleet of clients started at
      * once, or reconnecting after a restart) do not all end together again. */
     if (age > 0)
-        c->old_at_ms = td_now_ms() + age + (int64_t)(random() % (age / 10 + 1));
+        c->old_at_ms = td_now_ms() + age + (int64_t)(age_jitter() % (uint64_t)(age / 10 + 1));
     td_tls_server_t *tls = w->snap ? w->snap->listener_tls[c->listener] : NULL;
     if (tls && td_stream_tls_accept(&c->io, tls) < 0) {
         td_client_close(c);
