@@ -376,6 +376,11 @@ td_tls_client_t *td_tls_client_new(const td_config_backend_t *b, char *err, size
     return c;
 }
 
+void td_tls_client_alpn_h2(td_tls_client_t *c) {
+    static const unsigned char h2[] = "\x02h2";
+    SSL_CTX_set_alpn_protos(c->ctx, h2, sizeof(h2) - 1);
+}
+
 void td_tls_client_release(td_tls_client_t *c) {
     if (!c || atomic_fetch_sub(&c->refs, 1) != 1)
         return;

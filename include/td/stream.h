@@ -45,7 +45,7 @@ static inline int td_stream_is_virt(const td_stream_t *s) {
     return s->virt != NULL;
 }
 
-/* 1 when TLS ALPN chose "h2" on this accepted stream. */
+/* 1 when TLS ALPN chose "h2" on this stream (accepted, or connected to a server). */
 int td_stream_alpn_h2(const td_stream_t *s);
 
 static inline void *td_stream_owner(const td_stream_t *s) {

@@ -34,6 +34,10 @@ void td_tls_server_release(td_tls_server_t *s);
 typedef struct td_tls_client_s td_tls_client_t;
 td_tls_client_t *td_tls_client_new(const td_config_backend_t *b, char *err, size_t errlen);
 void td_tls_client_release(td_tls_client_t *c);
+/* Makes the context offer ALPN "h2" alone (RFC 7301, RFC 9113 §3.2) instead of "http/1.1", for
+ * a backend with "protocol": "h2"; whether the server selected it is td_tls_alpn_is_h2's to say
+ * once the handshake is done. Call before the context is shared with connections. */
+void td_tls_client_alpn_h2(td_tls_client_t *c);
 
 /* One TLS connection over memory BIOs. The caller moves bytes between the socket and the
  * connection: received ciphertext goes in with td_tls_feed, plaintext comes out of td_tls_read,
@@ -87,8 +91,8 @@ int td_tls_has_input(const td_tls_conn_t *t);
  * alert was queued, else 0. */
 int td_tls_shutdown(td_tls_conn_t *t);
 
-/* 1 when ALPN chose "h2" for this (server-side) connection: the listener has "http2" on and the
- * client offered it. */
+/* 1 when ALPN chose "h2" for this connection: server side, the listener has "http2" on and the
+ * client offered it; client side, the server selected the "h2" td offered. */
 int td_tls_alpn_is_h2(const td_tls_conn_t *t);
 
 /* 1 when the handshake is done (for ssl_hello health checks and for upstreams). */
