@@ -1,0 +1,444 @@
+"""End-to-end tests of HTTP/2 to backends ("protocol": "h2") and of gRPC through td: grpcio
+clients on an h2c listener (and a TLS listener with ALPN h2) in front of blue and green gRPC
+backends (grpc_backend.py): unary calls split by the ratio, server-streaming calls, error statuses
+with their details and trailing metadata (trailers-only responses as one HEADERS), blue-green
+switches under load with no failed call, a server limited to one concurrent stream, a TLS backend
+(ALPN h2), a backend stopped under load, an HTTP/1.1 client to an h2 backend (chunked, with the
+trailers), and response trailers of an HTTP/1.1 backend reaching HTTP/2 clients."""
+import json
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from conftest import (ASAN, TD, Proc, Td, backend_cfg, backend_state, free_port, stop_checked,
+                      wait_for, wait_port)
+
+grpc = pytest.importorskip("grpc")
+from grpc_backend import GrpcBackend  # noqa: E402  (needs grpc)
+
+TIMEOUT = 60 if ASAN else 20
+
+pytestmark = pytest.mark.skipif(not shutil.which("nghttp"), reason="needs nghttp (nghttp2-client)")
+
+
+class GrpcTd(Td):
+    """A td with a plain listener taking h2c (port) and, given a certificate, a TLS listener
+    (tls_port, ALPN h2), in front of the backends of `cfg`."""
+
+    def __init__(self, cfg, cert=None):  # pylint: disable=super-init-not-called
+        self.port, self.admin_port = free_port(), free_port()
+        self.tls_port = free_port() if cert else None
+        cfg = json.loads(json.dumps(cfg))
+        cfg["listeners"] = [{"address": f"127.0.0.1:{self.port}", "h2c": True}]
+        if cert:
+            cfg["listeners"].append({"address": f"127.0.0.1:{self.tls_port}",
+                                     "tls": {"certificates": [{"cert": cert[0],
+                                                               "key": cert[1]}]}})
+        cfg.setdefault("workers", 2)
+        cfg["admin"] = {"address": f"127.0.0.1:{self.admin_port}"}
+        self.token = None
+        self.dir = tempfile.mkdtemp(prefix="td-e2e-grpc-")
+        self.config_path = os.path.join(self.dir, "td.json")
+        with open(self.config_path, "w") as f:
+            json.dump(cfg, f, indent=2)
+        self.proc = Proc([TD, "-c", self.config_path], "td")
+        for p in (self.port, self.tls_port, self.admin_port):
+            if p:
+                wait_port(p)
+
+
+@pytest.fixture(scope="module")
+def cert():
+    """A self-signed certificate for localhost and 127.0.0.1 (its own CA)."""
+    d = tempfile.mkdtemp(prefix="td-e2e-grpc-cert-")
+    c, k = os.path.join(d, "c.pem"), os.path.join(d, "k.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", k, "-out", c, "-days", "2",
+                    "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    yield c, k
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def grpc_backends():
+    started = []
+
+    def start(name, **kw):
+        b = GrpcBackend(name, free_port(), **kw)
+        started.append(b)
+        return b
+
+    yield start
+    for b in started:
+        b.stop()
+
+
+@pytest.fixture
+def gtd():
+    started = []
+
+    def start(cfg, **kw):
+        t = GrpcTd(cfg, **kw)
+        started.append(t)
+        return t
+
+    yield start
+    for t in started:
+        stop_checked(t)
+
+
+def h2_cfg(backends, **extra):
+    """backend_cfg with "protocol": "h2" on every backend: {"blue": (weight, [GrpcBackend])}."""
+    cfg = backend_cfg({n: (w, [b.port for b in bs]) for n, (w, bs) in backends.items()}, **extra)
+    for b in cfg["backends"]:
+        b["protocol"] = "h2"
+    return cfg
+
+
+def channel(t):
+    return grpc.insecure_channel(f"127.0.0.1:{t.port}")
+
+
+def unary(ch):
+    return ch.unary_unary("/td.test.Echo/Unary")
+
+
+def colour(reply):
+    return reply.split(b":")[0].decode()
+
+
+def grpc_frame(payload):
+    return b"\x00" + len(payload).to_bytes(4, "big") + payload
+
+
+def test_grpc_unary_calls_split_exactly_by_ratio_over_one_channel(grpc_backends, gtd):
+    blue, green = grpc_backends("blue"), grpc_backends("green")
+    t = gtd(h2_cfg({"blue": (30, [blue]), "green": (70, [green])}))
+    with channel(t) as ch:
+        call = unary(ch)
+        replies = [call(b"n%d" % i, timeout=TIMEOUT) for i in range(100)]
+    counts = {"blue": 0, "green": 0}
+    for i, r in enumerate(replies):
+        assert r.split(b":", 1)[1] == b"n%d" % i
+        counts[colour(r)] += 1
+    assert counts == {"blue": 30, "green": 70}
+    s = t.state()
+    assert backend_state(s, "blue")["protocol"] == "h2"
+    assert backend_state(s, "blue")["responses"]["2xx"] == 30
+
+
+def test_grpc_server_streaming_call_arrives_whole_and_in_order(grpc_backends, gtd):
+    blue = grpc_backends("blue")
+    t = gtd(h2_cfg({"blue": (100, [blue])}))
+    with channel(t) as ch:
+        stream = ch.unary_stream("/td.test.Echo/Stream")
+        msgs = list(stream(b"200", timeout=TIMEOUT))
+        assert msgs == [b"blue:%d" % i for i in range(200)]
+        reply, c = unary(ch).with_call(b"x", timeout=TIMEOUT)
+        assert reply == b"blue:x"
+        assert ("x-env", "blue") in [(m.key, m.value) for m in c.trailing_metadata()]
+        assert c.code() == grpc.StatusCode.OK
+
+
+def test_grpc_error_status_details_and_trailing_metadata_reach_the_client(grpc_backends, gtd):
+    blue = grpc_backends("blue")
+    t = gtd(h2_cfg({"blue": (100, [blue])}))
+    with channel(t) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            ch.unary_unary("/td.test.Echo/Fail")(b"", timeout=TIMEOUT)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    assert e.value.details() == "no such thing"
+    # Exactly what the server sent: no content-length of td's framing among the metadata.
+    assert [(m.key, m.value) for m in e.value.trailing_metadata()] == [("x-env", "blue")]
+
+
+def test_grpc_trailers_only_response_reaches_h2_client_as_one_headers_with_end_stream(
+        grpc_backends, gtd, tmp_path):
+    blue = grpc_backends("blue")
+    t = gtd(h2_cfg({"blue": (100, [blue])}))
+    body = tmp_path / "req"
+    body.write_bytes(grpc_frame(b""))
+    r = subprocess.run(["nghttp", "-v", "-d", str(body), "-H", "content-type: application/grpc",
+                        "-H", "te: trailers", f"http://127.0.0.1:{t.port}/td.test.Echo/Fail"],
+                       capture_output=True, text=True, timeout=TIMEOUT)
+    out = r.stdout
+    # The response: one HEADERS frame (END_STREAM | END_HEADERS) with the status in it, no DATA.
+    recv = re.findall(r"recv (\w+) frame <length=\d+, flags=(0x[0-9a-f]+), stream_id=13>", out)
+    assert recv == [("HEADERS", "0x05")], out
+    got = re.findall(r"recv \(stream_id=13\) ([^\n]*)", out)
+    assert got == [":status: 200", "content-type: application/grpc", "grpc-status: 5",
+                   "grpc-message: no such thing", "x-env: blue"], out
+
+
+def test_grpc_blue_green_switches_under_load_fail_no_call(grpc_backends, gtd):
+    blue, green = grpc_backends("blue"), grpc_backends("green")
+    t = gtd(h2_cfg({"blue": (100, [blue]), "green": (0, [green])}))
+    stop = threading.Event()
+    seen, failed, lock = [], [], threading.Lock()
+
+    def load():
+        with channel(t) as ch:
+            call = unary(ch)
+            while not stop.is_set():
+                try:
+                    r = call(b"x", timeout=TIMEOUT)
+                    with lock:
+                        seen.append(colour(r))
+                except grpc.RpcError as e:
+                    with lock:
+                        failed.append(f"{e.code()}: {e.details()}")
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for th in threads:
+        th.start()
+    try:
+        for i in range(6):
+            target = "green" if i % 2 == 0 else "blue"
+            t.set_ratio(**({"blue": 0, "green": 100} if target == "green"
+                           else {"blue": 100, "green": 0}))
+            with lock:
+                mark = len(seen)
+            # Calls land on the new colour only, 20 of them in a row.
+            wait_for(lambda: seen[-20:] == [target] * 20 and len(seen) - mark >= 20,
+                     TIMEOUT, what=f"calls served by {target}")
+    finally:
+        stop.set()
+        for th in threads:
+            th.join(TIMEOUT)
+    assert not failed, failed[:5]
+    assert "blue" in seen and "green" in seen
+
+
+def established_to(port):
+    """TCP connections established to 127.0.0.1:port (from /proc/net/tcp)."""
+    n = 0
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            remote, state = fields[2], fields[3]
+            if state == "01" and remote == f"0100007F:{port:04X}":
+                n += 1
+    return n
+
+
+def test_grpc_server_with_one_concurrent_stream_gets_more_connections_and_no_failed_call(
+        grpc_backends, gtd):
+    blue = grpc_backends("blue", max_concurrent_streams=1)
+    t = gtd(h2_cfg({"blue": (100, [blue])}, workers=1))
+    most = [0]
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            most[0] = max(most[0], established_to(blue.port))
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with channel(t) as ch:
+            slow = ch.unary_unary("/td.test.Echo/Slow")
+            with futures.ThreadPoolExecutor(20) as pool:
+                replies = list(pool.map(lambda _: slow(b"300", timeout=TIMEOUT), range(20)))
+    finally:
+        stop.set()
+        watcher.join()
+    assert replies == [b"blue:slow"] * 20
+    assert most[0] > 1, "td should have opened more than one connection"
+
+
+def test_grpc_tls_backend_speaks_h2_by_alpn_and_tls_listener_takes_grpc(grpc_backends, gtd, cert):
+    blue = grpc_backends("blue", tls=cert)
+    cfg = h2_cfg({"blue": (100, [blue])})
+    cfg["backends"][0]["tls"] = {"ca": cert[0], "sni": "localhost"}
+    t = gtd(cfg, cert=cert)
+    with open(cert[0], "rb") as f:
+        creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+    with grpc.secure_channel(f"localhost:{t.tls_port}", creds) as ch:
+        assert unary(ch)(b"sealed", timeout=TIMEOUT) == b"blue:sealed"
+        assert list(ch.unary_stream("/td.test.Echo/Stream")(b"3", timeout=TIMEOUT)) == [
+            b"blue:0", b"blue:1", b"blue:2"]
+
+
+def test_h2_backend_over_tls_that_does_not_select_alpn_h2_fails_the_try_clearly(gtd, cert):
+    # A TLS server that speaks only HTTP/1.1 (ALPN http/1.1): td's try fails with a reason.
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(*cert)
+    ctx.set_alpn_protocols(["http/1.1"])
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.settimeout(0.2)
+    port = srv.getsockname()[1]
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            try:
+                with ctx.wrap_socket(conn, server_side=True) as c:
+                    c.settimeout(2)
+                    c.recv(100)
+            except OSError:
+                pass
+
+    th = threading.Thread(target=serve)
+    th.start()
+    try:
+        cfg = backend_cfg({"blue": (100, [port])})
+        cfg["backends"][0]["protocol"] = "h2"
+        cfg["backends"][0]["tls"] = {"ca": cert[0], "sni": "localhost"}
+        t = gtd(cfg)
+        with socket.create_connection(("127.0.0.1", t.port), timeout=TIMEOUT) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            resp = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                resp += chunk
+        assert resp.startswith(b"HTTP/1.1 502 "), resp
+        wait_for(lambda: "did not select ALPN h2" in t.proc.output(), TIMEOUT,
+                 what="the ALPN error in the log")
+    finally:
+        stop.set()
+        th.join()
+        srv.close()
+
+
+def test_grpc_server_stopped_under_load_its_calls_go_to_the_other_server(grpc_backends, gtd):
+    one, two = grpc_backends("blue"), grpc_backends("blue")
+    t = gtd(h2_cfg({"blue": (100, [one, two])}))
+    stop = threading.Event()
+    ok, failed, lock = [0], [], threading.Lock()
+
+    def load():
+        with channel(t) as ch:
+            call = unary(ch)
+            while not stop.is_set():
+                try:
+                    call(b"x", timeout=TIMEOUT)
+                    with lock:
+                        ok[0] += 1
+                except grpc.RpcError as e:
+                    with lock:
+                        failed.append(f"{e.code()}: {e.details()}")
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for th in threads:
+        th.start()
+    try:
+        wait_for(lambda: ok[0] >= 50, TIMEOUT, what="calls before the stop")
+        one.stop()  # server.stop(grace): GOAWAY, the calls in flight finish, then it closes
+        mark = ok[0]
+        wait_for(lambda: ok[0] >= mark + 200, TIMEOUT, what="calls after the stop")
+    finally:
+        stop.set()
+        for th in threads:
+            th.join(TIMEOUT)
+    assert not failed, failed[:5]
+
+
+def http11_exchange(port, request):
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as s:
+        s.sendall(request)
+        resp = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return resp
+            resp += chunk
+
+
+def test_http11_client_to_h2_backend_gets_chunked_response_with_its_trailers(grpc_backends, gtd):
+    blue = grpc_backends("blue")
+    t = gtd(h2_cfg({"blue": (100, [blue])}))
+    body = grpc_frame(b"plain")
+    resp = http11_exchange(t.port, (
+        b"POST /td.test.Echo/Unary HTTP/1.1\r\nHost: x\r\nContent-Type: application/grpc\r\n"
+        b"TE: trailers\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body)) + body)
+    head, _, rest = resp.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), resp
+    assert b"\r\nTransfer-Encoding: chunked" in head, resp
+    # One chunk: the gRPC message; then the last chunk with the trailer section.
+    reply = grpc_frame(b"blue:plain")
+    assert rest.startswith(b"%x\r\n" % len(reply) + reply + b"\r\n0\r\n"), resp
+    trailers = rest.split(b"\r\n0\r\n", 1)[1]
+    assert trailers.endswith(b"\r\n\r\n"), resp
+    assert b"grpc-status: 0\r\n" in trailers and b"x-env: blue\r\n" in trailers, resp
+
+
+class TrailerHandler(BaseHTTPRequestHandler):
+    """An HTTP/1.1 backend whose responses are chunked with a trailer section."""
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Trailer", "x-checksum")
+        self.end_headers()
+        self.wfile.write(b"5\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: abc123\r\n\r\n")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def trailer_backend():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), TrailerHandler)
+    th = threading.Thread(target=srv.serve_forever)
+    th.start()
+    yield srv.server_address[1]
+    srv.shutdown()
+    th.join()
+    srv.server_close()
+
+
+def test_response_trailers_of_http11_backend_reach_h2_and_http11_clients(trailer_backend, gtd):
+    t = gtd(backend_cfg({"blue": (100, [trailer_backend])}))
+    r = subprocess.run(["nghttp", "-v", f"http://127.0.0.1:{t.port}/"], capture_output=True,
+                       text=True, timeout=TIMEOUT)
+    out = r.stdout
+    assert "hello world" in out, out
+    # DATA, then the trailers as a HEADERS frame that ends the stream.
+    frames = re.findall(r"recv (\w+) frame <length=\d+, flags=(0x[0-9a-f]+), stream_id=13>", out)
+    assert frames[-1] == ("HEADERS", "0x05") and ("DATA", "0x00") in frames, out
+    assert out.index("x-checksum: abc123") > out.index("hello world"), out
+    resp = http11_exchange(t.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert resp.endswith(b"0\r\nx-checksum: abc123\r\n\r\n"), resp
+
+
+def test_protocol_key_bad_value_is_rejected_with_its_position(tmp_path):
+    cfg = backend_cfg({"blue": (100, [free_port()])})
+    cfg["listeners"] = [{"address": f"127.0.0.1:{free_port()}"}]
+    cfg["backends"][0]["protocol"] = "h3"
+    text = json.dumps(cfg, indent=2)
+    path = tmp_path / "td.json"
+    path.write_text(text)
+    p = subprocess.run([TD, "-t", "-c", str(path)], capture_output=True, text=True, timeout=30)
+    out = p.stdout + p.stderr
+    i = text.index('"h3"')
+    line = text.count("\n", 0, i) + 1
+    col = i - text.rindex("\n", 0, i)
+    assert p.returncode == 1, out
+    assert f"{path}:{line}:{col}:" in out and "http/1.1" in out and "h2" in out, out
+    cfg["backends"][0]["protocol"] = "h2"
+    path.write_text(json.dumps(cfg, indent=2))
+    p = subprocess.run([TD, "-t", "-c", str(path)], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stdout + p.stderr
