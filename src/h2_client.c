@@ -89,7 +89,7 @@ struct td_h2c_conn_s {
     int64_t idle_since;
     int32_t goaway_last; /* the last stream id of the server's GOAWAY */
     uint8_t state, goaway, writing, idle_on, ping_out, ready_due, io_closed, handles, retire;
-    uint8_t in_pool;
+    uint8_t in_pool, io_closing, freeing;
     char *rbuf; /* owned */
     char *out;  /* owned: frames gathered for one write */
     size_t out_len;
@@ -1066,16 +1066,19 @@ static void idle_cb(uv_idle_t *hd) {
         else if (s->err_kind)
             conn_kick(h); /* its upstream still has an error to hear */
     }
-    if (!h->io.closing)
+    if (!h->io_closing) {
+        h->io_closing = 1;
         td_stream_close(&h->io, io_closed_cb);
-    if (h->io_closed && !h->nstreams && h->handles == 2) {
+    }
+    if (h->io_closed && !h->nstreams && !h->freeing) {
+        h->freeing = 1;
         uv_close((uv_handle_t *)&h->idle, handle_closed_cb);
         uv_close((uv_handle_t *)&h->timer, handle_closed_cb);
     }
 }
 
 static void conn_kick(td_h2c_conn_t *h) {
-    if (h->idle_on || h->handles < 2)
+    if (h->idle_on || h->freeing)
         return;
     h->idle_on = 1;
     uv_idle_start(&h->idle, idle_cb);
@@ -1127,8 +1130,10 @@ void td_h2_client_pool_close(pool_t *pool, int all) {
         next = h->next;
         if (all || !h->nstreams) {
             conn_fail(h, all ? "td stops" : "closed", F_IO);
-            if (!h->io.closing)
-                td_stream_close(&h->io, io_closed_cb); /* now: the loop's transport goes next */
+            if (!h->io_closing) { /* now: the loop's transport goes next */
+                h->io_closing = 1;
+                td_stream_close(&h->io, io_closed_cb);
+            }
         } else {
             h->retire = 1;
         }
