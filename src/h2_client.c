@@ -1028,6 +1028,8 @@ static void idle_cb(uv_idle_t *hd) {
             stream_consume(s, give);
             u->io.read_cb(&u->io, (long)n);
         }
+        if (!s->close_due && s->want_read && bytes_left(&s->in))
+            conn_kick(h); /* the rest on the next pass: the server may wait for its window */
         if (!s->close_due && s->err_kind && !bytes_left(&s->in) && u->owner &&
             (u->state == U_BUSY || u->state == U_CONNECTING)) {
             int kind = s->err_kind - 1;

@@ -442,3 +442,155 @@ def test_protocol_key_bad_value_is_rejected_with_its_position(tmp_path):
     path.write_text(json.dumps(cfg, indent=2))
     p = subprocess.run([TD, "-t", "-c", str(path)], capture_output=True, text=True, timeout=30)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+class RawH2Server:
+    """A minimal HTTP/2 server on 127.0.0.1 (raw frames, h2c with prior knowledge) that answers
+    every request the same way, by `mode`:
+      "refuse": RST_STREAM REFUSED_STREAM;
+      "goaway": GOAWAY with last_stream_id 0 (the stream was not processed);
+      "big":    200 with a content-length and `size` body bytes, sent as the client's flow
+                control windows allow (so the transfer stalls unless td gives them back).
+    `requests` counts the HEADERS it got."""
+
+    def __init__(self, mode, size=0):
+        self.mode, self.size, self.requests = mode, size, 0
+        self.body = bytes(i * 7 % 251 for i in range(size))
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.stop_ev = threading.Event()
+        self.threads = [threading.Thread(target=self._accept)]
+        self.threads[0].start()
+
+    def close(self):
+        self.stop_ev.set()
+        for th in list(self.threads):
+            th.join(TIMEOUT)
+        self.sock.close()
+
+    def _accept(self):
+        while not self.stop_ev.is_set():
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                continue
+            th = threading.Thread(target=self._serve, args=(c,))
+            self.threads.append(th)
+            th.start()
+
+    @staticmethod
+    def _frame(ftype, flags, sid, payload=b""):
+        return len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + sid.to_bytes(4, "big") \
+            + payload
+
+    def _serve(self, c):
+        c.settimeout(0.2)
+        buf = b""
+        conn_win, init_win, streams = 65535, 65535, {}  # sid -> [window, offset]
+
+        def pump():
+            nonlocal conn_win
+            for sid, st in list(streams.items()):
+                while st[1] < self.size and conn_win > 0 and st[0] > 0:
+                    n = min(16384, conn_win, st[0], self.size - st[1])
+                    end = st[1] + n == self.size
+                    c.sendall(self._frame(0, 1 if end else 0, sid, self.body[st[1]:st[1] + n]))
+                    st[0] -= n
+                    st[1] += n
+                    conn_win -= n
+                if st[1] >= self.size:
+                    del streams[sid]
+
+        try:
+            c.sendall(self._frame(4, 0, 0))
+            while not self.stop_ev.is_set():
+                try:
+                    data = c.recv(65536)
+                except socket.timeout:
+                    continue
+                if not data:
+                    return
+                buf += data
+                if buf.startswith(b"PRI * HTTP/2.0"):
+                    if len(buf) < 24:
+                        continue
+                    buf = buf[24:]
+                while len(buf) >= 9:
+                    length = int.from_bytes(buf[:3], "big")
+                    if len(buf) < 9 + length:
+                        break
+                    ftype, flags = buf[3], buf[4]
+                    sid = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+                    payload, buf = buf[9:9 + length], buf[9 + length:]
+                    if ftype == 4 and not flags & 1:
+                        for i in range(0, len(payload) - 5, 6):
+                            if int.from_bytes(payload[i:i + 2], "big") == 4:
+                                init_win = int.from_bytes(payload[i + 2:i + 6], "big")
+                        c.sendall(self._frame(4, 1, 0))
+                    elif ftype == 6 and not flags & 1:
+                        c.sendall(self._frame(6, 1, 0, payload))
+                    elif ftype == 8:
+                        inc = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+                        if sid == 0:
+                            conn_win += inc
+                        elif sid in streams:
+                            streams[sid][0] += inc
+                    elif ftype == 1:
+                        self.requests += 1
+                        if self.mode == "refuse":
+                            c.sendall(self._frame(3, 0, sid, (7).to_bytes(4, "big")))
+                        elif self.mode == "goaway":
+                            c.sendall(self._frame(7, 0, 0, bytes(8)))
+                        else:
+                            cl = str(self.size).encode()
+                            # :status 200 (static index 8); content-length (index 28), literal.
+                            block = b"\x88\x0f\x0d" + bytes([len(cl)]) + cl
+                            c.sendall(self._frame(1, 4, sid, block))
+                            streams[sid] = [init_win, 0]
+                    pump()
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+
+@pytest.mark.parametrize("mode", ["refuse", "goaway"])
+def test_h2_stream_the_server_did_not_process_is_retried_on_another_server_even_for_post(
+        grpc_backends, gtd, mode):
+    raw = RawH2Server(mode)
+    good = grpc_backends("blue")
+    try:
+        cfg = backend_cfg({"blue": (100, [raw.port, good.port])},
+                          passive={"failures": 100, "eject_ms": 1000, "max_eject_ms": 1000})
+        cfg["backends"][0]["protocol"] = "h2"
+        t = gtd(cfg)
+        body = grpc_frame(b"once")
+        for _ in range(6):
+            resp = http11_exchange(t.port, (
+                b"POST /td.test.Echo/Unary HTTP/1.1\r\nHost: x\r\nContent-Type: application/grpc"
+                b"\r\nTE: trailers\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
+                % len(body)) + body)
+            assert resp.startswith(b"HTTP/1.1 200 "), resp
+            assert grpc_frame(b"blue:once") in resp and b"grpc-status: 0\r\n" in resp, resp
+        assert raw.requests >= 1  # round robin put some on the server that did not process them
+    finally:
+        raw.close()
+
+
+def test_h2_backend_response_larger_than_the_windows_arrives_whole(gtd):
+    size = 3 * 1024 * 1024 + 123  # beyond the 1 MiB stream window td announces
+    raw = RawH2Server("big", size)
+    try:
+        cfg = backend_cfg({"blue": (100, [raw.port])})
+        cfg["backends"][0]["protocol"] = "h2"
+        t = gtd(cfg)
+        resp = http11_exchange(t.port, b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        head, _, body = resp.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        assert b"\r\ncontent-length: %d" % size in head.lower(), head
+        assert len(body) == size and body == raw.body, len(body)
+    finally:
+        raw.close()
