@@ -451,6 +451,9 @@ class RawH2Server:
       "goaway": GOAWAY with last_stream_id 0 (the stream was not processed);
       "big":    200 with a content-length and `size` body bytes, sent as the client's flow
                 control windows allow (so the transfer stalls unless td gives them back).
+      "count":  reads the request body, giving its window back frame by frame (its initial
+                window is HTTP/2's 64 KiB), and answers 200 with the number of body bytes, and
+                " trailers" after it when a trailing HEADERS ended the body.
     `requests` counts the HEADERS it got."""
 
     def __init__(self, mode, size=0):
@@ -490,6 +493,12 @@ class RawH2Server:
         c.settimeout(0.2)
         buf = b""
         conn_win, init_win, streams = 65535, 65535, {}  # sid -> [window, offset]
+        got = {}  # "count": sid -> request body bytes
+
+        def answer(sid, text):
+            cl = str(len(text)).encode()
+            c.sendall(self._frame(1, 4, sid, b"\x88\x0f\x0d" + bytes([len(cl)]) + cl)
+                      + self._frame(0, 1, sid, text))
 
         def pump():
             nonlocal conn_win
@@ -538,9 +547,22 @@ class RawH2Server:
                             conn_win += inc
                         elif sid in streams:
                             streams[sid][0] += inc
+                    elif ftype == 0 and self.mode == "count":
+                        got[sid] = got.get(sid, 0) + length
+                        if length:
+                            inc = length.to_bytes(4, "big")
+                            c.sendall(self._frame(8, 0, 0, inc) + self._frame(8, 0, sid, inc))
+                        if flags & 1:
+                            answer(sid, b"%d" % got[sid])
+                    elif ftype == 1 and self.mode == "count" and sid in got:
+                        answer(sid, b"%d trailers" % got[sid])  # trailing HEADERS, END_STREAM
                     elif ftype == 1:
                         self.requests += 1
-                        if self.mode == "refuse":
+                        if self.mode == "count":
+                            got[sid] = 0
+                            if flags & 1:
+                                answer(sid, b"0")
+                        elif self.mode == "refuse":
                             c.sendall(self._frame(3, 0, sid, (7).to_bytes(4, "big")))
                         elif self.mode == "goaway":
                             c.sendall(self._frame(7, 0, 0, bytes(8)))
@@ -592,5 +614,32 @@ def test_h2_backend_response_larger_than_the_windows_arrives_whole(gtd):
         assert head.startswith(b"HTTP/1.1 200 "), head
         assert b"\r\ncontent-length: %d" % size in head.lower(), head
         assert len(body) == size and body == raw.body, len(body)
+    finally:
+        raw.close()
+
+
+def test_h2_backend_takes_large_request_bodies_chunked_and_with_length_and_their_trailers(
+        gtd, tmp_path):
+    raw = RawH2Server("count")
+    try:
+        cfg = backend_cfg({"blue": (100, [raw.port])})
+        cfg["backends"][0]["protocol"] = "h2"
+        t = gtd(cfg)
+        size = 2 * 1024 * 1024 + 7  # beyond the server's 64 KiB window: flow control paces it
+        f = tmp_path / "up"
+        f.write_bytes(os.urandom(size))
+        url = f"http://127.0.0.1:{t.port}/up"
+        with_length = subprocess.run(["curl", "-s", "--data-binary", f"@{f}", url],
+                                     capture_output=True, timeout=TIMEOUT)
+        assert with_length.stdout == b"%d" % size, with_length
+        chunked = subprocess.run(["curl", "-s", "-H", "Transfer-Encoding: chunked",
+                                  "--data-binary", f"@{f}", url],
+                                 capture_output=True, timeout=TIMEOUT)
+        assert chunked.stdout == b"%d" % size, chunked
+        # A chunked body's trailer section goes on as a trailing HEADERS.
+        resp = http11_exchange(t.port, b"POST /up HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                               b"Transfer-Encoding: chunked\r\n\r\n"
+                               b"3\r\nabc\r\n0\r\nx-sum: 6\r\n\r\n")
+        assert resp.startswith(b"HTTP/1.1 200 ") and resp.endswith(b"3 trailers"), resp
     finally:
         raw.close()
