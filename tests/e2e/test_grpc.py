@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -449,6 +450,7 @@ class RawH2Server:
     every request the same way, by `mode`:
       "refuse": RST_STREAM REFUSED_STREAM;
       "goaway": GOAWAY with last_stream_id 0 (the stream was not processed);
+      "close":  closes the connection (the stream's fate is unknown);
       "big":    200 with a content-length and `size` body bytes, sent as the client's flow
                 control windows allow (so the transfer stalls unless td gives them back).
       "count":  reads the request body, giving its window back frame by frame (its initial
@@ -566,6 +568,8 @@ class RawH2Server:
                             c.sendall(self._frame(3, 0, sid, (7).to_bytes(4, "big")))
                         elif self.mode == "goaway":
                             c.sendall(self._frame(7, 0, 0, bytes(8)))
+                        elif self.mode == "close":
+                            return
                         else:
                             cl = str(self.size).encode()
                             # :status 200 (static index 8); content-length (index 28), literal.
@@ -641,5 +645,76 @@ def test_h2_backend_takes_large_request_bodies_chunked_and_with_length_and_their
                                b"Transfer-Encoding: chunked\r\n\r\n"
                                b"3\r\nabc\r\n0\r\nx-sum: 6\r\n\r\n")
         assert resp.startswith(b"HTTP/1.1 200 ") and resp.endswith(b"3 trailers"), resp
+    finally:
+        raw.close()
+
+
+def test_grpc_call_past_its_deadline_resets_the_upstream_stream_and_others_go_on(
+        grpc_backends, gtd):
+    blue = grpc_backends("blue")
+    t = gtd(h2_cfg({"blue": (100, [blue])}))
+    with channel(t) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            ch.unary_unary("/td.test.Echo/Slow")(b"3000", timeout=0.3)
+        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        call = unary(ch)
+        assert [call(b"%d" % i, timeout=TIMEOUT) for i in range(10)] == [
+            b"blue:%d" % i for i in range(10)]
+    # The cancelled call no longer counts as in flight.
+    wait_for(lambda: backend_state(t.state(), "blue")["in_flight"] == 0, TIMEOUT,
+             what="no request in flight")
+
+
+def test_grpc_call_in_flight_at_a_stop_finishes_and_td_exits_cleanly(grpc_backends, gtd):
+    blue = grpc_backends("blue")
+    t = gtd(h2_cfg({"blue": (100, [blue])}))
+    result = {}
+
+    def slow():
+        with channel(t) as ch:
+            try:
+                result["reply"] = ch.unary_unary("/td.test.Echo/Slow")(b"1500", timeout=TIMEOUT)
+            except grpc.RpcError as e:
+                result["error"] = f"{e.code()}: {e.details()}"
+
+    th = threading.Thread(target=slow)
+    th.start()
+    wait_for(lambda: backend_state(t.state(), "blue")["in_flight"] == 1, TIMEOUT,
+             what="the call in flight")
+    t.proc.p.send_signal(signal.SIGTERM)
+    th.join(TIMEOUT)
+    assert result == {"reply": b"blue:slow"}, result
+    assert t.proc.p.wait(TIMEOUT) == 0, t.proc.output()[-3000:]
+
+
+def test_http11_keep_alive_client_sends_requests_one_after_another_to_an_h2_backend(gtd):
+    raw = RawH2Server("count")
+    try:
+        cfg = backend_cfg({"blue": (100, [raw.port])})
+        cfg["backends"][0]["protocol"] = "h2"
+        t = gtd(cfg)
+        url = f"http://127.0.0.1:{t.port}/n"
+        r = subprocess.run(["curl", "-sv", url, "--next", "-sv", "--data-binary", "abc", url,
+                            "--next", "-sv", url],
+                           capture_output=True, timeout=TIMEOUT)
+        assert r.stdout == b"030", r
+        assert r.stderr.count(b"Re-using existing connection") == 2, r.stderr
+        assert raw.requests == 3
+    finally:
+        raw.close()
+
+
+def test_h2_backend_connection_that_dies_under_a_post_gives_502_with_the_reason(gtd):
+    raw = RawH2Server("close")
+    try:
+        cfg = backend_cfg({"blue": (100, [raw.port])})
+        cfg["backends"][0]["protocol"] = "h2"
+        t = gtd(cfg)
+        resp = http11_exchange(t.port, b"POST /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                               b"Content-Length: 2\r\n\r\nhi")
+        assert resp.startswith(b"HTTP/1.1 502 "), resp
+        assert raw.requests == 1  # not sent again: the server may have acted on it
+        wait_for(lambda: "connection closed by the server" in t.proc.output(), TIMEOUT,
+                 what="the reason in the log")
     finally:
         raw.close()
