@@ -521,6 +521,9 @@ static int response_headers(h2s_t *s, int end) {
               bytes_add(&s->in, s->fields.p, s->fields.len) < 0;
         if (s->status >= 200) {
             s->resp_head = 1;
+            /* The stream ends with the response, as an HTTP/1.1 connection that says so: the
+             * exchange never puts its upstream in the keep-alive pool. */
+            bad = bad || bytes_add(&s->in, "Connection: close\r\n", 19) < 0;
             int bodiless = s->head_req || s->status == 204 || s->status == 304;
             if (end) {
                 /* A response in one HEADERS (gRPC's trailers-only): its length says it ends. */

@@ -121,8 +121,7 @@ void td_upstream_read(upstream_t *u, int on) {
 
 /* Parks an upstream connection whose exchange ended cleanly in its server's pool. */
 void td_upstream_pool_put(upstream_t *u) {
-    /* A stream of an HTTP/2 connection ends with its exchange. */
-    if (u->pool->num_idle >= POOL_MAX_IDLE || td_stream_is_virt(&u->io)) {
+    if (u->pool->num_idle >= POOL_MAX_IDLE) {
         td_upstream_close(u);
         return;
     }

@@ -11,7 +11,9 @@
  * END_STREAM at its end, a chunked body's trailer section a trailing HEADERS. Response: HEADERS
  * become an HTTP/1.1 head (interim ones too), with the server's content-length, else
  * "Transfer-Encoding: chunked" with DATA as chunks and the trailers as the trailer section; a
- * HEADERS with END_STREAM (gRPC's trailers-only) a head with "Content-Length: 0".
+ * HEADERS with END_STREAM (gRPC's trailers-only) a head with "Content-Length: 0". A final head
+ * says "Connection: close": the stream ends with the exchange, never in the keep-alive pool (an
+ * exchange that ends early closes it, which resets the stream with CANCEL).
  *
  * Connections: over TLS td offers ALPN "h2" alone and fails the try when the server selects
  * nothing; without TLS it speaks h2c with prior knowledge (RFC 9113 §3.3). A try goes to a

@@ -33,8 +33,7 @@ void td_upstream_close(upstream_t *u);
 /* Reads response bytes (on) or stops (off: backpressure). */
 void td_upstream_read(upstream_t *u, int on);
 
-/* Parks an upstream connection whose exchange ended cleanly in its server's pool (a stream of
- * an HTTP/2 connection is closed instead). */
+/* Parks an upstream connection whose exchange ended cleanly in its server's pool. */
 void td_upstream_pool_put(upstream_t *u);
 
 /* Gets a connection to `srv` for `owner` (borrowed) with its callbacks `cbs` (borrowed, static)

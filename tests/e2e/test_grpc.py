@@ -338,7 +338,7 @@ def test_grpc_server_stopped_under_load_its_calls_go_to_the_other_server(grpc_ba
                         ok[0] += 1
                 except grpc.RpcError as e:
                     with lock:
-                        failed.append(f"{e.code()}: {e.details()}")
+                        failed.append(f"{e.code()}: {e.details()} {e.debug_error_string()}")
 
     threads = [threading.Thread(target=load) for _ in range(3)]
     for th in threads:
@@ -352,7 +352,13 @@ def test_grpc_server_stopped_under_load_its_calls_go_to_the_other_server(grpc_ba
         stop.set()
         for th in threads:
             th.join(TIMEOUT)
-    assert not failed, failed[:5]
+    # What grpcio's server.stop(grace) does: GOAWAY first (streams td sends after it are refused
+    # and retried on the other server, as are connects to the closed port), but a call it had
+    # just taken may be answered with its own status CANCELLED (a gRPC answer td passes on, not
+    # a failure of td's: it is never UNAVAILABLE or INTERNAL). At most the calls in flight then.
+    assert all(f.startswith("StatusCode.CANCELLED: ") and 'grpc_message:"CANCELLED"' in f
+               for f in failed), failed[:5]
+    assert len(failed) <= len(threads), failed
 
 
 def http11_exchange(port, request):
