@@ -127,20 +127,20 @@ typedef struct td_config_passive_s {
 } td_config_passive_t;
 
 typedef struct td_config_backend_s {
-    char name[TD_NAME_MAX];         /* [A-Za-z0-9_-]{1,63}, unique */
-    int weight;                     /* 0..100 */
-    td_backend_state_t state;       /* default TD_BACKEND_READY */
-    td_config_server_t *servers;    /* owned */
-    size_t num_servers;             /* 1..TD_CONFIG_MAX_SERVERS */
-    int tls;                        /* 1 when "tls" is present: HTTPS to the servers */
-    int tls_verify;                 /* verify the server's certificate (default 1) */
-    char tls_ca[TD_PATH_MAX];       /* CA bundle; "" = the system's */
-    char tls_sni[256];              /* server name sent and verified; "" = none */
-    td_config_health_t health;      /* the global health_check with this backend's overrides */
-    int health_override;            /* 1 when the backend has its own "health_check" object */
-    int slow_start_ms;              /* 0..86400000; default 0 (off): the slow_start_ms of its
-                                       servers that do not set their own */
-    td_backend_protocol_t protocol; /* default TD_PROTOCOL_HTTP1 */
+    char name[TD_NAME_MAX];      /* [A-Za-z0-9_-]{1,63}, unique */
+    int weight;                  /* 0..100 */
+    td_backend_state_t state;    /* default TD_BACKEND_READY */
+    td_config_server_t *servers; /* owned */
+    size_t num_servers;          /* 1..TD_CONFIG_MAX_SERVERS */
+    int tls;                     /* 1 when "tls" is present: HTTPS to the servers */
+    int tls_verify;              /* verify the server's certificate (default 1) */
+    char tls_ca[TD_PATH_MAX];    /* CA bundle; "" = the system's */
+    char tls_sni[256];           /* server name sent and verified; "" = none */
+    td_config_health_t health;   /* the global health_check with this backend's overrides */
+    int health_override;         /* 1 when the backend has its own "health_check" object */
+    int slow_start_ms;           /* 0..86400000; default 0 (off): the slow_start_ms of its
+                                    servers that do not set their own */
+    int protocol;                /* td_backend_protocol_t; default TD_PROTOCOL_HTTP1 */
 } td_config_backend_t;
 
 /* All 1..86400000 ms, except drain_ms and stop_grace_ms 0..86400000 (drain_ms 0 = stop without
