@@ -647,6 +647,10 @@ static int stream_close_cb(nghttp2_session *ng, int32_t id, uint32_t code, void 
         } else {
             snprintf(why, sizeof(why), "HTTP/2 stream reset by the server (%s)",
                      nghttp2_http2_strerror(code));
+            /* The server's own answer about this request, not a connection that went away
+             * under it: no free retry on the same server (which could repeat forever). */
+            if (s->u)
+                s->u->reused = 0;
             stream_error(s, why, F_IO);
         }
     }

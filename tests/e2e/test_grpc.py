@@ -457,6 +457,7 @@ class RawH2Server:
       "refuse": RST_STREAM REFUSED_STREAM;
       "goaway": GOAWAY with last_stream_id 0 (the stream was not processed);
       "close":  closes the connection (the stream's fate is unknown);
+      "reset":  RST_STREAM INTERNAL_ERROR (the server's own answer about the request);
       "big":    200 with a content-length and `size` body bytes, sent as the client's flow
                 control windows allow (so the transfer stalls unless td gives them back).
       "count":  reads the request body, giving its window back frame by frame (its initial
@@ -576,6 +577,8 @@ class RawH2Server:
                             c.sendall(self._frame(7, 0, 0, bytes(8)))
                         elif self.mode == "close":
                             return
+                        elif self.mode == "reset":
+                            c.sendall(self._frame(3, 0, sid, (2).to_bytes(4, "big")))
                         else:
                             cl = str(self.size).encode()
                             # :status 200 (static index 8); content-length (index 28), literal.
@@ -722,5 +725,23 @@ def test_h2_backend_connection_that_dies_under_a_post_gives_502_with_the_reason(
         assert raw.requests == 1  # not sent again: the server may have acted on it
         wait_for(lambda: "connection closed by the server" in t.proc.output(), TIMEOUT,
                  what="the reason in the log")
+    finally:
+        raw.close()
+
+
+def test_h2_stream_reset_by_the_server_is_not_retried_on_it_again_and_gets_502(gtd):
+    raw = RawH2Server("reset")
+    try:
+        cfg = backend_cfg({"blue": (100, [raw.port])})
+        cfg["backends"][0]["protocol"] = "h2"
+        t = gtd(cfg)
+        # The second request finds the connection up (a stream of it, as if pooled).
+        for n in (1, 2):
+            resp = http11_exchange(t.port, b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close"
+                                   b"\r\n\r\n")
+            assert resp.startswith(b"HTTP/1.1 502 "), resp
+            assert raw.requests == n, raw.requests  # one try each: the server reset it
+        wait_for(lambda: "stream reset by the server (INTERNAL_ERROR)" in t.proc.output(),
+                 TIMEOUT, what="the reason in the log")
     finally:
         raw.close()
