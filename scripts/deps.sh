@@ -10,7 +10,7 @@ set -e
 root=$(cd "$(dirname "$0")/.." && pwd)
 build="build-essential pkg-config libuv1-dev libjansson-dev libssl-dev libcurl4-openssl-dev"
 # libsystemd for sd_notify, scdoc for the man pages, c-ares for servers named by host name,
-# libnghttp2 for HTTP/2 from clients.
+# libnghttp2 for HTTP/2 from clients and to backends.
 build="$build libsystemd-dev scdoc libc-ares-dev libnghttp2-dev"
 deb="$build debhelper fakeroot lintian"
 testing="$build clang clang-format libclang-rt-14-dev libhttp-parser-dev python3 python3-pytest python3-websocket curl openssl nginx-light wrk"

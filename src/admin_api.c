@@ -196,6 +196,8 @@ static json_t *backend_json(td_snapshot_t *s, size_t i, int64_t now, const doubl
         "sticky_requests_10s", (json_int_t)td_router_pins_recent(b->st, now), "draining", draining,
         "drained", draining && in_flight == 0 && tunnels == 0, "servers", servers);
     json_object_set_new(jb, "state", json_string(td_backend_state_name(b->state)));
+    json_object_set_new(jb, "protocol",
+                        json_string(cb->protocol == TD_PROTOCOL_H2 ? "h2" : "http/1.1"));
     json_object_set_new(jb, "latency_ms", latency_json(b->st));
     int64_t ramp = td_router_backend_slow_start_remaining(b, now);
     json_object_set_new(jb, "slow_start_remaining_ms",

@@ -194,6 +194,7 @@ static const char *check_admin_url(const char *s) {
 static const char *const method_names[] = {"round_robin", "sticky", "failover", NULL};
 static const char *const backend_state_names[] = {"ready", "drain", "maint", NULL};
 static const char *const same_site_names[] = {"Lax", "Strict", "None", NULL};
+static const char *const protocol_names[] = {"http/1.1", "h2", NULL};
 static const char *const health_types[] = {"tcp", "http", "ssl_hello", "grpc", NULL};
 static const char *const tls_versions[] = {"1.2", "1.3", NULL};
 static const int tls_version_values[] = {TLS1_2_VERSION, TLS1_3_VERSION};
@@ -376,8 +377,10 @@ static const td_config_field_t backend_fields[] = {
     ENUM("state", td_config_backend_t, state, backend_state_names, NULL, TD_BACKEND_READY,
          TD_CF_CHANGED),
     INT("slow_start_ms", td_config_backend_t, slow_start_ms, 0, MAX_MS, 0, TD_CF_CHANGED),
+    ENUM("protocol", td_config_backend_t, protocol, protocol_names, NULL, TD_PROTOCOL_HTTP1,
+         TD_CF_CHANGED),
 };
-static const unsigned char backend_order[] = {0, 1, 5, 6, 2, 4, 3};
+static const unsigned char backend_order[] = {0, 1, 5, 6, 7, 2, 4, 3};
 static const td_config_object_t backend_object =
     OBJ(backend_fields, backend_order, NULL, inherit_health);
 

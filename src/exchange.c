@@ -343,6 +343,8 @@ static int build_request_head(client_t *c) {
         .https = td_client_is_tls(c),
         .upgrade = c->upgrade,
         .drop_expect = c->ex->continued,
+        .te_trailers =
+            c->ex->snap && c->ex->backend >= 0 && c->ex->snap->backends[c->ex->backend].h2,
     };
     return td_rewrite_request(&r, w->scratch, sizeof(w->scratch));
 }

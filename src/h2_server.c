@@ -58,6 +58,7 @@ struct td_h2_stream_s {
     uint8_t bad_scheme; /* :scheme was neither "http" nor "https" */
     /* The response: HTTP/1.1 bytes from the client not framed yet, and the DATA payload. */
     bytes_t raw, body;
+    bytes_t trailers; /* a chunked response's trailer section: a trailing HEADERS */
     td_http1_chunked_t chunk;
     uint64_t left; /* content-length bytes still to come */
     uint8_t framing, head_done, resp_done, deferred, head_req;
@@ -181,6 +182,7 @@ static void stream_free(td_h2_stream_t *st) {
     bytes_free(&st->cookie);
     bytes_free(&st->raw);
     bytes_free(&st->body);
+    bytes_free(&st->trailers);
     free(st->method);
     free(st->path);
     free(st->authority);
@@ -205,6 +207,42 @@ static void stream_reset(td_h2_stream_t *st, uint32_t code) {
     conn_kick(st->h);
 }
 
+static int connection_specific(const td_str_t n);
+
+/* Submits the trailer section of a chunked response ("name: value\r\n" lines, then CRLF) as a
+ * HEADERS with END_STREAM (RFC 9113 §8.1): gRPC's status comes this way. Returns 0, or -1 when
+ * none was submitted (no valid field, or nghttp2 refused). */
+static int submit_trailers(td_h2_stream_t *st) {
+    nghttp2_nv nv[MAX_HDRS];
+    char names[4096];
+    size_t n = 0, used = 0;
+    const char *p = st->trailers.p + st->trailers.off, *end = st->trailers.p + st->trailers.len;
+    while (p < end && n < MAX_HDRS) {
+        const char *eol = memchr(p, '\r', (size_t)(end - p));
+        if (!eol || eol == p)
+            break;
+        const char *colon = memchr(p, ':', (size_t)(eol - p));
+        td_str_t name = {p, colon ? (size_t)(colon - p) : 0};
+        if (colon && !connection_specific(name) && used + name.len <= sizeof(names)) {
+            for (size_t k = 0; k < name.len; k++)
+                names[used + k] = p[k] >= 'A' && p[k] <= 'Z' ? (char)(p[k] + 32) : p[k];
+            const char *v = colon + 1, *ve = eol;
+            while (v < ve && (*v == ' ' || *v == '\t'))
+                v++;
+            while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
+                ve--;
+            nv[n++] = (nghttp2_nv){(uint8_t *)names + used, (uint8_t *)v, name.len,
+                                   (size_t)(ve - v), NGHTTP2_NV_FLAG_NONE};
+            used += name.len;
+        }
+        p = eol + 2;
+    }
+    st->trailers.off = st->trailers.len;
+    if (!n || !st->h->ng)
+        return -1;
+    return nghttp2_submit_trailer(st->h->ng, st->id, nv, n) == 0 ? 0 : -1;
+}
+
 static ssize_t data_read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t length,
                             uint32_t *flags, nghttp2_data_source *src, void *ud) {
     (void)ng;
@@ -221,8 +259,11 @@ static ssize_t data_read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_
     st->body.off += n;
     if (st->body.off == st->body.len)
         st->body.off = st->body.len = 0;
-    if (st->resp_done && !bytes_left(&st->body))
+    if (st->resp_done && !bytes_left(&st->body)) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
+        if (bytes_left(&st->trailers) && submit_trailers(st) == 0)
+            *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM; /* the trailers' HEADERS ends it */
+    }
     if (st->pending_cb && bytes_left(&st->body) < RESP_LOW) {
         st->write_ended = 1; /* the client may write again: from the loop, not from here */
         conn_kick(st->h);
@@ -267,9 +308,15 @@ static int response_head(td_h2_stream_t *st) {
     /* The names lower-cased into one area (HTTP/2 requires it); nghttp2 copies them. */
     char names[CBUF_SIZE];
     size_t used = 0;
+    /* A response that ends with its HEADERS (gRPC's trailers-only, as an HTTP/2 backend's is
+     * framed: "Content-Length: 0") needs no content-length: END_STREAM says it, and a gRPC
+     * client would take the field for trailing metadata. A HEAD's keeps the length it names. */
+    int empty = resp.status >= 200 && !st->head_req && resp.body == TD_BODY_LENGTH &&
+                resp.content_length == 0;
     for (size_t i = 0; i < resp.num_headers; i++) {
         td_str_t name = resp.headers[i].name;
-        if (connection_specific(name) || used + name.len > sizeof(names))
+        if (connection_specific(name) || used + name.len > sizeof(names) ||
+            (empty && name.len == 14 && td_http1_name_is(name, "content-length")))
             continue;
         for (size_t k = 0; k < name.len; k++) {
             char ch = name.p[k];
@@ -327,13 +374,17 @@ static int response_feed(td_h2_stream_t *st) {
         while (avail && !st->resp_done) {
             int done = 0;
             td_str_t spans[MAX_SPANS];
-            size_t ns = 0;
+            size_t ns = 0, tb = st->chunk.trailer_bytes;
             long used = td_http1_chunked_feed(&st->chunk, p, avail, &done, spans, MAX_SPANS, &ns);
             if (used < 0)
                 return TD_EBADMSG;
             for (size_t i = 0; i < ns; i++)
                 if (bytes_add(&st->body, spans[i].p, spans[i].len) < 0)
                     return TD_ENOMEM;
+            /* The trailer section is the last of the bytes used (it ends the body). */
+            size_t tl = st->chunk.trailer_bytes - tb;
+            if (tl && bytes_add(&st->trailers, p + used - (long)tl, tl) < 0)
+                return TD_ENOMEM;
             st->raw.off += (size_t)used;
             p += used;
             avail -= (size_t)used;

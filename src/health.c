@@ -416,7 +416,7 @@ static void set_params(checker_t *k, const td_config_backend_t *b, const td_addr
         td_warn("health: %s (%s): %s", server->text, b->name, err);
     /* A gRPC check needs HTTP/2: its connections offer h2 (and http/1.1, so that a server without
      * HTTP/2 says so rather than failing the handshake). */
-    if (k->tls && strcmp(hc->type, "grpc") == 0 && td_tls_client_offer_h2(k->tls) < 0)
+    if (k->tls && strcmp(hc->type, "grpc") == 0 && td_tls_client_offer_h2(k->tls, 0) < 0)
         td_warn("health: %s (%s): cannot offer ALPN h2", server->text, b->name);
     k->hc = *hc;
     k->addr = *server;

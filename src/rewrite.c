@@ -197,6 +197,14 @@ int td_rewrite_request(const td_rewrite_request_t *r, char *out, size_t cap) {
             keep_field(&run, n);
     }
     flush_fields(&run, &p, end, r->head_end - 2);
+    if (r->te_trailers) {
+        for (size_t i = 0; i < req->num_headers; i++)
+            if (req->headers[i].name.len == 2 && td_http1_name_is(req->headers[i].name, "te") &&
+                td_http1_list_has(req->headers[i].value, "trailers")) {
+                ADD_LIT(&p, end, "TE: trailers\r\n");
+                break;
+            }
+    }
     if (req->body == TD_BODY_CHUNKED)
         ADD_LIT(&p, end, "Transfer-Encoding: chunked\r\n");
     if (req->content_length_repeated)

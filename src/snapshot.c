@@ -87,6 +87,11 @@ td_snapshot_t *td_snapshot_build(td_config_t *cfg, uint64_t version, char *err, 
             goto err;
         if (cb->tls && !(b->tls = td_tls_client_new(cb, err, errlen)))
             goto err;
+        b->h2 = cb->protocol == TD_PROTOCOL_H2;
+        if (b->tls && b->h2 && td_tls_client_offer_h2(b->tls, 1) < 0) {
+            snprintf(err, errlen, "out of memory");
+            goto err;
+        }
         /* Failback: one full rise of its checks by default; without checks the passive
          * ejection's own length already holds traffic off. */
         if (cfg->failback_ms >= 0)
@@ -137,6 +142,7 @@ td_snapshot_t *td_snapshot_build(td_config_t *cfg, uint64_t version, char *err, 
                 td_snap_server_t *sv = &b->servers[b->num_servers];
                 sv->addr = got[k];
                 sv->name = td_addr_is_name(&cs->address) ? cs->address.text : NULL;
+                sv->h2 = b->h2;
                 if (!server_build(b, sv, cb, cs))
                     goto err;
                 b->num_servers++;

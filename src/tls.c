@@ -383,10 +383,11 @@ void td_tls_client_release(td_tls_client_t *c) {
     free(c);
 }
 
-int td_tls_client_offer_h2(td_tls_client_t *c) {
+int td_tls_client_offer_h2(td_tls_client_t *c, int h2_only) {
     static const unsigned char both[] = "\x02h2\x08http/1.1";
+    unsigned len = h2_only ? 3 : sizeof(both) - 1; /* "\x02h2" is its first entry */
     /* SSL_CTX_set_alpn_protos returns 0 on success. */
-    return SSL_CTX_set_alpn_protos(c->ctx, both, sizeof(both) - 1) == 0 ? 0 : TD_ENOMEM;
+    return SSL_CTX_set_alpn_protos(c->ctx, both, len) == 0 ? 0 : TD_ENOMEM;
 }
 
 /* ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "td/h2_client.h"
 #include "td/log.h"
 #include "td/registry.h"
 #include "td/stream.h"
@@ -165,6 +166,8 @@ int td_upstream_open(worker_t *w, td_snap_server_t *srv, td_tls_client_t *tls, i
     pool_t *pool = pool_of(w, srv->st);
     if (!pool)
         return -ENOMEM;
+    if (srv->h2)
+        return td_h2_client_open(w, pool, srv, tls, connect_ms, owner, cbs, out);
     upstream_t *u = pool->idle;
     if (u) {
         pool->idle = u->next;

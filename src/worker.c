@@ -25,6 +25,7 @@
 #include "td/router.h"
 #include "td/stream.h"
 #include "td/timeout.h"
+#include "td/h2_client.h"
 #include "td/upstream.h"
 #include "td/proxy.h"
 
@@ -34,10 +35,10 @@ int64_t td_proxy_connections(void) {
 
 static void pool_close_idle(worker_t *w, const td_snap_backend_t *b);
 
-/* 1 when a backend's TLS settings differ between two configs. */
+/* 1 when a backend's TLS settings (or its protocol) differ between two configs. */
 static int tls_changed(const td_config_backend_t *a, const td_config_backend_t *b) {
     return a->tls != b->tls || a->tls_verify != b->tls_verify || strcmp(a->tls_ca, b->tls_ca) ||
-           strcmp(a->tls_sni, b->tls_sni);
+           strcmp(a->tls_sni, b->tls_sni) || a->protocol != b->protocol;
 }
 
 /* Idle pooled connections made under TLS settings that have changed would let the old policy
@@ -84,9 +85,11 @@ void td_worker_refresh(worker_t *w) {
 static void pool_close_idle(worker_t *w, const td_snap_backend_t *b) {
     for (size_t j = 0; j < b->num_servers; j++)
         for (pool_t *p = w->pools; p; p = p->next)
-            if (p->key == b->servers[j].st)
+            if (p->key == b->servers[j].st) {
                 while (p->idle)
                     td_upstream_close(p->idle);
+                td_h2_client_pool_close(p, 0);
+            }
 }
 
 /* Logs a local resource error at most LOCAL_ERR_BURST times a second per worker (under fd
@@ -301,9 +304,11 @@ static void drain_cb(uv_timer_t *t) {
         while (w->clients)
             td_client_close(w->clients);
     if (!w->clients) {
-        for (pool_t *p = w->pools; p; p = p->next)
+        for (pool_t *p = w->pools; p; p = p->next) {
             while (p->idle)
                 td_upstream_close(p->idle);
+            td_h2_client_pool_close(p, 1);
+        }
         uv_close((uv_handle_t *)t, noop_close_cb);
         uv_close((uv_handle_t *)&w->qwake, noop_close_cb);
         td_stream_loop_close(&w->sl);
@@ -323,9 +328,11 @@ static void wake_cb(uv_async_t *a) {
     for (client_t *c = w->clients; c; c = c->next)
         if (c->state == C_H2)
             td_h2_shutdown(c);
-    for (pool_t *p = w->pools; p; p = p->next)
+    for (pool_t *p = w->pools; p; p = p->next) {
         while (p->idle)
             td_upstream_close(p->idle);
+        td_h2_client_pool_close(p, 0);
+    }
     uv_timer_init(&w->loop, &w->drain);
     w->drain.data = w;
     uv_timer_start(&w->drain, drain_cb, 0, 50);

@@ -34,6 +34,13 @@ typedef enum td_backend_state_e {
                              checks reach it */
 } td_backend_state_t;
 
+/* How td speaks to a backend's servers (backend key "protocol"). */
+typedef enum td_backend_protocol_e {
+    TD_PROTOCOL_HTTP1 = 0, /* "http/1.1" (default): keep-alive connections, one request each */
+    TD_PROTOCOL_H2 = 1,    /* "h2": HTTP/2 (RFC 9113), streams over few connections: over TLS
+                              by ALPN h2, else h2c with prior knowledge; trailers pass (gRPC) */
+} td_backend_protocol_t;
+
 typedef enum td_method_e {
     TD_METHOD_ROUND_ROBIN = 0,
     TD_METHOD_STICKY = 1,
@@ -140,6 +147,7 @@ typedef struct td_config_backend_s {
     int health_override;         /* 1 when the backend has its own "health_check" object */
     int slow_start_ms;           /* 0..86400000; default 0 (off): the slow_start_ms of its
                                     servers that do not set their own */
+    int protocol;                /* td_backend_protocol_t; default TD_PROTOCOL_HTTP1 */
 } td_config_backend_t;
 
 /* All 1..86400000 ms, except drain_ms and stop_grace_ms 0..86400000 (drain_ms 0 = stop without

@@ -165,6 +165,9 @@ typedef struct pool_s {
     upstream_t *idle;       /* most recently used first */
     int num_idle;
     struct pool_s *next;
+    /* owned: the server's HTTP/2 connections (td/h2_client.h), for an h2 backend */
+    struct td_h2c_conn_s *h2;
+    uint32_t h2_max; /* the server's last SETTINGS_MAX_CONCURRENT_STREAMS; 0: none seen yet */
 } pool_t;
 
 struct td_proxy_s {

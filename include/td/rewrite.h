@@ -38,13 +38,16 @@ typedef struct td_rewrite_request_s {
     int https;                     /* X-Forwarded-Proto: https, else http */
     int upgrade;                   /* the Upgrade is forwarded (Connection: upgrade) */
     int drop_expect;               /* td answered Expect: 100-continue itself: not forwarded */
+    int te_trailers; /* an HTTP/2 backend: a TE listing "trailers" goes on as "TE: trailers"
+                        (the one TE HTTP/2 allows, RFC 9113 §8.2.2; gRPC needs it) */
 } td_rewrite_request_t;
 
 /* Writes the request head for the upstream into out[cap]: the method, the origin-form target and
  * HTTP/1.1; the field lines that pass copied as they came (one copy per run of kept lines); then
  * Transfer-Encoding: chunked for a chunked body, the merged Content-Length, Connection/Upgrade,
  * Host (from an absolute-form authority, or default_host), X-Forwarded-For (the client's chain
- * plus client_ip), X-Forwarded-Proto and X-Forwarded-Host. Fields listed in Connection are
+ * plus client_ip), X-Forwarded-Proto and X-Forwarded-Host, and with te_trailers "TE: trailers"
+ * when the client's TE listed trailers. Fields listed in Connection are
  * removed, except Content-Length and Host (removing those would let a body be read as a request
  * of its own). Returns the length, or -1 when it does not fit. */
 int td_rewrite_request(const td_rewrite_request_t *r, char *out, size_t cap);

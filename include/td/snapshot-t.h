@@ -22,6 +22,7 @@ typedef struct td_snap_server_s {
                       the running one, st->max_conns, which td_router_publish stores) */
     int slow_start_ms;     /* resolved: its own, else its backend's; 0 = off */
     td_server_stats_t *st; /* borrowed from the registry */
+    uint8_t h2;            /* its backend's "protocol" is "h2": td/h2_client.h carries requests */
 } td_snap_server_t;
 
 struct td_tls_server_s;
@@ -41,6 +42,7 @@ typedef struct td_snap_backend_s {
     int limited;            /* 1 when a server of it has max_conns: requests may queue for it */
     int slow_start_ms;      /* the largest slow_start_ms of its servers (0: none ramps): the
                                length of the backend's own ramp, and the router's one check */
+    uint8_t h2;             /* "protocol": "h2" (TD_PROTOCOL_H2) */
 } td_snap_backend_t;
 
 /* An immutable routing snapshot: what workers read to route a request. Built by the admin thread,

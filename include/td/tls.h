@@ -34,9 +34,12 @@ void td_tls_server_release(td_tls_server_t *s);
 typedef struct td_tls_client_s td_tls_client_t;
 td_tls_client_t *td_tls_client_new(const td_config_backend_t *b, char *err, size_t errlen);
 void td_tls_client_release(td_tls_client_t *c);
-/* Makes the connections `c` starts from now on offer ALPN "h2" ahead of "http/1.1" (RFC 7301;
- * td_stream_alpn_h2 tells what the server chose). Returns 0 or TD_ENOMEM. */
-int td_tls_client_offer_h2(td_tls_client_t *c);
+/* Makes the connections `c` starts from now on offer ALPN "h2" (RFC 7301, RFC 9113 §3.2):
+ * alone when `h2_only` (a backend with "protocol": "h2"), else ahead of "http/1.1" (the grpc
+ * health check, which then tells a server without HTTP/2 by its choice); td_stream_alpn_h2
+ * tells what the server chose. Call before the context is shared with connections. Returns 0
+ * or TD_ENOMEM. */
+int td_tls_client_offer_h2(td_tls_client_t *c, int h2_only);
 
 /* One TLS connection over memory BIOs. The caller moves bytes between the socket and the
  * connection: received ciphertext goes in with td_tls_feed, plaintext comes out of td_tls_read,

@@ -36,7 +36,8 @@ void td_upstream_read(upstream_t *u, int on);
 /* Parks an upstream connection whose exchange ended cleanly in its server's pool. */
 void td_upstream_pool_put(upstream_t *u);
 
-/* Gets a connection to `srv` for `owner` (borrowed) with its callbacks `cbs` (borrowed, static):
+/* Gets a connection to `srv` for `owner` (borrowed) with its callbacks `cbs` (borrowed, static)
+ * (for a server of an h2 backend, a stream of an HTTP/2 connection: td/h2_client.h):
  * an idle one from the pool (returns 1: ready now, U_BUSY; on_ready is not called), or a new one
  * (returns 0: U_CONNECTING, with `tls` (borrowed; NULL for plain) and a connect timeout of
  * connect_ms ms; on_ready or on_error follows). *out is the connection. Returns -ENOMEM with *out

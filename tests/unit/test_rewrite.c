@@ -166,6 +166,29 @@ static void test_set_cookie_and_fields(void) {
     T_EQ_STR(td_http_reason(299), "Status");
 }
 
+/* For an HTTP/2 backend a TE listing trailers goes on as "TE: trailers" (gRPC needs it); other
+ * codings, and every TE for HTTP/1.1 backends, are dropped. */
+static void test_request_te_trailers_for_h2_backends(void) {
+    const char *head = "POST /svc/M HTTP/1.1\r\nHost: h\r\nTE: gzip, Trailers\r\n"
+                       "Content-Length: 0\r\n\r\n";
+    td_http1_header_t hdrs[32];
+    td_http1_request_t req;
+    int n = td_http1_parse_request(head, strlen(head), NULL, &req, hdrs, 32);
+    T_CHECK(n > 0);
+    td_rewrite_request_t r = {
+        .req = &req, .head_end = head + n, .client_ip = "10.0.0.9", .te_trailers = 1};
+    int len = td_rewrite_request(&r, out, sizeof(out) - 1);
+    T_CHECK(len > 0);
+    out[len > 0 ? len : 0] = 0;
+    T_EQ_STR(out, "POST /svc/M HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nTE: trailers\r\n"
+                  "X-Forwarded-For: 10.0.0.9\r\nX-Forwarded-Proto: http\r\n"
+                  "X-Forwarded-Host: h\r\n\r\n");
+    r.te_trailers = 0;
+    len = td_rewrite_request(&r, out, sizeof(out) - 1);
+    out[len > 0 ? len : 0] = 0;
+    T_CHECK(strstr(out, "TE:") == NULL);
+}
+
 int main(void) {
     test_request_plain();
     test_request_hop_by_hop();
@@ -176,5 +199,6 @@ int main(void) {
     test_request_too_large();
     test_response();
     test_set_cookie_and_fields();
+    test_request_te_trailers_for_h2_backends();
     return t_done("test_rewrite");
 }
