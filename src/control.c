@@ -615,8 +615,7 @@ static int apply(td_config_t *cfg, const char *what, const char *client, json_t 
             return TD_ENOMEM;
         }
     }
-    json_t *entry;
-    save(next, what, summary(running), summary(cfg), client, version + 1, &entry);
+    json_t *before = summary(running), *after = summary(cfg);
     if (fdoc) {
         json_decref(file_doc);
         file_doc = fdoc;
@@ -626,7 +625,13 @@ static int apply(td_config_t *cfg, const char *what, const char *client, json_t 
         overrides = next;
     }
     update_admin_token(cfg, running);
+    /* Published before the audit and state writes: their fsyncs take milliseconds, and
+     * traffic follows the change without waiting for the disk. The answer still waits for
+     * them; a crash in between loses a change that was never answered, as the contract allows
+     * for a state file that cannot be written. */
     commit(s, cfg, 1);
+    json_t *entry;
+    save(overrides, what, before, after, client, version, &entry);
     td_info("config version %llu applied (%s)", (unsigned long long)version, what);
     td_audit_commit(entry);
     td_notify_status(); /* systemctl status shows the weights that run */
