@@ -587,7 +587,8 @@ int td_control_keep_rollout_weights(td_config_t *cfg, const char *what) {
 /* td_control_apply; `next` (owned, or NULL: computed from the file as last read) the overrides
  * that make `cfg` from the config file, `fdoc` (owned, or NULL: unchanged) the file's new
  * document (a reload). Everything that can refuse the change comes first, so a refused change
- * changes nothing; writing the state file cannot refuse it (see save). */
+ * changes nothing; computing the overrides and writing the state file cannot refuse it (see
+ * save). */
 static int apply(td_config_t *cfg, const char *what, const char *client, json_t *next, json_t *fdoc,
                  char *err, size_t errlen) {
     keep_startup_settings(cfg);
@@ -602,36 +603,36 @@ static int apply(td_config_t *cfg, const char *what, const char *client, json_t 
         json_decref(fdoc);
         return TD_EINVAL;
     }
-    if (!next && state_path[0]) {
-        char since[40];
-        td_wall_iso(since, sizeof(since));
-        json_t *doc = doc_of(cfg);
-        next = doc ? td_state_diff(fdoc ? fdoc : file_doc, doc, overrides, since, client) : NULL;
-        json_decref(doc);
-        if (!next) {
-            snprintf(err, errlen, "out of memory");
-            json_decref(fdoc);
-            td_snapshot_release(s);
-            return TD_ENOMEM;
-        }
-    }
     json_t *before = summary(running), *after = summary(cfg);
     if (fdoc) {
         json_decref(file_doc);
         file_doc = fdoc;
     }
-    if (next) {
-        json_decref(overrides);
-        overrides = next;
-    }
     update_admin_token(cfg, running);
-    /* Published before the audit and state writes: their fsyncs take milliseconds, and
-     * traffic follows the change without waiting for the disk. The answer still waits for
-     * them; a crash in between loses a change that was never answered, as the contract allows
-     * for a state file that cannot be written. */
+    /* Published before the overrides are computed and the audit and state files written: that
+     * work (JSON documents, fsyncs) takes milliseconds, and traffic follows the change without
+     * waiting for it. The answer still waits for them; a crash in between loses a change that
+     * was never answered, and one that cannot be recorded still applies, unsaved (see save). */
     commit(s, cfg, 1);
-    json_t *entry;
-    save(overrides, what, before, after, client, version, &entry);
+    if (!next && state_path[0]) {
+        char since[40];
+        td_wall_iso(since, sizeof(since));
+        json_t *doc = doc_of(cfg);
+        next = doc ? td_state_diff(file_doc, doc, overrides, since, client) : NULL;
+        json_decref(doc);
+    }
+    json_t *entry = NULL;
+    if (!next && state_path[0]) {
+        json_decref(before);
+        json_decref(after);
+        note_persisted(0, "out of memory");
+    } else {
+        if (next) {
+            json_decref(overrides);
+            overrides = next;
+        }
+        save(overrides, what, before, after, client, version, &entry);
+    }
     td_info("config version %llu applied (%s)", (unsigned long long)version, what);
     td_audit_commit(entry);
     td_notify_status(); /* systemctl status shows the weights that run */
