@@ -35,6 +35,9 @@ int64_t td_proxy_connections(void) {
 
 static void pool_close_idle(worker_t *w, const td_snap_backend_t *b);
 
+/* How long the idle pooled connections of a backend drained to weight 0 stay open. */
+#define POOL_DRAIN_GRACE_MS 1000
+
 /* 1 when a backend's TLS settings (or its protocol) differ between two configs. */
 static int tls_changed(const td_config_backend_t *a, const td_config_backend_t *b) {
     return a->tls != b->tls || a->tls_verify != b->tls_verify || strcmp(a->tls_ca, b->tls_ca) ||
@@ -75,11 +78,38 @@ void td_worker_refresh(worker_t *w) {
         w->wrr_nb = s->num_backends;
         w->wrr_ns = s->num_servers;
     }
-    /* Drain: idle keep-alive connections to servers of a draining backend (weight 0, and not
-     * a failover backup) are closed. */
-    for (size_t i = 0; i < s->num_backends; i++)
-        if (td_backend_draining(s, &s->backends[i]))
+    /* Drain: idle keep-alive connections to servers of a draining backend are closed: in state
+     * drain or maint at once; at weight 0 (not a failover backup) POOL_DRAIN_GRACE_MS later, by
+     * the tick (close_drained_pools). A ratio flipped back within that finds the connections
+     * still open, instead of every client connection reconnecting to that backend at the same
+     * moment, which delayed the first responses of the change by milliseconds. */
+    for (size_t i = 0; i < s->num_backends; i++) {
+        if (!td_backend_draining(s, &s->backends[i]))
+            continue;
+        if (s->backends[i].state != TD_BACKEND_READY)
             pool_close_idle(w, &s->backends[i]);
+        else if (!w->pool_drain_due_ms)
+            w->pool_drain_due_ms = td_now_ms() + POOL_DRAIN_GRACE_MS;
+    }
+}
+
+/* From the tick, once a weight-0 drain may have lasted POOL_DRAIN_GRACE_MS: closes the idle
+ * pooled connections of each backend that has been draining that long (drain_since_ms), and
+ * sets the next due time for those drained more recently. */
+static void close_drained_pools(worker_t *w, int64_t now_ms) {
+    if (!w->pool_drain_due_ms || now_ms < w->pool_drain_due_ms || !w->snap)
+        return;
+    w->pool_drain_due_ms = 0;
+    for (size_t i = 0; i < w->snap->num_backends; i++) {
+        const td_snap_backend_t *b = &w->snap->backends[i];
+        if (!td_backend_draining(w->snap, b))
+            continue;
+        int64_t since = atomic_load_explicit(&b->st->drain_since_ms, memory_order_relaxed);
+        if (!since || now_ms - since >= POOL_DRAIN_GRACE_MS)
+            pool_close_idle(w, b);
+        else if (!w->pool_drain_due_ms || since + POOL_DRAIN_GRACE_MS < w->pool_drain_due_ms)
+            w->pool_drain_due_ms = since + POOL_DRAIN_GRACE_MS;
+    }
 }
 
 static void pool_close_idle(worker_t *w, const td_snap_backend_t *b) {
@@ -241,6 +271,7 @@ static void tick_cb(uv_timer_t *timer) {
     td_client_log_flush(w, now_ms);
     td_access_log_adopt(&w->alog); /* an idle worker lets go of a rotated file too */
     td_log_local_error_flush(&w->local_err_rl, now_ms);
+    close_drained_pools(w, now_ms);
     if (!w->stopping && !at_client_limit())
         for (size_t i = 0; i < w->num_listeners; i++)
             td_listener_resume(&w->listeners[i]);

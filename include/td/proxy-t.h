@@ -183,6 +183,9 @@ struct worker_s {
     uv_timer_t tick;  /* every TICK_MS: client deadlines; each second: drained tunnels */
     unsigned ticks;
     int drain_ms;
+    /* td_now_ms() after which idle pooled connections of backends drained at weight 0 close
+     * (0: none due); see td_worker_refresh. */
+    int64_t pool_drain_due_ms;
     td_listener_t *listeners; /* owned */
     int *listen_fds;          /* owned; -1 once handed to its listener */
     int64_t limit_logged_ms;  /* when the client-connection limit was last logged */
