@@ -188,22 +188,26 @@ def tls_notes(data, info):
     return notes
 
 
-KEPT = "## Cluster rollouts"  # measured by bench/cluster_rollout.py alone, not by this run
+# Measured alone, not by this run: bench/flips.sh, bench/cluster_rollout.py.
+KEPT = ("## Ratio change to effect", "## Cluster rollouts")
 
 
 def kept_section(md):
-    """The page's KEPT section as it stands (up to the next "## " heading), or "": a run of
-    make bench rewrites the page but does not measure it."""
+    """The page's KEPT sections as they stand (each up to the next "## " heading), or "": a run
+    of make bench rewrites the page but does not measure them."""
     try:
         with open(md) as f:
             text = f.read()
     except OSError:
         return ""
-    start = text.find(KEPT + "\n")
-    if start < 0:
-        return ""
-    end = text.find("\n## ", start + len(KEPT))
-    return text[start:end if end >= 0 else len(text)].rstrip("\n") + "\n"
+    parts = []
+    for head in KEPT:
+        start = text.find(head + "\n")
+        if start < 0:
+            continue
+        end = text.find("\n## ", start + len(head))
+        parts.append(text[start:end if end >= 0 else len(text)].rstrip("\n") + "\n")
+    return "\n".join(parts)
 
 
 def write_md(data, info, md, svg):
