@@ -101,6 +101,7 @@ static td_exchange_t *exchange_take(client_t *c) {
     memset(x, 0, sizeof(*x));
     x->down = c;
     x->backend = x->server = x->sticky_set = x->pinned = x->forced = -1;
+    x->grpc_status = -1;
     c->ex = x;
     return x;
 }
@@ -125,6 +126,7 @@ void td_exchange_end(client_t *c) {
     exchange_log(c);
     c->ex->started_ms = 0;
     c->ex->status = 0;
+    c->ex->grpc_status = -1;
     c->ex->bytes_out = 0;
     free(c->ex->path);
     c->ex->path = NULL;
@@ -435,6 +437,8 @@ void td_exchange_upstream_fail(upstream_t *u, const char *why, int kind) {
     client_t *c = td_exchange_client_of(u);
     int fresh = !u->reused;
     td_server_stats_t *st = u->st;
+    if (c)
+        td_exchange_count_grpc_end(c, u, 1); /* a gRPC answer cut short: the call failed */
     if (c)
         td_exchange_drop_upstream(c);
     else
