@@ -47,7 +47,8 @@ enum {
 static void grpc_name_step(td_http1_chunked_t *c, unsigned char ch) {
     if (c->tr_match == 0xff)
         return;
-    if (c->tr_match < sizeof(GRPC_STATUS) - 1 && (ch | 0x20) == (unsigned char)GRPC_STATUS[c->tr_match])
+    if (c->tr_match < sizeof(GRPC_STATUS) - 1 &&
+        (ch | 0x20) == (unsigned char)GRPC_STATUS[c->tr_match])
         c->tr_match++;
     else
         c->tr_match = 0xff;
