@@ -108,7 +108,7 @@ def test_grpc_not_found_counts_as_client_error_not_server_error(procs, tmp_path)
     assert r["5xx"] == 0 and r["2xx"] == 0, r
 
 
-def test_grpc_ok_calls_count_as_2xx_without_grpc_status_for_http_calls(procs, tmp_path):
+def test_grpc_ok_calls_count_as_2xx_and_log_grpc_status_0(procs, tmp_path):
     blue = procs(GrpcBackend("blue", free_port()))
     t = td_with(procs, tmp_path, {"blue": (100, [blue])})
     assert calls(t, "/td.test.Echo/Unary", 3) == [grpc.StatusCode.OK] * 3
