@@ -17,11 +17,12 @@
 static td_http1_limits_t limits = {8192, CBUF_SIZE, MAX_HDRS};
 
 /* The status a final response head counts as. A gRPC answer (HTTP 200, Content-Type
- * application/grpc*) counts as its grpc-status (td_grpc_status_http): from the head for a
- * trailers-only answer; else, when it is chunked, from its trailers at its end (0 returned:
- * counted later, the decoder told to note grpc-status). Anything else counts as its HTTP status. */
+ * application/grpc*, to a gRPC request) counts as its grpc-status (td_grpc_status_http): from the
+ * head for a trailers-only answer; else, when it is chunked, from its trailers at its end (0
+ * returned: counted later, the decoder told to note grpc-status). Anything else counts as its HTTP
+ * status. */
 static int response_count_status(client_t *c, const td_http1_response_t *resp) {
-    if (resp->status != 200)
+    if (resp->status != 200 || !c->grpc) /* HTTP traffic pays this one check */
         return resp->status;
     const td_http1_header_t *gs = NULL;
     int grpc = 0;
