@@ -489,7 +489,6 @@ static int client_parse_head(client_t *c, td_http1_request_t *req) {
     c->upgrade = req->upgrade;
     c->minor = (uint8_t)req->minor_version;
     c->expect = req->expect_continue;
-    c->grpc = 0;
     for (size_t i = 0; i < req->num_headers; i++)
         if (req->headers[i].name.len == 12 &&
             strncasecmp(req->headers[i].name.p, "content-type", 12) == 0)
