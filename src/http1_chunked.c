@@ -54,10 +54,17 @@ static void grpc_name_step(td_http1_chunked_t *c, unsigned char ch) {
         c->tr_match = 0xff;
 }
 
+/* tr_grpc: 1 before the digits, 3 in them, 4 after them (whitespace), 2 not a number. */
 static void grpc_value_step(td_http1_chunked_t *c, unsigned char ch) {
-    if (ch >= '0' && ch <= '9' && c->grpc_status < 100) {
-        c->grpc_status = (uint16_t)(c->grpc_status * 10 + (ch - '0'));
-    } else if (ch != ' ' && ch != '\t') {
+    if (ch >= '0' && ch <= '9' && c->tr_grpc != 4) {
+        if (c->grpc_status < 100)
+            c->grpc_status = (uint16_t)(c->grpc_status * 10 + (ch - '0'));
+        c->tr_grpc = 3;
+    } else if ((ch == ' ' || ch == '\t') && c->tr_grpc != 3) {
+        return;
+    } else if (ch == ' ' || ch == '\t') {
+        c->tr_grpc = 4;
+    } else {
         c->grpc_status = 2; /* not a number: the client reports UNKNOWN */
         c->tr_grpc = 2;
     }
@@ -227,10 +234,12 @@ long td_http1_chunked_feed(td_http1_chunked_t *c, const char *buf, size_t len, i
         case CH_TR_VALUE:
             if (ch == '\r') {
                 c->state = CH_TR_LF;
+                if (c->tr_grpc == 1)
+                    c->grpc_status = 2; /* empty: UNKNOWN */
                 c->tr_grpc = 0;
             } else if (!IS(ch, C_VALUE)) {
                 goto bad;
-            } else if (c->tr_grpc == 1) {
+            } else if (c->tr_grpc && c->tr_grpc != 2) {
                 grpc_value_step(c, ch);
             }
             break;

@@ -81,7 +81,7 @@ typedef struct td_http1_chunked_s {
     uint8_t want_grpc;
     uint8_t grpc_seen;    /* a grpc-status trailer field was seen */
     uint8_t tr_match;     /* internal: bytes of "grpc-status" matched in a name; 0xff: no match */
-    uint8_t tr_grpc;      /* internal: in a grpc-status value; 2: the value is not a number */
+    uint8_t tr_grpc;      /* internal: where in a grpc-status value (http1_chunked.c) */
     uint16_t grpc_status; /* its code (0..999; UNKNOWN 2 when not a number), if grpc_seen */
 } td_http1_chunked_t;
 

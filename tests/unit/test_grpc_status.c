@@ -41,6 +41,15 @@ static void grpc_status_split_across_feeds_and_lookalike_names(void) {
     feed_all(&bad, "0\r\ngrpc-status: 1x\r\n\r\n", 1);
     T_EQ_INT(bad.grpc_seen, 1);
     T_EQ_INT(bad.grpc_status, TD_GRPC_UNKNOWN);
+
+    const char *unknown[] = {"0\r\ngrpc-status:\r\n\r\n", "0\r\ngrpc-status: 1 4\r\n\r\n"};
+    for (size_t i = 0; i < 2; i++) {
+        td_http1_chunked_t u = {0};
+        u.want_grpc = 1;
+        feed_all(&u, unknown[i], 1);
+        T_EQ_INT(u.grpc_seen, 1);
+        T_EQ_INT(u.grpc_status, TD_GRPC_UNKNOWN);
+    }
 }
 
 static void head_values_and_content_types(void) {
