@@ -189,6 +189,7 @@ typedef struct decoded_s {
  * span array of `max_spans` entries (0: no spans, data not collected). */
 static void dechunk(const char *buf, size_t len, size_t step, size_t max_spans, decoded_t *out) {
     td_http1_chunked_t c = {0};
+    c.want_grpc = step & 1; /* noting grpc-status must not change the framing */
     td_str_t spans[4];
     size_t pos = 0, ns;
     out->consumed = 0;

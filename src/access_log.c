@@ -128,9 +128,13 @@ void td_access_log_write(td_access_log_t *l, const td_access_entry_t *e) {
     n += (size_t)snprintf(line + n, sizeof(line) - n, ",\"protocol\":\"%s\"", e->protocol);
     n += (size_t)snprintf(line + n, sizeof(line) - n,
                           ",\"status\":%d,\"bytes\":%llu,\"duration_ms\":%lld,\"backend\":\"%s\","
-                          "\"server\":\"%s\"}\n",
+                          "\"server\":\"%s\"",
                           e->status, (unsigned long long)e->bytes, (long long)e->duration_ms,
                           e->backend, e->server);
+    if (e->grpc_status >= 0 && n < sizeof(line))
+        n += (size_t)snprintf(line + n, sizeof(line) - n, ",\"grpc_status\":%d", e->grpc_status);
+    if (n < sizeof(line))
+        n += (size_t)snprintf(line + n, sizeof(line) - n, "}\n");
     if (n >= sizeof(line))
         n = sizeof(line) - 1;
     ssize_t wr = write(l->fd, line, n);

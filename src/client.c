@@ -7,7 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
+#include "td/grpc_status.h"
 #include "td/h2_server.h"
 #include "td/http1.h"
 #include "td/log.h"
@@ -274,10 +276,32 @@ void td_client_reply(client_t *c, int status, const char *reason, const char *he
     char body[160];
     int blen = snprintf(body, sizeof(body), "%d %s\n", status, reason);
     char *p = c->w->scratch;
-    int n = snprintf(p, sizeof(c->w->scratch),
+    int n;
+    if (c->grpc && status >= 400) {
+        /* A gRPC client reads a call's failure from grpc-status, not from the HTTP status: td's
+         * answer is a trailers-only gRPC response (HTTP 200, no body; over HTTP/2 one HEADERS
+         * frame with END_STREAM), grpc-message carrying the reason percent-encoded (gRPC's
+         * PROTOCOL-HTTP2.md). */
+        char msg[3 * 160];
+        size_t m = 0;
+        for (int i = 0; i < blen - 1 && m + 4 < sizeof(msg); i++) {
+            unsigned char ch = (unsigned char)body[i];
+            if (ch < 0x20 || ch > 0x7e || ch == '%')
+                m += (size_t)snprintf(msg + m, sizeof(msg) - m, "%%%02X", ch);
+            else
+                msg[m++] = (char)ch;
+        }
+        msg[m] = 0;
+        n = snprintf(p, sizeof(c->w->scratch),
+                     "HTTP/1.1 200 OK\r\n%sContent-Type: application/grpc\r\ngrpc-status: %d\r\n"
+                     "grpc-message: %s\r\nContent-Length: 0\r\nConnection: %s\r\n\r\n",
+                     headers, td_grpc_status_of_http(status), msg, keep ? "keep-alive" : "close");
+    } else {
+        n = snprintf(p, sizeof(c->w->scratch),
                      "HTTP/1.1 %d %s\r\n%sContent-Type: text/plain\r\nContent-Length: %d\r\n"
                      "Connection: %s\r\n\r\n%s",
                      status, reason, headers, blen, keep ? "keep-alive" : "close", body);
+    }
     if (n < 0 || (size_t)n >= sizeof(c->w->scratch)) {
         td_client_close(c);
         return;
@@ -416,6 +440,7 @@ void td_client_next(client_t *c) {
  * here (a malformed or oversized head). */
 static int client_parse_head(client_t *c, td_http1_request_t *req) {
     worker_t *w = c->w;
+    c->grpc = 0; /* until this request's head says */
     int r = td_http1_parse_request(c->buf, c->len, &limits, req, w->hdrs, MAX_HDRS);
     if (r == TD_EAGAIN) {
         if (c->len >= CBUF_SIZE)
@@ -464,6 +489,10 @@ static int client_parse_head(client_t *c, td_http1_request_t *req) {
     c->upgrade = req->upgrade;
     c->minor = (uint8_t)req->minor_version;
     c->expect = req->expect_continue;
+    for (size_t i = 0; i < req->num_headers; i++)
+        if (req->headers[i].name.len == 12 &&
+            strncasecmp(req->headers[i].name.p, "content-type", 12) == 0)
+            c->grpc = (uint8_t)td_grpc_is_content_type(req->headers[i].value);
     size_t ml = req->method.len < sizeof(c->method) - 1 ? req->method.len : sizeof(c->method) - 1;
     memcpy(c->method, req->method.p, ml);
     c->method[ml] = 0;

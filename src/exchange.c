@@ -12,6 +12,7 @@
 
 #include "td/access_log.h"
 #include "td/client.h"
+#include "td/grpc_status.h"
 #include "td/http1.h"
 #include "td/log.h"
 #include "td/queue.h"
@@ -57,7 +58,7 @@ static td_str_t find_header(const td_http1_header_t *h, size_t n, const char *lo
 
 /* The exchange is over: its duration goes to the backend's histogram, and a line to the access
  * log when there is one: {"time","client","method","path","protocol","status","bytes",
- * "duration_ms","backend","server"}. */
+ * "duration_ms","backend","server"} (and "grpc_status" for a gRPC answer). */
 static void exchange_log(client_t *c) {
     if (!c->ex->started_ms || !c->ex->status)
         return;
@@ -77,6 +78,7 @@ static void exchange_log(client_t *c) {
                     : c->minor                ? "HTTP/1.1"
                                               : "HTTP/1.0",
         .status = c->ex->status,
+        .grpc_status = c->ex->grpc_status,
         .bytes = c->ex->bytes_out,
         .duration_ms = ms,
         .backend =
@@ -101,6 +103,7 @@ static td_exchange_t *exchange_take(client_t *c) {
     memset(x, 0, sizeof(*x));
     x->down = c;
     x->backend = x->server = x->sticky_set = x->pinned = x->forced = -1;
+    x->grpc_status = -1;
     c->ex = x;
     return x;
 }
@@ -125,6 +128,7 @@ void td_exchange_end(client_t *c) {
     exchange_log(c);
     c->ex->started_ms = 0;
     c->ex->status = 0;
+    c->ex->grpc_status = -1;
     c->ex->bytes_out = 0;
     free(c->ex->path);
     c->ex->path = NULL;
@@ -435,6 +439,8 @@ void td_exchange_upstream_fail(upstream_t *u, const char *why, int kind) {
     client_t *c = td_exchange_client_of(u);
     int fresh = !u->reused;
     td_server_stats_t *st = u->st;
+    if (c)
+        td_exchange_count_grpc_end(c, u, 1); /* a gRPC answer cut short: the call failed */
     if (c)
         td_exchange_drop_upstream(c);
     else
@@ -808,6 +814,8 @@ static void client_reply(client_t *c, int status) {
     td_exchange_count_reply(c, status);
     td_exchange_drop_upstream(c);
     c->ex->status = status;
+    if (c->grpc && status >= 400)
+        c->ex->grpc_status = td_grpc_status_of_http(status);
     if (!c->ex->started_ms)
         c->ex->started_ms = td_now_ms();
 }

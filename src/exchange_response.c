@@ -5,14 +5,46 @@
 #include "td/exchange.h"
 
 #include <string.h>
+#include <strings.h>
 
 #include "td/client.h"
+#include "td/grpc_status.h"
 #include "td/http1.h"
 #include "td/rewrite.h"
 #include "td/router.h"
 #include "td/upstream.h"
 
 static td_http1_limits_t limits = {8192, CBUF_SIZE, MAX_HDRS};
+
+/* The status a final response head counts as. A gRPC answer (HTTP 200, Content-Type
+ * application/grpc*, to a gRPC request) counts as its grpc-status (td_grpc_status_http): from the
+ * head for a trailers-only answer; else, when it is chunked, from its trailers at its end (0
+ * returned: counted later, the decoder told to note grpc-status). Anything else counts as its HTTP
+ * status. */
+static int response_count_status(client_t *c, const td_http1_response_t *resp) {
+    if (resp->status != 200 || !c->grpc) /* HTTP traffic pays this one check */
+        return resp->status;
+    const td_http1_header_t *gs = NULL;
+    int grpc = 0;
+    for (size_t i = 0; i < resp->num_headers; i++) {
+        const td_http1_header_t *h = &resp->headers[i];
+        if (h->name.len == 12 && strncasecmp(h->name.p, "content-type", 12) == 0)
+            grpc = td_grpc_is_content_type(h->value);
+        else if (h->name.len == 11 && strncasecmp(h->name.p, "grpc-status", 11) == 0)
+            gs = h;
+    }
+    if (!grpc)
+        return resp->status;
+    if (gs) {
+        c->ex->grpc_status = td_grpc_status_parse(gs->value);
+        return td_grpc_status_http(c->ex->grpc_status);
+    }
+    if (resp->body != TD_BODY_CHUNKED)
+        return resp->status;
+    c->ex->resp.chunk.want_grpc = 1;
+    c->ex->resp.grpc_pending = 1;
+    return 0;
+}
 
 /* Builds the response head for the client into the scratch area, with the sticky cookie the
  * router asks for. */
@@ -117,7 +149,11 @@ void td_exchange_response_pump(upstream_t *u) {
                     if (!c->req_done)
                         td_client_no_keep_alive(
                             c); /* the rest of the request body cannot be skipped */
-                    td_exchange_count_response(c, u, resp.status);
+                    int counted = response_count_status(c, &resp);
+                    if (counted) {
+                        c->ex->resp.status = counted;
+                        td_exchange_count_response(c, u, counted);
+                    }
                     if (resp.status == 101)
                         c->ex->resp.tunnel = 1;
                 }
@@ -127,7 +163,7 @@ void td_exchange_response_pump(upstream_t *u) {
                     return;
                 }
                 if (c->ex->resp.head_done)
-                    c->ex->status = c->ex->resp.status;
+                    c->ex->status = resp.status; /* the log keeps the HTTP status */
                 iov[n++] = td_iov(c->w->scratch, (unsigned)hl);
                 volatile_first = 1;
             }
@@ -162,6 +198,8 @@ void td_exchange_response_pump(upstream_t *u) {
                     }
                     u->off += (uint32_t)used;
                     c->ex->resp.resp_done = (uint8_t)done;
+                    if (done)
+                        td_exchange_count_grpc_end(c, u, 0);
                 } else if (avail) { /* until close */
                     iov[n++] = td_iov(u->buf + u->off, avail);
                     u->off += avail;

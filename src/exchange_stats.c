@@ -5,6 +5,7 @@
 
 #include <stdatomic.h>
 
+#include "td/grpc_status.h"
 #include "td/log.h"
 #include "td/registry.h"
 #include "td/router.h"
@@ -63,6 +64,21 @@ void td_exchange_count_response(client_t *c, upstream_t *u, int status) {
             atomic_store_explicit(&c->ex->b_inflight->last_5xx_ms, td_now_ms(),
                                   memory_order_relaxed);
     }
+}
+
+/* A gRPC response whose class waits for its trailers ends: it counts as the grpc-status they
+ * carried, or as UNKNOWN when they had none (the client's call fails so) or when `cut` (the
+ * response was cut short: the call fails). */
+void td_exchange_count_grpc_end(client_t *c, upstream_t *u, int cut) {
+    if (!c->ex->resp.grpc_pending)
+        return;
+    c->ex->resp.grpc_pending = 0;
+    const td_http1_chunked_t *ch = &c->ex->resp.chunk;
+    int code = !cut && ch->grpc_seen ? ch->grpc_status : TD_GRPC_UNKNOWN;
+    if (!cut)
+        c->ex->grpc_status = code;
+    c->ex->resp.status = td_grpc_status_http(code);
+    td_exchange_count_response(c, u, c->ex->resp.status);
 }
 
 /* td's own answer `status`. A 5xx for a backend counts as that backend's: the one the request

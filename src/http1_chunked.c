@@ -39,6 +39,37 @@ enum {
     CH_ERROR,
 };
 
+/* The grpc-status trailer field of a gRPC response, noted as the trailer section goes by: the
+ * name is matched byte by byte (case-insensitive), the value's digits summed, nothing copied.
+ * Only trailer bytes pay, and only when the caller asked (want_grpc). */
+#define GRPC_STATUS "grpc-status"
+
+static void grpc_name_step(td_http1_chunked_t *c, unsigned char ch) {
+    if (c->tr_match == 0xff)
+        return;
+    if (c->tr_match < sizeof(GRPC_STATUS) - 1 &&
+        (ch | 0x20) == (unsigned char)GRPC_STATUS[c->tr_match])
+        c->tr_match++;
+    else
+        c->tr_match = 0xff;
+}
+
+/* tr_grpc: 1 before the digits, 3 in them, 4 after them (whitespace), 2 not a number. */
+static void grpc_value_step(td_http1_chunked_t *c, unsigned char ch) {
+    if (ch >= '0' && ch <= '9' && c->tr_grpc != 4) {
+        if (c->grpc_status < 100)
+            c->grpc_status = (uint16_t)(c->grpc_status * 10 + (ch - '0'));
+        c->tr_grpc = 3;
+    } else if ((ch == ' ' || ch == '\t') && c->tr_grpc != 3) {
+        return;
+    } else if (ch == ' ' || ch == '\t') {
+        c->tr_grpc = 4;
+    } else {
+        c->grpc_status = 2; /* not a number: the client reports UNKNOWN */
+        c->tr_grpc = 2;
+    }
+}
+
 long td_http1_chunked_feed(td_http1_chunked_t *c, const char *buf, size_t len, int *done,
                            td_str_t *spans, size_t max_spans, size_t *nspans) {
     const char *p = buf, *end = buf + len;
@@ -176,24 +207,41 @@ long td_http1_chunked_feed(td_http1_chunked_t *c, const char *buf, size_t len, i
             c->line_len = 0;
             break;
         case CH_TR_START:
-            if (ch == '\r')
+            if (ch == '\r') {
                 c->state = CH_END_LF;
-            else if (IS(ch, C_TCHAR))
+            } else if (IS(ch, C_TCHAR)) {
                 c->state = CH_TR_NAME;
-            else
+                c->tr_match = c->want_grpc ? 0 : 0xff;
+                grpc_name_step(c, ch);
+            } else {
                 goto bad; /* obs-fold, bare LF, empty name */
+            }
             break;
         case CH_TR_NAME:
-            if (ch == ':')
+            if (ch == ':') {
                 c->state = CH_TR_VALUE;
-            else if (!IS(ch, C_TCHAR))
+                if (c->tr_match == sizeof(GRPC_STATUS) - 1) {
+                    c->tr_grpc = 1;
+                    c->grpc_seen = 1;
+                    c->grpc_status = 0;
+                }
+            } else if (!IS(ch, C_TCHAR)) {
                 goto bad;
+            } else {
+                grpc_name_step(c, ch);
+            }
             break;
         case CH_TR_VALUE:
-            if (ch == '\r')
+            if (ch == '\r') {
                 c->state = CH_TR_LF;
-            else if (!IS(ch, C_VALUE))
+                if (c->tr_grpc == 1)
+                    c->grpc_status = 2; /* empty: UNKNOWN */
+                c->tr_grpc = 0;
+            } else if (!IS(ch, C_VALUE)) {
                 goto bad;
+            } else if (c->tr_grpc && c->tr_grpc != 2) {
+                grpc_value_step(c, ch);
+            }
             break;
         case CH_TR_LF:
             if (ch != '\n')

@@ -22,6 +22,7 @@ typedef struct td_access_entry_s {
     const char *protocol; /* "HTTP/1.1", "HTTP/1.0", "HTTP/2" (nginx's $server_protocol), ""
                            * when no request head was read */
     int status;           /* the status sent (499 when the client went away first) */
+    int grpc_status;      /* the grpc-status the client got, or -1 (not a gRPC answer) */
     uint64_t bytes;       /* response bytes written to the client */
     int64_t duration_ms;  /* from the request head to the end of the exchange */
     const char *backend;  /* "" when none was chosen */
@@ -56,7 +57,7 @@ int td_access_log_reopen(const char *path);
 void td_access_log_adopt(td_access_log_t *l);
 
 /* Writes {"time","client","method","path","protocol","status","bytes","duration_ms","backend",
- * "server"}
+ * "server"} and, for a gRPC answer, "grpc_status" (a number)
  * (time: UTC with milliseconds; method and path JSON-escaped, cut to fit 1 KB). */
 void td_access_log_write(td_access_log_t *l, const td_access_entry_t *e);
 

@@ -57,7 +57,9 @@ void td_client_log_flush(worker_t *w, int64_t now_ms);
 
 /* Answers with a small response of td's own (an error, a redirect), then ends the exchange:
  * the connection stays for 3xx and 5xx when the whole request was read, else it closes.
- * `headers` are extra header lines, each ending in CRLF. */
+ * `headers` are extra header lines, each ending in CRLF. To a gRPC request (Content-Type
+ * application/grpc*) a 4xx or 5xx goes out as a trailers-only gRPC answer: 200, grpc-status
+ * td_grpc_status_of_http(status), grpc-message "STATUS REASON"; the log keeps `status`. */
 void td_client_reply(client_t *c, int status, const char *reason, const char *headers);
 
 /* A client's deadline passed. */

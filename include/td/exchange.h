@@ -76,6 +76,11 @@ void td_exchange_release_backend(client_t *c);
  * console's "answering errors"). */
 void td_exchange_count_response(client_t *c, upstream_t *u, int status);
 
+/* A gRPC response whose class waits for its trailers (resp.grpc_pending) ends: it counts as the
+ * grpc-status they carried (td_grpc_status_http), as UNKNOWN when they had none, or when `cut`
+ * (cut short: the client's call fails). Nothing when no count is pending. */
+void td_exchange_count_grpc_end(client_t *c, upstream_t *u, int cut);
+
 /* td's own answer `status`. A 5xx for a backend counts as that backend's: the one the request
  * was routed to, or, once its retries ran out of servers, the last one it tried; a 502/503/504
  * with no backend chosen counts under td itself. A 4xx (a client's fault, such as a body that

@@ -76,6 +76,13 @@ typedef struct td_http1_chunked_s {
     uint64_t remaining;   /* data bytes left in the current chunk */
     size_t line_len;      /* bytes seen in the current size / trailer line (bounded) */
     size_t trailer_bytes; /* bytes of trailer section seen (bounded) */
+    /* Set by the caller for a gRPC response: the decoder then notes the grpc-status trailer
+     * field as it walks the trailer section (no copy). */
+    uint8_t want_grpc;
+    uint8_t grpc_seen;    /* a grpc-status trailer field was seen */
+    uint8_t tr_match;     /* internal: bytes of "grpc-status" matched in a name; 0xff: no match */
+    uint8_t tr_grpc;      /* internal: where in a grpc-status value (http1_chunked.c) */
+    uint16_t grpc_status; /* its code (0..999; UNKNOWN 2 when not a number), if grpc_seen */
 } td_http1_chunked_t;
 
 #endif

@@ -80,6 +80,7 @@ struct td_exchange_s {
     uint8_t ntried;                 /* entries used in tried */
     int status;                     /* status of the response sent, for the logs; 0 none yet */
     uint64_t bytes_out;             /* response bytes handed to the client (head included) */
+    int grpc_status;                /* grpc-status sent (server's or td's), for the logs; -1 */
     int64_t started_ms;             /* td_now_ms() at the parsed head; 0: no exchange */
     char *path;                     /* owned: request-target (512 bytes at most), for the logs */
     char *last_error;               /* owned: why the last upstream try failed, for the 502 line */
@@ -107,7 +108,7 @@ struct td_exchange_s {
     struct {
         uint64_t body_left;       /* Content-Length bytes still to forward */
         td_http1_chunked_t chunk; /* the chunked decoder's state */
-        int status;               /* the final (or 101) status; 0 before it */
+        int status;               /* the final (or 101) status (gRPC: its class); 0 before it */
         uint8_t head_done;        /* the final (or 101) head went to the client */
         uint8_t resp_body;        /* its framing: TD_BODY_* */
         uint8_t resp_keep_alive;  /* the server allows reuse after it */
@@ -115,6 +116,9 @@ struct td_exchange_s {
         uint8_t dechunk;          /* chunked, de-chunked for an HTTP/1.0 client */
         uint8_t tunnel;           /* a 101: bytes flow both ways from now on */
         uint8_t interim;          /* 1xx responses seen in this exchange */
+        /* a gRPC response whose grpc-status comes in the trailers: its class is counted at its
+         * end (td_exchange_count_grpc_end), not at its head */
+        uint8_t grpc_pending;
     } resp;
 };
 
@@ -254,6 +258,7 @@ struct client_s {
     uint8_t eof;      /* the client half-closed: answer what was read, then close */
     uint8_t keep_alive, head_req, upgrade, minor, expect;
     uint8_t resp_sent;   /* a final response head was written for the current request */
+    uint8_t grpc;        /* Content-Type application/grpc*: td's own answers are gRPC statuses */
     uint8_t close_after; /* close once the pending write completes */
     char ip[INET6_ADDRSTRLEN];
     uint16_t port; /* the client's port, for the log */

@@ -3,7 +3,7 @@ that starts it. No generated code: the methods take and return raw bytes.
 
 Run as a program:
   grpc_backend.py --name blue --port 50051 [--tls CERT KEY] [--max-concurrent-streams N]
-                  [--health-file PATH]
+                  [--health-file PATH] [--fail-all CODE]
 It prints "ready" on stdout once it serves, and runs until SIGTERM.
 
 Methods (every response carries the trailing metadata x-env: NAME):
@@ -11,6 +11,9 @@ Methods (every response carries the trailing metadata x-env: NAME):
   /td.test.Echo/Stream  request b"N"  -> N messages b"NAME:0" ... b"NAME:N-1"
   /td.test.Echo/Fail    -> status NOT_FOUND, details "no such thing"
   /td.test.Echo/Slow    request b"MS" -> after MS milliseconds, b"NAME:slow"
+  With --fail-all CODE (a grpc.StatusCode name such as INTERNAL): Unary fails with CODE (a
+  trailers-only response), Stream sends its messages and then fails with CODE (the status in
+  the trailers); details "failing CODE".
   /grpc.health.v1.Health/Check -> HealthCheckResponse; the health file's first word, when the
       file exists, picks the answer: SERVING (status 1), NOT_SERVING (status 2), UNKNOWN
       (status 0), UNIMPLEMENTED (the call fails with that status); no file: SERVING.
@@ -70,14 +73,20 @@ def serve(args):
     name = args.name.encode()
     trailer = (("x-env", args.name),)
 
+    fail_all = getattr(grpc.StatusCode, args.fail_all) if args.fail_all else None
+
     def unary(req, ctx):
         ctx.set_trailing_metadata(trailer)
+        if fail_all:
+            ctx.abort(fail_all, f"failing {args.fail_all}")
         return name + b":" + req
 
     def stream(req, ctx):
         ctx.set_trailing_metadata(trailer)
         for i in range(int(req or b"1")):
             yield name + b":" + str(i).encode()
+        if fail_all:
+            ctx.abort(fail_all, f"failing {args.fail_all}")
 
     def fail(req, ctx):
         ctx.set_trailing_metadata(trailer)
@@ -140,7 +149,8 @@ class GrpcBackend:
     """One grpc_backend.py process on 127.0.0.1:port, started at construction (it waits for the
     "ready" line, at most 20 s) and stopped by its pid with stop()."""
 
-    def __init__(self, name, port, tls=None, max_concurrent_streams=0, health_file=None):
+    def __init__(self, name, port, tls=None, max_concurrent_streams=0, health_file=None,
+                 fail_all=None):
         self.name, self.port = name, port
         cmd = [sys.executable, os.path.join(HERE, "grpc_backend.py"), "--name", name,
                "--port", str(port)]
@@ -150,6 +160,8 @@ class GrpcBackend:
             cmd += ["--max-concurrent-streams", str(max_concurrent_streams)]
         if health_file:
             cmd += ["--health-file", health_file]
+        if fail_all:
+            cmd += ["--fail-all", fail_all]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         line = [b""]
         reader = threading.Thread(target=lambda: line.__setitem__(0, self.proc.stdout.readline()),
@@ -182,6 +194,7 @@ def main():
     p.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
     p.add_argument("--max-concurrent-streams", type=int, default=0)
     p.add_argument("--health-file")
+    p.add_argument("--fail-all", metavar="CODE")
     serve(p.parse_args())
 
 
