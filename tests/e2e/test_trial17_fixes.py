@@ -1,0 +1,56 @@
+"""End-to-end tests of three small fixes: a port whose only socket is an outgoing connection in
+TIME-WAIT can be listened on, the protocol of an h2 backend in `tdctl status` and the console, and
+the order of `tdctl switch`'s last lines."""
+import json
+import os
+import socket
+import tempfile
+
+from conftest import backend_cfg, free_port, get, start_td_file, wait_for
+
+
+def time_wait_on_own_port():
+    """A port P whose only socket is the client side of a closed connection in TIME-WAIT: a socket
+    bound to P (with SO_REUSEPORT, as an outgoing connection of a process sharing its ports makes
+    it) connects to a listener of ours and closes first."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    c = socket.socket()
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    c.bind(("127.0.0.1", 0))
+    c.connect(srv.getsockname())
+    a, _ = srv.accept()
+    port = c.getsockname()[1]
+    c.close()
+    a.settimeout(10)
+    assert a.recv(1) == b""  # the client's FIN arrived: the client side goes to TIME-WAIT
+    a.close()
+    srv.close()
+    return port
+
+
+def time_wait_entries(port):
+    """Lines of /proc/net/tcp with local port `port` in TIME-WAIT (state 06)."""
+    with open("/proc/net/tcp") as f:
+        return [ln for ln in f.read().splitlines()[1:]
+                if ln.split()[1].endswith(f":{port:04X}") and ln.split()[3] == "06"]
+
+
+def test_a_port_held_only_by_an_outgoing_connection_in_time_wait_can_be_listened_on(backends, td):
+    port = time_wait_on_own_port()
+    wait_for(lambda: time_wait_entries(port), 10, interval=0.05, what="the TIME-WAIT on the port")
+    b = backends(("blue", 1))
+    admin_port = free_port()
+    cfg = backend_cfg({"blue": (100, b.ports["blue"])},
+                      listeners=[{"address": f"127.0.0.1:{port}"}],
+                      admin={"address": f"127.0.0.1:{admin_port}"})
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "td.json")
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        p = start_td_file(path, port, admin_port)
+        try:
+            assert get(port) == (200, "blue")
+        finally:
+            assert p.stop() == 0, p.output()
