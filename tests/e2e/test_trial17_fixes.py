@@ -6,7 +6,8 @@ import os
 import socket
 import tempfile
 
-from conftest import backend_cfg, free_port, get, start_td_file, wait_for
+from conftest import (backend_cfg, free_port, get, needs_console, run_console, start_td_file, tdctl,
+                      wait_for)
 
 
 def time_wait_on_own_port():
@@ -54,3 +55,27 @@ def test_a_port_held_only_by_an_outgoing_connection_in_time_wait_can_be_listened
             assert get(port) == (200, "blue")
         finally:
             assert p.stop() == 0, p.output()
+
+
+def h2_green(backends, td):
+    """td over demo backends blue (HTTP/1.1) and green with "protocol": "h2"."""
+    b = backends(("blue", 1), ("green", 1))
+    cfg = backend_cfg({"blue": (50, b.ports["blue"]), "green": (50, b.ports["green"])})
+    cfg["backends"][1]["protocol"] = "h2"
+    return td(cfg)
+
+
+def test_tdctl_status_names_the_h2_protocol_of_a_backend(backends, td):
+    t = h2_green(backends, td)
+    r = tdctl(t, "status")
+    assert r.returncode == 0, r.stderr
+    rows = {ln.split()[0]: ln for ln in r.stdout.splitlines() if ln.split()[:1] in (["blue"], ["green"])}
+    assert rows["green"].startswith("green h2 "), r.stdout
+    assert "h2" not in rows["blue"].split() and "http/1.1" not in rows["blue"], r.stdout
+
+
+@needs_console
+def test_console_tags_the_card_of_an_h2_backend_with_its_protocol(backends, td):
+    t = h2_green(backends, td)
+    seen = run_console("protocol.test.mjs", url=t.admin + "/", backends=["blue", "green"])
+    assert seen == {"blue": {"hidden": True, "text": ""}, "green": {"hidden": False, "text": "h2"}}
