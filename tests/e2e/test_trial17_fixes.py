@@ -79,3 +79,16 @@ def test_console_tags_the_card_of_an_h2_backend_with_its_protocol(backends, td):
     t = h2_green(backends, td)
     seen = run_console("protocol.test.mjs", url=t.admin + "/", backends=["blue", "green"])
     assert seen == {"blue": {"hidden": True, "text": ""}, "green": {"hidden": False, "text": "h2"}}
+
+
+def test_switch_prints_the_last_step_passed_before_the_rollout_succeeded(backends, td):
+    b = backends(("blue", 1), ("green", 1))
+    t = td(backend_cfg({"blue": (100, b.ports["blue"]), "green": (0, b.ports["green"])}))
+    r = tdctl(t, "switch", "green", "--steps", "50,100", "--step-time", "1s", timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    ids = [i for i, ln in enumerate(lines) if ln.startswith("step 2/2 (green 100%) passed: ")]
+    ends = [i for i, ln in enumerate(lines) if ln.startswith("rollout ") and ": succeeded" in ln]
+    done = [i for i, ln in enumerate(lines) if ln.startswith("switched to green: ")]
+    assert len(ids) == 1 and len(ends) == 1 and len(done) == 1, r.stdout
+    assert ids[0] < ends[0] < done[0], r.stdout
