@@ -69,7 +69,8 @@ def test_tdctl_status_names_the_h2_protocol_of_a_backend(backends, td):
     t = h2_green(backends, td)
     r = tdctl(t, "status")
     assert r.returncode == 0, r.stderr
-    rows = {ln.split()[0]: ln for ln in r.stdout.splitlines() if ln.split()[:1] in (["blue"], ["green"])}
+    rows = {ln.split()[0]: ln for ln in r.stdout.splitlines()
+            if ln.split()[:1] in (["blue"], ["green"])}
     assert rows["green"].startswith("green h2 "), r.stdout
     assert "h2" not in rows["blue"].split() and "http/1.1" not in rows["blue"], r.stdout
 
