@@ -12,8 +12,10 @@
 
 /* 1 when the kernel's table `path` (/proc/net/tcp or tcp6) has a socket in LISTEN state on
  * `port` whose address is `want` (`words` 32-bit words, as the kernel prints them: each word
- * in hex as it sits in memory) or where either side is the wildcard address. */
-static int listed_listening(const char *path, const uint32_t *want, int words, unsigned port) {
+ * in hex as it sits in memory) or where either side is the wildcard address; with `any_only`,
+ * only a socket on the wildcard address counts. */
+static int listed_listening(const char *path, const uint32_t *want, int words, unsigned port,
+                            int any_only) {
     FILE *f = fopen(path, "re");
     if (!f)
         return 0;
@@ -36,8 +38,8 @@ static int listed_listening(const char *path, const uint32_t *want, int words, u
             word[8] = 0;
             got[i] = (uint32_t)strtoul(word, NULL, 16);
         }
-        found = want_any || !memcmp(got, any, (size_t)words * 4) ||
-                !memcmp(got, want, (size_t)words * 4);
+        int got_any = !memcmp(got, any, (size_t)words * 4);
+        found = any_only ? got_any : want_any || got_any || !memcmp(got, want, (size_t)words * 4);
     }
     fclose(f);
     return found;
@@ -52,15 +54,21 @@ static int listed_listening(const char *path, const uint32_t *want, int words, u
 static int address_taken(const td_addr_t *a) {
     if (a->sa.ss_family == AF_INET) {
         const struct sockaddr_in *in = (const struct sockaddr_in *)&a->sa;
-        uint32_t want[1];
+        uint32_t want[1], any6[4] = {0};
         memcpy(want, &in->sin_addr, 4);
-        return listed_listening("/proc/net/tcp", want, 1, ntohs(in->sin_port));
+        /* A listener on [::] takes IPv4 connections too (unless IPV6_V6ONLY, which the table
+         * does not show). */
+        return listed_listening("/proc/net/tcp", want, 1, ntohs(in->sin_port), 0) ||
+               listed_listening("/proc/net/tcp6", any6, 4, ntohs(in->sin_port), 1);
     }
     if (a->sa.ss_family == AF_INET6) {
         const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&a->sa;
-        uint32_t want[4];
+        uint32_t want[4], any4[1] = {0};
         memcpy(want, &in6->sin6_addr, 16);
-        return listed_listening("/proc/net/tcp6", want, 4, ntohs(in6->sin6_port));
+        /* td's own socket on [::] would take IPv4 connections too. */
+        return listed_listening("/proc/net/tcp6", want, 4, ntohs(in6->sin6_port), 0) ||
+               (IN6_IS_ADDR_UNSPECIFIED(&in6->sin6_addr) &&
+                listed_listening("/proc/net/tcp", any4, 1, ntohs(in6->sin6_port), 0));
     }
     return 0;
 }

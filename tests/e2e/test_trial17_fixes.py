@@ -4,10 +4,11 @@ the order of `tdctl switch`'s last lines."""
 import json
 import os
 import socket
+import subprocess
 import tempfile
 
-from conftest import (backend_cfg, free_port, get, needs_console, run_console, start_td_file, tdctl,
-                      wait_for)
+from conftest import (TD, backend_cfg, free_port, get, needs_console, run_console, start_td_file,
+                      tdctl, wait_for)
 
 
 def time_wait_on_own_port():
@@ -93,3 +94,27 @@ def test_switch_prints_the_last_step_passed_before_the_rollout_succeeded(backend
     done = [i for i, ln in enumerate(lines) if ln.startswith("switched to green: ")]
     assert len(ids) == 1 and len(ends) == 1 and len(done) == 1, r.stdout
     assert ids[0] < ends[0] < done[0], r.stdout
+
+
+def test_a_dual_stack_listener_on_the_port_still_makes_an_ipv4_address_taken(backends):
+    """Only listeners count now, found in the kernel's tables: one on [::] (which takes IPv4
+    connections too) with SO_REUSEPORT would otherwise share the port with td silently."""
+    other = socket.socket(socket.AF_INET6)
+    try:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("::", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        b = backends(("blue", 1))
+        cfg = backend_cfg({"blue": (100, b.ports["blue"])},
+                          listeners=[{"address": f"127.0.0.1:{port}"}],
+                          admin={"address": f"127.0.0.1:{free_port()}"})
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "td.json")
+            with open(path, "w") as f:
+                json.dump(cfg, f)
+            p = subprocess.run([TD, "-c", path], capture_output=True, text=True, timeout=30)
+        assert p.returncode == 1, p.stdout + p.stderr
+        assert f"cannot listen on 127.0.0.1:{port}: address already in use" in p.stderr, p.stderr
+    finally:
+        other.close()
