@@ -1,23 +1,76 @@
 #include "td/listener.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-/* 1 when some other socket already listens on the address. SO_REUSEPORT would let td share the
- * port with it silently (another td, a forgotten test run), so td refuses instead: a probe
- * bound without SO_REUSEPORT fails with EADDRINUSE then. */
-static int address_taken(const td_addr_t *a) {
-    int fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1, taken = 0;
-    if (fd < 0)
+/* 1 when the kernel's table `path` (/proc/net/tcp or tcp6) has a socket in LISTEN state on
+ * `port` whose address is `want` (`words` 32-bit words, as the kernel prints them: each word
+ * in hex as it sits in memory) or where either side is the wildcard address; with `any_only`,
+ * only a socket on the wildcard address counts. */
+static int listed_listening(const char *path, const uint32_t *want, int words, unsigned port,
+                            int any_only) {
+    FILE *f = fopen(path, "re");
+    if (!f)
         return 0;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(fd, (const struct sockaddr *)&a->sa, a->salen) < 0 && errno == EADDRINUSE)
-        taken = 1;
-    close(fd);
-    return taken;
+    char line[512];
+    int found = 0;
+    uint32_t any[4] = {0};
+    int want_any = !memcmp(want, any, (size_t)words * 4);
+    while (!found && fgets(line, sizeof(line), f)) {
+        char addr[33];
+        unsigned lport, state;
+        /* "  0: 0100007F:1F90 00000000:0000 0A ..." (the heading line does not match) */
+        if (sscanf(line, " %*u: %32[0-9A-Fa-f]:%x %*[0-9A-Fa-f]:%*x %x", addr, &lport, &state) !=
+                3 ||
+            lport != port || state != 0x0A || strlen(addr) != (size_t)words * 8)
+            continue;
+        uint32_t got[4];
+        for (int i = 0; i < words; i++) {
+            char word[9];
+            memcpy(word, addr + i * 8, 8);
+            word[8] = 0;
+            got[i] = (uint32_t)strtoul(word, NULL, 16);
+        }
+        int got_any = !memcmp(got, any, (size_t)words * 4);
+        found = any_only ? got_any : want_any || got_any || !memcmp(got, want, (size_t)words * 4);
+    }
+    fclose(f);
+    return found;
+}
+
+/* 1 when some other socket already listens on the address. SO_REUSEPORT would let td share the
+ * port with it silently (another td, a forgotten test run), so td refuses instead. Only a
+ * listening socket counts: a connection in TIME-WAIT that used the port as its local port
+ * (an outgoing one) does not take connections, and a bind it really blocks fails on its own
+ * with the kernel's error. A probe bind cannot tell the two apart, so td looks the port up in
+ * the kernel's socket tables. */
+static int address_taken(const td_addr_t *a) {
+    if (a->sa.ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)&a->sa;
+        uint32_t want[1], any6[4] = {0};
+        memcpy(want, &in->sin_addr, 4);
+        /* A listener on [::] takes IPv4 connections too (unless IPV6_V6ONLY, which the table
+         * does not show). */
+        return listed_listening("/proc/net/tcp", want, 1, ntohs(in->sin_port), 0) ||
+               listed_listening("/proc/net/tcp6", any6, 4, ntohs(in->sin_port), 1);
+    }
+    if (a->sa.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&a->sa;
+        uint32_t want[4], any4[1] = {0};
+        memcpy(want, &in6->sin6_addr, 16);
+        /* td's own socket on [::] would take IPv4 connections too. */
+        return listed_listening("/proc/net/tcp6", want, 4, ntohs(in6->sin6_port), 0) ||
+               (IN6_IS_ADDR_UNSPECIFIED(&in6->sin6_addr) &&
+                listed_listening("/proc/net/tcp", any4, 1, ntohs(in6->sin6_port), 0));
+    }
+    return 0;
 }
 
 int td_listener_bind(const td_addr_t *a, int first, char *err, size_t errlen) {

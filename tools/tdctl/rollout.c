@@ -220,6 +220,9 @@ static void show(follow_t *f, const json_t *ro) {
         const char *why = reason && strcmp(rstate(ro), "paused") == 0 ? reason : last_why(ro);
 
         progress_end(&f->progress);
+        /* The step the rollout ended on is over before the rollout is: its figures come first. */
+        if (!f->progress.tty && rollout_ended(ro))
+            print_step_end(ro, step);
         printf("rollout %s: %s%s%s\n", str(ro, "id"), rstate(ro), *why ? ": " : "", why);
         fflush(stdout);
         snprintf(f->state, sizeof(f->state), "%s", rstate(ro));
@@ -244,8 +247,6 @@ static int report_end(follow_t *f, const json_t *ro) {
     char w[256];
 
     progress_end(&f->progress);
-    if (!f->progress.tty)
-        print_step_end(ro, int_of(ro, "step", 0));
     weights_text(json_object_get(ro, "weights"), w, sizeof(w));
     if (strcmp(rstate(ro), "succeeded") == 0) {
         printf("switched to %s: %s (rollout %s succeeded)\n", str(ro, "to"), w, str(ro, "id"));

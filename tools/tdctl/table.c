@@ -90,14 +90,16 @@ static void print_row(int width, const char *name, const char *weight, const cha
     printf("%.*s\n", n, line);
 }
 
-/* A backend's name for the table, with its state when not ready: "blue (maint)". */
+/* A backend's name for the table, with its state when not ready and the protocol td speaks to
+ * its servers when not HTTP/1.1: "blue (maint)", "green h2", "green (maint) h2". */
 static void backend_name(const json_t *b, char *out, size_t n) {
     const char *state = json_string_value(json_object_get(b, "state"));
+    const char *protocol = json_string_value(json_object_get(b, "protocol"));
+    int in_state = state && strcmp(state, "ready") != 0;
+    int other_protocol = protocol && strcmp(protocol, "http/1.1") != 0;
 
-    if (state && strcmp(state, "ready") != 0)
-        snprintf(out, n, "%s (%s)", str(b, "name"), state);
-    else
-        snprintf(out, n, "%s", str(b, "name"));
+    snprintf(out, n, "%s%s%s%s%s%s", str(b, "name"), in_state ? " (" : "", in_state ? state : "",
+             in_state ? ")" : "", other_protocol ? " " : "", other_protocol ? protocol : "");
 }
 
 /* A server's cell: its address, with the host name it was resolved from after it; a name
