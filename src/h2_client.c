@@ -740,6 +740,14 @@ static int conn_room(td_h2c_conn_t *h) {
     return (uint32_t)h->nstreams < max;
 }
 
+/* 1 for a ready connection whose server allows no stream at all (SETTINGS_MAX_CONCURRENT_STREAMS
+ * 0): a stream for it fails at once rather than going to a new connection, which the server would
+ * set up the same way (one call opened thousands of them). */
+static int conn_zero(td_h2c_conn_t *h) {
+    return h->state == H_READY && h->ng && !h->goaway && !h->retire &&
+           nghttp2_session_get_remote_settings(h->ng, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS) == 0;
+}
+
 static void conn_read_cb(td_stream_t *io, long nread);
 
 static void conn_alloc_cb(td_stream_t *io, char **buf, size_t *cap) {
@@ -927,14 +935,17 @@ static td_h2c_conn_t *conn_new(worker_t *w, pool_t *pool, td_snap_server_t *srv,
 /* A connection of the pool with room for one more stream (ready ones first), or a new one. */
 static td_h2c_conn_t *conn_pick(worker_t *w, pool_t *pool, td_snap_server_t *srv,
                                 td_tls_client_t *tls, int connect_ms) {
-    td_h2c_conn_t *waiting = NULL;
+    td_h2c_conn_t *waiting = NULL, *zero = NULL;
     for (td_h2c_conn_t *h = pool->h2; h; h = h->next)
         if (conn_room(h)) {
             if (h->state == H_READY)
                 return h;
             waiting = waiting ? waiting : h;
-        }
-    return waiting ? waiting : conn_new(w, pool, srv, tls, connect_ms);
+        } else if (!zero && conn_zero(h))
+            zero = h;
+    if (waiting || zero)
+        return waiting ? waiting : zero;
+    return conn_new(w, pool, srv, tls, connect_ms);
 }
 
 /* A stream not started yet whose connection cannot take it (the server's limit is lower than
@@ -971,7 +982,12 @@ static int waiting(const h2s_t *s) {
  * other connections (each move changes the list: the walk starts again). */
 static void conn_start_streams(td_h2c_conn_t *h) {
     h->ready_due = 0;
-    if (h->state == H_READY && !h->goaway && !h->retire) {
+    if (conn_zero(h)) {
+        /* Not processed (as a refused stream): another server may take it. */
+        for (h2s_t *s = h->streams; s; s = s->next)
+            if (waiting(s))
+                stream_error(s, "server allows 0 concurrent streams", F_CONNECT);
+    } else if (h->state == H_READY && !h->goaway && !h->retire) {
         uint32_t max =
             nghttp2_session_get_remote_settings(h->ng, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
         uint32_t active = 0;
@@ -1121,7 +1137,10 @@ int td_h2_client_open(worker_t *w, pool_t *pool, td_snap_server_t *srv, td_tls_c
     td_stream_init_virt(&u->io, &w->sl, u, &virt_ops, s, tls != NULL);
     td_registry_connection_open(u->st);
     *out = u;
-    if (h->state == H_READY && !h->ready_due) {
+    if (conn_zero(h)) {
+        h->ready_due = 1; /* the stream fails from the loop (conn_start_streams) */
+        conn_kick(h);
+    } else if (h->state == H_READY && !h->ready_due) {
         s->started = 1;
         u->state = U_BUSY;
         u->reused = 1; /* like a pooled connection: the server may have closed it meanwhile */
