@@ -59,6 +59,7 @@ struct h2s_s {
     uint8_t req_framing, req_head_done, req_done, deferred, head_req;
     uint8_t started;               /* on_ready was called (or open returned 1) */
     uint8_t headers_sent;          /* its HEADERS went to the server */
+    uint8_t td_reset;              /* td sent RST_STREAM for it */
     uint8_t want_read;             /* the upstream reads */
     uint8_t ng_closed;             /* nghttp2 closed the stream (or the session is gone) */
     uint8_t close_due;             /* the upstream closed it: its close callback is due */
@@ -95,6 +96,7 @@ struct td_h2c_conn_s {
     size_t out_len;
     char why[160]; /* why the connection failed, for its streams */
     uint8_t why_kind;
+    uint8_t heard; /* bytes came from the server */
 };
 
 typedef struct td_h2c_conn_s td_h2c_conn_t;
@@ -621,11 +623,13 @@ static int data_chunk_cb(nghttp2_session *ng, uint8_t flags, int32_t id, const u
 
 static int frame_send_cb(nghttp2_session *ng, const nghttp2_frame *f, void *ud) {
     (void)ud;
-    if (f->hd.type != NGHTTP2_HEADERS)
+    if (f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_RST_STREAM)
         return 0;
     h2s_t *s = stream_of(ng, f->hd.stream_id);
-    if (s)
+    if (s && f->hd.type == NGHTTP2_HEADERS)
         s->headers_sent = 1;
+    else if (s)
+        s->td_reset = 1; /* its close reports td's code: the log line says who reset it */
     return 0;
 }
 
@@ -640,8 +644,20 @@ static int stream_close_cb(nghttp2_session *ng, int32_t id, uint32_t code, void 
         char why[160];
         /* Not processed by the server (RFC 9113 §8.7): it may go to another server whatever its
          * method, as after a connect failure. */
-        if (!s->resp_any && (code == NGHTTP2_REFUSED_STREAM || !s->headers_sent ||
-                             (h->goaway && id > h->goaway_last))) {
+        if (s->td_reset && s->headers_sent) {
+            /* nghttp2 reset it on td's side (a protocol error of the server's). */
+            if (code == NGHTTP2_FLOW_CONTROL_ERROR)
+                snprintf(why, sizeof(why),
+                         "HTTP/2 stream reset by td: the server sent more than its flow-control "
+                         "window");
+            else
+                snprintf(why, sizeof(why), "HTTP/2 stream reset by td (%s)",
+                         nghttp2_http2_strerror(code));
+            if (s->u)
+                s->u->reused = 0;
+            stream_error(s, why, F_IO);
+        } else if (!s->resp_any && (code == NGHTTP2_REFUSED_STREAM || !s->headers_sent ||
+                                    (h->goaway && id > h->goaway_last))) {
             snprintf(why, sizeof(why), "HTTP/2 stream refused (%s)", nghttp2_http2_strerror(code));
             stream_error(s, why, F_CONNECT);
         } else {
@@ -808,6 +824,12 @@ static void conn_read_cb(td_stream_t *io, long nread) {
                   F_IO);
         return;
     }
+    if (!h->heard && nread >= 7 && memcmp(h->rbuf, "HTTP/1.", 7) == 0) {
+        /* The first bytes of an HTTP/2 server are its SETTINGS frame, never a status line. */
+        conn_fail(h, "the server answered in HTTP/1.x, not HTTP/2 (backend protocol h2)", F_IO);
+        return;
+    }
+    h->heard = h->heard || nread > 0;
     ssize_t r = nghttp2_session_mem_recv(h->ng, (const uint8_t *)h->rbuf, (size_t)nread);
     if (r < 0) {
         char why[128];

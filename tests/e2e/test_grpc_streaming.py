@@ -214,3 +214,17 @@ def test_h2_server_allowing_0_concurrent_streams_alone_gives_a_prompt_502(gtd):
         assert 1 <= zero.accepted <= 8, zero.accepted
     finally:
         zero.close()
+
+
+def test_h2_backend_answering_the_preface_in_http11_gives_502_naming_it(gtd):
+    h1 = TinyH2Server("http1")
+    try:
+        cfg = backend_cfg({"blue": (100, [h1.port])})
+        cfg["backends"][0]["protocol"] = "h2"
+        t = gtd(cfg)
+        resp = grpc_post(t.port)
+        assert resp.startswith(b"HTTP/1.1 502 "), resp
+        wait_for(lambda: "the server answered in HTTP/1.x, not HTTP/2" in t.proc.output(),
+                 TIMEOUT, what="the reason in the log")
+    finally:
+        h1.close()
