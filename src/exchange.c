@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "td/access_log.h"
 #include "td/client.h"
@@ -197,11 +198,14 @@ static void redirect_https(client_t *c, const td_http1_request_t *req,
  * trickles in; the client's body timeout applies meanwhile (408). A body that fits is then sent
  * whole; a larger one is streamed from there on, as without buffering. A client that waits
  * for "100 Continue" gets it from td (RFC 9110 §10.1.1: a proxy may answer it), and the Expect
- * field is not forwarded. Returns 1 when buffering started (routing waits for
+ * field is not forwarded. A gRPC request (`stream`: content-type application/grpc*) is
+ * never buffered: its body is a stream of messages the backend answers as they come (a bidi
+ * call's client waits for a reply before it sends more), so each piece is forwarded as it
+ * arrives, as nginx's grpc_pass does. Returns 1 when buffering started (routing waits for
  * td_exchange_body_buffered), 0 to route now. */
-static int body_buffer_start(client_t *c) {
+static int body_buffer_start(client_t *c, int stream) {
     uint32_t max = (uint32_t)c->ex->snap->config->request_buffering.max_bytes;
-    if (c->req_done || !max || c->upgrade)
+    if (c->req_done || !max || c->upgrade || stream)
         return 0;
     uint64_t want = max;
     if (c->req_body == TD_BODY_LENGTH && c->body_left + (c->req_end - c->head_len) < want)
@@ -317,7 +321,10 @@ void td_exchange_start(client_t *c, const td_http1_request_t *reqp) {
     }
     c->ex->forced = td_router_preview(c->ex->snap, &req);
     c->ex->pinned = td_router_sticky_pin(c->ex->snap, &req, td_wall_ms() / 1000, td_now_ms());
-    if (body_buffer_start(c))
+    td_str_t ct = find_header(req.headers, req.num_headers, "content-type");
+    int grpc = ct.len >= 16 && strncasecmp(ct.p, "application/grpc", 16) == 0 &&
+               (ct.len == 16 || ct.p[16] == '+' || ct.p[16] == ';');
+    if (body_buffer_start(c, grpc))
         return;
     /* A pooled connection takes the head at once, as parsed: build_request_head may use it. */
     w->parsed = &req;

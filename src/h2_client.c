@@ -59,6 +59,7 @@ struct h2s_s {
     uint8_t req_framing, req_head_done, req_done, deferred, head_req;
     uint8_t started;               /* on_ready was called (or open returned 1) */
     uint8_t headers_sent;          /* its HEADERS went to the server */
+    uint8_t td_reset;              /* td sent RST_STREAM for it */
     uint8_t want_read;             /* the upstream reads */
     uint8_t ng_closed;             /* nghttp2 closed the stream (or the session is gone) */
     uint8_t close_due;             /* the upstream closed it: its close callback is due */
@@ -95,6 +96,7 @@ struct td_h2c_conn_s {
     size_t out_len;
     char why[160]; /* why the connection failed, for its streams */
     uint8_t why_kind;
+    uint8_t heard; /* bytes came from the server */
 };
 
 typedef struct td_h2c_conn_s td_h2c_conn_t;
@@ -621,11 +623,13 @@ static int data_chunk_cb(nghttp2_session *ng, uint8_t flags, int32_t id, const u
 
 static int frame_send_cb(nghttp2_session *ng, const nghttp2_frame *f, void *ud) {
     (void)ud;
-    if (f->hd.type != NGHTTP2_HEADERS)
+    if (f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_RST_STREAM)
         return 0;
     h2s_t *s = stream_of(ng, f->hd.stream_id);
-    if (s)
+    if (s && f->hd.type == NGHTTP2_HEADERS)
         s->headers_sent = 1;
+    else if (s)
+        s->td_reset = 1; /* its close reports td's code: the log line says who reset it */
     return 0;
 }
 
@@ -640,8 +644,20 @@ static int stream_close_cb(nghttp2_session *ng, int32_t id, uint32_t code, void 
         char why[160];
         /* Not processed by the server (RFC 9113 §8.7): it may go to another server whatever its
          * method, as after a connect failure. */
-        if (!s->resp_any && (code == NGHTTP2_REFUSED_STREAM || !s->headers_sent ||
-                             (h->goaway && id > h->goaway_last))) {
+        if (s->td_reset && s->headers_sent) {
+            /* nghttp2 reset it on td's side (a protocol error of the server's). */
+            if (code == NGHTTP2_FLOW_CONTROL_ERROR)
+                snprintf(why, sizeof(why),
+                         "HTTP/2 stream reset by td: the server sent more than its flow-control "
+                         "window");
+            else
+                snprintf(why, sizeof(why), "HTTP/2 stream reset by td (%s)",
+                         nghttp2_http2_strerror(code));
+            if (s->u)
+                s->u->reused = 0;
+            stream_error(s, why, F_IO);
+        } else if (!s->resp_any && (code == NGHTTP2_REFUSED_STREAM || !s->headers_sent ||
+                                    (h->goaway && id > h->goaway_last))) {
             snprintf(why, sizeof(why), "HTTP/2 stream refused (%s)", nghttp2_http2_strerror(code));
             stream_error(s, why, F_CONNECT);
         } else {
@@ -740,6 +756,14 @@ static int conn_room(td_h2c_conn_t *h) {
     return (uint32_t)h->nstreams < max;
 }
 
+/* 1 for a ready connection whose server allows no stream at all (SETTINGS_MAX_CONCURRENT_STREAMS
+ * 0): a stream for it fails at once rather than going to a new connection, which the server would
+ * set up the same way (one call opened thousands of them). */
+static int conn_zero(td_h2c_conn_t *h) {
+    return h->state == H_READY && h->ng && !h->goaway && !h->retire &&
+           nghttp2_session_get_remote_settings(h->ng, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS) == 0;
+}
+
 static void conn_read_cb(td_stream_t *io, long nread);
 
 static void conn_alloc_cb(td_stream_t *io, char **buf, size_t *cap) {
@@ -800,6 +824,12 @@ static void conn_read_cb(td_stream_t *io, long nread) {
                   F_IO);
         return;
     }
+    if (!h->heard && nread >= 7 && memcmp(h->rbuf, "HTTP/1.", 7) == 0) {
+        /* The first bytes of an HTTP/2 server are its SETTINGS frame, never a status line. */
+        conn_fail(h, "the server answered in HTTP/1.x, not HTTP/2 (backend protocol h2)", F_IO);
+        return;
+    }
+    h->heard = h->heard || nread > 0;
     ssize_t r = nghttp2_session_mem_recv(h->ng, (const uint8_t *)h->rbuf, (size_t)nread);
     if (r < 0) {
         char why[128];
@@ -927,14 +957,17 @@ static td_h2c_conn_t *conn_new(worker_t *w, pool_t *pool, td_snap_server_t *srv,
 /* A connection of the pool with room for one more stream (ready ones first), or a new one. */
 static td_h2c_conn_t *conn_pick(worker_t *w, pool_t *pool, td_snap_server_t *srv,
                                 td_tls_client_t *tls, int connect_ms) {
-    td_h2c_conn_t *waiting = NULL;
+    td_h2c_conn_t *waiting = NULL, *zero = NULL;
     for (td_h2c_conn_t *h = pool->h2; h; h = h->next)
         if (conn_room(h)) {
             if (h->state == H_READY)
                 return h;
             waiting = waiting ? waiting : h;
-        }
-    return waiting ? waiting : conn_new(w, pool, srv, tls, connect_ms);
+        } else if (!zero && conn_zero(h))
+            zero = h;
+    if (waiting || zero)
+        return waiting ? waiting : zero;
+    return conn_new(w, pool, srv, tls, connect_ms);
 }
 
 /* A stream not started yet whose connection cannot take it (the server's limit is lower than
@@ -971,7 +1004,12 @@ static int waiting(const h2s_t *s) {
  * other connections (each move changes the list: the walk starts again). */
 static void conn_start_streams(td_h2c_conn_t *h) {
     h->ready_due = 0;
-    if (h->state == H_READY && !h->goaway && !h->retire) {
+    if (conn_zero(h)) {
+        /* Not processed (as a refused stream): another server may take it. */
+        for (h2s_t *s = h->streams; s; s = s->next)
+            if (waiting(s))
+                stream_error(s, "server allows 0 concurrent streams", F_CONNECT);
+    } else if (h->state == H_READY && !h->goaway && !h->retire) {
         uint32_t max =
             nghttp2_session_get_remote_settings(h->ng, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
         uint32_t active = 0;
@@ -1121,7 +1159,10 @@ int td_h2_client_open(worker_t *w, pool_t *pool, td_snap_server_t *srv, td_tls_c
     td_stream_init_virt(&u->io, &w->sl, u, &virt_ops, s, tls != NULL);
     td_registry_connection_open(u->st);
     *out = u;
-    if (h->state == H_READY && !h->ready_due) {
+    if (conn_zero(h)) {
+        h->ready_due = 1; /* the stream fails from the loop (conn_start_streams) */
+        conn_kick(h);
+    } else if (h->state == H_READY && !h->ready_due) {
         s->started = 1;
         u->state = U_BUSY;
         u->reused = 1; /* like a pooled connection: the server may have closed it meanwhile */

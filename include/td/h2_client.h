@@ -20,7 +20,9 @@
  * connection with room under the server's SETTINGS_MAX_CONCURRENT_STREAMS, else to a new one
  * (never a queue). Streams start once the server's SETTINGS came. A stream the server refused
  * (RST_STREAM REFUSED_STREAM, or above a GOAWAY's last stream id) reports F_CONNECT: it was not
- * processed, so the exchange retries it whatever its method; a connection that got GOAWAY takes
+ * processed, so the exchange retries it whatever its method; so does a try for a server that
+ * allows 0 concurrent streams (its ready connection takes it and fails it at once: no new
+ * connection is opened for it); a connection that got GOAWAY takes
  * no new stream. A connection that dies fails its streams (F_IO). Idle connections get a PING
  * after a quiet period and close after POOL_IDLE_MS without a stream. */
 #ifndef TD_H2_CLIENT_H

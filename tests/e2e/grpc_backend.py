@@ -3,7 +3,7 @@ that starts it. No generated code: the methods take and return raw bytes.
 
 Run as a program:
   grpc_backend.py --name blue --port 50051 [--tls CERT KEY] [--max-concurrent-streams N]
-                  [--health-file PATH] [--fail-all CODE]
+                  [--health-file PATH] [--fail-all CODE] [--arrivals PATH]
 It prints "ready" on stdout once it serves, and runs until SIGTERM.
 
 Methods (every response carries the trailing metadata x-env: NAME):
@@ -11,6 +11,10 @@ Methods (every response carries the trailing metadata x-env: NAME):
   /td.test.Echo/Stream  request b"N"  -> N messages b"NAME:0" ... b"NAME:N-1"
   /td.test.Echo/Fail    -> status NOT_FOUND, details "no such thing"
   /td.test.Echo/Slow    request b"MS" -> after MS milliseconds, b"NAME:slow"
+  /td.test.Echo/Chat    bidi: each request message echoed at once, as b"NAME:" + message
+  /td.test.Echo/Collect client-streaming: each message's first 32 bytes are appended, one line
+      each, to the arrivals file (--arrivals PATH) as it arrives; at the end, b"NAME:" and the
+      number of messages
   With --fail-all CODE (a grpc.StatusCode name such as INTERNAL): Unary fails with CODE (a
   trailers-only response), Stream sends its messages and then fails with CODE (the status in
   the trailers); details "failing CODE".
@@ -97,6 +101,21 @@ def serve(args):
         ctx.set_trailing_metadata(trailer)
         return name + b":slow"
 
+    def chat(reqs, ctx):
+        ctx.set_trailing_metadata(trailer)
+        for req in reqs:
+            yield name + b":" + req
+
+    def collect(reqs, ctx):
+        n = 0
+        for req in reqs:
+            n += 1
+            if args.arrivals:
+                with open(args.arrivals, "ab") as f:
+                    f.write(req[:32] + b"\n")
+        ctx.set_trailing_metadata(trailer)
+        return name + b":" + str(n).encode()
+
     def check(req, ctx):
         word = "SERVING"
         service = request_service(req)
@@ -119,6 +138,8 @@ def serve(args):
         "Stream": grpc.unary_stream_rpc_method_handler(stream),
         "Fail": grpc.unary_unary_rpc_method_handler(fail),
         "Slow": grpc.unary_unary_rpc_method_handler(slow),
+        "Chat": grpc.stream_stream_rpc_method_handler(chat),
+        "Collect": grpc.stream_unary_rpc_method_handler(collect),
     })
     health = grpc.method_handlers_generic_handler("grpc.health.v1.Health", {
         "Check": grpc.unary_unary_rpc_method_handler(check),
@@ -150,7 +171,7 @@ class GrpcBackend:
     "ready" line, at most 20 s) and stopped by its pid with stop()."""
 
     def __init__(self, name, port, tls=None, max_concurrent_streams=0, health_file=None,
-                 fail_all=None):
+                 fail_all=None, arrivals=None):
         self.name, self.port = name, port
         cmd = [sys.executable, os.path.join(HERE, "grpc_backend.py"), "--name", name,
                "--port", str(port)]
@@ -162,6 +183,8 @@ class GrpcBackend:
             cmd += ["--health-file", health_file]
         if fail_all:
             cmd += ["--fail-all", fail_all]
+        if arrivals:
+            cmd += ["--arrivals", arrivals]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         line = [b""]
         reader = threading.Thread(target=lambda: line.__setitem__(0, self.proc.stdout.readline()),
@@ -195,6 +218,7 @@ def main():
     p.add_argument("--max-concurrent-streams", type=int, default=0)
     p.add_argument("--health-file")
     p.add_argument("--fail-all", metavar="CODE")
+    p.add_argument("--arrivals")
     serve(p.parse_args())
 
 
