@@ -321,10 +321,7 @@ void td_exchange_start(client_t *c, const td_http1_request_t *reqp) {
     }
     c->ex->forced = td_router_preview(c->ex->snap, &req);
     c->ex->pinned = td_router_sticky_pin(c->ex->snap, &req, td_wall_ms() / 1000, td_now_ms());
-    td_str_t ct = find_header(req.headers, req.num_headers, "content-type");
-    int grpc = ct.len >= 16 && strncasecmp(ct.p, "application/grpc", 16) == 0 &&
-               (ct.len == 16 || ct.p[16] == '+' || ct.p[16] == ';');
-    if (body_buffer_start(c, grpc))
+    if (body_buffer_start(c, c->grpc)) /* c->grpc: the head's content-type (client.c) */
         return;
     /* A pooled connection takes the head at once, as parsed: build_request_head may use it. */
     w->parsed = &req;
