@@ -431,6 +431,41 @@ def test_response_trailers_of_http11_backend_reach_h2_and_http11_clients(trailer
     assert resp.endswith(b"0\r\nx-checksum: abc123\r\n\r\n"), resp
 
 
+class EarlyHintsHandler(BaseHTTPRequestHandler):
+    """An HTTP/1.1 backend that sends 103 Early Hints before its response."""
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        self.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+        self.wfile.flush()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", "5")
+        self.end_headers()
+        self.wfile.write(b"hello")
+
+    def log_message(self, *args):
+        pass
+
+
+def test_103_early_hints_of_http11_backend_reach_h2_client_as_an_interim_headers(gtd):
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), EarlyHintsHandler)
+    th = threading.Thread(target=srv.serve_forever)
+    th.start()
+    try:
+        t = gtd(backend_cfg({"blue": (100, [srv.server_address[1]])}))
+        r = subprocess.run(["nghttp", "-v", f"http://127.0.0.1:{t.port}/"], capture_output=True,
+                           text=True, timeout=TIMEOUT)
+        out = r.stdout
+        # A HEADERS of its own with :status 103 and the Link field, before the final 200.
+        assert ":status: 103" in out and "link: </style.css>; rel=preload" in out, out
+        assert out.index(":status: 103") < out.index(":status: 200") < out.index("hello"), out
+    finally:
+        srv.shutdown()
+        th.join()
+        srv.server_close()
+
+
 def test_protocol_key_bad_value_is_rejected_with_its_position(tmp_path):
     cfg = backend_cfg({"blue": (100, [free_port()])})
     cfg["listeners"] = [{"address": f"127.0.0.1:{free_port()}"}]
