@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "td/bytes.h"
 #include "td/http1.h"
 #include "td/log.h"
 #include "td/registry.h"
@@ -36,12 +37,6 @@ enum { H_CONNECTING, H_READY, H_CLOSING };
 
 typedef struct h2s_s h2s_t;
 
-/* A growable byte buffer: bytes [off, len) are waiting. */
-typedef struct bytes_s {
-    char *p; /* owned; NULL while empty */
-    size_t len, off, cap;
-} bytes_t;
-
 struct h2s_s {
     struct td_h2c_conn_s *h; /* borrowed: the connection carrying it (it outlives its streams) */
     h2s_t *prev, *next;      /* in h->streams */
@@ -53,7 +48,7 @@ struct h2s_s {
     int connect_ms;
     int32_t id; /* the HTTP/2 stream id; 0 before the request was submitted */
     /* The request from the exchange: its head until whole, the DATA payload, the trailers. */
-    bytes_t head, body, trailers;
+    td_bytes_t head, body, trailers;
     td_http1_chunked_t chunk;
     uint64_t req_left; /* Content-Length bytes still to come */
     uint8_t req_framing, req_head_done, req_done, deferred, head_req;
@@ -66,8 +61,8 @@ struct h2s_s {
     uint8_t write_ended;           /* the pending write's callback is due */
     td_stream_write_cb pending_cb; /* the upstream's write reported pending (1), or NULL */
     /* The response, as HTTP/1.1 bytes for the upstream. */
-    bytes_t in;
-    bytes_t fields;    /* the header (or trailer) fields being gathered, as "name: value\r\n" */
+    td_bytes_t in;
+    td_bytes_t fields; /* the header (or trailer) fields being gathered, as "name: value\r\n" */
     size_t unconsumed; /* DATA bytes in `in` not given back to the windows */
     int status;
     uint8_t resp_head, resp_chunked, resp_end, resp_any, has_length;
@@ -102,42 +97,6 @@ struct td_h2c_conn_s {
 typedef struct td_h2c_conn_s td_h2c_conn_t;
 
 static const td_http1_limits_t limits = {8192, CBUF_SIZE, MAX_HDRS};
-
-static int bytes_add(bytes_t *b, const void *p, size_t n) {
-    if (!n)
-        return 0;
-    if (b->off && b->off == b->len)
-        b->off = b->len = 0;
-    if (b->len + n > b->cap) {
-        if (b->off) {
-            memmove(b->p, b->p + b->off, b->len - b->off);
-            b->len -= b->off;
-            b->off = 0;
-        }
-        if (b->len + n > b->cap) {
-            size_t cap = b->cap ? b->cap : 1024;
-            while (cap < b->len + n)
-                cap *= 2;
-            char *np = realloc(b->p, cap);
-            if (!np)
-                return TD_ENOMEM;
-            b->p = np;
-            b->cap = cap;
-        }
-    }
-    memcpy(b->p + b->len, p, n);
-    b->len += n;
-    return 0;
-}
-
-static size_t bytes_left(const bytes_t *b) {
-    return b->len - b->off;
-}
-
-static void bytes_free(bytes_t *b) {
-    free(b->p);
-    memset(b, 0, sizeof(*b));
-}
 
 static void conn_kick(td_h2c_conn_t *h);
 static void conn_fail(td_h2c_conn_t *h, const char *why, int kind);
@@ -174,11 +133,11 @@ static void conn_idle_timer(td_h2c_conn_t *h);
 static void stream_free(h2s_t *s) {
     td_h2c_conn_t *h = s->h;
     stream_unlink(s);
-    bytes_free(&s->head);
-    bytes_free(&s->body);
-    bytes_free(&s->trailers);
-    bytes_free(&s->in);
-    bytes_free(&s->fields);
+    td_bytes_free(&s->head);
+    td_bytes_free(&s->body);
+    td_bytes_free(&s->trailers);
+    td_bytes_free(&s->in);
+    td_bytes_free(&s->fields);
     free(s);
     if (!h->nstreams) {
         if (h->state == H_READY && (h->goaway || h->retire))
@@ -212,7 +171,7 @@ static ssize_t req_read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t
                            uint32_t *flags, nghttp2_data_source *src, void *ud) {
     (void)ud;
     h2s_t *s = src->ptr;
-    size_t avail = bytes_left(&s->body);
+    size_t avail = td_bytes_left(&s->body);
     if (!avail && !s->req_done) {
         s->deferred = 1;
         return NGHTTP2_ERR_DEFERRED;
@@ -222,9 +181,9 @@ static ssize_t req_read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t
     s->body.off += n;
     if (s->body.off == s->body.len)
         s->body.off = s->body.len = 0;
-    if (s->req_done && !bytes_left(&s->body)) {
+    if (s->req_done && !td_bytes_left(&s->body)) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
-        if (bytes_left(&s->trailers)) {
+        if (td_bytes_left(&s->trailers)) {
             /* The chunked body's trailer section: "name: value\r\n" lines, then CRLF. */
             nghttp2_nv nv[MAX_HDRS];
             char names[4096];
@@ -255,7 +214,7 @@ static ssize_t req_read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t
             s->trailers.off = s->trailers.len;
         }
     }
-    if (s->pending_cb && bytes_left(&s->body) < REQ_LOW) {
+    if (s->pending_cb && td_bytes_left(&s->body) < REQ_LOW) {
         s->write_ended = 1; /* the exchange may write again: from the loop, not from here */
         conn_kick(s->h);
     }
@@ -316,7 +275,7 @@ static int request_head(h2s_t *s) {
         s->req_done = 1;
     nghttp2_data_provider dp = {.source.ptr = s, .read_callback = req_read_cb};
     int32_t id = nghttp2_submit_request(s->h->ng, NULL, nv, n,
-                                        s->req_done && !bytes_left(&s->body) ? NULL : &dp, s);
+                                        s->req_done && !td_bytes_left(&s->body) ? NULL : &dp, s);
     if (id < 0)
         return id == NGHTTP2_ERR_NOMEM ? TD_ENOMEM : TD_EBADMSG;
     s->id = id;
@@ -330,7 +289,7 @@ static int request_body(h2s_t *s, const char *p, size_t len) {
         return 0;
     if (s->req_framing == TD_BODY_LENGTH) {
         size_t take = len < s->req_left ? len : (size_t)s->req_left;
-        if (bytes_add(&s->body, p, take) < 0)
+        if (td_bytes_add(&s->body, p, take) < 0)
             return TD_ENOMEM;
         s->req_left -= take;
         s->req_done = s->req_left == 0;
@@ -344,11 +303,11 @@ static int request_body(h2s_t *s, const char *p, size_t len) {
         if (used < 0)
             return TD_EBADMSG;
         for (size_t i = 0; i < ns; i++)
-            if (bytes_add(&s->body, spans[i].p, spans[i].len) < 0)
+            if (td_bytes_add(&s->body, spans[i].p, spans[i].len) < 0)
                 return TD_ENOMEM;
         /* Trailer bytes are the last of what was used (the section ends the body). */
         size_t tl = s->chunk.trailer_bytes - tb;
-        if (tl && bytes_add(&s->trailers, p + used - (long)tl, tl) < 0)
+        if (tl && td_bytes_add(&s->trailers, p + used - (long)tl, tl) < 0)
             return TD_ENOMEM;
         p += used;
         len -= (size_t)used;
@@ -373,7 +332,7 @@ static void stream_resume(h2s_t *s) {
 static void virt_read_start(td_stream_t *vs) {
     h2s_t *s = vs->virt_data;
     s->want_read = 1;
-    if (bytes_left(&s->in) || s->err_kind)
+    if (td_bytes_left(&s->in) || s->err_kind)
         conn_kick(s->h);
 }
 
@@ -396,7 +355,7 @@ static int virt_write(td_stream_t *vs, td_iov_t *iov, unsigned n, td_stream_writ
         const char *p = iov[i].base;
         size_t len = iov[i].len;
         if (!s->req_head_done) {
-            if (bytes_add(&s->head, p, len) < 0)
+            if (td_bytes_add(&s->head, p, len) < 0)
                 return -ENOMEM;
             int r = request_head(s);
             if (r < 0)
@@ -409,7 +368,7 @@ static int virt_write(td_stream_t *vs, td_iov_t *iov, unsigned n, td_stream_writ
             p = s->head.p + r;
             len = s->head.len - (size_t)r;
             int b = request_body(s, p, len);
-            bytes_free(&s->head);
+            td_bytes_free(&s->head);
             if (b < 0)
                 return b == TD_ENOMEM ? -ENOMEM : -EPROTO;
             continue;
@@ -419,7 +378,7 @@ static int virt_write(td_stream_t *vs, td_iov_t *iov, unsigned n, td_stream_writ
             return b == TD_ENOMEM ? -ENOMEM : -EPROTO;
     }
     stream_resume(s);
-    if (bytes_left(&s->body) > REQ_HIGH && cb) {
+    if (td_bytes_left(&s->body) > REQ_HIGH && cb) {
         s->pending_cb = cb; /* backpressure: the exchange stops reading its client */
         return 1;
     }
@@ -428,7 +387,7 @@ static int virt_write(td_stream_t *vs, td_iov_t *iov, unsigned n, td_stream_writ
 
 static size_t virt_write_queued(const td_stream_t *vs) {
     const h2s_t *s = vs->virt_data;
-    return bytes_left(&s->body);
+    return td_bytes_left(&s->body);
 }
 
 /* The upstream closes: an exchange that ended before its stream did resets it (CANCEL); its
@@ -499,8 +458,9 @@ static int header_cb(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
         return 0;
     if (!s->resp_head && namelen == 14 && memcmp(name, "content-length", 14) == 0)
         s->has_length = 1;
-    int bad = bytes_add(&s->fields, name, namelen) < 0 || bytes_add(&s->fields, ": ", 2) < 0 ||
-              bytes_add(&s->fields, value, valuelen) < 0 || bytes_add(&s->fields, "\r\n", 2) < 0;
+    int bad =
+        td_bytes_add(&s->fields, name, namelen) < 0 || td_bytes_add(&s->fields, ": ", 2) < 0 ||
+        td_bytes_add(&s->fields, value, valuelen) < 0 || td_bytes_add(&s->fields, "\r\n", 2) < 0;
     return bad ? NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE : 0;
 }
 
@@ -510,34 +470,34 @@ static int response_headers(h2s_t *s, int end) {
     int bad = 0;
     if (s->resp_head) {
         if (s->resp_chunked)
-            bad = bytes_add(&s->in, "0\r\n", 3) < 0 ||
-                  bytes_add(&s->in, s->fields.p, s->fields.len) < 0 ||
-                  bytes_add(&s->in, "\r\n", 2) < 0;
+            bad = td_bytes_add(&s->in, "0\r\n", 3) < 0 ||
+                  td_bytes_add(&s->in, s->fields.p, s->fields.len) < 0 ||
+                  td_bytes_add(&s->in, "\r\n", 2) < 0;
         /* (trailers after a content-length body have no place in HTTP/1.1: dropped) */
         s->resp_end = 1;
     } else {
         char line[64];
         int n = snprintf(line, sizeof(line), "HTTP/1.1 %d %s\r\n", s->status,
                          td_http_reason(s->status));
-        bad = bytes_add(&s->in, line, (size_t)n) < 0 ||
-              bytes_add(&s->in, s->fields.p, s->fields.len) < 0;
+        bad = td_bytes_add(&s->in, line, (size_t)n) < 0 ||
+              td_bytes_add(&s->in, s->fields.p, s->fields.len) < 0;
         if (s->status >= 200) {
             s->resp_head = 1;
             /* The stream ends with the response, as an HTTP/1.1 connection that says so: the
              * exchange never puts its upstream in the keep-alive pool. */
-            bad = bad || bytes_add(&s->in, "Connection: close\r\n", 19) < 0;
+            bad = bad || td_bytes_add(&s->in, "Connection: close\r\n", 19) < 0;
             int bodiless = s->head_req || s->status == 204 || s->status == 304;
             if (end) {
                 /* A response in one HEADERS (gRPC's trailers-only): its length says it ends. */
                 if (!s->has_length && !bodiless)
-                    bad = bad || bytes_add(&s->in, "Content-Length: 0\r\n", 19) < 0;
+                    bad = bad || td_bytes_add(&s->in, "Content-Length: 0\r\n", 19) < 0;
                 s->resp_end = 1;
             } else if (!s->has_length && !bodiless) {
-                bad = bad || bytes_add(&s->in, "Transfer-Encoding: chunked\r\n", 28) < 0;
+                bad = bad || td_bytes_add(&s->in, "Transfer-Encoding: chunked\r\n", 28) < 0;
                 s->resp_chunked = 1;
             }
         }
-        bad = bad || bytes_add(&s->in, "\r\n", 2) < 0;
+        bad = bad || td_bytes_add(&s->in, "\r\n", 2) < 0;
     }
     s->fields.len = s->fields.off = 0;
     s->status = 0;
@@ -581,7 +541,7 @@ static int frame_recv_cb(nghttp2_session *ng, const nghttp2_frame *f, void *ud) 
         if (response_headers(s, end) < 0)
             return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     } else if (f->hd.type == NGHTTP2_DATA && end && !s->resp_end) {
-        if (s->resp_chunked && bytes_add(&s->in, "0\r\n\r\n", 5) < 0)
+        if (s->resp_chunked && td_bytes_add(&s->in, "0\r\n\r\n", 5) < 0)
             return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
         s->resp_end = 1;
     } else {
@@ -606,10 +566,10 @@ static int data_chunk_cb(nghttp2_session *ng, uint8_t flags, int32_t id, const u
     if (s->resp_chunked) {
         char size[24];
         int n = snprintf(size, sizeof(size), "%zx\r\n", len);
-        bad = bytes_add(&s->in, size, (size_t)n) < 0 || bytes_add(&s->in, data, len) < 0 ||
-              bytes_add(&s->in, "\r\n", 2) < 0;
+        bad = td_bytes_add(&s->in, size, (size_t)n) < 0 || td_bytes_add(&s->in, data, len) < 0 ||
+              td_bytes_add(&s->in, "\r\n", 2) < 0;
     } else {
-        bad = bytes_add(&s->in, data, len) < 0;
+        bad = td_bytes_add(&s->in, data, len) < 0;
     }
     if (bad) {
         nghttp2_session_consume(ng, id, len);
@@ -1058,14 +1018,14 @@ static void idle_cb(uv_idle_t *hd) {
             s->write_ended = 0;
             cb(&u->io, s->close_due ? -ECANCELED : 0);
         }
-        for (int rounds = 0; !s->close_due && s->want_read && bytes_left(&s->in) && rounds < 8;
+        for (int rounds = 0; !s->close_due && s->want_read && td_bytes_left(&s->in) && rounds < 8;
              rounds++) {
             char *buf = NULL;
             size_t cap = 0;
             u->io.alloc_cb(&u->io, &buf, &cap);
             if (!cap)
                 break;
-            size_t n = bytes_left(&s->in) < cap ? bytes_left(&s->in) : cap;
+            size_t n = td_bytes_left(&s->in) < cap ? td_bytes_left(&s->in) : cap;
             memcpy(buf, s->in.p + s->in.off, n);
             s->in.off += n;
             size_t give = n < s->unconsumed ? n : s->unconsumed;
@@ -1073,9 +1033,9 @@ static void idle_cb(uv_idle_t *hd) {
             stream_consume(s, give);
             u->io.read_cb(&u->io, (long)n);
         }
-        if (!s->close_due && s->want_read && bytes_left(&s->in))
+        if (!s->close_due && s->want_read && td_bytes_left(&s->in))
             conn_kick(h); /* the rest on the next pass: the server may wait for its window */
-        if (!s->close_due && s->err_kind && !bytes_left(&s->in) && u->owner &&
+        if (!s->close_due && s->err_kind && !td_bytes_left(&s->in) && u->owner &&
             (u->state == U_BUSY || u->state == U_CONNECTING)) {
             int kind = s->err_kind - 1;
             s->err_kind = 0;

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "td/bytes.h"
 #include "td/client.h"
 #include "td/exchange.h"
 #include "td/http1.h"
@@ -38,27 +39,21 @@
 
 typedef struct td_h2_stream_s td_h2_stream_t;
 
-/* A growable byte buffer: bytes [off, len) are waiting. */
-typedef struct bytes_s {
-    char *p; /* owned; NULL while empty */
-    size_t len, off, cap;
-} bytes_t;
-
 struct td_h2_stream_s {
     td_h2_conn_t *h; /* borrowed */
     int32_t id;
     td_h2_stream_t *prev, *next; /* in h->streams */
     client_t *vc; /* owned: the stream's client, NULL before it is made / once freed */
     /* The request, as HTTP/1.1 bytes for the client: the head, then the body. */
-    bytes_t in;
-    bytes_t cookie;                         /* the cookie fields, joined with "; " */
+    td_bytes_t in;
+    td_bytes_t cookie;                      /* the cookie fields, joined with "; " */
     char *method, *path, *authority, *host; /* owned: the pseudo-header fields, and host */
     size_t unconsumed;                      /* DATA bytes in `in` not given back to the window */
     uint8_t has_length, chunked, req_end, too_large;
     uint8_t bad_scheme; /* :scheme was neither "http" nor "https" */
     /* The response: HTTP/1.1 bytes from the client not framed yet, and the DATA payload. */
-    bytes_t raw, body;
-    bytes_t trailers; /* a chunked response's trailer section: a trailing HEADERS */
+    td_bytes_t raw, body;
+    td_bytes_t trailers; /* a chunked response's trailer section: a trailing HEADERS */
     td_http1_chunked_t chunk;
     uint64_t left; /* content-length bytes still to come */
     uint8_t framing, head_done, resp_done, deferred, head_req;
@@ -97,42 +92,6 @@ int td_h2_preface_check(const char *buf, size_t len) {
     if (memcmp(buf, TD_H2_PREFACE, n) != 0)
         return 0;
     return n == TD_H2_PREFACE_LEN ? 1 : -1;
-}
-
-static int bytes_add(bytes_t *b, const void *p, size_t n) {
-    if (!n)
-        return 0; /* an empty value (p may be NULL) */
-    if (b->off && b->off == b->len)
-        b->off = b->len = 0;
-    if (b->len + n > b->cap) {
-        if (b->off) {
-            memmove(b->p, b->p + b->off, b->len - b->off);
-            b->len -= b->off;
-            b->off = 0;
-        }
-        if (b->len + n > b->cap) {
-            size_t cap = b->cap ? b->cap : 1024;
-            while (cap < b->len + n)
-                cap *= 2;
-            char *np = realloc(b->p, cap);
-            if (!np)
-                return TD_ENOMEM;
-            b->p = np;
-            b->cap = cap;
-        }
-    }
-    memcpy(b->p + b->len, p, n);
-    b->len += n;
-    return 0;
-}
-
-static size_t bytes_left(const bytes_t *b) {
-    return b->len - b->off;
-}
-
-static void bytes_free(bytes_t *b) {
-    free(b->p);
-    memset(b, 0, sizeof(*b));
 }
 
 static void conn_kick(td_h2_conn_t *h);
@@ -178,11 +137,11 @@ static void stream_free(td_h2_stream_t *st) {
     if (st->next)
         st->next->prev = st->prev;
     h->nstreams--;
-    bytes_free(&st->in);
-    bytes_free(&st->cookie);
-    bytes_free(&st->raw);
-    bytes_free(&st->body);
-    bytes_free(&st->trailers);
+    td_bytes_free(&st->in);
+    td_bytes_free(&st->cookie);
+    td_bytes_free(&st->raw);
+    td_bytes_free(&st->body);
+    td_bytes_free(&st->trailers);
     free(st->method);
     free(st->path);
     free(st->authority);
@@ -249,7 +208,7 @@ static ssize_t data_read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_
     (void)id;
     (void)ud;
     td_h2_stream_t *st = src->ptr;
-    size_t avail = bytes_left(&st->body);
+    size_t avail = td_bytes_left(&st->body);
     if (!avail && !st->resp_done) {
         st->deferred = 1;
         return NGHTTP2_ERR_DEFERRED;
@@ -259,12 +218,12 @@ static ssize_t data_read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_
     st->body.off += n;
     if (st->body.off == st->body.len)
         st->body.off = st->body.len = 0;
-    if (st->resp_done && !bytes_left(&st->body)) {
+    if (st->resp_done && !td_bytes_left(&st->body)) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
-        if (bytes_left(&st->trailers) && submit_trailers(st) == 0)
+        if (td_bytes_left(&st->trailers) && submit_trailers(st) == 0)
             *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM; /* the trailers' HEADERS ends it */
     }
-    if (st->pending_cb && bytes_left(&st->body) < RESP_LOW) {
+    if (st->pending_cb && td_bytes_left(&st->body) < RESP_LOW) {
         st->write_ended = 1; /* the client may write again: from the loop, not from here */
         conn_kick(st->h);
     }
@@ -294,7 +253,7 @@ static int response_head(td_h2_stream_t *st) {
     td_http1_header_t hdrs[MAX_HDRS];
     td_http1_response_t resp;
     const char *p = st->raw.p + st->raw.off;
-    size_t len = bytes_left(&st->raw);
+    size_t len = td_bytes_left(&st->raw);
     int r = td_http1_parse_response(p, len, st->head_req, &limits, &resp, hdrs, MAX_HDRS);
     if (r == TD_EAGAIN)
         return 0;
@@ -348,16 +307,16 @@ static int response_head(td_h2_stream_t *st) {
 /* Frames what the stream's client wrote: the head(s), then the body into st->body. Returns 0
  * or a negative code (the stream is reset). */
 static int response_feed(td_h2_stream_t *st) {
-    while (!st->head_done && bytes_left(&st->raw)) {
+    while (!st->head_done && td_bytes_left(&st->raw)) {
         int r = response_head(st);
         if (r < 0)
             return r;
         if (r == 0)
-            return bytes_left(&st->raw) > CBUF_SIZE ? TD_EBADMSG : 0;
+            return td_bytes_left(&st->raw) > CBUF_SIZE ? TD_EBADMSG : 0;
     }
     if (!st->head_done)
         return 0;
-    size_t avail = bytes_left(&st->raw);
+    size_t avail = td_bytes_left(&st->raw);
     const char *p = st->raw.p + st->raw.off;
     if (st->resp_done) {
         st->raw.off = st->raw.len = 0; /* nothing may follow (a HEAD's body is not sent) */
@@ -365,7 +324,7 @@ static int response_feed(td_h2_stream_t *st) {
     }
     if (st->framing == TD_BODY_LENGTH) {
         size_t take = avail < st->left ? avail : (size_t)st->left;
-        if (take && bytes_add(&st->body, p, take) < 0)
+        if (take && td_bytes_add(&st->body, p, take) < 0)
             return TD_ENOMEM;
         st->left -= take;
         st->resp_done = st->left == 0;
@@ -379,11 +338,11 @@ static int response_feed(td_h2_stream_t *st) {
             if (used < 0)
                 return TD_EBADMSG;
             for (size_t i = 0; i < ns; i++)
-                if (bytes_add(&st->body, spans[i].p, spans[i].len) < 0)
+                if (td_bytes_add(&st->body, spans[i].p, spans[i].len) < 0)
                     return TD_ENOMEM;
             /* The trailer section is the last of the bytes used (it ends the body). */
             size_t tl = st->chunk.trailer_bytes - tb;
-            if (tl && bytes_add(&st->trailers, p + used - (long)tl, tl) < 0)
+            if (tl && td_bytes_add(&st->trailers, p + used - (long)tl, tl) < 0)
                 return TD_ENOMEM;
             st->raw.off += (size_t)used;
             p += used;
@@ -395,7 +354,7 @@ static int response_feed(td_h2_stream_t *st) {
         if (st->resp_done)
             st->raw.off = st->raw.len = 0;
     } else if (avail) { /* until close: ends when the stream's client closes */
-        if (bytes_add(&st->body, p, avail) < 0)
+        if (td_bytes_add(&st->body, p, avail) < 0)
             return TD_ENOMEM;
         st->raw.off = st->raw.len = 0;
     }
@@ -407,7 +366,7 @@ static int response_feed(td_h2_stream_t *st) {
 static void virt_read_start(td_stream_t *s) {
     td_h2_stream_t *st = s->virt_data;
     st->want_read = 1;
-    if (bytes_left(&st->in))
+    if (td_bytes_left(&st->in))
         conn_kick(st->h);
 }
 
@@ -421,14 +380,14 @@ static int virt_write(td_stream_t *s, td_iov_t *iov, unsigned n, td_stream_write
     if (st->ng_closed || !st->h->ng)
         return -EPIPE; /* the client reset the stream, or the connection is gone */
     for (unsigned i = 0; i < n; i++)
-        if (iov[i].len && bytes_add(&st->raw, iov[i].base, iov[i].len) < 0)
+        if (iov[i].len && td_bytes_add(&st->raw, iov[i].base, iov[i].len) < 0)
             return -ENOMEM;
     if (response_feed(st) < 0) {
         stream_reset(st, NGHTTP2_INTERNAL_ERROR);
         return -EPROTO;
     }
     stream_resume(st);
-    if (bytes_left(&st->body) > RESP_HIGH && cb) {
+    if (td_bytes_left(&st->body) > RESP_HIGH && cb) {
         st->pending_cb = cb; /* backpressure: the exchange stops reading its upstream */
         return 1;
     }
@@ -437,7 +396,7 @@ static int virt_write(td_stream_t *s, td_iov_t *iov, unsigned n, td_stream_write
 
 static size_t virt_write_queued(const td_stream_t *s) {
     const td_h2_stream_t *st = s->virt_data;
-    return bytes_left(&st->body) + bytes_left(&st->raw);
+    return td_bytes_left(&st->body) + td_bytes_left(&st->raw);
 }
 
 static void virt_close(td_stream_t *s) {
@@ -488,20 +447,20 @@ static int stream_request(td_h2_stream_t *st, int end_stream) {
         snprintf(line, sizeof(line), "%s %s HTTP/1.1\r\nHost: %s\r\n", st->method, st->path, host);
     if (n < 0 || (size_t)n >= sizeof(line) || st->too_large)
         return TD_EHDRTOOLARGE;
-    bytes_t head = st->in; /* the regular fields, gathered by on_header */
+    td_bytes_t head = st->in; /* the regular fields, gathered by on_header */
     memset(&st->in, 0, sizeof(st->in));
-    int bad = bytes_add(&st->in, line, (size_t)n) < 0 ||
-              (head.len && bytes_add(&st->in, head.p, head.len) < 0);
-    bytes_free(&head);
+    int bad = td_bytes_add(&st->in, line, (size_t)n) < 0 ||
+              (head.len && td_bytes_add(&st->in, head.p, head.len) < 0);
+    td_bytes_free(&head);
     if (!bad && st->cookie.len)
-        bad = bytes_add(&st->in, "Cookie: ", 8) < 0 ||
-              bytes_add(&st->in, st->cookie.p, st->cookie.len) < 0 ||
-              bytes_add(&st->in, "\r\n", 2) < 0;
+        bad = td_bytes_add(&st->in, "Cookie: ", 8) < 0 ||
+              td_bytes_add(&st->in, st->cookie.p, st->cookie.len) < 0 ||
+              td_bytes_add(&st->in, "\r\n", 2) < 0;
     if (!bad && st->chunked)
-        bad = bytes_add(&st->in, "Transfer-Encoding: chunked\r\n", 28) < 0;
+        bad = td_bytes_add(&st->in, "Transfer-Encoding: chunked\r\n", 28) < 0;
     /* One request per stream: the client closes once it is answered. */
     if (!bad)
-        bad = bytes_add(&st->in, "Connection: close\r\n\r\n", 21) < 0;
+        bad = td_bytes_add(&st->in, "Connection: close\r\n\r\n", 21) < 0;
     if (bad)
         return TD_ENOMEM;
     if (st->in.len > HEAD_MAX)
@@ -511,7 +470,7 @@ static int stream_request(td_h2_stream_t *st, int end_stream) {
         static const char canned[] = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
                                      "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
                                      "2\r\nok\r\n0\r\n\r\n";
-        if (bytes_add(&st->raw, canned, sizeof(canned) - 1) < 0 || response_feed(st) < 0)
+        if (td_bytes_add(&st->raw, canned, sizeof(canned) - 1) < 0 || response_feed(st) < 0)
             return TD_ENOMEM;
         return 0;
     }
@@ -550,7 +509,7 @@ static void stream_refuse(td_h2_stream_t *st, int status) {
     int n = snprintf(resp, sizeof(resp),
                      "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s",
                      status, td_http_reason(status), bl, body);
-    if (bytes_add(&st->raw, resp, (size_t)n) < 0 || response_feed(st) < 0)
+    if (td_bytes_add(&st->raw, resp, (size_t)n) < 0 || response_feed(st) < 0)
         stream_reset(st, NGHTTP2_INTERNAL_ERROR);
     st->req_end = 1;
     stream_resume(st);
@@ -646,13 +605,13 @@ static int header_cb(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
     if (namelen == 6 && memcmp(name, "cookie", 6) == 0) {
         /* Cookie crumbs (RFC 9113 §8.2.3) become one field, as HTTP/1.1 has it. */
         if (st->cookie.len)
-            bad = bytes_add(&st->cookie, "; ", 2) < 0;
-        bad = bad || bytes_add(&st->cookie, value, valuelen) < 0;
+            bad = td_bytes_add(&st->cookie, "; ", 2) < 0;
+        bad = bad || td_bytes_add(&st->cookie, value, valuelen) < 0;
     } else {
         if (namelen == 14 && memcmp(name, "content-length", 14) == 0)
             st->has_length = 1;
-        bad = bytes_add(&st->in, name, namelen) < 0 || bytes_add(&st->in, ": ", 2) < 0 ||
-              bytes_add(&st->in, value, valuelen) < 0 || bytes_add(&st->in, "\r\n", 2) < 0;
+        bad = td_bytes_add(&st->in, name, namelen) < 0 || td_bytes_add(&st->in, ": ", 2) < 0 ||
+              td_bytes_add(&st->in, value, valuelen) < 0 || td_bytes_add(&st->in, "\r\n", 2) < 0;
     }
     return bad ? NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE : 0;
 }
@@ -661,7 +620,7 @@ static void request_end(td_h2_stream_t *st) {
     if (st->req_end)
         return;
     st->req_end = 1;
-    if (st->chunked && bytes_add(&st->in, "0\r\n\r\n", 5) < 0) {
+    if (st->chunked && td_bytes_add(&st->in, "0\r\n\r\n", 5) < 0) {
         stream_reset(st, NGHTTP2_INTERNAL_ERROR);
         return;
     }
@@ -771,10 +730,10 @@ static int data_chunk_cb(nghttp2_session *ng, uint8_t flags, int32_t id, const u
     if (st->chunked) {
         char size[24];
         int n = snprintf(size, sizeof(size), "%zx\r\n", len);
-        bad = bytes_add(&st->in, size, (size_t)n) < 0 || bytes_add(&st->in, data, len) < 0 ||
-              bytes_add(&st->in, "\r\n", 2) < 0;
+        bad = td_bytes_add(&st->in, size, (size_t)n) < 0 || td_bytes_add(&st->in, data, len) < 0 ||
+              td_bytes_add(&st->in, "\r\n", 2) < 0;
     } else {
-        bad = bytes_add(&st->in, data, len) < 0;
+        bad = td_bytes_add(&st->in, data, len) < 0;
     }
     if (bad) {
         nghttp2_session_consume(ng, id, len);
@@ -846,7 +805,8 @@ static void idle_cb(uv_idle_t *hd) {
         }
         /* Request bytes to the client, as much as its buffer takes. */
         for (int rounds = 0;
-             vc && !st->close_due && st->want_read && bytes_left(&st->in) && rounds < 8; rounds++) {
+             vc && !st->close_due && st->want_read && td_bytes_left(&st->in) && rounds < 8;
+             rounds++) {
             char *buf = NULL;
             size_t cap = 0;
             vc->io.alloc_cb(&vc->io, &buf, &cap);
@@ -854,7 +814,7 @@ static void idle_cb(uv_idle_t *hd) {
                 vc->io.read_cb(&vc->io, -ENOBUFS);
                 break;
             }
-            size_t n = bytes_left(&st->in) < cap ? bytes_left(&st->in) : cap;
+            size_t n = td_bytes_left(&st->in) < cap ? td_bytes_left(&st->in) : cap;
             memcpy(buf, st->in.p + st->in.off, n);
             st->in.off += n;
             size_t give = n < st->unconsumed ? n : st->unconsumed;
@@ -863,8 +823,8 @@ static void idle_cb(uv_idle_t *hd) {
             vc->io.read_cb(&vc->io, (long)n);
         }
         /* The whole request was read: its bytes are not needed while the response comes. */
-        if (st->req_end && st->in.p && !bytes_left(&st->in))
-            bytes_free(&st->in);
+        if (st->req_end && st->in.p && !td_bytes_left(&st->in))
+            td_bytes_free(&st->in);
         if (vc && st->close_due) {
             if (st->pending_cb) {
                 td_stream_write_cb cb = st->pending_cb;
