@@ -216,9 +216,12 @@ def test_h2_connection_past_max_connection_age_gets_goaway_and_no_request_fails(
     last, code = goaways[-1]
     assert code == 0 and last != 2 ** 31 - 1, goaways
     assert closed, "the connection did not close after the final GOAWAY"
-    # Every request td took was answered 200 (HPACK static index 8); none was sent above it.
-    assert [k for k in sent if k > last] == [], (sent, last)
-    assert all(answers.get(k) == b"\x88" for k in sent), (sent, answers)
+    # Every request td took was answered 200 (HPACK static index 8). A request the client sent
+    # after it answered the PING, before the final GOAWAY reached it, is above its last stream id:
+    # not processed (RFC 9113 §6.8), so a client sends it again, and td answered nothing on it.
+    taken = [k for k in sent if k <= last]
+    assert taken and all(answers.get(k) == b"\x88" for k in taken), (sent, answers)
+    assert all(k not in answers for k in sent if k > last), (sent, last, answers)
     assert len(sent) > 1
 
 
